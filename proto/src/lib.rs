@@ -1,0 +1,44 @@
+//! # tandem-proto
+//!
+//! Tandem's wire protocol, sans I/O: no sockets, no async runtime, no clock
+//! it reads itself (callers pass the time in), and randomness only through
+//! [`entropy::Entropy`]. Every other part of Tandem speaks through this crate.
+//!
+//! The layers, outermost first (the normative spec is `docs/PROTOCOL.md`):
+//!
+//! * [`frame`] — relay frames: what a device and the relay say to each other.
+//!   [`relay_auth`] is the challenge-response a device passes to connect.
+//! * [`envelope`] — end-to-end envelopes, the opaque payload of relay frames:
+//!   Noise handshake messages and encrypted records.
+//! * [`pairing`] (Noise `IKpsk2`, from a [`qr`] code, confirmed with a [`sas`])
+//!   and [`session`] (Noise `KKpsk2`, renewing keys between paired devices),
+//!   both over [`crypto`]'s snow resolver.
+//! * [`record`] — the record layer: explicit counters, a sliding replay
+//!   window, rekeying; state that survives restarts (offline delivery).
+//! * [`delivery`] — per-direction sequence numbers and acknowledgements:
+//!   exactly once, in order, or an explicit "resync needed".
+//! * [`message`] — versioned application messages (tasks, events, approvals).
+
+pub mod codec;
+pub mod content;
+pub mod crypto;
+pub mod delivery;
+pub mod entropy;
+pub mod envelope;
+pub mod error_code;
+pub mod frame;
+pub mod identity;
+pub mod kdf;
+pub mod link;
+pub mod message;
+pub mod pairing;
+pub mod qr;
+pub mod record;
+pub mod relay_auth;
+pub mod replay;
+pub mod sas;
+pub mod session;
+
+pub use error_code::ErrorCode;
+pub use frame::{Frame, FrameError, FrameType};
+pub use identity::{DeviceId, DeviceKey, PublicKey, Role};

@@ -1,0 +1,499 @@
+//! Application messages: what a phone and a desktop say to each other inside
+//! the end-to-end channel. JSON objects with a schema version `v` and a
+//! `kind`; see `docs/PROTOCOL.md` for every field.
+//!
+//! Compatibility rules: fields a receiver does not know are ignored; a
+//! `kind` (or a task event `type`) it does not know is reported as
+//! [`Decoded::Unknown`] — never fatal — so a newer peer can add message kinds
+//! without breaking an older one. A message with `v` greater than
+//! [`MESSAGE_VERSION`] is still read if its kind is known.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+/// The schema version this crate writes.
+pub const MESSAGE_VERSION: u64 = 1;
+
+/// Largest encoded message (fits in one record within one relay frame).
+pub const MAX_MESSAGE_LEN: usize = 60 * 1024;
+
+/// Why a message could not be decoded or encoded.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum MessageError {
+    /// Not a JSON object.
+    #[error("message is not a JSON object: {0}")]
+    NotJson(String),
+    /// `v` missing or not a positive integer.
+    #[error("message has no valid schema version `v`")]
+    NoVersion,
+    /// `kind` missing or not a string.
+    #[error("message has no `kind`")]
+    NoKind,
+    /// A known kind with missing or mistyped fields.
+    #[error("malformed `{kind}` message: {detail}")]
+    Malformed {
+        /// The kind.
+        kind: String,
+        /// What serde said.
+        detail: String,
+    },
+    /// Over [`MAX_MESSAGE_LEN`] or a field over its limit.
+    #[error("message too large: {0}")]
+    TooLarge(String),
+}
+
+/// A device describing itself (pairing payloads and `device_info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Shown to the user ("Ana's iPhone", "build-box").
+    pub name: String,
+    /// `ios`, `android`, `web`, `linux`, `macos`, `windows`, …
+    pub platform: String,
+    /// The app's version string.
+    pub app_version: String,
+}
+
+/// Longest device name, in characters.
+pub const MAX_DEVICE_NAME_CHARS: usize = 64;
+
+impl DeviceInfo {
+    /// Encode as a standalone JSON object (`{"v":1,"name":…}`), the pairing payload.
+    #[must_use]
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.insert("v".into(), MESSAGE_VERSION.into());
+        }
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+
+    /// Decode a pairing payload.
+    ///
+    /// # Errors
+    /// [`MessageError`] when malformed or over the limits.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, MessageError> {
+        let obj: Value =
+            serde_json::from_slice(bytes).map_err(|e| MessageError::NotJson(e.to_string()))?;
+        version(&obj)?;
+        let info: DeviceInfo =
+            serde_json::from_value(obj).map_err(|e| MessageError::Malformed {
+                kind: "device_info".into(),
+                detail: e.to_string(),
+            })?;
+        info.validate()?;
+        Ok(info)
+    }
+
+    fn validate(&self) -> Result<(), MessageError> {
+        let bad = |f: &str| {
+            MessageError::TooLarge(format!("device {f} too long or has control characters"))
+        };
+        if self.name.chars().count() > MAX_DEVICE_NAME_CHARS
+            || self.name.chars().any(char::is_control)
+        {
+            return Err(bad("name"));
+        }
+        for (f, s) in [
+            ("platform", &self.platform),
+            ("app_version", &self.app_version),
+        ] {
+            if s.len() > 32 || s.chars().any(char::is_control) {
+                return Err(bad(f));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishStatus {
+    /// The executor reported success.
+    Succeeded,
+    /// The executor failed or exited non-zero.
+    Failed,
+    /// Cancelled from the phone or the desktop.
+    Cancelled,
+    /// Refused before it started (scope, unknown executor, …).
+    Rejected,
+}
+
+/// Something that happened in a task, desktop → phone. Every event has an
+/// offset in its task's history, so a phone can replay from any point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TaskEvent {
+    /// The desktop queued the task.
+    Accepted {
+        /// The executor that will run it.
+        executor: String,
+    },
+    /// Free-form progress text.
+    Progress {
+        /// The text.
+        text: String,
+    },
+    /// The executor called a tool.
+    ToolCall {
+        /// Correlates with the result.
+        call_id: String,
+        /// Tool name.
+        name: String,
+        /// Tool input (executor-defined JSON).
+        input: Value,
+    },
+    /// A tool's result.
+    ToolResult {
+        /// The call it answers.
+        call_id: String,
+        /// Output text (may be truncated by the desktop).
+        output: String,
+        /// Whether the tool failed.
+        is_error: bool,
+    },
+    /// A risky step waits for a decision. Every pending one is shown.
+    ApprovalRequest {
+        /// Correlates with the decision.
+        approval_id: String,
+        /// One line for the list.
+        summary: String,
+        /// Everything needed to decide (command, diff, …).
+        detail: String,
+        /// No answer by then means deny (Unix ms).
+        expires_at_ms: u64,
+    },
+    /// An approval was decided (by whom, and how), so every phone sees it.
+    ApprovalResolved {
+        /// The approval.
+        approval_id: String,
+        /// The outcome.
+        allowed: bool,
+        /// `phone:<device id>`, `desktop`, or `timeout`.
+        by: String,
+    },
+    /// The task ended.
+    Finished {
+        /// How.
+        status: FinishStatus,
+        /// The final answer or error.
+        summary: String,
+    },
+}
+
+/// One application message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Message {
+    /// Phone → desktop: run a task.
+    TaskSubmit {
+        /// Chosen by the phone (a UUID or similar); idempotency key.
+        task_id: String,
+        /// What to do.
+        text: String,
+        /// Optional workspace hint (a configured workspace name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workspace: Option<String>,
+        /// Optional executor hint (a configured executor name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        executor: Option<String>,
+    },
+    /// Phone → desktop: more input for a running or resumable task.
+    FollowUp {
+        /// The task.
+        task_id: String,
+        /// The follow-up.
+        text: String,
+    },
+    /// Phone → desktop: stop a task.
+    Cancel {
+        /// The task.
+        task_id: String,
+    },
+    /// Phone → desktop: answer an approval request.
+    ApprovalDecision {
+        /// The task.
+        task_id: String,
+        /// The request.
+        approval_id: String,
+        /// Allow or deny.
+        allow: bool,
+    },
+    /// Phone → desktop: replay a task's events from an offset (all tasks'
+    /// recent events when `task_id` is absent).
+    HistoryRequest {
+        /// The task, or all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task_id: Option<String>,
+        /// First offset wanted.
+        from_offset: u64,
+    },
+    /// Desktop → phone: one task event.
+    TaskEvent {
+        /// The task.
+        task_id: String,
+        /// Position in the task's history (from 0, no gaps).
+        offset: u64,
+        /// When it happened (Unix ms, desktop clock).
+        at_ms: u64,
+        /// What happened.
+        event: TaskEvent,
+    },
+    /// Desktop → phone: a history replay is complete up to `next_offset`.
+    HistoryEnd {
+        /// The task.
+        task_id: String,
+        /// The offset the next live event will have.
+        next_offset: u64,
+    },
+    /// Desktop → phone: the requested history is no longer kept. Never a
+    /// silent gap: the phone shows that events before `earliest` are gone.
+    HistoryUnavailable {
+        /// The task.
+        task_id: String,
+        /// What was asked for.
+        requested_from: u64,
+        /// The oldest offset still kept.
+        earliest: u64,
+    },
+    /// Either way: a device describing itself (name changes, app updates).
+    DeviceInfo(DeviceInfo),
+    /// Desktop → phone: a request was refused.
+    Refused {
+        /// The task or approval it concerns, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task_id: Option<String>,
+        /// `scope`, `unknown_task`, `unknown_executor`, `busy`, …
+        code: String,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// The kinds this build knows.
+pub const KNOWN_KINDS: &[&str] = &[
+    "task_submit",
+    "follow_up",
+    "cancel",
+    "approval_decision",
+    "history_request",
+    "task_event",
+    "history_end",
+    "history_unavailable",
+    "device_info",
+    "refused",
+];
+
+/// The task event types this build knows.
+pub const KNOWN_EVENT_TYPES: &[&str] = &[
+    "accepted",
+    "progress",
+    "tool_call",
+    "tool_result",
+    "approval_request",
+    "approval_resolved",
+    "finished",
+];
+
+/// The result of decoding a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A message this build understands.
+    Known(Message),
+    /// A well-formed message of a kind (or event type) this build does not
+    /// know, from a newer peer: report it, do not fail.
+    Unknown {
+        /// The schema version it declared.
+        v: u64,
+        /// Its kind (`task_event/<type>` for an unknown event type).
+        kind: String,
+    },
+}
+
+fn version(obj: &Value) -> Result<u64, MessageError> {
+    match obj.get("v").and_then(Value::as_u64) {
+        Some(v) if v >= 1 => Ok(v),
+        _ => Err(MessageError::NoVersion),
+    }
+}
+
+impl Message {
+    /// Encode as JSON with `"v": 1`.
+    ///
+    /// # Errors
+    /// [`MessageError::TooLarge`] over [`MAX_MESSAGE_LEN`].
+    pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
+        let mut v = serde_json::to_value(self).map_err(|e| MessageError::Malformed {
+            kind: "?".into(),
+            detail: e.to_string(),
+        })?;
+        if let Value::Object(m) = &mut v {
+            m.insert("v".into(), MESSAGE_VERSION.into());
+        }
+        let bytes = serde_json::to_vec(&v).map_err(|e| MessageError::Malformed {
+            kind: "?".into(),
+            detail: e.to_string(),
+        })?;
+        if bytes.len() > MAX_MESSAGE_LEN {
+            return Err(MessageError::TooLarge(format!("{} bytes", bytes.len())));
+        }
+        Ok(bytes)
+    }
+
+    /// Decode JSON bytes.
+    ///
+    /// # Errors
+    /// [`MessageError`] for non-JSON, a missing `v` or `kind`, a known kind
+    /// with bad fields, or an over-long message. Unknown kinds are not errors.
+    pub fn decode(bytes: &[u8]) -> Result<Decoded, MessageError> {
+        if bytes.len() > MAX_MESSAGE_LEN {
+            return Err(MessageError::TooLarge(format!("{} bytes", bytes.len())));
+        }
+        let obj: Value =
+            serde_json::from_slice(bytes).map_err(|e| MessageError::NotJson(e.to_string()))?;
+        if !obj.is_object() {
+            return Err(MessageError::NotJson("not an object".into()));
+        }
+        let v = version(&obj)?;
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .ok_or(MessageError::NoKind)?
+            .to_owned();
+        if !KNOWN_KINDS.contains(&kind.as_str()) {
+            return Ok(Decoded::Unknown { v, kind });
+        }
+        if kind == "task_event" {
+            let ty = obj
+                .get("event")
+                .and_then(|e| e.get("type"))
+                .and_then(Value::as_str);
+            if let Some(ty) = ty.filter(|t| !KNOWN_EVENT_TYPES.contains(t)) {
+                return Ok(Decoded::Unknown {
+                    v,
+                    kind: format!("task_event/{ty}"),
+                });
+            }
+        }
+        let msg: Message = serde_json::from_value(obj).map_err(|e| MessageError::Malformed {
+            kind: kind.clone(),
+            detail: e.to_string(),
+        })?;
+        if let Message::DeviceInfo(info) = &msg {
+            info.validate()?;
+        }
+        Ok(Decoded::Known(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_wire_shape() {
+        let m = Message::TaskSubmit {
+            task_id: "t1".into(),
+            text: "fix the failing test".into(),
+            workspace: None,
+            executor: Some("claude".into()),
+        };
+        let b = m.encode().unwrap();
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["kind"], "task_submit");
+        assert!(v.get("workspace").is_none());
+        assert_eq!(Message::decode(&b).unwrap(), Decoded::Known(m));
+        let ev = Message::TaskEvent {
+            task_id: "t1".into(),
+            offset: 3,
+            at_ms: 5,
+            event: TaskEvent::ToolCall {
+                call_id: "c".into(),
+                name: "bash".into(),
+                input: serde_json::json!({"cmd":"ls"}),
+            },
+        };
+        assert_eq!(
+            Message::decode(&ev.encode().unwrap()).unwrap(),
+            Decoded::Known(ev)
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_are_reported_not_fatal() {
+        assert_eq!(
+            Message::decode(br#"{"v":2,"kind":"screen_share","x":1}"#).unwrap(),
+            Decoded::Unknown {
+                v: 2,
+                kind: "screen_share".into()
+            }
+        );
+        assert_eq!(
+            Message::decode(br#"{"v":1,"kind":"task_event","task_id":"t","offset":0,"at_ms":0,"event":{"type":"diff"}}"#)
+                .unwrap(),
+            Decoded::Unknown { v: 1, kind: "task_event/diff".into() }
+        );
+        // A newer version of a known kind with extra fields still reads.
+        assert!(matches!(
+            Message::decode(br#"{"v":3,"kind":"cancel","task_id":"t","reason":"new field"}"#)
+                .unwrap(),
+            Decoded::Known(Message::Cancel { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        assert!(matches!(
+            Message::decode(b"nope"),
+            Err(MessageError::NotJson(_))
+        ));
+        assert!(matches!(
+            Message::decode(b"[1]"),
+            Err(MessageError::NotJson(_))
+        ));
+        assert_eq!(
+            Message::decode(br#"{"kind":"cancel"}"#),
+            Err(MessageError::NoVersion)
+        );
+        assert_eq!(
+            Message::decode(br#"{"v":0,"kind":"cancel"}"#),
+            Err(MessageError::NoVersion)
+        );
+        assert_eq!(Message::decode(br#"{"v":1}"#), Err(MessageError::NoKind));
+        assert!(matches!(
+            Message::decode(br#"{"v":1,"kind":"cancel"}"#),
+            Err(MessageError::Malformed { .. })
+        ));
+        let huge = Message::TaskEvent {
+            task_id: "t".into(),
+            offset: 0,
+            at_ms: 0,
+            event: TaskEvent::Progress {
+                text: "x".repeat(MAX_MESSAGE_LEN),
+            },
+        };
+        assert!(matches!(huge.encode(), Err(MessageError::TooLarge(_))));
+    }
+
+    #[test]
+    fn device_info_limits() {
+        let ok = DeviceInfo {
+            name: "Ana's phone".into(),
+            platform: "ios".into(),
+            app_version: "1.0".into(),
+        };
+        assert_eq!(DeviceInfo::from_json(&ok.to_json()).unwrap(), ok);
+        let bad = DeviceInfo {
+            name: "x".repeat(65),
+            ..ok.clone()
+        };
+        assert!(DeviceInfo::from_json(&bad.to_json()).is_err());
+        let bad = DeviceInfo {
+            name: "a\u{1b}[2J".into(),
+            ..ok
+        };
+        assert!(DeviceInfo::from_json(&bad.to_json()).is_err());
+    }
+}
