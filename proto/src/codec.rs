@@ -55,10 +55,7 @@ impl<'a> Reader<'a> {
     /// # Errors
     /// [`CodecError::Truncated`] if fewer remain.
     pub fn bytes(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], CodecError> {
-        let (head, tail) = self
-            .buf
-            .split_at_checked(n)
-            .ok_or(CodecError::Truncated(field))?;
+        let (head, tail) = self.buf.split_at_checked(n).ok_or(CodecError::Truncated(field))?;
         self.buf = tail;
         Ok(head)
     }
@@ -126,11 +123,7 @@ impl<'a> Reader<'a> {
     /// # Errors
     /// [`CodecError::TrailingBytes`] otherwise.
     pub fn finish(self) -> Result<(), CodecError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(CodecError::TrailingBytes(self.buf.len()))
-        }
+        if self.buf.is_empty() { Ok(()) } else { Err(CodecError::TrailingBytes(self.buf.len())) }
     }
 }
 

@@ -76,12 +76,7 @@ impl Content {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::new();
         match self {
-            Content::Data {
-                seq,
-                oldest,
-                ack,
-                message,
-            } => {
+            Content::Data { seq, oldest, ack, message } => {
                 b.put_u8(0x01);
                 b.put_u64(*seq);
                 b.put_u64(*oldest);
@@ -97,11 +92,7 @@ impl Content {
                 b.put_u64(*expected);
             }
             Content::PairConfirm => b.put_u8(0x10),
-            Content::PairResult {
-                accepted,
-                session_psk,
-                reason,
-            } => {
+            Content::PairResult { accepted, session_psk, reason } => {
                 b.put_u8(0x11);
                 b.put_u8(u8::from(*accepted));
                 b.put(session_psk);
@@ -130,9 +121,7 @@ impl Content {
                 message: r.rest().to_vec(),
             },
             0x02 => Content::Ack { ack: r.u64("ack")? },
-            0x03 => Content::Nack {
-                expected: r.u64("expected")?,
-            },
+            0x03 => Content::Nack { expected: r.u64("expected")? },
             0x10 => Content::PairConfirm,
             0x11 => Content::PairResult {
                 accepted: match r.u8("accepted")? {

@@ -34,10 +34,7 @@ pub struct OutboxLimits {
 
 impl Default for OutboxLimits {
     fn default() -> Self {
-        Self {
-            max_messages: 100_000,
-            max_bytes: 256 * 1024 * 1024,
-        }
+        Self { max_messages: 100_000, max_bytes: 256 * 1024 * 1024 }
     }
 }
 
@@ -92,14 +89,7 @@ impl Outbound {
     /// An empty outbox.
     #[must_use]
     pub fn new(limits: OutboxLimits) -> Self {
-        Self {
-            next_seq: 1,
-            acked: 0,
-            unacked: VecDeque::new(),
-            bytes: 0,
-            limits,
-            dropped: 0,
-        }
+        Self { next_seq: 1, acked: 0, unacked: VecDeque::new(), bytes: 0, limits, dropped: 0 }
     }
 
     /// Queue a message; returns its sequence number. If the outbox is over
@@ -156,10 +146,7 @@ impl Outbound {
 
     /// Unacknowledged messages from `from` on, in order: what to (re)send.
     pub fn unacked_from(&self, from: u64) -> impl Iterator<Item = (u64, &[u8])> {
-        self.unacked
-            .iter()
-            .filter(move |p| p.seq >= from)
-            .map(|p| (p.seq, p.message.as_slice()))
+        self.unacked.iter().filter(move |p| p.seq >= from).map(|p| (p.seq, p.message.as_slice()))
     }
 
     /// How many messages wait for an acknowledgement.
@@ -185,6 +172,11 @@ impl Outbound {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inbound {
     delivered: u64,
+    /// The last `expected` a Nack was requested for: one Nack per gap, not
+    /// one per out-of-order message (a burst after a loss would otherwise
+    /// make the sender resend the burst once per message).
+    #[serde(default)]
+    nacked: u64,
 }
 
 /// What to do with a received data message.
@@ -204,10 +196,13 @@ pub enum Action {
     Deliver,
     /// Already delivered: drop it and acknowledge again.
     Duplicate,
-    /// Ahead of what is expected: drop it and send a `Nack` for `expected`.
+    /// Ahead of what is expected: drop it; send a `Nack` for `expected` if
+    /// `nack` is set (the first time this gap is seen).
     Gap {
         /// The next number needed.
         expected: u64,
+        /// Whether to send a Nack now.
+        nack: bool,
     },
 }
 
@@ -218,13 +213,20 @@ impl Inbound {
         Self::default()
     }
 
+    /// Allow the next gap to be Nacked again (call on a timer while a gap persists).
+    pub fn forget_nack(&mut self) {
+        self.nacked = 0;
+    }
+
     /// The cumulative acknowledgement to send: everything up to here was delivered.
     #[must_use]
     pub fn ack(&self) -> u64 {
         self.delivered
     }
 
-    /// Decide about message `seq` whose sender still holds everything from `oldest`.
+    /// Decide about message `seq` whose sender still holds everything from
+    /// `oldest`. A gap whose Nack was lost is filled by the sender's resend on
+    /// reconnect, or by the caller asking again ([`Self::forget_nack`]).
     ///
     /// # Errors
     /// [`DeliveryError`] for impossible numbers (nothing changes).
@@ -236,10 +238,7 @@ impl Inbound {
             return Err(DeliveryError::OldestAboveSeq { seq, oldest });
         }
         if seq <= self.delivered {
-            return Ok(Receipt {
-                resync: None,
-                action: Action::Duplicate,
-            });
+            return Ok(Receipt { resync: None, action: Action::Duplicate });
         }
         let mut resync = None;
         if oldest > self.delivered + 1 {
@@ -250,9 +249,10 @@ impl Inbound {
             self.delivered = seq;
             Action::Deliver
         } else {
-            Action::Gap {
-                expected: self.delivered + 1,
-            }
+            let expected = self.delivered + 1;
+            let nack = self.nacked != expected;
+            self.nacked = expected;
+            Action::Gap { expected, nack }
         };
         Ok(Receipt { resync, action })
     }
@@ -270,23 +270,16 @@ mod tests {
         let a = out.push(b"a".to_vec());
         let b = out.push(b"b".to_vec());
         assert_eq!((a, b), (1, 2));
-        assert_eq!(
-            inb.on_data(1, out.oldest()).unwrap().action,
-            Action::Deliver
-        );
+        assert_eq!(inb.on_data(1, out.oldest()).unwrap().action, Action::Deliver);
         assert_eq!(inb.on_data(1, 1).unwrap().action, Action::Duplicate);
         let c = out.push(b"c".to_vec());
-        assert_eq!(
-            inb.on_data(c, 1).unwrap().action,
-            Action::Gap { expected: 2 }
-        );
+        assert_eq!(inb.on_data(c, 1).unwrap().action, Action::Gap { expected: 2, nack: true });
+        // The same gap again: no second Nack.
+        assert_eq!(inb.on_data(c, 1).unwrap().action, Action::Gap { expected: 2, nack: false });
         assert_eq!(out.on_ack(inb.ack()).unwrap(), 1);
         let resend: Vec<_> = out.unacked_from(2).map(|(s, _)| s).collect();
         assert_eq!(resend, vec![2, 3]);
-        assert_eq!(
-            out.on_ack(9),
-            Err(DeliveryError::AckBeyondSent { ack: 9, last: 3 })
-        );
+        assert_eq!(out.on_ack(9), Err(DeliveryError::AckBeyondSent { ack: 9, last: 3 }));
         // The sender lost 2..=4; the receiver is told, then gets 5.
         let r = inb.on_data(5, 5).unwrap();
         assert_eq!(r.resync, Some(2..=4));
@@ -296,10 +289,7 @@ mod tests {
 
     #[test]
     fn overflow_drops_oldest_and_says_so() {
-        let mut out = Outbound::new(OutboxLimits {
-            max_messages: 2,
-            max_bytes: 1 << 20,
-        });
+        let mut out = Outbound::new(OutboxLimits { max_messages: 2, max_bytes: 1 << 20 });
         for m in [b"1", b"2", b"3"] {
             out.push(m.to_vec());
         }
@@ -311,10 +301,7 @@ mod tests {
     fn impossible_numbers_change_nothing() {
         let mut inb = Inbound::new();
         assert_eq!(inb.on_data(0, 0), Err(DeliveryError::ZeroSeq));
-        assert_eq!(
-            inb.on_data(3, 4),
-            Err(DeliveryError::OldestAboveSeq { seq: 3, oldest: 4 })
-        );
+        assert_eq!(inb.on_data(3, 4), Err(DeliveryError::OldestAboveSeq { seq: 3, oldest: 4 }));
         assert_eq!(inb, Inbound::new());
     }
 

@@ -30,10 +30,9 @@ impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Os => f.write_str("Os"),
-            Source::Deterministic { counter, .. } => f
-                .debug_struct("Deterministic")
-                .field("counter", counter)
-                .finish(),
+            Source::Deterministic { counter, .. } => {
+                f.debug_struct("Deterministic").field("counter", counter).finish()
+            }
         }
     }
 }
@@ -50,9 +49,7 @@ impl Entropy {
     /// vectors only**: anyone who knows the seed knows every key it makes.
     #[must_use]
     pub fn deterministic(seed: [u8; 32]) -> Self {
-        Self {
-            inner: Source::Deterministic { seed, counter: 0 },
-        }
+        Self { inner: Source::Deterministic { seed, counter: 0 } }
     }
 
     /// Fill `dest` with random bytes.

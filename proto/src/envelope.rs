@@ -113,29 +113,19 @@ impl Envelope {
                 b.put_u8(PAIR_WELCOME);
                 b.put(noise);
             }
-            Envelope::SessionInit {
-                handshake_id,
-                noise,
-            } => {
+            Envelope::SessionInit { handshake_id, noise } => {
                 b.put_u8(ENVELOPE_VERSION);
                 b.put_u8(SESSION_INIT);
                 b.put(handshake_id);
                 b.put(noise);
             }
-            Envelope::SessionAccept {
-                handshake_id,
-                noise,
-            } => {
+            Envelope::SessionAccept { handshake_id, noise } => {
                 b.put_u8(ENVELOPE_VERSION);
                 b.put_u8(SESSION_ACCEPT);
                 b.put(handshake_id);
                 b.put(noise);
             }
-            Envelope::Record {
-                session_id,
-                counter,
-                ciphertext,
-            } => {
+            Envelope::Record { session_id, counter, ciphertext } => {
                 b.put(&record_header(session_id, *counter));
                 b.put(ciphertext);
             }
@@ -169,12 +159,8 @@ impl Envelope {
             Ok(n.to_vec())
         };
         Ok(match kind {
-            PAIR_HELLO => Envelope::PairHello {
-                noise: noise(&mut r)?,
-            },
-            PAIR_WELCOME => Envelope::PairWelcome {
-                noise: noise(&mut r)?,
-            },
+            PAIR_HELLO => Envelope::PairHello { noise: noise(&mut r)? },
+            PAIR_WELCOME => Envelope::PairWelcome { noise: noise(&mut r)? },
             SESSION_INIT => Envelope::SessionInit {
                 handshake_id: r.array("handshake_id")?,
                 noise: noise(&mut r)?,
@@ -190,11 +176,7 @@ impl Envelope {
                 if ciphertext.len() < TAG_LEN {
                     return Err(CodecError::Truncated("ciphertext").into());
                 }
-                Envelope::Record {
-                    session_id,
-                    counter,
-                    ciphertext: ciphertext.to_vec(),
-                }
+                Envelope::Record { session_id, counter, ciphertext: ciphertext.to_vec() }
             }
             other => return Err(EnvelopeError::UnknownKind(other)),
         })
@@ -207,26 +189,13 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects() {
-        let e = Envelope::Record {
-            session_id: [1; 8],
-            counter: 7,
-            ciphertext: vec![9; 16],
-        };
+        let e = Envelope::Record { session_id: [1; 8], counter: 7, ciphertext: vec![9; 16] };
         let b = e.encode();
-        assert_eq!(
-            b.get(..RECORD_HEADER_LEN),
-            Some(&record_header(&[1; 8], 7)[..])
-        );
+        assert_eq!(b.get(..RECORD_HEADER_LEN), Some(&record_header(&[1; 8], 7)[..]));
         assert_eq!(Envelope::decode(&b), Ok(e));
         assert_eq!(Envelope::decode(&[]), Err(EnvelopeError::TooShort));
-        assert_eq!(
-            Envelope::decode(&[2, 1, 0]),
-            Err(EnvelopeError::UnsupportedVersion(2))
-        );
-        assert_eq!(
-            Envelope::decode(&[1, 9, 0]),
-            Err(EnvelopeError::UnknownKind(9))
-        );
+        assert_eq!(Envelope::decode(&[2, 1, 0]), Err(EnvelopeError::UnsupportedVersion(2)));
+        assert_eq!(Envelope::decode(&[1, 9, 0]), Err(EnvelopeError::UnknownKind(9)));
         assert!(Envelope::decode(&b[..b.len() - 1]).is_err());
         assert!(Envelope::decode(&[1, 1]).is_err());
     }

@@ -99,9 +99,7 @@ impl ErrorCode {
     /// From a WebSocket close code, if it is one of Tandem's.
     #[must_use]
     pub fn from_close_code(close: u16) -> Option<Self> {
-        (4000..5000)
-            .contains(&close)
-            .then(|| Self::from_code(close - CLOSE_CODE_BASE))
+        (4000..5000).contains(&close).then(|| Self::from_code(close - CLOSE_CODE_BASE))
     }
 }
 

@@ -313,19 +313,12 @@ impl Frame {
         b.put_u8(VERSION);
         b.put_u8(self.frame_type() as u8);
         match self {
-            Frame::Hello {
-                min_version,
-                max_version,
-                role,
-            } => {
+            Frame::Hello { min_version, max_version, role } => {
                 b.put_u8(*min_version);
                 b.put_u8(*max_version);
                 b.put_u8(role.to_byte());
             }
-            Frame::Challenge {
-                relay_ephemeral,
-                nonce,
-            } => {
+            Frame::Challenge { relay_ephemeral, nonce } => {
                 b.put(&relay_ephemeral.0);
                 b.put(nonce);
             }
@@ -333,29 +326,17 @@ impl Frame {
                 b.put(&public_key.0);
                 b.put(proof);
             }
-            Frame::AuthOk {
-                device_id,
-                queued,
-                ping_interval_ms,
-            } => {
+            Frame::AuthOk { device_id, queued, ping_interval_ms } => {
                 b.put(&device_id.0);
                 b.put_u32(*queued);
                 b.put_u32(*ping_interval_ms);
             }
-            Frame::Send {
-                send_id,
-                to,
-                payload,
-            } => {
+            Frame::Send { send_id, to, payload } => {
                 b.put_u64(*send_id);
                 b.put(&to.0);
                 b.put(payload);
             }
-            Frame::Deliver {
-                delivery_id,
-                from,
-                payload,
-            } => {
+            Frame::Deliver { delivery_id, from, payload } => {
                 b.put_u64(*delivery_id);
                 b.put(&from.0);
                 b.put(payload);
@@ -367,37 +348,22 @@ impl Frame {
                 b.put_u8(u8::from(*online));
             }
             Frame::Ping { nonce } | Frame::Pong { nonce } => b.put_u64(*nonce),
-            Frame::PairOpen {
-                request_id,
-                pairing_id,
-                ttl_secs,
-            } => {
+            Frame::PairOpen { request_id, pairing_id, ttl_secs } => {
                 b.put_u64(*request_id);
                 b.put(pairing_id);
                 b.put_u16(*ttl_secs);
             }
-            Frame::PairClaim {
-                request_id,
-                pairing_id,
-                payload,
-            } => {
+            Frame::PairClaim { request_id, pairing_id, payload } => {
                 b.put_u64(*request_id);
                 b.put(pairing_id);
                 b.put(payload);
             }
-            Frame::PairMessage {
-                pairing_id,
-                peer,
-                payload,
-            } => {
+            Frame::PairMessage { pairing_id, peer, payload } => {
                 b.put(pairing_id);
                 b.put(&peer.0);
                 b.put(payload);
             }
-            Frame::PairClose {
-                request_id,
-                pairing_id,
-            } => {
+            Frame::PairClose { request_id, pairing_id } => {
                 b.put_u64(*request_id);
                 b.put(pairing_id);
             }
@@ -405,11 +371,7 @@ impl Frame {
                 b.put_u64(*request_id);
                 b.put(&peer.0);
             }
-            Frame::Error {
-                code,
-                ref_id,
-                message,
-            } => {
+            Frame::Error { code, ref_id, message } => {
                 b.put_u16(code.code());
                 b.put_u64(*ref_id);
                 b.put_str16(truncate_utf8(message, MAX_ERROR_MESSAGE_LEN));
@@ -462,10 +424,9 @@ fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
             relay_ephemeral: PublicKey(r.array("relay_ephemeral")?),
             nonce: r.array("nonce")?,
         },
-        FrameType::Auth => Frame::Auth {
-            public_key: PublicKey(r.array("public_key")?),
-            proof: r.array("proof")?,
-        },
+        FrameType::Auth => {
+            Frame::Auth { public_key: PublicKey(r.array("public_key")?), proof: r.array("proof")? }
+        }
         FrameType::AuthOk => Frame::AuthOk {
             device_id: DeviceId(r.array("device_id")?),
             queued: r.u32("queued")?,
@@ -481,12 +442,8 @@ fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
             from: DeviceId(r.array("from")?),
             payload: r.rest().to_vec(),
         },
-        FrameType::Ack => Frame::Ack {
-            up_to: r.u64("up_to")?,
-        },
-        FrameType::Ok => Frame::Ok {
-            ref_id: r.u64("ref_id")?,
-        },
+        FrameType::Ack => Frame::Ack { up_to: r.u64("up_to")? },
+        FrameType::Ok => Frame::Ok { ref_id: r.u64("ref_id")? },
         FrameType::Presence => Frame::Presence {
             peer: DeviceId(r.array("peer")?),
             online: match r.u8("online")? {
@@ -495,12 +452,8 @@ fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
                 _ => return Err(CodecError::BadValue("online")),
             },
         },
-        FrameType::Ping => Frame::Ping {
-            nonce: r.u64("nonce")?,
-        },
-        FrameType::Pong => Frame::Pong {
-            nonce: r.u64("nonce")?,
-        },
+        FrameType::Ping => Frame::Ping { nonce: r.u64("nonce")? },
+        FrameType::Pong => Frame::Pong { nonce: r.u64("nonce")? },
         FrameType::PairOpen => Frame::PairOpen {
             request_id: r.u64("request_id")?,
             pairing_id: r.array("pairing_id")?,
@@ -520,22 +473,20 @@ fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
             request_id: r.u64("request_id")?,
             pairing_id: r.array("pairing_id")?,
         },
-        FrameType::Authorize => Frame::Authorize {
-            request_id: r.u64("request_id")?,
-            peer: DeviceId(r.array("peer")?),
-        },
-        FrameType::Revoke => Frame::Revoke {
-            request_id: r.u64("request_id")?,
-            peer: DeviceId(r.array("peer")?),
-        },
+        FrameType::Authorize => {
+            Frame::Authorize { request_id: r.u64("request_id")?, peer: DeviceId(r.array("peer")?) }
+        }
+        FrameType::Revoke => {
+            Frame::Revoke { request_id: r.u64("request_id")?, peer: DeviceId(r.array("peer")?) }
+        }
         FrameType::Error => Frame::Error {
             code: ErrorCode::from_code(r.u16("code")?),
             ref_id: r.u64("ref_id")?,
             message: r.str16(MAX_ERROR_MESSAGE_LEN, "message")?.to_owned(),
         },
-        FrameType::Restarting => Frame::Restarting {
-            reconnect_after_ms: r.u32("reconnect_after_ms")?,
-        },
+        FrameType::Restarting => {
+            Frame::Restarting { reconnect_after_ms: r.u32("reconnect_after_ms")? }
+        }
     };
     r.finish()?;
     Ok(frame)
@@ -565,27 +516,18 @@ mod tests {
             Frame::decode(&[2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0]),
             Err(FrameError::UnsupportedVersion(2))
         );
-        assert_eq!(
-            Frame::decode(&[1, 0x7f]),
-            Err(FrameError::UnknownType(0x7f))
-        );
+        assert_eq!(Frame::decode(&[1, 0x7f]), Err(FrameError::UnknownType(0x7f)));
         let ping = Frame::Ping { nonce: 5 }.encode().unwrap();
         assert_eq!(Frame::decode(&ping), Ok(Frame::Ping { nonce: 5 }));
         let mut long = ping.clone();
         long.push(0);
         assert!(matches!(
             Frame::decode(&long),
-            Err(FrameError::Malformed {
-                source: CodecError::TrailingBytes(1),
-                ..
-            })
+            Err(FrameError::Malformed { source: CodecError::TrailingBytes(1), .. })
         ));
         assert!(matches!(
             Frame::decode(&ping[..ping.len() - 1]),
-            Err(FrameError::Malformed {
-                source: CodecError::Truncated(_),
-                ..
-            })
+            Err(FrameError::Malformed { source: CodecError::Truncated(_), .. })
         ));
     }
 
@@ -611,11 +553,7 @@ mod tests {
 
     #[test]
     fn error_messages_are_truncated_on_a_char_boundary() {
-        let f = Frame::Error {
-            code: ErrorCode::Internal,
-            ref_id: 0,
-            message: "é".repeat(200),
-        };
+        let f = Frame::Error { code: ErrorCode::Internal, ref_id: 0, message: "é".repeat(200) };
         let Frame::Error { message, .. } = Frame::decode(&f.encode().unwrap()).unwrap() else {
             panic!()
         };

@@ -41,9 +41,7 @@ impl DeviceKey {
     /// # Errors
     /// [`EntropyError`] when the random source fails.
     pub fn generate(entropy: &mut Entropy) -> Result<Self, EntropyError> {
-        Ok(Self {
-            secret: entropy.array32()?,
-        })
+        Ok(Self { secret: entropy.array32()? })
     }
 
     /// A key from its 32 secret bytes (as stored in a keychain or key file).
@@ -201,10 +199,7 @@ mod tests {
         let s = id.to_string();
         assert_eq!(s.len(), 26);
         assert_eq!(s.parse::<DeviceId>().unwrap(), id);
-        assert_eq!(
-            key.public().to_string().parse::<PublicKey>().unwrap(),
-            key.public()
-        );
+        assert_eq!(key.public().to_string().parse::<PublicKey>().unwrap(), key.public());
         assert_eq!(key.public().fingerprint().len(), 24);
         assert!("AAAAAAAAAAAAAAAAAAAAAAAAAA".parse::<DeviceId>().is_err());
         assert!("short".parse::<DeviceId>().is_err());
@@ -216,10 +211,7 @@ mod tests {
         let key = DeviceKey::from_bytes([9; 32]);
         assert!(key.diffie_hellman(&PublicKey([0; 32])).is_none());
         let other = DeviceKey::from_bytes([3; 32]);
-        assert_eq!(
-            key.diffie_hellman(&other.public()),
-            other.diffie_hellman(&key.public())
-        );
+        assert_eq!(key.diffie_hellman(&other.public()), other.diffie_hellman(&key.public()));
     }
 
     #[test]

@@ -171,12 +171,8 @@ impl Link {
             .filter(|(s, _)| *s == seq)
             .map(|(_, m)| m.to_vec())
             .unwrap_or_default();
-        let content = Content::Data {
-            seq,
-            oldest: self.outbound.oldest(),
-            ack: self.inbound.ack(),
-            message,
-        };
+        let content =
+            Content::Data { seq, oldest: self.outbound.oldest(), ack: self.inbound.ack(), message };
         self.current.seal(&content.encode())
     }
 
@@ -195,12 +191,7 @@ impl Link {
     /// # Errors
     /// [`RecordError::Exhausted`] when the session must be renewed first.
     pub fn ack(&mut self) -> Result<Vec<u8>, RecordError> {
-        self.current.seal(
-            &Content::Ack {
-                ack: self.inbound.ack(),
-            }
-            .encode(),
-        )
+        self.current.seal(&Content::Ack { ack: self.inbound.ack() }.encode())
     }
 
     /// Ratchet the sending key now (call hourly: forward secrecy for idle links).
@@ -225,11 +216,7 @@ impl Link {
     }
 
     fn secrets<'a>(&'a self, local: &'a DeviceKey) -> PeerSecrets<'a> {
-        PeerSecrets {
-            local,
-            remote: &self.peer,
-            psk: &self.psk,
-        }
+        PeerSecrets { local, remote: &self.peer, psk: &self.psk }
     }
 
     /// Handle one envelope from the peer. On error nothing changed: the
@@ -261,10 +248,7 @@ impl Link {
                 Ok(vec![LinkEvent::Send(vec![accept])])
             }
             e @ Envelope::SessionAccept { .. } => {
-                let init = self
-                    .pending
-                    .take()
-                    .ok_or(LinkError::NoHandshakeInProgress)?;
+                let init = self.pending.take().ok_or(LinkError::NoHandshakeInProgress)?;
                 if let Envelope::SessionAccept { handshake_id, .. } = &e {
                     if *handshake_id != init.handshake_id() {
                         self.pending = Some(init);
@@ -276,10 +260,7 @@ impl Link {
                 self.next = None;
                 // Key confirmation: the responder promotes the session on this.
                 let confirm = self.ack()?;
-                Ok(vec![
-                    LinkEvent::SessionRenewed,
-                    LinkEvent::Send(vec![confirm]),
-                ])
+                Ok(vec![LinkEvent::SessionRenewed, LinkEvent::Send(vec![confirm])])
             }
             Envelope::PairHello { .. } | Envelope::PairWelcome { .. } => Err(LinkError::Unexpected),
         }
@@ -295,15 +276,8 @@ impl Link {
             (Which::Current, self.current.clone())
         } else if self.next.as_ref().is_some_and(|s| s.id() == *session_id) {
             (Which::Next, self.next.clone().ok_or(LinkError::Unexpected)?)
-        } else if self
-            .previous
-            .as_ref()
-            .is_some_and(|s| s.id() == *session_id)
-        {
-            (
-                Which::Previous,
-                self.previous.clone().ok_or(LinkError::Unexpected)?,
-            )
+        } else if self.previous.as_ref().is_some_and(|s| s.id() == *session_id) {
+            (Which::Previous, self.previous.clone().ok_or(LinkError::Unexpected)?)
         } else {
             return Err(RecordError::WrongSession.into());
         };
@@ -312,27 +286,21 @@ impl Link {
         let mut outbound = self.outbound.clone();
         let mut inbound = self.inbound.clone();
         match content {
-            Content::Data {
-                seq,
-                oldest,
-                ack,
-                message,
-            } => {
+            Content::Data { seq, oldest, ack, message } => {
                 outbound.on_ack(ack)?;
                 let receipt = inbound.on_data(seq, oldest)?;
                 if let Some(r) = receipt.resync {
-                    events.push(LinkEvent::ResyncNeeded {
-                        from: *r.start(),
-                        to: *r.end(),
-                    });
+                    events.push(LinkEvent::ResyncNeeded { from: *r.start(), to: *r.end() });
                 }
                 match receipt.action {
                     Action::Deliver => events.push(LinkEvent::Message { seq, message }),
                     Action::Duplicate => {}
-                    Action::Gap { expected } => {
+                    Action::Gap { expected, nack } => {
                         self.commit(which, session, outbound, inbound)?;
-                        let nack = self.current.seal(&Content::Nack { expected }.encode())?;
-                        events.push(LinkEvent::Send(vec![nack]));
+                        if nack {
+                            let nack = self.current.seal(&Content::Nack { expected }.encode())?;
+                            events.push(LinkEvent::Send(vec![nack]));
+                        }
                         return Ok(events);
                     }
                 }

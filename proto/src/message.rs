@@ -76,11 +76,9 @@ impl DeviceInfo {
         let obj: Value =
             serde_json::from_slice(bytes).map_err(|e| MessageError::NotJson(e.to_string()))?;
         version(&obj)?;
-        let info: DeviceInfo =
-            serde_json::from_value(obj).map_err(|e| MessageError::Malformed {
-                kind: "device_info".into(),
-                detail: e.to_string(),
-            })?;
+        let info: DeviceInfo = serde_json::from_value(obj).map_err(|e| {
+            MessageError::Malformed { kind: "device_info".into(), detail: e.to_string() }
+        })?;
         info.validate()?;
         Ok(info)
     }
@@ -94,10 +92,7 @@ impl DeviceInfo {
         {
             return Err(bad("name"));
         }
-        for (f, s) in [
-            ("platform", &self.platform),
-            ("app_version", &self.app_version),
-        ] {
+        for (f, s) in [("platform", &self.platform), ("app_version", &self.app_version)] {
             if s.len() > 32 || s.chars().any(char::is_control) {
                 return Err(bad(f));
             }
@@ -324,17 +319,13 @@ impl Message {
     /// # Errors
     /// [`MessageError::TooLarge`] over [`MAX_MESSAGE_LEN`].
     pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
-        let mut v = serde_json::to_value(self).map_err(|e| MessageError::Malformed {
-            kind: "?".into(),
-            detail: e.to_string(),
-        })?;
+        let mut v = serde_json::to_value(self)
+            .map_err(|e| MessageError::Malformed { kind: "?".into(), detail: e.to_string() })?;
         if let Value::Object(m) = &mut v {
             m.insert("v".into(), MESSAGE_VERSION.into());
         }
-        let bytes = serde_json::to_vec(&v).map_err(|e| MessageError::Malformed {
-            kind: "?".into(),
-            detail: e.to_string(),
-        })?;
+        let bytes = serde_json::to_vec(&v)
+            .map_err(|e| MessageError::Malformed { kind: "?".into(), detail: e.to_string() })?;
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(MessageError::TooLarge(format!("{} bytes", bytes.len())));
         }
@@ -356,30 +347,18 @@ impl Message {
             return Err(MessageError::NotJson("not an object".into()));
         }
         let v = version(&obj)?;
-        let kind = obj
-            .get("kind")
-            .and_then(Value::as_str)
-            .ok_or(MessageError::NoKind)?
-            .to_owned();
+        let kind = obj.get("kind").and_then(Value::as_str).ok_or(MessageError::NoKind)?.to_owned();
         if !KNOWN_KINDS.contains(&kind.as_str()) {
             return Ok(Decoded::Unknown { v, kind });
         }
         if kind == "task_event" {
-            let ty = obj
-                .get("event")
-                .and_then(|e| e.get("type"))
-                .and_then(Value::as_str);
+            let ty = obj.get("event").and_then(|e| e.get("type")).and_then(Value::as_str);
             if let Some(ty) = ty.filter(|t| !KNOWN_EVENT_TYPES.contains(t)) {
-                return Ok(Decoded::Unknown {
-                    v,
-                    kind: format!("task_event/{ty}"),
-                });
+                return Ok(Decoded::Unknown { v, kind: format!("task_event/{ty}") });
             }
         }
-        let msg: Message = serde_json::from_value(obj).map_err(|e| MessageError::Malformed {
-            kind: kind.clone(),
-            detail: e.to_string(),
-        })?;
+        let msg: Message = serde_json::from_value(obj)
+            .map_err(|e| MessageError::Malformed { kind: kind.clone(), detail: e.to_string() })?;
         if let Message::DeviceInfo(info) = &msg {
             info.validate()?;
         }
@@ -415,20 +394,14 @@ mod tests {
                 input: serde_json::json!({"cmd":"ls"}),
             },
         };
-        assert_eq!(
-            Message::decode(&ev.encode().unwrap()).unwrap(),
-            Decoded::Known(ev)
-        );
+        assert_eq!(Message::decode(&ev.encode().unwrap()).unwrap(), Decoded::Known(ev));
     }
 
     #[test]
     fn unknown_kinds_are_reported_not_fatal() {
         assert_eq!(
             Message::decode(br#"{"v":2,"kind":"screen_share","x":1}"#).unwrap(),
-            Decoded::Unknown {
-                v: 2,
-                kind: "screen_share".into()
-            }
+            Decoded::Unknown { v: 2, kind: "screen_share".into() }
         );
         assert_eq!(
             Message::decode(br#"{"v":1,"kind":"task_event","task_id":"t","offset":0,"at_ms":0,"event":{"type":"diff"}}"#)
@@ -445,22 +418,10 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_errors() {
-        assert!(matches!(
-            Message::decode(b"nope"),
-            Err(MessageError::NotJson(_))
-        ));
-        assert!(matches!(
-            Message::decode(b"[1]"),
-            Err(MessageError::NotJson(_))
-        ));
-        assert_eq!(
-            Message::decode(br#"{"kind":"cancel"}"#),
-            Err(MessageError::NoVersion)
-        );
-        assert_eq!(
-            Message::decode(br#"{"v":0,"kind":"cancel"}"#),
-            Err(MessageError::NoVersion)
-        );
+        assert!(matches!(Message::decode(b"nope"), Err(MessageError::NotJson(_))));
+        assert!(matches!(Message::decode(b"[1]"), Err(MessageError::NotJson(_))));
+        assert_eq!(Message::decode(br#"{"kind":"cancel"}"#), Err(MessageError::NoVersion));
+        assert_eq!(Message::decode(br#"{"v":0,"kind":"cancel"}"#), Err(MessageError::NoVersion));
         assert_eq!(Message::decode(br#"{"v":1}"#), Err(MessageError::NoKind));
         assert!(matches!(
             Message::decode(br#"{"v":1,"kind":"cancel"}"#),
@@ -470,9 +431,7 @@ mod tests {
             task_id: "t".into(),
             offset: 0,
             at_ms: 0,
-            event: TaskEvent::Progress {
-                text: "x".repeat(MAX_MESSAGE_LEN),
-            },
+            event: TaskEvent::Progress { text: "x".repeat(MAX_MESSAGE_LEN) },
         };
         assert!(matches!(huge.encode(), Err(MessageError::TooLarge(_))));
     }
@@ -485,15 +444,9 @@ mod tests {
             app_version: "1.0".into(),
         };
         assert_eq!(DeviceInfo::from_json(&ok.to_json()).unwrap(), ok);
-        let bad = DeviceInfo {
-            name: "x".repeat(65),
-            ..ok.clone()
-        };
+        let bad = DeviceInfo { name: "x".repeat(65), ..ok.clone() };
         assert!(DeviceInfo::from_json(&bad.to_json()).is_err());
-        let bad = DeviceInfo {
-            name: "a\u{1b}[2J".into(),
-            ..ok
-        };
+        let bad = DeviceInfo { name: "a\u{1b}[2J".into(), ..ok };
         assert!(DeviceInfo::from_json(&bad.to_json()).is_err());
     }
 }

@@ -98,9 +98,7 @@ pub struct DesktopPairing {
 
 impl std::fmt::Debug for DesktopPairing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DesktopPairing")
-            .field("qr", &self.qr)
-            .finish()
+        f.debug_struct("DesktopPairing").field("qr", &self.qr).finish()
     }
 }
 
@@ -119,12 +117,7 @@ impl DesktopPairing {
     ) -> Result<Self, EntropyError> {
         let expires_at =
             u32::try_from(now_unix.saturating_add(u64::from(ttl_secs))).unwrap_or(u32::MAX);
-        let qr = QrPayload {
-            desktop: key.public(),
-            secret: entropy.array32()?,
-            expires_at,
-            relay,
-        };
+        let qr = QrPayload { desktop: key.public(), secret: entropy.array32()?, expires_at, relay };
         Ok(Self { key, qr })
     }
 
@@ -185,12 +178,7 @@ impl DesktopPairing {
         let sas = Sas::from_handshake_hash(&noise::handshake_hash(&hs));
         let session = noise::into_session(hs, Side::Responder);
         Ok((
-            DesktopAwaitingConfirm {
-                phone_public,
-                phone_info,
-                session,
-                sas,
-            },
+            DesktopAwaitingConfirm { phone_public, phone_info, session, sas },
             Envelope::PairWelcome { noise: msg }.encode(),
         ))
     }
@@ -252,12 +240,8 @@ impl DesktopAwaitingUser {
         let mut inner = self.inner;
         let psk = Zeroizing::new(entropy.array32()?);
         let record = inner.session.seal(
-            &Content::PairResult {
-                accepted: true,
-                session_psk: *psk,
-                reason: String::new(),
-            }
-            .encode(),
+            &Content::PairResult { accepted: true, session_psk: *psk, reason: String::new() }
+                .encode(),
         )?;
         Ok((
             PairedPeer {
@@ -296,9 +280,7 @@ pub struct PhonePairing {
 
 impl std::fmt::Debug for PhonePairing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PhonePairing")
-            .field("desktop", &self.desktop)
-            .finish_non_exhaustive()
+        f.debug_struct("PhonePairing").field("desktop", &self.desktop).finish_non_exhaustive()
     }
 }
 
@@ -331,13 +313,7 @@ impl PhonePairing {
         .map_err(hs_err)?;
         entropy.array32()?;
         let msg = noise::write(&mut hs, &own_info.to_json()).map_err(hs_err)?;
-        Ok((
-            Self {
-                hs,
-                desktop: qr.desktop,
-            },
-            Envelope::PairHello { noise: msg }.encode(),
-        ))
+        Ok((Self { hs, desktop: qr.desktop }, Envelope::PairHello { noise: msg }.encode()))
     }
 
     /// Read the desktop's `PairWelcome`; returns the next state and the
@@ -358,15 +334,7 @@ impl PhonePairing {
         let sas = Sas::from_handshake_hash(&noise::handshake_hash(&self.hs));
         let mut session = noise::into_session(self.hs, Side::Initiator);
         let confirm = session.seal(&Content::PairConfirm.encode())?;
-        Ok((
-            PhoneAwaitingResult {
-                desktop: self.desktop,
-                desktop_info,
-                session,
-                sas,
-            },
-            confirm,
-        ))
+        Ok((PhoneAwaitingResult { desktop: self.desktop, desktop_info, session, sas }, confirm))
     }
 }
 
@@ -400,22 +368,16 @@ impl PhoneAwaitingResult {
     pub fn on_result(mut self, result: &Envelope) -> Result<PairedPeer, PairingError> {
         let plain = self.session.open(result)?;
         match Content::decode(&plain)? {
-            Content::PairResult {
-                accepted: true,
-                session_psk,
-                ..
-            } => Ok(PairedPeer {
+            Content::PairResult { accepted: true, session_psk, .. } => Ok(PairedPeer {
                 public_key: self.desktop,
                 info: self.desktop_info,
                 session_psk: Zeroizing::new(session_psk),
                 session: self.session,
                 sas: self.sas,
             }),
-            Content::PairResult {
-                accepted: false,
-                reason,
-                ..
-            } => Err(PairingError::Refused(reason)),
+            Content::PairResult { accepted: false, reason, .. } => {
+                Err(PairingError::Refused(reason))
+            }
             _ => Err(PairingError::Unexpected),
         }
     }

@@ -1,8 +1,16 @@
 //! The QR pairing payload and the link it is shown as.
 //!
-//! The QR code encodes `https://<relay host>/<path>#<base64url payload>`. A
+//! The QR code encodes `https://<relay host>/<path>#<BASE32 payload>`. A
 //! phone camera opens it in the browser (the web client) or in an app that
 //! claims the link; browsers never send the fragment to any server.
+//!
+//! The payload is RFC 4648 base32 in upper case without padding, because
+//! those characters are all in the QR code's alphanumeric mode (5.5 bits per
+//! character instead of 8): rendered as a byte segment for
+//! `https://host/path#` followed by an alphanumeric segment for the payload,
+//! a link with a host of up to ~30 characters fits QR version 7 at error
+//! correction M (see [`link_segments`] and the `qr_size` test). Scheme and
+//! host stay lower case: Android matches App Links case-sensitively.
 //!
 //! Payload (version 1): `version u8 ‖ desktop public key [32] ‖ secret [32]
 //! ‖ expires_at u32 (Unix seconds)`, 69 bytes, optionally followed by
@@ -32,8 +40,8 @@ pub enum QrError {
     /// Not an `http(s)://host/path#payload` link.
     #[error("not a Tandem pairing link: {0}")]
     NotALink(&'static str),
-    /// The fragment is not base64url.
-    #[error("the pairing code is damaged (not base64url)")]
+    /// The fragment is not base32.
+    #[error("the pairing code is damaged (not base32)")]
     BadEncoding,
     /// A payload version this build does not know.
     #[error(
@@ -129,23 +137,28 @@ impl QrPayload {
             None
         };
         r.finish().map_err(bad)?;
-        Ok(Self {
-            desktop,
-            secret,
-            expires_at,
-            relay,
-        })
+        Ok(Self { desktop, secret, expires_at, relay })
     }
 
     /// The link to show as a QR code: `base` (e.g. `https://relay.example.com/p`)
-    /// followed by `#` and the base64url payload.
+    /// followed by `#` and the base32 payload.
     #[must_use]
     pub fn to_link(&self, base: &str) -> String {
-        format!(
-            "{base}#{}",
-            data_encoding::BASE64URL_NOPAD.encode(&self.encode())
-        )
+        format!("{base}#{}", data_encoding::BASE32_NOPAD.encode(&self.encode()))
     }
+}
+
+/// Split a link into the two QR segments that encode it most compactly:
+/// everything up to and including `#` (byte mode) and the payload
+/// (alphanumeric mode). `None` if the payload is not upper-case base32.
+#[must_use]
+pub fn link_segments(link: &str) -> Option<(&str, &str)> {
+    let hash = link.find('#')?;
+    let (head, payload) = link.split_at(hash + 1);
+    payload
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        .then_some((head, payload))
 }
 
 /// The pairing id for a QR secret.
@@ -175,31 +188,20 @@ impl PairingLink {
     /// [`QrError`] naming what is wrong: not a link, damaged, wrong version,
     /// bad length, or expired.
     pub fn parse(link: &str, now_unix: u64) -> Result<Self, QrError> {
-        let (before, fragment) = link
-            .trim()
-            .split_once('#')
-            .ok_or(QrError::NotALink("no #payload"))?;
+        let (before, fragment) =
+            link.trim().split_once('#').ok_or(QrError::NotALink("no #payload"))?;
         let (origin, path) = split_origin(before)?;
-        if !path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b))
-        {
+        if !path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b)) {
             return Err(QrError::NotALink("unexpected characters in the path"));
         }
-        let bytes = data_encoding::BASE64URL_NOPAD
-            .decode(fragment.as_bytes())
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(fragment.to_ascii_uppercase().as_bytes())
             .map_err(|_| QrError::BadEncoding)?;
         let payload = QrPayload::decode(&bytes)?;
         if now_unix >= u64::from(payload.expires_at) {
-            return Err(QrError::Expired {
-                ago_secs: now_unix - u64::from(payload.expires_at),
-            });
+            return Err(QrError::Expired { ago_secs: now_unix - u64::from(payload.expires_at) });
         }
-        Ok(Self {
-            origin: origin.to_owned(),
-            path: path.to_owned(),
-            payload,
-        })
+        Ok(Self { origin: origin.to_owned(), path: path.to_owned(), payload })
     }
 
     /// The relay's origin: the payload's relay URL if it carries one, else
@@ -215,23 +217,15 @@ fn split_origin(s: &str) -> Result<(&str, &str), QrError> {
     let rest = s
         .strip_prefix("https://")
         .or_else(|| s.strip_prefix("http://"))
-        .ok_or(QrError::NotALink(
-            "the scheme must be https (or http on a local network)",
-        ))?;
+        .ok_or(QrError::NotALink("the scheme must be https (or http on a local network)"))?;
     let host_end = rest.find('/').unwrap_or(rest.len());
     let host = rest.get(..host_end).unwrap_or_default();
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
     {
         return Err(QrError::NotALink("bad host"));
     }
     let split = s.len() - rest.len() + host_end;
-    Ok((
-        s.get(..split).unwrap_or_default(),
-        s.get(split..).unwrap_or_default(),
-    ))
+    Ok((s.get(..split).unwrap_or_default(), s.get(split..).unwrap_or_default()))
 }
 
 #[cfg(test)]
@@ -255,34 +249,17 @@ mod tests {
         assert_eq!(parsed.path, "/p");
         assert_eq!(parsed.payload, sample());
         assert_eq!(parsed.relay_origin(), "https://relay.example.com");
-        assert_eq!(
-            PairingLink::parse(&link, 1_000_130),
-            Err(QrError::Expired { ago_secs: 10 })
-        );
-        assert!(matches!(
-            PairingLink::parse("ftp://x/p#AA", 0),
-            Err(QrError::NotALink(_))
-        ));
-        assert!(matches!(
-            PairingLink::parse("https://x/p", 0),
-            Err(QrError::NotALink(_))
-        ));
-        assert_eq!(
-            PairingLink::parse("https://x/p#!!", 0),
-            Err(QrError::BadEncoding)
-        );
+        assert_eq!(PairingLink::parse(&link, 1_000_130), Err(QrError::Expired { ago_secs: 10 }));
+        assert!(matches!(PairingLink::parse("ftp://x/p#AA", 0), Err(QrError::NotALink(_))));
+        assert!(matches!(PairingLink::parse("https://x/p", 0), Err(QrError::NotALink(_))));
+        assert_eq!(PairingLink::parse("https://x/p#!!", 0), Err(QrError::BadEncoding));
         let mut b = sample().encode();
         b[0] = 2;
-        let l = format!("https://x/p#{}", data_encoding::BASE64URL_NOPAD.encode(&b));
+        let l = format!("https://x/p#{}", data_encoding::BASE32_NOPAD.encode(&b));
         assert_eq!(PairingLink::parse(&l, 0), Err(QrError::WrongVersion(2)));
-        let l = format!(
-            "https://x/p#{}",
-            data_encoding::BASE64URL_NOPAD.encode(&sample().encode()[..60])
-        );
-        assert!(matches!(
-            PairingLink::parse(&l, 0),
-            Err(QrError::BadLength(_))
-        ));
+        let l =
+            format!("https://x/p#{}", data_encoding::BASE32_NOPAD.encode(&sample().encode()[..60]));
+        assert!(matches!(PairingLink::parse(&l, 0), Err(QrError::BadLength(_))));
     }
 
     #[test]

@@ -109,17 +109,8 @@ impl Session {
     pub fn new(id: [u8; 8], tx: [u8; 32], rx: [u8; 32]) -> Self {
         Self {
             id,
-            tx: TxState {
-                key: tx,
-                epoch: 0,
-                next_counter: 0,
-            },
-            rx: RxState {
-                key: rx,
-                epoch: 0,
-                prev_key: None,
-                window: ReplayWindow::new(),
-            },
+            tx: TxState { key: tx, epoch: 0, next_counter: 0 },
+            rx: RxState { key: rx, epoch: 0, prev_key: None, window: ReplayWindow::new() },
         }
     }
 
@@ -182,12 +173,7 @@ impl Session {
     /// [`RecordError`] for another session's record, a replay, an
     /// implausible counter, or a record that does not authenticate.
     pub fn open(&mut self, envelope: &Envelope) -> Result<Vec<u8>, RecordError> {
-        let Envelope::Record {
-            session_id,
-            counter,
-            ciphertext,
-        } = envelope
-        else {
+        let Envelope::Record { session_id, counter, ciphertext } = envelope else {
             return Err(RecordError::NotARecord);
         };
         if *session_id != self.id {
@@ -267,10 +253,7 @@ mod tests {
     use super::*;
 
     fn pair() -> (Session, Session) {
-        (
-            Session::new([1; 8], [2; 32], [3; 32]),
-            Session::new([1; 8], [3; 32], [2; 32]),
-        )
+        (Session::new([1; 8], [2; 32], [3; 32]), Session::new([1; 8], [3; 32], [2; 32]))
     }
 
     fn env(b: &[u8]) -> Envelope {
@@ -282,10 +265,7 @@ mod tests {
         let (mut a, mut b) = pair();
         let r = a.seal(b"hello").unwrap();
         assert_eq!(b.open(&env(&r)).unwrap(), b"hello");
-        assert_eq!(
-            b.open(&env(&r)),
-            Err(RecordError::Replay(ReplayError::Duplicate(0)))
-        );
+        assert_eq!(b.open(&env(&r)), Err(RecordError::Replay(ReplayError::Duplicate(0))));
     }
 
     #[test]
@@ -331,17 +311,10 @@ mod tests {
             ciphertext: vec![0; 32],
         };
         assert_eq!(b.open(&e), Err(RecordError::TooFarAhead));
-        let e = Envelope::Record {
-            session_id: [1; 8],
-            counter: MAX_COUNTER,
-            ciphertext: vec![0; 32],
-        };
+        let e =
+            Envelope::Record { session_id: [1; 8], counter: MAX_COUNTER, ciphertext: vec![0; 32] };
         assert_eq!(b.open(&e), Err(RecordError::TooFarAhead));
-        let e = Envelope::Record {
-            session_id: [2; 8],
-            counter: 0,
-            ciphertext: vec![0; 32],
-        };
+        let e = Envelope::Record { session_id: [2; 8], counter: 0, ciphertext: vec![0; 32] };
         assert_eq!(b.open(&e), Err(RecordError::WrongSession));
     }
 

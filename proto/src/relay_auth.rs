@@ -45,9 +45,7 @@ pub struct RelayChallenge {
 
 impl std::fmt::Debug for RelayChallenge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayChallenge")
-            .field("public", &self.public)
-            .finish_non_exhaustive()
+        f.debug_struct("RelayChallenge").field("public", &self.public).finish_non_exhaustive()
     }
 }
 
@@ -60,20 +58,13 @@ impl RelayChallenge {
         let secret = entropy.array32()?;
         let nonce = entropy.array32()?;
         let public = DeviceKey::from_bytes(secret).public();
-        Ok(Self {
-            secret,
-            public,
-            nonce,
-        })
+        Ok(Self { secret, public, nonce })
     }
 
     /// The `Challenge` frame to send.
     #[must_use]
     pub fn frame(&self) -> Frame {
-        Frame::Challenge {
-            relay_ephemeral: self.public,
-            nonce: self.nonce,
-        }
+        Frame::Challenge { relay_ephemeral: self.public, nonce: self.nonce }
     }
 
     /// Check a device's `Auth`. Returns the device id it proved.
@@ -87,9 +78,7 @@ impl RelayChallenge {
         proof: &[u8; 32],
     ) -> Result<DeviceId, RelayAuthError> {
         let eph = DeviceKey::from_bytes(self.secret);
-        let mut shared = eph
-            .diffie_hellman(public_key)
-            .ok_or(RelayAuthError::BadKey)?;
+        let mut shared = eph.diffie_hellman(public_key).ok_or(RelayAuthError::BadKey)?;
         let expected = compute_proof(&shared, role, &self.nonce, &self.public, public_key);
         shared.zeroize();
         if bool::from(expected.ct_eq(proof)) {
@@ -110,9 +99,7 @@ pub fn prove(
     relay_ephemeral: &PublicKey,
     nonce: &[u8; 32],
 ) -> Result<Frame, RelayAuthError> {
-    let mut shared = key
-        .diffie_hellman(relay_ephemeral)
-        .ok_or(RelayAuthError::BadKey)?;
+    let mut shared = key.diffie_hellman(relay_ephemeral).ok_or(RelayAuthError::BadKey)?;
     let public_key = key.public();
     let proof = compute_proof(&shared, role, nonce, relay_ephemeral, &public_key);
     shared.zeroize();
@@ -130,12 +117,7 @@ fn compute_proof(
     let proof = mac(
         &k,
         label::RELAY_AUTH,
-        &[
-            &[VERSION, role.to_byte()],
-            nonce,
-            &relay_ephemeral.0,
-            &device.0,
-        ],
+        &[&[VERSION, role.to_byte()], nonce, &relay_ephemeral.0, &device.0],
     );
     k.zeroize();
     proof
@@ -146,13 +128,7 @@ mod tests {
     use super::*;
 
     fn auth(key: &DeviceKey, role: Role, ch: &RelayChallenge) -> (PublicKey, [u8; 32]) {
-        let Frame::Challenge {
-            relay_ephemeral,
-            nonce,
-        } = ch.frame()
-        else {
-            panic!()
-        };
+        let Frame::Challenge { relay_ephemeral, nonce } = ch.frame() else { panic!() };
         let Frame::Auth { public_key, proof } = prove(key, role, &relay_ephemeral, &nonce).unwrap()
         else {
             panic!()
@@ -166,27 +142,15 @@ mod tests {
         let key = DeviceKey::generate(&mut e).unwrap();
         let ch = RelayChallenge::new(&mut e).unwrap();
         let (pk, proof) = auth(&key, Role::Phone, &ch);
-        assert_eq!(
-            ch.verify(Role::Phone, &pk, &proof),
-            Ok(key.public().device_id())
-        );
+        assert_eq!(ch.verify(Role::Phone, &pk, &proof), Ok(key.public().device_id()));
         // The same proof under a role it was not made for.
-        assert_eq!(
-            ch.verify(Role::Desktop, &pk, &proof),
-            Err(RelayAuthError::BadProof)
-        );
+        assert_eq!(ch.verify(Role::Desktop, &pk, &proof), Err(RelayAuthError::BadProof));
         // Claiming someone else's key with our proof.
         let other = DeviceKey::generate(&mut e).unwrap();
-        assert_eq!(
-            ch.verify(Role::Phone, &other.public(), &proof),
-            Err(RelayAuthError::BadProof)
-        );
+        assert_eq!(ch.verify(Role::Phone, &other.public(), &proof), Err(RelayAuthError::BadProof));
         // Replaying a proof against a new challenge.
         let ch2 = RelayChallenge::new(&mut e).unwrap();
-        assert_eq!(
-            ch2.verify(Role::Phone, &pk, &proof),
-            Err(RelayAuthError::BadProof)
-        );
+        assert_eq!(ch2.verify(Role::Phone, &pk, &proof), Err(RelayAuthError::BadProof));
         // A low-order key.
         assert_eq!(
             ch.verify(Role::Phone, &PublicKey([0; 32]), &proof),

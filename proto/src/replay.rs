@@ -32,10 +32,7 @@ impl ReplayWindow {
     /// An empty window.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            next: 0,
-            bits: vec![0; WORDS],
-        }
+        Self { next: 0, bits: vec![0; WORDS] }
     }
 
     /// The highest accepted counter, if any.
@@ -55,11 +52,7 @@ impl ReplayWindow {
         if self.next - counter > WINDOW_BITS {
             return Err(ReplayError::TooOld(counter));
         }
-        if self.bit(counter) {
-            Err(ReplayError::Duplicate(counter))
-        } else {
-            Ok(())
-        }
+        if self.bit(counter) { Err(ReplayError::Duplicate(counter)) } else { Ok(()) }
     }
 
     /// Record `counter` as accepted. Call only after [`Self::check`] passed and
@@ -91,11 +84,7 @@ impl ReplayWindow {
     fn set_bit(&mut self, c: u64, on: bool) {
         let i = ((c % WINDOW_BITS) / 64) as usize;
         if let Some(w) = self.bits.get_mut(i) {
-            if on {
-                *w |= 1 << (c % 64)
-            } else {
-                *w &= !(1 << (c % 64))
-            }
+            if on { *w |= 1 << (c % 64) } else { *w &= !(1 << (c % 64)) }
         }
     }
 }

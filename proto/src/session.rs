@@ -82,9 +82,7 @@ pub struct SessionInitiator {
 
 impl std::fmt::Debug for SessionInitiator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionInitiator")
-            .field("handshake_id", &self.handshake_id)
-            .finish()
+        f.debug_struct("SessionInitiator").field("handshake_id", &self.handshake_id).finish()
     }
 }
 
@@ -100,11 +98,8 @@ impl SessionInitiator {
     ) -> Result<(Self, Vec<u8>), SessionError> {
         let handshake_id = entropy.array8()?;
         let local_private = Zeroizing::new(peer.local.to_bytes());
-        let prologue = prologue(
-            &peer.local.public().device_id(),
-            &peer.remote.device_id(),
-            &handshake_id,
-        );
+        let prologue =
+            prologue(&peer.local.public().device_id(), &peer.remote.device_id(), &handshake_id);
         let mut hs = noise::build(
             &HandshakeSpec {
                 pattern: SESSION_NOISE,
@@ -120,14 +115,7 @@ impl SessionInitiator {
         // Keep the caller's stream moving past what snow drew for the ephemeral.
         entropy.array32()?;
         let msg = noise::write(&mut hs, &now_ms.to_be_bytes()).map_err(hs_err)?;
-        Ok((
-            Self { hs, handshake_id },
-            Envelope::SessionInit {
-                handshake_id,
-                noise: msg,
-            }
-            .encode(),
-        ))
+        Ok((Self { hs, handshake_id }, Envelope::SessionInit { handshake_id, noise: msg }.encode()))
     }
 
     /// This handshake's id.
@@ -143,11 +131,7 @@ impl SessionInitiator {
     /// a message that does not authenticate. On error this state is consumed;
     /// the caller keeps its current session and may start again.
     pub fn finish(mut self, envelope: &Envelope) -> Result<Session, SessionError> {
-        let Envelope::SessionAccept {
-            handshake_id,
-            noise,
-        } = envelope
-        else {
+        let Envelope::SessionAccept { handshake_id, noise } = envelope else {
             return Err(SessionError::UnexpectedEnvelope);
         };
         if *handshake_id != self.handshake_id {
@@ -170,19 +154,12 @@ pub fn respond(
     last_timestamp_ms: u64,
     entropy: &mut Entropy,
 ) -> Result<(Session, Vec<u8>, u64), SessionError> {
-    let Envelope::SessionInit {
-        handshake_id,
-        noise,
-    } = envelope
-    else {
+    let Envelope::SessionInit { handshake_id, noise } = envelope else {
         return Err(SessionError::UnexpectedEnvelope);
     };
     let local_private = Zeroizing::new(peer.local.to_bytes());
-    let prologue = prologue(
-        &peer.remote.device_id(),
-        &peer.local.public().device_id(),
-        handshake_id,
-    );
+    let prologue =
+        prologue(&peer.remote.device_id(), &peer.local.public().device_id(), handshake_id);
     let mut hs = noise::build(
         &HandshakeSpec {
             pattern: SESSION_NOISE,
@@ -197,28 +174,14 @@ pub fn respond(
     .map_err(hs_err)?;
     entropy.array32()?;
     let payload = noise::read(&mut hs, noise).map_err(hs_err)?;
-    let ts: [u8; 8] = payload
-        .as_slice()
-        .try_into()
-        .map_err(|_| SessionError::BadPayload)?;
+    let ts: [u8; 8] = payload.as_slice().try_into().map_err(|_| SessionError::BadPayload)?;
     let ts = u64::from_be_bytes(ts);
     if ts <= last_timestamp_ms {
-        return Err(SessionError::Stale {
-            got: ts,
-            last: last_timestamp_ms,
-        });
+        return Err(SessionError::Stale { got: ts, last: last_timestamp_ms });
     }
     let msg = noise::write(&mut hs, &[]).map_err(hs_err)?;
     let session = noise::into_session(hs, Side::Responder);
-    Ok((
-        session,
-        Envelope::SessionAccept {
-            handshake_id: *handshake_id,
-            noise: msg,
-        }
-        .encode(),
-        ts,
-    ))
+    Ok((session, Envelope::SessionAccept { handshake_id: *handshake_id, noise: msg }.encode(), ts))
 }
 
 /// When both devices send a `SessionInit` at once, the one from the device
@@ -234,11 +197,7 @@ mod tests {
     use super::*;
 
     fn keys() -> (DeviceKey, DeviceKey, [u8; 32]) {
-        (
-            DeviceKey::from_bytes([1; 32]),
-            DeviceKey::from_bytes([2; 32]),
-            [7; 32],
-        )
+        (DeviceKey::from_bytes([1; 32]), DeviceKey::from_bytes([2; 32]), [7; 32])
     }
 
     #[test]
@@ -247,21 +206,13 @@ mod tests {
         let (ap, bp) = (a.public(), b.public());
         let mut e = Entropy::deterministic([5; 32]);
         let (init, m1) = SessionInitiator::start(
-            PeerSecrets {
-                local: &a,
-                remote: &bp,
-                psk: &psk,
-            },
+            PeerSecrets { local: &a, remote: &bp, psk: &psk },
             1000,
             &mut e,
         )
         .unwrap();
         let (mut sb, m2, ts) = respond(
-            PeerSecrets {
-                local: &b,
-                remote: &ap,
-                psk: &psk,
-            },
+            PeerSecrets { local: &b, remote: &ap, psk: &psk },
             &Envelope::decode(&m1).unwrap(),
             999,
             &mut e,
@@ -282,51 +233,26 @@ mod tests {
         let (ap, bp) = (a.public(), b.public());
         let mut e = Entropy::deterministic([5; 32]);
         let (_, m1) = SessionInitiator::start(
-            PeerSecrets {
-                local: &a,
-                remote: &bp,
-                psk: &psk,
-            },
+            PeerSecrets { local: &a, remote: &bp, psk: &psk },
             1000,
             &mut e,
         )
         .unwrap();
         let m1 = Envelope::decode(&m1).unwrap();
         assert_eq!(
-            respond(
-                PeerSecrets {
-                    local: &b,
-                    remote: &ap,
-                    psk: &psk
-                },
-                &m1,
-                1000,
-                &mut e
-            )
-            .err(),
-            Some(SessionError::Stale {
-                got: 1000,
-                last: 1000
-            })
+            respond(PeerSecrets { local: &b, remote: &ap, psk: &psk }, &m1, 1000, &mut e).err(),
+            Some(SessionError::Stale { got: 1000, last: 1000 })
         );
         // KKpsk2 mixes the PSK into message 2: a responder with the wrong PSK
         // answers, and the initiator refuses the answer.
         let (init, m1b) = SessionInitiator::start(
-            PeerSecrets {
-                local: &a,
-                remote: &bp,
-                psk: &psk,
-            },
+            PeerSecrets { local: &a, remote: &bp, psk: &psk },
             2000,
             &mut e,
         )
         .unwrap();
         let (_, m2, _) = respond(
-            PeerSecrets {
-                local: &b,
-                remote: &ap,
-                psk: &[8; 32],
-            },
+            PeerSecrets { local: &b, remote: &ap, psk: &[8; 32] },
             &Envelope::decode(&m1b).unwrap(),
             0,
             &mut e,
@@ -338,16 +264,7 @@ mod tests {
         ));
         let mallory = DeviceKey::from_bytes([3; 32]).public();
         assert!(matches!(
-            respond(
-                PeerSecrets {
-                    local: &b,
-                    remote: &mallory,
-                    psk: &psk
-                },
-                &m1,
-                0,
-                &mut e
-            ),
+            respond(PeerSecrets { local: &b, remote: &mallory, psk: &psk }, &m1, 0, &mut e),
             Err(SessionError::Handshake(_))
         ));
     }

@@ -107,10 +107,8 @@ impl Dh for X25519 {
     }
     fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
         // snow passes its key buffer, which may be longer than 32 bytes.
-        let their: [u8; 32] = pubkey
-            .get(..32)
-            .and_then(|k| k.try_into().ok())
-            .ok_or(snow::Error::Dh)?;
+        let their: [u8; 32] =
+            pubkey.get(..32).and_then(|k| k.try_into().ok()).ok_or(snow::Error::Dh)?;
         let secret = x25519_dalek::StaticSecret::from(self.private);
         let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(their));
         if !shared.was_contributory() {
@@ -178,10 +176,7 @@ impl Cipher for ChaChaPoly {
         ciphertext: &[u8],
         out: &mut [u8],
     ) -> Result<usize, snow::Error> {
-        let len = ciphertext
-            .len()
-            .checked_sub(16)
-            .ok_or(snow::Error::Decrypt)?;
+        let len = ciphertext.len().checked_sub(16).ok_or(snow::Error::Decrypt)?;
         let (body, tag) = ciphertext.split_at(len);
         let dst = out.get_mut(..len).ok_or(snow::Error::Decrypt)?;
         dst.copy_from_slice(body);
