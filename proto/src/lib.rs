@@ -18,6 +18,21 @@
 //! * [`delivery`] — per-direction sequence numbers and acknowledgements:
 //!   exactly once, in order, or an explicit "resync needed".
 //! * [`message`] — versioned application messages (tasks, events, approvals).
+//!
+//! ```
+//! use tandem_proto::{DeviceKey, Frame, Role, entropy::Entropy, relay_auth};
+//!
+//! // A device answers the relay's challenge; the relay checks the proof.
+//! let mut entropy = Entropy::os();
+//! let key = DeviceKey::generate(&mut entropy)?;
+//! let challenge = relay_auth::RelayChallenge::new(&mut entropy)?;
+//! let wire = challenge.frame().encode()?;
+//! let Frame::Challenge { relay_ephemeral, nonce } = Frame::decode(&wire)? else { unreachable!() };
+//! let auth = relay_auth::prove(&key, Role::Phone, &relay_ephemeral, &nonce)?;
+//! let Frame::Auth { public_key, proof } = Frame::decode(&auth.encode()?)? else { unreachable!() };
+//! assert_eq!(challenge.verify(Role::Phone, &public_key, &proof)?, key.public().device_id());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod codec;
 pub mod content;

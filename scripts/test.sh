@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs (.ci/run calls this), and the README's
+# second command. It installs what it needs that is missing, then runs every
+# suite. Safe to run again; reuses ./target.
+#
+#   ./scripts/test.sh            everything
+#   ./scripts/test.sh --quick    skip the slow dependency-policy step
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[[ "${1:-}" == "--quick" ]] && quick=1
+
+step() { printf '\n==> %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+step "tools"
+if ! have cargo; then
+  echo "cargo is missing: install Rust with rustup (https://rustup.rs), then run this again" >&2
+  exit 1
+fi
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$component"
+  fi
+done
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+cargo --version
+cargo nextest --version | head -1
+
+step "format (cargo fmt --check)"
+cargo fmt --all -- --check
+
+step "lint (clippy, warnings denied)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if [[ $quick -eq 0 ]]; then
+  step "dependency policy: one crypto stack, no OpenSSL"
+  ./scripts/check-deps.sh
+fi
+
+step "doc tests"
+cargo test --workspace --doc --locked
+
+step "tests (cargo nextest)"
+cargo nextest run --workspace --locked --profile ci
+
+step "all suites passed"
