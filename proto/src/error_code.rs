@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 
 macro_rules! error_codes {
     ($( $(#[$doc:meta])* $name:ident = $code:literal, $slug:literal; )*) => {
-        /// Why the relay refused a frame or closed a connection.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        /// Why the relay refused a frame or closed a connection. Two values
+        /// are equal when their numeric codes are (so `Other(5)` equals
+        /// `AuthFailed`).
+        #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
         #[non_exhaustive]
         pub enum ErrorCode {
             $( $(#[$doc])* $name, )*
@@ -83,6 +85,20 @@ error_codes! {
     PingTimeout = 20, "ping_timeout";
     /// The relay's own fault (store unavailable, …). Retry later.
     Internal = 21, "internal";
+}
+
+impl PartialEq for ErrorCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.code() == other.code()
+    }
+}
+
+impl Eq for ErrorCode {}
+
+impl std::hash::Hash for ErrorCode {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.code().hash(state);
+    }
 }
 
 /// WebSocket close codes 4000–4999 are for applications; Tandem's is

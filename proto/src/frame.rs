@@ -26,6 +26,9 @@ pub const MAX_PAYLOAD_LEN: usize = MAX_FRAME_LEN - 34;
 /// Longest human-readable message in an `Error` frame, in bytes.
 pub const MAX_ERROR_MESSAGE_LEN: usize = 256;
 
+/// Longest relay name (`host[:port]`) in a `Challenge`, in bytes.
+pub const MAX_RELAY_NAME_LEN: usize = 255;
+
 /// Why a frame was rejected.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum FrameError {
@@ -142,12 +145,16 @@ pub enum Frame {
         /// Desktop or phone.
         role: Role,
     },
-    /// `relay_ephemeral [32] ‖ nonce [32]`
+    /// `relay_ephemeral [32] ‖ nonce [32] ‖ relay_name str16`
     Challenge {
         /// The relay's ephemeral X25519 public key for this connection.
         relay_ephemeral: PublicKey,
         /// A fresh random nonce.
         nonce: [u8; 32],
+        /// The name the device reached the relay by: the `Host` of the
+        /// WebSocket upgrade request (`host[:port]`, lower case). The device
+        /// refuses a challenge for another name (see [`crate::relay_auth`]).
+        relay_name: String,
     },
     /// `public_key [32] ‖ proof [32]`
     Auth {
@@ -306,21 +313,39 @@ impl Frame {
     ///
     /// # Errors
     /// [`FrameError::TooLarge`] if the result would exceed [`MAX_FRAME_LEN`]
-    /// (an over-long payload), so a sender can never emit what a receiver
-    /// must refuse.
+    /// (an over-long payload), [`FrameError::Malformed`] for a `Hello` whose
+    /// version range is empty: a sender can never emit what a receiver must
+    /// refuse.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         let mut b = Vec::with_capacity(64 + self.payload_len());
         b.put_u8(VERSION);
         b.put_u8(self.frame_type() as u8);
         match self {
             Frame::Hello { min_version, max_version, role } => {
+                if min_version > max_version {
+                    return Err(FrameError::Malformed {
+                        kind: FrameType::Hello,
+                        source: CodecError::BadValue("min_version above max_version"),
+                    });
+                }
                 b.put_u8(*min_version);
                 b.put_u8(*max_version);
                 b.put_u8(role.to_byte());
             }
-            Frame::Challenge { relay_ephemeral, nonce } => {
+            Frame::Challenge { relay_ephemeral, nonce, relay_name } => {
+                if relay_name.len() > MAX_RELAY_NAME_LEN {
+                    return Err(FrameError::Malformed {
+                        kind: FrameType::Challenge,
+                        source: CodecError::TooLong {
+                            field: "relay_name",
+                            len: relay_name.len(),
+                            max: MAX_RELAY_NAME_LEN,
+                        },
+                    });
+                }
                 b.put(&relay_ephemeral.0);
                 b.put(nonce);
+                b.put_str16(relay_name);
             }
             Frame::Auth { public_key, proof } => {
                 b.put(&public_key.0);
@@ -378,7 +403,7 @@ impl Frame {
             }
             Frame::Restarting { reconnect_after_ms } => b.put_u32(*reconnect_after_ms),
         }
-        if b.len() > MAX_FRAME_LEN {
+        if b.len() > MAX_FRAME_LEN || self.payload_len() > MAX_PAYLOAD_LEN {
             return Err(FrameError::TooLarge(b.len()));
         }
         Ok(b)
@@ -415,14 +440,19 @@ impl Frame {
 fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
     let mut r = Reader::new(body);
     let frame = match kind {
-        FrameType::Hello => Frame::Hello {
-            min_version: r.u8("min_version")?,
-            max_version: r.u8("max_version")?,
-            role: Role::from_byte(r.u8("role")?).ok_or(CodecError::BadValue("role"))?,
-        },
+        FrameType::Hello => {
+            let min_version = r.u8("min_version")?;
+            let max_version = r.u8("max_version")?;
+            if min_version > max_version {
+                return Err(CodecError::BadValue("min_version above max_version"));
+            }
+            let role = Role::from_byte(r.u8("role")?).ok_or(CodecError::BadValue("role"))?;
+            Frame::Hello { min_version, max_version, role }
+        }
         FrameType::Challenge => Frame::Challenge {
             relay_ephemeral: PublicKey(r.array("relay_ephemeral")?),
             nonce: r.array("nonce")?,
+            relay_name: r.str16(MAX_RELAY_NAME_LEN, "relay_name")?.to_owned(),
         },
         FrameType::Auth => {
             Frame::Auth { public_key: PublicKey(r.array("public_key")?), proof: r.array("proof")? }
@@ -435,12 +465,12 @@ fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
         FrameType::Send => Frame::Send {
             send_id: r.u64("send_id")?,
             to: DeviceId(r.array("to")?),
-            payload: r.rest().to_vec(),
+            payload: payload(&mut r)?,
         },
         FrameType::Deliver => Frame::Deliver {
             delivery_id: r.u64("delivery_id")?,
             from: DeviceId(r.array("from")?),
-            payload: r.rest().to_vec(),
+            payload: payload(&mut r)?,
         },
         FrameType::Ack => Frame::Ack { up_to: r.u64("up_to")? },
         FrameType::Ok => Frame::Ok { ref_id: r.u64("ref_id")? },
@@ -462,12 +492,12 @@ fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
         FrameType::PairClaim => Frame::PairClaim {
             request_id: r.u64("request_id")?,
             pairing_id: r.array("pairing_id")?,
-            payload: r.rest().to_vec(),
+            payload: payload(&mut r)?,
         },
         FrameType::PairMessage => Frame::PairMessage {
             pairing_id: r.array("pairing_id")?,
             peer: DeviceId(r.array("peer")?),
-            payload: r.rest().to_vec(),
+            payload: payload(&mut r)?,
         },
         FrameType::PairClose => Frame::PairClose {
             request_id: r.u64("request_id")?,
@@ -490,6 +520,17 @@ fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
     };
     r.finish()?;
     Ok(frame)
+}
+
+/// An opaque payload: the rest of the frame, at most [`MAX_PAYLOAD_LEN`]
+/// bytes, so that the relay can always forward what it accepted (a
+/// `PairClaim` payload is re-framed as a `PairMessage`, whose header is longer).
+fn payload(r: &mut Reader<'_>) -> Result<Vec<u8>, CodecError> {
+    let p = r.rest();
+    if p.len() > MAX_PAYLOAD_LEN {
+        return Err(CodecError::TooLong { field: "payload", len: p.len(), max: MAX_PAYLOAD_LEN });
+    }
+    Ok(p.to_vec())
 }
 
 /// The longest prefix of `s` that is at most `max` bytes and ends on a char boundary.

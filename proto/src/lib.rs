@@ -25,10 +25,9 @@
 //! // A device answers the relay's challenge; the relay checks the proof.
 //! let mut entropy = Entropy::os();
 //! let key = DeviceKey::generate(&mut entropy)?;
-//! let challenge = relay_auth::RelayChallenge::new(&mut entropy)?;
+//! let challenge = relay_auth::RelayChallenge::new(&mut entropy, "relay.example.com")?;
 //! let wire = challenge.frame().encode()?;
-//! let Frame::Challenge { relay_ephemeral, nonce } = Frame::decode(&wire)? else { unreachable!() };
-//! let auth = relay_auth::prove(&key, Role::Phone, &relay_ephemeral, &nonce)?;
+//! let auth = relay_auth::prove(&key, Role::Phone, "relay.example.com", &Frame::decode(&wire)?)?;
 //! let Frame::Auth { public_key, proof } = Frame::decode(&auth.encode()?)? else { unreachable!() };
 //! assert_eq!(challenge.verify(Role::Phone, &public_key, &proof)?, key.public().device_id());
 //! # Ok::<(), Box<dyn std::error::Error>>(())

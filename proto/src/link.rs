@@ -24,7 +24,17 @@
 //! it reads the `SessionAccept` and confirms at once with an `Ack` under it;
 //! the responder keeps sending under the current session until a record
 //! under the new one arrives, then promotes it. A lost handshake therefore
-//! never strands a message: both sides still share the current session.
+//! never strands a message: both sides still share the current session. The
+//! previous session is kept only until the peer's first record under the
+//! current one arrives (the relay delivers each sender's records in order),
+//! then erased.
+//!
+//! Persistence rules for the caller (see `docs/PROTOCOL.md`, "Persistence"):
+//! persist the link after [`Link::send`] and before sending the record (the
+//! outbox must hold every message the peer may acknowledge, and
+//! [`Link::must_persist`] says when the counter reservation needs it too);
+//! persist after [`Link::receive`] together with the effects of delivered
+//! messages, before acknowledging the deliveries to the relay.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -35,11 +45,14 @@ use crate::delivery::{Action, DeliveryError, Inbound, Outbound, OutboxLimits};
 use crate::entropy::Entropy;
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::identity::{DeviceKey, PublicKey};
+use crate::message::MAX_MESSAGE_LEN;
 use crate::pairing::PairedPeer;
 use crate::record::{RecordError, Session};
 use crate::session::{PeerSecrets, SessionError, SessionInitiator, respond, wins_collision};
 
-/// Why an incoming envelope was refused. None of these change the link.
+/// Why an incoming envelope was refused. None of these change the link,
+/// with one exception: a `SessionAccept` for our handshake that does not
+/// authenticate cancels that renewal (start another; nothing is lost).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum LinkError {
     /// Not a valid envelope.
@@ -83,8 +96,12 @@ pub enum LinkEvent {
         /// Last missing.
         to: u64,
     },
-    /// Send these envelopes to the peer (acks, nacks, resends, handshakes).
+    /// Send these envelopes to the peer (nacks, resends, handshakes).
     Send(Vec<Vec<u8>>),
+    /// Data arrived: send [`Link::ack`] soon. One ack covers everything
+    /// delivered so far, so callers coalesce (and data going the other way
+    /// carries the ack too).
+    AckDue,
     /// A new session is in use.
     SessionRenewed,
 }
@@ -96,9 +113,14 @@ pub struct Link {
     psk: Zeroizing<[u8; 32]>,
     current: Session,
     previous: Option<Session>,
-    /// A responder-side session waiting for the initiator's first record.
-    next: Option<Session>,
+    /// A responder-side session waiting for the initiator's first record,
+    /// with the initiator's timestamp (stored as accepted on promotion).
+    next: Option<(Session, u64)>,
+    /// Newest session-init timestamp accepted from the peer.
     last_init_ms: u64,
+    /// Newest session-init timestamp we sent (ours stay strictly increasing
+    /// even if the clock goes back).
+    last_init_sent_ms: u64,
     outbound: Outbound,
     inbound: Inbound,
     #[serde(skip)]
@@ -127,6 +149,7 @@ impl Link {
             previous: None,
             next: None,
             last_init_ms: 0,
+            last_init_sent_ms: 0,
             outbound: Outbound::new(limits),
             inbound: Inbound::new(),
             pending: None,
@@ -151,13 +174,30 @@ impl Link {
         self.current.id()
     }
 
+    /// True when the link must be persisted before sending what was just
+    /// sealed (the counter reservation grew). See [`Session::must_persist`].
+    #[must_use]
+    pub fn must_persist(&self) -> bool {
+        self.current.must_persist()
+    }
+
+    /// The caller persisted the link.
+    pub fn mark_persisted(&mut self) {
+        self.current.mark_persisted();
+    }
+
     /// Queue an application message and seal it for sending now. The message
     /// stays in the outbox until the peer acknowledges it.
     ///
     /// # Errors
-    /// [`RecordError::Exhausted`] when the session must be renewed first
-    /// (the message is still queued and goes out with [`Self::resend`]).
+    /// [`RecordError::PlaintextTooLarge`] for a message over
+    /// [`MAX_MESSAGE_LEN`] (not queued); [`RecordError::Exhausted`] when the
+    /// session must be renewed first (the message is queued and goes out
+    /// with [`Self::resend`] after the renewal).
     pub fn send(&mut self, message: Vec<u8>) -> Result<(u64, Vec<u8>), RecordError> {
+        if message.len() > MAX_MESSAGE_LEN {
+            return Err(RecordError::PlaintextTooLarge(message.len()));
+        }
         let seq = self.outbound.push(message);
         let record = self.seal_data(seq)?;
         Ok((seq, record))
@@ -194,13 +234,21 @@ impl Link {
         self.current.seal(&Content::Ack { ack: self.inbound.ack() }.encode())
     }
 
-    /// Ratchet the sending key now (call hourly: forward secrecy for idle links).
+    /// A gap whose Nack (or its answer) was lost may be Nacked again: call
+    /// on a timer while messages keep arriving out of order.
+    pub fn forget_nack(&mut self) {
+        self.inbound.forget_nack();
+    }
+
+    /// Time-based rekeying (call hourly): ratchets the sending key now if it
+    /// has been used. See [`Session::rekey_now`].
     pub fn rekey_now(&mut self) {
         self.current.rekey_now();
     }
 
     /// Start a `KKpsk2` renewal; send the returned envelope. Replaces any
-    /// renewal already in progress.
+    /// renewal already in progress. The timestamp sent is `now_ms`, or one
+    /// more than the last one sent if the clock went back.
     ///
     /// # Errors
     /// [`SessionError`] when randomness fails.
@@ -210,18 +258,33 @@ impl Link {
         now_ms: u64,
         entropy: &mut Entropy,
     ) -> Result<Vec<u8>, SessionError> {
-        let (init, msg) = SessionInitiator::start(self.secrets(local), now_ms, entropy)?;
+        let ts = now_ms.max(self.last_init_sent_ms.saturating_add(1));
+        let (init, msg) = SessionInitiator::start(self.secrets(local), ts, entropy)?;
+        self.last_init_sent_ms = ts;
         self.pending = Some(init);
         Ok(msg)
+    }
+
+    /// Give up on a renewal that got no answer (call after a timeout, e.g.
+    /// 30 s): while one is pending, this side ignores the peer's own renewals
+    /// when it wins collisions.
+    pub fn abandon_renewal(&mut self) {
+        self.pending = None;
+    }
+
+    /// Whether a renewal started here is waiting for its answer.
+    #[must_use]
+    pub fn renewal_pending(&self) -> bool {
+        self.pending.is_some()
     }
 
     fn secrets<'a>(&'a self, local: &'a DeviceKey) -> PeerSecrets<'a> {
         PeerSecrets { local, remote: &self.peer, psk: &self.psk }
     }
 
-    /// Handle one envelope from the peer. On error nothing changed: the
-    /// caller drops the envelope (and may still acknowledge it to the relay,
-    /// since nothing in it can ever be accepted).
+    /// Handle one envelope from the peer. On error nothing changed (but see
+    /// [`LinkError`]): the caller drops the envelope and may still acknowledge
+    /// it to the relay, since nothing in it can ever be accepted.
     ///
     /// # Errors
     /// [`LinkError`] for anything not authentic, replayed or malformed.
@@ -243,8 +306,7 @@ impl Link {
                 let (session, accept, ts) =
                     respond(self.secrets(local), &e, self.last_init_ms, entropy)?;
                 self.pending = None;
-                self.last_init_ms = ts;
-                self.next = Some(session);
+                self.next = Some((session, ts));
                 Ok(vec![LinkEvent::Send(vec![accept])])
             }
             e @ Envelope::SessionAccept { .. } => {
@@ -259,25 +321,26 @@ impl Link {
                 self.previous = Some(std::mem::replace(&mut self.current, session));
                 self.next = None;
                 // Key confirmation: the responder promotes the session on this.
-                let confirm = self.ack()?;
-                Ok(vec![LinkEvent::SessionRenewed, LinkEvent::Send(vec![confirm])])
+                // A fresh session cannot be exhausted, so this seal succeeds.
+                let mut events = vec![LinkEvent::SessionRenewed];
+                if let Ok(confirm) = self.ack() {
+                    events.push(LinkEvent::Send(vec![confirm]));
+                }
+                Ok(events)
             }
             Envelope::PairHello { .. } | Envelope::PairWelcome { .. } => Err(LinkError::Unexpected),
         }
     }
 
     fn receive_record(&mut self, e: &Envelope) -> Result<Vec<LinkEvent>, LinkError> {
-        let Envelope::Record { session_id, .. } = e else {
-            return Err(LinkError::Unexpected);
-        };
-        let mut events = Vec::new();
+        let Envelope::Record { session_id, .. } = e else { return Err(LinkError::Unexpected) };
         // Work on copies; commit only when everything checks out.
         let (which, mut session) = if *session_id == self.current.id() {
             (Which::Current, self.current.clone())
-        } else if self.next.as_ref().is_some_and(|s| s.id() == *session_id) {
-            (Which::Next, self.next.clone().ok_or(LinkError::Unexpected)?)
-        } else if self.previous.as_ref().is_some_and(|s| s.id() == *session_id) {
-            (Which::Previous, self.previous.clone().ok_or(LinkError::Unexpected)?)
+        } else if let Some((next, _)) = self.next.as_ref().filter(|(s, _)| s.id() == *session_id) {
+            (Which::Next, next.clone())
+        } else if let Some(prev) = self.previous.as_ref().filter(|s| s.id() == *session_id) {
+            (Which::Previous, prev.clone())
         } else {
             return Err(RecordError::WrongSession.into());
         };
@@ -285,6 +348,8 @@ impl Link {
         let content = Content::decode(&plain)?;
         let mut outbound = self.outbound.clone();
         let mut inbound = self.inbound.clone();
+        let mut events = Vec::new();
+        let mut reply = Reply::None;
         match content {
             Content::Data { seq, oldest, ack, message } => {
                 outbound.on_ack(ack)?;
@@ -293,54 +358,60 @@ impl Link {
                     events.push(LinkEvent::ResyncNeeded { from: *r.start(), to: *r.end() });
                 }
                 match receipt.action {
-                    Action::Deliver => events.push(LinkEvent::Message { seq, message }),
-                    Action::Duplicate => {}
-                    Action::Gap { expected, nack } => {
-                        self.commit(which, session, outbound, inbound)?;
-                        if nack {
-                            let nack = self.current.seal(&Content::Nack { expected }.encode())?;
-                            events.push(LinkEvent::Send(vec![nack]));
-                        }
-                        return Ok(events);
+                    Action::Deliver => {
+                        events.push(LinkEvent::Message { seq, message });
+                        events.push(LinkEvent::AckDue);
                     }
+                    Action::Duplicate => events.push(LinkEvent::AckDue),
+                    Action::Gap { expected, nack: true } => reply = Reply::Nack(expected),
+                    Action::Gap { nack: false, .. } => {}
                 }
             }
             Content::Ack { ack } => {
                 outbound.on_ack(ack)?;
             }
             Content::Nack { expected } => {
-                self.commit(which, session, outbound, inbound)?;
-                let resend = self.resend(expected)?;
-                events.push(LinkEvent::Send(resend));
-                return Ok(events);
+                outbound.on_ack(expected.saturating_sub(1))?;
+                reply = Reply::Resend(expected);
             }
             Content::PairConfirm | Content::PairResult { .. } => return Err(LinkError::Unexpected),
         }
-        if which == Which::Next {
-            events.push(LinkEvent::SessionRenewed);
-        }
-        self.commit(which, session, outbound, inbound)?;
-        Ok(events)
-    }
-
-    fn commit(
-        &mut self,
-        which: Which,
-        session: Session,
-        outbound: Outbound,
-        inbound: Inbound,
-    ) -> Result<(), LinkError> {
+        // Authenticated and consistent: commit.
         match which {
-            Which::Current => self.current = session,
+            Which::Current => {
+                self.current = session;
+                // The peer has moved on to the current session; its records
+                // under the previous one were delivered before this (the
+                // relay keeps each sender's order), so erase the old keys.
+                self.previous = None;
+            }
             Which::Previous => self.previous = Some(session),
             Which::Next => {
+                if let Some((_, ts)) = self.next.take() {
+                    self.last_init_ms = self.last_init_ms.max(ts);
+                }
                 self.previous = Some(std::mem::replace(&mut self.current, session));
-                self.next = None;
+                events.push(LinkEvent::SessionRenewed);
             }
         }
         self.outbound = outbound;
         self.inbound = inbound;
-        Ok(())
+        // Replies are sealed after the commit; if the session is exhausted
+        // they are skipped (a reconnect resends everything unacknowledged).
+        match reply {
+            Reply::None => {}
+            Reply::Nack(expected) => {
+                if let Ok(nack) = self.current.seal(&Content::Nack { expected }.encode()) {
+                    events.push(LinkEvent::Send(vec![nack]));
+                }
+            }
+            Reply::Resend(from) => {
+                if let Ok(records) = self.resend(from) {
+                    events.push(LinkEvent::Send(records));
+                }
+            }
+        }
+        Ok(events)
     }
 }
 
@@ -349,4 +420,11 @@ enum Which {
     Current,
     Previous,
     Next,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    None,
+    Nack(u64),
+    Resend(u64),
 }

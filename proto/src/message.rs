@@ -18,6 +18,10 @@ pub const MESSAGE_VERSION: u64 = 1;
 /// Largest encoded message (fits in one record within one relay frame).
 pub const MAX_MESSAGE_LEN: usize = 60 * 1024;
 
+// A `Data` content (25 bytes of header) in a record (18-byte header, 16-byte
+// tag) must fit in the payload of one relay frame.
+const _: () = assert!(MAX_MESSAGE_LEN + 25 + 18 + 16 <= crate::frame::MAX_PAYLOAD_LEN);
+
 /// Why a message could not be decoded or encoded.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum MessageError {
@@ -61,11 +65,7 @@ impl DeviceInfo {
     /// Encode as a standalone JSON object (`{"v":1,"name":…}`), the pairing payload.
     #[must_use]
     pub fn to_json(&self) -> Vec<u8> {
-        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let Value::Object(m) = &mut v {
-            m.insert("v".into(), MESSAGE_VERSION.into());
-        }
-        serde_json::to_vec(&v).unwrap_or_default()
+        serde_json::to_vec(&Versioned { v: MESSAGE_VERSION, inner: self }).unwrap_or_default()
     }
 
     /// Decode a pairing payload.
@@ -83,7 +83,12 @@ impl DeviceInfo {
         Ok(info)
     }
 
-    fn validate(&self) -> Result<(), MessageError> {
+    /// Check the limits: a name of at most 64 characters, platform and app
+    /// version of at most 32 bytes, no control characters.
+    ///
+    /// # Errors
+    /// [`MessageError::TooLarge`] naming the field.
+    pub fn validate(&self) -> Result<(), MessageError> {
         let bad = |f: &str| {
             MessageError::TooLarge(format!("device {f} too long or has control characters"))
         };
@@ -99,6 +104,17 @@ impl DeviceInfo {
         }
         Ok(())
     }
+}
+
+/// `{"v": 1, …fields}`: the version first, then the value's own fields in
+/// declaration order. Serialising through a struct (not a `serde_json::Value`
+/// map) keeps the byte order independent of serde_json's features, so the
+/// golden vectors are stable.
+#[derive(Serialize)]
+struct Versioned<'a, T: Serialize> {
+    v: u64,
+    #[serde(flatten)]
+    inner: &'a T,
 }
 
 /// How a task ended.
@@ -164,7 +180,7 @@ pub enum TaskEvent {
         /// The approval.
         approval_id: String,
         /// The outcome.
-        allowed: bool,
+        allow: bool,
         /// `phone:<device id>`, `desktop`, or `timeout`.
         by: String,
     },
@@ -317,14 +333,13 @@ impl Message {
     /// Encode as JSON with `"v": 1`.
     ///
     /// # Errors
-    /// [`MessageError::TooLarge`] over [`MAX_MESSAGE_LEN`].
+    /// [`MessageError::TooLarge`] over [`MAX_MESSAGE_LEN`] or for a
+    /// `device_info` over its field limits.
     pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
-        let mut v = serde_json::to_value(self)
-            .map_err(|e| MessageError::Malformed { kind: "?".into(), detail: e.to_string() })?;
-        if let Value::Object(m) = &mut v {
-            m.insert("v".into(), MESSAGE_VERSION.into());
+        if let Message::DeviceInfo(info) = self {
+            info.validate()?;
         }
-        let bytes = serde_json::to_vec(&v)
+        let bytes = serde_json::to_vec(&Versioned { v: MESSAGE_VERSION, inner: self })
             .map_err(|e| MessageError::Malformed { kind: "?".into(), detail: e.to_string() })?;
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(MessageError::TooLarge(format!("{} bytes", bytes.len())));

@@ -62,6 +62,9 @@ pub enum PairingError {
     /// No randomness.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
+    /// The relay URL to put in the QR code is not valid.
+    #[error("relay URL for the QR code: {0}")]
+    BadRelayUrl(#[from] crate::qr::QrError),
 }
 
 fn hs_err(e: snow::Error) -> PairingError {
@@ -74,6 +77,9 @@ fn prologue(qr: &QrPayload) -> Vec<u8> {
     p.extend_from_slice(&qr.expires_at.to_be_bytes());
     p
 }
+
+/// The longest a QR code may stay valid (desktops rotate codes well before).
+pub const MAX_PAIRING_TTL_SECS: u32 = 600;
 
 /// A paired peer, as both sides store it.
 #[derive(Debug, Clone)]
@@ -103,18 +109,25 @@ impl std::fmt::Debug for DesktopPairing {
 }
 
 impl DesktopPairing {
-    /// A fresh offer valid until `now_unix + ttl_secs`. `relay` is set when
+    /// A fresh offer valid until `now_unix + ttl_secs` (at most
+    /// [`MAX_PAIRING_TTL_SECS`]). `relay` is set when
     /// the link's origin is not the relay (web client served elsewhere).
     ///
     /// # Errors
-    /// [`EntropyError`] when randomness fails.
+    /// [`PairingError::BadRelayUrl`] for a relay URL that is not an
+    /// `http(s)://host[:port]` origin of at most 128 bytes;
+    /// [`PairingError::Entropy`] when randomness fails.
     pub fn new(
         key: DeviceKey,
         now_unix: u64,
         ttl_secs: u32,
         relay: Option<String>,
         entropy: &mut Entropy,
-    ) -> Result<Self, EntropyError> {
+    ) -> Result<Self, PairingError> {
+        if let Some(r) = &relay {
+            QrPayload::validate_relay(r)?;
+        }
+        let ttl_secs = ttl_secs.min(MAX_PAIRING_TTL_SECS);
         let expires_at =
             u32::try_from(now_unix.saturating_add(u64::from(ttl_secs))).unwrap_or(u32::MAX);
         let qr = QrPayload { desktop: key.public(), secret: entropy.array32()?, expires_at, relay };
@@ -152,6 +165,7 @@ impl DesktopPairing {
         let Envelope::PairHello { noise } = hello else {
             return Err(PairingError::Unexpected);
         };
+        own_info.validate()?;
         let local_private = Zeroizing::new(self.key.to_bytes());
         let prologue = prologue(&self.qr);
         let mut hs = noise::build(
@@ -297,6 +311,7 @@ impl PhonePairing {
         own_info: &DeviceInfo,
         entropy: &mut Entropy,
     ) -> Result<(Self, Vec<u8>), PairingError> {
+        own_info.validate()?;
         let local_private = Zeroizing::new(key.to_bytes());
         let prologue = prologue(qr);
         let mut hs = noise::build(

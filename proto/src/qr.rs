@@ -91,7 +91,23 @@ impl QrPayload {
         pairing_id(&self.secret)
     }
 
-    /// Encode to bytes.
+    /// Check the optional relay URL: an `http(s)://host[:port]` origin of at
+    /// most [`MAX_RELAY_URL_LEN`] bytes.
+    ///
+    /// # Errors
+    /// [`QrError::BadLength`] otherwise.
+    pub fn validate_relay(relay: &str) -> Result<(), QrError> {
+        if relay.len() > MAX_RELAY_URL_LEN {
+            return Err(QrError::BadLength(format!("relay URL of {} bytes", relay.len())));
+        }
+        match split_origin(relay) {
+            Ok((_, "")) => Ok(()),
+            _ => Err(QrError::BadLength("relay URL must be http(s)://host[:port]".into())),
+        }
+    }
+
+    /// Encode to bytes. The relay URL, if any, must pass
+    /// [`Self::validate_relay`] ([`crate::pairing::DesktopPairing::new`] checks it).
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(QR_FIXED_LEN + 1 + MAX_RELAY_URL_LEN);
@@ -129,9 +145,12 @@ impl QrPayload {
         let expires_at = r.u32("expires_at").map_err(bad)?;
         let relay = if r.remaining() > 0 {
             let len = usize::from(r.u8("relay_len").map_err(bad)?);
+            if len > MAX_RELAY_URL_LEN {
+                return Err(QrError::BadLength(format!("relay URL of {len} bytes")));
+            }
             let url = std::str::from_utf8(r.bytes(len, "relay").map_err(bad)?)
                 .map_err(|_| QrError::BadLength("relay URL is not UTF-8".into()))?;
-            split_origin(url).map_err(|_| QrError::BadLength("relay URL".into()))?;
+            Self::validate_relay(url)?;
             Some(url.to_owned())
         } else {
             None
@@ -213,19 +232,57 @@ impl PairingLink {
 }
 
 /// Split `scheme://authority/path` into (`scheme://authority`, `/path`).
+/// Plain `http` is allowed only for hosts on the local network (loopback,
+/// private and link-local addresses, `localhost`, `*.local`, `*.home.arpa`),
+/// where `tandem up` serves a relay without a certificate.
 fn split_origin(s: &str) -> Result<(&str, &str), QrError> {
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .ok_or(QrError::NotALink("the scheme must be https (or http on a local network)"))?;
+    let (rest, plain) = if let Some(r) = s.strip_prefix("https://") {
+        (r, false)
+    } else if let Some(r) = s.strip_prefix("http://") {
+        (r, true)
+    } else {
+        return Err(QrError::NotALink("the scheme must be https (or http on a local network)"));
+    };
     let host_end = rest.find('/').unwrap_or(rest.len());
     let host = rest.get(..host_end).unwrap_or_default();
     if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
     {
         return Err(QrError::NotALink("bad host"));
     }
+    if plain && !is_local_host(host) {
+        return Err(QrError::NotALink(
+            "plain http is only allowed for a relay on the local network",
+        ));
+    }
     let split = s.len() - rest.len() + host_end;
     Ok((s.get(..split).unwrap_or_default(), s.get(split..).unwrap_or_default()))
+}
+
+/// Whether `authority` (`host[:port]`) names a host on the local network.
+fn is_local_host(authority: &str) -> bool {
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    let host = host.to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".local") || host.ends_with(".home.arpa") {
+        return true;
+    }
+    if let Ok(v4) = host.parse::<std::net::Ipv4Addr>() {
+        let [a, b, ..] = v4.octets();
+        // Loopback, RFC 1918, link-local, and 100.64/10 (carrier-grade NAT, Tailscale).
+        return v4.is_loopback()
+            || v4.is_private()
+            || v4.is_link_local()
+            || (a == 100 && (64..128).contains(&b));
+    }
+    if let Ok(v6) = host.parse::<std::net::Ipv6Addr>() {
+        let first = v6.segments().first().copied().unwrap_or_default();
+        // Loopback, unique local fc00::/7, link-local fe80::/10.
+        return v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -251,6 +308,25 @@ mod tests {
         assert_eq!(parsed.relay_origin(), "https://relay.example.com");
         assert_eq!(PairingLink::parse(&link, 1_000_130), Err(QrError::Expired { ago_secs: 10 }));
         assert!(matches!(PairingLink::parse("ftp://x/p#AA", 0), Err(QrError::NotALink(_))));
+        let lan = sample().to_link("http://192.168.1.20:7878/p");
+        assert!(PairingLink::parse(&lan, 1_000_000).is_ok());
+        for local in [
+            "http://localhost:7878/p",
+            "http://box.local/p",
+            "http://[fd00::1]:80/p",
+            "http://100.101.1.2/p",
+        ] {
+            assert!(PairingLink::parse(&sample().to_link(local), 1_000_000).is_ok(), "{local}");
+        }
+        for public in ["http://relay.example.com/p", "http://8.8.8.8/p", "http://[2001:db8::1]/p"] {
+            assert_eq!(
+                PairingLink::parse(&sample().to_link(public), 1_000_000),
+                Err(QrError::NotALink(
+                    "plain http is only allowed for a relay on the local network"
+                )),
+                "{public}"
+            );
+        }
         assert!(matches!(PairingLink::parse("https://x/p", 0), Err(QrError::NotALink(_))));
         assert_eq!(PairingLink::parse("https://x/p#!!", 0), Err(QrError::BadEncoding));
         let mut b = sample().encode();

@@ -13,6 +13,16 @@
 //!   sending counter to the next epoch (time-based rekeying). Old keys are
 //!   erased, which gives forward secrecy inside a session.
 //! * Opening never changes state unless the record authenticates.
+//! * **Counters survive crashes.** A counter must never be used twice under
+//!   one key, even if a device crashes after sending and restores older
+//!   state. The sending state reserves counters in blocks of
+//!   [`COUNTER_RESERVATION`]: a persisted session resumes at the end of the
+//!   reservation it was saved with, never at a counter it may already have
+//!   used. When [`Session::seal`] extends the reservation,
+//!   [`Session::must_persist`] turns true and the caller persists the
+//!   session before sending that record (then calls
+//!   [`Session::mark_persisted`]). Between extensions, records can be sent
+//!   without touching storage.
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Tag};
@@ -31,9 +41,20 @@ pub const REKEY_INTERVAL: u64 = 1 << 20;
 /// (Noise reserves 2^64-1 for `REKEY`; this stays far below.)
 pub const MAX_COUNTER: u64 = 1 << 62;
 
-/// How many epochs a received counter may jump ahead in one step (bounds the
-/// work an attacker-chosen counter can cost before authentication).
-pub const MAX_EPOCH_SKIP: u64 = 4096;
+/// How many epochs a received counter may jump ahead of the last one seen.
+/// Bounds the work a forged counter can cost before authentication (one
+/// ChaCha20 block per epoch: about 5 ms at the limit). Idle sessions do not
+/// burn epochs ([`Session::rekey_now`] only ratchets a used key), so this is
+/// years of hourly rekeying with traffic.
+pub const MAX_EPOCH_SKIP: u64 = 1 << 16;
+
+/// Counters reserved per persisted block (see the module docs).
+pub const COUNTER_RESERVATION: u64 = 1 << 12;
+
+/// The largest plaintext one record carries: what fits in a relay frame's
+/// payload after the record header and tag.
+pub const MAX_PLAINTEXT_LEN: usize =
+    crate::frame::MAX_PAYLOAD_LEN - crate::envelope::RECORD_HEADER_LEN - TAG_LEN;
 
 /// Why a record could not be sealed or opened. None of these change state.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -53,16 +74,55 @@ pub enum RecordError {
     /// The record did not authenticate (tampered, truncated or wrong key).
     #[error("record did not authenticate")]
     Decrypt,
+    /// The plaintext is over [`MAX_PLAINTEXT_LEN`].
+    #[error("plaintext of {0} bytes does not fit in one record")]
+    PlaintextTooLarge(usize),
     /// Not a record envelope.
     #[error("not a record envelope")]
     NotARecord,
 }
 
-#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, Serialize, Zeroize, ZeroizeOnDrop)]
 struct TxState {
     key: [u8; 32],
     epoch: u64,
     next_counter: u64,
+    /// Counters at or above this one have never been used.
+    reserved: u64,
+    /// The reservation grew since the caller last persisted.
+    #[serde(skip)]
+    dirty: bool,
+}
+
+/// What a stored `TxState` looks like; loading resumes at the reservation.
+#[derive(Deserialize)]
+struct StoredTx {
+    key: [u8; 32],
+    epoch: u64,
+    next_counter: u64,
+    reserved: u64,
+}
+
+impl<'de> Deserialize<'de> for TxState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = StoredTx::deserialize(d)?;
+        // Counters between next_counter and reserved may have been used after
+        // this state was saved: resume past all of them.
+        let next = s.next_counter.max(s.reserved);
+        let mut tx = TxState {
+            key: s.key,
+            epoch: s.epoch,
+            next_counter: next,
+            reserved: next,
+            dirty: false,
+        };
+        // The key must match the epoch of the counter we resume at.
+        while tx.epoch < next / REKEY_INTERVAL {
+            tx.key = rekey(&tx.key);
+            tx.epoch += 1;
+        }
+        Ok(tx)
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
@@ -109,7 +169,7 @@ impl Session {
     pub fn new(id: [u8; 8], tx: [u8; 32], rx: [u8; 32]) -> Self {
         Self {
             id,
-            tx: TxState { key: tx, epoch: 0, next_counter: 0 },
+            tx: TxState { key: tx, epoch: 0, next_counter: 0, reserved: 0, dirty: false },
             rx: RxState { key: rx, epoch: 0, prev_key: None, window: ReplayWindow::new() },
         }
     }
@@ -132,19 +192,36 @@ impl Session {
         self.tx.next_counter.saturating_add(margin) >= MAX_COUNTER
     }
 
-    /// Encrypt `plaintext` into a record envelope (encoded bytes).
+    /// True when the session must be persisted before the last sealed
+    /// record is sent: the counter reservation grew.
+    #[must_use]
+    pub fn must_persist(&self) -> bool {
+        self.tx.dirty
+    }
+
+    /// The caller persisted this session.
+    pub fn mark_persisted(&mut self) {
+        self.tx.dirty = false;
+    }
+
+    /// Encrypt `plaintext` into a record envelope (encoded bytes). Check
+    /// [`Self::must_persist`] before sending it.
     ///
     /// # Errors
-    /// [`RecordError::Exhausted`] when the counters are used up.
+    /// [`RecordError::Exhausted`] when the counters are used up;
+    /// [`RecordError::PlaintextTooLarge`] over [`MAX_PLAINTEXT_LEN`].
     pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, RecordError> {
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(RecordError::PlaintextTooLarge(plaintext.len()));
+        }
         let counter = self.tx.next_counter;
         if counter >= MAX_COUNTER {
             return Err(RecordError::Exhausted);
         }
-        let epoch = counter / REKEY_INTERVAL;
-        while self.tx.epoch < epoch {
-            self.tx.key = rekey(&self.tx.key);
-            self.tx.epoch += 1;
+        self.ratchet_tx_to(counter / REKEY_INTERVAL);
+        if counter >= self.tx.reserved {
+            self.tx.reserved = counter.saturating_add(COUNTER_RESERVATION).min(MAX_COUNTER);
+            self.tx.dirty = true;
         }
         let header = record_header(&self.id, counter);
         let mut buf = Vec::with_capacity(header.len() + plaintext.len() + TAG_LEN);
@@ -160,11 +237,29 @@ impl Session {
         Ok(buf)
     }
 
-    /// Move the sending counter to the start of the next epoch, so the next
-    /// record uses a ratcheted key and the current one is erased.
+    fn ratchet_tx_to(&mut self, epoch: u64) {
+        while self.tx.epoch < epoch {
+            self.tx.key = rekey(&self.tx.key);
+            self.tx.epoch += 1;
+        }
+    }
+
+    /// Time-based rekeying (call hourly): if the current sending key has
+    /// been used, ratchet it now — the old key is overwritten at once — and
+    /// continue at the start of the next epoch. An unused key is left alone,
+    /// so an idle session does not run ahead of its peer.
     pub fn rekey_now(&mut self) {
-        let next_epoch = self.tx.next_counter / REKEY_INTERVAL + 1;
-        self.tx.next_counter = next_epoch.saturating_mul(REKEY_INTERVAL).min(MAX_COUNTER);
+        let epoch_start = self.tx.epoch.saturating_mul(REKEY_INTERVAL);
+        if self.tx.next_counter <= epoch_start {
+            return;
+        }
+        let next = (self.tx.epoch + 1).saturating_mul(REKEY_INTERVAL).min(MAX_COUNTER);
+        self.tx.next_counter = next;
+        self.ratchet_tx_to(next / REKEY_INTERVAL);
+        if next >= self.tx.reserved {
+            self.tx.reserved = next;
+            self.tx.dirty = true;
+        }
     }
 
     /// Decrypt a record envelope. On any error the session is unchanged.
@@ -296,6 +391,7 @@ mod tests {
         assert_eq!(b.open(&env(&r1)).unwrap(), b"last of epoch 0");
         a.rekey_now();
         assert_eq!(a.next_counter(), 2 * REKEY_INTERVAL);
+        assert_eq!(a.tx.epoch, 2, "the key ratchets at once, not at the next seal");
         let r3 = a.seal(b"epoch 2").unwrap();
         assert_eq!(b.open(&env(&r3)).unwrap(), b"epoch 2");
         // Epoch 0 is now unreachable: its key is gone.
@@ -324,6 +420,52 @@ mod tests {
         a.tx.next_counter = MAX_COUNTER;
         assert_eq!(a.seal(b"x"), Err(RecordError::Exhausted));
         assert!(a.needs_renewal(0));
+    }
+
+    #[test]
+    fn an_idle_key_is_not_ratcheted_again() {
+        let (mut a, _) = pair();
+        a.rekey_now();
+        assert_eq!((a.next_counter(), a.tx.epoch), (0, 0));
+        a.seal(b"x").unwrap();
+        a.rekey_now();
+        a.rekey_now();
+        assert_eq!((a.next_counter(), a.tx.epoch), (REKEY_INTERVAL, 1));
+    }
+
+    #[test]
+    fn a_restored_session_never_reuses_a_counter() {
+        let (mut a, mut b) = pair();
+        a.seal(b"0").unwrap();
+        assert!(a.must_persist());
+        let saved = serde_json::to_string(&a).unwrap();
+        a.mark_persisted();
+        // Sent after the save, then the device crashed.
+        let lost = a.seal(b"sent, then crash").unwrap();
+        assert!(!a.must_persist());
+        let mut restored: Session = serde_json::from_str(&saved).unwrap();
+        let again = restored.seal(b"after restart").unwrap();
+        let c_lost = Envelope::decode(&lost).unwrap();
+        let c_again = Envelope::decode(&again).unwrap();
+        let (Envelope::Record { counter: x, .. }, Envelope::Record { counter: y, .. }) =
+            (&c_lost, &c_again)
+        else {
+            panic!()
+        };
+        assert!(y > x, "counter {y} reused or went back (lost record had {x})");
+        assert_eq!(*y, COUNTER_RESERVATION);
+        assert_eq!(b.open(&c_lost).unwrap(), b"sent, then crash");
+        assert_eq!(b.open(&c_again).unwrap(), b"after restart");
+    }
+
+    #[test]
+    fn oversized_plaintexts_are_refused() {
+        let (mut a, _) = pair();
+        assert_eq!(
+            a.seal(&vec![0; MAX_PLAINTEXT_LEN + 1]),
+            Err(RecordError::PlaintextTooLarge(MAX_PLAINTEXT_LEN + 1))
+        );
+        assert!(a.seal(&vec![0; MAX_PLAINTEXT_LEN]).is_ok());
     }
 
     #[test]

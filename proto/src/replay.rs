@@ -19,13 +19,31 @@ pub enum ReplayError {
     TooOld(u64),
 }
 
-/// The window.
+/// The window. Loading a stored window with the wrong number of bits is an
+/// error (a damaged window would re-allow replays).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "StoredWindow")]
 pub struct ReplayWindow {
     /// One past the highest accepted counter (0: nothing accepted yet).
     next: u64,
     /// Bit `c % 1024` is set when counter `c` (within the window) was accepted.
     bits: Vec<u64>,
+}
+
+#[derive(Deserialize)]
+struct StoredWindow {
+    next: u64,
+    bits: Vec<u64>,
+}
+
+impl TryFrom<StoredWindow> for ReplayWindow {
+    type Error = String;
+    fn try_from(s: StoredWindow) -> Result<Self, String> {
+        if s.bits.len() != WORDS {
+            return Err(format!("replay window has {} words, expected {WORDS}", s.bits.len()));
+        }
+        Ok(Self { next: s.next, bits: s.bits })
+    }
 }
 
 impl ReplayWindow {
@@ -108,6 +126,15 @@ mod tests {
         assert_eq!(w.check(5000 - 1024), Err(ReplayError::TooOld(5000 - 1024)));
         assert_eq!(w.check(5000 - 1023), Ok(()));
         assert_eq!(w.check(5), Err(ReplayError::TooOld(5)));
+    }
+
+    #[test]
+    fn a_damaged_stored_window_is_refused() {
+        let mut w = ReplayWindow::new();
+        w.accept(3);
+        let ok: ReplayWindow = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
+        assert_eq!(ok, w);
+        assert!(serde_json::from_str::<ReplayWindow>(r#"{"next":4,"bits":[8]}"#).is_err());
     }
 
     proptest! {

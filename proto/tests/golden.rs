@@ -41,7 +41,11 @@ fn frames() -> Value {
         ("hello", Frame::Hello { min_version: 1, max_version: 1, role: Role::Phone }),
         (
             "challenge",
-            Frame::Challenge { relay_ephemeral: PublicKey([0x11; 32]), nonce: [0x22; 32] },
+            Frame::Challenge {
+                relay_ephemeral: PublicKey([0x11; 32]),
+                nonce: [0x22; 32],
+                relay_name: "relay.example.com".into(),
+            },
         ),
         ("auth", Frame::Auth { public_key: PublicKey([0x33; 32]), proof: [0x44; 32] }),
         ("auth_ok", Frame::AuthOk { device_id: a, queued: 3, ping_interval_ms: 20_000 }),
@@ -83,9 +87,11 @@ fn identity_and_kdf() -> Value {
     let public = key.public();
     let other = DeviceKey::from_bytes([0x6b; 32]);
     let challenge_entropy = [0x77; 32];
-    let ch = RelayChallenge::new(&mut Entropy::deterministic(challenge_entropy)).unwrap();
-    let Frame::Challenge { relay_ephemeral, nonce } = ch.frame() else { unreachable!() };
-    let auth = prove(&key, Role::Desktop, &relay_ephemeral, &nonce).unwrap();
+    let ch =
+        RelayChallenge::new(&mut Entropy::deterministic(challenge_entropy), "relay.example.com")
+            .unwrap();
+    let Frame::Challenge { relay_ephemeral, nonce, .. } = ch.frame() else { unreachable!() };
+    let auth = prove(&key, Role::Desktop, "relay.example.com", &ch.frame()).unwrap();
     let Frame::Auth { proof, .. } = &auth else { unreachable!() };
     assert!(ch.verify(Role::Desktop, &public, proof).is_ok());
     json!({
@@ -105,6 +111,8 @@ fn identity_and_kdf() -> Value {
             "relay_ephemeral_public": h(&relay_ephemeral.0),
             "nonce": h(&nonce),
             "role": "desktop",
+            "relay_name": "relay.example.com",
+            "challenge_frame": h(&ch.frame().encode().unwrap()),
             "proof": h(proof),
             "auth_frame": h(&auth.encode().unwrap()),
         },
@@ -312,7 +320,7 @@ fn messages() -> Value {
             at_ms: 6,
             event: TaskEvent::ApprovalResolved {
                 approval_id: "a-1".into(),
-                allowed: true,
+                allow: true,
                 by: "phone:abc".into(),
             },
         },

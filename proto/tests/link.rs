@@ -71,7 +71,7 @@ fn deliver(to: &mut Peer, bytes: &[u8], e: &mut Entropy) -> Delivered {
                 LinkEvent::Message { message, .. } => msgs.push(message),
                 LinkEvent::Send(v) => replies.extend(v),
                 LinkEvent::ResyncNeeded { from, to } => resyncs.push((from, to)),
-                LinkEvent::SessionRenewed => {}
+                LinkEvent::SessionRenewed | LinkEvent::AckDue => {}
             }
         }
     }
@@ -293,4 +293,44 @@ fn a_gap_is_answered_with_a_nack_and_filled_by_a_resend() {
     assert_eq!(resend.len(), 2);
     let got: Vec<Vec<u8>> = resend.iter().flat_map(|r| deliver(&mut phone, r, &mut e).0).collect();
     assert_eq!(got, vec![b"1".to_vec(), b"2".to_vec()]);
+}
+
+#[test]
+fn a_clock_that_goes_back_does_not_block_renewal() {
+    let mut e = Entropy::deterministic([10; 32]);
+    let (mut desk, mut phone) = pair(OutboxLimits::default(), &mut e);
+    for now in [5_000, 1_000] {
+        let init = phone.link.start_renewal(&phone.key, now, &mut e).unwrap();
+        let (_, accept, _) = deliver(&mut desk, &init, &mut e);
+        assert_eq!(accept.len(), 1, "renewal at clock {now} was refused");
+        let (_, confirm, _) = deliver(&mut phone, &accept[0], &mut e);
+        let events = desk.link.receive(&desk.key, &confirm[0], &mut e).unwrap();
+        assert!(events.contains(&LinkEvent::SessionRenewed));
+        assert_eq!(desk.link.session_id(), phone.link.session_id());
+    }
+}
+
+#[test]
+fn oversized_messages_are_refused_and_not_queued() {
+    let mut e = Entropy::deterministic([11; 32]);
+    let (mut desk, _) = pair(OutboxLimits::default(), &mut e);
+    let too_big = vec![b'x'; tandem_proto::message::MAX_MESSAGE_LEN + 1];
+    assert!(matches!(desk.link.send(too_big), Err(RecordError::PlaintextTooLarge(_))));
+    assert!(desk.link.outbound().is_empty());
+}
+
+#[test]
+fn delivered_and_duplicate_data_ask_for_an_ack() {
+    let mut e = Entropy::deterministic([12; 32]);
+    let (mut desk, mut phone) = pair(OutboxLimits::default(), &mut e);
+    let (_, r) = desk.link.send(b"m".to_vec()).unwrap();
+    let events = phone.link.receive(&phone.key, &r, &mut e).unwrap();
+    assert!(events.contains(&LinkEvent::AckDue));
+    // The same message resent under a new counter is a duplicate: ack again.
+    let again = desk.link.resend(0).unwrap();
+    let events = phone.link.receive(&phone.key, &again[0], &mut e).unwrap();
+    assert_eq!(events, vec![LinkEvent::AckDue]);
+    let ack = phone.link.ack().unwrap();
+    desk.link.receive(&desk.key, &ack, &mut e).unwrap();
+    assert!(desk.link.outbound().is_empty());
 }
