@@ -311,11 +311,11 @@ impl Link {
             }
             e @ Envelope::SessionAccept { .. } => {
                 let init = self.pending.take().ok_or(LinkError::NoHandshakeInProgress)?;
-                if let Envelope::SessionAccept { handshake_id, .. } = &e {
-                    if *handshake_id != init.handshake_id() {
-                        self.pending = Some(init);
-                        return Err(SessionError::HandshakeIdMismatch.into());
-                    }
+                if let Envelope::SessionAccept { handshake_id, .. } = &e
+                    && *handshake_id != init.handshake_id()
+                {
+                    self.pending = Some(init);
+                    return Err(SessionError::HandshakeIdMismatch.into());
                 }
                 let session = init.finish(&e)?;
                 self.previous = Some(std::mem::replace(&mut self.current, session));

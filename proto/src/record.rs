@@ -318,10 +318,10 @@ impl Session {
             return;
         };
         let epoch_start = self.rx.epoch.saturating_mul(REKEY_INTERVAL);
-        if high.saturating_sub(WINDOW_BITS) >= epoch_start {
-            if let Some(mut k) = self.rx.prev_key.take() {
-                k.zeroize();
-            }
+        if high.saturating_sub(WINDOW_BITS) >= epoch_start
+            && let Some(mut k) = self.rx.prev_key.take()
+        {
+            k.zeroize();
         }
     }
 }

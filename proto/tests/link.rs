@@ -110,7 +110,7 @@ fn every_message_arrives_once_in_order_across_loss_duplicates_and_restarts() {
                 assert!(resyncs.is_empty());
                 got.extend(msgs);
                 to_desk.extend(replies);
-                if r[1] % 4 == 0 {
+                if r[1].is_multiple_of(4) {
                     to_desk.push_back(phone.link.ack().unwrap());
                 }
             }

@@ -1,0 +1,115 @@
+//! Durable state of the relay: per-device queues of frames for devices that
+//! have not acknowledged them yet, and the routes between devices.
+//!
+//! The relay talks to storage only through [`Store`], so a Redis backend for
+//! several nodes fits beside the embedded [`redb`](RedbStore) one without
+//! reshaping the relay. Every method is async and returns a boxed future so
+//! the trait stays object safe (`Arc<dyn Store>`).
+//!
+//! Semantics every backend keeps:
+//! * delivery ids are per recipient, strictly increasing, never reused (not
+//!   even across restarts);
+//! * an `enqueue` that returned `Ok` survives a crash of the relay process;
+//! * frames leave a queue only by the recipient's acknowledgement, by their
+//!   TTL, or by revocation of the route they came through;
+//! * a route exists only when both devices authorised each other.
+
+mod redb;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tandem_proto::DeviceId;
+use thiserror::Error;
+
+pub use self::redb::RedbStore;
+
+/// A boxed future returned by [`Store`] methods.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why a store operation failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The recipient's queue is at its count or byte limit.
+    #[error("queue full for {0}")]
+    QueueFull(DeviceId),
+    /// The storage backend failed (disk, database). The operation did not happen.
+    #[error("storage failed: {0}")]
+    Backend(String),
+    /// The store is shut down.
+    #[error("store closed")]
+    Closed,
+}
+
+/// Per-recipient queue limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most frames queued for one device.
+    pub max_frames: u64,
+    /// Most payload bytes queued for one device.
+    pub max_bytes: u64,
+    /// How long a frame may wait, in seconds.
+    pub ttl_secs: u64,
+}
+
+/// A frame waiting in a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// Its delivery id.
+    pub id: u64,
+    /// The sender.
+    pub from: DeviceId,
+    /// The opaque end-to-end envelope.
+    pub payload: Vec<u8>,
+}
+
+/// A queue's size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Frames waiting.
+    pub frames: u64,
+    /// Payload bytes waiting.
+    pub bytes: u64,
+}
+
+/// The relay's durable state.
+pub trait Store: Send + Sync + 'static {
+    /// Queue `payload` from `from` for `to`, expiring at `now + ttl`.
+    /// Returns the delivery id once the frame is durable.
+    fn enqueue(
+        &self,
+        to: DeviceId,
+        from: DeviceId,
+        payload: Vec<u8>,
+        now_unix: u64,
+    ) -> StoreFuture<'_, u64>;
+
+    /// Up to `limit` frames for `to` with ids above `after`, in id order.
+    fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<'_, Vec<Queued>>;
+
+    /// The recipient received everything up to `up_to`: delete it. Returns
+    /// how many frames were deleted.
+    fn ack(&self, to: DeviceId, up_to: u64) -> StoreFuture<'_, u64>;
+
+    /// How much waits for `to`.
+    fn depth(&self, to: DeviceId) -> StoreFuture<'_, QueueDepth>;
+
+    /// Record that `by` allows frames to and from `peer`.
+    fn authorize(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<'_, ()>;
+
+    /// Remove `by`'s authorisation of `peer` and drop every frame queued
+    /// between the two, both ways. Returns how many frames were dropped.
+    fn revoke(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<'_, u64>;
+
+    /// Whether `a` and `b` authorised each other.
+    fn is_route(&self, a: DeviceId, b: DeviceId) -> StoreFuture<'_, bool>;
+
+    /// The devices `a` has a (mutual) route with.
+    fn peers(&self, a: DeviceId) -> StoreFuture<'_, Vec<DeviceId>>;
+
+    /// Delete every frame whose TTL passed. Returns how many.
+    fn expire(&self, now_unix: u64) -> StoreFuture<'_, u64>;
+
+    /// Frames and bytes waiting across all queues.
+    fn totals(&self) -> StoreFuture<'_, QueueDepth>;
+}
