@@ -57,7 +57,7 @@ error_codes! {
     NotAuthenticated = 6, "not_authenticated";
     /// The frame is valid but not allowed in this state or for this role.
     UnexpectedFrame = 7, "unexpected_frame";
-    /// No route: the desktop has not authorised this pair of devices.
+    /// No route: these two devices have not both authorised each other.
     NotAuthorized = 8, "not_authorized";
     /// The device was revoked.
     Revoked = 9, "revoked";

@@ -117,9 +117,11 @@ frame_types! {
     PairMessage = 0x32;
     /// Desktop → relay: close a mailbox (paired, refused or cancelled).
     PairClose = 0x33;
-    /// Desktop → relay: allow routing between the desktop and a peer.
+    /// Device → relay: allow routing with a peer. A route exists only when
+    /// both devices authorised each other.
     Authorize = 0x40;
-    /// Desktop → relay: revoke a peer (its frames are refused, its queue dropped).
+    /// Device → relay: withdraw a peer's authorisation (the route ends at
+    /// once and frames queued between the two are dropped).
     Revoke = 0x41;
     /// Relay → device: a refusal, with a documented code.
     Error = 0x50;
@@ -256,7 +258,7 @@ pub enum Frame {
     Authorize {
         /// Echoed in `Ok` or `Error`.
         request_id: u64,
-        /// The device allowed to exchange frames with this desktop.
+        /// The device allowed to exchange frames with the sender.
         peer: DeviceId,
     },
     /// `request_id u64 ‖ peer [16]`
@@ -433,7 +435,11 @@ impl Frame {
             return Err(FrameError::UnsupportedVersion(version));
         }
         let kind = FrameType::from_byte(type_byte).ok_or(FrameError::UnknownType(type_byte))?;
-        decode_body(kind, body).map_err(|source| FrameError::Malformed { kind, source })
+        decode_body(kind, body).map_err(|source| match source {
+            // An over-long payload is a size violation, reported as such.
+            CodecError::TooLong { field: "payload", .. } => FrameError::TooLarge(bytes.len()),
+            source => FrameError::Malformed { kind, source },
+        })
     }
 }
 

@@ -156,8 +156,9 @@ impl FromStr for DeviceId {
     }
 }
 
-/// What kind of device is speaking. Desktops authorise routes; phones (and
-/// web clients) are routed to desktops that authorised them.
+/// What kind of device is speaking. Desktops run tasks and open pairing
+/// mailboxes; phones (and web clients) send tasks and claim mailboxes. Routes
+/// between devices are mutual whatever the roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {

@@ -115,7 +115,7 @@ pub struct Link {
     previous: Option<Session>,
     /// A responder-side session waiting for the initiator's first record,
     /// with the initiator's timestamp (stored as accepted on promotion).
-    next: Option<(Session, u64)>,
+    next: Option<Next>,
     /// Newest session-init timestamp accepted from the peer.
     last_init_ms: u64,
     /// Newest session-init timestamp we sent (ours stay strictly increasing
@@ -296,7 +296,13 @@ impl Link {
     ) -> Result<Vec<LinkEvent>, LinkError> {
         match Envelope::decode(bytes)? {
             e @ Envelope::Record { .. } => self.receive_record(&e),
-            e @ Envelope::SessionInit { .. } => {
+            e @ Envelope::SessionInit { handshake_id, .. } => {
+                if self.next.as_ref().is_some_and(|n| n.handshake_id == handshake_id) {
+                    // The same init again (a relay redelivery): it was answered
+                    // already; answering again would replace `next` with a
+                    // session the initiator does not have.
+                    return Ok(Vec::new());
+                }
                 if self.pending.is_some()
                     && wins_collision(&local.public().device_id(), &self.peer.device_id())
                 {
@@ -306,7 +312,7 @@ impl Link {
                 let (session, accept, ts) =
                     respond(self.secrets(local), &e, self.last_init_ms, entropy)?;
                 self.pending = None;
-                self.next = Some((session, ts));
+                self.next = Some(Next { session, ts, handshake_id });
                 Ok(vec![LinkEvent::Send(vec![accept])])
             }
             e @ Envelope::SessionAccept { .. } => {
@@ -337,8 +343,8 @@ impl Link {
         // Work on copies; commit only when everything checks out.
         let (which, mut session) = if *session_id == self.current.id() {
             (Which::Current, self.current.clone())
-        } else if let Some((next, _)) = self.next.as_ref().filter(|(s, _)| s.id() == *session_id) {
-            (Which::Next, next.clone())
+        } else if let Some(next) = self.next.as_ref().filter(|n| n.session.id() == *session_id) {
+            (Which::Next, next.session.clone())
         } else if let Some(prev) = self.previous.as_ref().filter(|s| s.id() == *session_id) {
             (Which::Previous, prev.clone())
         } else {
@@ -354,7 +360,7 @@ impl Link {
             Content::Data { seq, oldest, ack, message } => {
                 outbound.on_ack(ack)?;
                 let receipt = inbound.on_data(seq, oldest)?;
-                if let Some(r) = receipt.resync {
+                if let Some(r) = &receipt.resync {
                     events.push(LinkEvent::ResyncNeeded { from: *r.start(), to: *r.end() });
                 }
                 match receipt.action {
@@ -364,6 +370,9 @@ impl Link {
                     }
                     Action::Duplicate => events.push(LinkEvent::AckDue),
                     Action::Gap { expected, nack: true } => reply = Reply::Nack(expected),
+                    Action::Gap { .. } if receipt.resync.is_some() => {
+                        events.push(LinkEvent::AckDue)
+                    }
                     Action::Gap { nack: false, .. } => {}
                 }
             }
@@ -387,8 +396,8 @@ impl Link {
             }
             Which::Previous => self.previous = Some(session),
             Which::Next => {
-                if let Some((_, ts)) = self.next.take() {
-                    self.last_init_ms = self.last_init_ms.max(ts);
+                if let Some(next) = self.next.take() {
+                    self.last_init_ms = self.last_init_ms.max(next.ts);
                 }
                 self.previous = Some(std::mem::replace(&mut self.current, session));
                 events.push(LinkEvent::SessionRenewed);
@@ -413,6 +422,14 @@ impl Link {
         }
         Ok(events)
     }
+}
+
+/// A responder-side session waiting for promotion.
+#[derive(Clone, Serialize, Deserialize)]
+struct Next {
+    session: Session,
+    ts: u64,
+    handshake_id: [u8; 8],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,8 @@
 //! those characters are all in the QR code's alphanumeric mode (5.5 bits per
 //! character instead of 8): rendered as a byte segment for
 //! `https://host/path#` followed by an alphanumeric segment for the payload,
-//! a link with a host of up to ~30 characters fits QR version 7 at error
+//! a link whose `https://host/p` base is up to 42 characters (a 32-character
+//! host) fits QR version 7 at error
 //! correction M (see [`link_segments`] and the `qr_size` test). Scheme and
 //! host stay lower case: Android matches App Links case-sensitively.
 //!

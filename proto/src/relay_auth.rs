@@ -48,6 +48,12 @@ pub enum RelayAuthError {
     /// `prove` was handed a frame that is not a `Challenge`.
     #[error("expected a Challenge frame")]
     NotAChallenge,
+    /// A relay name over [`MAX_RELAY_NAME_LEN`] bytes.
+    #[error("relay name longer than {MAX_RELAY_NAME_LEN} bytes")]
+    NameTooLong,
+    /// No randomness for the challenge.
+    #[error(transparent)]
+    Entropy(#[from] EntropyError),
 }
 
 /// The relay's side of one connection's challenge.
@@ -72,15 +78,19 @@ impl std::fmt::Debug for RelayChallenge {
 
 impl RelayChallenge {
     /// A fresh challenge for a connection whose upgrade request named
-    /// `relay_name` as its `Host` (normalised with [`normalize_name`]).
+    /// `relay_name` as its `Host` (normalised with [`normalize_name`]). The
+    /// relay must only pass names that are its own: a relay that accepted
+    /// any `Host` would let another relay log in there as a device that
+    /// dialed the other relay.
     ///
     /// # Errors
-    /// [`EntropyError`] when the random source fails.
-    pub fn new(entropy: &mut Entropy, relay_name: &str) -> Result<Self, EntropyError> {
+    /// [`RelayAuthError::NameTooLong`] or [`RelayAuthError::Entropy`].
+    pub fn new(entropy: &mut Entropy, relay_name: &str) -> Result<Self, RelayAuthError> {
+        let name = normalize_name(relay_name).ok_or(RelayAuthError::NameTooLong)?;
         let secret = entropy.array32()?;
         let nonce = entropy.array32()?;
         let public = DeviceKey::from_bytes(secret).public();
-        Ok(Self { secret, public, nonce, name: normalize_name(relay_name) })
+        Ok(Self { secret, public, nonce, name })
     }
 
     /// The `Challenge` frame to send.
@@ -117,19 +127,14 @@ impl RelayChallenge {
 }
 
 /// A relay name as compared and MACed: trimmed, ASCII lower case, a trailing
-/// `.` dropped, at most [`MAX_RELAY_NAME_LEN`] bytes.
+/// `.` dropped. `None` when the result is over [`MAX_RELAY_NAME_LEN`] bytes.
 #[must_use]
-pub fn normalize_name(name: &str) -> String {
+pub fn normalize_name(name: &str) -> Option<String> {
     let mut n = name.trim().to_ascii_lowercase();
     if n.ends_with('.') {
         n.pop();
     }
-    let mut end = n.len().min(MAX_RELAY_NAME_LEN);
-    while !n.is_char_boundary(end) {
-        end -= 1;
-    }
-    n.truncate(end);
-    n
+    (n.len() <= MAX_RELAY_NAME_LEN).then_some(n)
 }
 
 /// The device's answer to a `Challenge`. `dialed` is the `host[:port]` the
@@ -148,8 +153,8 @@ pub fn prove(
     let Frame::Challenge { relay_ephemeral, nonce, relay_name } = challenge else {
         return Err(RelayAuthError::NotAChallenge);
     };
-    let expected = normalize_name(dialed);
-    if normalize_name(relay_name) != expected {
+    let expected = normalize_name(dialed).ok_or(RelayAuthError::NameTooLong)?;
+    if normalize_name(relay_name).as_ref() != Some(&expected) {
         return Err(RelayAuthError::WrongRelay { got: relay_name.clone(), expected });
     }
     let mut shared = key.diffie_hellman(relay_ephemeral).ok_or(RelayAuthError::BadKey)?;
@@ -246,6 +251,12 @@ mod tests {
         assert_eq!(
             prove(&key, Role::Phone, "x", &Frame::Ping { nonce: 0 }),
             Err(RelayAuthError::NotAChallenge)
+        );
+        let long = "a".repeat(256);
+        assert_eq!(RelayChallenge::new(&mut e, &long).err(), Some(RelayAuthError::NameTooLong));
+        assert_eq!(
+            prove(&key, Role::Phone, &long, &honest.frame()),
+            Err(RelayAuthError::NameTooLong)
         );
     }
 }

@@ -21,7 +21,7 @@ pub enum ReplayError {
 
 /// The window. Loading a stored window with the wrong number of bits is an
 /// error (a damaged window would re-allow replays).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "StoredWindow")]
 pub struct ReplayWindow {
     /// One past the highest accepted counter (0: nothing accepted yet).
@@ -43,6 +43,12 @@ impl TryFrom<StoredWindow> for ReplayWindow {
             return Err(format!("replay window has {} words, expected {WORDS}", s.bits.len()));
         }
         Ok(Self { next: s.next, bits: s.bits })
+    }
+}
+
+impl Default for ReplayWindow {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -334,3 +334,19 @@ fn delivered_and_duplicate_data_ask_for_an_ack() {
     desk.link.receive(&desk.key, &ack, &mut e).unwrap();
     assert!(desk.link.outbound().is_empty());
 }
+
+#[test]
+fn a_session_init_delivered_twice_is_answered_once() {
+    let mut e = Entropy::deterministic([13; 32]);
+    let (mut desk, mut phone) = pair(OutboxLimits::default(), &mut e);
+    let init = phone.link.start_renewal(&phone.key, 1_000, &mut e).unwrap();
+    let (_, accept, _) = deliver(&mut desk, &init, &mut e);
+    // The relay redelivers the init before the initiator's confirm arrives.
+    let (_, again, _) = deliver(&mut desk, &init, &mut e);
+    assert!(again.is_empty(), "a redelivered init must not replace the pending session");
+    let (_, confirm, _) = deliver(&mut phone, &accept[0], &mut e);
+    deliver(&mut desk, &confirm[0], &mut e);
+    assert_eq!(desk.link.session_id(), phone.link.session_id());
+    let (_, r) = phone.link.send(b"after".to_vec()).unwrap();
+    assert_eq!(deliver(&mut desk, &r, &mut e).0, vec![b"after".to_vec()]);
+}

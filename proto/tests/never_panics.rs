@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tandem_proto::codec::Reader;
 use tandem_proto::content::{Content, ContentError};
 use tandem_proto::envelope::{Envelope, EnvelopeError, TAG_LEN};
-use tandem_proto::frame::{MAX_FRAME_LEN, VERSION};
+use tandem_proto::frame::{MAX_FRAME_LEN, MAX_PAYLOAD_LEN, VERSION};
 use tandem_proto::message::{
     Decoded, DeviceInfo, FinishStatus, KNOWN_EVENT_TYPES, KNOWN_KINDS, MAX_DEVICE_NAME_CHARS,
     MAX_MESSAGE_LEN, Message, MessageError, TaskEvent,
@@ -372,6 +372,11 @@ fn check_frame(bytes: &[u8]) -> Result<(), TestCaseError> {
                 );
             }
             Err(FrameError::Malformed { kind, .. }) => prop_assert_eq!(kind as u8, bytes[1]),
+            // A payload over MAX_PAYLOAD_LEN in a frame within MAX_FRAME_LEN.
+            Err(FrameError::TooLarge(n)) => {
+                prop_assert_eq!(n, bytes.len());
+                prop_assert!(bytes.len() > MAX_PAYLOAD_LEN);
+            }
             Err(other) => {
                 return Err(TestCaseError::fail(format!(
                     "unexpected error {other:?} for a valid header"
