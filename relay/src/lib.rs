@@ -2,10 +2,31 @@
 //!
 //! Authenticates devices by key, runs the pairing rendezvous, forwards
 //! ciphertext between devices that authorised each other and queues it for
-//! offline ones.
+//! offline ones, durably. [`run`] is the testable entry point: it serves a
+//! bound listener until a cancellation token fires. The binary
+//! (`tandem-relay`) reads configuration and calls it.
+//!
+//! Map: [`config`] (settings), [`store`] (durable queues and routes behind a
+//! trait), [`tls`] (certificates), `listener` (accept, TLS handshakes),
+//! `server` (HTTP routes, shutdown), `conn` (one device connection: auth,
+//! reader, writer), `registry` (who is online), `routes` (route cache),
+//! `pairing` (mailboxes), `limits` (rate limits), `metrics` (Prometheus).
 
+pub mod config;
+mod conn;
+mod limits;
+mod listener;
+mod metrics;
+mod pairing;
+mod registry;
+mod routes;
+mod server;
+mod state;
 pub mod store;
 pub mod tls;
+
+pub use config::{Config, DEFAULT_CONFIG_TOML};
+pub use server::{RelayError, run, run_with_store};
 
 /// The relay-protocol version this relay speaks.
 pub const PROTOCOL_VERSION: u8 = tandem_proto::frame::VERSION;

@@ -1,10 +1,389 @@
-//! `tandem-relay`: the relay server binary (filled in by the relay issue).
+//! `tandem-relay`: the relay server binary. Reads configuration (TOML file,
+//! `TANDEM_RELAY_*` environment variables, flags — flags win), sets up
+//! logging, binds, and runs [`tandem_relay::run`] until SIGINT or SIGTERM.
+//! SIGHUP reloads certificate files.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "tandem-relay {}: the relay server is not built yet (protocol v{})",
-        env!("CARGO_PKG_VERSION"),
-        tandem_relay::PROTOCOL_VERSION
-    );
-    std::process::ExitCode::FAILURE
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use tandem_relay::tls::TlsMode;
+use tandem_relay::{Config, DEFAULT_CONFIG_TOML};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tandem-relay",
+    version,
+    about = "Tandem's relay: forwards end-to-end encrypted frames between paired devices"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the relay (the default).
+    Serve,
+    /// Print a commented example configuration file with every default.
+    DefaultConfig,
+}
+
+/// Every setting; unset ones come from the file, then the defaults.
+#[derive(clap::Args, Debug, Default)]
+struct Opts {
+    /// TOML configuration file.
+    #[arg(long, env = "TANDEM_RELAY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Address and port to listen on (port 0 picks a free one).
+    #[arg(long, env = "TANDEM_RELAY_LISTEN", global = true)]
+    listen: Option<SocketAddr>,
+    /// Directory for the store (and the self-signed certificate).
+    #[arg(long, env = "TANDEM_RELAY_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Names devices reach the relay by (comma-separated; ports not compared).
+    #[arg(long, env = "TANDEM_RELAY_NAMES", value_delimiter = ',', global = true)]
+    names: Option<Vec<String>>,
+    /// TLS mode: off, files, self-signed or acme.
+    #[arg(long, env = "TANDEM_RELAY_TLS", global = true)]
+    tls: Option<String>,
+    /// Certificate chain (PEM) for `--tls files`.
+    #[arg(long, env = "TANDEM_RELAY_TLS_CERT", global = true)]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for `--tls files`.
+    #[arg(long, env = "TANDEM_RELAY_TLS_KEY", global = true)]
+    tls_key: Option<PathBuf>,
+    /// Domains for `--tls acme` (comma-separated).
+    #[arg(long, env = "TANDEM_RELAY_ACME_DOMAINS", value_delimiter = ',', global = true)]
+    acme_domains: Option<Vec<String>>,
+    /// Contact e-mail for the ACME account.
+    #[arg(long, env = "TANDEM_RELAY_ACME_CONTACT", global = true)]
+    acme_contact: Option<String>,
+    /// Use the production ACME directory (default: staging).
+    #[arg(long, env = "TANDEM_RELAY_ACME_PRODUCTION", global = true)]
+    acme_production: Option<bool>,
+    /// Names for the self-signed certificate (comma-separated).
+    #[arg(long, env = "TANDEM_RELAY_SELF_SIGNED_NAMES", value_delimiter = ',', global = true)]
+    self_signed_names: Option<Vec<String>>,
+    /// Most frames queued per device.
+    #[arg(long, env = "TANDEM_RELAY_QUEUE_MAX_FRAMES", global = true)]
+    queue_max_frames: Option<u64>,
+    /// Most payload bytes queued per device.
+    #[arg(long, env = "TANDEM_RELAY_QUEUE_MAX_BYTES", global = true)]
+    queue_max_bytes: Option<u64>,
+    /// How long a queued frame may wait, in seconds.
+    #[arg(long, env = "TANDEM_RELAY_QUEUE_TTL_SECS", global = true)]
+    queue_ttl_secs: Option<u64>,
+    /// Seconds a connection has to authenticate.
+    #[arg(long, env = "TANDEM_RELAY_HANDSHAKE_TIMEOUT_SECS", global = true)]
+    handshake_timeout_secs: Option<u64>,
+    /// Seconds between pings.
+    #[arg(long, env = "TANDEM_RELAY_PING_INTERVAL_SECS", global = true)]
+    ping_interval_secs: Option<u64>,
+    /// Up to this many seconds of random jitter on each ping interval.
+    #[arg(long, env = "TANDEM_RELAY_PING_JITTER_SECS", global = true)]
+    ping_jitter_secs: Option<u64>,
+    /// Seconds to wait for a pong.
+    #[arg(long, env = "TANDEM_RELAY_PONG_TIMEOUT_SECS", global = true)]
+    pong_timeout_secs: Option<u64>,
+    /// Seconds without application traffic before a phone is detached.
+    #[arg(long, env = "TANDEM_RELAY_IDLE_TIMEOUT_SECS", global = true)]
+    idle_timeout_secs: Option<u64>,
+    /// Seconds a write may take before the connection is dropped.
+    #[arg(long, env = "TANDEM_RELAY_WRITE_TIMEOUT_SECS", global = true)]
+    write_timeout_secs: Option<u64>,
+    /// Most simultaneous connections.
+    #[arg(long, env = "TANDEM_RELAY_MAX_CONNECTIONS", global = true)]
+    max_connections: Option<usize>,
+    /// New connections per IP per minute.
+    #[arg(long, env = "TANDEM_RELAY_CONNECTS_PER_IP_PER_MINUTE", global = true)]
+    connects_per_ip_per_minute: Option<u32>,
+    /// Pairing claims per IP per minute.
+    #[arg(long, env = "TANDEM_RELAY_PAIR_CLAIMS_PER_IP_PER_MINUTE", global = true)]
+    pair_claims_per_ip_per_minute: Option<u32>,
+    /// Frames per device per second.
+    #[arg(long, env = "TANDEM_RELAY_FRAMES_PER_DEVICE_PER_SECOND", global = true)]
+    frames_per_device_per_second: Option<u32>,
+    /// Longest pairing mailbox lifetime, in seconds.
+    #[arg(long, env = "TANDEM_RELAY_PAIRING_TTL_MAX_SECS", global = true)]
+    pairing_ttl_max_secs: Option<u64>,
+    /// Reconnect hint sent on shutdown, in milliseconds.
+    #[arg(long, env = "TANDEM_RELAY_RESTART_HINT_MS", global = true)]
+    restart_hint_ms: Option<u64>,
+    /// Seconds to wait for connections to drain on shutdown.
+    #[arg(long, env = "TANDEM_RELAY_DRAIN_TIMEOUT_SECS", global = true)]
+    drain_timeout_secs: Option<u64>,
+    /// Milliseconds between sweeps of expired frames and mailboxes.
+    #[arg(long, env = "TANDEM_RELAY_SWEEP_INTERVAL_MS", global = true)]
+    sweep_interval_ms: Option<u64>,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "TANDEM_RELAY_LOG_JSON", global = true)]
+    log_json: Option<bool>,
+}
+
+/// The TOML file: the same settings, all optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    names: Option<Vec<String>>,
+    tls: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    acme_domains: Option<Vec<String>>,
+    acme_contact: Option<String>,
+    acme_production: Option<bool>,
+    self_signed_names: Option<Vec<String>>,
+    queue_max_frames: Option<u64>,
+    queue_max_bytes: Option<u64>,
+    queue_ttl_secs: Option<u64>,
+    handshake_timeout_secs: Option<u64>,
+    ping_interval_secs: Option<u64>,
+    ping_jitter_secs: Option<u64>,
+    pong_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    write_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    connects_per_ip_per_minute: Option<u32>,
+    pair_claims_per_ip_per_minute: Option<u32>,
+    frames_per_device_per_second: Option<u32>,
+    pairing_ttl_max_secs: Option<u64>,
+    restart_hint_ms: Option<u64>,
+    drain_timeout_secs: Option<u64>,
+    sweep_interval_ms: Option<u64>,
+    log_json: Option<bool>,
+}
+
+/// What `main` needs besides the library's [`Config`].
+struct Settings {
+    listen: SocketAddr,
+    log_json: bool,
+    config: Config,
+}
+
+fn settings(o: Opts) -> anyhow::Result<Settings> {
+    let f: FileConfig = match &o.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    // Flags and environment win over the file, which wins over the defaults.
+    macro_rules! pick {
+        ($field:ident) => {
+            o.$field.or(f.$field)
+        };
+    }
+    let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from("tandem-relay-data"));
+    let mut c = Config::new(data_dir.clone());
+    let secs = Duration::from_secs;
+    if let Some(v) = pick!(names) {
+        c.names = v.into_iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+    }
+    let self_signed_names =
+        pick!(self_signed_names).unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]);
+    c.tls = match pick!(tls).as_deref().unwrap_or("self-signed") {
+        "off" => TlsMode::Off,
+        "files" => TlsMode::Files {
+            cert: pick!(tls_cert).context("--tls files needs --tls-cert")?,
+            key: pick!(tls_key).context("--tls files needs --tls-key")?,
+        },
+        "self-signed" => {
+            TlsMode::SelfSigned { names: self_signed_names, dir: Some(data_dir.join("tls")) }
+        }
+        "acme" => {
+            let domains = pick!(acme_domains).unwrap_or_default();
+            if domains.is_empty() {
+                bail!("--tls acme needs --acme-domains");
+            }
+            for d in &domains {
+                if !c.names.contains(d) {
+                    c.names.push(d.clone());
+                }
+            }
+            TlsMode::Acme {
+                domains,
+                contact: pick!(acme_contact),
+                cache_dir: data_dir.join("acme"),
+                production: pick!(acme_production).unwrap_or(false),
+            }
+        }
+        other => bail!("unknown TLS mode {other:?}: use off, files, self-signed or acme"),
+    };
+    if let Some(v) = pick!(queue_max_frames) {
+        c.queue.max_frames = v;
+    }
+    if let Some(v) = pick!(queue_max_bytes) {
+        c.queue.max_bytes = v;
+    }
+    if let Some(v) = pick!(queue_ttl_secs) {
+        c.queue.ttl_secs = v;
+    }
+    if let Some(v) = pick!(handshake_timeout_secs) {
+        c.handshake_timeout = secs(v);
+    }
+    if let Some(v) = pick!(ping_interval_secs) {
+        c.ping_interval = secs(v.max(1));
+    }
+    if let Some(v) = pick!(ping_jitter_secs) {
+        c.ping_jitter = secs(v);
+    }
+    if let Some(v) = pick!(pong_timeout_secs) {
+        c.pong_timeout = secs(v.max(1));
+    }
+    if let Some(v) = pick!(idle_timeout_secs) {
+        c.idle_timeout = secs(v.max(1));
+    }
+    if let Some(v) = pick!(write_timeout_secs) {
+        c.write_timeout = secs(v.max(1));
+    }
+    if let Some(v) = pick!(max_connections) {
+        c.max_connections = v;
+    }
+    if let Some(v) = pick!(connects_per_ip_per_minute) {
+        c.connects_per_ip_per_minute = v;
+    }
+    if let Some(v) = pick!(pair_claims_per_ip_per_minute) {
+        c.pair_claims_per_ip_per_minute = v;
+    }
+    if let Some(v) = pick!(frames_per_device_per_second) {
+        c.frames_per_device_per_second = v;
+    }
+    if let Some(v) = pick!(pairing_ttl_max_secs) {
+        c.pairing_ttl_max = secs(v);
+    }
+    if let Some(v) = pick!(restart_hint_ms) {
+        c.restart_hint = Duration::from_millis(v);
+    }
+    if let Some(v) = pick!(drain_timeout_secs) {
+        c.drain_timeout = secs(v);
+    }
+    if let Some(v) = pick!(sweep_interval_ms) {
+        c.sweep_interval = Duration::from_millis(v);
+    }
+    let listen = pick!(listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443)));
+    if matches!(c.tls, TlsMode::Off) && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "plain HTTP on a non-loopback address: only behind a TLS-terminating proxy");
+    }
+    Ok(Settings { listen, log_json: pick!(log_json).unwrap_or(false), config: c })
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_RELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::DefaultConfig)) {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return Ok(());
+    }
+    let s = settings(cli.opts)?;
+    init_logging(s.log_json);
+    let listener = tokio::net::TcpListener::bind(s.listen)
+        .await
+        .with_context(|| format!("binding {}", s.listen))?;
+    let addr = listener.local_addr()?;
+    let scheme = if matches!(s.config.tls, TlsMode::Off) { "ws" } else { "wss" };
+    // Tests and scripts read this line.
+    println!("tandem-relay listening on {scheme}://{addr}/v1/connect");
+
+    let shutdown = CancellationToken::new();
+    let reload = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(signals(shutdown.clone(), reload.clone()));
+    let mut config = s.config;
+    config.reload = Some(reload);
+    tandem_relay::run(listener, config, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn signals(shutdown: CancellationToken, reload: Arc<tokio::sync::Notify>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload.notify_one(),
+        }
+    }
+    tracing::info!("signal received: shutting down");
+    shutdown.cancel();
+}
+
+#[cfg(not(unix))]
+async fn signals(shutdown: CancellationToken, _reload: Arc<tokio::sync::Notify>) {
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_example_parses_to_the_defaults() {
+        let f: FileConfig = toml::from_str(DEFAULT_CONFIG_TOML).unwrap();
+        let defaults = Config::new(PathBuf::from("/var/lib/tandem-relay"));
+        assert_eq!(f.queue_max_frames, Some(defaults.queue.max_frames));
+        assert_eq!(f.queue_max_bytes, Some(defaults.queue.max_bytes));
+        assert_eq!(f.queue_ttl_secs, Some(defaults.queue.ttl_secs));
+        assert_eq!(f.idle_timeout_secs, Some(defaults.idle_timeout.as_secs()));
+        assert_eq!(f.ping_interval_secs, Some(defaults.ping_interval.as_secs()));
+        assert_eq!(f.ping_jitter_secs, Some(defaults.ping_jitter.as_secs()));
+        assert_eq!(f.pong_timeout_secs, Some(defaults.pong_timeout.as_secs()));
+        assert_eq!(f.handshake_timeout_secs, Some(defaults.handshake_timeout.as_secs()));
+        assert_eq!(f.write_timeout_secs, Some(defaults.write_timeout.as_secs()));
+        assert_eq!(f.max_connections, Some(defaults.max_connections));
+        assert_eq!(f.connects_per_ip_per_minute, Some(defaults.connects_per_ip_per_minute));
+        assert_eq!(f.pair_claims_per_ip_per_minute, Some(defaults.pair_claims_per_ip_per_minute));
+        assert_eq!(f.frames_per_device_per_second, Some(defaults.frames_per_device_per_second));
+        assert_eq!(f.pairing_ttl_max_secs, Some(defaults.pairing_ttl_max.as_secs()));
+        assert_eq!(f.restart_hint_ms, Some(defaults.restart_hint.as_millis() as u64));
+        assert_eq!(f.drain_timeout_secs, Some(defaults.drain_timeout.as_secs()));
+        assert_eq!(f.names, Some(defaults.names));
+        assert_eq!(f.sweep_interval_ms, Some(defaults.sweep_interval.as_millis() as u64));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "idle_timeout_secs = 30\ntls = \"off\"\nqueue_ttl_secs = 5\n")
+            .unwrap();
+        let o = Opts { config: Some(path), idle_timeout_secs: Some(7), ..Opts::default() };
+        let s = settings(o).unwrap();
+        assert_eq!(s.config.idle_timeout, Duration::from_secs(7));
+        assert_eq!(s.config.queue.ttl_secs, 5);
+        assert!(matches!(s.config.tls, TlsMode::Off));
+        std::fs::write(dir.path().join("bad.toml"), "no_such_setting = 1\n").unwrap();
+        let o = Opts { config: Some(dir.path().join("bad.toml")), ..Opts::default() };
+        assert!(settings(o).is_err());
+    }
 }

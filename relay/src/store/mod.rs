@@ -24,8 +24,11 @@ use thiserror::Error;
 
 pub use self::redb::RedbStore;
 
-/// A boxed future returned by [`Store`] methods.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+/// A boxed future returned by [`Store`] methods. It owns what it needs
+/// (`'static`), so a connection can keep several in flight while it goes on
+/// reading; the operation is submitted when the method is called, so
+/// operations from one caller are applied in call order.
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
 /// Why a store operation failed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -82,34 +85,34 @@ pub trait Store: Send + Sync + 'static {
         from: DeviceId,
         payload: Vec<u8>,
         now_unix: u64,
-    ) -> StoreFuture<'_, u64>;
+    ) -> StoreFuture<u64>;
 
     /// Up to `limit` frames for `to` with ids above `after`, in id order.
-    fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<'_, Vec<Queued>>;
+    fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>>;
 
     /// The recipient received everything up to `up_to`: delete it. Returns
     /// how many frames were deleted.
-    fn ack(&self, to: DeviceId, up_to: u64) -> StoreFuture<'_, u64>;
+    fn ack(&self, to: DeviceId, up_to: u64) -> StoreFuture<u64>;
 
     /// How much waits for `to`.
-    fn depth(&self, to: DeviceId) -> StoreFuture<'_, QueueDepth>;
+    fn depth(&self, to: DeviceId) -> StoreFuture<QueueDepth>;
 
     /// Record that `by` allows frames to and from `peer`.
-    fn authorize(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<'_, ()>;
+    fn authorize(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<()>;
 
     /// Remove `by`'s authorisation of `peer` and drop every frame queued
     /// between the two, both ways. Returns how many frames were dropped.
-    fn revoke(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<'_, u64>;
+    fn revoke(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<u64>;
 
     /// Whether `a` and `b` authorised each other.
-    fn is_route(&self, a: DeviceId, b: DeviceId) -> StoreFuture<'_, bool>;
+    fn is_route(&self, a: DeviceId, b: DeviceId) -> StoreFuture<bool>;
 
     /// The devices `a` has a (mutual) route with.
-    fn peers(&self, a: DeviceId) -> StoreFuture<'_, Vec<DeviceId>>;
+    fn peers(&self, a: DeviceId) -> StoreFuture<Vec<DeviceId>>;
 
     /// Delete every frame whose TTL passed. Returns how many.
-    fn expire(&self, now_unix: u64) -> StoreFuture<'_, u64>;
+    fn expire(&self, now_unix: u64) -> StoreFuture<u64>;
 
     /// Frames and bytes waiting across all queues.
-    fn totals(&self) -> StoreFuture<'_, QueueDepth>;
+    fn totals(&self) -> StoreFuture<QueueDepth>;
 }

@@ -145,7 +145,7 @@ impl RedbStore {
     fn call<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
-    ) -> StoreFuture<'_, T> {
+    ) -> StoreFuture<T> {
         let (reply, rx) = oneshot::channel();
         let sent = self.tx.send(make(reply));
         Box::pin(async move {
@@ -162,34 +162,34 @@ impl Store for RedbStore {
         from: DeviceId,
         payload: Vec<u8>,
         now_unix: u64,
-    ) -> StoreFuture<'_, u64> {
+    ) -> StoreFuture<u64> {
         self.call(|reply| Op::Enqueue { to, from, payload, now: now_unix, reply })
     }
-    fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<'_, Vec<Queued>> {
+    fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>> {
         self.call(|reply| Op::Fetch { to, after, limit, reply })
     }
-    fn ack(&self, to: DeviceId, up_to: u64) -> StoreFuture<'_, u64> {
+    fn ack(&self, to: DeviceId, up_to: u64) -> StoreFuture<u64> {
         self.call(|reply| Op::Ack { to, up_to, reply })
     }
-    fn depth(&self, to: DeviceId) -> StoreFuture<'_, QueueDepth> {
+    fn depth(&self, to: DeviceId) -> StoreFuture<QueueDepth> {
         self.call(|reply| Op::Depth { to, reply })
     }
-    fn authorize(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<'_, ()> {
+    fn authorize(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<()> {
         self.call(|reply| Op::Authorize { by, peer, reply })
     }
-    fn revoke(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<'_, u64> {
+    fn revoke(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<u64> {
         self.call(|reply| Op::Revoke { by, peer, reply })
     }
-    fn is_route(&self, a: DeviceId, b: DeviceId) -> StoreFuture<'_, bool> {
+    fn is_route(&self, a: DeviceId, b: DeviceId) -> StoreFuture<bool> {
         self.call(|reply| Op::IsRoute { a, b, reply })
     }
-    fn peers(&self, a: DeviceId) -> StoreFuture<'_, Vec<DeviceId>> {
+    fn peers(&self, a: DeviceId) -> StoreFuture<Vec<DeviceId>> {
         self.call(|reply| Op::Peers { a, reply })
     }
-    fn expire(&self, now_unix: u64) -> StoreFuture<'_, u64> {
+    fn expire(&self, now_unix: u64) -> StoreFuture<u64> {
         self.call(|reply| Op::Expire { now: now_unix, reply })
     }
-    fn totals(&self) -> StoreFuture<'_, QueueDepth> {
+    fn totals(&self) -> StoreFuture<QueueDepth> {
         self.call(|reply| Op::Totals { reply })
     }
 }

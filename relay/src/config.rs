@@ -1,0 +1,154 @@
+//! The relay's configuration as typed values. Only the binary (`main.rs`)
+//! reads files, environment variables and flags; the library takes a
+//! [`Config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::store::QueueLimits;
+use crate::tls::TlsMode;
+
+/// Everything the relay can be told.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// The host names (or IP addresses) devices reach this relay by. A
+    /// connection whose `Host` is not one of them is refused (421): the
+    /// relay-authentication challenge is bound to the name, and answering to
+    /// any name would let another relay pass our challenge through. Ports are
+    /// not compared.
+    pub names: Vec<String>,
+    /// TLS termination.
+    pub tls: TlsMode,
+    /// How often certificate files are checked for changes.
+    pub tls_poll: Duration,
+    /// Per-recipient queue bounds and TTL.
+    pub queue: QueueLimits,
+    /// A connection must authenticate within this.
+    pub handshake_timeout: Duration,
+    /// The relay pings every connection this often (plus jitter).
+    pub ping_interval: Duration,
+    /// Up to this much random jitter is added to each ping interval.
+    pub ping_jitter: Duration,
+    /// A pong must arrive within this, or the connection is closed.
+    pub pong_timeout: Duration,
+    /// A phone's connection with no application traffic for this long is
+    /// closed with `idle_timeout`. Desktops are never idled out.
+    pub idle_timeout: Duration,
+    /// A write that takes longer than this marks the reader as stuck.
+    pub write_timeout: Duration,
+    /// Frames waiting for one connection's writer before new live frames
+    /// fall back to the store (never blocks the sender).
+    pub send_queue: usize,
+    /// Longest a pairing mailbox may live.
+    pub pairing_ttl_max: Duration,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// New connections per IP address per minute.
+    pub connects_per_ip_per_minute: u32,
+    /// Pairing claims per IP address per minute (brute-force brake).
+    pub pair_claims_per_ip_per_minute: u32,
+    /// Frames per device per second (burst: the same number).
+    pub frames_per_device_per_second: u32,
+    /// The reconnect hint sent in `Restarting` on shutdown.
+    pub restart_hint: Duration,
+    /// How long shutdown waits for writers to flush.
+    pub drain_timeout: Duration,
+    /// How often expired frames and pairing mailboxes are swept.
+    pub sweep_interval: Duration,
+    /// Notified to reload certificate files (the binary does it on SIGHUP).
+    pub reload: Option<std::sync::Arc<tokio::sync::Notify>>,
+}
+
+impl Config {
+    /// Defaults for a store in `data_dir`, without TLS.
+    #[must_use]
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            tls: TlsMode::Off,
+            tls_poll: Duration::from_secs(5),
+            queue: QueueLimits { max_frames: 10_000, max_bytes: 64 << 20, ttl_secs: 7 * 24 * 3600 },
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            ping_jitter: Duration::from_secs(5),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(10),
+            send_queue: 64,
+            pairing_ttl_max: Duration::from_secs(600),
+            max_connections: 20_000,
+            connects_per_ip_per_minute: 600,
+            pair_claims_per_ip_per_minute: 20,
+            frames_per_device_per_second: 2_000,
+            restart_hint: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(15),
+            reload: None,
+        }
+    }
+}
+
+/// The example printed by `tandem-relay default-config`: every setting with
+/// its default and what it means. Tested to parse to the defaults.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# tandem-relay configuration. Every setting may also be given as a flag
+# (--listen, --data-dir, ...) or an environment variable (TANDEM_RELAY_LISTEN,
+# TANDEM_RELAY_DATA_DIR, ...); flags win over the environment, which wins
+# over this file.
+
+# Address and port to listen on.
+listen = "0.0.0.0:8443"
+
+# Where queued frames and routes are kept (a redb database).
+data_dir = "/var/lib/tandem-relay"
+
+# The names devices reach this relay by (ports are not compared). Requests
+# for any other Host are refused: device authentication is bound to the name.
+names = ["localhost", "127.0.0.1", "::1"]
+
+# TLS: "files" (tls_cert + tls_key, reloaded on change or SIGHUP),
+# "acme" (automatic certificates for acme_domains), "self-signed"
+# (development), or "off" (plain HTTP: loopback or behind a TLS proxy only).
+tls = "self-signed"
+# tls_cert = "/etc/tandem/relay.crt"
+# tls_key = "/etc/tandem/relay.key"
+# acme_domains = ["relay.example.com"]
+# acme_contact = "mailto:ops@example.com"
+# acme_production = true
+# Names the self-signed certificate is made for.
+self_signed_names = ["localhost", "127.0.0.1"]
+
+# Queues for offline devices.
+queue_max_frames = 10000
+queue_max_bytes = 67108864
+queue_ttl_secs = 604800
+
+# Liveness.
+handshake_timeout_secs = 10
+ping_interval_secs = 20
+ping_jitter_secs = 5
+pong_timeout_secs = 10
+# Phones idle for this long are detached (desktops never are).
+idle_timeout_secs = 600
+write_timeout_secs = 10
+
+# Limits.
+max_connections = 20000
+connects_per_ip_per_minute = 600
+pair_claims_per_ip_per_minute = 20
+frames_per_device_per_second = 2000
+pairing_ttl_max_secs = 600
+
+# How often expired frames and pairing mailboxes are swept, in milliseconds.
+sweep_interval_ms = 15000
+
+# Graceful restart: the reconnect hint sent to clients, and how long to drain.
+restart_hint_ms = 2000
+drain_timeout_secs = 5
+
+# Log as JSON lines instead of text.
+log_json = false
+"#;

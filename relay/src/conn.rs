@@ -1,0 +1,658 @@
+//! One device connection: authenticate, then read frames and act on them
+//! while a writer task sends responses, live deliveries, the backlog from
+//! the store and pings. A slow reader never blocks anyone else: other tasks
+//! only `try_send` to a connection (falling back to a wake-up and the store),
+//! and a write that takes longer than `write_timeout` closes the connection.
+//!
+//! Payload bytes are never logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tandem_proto::entropy::Entropy;
+use tandem_proto::frame::{Frame, FrameError};
+use tandem_proto::relay_auth::RelayChallenge;
+use tandem_proto::{DeviceId, ErrorCode, Role};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use crate::registry::{ConnHandle, Outbound};
+use crate::state::{State, unix_now};
+use crate::store::{StoreError, StoreFuture};
+
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+/// Most store operations one connection may have in flight.
+const MAX_PENDING: usize = 256;
+/// Frames read from the store per backlog page.
+const BACKLOG_PAGE: usize = 128;
+
+/// Why a connection ends, with the code to close it with.
+struct Closing(ErrorCode, String);
+
+impl Closing {
+    fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        Self(code, msg.into())
+    }
+}
+
+/// Serve one upgraded WebSocket. `host` is the upgrade request's `Host`.
+pub(crate) async fn serve(
+    socket: WebSocket,
+    peer: SocketAddr,
+    host: String,
+    state: Arc<State>,
+    slot: Option<OwnedSemaphorePermit>,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let Some(_slot) = slot else {
+        state.metrics.refused(ErrorCode::Overloaded);
+        close(&mut sink, ErrorCode::Overloaded, "the relay is at its connection limit", &state)
+            .await;
+        return;
+    };
+    let handshake =
+        timeout(state.config.handshake_timeout, authenticate(&mut sink, &mut stream, &host));
+    let (device, role) = match handshake.await {
+        Ok(Ok(id)) => id,
+        Ok(Err(Closing(code, msg))) => {
+            if code == ErrorCode::AuthFailed {
+                state.metrics.auth_failed();
+            }
+            state.metrics.refused(code);
+            debug!(%peer, %code, "handshake refused");
+            close(&mut sink, code, &msg, &state).await;
+            return;
+        }
+        Err(_) => {
+            state.metrics.refused(ErrorCode::HandshakeTimeout);
+            close(
+                &mut sink,
+                ErrorCode::HandshakeTimeout,
+                "authenticate within the deadline",
+                &state,
+            )
+            .await;
+            return;
+        }
+    };
+
+    let conn_id = state.registry.next_conn_id();
+    let (tx, rx) = mpsc::channel(state.config.send_queue.max(1));
+    let handle = ConnHandle::new(conn_id, tx);
+    if let Some(old) = state.registry.insert(device, handle.clone()) {
+        old.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
+    }
+    state.metrics.connected(role);
+    info!(device = %device, ?role, conn_id, "device connected");
+
+    let liveness = Arc::new(AtomicU64::new(0));
+    let queued = match state.store.depth(device).await {
+        Ok(d) => u32::try_from(d.frames).unwrap_or(u32::MAX),
+        Err(_) => 0,
+    };
+    let ping_ms = u32::try_from(state.config.ping_interval.as_millis()).unwrap_or(u32::MAX);
+    let hello = Frame::AuthOk { device_id: device, queued, ping_interval_ms: ping_ms };
+    let writer_done = match write(&mut sink, &hello, &state).await {
+        Ok(()) => {
+            let w = Writer {
+                sink,
+                state: state.clone(),
+                handle: handle.clone(),
+                device,
+                liveness: liveness.clone(),
+            };
+            Some(tokio::spawn(w.run(rx)))
+        }
+        Err(_) => None,
+    };
+    if writer_done.is_some() {
+        announce(&state, device, true).await;
+        let reader =
+            Reader { state: state.clone(), handle: handle.clone(), device, role, peer, liveness };
+        if let Err(Closing(code, msg)) = reader.run(&mut stream).await {
+            handle.close(code, &msg);
+        } else {
+            handle.close(ErrorCode::Other(0), "");
+        }
+    }
+    if let Some(w) = writer_done {
+        let _ = w.await;
+    }
+    if state.registry.remove(&device, conn_id) {
+        announce(&state, device, false).await;
+    }
+    state.metrics.disconnected(role);
+    info!(device = %device, conn_id, "device disconnected");
+}
+
+/// Hello → Challenge → Auth. Returns the authenticated device and its role.
+async fn authenticate(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    host: &str,
+) -> Result<(DeviceId, Role), Closing> {
+    let role = match next_frame(stream).await? {
+        Frame::Hello { min_version, max_version, role } => {
+            if !(min_version..=max_version).contains(&tandem_proto::frame::VERSION) {
+                return Err(Closing::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!("this relay speaks version {}", tandem_proto::frame::VERSION),
+                ));
+            }
+            role
+        }
+        _ => return Err(Closing::new(ErrorCode::NotAuthenticated, "send Hello first")),
+    };
+    let challenge = RelayChallenge::new(&mut Entropy::os(), host)
+        .map_err(|_| Closing::new(ErrorCode::Internal, "no randomness"))?;
+    let bytes =
+        challenge.frame().encode().map_err(|_| Closing::new(ErrorCode::Internal, "challenge"))?;
+    sink.send(Message::Binary(bytes.into()))
+        .await
+        .map_err(|_| Closing::new(ErrorCode::Internal, "write"))?;
+    match next_frame(stream).await? {
+        Frame::Auth { public_key, proof } => challenge
+            .verify(role, &public_key, &proof)
+            .map(|id| (id, role))
+            .map_err(|e| Closing::new(ErrorCode::AuthFailed, e.to_string())),
+        _ => Err(Closing::new(ErrorCode::NotAuthenticated, "send Auth after the challenge")),
+    }
+}
+
+/// The next binary frame, decoded; control frames are skipped.
+async fn next_frame(stream: &mut Stream) -> Result<Frame, Closing> {
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                return Frame::decode(&b).map_err(|e| Closing::new(e.code(), e.to_string()));
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Text(_))) => {
+                return Err(Closing::new(ErrorCode::MalformedFrame, "frames are binary messages"));
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                return Err(Closing::new(ErrorCode::Other(0), "closed by peer"));
+            }
+            Some(Err(e)) => return Err(read_error(&e)),
+        }
+    }
+}
+
+fn read_error(e: &axum::Error) -> Closing {
+    let text = e.to_string();
+    // tungstenite reports a message over the cap as a capacity error.
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Capacity")
+    {
+        Closing::new(ErrorCode::FrameTooLarge, "frame over the size limit")
+    } else {
+        Closing::new(ErrorCode::Other(0), "read failed")
+    }
+}
+
+async fn write(sink: &mut Sink, frame: &Frame, state: &State) -> Result<(), ()> {
+    let bytes = frame.encode().map_err(|_| ())?;
+    match timeout(state.config.write_timeout, sink.send(Message::Binary(bytes.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Send an `Error` frame and a close frame with the code, best effort.
+async fn close(sink: &mut Sink, code: ErrorCode, msg: &str, state: &State) {
+    if code.code() != 0 {
+        let _ =
+            write(sink, &Frame::Error { code, ref_id: 0, message: msg.to_owned() }, state).await;
+    }
+    let frame = CloseFrame {
+        code: if code.code() == 0 { 1000 } else { code.close_code() },
+        reason: truncate(msg, 120).into(),
+    };
+    let _ = timeout(state.config.write_timeout, sink.send(Message::Close(Some(frame)))).await;
+    let _ = timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_owned()
+}
+
+/// Tell `device`'s online mutual peers that it came or went, and (when it
+/// came) tell it which of them are online.
+async fn announce(state: &State, device: DeviceId, online: bool) {
+    let Ok(peers) = state.routes.peers(device).await else { return };
+    let me = state.registry.get(&device);
+    for peer in peers.iter() {
+        if let Some(h) = state.registry.get(peer) {
+            h.offer(Outbound::Frame(Frame::Presence { peer: device, online }));
+            if online && let Some(me) = &me {
+                me.offer(Outbound::Frame(Frame::Presence { peer: *peer, online: true }));
+            }
+        }
+    }
+}
+
+/// A store operation in flight, with what to do when it finishes.
+enum Pending {
+    Enqueue { send_id: u64, to: DeviceId, payload: Vec<u8>, fut: StoreFuture<u64> },
+    Ack { fut: StoreFuture<u64> },
+}
+
+enum Done {
+    Enqueued { send_id: u64, to: DeviceId, payload: Vec<u8>, result: Result<u64, StoreError> },
+    Acked(Result<u64, StoreError>),
+}
+
+impl Pending {
+    async fn finish(self) -> Done {
+        match self {
+            Pending::Enqueue { send_id, to, payload, fut } => {
+                Done::Enqueued { send_id, to, payload, result: fut.await }
+            }
+            Pending::Ack { fut } => Done::Acked(fut.await),
+        }
+    }
+}
+
+struct Reader {
+    state: Arc<State>,
+    handle: ConnHandle,
+    device: DeviceId,
+    role: Role,
+    peer: SocketAddr,
+    liveness: Arc<AtomicU64>,
+}
+
+impl Reader {
+    async fn run(self, stream: &mut Stream) -> Result<(), Closing> {
+        let mut pending = FuturesOrdered::new();
+        let idle = self.state.config.idle_timeout;
+        let mut last_activity = Instant::now();
+        loop {
+            let idle_deadline = last_activity + idle;
+            tokio::select! {
+                biased;
+                () = self.handle.cancelled() => return Ok(()),
+                Some(done) = pending.next(), if !pending.is_empty() => self.finished(done).await,
+                () = sleep_until(idle_deadline), if self.role == Role::Phone => {
+                    return Err(Closing::new(ErrorCode::IdleTimeout, "no activity from this phone; reconnect to re-attach"));
+                }
+                msg = stream.next(), if pending.len() < MAX_PENDING => {
+                    let frame = match msg {
+                        Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
+                            Ok(f) => f,
+                            Err(FrameError::UnknownType(t)) => {
+                                self.refuse(ErrorCode::UnknownFrameType, 0, &format!("unknown frame type 0x{t:02x}")).await;
+                                continue;
+                            }
+                            Err(e) => {
+                                self.state.metrics.refused(e.code());
+                                return Err(Closing::new(e.code(), e.to_string()));
+                            }
+                        },
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Text(_))) => {
+                            self.state.metrics.refused(ErrorCode::MalformedFrame);
+                            return Err(Closing::new(ErrorCode::MalformedFrame, "frames are binary messages"));
+                        }
+                        Some(Ok(Message::Close(_))) | None => return Ok(()),
+                        Some(Err(e)) => {
+                            let c = read_error(&e);
+                            if c.0 == ErrorCode::FrameTooLarge {
+                                self.state.metrics.refused(c.0);
+                            }
+                            return Err(c);
+                        }
+                    };
+                    if !matches!(frame, Frame::Ping { .. } | Frame::Pong { .. }) {
+                        last_activity = Instant::now();
+                    }
+                    if let Some(p) = self.on_frame(frame).await? {
+                        pending.push_back(p.finish());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send an `Error` frame on this connection (waits if its own queue is full).
+    async fn refuse(&self, code: ErrorCode, ref_id: u64, message: &str) {
+        self.state.metrics.refused(code);
+        let _ = self
+            .handle
+            .tx
+            .send(Outbound::Frame(Frame::Error { code, ref_id, message: message.to_owned() }))
+            .await;
+    }
+
+    async fn reply(&self, frame: Frame) {
+        let _ = self.handle.tx.send(Outbound::Frame(frame)).await;
+    }
+
+    async fn on_frame(&self, frame: Frame) -> Result<Option<Pending>, Closing> {
+        let state = &self.state;
+        let me = self.device;
+        if !matches!(frame, Frame::Ping { .. } | Frame::Pong { .. }) && !state.limits.frame(me) {
+            let ref_id = match &frame {
+                Frame::Send { send_id, .. } => *send_id,
+                Frame::PairOpen { request_id, .. }
+                | Frame::PairClaim { request_id, .. }
+                | Frame::PairClose { request_id, .. }
+                | Frame::Authorize { request_id, .. }
+                | Frame::Revoke { request_id, .. } => *request_id,
+                _ => 0,
+            };
+            self.refuse(ErrorCode::RateLimited, ref_id, "too many frames; slow down").await;
+            return Ok(None);
+        }
+        match frame {
+            Frame::Ping { nonce } => self.reply(Frame::Pong { nonce }).await,
+            Frame::Pong { nonce } => {
+                let _ =
+                    self.liveness.compare_exchange(nonce, 0, Ordering::AcqRel, Ordering::Acquire);
+            }
+            Frame::Send { send_id, to, payload } => {
+                match state.routes.is_route(me, to).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.refuse(
+                            ErrorCode::NotAuthorized,
+                            send_id,
+                            "no route: these devices have not authorised each other",
+                        )
+                        .await;
+                        return Ok(None);
+                    }
+                    Err(_) => {
+                        self.refuse(ErrorCode::Internal, send_id, "store unavailable").await;
+                        return Ok(None);
+                    }
+                }
+                let fut = state.store.enqueue(to, me, payload.clone(), unix_now());
+                return Ok(Some(Pending::Enqueue { send_id, to, payload, fut }));
+            }
+            Frame::Ack { up_to } => {
+                return Ok(Some(Pending::Ack { fut: state.store.ack(me, up_to) }));
+            }
+            Frame::Authorize { request_id, peer } => {
+                if peer == me {
+                    self.refuse(
+                        ErrorCode::UnexpectedFrame,
+                        request_id,
+                        "a device cannot authorise itself",
+                    )
+                    .await;
+                    return Ok(None);
+                }
+                match state.store.authorize(me, peer).await {
+                    Ok(()) => {
+                        state.routes.invalidate(me, peer);
+                        self.reply(Frame::Ok { ref_id: request_id }).await;
+                        if state.routes.is_route(me, peer).await.unwrap_or(false)
+                            && let Some(h) = state.registry.get(&peer)
+                        {
+                            h.offer(Outbound::Frame(Frame::Presence { peer: me, online: true }));
+                            self.reply(Frame::Presence { peer, online: true }).await;
+                        }
+                    }
+                    Err(_) => {
+                        self.refuse(ErrorCode::Internal, request_id, "store unavailable").await
+                    }
+                }
+            }
+            Frame::Revoke { request_id, peer } => match state.store.revoke(me, peer).await {
+                Ok(dropped) => {
+                    state.routes.invalidate(me, peer);
+                    state.metrics.dropped("revoked", dropped);
+                    if let Some(h) = state.registry.get(&peer) {
+                        h.offer(Outbound::Frame(Frame::Presence { peer: me, online: false }));
+                    }
+                    info!(device = %me, peer = %peer, dropped, "route revoked");
+                    self.reply(Frame::Ok { ref_id: request_id }).await;
+                }
+                Err(_) => self.refuse(ErrorCode::Internal, request_id, "store unavailable").await,
+            },
+            Frame::PairOpen { request_id, pairing_id, ttl_secs } => {
+                if self.role != Role::Desktop {
+                    self.refuse(
+                        ErrorCode::UnexpectedFrame,
+                        request_id,
+                        "only desktops open pairing mailboxes",
+                    )
+                    .await;
+                    return Ok(None);
+                }
+                let ttl = Duration::from_secs(u64::from(ttl_secs.max(1)))
+                    .min(state.config.pairing_ttl_max);
+                match state.mailboxes.open(pairing_id, me, ttl) {
+                    Ok(()) => {
+                        state.metrics.pairing("opened");
+                        self.reply(Frame::Ok { ref_id: request_id }).await;
+                    }
+                    Err(code) => self.refuse(code, request_id, "pairing id in use").await,
+                }
+            }
+            Frame::PairClaim { request_id, pairing_id, payload } => {
+                if !state.limits.claim(self.peer.ip()) {
+                    self.refuse(
+                        ErrorCode::RateLimited,
+                        request_id,
+                        "too many pairing attempts; wait a minute",
+                    )
+                    .await;
+                    return Ok(None);
+                }
+                match state.mailboxes.claim(pairing_id, me) {
+                    Ok(desktop) => match state.registry.get(&desktop) {
+                        Some(h) => {
+                            h.offer(Outbound::Frame(Frame::PairMessage {
+                                pairing_id,
+                                peer: me,
+                                payload,
+                            }));
+                            state.metrics.pairing("claimed");
+                            self.reply(Frame::Ok { ref_id: request_id }).await;
+                        }
+                        None => {
+                            self.refuse(
+                                ErrorCode::PairingNotFound,
+                                request_id,
+                                "the desktop is not connected",
+                            )
+                            .await
+                        }
+                    },
+                    Err(code) => self.refuse(code, request_id, "pairing refused").await,
+                }
+            }
+            Frame::PairMessage { pairing_id, peer, payload } => {
+                match state.mailboxes.route(pairing_id, me, peer) {
+                    Ok(to) => match state.registry.get(&to) {
+                        Some(h) => h.offer(Outbound::Frame(Frame::PairMessage {
+                            pairing_id,
+                            peer: me,
+                            payload,
+                        })),
+                        None => {
+                            self.refuse(
+                                ErrorCode::PairingNotFound,
+                                0,
+                                "the other device is not connected",
+                            )
+                            .await
+                        }
+                    },
+                    Err(code) => self.refuse(code, 0, "pairing message refused").await,
+                }
+            }
+            Frame::PairClose { request_id, pairing_id } => {
+                match state.mailboxes.close(pairing_id, me) {
+                    Ok(()) => {
+                        state.metrics.pairing("closed");
+                        self.reply(Frame::Ok { ref_id: request_id }).await;
+                    }
+                    Err(code) => self.refuse(code, request_id, "cannot close that mailbox").await,
+                }
+            }
+            other => {
+                let name = other.frame_type();
+                self.refuse(
+                    ErrorCode::UnexpectedFrame,
+                    0,
+                    &format!("{name} is not sent by devices"),
+                )
+                .await;
+            }
+        }
+        Ok(None)
+    }
+
+    async fn finished(&self, done: Done) {
+        let state = &self.state;
+        match done {
+            Done::Enqueued { send_id, to, payload, result } => match result {
+                Ok(id) => {
+                    state.metrics.forwarded(payload.len());
+                    self.reply(Frame::Ok { ref_id: send_id }).await;
+                    if let Some(h) = state.registry.get(&to) {
+                        h.offer(Outbound::Deliver { id, from: self.device, payload });
+                    }
+                }
+                Err(StoreError::QueueFull(_)) => {
+                    self.refuse(ErrorCode::QueueFull, send_id, "the recipient's queue is full")
+                        .await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "store failed");
+                    self.refuse(ErrorCode::Internal, send_id, "store unavailable; retry").await;
+                }
+            },
+            Done::Acked(Err(e)) => warn!(error = %e, "ack failed"),
+            Done::Acked(Ok(_)) => {}
+        }
+    }
+}
+
+struct Writer {
+    sink: Sink,
+    state: Arc<State>,
+    handle: ConnHandle,
+    device: DeviceId,
+    liveness: Arc<AtomicU64>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Outbound>) {
+        let mut last = 0u64;
+        let result = self.loop_(&mut rx, &mut last).await;
+        // Flush what is queued (e.g. a Restarting frame), then close.
+        while let Ok(out) = rx.try_recv() {
+            if let Outbound::Frame(f) = out
+                && write(&mut self.sink, &f, &self.state).await.is_err()
+            {
+                break;
+            }
+        }
+        let (code, msg) = match result {
+            Err(Closing(c, m)) => (c, m),
+            Ok(()) => self.handle.reason().unwrap_or((ErrorCode::Other(0), String::new())),
+        };
+        close(&mut self.sink, code, &msg, &self.state).await;
+        // Make sure the reader stops too.
+        self.handle.close(code, &msg);
+    }
+
+    fn next_ping(&self) -> Instant {
+        let c = &self.state.config;
+        let jitter_ms = u64::try_from(c.ping_jitter.as_millis()).unwrap_or(0);
+        let j = if jitter_ms == 0 { 0 } else { rand::rng().random_range(0..=jitter_ms) };
+        Instant::now() + c.ping_interval + Duration::from_millis(j)
+    }
+
+    async fn loop_(
+        &mut self,
+        rx: &mut mpsc::Receiver<Outbound>,
+        last: &mut u64,
+    ) -> Result<(), Closing> {
+        self.backlog(last, u64::MAX).await?;
+        let mut ping_at = self.next_ping();
+        let mut pong_by: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.handle.cancelled() => return Ok(()),
+                () = sleep_until(pong_by.unwrap_or_else(Instant::now)), if pong_by.is_some() => {
+                    if self.liveness.load(Ordering::Acquire) != 0 {
+                        return Err(Closing::new(ErrorCode::PingTimeout, "no pong in time"));
+                    }
+                    pong_by = None;
+                }
+                out = rx.recv() => match out {
+                    Some(Outbound::Frame(f)) => self.send(&f).await?,
+                    Some(Outbound::Deliver { id, from, payload }) => {
+                        if id > *last + 1 {
+                            // Something before it is only in the store: catch up first.
+                            self.backlog(last, id - 1).await?;
+                        }
+                        if id == *last + 1 {
+                            self.send(&Frame::Deliver { delivery_id: id, from, payload }).await?;
+                            *last = id;
+                        }
+                    }
+                    None => return Ok(()),
+                },
+                () = self.handle.wake.notified() => self.backlog(last, u64::MAX).await?,
+                () = sleep_until(ping_at) => {
+                    let nonce = rand::rng().random_range(1..u64::MAX);
+                    self.liveness.store(nonce, Ordering::Release);
+                    self.send(&Frame::Ping { nonce }).await?;
+                    pong_by = Some(Instant::now() + self.state.config.pong_timeout);
+                    ping_at = self.next_ping();
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, f: &Frame) -> Result<(), Closing> {
+        write(&mut self.sink, f, &self.state)
+            .await
+            .map_err(|()| Closing::new(ErrorCode::Other(0), "write failed or timed out"))
+    }
+
+    /// Deliver stored frames after `last` up to `until`, in order.
+    async fn backlog(&mut self, last: &mut u64, until: u64) -> Result<(), Closing> {
+        loop {
+            let page = self
+                .state
+                .store
+                .fetch(self.device, *last, BACKLOG_PAGE)
+                .await
+                .map_err(|_| Closing::new(ErrorCode::Internal, "store unavailable"))?;
+            let full = page.len() == BACKLOG_PAGE;
+            for q in page {
+                if q.id > until {
+                    return Ok(());
+                }
+                self.send(&Frame::Deliver { delivery_id: q.id, from: q.from, payload: q.payload })
+                    .await?;
+                *last = q.id;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Prometheus metrics, served at `/metrics`. Labels carry reasons and roles,
+//! never device ids or payload bytes.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tandem_proto::{ErrorCode, Role};
+
+type Label = [(&'static str, &'static str); 1];
+
+/// Every metric the relay exports.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    connections: Family<Label, Gauge>,
+    accepted: Counter,
+    frames_forwarded: Counter,
+    bytes_forwarded: Counter,
+    queue_frames: Gauge,
+    queue_bytes: Gauge,
+    refusals: Family<Label, Counter>,
+    drops: Family<Label, Counter>,
+    auth_failures: Counter,
+    pairings: Family<Label, Counter>,
+}
+
+fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Desktop => "desktop",
+        Role::Phone => "phone",
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    #[must_use]
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("tandem_relay");
+        let m = Self {
+            registry: Registry::default(),
+            connections: Family::default(),
+            accepted: Counter::default(),
+            frames_forwarded: Counter::default(),
+            bytes_forwarded: Counter::default(),
+            queue_frames: Gauge::default(),
+            queue_bytes: Gauge::default(),
+            refusals: Family::default(),
+            drops: Family::default(),
+            auth_failures: Counter::default(),
+            pairings: Family::default(),
+        };
+        registry.register(
+            "connections",
+            "Authenticated connections by role",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "WebSocket connections accepted",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "frames_forwarded",
+            "Frames stored for a recipient",
+            m.frames_forwarded.clone(),
+        );
+        registry.register(
+            "bytes_forwarded",
+            "Payload bytes stored for a recipient",
+            m.bytes_forwarded.clone(),
+        );
+        registry.register("queue_frames", "Frames waiting in all queues", m.queue_frames.clone());
+        registry.register(
+            "queue_bytes",
+            "Payload bytes waiting in all queues",
+            m.queue_bytes.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Refused frames and connections by reason",
+            m.refusals.clone(),
+        );
+        registry.register("drops", "Frames dropped by reason (ttl, revoked)", m.drops.clone());
+        registry.register(
+            "auth_failures",
+            "Failed device authentications",
+            m.auth_failures.clone(),
+        );
+        registry.register("pairings", "Pairing mailbox events by outcome", m.pairings.clone());
+        Self { registry, ..m }
+    }
+
+    /// A device authenticated.
+    pub(crate) fn connected(&self, role: Role) {
+        self.connections.get_or_create(&[("role", role_str(role))]).inc();
+        self.accepted.inc();
+    }
+
+    /// An authenticated device went away.
+    pub(crate) fn disconnected(&self, role: Role) {
+        self.connections.get_or_create(&[("role", role_str(role))]).dec();
+    }
+
+    /// A frame of `bytes` payload bytes was stored for its recipient.
+    pub(crate) fn forwarded(&self, bytes: usize) {
+        self.frames_forwarded.inc();
+        self.bytes_forwarded.inc_by(bytes as u64);
+    }
+
+    /// Something was refused, with the code sent.
+    pub(crate) fn refused(&self, code: ErrorCode) {
+        self.refusals.get_or_create(&[("reason", code.as_str())]).inc();
+    }
+
+    /// Frames dropped without delivery.
+    pub(crate) fn dropped(&self, reason: &'static str, n: u64) {
+        self.drops.get_or_create(&[("reason", reason)]).inc_by(n);
+    }
+
+    /// A device failed to authenticate.
+    pub(crate) fn auth_failed(&self) {
+        self.auth_failures.inc();
+    }
+
+    /// A pairing mailbox event (`opened`, `claimed`, `closed`, `expired`).
+    pub(crate) fn pairing(&self, outcome: &'static str) {
+        self.pairings.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    /// Current queue totals.
+    pub(crate) fn queue_depth(&self, frames: u64, bytes: u64) {
+        self.queue_frames.set(i64::try_from(frames).unwrap_or(i64::MAX));
+        self.queue_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The text exposition.
+    #[must_use]
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

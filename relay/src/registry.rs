@@ -1,0 +1,117 @@
+//! Who is online: one live connection per device. A newer connection for
+//! the same device replaces the older one, which is closed with `replaced`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tandem_proto::{DeviceId, ErrorCode, Frame};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// What other tasks hand a connection's writer.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A frame to send as is.
+    Frame(Frame),
+    /// A stored frame to deliver live (the writer keeps delivery order).
+    Deliver { id: u64, from: DeviceId, payload: Vec<u8> },
+}
+
+/// A handle on one live connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnHandle {
+    pub(crate) conn_id: u64,
+    pub(crate) tx: mpsc::Sender<Outbound>,
+    /// Wakes the writer to read its backlog from the store.
+    pub(crate) wake: Arc<Notify>,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<(ErrorCode, String)>>>,
+}
+
+impl ConnHandle {
+    pub(crate) fn new(conn_id: u64, tx: mpsc::Sender<Outbound>) -> Self {
+        Self {
+            conn_id,
+            tx,
+            wake: Arc::new(Notify::new()),
+            cancel: CancellationToken::new(),
+            reason: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Ask the connection to close with `code`; the first reason wins.
+    pub(crate) fn close(&self, code: ErrorCode, message: &str) {
+        let mut r = lock(&self.reason);
+        if r.is_none() {
+            *r = Some((code, message.to_owned()));
+        }
+        drop(r);
+        self.cancel.cancel();
+    }
+
+    /// Resolves when [`Self::close`] was called.
+    pub(crate) fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// Why the connection was asked to close.
+    pub(crate) fn reason(&self) -> Option<(ErrorCode, String)> {
+        lock(&self.reason).clone()
+    }
+
+    /// Hand a live frame to the writer without ever waiting; when its queue
+    /// is full, wake it to read the backlog from the store instead.
+    pub(crate) fn offer(&self, out: Outbound) {
+        if self.tx.try_send(out).is_err() {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Lock a mutex, recovering from poisoning (a panicked holder cannot leave
+/// these maps inconsistent: every update is a single insert or remove).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The map from device to its live connection.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    map: Mutex<HashMap<DeviceId, ConnHandle>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Register a connection; returns the one it replaces.
+    pub(crate) fn insert(&self, device: DeviceId, handle: ConnHandle) -> Option<ConnHandle> {
+        lock(&self.map).insert(device, handle)
+    }
+
+    /// Unregister, but only if `conn_id` is still the device's connection.
+    pub(crate) fn remove(&self, device: &DeviceId, conn_id: u64) -> bool {
+        let mut map = lock(&self.map);
+        if map.get(device).is_some_and(|h| h.conn_id == conn_id) {
+            map.remove(device);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn get(&self, device: &DeviceId) -> Option<ConnHandle> {
+        lock(&self.map).get(device).cloned()
+    }
+
+    pub(crate) fn all(&self) -> Vec<ConnHandle> {
+        lock(&self.map).values().cloned().collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+}

@@ -1,0 +1,233 @@
+//! The relay as a library: [`run`] serves a bound listener until the
+//! shutdown token fires, then tells every device to reconnect later
+//! (`Restarting`) and drains.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State as AxState, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tandem_proto::ErrorCode;
+use tandem_proto::frame::{Frame, MAX_FRAME_LEN};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::conn;
+use crate::listener::{Peer, RelayListener};
+use crate::registry::Outbound;
+use crate::state::{State, unix_now};
+use crate::store::{RedbStore, Store, StoreError};
+use crate::tls::{Tls, TlsError};
+
+/// Why the relay could not run.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// A socket error.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serve on `listener` with `config` until `shutdown` is cancelled, then
+/// send `Restarting` to every device, close their connections and return
+/// once they are gone (or `drain_timeout` passed).
+///
+/// # Errors
+/// [`RelayError`] when the store or TLS cannot be set up, or serving fails.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir, config.queue)?);
+    run_with_store(listener, config, store, shutdown).await
+}
+
+/// [`run`] with a store of the caller's choosing (a Redis backend, a test double).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_store(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let tls = Tls::start(&config.tls, config.tls_poll, shutdown.child_token()).await?;
+    let handshake_timeout = config.handshake_timeout;
+    let state = Arc::new(State::new(config, store, shutdown.clone()));
+    let accept_stop = CancellationToken::new();
+    let listener = RelayListener::start(
+        listener,
+        tls.as_ref().map(Tls::acceptor),
+        handshake_timeout,
+        state.clone(),
+        accept_stop.clone(),
+    )?;
+    info!(addr = %axum::serve::Listener::local_addr(&listener)?, tls = tls.is_some(), "relay listening");
+    let maintenance = tokio::spawn(maintain(state.clone()));
+    if let (Some(tls), Some(reload)) = (tls.clone(), state.config.reload.clone()) {
+        tokio::spawn(async move {
+            loop {
+                reload.notified().await;
+                match tls.reload() {
+                    Ok(()) => info!("certificate reloaded"),
+                    Err(e) => warn!(error = %e, "certificate reload failed; keeping the old one"),
+                }
+            }
+        });
+    }
+
+    let app = router(state.clone());
+    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let drain = drain(state.clone(), accept_stop);
+    let (served, ()) = tokio::join!(serve.into_future(), drain);
+    maintenance.abort();
+    served?;
+    Ok(())
+}
+
+/// On shutdown: refuse new connections, tell everyone to come back later,
+/// close, and wait for the connections to finish.
+async fn drain(state: Arc<State>, accept_stop: CancellationToken) {
+    state.shutdown.cancelled().await;
+    state.draining.store(true, Ordering::Release);
+    accept_stop.cancel();
+    let hint = u32::try_from(state.config.restart_hint.as_millis()).unwrap_or(u32::MAX);
+    let conns = state.registry.all();
+    info!(connections = conns.len(), "shutting down: sending restart hints");
+    for h in &conns {
+        h.offer(Outbound::Frame(Frame::Restarting { reconnect_after_ms: hint }));
+        h.close(ErrorCode::ShuttingDown, "the relay is restarting; reconnect after the hint");
+    }
+    let deadline = tokio::time::Instant::now() + state.config.drain_timeout;
+    while state.registry.len() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if state.registry.len() > 0 {
+        warn!(left = state.registry.len(), "drain timeout: closing the rest");
+    }
+}
+
+async fn maintain(state: Arc<State>) {
+    let mut tick =
+        tokio::time::interval(state.config.sweep_interval.max(Duration::from_millis(10)));
+    loop {
+        tick.tick().await;
+        match state.store.expire(unix_now()).await {
+            Ok(n) if n > 0 => {
+                state.metrics.dropped("ttl", n);
+                info!(frames = n, "expired queued frames");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "expiry sweep failed"),
+        }
+        let gone = state.mailboxes.sweep();
+        for _ in 0..gone {
+            state.metrics.pairing("expired");
+        }
+        state.limits.sweep();
+        if let Ok(t) = state.store.totals().await {
+            state.metrics.queue_depth(t.frames, t.bytes);
+        }
+    }
+}
+
+fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/v1/connect", get(connect))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn ready(AxState(state): AxState<Arc<State>>) -> Response {
+    if state.draining.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(2), state.store.totals()).await {
+        Ok(Ok(_)) => "ready\n".into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response(),
+    }
+}
+
+async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The host part of a `Host` header value, lower case, without port or brackets.
+fn host_only(host: &str) -> String {
+    let h = host.trim().to_ascii_lowercase();
+    let h = h.trim_end_matches('.');
+    if let Some(v6) = h.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or_default().to_owned();
+    }
+    match h.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => {
+            name.to_owned()
+        }
+        _ => h.to_owned(),
+    }
+}
+
+async fn connect(
+    ws: WebSocketUpgrade,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    AxState(state): AxState<Arc<State>>,
+) -> Response {
+    if state.draining.load(Ordering::Acquire) {
+        state.metrics.refused(ErrorCode::ShuttingDown);
+        return (StatusCode::SERVICE_UNAVAILABLE, "the relay is restarting\n").into_response();
+    }
+    let host =
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
+    let name = host_only(&host);
+    if !state.config.names.iter().any(|n| host_only(n) == name) {
+        state.metrics.refused(ErrorCode::AuthFailed);
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this relay does not answer to {name:?}; add it to the relay's names\n"),
+        )
+            .into_response();
+    }
+    let slot = state.slots.clone().try_acquire_owned().ok();
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * MAX_FRAME_LEN)
+        .max_message_size(MAX_FRAME_LEN)
+        .max_frame_size(MAX_FRAME_LEN)
+        .on_upgrade(move |socket| conn::serve(socket, peer, host, state, slot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_only;
+
+    #[test]
+    fn host_header_names_compare_without_port() {
+        assert_eq!(host_only("Relay.Example.com:8443"), "relay.example.com");
+        assert_eq!(host_only("relay.example.com."), "relay.example.com");
+        assert_eq!(host_only("127.0.0.1:5000"), "127.0.0.1");
+        assert_eq!(host_only("[::1]:5000"), "::1");
+        assert_eq!(host_only("::1"), "::1");
+    }
+}

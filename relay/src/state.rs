@@ -1,0 +1,54 @@
+//! What every connection shares.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::pairing::Mailboxes;
+use crate::registry::Registry;
+use crate::routes::Routes;
+use crate::store::Store;
+
+/// The relay's shared state.
+pub(crate) struct State {
+    pub(crate) config: Config,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) metrics: Metrics,
+    pub(crate) registry: Registry,
+    pub(crate) routes: Routes,
+    pub(crate) mailboxes: Mailboxes,
+    pub(crate) limits: Limits,
+    /// Connection slots (`max_connections`).
+    pub(crate) slots: Arc<Semaphore>,
+    /// Fired when the relay starts shutting down.
+    pub(crate) shutdown: CancellationToken,
+    /// Set once shutdown began: `/readyz` fails, new connections are refused.
+    pub(crate) draining: AtomicBool,
+}
+
+impl State {
+    pub(crate) fn new(config: Config, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+        Self {
+            metrics: Metrics::new(),
+            registry: Registry::default(),
+            routes: Routes::new(store.clone()),
+            mailboxes: Mailboxes::default(),
+            limits: Limits::new(&config),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            shutdown,
+            draining: AtomicBool::new(false),
+            store,
+            config,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch (the store's TTL clock).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
