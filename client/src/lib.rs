@@ -1,9 +1,59 @@
-//! Tandem's shared async relay client.
+//! Tandem's shared async relay client: connect, authenticate, reconnect,
+//! keep an outbox, surface deliveries for acknowledgement. The desktop agent,
+//! the mobile SDK, the end-to-end tests and the load generator all use it.
 //!
-//! Connects to a relay, authenticates with the device key, reconnects with
-//! backoff, resumes with the protocol's sequence numbers and keeps the outbox.
-//! The desktop agent, the mobile SDK, the end-to-end tests and the load
-//! generator all use it. It is filled in by the relay and agent issues; for
-//! now it re-exports the protocol crate it builds on.
+//! * [`connect`] — one authenticated connection: TCP (no Nagle), TLS with
+//!   rustls and ring (the webpki roots plus optional extra roots in PEM, for
+//!   self-signed relays), a WebSocket with small buffers and a
+//!   [`proto::frame::MAX_FRAME_LEN`] cap, then `Hello → Challenge → Auth →
+//!   AuthOk` under one deadline. The client refuses a challenge that names
+//!   another relay than the one it dialed ([`ClientError::WrongRelay`]) and
+//!   sends no proof then.
+//! * [`Client`] — a handle to a background task that owns the connection and
+//!   reconnects forever with full-jitter exponential backoff (250 ms doubling
+//!   to 30 s; reset once a connection stayed up 30 s), waits out the relay's
+//!   `Restarting` hint instead, pings the relay (every ~20 s; no frame within
+//!   10 s means the connection is dead) and answers its pings. It stops
+//!   reconnecting only when the relay rejects the device itself
+//!   (`auth_failed`, `revoked`), or on [`Client::close`], or when every
+//!   handle is dropped. What happens is reported as [`Event`]s.
+//!
+//! # Guarantees
+//!
+//! These are **relay-level** guarantees, hop by hop; end-to-end delivery is
+//! confirmed only by the peer's acknowledgement inside the encrypted channel
+//! (`tandem_proto::delivery`), and the application keeps its own outbox until
+//! then.
+//!
+//! * **Sending.** [`Client::send`] resolves `Ok` once the relay has taken
+//!   responsibility for the payload (handed to the recipient's live connection
+//!   or stored in its durable queue), or with the relay's refusal
+//!   ([`ClientError::Refused`]). Until then the send is retried: it waits in a
+//!   bounded outbox while disconnected, and a send written but unanswered when
+//!   the connection drops is written again after reconnecting with the same
+//!   `send_id`. The relay may therefore store a payload twice; the end-to-end
+//!   layer deduplicates.
+//! * **Receiving.** Each [`Event::Deliver`] carries the relay's `delivery_id`,
+//!   increasing per device. The application persists what a delivery leads to
+//!   and then calls [`Client::ack`] (cumulative); the relay deletes a queued
+//!   delivery only then. Unacknowledged deliveries are delivered again after a
+//!   reconnect, with the same ids: the client drops those at or below the
+//!   highest id the application already acknowledged in this process (and
+//!   repeats that ack), and the end-to-end layer deduplicates the rest (for
+//!   example after a crash between persisting and acknowledging).
+//! * **Other requests.** `Authorize` and `Revoke` are idempotent and retried
+//!   like sends. `PairOpen`, `PairClaim` and `PairClose` are not retried once
+//!   written: if the connection drops before the answer they fail with
+//!   [`ClientError::Interrupted`].
+//! * Nothing from the network panics the client, and payload bytes are never
+//!   logged (the [`Event`] `Debug` output shows only their length).
 
+mod actor;
+mod client;
+pub mod connect;
+mod error;
+
+pub use client::{Client, ClientConfig, Event};
+pub use connect::{Connection, Endpoint};
+pub use error::ClientError;
 pub use tandem_proto as proto;

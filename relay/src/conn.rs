@@ -95,6 +95,7 @@ pub(crate) async fn serve(
     info!(device = %device, ?role, conn_id, "device connected");
 
     let liveness = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
     let queued = match state.store.depth(device).await {
         Ok(d) => u32::try_from(d.frames).unwrap_or(u32::MAX),
         Err(_) => 0,
@@ -109,6 +110,7 @@ pub(crate) async fn serve(
                 handle: handle.clone(),
                 device,
                 liveness: liveness.clone(),
+                delivered: delivered.clone(),
             };
             Some(tokio::spawn(w.run(rx)))
         }
@@ -116,8 +118,15 @@ pub(crate) async fn serve(
     };
     if writer_done.is_some() {
         announce(&state, device, true).await;
-        let reader =
-            Reader { state: state.clone(), handle: handle.clone(), device, role, peer, liveness };
+        let reader = Reader {
+            state: state.clone(),
+            handle: handle.clone(),
+            device,
+            role,
+            peer,
+            liveness,
+            delivered,
+        };
         if let Err(Closing(code, msg)) = reader.run(&mut stream).await {
             handle.close(code, &msg);
         } else {
@@ -274,6 +283,8 @@ struct Reader {
     role: Role,
     peer: SocketAddr,
     liveness: Arc<AtomicU64>,
+    /// The highest delivery id the writer has sent on this connection.
+    delivered: Arc<AtomicU64>,
 }
 
 impl Reader {
@@ -385,6 +396,8 @@ impl Reader {
                 return Ok(Some(Pending::Enqueue { send_id, to, payload, fut }));
             }
             Frame::Ack { up_to } => {
+                // Never delete what this connection has not delivered yet.
+                let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
                 return Ok(Some(Pending::Ack { fut: state.store.ack(me, up_to) }));
             }
             Frame::Authorize { request_id, peer } => {
@@ -446,6 +459,15 @@ impl Reader {
                 }
             }
             Frame::PairClaim { request_id, pairing_id, payload } => {
+                if self.role != Role::Phone {
+                    self.refuse(
+                        ErrorCode::UnexpectedFrame,
+                        request_id,
+                        "only phones claim pairing mailboxes",
+                    )
+                    .await;
+                    return Ok(None);
+                }
                 if !state.limits.claim(self.peer.ip()) {
                     self.refuse(
                         ErrorCode::RateLimited,
@@ -552,6 +574,7 @@ struct Writer {
     handle: ConnHandle,
     device: DeviceId,
     liveness: Arc<AtomicU64>,
+    delivered: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -607,9 +630,10 @@ impl Writer {
                             // Something before it is only in the store: catch up first.
                             self.backlog(last, id - 1).await?;
                         }
-                        if id == *last + 1 {
+                                                if id == *last + 1 {
                             self.send(&Frame::Deliver { delivery_id: id, from, payload }).await?;
                             *last = id;
+                            self.delivered.store(id, Ordering::Release);
                         }
                     }
                     None => return Ok(()),
@@ -649,6 +673,7 @@ impl Writer {
                 self.send(&Frame::Deliver { delivery_id: q.id, from: q.from, payload: q.payload })
                     .await?;
                 *last = q.id;
+                self.delivered.store(q.id, Ordering::Release);
             }
             if !full {
                 return Ok(());

@@ -29,7 +29,8 @@ pub(crate) struct Mailboxes {
 pub(crate) type Route = DeviceId;
 
 impl Mailboxes {
-    /// Open (or reopen, for the same desktop) a mailbox.
+    /// Open a mailbox; an id that is already open is refused (codes are
+    /// rotated with fresh secrets, so an id is never legitimately reused).
     pub(crate) fn open(
         &self,
         id: [u8; 16],
@@ -38,10 +39,7 @@ impl Mailboxes {
     ) -> Result<(), ErrorCode> {
         let mut map = lock(&self.map);
         let now = Instant::now();
-        if let Some(m) = map.get(&id)
-            && m.expires > now
-            && m.desktop != desktop
-        {
+        if map.get(&id).is_some_and(|m| m.expires > now) {
             return Err(ErrorCode::PairingClaimed);
         }
         map.insert(id, Mailbox { desktop, expires: now + ttl, claimed_by: None });
@@ -59,13 +57,12 @@ impl Mailboxes {
         if m.desktop == claimer {
             return Err(ErrorCode::UnexpectedFrame);
         }
-        match m.claimed_by {
-            Some(c) if c != claimer => Err(ErrorCode::PairingClaimed),
-            _ => {
-                m.claimed_by = Some(claimer);
-                Ok(m.desktop)
-            }
+        // First claim wins; every later claim is refused, even from the same device.
+        if m.claimed_by.is_some() {
+            return Err(ErrorCode::PairingClaimed);
         }
+        m.claimed_by = Some(claimer);
+        Ok(m.desktop)
     }
 
     /// Check a message from `from` to `to` in mailbox `id`.
@@ -82,7 +79,7 @@ impl Mailboxes {
         }
         let claimer = m.claimed_by.ok_or(ErrorCode::PairingNotFound)?;
         let ok = (from == m.desktop && to == claimer) || (from == claimer && to == m.desktop);
-        if ok { Ok(to) } else { Err(ErrorCode::NotAuthorized) }
+        if ok { Ok(to) } else { Err(ErrorCode::UnexpectedFrame) }
     }
 
     /// Close a mailbox; only its desktop may.
@@ -122,12 +119,14 @@ mod tests {
         assert_eq!(m.claim([9; 16], P), Err(ErrorCode::PairingNotFound));
         m.open([9; 16], D, Duration::from_secs(120)).unwrap();
         assert_eq!(m.open([9; 16], X, Duration::from_secs(120)), Err(ErrorCode::PairingClaimed));
+        assert_eq!(m.open([9; 16], D, Duration::from_secs(120)), Err(ErrorCode::PairingClaimed));
         assert_eq!(m.route([9; 16], D, P), Err(ErrorCode::PairingNotFound));
         assert_eq!(m.claim([9; 16], P), Ok(D));
         assert_eq!(m.claim([9; 16], X), Err(ErrorCode::PairingClaimed));
+        assert_eq!(m.claim([9; 16], P), Err(ErrorCode::PairingClaimed));
         assert_eq!(m.route([9; 16], D, P), Ok(P));
         assert_eq!(m.route([9; 16], P, D), Ok(D));
-        assert_eq!(m.route([9; 16], X, D), Err(ErrorCode::NotAuthorized));
+        assert_eq!(m.route([9; 16], X, D), Err(ErrorCode::UnexpectedFrame));
         assert_eq!(m.close([9; 16], P), Err(ErrorCode::NotAuthorized));
         tokio::time::advance(Duration::from_secs(121)).await;
         assert_eq!(m.route([9; 16], D, P), Err(ErrorCode::PairingExpired));

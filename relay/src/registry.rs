@@ -60,11 +60,32 @@ impl ConnHandle {
         lock(&self.reason).clone()
     }
 
-    /// Hand a live frame to the writer without ever waiting; when its queue
-    /// is full, wake it to read the backlog from the store instead.
+    /// Hand something to the writer without making the caller wait.
+    ///
+    /// A stored frame (`Deliver`) that does not fit is not lost: the writer
+    /// is woken and reads its backlog from the store. A control frame
+    /// (presence, pairing) that does not fit is handed over by a short-lived
+    /// task; if the writer cannot take it within a second, its reader is
+    /// stuck and the connection is closed (the device reconnects and the
+    /// state it missed is sent afresh).
     pub(crate) fn offer(&self, out: Outbound) {
-        if self.tx.try_send(out).is_err() {
-            self.wake.notify_one();
+        match self.tx.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Outbound::Deliver { .. })) => {
+                self.wake.notify_one()
+            }
+            Err(mpsc::error::TrySendError::Full(out)) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let sent =
+                        tokio::time::timeout(std::time::Duration::from_secs(1), me.tx.send(out))
+                            .await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        me.close(ErrorCode::Other(0), "the connection is not reading");
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }

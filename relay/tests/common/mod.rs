@@ -288,4 +288,3 @@ pub async fn paired(relay: &Relay) -> (Device, Device) {
 pub fn close_code(code: ErrorCode) -> End {
     End::Closed(code.close_code())
 }
-

@@ -1,0 +1,532 @@
+//! The task behind [`crate::Client`]: owns the connection, the outbox and the
+//! reconnect loop.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::Rng;
+use tandem_proto::{DeviceKey, ErrorCode, Frame};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::client::{ClientConfig, Command, Event, Request, Shared};
+use crate::connect::{Connection, Endpoint};
+use crate::error::{ClientError, is_fatal_code};
+
+/// Requests written per turn of the connection loop before reading again.
+const FLUSH_BATCH: usize = 32;
+
+/// A request in the outbox (not yet written) or in flight (written, not yet
+/// answered).
+struct Pending {
+    /// `send_id`/`request_id`; 0 for a `PairMessage`.
+    id: u64,
+    frame: Frame,
+    reply: oneshot::Sender<Result<(), ClientError>>,
+}
+
+impl Pending {
+    fn answer(self, result: Result<(), ClientError>) {
+        let _ = self.reply.send(result);
+    }
+
+    /// Whether it is safe to write again after the connection dropped without
+    /// an answer.
+    fn idempotent(&self) -> bool {
+        matches!(self.frame, Frame::Send { .. } | Frame::Authorize { .. } | Frame::Revoke { .. })
+    }
+}
+
+/// What woke the connection loop.
+enum Wake {
+    Stop,
+    Frame(Result<Frame, ClientError>),
+    Command(Option<Command>),
+    Ack,
+    Ping,
+    PongTimeout,
+    Flush,
+}
+
+pub(crate) struct Actor {
+    config: ClientConfig,
+    key: Arc<DeviceKey>,
+    endpoint: Option<Arc<Endpoint>>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    /// Dropped with the actor, which tells [`crate::Client::close`] it is done.
+    _done: watch::Sender<()>,
+    outbox: VecDeque<Pending>,
+    in_flight: BTreeMap<u64, Pending>,
+    next_id: u64,
+    /// The highest `Ack` written (on any connection).
+    ack_sent: u64,
+    /// Failed attempts since the last stable connection.
+    attempt: u32,
+    /// The relay's `Restarting` hint for the next reconnect.
+    restart_hint: Option<Duration>,
+    /// The last connection-ending code the relay announced in an `Error`
+    /// frame on the current connection.
+    last_error: Option<ErrorCode>,
+    /// Set when reconnecting cannot help; every request fails with it.
+    fatal: Option<ClientError>,
+    stopping: bool,
+}
+
+impl Actor {
+    pub(crate) fn new(
+        config: ClientConfig,
+        endpoint: Result<Endpoint, ClientError>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+        shared: Arc<Shared>,
+        stop: CancellationToken,
+        done: watch::Sender<()>,
+    ) -> Self {
+        let (endpoint, fatal) = match endpoint {
+            Ok(e) => (Some(Arc::new(e)), None),
+            Err(e) => (None, Some(e)),
+        };
+        Self {
+            key: Arc::new(config.key.clone()),
+            config,
+            endpoint,
+            commands,
+            events,
+            shared,
+            stop,
+            _done: done,
+            outbox: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            next_id: 1,
+            ack_sent: 0,
+            attempt: 0,
+            restart_hint: None,
+            last_error: None,
+            fatal,
+            stopping: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        if let Some(e) = self.fatal.clone() {
+            warn!(error = %e, "the relay client cannot start");
+            self.emit(Event::Disconnected {
+                reason: e.to_string(),
+                code: e.code(),
+                retry_in: Duration::MAX,
+            })
+            .await;
+        }
+        while !self.stopping {
+            let Some(endpoint) = self.endpoint.clone().filter(|_| self.fatal.is_none()) else {
+                self.serve_stopped().await;
+                break;
+            };
+            let Some(result) = self.attempt_connection(&endpoint).await else { break };
+            let ended = match result {
+                Ok(conn) => {
+                    info!(relay = endpoint.dialed_name(), queued = conn.queued(), "connected");
+                    let up_since = Instant::now();
+                    let ended = self.run_connection(conn).await;
+                    if up_since.elapsed() >= self.config.backoff_reset_after {
+                        self.attempt = 0;
+                    }
+                    ended
+                }
+                Err(e) => e,
+            };
+            if self.stopping {
+                break;
+            }
+            self.after_disconnect(ended).await;
+        }
+        debug!("relay client stopped");
+        // Dropping the outbox and the in-flight requests answers them `Closed`.
+    }
+
+    /// Connect while still taking requests. `None` when asked to stop.
+    async fn attempt_connection(
+        &mut self,
+        endpoint: &Arc<Endpoint>,
+    ) -> Option<Result<Connection, ClientError>> {
+        let endpoint = Arc::clone(endpoint);
+        let key = Arc::clone(&self.key);
+        let (role, timeout) = (self.config.role, self.config.connect_timeout);
+        let attempt = async move { endpoint.connect(&key, role, timeout).await };
+        tokio::pin!(attempt);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => {
+                    self.stopping = true;
+                    return None;
+                }
+                result = &mut attempt => return Some(result),
+                command = self.commands.recv() => {
+                    self.on_command(command);
+                    if self.stopping {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drive one authenticated connection until it ends; returns why.
+    async fn run_connection(&mut self, mut conn: Connection) -> ClientError {
+        conn.set_write_timeout(self.config.pong_timeout);
+        self.last_error = None;
+        self.restart_hint = None;
+        self.emit(Event::Connected { device_id: conn.device_id(), queued: conn.queued() }).await;
+
+        let mut next_ping = after(jittered(self.config.ping_interval));
+        let mut pong_deadline: Option<Instant> = None;
+        loop {
+            if self.stopping || self.stop.is_cancelled() {
+                self.stopping = true;
+                let _ = self.flush_ack(&mut conn).await;
+                conn.close(None).await;
+                return ClientError::Closed;
+            }
+            if let Err(e) = self.flush_ack(&mut conn).await {
+                return e;
+            }
+            if let Err(e) = self.flush(&mut conn).await {
+                return e;
+            }
+            let more = !self.outbox.is_empty();
+            let wake = tokio::select! {
+                () = self.stop.cancelled() => Wake::Stop,
+                frame = conn.recv() => Wake::Frame(frame),
+                command = self.commands.recv() => Wake::Command(command),
+                () = self.shared.ack_notify.notified() => Wake::Ack,
+                () = sleep_until(next_ping) => Wake::Ping,
+                () = sleep_until(pong_deadline.unwrap_or(next_ping)), if pong_deadline.is_some() => {
+                    Wake::PongTimeout
+                }
+                () = std::future::ready(()), if more => Wake::Flush,
+            };
+            match wake {
+                Wake::Stop => self.stopping = true,
+                Wake::Command(command) => self.on_command(command),
+                Wake::Ack | Wake::Flush => {}
+                Wake::Frame(Err(e)) => return e,
+                Wake::Frame(Ok(frame)) => {
+                    // Anything from the relay proves the connection alive.
+                    pong_deadline = None;
+                    if let Err(e) = self.on_frame(&mut conn, frame).await {
+                        return e;
+                    }
+                }
+                Wake::Ping => {
+                    next_ping = after(jittered(self.config.ping_interval));
+                    if pong_deadline.is_none() {
+                        let nonce = rand::rng().random::<u64>();
+                        if let Err(e) = conn.send(&Frame::Ping { nonce }).await {
+                            return e;
+                        }
+                        pong_deadline = Some(after(self.config.pong_timeout));
+                    }
+                }
+                Wake::PongTimeout => {
+                    warn!(timeout = ?self.config.pong_timeout, "the relay stopped answering");
+                    return ClientError::Disconnected {
+                        code: None,
+                        reason: format!(
+                            "the relay did not answer a ping within {:?}",
+                            self.config.pong_timeout
+                        ),
+                    };
+                }
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, conn: &mut Connection, frame: Frame) -> Result<(), ClientError> {
+        match frame {
+            Frame::Deliver { delivery_id, from, payload } => {
+                self.shared.delivered.fetch_max(delivery_id, Ordering::AcqRel);
+                let acked = self.shared.ack.load(Ordering::Acquire);
+                if delivery_id <= acked {
+                    // Already processed and acknowledged in this process: the
+                    // earlier ack was lost with a connection. Say it again.
+                    debug!(delivery_id, acked, "dropping a redelivery");
+                    conn.send(&Frame::Ack { up_to: acked }).await?;
+                    self.ack_sent = self.ack_sent.max(acked);
+                } else {
+                    debug!(delivery_id, %from, len = payload.len(), "deliver");
+                    self.emit(Event::Deliver { delivery_id, from, payload }).await;
+                }
+            }
+            Frame::Ok { ref_id } => match self.in_flight.remove(&ref_id) {
+                Some(pending) => pending.answer(Ok(())),
+                None => debug!(ref_id, "Ok for no pending request"),
+            },
+            Frame::Error { code, ref_id, message } => {
+                match self.in_flight.remove(&ref_id).filter(|_| ref_id != 0) {
+                    Some(pending) => {
+                        debug!(ref_id, %code, "request refused");
+                        pending.answer(Err(ClientError::Refused(code, message)));
+                    }
+                    None => {
+                        warn!(ref_id, %code, %message, "the relay reported an error");
+                        if ends_connection(code) {
+                            self.last_error = Some(code);
+                        }
+                        self.emit(Event::Refused { code, ref_id, message }).await;
+                    }
+                }
+            }
+            Frame::Ping { nonce } => conn.send(&Frame::Pong { nonce }).await?,
+            Frame::Pong { .. } => {}
+            Frame::Presence { peer, online } => {
+                debug!(%peer, online, "presence");
+                self.emit(Event::Presence { peer, online }).await;
+            }
+            Frame::PairMessage { pairing_id, peer, payload } => {
+                debug!(%peer, len = payload.len(), "pair message");
+                self.emit(Event::PairMessage { pairing_id, peer, payload }).await;
+            }
+            Frame::Restarting { reconnect_after_ms } => {
+                let after = Duration::from_millis(u64::from(reconnect_after_ms));
+                info!(?after, "the relay is restarting");
+                self.restart_hint = Some(after);
+                self.emit(Event::Restarting { after }).await;
+            }
+            other => warn!(frame = %other.frame_type(), "ignoring an unexpected frame"),
+        }
+        Ok(())
+    }
+
+    /// Write the application's acknowledgement if it grew.
+    async fn flush_ack(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let up_to = self.shared.ack.load(Ordering::Acquire);
+        if up_to > self.ack_sent {
+            conn.send(&Frame::Ack { up_to }).await?;
+            debug!(up_to, "ack");
+            self.ack_sent = up_to;
+        }
+        Ok(())
+    }
+
+    /// Write up to [`FLUSH_BATCH`] requests from the outbox.
+    async fn flush(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        for _ in 0..FLUSH_BATCH {
+            let Some(pending) = self.outbox.pop_front() else { break };
+            if pending.reply.is_closed() {
+                debug!(id = pending.id, "dropping a request nobody waits for");
+                continue;
+            }
+            match conn.send(&pending.frame).await {
+                Ok(()) if pending.id == 0 => pending.answer(Ok(())),
+                Ok(()) => {
+                    debug!(id = pending.id, frame = %pending.frame.frame_type(), "written");
+                    self.in_flight.insert(pending.id, pending);
+                }
+                Err(ClientError::TooLarge) => pending.answer(Err(ClientError::TooLarge)),
+                Err(e) => {
+                    // It may have been partly written: treat it as in flight.
+                    if pending.id == 0 {
+                        self.outbox.push_front(pending);
+                    } else {
+                        self.in_flight.insert(pending.id, pending);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Requeue or fail what was in flight, decide when to retry, report it,
+    /// and wait (taking requests meanwhile).
+    async fn after_disconnect(&mut self, ended: ClientError) {
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let mut resend = Vec::new();
+        for (_, pending) in in_flight {
+            if pending.idempotent() {
+                resend.push(pending);
+            } else {
+                pending.answer(Err(ClientError::Interrupted));
+            }
+        }
+        for pending in resend.into_iter().rev() {
+            self.outbox.push_front(pending);
+        }
+
+        let code = ended.code().or(self.last_error.take());
+        let reason = ended.to_string();
+        if let Some(code) = code.filter(|c| is_fatal_code(*c)) {
+            warn!(%code, %reason, "the relay refused this device; not reconnecting");
+            let error = ClientError::Refused(code, reason.clone());
+            for pending in std::mem::take(&mut self.outbox) {
+                pending.answer(Err(error.clone()));
+            }
+            self.fatal = Some(error);
+            self.emit(Event::Disconnected { reason, code: Some(code), retry_in: Duration::MAX })
+                .await;
+            return;
+        }
+
+        let retry_in = if let Some(hint) = self.restart_hint.take() {
+            self.attempt = 0;
+            let spread = (hint / 2).max(self.config.backoff_min).min(self.config.backoff_max);
+            hint.saturating_add(random_upto(spread))
+        } else if code == Some(ErrorCode::Replaced) {
+            // Another instance holds this key: no tight loop (§6.3).
+            self.config.backoff_max
+        } else {
+            let ceiling =
+                backoff_ceiling(self.config.backoff_min, self.config.backoff_max, self.attempt);
+            self.attempt = self.attempt.saturating_add(1);
+            random_upto(ceiling)
+        };
+        info!(%reason, ?code, ?retry_in, "disconnected");
+        self.emit(Event::Disconnected { reason, code, retry_in }).await;
+        if !self.stopping {
+            self.sleep_taking_requests(retry_in).await;
+        }
+    }
+
+    async fn sleep_taking_requests(&mut self, duration: Duration) {
+        let timer = sleep(duration);
+        tokio::pin!(timer);
+        while !self.stopping {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => self.stopping = true,
+                () = &mut timer => return,
+                command = self.commands.recv() => self.on_command(command),
+            }
+        }
+    }
+
+    /// After a fatal refusal: answer every request with it until stopped.
+    async fn serve_stopped(&mut self) {
+        while !self.stopping {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => self.stopping = true,
+                command = self.commands.recv() => self.on_command(command),
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Option<Command>) {
+        let Some(Command { request, reply }) = command else {
+            // Every handle is gone.
+            self.stopping = true;
+            return;
+        };
+        if let Some(error) = &self.fatal {
+            let _ = reply.send(Err(error.clone()));
+            return;
+        }
+        let id = if request.has_id() {
+            let id = self.next_id;
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            id
+        } else {
+            0
+        };
+        // Forget requests whose callers gave up (their outbox room is already
+        // free): keeps both collections bounded by the live requests.
+        self.outbox.retain(|p| !p.reply.is_closed());
+        self.in_flight.retain(|_, p| !p.reply.is_closed());
+        let frame = Request::into_frame(request, id);
+        self.outbox.push_back(Pending { id, frame, reply });
+    }
+
+    /// Hand an event to the application, taking requests while the channel
+    /// is full. Events are dropped if nobody listens any more.
+    async fn emit(&mut self, event: Event) {
+        let events = self.events.clone();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => {
+                    self.stopping = true;
+                    return;
+                }
+                permit = events.reserve() => {
+                    if let Ok(permit) = permit {
+                        permit.send(event);
+                    }
+                    return;
+                }
+                command = self.commands.recv() => {
+                    self.on_command(command);
+                    if self.stopping {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Codes with which the relay ends a connection (§5).
+fn ends_connection(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::AuthFailed
+            | ErrorCode::NotAuthenticated
+            | ErrorCode::HandshakeTimeout
+            | ErrorCode::IdleTimeout
+            | ErrorCode::Replaced
+            | ErrorCode::Overloaded
+            | ErrorCode::ShuttingDown
+            | ErrorCode::PingTimeout
+    )
+}
+
+/// `min · 2^attempt`, capped at `max`.
+fn backoff_ceiling(min: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+    min.checked_mul(factor).unwrap_or(max).min(max)
+}
+
+/// Uniform in `[0, max]`.
+fn random_upto(max: Duration) -> Duration {
+    let millis = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+/// `interval` ± 20 %.
+fn jittered(interval: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.8..=1.2);
+    Duration::try_from_secs_f64(interval.as_secs_f64() * factor).unwrap_or(interval)
+}
+
+/// `now + d`, saturating far in the future.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let (min, max) = (Duration::from_millis(250), Duration::from_secs(30));
+        assert_eq!(backoff_ceiling(min, max, 0), min);
+        assert_eq!(backoff_ceiling(min, max, 1), Duration::from_millis(500));
+        assert_eq!(backoff_ceiling(min, max, 6), Duration::from_secs(16));
+        assert_eq!(backoff_ceiling(min, max, 7), max);
+        assert_eq!(backoff_ceiling(min, max, u32::MAX), max);
+        for _ in 0..100 {
+            assert!(random_upto(Duration::from_millis(10)) <= Duration::from_millis(10));
+            let j = jittered(Duration::from_secs(20));
+            assert!(j >= Duration::from_secs(16) && j <= Duration::from_secs(24));
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! The reconnecting client: a handle ([`Client`]) to an actor task that owns
+//! the relay connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tandem_proto::frame::MAX_PAYLOAD_LEN;
+use tandem_proto::{DeviceId, DeviceKey, ErrorCode, Frame, Role};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::actor::Actor;
+use crate::connect::{DEFAULT_CONNECT_TIMEOUT, Endpoint};
+use crate::error::ClientError;
+
+/// How to reach the relay and how to behave on the way.
+///
+/// Build it with [`ClientConfig::new`] and adjust the public fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The relay URL, e.g. `wss://relay.example.com:8443/v1/connect`.
+    pub url: String,
+    /// This device's long-term key.
+    pub key: DeviceKey,
+    /// Desktop or phone.
+    pub role: Role,
+    /// Extra trusted root certificates (PEM text), on top of the webpki
+    /// roots: for a relay with a self-signed or private-CA certificate.
+    pub extra_roots_pem: Vec<String>,
+    /// Deadline for TCP + TLS + WebSocket + authentication (default 10 s).
+    pub connect_timeout: Duration,
+    /// First reconnect backoff ceiling (default 250 ms).
+    pub backoff_min: Duration,
+    /// Largest reconnect backoff (default 30 s).
+    pub backoff_max: Duration,
+    /// A connection that stayed up this long resets the backoff (default 30 s).
+    pub backoff_reset_after: Duration,
+    /// How often this client pings the relay, ±20 % jitter (default 20 s).
+    pub ping_interval: Duration,
+    /// How long to wait for any frame after a ping (and for a frame to be
+    /// written) before declaring the connection dead (default 10 s).
+    pub pong_timeout: Duration,
+    /// Capacity of the event channel (default 256).
+    pub event_capacity: usize,
+    /// How many requests may wait for the relay at once, written or not
+    /// (default 256); further requests wait for room. A caller that gives up
+    /// (drops the future) frees its room at once.
+    pub outbox_capacity: usize,
+}
+
+impl ClientConfig {
+    /// A configuration with the defaults.
+    #[must_use]
+    pub fn new(url: impl Into<String>, key: DeviceKey, role: Role) -> Self {
+        Self {
+            url: url.into(),
+            key,
+            role,
+            extra_roots_pem: Vec::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            backoff_reset_after: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(10),
+            event_capacity: 256,
+            outbox_capacity: 256,
+        }
+    }
+}
+
+/// What the client reports to the application, in order.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Authenticated with the relay (after every (re)connection).
+    Connected {
+        /// This device's id, as the relay confirmed it.
+        device_id: DeviceId,
+        /// Deliveries waiting in the relay's queue; they follow as `Deliver`.
+        queued: u32,
+    },
+    /// A connection attempt failed or a connection ended.
+    Disconnected {
+        /// Human-readable cause.
+        reason: String,
+        /// The relay's code, when it gave one.
+        code: Option<ErrorCode>,
+        /// When the client tries again. [`Duration::MAX`] when it has stopped
+        /// for good: the relay refused this device's key (`auth_failed`), the
+        /// device is revoked (`revoked`) or the configuration is unusable;
+        /// requests then fail with that error.
+        retry_in: Duration,
+    },
+    /// A payload from a peer. Persist what it leads to, then call
+    /// [`Client::ack`] with `delivery_id`. It may be a redelivery.
+    Deliver {
+        /// Position in this device's relay queue; increasing.
+        delivery_id: u64,
+        /// The sender.
+        from: DeviceId,
+        /// The opaque end-to-end envelope.
+        payload: Vec<u8>,
+    },
+    /// A peer with a route to this device came online or went offline.
+    Presence {
+        /// The peer.
+        peer: DeviceId,
+        /// Whether it is connected now.
+        online: bool,
+    },
+    /// A pairing-mailbox message.
+    PairMessage {
+        /// The mailbox.
+        pairing_id: [u8; 16],
+        /// The other party.
+        peer: DeviceId,
+        /// The pairing envelope.
+        payload: Vec<u8>,
+    },
+    /// An `Error` frame that answers no pending request (for example about a
+    /// `PairMessage`, which has no request id, or before a close).
+    Refused {
+        /// What went wrong.
+        code: ErrorCode,
+        /// The id it refers to, or 0.
+        ref_id: u64,
+        /// The relay's human-readable detail.
+        message: String,
+    },
+    /// The relay is restarting; the client reconnects after about `after`.
+    Restarting {
+        /// The relay's hint.
+        after: Duration,
+    },
+}
+
+/// Payload bytes are never printed, only their length.
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Connected { device_id, queued } => f
+                .debug_struct("Connected")
+                .field("device_id", device_id)
+                .field("queued", queued)
+                .finish(),
+            Event::Disconnected { reason, code, retry_in } => f
+                .debug_struct("Disconnected")
+                .field("reason", reason)
+                .field("code", code)
+                .field("retry_in", retry_in)
+                .finish(),
+            Event::Deliver { delivery_id, from, payload } => f
+                .debug_struct("Deliver")
+                .field("delivery_id", delivery_id)
+                .field("from", from)
+                .field("payload_len", &payload.len())
+                .finish(),
+            Event::Presence { peer, online } => {
+                f.debug_struct("Presence").field("peer", peer).field("online", online).finish()
+            }
+            Event::PairMessage { pairing_id: _, peer, payload } => f
+                .debug_struct("PairMessage")
+                .field("peer", peer)
+                .field("payload_len", &payload.len())
+                .finish_non_exhaustive(),
+            Event::Refused { code, ref_id, message } => f
+                .debug_struct("Refused")
+                .field("code", code)
+                .field("ref_id", ref_id)
+                .field("message", message)
+                .finish(),
+            Event::Restarting { after } => {
+                f.debug_struct("Restarting").field("after", after).finish()
+            }
+        }
+    }
+}
+
+/// State shared between the handles and the actor.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// The highest `up_to` the application acknowledged (clamped to `delivered`).
+    pub(crate) ack: AtomicU64,
+    /// The highest delivery id handed to the application (or dropped as a
+    /// redelivery).
+    pub(crate) delivered: AtomicU64,
+    /// Wakes the actor when `ack` grows.
+    pub(crate) ack_notify: Notify,
+}
+
+/// A request for the actor.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Send { to: DeviceId, payload: Vec<u8> },
+    Authorize(DeviceId),
+    Revoke(DeviceId),
+    PairOpen { pairing_id: [u8; 16], ttl_secs: u16 },
+    PairClaim { pairing_id: [u8; 16], payload: Vec<u8> },
+    PairClose { pairing_id: [u8; 16] },
+    PairMessage { pairing_id: [u8; 16], peer: DeviceId, payload: Vec<u8> },
+}
+
+impl Request {
+    /// Whether the relay answers it (with `Ok`/`Error` naming its id).
+    pub(crate) fn has_id(&self) -> bool {
+        !matches!(self, Request::PairMessage { .. })
+    }
+
+    /// The frame, with `id` as its `send_id`/`request_id`.
+    pub(crate) fn into_frame(self, id: u64) -> Frame {
+        match self {
+            Request::Send { to, payload } => Frame::Send { send_id: id, to, payload },
+            Request::Authorize(peer) => Frame::Authorize { request_id: id, peer },
+            Request::Revoke(peer) => Frame::Revoke { request_id: id, peer },
+            Request::PairOpen { pairing_id, ttl_secs } => {
+                Frame::PairOpen { request_id: id, pairing_id, ttl_secs }
+            }
+            Request::PairClaim { pairing_id, payload } => {
+                Frame::PairClaim { request_id: id, pairing_id, payload }
+            }
+            Request::PairClose { pairing_id } => Frame::PairClose { request_id: id, pairing_id },
+            Request::PairMessage { pairing_id, peer, payload } => {
+                Frame::PairMessage { pairing_id, peer, payload }
+            }
+        }
+    }
+}
+
+/// A request with its answer channel. (Its outbox slot stays with the
+/// caller's future, so that a caller who gives up frees it at once.)
+#[derive(Debug)]
+pub(crate) struct Command {
+    pub(crate) request: Request,
+    pub(crate) reply: oneshot::Sender<Result<(), ClientError>>,
+}
+
+/// A handle to the relay client. Cheap to clone; the actor stops when
+/// [`Client::close`] is called or every handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    outbox: Arc<Semaphore>,
+    stop: CancellationToken,
+    done: watch::Receiver<()>,
+    device_id: DeviceId,
+}
+
+impl Client {
+    /// Start the client: it connects, authenticates and reconnects forever in
+    /// the background. Read [`Event`]s from the receiver (keep draining it: a
+    /// full channel holds up reading from the relay, and with it the answers
+    /// to requests). An unusable configuration (bad URL or extra root) is
+    /// reported as a final [`Event::Disconnected`] and fails every request;
+    /// [`Client::try_start`] reports it up front instead.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    #[must_use]
+    pub fn start(config: ClientConfig) -> (Client, mpsc::Receiver<Event>) {
+        let endpoint = Endpoint::new(&config.url, &config.extra_roots_pem);
+        Self::spawn(config, endpoint)
+    }
+
+    /// Like [`Client::start`], but fails on an unusable URL or extra root.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidUrl`] or [`ClientError::Tls`].
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn try_start(config: ClientConfig) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
+        let endpoint = Endpoint::new(&config.url, &config.extra_roots_pem)?;
+        Ok(Self::spawn(config, Ok(endpoint)))
+    }
+
+    fn spawn(
+        config: ClientConfig,
+        endpoint: Result<Endpoint, ClientError>,
+    ) -> (Client, mpsc::Receiver<Event>) {
+        let device_id = config.key.public().device_id();
+        let (commands, command_rx) = mpsc::channel(64);
+        let (events, event_rx) = mpsc::channel(config.event_capacity.max(1));
+        let (done_tx, done) = watch::channel(());
+        let shared = Arc::new(Shared::default());
+        let outbox = Arc::new(Semaphore::new(config.outbox_capacity.max(1)));
+        let stop = CancellationToken::new();
+        let span = tracing::info_span!("relay_client", device = %device_id);
+        let actor = Actor::new(
+            config,
+            endpoint,
+            command_rx,
+            events,
+            Arc::clone(&shared),
+            stop.clone(),
+            done_tx,
+        );
+        tokio::spawn(actor.run().instrument(span));
+        (Client { commands, shared, outbox, stop, done, device_id }, event_rx)
+    }
+
+    /// This device's id.
+    #[must_use]
+    pub fn device_id(&self) -> DeviceId {
+        self.device_id
+    }
+
+    /// Send `payload` to `to`. Resolves once the relay has taken
+    /// responsibility for it (`Ok`: handed to the recipient's connection or
+    /// stored durably in its queue), or with the relay's refusal.
+    ///
+    /// While disconnected the send waits in the outbox; a send that was
+    /// written but not yet answered when the connection dropped is written
+    /// again after reconnecting, with the same `send_id` (the relay may then
+    /// store it twice; the end-to-end layer deduplicates). Dropping the
+    /// future withdraws the send if it has not been written yet.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] (`not_authorized`, `revoked`, `queue_full`,
+    /// `rate_limited`, …, or the code that stopped the client),
+    /// [`ClientError::TooLarge`], [`ClientError::Closed`].
+    pub async fn send(&self, to: DeviceId, payload: Vec<u8>) -> Result<(), ClientError> {
+        check_len(&payload)?;
+        self.request(Request::Send { to, payload }).await
+    }
+
+    /// Acknowledge every delivery up to `up_to` (cumulative), **after** the
+    /// application has durably processed them. Fire and forget: the highest
+    /// value is written as soon as possible, again after a reconnect if it
+    /// had not been written yet, and whenever the relay redelivers something
+    /// already acknowledged. Values above the highest delivery id this client
+    /// has seen are clamped to it.
+    pub fn ack(&self, up_to: u64) {
+        let up_to = up_to.min(self.shared.delivered.load(Ordering::Acquire));
+        let previous = self.shared.ack.fetch_max(up_to, Ordering::AcqRel);
+        if up_to > previous {
+            self.shared.ack_notify.notify_one();
+        }
+    }
+
+    /// Allow routing between this device and `peer` (§6.8: both sides must).
+    /// Resent after a reconnect if unanswered (it is idempotent).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`], [`ClientError::Closed`].
+    pub async fn authorize(&self, peer: DeviceId) -> Result<(), ClientError> {
+        self.request(Request::Authorize(peer)).await
+    }
+
+    /// Withdraw the route with `peer`. Resent after a reconnect if unanswered.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`], [`ClientError::Closed`].
+    pub async fn revoke(&self, peer: DeviceId) -> Result<(), ClientError> {
+        self.request(Request::Revoke(peer)).await
+    }
+
+    /// Open a pairing mailbox (desktop).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`], [`ClientError::Closed`], and
+    /// [`ClientError::Interrupted`] when the connection dropped before the
+    /// answer (not retried: a second open of the same id is refused).
+    pub async fn pair_open(&self, pairing_id: [u8; 16], ttl_secs: u16) -> Result<(), ClientError> {
+        self.request(Request::PairOpen { pairing_id, ttl_secs }).await
+    }
+
+    /// Claim a pairing mailbox with the first handshake message (phone).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] (`pairing_not_found`, `pairing_claimed`,
+    /// `pairing_expired`, …), [`ClientError::TooLarge`],
+    /// [`ClientError::Closed`], [`ClientError::Interrupted`].
+    pub async fn pair_claim(
+        &self,
+        pairing_id: [u8; 16],
+        payload: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        check_len(&payload)?;
+        self.request(Request::PairClaim { pairing_id, payload }).await
+    }
+
+    /// Close a pairing mailbox (desktop).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`], [`ClientError::Closed`],
+    /// [`ClientError::Interrupted`].
+    pub async fn pair_close(&self, pairing_id: [u8; 16]) -> Result<(), ClientError> {
+        self.request(Request::PairClose { pairing_id }).await
+    }
+
+    /// Send a pairing-mailbox message to `peer`. Resolves once written to a
+    /// relay connection (the relay does not answer these; a refusal arrives
+    /// as [`Event::Refused`]).
+    ///
+    /// # Errors
+    /// [`ClientError::TooLarge`], [`ClientError::Closed`], or the error that
+    /// stopped the client.
+    pub async fn pair_message(
+        &self,
+        pairing_id: [u8; 16],
+        peer: DeviceId,
+        payload: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        check_len(&payload)?;
+        self.request(Request::PairMessage { pairing_id, peer, payload }).await
+    }
+
+    /// Stop the client: close the connection (after writing a pending ack)
+    /// and fail every pending request with [`ClientError::Closed`]. Returns
+    /// once the actor has stopped.
+    pub async fn close(&self) {
+        self.stop.cancel();
+        let mut done = self.done.clone();
+        while done.changed().await.is_ok() {}
+    }
+
+    async fn request(&self, request: Request) -> Result<(), ClientError> {
+        if self.stop.is_cancelled() {
+            return Err(ClientError::Closed);
+        }
+        let _slot = self.outbox.acquire().await.map_err(|_| ClientError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command { request, reply }).await.map_err(|_| ClientError::Closed)?;
+        answer.await.unwrap_or(Err(ClientError::Closed))
+    }
+}
+
+fn check_len(payload: &[u8]) -> Result<(), ClientError> {
+    if payload.len() > MAX_PAYLOAD_LEN { Err(ClientError::TooLarge) } else { Ok(()) }
+}
