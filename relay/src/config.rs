@@ -9,7 +9,7 @@ use crate::store::QueueLimits;
 use crate::tls::TlsMode;
 
 /// Everything the relay can be told.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Config {
     /// Where the store lives.
@@ -60,7 +60,14 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Notified to reload certificate files (the binary does it on SIGHUP).
     pub reload: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Called once the relay is ready to accept devices (store open, TLS
+    /// set up), with the bound address and, in self-signed mode, the
+    /// certificate in PEM (for clients to trust).
+    pub on_ready: Option<ReadyHook>,
 }
+
+/// See [`Config::on_ready`].
+pub type ReadyHook = std::sync::Arc<dyn Fn(std::net::SocketAddr, Option<String>) + Send + Sync>;
 
 impl Config {
     /// Defaults for a store in `data_dir`, without TLS.
@@ -88,7 +95,21 @@ impl Config {
             drain_timeout: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(15),
             reload: None,
+            on_ready: None,
         }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("names", &self.names)
+            .field("tls", &self.tls)
+            .field("queue", &self.queue)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
     }
 }
 

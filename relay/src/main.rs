@@ -301,16 +301,17 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("binding {}", s.listen))?;
-    let addr = listener.local_addr()?;
     let scheme = if matches!(s.config.tls, TlsMode::Off) { "ws" } else { "wss" };
-    // Tests and scripts read this line.
-    println!("tandem-relay listening on {scheme}://{addr}/v1/connect");
 
     let shutdown = CancellationToken::new();
     let reload = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(signals(shutdown.clone(), reload.clone()));
     let mut config = s.config;
     config.reload = Some(reload);
+    config.on_ready = Some(Arc::new(move |addr, _pem| {
+        // Tests and scripts read this line; it is printed once the relay is ready.
+        println!("tandem-relay listening on {scheme}://{addr}/v1/connect");
+    }));
     tandem_relay::run(listener, config, shutdown).await?;
     Ok(())
 }

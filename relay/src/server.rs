@@ -76,7 +76,11 @@ pub async fn run_with_store(
         state.clone(),
         accept_stop.clone(),
     )?;
-    info!(addr = %axum::serve::Listener::local_addr(&listener)?, tls = tls.is_some(), "relay listening");
+    let addr = axum::serve::Listener::local_addr(&listener)?;
+    info!(%addr, tls = tls.is_some(), "relay listening");
+    if let Some(ready) = &state.config.on_ready {
+        ready(addr, tls.as_ref().and_then(Tls::self_signed_cert_pem));
+    }
     let maintenance = tokio::spawn(maintain(state.clone()));
     if let (Some(tls), Some(reload)) = (tls.clone(), state.config.reload.clone()) {
         tokio::spawn(async move {
