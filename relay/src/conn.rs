@@ -35,6 +35,29 @@ const MAX_PENDING: usize = 256;
 /// Frames read from the store per backlog page.
 const BACKLOG_PAGE: usize = 128;
 
+/// When the connection last carried application traffic either way
+/// (milliseconds since it was opened): the phone idle timeout counts
+/// deliveries to the phone as well as what it sends.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Acquire))
+    }
+}
+
 /// Why a connection ends, with the code to close it with.
 struct Closing(ErrorCode, String);
 
@@ -96,6 +119,7 @@ pub(crate) async fn serve(
 
     let liveness = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(Activity::new());
     let queued = match state.store.depth(device).await {
         Ok(d) => u32::try_from(d.frames).unwrap_or(u32::MAX),
         Err(_) => 0,
@@ -111,6 +135,7 @@ pub(crate) async fn serve(
                 device,
                 liveness: liveness.clone(),
                 delivered: delivered.clone(),
+                activity: activity.clone(),
             };
             Some(tokio::spawn(w.run(rx)))
         }
@@ -126,6 +151,7 @@ pub(crate) async fn serve(
             peer,
             liveness,
             delivered,
+            activity,
         };
         if let Err(Closing(code, msg)) = reader.run(&mut stream).await {
             handle.close(code, &msg);
@@ -285,21 +311,24 @@ struct Reader {
     liveness: Arc<AtomicU64>,
     /// The highest delivery id the writer has sent on this connection.
     delivered: Arc<AtomicU64>,
+    activity: Arc<Activity>,
 }
 
 impl Reader {
     async fn run(self, stream: &mut Stream) -> Result<(), Closing> {
         let mut pending = FuturesOrdered::new();
         let idle = self.state.config.idle_timeout;
-        let mut last_activity = Instant::now();
         loop {
-            let idle_deadline = last_activity + idle;
+            let idle_deadline = self.activity.last() + idle;
             tokio::select! {
                 biased;
                 () = self.handle.cancelled() => return Ok(()),
                 Some(done) = pending.next(), if !pending.is_empty() => self.finished(done).await,
                 () = sleep_until(idle_deadline), if self.role == Role::Phone => {
-                    return Err(Closing::new(ErrorCode::IdleTimeout, "no activity from this phone; reconnect to re-attach"));
+                    // Deliveries may have moved the deadline while we slept.
+                    if self.activity.last() + idle <= Instant::now() {
+                        return Err(Closing::new(ErrorCode::IdleTimeout, "no activity from this phone; reconnect to re-attach"));
+                    }
                 }
                 msg = stream.next(), if pending.len() < MAX_PENDING => {
                     let frame = match msg {
@@ -328,8 +357,8 @@ impl Reader {
                             return Err(c);
                         }
                     };
-                    if !matches!(frame, Frame::Ping { .. } | Frame::Pong { .. }) {
-                        last_activity = Instant::now();
+                                        if !matches!(frame, Frame::Ping { .. } | Frame::Pong { .. }) {
+                        self.activity.touch();
                     }
                     if let Some(p) = self.on_frame(frame).await? {
                         pending.push_back(p.finish());
@@ -426,18 +455,23 @@ impl Reader {
                     }
                 }
             }
-            Frame::Revoke { request_id, peer } => match state.store.revoke(me, peer).await {
-                Ok(dropped) => {
-                    state.routes.invalidate(me, peer);
-                    state.metrics.dropped("revoked", dropped);
-                    if let Some(h) = state.registry.get(&peer) {
-                        h.offer(Outbound::Frame(Frame::Presence { peer: me, online: false }));
+            Frame::Revoke { request_id, peer } => {
+                let had_route = state.routes.is_route(me, peer).await.unwrap_or(false);
+                match state.store.revoke(me, peer).await {
+                    Ok(dropped) => {
+                        state.routes.invalidate(me, peer);
+                        state.metrics.dropped("revoked", dropped);
+                        if had_route && let Some(h) = state.registry.get(&peer) {
+                            h.offer(Outbound::Frame(Frame::Presence { peer: me, online: false }));
+                        }
+                        info!(device = %me, peer = %peer, dropped, "route revoked");
+                        self.reply(Frame::Ok { ref_id: request_id }).await;
                     }
-                    info!(device = %me, peer = %peer, dropped, "route revoked");
-                    self.reply(Frame::Ok { ref_id: request_id }).await;
+                    Err(_) => {
+                        self.refuse(ErrorCode::Internal, request_id, "store unavailable").await
+                    }
                 }
-                Err(_) => self.refuse(ErrorCode::Internal, request_id, "store unavailable").await,
-            },
+            }
             Frame::PairOpen { request_id, pairing_id, ttl_secs } => {
                 if self.role != Role::Desktop {
                     self.refuse(
@@ -575,6 +609,7 @@ struct Writer {
     device: DeviceId,
     liveness: Arc<AtomicU64>,
     delivered: Arc<AtomicU64>,
+    activity: Arc<Activity>,
 }
 
 impl Writer {
@@ -626,14 +661,18 @@ impl Writer {
                 out = rx.recv() => match out {
                     Some(Outbound::Frame(f)) => self.send(&f).await?,
                     Some(Outbound::Deliver { id, from, payload }) => {
-                        if id > *last + 1 {
-                            // Something before it is only in the store: catch up first.
+                                                if id > *last + 1 {
+                            // Something before it may be only in the store: catch up first.
                             self.backlog(last, id - 1).await?;
                         }
-                                                if id == *last + 1 {
+                        // Ids are assigned in commit order, so every lower id was
+                        // committed before this one: what the backlog did not
+                        // return is gone (acknowledged, expired or revoked).
+                        if id > *last {
                             self.send(&Frame::Deliver { delivery_id: id, from, payload }).await?;
                             *last = id;
                             self.delivered.store(id, Ordering::Release);
+                            self.activity.touch();
                         }
                     }
                     None => return Ok(()),
@@ -674,6 +713,7 @@ impl Writer {
                     .await?;
                 *last = q.id;
                 self.delivered.store(q.id, Ordering::Release);
+                self.activity.touch();
             }
             if !full {
                 return Ok(());

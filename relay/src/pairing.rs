@@ -90,7 +90,7 @@ impl Mailboxes {
                 map.remove(&id);
                 Ok(())
             }
-            Some(_) => Err(ErrorCode::NotAuthorized),
+            Some(_) => Err(ErrorCode::UnexpectedFrame),
             None => Err(ErrorCode::PairingNotFound),
         }
     }
@@ -127,7 +127,7 @@ mod tests {
         assert_eq!(m.route([9; 16], D, P), Ok(P));
         assert_eq!(m.route([9; 16], P, D), Ok(D));
         assert_eq!(m.route([9; 16], X, D), Err(ErrorCode::UnexpectedFrame));
-        assert_eq!(m.close([9; 16], P), Err(ErrorCode::NotAuthorized));
+        assert_eq!(m.close([9; 16], P), Err(ErrorCode::UnexpectedFrame));
         tokio::time::advance(Duration::from_secs(121)).await;
         assert_eq!(m.route([9; 16], D, P), Err(ErrorCode::PairingExpired));
         assert_eq!(m.sweep(), 1);
