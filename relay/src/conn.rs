@@ -30,6 +30,9 @@ use crate::store::{StoreError, StoreFuture};
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
 
+/// The reason recorded when a write fails or times out.
+const WRITE_FAILED: &str = "write failed or timed out";
+
 /// Most store operations one connection may have in flight.
 const MAX_PENDING: usize = 256;
 /// Frames read from the store per backlog page.
@@ -114,6 +117,10 @@ pub(crate) async fn serve(
     if let Some(old) = state.registry.insert(device, handle.clone()) {
         old.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
     }
+    if state.shutdown.is_cancelled() {
+        // Authenticated while the relay was draining: tell it to come back later.
+        handle.close(ErrorCode::ShuttingDown, "the relay is restarting; reconnect after the hint");
+    }
     state.metrics.connected(role);
     info!(device = %device, ?role, conn_id, "device connected");
 
@@ -164,6 +171,7 @@ pub(crate) async fn serve(
     }
     if state.registry.remove(&device, conn_id) {
         announce(&state, device, false).await;
+        state.routes.forget(device);
     }
     state.metrics.disconnected(role);
     info!(device = %device, conn_id, "device disconnected");
@@ -286,6 +294,8 @@ enum Pending {
     Ack { fut: StoreFuture<u64> },
 }
 
+type PendingFut = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+
 enum Done {
     Enqueued { send_id: u64, to: DeviceId, payload: Vec<u8>, result: Result<u64, StoreError> },
     Acked(Result<u64, StoreError>),
@@ -316,14 +326,32 @@ struct Reader {
 
 impl Reader {
     async fn run(self, stream: &mut Stream) -> Result<(), Closing> {
-        let mut pending = FuturesOrdered::new();
+        let mut pending: FuturesOrdered<PendingFut> = FuturesOrdered::new();
+        let result = self.read(stream, &mut pending).await;
+        // Operations already submitted still complete in the store; finish
+        // them so that a frame stored for an online recipient is pushed to
+        // it even though its sender has gone (answers to the sender are moot).
+        let drain = async {
+            while let Some(done) = pending.next().await {
+                self.finished(done, false).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+        result
+    }
+
+    async fn read(
+        &self,
+        stream: &mut Stream,
+        pending: &mut FuturesOrdered<PendingFut>,
+    ) -> Result<(), Closing> {
         let idle = self.state.config.idle_timeout;
         loop {
             let idle_deadline = self.activity.last() + idle;
             tokio::select! {
                 biased;
                 () = self.handle.cancelled() => return Ok(()),
-                Some(done) = pending.next(), if !pending.is_empty() => self.finished(done).await,
+                Some(done) = pending.next(), if !pending.is_empty() => self.finished(done, true).await,
                 () = sleep_until(idle_deadline), if self.role == Role::Phone => {
                     // Deliveries may have moved the deadline while we slept.
                     if self.activity.last() + idle <= Instant::now() {
@@ -361,7 +389,7 @@ impl Reader {
                         self.activity.touch();
                     }
                     if let Some(p) = self.on_frame(frame).await? {
-                        pending.push_back(p.finish());
+                        pending.push_back(Box::pin(p.finish()));
                     }
                 }
             }
@@ -450,6 +478,14 @@ impl Reader {
                             self.reply(Frame::Presence { peer, online: true }).await;
                         }
                     }
+                    Err(StoreError::TooManyPeers) => {
+                        self.refuse(
+                            ErrorCode::RateLimited,
+                            request_id,
+                            "too many authorised peers",
+                        )
+                        .await;
+                    }
                     Err(_) => {
                         self.refuse(ErrorCode::Internal, request_id, "store unavailable").await
                     }
@@ -523,6 +559,8 @@ impl Reader {
                             self.reply(Frame::Ok { ref_id: request_id }).await;
                         }
                         None => {
+                            // Nothing happened: the claim may be retried once the desktop is back.
+                            state.mailboxes.unclaim(pairing_id, me);
                             self.refuse(
                                 ErrorCode::PairingNotFound,
                                 request_id,
@@ -576,16 +614,33 @@ impl Reader {
         Ok(None)
     }
 
-    async fn finished(&self, done: Done) {
+    /// Act on a finished store operation; `answer` is false once the
+    /// sender's connection is closing (only the push to the recipient matters).
+    async fn finished(&self, done: Done, answer: bool) {
         let state = &self.state;
         match done {
             Done::Enqueued { send_id, to, payload, result } => match result {
                 Ok(id) => {
                     state.metrics.forwarded(payload.len());
-                    self.reply(Frame::Ok { ref_id: send_id }).await;
-                    if let Some(h) = state.registry.get(&to) {
+                    if answer {
+                        self.reply(Frame::Ok { ref_id: send_id }).await;
+                    }
+                    // A revocation right after the commit dropped the frame from
+                    // the store; do not push what the recipient no longer accepts.
+                    if state.routes.is_route(self.device, to).await.unwrap_or(false)
+                        && let Some(h) = state.registry.get(&to)
+                    {
                         h.offer(Outbound::Deliver { id, from: self.device, payload });
                     }
+                }
+                Err(_) if !answer => {}
+                Err(StoreError::NoRoute) => {
+                    self.refuse(
+                        ErrorCode::NotAuthorized,
+                        send_id,
+                        "no route: these devices have not authorised each other",
+                    )
+                    .await;
                 }
                 Err(StoreError::QueueFull(_)) => {
                     self.refuse(ErrorCode::QueueFull, send_id, "the recipient's queue is full")
@@ -616,7 +671,21 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Outbound>) {
         let mut last = 0u64;
         let result = self.loop_(&mut rx, &mut last).await;
-        // Flush what is queued (e.g. a Restarting frame), then close.
+        if let Err(Closing(_, ref m)) = result
+            && m == WRITE_FAILED
+        {
+            // The socket is unusable: no flush, no close frame.
+            self.handle.close(ErrorCode::Other(0), WRITE_FAILED);
+            return;
+        }
+        if self.handle.reason().is_some_and(|(c, _)| c == ErrorCode::ShuttingDown) {
+            let hint =
+                u32::try_from(self.state.config.restart_hint.as_millis()).unwrap_or(u32::MAX);
+            let _ =
+                write(&mut self.sink, &Frame::Restarting { reconnect_after_ms: hint }, &self.state)
+                    .await;
+        }
+        // Flush what is queued, then close.
         while let Ok(out) = rx.try_recv() {
             if let Outbound::Frame(f) = out
                 && write(&mut self.sink, &f, &self.state).await.is_err()
@@ -678,7 +747,12 @@ impl Writer {
                     None => return Ok(()),
                 },
                 () = self.handle.wake.notified() => self.backlog(last, u64::MAX).await?,
-                () = sleep_until(ping_at) => {
+                                () = sleep_until(ping_at) => {
+                    if pong_by.is_some() {
+                        // A pong is still due: its deadline decides.
+                        ping_at = self.next_ping();
+                        continue;
+                    }
                     let nonce = rand::rng().random_range(1..u64::MAX);
                     self.liveness.store(nonce, Ordering::Release);
                     self.send(&Frame::Ping { nonce }).await?;
@@ -692,12 +766,15 @@ impl Writer {
     async fn send(&mut self, f: &Frame) -> Result<(), Closing> {
         write(&mut self.sink, f, &self.state)
             .await
-            .map_err(|()| Closing::new(ErrorCode::Other(0), "write failed or timed out"))
+            .map_err(|()| Closing::new(ErrorCode::Other(0), WRITE_FAILED))
     }
 
     /// Deliver stored frames after `last` up to `until`, in order.
     async fn backlog(&mut self, last: &mut u64, until: u64) -> Result<(), Closing> {
         loop {
+            if self.handle.is_closed() {
+                return Ok(());
+            }
             let page = self
                 .state
                 .store

@@ -19,6 +19,11 @@ struct Mailbox {
     claimed_by: Option<DeviceId>,
 }
 
+/// Most mailboxes one desktop may have open (it shows one QR code at a time).
+const MAX_MAILBOXES_PER_DESKTOP: usize = 8;
+/// Most mailboxes the relay keeps.
+const MAX_MAILBOXES: usize = 100_000;
+
 /// All open mailboxes.
 #[derive(Debug, Default)]
 pub(crate) struct Mailboxes {
@@ -42,6 +47,10 @@ impl Mailboxes {
         if map.get(&id).is_some_and(|m| m.expires > now) {
             return Err(ErrorCode::PairingClaimed);
         }
+        let open = map.values().filter(|m| m.desktop == desktop && m.expires > now).count();
+        if open >= MAX_MAILBOXES_PER_DESKTOP || map.len() >= MAX_MAILBOXES {
+            return Err(ErrorCode::RateLimited);
+        }
         map.insert(id, Mailbox { desktop, expires: now + ttl, claimed_by: None });
         Ok(())
     }
@@ -63,6 +72,15 @@ impl Mailboxes {
         }
         m.claimed_by = Some(claimer);
         Ok(m.desktop)
+    }
+
+    /// Undo a claim that could not be forwarded (the desktop was offline).
+    pub(crate) fn unclaim(&self, id: [u8; 16], claimer: DeviceId) {
+        if let Some(m) = lock(&self.map).get_mut(&id)
+            && m.claimed_by == Some(claimer)
+        {
+            m.claimed_by = None;
+        }
     }
 
     /// Check a message from `from` to `to` in mailbox `id`.

@@ -10,12 +10,23 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// What other tasks hand a connection's writer.
-#[derive(Debug)]
 pub(crate) enum Outbound {
     /// A frame to send as is.
     Frame(Frame),
     /// A stored frame to deliver live (the writer keeps delivery order).
     Deliver { id: u64, from: DeviceId, payload: Vec<u8> },
+}
+
+impl std::fmt::Debug for Outbound {
+    /// Never shows payload bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outbound::Frame(fr) => write!(f, "Frame({})", fr.frame_type()),
+            Outbound::Deliver { id, payload, .. } => {
+                write!(f, "Deliver({id}, {} bytes)", payload.len())
+            }
+        }
+    }
 }
 
 /// A handle on one live connection.
@@ -53,6 +64,11 @@ impl ConnHandle {
     /// Resolves when [`Self::close`] was called.
     pub(crate) fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
+    }
+
+    /// Whether [`Self::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     /// Why the connection was asked to close.

@@ -49,6 +49,12 @@ impl Routes {
         Ok(self.peers(a).await?.contains(&b))
     }
 
+    /// Drop `a`'s cached peers (it disconnected; bounded memory).
+    pub(crate) fn forget(&self, a: DeviceId) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        lock(&self.cache).remove(&a);
+    }
+
     /// Forget what is cached about `a` and `b`.
     pub(crate) fn invalidate(&self, a: DeviceId, b: DeviceId) {
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tandem_proto::ErrorCode;
-use tandem_proto::frame::{Frame, MAX_FRAME_LEN};
+use tandem_proto::frame::MAX_FRAME_LEN;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,6 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::conn;
 use crate::listener::{Peer, RelayListener};
-use crate::registry::Outbound;
 use crate::state::{State, unix_now};
 use crate::store::{RedbStore, Store, StoreError};
 use crate::tls::{Tls, TlsError};
@@ -113,8 +112,9 @@ async fn drain(state: Arc<State>, accept_stop: CancellationToken) {
     let hint = u32::try_from(state.config.restart_hint.as_millis()).unwrap_or(u32::MAX);
     let conns = state.registry.all();
     info!(connections = conns.len(), "shutting down: sending restart hints");
+    // Each writer sends `Restarting` itself before closing with `shutting_down`.
+    let _ = hint;
     for h in &conns {
-        h.offer(Outbound::Frame(Frame::Restarting { reconnect_after_ms: hint }));
         h.close(ErrorCode::ShuttingDown, "the relay is restarting; reconnect after the hint");
     }
     let deadline = tokio::time::Instant::now() + state.config.drain_timeout;
@@ -163,7 +163,13 @@ async fn ready(AxState(state): AxState<Arc<State>>) -> Response {
     if state.draining.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    match tokio::time::timeout(Duration::from_secs(2), state.store.totals()).await {
+    // A cheap store round trip (one lookup), not a scan: /readyz is public.
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        state.store.depth(tandem_proto::DeviceId([0; 16])),
+    )
+    .await
+    {
         Ok(Ok(_)) => "ready\n".into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response(),
     }

@@ -36,6 +36,13 @@ pub enum StoreError {
     /// The recipient's queue is at its count or byte limit.
     #[error("queue full for {0}")]
     QueueFull(DeviceId),
+    /// The two devices have not both authorised each other (checked in the
+    /// same transaction as the enqueue, so a revocation is never raced).
+    #[error("no route between these devices")]
+    NoRoute,
+    /// The device has authorised as many peers as a device may.
+    #[error("too many authorised peers (at most {MAX_PEERS})")]
+    TooManyPeers,
     /// The storage backend failed (disk, database). The operation did not happen.
     #[error("storage failed: {0}")]
     Backend(String),
@@ -43,6 +50,13 @@ pub enum StoreError {
     #[error("store closed")]
     Closed,
 }
+
+/// Most peers one device may authorise.
+pub const MAX_PEERS: usize = 1024;
+
+/// Most queued frames one expiry sweep deletes (a sweep after long downtime
+/// must not hold the store for long; the next sweep continues).
+pub const MAX_EXPIRED_PER_SWEEP: usize = 10_000;
 
 /// Per-recipient queue limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +91,9 @@ pub struct QueueDepth {
 
 /// The relay's durable state.
 pub trait Store: Send + Sync + 'static {
-    /// Queue `payload` from `from` for `to`, expiring at `now + ttl`.
-    /// Returns the delivery id once the frame is durable.
+    /// Queue `payload` from `from` for `to`, expiring at `now + ttl`, if the
+    /// two devices have a route ([`StoreError::NoRoute`] otherwise). Returns
+    /// the delivery id once the frame is durable.
     fn enqueue(
         &self,
         to: DeviceId,
@@ -97,11 +112,13 @@ pub trait Store: Send + Sync + 'static {
     /// How much waits for `to`.
     fn depth(&self, to: DeviceId) -> StoreFuture<QueueDepth>;
 
-    /// Record that `by` allows frames to and from `peer`.
+    /// Record that `by` allows frames to and from `peer`
+    /// ([`StoreError::TooManyPeers`] past [`MAX_PEERS`]).
     fn authorize(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<()>;
 
     /// Remove `by`'s authorisation of `peer` and drop every frame queued
-    /// between the two, both ways. Returns how many frames were dropped.
+    /// between the two, both ways. Returns how many frames were dropped (0,
+    /// without touching the queues, when `by` had not authorised `peer`).
     fn revoke(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<u64>;
 
     /// Whether `a` and `b` authorised each other.
@@ -110,7 +127,8 @@ pub trait Store: Send + Sync + 'static {
     /// The devices `a` has a (mutual) route with.
     fn peers(&self, a: DeviceId) -> StoreFuture<Vec<DeviceId>>;
 
-    /// Delete every frame whose TTL passed. Returns how many.
+    /// Delete frames whose TTL passed, at most [`MAX_EXPIRED_PER_SWEEP`].
+    /// Returns how many.
     fn expire(&self, now_unix: u64) -> StoreFuture<u64>;
 
     /// Frames and bytes waiting across all queues.

@@ -15,7 +15,10 @@ use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTra
 use tandem_proto::DeviceId;
 use tokio::sync::oneshot;
 
-use super::{QueueDepth, QueueLimits, Queued, Store, StoreError, StoreFuture};
+use super::{
+    MAX_EXPIRED_PER_SWEEP, MAX_PEERS, QueueDepth, QueueLimits, Queued, Store, StoreError,
+    StoreFuture,
+};
 
 /// Most operations applied in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -253,7 +256,7 @@ fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits) {
 /// An operation's outcome, held until the commit.
 enum Answer {
     U64(Result<u64, StoreError>),
-    Unit,
+    Unit(Result<(), StoreError>),
     Bool(bool),
     Queued(Vec<Queued>),
     Depth(QueueDepth),
@@ -274,7 +277,7 @@ impl Answer {
             ) => {
                 let _ = reply.send(r);
             }
-            (Op::Authorize { reply, .. }, Answer::Unit) => drop(reply.send(Ok(()))),
+            (Op::Authorize { reply, .. }, Answer::Unit(r)) => drop(reply.send(r)),
             (Op::IsRoute { reply, .. }, Answer::Bool(b)) => drop(reply.send(Ok(b))),
             (Op::Fetch { reply, .. }, Answer::Queued(q)) => drop(reply.send(Ok(q))),
             (Op::Depth { reply, .. } | Op::Totals { reply }, Answer::Depth(d)) => {
@@ -381,6 +384,14 @@ fn remove_where(
 fn apply(txn: &WriteTransaction, op: &Op, limits: &QueueLimits) -> Result<Answer, StoreError> {
     Ok(match op {
         Op::Enqueue { to, from, payload, now, .. } => {
+            {
+                let routes = txn.open_table(ROUTES).map_err(backend)?;
+                let ab = routes.get(&rkey(from, to)[..]).map_err(backend)?.is_some();
+                let ba = routes.get(&rkey(to, from)[..]).map_err(backend)?.is_some();
+                if !(ab && ba) {
+                    return Ok(Answer::U64(Err(StoreError::NoRoute)));
+                }
+            }
             let mut meta_t = txn.open_table(META).map_err(backend)?;
             let mut meta = Meta::read(&meta_t, to)?;
             let len = payload.len() as u64;
@@ -429,17 +440,30 @@ fn apply(txn: &WriteTransaction, op: &Op, limits: &QueueLimits) -> Result<Answer
             Answer::Depth(QueueDepth { frames: meta.frames, bytes: meta.bytes })
         }
         Op::Authorize { by, peer, .. } => {
-            txn.open_table(ROUTES)
-                .map_err(backend)?
-                .insert(&rkey(by, peer)[..], &[][..])
-                .map_err(backend)?;
-            Answer::Unit
+            let mut routes = txn.open_table(ROUTES).map_err(backend)?;
+            if routes.get(&rkey(by, peer)[..]).map_err(backend)?.is_none() {
+                let lo = rkey(by, &DeviceId([0; 16]));
+                let hi = rkey(by, &DeviceId([0xff; 16]));
+                if routes.range(&lo[..]..=&hi[..]).map_err(backend)?.take(MAX_PEERS).count()
+                    >= MAX_PEERS
+                {
+                    return Ok(Answer::Unit(Err(StoreError::TooManyPeers)));
+                }
+                routes.insert(&rkey(by, peer)[..], &[][..]).map_err(backend)?;
+            }
+            Answer::Unit(Ok(()))
         }
         Op::Revoke { by, peer, .. } => {
-            txn.open_table(ROUTES)
+            let existed = txn
+                .open_table(ROUTES)
                 .map_err(backend)?
                 .remove(&rkey(by, peer)[..])
-                .map_err(backend)?;
+                .map_err(backend)?
+                .is_some();
+            if !existed {
+                // Nothing can be queued between them on `by`'s account.
+                return Ok(Answer::U64(Ok(0)));
+            }
             let a = remove_where(txn, peer, 0..=u64::MAX, |v| id16(v, 0) == *by)?;
             let b = remove_where(txn, by, 0..=u64::MAX, |v| id16(v, 0) == *peer)?;
             Answer::U64(Ok(a + b))
@@ -468,7 +492,7 @@ fn apply(txn: &WriteTransaction, op: &Op, limits: &QueueLimits) -> Result<Answer
             let expiry = txn.open_table(EXPIRY).map_err(backend)?;
             let hi = ekey(*now, &DeviceId([0xff; 16]), u64::MAX);
             let mut due: Vec<(DeviceId, u64)> = Vec::new();
-            for item in expiry.range(..=&hi[..]).map_err(backend)? {
+            for item in expiry.range(..=&hi[..]).map_err(backend)?.take(MAX_EXPIRED_PER_SWEEP) {
                 let (k, _) = item.map_err(backend)?;
                 let k = k.value();
                 if u64_at(k, 0) > *now {

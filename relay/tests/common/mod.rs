@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tandem_proto::entropy::Entropy;
+use tandem_proto::envelope::Envelope;
 use tandem_proto::frame::Frame;
+use tandem_proto::message::DeviceInfo;
+use tandem_proto::pairing::{DesktopPairing, PairedPeer, PhonePairing};
+use tandem_proto::qr::QrPayload;
 use tandem_proto::relay_auth::prove;
 use tandem_proto::{DeviceId, DeviceKey, ErrorCode, Role};
 use tokio::net::TcpStream;
@@ -99,6 +103,40 @@ impl Relay {
         std::panic::resume_unwind(last.expect("tried"))
     }
 
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Panic unless the process runs and answers `/healthz` with 200.
+    pub async fn assert_healthy(&mut self) {
+        assert!(self.alive(), "the relay process exited; log:\n{}", self.log());
+        let (status, body) = self.get("/healthz").await;
+        assert_eq!((status, body.trim()), (200, "ok"), "healthz");
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "/metrics: {body}");
+        body
+    }
+
+    /// Poll `/metrics` until `series` has `value` (5 s), returning the text.
+    pub async fn wait_metric(&self, series: &str, value: f64) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.metrics().await;
+            if metric(&m, series) == Some(value) {
+                return m;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("{series} never became {value}:\n{m}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default()
     }
@@ -155,23 +193,47 @@ pub async fn ws_connect(url: &str) -> Ws {
     ws
 }
 
+/// A WebSocket whose socket has a tiny receive buffer (no autotuning): a
+/// device that does not read soon makes the relay's writes block.
+pub async fn ws_connect_small_buffer(relay: &Relay) -> Ws {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = sock.connect(relay.addr.parse().expect("addr")).await.expect("connect");
+    let (ws, _) =
+        tokio_tungstenite::client_async(relay.url.as_str(), MaybeTlsStream::Plain(stream))
+            .await
+            .expect("websocket handshake");
+    ws
+}
+
 impl Device {
     pub fn id(&self) -> DeviceId {
         self.key.public().device_id()
     }
 
-    /// Connect and authenticate; panics unless `AuthOk` arrives.
-    pub async fn connect(relay: &Relay, key: DeviceKey, role: Role) -> (Device, u32) {
-        let mut d = Device {
-            key,
+    /// A connected but not yet authenticated device with a fresh key.
+    pub async fn raw(relay: &Relay, role: Role) -> Device {
+        Device {
+            key: new_key(),
             role,
             ws: ws_connect(&relay.url).await,
             backlog: Vec::new(),
             auto_pong: true,
-        };
+        }
+    }
+
+    /// Connect and authenticate; panics unless `AuthOk` arrives.
+    pub async fn connect(relay: &Relay, key: DeviceKey, role: Role) -> (Device, u32) {
+        let ws = ws_connect(&relay.url).await;
+        Self::authenticate(ws, &relay.addr, key, role).await
+    }
+
+    /// Authenticate on an open WebSocket to the relay reached as `addr`.
+    pub async fn authenticate(ws: Ws, addr: &str, key: DeviceKey, role: Role) -> (Device, u32) {
+        let mut d = Device { key, role, ws, backlog: Vec::new(), auto_pong: true };
         d.send(&Frame::Hello { min_version: 1, max_version: 1, role }).await;
         let challenge = d.recv().await;
-        let auth = prove(&d.key, role, &relay.addr, &challenge).expect("prove");
+        let auth = prove(&d.key, role, addr, &challenge).expect("prove");
         d.send(&auth).await;
         match d.recv().await {
             Frame::AuthOk { device_id, queued, .. } => {
@@ -183,10 +245,17 @@ impl Device {
     }
 
     pub async fn send(&mut self, f: &Frame) {
-        self.ws.send(Message::Binary(f.encode().expect("encode").into())).await.expect("send");
+        let bytes = f.encode().expect("encode");
+        record(&bytes);
+        self.ws.send(Message::Binary(bytes.into())).await.expect("send");
     }
 
     pub async fn send_raw(&mut self, m: Message) {
+        match &m {
+            Message::Binary(b) => record(b),
+            Message::Text(t) => record(t.as_bytes()),
+            _ => {}
+        }
         let _ = self.ws.send(m).await;
     }
 
@@ -196,15 +265,21 @@ impl Device {
     }
 
     pub async fn recv_within(&mut self, d: Duration) -> Result<Frame, End> {
+        match self.next_within(d).await {
+            Some(r) => r,
+            None => panic!("no frame within {d:?}"),
+        }
+    }
+
+    /// The next frame or end of the connection within `d`; `None` if
+    /// nothing happened in time. Answers pings if `auto_pong`.
+    pub async fn next_within(&mut self, d: Duration) -> Option<Result<Frame, End>> {
         if !self.backlog.is_empty() {
-            return Ok(self.backlog.remove(0));
+            return Some(Ok(self.backlog.remove(0)));
         }
         let deadline = tokio::time::Instant::now() + d;
         loop {
-            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Ok(m) => m,
-                Err(_) => panic!("no frame within {d:?}"),
-            };
+            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
             match msg {
                 Some(Ok(Message::Binary(b))) => {
                     let f = Frame::decode(&b).expect("relay sent a valid frame");
@@ -213,15 +288,42 @@ impl Device {
                         self.send(&pong).await;
                         continue;
                     }
-                    return Ok(f);
+                    return Some(Ok(f));
                 }
                 Some(Ok(Message::Close(c))) => {
-                    return Err(End::Closed(c.map_or(1005, |c| u16::from(c.code))));
+                    return Some(Err(End::Closed(c.map_or(1005, |c| u16::from(c.code)))));
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Err(End::Dropped),
+                Some(Err(_)) | None => return Some(Err(End::Dropped)),
             }
         }
+    }
+
+    /// Every frame that arrives within `d` (stops early if the connection
+    /// ends: that is returned too).
+    pub async fn collect_for(&mut self, d: Duration) -> (Vec<Frame>, Option<End>) {
+        let deadline = tokio::time::Instant::now() + d;
+        let mut frames = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                None => return (frames, None),
+                Some(Ok(f)) => frames.push(f),
+                Some(Err(e)) => return (frames, Some(e)),
+            }
+        }
+    }
+
+    /// Panic if a delivery, an error or the end of the connection comes
+    /// within `d` (pings and presence are fine).
+    pub async fn assert_quiet(&mut self, d: Duration) {
+        let (frames, end) = self.collect_for(d).await;
+        assert_eq!(end, None, "the connection ended; frames before: {frames:?}");
+        let noisy: Vec<_> = frames
+            .iter()
+            .filter(|f| !matches!(f, Frame::Ping { .. } | Frame::Presence { .. }))
+            .collect();
+        assert!(noisy.is_empty(), "expected nothing, got {noisy:?}");
     }
 
     /// Wait for a frame matching `pred`, keeping others in the backlog.
@@ -270,6 +372,53 @@ impl Device {
         }
     }
 
+    /// `Send` a payload and wait for its answer.
+    pub async fn send_to(
+        &mut self,
+        to: DeviceId,
+        send_id: u64,
+        payload: &[u8],
+    ) -> Result<(), ErrorCode> {
+        self.send(&Frame::Send { send_id, to, payload: payload.to_vec() }).await;
+        self.result_of(send_id).await
+    }
+
+    /// The next `Deliver`: `(delivery_id, from, payload)`.
+    pub async fn delivery(&mut self) -> (u64, DeviceId, Vec<u8>) {
+        match self.expect("a delivery", |f| matches!(f, Frame::Deliver { .. })).await {
+            Frame::Deliver { delivery_id, from, payload } => (delivery_id, from, payload),
+            _ => unreachable!(),
+        }
+    }
+
+    /// The next `n` deliveries, in the order they arrived.
+    pub async fn deliveries(&mut self, n: usize) -> Vec<(u64, DeviceId, Vec<u8>)> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.delivery().await);
+        }
+        out
+    }
+
+    /// Wait for `Presence{peer, online}`.
+    pub async fn presence(&mut self, peer: DeviceId, online: bool) {
+        let what = format!("presence of {peer} online={online}");
+        self.expect(
+            &what,
+            |f| matches!(f, Frame::Presence { peer: p, online: o } if *p == peer && *o == online),
+        )
+        .await;
+    }
+
+    /// Close the connection cleanly and wait until it is gone.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+
     pub async fn authorize(&mut self, peer: DeviceId, id: u64) -> Result<(), ErrorCode> {
         self.send(&Frame::Authorize { request_id: id, peer }).await;
         self.result_of(id).await
@@ -287,4 +436,117 @@ pub async fn paired(relay: &Relay) -> (Device, Device) {
 
 pub fn close_code(code: ErrorCode) -> End {
     End::Closed(code.close_code())
+}
+
+/// The value of one series (`name` or `name{label="value"}`) in a
+/// Prometheus/OpenMetrics text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(k, _)| *k == series)
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// Every frame the test's devices sent, once [`record_sent`] was called
+/// (per process: nextest runs each test in its own).
+static SENT: std::sync::Mutex<Option<Vec<Vec<u8>>>> = std::sync::Mutex::new(None);
+
+fn record(bytes: &[u8]) {
+    if let Some(v) = SENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+        v.push(bytes.to_vec());
+    }
+}
+
+/// Start recording every message the devices send to the relay.
+pub fn record_sent() {
+    *SENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Vec::new());
+}
+
+/// Everything recorded so far.
+pub fn sent_so_far() -> Vec<Vec<u8>> {
+    SENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone().unwrap_or_default()
+}
+
+/// A pairing run through the relay with the real protocol, both ways authorised.
+pub struct RealPair {
+    pub desk: Device,
+    pub phone: Device,
+    /// The desktop's record of the phone.
+    pub desk_view: PairedPeer,
+    /// The phone's record of the desktop.
+    pub phone_view: PairedPeer,
+    /// The (now closed) mailbox.
+    pub pairing_id: [u8; 16],
+}
+
+fn info(name: &str, platform: &str) -> DeviceInfo {
+    DeviceInfo { name: name.into(), platform: platform.into(), app_version: "0.1.0".into() }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Pair a new desktop and a new phone through `relay`'s mailbox with
+/// `DesktopPairing`/`PhonePairing`, checking every relay hop on the way;
+/// both sides then `Authorize` each other (as §6.8 orders) and the
+/// mailbox is closed.
+pub async fn pair_for_real(relay: &Relay) -> RealPair {
+    let mut e = Entropy::os();
+    let (mut desk, _) = Device::connect(relay, new_key(), Role::Desktop).await;
+    let (mut phone, _) = Device::connect(relay, new_key(), Role::Phone).await;
+    let (desk_id, phone_id) = (desk.id(), phone.id());
+    let now = unix_now();
+    let offer = DesktopPairing::new(desk.key.clone(), now, 120, None, &mut e).expect("offer");
+    let pid = offer.pairing_id();
+    desk.send(&Frame::PairOpen { request_id: 7, pairing_id: pid, ttl_secs: 120 }).await;
+    desk.result_of(7).await.expect("PairOpen");
+
+    // The phone scans the QR code.
+    let scanned = QrPayload::decode(&offer.payload().encode()).expect("QR");
+    assert_eq!(scanned.pairing_id(), pid);
+    let (phone_state, hello) =
+        PhonePairing::start(&phone.key, &scanned, &info("test phone", "ios"), &mut e)
+            .expect("hello");
+    phone.send(&Frame::PairClaim { request_id: 8, pairing_id: pid, payload: hello.clone() }).await;
+    phone.result_of(8).await.expect("PairClaim");
+
+    let got = desk.expect("the claim", |f| matches!(f, Frame::PairMessage { .. })).await;
+    let Frame::PairMessage { pairing_id, peer, payload } = got else { unreachable!() };
+    assert_eq!((pairing_id, peer), (pid, phone_id), "the claim comes from the phone");
+    assert_eq!(payload, hello, "the claim's payload is relayed byte for byte");
+    let (desk_state, welcome) = offer
+        .on_hello(&Envelope::decode(&payload).unwrap(), &info("test desk", "linux"), now, &mut e)
+        .expect("welcome");
+    desk.send(&Frame::PairMessage { pairing_id: pid, peer: phone_id, payload: welcome.clone() })
+        .await;
+
+    let got = phone.expect("the welcome", |f| matches!(f, Frame::PairMessage { .. })).await;
+    let Frame::PairMessage { pairing_id, peer, payload } = got else { unreachable!() };
+    assert_eq!((pairing_id, peer), (pid, desk_id), "peer is rewritten to the sender");
+    assert_eq!(payload, welcome);
+    let (phone_state, confirm) =
+        phone_state.on_welcome(&Envelope::decode(&payload).unwrap()).expect("confirm");
+    phone.send(&Frame::PairMessage { pairing_id: pid, peer: desk_id, payload: confirm }).await;
+
+    let got = desk.expect("the confirm", |f| matches!(f, Frame::PairMessage { .. })).await;
+    let Frame::PairMessage { peer, payload, .. } = got else { unreachable!() };
+    assert_eq!(peer, phone_id);
+    let user = desk_state.on_confirm(&Envelope::decode(&payload).unwrap()).expect("on_confirm");
+    assert_eq!(user.phone_public().device_id(), phone_id, "the Noise key is the relay identity");
+    assert_eq!(user.sas(), phone_state.sas(), "both screens show the same code");
+    desk.authorize(phone_id, 9).await.expect("desktop authorises the phone");
+    let (desk_view, result) = user.accept(&mut e).expect("accept");
+    desk.send(&Frame::PairMessage { pairing_id: pid, peer: phone_id, payload: result }).await;
+
+    let got = phone.expect("the result", |f| matches!(f, Frame::PairMessage { .. })).await;
+    let Frame::PairMessage { payload, .. } = got else { unreachable!() };
+    let phone_view = phone_state.on_result(&Envelope::decode(&payload).unwrap()).expect("result");
+    assert_eq!(phone_view.public_key.device_id(), desk_id);
+    assert_eq!(phone_view.sas, desk_view.sas);
+    phone.authorize(desk_id, 9).await.expect("phone authorises the desktop");
+    desk.send(&Frame::PairClose { request_id: 10, pairing_id: pid }).await;
+    desk.result_of(10).await.expect("PairClose");
+    RealPair { desk, phone, desk_view, phone_view, pairing_id: pid }
 }
