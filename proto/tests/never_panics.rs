@@ -17,17 +17,22 @@ use proptest::sample::Index;
 use serde_json::{Value, json};
 use tandem_proto::codec::Reader;
 use tandem_proto::content::{Content, ContentError};
-use tandem_proto::envelope::{Envelope, EnvelopeError, TAG_LEN};
+use tandem_proto::envelope::{Envelope, EnvelopeError};
 use tandem_proto::frame::{MAX_FRAME_LEN, MAX_PAYLOAD_LEN, VERSION};
 use tandem_proto::message::{
-    Decoded, DeviceInfo, FinishStatus, KNOWN_EVENT_TYPES, KNOWN_KINDS, MAX_DEVICE_NAME_CHARS,
-    MAX_MESSAGE_LEN, Message, MessageError, TaskEvent,
+    Decoded, DeviceInfo, KNOWN_EVENT_TYPES, KNOWN_KINDS, MAX_DEVICE_NAME_CHARS, MAX_MESSAGE_LEN,
+    Message, MessageError,
 };
-use tandem_proto::qr::{
-    MAX_RELAY_URL_LEN, PairingLink, QR_FIXED_LEN, QR_VERSION, QrError, QrPayload, link_segments,
-};
+use tandem_proto::qr::{PairingLink, QR_FIXED_LEN, QR_VERSION, QrError, QrPayload, link_segments};
 use tandem_proto::record::Session;
-use tandem_proto::{DeviceId, ErrorCode, Frame, FrameError, FrameType, PublicKey, Role};
+use tandem_proto::{DeviceId, Frame, FrameError, FrameType, PublicKey};
+
+mod common;
+
+use common::{
+    any_json_value, any_qr_payload, any_relay_url, device_info, float_free_json_leaf, message,
+    small_content, small_envelope, small_frame, text,
+};
 
 // ---------------------------------------------------------------------------
 // Mutations
@@ -106,237 +111,6 @@ fn with_header(types: Vec<u8>, max_body: usize) -> impl Strategy<Value = Vec<u8>
 }
 
 // ---------------------------------------------------------------------------
-// Valid values (small: mutations of huge payloads only slow things down)
-// ---------------------------------------------------------------------------
-
-fn text(max_chars: usize) -> impl Strategy<Value = String> {
-    vec(any::<char>(), 0..=max_chars).prop_map(String::from_iter)
-}
-
-fn small_bytes() -> impl Strategy<Value = Vec<u8>> {
-    vec(any::<u8>(), 0..48)
-}
-
-fn device_id() -> impl Strategy<Value = DeviceId> {
-    any::<[u8; 16]>().prop_map(DeviceId)
-}
-
-fn public_key() -> impl Strategy<Value = PublicKey> {
-    any::<[u8; 32]>().prop_map(PublicKey)
-}
-
-fn frame() -> impl Strategy<Value = Frame> {
-    prop_oneof![
-        (any::<u8>(), any::<u8>(), prop_oneof![Just(Role::Desktop), Just(Role::Phone)]).prop_map(
-            |(a, b, role)| Frame::Hello { min_version: a.min(b), max_version: a.max(b), role }
-        ),
-        (public_key(), any::<[u8; 32]>(), "[a-z0-9.:-]{0,64}").prop_map(
-            |(relay_ephemeral, nonce, relay_name)| Frame::Challenge {
-                relay_ephemeral,
-                nonce,
-                relay_name
-            }
-        ),
-        (public_key(), any::<[u8; 32]>())
-            .prop_map(|(public_key, proof)| Frame::Auth { public_key, proof }),
-        (device_id(), any::<u32>(), any::<u32>()).prop_map(
-            |(device_id, queued, ping_interval_ms)| Frame::AuthOk {
-                device_id,
-                queued,
-                ping_interval_ms
-            }
-        ),
-        (any::<u64>(), device_id(), small_bytes())
-            .prop_map(|(send_id, to, payload)| { Frame::Send { send_id, to, payload } }),
-        (any::<u64>(), device_id(), small_bytes()).prop_map(|(delivery_id, from, payload)| {
-            Frame::Deliver { delivery_id, from, payload }
-        }),
-        any::<u64>().prop_map(|up_to| Frame::Ack { up_to }),
-        any::<u64>().prop_map(|ref_id| Frame::Ok { ref_id }),
-        (device_id(), any::<bool>()).prop_map(|(peer, online)| Frame::Presence { peer, online }),
-        any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
-        any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
-        (any::<u64>(), any::<[u8; 16]>(), any::<u16>()).prop_map(
-            |(request_id, pairing_id, ttl_secs)| Frame::PairOpen {
-                request_id,
-                pairing_id,
-                ttl_secs
-            }
-        ),
-        (any::<u64>(), any::<[u8; 16]>(), small_bytes()).prop_map(
-            |(request_id, pairing_id, payload)| Frame::PairClaim {
-                request_id,
-                pairing_id,
-                payload
-            }
-        ),
-        (any::<[u8; 16]>(), device_id(), small_bytes()).prop_map(|(pairing_id, peer, payload)| {
-            Frame::PairMessage { pairing_id, peer, payload }
-        }),
-        (any::<u64>(), any::<[u8; 16]>())
-            .prop_map(|(request_id, pairing_id)| { Frame::PairClose { request_id, pairing_id } }),
-        (any::<u64>(), device_id())
-            .prop_map(|(request_id, peer)| Frame::Authorize { request_id, peer }),
-        (any::<u64>(), device_id())
-            .prop_map(|(request_id, peer)| Frame::Revoke { request_id, peer }),
-        (any::<u16>(), any::<u64>(), text(24)).prop_map(|(code, ref_id, message)| Frame::Error {
-            code: ErrorCode::from_code(code),
-            ref_id,
-            message
-        }),
-        any::<u32>().prop_map(|reconnect_after_ms| Frame::Restarting { reconnect_after_ms }),
-    ]
-}
-
-fn envelope() -> impl Strategy<Value = Envelope> {
-    let noise = || vec(any::<u8>(), 1..48);
-    prop_oneof![
-        noise().prop_map(|noise| Envelope::PairHello { noise }),
-        noise().prop_map(|noise| Envelope::PairWelcome { noise }),
-        (any::<[u8; 8]>(), noise())
-            .prop_map(|(handshake_id, noise)| Envelope::SessionInit { handshake_id, noise }),
-        (any::<[u8; 8]>(), noise())
-            .prop_map(|(handshake_id, noise)| Envelope::SessionAccept { handshake_id, noise }),
-        (any::<[u8; 8]>(), any::<u64>(), vec(any::<u8>(), TAG_LEN..64)).prop_map(
-            |(session_id, counter, ciphertext)| Envelope::Record {
-                session_id,
-                counter,
-                ciphertext
-            }
-        ),
-    ]
-}
-
-fn content() -> impl Strategy<Value = Content> {
-    prop_oneof![
-        (any::<u64>(), any::<u64>(), any::<u64>(), small_bytes())
-            .prop_map(|(seq, oldest, ack, message)| Content::Data { seq, oldest, ack, message }),
-        any::<u64>().prop_map(|ack| Content::Ack { ack }),
-        any::<u64>().prop_map(|expected| Content::Nack { expected }),
-        Just(Content::PairConfirm),
-        (any::<bool>(), any::<[u8; 32]>(), text(24)).prop_map(|(accepted, session_psk, reason)| {
-            Content::PairResult { accepted, session_psk, reason }
-        }),
-    ]
-}
-
-fn relay_url() -> impl Strategy<Value = String> {
-    (
-        prop_oneof![Just("https://"), Just("http://")],
-        "[A-Za-z0-9.:\\[\\]-]{1,40}",
-        proptest::option::of(any::<u16>()),
-    )
-        .prop_map(|(scheme, host, port)| {
-            let mut url = match port {
-                Some(p) => format!("{scheme}{host}:{p}"),
-                None => format!("{scheme}{host}"),
-            };
-            url.truncate(MAX_RELAY_URL_LEN);
-            url
-        })
-}
-
-fn qr_payload() -> impl Strategy<Value = QrPayload> {
-    (public_key(), any::<[u8; 32]>(), any::<u32>(), proptest::option::of(relay_url())).prop_map(
-        |(desktop, secret, expires_at, relay)| QrPayload { desktop, secret, expires_at, relay },
-    )
-}
-
-/// Any JSON, floats included.
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_map(Value::from),
-        text(8).prop_map(Value::String),
-    ];
-    leaf.prop_recursive(3, 24, 4, |inner| {
-        prop_oneof![
-            vec(inner.clone(), 0..4).prop_map(Value::Array),
-            btree_map(text(6), inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
-fn clean_text(max_chars: usize) -> impl Strategy<Value = String> {
-    vec(any::<char>().prop_filter("control", |c| !c.is_control()), 0..=max_chars)
-        .prop_map(String::from_iter)
-}
-
-fn device_info() -> impl Strategy<Value = DeviceInfo> {
-    (clean_text(MAX_DEVICE_NAME_CHARS), "[a-z]{0,12}", "[0-9.]{0,12}")
-        .prop_map(|(name, platform, app_version)| DeviceInfo { name, platform, app_version })
-}
-
-fn task_event() -> impl Strategy<Value = TaskEvent> {
-    prop_oneof![
-        text(8).prop_map(|executor| TaskEvent::Accepted { executor }),
-        text(24).prop_map(|text| TaskEvent::Progress { text }),
-        (text(8), text(8), text(8)).prop_map(|(call_id, name, k)| TaskEvent::ToolCall {
-            call_id,
-            name,
-            input: json!({ "k": k, "n": [1, -2, null, true] }),
-        }),
-        (text(8), text(24), any::<bool>()).prop_map(|(call_id, output, is_error)| {
-            TaskEvent::ToolResult { call_id, output, is_error }
-        }),
-        (text(8), text(16), text(24), any::<u64>()).prop_map(
-            |(approval_id, summary, detail, expires_at_ms)| TaskEvent::ApprovalRequest {
-                approval_id,
-                summary,
-                detail,
-                expires_at_ms,
-            }
-        ),
-        (text(8), any::<bool>(), text(8)).prop_map(|(approval_id, allow, by)| {
-            TaskEvent::ApprovalResolved { approval_id, allow, by }
-        }),
-        (
-            prop_oneof![
-                Just(FinishStatus::Succeeded),
-                Just(FinishStatus::Failed),
-                Just(FinishStatus::Cancelled),
-                Just(FinishStatus::Rejected),
-            ],
-            text(24)
-        )
-            .prop_map(|(status, summary)| TaskEvent::Finished { status, summary }),
-    ]
-}
-
-fn message() -> impl Strategy<Value = Message> {
-    let opt = || proptest::option::of(text(8));
-    prop_oneof![
-        (text(8), text(24), opt(), opt()).prop_map(|(task_id, text, workspace, executor)| {
-            Message::TaskSubmit { task_id, text, workspace, executor }
-        }),
-        (text(8), text(24)).prop_map(|(task_id, text)| Message::FollowUp { task_id, text }),
-        text(8).prop_map(|task_id| Message::Cancel { task_id }),
-        (text(8), text(8), any::<bool>()).prop_map(|(task_id, approval_id, allow)| {
-            Message::ApprovalDecision { task_id, approval_id, allow }
-        }),
-        (opt(), any::<u64>())
-            .prop_map(|(task_id, from_offset)| Message::HistoryRequest { task_id, from_offset }),
-        (text(8), any::<u64>(), any::<u64>(), task_event()).prop_map(
-            |(task_id, offset, at_ms, event)| Message::TaskEvent { task_id, offset, at_ms, event }
-        ),
-        (text(8), any::<u64>())
-            .prop_map(|(task_id, next_offset)| Message::HistoryEnd { task_id, next_offset }),
-        (text(8), any::<u64>(), any::<u64>()).prop_map(|(task_id, requested_from, earliest)| {
-            Message::HistoryUnavailable { task_id, requested_from, earliest }
-        }),
-        device_info().prop_map(Message::DeviceInfo),
-        (opt(), text(8), text(24)).prop_map(|(task_id, code, message)| Message::Refused {
-            task_id,
-            code,
-            message
-        }),
-    ]
-}
-
-// ---------------------------------------------------------------------------
 // Relay frames
 // ---------------------------------------------------------------------------
 
@@ -399,7 +173,7 @@ proptest! {
     }
 
     #[test]
-    fn frame_decode_never_panics_on_mutated_encodings(frame in frame(), ms in mutations()) {
+    fn frame_decode_never_panics_on_mutated_encodings(frame in small_frame(), ms in mutations()) {
         let bytes = mutated(frame.encode().expect("a small frame encodes"), &ms);
         check_frame(&bytes)?;
     }
@@ -474,7 +248,7 @@ proptest! {
     }
 
     #[test]
-    fn envelope_decode_never_panics_on_mutated_encodings(e in envelope(), ms in mutations()) {
+    fn envelope_decode_never_panics_on_mutated_encodings(e in small_envelope(), ms in mutations()) {
         check_envelope(&mutated(e.encode(), &ms))?;
     }
 
@@ -490,7 +264,7 @@ proptest! {
     }
 
     #[test]
-    fn content_decode_never_panics_on_mutated_encodings(c in content(), ms in mutations()) {
+    fn content_decode_never_panics_on_mutated_encodings(c in small_content(), ms in mutations()) {
         check_content(&mutated(c.encode(), &ms))?;
     }
 }
@@ -521,12 +295,12 @@ fn check_qr(bytes: &[u8]) -> Result<(), TestCaseError> {
 fn qr_bytes() -> impl Strategy<Value = Vec<u8>> {
     let relay = prop_oneof![
         Just(Vec::new()),
-        relay_url().prop_map(|u| {
+        any_relay_url().prop_map(|u| {
             let mut b = vec![u8::try_from(u.len()).expect("short")];
             b.extend_from_slice(u.as_bytes());
             b
         }),
-        (any::<u8>(), relay_url()).prop_map(|(len, u)| {
+        (any::<u8>(), any_relay_url()).prop_map(|(len, u)| {
             let mut b = vec![len];
             b.extend_from_slice(u.as_bytes());
             b
@@ -583,7 +357,7 @@ proptest! {
     }
 
     #[test]
-    fn qr_decode_never_panics_on_mutated_encodings(p in qr_payload(), ms in mutations()) {
+    fn qr_decode_never_panics_on_mutated_encodings(p in any_qr_payload(), ms in mutations()) {
         check_qr(&mutated(p.encode(), &ms))?;
     }
 
@@ -592,7 +366,7 @@ proptest! {
         link in prop_oneof![
             text(64),
             // Well-formed up to the fragment, then arbitrary base32-ish text.
-            (relay_url(), "(/[A-Za-z0-9_.~-]{0,6}){0,2}", "[A-Za-z0-9=]{0,140}")
+            (any_relay_url(), "(/[A-Za-z0-9_.~-]{0,6}){0,2}", "[A-Za-z0-9=]{0,140}")
                 .prop_map(|(o, p, f)| format!("{o}{p}#{f}")),
             // Arbitrary bytes as a well-formed fragment.
             junk(120).prop_map(|b| format!(
@@ -607,10 +381,10 @@ proptest! {
 
     #[test]
     fn pairing_link_parse_never_panics_on_mutated_links(
-        p in qr_payload(),
+        p in any_qr_payload(),
         base in prop_oneof![
             Just("https://relay.example.com/p".to_owned()),
-            relay_url(),
+            any_relay_url(),
         ],
         ms in mutations(),
         now in prop_oneof![Just(0u64), any::<u64>()],
@@ -621,7 +395,7 @@ proptest! {
 
     #[test]
     fn pairing_link_parse_never_panics_on_links_carrying_damaged_payloads(
-        p in qr_payload(),
+        p in any_qr_payload(),
         ms in mutations(),
         now in prop_oneof![Just(0u64), any::<u64>()],
     ) {
@@ -765,14 +539,11 @@ fn message_like() -> impl Strategy<Value = Value> {
     ];
     let scalar = || {
         prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<u64>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            text(8).prop_map(Value::String),
-            proptest::sample::select(vec!["succeeded", "failed", "cancelled", "rejected"])
+            // Null, bool, integer or string, each as often as the two below.
+            5 => float_free_json_leaf(),
+            1 => proptest::sample::select(vec!["succeeded", "failed", "cancelled", "rejected"])
                 .prop_map(Value::from),
-            json_value(),
+            1 => any_json_value(),
         ]
     };
     let kind = prop_oneof![
@@ -828,7 +599,7 @@ proptest! {
 
     #[test]
     fn message_decode_never_panics_on_arbitrary_json(v in prop_oneof![
-        json_value(),
+        any_json_value(),
         message_like(),
     ]) {
         check_message(&serde_json::to_vec(&v).expect("to_vec"))?;
@@ -843,10 +614,10 @@ proptest! {
     fn device_info_from_json_never_panics_and_accepts_only_valid_info(bytes in prop_oneof![
         junk(96),
         (
-            proptest::option::of(prop_oneof![Just(json!(1)), json_value()]),
+            proptest::option::of(prop_oneof![Just(json!(1)), any_json_value()]),
             text(70),
             text(34),
-            prop_oneof![text(8).prop_map(Value::String), json_value()],
+            prop_oneof![text(8).prop_map(Value::String), any_json_value()],
         ).prop_map(|(v, name, platform, app_version)| {
             let mut o = json!({ "name": name, "platform": platform, "app_version": app_version });
             if let Some(v) = v {

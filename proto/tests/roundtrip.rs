@@ -7,341 +7,33 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use proptest::collection::{btree_map, vec};
+use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 use tandem_proto::content::{Content, MAX_REASON_LEN};
-use tandem_proto::envelope::{Envelope, MAX_NOISE_LEN, RECORD_HEADER_LEN, TAG_LEN, record_header};
+use tandem_proto::envelope::{Envelope, RECORD_HEADER_LEN, record_header};
 use tandem_proto::frame::{MAX_ERROR_MESSAGE_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN, VERSION};
 use tandem_proto::message::{
-    Decoded, DeviceInfo, FinishStatus, KNOWN_EVENT_TYPES, KNOWN_KINDS, MAX_DEVICE_NAME_CHARS,
-    MAX_MESSAGE_LEN, Message, MessageError, TaskEvent,
+    Decoded, DeviceInfo, KNOWN_EVENT_TYPES, KNOWN_KINDS, MAX_DEVICE_NAME_CHARS, MAX_MESSAGE_LEN,
+    Message, MessageError, TaskEvent,
 };
 use tandem_proto::qr::{
     MAX_RELAY_URL_LEN, PairingLink, QR_FIXED_LEN, QrError, QrPayload, link_segments,
 };
 use tandem_proto::{DeviceId, ErrorCode, Frame, FrameError, FrameType, PublicKey, Role};
 
+mod common;
+
+use common::{
+    content, device_id, device_info, envelope, error_code, frame, message, patterned, public_key,
+    role, text, valid_qr_payload, valid_relay_url,
+};
+
 // ---------------------------------------------------------------------------
-// Shared strategies
+// Helpers
 // ---------------------------------------------------------------------------
-
-/// `n` bytes of a cheap pattern: big payloads without generating (and
-/// shrinking) tens of thousands of independent bytes.
-fn patterned(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| seed ^ (i % 251) as u8).collect()
-}
-
-/// Bytes of length up to `max`: usually short and fully random, now and then
-/// long (patterned), and sometimes exactly `max`.
-fn sized_bytes(min: usize, max: usize) -> impl Strategy<Value = Vec<u8>> {
-    let short_max = (min + 64).min(max);
-    prop_oneof![
-        16 => vec(any::<u8>(), min..=short_max),
-        1 => (min..=max, any::<u8>()).prop_map(|(n, seed)| patterned(n, seed)),
-        1 => any::<u8>().prop_map(move |seed| patterned(max, seed)),
-    ]
-}
-
-/// Any string of up to `max_chars` chars (any Unicode scalar, controls included).
-fn text(max_chars: usize) -> impl Strategy<Value = String> {
-    vec(any::<char>(), 0..=max_chars).prop_map(String::from_iter)
-}
-
-/// Any string of at most `max_bytes` bytes of UTF-8: random chars, or
-/// printable ASCII filling the limit exactly.
-fn text_within(max_bytes: usize) -> impl Strategy<Value = String> {
-    prop_oneof![
-        text(max_bytes / 4),
-        "[ -~]{0,64}".prop_map(move |s| s.chars().take(max_bytes).collect()),
-        Just("x".repeat(max_bytes)),
-        // Multi-byte chars right up against the limit.
-        Just("é".repeat(max_bytes / 2)),
-    ]
-}
-
-/// A string without control characters, at most `max_chars` chars and `max_bytes` bytes.
-fn clean_text(max_chars: usize, max_bytes: usize) -> impl Strategy<Value = String> {
-    vec(any::<char>().prop_filter("control", |c| !c.is_control()), 0..=max_chars).prop_map(
-        move |cs| {
-            let mut s = String::new();
-            for c in cs {
-                if s.len() + c.len_utf8() > max_bytes {
-                    break;
-                }
-                s.push(c);
-            }
-            s
-        },
-    )
-}
-
-fn device_id() -> impl Strategy<Value = DeviceId> {
-    any::<[u8; 16]>().prop_map(DeviceId)
-}
-
-fn public_key() -> impl Strategy<Value = PublicKey> {
-    any::<[u8; 32]>().prop_map(PublicKey)
-}
-
-fn role() -> impl Strategy<Value = Role> {
-    prop_oneof![Just(Role::Desktop), Just(Role::Phone)]
-}
-
-/// Known codes and unknown ones alike.
-fn error_code() -> impl Strategy<Value = ErrorCode> {
-    prop_oneof![
-        proptest::sample::select(ErrorCode::ALL.to_vec()),
-        any::<u16>().prop_map(ErrorCode::from_code),
-    ]
-}
-
-fn payload() -> impl Strategy<Value = Vec<u8>> {
-    sized_bytes(0, MAX_PAYLOAD_LEN)
-}
-
-/// Every `Frame` variant, with every field over its whole valid range.
-fn frame() -> impl Strategy<Value = Frame> {
-    prop_oneof![
-        // A Hello's version range is never empty.
-        (any::<u8>(), any::<u8>(), role()).prop_map(|(a, b, role)| {
-            Frame::Hello { min_version: a.min(b), max_version: a.max(b), role }
-        }),
-        (public_key(), any::<[u8; 32]>(), "[a-z0-9.:-]{0,64}").prop_map(
-            |(relay_ephemeral, nonce, relay_name)| Frame::Challenge {
-                relay_ephemeral,
-                nonce,
-                relay_name
-            }
-        ),
-        (public_key(), any::<[u8; 32]>())
-            .prop_map(|(public_key, proof)| Frame::Auth { public_key, proof }),
-        (device_id(), any::<u32>(), any::<u32>()).prop_map(
-            |(device_id, queued, ping_interval_ms)| Frame::AuthOk {
-                device_id,
-                queued,
-                ping_interval_ms,
-            }
-        ),
-        (any::<u64>(), device_id(), payload()).prop_map(|(send_id, to, payload)| Frame::Send {
-            send_id,
-            to,
-            payload
-        }),
-        (any::<u64>(), device_id(), payload()).prop_map(|(delivery_id, from, payload)| {
-            Frame::Deliver { delivery_id, from, payload }
-        }),
-        any::<u64>().prop_map(|up_to| Frame::Ack { up_to }),
-        any::<u64>().prop_map(|ref_id| Frame::Ok { ref_id }),
-        (device_id(), any::<bool>()).prop_map(|(peer, online)| Frame::Presence { peer, online }),
-        any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
-        any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
-        (any::<u64>(), any::<[u8; 16]>(), any::<u16>()).prop_map(
-            |(request_id, pairing_id, ttl_secs)| Frame::PairOpen {
-                request_id,
-                pairing_id,
-                ttl_secs,
-            }
-        ),
-        (any::<u64>(), any::<[u8; 16]>(), payload()).prop_map(
-            |(request_id, pairing_id, payload)| Frame::PairClaim {
-                request_id,
-                pairing_id,
-                payload,
-            }
-        ),
-        (any::<[u8; 16]>(), device_id(), payload()).prop_map(|(pairing_id, peer, payload)| {
-            Frame::PairMessage { pairing_id, peer, payload }
-        }),
-        (any::<u64>(), any::<[u8; 16]>())
-            .prop_map(|(request_id, pairing_id)| { Frame::PairClose { request_id, pairing_id } }),
-        (any::<u64>(), device_id())
-            .prop_map(|(request_id, peer)| Frame::Authorize { request_id, peer }),
-        (any::<u64>(), device_id())
-            .prop_map(|(request_id, peer)| Frame::Revoke { request_id, peer }),
-        (error_code(), any::<u64>(), text_within(MAX_ERROR_MESSAGE_LEN))
-            .prop_map(|(code, ref_id, message)| Frame::Error { code, ref_id, message }),
-        any::<u32>().prop_map(|reconnect_after_ms| Frame::Restarting { reconnect_after_ms }),
-    ]
-}
-
-fn noise() -> impl Strategy<Value = Vec<u8>> {
-    sized_bytes(1, MAX_NOISE_LEN)
-}
-
-/// Every `Envelope` variant: non-empty Noise messages within Noise's limit,
-/// record ciphertexts at least a tag long.
-fn envelope() -> impl Strategy<Value = Envelope> {
-    prop_oneof![
-        noise().prop_map(|noise| Envelope::PairHello { noise }),
-        noise().prop_map(|noise| Envelope::PairWelcome { noise }),
-        (any::<[u8; 8]>(), noise())
-            .prop_map(|(handshake_id, noise)| Envelope::SessionInit { handshake_id, noise }),
-        (any::<[u8; 8]>(), noise())
-            .prop_map(|(handshake_id, noise)| Envelope::SessionAccept { handshake_id, noise }),
-        (any::<[u8; 8]>(), any::<u64>(), sized_bytes(TAG_LEN, MAX_PAYLOAD_LEN)).prop_map(
-            |(session_id, counter, ciphertext)| Envelope::Record {
-                session_id,
-                counter,
-                ciphertext,
-            }
-        ),
-    ]
-}
-
-/// Every `Content` variant.
-fn content() -> impl Strategy<Value = Content> {
-    prop_oneof![
-        (any::<u64>(), any::<u64>(), any::<u64>(), sized_bytes(0, MAX_MESSAGE_LEN))
-            .prop_map(|(seq, oldest, ack, message)| Content::Data { seq, oldest, ack, message }),
-        any::<u64>().prop_map(|ack| Content::Ack { ack }),
-        any::<u64>().prop_map(|expected| Content::Nack { expected }),
-        Just(Content::PairConfirm),
-        (any::<bool>(), any::<[u8; 32]>(), text_within(MAX_REASON_LEN)).prop_map(
-            |(accepted, session_psk, reason)| Content::PairResult { accepted, session_psk, reason }
-        ),
-    ]
-}
-
-/// A valid relay URL: `https://host[:port]` with a host from the allowed
-/// characters (names, IPv4, bracketed IPv6), or `http://` with a host on the
-/// local network; at most `MAX_RELAY_URL_LEN` bytes.
-fn relay_url() -> impl Strategy<Value = String> {
-    let public = prop_oneof![
-        "[a-z0-9]([a-z0-9-]{0,20}\\.){0,3}[a-z]{2,6}",
-        "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
-        "\\[[0-9a-f:]{2,39}\\]",
-        "[A-Za-z0-9.:\\[\\]-]{1,130}",
-    ]
-    .prop_map(|h| ("https://", h));
-    let local = prop_oneof![
-        "192\\.168\\.[1-9][0-9]?\\.[1-9][0-9]?",
-        "10\\.[1-9][0-9]?\\.[1-9][0-9]?\\.[1-9][0-9]?",
-        Just("localhost".to_owned()),
-        "[a-z]{1,12}\\.local",
-        Just("[fd00::1]".to_owned()),
-    ]
-    .prop_map(|h| ("http://", h));
-    (prop_oneof![3 => public, 1 => local], proptest::option::of(any::<u16>())).prop_map(
-        |((scheme, host), port)| {
-            let mut url = match port {
-                Some(p) => format!("{scheme}{host}:{p}"),
-                None => format!("{scheme}{host}"),
-            };
-            url.truncate(MAX_RELAY_URL_LEN);
-            url
-        },
-    )
-}
-
-fn qr_payload() -> impl Strategy<Value = QrPayload> {
-    (public_key(), any::<[u8; 32]>(), any::<u32>(), proptest::option::of(relay_url())).prop_map(
-        |(desktop, secret, expires_at, relay)| QrPayload { desktop, secret, expires_at, relay },
-    )
-}
-
-/// JSON without floats (which need not survive a text round trip bit for bit).
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        text(8).prop_map(Value::String),
-    ];
-    leaf.prop_recursive(3, 24, 4, |inner| {
-        prop_oneof![
-            vec(inner.clone(), 0..4).prop_map(Value::Array),
-            btree_map(text(6), inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
-fn tool_input() -> impl Strategy<Value = Value> {
-    prop_oneof![text(16).prop_map(|s| json!({ "k": s })), json_value(),]
-}
-
-fn finish_status() -> impl Strategy<Value = FinishStatus> {
-    prop_oneof![
-        Just(FinishStatus::Succeeded),
-        Just(FinishStatus::Failed),
-        Just(FinishStatus::Cancelled),
-        Just(FinishStatus::Rejected),
-    ]
-}
-
-fn id() -> impl Strategy<Value = String> {
-    text(12)
-}
-
-/// Every `TaskEvent` variant.
-fn task_event() -> impl Strategy<Value = TaskEvent> {
-    prop_oneof![
-        id().prop_map(|executor| TaskEvent::Accepted { executor }),
-        text(64).prop_map(|text| TaskEvent::Progress { text }),
-        (id(), id(), tool_input()).prop_map(|(call_id, name, input)| TaskEvent::ToolCall {
-            call_id,
-            name,
-            input
-        }),
-        (id(), text(64), any::<bool>()).prop_map(|(call_id, output, is_error)| {
-            TaskEvent::ToolResult { call_id, output, is_error }
-        }),
-        (id(), text(32), text(64), any::<u64>()).prop_map(
-            |(approval_id, summary, detail, expires_at_ms)| TaskEvent::ApprovalRequest {
-                approval_id,
-                summary,
-                detail,
-                expires_at_ms,
-            }
-        ),
-        (id(), any::<bool>(), id()).prop_map(|(approval_id, allow, by)| {
-            TaskEvent::ApprovalResolved { approval_id, allow, by }
-        }),
-        (finish_status(), text(64))
-            .prop_map(|(status, summary)| TaskEvent::Finished { status, summary }),
-    ]
-}
-
-/// A `DeviceInfo` within its limits: name ≤ 64 chars, platform and app
-/// version ≤ 32 bytes, no control characters anywhere.
-fn device_info() -> impl Strategy<Value = DeviceInfo> {
-    (clean_text(MAX_DEVICE_NAME_CHARS, usize::MAX), clean_text(32, 32), clean_text(32, 32))
-        .prop_map(|(name, platform, app_version)| DeviceInfo { name, platform, app_version })
-}
-
-/// Every `Message` variant.
-fn message() -> impl Strategy<Value = Message> {
-    let opt = || proptest::option::of(id());
-    prop_oneof![
-        (id(), text(64), opt(), opt()).prop_map(|(task_id, text, workspace, executor)| {
-            Message::TaskSubmit { task_id, text, workspace, executor }
-        }),
-        (id(), text(64)).prop_map(|(task_id, text)| Message::FollowUp { task_id, text }),
-        id().prop_map(|task_id| Message::Cancel { task_id }),
-        (id(), id(), any::<bool>()).prop_map(|(task_id, approval_id, allow)| {
-            Message::ApprovalDecision { task_id, approval_id, allow }
-        }),
-        (opt(), any::<u64>())
-            .prop_map(|(task_id, from_offset)| Message::HistoryRequest { task_id, from_offset }),
-        (id(), any::<u64>(), any::<u64>(), task_event()).prop_map(
-            |(task_id, offset, at_ms, event)| Message::TaskEvent { task_id, offset, at_ms, event }
-        ),
-        (id(), any::<u64>())
-            .prop_map(|(task_id, next_offset)| Message::HistoryEnd { task_id, next_offset }),
-        (id(), any::<u64>(), any::<u64>()).prop_map(|(task_id, requested_from, earliest)| {
-            Message::HistoryUnavailable { task_id, requested_from, earliest }
-        }),
-        device_info().prop_map(Message::DeviceInfo),
-        (opt(), id(), text(64)).prop_map(|(task_id, code, message)| Message::Refused {
-            task_id,
-            code,
-            message,
-        }),
-    ]
-}
 
 /// The longest prefix of `s` of at most `max` bytes ending on a char boundary.
 fn utf8_prefix(s: &str, max: usize) -> String {
@@ -527,14 +219,14 @@ fn envelope_and_content_strategies_cover_every_variant() {
 /// A link base the parser accepts: `http(s)://host[:port]` and a path of
 /// `[A-Za-z0-9/_.~-]`, starting with `/` when present.
 fn link_base() -> impl Strategy<Value = (String, String)> {
-    (relay_url(), "(/[A-Za-z0-9_.~-]{0,8}){0,3}")
+    (valid_relay_url(), "(/[A-Za-z0-9_.~-]{0,8}){0,3}")
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn qr_payloads_round_trip(payload in qr_payload()) {
+    fn qr_payloads_round_trip(payload in valid_qr_payload()) {
         let bytes = payload.encode();
         let relay_len = payload.relay.as_ref().map_or(0, |r| 1 + r.len());
         prop_assert_eq!(bytes.len(), QR_FIXED_LEN + relay_len);
@@ -543,7 +235,7 @@ proptest! {
 
     #[test]
     fn pairing_links_round_trip_until_they_expire(
-        payload in qr_payload(),
+        payload in valid_qr_payload(),
         (origin, path) in link_base(),
         // How far from the expiry time the link is scanned, and on which side.
         delta in 0u64..=1_000_000,
