@@ -28,6 +28,17 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
+# System tools the suites drive: zbarimg decodes the QR codes the agent draws.
+missing=()
+have zbarimg || missing+=(zbar-tools)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "installing ${missing[*]}"
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+fi
 cargo --version
 cargo nextest --version | head -1
 

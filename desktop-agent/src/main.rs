@@ -1,10 +1,388 @@
-//! `tandem`: the desktop agent and CLI (filled in by the desktop-agent issue).
+//! `tandem`: the desktop agent's command line. Thin: it parses flags, sets
+//! up logging and calls into the library.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "tandem {}: the desktop agent is not built yet (protocol v{})",
-        env!("CARGO_PKG_VERSION"),
-        tandem_proto::frame::VERSION
-    );
-    std::process::ExitCode::FAILURE
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tandem_agent::agent_config::AgentConfig;
+use tandem_agent::daemon::Daemon;
+use tandem_agent::keystore::KeyStore;
+use tandem_agent::pair::{PairOptions, pair};
+use tandem_agent::peers::{Peer, PeerStore, Scope};
+use tandem_agent::ui::TerminalUi;
+use tandem_client::{Client, ClientConfig, Event};
+use tandem_proto::Role;
+use tandem_proto::delivery::OutboxLimits;
+use tandem_proto::entropy::Entropy;
+use tandem_proto::message::DeviceInfo;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Send work to this computer from your phone, end to end encrypted"
+)]
+struct Cli {
+    /// Where the agent keeps its key, paired devices and state.
+    #[arg(long, env = "TANDEM_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// What this computer is called on the phone.
+    #[arg(long, env = "TANDEM_NAME", global = true)]
+    name: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a relay on this computer and connect to it; show the pairing QR
+    /// code if no phone is paired yet. Ctrl-C stops both.
+    Up {
+        /// Address for the local relay (a phone on the same network must reach it).
+        #[arg(long, default_value = "0.0.0.0:7878")]
+        listen: SocketAddr,
+        /// Show a pairing code even if a phone is paired already.
+        #[arg(long)]
+        pair: bool,
+        #[command(flatten)]
+        qr: QrArgs,
+    },
+    /// Pair a phone through a relay: show the QR code, confirm the 6-digit code.
+    Pair {
+        /// The relay's WebSocket URL, e.g. wss://relay.example.com/v1/connect
+        /// (remembered for later commands).
+        #[arg(long, env = "TANDEM_RELAY")]
+        relay: Option<String>,
+        /// The link the QR code opens (default: the relay's https origin + /p).
+        #[arg(long)]
+        link_base: Option<String>,
+        /// A PEM file with a certificate to trust for the relay (self-signed relays).
+        #[arg(long)]
+        relay_ca: Option<PathBuf>,
+        /// Give up after this many seconds without a pairing.
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+        #[command(flatten)]
+        qr: QrArgs,
+    },
+    /// List paired devices with their scope and when they were last seen.
+    Devices,
+    /// Revoke a device: it can send nothing from now on.
+    Revoke {
+        /// Device id, a unique prefix of it, or its name.
+        device: String,
+    },
+    /// Limit what a device may do: view, submit or approve.
+    Scope {
+        /// Device id, a unique prefix of it, or its name.
+        device: String,
+        /// view | submit | approve
+        scope: Scope,
+    },
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct QrArgs {
+    /// Also write the QR code as a PNG.
+    #[arg(long)]
+    qr_png: Option<PathBuf>,
+    /// Also write the QR code as an SVG.
+    #[arg(long)]
+    qr_svg: Option<PathBuf>,
+    /// Print the pairing link as text.
+    #[arg(long)]
+    print_url: bool,
+    /// Do not draw the QR code in the terminal.
+    #[arg(long)]
+    no_terminal_qr: bool,
+    /// Confirm the pairing without asking (scripts).
+    #[arg(long)]
+    yes: bool,
+}
+
+impl QrArgs {
+    fn ui(&self) -> TerminalUi {
+        TerminalUi {
+            yes: self.yes,
+            print_url: self.print_url,
+            qr_png: self.qr_png.clone(),
+            qr_svg: self.qr_svg.clone(),
+            no_terminal_qr: self.no_terminal_qr,
+        }
+    }
+}
+
+fn data_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
+    match &cli.data_dir {
+        Some(d) => Ok(d.clone()),
+        None => Ok(dirs::data_dir()
+            .context("no data directory on this system; pass --data-dir")?
+            .join("tandem")),
+    }
+}
+
+fn device_info(cli: &Cli) -> DeviceInfo {
+    let name = cli.name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "desktop".into())
+    });
+    let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+    DeviceInfo {
+        name,
+        platform: std::env::consts::OS.into(),
+        app_version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The https (or http) origin a WebSocket relay URL belongs to, plus `/p`.
+fn link_base_for(relay: &str) -> anyhow::Result<String> {
+    let (scheme, rest) = if let Some(r) = relay.strip_prefix("wss://") {
+        ("https", r)
+    } else if let Some(r) = relay.strip_prefix("ws://") {
+        ("http", r)
+    } else {
+        bail!("the relay URL must start with wss:// (or ws:// on a local network)");
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    Ok(format!("{scheme}://{host}/p"))
+}
+
+/// The address of this machine on the local network: the source address the
+/// system would use to reach an outside address. Connecting a UDP socket
+/// sends nothing.
+fn lan_ip() -> IpAddr {
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| s.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+async fn wait_connected(events: &mut tokio::sync::mpsc::Receiver<Event>) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Connected { .. })) => return Ok(()),
+            Ok(Some(Event::Disconnected { reason, retry_in, .. })) if retry_in == Duration::MAX => {
+                bail!("the relay refused this device: {reason}")
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the relay connection closed"),
+            Err(_) => bail!("could not reach the relay within 20 s"),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let dir = data_dir(&cli)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let info = device_info(&cli);
+    match &cli.command {
+        Command::Devices => {
+            let store = PeerStore::open(&dir)?;
+            let peers = store.list();
+            if peers.is_empty() {
+                println!("No paired devices. Run `tandem up` or `tandem pair` to pair a phone.");
+            }
+            for p in peers {
+                let seen = p.last_seen_unix().map_or_else(
+                    || "never".to_owned(),
+                    |t| format!("{}s ago", now_unix().saturating_sub(t)),
+                );
+                println!(
+                    "{}  {:<24} {:<8} {:<8} last seen {seen}",
+                    p.device_id(),
+                    p.info().name,
+                    p.info().platform,
+                    p.scope()
+                );
+            }
+            Ok(())
+        }
+        Command::Scope { device, scope } => {
+            let mut store = PeerStore::open(&dir)?;
+            let id = store.resolve(device)?;
+            store.set_scope(&id, *scope)?;
+            println!("{id}: scope is now {scope}");
+            Ok(())
+        }
+        Command::Revoke { device } => {
+            let mut store = PeerStore::open(&dir)?;
+            let id = store.resolve(device)?;
+            let peer = store.remove(&id)?;
+            println!(
+                "Removed {} ({id}) from this computer: its messages are no longer accepted.",
+                peer.name()
+            );
+            let mut config = AgentConfig::load(&dir)?;
+            let Some(url) = config.relay_url.clone() else {
+                return Ok(());
+            };
+            let key = KeyStore::new(&dir).load_or_create(&mut Entropy::os())?;
+            let mut cc = ClientConfig::new(url, key, Role::Desktop);
+            cc.extra_roots_pem = config.relay_roots_pem.clone();
+            let (client, mut events) = Client::start(cc);
+            let told = async {
+                wait_connected(&mut events).await?;
+                client.revoke(id).await.map_err(anyhow::Error::from)
+            };
+            match tokio::time::timeout(Duration::from_secs(20), told).await {
+                Ok(Ok(())) => println!("The relay refuses it from now on."),
+                _ => {
+                    config.pending_revokes.push(id);
+                    config.save(&dir)?;
+                    println!(
+                        "The relay could not be told now; it will be at the next `tandem up` or `tandem pair`."
+                    );
+                }
+            }
+            client.close().await;
+            Ok(())
+        }
+        Command::Pair { relay, link_base, relay_ca, timeout_secs, qr } => {
+            let mut config = AgentConfig::load(&dir)?;
+            let url = relay
+                .clone()
+                .or(config.relay_url.clone())
+                .context("which relay? pass --relay wss://…/v1/connect")?;
+            if let Some(ca) = relay_ca {
+                let pem = std::fs::read_to_string(ca)
+                    .with_context(|| format!("reading {}", ca.display()))?;
+                config.relay_roots_pem = vec![pem];
+            }
+            let base = match link_base {
+                Some(b) => b.clone(),
+                None => link_base_for(&url)?,
+            };
+            config.relay_url = Some(url.clone());
+            config.save(&dir)?;
+            let key = KeyStore::new(&dir).load_or_create(&mut Entropy::os())?;
+            let mut cc = ClientConfig::new(url, key.clone(), Role::Desktop);
+            cc.extra_roots_pem = config.relay_roots_pem.clone();
+            let (client, mut events) = Client::start(cc);
+            wait_connected(&mut events).await?;
+            send_pending_revokes(&client, &dir, &mut config).await;
+            let mut opts = PairOptions::new(base, info);
+            opts.deadline = timeout_secs.map(Duration::from_secs);
+            let mut ui = qr.ui();
+            let mut store = PeerStore::open(&dir)?;
+            let (paired, phone) = pair(&client, &mut events, &key, &opts, &mut ui).await?;
+            let peer =
+                Peer::from_paired(paired, Scope::Approve, now_unix(), OutboxLimits::default());
+            let id = peer.device_id();
+            store.add(peer)?;
+            println!("Paired with {} ({id}).", phone.name);
+            client.close().await;
+            Ok(())
+        }
+        Command::Up { listen, pair: force_pair, qr } => {
+            up(&dir, info, *listen, *force_pair, qr).await
+        }
+    }
+}
+
+async fn send_pending_revokes(client: &Client, dir: &std::path::Path, config: &mut AgentConfig) {
+    let mut left = Vec::new();
+    for id in std::mem::take(&mut config.pending_revokes) {
+        if client.revoke(id).await.is_err() {
+            left.push(id);
+        }
+    }
+    config.pending_revokes = left;
+    let _ = config.save(dir);
+}
+
+/// `tandem up`: a relay on this computer, the agent connected to it, and
+/// the pairing code when no phone is paired yet.
+async fn up(
+    dir: &std::path::Path,
+    info: DeviceInfo,
+    listen: SocketAddr,
+    force_pair: bool,
+    qr: &QrArgs,
+) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let bound = listener.local_addr()?;
+    let port = bound.port();
+    let lan = if listen.ip().is_unspecified() { lan_ip() } else { listen.ip() };
+    let host = match lan {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    let mut config = tandem_relay::Config::new(dir.join("relay"));
+    for n in [lan.to_string(), host.clone()] {
+        if !config.names.contains(&n) {
+            config.names.push(n);
+        }
+    }
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let ready_tx = std::sync::Mutex::new(Some(ready_tx));
+    config.on_ready = Some(Arc::new(move |addr, _pem| {
+        if let Some(tx) = ready_tx.lock().ok().and_then(|mut t| t.take()) {
+            let _ = tx.send(addr);
+        }
+    }));
+    let relay = tokio::spawn(tandem_relay::run(listener, config, shutdown.clone()));
+    let _ = tokio::time::timeout(Duration::from_secs(20), ready_rx)
+        .await
+        .context("the local relay did not start")?;
+    let link_base = format!("http://{host}:{port}/p");
+    let url = format!("ws://127.0.0.1:{port}/v1/connect");
+    println!("Relay running on {bound} (phones on this network reach it at http://{host}:{port}).");
+    let key = KeyStore::new(dir).load_or_create(&mut Entropy::os())?;
+    let mut agent_config = AgentConfig::load(dir)?;
+    agent_config.relay_url = Some(url.clone());
+    agent_config.relay_roots_pem.clear();
+    agent_config.save(dir)?;
+    let (client, mut events) = Client::start(ClientConfig::new(url, key.clone(), Role::Desktop));
+    wait_connected(&mut events).await?;
+    send_pending_revokes(&client, dir, &mut agent_config).await;
+    let mut store = PeerStore::open(dir)?;
+    if store.list().is_empty() || force_pair {
+        let mut ui = qr.ui();
+        let opts = PairOptions::new(link_base, info);
+        tokio::select! {
+            r = pair(&client, &mut events, &key, &opts, &mut ui) => {
+                let (paired, phone) = r?;
+                let peer = Peer::from_paired(paired, Scope::Approve, now_unix(), OutboxLimits::default());
+                let id = peer.device_id();
+                store.add(peer)?;
+                println!("Paired with {} ({id}).", phone.name);
+            }
+            _ = tokio::signal::ctrl_c() => {
+                shutdown.cancel();
+                let _ = relay.await;
+                return Ok(());
+            }
+        }
+    }
+    println!("Connected. {} paired device(s). Press Ctrl-C to stop.", store.list().len());
+    let mut daemon = Daemon::new(&client, &key, &mut store);
+    tokio::select! {
+        r = daemon.run(&mut events) => r?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    client.close().await;
+    shutdown.cancel();
+    let _ = relay.await;
+    Ok(())
 }

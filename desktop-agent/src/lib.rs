@@ -1,0 +1,11 @@
+//! Tandem's desktop agent: pairing with a phone through a QR code, the
+//! outbound connection to the relay, and (in later work) running tasks.
+//! The binary `tandem` is a thin CLI over this library.
+
+pub mod agent_config;
+pub mod daemon;
+pub mod keystore;
+pub mod pair;
+pub mod peers;
+pub mod qr;
+pub mod ui;
