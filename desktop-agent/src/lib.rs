@@ -3,9 +3,13 @@
 //! The binary `tandem` is a thin CLI over this library.
 
 pub mod agent_config;
+pub mod audit;
 pub mod daemon;
+pub mod executor;
 pub mod keystore;
 pub mod pair;
 pub mod peers;
 pub mod qr;
+pub mod settings;
+pub mod tasks;
 pub mod ui;

@@ -9,10 +9,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tandem_agent::agent_config::AgentConfig;
+use tandem_agent::audit::{self, AuditEvent, AuditLog};
 use tandem_agent::daemon::Daemon;
 use tandem_agent::keystore::KeyStore;
 use tandem_agent::pair::{PairOptions, pair};
 use tandem_agent::peers::{Peer, PeerStore, Scope};
+use tandem_agent::settings::Settings;
+use tandem_agent::tasks::{TaskManager, TaskUpdate};
 use tandem_agent::ui::TerminalUi;
 use tandem_client::{Client, ClientConfig, Event};
 use tandem_proto::Role;
@@ -34,6 +37,10 @@ struct Cli {
     /// What this computer is called on the phone.
     #[arg(long, env = "TANDEM_NAME", global = true)]
     name: Option<String>,
+    /// The configuration file (executors); default: the platform's config
+    /// directory, tandem/config.toml.
+    #[arg(long, env = "TANDEM_CONFIG", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,12 +77,19 @@ enum Command {
         #[command(flatten)]
         qr: QrArgs,
     },
+    /// Connect to the configured relay and serve tasks (no local relay).
+    Run,
     /// List paired devices with their scope and when they were last seen.
     Devices,
     /// Revoke a device: it can send nothing from now on.
     Revoke {
         /// Device id, a unique prefix of it, or its name.
         device: String,
+    },
+    /// Check the audit log's hash chain.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
     },
     /// Limit what a device may do: view, submit or approve.
     Scope {
@@ -84,6 +98,12 @@ enum Command {
         /// view | submit | approve
         scope: Scope,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditAction {
+    /// Verify every entry's hash and the chain; exit non-zero on any break.
+    Verify,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -216,10 +236,25 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Audit { action: AuditAction::Verify } => {
+            let path = dir.join(audit::FILE_NAME);
+            let report = audit::verify(&path)?;
+            println!(
+                "{}: {} entries, chain intact; last hash {}",
+                path.display(),
+                report.entries,
+                report.last_hash
+            );
+            Ok(())
+        }
         Command::Scope { device, scope } => {
             let mut store = PeerStore::open(&dir)?;
             let id = store.resolve(device)?;
             store.set_scope(&id, *scope)?;
+            record(
+                &dir,
+                AuditEvent::ScopeChanged { device: id.to_string(), scope: scope.to_string() },
+            );
             println!("{id}: scope is now {scope}");
             Ok(())
         }
@@ -227,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
             let mut store = PeerStore::open(&dir)?;
             let id = store.resolve(device)?;
             let peer = store.remove(&id)?;
+            record(&dir, AuditEvent::Revoked { device: id.to_string() });
             println!(
                 "Removed {} ({id}) from this computer: its messages are no longer accepted.",
                 peer.name()
@@ -288,14 +324,71 @@ async fn main() -> anyhow::Result<()> {
                 Peer::from_paired(paired, Scope::Approve, now_unix(), OutboxLimits::default());
             let id = peer.device_id();
             store.add(peer)?;
+            record(&dir, AuditEvent::Paired { device: id.to_string(), name: phone.name.clone() });
             println!("Paired with {} ({id}).", phone.name);
             client.close().await;
             Ok(())
         }
         Command::Up { listen, pair: force_pair, qr } => {
-            up(&dir, info, *listen, *force_pair, qr).await
+            let tasks = task_manager(&cli)?;
+            up(&dir, info, *listen, *force_pair, qr, tasks).await
+        }
+        Command::Run => {
+            let tasks = task_manager(&cli)?;
+            let mut config = AgentConfig::load(&dir)?;
+            let url = config
+                .relay_url
+                .clone()
+                .context("no relay yet: run `tandem pair --relay …` first")?;
+            let key = KeyStore::new(&dir).load_or_create(&mut Entropy::os())?;
+            let mut cc = ClientConfig::new(url, key.clone(), Role::Desktop);
+            cc.extra_roots_pem = config.relay_roots_pem.clone();
+            let (client, mut events) = Client::start(cc);
+            wait_connected(&mut events).await?;
+            send_pending_revokes(&client, &dir, &mut config).await;
+            let mut store = PeerStore::open(&dir)?;
+            println!("Connected. {} paired device(s). Press Ctrl-C to stop.", store.len());
+            let mut daemon =
+                Daemon::new(&client, &key, &mut store, tasks).with_audit(AuditLog::open(&dir)?);
+            tokio::select! {
+                r = daemon.run(&mut events) => r?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            client.close().await;
+            Ok(())
         }
     }
+}
+
+/// Append to the audit log (a failure is reported, never fatal).
+fn record(dir: &std::path::Path, event: AuditEvent) {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    match AuditLog::open(dir).and_then(|mut log| log.append(at, event)) {
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: audit log: {e}"),
+    }
+}
+
+/// The executors from the configuration file, ready to run tasks.
+fn task_manager(
+    cli: &Cli,
+) -> anyhow::Result<(TaskManager, tokio::sync::mpsc::Receiver<TaskUpdate>)> {
+    let path = match &cli.config {
+        Some(p) => Some(p.clone()),
+        None => Settings::default_path(),
+    };
+    let settings = match path {
+        Some(p) => Settings::load(&p)?,
+        None => Settings::default(),
+    };
+    if settings.executors.is_empty() {
+        println!(
+            "No executor is configured: tasks from phones will be refused (see `tandem --help`)."
+        );
+    }
+    Ok(TaskManager::new(settings.executors))
 }
 
 async fn send_pending_revokes(client: &Client, dir: &std::path::Path, config: &mut AgentConfig) {
@@ -317,6 +410,7 @@ async fn up(
     listen: SocketAddr,
     force_pair: bool,
     qr: &QrArgs,
+    tasks: (TaskManager, tokio::sync::mpsc::Receiver<TaskUpdate>),
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let listener =
@@ -366,6 +460,7 @@ async fn up(
                 let peer = Peer::from_paired(paired, Scope::Approve, now_unix(), OutboxLimits::default());
                 let id = peer.device_id();
                 store.add(peer)?;
+                record(dir, AuditEvent::Paired { device: id.to_string(), name: phone.name.clone() });
                 println!("Paired with {} ({id}).", phone.name);
             }
             _ = tokio::signal::ctrl_c() => {
@@ -376,7 +471,7 @@ async fn up(
         }
     }
     println!("Connected. {} paired device(s). Press Ctrl-C to stop.", store.list().len());
-    let mut daemon = Daemon::new(&client, &key, &mut store);
+    let mut daemon = Daemon::new(&client, &key, &mut store, tasks).with_audit(AuditLog::open(dir)?);
     tokio::select! {
         r = daemon.run(&mut events) => r?,
         _ = tokio::signal::ctrl_c() => {}

@@ -48,6 +48,10 @@ pub const PEERS_DIR_NAME: &str = "peers";
 /// The shortest device id prefix [`PeerStore::resolve`] accepts.
 pub const MIN_PREFIX_LEN: usize = 4;
 
+/// Temporary files younger than this may be another process's write in
+/// progress, and are not cleaned up.
+const STALE_TMP_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The peer file format version this build writes and reads.
 const FORMAT_VERSION: u32 = 1;
 
@@ -351,7 +355,16 @@ impl PeerStore {
         for path in paths {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
             if name.starts_with('.') && name.ends_with(".tmp") {
-                // An interrupted write: it may hold session keys.
+                // An interrupted write: it may hold session keys. A recent one
+                // may be another process's write in progress: leave it.
+                let age = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                if age < STALE_TMP_AGE {
+                    continue;
+                }
                 if let Err(e) = fs::remove_file(&path) {
                     tracing::warn!(
                         path = %path.display(),
@@ -1005,6 +1018,16 @@ mod tests {
         // Restored: loads again. Other files are ignored; leftovers are cleaned up.
         write("README", b"hello");
         write(&format!(".{id}.json.123-0.tmp"), b"partial");
+        // A fresh temporary file may be another process's write: kept.
+        assert_eq!(s.open().len(), 1);
+        assert!(dir.join(format!(".{id}.json.123-0.tmp")).exists());
+        // A stale one is an interrupted write: removed.
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(format!(".{id}.json.123-0.tmp")))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(120))
+            .unwrap();
         let store = s.open();
         assert_eq!(store.len(), 1);
         assert!(!dir.join(format!(".{id}.json.123-0.tmp")).exists());

@@ -1,0 +1,231 @@
+//! Harness: `tandem up` as a process, and a phone (proto + client) that
+//! pairs with it from the QR code, as a camera would read it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use tandem_client::{Client, ClientConfig, Event};
+use tandem_proto::delivery::OutboxLimits;
+use tandem_proto::entropy::Entropy;
+use tandem_proto::envelope::Envelope;
+use tandem_proto::link::{Link, LinkEvent};
+use tandem_proto::message::{Decoded, DeviceInfo, Message};
+use tandem_proto::pairing::PhonePairing;
+use tandem_proto::qr::PairingLink;
+use tandem_proto::{DeviceId, DeviceKey, Role};
+use tokio::sync::mpsc;
+
+pub struct Agent {
+    child: Child,
+    lines: std_mpsc::Receiver<String>,
+}
+
+impl Agent {
+    /// `tandem up` on a free loopback port with `config` as its configuration file.
+    pub fn up(dir: &Path, config: &Path) -> Agent {
+        Self::up_at(dir, config, "127.0.0.1:0")
+    }
+
+    /// `tandem up` listening on `listen` (to come back on the same port).
+    pub fn up_at(dir: &Path, config: &Path, listen: &str) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--config")
+            .arg(config)
+            .args(["--name", "build-box", "up", "--listen", listen, "--yes", "--print-url"])
+            .args(["--no-terminal-qr", "--qr-png"])
+            .arg(dir.join("qr.png"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Agent { child, lines }
+    }
+
+    pub fn line_starting(&self, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.trim_start().starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("the agent never printed a line starting with {prefix:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tandem(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tandem {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn zbarimg(png: &Path) -> String {
+    let out = Command::new("zbarimg").args(["--raw", "-q"]).arg(png).output().unwrap_or_else(|e| {
+        panic!("zbarimg is needed (Debian package zbar-tools; ./scripts/test.sh installs it): {e}")
+    });
+    assert!(out.status.success(), "zbarimg could not read {}", png.display());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+pub async fn next(
+    events: &mut mpsc::Receiver<Event>,
+    what: &str,
+    pred: impl Fn(&Event) -> bool,
+) -> Event {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap();
+        if pred(&e) {
+            return e;
+        }
+    }
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A phone paired with the agent.
+pub struct Phone {
+    pub key: DeviceKey,
+    pub client: Client,
+    pub events: mpsc::Receiver<Event>,
+    pub link: Link,
+    pub desktop: DeviceId,
+    /// `host:port` of the agent's relay.
+    pub relay_addr: String,
+    entropy: Entropy,
+}
+
+impl Phone {
+    /// Scan the agent's QR code and pair; checks both sides show the same code.
+    pub async fn pair(agent: &Agent, dir: &Path) -> Phone {
+        let printed = agent
+            .line_starting("pairing link: ")
+            .trim()
+            .trim_start_matches("pairing link: ")
+            .to_owned();
+        let scanned = zbarimg(&dir.join("qr.png"));
+        assert_eq!(scanned, printed, "the QR code carries the printed link");
+        let link = PairingLink::parse(&scanned, now_unix()).unwrap();
+        let relay_url =
+            format!("{}/v1/connect", link.relay_origin().replacen("http://", "ws://", 1));
+        let key = DeviceKey::generate(&mut Entropy::os()).unwrap();
+        let (client, mut events) =
+            Client::start(ClientConfig::new(relay_url, key.clone(), Role::Phone));
+        next(&mut events, "connected", |e| matches!(e, Event::Connected { .. })).await;
+        let mut entropy = Entropy::os();
+        let me = DeviceInfo {
+            name: "Ana's phone".into(),
+            platform: "test".into(),
+            app_version: "0".into(),
+        };
+        let (pairing, hello) = PhonePairing::start(&key, &link.payload, &me, &mut entropy).unwrap();
+        let pid = link.payload.pairing_id();
+        let desktop = link.payload.desktop.device_id();
+        client.pair_claim(pid, hello).await.unwrap();
+        let Event::PairMessage { payload, .. } =
+            next(&mut events, "welcome", |e| matches!(e, Event::PairMessage { .. })).await
+        else {
+            unreachable!()
+        };
+        let (waiting, confirm) = pairing.on_welcome(&Envelope::decode(&payload).unwrap()).unwrap();
+        assert_eq!(waiting.desktop_info().name, "build-box");
+        client.pair_message(pid, desktop, confirm).await.unwrap();
+        let code_line = agent.line_starting("Code: ");
+        assert_eq!(
+            code_line.trim(),
+            format!("Code: {}", waiting.sas()),
+            "both screens show the same code"
+        );
+        let Event::PairMessage { payload, .. } =
+            next(&mut events, "result", |e| matches!(e, Event::PairMessage { .. })).await
+        else {
+            unreachable!()
+        };
+        let paired = waiting.on_result(&Envelope::decode(&payload).unwrap()).unwrap();
+        client.authorize(desktop).await.unwrap();
+        agent.line_starting("Paired with Ana's phone");
+        agent.line_starting("Connected.");
+        let relay_addr = link.origin.trim_start_matches("http://").to_owned();
+        Phone {
+            key,
+            client,
+            events,
+            link: Link::from_paired(paired, OutboxLimits::default()),
+            desktop,
+            relay_addr,
+            entropy,
+        }
+    }
+
+    /// Seal and send an application message.
+    pub async fn send(&mut self, m: &Message) {
+        let (_, record) = self.link.send(m.encode().unwrap()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.client.send(self.desktop, record))
+            .await
+            .expect("the relay answers the send")
+            .unwrap();
+    }
+
+    /// The next application message from the desktop (acks everything).
+    pub async fn message(&mut self) -> Message {
+        loop {
+            let Event::Deliver { delivery_id, payload, .. } =
+                next(&mut self.events, "a message", |e| matches!(e, Event::Deliver { .. })).await
+            else {
+                unreachable!()
+            };
+            self.client.ack(delivery_id);
+            let mut found = None;
+            for ev in self.link.receive(&self.key, &payload, &mut self.entropy).unwrap() {
+                if let LinkEvent::Message { message, .. } = ev {
+                    found = Some(message);
+                }
+            }
+            if let Some(m) = found {
+                // Acknowledge end to end so the desktop's outbox drains.
+                let ack = self.link.ack().unwrap();
+                tokio::time::timeout(Duration::from_secs(10), self.client.send(self.desktop, ack))
+                    .await
+                    .expect("the relay answers the ack")
+                    .unwrap();
+                match Message::decode(&m).unwrap() {
+                    Decoded::Known(m) => return m,
+                    Decoded::Unknown { kind, .. } => panic!("unknown message kind {kind}"),
+                }
+            }
+        }
+    }
+}
