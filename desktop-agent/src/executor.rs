@@ -1231,7 +1231,12 @@ echo '{"type":"progress","text":"after finished"}'
         assert_eq!(all(&mut r).await, vec![finished(FinishStatus::Cancelled, "cancelled")]);
         let took = began.elapsed();
         assert!(took < Duration::from_secs(5), "cancel took {took:?}");
-        assert!(!alive(&pid), "grandchild {pid} survived the cancel");
+        // The kill is delivered; under load the process may take a moment to go.
+        let gone_by = std::time::Instant::now() + Duration::from_secs(3);
+        while alive(&pid) {
+            assert!(std::time::Instant::now() < gone_by, "grandchild {pid} survived the cancel");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         took
     }
 
