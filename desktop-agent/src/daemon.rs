@@ -185,6 +185,9 @@ impl<'a> Daemon<'a> {
     }
 
     async fn resend(&mut self, id: DeviceId) -> Result<(), DaemonError> {
+        if !self.peers.sync_from_disk(&id)? {
+            return Ok(());
+        }
         let Some(peer) = self.peers.get_mut(&id) else { return Ok(()) };
         let records = match peer.link_mut().resend(0) {
             Ok(r) => r,
@@ -203,6 +206,11 @@ impl<'a> Daemon<'a> {
     }
 
     async fn deliver(&mut self, from: DeviceId, payload: &[u8]) -> Result<(), DaemonError> {
+        // A revocation or scope change made by `tandem revoke`/`scope` meanwhile.
+        if !self.peers.sync_from_disk(&from)? {
+            debug!(peer = %from, "record from a device that is not paired dropped");
+            return Ok(());
+        }
         let Some(peer) = self.peers.get_mut(&from) else {
             // Not (or no longer) paired: nothing in it can be accepted.
             debug!(peer = %from, "record from an unknown device dropped");
@@ -259,6 +267,9 @@ impl<'a> Daemon<'a> {
                 Audience::Everyone => self.peers.list().iter().map(|p| p.device_id()).collect(),
             };
             for id in targets {
+                if !self.peers.sync_from_disk(&id)? {
+                    continue;
+                }
                 let Some(peer) = self.peers.get_mut(&id) else { continue };
                 let record = match peer.link_mut().send(bytes.clone()) {
                     Ok((_, r)) => r,

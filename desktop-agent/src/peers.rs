@@ -479,6 +479,32 @@ impl PeerStore {
         persist(&self.dir, peer)
     }
 
+    /// Take in changes another process (`tandem revoke`, `tandem scope`)
+    /// made to one device's file while this store was open: a deleted file
+    /// means the device was revoked (it is dropped here too, and `false` is
+    /// returned); a changed scope is adopted. This store's own state (the
+    /// link) is kept: it is the newer one.
+    ///
+    /// # Errors
+    /// [`PeerError`] when the file exists but cannot be read.
+    pub fn sync_from_disk(&mut self, id: &DeviceId) -> Result<bool, PeerError> {
+        let path = self.dir.join(file_name(id));
+        if !path.exists() {
+            if self.peers.remove(id).is_some() {
+                tracing::info!(device_id = %id, "device revoked by another process");
+            }
+            return Ok(false);
+        }
+        let owner = owner_of(&self.dir).map_err(io_err("inspect", &self.dir))?;
+        let on_disk = read_peer_file(&path, owner)?;
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.scope = on_disk.scope;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
     /// The paired devices, oldest pairing first.
     #[must_use]
     pub fn list(&self) -> Vec<&Peer> {
