@@ -196,7 +196,10 @@ impl<'a> Daemon<'a> {
                 return Ok(());
             }
         };
-        self.peers.save(&id)?;
+        match self.peers.save(&id) {
+            Err(PeerError::UnknownPeer(_)) => return Ok(()),
+            r => r?,
+        }
         for r in records {
             if let Err(e) = self.client.send(id, r).await {
                 warn!(peer = %id, error = %e, "resend refused");
@@ -225,6 +228,13 @@ impl<'a> Daemon<'a> {
         };
         peer.mark_seen(now_unix());
         let scope = peer.scope();
+        // Persist what was received before acting on it: a crash from here on
+        // never makes a task run twice (the relay redelivers, the link drops
+        // the duplicate); at worst the phone sees no answer and asks again.
+        match self.peers.save(&from) {
+            Err(PeerError::UnknownPeer(_)) => return Ok(()),
+            r => r?,
+        }
         let mut envelopes = Vec::new();
         let mut replies = Vec::new();
         for ev in events {
@@ -248,7 +258,10 @@ impl<'a> Daemon<'a> {
         {
             envelopes.push(ack);
         }
-        self.peers.save(&from)?;
+        match self.peers.save(&from) {
+            Err(PeerError::UnknownPeer(_)) => return Ok(()),
+            r => r?,
+        }
         for e in envelopes {
             if let Err(err) = self.client.send(from, e).await {
                 warn!(peer = %from, error = %err, "send refused");
@@ -279,7 +292,10 @@ impl<'a> Daemon<'a> {
                     }
                 };
                 // Persist before the record leaves.
-                self.peers.save(&id)?;
+                match self.peers.save(&id) {
+                    Err(PeerError::UnknownPeer(_)) => continue,
+                    r => r?,
+                }
                 if let Err(e) = self.client.send(id, record).await {
                     debug!(peer = %id, error = %e, "send refused; resent on reconnect");
                 }

@@ -323,7 +323,7 @@ async fn main() -> anyhow::Result<()> {
             let peer =
                 Peer::from_paired(paired, Scope::Approve, now_unix(), OutboxLimits::default());
             let id = peer.device_id();
-            store.add(peer)?;
+            store.replace(peer)?; // pairing again with a known phone replaces its state
             record(&dir, AuditEvent::Paired { device: id.to_string(), name: phone.name.clone() });
             println!("Paired with {} ({id}).", phone.name);
             client.close().await;
@@ -459,7 +459,7 @@ async fn up(
                 let (paired, phone) = r?;
                 let peer = Peer::from_paired(paired, Scope::Approve, now_unix(), OutboxLimits::default());
                 let id = peer.device_id();
-                store.add(peer)?;
+                store.replace(peer)?; // pairing again with a known phone replaces its state
                 record(dir, AuditEvent::Paired { device: id.to_string(), name: phone.name.clone() });
                 println!("Paired with {} ({id}).", phone.name);
             }

@@ -475,6 +475,12 @@ impl PeerStore {
     /// [`PeerError::UnknownPeer`]; [`PeerError::Io`] or [`PeerError::Encode`]
     /// when it cannot be persisted (the link is then not marked persisted).
     pub fn save(&mut self, id: &DeviceId) -> Result<(), PeerError> {
+        // A file deleted meanwhile means the device was revoked by another
+        // process: never bring it back.
+        if !self.dir.join(file_name(id)).exists() {
+            self.peers.remove(id);
+            return Err(PeerError::UnknownPeer(*id));
+        }
         let peer = self.peers.get_mut(id).ok_or(PeerError::UnknownPeer(*id))?;
         persist(&self.dir, peer)
     }
@@ -497,12 +503,14 @@ impl PeerStore {
         }
         let owner = owner_of(&self.dir).map_err(io_err("inspect", &self.dir))?;
         let on_disk = read_peer_file(&path, owner)?;
-        if let Some(peer) = self.peers.get_mut(id) {
-            peer.scope = on_disk.scope;
-            Ok(true)
-        } else {
-            Ok(false)
+        match self.peers.get_mut(id) {
+            Some(peer) => peer.scope = on_disk.scope,
+            // Paired by another process (`tandem pair`) while this one runs.
+            None => {
+                self.peers.insert(*id, on_disk);
+            }
         }
+        Ok(true)
     }
 
     /// The paired devices, oldest pairing first.

@@ -207,15 +207,22 @@ impl TaskManager {
                 refused(task_id, "unknown_task", "this computer has no such task"),
             )];
         };
-        if task.approvals.remove(approval_id).is_none() {
+        let Some(expires) = task.approvals.remove(approval_id) else {
             return vec![(
                 Audience::Device(from),
                 refused(task_id, "not_pending", "that approval is not pending"),
             )];
-        }
-        if let Some(c) = &task.controller {
-            let _ =
-                c.control(Control::Decision { approval_id: approval_id.to_owned(), allow }).await;
+        };
+        if let Some(c) = &task.controller
+            && let Err(e) =
+                c.control(Control::Decision { approval_id: approval_id.to_owned(), allow }).await
+        {
+            // The executor did not get it: still pending; tell the phone.
+            task.approvals.insert(approval_id.to_owned(), expires);
+            return vec![(
+                Audience::Device(from),
+                refused(task_id, "executor_unreachable", &e.to_string()),
+            )];
         }
         self.event(
             task_id,
