@@ -309,23 +309,13 @@ async fn main() -> anyhow::Result<()> {
             };
             config.relay_url = Some(url.clone());
             config.save(&dir)?;
-            let key = KeyStore::new(&dir).load_or_create(&mut Entropy::os())?;
-            let mut cc = ClientConfig::new(url, key.clone(), Role::Desktop);
-            cc.extra_roots_pem = config.relay_roots_pem.clone();
-            let (client, mut events) = Client::start(cc);
-            wait_connected(&mut events).await?;
-            send_pending_revokes(&client, &dir, &mut config).await;
+            let (key, client, mut events) = connect_agent(&dir, &mut config, url).await?;
             let mut opts = PairOptions::new(base, info);
             opts.deadline = timeout_secs.map(Duration::from_secs);
             let mut ui = qr.ui();
             let mut store = PeerStore::open(&dir)?;
-            let (paired, phone) = pair(&client, &mut events, &key, &opts, &mut ui).await?;
-            let peer =
-                Peer::from_paired(paired, Scope::Approve, now_unix(), OutboxLimits::default());
-            let id = peer.device_id();
-            store.replace(peer)?; // pairing again with a known phone replaces its state
-            record(&dir, AuditEvent::Paired { device: id.to_string(), name: phone.name.clone() });
-            println!("Paired with {} ({id}).", phone.name);
+            let paired = pair(&client, &mut events, &key, &opts, &mut ui).await?;
+            store_paired(&dir, &mut store, paired)?;
             client.close().await;
             Ok(())
         }
@@ -340,12 +330,7 @@ async fn main() -> anyhow::Result<()> {
                 .relay_url
                 .clone()
                 .context("no relay yet: run `tandem pair --relay …` first")?;
-            let key = KeyStore::new(&dir).load_or_create(&mut Entropy::os())?;
-            let mut cc = ClientConfig::new(url, key.clone(), Role::Desktop);
-            cc.extra_roots_pem = config.relay_roots_pem.clone();
-            let (client, mut events) = Client::start(cc);
-            wait_connected(&mut events).await?;
-            send_pending_revokes(&client, &dir, &mut config).await;
+            let (key, client, mut events) = connect_agent(&dir, &mut config, url).await?;
             let mut store = PeerStore::open(&dir)?;
             println!("Connected. {} paired device(s). Press Ctrl-C to stop.", store.len());
             let mut daemon =
@@ -358,6 +343,36 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Connect to the relay as this desktop and deliver queued revocations.
+async fn connect_agent(
+    dir: &std::path::Path,
+    config: &mut AgentConfig,
+    url: String,
+) -> anyhow::Result<(tandem_proto::DeviceKey, Client, tokio::sync::mpsc::Receiver<Event>)> {
+    let key = KeyStore::new(dir).load_or_create(&mut Entropy::os())?;
+    let mut cc = ClientConfig::new(url, key.clone(), Role::Desktop);
+    cc.extra_roots_pem = config.relay_roots_pem.clone();
+    let (client, mut events) = Client::start(cc);
+    wait_connected(&mut events).await?;
+    send_pending_revokes(&client, dir, config).await;
+    Ok((key, client, events))
+}
+
+/// Keep a newly paired phone (pairing again with a known phone replaces its
+/// state), audit it and say so.
+fn store_paired(
+    dir: &std::path::Path,
+    store: &mut PeerStore,
+    (paired, phone): (tandem_proto::pairing::PairedPeer, DeviceInfo),
+) -> anyhow::Result<()> {
+    let peer = Peer::from_paired(paired, Scope::Approve, now_unix(), OutboxLimits::default());
+    let id = peer.device_id();
+    store.replace(peer)?;
+    record(dir, AuditEvent::Paired { device: id.to_string(), name: phone.name.clone() });
+    println!("Paired with {} ({id}).", phone.name);
+    Ok(())
 }
 
 /// Append to the audit log (a failure is reported, never fatal).
@@ -442,26 +457,18 @@ async fn up(
     let link_base = format!("http://{host}:{port}/p");
     let url = format!("ws://127.0.0.1:{port}/v1/connect");
     println!("Relay running on {bound} (phones on this network reach it at http://{host}:{port}).");
-    let key = KeyStore::new(dir).load_or_create(&mut Entropy::os())?;
     let mut agent_config = AgentConfig::load(dir)?;
     agent_config.relay_url = Some(url.clone());
     agent_config.relay_roots_pem.clear();
     agent_config.save(dir)?;
-    let (client, mut events) = Client::start(ClientConfig::new(url, key.clone(), Role::Desktop));
-    wait_connected(&mut events).await?;
-    send_pending_revokes(&client, dir, &mut agent_config).await;
+    let (key, client, mut events) = connect_agent(dir, &mut agent_config, url).await?;
     let mut store = PeerStore::open(dir)?;
     if store.list().is_empty() || force_pair {
         let mut ui = qr.ui();
         let opts = PairOptions::new(link_base, info);
         tokio::select! {
             r = pair(&client, &mut events, &key, &opts, &mut ui) => {
-                let (paired, phone) = r?;
-                let peer = Peer::from_paired(paired, Scope::Approve, now_unix(), OutboxLimits::default());
-                let id = peer.device_id();
-                store.replace(peer)?; // pairing again with a known phone replaces its state
-                record(dir, AuditEvent::Paired { device: id.to_string(), name: phone.name.clone() });
-                println!("Paired with {} ({id}).", phone.name);
+                store_paired(dir, &mut store, r?)?;
             }
             _ = tokio::signal::ctrl_c() => {
                 shutdown.cancel();
