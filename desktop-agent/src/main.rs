@@ -314,7 +314,9 @@ async fn main() -> anyhow::Result<()> {
             opts.deadline = timeout_secs.map(Duration::from_secs);
             let mut ui = qr.ui();
             let mut store = PeerStore::open(&dir)?;
-            let paired = pair(&client, &mut events, &key, &opts, &mut ui).await?;
+            // Deliveries that arrive meanwhile are not acked: the relay keeps
+            // them for the daemon's next connection.
+            let paired = pair(&client, &mut events, &key, &opts, &mut ui, &mut Vec::new()).await?;
             store_paired(&dir, &mut store, paired)?;
             client.close().await;
             Ok(())
@@ -463,11 +465,12 @@ async fn up(
     agent_config.save(dir)?;
     let (key, client, mut events) = connect_agent(dir, &mut agent_config, url).await?;
     let mut store = PeerStore::open(dir)?;
+    let mut deferred = Vec::new();
     if store.list().is_empty() || force_pair {
         let mut ui = qr.ui();
         let opts = PairOptions::new(link_base, info);
         tokio::select! {
-            r = pair(&client, &mut events, &key, &opts, &mut ui) => {
+                        r = pair(&client, &mut events, &key, &opts, &mut ui, &mut deferred) => {
                 store_paired(dir, &mut store, r?)?;
             }
             _ = tokio::signal::ctrl_c() => {
@@ -479,6 +482,10 @@ async fn up(
     }
     println!("Connected. {} paired device(s). Press Ctrl-C to stop.", store.list().len());
     let mut daemon = Daemon::new(&client, &key, &mut store, tasks).with_audit(AuditLog::open(dir)?);
+    // What paired phones sent while the pairing code was shown.
+    for ev in deferred {
+        daemon.handle(ev).await?;
+    }
     tokio::select! {
         r = daemon.run(&mut events) => r?,
         _ = tokio::signal::ctrl_c() => {}

@@ -88,8 +88,11 @@ fn now_unix() -> u64 {
 }
 
 /// Wait for a pairing message in mailbox `pid` (from `from`, if given).
+/// Other events (deliveries from paired devices, presence) are kept in
+/// `deferred` for the caller to handle once pairing is over.
 async fn next_pair_message(
     events: &mut mpsc::Receiver<Event>,
+    deferred: &mut Vec<Event>,
     pid: [u8; 16],
     from: Option<DeviceId>,
     until: Instant,
@@ -103,12 +106,14 @@ async fn next_pair_message(
             {
                 return Ok(Some((peer, payload)));
             }
-            Ok(Some(_)) => {}
+            Ok(Some(Event::PairMessage { .. })) => {}
+            Ok(Some(other)) => deferred.push(other),
         }
     }
 }
 
 /// Run pairing until one phone is paired (returns it) or the deadline.
+/// Events that are not about pairing are appended to `deferred`, in order.
 ///
 /// # Errors
 /// [`PairError`] when the relay connection fails or the deadline passes. A
@@ -120,6 +125,7 @@ pub async fn pair(
     key: &DeviceKey,
     opts: &PairOptions,
     ui: &mut dyn PairUi,
+    deferred: &mut Vec<Event>,
 ) -> Result<(PairedPeer, DeviceInfo), PairError> {
     let mut entropy = Entropy::os();
     let started = Instant::now();
@@ -144,12 +150,23 @@ pub async fn pair(
         if let Some(d) = opts.deadline {
             rotate_at = rotate_at.min(started + d);
         }
-        let outcome = match next_pair_message(events, pid, None, rotate_at).await? {
+        let outcome = match next_pair_message(events, deferred, pid, None, rotate_at).await? {
             None => None,
             Some((phone_id, hello)) => {
                 let step = async {
-                    run_claim(client, events, &offer, pid, phone_id, &hello, opts, ui, &mut entropy)
-                        .await
+                    run_claim(
+                        client,
+                        events,
+                        deferred,
+                        &offer,
+                        pid,
+                        phone_id,
+                        &hello,
+                        opts,
+                        ui,
+                        &mut entropy,
+                    )
+                    .await
                 };
                 match step.await {
                     Ok(Some(paired)) => Some(paired),
@@ -176,6 +193,7 @@ pub async fn pair(
 async fn run_claim(
     client: &Client,
     events: &mut mpsc::Receiver<Event>,
+    deferred: &mut Vec<Event>,
     offer: &DesktopPairing,
     pid: [u8; 16],
     phone_id: DeviceId,
@@ -187,8 +205,14 @@ async fn run_claim(
     let hello = Envelope::decode(hello).map_err(|e| PairingError::Handshake(e.to_string()))?;
     let (waiting, welcome) = offer.on_hello(&hello, &opts.info, now_unix(), entropy)?;
     client.pair_message(pid, phone_id, welcome).await?;
-    let Some((_, confirm)) =
-        next_pair_message(events, pid, Some(phone_id), Instant::now() + opts.step_timeout).await?
+    let Some((_, confirm)) = next_pair_message(
+        events,
+        deferred,
+        pid,
+        Some(phone_id),
+        Instant::now() + opts.step_timeout,
+    )
+    .await?
     else {
         ui.status("the phone did not finish pairing in time");
         return Ok(None);
