@@ -25,13 +25,7 @@ async fn a_device_with_its_key_is_admitted() {
 async fn a_proof_made_with_another_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path(), &[]);
-    let mut d = Device {
-        key: new_key(),
-        role: Role::Phone,
-        ws: ws_connect(&relay.url).await,
-        backlog: vec![],
-        auto_pong: true,
-    };
+    let mut d = Device::raw(&relay, Role::Phone).await;
     d.send(&Frame::Hello { min_version: 1, max_version: 1, role: Role::Phone }).await;
     let challenge = d.recv().await;
     // Claim the victim's public key with a proof from our own key.
@@ -64,13 +58,7 @@ async fn a_replayed_authentication_is_refused() {
     let challenge = first.recv().await;
     let auth = prove(&key, Role::Phone, &relay.addr, &challenge).unwrap();
     // …and replay its Auth on a new connection (without the key).
-    let mut replay = Device {
-        key: new_key(),
-        role: Role::Phone,
-        ws: ws_connect(&relay.url).await,
-        backlog: vec![],
-        auto_pong: true,
-    };
+    let mut replay = Device::raw(&relay, Role::Phone).await;
     replay.send(&Frame::Hello { min_version: 1, max_version: 1, role: Role::Phone }).await;
     let _fresh_challenge = replay.recv().await;
     replay.send(&auth).await;
@@ -82,25 +70,13 @@ async fn a_replayed_authentication_is_refused() {
 async fn frames_before_authentication_and_bad_versions_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path(), &[]);
-    let mut d = Device {
-        key: new_key(),
-        role: Role::Phone,
-        ws: ws_connect(&relay.url).await,
-        backlog: vec![],
-        auto_pong: true,
-    };
+    let mut d = Device::raw(&relay, Role::Phone).await;
     d.send(&Frame::Ack { up_to: 1 }).await;
     assert_eq!(
         d.until_closed(Duration::from_secs(5)).await.0,
         close_code(ErrorCode::NotAuthenticated)
     );
-    let mut d = Device {
-        key: new_key(),
-        role: Role::Phone,
-        ws: ws_connect(&relay.url).await,
-        backlog: vec![],
-        auto_pong: true,
-    };
+    let mut d = Device::raw(&relay, Role::Phone).await;
     d.send(&Frame::Hello { min_version: 2, max_version: 3, role: Role::Phone }).await;
     assert_eq!(
         d.until_closed(Duration::from_secs(5)).await.0,
@@ -112,13 +88,7 @@ async fn frames_before_authentication_and_bad_versions_are_refused() {
 async fn a_connection_that_never_authenticates_is_closed() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path(), &["--handshake-timeout-secs", "1"]);
-    let mut d = Device {
-        key: new_key(),
-        role: Role::Phone,
-        ws: ws_connect(&relay.url).await,
-        backlog: vec![],
-        auto_pong: true,
-    };
+    let mut d = Device::raw(&relay, Role::Phone).await;
     assert_eq!(
         d.until_closed(Duration::from_secs(5)).await.0,
         close_code(ErrorCode::HandshakeTimeout)
