@@ -1,6 +1,7 @@
 //! Tandem's desktop agent: pairing with a phone through a QR code, the
-//! outbound connection to the relay, and (in later work) running tasks.
-//! The binary `tandem` is a thin CLI over this library.
+//! outbound connection to the relay, running tasks through the executors the
+//! user configured, and the audit log. The binary `tandem` is a thin CLI
+//! over this library.
 
 pub mod agent_config;
 pub mod audit;

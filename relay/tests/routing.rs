@@ -301,8 +301,10 @@ async fn a_frame_sent_just_before_a_revoke_is_not_delivered_after_it() {
     let (frames, _) = desk.collect_for(Duration::from_millis(500)).await;
     let revoked_at = frames.iter().position(|f| matches!(f, Frame::Presence { online: false, .. }));
     let delivered_at = frames.iter().position(|f| matches!(f, Frame::Deliver { .. }));
-    if let (Some(r), Some(d)) = (revoked_at, delivered_at) {
-        assert!(d < r, "a frame arrived after the revocation: {frames:?}");
+    let revoked_at = revoked_at
+        .unwrap_or_else(|| panic!("the desktop never heard of the revocation: {frames:?}"));
+    if let Some(d) = delivered_at {
+        assert!(d < revoked_at, "a frame arrived after the revocation: {frames:?}");
     }
     // And nothing is left queued for a later connection.
     let key = desk.key.clone();
