@@ -138,7 +138,7 @@ fn messages() -> Vec<Vec<u8>> {
             at_ms: 7,
             event: TaskEvent::Finished { status: FinishStatus::Succeeded, summary: "done".into() },
         },
-        Message::HistoryEnd { task_id: "t1".into(), next_offset: 6 },
+        Message::HistoryEnd { task_id: "t1".into(), next_offset: 6, more: false },
         Message::HistoryUnavailable { task_id: "t1".into(), requested_from: 0, earliest: 3 },
         Message::DeviceInfo(DeviceInfo {
             name: "Ana's phone".into(),

@@ -140,6 +140,16 @@ pub enum TaskEvent {
     Accepted {
         /// The executor that will run it.
         executor: String,
+        /// The task text as submitted, so every device (and a reloaded
+        /// client) can show what was asked. Absent from older desktops.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+    },
+    /// A follow-up reached the task (from any device), in order with the
+    /// task's other events.
+    FollowUp {
+        /// The follow-up text.
+        text: String,
     },
     /// Free-form progress text.
     Progress {
@@ -191,6 +201,38 @@ pub enum TaskEvent {
         /// The final answer or error.
         summary: String,
     },
+}
+
+/// Where a task stands, for a list of tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for a free executor slot.
+    Queued,
+    /// Its executor is running.
+    Running,
+    /// It ended (see `status`).
+    Finished,
+}
+
+/// One task in a [`Message::TaskList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    /// The task.
+    pub task_id: String,
+    /// The start of its text (the full text is in its `accepted` event).
+    pub title: String,
+    /// The executor running it.
+    pub executor: String,
+    /// Where it stands.
+    pub state: TaskState,
+    /// How it ended, once finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<FinishStatus>,
+    /// The offset its next event will have (its history's length).
+    pub next_offset: u64,
+    /// When it last changed (Unix ms, desktop clock).
+    pub updated_ms: u64,
 }
 
 /// One application message.
@@ -255,8 +297,18 @@ pub enum Message {
     HistoryEnd {
         /// The task.
         task_id: String,
-        /// The offset the next live event will have.
+        /// The offset after the last event sent: the next live event's
+        /// offset, unless `more` is set.
         next_offset: u64,
+        /// The reply was one page: ask again from `next_offset` for the rest.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
+    },
+    /// Desktop → phone: the answer to a `history_request` without a task:
+    /// the most recent tasks, newest first.
+    TaskList {
+        /// One line per task.
+        tasks: Vec<TaskSummary>,
     },
     /// Desktop → phone: the requested history is no longer kept. Never a
     /// silent gap: the phone shows that events before `earliest` are gone.
@@ -270,6 +322,14 @@ pub enum Message {
     },
     /// Either way: a device describing itself (name changes, app updates).
     DeviceInfo(DeviceInfo),
+    /// Desktop → phone: this phone sent nothing for `idle_secs`, so the
+    /// desktop stopped streaming progress to it. Approval requests, their
+    /// resolutions and finishes still arrive. Any message from the phone
+    /// (typically a `history_request` from its last offset) re-attaches it.
+    Detached {
+        /// The idle time that detached it.
+        idle_secs: u64,
+    },
     /// Desktop → phone: a request was refused.
     Refused {
         /// The task or approval it concerns, if any.
@@ -291,14 +351,17 @@ pub const KNOWN_KINDS: &[&str] = &[
     "history_request",
     "task_event",
     "history_end",
+    "task_list",
     "history_unavailable",
     "device_info",
+    "detached",
     "refused",
 ];
 
 /// The task event types this build knows.
 pub const KNOWN_EVENT_TYPES: &[&str] = &[
     "accepted",
+    "follow_up",
     "progress",
     "tool_call",
     "tool_result",

@@ -15,7 +15,9 @@ use tandem_proto::entropy::Entropy;
 use tandem_proto::envelope::Envelope;
 use tandem_proto::frame::Frame;
 use tandem_proto::kdf::{label, mac};
-use tandem_proto::message::{DeviceInfo, FinishStatus, Message, TaskEvent};
+use tandem_proto::message::{
+    DeviceInfo, FinishStatus, Message, TaskEvent, TaskState, TaskSummary,
+};
 use tandem_proto::pairing::{DesktopPairing, PhonePairing};
 use tandem_proto::qr::PairingLink;
 use tandem_proto::record::{Session, rekey};
@@ -275,8 +277,24 @@ fn messages() -> Value {
             task_id: "t-1".into(),
             offset: 0,
             at_ms: 1,
-            event: TaskEvent::Accepted { executor: "claude".into() },
+            event: TaskEvent::Accepted { executor: "claude".into(), text: None },
         },
+        Message::TaskEvent {
+            task_id: "t-2".into(),
+            offset: 0,
+            at_ms: 1,
+            event: TaskEvent::Accepted {
+                executor: "claude".into(),
+                text: Some("fix the failing test in crates/foo".into()),
+            },
+        },
+        Message::TaskEvent {
+            task_id: "t-2".into(),
+            offset: 1,
+            at_ms: 2,
+            event: TaskEvent::FollowUp { text: "also run clippy".into() },
+        },
+        Message::Detached { idle_secs: 600 },
         Message::TaskEvent {
             task_id: "t-1".into(),
             offset: 1,
@@ -330,7 +348,30 @@ fn messages() -> Value {
             at_ms: 7,
             event: TaskEvent::Finished { status: FinishStatus::Succeeded, summary: "fixed".into() },
         },
-        Message::HistoryEnd { task_id: "t-1".into(), next_offset: 7 },
+        Message::HistoryEnd { task_id: "t-1".into(), next_offset: 7, more: false },
+        Message::HistoryEnd { task_id: "t-2".into(), next_offset: 256, more: true },
+        Message::TaskList {
+            tasks: vec![
+                TaskSummary {
+                    task_id: "t-2".into(),
+                    title: "fix the failing test in crates/foo".into(),
+                    executor: "claude".into(),
+                    state: TaskState::Running,
+                    status: None,
+                    next_offset: 2,
+                    updated_ms: 2,
+                },
+                TaskSummary {
+                    task_id: "t-1".into(),
+                    title: "fix the failing test in crates/foo".into(),
+                    executor: "claude".into(),
+                    state: TaskState::Finished,
+                    status: Some(FinishStatus::Succeeded),
+                    next_offset: 7,
+                    updated_ms: 7,
+                },
+            ],
+        },
         Message::HistoryUnavailable { task_id: "t-1".into(), requested_from: 0, earliest: 100 },
         Message::DeviceInfo(DeviceInfo {
             name: "Ana's phone".into(),

@@ -313,13 +313,16 @@ fn tags(m: &Message) -> (&'static str, Option<&'static str>) {
         Message::HistoryRequest { .. } => "history_request",
         Message::TaskEvent { .. } => "task_event",
         Message::HistoryEnd { .. } => "history_end",
+        Message::TaskList { .. } => "task_list",
         Message::HistoryUnavailable { .. } => "history_unavailable",
         Message::DeviceInfo(_) => "device_info",
+        Message::Detached { .. } => "detached",
         Message::Refused { .. } => "refused",
     };
     let event = match m {
         Message::TaskEvent { event, .. } => Some(match event {
             TaskEvent::Accepted { .. } => "accepted",
+            TaskEvent::FollowUp { .. } => "follow_up",
             TaskEvent::Progress { .. } => "progress",
             TaskEvent::ToolCall { .. } => "tool_call",
             TaskEvent::ToolResult { .. } => "tool_result",

@@ -24,6 +24,7 @@ use tandem_proto::envelope::{Envelope, MAX_NOISE_LEN, TAG_LEN};
 use tandem_proto::frame::{MAX_ERROR_MESSAGE_LEN, MAX_PAYLOAD_LEN};
 use tandem_proto::message::{
     DeviceInfo, FinishStatus, MAX_DEVICE_NAME_CHARS, MAX_MESSAGE_LEN, Message, TaskEvent,
+    TaskState, TaskSummary,
 };
 use tandem_proto::qr::{MAX_RELAY_URL_LEN, QrPayload};
 use tandem_proto::{DeviceId, ErrorCode, Frame, PublicKey, Role};
@@ -391,10 +392,29 @@ fn id() -> impl Strategy<Value = String> {
     text(12)
 }
 
+fn task_summary() -> impl Strategy<Value = TaskSummary> {
+    (id(), text(32), id(), 0u8..3, proptest::option::of(finish_status()), any::<u64>(), any::<u64>())
+        .prop_map(|(task_id, title, executor, st, status, next_offset, updated_ms)| TaskSummary {
+            task_id,
+            title,
+            executor,
+            state: match st {
+                0 => TaskState::Queued,
+                1 => TaskState::Running,
+                _ => TaskState::Finished,
+            },
+            status,
+            next_offset,
+            updated_ms,
+        })
+}
+
 /// Every `TaskEvent` variant (tool inputs without floats).
 pub fn task_event() -> impl Strategy<Value = TaskEvent> {
     prop_oneof![
-        id().prop_map(|executor| TaskEvent::Accepted { executor }),
+        (id(), proptest::option::of(text(64)))
+            .prop_map(|(executor, text)| TaskEvent::Accepted { executor, text }),
+        text(64).prop_map(|text| TaskEvent::FollowUp { text }),
         text(64).prop_map(|text| TaskEvent::Progress { text }),
         (id(), id(), tool_input()).prop_map(|(call_id, name, input)| TaskEvent::ToolCall {
             call_id,
@@ -445,11 +465,18 @@ pub fn message() -> impl Strategy<Value = Message> {
             |(task_id, offset, at_ms, event)| Message::TaskEvent { task_id, offset, at_ms, event }
         ),
         (id(), any::<u64>())
-            .prop_map(|(task_id, next_offset)| Message::HistoryEnd { task_id, next_offset }),
+            .prop_map(|(task_id, next_offset)| Message::HistoryEnd {
+                task_id,
+                next_offset,
+                more: next_offset % 2 == 1,
+            }),
+        proptest::collection::vec(task_summary(), 0..3)
+            .prop_map(|tasks| Message::TaskList { tasks }),
         (id(), any::<u64>(), any::<u64>()).prop_map(|(task_id, requested_from, earliest)| {
             Message::HistoryUnavailable { task_id, requested_from, earliest }
         }),
         device_info().prop_map(Message::DeviceInfo),
+        any::<u64>().prop_map(|idle_secs| Message::Detached { idle_secs }),
         (opt(), id(), text(64)).prop_map(|(task_id, code, message)| Message::Refused {
             task_id,
             code,
