@@ -4,22 +4,45 @@
 //! their events to every paired device.
 //!
 //! Ordering rule: a link is persisted before anything sealed under it is
-//! sent and before the relay delivery that changed it is acknowledged.
+//! sent and before the relay delivery that changed it is acknowledged; a
+//! task event is in the task history before it is sealed.
+//!
+//! Idle phones: a phone that sent nothing for the idle time is *detached*:
+//! it is told once (`detached`), and from then on gets only approval
+//! requests, their resolutions and finishes, until it sends anything again.
+//!
+//! Records leave through one sender task in order; while the relay is
+//! unreachable they wait in each link's persisted outbox and go out again on
+//! the next `Connected`, so the loop never blocks on the network.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
 use tandem_client::{Client, Event};
 use tandem_proto::link::LinkEvent;
-use tandem_proto::message::{Decoded, Message};
+use tandem_proto::message::{Decoded, Message, TaskEvent};
 use tandem_proto::{DeviceId, DeviceKey};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+mod control;
+
 use crate::audit::{AuditEvent, AuditLog, text_hash};
 use crate::executor::Control;
+use crate::history::HistoryError;
+use crate::ipc::Call;
 use crate::peers::{PeerError, PeerStore};
-use crate::tasks::{Audience, TaskManager, TaskUpdate};
+use crate::tasks::{Audience, Outgoing, TaskManager, TaskUpdate};
+
+/// Records waiting for the sender task; beyond this they are dropped here
+/// and resent from the link outbox on the next connection.
+const SEND_QUEUE: usize = 4096;
+
+/// How long a revocation waits for the relay before it is queued for later.
+const REVOKE_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the agent loop stopped.
 #[derive(Debug, Error)]
@@ -27,6 +50,10 @@ pub enum DaemonError {
     /// The peer store could not be written: stop rather than ack unpersisted state.
     #[error(transparent)]
     Store(#[from] PeerError),
+    /// The task history could not be written: stop rather than send events
+    /// that a replay could not find.
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 fn now_unix() -> u64 {
@@ -42,6 +69,25 @@ pub struct Daemon<'a> {
     updates: mpsc::Receiver<TaskUpdate>,
     entropy: tandem_proto::entropy::Entropy,
     audit: Option<AuditLog>,
+    outbound: mpsc::Sender<(DeviceId, Vec<u8>)>,
+    sender: tokio::task::JoinHandle<()>,
+    calls: Option<mpsc::Receiver<Call>>,
+    followers: Vec<(Option<String>, mpsc::Sender<Value>)>,
+    idle_detach: Duration,
+    last_heard: HashMap<DeviceId, Instant>,
+    detached: HashSet<DeviceId>,
+    online: HashSet<DeviceId>,
+    connected: bool,
+    relay_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    busy_hook: Option<Box<dyn FnMut(bool) -> Value + Send + 'a>>,
+    awake: Value,
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        self.sender.abort();
+    }
 }
 
 impl std::fmt::Debug for Daemon<'_> {
@@ -59,6 +105,17 @@ impl<'a> Daemon<'a> {
         peers: &'a mut PeerStore,
         (tasks, updates): (TaskManager, mpsc::Receiver<TaskUpdate>),
     ) -> Self {
+        let (outbound, mut queue) = mpsc::channel::<(DeviceId, Vec<u8>)>(SEND_QUEUE);
+        let sending = client.clone();
+        let sender = tokio::spawn(async move {
+            while let Some((to, record)) = queue.recv().await {
+                if let Err(e) = sending.send(to, record).await {
+                    debug!(peer = %to, error = %e, "send refused; resent on reconnect");
+                }
+            }
+        });
+        let now = Instant::now();
+        let last_heard = peers.list().iter().map(|p| (p.device_id(), now)).collect();
         Self {
             client,
             key,
@@ -67,6 +124,65 @@ impl<'a> Daemon<'a> {
             updates,
             entropy: tandem_proto::entropy::Entropy::os(),
             audit: None,
+            outbound,
+            sender,
+            calls: None,
+            followers: Vec::new(),
+            idle_detach: Duration::from_secs(600),
+            last_heard,
+            detached: HashSet::new(),
+            online: HashSet::new(),
+            connected: true,
+            relay_url: None,
+            data_dir: None,
+            busy_hook: None,
+            awake: Value::Null,
+        }
+    }
+
+    /// Serve `tandem status`, `tasks`, `scope` and `revoke` from `calls`
+    /// (the control socket, [`crate::ipc`]); `data_dir` is where queued
+    /// revocations are kept.
+    #[must_use]
+    pub fn with_control(mut self, calls: mpsc::Receiver<Call>, data_dir: PathBuf) -> Self {
+        self.calls = Some(calls);
+        self.data_dir = Some(data_dir);
+        self
+    }
+
+    /// Detach phones that sent nothing for `idle` (default 10 minutes).
+    #[must_use]
+    pub fn with_idle_detach(mut self, idle: Duration) -> Self {
+        self.idle_detach = idle;
+        self
+    }
+
+    /// Shown by `tandem status`.
+    #[must_use]
+    pub fn with_relay_url(mut self, url: String) -> Self {
+        self.relay_url = Some(url);
+        self
+    }
+
+    /// Called with whether tasks are running or queued after every change
+    /// (keep the computer awake); returns its state for `tandem status`.
+    #[must_use]
+    pub fn with_busy_hook(mut self, hook: impl FnMut(bool) -> Value + Send + 'a) -> Self {
+        self.busy_hook = Some(Box::new(hook));
+        self
+    }
+
+    fn busy_changed(&mut self) {
+        let busy = self.tasks.busy();
+        if let Some(hook) = &mut self.busy_hook {
+            self.awake = hook(busy);
+        }
+    }
+
+    /// Queue a record for the relay, in order; never waits for the network.
+    fn post(&self, to: DeviceId, record: Vec<u8>) {
+        if self.outbound.try_send((to, record)).is_err() {
+            debug!(peer = %to, "send queue full; the record stays in the link outbox");
         }
     }
 
@@ -139,7 +255,14 @@ impl<'a> Daemon<'a> {
     /// # Errors
     /// [`DaemonError`] when state cannot be persisted.
     pub async fn run(&mut self, events: &mut mpsc::Receiver<Event>) -> Result<(), DaemonError> {
+        // Events that reached the history but not a phone's outbox before a
+        // crash go out first, then what the restart itself changes.
+        self.catch_up().await?;
+        let out = self.tasks.recover().await?;
+        self.send_all(out).await?;
+        self.busy_changed();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut calls = self.calls.take();
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -147,16 +270,77 @@ impl<'a> Daemon<'a> {
                     None => break,
                 },
                 Some(u) = self.updates.recv() => {
-                    let out = self.tasks.update(u);
+                    let out = self.tasks.update(u).await?;
                     self.send_all(out).await?;
+                }
+                Some(call) = async { match &mut calls { Some(c) => c.recv().await, None => None } } => {
+                    self.control_call(call).await?;
                 }
                 _ = tick.tick() => {
-                    let out = self.tasks.expire_approvals().await;
+                    let out = self.tasks.expire_approvals().await?;
                     self.send_all(out).await?;
+                    self.detach_idle().await?;
                 }
             }
+            self.busy_changed();
         }
         self.tasks.cancel_all().await;
+        Ok(())
+    }
+
+    /// Send each phone the task events recorded after the last one sealed
+    /// for it (a crash between the history and the link), at most a page per
+    /// task: a longer gap shows as one, and the phone asks for the history.
+    async fn catch_up(&mut self) -> Result<(), DaemonError> {
+        let ids: Vec<DeviceId> = self.peers.list().iter().map(|p| p.device_id()).collect();
+        for id in ids {
+            let cursors: Vec<(String, u64)> = match self.peers.get(&id) {
+                Some(p) => p.task_cursors().iter().map(|(t, c)| (t.clone(), *c)).collect(),
+                None => continue,
+            };
+            let mut owed = Vec::new();
+            let mut done = Vec::new();
+            for (task, cursor) in cursors {
+                match self.tasks.record(&task)? {
+                    Some(r) if cursor < r.next_offset => {
+                        for m in self.tasks.events(&task, cursor, crate::tasks::HISTORY_PAGE)? {
+                            owed.push((Audience::Device(id), m));
+                        }
+                    }
+                    Some(r) if !r.is_finished() => {}
+                    _ => done.push(task),
+                }
+            }
+            if let Some(p) = self.peers.get_mut(&id) {
+                for t in &done {
+                    p.drop_task_cursor(t);
+                }
+            }
+            if !owed.is_empty() {
+                info!(peer = %id, events = owed.len(), "sending task events a crash kept from this phone");
+            }
+            self.send_all(owed).await?;
+        }
+        Ok(())
+    }
+
+    /// Tell phones that were silent for the idle time that they are detached.
+    async fn detach_idle(&mut self) -> Result<(), DaemonError> {
+        let now = Instant::now();
+        let idle: Vec<DeviceId> = self
+            .last_heard
+            .iter()
+            .filter(|(id, at)| {
+                !self.detached.contains(id) && now.duration_since(**at) >= self.idle_detach
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            info!(peer = %id, "phone idle: detached until it sends something");
+            self.detached.insert(id);
+            let idle_secs = self.idle_detach.as_secs();
+            self.send_all(vec![(Audience::Device(id), Message::Detached { idle_secs })]).await?;
+        }
         Ok(())
     }
 
@@ -167,13 +351,25 @@ impl<'a> Daemon<'a> {
     pub async fn handle(&mut self, ev: Event) -> Result<(), DaemonError> {
         match ev {
             Event::Connected { .. } => {
+                self.connected = true;
                 // Whatever the peers have not acknowledged goes out again.
                 let ids: Vec<DeviceId> = self.peers.list().iter().map(|p| p.device_id()).collect();
                 for id in ids {
                     self.resend(id).await?;
                 }
             }
-            Event::Presence { peer, online: true } => self.resend(peer).await?,
+            Event::Presence { peer, online: true } => {
+                self.online.insert(peer);
+                self.resend(peer).await?;
+            }
+            Event::Presence { peer, online: false } => {
+                self.online.remove(&peer);
+            }
+            Event::Disconnected { reason, .. } => {
+                debug!(reason, "disconnected from the relay");
+                self.connected = false;
+                self.online.clear();
+            }
             Event::Deliver { delivery_id, from, payload } => {
                 self.deliver(from, &payload).await?;
                 // Persisted: the relay may delete it now.
@@ -201,9 +397,7 @@ impl<'a> Daemon<'a> {
             r => r?,
         }
         for r in records {
-            if let Err(e) = self.client.send(id, r).await {
-                warn!(peer = %id, error = %e, "resend refused");
-            }
+            self.post(id, r);
         }
         Ok(())
     }
@@ -240,7 +434,10 @@ impl<'a> Daemon<'a> {
         for ev in events {
             match ev {
                 LinkEvent::Message { message, .. } => {
-                    replies.extend(self.answer(from, scope, &message).await);
+                    // Anything from the phone re-attaches it.
+                    self.last_heard.insert(from, Instant::now());
+                    self.detached.remove(&from);
+                    replies.extend(self.answer(from, scope, &message).await?);
                 }
                 LinkEvent::Send(e) => envelopes.extend(e),
                 LinkEvent::ResyncNeeded { from: a, to: b } => {
@@ -263,21 +460,39 @@ impl<'a> Daemon<'a> {
             r => r?,
         }
         for e in envelopes {
-            if let Err(err) = self.client.send(from, e).await {
-                warn!(peer = %from, error = %err, "send refused");
-            }
+            self.post(from, e);
         }
         self.send_all(replies).await
     }
 
     /// Seal and send application messages to their audience.
-    async fn send_all(&mut self, out: Vec<(Audience, Message)>) -> Result<(), DaemonError> {
+    async fn send_all(&mut self, out: Outgoing) -> Result<(), DaemonError> {
         self.audit_outgoing(&out);
         for (audience, message) in out {
             let Ok(bytes) = message.encode() else { continue };
+            self.tell_followers(&message);
+            let cursor = match &message {
+                Message::TaskEvent { task_id, offset, .. } => Some((task_id.as_str(), offset + 1)),
+                _ => None,
+            };
             let targets: Vec<DeviceId> = match audience {
                 Audience::Device(d) => vec![d],
-                Audience::Everyone => self.peers.list().iter().map(|p| p.device_id()).collect(),
+                Audience::Everyone => {
+                    let all: Vec<DeviceId> =
+                        self.peers.list().iter().map(|p| p.device_id()).collect();
+                    let (send, skip): (Vec<DeviceId>, Vec<DeviceId>) = all
+                        .into_iter()
+                        .partition(|id| !self.detached.contains(id) || reaches_detached(&message));
+                    // Skipped on purpose, not lost: no catching up after a crash.
+                    if let Some((task, next)) = cursor {
+                        for id in skip {
+                            if let Some(p) = self.peers.get_mut(&id) {
+                                p.advance_task_cursor(task, next);
+                            }
+                        }
+                    }
+                    send
+                }
             };
             for id in targets {
                 if !self.peers.sync_from_disk(&id)? {
@@ -291,17 +506,33 @@ impl<'a> Daemon<'a> {
                         continue;
                     }
                 };
+                if let Some((task, next)) = cursor {
+                    peer.advance_task_cursor(task, next);
+                }
                 // Persist before the record leaves.
                 match self.peers.save(&id) {
                     Err(PeerError::UnknownPeer(_)) => continue,
                     r => r?,
                 }
-                if let Err(e) = self.client.send(id, record).await {
-                    debug!(peer = %id, error = %e, "send refused; resent on reconnect");
-                }
+                self.post(id, record);
             }
         }
         Ok(())
+    }
+
+    fn tell_followers(&mut self, message: &Message) {
+        let Message::TaskEvent { task_id, .. } = message else { return };
+        if self.followers.is_empty() {
+            return;
+        }
+        let Ok(v) = serde_json::to_value(message) else { return };
+        self.followers.retain(|(want, tx)| {
+            if want.as_ref().is_some_and(|w| w != task_id) {
+                return !tx.is_closed();
+            }
+            // A follower that fell behind is dropped (it sees the stream end).
+            tx.try_send(json!({"ok": true, "event": v})).is_ok()
+        });
     }
 
     async fn answer(
@@ -309,8 +540,8 @@ impl<'a> Daemon<'a> {
         from: DeviceId,
         scope: crate::peers::Scope,
         bytes: &[u8],
-    ) -> Vec<(Audience, Message)> {
-        match Message::decode(bytes) {
+    ) -> Result<Outgoing, DaemonError> {
+        Ok(match Message::decode(bytes) {
             Ok(Decoded::Known(Message::TaskSubmit { task_id, text, executor, .. })) => {
                 self.record(AuditEvent::TaskSubmitted {
                     device: from.to_string(),
@@ -319,7 +550,7 @@ impl<'a> Daemon<'a> {
                     text_hash: text_hash(&text),
                     text_len: text.len(),
                 });
-                self.tasks.submit(from, scope, task_id, &text, executor.as_deref())
+                self.tasks.submit(from, scope, task_id, &text, executor.as_deref()).await?
             }
             Ok(Decoded::Known(Message::FollowUp { task_id, text })) => {
                 self.record(AuditEvent::FollowUp {
@@ -327,20 +558,23 @@ impl<'a> Daemon<'a> {
                     task_id: task_id.clone(),
                     text_hash: text_hash(&text),
                 });
-                self.tasks.control(from, scope, &task_id, Control::FollowUp(text)).await
+                self.tasks.control(from, scope, &task_id, Control::FollowUp(text)).await?
             }
             Ok(Decoded::Known(Message::Cancel { task_id })) => {
                 self.record(AuditEvent::Cancelled {
                     by: format!("phone:{from}"),
                     task_id: task_id.clone(),
                 });
-                self.tasks.control(from, scope, &task_id, Control::Cancel).await
+                self.tasks.control(from, scope, &task_id, Control::Cancel).await?
             }
             Ok(Decoded::Known(Message::ApprovalDecision { task_id, approval_id, allow })) => {
-                self.tasks.decide(from, scope, &task_id, &approval_id, allow).await
+                self.tasks.decide(from, scope, &task_id, &approval_id, allow).await?
             }
             Ok(Decoded::Known(Message::HistoryRequest { task_id: Some(task_id), from_offset })) => {
-                self.tasks.history(from, &task_id, from_offset)
+                self.tasks.history(from, &task_id, from_offset)?
+            }
+            Ok(Decoded::Known(Message::HistoryRequest { task_id: None, .. })) => {
+                self.tasks.task_list(from)?
             }
             Ok(Decoded::Known(other)) => {
                 debug!(peer = %from, kind = ?std::mem::discriminant(&other), "message not for a desktop");
@@ -354,6 +588,19 @@ impl<'a> Daemon<'a> {
                 warn!(peer = %from, error = %e, "malformed message");
                 Vec::new()
             }
-        }
+        })
+    }
+}
+
+/// What still reaches a detached phone: what needs a decision or ends a task.
+fn reaches_detached(m: &Message) -> bool {
+    match m {
+        Message::TaskEvent { event, .. } => matches!(
+            event,
+            TaskEvent::ApprovalRequest { .. }
+                | TaskEvent::ApprovalResolved { .. }
+                | TaskEvent::Finished { .. }
+        ),
+        _ => true,
     }
 }

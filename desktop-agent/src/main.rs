@@ -11,12 +11,15 @@ use clap::{Parser, Subcommand};
 use tandem_agent::agent_config::AgentConfig;
 use tandem_agent::audit::{self, AuditEvent, AuditLog};
 use tandem_agent::daemon::Daemon;
+use tandem_agent::history::{DEFAULT_MAX_EVENTS_PER_TASK, History};
 use tandem_agent::keystore::KeyStore;
 use tandem_agent::pair::{PairOptions, pair};
 use tandem_agent::peers::{Peer, PeerStore, Scope};
+use tandem_agent::report::field;
 use tandem_agent::settings::Settings;
-use tandem_agent::tasks::{TaskManager, TaskUpdate};
+use tandem_agent::tasks::{TaskManager, TaskOptions, TaskUpdate};
 use tandem_agent::ui::TerminalUi;
+use tandem_agent::{ipc, report};
 use tandem_client::{Client, ClientConfig, Event};
 use tandem_proto::Role;
 use tandem_proto::delivery::OutboxLimits;
@@ -90,6 +93,25 @@ enum Command {
     Audit {
         #[command(subcommand)]
         action: AuditAction,
+    },
+    /// Whether the agent is running, its relay connection, devices and tasks.
+    /// Exits with 3 when no agent is running on this data dir.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent tasks; with a task id, its events. `--follow` keeps printing
+    /// new events as they happen (needs a running agent).
+    Tasks {
+        /// Show this task's events.
+        task: Option<String>,
+        /// Keep printing new events.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many tasks to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
     /// Limit what a device may do: view, submit or approve.
     Scope {
@@ -247,7 +269,23 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Status { json } => status(&dir, *json).await,
+        Command::Tasks { task, follow, limit } => {
+            tasks(&dir, task.as_deref(), *follow, *limit).await
+        }
         Command::Scope { device, scope } => {
+            let req = ipc::Request::SetScope { device: device.clone(), scope: *scope };
+            match ipc::call(&dir, &req).await {
+                Ok(v) => {
+                    println!(
+                        "{}: scope is now {scope}",
+                        field(&v, "device_id").as_str().unwrap_or(device)
+                    );
+                    return Ok(());
+                }
+                Err(ipc::IpcError::NotRunning) => {}
+                Err(e) => return Err(e.into()),
+            }
             let mut store = PeerStore::open(&dir)?;
             let id = store.resolve(device)?;
             store.set_scope(&id, *scope)?;
@@ -259,6 +297,26 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Revoke { device } => {
+            let req = ipc::Request::Revoke { device: device.clone() };
+            match ipc::call(&dir, &req).await {
+                Ok(v) => {
+                    println!(
+                        "Removed {} ({}) from this computer: its messages are no longer accepted.",
+                        field(&v, "name").as_str().unwrap_or("?"),
+                        field(&v, "device_id").as_str().unwrap_or("?")
+                    );
+                    if field(&v, "relay").as_bool() == Some(true) {
+                        println!("The relay refuses it from now on.");
+                    } else {
+                        println!(
+                            "The relay could not be told now; the agent tells it when it reconnects."
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(ipc::IpcError::NotRunning) => {}
+                Err(e) => return Err(e.into()),
+            }
             let mut store = PeerStore::open(&dir)?;
             let id = store.resolve(device)?;
             let peer = store.remove(&id)?;
@@ -293,6 +351,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pair { relay, link_base, relay_ca, timeout_secs, qr } => {
+            if let Ok(v) = ipc::call(&dir, &ipc::Request::Status).await {
+                bail!(
+                    "the agent is running on this data dir (pid {}): stop it first, or pair with `tandem up --pair`",
+                    field(&v, "pid")
+                );
+            }
             let mut config = AgentConfig::load(&dir)?;
             let url = relay
                 .clone()
@@ -322,25 +386,27 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up { listen, pair: force_pair, qr } => {
-            let tasks = task_manager(&cli)?;
-            up(&dir, info, *listen, *force_pair, qr, tasks).await
+            let (_socket, calls) = ipc::serve(&dir).await?;
+            let tasks = task_manager(&cli, &dir)?;
+            up(&dir, info, *listen, *force_pair, qr, tasks, calls).await
         }
         Command::Run => {
-            let tasks = task_manager(&cli)?;
+            let (_socket, calls) = ipc::serve(&dir).await?;
+            let tasks = task_manager(&cli, &dir)?;
             let mut config = AgentConfig::load(&dir)?;
             let url = config
                 .relay_url
                 .clone()
                 .context("no relay yet: run `tandem pair --relay …` first")?;
-            let (key, client, mut events) = connect_agent(&dir, &mut config, url).await?;
+            let (key, client, mut events) = connect_agent(&dir, &mut config, url.clone()).await?;
             let mut store = PeerStore::open(&dir)?;
             println!("Connected. {} paired device(s). Press Ctrl-C to stop.", store.len());
-            let mut daemon =
-                Daemon::new(&client, &key, &mut store, tasks).with_audit(AuditLog::open(&dir)?);
+            let mut daemon = daemon(&client, &key, &mut store, tasks, calls, &dir, url)?;
             tokio::select! {
                 r = daemon.run(&mut events) => r?,
-                _ = tokio::signal::ctrl_c() => {}
+                () = stop_signal() => {}
             }
+            drop(daemon);
             client.close().await;
             Ok(())
         }
@@ -388,10 +454,146 @@ fn record(dir: &std::path::Path, event: AuditEvent) {
     }
 }
 
-/// The executors from the configuration file, ready to run tasks.
-fn task_manager(
-    cli: &Cli,
-) -> anyhow::Result<(TaskManager, tokio::sync::mpsc::Receiver<TaskUpdate>)> {
+/// What the daemon needs from the configuration: the task manager and the
+/// idle time after which phones are detached.
+struct TaskSetup {
+    tasks: (TaskManager, tokio::sync::mpsc::Receiver<TaskUpdate>),
+    idle_detach: Duration,
+}
+
+/// The daemon over a connected client, answering the control socket.
+fn daemon<'a>(
+    client: &'a Client,
+    key: &'a tandem_proto::DeviceKey,
+    store: &'a mut PeerStore,
+    setup: TaskSetup,
+    calls: tokio::sync::mpsc::Receiver<ipc::Call>,
+    dir: &std::path::Path,
+    url: String,
+) -> anyhow::Result<Daemon<'a>> {
+    Ok(Daemon::new(client, key, store, setup.tasks)
+        .with_audit(AuditLog::open(dir)?)
+        .with_control(calls, dir.to_owned())
+        .with_idle_detach(setup.idle_detach)
+        .with_relay_url(url))
+}
+
+/// Ctrl-C, or SIGTERM (a service manager stopping the agent).
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// `tandem status`.
+async fn status(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    match ipc::call(dir, &ipc::Request::Status).await {
+        Ok(v) if json => println!("{v}"),
+        Ok(v) => print!("{}", report::status_text(&v)),
+        Err(ipc::IpcError::NotRunning) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "running": false}));
+            } else {
+                let peers = PeerStore::open(dir)?.len();
+                println!(
+                    "The agent is not running on {} ({peers} paired device(s)). Start it with `tandem up` or `tandem run`.",
+                    dir.display()
+                );
+            }
+            std::process::exit(3);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// `tandem tasks [TASK] [--follow]`.
+async fn tasks(
+    dir: &std::path::Path,
+    task: Option<&str>,
+    follow: bool,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let now_ms = now_unix().saturating_mul(1000);
+    // Subscribe first, so nothing falls between the replay and the live stream.
+    let mut live = if follow {
+        let req = ipc::Request::Follow { task_id: task.map(str::to_owned) };
+        let mut answers = match ipc::open(dir, &req).await {
+            Err(ipc::IpcError::NotRunning) => {
+                bail!("--follow needs a running agent (`tandem up` or `tandem run`)")
+            }
+            r => r?,
+        };
+        if let Some(first) = answers.next().await? {
+            ipc::check(first)?;
+        }
+        Some(answers)
+    } else {
+        None
+    };
+    let mut shown: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    match task {
+        None => {
+            let records = match ipc::call(dir, &ipc::Request::Tasks { limit }).await {
+                Ok(v) => serde_json::from_value(field(&v, "tasks").clone())?,
+                Err(ipc::IpcError::NotRunning) => History::open(dir)?.recent(limit)?,
+                Err(e) => return Err(e.into()),
+            };
+            print!("{}", report::task_lines(&records, now_ms));
+        }
+        Some(id) => {
+            let req = ipc::Request::Events { task_id: id.to_owned(), from_offset: 0 };
+            let events: Vec<tandem_proto::message::Message> = match ipc::call(dir, &req).await {
+                Ok(v) => serde_json::from_value(field(&v, "events").clone())?,
+                Err(ipc::IpcError::NotRunning) => History::open(dir)?.events(id, 0, usize::MAX)?,
+                Err(e) => return Err(e.into()),
+            };
+            if events.is_empty() {
+                println!("No events for task {id}.");
+            }
+            for m in &events {
+                print_event(m, &mut shown);
+            }
+        }
+    }
+    if let Some(answers) = &mut live {
+        while let Some(v) = answers.next().await? {
+            let m: tandem_proto::message::Message =
+                serde_json::from_value(field(&v, "event").clone())?;
+            print_event(&m, &mut shown);
+        }
+        bail!("the agent stopped (or this follower fell behind)");
+    }
+    Ok(())
+}
+
+/// Print a task event once (the replay and the live stream overlap).
+fn print_event(
+    m: &tandem_proto::message::Message,
+    shown: &mut std::collections::HashMap<String, u64>,
+) {
+    let tandem_proto::message::Message::TaskEvent { task_id, offset, .. } = m else { return };
+    if shown.get(task_id).is_some_and(|o| *offset < *o) {
+        return;
+    }
+    shown.insert(task_id.clone(), offset + 1);
+    if let Some(line) = report::event_line(m) {
+        println!("{line}");
+    }
+}
+
+/// The executors and `[agent]` settings from the configuration file, ready
+/// to run tasks.
+fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<TaskSetup> {
     let path = match &cli.config {
         Some(p) => Some(p.clone()),
         None => Settings::default_path(),
@@ -405,7 +607,16 @@ fn task_manager(
             "No executor is configured: tasks from phones will be refused (see `tandem --help`)."
         );
     }
-    Ok(TaskManager::new(settings.executors))
+    let a = &settings.agent;
+    let history = History::open(dir)?.with_limits(a.max_tasks_kept, DEFAULT_MAX_EVENTS_PER_TASK);
+    let options = TaskOptions {
+        max_concurrent: a.max_concurrent_tasks,
+        approval_timeout: Duration::from_secs(a.approval_timeout_secs),
+    };
+    Ok(TaskSetup {
+        tasks: TaskManager::new(settings.executors, history, options)?,
+        idle_detach: Duration::from_secs(a.idle_detach_secs),
+    })
 }
 
 async fn send_pending_revokes(client: &Client, dir: &std::path::Path, config: &mut AgentConfig) {
@@ -427,7 +638,8 @@ async fn up(
     listen: SocketAddr,
     force_pair: bool,
     qr: &QrArgs,
-    tasks: (TaskManager, tokio::sync::mpsc::Receiver<TaskUpdate>),
+    tasks: TaskSetup,
+    calls: tokio::sync::mpsc::Receiver<ipc::Call>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let listener =
@@ -463,7 +675,7 @@ async fn up(
     agent_config.relay_url = Some(url.clone());
     agent_config.relay_roots_pem.clear();
     agent_config.save(dir)?;
-    let (key, client, mut events) = connect_agent(dir, &mut agent_config, url).await?;
+    let (key, client, mut events) = connect_agent(dir, &mut agent_config, url.clone()).await?;
     let mut store = PeerStore::open(dir)?;
     let mut deferred = Vec::new();
     if store.list().is_empty() || force_pair {
@@ -473,7 +685,7 @@ async fn up(
                         r = pair(&client, &mut events, &key, &opts, &mut ui, &mut deferred) => {
                 store_paired(dir, &mut store, r?)?;
             }
-            _ = tokio::signal::ctrl_c() => {
+            () = stop_signal() => {
                 shutdown.cancel();
                 let _ = relay.await;
                 return Ok(());
@@ -481,15 +693,16 @@ async fn up(
         }
     }
     println!("Connected. {} paired device(s). Press Ctrl-C to stop.", store.list().len());
-    let mut daemon = Daemon::new(&client, &key, &mut store, tasks).with_audit(AuditLog::open(dir)?);
+    let mut daemon = daemon(&client, &key, &mut store, tasks, calls, dir, url)?;
     // What paired phones sent while the pairing code was shown.
     for ev in deferred {
         daemon.handle(ev).await?;
     }
     tokio::select! {
         r = daemon.run(&mut events) => r?,
-        _ = tokio::signal::ctrl_c() => {}
+        () = stop_signal() => {}
     }
+    drop(daemon);
     client.close().await;
     shutdown.cancel();
     let _ = relay.await;

@@ -225,13 +225,26 @@ pub struct Peer {
     #[serde(default)]
     last_seen_unix: Option<u64>,
     link: Link,
+    /// Per task, the offset after the last event sealed for this device.
+    /// Saved with the link, so after a crash the daemon knows which task
+    /// events never reached this device's outbox.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    task_cursors: std::collections::BTreeMap<String, u64>,
 }
 
 impl Peer {
     /// A newly paired device. Its key is the one `link` pinned.
     #[must_use]
     pub fn new(info: DeviceInfo, scope: Scope, paired_at_unix: u64, link: Link) -> Self {
-        Self { public_key: link.peer(), info, scope, paired_at_unix, last_seen_unix: None, link }
+        Self {
+            public_key: link.peer(),
+            info,
+            scope,
+            paired_at_unix,
+            last_seen_unix: None,
+            link,
+            task_cursors: std::collections::BTreeMap::new(),
+        }
     }
 
     /// A newly paired device straight from the pairing handshake.
@@ -244,6 +257,28 @@ impl Peer {
     ) -> Self {
         let info = paired.info.clone();
         Self::new(info, scope, paired_at_unix, Link::from_paired(paired, limits))
+    }
+
+    /// Per task, the offset after the last event sealed for this device.
+    #[must_use]
+    pub fn task_cursors(&self) -> &std::collections::BTreeMap<String, u64> {
+        &self.task_cursors
+    }
+
+    /// Note that events of `task_id` before `next` were sealed for (or
+    /// deliberately not sent to) this device. Never moves backwards.
+    pub fn advance_task_cursor(&mut self, task_id: &str, next: u64) {
+        match self.task_cursors.get_mut(task_id) {
+            Some(c) => *c = (*c).max(next),
+            None => {
+                self.task_cursors.insert(task_id.to_owned(), next);
+            }
+        }
+    }
+
+    /// Forget the cursor of a task that needs no catching up.
+    pub fn drop_task_cursor(&mut self, task_id: &str) {
+        self.task_cursors.remove(task_id);
     }
 
     /// The device's pinned public key.

@@ -11,6 +11,18 @@
 //! ```
 //!
 //! The first executor is the default; a phone may name another.
+//!
+//! ```toml
+//! [agent]
+//! max_concurrent_tasks = 1      # tasks running at once; the rest wait in order
+//! approval_timeout_secs = 300   # an unanswered approval is denied after this
+//! idle_detach_secs = 600        # a phone silent this long stops getting progress
+//! max_tasks_kept = 500          # task histories kept on disk
+//! ```
+//!
+//! Each `[agent]` value can also be set with an environment variable
+//! (`TANDEM_MAX_CONCURRENT_TASKS`, `TANDEM_APPROVAL_TIMEOUT_SECS`,
+//! `TANDEM_IDLE_DETACH_SECS`, `TANDEM_MAX_TASKS_KEPT`), which wins over the file.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +50,22 @@ pub enum SettingsError {
         /// What is wrong.
         source: toml::de::Error,
     },
+    /// An environment variable holds no valid number.
+    #[error("{name}={value:?} is not a valid number")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// A value is out of range.
+    #[error("{path}: {field} must be at least 1")]
+    Range {
+        /// The file.
+        path: PathBuf,
+        /// The setting.
+        field: &'static str,
+    },
     /// Two executors share a name.
     #[error("{path}: two executors are called {name:?}")]
     DuplicateName {
@@ -55,6 +83,59 @@ pub struct Settings {
     /// The executors, in order of preference.
     #[serde(default, rename = "executor")]
     pub executors: Vec<ExecutorConfig>,
+    /// How the agent runs tasks.
+    #[serde(default)]
+    pub agent: AgentSettings,
+}
+
+/// The `[agent]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSettings {
+    /// Tasks whose executors run at the same time.
+    pub max_concurrent_tasks: usize,
+    /// Seconds an approval waits before it is denied.
+    pub approval_timeout_secs: u64,
+    /// Seconds of silence from a phone before it is detached.
+    pub idle_detach_secs: u64,
+    /// Task histories kept on disk.
+    pub max_tasks_kept: usize,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_tasks: 1,
+            approval_timeout_secs: 300,
+            idle_detach_secs: 600,
+            max_tasks_kept: crate::history::DEFAULT_MAX_TASKS,
+        }
+    }
+}
+
+fn env_number<T: std::str::FromStr>(
+    name: &'static str,
+    get: &dyn Fn(&str) -> Option<String>,
+    slot: &mut T,
+) -> Result<(), SettingsError> {
+    if let Some(value) = get(name) {
+        *slot = value.trim().parse().map_err(|_| SettingsError::Env { name, value })?;
+    }
+    Ok(())
+}
+
+impl AgentSettings {
+    /// Apply `TANDEM_*` overrides read through `get`.
+    ///
+    /// # Errors
+    /// [`SettingsError::Env`] for a value that is not a number.
+    pub fn apply_env(&mut self, get: &dyn Fn(&str) -> Option<String>) -> Result<(), SettingsError> {
+        env_number("TANDEM_MAX_CONCURRENT_TASKS", get, &mut self.max_concurrent_tasks)?;
+        env_number("TANDEM_APPROVAL_TIMEOUT_SECS", get, &mut self.approval_timeout_secs)?;
+        env_number("TANDEM_IDLE_DETACH_SECS", get, &mut self.idle_detach_secs)?;
+        env_number("TANDEM_MAX_TASKS_KEPT", get, &mut self.max_tasks_kept)?;
+        Ok(())
+    }
 }
 
 impl Settings {
@@ -69,6 +150,20 @@ impl Settings {
     /// # Errors
     /// [`SettingsError`] for an unreadable or invalid file.
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let mut s = Self::load_file(path)?;
+        s.agent.apply_env(&|name| std::env::var(name).ok())?;
+        for (field, value) in [
+            ("max_concurrent_tasks", s.agent.max_concurrent_tasks),
+            ("max_tasks_kept", s.agent.max_tasks_kept),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::Range { path: path.to_owned(), field });
+            }
+        }
+        Ok(s)
+    }
+
+    fn load_file(path: &Path) -> Result<Self, SettingsError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
@@ -86,5 +181,38 @@ impl Settings {
             }
         }
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_table_and_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[agent]\nmax_concurrent_tasks = 3\nidle_detach_secs = 60\n")
+            .unwrap();
+        let mut s = Settings::load_file(&path).unwrap();
+        assert_eq!(s.agent.max_concurrent_tasks, 3);
+        assert_eq!(s.agent.idle_detach_secs, 60);
+        assert_eq!(s.agent.approval_timeout_secs, 300);
+        s.agent
+            .apply_env(&|n| (n == "TANDEM_APPROVAL_TIMEOUT_SECS").then(|| "7".to_owned()))
+            .unwrap();
+        assert_eq!(s.agent.approval_timeout_secs, 7);
+        let bad = s.agent.apply_env(&|n| (n == "TANDEM_IDLE_DETACH_SECS").then(|| "soon".into()));
+        assert!(matches!(bad, Err(SettingsError::Env { name: "TANDEM_IDLE_DETACH_SECS", .. })));
+    }
+
+    #[test]
+    fn unknown_agent_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[agent]\nmax_concurent_tasks = 3\n").unwrap();
+        assert!(matches!(Settings::load_file(&path), Err(SettingsError::Parse { .. })));
+        std::fs::write(&path, "[agent]\nmax_concurrent_tasks = 0\n").unwrap();
+        assert!(matches!(Settings::load(&path), Err(SettingsError::Range { .. })));
     }
 }

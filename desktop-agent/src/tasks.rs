@@ -1,29 +1,56 @@
 //! Tasks: what phones asked this desktop to do, run through the executors
-//! the user configured, with every event numbered so a phone can replay a
-//! task's history from any offset.
+//! the user configured, one queue with a configurable concurrency, every
+//! event numbered and kept in the task history ([`crate::history`]) so a
+//! phone can replay a task from any offset, also after a restart.
 //!
 //! The task manager does no I/O towards phones itself: it returns the
-//! application messages to send, and the daemon seals and sends them.
+//! application messages to send, and the daemon seals and sends them. Every
+//! event is on disk before it is returned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use tandem_proto::DeviceId;
-use tandem_proto::message::{FinishStatus, Message, TaskEvent};
+use tandem_proto::message::{FinishStatus, Message, TaskEvent, TaskSummary};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::executor::{Control, Controller, ExecEvent, ExecutorConfig, start};
+use crate::executor::{Control, Controller, ExecEvent, ExecutorConfig, resume, start};
+use crate::history::{History, HistoryError, StoredState, TaskRecord};
 use crate::peers::Scope;
 
-/// How long an approval waits for a decision before it is denied.
+/// How long an approval waits for a decision before it is denied, by default.
 pub const APPROVAL_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// An event from a running executor, tagged with its task.
+/// Events in one history reply; the phone asks again for more.
+pub const HISTORY_PAGE: usize = 256;
+
+/// Tasks in a task list.
+pub const TASK_LIST_LEN: usize = 20;
+
+/// How the task manager behaves.
+#[derive(Debug, Clone)]
+pub struct TaskOptions {
+    /// Tasks whose executors run at the same time; the rest wait in order.
+    pub max_concurrent: usize,
+    /// How long an approval waits before it is denied.
+    pub approval_timeout: Duration,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self { max_concurrent: 1, approval_timeout: APPROVAL_TIMEOUT }
+    }
+}
+
+/// An event from a running executor, tagged with its task and run.
 #[derive(Debug)]
 pub struct TaskUpdate {
     /// The task.
     pub task_id: String,
+    /// Which run of the task (a resumed task runs again): stale runs' events
+    /// are dropped.
+    pub run: u64,
     /// What happened.
     pub event: ExecEvent,
 }
@@ -37,26 +64,51 @@ pub enum Audience {
     Everyone,
 }
 
-struct Task {
-    history: Vec<Message>,
+/// What was sent, as the daemon sees it.
+pub type Outgoing = Vec<(Audience, Message)>;
+
+/// A queued or running task.
+struct Active {
+    record: TaskRecord,
+    /// Set while its executor runs.
     controller: Option<Controller>,
+    /// Increases with every start.
+    run: u64,
     /// Pending approvals and when they expire (Unix ms).
     approvals: HashMap<String, u64>,
-    finished: bool,
-    /// From [`ExecEvent::Resumable`]: a later follow-up continues the task.
-    resume_token: Option<String>,
+    /// Follow-ups that arrived before the executor started.
+    follow_ups: Vec<String>,
+}
+
+/// Counts for `tandem status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TaskCounts {
+    /// Executors running.
+    pub running: usize,
+    /// Tasks waiting for a slot.
+    pub queued: usize,
+    /// Approvals waiting for a decision.
+    pub pending_approvals: usize,
 }
 
 /// All tasks this desktop knows, and the configured executors.
 pub struct TaskManager {
     executors: Vec<ExecutorConfig>,
-    tasks: HashMap<String, Task>,
+    history: History,
+    options: TaskOptions,
+    active: HashMap<String, Active>,
+    queue: VecDeque<String>,
+    next_seq: u64,
+    next_run: u64,
     updates: mpsc::Sender<TaskUpdate>,
 }
 
 impl std::fmt::Debug for TaskManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskManager").field("tasks", &self.tasks.len()).finish_non_exhaustive()
+        f.debug_struct("TaskManager")
+            .field("active", &self.active.len())
+            .field("queued", &self.queue.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,92 +126,283 @@ fn refused(task_id: &str, code: &str, message: &str) -> Message {
     }
 }
 
+fn to(from: DeviceId, m: Message) -> Outgoing {
+    vec![(Audience::Device(from), m)]
+}
+
 impl TaskManager {
-    /// A manager for `executors`; executor events arrive on the returned receiver.
-    #[must_use]
-    pub fn new(executors: Vec<ExecutorConfig>) -> (Self, mpsc::Receiver<TaskUpdate>) {
+    /// A manager for `executors` keeping its tasks in `history`; executor
+    /// events arrive on the returned receiver. Call [`TaskManager::recover`]
+    /// once connected.
+    ///
+    /// # Errors
+    /// [`HistoryError`] if the history cannot be read.
+    pub fn new(
+        executors: Vec<ExecutorConfig>,
+        history: History,
+        options: TaskOptions,
+    ) -> Result<(Self, mpsc::Receiver<TaskUpdate>), HistoryError> {
         let (updates, rx) = mpsc::channel(256);
-        (Self { executors, tasks: HashMap::new(), updates }, rx)
+        let next_seq = history.next_seq()?;
+        let options = TaskOptions { max_concurrent: options.max_concurrent.max(1), ..options };
+        Ok((
+            Self {
+                executors,
+                history,
+                options,
+                active: HashMap::new(),
+                queue: VecDeque::new(),
+                next_seq,
+                next_run: 0,
+                updates,
+            },
+            rx,
+        ))
     }
 
-    fn event(&mut self, task_id: &str, event: TaskEvent) -> Option<Message> {
-        let task = self.tasks.get_mut(task_id)?;
-        let offset = task.history.len() as u64;
-        let m = Message::TaskEvent { task_id: task_id.to_owned(), offset, at_ms: now_ms(), event };
-        task.history.push(m.clone());
-        Some(m)
+    /// After a restart: tasks that were running were interrupted (they
+    /// finish as failed; a resumable one can be continued with a
+    /// follow-up); queued ones keep their place and run.
+    ///
+    /// # Errors
+    /// [`HistoryError`] if the history cannot be read or written.
+    pub async fn recover(&mut self) -> Result<Outgoing, HistoryError> {
+        let mut out = Vec::new();
+        for record in self.history.unfinished()? {
+            if self.active.contains_key(&record.task_id) {
+                continue;
+            }
+            match record.state {
+                StoredState::Running => {
+                    let mut record = record;
+                    let m = self.append(
+                        &mut record,
+                        TaskEvent::Finished {
+                            status: FinishStatus::Failed,
+                            summary: "interrupted: the agent stopped while this task was running"
+                                .into(),
+                        },
+                    )?;
+                    out.push((Audience::Everyone, m));
+                }
+                StoredState::Queued => {
+                    self.queue.push_back(record.task_id.clone());
+                    self.active.insert(
+                        record.task_id.clone(),
+                        Active {
+                            record,
+                            controller: None,
+                            run: 0,
+                            approvals: HashMap::new(),
+                            follow_ups: Vec::new(),
+                        },
+                    );
+                }
+                StoredState::Finished { .. } => {}
+            }
+        }
+        out.extend(self.pump().await?);
+        Ok(out)
+    }
+
+    /// Append `event` to `record`'s history (durably) and return its message.
+    fn append(&self, record: &mut TaskRecord, event: TaskEvent) -> Result<Message, HistoryError> {
+        let at_ms = now_ms();
+        if let TaskEvent::Finished { status, .. } = &event {
+            record.state = StoredState::Finished { status: *status };
+            record.pending_resume = None;
+        }
+        let m = Message::TaskEvent {
+            task_id: record.task_id.clone(),
+            offset: record.next_offset,
+            at_ms,
+            event,
+        };
+        record.next_offset += 1;
+        record.updated_ms = at_ms;
+        self.history.save(record, Some(&m))?;
+        Ok(m)
+    }
+
+    /// Append to an active task; `None` if it is not active.
+    fn append_active(
+        &mut self,
+        task_id: &str,
+        event: TaskEvent,
+    ) -> Result<Option<Message>, HistoryError> {
+        let Some(mut a) = self.active.remove(task_id) else { return Ok(None) };
+        let r = self.append(&mut a.record, event);
+        if !a.record.is_finished() {
+            self.active.insert(task_id.to_owned(), a);
+        }
+        r.map(Some)
+    }
+
+    fn running(&self) -> usize {
+        self.active.values().filter(|a| a.controller.is_some()).count()
+    }
+
+    /// Start queued tasks while there are free slots.
+    async fn pump(&mut self) -> Result<Outgoing, HistoryError> {
+        let mut out = Vec::new();
+        while self.running() < self.options.max_concurrent {
+            let Some(id) = self.queue.pop_front() else { break };
+            out.extend(self.start(&id).await?);
+        }
+        Ok(out)
+    }
+
+    async fn start(&mut self, task_id: &str) -> Result<Outgoing, HistoryError> {
+        let Some(mut a) = self.active.remove(task_id) else { return Ok(Vec::new()) };
+        let config = self.executors.iter().find(|e| e.name == a.record.executor).cloned();
+        let started = match (&config, a.record.pending_resume.take()) {
+            (None, _) => {
+                Err(format!("the executor {:?} is no longer configured", a.record.executor))
+            }
+            (Some(c), Some(text)) => match &a.record.resume_token {
+                Some(token) => resume(c, token, &text).map_err(|e| e.to_string()),
+                None => Err("the task cannot be resumed".into()),
+            },
+            (Some(c), None) => start(c, &a.record.text).map_err(|e| e.to_string()),
+        };
+        let running = match started {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(task = %task_id, error = %e, "executor failed to start");
+                let m = self.append(
+                    &mut a.record,
+                    TaskEvent::Finished {
+                        status: FinishStatus::Failed,
+                        summary: format!("could not start: {e}"),
+                    },
+                )?;
+                return Ok(vec![(Audience::Everyone, m)]);
+            }
+        };
+        info!(task = %task_id, executor = %a.record.executor, "task started");
+        self.next_run += 1;
+        a.run = self.next_run;
+        a.controller = Some(running.controller());
+        a.record.state = StoredState::Running;
+        a.record.updated_ms = now_ms();
+        self.history.save(&a.record, None)?;
+        let updates = self.updates.clone();
+        let (id, run) = (task_id.to_owned(), a.run);
+        tokio::spawn(async move {
+            let mut running = running;
+            while let Some(event) = running.next().await {
+                if updates.send(TaskUpdate { task_id: id.clone(), run, event }).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let follow_ups = std::mem::take(&mut a.follow_ups);
+        let controller = a.controller.clone();
+        self.active.insert(task_id.to_owned(), a);
+        let mut out = Vec::new();
+        if let Some(c) = controller {
+            for text in follow_ups {
+                if let Err(e) = c.control(Control::FollowUp(text)).await
+                    && let Some(m) = self.append_active(
+                        task_id,
+                        TaskEvent::Progress { text: format!("a follow-up was not delivered: {e}") },
+                    )?
+                {
+                    out.push((Audience::Everyone, m));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A phone submitted a task.
-    pub fn submit(
+    ///
+    /// # Errors
+    /// [`HistoryError`] if it cannot be recorded (nothing was started).
+    pub async fn submit(
         &mut self,
         from: DeviceId,
         scope: Scope,
         task_id: String,
         text: &str,
         executor: Option<&str>,
-    ) -> Vec<(Audience, Message)> {
+    ) -> Result<Outgoing, HistoryError> {
         if !scope.allows_submit() {
-            return vec![(
-                Audience::Device(from),
-                refused(&task_id, "scope", "this device may only view"),
-            )];
+            return Ok(to(from, refused(&task_id, "scope", "this device may only view")));
         }
-        if self.tasks.contains_key(&task_id) {
+        if task_id.is_empty() || task_id.len() > crate::executor::MAX_ID_LEN {
+            return Ok(to(from, refused(&task_id, "bad_request", "task ids are 1 to 256 bytes")));
+        }
+        if self.active.contains_key(&task_id) || self.history.get(&task_id)?.is_some() {
             // Already accepted (a resubmission): nothing new to say.
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let config = match executor {
             Some(name) => self.executors.iter().find(|e| e.name == name),
             None => self.executors.first(),
         };
-        let Some(config) = config.cloned() else {
+        let Some(config) = config else {
             let (code, msg) = if executor.is_some() {
                 ("unknown_executor", "no executor with that name is configured")
             } else {
                 ("no_executor", "no executor is configured on this computer")
             };
-            return vec![(Audience::Device(from), refused(&task_id, code, msg))];
+            return Ok(to(from, refused(&task_id, code, msg)));
         };
-        let running = match start(&config, text) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "executor failed to start");
-                return vec![(
-                    Audience::Device(from),
-                    refused(&task_id, "executor_failed", &e.to_string()),
-                )];
-            }
+        let now = now_ms();
+        let mut record = TaskRecord {
+            task_id: task_id.clone(),
+            seq: self.next_seq,
+            device: from.to_string(),
+            executor: config.name.clone(),
+            text: text.to_owned(),
+            created_ms: now,
+            updated_ms: now,
+            state: StoredState::Queued,
+            resume_token: None,
+            pending_resume: None,
+            next_offset: 0,
+            earliest: 0,
         };
+        self.next_seq += 1;
         info!(task = %task_id, executor = %config.name, "task accepted");
-        let controller = running.controller();
-        self.tasks.insert(
+        let accepted =
+            TaskEvent::Accepted { executor: config.name.clone(), text: Some(text.into()) };
+        let m = self.append(&mut record, accepted)?;
+        let mut out = vec![(Audience::Everyone, m)];
+        let ahead = self.queue.len() + self.running();
+        self.active.insert(
             task_id.clone(),
-            Task {
-                history: Vec::new(),
-                controller: Some(controller),
+            Active {
+                record,
+                controller: None,
+                run: 0,
                 approvals: HashMap::new(),
-                finished: false,
-                resume_token: None,
+                follow_ups: Vec::new(),
             },
         );
-        let updates = self.updates.clone();
-        let id = task_id.clone();
-        tokio::spawn(async move {
-            let mut running = running;
-            while let Some(event) = running.next().await {
-                if updates.send(TaskUpdate { task_id: id.clone(), event }).await.is_err() {
-                    break;
-                }
-            }
-        });
-        self.event(&task_id, TaskEvent::Accepted { executor: config.name })
-            .map(|m| vec![(Audience::Everyone, m)])
-            .unwrap_or_default()
+        self.queue.push_back(task_id.clone());
+        if ahead >= self.options.max_concurrent
+            && let Some(m) = self.append_active(
+                &task_id,
+                TaskEvent::Progress { text: format!("queued: {ahead} task(s) ahead") },
+            )?
+        {
+            out.push((Audience::Everyone, m));
+        }
+        out.extend(self.pump().await?);
+        Ok(out)
     }
 
     /// An executor reported something.
-    pub fn update(&mut self, u: TaskUpdate) -> Vec<(Audience, Message)> {
+    ///
+    /// # Errors
+    /// [`HistoryError`] if it cannot be recorded.
+    pub async fn update(&mut self, u: TaskUpdate) -> Result<Outgoing, HistoryError> {
+        let Some(a) = self.active.get_mut(&u.task_id) else { return Ok(Vec::new()) };
+        if a.run != u.run {
+            return Ok(Vec::new());
+        }
         let event = match u.event {
             ExecEvent::Progress(text) => TaskEvent::Progress { text },
             ExecEvent::ToolCall { call_id, name, input } => {
@@ -169,33 +412,35 @@ impl TaskManager {
                 TaskEvent::ToolResult { call_id, output, is_error }
             }
             ExecEvent::ApprovalRequest { approval_id, summary, detail } => {
-                let expires_at_ms =
-                    now_ms() + u64::try_from(APPROVAL_TIMEOUT.as_millis()).unwrap_or(0);
-                if let Some(t) = self.tasks.get_mut(&u.task_id) {
-                    t.approvals.insert(approval_id.clone(), expires_at_ms);
-                }
+                let timeout = u64::try_from(self.options.approval_timeout.as_millis()).unwrap_or(0);
+                let expires_at_ms = now_ms().saturating_add(timeout);
+                a.approvals.insert(approval_id.clone(), expires_at_ms);
                 TaskEvent::ApprovalRequest { approval_id, summary, detail, expires_at_ms }
             }
             ExecEvent::Resumable { token } => {
-                if let Some(t) = self.tasks.get_mut(&u.task_id) {
-                    t.resume_token = Some(token);
-                }
-                return Vec::new();
+                a.record.resume_token = Some(token);
+                self.history.save(&a.record, None)?;
+                return Ok(Vec::new());
             }
             ExecEvent::Finished { status, summary } => {
-                if let Some(t) = self.tasks.get_mut(&u.task_id) {
-                    t.finished = true;
-                    t.controller = None;
-                    t.approvals.clear();
-                }
+                a.controller = None;
+                a.approvals.clear();
                 TaskEvent::Finished { status, summary }
             }
         };
-        self.event(&u.task_id, event).map(|m| vec![(Audience::Everyone, m)]).unwrap_or_default()
+        let mut out: Outgoing = self
+            .append_active(&u.task_id, event)?
+            .map(|m| vec![(Audience::Everyone, m)])
+            .unwrap_or_default();
+        out.extend(self.pump().await?);
+        Ok(out)
     }
 
     /// A phone decided an approval. Every pending approval can be decided,
     /// once; the decision reaches the executor once.
+    ///
+    /// # Errors
+    /// [`HistoryError`] if the resolution cannot be recorded.
     pub async fn decide(
         &mut self,
         from: DeviceId,
@@ -203,24 +448,17 @@ impl TaskManager {
         task_id: &str,
         approval_id: &str,
         allow: bool,
-    ) -> Vec<(Audience, Message)> {
+    ) -> Result<Outgoing, HistoryError> {
         if !scope.allows_approve() {
-            return vec![(
-                Audience::Device(from),
-                refused(task_id, "scope", "this device may not approve"),
-            )];
+            return Ok(to(from, refused(task_id, "scope", "this device may not approve")));
         }
-        let Some(task) = self.tasks.get_mut(task_id) else {
-            return vec![(
-                Audience::Device(from),
-                refused(task_id, "unknown_task", "this computer has no such task"),
-            )];
+        let Some(task) = self.active.get_mut(task_id) else {
+            let code =
+                if self.history.get(task_id)?.is_some() { "not_pending" } else { "unknown_task" };
+            return Ok(to(from, refused(task_id, code, "that approval is not pending")));
         };
         let Some(expires) = task.approvals.remove(approval_id) else {
-            return vec![(
-                Audience::Device(from),
-                refused(task_id, "not_pending", "that approval is not pending"),
-            )];
+            return Ok(to(from, refused(task_id, "not_pending", "that approval is not pending")));
         };
         if let Some(c) = &task.controller
             && let Err(e) =
@@ -228,28 +466,27 @@ impl TaskManager {
         {
             // The executor did not get it: still pending; tell the phone.
             task.approvals.insert(approval_id.to_owned(), expires);
-            return vec![(
-                Audience::Device(from),
-                refused(task_id, "executor_unreachable", &e.to_string()),
-            )];
+            return Ok(to(from, refused(task_id, "executor_unreachable", &e.to_string())));
         }
-        self.event(
-            task_id,
-            TaskEvent::ApprovalResolved {
-                approval_id: approval_id.to_owned(),
-                allow,
-                by: format!("phone:{from}"),
-            },
-        )
-        .map(|m| vec![(Audience::Everyone, m)])
-        .unwrap_or_default()
+        let resolved = TaskEvent::ApprovalResolved {
+            approval_id: approval_id.to_owned(),
+            allow,
+            by: format!("phone:{from}"),
+        };
+        Ok(self
+            .append_active(task_id, resolved)?
+            .map(|m| vec![(Audience::Everyone, m)])
+            .unwrap_or_default())
     }
 
     /// Deny every approval whose time ran out.
-    pub async fn expire_approvals(&mut self) -> Vec<(Audience, Message)> {
+    ///
+    /// # Errors
+    /// [`HistoryError`] if a resolution cannot be recorded.
+    pub async fn expire_approvals(&mut self) -> Result<Outgoing, HistoryError> {
         let now = now_ms();
         let mut due = Vec::new();
-        for (task_id, t) in &mut self.tasks {
+        for (task_id, t) in &mut self.active {
             let expired: Vec<String> = t
                 .approvals
                 .iter()
@@ -268,92 +505,245 @@ impl TaskManager {
         }
         let mut out = Vec::new();
         for (task_id, approval_id) in due {
-            if let Some(m) = self.event(
-                &task_id,
-                TaskEvent::ApprovalResolved { approval_id, allow: false, by: "timeout".into() },
-            ) {
+            let resolved =
+                TaskEvent::ApprovalResolved { approval_id, allow: false, by: "timeout".into() };
+            if let Some(m) = self.append_active(&task_id, resolved)? {
                 out.push((Audience::Everyone, m));
             }
         }
-        out
+        Ok(out)
     }
 
-    /// A follow-up or a cancel from a phone.
+    /// A follow-up or a cancel from a phone (or the desktop's own CLI).
+    ///
+    /// # Errors
+    /// [`HistoryError`] if it cannot be recorded.
     pub async fn control(
         &mut self,
         from: DeviceId,
         scope: Scope,
         task_id: &str,
         control: Control,
-    ) -> Vec<(Audience, Message)> {
+    ) -> Result<Outgoing, HistoryError> {
         if !scope.allows_submit() {
-            return vec![(
-                Audience::Device(from),
-                refused(task_id, "scope", "this device may only view"),
-            )];
+            return Ok(to(from, refused(task_id, "scope", "this device may only view")));
         }
-        let Some(task) = self.tasks.get(task_id) else {
-            return vec![(
-                Audience::Device(from),
-                refused(task_id, "unknown_task", "this computer has no such task"),
-            )];
-        };
-        match &task.controller {
-            Some(c) => match c.control(control).await {
-                Ok(()) => Vec::new(),
-                Err(e) => vec![(
-                    Audience::Device(from),
-                    refused(task_id, "not_supported", &e.to_string()),
-                )],
-            },
-            None => vec![(
-                Audience::Device(from),
-                refused(task_id, "finished", "the task has finished"),
-            )],
+        if !self.active.contains_key(task_id) {
+            return self.control_finished(from, task_id, control).await;
+        }
+        match control {
+            Control::Cancel => self.cancel(task_id).await,
+            Control::FollowUp(text) => {
+                let Some(a) = self.active.get_mut(task_id) else { return Ok(Vec::new()) };
+                match &a.controller {
+                    None => a.follow_ups.push(text.clone()),
+                    Some(c) => {
+                        if let Err(e) = c.control(Control::FollowUp(text.clone())).await {
+                            return Ok(to(from, refused(task_id, "not_supported", &e.to_string())));
+                        }
+                    }
+                }
+                Ok(self
+                    .append_active(task_id, TaskEvent::FollowUp { text })?
+                    .map(|m| vec![(Audience::Everyone, m)])
+                    .unwrap_or_default())
+            }
+            Control::Decision { .. } => Ok(Vec::new()),
         }
     }
 
-    /// A phone asks for a task's history from an offset.
-    #[must_use]
+    /// A follow-up or cancel for a task that is not queued or running.
+    async fn control_finished(
+        &mut self,
+        from: DeviceId,
+        task_id: &str,
+        control: Control,
+    ) -> Result<Outgoing, HistoryError> {
+        let Some(mut record) = self.history.get(task_id)? else {
+            return Ok(to(
+                from,
+                refused(task_id, "unknown_task", "this computer has no such task"),
+            ));
+        };
+        let Control::FollowUp(text) = control else {
+            return Ok(to(from, refused(task_id, "finished", "the task has finished")));
+        };
+        if record.resume_token.is_none() {
+            return Ok(to(
+                from,
+                refused(
+                    task_id,
+                    "finished",
+                    "the task has finished and its executor cannot resume it",
+                ),
+            ));
+        }
+        if !self.executors.iter().any(|e| e.name == record.executor) {
+            return Ok(to(
+                from,
+                refused(task_id, "unknown_executor", "its executor is no longer configured"),
+            ));
+        }
+        // Continue it: queued again, with the follow-up as the next run's input.
+        record.pending_resume = Some(text.clone());
+        record.state = StoredState::Queued;
+        let m = self.append(&mut record, TaskEvent::FollowUp { text })?;
+        let id = record.task_id.clone();
+        self.active.insert(
+            id.clone(),
+            Active {
+                record,
+                controller: None,
+                run: 0,
+                approvals: HashMap::new(),
+                follow_ups: Vec::new(),
+            },
+        );
+        self.queue.push_back(id);
+        let mut out = vec![(Audience::Everyone, m)];
+        out.extend(self.pump().await?);
+        Ok(out)
+    }
+
+    async fn cancel(&mut self, task_id: &str) -> Result<Outgoing, HistoryError> {
+        let Some(a) = self.active.get(task_id) else { return Ok(Vec::new()) };
+        if let Some(c) = &a.controller {
+            // Its `Finished { Cancelled }` arrives as an update.
+            let _ = c.control(Control::Cancel).await;
+            return Ok(Vec::new());
+        }
+        self.queue.retain(|q| q != task_id);
+        let finished = TaskEvent::Finished {
+            status: FinishStatus::Cancelled,
+            summary: "cancelled before it started".into(),
+        };
+        Ok(self
+            .append_active(task_id, finished)?
+            .map(|m| vec![(Audience::Everyone, m)])
+            .unwrap_or_default())
+    }
+
+    /// A phone asks for a task's history from an offset: one page of events
+    /// and `history_end`; `history_unavailable` first if the start was pruned.
+    ///
+    /// # Errors
+    /// [`HistoryError`] if the history cannot be read.
     pub fn history(
         &self,
         from: DeviceId,
         task_id: &str,
         from_offset: u64,
-    ) -> Vec<(Audience, Message)> {
-        let Some(task) = self.tasks.get(task_id) else {
-            return vec![(
+    ) -> Result<Outgoing, HistoryError> {
+        let record = match self.active.get(task_id) {
+            Some(a) => a.record.clone(),
+            None => match self.history.get(task_id)? {
+                Some(r) => r,
+                None => {
+                    return Ok(to(
+                        from,
+                        Message::HistoryUnavailable {
+                            task_id: task_id.to_owned(),
+                            requested_from: from_offset,
+                            earliest: 0,
+                        },
+                    ));
+                }
+            },
+        };
+        let mut out = Vec::new();
+        let mut start = from_offset;
+        if from_offset < record.earliest {
+            out.push((
                 Audience::Device(from),
                 Message::HistoryUnavailable {
                     task_id: task_id.to_owned(),
                     requested_from: from_offset,
-                    earliest: 0,
+                    earliest: record.earliest,
                 },
-            )];
-        };
-        let start = usize::try_from(from_offset).unwrap_or(usize::MAX);
-        let mut out: Vec<(Audience, Message)> =
-            task.history.iter().skip(start).cloned().map(|m| (Audience::Device(from), m)).collect();
+            ));
+            start = record.earliest;
+        }
+        let events = self.history.events(task_id, start, HISTORY_PAGE)?;
+        let next_offset =
+            start.saturating_add(events.len() as u64).min(record.next_offset.max(start));
+        let more = next_offset < record.next_offset;
+        out.extend(events.into_iter().map(|m| (Audience::Device(from), m)));
         out.push((
             Audience::Device(from),
-            Message::HistoryEnd {
-                task_id: task_id.to_owned(),
-                next_offset: task.history.len() as u64,
-            },
+            Message::HistoryEnd { task_id: task_id.to_owned(), next_offset, more },
         ));
-        out
+        Ok(out)
     }
 
-    /// Whether any task is still running.
+    /// The most recent tasks, for a phone's `history_request` without a task.
+    ///
+    /// # Errors
+    /// [`HistoryError`] if the history cannot be read.
+    pub fn task_list(&self, from: DeviceId) -> Result<Outgoing, HistoryError> {
+        let tasks: Vec<TaskSummary> =
+            self.recent(TASK_LIST_LEN)?.iter().map(TaskRecord::summary).collect();
+        Ok(to(from, Message::TaskList { tasks }))
+    }
+
+    /// The most recent tasks' records, newest first (active ones current).
+    ///
+    /// # Errors
+    /// [`HistoryError`] if the history cannot be read.
+    pub fn recent(&self, limit: usize) -> Result<Vec<TaskRecord>, HistoryError> {
+        let mut records = self.history.recent(limit)?;
+        for r in &mut records {
+            if let Some(a) = self.active.get(&r.task_id) {
+                *r = a.record.clone();
+            }
+        }
+        Ok(records)
+    }
+
+    /// One task's events from `from`, at most `limit` (for the CLI).
+    ///
+    /// # Errors
+    /// [`HistoryError`] if the history cannot be read.
+    pub fn events(
+        &self,
+        task_id: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, HistoryError> {
+        self.history.events(task_id, from, limit)
+    }
+
+    /// A task's record (live for an active task).
+    ///
+    /// # Errors
+    /// [`HistoryError`] if the history cannot be read.
+    pub fn record(&self, task_id: &str) -> Result<Option<TaskRecord>, HistoryError> {
+        match self.active.get(task_id) {
+            Some(a) => Ok(Some(a.record.clone())),
+            None => self.history.get(task_id),
+        }
+    }
+
+    /// Running, queued and approval counts.
+    #[must_use]
+    pub fn counts(&self) -> TaskCounts {
+        TaskCounts {
+            running: self.running(),
+            queued: self.queue.len(),
+            pending_approvals: self.active.values().map(|a| a.approvals.len()).sum(),
+        }
+    }
+
+    /// Whether any task is running or waiting to run.
     #[must_use]
     pub fn busy(&self) -> bool {
-        self.tasks.values().any(|t| !t.finished)
+        !self.active.is_empty()
     }
 
-    /// Cancel every running task (shutdown).
+    /// Cancel every running task (shutdown). Queued tasks stay queued on disk
+    /// and run after the next start.
     pub async fn cancel_all(&mut self) {
-        for t in self.tasks.values() {
-            if let Some(c) = &t.controller {
+        for a in self.active.values() {
+            if let Some(c) = &a.controller {
                 let _ = c.control(Control::Cancel).await;
             }
         }

@@ -98,6 +98,7 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
                 format!("resolved:{allow}:{}", by.starts_with("phone:"))
             }
             TaskEvent::Finished { .. } => "finished".to_owned(),
+            TaskEvent::FollowUp { .. } => "follow_up".to_owned(),
         })
         .collect();
     assert_eq!(
@@ -132,16 +133,13 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
     }
     assert_eq!(
         phone.message().await,
-        Message::HistoryEnd { task_id: "t-1".into(), next_offset: seen.len() as u64 }
+        Message::HistoryEnd { task_id: "t-1".into(), next_offset: seen.len() as u64, more: false }
     );
 
-    // A view-only device may not submit. (Management commands change the
-    // stored state; the agent is stopped meanwhile, as it keeps its own copy.)
-    drop(agent);
+    // A view-only device may not submit: `tandem scope` changes the running
+    // agent's own state through its control socket, no restart needed.
     let scoped = tandem(dir.path(), &["scope", "ana's phone", "view"]);
     assert!(scoped.contains("view"), "{scoped}");
-    let agent = Agent::up_at(dir.path(), &config, &phone.relay_addr);
-    agent.line_starting("Connected.");
     phone
         .send(&Message::TaskSubmit {
             task_id: "t-2".into(),
@@ -184,4 +182,117 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "a tampered audit log must fail verification");
+}
+
+async fn until_finished(phone: &mut Phone, seen: &mut common::Seen, task: &str) {
+    while seen.finished(task).is_none() {
+        seen.add(phone.message().await);
+    }
+}
+
+async fn until_progress(phone: &mut Phone, seen: &mut common::Seen, task: &str, text: &str) {
+    while !seen.progress(task).iter().any(|p| p == text) {
+        seen.add(phone.message().await);
+    }
+}
+
+fn is_alive(pid: &str) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_timeout_follow_up_cancel_and_a_hostile_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let config = common::fixture_config(
+        dir.path(),
+        &format!(
+            "[[executor]]\nname = \"echo\"\ntype = \"command\"\nprogram = \"/bin/echo\"\n\
+             args = [\"got:\", \"{{task}}\"]\nworkdir = \"{}\"\n\n[agent]\napproval_timeout_secs = 2\n",
+            work.display()
+        ),
+    );
+    let agent = Agent::up(dir.path(), &config);
+    let mut phone = Phone::pair(&agent, dir.path()).await;
+    let mut seen = common::Seen::default();
+
+    // Deny one approval; let the other time out (2 s): both mean no.
+    phone.submit("t-a", "approve-twice").await;
+    loop {
+        seen.add(phone.message().await);
+        if seen.tasks["t-a"].iter().any(|(_, e)| matches!(e, TaskEvent::ApprovalRequest { .. })) {
+            break;
+        }
+    }
+    phone
+        .send(&Message::ApprovalDecision {
+            task_id: "t-a".into(),
+            approval_id: "a1".into(),
+            allow: false,
+        })
+        .await;
+    until_finished(&mut phone, &mut seen, "t-a").await;
+    let resolved: Vec<(bool, String)> = seen.tasks["t-a"]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            TaskEvent::ApprovalResolved { allow, by, .. } => Some((*allow, by.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resolved.len(), 2);
+    assert!(!resolved[0].0 && resolved[0].1.starts_with("phone:"));
+    assert_eq!(resolved[1], (false, "timeout".to_owned()));
+    assert_eq!(seen.progress("t-a"), ["a1:denied", "a2:denied"]);
+
+    // A follow-up reaches the running task, and is part of its history.
+    phone.submit("t-f", "follow").await;
+    until_progress(&mut phone, &mut seen, "t-f", "waiting for a follow-up").await;
+    phone.send(&Message::FollowUp { task_id: "t-f".into(), text: "and the docs".into() }).await;
+    until_finished(&mut phone, &mut seen, "t-f").await;
+    assert!(
+        seen.tasks["t-f"]
+            .iter()
+            .any(|(_, e)| *e == TaskEvent::FollowUp { text: "and the docs".into() })
+    );
+    assert_eq!(seen.progress("t-f").last().unwrap(), "got: and the docs");
+    // A finished task whose executor cannot resume refuses follow-ups.
+    phone.send(&Message::FollowUp { task_id: "t-f".into(), text: "more".into() }).await;
+    assert!(matches!(phone.message().await, Message::Refused { code, .. } if code == "finished"));
+
+    // Cancel stops the executor's whole process group.
+    let pidfile = dir.path().join("sleeper.pid");
+    phone.submit("t-s", &format!("sleep {}", pidfile.display())).await;
+    until_progress(&mut phone, &mut seen, "t-s", "sleeping").await;
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    assert!(is_alive(&pid));
+    phone.send(&Message::Cancel { task_id: "t-s".into() }).await;
+    until_finished(&mut phone, &mut seen, "t-s").await;
+    assert_eq!(seen.finished("t-s").unwrap().0, FinishStatus::Cancelled);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while is_alive(&pid) {
+        assert!(std::time::Instant::now() < deadline, "the cancelled executor is still running");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // Hostile task text reaches the configured command as one argument and
+    // runs nothing else: no shell ever sees it.
+    let hostile = "it's \"x\" $(touch pwned) `touch pwned` ; touch pwned && echo hi > pwned";
+    phone
+        .send(&Message::TaskSubmit {
+            task_id: "t-h".into(),
+            text: hostile.into(),
+            workspace: None,
+            executor: Some("echo".into()),
+        })
+        .await;
+    until_finished(&mut phone, &mut seen, "t-h").await;
+    assert_eq!(seen.progress("t-h"), [format!("got: {hostile}")]);
+    assert_eq!(seen.finished("t-h").unwrap().0, FinishStatus::Succeeded);
+    assert!(!work.join("pwned").exists() && !dir.path().join("pwned").exists());
+    seen.assert_contiguous();
+    phone.client.close().await;
 }

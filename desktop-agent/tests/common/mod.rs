@@ -229,3 +229,119 @@ impl Phone {
         }
     }
 }
+
+// ---- task helpers (lead) ----
+
+/// The Python JSON-lines fixture executor (`tests/fixtures/agent.py`).
+pub fn fixture_agent() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/agent.py")
+}
+
+/// A config file with the fixture as the default executor, plus `extra` TOML.
+pub fn fixture_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[executor]]\nname = \"fixture\"\ntype = \"jsonl\"\nprogram = \"{}\"\n\n{extra}\n",
+            fixture_agent().display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Run `tandem` and return (exit code, stdout).
+pub fn tandem_status(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8(out.stdout).unwrap())
+}
+
+impl Agent {
+    /// SIGKILL the agent (and with it the in-process relay), like a crash.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Phone {
+    /// Submit `text` as task `task_id` to the default executor.
+    pub async fn submit(&mut self, task_id: &str, text: &str) {
+        self.send(&Message::TaskSubmit {
+            task_id: task_id.into(),
+            text: text.into(),
+            workspace: None,
+            executor: None,
+        })
+        .await;
+    }
+}
+
+/// What a phone saw of its tasks: per task, the events in arrival order.
+#[derive(Default, Debug)]
+pub struct Seen {
+    pub tasks: std::collections::BTreeMap<String, Vec<(u64, tandem_proto::message::TaskEvent)>>,
+    pub other: Vec<Message>,
+}
+
+impl Seen {
+    /// Record one message; returns true if it finished a task.
+    pub fn add(&mut self, m: Message) -> bool {
+        match m {
+            Message::TaskEvent { task_id, offset, event, .. } => {
+                let done = matches!(event, tandem_proto::message::TaskEvent::Finished { .. });
+                self.tasks.entry(task_id).or_default().push((offset, event));
+                done
+            }
+            other => {
+                self.other.push(other);
+                false
+            }
+        }
+    }
+
+    /// Each task's offsets run 0, 1, 2, … exactly once, in order.
+    pub fn assert_contiguous(&self) {
+        for (id, evs) in &self.tasks {
+            let offsets: Vec<u64> = evs.iter().map(|(o, _)| *o).collect();
+            let want: Vec<u64> = (0..offsets.len() as u64).collect();
+            assert_eq!(offsets, want, "task {id}: every event exactly once, in order");
+        }
+    }
+
+    /// The progress texts of a task.
+    pub fn progress(&self, task: &str) -> Vec<String> {
+        self.tasks
+            .get(task)
+            .map(|evs| {
+                evs.iter()
+                    .filter_map(|(_, e)| match e {
+                        tandem_proto::message::TaskEvent::Progress { text } => Some(text.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How a task finished, if it did.
+    pub fn finished(&self, task: &str) -> Option<(tandem_proto::message::FinishStatus, String)> {
+        self.tasks.get(task)?.iter().find_map(|(_, e)| match e {
+            tandem_proto::message::TaskEvent::Finished { status, summary } => {
+                Some((*status, summary.clone()))
+            }
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,466 @@
+//! Task history on disk: every task this desktop accepted and every event
+//! it produced, in an embedded database (`tasks.redb` in the data dir), so a
+//! phone can replay any task from any offset after the agent restarted and
+//! a queued task survives a crash.
+//!
+//! Each write is one fsynced transaction: an event is on disk before it is
+//! sealed for any phone. Old tasks and the oldest events of very long tasks
+//! are pruned; a replay from before what is kept is answered with an
+//! explicit `history_unavailable`, never a silent gap.
+
+use std::path::Path;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use tandem_proto::message::{FinishStatus, Message, TaskState, TaskSummary};
+use thiserror::Error;
+
+/// The database file in the data dir.
+pub const FILE_NAME: &str = "tasks.redb";
+
+/// Tasks kept, oldest finished ones pruned first.
+pub const DEFAULT_MAX_TASKS: usize = 500;
+
+/// Events kept per task; older ones are pruned (`history_unavailable`).
+pub const DEFAULT_MAX_EVENTS_PER_TASK: u64 = 20_000;
+
+/// Characters of the task text in a task list's title.
+const TITLE_CHARS: usize = 120;
+
+/// task id → [`TaskRecord`] as JSON.
+const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
+/// creation sequence → task id.
+const ORDER: TableDefinition<'_, u64, &str> = TableDefinition::new("order");
+/// (task id, offset) → the encoded `task_event` message.
+const EVENTS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("events");
+
+/// Why the history could not be read or written.
+#[derive(Debug, Error)]
+pub enum HistoryError {
+    /// The database failed (I/O, corruption, another process holds it).
+    #[error("task history {path}: {detail}")]
+    Db {
+        /// The database file.
+        path: String,
+        /// What failed.
+        detail: String,
+    },
+    /// A stored record could not be decoded.
+    #[error("task history: a stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Where a task stands, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum StoredState {
+    /// Accepted, waiting for an executor slot.
+    Queued,
+    /// Its executor was started.
+    Running,
+    /// It ended.
+    Finished {
+        /// How.
+        status: FinishStatus,
+    },
+}
+
+/// What is kept about one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The phone's id for it.
+    pub task_id: String,
+    /// Creation order (newest is largest).
+    pub seq: u64,
+    /// The submitting device (base32 id), or `desktop`.
+    pub device: String,
+    /// The executor's configured name.
+    pub executor: String,
+    /// The task text as submitted.
+    pub text: String,
+    /// When it was accepted (Unix ms).
+    pub created_ms: u64,
+    /// When it last changed (Unix ms).
+    pub updated_ms: u64,
+    /// Where it stands.
+    #[serde(flatten)]
+    pub state: StoredState,
+    /// From the executor: a follow-up after it finished continues it.
+    #[serde(default)]
+    pub resume_token: Option<String>,
+    /// A follow-up waiting to run as a resumed run (set while queued).
+    #[serde(default)]
+    pub pending_resume: Option<String>,
+    /// The offset the next event gets.
+    pub next_offset: u64,
+    /// The oldest offset still kept.
+    pub earliest: u64,
+}
+
+impl TaskRecord {
+    /// The line for a task list.
+    #[must_use]
+    pub fn summary(&self) -> TaskSummary {
+        let mut title: String = self.text.chars().take(TITLE_CHARS).collect();
+        if self.text.chars().nth(TITLE_CHARS).is_some() {
+            title.push('…');
+        }
+        let (state, status) = match self.state {
+            StoredState::Queued => (TaskState::Queued, None),
+            StoredState::Running => (TaskState::Running, None),
+            StoredState::Finished { status } => (TaskState::Finished, Some(status)),
+        };
+        TaskSummary {
+            task_id: self.task_id.clone(),
+            title,
+            executor: self.executor.clone(),
+            state,
+            status,
+            next_offset: self.next_offset,
+            updated_ms: self.updated_ms,
+        }
+    }
+
+    /// Whether the task has ended.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, StoredState::Finished { .. })
+    }
+}
+
+/// The task history database.
+pub struct History {
+    db: Database,
+    path: String,
+    max_tasks: usize,
+    max_events: u64,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl History {
+    /// Open (or create) `tasks.redb` in `dir`.
+    ///
+    /// # Errors
+    /// [`HistoryError::Db`] if it cannot be opened (for example while a
+    /// running agent holds it).
+    pub fn open(dir: &Path) -> Result<Self, HistoryError> {
+        let path = dir.join(FILE_NAME);
+        let shown = path.display().to_string();
+        let db = Database::create(&path)
+            .map_err(|e| HistoryError::Db { path: shown.clone(), detail: e.to_string() })?;
+        let me = Self {
+            db,
+            path: shown,
+            max_tasks: DEFAULT_MAX_TASKS,
+            max_events: DEFAULT_MAX_EVENTS_PER_TASK,
+        };
+        let txn = me.db.begin_write().map_err(|e| me.err(e))?;
+        {
+            txn.open_table(TASKS).map_err(|e| me.err(e))?;
+            txn.open_table(ORDER).map_err(|e| me.err(e))?;
+            txn.open_table(EVENTS).map_err(|e| me.err(e))?;
+        }
+        txn.commit().map_err(|e| me.err(e))?;
+        Ok(me)
+    }
+
+    /// Keep at most `max_tasks` tasks and `max_events` events per task.
+    #[must_use]
+    pub fn with_limits(mut self, max_tasks: usize, max_events: u64) -> Self {
+        self.max_tasks = max_tasks.max(1);
+        self.max_events = max_events.max(1);
+        self
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> HistoryError {
+        HistoryError::Db { path: self.path.clone(), detail: e.to_string() }
+    }
+
+    /// The next creation sequence number.
+    ///
+    /// # Errors
+    /// [`HistoryError`] on a database failure.
+    pub fn next_seq(&self) -> Result<u64, HistoryError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let order = txn.open_table(ORDER).map_err(|e| self.err(e))?;
+        let last = order.last().map_err(|e| self.err(e))?;
+        Ok(last.map_or(0, |(k, _)| k.value() + 1))
+    }
+
+    /// One task's record.
+    ///
+    /// # Errors
+    /// [`HistoryError`] on a database failure or a corrupt record.
+    pub fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, HistoryError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tasks = txn.open_table(TASKS).map_err(|e| self.err(e))?;
+        let Some(v) = tasks.get(task_id).map_err(|e| self.err(e))? else { return Ok(None) };
+        decode(v.value()).map(Some)
+    }
+
+    /// Store `record` and, if given, the event message at `record.next_offset - 1`,
+    /// in one durable transaction; prune what is over the limits.
+    ///
+    /// # Errors
+    /// [`HistoryError`] on a database failure: the caller must not send the
+    /// event then.
+    pub fn save(&self, record: &TaskRecord, event: Option<&Message>) -> Result<(), HistoryError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| self.err(e))?;
+        {
+            let mut tasks = txn.open_table(TASKS).map_err(|e| self.err(e))?;
+            let mut order = txn.open_table(ORDER).map_err(|e| self.err(e))?;
+            let mut events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+            let mut record = record.clone();
+            let is_new = tasks.get(record.task_id.as_str()).map_err(|e| self.err(e))?.is_none();
+            if let Some(m) = event {
+                let bytes = m.encode().map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+                let offset = record.next_offset.saturating_sub(1);
+                events
+                    .insert((record.task_id.as_str(), offset), bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+                // Prune this task's oldest events beyond the limit.
+                while record.next_offset.saturating_sub(record.earliest) > self.max_events {
+                    events
+                        .remove((record.task_id.as_str(), record.earliest))
+                        .map_err(|e| self.err(e))?;
+                    record.earliest += 1;
+                }
+            }
+            let json = serde_json::to_vec(&record).map_err(|e| self.err(e))?;
+            tasks.insert(record.task_id.as_str(), json.as_slice()).map_err(|e| self.err(e))?;
+            if is_new {
+                order.insert(record.seq, record.task_id.as_str()).map_err(|e| self.err(e))?;
+                self.prune_tasks(&mut tasks, &mut order, &mut events)?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Drop the oldest finished tasks beyond `max_tasks`.
+    fn prune_tasks(
+        &self,
+        tasks: &mut redb::Table<'_, &str, &[u8]>,
+        order: &mut redb::Table<'_, u64, &str>,
+        events: &mut redb::Table<'_, (&str, u64), &[u8]>,
+    ) -> Result<(), HistoryError> {
+        let count = usize::try_from(order.len().map_err(|e| self.err(e))?).unwrap_or(usize::MAX);
+        let mut excess = count.saturating_sub(self.max_tasks);
+        if excess == 0 {
+            return Ok(());
+        }
+        let mut victims = Vec::new();
+        for item in order.iter().map_err(|e| self.err(e))? {
+            if excess == 0 {
+                break;
+            }
+            let (seq, id) = item.map_err(|e| self.err(e))?;
+            let id = id.value().to_owned();
+            let finished = match tasks.get(id.as_str()).map_err(|e| self.err(e))? {
+                Some(v) => decode(v.value()).map(|r| r.is_finished()).unwrap_or(true),
+                None => true,
+            };
+            if finished {
+                victims.push((seq.value(), id));
+                excess -= 1;
+            }
+        }
+        for (seq, id) in victims {
+            order.remove(seq).map_err(|e| self.err(e))?;
+            tasks.remove(id.as_str()).map_err(|e| self.err(e))?;
+            let keys: Vec<u64> = events
+                .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
+                .map_err(|e| self.err(e))?
+                .filter_map(Result::ok)
+                .map(|(k, _)| k.value().1)
+                .collect();
+            for k in keys {
+                events.remove((id.as_str(), k)).map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` events of `task_id` from `from` on, decoded.
+    ///
+    /// # Errors
+    /// [`HistoryError`] on a database failure or a corrupt event.
+    pub fn events(
+        &self,
+        task_id: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, HistoryError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in events.range((task_id, from)..=(task_id, u64::MAX)).map_err(|e| self.err(e))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            match Message::decode(v.value()) {
+                Ok(tandem_proto::message::Decoded::Known(m)) => out.push(m),
+                Ok(_) | Err(_) => {
+                    return Err(HistoryError::Corrupt(format!("an event of task {task_id}")));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The most recent `limit` tasks, newest first.
+    ///
+    /// # Errors
+    /// [`HistoryError`] on a database failure or a corrupt record.
+    pub fn recent(&self, limit: usize) -> Result<Vec<TaskRecord>, HistoryError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let order = txn.open_table(ORDER).map_err(|e| self.err(e))?;
+        let tasks = txn.open_table(TASKS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in order.iter().map_err(|e| self.err(e))?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, id) = item.map_err(|e| self.err(e))?;
+            if let Some(v) = tasks.get(id.value()).map_err(|e| self.err(e))? {
+                out.push(decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every task that had not finished, oldest first (after a restart:
+    /// queued ones run, running ones were interrupted).
+    ///
+    /// # Errors
+    /// [`HistoryError`] on a database failure or a corrupt record.
+    pub fn unfinished(&self) -> Result<Vec<TaskRecord>, HistoryError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let order = txn.open_table(ORDER).map_err(|e| self.err(e))?;
+        let tasks = txn.open_table(TASKS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in order.iter().map_err(|e| self.err(e))? {
+            let (_, id) = item.map_err(|e| self.err(e))?;
+            if let Some(v) = tasks.get(id.value()).map_err(|e| self.err(e))? {
+                let r = decode(v.value())?;
+                if !r.is_finished() {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<TaskRecord, HistoryError> {
+    serde_json::from_slice(bytes).map_err(|e| HistoryError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_proto::message::TaskEvent;
+
+    fn record(id: &str, seq: u64) -> TaskRecord {
+        TaskRecord {
+            task_id: id.into(),
+            seq,
+            device: "phone".into(),
+            executor: "x".into(),
+            text: "do it".into(),
+            created_ms: 1,
+            updated_ms: 1,
+            state: StoredState::Queued,
+            resume_token: None,
+            pending_resume: None,
+            next_offset: 0,
+            earliest: 0,
+        }
+    }
+
+    fn progress(id: &str, offset: u64) -> Message {
+        Message::TaskEvent {
+            task_id: id.into(),
+            offset,
+            at_ms: offset,
+            event: TaskEvent::Progress { text: format!("line {offset}") },
+        }
+    }
+
+    fn append(h: &History, r: &mut TaskRecord) {
+        let m = progress(&r.task_id, r.next_offset);
+        r.next_offset += 1;
+        h.save(r, Some(&m)).unwrap();
+    }
+
+    #[test]
+    fn events_survive_reopening_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let h = History::open(dir.path()).unwrap();
+            let mut r = record("t", h.next_seq().unwrap());
+            h.save(&r, None).unwrap();
+            for _ in 0..5 {
+                append(&h, &mut r);
+            }
+        }
+        let h = History::open(dir.path()).unwrap();
+        let r = h.get("t").unwrap().unwrap();
+        assert_eq!(r.next_offset, 5);
+        let evs = h.events("t", 2, 10).unwrap();
+        assert_eq!(evs, (2..5).map(|o| progress("t", o)).collect::<Vec<_>>());
+        assert_eq!(h.events("t", 0, 2).unwrap().len(), 2);
+        assert_eq!(h.unfinished().unwrap().len(), 1);
+        assert_eq!(h.next_seq().unwrap(), 1);
+    }
+
+    #[test]
+    fn long_tasks_keep_their_newest_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path()).unwrap().with_limits(10, 3);
+        let mut r = record("t", 0);
+        for _ in 0..7 {
+            append(&h, &mut r);
+        }
+        let stored = h.get("t").unwrap().unwrap();
+        assert_eq!((stored.earliest, stored.next_offset), (4, 7));
+        let evs = h.events("t", 0, 100).unwrap();
+        assert_eq!(evs, (4..7).map(|o| progress("t", o)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn old_finished_tasks_are_pruned_unfinished_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path()).unwrap().with_limits(2, 100);
+        let mut a = record("a", 0); // stays queued: never pruned
+        h.save(&a, None).unwrap();
+        append(&h, &mut a);
+        for (i, id) in ["b", "c", "d"].iter().enumerate() {
+            let mut r = record(id, i as u64 + 1);
+            append(&h, &mut r);
+            r.state = StoredState::Finished { status: FinishStatus::Succeeded };
+            h.save(&r, None).unwrap();
+        }
+        let ids: Vec<String> = h.recent(10).unwrap().into_iter().map(|r| r.task_id).collect();
+        assert_eq!(ids, ["d", "a"]);
+        assert!(h.events("b", 0, 10).unwrap().is_empty());
+        assert_eq!(h.events("a", 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn summaries_shorten_long_texts() {
+        let mut r = record("t", 0);
+        r.text = "x".repeat(500);
+        let s = r.summary();
+        assert_eq!(s.title.chars().count(), TITLE_CHARS + 1);
+        assert_eq!(s.state, TaskState::Queued);
+    }
+}

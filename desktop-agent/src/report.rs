@@ -1,0 +1,185 @@
+//! Text for `tandem status` and `tandem tasks`: what the running agent (or
+//! the task history on disk) reports, as lines a person reads.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+use tandem_proto::message::{Message, TaskEvent};
+
+use crate::history::{StoredState, TaskRecord};
+use crate::tasks::status_str;
+
+/// `v[key]`, or `null`.
+#[must_use]
+pub fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&Value::Null)
+}
+
+/// Characters of free text shown per line.
+const SHOWN: usize = 100;
+
+fn short(text: &str) -> String {
+    let one_line: String =
+        text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(SHOWN).collect();
+    if text.chars().nth(SHOWN).is_some() { format!("{one_line}…") } else { one_line }
+}
+
+fn ago(now_ms: u64, at_ms: u64) -> String {
+    let s = now_ms.saturating_sub(at_ms) / 1000;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86_400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// One line per task, newest first.
+#[must_use]
+pub fn task_lines(tasks: &[TaskRecord], now_ms: u64) -> String {
+    if tasks.is_empty() {
+        return "No tasks yet.\n".into();
+    }
+    let mut out = String::new();
+    for t in tasks {
+        let state = match t.state {
+            StoredState::Queued => "queued".to_owned(),
+            StoredState::Running => "running".to_owned(),
+            StoredState::Finished { status } => status_str(status).to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<10} {:<10} {:>8}  {}",
+            short(&t.task_id),
+            state,
+            short(&t.executor),
+            ago(now_ms, t.updated_ms),
+            short(&t.text)
+        );
+    }
+    out
+}
+
+/// One line for a task event.
+#[must_use]
+pub fn event_line(m: &Message) -> Option<String> {
+    let Message::TaskEvent { task_id, offset, event, .. } = m else { return None };
+    let what = match event {
+        TaskEvent::Accepted { executor, text } => {
+            format!("accepted by {executor}: {}", short(text.as_deref().unwrap_or("")))
+        }
+        TaskEvent::FollowUp { text } => format!("follow-up: {}", short(text)),
+        TaskEvent::Progress { text } => short(text),
+        TaskEvent::ToolCall { name, input, .. } => {
+            format!("tool {name} {}", short(&input.to_string()))
+        }
+        TaskEvent::ToolResult { output, is_error, .. } => {
+            format!("{} {}", if *is_error { "tool error:" } else { "tool result:" }, short(output))
+        }
+        TaskEvent::ApprovalRequest { approval_id, summary, .. } => {
+            format!("approval {approval_id} waiting: {}", short(summary))
+        }
+        TaskEvent::ApprovalResolved { approval_id, allow, by } => {
+            format!("approval {approval_id} {} by {by}", if *allow { "allowed" } else { "denied" })
+        }
+        TaskEvent::Finished { status, summary } => {
+            format!("finished {}: {}", status_str(*status), short(summary))
+        }
+    };
+    Some(format!("{} #{offset:<4} {what}", short(task_id)))
+}
+
+/// The running agent's status, from its control socket's JSON.
+#[must_use]
+pub fn status_text(v: &Value) -> String {
+    let mut out = String::new();
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+    let _ = writeln!(out, "Agent running (pid {}), device {}", field(v, "pid"), s("device_id"));
+    let connected = field(v, "connected").as_bool().unwrap_or(false);
+    let _ = writeln!(
+        out,
+        "Relay: {} ({})",
+        s("relay"),
+        if connected { "connected" } else { "not connected; retrying" }
+    );
+    let t = field(v, "tasks");
+    let _ = writeln!(
+        out,
+        "Tasks: {} running, {} queued, {} approval(s) waiting",
+        field(t, "running"),
+        field(t, "queued"),
+        field(t, "pending_approvals")
+    );
+    let awake = match field(v, "keep_awake") {
+        Value::Null => "not managed".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let _ = writeln!(out, "Keep awake: {awake}");
+    let devices = field(v, "devices").as_array().cloned().unwrap_or_default();
+    if devices.is_empty() {
+        let _ = writeln!(out, "No paired devices.");
+    }
+    for d in devices {
+        let state = match (field(&d, "online").as_bool(), field(&d, "attached").as_bool()) {
+            (Some(true), Some(false)) => "online, detached (idle)",
+            (Some(true), _) => "online",
+            _ => "offline",
+        };
+        let _ = writeln!(
+            out,
+            "  {}  {:<24} {:<8} {}",
+            field(&d, "device_id").as_str().unwrap_or("?"),
+            short(field(&d, "name").as_str().unwrap_or("?")),
+            field(&d, "scope").as_str().unwrap_or("?"),
+            state
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tandem_proto::message::FinishStatus;
+
+    #[test]
+    fn lines_are_single_and_short() {
+        let m = Message::TaskEvent {
+            task_id: "t".into(),
+            offset: 3,
+            at_ms: 0,
+            event: TaskEvent::Progress { text: format!("a\nb\x1b[31m{}", "x".repeat(300)) },
+        };
+        let line = event_line(&m).unwrap();
+        assert!(!line.contains('\n') && !line.contains('\x1b'));
+        assert!(line.starts_with("t #3"));
+        assert!(line.ends_with('…'));
+        let done = Message::TaskEvent {
+            task_id: "t".into(),
+            offset: 4,
+            at_ms: 0,
+            event: TaskEvent::Finished { status: FinishStatus::Succeeded, summary: "ok".into() },
+        };
+        assert!(event_line(&done).unwrap().contains("finished succeeded: ok"));
+        assert_eq!(event_line(&Message::Cancel { task_id: "t".into() }), None);
+    }
+
+    #[test]
+    fn status_shows_connection_tasks_and_devices() {
+        let v = json!({
+            "ok": true, "pid": 42, "device_id": "abc", "relay": "ws://x/v1/connect",
+            "connected": false, "keep_awake": "held",
+            "tasks": {"running": 1, "queued": 2, "pending_approvals": 0},
+            "devices": [{"device_id": "d1", "name": "Ana's phone", "scope": "approve",
+                          "online": true, "attached": false}],
+        });
+        let text = status_text(&v);
+        assert!(text.contains("pid 42"));
+        assert!(text.contains("not connected"));
+        assert!(text.contains("1 running, 2 queued"));
+        assert!(text.contains("Keep awake: held"));
+        assert!(text.contains("online, detached (idle)"));
+    }
+}
