@@ -5,6 +5,7 @@
 
 pub mod agent_config;
 pub mod audit;
+pub mod awake;
 pub mod daemon;
 pub mod executor;
 pub mod history;
@@ -14,6 +15,7 @@ pub mod pair;
 pub mod peers;
 pub mod qr;
 pub mod report;
+pub mod service;
 pub mod settings;
 pub mod tasks;
 pub mod ui;

@@ -16,6 +16,7 @@ use tandem_agent::keystore::KeyStore;
 use tandem_agent::pair::{PairOptions, pair};
 use tandem_agent::peers::{Peer, PeerStore, Scope};
 use tandem_agent::report::field;
+use tandem_agent::service;
 use tandem_agent::settings::Settings;
 use tandem_agent::tasks::{TaskManager, TaskOptions, TaskUpdate};
 use tandem_agent::ui::TerminalUi;
@@ -120,6 +121,26 @@ enum Command {
         /// view | submit | approve
         scope: Scope,
     },
+    /// Run `tandem run` at login: a systemd user unit (Linux) or a launchd
+    /// agent (macOS), restarted when it fails.
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceAction {
+    /// Write the unit (or agent) with this data dir and config, then enable
+    /// and start it. If the service manager is missing or fails, the file is
+    /// still written and the commands to run are printed (exit status 0).
+    Install {
+        /// Only write the file; start nothing.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Stop, disable and remove it (succeeds if it is not installed).
+    Uninstall,
 }
 
 #[derive(Subcommand, Debug)]
@@ -270,6 +291,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { json } => status(&dir, *json).await,
+        Command::Service { action } => service(&dir, cli.config.as_deref(), action),
         Command::Tasks { task, follow, limit } => {
             tasks(&dir, task.as_deref(), *follow, *limit).await
         }
@@ -411,6 +433,42 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `tandem service install|uninstall`: do it, then say what happened and
+/// what is left for the user.
+fn service(
+    dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+    action: &ServiceAction,
+) -> anyhow::Result<()> {
+    let outcome = match action {
+        ServiceAction::Install { no_start } => {
+            let spec = service::ServiceSpec::for_current_exe(dir, config)?;
+            service::install(&spec, !no_start)?
+        }
+        ServiceAction::Uninstall => service::uninstall()?,
+    };
+    match (action, &outcome.path) {
+        (ServiceAction::Install { .. }, Some(p)) => println!("Wrote {}.", p.display()),
+        (ServiceAction::Uninstall, Some(p)) => println!("Removed {}.", p.display()),
+        (_, None) => println!("The tandem service is not installed; nothing to do."),
+    }
+    for cmd in &outcome.ran {
+        println!("Ran `{cmd}`.");
+    }
+    for warning in &outcome.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if !outcome.manual.is_empty() {
+        println!("To finish, run:");
+        for cmd in &outcome.manual {
+            println!("  {cmd}");
+        }
+    } else if matches!(action, ServiceAction::Install { .. }) {
+        println!("The agent runs in the background now and starts at login.");
+    }
+    Ok(())
 }
 
 /// Connect to the relay as this desktop and deliver queued revocations.
