@@ -5,7 +5,8 @@
 //! command line. A [`ExecutorKind::Command`] executor gets the task text as
 //! one argv element (each argument exactly equal to `{task}` is replaced; no
 //! shell, no splitting, no expansion); a [`ExecutorKind::Jsonl`] agent gets it
-//! as a JSON line on stdin.
+//! as a JSON line on stdin; [`ExecutorKind::Claude`] runs Claude Code with the
+//! task text as the one argument after `--` (see [`crate::claude`]).
 //!
 //! Every executor runs in its own process group, so [`Control::Cancel`]
 //! reaches its children too: the group gets `SIGTERM`, then `SIGKILL` after
@@ -20,6 +21,7 @@
 //! [`MAX_EVENT_TEXT`] bytes of JSON so an event always fits in one protocol
 //! message.
 
+use std::ffi::OsStr;
 use std::io;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -56,11 +58,11 @@ const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 /// After the executor exits, how long its pipes may stay open (held by a
 /// leftover child) before the output is no longer waited for.
-const DRAIN_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// After a JSON-lines agent reports `finished`, how long it has to exit
 /// before its process group is terminated.
-const EXIT_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a write to a JSON-lines agent's stdin may block.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -109,6 +111,35 @@ pub enum ExecutorKind {
         #[serde(default)]
         args: Vec<String>,
     },
+    /// Claude Code in print mode (TOML `type = "claude"`): runs
+    /// `<program> -p --output-format stream-json --verbose --mcp-config <json>
+    /// --permission-prompt-tool mcp__tandem__approval_prompt
+    /// [--resume <session>] <args…> -- <task>`, the task text being the one
+    /// argument after `--` (no shell; a task starting with `-` stays text).
+    /// Its stream-json events become progress (assistant text), tool calls
+    /// and tool results; its `result` finishes the task (`success` as
+    /// succeeded, any error as failed), and its session id makes the task
+    /// resumable: a follow-up after the finish runs
+    /// `--resume <session>` (see [`resume`]). Claude Code asks for
+    /// permissions through an MCP tool served by this binary
+    /// (`tandem mcp-permission`, started by Claude Code from the
+    /// `--mcp-config`), which reaches the agent over a private Unix socket:
+    /// each prompt becomes an approval request on the phone. A follow-up sent
+    /// while Claude is working is queued and runs, with `--resume`, when the
+    /// current run ends; the task finishes once, after the last one. See
+    /// [`crate::claude`].
+    Claude {
+        /// The program (default `claude`, looked up in `PATH`).
+        #[serde(default = "default_claude_program")]
+        program: String,
+        /// Extra arguments before the task (e.g. `["--model", "sonnet"]`).
+        #[serde(default)]
+        args: Vec<String>,
+    },
+}
+
+fn default_claude_program() -> String {
+    "claude".to_owned()
 }
 
 /// One executor the user configured.
@@ -177,7 +208,8 @@ pub enum ExecEvent {
 /// A message to a running executor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
-    /// More instructions for a JSON-lines agent.
+    /// More instructions (a JSON-lines agent gets them on stdin; Claude Code
+    /// runs them when its current run ends).
     FollowUp(String),
     /// The answer to an [`ExecEvent::ApprovalRequest`].
     Decision {
@@ -209,9 +241,13 @@ pub enum ExecError {
         /// What the OS said.
         source: io::Error,
     },
-    /// This kind of executor cannot take this control message.
-    #[error("a command executor cannot take {0}")]
+    /// This kind of executor cannot do that (the text says what).
+    #[error("{0}")]
     Unsupported(&'static str),
+    /// Files the executor needs (the Claude permission socket) could not be
+    /// set up.
+    #[error("could not prepare the executor: {0}")]
+    Setup(io::Error),
     /// The executor has already finished.
     #[error("the executor is no longer running")]
     NotRunning,
@@ -232,6 +268,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// A running executor whose supervisor sends `events`.
+    pub(crate) fn new(events: mpsc::Receiver<ExecEvent>, controller: Controller) -> Self {
+        Running { events, controller, finished: false }
+    }
+
     /// The next event; `None` after [`ExecEvent::Finished`].
     pub async fn next(&mut self) -> Option<ExecEvent> {
         if self.finished {
@@ -252,9 +293,10 @@ impl Running {
     }
 
     /// Sends a control message: follow-ups and decisions go to a JSON-lines
-    /// agent's stdin (a command executor answers them with
-    /// [`ExecError::Unsupported`]); [`Control::Cancel`] works for both and
-    /// ends the events with `Finished { Cancelled, "cancelled" }`.
+    /// agent's stdin or to the Claude Code supervisor (a command executor
+    /// answers them with [`ExecError::Unsupported`]); [`Control::Cancel`]
+    /// works for all and ends the events with
+    /// `Finished { Cancelled, "cancelled" }`.
     ///
     /// # Errors
     /// [`ExecError::NotRunning`] once the executor finished,
@@ -277,12 +319,21 @@ pub struct Controller {
 
 #[derive(Debug)]
 struct ControlShared {
-    /// Whether the executor speaks JSON lines (takes follow-ups and decisions).
-    jsonl: bool,
-    /// The agent's stdin; `None` for a command executor or once finished.
-    stdin: Arc<Mutex<Option<ChildStdin>>>,
+    /// Where follow-ups and decisions go.
+    route: Route,
     /// Asks the supervisor to cancel; closed once the executor finished.
     cancel: mpsc::Sender<()>,
+}
+
+/// Where a running executor takes follow-ups and decisions.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// Nowhere: a command executor.
+    Command,
+    /// A JSON-lines agent's stdin (`None` once finished).
+    Jsonl(Arc<Mutex<Option<ChildStdin>>>),
+    /// The Claude Code supervisor (closed once finished).
+    Claude(mpsc::Sender<Control>),
 }
 
 /// A line to a JSON-lines agent.
@@ -303,37 +354,47 @@ impl ToAgent<'_> {
 }
 
 impl Controller {
+    /// A controller that routes follow-ups and decisions to `route` and
+    /// cancels through `cancel`.
+    pub(crate) fn new(route: Route, cancel: mpsc::Sender<()>) -> Self {
+        Controller { inner: Arc::new(ControlShared { route, cancel }) }
+    }
+
     /// Sends a control message; see [`Running::control`].
     ///
     /// # Errors
     /// As [`Running::control`].
     pub async fn control(&self, c: Control) -> Result<(), ExecError> {
-        match c {
-            Control::Cancel => match self.inner.cancel.try_send(()) {
+        if c == Control::Cancel {
+            return match self.inner.cancel.try_send(()) {
                 // Full: a cancel is already on its way.
                 Ok(()) | Err(mpsc::error::TrySendError::Full(())) => Ok(()),
                 Err(mpsc::error::TrySendError::Closed(())) => Err(ExecError::NotRunning),
-            },
-            Control::FollowUp(text) => {
-                self.send(&ToAgent::FollowUp { text: &text }, "follow-up messages").await
-            }
-            Control::Decision { approval_id, allow } => {
-                self.send(&ToAgent::Decision { approval_id: &approval_id, allow }, "decisions")
-                    .await
-            }
+            };
         }
-    }
-
-    async fn send(&self, msg: &ToAgent<'_>, what: &'static str) -> Result<(), ExecError> {
-        if !self.inner.jsonl {
-            return Err(ExecError::Unsupported(what));
+        match &self.inner.route {
+            Route::Command => Err(ExecError::Unsupported(match c {
+                Control::FollowUp(_) => "a command executor cannot take follow-up messages",
+                _ => "a command executor cannot take decisions",
+            })),
+            Route::Jsonl(stdin) => {
+                let line = match &c {
+                    Control::FollowUp(text) => ToAgent::FollowUp { text }.line()?,
+                    Control::Decision { approval_id, allow } => {
+                        ToAgent::Decision { approval_id, allow: *allow }.line()?
+                    }
+                    Control::Cancel => return Ok(()),
+                };
+                let mut stdin = stdin.lock().await;
+                let Some(pipe) = stdin.as_mut() else {
+                    return Err(ExecError::NotRunning);
+                };
+                write_line(pipe, &line).await.map_err(ExecError::Stdin)
+            }
+            // The supervisor reads controls even while it waits for the
+            // consumer, so this does not block for long.
+            Route::Claude(tx) => tx.send(c).await.map_err(|_| ExecError::NotRunning),
         }
-        let line = msg.line()?;
-        let mut stdin = self.inner.stdin.lock().await;
-        let Some(pipe) = stdin.as_mut() else {
-            return Err(ExecError::NotRunning);
-        };
-        write_line(pipe, &line).await.map_err(ExecError::Stdin)
     }
 }
 
@@ -355,7 +416,9 @@ async fn write_line(pipe: &mut ChildStdin, line: &str) -> io::Result<()> {
 ///
 /// # Errors
 /// [`ExecError::Workdir`] if the working directory is not a usable
-/// directory, [`ExecError::Spawn`] if the program cannot be started.
+/// directory, [`ExecError::Spawn`] if the program cannot be started,
+/// [`ExecError::Setup`] if a Claude executor's permission socket cannot be
+/// created.
 pub fn start(config: &ExecutorConfig, task_text: &str) -> Result<Running, ExecError> {
     let (program, args, jsonl) = match &config.kind {
         ExecutorKind::Command { program, args } => {
@@ -368,47 +431,12 @@ pub fn start(config: &ExecutorConfig, task_text: &str) -> Result<Running, ExecEr
         ExecutorKind::Jsonl { program, args } => {
             (program, args.iter().map(String::as_str).collect(), true)
         }
+        ExecutorKind::Claude { .. } => return crate::claude::start(config, task_text, None),
     };
 
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .envs(config.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if jsonl { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    #[cfg(unix)]
-    cmd.process_group(0);
-    if let Some(dir) = &config.workdir {
-        match std::fs::metadata(dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(ExecError::Workdir {
-                    path: dir.clone(),
-                    source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-                });
-            }
-            Err(source) => return Err(ExecError::Workdir { path: dir.clone(), source }),
-        }
-        cmd.current_dir(dir);
-    }
+    let mut proc = Proc::spawn(config, program, &args, &[], jsonl)?;
 
-    let mut child =
-        cmd.spawn().map_err(|source| ExecError::Spawn { program: program.clone(), source })?;
-    // With `process_group(0)` the child leads a new group whose id is its pid.
-    let pgid = child.id();
-    debug!(executor = %config.name, pid = ?pgid, "executor started");
-
-    let (line_tx, lines) = mpsc::channel(EVENT_BUFFER);
-    let mut readers = Vec::with_capacity(2);
-    if let Some(out) = child.stdout.take() {
-        readers.push(tokio::spawn(read_lines(out, line_tx.clone(), Stream::Stdout)));
-    }
-    if let Some(err) = child.stderr.take() {
-        readers.push(tokio::spawn(read_lines(err, line_tx, Stream::Stderr)));
-    }
-
-    let stdin = Arc::new(Mutex::new(child.stdin.take()));
+    let stdin = Arc::new(Mutex::new(proc.child.stdin.take()));
     if jsonl {
         // Hold the stdin lock until the task line is written, so no control
         // message can overtake it. The lock is fresh, so this cannot fail.
@@ -421,11 +449,8 @@ pub fn start(config: &ExecutorConfig, task_text: &str) -> Result<Running, ExecEr
     let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
     let (cancel_tx, cancel) = mpsc::channel(1);
     let supervisor = Supervisor {
-        child,
-        pgid,
+        proc,
         jsonl,
-        lines,
-        readers,
         events: events_tx,
         cancel,
         stdin: Arc::clone(&stdin),
@@ -433,20 +458,132 @@ pub fn start(config: &ExecutorConfig, task_text: &str) -> Result<Running, ExecEr
     };
     tokio::spawn(supervisor.run());
 
-    let controller =
-        Controller { inner: Arc::new(ControlShared { jsonl, stdin, cancel: cancel_tx }) };
-    Ok(Running { events, controller, finished: false })
+    let route = if jsonl { Route::Jsonl(stdin) } else { Route::Command };
+    Ok(Running::new(events, Controller::new(route, cancel_tx)))
 }
 
 /// Continues a finished task of `config` with a follow-up `text`, from the
-/// `token` an earlier run reported in [`ExecEvent::Resumable`].
+/// `token` an earlier run reported in [`ExecEvent::Resumable`]. Only Claude
+/// Code executors resume (`--resume <session>`).
 ///
 /// # Errors
 /// [`ExecError::Unsupported`] for executor kinds that cannot resume; as
 /// [`start`] otherwise.
 pub fn resume(config: &ExecutorConfig, token: &str, text: &str) -> Result<Running, ExecError> {
-    let _ = (config, token, text);
-    Err(ExecError::Unsupported("resuming a finished task"))
+    match &config.kind {
+        ExecutorKind::Claude { .. } => crate::claude::start(config, text, Some(token)),
+        ExecutorKind::Command { .. } => {
+            Err(ExecError::Unsupported("a command executor cannot resume a finished task"))
+        }
+        ExecutorKind::Jsonl { .. } => {
+            Err(ExecError::Unsupported("a jsonl executor cannot resume a finished task"))
+        }
+    }
+}
+
+/// One executor process in its own process group, with its output lines.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    /// The process (its stdin, if piped, is still in it).
+    pub(crate) child: Child,
+    /// Its process group (its pid), if it is known.
+    pgid: Option<u32>,
+    /// Its stdout and stderr lines, until both close.
+    pub(crate) lines: mpsc::Receiver<(Stream, String)>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    /// Spawns `program` with `args` (no shell) for `config`: its working
+    /// directory, `extra_env` and then its own environment on top of the
+    /// agent's, a new process group, stdout and stderr read line by line,
+    /// stdin piped or null.
+    pub(crate) fn spawn<A: AsRef<OsStr>>(
+        config: &ExecutorConfig,
+        program: &str,
+        args: &[A],
+        extra_env: &[(String, String)],
+        piped_stdin: bool,
+    ) -> Result<Proc, ExecError> {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
+            .stdin(if piped_stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        #[cfg(unix)]
+        cmd.process_group(0);
+        if let Some(dir) = &config.workdir {
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(ExecError::Workdir {
+                        path: dir.clone(),
+                        source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                    });
+                }
+                Err(source) => return Err(ExecError::Workdir { path: dir.clone(), source }),
+            }
+            cmd.current_dir(dir);
+        }
+
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| ExecError::Spawn { program: program.to_owned(), source })?;
+        // With `process_group(0)` the child leads a new group whose id is its pid.
+        let pgid = child.id();
+        debug!(executor = %config.name, pid = ?pgid, "executor started");
+
+        let (line_tx, lines) = mpsc::channel(EVENT_BUFFER);
+        let mut readers = Vec::with_capacity(2);
+        if let Some(out) = child.stdout.take() {
+            readers.push(tokio::spawn(read_lines(out, line_tx.clone(), Stream::Stdout)));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(tokio::spawn(read_lines(err, line_tx, Stream::Stderr)));
+        }
+        Ok(Proc { child, pgid, lines, readers })
+    }
+
+    /// Terminates the process group: `SIGTERM`, then `SIGKILL` after
+    /// [`KILL_GRACE`] if the leader has not exited or its pipes are still
+    /// open, or if anything is left in the group.
+    pub(crate) async fn terminate(&mut self) {
+        let Some(pgid) = self.pgid else {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+            return;
+        };
+        if !signal_group("TERM", pgid).await {
+            // No `kill` binary: at least the executor itself goes.
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+            return;
+        }
+        let deadline = Instant::now() + KILL_GRACE;
+        // Closed pipes mean nothing in the group still holds them; zombies do
+        // not, so this works even where orphans are reaped slowly.
+        let exited = timeout_at(deadline, self.child.wait()).await.is_ok();
+        let drained = timeout_at(deadline, async { while self.lines.recv().await.is_some() {} })
+            .await
+            .is_ok();
+        if !exited || !drained || signal_group("0", pgid).await {
+            // Zombies also answer signal 0; a SIGKILL does them no harm.
+            signal_group("KILL", pgid).await;
+        }
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        for reader in &self.readers {
+            reader.abort();
+        }
+    }
 }
 
 async fn write_task(mut stdin: OwnedMutexGuard<Option<ChildStdin>>, line: String) {
@@ -458,9 +595,12 @@ async fn write_task(mut stdin: OwnedMutexGuard<Option<ChildStdin>>, line: String
     }
 }
 
+/// Which pipe a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stream {
+pub(crate) enum Stream {
+    /// Standard output.
     Stdout,
+    /// Standard error.
     Stderr,
 }
 
@@ -607,7 +747,7 @@ fn json_escaped_len(c: char) -> usize {
 
 /// Caps `text` so its JSON string encoding (without the quotes) takes at most
 /// `max` bytes, cutting on a character boundary and appending a marker.
-fn cap_text(mut text: String, max: usize) -> String {
+pub(crate) fn cap_text(mut text: String, max: usize) -> String {
     let total = text.chars().map(json_escaped_len).fold(0usize, usize::saturating_add);
     if total <= max {
         return text;
@@ -629,7 +769,7 @@ fn cap_text(mut text: String, max: usize) -> String {
 
 /// Caps a tool input: if its JSON is over [`MAX_EVENT_TEXT`], it is replaced
 /// by a string holding the (capped) JSON text.
-fn cap_json(input: serde_json::Value) -> serde_json::Value {
+pub(crate) fn cap_json(input: serde_json::Value) -> serde_json::Value {
     let text = input.to_string();
     if text.len() <= MAX_EVENT_TEXT {
         input
@@ -639,7 +779,7 @@ fn cap_json(input: serde_json::Value) -> serde_json::Value {
 }
 
 /// `exit code N`, `killed by signal N`, or `unknown exit status`.
-fn describe_exit(status: ExitStatus) -> String {
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
     if let Some(code) = status.code() {
         return format!("exit code {code}");
     }
@@ -668,11 +808,8 @@ enum Outcome {
 /// Owns the child process: turns its output into events, reacts to cancel,
 /// and always ends with exactly one `Finished` (unless abandoned).
 struct Supervisor {
-    child: Child,
-    pgid: Option<u32>,
+    proc: Proc,
     jsonl: bool,
-    lines: mpsc::Receiver<(Stream, String)>,
-    readers: Vec<JoinHandle<()>>,
     events: mpsc::Sender<ExecEvent>,
     cancel: mpsc::Receiver<()>,
     stdin: Arc<Mutex<Option<ChildStdin>>>,
@@ -723,9 +860,6 @@ impl Supervisor {
                 self.close_stdin().await;
             }
         }
-        for reader in &self.readers {
-            reader.abort();
-        }
     }
 
     /// Runs until the executor is done (exited and output read), a JSON-lines
@@ -744,7 +878,7 @@ impl Supervisor {
                     return if c.is_some() { Outcome::Cancelled } else { Outcome::Abandoned };
                 }
                 () = self.events.closed() => return Outcome::Abandoned,
-                line = self.lines.recv(), if lines_open => match line {
+                line = self.proc.lines.recv(), if lines_open => match line {
                     Some((stream, text)) => {
                         if let Some(outcome) = self.on_line(stream, text).await {
                             return outcome;
@@ -752,7 +886,7 @@ impl Supervisor {
                     }
                     None => lines_open = false,
                 },
-                status = self.child.wait(), if exit.is_none() => {
+                status = self.proc.child.wait(), if exit.is_none() => {
                     exit = Some(status);
                     drain_deadline = Instant::now() + DRAIN_GRACE;
                 }
@@ -818,7 +952,7 @@ impl Supervisor {
     /// stdout lines are dropped (nothing follows `finished`).
     async fn drain_stderr(&mut self) {
         let deadline = Instant::now() + DRAIN_GRACE;
-        while let Ok(Some((stream, text))) = timeout_at(deadline, self.lines.recv()).await {
+        while let Ok(Some((stream, text))) = timeout_at(deadline, self.proc.lines.recv()).await {
             if stream == Stream::Stderr && !text.trim().is_empty() {
                 let event =
                     ExecEvent::Progress(cap_text(format!("stderr: {text}"), MAX_EVENT_TEXT));
@@ -836,11 +970,11 @@ impl Supervisor {
         let mut lines_open = true;
         loop {
             tokio::select! {
-                status = self.child.wait() => {
+                status = self.proc.child.wait() => {
                     debug!(?status, "executor exited after finishing");
                     return;
                 }
-                line = self.lines.recv(), if lines_open => {
+                line = self.proc.lines.recv(), if lines_open => {
                     if line.is_none() {
                         lines_open = false;
                     }
@@ -854,41 +988,17 @@ impl Supervisor {
         }
     }
 
-    /// Terminates the executor's whole process group: `SIGTERM`, then
-    /// `SIGKILL` after [`KILL_GRACE`] if the leader has not exited or its
-    /// pipes are still open, or if anything is left in the group.
+    /// Terminates the executor's whole process group (see
+    /// [`Proc::terminate`]).
     async fn terminate(&mut self) {
-        let Some(pgid) = self.pgid else {
-            let _ = self.child.start_kill();
-            let _ = self.child.wait().await;
-            return;
-        };
-        if !signal_group("TERM", pgid).await {
-            // No `kill` binary: at least the executor itself goes.
-            let _ = self.child.start_kill();
-            let _ = self.child.wait().await;
-            return;
-        }
-        let deadline = Instant::now() + KILL_GRACE;
-        // Closed pipes mean nothing in the group still holds them; zombies do
-        // not, so this works even where orphans are reaped slowly.
-        let exited = timeout_at(deadline, self.child.wait()).await.is_ok();
-        let drained = timeout_at(deadline, async { while self.lines.recv().await.is_some() {} })
-            .await
-            .is_ok();
-        if !exited || !drained || signal_group("0", pgid).await {
-            // Zombies also answer signal 0; a SIGKILL does them no harm.
-            signal_group("KILL", pgid).await;
-        }
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        self.proc.terminate().await;
     }
 }
 
 /// Sends `signal` to process group `pgid` with the `kill` binary (this crate
 /// has no `unsafe` and no `libc`). True if `kill` succeeded; for signal `0`
 /// that means the group still has a member.
-async fn signal_group(signal: &str, pgid: u32) -> bool {
+pub(crate) async fn signal_group(signal: &str, pgid: u32) -> bool {
     if !cfg!(unix) {
         return false;
     }
@@ -1105,7 +1215,12 @@ mod tests {
             Err(ExecError::Unsupported(_))
         ));
         let d = Control::Decision { approval_id: "a".into(), allow: true };
-        assert!(matches!(r.controller().control(d).await, Err(ExecError::Unsupported(_))));
+        let e = r.controller().control(d).await.unwrap_err();
+        assert_eq!(e.to_string(), "a command executor cannot take decisions");
+        let e = resume(&command(&s, &[], dir.path()), "token", "more").unwrap_err();
+        assert_eq!(e.to_string(), "a command executor cannot resume a finished task");
+        let e = resume(&jsonl(&s, dir.path()), "token", "more").unwrap_err();
+        assert_eq!(e.to_string(), "a jsonl executor cannot resume a finished task");
         r.control(Control::Cancel).await.unwrap();
         assert_eq!(all(&mut r).await, vec![finished(FinishStatus::Cancelled, "cancelled")]);
         assert!(matches!(r.control(Control::Cancel).await, Err(ExecError::NotRunning)));
@@ -1444,5 +1559,8 @@ echo '{"type":"progress","text":"after finished"}'
         let back: ExecutorConfig =
             serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
         assert_eq!(back, config);
+        let claude: ExecutorConfig =
+            serde_json::from_str(r#"{"name":"c","type":"claude"}"#).unwrap();
+        assert_eq!(claude.kind, ExecutorKind::Claude { program: "claude".into(), args: vec![] });
     }
 }

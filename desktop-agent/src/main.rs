@@ -114,6 +114,14 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// The permission tool of `claude` executors: an MCP server on stdio,
+    /// started by Claude Code (not by hand).
+    #[command(hide = true)]
+    McpPermission {
+        /// The task's permission socket.
+        #[arg(long)]
+        socket: PathBuf,
+    },
     /// Limit what a device may do: view, submit or approve.
     Scope {
         /// Device id, a unique prefix of it, or its name.
@@ -254,6 +262,10 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Command::McpPermission { socket } = &cli.command {
+        // Before the data dir: Claude Code starts this without --data-dir.
+        return Ok(tandem_agent::claude::serve_permission_tool(socket.clone()).await?);
+    }
     let dir = data_dir(&cli)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let info = device_info(&cli);
@@ -290,6 +302,7 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::McpPermission { .. } => Ok(()), // served above
         Command::Status { json } => status(&dir, *json).await,
         Command::Service { action } => service(&dir, cli.config.as_deref(), action),
         Command::Tasks { task, follow, limit } => {
