@@ -60,8 +60,8 @@ pub enum AwakeState {
     Released,
     /// Tasks run and the computer is kept awake.
     Held,
-    /// The last acquisition failed (why); it is tried again when tasks next
-    /// start after the queue was empty.
+    /// Tasks run but the acquisition failed (why); it is tried again when
+    /// tasks next start after the queue was empty.
     Unavailable(String),
 }
 
@@ -173,8 +173,8 @@ impl KeepAwake {
     pub fn state(&self) -> AwakeState {
         match (&self.hold, &self.failure) {
             (Some(_), _) => AwakeState::Held,
-            (None, Some(reason)) => AwakeState::Unavailable(reason.clone()),
-            (None, None) => AwakeState::Released,
+            (None, Some(reason)) if self.busy => AwakeState::Unavailable(reason.clone()),
+            (None, _) => AwakeState::Released,
         }
     }
 }
@@ -369,9 +369,9 @@ mod tests {
         // Still busy: no retry on every call.
         awake.set_busy(true);
         assert_eq!(double.acquired(), 0);
-        // Idle: nothing held, the failure still shows for status.
+        // Idle: nothing held and nothing needed.
         awake.set_busy(false);
-        assert!(matches!(awake.state(), AwakeState::Unavailable(_)));
+        assert_eq!(awake.state(), AwakeState::Released);
         assert_eq!(double.released(), 0);
         // Next work: tried again, and it works now.
         awake.set_busy(true);

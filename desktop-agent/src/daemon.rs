@@ -81,7 +81,9 @@ pub struct Daemon<'a> {
     relay_url: Option<String>,
     data_dir: Option<PathBuf>,
     busy_hook: Option<Box<dyn FnMut(bool) -> Value + Send + 'a>>,
+    last_busy: Option<bool>,
     awake: Value,
+    status_extra: serde_json::Map<String, Value>,
 }
 
 impl Drop for Daemon<'_> {
@@ -136,7 +138,9 @@ impl<'a> Daemon<'a> {
             relay_url: None,
             data_dir: None,
             busy_hook: None,
+            last_busy: None,
             awake: Value::Null,
+            status_extra: serde_json::Map::new(),
         }
     }
 
@@ -172,10 +176,26 @@ impl<'a> Daemon<'a> {
         self
     }
 
+    /// Add `key: value` to what `tandem status` shows.
+    #[must_use]
+    pub fn with_status_field(mut self, key: &str, value: Value) -> Self {
+        self.status_extra.insert(key.to_owned(), value);
+        self
+    }
+
     fn busy_changed(&mut self) {
         let busy = self.tasks.busy();
+        if self.last_busy == Some(busy) {
+            return;
+        }
+        self.last_busy = Some(busy);
         if let Some(hook) = &mut self.busy_hook {
-            self.awake = hook(busy);
+            // The hook may wait on the OS (a D-Bus round trip): keep the
+            // other worker threads running meanwhile.
+            let multi = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            self.awake =
+                if multi { tokio::task::block_in_place(|| hook(busy)) } else { hook(busy) };
         }
     }
 

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tandem_agent::agent_config::AgentConfig;
 use tandem_agent::audit::{self, AuditEvent, AuditLog};
+use tandem_agent::awake::KeepAwake;
 use tandem_agent::daemon::Daemon;
 use tandem_agent::history::{DEFAULT_MAX_EVENTS_PER_TASK, History};
 use tandem_agent::keystore::KeyStore;
@@ -542,11 +543,17 @@ fn daemon<'a>(
     dir: &std::path::Path,
     url: String,
 ) -> anyhow::Result<Daemon<'a>> {
+    let mut awake = KeepAwake::new();
     Ok(Daemon::new(client, key, store, setup.tasks)
         .with_audit(AuditLog::open(dir)?)
         .with_control(calls, dir.to_owned())
         .with_idle_detach(setup.idle_detach)
-        .with_relay_url(url))
+        .with_relay_url(url)
+        .with_status_field("key_store", KeyStore::new(dir).backend().into())
+        .with_busy_hook(move |busy| {
+            awake.set_busy(busy);
+            serde_json::to_value(awake.state()).unwrap_or_default()
+        }))
 }
 
 /// Ctrl-C, or SIGTERM (a service manager stopping the agent).

@@ -110,12 +110,16 @@ pub fn status_text(v: &Value) -> String {
         field(t, "queued"),
         field(t, "pending_approvals")
     );
-    let awake = match field(v, "keep_awake") {
-        Value::Null => "not managed".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+    let awake = field(v, "keep_awake");
+    let awake = match (field(awake, "state").as_str(), field(awake, "reason").as_str()) {
+        (Some(state), Some(reason)) => format!("{state} ({reason})"),
+        (Some(state), None) => state.to_owned(),
+        _ => "not managed".to_owned(),
     };
     let _ = writeln!(out, "Keep awake: {awake}");
+    if let Some(backend) = field(v, "key_store").as_str() {
+        let _ = writeln!(out, "Device key: {backend}");
+    }
     let devices = field(v, "devices").as_array().cloned().unwrap_or_default();
     if devices.is_empty() {
         let _ = writeln!(out, "No paired devices.");
@@ -170,7 +174,7 @@ mod tests {
     fn status_shows_connection_tasks_and_devices() {
         let v = json!({
             "ok": true, "pid": 42, "device_id": "abc", "relay": "ws://x/v1/connect",
-            "connected": false, "keep_awake": "held",
+            "connected": false, "keep_awake": {"state": "held"}, "key_store": "file",
             "tasks": {"running": 1, "queued": 2, "pending_approvals": 0},
             "devices": [{"device_id": "d1", "name": "Ana's phone", "scope": "approve",
                           "online": true, "attached": false}],
@@ -180,6 +184,7 @@ mod tests {
         assert!(text.contains("not connected"));
         assert!(text.contains("1 running, 2 queued"));
         assert!(text.contains("Keep awake: held"));
+        assert!(text.contains("Device key: file"));
         assert!(text.contains("online, detached (idle)"));
     }
 }

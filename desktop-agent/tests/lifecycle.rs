@@ -151,9 +151,29 @@ async fn status_follow_scope_and_revoke_reach_the_running_agent() {
     assert!(followed[0].starts_with("t-f #0") && followed[0].contains("accepted"), "{followed:?}");
     assert!(followed.iter().any(|l| l.contains("n=2")), "{followed:?}");
 
-    // Scope and revoke change the running agent at once.
     let mut seen = Seen::default();
     until(&mut phone, &mut seen, |s| s.finished("t-f").is_some()).await;
+
+    // The computer is kept awake while a task runs, released when none does
+    // (no D-Bus here: the attempt is reported as unavailable).
+    let awake = |dir: &std::path::Path| {
+        let v: serde_json::Value =
+            serde_json::from_str(&tandem(dir, &["status", "--json"])).unwrap();
+        assert_eq!(v["key_store"], "file");
+        v["keep_awake"]["state"].as_str().unwrap().to_owned()
+    };
+    phone.submit("t-k", "count 100 20").await;
+    until(&mut phone, &mut seen, |s| s.progress("t-k").len() >= 2).await;
+    let during = awake(dir.path());
+    assert!(during == "held" || during == "unavailable", "{during}");
+    until(&mut phone, &mut seen, |s| s.finished("t-k").is_some()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while awake(dir.path()) != "released" {
+        assert!(Instant::now() < deadline, "keep-awake released when the queue is empty");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Scope and revoke change the running agent at once.
     tandem(dir.path(), &["scope", "Ana's phone", "view"]);
     phone.submit("t-v", "count 1 1").await;
     assert!(matches!(phone.message().await, Message::Refused { code, .. } if code == "scope"));

@@ -63,7 +63,7 @@ impl Daemon<'_> {
                 })
             })
             .collect();
-        json!({
+        let mut v = json!({
             "ok": true,
             "pid": std::process::id(),
             "device_id": self.client.device_id().to_string(),
@@ -72,7 +72,11 @@ impl Daemon<'_> {
             "devices": devices,
             "tasks": self.tasks.counts(),
             "keep_awake": self.awake,
-        })
+        });
+        if let Some(obj) = v.as_object_mut() {
+            obj.extend(self.status_extra.clone());
+        }
+        v
     }
 
     fn set_scope(&mut self, device: &str, scope: Scope) -> Result<Value, String> {
