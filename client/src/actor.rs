@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use tandem_proto::{DeviceKey, ErrorCode, Frame};
@@ -13,9 +13,11 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::client::{ClientConfig, Command, Event, Request, Shared};
 use crate::connect::{Connection, Endpoint};
 use crate::error::{ClientError, is_fatal_code};
+use crate::wake;
 
 /// Requests written per turn of the connection loop before reading again.
 const FLUSH_BATCH: usize = 32;
@@ -49,6 +51,10 @@ enum Wake {
     Ack,
     Ping,
     PongTimeout,
+    /// The computer slept or the process stood still for about this long.
+    Woke(Duration),
+    /// No answer to the ping sent after waking.
+    ProbeTimeout,
     Flush,
 }
 
@@ -67,8 +73,14 @@ pub(crate) struct Actor {
     next_id: u64,
     /// The highest `Ack` written (on any connection).
     ack_sent: u64,
-    /// Failed attempts since the last stable connection.
-    attempt: u32,
+    /// The reconnect schedule (failed attempts since the last stable
+    /// connection).
+    backoff: Backoff,
+    /// Clock jumps from the wake watcher (`None` when it is turned off).
+    wake: Option<mpsc::Receiver<Duration>>,
+    /// Set on waking; the next disconnect reconnects at once. Cleared when
+    /// the connection answered after waking.
+    woke: bool,
     /// The relay's `Restarting` hint for the next reconnect.
     restart_hint: Option<Duration>,
     /// The last connection-ending code the relay announced in an `Error`
@@ -95,6 +107,13 @@ impl Actor {
         };
         Self {
             key: Arc::new(config.key.clone()),
+            backoff: Backoff::new(
+                config.backoff_min,
+                config.backoff_max,
+                config.backoff_reset_after,
+            ),
+            wake: None,
+            woke: false,
             config,
             endpoint,
             commands,
@@ -106,7 +125,6 @@ impl Actor {
             in_flight: BTreeMap::new(),
             next_id: 1,
             ack_sent: 0,
-            attempt: 0,
             restart_hint: None,
             last_error: None,
             fatal,
@@ -124,6 +142,9 @@ impl Actor {
             })
             .await;
         }
+        if self.fatal.is_none() {
+            self.wake = self.config.wake_threshold.map(wake::spawn_watch);
+        }
         while !self.stopping {
             let Some(endpoint) = self.endpoint.clone().filter(|_| self.fatal.is_none()) else {
                 self.serve_stopped().await;
@@ -135,9 +156,7 @@ impl Actor {
                     info!(relay = endpoint.dialed_name(), queued = conn.queued(), "connected");
                     let up_since = Instant::now();
                     let ended = self.run_connection(conn).await;
-                    if up_since.elapsed() >= self.config.backoff_reset_after {
-                        self.attempt = 0;
-                    }
+                    self.backoff.connection_ended(up_since.elapsed());
                     ended
                 }
                 Err(e) => e,
@@ -175,6 +194,17 @@ impl Actor {
                         return None;
                     }
                 }
+                by = woke(&mut self.wake) => {
+                    // The attempt began before the sleep: its socket may be
+                    // dead, and its deadline counts from then. Start afresh.
+                    info!(slept = ?by, "woke up while connecting; connecting again at once");
+                    self.woke = true;
+                    self.emit(Event::Woke { slept: by }).await;
+                    return Some(Err(ClientError::Disconnected {
+                        code: None,
+                        reason: format!("woke up after about {by:?} while connecting"),
+                    }));
+                }
             }
         }
     }
@@ -184,10 +214,13 @@ impl Actor {
         conn.set_write_timeout(self.config.pong_timeout);
         self.last_error = None;
         self.restart_hint = None;
+        self.woke = false;
         self.emit(Event::Connected { device_id: conn.device_id(), queued: conn.queued() }).await;
 
         let mut next_ping = after(jittered(self.config.ping_interval));
         let mut pong_deadline: Option<Instant> = None;
+        // The ping sent after waking: its nonce and the deadline for its pong.
+        let mut probe: Option<(u64, Instant)> = None;
         loop {
             if self.stopping || self.stop.is_cancelled() {
                 self.stopping = true;
@@ -211,6 +244,10 @@ impl Actor {
                 () = sleep_until(pong_deadline.unwrap_or(next_ping)), if pong_deadline.is_some() => {
                     Wake::PongTimeout
                 }
+                by = woke(&mut self.wake) => Wake::Woke(by),
+                () = sleep_until(probe.map_or(next_ping, |(_, at)| at)), if probe.is_some() => {
+                    Wake::ProbeTimeout
+                }
                 () = std::future::ready(()), if more => Wake::Flush,
             };
             match wake {
@@ -221,6 +258,15 @@ impl Actor {
                 Wake::Frame(Ok(frame)) => {
                     // Anything from the relay proves the connection alive.
                     pong_deadline = None;
+                    // After waking, only the answer to the probe does: other
+                    // frames may have waited in the socket since before.
+                    if let (Frame::Pong { nonce }, Some((probe_nonce, _))) = (&frame, probe)
+                        && *nonce == probe_nonce
+                    {
+                        debug!("the relay answered after the wake; keeping the connection");
+                        probe = None;
+                        self.woke = false;
+                    }
                     if let Err(e) = self.on_frame(&mut conn, frame).await {
                         return e;
                     }
@@ -234,6 +280,31 @@ impl Actor {
                         }
                         pong_deadline = Some(after(self.config.pong_timeout));
                     }
+                }
+                Wake::Woke(by) => {
+                    info!(slept = ?by, "woke up (the clock jumped); checking the relay connection");
+                    self.woke = true;
+                    if probe.is_none() {
+                        let nonce = rand::rng().random::<u64>();
+                        if let Err(e) = conn.send(&Frame::Ping { nonce }).await {
+                            return e;
+                        }
+                        probe = Some((nonce, after(self.config.wake_pong_timeout)));
+                    }
+                    self.emit(Event::Woke { slept: by }).await;
+                }
+                Wake::ProbeTimeout => {
+                    warn!(
+                        timeout = ?self.config.wake_pong_timeout,
+                        "no answer from the relay after waking; reconnecting"
+                    );
+                    return ClientError::Disconnected {
+                        code: None,
+                        reason: format!(
+                            "the relay did not answer a ping within {:?} after waking",
+                            self.config.wake_pong_timeout
+                        ),
+                    };
                 }
                 Wake::PongTimeout => {
                     warn!(timeout = ?self.config.pong_timeout, "the relay stopped answering");
@@ -370,32 +441,44 @@ impl Actor {
                 pending.answer(Err(error.clone()));
             }
             self.fatal = Some(error);
+            self.wake = None;
             self.emit(Event::Disconnected { reason, code: Some(code), retry_in: Duration::MAX })
                 .await;
             return;
         }
 
-        let retry_in = if let Some(hint) = self.restart_hint.take() {
-            self.attempt = 0;
-            let spread = (hint / 2).max(self.config.backoff_min).min(self.config.backoff_max);
-            hint.saturating_add(random_upto(spread))
+        let woke = std::mem::take(&mut self.woke);
+        // Waits the relay asked for last in real time, across a sleep too;
+        // our own backoff is cut short by waking.
+        let (retry_in, wait) = if let Some(hint) = self.restart_hint.take() {
+            self.backoff.reset();
+            let spread = (hint / 2).max(self.config.backoff_min).min(self.backoff.max());
+            (hint.saturating_add(random_upto(spread)), Wait::Relay)
         } else if code == Some(ErrorCode::Replaced) {
             // Another instance holds this key: no tight loop (§6.3).
-            self.config.backoff_max
+            (self.backoff.max(), Wait::Relay)
+        } else if woke {
+            // The connection died with the sleep: back at once, and a fresh
+            // schedule should the relay be unreachable for a while.
+            self.backoff.reset();
+            (Duration::ZERO, Wait::Backoff)
         } else {
-            let ceiling =
-                backoff_ceiling(self.config.backoff_min, self.config.backoff_max, self.attempt);
-            self.attempt = self.attempt.saturating_add(1);
-            random_upto(ceiling)
+            (self.backoff.next(), Wait::Backoff)
         };
         info!(%reason, ?code, ?retry_in, "disconnected");
         self.emit(Event::Disconnected { reason, code, retry_in }).await;
         if !self.stopping {
-            self.sleep_taking_requests(retry_in).await;
+            self.sleep_taking_requests(retry_in, wait).await;
         }
     }
 
-    async fn sleep_taking_requests(&mut self, duration: Duration) {
+    /// Wait `duration` before reconnecting, taking requests. The timer runs
+    /// on the monotonic clock, which may stand still while the computer
+    /// sleeps; so on waking a backoff wait ends at once (and the schedule
+    /// starts again), and a wait the relay asked for ends when its time is
+    /// up by the wall clock.
+    async fn sleep_taking_requests(&mut self, duration: Duration, wait: Wait) {
+        let wall_deadline = SystemTime::now().checked_add(duration);
         let timer = sleep(duration);
         tokio::pin!(timer);
         while !self.stopping {
@@ -404,6 +487,20 @@ impl Actor {
                 () = self.stop.cancelled() => self.stopping = true,
                 () = &mut timer => return,
                 command = self.commands.recv() => self.on_command(command),
+                by = woke(&mut self.wake) => {
+                    self.emit(Event::Woke { slept: by }).await;
+                    let left = match wait {
+                        Wait::Backoff => Duration::ZERO,
+                        Wait::Relay => left_until(wall_deadline, SystemTime::now(), duration),
+                    };
+                    if left.is_zero() {
+                        info!(slept = ?by, "woke up (the clock jumped); reconnecting at once");
+                        self.backoff.reset();
+                        return;
+                    }
+                    info!(slept = ?by, ?left, "woke up (the clock jumped); waiting as the relay asked");
+                    timer.as_mut().reset(after(left));
+                }
             }
         }
     }
@@ -487,10 +584,31 @@ fn ends_connection(code: ErrorCode) -> bool {
     )
 }
 
-/// `min · 2^attempt`, capped at `max`.
-fn backoff_ceiling(min: Duration, max: Duration, attempt: u32) -> Duration {
-    let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-    min.checked_mul(factor).unwrap_or(max).min(max)
+/// Whose wait before reconnecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Our own backoff.
+    Backoff,
+    /// The relay's: a `Restarting` hint, or `replaced` (§6.3, §6.4).
+    Relay,
+}
+
+/// What is left of a wait of `whole` until `deadline` (by the wall clock) at
+/// `now`: nothing if it passed, never more than `whole` (a wall clock set
+/// back does not lengthen it). `None` is a deadline too far to represent.
+fn left_until(deadline: Option<SystemTime>, now: SystemTime, whole: Duration) -> Duration {
+    deadline.map_or(whole, |d| d.duration_since(now).unwrap_or(Duration::ZERO).min(whole))
+}
+
+/// The next clock jump from the wake watcher; never, when it is off.
+async fn woke(wake: &mut Option<mpsc::Receiver<Duration>>) -> Duration {
+    match wake {
+        Some(rx) => match rx.recv().await {
+            Some(by) => by,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// Uniform in `[0, max]`.
@@ -516,13 +634,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_caps() {
-        let (min, max) = (Duration::from_millis(250), Duration::from_secs(30));
-        assert_eq!(backoff_ceiling(min, max, 0), min);
-        assert_eq!(backoff_ceiling(min, max, 1), Duration::from_millis(500));
-        assert_eq!(backoff_ceiling(min, max, 6), Duration::from_secs(16));
-        assert_eq!(backoff_ceiling(min, max, 7), max);
-        assert_eq!(backoff_ceiling(min, max, u32::MAX), max);
+    fn a_relay_wait_counts_on_the_wall_clock() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let deadline = start.checked_add(Duration::from_secs(60));
+        // Woke after 20 s by the wall clock: 40 s are left.
+        let whole = Duration::from_secs(60);
+        let now = start + Duration::from_secs(20);
+        assert_eq!(left_until(deadline, now, whole), Duration::from_secs(40));
+        // Slept through it: nothing is left.
+        let later = start + Duration::from_secs(3600);
+        assert_eq!(left_until(deadline, later, whole), Duration::ZERO);
+        assert_eq!(left_until(deadline, start + whole, whole), Duration::ZERO);
+        // A wall clock set back does not make it longer.
+        let earlier = start - Duration::from_secs(5);
+        assert_eq!(left_until(deadline, earlier, whole), whole);
+        assert_eq!(left_until(None, now, Duration::MAX), Duration::MAX);
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
         for _ in 0..100 {
             assert!(random_upto(Duration::from_millis(10)) <= Duration::from_millis(10));
             let j = jittered(Duration::from_secs(20));

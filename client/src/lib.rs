@@ -10,10 +10,16 @@
 //!   another relay than the one it dialed ([`ClientError::WrongRelay`]) and
 //!   sends no proof then.
 //! * [`Client`] — a handle to a background task that owns the connection and
-//!   reconnects forever with full-jitter exponential backoff (250 ms doubling
-//!   to 30 s; reset once a connection stayed up 30 s), waits out the relay's
-//!   `Restarting` hint instead, pings the relay (every ~20 s; no frame within
-//!   10 s means the connection is dead) and answers its pings. It stops
+//!   reconnects forever with full-jitter exponential backoff (a random wait
+//!   up to 250 ms, the bound doubling to 30 s; reset once a connection stayed
+//!   up 10 s), waits out the relay's `Restarting` hint instead, pings the
+//!   relay (every ~20 s; no frame within 10 s means the connection is dead)
+//!   and answers its pings. It notices waking from sleep (the wall clock
+//!   jumped past the monotonic clock, or the process stood still: a jump of
+//!   10 s or more): connected, it pings and replaces the connection at once
+//!   unless the relay answers within 3 s; waiting out its backoff, it
+//!   reconnects now (a wait the relay asked for ends when its time is up by
+//!   the wall clock). It stops
 //!   reconnecting only when the relay rejects the device itself
 //!   (`auth_failed`, `revoked`), or on [`Client::close`], or when every
 //!   handle is dropped. What happens is reported as [`Event`]s.
@@ -49,9 +55,11 @@
 //!   logged (the [`Event`] `Debug` output shows only their length).
 
 mod actor;
+mod backoff;
 mod client;
 pub mod connect;
 mod error;
+mod wake;
 
 pub use client::{Client, ClientConfig, Event};
 pub use connect::{Connection, Endpoint};

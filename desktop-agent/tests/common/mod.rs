@@ -345,3 +345,25 @@ impl Seen {
         })
     }
 }
+
+// ---- reconnect helpers ----
+
+impl Agent {
+    /// Any command as the agent process (for example `tandem pair` followed
+    /// by `tandem run`): its stdout is read line by line for
+    /// [`Agent::line_starting`]; set arguments, environment and stderr on
+    /// `cmd`.
+    pub fn spawn(mut cmd: Command) -> Agent {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Agent { child, lines }
+    }
+}

@@ -1,0 +1,727 @@
+//! Reconnects while a task streams: a relay process of its own (`kill -9`
+//! and restarted on the same port and data), a TCP proxy between the agent
+//! and the relay (cut, or blackholed: connections open, no bytes), and the
+//! agent itself stopped with `SIGSTOP` (a laptop asleep). In every case the
+//! phone sees each of the task's events exactly once, in order, with
+//! contiguous offsets and one `Finished`.
+//!
+//! The agent is the real `tandem` binary, paired with `tandem pair --relay`
+//! and then serving with `tandem run`. The relay is the real relay
+//! (`tandem_relay::run`) in a process of its own: this test binary, run
+//! again with the `relay_process` helper below, so that it can be killed
+//! and stopped like the `tandem-relay` binary (whose path Cargo gives only
+//! to the relay's own tests). Its pings are fast (every second, two seconds
+//! for the pong), so that it drops a silent agent within seconds.
+//!
+//! The executor is a `jsonl` script that prints `n=0`, `n=1`, … a few
+//! milliseconds apart, and halfway waits for a gate file, which each test
+//! creates once the failure is in place: half of the stream is produced
+//! while the agent cannot reach the relay.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Agent, Phone, Seen};
+use tandem_client::Event;
+use tandem_proto::entropy::Entropy;
+use tandem_proto::link::{LinkError, LinkEvent};
+use tandem_proto::message::{Decoded, FinishStatus, Message, TaskEvent};
+use tandem_proto::record::RecordError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Progress lines the executor prints.
+const COUNT: usize = 300;
+/// Where it waits for the gate file.
+const GATE_AT: usize = 150;
+/// Milliseconds between its lines.
+const PACE_MS: u32 = 10;
+/// The test cuts the connection once the phone has seen this many lines.
+const CUT_AFTER: usize = 10;
+/// Generous: only there so that a broken agent fails the test instead of
+/// hanging it.
+const DEADLINE: Duration = Duration::from_secs(120);
+const TASK: &str = "t-stream";
+
+// ---- the relay process ----
+
+const RELAY_LISTEN: &str = "TANDEM_TEST_RELAY_LISTEN";
+const RELAY_DATA: &str = "TANDEM_TEST_RELAY_DATA";
+const RELAY_READY: &str = "test relay listening on ";
+
+/// Not a test: the relay process the tests start (this binary, run again
+/// with [`RELAY_LISTEN`] and [`RELAY_DATA`] set). Without them it does
+/// nothing.
+#[test]
+#[ignore = "not a test: the relay process the reconnect tests start"]
+fn relay_process() {
+    let (Ok(listen), Ok(data)) = (std::env::var(RELAY_LISTEN), std::env::var(RELAY_DATA)) else {
+        return;
+    };
+    // Go when the test that started this process goes (it holds our stdin).
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,tandem_relay=debug"))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let listener = TcpListener::bind(&listen).await.unwrap();
+        let mut config = tandem_relay::Config::new(PathBuf::from(data));
+        config.ping_interval = Duration::from_secs(1);
+        config.ping_jitter = Duration::from_millis(200);
+        config.pong_timeout = Duration::from_secs(2);
+        config.on_ready = Some(Arc::new(|addr, _| println!("{RELAY_READY}{addr}")));
+        let never = tokio_util::sync::CancellationToken::new();
+        tandem_relay::run(listener, config, never).await.unwrap();
+    });
+}
+
+/// The relay in a process of its own, with its data in `DIR/relay-data`.
+struct Relay {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Relay {
+    fn start(dir: &Path) -> Relay {
+        Self::start_on(dir, "127.0.0.1:0").expect("the relay starts")
+    }
+
+    /// `None` when it could not listen on `listen`.
+    fn start_on(dir: &Path, listen: &str) -> Option<Relay> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("relay.log"))
+            .unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["relay_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(RELAY_LISTEN, listen)
+            .env(RELAY_DATA, dir.join("relay-data"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // libtest prints `test relay_process ... ` first, on the same line.
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Some((_, addr)) = line.split_once(RELAY_READY) {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => Some(Relay { child, addr: addr.parse().unwrap(), dir: dir.to_owned() }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/v1/connect", self.addr)
+    }
+
+    /// What the pairing link points the phone at: the relay itself.
+    fn link_base(&self) -> String {
+        format!("http://{}/p", self.addr)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start again on the same port and data (after [`Relay::kill9`]).
+    fn restart(&mut self) {
+        let listen = self.addr.to_string();
+        for _ in 0..100 {
+            if let Some(again) = Self::start_on(&self.dir, &listen) {
+                *self = again;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the relay could not listen on {listen} again:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+// ---- a TCP proxy that can be cut ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Bytes flow.
+    Open,
+    /// Every connection is closed; new ones are closed as soon as accepted.
+    Cut,
+    /// Connections stay open but no byte moves, either way (they sit in the
+    /// sockets' buffers, as in a network that drops packets and TCP that
+    /// retransmits); new ones are accepted and held. Flow resumes when
+    /// opened again.
+    Blackhole,
+}
+
+/// A transparent TCP proxy to the relay (the agent dials it; the `Host`
+/// header passes unchanged, and the relay compares names without ports).
+struct Proxy {
+    addr: SocketAddr,
+    mode: watch::Sender<Mode>,
+    /// Connections accepted (held ones included).
+    accepted: Arc<AtomicUsize>,
+    /// Connections closed at once while cut.
+    refused: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, mode_rx) = watch::channel(Mode::Open);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (acc, refs) = (Arc::clone(&accepted), Arc::clone(&refused));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                if *mode_rx.borrow() == Mode::Cut {
+                    refs.fetch_add(1, Ordering::SeqCst);
+                    drop(client);
+                    continue;
+                }
+                acc.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(pipe(client, upstream, mode_rx.clone()));
+            }
+        });
+        Proxy { addr, mode, accepted, refused, task }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/v1/connect", self.addr)
+    }
+
+    fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.set(Mode::Cut);
+    }
+}
+
+/// Wait while blackholed: `true` once open, `false` when cut.
+async fn flowing(mode: &mut watch::Receiver<Mode>) -> bool {
+    loop {
+        match *mode.borrow_and_update() {
+            Mode::Open => return true,
+            Mode::Cut => return false,
+            Mode::Blackhole => {}
+        }
+        if mode.changed().await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Carry one connection both ways, as `mode` says.
+async fn pipe(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
+    if !flowing(&mut mode).await {
+        return;
+    }
+    let Ok(server) = TcpStream::connect(upstream).await else { return };
+    let _ = server.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let (mut up, mut down) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut client_open, mut server_open) = (true, true);
+    while client_open || server_open {
+        let open = match *mode.borrow_and_update() {
+            Mode::Cut => return, // dropping the sockets closes both sides
+            Mode::Open => true,
+            Mode::Blackhole => false,
+        };
+        tokio::select! {
+            changed = mode.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            r = client_read.read(&mut up), if open && client_open => match r {
+                Ok(0) | Err(_) => {
+                    client_open = false;
+                    let _ = server_write.shutdown().await;
+                }
+                Ok(n) => {
+                    if server_write.write_all(&up[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            r = server_read.read(&mut down), if open && server_open => match r {
+                Ok(0) | Err(_) => {
+                    server_open = false;
+                    let _ = client_write.shutdown().await;
+                }
+                Ok(n) => {
+                    if client_write.write_all(&down[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+        }
+    }
+}
+
+// ---- the agent, the executor, the phone ----
+
+/// A `jsonl` executor: `n=0` … `n=COUNT-1`, [`PACE_MS`] apart, waiting for
+/// `gate` to exist before `n=GATE_AT`; then `Finished`.
+fn write_executor(dir: &Path, gate: &Path) -> PathBuf {
+    let script = dir.join("count.sh");
+    let pace = f64::from(PACE_MS) / 1000.0;
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+read task
+i=0
+while [ $i -lt {COUNT} ]; do
+  if [ $i -eq {GATE_AT} ]; then
+    while [ ! -e '{gate}' ]; do sleep 0.05; done
+  fi
+  echo "{{\"type\":\"progress\",\"text\":\"n=$i\"}}"
+  i=$((i+1))
+  sleep {pace}
+done
+echo '{{"type":"finished","status":"succeeded","summary":"counted {COUNT}"}}'
+"#,
+            gate = gate.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[executor]]\nname = \"count\"\ntype = \"jsonl\"\nprogram = \"{}\"\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// One test's world: a relay, the agent (dialing `agent_url`), a paired phone.
+struct World {
+    dir: tempfile::TempDir,
+    relay: Relay,
+    agent: Agent,
+    phone: Phone,
+    gate: PathBuf,
+    watch: Watch,
+}
+
+impl World {
+    /// `tandem pair --relay URL` (the phone is sent to the relay itself),
+    /// then `tandem run` in the same process (`exec`), as a user would.
+    async fn start(dir: tempfile::TempDir, relay: Relay, agent_url: &str) -> World {
+        let gate = dir.path().join("gate");
+        let config = write_executor(dir.path(), &gate);
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(
+                r#""$TANDEM" pair --relay "$RELAY" --link-base "$LINK" --yes --print-url \
+                     --no-terminal-qr --qr-png "$QR" && exec "$TANDEM" run"#,
+            )
+            .env("TANDEM", env!("CARGO_BIN_EXE_tandem"))
+            .env("TANDEM_DATA_DIR", dir.path())
+            .env("TANDEM_CONFIG", &config)
+            .env("TANDEM_NAME", "build-box")
+            .env("TANDEM_LOG", "warn,tandem_client=info")
+            .env("NO_COLOR", "1")
+            .env("RELAY", agent_url)
+            .env("LINK", relay.link_base())
+            .env("QR", dir.path().join("qr.png"))
+            .stderr(log);
+        let agent = Agent::spawn(cmd);
+        let phone = Phone::pair(&agent, dir.path()).await;
+        World { dir, relay, agent, phone, gate, watch: Watch::default() }
+    }
+
+    /// Submit the task and wait until the phone has seen the first lines.
+    async fn stream_until_cut_point(&mut self) {
+        self.phone.submit(TASK, "count").await;
+        self.until("the first lines", |w| w.seen.progress(TASK).len() >= CUT_AFTER).await;
+        assert!(self.watch.seen.finished(TASK).is_none());
+    }
+
+    /// Let the executor go on past its halfway gate.
+    fn open_gate(&self) {
+        std::fs::write(&self.gate, b"").unwrap();
+    }
+
+    async fn until(&mut self, what: &str, done: impl Fn(&Watch) -> bool) {
+        self.until_or(what, || false, done).await;
+    }
+
+    /// Take the phone's events until `done` (or `other`) holds, checking at
+    /// least every 100 ms.
+    async fn until_or(
+        &mut self,
+        what: &str,
+        other: impl Fn() -> bool,
+        done: impl Fn(&Watch) -> bool,
+    ) {
+        let deadline = Instant::now() + DEADLINE;
+        while !done(&self.watch) && !other() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the phone saw {}\n{}\nagent log:\n{}\nrelay log (tail):\n{}",
+                self.watch.summary(),
+                self.watch.timeline.join("\n"),
+                self.agent_log(),
+                tail(&self.relay.log(), 40),
+            );
+            if let Ok(ev) =
+                tokio::time::timeout(Duration::from_millis(100), self.phone.events.recv()).await
+            {
+                self.watch.on_event(&mut self.phone, ev.expect("the phone's client stopped"));
+            }
+        }
+    }
+
+    /// Stream to the end, take events a little longer (a duplicate would
+    /// show up), and check what the phone saw.
+    async fn finish(&mut self) {
+        self.until("the finish", |w| w.seen.finished(TASK).is_some()).await;
+        let settle = Instant::now() + Duration::from_secs(2);
+        self.until_or("nothing", || Instant::now() >= settle, |_| false).await;
+        eprintln!(
+            "the phone saw {}\n{}\nagent log:\n{}",
+            self.watch.summary(),
+            self.watch.timeline.join("\n"),
+            self.agent_log()
+        );
+        self.watch.assert_complete();
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.agent.pid().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// What the phone saw.
+struct Watch {
+    seen: Seen,
+    entropy: Entropy,
+    connects: usize,
+    disconnects: usize,
+    /// Presence of the desktop: how often it went offline and online.
+    desktop_offline: usize,
+    desktop_online: usize,
+    /// When things happened, for the failure message.
+    started: Instant,
+    timeline: Vec<String>,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            seen: Seen::default(),
+            entropy: Entropy::os(),
+            connects: 0,
+            disconnects: 0,
+            desktop_offline: 0,
+            desktop_online: 0,
+            started: Instant::now(),
+            timeline: Vec::new(),
+        }
+    }
+}
+
+impl Watch {
+    fn note(&mut self, what: String) {
+        let at = self.started.elapsed().as_secs_f64();
+        self.timeline.push(format!("{at:7.3}s {what}"));
+    }
+
+    fn on_event(&mut self, phone: &mut Phone, ev: Event) {
+        match &ev {
+            Event::Deliver { .. } => {}
+            other => self.note(format!("{other:?}")),
+        }
+        match ev {
+            Event::Deliver { delivery_id, payload, .. } => {
+                let mut ack_due = false;
+                let events = match phone.link.receive(&phone.key, &payload, &mut self.entropy) {
+                    Ok(events) => events,
+                    // A record taken before (the relay delivered it again
+                    // after a reconnect): dropped; say again what we have.
+                    Err(LinkError::Record(RecordError::Replay(_))) => {
+                        ack_due = true;
+                        Vec::new()
+                    }
+                    Err(e) => panic!("a record from the desktop did not open: {e}"),
+                };
+                for event in events {
+                    match event {
+                        LinkEvent::Message { message, .. } => match Message::decode(&message) {
+                            Ok(Decoded::Known(m)) => {
+                                if let Message::TaskEvent { offset, .. } = &m
+                                    && offset % 50 == 0
+                                {
+                                    self.note(format!("task event {offset}"));
+                                }
+                                if self.seen.add(m) {
+                                    self.note("finished".into());
+                                }
+                            }
+                            other => panic!("undecodable message: {other:?}"),
+                        },
+                        LinkEvent::ResyncNeeded { from, to } => {
+                            panic!("messages {from}..={to} were lost")
+                        }
+                        LinkEvent::Send(envelopes) => {
+                            for e in envelopes {
+                                post(phone, e);
+                            }
+                        }
+                        LinkEvent::AckDue => ack_due = true,
+                        LinkEvent::SessionRenewed => {}
+                    }
+                }
+                if ack_due {
+                    // End to end, so that the agent's outbox drains.
+                    let ack = phone.link.ack().unwrap();
+                    post(phone, ack);
+                }
+                phone.client.ack(delivery_id);
+            }
+            Event::Connected { .. } => self.connects += 1,
+            Event::Disconnected { .. } => self.disconnects += 1,
+            Event::Presence { peer, online } if peer == phone.desktop => {
+                if online {
+                    self.desktop_online += 1;
+                } else {
+                    self.desktop_offline += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn summary(&self) -> String {
+        let progress = self.seen.progress(TASK);
+        format!(
+            "{} progress lines (last {:?}), finished: {:?}, phone connects {} / disconnects {}, \
+             desktop offline {} / online {}",
+            progress.len(),
+            progress.last(),
+            self.seen.finished(TASK),
+            self.connects,
+            self.disconnects,
+            self.desktop_offline,
+            self.desktop_online
+        )
+    }
+
+    /// Every line exactly once, in order; offsets 0, 1, 2, …; one finish.
+    fn assert_complete(&self) {
+        self.seen.assert_contiguous();
+        let want: Vec<String> = (0..COUNT).map(|i| format!("n={i}")).collect();
+        assert_eq!(self.seen.progress(TASK), want, "every line exactly once, in order");
+        let events = &self.seen.tasks[TASK];
+        assert!(matches!(events[0].1, TaskEvent::Accepted { .. }), "{:?}", events[0]);
+        let finishes = events.iter().filter(|(_, e)| matches!(e, TaskEvent::Finished { .. }));
+        assert_eq!(finishes.count(), 1, "exactly one Finished");
+        assert!(matches!(events.last().unwrap().1, TaskEvent::Finished { .. }), "Finished is last");
+        assert_eq!(self.seen.finished(TASK).unwrap().0, FinishStatus::Succeeded);
+        assert_eq!(self.seen.tasks.len(), 1, "no other task: {:?}", self.seen.tasks.keys());
+    }
+}
+
+/// Send a record to the desktop without waiting for the relay's answer (the
+/// client retries until the relay takes it), so that the phone keeps taking
+/// events while the relay is away.
+fn post(phone: &Phone, record: Vec<u8>) {
+    let (client, to) = (phone.client.clone(), phone.desktop);
+    tokio::spawn(async move {
+        let _ = client.send(to, record).await;
+    });
+}
+
+// ---- the tests ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    let url = relay.url();
+    let mut w = World::start(dir, relay, &url).await;
+    w.stream_until_cut_point().await;
+
+    // kill -9: no goodbye, no restart hint.
+    let (connects, disconnects) = (w.watch.connects, w.watch.disconnects);
+    w.relay.kill9();
+    w.watch.note("relay killed".into());
+    // Half the stream is made while the relay is gone.
+    w.open_gate();
+    w.until("the phone to notice", |s| s.disconnects > disconnects).await;
+    // Down for a moment (the phone keeps taking events meanwhile).
+    let back = Instant::now() + Duration::from_secs(1);
+    w.until_or("nothing", || Instant::now() >= back, |_| false).await;
+    tokio::task::block_in_place(|| w.relay.restart());
+    w.watch.note("relay restarted".into());
+
+    w.finish().await;
+    assert!(w.watch.connects > connects, "the phone reconnected: {}", w.watch.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_cut_between_agent_and_relay_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    let proxy = Proxy::start(relay.addr).await;
+    let mut w = World::start(dir, relay, &proxy.url()).await;
+    w.stream_until_cut_point().await;
+
+    // Every connection through the proxy is closed, new ones are refused.
+    let accepted = proxy.accepted();
+    proxy.set(Mode::Cut);
+    w.watch.note("proxy cut".into());
+    w.open_gate();
+    // The relay sees the agent go (the phone hears it), and the agent keeps
+    // trying, refused, for a few seconds.
+    w.until("the desktop to go offline", |s| s.desktop_offline > 0).await;
+    let refused = proxy.refused();
+    let back = Instant::now() + Duration::from_secs(3);
+    w.until_or("the agent to retry", || proxy.refused() >= refused + 2, |_| false).await;
+    w.until_or("nothing", || Instant::now() >= back, |_| false).await;
+    assert_eq!(proxy.accepted(), accepted);
+    proxy.set(Mode::Open);
+    w.watch.note("proxy open".into());
+
+    w.finish().await;
+    assert!(proxy.accepted() > accepted, "the agent reconnected through the proxy");
+    let log = w.agent_log();
+    assert!(!log.contains("did not answer a ping"), "the cut closed the connection:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_network_is_noticed_by_pings_and_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    let proxy = Proxy::start(relay.addr).await;
+    let mut w = World::start(dir, relay, &proxy.url()).await;
+    w.stream_until_cut_point().await;
+
+    // The connection stays open, but nothing gets through either way: not
+    // even the relay closing it. Only the agent's own pings can tell.
+    let accepted = proxy.accepted();
+    proxy.set(Mode::Blackhole);
+    w.watch.note("proxy blackholed".into());
+    w.open_gate();
+    // The relay's pings go unanswered: it drops the agent.
+    w.until("the desktop to go offline", |s| s.desktop_offline > 0).await;
+    // The agent's ping goes unanswered: it gives up the connection and dials
+    // again (held by the proxy for now).
+    w.until_or("the agent to dial again", || proxy.accepted() > accepted, |_| false).await;
+    proxy.set(Mode::Open);
+    w.watch.note("proxy open".into());
+
+    w.finish().await;
+    assert!(
+        w.agent_log().contains("did not answer a ping"),
+        "the agent's ping found the dead connection:\n{}",
+        w.agent_log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_stopped_like_a_sleeping_laptop_reconnects_and_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    // Through a proxy that stays open, to count the agent's connections.
+    let proxy = Proxy::start(relay.addr).await;
+    let mut w = World::start(dir, relay, &proxy.url()).await;
+    w.stream_until_cut_point().await;
+
+    let accepted = proxy.accepted();
+    let stopped = Instant::now();
+    w.signal("-STOP");
+    w.watch.note("agent stopped".into());
+    // The executor goes on meanwhile: its lines wait in the pipe.
+    w.open_gate();
+    // Longer than the relay's ping deadline: it drops the silent agent.
+    w.until("the desktop to go offline", |s| s.desktop_offline > 0).await;
+    // And longer than the agent's wake threshold (10 s).
+    let asleep_until = stopped + Duration::from_secs(13);
+    w.until_or("nothing", || Instant::now() >= asleep_until, |_| false).await;
+    assert_eq!(proxy.accepted(), accepted, "a stopped agent cannot dial");
+    w.signal("-CONT");
+    w.watch.note("agent continued".into());
+
+    w.finish().await;
+    assert!(proxy.accepted() > accepted, "the agent reconnected");
+    assert!(w.watch.desktop_online > 0, "the phone heard the desktop come back");
+    let log = w.agent_log();
+    assert!(log.contains("woke up"), "the agent noticed the stall:\n{log}");
+}
