@@ -209,7 +209,26 @@ impl Phone {
             };
             self.client.ack(delivery_id);
             let mut found = None;
-            for ev in self.link.receive(&self.key, &payload, &mut self.entropy).unwrap() {
+            let events = match self.link.receive(&self.key, &payload, &mut self.entropy) {
+                Ok(events) => events,
+                // A record seen before (the relay or the desktop sent it again
+                // after a restart): drop it, and tell the desktop again what we
+                // have so its outbox drains.
+                Err(tandem_proto::link::LinkError::Record(
+                    tandem_proto::record::RecordError::Replay(_),
+                )) => {
+                    if let Ok(ack) = self.link.ack() {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            self.client.send(self.desktop, ack),
+                        )
+                        .await;
+                    }
+                    continue;
+                }
+                Err(e) => panic!("a record from the desktop did not open: {e}"),
+            };
+            for ev in events {
                 if let LinkEvent::Message { message, .. } = ev {
                     found = Some(message);
                 }
