@@ -15,9 +15,7 @@ use tandem_proto::entropy::Entropy;
 use tandem_proto::envelope::Envelope;
 use tandem_proto::frame::Frame;
 use tandem_proto::kdf::{label, mac};
-use tandem_proto::message::{
-    DeviceInfo, FinishStatus, Message, TaskEvent, TaskState, TaskSummary,
-};
+use tandem_proto::message::{DeviceInfo, FinishStatus, Message, TaskEvent, TaskState, TaskSummary};
 use tandem_proto::pairing::{DesktopPairing, PhonePairing};
 use tandem_proto::qr::PairingLink;
 use tandem_proto::record::{Session, rekey};

@@ -393,19 +393,29 @@ fn id() -> impl Strategy<Value = String> {
 }
 
 fn task_summary() -> impl Strategy<Value = TaskSummary> {
-    (id(), text(32), id(), 0u8..3, proptest::option::of(finish_status()), any::<u64>(), any::<u64>())
-        .prop_map(|(task_id, title, executor, st, status, next_offset, updated_ms)| TaskSummary {
-            task_id,
-            title,
-            executor,
-            state: match st {
-                0 => TaskState::Queued,
-                1 => TaskState::Running,
-                _ => TaskState::Finished,
-            },
-            status,
-            next_offset,
-            updated_ms,
+    (
+        id(),
+        text(32),
+        id(),
+        0u8..3,
+        proptest::option::of(finish_status()),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(task_id, title, executor, st, status, next_offset, updated_ms)| {
+            TaskSummary {
+                task_id,
+                title,
+                executor,
+                state: match st {
+                    0 => TaskState::Queued,
+                    1 => TaskState::Running,
+                    _ => TaskState::Finished,
+                },
+                status,
+                next_offset,
+                updated_ms,
+            }
         })
 }
 
@@ -464,12 +474,11 @@ pub fn message() -> impl Strategy<Value = Message> {
         (id(), any::<u64>(), any::<u64>(), task_event()).prop_map(
             |(task_id, offset, at_ms, event)| Message::TaskEvent { task_id, offset, at_ms, event }
         ),
-        (id(), any::<u64>())
-            .prop_map(|(task_id, next_offset)| Message::HistoryEnd {
-                task_id,
-                next_offset,
-                more: next_offset % 2 == 1,
-            }),
+        (id(), any::<u64>()).prop_map(|(task_id, next_offset)| Message::HistoryEnd {
+            task_id,
+            next_offset,
+            more: next_offset % 2 == 1,
+        }),
         proptest::collection::vec(task_summary(), 0..3)
             .prop_map(|tasks| Message::TaskList { tasks }),
         (id(), any::<u64>(), any::<u64>()).prop_map(|(task_id, requested_from, earliest)| {
