@@ -1,0 +1,182 @@
+//! The shared phone engine (`tandem-phone`, what the mobile SDK wraps)
+//! against the real agent and relay: pairing from the printed link (the
+//! code matches the desktop's), a task with progress, a tool result and an
+//! approval, history and the task list, a `kill -9` of the agent and its
+//! relay mid-task with every event once and in order, and the errors for an
+//! expired code, a code for another relay and a revoked phone.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Agent, tandem};
+use tandem_phone::{Phone, PhoneConfig, PhoneError, PhoneEvent, TaskEvent};
+use tandem_proto::qr::PairingLink;
+use tokio::sync::broadcast;
+
+/// Every task event the phone reported, per task.
+async fn until(
+    events: &mut broadcast::Receiver<PhoneEvent>,
+    seen: &mut BTreeMap<String, Vec<(u64, TaskEvent)>>,
+    done: impl Fn(&BTreeMap<String, Vec<(u64, TaskEvent)>>) -> bool,
+) {
+    while !done(seen) {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("an event in time")
+            .unwrap();
+        if let PhoneEvent::Task(t) = e {
+            seen.entry(t.task_id).or_default().push((t.offset, t.event));
+        }
+    }
+}
+
+fn finished(seen: &BTreeMap<String, Vec<(u64, TaskEvent)>>, task: &str) -> bool {
+    seen.get(task)
+        .is_some_and(|evs| evs.iter().any(|(_, e)| matches!(e, TaskEvent::Finished { .. })))
+}
+
+async fn pair(agent: &Agent, dir: &std::path::Path, name: &str) -> (Phone, String) {
+    let link = agent
+        .line_starting("pairing link: ")
+        .trim()
+        .trim_start_matches("pairing link: ")
+        .to_owned();
+    let phone = Phone::open(PhoneConfig::new(dir.join(name), name)).await.unwrap();
+    let pairing = phone.start_pairing(&link).await.unwrap();
+    assert_eq!(pairing.desktop_name(), "build-box");
+    let code = agent.line_starting("Code: ");
+    assert_eq!(code.trim(), format!("Code: {}", pairing.sas()), "both screens show the same code");
+    let desktop = pairing.wait().await.unwrap();
+    agent.line_starting("Connected.");
+    (phone, desktop.desktop_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phone_engine_pairs_runs_tasks_and_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let agent = Agent::up(dir.path(), &config);
+    let printed = agent
+        .line_starting("pairing link: ")
+        .trim()
+        .trim_start_matches("pairing link: ")
+        .to_owned();
+
+    // An expired code and a code for another relay fail clearly.
+    let mut link = PairingLink::parse(&printed, common::now_unix()).unwrap();
+    let phone =
+        Phone::open(PhoneConfig::new(dir.path().join("phone"), "Ana's phone")).await.unwrap();
+    let mut expired = link.payload.clone();
+    expired.expires_at = 1_000;
+    let err = phone
+        .start_pairing(&expired.to_link(&format!("{}{}", link.origin, link.path)))
+        .await
+        .unwrap_err();
+    assert_eq!(err, PhoneError::Expired);
+    let other = Agent::up(&dir.path().join("other"), &config);
+    let other_link = other.line_starting("pairing link: ");
+    let other_origin = PairingLink::parse(
+        other_link.trim().trim_start_matches("pairing link: "),
+        common::now_unix(),
+    )
+    .unwrap()
+    .origin;
+    link.origin = other_origin;
+    let err = phone
+        .start_pairing(&link.payload.to_link(&format!("{}{}", link.origin, link.path)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PhoneError::WrongRelay(_)), "{err:?}");
+    drop(other);
+
+    // Pair from the real link.
+    let pairing = phone.start_pairing(&printed).await.unwrap();
+    let code = agent.line_starting("Code: ");
+    assert_eq!(code.trim(), format!("Code: {}", pairing.sas()));
+    let desktop = pairing.wait().await.unwrap().desktop_id;
+    agent.line_starting("Connected.");
+    assert_eq!(phone.desktops().len(), 1);
+    let mut events = phone.subscribe();
+    let mut seen = BTreeMap::new();
+
+    // A task with an approval.
+    let t1 = phone.submit(&desktop, "approve-twice", None).await.unwrap();
+    for approval in ["a1", "a2"] {
+        until(&mut events, &mut seen, |s| {
+            s.get(&t1).is_some_and(|evs| evs.iter().any(|(_, e)| matches!(e, TaskEvent::ApprovalRequest { approval_id, .. } if approval_id == approval)))
+        })
+        .await;
+        phone.decide(&desktop, &t1, approval, approval == "a1").await.unwrap();
+    }
+    until(&mut events, &mut seen, |s| finished(s, &t1)).await;
+    let progress: Vec<String> = seen[&t1]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            TaskEvent::Progress { text } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress, ["a1:allowed", "a2:denied"]);
+
+    // History and the task list.
+    let page = phone.history(&desktop, &t1, 2).await.unwrap();
+    assert_eq!(page.events.first().unwrap().offset, 2);
+    assert_eq!(page.next_offset, seen[&t1].len() as u64);
+    assert!(!page.more);
+    let tasks = phone.tasks(&desktop).await.unwrap();
+    assert_eq!(tasks[0].task_id, t1);
+
+    // A crash of the agent and its relay mid-task: the phone reconnects and
+    // sees every event once, in order.
+    let t2 = phone.submit(&desktop, "count 300 10", None).await.unwrap();
+    until(&mut events, &mut seen, |s| s.get(&t2).is_some_and(|e| e.len() > 20)).await;
+    let relay_addr = PairingLink::parse(&printed, common::now_unix())
+        .unwrap()
+        .origin
+        .trim_start_matches("http://")
+        .to_owned();
+    agent.kill9();
+    let agent = Agent::up_at(dir.path(), &config, &relay_addr);
+    agent.line_starting("Connected.");
+    until(&mut events, &mut seen, |s| finished(s, &t2)).await;
+    let offsets: Vec<u64> = seen[&t2].iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>(), "each event once, in order");
+    for (task, evs) in &seen {
+        let offs: Vec<u64> = evs.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offs, (0..offs.len() as u64).collect::<Vec<_>>(), "task {task}");
+    }
+
+    // Revoked: the relay refuses the phone's messages.
+    let revoked = tandem(dir.path(), &["revoke", "Ana's phone"]);
+    assert!(revoked.contains("refuses it"), "{revoked}");
+    let err = phone.submit(&desktop, "count 1 1", None).await.unwrap_err();
+    assert_eq!(err, PhoneError::Revoked);
+    phone.close().await;
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_phone_keeps_its_desktops_and_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let agent = Agent::up(dir.path(), &config);
+    let (phone, desktop) = pair(&agent, dir.path(), "phone").await;
+    let mut events = phone.subscribe();
+    let mut seen = BTreeMap::new();
+    let t = phone.submit(&desktop, "count 3 1", None).await.unwrap();
+    until(&mut events, &mut seen, |s| finished(s, &t)).await;
+    phone.close().await;
+    drop(phone);
+    let phone = Phone::open(PhoneConfig::new(dir.path().join("phone"), "phone")).await.unwrap();
+    assert_eq!(phone.desktops()[0].desktop_id, desktop);
+    let mut events = phone.subscribe();
+    let mut seen2 = BTreeMap::new();
+    let t2 = phone.submit(&desktop, "count 2 1", None).await.unwrap();
+    until(&mut events, &mut seen2, |s| finished(s, &t2)).await;
+    assert!(!seen2.contains_key(&t), "no event of the first task again");
+    phone.close().await;
+}
