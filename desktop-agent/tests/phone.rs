@@ -180,3 +180,32 @@ async fn a_reopened_phone_keeps_its_desktops_and_offsets() {
     assert!(!seen2.contains_key(&t), "no event of the first task again");
     phone.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_phone_fills_the_gap_from_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "[agent]\nidle_detach_secs = 2\n");
+    let agent = Agent::up(dir.path(), &config);
+    let (phone, desktop) = pair(&agent, dir.path(), "phone").await;
+    let mut events = phone.subscribe();
+    let t = phone.submit(&desktop, "count 120 40", None).await.unwrap();
+    let mut seen = BTreeMap::new();
+    let mut detached = false;
+    while !finished(&seen, &t) {
+        match tokio::time::timeout(Duration::from_secs(30), events.recv()).await.unwrap().unwrap() {
+            PhoneEvent::Task(e) => seen.entry(e.task_id).or_default().push((e.offset, e.event)),
+            PhoneEvent::Detached { idle_secs, .. } => {
+                assert_eq!(idle_secs, 2);
+                detached = true;
+            }
+            _ => {}
+        }
+    }
+    assert!(detached, "the idle phone was detached");
+    // The engine saw the gap at the finish and filled it from the history:
+    // the app still got every event once, in order.
+    let offsets: Vec<u64> = seen[&t].iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+    assert_eq!(offsets.len(), 1 + 120 + 1, "accepted, 120 lines, finished");
+    phone.close().await;
+}
