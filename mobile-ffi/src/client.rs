@@ -1,0 +1,270 @@
+//! [`TandemClient`]: the SDK's entry point, a `tandem_phone::Phone` with the
+//! runtime it runs on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tandem_phone::{Phone, PhoneConfig};
+
+use crate::error::MobileError;
+use crate::events::{EventListener, SubscriptionHandle};
+use crate::pairing::PairingHandle;
+use crate::runtime::SdkRuntime;
+use crate::secrets::{ForeignSecretStore, SecretStore};
+use crate::types::{Desktop, HistoryPage, TaskSummary};
+
+/// How to open a client.
+#[derive(uniffi::Record)]
+pub struct ClientConfig {
+    /// A directory only this app uses (its files directory on Android, the
+    /// Application Support directory on iOS). Holds paired desktops, their
+    /// session state and the outbox, and the device key when no
+    /// `secret_store` is given. Created if missing.
+    pub data_dir: String,
+    /// What this phone is called on the desktop (`tandem devices`).
+    pub device_name: String,
+    /// The platform shown on the desktop (default: the OS the library was
+    /// built for: `ios`, `android`, `linux`, …).
+    #[uniffi(default = None)]
+    pub platform: Option<String>,
+    /// The app's version, shown on the desktop (default: the SDK's).
+    #[uniffi(default = None)]
+    pub app_version: Option<String>,
+    /// Where to keep the device key (Keychain, Keystore). Default: a 0600
+    /// file in `data_dir`.
+    #[uniffi(default = None)]
+    pub secret_store: Option<Arc<dyn SecretStore>>,
+    /// Extra root certificates (PEM) to trust for relays with a private CA
+    /// or a self-signed certificate. Default: the public web roots only.
+    #[uniffi(default = [])]
+    pub extra_roots_pem: Vec<String>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("data_dir", &self.data_dir)
+            .field("device_name", &self.device_name)
+            .field("platform", &self.platform)
+            .field("app_version", &self.app_version)
+            .field("secret_store", &self.secret_store.is_some())
+            .field("extra_roots_pem", &self.extra_roots_pem.len())
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    fn into_phone_config(self) -> PhoneConfig {
+        PhoneConfig {
+            data_dir: PathBuf::from(self.data_dir),
+            device_name: self.device_name,
+            platform: self.platform.unwrap_or_else(|| std::env::consts::OS.to_owned()),
+            app_version: self.app_version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
+            secret_store: self
+                .secret_store
+                .map(|s| Arc::new(ForeignSecretStore(s)) as Arc<dyn tandem_phone::SecretStore>),
+            extra_roots_pem: self.extra_roots_pem,
+        }
+    }
+}
+
+/// What every object of one client shares. The phone is dropped before the
+/// runtime it runs on.
+pub(crate) struct Core {
+    pub(crate) phone: Phone,
+    pub(crate) runtime: SdkRuntime,
+}
+
+/// The phone side of Tandem: pair with desktops, send them tasks, follow
+/// what the tasks do. Open one per data directory and keep it for the app's
+/// lifetime; every method may be called from any thread.
+///
+/// Async methods run on the SDK's own runtime; if the app stops awaiting one
+/// (a cancelled Swift `Task` or Kotlin coroutine), its work is aborted.
+#[derive(uniffi::Object)]
+pub struct TandemClient {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for TandemClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TandemClient").field("device_id", &self.core.phone.device_id()).finish()
+    }
+}
+
+#[uniffi::export]
+impl TandemClient {
+    /// Open (or create) the client in `config.data_dir`: load or make the
+    /// device key, load the paired desktops and connect to their relays.
+    ///
+    /// # Errors
+    /// [`MobileError::Storage`] if the directory or the secret store fails.
+    #[uniffi::constructor]
+    pub async fn open(config: ClientConfig) -> Result<Arc<Self>, MobileError> {
+        let runtime = SdkRuntime::new()?;
+        let phone = runtime.run(Phone::open(config.into_phone_config())).await?;
+        Ok(Arc::new(Self { core: Arc::new(Core { phone, runtime }) }))
+    }
+
+    /// This phone's device id (what `tandem devices` lists).
+    pub fn device_id(&self) -> String {
+        self.core.phone.device_id()
+    }
+
+    /// Start pairing from a scanned QR code or an opened pairing link. When
+    /// it returns, the 6-digit code is known (show it); then await
+    /// [`PairingHandle::wait`].
+    ///
+    /// # Errors
+    /// [`MobileError::InvalidQr`] (not a pairing link),
+    /// [`MobileError::Expired`], [`MobileError::AlreadyClaimed`],
+    /// [`MobileError::WrongRelay`] (the relay does not know the code),
+    /// [`MobileError::DesktopRefused`], [`MobileError::RelayUnreachable`].
+    pub async fn start_pairing(&self, qr: String) -> Result<Arc<PairingHandle>, MobileError> {
+        let phone = self.core.phone.clone();
+        let pairing = self.core.runtime.run(async move { phone.start_pairing(&qr).await }).await?;
+        Ok(Arc::new(PairingHandle::new(self.core.clone(), pairing)))
+    }
+
+    /// The paired desktops with their connection state.
+    pub fn desktops(&self) -> Vec<Desktop> {
+        let _entered = self.core.runtime.handle().enter();
+        self.core.phone.desktops().into_iter().map(Desktop::from).collect()
+    }
+
+    /// Forget a desktop: delete its keys and state on this phone and tell the
+    /// relay (the desktop still lists the phone until it revokes it).
+    ///
+    /// # Errors
+    /// [`MobileError::UnknownDesktop`], [`MobileError::Storage`].
+    pub async fn forget(&self, desktop_id: String) -> Result<(), MobileError> {
+        let phone = self.core.phone.clone();
+        self.core.runtime.run(async move { phone.forget(&desktop_id).await }).await
+    }
+
+    /// Send a task to a desktop; returns its task id. It is in the outbox
+    /// when this returns and reaches the desktop even if the connection is
+    /// down now. `executor` names one of the desktop's executors (default:
+    /// its first).
+    ///
+    /// # Errors
+    /// [`MobileError::UnknownDesktop`], [`MobileError::Revoked`],
+    /// [`MobileError::Storage`].
+    #[uniffi::method(default(executor = None))]
+    pub async fn submit(
+        &self,
+        desktop_id: String,
+        text: String,
+        executor: Option<String>,
+    ) -> Result<String, MobileError> {
+        let phone = self.core.phone.clone();
+        self.core.runtime.run(async move { phone.submit(&desktop_id, &text, executor).await }).await
+    }
+
+    /// Send a follow-up to a task (a running task reads it; a finished one
+    /// that can resume runs again with it).
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    pub async fn follow_up(
+        &self,
+        desktop_id: String,
+        task_id: String,
+        text: String,
+    ) -> Result<(), MobileError> {
+        let phone = self.core.phone.clone();
+        self.core
+            .runtime
+            .run(async move { phone.follow_up(&desktop_id, &task_id, &text).await })
+            .await
+    }
+
+    /// Ask the desktop to cancel a task (its executor is stopped; the task
+    /// finishes as cancelled).
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    pub async fn cancel_task(
+        &self,
+        desktop_id: String,
+        task_id: String,
+    ) -> Result<(), MobileError> {
+        let phone = self.core.phone.clone();
+        self.core.runtime.run(async move { phone.cancel(&desktop_id, &task_id).await }).await
+    }
+
+    /// Answer an approval request: `allow` or deny. The outcome comes back
+    /// as a [`TaskEvent::ApprovalResolved`](crate::TaskEvent::ApprovalResolved)
+    /// (a decision that came too late is refused: see
+    /// [`ClientEvent::Refused`](crate::ClientEvent::Refused)).
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    pub async fn decide(
+        &self,
+        desktop_id: String,
+        task_id: String,
+        approval_id: String,
+        allow: bool,
+    ) -> Result<(), MobileError> {
+        let phone = self.core.phone.clone();
+        self.core
+            .runtime
+            .run(async move { phone.decide(&desktop_id, &task_id, &approval_id, allow).await })
+            .await
+    }
+
+    /// A page of a task's history from `from_offset` (0 for the start).
+    ///
+    /// # Errors
+    /// [`MobileError::UnknownDesktop`], [`MobileError::Timeout`] (the desktop
+    /// did not answer), [`MobileError::Protocol`] (history no longer kept).
+    #[uniffi::method(default(from_offset = 0))]
+    pub async fn history(
+        &self,
+        desktop_id: String,
+        task_id: String,
+        from_offset: u64,
+    ) -> Result<HistoryPage, MobileError> {
+        let phone = self.core.phone.clone();
+        let page = self
+            .core
+            .runtime
+            .run(async move { phone.history(&desktop_id, &task_id, from_offset).await })
+            .await?;
+        Ok(page.into())
+    }
+
+    /// The desktop's recent tasks, newest first.
+    ///
+    /// # Errors
+    /// As [`history`](Self::history).
+    pub async fn tasks(&self, desktop_id: String) -> Result<Vec<TaskSummary>, MobileError> {
+        let phone = self.core.phone.clone();
+        let tasks = self.core.runtime.run(async move { phone.tasks(&desktop_id).await }).await?;
+        Ok(tasks.into_iter().map(TaskSummary::from).collect())
+    }
+
+    /// Deliver events to `listener` until the returned handle is cancelled
+    /// or dropped. Events from before the call are not replayed: read
+    /// [`desktops`](Self::desktops) and [`history`](Self::history) for the
+    /// current state.
+    pub fn subscribe(&self, listener: Arc<dyn EventListener>) -> Arc<SubscriptionHandle> {
+        let _entered = self.core.runtime.handle().enter();
+        let events = self.core.phone.subscribe();
+        Arc::new(SubscriptionHandle::spawn(self.core.runtime.handle(), events, listener))
+    }
+
+    /// Disconnect from every relay and stop. Pending outbox messages stay on
+    /// disk and are sent by the next `open`. Calls after this fail with
+    /// [`MobileError::Closed`].
+    pub async fn shutdown(&self) {
+        let phone = self.core.phone.clone();
+        let closed = self.core.runtime.run(async move {
+            phone.close().await;
+            Ok::<_, MobileError>(())
+        });
+        // Closing twice, or while the runtime stops, is not an error.
+        closed.await.ok();
+    }
+}
