@@ -77,15 +77,21 @@ async fn a_phone_that_keeps_sending_stays_attached() {
     // Then only pings of its own, which are not activity: detached.
     let start = Instant::now();
     let mut nonce = 0;
+    let mut ping_failed = false;
     let end = loop {
         nonce += 1;
-        phone.send(&Frame::Ping { nonce }).await;
+        // The relay may close between a read and this write: then the write
+        // fails and the close is what the next read finds (or a reset).
+        ping_failed |= !phone.try_send(&Frame::Ping { nonce }).await;
         match phone.next_within(Duration::from_millis(300)).await {
             Some(Err(end)) => break end,
             _ => assert!(start.elapsed() < Duration::from_secs(3), "never idled out"),
         }
     };
-    assert_eq!(end, close_code(ErrorCode::IdleTimeout));
+    assert!(start.elapsed() >= Duration::from_millis(500), "idled out long before the timeout");
+    if end != close_code(ErrorCode::IdleTimeout) {
+        assert!(ping_failed, "closed with {end:?}, not idle_timeout");
+    }
 }
 
 #[tokio::test]

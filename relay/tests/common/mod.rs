@@ -250,6 +250,13 @@ impl Device {
         self.ws.send(Message::Binary(bytes.into())).await.expect("send");
     }
 
+    /// Send a frame; `false` if the connection is already gone.
+    pub async fn try_send(&mut self, f: &Frame) -> bool {
+        let bytes = f.encode().expect("encode");
+        record(&bytes);
+        self.ws.send(Message::Binary(bytes.into())).await.is_ok()
+    }
+
     pub async fn send_raw(&mut self, m: Message) {
         match &m {
             Message::Binary(b) => record(b),
