@@ -40,7 +40,8 @@ impl PairingHandle {
 
 #[uniffi::export]
 impl PairingHandle {
-    /// The 6-digit code both screens show (as text, leading zeros kept).
+    /// The 6-digit code both screens show, grouped for reading as the
+    /// desktop prints it: `"042 917"`.
     pub fn sas(&self) -> String {
         self.sas.clone()
     }
