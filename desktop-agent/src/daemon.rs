@@ -82,6 +82,7 @@ pub struct Daemon<'a> {
     data_dir: Option<PathBuf>,
     busy_hook: Option<Box<dyn FnMut(bool) -> Value + Send + 'a>>,
     last_busy: Option<bool>,
+    started: bool,
     awake: Value,
     status_extra: serde_json::Map<String, Value>,
 }
@@ -139,6 +140,7 @@ impl<'a> Daemon<'a> {
             data_dir: None,
             busy_hook: None,
             last_busy: None,
+            started: false,
             awake: Value::Null,
             status_extra: serde_json::Map::new(),
         }
@@ -275,12 +277,7 @@ impl<'a> Daemon<'a> {
     /// # Errors
     /// [`DaemonError`] when state cannot be persisted.
     pub async fn run(&mut self, events: &mut mpsc::Receiver<Event>) -> Result<(), DaemonError> {
-        // Events that reached the history but not a phone's outbox before a
-        // crash go out first, then what the restart itself changes.
-        self.catch_up().await?;
-        let out = self.tasks.recover().await?;
-        self.send_all(out).await?;
-        self.busy_changed();
+        self.start().await?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut calls = self.calls.take();
         loop {
@@ -300,6 +297,7 @@ impl<'a> Daemon<'a> {
                     let out = self.tasks.expire_approvals().await?;
                     self.send_all(out).await?;
                     self.detach_idle().await?;
+                    self.followers.retain(|(_, tx)| !tx.is_closed());
                 }
             }
             self.busy_changed();
@@ -364,11 +362,27 @@ impl<'a> Daemon<'a> {
         Ok(())
     }
 
+    /// Once, before anything else: events that reached the history but not
+    /// a phone's outbox before a crash go out first, then what the restart
+    /// itself changes (interrupted tasks, the queue).
+    async fn start(&mut self) -> Result<(), DaemonError> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        self.catch_up().await?;
+        let out = self.tasks.recover().await?;
+        self.send_all(out).await?;
+        self.busy_changed();
+        Ok(())
+    }
+
     /// Handle one relay event.
     ///
     /// # Errors
     /// [`DaemonError`] when state cannot be persisted.
     pub async fn handle(&mut self, ev: Event) -> Result<(), DaemonError> {
+        self.start().await?;
         match ev {
             Event::Connected { .. } => {
                 self.connected = true;
@@ -451,6 +465,7 @@ impl<'a> Daemon<'a> {
         }
         let mut envelopes = Vec::new();
         let mut replies = Vec::new();
+        let mut ack_due = false;
         for ev in events {
             match ev {
                 LinkEvent::Message { message, .. } => {
@@ -463,13 +478,17 @@ impl<'a> Daemon<'a> {
                 LinkEvent::ResyncNeeded { from: a, to: b } => {
                     warn!(peer = %from, a, b, "messages from the phone were lost before they reached this desktop");
                 }
-                LinkEvent::AckDue | LinkEvent::SessionRenewed => {}
+                LinkEvent::AckDue => ack_due = true,
+                LinkEvent::SessionRenewed => {}
             }
         }
-        // The acknowledgement rides on the first reply to this device, or goes bare.
+        // Data arrived: the acknowledgement rides on the first reply to this
+        // device, or goes bare. Never in answer to an ack alone (the two
+        // sides would ack each other's acks forever).
         let direct = replies.iter().any(|(a, _)| matches!(a, Audience::Device(d) if *d == from))
             || replies.iter().any(|(a, _)| *a == Audience::Everyone);
-        if !direct
+        if ack_due
+            && !direct
             && let Some(peer) = self.peers.get_mut(&from)
             && let Ok(ack) = peer.link_mut().ack()
         {
@@ -490,7 +509,10 @@ impl<'a> Daemon<'a> {
         self.audit_outgoing(&out);
         for (audience, message) in out {
             let Ok(bytes) = message.encode() else { continue };
-            self.tell_followers(&message);
+            // New events go to everyone; replays and catch-up to one device.
+            if audience == Audience::Everyone {
+                self.tell_followers(&message);
+            }
             let cursor = match &message {
                 Message::TaskEvent { task_id, offset, .. } => Some((task_id.as_str(), offset + 1)),
                 _ => None,
@@ -527,7 +549,12 @@ impl<'a> Daemon<'a> {
                     }
                 };
                 if let Some((task, next)) = cursor {
-                    peer.advance_task_cursor(task, next);
+                    if is_finish(&message) {
+                        // Nothing of it is owed any more: keep the file small.
+                        peer.drop_task_cursor(task);
+                    } else {
+                        peer.advance_task_cursor(task, next);
+                    }
                 }
                 // Persist before the record leaves.
                 match self.peers.save(&id) {
@@ -610,6 +637,10 @@ impl<'a> Daemon<'a> {
             }
         })
     }
+}
+
+fn is_finish(m: &Message) -> bool {
+    matches!(m, Message::TaskEvent { event: TaskEvent::Finished { .. }, .. })
 }
 
 /// What still reaches a detached phone: what needs a decision or ends a task.

@@ -93,6 +93,10 @@ pub struct TaskRecord {
     /// A follow-up waiting to run as a resumed run (set while queued).
     #[serde(default)]
     pub pending_resume: Option<String>,
+    /// Follow-ups that arrived while the task waited in the queue; they
+    /// reach the executor when it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_follow_ups: Vec<String>,
     /// The offset the next event gets.
     pub next_offset: u64,
     /// The oldest offset still kept.
@@ -206,19 +210,25 @@ impl History {
     }
 
     /// Store `record` and, if given, the event message at `record.next_offset - 1`,
-    /// in one durable transaction; prune what is over the limits.
+    /// in one durable transaction; prune what is over the limits (raising
+    /// `record.earliest`, so the caller's copy stays true).
     ///
     /// # Errors
     /// [`HistoryError`] on a database failure: the caller must not send the
     /// event then.
-    pub fn save(&self, record: &TaskRecord, event: Option<&Message>) -> Result<(), HistoryError> {
+    pub fn save(
+        &self,
+        record: &mut TaskRecord,
+        event: Option<&Message>,
+    ) -> Result<(), HistoryError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(Durability::Immediate).map_err(|e| self.err(e))?;
+        let mut trimmed = record.clone();
         {
             let mut tasks = txn.open_table(TASKS).map_err(|e| self.err(e))?;
             let mut order = txn.open_table(ORDER).map_err(|e| self.err(e))?;
             let mut events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
-            let mut record = record.clone();
+            let record = &mut trimmed;
             let is_new = tasks.get(record.task_id.as_str()).map_err(|e| self.err(e))?.is_none();
             if let Some(m) = event {
                 let bytes = m.encode().map_err(|e| HistoryError::Corrupt(e.to_string()))?;
@@ -234,14 +244,16 @@ impl History {
                     record.earliest += 1;
                 }
             }
-            let json = serde_json::to_vec(&record).map_err(|e| self.err(e))?;
+            let json = serde_json::to_vec(&*record).map_err(|e| self.err(e))?;
             tasks.insert(record.task_id.as_str(), json.as_slice()).map_err(|e| self.err(e))?;
             if is_new {
                 order.insert(record.seq, record.task_id.as_str()).map_err(|e| self.err(e))?;
                 self.prune_tasks(&mut tasks, &mut order, &mut events)?;
             }
         }
-        txn.commit().map_err(|e| self.err(e))
+        txn.commit().map_err(|e| self.err(e))?;
+        *record = trimmed;
+        Ok(())
     }
 
     /// Drop the oldest finished tasks beyond `max_tasks`.
@@ -381,6 +393,7 @@ mod tests {
             state: StoredState::Queued,
             resume_token: None,
             pending_resume: None,
+            pending_follow_ups: Vec::new(),
             next_offset: 0,
             earliest: 0,
         }
@@ -407,7 +420,7 @@ mod tests {
         {
             let h = History::open(dir.path()).unwrap();
             let mut r = record("t", h.next_seq().unwrap());
-            h.save(&r, None).unwrap();
+            h.save(&mut r, None).unwrap();
             for _ in 0..5 {
                 append(&h, &mut r);
             }
@@ -441,13 +454,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = History::open(dir.path()).unwrap().with_limits(2, 100);
         let mut a = record("a", 0); // stays queued: never pruned
-        h.save(&a, None).unwrap();
+        h.save(&mut a, None).unwrap();
         append(&h, &mut a);
         for (i, id) in ["b", "c", "d"].iter().enumerate() {
             let mut r = record(id, i as u64 + 1);
             append(&h, &mut r);
             r.state = StoredState::Finished { status: FinishStatus::Succeeded };
-            h.save(&r, None).unwrap();
+            h.save(&mut r, None).unwrap();
         }
         let ids: Vec<String> = h.recent(10).unwrap().into_iter().map(|r| r.task_id).collect();
         assert_eq!(ids, ["d", "a"]);

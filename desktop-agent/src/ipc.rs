@@ -108,11 +108,15 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
 }
 
-/// Removes the socket file when the daemon stops.
+/// The lock file that makes one agent per data dir.
+pub const LOCK_NAME: &str = "agent.lock";
+
+/// Removes the socket file when the daemon stops; holds the data dir's lock.
 #[derive(Debug)]
 pub struct Listening {
     path: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    _lock: std::fs::File,
 }
 
 impl Drop for Listening {
@@ -130,8 +134,21 @@ impl Drop for Listening {
 pub async fn serve(data_dir: &Path) -> Result<(Listening, mpsc::Receiver<Call>), IpcError> {
     let path = socket_path(data_dir);
     let io = |source| IpcError::Io { path: path.clone(), source };
-    if UnixStream::connect(&path).await.is_ok() {
-        return Err(IpcError::AlreadyRunning(path));
+    // One agent per data dir: an exclusive lock held while it runs (the OS
+    // drops it when the process dies, so a crash leaves nothing stale).
+    let lock_path = data_dir.join(LOCK_NAME);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| IpcError::Io { path: lock_path.clone(), source })?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(IpcError::AlreadyRunning(path)),
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(IpcError::Io { path: lock_path, source });
+        }
     }
     // A socket left by an agent that died: nobody listens on it.
     match std::fs::remove_file(&path) {
@@ -147,11 +164,16 @@ pub async fn serve(data_dir: &Path) -> Result<(Listening, mpsc::Receiver<Call>),
     let (tx, rx) = mpsc::channel(64);
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            tokio::spawn(session(stream, tx.clone()));
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(session(stream, tx.clone()));
+                }
+                // Out of file descriptors, say: do not spin.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
         }
     });
-    Ok((Listening { path, task }, rx))
+    Ok((Listening { path, task, _lock: lock }, rx))
 }
 
 async fn session(stream: UnixStream, calls: mpsc::Sender<Call>) {
@@ -178,10 +200,22 @@ async fn session(stream: UnixStream, calls: mpsc::Sender<Call>) {
     if calls.send(Call { request, reply }).await.is_err() {
         return;
     }
-    while let Some(v) = replies.recv().await {
-        if write.write_all(answer(v).as_bytes()).await.is_err() {
-            debug!("control client left");
-            return;
+    let mut rest = lines.into_inner();
+    let mut sink = [0u8; 64];
+    loop {
+        tokio::select! {
+            v = replies.recv() => match v {
+                Some(v) => {
+                    if write.write_all(answer(v).as_bytes()).await.is_err() {
+                        debug!("control client left");
+                        return;
+                    }
+                }
+                None => return,
+            },
+            // The client hung up (or sent more than one request): done, so
+            // a follower's channel closes and the daemon forgets it.
+            r = rest.read(&mut sink) => if matches!(r, Ok(0) | Err(_)) { return },
         }
     }
 }

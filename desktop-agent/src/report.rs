@@ -71,16 +71,17 @@ pub fn event_line(m: &Message) -> Option<String> {
         TaskEvent::FollowUp { text } => format!("follow-up: {}", short(text)),
         TaskEvent::Progress { text } => short(text),
         TaskEvent::ToolCall { name, input, .. } => {
-            format!("tool {name} {}", short(&input.to_string()))
+            format!("tool {} {}", short(name), short(&input.to_string()))
         }
         TaskEvent::ToolResult { output, is_error, .. } => {
             format!("{} {}", if *is_error { "tool error:" } else { "tool result:" }, short(output))
         }
         TaskEvent::ApprovalRequest { approval_id, summary, .. } => {
-            format!("approval {approval_id} waiting: {}", short(summary))
+            format!("approval {} waiting: {}", short(approval_id), short(summary))
         }
         TaskEvent::ApprovalResolved { approval_id, allow, by } => {
-            format!("approval {approval_id} {} by {by}", if *allow { "allowed" } else { "denied" })
+            let verdict = if *allow { "allowed" } else { "denied" };
+            format!("approval {} {verdict} by {}", short(approval_id), short(by))
         }
         TaskEvent::Finished { status, summary } => {
             format!("finished {}: {}", status_str(*status), short(summary))

@@ -76,8 +76,6 @@ struct Active {
     run: u64,
     /// Pending approvals and when they expire (Unix ms).
     approvals: HashMap<String, u64>,
-    /// Follow-ups that arrived before the executor started.
-    follow_ups: Vec<String>,
 }
 
 /// Counts for `tandem status`.
@@ -189,13 +187,7 @@ impl TaskManager {
                     self.queue.push_back(record.task_id.clone());
                     self.active.insert(
                         record.task_id.clone(),
-                        Active {
-                            record,
-                            controller: None,
-                            run: 0,
-                            approvals: HashMap::new(),
-                            follow_ups: Vec::new(),
-                        },
+                        Active { record, controller: None, run: 0, approvals: HashMap::new() },
                     );
                 }
                 StoredState::Finished { .. } => {}
@@ -255,7 +247,16 @@ impl TaskManager {
     async fn start(&mut self, task_id: &str) -> Result<Outgoing, HistoryError> {
         let Some(mut a) = self.active.remove(task_id) else { return Ok(Vec::new()) };
         let config = self.executors.iter().find(|e| e.name == a.record.executor).cloned();
-        let started = match (&config, a.record.pending_resume.take()) {
+        // On disk as running before anything is spawned: a crash from here
+        // on finishes it as interrupted, never runs it twice.
+        let resume_text = a.record.pending_resume.take();
+        a.record.state = StoredState::Running;
+        a.record.updated_ms = now_ms();
+        if let Err(e) = self.history.save(&mut a.record, None) {
+            self.active.insert(task_id.to_owned(), a);
+            return Err(e);
+        }
+        let started = match (&config, resume_text) {
             (None, _) => {
                 Err(format!("the executor {:?} is no longer configured", a.record.executor))
             }
@@ -283,9 +284,6 @@ impl TaskManager {
         self.next_run += 1;
         a.run = self.next_run;
         a.controller = Some(running.controller());
-        a.record.state = StoredState::Running;
-        a.record.updated_ms = now_ms();
-        self.history.save(&a.record, None)?;
         let updates = self.updates.clone();
         let (id, run) = (task_id.to_owned(), a.run);
         tokio::spawn(async move {
@@ -296,7 +294,10 @@ impl TaskManager {
                 }
             }
         });
-        let follow_ups = std::mem::take(&mut a.follow_ups);
+        let follow_ups = std::mem::take(&mut a.record.pending_follow_ups);
+        if !follow_ups.is_empty() {
+            self.history.save(&mut a.record, None)?;
+        }
         let controller = a.controller.clone();
         self.active.insert(task_id.to_owned(), a);
         let mut out = Vec::new();
@@ -361,6 +362,7 @@ impl TaskManager {
             state: StoredState::Queued,
             resume_token: None,
             pending_resume: None,
+            pending_follow_ups: Vec::new(),
             next_offset: 0,
             earliest: 0,
         };
@@ -373,13 +375,7 @@ impl TaskManager {
         let ahead = self.queue.len() + self.running();
         self.active.insert(
             task_id.clone(),
-            Active {
-                record,
-                controller: None,
-                run: 0,
-                approvals: HashMap::new(),
-                follow_ups: Vec::new(),
-            },
+            Active { record, controller: None, run: 0, approvals: HashMap::new() },
         );
         self.queue.push_back(task_id.clone());
         if ahead >= self.options.max_concurrent
@@ -419,7 +415,7 @@ impl TaskManager {
             }
             ExecEvent::Resumable { token } => {
                 a.record.resume_token = Some(token);
-                self.history.save(&a.record, None)?;
+                self.history.save(&mut a.record, None)?;
                 return Ok(Vec::new());
             }
             ExecEvent::Finished { status, summary } => {
@@ -536,7 +532,7 @@ impl TaskManager {
             Control::FollowUp(text) => {
                 let Some(a) = self.active.get_mut(task_id) else { return Ok(Vec::new()) };
                 match &a.controller {
-                    None => a.follow_ups.push(text.clone()),
+                    None => a.record.pending_follow_ups.push(text.clone()),
                     Some(c) => {
                         if let Err(e) = c.control(Control::FollowUp(text.clone())).await {
                             return Ok(to(from, refused(task_id, "not_supported", &e.to_string())));
@@ -591,13 +587,7 @@ impl TaskManager {
         let id = record.task_id.clone();
         self.active.insert(
             id.clone(),
-            Active {
-                record,
-                controller: None,
-                run: 0,
-                approvals: HashMap::new(),
-                follow_ups: Vec::new(),
-            },
+            Active { record, controller: None, run: 0, approvals: HashMap::new() },
         );
         self.queue.push_back(id);
         let mut out = vec![(Audience::Everyone, m)];
@@ -639,14 +629,24 @@ impl TaskManager {
             None => match self.history.get(task_id)? {
                 Some(r) => r,
                 None => {
-                    return Ok(to(
-                        from,
-                        Message::HistoryUnavailable {
-                            task_id: task_id.to_owned(),
-                            requested_from: from_offset,
-                            earliest: 0,
-                        },
-                    ));
+                    return Ok(vec![
+                        (
+                            Audience::Device(from),
+                            Message::HistoryUnavailable {
+                                task_id: task_id.to_owned(),
+                                requested_from: from_offset,
+                                earliest: 0,
+                            },
+                        ),
+                        (
+                            Audience::Device(from),
+                            Message::HistoryEnd {
+                                task_id: task_id.to_owned(),
+                                next_offset: 0,
+                                more: false,
+                            },
+                        ),
+                    ]);
                 }
             },
         };

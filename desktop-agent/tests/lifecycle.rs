@@ -237,3 +237,39 @@ async fn a_silent_phone_is_detached_and_re_attaches() {
     assert_eq!(&seen2.progress("t2"), &["n=0", "n=1"]);
     phone.client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_past_the_event_limit_says_what_was_pruned() {
+    // Regression: the trimmed `earliest` was lost from the live record.
+    use tandem_agent::executor::ExecutorConfig;
+    use tandem_agent::history::History;
+    use tandem_agent::peers::Scope;
+    use tandem_agent::tasks::{TaskManager, TaskOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let fixture: ExecutorConfig = serde_json::from_value(serde_json::json!({
+        "name": "fixture", "type": "jsonl",
+        "program": common::fixture_agent().display().to_string(),
+    }))
+    .unwrap();
+    let history = History::open(dir.path()).unwrap().with_limits(10, 10);
+    let (mut tm, mut rx) =
+        TaskManager::new(vec![fixture], history, TaskOptions::default()).unwrap();
+    let dev = tandem_proto::DeviceKey::generate(&mut tandem_proto::entropy::Entropy::os())
+        .unwrap()
+        .public()
+        .device_id();
+    tm.submit(dev, Scope::Approve, "t".into(), "count 100 5", None).await.unwrap();
+    for _ in 0..30 {
+        let u = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        tm.update(u).await.unwrap();
+    }
+    let rec = tm.record("t").unwrap().unwrap();
+    assert_eq!(rec.next_offset - rec.earliest, 10, "{rec:?}");
+    let out = tm.history(dev, "t", 0).unwrap();
+    assert!(
+        matches!(&out[0].1, Message::HistoryUnavailable { earliest, .. } if *earliest == rec.earliest)
+    );
+    let Message::HistoryEnd { next_offset, more, .. } = &out.last().unwrap().1 else { panic!() };
+    assert_eq!((*next_offset, *more), (rec.next_offset, false));
+    tm.cancel_all().await;
+}

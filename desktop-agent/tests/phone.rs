@@ -209,3 +209,42 @@ async fn a_detached_phone_fills_the_gap_from_history() {
     assert_eq!(offsets.len(), 1 + 120 + 1, "accepted, 120 lines, finished");
     phone.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_phone_and_agent_stop_exchanging_records() {
+    // Regression: each side acked the other's acks, forever.
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let agent = Agent::up(dir.path(), &config);
+    let (phone, desktop) = pair(&agent, dir.path(), "phone").await;
+    let mut events = phone.subscribe();
+    let mut seen = BTreeMap::new();
+    let t = phone.submit(&desktop, "count 2 1", None).await.unwrap();
+    until(&mut events, &mut seen, |s| finished(s, &t)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let file = dir.path().join("phone/desktops").join(format!("{desktop}.json"));
+    let before = std::fs::read(&file).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(before, std::fs::read(&file).unwrap(), "records keep flowing while idle");
+    phone.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_of_a_running_task_are_contiguous() {
+    // Regression: live events racing the replay were mixed into the page.
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let agent = Agent::up(dir.path(), &config);
+    let (phone, desktop) = pair(&agent, dir.path(), "phone").await;
+    let mut events = phone.subscribe();
+    let mut seen = BTreeMap::new();
+    let t = phone.submit(&desktop, "count 300 5", None).await.unwrap();
+    until(&mut events, &mut seen, |s| s.get(&t).is_some_and(|e| e.len() > 20)).await;
+    for _ in 0..5 {
+        let page = phone.history(&desktop, &t, 0).await.unwrap();
+        let offs: Vec<u64> = page.events.iter().map(|e| e.offset).collect();
+        assert_eq!(offs, (0..offs.len() as u64).collect::<Vec<_>>());
+        assert_eq!(page.next_offset, offs.len() as u64);
+    }
+    phone.close().await;
+}

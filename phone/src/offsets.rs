@@ -82,6 +82,12 @@ impl Offsets {
         }
     }
 
+    /// Stop waiting for gap fills (their answers were lost with a
+    /// connection): the next gap asks again.
+    pub fn forget_fills(&mut self) {
+        self.filling.clear();
+    }
+
     /// Forget tasks not in `keep` (bounded storage).
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.next.retain(|t, _| keep(t));

@@ -207,7 +207,7 @@ struct State {
     desktops: BTreeMap<String, Desktop>,
     relays: HashMap<String, Relay>,
     pairings: HashMap<[u8; 16], mpsc::Sender<Vec<u8>>>,
-    histories: HashMap<(String, String), PendingHistory>,
+    histories: HashMap<(String, String), Vec<PendingHistory>>,
     lists: HashMap<String, Vec<oneshot::Sender<Vec<TaskSummary>>>>,
     closed: bool,
 }
@@ -418,9 +418,11 @@ impl Phone {
                     }
                 }
                 Event::Deliver { delivery_id, from, payload } => {
-                    self.deliver(&url, from, &payload);
-                    // Saved: the relay may delete it now.
-                    if let Some(r) = self.lock().relays.get(&url) {
+                    // Saved (or nothing to keep): the relay may delete it now.
+                    // Not saved: no ack, so the relay delivers it again.
+                    if self.deliver(&url, from, &payload)
+                        && let Some(r) = self.lock().relays.get(&url)
+                    {
                         r.client.ack(delivery_id);
                     }
                 }
@@ -456,6 +458,16 @@ impl Phone {
             }
             ids
         };
+        if connected {
+            // A gap fill whose answer was lost with the old connection is
+            // asked for again at the next gap.
+            let mut st = self.lock();
+            for id in &ids {
+                if let Some(d) = st.desktops.get_mut(id) {
+                    d.offsets.forget_fills();
+                }
+            }
+        }
         for id in ids {
             self.emit(PhoneEvent::Connection { desktop_id: id.clone(), state });
             if connected {
@@ -495,8 +507,10 @@ impl Phone {
         store::save(&self.inner.data_dir, &d.record).map_err(storage)
     }
 
-    /// A record from a desktop: open, save, act.
-    fn deliver(&self, url: &str, from: DeviceId, payload: &[u8]) {
+    /// A record from a desktop: open, save, act. `false` if it could not be
+    /// saved (then the in-memory state is reloaded from disk and the relay
+    /// must deliver it again).
+    fn deliver(&self, url: &str, from: DeviceId, payload: &[u8]) -> bool {
         let id = from.to_string();
         let mut out: Vec<Vec<u8>> = Vec::new();
         let mut emitted = Vec::new();
@@ -506,7 +520,7 @@ impl Phone {
             let st = &mut *st;
             let Some(d) = st.desktops.get_mut(&id) else {
                 debug!(peer = %id, "record from a device that is not paired dropped");
-                return;
+                return true;
             };
             let received = {
                 let mut entropy =
@@ -524,10 +538,11 @@ impl Phone {
                 }
                 Err(e) => {
                     debug!(peer = %id, error = %e, "record refused");
-                    return;
+                    return true;
                 }
             };
             let mut direct_reply = false;
+            let mut ack_due = false;
             for ev in events {
                 match ev {
                     LinkEvent::Message { message, .. } => match Message::decode(&message) {
@@ -543,10 +558,11 @@ impl Phone {
                     LinkEvent::ResyncNeeded { from: a, to: b } => {
                         warn!(desktop = %id, a, b, "messages from the desktop were lost");
                     }
-                    LinkEvent::AckDue | LinkEvent::SessionRenewed => {}
+                    LinkEvent::AckDue => ack_due = true,
+                    LinkEvent::SessionRenewed => {}
                 }
             }
-            let Some(d) = st.desktops.get_mut(&id) else { return };
+            let Some(d) = st.desktops.get_mut(&id) else { return true };
             for m in requests {
                 let Ok(bytes) = m.encode() else { continue };
                 match d.record.link.send(bytes) {
@@ -557,12 +573,22 @@ impl Phone {
                     Err(e) => warn!(error = %e, "history request not sealed"),
                 }
             }
-            if !direct_reply && let Ok(ack) = d.record.link.ack() {
+            // Data arrived: acknowledge (never in answer to an ack alone, or
+            // the two sides would ack each other forever).
+            if ack_due
+                && !direct_reply
+                && let Ok(ack) = d.record.link.ack()
+            {
                 out.push(ack);
             }
             if let Err(e) = self.save_locked(d) {
                 warn!(error = %e, "cannot save the desktop's state; the relay will redeliver");
-                return;
+                // Back to what is on disk, so the redelivery opens again.
+                if let Ok(Some(r)) = store::load_one(&self.inner.data_dir, &id) {
+                    d.offsets = Offsets::from_stored(r.offsets.clone());
+                    d.record = r;
+                }
+                return false;
             }
             if let Some(r) = st.relays.get(url) {
                 for rec in out {
@@ -573,6 +599,7 @@ impl Phone {
         for e in emitted {
             self.emit(e);
         }
+        true
     }
 
     /// Start pairing from a scanned QR code or its link. Returns once the
@@ -787,18 +814,18 @@ impl Phone {
         from_offset: u64,
     ) -> Result<HistoryPage, PhoneError> {
         let (tx, rx) = oneshot::channel();
-        self.lock().histories.insert(
-            (desktop_id.to_owned(), task_id.to_owned()),
-            PendingHistory {
-                from: from_offset,
-                events: Vec::new(),
-                unavailable_before: None,
-                reply: tx,
-            },
-        );
+        let key = (desktop_id.to_owned(), task_id.to_owned());
+        self.lock().histories.entry(key.clone()).or_default().push(PendingHistory {
+            from: from_offset,
+            events: Vec::new(),
+            unavailable_before: None,
+            reply: tx,
+        });
         let m = Message::HistoryRequest { task_id: Some(task_id.into()), from_offset };
         if let Err(e) = self.send(desktop_id, &m).await {
-            self.lock().histories.remove(&(desktop_id.to_owned(), task_id.to_owned()));
+            if let Some(pages) = self.lock().histories.get_mut(&key) {
+                pages.retain(|p| !p.reply.is_closed());
+            }
             return Err(e);
         }
         tokio::time::timeout(ANSWER_WAIT, rx)
@@ -863,10 +890,15 @@ fn apply(
         Message::TaskEvent { task_id, offset, at_ms, event } => {
             let record =
                 TaskEventRecord { desktop_id: id.to_owned(), task_id, offset, at_ms, event };
-            if let Some(p) = st.histories.get_mut(&(id.to_owned(), record.task_id.clone()))
-                && offset >= p.from
-            {
-                p.events.push(record.clone());
+            // A page takes only the events that continue it: live events
+            // racing the replay are not part of it.
+            if let Some(pages) = st.histories.get_mut(&(id.to_owned(), record.task_id.clone())) {
+                for p in pages.iter_mut() {
+                    let start = p.unavailable_before.map_or(p.from, |e| e.max(p.from));
+                    if offset == start + p.events.len() as u64 {
+                        p.events.push(record.clone());
+                    }
+                }
             }
             let Some(d) = st.desktops.get_mut(id) else { return };
             match d.offsets.observe(&record.task_id, offset) {
@@ -897,21 +929,41 @@ fn apply(
                     from_offset: from,
                 });
             }
-            if let Some(p) = st.histories.remove(&(id.to_owned(), task_id)) {
-                let _ = p.reply.send(HistoryPage {
-                    events: p.events,
-                    next_offset,
-                    more,
-                    unavailable_before: p.unavailable_before,
-                });
+            // The reply that covered a page's range resolves it (a reply for
+            // another range, e.g. a gap fill, leaves it waiting).
+            let key = (id.to_owned(), task_id);
+            if let Some(pages) = st.histories.get_mut(&key) {
+                let mut i = 0;
+                while i < pages.len() {
+                    let start = pages.get(i).map(|p| {
+                        (p.unavailable_before.map_or(p.from, |e| e.max(p.from)), p.events.len())
+                    });
+                    match start {
+                        Some((start, n)) if start + n as u64 == next_offset => {
+                            let p = pages.remove(i);
+                            let _ = p.reply.send(HistoryPage {
+                                events: p.events,
+                                next_offset,
+                                more,
+                                unavailable_before: p.unavailable_before,
+                            });
+                        }
+                        _ => i += 1,
+                    }
+                }
+                if pages.is_empty() {
+                    st.histories.remove(&key);
+                }
             }
         }
         Message::HistoryUnavailable { task_id, earliest, .. } => {
             if let Some(d) = st.desktops.get_mut(id) {
                 d.offsets.unavailable(&task_id, earliest);
             }
-            if let Some(p) = st.histories.get_mut(&(id.to_owned(), task_id)) {
-                p.unavailable_before = Some(earliest);
+            if let Some(pages) = st.histories.get_mut(&(id.to_owned(), task_id)) {
+                for p in pages.iter_mut().filter(|p| p.from < earliest && p.events.is_empty()) {
+                    p.unavailable_before = Some(earliest);
+                }
             }
         }
         Message::TaskList { tasks } => {

@@ -69,6 +69,17 @@ pub(crate) fn remove(data_dir: &Path, id: &str) -> io::Result<()> {
     }
 }
 
+/// One stored desktop, if its file exists.
+pub(crate) fn load_one(data_dir: &Path, id: &str) -> io::Result<Option<DesktopRecord>> {
+    match fs::read(file(data_dir, id)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Every stored desktop; a damaged file is an error (never silently dropped).
 pub(crate) fn load_all(data_dir: &Path) -> io::Result<Vec<DesktopRecord>> {
     let dir = desktops_dir(data_dir);
