@@ -24,6 +24,9 @@ use crate::peers::Scope;
 /// The socket's file name in the data dir.
 pub const SOCKET_NAME: &str = "agent.sock";
 
+/// Events in one `events` answer; ask again from the next offset for more.
+pub const EVENTS_PAGE: usize = 1000;
+
 /// Lines a follower may fall behind before it is dropped.
 pub const FOLLOW_BUFFER: usize = 1024;
 

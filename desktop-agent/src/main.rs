@@ -629,12 +629,24 @@ async fn tasks(
             print!("{}", report::task_lines(&records, now_ms));
         }
         Some(id) => {
-            let req = ipc::Request::Events { task_id: id.to_owned(), from_offset: 0 };
-            let events: Vec<tandem_proto::message::Message> = match ipc::call(dir, &req).await {
-                Ok(v) => serde_json::from_value(field(&v, "events").clone())?,
-                Err(ipc::IpcError::NotRunning) => History::open(dir)?.events(id, 0, usize::MAX)?,
-                Err(e) => return Err(e.into()),
-            };
+            let mut events: Vec<tandem_proto::message::Message> = Vec::new();
+            // The running agent answers in pages: ask until a short one.
+            loop {
+                let from_offset = events.len() as u64;
+                let req = ipc::Request::Events { task_id: id.to_owned(), from_offset };
+                let page: Vec<tandem_proto::message::Message> = match ipc::call(dir, &req).await {
+                    Ok(v) => serde_json::from_value(field(&v, "events").clone())?,
+                    Err(ipc::IpcError::NotRunning) if from_offset == 0 => {
+                        History::open(dir)?.events(id, 0, usize::MAX)?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let full = page.len() >= ipc::EVENTS_PAGE;
+                events.extend(page);
+                if !full {
+                    break;
+                }
+            }
             if events.is_empty() {
                 println!("No events for task {id}.");
             }

@@ -534,8 +534,25 @@ impl TaskManager {
                 match &a.controller {
                     None => a.record.pending_follow_ups.push(text.clone()),
                     Some(c) => {
-                        if let Err(e) = c.control(Control::FollowUp(text.clone())).await {
-                            return Ok(to(from, refused(task_id, "not_supported", &e.to_string())));
+                        match c.control(Control::FollowUp(text.clone())).await {
+                            Ok(()) => {}
+                            // Its executor just exited; the finish is on its way.
+                            Err(crate::executor::ExecError::NotRunning) => {
+                                return Ok(to(
+                                    from,
+                                    refused(
+                                        task_id,
+                                        "finishing",
+                                        "the task is finishing; send the follow-up again in a moment",
+                                    ),
+                                ));
+                            }
+                            Err(e) => {
+                                return Ok(to(
+                                    from,
+                                    refused(task_id, "not_supported", &e.to_string()),
+                                ));
+                            }
                         }
                     }
                 }

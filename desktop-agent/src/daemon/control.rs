@@ -28,7 +28,7 @@ impl Daemon<'_> {
                 .map_err(|e| e.to_string()),
             Request::Events { task_id, from_offset } => self
                 .tasks
-                .events(&task_id, from_offset, MAX_ROWS)
+                .events(&task_id, from_offset, crate::ipc::EVENTS_PAGE)
                 .map(|events| json!({"ok": true, "events": events}))
                 .map_err(|e| e.to_string()),
             Request::Follow { task_id } => {
