@@ -24,4 +24,4 @@ echo "==> mobile SDK: generate bindings (Swift, Kotlin, Python)"
 mobile-ffi/scripts/bindings.sh "$out" --lib "$target_dir/debug/libtandem_mobile.$ext"
 
 echo "==> mobile SDK: Python against a real relay and agent"
-python3 -u mobile-ffi/tests/test_sdk.py --bin-dir "$target_dir/debug" --bindings "$out" "$@"
+PYTHONDONTWRITEBYTECODE=1 python3 -u mobile-ffi/tests/test_sdk.py --bin-dir "$target_dir/debug" --bindings "$out" "$@"
