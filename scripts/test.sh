@@ -28,9 +28,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
-# System tools the suites drive: zbarimg decodes the QR codes the agent draws.
+# System tools the suites drive: zbarimg decodes the QR codes the agent draws;
+# python3 drives the mobile SDK through its generated Python bindings.
 missing=()
 have zbarimg || missing+=(zbar-tools)
+have python3 || missing+=(python3)
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "installing ${missing[*]}"
   if [[ $(id -u) -eq 0 ]]; then
@@ -58,5 +60,8 @@ cargo test --workspace --doc --locked
 
 step "tests (cargo nextest)"
 cargo nextest run --workspace --locked --profile ci
+
+step "mobile SDK (Python bindings against a real relay and agent)"
+./mobile-ffi/tests/run.sh
 
 step "all suites passed"
