@@ -1,0 +1,257 @@
+// Application messages (PROTOCOL.md §15, proto/src/message.rs): compact JSON objects
+// {"v":1,"kind":<kind>,<fields in the order of §15.3>}, optional fields omitted when absent.
+//
+// u64 fields are JS numbers: values above 2^53 - 1 are refused as Malformed (the Rust crate
+// accepts them; no real offset, timestamp or count gets near that).
+import { compareBytes, fromUtf8, utf8 } from './bytes.ts';
+
+export const MESSAGE_VERSION = 1;
+export const MAX_MESSAGE_LEN = 61_440;
+export const MAX_DEVICE_NAME_CHARS = 64;
+
+type FieldType = 'string' | 'bool' | 'u64' | 'json' | 'event' | 'tasks';
+type Field = readonly [name: string, type: FieldType, optional?: 'opt' | 'optTrue'];
+
+const KINDS: Record<string, readonly Field[]> = {
+  task_submit: [['task_id', 'string'], ['text', 'string'], ['workspace', 'string', 'opt'], ['executor', 'string', 'opt']],
+  follow_up: [['task_id', 'string'], ['text', 'string']],
+  cancel: [['task_id', 'string']],
+  approval_decision: [['task_id', 'string'], ['approval_id', 'string'], ['allow', 'bool']],
+  history_request: [['task_id', 'string', 'opt'], ['from_offset', 'u64']],
+  task_event: [['task_id', 'string'], ['offset', 'u64'], ['at_ms', 'u64'], ['event', 'event']],
+  history_end: [['task_id', 'string'], ['next_offset', 'u64'], ['more', 'bool', 'optTrue']],
+  task_list: [['tasks', 'tasks']],
+  detached: [['idle_secs', 'u64']],
+  history_unavailable: [['task_id', 'string'], ['requested_from', 'u64'], ['earliest', 'u64']],
+  device_info: [['name', 'string'], ['platform', 'string'], ['app_version', 'string']],
+  refused: [['task_id', 'string', 'opt'], ['code', 'string'], ['message', 'string']],
+};
+
+const EVENTS: Record<string, readonly Field[]> = {
+  accepted: [['executor', 'string'], ['text', 'string', 'opt']],
+  follow_up: [['text', 'string']],
+  progress: [['text', 'string']],
+  tool_call: [['call_id', 'string'], ['name', 'string'], ['input', 'json']],
+  tool_result: [['call_id', 'string'], ['output', 'string'], ['is_error', 'bool']],
+  approval_request: [['approval_id', 'string'], ['summary', 'string'], ['detail', 'string'], ['expires_at_ms', 'u64']],
+  approval_resolved: [['approval_id', 'string'], ['allow', 'bool'], ['by', 'string']],
+  finished: [['status', 'string'], ['summary', 'string']],
+};
+
+const TASK_SUMMARY: readonly Field[] = [
+  ['task_id', 'string'],
+  ['title', 'string'],
+  ['executor', 'string'],
+  ['state', 'string'],
+  ['status', 'string', 'opt'],
+  ['next_offset', 'u64'],
+  ['updated_ms', 'u64'],
+];
+
+export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+
+export interface TaskEvent {
+  type: string;
+  [field: string]: Json | undefined;
+}
+export interface TaskSummary {
+  task_id: string;
+  title: string;
+  executor: string;
+  state: string;
+  status?: string;
+  next_offset: number;
+  updated_ms: number;
+}
+/** A known message: `kind` plus that kind's fields (snake_case, as on the wire). */
+export interface Message {
+  kind: string;
+  [field: string]: unknown;
+}
+
+export type Decoded = { known: true; v: number; message: Message } | { known: false; v: number; kind: string };
+
+export class MessageError extends Error {
+  constructor(
+    public readonly kind: 'TooLarge' | 'NotJson' | 'NoVersion' | 'NoKind' | 'Malformed' | 'UnknownKind',
+    detail = '',
+  ) {
+    super(`message: ${kind}${detail ? ` (${detail})` : ''}`);
+  }
+}
+
+export interface DeviceInfo {
+  name: string;
+  platform: string;
+  app_version: string;
+}
+
+// Unicode Cc: U+0000-001F and U+007F-009F (Rust char::is_control).
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+
+export function validateDeviceInfo(d: DeviceInfo): void {
+  if ([...d.name].length > MAX_DEVICE_NAME_CHARS || CONTROL.test(d.name))
+    throw new MessageError('TooLarge', 'device name too long or has control characters');
+  for (const f of ['platform', 'app_version'] as const) {
+    if (utf8(d[f]).length > 32 || CONTROL.test(d[f]))
+      throw new MessageError('TooLarge', `device ${f} too long or has control characters`);
+  }
+}
+
+/** The pairing payload form {"v":1,"name":…,"platform":…,"app_version":…}; does not validate. */
+export function deviceInfoToJson(d: DeviceInfo): Uint8Array {
+  return utf8(`{"v":1,${writeFields(d as unknown as Record<string, unknown>, KINDS.device_info!)}}`);
+}
+
+export function deviceInfoFromJson(bytes: Uint8Array): DeviceInfo {
+  const obj = parseObject(bytes);
+  version(obj);
+  const d = readFields(obj, KINDS.device_info!, 'device_info') as unknown as DeviceInfo;
+  validateDeviceInfo(d);
+  return d;
+}
+
+// ---- encoding ----
+
+/** Like JSON.stringify but with object keys sorted (serde_json's default map order). */
+function stringifySorted(v: unknown): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v);
+  if (Array.isArray(v)) return `[${v.map(stringifySorted).join(',')}]`;
+  const o = v as Record<string, unknown>;
+  const keys = Object.keys(o)
+    .filter((k) => o[k] !== undefined)
+    .sort((a, b) => compareBytes(utf8(a), utf8(b))); // BTreeMap<String> order: UTF-8 bytes
+  return `{${keys.map((k) => `${JSON.stringify(k)}:${stringifySorted(o[k])}`).join(',')}}`;
+}
+
+function writeValue(type: FieldType, v: unknown, where: string): string {
+  switch (type) {
+    case 'string':
+      if (typeof v !== 'string') throw new MessageError('Malformed', `${where}: expected string`);
+      return JSON.stringify(v);
+    case 'bool':
+      if (typeof v !== 'boolean') throw new MessageError('Malformed', `${where}: expected bool`);
+      return String(v);
+    case 'u64':
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new MessageError('Malformed', `${where}: expected u64`);
+      return String(v);
+    case 'json':
+      return stringifySorted(v === undefined ? null : v);
+    case 'event': {
+      const e = v as TaskEvent;
+      const fields = e && typeof e.type === 'string' ? EVENTS[e.type] : undefined;
+      if (!fields) throw new MessageError('Malformed', `${where}: unknown event type`);
+      const rest = writeFields(e as Record<string, unknown>, fields);
+      return `{"type":${JSON.stringify(e.type)}${rest ? `,${rest}` : ''}}`;
+    }
+    case 'tasks':
+      if (!Array.isArray(v)) throw new MessageError('Malformed', `${where}: expected array`);
+      return `[${v.map((t) => `{${writeFields(t as Record<string, unknown>, TASK_SUMMARY)}}`).join(',')}]`;
+  }
+}
+
+function writeFields(o: Record<string, unknown>, fields: readonly Field[]): string {
+  const parts: string[] = [];
+  for (const [name, type, opt] of fields) {
+    const v = o[name];
+    if (opt === 'opt' && (v === undefined || v === null)) continue;
+    if (opt === 'optTrue' && (v === undefined || v === null || v === false)) continue;
+    parts.push(`${JSON.stringify(name)}:${writeValue(type, v, name)}`);
+  }
+  return parts.join(',');
+}
+
+/** Message::encode: compact JSON, fields in protocol order. */
+export function encodeMessage(m: Message): Uint8Array {
+  const fields = KINDS[m.kind];
+  if (!fields) throw new MessageError('UnknownKind', m.kind);
+  if (m.kind === 'device_info') validateDeviceInfo(m as unknown as DeviceInfo);
+  const rest = writeFields(m as Record<string, unknown>, fields);
+  const out = utf8(`{"v":${MESSAGE_VERSION},"kind":${JSON.stringify(m.kind)}${rest ? `,${rest}` : ''}}`);
+  if (out.length > MAX_MESSAGE_LEN) throw new MessageError('TooLarge', `${out.length} bytes`);
+  return out;
+}
+
+// ---- decoding ----
+
+function parseObject(bytes: Uint8Array): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(fromUtf8(bytes));
+  } catch {
+    throw new MessageError('NotJson');
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new MessageError('NotJson');
+  return v as Record<string, unknown>;
+}
+
+function version(o: Record<string, unknown>): number {
+  const v = o.v;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new MessageError('NoVersion');
+  return v;
+}
+
+function readValue(type: FieldType, v: unknown, where: string): unknown {
+  switch (type) {
+    case 'string':
+    case 'bool':
+    case 'u64':
+      writeValue(type, v, where); // type check
+      return v;
+    case 'json':
+      return v;
+    case 'event': {
+      if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new MessageError('Malformed', `${where}: expected object`);
+      const e = v as Record<string, unknown>;
+      if (typeof e.type !== 'string') throw new MessageError('Malformed', `${where}: missing type`);
+      const fields = EVENTS[e.type];
+      if (!fields) return undefined; // caller reports Unknown
+      return { type: e.type, ...readFields(e, fields, `${where}.${e.type}`) };
+    }
+    case 'tasks':
+      if (!Array.isArray(v)) throw new MessageError('Malformed', `${where}: expected array`);
+      return v.map((t, i) => {
+        if (t === null || typeof t !== 'object' || Array.isArray(t)) throw new MessageError('Malformed', `${where}[${i}]`);
+        return readFields(t as Record<string, unknown>, TASK_SUMMARY, `${where}[${i}]`);
+      });
+  }
+}
+
+function readFields(o: Record<string, unknown>, fields: readonly Field[], where: string): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [name, type, opt] of fields) {
+    const v = o[name];
+    if (v === undefined || v === null) {
+      if (opt === 'opt') continue;
+      if (opt === 'optTrue') {
+        out[name] = false;
+        continue;
+      }
+      if (type !== 'json') throw new MessageError('Malformed', `${where}: missing ${name}`);
+      if (!(name in o)) throw new MessageError('Malformed', `${where}: missing ${name}`);
+    }
+    out[name] = readValue(type, v, `${where}.${name}`);
+  }
+  return out;
+}
+
+/** Message::decode (§15.2). Unknown kinds and event types are reported, not errors. */
+export function decodeMessage(bytes: Uint8Array): Decoded {
+  if (bytes.length > MAX_MESSAGE_LEN) throw new MessageError('TooLarge');
+  const o = parseObject(bytes);
+  const v = version(o);
+  if (typeof o.kind !== 'string') throw new MessageError('NoKind');
+  const kind = o.kind;
+  const fields = KINDS[kind];
+  if (!fields) return { known: false, v, kind };
+  if (kind === 'task_event') {
+    const e = o.event;
+    if (e && typeof e === 'object' && !Array.isArray(e)) {
+      const t = (e as Record<string, unknown>).type;
+      if (typeof t === 'string' && !EVENTS[t]) return { known: false, v, kind: `task_event/${t}` };
+    }
+  }
+  const message = { kind, ...readFields(o, fields, kind) } as Message;
+  if (kind === 'device_info') validateDeviceInfo(message as unknown as DeviceInfo);
+  return { known: true, v, message };
+}

@@ -1,0 +1,57 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { bytesToHex, hexToBytes } from '../src/proto/bytes.ts';
+import { FrameError, MAX_FRAME_LEN, MAX_PAYLOAD_LEN, decodeFrame, encodeFrame } from '../src/proto/frame.ts';
+import { DeviceId } from '../src/proto/identity.ts';
+import { loadVector } from './vectors.ts';
+
+const frames = loadVector<{ name: string; debug: string; hex: string }[]>('frames');
+
+test('frames.json: one vector per frame type of §4.2', () => {
+  assert.equal(frames.length, 19);
+});
+
+for (const v of frames) {
+  test(`frame vector ${v.name} round-trips byte-exact`, () => {
+    const f = decodeFrame(hexToBytes(v.hex));
+    const snake = f.type.replace(/([a-z])([A-Z])/g, '$1_$2').toLowerCase();
+    assert.equal(snake, v.name);
+    assert.equal(bytesToHex(encodeFrame(f)), v.hex);
+  });
+}
+
+test('frame decode errors map to the §5 codes in §4.4 order', () => {
+  const code = (b: Uint8Array): number => {
+    try {
+      decodeFrame(b);
+    } catch (e) {
+      assert.ok(e instanceof FrameError);
+      return e.code();
+    }
+    return 0;
+  };
+  assert.equal(code(new Uint8Array(MAX_FRAME_LEN + 1)), 4);
+  assert.equal(code(Uint8Array.of(1)), 3);
+  assert.equal(code(Uint8Array.of(2, 1)), 1);
+  assert.equal(code(Uint8Array.of(1, 0x7f)), 2);
+  assert.equal(code(hexToBytes('01010201')), 3); // truncated Hello
+  assert.equal(code(hexToBytes('0101020102')), 3); // min > max
+  assert.equal(code(hexToBytes('0101010103')), 3); // bad role
+  assert.equal(code(hexToBytes('010101010200')), 3); // trailing byte
+  // a Send whose payload is over MAX_PAYLOAD_LEN decodes as malformed, not too large
+  const big = new Uint8Array(2 + 24 + MAX_PAYLOAD_LEN + 1);
+  big.set([1, 0x10]);
+  assert.equal(code(big), 3);
+});
+
+test('encode refuses oversize payloads and truncates Error.message on a char boundary', () => {
+  const to = new DeviceId(new Uint8Array(16));
+  assert.throws(() => encodeFrame({ type: 'Send', sendId: 1n, to, payload: new Uint8Array(MAX_PAYLOAD_LEN + 1) }), FrameError);
+  encodeFrame({ type: 'Send', sendId: 1n, to, payload: new Uint8Array(MAX_PAYLOAD_LEN) });
+  const msg = 'é'.repeat(200); // 400 bytes
+  const f = decodeFrame(encodeFrame({ type: 'Error', code: 8, refId: 0n, message: msg }));
+  assert.equal(f.type, 'Error');
+  if (f.type === 'Error') assert.equal(f.message, 'é'.repeat(128));
+  const unknown = decodeFrame(encodeFrame({ type: 'Error', code: 999, refId: 1n, message: '' }));
+  assert.equal(unknown.type === 'Error' && unknown.code, 999);
+});
