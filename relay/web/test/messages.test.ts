@@ -1,0 +1,35 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { utf8 } from '../src/proto/bytes.ts';
+import { MessageError, decodeMessage, encodeMessage } from '../src/proto/message.ts';
+import { loadVector } from './vectors.ts';
+
+const msgs = loadVector<{ json: string }[]>('messages');
+const dec = new TextDecoder();
+
+for (const [i, m] of msgs.entries()) {
+  const kind = JSON.parse(m.json).kind as string;
+  test(`messages.json #${i} (${kind}) decodes and re-encodes byte-exact`, () => {
+    const d = decodeMessage(utf8(m.json));
+    assert.ok(d.known, `unknown kind ${kind}`);
+    if (d.known) assert.equal(dec.decode(encodeMessage(d.message)), m.json);
+  });
+}
+
+test('message decoding rules (§15.2)', () => {
+  assert.throws(() => decodeMessage(utf8('[]')), (e: unknown) => e instanceof MessageError && e.kind === 'NotJson');
+  assert.throws(() => decodeMessage(utf8('{"kind":"cancel"}')), (e: unknown) => e instanceof MessageError && e.kind === 'NoVersion');
+  assert.throws(() => decodeMessage(utf8('{"v":0,"kind":"cancel"}')), (e: unknown) => e instanceof MessageError && e.kind === 'NoVersion');
+  assert.throws(() => decodeMessage(utf8('{"v":1}')), (e: unknown) => e instanceof MessageError && e.kind === 'NoKind');
+  assert.deepEqual(decodeMessage(utf8('{"v":2,"kind":"new_thing"}')), { known: false, v: 2, kind: 'new_thing' });
+  assert.deepEqual(decodeMessage(utf8('{"v":1,"kind":"task_event","task_id":"t","offset":0,"at_ms":0,"event":{"type":"x"}}')), {
+    known: false,
+    v: 1,
+    kind: 'task_event/x',
+  });
+  assert.throws(() => decodeMessage(utf8('{"v":1,"kind":"cancel"}')), (e: unknown) => e instanceof MessageError && e.kind === 'Malformed');
+  // unknown fields ignored, null read as absent
+  const d = decodeMessage(utf8('{"v":1,"kind":"history_end","task_id":"t","next_offset":3,"more":null,"extra":1}'));
+  assert.ok(d.known && dec.decode(encodeMessage(d.message)) === '{"v":1,"kind":"history_end","task_id":"t","next_offset":3}');
+  assert.throws(() => decodeMessage(utf8('{"v":1,"kind":"device_info","name":"a\\u0007","platform":"web","app_version":"1"}')), (e: unknown) => e instanceof MessageError && e.kind === 'TooLarge');
+});
