@@ -5,7 +5,9 @@ import { encodeContent } from '../src/proto/content.ts';
 import { DeterministicEntropy } from '../src/proto/entropy.ts';
 import { DeviceKey, PublicKey } from '../src/proto/identity.ts';
 import { deviceInfoFromJson, deviceInfoToJson } from '../src/proto/message.ts';
-import { PhonePairing } from '../src/proto/pairing.ts';
+import { PhonePairing, pairingPrologue } from '../src/proto/pairing.ts';
+import { HandshakeState } from '../src/proto/noise.ts';
+import { decodeEnvelope } from '../src/proto/envelope.ts';
 import { QrError, pairingId, pairingLinkString, parsePairingLink, relayOrigin } from '../src/proto/qr.ts';
 import { SessionInitiator, respond } from '../src/proto/session.ts';
 import { loadVector } from './vectors.ts';
@@ -86,4 +88,38 @@ test('pairing.json: renewal (KKpsk2), phone initiator and desktop responder, byt
   const d2 = respond({ local: desktop, remote: phone.public(), psk: wrong }, init, 0n, seed(r.desktop_entropy_seed));
   assert.throws(() => state.finish(d2.accept), /Handshake/);
   assert.ok(new PublicKey(phone.public().bytes));
+});
+
+test('pairing: a tampered welcome or a wrong QR secret fails the handshake', () => {
+  const link = parsePairingLink(v.qr_link, v.now_unix + 1);
+  const phone = new DeviceKey(hexToBytes(v.phone_secret));
+  const info = deviceInfoFromJson(utf8(v.phone_info_json));
+  const a = PhonePairing.start(phone, link.payload, info, seed(v.phone_entropy_seed));
+  const w = hexToBytes(v.pair_welcome);
+  w[w.length - 1]! ^= 1;
+  assert.throws(() => a.state.onWelcome(w), /Handshake/);
+  const wrongSecret = { ...link.payload, secret: new Uint8Array(32).fill(9) };
+  const b = PhonePairing.start(phone, wrongSecret, info, seed(v.phone_entropy_seed));
+  assert.throws(() => b.state.onWelcome(hexToBytes(v.pair_welcome)), /Handshake/);
+  const c = PhonePairing.start(phone, link.payload, info, seed(v.phone_entropy_seed));
+  assert.throws(() => c.state.onWelcome(hexToBytes(v.pair_hello)), /Unexpected/);
+});
+
+test('noise: the IKpsk2 responder reproduces pair_welcome (desktop side, Noise level only)', () => {
+  const link = parsePairingLink(v.qr_link, v.now_unix + 1);
+  const hs = new HandshakeState({
+    pattern: 'IKpsk2',
+    initiator: false,
+    localPrivate: hexToBytes(v.desktop_secret),
+    psk: link.payload.secret,
+    prologue: pairingPrologue(link.payload),
+    ephemeralPrivate: hexToBytes(v.desktop_ephemeral_secret),
+  });
+  const hello = decodeEnvelope(hexToBytes(v.pair_hello));
+  assert.equal(hello.kind, 'PairHello');
+  if (hello.kind !== 'PairHello') return;
+  assert.equal(new TextDecoder().decode(hs.readMessage(hello.noise)), v.phone_info_json);
+  assert.equal(bytesToHex(hs.remoteStatic()!), bytesToHex(new DeviceKey(hexToBytes(v.phone_secret)).public().bytes));
+  const welcome = hs.writeMessage(utf8(v.desktop_info_json));
+  assert.equal(bytesToHex(Uint8Array.of(1, 2, ...welcome)), v.pair_welcome);
 });
