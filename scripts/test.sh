@@ -33,6 +33,7 @@ fi
 missing=()
 have zbarimg || missing+=(zbar-tools)
 have python3 || missing+=(python3)
+have npm || missing+=(nodejs npm)
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "installing ${missing[*]}"
   if [[ $(id -u) -eq 0 ]]; then
@@ -63,5 +64,8 @@ cargo nextest run --workspace --locked --profile ci
 
 step "mobile SDK (Python bindings against a real relay and agent)"
 ./mobile-ffi/tests/run.sh
+
+step "web client protocol core (TypeScript against proto/vectors)"
+(cd relay/web && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)
 
 step "all suites passed"
