@@ -1,3 +1,4 @@
-//! End-to-end tests for Tandem: they start real relay and agent processes on
-//! `127.0.0.1:0` and drive them as a phone would. The harness lands with the
-//! relay issue.
+//! Reserved for end-to-end suites that span several components. It holds
+//! nothing yet: the process-level suites live next to the binaries they
+//! start (`relay/tests/`, `desktop-agent/tests/`, `mobile-ffi/tests/`),
+//! because Cargo gives tests only their own package's binary paths.
