@@ -29,11 +29,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 # System tools the suites drive: zbarimg decodes the QR codes the agent draws;
-# python3 drives the mobile SDK through its generated Python bindings.
+# python3 drives the mobile SDK through its generated Python bindings;
+# chromium runs the web client's end-to-end tests (headless).
 missing=()
 have zbarimg || missing+=(zbar-tools)
 have python3 || missing+=(python3)
 have npm || missing+=(nodejs npm)
+have chromium || missing+=(chromium)
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "installing ${missing[*]}"
   if [[ $(id -u) -eq 0 ]]; then
@@ -67,5 +69,9 @@ step "mobile SDK (Python bindings against a real relay and agent)"
 
 step "web client protocol core (TypeScript against proto/vectors)"
 (cd relay/web && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)
+
+step "web client end to end (headless chromium against a real relay and agent)"
+cargo build --locked -q -p tandem-relay -p tandem-agent
+(cd relay/web && npm run e2e --silent)
 
 step "all suites passed"

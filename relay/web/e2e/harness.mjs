@@ -1,0 +1,386 @@
+// End-to-end harness: a standalone `tandem-relay` (killable with -9 and
+// restartable on the same port and data dir), the desktop agent (`tandem pair`
+// and `tandem run` with the jsonl fixture executor of the mobile SDK's tests),
+// the QR code read with zbarimg as a phone camera would, and Debian's
+// chromium driven headless through playwright-core with a phone's viewport.
+//
+// Every wait here is bounded and says what it waited for when it gives up.
+import { spawn, spawnSync } from 'node:child_process';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+export const WEB_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+export const REPO = resolve(WEB_DIR, '../..');
+export const SCREENSHOTS = join(REPO, 'docs/screenshots');
+/** The jsonl executor fixture shared with the mobile SDK's suite: `demo`, `count N MS`, `follow`, `sleep`. */
+export const FIXTURE = join(REPO, 'mobile-ffi/tests/fixtures/executor.py');
+/** Default bound for a wait, in milliseconds. */
+export const WAIT = 20_000;
+
+/** Where `cargo build -p tandem-relay -p tandem-agent` put the binaries. */
+export function binDir() {
+  const target = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(REPO, 'target');
+  const dir = join(target, 'debug');
+  for (const b of ['tandem-relay', 'tandem']) {
+    if (!existsSync(join(dir, b))) {
+      throw new Error(`${join(dir, b)} is missing: run \`cargo build -p tandem-relay -p tandem-agent\` first`);
+    }
+  }
+  return dir;
+}
+
+/** The chromium to drive: $CHROMIUM, else Debian's. */
+export function chromiumPath() {
+  const p = process.env.CHROMIUM ?? '/usr/bin/chromium';
+  if (!existsSync(p)) throw new Error(`${p} is missing: install chromium (apt-get install chromium) or set CHROMIUM`);
+  return p;
+}
+
+export function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Poll `fn` until it returns a truthy value; throws `what` (plus `detail()`) after `timeout` ms. */
+export async function waitUntil(what, fn, { timeout = WAIT, every = 100, detail } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) {
+      const extra = detail ? `\n${await detail()}` : '';
+      const cause = last ? `\nlast error: ${last.message ?? last}` : '';
+      throw new Error(`timed out after ${timeout} ms waiting for ${what}${cause}${extra}`);
+    }
+    await sleep(every);
+  }
+}
+
+/** A scratch directory for one run (kept on failure, see `Run.cleanup`). */
+export function scratchDir() {
+  return mkdtempSync(join(tmpdir(), 'tandem-web-e2e-'));
+}
+
+// ---------------------------------------------------------------------------
+// processes
+
+/** A child process in its own process group; stdout and stderr lines go to a log and a line buffer. */
+export class Proc {
+  constructor(name, cmd, args, { logDir, env = {}, stdin = false } = {}) {
+    this.name = name;
+    this.logPath = join(logDir, `${name}.log`);
+    this.log = createWriteStream(this.logPath, { flags: 'a' });
+    this.log.write(`$ ${cmd} ${args.join(' ')}\n`);
+    this.lines = [];
+    this.cursor = 0;
+    this.waiters = new Set();
+    this.exitCode = undefined;
+    this.child = spawn(cmd, args, {
+      env: { ...process.env, ...env },
+      stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+      detached: true, // own process group: kill the agent with its executor
+    });
+    this.exited = new Promise((res) => {
+      this.child.on('exit', (code, signal) => {
+        this.exitCode = code ?? signal;
+        this.log.write(`[exited: ${this.exitCode}]\n`);
+        this.wake();
+        res(this.exitCode);
+      });
+      this.child.on('error', (e) => {
+        this.exitCode = `spawn error: ${e.message}`;
+        this.wake();
+        res(this.exitCode);
+      });
+    });
+    for (const s of [this.child.stdout, this.child.stderr]) {
+      createInterface({ input: s }).on('line', (line) => {
+        this.log.write(`${line}\n`);
+        this.lines.push(line);
+        this.wake();
+      });
+    }
+  }
+
+  wake() {
+    for (const w of this.waiters) w();
+  }
+
+  get running() {
+    return this.exitCode === undefined;
+  }
+
+  /** The first line from the cursor on matching `rx` (the cursor moves past it), as a match. */
+  async waitLine(rx, timeout = WAIT) {
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      while (this.cursor < this.lines.length) {
+        const m = rx.exec(this.lines[this.cursor++]);
+        if (m) return m;
+      }
+      if (!this.running) {
+        throw new Error(`${this.name} exited (${this.exitCode}) before printing a line matching ${rx}\n${this.tail()}`);
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`${this.name} printed no line matching ${rx} within ${timeout} ms\n${this.tail()}`);
+      await new Promise((res) => {
+        const t = setTimeout(done, left);
+        const self = this;
+        function done() {
+          clearTimeout(t);
+          self.waiters.delete(done);
+          res();
+        }
+        this.waiters.add(done);
+      });
+    }
+  }
+
+  write(text) {
+    this.child.stdin.write(text);
+  }
+
+  signal(sig) {
+    if (!this.running) return;
+    try {
+      process.kill(-this.child.pid, sig);
+    } catch {
+      /* already gone */
+    }
+  }
+
+  /** SIGKILL the process group (a crash) and wait for it. */
+  async kill9() {
+    this.signal('SIGKILL');
+    await this.exited;
+  }
+
+  /** SIGTERM, then SIGKILL after `grace` ms. */
+  async stop(grace = 5000) {
+    if (!this.running) return this.exitCode;
+    this.signal('SIGTERM');
+    const t = setTimeout(() => this.signal('SIGKILL'), grace);
+    await this.exited;
+    clearTimeout(t);
+    return this.exitCode;
+  }
+
+  /** Wait for the process to exit by itself. */
+  async wait(timeout = WAIT) {
+    let t;
+    const r = await Promise.race([this.exited, new Promise((res) => (t = setTimeout(() => res('timeout'), timeout)))]);
+    clearTimeout(t);
+    if (r === 'timeout') throw new Error(`${this.name} did not exit within ${timeout} ms\n${this.tail()}`);
+    return r;
+  }
+
+  tail(n = 20) {
+    return `--- last lines of ${this.logPath} ---\n${this.lines.slice(-n).join('\n')}`;
+  }
+}
+
+/** Everything one run starts: processes, directories; stops them all at the end. */
+export class Run {
+  constructor() {
+    this.bin = binDir();
+    this.dir = scratchDir();
+    this.logs = join(this.dir, 'logs');
+    mkdirSync(this.logs);
+    this.procs = [];
+    this.config = join(this.dir, 'config.toml');
+    writeFileSync(this.config, `[[executor]]\nname = "fixture"\ntype = "jsonl"\nprogram = "${FIXTURE}"\n`);
+  }
+
+  start(name, cmd, args, opts = {}) {
+    const p = new Proc(name, cmd, args, { logDir: this.logs, ...opts });
+    this.procs.push(p);
+    return p;
+  }
+
+  /** A standalone relay; `listen` 127.0.0.1:0 picks a free port. Resolves once it listens. */
+  async relay(name, dataDir, listen = '127.0.0.1:0') {
+    const p = this.start(name, join(this.bin, 'tandem-relay'), ['--listen', listen, '--data-dir', dataDir, '--tls', 'off'], {
+      env: { TANDEM_RELAY_LOG: process.env.TEST_LOG ?? 'info' },
+    });
+    const m = await p.waitLine(/tandem-relay listening on ws:\/\/(\S+)\/v1\/connect/);
+    p.addr = m[1];
+    p.dataDir = dataDir;
+    return p;
+  }
+
+  /** `tandem --data-dir DIR --config CONFIG --name NAME ARGS…` as a process. */
+  tandem(name, dataDir, args, { env = {}, stdin = false, desktopName = 'build-box' } = {}) {
+    return this.start(
+      name,
+      join(this.bin, 'tandem'),
+      ['--data-dir', dataDir, '--config', this.config, '--name', desktopName, ...args],
+      { env: { TANDEM_LOG: process.env.TEST_LOG ?? 'info', ...env }, stdin },
+    );
+  }
+
+  async cleanup() {
+    await Promise.all(this.procs.map((p) => p.stop()));
+  }
+}
+
+/** Read a QR code PNG as a phone camera would (zbarimg, Debian package zbar-tools). */
+export function zbarimg(png) {
+  const r = spawnSync('zbarimg', ['--raw', '-q', png], { encoding: 'utf8' });
+  if (r.error) throw new Error(`zbarimg is needed (Debian package zbar-tools; ./scripts/test.sh installs it): ${r.error.message}`);
+  if (r.status !== 0) throw new Error(`zbarimg could not read ${png} (exit ${r.status}): ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+// ---------------------------------------------------------------------------
+// pairing links (proto/src/qr.rs): http(s)://host/p#BASE32(version u8 ‖ desktop key[32] ‖ secret[32] ‖ expires_at u32 ‖ [len u8 ‖ relay])
+
+const B32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+
+export function base32Decode(s) {
+  const out = [];
+  let bits = 0;
+  let acc = 0;
+  for (const c of s) {
+    const v = B32.indexOf(c);
+    if (v < 0) throw new Error(`not base32: ${c}`);
+    acc = (acc << 5) | v;
+    bits += 5;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push((acc >> bits) & 0xff);
+    }
+  }
+  return Uint8Array.from(out);
+}
+
+export function base32Encode(bytes) {
+  let out = '';
+  let bits = 0;
+  let acc = 0;
+  for (const b of bytes) {
+    acc = (acc << 8) | b;
+    bits += 8;
+    while (bits >= 5) {
+      bits -= 5;
+      out += B32[(acc >> bits) & 31];
+    }
+  }
+  if (bits > 0) out += B32[(acc << (5 - bits)) & 31];
+  return out;
+}
+
+/** The same pairing link with another expiry (Unix seconds) and/or origin (`http://host:port`). */
+export function craftLink(link, { expiresAt, origin } = {}) {
+  let [base, payload] = link.split('#');
+  const raw = base32Decode(payload);
+  if (expiresAt !== undefined) new DataView(raw.buffer).setUint32(65, Math.floor(expiresAt), false);
+  if (origin !== undefined) base = `${origin}/p`;
+  return `${base}#${base32Encode(raw)}`;
+}
+
+// ---------------------------------------------------------------------------
+// the browser
+
+/** A phone: 390×844 CSS pixels at 3×, touch, a mobile user agent. */
+export const PHONE = {
+  viewport: { width: 390, height: 844 },
+  deviceScaleFactor: 3,
+  isMobile: true,
+  hasTouch: true,
+  userAgent:
+    'Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Mobile Safari/537.36',
+  locale: 'en-US',
+};
+
+export async function launchBrowser() {
+  const { chromium } = await import('playwright-core');
+  return chromium.launch({ executablePath: chromiumPath(), headless: true });
+}
+
+/**
+ * A fresh phone (its own storage) with one page. Uncaught page errors are
+ * collected in `errors` (tests fail on them), console errors in `consoleErrors`
+ * (reported, since a killed relay legitimately logs failed WebSockets).
+ */
+export async function newPhone(browser, name) {
+  const context = await browser.newContext(PHONE);
+  context.setDefaultTimeout(WAIT);
+  const page = await context.newPage();
+  const phone = { name, context, page, errors: [], consoleErrors: [] };
+  page.on('pageerror', (e) => phone.errors.push(`${e.name}: ${e.message}\n${e.stack ?? ''}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') phone.consoleErrors.push(m.text());
+  });
+  return phone;
+}
+
+/** Throws if the page had an uncaught error. */
+export function assertNoPageErrors(phone) {
+  if (phone.errors.length) {
+    throw new Error(`${phone.name}: uncaught page error(s):\n${phone.errors.join('\n')}`);
+  }
+}
+
+/** A viewport PNG in docs/screenshots/web-NAME.png (device pixels: 1170×2532 at scale 3 is big; use CSS scale). */
+export async function screenshot(page, name) {
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  const path = join(SCREENSHOTS, `web-${name}.png`);
+  await page.screenshot({ path, scale: 'css', animations: 'disabled', caret: 'hide' });
+  return path;
+}
+
+/** Open `url` on the phone; a clear error when the relay does not serve the web client there. */
+export async function open(page, url) {
+  let resp;
+  try {
+    resp = await page.goto(url, { waitUntil: 'load' });
+  } catch (e) {
+    throw new Error(`GET ${url.split('#')[0]} failed: ${e.message.split('\n')[0]} (does the relay serve the web client at /p?)`);
+  }
+  if (!resp || resp.status() !== 200) {
+    throw new Error(`GET ${url.split('#')[0]}: HTTP ${resp?.status()} (does the relay serve the web client at /p?)`);
+  }
+  return resp;
+}
+
+/** What the page shows, for failure messages. */
+export async function describePage(page) {
+  try {
+    return await page.evaluate(() => {
+      const app = document.getElementById('app');
+      const conn = document.querySelector('[data-testid=conn]');
+      const text = (document.body?.innerText ?? '').replace(/\s+/g, ' ').slice(0, 600);
+      return `page ${location.href}\n  #app data-screen=${app?.dataset.screen} conn=${conn?.getAttribute('data-state')}\n  text: ${text}`;
+    });
+  } catch (e) {
+    return `page unavailable: ${e.message}`;
+  }
+}
+
+/** The task events on the task screen: [{ offset, type, text }]. */
+export function taskEvents(page) {
+  return page.$$eval('[data-testid=event]', (els) =>
+    els.map((e) => ({
+      offset: Number(e.getAttribute('data-offset')),
+      type: e.getAttribute('data-type'),
+      text: (e.textContent ?? '').trim(),
+    })),
+  );
+}
+
+/** Offsets run 0, 1, 2, … each exactly once, in document order. */
+export function contiguous(events) {
+  const offs = events.map((e) => e.offset);
+  return offs.every((o, i) => o === i);
+}
+
+export function readJson(path) {
+  return JSON.parse(readFileSync(path, 'utf8'));
+}

@@ -1,0 +1,445 @@
+// The web client end to end: a phone (headless chromium, 390×844, touch)
+// opens the link from the agent's QR code on a real standalone relay, pairs,
+// runs tasks on the desktop agent's jsonl fixture executor, survives a reload,
+// a relay killed with -9 and restarted, shows pairing errors, and an idle
+// detach. Selectors are the DOM contract of the web client (README.md, "DOM
+// contract"). The checks run in order and share one relay, desktop and phone.
+//
+//   npm run e2e        (needs target/debug/tandem-relay and target/debug/tandem,
+//                       zbarimg and chromium; see e2e/README.md)
+import assert from 'node:assert/strict';
+import { existsSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import {
+  Run,
+  WAIT,
+  assertNoPageErrors,
+  contiguous,
+  craftLink,
+  describePage,
+  launchBrowser,
+  newPhone,
+  open,
+  screenshot,
+  sleep,
+  taskEvents,
+  waitUntil,
+  zbarimg,
+} from './harness.mjs';
+
+/** The agent's idle time before it detaches a silent phone, for the last check. */
+const IDLE_DETACH_SECS = 4;
+
+const s = {
+  run: null,
+  browser: null,
+  relay: null, // the relay Proc (replaced when restarted)
+  relayData: null,
+  agentDir: null,
+  agent: null, // `tandem run`
+  phone: null, // { page, context, errors, consoleErrors }
+  link: null, // the link from the first QR code (used)
+  desktopId: null,
+  demoEvents: null,
+  failed: false,
+};
+
+// ---------------------------------------------------------------------------
+// helpers (every wait bounded; failures name the contract selector)
+
+async function expectVisible(page, selector, what, timeout = WAIT) {
+  try {
+    await page.locator(selector).first().waitFor({ state: 'visible', timeout });
+  } catch (e) {
+    throw new Error(`${what}: no visible \`${selector}\` within ${timeout} ms\n${await describePage(page)}\n(${e.message.split('\n')[0]})`);
+  }
+  return page.locator(selector).first();
+}
+
+async function expectHidden(page, selector, what, timeout = WAIT) {
+  try {
+    await page.locator(selector).first().waitFor({ state: 'hidden', timeout });
+  } catch (e) {
+    throw new Error(`${what}: \`${selector}\` still visible after ${timeout} ms\n${await describePage(page)}\n(${e.message.split('\n')[0]})`);
+  }
+}
+
+async function expectScreen(page, screen, timeout = WAIT) {
+  await waitUntil(
+    `#app[data-screen=${screen}]`,
+    () => page.evaluate((sc) => document.getElementById('app')?.dataset.screen === sc, screen),
+    { timeout, detail: () => describePage(page) },
+  );
+}
+
+/** The attribute of the first match, without waiting (null if absent). */
+function attr(page, selector, name) {
+  return page.evaluate(([sel, n]) => document.querySelector(sel)?.getAttribute(n) ?? null, [selector, name]);
+}
+
+async function expectConn(page, states, what, timeout = WAIT) {
+  await waitUntil(
+    `${what}: [data-testid=conn] data-state in {${states.join(', ')}}`,
+    async () => states.includes(await attr(page, '[data-testid=conn]', 'data-state')),
+    { timeout, detail: () => describePage(page) },
+  );
+}
+
+async function expectPairError(page, code, what, timeout = WAIT) {
+  const el = await expectVisible(page, '[data-testid=pair-error]', what, timeout);
+  const got = await el.getAttribute('data-code');
+  const want = Array.isArray(code) ? code : [code];
+  assert.ok(want.includes(got), `${what}: [data-testid=pair-error] data-code is ${got}, want ${want.join(' or ')}\n${await describePage(page)}`);
+  return got;
+}
+
+function progressNumbers(events) {
+  return events.filter((e) => e.type === 'progress').map((e) => /n=(\d+)/.exec(e.text)).filter(Boolean).map((m) => Number(m[1]));
+}
+
+/** Every `n=i` for i < count exactly once, in order, and the offsets contiguous. */
+function checkCount(events, count, what) {
+  const ns = progressNumbers(events);
+  const want = Array.from({ length: count }, (_, i) => i);
+  assert.deepEqual(ns, want, `${what}: progress n=0..${count - 1} each exactly once, in order`);
+  assert.ok(contiguous(events), `${what}: [data-testid=event] data-offset must run 0,1,2… once each; got ${events.map((e) => e.offset).join(',')}`);
+}
+
+async function waitFinished(page, what, timeout = WAIT) {
+  const el = await expectVisible(page, '[data-testid=finished]', `${what}: the task finishes`, timeout);
+  return el.getAttribute('data-status');
+}
+
+/** Back from the task screen to the desktop screen (the back button, else the URL). */
+async function openDesktop(page) {
+  if ((await attr(page, '#app', 'data-screen')) === 'desktop') return;
+  const back = page.locator('[data-testid=back]');
+  if (await back.isVisible()) await back.tap();
+  try {
+    await expectScreen(page, 'desktop', 3000);
+  } catch {
+    await open(page, `http://${s.relay.addr}/p?desktop=${encodeURIComponent(s.desktopId)}`);
+    await expectScreen(page, 'desktop');
+  }
+}
+
+/** Submit a task from the desktop screen; resolves on its task screen with its id. */
+async function submit(page, text) {
+  await openDesktop(page);
+  const compose = await expectVisible(page, '[data-testid=compose]', 'desktop screen: the task box');
+  await compose.fill(text);
+  await (await expectVisible(page, '[data-testid=send]', 'desktop screen: the send button')).tap();
+  await expectScreen(page, 'task');
+  const taskId = new URL(page.url()).searchParams.get('task');
+  assert.ok(taskId, `the task screen's URL names the task (?task=…): ${page.url()}`);
+  return taskId;
+}
+
+function needPaired(t) {
+  if (!s.desktopId) {
+    t.skip('pairing did not succeed');
+    return false;
+  }
+  return true;
+}
+
+/** Runs a check; remembers failures so the scratch directory (logs) is kept. */
+function check(name, fn, timeout = 60_000) {
+  test(name, { timeout }, async (t) => {
+    try {
+      await fn(t);
+      if (s.phone) assertNoPageErrors(s.phone);
+    } catch (e) {
+      s.failed = true;
+      throw e;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+
+describe('web client end to end', { concurrency: false }, () => {
+  before(async () => {
+    s.run = new Run();
+    s.relayData = join(s.run.dir, 'relay-data');
+    s.agentDir = join(s.run.dir, 'desktop');
+    s.relay = await s.run.relay('relay', s.relayData);
+    s.browser = await launchBrowser();
+    s.phone = await newPhone(s.browser, 'phone');
+  });
+
+  after(async () => {
+    if (s.phone?.consoleErrors.length) {
+      console.log(`# console errors on the phone (reported, not failures):\n#   ${s.phone.consoleErrors.slice(0, 20).join('\n#   ')}`);
+    }
+    await s.browser?.close().catch(() => undefined);
+    await s.run?.cleanup();
+    if (s.failed || process.env.E2E_KEEP) {
+      console.log(`# logs kept in ${s.run?.logs}`);
+    } else if (s.run) {
+      rmSync(s.run.dir, { recursive: true, force: true });
+    }
+  });
+
+  check('1. pair from the QR code: same code on both screens, then the desktop screen, online', async () => {
+    const { run, relay, phone } = s;
+    const { page } = phone;
+    const png = join(run.dir, 'qr.png');
+    // No --yes: the code is compared on screen (and photographed) before the desktop confirms.
+    const pair = run.tandem(
+      'pair',
+      s.agentDir,
+      ['pair', '--relay', `ws://${relay.addr}/v1/connect`, '--qr-png', png, '--print-url', '--no-terminal-qr'],
+      { stdin: true },
+    );
+    const printed = (await pair.waitLine(/pairing link: (\S+)/))[1];
+    assert.ok(existsSync(png), `tandem pair wrote no QR code to ${png}`);
+    const scanned = zbarimg(png);
+    assert.equal(scanned, printed, 'the QR code carries the printed link');
+    assert.ok(scanned.startsWith(`http://${relay.addr}/p#`), `the link opens the relay's /p: ${scanned}`);
+    s.link = scanned;
+
+    await open(page, scanned);
+    await expectScreen(page, 'pair');
+    const code = (await pair.waitLine(/Code: (\d{3} \d{3})/))[1];
+    const sas = await expectVisible(page, '[data-testid=sas]', 'pairing screen: the 6-digit code');
+    const shown = ((await sas.textContent()) ?? '').trim();
+    assert.match(shown, /^\d{3} \d{3}$/, `[data-testid=sas] reads like "042 917": ${JSON.stringify(shown)}`);
+    assert.equal(shown, code, 'the phone shows the code the desktop printed');
+    assert.ok(await page.locator('[data-testid=pair-step]').isVisible(), '[data-testid=pair-step] says what is happening');
+    await screenshot(page, 'pair-code');
+
+    pair.write('y\n');
+    await pair.waitLine(/Paired with/);
+    assert.equal(await pair.wait(), 0, `tandem pair exits 0\n${pair.tail()}`);
+    await expectScreen(page, 'desktop');
+    s.desktopId = new URL(page.url()).searchParams.get('desktop');
+    assert.ok(s.desktopId, `the desktop screen's URL names the desktop (?desktop=…): ${page.url()}`);
+
+    s.agent = run.tandem('agent', s.agentDir, ['run']);
+    await s.agent.waitLine(/Connected\. 1 paired device/);
+    await expectConn(page, ['online'], 'after pairing');
+
+    // The desktops screen lists it, online.
+    await (await expectVisible(page, '[data-testid=back]', 'desktop screen: back to the desktops')).tap();
+    await expectScreen(page, 'desktops');
+    const row = await expectVisible(page, `[data-testid=desktop][data-id="${s.desktopId}"]`, 'desktops screen: the new desktop');
+    assert.equal(await page.locator('[data-testid=desktop]').count(), 1, 'one [data-testid=desktop] per paired desktop');
+    await waitUntil(
+      '[data-testid=desktop] data-state=online once `tandem run` is connected',
+      async () => (await row.getAttribute('data-state')) === 'online',
+      { detail: () => describePage(page) },
+    );
+    await screenshot(page, 'desktops');
+    await row.tap();
+    await expectScreen(page, 'desktop');
+  });
+
+  check('2. a task streams progress, a collapsed tool call with its result, an approval; allowed, it succeeds', async (t) => {
+    if (!needPaired(t)) return;
+    const { page } = s.phone;
+    await submit(page, 'demo');
+    await waitUntil(
+      'a progress [data-testid=event] "reading crates/foo"',
+      async () => (await taskEvents(page)).some((e) => e.type === 'progress' && e.text.includes('reading crates/foo')),
+      { detail: () => describePage(page) },
+    );
+
+    const tool = await expectVisible(page, '[data-testid=tool]', 'task screen: the tool call');
+    assert.equal(await tool.evaluate((el) => el.tagName), 'DETAILS', '[data-testid=tool] is a <details>');
+    assert.equal(await tool.getAttribute('data-call-id'), 'c1', '[data-testid=tool] data-call-id');
+    assert.equal(await tool.evaluate((el) => el.open), false, 'the tool call is collapsed by default (details not open)');
+    const result = tool.locator('[data-testid=tool-result]');
+    await waitUntil('[data-testid=tool-result] inside the tool call', async () => (await result.count()) > 0, {
+      detail: () => describePage(page),
+    });
+    assert.match((await result.first().textContent()) ?? '', /1 failed/, 'the tool result shows its output');
+    assert.match((await tool.textContent()) ?? '', /bash/, 'the tool call names the tool');
+
+    const approval = await expectVisible(page, '[data-testid=approval][data-state=pending]', 'task screen: a pending approval');
+    assert.match((await approval.textContent()) ?? '', /edit src\/lib\.rs/, 'the approval shows its summary');
+    await screenshot(page, 'approval');
+    const allow = approval.locator('[data-testid=allow]');
+    await allow.tap();
+    // One tap: the buttons are disabled (or gone once the approval resolves).
+    const once = await allow.evaluate((b) => b.disabled).catch(() => true);
+    assert.ok(once, '[data-testid=allow] is disabled after one tap');
+    await expectVisible(page, '[data-testid=approval][data-state=allowed]', 'the approval turns allowed');
+
+    const status = await waitFinished(page, 'demo task');
+    assert.equal(status, 'succeeded', '[data-testid=finished] data-status');
+    const events = await taskEvents(page);
+    const types = events.map((e) => e.type);
+    for (const ty of ['progress', 'tool_call', 'approval_request', 'finished']) {
+      assert.ok(types.includes(ty), `a [data-testid=event][data-type=${ty}] is shown; types: ${types.join(',')}`);
+    }
+    assert.ok(events.some((e) => e.text.includes('allowed: editing')), 'the progress after the decision is shown');
+    assert.ok(contiguous(events), `event offsets 0,1,2… once each: ${events.map((e) => e.offset).join(',')}`);
+    s.demoEvents = events;
+    await screenshot(page, 'finished');
+  });
+
+  check('3. a reload shows the same thread again: same events, same offsets, no duplicates', async (t) => {
+    if (!needPaired(t) || !s.demoEvents) return t.skip('no finished task to reload');
+    const { page } = s.phone;
+    const url = page.url();
+    await page.reload();
+    await expectScreen(page, 'task');
+    assert.equal(page.url(), url, 'the reload stays on the task');
+    await waitFinished(page, 'reloaded thread');
+    await waitUntil(
+      `${s.demoEvents.length} events after the reload`,
+      async () => (await taskEvents(page)).length >= s.demoEvents.length,
+      { detail: async () => JSON.stringify(await taskEvents(page)) },
+    );
+    await sleep(300); // nothing more arrives (duplicates)
+    const again = await taskEvents(page);
+    const key = (es) => es.map((e) => `${e.offset}:${e.type}`);
+    assert.deepEqual(key(again), key(s.demoEvents), 'the same events at the same offsets, each once');
+    for (const [i, e] of again.entries()) {
+      if (e.type === 'progress') assert.equal(e.text, s.demoEvents[i].text, `progress text at offset ${e.offset}`);
+    }
+  });
+
+  check('4. the relay killed with -9 mid-task and restarted: the thread catches up, every event once', async (t) => {
+    if (!needPaired(t)) return;
+    const { run, phone } = s;
+    const { page } = phone;
+    const N = 60;
+    await submit(page, `count ${N} 50`);
+    await waitUntil(
+      'progress n=5 streaming in',
+      async () => progressNumbers(await taskEvents(page)).includes(5),
+      { detail: () => describePage(page) },
+    );
+    await screenshot(page, 'task-streaming');
+
+    const addr = s.relay.addr;
+    await s.relay.kill9();
+    await expectConn(page, ['connecting', 'offline'], 'relay killed', 15_000);
+    await screenshot(page, 'reconnecting');
+    await sleep(1500); // the agent keeps running the task meanwhile
+    s.relay = await run.relay('relay-restarted', s.relayData, addr);
+
+    await expectConn(page, ['online'], 'relay restarted', 30_000);
+    const status = await waitFinished(page, 'count task after the relay restart', 30_000);
+    assert.equal(status, 'succeeded', '[data-testid=finished] data-status');
+    await waitUntil(
+      `all ${N} progress events`,
+      async () => progressNumbers(await taskEvents(page)).length >= N,
+      { timeout: 10_000, detail: async () => `seen n: ${progressNumbers(await taskEvents(page)).join(',')}` },
+    );
+    await sleep(300);
+    checkCount(await taskEvents(page), N, 'after the relay restart');
+  });
+
+  check('5. pairing errors: already_used, refused, invalid, expired, unreachable', async () => {
+    const { run, browser } = s;
+    const relay = s.relay;
+    const fresh = [];
+    const phone = async (name) => {
+      const p = await newPhone(browser, name);
+      fresh.push(p);
+      return p;
+    };
+    try {
+      // A second desktop shows a code and waits for confirmation; one phone claims it.
+      const pair2 = run.tandem(
+        'pair-2',
+        join(run.dir, 'desktop-2'),
+        ['pair', '--relay', `ws://${relay.addr}/v1/connect`, '--print-url', '--no-terminal-qr'],
+        { stdin: true, desktopName: 'other-box' },
+      );
+      const link2 = (await pair2.waitLine(/pairing link: (\S+)/))[1];
+      const a = await phone('phone-a');
+      await open(a.page, link2);
+      await expectVisible(a.page, '[data-testid=sas]', 'phone A claims the second desktop\'s code');
+      await pair2.waitLine(/Code: \d{3} \d{3}/);
+
+      // already_used: a second phone opens the same, claimed, link.
+      const b = await phone('phone-b');
+      await open(b.page, link2);
+      await expectPairError(b.page, 'already_used', 'a link another phone already claimed');
+      await screenshot(b.page, 'pair-error');
+
+      // refused: the desktop says no.
+      pair2.write('n\n');
+      await expectPairError(a.page, 'refused', 'the desktop refused');
+      await pair2.stop();
+
+      // invalid: a damaged link (opened, and pasted).
+      const c = await phone('phone-c');
+      await open(c.page, `http://${relay.addr}/p#NOTAPAIRINGCODE`);
+      await expectPairError(c.page, 'invalid', 'a damaged link opened');
+      await open(c.page, `http://${relay.addr}/p`);
+      await expectScreen(c.page, 'pair');
+      await (await expectVisible(c.page, '[data-testid=pair-link]', 'pairing screen: the paste box')).fill('hello, not a link');
+      await (await expectVisible(c.page, '[data-testid=pair-start]', 'pairing screen: the pair button')).tap();
+      await expectPairError(c.page, 'invalid', 'a damaged link pasted');
+
+      // expired: a link past its expiry (client-side check) …
+      const d = await phone('phone-d');
+      await open(d.page, craftLink(s.link ?? link2, { expiresAt: Date.now() / 1000 - 60 }));
+      await expectPairError(d.page, 'expired', 'a link past its expiry');
+      // … and the first QR code again: its pairing is done and its mailbox closed, so the
+      // relay no longer knows it (pairing_not_found, shown as expired).
+      if (s.link) {
+        const e = await phone('phone-e');
+        await open(e.page, s.link);
+        await expectPairError(e.page, ['expired', 'already_used'], 'the first QR code, used already');
+      }
+
+      // unreachable: a relay that is down.
+      const down = await run.relay('relay-down', join(run.dir, 'relay-down'));
+      const f = await phone('phone-f');
+      await open(f.page, `http://${down.addr}/p`);
+      await expectScreen(f.page, 'pair');
+      await down.kill9();
+      await (await expectVisible(f.page, '[data-testid=pair-link]', 'pairing screen: the paste box')).fill(
+        craftLink(link2, { origin: `http://${down.addr}` }),
+      );
+      await (await expectVisible(f.page, '[data-testid=pair-start]', 'pairing screen: the pair button')).tap();
+      await expectPairError(f.page, 'unreachable', 'a relay that is down', 30_000);
+
+      for (const p of fresh) assertNoPageErrors(p);
+    } finally {
+      for (const p of fresh) await p.context.close().catch(() => undefined);
+    }
+  });
+
+  check('6. an idle phone is detached; reattach brings live events back', async (t) => {
+    if (!needPaired(t)) return;
+    const { run, phone } = s;
+    const { page } = phone;
+    await s.agent.stop();
+    s.agent = run.tandem('agent-idle', s.agentDir, ['run'], { env: { TANDEM_IDLE_DETACH_SECS: String(IDLE_DETACH_SECS) } });
+    await s.agent.waitLine(/Connected\. 1 paired device/);
+    await openDesktop(page);
+    const N = 200;
+    await submit(page, `count ${N} 60`); // 12 s: the phone is detached IDLE_DETACH_SECS after it last spoke
+    await expectVisible(page, '[data-testid=detached]', 'the idle phone is told it is detached', (IDLE_DETACH_SECS + 6) * 1000);
+    await screenshot(page, 'detached');
+    await sleep(500);
+    const before = Math.max(-1, ...progressNumbers(await taskEvents(page)));
+    assert.ok(before < N - 1, `the task still runs when the phone is detached (saw n=${before})`);
+
+    await (await expectVisible(page, '[data-testid=reattach]', 'the detached banner: reattach')).tap();
+    await expectHidden(page, '[data-testid=detached]', 'reattached', 5000);
+    await waitUntil(
+      `live progress after n=${before} once reattached`,
+      async () => Math.max(-1, ...progressNumbers(await taskEvents(page))) > before + 1,
+      { timeout: 5000, detail: () => describePage(page) },
+    );
+    const status = await waitFinished(page, 'count task after reattaching', 30_000);
+    assert.equal(status, 'succeeded', '[data-testid=finished] data-status');
+    await waitUntil(
+      `all ${N} progress events`,
+      async () => progressNumbers(await taskEvents(page)).length >= N,
+      { timeout: 10_000, detail: async () => `seen n: ${progressNumbers(await taskEvents(page)).join(',')}` },
+    );
+    await sleep(300);
+    checkCount(await taskEvents(page), N, 'after the detach');
+  });
+});
