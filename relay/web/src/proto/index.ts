@@ -15,3 +15,5 @@ export * from './sas.ts';
 export * from './pairing.ts';
 export * from './session.ts';
 export * from './message.ts';
+export * from './delivery.ts';
+export * from './link.ts';
