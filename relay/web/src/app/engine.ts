@@ -1,0 +1,605 @@
+// The phone engine in the browser, as tandem-phone does it: the device key,
+// paired desktops, one relay connection per relay, pairing, and the task
+// messages both ways. A desktop's Link, task rows and new events are saved
+// in one IndexedDB transaction before anything sealed under the Link leaves
+// and before the delivery that changed it is acknowledged.
+import {
+  DeviceId,
+  DeviceKey,
+  Link,
+  type LinkEvent,
+  type Message,
+  PairingError,
+  PhonePairing,
+  type PhoneAwaitingResult,
+  QrError,
+  RecordError,
+  bytesToHex,
+  decodeMessage,
+  encodeMessage,
+  hexToBytes,
+  osEntropy,
+  pairingId,
+  parsePairingLink,
+  relayOrigin,
+} from '../proto/index.ts';
+import { type ConnState, RelayClient, RelayError } from './relay.ts';
+import { type DesktopRow, type EventRow, Store, type TaskRow } from './store.ts';
+import { type PendingApproval, Thread } from './thread.ts';
+
+/** Tasks kept per desktop in the browser. */
+const KEEP_TASKS = 200;
+const WELCOME_WAIT_MS = 30_000;
+const CONFIRM_WAIT_MS = 300_000;
+const APP_VERSION = '0.1.0';
+
+/** Why pairing failed, as the pairing screen shows it. */
+export type PairFailure = 'expired' | 'already_used' | 'refused' | 'unreachable' | 'invalid' | 'wrong_relay' | 'timeout';
+
+export class PairError extends Error {
+  constructor(
+    readonly code: PairFailure,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A paired desktop in memory. */
+export class Desktop {
+  online = false;
+  detached = false;
+  readonly threads = new Map<string, Thread>();
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    public row: DesktopRow,
+    public link: Link,
+    readonly relay: RelayClient,
+  ) {}
+
+  get id(): string {
+    return this.row.id;
+  }
+
+  get deviceId(): DeviceId {
+    return DeviceId.parse(this.row.id);
+  }
+
+  /** Run `f` after every earlier operation on this desktop. */
+  serial<T>(f: () => Promise<T>): Promise<T> {
+    const p = this.queue.then(f, f);
+    this.queue = p.catch(() => undefined);
+    return p;
+  }
+
+  busy(): boolean {
+    for (const t of this.threads.values()) if (t.row.state !== 'finished') return true;
+    return false;
+  }
+
+  thread(taskId: string): Thread {
+    let t = this.threads.get(taskId);
+    if (!t) {
+      t = Thread.fresh(this.id, taskId);
+      t.loaded = true;
+      this.threads.set(taskId, t);
+    }
+    return t;
+  }
+}
+
+/** What changed, so the screens know what to redraw. */
+export interface Change {
+  desktopId?: string;
+  taskId?: string;
+  connection?: boolean;
+}
+
+/** A pairing whose code is shown, waiting for the desktop's confirmation. */
+export interface PairingFlow {
+  sas: string;
+  desktopName: string;
+  wait(): Promise<Desktop>;
+}
+
+function now(): number {
+  return Math.floor(Date.now() / 1000);
+}
+
+function randomHex(n: number): string {
+  return bytesToHex(crypto.getRandomValues(new Uint8Array(n)));
+}
+
+function deviceName(): string {
+  const ua = navigator.userAgent;
+  const os = /Android/.test(ua) ? 'Android' : /iPhone|iPad/.test(ua) ? 'iPhone' : /Mac OS X/.test(ua) ? 'Mac' : /Windows/.test(ua) ? 'Windows' : /Linux/.test(ua) ? 'Linux' : 'browser';
+  const browser = /Edg\//.test(ua) ? 'Edge' : /Firefox\//.test(ua) ? 'Firefox' : /Chrom/.test(ua) ? 'Chrome' : /Safari\//.test(ua) ? 'Safari' : 'Web';
+  return `${browser} on ${os}`;
+}
+
+export class Engine {
+  readonly desktops = new Map<string, Desktop>();
+  readonly relays = new Map<string, RelayClient>();
+  readonly relayState = new Map<string, ConnState>();
+  private readonly listeners = new Set<(c: Change) => void>();
+  private readonly pairings = new Map<string, (peer: DeviceId, payload: Uint8Array) => void>();
+
+  private constructor(
+    readonly store: Store,
+    readonly key: DeviceKey,
+  ) {}
+
+  static async open(): Promise<Engine> {
+    const store = await Store.open();
+    let secret = await store.get<string>('device-key');
+    if (!secret) {
+      secret = bytesToHex(DeviceKey.generate().toBytes());
+      await store.put('device-key', secret);
+    }
+    const engine = new Engine(store, new DeviceKey(hexToBytes(secret)));
+    for (const row of await store.desktops()) {
+      const d = new Desktop(row, Link.fromStored(row.link), engine.relay(row.relayUrl));
+      for (const t of await store.tasks(row.id)) d.threads.set(t.taskId, new Thread(t));
+      engine.desktops.set(row.id, d);
+    }
+    return engine;
+  }
+
+  get deviceId(): string {
+    return this.key.public().deviceId().toString();
+  }
+
+  subscribe(f: (c: Change) => void): () => void {
+    this.listeners.add(f);
+    return () => this.listeners.delete(f);
+  }
+
+  private emit(c: Change): void {
+    for (const f of this.listeners) f(c);
+  }
+
+  /** The connection state for a desktop's relay (or any relay). */
+  connection(desktopId?: string): ConnState | undefined {
+    const d = desktopId ? this.desktops.get(desktopId) : undefined;
+    if (d) return this.relayState.get(d.relay.origin);
+    return this.relayState.values().next().value;
+  }
+
+  /** The relay connection for `origin`, started if there is none. */
+  relay(origin: string): RelayClient {
+    let r = this.relays.get(origin);
+    if (r) return r;
+    r = new RelayClient(origin, this.key, {
+      state: (s) => {
+        this.relayState.set(origin, s);
+        if (s.kind !== 'online') for (const d of this.onRelay(origin)) d.online = false;
+        this.emit({ connection: true });
+      },
+      connected: () => {
+        for (const d of this.onRelay(origin)) {
+          for (const t of d.threads.values()) t.forgetRequests();
+          void this.resend(d);
+          void this.refreshTasks(d.id).catch(() => undefined);
+        }
+      },
+      deliver: (from, payload) => this.deliver(from, payload),
+      presence: (peer, online) => {
+        const d = this.desktops.get(peer.toString());
+        if (!d) return;
+        d.online = online;
+        if (online) void this.resend(d);
+        this.emit({ desktopId: d.id });
+      },
+      pairMessage: (pid, peer, payload) => this.pairings.get(bytesToHex(pid))?.(peer, payload),
+    });
+    this.relays.set(origin, r);
+    r.start();
+    return r;
+  }
+
+  private onRelay(origin: string): Desktop[] {
+    return [...this.desktops.values()].filter((d) => d.relay.origin === origin);
+  }
+
+  // ---- pairing ----------------------------------------------------------
+
+  /**
+   * Pair from a link (the page's URL with its #fragment, or a pasted one).
+   * `fallbackRelay` is the `?relay=` a redirecting relay added.
+   */
+  async startPairing(link: string, fallbackRelay?: string): Promise<PairingFlow> {
+    let parsed;
+    try {
+      parsed = parsePairingLink(link, now());
+    } catch (e) {
+      if (e instanceof QrError && e.detail.kind === 'Expired') throw new PairError('expired', 'This pairing code has expired. Show a new one on the desktop (`tandem pair`) and scan it again.');
+      throw new PairError('invalid', `This is not a valid Tandem pairing link (${e instanceof Error ? e.message : String(e)}).`);
+    }
+    const origin = parsed.payload.relay ?? fallbackRelay ?? relayOrigin(parsed);
+    const desktop = parsed.payload.desktop.deviceId();
+    if (this.desktops.has(desktop.toString())) {
+      // Pairing again replaces the old link (e.g. after the desktop forgot this phone).
+    }
+    const pid = pairingId(parsed.payload.secret);
+    const inbox: Uint8Array[] = [];
+    let wake: (() => void) | null = null;
+    this.pairings.set(bytesToHex(pid), (peer, payload) => {
+      if (!peer.equals(desktop)) return;
+      inbox.push(payload);
+      wake?.();
+    });
+    const next = (ms: number): Promise<Uint8Array> =>
+      new Promise((resolve, reject) => {
+        const take = (): boolean => {
+          const m = inbox.shift();
+          if (m) resolve(m);
+          return m !== undefined;
+        };
+        if (take()) return;
+        const t = setTimeout(() => reject(new PairError('timeout', 'The desktop did not answer in time.')), ms);
+        wake = () => {
+          if (take()) clearTimeout(t);
+        };
+      });
+    const relay = this.relay(origin);
+    const cleanup = (): void => {
+      this.pairings.delete(bytesToHex(pid));
+    };
+    try {
+      const info = { name: deviceName(), platform: 'web', app_version: APP_VERSION };
+      const { state, hello } = PhonePairing.start(this.key, parsed.payload, info, osEntropy);
+      try {
+        await relay.pairClaim(pid, hello);
+      } catch (e) {
+        throw pairFailure(e, origin);
+      }
+      const welcome = await next(WELCOME_WAIT_MS);
+      let waiting: PhoneAwaitingResult;
+      let confirm: Uint8Array;
+      try {
+        ({ state: waiting, confirm } = state.onWelcome(welcome));
+      } catch (e) {
+        throw new PairError('invalid', `The desktop's answer did not check out (${String(e)}). Was the code copied correctly?`);
+      }
+      relay.pairMessage(pid, desktop, confirm);
+      return {
+        sas: waiting.sas.toString(),
+        desktopName: waiting.desktopInfo.name,
+        wait: async () => {
+          try {
+            const result = await next(CONFIRM_WAIT_MS);
+            let paired;
+            try {
+              paired = waiting.onResult(result);
+            } catch (e) {
+              if (e instanceof PairingError && e.kind === 'Refused') throw new PairError('refused', 'The desktop refused this pairing.');
+              throw new PairError('invalid', `The desktop's answer did not check out (${String(e)}).`);
+            }
+            try {
+              await relay.authorize(desktop);
+            } catch (e) {
+              throw pairFailure(e, origin);
+            }
+            const row: DesktopRow = {
+              id: desktop.toString(),
+              name: waiting.desktopInfo.name,
+              platform: waiting.desktopInfo.platform,
+              relayUrl: origin,
+              pairedAt: now(),
+              link: null,
+            };
+            const link = Link.fromPaired(paired);
+            row.link = link.toStored();
+            await this.store.forget(row.id);
+            await this.store.save(row);
+            const d = new Desktop(row, link, relay);
+            d.online = true;
+            this.desktops.set(row.id, d);
+            this.emit({ desktopId: row.id });
+            void this.refreshTasks(row.id).catch(() => undefined);
+            return d;
+          } finally {
+            cleanup();
+          }
+        },
+      };
+    } catch (e) {
+      cleanup();
+      throw e;
+    }
+  }
+
+  // ---- requests to a desktop --------------------------------------------
+
+  private desktop(id: string): Desktop {
+    const d = this.desktops.get(id);
+    if (!d) throw new Error(`no paired desktop ${id}`);
+    return d;
+  }
+
+  /** Seal, save, send. The record stays in the outbox until acknowledged. */
+  private async send(d: Desktop, messages: Message[], tasks: TaskRow[] = []): Promise<void> {
+    const records = await d.serial(async () => {
+      const out: Uint8Array[] = [];
+      for (const m of messages) out.push(d.link.send(encodeMessage(m)).record);
+      await this.save(d, tasks);
+      return out;
+    });
+    d.detached = false;
+    for (const r of records) d.relay.send(d.deviceId, r).catch(() => undefined);
+  }
+
+  private async save(d: Desktop, tasks: TaskRow[] = [], events: EventRow[] = []): Promise<void> {
+    d.row.link = d.link.toStored();
+    await this.store.save(d.row, tasks, events);
+    d.link.markPersisted();
+  }
+
+  /** Whatever the desktop has not acknowledged goes out again. */
+  private async resend(d: Desktop): Promise<void> {
+    const records = await d.serial(async () => {
+      const r = d.link.resend(0n);
+      if (r.length) await this.save(d);
+      return r;
+    });
+    for (const r of records) d.relay.send(d.deviceId, r).catch(() => undefined);
+  }
+
+  /** Submit a task; returns its id. */
+  async submit(desktopId: string, text: string): Promise<string> {
+    const d = this.desktop(desktopId);
+    const taskId = randomHex(16);
+    const t = d.thread(taskId);
+    t.row.title = text;
+    await this.send(d, [{ kind: 'task_submit', task_id: taskId, text }], [t.row]);
+    this.emit({ desktopId, taskId });
+    return taskId;
+  }
+
+  async followUp(desktopId: string, taskId: string, text: string): Promise<void> {
+    await this.send(this.desktop(desktopId), [{ kind: 'follow_up', task_id: taskId, text }]);
+  }
+
+  async cancel(desktopId: string, taskId: string): Promise<void> {
+    await this.send(this.desktop(desktopId), [{ kind: 'cancel', task_id: taskId }]);
+  }
+
+  async decide(desktopId: string, taskId: string, approvalId: string, allow: boolean): Promise<void> {
+    const d = this.desktop(desktopId);
+    d.thread(taskId).answered.set(approvalId, allow);
+    this.emit({ desktopId, taskId });
+    await this.send(d, [{ kind: 'approval_decision', task_id: taskId, approval_id: approvalId, allow }]);
+  }
+
+  /** Ask for the desktop's task list (also re-attaches a detached client). */
+  async refreshTasks(desktopId: string): Promise<void> {
+    await this.send(this.desktop(desktopId), [{ kind: 'history_request', from_offset: 0 }]);
+  }
+
+  /** Load a thread's events from storage and fetch what is missing. */
+  async openThread(desktopId: string, taskId: string): Promise<Thread> {
+    const d = this.desktop(desktopId);
+    const t = d.thread(taskId);
+    if (!t.loaded) {
+      t.loaded = true;
+      for (const e of await this.store.events(desktopId, taskId)) if (!t.events.has(e.offset)) t.events.set(e.offset, e);
+    }
+    const asks: Message[] = [];
+    const from = t.behind();
+    if (from !== null) asks.push({ kind: 'history_request', task_id: taskId, from_offset: from });
+    if (t.events.size === 0 && t.hasOlder()) {
+      const older = t.olderFrom();
+      if (older !== null) asks.push({ kind: 'history_request', task_id: taskId, from_offset: older });
+    }
+    if (asks.length) await this.send(d, asks);
+    return t;
+  }
+
+  /** Fetch the page before what a thread holds. */
+  async loadOlder(desktopId: string, taskId: string): Promise<void> {
+    const d = this.desktop(desktopId);
+    const from = d.thread(taskId).olderFrom();
+    if (from !== null) await this.send(d, [{ kind: 'history_request', task_id: taskId, from_offset: from }]);
+  }
+
+  /** Re-attach after idle detach: the task list, and any gaps. */
+  async reattach(desktopId: string): Promise<void> {
+    const d = this.desktop(desktopId);
+    d.detached = false;
+    this.emit({ desktopId });
+    await this.refreshTasks(desktopId);
+  }
+
+  /** Every pending approval across desktops. */
+  pendingApprovals(): PendingApproval[] {
+    const out: PendingApproval[] = [];
+    const t = Date.now();
+    for (const d of this.desktops.values()) for (const th of d.threads.values()) out.push(...th.pending(t));
+    return out;
+  }
+
+  /** Forget a desktop on this device. */
+  async forget(desktopId: string): Promise<void> {
+    await this.store.forget(desktopId);
+    this.desktops.delete(desktopId);
+    this.emit({ desktopId });
+  }
+
+  // ---- deliveries ---------------------------------------------------------
+
+  /** A record from a desktop: open, act, save, then (true) acknowledge. */
+  private async deliver(from: DeviceId, payload: Uint8Array): Promise<boolean> {
+    const d = this.desktops.get(from.toString());
+    if (!d) return true;
+    return d.serial(async () => {
+      const out: Uint8Array[] = [];
+      let events: LinkEvent[];
+      try {
+        events = d.link.receive(this.key, payload, osEntropy);
+      } catch (e) {
+        if (isReplay(e)) {
+          // Seen before (a redelivery): tell the desktop again what we have.
+          out.push(d.link.ack());
+          if (d.link.mustPersist()) await this.save(d);
+          for (const r of out) d.relay.send(d.deviceId, r).catch(() => undefined);
+        } else {
+          console.warn('record refused', e);
+        }
+        return true;
+      }
+      const changedTasks = new Map<string, TaskRow>();
+      const newEvents: EventRow[] = [];
+      const requests: Message[] = [];
+      let ackDue = false;
+      let other = false;
+      for (const ev of events) {
+        switch (ev.type) {
+          case 'Message': {
+            let decoded;
+            try {
+              decoded = decodeMessage(ev.message);
+            } catch (e) {
+              console.warn('malformed message from the desktop', e);
+              break;
+            }
+            if (!decoded.known) break;
+            if (this.apply(d, decoded.message, changedTasks, newEvents, requests)) other = true;
+            break;
+          }
+          case 'Send':
+            out.push(...ev.envelopes);
+            break;
+          case 'AckDue':
+            ackDue = true;
+            break;
+          case 'ResyncNeeded':
+            console.warn(`messages ${ev.from}..=${ev.to} from the desktop were lost`);
+            break;
+          default:
+            break;
+        }
+      }
+      for (const m of requests) out.push(d.link.send(encodeMessage(m)).record);
+      if (ackDue && requests.length === 0) out.push(d.link.ack());
+      try {
+        await this.save(d, [...changedTasks.values()], newEvents);
+      } catch (e) {
+        console.error('cannot save; the relay will deliver again', e);
+        await this.reload(d);
+        return false;
+      }
+      for (const r of out) d.relay.send(d.deviceId, r).catch(() => undefined);
+      for (const taskId of changedTasks.keys()) this.emit({ desktopId: d.id, taskId });
+      if (other || changedTasks.size === 0) this.emit({ desktopId: d.id });
+      if (changedTasks.size > 0 && d.threads.size > KEEP_TASKS) void this.prune(d);
+      return true;
+    });
+  }
+
+  /** Apply one message. Returns true when desktop-level state changed. */
+  private apply(d: Desktop, m: Message, tasks: Map<string, TaskRow>, events: EventRow[], requests: Message[]): boolean {
+    const taskId = typeof m.task_id === 'string' ? m.task_id : '';
+    switch (m.kind) {
+      case 'task_event': {
+        const t = d.thread(taskId);
+        const row: EventRow = {
+          desktopId: d.id,
+          taskId,
+          offset: Number(m.offset),
+          atMs: Number(m.at_ms),
+          event: m.event as EventRow['event'],
+        };
+        const seen = t.observe(row);
+        if (seen.fresh) {
+          events.push(row);
+          tasks.set(taskId, t.row);
+          if (row.event.type === 'approval_resolved') t.answered.delete(String(row.event.approval_id));
+        }
+        if (seen.fill !== null) requests.push({ kind: 'history_request', task_id: taskId, from_offset: seen.fill });
+        return false;
+      }
+      case 'history_end': {
+        const t = d.thread(taskId);
+        const again = t.historyEnd(Number(m.next_offset), m.more === true);
+        if (again !== null) requests.push({ kind: 'history_request', task_id: taskId, from_offset: again });
+        tasks.set(taskId, t.row);
+        return false;
+      }
+      case 'history_unavailable': {
+        const t = d.thread(taskId);
+        t.unavailable(Number(m.earliest));
+        tasks.set(taskId, t.row);
+        return false;
+      }
+      case 'task_list': {
+        for (const s of m.tasks as Array<Parameters<Thread['summary']>[0] & { task_id: string }>) {
+          const t = d.thread(s.task_id);
+          t.summary(s);
+          tasks.set(s.task_id, t.row);
+        }
+        return true;
+      }
+      case 'detached':
+        d.detached = true;
+        return true;
+      case 'refused': {
+        if (taskId) {
+          const t = d.thread(taskId);
+          t.refusals.push({ code: String(m.code), message: String(m.message) });
+          tasks.set(taskId, t.row);
+        } else {
+          console.warn('the desktop refused a request', m.code, m.message);
+        }
+        return true;
+      }
+      case 'device_info':
+        if (typeof m.name === 'string') d.row.name = m.name;
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  /** After a failed save: back to what storage holds. */
+  private async reload(d: Desktop): Promise<void> {
+    const rows = await this.store.desktops();
+    const row = rows.find((r) => r.id === d.id);
+    if (!row) return;
+    d.row = row;
+    d.link = Link.fromStored(row.link);
+    d.threads.clear();
+    for (const t of await this.store.tasks(d.id)) d.threads.set(t.taskId, new Thread(t));
+  }
+
+  private async prune(d: Desktop): Promise<void> {
+    await this.store.prune(d.id, KEEP_TASKS);
+    const keep = new Set((await this.store.tasks(d.id)).map((t) => t.taskId));
+    for (const id of [...d.threads.keys()]) if (!keep.has(id)) d.threads.delete(id);
+  }
+}
+
+function pairFailure(e: unknown, origin: string): PairError {
+  if (e instanceof PairError) return e;
+  if (e instanceof RelayError) {
+    switch (e.code) {
+      case 'pairing_claimed':
+        return new PairError('already_used', 'This pairing code was already used. Show a new one on the desktop and scan it again.');
+      case 'pairing_expired':
+      case 'pairing_not_found':
+        return new PairError('expired', 'The relay no longer knows this pairing code; it has expired or the desktop stopped showing it. Show a new one on the desktop.');
+      case 'wrong_relay':
+        return new PairError('wrong_relay', e.message);
+      default:
+        return new PairError('unreachable', `Cannot reach the relay at ${origin}: ${e.message}.`);
+    }
+  }
+  return new PairError('unreachable', `Cannot reach the relay at ${origin}: ${String(e)}.`);
+}
+
+
+/** A record seen before (a redelivery after a lost ack). */
+function isReplay(e: unknown): boolean {
+  const inner = e instanceof RecordError ? e : (e as { cause?: unknown } | null)?.cause;
+  return inner instanceof RecordError && (inner.kind === 'Duplicate' || inner.kind === 'TooOld');
+}

@@ -1,0 +1,443 @@
+// The relay connection (PROTOCOL §4–§7), as tandem-client does it: Hello,
+// Challenge, Auth; pings; Send/Ok; Deliver/Ack; reconnect with full-jitter
+// backoff; a probe after the page wakes up. Deliveries are handed to the app
+// one at a time and acknowledged only once the app has saved them.
+import {
+  DeviceId,
+  type DeviceKey,
+  type Frame,
+  decodeFrame,
+  encodeFrame,
+  errorCodeFromClose,
+  errorCodeName,
+  prove,
+} from '../proto/index.ts';
+
+/** Where the connection stands, for the banner. */
+export type ConnState =
+  | { kind: 'connecting'; attempt: number }
+  | { kind: 'online' }
+  | { kind: 'waiting'; retryAt: number; reason: string; offline: boolean }
+  | { kind: 'stopped'; code: string; reason: string };
+
+/** What the connection reports to the app. */
+export interface RelayHandlers {
+  state(s: ConnState): void;
+  /** Authenticated; `queued` deliveries are waiting. */
+  connected(): void;
+  /** Resolve true once saved (then it is acknowledged), false to have it redelivered. */
+  deliver(from: DeviceId, payload: Uint8Array): Promise<boolean>;
+  presence(peer: DeviceId, online: boolean): void;
+  pairMessage(pairingId: Uint8Array, peer: DeviceId, payload: Uint8Array): void;
+}
+
+/** A request the relay refused, or that could not be sent. */
+export class RelayError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const BACKOFF_MIN_MS = 250;
+const BACKOFF_MAX_MS = 30_000;
+const STABLE_MS = 10_000;
+const PONG_TIMEOUT_MS = 10_000;
+const WAKE_PONG_TIMEOUT_MS = 3_000;
+const WAKE_SAMPLE_MS = 2_000;
+const WAKE_JUMP_MS = 10_000;
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 10_000;
+
+/** Codes after which reconnecting cannot help. */
+const FINAL = new Set(['revoked', 'auth_failed', 'unsupported_version', 'replaced']);
+
+/** ws(s)://host/v1/connect for an http(s) origin. */
+export function connectUrl(origin: string): string {
+  return `${origin.replace(/^http/, 'ws')}/v1/connect`;
+}
+
+function jitter(ms: number): number {
+  return ms * (0.8 + Math.random() * 0.4);
+}
+
+function randomU64(): bigint {
+  const b = crypto.getRandomValues(new Uint8Array(8));
+  return new DataView(b.buffer).getBigUint64(0);
+}
+
+interface Pending {
+  resolve(): void;
+  reject(e: RelayError): void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** One relay connection that keeps itself up. */
+export class RelayClient {
+  private ws: WebSocket | null = null;
+  private authed = false;
+  private stopped = false;
+  private attempt = 0;
+  private connectedAt = 0;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private pingTimer: ReturnType<typeof setTimeout> | null = null;
+  private pongTimer: ReturnType<typeof setTimeout> | null = null;
+  private pingIntervalMs = 30_000;
+  private nextId = 1n;
+  private pending = new Map<bigint, Pending>();
+  private waiters: Array<{ ok(): void; fail(e: RelayError): void }> = [];
+  private chain: Promise<void> = Promise.resolve();
+  private acked = 0n;
+  private restartHintMs: number | null = null;
+  private wakeTimer: ReturnType<typeof setInterval> | null = null;
+  private lastWall = Date.now();
+  private lastMono = performance.now();
+  private generation = 0;
+  private readonly dialed: string;
+  private readonly url: string;
+  private readonly onOnline = (): void => this.retryNow();
+  private readonly onVisible = (): void => {
+    if (document.visibilityState === 'visible') this.probe();
+  };
+
+  constructor(
+    readonly origin: string,
+    private readonly key: DeviceKey,
+    private readonly handlers: RelayHandlers,
+  ) {
+    this.url = connectUrl(origin);
+    this.dialed = new URL(this.url).host;
+  }
+
+  /** Connect, and keep connecting until stopped. */
+  start(): void {
+    this.stopped = false;
+    removeEventListener('online', this.onOnline);
+    document.removeEventListener('visibilitychange', this.onVisible);
+    if (this.wakeTimer) clearInterval(this.wakeTimer);
+    addEventListener('online', this.onOnline);
+    document.addEventListener('visibilitychange', this.onVisible);
+    this.wakeTimer = setInterval(() => this.sampleClocks(), WAKE_SAMPLE_MS);
+    this.open();
+  }
+
+  /** Close for good (until start()). */
+  stop(): void {
+    this.stopped = true;
+    removeEventListener('online', this.onOnline);
+    document.removeEventListener('visibilitychange', this.onVisible);
+    if (this.wakeTimer) clearInterval(this.wakeTimer);
+    this.drop('stopped', 1000);
+  }
+
+  get online(): boolean {
+    return this.authed;
+  }
+
+  /** Reconnect now if waiting in backoff. */
+  retryNow(): void {
+    if (this.stopped || this.ws) return;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.open();
+  }
+
+  /** A record for `to`; resolves on the relay's Ok. */
+  send(to: DeviceId, payload: Uint8Array): Promise<void> {
+    return this.request((sendId) => ({ type: 'Send', sendId, to, payload }), false);
+  }
+
+  /** Claim a pairing mailbox (waits for the connection). */
+  pairClaim(pairingId: Uint8Array, payload: Uint8Array): Promise<void> {
+    return this.request((requestId) => ({ type: 'PairClaim', requestId, pairingId, payload }), true);
+  }
+
+  /** A message into a claimed pairing mailbox. */
+  pairMessage(pairingId: Uint8Array, peer: DeviceId, payload: Uint8Array): void {
+    this.write({ type: 'PairMessage', pairingId, peer, payload });
+  }
+
+  /** Let `peer` send to this device. */
+  authorize(peer: DeviceId): Promise<void> {
+    return this.request((requestId) => ({ type: 'Authorize', requestId, peer }), true);
+  }
+
+  private async request(make: (id: bigint) => Frame, wait: boolean): Promise<void> {
+    if (!this.authed) {
+      if (!wait) throw new RelayError('offline', 'not connected to the relay');
+      await this.whenOnline(REQUEST_TIMEOUT_MS);
+    }
+    const id = this.nextId++;
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new RelayError('timeout', 'the relay did not answer'));
+      }, REQUEST_TIMEOUT_MS);
+      this.pending.set(id, { resolve, reject, timer });
+      if (!this.write(make(id))) {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        reject(new RelayError('offline', 'not connected to the relay'));
+      }
+    });
+  }
+
+  private whenOnline(ms: number): Promise<void> {
+    if (this.authed) return Promise.resolve();
+    this.retryNow();
+    return new Promise((resolve, reject) => {
+      const w = {
+        ok: (): void => {
+          clearTimeout(t);
+          resolve();
+        },
+        fail: (e: RelayError): void => {
+          clearTimeout(t);
+          reject(e);
+        },
+      };
+      const t = setTimeout(() => {
+        this.waiters = this.waiters.filter((x) => x !== w);
+        reject(new RelayError('unreachable', `cannot reach the relay at ${this.origin}`));
+      }, ms);
+      this.waiters.push(w);
+    });
+  }
+
+  private write(f: Frame): boolean {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(encodeFrame(f) as Uint8Array<ArrayBuffer>);
+    return true;
+  }
+
+  private open(): void {
+    if (this.stopped) return;
+    this.attempt++;
+    this.handlers.state({ kind: 'connecting', attempt: this.attempt });
+    const gen = ++this.generation;
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (e) {
+      this.scheduleRetry(`cannot open ${this.url}: ${String(e)}`);
+      return;
+    }
+    ws.binaryType = 'arraybuffer';
+    this.ws = ws;
+    const handshake = setTimeout(() => {
+      if (gen === this.generation && !this.authed) this.drop('the relay did not finish the handshake', 4000 + 18);
+    }, HANDSHAKE_TIMEOUT_MS);
+    ws.onopen = () => {
+      if (gen !== this.generation) return;
+      this.write({ type: 'Hello', minVersion: 1, maxVersion: 1, role: 'phone' });
+    };
+    ws.onmessage = (m) => {
+      if (gen !== this.generation || !(m.data instanceof ArrayBuffer)) return;
+      let f: Frame;
+      try {
+        f = decodeFrame(new Uint8Array(m.data));
+      } catch (e) {
+        this.drop(`a malformed frame from the relay: ${String(e)}`, 4000 + 3);
+        return;
+      }
+      this.alive();
+      this.onFrame(f, handshake);
+    };
+    ws.onclose = (c) => {
+      clearTimeout(handshake);
+      if (gen !== this.generation) return;
+      const code = errorCodeFromClose(c.code);
+      const name = code === null ? '' : errorCodeName(code);
+      this.lost(name, c.reason || (name ? name.replace(/_/g, ' ') : `connection closed (${c.code})`));
+    };
+    ws.onerror = () => undefined;
+  }
+
+  private onFrame(f: Frame, handshake: ReturnType<typeof setTimeout>): void {
+    switch (f.type) {
+      case 'Challenge': {
+        try {
+          this.ws?.send(prove(this.key, 'phone', this.dialed, f) as Uint8Array<ArrayBuffer>);
+        } catch (e) {
+          // The relay answered for another name (or with a bad key):
+          // retrying cannot help.
+          this.stopWith('wrong_relay', `the relay at ${this.origin} is not the relay this link names: ${String(e)}`);
+        }
+        return;
+      }
+      case 'AuthOk': {
+        clearTimeout(handshake);
+        this.authed = true;
+        this.connectedAt = Date.now();
+        this.pingIntervalMs = Math.max(1000, f.pingIntervalMs);
+        this.schedulePing();
+        this.handlers.state({ kind: 'online' });
+        for (const w of this.waiters.splice(0)) w.ok();
+        this.handlers.connected();
+        return;
+      }
+      case 'Deliver': {
+        const { deliveryId, from, payload } = f;
+        if (deliveryId <= this.acked) {
+          // Processed already; the ack was lost with a connection.
+          this.write({ type: 'Ack', upTo: this.acked });
+          return;
+        }
+        this.chain = this.chain
+          .then(() => this.handlers.deliver(from, payload))
+          .then((saved) => {
+            if (saved && deliveryId > this.acked) {
+              this.acked = deliveryId;
+              this.write({ type: 'Ack', upTo: deliveryId });
+            }
+          })
+          .catch((e: unknown) => console.warn('delivery failed', e));
+        return;
+      }
+      case 'Ok':
+        this.answer(f.refId, null);
+        return;
+      case 'Error': {
+        const name = errorCodeName(f.code);
+        if (f.refId !== 0n && this.pending.has(f.refId)) {
+          this.answer(f.refId, new RelayError(name, f.message || name.replace(/_/g, ' ')));
+        } else {
+          console.warn('relay error', name, f.message);
+        }
+        return;
+      }
+      case 'Ping':
+        this.write({ type: 'Pong', nonce: f.nonce });
+        return;
+      case 'Pong':
+        return;
+      case 'Presence':
+        this.handlers.presence(f.peer, f.online);
+        return;
+      case 'PairMessage':
+        this.handlers.pairMessage(f.pairingId, f.peer, f.payload);
+        return;
+      case 'Restarting':
+        this.restartHintMs = f.reconnectAfterMs;
+        return;
+      default:
+        return;
+    }
+  }
+
+  private answer(id: bigint, err: RelayError | null): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    if (err) p.reject(err);
+    else p.resolve();
+  }
+
+  /** Anything from the relay proves the connection alive. */
+  private alive(): void {
+    if (this.pongTimer) clearTimeout(this.pongTimer);
+    this.pongTimer = null;
+  }
+
+  private schedulePing(): void {
+    if (this.pingTimer) clearTimeout(this.pingTimer);
+    this.pingTimer = setTimeout(() => this.ping(PONG_TIMEOUT_MS), jitter(this.pingIntervalMs));
+  }
+
+  private ping(timeoutMs: number): void {
+    if (!this.authed) return;
+    this.schedulePing();
+    if (this.pongTimer) return;
+    this.write({ type: 'Ping', nonce: randomU64() });
+    this.pongTimer = setTimeout(() => this.drop('the relay did not answer a ping', 4000 + 20), timeoutMs);
+  }
+
+  /** After sleep or a tab coming back: check the connection now. */
+  probe(): void {
+    if (this.authed) {
+      if (this.pongTimer) clearTimeout(this.pongTimer);
+      this.pongTimer = null;
+      this.ping(WAKE_PONG_TIMEOUT_MS);
+    } else {
+      this.retryNow();
+    }
+  }
+
+  private sampleClocks(): void {
+    const wall = Date.now();
+    const mono = performance.now();
+    const jump = Math.max(wall - this.lastWall, mono - this.lastMono) - WAKE_SAMPLE_MS;
+    this.lastWall = wall;
+    this.lastMono = mono;
+    if (jump >= WAKE_JUMP_MS) this.probe();
+  }
+
+  /** Close this socket and go through `lost`. */
+  private drop(reason: string, code: number): void {
+    const ws = this.ws;
+    this.generation++;
+    if (ws) {
+      try {
+        ws.close(code >= 4000 || code === 1000 ? code : 1000);
+      } catch {
+        /* already closed */
+      }
+    }
+    const c = errorCodeFromClose(code);
+    this.lost(c === null ? '' : errorCodeName(c), reason);
+  }
+
+  private lost(code: string, reason: string): void {
+    const was = this.authed;
+    this.ws = null;
+    this.authed = false;
+    for (const t of [this.pingTimer, this.pongTimer]) if (t) clearTimeout(t);
+    this.pingTimer = this.pongTimer = null;
+    for (const [id, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(new RelayError('offline', 'the connection to the relay was lost'));
+      this.pending.delete(id);
+    }
+    if (this.stopped) return;
+    if (FINAL.has(code)) {
+      this.stopWith(code, reason);
+      return;
+    }
+    if (was && Date.now() - this.connectedAt >= STABLE_MS) this.attempt = 0;
+    this.scheduleRetry(reason);
+  }
+
+  private stopWith(code: string, reason: string): void {
+    if (this.ws) {
+      this.generation++;
+      try {
+        this.ws.close(1000);
+      } catch {
+        /* closed */
+      }
+      this.ws = null;
+      this.authed = false;
+    }
+    this.stopped = true;
+    for (const w of this.waiters.splice(0)) w.fail(new RelayError(code, reason));
+    this.handlers.state({ kind: 'stopped', code, reason });
+  }
+
+  private scheduleRetry(reason: string): void {
+    const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(this.attempt, 16));
+    let wait = BACKOFF_MIN_MS + Math.random() * (cap - BACKOFF_MIN_MS);
+    if (this.restartHintMs !== null) {
+      wait = jitter(this.restartHintMs);
+      this.restartHintMs = null;
+    }
+    const retryAt = Date.now() + wait;
+    this.handlers.state({ kind: 'waiting', retryAt, reason, offline: navigator.onLine === false });
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.open();
+    }, wait);
+  }
+}

@@ -1,0 +1,150 @@
+// The shell: header with back button and connection banner, the current
+// screen, navigation through the query string (/p?desktop=…&task=…).
+import type { Change, Engine } from '../engine.ts';
+import type { ConnState } from '../relay.ts';
+import { h } from './dom.ts';
+
+/** A mounted screen. */
+export interface Screen {
+  el: HTMLElement;
+  title: string;
+  /** Where the back button goes; none on the top screen. */
+  back?: Route;
+  update(c: Change): void;
+  destroy?(): void;
+}
+
+/** Where the app is. */
+export interface Route {
+  screen: 'pair' | 'desktops' | 'desktop' | 'task';
+  desktop?: string;
+  task?: string;
+}
+
+export type ScreenFactory = (app: App, route: Route) => Screen;
+
+export function routeFromUrl(): Route {
+  const q = new URLSearchParams(location.search);
+  const desktop = q.get('desktop') ?? undefined;
+  const task = q.get('task') ?? undefined;
+  if (q.get('pair') !== null) return { screen: 'pair' };
+  if (desktop && task) return { screen: 'task', desktop, task };
+  if (desktop) return { screen: 'desktop', desktop };
+  return { screen: 'desktops' };
+}
+
+function routeUrl(r: Route): string {
+  const q = new URLSearchParams();
+  const relay = new URLSearchParams(location.search).get('relay');
+  if (relay) q.set('relay', relay);
+  if (r.screen === 'pair') q.set('pair', '');
+  if (r.desktop) q.set('desktop', r.desktop);
+  if (r.task) q.set('task', r.task);
+  const s = q.toString();
+  return `${location.pathname}${s ? `?${s}` : ''}`;
+}
+
+export class App {
+  readonly root: HTMLElement;
+  private readonly header: HTMLElement;
+  private readonly backButton: HTMLButtonElement;
+  private readonly titleEl: HTMLElement;
+  private readonly banner: HTMLElement;
+  private readonly main: HTMLElement;
+  private screen: Screen | null = null;
+  private tick: ReturnType<typeof setInterval> | null = null;
+
+  constructor(
+    readonly engine: Engine,
+    private readonly screens: Record<Route['screen'], ScreenFactory>,
+    root: HTMLElement,
+  ) {
+    this.root = root;
+    this.backButton = h('button', { class: 'back', testid: 'back', 'aria-label': 'Back', onclick: () => this.goBack() }, '‹');
+    this.titleEl = h('h1', {});
+    this.banner = h('div', { class: 'conn', testid: 'conn', role: 'status', 'aria-live': 'polite' });
+    this.header = h('header', {}, this.backButton, this.titleEl);
+    this.main = h('main', {});
+    root.replaceChildren(this.header, this.banner, this.main);
+    engine.subscribe((c) => {
+      if (c.connection) this.renderBanner();
+      this.screen?.update(c);
+    });
+    addEventListener('popstate', () => this.show(routeFromUrl(), false));
+    addEventListener('online', () => this.renderBanner());
+    addEventListener('offline', () => this.renderBanner());
+  }
+
+  /** Show a screen; `push` adds a history entry. */
+  show(route: Route, push = true): void {
+    if (route.desktop && !this.engine.desktops.has(route.desktop)) route = { screen: 'desktops' };
+    if (route.screen === 'desktops' && this.engine.desktops.size === 0) route = { screen: 'pair' };
+    if (push) history.pushState(null, '', routeUrl(route));
+    else history.replaceState(null, '', routeUrl(route));
+    this.route = route;
+    this.screen?.destroy?.();
+    const s = this.screens[route.screen](this, route);
+    this.screen = s;
+    this.root.dataset.screen = route.screen;
+    this.titleEl.textContent = s.title;
+    this.backButton.hidden = !s.back;
+    this.main.replaceChildren(s.el);
+    this.renderBanner();
+    window.scrollTo(0, 0);
+  }
+
+  route: Route = { screen: 'desktops' };
+
+  goBack(): void {
+    const b = this.screen?.back;
+    if (b) this.show(b, false);
+  }
+
+  setTitle(t: string): void {
+    this.titleEl.textContent = t;
+  }
+
+  /** The connection banner, for the relay of the desktop on screen. */
+  renderBanner(): void {
+    if (this.engine.desktops.size === 0) {
+      this.banner.hidden = true;
+      return;
+    }
+    this.banner.hidden = false;
+    const s = this.engine.connection(this.route.desktop);
+    const { state, text, action } = describe(s, this);
+    this.banner.dataset.state = state;
+    this.banner.replaceChildren(h('span', { class: 'dot' }), h('span', { class: 'text' }, text));
+    if (action) this.banner.append(action);
+    if (this.tick) clearInterval(this.tick);
+    this.tick = s?.kind === 'waiting' ? setInterval(() => this.renderBanner(), 1000) : null;
+  }
+}
+
+function describe(s: ConnState | undefined, app: App): { state: string; text: string; action?: HTMLElement } {
+  if (!s) return { state: 'connecting', text: 'Connecting…' };
+  switch (s.kind) {
+    case 'online':
+      return { state: 'online', text: 'Connected' };
+    case 'connecting':
+      return { state: 'connecting', text: s.attempt > 1 ? `Reconnecting (attempt ${s.attempt})…` : 'Connecting…' };
+    case 'waiting': {
+      const secs = Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000));
+      const offline = s.offline || navigator.onLine === false;
+      const retry = h('button', { class: 'link', testid: 'retry', onclick: () => app.engine.relays.forEach((r) => r.retryNow()) }, 'Retry now');
+      return {
+        state: offline ? 'offline' : 'connecting',
+        text: offline ? `You are offline. Retrying in ${secs} s.` : `Relay unreachable. Retrying in ${secs} s.`,
+        action: retry,
+      };
+    }
+    case 'stopped': {
+      if (s.code === 'replaced') {
+        const here = h('button', { class: 'link', testid: 'use-here', onclick: () => app.engine.relays.forEach((r) => r.start()) }, 'Use here');
+        return { state: 'offline', text: 'Tandem is open in another tab or window.', action: here };
+      }
+      if (s.code === 'revoked') return { state: 'offline', text: 'This device was revoked on the desktop. Pair again to use it.' };
+      return { state: 'offline', text: `Disconnected: ${s.reason}` };
+    }
+  }
+}

@@ -1,0 +1,121 @@
+// One desktop: compose a task, its tasks newest first, approvals waiting,
+// and the idle-detach banner.
+import type { App, Route, Screen } from './app.ts';
+import { ago, h } from './dom.ts';
+import { approvalsList, desktopState } from './desktops.ts';
+
+/** The "you were detached" banner with its one-tap re-attach. */
+export function detachedBanner(app: App, desktopId: string): HTMLElement {
+  const d = app.engine.desktops.get(desktopId);
+  const el = h('div', { class: 'detached', testid: 'detached', hidden: !d?.detached, role: 'status' });
+  if (!d?.detached) return el;
+  el.append(
+    h('span', {}, 'Paused while you were away: only approvals and finished tasks arrive.'),
+    h('button', { class: 'link', testid: 'reattach', onclick: () => void app.engine.reattach(desktopId) }, 'Show live progress'),
+  );
+  return el;
+}
+
+export function desktopScreen(app: App, route: Route): Screen {
+  const id = route.desktop ?? '';
+  const d = app.engine.desktops.get(id);
+  if (!d) throw new Error('unknown desktop');
+  const status = h('p', { class: 'status' });
+  const detached = h('div', {});
+  const approvals = h('div', {});
+  const compose = h('textarea', {
+    testid: 'compose',
+    rows: 3,
+    placeholder: `What should ${d.row.name} do?`,
+    'aria-label': 'New task',
+    enterkeyhint: 'send',
+  });
+  const send = h('button', { testid: 'send', class: 'primary', type: 'submit' }, 'Send');
+  const note = h('p', { class: 'hint', role: 'status' });
+  const form = h(
+    'form',
+    {
+      class: 'compose',
+      onsubmit: (e: Event) => {
+        e.preventDefault();
+        void submit();
+      },
+    },
+    compose,
+    send,
+    note,
+  );
+  compose.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.metaKey || e.ctrlKey)) {
+      e.preventDefault();
+      void submit();
+    }
+  });
+  const list = h('ul', { class: 'tasks' });
+  const forget = h(
+    'button',
+    {
+      class: 'danger link',
+      testid: 'forget',
+      onclick: () => {
+        if (confirm(`Forget ${d.row.name} on this device? Pair again to use it.`)) {
+          void app.engine.forget(id).then(() => app.show({ screen: 'desktops' }, false));
+        }
+      },
+    },
+    'Forget this computer',
+  );
+  const el = h('section', {}, status, detached, approvals, form, h('h2', {}, 'Tasks'), list, forget);
+
+  async function submit(): Promise<void> {
+    const text = compose.value.trim();
+    if (!text) return;
+    send.disabled = true;
+    try {
+      const task = await app.engine.submit(id, text);
+      compose.value = '';
+      app.show({ screen: 'task', desktop: id, task });
+    } catch (e) {
+      note.textContent = `Not sent: ${e instanceof Error ? e.message : String(e)}`;
+    } finally {
+      send.disabled = false;
+    }
+  }
+
+  function render(): void {
+    const state = desktopState(d!);
+    status.replaceChildren(h('span', { class: `chip ${state}`, testid: 'desktop-state', 'data-state': state }, state), ` ${d!.row.platform}`);
+    detached.replaceChildren(detachedBanner(app, id));
+    approvals.replaceChildren(approvalsList(app, app.engine, id));
+    note.textContent = d!.online ? '' : 'The computer is offline: tasks are delivered when it is back.';
+    const tasks = [...d!.threads.values()].sort((a, b) => b.row.updatedMs - a.row.updatedMs);
+    list.replaceChildren();
+    if (tasks.length === 0) list.append(h('li', { class: 'empty' }, 'No tasks yet.'));
+    for (const t of tasks) {
+      const r = t.row;
+      const label = r.state === 'finished' ? (r.status ?? 'finished') : r.state;
+      list.append(
+        h(
+          'li',
+          {},
+          h(
+            'button',
+            { class: 'task', testid: 'task', 'data-id': r.taskId, 'data-state': r.state, onclick: () => app.show({ screen: 'task', desktop: id, task: r.taskId }) },
+            h('span', { class: `chip ${label}` }, label),
+            h('span', { class: 'title' }, r.title || '(task)'),
+            h('small', {}, ago(r.updatedMs)),
+          ),
+        ),
+      );
+    }
+  }
+  render();
+  return {
+    el,
+    title: d.row.name,
+    back: { screen: 'desktops' },
+    update: (c) => {
+      if (!c.desktopId || c.desktopId === id || c.connection) render();
+    },
+  };
+}

@@ -1,0 +1,261 @@
+// A task thread: what was asked, live progress, tool calls (collapsed) with
+// their results, approvals with allow / deny, follow-ups, cancel, the finish;
+// older history loads when scrolled back. Events are keyed by offset, so a
+// repeat never shows twice.
+import type { EventRow } from '../store.ts';
+import type { Thread } from '../thread.ts';
+import type { App, Route, Screen } from './app.ts';
+import { detachedBanner } from './desktop.ts';
+import { clock, h } from './dom.ts';
+
+const STATUS_TEXT: Record<string, string> = {
+  succeeded: 'Finished',
+  failed: 'Failed',
+  cancelled: 'Cancelled',
+  rejected: 'Refused by the desktop',
+};
+
+function preview(v: unknown, max = 80): string {
+  const s = typeof v === 'string' ? v : JSON.stringify(v);
+  return s.length > max ? `${s.slice(0, max - 1)}…` : s;
+}
+
+export function taskScreen(app: App, route: Route): Screen {
+  const desktopId = route.desktop ?? '';
+  const taskId = route.task ?? '';
+  const engine = app.engine;
+  const d = engine.desktops.get(desktopId);
+  if (!d) throw new Error('unknown desktop');
+  const thread: Thread = d.thread(taskId);
+  const head = h('div', { class: 'task-head' });
+  const detached = h('div', {});
+  const older = h('button', { class: 'link older', testid: 'load-older', hidden: true, onclick: () => void engine.loadOlder(desktopId, taskId) }, 'Load earlier events');
+  const list = h('ol', { class: 'events', 'aria-live': 'polite' });
+  const refusals = h('div', { class: 'refusals', role: 'alert' });
+  const followup = h('textarea', { testid: 'followup', rows: 2, placeholder: 'Reply or add instructions…', 'aria-label': 'Follow-up' });
+  const followSend = h('button', { testid: 'followup-send', class: 'primary', type: 'submit' }, 'Send');
+  const cancel = h('button', { testid: 'cancel', class: 'danger', type: 'button', onclick: () => void doCancel() }, 'Cancel task');
+  const footer = h(
+    'form',
+    {
+      class: 'compose sticky',
+      onsubmit: (e: Event) => {
+        e.preventDefault();
+        void sendFollowUp();
+      },
+    },
+    followup,
+    h('div', { class: 'row' }, cancel, followSend),
+  );
+  const el = h('section', { class: 'thread' }, head, detached, older, list, refusals, footer);
+  const nodes = new Map<number, HTMLElement>();
+  const tools = new Map<string, HTMLDetailsElement>();
+  const approvals = new Map<string, HTMLElement>();
+
+  async function sendFollowUp(): Promise<void> {
+    const text = followup.value.trim();
+    if (!text) return;
+    followSend.disabled = true;
+    try {
+      await engine.followUp(desktopId, taskId, text);
+      followup.value = '';
+    } finally {
+      followSend.disabled = false;
+    }
+  }
+
+  async function doCancel(): Promise<void> {
+    cancel.disabled = true;
+    await engine.cancel(desktopId, taskId);
+  }
+
+  function approvalCard(e: EventRow): HTMLElement {
+    const ev = e.event;
+    const id = String(ev.approval_id);
+    const allow = h('button', { testid: 'allow', class: 'primary', onclick: () => decide(true) }, 'Allow');
+    const deny = h('button', { testid: 'deny', class: 'danger', onclick: () => decide(false) }, 'Deny');
+    const outcome = h('p', { class: 'outcome' });
+    const detail = String(ev.detail ?? '');
+    const card = h(
+      'div',
+      { class: 'approval', testid: 'approval', 'data-id': id, 'data-state': 'pending' },
+      h('strong', {}, String(ev.summary ?? 'Approval needed')),
+      detail ? h('pre', { class: 'detail' }, detail) : null,
+      h('div', { class: 'row buttons' }, deny, allow),
+      outcome,
+    );
+    function decide(yes: boolean): void {
+      allow.disabled = deny.disabled = true;
+      outcome.textContent = yes ? 'Allowing…' : 'Denying…';
+      void engine.decide(desktopId, taskId, id, yes);
+    }
+    approvals.set(id, card);
+    return card;
+  }
+
+  function refreshApprovals(): void {
+    const now = Date.now();
+    const resolved = new Map<string, { allow: boolean; by: string }>();
+    for (const e of thread.events.values()) {
+      if (e.event.type === 'approval_resolved') resolved.set(String(e.event.approval_id), { allow: e.event.allow === true, by: String(e.event.by) });
+    }
+    for (const [id, card] of approvals) {
+      const r = resolved.get(id);
+      const req = [...thread.events.values()].find((e) => e.event.type === 'approval_request' && String(e.event.approval_id) === id);
+      const expires = Number(req?.event.expires_at_ms ?? 0);
+      let state = 'pending';
+      let text = '';
+      if (r) {
+        state = r.allow ? 'allowed' : 'denied';
+        text = `${r.allow ? 'Allowed' : 'Denied'} ${r.by === 'desktop' ? 'on the desktop' : r.by === 'timeout' ? '(no answer in time)' : r.by === `phone:${engine.deviceId}` ? 'by you' : 'from another device'}.`;
+      } else if (thread.row.state === 'finished' || (expires && expires <= now)) {
+        state = 'expired';
+        text = 'No longer waiting for an answer.';
+      } else if (thread.answered.has(id)) {
+        text = thread.answered.get(id) ? 'Allowing…' : 'Denying…';
+      } else {
+        const secs = Math.max(0, Math.round((expires - now) / 1000));
+        text = expires ? `Answer within ${secs >= 120 ? `${Math.round(secs / 60)} min` : `${secs} s`}, or it is denied.` : '';
+      }
+      card.dataset.state = state;
+      const decided = state !== 'pending' || thread.answered.has(id);
+      for (const b of card.querySelectorAll('button')) (b as HTMLButtonElement).disabled = decided;
+      const out = card.querySelector('.outcome');
+      if (out) out.textContent = text;
+    }
+  }
+
+  function render(e: EventRow): HTMLElement {
+    const ev = e.event;
+    const li = h('li', { testid: 'event', 'data-offset': e.offset, 'data-type': ev.type, class: `ev ${ev.type}`, title: clock(e.atMs) });
+    switch (ev.type) {
+      case 'accepted':
+        li.append(h('span', { class: 'meta' }, `Accepted by ${String(ev.executor ?? 'the desktop')} · ${clock(e.atMs)}`));
+        break;
+      case 'follow_up':
+        li.append(h('div', { class: 'bubble mine' }, String(ev.text ?? '')));
+        break;
+      case 'progress':
+        li.append(h('div', { class: 'progress' }, String(ev.text ?? '')));
+        break;
+      case 'tool_call': {
+        const id = String(ev.call_id);
+        const det = h(
+          'details',
+          { testid: 'tool', 'data-call-id': id, class: 'tool' },
+          h('summary', {}, h('span', { class: 'tool-name' }, String(ev.name)), ' ', h('span', { class: 'tool-input' }, preview(ev.input))),
+          h('pre', { class: 'input' }, JSON.stringify(ev.input, null, 2)),
+        );
+        tools.set(id, det);
+        li.append(det);
+        break;
+      }
+      case 'tool_result': {
+        const body = h('div', { testid: 'tool-result', class: `result${ev.is_error ? ' error' : ''}` }, h('pre', {}, String(ev.output ?? '')));
+        li.append(body);
+        break;
+      }
+      case 'approval_request':
+        li.append(approvalCard(e));
+        break;
+      case 'approval_resolved':
+        li.append(h('span', { class: 'meta' }, ev.allow ? 'Allowed' : 'Denied', ev.by === 'timeout' ? ' (timed out)' : ''));
+        break;
+      case 'finished': {
+        const status = String(ev.status);
+        li.append(
+          h(
+            'div',
+            { class: `finished ${status}`, testid: 'finished', 'data-status': status },
+            h('strong', {}, STATUS_TEXT[status] ?? status),
+            ev.summary ? h('p', {}, String(ev.summary)) : null,
+          ),
+        );
+        break;
+      }
+      default:
+        li.append(h('span', { class: 'meta' }, `(${ev.type})`));
+    }
+    return li;
+  }
+
+  /** Put an event's node in offset order. A tool result goes inside its call. */
+  function place(e: EventRow): void {
+    if (nodes.has(e.offset)) return;
+    const node = render(e);
+    nodes.set(e.offset, node);
+    if (e.event.type === 'tool_result') {
+      const call = tools.get(String(e.event.call_id));
+      if (call) {
+        call.append(node);
+        if (e.event.is_error) call.classList.add('error');
+        return;
+      }
+    }
+    let before: HTMLElement | null = null;
+    for (const [off, n] of nodes) {
+      if (off > e.offset && n.parentElement === list && (!before || Number(before.dataset.offset) > off)) before = n;
+    }
+    list.insertBefore(node, before);
+  }
+
+  function renderHead(): void {
+    const r = thread.row;
+    const label = r.state === 'finished' ? (r.status ?? 'finished') : r.state;
+    head.replaceChildren(
+      h('div', { class: 'bubble mine task-text', testid: 'task-text' }, r.title || '…'),
+      h('span', { class: `chip ${label}`, testid: 'task-state', 'data-state': r.state }, label),
+    );
+  }
+
+  function update(): void {
+    const nearBottom = innerHeight + scrollY >= document.body.scrollHeight - 80;
+    const before = nodes.size;
+    // Results whose call arrives later (older pages): re-place them.
+    for (const e of thread.sorted()) {
+      if (e.event.type === 'tool_call' && !nodes.has(e.offset)) {
+        place(e);
+        const id = String(e.event.call_id);
+        for (const r of thread.events.values()) {
+          const n = nodes.get(r.offset);
+          if (r.event.type === 'tool_result' && String(r.event.call_id) === id && n && n.parentElement === list) {
+            tools.get(id)?.append(n);
+          }
+        }
+      } else {
+        place(e);
+      }
+    }
+    renderHead();
+    refreshApprovals();
+    detached.replaceChildren(detachedBanner(app, desktopId));
+    older.hidden = !thread.hasOlder();
+    const finished = thread.row.state === 'finished';
+    cancel.hidden = finished;
+    cancel.disabled = cancel.disabled && !finished;
+    refusals.replaceChildren(...thread.refusals.map((r) => h('p', { class: 'error', 'data-code': r.code }, `The desktop refused: ${r.message}`)));
+    if (nodes.size > before && nearBottom) scrollTo(0, document.body.scrollHeight);
+  }
+
+  // Scrolling to the top loads older events.
+  const seen = new IntersectionObserver((entries) => {
+    if (entries.some((x) => x.isIntersecting) && thread.hasOlder()) void engine.loadOlder(desktopId, taskId);
+  });
+  seen.observe(older);
+  const timer = setInterval(refreshApprovals, 1000);
+
+  void engine.openThread(desktopId, taskId).then(update);
+  update();
+  return {
+    el,
+    title: 'Task',
+    back: { screen: 'desktop', desktop: desktopId },
+    update: (c) => {
+      if (c.taskId === taskId || (c.desktopId === desktopId && !c.taskId)) update();
+    },
+    destroy: () => {
+      seen.disconnect();
+      clearInterval(timer);
+    },
+  };
+}

@@ -1,0 +1,122 @@
+// The web client's per-task offset rule (src/app/thread.ts): repeats dropped,
+// gaps filled once, paged history, pruned history, older pages, approvals.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { EventRow } from '../src/app/store.ts';
+import { PAGE, Thread } from '../src/app/thread.ts';
+
+function ev(offset: number, type = 'progress', extra: Record<string, unknown> = {}): EventRow {
+  return { desktopId: 'd', taskId: 't', offset, atMs: 1000 + offset, event: { type, text: `n=${offset}`, ...extra } };
+}
+
+test('repeats are dropped and a gap is filled once', () => {
+  const t = Thread.fresh('d', 't');
+  assert.deepEqual(t.observe(ev(0, 'accepted', { executor: 'jsonl', text: 'do it' })), { fresh: true, fill: null });
+  assert.equal(t.row.title, 'do it');
+  assert.deepEqual(t.observe(ev(0)), { fresh: false, fill: null });
+  assert.deepEqual(t.observe(ev(1)), { fresh: true, fill: null });
+  // Detached: 2..=4 skipped.
+  assert.deepEqual(t.observe(ev(5)), { fresh: true, fill: 2 });
+  assert.deepEqual(t.observe(ev(6)), { fresh: true, fill: null });
+  assert.equal(t.row.next, 2);
+  // The history replays 2..=6: the held ones are repeats.
+  for (const o of [2, 3, 4]) assert.equal(t.observe(ev(o)).fresh, true);
+  for (const o of [5, 6]) assert.equal(t.observe(ev(o)).fresh, false);
+  assert.equal(t.row.next, 7);
+  assert.equal(t.historyEnd(7, false), null);
+  assert.equal(t.filling, false);
+  assert.deepEqual(t.observe(ev(9)), { fresh: true, fill: 7 });
+  assert.deepEqual(t.sorted().map((e) => e.offset), [0, 1, 2, 3, 4, 5, 6, 9]);
+});
+
+test('a paged reply asks for the rest; a reply behind the tail asks again', () => {
+  const t = Thread.fresh('d', 't');
+  t.observe(ev(0));
+  assert.equal(t.observe(ev(600)).fill, 1);
+  for (let o = 1; o < 257; o++) t.observe(ev(o));
+  assert.equal(t.historyEnd(257, true), 257);
+  for (let o = 257; o < 513; o++) t.observe(ev(o));
+  assert.equal(t.historyEnd(513, true), 513);
+  for (let o = 513; o < 601; o++) t.observe(ev(o));
+  assert.equal(t.historyEnd(601, false), null);
+  assert.equal(t.row.next, 601);
+  assert.equal(t.events.size, 601);
+});
+
+test('first sight of a long task holds its newest page; older pages load on demand', () => {
+  const t = Thread.fresh('d', 't');
+  const r = t.observe(ev(1000));
+  assert.equal(t.row.lo, 1000 - PAGE);
+  assert.equal(r.fill, 1000 - PAGE);
+  for (let o = 1000 - PAGE; o < 1000; o++) t.observe(ev(o));
+  assert.equal(t.historyEnd(1001, false), null);
+  assert.equal(t.row.next, 1001);
+  assert.ok(t.hasOlder());
+  const from = t.olderFrom();
+  assert.equal(from, 1000 - 2 * PAGE);
+  assert.equal(t.olderFrom(), null, 'one older page at a time');
+  for (let o = from!; o < from! + PAGE; o++) t.observe(ev(o));
+  // The older page's end is below the tail: nothing more to ask.
+  assert.equal(t.historyEnd(from! + PAGE, true), null);
+  assert.equal(t.row.lo, from);
+  assert.equal(t.row.next, 1001);
+});
+
+test('pruned history: unavailable moves lo and next to the earliest kept', () => {
+  const t = Thread.fresh('d', 't');
+  t.observe(ev(50));
+  t.unavailable(40);
+  assert.equal(t.row.lo, 40);
+  assert.equal(t.row.earliest, 40);
+  for (let o = 40; o < 50; o++) t.observe(ev(o));
+  assert.equal(t.row.next, 51);
+  assert.equal(t.hasOlder(), false);
+  assert.equal(t.olderFrom(), null);
+  assert.equal(t.observe(ev(10)).fresh, false, 'older than the earliest kept');
+});
+
+test('task list rows start at the desktop offset and fetch their last page', () => {
+  const t = Thread.fresh('d', 't');
+  t.summary({ title: 'build', executor: 'jsonl', state: 'running', next_offset: 30, updated_ms: 5 });
+  assert.equal(t.row.next, 30);
+  assert.equal(t.row.state, 'running');
+  assert.equal(t.behind(), null);
+  assert.equal(t.olderFrom(), 0);
+  const u = Thread.fresh('d', 'u');
+  u.observe(ev(0));
+  u.summary({ title: 'x', executor: 'jsonl', state: 'finished', status: 'succeeded', next_offset: 9, updated_ms: 5 });
+  assert.equal(u.behind(), 1);
+  assert.equal(u.behind(), null, 'once');
+  assert.equal(u.row.state, 'finished');
+});
+
+test('pending approvals: resolved, expired and finished ones are not pending', () => {
+  const t = Thread.fresh('d', 't');
+  const later = Date.now() + 60_000;
+  t.observe(ev(0, 'approval_request', { approval_id: 'a', summary: 'rm -rf build', detail: '', expires_at_ms: later }));
+  t.observe(ev(1, 'approval_request', { approval_id: 'b', summary: 'old', detail: '', expires_at_ms: 1 }));
+  t.observe(ev(2, 'approval_request', { approval_id: 'c', summary: 'push', detail: '', expires_at_ms: later }));
+  t.observe(ev(3, 'approval_resolved', { approval_id: 'c', allow: true, by: 'desktop' }));
+  assert.deepEqual(t.pending(Date.now()).map((p) => p.approvalId), ['a']);
+  t.observe(ev(4, 'finished', { status: 'succeeded', summary: 'ok' }));
+  assert.equal(t.row.state, 'finished');
+  assert.deepEqual(t.pending(Date.now()), []);
+});
+
+test('a thread survives a JSON round trip of its rows', () => {
+  const t = Thread.fresh('d', 't');
+  for (let o = 0; o < 5; o++) t.observe(ev(o));
+  const back = Thread.load(JSON.parse(JSON.stringify(t.row)), JSON.parse(JSON.stringify(t.sorted())));
+  assert.equal(back.row.next, 5);
+  assert.equal(back.observe(ev(3)).fresh, false);
+  assert.equal(back.observe(ev(5)).fresh, true);
+});
+
+test('after a reload, events held in storage but not in memory are still repeats', () => {
+  const t = Thread.fresh('d', 't');
+  for (let o = 0; o < 5; o++) t.observe(ev(o));
+  const reloaded = new Thread(JSON.parse(JSON.stringify(t.row)));
+  assert.equal(reloaded.observe(ev(2)).fresh, false);
+  assert.equal(reloaded.observe(ev(4)).fresh, false);
+  assert.equal(reloaded.observe(ev(5)).fresh, true);
+});
