@@ -1,0 +1,197 @@
+// The production build of the web client, embedded in the relay binary.
+//
+//   node scripts/build.mjs            build into dist/ (what `npm run build` runs after tsc)
+//   node scripts/build.mjs --check    build into a temporary directory and fail unless it
+//                                     equals the committed dist/ (`npm run check-dist`)
+//
+// dist/ holds:
+//   index.html                 static/index.html with the hashed asset names filled in
+//   assets/app-<hash>.js       src/app/main.ts and everything it imports, minified (ES2020, ESM)
+//   assets/app-<hash>.css      the CSS it imports, extracted and minified
+//   manifest.webmanifest, icon.svg, icon-192.png, icon-512.png   copied from static/
+//   assets.rs                  the file table the relay include!()s (relay/src/web.rs)
+//
+// <hash> is the first 16 hex digits of the file's SHA-256, so a changed file gets a new
+// name and may be cached forever. The output is byte-for-byte the same for the same
+// sources and the same locked esbuild: no timestamps, sorted file lists, no absolute paths.
+// Compression is left to the relay (pure-Rust gzip at run time), so the committed bytes
+// do not depend on the zlib this Node links.
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative, resolve, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const STALE =
+  'the embedded web bundle is stale: run `cd relay/web && npm run build` and commit relay/web/dist';
+
+const CONTENT_TYPES = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.webmanifest': 'application/manifest+json',
+  '.json': 'application/json',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.ico': 'image/x-icon',
+  '.woff2': 'font/woff2',
+  '.txt': 'text/plain; charset=utf-8',
+};
+
+const sha256 = (bytes) => createHash('sha256').update(bytes).digest('hex');
+
+function contentType(path) {
+  const ext = path.slice(path.lastIndexOf('.'));
+  const t = CONTENT_TYPES[ext];
+  if (!t) throw new Error(`no content type for ${path}: add its extension to CONTENT_TYPES`);
+  return t;
+}
+
+/** The cache class the relay serves a file with (relay/src/web.rs). */
+function cacheClass(path) {
+  if (path === 'index.html') return 'no-cache';
+  if (path.startsWith('assets/')) return 'immutable';
+  return 'short';
+}
+
+/** Every file under `dir`, as sorted `/`-separated relative paths. */
+function walk(dir, base = dir) {
+  let out = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out = out.concat(walk(p, base));
+    else out.push(relative(base, p).split(sep).join('/'));
+  }
+  return out.sort();
+}
+
+/** Builds the bundle in memory: a map from dist-relative path to bytes. */
+async function bundle() {
+  const result = await build({
+    absWorkingDir: root,
+    entryPoints: { app: 'src/app/main.ts' },
+    outdir: 'dist/assets',
+    bundle: true,
+    minify: true,
+    format: 'esm',
+    target: 'es2020',
+    platform: 'browser',
+    charset: 'ascii',
+    legalComments: 'eof',
+    sourcemap: false,
+    write: false,
+    publicPath: '/assets',
+    assetNames: '[name]-[hash]',
+    loader: { '.png': 'file', '.svg': 'file', '.woff2': 'file' },
+    logLevel: 'warning',
+  });
+  const files = new Map();
+  const named = {};
+  const distDir = join(root, 'dist');
+  for (const f of result.outputFiles) {
+    let rel = relative(distDir, f.path).split(sep).join('/');
+    const m = /^assets\/app\.(js|css)$/.exec(rel);
+    if (m) {
+      // Content-hashed name: the relay serves these as immutable.
+      rel = `assets/app-${sha256(f.contents).slice(0, 16)}.${m[1]}`;
+      named[`app.${m[1]}`] = `/${rel}`;
+    }
+    files.set(rel, Buffer.from(f.contents));
+  }
+  for (const k of ['app.js', 'app.css']) {
+    if (!named[k]) throw new Error(`esbuild produced no ${k}`);
+  }
+
+  for (const name of walk(join(root, 'static'))) {
+    let bytes = readFileSync(join(root, 'static', name));
+    if (name === 'index.html') {
+      let html = bytes.toString('utf8');
+      for (const [k, url] of Object.entries(named)) {
+        const slot = `{{${k}}}`;
+        if (!html.includes(slot)) throw new Error(`static/index.html has no ${slot}`);
+        html = html.replaceAll(slot, url);
+      }
+      if (/\{\{[^}]*\}\}/.test(html)) throw new Error('static/index.html has an unknown {{slot}}');
+      bytes = Buffer.from(html, 'utf8');
+    }
+    if (files.has(name)) throw new Error(`static/${name} collides with a bundle output`);
+    files.set(name, bytes);
+  }
+  if (!files.has('index.html')) throw new Error('static/index.html is missing');
+
+  const paths = [...files.keys()].sort();
+  const rows = paths.map((p) => {
+    const bytes = files.get(p);
+    const etag = `"${sha256(bytes).slice(0, 32)}"`;
+    return (
+      `    (${JSON.stringify(`/${p}`)}, ${JSON.stringify(contentType(p))}, ` +
+      `${JSON.stringify(cacheClass(p))}, ${JSON.stringify(etag)},\n` +
+      `     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), ${JSON.stringify(`/web/dist/${p}`)}))),`
+    );
+  });
+  const rs =
+    '// @generated by relay/web/scripts/build.mjs from relay/web/src and relay/web/static.\n' +
+    '// Do not edit: run `cd relay/web && npm run build` and commit relay/web/dist.\n' +
+    '// One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).\n' +
+    '// Cache classes: "no-cache" (index.html), "immutable" (hashed /assets/*), "short" (the rest).\n' +
+    '&[\n' +
+    rows.join('\n') +
+    '\n]\n';
+  files.set('assets.rs', Buffer.from(rs, 'utf8'));
+  return files;
+}
+
+function writeTree(dir, files) {
+  rmSync(dir, { recursive: true, force: true });
+  for (const [p, bytes] of files) {
+    mkdirSync(dirname(join(dir, p)), { recursive: true });
+    writeFileSync(join(dir, p), bytes);
+  }
+}
+
+function listDist(dir) {
+  try {
+    return walk(dir);
+  } catch {
+    return [];
+  }
+}
+
+const args = process.argv.slice(2);
+const files = await bundle();
+if (args[0] === '--check') {
+  const tmp = mkdtempSync(join(tmpdir(), 'tandem-web-'));
+  try {
+    // Written out and read back, so the comparison is of files as the relay embeds them.
+    writeTree(join(tmp, 'dist'), files);
+    const fresh = join(tmp, 'dist');
+    const committed = join(root, 'dist');
+    const a = listDist(fresh);
+    const b = listDist(committed);
+    const problems = [];
+    for (const p of a) {
+      if (!b.includes(p)) problems.push(`missing from dist/: ${p}`);
+      else if (!readFileSync(join(fresh, p)).equals(readFileSync(join(committed, p))))
+        problems.push(`differs: dist/${p}`);
+    }
+    for (const p of b) if (!a.includes(p)) problems.push(`not produced by the build: dist/${p}`);
+    if (problems.length > 0) {
+      console.error(`error: ${STALE}`);
+      for (const p of problems) console.error(`  ${p}`);
+      process.exit(1);
+    }
+    console.log(`dist/ is up to date (${a.length} files)`);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+} else if (args.length === 0) {
+  writeTree(join(root, 'dist'), files);
+  for (const [p, bytes] of [...files].sort(([x], [y]) => (x < y ? -1 : 1))) {
+    console.log(`${String(bytes.length).padStart(9)}  dist/${p}`);
+  }
+} else {
+  console.error('usage: node scripts/build.mjs [--check]');
+  process.exit(2);
+}
