@@ -14,7 +14,8 @@ import { fileURLToPath } from 'node:url';
 
 export const WEB_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const REPO = resolve(WEB_DIR, '../..');
-export const SCREENSHOTS = join(REPO, 'docs/screenshots');
+/** Where screenshots go: docs/screenshots, or $E2E_SCREENSHOTS (`off`: none). */
+export const SCREENSHOTS = process.env.E2E_SCREENSHOTS ? resolve(process.env.E2E_SCREENSHOTS) : join(REPO, 'docs/screenshots');
 /** The jsonl executor fixture shared with the mobile SDK's suite: `demo`, `count N MS`, `follow`, `sleep`. */
 export const FIXTURE = join(REPO, 'mobile-ffi/tests/fixtures/executor.py');
 /** Default bound for a wait, in milliseconds. */
@@ -299,9 +300,69 @@ export const PHONE = {
   locale: 'en-US',
 };
 
+/**
+ * Which web client the phone loads. Unset: the one the relay serves (embedded
+ * from dist/, what the test command checks). `E2E_WEB=src`: a fresh,
+ * unminified build of src/app (to try UI changes without rebuilding the relay);
+ * `E2E_WEB=<dir>`: the files of a built dist/ directory. Either way the
+ * WebSocket still goes to the real relay.
+ */
+let webFiles; // Map<path, { type, body }> | null
+async function webOverride() {
+  if (webFiles !== undefined) return webFiles;
+  const spec = process.env.E2E_WEB;
+  if (!spec) return (webFiles = null);
+  const types = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8', '.webmanifest': 'application/manifest+json', '.svg': 'image/svg+xml', '.png': 'image/png' };
+  const type = (p) => types[p.slice(p.lastIndexOf('.'))] ?? 'application/octet-stream';
+  const files = new Map();
+  let root = spec;
+  if (spec === 'src') {
+    const { build } = await import('esbuild');
+    const r = await build({
+      absWorkingDir: WEB_DIR,
+      entryPoints: { app: 'src/app/main.ts' },
+      outdir: 'e2e-web/assets',
+      bundle: true,
+      format: 'esm',
+      target: 'es2020',
+      platform: 'browser',
+      sourcemap: 'inline',
+      write: false,
+      publicPath: '/assets',
+      assetNames: '[name]-[hash]',
+      loader: { '.png': 'file', '.svg': 'file', '.woff2': 'file' },
+      logLevel: 'warning',
+    });
+    for (const f of r.outputFiles) {
+      const rel = f.path.slice(f.path.indexOf('e2e-web/') + 'e2e-web/'.length);
+      files.set(`/${rel}`, { type: type(rel), body: Buffer.from(f.contents) });
+    }
+    root = join(WEB_DIR, 'static');
+  }
+  const { readdirSync } = await import('node:fs');
+  for (const name of readdirSync(root, { recursive: true })) {
+    const full = join(root, name);
+    try {
+      let body = readFileSync(full);
+      if (name === 'index.html' && spec === 'src') {
+        body = Buffer.from(body.toString('utf8').replaceAll('{{app.js}}', '/assets/app.js').replaceAll('{{app.css}}', '/assets/app.css'));
+      }
+      files.set(`/${name.split('\\').join('/')}`, { type: type(name), body });
+    } catch {
+      /* a directory */
+    }
+  }
+  if (!files.has('/index.html')) throw new Error(`E2E_WEB=${spec}: no index.html`);
+  return (webFiles = files);
+}
+
 export async function launchBrowser() {
   const { chromium } = await import('playwright-core');
-  return chromium.launch({ executablePath: chromiumPath(), headless: true });
+  // A page fulfilled by E2E_WEB has no address space of its own, so
+  // Chromium's Local Network Access checks would block its WebSocket to
+  // 127.0.0.1; a page the relay serves is loopback and needs no such flag.
+  const args = process.env.E2E_WEB ? ['--disable-features=LocalNetworkAccessChecks,LocalNetworkAccessChecksWebSockets'] : [];
+  return chromium.launch({ executablePath: chromiumPath(), headless: true, args });
 }
 
 /**
@@ -312,6 +373,19 @@ export async function launchBrowser() {
 export async function newPhone(browser, name) {
   const context = await browser.newContext(PHONE);
   context.setDefaultTimeout(WAIT);
+  const files = await webOverride();
+  if (files) {
+    await context.route(
+      (url) => url.hostname === '127.0.0.1' && !url.pathname.startsWith('/v1/'),
+      (route) => {
+        const path = new URL(route.request().url()).pathname;
+        const f = files.get(path === '/' || path === '/p' ? '/index.html' : path);
+        return f
+          ? route.fulfill({ status: 200, contentType: f.type, body: f.body, headers: { 'cache-control': 'no-cache' } })
+          : route.fulfill({ status: 404, body: 'not found' });
+      },
+    );
+  }
   const page = await context.newPage();
   const phone = { name, context, page, errors: [], consoleErrors: [] };
   page.on('pageerror', (e) => phone.errors.push(`${e.name}: ${e.message}\n${e.stack ?? ''}`));
@@ -328,9 +402,12 @@ export function assertNoPageErrors(phone) {
   }
 }
 
-/** A viewport PNG in docs/screenshots/web-NAME.png (device pixels: 1170×2532 at scale 3 is big; use CSS scale). */
-export async function screenshot(page, name) {
+/** The viewport as SCREENSHOTS/web-NAME.png, in CSS pixels (390×844; device pixels would be 3× that). */
+export async function screenshot(page, name, focus) {
+  if (process.env.E2E_SCREENSHOTS === 'off') return null;
   mkdirSync(SCREENSHOTS, { recursive: true });
+  // The element the picture is about, in view (a long thread scrolls banners away).
+  if (focus) await page.locator(focus).first().scrollIntoViewIfNeeded({ timeout: 2000 }).catch(() => undefined);
   const path = join(SCREENSHOTS, `web-${name}.png`);
   await page.screenshot({ path, scale: 'css', animations: 'disabled', caret: 'hide' });
   return path;

@@ -137,6 +137,12 @@ async function submit(page, text) {
   return taskId;
 }
 
+/** With E2E_TRACE=1: what each check is doing, with the time since the run started. */
+const T0 = Date.now();
+function trace(msg) {
+  if (process.env.E2E_TRACE) console.log(`# +${((Date.now() - T0) / 1000).toFixed(1)}s ${msg}`);
+}
+
 function needPaired(t) {
   if (!s.desktopId) {
     t.skip('pairing did not succeed');
@@ -260,7 +266,7 @@ describe('web client end to end', { concurrency: false }, () => {
 
     const approval = await expectVisible(page, '[data-testid=approval][data-state=pending]', 'task screen: a pending approval');
     assert.match((await approval.textContent()) ?? '', /edit src\/lib\.rs/, 'the approval shows its summary');
-    await screenshot(page, 'approval');
+    await screenshot(page, 'approval', '[data-testid=approval]');
     const allow = approval.locator('[data-testid=allow]');
     await allow.tap();
     // One tap: the buttons are disabled (or gone once the approval resolves).
@@ -278,7 +284,7 @@ describe('web client end to end', { concurrency: false }, () => {
     assert.ok(events.some((e) => e.text.includes('allowed: editing')), 'the progress after the decision is shown');
     assert.ok(contiguous(events), `event offsets 0,1,2… once each: ${events.map((e) => e.offset).join(',')}`);
     s.demoEvents = events;
-    await screenshot(page, 'finished');
+    await screenshot(page, 'finished', '[data-testid=finished]');
   });
 
   check('3. a reload shows the same thread again: same events, same offsets, no duplicates', async (t) => {
@@ -319,7 +325,7 @@ describe('web client end to end', { concurrency: false }, () => {
     const addr = s.relay.addr;
     await s.relay.kill9();
     await expectConn(page, ['connecting', 'offline'], 'relay killed', 15_000);
-    await screenshot(page, 'reconnecting');
+    await screenshot(page, 'reconnecting', '[data-testid=conn]');
     await sleep(1500); // the agent keeps running the task meanwhile
     s.relay = await run.relay('relay-restarted', s.relayData, addr);
 
@@ -358,31 +364,53 @@ describe('web client end to end', { concurrency: false }, () => {
       await expectVisible(a.page, '[data-testid=sas]', 'phone A claims the second desktop\'s code');
       await pair2.waitLine(/Code: \d{3} \d{3}/);
 
+      trace('already_used');
       // already_used: a second phone opens the same, claimed, link.
       const b = await phone('phone-b');
       await open(b.page, link2);
       await expectPairError(b.page, 'already_used', 'a link another phone already claimed');
       await screenshot(b.page, 'pair-error');
 
+      trace('refused');
       // refused: the desktop says no.
       pair2.write('n\n');
       await expectPairError(a.page, 'refused', 'the desktop refused');
       await pair2.stop();
 
+      trace('invalid');
       // invalid: a damaged link (opened, and pasted).
       const c = await phone('phone-c');
       await open(c.page, `http://${relay.addr}/p#NOTAPAIRINGCODE`);
       await expectPairError(c.page, 'invalid', 'a damaged link opened');
       await open(c.page, `http://${relay.addr}/p`);
       await expectScreen(c.page, 'pair');
-      await (await expectVisible(c.page, '[data-testid=pair-link]', 'pairing screen: the paste box')).fill('hello, not a link');
+      const box = await expectVisible(c.page, '[data-testid=pair-link]', 'pairing screen: the paste box');
+      const pairButton = await expectVisible(c.page, '[data-testid=pair-start]', 'pairing screen: the pair button');
+      // Cut short, as a bad copy would be.
+      await box.fill(link2.slice(0, link2.indexOf('#') + 20));
+      await pairButton.tap();
+      await expectPairError(c.page, 'invalid', 'a truncated link pasted');
+      // Not a link at all (on a fresh page): the app's error, or the browser's own check of
+      // an <input type=url>, which keeps the form from being submitted.
+      await open(c.page, `http://${relay.addr}/p`);
+      await expectScreen(c.page, 'pair');
+      const box2 = await expectVisible(c.page, '[data-testid=pair-link]', 'pairing screen: the paste box');
+      await box2.fill('hello, not a link');
       await (await expectVisible(c.page, '[data-testid=pair-start]', 'pairing screen: the pair button')).tap();
-      await expectPairError(c.page, 'invalid', 'a damaged link pasted');
+      await waitUntil(
+        'a pasted non-link refused: [data-testid=pair-error][data-code=invalid], or [data-testid=pair-link] :invalid',
+        async () =>
+          (await box2.evaluate((i) => i.matches(':invalid'))) ||
+          (await attr(c.page, '[data-testid=pair-error]:not([hidden])', 'data-code')) === 'invalid',
+        { timeout: 5000, detail: () => describePage(c.page) },
+      );
 
+      trace('expired');
       // expired: a link past its expiry (client-side check) …
       const d = await phone('phone-d');
       await open(d.page, craftLink(s.link ?? link2, { expiresAt: Date.now() / 1000 - 60 }));
       await expectPairError(d.page, 'expired', 'a link past its expiry');
+      trace('used link');
       // … and the first QR code again: its pairing is done and its mailbox closed, so the
       // relay no longer knows it (pairing_not_found, shown as expired).
       if (s.link) {
@@ -391,6 +419,7 @@ describe('web client end to end', { concurrency: false }, () => {
         await expectPairError(e.page, ['expired', 'already_used'], 'the first QR code, used already');
       }
 
+      trace('unreachable');
       // unreachable: a relay that is down.
       const down = await run.relay('relay-down', join(run.dir, 'relay-down'));
       const f = await phone('phone-f');
@@ -420,7 +449,7 @@ describe('web client end to end', { concurrency: false }, () => {
     const N = 200;
     await submit(page, `count ${N} 60`); // 12 s: the phone is detached IDLE_DETACH_SECS after it last spoke
     await expectVisible(page, '[data-testid=detached]', 'the idle phone is told it is detached', (IDLE_DETACH_SECS + 6) * 1000);
-    await screenshot(page, 'detached');
+    await screenshot(page, 'detached', '[data-testid=detached]');
     await sleep(500);
     const before = Math.max(-1, ...progressNumbers(await taskEvents(page)));
     assert.ok(before < N - 1, `the task still runs when the phone is detached (saw n=${before})`);
