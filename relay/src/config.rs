@@ -60,10 +60,60 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Notified to reload certificate files (the binary does it on SIGHUP).
     pub reload: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// What the relay answers at `/` and `/p` (the pairing link's path).
+    pub web_client: WebClient,
     /// Called once the relay is ready to accept devices (store open, TLS
     /// set up), with the bound address and, in self-signed mode, the
     /// certificate in PEM (for clients to trust).
     pub on_ready: Option<ReadyHook>,
+}
+
+/// What the relay serves to browsers (see `docs/ARCHITECTURE.md`, relay: `web.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WebClient {
+    /// Serve the web client embedded in the binary at `/` and `/p`, with its
+    /// assets, manifest and icons (the default).
+    #[default]
+    Embedded,
+    /// The web client lives on another origin: `/` and `/p` answer `302` to
+    /// this URL plus `?relay=<this relay's origin>` (the browser keeps the
+    /// `#fragment`). Nothing else is served. Build it with
+    /// [`WebClient::redirect`].
+    Redirect(String),
+    /// No web client at all: `404`.
+    Off,
+}
+
+impl WebClient {
+    /// Redirect to the web client at `url`: an absolute `https://` URL (or
+    /// `http://` for a host on the local network), without a `#fragment`.
+    ///
+    /// # Errors
+    /// A message naming what is wrong with `url`.
+    pub fn redirect(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| format!("web client URL {url:?} must start with https://"))?;
+        if url.contains('#') {
+            return Err(format!("web client URL {url:?} must not have a #fragment"));
+        }
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let uri: http::Uri = url.parse().map_err(|e| format!("web client URL {url:?}: {e}"))?;
+        if authority.is_empty() || uri.host().is_none_or(str::is_empty) || authority.contains('@') {
+            return Err(format!("web client URL {url:?} has no host"));
+        }
+        // The same origin rule as pairing links: plain http only on a local network.
+        let origin = format!("{}://{authority}", uri.scheme_str().unwrap_or("https"));
+        if tandem_proto::qr::QrPayload::validate_relay(&origin).is_err() {
+            return Err(format!(
+                "web client URL {url:?}: needs https (plain http only for a host on the local network)"
+            ));
+        }
+        Ok(Self::Redirect(url.to_owned()))
+    }
 }
 
 /// See [`Config::on_ready`].
@@ -95,6 +145,7 @@ impl Config {
             drain_timeout: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(15),
             reload: None,
+            web_client: WebClient::Embedded,
             on_ready: None,
         }
     }
@@ -109,6 +160,7 @@ impl std::fmt::Debug for Config {
             .field("queue", &self.queue)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
+            .field("web_client", &self.web_client)
             .finish_non_exhaustive()
     }
 }
@@ -169,6 +221,13 @@ sweep_interval_ms = 15000
 # Graceful restart: the reconnect hint sent to clients, and how long to drain.
 restart_hint_ms = 2000
 drain_timeout_secs = 5
+
+# The web client. By default the relay serves the one embedded in its binary
+# at / and /p (the path pairing links open). To use a web client hosted on
+# another origin, set web_client: /p then redirects there with
+# ?relay=<this relay's origin>. no_web_client = true serves none (404).
+# web_client = "https://app.example.com/p"
+no_web_client = false
 
 # Log as JSON lines instead of text.
 log_json = false

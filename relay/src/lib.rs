@@ -10,7 +10,8 @@
 //! trait), [`tls`] (certificates), `listener` (accept, TLS handshakes),
 //! `server` (HTTP routes, shutdown), `conn` (one device connection: auth,
 //! reader, writer), `registry` (who is online), `routes` (route cache),
-//! `pairing` (mailboxes), `limits` (rate limits), `metrics` (Prometheus).
+//! `pairing` (mailboxes), `limits` (rate limits), `metrics` (Prometheus),
+//! `web` (the embedded web client).
 
 pub mod config;
 mod conn;
@@ -24,8 +25,9 @@ mod server;
 mod state;
 pub mod store;
 pub mod tls;
+mod web;
 
-pub use config::{Config, DEFAULT_CONFIG_TOML};
+pub use config::{Config, DEFAULT_CONFIG_TOML, WebClient};
 pub use server::{RelayError, run, run_with_store};
 
 /// The relay-protocol version this relay speaks.

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use tandem_relay::tls::TlsMode;
-use tandem_relay::{Config, DEFAULT_CONFIG_TOML};
+use tandem_relay::{Config, DEFAULT_CONFIG_TOML, WebClient};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -126,6 +126,20 @@ struct Opts {
     /// Log JSON lines instead of text.
     #[arg(long, env = "TANDEM_RELAY_LOG_JSON", global = true)]
     log_json: Option<bool>,
+    /// A web client on another origin: /p redirects there with
+    /// ?relay=<this relay's origin> (default: serve the embedded one).
+    #[arg(long, env = "TANDEM_RELAY_WEB_CLIENT", global = true, value_name = "URL")]
+    web_client: Option<String>,
+    /// Serve no web client at all (/ and /p answer 404).
+    #[arg(
+        long,
+        env = "TANDEM_RELAY_NO_WEB_CLIENT",
+        global = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    no_web_client: Option<bool>,
 }
 
 /// The TOML file: the same settings, all optional.
@@ -160,6 +174,8 @@ struct FileConfig {
     drain_timeout_secs: Option<u64>,
     sweep_interval_ms: Option<u64>,
     log_json: Option<bool>,
+    web_client: Option<String>,
+    no_web_client: Option<bool>,
 }
 
 /// What `main` needs besides the library's [`Config`].
@@ -271,6 +287,19 @@ fn settings(o: Opts) -> anyhow::Result<Settings> {
     if let Some(v) = pick!(sweep_interval_ms) {
         c.sweep_interval = Duration::from_millis(v);
     }
+    // The two web-client settings go together: either given as a flag (or
+    // environment variable) overrides both of the file's.
+    let (web_client, no_web_client) = if o.web_client.is_some() || o.no_web_client.is_some() {
+        (o.web_client, o.no_web_client)
+    } else {
+        (f.web_client, f.no_web_client)
+    };
+    c.web_client = match (web_client, no_web_client.unwrap_or(false)) {
+        (Some(_), true) => bail!("--web-client and --no-web-client contradict each other"),
+        (Some(url), false) => WebClient::redirect(&url).map_err(anyhow::Error::msg)?,
+        (None, true) => WebClient::Off,
+        (None, false) => WebClient::Embedded,
+    };
     let listen = pick!(listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443)));
     if matches!(c.tls, TlsMode::Off) && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "plain HTTP on a non-loopback address: only behind a TLS-terminating proxy");
@@ -370,6 +399,64 @@ mod tests {
         assert_eq!(f.drain_timeout_secs, Some(defaults.drain_timeout.as_secs()));
         assert_eq!(f.names, Some(defaults.names));
         assert_eq!(f.sweep_interval_ms, Some(defaults.sweep_interval.as_millis() as u64));
+        assert_eq!(f.no_web_client, Some(false));
+        assert_eq!(defaults.web_client, WebClient::Embedded);
+    }
+
+    #[test]
+    fn web_client_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |text: &str| {
+            let path = dir.path().join("relay.toml");
+            std::fs::write(&path, text).unwrap();
+            Some(path)
+        };
+        let s = settings(Opts::default()).unwrap();
+        assert_eq!(s.config.web_client, WebClient::Embedded);
+        let o = Opts {
+            config: file("web_client = \"https://app.example.com/p\"\n"),
+            ..Opts::default()
+        };
+        assert_eq!(
+            settings(o).unwrap().config.web_client,
+            WebClient::Redirect("https://app.example.com/p".into())
+        );
+        // A flag overrides both of the file's web-client settings.
+        let o = Opts {
+            config: file("web_client = \"https://app.example.com/p\"\n"),
+            no_web_client: Some(true),
+            ..Opts::default()
+        };
+        assert_eq!(settings(o).unwrap().config.web_client, WebClient::Off);
+        let o = Opts {
+            config: file("no_web_client = true\n"),
+            web_client: Some("https://app.example.com/".into()),
+            ..Opts::default()
+        };
+        assert!(matches!(settings(o).unwrap().config.web_client, WebClient::Redirect(_)));
+        let both = Opts {
+            web_client: Some("https://app.example.com/".into()),
+            no_web_client: Some(true),
+            ..Opts::default()
+        };
+        assert!(settings(both).is_err());
+        for bad in [
+            "app.example.com/p",
+            "http://app.example.com/p",
+            "https://app.example.com/p#x",
+            "https:///p",
+        ] {
+            let o = Opts { web_client: Some(bad.into()), ..Opts::default() };
+            assert!(settings(o).is_err(), "{bad} was accepted");
+        }
+        let local =
+            Opts { web_client: Some("http://192.168.1.5:5173/p".into()), ..Opts::default() };
+        assert!(settings(local).is_ok());
+        // The flag parses with and without a value.
+        let cli = Cli::try_parse_from(["tandem-relay", "--no-web-client"]).unwrap();
+        assert_eq!(cli.opts.no_web_client, Some(true));
+        let cli = Cli::try_parse_from(["tandem-relay", "--no-web-client=false"]).unwrap();
+        assert_eq!(cli.opts.no_web_client, Some(false));
     }
 
     #[test]

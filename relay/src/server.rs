@@ -156,6 +156,8 @@ fn router(state: Arc<State>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        // The web client (`/`, `/p`, `/assets/*`, the manifest and icons) and 404s.
+        .fallback(crate::web::handle)
         .with_state(state)
 }
 
@@ -184,7 +186,7 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
 }
 
 /// The host part of a `Host` header value, lower case, without port or brackets.
-fn host_only(host: &str) -> String {
+pub(crate) fn host_only(host: &str) -> String {
     let h = host.trim().to_ascii_lowercase();
     let h = h.trim_end_matches('.');
     if let Some(v6) = h.strip_prefix('[') {
