@@ -229,6 +229,43 @@ fn link_base_for(relay: &str) -> anyhow::Result<String> {
     Ok(format!("{scheme}://{host}/p"))
 }
 
+/// `scheme://host[:port]` of an http(s) URL, lower case, without a default port.
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.split(['/', '?', '#']).next()?.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return None,
+    };
+    if authority.is_empty() {
+        return None;
+    }
+    let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
+    Some(format!("{scheme}://{authority}"))
+}
+
+/// The relay's http(s) origin for the QR payload when the pairing link
+/// (`link_base`) opens a web client on another origin than the relay's
+/// (`tandem pair --link-base`): the client cannot take the relay from the
+/// link's origin then. `None` when they are the same origin.
+fn relay_origin_for(link_base: &str, relay: &str) -> anyhow::Result<Option<String>> {
+    let relay_base = link_base_for(relay)?;
+    let relay_origin = relay_base.strip_suffix("/p").unwrap_or(&relay_base).to_owned();
+    let link_origin = origin_of(link_base)
+        .with_context(|| format!("the link base {link_base:?} must be an https:// URL"))?;
+    if origin_of(&relay_origin).as_deref() == Some(link_origin.as_str()) {
+        return Ok(None);
+    }
+    tandem_proto::qr::QrPayload::validate_relay(&relay_origin).map_err(|e| {
+        anyhow::anyhow!(
+            "the link opens {link_origin}, so it must name the relay, but {relay_origin} cannot be named in a pairing link: {e}"
+        )
+    })?;
+    Ok(Some(relay_origin))
+}
+
 /// The address of this machine on the local network: the source address the
 /// system would use to reach an outside address. Connecting a UDP socket
 /// sends nothing.
@@ -407,10 +444,13 @@ async fn main() -> anyhow::Result<()> {
                 Some(b) => b.clone(),
                 None => link_base_for(&url)?,
             };
+            let relay_origin = relay_origin_for(&base, &url)?;
             config.relay_url = Some(url.clone());
             config.save(&dir)?;
             let (key, client, mut events) = connect_agent(&dir, &mut config, url).await?;
             let mut opts = PairOptions::new(base, info);
+            // A link to a web client on another origin must name the relay.
+            opts.relay_origin = relay_origin;
             opts.deadline = timeout_secs.map(Duration::from_secs);
             let mut ui = qr.ui();
             let mut store = PeerStore::open(&dir)?;
@@ -797,4 +837,36 @@ async fn up(
     shutdown.cancel();
     let _ = relay.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_base_on_another_origin_names_the_relay() {
+        let relay = "wss://relay.example.com/v1/connect";
+        let same = |base: &str| relay_origin_for(base, relay).ok().flatten();
+        assert_eq!(same("https://relay.example.com/p"), None);
+        assert_eq!(same("https://Relay.Example.com:443/p"), None);
+        assert_eq!(same("https://app.example.com/p"), Some("https://relay.example.com".to_owned()));
+        assert_eq!(
+            same("https://relay.example.com:8443/p"),
+            Some("https://relay.example.com".to_owned())
+        );
+        let local = relay_origin_for("https://app.example.com/p", "ws://127.0.0.1:7878/v1/connect");
+        assert_eq!(local.ok().flatten(), Some("http://127.0.0.1:7878".to_owned()));
+        // The default link (the relay's own origin) never names it.
+        let base = link_base_for("ws://192.168.1.5:7878/v1/connect").ok().unwrap_or_default();
+        assert_eq!(
+            relay_origin_for(&base, "ws://192.168.1.5:7878/v1/connect").ok().flatten(),
+            None
+        );
+        // Plain http to a public relay cannot go into a QR payload.
+        assert!(
+            relay_origin_for("https://app.example.com/p", "ws://relay.example.com/v1/connect")
+                .is_err()
+        );
+        assert!(relay_origin_for("app.example.com/p", relay).is_err());
+    }
 }
