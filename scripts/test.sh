@@ -67,8 +67,8 @@ cargo nextest run --workspace --locked --profile ci
 step "mobile SDK (Python bindings against a real relay and agent)"
 ./mobile-ffi/tests/run.sh
 
-step "web client protocol core (TypeScript against proto/vectors)"
-(cd relay/web && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)
+step "web client (TypeScript against proto/vectors; the relay's embedded bundle is not stale)"
+(cd relay/web && npm ci --no-audit --no-fund --loglevel=error && npm test --silent && npm run check-dist --silent)
 
 step "web client end to end (headless chromium against a real relay and agent)"
 cargo build --locked -q -p tandem-relay -p tandem-agent
