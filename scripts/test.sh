@@ -72,6 +72,11 @@ step "web client (TypeScript against proto/vectors; the relay's embedded bundle 
 
 step "web client end to end (headless chromium against a real relay and agent)"
 cargo build --locked -q -p tandem-relay -p tandem-agent
-(cd relay/web && npm run e2e --silent)
+# Screenshots of every screen go beside the build (npm run e2e on its own
+# refreshes the ones in docs/screenshots).
+shots="${E2E_SCREENSHOTS:-$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/web-screenshots}"
+(cd relay/web && E2E_SCREENSHOTS="$shots" npm run e2e --silent)
+echo "screenshots: $shots"
+
 
 step "all suites passed"

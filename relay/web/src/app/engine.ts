@@ -252,6 +252,11 @@ export class Engine {
       try {
         await relay.pairClaim(pid, hello);
       } catch (e) {
+        // The relay drops a pairing once it succeeded (or the desktop
+        // stopped showing it): before its expiry, that means used.
+        if (e instanceof RelayError && e.code === 'pairing_not_found' && now() < parsed.payload.expiresAt) {
+          throw new PairError('already_used', 'This pairing code was already used, or the desktop stopped showing it. Show a new one on the desktop and scan it again.');
+        }
         throw pairFailure(e, origin);
       }
       const welcome = await next(WELCOME_WAIT_MS);

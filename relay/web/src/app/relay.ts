@@ -407,6 +407,9 @@ export class RelayClient {
       return;
     }
     if (was && Date.now() - this.connectedAt >= STABLE_MS) this.attempt = 0;
+    // Whoever waits for this connection (pairing) hears at once that the
+    // relay cannot be reached, rather than after a timeout.
+    if (!was) for (const w of this.waiters.splice(0)) w.fail(new RelayError('unreachable', `cannot reach the relay at ${this.origin}: ${reason}`));
     this.scheduleRetry(reason);
   }
 

@@ -2,6 +2,7 @@
 // screen, navigation through the query string (/p?desktop=…&task=…).
 import type { Change, Engine } from '../engine.ts';
 import type { ConnState } from '../relay.ts';
+import { detachedBanner } from './desktop.ts';
 import { h } from './dom.ts';
 
 /** A mounted screen. */
@@ -50,6 +51,7 @@ export class App {
   private readonly backButton: HTMLButtonElement;
   private readonly titleEl: HTMLElement;
   private readonly banner: HTMLElement;
+  private readonly notice: HTMLElement;
   private readonly main: HTMLElement;
   private screen: Screen | null = null;
   private tick: ReturnType<typeof setInterval> | null = null;
@@ -63,11 +65,14 @@ export class App {
     this.backButton = h('button', { class: 'back', testid: 'back', 'aria-label': 'Back', onclick: () => this.goBack() }, '‹');
     this.titleEl = h('h1', {});
     this.banner = h('div', { class: 'conn', testid: 'conn', role: 'status', 'aria-live': 'polite' });
+    this.notice = h('div', {});
     this.header = h('header', {}, this.backButton, this.titleEl);
     this.main = h('main', {});
-    root.replaceChildren(this.header, this.banner, this.main);
+    // The header and banners stay in view on a long thread.
+    root.replaceChildren(h('div', { class: 'top' }, this.header, this.banner, this.notice), this.main);
     engine.subscribe((c) => {
       if (c.connection) this.renderBanner();
+      if (!c.desktopId || c.desktopId === this.route.desktop) this.renderNotice();
       this.screen?.update(c);
     });
     addEventListener('popstate', () => this.show(routeFromUrl(), false));
@@ -90,6 +95,7 @@ export class App {
     this.backButton.hidden = !s.back;
     this.main.replaceChildren(s.el);
     this.renderBanner();
+    this.renderNotice();
     window.scrollTo(0, 0);
   }
 
@@ -102,6 +108,12 @@ export class App {
 
   setTitle(t: string): void {
     this.titleEl.textContent = t;
+  }
+
+  /** The idle-detach notice of the desktop on screen. */
+  private renderNotice(): void {
+    const id = this.route.desktop;
+    this.notice.replaceChildren(id && (this.route.screen === 'desktop' || this.route.screen === 'task') ? detachedBanner(this, id) : '');
   }
 
   /** The connection banner, for the relay of the desktop on screen. */

@@ -21,7 +21,6 @@ export function desktopScreen(app: App, route: Route): Screen {
   const d = app.engine.desktops.get(id);
   if (!d) throw new Error('unknown desktop');
   const status = h('p', { class: 'status' });
-  const detached = h('div', {});
   const approvals = h('div', {});
   const compose = h('textarea', {
     testid: 'compose',
@@ -65,7 +64,7 @@ export function desktopScreen(app: App, route: Route): Screen {
     },
     'Forget this computer',
   );
-  const el = h('section', {}, status, detached, approvals, form, h('h2', {}, 'Tasks'), list, forget);
+  const el = h('section', {}, status, approvals, form, h('h2', {}, 'Tasks'), list, forget);
 
   async function submit(): Promise<void> {
     const text = compose.value.trim();
@@ -85,7 +84,6 @@ export function desktopScreen(app: App, route: Route): Screen {
   function render(): void {
     const state = desktopState(d!);
     status.replaceChildren(h('span', { class: `chip ${state}`, testid: 'desktop-state', 'data-state': state }, state), ` ${d!.row.platform}`);
-    detached.replaceChildren(detachedBanner(app, id));
     approvals.replaceChildren(approvalsList(app, app.engine, id));
     note.textContent = d!.online ? '' : 'The computer is offline: tasks are delivered when it is back.';
     const tasks = [...d!.threads.values()].sort((a, b) => b.row.updatedMs - a.row.updatedMs);

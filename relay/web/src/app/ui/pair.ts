@@ -50,6 +50,7 @@ export function pairScreen(app: App, _route: Route): Screen {
     if (busy) return;
     busy = true;
     start.disabled = true;
+    form.hidden = true;
     error.hidden = true;
     sasBox.hidden = true;
     intro.hidden = true;
@@ -75,6 +76,7 @@ export function pairScreen(app: App, _route: Route): Screen {
       error.hidden = false;
       busy = false;
       start.disabled = false;
+      form.hidden = false;
     }
   }
 

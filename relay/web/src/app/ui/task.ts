@@ -5,7 +5,6 @@
 import type { EventRow } from '../store.ts';
 import type { Thread } from '../thread.ts';
 import type { App, Route, Screen } from './app.ts';
-import { detachedBanner } from './desktop.ts';
 import { clock, h } from './dom.ts';
 
 const STATUS_TEXT: Record<string, string> = {
@@ -28,7 +27,6 @@ export function taskScreen(app: App, route: Route): Screen {
   if (!d) throw new Error('unknown desktop');
   const thread: Thread = d.thread(taskId);
   const head = h('div', { class: 'task-head' });
-  const detached = h('div', {});
   const older = h('button', { class: 'link older', testid: 'load-older', hidden: true, onclick: () => void engine.loadOlder(desktopId, taskId) }, 'Load earlier events');
   const list = h('ol', { class: 'events', 'aria-live': 'polite' });
   const refusals = h('div', { class: 'refusals', role: 'alert' });
@@ -47,7 +45,7 @@ export function taskScreen(app: App, route: Route): Screen {
     followup,
     h('div', { class: 'row' }, cancel, followSend),
   );
-  const el = h('section', { class: 'thread' }, head, detached, older, list, refusals, footer);
+  const el = h('section', { class: 'thread' }, head, older, list, refusals, footer);
   const nodes = new Map<number, HTMLElement>();
   const tools = new Map<string, HTMLDetailsElement>();
   const approvals = new Map<string, HTMLElement>();
@@ -120,6 +118,8 @@ export function taskScreen(app: App, route: Route): Screen {
       card.dataset.state = state;
       const decided = state !== 'pending' || thread.answered.has(id);
       for (const b of card.querySelectorAll('button')) (b as HTMLButtonElement).disabled = decided;
+      const buttons = card.querySelector<HTMLElement>('.buttons');
+      if (buttons) buttons.hidden = state !== 'pending';
       const out = card.querySelector('.outcome');
       if (out) out.textContent = text;
     }
@@ -228,7 +228,6 @@ export function taskScreen(app: App, route: Route): Screen {
     }
     renderHead();
     refreshApprovals();
-    detached.replaceChildren(detachedBanner(app, desktopId));
     older.hidden = !thread.hasOlder();
     const finished = thread.row.state === 'finished';
     cancel.hidden = finished;
@@ -248,7 +247,7 @@ export function taskScreen(app: App, route: Route): Screen {
   update();
   return {
     el,
-    title: 'Task',
+    title: d.row.name,
     back: { screen: 'desktop', desktop: desktopId },
     update: (c) => {
       if (c.taskId === taskId || (c.desktopId === desktopId && !c.taskId)) update();
