@@ -1,8 +1,10 @@
 // The web client end to end: a phone (headless chromium, 390×844, touch)
 // opens the link from the agent's QR code on a real standalone relay, pairs,
 // runs tasks on the desktop agent's jsonl fixture executor, survives a reload,
-// a relay killed with -9 and restarted, shows pairing errors, and an idle
-// detach. Selectors are the DOM contract of the web client (README.md, "DOM
+// a relay killed with -9 and restarted, shows pairing errors, an idle detach;
+// a second phone pairs (the secret leaves the address bar and the history) and
+// scrolls back through a long task's history; follow-up, cancel, deny; the
+// desktop offline and a task sent meanwhile. Selectors are the DOM contract of the web client (README.md, "DOM
 // contract"). The checks run in order and share one relay, desktop and phone.
 //
 //   npm run e2e        (needs target/debug/tandem-relay and target/debug/tandem,
@@ -29,8 +31,10 @@ import {
   zbarimg,
 } from './harness.mjs';
 
-/** The agent's idle time before it detaches a silent phone, for the last check. */
+/** The agent's idle time before it detaches a silent phone, for check 6. */
 const IDLE_DETACH_SECS = 4;
+/** Events per history page: the desktop's HISTORY_PAGE and the web client's PAGE. */
+const PAGE = 256;
 
 const s = {
   run: null,
@@ -43,6 +47,8 @@ const s = {
   link: null, // the link from the first QR code (used)
   desktopId: null,
   demoEvents: null,
+  phone2: null, // a second phone paired to the same desktop (check 7)
+  longTask: null, // { id, total }: the long task the first phone ran, for the second to scroll back through
   failed: false,
 };
 
@@ -143,6 +149,37 @@ function trace(msg) {
   if (process.env.E2E_TRACE) console.log(`# +${((Date.now() - T0) / 1000).toFixed(1)}s ${msg}`);
 }
 
+/** Stop `tandem run` (SIGTERM) and start it again; resolves once it is connected. */
+async function restartAgent(name, env = {}) {
+  await s.agent?.stop();
+  s.agent = s.run.tandem(name, s.agentDir, ['run'], { env });
+  return s.agent.waitLine(/Connected\. (\d+) paired device/);
+}
+
+/** What the desktop recorded for a task (`tandem tasks ID`: one line per event). */
+async function desktopEvents(taskId) {
+  const p = s.run.tandem(`tasks-${taskId.slice(0, 8)}`, s.agentDir, ['tasks', taskId]);
+  const code = await p.wait(10_000);
+  assert.equal(code, 0, `tandem tasks ${taskId} exits 0\n${p.tail()}`);
+  return p.lines.slice();
+}
+
+/** Every URL in the tab's session history (Chromium's own list, through CDP). */
+async function historyUrls(phone) {
+  const cdp = await phone.context.newCDPSession(phone.page);
+  try {
+    const h = await cdp.send('Page.getNavigationHistory');
+    return { index: h.currentIndex, urls: h.entries.map((e) => e.url) };
+  } finally {
+    await cdp.detach().catch(() => undefined);
+  }
+}
+
+/** Runs `fn` with the page's scroll position for failure messages. */
+function scrollInfo(page) {
+  return page.evaluate(() => `scrollY=${Math.round(scrollY)} of ${document.body.scrollHeight - innerHeight}`);
+}
+
 function needPaired(t) {
   if (!s.desktopId) {
     t.skip('pairing did not succeed');
@@ -157,6 +194,7 @@ function check(name, fn, timeout = 60_000) {
     try {
       await fn(t);
       if (s.phone) assertNoPageErrors(s.phone);
+      if (s.phone2) assertNoPageErrors(s.phone2);
     } catch (e) {
       s.failed = true;
       throw e;
@@ -177,8 +215,10 @@ describe('web client end to end', { concurrency: false }, () => {
   });
 
   after(async () => {
-    if (s.phone?.consoleErrors.length) {
-      console.log(`# console errors on the phone (reported, not failures):\n#   ${s.phone.consoleErrors.slice(0, 20).join('\n#   ')}`);
+    for (const p of [s.phone, s.phone2]) {
+      if (p?.consoleErrors.length) {
+        console.log(`# console errors on ${p.name} (reported, not failures):\n#   ${p.consoleErrors.slice(0, 20).join('\n#   ')}`);
+      }
     }
     await s.browser?.close().catch(() => undefined);
     await s.run?.cleanup();
@@ -470,5 +510,261 @@ describe('web client end to end', { concurrency: false }, () => {
     );
     await sleep(300);
     checkCount(await taskEvents(page), N, 'after the detach');
+  });
+
+  check('7. the pairing secret leaves the address bar at once; no history entry keeps it', async (t) => {
+    if (!needPaired(t)) return;
+    const { run, phone } = s;
+    // For check 8: the first phone runs a long task while it is the only phone, so a
+    // phone paired afterwards has none of it and must load it from the desktop's history.
+    const N = 600;
+    const longId = await submit(phone.page, `count ${N} 0`);
+    assert.equal(await waitFinished(phone.page, `count ${N} 0 on the first phone`, 30_000), 'succeeded', '[data-testid=finished] data-status');
+    const fin = (await taskEvents(phone.page)).find((e) => e.type === 'finished');
+    s.longTask = { id: longId, total: fin.offset + 1, count: N };
+
+    // A fresh QR code from the desktop (the agent stopped: `tandem pair` needs its data dir).
+    await s.agent.stop();
+    const png = join(run.dir, 'qr-2.png');
+    const pair = run.tandem('pair-phone-2', s.agentDir, [
+      'pair', '--relay', `ws://${s.relay.addr}/v1/connect`, '--qr-png', png, '--print-url', '--no-terminal-qr', '--yes',
+    ]);
+    await pair.waitLine(/pairing link: (\S+)/);
+    const link = zbarimg(png);
+    const secret = link.slice(link.indexOf('#') + 1);
+    assert.ok(secret.length > 40, `the QR link carries its secret in the fragment: ${link}`);
+    const leaks = (u) => u.includes('#') || u.includes(secret);
+
+    s.phone2 = await newPhone(s.browser, 'phone-2');
+    const { page } = s.phone2;
+    // A page before the link, as a real tab has one: going back must leave the app
+    // without stopping at an entry that still holds the secret.
+    const before = `http://${s.relay.addr}/icon.svg`;
+    await open(page, before);
+    await open(page, link);
+    const href = await page.evaluate(() => location.href);
+    assert.ok(!leaks(href), `right after the QR link is opened, location.href has no #fragment: ${href}`);
+    assert.ok(!leaks(page.url()), `right after the QR link is opened, page.url() has no #fragment: ${page.url()}`);
+    let h = await historyUrls(s.phone2);
+    assert.ok(!h.urls.some(leaks), `no session history entry holds the fragment (while pairing): ${h.urls.join(' | ')}`);
+
+    await expectScreen(page, 'desktop', WAIT);
+    assert.equal(await pair.wait(), 0, `tandem pair --yes exits 0\n${pair.tail()}`);
+    assert.equal(new URL(page.url()).searchParams.get('desktop'), s.desktopId, 'the second phone paired with the same desktop');
+    h = await historyUrls(s.phone2);
+    assert.ok(!h.urls.some(leaks), `no session history entry holds the fragment (paired): ${h.urls.join(' | ')}`);
+
+    // Back: every stop is fragment-free, and it ends on the page before the link.
+    for (let i = 0; i < 5 && page.url() !== before; i++) {
+      const cur = page.url();
+      assert.ok(!leaks(cur), `going back, an entry holds the fragment: ${cur}`);
+      await page.evaluate(() => history.back());
+      await waitUntil(`history.back() from ${cur} moves`, async () => page.url() !== cur, { timeout: 5000, detail: () => describePage(page) });
+    }
+    assert.equal(page.url(), before, 'going back leaves the app for the page before the link');
+    // Forward again: the app's entry opens the desktop, no pairing is started again.
+    await page.goForward({ waitUntil: 'load' });
+    await expectScreen(page, 'desktop', 10_000);
+    const again = await page.evaluate(() => location.href);
+    assert.ok(!leaks(again), `forward again, location.href has no #fragment: ${again}`);
+
+    const m = await restartAgent('agent-2');
+    assert.equal(m[1], '2', 'the desktop now has two paired phones');
+    await expectConn(page, ['online'], 'the second phone, agent back');
+  });
+
+  check('8. the second phone opens the long task: the newest page first, older pages on scrolling back, each event once', async (t) => {
+    if (!s.phone2 || !s.longTask) return t.skip('no second phone or no long task (check 7 failed)');
+    const { page } = s.phone2;
+    const { id, total, count } = s.longTask;
+    await openDesktop(page);
+    const item = await expectVisible(
+      page,
+      `[data-testid=task][data-id="${id}"]`,
+      "the second phone's desktop screen lists the first phone's task (the desktop's task_list)",
+    );
+    await waitUntil('the listed task is [data-state=finished]', async () => (await item.getAttribute('data-state')) === 'finished', {
+      detail: () => describePage(page),
+    });
+    trace('8: open the long task');
+    await item.tap();
+    await expectScreen(page, 'task');
+    assert.equal(new URL(page.url()).searchParams.get('task'), id, 'the tapped task opens');
+    const offsets = async () => (await taskEvents(page)).map((e) => e.offset);
+    const range = (a, b) => Array.from({ length: b - a }, (_, i) => a + i);
+
+    // The newest page only, with load-older.
+    const newest = total - PAGE;
+    await waitUntil(
+      `the newest page: offsets ${newest}..${total - 1} (${PAGE} events, the finish last)`,
+      async () => (await offsets()).length >= PAGE && (await page.locator('[data-testid=finished]').count()) > 0,
+      { detail: async () => `${await describePage(page)}\n  offsets held: ${(await offsets()).length}, from ${(await offsets())[0]}` },
+    );
+    trace('8: newest page in');
+    await sleep(300);
+    const first = await offsets();
+    assert.deepEqual(first, range(newest, total), `at first only the newest page is shown (offsets ${newest}..${total - 1}), got ${first.length} from ${first[0]}`);
+    await expectVisible(page, '[data-testid=load-older]', 'older history exists: [data-testid=load-older]', 5000);
+
+    // Scrolled to the top, the page before loads by itself.
+    await page.evaluate(() => scrollTo(0, 0));
+    await waitUntil(
+      `scrolled to the top: older events (before ${newest}) load by themselves`,
+      async () => (await offsets())[0] < newest,
+      { timeout: 10_000, detail: async () => `${await describePage(page)}\n  ${await scrollInfo(page)}; first offset ${(await offsets())[0]}` },
+    );
+    // The rest: scrolling up again, else a tap on load-older, until the start. A page
+    // is in once the held events run without a hole to the end (a tap while a page is
+    // on its way is ignored, so each waits for the one before).
+    const settled = async () => {
+      const got = await offsets();
+      return got.length === total - got[0];
+    };
+    for (let i = 0; i < 8; i++) {
+      await waitUntil('an older page fully in (held offsets contiguous to the end)', settled, {
+        timeout: 15_000,
+        detail: async () => `held ${(await offsets()).length}, from ${(await offsets())[0]}`,
+      });
+      const lo = (await offsets())[0];
+      trace(`8: held from ${lo}`);
+      if (lo === 0) break;
+      await sleep(200); // its history_end
+      await page.evaluate(() => scrollTo(0, 0));
+      const byScroll = await waitUntil(`events before ${lo}`, async () => (await offsets())[0] < lo, { timeout: 1500 }).catch(() => false);
+      if (byScroll) continue;
+      let loaded = false;
+      for (let tap = 0; tap < 3 && !loaded; tap++) {
+        const older = await expectVisible(page, '[data-testid=load-older]', `events before ${lo} exist: [data-testid=load-older]`, 5000);
+        await older.tap();
+        loaded = await waitUntil(`events before ${lo}`, async () => (await offsets())[0] < lo, { timeout: 3000 }).catch(() => false);
+      }
+      assert.ok(loaded, `[data-testid=load-older] tapped 3 times: no events before offset ${lo} loaded\n${await describePage(page)}`);
+    }
+    await waitUntil(`all ${total} events`, async () => (await offsets()).length >= total, {
+      timeout: 10_000,
+      detail: async () => `held ${(await offsets()).length}, from ${(await offsets())[0]}`,
+    });
+    await expectHidden(page, '[data-testid=load-older]', 'at the start of the task, no more load-older', 5000);
+    await sleep(300);
+    const events = await taskEvents(page);
+    assert.equal(events.length, total, `${total} [data-testid=event] elements, each offset once`);
+    checkCount(events, count, 'the long task on the second phone');
+    assert.equal(events[0].type, 'accepted', 'offset 0 is the accepted event');
+    await screenshot(page, 'history-loaded');
+  }, 90_000);
+
+  check('9. a follow-up shows in the thread as a follow_up event; cancel ends the task as cancelled', async (t) => {
+    if (!needPaired(t)) return;
+    const { page } = s.phone;
+    const N = 400;
+    await submit(page, `count ${N} 50`); // 20 s unless cancelled
+    await waitUntil('progress n=3 streaming in', async () => progressNumbers(await taskEvents(page)).includes(3), {
+      detail: () => describePage(page),
+    });
+    const text = 'also run the doc tests';
+    const box = await expectVisible(page, '[data-testid=followup]', 'task screen: the follow-up box');
+    await box.fill(text);
+    await (await expectVisible(page, '[data-testid=followup-send]', 'task screen: the follow-up send button')).tap();
+    await waitUntil(
+      `a [data-testid=event][data-type=follow_up] reading "${text}"`,
+      async () => (await taskEvents(page)).some((e) => e.type === 'follow_up' && e.text === text),
+      { timeout: 10_000, detail: async () => `${await describePage(page)}\n  types: ${[...new Set((await taskEvents(page)).map((e) => e.type))].join(',')}` },
+    );
+    assert.equal(await box.inputValue(), '', 'the follow-up box is emptied once sent');
+    await screenshot(page, 'follow-up', '[data-testid=event][data-type=follow_up]');
+
+    const cancel = await expectVisible(page, '[data-testid=cancel]', 'task screen: cancel while running');
+    await cancel.tap();
+    const status = await waitFinished(page, 'the cancelled task', 15_000);
+    assert.equal(status, 'cancelled', '[data-testid=finished] data-status');
+    await expectHidden(page, '[data-testid=cancel]', 'no cancel once the task finished', 5000);
+    await sleep(300);
+    const events = await taskEvents(page);
+    assert.equal(events.filter((e) => e.type === 'follow_up').length, 1, 'the follow-up is shown once');
+    const ns = progressNumbers(events);
+    assert.ok(ns.length < N, `cancel stopped the task before its end (saw ${ns.length} of ${N})`);
+    assert.deepEqual(ns, ns.map((_, i) => i), 'the progress before the cancel, each once, in order');
+    assert.ok(contiguous(events), `event offsets 0,1,2… once each: ${events.map((e) => e.offset).join(',')}`);
+  });
+
+  check('10. deny an approval: it turns denied, the executor is told, the task finishes', async (t) => {
+    if (!needPaired(t)) return;
+    const { page } = s.phone;
+    await submit(page, 'demo');
+    const approval = await expectVisible(page, '[data-testid=approval][data-state=pending]', 'task screen: a pending approval');
+    const deny = approval.locator('[data-testid=deny]');
+    await deny.tap();
+    const once = await deny.evaluate((b) => b.disabled).catch(() => true);
+    assert.ok(once, '[data-testid=deny] is disabled after one tap');
+    await expectVisible(page, '[data-testid=approval][data-state=denied]', 'the approval turns denied');
+    // The demo fixture reports the decision ("denied") and finishes succeeded.
+    const status = await waitFinished(page, 'demo task after the denial');
+    assert.equal(status, 'succeeded', '[data-testid=finished] data-status (the demo fixture finishes after reporting the decision)');
+    await sleep(300);
+    const events = await taskEvents(page);
+    const texts = events.filter((e) => e.type === 'progress').map((e) => e.text);
+    assert.ok(texts.includes('denied'), `the executor was told: a progress "denied"; progress: ${texts.join(' | ')}`);
+    assert.ok(!texts.some((x) => x.includes('allowed')), `nothing was allowed; progress: ${texts.join(' | ')}`);
+    assert.ok(events.some((e) => e.type === 'approval_resolved'), 'an approval_resolved event is shown');
+    assert.equal(await attr(page, '[data-testid=approval]', 'data-state'), 'denied', 'the approval stays denied once the task finished');
+    assert.ok(contiguous(events), `event offsets 0,1,2… once each: ${events.map((e) => e.offset).join(',')}`);
+  });
+
+  check('11. the desktop shows offline when its agent dies; a task sent meanwhile runs once it is back, exactly once', async (t) => {
+    if (!needPaired(t)) return;
+    const { page } = s.phone;
+    await openDesktop(page);
+    const state = (sel) => attr(page, sel, 'data-state');
+    await waitUntil('[data-testid=desktop-state] online before the kill', async () => ['online', 'busy'].includes(await state('[data-testid=desktop-state]')), {
+      detail: () => describePage(page),
+    });
+    await s.agent.kill9();
+    await waitUntil(
+      '[data-testid=desktop-state] data-state=offline once the agent is killed',
+      async () => (await state('[data-testid=desktop-state]')) === 'offline',
+      { timeout: 10_000, detail: () => describePage(page) },
+    );
+    await (await expectVisible(page, '[data-testid=back]', 'desktop screen: back to the desktops')).tap();
+    await expectScreen(page, 'desktops');
+    const row = `[data-testid=desktop][data-id="${s.desktopId}"]`;
+    await expectVisible(page, row, 'desktops screen: the desktop');
+    assert.equal(await state(row), 'offline', `${row} data-state while the agent is down`);
+    await screenshot(page, 'desktop-offline', row);
+    await page.locator(row).tap();
+    await expectScreen(page, 'desktop');
+
+    const N = 7;
+    const text = `count ${N} 20`;
+    const id = await submit(page, text);
+    await sleep(1000);
+    assert.ok(!(await taskEvents(page)).some((e) => e.type === 'accepted'), 'nothing is accepted while the agent is down');
+
+    s.agent = s.run.tandem('agent-back', s.agentDir, ['run']);
+    await s.agent.waitLine(/Connected\. \d+ paired device/);
+    const status = await waitFinished(page, 'the task sent while the desktop was offline', 30_000);
+    assert.equal(status, 'succeeded', '[data-testid=finished] data-status');
+    await waitUntil(`all ${N} progress events`, async () => progressNumbers(await taskEvents(page)).length >= N, {
+      timeout: 10_000,
+      detail: async () => `seen n: ${progressNumbers(await taskEvents(page)).join(',')}`,
+    });
+    await sleep(1000); // a second run would show by now
+    const events = await taskEvents(page);
+    checkCount(events, N, 'the task sent while offline');
+    assert.equal(events.filter((e) => e.type === 'accepted').length, 1, 'accepted once');
+    assert.equal(events.filter((e) => e.type === 'finished').length, 1, 'finished once');
+    // The desktop's own record: one task with this text, run once.
+    const recorded = await desktopEvents(id);
+    const kinds = recorded.map((l) => /#\d+\s+(\S+)/.exec(l)?.[1]).filter(Boolean);
+    assert.equal(kinds.filter((k) => k === 'accepted').length, 1, `tandem tasks ${id}: accepted once\n${recorded.join('\n')}`);
+    assert.equal(kinds.filter((k) => k === 'finished').length, 1, `tandem tasks ${id}: finished once\n${recorded.join('\n')}`);
+    assert.equal(recorded.length, N + 2, `tandem tasks ${id}: accepted, ${N} progress lines, finished\n${recorded.join('\n')}`);
+    await openDesktop(page);
+    await waitUntil('[data-testid=desktop-state] online again', async () => ['online', 'busy'].includes(await state('[data-testid=desktop-state]')), {
+      timeout: 10_000,
+      detail: () => describePage(page),
+    });
+    const items = await page.$$eval('[data-testid=task]', (els) => els.map((e) => [e.getAttribute('data-id'), e.textContent ?? '']));
+    const same = items.filter(([, tx]) => tx.includes(text));
+    assert.deepEqual(same.map(([i]) => i), [id], `one [data-testid=task] "${text}" on the desktop screen: ${JSON.stringify(same)}`);
   });
 });
