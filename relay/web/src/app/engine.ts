@@ -183,7 +183,7 @@ export class Engine {
           void this.refreshTasks(d.id).catch(() => undefined);
         }
       },
-      deliver: (from, payload) => this.deliver(from, payload),
+      deliver: (batch) => this.deliver(batch),
       presence: (peer, online) => {
         const d = this.desktops.get(peer.toString());
         if (!d) return;
@@ -433,59 +433,76 @@ export class Engine {
 
   // ---- deliveries ---------------------------------------------------------
 
-  /** A record from a desktop: open, act, save, then (true) acknowledge. */
-  private async deliver(from: DeviceId, payload: Uint8Array): Promise<boolean> {
-    const d = this.desktops.get(from.toString());
-    if (!d) return true;
+  /**
+   * Records from the relay, in delivery order. Runs of records from one
+   * desktop are opened, applied and saved in one transaction, then what
+   * they call for is sent. Resolves with how many (from the front) are
+   * saved and may be acknowledged; the rest will be delivered again.
+   */
+  private async deliver(batch: Array<{ from: DeviceId; payload: Uint8Array }>): Promise<number> {
+    let done = 0;
+    while (done < batch.length) {
+      const first = batch[done]!;
+      const id = first.from.toString();
+      let end = done + 1;
+      while (end < batch.length && batch[end]!.from.toString() === id) end++;
+      const d = this.desktops.get(id);
+      if (d && !(await this.deliverRun(d, batch.slice(done, end).map((b) => b.payload)))) return done;
+      done = end;
+    }
+    return done;
+  }
+
+  /** Open, act on and save records from one desktop. False if not saved. */
+  private deliverRun(d: Desktop, payloads: Uint8Array[]): Promise<boolean> {
     return d.serial(async () => {
       const out: Uint8Array[] = [];
-      let events: LinkEvent[];
-      try {
-        events = d.link.receive(this.key, payload, osEntropy);
-      } catch (e) {
-        if (isReplay(e)) {
-          // Seen before (a redelivery): tell the desktop again what we have.
-          out.push(d.link.ack());
-          if (d.link.mustPersist()) await this.save(d);
-          for (const r of out) d.relay.send(d.deviceId, r).catch(() => undefined);
-        } else {
-          console.warn('record refused', e);
-        }
-        return true;
-      }
       const changedTasks = new Map<string, TaskRow>();
       const newEvents: EventRow[] = [];
       const requests: Message[] = [];
       let ackDue = false;
       let other = false;
-      for (const ev of events) {
-        switch (ev.type) {
-          case 'Message': {
-            let decoded;
-            try {
-              decoded = decodeMessage(ev.message);
-            } catch (e) {
-              console.warn('malformed message from the desktop', e);
+      for (const payload of payloads) {
+        let events: LinkEvent[];
+        try {
+          events = d.link.receive(this.key, payload, osEntropy);
+        } catch (e) {
+          // Seen before (a redelivery): tell the desktop again what we have.
+          if (isReplay(e)) ackDue = true;
+          else console.warn('record refused', e);
+          continue;
+        }
+        for (const ev of events) {
+          switch (ev.type) {
+            case 'Message': {
+              let decoded;
+              try {
+                decoded = decodeMessage(ev.message);
+              } catch (e) {
+                console.warn('malformed message from the desktop', e);
+                break;
+              }
+              if (!decoded.known) break;
+              if (this.apply(d, decoded.message, changedTasks, newEvents, requests)) other = true;
               break;
             }
-            if (!decoded.known) break;
-            if (this.apply(d, decoded.message, changedTasks, newEvents, requests)) other = true;
-            break;
+            case 'Send':
+              out.push(...ev.envelopes);
+              break;
+            case 'AckDue':
+              ackDue = true;
+              break;
+            case 'ResyncNeeded':
+              console.warn(`messages ${ev.from}..=${ev.to} from the desktop were lost`);
+              break;
+            default:
+              break;
           }
-          case 'Send':
-            out.push(...ev.envelopes);
-            break;
-          case 'AckDue':
-            ackDue = true;
-            break;
-          case 'ResyncNeeded':
-            console.warn(`messages ${ev.from}..=${ev.to} from the desktop were lost`);
-            break;
-          default:
-            break;
         }
       }
       for (const m of requests) out.push(d.link.send(encodeMessage(m)).record);
+      // One acknowledgement covers the whole run; a request carries it too.
+      // Never answer an ack alone with an ack (the two sides would ping-pong).
       if (ackDue && requests.length === 0) out.push(d.link.ack());
       try {
         await this.save(d, [...changedTasks.values()], newEvents);

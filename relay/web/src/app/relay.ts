@@ -25,8 +25,11 @@ export interface RelayHandlers {
   state(s: ConnState): void;
   /** Authenticated; `queued` deliveries are waiting. */
   connected(): void;
-  /** Resolve true once saved (then it is acknowledged), false to have it redelivered. */
-  deliver(from: DeviceId, payload: Uint8Array): Promise<boolean>;
+  /**
+   * Records in delivery order. Resolve with how many, from the front, are
+   * saved: those are acknowledged; the rest are delivered again.
+   */
+  deliver(batch: Array<{ from: DeviceId; payload: Uint8Array }>): Promise<number>;
   presence(peer: DeviceId, online: boolean): void;
   pairMessage(pairingId: Uint8Array, peer: DeviceId, payload: Uint8Array): void;
 }
@@ -50,6 +53,8 @@ const WAKE_SAMPLE_MS = 2_000;
 const WAKE_JUMP_MS = 10_000;
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 10_000;
+/** Most deliveries handed to the app (and saved) at once. */
+const DELIVERY_BATCH = 128;
 
 /** Codes after which reconnecting cannot help. */
 const FINAL = new Set(['revoked', 'auth_failed', 'unsupported_version', 'replaced']);
@@ -88,7 +93,10 @@ export class RelayClient {
   private nextId = 1n;
   private pending = new Map<bigint, Pending>();
   private waiters: Array<{ ok(): void; fail(e: RelayError): void }> = [];
-  private chain: Promise<void> = Promise.resolve();
+  private inbox: Array<{ id: bigint; from: DeviceId; payload: Uint8Array }> = [];
+  private pumping = false;
+  /** Highest delivery id queued for the app (or acknowledged). */
+  private queuedUpTo = 0n;
   private acked = 0n;
   private restartHintMs: number | null = null;
   private wakeTimer: ReturnType<typeof setInterval> | null = null;
@@ -285,15 +293,11 @@ export class RelayClient {
           this.write({ type: 'Ack', upTo: this.acked });
           return;
         }
-        this.chain = this.chain
-          .then(() => this.handlers.deliver(from, payload))
-          .then((saved) => {
-            if (saved && deliveryId > this.acked) {
-              this.acked = deliveryId;
-              this.write({ type: 'Ack', upTo: deliveryId });
-            }
-          })
-          .catch((e: unknown) => console.warn('delivery failed', e));
+        // A redelivery of what is still waiting in the inbox.
+        if (deliveryId <= this.queuedUpTo) return;
+        this.queuedUpTo = deliveryId;
+        this.inbox.push({ id: deliveryId, from, payload });
+        void this.pump();
         return;
       }
       case 'Ok':
@@ -324,6 +328,38 @@ export class RelayClient {
         return;
       default:
         return;
+    }
+  }
+
+  /** Hand queued deliveries to the app in batches; ack what it saved. */
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.inbox.length > 0) {
+        const batch = this.inbox.splice(0, DELIVERY_BATCH);
+        let saved = 0;
+        try {
+          saved = await this.handlers.deliver(batch);
+        } catch (e) {
+          console.warn('delivery failed', e);
+        }
+        const last = saved > 0 ? batch[saved - 1] : undefined;
+        if (last && last.id > this.acked) {
+          this.acked = last.id;
+          this.write({ type: 'Ack', upTo: last.id });
+        }
+        if (saved < batch.length) {
+          // Not saved: forget the rest and reconnect, so the relay
+          // delivers it again.
+          this.inbox = [];
+          this.queuedUpTo = this.acked;
+          this.drop('could not save a delivery; asking the relay again', 1000);
+          break;
+        }
+      }
+    } finally {
+      this.pumping = false;
     }
   }
 

@@ -234,11 +234,23 @@ export function taskScreen(app: App, route: Route): Screen {
     cancel.disabled = cancel.disabled && !finished;
     refusals.replaceChildren(...thread.refusals.map((r) => h('p', { class: 'error', 'data-code': r.code }, `The desktop refused: ${r.message}`)));
     if (nodes.size > before && nearBottom) scrollTo(0, document.body.scrollHeight);
+    // Still at the top after a page arrived (or a tap came while one was on
+    // its way): fetch the next one.
+    if (!armed && nodes.size > 0) {
+      // A thread opens at its newest events, like a chat; only then does
+      // reaching the top ask for older ones.
+      scrollTo(0, document.body.scrollHeight);
+      requestAnimationFrame(() => (armed = true));
+    }
+    if (armed && !older.hidden && older.getBoundingClientRect().bottom > 0 && older.getBoundingClientRect().top < innerHeight) {
+      void engine.loadOlder(desktopId, taskId);
+    }
   }
 
   // Scrolling to the top loads older events.
+  let armed = false;
   const seen = new IntersectionObserver((entries) => {
-    if (entries.some((x) => x.isIntersecting) && thread.hasOlder()) void engine.loadOlder(desktopId, taskId);
+    if (armed && entries.some((x) => x.isIntersecting) && thread.hasOlder()) void engine.loadOlder(desktopId, taskId);
   });
   seen.observe(older);
   const timer = setInterval(refreshApprovals, 1000);
