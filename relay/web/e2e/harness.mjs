@@ -424,6 +424,14 @@ export async function open(page, url) {
   if (!resp || resp.status() !== 200) {
     throw new Error(`GET ${url.split('#')[0]}: HTTP ${resp?.status()} (does the relay serve the web client at /p?)`);
   }
+  if (url.includes('#')) {
+    // A pairing link: the app asks before it pairs (a tap, as a person would).
+    const confirm = page.locator('[data-testid=pair-confirm]');
+    await confirm.waitFor({ state: 'visible', timeout: 10_000 }).catch(async () => {
+      throw new Error(`the pairing link did not ask to pair ([data-testid=pair-confirm])\n${await describePage(page)}`);
+    });
+    await confirm.tap();
+  }
   return resp;
 }
 

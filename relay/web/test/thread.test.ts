@@ -120,3 +120,110 @@ test('after a reload, events held in storage but not in memory are still repeats
   assert.equal(reloaded.observe(ev(4)).fresh, false);
   assert.equal(reloaded.observe(ev(5)).fresh, true);
 });
+
+// A desktop's history reply from `from`: up to one page of a task of `total` events.
+function page(total: number, from: number): { events: EventRow[]; next: number; more: boolean } {
+  const events: EventRow[] = [];
+  for (let o = from; o < Math.min(total, from + PAGE); o++) events.push(ev(o));
+  const next = from + events.length;
+  return { events, next, more: next < total };
+}
+
+// What the engine does with a reply: observe each event, then history_end.
+function applyReply(t: Thread, r: ReturnType<typeof page>): number | null {
+  let fill: number | null = null;
+  for (const e of r.events) {
+    const s = t.observe(e);
+    if (s.fill !== null) fill = s.fill;
+  }
+  return t.historyEnd(r.next, r.more) ?? fill;
+}
+
+function fillUntilDone(t: Thread, total: number, from: number | null): number {
+  let rounds = 0;
+  while (from !== null && rounds < 20) {
+    from = applyReply(t, page(total, from));
+    rounds++;
+  }
+  return rounds;
+}
+
+test('a detached phone that held only the approval and the finish fills everything between', () => {
+  // A first sight: 300, 301 and 331 of 332 events arrive (what a detached phone gets).
+  const t = Thread.fresh('d', 't');
+  let from: number | null = null;
+  for (const o of [300, 301, 331]) from = t.observe(ev(o)).fill ?? from;
+  fillUntilDone(t, 332, from);
+  for (let o = t.row.lo; o < 332; o++) assert.ok(t.events.has(o), `offset ${o} held`);
+  assert.equal(t.row.next, 332);
+  // Not a first sight: 0..9 held, then 266, 267, 290 of 291.
+  const u = Thread.fresh('d', 'u');
+  for (let o = 0; o < 10; o++) u.observe(ev(o));
+  let f: number | null = null;
+  for (const o of [266, 267, 290]) f = u.observe(ev(o)).fill ?? f;
+  fillUntilDone(u, 291, f);
+  assert.equal(u.events.size, 291);
+  assert.equal(u.row.next, 291);
+});
+
+test('an event at next read from storage advances next; history requests do not loop', () => {
+  const before = Thread.fresh('d', 't');
+  for (let o = 0; o < 10; o++) before.observe(ev(o));
+  before.observe(ev(15));
+  const t = new Thread(JSON.parse(JSON.stringify(before.row)));
+  for (let o = 10; o < 15; o++) t.observe(ev(o));
+  // The thread's stored events are read in the middle of the fill.
+  t.merge(before.sorted());
+  assert.equal(t.row.next, 16);
+  let again = applyReply(t, { events: [15, 16, 17, 18, 19].map((o) => ev(o)), next: 20, more: false });
+  assert.equal(again, null);
+  assert.equal(t.row.next, 20);
+  // A desktop that keeps answering without progress is not asked forever.
+  t.observe(ev(30));
+  let asks = 0;
+  again = 20;
+  while (again !== null && asks < 10) {
+    again = t.historyEnd(20, false);
+    asks++;
+  }
+  assert.ok(asks < 3, `asked ${asks} times without progress`);
+});
+
+test('a follow-up resumes a finished task: it runs again and its approvals can be answered', () => {
+  const t = Thread.fresh('d', 't');
+  t.observe(ev(0, 'accepted', { executor: 'claude', text: 'fix it' }));
+  t.observe(ev(1, 'approval_request', { approval_id: 'old', summary: 'x', detail: '', expires_at_ms: Date.now() + 60_000 }));
+  t.observe(ev(2, 'finished', { status: 'succeeded', summary: 'done' }));
+  assert.equal(t.row.state, 'finished');
+  assert.deepEqual(t.pending(Date.now()), [], 'overtaken by the finish');
+  t.observe(ev(3, 'follow_up', { text: 'also run the tests' }));
+  t.observe(ev(4, 'approval_request', { approval_id: 'a1', summary: 'cargo test', detail: '', expires_at_ms: Date.now() + 60_000 }));
+  assert.equal(t.row.state, 'running');
+  assert.equal(t.row.status, undefined);
+  assert.deepEqual(t.pending(Date.now()).map((p) => p.approvalId), ['a1']);
+  assert.equal(t.closedBy(1), true);
+  assert.equal(t.closedBy(4), false);
+  t.observe(ev(5, 'finished', { status: 'failed', summary: '1 test failed' }));
+  assert.equal(t.row.state, 'finished');
+  assert.equal(t.row.status, 'failed');
+  // An older page arriving later does not change the state.
+  const u = Thread.fresh('d', 'u');
+  u.observe(ev(10, 'finished', { status: 'succeeded', summary: '' }));
+  u.observe(ev(5));
+  assert.equal(u.row.state, 'finished');
+});
+
+test('the task list wins when the desktop knows more', () => {
+  const t = Thread.fresh('d', 't');
+  t.observe(ev(0, 'accepted', { executor: 'claude', text: 'fix it' }));
+  t.observe(ev(1, 'finished', { status: 'succeeded', summary: 'done' }));
+  t.summary({ title: 'fix it', executor: 'claude', state: 'running', next_offset: 3, updated_ms: Date.now() });
+  assert.equal(t.row.state, 'running');
+  assert.equal(t.behind(), 2);
+  // An older list does not undo what the events say.
+  const u = Thread.fresh('d', 'u');
+  for (let o = 0; o < 5; o++) u.observe(ev(o));
+  u.observe(ev(5, 'finished', { status: 'succeeded', summary: '' }));
+  u.summary({ title: '', executor: 'x', state: 'running', next_offset: 3, updated_ms: 0 });
+  assert.equal(u.row.state, 'finished');
+});

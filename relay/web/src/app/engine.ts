@@ -22,9 +22,10 @@ import {
   pairingId,
   parsePairingLink,
   relayOrigin,
+  validateRelay,
 } from '../proto/index.ts';
 import { type ConnState, RelayClient, RelayError } from './relay.ts';
-import { type DesktopRow, type EventRow, Store, type TaskRow } from './store.ts';
+import { type DesktopRow, type EventRow, NotOwner, Store, type TaskRow } from './store.ts';
 import { type PendingApproval, Thread } from './thread.ts';
 
 /** Tasks kept per desktop in the browser. */
@@ -124,26 +125,54 @@ export class Engine {
   readonly relayState = new Map<string, ConnState>();
   private readonly listeners = new Set<(c: Change) => void>();
   private readonly pairings = new Map<string, (peer: DeviceId, payload: Uint8Array) => void>();
+  /** Relays whose task lists were asked for since the page loaded. */
+  private readonly listed = new Set<string>();
+  /** Another tab took over: nothing is sealed, saved or sent any more. */
+  inert = false;
+  private readonly channel = typeof BroadcastChannel === 'undefined' ? null : new BroadcastChannel('tandem');
 
   private constructor(
     readonly store: Store,
     readonly key: DeviceKey,
-  ) {}
+  ) {
+    // The newest tab owns the state; older ones step aside.
+    this.channel?.addEventListener('message', (m) => {
+      if (m.data === 'claimed') this.stepAside();
+    });
+  }
 
   static async open(): Promise<Engine> {
     const store = await Store.open();
-    let secret = await store.get<string>('device-key');
-    if (!secret) {
-      secret = bytesToHex(DeviceKey.generate().toBytes());
-      await store.put('device-key', secret);
-    }
+    await store.claim();
+    const secret = await store.getOrPut('device-key', () => bytesToHex(DeviceKey.generate().toBytes()));
     const engine = new Engine(store, new DeviceKey(hexToBytes(secret)));
+    engine.channel?.postMessage('claimed');
     for (const row of await store.desktops()) {
-      const d = new Desktop(row, Link.fromStored(row.link), engine.relay(row.relayUrl));
-      for (const t of await store.tasks(row.id)) d.threads.set(t.taskId, new Thread(t));
+      let link: Link;
+      try {
+        link = Link.fromStored(row.link);
+      } catch (e) {
+        console.error(`the stored state of ${row.name} is damaged; pair it again`, e);
+        continue;
+      }
+      const d = new Desktop(row, link, engine.relay(row.relayUrl));
+      for (const t of await store.tasks(row.id)) {
+        const th = new Thread(t);
+        // Unfinished tasks may wait for an approval: their events are needed now.
+        if (t.state !== 'finished') th.merge(await store.events(row.id, t.taskId));
+        d.threads.set(t.taskId, th);
+      }
       engine.desktops.set(row.id, d);
     }
     return engine;
+  }
+
+  /** Another tab took over: stop, so the two never seal under one link. */
+  stepAside(): void {
+    if (this.inert) return;
+    this.inert = true;
+    for (const r of this.relays.values()) r.stop();
+    this.emit({ connection: true });
   }
 
   get deviceId(): string {
@@ -169,7 +198,11 @@ export class Engine {
   /** The relay connection for `origin`, started if there is none. */
   relay(origin: string): RelayClient {
     let r = this.relays.get(origin);
-    if (r) return r;
+    if (r) {
+      // Stopped by a wrong relay name or a revoke: a new attempt (pairing) tries again.
+      if (r.halted && !this.inert) r.start();
+      return r;
+    }
     r = new RelayClient(origin, this.key, {
       state: (s) => {
         this.relayState.set(origin, s);
@@ -177,10 +210,10 @@ export class Engine {
         this.emit({ connection: true });
       },
       connected: () => {
+        const first = !this.listed.has(origin);
+        this.listed.add(origin);
         for (const d of this.onRelay(origin)) {
-          for (const t of d.threads.values()) t.forgetRequests();
-          void this.resend(d);
-          void this.refreshTasks(d.id).catch(() => undefined);
+          void this.resend(d).then(() => this.catchUp(d, first));
         }
       },
       deliver: (batch) => this.deliver(batch),
@@ -196,6 +229,22 @@ export class Engine {
     this.relays.set(origin, r);
     r.start();
     return r;
+  }
+
+  /**
+   * After a (re)connection: gap fills whose answers were lost are asked for
+   * again; the task list only on the page's first connection, because any
+   * message re-attaches a phone the desktop detached for being idle.
+   */
+  private async catchUp(d: Desktop, first: boolean): Promise<void> {
+    const asks: Message[] = first ? [{ kind: 'history_request', from_offset: 0 }] : [];
+    for (const t of d.threads.values()) {
+      t.forgetRequests();
+      if (t.row.state === 'finished' && !t.loaded) continue;
+      const from = t.behind();
+      if (from !== null) asks.push({ kind: 'history_request', task_id: t.row.taskId, from_offset: from });
+    }
+    if (asks.length) await this.send(d, asks).catch(() => undefined);
   }
 
   private onRelay(origin: string): Desktop[] {
@@ -216,7 +265,17 @@ export class Engine {
       if (e instanceof QrError && e.detail.kind === 'Expired') throw new PairError('expired', 'This pairing code has expired. Show a new one on the desktop (`tandem pair`) and scan it again.');
       throw new PairError('invalid', `This is not a valid Tandem pairing link (${e instanceof Error ? e.message : String(e)}).`);
     }
-    const origin = parsed.payload.relay ?? fallbackRelay ?? relayOrigin(parsed);
+    // `?relay=` only counts for a link to this very page (a relay redirected here).
+    let fallback: string | undefined;
+    if (fallbackRelay !== undefined && parsed.origin === location.origin) {
+      try {
+        validateRelay(fallbackRelay);
+        fallback = fallbackRelay;
+      } catch {
+        throw new PairError('invalid', `The page was opened with a bad relay address (${fallbackRelay}).`);
+      }
+    }
+    const origin = parsed.payload.relay ?? fallback ?? relayOrigin(parsed);
     const desktop = parsed.payload.desktop.deviceId();
     if (this.desktops.has(desktop.toString())) {
       // Pairing again replaces the old link (e.g. after the desktop forgot this phone).
@@ -326,9 +385,17 @@ export class Engine {
   /** Seal, save, send. The record stays in the outbox until acknowledged. */
   private async send(d: Desktop, messages: Message[], tasks: TaskRow[] = []): Promise<void> {
     const records = await d.serial(async () => {
+      if (this.inert) throw new NotOwner();
       const out: Uint8Array[] = [];
-      for (const m of messages) out.push(d.link.send(encodeMessage(m)).record);
-      await this.save(d, tasks);
+      try {
+        for (const m of messages) out.push(d.link.send(encodeMessage(m)).record);
+        await this.save(d, tasks);
+      } catch (e) {
+        // Not saved means not sent: back to what storage holds, so the
+        // outbox does not carry it out later behind the user's back.
+        await this.failed(d, e);
+        throw e;
+      }
       return out;
     });
     d.detached = false;
@@ -336,6 +403,7 @@ export class Engine {
   }
 
   private async save(d: Desktop, tasks: TaskRow[] = [], events: EventRow[] = []): Promise<void> {
+    if (this.inert) throw new NotOwner();
     d.row.link = d.link.toStored();
     await this.store.save(d.row, tasks, events);
     d.link.markPersisted();
@@ -344,9 +412,15 @@ export class Engine {
   /** Whatever the desktop has not acknowledged goes out again. */
   private async resend(d: Desktop): Promise<void> {
     const records = await d.serial(async () => {
-      const r = d.link.resend(0n);
-      if (r.length) await this.save(d);
-      return r;
+      if (this.inert) return [];
+      try {
+        const r = d.link.resend(0n);
+        if (r.length) await this.save(d);
+        return r;
+      } catch (e) {
+        await this.failed(d, e);
+        return [];
+      }
     });
     for (const r of records) d.relay.send(d.deviceId, r).catch(() => undefined);
   }
@@ -386,10 +460,7 @@ export class Engine {
   async openThread(desktopId: string, taskId: string): Promise<Thread> {
     const d = this.desktop(desktopId);
     const t = d.thread(taskId);
-    if (!t.loaded) {
-      t.loaded = true;
-      for (const e of await this.store.events(desktopId, taskId)) if (!t.events.has(e.offset)) t.events.set(e.offset, e);
-    }
+    if (!t.loaded) t.merge(await this.store.events(desktopId, taskId));
     const asks: Message[] = [];
     const from = t.behind();
     if (from !== null) asks.push({ kind: 'history_request', task_id: taskId, from_offset: from });
@@ -426,8 +497,12 @@ export class Engine {
 
   /** Forget a desktop on this device. */
   async forget(desktopId: string): Promise<void> {
-    await this.store.forget(desktopId);
+    const d = this.desktop(desktopId);
     this.desktops.delete(desktopId);
+    // After whatever is under way for it, so nothing writes it back.
+    await d.serial(() => this.store.forget(desktopId));
+    // The relay stops carrying its messages to this device.
+    await d.relay.revoke(d.deviceId).catch(() => undefined);
     this.emit({ desktopId });
   }
 
@@ -456,6 +531,19 @@ export class Engine {
   /** Open, act on and save records from one desktop. False if not saved. */
   private deliverRun(d: Desktop, payloads: Uint8Array[]): Promise<boolean> {
     return d.serial(async () => {
+      if (this.inert || this.desktops.get(d.id) !== d) return this.inert ? false : true;
+      try {
+        return await this.deliverLocked(d, payloads);
+      } catch (e) {
+        await this.failed(d, e);
+        return false;
+      }
+    });
+  }
+
+  /** Inside `d.serial`: the work of `deliverRun`. Throws if not saved. */
+  private async deliverLocked(d: Desktop, payloads: Uint8Array[]): Promise<boolean> {
+    {
       const out: Uint8Array[] = [];
       const changedTasks = new Map<string, TaskRow>();
       const newEvents: EventRow[] = [];
@@ -504,19 +592,23 @@ export class Engine {
       // One acknowledgement covers the whole run; a request carries it too.
       // Never answer an ack alone with an ack (the two sides would ping-pong).
       if (ackDue && requests.length === 0) out.push(d.link.ack());
-      try {
-        await this.save(d, [...changedTasks.values()], newEvents);
-      } catch (e) {
-        console.error('cannot save; the relay will deliver again', e);
-        await this.reload(d);
-        return false;
-      }
+      await this.save(d, [...changedTasks.values()], newEvents);
       for (const r of out) d.relay.send(d.deviceId, r).catch(() => undefined);
       for (const taskId of changedTasks.keys()) this.emit({ desktopId: d.id, taskId });
       if (other || changedTasks.size === 0) this.emit({ desktopId: d.id });
-      if (changedTasks.size > 0 && d.threads.size > KEEP_TASKS) void this.prune(d);
+      if (changedTasks.size > 0 && d.threads.size > KEEP_TASKS) await this.prune(d);
       return true;
-    });
+    }
+  }
+
+  /** A save failed: another tab took over, or storage failed (then reload). */
+  private async failed(d: Desktop, e: unknown): Promise<void> {
+    if (e instanceof NotOwner) {
+      this.stepAside();
+      return;
+    }
+    console.error('cannot save; back to what storage holds', e);
+    await this.reload(d).catch(() => undefined);
   }
 
   /** Apply one message. Returns true when desktop-level state changed. */
@@ -590,8 +682,20 @@ export class Engine {
     if (!row) return;
     d.row = row;
     d.link = Link.fromStored(row.link);
-    d.threads.clear();
-    for (const t of await this.store.tasks(d.id)) d.threads.set(t.taskId, new Thread(t));
+    const stored = new Map((await this.store.tasks(d.id)).map((t) => [t.taskId, t]));
+    for (const [id, t] of d.threads) {
+      const saved = stored.get(id);
+      if (!saved) {
+        d.threads.delete(id);
+        continue;
+      }
+      // Same objects (a screen may hold them), state as stored.
+      t.row = saved;
+      t.events.clear();
+      t.forgetRequests();
+      t.merge(await this.store.events(d.id, id));
+    }
+    for (const [id, row] of stored) if (!d.threads.has(id)) d.threads.set(id, new Thread(row));
   }
 
   private async prune(d: Desktop): Promise<void> {

@@ -10,7 +10,9 @@ import { h } from './ui/dom.ts';
 import { pairScreen, setPendingLink } from './ui/pair.ts';
 import { taskScreen } from './ui/task.ts';
 
-const link = location.hash.length > 1 ? location.href : null;
+// The link without the query a redirecting relay adds (`?relay=`), which
+// is read separately.
+const link = location.hash.length > 1 ? `${location.origin}${location.pathname}${location.hash}` : null;
 if (link) history.replaceState(null, '', location.pathname + location.search);
 
 async function boot(): Promise<void> {

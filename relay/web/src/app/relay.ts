@@ -84,6 +84,10 @@ export class RelayClient {
   private ws: WebSocket | null = null;
   private authed = false;
   private stopped = false;
+  /** Stopped (by `stop()` or a final error) until `start()`. */
+  get halted(): boolean {
+    return this.stopped;
+  }
   private attempt = 0;
   private connectedAt = 0;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
@@ -121,10 +125,9 @@ export class RelayClient {
 
   /** Connect, and keep connecting until stopped. */
   start(): void {
+    if (!this.stopped && this.ws) return;
     this.stopped = false;
-    removeEventListener('online', this.onOnline);
-    document.removeEventListener('visibilitychange', this.onVisible);
-    if (this.wakeTimer) clearInterval(this.wakeTimer);
+    this.unlisten();
     addEventListener('online', this.onOnline);
     document.addEventListener('visibilitychange', this.onVisible);
     this.wakeTimer = setInterval(() => this.sampleClocks(), WAKE_SAMPLE_MS);
@@ -134,10 +137,17 @@ export class RelayClient {
   /** Close for good (until start()). */
   stop(): void {
     this.stopped = true;
+    this.unlisten();
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.drop('stopped', 1000);
+  }
+
+  private unlisten(): void {
     removeEventListener('online', this.onOnline);
     document.removeEventListener('visibilitychange', this.onVisible);
     if (this.wakeTimer) clearInterval(this.wakeTimer);
-    this.drop('stopped', 1000);
+    this.wakeTimer = null;
   }
 
   get online(): boolean {
@@ -165,6 +175,11 @@ export class RelayClient {
   /** A message into a claimed pairing mailbox. */
   pairMessage(pairingId: Uint8Array, peer: DeviceId, payload: Uint8Array): void {
     this.write({ type: 'PairMessage', pairingId, peer, payload });
+  }
+
+  /** Stop `peer` from sending to this device (forgetting it). */
+  revoke(peer: DeviceId): Promise<void> {
+    return this.request((requestId) => ({ type: 'Revoke', requestId, peer }), false);
   }
 
   /** Let `peer` send to this device. */
@@ -461,6 +476,7 @@ export class RelayClient {
       this.authed = false;
     }
     this.stopped = true;
+    this.unlisten();
     for (const w of this.waiters.splice(0)) w.fail(new RelayError(code, reason));
     this.handlers.state({ kind: 'stopped', code, reason });
   }
@@ -469,7 +485,8 @@ export class RelayClient {
     const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(this.attempt, 16));
     let wait = BACKOFF_MIN_MS + Math.random() * (cap - BACKOFF_MIN_MS);
     if (this.restartHintMs !== null) {
-      wait = jitter(this.restartHintMs);
+      // The relay's hint plus up to 20 % (spread the reconnections out).
+      wait = this.restartHintMs * (1 + Math.random() * 0.2);
       this.restartHintMs = null;
     }
     const retryAt = Date.now() + wait;

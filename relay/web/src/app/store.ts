@@ -37,8 +37,12 @@ export interface TaskRow {
   lo: number;
   /** The desktop's oldest kept event (history_unavailable), if known. */
   earliest: number;
-  /** The desktop's own next offset (task_list), if known. */
+  /** The highest offset the desktop is known to have, plus one. */
   known: number;
+  /** Offset of the newest `finished` event held. */
+  finishedAt?: number;
+  /** The highest offset held. */
+  last?: number;
 }
 
 /** A failure to read or write the browser's storage. */
@@ -47,6 +51,16 @@ export class StoreError extends Error {
     super(`storage: ${what}${cause ? `: ${String(cause)}` : ''}`);
   }
 }
+
+/** Another tab took over: this one must not write any more. */
+export class NotOwner extends StoreError {
+  constructor() {
+    super('Tandem was opened in another tab');
+  }
+}
+
+/** Saves reach the disk before the transaction completes (acks depend on it). */
+const STRICT: IDBTransactionOptions = { durability: 'strict' };
 
 const DB = 'tandem';
 const VERSION = 1;
@@ -66,8 +80,14 @@ function done(tx: IDBTransaction): Promise<void> {
   });
 }
 
-/** The app's database. */
+/**
+ * The app's database. One tab at a time owns it: `claim()` writes this
+ * tab's token, and every later write checks it in the same transaction, so
+ * a tab that was overtaken can never overwrite the new owner's links (which
+ * would reuse nonces).
+ */
 export class Store {
+  private readonly token = crypto.getRandomValues(new Uint32Array(2)).join('-');
   private constructor(private readonly db: IDBDatabase) {}
 
   static async open(): Promise<Store> {
@@ -88,6 +108,50 @@ export class Store {
     // Ask the browser not to evict this origin's data under pressure.
     void navigator.storage?.persist?.().catch(() => undefined);
     return new Store(db);
+  }
+
+  /** Make this tab the owner (the newest tab wins). */
+  async claim(): Promise<void> {
+    const tx = this.db.transaction('kv', 'readwrite', STRICT);
+    tx.objectStore('kv').put(this.token, 'owner');
+    await done(tx);
+  }
+
+  /** Abort `tx` unless this tab still owns the database. */
+  private fence(tx: IDBTransaction): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const r = tx.objectStore('kv').get('owner');
+      r.onsuccess = () => {
+        if (r.result === this.token) {
+          resolve();
+        } else {
+          tx.abort();
+          reject(new NotOwner());
+        }
+      };
+      r.onerror = () => reject(new StoreError('request failed', r.error));
+    });
+  }
+
+  /** The value at `key`, or `make()` stored there if none (atomically). */
+  async getOrPut<T>(key: string, make: () => T): Promise<T> {
+    const tx = this.db.transaction('kv', 'readwrite', STRICT);
+    const store = tx.objectStore('kv');
+    const value = await new Promise<T>((resolve, reject) => {
+      const r = store.get(key);
+      r.onsuccess = () => {
+        if (r.result !== undefined) {
+          resolve(r.result as T);
+          return;
+        }
+        const v = make();
+        store.put(v, key);
+        resolve(v);
+      };
+      r.onerror = () => reject(new StoreError('request failed', r.error));
+    });
+    await done(tx);
+    return value;
   }
 
   async get<T>(key: string): Promise<T | undefined> {
@@ -116,13 +180,20 @@ export class Store {
 
   /** Write a desktop's link with the events and tasks it changed, atomically. */
   async save(desktop: DesktopRow, tasks: TaskRow[] = [], events: EventRow[] = []): Promise<void> {
-    const tx = this.db.transaction(['desktops', 'tasks', 'events'], 'readwrite');
+    const tx = this.db.transaction(['kv', 'desktops', 'tasks', 'events'], 'readwrite', STRICT);
+    const completed = done(tx);
+    try {
+      await this.fence(tx);
+    } catch (e) {
+      await completed.catch(() => undefined);
+      throw e;
+    }
     tx.objectStore('desktops').put(desktop);
     const t = tx.objectStore('tasks');
     for (const row of tasks) t.put(row);
     const e = tx.objectStore('events');
     for (const row of events) e.put(row);
-    await done(tx);
+    await completed;
   }
 
   /** Drop the oldest tasks of a desktop beyond `keep`, with their events. */
@@ -140,10 +211,17 @@ export class Store {
 
   /** Forget a desktop and everything about it. */
   async forget(desktopId: string): Promise<void> {
-    const tx = this.db.transaction(['desktops', 'tasks', 'events'], 'readwrite');
+    const tx = this.db.transaction(['kv', 'desktops', 'tasks', 'events'], 'readwrite', STRICT);
+    const completed = done(tx);
+    try {
+      await this.fence(tx);
+    } catch (e) {
+      await completed.catch(() => undefined);
+      throw e;
+    }
     tx.objectStore('desktops').delete(desktopId);
     tx.objectStore('tasks').delete(IDBKeyRange.bound([desktopId], [desktopId, []]));
     tx.objectStore('events').delete(IDBKeyRange.bound([desktopId], [desktopId, []]));
-    await done(tx);
+    await completed;
   }
 }

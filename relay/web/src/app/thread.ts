@@ -30,10 +30,10 @@ export class Thread {
   readonly events = new Map<number, EventRow>();
   /** Events were read from storage. */
   loaded = false;
-  /** A gap fill is on its way. */
-  filling = false;
-  /** An older page is on its way. */
-  olderPending = false;
+  /** Where the gap fill on its way started. */
+  private fillFrom: number | null = null;
+  /** The older page on its way: from, and `lo` when asked. */
+  private older: { from: number; to: number } | null = null;
   /** Refusals of this task's requests, newest last (not persisted). */
   readonly refusals: Array<{ code: string; message: string }> = [];
   /** Approvals answered from this client and not resolved yet. */
@@ -59,8 +59,20 @@ export class Thread {
   /** Rebuild from storage. */
   static load(row: TaskRow, events: EventRow[]): Thread {
     const t = new Thread(row);
-    for (const e of events) t.events.set(e.offset, e);
+    t.merge(events);
     return t;
+  }
+
+  /** Add events read from storage (what is in memory wins). */
+  merge(events: EventRow[]): void {
+    this.loaded = true;
+    for (const e of events) if (!this.events.has(e.offset)) this.events.set(e.offset, e);
+    this.advance();
+  }
+
+  /** A gap fill is on its way. */
+  get filling(): boolean {
+    return this.fillFrom !== null;
   }
 
   /** Events in offset order. */
@@ -73,41 +85,54 @@ export class Thread {
     return this.row.lo > this.row.earliest;
   }
 
+  private advance(): void {
+    const row = this.row;
+    while (this.events.has(row.next)) row.next++;
+    while (row.lo > row.earliest && this.events.has(row.lo - 1)) row.lo--;
+    row.known = Math.max(row.known, row.next);
+  }
+
   /** An event arrived (live, replayed or from an older page). */
   observe(e: EventRow): Observed {
     const row = this.row;
+    if (e.offset < row.earliest) return { fresh: false, fill: null };
     // [lo, next) is held (in memory, or in storage not loaded yet).
-    const held = e.offset >= row.lo && e.offset < row.next;
-    if (held || this.events.has(e.offset) || e.offset < row.earliest) return { fresh: false, fill: null };
-    if (this.events.size === 0 && e.offset > row.next && row.next === row.lo) {
-      // First sight of a task already under way: hold its newest page.
-      row.lo = row.next = Math.max(row.earliest, row.next, e.offset - PAGE);
+    const held = this.events.has(e.offset) || (e.offset >= row.lo && e.offset < row.next);
+    if (!held) {
+      if (this.events.size === 0 && e.offset > row.next && row.next === row.lo) {
+        // First sight of a task already under way: hold its newest page.
+        row.lo = row.next = Math.max(row.earliest, row.next, e.offset - PAGE);
+      }
+      this.events.set(e.offset, e);
+      this.absorb(e);
     }
-    this.events.set(e.offset, e);
-    this.absorb(e);
+    row.known = Math.max(row.known, e.offset + 1);
+    this.advance();
     let fill: number | null = null;
-    if (e.offset === row.next) {
-      while (this.events.has(row.next)) row.next++;
-    } else if (e.offset > row.next && !this.filling) {
-      this.filling = true;
+    if (row.next < row.known && this.fillFrom === null && e.offset > row.next) {
+      this.fillFrom = row.next;
       fill = row.next;
     }
-    while (row.lo > row.earliest && this.events.has(row.lo - 1)) row.lo--;
-    row.known = Math.max(row.known, row.next);
-    return { fresh: true, fill };
+    return { fresh: !held, fill };
   }
 
   /** A history reply ended at `nextOffset`. Returns where to ask again. */
   historyEnd(nextOffset: number, more: boolean): number | null {
-    this.olderPending = false;
-    const next = this.row.next;
-    this.row.known = Math.max(this.row.known, nextOffset);
-    if (next < nextOffset || (more && nextOffset >= next)) {
-      this.filling = true;
-      return next;
+    const row = this.row;
+    if (this.older && nextOffset >= this.older.from && nextOffset <= this.older.to) {
+      // The older page: it ends where the held range started.
+      this.older = null;
+      return null;
     }
-    this.filling = false;
-    return null;
+    row.known = Math.max(row.known, more ? nextOffset + 1 : nextOffset);
+    const from = this.fillFrom;
+    this.fillFrom = null;
+    if (row.next >= row.known) return null;
+    // No progress since the last ask: stop rather than loop; the next live
+    // event (or opening the thread) asks again.
+    if (from !== null && row.next <= from) return null;
+    this.fillFrom = row.next;
+    return row.next;
   }
 
   /** The desktop keeps nothing before `earliest`. */
@@ -116,55 +141,59 @@ export class Thread {
     row.earliest = Math.max(row.earliest, earliest);
     if (row.next < row.earliest) row.next = row.earliest;
     if (row.lo < row.earliest) row.lo = row.earliest;
-    while (this.events.has(row.next)) row.next++;
-    this.olderPending = false;
+    this.advance();
   }
 
   /** Where the page before the held range starts; null if nothing older. */
   olderFrom(): number | null {
-    if (!this.hasOlder() || this.olderPending) return null;
-    this.olderPending = true;
-    return Math.max(this.row.earliest, this.row.lo - PAGE);
+    if (!this.hasOlder() || this.older) return null;
+    const from = Math.max(this.row.earliest, this.row.lo - PAGE);
+    this.older = { from, to: this.row.lo };
+    return from;
   }
 
   /** Forget that a fill or page was asked for (its answer was lost). */
   forgetRequests(): void {
-    this.filling = false;
-    this.olderPending = false;
+    this.fillFrom = null;
+    this.older = null;
   }
 
-  /** What the desktop's task list says. Returns a fill offset if the tail is behind. */
+  /** What the desktop's task list says. */
   summary(s: { title: string; executor: string; state: string; status?: string; next_offset: number; updated_ms: number }): void {
     const row = this.row;
     if (!row.title) row.title = s.title;
     row.executor = s.executor || row.executor;
-    if (row.state !== 'finished') row.state = s.state === 'finished' ? 'finished' : s.state === 'running' ? 'running' : 'queued';
-    if (s.status) row.status = s.status;
+    // The desktop knows at least as much as we do: its state wins (a
+    // finished task resumed by a follow-up runs again).
+    if (s.next_offset >= row.next) {
+      row.state = s.state === 'finished' ? 'finished' : s.state === 'running' ? 'running' : 'queued';
+      row.status = s.state === 'finished' ? s.status : undefined;
+    }
     row.updatedMs = Math.max(row.updatedMs, s.updated_ms);
-    row.known = Math.max(row.known, s.next_offset);
     if (this.events.size === 0 && row.next < s.next_offset && row.lo === row.next) {
       row.lo = row.next = s.next_offset;
     }
+    row.known = Math.max(row.known, s.next_offset);
   }
 
   /** The tail is behind what the desktop has: where to fetch from. */
   behind(): number | null {
-    if (this.filling || this.row.next >= this.row.known) return null;
-    this.filling = true;
+    if (this.fillFrom !== null || this.row.next >= this.row.known) return null;
+    this.fillFrom = this.row.next;
     return this.row.next;
   }
 
   /** Approvals waiting for a decision. */
   pending(now: number): PendingApproval[] {
-    if (this.row.state === 'finished') return [];
     const resolved = new Set<string>();
     for (const e of this.events.values()) {
       if (e.event.type === 'approval_resolved') resolved.add(String(e.event.approval_id));
     }
+    const finishedAt = this.row.finishedAt ?? -1;
     const out: PendingApproval[] = [];
     for (const e of this.sorted()) {
       const ev = e.event;
-      if (ev.type !== 'approval_request') continue;
+      if (ev.type !== 'approval_request' || e.offset < finishedAt) continue;
       const id = String(ev.approval_id);
       const expires = Number(ev.expires_at_ms);
       if (resolved.has(id) || expires <= now) continue;
@@ -180,21 +209,37 @@ export class Thread {
     return out;
   }
 
+  /** Whether an approval request at `offset` was overtaken by a finish. */
+  closedBy(offset: number): boolean {
+    return this.row.finishedAt !== undefined && this.row.finishedAt > offset;
+  }
+
   private absorb(e: EventRow): void {
     const row = this.row;
     const ev = e.event;
     row.updatedMs = Math.max(row.updatedMs, e.atMs);
+    const last = row.last ?? -1;
+    row.last = Math.max(last, e.offset);
     switch (ev.type) {
       case 'accepted':
         if (typeof ev.text === 'string' && !row.title) row.title = ev.text;
         if (typeof ev.executor === 'string') row.executor = ev.executor;
         break;
       case 'finished':
-        row.state = 'finished';
-        row.status = String(ev.status);
+        if (e.offset >= (row.finishedAt ?? -1)) {
+          row.finishedAt = e.offset;
+          if (e.offset >= last) {
+            row.state = 'finished';
+            row.status = String(ev.status);
+          }
+        }
         break;
       default:
-        if (row.state === 'queued' && e.offset >= row.next) row.state = 'running';
+        // Anything after the last finish: the task runs (again).
+        if (e.offset > last && (row.state !== 'finished' || e.offset > (row.finishedAt ?? -1))) {
+          row.state = 'running';
+          row.status = undefined;
+        }
     }
   }
 }

@@ -134,6 +134,11 @@ export class App {
 }
 
 function describe(s: ConnState | undefined, app: App): { state: string; text: string; action?: HTMLElement } {
+  if (app.engine.inert || (s?.kind === 'stopped' && s.code === 'replaced')) {
+    // Reloading makes this tab the owner again (the other one steps aside).
+    const here = h('button', { class: 'link', testid: 'use-here', onclick: () => location.reload() }, 'Use here');
+    return { state: 'offline', text: 'Tandem is open in another tab or window.', action: here };
+  }
   if (!s) return { state: 'connecting', text: 'Connecting…' };
   switch (s.kind) {
     case 'online':
@@ -151,10 +156,6 @@ function describe(s: ConnState | undefined, app: App): { state: string; text: st
       };
     }
     case 'stopped': {
-      if (s.code === 'replaced') {
-        const here = h('button', { class: 'link', testid: 'use-here', onclick: () => app.engine.relays.forEach((r) => r.start()) }, 'Use here');
-        return { state: 'offline', text: 'Tandem is open in another tab or window.', action: here };
-      }
       if (s.code === 'revoked') return { state: 'offline', text: 'This device was revoked on the desktop. Pair again to use it.' };
       return { state: 'offline', text: `Disconnected: ${s.reason}` };
     }

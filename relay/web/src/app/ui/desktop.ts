@@ -68,7 +68,7 @@ export function desktopScreen(app: App, route: Route): Screen {
 
   async function submit(): Promise<void> {
     const text = compose.value.trim();
-    if (!text) return;
+    if (!text || send.disabled) return;
     send.disabled = true;
     try {
       const task = await app.engine.submit(id, text);

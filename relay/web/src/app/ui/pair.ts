@@ -30,7 +30,22 @@ export function pairScreen(app: App, _route: Route): Screen {
       class: 'paste',
       onsubmit: (e: Event) => {
         e.preventDefault();
-        if (input.value.trim()) void run(input.value.trim());
+        const link = input.value.trim();
+        if (!link) return;
+        // A link to another relay's page: open it there (this page talks
+        // only to its own relay).
+        const hash = link.indexOf('#');
+        let origin = '';
+        try {
+          origin = new URL(hash >= 0 ? link.slice(0, hash) : link).origin;
+        } catch {
+          /* not a URL: run() reports it */
+        }
+        if (origin && origin !== location.origin && origin !== 'null') {
+          location.assign(link);
+          return;
+        }
+        void run(link);
       },
     },
     h('label', {}, 'Or paste the pairing link the desktop printed:'),
@@ -80,10 +95,35 @@ export function pairScreen(app: App, _route: Route): Screen {
     }
   }
 
+  const confirmBox = h('div', { class: 'confirm', hidden: true });
+  el.insertBefore(confirmBox, step);
   if (pendingLink) {
+    // A link can come from anyone: pairing starts only on a tap, so a link
+    // sent by someone else cannot pair this browser with their computer
+    // behind the user's back.
     const link = pendingLink;
     pendingLink = null;
-    void run(link);
+    intro.hidden = true;
+    step.hidden = true;
+    form.hidden = true;
+    confirmBox.replaceChildren(
+      h('p', {}, 'Pair this browser with a computer?'),
+      h('p', { class: 'hint' }, 'Continue only if you just scanned this code from your own computer’s screen.'),
+      h(
+        'button',
+        {
+          class: 'primary',
+          testid: 'pair-confirm',
+          onclick: () => {
+            confirmBox.hidden = true;
+            step.hidden = false;
+            void run(link);
+          },
+        },
+        'Pair',
+      ),
+    );
+    confirmBox.hidden = false;
   } else {
     step.hidden = true;
   }

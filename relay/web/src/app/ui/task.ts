@@ -52,7 +52,7 @@ export function taskScreen(app: App, route: Route): Screen {
 
   async function sendFollowUp(): Promise<void> {
     const text = followup.value.trim();
-    if (!text) return;
+    if (!text || followSend.disabled) return;
     followSend.disabled = true;
     try {
       await engine.followUp(desktopId, taskId, text);
@@ -106,7 +106,7 @@ export function taskScreen(app: App, route: Route): Screen {
       if (r) {
         state = r.allow ? 'allowed' : 'denied';
         text = `${r.allow ? 'Allowed' : 'Denied'} ${r.by === 'desktop' ? 'on the desktop' : r.by === 'timeout' ? '(no answer in time)' : r.by === `phone:${engine.deviceId}` ? 'by you' : 'from another device'}.`;
-      } else if (thread.row.state === 'finished' || (expires && expires <= now)) {
+      } else if (thread.closedBy(req?.offset ?? 0) || (expires && expires <= now)) {
         state = 'expired';
         text = 'No longer waiting for an answer.';
       } else if (thread.answered.has(id)) {
