@@ -3,8 +3,8 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "no-cache" (index.html), "immutable" (hashed /assets/*), "short" (the rest).
 &[
-    ("/assets/app-f337b2f51ea7e525.js", "text/javascript; charset=utf-8", "immutable", "\"f337b2f51ea7e5253fce0ed4ee5e51d8\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-f337b2f51ea7e525.js"))),
+    ("/assets/app-956b25792775fae0.js", "text/javascript; charset=utf-8", "immutable", "\"956b25792775fae09d476eb0dfc26c3f\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-956b25792775fae0.js"))),
     ("/assets/app-f6af0da754677cf0.css", "text/css; charset=utf-8", "immutable", "\"f6af0da754677cf0518e3649536055b3\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-f6af0da754677cf0.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
@@ -13,7 +13,7 @@
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "no-cache", "\"a920b097c94627186ba8213cc7878136\"",
+    ("/index.html", "text/html; charset=utf-8", "no-cache", "\"fafe39c4c5d9e429d7edba467d9497a6\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

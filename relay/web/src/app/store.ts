@@ -180,6 +180,17 @@ export class Store {
 
   /** Write a desktop's link with the events and tasks it changed, atomically. */
   async save(desktop: DesktopRow, tasks: TaskRow[] = [], events: EventRow[] = []): Promise<void> {
+    await this.fenced((tx) => {
+      tx.objectStore('desktops').put(desktop);
+      const t = tx.objectStore('tasks');
+      for (const row of tasks) t.put(row);
+      const e = tx.objectStore('events');
+      for (const row of events) e.put(row);
+    });
+  }
+
+  /** `write` in one strict transaction, only while this tab owns the database. */
+  private async fenced(write: (tx: IDBTransaction) => void): Promise<void> {
     const tx = this.db.transaction(['kv', 'desktops', 'tasks', 'events'], 'readwrite', STRICT);
     const completed = done(tx);
     try {
@@ -188,11 +199,7 @@ export class Store {
       await completed.catch(() => undefined);
       throw e;
     }
-    tx.objectStore('desktops').put(desktop);
-    const t = tx.objectStore('tasks');
-    for (const row of tasks) t.put(row);
-    const e = tx.objectStore('events');
-    for (const row of events) e.put(row);
+    write(tx);
     await completed;
   }
 
@@ -201,27 +208,20 @@ export class Store {
     const all = await this.tasks(desktopId);
     if (all.length <= keep) return;
     all.sort((a, b) => b.updatedMs - a.updatedMs);
-    const tx = this.db.transaction(['tasks', 'events'], 'readwrite');
-    for (const t of all.slice(keep)) {
-      tx.objectStore('tasks').delete([desktopId, t.taskId]);
-      tx.objectStore('events').delete(IDBKeyRange.bound([desktopId, t.taskId, 0], [desktopId, t.taskId, Number.MAX_SAFE_INTEGER]));
-    }
-    await done(tx);
+    await this.fenced((tx) => {
+      for (const t of all.slice(keep)) {
+        tx.objectStore('tasks').delete([desktopId, t.taskId]);
+        tx.objectStore('events').delete(IDBKeyRange.bound([desktopId, t.taskId, 0], [desktopId, t.taskId, Number.MAX_SAFE_INTEGER]));
+      }
+    });
   }
 
   /** Forget a desktop and everything about it. */
   async forget(desktopId: string): Promise<void> {
-    const tx = this.db.transaction(['kv', 'desktops', 'tasks', 'events'], 'readwrite', STRICT);
-    const completed = done(tx);
-    try {
-      await this.fence(tx);
-    } catch (e) {
-      await completed.catch(() => undefined);
-      throw e;
-    }
-    tx.objectStore('desktops').delete(desktopId);
-    tx.objectStore('tasks').delete(IDBKeyRange.bound([desktopId], [desktopId, []]));
-    tx.objectStore('events').delete(IDBKeyRange.bound([desktopId], [desktopId, []]));
-    await completed;
+    await this.fenced((tx) => {
+      tx.objectStore('desktops').delete(desktopId);
+      tx.objectStore('tasks').delete(IDBKeyRange.bound([desktopId], [desktopId, []]));
+      tx.objectStore('events').delete(IDBKeyRange.bound([desktopId], [desktopId, []]));
+    });
   }
 }
