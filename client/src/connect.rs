@@ -8,6 +8,7 @@
 //! and adds reconnection, the outbox and liveness; tools that want a raw
 //! connection (load generators, tests) can use it directly.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::Uri;
 use tandem_proto::frame::{MAX_FRAME_LEN, VERSION};
 use tandem_proto::{DeviceId, DeviceKey, ErrorCode, Frame, FrameError, Role, relay_auth};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -50,6 +51,8 @@ pub struct Endpoint {
     /// `host[:port]` exactly as sent in the `Host` header.
     dialed: String,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The local address connections are made from (any port), if chosen.
+    local_ip: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -99,7 +102,17 @@ impl Endpoint {
             port,
             uri,
             tls,
+            local_ip: None,
         })
+    }
+
+    /// Make connections from `ip` (any free port) instead of the address the
+    /// system picks: a load generator spreads many connections over several
+    /// loopback addresses (`127.0.0.2`, …) so that ports do not run out.
+    #[must_use]
+    pub fn with_local_ip(mut self, ip: Option<IpAddr>) -> Self {
+        self.local_ip = ip;
+        self
     }
 
     /// The URL as given.
@@ -136,15 +149,38 @@ impl Endpoint {
         }
     }
 
+    /// The TCP connection, from [`Endpoint::with_local_ip`]'s address if set.
+    async fn tcp(&self) -> std::io::Result<TcpStream> {
+        let Some(local) = self.local_ip else {
+            return TcpStream::connect((self.host.as_str(), self.port)).await;
+        };
+        let mut last = None;
+        for remote in tokio::net::lookup_host((self.host.as_str(), self.port)).await? {
+            if remote.is_ipv4() != local.is_ipv4() {
+                continue;
+            }
+            let socket = if local.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            socket.bind(SocketAddr::new(local, 0))?;
+            match socket.connect(remote).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("no address of the relay's family of {local}"),
+            )
+        }))
+    }
+
     async fn connect_inner(
         &self,
         key: &DeviceKey,
         role: Role,
         write_timeout: Duration,
     ) -> Result<Connection, ClientError> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| ClientError::Io(format!("{}: {e}", self.dialed)))?;
+        let tcp = self.tcp().await.map_err(|e| ClientError::Io(format!("{}: {e}", self.dialed)))?;
         tcp.set_nodelay(true).map_err(|e| ClientError::Io(e.to_string()))?;
 
         let mut request = self.uri.clone().into_client_request()?;

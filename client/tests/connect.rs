@@ -148,3 +148,19 @@ fn bad_urls_and_roots_are_refused_up_front() {
     let e = Endpoint::new("ws://[::1]:9000/v1/connect", &[]).unwrap();
     assert_eq!(e.dialed_name(), "[::1]:9000");
 }
+
+#[tokio::test]
+async fn connects_from_the_chosen_local_address() {
+    // A bare listener: the handshake never finishes, but the source address shows.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/v1/connect", listener.local_addr().unwrap());
+    let local: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let endpoint = Endpoint::new(&url, &[]).unwrap().with_local_ip(Some(local));
+    let key = key();
+    let attempt = tokio::spawn(async move {
+        endpoint.connect(&key, Role::Phone, Duration::from_millis(500)).await
+    });
+    let (_tcp, peer) = within(listener.accept()).await.unwrap();
+    assert_eq!(peer.ip(), local);
+    assert_eq!(attempt.await.unwrap().unwrap_err(), ClientError::Timeout);
+}
