@@ -4,8 +4,10 @@
 // a relay killed with -9 and restarted, shows pairing errors, an idle detach;
 // a second phone pairs (the secret leaves the address bar and the history) and
 // scrolls back through a long task's history; follow-up, cancel, deny; the
-// desktop offline and a task sent meanwhile. Selectors are the DOM contract of the web client (README.md, "DOM
-// contract"). The checks run in order and share one relay, desktop and phone.
+// desktop offline and a task sent meanwhile; two tabs of one browser (one owns
+// the state, "use here" takes it back); forgetting a desktop. Selectors are the
+// DOM contract of the web client (README.md, "DOM contract"). The checks run in
+// order and share one relay, desktop and phone.
 //
 //   npm run e2e        (needs target/debug/tandem-relay and target/debug/tandem,
 //                       zbarimg and chromium; see e2e/README.md)
@@ -162,6 +164,62 @@ async function desktopEvents(taskId) {
   const code = await p.wait(10_000);
   assert.equal(code, 0, `tandem tasks ${taskId} exits 0\n${p.tail()}`);
   return p.lines.slice();
+}
+
+/** The desktop's task list (`tandem tasks`): one line per task, ending with its text. */
+async function desktopTasks() {
+  const p = s.run.tandem('tasks-list', s.agentDir, ['tasks']);
+  const code = await p.wait(10_000);
+  assert.equal(code, 0, `tandem tasks exits 0\n${p.tail()}`);
+  return p.lines.slice();
+}
+
+/** On the page: a task accepted and finished once, `n=0..N-1` once each, offsets contiguous. */
+async function checkShownOnce(page, N, what) {
+  await waitUntil(`${what}: all ${N} progress events`, async () => progressNumbers(await taskEvents(page)).length >= N, {
+    timeout: 10_000,
+    detail: async () => `seen n: ${progressNumbers(await taskEvents(page)).join(',')}`,
+  });
+  const events = await taskEvents(page);
+  checkCount(events, N, what);
+  assert.equal(events.filter((e) => e.type === 'accepted').length, 1, `${what}: [data-testid=event][data-type=accepted] once`);
+  assert.equal(events.filter((e) => e.type === 'finished').length, 1, `${what}: [data-testid=event][data-type=finished] once`);
+}
+
+/** On the desktop (`tandem tasks ID`): the task accepted, run and finished once. */
+async function checkRanOnce(id, N, what) {
+  const recorded = await desktopEvents(id);
+  const kinds = recorded.map((l) => /#\d+\s+(\S+)/.exec(l)?.[1]).filter(Boolean);
+  assert.equal(kinds.filter((k) => k === 'accepted').length, 1, `${what}: tandem tasks ${id}: accepted once\n${recorded.join('\n')}`);
+  assert.equal(kinds.filter((k) => k === 'finished').length, 1, `${what}: tandem tasks ${id}: finished once\n${recorded.join('\n')}`);
+  assert.equal(recorded.length, N + 2, `${what}: tandem tasks ${id}: accepted, ${N} progress lines, finished\n${recorded.join('\n')}`);
+}
+
+/** A second tab (page) in a phone's browser context: same storage, its own errors. */
+async function newTab(phone, name) {
+  const page = await phone.context.newPage();
+  const tab = { name, page, errors: [], consoleErrors: [] };
+  page.on('pageerror', (e) => tab.errors.push(`${e.name}: ${e.message}\n${e.stack ?? ''}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') tab.consoleErrors.push(m.text());
+  });
+  return tab;
+}
+
+/** This tab stepped aside: the banner is offline, says why, and offers [data-testid=use-here]. */
+async function expectSteppedAside(page, what) {
+  await expectVisible(page, '[data-testid=conn] [data-testid=use-here]', `${what}: the banner offers "use here"`, 10_000);
+  await expectConn(page, ['offline'], what, 5000);
+  const text = await page.locator('[data-testid=conn]').textContent();
+  assert.ok(
+    (text ?? '').includes('Tandem is open in another tab or window.'),
+    `${what}: [data-testid=conn] says "Tandem is open in another tab or window.": ${JSON.stringify(text)}`,
+  );
+}
+
+/** The relay's log lines without colours. */
+function relayLog() {
+  return s.relay.lines.map((l) => l.replace(/\x1b\[[0-9;]*m/g, ''));
 }
 
 /** Every URL in the tab's session history (Chromium's own list, through CDP). */
@@ -766,5 +824,158 @@ describe('web client end to end', { concurrency: false }, () => {
     const items = await page.$$eval('[data-testid=task]', (els) => els.map((e) => [e.getAttribute('data-id'), e.textContent ?? '']));
     const same = items.filter(([, tx]) => tx.includes(text));
     assert.deepEqual(same.map(([i]) => i), [id], `one [data-testid=task] "${text}" on the desktop screen: ${JSON.stringify(same)}`);
+  });
+
+  check('12. two tabs: the newest owns the state, the older steps aside; "use here" takes it back; each task runs once', async (t) => {
+    if (!needPaired(t)) return;
+    const a = s.phone.page;
+    const url = `http://${s.relay.addr}/p?desktop=${encodeURIComponent(s.desktopId)}`;
+    await openDesktop(a);
+    await expectConn(a, ['online'], 'the first tab before the second opens');
+    const b = await newTab(s.phone, 'phone-tab-2');
+    try {
+      // A second tab of the same browser (same IndexedDB) opens: it claims the state.
+      await open(b.page, url);
+      await expectScreen(b.page, 'desktop');
+      await expectSteppedAside(a, 'the first tab, once a second tab opened');
+      await screenshot(a, 'other-tab', '[data-testid=conn]');
+      await expectConn(b.page, ['online'], 'the second tab');
+      const nB = 4;
+      const textB = `count ${nB} 20`;
+      const idB = await submit(b.page, textB);
+      assert.equal(await waitFinished(b.page, `${textB} in the second tab`), 'succeeded', '[data-testid=finished] data-status (second tab)');
+      await checkShownOnce(b.page, nB, `${textB} (second tab)`);
+      assert.equal(await attr(a, '[data-testid=conn]', 'data-state'), 'offline', 'the first tab stays aside while the second works');
+
+      // "Use here" on the first tab: it reloads and owns the state again.
+      trace('12: use here');
+      const loaded = a.waitForEvent('load', { timeout: WAIT });
+      await (await expectVisible(a, '[data-testid=use-here]', 'the first tab: use here')).tap();
+      await loaded.catch(async (e) => {
+        throw new Error(`[data-testid=use-here] did not reload the first tab: ${e.message.split('\n')[0]}\n${await describePage(a)}`);
+      });
+      await expectScreen(a, 'desktop');
+      await expectHidden(a, '[data-testid=use-here]', 'the first tab owns the state again', 5000);
+      await expectConn(a, ['online'], 'the first tab after "use here"');
+      await expectSteppedAside(b.page, 'the second tab, once the first took over');
+      // The first tab holds what the second one saved: its task, once.
+      const listed = await a.$$eval('[data-testid=task]', (els) => els.map((e) => e.getAttribute('data-id')));
+      assert.equal(listed.filter((x) => x === idB).length, 1, `the first tab lists the second tab's task ${idB} once: ${listed.join(',')}`);
+
+      const nA = 5;
+      const textA = `count ${nA} 20`;
+      const idA = await submit(a, textA);
+      assert.equal(await waitFinished(a, `${textA} in the first tab`), 'succeeded', '[data-testid=finished] data-status (first tab)');
+      await sleep(1000); // a second run would show by now
+      await checkShownOnce(a, nA, `${textA} (first tab, after use here)`);
+
+      // The desktop saw each task once: the second tab's did not run again when the
+      // first one took over (its outbox, its links), the first tab's ran once.
+      trace('12: the desktop');
+      await checkRanOnce(idB, nB, `${textB} (second tab)`);
+      await checkRanOnce(idA, nA, `${textA} (first tab)`);
+      const all = await desktopTasks();
+      for (const [id, text] of [[idB, textB], [idA, textA]]) {
+        const same = all.filter((l) => l.trimEnd().endsWith(`  ${text}`));
+        assert.equal(same.length, 1, `the desktop has one task "${text}" (tandem tasks)\n${all.join('\n')}`);
+        assert.ok(same[0].startsWith(id), `the desktop's task "${text}" is ${id}: ${same[0]}`);
+      }
+      // The second tab stayed aside meanwhile (it does not reconnect by itself).
+      await expectSteppedAside(b.page, 'the second tab, still aside');
+      assertNoPageErrors(b);
+    } finally {
+      if (b.consoleErrors.length) console.log(`# console errors on ${b.name} (reported, not failures):\n#   ${b.consoleErrors.slice(0, 20).join('\n#   ')}`);
+      await b.page.close().catch(() => undefined);
+      // Failed half way: the first tab takes the state back, for the checks after this one.
+      if (await a.locator('[data-testid=use-here]').isVisible().catch(() => false)) await a.reload().catch(() => undefined);
+    }
+  });
+
+  check('13. forget a desktop: it is gone (after a reload too), its data removed, the relay revoked the route', async (t) => {
+    if (!s.phone2) return t.skip('no second phone (check 7 failed)');
+    const { page } = s.phone2;
+    const device = await attr(page, '#app', 'data-device');
+    assert.ok(device, `#app data-device names this browser's device: ${await describePage(page)}`);
+    await openDesktop(page);
+    await expectConn(page, ['online'], 'the second phone before forgetting');
+    const revoked = () => relayLog().filter((l) => /route revoked/.test(l) && l.includes(`device=${device}`));
+    assert.equal(revoked().length, 0, `no revoke by ${device} in the relay's log yet`);
+
+    // Cancelled in the confirmation dialog: nothing happens.
+    let asked = null;
+    page.once('dialog', (d) => {
+      asked = d.message();
+      void d.dismiss();
+    });
+    await (await expectVisible(page, '[data-testid=forget]', 'desktop screen: forget')).tap();
+    await waitUntil('[data-testid=forget] asks for confirmation (window.confirm)', async () => asked !== null, { timeout: 5000 });
+    await sleep(300);
+    assert.equal(await attr(page, '#app', 'data-screen'), 'desktop', `dismissing the confirmation keeps the desktop screen\n${await describePage(page)}`);
+
+    // Confirmed.
+    asked = null;
+    page.once('dialog', (d) => {
+      asked = d.message();
+      void d.accept();
+    });
+    await (await expectVisible(page, '[data-testid=forget]', 'desktop screen: forget')).tap();
+    await waitUntil('[data-testid=forget] asks for confirmation again', async () => asked !== null, { timeout: 5000 });
+    assert.match(asked, /Forget/, `the confirmation says what it does: ${JSON.stringify(asked)}`);
+    // Its only desktop gone, the app shows the pairing screen (a desktops list would be empty).
+    await waitUntil(
+      '#app[data-screen=pair] (no desktop left) or [data-screen=desktops] without it',
+      async () => {
+        const sc = await attr(page, '#app', 'data-screen');
+        return sc === 'pair' || (sc === 'desktops' && (await page.locator(`[data-testid=desktop][data-id="${s.desktopId}"]`).count()) === 0);
+      },
+      { timeout: 10_000, detail: () => describePage(page) },
+    );
+    assert.equal(await page.locator('[data-testid=desktop]').count(), 0, 'no [data-testid=desktop] left');
+
+    // The relay: the route between this phone and the desktop is revoked (the app's Revoke frame).
+    await waitUntil(
+      `the relay logs "route revoked device=${device} peer=${s.desktopId}"`,
+      async () => revoked().some((l) => l.includes(`peer=${s.desktopId}`)),
+      { timeout: 10_000, detail: () => relayLog().slice(-10).join('\n') },
+    );
+
+    // After a reload, and opening the desktop's own address: still forgotten.
+    await page.reload();
+    await expectScreen(page, 'pair');
+    await open(page, `http://${s.relay.addr}/p?desktop=${encodeURIComponent(s.desktopId)}`);
+    await expectScreen(page, 'pair');
+    assert.equal(await page.locator('[data-testid=desktop]').count(), 0, 'no [data-testid=desktop] after a reload');
+    // Nothing about it is left in storage: no desktop row, no tasks, no events.
+    const left = await page.evaluate(
+      (id) =>
+        new Promise((resolve, reject) => {
+          const r = indexedDB.open('tandem');
+          r.onerror = () => reject(r.error);
+          r.onsuccess = () => {
+            const db = r.result;
+            const tx = db.transaction(['desktops', 'tasks', 'events']);
+            const range = IDBKeyRange.bound([id], [id, []]);
+            const out = {};
+            const count = (name, q) => {
+              const c = tx.objectStore(name).count(q);
+              c.onsuccess = () => (out[name] = c.result);
+            };
+            count('desktops', undefined);
+            count('tasks', range);
+            count('events', range);
+            tx.oncomplete = () => {
+              db.close();
+              resolve(out);
+            };
+            tx.onerror = () => reject(tx.error);
+          };
+        }),
+      s.desktopId,
+    );
+    assert.deepEqual(left, { desktops: 0, tasks: 0, events: 0 }, `IndexedDB holds nothing of the forgotten desktop ${s.desktopId}`);
+
+    // The first phone is not affected.
+    await openDesktop(s.phone.page);
+    await expectConn(s.phone.page, ['online'], 'the first phone after the second forgot the desktop', 10_000);
   });
 });
