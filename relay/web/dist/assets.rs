@@ -3,17 +3,17 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "no-cache" (index.html), "immutable" (hashed /assets/*), "short" (the rest).
 &[
-    ("/assets/app-956b25792775fae0.js", "text/javascript; charset=utf-8", "immutable", "\"956b25792775fae09d476eb0dfc26c3f\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-956b25792775fae0.js"))),
-    ("/assets/app-f6af0da754677cf0.css", "text/css; charset=utf-8", "immutable", "\"f6af0da754677cf0518e3649536055b3\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-f6af0da754677cf0.css"))),
+    ("/assets/app-57a591127182aac3.js", "text/javascript; charset=utf-8", "immutable", "\"57a591127182aac3a0154edba2746b45\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-57a591127182aac3.js"))),
+    ("/assets/app-f16fe7e01b5f23a4.css", "text/css; charset=utf-8", "immutable", "\"f16fe7e01b5f23a4abce00392635f727\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-f16fe7e01b5f23a4.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "no-cache", "\"fafe39c4c5d9e429d7edba467d9497a6\"",
+    ("/index.html", "text/html; charset=utf-8", "no-cache", "\"29734e5ece1622b3e5cda379501a3ce0\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

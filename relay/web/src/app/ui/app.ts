@@ -124,6 +124,8 @@ export class App {
     }
     this.banner.hidden = false;
     const s = this.engine.connection(this.route.desktop);
+    // Another tab owns the state: nothing here can be used until "Use here".
+    this.main.inert = this.engine.inert;
     const { state, text, action } = describe(s, this);
     this.banner.dataset.state = state;
     this.banner.replaceChildren(h('span', { class: 'dot' }), h('span', { class: 'text' }, text));

@@ -108,6 +108,9 @@ export function desktopScreen(app: App, route: Route): Screen {
     }
   }
   render();
+  // A fresh task list each time the screen opens (the user is here, so
+  // re-attaching an idle-detached client is right).
+  if (d.online) void app.engine.refreshTasks(id).catch(() => undefined);
   return {
     el,
     title: d.row.name,
