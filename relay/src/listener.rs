@@ -19,8 +19,11 @@ use tracing::{debug, warn};
 
 use crate::state::State;
 
-/// A plain or TLS connection.
-pub(crate) type Io = Either<TcpStream, TlsStream<TcpStream>>;
+/// A plain or TLS connection. The TLS stream is boxed: it is over a
+/// kilobyte (rustls's connection state), and hyper keeps the `Io` of an
+/// upgraded connection for the connection's life, so a plain connection
+/// would otherwise carry that size too.
+pub(crate) type Io = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// The listener axum serves from.
 pub(crate) struct RelayListener {
@@ -94,7 +97,7 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => {
-                            let _ = tx.send((Either::Right(s), addr)).await;
+                            let _ = tx.send((Either::Right(Box::new(s)), addr)).await;
                         }
                         Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
                         Err(_) => {
