@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
-use crate::registry::{ConnHandle, Outbound};
+use crate::registry::{ConnHandle, Outbound, Queued};
 use crate::state::{State, unix_now};
 use crate::store::{StoreError, StoreFuture};
 
@@ -399,15 +399,11 @@ impl Reader {
     /// Send an `Error` frame on this connection (waits if its own queue is full).
     async fn refuse(&self, code: ErrorCode, ref_id: u64, message: &str) {
         self.state.metrics.refused(code);
-        let _ = self
-            .handle
-            .tx
-            .send(Outbound::Frame(Frame::Error { code, ref_id, message: message.to_owned() }))
-            .await;
+        let _ = self.handle.send(Frame::Error { code, ref_id, message: message.to_owned() }).await;
     }
 
     async fn reply(&self, frame: Frame) {
-        let _ = self.handle.tx.send(Outbound::Frame(frame)).await;
+        let _ = self.handle.send(frame).await;
     }
 
     async fn on_frame(&self, frame: Frame) -> Result<Option<Pending>, Closing> {
@@ -668,7 +664,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Outbound>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
         let mut last = 0u64;
         let result = self.loop_(&mut rx, &mut last).await;
         if let Err(Closing(_, ref m)) = result
@@ -687,7 +683,7 @@ impl Writer {
         }
         // Flush what is queued, then close.
         while let Ok(out) = rx.try_recv() {
-            if let Outbound::Frame(f) = out
+            if let Outbound::Frame(f) = *out
                 && write(&mut self.sink, &f, &self.state).await.is_err()
             {
                 break;
@@ -711,7 +707,7 @@ impl Writer {
 
     async fn loop_(
         &mut self,
-        rx: &mut mpsc::Receiver<Outbound>,
+        rx: &mut mpsc::Receiver<Queued>,
         last: &mut u64,
     ) -> Result<(), Closing> {
         self.backlog(last, u64::MAX).await?;
@@ -727,7 +723,7 @@ impl Writer {
                     }
                     pong_by = None;
                 }
-                out = rx.recv() => match out {
+                out = rx.recv() => match out.map(|b| *b) {
                     Some(Outbound::Frame(f)) => self.send(&f).await?,
                     Some(Outbound::Deliver { id, from, payload }) => {
                                                 if id > *last + 1 {

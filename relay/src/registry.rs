@@ -17,6 +17,11 @@ pub(crate) enum Outbound {
     Deliver { id: u64, from: DeviceId, payload: Vec<u8> },
 }
 
+/// What a connection's queue holds: boxed, so that the queue's first block
+/// (32 slots, allocated with the channel and kept while it lives) costs 8
+/// bytes a slot on an idle connection instead of the size of a [`Frame`].
+pub(crate) type Queued = Box<Outbound>;
+
 impl std::fmt::Debug for Outbound {
     /// Never shows payload bytes.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,7 +38,7 @@ impl std::fmt::Debug for Outbound {
 #[derive(Debug, Clone)]
 pub(crate) struct ConnHandle {
     pub(crate) conn_id: u64,
-    pub(crate) tx: mpsc::Sender<Outbound>,
+    pub(crate) tx: mpsc::Sender<Queued>,
     /// Wakes the writer to read its backlog from the store.
     pub(crate) wake: Arc<Notify>,
     cancel: CancellationToken,
@@ -41,7 +46,7 @@ pub(crate) struct ConnHandle {
 }
 
 impl ConnHandle {
-    pub(crate) fn new(conn_id: u64, tx: mpsc::Sender<Outbound>) -> Self {
+    pub(crate) fn new(conn_id: u64, tx: mpsc::Sender<Queued>) -> Self {
         Self {
             conn_id,
             tx,
@@ -76,6 +81,12 @@ impl ConnHandle {
         lock(&self.reason).clone()
     }
 
+    /// Hand a frame to the writer, waiting while its queue is full; false
+    /// once the writer is gone.
+    pub(crate) async fn send(&self, frame: Frame) -> bool {
+        self.tx.send(Box::new(Outbound::Frame(frame))).await.is_ok()
+    }
+
     /// Hand something to the writer without making the caller wait.
     ///
     /// A stored frame (`Deliver`) that does not fit is not lost: the writer
@@ -85,9 +96,11 @@ impl ConnHandle {
     /// stuck and the connection is closed (the device reconnects and the
     /// state it missed is sent afresh).
     pub(crate) fn offer(&self, out: Outbound) {
-        match self.tx.try_send(out) {
+        match self.tx.try_send(Box::new(out)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Outbound::Deliver { .. })) => {
+            Err(mpsc::error::TrySendError::Full(out))
+                if matches!(*out, Outbound::Deliver { .. }) =>
+            {
                 self.wake.notify_one()
             }
             Err(mpsc::error::TrySendError::Full(out)) => {
