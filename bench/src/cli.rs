@@ -1,0 +1,190 @@
+//! The command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::target::TargetKind;
+
+/// Tandem's load generator: simulated desktop/phone pairs speaking the real
+/// protocol against a relay, with a bare forwarder and a direct loopback
+/// path as baselines measured in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "tandem-bench", version, about, long_about = None)]
+pub struct Cli {
+    /// The scenario.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Options shared by the scenarios.
+    #[command(flatten)]
+    pub opts: Opts,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// N authenticated idle connections: the relay's memory per connection
+    /// (plain WebSocket and TLS; the forwarder as baseline).
+    Idle(IdleArgs),
+    /// P pairs sending as fast as end-to-end acks allow: messages/s, MB/s,
+    /// CPU per message (tandem and the bare forwarder).
+    Throughput,
+    /// Fixed rates: added latency percentiles against a direct loopback path.
+    Latency,
+    /// N pairs streaming while the relay is killed (SIGKILL) and restarted:
+    /// time until every pair resumed; lost and duplicated messages (must be 0).
+    ReconnectStorm,
+    /// Pairings per second, and the latency of one pairing.
+    Pairing,
+    /// Every scenario, one after the other.
+    All,
+    /// Run the bare forwarder server (a baseline target).
+    Forwarder(ForwarderArgs),
+}
+
+/// Options of every scenario.
+#[derive(Debug, Clone, Args)]
+pub struct Opts {
+    /// The tandem-relay binary to start (default: the one next to this binary).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub relay_bin: Option<PathBuf>,
+    /// Use an already running relay instead of starting one.
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// With --url: the relay's process id on this machine, for its memory and CPU time.
+    #[arg(long, global = true, value_name = "PID")]
+    pub relay_pid: Option<u32>,
+    /// With --url: an extra root certificate (PEM) to trust.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub root_cert: Option<PathBuf>,
+    /// Small and short: correctness only (every check still fails the run).
+    #[arg(long, global = true)]
+    pub quick: bool,
+    /// Where to write the JSON report (default: target/bench/<scenario>.json).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// idle: connections (numbers or `max`); reconnect-storm: pairs;
+    /// pairing: pairings.
+    #[arg(short = 'n', global = true, value_delimiter = ',', value_name = "N")]
+    pub n: Option<Vec<Count>>,
+    /// throughput, latency: simultaneous pairs.
+    #[arg(long, global = true, value_name = "P")]
+    pub pairs: Option<usize>,
+    /// throughput: message sizes in bytes; latency, reconnect-storm: the first is used.
+    #[arg(long, global = true, value_delimiter = ',', value_name = "BYTES")]
+    pub payloads: Option<Vec<usize>>,
+    /// latency: total messages per second; reconnect-storm: the first is used.
+    #[arg(long, global = true, value_delimiter = ',', value_name = "PER_SECOND")]
+    pub rates: Option<Vec<f64>>,
+    /// TLS (a self-signed certificate) for the relay the bench starts; idle
+    /// measures only TLS then (by default it measures plain and TLS).
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// Seconds each measurement lasts (after a warm-up).
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// throughput, latency: what to drive (tandem, forwarder, direct).
+    #[arg(long, global = true, value_delimiter = ',', value_name = "TARGET")]
+    pub targets: Option<Vec<TargetKind>>,
+    /// throughput: unacknowledged messages per pair.
+    #[arg(long, global = true, value_name = "MESSAGES")]
+    pub window: Option<u64>,
+    /// idle: most connections per load-generating process.
+    #[arg(long, global = true, value_name = "N")]
+    pub per_process: Option<usize>,
+    /// pairing: pairings at once; idle: connection attempts at once per process.
+    #[arg(long, global = true, value_name = "N")]
+    pub concurrency: Option<usize>,
+}
+
+/// A number of connections, or as many as the open-file limit allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// Exactly this many.
+    N(usize),
+    /// The open-file limit less what a process keeps for itself.
+    Max,
+}
+
+impl FromStr for Count {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("max") {
+            return Ok(Count::Max);
+        }
+        let digits: String = s.chars().filter(|c| *c != '_').collect();
+        let n = match digits.strip_suffix(['k', 'K']) {
+            Some(k) => k.parse::<usize>().map(|k| k * 1000),
+            None => digits.parse::<usize>(),
+        };
+        n.map(Count::N).map_err(|_| format!("{s:?} is not a number or `max`"))
+    }
+}
+
+/// `idle`'s own options (the worker ones are internal).
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// Internal: be a worker that holds connections for the parent.
+    #[arg(long, hide = true)]
+    pub worker: bool,
+    /// Internal: connections this worker opens.
+    #[arg(long, hide = true)]
+    pub worker_connections: Option<usize>,
+    /// Internal: the first three bytes of this worker's loopback source
+    /// addresses (`127.R.W`; the fourth counts up every 5 000 connections).
+    #[arg(long, hide = true)]
+    pub worker_source: Option<String>,
+    /// Internal: what the worker connects to.
+    #[arg(long, hide = true)]
+    pub worker_target: Option<TargetKind>,
+    /// Leave out the forwarder baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+/// The forwarder's options.
+#[derive(Debug, Clone, Args)]
+pub struct ForwarderArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Exit when standard input closes (how the bench runs it).
+    #[arg(long, hide = true)]
+    pub exit_with_stdin: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_parse() {
+        assert_eq!("max".parse(), Ok(Count::Max));
+        assert_eq!("10k".parse(), Ok(Count::N(10_000)));
+        assert_eq!("20_000".parse(), Ok(Count::N(20_000)));
+        assert!("ten".parse::<Count>().is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "tandem-bench",
+            "throughput",
+            "--quick",
+            "--payloads",
+            "64,1024",
+            "--targets",
+            "tandem,forwarder",
+        ])
+        .unwrap();
+        assert!(cli.opts.quick);
+        assert_eq!(cli.opts.payloads, Some(vec![64, 1024]));
+        assert_eq!(cli.opts.targets, Some(vec![TargetKind::Tandem, TargetKind::Forwarder]));
+        let cli = Cli::try_parse_from(["tandem-bench", "idle", "-n", "10k,max", "--tls"]).unwrap();
+        assert_eq!(cli.opts.n, Some(vec![Count::N(10_000), Count::Max]));
+        assert!(cli.opts.tls);
+    }
+}

@@ -1,0 +1,355 @@
+//! The load drivers: numbered messages into every pair, either as fast as
+//! the end-to-end acknowledgements allow (a window of unacknowledged
+//! messages per pair) or at a fixed rate; what comes out is checked (every
+//! message once, in order) and timed.
+//!
+//! A run has a schedule on the run's [`Clock`]: sending starts at once,
+//! counting starts after the warm-up (`t0`), sending stops at `t1`, then the
+//! pairs drain: the driver waits until every message sent has come out and
+//! been acknowledged (or the drain deadline passes, which is a failure).
+//! Throughput counts messages that came out in `[t0, t1)`; latency counts
+//! messages sent in `[t0, t1)`, from the moment the driver handed them to
+//! the target to the moment the phone end had them in order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::{Instant, sleep_until};
+
+use crate::procfs::CpuMeter;
+use crate::stats::histogram;
+use crate::target::{PairIo, Received};
+use crate::wire::{self, Clock};
+
+/// How a pair's sender is paced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// As fast as acknowledgements allow: at most this many messages
+    /// unacknowledged end to end.
+    Window(u64),
+    /// A fixed rate per pair (messages per second), never more than
+    /// `window` unacknowledged; a sender more than 10 ms behind skips the
+    /// slots it missed (counted).
+    Rate {
+        /// Messages per second for this pair.
+        per_pair: f64,
+        /// Most unacknowledged messages.
+        window: u64,
+    },
+}
+
+/// One run's parameters.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Message size in bytes (at least [`wire::HEADER_LEN`]).
+    pub payload: usize,
+    /// How senders are paced.
+    pub pace: Pace,
+    /// Before counting starts.
+    pub warmup: Duration,
+    /// How long counting lasts (sending stops at its end).
+    pub duration: Duration,
+    /// Most time to wait for the pairs to drain after sending stops.
+    pub drain: Duration,
+    /// If set, each pair notes the first message it receives after this
+    /// moment (nanoseconds on the run's clock; `u64::MAX` until set).
+    pub mark: Option<Arc<AtomicU64>>,
+}
+
+/// What one pair has received so far, across runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    /// The highest message number received.
+    pub last: u64,
+    /// Messages received (duplicates included).
+    pub received: u64,
+    /// Messages received again.
+    pub duplicates: u64,
+    /// Messages skipped over (a later one came first): lost.
+    pub skipped: u64,
+    /// Messages that were not benchmark messages.
+    pub malformed: u64,
+}
+
+impl Tally {
+    fn on(&mut self, seq: u64) {
+        self.received += 1;
+        if seq <= self.last {
+            self.duplicates += 1;
+        } else {
+            self.skipped += seq - self.last - 1;
+            self.last = seq;
+        }
+    }
+}
+
+/// A pair under load: its channels, how far it got, what it received.
+#[derive(Debug)]
+pub struct Pair {
+    io: PairIo,
+    /// Messages sent so far (the next one is `sent + 1`).
+    pub sent: u64,
+    /// What came out.
+    pub tally: Tally,
+}
+
+impl Pair {
+    /// A fresh pair.
+    #[must_use]
+    pub fn new(io: PairIo) -> Self {
+        Self { io, sent: 0, tally: Tally::default() }
+    }
+
+    fn acked(&self) -> u64 {
+        *self.io.acked.borrow()
+    }
+
+    /// Every message sent came out exactly once and was acknowledged.
+    #[must_use]
+    pub fn drained(&self) -> bool {
+        self.tally.last == self.sent && self.acked() >= self.sent
+    }
+}
+
+/// What one run measured, over every pair.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Length of the counting window.
+    pub seconds: f64,
+    /// Messages that came out in the window.
+    pub messages: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Messages sent in the whole run.
+    pub sent: u64,
+    /// Latency of messages sent in the window (ns).
+    pub latency: Histogram<u64>,
+    /// Messages never received (skipped, or missing after the drain).
+    pub lost: u64,
+    /// Messages received more than once.
+    pub duplicates: u64,
+    /// Pairs that had not drained by the deadline.
+    pub undrained: usize,
+    /// Rate slots skipped because a sender fell behind.
+    pub missed: u64,
+    /// CPU seconds the target's process used in the window.
+    pub target_cpu: Option<f64>,
+    /// CPU seconds this process used in the window.
+    pub bench_cpu: Option<f64>,
+    /// Per pair, when (on the run's clock, ns) the first message after the
+    /// mark came out.
+    pub first_after_mark: Vec<Option<u64>>,
+}
+
+/// What one pair's driver returns.
+struct PairRun {
+    pair: Pair,
+    messages: u64,
+    bytes: u64,
+    sent: u64,
+    latency: Histogram<u64>,
+    missed: u64,
+    first_after_mark: Option<u64>,
+    drained: bool,
+}
+
+/// Run `plan` over `pairs`; returns them (for the next run) and the outcome.
+pub async fn run(
+    pairs: Vec<Pair>,
+    plan: &Plan,
+    clock: Clock,
+    target_pid: Option<u32>,
+) -> (Vec<Pair>, Outcome) {
+    let start = Instant::now();
+    let t0 = start + plan.warmup;
+    let t1 = t0 + plan.duration;
+    let tasks: Vec<_> = pairs
+        .into_iter()
+        .map(|pair| tokio::spawn(drive(pair, plan.clone(), clock, start, t0, t1)))
+        .collect();
+    sleep_until(t0).await;
+    let target = target_pid.map(CpuMeter::start);
+    let bench = CpuMeter::start(std::process::id());
+    sleep_until(t1).await;
+    let target_cpu = target.and_then(|m| m.elapsed());
+    let bench_cpu = bench.elapsed();
+
+    let mut out = Outcome {
+        seconds: plan.duration.as_secs_f64(),
+        messages: 0,
+        bytes: 0,
+        sent: 0,
+        latency: histogram(),
+        lost: 0,
+        duplicates: 0,
+        undrained: 0,
+        missed: 0,
+        target_cpu,
+        bench_cpu,
+        first_after_mark: Vec::new(),
+    };
+    let mut pairs = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let Ok(r) = t.await else {
+            out.undrained += 1;
+            continue;
+        };
+        out.messages += r.messages;
+        out.bytes += r.bytes;
+        out.sent += r.sent;
+        out.missed += r.missed;
+        let _ = out.latency.add(&r.latency);
+        out.first_after_mark.push(r.first_after_mark);
+        if !r.drained {
+            out.undrained += 1;
+        }
+        pairs.push(r.pair);
+    }
+    for p in &pairs {
+        out.lost += p.tally.skipped + p.tally.malformed + p.sent.saturating_sub(p.tally.last);
+        out.duplicates += p.tally.duplicates;
+    }
+    (pairs, out)
+}
+
+/// What woke a pair's driver.
+enum Step {
+    Received(Received),
+    Sent,
+    Again,
+    Stop,
+}
+
+/// Drive one pair through a run.
+async fn drive(
+    mut pair: Pair,
+    plan: Plan,
+    clock: Clock,
+    start: Instant,
+    t0: Instant,
+    t1: Instant,
+) -> PairRun {
+    let (t0_ns, t1_ns) = (clock.ns_at(t0.into_std()), clock.ns_at(t1.into_std()));
+    let drain_until = t1 + plan.drain;
+    let (window, rate) = match plan.pace {
+        Pace::Window(w) => (w.max(1), None),
+        Pace::Rate { per_pair, window } => (window.max(1), Some(per_pair.max(0.001))),
+    };
+    pair.io.acked.borrow_and_update();
+    let mut r = PairRun {
+        pair,
+        messages: 0,
+        bytes: 0,
+        sent: 0,
+        latency: histogram(),
+        missed: 0,
+        first_after_mark: None,
+        drained: false,
+    };
+    // Paced senders: slots sent in this run.
+    let mut slots = 0u64;
+    loop {
+        let now = Instant::now();
+        let sending = now < t1;
+        if !sending && r.pair.drained() {
+            r.drained = true;
+            break;
+        }
+        let outstanding = r.pair.sent.saturating_sub(r.pair.acked());
+        // For a paced sender: how many slots are due by now, and when the next is.
+        let (due, next_slot) = match rate {
+            None => (u64::MAX, None),
+            Some(rate) => {
+                let elapsed = now.saturating_duration_since(start).as_secs_f64();
+                let due = (elapsed * rate) as u64 + 1;
+                let behind_limit = (rate * 0.01) as u64 + 1;
+                if due > slots + behind_limit {
+                    r.missed += due - slots - 1;
+                    slots = due - 1;
+                }
+                let next = start + Duration::from_secs_f64(slots as f64 / rate);
+                (due, Some(next))
+            }
+        };
+        let can_send = sending && outstanding < window && slots < due;
+        let step = tokio::select! {
+            biased;
+            received = r.pair.io.received.recv() => match received {
+                Some(received) => Step::Received(received),
+                None => Step::Stop,
+            },
+            changed = r.pair.io.acked.changed() => {
+                if changed.is_err() { Step::Stop } else { Step::Again }
+            }
+            permit = r.pair.io.send.reserve(), if can_send => match permit {
+                Ok(permit) => {
+                    let seq = r.pair.sent + 1;
+                    permit.send(wire::message(seq, clock.now_ns(), plan.payload));
+                    Step::Sent
+                }
+                Err(_) => Step::Stop,
+            },
+            () = sleep_until(next_slot.unwrap_or(t1)), if sending && rate.is_some() && slots >= due => Step::Again,
+            () = sleep_until(t1), if sending => Step::Again,
+            () = sleep_until(drain_until), if !sending => Step::Stop,
+        };
+        match step {
+            Step::Received(received) => {
+                on_received(&mut r, &received, clock, t0_ns, t1_ns, plan.mark.as_deref());
+            }
+            Step::Sent => {
+                r.pair.sent += 1;
+                r.sent += 1;
+                slots += 1;
+            }
+            Step::Again => {}
+            Step::Stop => break,
+        }
+    }
+    r
+}
+
+fn on_received(
+    r: &mut PairRun,
+    received: &Received,
+    clock: Clock,
+    t0_ns: u64,
+    t1_ns: u64,
+    mark: Option<&AtomicU64>,
+) {
+    let Some((seq, sent_ns)) = wire::parse(&received.message) else {
+        r.pair.tally.malformed += 1;
+        return;
+    };
+    r.pair.tally.on(seq);
+    let at_ns = clock.ns_at(received.at);
+    if (t0_ns..t1_ns).contains(&at_ns) {
+        r.messages += 1;
+        r.bytes += received.message.len() as u64;
+    }
+    if (t0_ns..t1_ns).contains(&sent_ns) {
+        let _ = r.latency.record(at_ns.saturating_sub(sent_ns).max(1));
+    }
+    if r.first_after_mark.is_none()
+        && let Some(mark) = mark
+        && at_ns > mark.load(Ordering::Acquire)
+    {
+        r.first_after_mark = Some(at_ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tally_counts_duplicates_and_gaps() {
+        let mut t = Tally::default();
+        for s in [1, 2, 2, 3, 5, 4, 6] {
+            t.on(s);
+        }
+        assert_eq!((t.last, t.received, t.duplicates, t.skipped), (6, 7, 2, 1));
+    }
+}

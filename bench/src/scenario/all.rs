@@ -1,0 +1,55 @@
+//! `all`: every scenario, one after the other. A scenario that cannot run
+//! is reported as failed and the others still run.
+
+use std::time::Instant;
+
+use super::{Context, idle, latency, pairing, reconnect, throughput};
+use crate::cli::IdleArgs;
+use crate::error::Result;
+use crate::report::ScenarioReport;
+
+/// The scenarios' names, in the order `all` runs them.
+pub const ORDER: [&str; 5] = ["idle", "throughput", "latency", "reconnect-storm", "pairing"];
+
+/// Run every scenario.
+pub async fn run(ctx: &Context) -> Vec<ScenarioReport> {
+    let mut reports = Vec::new();
+    for name in ORDER {
+        let started = Instant::now();
+        println!("\n== {name}");
+        let outcome = match name {
+            "idle" => {
+                let args = IdleArgs {
+                    worker: false,
+                    worker_connections: None,
+                    worker_source: None,
+                    worker_target: None,
+                    no_baseline: false,
+                };
+                idle::run(ctx, &args).await
+            }
+            "throughput" => throughput::run(ctx).await,
+            "latency" => latency::run(ctx).await,
+            "reconnect-storm" => reconnect::run(ctx).await,
+            _ => pairing::run(ctx).await,
+        };
+        reports.push(settle(name, started, outcome));
+    }
+    reports
+}
+
+/// A scenario's report, or a failed one carrying its error.
+#[must_use]
+pub fn settle(
+    name: &'static str,
+    started: Instant,
+    outcome: Result<ScenarioReport>,
+) -> ScenarioReport {
+    outcome.unwrap_or_else(|e| ScenarioReport {
+        scenario: name,
+        passed: false,
+        failures: vec![format!("could not run: {e}")],
+        elapsed_s: started.elapsed().as_secs_f64(),
+        results: serde_json::Value::Null,
+    })
+}

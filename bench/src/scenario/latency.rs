@@ -1,0 +1,231 @@
+//! `latency`: fixed total rates (messages per second, spread evenly over P
+//! pairs); for each target and rate the percentiles of the time from
+//! handing a message to the target to the phone end having it, and the
+//! latency each target adds to the direct loopback path measured at the
+//! same rate in the same run (percentile by percentile).
+//!
+//! Timestamps are taken when a message is sent, so a target that cannot
+//! keep up shows as an achieved rate below the one asked for (`saturated`)
+//! rather than as latency.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{Context, health_failures, per_second};
+use crate::error::Result;
+use crate::load::{self, Pace, Plan};
+use crate::report::{ScenarioReport, Table, num};
+use crate::stats::{Percentiles, ratio};
+use crate::target::{HealthReport, TargetKind};
+use crate::wire::WireSizes;
+
+/// Most unacknowledged messages per pair before a paced sender waits.
+const WINDOW: u64 = 20_000;
+
+/// One target at one rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// The target.
+    pub target: &'static str,
+    /// Messages per second asked for (all pairs together).
+    pub rate: f64,
+    /// Messages per second that came out.
+    pub achieved: f64,
+    /// The target did not keep up (achieved below 95 %, or slots skipped).
+    pub saturated: bool,
+    /// Latency percentiles.
+    pub latency: Percentiles,
+    /// CPU time of the target's process per message, µs.
+    pub cpu_us_per_message: Option<f64>,
+}
+
+/// What a target adds to the direct path at one rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Added {
+    /// The target.
+    pub target: &'static str,
+    /// Messages per second.
+    pub rate: f64,
+    /// Target percentiles minus the direct path's.
+    pub added: Percentiles,
+}
+
+/// The relay's added latency over the forwarder's at one rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// Messages per second.
+    pub rate: f64,
+    /// Added p50, tandem ÷ forwarder.
+    pub p50_tandem_over_forwarder: Option<f64>,
+    /// Added p99, tandem ÷ forwarder.
+    pub p99_tandem_over_forwarder: Option<f64>,
+}
+
+/// The scenario's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    /// Simultaneous pairs.
+    pub pairs: usize,
+    /// Message size in bytes.
+    pub payload: usize,
+    /// Each measurement, seconds.
+    pub duration_s: f64,
+    /// TLS between devices and the relay.
+    pub tls: bool,
+    /// The measurements.
+    pub rows: Vec<Row>,
+    /// Added latency against the direct path.
+    pub added: Vec<Added>,
+    /// Tandem's added latency over the forwarder's.
+    pub ratios: Vec<Ratio>,
+    /// What happened inside the pairs, per target.
+    pub health: Vec<(&'static str, HealthReport)>,
+}
+
+/// Run it.
+///
+/// # Errors
+/// When a target cannot be started or its pairs set up.
+pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
+    let started = Instant::now();
+    let rates = ctx
+        .opts
+        .rates
+        .clone()
+        .unwrap_or_else(|| ctx.pick(vec![1e3, 1e4, 5e4], vec![500.0, 2000.0]));
+    let pairs = ctx.opts.pairs.unwrap_or(ctx.pick(10, 2)).max(1);
+    let payload = ctx.opts.payloads.as_ref().and_then(|p| p.first().copied()).unwrap_or(1024);
+    let mut targets = ctx.opts.targets.clone().unwrap_or_else(|| TargetKind::ALL.to_vec());
+    // The direct path first: the others are compared with it.
+    targets.sort_by_key(|k| *k != TargetKind::Direct);
+    let warmup = Duration::from_secs_f64(ctx.pick(1.0, 0.3));
+    let duration = ctx.duration(5.0, 1.0);
+    let sizes = WireSizes::measure()?;
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    let mut health = Vec::new();
+    for kind in targets {
+        let running = ctx.target(kind, sizes).await?;
+        let target = &running.target;
+        let mut ps: Vec<load::Pair> =
+            target.open(pairs).await?.into_iter().map(load::Pair::new).collect();
+        for &rate in &rates {
+            let per_pair = rate / pairs as f64;
+            let plan = Plan {
+                payload: payload.max(crate::wire::HEADER_LEN),
+                pace: Pace::Rate { per_pair, window: WINDOW },
+                warmup,
+                duration,
+                drain: Duration::from_secs(60),
+                mark: None,
+            };
+            let (back, out) = load::run(ps, &plan, ctx.clock, target.pid()).await;
+            ps = back;
+            let achieved = per_second(out.messages, out.seconds);
+            rows.push(Row {
+                target: target.name(),
+                rate,
+                achieved,
+                saturated: achieved < 0.95 * rate || out.missed > 0,
+                latency: Percentiles::of(&out.latency),
+                cpu_us_per_message: out
+                    .target_cpu
+                    .filter(|_| out.messages > 0)
+                    .map(|c| c * 1e6 / out.messages as f64),
+            });
+            let what = format!("{} at {rate} msg/s", target.name());
+            if out.lost > 0 || out.duplicates > 0 {
+                failures.push(format!(
+                    "{what}: {} lost, {} duplicated messages",
+                    out.lost, out.duplicates
+                ));
+            }
+            if out.undrained > 0 {
+                failures.push(format!("{what}: {} pair(s) did not drain", out.undrained));
+            }
+            if out.messages == 0 {
+                failures.push(format!("{what}: nothing came through"));
+            }
+        }
+        let h = target.health().report();
+        failures.extend(health_failures(target.name(), &h));
+        health.push((target.name(), h));
+    }
+    let mut added = Vec::new();
+    for row in rows.iter().filter(|r| r.target != "direct") {
+        if let Some(base) = rows.iter().find(|b| b.target == "direct" && b.rate == row.rate) {
+            added.push(Added {
+                target: row.target,
+                rate: row.rate,
+                added: row.latency.minus(&base.latency),
+            });
+        }
+    }
+    let ratios = rates
+        .iter()
+        .map(|&rate| {
+            let find = |t: &str| added.iter().find(|a| a.target == t && a.rate == rate);
+            let pair = find("tandem").zip(find("forwarder"));
+            Ratio {
+                rate,
+                p50_tandem_over_forwarder: pair
+                    .and_then(|(t, f)| ratio(t.added.p50_us, f.added.p50_us)),
+                p99_tandem_over_forwarder: pair
+                    .and_then(|(t, f)| ratio(t.added.p99_us, f.added.p99_us)),
+            }
+        })
+        .collect();
+    let results = Results {
+        pairs,
+        payload,
+        duration_s: duration.as_secs_f64(),
+        tls: ctx.opts.tls,
+        rows,
+        added,
+        ratios,
+        health,
+    };
+    print(&results);
+    ScenarioReport::new("latency", started, &results, failures)
+}
+
+fn print(r: &Results) {
+    let mut t = Table::new(
+        format!(
+            "latency: {} pairs, {} B messages, {:.0} s each{}",
+            r.pairs,
+            r.payload,
+            r.duration_s,
+            if r.tls { ", TLS" } else { "" }
+        ),
+        &["target", "rate/s", "achieved/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "saturated"],
+    );
+    for row in &r.rows {
+        t.row(vec![
+            row.target.into(),
+            num(row.rate, 0),
+            num(row.achieved, 0),
+            num(row.latency.p50_us, 1),
+            num(row.latency.p99_us, 1),
+            num(row.latency.p999_us, 1),
+            num(row.latency.max_us, 0),
+            if row.saturated { "yes".into() } else { "no".into() },
+        ]);
+    }
+    t.print();
+    let mut t = Table::new(
+        "added latency (target − direct, µs)",
+        &["target", "rate/s", "p50", "p99", "p99.9"],
+    );
+    for a in &r.added {
+        t.row(vec![
+            a.target.into(),
+            num(a.rate, 0),
+            num(a.added.p50_us, 1),
+            num(a.added.p99_us, 1),
+            num(a.added.p999_us, 1),
+        ]);
+    }
+    t.print();
+}

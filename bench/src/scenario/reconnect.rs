@@ -1,0 +1,197 @@
+//! `reconnect-storm`: N pairs stream numbered messages at a steady rate;
+//! the relay is killed with SIGKILL and started again on the same port and
+//! data directory while they do. Every pair's clients reconnect on their
+//! own (backoff, outbox resend), the desktops resend what is unacknowledged
+//! end to end; the run measures how long until every pair has a message
+//! come out again, and checks that every message came out exactly once, in
+//! order: lost and duplicated must both be 0, in `--quick` too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{Context, health_failures, per_second};
+use crate::cli::Count;
+use crate::error::{BenchError, Result};
+use crate::load::{self, Pace, Plan};
+use crate::report::{ScenarioReport, Table, num};
+use crate::stats::Percentiles;
+use crate::target::tandem::TandemTarget;
+use crate::target::{HealthReport, Target};
+
+/// The scenario's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    /// Pairs streaming.
+    pub pairs: usize,
+    /// Messages per second, all pairs together.
+    pub rate: f64,
+    /// Message size in bytes.
+    pub payload: usize,
+    /// TLS between devices and the relay.
+    pub tls: bool,
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages that came out (each once).
+    pub received: u64,
+    /// Messages lost (must be 0).
+    pub lost: u64,
+    /// Messages that came out twice (must be 0).
+    pub duplicates: u64,
+    /// From the kill until the new relay listened, ms.
+    pub relay_down_ms: f64,
+    /// From the kill until every pair had a message come out again, ms.
+    pub all_resumed_after_kill_ms: Option<f64>,
+    /// The same, counted from the moment the new relay listened, ms.
+    pub all_resumed_after_restart_ms: Option<f64>,
+    /// Median pair, from the kill, ms.
+    pub median_resumed_after_kill_ms: Option<f64>,
+    /// Pairs that never resumed.
+    pub not_resumed: usize,
+    /// Message latency over the whole run (the outage included).
+    pub latency: Percentiles,
+    /// Reconnections, redeliveries dropped by the end-to-end layer, errors.
+    pub health: HealthReport,
+}
+
+/// Run it.
+///
+/// # Errors
+/// With `--url` (the bench must own the relay to kill it), or when the
+/// relay or the pairs cannot be set up.
+pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
+    if ctx.opts.url.is_some() {
+        return Err(BenchError::Usage(
+            "reconnect-storm kills and restarts the relay: it needs one started by the bench \
+             (leave out --url)"
+                .into(),
+        ));
+    }
+    let started = Instant::now();
+    let pairs = match ctx.opts.n.as_ref().and_then(|n| n.first().copied()) {
+        Some(Count::N(n)) => n.max(1),
+        Some(Count::Max) => {
+            return Err(BenchError::Usage("reconnect-storm: -n takes a number".into()));
+        }
+        None => ctx.pick(200, 8),
+    };
+    let rate =
+        ctx.opts.rates.as_ref().and_then(|r| r.first().copied()).unwrap_or(ctx.pick(2000.0, 400.0));
+    let payload = ctx.opts.payloads.as_ref().and_then(|p| p.first().copied()).unwrap_or(1024);
+    let before = Duration::from_secs_f64(ctx.pick(2.0, 1.0));
+    let after = ctx.duration(8.0, 4.0);
+
+    let mut relay = ctx.start_relay(ctx.opts.tls, 20)?;
+    let target = TandemTarget::new(ctx.access(Some(&relay))?, Some(relay.pid()));
+    let ps: Vec<load::Pair> = target.open(pairs).await?.into_iter().map(load::Pair::new).collect();
+
+    let mark = Arc::new(AtomicU64::new(u64::MAX));
+    let plan = Plan {
+        payload: payload.max(crate::wire::HEADER_LEN),
+        pace: Pace::Rate { per_pair: rate / pairs as f64, window: 100_000 },
+        warmup: Duration::ZERO,
+        duration: before + after,
+        drain: Duration::from_secs(60),
+        mark: Some(Arc::clone(&mark)),
+    };
+    let clock = ctx.clock;
+    let load = tokio::spawn(async move { load::run(ps, &plan, clock, None).await });
+
+    tokio::time::sleep(before).await;
+    let killed_ns = clock.now_ns();
+    let (relay_back, restart) = tokio::task::spawn_blocking(move || {
+        let r = relay.restart();
+        (relay, r)
+    })
+    .await
+    .map_err(|e| BenchError::Process(e.to_string()))?;
+    relay = relay_back;
+    let up_ns = clock.now_ns();
+    mark.store(up_ns, Ordering::Release);
+    let restart_result = restart;
+    let (ps, out) = load.await.map_err(|e| BenchError::Process(e.to_string()))?;
+    restart_result?;
+
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let mut resumed: Vec<u64> = out.first_after_mark.iter().flatten().copied().collect();
+    resumed.sort_unstable();
+    let not_resumed = out.first_after_mark.iter().filter(|f| f.is_none()).count();
+    let last = resumed.last().copied().filter(|_| not_resumed == 0);
+    let median = resumed.get(resumed.len() / 2).copied();
+    let received: u64 = ps.iter().map(|p| p.tally.received - p.tally.duplicates).sum();
+    let health = target.health().report();
+    let results = Results {
+        pairs,
+        rate,
+        payload,
+        tls: ctx.opts.tls,
+        sent: out.sent,
+        received,
+        lost: out.lost,
+        duplicates: out.duplicates,
+        relay_down_ms: ms(up_ns.saturating_sub(killed_ns)),
+        all_resumed_after_kill_ms: last.map(|t| ms(t.saturating_sub(killed_ns))),
+        all_resumed_after_restart_ms: last.map(|t| ms(t.saturating_sub(up_ns))),
+        median_resumed_after_kill_ms: median.map(|t| ms(t.saturating_sub(killed_ns))),
+        not_resumed,
+        latency: Percentiles::of(&out.latency),
+        health: health.clone(),
+    };
+    let mut failures = Vec::new();
+    if out.lost > 0 || out.duplicates > 0 {
+        failures.push(format!("{} lost, {} duplicated messages", out.lost, out.duplicates));
+    }
+    if not_resumed > 0 {
+        failures.push(format!("{not_resumed} of {pairs} pairs did not resume"));
+    }
+    if out.undrained > 0 {
+        failures.push(format!("{} pair(s) did not drain after the storm", out.undrained));
+    }
+    if !relay.alive() {
+        failures.push(format!("the restarted relay died; its log:\n{}", relay.log_tail()));
+    }
+    failures.extend(health_failures("tandem", &health));
+    print(&results, per_second(out.sent, out.seconds));
+    drop(ps);
+    ScenarioReport::new("reconnect-storm", started, &results, failures)
+}
+
+fn print(r: &Results, sent_rate: f64) {
+    let opt_ms = |v: Option<f64>| v.map_or_else(|| "never".into(), |v| num(v, 0));
+    let mut t = Table::new(
+        format!(
+            "reconnect-storm: {} pairs, {:.0} msg/s ({:.0} sent/s), relay killed and restarted{}",
+            r.pairs,
+            r.rate,
+            sent_rate,
+            if r.tls { ", TLS" } else { "" }
+        ),
+        &["figure", "value"],
+    );
+    for (k, v) in [
+        ("relay down (kill → listening), ms", num(r.relay_down_ms, 0)),
+        ("every pair resumed, ms after kill", opt_ms(r.all_resumed_after_kill_ms)),
+        ("every pair resumed, ms after restart", opt_ms(r.all_resumed_after_restart_ms)),
+        ("median pair resumed, ms after kill", opt_ms(r.median_resumed_after_kill_ms)),
+        ("messages sent", r.sent.to_string()),
+        ("messages received", r.received.to_string()),
+        ("lost (must be 0)", r.lost.to_string()),
+        ("duplicated (must be 0)", r.duplicates.to_string()),
+        ("reconnections", r.health.reconnects.to_string()),
+        ("redeliveries dropped end to end", r.health.redeliveries.to_string()),
+        (
+            "latency p50 / p99 / max, ms",
+            format!(
+                "{} / {} / {}",
+                num(r.latency.p50_us / 1000.0, 1),
+                num(r.latency.p99_us / 1000.0, 1),
+                num(r.latency.max_us / 1000.0, 0)
+            ),
+        ),
+    ] {
+        t.row(vec![k.into(), v]);
+    }
+    t.print();
+}

@@ -1,0 +1,143 @@
+//! The bare forwarder as a target: `tandem-bench forwarder` in a process of
+//! its own (so its CPU time and memory are measured like the relay's), and
+//! pairs as two plain WebSockets through it.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+
+use super::plain::{self, Side};
+use super::{Health, PairIo, Target, channels};
+use crate::error::{BenchError, Result};
+use crate::wire::WireSizes;
+
+/// Pairs set up at once.
+const SETUP_CONCURRENCY: usize = 32;
+
+/// A forwarder process; killed when dropped.
+#[derive(Debug)]
+pub struct ForwarderProcess {
+    child: Child,
+    url: String,
+}
+
+impl ForwarderProcess {
+    /// Run `exe forwarder` on a free loopback port. The child exits when
+    /// its standard input closes, so it never outlives the bench.
+    ///
+    /// # Errors
+    /// [`BenchError::Process`] when it does not start.
+    pub fn start(exe: &Path) -> Result<Self> {
+        let mut child = Command::new(exe)
+            .args(["forwarder", "--listen", "127.0.0.1:0", "--exit-with-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| BenchError::Process(format!("cannot run {}: {e}", exe.display())))?;
+        let stdout = child.stdout.take().ok_or_else(|| BenchError::Process("no stdout".into()))?;
+        let line = crate::relay::first_line(stdout, Duration::from_secs(10));
+        let url = line
+            .as_deref()
+            .and_then(|l| l.trim().strip_prefix("tandem-bench forwarder listening on "))
+            .map(str::to_owned);
+        match url {
+            Some(url) => Ok(Self { child, url }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(BenchError::Process(format!("the forwarder did not start: {line:?}")))
+            }
+        }
+    }
+
+    /// Its URL (`ws://127.0.0.1:PORT/`).
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Its process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ForwarderProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait in a thread for a parent's pipe to close, then exit: children of
+/// the bench end with it.
+pub fn exit_when_stdin_closes() {
+    std::thread::spawn(|| {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        std::process::exit(0);
+    });
+}
+
+/// The bare forwarder.
+#[derive(Debug)]
+pub struct ForwarderTarget {
+    process: ForwarderProcess,
+    sizes: WireSizes,
+    health: Arc<Health>,
+}
+
+impl ForwarderTarget {
+    /// Start the forwarder process from this binary.
+    ///
+    /// # Errors
+    /// [`BenchError::Process`] when it does not start.
+    pub fn start(exe: &Path, sizes: WireSizes) -> Result<Self> {
+        Ok(Self { process: ForwarderProcess::start(exe)?, sizes, health: Arc::default() })
+    }
+
+    async fn open_one(&self) -> Result<PairIo> {
+        let id = plain::pair_id()?;
+        let url = self.process.url();
+        let desktop = plain::connect(url, plain::hello(id, Side::Desktop)).await?;
+        let phone = plain::connect(url, plain::hello(id, Side::Phone)).await?;
+        let (mut io, ends) = channels();
+        io.tasks = plain::spawn_ends(desktop, phone, ends, self.sizes, &self.health);
+        Ok(io)
+    }
+}
+
+impl Target for ForwarderTarget {
+    fn name(&self) -> &'static str {
+        "forwarder"
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.process.pid())
+    }
+
+    fn open(&self, pairs: usize) -> BoxFuture<'_, Result<Vec<PairIo>>> {
+        async move {
+            futures_util::stream::iter(0..pairs)
+                .map(|_| self.open_one())
+                .buffer_unordered(SETUP_CONCURRENCY)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+}

@@ -1,0 +1,193 @@
+//! What the throughput and latency scenarios drive: a [`Target`] carries
+//! messages for simulated pairs, each pair a [`PairIo`]. The scenarios only
+//! see messages going in at one end, coming out at the other, and
+//! end-to-end acknowledgements coming back, so the same load runs against
+//!
+//! * [`tandem::TandemTarget`] — the real relay and protocol: `tandem-client`
+//!   connections, real pairing, Noise-encrypted `Link` records and acks;
+//! * [`forwarder::ForwarderTarget`] — the bare forwarder (`tandem-bench
+//!   forwarder`): the same WebSocket stack, no authentication, no store, no
+//!   encryption; the limit of the stack;
+//! * [`direct::DirectTarget`] — no server at all: the desktop end connects
+//!   straight to the phone end over loopback; what latency is added against.
+//!
+//! Another target (iroh-relay, behind a cargo feature) implements
+//! [`Target`] and gets a [`TargetKind`].
+
+pub mod direct;
+pub mod forwarder;
+pub mod plain;
+pub mod tandem;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::Result;
+
+/// A message as it came out at the phone end.
+#[derive(Debug)]
+pub struct Received {
+    /// When the phone end had it (decrypted, in order).
+    pub at: Instant,
+    /// The message ([`crate::wire::message`]).
+    pub message: Vec<u8>,
+}
+
+/// One simulated pair, seen from the load driver. Dropping it stops the
+/// pair's tasks.
+#[derive(Debug)]
+pub struct PairIo {
+    /// Messages to send from the desktop end, in order; numbered from 1.
+    pub send: mpsc::Sender<Vec<u8>>,
+    /// The highest message number the phone end acknowledged end to end.
+    pub acked: watch::Receiver<u64>,
+    /// What came out at the phone end, in the order it came out.
+    pub received: mpsc::Receiver<Received>,
+    /// The pair's tasks.
+    pub tasks: Tasks,
+}
+
+/// Background tasks, aborted when dropped.
+#[derive(Debug, Default)]
+pub struct Tasks(Vec<JoinHandle<()>>);
+
+impl Tasks {
+    /// Own `tasks`.
+    #[must_use]
+    pub fn new(tasks: Vec<JoinHandle<()>>) -> Self {
+        Self(tasks)
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// The ends' side of a pair's channels.
+#[derive(Debug)]
+pub struct Ends {
+    /// Messages the desktop end sends, in order.
+    pub outgoing: mpsc::Receiver<Vec<u8>>,
+    /// Where the desktop end reports end-to-end acknowledgements.
+    pub acked: watch::Sender<u64>,
+    /// Where the phone end hands over what it received.
+    pub incoming: mpsc::Sender<Received>,
+}
+
+/// A new pair's channels: the driver's side (its tasks still to be set)
+/// and the ends' side.
+#[must_use]
+pub fn channels() -> (PairIo, Ends) {
+    let (send, outgoing) = mpsc::channel(CHANNEL);
+    let (acked_tx, acked) = watch::channel(0);
+    let (incoming, received) = mpsc::channel(CHANNEL);
+    (
+        PairIo { send, acked, received, tasks: Tasks::default() },
+        Ends { outgoing, acked: acked_tx, incoming },
+    )
+}
+
+/// Capacity of the channels between the load driver and a pair's ends.
+pub const CHANNEL: usize = 1024;
+
+/// Something the load runs against.
+pub trait Target: Send + Sync {
+    /// A short name for tables and JSON (`tandem`, `forwarder`, `direct`).
+    fn name(&self) -> &'static str;
+    /// The server process, for its CPU time and memory (`None`: in process).
+    fn pid(&self) -> Option<u32>;
+    /// Set up `pairs` pairs, ready to carry messages.
+    fn open(&self, pairs: usize) -> BoxFuture<'_, Result<Vec<PairIo>>>;
+    /// What went wrong inside the pairs' ends so far.
+    fn health(&self) -> &Health;
+}
+
+/// The targets a scenario can be told to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// The tandem relay with the real protocol.
+    Tandem,
+    /// The bare tokio-tungstenite forwarder (baseline: the stack's limit).
+    Forwarder,
+    /// A direct loopback WebSocket between the two ends (no server).
+    Direct,
+}
+
+impl TargetKind {
+    /// Every kind, in the order reports list them.
+    pub const ALL: [TargetKind; 3] =
+        [TargetKind::Tandem, TargetKind::Forwarder, TargetKind::Direct];
+}
+
+/// Errors and events inside the pairs' ends, which run as background tasks:
+/// the scenario checks them when it reports.
+#[derive(Debug, Default)]
+pub struct Health {
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+    reconnects: AtomicU64,
+    redeliveries: AtomicU64,
+}
+
+/// A snapshot of [`Health`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HealthReport {
+    /// Errors inside the ends (each one fails the run).
+    pub errors: u64,
+    /// The first of them.
+    pub first_error: Option<String>,
+    /// Relay connections made again after the first one.
+    pub reconnects: u64,
+    /// Records the end-to-end layer recognised as seen before (relay
+    /// redeliveries and resends after a reconnect: expected, and dropped).
+    pub redeliveries: u64,
+}
+
+impl Health {
+    /// Count an error.
+    pub fn error(&self, what: impl std::fmt::Display) {
+        if self.errors.fetch_add(1, Ordering::AcqRel) == 0
+            && let Ok(mut first) = self.first_error.lock()
+        {
+            *first = Some(what.to_string());
+        }
+    }
+
+    /// Count a reconnection.
+    pub fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Count a record seen before.
+    pub fn redelivered(&self) {
+        self.redeliveries.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many errors so far.
+    #[must_use]
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Acquire)
+    }
+
+    /// A snapshot.
+    #[must_use]
+    pub fn report(&self) -> HealthReport {
+        HealthReport {
+            errors: self.errors(),
+            first_error: self.first_error.lock().ok().and_then(|f| f.clone()),
+            reconnects: self.reconnects.load(Ordering::Acquire),
+            redeliveries: self.redeliveries.load(Ordering::Acquire),
+        }
+    }
+}
