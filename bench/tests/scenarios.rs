@@ -1,0 +1,143 @@
+//! Each scenario, tiny, through the real binary against the real relay:
+//! correctness only (the run's own checks, its exit status and its JSON),
+//! no timing assertions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tandem-bench"))
+}
+
+/// The relay binary beside ours; built when this package's tests run alone.
+fn relay_bin() -> PathBuf {
+    let path = bench_bin().with_file_name("tandem-relay");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "tandem-relay"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build -p tandem-relay failed");
+    }
+    assert!(path.exists(), "no relay binary at {}", path.display());
+    path
+}
+
+/// Run `tandem-bench ARGS --quick`; returns the exit status, stdout and
+/// the JSON report.
+fn bench(args: &[&str]) -> (bool, String, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(bench_bin())
+        .args(args)
+        .arg("--quick")
+        .arg("--relay-bin")
+        .arg(relay_bin())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run tandem-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("no report ({e}); stdout:\n{stdout}\nstderr:\n{stderr}"));
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert!(
+        out.status.success(),
+        "tandem-bench {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    (out.status.success(), stdout, report)
+}
+
+fn scenario(report: &Value) -> &Value {
+    assert_eq!(report["tool"], "tandem-bench");
+    assert_eq!(report["quick"], true);
+    assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert!(report["command_line"].as_array().unwrap().len() > 1);
+    assert_eq!(report["passed"], true, "{report:#}");
+    &report["scenarios"][0]
+}
+
+#[test]
+fn idle_connects_everyone_through_workers() {
+    let (_, stdout, report) = bench(&["idle", "-n", "40", "--per-process", "20"]);
+    let s = scenario(&report);
+    assert_eq!(s["scenario"], "idle");
+    let rows = s["results"]["rows"].as_array().unwrap();
+    // Plain and TLS relays, and the forwarder baseline.
+    assert_eq!(rows.len(), 3, "{s:#}");
+    for row in rows {
+        assert_eq!(row["connected"], 40, "{row:#}");
+        assert_eq!(row["workers"], 2);
+        assert!(row["rss_after_kib"].as_u64().unwrap() > 0);
+    }
+    assert!(stdout.contains("PASS idle"));
+}
+
+#[test]
+fn throughput_carries_every_message_once() {
+    let (_, _, report) =
+        bench(&["throughput", "--payloads", "64,16384", "--duration", "0.5", "--pairs", "2"]);
+    let s = scenario(&report);
+    let rows = s["results"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        assert!(row["messages"].as_u64().unwrap() > 0, "{row:#}");
+        assert_eq!(row["lost"], 0);
+        assert_eq!(row["duplicates"], 0);
+    }
+    assert!(s["results"]["ratios"][0]["messages_tandem_over_forwarder"].as_f64().is_some());
+}
+
+#[test]
+fn latency_is_measured_against_the_direct_path() {
+    let (_, _, report) = bench(&["latency", "--rates", "300", "--duration", "0.5"]);
+    let s = scenario(&report);
+    let targets: Vec<&str> = s["results"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["direct", "tandem", "forwarder"]);
+    assert_eq!(s["results"]["added"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_relay_killed_mid_stream_loses_and_duplicates_nothing() {
+    let (_, _, report) = bench(&["reconnect-storm", "-n", "4", "--rates", "200"]);
+    let s = scenario(&report);
+    let r = &s["results"];
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    assert_eq!(r["not_resumed"], 0);
+    assert!(r["sent"].as_u64().unwrap() > 0);
+    assert_eq!(r["sent"], r["received"]);
+    assert!(r["health"]["reconnects"].as_u64().unwrap() >= 8, "{r:#}");
+}
+
+#[test]
+fn pairing_pairs_through_the_mailboxes() {
+    let (_, _, report) = bench(&["pairing", "-n", "6", "--concurrency", "3"]);
+    let s = scenario(&report);
+    assert_eq!(s["results"]["failed"], 0);
+    assert!(s["results"]["pairings_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(s["results"]["pairing_latency"]["count"], 4);
+}
+
+#[test]
+fn reconnect_storm_refuses_a_relay_it_does_not_own() {
+    let out = Command::new(bench_bin())
+        .args(["reconnect-storm", "--quick", "--url", "ws://127.0.0.1:9/v1/connect", "--json"])
+        .arg(tempfile::tempdir().unwrap().path().join("r.json"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("needs one started by the bench"));
+}
