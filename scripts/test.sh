@@ -64,6 +64,10 @@ cargo test --workspace --doc --locked
 step "tests (cargo nextest)"
 cargo nextest run --workspace --locked --profile ci
 
+step "load generator, every scenario small (tandem-bench all --quick: correctness only)"
+cargo build --locked -q -p tandem-bench -p tandem-relay
+"${CARGO_TARGET_DIR:-target}/debug/tandem-bench" all --quick
+
 step "mobile SDK (Python bindings against a real relay and agent)"
 ./mobile-ffi/tests/run.sh
 
