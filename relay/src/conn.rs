@@ -70,20 +70,62 @@ impl Closing {
     }
 }
 
-/// Serve one upgraded WebSocket. `host` is the upgrade request's `Host`.
-pub(crate) async fn serve(
-    socket: WebSocket,
+/// What [`serve`] needs besides the socket: the peer's address, the upgrade
+/// request's `Host`, the shared state and a connection slot (`None`: the
+/// relay is full). Boxed by the caller, so that what is kept for the
+/// connection's life by the task that serves it is one pointer.
+pub(crate) type Accepted = Box<(SocketAddr, String, Arc<State>, Option<OwnedSemaphorePermit>)>;
+
+/// Serve one upgraded WebSocket.
+///
+/// A task keeps its future's size for the connection's life, and a future
+/// is as large as its largest await plus everything it captured (an `async
+/// fn` also keeps its arguments, moved or not). So this is no `async fn`,
+/// every step before and after the idle wait for frames is boxed, and what
+/// the idle wait holds is the connection ([`Conn`]) and the reader's loop.
+#[expect(clippy::boxed_local, reason = "the caller's closure keeps what it captured")]
+pub(crate) fn serve(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    let (peer, host, state, slot) = *accepted;
+    let opening = Box::pin(open(sink, stream, peer, host, state, slot));
+    async move {
+        let Some(mut conn) = opening.await else { return };
+        if conn.writer.is_some() {
+            match conn.reader.run(&mut conn.stream).await {
+                Err(Closing(code, msg)) => conn.reader.handle.close(code, &msg),
+                Ok(()) => conn.reader.handle.close(ErrorCode::Other(0), ""),
+            }
+        }
+        Box::pin(conn.finish()).await;
+    }
+}
+
+/// An authenticated, registered connection.
+struct Conn {
+    stream: Stream,
+    reader: Reader,
+    conn_id: u64,
+    /// The writer task; `None` when the first write (`AuthOk`) failed.
+    writer: Option<tokio::task::JoinHandle<()>>,
+    /// Held until the connection is gone.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Authenticate, register the device, greet it and start the writer.
+/// `None` when the connection was refused (and closed).
+async fn open(
+    mut sink: Sink,
+    mut stream: Stream,
     peer: SocketAddr,
     host: String,
     state: Arc<State>,
     slot: Option<OwnedSemaphorePermit>,
-) {
-    let (mut sink, mut stream) = socket.split();
-    let Some(_slot) = slot else {
+) -> Option<Conn> {
+    let Some(slot) = slot else {
         state.metrics.refused(ErrorCode::Overloaded);
         close(&mut sink, ErrorCode::Overloaded, "the relay is at its connection limit", &state)
             .await;
-        return;
+        return None;
     };
     let handshake =
         timeout(state.config.handshake_timeout, authenticate(&mut sink, &mut stream, &host));
@@ -96,7 +138,7 @@ pub(crate) async fn serve(
             state.metrics.refused(code);
             debug!(%peer, %code, "handshake refused");
             close(&mut sink, code, &msg, &state).await;
-            return;
+            return None;
         }
         Err(_) => {
             state.metrics.refused(ErrorCode::HandshakeTimeout);
@@ -107,7 +149,7 @@ pub(crate) async fn serve(
                 &state,
             )
             .await;
-            return;
+            return None;
         }
     };
 
@@ -133,7 +175,7 @@ pub(crate) async fn serve(
     };
     let ping_ms = u32::try_from(state.config.ping_interval.as_millis()).unwrap_or(u32::MAX);
     let hello = Frame::AuthOk { device_id: device, queued, ping_interval_ms: ping_ms };
-    let writer_done = match write(&mut sink, &hello, &state).await {
+    let writer = match write(&mut sink, &hello, &state).await {
         Ok(()) => {
             let w = Writer {
                 sink,
@@ -148,33 +190,28 @@ pub(crate) async fn serve(
         }
         Err(_) => None,
     };
-    if writer_done.is_some() {
+    if writer.is_some() {
         announce(&state, device, true).await;
-        let reader = Reader {
-            state: state.clone(),
-            handle: handle.clone(),
-            device,
-            role,
-            peer,
-            liveness,
-            delivered,
-            activity,
-        };
-        if let Err(Closing(code, msg)) = reader.run(&mut stream).await {
-            handle.close(code, &msg);
-        } else {
-            handle.close(ErrorCode::Other(0), "");
+    }
+    let reader = Reader { state, handle, device, role, peer, liveness, delivered, activity };
+    Some(Conn { stream, reader, conn_id, writer, _slot: slot })
+}
+
+impl Conn {
+    /// After the reader stopped: wait for the writer, unregister, tell the
+    /// peers; the connection slot is freed last.
+    async fn finish(self) {
+        if let Some(w) = self.writer {
+            let _ = w.await;
         }
+        let Reader { state, device, role, .. } = &self.reader;
+        if state.registry.remove(device, self.conn_id) {
+            announce(state, *device, false).await;
+            state.routes.forget(*device);
+        }
+        state.metrics.disconnected(*role);
+        info!(device = %device, conn_id = self.conn_id, "device disconnected");
     }
-    if let Some(w) = writer_done {
-        let _ = w.await;
-    }
-    if state.registry.remove(&device, conn_id) {
-        announce(&state, device, false).await;
-        state.routes.forget(device);
-    }
-    state.metrics.disconnected(role);
-    info!(device = %device, conn_id, "device disconnected");
 }
 
 /// Hello → Challenge → Auth. Returns the authenticated device and its role.
@@ -312,6 +349,16 @@ impl Pending {
     }
 }
 
+/// What the reader does after a message.
+enum Next {
+    /// Read the next one.
+    Read,
+    /// Track a store operation it started.
+    Track(Pending),
+    /// Stop: the device closed the connection.
+    Stop,
+}
+
 struct Reader {
     state: Arc<State>,
     handle: ConnHandle,
@@ -325,7 +372,7 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(self, stream: &mut Stream) -> Result<(), Closing> {
+    async fn run(&self, stream: &mut Stream) -> Result<(), Closing> {
         let mut pending: FuturesOrdered<PendingFut> = FuturesOrdered::new();
         let result = self.read(stream, &mut pending).await;
         // Operations already submitted still complete in the store; finish
@@ -333,7 +380,7 @@ impl Reader {
         // it even though its sender has gone (answers to the sender are moot).
         let drain = async {
             while let Some(done) = pending.next().await {
-                self.finished(done, false).await;
+                Box::pin(self.finished(done, false)).await;
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
@@ -348,52 +395,67 @@ impl Reader {
         let idle = self.state.config.idle_timeout;
         loop {
             let idle_deadline = self.activity.last() + idle;
-            tokio::select! {
+            // Only waiting happens here; the work is boxed (see `serve`).
+            let msg = tokio::select! {
                 biased;
                 () = self.handle.cancelled() => return Ok(()),
-                Some(done) = pending.next(), if !pending.is_empty() => self.finished(done, true).await,
+                Some(done) = pending.next(), if !pending.is_empty() => {
+                    Box::pin(self.finished(done, true)).await;
+                    continue;
+                }
                 () = sleep_until(idle_deadline), if self.role == Role::Phone => {
                     // Deliveries may have moved the deadline while we slept.
                     if self.activity.last() + idle <= Instant::now() {
-                        return Err(Closing::new(ErrorCode::IdleTimeout, "no activity from this phone; reconnect to re-attach"));
+                        return Err(Closing::new(
+                            ErrorCode::IdleTimeout,
+                            "no activity from this phone; reconnect to re-attach",
+                        ));
                     }
+                    continue;
                 }
-                msg = stream.next(), if pending.len() < MAX_PENDING => {
-                    let frame = match msg {
-                        Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
-                            Ok(f) => f,
-                            Err(FrameError::UnknownType(t)) => {
-                                self.refuse(ErrorCode::UnknownFrameType, 0, &format!("unknown frame type 0x{t:02x}")).await;
-                                continue;
-                            }
-                            Err(e) => {
-                                self.state.metrics.refused(e.code());
-                                return Err(Closing::new(e.code(), e.to_string()));
-                            }
-                        },
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Ok(Message::Text(_))) => {
-                            self.state.metrics.refused(ErrorCode::MalformedFrame);
-                            return Err(Closing::new(ErrorCode::MalformedFrame, "frames are binary messages"));
-                        }
-                        Some(Ok(Message::Close(_))) | None => return Ok(()),
-                        Some(Err(e)) => {
-                            let c = read_error(&e);
-                            if c.0 == ErrorCode::FrameTooLarge {
-                                self.state.metrics.refused(c.0);
-                            }
-                            return Err(c);
-                        }
-                    };
-                                        if !matches!(frame, Frame::Ping { .. } | Frame::Pong { .. }) {
-                        self.activity.touch();
-                    }
-                    if let Some(p) = self.on_frame(frame).await? {
-                        pending.push_back(Box::pin(p.finish()));
-                    }
-                }
+                msg = stream.next(), if pending.len() < MAX_PENDING => msg,
+            };
+            match Box::pin(self.on_message(msg)).await? {
+                Next::Read => {}
+                Next::Track(p) => pending.push_back(Box::pin(p.finish())),
+                Next::Stop => return Ok(()),
             }
         }
+    }
+
+    /// Act on what the device sent (`None`: the end of the stream).
+    async fn on_message(&self, msg: Option<Result<Message, axum::Error>>) -> Result<Next, Closing> {
+        let frame = match msg {
+            Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
+                Ok(f) => f,
+                Err(FrameError::UnknownType(t)) => {
+                    let m = format!("unknown frame type 0x{t:02x}");
+                    self.refuse(ErrorCode::UnknownFrameType, 0, &m).await;
+                    return Ok(Next::Read);
+                }
+                Err(e) => {
+                    self.state.metrics.refused(e.code());
+                    return Err(Closing::new(e.code(), e.to_string()));
+                }
+            },
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(Next::Read),
+            Some(Ok(Message::Text(_))) => {
+                self.state.metrics.refused(ErrorCode::MalformedFrame);
+                return Err(Closing::new(ErrorCode::MalformedFrame, "frames are binary messages"));
+            }
+            Some(Ok(Message::Close(_))) | None => return Ok(Next::Stop),
+            Some(Err(e)) => {
+                let c = read_error(&e);
+                if c.0 == ErrorCode::FrameTooLarge {
+                    self.state.metrics.refused(c.0);
+                }
+                return Err(c);
+            }
+        };
+        if !matches!(frame, Frame::Ping { .. } | Frame::Pong { .. }) {
+            self.activity.touch();
+        }
+        Ok(self.on_frame(frame).await?.map_or(Next::Read, Next::Track))
     }
 
     /// Send an `Error` frame on this connection (waits if its own queue is full).
@@ -664,9 +726,19 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
-        let mut last = 0u64;
-        let result = self.loop_(&mut rx, &mut last).await;
+    /// Not `async fn`, which would keep a second copy of `self` in its
+    /// future for the connection's life (see [`serve`]).
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments")]
+    fn run(mut self, mut rx: mpsc::Receiver<Queued>) -> impl Future<Output = ()> + Send {
+        async move {
+            let mut last = 0u64;
+            let result = self.loop_(&mut rx, &mut last).await;
+            Box::pin(self.finish(&mut rx, result)).await;
+        }
+    }
+
+    /// After the loop: say goodbye as the reason asks, flush, close.
+    async fn finish(&mut self, rx: &mut mpsc::Receiver<Queued>, result: Result<(), Closing>) {
         if let Err(Closing(_, ref m)) = result
             && m == WRITE_FAILED
         {
@@ -710,51 +782,75 @@ impl Writer {
         rx: &mut mpsc::Receiver<Queued>,
         last: &mut u64,
     ) -> Result<(), Closing> {
-        self.backlog(last, u64::MAX).await?;
+        Box::pin(self.backlog(last, u64::MAX)).await?;
         let mut ping_at = self.next_ping();
         let mut pong_by: Option<Instant> = None;
+        // One timer for the next ping and the pong deadline, whichever is
+        // first: it is re-armed only when that changes (or it fired).
+        let timer = sleep_until(ping_at);
+        tokio::pin!(timer);
         loop {
-            tokio::select! {
+            let due = pong_by.map_or(ping_at, |p| p.min(ping_at));
+            if timer.deadline() != due || timer.is_elapsed() {
+                timer.as_mut().reset(due);
+            }
+            // Only waiting happens here; the work is boxed (see `serve`).
+            let out = tokio::select! {
                 biased;
                 () = self.handle.cancelled() => return Ok(()),
-                () = sleep_until(pong_by.unwrap_or_else(Instant::now)), if pong_by.is_some() => {
-                    if self.liveness.load(Ordering::Acquire) != 0 {
-                        return Err(Closing::new(ErrorCode::PingTimeout, "no pong in time"));
-                    }
-                    pong_by = None;
-                }
-                out = rx.recv() => match out.map(|b| *b) {
-                    Some(Outbound::Frame(f)) => self.send(&f).await?,
-                    Some(Outbound::Deliver { id, from, payload }) => {
-                                                if id > *last + 1 {
-                            // Something before it may be only in the store: catch up first.
-                            self.backlog(last, id - 1).await?;
-                        }
-                        // Ids are assigned in commit order, so every lower id was
-                        // committed before this one: what the backlog did not
-                        // return is gone (acknowledged, expired or revoked).
-                        if id > *last {
-                            self.send(&Frame::Deliver { delivery_id: id, from, payload }).await?;
-                            *last = id;
-                            self.delivered.store(id, Ordering::Release);
-                            self.activity.touch();
-                        }
-                    }
+                () = &mut timer => None,
+                out = rx.recv() => match out {
+                    Some(out) => Some(out),
                     None => return Ok(()),
                 },
-                () = self.handle.wake.notified() => self.backlog(last, u64::MAX).await?,
-                                () = sleep_until(ping_at) => {
-                    if pong_by.is_some() {
-                        // A pong is still due: its deadline decides.
-                        ping_at = self.next_ping();
-                        continue;
-                    }
+                () = self.handle.wake.notified() => {
+                    Box::pin(self.backlog(last, u64::MAX)).await?;
+                    continue;
+                }
+            };
+            if let Some(out) = out {
+                Box::pin(self.deliver(*out, last)).await?;
+                continue;
+            }
+            let now = Instant::now();
+            if pong_by.is_some_and(|p| p <= now) {
+                if self.liveness.load(Ordering::Acquire) != 0 {
+                    return Err(Closing::new(ErrorCode::PingTimeout, "no pong in time"));
+                }
+                pong_by = None;
+            }
+            if ping_at <= now {
+                ping_at = self.next_ping();
+                // While a pong is still due, its deadline decides.
+                if pong_by.is_none() {
                     let nonce = rand::rng().random_range(1..u64::MAX);
                     self.liveness.store(nonce, Ordering::Release);
-                    self.send(&Frame::Ping { nonce }).await?;
+                    Box::pin(self.send(&Frame::Ping { nonce })).await?;
                     pong_by = Some(Instant::now() + self.state.config.pong_timeout);
-                    ping_at = self.next_ping();
                 }
+            }
+        }
+    }
+
+    /// Send what another task handed over.
+    async fn deliver(&mut self, out: Outbound, last: &mut u64) -> Result<(), Closing> {
+        match out {
+            Outbound::Frame(f) => self.send(&f).await,
+            Outbound::Deliver { id, from, payload } => {
+                if id > *last + 1 {
+                    // Something before it may be only in the store: catch up first.
+                    Box::pin(self.backlog(last, id - 1)).await?;
+                }
+                // Ids are assigned in commit order, so every lower id was
+                // committed before this one: what the backlog did not
+                // return is gone (acknowledged, expired or revoked).
+                if id > *last {
+                    self.send(&Frame::Deliver { delivery_id: id, from, payload }).await?;
+                    *last = id;
+                    self.delivered.store(id, Ordering::Release);
+                    self.activity.touch();
+                }
+                Ok(())
             }
         }
     }
@@ -792,5 +888,27 @@ impl Writer {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future that `f` returns.
+    fn future_size<A, B, R>(_: &impl Fn(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// An idle connection's two tasks keep their futures' sizes for the
+    /// connection's life (docs/BENCHMARKS.md, "Memory per idle
+    /// connection"). An unboxed await of a large future on their path, or
+    /// a large by-value argument of an `async fn`, shows here.
+    #[test]
+    fn an_idle_connections_futures_stay_small() {
+        let serve = future_size(&serve);
+        let writer = future_size(&Writer::run);
+        assert!(serve <= 800, "the connection's future is {serve} bytes");
+        assert!(writer <= 800, "the writer's future is {writer} bytes");
     }
 }

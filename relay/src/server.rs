@@ -222,12 +222,13 @@ async fn connect(
             .into_response();
     }
     let slot = state.slots.clone().try_acquire_owned().ok();
+    let accepted: conn::Accepted = Box::new((peer, host, state, slot));
     ws.read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * MAX_FRAME_LEN)
         .max_message_size(MAX_FRAME_LEN)
         .max_frame_size(MAX_FRAME_LEN)
-        .on_upgrade(move |socket| conn::serve(socket, peer, host, state, slot))
+        .on_upgrade(move |socket| conn::serve(socket, accepted))
 }
 
 #[cfg(test)]
