@@ -117,10 +117,7 @@ impl Outbound {
     /// [`DeliveryError::AckBeyondSent`] for an ack of messages never sent
     /// (nothing changes).
     pub fn on_ack(&mut self, ack: u64) -> Result<usize, DeliveryError> {
-        let last = self.next_seq - 1;
-        if ack > last {
-            return Err(DeliveryError::AckBeyondSent { ack, last });
-        }
+        self.check_ack(ack)?;
         let mut n = 0;
         while self.unacked.front().is_some_and(|p| p.seq <= ack) {
             if let Some(p) = self.unacked.pop_front() {
@@ -130,6 +127,18 @@ impl Outbound {
         }
         self.acked = self.acked.max(ack);
         Ok(n)
+    }
+
+    /// Whether [`Self::on_ack`] would take `ack`, without changing anything.
+    ///
+    /// # Errors
+    /// [`DeliveryError::AckBeyondSent`] for an ack of messages never sent.
+    pub fn check_ack(&self, ack: u64) -> Result<(), DeliveryError> {
+        let last = self.next_seq - 1;
+        if ack > last {
+            return Err(DeliveryError::AckBeyondSent { ack, last });
+        }
+        Ok(())
     }
 
     /// The oldest sequence number still held (the next one if none is).

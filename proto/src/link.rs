@@ -352,13 +352,21 @@ impl Link {
         };
         let plain = session.open(e)?;
         let content = Content::decode(&plain)?;
-        let mut outbound = self.outbound.clone();
+        // The inbound state is small: work on a copy. The outbox may hold
+        // thousands of messages: check the ack now, apply it at the commit.
         let mut inbound = self.inbound.clone();
         let mut events = Vec::new();
         let mut reply = Reply::None;
+        let acked = match &content {
+            Content::Data { ack, .. } | Content::Ack { ack } => *ack,
+            Content::Nack { expected } => expected.saturating_sub(1),
+            Content::PairConfirm | Content::PairResult { .. } => {
+                return Err(LinkError::Unexpected);
+            }
+        };
+        self.outbound.check_ack(acked)?;
         match content {
-            Content::Data { seq, oldest, ack, message } => {
-                outbound.on_ack(ack)?;
+            Content::Data { seq, oldest, message, .. } => {
                 let receipt = inbound.on_data(seq, oldest)?;
                 if let Some(r) = &receipt.resync {
                     events.push(LinkEvent::ResyncNeeded { from: *r.start(), to: *r.end() });
@@ -376,13 +384,8 @@ impl Link {
                     Action::Gap { nack: false, .. } => {}
                 }
             }
-            Content::Ack { ack } => {
-                outbound.on_ack(ack)?;
-            }
-            Content::Nack { expected } => {
-                outbound.on_ack(expected.saturating_sub(1))?;
-                reply = Reply::Resend(expected);
-            }
+            Content::Ack { .. } => {}
+            Content::Nack { expected } => reply = Reply::Resend(expected),
             Content::PairConfirm | Content::PairResult { .. } => return Err(LinkError::Unexpected),
         }
         // Authenticated and consistent: commit.
@@ -403,7 +406,7 @@ impl Link {
                 events.push(LinkEvent::SessionRenewed);
             }
         }
-        self.outbound = outbound;
+        self.outbound.on_ack(acked)?;
         self.inbound = inbound;
         // Replies are sealed after the commit; if the session is exhausted
         // they are skipped (a reconnect resends everything unacknowledged).
