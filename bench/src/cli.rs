@@ -42,6 +42,9 @@ pub enum Command {
     All,
     /// Run the bare forwarder server (a baseline target).
     Forwarder(ForwarderArgs),
+    /// Run an iroh-relay server, plain HTTP (the `iroh` target; cargo feature `iroh`).
+    #[command(hide = true)]
+    IrohRelay(ForwarderArgs),
 }
 
 /// Options of every scenario.
@@ -85,7 +88,8 @@ pub struct Opts {
     /// Seconds each measurement lasts (after a warm-up).
     #[arg(long, global = true, value_name = "SECONDS")]
     pub duration: Option<f64>,
-    /// throughput, latency: what to drive (tandem, forwarder, direct).
+    /// throughput, latency: what to drive (tandem, forwarder, direct; iroh
+    /// with the cargo feature `iroh`).
     #[arg(long, global = true, value_delimiter = ',', value_name = "TARGET")]
     pub targets: Option<Vec<TargetKind>>,
     /// throughput: unacknowledged messages per pair.

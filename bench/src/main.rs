@@ -33,6 +33,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::IrohRelay(args) => iroh_relay(&args).await,
         Command::Idle(args) if args.worker => {
             match scenario::idle_worker::run(&cli.opts, &args).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -77,7 +78,7 @@ async fn scenarios(command: Command, opts: tandem_bench::cli::Opts) -> ExitCode 
         Command::Pairing => {
             ("pairing", vec![settle("pairing", scenario::pairing::run(&ctx).await)])
         }
-        Command::Forwarder(_) => return ExitCode::from(2),
+        Command::Forwarder(_) | Command::IrohRelay(_) => return ExitCode::from(2),
     };
     let path = ctx.json_path(name);
     let mut written = vec![path.clone()];
@@ -116,6 +117,27 @@ async fn scenarios(command: Command, opts: tandem_bench::cli::Opts) -> ExitCode 
     }
     println!("total {:.1} s", started.elapsed().as_secs_f64());
     if reports.iter().all(|r| r.passed) && write_ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+#[cfg(feature = "iroh")]
+async fn iroh_relay(args: &tandem_bench::cli::ForwarderArgs) -> ExitCode {
+    if args.exit_with_stdin {
+        target::forwarder::exit_when_stdin_closes();
+    }
+    match target::iroh::serve(args.listen).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem-bench iroh-relay: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(not(feature = "iroh"))]
+#[allow(clippy::unused_async)]
+async fn iroh_relay(_: &tandem_bench::cli::ForwarderArgs) -> ExitCode {
+    eprintln!("tandem-bench iroh-relay: built without the cargo feature `iroh`");
+    ExitCode::from(2)
 }
 
 fn settle(name: &'static str, outcome: Result<ScenarioReport, BenchError>) -> ScenarioReport {

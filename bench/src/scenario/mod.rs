@@ -137,6 +137,15 @@ impl Context {
             TargetKind::Direct => {
                 Ok(Running { target: Box::new(DirectTarget::start(sizes).await?), relay: None })
             }
+            #[cfg(feature = "iroh")]
+            TargetKind::Iroh => Ok(Running {
+                target: Box::new(crate::target::iroh::IrohTarget::start(&self.exe, sizes)?),
+                relay: None,
+            }),
+            #[cfg(not(feature = "iroh"))]
+            TargetKind::Iroh => Err(BenchError::Usage(
+                "the iroh target needs a build with the cargo feature `iroh`".into(),
+            )),
         }
     }
 

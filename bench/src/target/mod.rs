@@ -11,11 +11,13 @@
 //! * [`direct::DirectTarget`] — no server at all: the desktop end connects
 //!   straight to the phone end over loopback; what latency is added against.
 //!
-//! Another target (iroh-relay, behind a cargo feature) implements
-//! [`Target`] and gets a [`TargetKind`].
+//! * `iroh::IrohTarget` (cargo feature `iroh`) — iroh-relay's server and
+//!   client: a third baseline, another relay's cost for the same frames.
 
 pub mod direct;
 pub mod forwarder;
+#[cfg(feature = "iroh")]
+pub mod iroh;
 pub mod plain;
 pub mod tandem;
 
@@ -122,6 +124,9 @@ pub enum TargetKind {
     Forwarder,
     /// A direct loopback WebSocket between the two ends (no server).
     Direct,
+    /// iroh-relay's server and client (needs the cargo feature `iroh`;
+    /// never in the defaults).
+    Iroh,
 }
 
 impl TargetKind {

@@ -25,10 +25,10 @@ use super::{Ends, Health, Received, Tasks};
 use crate::error::{BenchError, Result};
 use crate::wire::{self, WireSizes};
 
-const DATA: u8 = 0x01;
-const ACK: u8 = 0x02;
+pub(crate) const DATA: u8 = 0x01;
+pub(crate) const ACK: u8 = 0x02;
 /// Messages the phone end takes in before it acknowledges.
-const ACK_BATCH: usize = 256;
+pub(crate) const ACK_BATCH: usize = 256;
 
 /// Which end of a pair a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,7 +87,7 @@ pub async fn connect(
     Ok(ws)
 }
 
-fn data_frame(message: &[u8], sizes: WireSizes) -> Vec<u8> {
+pub(crate) fn data_frame(message: &[u8], sizes: WireSizes) -> Vec<u8> {
     let mut f = Vec::with_capacity(sizes.data_frame(message.len()));
     f.push(DATA);
     f.extend_from_slice(message);
@@ -95,7 +95,7 @@ fn data_frame(message: &[u8], sizes: WireSizes) -> Vec<u8> {
     f
 }
 
-fn ack_frame(up_to: u64, sizes: WireSizes) -> Vec<u8> {
+pub(crate) fn ack_frame(up_to: u64, sizes: WireSizes) -> Vec<u8> {
     let mut f = Vec::with_capacity(sizes.ack_frame);
     f.push(ACK);
     f.extend_from_slice(&up_to.to_be_bytes());
