@@ -126,8 +126,11 @@ pub struct Outcome {
     pub sent: u64,
     /// Latency of messages sent in the window (ns).
     pub latency: Histogram<u64>,
-    /// Messages never received (skipped, or missing after the drain).
+    /// Messages that never came out: a later one came first (or one that
+    /// was not a benchmark message came instead).
     pub lost: u64,
+    /// Messages that had not come out when the drain deadline passed.
+    pub missing: u64,
     /// Messages received more than once.
     pub duplicates: u64,
     /// Pairs that had not drained by the deadline.
@@ -141,6 +144,43 @@ pub struct Outcome {
     /// Per pair, when (on the run's clock, ns) the first message after the
     /// mark came out.
     pub first_after_mark: Vec<Option<u64>>,
+    /// The drain deadline the run had.
+    pub drain: Duration,
+    /// For the first few pairs that did not drain: sent, received up to,
+    /// acknowledged up to.
+    pub stuck: Vec<(u64, u64, u64)>,
+}
+
+impl Outcome {
+    /// The correctness checks, as failures in words (`what` names the run):
+    /// every message out exactly once, every pair drained, something came
+    /// through.
+    #[must_use]
+    pub fn failures(&self, what: &str) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.lost > 0 || self.duplicates > 0 {
+            f.push(format!("{what}: {} lost, {} duplicated messages", self.lost, self.duplicates));
+        }
+        if self.undrained > 0 {
+            let stuck: Vec<String> = self
+                .stuck
+                .iter()
+                .map(|(s, r, a)| format!("sent {s}, received up to {r}, acked up to {a}"))
+                .collect();
+            f.push(format!(
+                "{what}: {} pair(s) still had {} message(s) to deliver {} s after sending \
+                 stopped ({})",
+                self.undrained,
+                self.missing,
+                self.drain.as_secs(),
+                stuck.join("; ")
+            ));
+        }
+        if self.messages == 0 {
+            f.push(format!("{what}: nothing came through"));
+        }
+        f
+    }
 }
 
 /// What one pair's driver returns.
@@ -183,12 +223,15 @@ pub async fn run(
         sent: 0,
         latency: histogram(),
         lost: 0,
+        missing: 0,
         duplicates: 0,
         undrained: 0,
         missed: 0,
         target_cpu,
         bench_cpu,
         first_after_mark: Vec::new(),
+        drain: plan.drain,
+        stuck: Vec::new(),
     };
     let mut pairs = Vec::with_capacity(tasks.len());
     for t in tasks {
@@ -204,11 +247,15 @@ pub async fn run(
         out.first_after_mark.push(r.first_after_mark);
         if !r.drained {
             out.undrained += 1;
+            if out.stuck.len() < 3 {
+                out.stuck.push((r.pair.sent, r.pair.tally.last, r.pair.acked()));
+            }
         }
         pairs.push(r.pair);
     }
     for p in &pairs {
-        out.lost += p.tally.skipped + p.tally.malformed + p.sent.saturating_sub(p.tally.last);
+        out.lost += p.tally.skipped + p.tally.malformed;
+        out.missing += p.sent.saturating_sub(p.tally.last);
         out.duplicates += p.tally.duplicates;
     }
     (pairs, out)

@@ -136,18 +136,13 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
                 duplicates: out.duplicates,
             };
             let what = format!("{} at {payload} B", target.name());
-            if out.lost > 0 || out.duplicates > 0 {
-                failures.push(format!(
-                    "{what}: {} lost, {} duplicated messages",
-                    out.lost, out.duplicates
-                ));
+            let failed = out.failures(&what);
+            if !failed.is_empty()
+                && let Some(relay) = &running.relay
+            {
+                failures.push(format!("the relay's log ends:\n{}", relay.log_tail()));
             }
-            if out.undrained > 0 {
-                failures.push(format!("{what}: {} pair(s) did not drain", out.undrained));
-            }
-            if out.messages == 0 {
-                failures.push(format!("{what}: nothing came through"));
-            }
+            failures.extend(failed);
             rows.push(row);
         }
         let h = target.health().report();

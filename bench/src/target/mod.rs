@@ -143,6 +143,7 @@ pub struct Health {
     first_error: Mutex<Option<String>>,
     reconnects: AtomicU64,
     redeliveries: AtomicU64,
+    nacks: AtomicU64,
 }
 
 /// A snapshot of [`Health`].
@@ -157,6 +158,8 @@ pub struct HealthReport {
     /// Records the end-to-end layer recognised as seen before (relay
     /// redeliveries and resends after a reconnect: expected, and dropped).
     pub redeliveries: u64,
+    /// Gaps the phone ends asked to be filled (a message came out of order).
+    pub nacks: u64,
 }
 
 impl Health {
@@ -179,6 +182,11 @@ impl Health {
         self.redeliveries.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Count a nack (a gap seen by a phone end).
+    pub fn nacked(&self) {
+        self.nacks.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// How many errors so far.
     #[must_use]
     pub fn errors(&self) -> u64 {
@@ -193,6 +201,7 @@ impl Health {
             first_error: self.first_error.lock().ok().and_then(|f| f.clone()),
             reconnects: self.reconnects.load(Ordering::Acquire),
             redeliveries: self.redeliveries.load(Ordering::Acquire),
+            nacks: self.nacks.load(Ordering::Acquire),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The real thing: each pair is a desktop and a phone with their own keys
 //! and `tandem-client` connections, paired through the relay's mailbox.
 //! The desktop end seals each message with `Link::send` and sends the record
-//! (up to [`MAX_IN_FLIGHT`] sends waiting for the relay's `Ok`); the phone
+//! (up to [`MAX_IN_FLIGHT`] sends waiting for the relay's `Ok`, in order; the
+//! agent sends one at a time); the phone
 //! end opens records with `Link::receive`, hands the messages over in order,
 //! acknowledges deliveries to the relay, and sends one end-to-end ack record
 //! per burst. After a reconnect the desktop resends what is unacknowledged
@@ -62,23 +63,26 @@ impl TandemTarget {
         let health = Arc::clone(&self.health);
         let d = DesktopEnd { device: desktop, link: desktop_link, peer: phone_id, health };
         let (ack_tx, ack_rx) = watch::channel(None);
-        let acker = tokio::spawn(send_acks(
+        let (records_tx, records_rx) = tokio::sync::mpsc::unbounded_channel();
+        let sender = tokio::spawn(phone_sender(
             phone.client.clone(),
             desktop_id,
+            records_rx,
             ack_rx,
             Arc::clone(&self.health),
         ));
         let p = PhoneEnd {
             device: phone,
             link: phone_link,
-            peer: desktop_id,
             health: Arc::clone(&self.health),
             acks: ack_tx,
+            records: records_tx,
         };
         io.tasks = Tasks::new(vec![
-            tokio::spawn(d.run(outgoing, acked)),
+            // Unconstrained: see `DesktopEnd::run`.
+            tokio::spawn(tokio::task::unconstrained(d.run(outgoing, acked))),
             tokio::spawn(p.run(incoming)),
-            acker,
+            sender,
         ]);
         Ok(io)
     }
@@ -133,6 +137,13 @@ impl DesktopEnd {
         in_flight.push_back(async move { client.send(peer, record).await }.boxed());
     }
 
+    /// Seal and send until the driver goes away. Up to [`MAX_IN_FLIGHT`]
+    /// `Client::send` calls wait for the relay at once, polled in order from
+    /// this one task. Run it outside tokio's cooperative budget
+    /// (`tokio::task::unconstrained`): once the client's command queue is
+    /// full, a budget running out mid-poll makes later sends take their
+    /// place in the queue before earlier ones, and the phone end then sees
+    /// records out of order (a nack and a go-back-N resend each time).
     async fn run(
         mut self,
         mut outgoing: tokio::sync::mpsc::Receiver<Vec<u8>>,
@@ -230,10 +241,13 @@ fn note(health: &Health, event: &Event) {
 struct PhoneEnd {
     device: Device,
     link: Link,
-    peer: DeviceId,
     health: Arc<Health>,
-    /// The newest sealed ack, for [`send_acks`].
+    /// The newest sealed ack, for [`phone_sender`].
     acks: watch::Sender<Option<Vec<u8>>>,
+    /// Other records (nacks), in order, for [`phone_sender`]: the event loop
+    /// never waits on the network (a loop that waits for the relay's `Ok`
+    /// while the relay waits for it to read deadlocks).
+    records: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
 }
 
 impl PhoneEnd {
@@ -311,10 +325,9 @@ impl PhoneEnd {
                 }
                 LinkEvent::AckDue => ack_due = true,
                 LinkEvent::Send(records) => {
+                    self.health.nacked();
                     for r in records {
-                        if let Err(e) = self.device.client.send(self.peer, r).await {
-                            self.health.error(format!("phone send: {e}"));
-                        }
+                        let _ = self.records.send(r);
                     }
                 }
                 LinkEvent::ResyncNeeded { from, to } => {
@@ -331,18 +344,32 @@ impl PhoneEnd {
     }
 }
 
-/// Send the newest ack record whenever there is one; older ones are
-/// superseded (one ack covers everything delivered before it).
-async fn send_acks(
+/// The phone end's sender: records (nacks) in order as they come, and the
+/// newest ack record whenever there is one (older acks are superseded: one
+/// covers everything delivered before it).
+async fn phone_sender(
     client: Client,
     peer: DeviceId,
+    mut records: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
     mut acks: watch::Receiver<Option<Vec<u8>>>,
     health: Arc<Health>,
 ) {
-    while acks.changed().await.is_ok() {
-        let Some(record) = acks.borrow_and_update().clone() else { continue };
+    loop {
+        let record = tokio::select! {
+            record = records.recv() => match record {
+                Some(record) => record,
+                None => return,
+            },
+            changed = acks.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(record) = acks.borrow_and_update().clone() else { continue };
+                record
+            }
+        };
         if let Err(e) = client.send(peer, record).await {
-            health.error(format!("phone ack send: {e}"));
+            health.error(format!("phone send: {e}"));
         }
     }
 }
