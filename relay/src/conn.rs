@@ -349,6 +349,16 @@ impl Pending {
     }
 }
 
+/// What woke the reader.
+enum Event {
+    /// A store operation finished.
+    Done(Done),
+    /// The phone idle deadline passed.
+    Idle,
+    /// The device sent something (`None`: the end of the stream).
+    Message(Option<Result<Message, axum::Error>>),
+}
+
 /// What the reader does after a message.
 enum Next {
     /// Read the next one.
@@ -395,31 +405,41 @@ impl Reader {
         let idle = self.state.config.idle_timeout;
         loop {
             let idle_deadline = self.activity.last() + idle;
-            // Only waiting happens here; the work is boxed (see `serve`).
-            let msg = tokio::select! {
+            // Only waiting happens here; the work is boxed (see `serve`), and
+            // the event is moved into it whole (a partly moved one would stay
+            // in this future).
+            let event = tokio::select! {
                 biased;
                 () = self.handle.cancelled() => return Ok(()),
-                Some(done) = pending.next(), if !pending.is_empty() => {
-                    Box::pin(self.finished(done, true)).await;
-                    continue;
-                }
-                () = sleep_until(idle_deadline), if self.role == Role::Phone => {
-                    // Deliveries may have moved the deadline while we slept.
-                    if self.activity.last() + idle <= Instant::now() {
-                        return Err(Closing::new(
-                            ErrorCode::IdleTimeout,
-                            "no activity from this phone; reconnect to re-attach",
-                        ));
-                    }
-                    continue;
-                }
-                msg = stream.next(), if pending.len() < MAX_PENDING => msg,
+                Some(done) = pending.next(), if !pending.is_empty() => Event::Done(done),
+                () = sleep_until(idle_deadline), if self.role == Role::Phone => Event::Idle,
+                msg = stream.next(), if pending.len() < MAX_PENDING => Event::Message(msg),
             };
-            match Box::pin(self.on_message(msg)).await? {
+            match Box::pin(self.on_event(event)).await? {
                 Next::Read => {}
                 Next::Track(p) => pending.push_back(Box::pin(p.finish())),
                 Next::Stop => return Ok(()),
             }
+        }
+    }
+
+    async fn on_event(&self, event: Event) -> Result<Next, Closing> {
+        match event {
+            Event::Done(done) => {
+                self.finished(done, true).await;
+                Ok(Next::Read)
+            }
+            // Deliveries may have moved the deadline while we slept.
+            Event::Idle
+                if self.activity.last() + self.state.config.idle_timeout <= Instant::now() =>
+            {
+                Err(Closing::new(
+                    ErrorCode::IdleTimeout,
+                    "no activity from this phone; reconnect to re-attach",
+                ))
+            }
+            Event::Idle => Ok(Next::Read),
+            Event::Message(msg) => self.on_message(msg).await,
         }
     }
 
@@ -777,56 +797,67 @@ impl Writer {
         Instant::now() + c.ping_interval + Duration::from_millis(j)
     }
 
-    async fn loop_(
-        &mut self,
-        rx: &mut mpsc::Receiver<Queued>,
-        last: &mut u64,
-    ) -> Result<(), Closing> {
-        Box::pin(self.backlog(last, u64::MAX)).await?;
-        let mut ping_at = self.next_ping();
-        let mut pong_by: Option<Instant> = None;
-        // One timer for the next ping and the pong deadline, whichever is
-        // first: it is re-armed only when that changes (or it fired).
-        let timer = sleep_until(ping_at);
-        tokio::pin!(timer);
-        loop {
-            let due = pong_by.map_or(ping_at, |p| p.min(ping_at));
-            if timer.deadline() != due || timer.is_elapsed() {
-                timer.as_mut().reset(due);
-            }
-            // Only waiting happens here; the work is boxed (see `serve`).
-            let out = tokio::select! {
-                biased;
-                () = self.handle.cancelled() => return Ok(()),
-                () = &mut timer => None,
-                out = rx.recv() => match out {
-                    Some(out) => Some(out),
-                    None => return Ok(()),
-                },
-                () = self.handle.wake.notified() => {
-                    Box::pin(self.backlog(last, u64::MAX)).await?;
+    /// Not `async fn`, which would keep a second copy of its arguments in its
+    /// future (see [`serve`]).
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments")]
+    fn loop_<'a>(
+        &'a mut self,
+        rx: &'a mut mpsc::Receiver<Queued>,
+        last: &'a mut u64,
+    ) -> impl Future<Output = Result<(), Closing>> + Send + 'a {
+        async move {
+            Box::pin(self.backlog(last, u64::MAX)).await?;
+            let mut ping_at = self.next_ping();
+            let mut pong_by: Option<Instant> = None;
+            // One timer for the next ping and the pong deadline, whichever is
+            // first: it is re-armed only when that changes (or it fired).
+            let timer = sleep_until(ping_at);
+            tokio::pin!(timer);
+            loop {
+                {
+                    let due = pong_by.map_or(ping_at, |p| p.min(ping_at));
+                    if timer.deadline() != due || timer.is_elapsed() {
+                        timer.as_mut().reset(due);
+                    }
+                }
+                // Only waiting happens here; the work is boxed (see `serve`).
+                let out = tokio::select! {
+                    biased;
+                    // A backlog to read, or the connection is closing (`close`
+                    // wakes the writer too): closing comes first.
+                    () = self.handle.wake.notified() => {
+                        if self.handle.is_closed() {
+                            return Ok(());
+                        }
+                        Box::pin(self.backlog(last, u64::MAX)).await?;
+                        continue;
+                    }
+                    () = &mut timer => None,
+                    out = rx.recv() => match out {
+                        Some(out) => Some(out),
+                        None => return Ok(()),
+                    },
+                };
+                if let Some(out) = out {
+                    Box::pin(self.deliver(*out, last)).await?;
                     continue;
                 }
-            };
-            if let Some(out) = out {
-                Box::pin(self.deliver(*out, last)).await?;
-                continue;
-            }
-            let now = Instant::now();
-            if pong_by.is_some_and(|p| p <= now) {
-                if self.liveness.load(Ordering::Acquire) != 0 {
-                    return Err(Closing::new(ErrorCode::PingTimeout, "no pong in time"));
+                let now = Instant::now();
+                if pong_by.is_some_and(|p| p <= now) {
+                    if self.liveness.load(Ordering::Acquire) != 0 {
+                        return Err(Closing::new(ErrorCode::PingTimeout, "no pong in time"));
+                    }
+                    pong_by = None;
                 }
-                pong_by = None;
-            }
-            if ping_at <= now {
-                ping_at = self.next_ping();
-                // While a pong is still due, its deadline decides.
-                if pong_by.is_none() {
-                    let nonce = rand::rng().random_range(1..u64::MAX);
-                    self.liveness.store(nonce, Ordering::Release);
-                    Box::pin(self.send(&Frame::Ping { nonce })).await?;
-                    pong_by = Some(Instant::now() + self.state.config.pong_timeout);
+                if ping_at <= now {
+                    ping_at = self.next_ping();
+                    // While a pong is still due, its deadline decides.
+                    if pong_by.is_none() {
+                        let nonce = rand::rng().random_range(1..u64::MAX);
+                        self.liveness.store(nonce, Ordering::Release);
+                        Box::pin(self.send(&Frame::Ping { nonce })).await?;
+                        pong_by = Some(Instant::now() + self.state.config.pong_timeout);
+                    }
                 }
             }
         }

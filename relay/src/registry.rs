@@ -39,7 +39,8 @@ impl std::fmt::Debug for Outbound {
 pub(crate) struct ConnHandle {
     pub(crate) conn_id: u64,
     pub(crate) tx: mpsc::Sender<Queued>,
-    /// Wakes the writer to read its backlog from the store.
+    /// Wakes the writer: to read its backlog from the store, or (from
+    /// [`Self::close`]) to see that the connection is closing.
     pub(crate) wake: Arc<Notify>,
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<(ErrorCode, String)>>>,
@@ -64,6 +65,8 @@ impl ConnHandle {
         }
         drop(r);
         self.cancel.cancel();
+        // The writer waits on `wake` rather than on the token.
+        self.wake.notify_one();
     }
 
     /// Resolves when [`Self::close`] was called.
