@@ -7,10 +7,15 @@
 //! by N. Linux only.
 //!
 //! ```sh
-//! cargo build --release -p tandem-relay --examples
+//! cargo build --release -p tandem-relay --bins --examples
 //! ulimit -n 20000
-//! target/release/examples/idle_memory --relay target/release/tandem-relay -n 10000 [--tls]
+//! target/release/examples/idle_memory --relay target/release/tandem-relay -n 10000 [--tls] [--burst BYTES]
 //! ```
+//!
+//! `--burst BYTES`: after authenticating, each connection sends one frame
+//! with a payload of that many bytes (to a device it has no route to, so
+//! the relay reads it whole and refuses it) before it idles: what the relay
+//! keeps of a burst.
 //!
 //! The load generator of the benchmarks issue (`tandem-bench idle`) grows
 //! out of this; this example exists so the relay issue's figure has a
@@ -45,6 +50,7 @@ async fn main() {
     let arg = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
     let n: usize = arg("-n").map_or(10_000, |v| v.parse().unwrap());
     let tls = args.iter().any(|a| a == "--tls");
+    let burst: Option<usize> = arg("--burst").map(|v| v.parse().unwrap());
     let relay_bin = arg("--relay").unwrap_or_else(|| "target/release/tandem-relay".into());
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(&relay_bin)
@@ -102,14 +108,22 @@ async fn main() {
         ws.send(Message::Binary(auth.encode().unwrap().into())).await.unwrap();
         let Some(Ok(Message::Binary(b))) = ws.next().await else { panic!("no AuthOk") };
         assert!(matches!(Frame::decode(&b).unwrap(), Frame::AuthOk { .. }));
+        if let Some(len) = burst {
+            let to = tandem_proto::DeviceId([0xee; 16]);
+            let send = Frame::Send { send_id: 1, to, payload: vec![0x5a; len] };
+            ws.send(Message::Binary(send.encode().unwrap().into())).await.unwrap();
+            let Some(Ok(Message::Binary(b))) = ws.next().await else { panic!("no answer") };
+            assert!(matches!(Frame::decode(&b).unwrap(), Frame::Error { .. }));
+        }
         conns.push(ws);
     }
     let connect_time = start.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(pid);
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    let burst = burst.map_or(String::new(), |b| format!(" burst={b}"));
     println!(
-        "mode={} n={n} rss_before={before} KiB rss_after={after} KiB per_connection={:.0} B ({:.2} KiB) connect_time={:.1?}",
+        "mode={}{burst} n={n} rss_before={before} KiB rss_after={after} KiB per_connection={:.0} B ({:.2} KiB) connect_time={:.1?}",
         if tls { "tls" } else { "plain" },
         per,
         per / 1024.0,
