@@ -368,8 +368,9 @@ struct World {
 }
 
 impl World {
-    /// `tandem pair --relay URL` (the phone is sent to the relay itself),
-    /// then `tandem run` in the same process (`exec`), as a user would.
+    /// `tandem pair --relay URL` (the phone goes to the relay itself, never
+    /// through the agent's proxy), then `tandem run` in the same process
+    /// (`exec`), as a user would.
     async fn start(dir: tempfile::TempDir, relay: Relay, agent_url: &str) -> World {
         let gate = dir.path().join("gate");
         let config = write_executor(dir.path(), &gate);
@@ -391,7 +392,7 @@ impl World {
             .env("QR", dir.path().join("qr.png"))
             .stderr(log);
         let agent = Agent::spawn(cmd);
-        let phone = Phone::pair(&agent, dir.path()).await;
+        let phone = Phone::pair_via(&agent, dir.path(), Some(relay.url())).await;
         World { dir, relay, agent, phone, gate, watch: Watch::default() }
     }
 
