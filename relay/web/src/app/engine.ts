@@ -50,6 +50,8 @@ export class PairError extends Error {
 export class Desktop {
   online = false;
   detached = false;
+  /** A task list arrived from it since the page loaded. */
+  listed = false;
   readonly threads = new Map<string, Thread>();
   private queue: Promise<unknown> = Promise.resolve();
 
@@ -221,7 +223,11 @@ export class Engine {
         const d = this.desktops.get(peer.toString());
         if (!d) return;
         d.online = online;
-        if (online) void this.resend(d);
+        if (online) {
+          // A desktop that never answered a task list in this page (it was
+          // offline, or pairing) is asked again now that it is here.
+          void this.resend(d).then(() => (d.listed ? undefined : this.refreshTasks(d.id).catch(() => undefined)));
+        }
         this.emit({ desktopId: d.id });
       },
       pairMessage: (pid, peer, payload) => this.pairings.get(bytesToHex(pid))?.(peer, payload),
@@ -647,6 +653,7 @@ export class Engine {
         return false;
       }
       case 'task_list': {
+        d.listed = true;
         for (const s of m.tasks as Array<Parameters<Thread['summary']>[0] & { task_id: string }>) {
           const t = d.thread(s.task_id);
           t.summary(s);
