@@ -99,16 +99,7 @@ impl Target for DirectTarget {
     }
 
     fn open(&self, pairs: usize) -> BoxFuture<'_, Result<Vec<PairIo>>> {
-        async move {
-            futures_util::stream::iter(0..pairs)
-                .map(|_| self.open_one())
-                .buffer_unordered(32)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect()
-        }
-        .boxed()
+        super::open_pairs(pairs, 32, || self.open_one()).boxed()
     }
 
     fn health(&self) -> &Health {

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
 
 use super::plain::{self, Side};
 use super::{Health, PairIo, Target, channels};
@@ -125,16 +125,7 @@ impl Target for ForwarderTarget {
     }
 
     fn open(&self, pairs: usize) -> BoxFuture<'_, Result<Vec<PairIo>>> {
-        async move {
-            futures_util::stream::iter(0..pairs)
-                .map(|_| self.open_one())
-                .buffer_unordered(SETUP_CONCURRENCY)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect()
-        }
-        .boxed()
+        super::open_pairs(pairs, SETUP_CONCURRENCY, || self.open_one()).boxed()
     }
 
     fn health(&self) -> &Health {

@@ -315,16 +315,7 @@ impl Target for IrohTarget {
     }
 
     fn open(&self, pairs: usize) -> BoxFuture<'_, Result<Vec<PairIo>>> {
-        async move {
-            futures_util::stream::iter(0..pairs)
-                .map(|_| self.open_one())
-                .buffer_unordered(SETUP_CONCURRENCY)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect()
-        }
-        .boxed()
+        super::open_pairs(pairs, SETUP_CONCURRENCY, || self.open_one()).boxed()
     }
 
     fn health(&self) -> &Health {

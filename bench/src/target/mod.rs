@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
+use futures_util::{Future, StreamExt};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -204,4 +205,26 @@ impl Health {
             nacks: self.nacks.load(Ordering::Acquire),
         }
     }
+}
+
+/// Open `pairs` pairs with `open_one`, at most `at_once` of them at a time
+/// (what every target's [`Target::open`] does).
+///
+/// # Errors
+/// The first pair that could not be opened.
+pub(crate) async fn open_pairs<Fut>(
+    pairs: usize,
+    at_once: usize,
+    mut open_one: impl FnMut() -> Fut,
+) -> Result<Vec<PairIo>>
+where
+    Fut: Future<Output = Result<PairIo>>,
+{
+    futures_util::stream::iter(0..pairs)
+        .map(|_| open_one())
+        .buffer_unordered(at_once)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
 }
