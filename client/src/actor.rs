@@ -47,7 +47,7 @@ impl Pending {
 enum Wake {
     Stop,
     Frame(Result<Frame, ClientError>),
-    Command(Option<Command>),
+    Requests,
     Ack,
     Ping,
     PongTimeout,
@@ -62,12 +62,16 @@ pub(crate) struct Actor {
     config: ClientConfig,
     key: Arc<DeviceKey>,
     endpoint: Option<Arc<Endpoint>>,
-    commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    /// Dropped with the actor: closes the request queue ([`Shared::requests`]).
+    _close_requests: CloseRequests,
     /// Dropped with the actor, which tells [`crate::Client::close`] it is done.
     _done: watch::Sender<()>,
+    /// Requests taken from [`Shared::requests`], in order, not yet written.
+    /// With `in_flight`, at most [`ClientConfig::outbox_capacity`] (plus
+    /// requests whose callers gave up, until noticed).
     outbox: VecDeque<Pending>,
     in_flight: BTreeMap<u64, Pending>,
     next_id: u64,
@@ -95,7 +99,6 @@ impl Actor {
     pub(crate) fn new(
         config: ClientConfig,
         endpoint: Result<Endpoint, ClientError>,
-        commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         shared: Arc<Shared>,
         stop: CancellationToken,
@@ -116,8 +119,8 @@ impl Actor {
             woke: false,
             config,
             endpoint,
-            commands,
             events,
+            _close_requests: CloseRequests(Arc::clone(&shared)),
             shared,
             stop,
             _done: done,
@@ -180,6 +183,7 @@ impl Actor {
         let (role, timeout) = (self.config.role, self.config.connect_timeout);
         let attempt = async move { endpoint.connect(&key, role, timeout).await };
         tokio::pin!(attempt);
+        self.intake();
         loop {
             tokio::select! {
                 biased;
@@ -188,12 +192,7 @@ impl Actor {
                     return None;
                 }
                 result = &mut attempt => return Some(result),
-                command = self.commands.recv() => {
-                    self.on_command(command);
-                    if self.stopping {
-                        return None;
-                    }
-                }
+                () = self.shared.requests.notify.notified() => self.intake(),
                 by = woke(&mut self.wake) => {
                     // The attempt began before the sleep: its socket may be
                     // dead, and its deadline counts from then. Start afresh.
@@ -231,6 +230,7 @@ impl Actor {
             if let Err(e) = self.flush_ack(&mut conn).await {
                 return e;
             }
+            self.intake();
             if let Err(e) = self.flush(&mut conn).await {
                 return e;
             }
@@ -238,7 +238,7 @@ impl Actor {
             let wake = tokio::select! {
                 () = self.stop.cancelled() => Wake::Stop,
                 frame = conn.recv() => Wake::Frame(frame),
-                command = self.commands.recv() => Wake::Command(command),
+                () = self.shared.requests.notify.notified() => Wake::Requests,
                 () = self.shared.ack_notify.notified() => Wake::Ack,
                 () = sleep_until(next_ping) => Wake::Ping,
                 () = sleep_until(pong_deadline.unwrap_or(next_ping)), if pong_deadline.is_some() => {
@@ -252,8 +252,7 @@ impl Actor {
             };
             match wake {
                 Wake::Stop => self.stopping = true,
-                Wake::Command(command) => self.on_command(command),
-                Wake::Ack | Wake::Flush => {}
+                Wake::Ack | Wake::Flush | Wake::Requests => {}
                 Wake::Frame(Err(e)) => return e,
                 Wake::Frame(Ok(frame)) => {
                     // Anything from the relay proves the connection alive.
@@ -481,12 +480,14 @@ impl Actor {
         let wall_deadline = SystemTime::now().checked_add(duration);
         let timer = sleep(duration);
         tokio::pin!(timer);
+        // Answers given on the disconnect may have made room.
+        self.intake();
         while !self.stopping {
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => self.stopping = true,
                 () = &mut timer => return,
-                command = self.commands.recv() => self.on_command(command),
+                () = self.shared.requests.notify.notified() => self.intake(),
                 by = woke(&mut self.wake) => {
                     self.emit(Event::Woke { slept: by }).await;
                     let left = match wait {
@@ -507,21 +508,45 @@ impl Actor {
 
     /// After a fatal refusal: answer every request with it until stopped.
     async fn serve_stopped(&mut self) {
+        self.intake();
         while !self.stopping {
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => self.stopping = true,
-                command = self.commands.recv() => self.on_command(command),
+                () = self.shared.requests.notify.notified() => self.intake(),
             }
         }
     }
 
-    fn on_command(&mut self, command: Option<Command>) {
-        let Some(Command { request, reply }) = command else {
-            // Every handle is gone.
-            self.stopping = true;
+    /// Take requests from the shared queue, in the order they were made,
+    /// while there is room (all of them once stopped for good: they fail at
+    /// once). Requests whose callers gave up make room.
+    fn intake(&mut self) {
+        let requests = &self.shared.requests;
+        if self.fatal.is_some() {
+            for command in requests.take(usize::MAX) {
+                self.on_command(command);
+            }
             return;
-        };
+        }
+        let capacity = self.config.outbox_capacity.max(1);
+        let mut held = self.outbox.len() + self.in_flight.len();
+        if held >= capacity && requests.is_waiting() && requests.take_gave_up() {
+            // Forget requests whose callers gave up: keeps both collections
+            // bounded by the live requests.
+            self.outbox.retain(|p| !p.reply.is_closed());
+            self.in_flight.retain(|_, p| !p.reply.is_closed());
+            held = self.outbox.len() + self.in_flight.len();
+        }
+        for command in requests.take(capacity.saturating_sub(held)) {
+            self.on_command(command);
+        }
+    }
+
+    /// Give a request its id and put it at the end of the outbox (or answer
+    /// it at once when stopped for good).
+    fn on_command(&mut self, command: Command) {
+        let Command { request, reply } = command;
         if let Some(error) = &self.fatal {
             let _ = reply.send(Err(error.clone()));
             return;
@@ -533,10 +558,6 @@ impl Actor {
         } else {
             0
         };
-        // Forget requests whose callers gave up (their outbox room is already
-        // free): keeps both collections bounded by the live requests.
-        self.outbox.retain(|p| !p.reply.is_closed());
-        self.in_flight.retain(|_, p| !p.reply.is_closed());
         let frame = Request::into_frame(request, id);
         self.outbox.push_back(Pending { id, frame, reply });
     }
@@ -558,14 +579,19 @@ impl Actor {
                     }
                     return;
                 }
-                command = self.commands.recv() => {
-                    self.on_command(command);
-                    if self.stopping {
-                        return;
-                    }
-                }
+                () = self.shared.requests.notify.notified() => self.intake(),
             }
         }
+    }
+}
+
+/// Closes the request queue when the actor goes (however it ends): later
+/// requests fail with [`ClientError::Closed`], waiting ones too.
+struct CloseRequests(Arc<Shared>);
+
+impl Drop for CloseRequests {
+    fn drop(&mut self) {
+        self.0.requests.close();
     }
 }
 

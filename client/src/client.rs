@@ -1,14 +1,16 @@
 //! The reconnecting client: a handle ([`Client`]) to an actor task that owns
 //! the relay connection.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tandem_proto::frame::MAX_PAYLOAD_LEN;
 use tandem_proto::{DeviceId, DeviceKey, ErrorCode, Frame, Role};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
 use crate::actor::Actor;
@@ -58,9 +60,9 @@ pub struct ClientConfig {
     pub wake_pong_timeout: Duration,
     /// Capacity of the event channel (default 256).
     pub event_capacity: usize,
-    /// How many requests may wait for the relay at once, written or not
-    /// (default 256); further requests wait for room. A caller that gives up
-    /// (drops the future) frees its room at once.
+    /// How many requests the client works on at once, written or not
+    /// (default 256); further requests wait for room, in the order they were
+    /// made. A caller that gives up (drops the future) frees its room at once.
     pub outbox_capacity: usize,
 }
 
@@ -214,6 +216,121 @@ pub(crate) struct Shared {
     pub(crate) delivered: AtomicU64,
     /// Wakes the actor when `ack` grows.
     pub(crate) ack_notify: Notify,
+    /// Requests made and not yet taken by the actor, in the order of the calls.
+    pub(crate) requests: Requests,
+}
+
+/// The queue in front of the actor. A request takes its place in it when the
+/// method is called (not when its future is first polled), so requests are
+/// written to the relay in the order they were made, however their futures
+/// are polled. The actor takes them from the front while it has room
+/// ([`ClientConfig::outbox_capacity`]); the others wait here.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    state: Mutex<RequestsState>,
+    /// Wakes the actor: a request was queued, or a caller gave up on one the
+    /// actor holds (which may make room).
+    pub(crate) notify: Notify,
+    /// A caller gave up on a request the actor holds.
+    gave_up: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct RequestsState {
+    /// In the order of the calls (increasing `seq`).
+    waiting: VecDeque<(u64, Command)>,
+    next_seq: u64,
+    /// The actor is gone: nothing is taken any more.
+    closed: bool,
+}
+
+impl Requests {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RequestsState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queue `request` behind every request made before; its position and
+    /// the receiver for its answer.
+    fn push(
+        &self,
+        request: Request,
+    ) -> Result<(u64, oneshot::Receiver<Result<(), ClientError>>), ClientError> {
+        let (reply, answer) = oneshot::channel();
+        let seq = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(ClientError::Closed);
+            }
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.waiting.push_back((seq, Command { request, reply }));
+            seq
+        };
+        self.notify.notify_one();
+        Ok((seq, answer))
+    }
+
+    /// Withdraw the request at `seq` if it is still waiting here; `false`
+    /// when the actor already took it (or it is gone).
+    fn withdraw(&self, seq: u64) -> bool {
+        let removed = {
+            let mut state = self.lock();
+            match state.waiting.binary_search_by_key(&seq, |(s, _)| *s) {
+                Ok(i) => state.waiting.remove(i),
+                Err(_) => None,
+            }
+        };
+        // Dropped outside the lock.
+        removed.is_some()
+    }
+
+    /// Whether a caller gave up on a request the actor holds since the last
+    /// call.
+    pub(crate) fn take_gave_up(&self) -> bool {
+        self.gave_up.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether requests wait to be taken.
+    pub(crate) fn is_waiting(&self) -> bool {
+        !self.lock().waiting.is_empty()
+    }
+
+    /// Take up to `max` requests from the front, in order.
+    pub(crate) fn take(&self, max: usize) -> Vec<Command> {
+        let mut state = self.lock();
+        let n = max.min(state.waiting.len());
+        state.waiting.drain(..n).map(|(_, command)| command).collect()
+    }
+
+    /// The actor stops: refuse new requests, and answer the waiting ones
+    /// `Closed` (by dropping them).
+    pub(crate) fn close(&self) {
+        let waiting = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.waiting)
+        };
+        drop(waiting);
+    }
+}
+
+/// Held by a request's future: dropping the future withdraws the request if
+/// the actor has not taken it yet, or else tells the actor, whose room it
+/// frees (a request nobody waits for is not written).
+struct Withdraw {
+    shared: Arc<Shared>,
+    seq: u64,
+    armed: bool,
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        let requests = &self.shared.requests;
+        if self.armed && !requests.withdraw(self.seq) {
+            requests.gave_up.store(true, Ordering::Release);
+            requests.notify.notify_one();
+        }
+    }
 }
 
 /// A request for the actor.
@@ -254,8 +371,8 @@ impl Request {
     }
 }
 
-/// A request with its answer channel. (Its outbox slot stays with the
-/// caller's future, so that a caller who gives up frees it at once.)
+/// A request with its answer channel. (A caller who gives up drops the
+/// receiver; the actor then forgets the request.)
 #[derive(Debug)]
 pub(crate) struct Command {
     pub(crate) request: Request,
@@ -263,13 +380,14 @@ pub(crate) struct Command {
 }
 
 /// A handle to the relay client. Cheap to clone; the actor stops when
-/// [`Client::close`] is called or every handle is dropped.
+/// [`Client::close`] is called or every handle is dropped (request futures
+/// do not keep it running; they then fail with [`ClientError::Closed`]).
 #[derive(Debug, Clone)]
 pub struct Client {
-    commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
-    outbox: Arc<Semaphore>,
     stop: CancellationToken,
+    /// Stops the actor when the last handle is dropped.
+    _handles: Arc<DropGuard>,
     done: watch::Receiver<()>,
     device_id: DeviceId,
 }
@@ -307,24 +425,16 @@ impl Client {
         endpoint: Result<Endpoint, ClientError>,
     ) -> (Client, mpsc::Receiver<Event>) {
         let device_id = config.key.public().device_id();
-        let (commands, command_rx) = mpsc::channel(64);
         let (events, event_rx) = mpsc::channel(config.event_capacity.max(1));
         let (done_tx, done) = watch::channel(());
         let shared = Arc::new(Shared::default());
-        let outbox = Arc::new(Semaphore::new(config.outbox_capacity.max(1)));
         let stop = CancellationToken::new();
+        let handles = Arc::new(stop.clone().drop_guard());
         let span = tracing::info_span!("relay_client", device = %device_id);
-        let actor = Actor::new(
-            config,
-            endpoint,
-            command_rx,
-            events,
-            Arc::clone(&shared),
-            stop.clone(),
-            done_tx,
-        );
+        let actor =
+            Actor::new(config, endpoint, events, Arc::clone(&shared), stop.clone(), done_tx);
         tokio::spawn(actor.run().instrument(span));
-        (Client { commands, shared, outbox, stop, done, device_id }, event_rx)
+        (Client { shared, stop, _handles: handles, done, device_id }, event_rx)
     }
 
     /// This device's id.
@@ -337,6 +447,14 @@ impl Client {
     /// responsibility for it (`Ok`: handed to the recipient's connection or
     /// stored durably in its queue), or with the relay's refusal.
     ///
+    /// The send takes its place in the outbox when this method is called,
+    /// not when the future is first polled: requests are written to the
+    /// relay in the order they were made, also when many futures wait at
+    /// once and are polled in any order (`join!`, `FuturesUnordered`), when
+    /// the outbox is full, and when they are written again after a
+    /// reconnect. It goes out even if the future is not polled yet; the
+    /// future only waits for the answer (and does not borrow the client).
+    ///
     /// While disconnected the send waits in the outbox; a send that was
     /// written but not yet answered when the connection dropped is written
     /// again after reconnecting, with the same `send_id` (the relay may then
@@ -347,9 +465,12 @@ impl Client {
     /// [`ClientError::Refused`] (`not_authorized`, `revoked`, `queue_full`,
     /// `rate_limited`, …, or the code that stopped the client),
     /// [`ClientError::TooLarge`], [`ClientError::Closed`].
-    pub async fn send(&self, to: DeviceId, payload: Vec<u8>) -> Result<(), ClientError> {
-        check_len(&payload)?;
-        self.request(Request::Send { to, payload }).await
+    pub fn send(
+        &self,
+        to: DeviceId,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static + use<> {
+        self.request(check_len(&payload).map(|()| Request::Send { to, payload }))
     }
 
     /// Acknowledge every delivery up to `up_to` (cumulative), **after** the
@@ -367,20 +488,28 @@ impl Client {
     }
 
     /// Allow routing between this device and `peer` (§6.8: both sides must).
-    /// Resent after a reconnect if unanswered (it is idempotent).
+    /// Resent after a reconnect if unanswered (it is idempotent). Like every
+    /// request, it takes its place in the order when called (see
+    /// [`Client::send`]).
     ///
     /// # Errors
     /// [`ClientError::Refused`], [`ClientError::Closed`].
-    pub async fn authorize(&self, peer: DeviceId) -> Result<(), ClientError> {
-        self.request(Request::Authorize(peer)).await
+    pub fn authorize(
+        &self,
+        peer: DeviceId,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static + use<> {
+        self.request(Ok(Request::Authorize(peer)))
     }
 
     /// Withdraw the route with `peer`. Resent after a reconnect if unanswered.
     ///
     /// # Errors
     /// [`ClientError::Refused`], [`ClientError::Closed`].
-    pub async fn revoke(&self, peer: DeviceId) -> Result<(), ClientError> {
-        self.request(Request::Revoke(peer)).await
+    pub fn revoke(
+        &self,
+        peer: DeviceId,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static + use<> {
+        self.request(Ok(Request::Revoke(peer)))
     }
 
     /// Open a pairing mailbox (desktop).
@@ -389,8 +518,12 @@ impl Client {
     /// [`ClientError::Refused`], [`ClientError::Closed`], and
     /// [`ClientError::Interrupted`] when the connection dropped before the
     /// answer (not retried: a second open of the same id is refused).
-    pub async fn pair_open(&self, pairing_id: [u8; 16], ttl_secs: u16) -> Result<(), ClientError> {
-        self.request(Request::PairOpen { pairing_id, ttl_secs }).await
+    pub fn pair_open(
+        &self,
+        pairing_id: [u8; 16],
+        ttl_secs: u16,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static + use<> {
+        self.request(Ok(Request::PairOpen { pairing_id, ttl_secs }))
     }
 
     /// Claim a pairing mailbox with the first handshake message (phone).
@@ -399,13 +532,12 @@ impl Client {
     /// [`ClientError::Refused`] (`pairing_not_found`, `pairing_claimed`,
     /// `pairing_expired`, …), [`ClientError::TooLarge`],
     /// [`ClientError::Closed`], [`ClientError::Interrupted`].
-    pub async fn pair_claim(
+    pub fn pair_claim(
         &self,
         pairing_id: [u8; 16],
         payload: Vec<u8>,
-    ) -> Result<(), ClientError> {
-        check_len(&payload)?;
-        self.request(Request::PairClaim { pairing_id, payload }).await
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static + use<> {
+        self.request(check_len(&payload).map(|()| Request::PairClaim { pairing_id, payload }))
     }
 
     /// Close a pairing mailbox (desktop).
@@ -413,8 +545,11 @@ impl Client {
     /// # Errors
     /// [`ClientError::Refused`], [`ClientError::Closed`],
     /// [`ClientError::Interrupted`].
-    pub async fn pair_close(&self, pairing_id: [u8; 16]) -> Result<(), ClientError> {
-        self.request(Request::PairClose { pairing_id }).await
+    pub fn pair_close(
+        &self,
+        pairing_id: [u8; 16],
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static + use<> {
+        self.request(Ok(Request::PairClose { pairing_id }))
     }
 
     /// Send a pairing-mailbox message to `peer`. Resolves once written to a
@@ -424,14 +559,15 @@ impl Client {
     /// # Errors
     /// [`ClientError::TooLarge`], [`ClientError::Closed`], or the error that
     /// stopped the client.
-    pub async fn pair_message(
+    pub fn pair_message(
         &self,
         pairing_id: [u8; 16],
         peer: DeviceId,
         payload: Vec<u8>,
-    ) -> Result<(), ClientError> {
-        check_len(&payload)?;
-        self.request(Request::PairMessage { pairing_id, peer, payload }).await
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static + use<> {
+        let request =
+            check_len(&payload).map(|()| Request::PairMessage { pairing_id, peer, payload });
+        self.request(request)
     }
 
     /// Stop the client: close the connection (after writing a pending ack)
@@ -443,14 +579,26 @@ impl Client {
         while done.changed().await.is_ok() {}
     }
 
-    async fn request(&self, request: Request) -> Result<(), ClientError> {
-        if self.stop.is_cancelled() {
-            return Err(ClientError::Closed);
+    /// Queue `request` now, behind every request made before it; the
+    /// future waits for the answer.
+    fn request(
+        &self,
+        request: Result<Request, ClientError>,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static + use<> {
+        let queued = request.and_then(|request| {
+            if self.stop.is_cancelled() {
+                return Err(ClientError::Closed);
+            }
+            let (seq, answer) = self.shared.requests.push(request)?;
+            Ok((Withdraw { shared: Arc::clone(&self.shared), seq, armed: true }, answer))
+        });
+        async move {
+            let (mut withdraw, answer) = queued?;
+            let result = answer.await.unwrap_or(Err(ClientError::Closed));
+            // Answered: nothing left to withdraw.
+            withdraw.armed = false;
+            result
         }
-        let _slot = self.outbox.acquire().await.map_err(|_| ClientError::Closed)?;
-        let (reply, answer) = oneshot::channel();
-        self.commands.send(Command { request, reply }).await.map_err(|_| ClientError::Closed)?;
-        answer.await.unwrap_or(Err(ClientError::Closed))
     }
 }
 

@@ -39,6 +39,12 @@
 //!   the connection drops is written again after reconnecting with the same
 //!   `send_id`. The relay may therefore store a payload twice; the end-to-end
 //!   layer deduplicates.
+//! * **Order.** A request takes its place when the method is called (not when
+//!   its future is first polled): requests are written to the relay in the
+//!   order they were made, however their futures are polled (`join!`,
+//!   `FuturesUnordered`), also while the outbox is full and when they are
+//!   written again after a reconnect. The returned futures do not borrow the
+//!   [`Client`].
 //! * **Receiving.** Each [`Event::Deliver`] carries the relay's `delivery_id`,
 //!   increasing per device. The application persists what a delivery leads to
 //!   and then calls [`Client::ack`] (cumulative); the relay deletes a queued

@@ -474,3 +474,146 @@ async fn a_send_given_up_before_it_was_written_is_withdrawn() {
     server.send(&Frame::Ok { ref_id: send_id }).await;
     within(send).await.unwrap().unwrap();
 }
+
+/// The payloads a relay connection sees in `Send` frames, answering each
+/// `Ok` (or, with `answer` false, leaving them unanswered), until `count`
+/// were seen; with their `send_id`s.
+async fn collect_sends(
+    server: &mut common::RelayConn,
+    count: usize,
+    answer: bool,
+) -> Vec<(u64, Vec<u8>)> {
+    let mut seen = Vec::with_capacity(count);
+    while seen.len() < count {
+        match server.expect().await {
+            Frame::Send { send_id, payload, .. } => {
+                if answer {
+                    server.send(&Frame::Ok { ref_id: send_id }).await;
+                }
+                seen.push((send_id, payload));
+            }
+            other => panic!("expected Send, got {other:?}"),
+        }
+    }
+    seen
+}
+
+fn numbered(i: u32) -> Vec<u8> {
+    i.to_be_bytes().to_vec()
+}
+
+fn numbers(seen: &[(u64, Vec<u8>)]) -> Vec<u32> {
+    seen.iter().map(|(_, p)| u32::from_be_bytes(p.as_slice().try_into().unwrap())).collect()
+}
+
+/// Sends made from one task and polled concurrently reach the relay in the
+/// order of the calls, also when they wait for room in the outbox (more of
+/// them than it holds, some made while the relay is down).
+#[tokio::test]
+async fn pipelined_sends_reach_the_relay_in_call_order() {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+
+    const N: u32 = 2000;
+    let mut relay = FakeRelay::start(Options::default()).await;
+    let url = relay.url();
+    let (client, mut events) = Client::start(config(&url));
+    connected(&mut events).await;
+    let mut server = relay.accept().await;
+
+    // Connected: more sends at once than the outbox holds.
+    let relay_side = tokio::spawn(async move {
+        let seen = collect_sends(&mut server, N as usize, true).await;
+        (server, seen)
+    });
+    let mut sends: FuturesUnordered<_> = (0..N).map(|i| client.send(PEER, numbered(i))).collect();
+    within(async {
+        while let Some(result) = sends.next().await {
+            result.unwrap();
+        }
+    })
+    .await;
+    let (server, seen) = within(relay_side).await.unwrap();
+    assert_eq!(numbers(&seen), (0..N).collect::<Vec<_>>());
+
+    // Disconnected: the sends wait in the outbox and for room in it.
+    let addr = relay.stop().await;
+    drop(server);
+    disconnected(&mut events).await;
+    let mut sends: FuturesUnordered<_> =
+        (N..2 * N).map(|i| client.send(PEER, numbered(i))).collect();
+    // Let them all wait (and fill the outbox) before the relay returns.
+    let _ = tokio::time::timeout(Duration::from_millis(200), sends.next()).await;
+    let mut relay = FakeRelay::start_on(addr, Options::default()).await;
+    let relay_side = tokio::spawn(async move {
+        let mut server = relay.accept().await;
+        collect_sends(&mut server, N as usize, true).await
+    });
+    within(async {
+        while let Some(result) = sends.next().await {
+            result.unwrap();
+        }
+    })
+    .await;
+    let seen = within(relay_side).await.unwrap();
+    assert_eq!(numbers(&seen), (N..2 * N).collect::<Vec<_>>());
+}
+
+/// Sends written but unanswered when the connection drops are written again
+/// first after the reconnect, with their ids, in call order, followed by the
+/// rest in call order.
+#[tokio::test]
+async fn unanswered_sends_are_resent_in_call_order() {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+
+    const N: u32 = 600;
+    let mut relay = FakeRelay::start(Options::default()).await;
+    let cfg = config(&relay.url());
+    let room = cfg.outbox_capacity;
+    let (client, mut events) = Client::start(cfg);
+    connected(&mut events).await;
+    let mut server = relay.accept().await;
+
+    let relay_side = tokio::spawn(async move {
+        // The outbox's worth is written; the relay answers none of it.
+        let first = collect_sends(&mut server, room, false).await;
+        drop(server);
+        let mut server = relay.accept().await;
+        let second = collect_sends(&mut server, N as usize, true).await;
+        (first, second)
+    });
+    let mut sends: FuturesUnordered<_> = (0..N).map(|i| client.send(PEER, numbered(i))).collect();
+    within(async {
+        while let Some(result) = sends.next().await {
+            result.unwrap();
+        }
+    })
+    .await;
+    let (first, second) = within(relay_side).await.unwrap();
+    assert_eq!(numbers(&first), (0..u32::try_from(room).unwrap()).collect::<Vec<_>>());
+    assert_eq!(numbers(&second), (0..N).collect::<Vec<_>>());
+    assert_eq!(first[..], second[..room]);
+}
+
+/// A request takes its place when the method is called: futures polled in
+/// the reverse order, or not at all until later, do not change the order.
+#[tokio::test]
+async fn requests_take_their_place_when_called() {
+    let mut relay = FakeRelay::start(Options::default()).await;
+    let (client, mut events) = Client::start(config(&relay.url()));
+    connected(&mut events).await;
+    let mut server = relay.accept().await;
+
+    let authorize = client.authorize(PEER);
+    let first = client.send(PEER, numbered(1));
+    let second = client.send(PEER, numbered(2));
+    // Written without being polled.
+    let Frame::Authorize { request_id, .. } = server.expect().await else { panic!() };
+    server.send(&Frame::Ok { ref_id: request_id }).await;
+    let seen = collect_sends(&mut server, 2, true).await;
+    assert_eq!(numbers(&seen), [1, 2]);
+    // They resolve when polled, in any order.
+    let (second, first, authorize) = within(async { tokio::join!(second, first, authorize) }).await;
+    assert_eq!((authorize, first, second), (Ok(()), Ok(()), Ok(())));
+}
