@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::registry::{ConnHandle, Outbound, Queued};
 use crate::state::{State, unix_now};
-use crate::store::{StoreError, StoreFuture};
+use crate::store::{Enqueued, StoreError, StoreFuture};
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
@@ -37,6 +37,8 @@ const WRITE_FAILED: &str = "write failed or timed out";
 const MAX_PENDING: usize = 256;
 /// Frames read from the store per backlog page.
 const BACKLOG_PAGE: usize = 128;
+/// Most queued frames the writer buffers before it flushes.
+const WRITE_BATCH: usize = 64;
 
 /// When the connection last carried application traffic either way
 /// (milliseconds since it was opened): the phone idle timeout counts
@@ -288,6 +290,25 @@ async fn write(sink: &mut Sink, frame: &Frame, state: &State) -> Result<(), ()> 
     }
 }
 
+/// Queue `frame` in the WebSocket's write buffer; it goes out when the
+/// buffer passes [`crate::server::WRITE_BUFFER`] bytes or at the next
+/// [`flush`], so a burst of frames costs one system call, not one each.
+async fn feed(sink: &mut Sink, frame: &Frame, state: &State) -> Result<(), ()> {
+    let bytes = frame.encode().map_err(|_| ())?;
+    match timeout(state.config.write_timeout, sink.feed(Message::Binary(bytes.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Write out whatever [`feed`] buffered.
+async fn flush(sink: &mut Sink, state: &State) -> Result<(), ()> {
+    match timeout(state.config.write_timeout, sink.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
 /// Send an `Error` frame and a close frame with the code, best effort.
 async fn close(sink: &mut Sink, code: ErrorCode, msg: &str, state: &State) {
     if code.code() != 0 {
@@ -327,22 +348,44 @@ async fn announce(state: &State, device: DeviceId, online: bool) {
 
 /// A store operation in flight, with what to do when it finishes.
 enum Pending {
-    Enqueue { send_id: u64, to: DeviceId, payload: Vec<u8>, fut: StoreFuture<u64> },
+    Enqueue(Box<Enqueue>),
     Ack { fut: StoreFuture<u64> },
+}
+
+/// A `Send` being queued.
+struct Enqueue {
+    state: Arc<State>,
+    send_id: u64,
+    from: DeviceId,
+    to: DeviceId,
+    payload: Vec<u8>,
+    enqueued: Enqueued,
 }
 
 type PendingFut = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
 
 enum Done {
-    Enqueued { send_id: u64, to: DeviceId, payload: Vec<u8>, result: Result<u64, StoreError> },
+    Enqueued { send_id: u64, len: usize, result: Result<u64, StoreError> },
     Acked(Result<u64, StoreError>),
 }
 
 impl Pending {
     async fn finish(self) -> Done {
         match self {
-            Pending::Enqueue { send_id, to, payload, fut } => {
-                Done::Enqueued { send_id, to, payload, result: fut.await }
+            Pending::Enqueue(e) => {
+                let Enqueue { state, send_id, from, to, payload, enqueued } = *e;
+                let len = payload.len();
+                // Deliver as soon as the frame has its place in the queue,
+                // while the commit runs; the sender's `Ok` waits for it.
+                if let Ok(id) = enqueued.placed.await
+                    // A revocation since the route check dropped the frame
+                    // (or will); do not push what the recipient no longer accepts.
+                    && state.routes.is_route(from, to).await.unwrap_or(false)
+                    && let Some(h) = state.registry.get(&to)
+                {
+                    h.offer(Outbound::Deliver { id, from, payload });
+                }
+                Done::Enqueued { send_id, len, result: enqueued.durable.await }
             }
             Pending::Ack { fut } => Done::Acked(fut.await),
         }
@@ -527,8 +570,15 @@ impl Reader {
                         return Ok(None);
                     }
                 }
-                let fut = state.store.enqueue(to, me, payload.clone(), unix_now());
-                return Ok(Some(Pending::Enqueue { send_id, to, payload, fut }));
+                let enqueued = state.store.enqueue(to, me, payload.clone(), unix_now());
+                return Ok(Some(Pending::Enqueue(Box::new(Enqueue {
+                    state: Arc::clone(state),
+                    send_id,
+                    from: me,
+                    to,
+                    payload,
+                    enqueued,
+                }))));
             }
             Frame::Ack { up_to } => {
                 // Never delete what this connection has not delivered yet.
@@ -697,18 +747,11 @@ impl Reader {
     async fn finished(&self, done: Done, answer: bool) {
         let state = &self.state;
         match done {
-            Done::Enqueued { send_id, to, payload, result } => match result {
-                Ok(id) => {
-                    state.metrics.forwarded(payload.len());
+            Done::Enqueued { send_id, len, result } => match result {
+                Ok(_) => {
+                    state.metrics.forwarded(len);
                     if answer {
                         self.reply(Frame::Ok { ref_id: send_id }).await;
-                    }
-                    // A revocation right after the commit dropped the frame from
-                    // the store; do not push what the recipient no longer accepts.
-                    if state.routes.is_route(self.device, to).await.unwrap_or(false)
-                        && let Some(h) = state.registry.get(&to)
-                    {
-                        h.offer(Outbound::Deliver { id, from: self.device, payload });
                     }
                 }
                 Err(_) if !answer => {}
@@ -807,6 +850,7 @@ impl Writer {
     ) -> impl Future<Output = Result<(), Closing>> + Send + 'a {
         async move {
             Box::pin(self.backlog(last, u64::MAX)).await?;
+            self.flush().await?;
             let mut ping_at = self.next_ping();
             let mut pong_by: Option<Instant> = None;
             // One timer for the next ping and the pong deadline, whichever is
@@ -830,6 +874,7 @@ impl Writer {
                             return Ok(());
                         }
                         Box::pin(self.backlog(last, u64::MAX)).await?;
+                        self.flush().await?;
                         continue;
                     }
                     () = &mut timer => None,
@@ -840,6 +885,15 @@ impl Writer {
                 };
                 if let Some(out) = out {
                     Box::pin(self.deliver(*out, last)).await?;
+                    // Whatever else is ready goes out in the same write.
+                    let mut n = 1;
+                    while n < WRITE_BATCH
+                        && let Ok(out) = rx.try_recv()
+                    {
+                        Box::pin(self.deliver(*out, last)).await?;
+                        n += 1;
+                    }
+                    self.flush().await?;
                     continue;
                 }
                 let now = Instant::now();
@@ -863,10 +917,10 @@ impl Writer {
         }
     }
 
-    /// Send what another task handed over.
+    /// Buffer what another task handed over; the caller flushes.
     async fn deliver(&mut self, out: Outbound, last: &mut u64) -> Result<(), Closing> {
         match out {
-            Outbound::Frame(f) => self.send(&f).await,
+            Outbound::Frame(f) => self.feed(&f).await,
             Outbound::Deliver { id, from, payload } => {
                 if id > *last + 1 {
                     // Something before it may be only in the store: catch up first.
@@ -876,7 +930,7 @@ impl Writer {
                 // committed before this one: what the backlog did not
                 // return is gone (acknowledged, expired or revoked).
                 if id > *last {
-                    self.send(&Frame::Deliver { delivery_id: id, from, payload }).await?;
+                    self.feed(&Frame::Deliver { delivery_id: id, from, payload }).await?;
                     *last = id;
                     self.delivered.store(id, Ordering::Release);
                     self.activity.touch();
@@ -892,12 +946,27 @@ impl Writer {
             .map_err(|()| Closing::new(ErrorCode::Other(0), WRITE_FAILED))
     }
 
-    /// Deliver stored frames after `last` up to `until`, in order.
+    async fn feed(&mut self, f: &Frame) -> Result<(), Closing> {
+        feed(&mut self.sink, f, &self.state)
+            .await
+            .map_err(|()| Closing::new(ErrorCode::Other(0), WRITE_FAILED))
+    }
+
+    async fn flush(&mut self) -> Result<(), Closing> {
+        flush(&mut self.sink, &self.state)
+            .await
+            .map_err(|()| Closing::new(ErrorCode::Other(0), WRITE_FAILED))
+    }
+
+    /// Deliver stored frames after `last` up to `until`, in order (buffered:
+    /// the caller flushes after the last page).
     async fn backlog(&mut self, last: &mut u64, until: u64) -> Result<(), Closing> {
         loop {
             if self.handle.is_closed() {
                 return Ok(());
             }
+            // Out with the previous page before waiting for the store.
+            self.flush().await?;
             let page = self
                 .state
                 .store
@@ -909,7 +978,7 @@ impl Writer {
                 if q.id > until {
                     return Ok(());
                 }
-                self.send(&Frame::Deliver { delivery_id: q.id, from: q.from, payload: q.payload })
+                self.feed(&Frame::Deliver { delivery_id: q.id, from: q.from, payload: q.payload })
                     .await?;
                 *last = q.id;
                 self.delivered.store(q.id, Ordering::Release);

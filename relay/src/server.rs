@@ -229,12 +229,18 @@ async fn connect(
     let read_buffer = if matches!(state.config.tls, TlsMode::Off) { 4 * 1024 } else { 2 * 1024 };
     let accepted: conn::Accepted = Box::new((peer, host, state, slot));
     ws.read_buffer_size(read_buffer)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(4 * MAX_FRAME_LEN)
         .max_message_size(MAX_FRAME_LEN)
         .max_frame_size(MAX_FRAME_LEN)
         .on_upgrade(move |socket| conn::serve(socket, accepted))
 }
+
+/// Bytes the WebSocket buffers before it writes to the socket without a
+/// flush. The connection's writer feeds every frame that is ready and then
+/// flushes, so a burst costs one system call; a frame on its own is written
+/// at once, as before.
+pub(crate) const WRITE_BUFFER: usize = 16 * 1024;
 
 #[cfg(test)]
 mod tests {

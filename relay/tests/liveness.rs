@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use tandem_proto::frame::Frame;
 use tandem_proto::relay_auth::prove;
 use tandem_proto::{DeviceId, DeviceKey, ErrorCode, Role};
-use tandem_relay::store::{QueueDepth, Queued, RedbStore, Store, StoreFuture};
+use tandem_relay::store::{Enqueued, QueueDepth, Queued, RedbStore, Store, StoreFuture};
 use tokio_tungstenite::tungstenite::Message;
 
 const FAST_PINGS: [&str; 6] =
@@ -183,8 +183,9 @@ fn blocking<T: Send + 'static>(f: StoreFuture<T>) -> StoreFuture<T> {
 }
 
 impl Store for StoreWaitsStopTheClock {
-    fn enqueue(&self, to: DeviceId, from: DeviceId, p: Vec<u8>, now: u64) -> StoreFuture<u64> {
-        blocking(self.0.enqueue(to, from, p, now))
+    fn enqueue(&self, to: DeviceId, from: DeviceId, p: Vec<u8>, now: u64) -> Enqueued {
+        let Enqueued { placed, durable } = self.0.enqueue(to, from, p, now);
+        Enqueued { placed: blocking(placed), durable: blocking(durable) }
     }
     fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>> {
         blocking(self.0.fetch(to, after, limit))

@@ -9,12 +9,16 @@
 //! Semantics every backend keeps:
 //! * delivery ids are per recipient, strictly increasing, never reused (not
 //!   even across restarts);
-//! * an `enqueue` that returned `Ok` survives a crash of the relay process;
+//! * an `enqueue` whose `durable` answer is `Ok` survives a crash of the
+//!   relay process;
 //! * frames leave a queue only by the recipient's acknowledgement, by their
-//!   TTL, or by revocation of the route they came through;
+//!   TTL, or by revocation of the route they came through (a crash may undo
+//!   recent acknowledgements: those frames are delivered again);
 //! * a route exists only when both devices authorised each other.
 
 mod redb;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +33,24 @@ pub use self::redb::RedbStore;
 /// reading; the operation is submitted when the method is called, so
 /// operations from one caller are applied in call order.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
+/// The two answers to [`Store::enqueue`].
+///
+/// A frame for a connected recipient is delivered as soon as it has its
+/// place in the queue, while the commit that makes it durable is still
+/// running; the sender hears `Ok` only once `durable` resolved. If the relay
+/// dies between the two, the recipient may hold a frame the relay forgot:
+/// the sender, which had no `Ok`, sends it again and the end-to-end layer
+/// drops the copy. A backend that hands out ids before they are durable must
+/// never hand the same id out again, not even after a crash.
+pub struct Enqueued {
+    /// The delivery id once the frame has its place in `to`'s queue, in
+    /// delivery-id order. An error here means only "not placed early": the
+    /// real answer is `durable`'s.
+    pub placed: StoreFuture<u64>,
+    /// The delivery id once the frame is durable, or why it was not queued.
+    pub durable: StoreFuture<u64>,
+}
 
 /// Why a store operation failed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -92,15 +114,9 @@ pub struct QueueDepth {
 /// The relay's durable state.
 pub trait Store: Send + Sync + 'static {
     /// Queue `payload` from `from` for `to`, expiring at `now + ttl`, if the
-    /// two devices have a route ([`StoreError::NoRoute`] otherwise). Returns
-    /// the delivery id once the frame is durable.
-    fn enqueue(
-        &self,
-        to: DeviceId,
-        from: DeviceId,
-        payload: Vec<u8>,
-        now_unix: u64,
-    ) -> StoreFuture<u64>;
+    /// two devices have a route ([`StoreError::NoRoute`] otherwise). See
+    /// [`Enqueued`] for its two answers.
+    fn enqueue(&self, to: DeviceId, from: DeviceId, payload: Vec<u8>, now_unix: u64) -> Enqueued;
 
     /// Up to `limit` frames for `to` with ids above `after`, in id order.
     fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>>;

@@ -2,21 +2,30 @@
 //!
 //! All operations go to one writer thread through a channel. The thread
 //! takes whatever operations are waiting (up to [`MAX_BATCH`]), applies them
-//! in order inside one write transaction and commits once, with an fsync
-//! (`Durability::Immediate`) if anything changed; only then does any caller
-//! get its answer. Group commit keeps throughput up while every `Ok` means
-//! "on disk".
+//! in order inside one write transaction (each table opened once, each
+//! queue's metadata written once) and commits once. Group commit keeps
+//! throughput up while every answer to an enqueue, authorisation or
+//! revocation means "on disk": those commits are fsynced
+//! (`Durability::Immediate`). Between applying and committing, each enqueue
+//! is told its delivery id, so a connected recipient gets the frame while
+//! the commit runs ([`super::Enqueued`]); [`Skip`] keeps those ids from ever
+//! being handed out twice. Batches of only acknowledgements and expiry
+//! commit without an fsync ([`LazyCommits`]).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 
-use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
+};
 use tandem_proto::DeviceId;
 use tokio::sync::oneshot;
 
 use super::{
-    MAX_EXPIRED_PER_SWEEP, MAX_PEERS, QueueDepth, QueueLimits, Queued, Store, StoreError,
+    Enqueued, MAX_EXPIRED_PER_SWEEP, MAX_PEERS, QueueDepth, QueueLimits, Queued, Store, StoreError,
     StoreFuture,
 };
 
@@ -25,12 +34,19 @@ pub(crate) const MAX_BATCH: usize = 512;
 
 /// `to [16] ‖ id u64` → `from [16] ‖ expires_at u64 ‖ payload`
 const QUEUE: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("queue");
-/// `expires_at u64 ‖ to [16] ‖ id u64` → empty
-const EXPIRY: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("expiry");
+/// The expiry index of earlier versions (`expires_at ‖ to ‖ id` → empty),
+/// deleted when the store opens: a queue's frames expire in id order (every
+/// frame gets the same TTL when it is queued), so the sweep reads the head
+/// of each queue instead, and queueing and acknowledging a frame touch one
+/// table fewer.
+const OLD_EXPIRY: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("expiry");
 /// `to [16]` → `next_id u64 ‖ frames u64 ‖ bytes u64`
 const META: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("queue_meta");
 /// `by [16] ‖ peer [16]` → empty: `by` authorised `peer`.
 const ROUTES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("routes");
+/// [`FRESH_ID`] → u64: the first delivery id of a queue not seen before.
+const SETTINGS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("settings");
+const FRESH_ID: &[u8] = b"fresh_id";
 
 enum Op {
     Enqueue {
@@ -38,6 +54,8 @@ enum Op {
         from: DeviceId,
         payload: Vec<u8>,
         now: u64,
+        /// Told the id before the commit (taken when it is told).
+        placed: Option<oneshot::Sender<u64>>,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     Fetch {
@@ -84,6 +102,11 @@ enum Op {
 }
 
 impl Op {
+    /// Whether the caller is told only once the change is on disk.
+    fn answers_durably(&self) -> bool {
+        matches!(self, Op::Enqueue { .. } | Op::Authorize { .. } | Op::Revoke { .. })
+    }
+
     fn writes(&self) -> bool {
         matches!(
             self,
@@ -133,16 +156,28 @@ impl RedbStore {
         let db = Database::create(dir.join("relay.redb")).map_err(backend)?;
         // Create the tables up front so read paths never meet a missing table.
         let txn = db.begin_write().map_err(backend)?;
-        for def in [QUEUE, EXPIRY, META, ROUTES] {
+        for def in [QUEUE, META, ROUTES, SETTINGS] {
             txn.open_table(def).map_err(backend)?;
         }
+        txn.delete_table(OLD_EXPIRY).map_err(backend)?;
         txn.commit().map_err(backend)?;
+        Self::skip_unsaved_ids(&db)?;
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("tandem-store".into())
             .spawn(move || writer(db, rx, limits))
             .map_err(backend)?;
         Ok(Self { tx })
+    }
+
+    /// Open and bump every queue's next delivery id past what the writer
+    /// may have handed out before a commit that never happened (see
+    /// [`Skip`]).
+    fn skip_unsaved_ids(db: &Database) -> Result<(), StoreError> {
+        let mut txn = db.begin_write().map_err(backend)?;
+        let _ = txn.set_durability(Durability::Immediate);
+        Skip::apply(&txn)?;
+        txn.commit().map_err(backend)
     }
 
     fn call<T: Send + 'static>(
@@ -159,14 +194,18 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
-    fn enqueue(
-        &self,
-        to: DeviceId,
-        from: DeviceId,
-        payload: Vec<u8>,
-        now_unix: u64,
-    ) -> StoreFuture<u64> {
-        self.call(|reply| Op::Enqueue { to, from, payload, now: now_unix, reply })
+    fn enqueue(&self, to: DeviceId, from: DeviceId, payload: Vec<u8>, now_unix: u64) -> Enqueued {
+        let (placed_tx, placed_rx) = oneshot::channel();
+        let durable = self.call(|reply| Op::Enqueue {
+            to,
+            from,
+            payload,
+            now: now_unix,
+            placed: Some(placed_tx),
+            reply,
+        });
+        let placed = Box::pin(async move { placed_rx.await.map_err(|_| StoreError::Closed) });
+        Enqueued { placed, durable }
     }
     fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>> {
         self.call(|reply| Op::Fetch { to, after, limit, reply })
@@ -199,6 +238,10 @@ impl Store for RedbStore {
 
 /// The writer thread: batch, apply, commit, answer.
 fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits) {
+    let mut lazy = LazyCommits::default();
+    // A commit failed after ids were handed out early: skip past them
+    // before any new id is handed out.
+    let mut skip = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -207,7 +250,6 @@ fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits) {
                 Err(_) => break,
             }
         }
-        let writes = batch.iter().any(Op::writes);
         let mut txn = match db.begin_write() {
             Ok(t) => t,
             Err(e) => {
@@ -215,41 +257,167 @@ fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits) {
                 continue;
             }
         };
-        if !writes {
-            // Nothing to make durable: skip the fsync.
-            let _ = txn.set_durability(Durability::None);
-        } else {
-            let _ = txn.set_durability(Durability::Immediate);
-        }
+        let durable = skip || lazy.durable(&batch);
+        let _ = txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
         // Apply every op, keeping its answer until the commit is durable.
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut failed = None;
-        for op in batch {
-            if failed.is_some() {
-                answers.push((op, Answer::Pending));
-                continue;
-            }
-            match apply(&txn, &op, &limits) {
-                Ok(a) => answers.push((op, a)),
-                Err(e) => {
-                    failed = Some(e);
-                    answers.push((op, Answer::Pending));
-                }
-            }
-        }
+        let skipped = if skip { Skip::apply(&txn) } else { Ok(()) };
+        let (answers, failed) = match skipped {
+            Ok(()) => apply_batch(&txn, &batch, &limits),
+            Err(e) => (batch.iter().map(|_| Answer::Pending).collect(), Some(e)),
+        };
         let result = match failed {
             Some(e) => {
                 let _ = txn.abort();
                 Err(e)
             }
-            None => txn.commit().map_err(backend),
+            None => {
+                // Frames for connected recipients go out while the commit runs.
+                skip |= place_early(&mut batch, &answers);
+                txn.commit().map_err(backend)
+            }
         };
-        for (op, answer) in answers {
+        if result.is_ok() {
+            lazy.committed(durable);
+            skip = false;
+        }
+        for (op, answer) in batch.into_iter().zip(answers) {
             match &result {
                 Ok(()) => answer.send(op),
                 Err(e) => op.fail(e.clone()),
             }
         }
+    }
+}
+
+/// Tell each enqueue in `batch` its delivery id before the commit. Returns
+/// whether any id was told.
+fn place_early(batch: &mut [Op], answers: &[Answer]) -> bool {
+    let mut told = false;
+    for (op, answer) in batch.iter_mut().zip(answers) {
+        if let (Op::Enqueue { placed, .. }, Answer::U64(Ok(id))) = (op, answer)
+            && let Some(tx) = placed.take()
+        {
+            told |= tx.send(*id).is_ok();
+        }
+    }
+    told
+}
+
+/// Delivery ids handed out before a commit that never happened (the relay
+/// died, or the commit failed) must not be handed out again: the recipient
+/// may hold them and would drop a new frame under an old id as a
+/// redelivery. At most one batch ([`MAX_BATCH`] enqueues) is told its ids
+/// before its commit, so moving every queue's next id, and the first id of
+/// queues not seen yet, [`MAX_BATCH`] further is enough. Done when the store
+/// opens (a crash may have happened) and after a failed commit that told
+/// ids.
+struct Skip;
+
+impl Skip {
+    fn apply(txn: &WriteTransaction) -> Result<(), StoreError> {
+        let step = MAX_BATCH as u64;
+        let mut settings = txn.open_table(SETTINGS).map_err(backend)?;
+        let fresh = settings.get(FRESH_ID).map_err(backend)?.map(|v| u64_at(v.value(), 0));
+        let mut meta_t = txn.open_table(META).map_err(backend)?;
+        if fresh.is_none() && meta_t.is_empty().map_err(backend)? {
+            // A new store: nothing was ever handed out.
+            settings.insert(FRESH_ID, &1u64.to_be_bytes()[..]).map_err(backend)?;
+            return Ok(());
+        }
+        let fresh = fresh.unwrap_or(1).saturating_add(step);
+        settings.insert(FRESH_ID, &fresh.to_be_bytes()[..]).map_err(backend)?;
+        let mut rows = Vec::new();
+        for item in meta_t.iter().map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            rows.push((id16(k.value(), 0), Meta::decode(v.value())));
+        }
+        for (to, mut m) in rows {
+            m.next_id = m.next_id.saturating_add(step);
+            meta_t.insert(&to.0[..], &m.encode()[..]).map_err(backend)?;
+        }
+        Ok(())
+    }
+}
+
+/// Which commits need an fsync.
+///
+/// An enqueue, authorisation or revocation is answered only once it is on
+/// disk. Acknowledgements and expiry are not: if the relay dies before the
+/// next durable commit, the frames they deleted come back and are delivered
+/// again, which the end-to-end layer drops as duplicates (the same holds
+/// for an `Ok` lost on the way to a sender). So a batch of only those
+/// commits without an fsync, and the next durable commit carries it. redb
+/// frees the pages a non-durable commit released only at a durable one, so
+/// one is forced at least every [`LAZY_MAX`] commits or [`LAZY_AGE`].
+#[derive(Default)]
+struct LazyCommits {
+    /// Non-durable commits since the last durable one.
+    count: u32,
+    /// When the first of them was made.
+    since: Option<std::time::Instant>,
+}
+
+/// Most non-durable commits in a row.
+const LAZY_MAX: u32 = 1;
+/// Longest a non-durable commit waits for a durable one.
+const LAZY_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl LazyCommits {
+    /// Whether this batch's commit must be durable.
+    fn durable(&self, batch: &[Op]) -> bool {
+        if batch.iter().any(Op::answers_durably) {
+            return true;
+        }
+        if !batch.iter().any(Op::writes) {
+            // Nothing to make durable (reads only): skip the fsync, unless
+            // earlier lazy commits are waiting.
+            return self.count > 0 && self.overdue();
+        }
+        self.count + 1 >= LAZY_MAX || self.overdue()
+    }
+
+    fn overdue(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= LAZY_AGE)
+    }
+
+    fn committed(&mut self, durable: bool) {
+        if durable {
+            *self = Self::default();
+        } else {
+            self.count += 1;
+            self.since.get_or_insert_with(std::time::Instant::now);
+        }
+    }
+}
+
+/// Apply `batch` in order inside `txn`: one answer per op, and the error
+/// that stopped it (every answer from there on is [`Answer::Pending`]; the
+/// caller aborts the transaction).
+fn apply_batch(
+    txn: &WriteTransaction,
+    batch: &[Op],
+    limits: &QueueLimits,
+) -> (Vec<Answer>, Option<StoreError>) {
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut tables = match Tables::open(txn) {
+        Ok(t) => t,
+        Err(e) => {
+            answers.resize_with(batch.len(), || Answer::Pending);
+            return (answers, Some(e));
+        }
+    };
+    for op in batch {
+        match tables.apply(op, limits) {
+            Ok(a) => answers.push(a),
+            Err(e) => {
+                answers.resize_with(batch.len(), || Answer::Pending);
+                return (answers, Some(e));
+            }
+        }
+    }
+    match tables.write_meta() {
+        Ok(()) => (answers, None),
+        Err(e) => (answers, Some(e)),
     }
 }
 
@@ -296,14 +464,6 @@ fn qkey(to: &DeviceId, id: u64) -> [u8; 24] {
     k
 }
 
-fn ekey(expires: u64, to: &DeviceId, id: u64) -> [u8; 32] {
-    let mut k = [0u8; 32];
-    k[..8].copy_from_slice(&expires.to_be_bytes());
-    k[8..24].copy_from_slice(&to.0);
-    k[24..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
 fn rkey(by: &DeviceId, peer: &DeviceId) -> [u8; 32] {
     let mut k = [0u8; 32];
     k[..16].copy_from_slice(&by.0);
@@ -327,195 +487,266 @@ struct Meta {
 }
 
 impl Meta {
-    fn read(t: &Table<'_, &[u8], &[u8]>, to: &DeviceId) -> Result<Self, StoreError> {
-        Ok(match t.get(&to.0[..]).map_err(backend)? {
-            Some(v) => {
-                let v = v.value();
-                Meta { next_id: u64_at(v, 0), frames: u64_at(v, 8), bytes: u64_at(v, 16) }
-            }
-            None => Meta { next_id: 1, frames: 0, bytes: 0 },
-        })
+    fn decode(v: &[u8]) -> Self {
+        Meta { next_id: u64_at(v, 0), frames: u64_at(v, 8), bytes: u64_at(v, 16) }
     }
 
-    fn write(&self, t: &mut Table<'_, &[u8], &[u8]>, to: &DeviceId) -> Result<(), StoreError> {
+    fn encode(&self) -> [u8; 24] {
         let mut v = [0u8; 24];
         v[..8].copy_from_slice(&self.next_id.to_be_bytes());
         v[8..16].copy_from_slice(&self.frames.to_be_bytes());
         v[16..].copy_from_slice(&self.bytes.to_be_bytes());
-        t.insert(&to.0[..], &v[..]).map_err(backend)?;
+        v
+    }
+}
+
+/// The tables of one write transaction, opened once for the whole batch,
+/// and the queue metadata the batch read or changed (written back once, at
+/// the end, by [`Tables::write_meta`]).
+struct Tables<'t> {
+    queue: Table<'t, &'static [u8], &'static [u8]>,
+    meta_t: Table<'t, &'static [u8], &'static [u8]>,
+    routes: Table<'t, &'static [u8], &'static [u8]>,
+    meta: HashMap<DeviceId, (Meta, bool)>,
+    /// The first delivery id of a queue not seen before.
+    fresh_id: u64,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        let fresh_id = txn
+            .open_table(SETTINGS)
+            .map_err(backend)?
+            .get(FRESH_ID)
+            .map_err(backend)?
+            .map_or(1, |v| u64_at(v.value(), 0));
+        Ok(Self {
+            fresh_id,
+            queue: txn.open_table(QUEUE).map_err(backend)?,
+            meta_t: txn.open_table(META).map_err(backend)?,
+            routes: txn.open_table(ROUTES).map_err(backend)?,
+            meta: HashMap::new(),
+        })
+    }
+
+    /// `to`'s queue metadata as this batch left it.
+    fn meta(&mut self, to: &DeviceId) -> Result<Meta, StoreError> {
+        if let Some((m, _)) = self.meta.get(to) {
+            return Ok(*m);
+        }
+        let m = match self.meta_t.get(&to.0[..]).map_err(backend)? {
+            Some(v) => Meta::decode(v.value()),
+            None => Meta { next_id: self.fresh_id, frames: 0, bytes: 0 },
+        };
+        self.meta.insert(*to, (m, false));
+        Ok(m)
+    }
+
+    fn set_meta(&mut self, to: &DeviceId, m: Meta) {
+        self.meta.insert(*to, (m, true));
+    }
+
+    /// Write back the metadata the batch changed.
+    fn write_meta(&mut self) -> Result<(), StoreError> {
+        for (to, (m, dirty)) in &self.meta {
+            if *dirty {
+                self.meta_t.insert(&to.0[..], &m.encode()[..]).map_err(backend)?;
+            }
+        }
         Ok(())
     }
-}
 
-/// Remove queued frames for `to` matching `pred` within `ids`; keeps meta
-/// and the expiry index in step. Returns how many were removed.
-fn remove_where(
-    txn: &WriteTransaction,
-    to: &DeviceId,
-    ids: std::ops::RangeInclusive<u64>,
-    mut pred: impl FnMut(&[u8]) -> bool,
-) -> Result<u64, StoreError> {
-    let mut queue = txn.open_table(QUEUE).map_err(backend)?;
-    let mut expiry = txn.open_table(EXPIRY).map_err(backend)?;
-    let mut meta_t = txn.open_table(META).map_err(backend)?;
-    let lo = qkey(to, *ids.start());
-    let hi = qkey(to, *ids.end());
-    let mut victims = Vec::new();
-    for item in queue.range(&lo[..]..=&hi[..]).map_err(backend)? {
-        let (k, v) = item.map_err(backend)?;
-        let v = v.value();
-        if pred(v) {
-            victims.push((u64_at(k.value(), 16), u64_at(v, 16), v.len().saturating_sub(24) as u64));
+    fn is_route(&self, a: &DeviceId, b: &DeviceId) -> Result<bool, StoreError> {
+        let ab = self.routes.get(&rkey(a, b)[..]).map_err(backend)?.is_some();
+        let ba = self.routes.get(&rkey(b, a)[..]).map_err(backend)?.is_some();
+        Ok(ab && ba)
+    }
+
+    /// Remove queued frames for `to` matching `pred` within `ids`; keeps
+    /// meta in step. Returns how many were removed.
+    fn remove_where(
+        &mut self,
+        to: &DeviceId,
+        ids: std::ops::RangeInclusive<u64>,
+        mut pred: impl FnMut(&[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        let lo = qkey(to, *ids.start());
+        let hi = qkey(to, *ids.end());
+        let mut victims = Vec::new();
+        for item in self.queue.range(&lo[..]..=&hi[..]).map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let v = v.value();
+            if pred(v) {
+                victims.push((u64_at(k.value(), 16), v.len().saturating_sub(24) as u64));
+            }
+        }
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut meta = self.meta(to)?;
+        for (id, len) in &victims {
+            self.queue.remove(&qkey(to, *id)[..]).map_err(backend)?;
+            meta.frames = meta.frames.saturating_sub(1);
+            meta.bytes = meta.bytes.saturating_sub(*len);
+        }
+        self.set_meta(to, meta);
+        Ok(victims.len() as u64)
+    }
+
+    /// Remove up to `limit` frames from the head of `to`'s queue that
+    /// expired by `now`. Frames are queued with one TTL, so they expire in id
+    /// order; after the wall clock stepped back, a frame behind a younger
+    /// one waits for it.
+    fn expire_head(&mut self, to: &DeviceId, now: u64, limit: u64) -> Result<u64, StoreError> {
+        let lo = qkey(to, 0);
+        let hi = qkey(to, u64::MAX);
+        let mut last = None;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        for item in self.queue.range(&lo[..]..=&hi[..]).map_err(backend)?.take(limit) {
+            let (k, v) = item.map_err(backend)?;
+            if u64_at(v.value(), 16) > now {
+                break;
+            }
+            last = Some(u64_at(k.value(), 16));
+        }
+        match last {
+            Some(up_to) => self.remove_where(to, 0..=up_to, |_| true),
+            None => Ok(0),
         }
     }
-    let mut meta = Meta::read(&meta_t, to)?;
-    for (id, expires, len) in &victims {
-        queue.remove(&qkey(to, *id)[..]).map_err(backend)?;
-        expiry.remove(&ekey(*expires, to, *id)[..]).map_err(backend)?;
-        meta.frames = meta.frames.saturating_sub(1);
-        meta.bytes = meta.bytes.saturating_sub(*len);
-    }
-    if !victims.is_empty() {
-        meta.write(&mut meta_t, to)?;
-    }
-    Ok(victims.len() as u64)
-}
 
-fn apply(txn: &WriteTransaction, op: &Op, limits: &QueueLimits) -> Result<Answer, StoreError> {
-    Ok(match op {
-        Op::Enqueue { to, from, payload, now, .. } => {
-            {
-                let routes = txn.open_table(ROUTES).map_err(backend)?;
-                let ab = routes.get(&rkey(from, to)[..]).map_err(backend)?.is_some();
-                let ba = routes.get(&rkey(to, from)[..]).map_err(backend)?.is_some();
-                if !(ab && ba) {
+    fn apply(&mut self, op: &Op, limits: &QueueLimits) -> Result<Answer, StoreError> {
+        Ok(match op {
+            Op::Enqueue { to, from, payload, now, .. } => {
+                if !self.is_route(from, to)? {
                     return Ok(Answer::U64(Err(StoreError::NoRoute)));
                 }
-            }
-            let mut meta_t = txn.open_table(META).map_err(backend)?;
-            let mut meta = Meta::read(&meta_t, to)?;
-            let len = payload.len() as u64;
-            if meta.frames + 1 > limits.max_frames || meta.bytes + len > limits.max_bytes {
-                return Ok(Answer::U64(Err(StoreError::QueueFull(*to))));
-            }
-            let id = meta.next_id;
-            let expires = now.saturating_add(limits.ttl_secs);
-            let mut v = Vec::with_capacity(24 + payload.len());
-            v.extend_from_slice(&from.0);
-            v.extend_from_slice(&expires.to_be_bytes());
-            v.extend_from_slice(payload);
-            txn.open_table(QUEUE)
-                .map_err(backend)?
-                .insert(&qkey(to, id)[..], &v[..])
-                .map_err(backend)?;
-            txn.open_table(EXPIRY)
-                .map_err(backend)?
-                .insert(&ekey(expires, to, id)[..], &[][..])
-                .map_err(backend)?;
-            meta.next_id = id + 1;
-            meta.frames += 1;
-            meta.bytes += len;
-            meta.write(&mut meta_t, to)?;
-            Answer::U64(Ok(id))
-        }
-        Op::Fetch { to, after, limit, .. } => {
-            let queue = txn.open_table(QUEUE).map_err(backend)?;
-            let lo = qkey(to, after.saturating_add(1));
-            let hi = qkey(to, u64::MAX);
-            let mut out = Vec::new();
-            for item in queue.range(&lo[..]..=&hi[..]).map_err(backend)?.take(*limit) {
-                let (k, v) = item.map_err(backend)?;
-                let v = v.value();
-                out.push(Queued {
-                    id: u64_at(k.value(), 16),
-                    from: id16(v, 0),
-                    payload: v.get(24..).unwrap_or_default().to_vec(),
-                });
-            }
-            Answer::Queued(out)
-        }
-        Op::Ack { to, up_to, .. } => Answer::U64(Ok(remove_where(txn, to, 0..=*up_to, |_| true)?)),
-        Op::Depth { to, .. } => {
-            let meta = Meta::read(&txn.open_table(META).map_err(backend)?, to)?;
-            Answer::Depth(QueueDepth { frames: meta.frames, bytes: meta.bytes })
-        }
-        Op::Authorize { by, peer, .. } => {
-            let mut routes = txn.open_table(ROUTES).map_err(backend)?;
-            if routes.get(&rkey(by, peer)[..]).map_err(backend)?.is_none() {
-                let lo = rkey(by, &DeviceId([0; 16]));
-                let hi = rkey(by, &DeviceId([0xff; 16]));
-                if routes.range(&lo[..]..=&hi[..]).map_err(backend)?.take(MAX_PEERS).count()
-                    >= MAX_PEERS
-                {
-                    return Ok(Answer::Unit(Err(StoreError::TooManyPeers)));
+                let mut meta = self.meta(to)?;
+                let len = payload.len() as u64;
+                if meta.frames + 1 > limits.max_frames || meta.bytes + len > limits.max_bytes {
+                    return Ok(Answer::U64(Err(StoreError::QueueFull(*to))));
                 }
-                routes.insert(&rkey(by, peer)[..], &[][..]).map_err(backend)?;
+                let id = meta.next_id;
+                let expires = now.saturating_add(limits.ttl_secs);
+                let mut v = Vec::with_capacity(24 + payload.len());
+                v.extend_from_slice(&from.0);
+                v.extend_from_slice(&expires.to_be_bytes());
+                v.extend_from_slice(payload);
+                self.queue.insert(&qkey(to, id)[..], &v[..]).map_err(backend)?;
+                meta.next_id = id + 1;
+                meta.frames += 1;
+                meta.bytes += len;
+                self.set_meta(to, meta);
+                Answer::U64(Ok(id))
             }
-            Answer::Unit(Ok(()))
-        }
-        Op::Revoke { by, peer, .. } => {
-            let existed = txn
-                .open_table(ROUTES)
-                .map_err(backend)?
-                .remove(&rkey(by, peer)[..])
-                .map_err(backend)?
-                .is_some();
-            if !existed {
-                // Nothing can be queued between them on `by`'s account.
-                return Ok(Answer::U64(Ok(0)));
-            }
-            let a = remove_where(txn, peer, 0..=u64::MAX, |v| id16(v, 0) == *by)?;
-            let b = remove_where(txn, by, 0..=u64::MAX, |v| id16(v, 0) == *peer)?;
-            Answer::U64(Ok(a + b))
-        }
-        Op::IsRoute { a, b, .. } => {
-            let routes = txn.open_table(ROUTES).map_err(backend)?;
-            let ab = routes.get(&rkey(a, b)[..]).map_err(backend)?.is_some();
-            let ba = routes.get(&rkey(b, a)[..]).map_err(backend)?.is_some();
-            Answer::Bool(ab && ba)
-        }
-        Op::Peers { a, .. } => {
-            let routes = txn.open_table(ROUTES).map_err(backend)?;
-            let lo = rkey(a, &DeviceId([0; 16]));
-            let hi = rkey(a, &DeviceId([0xff; 16]));
-            let mut out = Vec::new();
-            for item in routes.range(&lo[..]..=&hi[..]).map_err(backend)? {
-                let (k, _) = item.map_err(backend)?;
-                let peer = id16(k.value(), 16);
-                if routes.get(&rkey(&peer, a)[..]).map_err(backend)?.is_some() {
-                    out.push(peer);
+            Op::Fetch { to, after, limit, .. } => {
+                let lo = qkey(to, after.saturating_add(1));
+                let hi = qkey(to, u64::MAX);
+                let mut out = Vec::new();
+                for item in self.queue.range(&lo[..]..=&hi[..]).map_err(backend)?.take(*limit) {
+                    let (k, v) = item.map_err(backend)?;
+                    let v = v.value();
+                    out.push(Queued {
+                        id: u64_at(k.value(), 16),
+                        from: id16(v, 0),
+                        payload: v.get(24..).unwrap_or_default().to_vec(),
+                    });
                 }
+                Answer::Queued(out)
             }
-            Answer::Ids(out)
-        }
-        Op::Expire { now, .. } => {
-            let expiry = txn.open_table(EXPIRY).map_err(backend)?;
-            let hi = ekey(*now, &DeviceId([0xff; 16]), u64::MAX);
-            let mut due: Vec<(DeviceId, u64)> = Vec::new();
-            for item in expiry.range(..=&hi[..]).map_err(backend)?.take(MAX_EXPIRED_PER_SWEEP) {
-                let (k, _) = item.map_err(backend)?;
-                let k = k.value();
-                if u64_at(k, 0) > *now {
-                    break;
+            Op::Ack { to, up_to, .. } => {
+                Answer::U64(Ok(self.remove_where(to, 0..=*up_to, |_| true)?))
+            }
+            Op::Depth { to, .. } => {
+                let meta = self.meta(to)?;
+                Answer::Depth(QueueDepth { frames: meta.frames, bytes: meta.bytes })
+            }
+            Op::Authorize { by, peer, .. } => {
+                if self.routes.get(&rkey(by, peer)[..]).map_err(backend)?.is_none() {
+                    let lo = rkey(by, &DeviceId([0; 16]));
+                    let hi = rkey(by, &DeviceId([0xff; 16]));
+                    let n = self
+                        .routes
+                        .range(&lo[..]..=&hi[..])
+                        .map_err(backend)?
+                        .take(MAX_PEERS)
+                        .count();
+                    if n >= MAX_PEERS {
+                        return Ok(Answer::Unit(Err(StoreError::TooManyPeers)));
+                    }
+                    self.routes.insert(&rkey(by, peer)[..], &[][..]).map_err(backend)?;
                 }
-                due.push((id16(k, 8), u64_at(k, 24)));
+                Answer::Unit(Ok(()))
             }
-            drop(expiry);
-            let mut n = 0;
-            for (to, id) in due {
-                n += remove_where(txn, &to, id..=id, |_| true)?;
+            Op::Revoke { by, peer, .. } => {
+                let existed = self.routes.remove(&rkey(by, peer)[..]).map_err(backend)?.is_some();
+                if !existed {
+                    // Nothing can be queued between them on `by`'s account.
+                    return Ok(Answer::U64(Ok(0)));
+                }
+                let a = self.remove_where(peer, 0..=u64::MAX, |v| id16(v, 0) == *by)?;
+                let b = self.remove_where(by, 0..=u64::MAX, |v| id16(v, 0) == *peer)?;
+                Answer::U64(Ok(a + b))
             }
-            Answer::U64(Ok(n))
-        }
-        Op::Totals { .. } => {
-            let meta_t = txn.open_table(META).map_err(backend)?;
-            let mut d = QueueDepth::default();
-            for item in meta_t.iter().map_err(backend)? {
-                let (_, v) = item.map_err(backend)?;
-                d.frames += u64_at(v.value(), 8);
-                d.bytes += u64_at(v.value(), 16);
+            Op::IsRoute { a, b, .. } => Answer::Bool(self.is_route(a, b)?),
+            Op::Peers { a, .. } => {
+                let lo = rkey(a, &DeviceId([0; 16]));
+                let hi = rkey(a, &DeviceId([0xff; 16]));
+                let mut out = Vec::new();
+                for item in self.routes.range(&lo[..]..=&hi[..]).map_err(backend)? {
+                    let (k, _) = item.map_err(backend)?;
+                    let peer = id16(k.value(), 16);
+                    if self.routes.get(&rkey(&peer, a)[..]).map_err(backend)?.is_some() {
+                        out.push(peer);
+                    }
+                }
+                Answer::Ids(out)
             }
-            Answer::Depth(d)
-        }
-    })
+            Op::Expire { now, .. } => {
+                // The queues that hold frames, then the expired head of each.
+                let mut queues = Vec::new();
+                for item in self.meta_t.iter().map_err(backend)? {
+                    let (k, v) = item.map_err(backend)?;
+                    let to = id16(k.value(), 0);
+                    let frames = match self.meta.get(&to) {
+                        Some((m, _)) => m.frames,
+                        None => Meta::decode(v.value()).frames,
+                    };
+                    if frames > 0 {
+                        queues.push(to);
+                    }
+                }
+                let mut n = 0;
+                for to in queues {
+                    let left = MAX_EXPIRED_PER_SWEEP as u64 - n;
+                    if left == 0 {
+                        break;
+                    }
+                    n += self.expire_head(&to, *now, left)?;
+                }
+                Answer::U64(Ok(n))
+            }
+            Op::Totals { .. } => {
+                let mut d = QueueDepth::default();
+                for item in self.meta_t.iter().map_err(backend)? {
+                    let (k, v) = item.map_err(backend)?;
+                    // What this batch changed and has not written back yet.
+                    let m = match self.meta.get(&id16(k.value(), 0)) {
+                        Some((m, _)) => *m,
+                        None => Meta::decode(v.value()),
+                    };
+                    d.frames += m.frames;
+                    d.bytes += m.bytes;
+                }
+                // Queues this batch created.
+                for (to, (m, _)) in &self.meta {
+                    if self.meta_t.get(&to.0[..]).map_err(backend)?.is_none() {
+                        d.frames += m.frames;
+                        d.bytes += m.bytes;
+                    }
+                }
+                Answer::Depth(d)
+            }
+        })
+    }
 }

@@ -1,0 +1,119 @@
+//! The embedded store through the [`Store`] trait: ids handed out before a
+//! commit are never handed out again, acknowledgements and expiry.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tandem_proto::DeviceId;
+
+use super::redb::MAX_BATCH;
+use super::{QueueLimits, RedbStore, Store, StoreError};
+
+const LIMITS: QueueLimits = QueueLimits { max_frames: 1000, max_bytes: 1 << 20, ttl_secs: 60 };
+
+fn dev(n: u8) -> DeviceId {
+    DeviceId([n; 16])
+}
+
+/// Open the store in `dir`; the previous one's writer thread may still be
+/// closing the file, so retry for a while.
+async fn open(dir: &Path) -> RedbStore {
+    for _ in 0..200 {
+        match RedbStore::open(dir, LIMITS) {
+            Ok(s) => return s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    RedbStore::open(dir, LIMITS).unwrap()
+}
+
+async fn route(s: &RedbStore, a: DeviceId, b: DeviceId) {
+    s.authorize(a, b).await.unwrap();
+    s.authorize(b, a).await.unwrap();
+}
+
+/// Queue one frame; both answers, which must agree.
+async fn put(s: &RedbStore, to: DeviceId, from: DeviceId, body: &[u8]) -> u64 {
+    let e = s.enqueue(to, from, body.to_vec(), 1000);
+    let placed = e.placed.await.unwrap();
+    let durable = e.durable.await.unwrap();
+    assert_eq!(placed, durable);
+    durable
+}
+
+#[tokio::test]
+async fn an_id_is_placed_before_it_is_durable_and_never_reused_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let first = {
+        let s = open(dir.path()).await;
+        route(&s, a, b).await;
+        route(&s, a, c).await;
+        let ids = [put(&s, b, a, b"1").await, put(&s, b, a, b"2").await];
+        assert_eq!(ids[1], ids[0] + 1);
+        ids[1]
+    };
+    // Whatever the writer may have told before a commit that a crash undid
+    // lies below the next id after a reopen, for this queue ...
+    let s = open(dir.path()).await;
+    let next = put(&s, b, a, b"3").await;
+    assert_eq!(next, first + 1 + MAX_BATCH as u64);
+    // ... and for a queue never seen before.
+    let fresh = put(&s, c, a, b"x").await;
+    assert_eq!(fresh, 1 + MAX_BATCH as u64, "a fresh queue's first id");
+    // The frames committed before the reopen are all still there, in order.
+    let q = s.fetch(b, 0, 10).await.unwrap();
+    let bodies: Vec<&[u8]> = q.iter().map(|q| &q.payload[..]).collect();
+    assert_eq!(bodies, [&b"1"[..], b"2", b"3"]);
+}
+
+#[tokio::test]
+async fn a_refused_enqueue_is_never_placed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    let e = s.enqueue(dev(2), dev(1), b"no route".to_vec(), 1000);
+    assert!(e.placed.await.is_err(), "placed without a route");
+    assert_eq!(e.durable.await, Err(StoreError::NoRoute));
+    assert!(s.fetch(dev(2), 0, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_ack_made_durable_by_a_later_commit_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dev(1), dev(2));
+    let third = {
+        let s = open(dir.path()).await;
+        route(&s, a, b).await;
+        let ids = [put(&s, b, a, b"1").await, put(&s, b, a, b"2").await];
+        // Committed without an fsync ...
+        assert_eq!(s.ack(b, ids[1]).await.unwrap(), 2);
+        // ... and carried to disk by the next durable commit.
+        put(&s, b, a, b"3").await
+    };
+    let s = open(dir.path()).await;
+    let q = s.fetch(b, 0, 10).await.unwrap();
+    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [third]);
+    let d = s.depth(b).await.unwrap();
+    assert_eq!((d.frames, d.bytes), (1, 1));
+}
+
+#[tokio::test]
+async fn expiry_takes_the_expired_head_of_each_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    route(&s, a, b).await;
+    route(&s, a, c).await;
+    // TTL 60: queued at 1000 expires at 1060, at 2000 at 2060.
+    for (to, at) in [(b, 1000), (b, 1000), (b, 2000), (c, 1000), (c, 2000)] {
+        s.enqueue(to, a, vec![0; 10], at).durable.await.unwrap();
+    }
+    assert_eq!(s.expire(1059).await.unwrap(), 0);
+    assert_eq!(s.expire(1060).await.unwrap(), 3);
+    assert_eq!(s.depth(b).await.unwrap().frames, 1);
+    assert_eq!(s.depth(c).await.unwrap().frames, 1);
+    let t = s.totals().await.unwrap();
+    assert_eq!((t.frames, t.bytes), (2, 20));
+    assert_eq!(s.expire(3000).await.unwrap(), 2);
+    assert_eq!(s.totals().await.unwrap().frames, 0);
+}
