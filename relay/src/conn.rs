@@ -34,7 +34,7 @@ type Stream = SplitStream<WebSocket>;
 const WRITE_FAILED: &str = "write failed or timed out";
 
 /// Most store operations one connection may have in flight.
-const MAX_PENDING: usize = 256;
+pub(crate) const MAX_PENDING: usize = 256;
 /// Frames read from the store per backlog page.
 const BACKLOG_PAGE: usize = 128;
 /// Most queued frames the writer buffers before it flushes.

@@ -44,9 +44,13 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 /// drops the copy. A backend that hands out ids before they are durable must
 /// never hand the same id out again, not even after a crash.
 pub struct Enqueued {
-    /// The delivery id once the frame has its place in `to`'s queue, in
-    /// delivery-id order. An error here means only "not placed early": the
-    /// real answer is `durable`'s.
+    /// The delivery id the frame has in `to`'s queue if it is queued (ids
+    /// are taken in the order enqueues are called): the frame may be
+    /// delivered under it from then on. If `durable` then refuses it (no
+    /// route, queue full), the id stays unused (ids may skip), and a
+    /// recipient that got the frame anyway drops the sender's resend as a
+    /// duplicate. An error here means only "no id early": the real answer
+    /// is `durable`'s.
     pub placed: StoreFuture<u64>,
     /// The delivery id once the frame is durable, or why it was not queued.
     pub durable: StoreFuture<u64>,

@@ -6,20 +6,20 @@
 //! queue's metadata written once) and commits once. Group commit keeps
 //! throughput up while every answer to an enqueue, authorisation or
 //! revocation means "on disk": those commits are fsynced
-//! (`Durability::Immediate`). Between applying and committing, each enqueue
-//! is told its delivery id, so a connected recipient gets the frame while
-//! the commit runs ([`super::Enqueued`]); [`Skip`] keeps those ids from ever
-//! being handed out twice. Batches of only acknowledgements and expiry
-//! commit without an fsync ([`LazyCommits`]).
+//! (`Durability::Immediate`). An enqueue takes its delivery id when it is
+//! submitted ([`NextIds`]), so a connected recipient gets the frame at once,
+//! even while the writer is in an fsync ([`super::Enqueued`]); [`Skip`]
+//! keeps those ids from ever being handed out twice. Batches of only
+//! acknowledgements and expiry commit without an fsync ([`LazyCommits`]).
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::thread;
 
 use redb::{
-    Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
-    WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, WriteTransaction,
 };
 use tandem_proto::DeviceId;
 use tokio::sync::oneshot;
@@ -54,8 +54,8 @@ enum Op {
         from: DeviceId,
         payload: Vec<u8>,
         now: u64,
-        /// Told the id before the commit (taken when it is told).
-        placed: Option<oneshot::Sender<u64>>,
+        /// Its delivery id, taken from [`NextIds`] when it was submitted.
+        id: u64,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     Fetch {
@@ -140,6 +140,44 @@ impl Op {
 #[derive(Debug)]
 pub struct RedbStore {
     tx: mpsc::Sender<Op>,
+    ids: Mutex<NextIds>,
+}
+
+/// Each queue's next delivery id, handed out when an enqueue is submitted
+/// (so a frame can be delivered at once, without waiting for the writer
+/// thread, which may be in the middle of an fsync). Loaded from the queue
+/// metadata when the store opens; the writer keeps the metadata's next id
+/// past every id it stores.
+#[derive(Debug)]
+struct NextIds {
+    next: HashMap<DeviceId, u64>,
+    /// The first id of a queue not seen yet.
+    fresh: u64,
+}
+
+impl NextIds {
+    fn load(db: &Database) -> Result<Self, StoreError> {
+        let txn = db.begin_read().map_err(backend)?;
+        let fresh = txn
+            .open_table(SETTINGS)
+            .map_err(backend)?
+            .get(FRESH_ID)
+            .map_err(backend)?
+            .map_or(1, |v| u64_at(v.value(), 0));
+        let mut next = HashMap::new();
+        for item in txn.open_table(META).map_err(backend)?.iter().map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            next.insert(id16(k.value(), 0), Meta::decode(v.value()).next_id);
+        }
+        Ok(Self { next, fresh })
+    }
+
+    fn take(&mut self, to: DeviceId) -> u64 {
+        let next = self.next.entry(to).or_insert(self.fresh);
+        let id = *next;
+        *next += 1;
+        id
+    }
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -162,17 +200,17 @@ impl RedbStore {
         txn.delete_table(OLD_EXPIRY).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Self::skip_unsaved_ids(&db)?;
+        let ids = Mutex::new(NextIds::load(&db)?);
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("tandem-store".into())
             .spawn(move || writer(db, rx, limits))
             .map_err(backend)?;
-        Ok(Self { tx })
+        Ok(Self { tx, ids })
     }
 
-    /// Open and bump every queue's next delivery id past what the writer
-    /// may have handed out before a commit that never happened (see
-    /// [`Skip`]).
+    /// Move every queue's next delivery id past what may have been handed
+    /// out before a commit that never happened (see [`Skip`]).
     fn skip_unsaved_ids(db: &Database) -> Result<(), StoreError> {
         let mut txn = db.begin_write().map_err(backend)?;
         let _ = txn.set_durability(Durability::Immediate);
@@ -195,17 +233,14 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn enqueue(&self, to: DeviceId, from: DeviceId, payload: Vec<u8>, now_unix: u64) -> Enqueued {
-        let (placed_tx, placed_rx) = oneshot::channel();
-        let durable = self.call(|reply| Op::Enqueue {
-            to,
-            from,
-            payload,
-            now: now_unix,
-            placed: Some(placed_tx),
-            reply,
-        });
-        let placed = Box::pin(async move { placed_rx.await.map_err(|_| StoreError::Closed) });
-        Enqueued { placed, durable }
+        // Take the id and submit under one lock, so the writer sees each
+        // queue's ids in increasing order.
+        let mut ids = self.ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = ids.take(to);
+        let durable =
+            self.call(|reply| Op::Enqueue { to, from, payload, now: now_unix, id, reply });
+        drop(ids);
+        Enqueued { placed: Box::pin(std::future::ready(Ok(id))), durable }
     }
     fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>> {
         self.call(|reply| Op::Fetch { to, after, limit, reply })
@@ -239,9 +274,6 @@ impl Store for RedbStore {
 /// The writer thread: batch, apply, commit, answer.
 fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits) {
     let mut lazy = LazyCommits::default();
-    // A commit failed after ids were handed out early: skip past them
-    // before any new id is handed out.
-    let mut skip = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -257,28 +289,19 @@ fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits) {
                 continue;
             }
         };
-        let durable = skip || lazy.durable(&batch);
+        let durable = lazy.durable(&batch);
         let _ = txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
         // Apply every op, keeping its answer until the commit is durable.
-        let skipped = if skip { Skip::apply(&txn) } else { Ok(()) };
-        let (answers, failed) = match skipped {
-            Ok(()) => apply_batch(&txn, &batch, &limits),
-            Err(e) => (batch.iter().map(|_| Answer::Pending).collect(), Some(e)),
-        };
+        let (answers, failed) = apply_batch(&txn, &batch, &limits);
         let result = match failed {
             Some(e) => {
                 let _ = txn.abort();
                 Err(e)
             }
-            None => {
-                // Frames for connected recipients go out while the commit runs.
-                skip |= place_early(&mut batch, &answers);
-                txn.commit().map_err(backend)
-            }
+            None => txn.commit().map_err(backend),
         };
         if result.is_ok() {
             lazy.committed(durable);
-            skip = false;
         }
         for (op, answer) in batch.into_iter().zip(answers) {
             match &result {
@@ -289,33 +312,25 @@ fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits) {
     }
 }
 
-/// Tell each enqueue in `batch` its delivery id before the commit. Returns
-/// whether any id was told.
-fn place_early(batch: &mut [Op], answers: &[Answer]) -> bool {
-    let mut told = false;
-    for (op, answer) in batch.iter_mut().zip(answers) {
-        if let (Op::Enqueue { placed, .. }, Answer::U64(Ok(id))) = (op, answer)
-            && let Some(tx) = placed.take()
-        {
-            told |= tx.send(*id).is_ok();
-        }
-    }
-    told
-}
-
 /// Delivery ids handed out before a commit that never happened (the relay
-/// died, or the commit failed) must not be handed out again: the recipient
-/// may hold them and would drop a new frame under an old id as a
-/// redelivery. At most one batch ([`MAX_BATCH`] enqueues) is told its ids
-/// before its commit, so moving every queue's next id, and the first id of
-/// queues not seen yet, [`MAX_BATCH`] further is enough. Done when the store
-/// opens (a crash may have happened) and after a failed commit that told
-/// ids.
+/// died) must not be handed out again: the recipient may hold them and
+/// would drop a new frame under an old id as a redelivery. Ids are handed
+/// out when an enqueue is submitted; a connection has at most
+/// [`crate::conn::MAX_PENDING`] store operations in flight and a queue
+/// takes frames from at most [`MAX_PEERS`] peers (a few connections each,
+/// while one replaces another), so fewer than [`SKIP`] ids of one queue can
+/// be uncommitted. When the store opens, every queue's next id, and the
+/// first id of queues not seen yet, moves [`SKIP`] on. Within one process
+/// the ids in memory only grow, so a failed commit needs nothing.
 struct Skip;
+
+/// How far every queue's next id moves when the store opens.
+pub(crate) const SKIP: u64 = 1 << 24;
+const _: () = assert!((crate::conn::MAX_PENDING * MAX_PEERS * 8) as u64 <= SKIP);
 
 impl Skip {
     fn apply(txn: &WriteTransaction) -> Result<(), StoreError> {
-        let step = MAX_BATCH as u64;
+        let step = SKIP;
         let mut settings = txn.open_table(SETTINGS).map_err(backend)?;
         let fresh = settings.get(FRESH_ID).map_err(backend)?.map(|v| u64_at(v.value(), 0));
         let mut meta_t = txn.open_table(META).map_err(backend)?;
@@ -617,7 +632,7 @@ impl<'t> Tables<'t> {
 
     fn apply(&mut self, op: &Op, limits: &QueueLimits) -> Result<Answer, StoreError> {
         Ok(match op {
-            Op::Enqueue { to, from, payload, now, .. } => {
+            Op::Enqueue { to, from, payload, now, id, .. } => {
                 if !self.is_route(from, to)? {
                     return Ok(Answer::U64(Err(StoreError::NoRoute)));
                 }
@@ -626,14 +641,14 @@ impl<'t> Tables<'t> {
                 if meta.frames + 1 > limits.max_frames || meta.bytes + len > limits.max_bytes {
                     return Ok(Answer::U64(Err(StoreError::QueueFull(*to))));
                 }
-                let id = meta.next_id;
+                let id = *id;
                 let expires = now.saturating_add(limits.ttl_secs);
                 let mut v = Vec::with_capacity(24 + payload.len());
                 v.extend_from_slice(&from.0);
                 v.extend_from_slice(&expires.to_be_bytes());
                 v.extend_from_slice(payload);
                 self.queue.insert(&qkey(to, id)[..], &v[..]).map_err(backend)?;
-                meta.next_id = id + 1;
+                meta.next_id = meta.next_id.max(id + 1);
                 meta.frames += 1;
                 meta.bytes += len;
                 self.set_meta(to, meta);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tandem_proto::DeviceId;
 
-use super::redb::MAX_BATCH;
+use super::redb::SKIP;
 use super::{QueueLimits, RedbStore, Store, StoreError};
 
 const LIMITS: QueueLimits = QueueLimits { max_frames: 1000, max_bytes: 1 << 20, ttl_secs: 60 };
@@ -42,7 +42,7 @@ async fn put(s: &RedbStore, to: DeviceId, from: DeviceId, body: &[u8]) -> u64 {
 }
 
 #[tokio::test]
-async fn an_id_is_placed_before_it_is_durable_and_never_reused_after_a_reopen() {
+async fn ids_are_never_reused_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, c) = (dev(1), dev(2), dev(3));
     let first = {
@@ -57,10 +57,10 @@ async fn an_id_is_placed_before_it_is_durable_and_never_reused_after_a_reopen() 
     // lies below the next id after a reopen, for this queue ...
     let s = open(dir.path()).await;
     let next = put(&s, b, a, b"3").await;
-    assert_eq!(next, first + 1 + MAX_BATCH as u64);
+    assert_eq!(next, first + 1 + SKIP);
     // ... and for a queue never seen before.
     let fresh = put(&s, c, a, b"x").await;
-    assert_eq!(fresh, 1 + MAX_BATCH as u64, "a fresh queue's first id");
+    assert_eq!(fresh, 1 + SKIP, "a fresh queue's first id");
     // The frames committed before the reopen are all still there, in order.
     let q = s.fetch(b, 0, 10).await.unwrap();
     let bodies: Vec<&[u8]> = q.iter().map(|q| &q.payload[..]).collect();
@@ -68,13 +68,40 @@ async fn an_id_is_placed_before_it_is_durable_and_never_reused_after_a_reopen() 
 }
 
 #[tokio::test]
-async fn a_refused_enqueue_is_never_placed() {
+async fn a_refused_enqueue_leaves_its_id_unused() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path()).await;
-    let e = s.enqueue(dev(2), dev(1), b"no route".to_vec(), 1000);
-    assert!(e.placed.await.is_err(), "placed without a route");
+    let (a, b) = (dev(1), dev(2));
+    let e = s.enqueue(b, a, b"no route".to_vec(), 1000);
+    let gap = e.placed.await.unwrap();
     assert_eq!(e.durable.await, Err(StoreError::NoRoute));
-    assert!(s.fetch(dev(2), 0, 10).await.unwrap().is_empty());
+    assert!(s.fetch(b, 0, 10).await.unwrap().is_empty());
+    route(&s, a, b).await;
+    let next = put(&s, b, a, b"routed").await;
+    assert_eq!(next, gap + 1);
+    let q = s.fetch(b, 0, 10).await.unwrap();
+    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [next]);
+}
+
+#[tokio::test]
+async fn ids_follow_the_order_enqueues_are_called_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    route(&s, a, c).await;
+    route(&s, b, c).await;
+    // Called in this order from two senders; answered in any order.
+    let calls: Vec<_> =
+        (0..200u8).map(|i| s.enqueue(c, if i % 2 == 0 { a } else { b }, vec![i], 1000)).collect();
+    let mut placed = Vec::new();
+    for e in calls.into_iter().rev() {
+        placed.push(e.placed.await.unwrap());
+        e.durable.await.unwrap();
+    }
+    placed.reverse();
+    assert!(placed.windows(2).all(|w| w[1] == w[0] + 1), "{placed:?}");
+    let q = s.fetch(c, 0, 500).await.unwrap();
+    assert_eq!(q.iter().map(|q| q.payload[0]).collect::<Vec<_>>(), (0..200u8).collect::<Vec<_>>());
 }
 
 #[tokio::test]
