@@ -79,8 +79,7 @@ impl TandemTarget {
             records: records_tx,
         };
         io.tasks = Tasks::new(vec![
-            // Unconstrained: see `DesktopEnd::run`.
-            tokio::spawn(tokio::task::unconstrained(d.run(outgoing, acked))),
+            tokio::spawn(d.run(outgoing, acked)),
             tokio::spawn(p.run(incoming)),
             sender,
         ]);
@@ -124,17 +123,13 @@ struct DesktopEnd {
 
 impl DesktopEnd {
     fn push(&self, in_flight: &mut FuturesOrdered<SendFuture>, record: Vec<u8>) {
-        let (client, peer) = (self.device.client.clone(), self.peer);
-        in_flight.push_back(async move { client.send(peer, record).await }.boxed());
+        // The record takes its place in the client's queue here, in call order.
+        in_flight.push_back(self.device.client.send(self.peer, record).boxed());
     }
 
     /// Seal and send until the driver goes away. Up to [`MAX_IN_FLIGHT`]
-    /// `Client::send` calls wait for the relay at once, polled in order from
-    /// this one task. Run it outside tokio's cooperative budget
-    /// (`tokio::task::unconstrained`): once the client's command queue is
-    /// full, a budget running out mid-poll makes later sends take their
-    /// place in the queue before earlier ones, and the phone end then sees
-    /// records out of order (a nack and a go-back-N resend each time).
+    /// `Client::send` calls wait for the relay at once, from this one task;
+    /// the client writes them in the order they were called.
     async fn run(
         mut self,
         mut outgoing: tokio::sync::mpsc::Receiver<Vec<u8>>,
