@@ -523,20 +523,11 @@ struct Tables<'t> {
     meta_t: Table<'t, &'static [u8], &'static [u8]>,
     routes: Table<'t, &'static [u8], &'static [u8]>,
     meta: HashMap<DeviceId, (Meta, bool)>,
-    /// The first delivery id of a queue not seen before.
-    fresh_id: u64,
 }
 
 impl<'t> Tables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
-        let fresh_id = txn
-            .open_table(SETTINGS)
-            .map_err(backend)?
-            .get(FRESH_ID)
-            .map_err(backend)?
-            .map_or(1, |v| u64_at(v.value(), 0));
         Ok(Self {
-            fresh_id,
             queue: txn.open_table(QUEUE).map_err(backend)?,
             meta_t: txn.open_table(META).map_err(backend)?,
             routes: txn.open_table(ROUTES).map_err(backend)?,
@@ -551,7 +542,8 @@ impl<'t> Tables<'t> {
         }
         let m = match self.meta_t.get(&to.0[..]).map_err(backend)? {
             Some(v) => Meta::decode(v.value()),
-            None => Meta { next_id: self.fresh_id, frames: 0, bytes: 0 },
+            // Its first enqueue sets the next id past the id it was given.
+            None => Meta::default(),
         };
         self.meta.insert(*to, (m, false));
         Ok(m)
