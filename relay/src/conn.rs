@@ -375,20 +375,35 @@ impl Pending {
             Pending::Enqueue(e) => {
                 let Enqueue { state, send_id, from, to, payload, enqueued } = *e;
                 let len = payload.len();
-                // Deliver as soon as the frame has its place in the queue,
-                // while the commit runs; the sender's `Ok` waits for it.
-                if let Ok(id) = enqueued.placed.await
-                    // A revocation since the route check dropped the frame
-                    // (or will); do not push what the recipient no longer accepts.
-                    && state.routes.is_route(from, to).await.unwrap_or(false)
-                    && let Some(h) = state.registry.get(&to)
-                {
-                    h.offer(Outbound::Deliver { id, from, payload });
+                // Deliver as soon as the frame has its id, while the commit
+                // runs; the sender's `Ok` waits for the commit. Without an
+                // early id (a full queue, a failing store), once it is stored.
+                let mut payload = Some(payload);
+                if let Ok(id) = enqueued.placed.await {
+                    push(&state, from, to, id, &mut payload).await;
                 }
-                Done::Enqueued { send_id, len, result: enqueued.durable.await }
+                let result = enqueued.durable.await;
+                if let Ok(id) = result {
+                    push(&state, from, to, id, &mut payload).await;
+                }
+                Done::Enqueued { send_id, len, result }
             }
             Pending::Ack { fut } => Done::Acked(fut.await),
         }
+    }
+}
+
+/// Hand `payload` (if not handed over yet) to `to`'s live connection, if it
+/// has one and the route still stands (a revocation since the route check
+/// dropped the frame, or will: do not push what the recipient no longer
+/// accepts).
+async fn push(state: &State, from: DeviceId, to: DeviceId, id: u64, payload: &mut Option<Vec<u8>>) {
+    if payload.is_some()
+        && state.routes.is_route(from, to).await.unwrap_or(false)
+        && let Some(h) = state.registry.get(&to)
+        && let Some(payload) = payload.take()
+    {
+        h.offer(Outbound::Deliver { id, from, payload });
     }
 }
 
@@ -925,10 +940,16 @@ impl Writer {
                 if id > *last + 1 {
                     // Something before it may be only in the store: catch up first.
                     Box::pin(self.backlog(last, id - 1)).await?;
+                    if self.handle.is_closed() && id > *last + 1 {
+                        // The backlog stopped short: never send past a gap.
+                        return Ok(());
+                    }
                 }
-                // Ids are assigned in commit order, so every lower id was
-                // committed before this one: what the backlog did not
-                // return is gone (acknowledged, expired or revoked).
+                // The store applies enqueues in id order, and the backlog's
+                // fetch was submitted after the enqueue of every lower id
+                // (that id was taken first), so it saw each of them: what
+                // it did not return is gone (acknowledged, expired,
+                // revoked) or was refused.
                 if id > *last {
                     self.feed(&Frame::Deliver { delivery_id: id, from, payload }).await?;
                     *last = id;

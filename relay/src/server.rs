@@ -238,9 +238,12 @@ async fn connect(
 
 /// Bytes the WebSocket buffers before it writes to the socket without a
 /// flush. The connection's writer feeds every frame that is ready and then
-/// flushes, so a burst costs one system call; a frame on its own is written
-/// at once, as before.
-pub(crate) const WRITE_BUFFER: usize = 16 * 1024;
+/// flushes, so a burst of small frames costs a system call per 4 KiB, not
+/// one per frame; a frame on its own is written at once, as before. The
+/// buffer keeps its allocation (tungstenite does not shrink it), so this is
+/// also about what a connection holds after a burst: at most this plus its
+/// largest frame, the same as the read buffer.
+pub(crate) const WRITE_BUFFER: usize = 4 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
-//! A frame for a connected recipient goes out while its commit runs; the
-//! sender's `Ok` waits for the commit (docs/PROTOCOL.md §6.5). Against an
-//! in-process relay whose store holds every commit until the test lets it go.
+//! A frame for a connected recipient goes out as soon as it has its
+//! delivery id; the sender's `Ok` waits for the store's durable answer
+//! (docs/PROTOCOL.md §6.5). Against an in-process relay whose store holds
+//! every enqueue's durable answer until the test lets it go.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 

@@ -123,6 +123,9 @@ pub trait Store: Send + Sync + 'static {
     fn enqueue(&self, to: DeviceId, from: DeviceId, payload: Vec<u8>, now_unix: u64) -> Enqueued;
 
     /// Up to `limit` frames for `to` with ids above `after`, in id order.
+    /// A fetch sees every enqueue whose id was taken before the fetch was
+    /// called (stored, or refused), whoever called it: a connection that
+    /// was handed id `n` early relies on this to catch up below `n`.
     fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>>;
 
     /// The recipient received everything up to `up_to`: delete it. Returns

@@ -12,9 +12,9 @@
 //! keeps those ids from ever being handed out twice. Batches of only
 //! acknowledgements and expiry commit without an fsync ([`LazyCommits`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 
 use redb::{
@@ -140,7 +140,7 @@ impl Op {
 #[derive(Debug)]
 pub struct RedbStore {
     tx: mpsc::Sender<Op>,
-    ids: Mutex<NextIds>,
+    ids: Arc<Mutex<NextIds>>,
 }
 
 /// Each queue's next delivery id, handed out when an enqueue is submitted
@@ -153,6 +153,15 @@ struct NextIds {
     next: HashMap<DeviceId, u64>,
     /// The first id of a queue not seen yet.
     fresh: u64,
+    /// Hand ids out early only while the store commits: after a failed
+    /// commit the ids handed out are not saved anywhere, so none is told
+    /// early until a commit that also ran [`Skip`] succeeded.
+    healthy: bool,
+    /// Queues that refused a frame as full: a frame for them is told its id
+    /// only once it is stored (so a full queue still pushes back on a
+    /// connected recipient), until an ack, expiry or revocation removes
+    /// something from them.
+    full: HashSet<DeviceId>,
 }
 
 impl NextIds {
@@ -169,7 +178,12 @@ impl NextIds {
             let (k, v) = item.map_err(backend)?;
             next.insert(id16(k.value(), 0), Meta::decode(v.value()).next_id);
         }
-        Ok(Self { next, fresh })
+        Ok(Self { next, fresh, healthy: true, full: HashSet::new() })
+    }
+
+    /// Whether a frame for `to` may be delivered before it is stored.
+    fn early(&self, to: &DeviceId) -> bool {
+        self.healthy && !self.full.contains(to)
     }
 
     fn take(&mut self, to: DeviceId) -> u64 {
@@ -200,11 +214,12 @@ impl RedbStore {
         txn.delete_table(OLD_EXPIRY).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Self::skip_unsaved_ids(&db)?;
-        let ids = Mutex::new(NextIds::load(&db)?);
+        let ids = Arc::new(Mutex::new(NextIds::load(&db)?));
         let (tx, rx) = mpsc::channel();
+        let writer_ids = Arc::clone(&ids);
         thread::Builder::new()
             .name("tandem-store".into())
-            .spawn(move || writer(db, rx, limits))
+            .spawn(move || writer(db, rx, limits, &writer_ids))
             .map_err(backend)?;
         Ok(Self { tx, ids })
     }
@@ -235,12 +250,18 @@ impl Store for RedbStore {
     fn enqueue(&self, to: DeviceId, from: DeviceId, payload: Vec<u8>, now_unix: u64) -> Enqueued {
         // Take the id and submit under one lock, so the writer sees each
         // queue's ids in increasing order.
-        let mut ids = self.ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ids = lock(&self.ids);
         let id = ids.take(to);
-        let durable =
-            self.call(|reply| Op::Enqueue { to, from, payload, now: now_unix, id, reply });
+        let early = ids.early(&to);
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Op::Enqueue { to, from, payload, now: now_unix, id, reply });
         drop(ids);
-        Enqueued { placed: Box::pin(std::future::ready(Ok(id))), durable }
+        let placed = if early && sent.is_ok() { Ok(id) } else { Err(StoreError::Closed) };
+        let durable = Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        });
+        Enqueued { placed: Box::pin(std::future::ready(placed)), durable }
     }
     fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>> {
         self.call(|reply| Op::Fetch { to, after, limit, reply })
@@ -271,9 +292,16 @@ impl Store for RedbStore {
     }
 }
 
+fn lock(ids: &Mutex<NextIds>) -> MutexGuard<'_, NextIds> {
+    ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The writer thread: batch, apply, commit, answer.
-fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits) {
+fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits, ids: &Mutex<NextIds>) {
     let mut lazy = LazyCommits::default();
+    // A commit failed: ids handed out may not be saved; skip past them in
+    // the next commit before telling ids early again.
+    let mut skip = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -285,14 +313,20 @@ fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits) {
         let mut txn = match db.begin_write() {
             Ok(t) => t,
             Err(e) => {
+                lock(ids).healthy = false;
+                skip = true;
                 batch.into_iter().for_each(|op| op.fail(backend(&e)));
                 continue;
             }
         };
-        let durable = lazy.durable(&batch);
+        let durable = skip || lazy.durable(&batch);
         let _ = txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
         // Apply every op, keeping its answer until the commit is durable.
-        let (answers, failed) = apply_batch(&txn, &batch, &limits);
+        let skipped = if skip { Skip::apply(&txn) } else { Ok(()) };
+        let (answers, failed) = match skipped {
+            Ok(()) => apply_batch(&txn, &batch, &limits),
+            Err(e) => (batch.iter().map(|_| Answer::Pending).collect(), Some(e)),
+        };
         let result = match failed {
             Some(e) => {
                 let _ = txn.abort();
@@ -302,6 +336,11 @@ fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits) {
         };
         if result.is_ok() {
             lazy.committed(durable);
+            skip = false;
+            note_fullness(ids, &batch, &answers);
+        } else {
+            lock(ids).healthy = false;
+            skip = true;
         }
         for (op, answer) in batch.into_iter().zip(answers) {
             match &result {
@@ -312,16 +351,45 @@ fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits) {
     }
 }
 
+/// After a commit: mark the queues that refused a frame as full, unmark
+/// those that lost frames (so their frames are told ids early again), and
+/// tell ids early again after a failed commit (this commit ran [`Skip`]).
+fn note_fullness(ids: &Mutex<NextIds>, batch: &[Op], answers: &[Answer]) {
+    let mut ids = lock(ids);
+    ids.healthy = true;
+    if ids.full.is_empty() && !answers.iter().any(Answer::is_queue_full) {
+        return;
+    }
+    for (op, answer) in batch.iter().zip(answers) {
+        match (op, answer) {
+            (_, Answer::U64(Err(StoreError::QueueFull(to)))) => {
+                ids.full.insert(*to);
+            }
+            (Op::Ack { to, .. }, _) => {
+                ids.full.remove(to);
+            }
+            // Expiry and revocation may empty any queue: start afresh.
+            (Op::Expire { .. } | Op::Revoke { .. }, Answer::U64(Ok(n))) if *n > 0 => {
+                ids.full.clear();
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Delivery ids handed out before a commit that never happened (the relay
-/// died) must not be handed out again: the recipient may hold them and
-/// would drop a new frame under an old id as a redelivery. Ids are handed
-/// out when an enqueue is submitted; a connection has at most
-/// [`crate::conn::MAX_PENDING`] store operations in flight and a queue
-/// takes frames from at most [`MAX_PEERS`] peers (a few connections each,
-/// while one replaces another), so fewer than [`SKIP`] ids of one queue can
-/// be uncommitted. When the store opens, every queue's next id, and the
-/// first id of queues not seen yet, moves [`SKIP`] on. Within one process
-/// the ids in memory only grow, so a failed commit needs nothing.
+/// died, or the commit failed) must not be handed out again: the recipient
+/// may hold them and would drop a new frame under an old id as a
+/// redelivery. Ids are handed out when an enqueue is submitted, and every
+/// committed enqueue (refused or not) saves its queue's next id past its
+/// own. A connection has at most [`crate::conn::MAX_PENDING`] store
+/// operations in flight and a queue takes frames from at most
+/// [`MAX_PEERS`] peers (a few connections each, while one replaces
+/// another), so fewer than [`SKIP`] ids of one queue can be handed out and
+/// not saved. When the store opens, and in the first commit after a failed
+/// one, every queue's next id, and the first id of queues not seen yet,
+/// moves [`SKIP`] on; between a failed commit and that one, no id is told
+/// early.
 struct Skip;
 
 /// How far every queue's next id moves when the store opens.
@@ -373,7 +441,7 @@ struct LazyCommits {
 }
 
 /// Most non-durable commits in a row.
-const LAZY_MAX: u32 = 1;
+const LAZY_MAX: u32 = 64;
 /// Longest a non-durable commit waits for a durable one.
 const LAZY_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -448,6 +516,10 @@ enum Answer {
 }
 
 impl Answer {
+    fn is_queue_full(&self) -> bool {
+        matches!(self, Answer::U64(Err(StoreError::QueueFull(_))))
+    }
+
     fn send(self, op: Op) {
         let e = || StoreError::Backend("internal: answer does not match operation".into());
         match (op, self) {
@@ -625,22 +697,25 @@ impl<'t> Tables<'t> {
     fn apply(&mut self, op: &Op, limits: &QueueLimits) -> Result<Answer, StoreError> {
         Ok(match op {
             Op::Enqueue { to, from, payload, now, id, .. } => {
+                // The id was handed out, so it is spent whatever the answer:
+                // the next id is saved past it, refused or not.
+                let id = *id;
+                let mut meta = self.meta(to)?;
+                meta.next_id = meta.next_id.max(id + 1);
+                self.set_meta(to, meta);
                 if !self.is_route(from, to)? {
                     return Ok(Answer::U64(Err(StoreError::NoRoute)));
                 }
-                let mut meta = self.meta(to)?;
                 let len = payload.len() as u64;
                 if meta.frames + 1 > limits.max_frames || meta.bytes + len > limits.max_bytes {
                     return Ok(Answer::U64(Err(StoreError::QueueFull(*to))));
                 }
-                let id = *id;
                 let expires = now.saturating_add(limits.ttl_secs);
                 let mut v = Vec::with_capacity(24 + payload.len());
                 v.extend_from_slice(&from.0);
                 v.extend_from_slice(&expires.to_be_bytes());
                 v.extend_from_slice(payload);
                 self.queue.insert(&qkey(to, id)[..], &v[..]).map_err(backend)?;
-                meta.next_id = meta.next_id.max(id + 1);
                 meta.frames += 1;
                 meta.bytes += len;
                 self.set_meta(to, meta);
@@ -755,5 +830,43 @@ impl<'t> Tables<'t> {
                 Answer::Depth(d)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod lazy_tests {
+    use super::*;
+
+    fn ack() -> Op {
+        Op::Ack { to: DeviceId([1; 16]), up_to: 1, reply: oneshot::channel().0 }
+    }
+
+    fn enqueue() -> Op {
+        let (to, from) = (DeviceId([1; 16]), DeviceId([2; 16]));
+        Op::Enqueue { to, from, payload: vec![], now: 0, id: 1, reply: oneshot::channel().0 }
+    }
+
+    fn totals() -> Op {
+        Op::Totals { reply: oneshot::channel().0 }
+    }
+
+    #[test]
+    fn acks_commit_lazily_until_a_durable_commit_is_due() {
+        let mut lazy = LazyCommits::default();
+        // An enqueue is answered only once it is on disk.
+        assert!(lazy.durable(&[ack(), enqueue()]));
+        // Acks alone: no fsync, for up to LAZY_MAX - 1 commits in a row.
+        for _ in 0..LAZY_MAX - 1 {
+            assert!(!lazy.durable(&[ack(), ack()]));
+            lazy.committed(false);
+        }
+        assert!(lazy.durable(&[ack()]), "the 64th lazy commit must be durable");
+        lazy.committed(true);
+        assert!(!lazy.durable(&[ack()]));
+        // Reads alone never need one, unless lazy commits are overdue.
+        assert!(!lazy.durable(&[totals()]));
+        lazy.committed(false);
+        lazy.since = Some(std::time::Instant::now() - LAZY_AGE);
+        assert!(lazy.durable(&[totals()]), "an overdue lazy commit is carried by a read");
     }
 }

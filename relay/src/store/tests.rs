@@ -1,5 +1,6 @@
 //! The embedded store through the [`Store`] trait: ids handed out before a
-//! commit are never handed out again, acknowledgements and expiry.
+//! commit are never handed out again, full queues, acknowledgements and
+//! expiry.
 
 use std::path::Path;
 use std::time::Duration;
@@ -105,23 +106,35 @@ async fn ids_follow_the_order_enqueues_are_called_in() {
 }
 
 #[tokio::test]
-async fn an_ack_made_durable_by_a_later_commit_survives_a_reopen() {
+async fn refused_ids_are_spent_and_a_full_queue_tells_no_id_early() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dev(1), dev(2));
-    let third = {
-        let s = open(dir.path()).await;
+    let one = QueueLimits { max_frames: 1, ..LIMITS };
+    let last = {
+        let s = RedbStore::open(dir.path(), one).unwrap();
         route(&s, a, b).await;
-        let ids = [put(&s, b, a, b"1").await, put(&s, b, a, b"2").await];
-        // Committed without an fsync ...
-        assert_eq!(s.ack(b, ids[1]).await.unwrap(), 2);
-        // ... and carried to disk by the next durable commit.
-        put(&s, b, a, b"3").await
+        put(&s, b, a, b"1").await;
+        // The first refusal was told its id early (nobody knew the queue
+        // was full); later ones are not, until something leaves the queue.
+        let e = s.enqueue(b, a, b"full".to_vec(), 1000);
+        let mut last = e.placed.await.unwrap();
+        assert!(matches!(e.durable.await, Err(StoreError::QueueFull(_))));
+        for _ in 0..4 {
+            let e = s.enqueue(b, a, b"full".to_vec(), 1000);
+            assert!(e.placed.await.is_err(), "an id told early for a full queue");
+            assert!(matches!(e.durable.await, Err(StoreError::QueueFull(_))));
+            last += 1;
+        }
+        assert_eq!(s.ack(b, u64::MAX).await.unwrap(), 1);
+        let e = s.enqueue(b, a, b"2".to_vec(), 1000);
+        assert_eq!(e.placed.await.unwrap(), last + 1, "early again after the ack");
+        e.durable.await.unwrap()
     };
+    // Every id handed out, refused or not, is below the next one after a
+    // reopen by the whole skip.
     let s = open(dir.path()).await;
-    let q = s.fetch(b, 0, 10).await.unwrap();
-    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [third]);
-    let d = s.depth(b).await.unwrap();
-    assert_eq!((d.frames, d.bytes), (1, 1));
+    s.ack(b, u64::MAX).await.unwrap();
+    assert_eq!(put(&s, b, a, b"3").await, last + 1 + SKIP);
 }
 
 #[tokio::test]
