@@ -215,11 +215,12 @@ impl RedbStore {
         txn.commit().map_err(backend)?;
         Self::skip_unsaved_ids(&db)?;
         let ids = Arc::new(Mutex::new(NextIds::load(&db)?));
+        let depths = Depths::load(&db)?;
         let (tx, rx) = mpsc::channel();
         let writer_ids = Arc::clone(&ids);
         thread::Builder::new()
             .name("tandem-store".into())
-            .spawn(move || writer(db, rx, limits, &writer_ids))
+            .spawn(move || writer(db, rx, limits, &writer_ids, depths))
             .map_err(backend)?;
         Ok(Self { tx, ids })
     }
@@ -292,12 +293,52 @@ impl Store for RedbStore {
     }
 }
 
+/// Frames and bytes waiting in each queue that holds any, kept by the
+/// writer in step with its commits: the expiry sweep and
+/// [`Store::totals`] read this instead of every queue's metadata row (one
+/// per device that ever received a frame), which would stall the writer on
+/// a relay with many devices.
+#[derive(Debug, Default)]
+struct Depths(HashMap<DeviceId, QueueDepth>);
+
+impl Depths {
+    fn load(db: &Database) -> Result<Self, StoreError> {
+        let txn = db.begin_read().map_err(backend)?;
+        let mut map = HashMap::new();
+        for item in txn.open_table(META).map_err(backend)?.iter().map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let m = Meta::decode(v.value());
+            if m.frames > 0 {
+                map.insert(id16(k.value(), 0), QueueDepth { frames: m.frames, bytes: m.bytes });
+            }
+        }
+        Ok(Self(map))
+    }
+
+    /// After a commit: the queues it changed.
+    fn update(&mut self, changed: Vec<(DeviceId, Meta)>) {
+        for (to, m) in changed {
+            if m.frames > 0 {
+                self.0.insert(to, QueueDepth { frames: m.frames, bytes: m.bytes });
+            } else {
+                self.0.remove(&to);
+            }
+        }
+    }
+}
+
 fn lock(ids: &Mutex<NextIds>) -> MutexGuard<'_, NextIds> {
     ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The writer thread: batch, apply, commit, answer.
-fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits, ids: &Mutex<NextIds>) {
+fn writer(
+    db: Database,
+    rx: mpsc::Receiver<Op>,
+    limits: QueueLimits,
+    ids: &Mutex<NextIds>,
+    mut depths: Depths,
+) {
     let mut lazy = LazyCommits::default();
     // A commit failed: ids handed out may not be saved; skip past them in
     // the next commit before telling ids early again.
@@ -323,9 +364,9 @@ fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits, ids: &Mutex
         let _ = txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
         // Apply every op, keeping its answer until the commit is durable.
         let skipped = if skip { Skip::apply(&txn) } else { Ok(()) };
-        let (answers, failed) = match skipped {
-            Ok(()) => apply_batch(&txn, &batch, &limits),
-            Err(e) => (batch.iter().map(|_| Answer::Pending).collect(), Some(e)),
+        let (answers, changed, failed) = match skipped {
+            Ok(()) => apply_batch(&txn, &batch, &limits, &depths),
+            Err(e) => (batch.iter().map(|_| Answer::Pending).collect(), Vec::new(), Some(e)),
         };
         let result = match failed {
             Some(e) => {
@@ -337,6 +378,7 @@ fn writer(db: Database, rx: mpsc::Receiver<Op>, limits: QueueLimits, ids: &Mutex
         if result.is_ok() {
             lazy.committed(durable);
             skip = false;
+            depths.update(changed);
             note_fullness(ids, &batch, &answers);
         } else {
             lock(ids).healthy = false;
@@ -476,17 +518,21 @@ impl LazyCommits {
 /// Apply `batch` in order inside `txn`: one answer per op, and the error
 /// that stopped it (every answer from there on is [`Answer::Pending`]; the
 /// caller aborts the transaction).
+/// The queues whose metadata a batch changed, as it left them.
+type Changed = Vec<(DeviceId, Meta)>;
+
 fn apply_batch(
     txn: &WriteTransaction,
     batch: &[Op],
     limits: &QueueLimits,
-) -> (Vec<Answer>, Option<StoreError>) {
+    depths: &Depths,
+) -> (Vec<Answer>, Changed, Option<StoreError>) {
     let mut answers = Vec::with_capacity(batch.len());
-    let mut tables = match Tables::open(txn) {
+    let mut tables = match Tables::open(txn, depths) {
         Ok(t) => t,
         Err(e) => {
             answers.resize_with(batch.len(), || Answer::Pending);
-            return (answers, Some(e));
+            return (answers, Vec::new(), Some(e));
         }
     };
     for op in batch {
@@ -494,13 +540,13 @@ fn apply_batch(
             Ok(a) => answers.push(a),
             Err(e) => {
                 answers.resize_with(batch.len(), || Answer::Pending);
-                return (answers, Some(e));
+                return (answers, Vec::new(), Some(e));
             }
         }
     }
     match tables.write_meta() {
-        Ok(()) => (answers, None),
-        Err(e) => (answers, Some(e)),
+        Ok(changed) => (answers, changed, None),
+        Err(e) => (answers, Vec::new(), Some(e)),
     }
 }
 
@@ -590,20 +636,23 @@ impl Meta {
 /// The tables of one write transaction, opened once for the whole batch,
 /// and the queue metadata the batch read or changed (written back once, at
 /// the end, by [`Tables::write_meta`]).
-struct Tables<'t> {
+struct Tables<'t, 'd> {
     queue: Table<'t, &'static [u8], &'static [u8]>,
     meta_t: Table<'t, &'static [u8], &'static [u8]>,
     routes: Table<'t, &'static [u8], &'static [u8]>,
     meta: HashMap<DeviceId, (Meta, bool)>,
+    /// Every non-empty queue as of the last commit.
+    depths: &'d Depths,
 }
 
-impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+impl<'t, 'd> Tables<'t, 'd> {
+    fn open(txn: &'t WriteTransaction, depths: &'d Depths) -> Result<Self, StoreError> {
         Ok(Self {
             queue: txn.open_table(QUEUE).map_err(backend)?,
             meta_t: txn.open_table(META).map_err(backend)?,
             routes: txn.open_table(ROUTES).map_err(backend)?,
             meta: HashMap::new(),
+            depths,
         })
     }
 
@@ -625,14 +674,34 @@ impl<'t> Tables<'t> {
         self.meta.insert(*to, (m, true));
     }
 
-    /// Write back the metadata the batch changed.
-    fn write_meta(&mut self) -> Result<(), StoreError> {
+    /// Write back the metadata the batch changed; returns it.
+    fn write_meta(&mut self) -> Result<Changed, StoreError> {
+        let mut changed = Vec::new();
         for (to, (m, dirty)) in &self.meta {
             if *dirty {
                 self.meta_t.insert(&to.0[..], &m.encode()[..]).map_err(backend)?;
+                changed.push((*to, *m));
             }
         }
-        Ok(())
+        Ok(changed)
+    }
+
+    /// Frames and bytes waiting in each non-empty queue, with this batch's
+    /// changes.
+    fn depths(&self) -> Vec<(DeviceId, QueueDepth)> {
+        let mut out: Vec<(DeviceId, QueueDepth)> = self
+            .depths
+            .0
+            .iter()
+            .filter(|(to, _)| !self.meta.contains_key(to))
+            .map(|(to, d)| (*to, *d))
+            .collect();
+        for (to, (m, _)) in &self.meta {
+            if m.frames > 0 {
+                out.push((*to, QueueDepth { frames: m.frames, bytes: m.bytes }));
+            }
+        }
+        out
     }
 
     fn is_route(&self, a: &DeviceId, b: &DeviceId) -> Result<bool, StoreError> {
@@ -786,20 +855,8 @@ impl<'t> Tables<'t> {
             }
             Op::Expire { now, .. } => {
                 // The queues that hold frames, then the expired head of each.
-                let mut queues = Vec::new();
-                for item in self.meta_t.iter().map_err(backend)? {
-                    let (k, v) = item.map_err(backend)?;
-                    let to = id16(k.value(), 0);
-                    let frames = match self.meta.get(&to) {
-                        Some((m, _)) => m.frames,
-                        None => Meta::decode(v.value()).frames,
-                    };
-                    if frames > 0 {
-                        queues.push(to);
-                    }
-                }
                 let mut n = 0;
-                for to in queues {
+                for (to, _) in self.depths() {
                     let left = MAX_EXPIRED_PER_SWEEP as u64 - n;
                     if left == 0 {
                         break;
@@ -810,22 +867,9 @@ impl<'t> Tables<'t> {
             }
             Op::Totals { .. } => {
                 let mut d = QueueDepth::default();
-                for item in self.meta_t.iter().map_err(backend)? {
-                    let (k, v) = item.map_err(backend)?;
-                    // What this batch changed and has not written back yet.
-                    let m = match self.meta.get(&id16(k.value(), 0)) {
-                        Some((m, _)) => *m,
-                        None => Meta::decode(v.value()),
-                    };
-                    d.frames += m.frames;
-                    d.bytes += m.bytes;
-                }
-                // Queues this batch created.
-                for (to, (m, _)) in &self.meta {
-                    if self.meta_t.get(&to.0[..]).map_err(backend)?.is_none() {
-                        d.frames += m.frames;
-                        d.bytes += m.bytes;
-                    }
+                for (_, q) in self.depths() {
+                    d.frames += q.frames;
+                    d.bytes += q.bytes;
                 }
                 Answer::Depth(d)
             }

@@ -154,6 +154,32 @@ async fn expiry_takes_the_expired_head_of_each_queue() {
     assert_eq!(s.depth(c).await.unwrap().frames, 1);
     let t = s.totals().await.unwrap();
     assert_eq!((t.frames, t.bytes), (2, 20));
+    // After a reopen the writer knows again which queues hold frames.
+    drop(s);
+    let s = open(dir.path()).await;
+    let t = s.totals().await.unwrap();
+    assert_eq!((t.frames, t.bytes), (2, 20));
     assert_eq!(s.expire(3000).await.unwrap(), 2);
     assert_eq!(s.totals().await.unwrap().frames, 0);
+    assert_eq!(s.depth(b).await.unwrap().frames, 0);
+}
+
+#[tokio::test]
+async fn totals_follow_enqueues_acks_and_revocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    route(&s, a, b).await;
+    route(&s, a, c).await;
+    for _ in 0..3 {
+        put(&s, b, a, &[0; 100]).await;
+    }
+    let last_c = put(&s, c, a, &[0; 7]).await;
+    let t = s.totals().await.unwrap();
+    assert_eq!((t.frames, t.bytes), (4, 307));
+    s.ack(c, last_c).await.unwrap();
+    let t = s.totals().await.unwrap();
+    assert_eq!((t.frames, t.bytes), (3, 300));
+    assert_eq!(s.revoke(b, a).await.unwrap(), 3);
+    assert_eq!(s.totals().await.unwrap(), super::QueueDepth::default());
 }
