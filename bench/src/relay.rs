@@ -203,6 +203,37 @@ fn spawn(opts: &RelayOptions, dir: &Path, listen: &str) -> Result<(Child, String
     }
 }
 
+/// Run `exe SUBCOMMAND --listen 127.0.0.1:0 --exit-with-stdin`, one of
+/// this binary's baseline servers (it exits when its standard input
+/// closes, so it never outlives the bench), and read its URL from its first
+/// line, `PREFIX URL`. The child is killed when it does not print one.
+///
+/// # Errors
+/// [`BenchError::Process`] when it does not start.
+pub(crate) fn spawn_baseline(
+    exe: &Path,
+    subcommand: &str,
+    prefix: &str,
+) -> Result<(Child, String)> {
+    let mut child = Command::new(exe)
+        .args([subcommand, "--listen", "127.0.0.1:0", "--exit-with-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| BenchError::Process(format!("cannot run {}: {e}", exe.display())))?;
+    let stdout = child.stdout.take().ok_or_else(|| BenchError::Process("no stdout".into()))?;
+    let line = first_line(stdout, Duration::from_secs(10));
+    match line.as_deref().and_then(|l| l.trim().strip_prefix(prefix)) {
+        Some(url) => Ok((child, url.to_owned())),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(BenchError::Process(format!("{subcommand} did not start: {line:?}")))
+        }
+    }
+}
+
 /// The first line a child prints, or `None` on EOF or after `timeout`.
 pub(crate) fn first_line(
     out: impl std::io::Read + Send + 'static,

@@ -4,16 +4,15 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::plain::{self, Side};
 use super::{Health, PairIo, Target, channels};
-use crate::error::{BenchError, Result};
+use crate::error::Result;
 use crate::wire::WireSizes;
 
 /// Pairs set up at once.
@@ -33,27 +32,9 @@ impl ForwarderProcess {
     /// # Errors
     /// [`BenchError::Process`] when it does not start.
     pub fn start(exe: &Path) -> Result<Self> {
-        let mut child = Command::new(exe)
-            .args(["forwarder", "--listen", "127.0.0.1:0", "--exit-with-stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| BenchError::Process(format!("cannot run {}: {e}", exe.display())))?;
-        let stdout = child.stdout.take().ok_or_else(|| BenchError::Process("no stdout".into()))?;
-        let line = crate::relay::first_line(stdout, Duration::from_secs(10));
-        let url = line
-            .as_deref()
-            .and_then(|l| l.trim().strip_prefix("tandem-bench forwarder listening on "))
-            .map(str::to_owned);
-        match url {
-            Some(url) => Ok(Self { child, url }),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(BenchError::Process(format!("the forwarder did not start: {line:?}")))
-            }
-        }
+        let (child, url) =
+            crate::relay::spawn_baseline(exe, "forwarder", "tandem-bench forwarder listening on ")?;
+        Ok(Self { child, url })
     }
 
     /// Its URL (`ws://127.0.0.1:PORT/`).

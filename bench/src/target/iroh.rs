@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,25 +69,13 @@ struct IrohProcess {
 
 impl IrohProcess {
     fn start(exe: &Path) -> Result<Self> {
-        let mut child = Command::new(exe)
-            .args(["iroh-relay", "--listen", "127.0.0.1:0", "--exit-with-stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| BenchError::Process(format!("cannot run {}: {e}", exe.display())))?;
-        let stdout = child.stdout.take().ok_or_else(|| BenchError::Process("no stdout".into()))?;
-        let line = crate::relay::first_line(stdout, Duration::from_secs(10));
-        let url = line
-            .as_deref()
-            .and_then(|l| l.trim().strip_prefix(LISTENING))
-            .and_then(|u| u.parse::<RelayUrl>().ok());
-        match url {
-            Some(url) => Ok(Self { child, url }),
-            None => {
+        let (mut child, url) = crate::relay::spawn_baseline(exe, "iroh-relay", LISTENING)?;
+        match url.parse::<RelayUrl>() {
+            Ok(url) => Ok(Self { child, url }),
+            Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(BenchError::Process(format!("iroh-relay did not start: {line:?}")))
+                Err(BenchError::Process(format!("iroh-relay printed a bad URL {url:?}: {e}")))
             }
         }
     }
@@ -252,14 +240,7 @@ async fn phone_end(
     health: Arc<Health>,
 ) {
     let mut last = 0u64;
-    while let Some(first) = client.next().await {
-        let mut batch = vec![first];
-        while batch.len() < ACK_BATCH {
-            match client.next().now_or_never() {
-                Some(Some(m)) => batch.push(m),
-                _ => break,
-            }
-        }
+    while let Some(batch) = super::next_batch(&mut client, ACK_BATCH).await {
         let mut got = false;
         for message in batch {
             match message {

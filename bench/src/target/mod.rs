@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
-use futures_util::{Future, StreamExt};
+use futures_util::{Future, FutureExt, Stream, StreamExt};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -227,4 +227,22 @@ where
         .await
         .into_iter()
         .collect()
+}
+
+/// The next item of `stream` and whatever else is ready at once, at most
+/// `max` in all; `None` at the stream's end. The phone ends acknowledge
+/// one batch at a time.
+pub(crate) async fn next_batch<S: Stream + Unpin>(
+    stream: &mut S,
+    max: usize,
+) -> Option<Vec<S::Item>> {
+    let first = stream.next().await?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match stream.next().now_or_never() {
+            Some(Some(item)) => batch.push(item),
+            _ => break,
+        }
+    }
+    Some(batch)
 }

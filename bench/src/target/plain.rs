@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tandem_proto::frame::MAX_FRAME_LEN;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -175,14 +175,7 @@ async fn phone_end<Si, St>(
     St: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let mut last = 0u64;
-    while let Some(first) = stream.next().await {
-        let mut batch = vec![first];
-        while batch.len() < ACK_BATCH {
-            match stream.next().now_or_never() {
-                Some(Some(m)) => batch.push(m),
-                _ => break,
-            }
-        }
+    while let Some(batch) = super::next_batch(&mut stream, ACK_BATCH).await {
         let mut got = false;
         for message in batch {
             match message {
