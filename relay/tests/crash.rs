@@ -109,3 +109,22 @@ async fn a_kill_9_mid_stream_loses_nothing_and_hands_out_no_id_twice() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_ack_on_an_idle_relay_is_on_disk_within_about_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path(), &[]);
+    let (mut desk, mut phone) = paired(&relay).await;
+    let (phone_key, phone_id) = (phone.key.clone(), phone.id());
+    desk.send_to(phone_id, 1, b"acked").await.unwrap();
+    let (id, _, _) = phone.delivery().await;
+    // The ack commits without an fsync; the idle writer makes it durable
+    // when it is due (1 s), long before the next sweep (15 s).
+    phone.send(&Frame::Ack { up_to: id }).await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    relay.kill9();
+    relay.restart();
+    let (mut phone, queued) = Device::connect(&relay, phone_key, Role::Phone).await;
+    assert_eq!(queued, 0, "the acknowledged frame came back after a kill -9");
+    phone.assert_quiet(Duration::from_millis(300)).await;
+}

@@ -343,7 +343,29 @@ fn writer(
     // A commit failed: ids handed out may not be saved; skip past them in
     // the next commit before telling ids early again.
     let mut skip = false;
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match lazy.pending() {
+            // Idle with lazy commits waiting: make them durable when they
+            // are due, not only when the next operation comes.
+            Some(due) => match rx.recv_timeout(due) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if durable_empty_commit(&db) {
+                        lazy.committed(true);
+                    } else {
+                        // Try again later; the next batch's commit is
+                        // durable anyway.
+                        lazy.since = Some(std::time::Instant::now());
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -391,6 +413,15 @@ fn writer(
             }
         }
     }
+}
+
+/// An empty commit with an fsync, which makes earlier lazy commits durable.
+/// Whether it worked (if not, the next batch's commit is durable anyway).
+fn durable_empty_commit(db: &Database) -> bool {
+    db.begin_write().is_ok_and(|mut txn| {
+        let _ = txn.set_durability(Durability::Immediate);
+        txn.commit().is_ok()
+    })
 }
 
 /// After a commit: mark the queues that refused a frame as full, unmark
@@ -473,7 +504,8 @@ impl Skip {
 /// for an `Ok` lost on the way to a sender). So a batch of only those
 /// commits without an fsync, and the next durable commit carries it. redb
 /// frees the pages a non-durable commit released only at a durable one, so
-/// one is forced at least every [`LAZY_MAX`] commits or [`LAZY_AGE`].
+/// one is forced at least every [`LAZY_MAX`] commits or [`LAZY_AGE`] (on an
+/// idle relay the writer wakes for it: an empty durable commit).
 #[derive(Default)]
 struct LazyCommits {
     /// Non-durable commits since the last durable one.
@@ -499,6 +531,11 @@ impl LazyCommits {
             return self.count > 0 && self.overdue();
         }
         self.count + 1 >= LAZY_MAX || self.overdue()
+    }
+
+    /// How long until waiting lazy commits are due, if any wait.
+    fn pending(&self) -> Option<std::time::Duration> {
+        self.since.map(|t| LAZY_AGE.saturating_sub(t.elapsed()))
     }
 
     fn overdue(&self) -> bool {
@@ -912,5 +949,11 @@ mod lazy_tests {
         lazy.committed(false);
         lazy.since = Some(std::time::Instant::now() - LAZY_AGE);
         assert!(lazy.durable(&[totals()]), "an overdue lazy commit is carried by a read");
+        // An idle writer wakes when lazy commits are due, and only then.
+        assert_eq!(lazy.pending(), Some(std::time::Duration::ZERO));
+        lazy.committed(true);
+        assert_eq!(lazy.pending(), None);
+        lazy.committed(false);
+        assert!(lazy.pending().is_some_and(|d| d > LAZY_AGE / 2 && d <= LAZY_AGE));
     }
 }
