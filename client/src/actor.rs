@@ -70,8 +70,8 @@ pub(crate) struct Actor {
     /// Dropped with the actor, which tells [`crate::Client::close`] it is done.
     _done: watch::Sender<()>,
     /// Requests taken from [`Shared::requests`], in order, not yet written.
-    /// With `in_flight`, at most [`ClientConfig::outbox_capacity`] (plus
-    /// requests whose callers gave up, until noticed).
+    /// With `in_flight`, at most [`ClientConfig::outbox_capacity`] (requests
+    /// whose callers gave up included, until noticed).
     outbox: VecDeque<Pending>,
     in_flight: BTreeMap<u64, Pending>,
     next_id: u64,
@@ -234,7 +234,11 @@ impl Actor {
             if let Err(e) = self.flush(&mut conn).await {
                 return e;
             }
-            let more = !self.outbox.is_empty();
+            // More to write, or the flush made room (a request whose
+            // caller gave up skipped, a pairing message answered on write)
+            // that requests are waiting for.
+            let more =
+                !self.outbox.is_empty() || (self.has_room() && self.shared.requests.is_waiting());
             let wake = tokio::select! {
                 () = self.stop.cancelled() => Wake::Stop,
                 frame = conn.recv() => Wake::Frame(frame),
@@ -541,6 +545,11 @@ impl Actor {
         for command in requests.take(capacity.saturating_sub(held)) {
             self.on_command(command);
         }
+    }
+
+    /// Whether the actor may take another request.
+    fn has_room(&self) -> bool {
+        self.outbox.len() + self.in_flight.len() < self.config.outbox_capacity.max(1)
     }
 
     /// Give a request its id and put it at the end of the outbox (or answer

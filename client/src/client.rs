@@ -62,7 +62,10 @@ pub struct ClientConfig {
     pub event_capacity: usize,
     /// How many requests the client works on at once, written or not
     /// (default 256); further requests wait for room, in the order they were
-    /// made. A caller that gives up (drops the future) frees its room at once.
+    /// made, in a queue bounded only by the request futures alive (a dropped
+    /// future takes its request out). A caller that gives up on a request
+    /// the client already works on frees its room as soon as another
+    /// request needs it.
     pub outbox_capacity: usize,
 }
 
@@ -314,19 +317,25 @@ impl Requests {
     }
 }
 
-/// Held by a request's future: dropping the future withdraws the request if
-/// the actor has not taken it yet, or else tells the actor, whose room it
-/// frees (a request nobody waits for is not written).
-struct Withdraw {
+/// A request's answer, held by its future: dropping the future before the
+/// answer came withdraws the request if the actor has not taken it yet, or
+/// else tells the actor, whose room it frees (a request nobody waits for is
+/// not written if it has not been yet, nor resent after a reconnect).
+struct Answer {
     shared: Arc<Shared>,
     seq: u64,
-    armed: bool,
+    /// `None` once answered.
+    rx: Option<oneshot::Receiver<Result<(), ClientError>>>,
 }
 
-impl Drop for Withdraw {
+impl Drop for Answer {
     fn drop(&mut self) {
+        // Close the receiver first: the actor, once told, recognises the
+        // requests nobody waits for by their closed reply channels.
+        let Some(rx) = self.rx.take() else { return };
+        drop(rx);
         let requests = &self.shared.requests;
-        if self.armed && !requests.withdraw(self.seq) {
+        if !requests.withdraw(self.seq) {
             requests.gave_up.store(true, Ordering::Release);
             requests.notify.notify_one();
         }
@@ -447,7 +456,7 @@ impl Client {
     /// responsibility for it (`Ok`: handed to the recipient's connection or
     /// stored durably in its queue), or with the relay's refusal.
     ///
-    /// The send takes its place in the outbox when this method is called,
+    /// The send takes its place in the request queue when this method is called,
     /// not when the future is first polled: requests are written to the
     /// relay in the order they were made, also when many futures wait at
     /// once and are polled in any order (`join!`, `FuturesUnordered`), when
@@ -589,14 +598,17 @@ impl Client {
             if self.stop.is_cancelled() {
                 return Err(ClientError::Closed);
             }
-            let (seq, answer) = self.shared.requests.push(request)?;
-            Ok((Withdraw { shared: Arc::clone(&self.shared), seq, armed: true }, answer))
+            let (seq, rx) = self.shared.requests.push(request)?;
+            Ok(Answer { shared: Arc::clone(&self.shared), seq, rx: Some(rx) })
         });
         async move {
-            let (mut withdraw, answer) = queued?;
-            let result = answer.await.unwrap_or(Err(ClientError::Closed));
+            let mut answer = queued?;
+            let result = match answer.rx.as_mut() {
+                Some(rx) => rx.await.unwrap_or(Err(ClientError::Closed)),
+                None => Err(ClientError::Closed),
+            };
             // Answered: nothing left to withdraw.
-            withdraw.armed = false;
+            answer.rx = None;
             result
         }
     }
@@ -604,4 +616,47 @@ impl Client {
 
 fn check_len(payload: &[u8]) -> Result<(), ClientError> {
     if payload.len() > MAX_PAYLOAD_LEN { Err(ClientError::TooLarge) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(n: u8) -> Request {
+        Request::Send { to: DeviceId([0; 16]), payload: vec![n] }
+    }
+
+    fn payloads(commands: Vec<Command>) -> Vec<u8> {
+        commands
+            .into_iter()
+            .map(|c| match c.request {
+                Request::Send { payload, .. } => payload[0],
+                other => panic!("not a send: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_withdrawn_request_leaves_the_others_in_order() {
+        let requests = Requests::default();
+        let (a, _ra) = requests.push(send(1)).unwrap();
+        let (b, _rb) = requests.push(send(2)).unwrap();
+        let (_, _rc) = requests.push(send(3)).unwrap();
+        assert!(requests.withdraw(b));
+        assert!(!requests.withdraw(b), "withdrawn twice");
+        assert_eq!(payloads(requests.take(1)), [1]);
+        assert!(!requests.withdraw(a), "withdrawn after the actor took it");
+        assert_eq!(payloads(requests.take(10)), [3]);
+        assert!(!requests.is_waiting());
+    }
+
+    #[test]
+    fn closing_answers_the_waiting_requests_and_refuses_new_ones() {
+        let requests = Requests::default();
+        let (_, mut rx) = requests.push(send(1)).unwrap();
+        requests.close();
+        assert!(rx.try_recv().is_err(), "the waiting request's channel is closed");
+        assert!(matches!(requests.push(send(2)), Err(ClientError::Closed)));
+        assert!(requests.take(10).is_empty());
+    }
 }

@@ -34,8 +34,10 @@
 //! * **Sending.** [`Client::send`] resolves `Ok` once the relay has taken
 //!   responsibility for the payload (handed to the recipient's live connection
 //!   or stored in its durable queue), or with the relay's refusal
-//!   ([`ClientError::Refused`]). Until then the send is retried: it waits in a
-//!   bounded outbox while disconnected, and a send written but unanswered when
+//!   ([`ClientError::Refused`]). Until then the send is retried: it waits
+//!   while disconnected (up to [`ClientConfig::outbox_capacity`] in the
+//!   actor's outbox, the rest in an ordered queue as long as their futures
+//!   live: a dropped future takes its request out), and a send written but unanswered when
 //!   the connection drops is written again after reconnecting with the same
 //!   `send_id`. The relay may therefore store a payload twice; the end-to-end
 //!   layer deduplicates.

@@ -617,3 +617,41 @@ async fn requests_take_their_place_when_called() {
     let (second, first, authorize) = within(async { tokio::join!(second, first, authorize) }).await;
     assert_eq!((authorize, first, second), (Ok(()), Ok(()), Ok(())));
 }
+
+/// The client works on at most `outbox_capacity` requests at once: with a
+/// relay that answers nothing, no more are written; each answer lets the
+/// next one out, in call order.
+#[tokio::test]
+async fn no_more_than_the_outbox_capacity_is_written_unanswered() {
+    let mut relay = FakeRelay::start(Options::default()).await;
+    let mut cfg = config(&relay.url());
+    cfg.outbox_capacity = 2;
+    let (client, mut events) = Client::start(cfg);
+    connected(&mut events).await;
+    let mut server = relay.accept().await;
+    let sends: Vec<_> = (0..5).map(|i| tokio::spawn(client.send(PEER, numbered(i)))).collect();
+    let first = collect_sends(&mut server, 2, false).await;
+    assert_eq!(numbers(&first), [0, 1]);
+    // Nothing more while both are unanswered.
+    let extra = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            match server.recv().await {
+                Some(Frame::Ping { nonce }) => server.send(&Frame::Pong { nonce }).await,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(extra.is_err(), "written past the capacity: {extra:?}");
+    // One answer, one more out; then answer everything.
+    server.send(&Frame::Ok { ref_id: first[0].0 }).await;
+    let third = collect_sends(&mut server, 1, false).await;
+    assert_eq!(numbers(&third), [2]);
+    server.send(&Frame::Ok { ref_id: first[1].0 }).await;
+    server.send(&Frame::Ok { ref_id: third[0].0 }).await;
+    let rest = collect_sends(&mut server, 2, true).await;
+    assert_eq!(numbers(&rest), [3, 4]);
+    for s in sends {
+        within(s).await.unwrap().unwrap();
+    }
+}
