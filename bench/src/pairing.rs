@@ -115,6 +115,7 @@ fn info(role: Role) -> DeviceInfo {
         name: format!("bench {}", if role == Role::Desktop { "desktop" } else { "phone" }),
         platform: "linux".into(),
         app_version: concat!("tandem-bench/", env!("CARGO_PKG_VERSION")).into(),
+        ephemeral: false,
     }
 }
 

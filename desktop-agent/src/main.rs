@@ -209,6 +209,7 @@ fn device_info(cli: &Cli) -> DeviceInfo {
         name,
         platform: std::env::consts::OS.into(),
         app_version: env!("CARGO_PKG_VERSION").into(),
+        ephemeral: false,
     }
 }
 

@@ -719,7 +719,12 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn info(name: &str) -> DeviceInfo {
-        DeviceInfo { name: name.into(), platform: "ios".into(), app_version: "1.0".into() }
+        DeviceInfo {
+            name: name.into(),
+            platform: "ios".into(),
+            app_version: "1.0".into(),
+            ephemeral: false,
+        }
     }
 
     fn env(bytes: &[u8]) -> Envelope {

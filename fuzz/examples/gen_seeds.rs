@@ -144,6 +144,7 @@ fn messages() -> Vec<Vec<u8>> {
             name: "Ana's phone".into(),
             platform: "ios".into(),
             app_version: "1.0".into(),
+            ephemeral: false,
         }),
         Message::Refused { task_id: None, code: "busy".into(), message: "try later".into() },
     ];
@@ -231,6 +232,7 @@ fn main() {
                 name: "build-box".into(),
                 platform: "linux".into(),
                 app_version: "0.1.0".into(),
+                ephemeral: false,
             }
             .to_json(),
             br#"{"v":1,"name":"x","platform":"web","app_version":"1","extra":[1]}"#.to_vec(),

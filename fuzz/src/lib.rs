@@ -49,7 +49,7 @@ pub struct Fixture {
 pub const DESKTOP_SENT: u64 = 3;
 
 fn info(name: &str, platform: &str) -> DeviceInfo {
-    DeviceInfo { name: name.into(), platform: platform.into(), app_version: "0.1.0".into() }
+    DeviceInfo { name: name.into(), platform: platform.into(), app_version: "0.1.0".into(), ephemeral: false }
 }
 
 fn env(b: &[u8]) -> Envelope {

@@ -288,6 +288,7 @@ impl Phone {
             name: config.device_name.chars().take(64).collect(),
             platform: config.platform.chars().take(32).collect(),
             app_version: config.app_version.chars().take(32).collect(),
+            ephemeral: false,
         };
         let records = store::load_all(&config.data_dir).map_err(storage)?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);

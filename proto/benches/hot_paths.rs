@@ -34,7 +34,12 @@ fn sizes(max: usize) -> [usize; 4] {
 }
 
 fn info(name: &str, platform: &str) -> DeviceInfo {
-    DeviceInfo { name: name.into(), platform: platform.into(), app_version: "0.1.0".into() }
+    DeviceInfo {
+        name: name.into(),
+        platform: platform.into(),
+        app_version: "0.1.0".into(),
+        ephemeral: false,
+    }
 }
 
 fn env(b: &[u8]) -> Envelope {

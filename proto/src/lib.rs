@@ -52,6 +52,7 @@ pub mod relay_auth;
 pub mod replay;
 pub mod sas;
 pub mod session;
+pub mod upkeep;
 
 pub use error_code::ErrorCode;
 pub use frame::{Frame, FrameError, FrameType};

@@ -49,6 +49,7 @@ use crate::message::MAX_MESSAGE_LEN;
 use crate::pairing::PairedPeer;
 use crate::record::{RecordError, Session};
 use crate::session::{PeerSecrets, SessionError, SessionInitiator, respond, wins_collision};
+use crate::upkeep::{Attempt, Clock, EXHAUSTION_MARGIN, Schedule, Upkeep};
 
 /// Why an incoming envelope was refused. None of these change the link,
 /// with one exception: a `SessionAccept` for our handshake that does not
@@ -123,8 +124,14 @@ pub struct Link {
     last_init_sent_ms: u64,
     outbound: Outbound,
     inbound: Inbound,
+    /// The renewal and rekey schedule's state (§10.6). Links stored before
+    /// it existed start the clock at their next upkeep.
+    #[serde(default)]
+    clock: Clock,
     #[serde(skip)]
     pending: Option<SessionInitiator>,
+    #[serde(skip)]
+    attempt: Attempt,
 }
 
 impl std::fmt::Debug for Link {
@@ -143,6 +150,8 @@ impl Link {
     #[must_use]
     pub fn from_paired(paired: PairedPeer, limits: OutboxLimits) -> Self {
         Self {
+            clock: Clock::for_session(paired.session.id()),
+            attempt: Attempt::default(),
             peer: paired.public_key,
             psk: paired.session_psk,
             current: paired.session,
@@ -213,7 +222,14 @@ impl Link {
             .unwrap_or_default();
         let content =
             Content::Data { seq, oldest: self.outbound.oldest(), ack: self.inbound.ack(), message };
-        self.current.seal(&content.encode())
+        self.seal(&content)
+    }
+
+    /// Seal `content` under the current session, counting it for the schedule.
+    fn seal(&mut self, content: &Content) -> Result<Vec<u8>, RecordError> {
+        let record = self.current.seal(&content.encode())?;
+        self.clock.count();
+        Ok(record)
     }
 
     /// Seal every unacknowledged message from `from` again, under new
@@ -231,7 +247,7 @@ impl Link {
     /// # Errors
     /// [`RecordError::Exhausted`] when the session must be renewed first.
     pub fn ack(&mut self) -> Result<Vec<u8>, RecordError> {
-        self.current.seal(&Content::Ack { ack: self.inbound.ack() }.encode())
+        self.seal(&Content::Ack { ack: self.inbound.ack() })
     }
 
     /// A gap whose Nack (or its answer) was lost may be Nacked again: call
@@ -262,6 +278,8 @@ impl Link {
         let (init, msg) = SessionInitiator::start(self.secrets(local), ts, entropy)?;
         self.last_init_sent_ms = ts;
         self.pending = Some(init);
+        self.attempt.pending_since_ms = Some(now_ms);
+        self.attempt.last_start_ms = Some(now_ms);
         Ok(msg)
     }
 
@@ -270,12 +288,84 @@ impl Link {
     /// when it wins collisions.
     pub fn abandon_renewal(&mut self) {
         self.pending = None;
+        self.attempt.pending_since_ms = None;
     }
 
     /// Whether a renewal started here is waiting for its answer.
     #[must_use]
     pub fn renewal_pending(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// Run the renewal and rekey schedule (`docs/PROTOCOL.md` §10.6) at
+    /// `now_ms` (Unix milliseconds, this device's clock). Call it every few
+    /// seconds and when the peer comes online; `peer_online` says whether the
+    /// peer is connected to the relay now (and this device too). In order:
+    ///
+    /// 1. the schedule's clock starts when the current session is new to it
+    ///    (or the wall clock went back);
+    /// 2. a renewal pending for `renewal_timeout_ms` is abandoned;
+    /// 3. the sending key is ratcheted ([`Self::rekey_now`]) every
+    ///    `rekey_after_ms`;
+    /// 4. while the peer is online and no renewal is pending, and none was
+    ///    started in the last `renewal_timeout_ms`, a renewal starts when the
+    ///    session is `renew_after_ms` old, has carried `renew_after_records`
+    ///    records, or is near the end of its counters.
+    ///
+    /// Persist the link when [`Upkeep::must_persist`], then send
+    /// [`Upkeep::renewal`].
+    ///
+    /// # Errors
+    /// [`SessionError::Entropy`] when no randomness is available for a
+    /// renewal (the rest of the upkeep is done and kept).
+    pub fn upkeep(
+        &mut self,
+        local: &DeviceKey,
+        now_ms: u64,
+        peer_online: bool,
+        schedule: &Schedule,
+        entropy: &mut Entropy,
+    ) -> Result<Upkeep, SessionError> {
+        let mut done =
+            Upkeep { changed: self.clock.start(self.current.id(), now_ms), ..Upkeep::default() };
+        if let Some(since) = self.attempt.pending_since_ms
+            && (now_ms.saturating_sub(since) >= schedule.renewal_timeout_ms || since > now_ms)
+        {
+            self.abandon_renewal();
+            done.abandoned = true;
+        }
+        if now_ms.saturating_sub(self.clock.rekeyed_ms) >= schedule.rekey_after_ms {
+            self.rekey_now();
+            self.clock.rekeyed_ms = now_ms;
+            done.rekeyed = true;
+        }
+        let due = self.clock.age_ms(now_ms) >= schedule.renew_after_ms
+            || self.clock.records >= schedule.renew_after_records
+            || self.current.needs_renewal(EXHAUSTION_MARGIN);
+        let rested = self.attempt.last_start_ms.is_none_or(|at| {
+            now_ms.saturating_sub(at) >= schedule.renewal_timeout_ms || at > now_ms
+        });
+        if peer_online && due && rested && self.pending.is_none() {
+            done.renewal = Some(self.start_renewal(local, now_ms, entropy)?);
+        }
+        Ok(done)
+    }
+
+    /// How long the current session has been current by this device's clock
+    /// at `now_ms` (0 before the first [`Self::upkeep`]), and the records
+    /// sealed or opened under it.
+    #[must_use]
+    pub fn session_age(&self, now_ms: u64) -> (u64, u64) {
+        if self.clock.since_ms == 0 || self.clock.session_id != self.current.id() {
+            return (0, self.clock.records);
+        }
+        (self.clock.age_ms(now_ms), self.clock.records)
+    }
+
+    /// The current session's sending epoch (advanced by every rekey).
+    #[must_use]
+    pub fn send_epoch(&self) -> u64 {
+        self.current.send_epoch()
     }
 
     fn secrets<'a>(&'a self, local: &'a DeviceKey) -> PeerSecrets<'a> {
@@ -297,11 +387,15 @@ impl Link {
         match Envelope::decode(bytes)? {
             e @ Envelope::Record { .. } => self.receive_record(&e),
             e @ Envelope::SessionInit { handshake_id, .. } => {
-                if self.next.as_ref().is_some_and(|n| n.handshake_id == handshake_id) {
-                    // The same init again (a relay redelivery): it was answered
-                    // already; answering again would replace `next` with a
-                    // session the initiator does not have.
-                    return Ok(Vec::new());
+                if let Some(next) = self.next.as_ref().filter(|n| n.handshake_id == handshake_id) {
+                    // The same init again (a relay redelivery, or this device
+                    // restarted before its answer left): answering anew would
+                    // replace `next` with a session the initiator does not
+                    // have, so the same answer goes out again.
+                    if next.accept.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    return Ok(vec![LinkEvent::Send(vec![next.accept.clone()])]);
                 }
                 if self.pending.is_some()
                     && wins_collision(&local.public().device_id(), &self.peer.device_id())
@@ -311,8 +405,8 @@ impl Link {
                 }
                 let (session, accept, ts) =
                     respond(self.secrets(local), &e, self.last_init_ms, entropy)?;
-                self.pending = None;
-                self.next = Some(Next { session, ts, handshake_id });
+                self.abandon_renewal();
+                self.next = Some(Next { session, ts, handshake_id, accept: accept.clone() });
                 Ok(vec![LinkEvent::Send(vec![accept])])
             }
             e @ Envelope::SessionAccept { .. } => {
@@ -323,7 +417,9 @@ impl Link {
                     self.pending = Some(init);
                     return Err(SessionError::HandshakeIdMismatch.into());
                 }
+                self.attempt.pending_since_ms = None;
                 let session = init.finish(&e)?;
+                self.clock = Clock::for_session(session.id());
                 self.previous = Some(std::mem::replace(&mut self.current, session));
                 self.next = None;
                 // Key confirmation: the responder promotes the session on this.
@@ -392,6 +488,7 @@ impl Link {
         match which {
             Which::Current => {
                 self.current = session;
+                self.clock.count();
                 // The peer has moved on to the current session; its records
                 // under the previous one were delivered before this (the
                 // relay keeps each sender's order), so erase the old keys.
@@ -402,6 +499,8 @@ impl Link {
                 if let Some(next) = self.next.take() {
                     self.last_init_ms = self.last_init_ms.max(next.ts);
                 }
+                self.clock = Clock::for_session(session.id());
+                self.clock.count();
                 self.previous = Some(std::mem::replace(&mut self.current, session));
                 events.push(LinkEvent::SessionRenewed);
             }
@@ -413,7 +512,7 @@ impl Link {
         match reply {
             Reply::None => {}
             Reply::Nack(expected) => {
-                if let Ok(nack) = self.current.seal(&Content::Nack { expected }.encode()) {
+                if let Ok(nack) = self.seal(&Content::Nack { expected }) {
                     events.push(LinkEvent::Send(vec![nack]));
                 }
             }
@@ -433,6 +532,10 @@ struct Next {
     session: Session,
     ts: u64,
     handshake_id: [u8; 8],
+    /// The `SessionAccept` sent for it, sent again when the same init is
+    /// delivered again (empty in links stored before it was kept).
+    #[serde(default)]
+    accept: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,6 +56,11 @@ pub struct DeviceInfo {
     pub platform: String,
     /// The app's version string.
     pub app_version: String,
+    /// The device keeps its keys only for as long as it runs (a web page on
+    /// an origin that is not a secure context, §15.4): the desktop forgets
+    /// it once it has been gone for a while. Omitted when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
 }
 
 /// Longest device name, in characters.
@@ -520,8 +525,13 @@ mod tests {
             name: "Ana's phone".into(),
             platform: "ios".into(),
             app_version: "1.0".into(),
+            ephemeral: false,
         };
         assert_eq!(DeviceInfo::from_json(&ok.to_json()).unwrap(), ok);
+        assert!(!String::from_utf8_lossy(&ok.to_json()).contains("ephemeral"));
+        let web = DeviceInfo { ephemeral: true, ..ok.clone() };
+        assert!(String::from_utf8_lossy(&web.to_json()).ends_with(r#","ephemeral":true}"#));
+        assert_eq!(DeviceInfo::from_json(&web.to_json()).unwrap(), web);
         let bad = DeviceInfo { name: "x".repeat(65), ..ok.clone() };
         assert!(DeviceInfo::from_json(&bad.to_json()).is_err());
         let bad = DeviceInfo { name: "a\u{1b}[2J".into(), ..ok };

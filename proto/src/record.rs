@@ -189,6 +189,13 @@ impl Session {
         self.tx.next_counter
     }
 
+    /// The sending key's epoch: `next_counter / REKEY_INTERVAL` once a record
+    /// was sealed in it (every rekey advances it).
+    #[must_use]
+    pub fn send_epoch(&self) -> u64 {
+        self.tx.epoch
+    }
+
     /// True once fewer than `margin` counters are left: time to renew.
     #[must_use]
     pub fn needs_renewal(&self, margin: u64) -> bool {

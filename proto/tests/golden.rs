@@ -160,11 +160,13 @@ fn pairing_transcript() -> Value {
         name: "Ana's phone".into(),
         platform: "web".into(),
         app_version: "0.1.0".into(),
+        ephemeral: false,
     };
     let desktop_info = DeviceInfo {
         name: "build-box".into(),
         platform: "linux".into(),
         app_version: "0.1.0".into(),
+        ephemeral: false,
     };
     let (phone, hello) =
         PhonePairing::start(&phone_key, &parsed.payload, &phone_info, &mut pe).unwrap();
@@ -375,6 +377,7 @@ fn messages() -> Value {
             name: "Ana's phone".into(),
             platform: "ios".into(),
             app_version: "1.0".into(),
+            ephemeral: false,
         }),
         Message::Refused {
             task_id: Some("t-1".into()),

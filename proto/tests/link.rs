@@ -25,7 +25,12 @@ struct Peer {
 }
 
 fn info(n: &str) -> DeviceInfo {
-    DeviceInfo { name: n.into(), platform: "linux".into(), app_version: "0".into() }
+    DeviceInfo {
+        name: n.into(),
+        platform: "linux".into(),
+        app_version: "0".into(),
+        ephemeral: false,
+    }
 }
 
 fn env(b: &[u8]) -> Envelope {
@@ -336,15 +341,24 @@ fn delivered_and_duplicate_data_ask_for_an_ack() {
 }
 
 #[test]
-fn a_session_init_delivered_twice_is_answered_once() {
+fn a_session_init_delivered_twice_gets_the_same_answer() {
     let mut e = Entropy::deterministic([13; 32]);
     let (mut desk, mut phone) = pair(OutboxLimits::default(), &mut e);
     let init = phone.link.start_renewal(&phone.key, 1_000, &mut e).unwrap();
     let (_, accept, _) = deliver(&mut desk, &init, &mut e);
-    // The relay redelivers the init before the initiator's confirm arrives.
+    // The relay redelivers the init before the initiator's confirm arrives
+    // (or the responder restarted before its answer left): the same answer
+    // goes out again, and the pending session is not replaced.
+    restart(&mut desk);
     let (_, again, _) = deliver(&mut desk, &init, &mut e);
-    assert!(again.is_empty(), "a redelivered init must not replace the pending session");
-    let (_, confirm, _) = deliver(&mut phone, &accept[0], &mut e);
+    assert_eq!(again, accept, "a redelivered init must get the same accept");
+    // The first accept lost: the repeated one completes the renewal.
+    let (_, confirm, _) = deliver(&mut phone, &again[0], &mut e);
+    // The other copy then finds no handshake in progress: refused, harmless.
+    assert!(matches!(
+        phone.link.receive(&phone.key, &accept[0], &mut e),
+        Err(LinkError::NoHandshakeInProgress)
+    ));
     deliver(&mut desk, &confirm[0], &mut e);
     assert_eq!(desk.link.session_id(), phone.link.session_id());
     let (_, r) = phone.link.send(b"after".to_vec()).unwrap();

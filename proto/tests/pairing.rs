@@ -15,7 +15,12 @@ use tandem_proto::{DeviceKey, frame::Frame};
 const NOW: u64 = 1_800_000_000;
 
 fn info(name: &str, platform: &str) -> DeviceInfo {
-    DeviceInfo { name: name.into(), platform: platform.into(), app_version: "0.1.0".into() }
+    DeviceInfo {
+        name: name.into(),
+        platform: platform.into(),
+        app_version: "0.1.0".into(),
+        ephemeral: false,
+    }
 }
 
 fn env(b: &[u8]) -> Envelope {

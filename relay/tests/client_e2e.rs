@@ -74,7 +74,12 @@ fn cert(dir: &Path) -> String {
 }
 
 fn info(name: &str) -> DeviceInfo {
-    DeviceInfo { name: name.into(), platform: "test".into(), app_version: "0".into() }
+    DeviceInfo {
+        name: name.into(),
+        platform: "test".into(),
+        app_version: "0".into(),
+        ephemeral: false,
+    }
 }
 
 async fn next(

@@ -159,6 +159,7 @@ impl Phone {
             name: "Ana's phone".into(),
             platform: "test".into(),
             app_version: "0".into(),
+            ephemeral: false,
         };
         let (pairing, hello) = PhonePairing::start(&key, &link.payload, &me, &mut entropy).unwrap();
         let pid = link.payload.pairing_id();

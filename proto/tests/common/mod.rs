@@ -454,7 +454,12 @@ pub fn task_event() -> impl Strategy<Value = TaskEvent> {
 /// version ≤ 32 bytes, no control characters anywhere.
 pub fn device_info() -> impl Strategy<Value = DeviceInfo> {
     (clean_text(MAX_DEVICE_NAME_CHARS, usize::MAX), clean_text(32, 32), clean_text(32, 32))
-        .prop_map(|(name, platform, app_version)| DeviceInfo { name, platform, app_version })
+        .prop_map(|(name, platform, app_version)| DeviceInfo {
+            name,
+            platform,
+            app_version,
+            ephemeral: false,
+        })
 }
 
 /// Every `Message` variant, each small enough to encode.

@@ -488,7 +488,12 @@ pub struct RealPair {
 }
 
 fn info(name: &str, platform: &str) -> DeviceInfo {
-    DeviceInfo { name: name.into(), platform: platform.into(), app_version: "0.1.0".into() }
+    DeviceInfo {
+        name: name.into(),
+        platform: platform.into(),
+        app_version: "0.1.0".into(),
+        ephemeral: false,
+    }
 }
 
 fn unix_now() -> u64 {
