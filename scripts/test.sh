@@ -61,6 +61,16 @@ fi
 step "doc tests"
 cargo test --workspace --doc --locked
 
+step "the real Claude Code CLI for the agent's tests (pinned in desktop-agent/tests/claude-code)"
+# desktop-agent/tests/claude_code.rs runs it offline against a local Messages
+# API; installed again only when the pinned version is not the one there.
+claude_pkg=desktop-agent/tests/claude-code
+claude_want=$(node -p "require('./$claude_pkg/package.json').dependencies['@anthropic-ai/claude-code']")
+if [[ "$("$claude_pkg/node_modules/.bin/claude" --version 2>/dev/null || true)" != "$claude_want "* ]]; then
+  (cd "$claude_pkg" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+"$claude_pkg/node_modules/.bin/claude" --version
+
 step "tests (cargo nextest)"
 cargo nextest run --workspace --locked --profile ci
 

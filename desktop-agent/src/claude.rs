@@ -3,9 +3,10 @@
 //!
 //! A task runs
 //! `claude -p --output-format stream-json --verbose --mcp-config <json>
-//! --permission-prompt-tool mcp__tandem__approval_prompt [--resume <session>]
-//! <configured args…> -- <task text>`: no shell, and the task text is the one
-//! argument after `--`, so even a text that starts with `-` is the prompt.
+//! --permission-prompt-tool mcp__tandem__approval_prompt --strict-mcp-config
+//! --setting-sources <sources> [--resume <session>] <configured args…> --
+//! <task text>`: no shell, and the task text is the one argument after `--`,
+//! so even a text that starts with `-` is the prompt.
 //! Claude Code's stream-json lines become events: assistant text is
 //! progress, `tool_use` blocks are tool calls, `tool_result` blocks are tool
 //! results, the session id (from `system`/`init` and `result`) makes the task
@@ -31,6 +32,12 @@
 //! `MCP_TOOL_TIMEOUT` is set to 10 minutes so Claude Code keeps waiting for
 //! the phone longer than the agent's approval timeout.
 //!
+//! **Pinned.** Only the permission tool decides: `--strict-mcp-config`
+//! keeps every other MCP server out, and `--setting-sources` loads only the
+//! settings files the executor's `setting_sources` names (none by default),
+//! so a repository's `.claude/settings.json` or `.claude/settings.local.json`
+//! can neither allow a tool nor run a hook (see [`pinning`]).
+//!
 //! **Follow-ups.** While Claude works, a [`Control::FollowUp`] is queued;
 //! when the current run ends, the next queued text runs as
 //! `--resume <session>` in the same [`Running`], and the task finishes once,
@@ -53,6 +60,10 @@ use tandem_proto::message::FinishStatus;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
+
+mod pinning;
+
+pub use pinning::{SETTING_SOURCES_FLAG, STRICT_MCP_CONFIG_FLAG, SettingSource};
 
 use crate::executor::{
     Control, Controller, DRAIN_GRACE, EXIT_GRACE, ExecError, ExecEvent, ExecutorConfig,
@@ -298,9 +309,12 @@ fn result_of(obj: &Map<String, Value>) -> (FinishStatus, String) {
 }
 
 /// Claude Code's arguments: print mode, stream-json, the permission tool,
-/// `--resume`, the configured extra arguments, then `--` and the task text.
+/// the pinning flags (`--strict-mcp-config`, `--setting-sources` with
+/// `sources`), `--resume`, the configured extra arguments, then `--` and the
+/// task text.
 pub(crate) fn command_line(
     extra_args: &[String],
+    sources: &[SettingSource],
     mcp_config: &str,
     resume: Option<&str>,
     text: &str,
@@ -318,6 +332,7 @@ pub(crate) fn command_line(
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    argv.extend(pinning::pinning_args(sources));
     if let Some(session) = resume {
         argv.push("--resume".to_owned());
         argv.push(session.to_owned());
@@ -399,7 +414,7 @@ pub fn start_with(
     resume: Option<&str>,
     permission_exe: &Path,
 ) -> Result<Running, ExecError> {
-    let ExecutorKind::Claude { program, args } = &config.kind else {
+    let ExecutorKind::Claude { program, args, setting_sources } = &config.kind else {
         return Err(ExecError::Unsupported("not a Claude Code executor"));
     };
     let (asks_tx, asks) = mpsc::channel(ASK_BUFFER);
@@ -409,7 +424,7 @@ pub fn start_with(
     if std::env::var_os("MCP_TOOL_TIMEOUT").is_none() {
         env.push(("MCP_TOOL_TIMEOUT".to_owned(), MCP_TOOL_TIMEOUT_MS.to_owned()));
     }
-    let argv = command_line(args, &mcp_config, resume, text);
+    let argv = command_line(args, setting_sources, &mcp_config, resume, text);
     let proc = Proc::spawn(config, program, &argv, &env, false)?;
 
     let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
@@ -419,6 +434,7 @@ pub fn start_with(
         config: config.clone(),
         program: program.clone(),
         args: args.clone(),
+        setting_sources: setting_sources.clone(),
         mcp_config,
         env,
         events: events_tx,
@@ -466,6 +482,7 @@ struct Supervisor {
     config: ExecutorConfig,
     program: String,
     args: Vec<String>,
+    setting_sources: Vec<SettingSource>,
     mcp_config: String,
     env: Vec<(String, String)>,
     events: mpsc::Sender<ExecEvent>,
@@ -544,7 +561,8 @@ impl Supervisor {
         let Some(session) = &self.session else {
             return Err(ExecError::Unsupported("Claude Code reported no session to resume"));
         };
-        let argv = command_line(&self.args, &self.mcp_config, Some(session), text);
+        let argv =
+            command_line(&self.args, &self.setting_sources, &self.mcp_config, Some(session), text);
         Proc::spawn(&self.config, &self.program, &argv, &self.env, false)
     }
 
@@ -1309,7 +1327,7 @@ mod tests {
     #[test]
     fn the_command_line_keeps_the_task_one_argument_after_the_flags() {
         let extra = vec!["--model".to_owned(), "sonnet".to_owned()];
-        let argv = command_line(&extra, "{}", Some("s-1"), "-rf; $(x)");
+        let argv = command_line(&extra, &[], "{}", Some("s-1"), "-rf; $(x)");
         assert_eq!(
             argv,
             [
@@ -1321,6 +1339,9 @@ mod tests {
                 "{}",
                 "--permission-prompt-tool",
                 "mcp__tandem__approval_prompt",
+                "--strict-mcp-config",
+                "--setting-sources",
+                "",
                 "--resume",
                 "s-1",
                 "--model",
@@ -1330,9 +1351,15 @@ mod tests {
             ]
         );
         assert_eq!(
-            command_line(&[], "{}", None, "t").iter().filter(|a| *a == "--resume").count(),
+            command_line(&[], &[], "{}", None, "t").iter().filter(|a| *a == "--resume").count(),
             0
         );
+        // The sources the desktop's config opts in to, and nothing else.
+        let argv = command_line(&[], &[SettingSource::User], "{}", None, "t");
+        let at = argv.iter().position(|a| a == SETTING_SOURCES_FLAG).unwrap();
+        assert_eq!(argv.get(at + 1).map(String::as_str), Some("user"));
+        assert_eq!(argv.iter().filter(|a| *a == SETTING_SOURCES_FLAG).count(), 1);
+        assert_eq!(argv.iter().filter(|a| *a == STRICT_MCP_CONFIG_FLAG).count(), 1);
         let config = mcp_config(Path::new("/opt/tandem"), Path::new("/tmp/d/perm.sock")).unwrap();
         assert_eq!(
             serde_json::from_str::<Value>(&config).unwrap(),
@@ -1408,7 +1435,11 @@ mod tests {
     fn claude_config(dir: &Path, program: &str) -> ExecutorConfig {
         ExecutorConfig {
             name: "claude".into(),
-            kind: ExecutorKind::Claude { program: program.into(), args: vec![] },
+            kind: ExecutorKind::Claude {
+                program: program.into(),
+                args: vec![],
+                setting_sources: vec![],
+            },
             workdir: Some(dir.to_owned()),
             env: vec![(
                 "FAKE_CLAUDE_ARGV_LOG".into(),
@@ -1551,7 +1582,11 @@ mod tests {
         );
         // A wrong command line is caught by the fake: extra args go before `--`.
         let mut config = claude_config(dir.path(), &fake());
-        config.kind = ExecutorKind::Claude { program: fake(), args: vec!["--bogus".into()] };
+        config.kind = ExecutorKind::Claude {
+            program: fake(),
+            args: vec!["--bogus".into()],
+            setting_sources: vec![],
+        };
         let mut r = crate::executor::start(&config, "echo hi").unwrap();
         let events = all(&mut r).await;
         assert_eq!(
@@ -1615,18 +1650,33 @@ mod tests {
         }
         let file: File = toml::from_str(
             "[[executor]]\nname = \"claude\"\ntype = \"claude\"\n\n\
-             [[executor]]\nname = \"opus\"\ntype = \"claude\"\nprogram = \"/opt/claude\"\nargs = [\"--model\", \"opus\"]\n",
+             [[executor]]\nname = \"opus\"\ntype = \"claude\"\nprogram = \"/opt/claude\"\nargs = [\"--model\", \"opus\"]\n\
+             setting_sources = [\"user\", \"local\"]\n",
         )
         .unwrap();
         assert_eq!(
             file.executor.iter().map(|e| e.kind.clone()).collect::<Vec<_>>(),
             vec![
-                ExecutorKind::Claude { program: "claude".into(), args: vec![] },
+                ExecutorKind::Claude {
+                    program: "claude".into(),
+                    args: vec![],
+                    setting_sources: vec![]
+                },
                 ExecutorKind::Claude {
                     program: "/opt/claude".into(),
-                    args: vec!["--model".into(), "opus".into()]
+                    args: vec!["--model".into(), "opus".into()],
+                    setting_sources: vec![SettingSource::User, SettingSource::Local],
                 },
             ]
         );
+        // A source Claude Code does not have is refused, not ignored.
+        let bad = toml::from_str::<File>(
+            "[[executor]]\nname = \"c\"\ntype = \"claude\"\nsetting_sources = [\"all\"]\n",
+        );
+        assert!(bad.is_err());
+        let bad = toml::from_str::<File>(
+            "[[executor]]\nname = \"c\"\ntype = \"claude\"\nsetting_sources = \"user\"\n",
+        );
+        assert!(bad.is_err());
     }
 }

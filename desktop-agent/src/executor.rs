@@ -114,8 +114,12 @@ pub enum ExecutorKind {
     /// Claude Code in print mode (TOML `type = "claude"`): runs
     /// `<program> -p --output-format stream-json --verbose --mcp-config <json>
     /// --permission-prompt-tool mcp__tandem__approval_prompt
+    /// --strict-mcp-config --setting-sources <setting_sources>
     /// [--resume <session>] <args…> -- <task>`, the task text being the one
     /// argument after `--` (no shell; a task starting with `-` stays text).
+    /// Only Tandem's permission tool decides: no other MCP server, and no
+    /// settings file but those `setting_sources` names (none by default), so
+    /// a repository's `.claude/` settings neither allow tools nor run hooks.
     /// Its stream-json events become progress (assistant text), tool calls
     /// and tool results; its `result` finishes the task (`success` as
     /// succeeded, any error as failed), and its session id makes the task
@@ -135,6 +139,11 @@ pub enum ExecutorKind {
         /// Extra arguments before the task (e.g. `["--model", "sonnet"]`).
         #[serde(default)]
         args: Vec<String>,
+        /// The Claude Code settings files this executor loads (`"user"`,
+        /// `"project"`, `"local"`); none by default. Each one named lets its
+        /// allow rules, permission mode and hooks act without the phone.
+        #[serde(default)]
+        setting_sources: Vec<crate::claude::SettingSource>,
     },
 }
 
@@ -1561,6 +1570,13 @@ echo '{"type":"progress","text":"after finished"}'
         assert_eq!(back, config);
         let claude: ExecutorConfig =
             serde_json::from_str(r#"{"name":"c","type":"claude"}"#).unwrap();
-        assert_eq!(claude.kind, ExecutorKind::Claude { program: "claude".into(), args: vec![] });
+        assert_eq!(
+            claude.kind,
+            ExecutorKind::Claude {
+                program: "claude".into(),
+                args: vec![],
+                setting_sources: vec![]
+            }
+        );
     }
 }

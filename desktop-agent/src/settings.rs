@@ -10,7 +10,20 @@
 //! workdir = "/home/me/src"
 //! ```
 //!
-//! The first executor is the default; a phone may name another.
+//! The first executor is the default; a phone may name another. A
+//! `type = "claude"` executor runs Claude Code pinned so that only the phone
+//! approves its steps; `setting_sources = ["user", "project", "local"]`
+//! (any of them; none by default) lets it load those Claude Code settings
+//! files, whose allow rules and hooks then act without asking (see
+//! [`crate::claude`]).
+//!
+//! ```toml
+//! [[executor]]
+//! name = "claude"
+//! type = "claude"
+//! workdir = "/home/me/src"
+//! setting_sources = ["user"]    # the desktop user's own ~/.claude/settings.json
+//! ```
 //!
 //! ```toml
 //! [agent]

@@ -44,6 +44,7 @@ fn config(dir: &Path) -> ExecutorConfig {
         kind: ExecutorKind::Claude {
             program: fake_claude().to_str().unwrap().into(),
             args: vec!["--model".into(), "sonnet".into()],
+            setting_sources: vec![],
         },
         workdir: Some(dir.to_owned()),
         env: vec![("FAKE_CLAUDE_ARGV_LOG".into(), log_path(dir).to_str().unwrap().into())],
