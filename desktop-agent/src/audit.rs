@@ -672,10 +672,12 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 /// An excerpt of untrusted text for an error message: at most
 /// [`MAX_QUOTE`] characters, control characters replaced, so that a
 /// doctored log cannot play tricks on the terminal showing the error.
+/// An excerpt of a log line for a message: on one line, without controls,
+/// bidi overrides or invisible characters ([`crate::text::one_line`]).
 fn quote(s: &str) -> String {
-    let mut out: String =
-        s.chars().take(MAX_QUOTE).map(|c| if c.is_control() { '?' } else { c }).collect();
-    if s.chars().nth(MAX_QUOTE).is_some() {
+    let clean = crate::text::one_line(s);
+    let mut out: String = clean.chars().take(MAX_QUOTE).collect();
+    if clean.chars().nth(MAX_QUOTE).is_some() {
         out.push('…');
     }
     out
@@ -1108,7 +1110,8 @@ mod tests {
         assert_eq!(unhex(&GENESIS_PREV[1..]), None);
         assert_eq!(unhex(&format!("{GENESIS_PREV}0")), None);
         assert_eq!(unhex(&GENESIS_PREV.replace('0', "A")), None);
-        assert_eq!(quote("a\u{1b}[2Jb"), "a?[2Jb");
+        assert_eq!(quote("a\u{1b}[2Jb"), "a\u{241b}[2Jb");
+        assert_eq!(quote("a\u{202e}b\u{200b}c\nd"), "abc d");
         assert_eq!(quote(&"x".repeat(200)).chars().count(), MAX_QUOTE + 1);
     }
 }

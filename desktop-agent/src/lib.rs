@@ -19,4 +19,5 @@ pub mod report;
 pub mod service;
 pub mod settings;
 pub mod tasks;
+pub mod text;
 pub mod ui;

@@ -6,6 +6,11 @@
 //! The task manager does no I/O towards phones itself: it returns the
 //! application messages to send, and the daemon seals and sends them. Every
 //! event is on disk before it is returned.
+//!
+//! Approval summaries and details pass through [`crate::text`] here, the one
+//! place every executor's approvals go through: format characters removed,
+//! controls made visible, long texts cut to head and tail
+//! ([`APPROVAL_SUMMARY_MAX`], [`crate::executor::MAX_EVENT_TEXT`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -18,6 +23,10 @@ use tracing::{info, warn};
 use crate::executor::{Control, Controller, ExecEvent, ExecutorConfig, resume, start};
 use crate::history::{History, HistoryError, StoredState, TaskRecord};
 use crate::peers::Scope;
+
+/// Longest approval summary sent to a phone, in bytes of its JSON string
+/// encoding; a longer one keeps its head and tail ([`crate::text::head_tail`]).
+pub const APPROVAL_SUMMARY_MAX: usize = 1024;
 
 /// How long an approval waits for a decision before it is denied, by default.
 pub const APPROVAL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -408,6 +417,12 @@ impl TaskManager {
                 TaskEvent::ToolResult { call_id, output, is_error }
             }
             ExecEvent::ApprovalRequest { approval_id, summary, detail } => {
+                let summary =
+                    crate::text::head_tail(&crate::text::visible(&summary), APPROVAL_SUMMARY_MAX);
+                let detail = crate::text::head_tail(
+                    &crate::text::visible(&detail),
+                    crate::executor::MAX_EVENT_TEXT,
+                );
                 let timeout = u64::try_from(self.options.approval_timeout.as_millis()).unwrap_or(0);
                 let expires_at_ms = now_ms().saturating_add(timeout);
                 a.approvals.insert(approval_id.clone(), expires_at_ms);
