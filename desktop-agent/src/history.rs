@@ -157,6 +157,10 @@ impl History {
     pub fn open(dir: &Path) -> Result<Self, HistoryError> {
         let path = dir.join(FILE_NAME);
         let shown = path.display().to_string();
+        // Task texts and tool output: the file is 0600 before redb writes
+        // anything into it (redb would create it with the umask's mode).
+        crate::datadir::private_file(&path)
+            .map_err(|e| HistoryError::Db { path: shown.clone(), detail: e.to_string() })?;
         let db = Database::create(&path)
             .map_err(|e| HistoryError::Db { path: shown.clone(), detail: e.to_string() })?;
         let me = Self {
@@ -466,6 +470,23 @@ mod tests {
         assert_eq!(ids, ["d", "a"]);
         assert!(h.events("b", 0, 10).unwrap().is_empty());
         assert_eq!(h.events("a", 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        drop(History::open(dir.path()).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join(FILE_NAME)), 0o600);
+        // An existing readable one is made private.
+        std::fs::set_permissions(
+            dir.path().join(FILE_NAME),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        drop(History::open(dir.path()).unwrap());
+        assert_eq!(mode(&dir.path().join(FILE_NAME)), 0o600);
     }
 
     #[test]

@@ -140,10 +140,13 @@ pub async fn serve(data_dir: &Path) -> Result<(Listening, mpsc::Receiver<Call>),
     // One agent per data dir: an exclusive lock held while it runs (the OS
     // drops it when the process dies, so a crash leaves nothing stale).
     let lock_path = data_dir.join(LOCK_NAME);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let lock = options
         .open(&lock_path)
         .map_err(|source| IpcError::Io { path: lock_path.clone(), source })?;
     match lock.try_lock() {

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod awake;
 pub mod claude;
 pub mod daemon;
+pub mod datadir;
 pub mod executor;
 pub mod history;
 pub mod ipc;

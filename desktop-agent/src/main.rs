@@ -21,7 +21,7 @@ use tandem_agent::service;
 use tandem_agent::settings::Settings;
 use tandem_agent::tasks::{TaskManager, TaskOptions, TaskUpdate};
 use tandem_agent::ui::TerminalUi;
-use tandem_agent::{ipc, report};
+use tandem_agent::{datadir, ipc, report};
 use tandem_client::{Client, ClientConfig, Event};
 use tandem_proto::Role;
 use tandem_proto::delivery::OutboxLimits;
@@ -305,7 +305,10 @@ async fn main() -> anyhow::Result<()> {
         return Ok(tandem_agent::claude::serve_permission_tool(socket.clone()).await?);
     }
     let dir = data_dir(&cli)?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // 0700, every file 0600; another user's file refused.
+    for fixed in datadir::prepare(&dir)? {
+        eprintln!("warning: {fixed}");
+    }
     let info = device_info(&cli);
     match &cli.command {
         Command::Devices => {
@@ -781,6 +784,8 @@ async fn up(
         IpAddr::V6(v6) => format!("[{v6}]"),
         IpAddr::V4(v4) => v4.to_string(),
     };
+    // The relay's store: private like the rest of the data dir.
+    datadir::prepare(&dir.join("relay"))?;
     let mut config = tandem_relay::Config::new(dir.join("relay"));
     for n in [lan.to_string(), host.clone()] {
         if !config.names.contains(&n) {
@@ -798,6 +803,8 @@ async fn up(
     let _ = tokio::time::timeout(Duration::from_secs(20), ready_rx)
         .await
         .context("the local relay did not start")?;
+    // What the relay just created with the umask's modes: made 0600 now.
+    datadir::prepare(dir)?;
     let link_base = format!("http://{host}:{port}/p");
     let url = format!("ws://127.0.0.1:{port}/v1/connect");
     println!("Relay running on {bound} (phones on this network reach it at http://{host}:{port}).");
