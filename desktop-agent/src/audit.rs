@@ -206,6 +206,20 @@ pub enum AuditEvent {
         /// How it ended.
         status: String,
     },
+    /// The desktop stopped a task because the device it runs for lost the
+    /// right to run tasks: cancelled while running, or dropped from the
+    /// queue before it started (its `task_finished` follows).
+    TaskStopped {
+        /// The task id.
+        task_id: String,
+        /// The device it ran for.
+        device: String,
+        /// `revoked` (no longer paired) or `scope:<scope>` (lowered below
+        /// `submit`).
+        reason: String,
+        /// `running` (cancelled) or `queued` (dropped, never started).
+        was: String,
+    },
 }
 
 /// One line of the log.
@@ -776,6 +790,12 @@ mod tests {
             AuditEvent::Cancelled { by: s("desktop"), task_id: s("t1") },
             AuditEvent::TaskFinished { task_id: s("t1"), status: s("cancelled") },
             AuditEvent::Revoked { device: s("dev-a") },
+            AuditEvent::TaskStopped {
+                task_id: s("t2"),
+                device: s("dev-a"),
+                reason: s("revoked"),
+                was: s("queued"),
+            },
         ]
     }
 
