@@ -61,18 +61,23 @@ impl AgentConfig {
         }
     }
 
-    /// Save atomically.
+    /// Save atomically and durably, mode 0600 (a temporary file, fsync,
+    /// rename, fsync of the directory): a pending revocation survives a
+    /// crash right after this returns.
     ///
     /// # Errors
     /// [`AgentConfigError::Io`] when writing fails.
     pub fn save(&self, data_dir: &Path) -> Result<(), AgentConfigError> {
         let path = Self::path(data_dir);
         let io = |source| AgentConfigError::Io { path: path.clone(), source };
-        std::fs::create_dir_all(data_dir).map_err(io)?;
-        let tmp = data_dir.join("agent.json.tmp");
+        crate::keystore::create_private_dir(data_dir).map_err(io)?;
         let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        Ok(())
+        crate::keystore::write_private(
+            data_dir,
+            "agent.json",
+            &bytes,
+            crate::keystore::Overwrite::Replace,
+        )
+        .map_err(io)
     }
 }

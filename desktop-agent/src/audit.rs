@@ -206,6 +206,20 @@ pub enum AuditEvent {
         /// How it ended.
         status: String,
     },
+    /// The desktop stopped a task because the device it runs for lost the
+    /// right to run tasks: cancelled while running, or dropped from the
+    /// queue before it started (its `task_finished` follows).
+    TaskStopped {
+        /// The task id.
+        task_id: String,
+        /// The device it ran for.
+        device: String,
+        /// `revoked` (no longer paired) or `scope:<scope>` (lowered below
+        /// `submit`).
+        reason: String,
+        /// `running` (cancelled) or `queued` (dropped, never started).
+        was: String,
+    },
 }
 
 /// One line of the log.
@@ -672,10 +686,12 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 /// An excerpt of untrusted text for an error message: at most
 /// [`MAX_QUOTE`] characters, control characters replaced, so that a
 /// doctored log cannot play tricks on the terminal showing the error.
+/// An excerpt of a log line for a message: on one line, without controls,
+/// bidi overrides or invisible characters ([`crate::text::one_line`]).
 fn quote(s: &str) -> String {
-    let mut out: String =
-        s.chars().take(MAX_QUOTE).map(|c| if c.is_control() { '?' } else { c }).collect();
-    if s.chars().nth(MAX_QUOTE).is_some() {
+    let clean = crate::text::one_line(s);
+    let mut out: String = clean.chars().take(MAX_QUOTE).collect();
+    if clean.chars().nth(MAX_QUOTE).is_some() {
         out.push('…');
     }
     out
@@ -774,6 +790,12 @@ mod tests {
             AuditEvent::Cancelled { by: s("desktop"), task_id: s("t1") },
             AuditEvent::TaskFinished { task_id: s("t1"), status: s("cancelled") },
             AuditEvent::Revoked { device: s("dev-a") },
+            AuditEvent::TaskStopped {
+                task_id: s("t2"),
+                device: s("dev-a"),
+                reason: s("revoked"),
+                was: s("queued"),
+            },
         ]
     }
 
@@ -1108,7 +1130,8 @@ mod tests {
         assert_eq!(unhex(&GENESIS_PREV[1..]), None);
         assert_eq!(unhex(&format!("{GENESIS_PREV}0")), None);
         assert_eq!(unhex(&GENESIS_PREV.replace('0', "A")), None);
-        assert_eq!(quote("a\u{1b}[2Jb"), "a?[2Jb");
+        assert_eq!(quote("a\u{1b}[2Jb"), "a\u{241b}[2Jb");
+        assert_eq!(quote("a\u{202e}b\u{200b}c\nd"), "abc d");
         assert_eq!(quote(&"x".repeat(200)).chars().count(), MAX_QUOTE + 1);
     }
 }

@@ -113,9 +113,6 @@ const CONTROL_BUFFER: usize = 16;
 /// Permission requests buffered for the supervisor.
 const ASK_BUFFER: usize = 16;
 
-/// Characters of a tool's input shown in an approval's one-line summary.
-const SUMMARY_INPUT_CHARS: usize = 160;
-
 /// Errors of the permission tool (`tandem mcp-permission`).
 #[derive(Debug, thiserror::Error)]
 pub enum ClaudeError {
@@ -369,19 +366,18 @@ fn approval_summary(request: &PermissionRequest) -> String {
         .iter()
         .find_map(|key| input.get(*key).and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_else(|| Value::Object(input.clone()).to_string());
-    let mut short: String = main.split_whitespace().collect::<Vec<_>>().join(" ");
-    if short.chars().count() > SUMMARY_INPUT_CHARS {
-        short = short.chars().take(SUMMARY_INPUT_CHARS).collect();
-        short.push('…');
-    }
+    // Whole: the task manager cuts a long one to its head and tail, so
+    // the end of a long command is never hidden.
+    let short: String = main.split_whitespace().collect::<Vec<_>>().join(" ");
     let tool: String = request.tool_name.chars().filter(|c| !c.is_control()).take(64).collect();
-    cap_text(format!("{tool}: {short}"), MAX_EVENT_TEXT)
+    format!("{tool}: {short}")
 }
 
-/// Everything needed to decide: the tool and its input, pretty-printed.
+/// Everything needed to decide: the tool and its input, pretty-printed
+/// (capped by the task manager, head and tail).
 fn approval_detail(request: &PermissionRequest) -> String {
     let input = serde_json::to_string_pretty(&request.input).unwrap_or_default();
-    cap_text(format!("{}\n{input}", request.tool_name), MAX_EVENT_TEXT)
+    format!("{}\n{input}", request.tool_name)
 }
 
 /// Starts (or, with `resume`, continues) a Claude Code task for `config`,
@@ -1416,13 +1412,12 @@ mod tests {
             "Write: /a/b.rs"
         );
         assert_eq!(approval_summary(&req("mcp__x__y", json!({"n": 1}))), r#"mcp__x__y: {"n":1}"#);
-        let long = approval_summary(&req("Bash", json!({"command": "x".repeat(1000)})));
-        assert_eq!(long.chars().count(), "Bash: ".len() + SUMMARY_INPUT_CHARS + 1);
-        assert!(long.ends_with('…'));
+        // Whole, tail included: the task manager caps it to head and tail.
+        let command = format!("{} && rm -rf target", "x".repeat(1000));
+        let long = approval_summary(&req("Bash", json!({"command": command})));
+        assert_eq!(long, format!("Bash: {command}"));
         let detail = approval_detail(&req("Bash", json!({"command": "ls"})));
         assert_eq!(detail, "Bash\n{\n  \"command\": \"ls\"\n}");
-        let huge = approval_detail(&req("Write", json!({"content": "\u{1}".repeat(100_000)})));
-        assert!(serde_json::to_string(&huge).unwrap().len() <= MAX_EVENT_TEXT + 2);
     }
 
     // ---- the supervisor, with the fake `claude` (no permission prompts here:

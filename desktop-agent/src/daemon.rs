@@ -14,6 +14,13 @@
 //! Records leave through one sender task in order; while the relay is
 //! unreachable they wait in each link's persisted outbox and go out again on
 //! the next `Connected`, so the loop never blocks on the network.
+//!
+//! Revocation bites (`daemon/control.rs`, `daemon/devices.rs`): the task
+//! manager's permits follow the paired devices, so a device that is revoked
+//! or lowered below `submit`, here or by another process, has its tasks
+//! stopped ([`crate::tasks`]); the relay's side of a revocation is kept in
+//! `agent.json` until the relay confirms it, and sent again on every
+//! `Connected`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -29,6 +36,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 mod control;
+mod devices;
 
 use crate::audit::{AuditEvent, AuditLog, text_hash};
 use crate::executor::Control;
@@ -85,6 +93,13 @@ pub struct Daemon<'a> {
     started: bool,
     awake: Value,
     status_extra: serde_json::Map<String, Value>,
+    /// Relay revocations sent and not answered yet.
+    revoking: HashSet<DeviceId>,
+    /// Their answers: the device and whether the relay confirmed.
+    revoked_tx: mpsc::Sender<(DeviceId, bool)>,
+    revoked_rx: mpsc::Receiver<(DeviceId, bool)>,
+    /// Tasks stopped for their device so far (audited).
+    tasks_stopped: usize,
 }
 
 impl Drop for Daemon<'_> {
@@ -119,6 +134,7 @@ impl<'a> Daemon<'a> {
         });
         let now = Instant::now();
         let last_heard = peers.list().iter().map(|p| (p.device_id(), now)).collect();
+        let (revoked_tx, revoked_rx) = mpsc::channel(64);
         Self {
             client,
             key,
@@ -143,6 +159,10 @@ impl<'a> Daemon<'a> {
             started: false,
             awake: Value::Null,
             status_extra: serde_json::Map::new(),
+            revoking: HashSet::new(),
+            revoked_tx,
+            revoked_rx,
+            tasks_stopped: 0,
         }
     }
 
@@ -215,7 +235,7 @@ impl<'a> Daemon<'a> {
         self
     }
 
-    fn record(&mut self, event: AuditEvent) {
+    pub(super) fn record(&mut self, event: AuditEvent) {
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -293,13 +313,17 @@ impl<'a> Daemon<'a> {
                 Some(call) = async { match &mut calls { Some(c) => c.recv().await, None => None } } => {
                     self.control_call(call).await?;
                 }
+                Some((id, confirmed)) = self.revoked_rx.recv() => self.relay_answered(id, confirmed),
                 _ = tick.tick() => {
                     let out = self.tasks.expire_approvals().await?;
                     self.send_all(out).await?;
                     self.detach_idle().await?;
                     self.followers.retain(|(_, tx)| !tx.is_closed());
+                    // Revocations and scope changes made on disk meanwhile.
+                    self.sync_all_from_disk();
                 }
             }
+            self.reconcile_devices().await?;
             self.busy_changed();
         }
         self.tasks.cancel_all().await;
@@ -370,9 +394,15 @@ impl<'a> Daemon<'a> {
             return Ok(());
         }
         self.started = true;
+        // Before anything can start: only paired devices may have tasks run
+        // (a revocation made while the agent was not running included).
+        self.tasks.set_permits(self.peers.list().iter().map(|p| (p.device_id(), p.scope())));
         self.catch_up().await?;
         let out = self.tasks.recover().await?;
         self.send_all(out).await?;
+        if self.connected {
+            self.resend_revokes();
+        }
         self.busy_changed();
         Ok(())
     }
@@ -386,6 +416,8 @@ impl<'a> Daemon<'a> {
         match ev {
             Event::Connected { .. } => {
                 self.connected = true;
+                // Revocations the relay has not confirmed, first.
+                self.resend_revokes();
                 // Whatever the peers have not acknowledged goes out again.
                 let ids: Vec<DeviceId> = self.peers.list().iter().map(|p| p.device_id()).collect();
                 for id in ids {
@@ -411,7 +443,8 @@ impl<'a> Daemon<'a> {
             }
             other => debug!(?other, "event"),
         }
-        Ok(())
+        // A device revoked or re-scoped by another process, noticed above.
+        self.reconcile_devices().await
     }
 
     async fn resend(&mut self, id: DeviceId) -> Result<(), DaemonError> {
@@ -506,6 +539,16 @@ impl<'a> Daemon<'a> {
 
     /// Seal and send application messages to their audience.
     async fn send_all(&mut self, out: Outgoing) -> Result<(), DaemonError> {
+        // Why the desktop stopped tasks, before their finishes.
+        for s in self.tasks.take_stopped() {
+            self.tasks_stopped += 1;
+            self.record(AuditEvent::TaskStopped {
+                task_id: s.task_id,
+                device: s.device,
+                reason: s.cause.as_audit(),
+                was: if s.was_running { "running" } else { "queued" }.to_owned(),
+            });
+        }
         self.audit_outgoing(&out);
         for (audience, message) in out {
             let Ok(bytes) = message.encode() else { continue };

@@ -191,6 +191,9 @@ pub enum ExecEvent {
         is_error: bool,
     },
     /// The agent waits for a decision; answer with [`Control::Decision`].
+    /// The summary and detail are as the executor gave them: the task
+    /// manager makes them safe and caps them (head and tail) before a
+    /// phone sees them ([`crate::tasks`]).
     ApprovalRequest {
         /// Correlates with the decision.
         approval_id: String,
@@ -728,10 +731,12 @@ fn parse_agent_line(line: String) -> ExecEvent {
             is_error,
         },
         AgentEvent::ApprovalRequest { approval_id, summary, detail } => {
+            // Capped (head and tail) where every executor's approvals go:
+            // the task manager.
             ExecEvent::ApprovalRequest {
                 approval_id: cap_text(approval_id, MAX_ID_LEN),
-                summary: cap_text(summary, MAX_EVENT_TEXT),
-                detail: cap_text(detail, MAX_EVENT_TEXT),
+                summary,
+                detail,
             }
         }
         AgentEvent::Finished { status, summary } => ExecEvent::Finished {

@@ -76,6 +76,10 @@ pub struct TaskRecord {
     pub seq: u64,
     /// The submitting device (base32 id), or `desktop`.
     pub device: String,
+    /// The device whose follow-up resumed it, when not the submitter: the
+    /// run is that device's (see [`TaskRecord::runner`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_by: Option<String>,
     /// The executor's configured name.
     pub executor: String,
     /// The task text as submitted.
@@ -132,7 +136,39 @@ impl TaskRecord {
     pub fn is_finished(&self) -> bool {
         matches!(self.state, StoredState::Finished { .. })
     }
+
+    /// The device this task runs for: the one whose follow-up resumed it,
+    /// else the submitter. Revoking it, or lowering its scope below
+    /// `submit`, stops the task.
+    #[must_use]
+    pub fn runner(&self) -> &str {
+        self.run_by.as_deref().unwrap_or(&self.device)
+    }
+
+    /// `queued`, `running` or the finish status.
+    #[must_use]
+    pub fn state_str(&self) -> &'static str {
+        match self.state {
+            StoredState::Queued => "queued",
+            StoredState::Running => "running",
+            StoredState::Finished { status } => crate::tasks::status_str(status),
+        }
+    }
 }
+
+/// What a task id or id prefix typed by the desktop user found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The task with that id, or the only one whose id starts with it.
+    Found(Box<TaskRecord>),
+    /// No task.
+    NotFound,
+    /// Several tasks start with it (at most [`MAX_CANDIDATES`] listed).
+    Ambiguous(Vec<String>),
+}
+
+/// Most candidates an ambiguous [`Lookup`] lists.
+pub const MAX_CANDIDATES: usize = 5;
 
 /// The task history database.
 pub struct History {
@@ -157,6 +193,10 @@ impl History {
     pub fn open(dir: &Path) -> Result<Self, HistoryError> {
         let path = dir.join(FILE_NAME);
         let shown = path.display().to_string();
+        // Task texts and tool output: the file is 0600 before redb writes
+        // anything into it (redb would create it with the umask's mode).
+        crate::datadir::private_file(&path)
+            .map_err(|e| HistoryError::Db { path: shown.clone(), detail: e.to_string() })?;
         let db = Database::create(&path)
             .map_err(|e| HistoryError::Db { path: shown.clone(), detail: e.to_string() })?;
         let me = Self {
@@ -207,6 +247,38 @@ impl History {
         let tasks = txn.open_table(TASKS).map_err(|e| self.err(e))?;
         let Some(v) = tasks.get(task_id).map_err(|e| self.err(e))? else { return Ok(None) };
         decode(v.value()).map(Some)
+    }
+
+    /// The task `query` names: its exact id, else the only task whose id
+    /// starts with it (as `tandem tasks TASK` and `tandem cancel TASK`
+    /// take it).
+    ///
+    /// # Errors
+    /// [`HistoryError`] on a database failure or a corrupt record.
+    pub fn find(&self, query: &str) -> Result<Lookup, HistoryError> {
+        if query.is_empty() {
+            return Ok(Lookup::NotFound);
+        }
+        if let Some(r) = self.get(query)? {
+            return Ok(Lookup::Found(Box::new(r)));
+        }
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tasks = txn.open_table(TASKS).map_err(|e| self.err(e))?;
+        let mut found = Vec::new();
+        for item in tasks.range(query..).map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if !k.value().starts_with(query) || found.len() > MAX_CANDIDATES {
+                break;
+            }
+            found.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        match found.as_slice() {
+            [] => Ok(Lookup::NotFound),
+            [(_, one)] => decode(one).map(|r| Lookup::Found(Box::new(r))),
+            many => Ok(Lookup::Ambiguous(
+                many.iter().take(MAX_CANDIDATES).map(|(id, _)| id.clone()).collect(),
+            )),
+        }
     }
 
     /// Store `record` and, if given, the event message at `record.next_offset - 1`,
@@ -386,6 +458,7 @@ mod tests {
             task_id: id.into(),
             seq,
             device: "phone".into(),
+            run_by: None,
             executor: "x".into(),
             text: "do it".into(),
             created_ms: 1,
@@ -466,6 +539,46 @@ mod tests {
         assert_eq!(ids, ["d", "a"]);
         assert!(h.events("b", 0, 10).unwrap().is_empty());
         assert_eq!(h.events("a", 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ids_are_found_by_a_unique_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path()).unwrap();
+        for (i, id) in ["abc-1", "abc-2", "abd", "x"].iter().enumerate() {
+            h.save(&mut record(id, i as u64), None).unwrap();
+        }
+        let found = |q: &str| match h.find(q).unwrap() {
+            Lookup::Found(r) => Ok(r.task_id),
+            other => Err(other),
+        };
+        assert_eq!(found("x"), Ok("x".into()));
+        assert_eq!(found("abd"), Ok("abd".into()));
+        assert_eq!(found("abc-2"), Ok("abc-2".into()));
+        assert_eq!(found("abc"), Err(Lookup::Ambiguous(vec!["abc-1".into(), "abc-2".into()])));
+        assert_eq!(
+            found("ab"),
+            Err(Lookup::Ambiguous(vec!["abc-1".into(), "abc-2".into(), "abd".into()]))
+        );
+        assert_eq!(found("y"), Err(Lookup::NotFound));
+        assert_eq!(found(""), Err(Lookup::NotFound));
+    }
+
+    #[test]
+    fn the_database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        drop(History::open(dir.path()).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join(FILE_NAME)), 0o600);
+        // An existing readable one is made private.
+        std::fs::set_permissions(
+            dir.path().join(FILE_NAME),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        drop(History::open(dir.path()).unwrap());
+        assert_eq!(mode(&dir.path().join(FILE_NAME)), 0o600);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The running agent's control socket: `agent.sock` in the data dir (mode
 //! 0600, in the 0700 data dir), JSON lines. `tandem status`, `tandem tasks`,
-//! `tandem scope` and `tandem revoke` talk to a running daemon through it,
+//! `tandem scope`, `tandem revoke` and `tandem cancel` talk to a running
+//! daemon through it,
 //! so they see and change the daemon's live state instead of racing it on
 //! disk. It also tells a second agent that one already runs on this data dir.
 //!
@@ -69,16 +70,17 @@ pub enum Request {
         /// How many.
         limit: usize,
     },
-    /// One task's stored events from an offset.
+    /// One task's stored events from an offset (the answer's `task_id` is
+    /// the task found).
     Events {
-        /// The task.
+        /// The task: its id or a unique prefix of it.
         task_id: String,
         /// First offset.
         from_offset: u64,
     },
     /// Stream task events as they happen (one task, or all).
     Follow {
-        /// The task, or all.
+        /// The task (its id or a unique prefix of it), or all.
         #[serde(default)]
         task_id: Option<String>,
     },
@@ -89,10 +91,18 @@ pub enum Request {
         /// The new scope.
         scope: Scope,
     },
-    /// Revoke a device here and at the relay.
+    /// Revoke a device here and at the relay; its tasks stop. Answered
+    /// when the relay confirms or after a few seconds (`relay`: whether it
+    /// did; `stopped`: how many tasks stopped).
     Revoke {
         /// Id, unique prefix or name.
         device: String,
+    },
+    /// Cancel a queued or running task from the desktop (`was`: `running`
+    /// or `queued`).
+    Cancel {
+        /// The task: its id or a unique prefix of it.
+        task: String,
     },
 }
 
@@ -140,10 +150,13 @@ pub async fn serve(data_dir: &Path) -> Result<(Listening, mpsc::Receiver<Call>),
     // One agent per data dir: an exclusive lock held while it runs (the OS
     // drops it when the process dies, so a crash leaves nothing stale).
     let lock_path = data_dir.join(LOCK_NAME);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let lock = options
         .open(&lock_path)
         .map_err(|source| IpcError::Io { path: lock_path.clone(), source })?;
     match lock.try_lock() {

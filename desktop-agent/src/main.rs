@@ -12,7 +12,7 @@ use tandem_agent::agent_config::AgentConfig;
 use tandem_agent::audit::{self, AuditEvent, AuditLog};
 use tandem_agent::awake::KeepAwake;
 use tandem_agent::daemon::Daemon;
-use tandem_agent::history::{DEFAULT_MAX_EVENTS_PER_TASK, History};
+use tandem_agent::history::{DEFAULT_MAX_EVENTS_PER_TASK, History, Lookup, StoredState};
 use tandem_agent::keystore::KeyStore;
 use tandem_agent::pair::{PairOptions, pair};
 use tandem_agent::peers::{Peer, PeerStore, Scope};
@@ -21,7 +21,7 @@ use tandem_agent::service;
 use tandem_agent::settings::Settings;
 use tandem_agent::tasks::{TaskManager, TaskOptions, TaskUpdate};
 use tandem_agent::ui::TerminalUi;
-use tandem_agent::{ipc, report};
+use tandem_agent::{datadir, ipc, report, text};
 use tandem_client::{Client, ClientConfig, Event};
 use tandem_proto::Role;
 use tandem_proto::delivery::OutboxLimits;
@@ -86,10 +86,18 @@ enum Command {
     Run,
     /// List paired devices with their scope and when they were last seen.
     Devices,
-    /// Revoke a device: it can send nothing from now on.
+    /// Revoke a device: it can send nothing from now on, and the tasks it
+    /// submitted stop (running ones are cancelled, queued ones never run).
     Revoke {
         /// Device id, a unique prefix of it, or its name.
         device: String,
+    },
+    /// Cancel a queued or running task; every phone sees it finish as
+    /// cancelled. Exits with 1 when there is nothing to cancel (no such
+    /// task, or it has finished) and 3 when no agent is running.
+    Cancel {
+        /// Task id, or a unique prefix of it.
+        task: String,
     },
     /// Check the audit log's hash chain.
     Audit {
@@ -123,7 +131,9 @@ enum Command {
         #[arg(long)]
         socket: PathBuf,
     },
-    /// Limit what a device may do: view, submit or approve.
+    /// Limit what a device may do: view, submit or approve. Lowered to
+    /// view, its queued and running tasks stop; lowered to submit, it can
+    /// no longer answer approvals.
     Scope {
         /// Device id, a unique prefix of it, or its name.
         device: String,
@@ -306,7 +316,10 @@ async fn main() -> anyhow::Result<()> {
         return Ok(tandem_agent::claude::serve_permission_tool(socket.clone()).await?);
     }
     let dir = data_dir(&cli)?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // 0700, every file 0600; another user's file refused.
+    for fixed in datadir::prepare(&dir)? {
+        eprintln!("warning: {fixed}");
+    }
     let info = device_info(&cli);
     match &cli.command {
         Command::Devices => {
@@ -323,8 +336,8 @@ async fn main() -> anyhow::Result<()> {
                 println!(
                     "{}  {:<24} {:<8} {:<8} last seen {seen}",
                     p.device_id(),
-                    p.info().name,
-                    p.info().platform,
+                    text::one_line(&p.info().name),
+                    text::one_line(&p.info().platform),
                     p.scope()
                 );
             }
@@ -355,6 +368,10 @@ async fn main() -> anyhow::Result<()> {
                         "{}: scope is now {scope}",
                         field(&v, "device_id").as_str().unwrap_or(device)
                     );
+                    let stopped = field(&v, "stopped").as_u64().unwrap_or(0);
+                    if stopped > 0 {
+                        println!("Stopped {stopped} of its task(s): it may no longer run tasks.");
+                    }
                     return Ok(());
                 }
                 Err(ipc::IpcError::NotRunning) => {}
@@ -368,17 +385,30 @@ async fn main() -> anyhow::Result<()> {
                 AuditEvent::ScopeChanged { device: id.to_string(), scope: scope.to_string() },
             );
             println!("{id}: scope is now {scope}");
+            if !scope.allows_submit() {
+                say_queued_dropped(&dir, &id);
+            }
             Ok(())
         }
+        Command::Cancel { task } => cancel(&dir, task).await,
         Command::Revoke { device } => {
             let req = ipc::Request::Revoke { device: device.clone() };
             match ipc::call(&dir, &req).await {
                 Ok(v) => {
                     println!(
                         "Removed {} ({}) from this computer: its messages are no longer accepted.",
-                        field(&v, "name").as_str().unwrap_or("?"),
+                        text::one_line(field(&v, "name").as_str().unwrap_or("?")),
                         field(&v, "device_id").as_str().unwrap_or("?")
                     );
+                    let stopped = field(&v, "stopped").as_u64().unwrap_or(0);
+                    if stopped > 0 {
+                        println!("Stopped {stopped} of its task(s).");
+                    }
+                    if let Some(w) = field(&v, "warning").as_str() {
+                        eprintln!(
+                            "warning: {w}; until the relay confirms, it is told only while this agent keeps running"
+                        );
+                    }
                     if field(&v, "relay").as_bool() == Some(true) {
                         println!("The relay refuses it from now on.");
                     } else {
@@ -393,13 +423,20 @@ async fn main() -> anyhow::Result<()> {
             }
             let mut store = PeerStore::open(&dir)?;
             let id = store.resolve(device)?;
+            // The relay is to be told even if this process dies before it
+            // answers: on disk first; the agent sends it when it connects.
+            let mut config = AgentConfig::load(&dir)?;
+            if !config.pending_revokes.contains(&id) {
+                config.pending_revokes.push(id);
+            }
+            config.save(&dir)?;
             let peer = store.remove(&id)?;
             record(&dir, AuditEvent::Revoked { device: id.to_string() });
             println!(
                 "Removed {} ({id}) from this computer: its messages are no longer accepted.",
-                peer.name()
+                text::one_line(peer.name())
             );
-            let mut config = AgentConfig::load(&dir)?;
+            say_queued_dropped(&dir, &id);
             let Some(url) = config.relay_url.clone() else {
                 return Ok(());
             };
@@ -407,19 +444,29 @@ async fn main() -> anyhow::Result<()> {
             let mut cc = ClientConfig::new(url, key, Role::Desktop);
             cc.extra_roots_pem = config.relay_roots_pem.clone();
             let (client, mut events) = Client::start(cc);
+            // One attempt: a relay that is not there now (the one `tandem up`
+            // runs stopped with the agent) hears of it from the agent later.
             let told = async {
-                wait_connected(&mut events).await?;
+                loop {
+                    match events.recv().await {
+                        Some(Event::Connected { .. }) => break,
+                        Some(Event::Disconnected { reason, .. }) => bail!("{reason}"),
+                        Some(_) => {}
+                        None => bail!("the relay connection closed"),
+                    }
+                }
                 client.revoke(id).await.map_err(anyhow::Error::from)
             };
             match tokio::time::timeout(Duration::from_secs(20), told).await {
-                Ok(Ok(())) => println!("The relay refuses it from now on."),
-                _ => {
-                    config.pending_revokes.push(id);
+                Ok(Ok(())) => {
+                    let mut config = AgentConfig::load(&dir)?;
+                    config.pending_revokes.retain(|p| *p != id);
                     config.save(&dir)?;
-                    println!(
-                        "The relay could not be told now; it will be at the next `tandem up` or `tandem pair`."
-                    );
+                    println!("The relay refuses it from now on.");
                 }
+                _ => println!(
+                    "The relay could not be told now; the agent tells it when it connects (`tandem up`, `tandem run` or `tandem pair`)."
+                ),
             }
             client.close().await;
             Ok(())
@@ -449,6 +496,7 @@ async fn main() -> anyhow::Result<()> {
             config.relay_url = Some(url.clone());
             config.save(&dir)?;
             let (key, client, mut events) = connect_agent(&dir, &mut config, url).await?;
+            send_pending_revokes(&client, &dir, &mut config).await;
             let mut opts = PairOptions::new(base, info);
             // A link to a web client on another origin must name the relay.
             opts.relay_origin = relay_origin;
@@ -526,7 +574,8 @@ fn service(
     Ok(())
 }
 
-/// Connect to the relay as this desktop and deliver queued revocations.
+/// Connect to the relay as this desktop (the daemon, or `tandem pair`,
+/// then sends the revocations the relay has not confirmed).
 async fn connect_agent(
     dir: &std::path::Path,
     config: &mut AgentConfig,
@@ -537,7 +586,6 @@ async fn connect_agent(
     cc.extra_roots_pem = config.relay_roots_pem.clone();
     let (client, mut events) = Client::start(cc);
     wait_connected(&mut events).await?;
-    send_pending_revokes(&client, dir, config).await;
     Ok((key, client, events))
 }
 
@@ -669,16 +717,27 @@ async fn tasks(
             };
             print!("{}", report::task_lines(&records, now_ms));
         }
-        Some(id) => {
+        Some(query) => {
             let mut events: Vec<tandem_proto::message::Message> = Vec::new();
+            // An id or a unique prefix of one: the agent answers with the id.
+            let mut id = query.to_owned();
             // The running agent answers in pages: ask until a short one.
             loop {
                 let from_offset = events.len() as u64;
-                let req = ipc::Request::Events { task_id: id.to_owned(), from_offset };
+                let req = ipc::Request::Events { task_id: id.clone(), from_offset };
                 let page: Vec<tandem_proto::message::Message> = match ipc::call(dir, &req).await {
-                    Ok(v) => serde_json::from_value(field(&v, "events").clone())?,
+                    Ok(v) => {
+                        if let Some(found) = field(&v, "task_id").as_str() {
+                            found.clone_into(&mut id);
+                        }
+                        serde_json::from_value(field(&v, "events").clone())?
+                    }
                     Err(ipc::IpcError::NotRunning) if from_offset == 0 => {
-                        History::open(dir)?.events(id, 0, usize::MAX)?
+                        let history = History::open(dir)?;
+                        if let Lookup::Found(r) = history.find(query)? {
+                            id = r.task_id;
+                        }
+                        history.events(&id, 0, usize::MAX)?
                     }
                     Err(e) => return Err(e.into()),
                 };
@@ -689,7 +748,7 @@ async fn tasks(
                 }
             }
             if events.is_empty() {
-                println!("No events for task {id}.");
+                println!("No events for task {}.", text::one_line(&id));
             }
             for m in &events {
                 print_event(m, &mut shown);
@@ -750,15 +809,97 @@ fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<TaskSetup> {
     })
 }
 
+/// `tandem pair`: the revocations the relay has not confirmed (the daemon
+/// sends them itself on every connection).
 async fn send_pending_revokes(client: &Client, dir: &std::path::Path, config: &mut AgentConfig) {
     let mut left = Vec::new();
     for id in std::mem::take(&mut config.pending_revokes) {
-        if client.revoke(id).await.is_err() {
+        let told = tokio::time::timeout(Duration::from_secs(10), client.revoke(id)).await;
+        if !matches!(told, Ok(Ok(()))) {
             left.push(id);
         }
     }
     config.pending_revokes = left;
     let _ = config.save(dir);
+}
+
+/// With no agent running: say what happens to the queued tasks of a device
+/// that was revoked or lowered below `submit` (the agent drops them when it
+/// starts, before anything runs).
+fn say_queued_dropped(dir: &std::path::Path, id: &tandem_proto::DeviceId) {
+    let Ok(history) = History::open(dir) else { return };
+    let key = id.to_string();
+    let waiting = history
+        .unfinished()
+        .map(|tasks| tasks.iter().filter(|t| t.runner() == key).count())
+        .unwrap_or(0);
+    if waiting > 0 {
+        println!(
+            "{waiting} unfinished task(s) of it end when the agent starts; none of them runs again."
+        );
+    }
+}
+
+/// `tandem cancel TASK`.
+async fn cancel(dir: &std::path::Path, query: &str) -> anyhow::Result<()> {
+    match ipc::call(dir, &ipc::Request::Cancel { task: query.to_owned() }).await {
+        Ok(v) => {
+            let id = text::one_line(field(&v, "task_id").as_str().unwrap_or(query));
+            if field(&v, "was").as_str() == Some("running") {
+                println!("Cancelling task {id}: its executor is being stopped.");
+            } else {
+                println!("Cancelled task {id} before it started.");
+            }
+            return Ok(());
+        }
+        Err(ipc::IpcError::Refused(msg)) => {
+            eprintln!("{}", text::one_line(&msg));
+            std::process::exit(1);
+        }
+        Err(ipc::IpcError::NotRunning) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let history = History::open(dir)?;
+    let task = match history.find(query)? {
+        Lookup::Found(r) => r,
+        Lookup::NotFound => {
+            eprintln!("No task matches `{}` (see `tandem tasks`).", text::one_line(query));
+            std::process::exit(1);
+        }
+        Lookup::Ambiguous(ids) => {
+            eprintln!(
+                "`{}` matches several tasks: {}; give more of the id.",
+                text::one_line(query),
+                text::one_line(&ids.join(", "))
+            );
+            std::process::exit(1);
+        }
+    };
+    let id = text::one_line(&task.task_id);
+    match task.state {
+        StoredState::Finished { .. } => {
+            eprintln!("Task {id} has already finished ({}); nothing to cancel.", task.state_str());
+            std::process::exit(1);
+        }
+        StoredState::Running => println!(
+            "The agent is not running on {}, so neither is task {id}: it was interrupted when the agent stopped, and finishes as interrupted when the agent starts.",
+            dir.display()
+        ),
+        StoredState::Queued => {
+            // It must not run when the agent starts: finished in the history now.
+            let task_id = task.task_id.clone();
+            tandem_agent::tasks::cancel_queued_offline(&history, *task)?;
+            drop(history);
+            record(dir, AuditEvent::Cancelled { by: "desktop".into(), task_id: task_id.clone() });
+            record(dir, AuditEvent::TaskFinished { task_id, status: "cancelled".into() });
+            println!(
+                "Cancelled task {id} before it started. The agent is not running on {}; phones hear of it when it starts.",
+                dir.display()
+            );
+            return Ok(());
+        }
+    }
+    std::process::exit(3);
 }
 
 /// `tandem up`: a relay on this computer, the agent connected to it, and
@@ -782,6 +923,8 @@ async fn up(
         IpAddr::V6(v6) => format!("[{v6}]"),
         IpAddr::V4(v4) => v4.to_string(),
     };
+    // The relay's store: private like the rest of the data dir.
+    datadir::prepare(&dir.join("relay"))?;
     let mut config = tandem_relay::Config::new(dir.join("relay"));
     for n in [lan.to_string(), host.clone()] {
         if !config.names.contains(&n) {
@@ -799,6 +942,8 @@ async fn up(
     let _ = tokio::time::timeout(Duration::from_secs(20), ready_rx)
         .await
         .context("the local relay did not start")?;
+    // What the relay just created with the umask's modes: made 0600 now.
+    datadir::prepare(dir)?;
     let link_base = format!("http://{host}:{port}/p");
     let url = format!("ws://127.0.0.1:{port}/v1/connect");
     println!("Relay running on {bound} (phones on this network reach it at http://{host}:{port}).");

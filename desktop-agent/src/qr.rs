@@ -218,13 +218,15 @@ impl PairingQr {
         encode_png(&dark, side, side, scale)
     }
 
-    /// Write [`Self::png`] to `path`.
+    /// Write [`Self::png`] to `path`, mode 0600, replacing (never
+    /// following) a symbolic link there ([`crate::datadir::write_user_file`]).
     ///
     /// # Errors
     /// As [`Self::png`], and [`QrError::Write`] if the file cannot be written.
     pub fn write_png(&self, path: &Path, scale: u32) -> Result<(), QrError> {
         let png = self.png(scale)?;
-        std::fs::write(path, png).map_err(|source| QrError::Write { path: path.into(), source })
+        crate::datadir::write_user_file(path, &png)
+            .map_err(|source| QrError::Write { path: path.into(), source })
     }
 
     /// The code as a standalone SVG document: black modules on a white
@@ -268,12 +270,12 @@ impl PairingQr {
         svg
     }
 
-    /// Write [`Self::svg`] to `path`.
+    /// Write [`Self::svg`] to `path`, as [`Self::write_png`] does.
     ///
     /// # Errors
     /// [`QrError::Write`] if the file cannot be written.
     pub fn write_svg(&self, path: &Path) -> Result<(), QrError> {
-        std::fs::write(path, self.svg())
+        crate::datadir::write_user_file(path, self.svg().as_bytes())
             .map_err(|source| QrError::Write { path: path.into(), source })
     }
 }

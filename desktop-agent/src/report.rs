@@ -18,10 +18,13 @@ pub fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
 /// Characters of free text shown per line.
 const SHOWN: usize = 100;
 
+/// Phone- or executor-supplied text on one line, safe for a terminal
+/// ([`crate::text::one_line`]: no escape sequences, no bidi overrides or
+/// zero-width characters), at most [`SHOWN`] characters.
 fn short(text: &str) -> String {
-    let one_line: String =
-        text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(SHOWN).collect();
-    if text.chars().nth(SHOWN).is_some() { format!("{one_line}…") } else { one_line }
+    let clean = crate::text::one_line(text);
+    let one_line: String = clean.chars().take(SHOWN).collect();
+    if clean.chars().nth(SHOWN).is_some() { format!("{one_line}…") } else { one_line }
 }
 
 fn ago(now_ms: u64, at_ms: u64) -> String {
@@ -159,6 +162,13 @@ mod tests {
         };
         let line = event_line(&m).unwrap();
         assert!(!line.contains('\n') && !line.contains('\x1b'));
+        let bidi = Message::TaskEvent {
+            task_id: "t\u{202E}x".into(),
+            offset: 0,
+            at_ms: 0,
+            event: TaskEvent::Progress { text: "a\u{2066}b\u{200B}c".into() },
+        };
+        assert_eq!(event_line(&bidi).unwrap(), "tx #0    abc");
         assert!(line.starts_with("t #3"));
         assert!(line.ends_with('…'));
         let done = Message::TaskEvent {

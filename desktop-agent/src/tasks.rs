@@ -6,6 +6,14 @@
 //! The task manager does no I/O towards phones itself: it returns the
 //! application messages to send, and the daemon seals and sends them. Every
 //! event is on disk before it is returned.
+//!
+//! Approval summaries and details pass through [`crate::text`] here, the one
+//! place every executor's approvals go through: format characters removed,
+//! controls made visible, long texts cut to head and tail
+//! ([`APPROVAL_SUMMARY_MAX`], [`crate::executor::MAX_EVENT_TEXT`]).
+//!
+//! What the desktop itself stops (a revoked device's tasks, a device whose
+//! scope was lowered below `submit`, `tandem cancel`) is in [`stop`].
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -18,6 +26,16 @@ use tracing::{info, warn};
 use crate::executor::{Control, Controller, ExecEvent, ExecutorConfig, resume, start};
 use crate::history::{History, HistoryError, StoredState, TaskRecord};
 use crate::peers::Scope;
+
+mod stop;
+
+pub use stop::{
+    CANCELLED_FROM_DESKTOP, CancelError, DesktopCancel, StopCause, Stopped, cancel_queued_offline,
+};
+
+/// Longest approval summary sent to a phone, in bytes of its JSON string
+/// encoding; a longer one keeps its head and tail ([`crate::text::head_tail`]).
+pub const APPROVAL_SUMMARY_MAX: usize = 1024;
 
 /// How long an approval waits for a decision before it is denied, by default.
 pub const APPROVAL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -76,6 +94,16 @@ struct Active {
     run: u64,
     /// Pending approvals and when they expire (Unix ms).
     approvals: HashMap<String, u64>,
+    /// Set when the desktop cancelled it ([`stop`]): the finish summary to
+    /// show when its executor reports the cancel. No approval is taken
+    /// from then on.
+    stopping: Option<String>,
+}
+
+impl Active {
+    fn new(record: TaskRecord) -> Self {
+        Self { record, controller: None, run: 0, approvals: HashMap::new(), stopping: None }
+    }
 }
 
 /// Counts for `tandem status`.
@@ -99,6 +127,13 @@ pub struct TaskManager {
     next_seq: u64,
     next_run: u64,
     updates: mpsc::Sender<TaskUpdate>,
+    /// Who may have tasks run, by device id: kept equal to the paired
+    /// devices and their scopes by the daemon. `None` until it is set
+    /// (then every device may).
+    permits: Option<HashMap<String, Scope>>,
+    /// Tasks stopped because their device lost the right to run them, not
+    /// yet taken by [`TaskManager::take_stopped`].
+    stopped: Vec<Stopped>,
 }
 
 impl std::fmt::Debug for TaskManager {
@@ -153,6 +188,8 @@ impl TaskManager {
                 next_seq,
                 next_run: 0,
                 updates,
+                permits: None,
+                stopped: Vec::new(),
             },
             rx,
         ))
@@ -160,7 +197,9 @@ impl TaskManager {
 
     /// After a restart: tasks that were running were interrupted (they
     /// finish as failed; a resumable one can be continued with a
-    /// follow-up); queued ones keep their place and run.
+    /// follow-up); queued ones keep their place and run, unless their
+    /// device is no longer paired or may no longer submit (see
+    /// [`TaskManager::set_permits`]): those finish as rejected, unrun.
     ///
     /// # Errors
     /// [`HistoryError`] if the history cannot be read or written.
@@ -185,10 +224,7 @@ impl TaskManager {
                 }
                 StoredState::Queued => {
                     self.queue.push_back(record.task_id.clone());
-                    self.active.insert(
-                        record.task_id.clone(),
-                        Active { record, controller: None, run: 0, approvals: HashMap::new() },
-                    );
+                    self.active.insert(record.task_id.clone(), Active::new(record));
                 }
                 StoredState::Finished { .. } => {}
             }
@@ -199,21 +235,7 @@ impl TaskManager {
 
     /// Append `event` to `record`'s history (durably) and return its message.
     fn append(&self, record: &mut TaskRecord, event: TaskEvent) -> Result<Message, HistoryError> {
-        let at_ms = now_ms();
-        if let TaskEvent::Finished { status, .. } = &event {
-            record.state = StoredState::Finished { status: *status };
-            record.pending_resume = None;
-        }
-        let m = Message::TaskEvent {
-            task_id: record.task_id.clone(),
-            offset: record.next_offset,
-            at_ms,
-            event,
-        };
-        record.next_offset += 1;
-        record.updated_ms = at_ms;
-        self.history.save(record, Some(&m))?;
-        Ok(m)
+        append_to(&self.history, record, event)
     }
 
     /// Append to an active task; `None` if it is not active.
@@ -234,9 +256,10 @@ impl TaskManager {
         self.active.values().filter(|a| a.controller.is_some()).count()
     }
 
-    /// Start queued tasks while there are free slots.
+    /// Start queued tasks while there are free slots; first drop the
+    /// queued tasks whose device may no longer have them run.
     async fn pump(&mut self) -> Result<Outgoing, HistoryError> {
-        let mut out = Vec::new();
+        let mut out = self.drop_unpermitted()?;
         while self.running() < self.options.max_concurrent {
             let Some(id) = self.queue.pop_front() else { break };
             out.extend(self.start(&id).await?);
@@ -355,6 +378,7 @@ impl TaskManager {
             task_id: task_id.clone(),
             seq: self.next_seq,
             device: from.to_string(),
+            run_by: None,
             executor: config.name.clone(),
             text: text.to_owned(),
             created_ms: now,
@@ -373,10 +397,7 @@ impl TaskManager {
         let m = self.append(&mut record, accepted)?;
         let mut out = vec![(Audience::Everyone, m)];
         let ahead = self.queue.len() + self.running();
-        self.active.insert(
-            task_id.clone(),
-            Active { record, controller: None, run: 0, approvals: HashMap::new() },
-        );
+        self.active.insert(task_id.clone(), Active::new(record));
         self.queue.push_back(task_id.clone());
         if ahead >= self.options.max_concurrent
             && let Some(m) = self.append_active(
@@ -407,7 +428,20 @@ impl TaskManager {
             ExecEvent::ToolResult { call_id, output, is_error } => {
                 TaskEvent::ToolResult { call_id, output, is_error }
             }
+            ExecEvent::ApprovalRequest { approval_id, .. } if a.stopping.is_some() => {
+                // The desktop is stopping it: nothing more may be allowed.
+                if let Some(c) = &a.controller {
+                    let _ = c.control(Control::Decision { approval_id, allow: false }).await;
+                }
+                return Ok(Vec::new());
+            }
             ExecEvent::ApprovalRequest { approval_id, summary, detail } => {
+                let summary =
+                    crate::text::head_tail(&crate::text::visible(&summary), APPROVAL_SUMMARY_MAX);
+                let detail = crate::text::head_tail(
+                    &crate::text::visible(&detail),
+                    crate::executor::MAX_EVENT_TEXT,
+                );
                 let timeout = u64::try_from(self.options.approval_timeout.as_millis()).unwrap_or(0);
                 let expires_at_ms = now_ms().saturating_add(timeout);
                 a.approvals.insert(approval_id.clone(), expires_at_ms);
@@ -421,6 +455,11 @@ impl TaskManager {
             ExecEvent::Finished { status, summary } => {
                 a.controller = None;
                 a.approvals.clear();
+                // Cancelled by the desktop: say why.
+                let summary = match (a.stopping.take(), status) {
+                    (Some(why), FinishStatus::Cancelled) => why,
+                    _ => summary,
+                };
                 TaskEvent::Finished { status, summary }
             }
         };
@@ -597,15 +636,15 @@ impl TaskManager {
                 refused(task_id, "unknown_executor", "its executor is no longer configured"),
             ));
         }
-        // Continue it: queued again, with the follow-up as the next run's input.
+        // Continue it: queued again, with the follow-up as the next run's
+        // input, run for the device that sent it.
         record.pending_resume = Some(text.clone());
         record.state = StoredState::Queued;
+        let sender = from.to_string();
+        record.run_by = (sender != record.device).then_some(sender);
         let m = self.append(&mut record, TaskEvent::FollowUp { text })?;
         let id = record.task_id.clone();
-        self.active.insert(
-            id.clone(),
-            Active { record, controller: None, run: 0, approvals: HashMap::new() },
-        );
+        self.active.insert(id.clone(), Active::new(record));
         self.queue.push_back(id);
         let mut out = vec![(Audience::Everyone, m)];
         out.extend(self.pump().await?);
@@ -765,6 +804,29 @@ impl TaskManager {
             }
         }
     }
+}
+
+/// Append `event` to `record`'s history (durably) and return its message.
+fn append_to(
+    history: &History,
+    record: &mut TaskRecord,
+    event: TaskEvent,
+) -> Result<Message, HistoryError> {
+    let at_ms = now_ms();
+    if let TaskEvent::Finished { status, .. } = &event {
+        record.state = StoredState::Finished { status: *status };
+        record.pending_resume = None;
+    }
+    let m = Message::TaskEvent {
+        task_id: record.task_id.clone(),
+        offset: record.next_offset,
+        at_ms,
+        event,
+    };
+    record.next_offset += 1;
+    record.updated_ms = at_ms;
+    history.save(record, Some(&m))?;
+    Ok(m)
 }
 
 /// The status string of a finish, for logs and the audit trail.

@@ -726,3 +726,55 @@ async fn the_agent_stopped_like_a_sleeping_laptop_reconnects_and_loses_and_repea
     let log = w.agent_log();
     assert!(log.contains("woke up"), "the agent noticed the stall:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_while_the_relay_is_unreachable_reaches_it_on_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    let proxy = Proxy::start(relay.addr).await;
+    let mut w = World::start(dir, relay, &proxy.url()).await;
+
+    // The agent cannot reach the relay; the phone still can.
+    proxy.set(Mode::Cut);
+    w.watch.note("proxy cut".into());
+    w.until("the desktop to go offline", |s| s.desktop_offline > 0).await;
+    let id = w.phone.key.public().device_id().to_string();
+    let dir = w.dir.path().to_owned();
+    let out = tokio::task::block_in_place(|| common::tandem(&dir, &["revoke", &id]));
+    assert!(out.contains("could not be told now"), "{out}");
+    // The relay has not heard: it still routes the phone's frames.
+    let (_, record) = w.phone.link.send(b"{}".to_vec()).unwrap();
+    w.phone.client.send(w.phone.desktop, record).await.unwrap();
+
+    // The network comes back; the same agent process reconnects and tells
+    // the relay, which refuses the phone from then on.
+    proxy.set(Mode::Open);
+    w.watch.note("proxy open".into());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, record) = w.phone.link.send(b"{}".to_vec()).unwrap();
+        match w.phone.client.send(w.phone.desktop, record).await {
+            Err(tandem_client::ClientError::Refused(code, _)) => {
+                assert_eq!(code, tandem_proto::ErrorCode::NotAuthorized);
+                break;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "the relay still routes the revoked phone ({other:?}); agent log:\n{}",
+                w.agent_log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The relay confirmed it to the agent: no longer pending.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("agent.json")).unwrap()).unwrap();
+        if config["pending_revokes"] == serde_json::json!([]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still pending: {config}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

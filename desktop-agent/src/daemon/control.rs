@@ -1,16 +1,17 @@
 //! The daemon's answers on the control socket ([`crate::ipc`]): status,
-//! task lists and events, following events live, scope changes and
-//! revocations, all applied to the daemon's own live state.
+//! task lists and events, following events live, scope changes,
+//! revocations and `tandem cancel`, all applied to the daemon's own live
+//! state.
 
 use serde_json::{Value, json};
 use tandem_proto::DeviceId;
-use tracing::warn;
 
-use super::{Daemon, DaemonError, REVOKE_WAIT};
-use crate::agent_config::AgentConfig;
+use super::{Daemon, DaemonError};
 use crate::audit::AuditEvent;
+use crate::history::Lookup;
 use crate::ipc::{Call, Request};
 use crate::peers::Scope;
+use crate::tasks::{CancelError, DesktopCancel};
 
 /// Most tasks or events in one answer.
 const MAX_ROWS: usize = 1000;
@@ -26,19 +27,30 @@ impl Daemon<'_> {
                 .recent(limit.min(MAX_ROWS))
                 .map(|tasks| json!({"ok": true, "tasks": tasks}))
                 .map_err(|e| e.to_string()),
-            Request::Events { task_id, from_offset } => self
-                .tasks
-                .events(&task_id, from_offset, crate::ipc::EVENTS_PAGE)
-                .map(|events| json!({"ok": true, "events": events}))
-                .map_err(|e| e.to_string()),
+            Request::Events { task_id, from_offset } => {
+                let task_id = self.resolve_task(&task_id);
+                self.tasks
+                    .events(&task_id, from_offset, crate::ipc::EVENTS_PAGE)
+                    .map(|events| json!({"ok": true, "task_id": task_id, "events": events}))
+                    .map_err(|e| e.to_string())
+            }
             Request::Follow { task_id } => {
-                if reply.try_send(json!({"ok": true})).is_ok() {
+                let task_id = task_id.map(|t| self.resolve_task(&t));
+                if reply.try_send(json!({"ok": true, "task_id": task_id})).is_ok() {
                     self.followers.push((task_id, reply));
                 }
                 return Ok(());
             }
-            Request::SetScope { device, scope } => self.set_scope(&device, scope),
-            Request::Revoke { device } => self.revoke(&device).await,
+            Request::SetScope { device, scope } => self.set_scope(&device, scope).await?,
+            Request::Revoke { device } => match self.revoke(&device).await? {
+                // Answered once the relay confirms, or after REVOKE_WAIT.
+                Ok((id, answer)) => {
+                    self.relay_revoke(id, Some((reply, answer)));
+                    return Ok(());
+                }
+                Err(e) => Err(e),
+            },
+            Request::Cancel { task } => self.cancel(&task).await?,
         };
         let v = answer.unwrap_or_else(|error| json!({"ok": false, "error": error}));
         let _ = reply.try_send(v);
@@ -79,45 +91,106 @@ impl Daemon<'_> {
         v
     }
 
-    fn set_scope(&mut self, device: &str, scope: Scope) -> Result<Value, String> {
-        let id = self.peers.resolve(device).map_err(|e| e.to_string())?;
-        self.peers.set_scope(&id, scope).map_err(|e| e.to_string())?;
-        self.record(AuditEvent::ScopeChanged { device: id.to_string(), scope: scope.to_string() });
-        Ok(json!({"ok": true, "device_id": id.to_string(), "scope": scope.to_string()}))
+    /// The task `query` names (an id or a unique prefix), or `query`.
+    fn resolve_task(&self, query: &str) -> String {
+        match self.tasks.find(query) {
+            Ok(Lookup::Found(r)) => r.task_id,
+            _ => query.to_owned(),
+        }
     }
 
-    async fn revoke(&mut self, device: &str) -> Result<Value, String> {
-        let id = self.peers.resolve(device).map_err(|e| e.to_string())?;
-        let peer = self.peers.remove(&id).map_err(|e| e.to_string())?;
+    /// Change a device's scope; one lowered below `submit` has its tasks
+    /// stopped (`stopped` in the answer counts them).
+    async fn set_scope(
+        &mut self,
+        device: &str,
+        scope: Scope,
+    ) -> Result<Result<Value, String>, DaemonError> {
+        let id = match self.peers.resolve(device) {
+            Ok(id) => id,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Err(e) = self.peers.set_scope(&id, scope) {
+            return Ok(Err(e.to_string()));
+        }
+        self.record(AuditEvent::ScopeChanged { device: id.to_string(), scope: scope.to_string() });
+        let stopped = self.stop_tasks_of_changed_devices().await?;
+        Ok(Ok(json!({
+            "ok": true,
+            "device_id": id.to_string(),
+            "scope": scope.to_string(),
+            "stopped": stopped,
+        })))
+    }
+
+    /// Revoke a device here: the relay is to be told first (on disk), then
+    /// its file goes, then its tasks stop. Returns the answer for the CLI,
+    /// to complete with whether the relay confirmed.
+    async fn revoke(
+        &mut self,
+        device: &str,
+    ) -> Result<Result<(DeviceId, Value), String>, DaemonError> {
+        let id = match self.peers.resolve(device) {
+            Ok(id) => id,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        // Not written: the revocation here still goes ahead (it is what
+        // keeps the device out), the relay is still asked now, and the
+        // answer says what was not saved.
+        let unsaved = self.queue_revoke(id).err();
+        if let Some(e) = &unsaved {
+            tracing::warn!(peer = %id, error = %e, "revoking without a record for the relay");
+        }
+        let peer = match self.peers.remove(&id) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
         self.record(AuditEvent::Revoked { device: id.to_string() });
         self.forget(&id);
-        let relay = match tokio::time::timeout(REVOKE_WAIT, self.client.revoke(id)).await {
-            Ok(Ok(())) => true,
-            _ => {
-                self.queue_revoke(id);
-                false
+        let stopped = self.stop_tasks_of_changed_devices().await?;
+        Ok(Ok((
+            id,
+            json!({
+                "ok": true,
+                "device_id": id.to_string(),
+                "name": peer.name(),
+                "stopped": stopped,
+                "relay": false,
+                "warning": unsaved,
+            }),
+        )))
+    }
+
+    /// [`Daemon::reconcile_devices`], counting the tasks it stopped.
+    async fn stop_tasks_of_changed_devices(&mut self) -> Result<usize, DaemonError> {
+        let before = self.tasks_stopped;
+        self.reconcile_devices().await?;
+        Ok(self.tasks_stopped - before)
+    }
+
+    /// `tandem cancel TASK`: every phone hears the task finish `cancelled`.
+    async fn cancel(&mut self, query: &str) -> Result<Result<Value, String>, DaemonError> {
+        match self.tasks.cancel_from_desktop(query).await {
+            Ok((done, out)) => {
+                let (task_id, was) = match done {
+                    DesktopCancel::Stopping { task_id } => (task_id, "running"),
+                    DesktopCancel::Dropped { task_id } => (task_id, "queued"),
+                };
+                self.record(AuditEvent::Cancelled {
+                    by: "desktop".into(),
+                    task_id: task_id.clone(),
+                });
+                self.send_all(out).await?;
+                Ok(Ok(json!({"ok": true, "task_id": task_id, "was": was})))
             }
-        };
-        Ok(json!({"ok": true, "device_id": id.to_string(), "name": peer.name(), "relay": relay}))
+            Err(CancelError::History(e)) => Err(e.into()),
+            Err(e) => Ok(Err(e.to_string())),
+        }
     }
 
     fn forget(&mut self, id: &DeviceId) {
         self.last_heard.remove(id);
         self.detached.remove(id);
         self.online.remove(id);
-    }
-
-    /// The relay could not be told now: the next connection tells it.
-    fn queue_revoke(&self, id: DeviceId) {
-        let Some(dir) = &self.data_dir else { return };
-        let saved = AgentConfig::load(dir).and_then(|mut c| {
-            if !c.pending_revokes.contains(&id) {
-                c.pending_revokes.push(id);
-            }
-            c.save(dir)
-        });
-        if let Err(e) = saved {
-            warn!(peer = %id, error = %e, "could not queue the revocation for the relay");
-        }
     }
 }
