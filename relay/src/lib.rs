@@ -13,11 +13,13 @@
 //! `pairing` (mailboxes), `limits` (rate limits), `metrics` (Prometheus),
 //! `web` (the embedded web client).
 
+mod admission;
 pub mod config;
 mod conn;
 mod limits;
 mod listener;
 mod metrics;
+mod net;
 mod pairing;
 mod registry;
 mod routes;
@@ -27,7 +29,7 @@ pub mod store;
 pub mod tls;
 mod web;
 
-pub use config::{Config, DEFAULT_CONFIG_TOML, WebClient};
+pub use config::{Config, DEFAULT_CONFIG_TOML, ProxyHeader, WebClient};
 pub use server::{RelayError, run, run_with_store};
 
 /// The relay-protocol version this relay speaks.

@@ -183,8 +183,8 @@ fn blocking<T: Send + 'static>(f: StoreFuture<T>) -> StoreFuture<T> {
 }
 
 impl Store for StoreWaitsStopTheClock {
-    fn enqueue(&self, to: DeviceId, from: DeviceId, p: Vec<u8>, now: u64) -> Enqueued {
-        let Enqueued { placed, durable } = self.0.enqueue(to, from, p, now);
+    fn enqueue(&self, to: DeviceId, from: DeviceId, p: Vec<u8>, now: u64, live: bool) -> Enqueued {
+        let Enqueued { placed, durable } = self.0.enqueue(to, from, p, now, live);
         Enqueued { placed: blocking(placed), durable: blocking(durable) }
     }
     fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>> {

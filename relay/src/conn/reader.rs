@@ -258,7 +258,8 @@ impl Reader {
                         return Ok(None);
                     }
                 }
-                let enqueued = state.store.enqueue(to, me, payload.clone(), unix_now());
+                let live = state.registry.get(&to).is_some();
+                let enqueued = state.store.enqueue(to, me, payload.clone(), unix_now(), live);
                 return Ok(Some(Pending::Enqueue(Box::new(Enqueue {
                     state: Arc::clone(state),
                     send_id,
@@ -452,7 +453,22 @@ impl Reader {
                     .await;
                 }
                 Err(StoreError::QueueFull(_)) => {
+                    state.metrics.limit_refused("queue_recipient");
                     self.refuse(ErrorCode::QueueFull, send_id, "the recipient's queue is full")
+                        .await;
+                }
+                Err(StoreError::SenderShareFull) => {
+                    state.metrics.limit_refused("queue_sender_share");
+                    self.refuse(
+                        ErrorCode::QueueFull,
+                        send_id,
+                        "this device has its share of the relay's queues full; wait for acks",
+                    )
+                    .await;
+                }
+                Err(StoreError::StorageFull) => {
+                    state.metrics.limit_refused("queue_total");
+                    self.refuse(ErrorCode::QueueFull, send_id, "the relay's queue storage is full")
                         .await;
                 }
                 Err(e) => {
