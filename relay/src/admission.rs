@@ -74,13 +74,6 @@ impl<K: Hash + Eq + Copy> Counts<K> {
     }
 }
 
-impl<K: Hash + Eq + Copy> Slot<K> {
-    /// The key this slot counts under.
-    pub(crate) fn key(&self) -> K {
-        self.key
-    }
-}
-
 impl<K: Hash + Eq + Copy> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut map = lock(&self.map);

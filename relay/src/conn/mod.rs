@@ -22,6 +22,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info};
 
+use crate::admission::{Slot, Unauthenticated};
+use crate::net::IpKey;
 use crate::registry::{ConnHandle, Outbound};
 use crate::state::State;
 
@@ -69,11 +71,24 @@ impl Closing {
     }
 }
 
-/// What [`serve`] needs besides the socket: the peer's address, the upgrade
-/// request's `Host`, the shared state and a connection slot (`None`: the
-/// relay is full). Boxed by the caller, so that what is kept for the
+/// What [`serve`] needs besides the socket.
+pub(crate) struct Arrival {
+    /// The client's address (told by a trusted proxy, or the TCP peer).
+    pub(crate) peer: SocketAddr,
+    /// What per-address limits count it under.
+    pub(crate) key: IpKey,
+    /// The upgrade request's `Host`.
+    pub(crate) host: String,
+    pub(crate) state: Arc<State>,
+    /// A connection slot (`None`: the relay is full).
+    pub(crate) slot: Option<OwnedSemaphorePermit>,
+    /// Its place among connections not authenticated yet, given up at `AuthOk`.
+    pub(crate) unauthenticated: Unauthenticated,
+}
+
+/// An [`Arrival`], boxed by the caller so that what is kept for the
 /// connection's life by the task that serves it is one pointer.
-pub(crate) type Accepted = Box<(SocketAddr, String, Arc<State>, Option<OwnedSemaphorePermit>)>;
+pub(crate) type Accepted = Box<Arrival>;
 
 /// Serve one upgraded WebSocket.
 ///
@@ -85,8 +100,7 @@ pub(crate) type Accepted = Box<(SocketAddr, String, Arc<State>, Option<OwnedSema
 #[expect(clippy::boxed_local, reason = "the caller's closure keeps what it captured")]
 pub(crate) fn serve(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
-    let (peer, host, state, slot) = *accepted;
-    let opening = Box::pin(open(sink, stream, peer, host, state, slot));
+    let opening = Box::pin(open(sink, stream, *accepted));
     async move {
         let Some(mut conn) = opening.await else { return };
         if conn.writer.is_some() {
@@ -108,18 +122,14 @@ struct Conn {
     writer: Option<tokio::task::JoinHandle<()>>,
     /// Held until the connection is gone.
     _slot: OwnedSemaphorePermit,
+    /// Its place among the authenticated connections from its address.
+    _live: Slot<IpKey>,
 }
 
 /// Authenticate, register the device, greet it and start the writer.
 /// `None` when the connection was refused (and closed).
-async fn open(
-    mut sink: Sink,
-    mut stream: Stream,
-    peer: SocketAddr,
-    host: String,
-    state: Arc<State>,
-    slot: Option<OwnedSemaphorePermit>,
-) -> Option<Conn> {
+async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Conn> {
+    let Arrival { peer, key, host, state, slot, unauthenticated } = arrival;
     let Some(slot) = slot else {
         state.metrics.refused(ErrorCode::Overloaded);
         close(&mut sink, ErrorCode::Overloaded, "the relay is at its connection limit", &state)
@@ -141,6 +151,7 @@ async fn open(
         }
         Err(_) => {
             state.metrics.refused(ErrorCode::HandshakeTimeout);
+            debug!(%peer, "no authentication within handshake_timeout");
             close(
                 &mut sink,
                 ErrorCode::HandshakeTimeout,
@@ -152,9 +163,24 @@ async fn open(
         }
     };
 
+    // Authenticated: trade the place among those that are not for one among
+    // the authenticated connections from its address (every role counts).
+    drop(unauthenticated);
+    let replacing = state.registry.get(&device).is_some_and(|old| old.ip == key);
+    let live = match state.admission.authenticated(key, replacing) {
+        Ok(live) => live,
+        Err(refusal) => {
+            state.metrics.limit_refused(refusal.label());
+            state.metrics.refused(ErrorCode::RateLimited);
+            debug!(%peer, ip = %key, "too many connections from this address");
+            let msg = "too many connections from your address";
+            close(&mut sink, ErrorCode::RateLimited, msg, &state).await;
+            return None;
+        }
+    };
     let conn_id = state.registry.next_conn_id();
     let (tx, rx) = mpsc::channel(state.config.send_queue.max(1));
-    let handle = ConnHandle::new(conn_id, tx);
+    let handle = ConnHandle::new(conn_id, key, tx);
     if let Some(old) = state.registry.insert(device, handle.clone()) {
         old.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
     }
@@ -163,7 +189,7 @@ async fn open(
         handle.close(ErrorCode::ShuttingDown, "the relay is restarting; reconnect after the hint");
     }
     state.metrics.connected(role);
-    info!(device = %device, ?role, conn_id, "device connected");
+    info!(device = %device, ?role, conn_id, %peer, "device connected");
 
     let liveness = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
@@ -192,8 +218,8 @@ async fn open(
     if writer.is_some() {
         announce(&state, device, true).await;
     }
-    let reader = Reader { state, handle, device, role, peer, liveness, delivered, activity };
-    Some(Conn { stream, reader, conn_id, writer, _slot: slot })
+    let reader = Reader { state, handle, device, role, ip: key, liveness, delivered, activity };
+    Some(Conn { stream, reader, conn_id, writer, _slot: slot, _live: live })
 }
 
 impl Conn {
@@ -204,6 +230,11 @@ impl Conn {
             let _ = w.await;
         }
         let Reader { state, device, role, .. } = &self.reader;
+        // The pairing mailboxes it opened go with it.
+        let closed = state.mailboxes.close_all(*device, self.conn_id);
+        for _ in 0..closed {
+            state.metrics.pairing("closed");
+        }
         if state.registry.remove(device, self.conn_id) {
             announce(state, *device, false).await;
             state.routes.forget(*device);

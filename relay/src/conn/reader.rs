@@ -1,7 +1,6 @@
 //! A connection's reader: frames from the device become actions; store
 //! operations are pipelined in order and answered as they finish.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,6 +14,8 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
 
 use super::{Activity, Closing, MAX_PENDING, Stream, read_error};
+use crate::net::IpKey;
+use crate::pairing::Owner;
 use crate::registry::{ConnHandle, Outbound};
 use crate::state::{State, unix_now};
 use crate::store::{Enqueued, StoreError, StoreFuture};
@@ -105,7 +106,8 @@ pub(super) struct Reader {
     pub(super) handle: ConnHandle,
     pub(super) device: DeviceId,
     pub(super) role: Role,
-    pub(super) peer: SocketAddr,
+    /// The client address it counts under.
+    pub(super) ip: IpKey,
     pub(super) liveness: Arc<AtomicU64>,
     /// The highest delivery id the writer has sent on this connection.
     pub(super) delivered: Arc<AtomicU64>,
@@ -143,7 +145,7 @@ impl Reader {
                 biased;
                 () = self.handle.cancelled() => return Ok(()),
                 Some(done) = pending.next(), if !pending.is_empty() => Event::Done(done),
-                () = sleep_until(idle_deadline), if self.role == Role::Phone => Event::Idle,
+                () = sleep_until(idle_deadline) => Event::Idle,
                 msg = stream.next(), if pending.len() < MAX_PENDING => Event::Message(msg),
             };
             match Box::pin(self.on_event(event)).await? {
@@ -164,14 +166,36 @@ impl Reader {
             Event::Idle
                 if self.activity.last() + self.state.config.idle_timeout <= Instant::now() =>
             {
+                if self.waits_for_peers().await {
+                    // A desktop serving a peer or a pairing: count from now.
+                    self.activity.touch();
+                    return Ok(Next::Read);
+                }
+                self.state.metrics.limit_refused("idle_timeout");
                 Err(Closing::new(
                     ErrorCode::IdleTimeout,
-                    "no activity from this phone; reconnect to re-attach",
+                    "no activity on this connection; reconnect to re-attach",
                 ))
             }
             Event::Idle => Ok(Next::Read),
             Event::Message(msg) => self.on_message(msg).await,
         }
+    }
+
+    /// Whether an idle connection may stay (PROTOCOL.md §6.4): a desktop's,
+    /// while it has a mutual route with some device or an open pairing
+    /// mailbox. The role is the device's own claim, so it alone earns
+    /// nothing: a phone, or a "desktop" that nobody authorised and that
+    /// pairs with nobody, is closed when idle.
+    async fn waits_for_peers(&self) -> bool {
+        if self.role != Role::Desktop {
+            return false;
+        }
+        let conn_id = self.handle.conn_id;
+        if self.state.mailboxes.has_open(self.device, conn_id) {
+            return true;
+        }
+        self.state.routes.peers(self.device).await.is_ok_and(|p| !p.is_empty())
     }
 
     /// Act on what the device sent (`None`: the end of the stream).
@@ -337,12 +361,22 @@ impl Reader {
                 }
                 let ttl = Duration::from_secs(u64::from(ttl_secs.max(1)))
                     .min(state.config.pairing_ttl_max);
-                match state.mailboxes.open(pairing_id, me, ttl) {
+                let owner = Owner { desktop: me, conn_id: self.handle.conn_id, ip: self.ip };
+                match state.mailboxes.open(pairing_id, owner, ttl) {
                     Ok(()) => {
                         state.metrics.pairing("opened");
                         self.reply(Frame::Ok { ref_id: request_id }).await;
                     }
-                    Err(code) => self.refuse(code, request_id, "pairing id in use").await,
+                    Err(refused) => {
+                        let msg = match refused.limit() {
+                            Some(limit) => {
+                                state.metrics.limit_refused(limit);
+                                "too many open pairing mailboxes"
+                            }
+                            None => "pairing id in use",
+                        };
+                        self.refuse(refused.code(), request_id, msg).await
+                    }
                 }
             }
             Frame::PairClaim { request_id, pairing_id, payload } => {
@@ -355,7 +389,7 @@ impl Reader {
                     .await;
                     return Ok(None);
                 }
-                if !state.limits.claim(self.peer.ip()) {
+                if !state.limits.claim(self.ip) {
                     self.refuse(
                         ErrorCode::RateLimited,
                         request_id,

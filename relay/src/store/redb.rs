@@ -201,13 +201,19 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedbStore {
-    /// Open (or create) `dir/relay.redb` and start the writer thread.
+    /// Open (or create) `dir/relay.redb` (a new directory 0700, the file
+    /// 0600) and start the writer thread.
     ///
     /// # Errors
     /// [`StoreError::Backend`] when the directory or database cannot be opened.
     pub fn open(dir: &Path, limits: QueueLimits) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(backend)?;
-        let db = Database::create(dir.join("relay.redb")).map_err(backend)?;
+        crate::fsmode::create_private_dir(dir).map_err(backend)?;
+        // Created 0600 whatever the umask (redb would leave it to the umask).
+        let path = dir.join("relay.redb");
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        drop(crate::fsmode::private_file(&path, &mut options).map_err(backend)?);
+        let db = Database::create(path).map_err(backend)?;
         // Create the tables up front so read paths never meet a missing table.
         let txn = db.begin_write().map_err(backend)?;
         for def in [QUEUE, META, ROUTES, SETTINGS] {

@@ -30,6 +30,9 @@ pub struct Relay {
     args: Vec<String>,
 }
 
+/// The bearer token the harness's relays serve `/metrics` to.
+pub const METRICS_TOKEN: &str = "test-metrics-token";
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tandem-relay")
 }
@@ -47,7 +50,7 @@ impl Relay {
             .open(dir.join("relay.log"))
             .expect("log file");
         let mut child = Command::new(bin())
-            .args(["--listen", listen, "--tls", "off"])
+            .args(["--listen", listen, "--tls", "off", "--metrics-token", METRICS_TOKEN])
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(&args)
@@ -115,9 +118,10 @@ impl Relay {
         assert_eq!((status, body.trim()), (200, "ok"), "healthz");
     }
 
-    /// The `/metrics` text.
+    /// The `/metrics` text (with the harness's token).
     pub async fn metrics(&self) -> String {
-        let (status, body) = self.get("/metrics").await;
+        let auth = format!("Authorization: Bearer {METRICS_TOKEN}");
+        let (status, body) = self.get_with("/metrics", &[&auth]).await;
         assert_eq!(status, 200, "/metrics: {body}");
         body
     }
@@ -143,9 +147,16 @@ impl Relay {
 
     /// GET a path over plain HTTP; returns (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
+        self.get_with(path, &[]).await
+    }
+
+    /// GET a path with extra header lines; returns (status, body).
+    pub async fn get_with(&self, path: &str, headers: &[&str]) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = TcpStream::connect(&self.addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n");
         s.write_all(req.as_bytes()).await.expect("write");
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.expect("read");

@@ -79,11 +79,6 @@ impl Usage {
         Ok(u)
     }
 
-    /// All queues together.
-    pub(super) fn total(&self) -> u64 {
-        self.total
-    }
-
     /// After a commit: take the batch's values (`changed` holds every
     /// sender and pair the batch touched, as it left them, and the total).
     pub(super) fn update(&mut self, changed: Usage) {
