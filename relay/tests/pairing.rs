@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Device, Relay, metric, new_key, pair_for_real};
+use common::{Device, Relay, metric, new_key, pair_for_real, pair_for_real_from};
 use tandem_proto::entropy::Entropy;
 use tandem_proto::frame::Frame;
 use tandem_proto::{ErrorCode, Role};
@@ -355,4 +355,45 @@ async fn a_claim_of_the_largest_payload_reaches_the_desktop_whole() {
         .await;
     let got = phone.expect("the answer", |f| matches!(f, Frame::PairMessage { .. })).await;
     assert_eq!(got, Frame::PairMessage { pairing_id: pid, peer: desk.id(), payload });
+}
+
+#[tokio::test]
+async fn one_address_cycling_keys_cannot_stop_another_from_pairing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A relay that keeps at most 24 mailboxes, 8 per address.
+    let relay = Relay::start(dir.path(), &["--max-mailboxes", "24", "--max-mailboxes-per-ip", "8"]);
+    let attacker = std::net::IpAddr::from([127, 0, 0, 2]);
+    let (honest_desk, honest_phone) =
+        (std::net::IpAddr::from([127, 0, 0, 3]), std::net::IpAddr::from([127, 0, 0, 4]));
+    // 127.0.0.2 opens mailboxes with one fresh desktop key after another,
+    // keeping every connection open, until the relay refuses it.
+    let mut held = Vec::new();
+    let mut opened = 0;
+    let refused = 'keys: loop {
+        let (mut d, _) = Device::connect_from(&relay, new_key(), Role::Desktop, attacker).await;
+        for rid in 1..=3 {
+            match open(&mut d, rid, random_id(), 600).await {
+                Ok(()) => opened += 1,
+                Err(code) => break 'keys code,
+            }
+        }
+        held.push(d);
+        assert!(held.len() < 20, "never refused after {opened} mailboxes");
+    };
+    assert_eq!((refused, opened), (ErrorCode::RateLimited, 8), "its share, and no more");
+    // Another address pairs for real, several times.
+    for _ in 0..3 {
+        let p = pair_for_real_from(&relay, honest_desk, honest_phone).await;
+        assert_eq!(p.desk_view.sas, p.phone_view.sas);
+    }
+    let m = relay.metrics().await;
+    let series = "tandem_relay_limit_refusals_total{limit=\"mailboxes_per_ip\"}";
+    assert_eq!(metric(&m, series), Some(1.0), "{m}");
+    // When the attacker's connections go, so do its mailboxes.
+    for d in held {
+        d.close().await;
+    }
+    relay.wait_metric("tandem_relay_pairings_total{outcome=\"closed\"}", 11.0).await;
+    let (mut d, _) = Device::connect_from(&relay, new_key(), Role::Desktop, attacker).await;
+    open(&mut d, 1, random_id(), 600).await.unwrap();
 }

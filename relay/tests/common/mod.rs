@@ -571,9 +571,20 @@ fn unix_now() -> u64 {
 /// both sides then `Authorize` each other (as §6.8 orders) and the
 /// mailbox is closed.
 pub async fn pair_for_real(relay: &Relay) -> RealPair {
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+    pair_for_real_from(relay, lo, lo).await
+}
+
+/// [`pair_for_real`] with the desktop and the phone connecting from the
+/// local addresses `desk_from` and `phone_from`.
+pub async fn pair_for_real_from(
+    relay: &Relay,
+    desk_from: std::net::IpAddr,
+    phone_from: std::net::IpAddr,
+) -> RealPair {
     let mut e = Entropy::os();
-    let (mut desk, _) = Device::connect(relay, new_key(), Role::Desktop).await;
-    let (mut phone, _) = Device::connect(relay, new_key(), Role::Phone).await;
+    let (mut desk, _) = Device::connect_from(relay, new_key(), Role::Desktop, desk_from).await;
+    let (mut phone, _) = Device::connect_from(relay, new_key(), Role::Phone, phone_from).await;
     let (desk_id, phone_id) = (desk.id(), phone.id());
     let now = unix_now();
     let offer = DesktopPairing::new(desk.key.clone(), now, 120, None, &mut e).expect("offer");
