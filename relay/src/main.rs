@@ -408,10 +408,31 @@ fn settings(o: Opts) -> anyhow::Result<Settings> {
         (None, false) => WebClient::Embedded,
     };
     let listen = pick!(listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443)));
-    if matches!(c.tls, TlsMode::Off) && !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "plain HTTP on a non-loopback address: only behind a TLS-terminating proxy");
-    }
     Ok(Settings { listen, log_json: pick!(log_json).unwrap_or(false), config: c })
+}
+
+/// What in the settings deserves a warning (logged once logging is up).
+fn warnings(s: &Settings) -> Vec<String> {
+    let c = &s.config;
+    let mut out = Vec::new();
+    if matches!(c.tls, TlsMode::Off) && !s.listen.ip().is_loopback() {
+        out.push(format!(
+            "plain HTTP on {}, a non-loopback address: only behind a TLS-terminating proxy",
+            s.listen
+        ));
+    }
+    for (per_ip, all, what) in [
+        (c.max_connections_per_ip, c.max_connections, "max_connections"),
+        (c.max_unauthenticated_per_ip, c.max_unauthenticated, "max_unauthenticated"),
+        (c.max_mailboxes_per_ip, c.max_mailboxes, "max_mailboxes"),
+    ] {
+        if per_ip >= all {
+            out.push(format!(
+                "{what}_per_ip ({per_ip}) is not below {what} ({all}): one address can take them all"
+            ));
+        }
+    }
+    out
 }
 
 /// A trusted proxy network: a CIDR, or one address.
@@ -446,6 +467,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let s = settings(cli.opts)?;
     init_logging(s.log_json);
+    for warning in warnings(&s) {
+        tracing::warn!("{warning}");
+    }
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("binding {}", s.listen))?;
@@ -646,6 +670,13 @@ mod tests {
         assert!(settings(o).is_err());
         let o = Opts { trusted_proxy_header: Some("forwarded".into()), ..Opts::default() };
         assert!(settings(o).is_err());
+        // The defaults warn about nothing; a per-address cap that is the
+        // whole does.
+        assert_eq!(warnings(&settings(Opts::default()).unwrap()), Vec::<String>::new());
+        let o =
+            Opts { max_connections: Some(10), max_connections_per_ip: Some(10), ..Opts::default() };
+        let w = warnings(&settings(o).unwrap());
+        assert!(w.len() == 1 && w[0].contains("one address can take them all"), "{w:?}");
     }
 
     #[test]
