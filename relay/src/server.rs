@@ -279,12 +279,18 @@ async fn connect(
         return (StatusCode::BAD_REQUEST, "one WebSocket per connection\n").into_response();
     };
     if info.forwarded {
-        if !crate::listener::admit_rate(&state, key) {
-            return too_many("too many connections from your address; wait a minute");
-        }
-        if let Err(refusal) = state.admission.add_ip(&mut unauthenticated, key) {
+        let refused = if !crate::listener::admit_rate(&state, key) {
+            Some("too many connections from your address; wait a minute")
+        } else if let Err(refusal) = state.admission.add_ip(&mut unauthenticated, key) {
             state.metrics.limit_refused(refusal.label());
-            return too_many("too many connections from your address");
+            Some("too many connections from your address")
+        } else {
+            None
+        };
+        if let Some(message) = refused {
+            // The connection still counts until it goes.
+            *crate::registry::lock(&info.unauthenticated) = Some(unauthenticated);
+            return too_many(message);
         }
     }
     let slot = state.slots.clone().try_acquire_owned().ok();
