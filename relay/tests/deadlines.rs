@@ -280,3 +280,38 @@ async fn authenticated_connections_are_capped_per_address_whatever_the_role() {
     );
     let _ = End::Dropped;
 }
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_finishes_is_closed_after_request_timeout() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-relay"))
+        .args(["--listen", "127.0.0.1:0", "--tls", "self-signed", "--request-timeout-secs", "1"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("tandem-relay listening on wss://")
+        .and_then(|r| r.strip_suffix("/v1/connect"))
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_owned();
+    // Nothing at all, and half a ClientHello.
+    let silent = TcpStream::connect(&addr).await.unwrap();
+    let mut half = TcpStream::connect(&addr).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    let start = Instant::now();
+    for s in [silent, half] {
+        let at = closed_after(s, start, Duration::from_secs(4)).await;
+        let at = at.expect("a TLS connection outlived request_timeout");
+        assert!(at >= Duration::from_millis(900), "closed after {at:?}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
