@@ -85,7 +85,7 @@ async fn push(state: &State, from: DeviceId, to: DeviceId, id: u64, payload: &mu
 enum Event {
     /// A store operation finished.
     Done(Done),
-    /// The phone idle deadline passed.
+    /// The idle deadline passed (PROTOCOL.md §6.4).
     Idle,
     /// The device sent something (`None`: the end of the stream).
     Message(Option<Result<Message, axum::Error>>),
