@@ -39,8 +39,16 @@ impl RelayOptions {
             "--data-dir".into(),
             data.display().to_string(),
         ];
-        let limits: [(&str, String); 11] = [
+        let limits: [(&str, String); 18] = [
             ("--max-connections", "1000000".into()),
+            // Every simulated device comes from a few loopback addresses.
+            ("--max-connections-per-ip", "1000000".into()),
+            ("--max-unauthenticated", "1000000".into()),
+            ("--max-unauthenticated-per-ip", "1000000".into()),
+            ("--max-mailboxes", "1000000".into()),
+            ("--max-mailboxes-per-ip", "1000000".into()),
+            ("--queue-total-max-bytes", (64u64 << 30).to_string()),
+            ("--queue-sender-share-percent", "100".into()),
             ("--connects-per-ip-per-minute", "1000000000".into()),
             ("--pair-claims-per-ip-per-minute", "1000000000".into()),
             ("--frames-per-device-per-second", "100000000".into()),

@@ -159,7 +159,8 @@ class World:
         relay = self.start(
             name,
             [os.path.join(self.bin_dir, "tandem-relay"), "--listen", listen, "--data-dir", data_dir, "--tls", "off"],
-            env={"TANDEM_RELAY_LOG": os.environ.get("TEST_LOG", "info")},
+            # /metrics is served only with a token (or on a listener of its own).
+            env={"TANDEM_RELAY_LOG": os.environ.get("TEST_LOG", "info"), "TANDEM_RELAY_METRICS_TOKEN": METRICS_TOKEN},
         )
         m = relay.wait_line(r"tandem-relay listening on ws://(\S+)/v1/connect")
         return relay, m.group(1)
@@ -595,9 +596,13 @@ async def test_history_replays_from_any_offset_and_tasks_lists_it(w):
     assert t.next_offset == len(w.demo_events) and t.executor == "fixture"
 
 
+METRICS_TOKEN = "test-metrics-token"
+
+
 def relay_frames_forwarded(addr):
     """The relay's count of frames it stored for a recipient (/metrics)."""
-    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+    req = urllib.request.Request(f"http://{addr}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
         for line in r.read().decode().splitlines():
             if line.startswith("tandem_relay_frames_forwarded_total "):
                 return int(float(line.split()[-1]))

@@ -2,9 +2,13 @@
 //! reads files, environment variables and flags; the library takes a
 //! [`Config`].
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
+pub use crate::net::ProxyHeader;
 use crate::store::QueueLimits;
 use crate::tls::TlsMode;
 
@@ -24,9 +28,18 @@ pub struct Config {
     pub tls: TlsMode,
     /// How often certificate files are checked for changes.
     pub tls_poll: Duration,
-    /// Per-recipient queue bounds and TTL.
+    /// Queue bounds (per recipient, per sender, in all) and TTL.
     pub queue: QueueLimits,
-    /// A connection must authenticate within this.
+    /// A new TCP connection must finish its TLS handshake (when the relay
+    /// terminates TLS) and send its PROXY header (from a trusted proxy that
+    /// speaks it) within this, and every HTTP request head must arrive
+    /// within this (also the wait for the next request on a kept-alive
+    /// connection). Otherwise the connection is closed.
+    pub request_timeout: Duration,
+    /// A connection that has not become a WebSocket is closed after this
+    /// (gracefully: a response being written gets `request_timeout` more).
+    pub http_timeout: Duration,
+    /// A WebSocket must authenticate within this.
     pub handshake_timeout: Duration,
     /// The relay pings every connection this often (plus jitter).
     pub ping_interval: Duration,
@@ -34,8 +47,9 @@ pub struct Config {
     pub ping_jitter: Duration,
     /// A pong must arrive within this, or the connection is closed.
     pub pong_timeout: Duration,
-    /// A phone's connection with no application traffic for this long is
-    /// closed with `idle_timeout`. Desktops are never idled out.
+    /// A connection with no application traffic for this long is closed
+    /// with `idle_timeout`: a phone's always, a desktop's only while it has
+    /// no route and no open pairing mailbox (PROTOCOL.md §6.4).
     pub idle_timeout: Duration,
     /// A write that takes longer than this marks the reader as stuck.
     pub write_timeout: Duration,
@@ -44,12 +58,40 @@ pub struct Config {
     pub send_queue: usize,
     /// Longest a pairing mailbox may live.
     pub pairing_ttl_max: Duration,
-    /// Most simultaneous connections.
+    /// Most simultaneous WebSocket connections.
     pub max_connections: usize,
-    /// New connections per IP address per minute.
+    /// Most authenticated connections from one client address (an IPv4
+    /// address or an IPv6 prefix of [`Self::ipv6_prefix_len`]), any role.
+    pub max_connections_per_ip: usize,
+    /// Most connections that have not authenticated yet (TCP, TLS, HTTP and
+    /// WebSocket before `AuthOk`), in all.
+    pub max_unauthenticated: usize,
+    /// Most connections that have not authenticated yet from one client address.
+    pub max_unauthenticated_per_ip: usize,
+    /// New connections per client address per minute.
     pub connects_per_ip_per_minute: u32,
-    /// Pairing claims per IP address per minute (brute-force brake).
+    /// Pairing claims per client address per minute (brute-force brake).
     pub pair_claims_per_ip_per_minute: u32,
+    /// Most open pairing mailboxes, in all.
+    pub max_mailboxes: usize,
+    /// Most open pairing mailboxes opened from one client address.
+    pub max_mailboxes_per_ip: usize,
+    /// Per-address limits count IPv6 clients per prefix of this length (64:
+    /// one host usually holds a whole /64).
+    pub ipv6_prefix_len: u8,
+    /// Proxies whose word on the client's address is taken (CIDRs). A
+    /// connection from anywhere else is the client itself.
+    pub trusted_proxies: Vec<IpNet>,
+    /// How the trusted proxies pass the client's address.
+    pub trusted_proxy_header: ProxyHeader,
+    /// Serve `/metrics` on this address of its own (without a token).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the main listener to requests with
+    /// `Authorization: Bearer <token>`. With neither this nor
+    /// [`Self::metrics_listen`], `/metrics` is not served at all.
+    pub metrics_token: Option<String>,
+    /// Called with the metrics listener's address once it is bound.
+    pub on_metrics_ready: Option<MetricsHook>,
     /// Frames per device per second (burst: the same number).
     pub frames_per_device_per_second: u32,
     /// The reconnect hint sent in `Restarting` on shutdown.
@@ -116,6 +158,9 @@ impl WebClient {
     }
 }
 
+/// See [`Config::on_metrics_ready`].
+pub type MetricsHook = std::sync::Arc<dyn Fn(SocketAddr) + Send + Sync>;
+
 /// See [`Config::on_ready`].
 pub type ReadyHook = std::sync::Arc<dyn Fn(std::net::SocketAddr, Option<String>) + Send + Sync>;
 
@@ -128,7 +173,15 @@ impl Config {
             names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             tls: TlsMode::Off,
             tls_poll: Duration::from_secs(5),
-            queue: QueueLimits { max_frames: 10_000, max_bytes: 64 << 20, ttl_secs: 7 * 24 * 3600 },
+            queue: QueueLimits {
+                max_frames: 10_000,
+                max_bytes: 64 << 20,
+                ttl_secs: 7 * 24 * 3600,
+                total_max_bytes: 1 << 30,
+                sender_share_percent: 50,
+            },
+            request_timeout: Duration::from_secs(10),
+            http_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             ping_jitter: Duration::from_secs(5),
@@ -138,8 +191,19 @@ impl Config {
             send_queue: 64,
             pairing_ttl_max: Duration::from_secs(600),
             max_connections: 20_000,
+            max_connections_per_ip: 64,
+            max_unauthenticated: 1024,
+            max_unauthenticated_per_ip: 32,
             connects_per_ip_per_minute: 600,
             pair_claims_per_ip_per_minute: 20,
+            max_mailboxes: 10_000,
+            max_mailboxes_per_ip: 32,
+            ipv6_prefix_len: 64,
+            trusted_proxies: Vec::new(),
+            trusted_proxy_header: ProxyHeader::ForwardedFor,
+            metrics_listen: None,
+            metrics_token: None,
+            on_metrics_ready: None,
             frames_per_device_per_second: 2_000,
             restart_hint: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(5),
@@ -160,6 +224,9 @@ impl std::fmt::Debug for Config {
             .field("queue", &self.queue)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<set>"))
             .field("web_client", &self.web_client)
             .finish_non_exhaustive()
     }
@@ -194,26 +261,62 @@ tls = "self-signed"
 # Names the self-signed certificate is made for.
 self_signed_names = ["localhost", "127.0.0.1"]
 
-# Queues for offline devices.
+# Queues for offline devices: per recipient (frames, bytes), how long a
+# frame may wait, the bytes queued in all, and the share (percent) of the
+# total and of any one recipient's queue that one sender may fill. Past the
+# total, a frame is still taken for a connected recipient whose queue holds
+# under 1 MiB (so pairs that keep acknowledging keep working).
 queue_max_frames = 10000
 queue_max_bytes = 67108864
 queue_ttl_secs = 604800
+queue_total_max_bytes = 1073741824
+queue_sender_share_percent = 50
+
+# Deadlines before a device is authenticated: the TLS handshake, a PROXY
+# header and each HTTP request head (request_timeout_secs); a connection
+# that never becomes a WebSocket (http_timeout_secs); authentication on the
+# WebSocket (handshake_timeout_secs).
+request_timeout_secs = 10
+http_timeout_secs = 60
+handshake_timeout_secs = 10
 
 # Liveness.
-handshake_timeout_secs = 10
 ping_interval_secs = 20
 ping_jitter_secs = 5
 pong_timeout_secs = 10
-# Phones idle for this long are detached (desktops never are).
+# Connections without application traffic for this long are closed: a
+# phone's always, a desktop's only while it has no route and no open
+# pairing mailbox.
 idle_timeout_secs = 600
 write_timeout_secs = 10
 
-# Limits.
+# Limits. "Per IP" means per IPv4 address or per IPv6 prefix of
+# ipv6_prefix_len bits, of the client (see trusted_proxies). One device
+# (key) has one connection at a time, whatever its role.
 max_connections = 20000
+max_connections_per_ip = 64
+max_unauthenticated = 1024
+max_unauthenticated_per_ip = 32
 connects_per_ip_per_minute = 600
 pair_claims_per_ip_per_minute = 20
+max_mailboxes = 10000
+max_mailboxes_per_ip = 32
 frames_per_device_per_second = 2000
 pairing_ttl_max_secs = 600
+ipv6_prefix_len = 64
+
+# Behind a load balancer or TLS proxy: the proxies (CIDRs) whose word on the
+# client's address is taken, and how they give it: "x-forwarded-for" (the
+# right-most address that is not a trusted proxy) or "proxy-protocol"
+# (a PROXY v1 or v2 header on every connection). Nobody else is believed.
+trusted_proxies = []
+trusted_proxy_header = "x-forwarded-for"
+
+# /metrics (Prometheus) is served only on a listener of its own
+# (metrics_listen, e.g. "127.0.0.1:9090") or, on the main listener, to
+# requests with "Authorization: Bearer <metrics_token>". Neither: not at all.
+# metrics_listen = "127.0.0.1:9090"
+# metrics_token = "a long random string"
 
 # How often expired frames and pairing mailboxes are swept, in milliseconds.
 sweep_interval_ms = 15000

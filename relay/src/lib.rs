@@ -7,18 +7,26 @@
 //! (`tandem-relay`) reads configuration and calls it.
 //!
 //! Map: [`config`] (settings), [`store`] (durable queues and routes behind a
-//! trait), [`tls`] (certificates), `listener` (accept, TLS handshakes),
-//! `server` (HTTP routes, shutdown), `conn` (one device connection: auth,
-//! reader, writer), `registry` (who is online), `routes` (route cache),
-//! `pairing` (mailboxes), `limits` (rate limits), `metrics` (Prometheus),
-//! `web` (the embedded web client).
+//! trait), [`tls`] (certificates), `fsmode` (the data directory's modes),
+//! `listener` (accept, PROXY headers, TLS handshakes), `net` (client
+//! addresses, trusted proxies), `proxy` (the PROXY protocol header),
+//! `admission` (connection counts), `http` (one HTTP connection and its
+//! deadlines), `server` (HTTP routes, shutdown), `conn` (one device
+//! connection: auth, reader, writer), `registry` (who is online), `routes`
+//! (route cache), `pairing` (mailboxes), `limits` (rate limits), `metrics`
+//! (Prometheus), `web` (the embedded web client).
 
+mod admission;
 pub mod config;
 mod conn;
+mod fsmode;
+mod http;
 mod limits;
 mod listener;
 mod metrics;
+mod net;
 mod pairing;
+mod proxy;
 mod registry;
 mod routes;
 mod server;
@@ -27,7 +35,7 @@ pub mod store;
 pub mod tls;
 mod web;
 
-pub use config::{Config, DEFAULT_CONFIG_TOML, WebClient};
+pub use config::{Config, DEFAULT_CONFIG_TOML, ProxyHeader, WebClient};
 pub use server::{RelayError, run, run_with_store};
 
 /// The relay-protocol version this relay speaks.

@@ -1,19 +1,19 @@
-//! Rate limits (governor): new connections and pairing claims per IP
-//! address, frames per device.
+//! Rate limits (governor): new connections and pairing claims per client
+//! address (IPv4 address or IPv6 prefix: `net::IpKey`), frames per device.
 
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 
 use governor::{DefaultKeyedRateLimiter, Quota};
 use tandem_proto::DeviceId;
 
 use crate::config::Config;
+use crate::net::IpKey;
 
 /// The relay's rate limiters.
 #[derive(Debug)]
 pub(crate) struct Limits {
-    connects: DefaultKeyedRateLimiter<IpAddr>,
-    claims: DefaultKeyedRateLimiter<IpAddr>,
+    connects: DefaultKeyedRateLimiter<IpKey>,
+    claims: DefaultKeyedRateLimiter<IpKey>,
     frames: DefaultKeyedRateLimiter<DeviceId>,
 }
 
@@ -38,12 +38,12 @@ impl Limits {
     }
 
     /// May `ip` open another connection now?
-    pub(crate) fn connect(&self, ip: IpAddr) -> bool {
+    pub(crate) fn connect(&self, ip: IpKey) -> bool {
         self.connects.check_key(&ip).is_ok()
     }
 
     /// May `ip` claim a pairing mailbox now?
-    pub(crate) fn claim(&self, ip: IpAddr) -> bool {
+    pub(crate) fn claim(&self, ip: IpKey) -> bool {
         self.claims.check_key(&ip).is_ok()
     }
 

@@ -1,22 +1,27 @@
-//! Accepting connections: TCP with `TCP_NODELAY`, a per-IP accept throttle,
-//! and (when configured) a TLS handshake under a deadline. Handshakes run in
-//! their own tasks, so one slow client never holds up the accept loop.
+//! Accepting connections: TCP with `TCP_NODELAY`; the client's address
+//! (from a trusted proxy's PROXY header, else the TCP peer); the per-address
+//! accept throttle and the counts of connections not authenticated yet
+//! (`admission`); then, in a task of the connection's own, the PROXY header
+//! and the TLS handshake under `request_timeout` and the HTTP connection
+//! (`http`). One slow client never holds up the accept loop.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::Router;
 use tandem_proto::ErrorCode;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::admission::Unauthenticated;
+use crate::net::{IpKey, ProxyHeader, is_trusted};
 use crate::state::State;
 
 /// A plain or TLS connection. The TLS stream is boxed: it is over a
@@ -25,49 +30,44 @@ use crate::state::State;
 /// would otherwise carry that size too.
 pub(crate) type Io = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
-/// The listener axum serves from.
-pub(crate) struct RelayListener {
-    rx: mpsc::Receiver<(Io, SocketAddr)>,
-    local: SocketAddr,
+/// What handlers know about the connection a request came on (a request
+/// extension).
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// The client: named by a trusted proxy's PROXY header, else the TCP peer.
+    pub(crate) client: SocketAddr,
+    /// The TCP peer is a trusted proxy that names the client in
+    /// `X-Forwarded-For` (read per request).
+    pub(crate) forwarded: bool,
+    /// The connection's place among those not authenticated yet; the
+    /// WebSocket upgrade takes it along to the device connection.
+    pub(crate) unauthenticated: Arc<Mutex<Option<Unauthenticated>>>,
 }
 
-/// The remote address of a connection, for handlers (`ConnectInfo<Peer>`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Peer(pub(crate) SocketAddr);
-
-impl Connected<IncomingStream<'_, RelayListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, RelayListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-impl RelayListener {
-    /// Start accepting on `tcp`; stops when `shutdown` fires.
-    pub(crate) fn start(
-        tcp: TcpListener,
-        tls: Option<TlsAcceptor>,
-        handshake_timeout: Duration,
-        state: Arc<State>,
-        shutdown: CancellationToken,
-    ) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(accept_loop(tcp, tls, handshake_timeout, state, shutdown, tx));
-        Ok(Self { rx, local })
-    }
+/// Accept on `tcp` until `stop` fires; each connection is served in a task
+/// tracked by `tasks`, and told to finish when `shutdown` fires.
+pub(crate) fn start(
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<State>,
+    app: Router,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    tokio::spawn(accept_loop(tcp, tls, state, app, stop, tasks));
 }
 
 async fn accept_loop(
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
     state: Arc<State>,
-    shutdown: CancellationToken,
-    tx: mpsc::Sender<(Io, SocketAddr)>,
+    app: Router,
+    stop: CancellationToken,
+    tasks: TaskTracker,
 ) {
     loop {
         let (stream, addr) = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
             r = tcp.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -78,52 +78,108 @@ async fn accept_loop(
                 }
             },
         };
-        if !state.limits.connect(addr.ip()) {
-            state.metrics.refused(ErrorCode::RateLimited);
-            debug!(ip = %addr.ip(), "connection refused: per-IP accept rate");
+        let c = &state.config;
+        let from_proxy = is_trusted(addr.ip(), &c.trusted_proxies);
+        let proxy_protocol = from_proxy && c.trusted_proxy_header == ProxyHeader::ProxyProtocol;
+        // The client's address is known now unless a proxy names it later.
+        let known = (!from_proxy).then(|| IpKey::new(addr.ip(), c.ipv6_prefix_len));
+        if let Some(key) = known
+            && !admit_rate(&state, key)
+        {
             continue;
         }
+        let unauthenticated = match state.admission.unauthenticated(known) {
+            Ok(u) => u,
+            Err(refusal) => {
+                state.metrics.limit_refused(refusal.label());
+                debug!(%addr, limit = refusal.label(), "connection refused");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        match &tls {
-            None => {
-                if tx.send((Either::Left(stream), addr)).await.is_err() {
+        let tls = tls.clone();
+        let state = state.clone();
+        let app = app.clone();
+        let shutdown = stop.clone();
+        tasks.spawn(async move {
+            let deadline = Instant::now() + state.config.request_timeout;
+            let mut stream = stream;
+            let mut unauthenticated = unauthenticated;
+            let client = if proxy_protocol {
+                match read_proxy_header(&state, &mut stream, addr, deadline).await {
+                    Some(client) => client,
+                    None => return,
+                }
+            } else {
+                addr
+            };
+            if proxy_protocol {
+                let key = IpKey::new(client.ip(), state.config.ipv6_prefix_len);
+                if !admit_rate(&state, key) {
+                    return;
+                }
+                if let Err(refusal) = state.admission.add_ip(&mut unauthenticated, key) {
+                    state.metrics.limit_refused(refusal.label());
+                    debug!(%client, limit = refusal.label(), "connection refused");
                     return;
                 }
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                let state = state.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => {
-                            let _ = tx.send((Either::Right(Box::new(s)), addr)).await;
-                        }
-                        Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
-                        Err(_) => {
-                            state.metrics.refused(ErrorCode::HandshakeTimeout);
-                            debug!(%addr, "TLS handshake timed out");
-                        }
+            let io = match tls {
+                None => Either::Left(stream),
+                Some(acceptor) => match timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => Either::Right(Box::new(s)),
+                    Ok(Err(e)) => {
+                        debug!(%client, error = %e, "TLS handshake failed");
+                        return;
                     }
-                });
-            }
-        }
+                    Err(_) => {
+                        state.metrics.refused(ErrorCode::HandshakeTimeout);
+                        state.metrics.limit_refused("request_timeout");
+                        debug!(%client, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            let info = ConnInfo {
+                client,
+                forwarded: from_proxy && !proxy_protocol,
+                unauthenticated: Arc::new(Mutex::new(Some(unauthenticated))),
+            };
+            crate::http::serve_connection(io, info, state, app, shutdown).await;
+        });
     }
 }
 
-impl Listener for RelayListener {
-    type Io = Io;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(x) => x,
-            // The accept loop stopped (shutdown): accept nothing more.
-            None => std::future::pending().await,
-        }
+/// The per-address accept throttle (`connects_per_ip_per_minute`).
+pub(crate) fn admit_rate(state: &State, key: IpKey) -> bool {
+    if state.limits.connect(key) {
+        return true;
     }
+    state.metrics.refused(ErrorCode::RateLimited);
+    state.metrics.limit_refused("connect_rate");
+    debug!(ip = %key, "connection refused: per-address accept rate");
+    false
+}
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+/// The client named by a trusted proxy's PROXY header (the proxy itself
+/// when the header names nobody); `None`: refused (logged and counted).
+async fn read_proxy_header(
+    state: &State,
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    deadline: Instant,
+) -> Option<SocketAddr> {
+    match timeout_at(deadline, crate::proxy::read_header(stream)).await {
+        Ok(Ok(client)) => Some(client.unwrap_or(addr)),
+        Ok(Err(e)) => {
+            state.metrics.limit_refused("proxy_header");
+            debug!(%addr, error = %e, "PROXY header refused");
+            None
+        }
+        Err(_) => {
+            state.metrics.limit_refused("request_timeout");
+            debug!(%addr, "no PROXY header in time");
+            None
+        }
     }
 }

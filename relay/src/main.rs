@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use tandem_relay::tls::TlsMode;
-use tandem_relay::{Config, DEFAULT_CONFIG_TOML, WebClient};
+use tandem_relay::{Config, DEFAULT_CONFIG_TOML, ProxyHeader, WebClient};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -81,6 +81,19 @@ struct Opts {
     /// How long a queued frame may wait, in seconds.
     #[arg(long, env = "TANDEM_RELAY_QUEUE_TTL_SECS", global = true)]
     queue_ttl_secs: Option<u64>,
+    /// Most payload bytes queued in all queues together.
+    #[arg(long, env = "TANDEM_RELAY_QUEUE_TOTAL_MAX_BYTES", global = true)]
+    queue_total_max_bytes: Option<u64>,
+    /// The share (percent) of the total, and of one recipient's queue, one sender may fill.
+    #[arg(long, env = "TANDEM_RELAY_QUEUE_SENDER_SHARE_PERCENT", global = true,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    queue_sender_share_percent: Option<u8>,
+    /// Seconds for the TLS handshake, a PROXY header and each HTTP request head.
+    #[arg(long, env = "TANDEM_RELAY_REQUEST_TIMEOUT_SECS", global = true)]
+    request_timeout_secs: Option<u64>,
+    /// Seconds a connection may stay without becoming a WebSocket.
+    #[arg(long, env = "TANDEM_RELAY_HTTP_TIMEOUT_SECS", global = true)]
+    http_timeout_secs: Option<u64>,
     /// Seconds a connection has to authenticate.
     #[arg(long, env = "TANDEM_RELAY_HANDSHAKE_TIMEOUT_SECS", global = true)]
     handshake_timeout_secs: Option<u64>,
@@ -102,6 +115,37 @@ struct Opts {
     /// Most simultaneous connections.
     #[arg(long, env = "TANDEM_RELAY_MAX_CONNECTIONS", global = true)]
     max_connections: Option<usize>,
+    /// Most authenticated connections from one client address (IPv6: prefix).
+    #[arg(long, env = "TANDEM_RELAY_MAX_CONNECTIONS_PER_IP", global = true)]
+    max_connections_per_ip: Option<usize>,
+    /// Most connections not authenticated yet, in all.
+    #[arg(long, env = "TANDEM_RELAY_MAX_UNAUTHENTICATED", global = true)]
+    max_unauthenticated: Option<usize>,
+    /// Most connections not authenticated yet from one client address.
+    #[arg(long, env = "TANDEM_RELAY_MAX_UNAUTHENTICATED_PER_IP", global = true)]
+    max_unauthenticated_per_ip: Option<usize>,
+    /// Most open pairing mailboxes, in all.
+    #[arg(long, env = "TANDEM_RELAY_MAX_MAILBOXES", global = true)]
+    max_mailboxes: Option<usize>,
+    /// Most open pairing mailboxes from one client address.
+    #[arg(long, env = "TANDEM_RELAY_MAX_MAILBOXES_PER_IP", global = true)]
+    max_mailboxes_per_ip: Option<usize>,
+    /// Per-address limits count IPv6 clients per prefix of this many bits.
+    #[arg(long, env = "TANDEM_RELAY_IPV6_PREFIX_LEN", global = true,
+          value_parser = clap::value_parser!(u8).range(1..=128))]
+    ipv6_prefix_len: Option<u8>,
+    /// Proxies (CIDRs, comma-separated) whose word on the client's address is taken.
+    #[arg(long, env = "TANDEM_RELAY_TRUSTED_PROXIES", value_delimiter = ',', global = true)]
+    trusted_proxies: Option<Vec<String>>,
+    /// How the trusted proxies name the client: x-forwarded-for or proxy-protocol.
+    #[arg(long, env = "TANDEM_RELAY_TRUSTED_PROXY_HEADER", global = true)]
+    trusted_proxy_header: Option<String>,
+    /// Serve /metrics on this address of its own (no token needed there).
+    #[arg(long, env = "TANDEM_RELAY_METRICS_LISTEN", global = true)]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve /metrics on the main listener to `Authorization: Bearer <token>`.
+    #[arg(long, env = "TANDEM_RELAY_METRICS_TOKEN", global = true, hide_env_values = true)]
+    metrics_token: Option<String>,
     /// New connections per IP per minute.
     #[arg(long, env = "TANDEM_RELAY_CONNECTS_PER_IP_PER_MINUTE", global = true)]
     connects_per_ip_per_minute: Option<u32>,
@@ -159,6 +203,10 @@ struct FileConfig {
     queue_max_frames: Option<u64>,
     queue_max_bytes: Option<u64>,
     queue_ttl_secs: Option<u64>,
+    queue_total_max_bytes: Option<u64>,
+    queue_sender_share_percent: Option<u8>,
+    request_timeout_secs: Option<u64>,
+    http_timeout_secs: Option<u64>,
     handshake_timeout_secs: Option<u64>,
     ping_interval_secs: Option<u64>,
     ping_jitter_secs: Option<u64>,
@@ -166,6 +214,16 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
     write_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    max_unauthenticated: Option<usize>,
+    max_unauthenticated_per_ip: Option<usize>,
+    max_mailboxes: Option<usize>,
+    max_mailboxes_per_ip: Option<usize>,
+    ipv6_prefix_len: Option<u8>,
+    trusted_proxies: Option<Vec<String>>,
+    trusted_proxy_header: Option<String>,
+    metrics_listen: Option<SocketAddr>,
+    metrics_token: Option<String>,
     connects_per_ip_per_minute: Option<u32>,
     pair_claims_per_ip_per_minute: Option<u32>,
     frames_per_device_per_second: Option<u32>,
@@ -245,6 +303,21 @@ fn settings(o: Opts) -> anyhow::Result<Settings> {
     if let Some(v) = pick!(queue_ttl_secs) {
         c.queue.ttl_secs = v;
     }
+    if let Some(v) = pick!(queue_total_max_bytes) {
+        c.queue.total_max_bytes = v;
+    }
+    if let Some(v) = pick!(queue_sender_share_percent) {
+        if !(1..=100).contains(&v) {
+            bail!("queue_sender_share_percent must be 1 to 100, not {v}");
+        }
+        c.queue.sender_share_percent = v;
+    }
+    if let Some(v) = pick!(request_timeout_secs) {
+        c.request_timeout = secs(v.max(1));
+    }
+    if let Some(v) = pick!(http_timeout_secs) {
+        c.http_timeout = secs(v.max(1));
+    }
     if let Some(v) = pick!(handshake_timeout_secs) {
         c.handshake_timeout = secs(v);
     }
@@ -266,6 +339,40 @@ fn settings(o: Opts) -> anyhow::Result<Settings> {
     if let Some(v) = pick!(max_connections) {
         c.max_connections = v;
     }
+    if let Some(v) = pick!(max_connections_per_ip) {
+        c.max_connections_per_ip = v;
+    }
+    if let Some(v) = pick!(max_unauthenticated) {
+        c.max_unauthenticated = v;
+    }
+    if let Some(v) = pick!(max_unauthenticated_per_ip) {
+        c.max_unauthenticated_per_ip = v;
+    }
+    if let Some(v) = pick!(max_mailboxes) {
+        c.max_mailboxes = v;
+    }
+    if let Some(v) = pick!(max_mailboxes_per_ip) {
+        c.max_mailboxes_per_ip = v;
+    }
+    if let Some(v) = pick!(ipv6_prefix_len) {
+        if !(1..=128).contains(&v) {
+            bail!("ipv6_prefix_len must be 1 to 128, not {v}");
+        }
+        c.ipv6_prefix_len = v;
+    }
+    if let Some(list) = pick!(trusted_proxies) {
+        c.trusted_proxies = list
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .map(parse_net)
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(v) = pick!(trusted_proxy_header) {
+        c.trusted_proxy_header = ProxyHeader::parse(&v).map_err(anyhow::Error::msg)?;
+    }
+    c.metrics_listen = pick!(metrics_listen);
+    c.metrics_token = pick!(metrics_token).filter(|t| !t.trim().is_empty());
     if let Some(v) = pick!(connects_per_ip_per_minute) {
         c.connects_per_ip_per_minute = v;
     }
@@ -301,16 +408,49 @@ fn settings(o: Opts) -> anyhow::Result<Settings> {
         (None, false) => WebClient::Embedded,
     };
     let listen = pick!(listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443)));
-    if matches!(c.tls, TlsMode::Off) && !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "plain HTTP on a non-loopback address: only behind a TLS-terminating proxy");
-    }
     Ok(Settings { listen, log_json: pick!(log_json).unwrap_or(false), config: c })
+}
+
+/// What in the settings deserves a warning (logged once logging is up).
+fn warnings(s: &Settings) -> Vec<String> {
+    let c = &s.config;
+    let mut out = Vec::new();
+    if matches!(c.tls, TlsMode::Off) && !s.listen.ip().is_loopback() {
+        out.push(format!(
+            "plain HTTP on {}, a non-loopback address: only behind a TLS-terminating proxy",
+            s.listen
+        ));
+    }
+    for (per_ip, all, what) in [
+        (c.max_connections_per_ip, c.max_connections, "max_connections"),
+        (c.max_unauthenticated_per_ip, c.max_unauthenticated, "max_unauthenticated"),
+        (c.max_mailboxes_per_ip, c.max_mailboxes, "max_mailboxes"),
+    ] {
+        if per_ip >= all {
+            out.push(format!(
+                "{what}_per_ip ({per_ip}) is not below {what} ({all}): one address can take them all"
+            ));
+        }
+    }
+    out
+}
+
+/// A trusted proxy network: a CIDR, or one address.
+fn parse_net(s: &str) -> anyhow::Result<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .with_context(|| format!("trusted proxy {s:?} is not an address or CIDR"))
 }
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_RELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: not in files or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
@@ -327,6 +467,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let s = settings(cli.opts)?;
     init_logging(s.log_json);
+    for warning in warnings(&s) {
+        tracing::warn!("{warning}");
+    }
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("binding {}", s.listen))?;
@@ -340,6 +483,10 @@ async fn main() -> anyhow::Result<()> {
     config.on_ready = Some(Arc::new(move |addr, _pem| {
         // Tests and scripts read this line; it is printed once the relay is ready.
         println!("tandem-relay listening on {scheme}://{addr}/v1/connect");
+    }));
+    config.on_metrics_ready = Some(Arc::new(|addr| {
+        // Printed before the listening line, once the metrics listener is bound.
+        println!("tandem-relay metrics on http://{addr}/metrics");
     }));
     tandem_relay::run(listener, config, shutdown).await?;
     Ok(())
@@ -401,6 +548,23 @@ mod tests {
         assert_eq!(f.sweep_interval_ms, Some(defaults.sweep_interval.as_millis() as u64));
         assert_eq!(f.no_web_client, Some(false));
         assert_eq!(defaults.web_client, WebClient::Embedded);
+        assert_eq!(f.queue_total_max_bytes, Some(defaults.queue.total_max_bytes));
+        assert_eq!(f.queue_sender_share_percent, Some(defaults.queue.sender_share_percent));
+        assert_eq!(f.request_timeout_secs, Some(defaults.request_timeout.as_secs()));
+        assert_eq!(f.http_timeout_secs, Some(defaults.http_timeout.as_secs()));
+        assert_eq!(f.max_connections_per_ip, Some(defaults.max_connections_per_ip));
+        assert_eq!(f.max_unauthenticated, Some(defaults.max_unauthenticated));
+        assert_eq!(f.max_unauthenticated_per_ip, Some(defaults.max_unauthenticated_per_ip));
+        assert_eq!(f.max_mailboxes, Some(defaults.max_mailboxes));
+        assert_eq!(f.max_mailboxes_per_ip, Some(defaults.max_mailboxes_per_ip));
+        assert_eq!(f.ipv6_prefix_len, Some(defaults.ipv6_prefix_len));
+        assert_eq!(f.trusted_proxies, Some(vec![]));
+        assert!(defaults.trusted_proxies.is_empty());
+        assert_eq!(f.trusted_proxy_header.as_deref(), Some("x-forwarded-for"));
+        assert_eq!(defaults.trusted_proxy_header, ProxyHeader::ForwardedFor);
+        // /metrics is not served by default.
+        assert_eq!((f.metrics_listen, f.metrics_token), (None, None));
+        assert_eq!((defaults.metrics_listen, defaults.metrics_token), (None, None));
     }
 
     #[test]
@@ -457,6 +621,62 @@ mod tests {
         assert_eq!(cli.opts.no_web_client, Some(true));
         let cli = Cli::try_parse_from(["tandem-relay", "--no-web-client=false"]).unwrap();
         assert_eq!(cli.opts.no_web_client, Some(false));
+    }
+
+    #[test]
+    fn limit_and_proxy_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\n\
+             trusted_proxy_header = \"proxy-protocol\"\n\
+             metrics_listen = \"127.0.0.1:9090\"\nmetrics_token = \"s3cret\"\n\
+             ipv6_prefix_len = 56\nmax_mailboxes_per_ip = 3\nqueue_sender_share_percent = 20\n",
+        )
+        .unwrap();
+        let o = Opts { config: Some(path.clone()), ..Opts::default() };
+        let c = settings(o).unwrap().config;
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(c.trusted_proxies[1].to_string(), "2001:db8::1/128");
+        assert_eq!(c.trusted_proxy_header, ProxyHeader::ProxyProtocol);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.metrics_token.as_deref(), Some("s3cret"));
+        assert_eq!((c.ipv6_prefix_len, c.max_mailboxes_per_ip), (56, 3));
+        assert_eq!(c.queue.sender_share_percent, 20);
+        // Flags win; bad values are refused.
+        let cli = Cli::try_parse_from([
+            "tandem-relay",
+            "--trusted-proxies",
+            "127.0.0.2,127.0.0.3/32",
+            "--trusted-proxy-header",
+            "x-forwarded-for",
+            "--max-unauthenticated-per-ip",
+            "7",
+        ])
+        .unwrap();
+        let o = Opts { config: Some(path), ..cli.opts };
+        let c = settings(o).unwrap().config;
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(c.trusted_proxy_header, ProxyHeader::ForwardedFor);
+        assert_eq!(c.max_unauthenticated_per_ip, 7);
+        for bad in [
+            vec!["tandem-relay", "--ipv6-prefix-len", "0"],
+            vec!["tandem-relay", "--queue-sender-share-percent", "101"],
+        ] {
+            assert!(Cli::try_parse_from(bad.clone()).is_err(), "{bad:?}");
+        }
+        let o = Opts { trusted_proxies: Some(vec!["not-a-net".into()]), ..Opts::default() };
+        assert!(settings(o).is_err());
+        let o = Opts { trusted_proxy_header: Some("forwarded".into()), ..Opts::default() };
+        assert!(settings(o).is_err());
+        // The defaults warn about nothing; a per-address cap that is the
+        // whole does.
+        assert_eq!(warnings(&settings(Opts::default()).unwrap()), Vec::<String>::new());
+        let o =
+            Opts { max_connections: Some(10), max_connections_per_ip: Some(10), ..Opts::default() };
+        let w = warnings(&settings(o).unwrap());
+        assert!(w.len() == 1 && w[0].contains("one address can take them all"), "{w:?}");
     }
 
     #[test]

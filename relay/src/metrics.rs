@@ -21,6 +21,7 @@ pub(crate) struct Metrics {
     queue_frames: Gauge,
     queue_bytes: Gauge,
     refusals: Family<Label, Counter>,
+    limit_refusals: Family<Label, Counter>,
     drops: Family<Label, Counter>,
     auth_failures: Counter,
     pairings: Family<Label, Counter>,
@@ -53,6 +54,7 @@ impl Metrics {
             queue_frames: Gauge::default(),
             queue_bytes: Gauge::default(),
             refusals: Family::default(),
+            limit_refusals: Family::default(),
             drops: Family::default(),
             auth_failures: Counter::default(),
             pairings: Family::default(),
@@ -88,6 +90,11 @@ impl Metrics {
             "Refused frames and connections by reason",
             m.refusals.clone(),
         );
+        registry.register(
+            "limit_refusals",
+            "Connections, requests and frames refused or closed by a limit, by limit",
+            m.limit_refusals.clone(),
+        );
         registry.register("drops", "Frames dropped by reason (ttl, revoked)", m.drops.clone());
         registry.register(
             "auth_failures",
@@ -118,6 +125,21 @@ impl Metrics {
     /// Something was refused, with the code sent.
     pub(crate) fn refused(&self, code: ErrorCode) {
         self.refusals.get_or_create(&[("reason", code.as_str())]).inc();
+    }
+
+    /// A limit refused something, or a deadline closed a connection
+    /// (`limit` names it: `unauthenticated`, `queue_total`, ...).
+    pub(crate) fn limit_refused(&self, limit: &'static str) {
+        self.limit_refusals.get_or_create(&[("limit", limit)]).inc();
+    }
+
+    /// Register the gauge of connections that have not authenticated yet.
+    pub(crate) fn register_unauthenticated(&mut self, gauge: Gauge) {
+        self.registry.register(
+            "unauthenticated_connections",
+            "Connections not authenticated yet (TCP, TLS, HTTP or WebSocket before AuthOk)",
+            gauge,
+        );
     }
 
     /// Frames dropped without delivery.

@@ -9,6 +9,8 @@ use tandem_proto::{DeviceId, ErrorCode, Frame};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::net::IpKey;
+
 /// What other tasks hand a connection's writer.
 pub(crate) enum Outbound {
     /// A frame to send as is.
@@ -38,6 +40,8 @@ impl std::fmt::Debug for Outbound {
 #[derive(Debug, Clone)]
 pub(crate) struct ConnHandle {
     pub(crate) conn_id: u64,
+    /// The client address the connection counts under.
+    pub(crate) ip: IpKey,
     pub(crate) tx: mpsc::Sender<Queued>,
     /// Wakes the writer: to read its backlog from the store, or (from
     /// [`Self::close`]) to see that the connection is closing.
@@ -47,9 +51,10 @@ pub(crate) struct ConnHandle {
 }
 
 impl ConnHandle {
-    pub(crate) fn new(conn_id: u64, tx: mpsc::Sender<Queued>) -> Self {
+    pub(crate) fn new(conn_id: u64, ip: IpKey, tx: mpsc::Sender<Queued>) -> Self {
         Self {
             conn_id,
+            ip,
             tx,
             wake: Arc::new(Notify::new()),
             cancel: CancellationToken::new(),

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State as AxState, WebSocketUpgrade};
+use axum::extract::{Extension, State as AxState, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,11 +16,13 @@ use tandem_proto::frame::MAX_FRAME_LEN;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::conn;
-use crate::listener::{Peer, RelayListener};
+use crate::listener::ConnInfo;
+use crate::net::{IpKey, forwarded_for};
 use crate::state::{State, unix_now};
 use crate::store::{RedbStore, Store, StoreError};
 use crate::tls::{Tls, TlsError, TlsMode};
@@ -50,6 +52,7 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
+    crate::fsmode::secure_dir(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir, config.queue)?);
     run_with_store(listener, config, store, shutdown).await
 }
@@ -65,18 +68,38 @@ pub async fn run_with_store(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let tls = Tls::start(&config.tls, config.tls_poll, shutdown.child_token()).await?;
-    let handshake_timeout = config.handshake_timeout;
     let state = Arc::new(State::new(config, store, shutdown.clone()));
     let accept_stop = CancellationToken::new();
-    let listener = RelayListener::start(
+    let tasks = TaskTracker::new();
+    let addr = listener.local_addr()?;
+    let metrics_listener = match state.config.metrics_listen {
+        Some(at) => Some(TcpListener::bind(at).await?),
+        None => None,
+    };
+    crate::listener::start(
         listener,
         tls.as_ref().map(Tls::acceptor),
-        handshake_timeout,
         state.clone(),
+        router(state.clone()),
         accept_stop.clone(),
-    )?;
-    let addr = axum::serve::Listener::local_addr(&listener)?;
+        tasks.clone(),
+    );
     info!(%addr, tls = tls.is_some(), "relay listening");
+    if let Some(l) = metrics_listener {
+        let at = l.local_addr()?;
+        info!(%at, "metrics listening");
+        if let Some(hook) = &state.config.on_metrics_ready {
+            hook(at);
+        }
+        let app = Router::new().route("/metrics", get(metrics)).with_state(state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+            if let Err(e) = served {
+                warn!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
     if let Some(ready) = &state.config.on_ready {
         ready(addr, tls.as_ref().and_then(Tls::self_signed_cert_pem));
     }
@@ -93,13 +116,11 @@ pub async fn run_with_store(
         });
     }
 
-    let app = router(state.clone());
-    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let drain = drain(state.clone(), accept_stop);
-    let (served, ()) = tokio::join!(serve.into_future(), drain);
+    drain(state.clone(), accept_stop).await;
+    // HTTP connections that are not WebSockets were told to finish.
+    tasks.close();
+    let _ = tokio::time::timeout(state.config.drain_timeout, tasks.wait()).await;
     maintenance.abort();
-    served?;
     Ok(())
 }
 
@@ -155,7 +176,7 @@ fn router(state: Arc<State>) -> Router {
         .route("/v1/connect", get(connect))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_with_token))
         // The web client (`/`, `/p`, `/assets/*`, the manifest and icons) and 404s.
         .fallback(crate::web::handle)
         .with_state(state)
@@ -175,6 +196,29 @@ async fn ready(AxState(state): AxState<Arc<State>>) -> Response {
         Ok(Ok(_)) => "ready\n".into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response(),
     }
+}
+
+/// `/metrics` on the main listener: only with the configured bearer token
+/// (401 without it), and not at all (404) when no token is configured.
+async fn metrics_with_token(headers: HeaderMap, AxState(state): AxState<Arc<State>>) -> Response {
+    let Some(token) = &state.config.metrics_token else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes())) {
+        state.metrics.limit_refused("metrics_token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "unauthorized\n",
+        )
+            .into_response();
+    }
+    metrics(AxState(state)).await
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
@@ -202,7 +246,7 @@ pub(crate) fn host_only(host: &str) -> String {
 
 async fn connect(
     ws: WebSocketUpgrade,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    Extension(info): Extension<ConnInfo>,
     headers: HeaderMap,
     AxState(state): AxState<Arc<State>>,
 ) -> Response {
@@ -221,19 +265,52 @@ async fn connect(
         )
             .into_response();
     }
+    // Behind a trusted proxy that names the client per request: the
+    // per-address limits apply now, to that address.
+    let mut peer = info.client;
+    if info.forwarded
+        && let Some(ip) = forwarded_for(&headers, &state.config.trusted_proxies)
+    {
+        peer = std::net::SocketAddr::new(ip, 0);
+    }
+    let key = IpKey::new(peer.ip(), state.config.ipv6_prefix_len);
+    let Some(mut unauthenticated) = crate::registry::lock(&info.unauthenticated).take() else {
+        // A second upgrade on one connection cannot happen; refuse anyway.
+        return (StatusCode::BAD_REQUEST, "one WebSocket per connection\n").into_response();
+    };
+    if info.forwarded {
+        let refused = if !crate::listener::admit_rate(&state, key) {
+            Some("too many connections from your address; wait a minute")
+        } else if let Err(refusal) = state.admission.add_ip(&mut unauthenticated, key) {
+            state.metrics.limit_refused(refusal.label());
+            Some("too many connections from your address")
+        } else {
+            None
+        };
+        if let Some(message) = refused {
+            // The connection still counts until it goes.
+            *crate::registry::lock(&info.unauthenticated) = Some(unauthenticated);
+            return too_many(message);
+        }
+    }
     let slot = state.slots.clone().try_acquire_owned().ok();
     // The WebSocket's read buffer is kept for the connection's life. Over
     // plain TCP each read is a system call, so 4 KiB; over TLS reads copy
     // from rustls's buffer of decrypted records, so 2 KiB costs little
     // (docs/BENCHMARKS.md, "Memory per idle connection").
     let read_buffer = if matches!(state.config.tls, TlsMode::Off) { 4 * 1024 } else { 2 * 1024 };
-    let accepted: conn::Accepted = Box::new((peer, host, state, slot));
+    let accepted: conn::Accepted =
+        Box::new(conn::Arrival { peer, key, host, state, slot, unauthenticated });
     ws.read_buffer_size(read_buffer)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(4 * MAX_FRAME_LEN)
         .max_message_size(MAX_FRAME_LEN)
         .max_frame_size(MAX_FRAME_LEN)
         .on_upgrade(move |socket| conn::serve(socket, accepted))
+}
+
+fn too_many(message: &'static str) -> Response {
+    (StatusCode::TOO_MANY_REQUESTS, format!("{message}\n")).into_response()
 }
 
 /// Bytes the WebSocket buffers before it writes to the socket without a

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -23,6 +24,8 @@ pub(crate) struct State {
     pub(crate) routes: Routes,
     pub(crate) mailboxes: Mailboxes,
     pub(crate) limits: Limits,
+    /// Connections before and after authentication, per address.
+    pub(crate) admission: Admission,
     /// Connection slots (`max_connections`).
     pub(crate) slots: Arc<Semaphore>,
     /// Fired when the relay starts shutting down.
@@ -33,12 +36,16 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn new(config: Config, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+        let admission = Admission::new(&config);
+        let mut metrics = Metrics::new();
+        metrics.register_unauthenticated(admission.gauge.clone());
         Self {
-            metrics: Metrics::new(),
+            metrics,
             registry: Registry::default(),
             routes: Routes::new(store.clone()),
-            mailboxes: Mailboxes::default(),
+            mailboxes: Mailboxes::new(config.max_mailboxes, config.max_mailboxes_per_ip),
             limits: Limits::new(&config),
+            admission,
             slots: Arc::new(Semaphore::new(config.max_connections)),
             shutdown,
             draining: AtomicBool::new(false),

@@ -573,7 +573,7 @@ fn self_signed(
     tracing::info!(?names, "TLS: generated a self-signed certificate");
 
     if let Some(dir) = dir {
-        std::fs::create_dir_all(dir)
+        crate::fsmode::create_private_dir(dir)
             .map_err(|source| TlsError::Write { path: dir.to_path_buf(), source })?;
         // Key and certificate first, names last: the names file marks a complete set.
         write_file(&dir.join(SELF_SIGNED_KEY_FILE), key_pair.serialize_pem().as_bytes(), true)?;
@@ -632,20 +632,13 @@ fn load_self_signed(
     }
 }
 
-/// Writes a file, readable by the owner only if `private` (on Unix).
-fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
+/// Writes a file readable by the owner only (0600 on Unix, whatever the
+/// umask; the certificate too: the relay's data directory is private).
+fn write_file(path: &Path, contents: &[u8], _private: bool) -> Result<(), TlsError> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    options
-        .open(path)
+    crate::fsmode::private_file(path, &mut options)
         .and_then(|mut file| file.write_all(contents).and_then(|()| file.sync_all()))
         .map_err(|source| TlsError::Write { path: path.to_path_buf(), source })
 }
@@ -685,7 +678,7 @@ mod acme {
         if domains.is_empty() || domains.iter().any(|domain| domain.trim().is_empty()) {
             return Err(TlsError::NoDomains);
         }
-        std::fs::create_dir_all(cache_dir)
+        crate::fsmode::create_private_dir(cache_dir)
             .map_err(|source| TlsError::Write { path: cache_dir.to_path_buf(), source })?;
         let contacts = contact
             .map(str::trim)

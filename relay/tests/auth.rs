@@ -38,7 +38,7 @@ async fn a_proof_made_with_another_key_is_refused() {
     let (end, frames) = d.until_closed(Duration::from_secs(5)).await;
     assert_eq!(end, close_code(ErrorCode::AuthFailed));
     assert!(frames.iter().any(|f| matches!(f, Frame::Error { code: ErrorCode::AuthFailed, .. })));
-    assert!(relay.get("/metrics").await.1.contains("tandem_relay_auth_failures_total 1"));
+    assert!(relay.metrics().await.contains("tandem_relay_auth_failures_total 1"));
 }
 
 #[tokio::test]

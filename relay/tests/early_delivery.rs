@@ -23,8 +23,8 @@ struct HeldCommits {
 }
 
 impl Store for HeldCommits {
-    fn enqueue(&self, to: DeviceId, from: DeviceId, p: Vec<u8>, now: u64) -> Enqueued {
-        let Enqueued { placed, durable } = self.inner.enqueue(to, from, p, now);
+    fn enqueue(&self, to: DeviceId, from: DeviceId, p: Vec<u8>, now: u64, live: bool) -> Enqueued {
+        let Enqueued { placed, durable } = self.inner.enqueue(to, from, p, now, live);
         let mut open = self.open.clone();
         let durable = Box::pin(async move {
             let result = durable.await;

@@ -1,5 +1,5 @@
-//! Liveness (PROTOCOL.md §6.4): pings and pongs, the phone-only idle
-//! timeout, against a real relay process with one-second settings, and once
+//! Liveness (PROTOCOL.md §6.4): pings and pongs, the idle timeout (phones,
+//! and desktops without a route or a mailbox), against a real relay process with one-second settings, and once
 //! in process on tokio's paused clock with the real ten-minute default.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -42,25 +42,48 @@ async fn answer_pings_for(dev: &mut Device, d: Duration) -> (usize, Option<End>,
 }
 
 #[tokio::test]
-async fn an_idle_phone_is_detached_but_an_idle_desktop_is_not() {
+async fn idle_phones_and_desktops_without_peers_are_detached_but_desktops_with_peers_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["--idle-timeout-secs", "2"];
     args.extend(FAST_PINGS);
     let relay = Relay::start(dir.path(), &args);
-    let (mut desk, _) = Device::connect(&relay, new_key(), Role::Desktop).await;
-    let (mut phone, _) = Device::connect(&relay, new_key(), Role::Phone).await;
-    let ((phone_pings, phone_end, phone_at), (desk_pings, desk_end, _)) = tokio::join!(
+    // A desktop with a route to a phone, and that phone.
+    let (mut desk, mut phone) = paired(&relay).await;
+    // A desktop showing a pairing code (an open mailbox), and one with
+    // neither a route nor a mailbox: its role alone earns it nothing.
+    let (mut pairing, _) = Device::connect(&relay, new_key(), Role::Desktop).await;
+    pairing.send(&Frame::PairOpen { request_id: 1, pairing_id: [7; 16], ttl_secs: 120 }).await;
+    pairing.result_of(1).await.unwrap();
+    let (mut lone, _) = Device::connect(&relay, new_key(), Role::Desktop).await;
+    let (
+        (phone_pings, phone_end, phone_at),
+        (desk_pings, desk_end, _),
+        (_, pairing_end, _),
+        (lone_pings, lone_end, lone_at),
+    ) = tokio::join!(
         answer_pings_for(&mut phone, Duration::from_secs(6)),
         answer_pings_for(&mut desk, Duration::from_millis(4500)),
+        answer_pings_for(&mut pairing, Duration::from_millis(4500)),
+        answer_pings_for(&mut lone, Duration::from_secs(6)),
     );
     assert_eq!(phone_end, Some(close_code(ErrorCode::IdleTimeout)));
     assert!(phone_pings >= 1, "the phone answered pings and was idled out all the same");
     assert!(phone_at >= Duration::from_millis(1800), "closed after {phone_at:?}");
-    assert_eq!(desk_end, None, "a desktop is never idled out");
+    assert_eq!(lone_end, Some(close_code(ErrorCode::IdleTimeout)), "a desktop nobody needs");
+    assert!(lone_pings >= 1 && lone_at >= Duration::from_millis(1800), "after {lone_at:?}");
+    assert_eq!(desk_end, None, "a desktop with a route is never idled out");
+    assert_eq!(pairing_end, None, "a desktop with an open mailbox is never idled out");
     assert!(desk_pings >= 3, "{desk_pings} pings in 4.5 s");
-    // And the desktop is really still there.
-    desk.send(&Frame::Ping { nonce: 7 }).await;
-    desk.expect("pong", |f| *f == Frame::Pong { nonce: 7 }).await;
+    // And the desktops are really still there.
+    for d in [&mut desk, &mut pairing] {
+        d.send(&Frame::Ping { nonce: 7 }).await;
+        d.expect("pong", |f| *f == Frame::Pong { nonce: 7 }).await;
+    }
+    let m = relay.metrics().await;
+    assert_eq!(
+        common::metric(&m, "tandem_relay_limit_refusals_total{limit=\"idle_timeout\"}"),
+        Some(2.0)
+    );
 }
 
 #[tokio::test]
@@ -183,8 +206,8 @@ fn blocking<T: Send + 'static>(f: StoreFuture<T>) -> StoreFuture<T> {
 }
 
 impl Store for StoreWaitsStopTheClock {
-    fn enqueue(&self, to: DeviceId, from: DeviceId, p: Vec<u8>, now: u64) -> Enqueued {
-        let Enqueued { placed, durable } = self.0.enqueue(to, from, p, now);
+    fn enqueue(&self, to: DeviceId, from: DeviceId, p: Vec<u8>, now: u64, live: bool) -> Enqueued {
+        let Enqueued { placed, durable } = self.0.enqueue(to, from, p, now, live);
         Enqueued { placed: blocking(placed), durable: blocking(durable) }
     }
     fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>> {
@@ -278,13 +301,19 @@ async fn the_idle_timeout_runs_on_the_relays_clock() {
     assert_eq!(config.idle_timeout, Duration::from_secs(600));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let store = RedbStore::open(&config.data_dir, config.queue).unwrap();
+    // The desktop has a route (to a device that stays offline), or it would
+    // be idled out like the phone (PROTOCOL.md §6.4).
+    let (desk_key, absent) = (new_key(), new_key().public().device_id());
+    let desk_id = desk_key.public().device_id();
+    store.authorize(desk_id, absent).await.unwrap();
+    store.authorize(absent, desk_id).await.unwrap();
     let store: Arc<dyn Store> = Arc::new(StoreWaitsStopTheClock(store));
     let server =
         tokio::spawn(tandem_relay::run_with_store(listener, config, store, shutdown.clone()));
     let t0 = tokio::time::Instant::now();
     let url = format!("ws://{addr}/v1/connect");
 
-    let mut desk = handshake(&url, &addr, &new_key(), Role::Desktop).await;
+    let mut desk = handshake(&url, &addr, &desk_key, Role::Desktop).await;
     let mut phone = handshake(&url, &addr, &new_key(), Role::Phone).await;
     // With the store's waits visible to the clock, setting up took no virtual time.
     let setup = t0.elapsed();

@@ -114,3 +114,41 @@ async fn connections_gauges_go_down_when_devices_leave() {
     let m = relay.metrics().await;
     assert_eq!(metric(&m, "tandem_relay_connections_accepted_total"), Some(2.0));
 }
+
+#[tokio::test]
+async fn metrics_are_served_only_with_the_token_or_on_their_own_listener() {
+    use common::http_get;
+    // The default: not served at all, whatever the request says.
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_bare(dir.path(), "127.0.0.1:0", &[]);
+    assert_eq!(relay.get("/metrics").await.0, 404);
+    assert_eq!(relay.get_with("/metrics", &["Authorization: Bearer x"]).await.0, 404);
+    assert_eq!(relay.get("/healthz").await.0, 200);
+    assert_eq!(relay.get("/readyz").await.0, 200);
+
+    // A token: only a request that carries it gets the metrics.
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_bare(dir.path(), "127.0.0.1:0", &["--metrics-token", "s3cret"]);
+    assert_eq!(relay.get("/metrics").await.0, 401);
+    for wrong in ["Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "bearer s3cret"] {
+        let auth = format!("Authorization: {wrong}");
+        assert_eq!(relay.get_with("/metrics", &[&auth]).await.0, 401, "{wrong}");
+    }
+    let (status, body) = relay.get_with("/metrics", &["Authorization: Bearer s3cret"]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&body, "tandem_relay_limit_refusals_total{limit=\"metrics_token\"}"),
+        Some(5.0)
+    );
+
+    // A listener of its own (for a private network): no token there, and
+    // still nothing on the public one.
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_bare(dir.path(), "127.0.0.1:0", &["--metrics-listen", "127.0.0.1:0"]);
+    let at = relay.metrics_addr.clone().expect("the metrics listener's address");
+    let (status, body) = http_get(&at, "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("tandem_relay_connections_accepted_total"), "{body}");
+    assert_eq!(http_get(&at, "/v1/connect", &[]).await.0, 404, "only /metrics there");
+    assert_eq!(relay.get("/metrics").await.0, 404);
+}

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Device, Relay, metric, new_key, pair_for_real};
+use common::{Device, Relay, metric, new_key, pair_for_real, pair_for_real_from};
 use tandem_proto::entropy::Entropy;
 use tandem_proto::frame::Frame;
 use tandem_proto::{ErrorCode, Role};
@@ -300,9 +300,10 @@ async fn a_claim_for_a_desktop_that_went_away_is_refused() {
 }
 
 #[tokio::test]
-async fn a_refused_claim_leaves_the_mailbox_claimable() {
-    // The desktop's connection drops for a moment: the phone's claim is
-    // refused, and nothing changed: the same claim succeeds once it is back.
+async fn a_mailbox_closes_when_the_connection_that_opened_it_goes_away() {
+    // The desktop's connection drops: its mailbox goes with it (it is not
+    // kept for a desktop that may never come back), also after the same
+    // desktop reconnects; the desktop opens it again and pairing goes on.
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path(), &[]);
     let desk_key = new_key();
@@ -310,16 +311,27 @@ async fn a_refused_claim_leaves_the_mailbox_claimable() {
     let pid = random_id();
     open(&mut desk, 1, pid, 120).await.unwrap();
     desk.close().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let (mut phone, _) = Device::connect(&relay, new_key(), Role::Phone).await;
-    assert_eq!(claim(&mut phone, 1, pid, b"hello").await, Err(ErrorCode::PairingNotFound));
     let (mut desk, _) = Device::connect(&relay, desk_key, Role::Desktop).await;
+    assert_eq!(claim(&mut phone, 1, pid, b"hello").await, Err(ErrorCode::PairingNotFound));
+    open(&mut desk, 2, pid, 120).await.unwrap();
     claim(&mut phone, 2, pid, b"hello").await.unwrap();
     let got = desk.expect("the claim", |f| matches!(f, Frame::PairMessage { .. })).await;
     assert_eq!(
         got,
         Frame::PairMessage { pairing_id: pid, peer: phone.id(), payload: b"hello".to_vec() }
     );
+    // A connection replaced by a newer one of the same desktop takes its
+    // mailboxes along too.
+    let pid2 = random_id();
+    open(&mut desk, 3, pid2, 120).await.unwrap();
+    let (mut newer, _) = Device::connect(&relay, desk.key.clone(), Role::Desktop).await;
+    let (end, _) = desk.until_closed(Duration::from_secs(5)).await;
+    assert_eq!(end, common::close_code(ErrorCode::Replaced));
+    let m = relay.wait_metric("tandem_relay_pairings_total{outcome=\"closed\"}", 3.0).await;
+    assert_eq!(metric(&m, "tandem_relay_pairings_total{outcome=\"opened\"}"), Some(3.0));
+    assert_eq!(claim(&mut phone, 3, pid2, b"hi").await, Err(ErrorCode::PairingNotFound));
+    open(&mut newer, 4, pid2, 120).await.unwrap();
 }
 
 #[tokio::test]
@@ -343,4 +355,45 @@ async fn a_claim_of_the_largest_payload_reaches_the_desktop_whole() {
         .await;
     let got = phone.expect("the answer", |f| matches!(f, Frame::PairMessage { .. })).await;
     assert_eq!(got, Frame::PairMessage { pairing_id: pid, peer: desk.id(), payload });
+}
+
+#[tokio::test]
+async fn one_address_cycling_keys_cannot_stop_another_from_pairing() {
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults: 32 mailboxes per address.
+    let relay = Relay::start(dir.path(), &[]);
+    let attacker = std::net::IpAddr::from([127, 0, 0, 2]);
+    let (honest_desk, honest_phone) =
+        (std::net::IpAddr::from([127, 0, 0, 3]), std::net::IpAddr::from([127, 0, 0, 4]));
+    // 127.0.0.2 opens mailboxes with one fresh desktop key after another,
+    // keeping every connection open, until the relay refuses it.
+    let mut held = Vec::new();
+    let mut opened = 0;
+    let refused = 'keys: loop {
+        let (mut d, _) = Device::connect_from(&relay, new_key(), Role::Desktop, attacker).await;
+        for rid in 1..=3 {
+            match open(&mut d, rid, random_id(), 600).await {
+                Ok(()) => opened += 1,
+                Err(code) => break 'keys code,
+            }
+        }
+        held.push(d);
+        assert!(held.len() < 20, "never refused after {opened} mailboxes");
+    };
+    assert_eq!((refused, opened), (ErrorCode::RateLimited, 32), "its share, and no more");
+    // Another address pairs for real, several times.
+    for _ in 0..3 {
+        let p = pair_for_real_from(&relay, honest_desk, honest_phone).await;
+        assert_eq!(p.desk_view.sas, p.phone_view.sas);
+    }
+    let m = relay.metrics().await;
+    let series = "tandem_relay_limit_refusals_total{limit=\"mailboxes_per_ip\"}";
+    assert_eq!(metric(&m, series), Some(1.0), "{m}");
+    // When the attacker's connections go, so do its mailboxes.
+    for d in held {
+        d.close().await;
+    }
+    relay.wait_metric("tandem_relay_pairings_total{outcome=\"closed\"}", 35.0).await;
+    let (mut d, _) = Device::connect_from(&relay, new_key(), Role::Desktop, attacker).await;
+    open(&mut d, 1, random_id(), 600).await.unwrap();
 }

@@ -62,6 +62,14 @@ pub enum StoreError {
     /// The recipient's queue is at its count or byte limit.
     #[error("queue full for {0}")]
     QueueFull(DeviceId),
+    /// The sender has its share of the recipient's queue, or of all queues,
+    /// queued already.
+    #[error("the sender's share of the queues is full")]
+    SenderShareFull,
+    /// All queues together hold `total_max_bytes` (and the recipient is not
+    /// connected, or its queue holds [`LIVE_ALLOWANCE_BYTES`]).
+    #[error("the relay's queue storage is full")]
+    StorageFull,
     /// The two devices have not both authorised each other (checked in the
     /// same transaction as the enqueue, so a revocation is never raced).
     #[error("no route between these devices")]
@@ -84,7 +92,7 @@ pub const MAX_PEERS: usize = 1024;
 /// must not hold the store for long; the next sweep continues).
 pub const MAX_EXPIRED_PER_SWEEP: usize = 10_000;
 
-/// Per-recipient queue limits.
+/// Queue limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
     /// Most frames queued for one device.
@@ -93,7 +101,40 @@ pub struct QueueLimits {
     pub max_bytes: u64,
     /// How long a frame may wait, in seconds.
     pub ttl_secs: u64,
+    /// Most payload bytes queued in all queues together. Past it, a frame
+    /// is taken only for a connected recipient whose queue holds less than
+    /// [`LIVE_ALLOWANCE_BYTES`].
+    pub total_max_bytes: u64,
+    /// The share (percent, 1..=100) of `total_max_bytes`, and of any one
+    /// recipient's `max_bytes`, that frames from one sender may fill.
+    pub sender_share_percent: u8,
 }
+
+impl QueueLimits {
+    /// The most bytes one sender may have queued in all.
+    #[must_use]
+    pub fn sender_total_max(&self) -> u64 {
+        share(self.total_max_bytes, self.sender_share_percent)
+    }
+
+    /// The most bytes one sender may have queued for one recipient.
+    #[must_use]
+    pub fn sender_pair_max(&self) -> u64 {
+        share(self.max_bytes, self.sender_share_percent)
+    }
+}
+
+fn share(of: u64, percent: u8) -> u64 {
+    let p = u64::from(percent.clamp(1, 100));
+    u64::try_from(u128::from(of) * u128::from(p) / 100).unwrap_or(u64::MAX)
+}
+
+/// Past [`QueueLimits::total_max_bytes`], a frame for a connected recipient
+/// is still queued while that recipient's queue holds less than this (about
+/// sixteen frames of the largest size): a device that acknowledges what it
+/// receives keeps getting frames when the relay's storage is full, and the
+/// overshoot is bounded by this times the connected devices.
+pub const LIVE_ALLOWANCE_BYTES: u64 = 1 << 20;
 
 /// A frame waiting in a queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +161,15 @@ pub trait Store: Send + Sync + 'static {
     /// Queue `payload` from `from` for `to`, expiring at `now + ttl`, if the
     /// two devices have a route ([`StoreError::NoRoute`] otherwise). See
     /// [`Enqueued`] for its two answers.
-    fn enqueue(&self, to: DeviceId, from: DeviceId, payload: Vec<u8>, now_unix: u64) -> Enqueued;
+    /// `live` says that `to` is connected (see [`LIVE_ALLOWANCE_BYTES`]).
+    fn enqueue(
+        &self,
+        to: DeviceId,
+        from: DeviceId,
+        payload: Vec<u8>,
+        now_unix: u64,
+        live: bool,
+    ) -> Enqueued;
 
     /// Up to `limit` frames for `to` with ids above `after`, in id order.
     /// A fetch sees every enqueue whose id was taken before the fetch was

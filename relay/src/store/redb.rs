@@ -18,16 +18,16 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
-    TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use tandem_proto::DeviceId;
 use tokio::sync::oneshot;
 
-use super::{
-    Enqueued, MAX_EXPIRED_PER_SWEEP, MAX_PEERS, QueueDepth, QueueLimits, Queued, Store, StoreError,
-    StoreFuture,
-};
+use self::tables::{Answer, Depths, Meta, Usage, apply_batch, id16, u64_at};
+use super::{Enqueued, MAX_PEERS, QueueDepth, QueueLimits, Queued, Store, StoreError, StoreFuture};
+
+mod tables;
 
 /// Most operations applied in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -56,6 +56,8 @@ enum Op {
         now: u64,
         /// Its delivery id, taken from [`NextIds`] when it was submitted.
         id: u64,
+        /// The recipient is connected (see [`super::LIVE_ALLOWANCE_BYTES`]).
+        live: bool,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     Fetch {
@@ -199,13 +201,19 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedbStore {
-    /// Open (or create) `dir/relay.redb` and start the writer thread.
+    /// Open (or create) `dir/relay.redb` (a new directory 0700, the file
+    /// 0600) and start the writer thread.
     ///
     /// # Errors
     /// [`StoreError::Backend`] when the directory or database cannot be opened.
     pub fn open(dir: &Path, limits: QueueLimits) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(backend)?;
-        let db = Database::create(dir.join("relay.redb")).map_err(backend)?;
+        crate::fsmode::create_private_dir(dir).map_err(backend)?;
+        // Created 0600 whatever the umask (redb would leave it to the umask).
+        let path = dir.join("relay.redb");
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        drop(crate::fsmode::private_file(&path, &mut options).map_err(backend)?);
+        let db = Database::create(path).map_err(backend)?;
         // Create the tables up front so read paths never meet a missing table.
         let txn = db.begin_write().map_err(backend)?;
         for def in [QUEUE, META, ROUTES, SETTINGS] {
@@ -216,11 +224,12 @@ impl RedbStore {
         Self::skip_unsaved_ids(&db)?;
         let ids = Arc::new(Mutex::new(NextIds::load(&db)?));
         let depths = Depths::load(&db)?;
+        let usage = Usage::load(&db)?;
         let (tx, rx) = mpsc::channel();
         let writer_ids = Arc::clone(&ids);
         thread::Builder::new()
             .name("tandem-store".into())
-            .spawn(move || writer(db, rx, limits, &writer_ids, depths))
+            .spawn(move || writer(db, rx, limits, &writer_ids, depths, usage))
             .map_err(backend)?;
         Ok(Self { tx, ids })
     }
@@ -248,14 +257,21 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
-    fn enqueue(&self, to: DeviceId, from: DeviceId, payload: Vec<u8>, now_unix: u64) -> Enqueued {
+    fn enqueue(
+        &self,
+        to: DeviceId,
+        from: DeviceId,
+        payload: Vec<u8>,
+        now_unix: u64,
+        live: bool,
+    ) -> Enqueued {
         // Take the id and submit under one lock, so the writer sees each
         // queue's ids in increasing order.
         let mut ids = lock(&self.ids);
         let id = ids.take(to);
         let early = ids.early(&to);
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(Op::Enqueue { to, from, payload, now: now_unix, id, reply });
+        let sent = self.tx.send(Op::Enqueue { to, from, payload, now: now_unix, id, live, reply });
         drop(ids);
         let placed = if early && sent.is_ok() { Ok(id) } else { Err(StoreError::Closed) };
         let durable = Box::pin(async move {
@@ -293,40 +309,6 @@ impl Store for RedbStore {
     }
 }
 
-/// Frames and bytes waiting in each queue that holds any, kept by the
-/// writer in step with its commits: the expiry sweep and
-/// [`Store::totals`] read this instead of every queue's metadata row (one
-/// per device that ever received a frame), which would stall the writer on
-/// a relay with many devices.
-#[derive(Debug, Default)]
-struct Depths(HashMap<DeviceId, QueueDepth>);
-
-impl Depths {
-    fn load(db: &Database) -> Result<Self, StoreError> {
-        let txn = db.begin_read().map_err(backend)?;
-        let mut map = HashMap::new();
-        for item in txn.open_table(META).map_err(backend)?.iter().map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
-            let m = Meta::decode(v.value());
-            if m.frames > 0 {
-                map.insert(id16(k.value(), 0), QueueDepth { frames: m.frames, bytes: m.bytes });
-            }
-        }
-        Ok(Self(map))
-    }
-
-    /// After a commit: the queues it changed.
-    fn update(&mut self, changed: Vec<(DeviceId, Meta)>) {
-        for (to, m) in changed {
-            if m.frames > 0 {
-                self.0.insert(to, QueueDepth { frames: m.frames, bytes: m.bytes });
-            } else {
-                self.0.remove(&to);
-            }
-        }
-    }
-}
-
 fn lock(ids: &Mutex<NextIds>) -> MutexGuard<'_, NextIds> {
     ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -338,6 +320,7 @@ fn writer(
     limits: QueueLimits,
     ids: &Mutex<NextIds>,
     mut depths: Depths,
+    mut usage: Usage,
 ) {
     let mut lazy = LazyCommits::default();
     // A commit failed: ids handed out may not be saved; skip past them in
@@ -387,8 +370,11 @@ fn writer(
         // Apply every op, keeping its answer until the commit is durable.
         let skipped = if skip { Skip::apply(&txn) } else { Ok(()) };
         let (answers, changed, failed) = match skipped {
-            Ok(()) => apply_batch(&txn, &batch, &limits, &depths),
-            Err(e) => (batch.iter().map(|_| Answer::Pending).collect(), Vec::new(), Some(e)),
+            Ok(()) => apply_batch(&txn, &batch, &limits, &depths, &usage),
+            Err(e) => {
+                let none = (Vec::new(), Usage::default());
+                (batch.iter().map(|_| Answer::Pending).collect(), none, Some(e))
+            }
         };
         let result = match failed {
             Some(e) => {
@@ -400,7 +386,9 @@ fn writer(
         if result.is_ok() {
             lazy.committed(durable);
             skip = false;
-            depths.update(changed);
+            let (queues, senders) = changed;
+            depths.update(queues);
+            usage.update(senders);
             note_fullness(ids, &batch, &answers);
         } else {
             lock(ids).healthy = false;
@@ -430,12 +418,12 @@ fn durable_empty_commit(db: &Database) -> bool {
 fn note_fullness(ids: &Mutex<NextIds>, batch: &[Op], answers: &[Answer]) {
     let mut ids = lock(ids);
     ids.healthy = true;
-    if ids.full.is_empty() && !answers.iter().any(Answer::is_queue_full) {
+    if ids.full.is_empty() && !answers.iter().any(Answer::is_full) {
         return;
     }
     for (op, answer) in batch.iter().zip(answers) {
         match (op, answer) {
-            (_, Answer::U64(Err(StoreError::QueueFull(to)))) => {
+            (Op::Enqueue { to, .. }, a) if a.is_full() => {
                 ids.full.insert(*to);
             }
             (Op::Ack { to, .. }, _) => {
@@ -552,368 +540,6 @@ impl LazyCommits {
     }
 }
 
-/// Apply `batch` in order inside `txn`: one answer per op, and the error
-/// that stopped it (every answer from there on is [`Answer::Pending`]; the
-/// caller aborts the transaction).
-/// The queues whose metadata a batch changed, as it left them.
-type Changed = Vec<(DeviceId, Meta)>;
-
-fn apply_batch(
-    txn: &WriteTransaction,
-    batch: &[Op],
-    limits: &QueueLimits,
-    depths: &Depths,
-) -> (Vec<Answer>, Changed, Option<StoreError>) {
-    let mut answers = Vec::with_capacity(batch.len());
-    let mut tables = match Tables::open(txn, depths) {
-        Ok(t) => t,
-        Err(e) => {
-            answers.resize_with(batch.len(), || Answer::Pending);
-            return (answers, Vec::new(), Some(e));
-        }
-    };
-    for op in batch {
-        match tables.apply(op, limits) {
-            Ok(a) => answers.push(a),
-            Err(e) => {
-                answers.resize_with(batch.len(), || Answer::Pending);
-                return (answers, Vec::new(), Some(e));
-            }
-        }
-    }
-    match tables.write_meta() {
-        Ok(changed) => (answers, changed, None),
-        Err(e) => (answers, Vec::new(), Some(e)),
-    }
-}
-
-/// An operation's outcome, held until the commit.
-enum Answer {
-    U64(Result<u64, StoreError>),
-    Unit(Result<(), StoreError>),
-    Bool(bool),
-    Queued(Vec<Queued>),
-    Depth(QueueDepth),
-    Ids(Vec<DeviceId>),
-    Pending,
-}
-
-impl Answer {
-    fn is_queue_full(&self) -> bool {
-        matches!(self, Answer::U64(Err(StoreError::QueueFull(_))))
-    }
-
-    fn send(self, op: Op) {
-        let e = || StoreError::Backend("internal: answer does not match operation".into());
-        match (op, self) {
-            (
-                Op::Enqueue { reply, .. }
-                | Op::Ack { reply, .. }
-                | Op::Revoke { reply, .. }
-                | Op::Expire { reply, .. },
-                Answer::U64(r),
-            ) => {
-                let _ = reply.send(r);
-            }
-            (Op::Authorize { reply, .. }, Answer::Unit(r)) => drop(reply.send(r)),
-            (Op::IsRoute { reply, .. }, Answer::Bool(b)) => drop(reply.send(Ok(b))),
-            (Op::Fetch { reply, .. }, Answer::Queued(q)) => drop(reply.send(Ok(q))),
-            (Op::Depth { reply, .. } | Op::Totals { reply }, Answer::Depth(d)) => {
-                drop(reply.send(Ok(d)))
-            }
-            (Op::Peers { reply, .. }, Answer::Ids(ids)) => drop(reply.send(Ok(ids))),
-            (op, _) => op.fail(e()),
-        }
-    }
-}
-
-fn qkey(to: &DeviceId, id: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..16].copy_from_slice(&to.0);
-    k[16..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-fn rkey(by: &DeviceId, peer: &DeviceId) -> [u8; 32] {
-    let mut k = [0u8; 32];
-    k[..16].copy_from_slice(&by.0);
-    k[16..].copy_from_slice(&peer.0);
-    k
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_be_bytes)
-}
-
-fn id16(b: &[u8], at: usize) -> DeviceId {
-    DeviceId(b.get(at..at + 16).and_then(|s| s.try_into().ok()).unwrap_or([0; 16]))
-}
-
-#[derive(Clone, Copy, Default)]
-struct Meta {
-    next_id: u64,
-    frames: u64,
-    bytes: u64,
-}
-
-impl Meta {
-    fn decode(v: &[u8]) -> Self {
-        Meta { next_id: u64_at(v, 0), frames: u64_at(v, 8), bytes: u64_at(v, 16) }
-    }
-
-    fn encode(&self) -> [u8; 24] {
-        let mut v = [0u8; 24];
-        v[..8].copy_from_slice(&self.next_id.to_be_bytes());
-        v[8..16].copy_from_slice(&self.frames.to_be_bytes());
-        v[16..].copy_from_slice(&self.bytes.to_be_bytes());
-        v
-    }
-}
-
-/// The tables of one write transaction, opened once for the whole batch,
-/// and the queue metadata the batch read or changed (written back once, at
-/// the end, by [`Tables::write_meta`]).
-struct Tables<'t, 'd> {
-    queue: Table<'t, &'static [u8], &'static [u8]>,
-    meta_t: Table<'t, &'static [u8], &'static [u8]>,
-    routes: Table<'t, &'static [u8], &'static [u8]>,
-    meta: HashMap<DeviceId, (Meta, bool)>,
-    /// Every non-empty queue as of the last commit.
-    depths: &'d Depths,
-}
-
-impl<'t, 'd> Tables<'t, 'd> {
-    fn open(txn: &'t WriteTransaction, depths: &'d Depths) -> Result<Self, StoreError> {
-        Ok(Self {
-            queue: txn.open_table(QUEUE).map_err(backend)?,
-            meta_t: txn.open_table(META).map_err(backend)?,
-            routes: txn.open_table(ROUTES).map_err(backend)?,
-            meta: HashMap::new(),
-            depths,
-        })
-    }
-
-    /// `to`'s queue metadata as this batch left it.
-    fn meta(&mut self, to: &DeviceId) -> Result<Meta, StoreError> {
-        if let Some((m, _)) = self.meta.get(to) {
-            return Ok(*m);
-        }
-        let m = match self.meta_t.get(&to.0[..]).map_err(backend)? {
-            Some(v) => Meta::decode(v.value()),
-            // Its first enqueue sets the next id past the id it was given.
-            None => Meta::default(),
-        };
-        self.meta.insert(*to, (m, false));
-        Ok(m)
-    }
-
-    fn set_meta(&mut self, to: &DeviceId, m: Meta) {
-        self.meta.insert(*to, (m, true));
-    }
-
-    /// Write back the metadata the batch changed; returns it.
-    fn write_meta(&mut self) -> Result<Changed, StoreError> {
-        let mut changed = Vec::new();
-        for (to, (m, dirty)) in &self.meta {
-            if *dirty {
-                self.meta_t.insert(&to.0[..], &m.encode()[..]).map_err(backend)?;
-                changed.push((*to, *m));
-            }
-        }
-        Ok(changed)
-    }
-
-    /// Frames and bytes waiting in each non-empty queue, with this batch's
-    /// changes.
-    fn depths(&self) -> Vec<(DeviceId, QueueDepth)> {
-        let mut out: Vec<(DeviceId, QueueDepth)> = self
-            .depths
-            .0
-            .iter()
-            .filter(|(to, _)| !self.meta.contains_key(to))
-            .map(|(to, d)| (*to, *d))
-            .collect();
-        for (to, (m, _)) in &self.meta {
-            if m.frames > 0 {
-                out.push((*to, QueueDepth { frames: m.frames, bytes: m.bytes }));
-            }
-        }
-        out
-    }
-
-    fn is_route(&self, a: &DeviceId, b: &DeviceId) -> Result<bool, StoreError> {
-        let ab = self.routes.get(&rkey(a, b)[..]).map_err(backend)?.is_some();
-        let ba = self.routes.get(&rkey(b, a)[..]).map_err(backend)?.is_some();
-        Ok(ab && ba)
-    }
-
-    /// Remove queued frames for `to` matching `pred` within `ids`; keeps
-    /// meta in step. Returns how many were removed.
-    fn remove_where(
-        &mut self,
-        to: &DeviceId,
-        ids: std::ops::RangeInclusive<u64>,
-        mut pred: impl FnMut(&[u8]) -> bool,
-    ) -> Result<u64, StoreError> {
-        let lo = qkey(to, *ids.start());
-        let hi = qkey(to, *ids.end());
-        let mut victims = Vec::new();
-        for item in self.queue.range(&lo[..]..=&hi[..]).map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
-            let v = v.value();
-            if pred(v) {
-                victims.push((u64_at(k.value(), 16), v.len().saturating_sub(24) as u64));
-            }
-        }
-        if victims.is_empty() {
-            return Ok(0);
-        }
-        let mut meta = self.meta(to)?;
-        for (id, len) in &victims {
-            self.queue.remove(&qkey(to, *id)[..]).map_err(backend)?;
-            meta.frames = meta.frames.saturating_sub(1);
-            meta.bytes = meta.bytes.saturating_sub(*len);
-        }
-        self.set_meta(to, meta);
-        Ok(victims.len() as u64)
-    }
-
-    /// Remove up to `limit` frames from the head of `to`'s queue that
-    /// expired by `now`. Frames are queued with one TTL, so they expire in id
-    /// order; after the wall clock stepped back, a frame behind a younger
-    /// one waits for it.
-    fn expire_head(&mut self, to: &DeviceId, now: u64, limit: u64) -> Result<u64, StoreError> {
-        let lo = qkey(to, 0);
-        let hi = qkey(to, u64::MAX);
-        let mut last = None;
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        for item in self.queue.range(&lo[..]..=&hi[..]).map_err(backend)?.take(limit) {
-            let (k, v) = item.map_err(backend)?;
-            if u64_at(v.value(), 16) > now {
-                break;
-            }
-            last = Some(u64_at(k.value(), 16));
-        }
-        match last {
-            Some(up_to) => self.remove_where(to, 0..=up_to, |_| true),
-            None => Ok(0),
-        }
-    }
-
-    fn apply(&mut self, op: &Op, limits: &QueueLimits) -> Result<Answer, StoreError> {
-        Ok(match op {
-            Op::Enqueue { to, from, payload, now, id, .. } => {
-                // The id was handed out, so it is spent whatever the answer:
-                // the next id is saved past it, refused or not.
-                let id = *id;
-                let mut meta = self.meta(to)?;
-                meta.next_id = meta.next_id.max(id + 1);
-                self.set_meta(to, meta);
-                if !self.is_route(from, to)? {
-                    return Ok(Answer::U64(Err(StoreError::NoRoute)));
-                }
-                let len = payload.len() as u64;
-                if meta.frames + 1 > limits.max_frames || meta.bytes + len > limits.max_bytes {
-                    return Ok(Answer::U64(Err(StoreError::QueueFull(*to))));
-                }
-                let expires = now.saturating_add(limits.ttl_secs);
-                let mut v = Vec::with_capacity(24 + payload.len());
-                v.extend_from_slice(&from.0);
-                v.extend_from_slice(&expires.to_be_bytes());
-                v.extend_from_slice(payload);
-                self.queue.insert(&qkey(to, id)[..], &v[..]).map_err(backend)?;
-                meta.frames += 1;
-                meta.bytes += len;
-                self.set_meta(to, meta);
-                Answer::U64(Ok(id))
-            }
-            Op::Fetch { to, after, limit, .. } => {
-                let lo = qkey(to, after.saturating_add(1));
-                let hi = qkey(to, u64::MAX);
-                let mut out = Vec::new();
-                for item in self.queue.range(&lo[..]..=&hi[..]).map_err(backend)?.take(*limit) {
-                    let (k, v) = item.map_err(backend)?;
-                    let v = v.value();
-                    out.push(Queued {
-                        id: u64_at(k.value(), 16),
-                        from: id16(v, 0),
-                        payload: v.get(24..).unwrap_or_default().to_vec(),
-                    });
-                }
-                Answer::Queued(out)
-            }
-            Op::Ack { to, up_to, .. } => {
-                Answer::U64(Ok(self.remove_where(to, 0..=*up_to, |_| true)?))
-            }
-            Op::Depth { to, .. } => {
-                let meta = self.meta(to)?;
-                Answer::Depth(QueueDepth { frames: meta.frames, bytes: meta.bytes })
-            }
-            Op::Authorize { by, peer, .. } => {
-                if self.routes.get(&rkey(by, peer)[..]).map_err(backend)?.is_none() {
-                    let lo = rkey(by, &DeviceId([0; 16]));
-                    let hi = rkey(by, &DeviceId([0xff; 16]));
-                    let n = self
-                        .routes
-                        .range(&lo[..]..=&hi[..])
-                        .map_err(backend)?
-                        .take(MAX_PEERS)
-                        .count();
-                    if n >= MAX_PEERS {
-                        return Ok(Answer::Unit(Err(StoreError::TooManyPeers)));
-                    }
-                    self.routes.insert(&rkey(by, peer)[..], &[][..]).map_err(backend)?;
-                }
-                Answer::Unit(Ok(()))
-            }
-            Op::Revoke { by, peer, .. } => {
-                let existed = self.routes.remove(&rkey(by, peer)[..]).map_err(backend)?.is_some();
-                if !existed {
-                    // Nothing can be queued between them on `by`'s account.
-                    return Ok(Answer::U64(Ok(0)));
-                }
-                let a = self.remove_where(peer, 0..=u64::MAX, |v| id16(v, 0) == *by)?;
-                let b = self.remove_where(by, 0..=u64::MAX, |v| id16(v, 0) == *peer)?;
-                Answer::U64(Ok(a + b))
-            }
-            Op::IsRoute { a, b, .. } => Answer::Bool(self.is_route(a, b)?),
-            Op::Peers { a, .. } => {
-                let lo = rkey(a, &DeviceId([0; 16]));
-                let hi = rkey(a, &DeviceId([0xff; 16]));
-                let mut out = Vec::new();
-                for item in self.routes.range(&lo[..]..=&hi[..]).map_err(backend)? {
-                    let (k, _) = item.map_err(backend)?;
-                    let peer = id16(k.value(), 16);
-                    if self.routes.get(&rkey(&peer, a)[..]).map_err(backend)?.is_some() {
-                        out.push(peer);
-                    }
-                }
-                Answer::Ids(out)
-            }
-            Op::Expire { now, .. } => {
-                // The queues that hold frames, then the expired head of each.
-                let mut n = 0;
-                for (to, _) in self.depths() {
-                    let left = MAX_EXPIRED_PER_SWEEP as u64 - n;
-                    if left == 0 {
-                        break;
-                    }
-                    n += self.expire_head(&to, *now, left)?;
-                }
-                Answer::U64(Ok(n))
-            }
-            Op::Totals { .. } => {
-                let mut d = QueueDepth::default();
-                for (_, q) in self.depths() {
-                    d.frames += q.frames;
-                    d.bytes += q.bytes;
-                }
-                Answer::Depth(d)
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod lazy_tests {
     use super::*;
@@ -924,7 +550,15 @@ mod lazy_tests {
 
     fn enqueue() -> Op {
         let (to, from) = (DeviceId([1; 16]), DeviceId([2; 16]));
-        Op::Enqueue { to, from, payload: vec![], now: 0, id: 1, reply: oneshot::channel().0 }
+        Op::Enqueue {
+            to,
+            from,
+            payload: vec![],
+            now: 0,
+            id: 1,
+            live: false,
+            reply: oneshot::channel().0,
+        }
     }
 
     fn totals() -> Op {

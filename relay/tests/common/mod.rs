@@ -28,16 +28,29 @@ pub struct Relay {
     pub url: String,
     pub addr: String,
     args: Vec<String>,
+    /// The metrics listener's address (`--metrics-listen`), once bound.
+    pub metrics_addr: Option<String>,
 }
+
+/// The bearer token the harness's relays serve `/metrics` to.
+pub const METRICS_TOKEN: &str = "test-metrics-token";
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tandem-relay")
 }
 
 impl Relay {
-    /// Start a plain-WebSocket relay on a free loopback port with `args`.
+    /// Start a plain-WebSocket relay on a free loopback port with `args`
+    /// (and the harness's `--metrics-token`).
     pub fn start(dir: &Path, args: &[&str]) -> Relay {
-        Self::start_on(dir, "127.0.0.1:0", args.iter().map(|s| (*s).to_owned()).collect())
+        let mut all = vec!["--metrics-token".to_owned(), METRICS_TOKEN.to_owned()];
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        Self::start_on(dir, "127.0.0.1:0", all)
+    }
+
+    /// Start a relay with exactly `args` (no metrics token), listening on `listen`.
+    pub fn start_bare(dir: &Path, listen: &str, args: &[&str]) -> Relay {
+        Self::start_on(dir, listen, args.iter().map(|s| (*s).to_owned()).collect())
     }
 
     fn start_on(dir: &Path, listen: &str, args: Vec<String>) -> Relay {
@@ -57,15 +70,24 @@ impl Relay {
             .spawn()
             .expect("spawn tandem-relay");
         let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let mut metrics_addr = None;
+        loop {
+            line.clear();
+            stdout.read_line(&mut line).expect("read the listening line");
+            match line.trim().strip_prefix("tandem-relay metrics on http://") {
+                Some(rest) => metrics_addr = Some(rest.trim_end_matches("/metrics").to_owned()),
+                None => break,
+            }
+        }
         let url = line
             .trim()
             .strip_prefix("tandem-relay listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_owned();
         let addr = url.trim_start_matches("ws://").trim_end_matches("/v1/connect").to_owned();
-        Relay { child, dir: dir.to_owned(), url, addr, args }
+        Relay { child, dir: dir.to_owned(), url, addr, args, metrics_addr }
     }
 
     /// `kill -9`.
@@ -115,9 +137,10 @@ impl Relay {
         assert_eq!((status, body.trim()), (200, "ok"), "healthz");
     }
 
-    /// The `/metrics` text.
+    /// The `/metrics` text (with the harness's token).
     pub async fn metrics(&self) -> String {
-        let (status, body) = self.get("/metrics").await;
+        let auth = format!("Authorization: Bearer {METRICS_TOKEN}");
+        let (status, body) = self.get_with("/metrics", &[&auth]).await;
         assert_eq!(status, 200, "/metrics: {body}");
         body
     }
@@ -143,9 +166,24 @@ impl Relay {
 
     /// GET a path over plain HTTP; returns (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
+        self.get_with(path, &[]).await
+    }
+
+    /// GET a path with extra header lines; returns (status, body).
+    pub async fn get_with(&self, path: &str, headers: &[&str]) -> (u16, String) {
+        http_get(&self.addr, path, headers).await
+    }
+}
+
+/// GET `path` from `addr` over plain HTTP with extra header lines; returns
+/// (status, body).
+pub async fn http_get(addr: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = TcpStream::connect(&self.addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n");
         s.write_all(req.as_bytes()).await.expect("write");
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.expect("read");
@@ -206,7 +244,40 @@ pub async fn ws_connect_small_buffer(relay: &Relay) -> Ws {
     ws
 }
 
+/// A TCP connection to `addr` from the local address `from` (any port):
+/// several loopback addresses (127.0.0.x) stand for several clients.
+pub async fn tcp_from(addr: &str, from: std::net::IpAddr) -> std::io::Result<TcpStream> {
+    let remote: std::net::SocketAddr = addr.parse().expect("addr");
+    let sock = if from.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.bind(std::net::SocketAddr::new(from, 0))?;
+    sock.connect(remote).await
+}
+
+/// A WebSocket to `relay` from the local address `from`.
+pub async fn ws_connect_from(relay: &Relay, from: std::net::IpAddr) -> Result<Ws, String> {
+    let stream = tcp_from(&relay.addr, from).await.map_err(|e| e.to_string())?;
+    tokio_tungstenite::client_async(relay.url.as_str(), MaybeTlsStream::Plain(stream))
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
 impl Device {
+    /// Connect from the local address `from` and authenticate.
+    pub async fn connect_from(
+        relay: &Relay,
+        key: DeviceKey,
+        role: Role,
+        from: std::net::IpAddr,
+    ) -> (Device, u32) {
+        let ws = ws_connect_from(relay, from).await.expect("websocket from a source address");
+        Self::authenticate(ws, &relay.addr, key, role).await
+    }
+
     pub fn id(&self) -> DeviceId {
         self.key.public().device_id()
     }
@@ -505,9 +576,20 @@ fn unix_now() -> u64 {
 /// both sides then `Authorize` each other (as §6.8 orders) and the
 /// mailbox is closed.
 pub async fn pair_for_real(relay: &Relay) -> RealPair {
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+    pair_for_real_from(relay, lo, lo).await
+}
+
+/// [`pair_for_real`] with the desktop and the phone connecting from the
+/// local addresses `desk_from` and `phone_from`.
+pub async fn pair_for_real_from(
+    relay: &Relay,
+    desk_from: std::net::IpAddr,
+    phone_from: std::net::IpAddr,
+) -> RealPair {
     let mut e = Entropy::os();
-    let (mut desk, _) = Device::connect(relay, new_key(), Role::Desktop).await;
-    let (mut phone, _) = Device::connect(relay, new_key(), Role::Phone).await;
+    let (mut desk, _) = Device::connect_from(relay, new_key(), Role::Desktop, desk_from).await;
+    let (mut phone, _) = Device::connect_from(relay, new_key(), Role::Phone, phone_from).await;
     let (desk_id, phone_id) = (desk.id(), phone.id());
     let now = unix_now();
     let offer = DesktopPairing::new(desk.key.clone(), now, 120, None, &mut e).expect("offer");

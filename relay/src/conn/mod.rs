@@ -1,0 +1,397 @@
+//! One device connection: authenticate, then read frames and act on them
+//! while a writer task sends responses, live deliveries, the backlog from
+//! the store and pings. A slow reader never blocks anyone else: other tasks
+//! only `try_send` to a connection (falling back to a wake-up and the store),
+//! and a write that takes longer than `write_timeout` closes the connection.
+//!
+//! Payload bytes are never logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tandem_proto::entropy::Entropy;
+use tandem_proto::frame::Frame;
+use tandem_proto::relay_auth::RelayChallenge;
+use tandem_proto::{DeviceId, ErrorCode, Role};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::{Instant, timeout};
+use tracing::{debug, info};
+
+use crate::admission::{Slot, Unauthenticated};
+use crate::net::IpKey;
+use crate::registry::{ConnHandle, Outbound};
+use crate::state::State;
+
+mod reader;
+mod writer;
+
+use self::reader::Reader;
+use self::writer::Writer;
+
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+/// Most store operations one connection may have in flight.
+pub(crate) const MAX_PENDING: usize = 256;
+
+/// When the connection last carried application traffic either way
+/// (milliseconds since it was opened): the phone idle timeout counts
+/// deliveries to the phone as well as what it sends.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Acquire))
+    }
+}
+
+/// Why a connection ends, with the code to close it with.
+struct Closing(ErrorCode, String);
+
+impl Closing {
+    fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        Self(code, msg.into())
+    }
+}
+
+/// What [`serve`] needs besides the socket.
+pub(crate) struct Arrival {
+    /// The client's address (told by a trusted proxy, or the TCP peer).
+    pub(crate) peer: SocketAddr,
+    /// What per-address limits count it under.
+    pub(crate) key: IpKey,
+    /// The upgrade request's `Host`.
+    pub(crate) host: String,
+    pub(crate) state: Arc<State>,
+    /// A connection slot (`None`: the relay is full).
+    pub(crate) slot: Option<OwnedSemaphorePermit>,
+    /// Its place among connections not authenticated yet, given up at `AuthOk`.
+    pub(crate) unauthenticated: Unauthenticated,
+}
+
+/// An [`Arrival`], boxed by the caller so that what is kept for the
+/// connection's life by the task that serves it is one pointer.
+pub(crate) type Accepted = Box<Arrival>;
+
+/// Serve one upgraded WebSocket.
+///
+/// A task keeps its future's size for the connection's life, and a future
+/// is as large as its largest await plus everything it captured (an `async
+/// fn` also keeps its arguments, moved or not). So this is no `async fn`,
+/// every step before and after the idle wait for frames is boxed, and what
+/// the idle wait holds is the connection ([`Conn`]) and the reader's loop.
+#[expect(clippy::boxed_local, reason = "the caller's closure keeps what it captured")]
+pub(crate) fn serve(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    let opening = Box::pin(open(sink, stream, *accepted));
+    async move {
+        let Some(mut conn) = opening.await else { return };
+        if conn.writer.is_some() {
+            match conn.reader.run(&mut conn.stream).await {
+                Err(Closing(code, msg)) => conn.reader.handle.close(code, &msg),
+                Ok(()) => conn.reader.handle.close(ErrorCode::Other(0), ""),
+            }
+        }
+        Box::pin(conn.finish()).await;
+    }
+}
+
+/// An authenticated, registered connection.
+struct Conn {
+    stream: Stream,
+    reader: Reader,
+    conn_id: u64,
+    /// The writer task; `None` when the first write (`AuthOk`) failed.
+    writer: Option<tokio::task::JoinHandle<()>>,
+    /// Held until the connection is gone.
+    _slot: OwnedSemaphorePermit,
+    /// Its place among the authenticated connections from its address.
+    _live: Slot<IpKey>,
+}
+
+/// Authenticate, register the device, greet it and start the writer.
+/// `None` when the connection was refused (and closed).
+async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Conn> {
+    let Arrival { peer, key, host, state, slot, unauthenticated } = arrival;
+    let Some(slot) = slot else {
+        state.metrics.refused(ErrorCode::Overloaded);
+        close(&mut sink, ErrorCode::Overloaded, "the relay is at its connection limit", &state)
+            .await;
+        return None;
+    };
+    let handshake =
+        timeout(state.config.handshake_timeout, authenticate(&mut sink, &mut stream, &host));
+    let (device, role) = match handshake.await {
+        Ok(Ok(id)) => id,
+        Ok(Err(Closing(code, msg))) => {
+            if code == ErrorCode::AuthFailed {
+                state.metrics.auth_failed();
+            }
+            state.metrics.refused(code);
+            debug!(%peer, %code, "handshake refused");
+            close(&mut sink, code, &msg, &state).await;
+            return None;
+        }
+        Err(_) => {
+            state.metrics.refused(ErrorCode::HandshakeTimeout);
+            debug!(%peer, "no authentication within handshake_timeout");
+            close(
+                &mut sink,
+                ErrorCode::HandshakeTimeout,
+                "authenticate within the deadline",
+                &state,
+            )
+            .await;
+            return None;
+        }
+    };
+
+    // Authenticated: trade the place among those that are not for one among
+    // the authenticated connections from its address (every role counts).
+    drop(unauthenticated);
+    let replacing = state.registry.get(&device).is_some_and(|old| old.ip == key);
+    let live = match state.admission.authenticated(key, replacing) {
+        Ok(live) => live,
+        Err(refusal) => {
+            state.metrics.limit_refused(refusal.label());
+            state.metrics.refused(ErrorCode::RateLimited);
+            debug!(%peer, ip = %key, "too many connections from this address");
+            let msg = "too many connections from your address";
+            close(&mut sink, ErrorCode::RateLimited, msg, &state).await;
+            return None;
+        }
+    };
+    let conn_id = state.registry.next_conn_id();
+    let (tx, rx) = mpsc::channel(state.config.send_queue.max(1));
+    let handle = ConnHandle::new(conn_id, key, tx);
+    if let Some(old) = state.registry.insert(device, handle.clone()) {
+        old.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
+    }
+    if state.shutdown.is_cancelled() {
+        // Authenticated while the relay was draining: tell it to come back later.
+        handle.close(ErrorCode::ShuttingDown, "the relay is restarting; reconnect after the hint");
+    }
+    state.metrics.connected(role);
+    info!(device = %device, ?role, conn_id, %peer, "device connected");
+
+    let liveness = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(Activity::new());
+    let queued = match state.store.depth(device).await {
+        Ok(d) => u32::try_from(d.frames).unwrap_or(u32::MAX),
+        Err(_) => 0,
+    };
+    let ping_ms = u32::try_from(state.config.ping_interval.as_millis()).unwrap_or(u32::MAX);
+    let hello = Frame::AuthOk { device_id: device, queued, ping_interval_ms: ping_ms };
+    let writer = match write(&mut sink, &hello, &state).await {
+        Ok(()) => {
+            let w = Writer {
+                sink,
+                state: state.clone(),
+                handle: handle.clone(),
+                device,
+                liveness: liveness.clone(),
+                delivered: delivered.clone(),
+                activity: activity.clone(),
+            };
+            Some(tokio::spawn(w.run(rx)))
+        }
+        Err(_) => None,
+    };
+    if writer.is_some() {
+        announce(&state, device, true).await;
+    }
+    let reader = Reader { state, handle, device, role, ip: key, liveness, delivered, activity };
+    Some(Conn { stream, reader, conn_id, writer, _slot: slot, _live: live })
+}
+
+impl Conn {
+    /// After the reader stopped: wait for the writer, unregister, tell the
+    /// peers; the connection slot is freed last.
+    async fn finish(self) {
+        if let Some(w) = self.writer {
+            let _ = w.await;
+        }
+        let Reader { state, device, role, .. } = &self.reader;
+        // The pairing mailboxes it opened go with it.
+        let closed = state.mailboxes.close_all(*device, self.conn_id);
+        for _ in 0..closed {
+            state.metrics.pairing("closed");
+        }
+        if state.registry.remove(device, self.conn_id) {
+            announce(state, *device, false).await;
+            state.routes.forget(*device);
+        }
+        state.metrics.disconnected(*role);
+        info!(device = %device, conn_id = self.conn_id, "device disconnected");
+    }
+}
+
+/// Hello → Challenge → Auth. Returns the authenticated device and its role.
+async fn authenticate(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    host: &str,
+) -> Result<(DeviceId, Role), Closing> {
+    let role = match next_frame(stream).await? {
+        Frame::Hello { min_version, max_version, role } => {
+            if !(min_version..=max_version).contains(&tandem_proto::frame::VERSION) {
+                return Err(Closing::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!("this relay speaks version {}", tandem_proto::frame::VERSION),
+                ));
+            }
+            role
+        }
+        _ => return Err(Closing::new(ErrorCode::NotAuthenticated, "send Hello first")),
+    };
+    let challenge = RelayChallenge::new(&mut Entropy::os(), host)
+        .map_err(|_| Closing::new(ErrorCode::Internal, "no randomness"))?;
+    let bytes =
+        challenge.frame().encode().map_err(|_| Closing::new(ErrorCode::Internal, "challenge"))?;
+    sink.send(Message::Binary(bytes.into()))
+        .await
+        .map_err(|_| Closing::new(ErrorCode::Internal, "write"))?;
+    match next_frame(stream).await? {
+        Frame::Auth { public_key, proof } => challenge
+            .verify(role, &public_key, &proof)
+            .map(|id| (id, role))
+            .map_err(|e| Closing::new(ErrorCode::AuthFailed, e.to_string())),
+        _ => Err(Closing::new(ErrorCode::NotAuthenticated, "send Auth after the challenge")),
+    }
+}
+
+/// The next binary frame, decoded; control frames are skipped.
+async fn next_frame(stream: &mut Stream) -> Result<Frame, Closing> {
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                return Frame::decode(&b).map_err(|e| Closing::new(e.code(), e.to_string()));
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Text(_))) => {
+                return Err(Closing::new(ErrorCode::MalformedFrame, "frames are binary messages"));
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                return Err(Closing::new(ErrorCode::Other(0), "closed by peer"));
+            }
+            Some(Err(e)) => return Err(read_error(&e)),
+        }
+    }
+}
+
+fn read_error(e: &axum::Error) -> Closing {
+    let text = e.to_string();
+    // tungstenite reports a message over the cap as a capacity error.
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Capacity")
+    {
+        Closing::new(ErrorCode::FrameTooLarge, "frame over the size limit")
+    } else {
+        Closing::new(ErrorCode::Other(0), "read failed")
+    }
+}
+
+async fn write(sink: &mut Sink, frame: &Frame, state: &State) -> Result<(), ()> {
+    let bytes = frame.encode().map_err(|_| ())?;
+    match timeout(state.config.write_timeout, sink.send(Message::Binary(bytes.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Queue `frame` in the WebSocket's write buffer; it goes out when the
+/// buffer passes [`crate::server::WRITE_BUFFER`] bytes or at the next
+/// [`flush`], so a burst of frames costs one system call, not one each.
+async fn feed(sink: &mut Sink, frame: &Frame, state: &State) -> Result<(), ()> {
+    let bytes = frame.encode().map_err(|_| ())?;
+    match timeout(state.config.write_timeout, sink.feed(Message::Binary(bytes.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Write out whatever [`feed`] buffered.
+async fn flush(sink: &mut Sink, state: &State) -> Result<(), ()> {
+    match timeout(state.config.write_timeout, sink.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Send an `Error` frame and a close frame with the code, best effort.
+async fn close(sink: &mut Sink, code: ErrorCode, msg: &str, state: &State) {
+    if code.code() != 0 {
+        let _ =
+            write(sink, &Frame::Error { code, ref_id: 0, message: msg.to_owned() }, state).await;
+    }
+    let frame = CloseFrame {
+        code: if code.code() == 0 { 1000 } else { code.close_code() },
+        reason: truncate(msg, 120).into(),
+    };
+    let _ = timeout(state.config.write_timeout, sink.send(Message::Close(Some(frame)))).await;
+    let _ = timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_owned()
+}
+
+/// Tell `device`'s online mutual peers that it came or went, and (when it
+/// came) tell it which of them are online.
+async fn announce(state: &State, device: DeviceId, online: bool) {
+    let Ok(peers) = state.routes.peers(device).await else { return };
+    let me = state.registry.get(&device);
+    for peer in peers.iter() {
+        if let Some(h) = state.registry.get(peer) {
+            h.offer(Outbound::Frame(Frame::Presence { peer: device, online }));
+            if online && let Some(me) = &me {
+                me.offer(Outbound::Frame(Frame::Presence { peer: *peer, online: true }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future that `f` returns.
+    fn future_size<A, B, R>(_: &impl Fn(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// An idle connection's two tasks keep their futures' sizes for the
+    /// connection's life (docs/BENCHMARKS.md, "Memory per idle
+    /// connection"). An unboxed await of a large future on their path, or
+    /// a large by-value argument of an `async fn`, shows here.
+    #[test]
+    fn an_idle_connections_futures_stay_small() {
+        let serve = future_size(&serve);
+        let writer = future_size(&Writer::run);
+        assert!(serve <= 800, "the connection's future is {serve} bytes");
+        assert!(writer <= 800, "the writer's future is {writer} bytes");
+    }
+}

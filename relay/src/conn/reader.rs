@@ -1,0 +1,517 @@
+//! A connection's reader: frames from the device become actions; store
+//! operations are pipelined in order and answered as they finish.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use tandem_proto::frame::{Frame, FrameError};
+use tandem_proto::{DeviceId, ErrorCode, Role};
+use tokio::time::{Instant, sleep_until};
+use tracing::{info, warn};
+
+use super::{Activity, Closing, MAX_PENDING, Stream, read_error};
+use crate::net::IpKey;
+use crate::pairing::Owner;
+use crate::registry::{ConnHandle, Outbound};
+use crate::state::{State, unix_now};
+use crate::store::{Enqueued, StoreError, StoreFuture};
+
+/// A store operation in flight, with what to do when it finishes.
+enum Pending {
+    Enqueue(Box<Enqueue>),
+    Ack { fut: StoreFuture<u64> },
+}
+
+/// A `Send` being queued.
+struct Enqueue {
+    state: Arc<State>,
+    send_id: u64,
+    from: DeviceId,
+    to: DeviceId,
+    payload: Vec<u8>,
+    enqueued: Enqueued,
+}
+
+type PendingFut = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+
+enum Done {
+    Enqueued { send_id: u64, len: usize, result: Result<u64, StoreError> },
+    Acked(Result<u64, StoreError>),
+}
+
+impl Pending {
+    async fn finish(self) -> Done {
+        match self {
+            Pending::Enqueue(e) => {
+                let Enqueue { state, send_id, from, to, payload, enqueued } = *e;
+                let len = payload.len();
+                // Deliver as soon as the frame has its id, while the commit
+                // runs; the sender's `Ok` waits for the commit. Without an
+                // early id (a full queue, a failing store), once it is stored.
+                let mut payload = Some(payload);
+                if let Ok(id) = enqueued.placed.await {
+                    push(&state, from, to, id, &mut payload).await;
+                }
+                let result = enqueued.durable.await;
+                if let Ok(id) = result {
+                    push(&state, from, to, id, &mut payload).await;
+                }
+                Done::Enqueued { send_id, len, result }
+            }
+            Pending::Ack { fut } => Done::Acked(fut.await),
+        }
+    }
+}
+
+/// Hand `payload` (if not handed over yet) to `to`'s live connection, if it
+/// has one and the route still stands (a revocation since the route check
+/// dropped the frame, or will: do not push what the recipient no longer
+/// accepts).
+async fn push(state: &State, from: DeviceId, to: DeviceId, id: u64, payload: &mut Option<Vec<u8>>) {
+    if payload.is_some()
+        && state.routes.is_route(from, to).await.unwrap_or(false)
+        && let Some(h) = state.registry.get(&to)
+        && let Some(payload) = payload.take()
+    {
+        h.offer(Outbound::Deliver { id, from, payload });
+    }
+}
+
+/// What woke the reader.
+enum Event {
+    /// A store operation finished.
+    Done(Done),
+    /// The idle deadline passed (PROTOCOL.md §6.4).
+    Idle,
+    /// The device sent something (`None`: the end of the stream).
+    Message(Option<Result<Message, axum::Error>>),
+}
+
+/// What the reader does after a message.
+enum Next {
+    /// Read the next one.
+    Read,
+    /// Track a store operation it started.
+    Track(Pending),
+    /// Stop: the device closed the connection.
+    Stop,
+}
+
+pub(super) struct Reader {
+    pub(super) state: Arc<State>,
+    pub(super) handle: ConnHandle,
+    pub(super) device: DeviceId,
+    pub(super) role: Role,
+    /// The client address it counts under.
+    pub(super) ip: IpKey,
+    pub(super) liveness: Arc<AtomicU64>,
+    /// The highest delivery id the writer has sent on this connection.
+    pub(super) delivered: Arc<AtomicU64>,
+    pub(super) activity: Arc<Activity>,
+}
+
+impl Reader {
+    pub(super) async fn run(&self, stream: &mut Stream) -> Result<(), Closing> {
+        let mut pending: FuturesOrdered<PendingFut> = FuturesOrdered::new();
+        let result = self.read(stream, &mut pending).await;
+        // Operations already submitted still complete in the store; finish
+        // them so that a frame stored for an online recipient is pushed to
+        // it even though its sender has gone (answers to the sender are moot).
+        let drain = async {
+            while let Some(done) = pending.next().await {
+                Box::pin(self.finished(done, false)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+        result
+    }
+
+    async fn read(
+        &self,
+        stream: &mut Stream,
+        pending: &mut FuturesOrdered<PendingFut>,
+    ) -> Result<(), Closing> {
+        let idle = self.state.config.idle_timeout;
+        loop {
+            let idle_deadline = self.activity.last() + idle;
+            // Only waiting happens here; the work is boxed (see `serve`), and
+            // the event is moved into it whole (a partly moved one would stay
+            // in this future).
+            let event = tokio::select! {
+                biased;
+                () = self.handle.cancelled() => return Ok(()),
+                Some(done) = pending.next(), if !pending.is_empty() => Event::Done(done),
+                () = sleep_until(idle_deadline) => Event::Idle,
+                msg = stream.next(), if pending.len() < MAX_PENDING => Event::Message(msg),
+            };
+            match Box::pin(self.on_event(event)).await? {
+                Next::Read => {}
+                Next::Track(p) => pending.push_back(Box::pin(p.finish())),
+                Next::Stop => return Ok(()),
+            }
+        }
+    }
+
+    async fn on_event(&self, event: Event) -> Result<Next, Closing> {
+        match event {
+            Event::Done(done) => {
+                self.finished(done, true).await;
+                Ok(Next::Read)
+            }
+            // Deliveries may have moved the deadline while we slept.
+            Event::Idle
+                if self.activity.last() + self.state.config.idle_timeout <= Instant::now() =>
+            {
+                if self.waits_for_peers().await {
+                    // A desktop serving a peer or a pairing: count from now.
+                    self.activity.touch();
+                    return Ok(Next::Read);
+                }
+                self.state.metrics.limit_refused("idle_timeout");
+                Err(Closing::new(
+                    ErrorCode::IdleTimeout,
+                    "no activity on this connection; reconnect to re-attach",
+                ))
+            }
+            Event::Idle => Ok(Next::Read),
+            Event::Message(msg) => self.on_message(msg).await,
+        }
+    }
+
+    /// Whether an idle connection may stay (PROTOCOL.md §6.4): a desktop's,
+    /// while it has a mutual route with some device or an open pairing
+    /// mailbox. The role is the device's own claim, so it alone earns
+    /// nothing: a phone, or a "desktop" that nobody authorised and that
+    /// pairs with nobody, is closed when idle.
+    async fn waits_for_peers(&self) -> bool {
+        if self.role != Role::Desktop {
+            return false;
+        }
+        let conn_id = self.handle.conn_id;
+        if self.state.mailboxes.has_open(self.device, conn_id) {
+            return true;
+        }
+        self.state.routes.peers(self.device).await.is_ok_and(|p| !p.is_empty())
+    }
+
+    /// Act on what the device sent (`None`: the end of the stream).
+    async fn on_message(&self, msg: Option<Result<Message, axum::Error>>) -> Result<Next, Closing> {
+        let frame = match msg {
+            Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
+                Ok(f) => f,
+                Err(FrameError::UnknownType(t)) => {
+                    let m = format!("unknown frame type 0x{t:02x}");
+                    self.refuse(ErrorCode::UnknownFrameType, 0, &m).await;
+                    return Ok(Next::Read);
+                }
+                Err(e) => {
+                    self.state.metrics.refused(e.code());
+                    return Err(Closing::new(e.code(), e.to_string()));
+                }
+            },
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(Next::Read),
+            Some(Ok(Message::Text(_))) => {
+                self.state.metrics.refused(ErrorCode::MalformedFrame);
+                return Err(Closing::new(ErrorCode::MalformedFrame, "frames are binary messages"));
+            }
+            Some(Ok(Message::Close(_))) | None => return Ok(Next::Stop),
+            Some(Err(e)) => {
+                let c = read_error(&e);
+                if c.0 == ErrorCode::FrameTooLarge {
+                    self.state.metrics.refused(c.0);
+                }
+                return Err(c);
+            }
+        };
+        if !matches!(frame, Frame::Ping { .. } | Frame::Pong { .. }) {
+            self.activity.touch();
+        }
+        Ok(self.on_frame(frame).await?.map_or(Next::Read, Next::Track))
+    }
+
+    /// Send an `Error` frame on this connection (waits if its own queue is full).
+    async fn refuse(&self, code: ErrorCode, ref_id: u64, message: &str) {
+        self.state.metrics.refused(code);
+        let _ = self.handle.send(Frame::Error { code, ref_id, message: message.to_owned() }).await;
+    }
+
+    async fn reply(&self, frame: Frame) {
+        let _ = self.handle.send(frame).await;
+    }
+
+    async fn on_frame(&self, frame: Frame) -> Result<Option<Pending>, Closing> {
+        let state = &self.state;
+        let me = self.device;
+        if !matches!(frame, Frame::Ping { .. } | Frame::Pong { .. }) && !state.limits.frame(me) {
+            let ref_id = match &frame {
+                Frame::Send { send_id, .. } => *send_id,
+                Frame::PairOpen { request_id, .. }
+                | Frame::PairClaim { request_id, .. }
+                | Frame::PairClose { request_id, .. }
+                | Frame::Authorize { request_id, .. }
+                | Frame::Revoke { request_id, .. } => *request_id,
+                _ => 0,
+            };
+            self.refuse(ErrorCode::RateLimited, ref_id, "too many frames; slow down").await;
+            return Ok(None);
+        }
+        match frame {
+            Frame::Ping { nonce } => self.reply(Frame::Pong { nonce }).await,
+            Frame::Pong { nonce } => {
+                let _ =
+                    self.liveness.compare_exchange(nonce, 0, Ordering::AcqRel, Ordering::Acquire);
+            }
+            Frame::Send { send_id, to, payload } => {
+                match state.routes.is_route(me, to).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.refuse(
+                            ErrorCode::NotAuthorized,
+                            send_id,
+                            "no route: these devices have not authorised each other",
+                        )
+                        .await;
+                        return Ok(None);
+                    }
+                    Err(_) => {
+                        self.refuse(ErrorCode::Internal, send_id, "store unavailable").await;
+                        return Ok(None);
+                    }
+                }
+                let live = state.registry.get(&to).is_some();
+                let enqueued = state.store.enqueue(to, me, payload.clone(), unix_now(), live);
+                return Ok(Some(Pending::Enqueue(Box::new(Enqueue {
+                    state: Arc::clone(state),
+                    send_id,
+                    from: me,
+                    to,
+                    payload,
+                    enqueued,
+                }))));
+            }
+            Frame::Ack { up_to } => {
+                // Never delete what this connection has not delivered yet.
+                let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
+                return Ok(Some(Pending::Ack { fut: state.store.ack(me, up_to) }));
+            }
+            Frame::Authorize { request_id, peer } => {
+                if peer == me {
+                    self.refuse(
+                        ErrorCode::UnexpectedFrame,
+                        request_id,
+                        "a device cannot authorise itself",
+                    )
+                    .await;
+                    return Ok(None);
+                }
+                match state.store.authorize(me, peer).await {
+                    Ok(()) => {
+                        state.routes.invalidate(me, peer);
+                        self.reply(Frame::Ok { ref_id: request_id }).await;
+                        if state.routes.is_route(me, peer).await.unwrap_or(false)
+                            && let Some(h) = state.registry.get(&peer)
+                        {
+                            h.offer(Outbound::Frame(Frame::Presence { peer: me, online: true }));
+                            self.reply(Frame::Presence { peer, online: true }).await;
+                        }
+                    }
+                    Err(StoreError::TooManyPeers) => {
+                        self.refuse(
+                            ErrorCode::RateLimited,
+                            request_id,
+                            "too many authorised peers",
+                        )
+                        .await;
+                    }
+                    Err(_) => {
+                        self.refuse(ErrorCode::Internal, request_id, "store unavailable").await
+                    }
+                }
+            }
+            Frame::Revoke { request_id, peer } => {
+                let had_route = state.routes.is_route(me, peer).await.unwrap_or(false);
+                match state.store.revoke(me, peer).await {
+                    Ok(dropped) => {
+                        state.routes.invalidate(me, peer);
+                        state.metrics.dropped("revoked", dropped);
+                        if had_route && let Some(h) = state.registry.get(&peer) {
+                            h.offer(Outbound::Frame(Frame::Presence { peer: me, online: false }));
+                        }
+                        info!(device = %me, peer = %peer, dropped, "route revoked");
+                        self.reply(Frame::Ok { ref_id: request_id }).await;
+                    }
+                    Err(_) => {
+                        self.refuse(ErrorCode::Internal, request_id, "store unavailable").await
+                    }
+                }
+            }
+            Frame::PairOpen { request_id, pairing_id, ttl_secs } => {
+                if self.role != Role::Desktop {
+                    self.refuse(
+                        ErrorCode::UnexpectedFrame,
+                        request_id,
+                        "only desktops open pairing mailboxes",
+                    )
+                    .await;
+                    return Ok(None);
+                }
+                let ttl = Duration::from_secs(u64::from(ttl_secs.max(1)))
+                    .min(state.config.pairing_ttl_max);
+                let owner = Owner { desktop: me, conn_id: self.handle.conn_id, ip: self.ip };
+                match state.mailboxes.open(pairing_id, owner, ttl) {
+                    Ok(()) => {
+                        state.metrics.pairing("opened");
+                        self.reply(Frame::Ok { ref_id: request_id }).await;
+                    }
+                    Err(refused) => {
+                        let msg = match refused.limit() {
+                            Some(limit) => {
+                                state.metrics.limit_refused(limit);
+                                "too many open pairing mailboxes"
+                            }
+                            None => "pairing id in use",
+                        };
+                        self.refuse(refused.code(), request_id, msg).await
+                    }
+                }
+            }
+            Frame::PairClaim { request_id, pairing_id, payload } => {
+                if self.role != Role::Phone {
+                    self.refuse(
+                        ErrorCode::UnexpectedFrame,
+                        request_id,
+                        "only phones claim pairing mailboxes",
+                    )
+                    .await;
+                    return Ok(None);
+                }
+                if !state.limits.claim(self.ip) {
+                    self.refuse(
+                        ErrorCode::RateLimited,
+                        request_id,
+                        "too many pairing attempts; wait a minute",
+                    )
+                    .await;
+                    return Ok(None);
+                }
+                match state.mailboxes.claim(pairing_id, me) {
+                    Ok(desktop) => match state.registry.get(&desktop) {
+                        Some(h) => {
+                            h.offer(Outbound::Frame(Frame::PairMessage {
+                                pairing_id,
+                                peer: me,
+                                payload,
+                            }));
+                            state.metrics.pairing("claimed");
+                            self.reply(Frame::Ok { ref_id: request_id }).await;
+                        }
+                        None => {
+                            // Nothing happened: the claim may be retried once the desktop is back.
+                            state.mailboxes.unclaim(pairing_id, me);
+                            self.refuse(
+                                ErrorCode::PairingNotFound,
+                                request_id,
+                                "the desktop is not connected",
+                            )
+                            .await
+                        }
+                    },
+                    Err(code) => self.refuse(code, request_id, "pairing refused").await,
+                }
+            }
+            Frame::PairMessage { pairing_id, peer, payload } => {
+                match state.mailboxes.route(pairing_id, me, peer) {
+                    Ok(to) => match state.registry.get(&to) {
+                        Some(h) => h.offer(Outbound::Frame(Frame::PairMessage {
+                            pairing_id,
+                            peer: me,
+                            payload,
+                        })),
+                        None => {
+                            self.refuse(
+                                ErrorCode::PairingNotFound,
+                                0,
+                                "the other device is not connected",
+                            )
+                            .await
+                        }
+                    },
+                    Err(code) => self.refuse(code, 0, "pairing message refused").await,
+                }
+            }
+            Frame::PairClose { request_id, pairing_id } => {
+                match state.mailboxes.close(pairing_id, me) {
+                    Ok(()) => {
+                        state.metrics.pairing("closed");
+                        self.reply(Frame::Ok { ref_id: request_id }).await;
+                    }
+                    Err(code) => self.refuse(code, request_id, "cannot close that mailbox").await,
+                }
+            }
+            other => {
+                let name = other.frame_type();
+                self.refuse(
+                    ErrorCode::UnexpectedFrame,
+                    0,
+                    &format!("{name} is not sent by devices"),
+                )
+                .await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Act on a finished store operation; `answer` is false once the
+    /// sender's connection is closing (only the push to the recipient matters).
+    async fn finished(&self, done: Done, answer: bool) {
+        let state = &self.state;
+        match done {
+            Done::Enqueued { send_id, len, result } => match result {
+                Ok(_) => {
+                    state.metrics.forwarded(len);
+                    if answer {
+                        self.reply(Frame::Ok { ref_id: send_id }).await;
+                    }
+                }
+                Err(_) if !answer => {}
+                Err(StoreError::NoRoute) => {
+                    self.refuse(
+                        ErrorCode::NotAuthorized,
+                        send_id,
+                        "no route: these devices have not authorised each other",
+                    )
+                    .await;
+                }
+                Err(StoreError::QueueFull(_)) => {
+                    state.metrics.limit_refused("queue_recipient");
+                    self.refuse(ErrorCode::QueueFull, send_id, "the recipient's queue is full")
+                        .await;
+                }
+                Err(StoreError::SenderShareFull) => {
+                    state.metrics.limit_refused("queue_sender_share");
+                    self.refuse(
+                        ErrorCode::QueueFull,
+                        send_id,
+                        "this device has its share of the relay's queues full; wait for acks",
+                    )
+                    .await;
+                }
+                Err(StoreError::StorageFull) => {
+                    state.metrics.limit_refused("queue_total");
+                    self.refuse(ErrorCode::QueueFull, send_id, "the relay's queue storage is full")
+                        .await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "store failed");
+                    self.refuse(ErrorCode::Internal, send_id, "store unavailable; retry").await;
+                }
+            },
+            Done::Acked(Err(e)) => warn!(error = %e, "ack failed"),
+            Done::Acked(Ok(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! A connection's writer: responses, live deliveries, the backlog from the
+//! store and pings, each batch in one flush; a write that takes longer than
+//! `write_timeout` closes the connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use tandem_proto::frame::Frame;
+use tandem_proto::{DeviceId, ErrorCode};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use super::{Activity, Closing, Sink, close, feed, flush, write};
+use crate::registry::{ConnHandle, Outbound, Queued};
+use crate::state::State;
+
+/// The reason recorded when a write fails or times out.
+pub(super) const WRITE_FAILED: &str = "write failed or timed out";
+/// Frames read from the store per backlog page.
+const BACKLOG_PAGE: usize = 128;
+/// Most queued frames the writer buffers before it flushes.
+const WRITE_BATCH: usize = 64;
+
+pub(super) struct Writer {
+    pub(super) sink: Sink,
+    pub(super) state: Arc<State>,
+    pub(super) handle: ConnHandle,
+    pub(super) device: DeviceId,
+    pub(super) liveness: Arc<AtomicU64>,
+    pub(super) delivered: Arc<AtomicU64>,
+    pub(super) activity: Arc<Activity>,
+}
+
+impl Writer {
+    /// Not `async fn`, which would keep a second copy of `self` in its
+    /// future for the connection's life (see [`serve`]).
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments")]
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Queued>) -> impl Future<Output = ()> + Send {
+        async move {
+            let mut last = 0u64;
+            let result = self.loop_(&mut rx, &mut last).await;
+            Box::pin(self.finish(&mut rx, result)).await;
+        }
+    }
+
+    /// After the loop: say goodbye as the reason asks, flush, close.
+    async fn finish(&mut self, rx: &mut mpsc::Receiver<Queued>, result: Result<(), Closing>) {
+        if let Err(Closing(_, ref m)) = result
+            && m == WRITE_FAILED
+        {
+            // The socket is unusable: no flush, no close frame.
+            self.handle.close(ErrorCode::Other(0), WRITE_FAILED);
+            return;
+        }
+        if self.handle.reason().is_some_and(|(c, _)| c == ErrorCode::ShuttingDown) {
+            let hint =
+                u32::try_from(self.state.config.restart_hint.as_millis()).unwrap_or(u32::MAX);
+            let _ =
+                write(&mut self.sink, &Frame::Restarting { reconnect_after_ms: hint }, &self.state)
+                    .await;
+        }
+        // Flush what is queued, then close.
+        while let Ok(out) = rx.try_recv() {
+            if let Outbound::Frame(f) = *out
+                && write(&mut self.sink, &f, &self.state).await.is_err()
+            {
+                break;
+            }
+        }
+        let (code, msg) = match result {
+            Err(Closing(c, m)) => (c, m),
+            Ok(()) => self.handle.reason().unwrap_or((ErrorCode::Other(0), String::new())),
+        };
+        close(&mut self.sink, code, &msg, &self.state).await;
+        // Make sure the reader stops too.
+        self.handle.close(code, &msg);
+    }
+
+    fn next_ping(&self) -> Instant {
+        let c = &self.state.config;
+        let jitter_ms = u64::try_from(c.ping_jitter.as_millis()).unwrap_or(0);
+        let j = if jitter_ms == 0 { 0 } else { rand::rng().random_range(0..=jitter_ms) };
+        Instant::now() + c.ping_interval + Duration::from_millis(j)
+    }
+
+    /// Not `async fn`, which would keep a second copy of its arguments in its
+    /// future (see [`serve`]).
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments")]
+    fn loop_<'a>(
+        &'a mut self,
+        rx: &'a mut mpsc::Receiver<Queued>,
+        last: &'a mut u64,
+    ) -> impl Future<Output = Result<(), Closing>> + Send + 'a {
+        async move {
+            Box::pin(self.backlog(last, u64::MAX)).await?;
+            self.flush().await?;
+            let mut ping_at = self.next_ping();
+            let mut pong_by: Option<Instant> = None;
+            // One timer for the next ping and the pong deadline, whichever is
+            // first: it is re-armed only when that changes (or it fired).
+            let timer = sleep_until(ping_at);
+            tokio::pin!(timer);
+            loop {
+                {
+                    let due = pong_by.map_or(ping_at, |p| p.min(ping_at));
+                    if timer.deadline() != due || timer.is_elapsed() {
+                        timer.as_mut().reset(due);
+                    }
+                }
+                // Only waiting happens here; the work is boxed (see `serve`).
+                let out = tokio::select! {
+                    biased;
+                    // A backlog to read, or the connection is closing (`close`
+                    // wakes the writer too): closing comes first.
+                    () = self.handle.wake.notified() => {
+                        if self.handle.is_closed() {
+                            return Ok(());
+                        }
+                        Box::pin(self.backlog(last, u64::MAX)).await?;
+                        self.flush().await?;
+                        continue;
+                    }
+                    () = &mut timer => None,
+                    out = rx.recv() => match out {
+                        Some(out) => Some(out),
+                        None => return Ok(()),
+                    },
+                };
+                if let Some(out) = out {
+                    Box::pin(self.deliver(*out, last)).await?;
+                    // Whatever else is ready goes out in the same write.
+                    let mut n = 1;
+                    while n < WRITE_BATCH
+                        && let Ok(out) = rx.try_recv()
+                    {
+                        Box::pin(self.deliver(*out, last)).await?;
+                        n += 1;
+                    }
+                    self.flush().await?;
+                    continue;
+                }
+                let now = Instant::now();
+                if pong_by.is_some_and(|p| p <= now) {
+                    if self.liveness.load(Ordering::Acquire) != 0 {
+                        return Err(Closing::new(ErrorCode::PingTimeout, "no pong in time"));
+                    }
+                    pong_by = None;
+                }
+                if ping_at <= now {
+                    ping_at = self.next_ping();
+                    // While a pong is still due, its deadline decides.
+                    if pong_by.is_none() {
+                        let nonce = rand::rng().random_range(1..u64::MAX);
+                        self.liveness.store(nonce, Ordering::Release);
+                        Box::pin(self.send(&Frame::Ping { nonce })).await?;
+                        pong_by = Some(Instant::now() + self.state.config.pong_timeout);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Buffer what another task handed over; the caller flushes.
+    async fn deliver(&mut self, out: Outbound, last: &mut u64) -> Result<(), Closing> {
+        match out {
+            Outbound::Frame(f) => self.feed(&f).await,
+            Outbound::Deliver { id, from, payload } => {
+                if id > *last + 1 {
+                    // Something before it may be only in the store: catch up first.
+                    Box::pin(self.backlog(last, id - 1)).await?;
+                    if self.handle.is_closed() && id > *last + 1 {
+                        // The backlog stopped short: never send past a gap.
+                        return Ok(());
+                    }
+                }
+                // The store applies enqueues in id order, and the backlog's
+                // fetch was submitted after the enqueue of every lower id
+                // (that id was taken first), so it saw each of them: what
+                // it did not return is gone (acknowledged, expired,
+                // revoked) or was refused.
+                if id > *last {
+                    self.feed(&Frame::Deliver { delivery_id: id, from, payload }).await?;
+                    *last = id;
+                    self.delivered.store(id, Ordering::Release);
+                    self.activity.touch();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn send(&mut self, f: &Frame) -> Result<(), Closing> {
+        write(&mut self.sink, f, &self.state)
+            .await
+            .map_err(|()| Closing::new(ErrorCode::Other(0), WRITE_FAILED))
+    }
+
+    async fn feed(&mut self, f: &Frame) -> Result<(), Closing> {
+        feed(&mut self.sink, f, &self.state)
+            .await
+            .map_err(|()| Closing::new(ErrorCode::Other(0), WRITE_FAILED))
+    }
+
+    async fn flush(&mut self) -> Result<(), Closing> {
+        flush(&mut self.sink, &self.state)
+            .await
+            .map_err(|()| Closing::new(ErrorCode::Other(0), WRITE_FAILED))
+    }
+
+    /// Deliver stored frames after `last` up to `until`, in order (buffered:
+    /// the caller flushes after the last page).
+    async fn backlog(&mut self, last: &mut u64, until: u64) -> Result<(), Closing> {
+        loop {
+            if self.handle.is_closed() {
+                return Ok(());
+            }
+            // Out with the previous page before waiting for the store.
+            self.flush().await?;
+            let page = self
+                .state
+                .store
+                .fetch(self.device, *last, BACKLOG_PAGE)
+                .await
+                .map_err(|_| Closing::new(ErrorCode::Internal, "store unavailable"))?;
+            let full = page.len() == BACKLOG_PAGE;
+            for q in page {
+                if q.id > until {
+                    return Ok(());
+                }
+                self.feed(&Frame::Deliver { delivery_id: q.id, from: q.from, payload: q.payload })
+                    .await?;
+                *last = q.id;
+                self.delivered.store(q.id, Ordering::Release);
+                self.activity.touch();
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}

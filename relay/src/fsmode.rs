@@ -1,0 +1,143 @@
+//! The data directory's modes: created 0700, and checked when the relay
+//! starts: the directory and every directory under it made 0700 and every
+//! file 0600 where they allowed more (each fix is logged as a warning),
+//! whatever the umask. Symbolic links inside are left alone and never
+//! followed; the directory itself must not be one. Files the relay writes
+//! itself are created 0600 ([`private_file`]).
+//!
+//! Nobody else can put anything into a 0700 directory, so what the relay
+//! later finds there is its own.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::Path;
+
+/// Create `dir` (and its missing parents) 0700, or fix its modes and those
+/// of everything in it.
+///
+/// # Errors
+/// `dir` is a symbolic link or not a directory, or cannot be created or read.
+pub(crate) fn secure_dir(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the data directory {} is a symbolic link", dir.display()),
+            ));
+        }
+        Ok(meta) if !meta.is_dir() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the data directory {} is not a directory", dir.display()),
+            ));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir(dir)?,
+        Err(e) => return Err(e),
+    }
+    fix_tree(dir)
+}
+
+/// Create `dir` and its missing parents with mode 0700.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Open `path` for writing, created 0600 (an existing file is made 0600).
+pub(crate) fn private_file(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    let file = options.open(path)?;
+    restrict(path, &file.metadata()?, 0o600)?;
+    Ok(file)
+}
+
+/// Make `dir` 0700 and everything under it private (depth first, links not followed).
+fn fix_tree(dir: &Path) -> io::Result<()> {
+    restrict(dir, &fs::symlink_metadata(dir)?, 0o700)?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let meta = fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.is_dir() {
+            fix_tree(&path)?;
+        } else {
+            restrict(&path, &meta, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Take away every permission bit outside `allowed`.
+#[cfg(unix)]
+fn restrict(path: &Path, meta: &fs::Metadata, allowed: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & !allowed == 0 {
+        return Ok(());
+    }
+    let fixed = mode & allowed;
+    tracing::warn!(
+        path = %path.display(),
+        from = format!("{mode:o}"),
+        to = format!("{fixed:o}"),
+        "the relay's data was readable by others: permissions fixed"
+    );
+    fs::set_permissions(path, fs::Permissions::from_mode(fixed))
+}
+
+#[cfg(not(unix))]
+fn restrict(_: &Path, _: &fs::Metadata, _: u32) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::symlink_metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0)
+    }
+
+    #[test]
+    fn a_loose_tree_is_made_private_and_links_are_not_followed() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let outside = tmp.path().join("outside.txt");
+        fs::write(&outside, "not ours").unwrap_or_else(|e| panic!("{e}"));
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o644)).ok();
+        let data = tmp.path().join("data");
+        fs::create_dir_all(data.join("tls")).unwrap_or_else(|e| panic!("{e}"));
+        fs::write(data.join("relay.redb"), "x").unwrap_or_else(|e| panic!("{e}"));
+        fs::write(data.join("tls/cert.pem"), "x").unwrap_or_else(|e| panic!("{e}"));
+        for (p, m) in [(&data, 0o755), (&data.join("tls"), 0o775)] {
+            fs::set_permissions(p, fs::Permissions::from_mode(m)).ok();
+        }
+        for p in [data.join("relay.redb"), data.join("tls/cert.pem")] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o664)).ok();
+        }
+        std::os::unix::fs::symlink(&outside, data.join("link")).unwrap_or_else(|e| panic!("{e}"));
+        secure_dir(&data).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("tls")), 0o700);
+        assert_eq!(mode(&data.join("relay.redb")), 0o600);
+        assert_eq!(mode(&data.join("tls/cert.pem")), 0o600);
+        assert_eq!(mode(&outside), 0o644, "a link was followed");
+        // A data directory that is a link is refused.
+        let link = tmp.path().join("data-link");
+        std::os::unix::fs::symlink(&data, &link).unwrap_or_else(|e| panic!("{e}"));
+        assert!(secure_dir(&link).is_err());
+        // A fresh one is created 0700.
+        let fresh = tmp.path().join("a/b");
+        secure_dir(&fresh).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mode(&fresh), 0o700);
+    }
+}
