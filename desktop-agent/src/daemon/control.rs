@@ -56,6 +56,8 @@ impl Daemon<'_> {
                     "device_id": id.to_string(),
                     "name": p.info().name,
                     "platform": p.info().platform,
+                    "ephemeral": p.ephemeral(),
+                    "pairing_pending": p.pairing_pending(),
                     "scope": p.scope().to_string(),
                     "online": self.online.contains(&id),
                     "attached": !self.detached.contains(&id),
@@ -86,7 +88,7 @@ impl Daemon<'_> {
         Ok(json!({"ok": true, "device_id": id.to_string(), "scope": scope.to_string()}))
     }
 
-    async fn revoke(&mut self, device: &str) -> Result<Value, String> {
+    pub(super) async fn revoke(&mut self, device: &str) -> Result<Value, String> {
         let id = self.peers.resolve(device).map_err(|e| e.to_string())?;
         let peer = self.peers.remove(&id).map_err(|e| e.to_string())?;
         self.record(AuditEvent::Revoked { device: id.to_string() });
