@@ -458,9 +458,10 @@ async fn main() -> anyhow::Result<()> {
             // A link to a web client on another origin must name the relay.
             opts.relay_origin = relay_origin;
             opts.deadline = timeout_secs.map(Duration::from_secs);
-            let mut ui = qr.ui(Some(Input::stdin()));
+            let mut ui = qr.ui((!qr.yes).then(Input::stdin));
             let mut store = PeerStore::open(&dir)?;
-            let mut keeper = StoreKeeper::new(&mut store, AuditLog::open(&dir).ok());
+            let audit = AuditLog::open(&dir).inspect_err(|e| eprintln!("warning: audit log: {e}"));
+            let mut keeper = StoreKeeper::new(&mut store, audit.ok());
             // Deliveries that arrive meanwhile are not acked: the relay keeps
             // them for the daemon's next connection.
             let paired = pair(&client, &mut events, &key, &opts, &mut ui, &mut keeper).await?;

@@ -44,6 +44,7 @@ pub use keeper::{DaemonKeeper, PairCall, PeerKeeper, StoreKeeper, keep_peer};
 use crate::crashpoint::crash_point;
 use crate::executor::{ExecutorConfig, ExecutorKind};
 use crate::peers::{Peer, PeerError, Scope};
+use crate::text::visible;
 
 /// How long the desktop user has to answer the confirmation (the phone
 /// engine waits as long for the answer).
@@ -194,6 +195,30 @@ pub struct Paired {
     pub previous: Option<Scope>,
     /// How many devices are paired now.
     pub devices: usize,
+}
+
+impl Paired {
+    /// What the terminal says once it paired.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "Paired with {} ({}), scope {}.",
+            visible(&self.name),
+            self.device_id,
+            self.scope
+        );
+        match self.previous {
+            Some(p) if p == self.scope => s.push_str(" It was paired already: its scope is kept."),
+            Some(p) => s.push_str(&format!(" It was paired already with scope {p}.")),
+            None => {}
+        }
+        if self.ephemeral {
+            s.push_str(
+                " This page only: it keeps its keys while it is open, and this computer forgets it once it has been gone for a while.",
+            );
+        }
+        s
+    }
 }
 
 fn now_unix() -> u64 {

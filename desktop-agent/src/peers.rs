@@ -535,7 +535,10 @@ impl PeerStore {
     pub fn add(&mut self, mut peer: Peer) -> Result<(), PeerError> {
         let id = peer.device_id();
         if let Some(existing) = self.peers.get(&id) {
-            return Err(PeerError::AlreadyPaired { id, name: existing.info.name.clone() });
+            return Err(PeerError::AlreadyPaired {
+                id,
+                name: crate::text::visible(&existing.info.name),
+            });
         }
         persist(&self.dir, &mut peer)?;
         tracing::info!(
@@ -713,7 +716,7 @@ impl PeerStore {
                 query: q.to_owned(),
                 candidates: many
                     .iter()
-                    .map(|p| format!("{} ({})", p.device_id(), p.info.name))
+                    .map(|p| format!("{} ({})", p.device_id(), crate::text::visible(&p.info.name)))
                     .collect(),
             }),
         }

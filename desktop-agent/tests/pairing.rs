@@ -21,15 +21,21 @@ use tandem_proto::message::{DeviceInfo, FinishStatus, Message, TaskEvent};
 /// cannot ask for approvals).
 fn command_only(dir: &Path) -> std::path::PathBuf {
     let config = dir.join("config.toml");
-    std::fs::write(&config, "[[executor]]\nname = \"echo\"\ntype = \"command\"\nprogram = \"/bin/echo\"\n")
-        .unwrap();
+    std::fs::write(
+        &config,
+        "[[executor]]\nname = \"echo\"\ntype = \"command\"\nprogram = \"/bin/echo\"\n",
+    )
+    .unwrap();
     config
 }
 
 /// The line of `tandem devices` about `name`.
 fn device_line(dir: &Path, name: &str) -> String {
     let out = tandem(dir, &["devices"]);
-    out.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} not in {out}")).to_owned()
+    out.lines()
+        .find(|l| l.contains(name))
+        .unwrap_or_else(|| panic!("{name} not in {out}"))
+        .to_owned()
 }
 
 async fn submit_refused(phone: &mut Phone, task: &str) -> String {
@@ -148,8 +154,12 @@ async fn pairing_a_device_again_keeps_its_scope_and_never_raises_it() {
                 break;
             }
         }
-        ana.send(&Message::ApprovalDecision { task_id: "t-1".into(), approval_id: a.into(), allow: true })
-            .await;
+        ana.send(&Message::ApprovalDecision {
+            task_id: "t-1".into(),
+            approval_id: a.into(),
+            allow: true,
+        })
+        .await;
     }
     while seen.finished("t-1").is_none() {
         seen.add(ana.message().await);
@@ -189,7 +199,9 @@ async fn a_phone_name_with_bidi_overrides_and_zero_width_characters_cannot_fake_
     agent.line_starting("Connected.");
     let devices = tandem(dir.path(), &["devices"]);
     let status = tandem(dir.path(), &["status"]);
-    for (what, text) in [("dialog", claimed_text(&asked, &paired)), ("devices", devices), ("status", status)] {
+    for (what, text) in
+        [("dialog", claimed_text(&asked, &paired)), ("devices", devices), ("status", status)]
+    {
         assert!(text.contains(shown), "{what}: {text}");
         for c in ['\u{202e}', '\u{200b}', '\u{2066}'] {
             assert!(!text.contains(c), "{what} printed {:?}: {text}", c);
@@ -380,7 +392,10 @@ async fn a_pending_device_that_never_comes_back_is_forgotten() {
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while tandem(dir.path(), &["devices"]).contains("Ana's phone") {
-        assert!(std::time::Instant::now() < deadline, "the unfinished pairing was never cleaned up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unfinished pairing was never cleaned up"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
@@ -412,7 +427,8 @@ async fn a_crash_after_the_answer_left_the_desktop_still_completes_the_pairing()
         cmd
     };
     let url = format!("ws://127.0.0.1:{port}/v1/connect");
-    let mut pair = tandem_cmd(&["pair", "--relay", &url, "--yes", "--print-url", "--no-terminal-qr"]);
+    let mut pair =
+        tandem_cmd(&["pair", "--relay", &url, "--yes", "--print-url", "--no-terminal-qr"]);
     pair.arg("--qr-png").arg(dir.path().join("qr.png")).env("TANDEM_CRASH_AT", "pair.sent");
     let agent = Agent::spawn(pair);
     let link = scan(&agent, dir.path());
@@ -437,4 +453,22 @@ async fn a_crash_after_the_answer_left_the_desktop_still_completes_the_pairing()
     drop(runner);
     shutdown.cancel();
     let _ = relay.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_the_desktop_asks_stops_tandem_up_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let agent = Agent::up_with(dir.path(), &config, "127.0.0.1:0", &[], &[]);
+    let link = scan(&agent, dir.path());
+    let claimed = Claimed::claim(&agent, &link, None, new_key(), info("Ana's phone")).await;
+    agent.line_starting("Does the phone show the same code?");
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &agent.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(agent.wait_exit().success(), "Ctrl-C at the question stops tandem up with status 0");
+    assert!(!tandem(dir.path(), &["devices"]).contains("Ana's phone"), "nothing was paired");
+    claimed.close().await;
 }

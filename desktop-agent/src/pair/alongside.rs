@@ -16,8 +16,7 @@ use tandem_proto::DeviceKey;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::{PairError, PairOptions, PairUi, Paired, PeerKeeper, pair};
-use crate::text::visible;
+use super::{PairError, PairOptions, PairUi, PeerKeeper, pair};
 use crate::ui::Input;
 
 /// How long a code asked for with Enter stays up without a pairing.
@@ -64,30 +63,6 @@ pub struct PairAlongside<'a, K> {
     pub paired: usize,
 }
 
-impl Paired {
-    /// What the terminal says once it paired.
-    #[must_use]
-    pub fn describe(&self) -> String {
-        let mut s = format!(
-            "Paired with {} ({}), scope {}.",
-            visible(&self.name),
-            self.device_id,
-            self.scope
-        );
-        match self.previous {
-            Some(p) if p == self.scope => s.push_str(" It was paired already: its scope is kept."),
-            Some(p) => s.push_str(&format!(" It was paired already with scope {p}.")),
-            None => {}
-        }
-        if self.ephemeral {
-            s.push_str(
-                " This page only: it keeps its keys while it is open, and this computer forgets it once it has been gone for a while.",
-            );
-        }
-        s
-    }
-}
-
 fn ready_line(n: usize, input: bool) -> String {
     let hint = if input {
         "Press Enter to pair another device, Ctrl-C to stop."
@@ -126,6 +101,8 @@ pub async fn pair_alongside<K: PeerKeeper>(
                     this.paired = p.devices;
                     if first {
                         ui.status(&ready_line(this.paired, show_hint));
+                    } else {
+                        ui.status(&format!("{} paired device(s).", this.paired));
                     }
                 }
                 Err(PairError::TimedOut(_)) => {

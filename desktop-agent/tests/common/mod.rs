@@ -311,7 +311,8 @@ impl Phone {
     /// A new relay connection with the same key (after `client.close()`).
     pub async fn reconnect(&mut self) {
         let url = format!("ws://{}/v1/connect", self.relay_addr);
-        let (client, mut events) = Client::start(ClientConfig::new(url, self.key.clone(), Role::Phone));
+        let (client, mut events) =
+            Client::start(ClientConfig::new(url, self.key.clone(), Role::Phone));
         next(&mut events, "connected", |e| matches!(e, Event::Connected { .. })).await;
         self.client = client;
         self.events = events;
