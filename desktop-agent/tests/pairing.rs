@@ -187,31 +187,31 @@ async fn a_phone_name_with_bidi_overrides_and_zero_width_characters_cannot_fake_
     let dir = tempfile::tempdir().unwrap();
     let config = common::fixture_config(dir.path(), "");
     let agent = Agent::up_with(dir.path(), &config, "127.0.0.1:0", &["--yes"], &[]);
-    // On a terminal that obeys U+202E this reads "Ana's phone".
-    let hostile = "\u{202e}enohp s'an\u{200b}A\u{2066}";
-    let shown = "<U+202E>enohp s'an<U+200B>A<U+2066>";
+    // On a terminal that obeys U+202E this reads "Ana's phone"; U+2028 (a
+    // line separator, allowed in names) would start a line of its own with
+    // a fake code.
+    let hostile = "\u{202e}enohp s'an\u{200b}A\u{2066}\u{2028}Code: 000 000";
+    let hidden = ['\u{202e}', '\u{200b}', '\u{2066}', '\u{2028}'];
     let link = scan(&agent, dir.path());
     let claimed = Claimed::claim(&agent, &link, None, new_key(), info(hostile)).await;
     let asked = claimed.dialog.iter().find(|l| l.contains("wants to pair")).unwrap().clone();
-    assert!(asked.starts_with(&format!("{shown} (test, 0) wants to pair")), "{asked}");
+    assert!(asked.contains("enohp s'an") && asked.contains("Code: 000 000"), "{asked}");
+    assert!(asked.ends_with("(test, 0) wants to pair."), "one line: {asked}");
     let phone = claimed.result().await.unwrap();
     let paired = agent.line_starting("Paired with");
     agent.line_starting("Connected.");
     let devices = tandem(dir.path(), &["devices"]);
     let status = tandem(dir.path(), &["status"]);
     for (what, text) in
-        [("dialog", claimed_text(&asked, &paired)), ("devices", devices), ("status", status)]
+        [("dialog", format!("{asked}\n{paired}\n")), ("devices", devices), ("status", status)]
     {
-        assert!(text.contains(shown), "{what}: {text}");
-        for c in ['\u{202e}', '\u{200b}', '\u{2066}'] {
-            assert!(!text.contains(c), "{what} printed {:?}: {text}", c);
+        assert!(text.contains("enohp s'an"), "{what}: {text}");
+        for c in hidden {
+            assert!(!text.contains(c), "{what} printed {c:?}: {text}");
         }
+        assert!(!text.lines().any(|l| l.trim_start().starts_with("Code: 000")), "{what}: {text}");
     }
     phone.client.close().await;
-}
-
-fn claimed_text(asked: &str, paired: &str) -> String {
-    format!("{asked}\n{paired}\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
