@@ -123,6 +123,13 @@ pub enum AuditEvent {
         device: String,
         /// The name it presented.
         name: String,
+        /// The scope the desktop user gave it (absent in entries written
+        /// before the scope was chosen at pairing: those got `approve`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+        /// Whether it keeps its keys only while it runs (written when true).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ephemeral: bool,
     },
     /// A pairing was refused (SAS mismatch, user said no, timeout).
     PairingRefused {
@@ -133,6 +140,15 @@ pub enum AuditEvent {
     Revoked {
         /// The revoked device id.
         device: String,
+    },
+    /// The agent decided on its own to forget a device, and revoked it (the
+    /// `revoked` entry comes first): an ephemeral device gone too long, or a
+    /// pairing that never finished.
+    Forgotten {
+        /// The device id.
+        device: String,
+        /// Why, for a person: `ephemeral device gone for 43200 s`, …
+        reason: String,
     },
     /// A device's scope was changed.
     ScopeChanged {
@@ -760,7 +776,13 @@ mod tests {
     fn events() -> Vec<AuditEvent> {
         let s = String::from;
         vec![
-            AuditEvent::Paired { device: s("dev-a"), name: s("Pixel \"8\" \u{e9}") },
+            // As written before the scope was chosen at pairing: still canonical.
+            AuditEvent::Paired {
+                device: s("dev-a"),
+                name: s("Pixel \"8\" \u{e9}"),
+                scope: None,
+                ephemeral: false,
+            },
             AuditEvent::PairingRefused { device: s("dev-b") },
             AuditEvent::ScopeChanged { device: s("dev-a"), scope: s("submit") },
             AuditEvent::TaskSubmitted {
@@ -789,6 +811,13 @@ mod tests {
             },
             AuditEvent::Cancelled { by: s("desktop"), task_id: s("t1") },
             AuditEvent::TaskFinished { task_id: s("t1"), status: s("cancelled") },
+            AuditEvent::Paired {
+                device: s("dev-c"),
+                name: s("web"),
+                scope: Some(s("view")),
+                ephemeral: true,
+            },
+            AuditEvent::Forgotten { device: s("dev-c"), reason: s("ephemeral device gone") },
             AuditEvent::Revoked { device: s("dev-a") },
             AuditEvent::TaskStopped {
                 task_id: s("t2"),

@@ -37,11 +37,14 @@ use tracing::{debug, info, warn};
 
 mod control;
 mod devices;
+mod expiry;
+mod pairing;
 
 use crate::audit::{AuditEvent, AuditLog, text_hash};
 use crate::executor::Control;
 use crate::history::HistoryError;
 use crate::ipc::Call;
+use crate::pair::PairCall;
 use crate::peers::{PeerError, PeerStore};
 use crate::tasks::{Audience, Outgoing, TaskManager, TaskUpdate};
 
@@ -100,6 +103,8 @@ pub struct Daemon<'a> {
     revoked_rx: mpsc::Receiver<(DeviceId, bool)>,
     /// Tasks stopped for their device so far (audited).
     tasks_stopped: usize,
+    pair_calls: Option<mpsc::Receiver<PairCall>>,
+    expiry: expiry::Expiry,
 }
 
 impl Drop for Daemon<'_> {
@@ -163,7 +168,31 @@ impl<'a> Daemon<'a> {
             revoked_tx,
             revoked_rx,
             tasks_stopped: 0,
+            pair_calls: None,
+            expiry: expiry::Expiry::default(),
         }
+    }
+
+    /// Keep the devices a pairing that runs alongside pairs
+    /// ([`crate::pair::DaemonKeeper`], `tandem up`).
+    #[must_use]
+    pub fn with_pairing(mut self, calls: mpsc::Receiver<PairCall>) -> Self {
+        self.pair_calls = Some(calls);
+        self
+    }
+
+    /// Forget an ephemeral device gone for `ephemeral_ttl`, and a device
+    /// whose pairing never finished after `unfinished_pairing` (defaults:
+    /// 12 hours and 10 minutes; see `daemon/expiry.rs`).
+    #[must_use]
+    pub fn with_device_expiry(
+        mut self,
+        ephemeral_ttl: Duration,
+        unfinished_pairing: Duration,
+    ) -> Self {
+        self.expiry.ephemeral_ttl = ephemeral_ttl;
+        self.expiry.unfinished_pairing = unfinished_pairing;
+        self
     }
 
     /// Serve `tandem status`, `tasks`, `scope` and `revoke` from `calls`
@@ -300,6 +329,7 @@ impl<'a> Daemon<'a> {
         self.start().await?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut calls = self.calls.take();
+        let mut pairs = self.pair_calls.take();
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -314,10 +344,14 @@ impl<'a> Daemon<'a> {
                     self.control_call(call).await?;
                 }
                 Some((id, confirmed)) = self.revoked_rx.recv() => self.relay_answered(id, confirmed),
+                Some(call) = async { match &mut pairs { Some(c) => c.recv().await, None => None } } => {
+                    self.pair_call(call);
+                }
                 _ = tick.tick() => {
                     let out = self.tasks.expire_approvals().await?;
                     self.send_all(out).await?;
                     self.detach_idle().await?;
+                    self.forget_gone().await?;
                     self.followers.retain(|(_, tx)| !tx.is_closed());
                     // Revocations and scope changes made on disk meanwhile.
                     self.sync_all_from_disk();
@@ -413,6 +447,7 @@ impl<'a> Daemon<'a> {
     /// [`DaemonError`] when state cannot be persisted.
     pub async fn handle(&mut self, ev: Event) -> Result<(), DaemonError> {
         self.start().await?;
+        self.note_presence(&ev)?;
         match ev {
             Event::Connected { .. } => {
                 self.connected = true;

@@ -14,17 +14,20 @@ use tandem_agent::awake::KeepAwake;
 use tandem_agent::daemon::Daemon;
 use tandem_agent::history::{DEFAULT_MAX_EVENTS_PER_TASK, History, Lookup, StoredState};
 use tandem_agent::keystore::KeyStore;
-use tandem_agent::pair::{PairOptions, pair};
-use tandem_agent::peers::{Peer, PeerStore, Scope};
+use tandem_agent::pair::{
+    DaemonKeeper, PairAlongside, PairOptions, StoreKeeper, least_scope, pair, pair_alongside,
+    split_events,
+};
+use tandem_agent::peers::{PeerStore, Scope};
 use tandem_agent::report::field;
 use tandem_agent::service;
 use tandem_agent::settings::Settings;
 use tandem_agent::tasks::{TaskManager, TaskOptions, TaskUpdate};
-use tandem_agent::ui::TerminalUi;
+use tandem_agent::text::escaped;
+use tandem_agent::ui::{Input, TerminalUi};
 use tandem_agent::{datadir, ipc, report, text};
 use tandem_client::{Client, ClientConfig, Event};
 use tandem_proto::Role;
-use tandem_proto::delivery::OutboxLimits;
 use tandem_proto::entropy::Entropy;
 use tandem_proto::message::DeviceInfo;
 use tokio_util::sync::CancellationToken;
@@ -53,12 +56,13 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a relay on this computer and connect to it; show the pairing QR
-    /// code if no phone is paired yet. Ctrl-C stops both.
+    /// code if no phone is paired yet, and again each time Enter is pressed.
+    /// Ctrl-C stops both.
     Up {
         /// Address for the local relay (a phone on the same network must reach it).
         #[arg(long, default_value = "0.0.0.0:7878")]
         listen: SocketAddr,
-        /// Show a pairing code even if a phone is paired already.
+        /// Show a pairing code at once even if a phone is paired already.
         #[arg(long)]
         pair: bool,
         #[command(flatten)]
@@ -182,20 +186,36 @@ struct QrArgs {
     /// Do not draw the QR code in the terminal.
     #[arg(long)]
     no_terminal_qr: bool,
-    /// Confirm the pairing without asking (scripts).
+    /// Confirm the pairing without asking (scripts), with the proposed scope.
     #[arg(long)]
     yes: bool,
+    /// The scope to propose for the new device: view, submit or approve
+    /// (default: the least that lets you work with the configured
+    /// executors; a device paired again keeps its scope).
+    #[arg(long)]
+    scope: Option<Scope>,
 }
 
 impl QrArgs {
-    fn ui(&self) -> TerminalUi {
+    /// The terminal UI, answering from `input` unless `--yes`.
+    fn ui(&self, input: Option<Input>) -> TerminalUi {
         TerminalUi {
             yes: self.yes,
             print_url: self.print_url,
             qr_png: self.qr_png.clone(),
             qr_svg: self.qr_svg.clone(),
             no_terminal_qr: self.no_terminal_qr,
+            input: if self.yes { None } else { input },
         }
+    }
+
+    /// Pairing options for `link_base`, proposing the least scope that
+    /// works with `settings`' executors unless `--scope` says otherwise.
+    fn options(&self, link_base: String, info: DeviceInfo, settings: &Settings) -> PairOptions {
+        let mut opts = PairOptions::new(link_base, info);
+        opts.default_scope = least_scope(&settings.executors);
+        opts.scope = self.scope;
+        opts
     }
 }
 
@@ -324,23 +344,7 @@ async fn main() -> anyhow::Result<()> {
     match &cli.command {
         Command::Devices => {
             let store = PeerStore::open(&dir)?;
-            let peers = store.list();
-            if peers.is_empty() {
-                println!("No paired devices. Run `tandem up` or `tandem pair` to pair a phone.");
-            }
-            for p in peers {
-                let seen = p.last_seen_unix().map_or_else(
-                    || "never".to_owned(),
-                    |t| format!("{}s ago", now_unix().saturating_sub(t)),
-                );
-                println!(
-                    "{}  {:<24} {:<8} {:<8} last seen {seen}",
-                    p.device_id(),
-                    text::one_line(&p.info().name),
-                    text::one_line(&p.info().platform),
-                    p.scope()
-                );
-            }
+            print!("{}", report::device_lines(&store.list(), now_unix()));
             Ok(())
         }
         Command::Audit { action: AuditAction::Verify } => {
@@ -397,7 +401,7 @@ async fn main() -> anyhow::Result<()> {
                 Ok(v) => {
                     println!(
                         "Removed {} ({}) from this computer: its messages are no longer accepted.",
-                        text::one_line(field(&v, "name").as_str().unwrap_or("?")),
+                        escaped(field(&v, "name").as_str().unwrap_or("?")),
                         field(&v, "device_id").as_str().unwrap_or("?")
                     );
                     let stopped = field(&v, "stopped").as_u64().unwrap_or(0);
@@ -434,7 +438,7 @@ async fn main() -> anyhow::Result<()> {
             record(&dir, AuditEvent::Revoked { device: id.to_string() });
             println!(
                 "Removed {} ({id}) from this computer: its messages are no longer accepted.",
-                text::one_line(peer.name())
+                escaped(peer.name())
             );
             say_queued_dropped(&dir, &id);
             let Some(url) = config.relay_url.clone() else {
@@ -495,25 +499,29 @@ async fn main() -> anyhow::Result<()> {
             let relay_origin = relay_origin_for(&base, &url)?;
             config.relay_url = Some(url.clone());
             config.save(&dir)?;
+            let settings = load_settings(&cli)?;
             let (key, client, mut events) = connect_agent(&dir, &mut config, url).await?;
             send_pending_revokes(&client, &dir, &mut config).await;
-            let mut opts = PairOptions::new(base, info);
+            let mut opts = qr.options(base, info, &settings);
             // A link to a web client on another origin must name the relay.
             opts.relay_origin = relay_origin;
             opts.deadline = timeout_secs.map(Duration::from_secs);
-            let mut ui = qr.ui();
+            let mut ui = qr.ui((!qr.yes).then(Input::stdin));
             let mut store = PeerStore::open(&dir)?;
+            let audit = AuditLog::open(&dir).inspect_err(|e| eprintln!("warning: audit log: {e}"));
+            let mut keeper = StoreKeeper::new(&mut store, audit.ok());
             // Deliveries that arrive meanwhile are not acked: the relay keeps
             // them for the daemon's next connection.
-            let paired = pair(&client, &mut events, &key, &opts, &mut ui, &mut Vec::new()).await?;
-            store_paired(&dir, &mut store, paired)?;
+            let paired = pair(&client, &mut events, &key, &opts, &mut ui, &mut keeper).await?;
+            println!("{}", paired.describe());
             client.close().await;
             Ok(())
         }
         Command::Up { listen, pair: force_pair, qr } => {
             let (_socket, calls) = ipc::serve(&dir).await?;
             let tasks = task_manager(&cli, &dir)?;
-            up(&dir, info, *listen, *force_pair, qr, tasks, calls).await
+            let opts = qr.options(String::new(), info, &load_settings(&cli)?);
+            up(&dir, opts, *listen, *force_pair, qr, tasks, calls).await
         }
         Command::Run => {
             let (_socket, calls) = ipc::serve(&dir).await?;
@@ -589,21 +597,6 @@ async fn connect_agent(
     Ok((key, client, events))
 }
 
-/// Keep a newly paired phone (pairing again with a known phone replaces its
-/// state), audit it and say so.
-fn store_paired(
-    dir: &std::path::Path,
-    store: &mut PeerStore,
-    (paired, phone): (tandem_proto::pairing::PairedPeer, DeviceInfo),
-) -> anyhow::Result<()> {
-    let peer = Peer::from_paired(paired, Scope::Approve, now_unix(), OutboxLimits::default());
-    let id = peer.device_id();
-    store.replace(peer)?;
-    record(dir, AuditEvent::Paired { device: id.to_string(), name: phone.name.clone() });
-    println!("Paired with {} ({id}).", phone.name);
-    Ok(())
-}
-
 /// Append to the audit log (a failure is reported, never fatal).
 fn record(dir: &std::path::Path, event: AuditEvent) {
     let at = std::time::SystemTime::now()
@@ -615,11 +608,14 @@ fn record(dir: &std::path::Path, event: AuditEvent) {
     }
 }
 
-/// What the daemon needs from the configuration: the task manager and the
-/// idle time after which phones are detached.
+/// What the daemon needs from the configuration: the task manager, the
+/// idle time after which phones are detached, and when devices that are
+/// gone are forgotten (ephemeral ones, unfinished pairings).
 struct TaskSetup {
     tasks: (TaskManager, tokio::sync::mpsc::Receiver<TaskUpdate>),
     idle_detach: Duration,
+    ephemeral_ttl: Duration,
+    unfinished_pairing: Duration,
 }
 
 /// The daemon over a connected client, answering the control socket.
@@ -637,6 +633,7 @@ fn daemon<'a>(
         .with_audit(AuditLog::open(dir)?)
         .with_control(calls, dir.to_owned())
         .with_idle_detach(setup.idle_detach)
+        .with_device_expiry(setup.ephemeral_ttl, setup.unfinished_pairing)
         .with_relay_url(url)
         .with_status_field("key_store", KeyStore::new(dir).backend().into())
         .with_busy_hook(move |busy| {
@@ -784,14 +781,7 @@ fn print_event(
 /// The executors and `[agent]` settings from the configuration file, ready
 /// to run tasks.
 fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<TaskSetup> {
-    let path = match &cli.config {
-        Some(p) => Some(p.clone()),
-        None => Settings::default_path(),
-    };
-    let settings = match path {
-        Some(p) => Settings::load(&p)?,
-        None => Settings::default(),
-    };
+    let settings = load_settings(cli)?;
     if settings.executors.is_empty() {
         println!(
             "No executor is configured: tasks from phones will be refused (see `tandem --help`)."
@@ -804,8 +794,22 @@ fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<TaskSetup> {
         approval_timeout: Duration::from_secs(a.approval_timeout_secs),
     };
     Ok(TaskSetup {
-        tasks: TaskManager::new(settings.executors, history, options)?,
         idle_detach: Duration::from_secs(a.idle_detach_secs),
+        ephemeral_ttl: Duration::from_secs(a.ephemeral_device_ttl_secs),
+        unfinished_pairing: Duration::from_secs(a.unfinished_pairing_secs),
+        tasks: TaskManager::new(settings.executors, history, options)?,
+    })
+}
+
+/// The configuration file (`--config`, else the default path).
+fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let path = match &cli.config {
+        Some(p) => Some(p.clone()),
+        None => Settings::default_path(),
+    };
+    Ok(match path {
+        Some(p) => Settings::load(&p)?,
+        None => Settings::default(),
     })
 }
 
@@ -903,10 +907,11 @@ async fn cancel(dir: &std::path::Path, query: &str) -> anyhow::Result<()> {
 }
 
 /// `tandem up`: a relay on this computer, the agent connected to it, and
-/// the pairing code when no phone is paired yet.
+/// the pairing code when no phone is paired yet (or with `--pair`), and
+/// again each time Enter is pressed, while the daemon serves.
 async fn up(
     dir: &std::path::Path,
-    info: DeviceInfo,
+    mut opts: PairOptions,
     listen: SocketAddr,
     force_pair: bool,
     qr: &QrArgs,
@@ -944,45 +949,43 @@ async fn up(
         .context("the local relay did not start")?;
     // What the relay just created with the umask's modes: made 0600 now.
     datadir::prepare(dir)?;
-    let link_base = format!("http://{host}:{port}/p");
+    opts.link_base = format!("http://{host}:{port}/p");
     let url = format!("ws://127.0.0.1:{port}/v1/connect");
     println!("Relay running on {bound} (phones on this network reach it at http://{host}:{port}).");
     let mut agent_config = AgentConfig::load(dir)?;
     agent_config.relay_url = Some(url.clone());
     agent_config.relay_roots_pem.clear();
     agent_config.save(dir)?;
-    let (key, client, mut events) = connect_agent(dir, &mut agent_config, url.clone()).await?;
+    let (key, client, events) = connect_agent(dir, &mut agent_config, url.clone()).await?;
     let mut store = PeerStore::open(dir)?;
-    let mut deferred = Vec::new();
-    if store.list().is_empty() || force_pair {
-        let mut ui = qr.ui();
-        let opts = PairOptions::new(link_base, info);
-        tokio::select! {
-                        r = pair(&client, &mut events, &key, &opts, &mut ui, &mut deferred) => {
-                store_paired(dir, &mut store, r?)?;
-            }
-            () = stop_signal() => {
-                shutdown.cancel();
-                let _ = relay.await;
-                return Ok(());
-            }
-        }
+    let paired = store.list().iter().filter(|p| !p.pairing_pending()).count();
+    for p in store.list().iter().filter(|p| p.pairing_pending()) {
+        println!(
+            "The pairing of {} ({}) did not finish (this computer stopped before the phone got its answer): pair it again, or it is forgotten.",
+            escaped(p.name()),
+            p.device_id()
+        );
     }
-    println!("Connected. {} paired device(s). Press Ctrl-C to stop.", store.list().len());
-    let mut daemon = daemon(&client, &key, &mut store, tasks, calls, dir, url)?;
-    // What paired phones sent while the pairing code was shown.
-    for ev in deferred {
-        daemon.handle(ev).await?;
-    }
-    tokio::select! {
-        r = daemon.run(&mut events) => r?,
-        () = stop_signal() => {}
-    }
+    // The daemon serves from the start; pairings run alongside it and hand
+    // new devices to it.
+    let (keeper, pair_calls) = DaemonKeeper::channel();
+    let mut daemon =
+        daemon(&client, &key, &mut store, tasks, calls, dir, url)?.with_pairing(pair_calls);
+    let (mut daemon_events, mut pair_events, _router) = split_events(events);
+    let input = Some(Input::stdin());
+    let mut ui = qr.ui(input.clone());
+    let alongside = PairAlongside { client: &client, key: &key, opts, keeper, input, paired };
+    let pairing = pair_alongside(alongside, &mut pair_events, &mut ui, paired == 0 || force_pair);
+    let outcome = tokio::select! {
+        r = daemon.run(&mut daemon_events) => r.map_err(anyhow::Error::from),
+        e = pairing => Err(e.into()),
+        () = stop_signal() => Ok(()),
+    };
     drop(daemon);
     client.close().await;
     shutdown.cancel();
     let _ = relay.await;
-    Ok(())
+    outcome
 }
 
 #[cfg(test)]

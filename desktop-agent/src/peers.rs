@@ -7,6 +7,12 @@
 //!                "last_seen_unix":…,"link":{…}}}
 //! ```
 //!
+//! Optional members, written only when set: `"pairing_pending":true` (the
+//! desktop saved the device before answering it, and has no sign yet that
+//! the answer arrived: see [`Peer::pairing_pending`]) and
+//! `"last_online_unix":…` (when the relay last said the device went offline:
+//! the clock of an ephemeral device's expiry).
+//!
 //! A file holds the peer's session keys, so it gets the device key's
 //! treatment ([`crate::keystore`]): mode 0600 in a 0700 directory, written
 //! atomically (temporary file, fsync, rename, fsync of the directory), and a
@@ -230,6 +236,12 @@ pub struct Peer {
     /// events never reached this device's outbox.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     task_cursors: std::collections::BTreeMap<String, u64>,
+    /// Saved before the phone was answered, and not heard from since.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pairing_pending: bool,
+    /// When the relay last reported the device going offline (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_online_unix: Option<u64>,
 }
 
 impl Peer {
@@ -244,7 +256,62 @@ impl Peer {
             last_seen_unix: None,
             link,
             task_cursors: std::collections::BTreeMap::new(),
+            pairing_pending: false,
+            last_online_unix: None,
         }
+    }
+
+    /// The same device, marked as saved before its phone was answered
+    /// ([`Self::pairing_pending`]).
+    #[must_use]
+    pub fn pending(mut self) -> Self {
+        self.pairing_pending = true;
+        self
+    }
+
+    /// Whether the pairing may not have finished: the desktop saved this
+    /// device before sending the accepting `PairResult` (PROTOCOL §9.4), and
+    /// has seen no sign since that the phone got it (the relay taking the
+    /// answer, a record from the device, or the device's half of the route,
+    /// which a phone sends only once paired). A crash between the two leaves
+    /// it set; the daemon forgets such a device after a while.
+    #[must_use]
+    pub fn pairing_pending(&self) -> bool {
+        self.pairing_pending
+    }
+
+    /// Note that the phone got its answer (in memory; persist with
+    /// [`PeerStore::save`]). Returns whether anything changed.
+    pub fn finish_pairing(&mut self) -> bool {
+        std::mem::replace(&mut self.pairing_pending, false)
+    }
+
+    /// Whether the device keeps its keys only while it runs (a web page on
+    /// an origin that is not a secure context, PROTOCOL §15.4).
+    #[must_use]
+    pub fn ephemeral(&self) -> bool {
+        self.info.ephemeral
+    }
+
+    /// When the relay last reported the device going offline (Unix seconds).
+    #[must_use]
+    pub fn last_online_unix(&self) -> Option<u64> {
+        self.last_online_unix
+    }
+
+    /// The last sign of life: something authentic from it, the relay
+    /// reporting it offline, or its pairing (Unix seconds).
+    #[must_use]
+    pub fn last_heard_unix(&self) -> u64 {
+        self.paired_at_unix
+            .max(self.last_seen_unix.unwrap_or(0))
+            .max(self.last_online_unix.unwrap_or(0))
+    }
+
+    /// Record that the relay reported it going offline at `now_unix` (in
+    /// memory; persist with [`PeerStore::save`]).
+    pub fn mark_offline(&mut self, now_unix: u64) {
+        self.last_online_unix = Some(now_unix);
     }
 
     /// A newly paired device straight from the pairing handshake.
@@ -338,8 +405,12 @@ impl Peer {
     /// Record that the device was seen at `now_unix`, in memory only: the
     /// next [`PeerStore::save`] persists it (cheaper than [`PeerStore::touch`]
     /// when a save follows anyway, as after [`Link::receive`]).
+    ///
+    /// Something authentic from the device also means it got its pairing
+    /// answer ([`Self::finish_pairing`]).
     pub fn mark_seen(&mut self, now_unix: u64) {
         self.last_seen_unix = Some(now_unix);
+        self.pairing_pending = false;
     }
 }
 
@@ -464,7 +535,10 @@ impl PeerStore {
     pub fn add(&mut self, mut peer: Peer) -> Result<(), PeerError> {
         let id = peer.device_id();
         if let Some(existing) = self.peers.get(&id) {
-            return Err(PeerError::AlreadyPaired { id, name: existing.info.name.clone() });
+            return Err(PeerError::AlreadyPaired {
+                id,
+                name: crate::text::escaped(&existing.info.name),
+            });
         }
         persist(&self.dir, &mut peer)?;
         tracing::info!(
@@ -642,7 +716,7 @@ impl PeerStore {
                 query: q.to_owned(),
                 candidates: many
                     .iter()
-                    .map(|p| format!("{} ({})", p.device_id(), p.info.name))
+                    .map(|p| format!("{} ({})", p.device_id(), crate::text::escaped(&p.info.name)))
                     .collect(),
             }),
         }

@@ -1,7 +1,8 @@
 //! The pairing QR code: encoding a pairing link and rendering it for a
 //! terminal, as a PNG, or as an SVG.
 //!
-//! A pairing link (`https://host/p#<BASE32>`, see
+//! A pairing link (`https://host/p#<BASE32>`, or `http://<lan ip>:<port>/p?n=<nonce>#<BASE32>`
+//! from `tandem up`; see
 //! [`tandem_proto::qr::QrPayload::to_link`]) is encoded in two segments:
 //! the part up to and including `#` in byte mode and the upper-case base32
 //! payload in alphanumeric mode ([`tandem_proto::qr::link_segments`]). That
@@ -333,7 +334,8 @@ mod tests {
             expires_at: 1_767_225_600,
             relay: None,
         }
-        .to_link("http://192.168.1.20:7878/p")
+        // As `tandem up` shows it: a fresh nonce in the query of every code.
+        .to_link("http://192.168.1.20:7878/p?n=K3VQ7ZTA")
     }
 
     /// Decode the QR code in a PNG with the real decoder `zbarimg`.

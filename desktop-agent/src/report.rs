@@ -1,5 +1,6 @@
-//! Text for `tandem status` and `tandem tasks`: what the running agent (or
-//! the task history on disk) reports, as lines a person reads.
+//! Text for `tandem status`, `tandem devices` and `tandem tasks`: what the
+//! running agent (or the state on disk) reports, as lines a person reads.
+//! Names that phones chose go through [`visible`].
 
 use std::fmt::Write as _;
 
@@ -7,7 +8,9 @@ use serde_json::Value;
 use tandem_proto::message::{Message, TaskEvent};
 
 use crate::history::{StoredState, TaskRecord};
+use crate::peers::Peer;
 use crate::tasks::status_str;
+use crate::text::escaped;
 
 /// `v[key]`, or `null`.
 #[must_use]
@@ -35,6 +38,42 @@ fn ago(now_ms: u64, at_ms: u64) -> String {
         3600..86_400 => format!("{}h ago", s / 3600),
         _ => format!("{}d ago", s / 86_400),
     }
+}
+
+/// What a device's kind adds to its line: ephemeral, pairing not finished.
+fn device_notes(ephemeral: bool, pending: bool) -> String {
+    let mut notes = String::new();
+    if ephemeral {
+        notes.push_str(", this page only");
+    }
+    if pending {
+        notes.push_str(", pairing not finished");
+    }
+    notes
+}
+
+/// `tandem devices`: one line per paired device, oldest pairing first.
+#[must_use]
+pub fn device_lines(peers: &[&Peer], now_unix: u64) -> String {
+    if peers.is_empty() {
+        return "No paired devices. Run `tandem up` or `tandem pair` to pair a phone.\n".into();
+    }
+    let mut out = String::new();
+    for p in peers {
+        let seen = p
+            .last_seen_unix()
+            .map_or_else(|| "never".to_owned(), |t| format!("{}s ago", now_unix.saturating_sub(t)));
+        let _ = writeln!(
+            out,
+            "{}  {:<24} {:<8} {:<8} last seen {seen}{}",
+            p.device_id(),
+            escaped(p.name()),
+            escaped(&p.info().platform),
+            p.scope(),
+            device_notes(p.ephemeral(), p.pairing_pending())
+        );
+    }
+    out
 }
 
 /// One line per task, newest first.
@@ -136,11 +175,14 @@ pub fn status_text(v: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "  {}  {:<24} {:<8} {}",
+            "  {}  {:<24} {:<8} {state}{}",
             field(&d, "device_id").as_str().unwrap_or("?"),
-            short(field(&d, "name").as_str().unwrap_or("?")),
+            short(&escaped(field(&d, "name").as_str().unwrap_or("?"))),
             field(&d, "scope").as_str().unwrap_or("?"),
-            state
+            device_notes(
+                field(&d, "ephemeral").as_bool().unwrap_or(false),
+                field(&d, "pairing_pending").as_bool().unwrap_or(false)
+            )
         );
     }
     out
@@ -188,7 +230,9 @@ mod tests {
             "connected": false, "keep_awake": {"state": "held"}, "key_store": "file",
             "tasks": {"running": 1, "queued": 2, "pending_approvals": 0},
             "devices": [{"device_id": "d1", "name": "Ana's phone", "scope": "approve",
-                          "online": true, "attached": false}],
+                          "online": true, "attached": false},
+                        {"device_id": "d2", "name": "\u{202e}enohp\u{200b}", "scope": "view",
+                          "online": false, "ephemeral": true, "pairing_pending": true}],
         });
         let text = status_text(&v);
         assert!(text.contains("pid 42"));
@@ -197,5 +241,8 @@ mod tests {
         assert!(text.contains("Keep awake: held"));
         assert!(text.contains("Device key: file"));
         assert!(text.contains("online, detached (idle)"));
+        assert!(text.contains("enohp"), "{text}");
+        assert!(!text.contains('\u{202e}') && !text.contains('\u{200b}'));
+        assert!(text.contains("offline, this page only, pairing not finished"), "{text}");
     }
 }

@@ -31,11 +31,15 @@
 //! approval_timeout_secs = 300   # an unanswered approval is denied after this
 //! idle_detach_secs = 600        # a phone silent this long stops getting progress
 //! max_tasks_kept = 500          # task histories kept on disk
+//! ephemeral_device_ttl_secs = 43200  # a "this page only" device gone this long is forgotten
+//! unfinished_pairing_secs = 600 # a device whose pairing answer may not have arrived, likewise
 //! ```
 //!
 //! Each `[agent]` value can also be set with an environment variable
 //! (`TANDEM_MAX_CONCURRENT_TASKS`, `TANDEM_APPROVAL_TIMEOUT_SECS`,
-//! `TANDEM_IDLE_DETACH_SECS`, `TANDEM_MAX_TASKS_KEPT`), which wins over the file.
+//! `TANDEM_IDLE_DETACH_SECS`, `TANDEM_MAX_TASKS_KEPT`,
+//! `TANDEM_EPHEMERAL_DEVICE_TTL_SECS`, `TANDEM_UNFINISHED_PAIRING_SECS`),
+//! which wins over the file.
 
 use std::path::{Path, PathBuf};
 
@@ -113,6 +117,14 @@ pub struct AgentSettings {
     pub idle_detach_secs: u64,
     /// Task histories kept on disk.
     pub max_tasks_kept: usize,
+    /// Seconds an ephemeral device (a web page that keeps its keys only
+    /// while it is open) may be gone (offline, nothing received) before the
+    /// agent revokes it.
+    pub ephemeral_device_ttl_secs: u64,
+    /// Seconds after which a device whose pairing may not have finished
+    /// (the agent stopped between saving it and answering it) and that was
+    /// never heard from is revoked.
+    pub unfinished_pairing_secs: u64,
 }
 
 impl Default for AgentSettings {
@@ -122,6 +134,8 @@ impl Default for AgentSettings {
             approval_timeout_secs: 300,
             idle_detach_secs: 600,
             max_tasks_kept: crate::history::DEFAULT_MAX_TASKS,
+            ephemeral_device_ttl_secs: 12 * 3600,
+            unfinished_pairing_secs: 600,
         }
     }
 }
@@ -147,6 +161,8 @@ impl AgentSettings {
         env_number("TANDEM_APPROVAL_TIMEOUT_SECS", get, &mut self.approval_timeout_secs)?;
         env_number("TANDEM_IDLE_DETACH_SECS", get, &mut self.idle_detach_secs)?;
         env_number("TANDEM_MAX_TASKS_KEPT", get, &mut self.max_tasks_kept)?;
+        env_number("TANDEM_EPHEMERAL_DEVICE_TTL_SECS", get, &mut self.ephemeral_device_ttl_secs)?;
+        env_number("TANDEM_UNFINISHED_PAIRING_SECS", get, &mut self.unfinished_pairing_secs)?;
         Ok(())
     }
 }
@@ -165,11 +181,14 @@ impl Settings {
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
         let mut s = Self::load_file(path)?;
         s.agent.apply_env(&|name| std::env::var(name).ok())?;
-        for (field, value) in [
-            ("max_concurrent_tasks", s.agent.max_concurrent_tasks),
-            ("max_tasks_kept", s.agent.max_tasks_kept),
+        let a = &s.agent;
+        for (field, zero) in [
+            ("max_concurrent_tasks", a.max_concurrent_tasks == 0),
+            ("max_tasks_kept", a.max_tasks_kept == 0),
+            ("ephemeral_device_ttl_secs", a.ephemeral_device_ttl_secs == 0),
+            ("unfinished_pairing_secs", a.unfinished_pairing_secs == 0),
         ] {
-            if value == 0 {
+            if zero {
                 return Err(SettingsError::Range { path: path.to_owned(), field });
             }
         }
@@ -217,6 +236,25 @@ mod tests {
         assert_eq!(s.agent.approval_timeout_secs, 7);
         let bad = s.agent.apply_env(&|n| (n == "TANDEM_IDLE_DETACH_SECS").then(|| "soon".into()));
         assert!(matches!(bad, Err(SettingsError::Env { name: "TANDEM_IDLE_DETACH_SECS", .. })));
+    }
+
+    #[test]
+    fn device_expiry_settings_default_and_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[agent]\nunfinished_pairing_secs = 60\n").unwrap();
+        let mut s = Settings::load_file(&path).unwrap();
+        assert_eq!(s.agent.ephemeral_device_ttl_secs, 12 * 3600);
+        assert_eq!(s.agent.unfinished_pairing_secs, 60);
+        s.agent
+            .apply_env(&|n| (n == "TANDEM_EPHEMERAL_DEVICE_TTL_SECS").then(|| "5".to_owned()))
+            .unwrap();
+        assert_eq!(s.agent.ephemeral_device_ttl_secs, 5);
+        std::fs::write(&path, "[agent]\nephemeral_device_ttl_secs = 0\n").unwrap();
+        assert!(matches!(
+            Settings::load(&path),
+            Err(SettingsError::Range { field: "ephemeral_device_ttl_secs", .. })
+        ));
     }
 
     #[test]

@@ -18,12 +18,22 @@
 //!   `␍` for CR, …), C1 controls by U+FFFD; a `\r\n` pair becomes `\n`;
 //! * the line and paragraph separators U+2028/U+2029 become `\n`.
 //!
+//! [`escaped`] is for names a device chose for itself (shown where the
+//! desktop user decides whom to trust: the pairing dialog, `tandem devices`,
+//! `tandem status`): every control (Cc), format (Cf), line separator (Zl) and
+//! paragraph separator (Zp) character is shown as `<U+XXXX>` instead of being
+//! obeyed or dropped, so "Ana's phone" spelled backwards behind a
+//! right-to-left override, or two names that differ only by an invisible
+//! character, show as what they are, on one line.
+//!
 //! [`head_tail`] caps a long text so both ends stay visible: its head,
 //! ` … [N bytes cut] … `, and its tail, within a budget in bytes of the
 //! JSON string encoding (what [`crate::executor::MAX_EVENT_TEXT`] counts).
 //!
 //! The category table is the `unicode-general-category` crate's (Unicode
 //! 16.0).
+
+use std::fmt::Write as _;
 
 use unicode_general_category::{GeneralCategory, get_general_category};
 
@@ -95,6 +105,29 @@ pub fn is_visible(text: &str) -> bool {
 #[must_use]
 pub fn one_line(text: &str) -> String {
     visible(text).chars().map(|c| if c == '\n' || c == '\t' { ' ' } else { c }).collect()
+}
+
+/// `text` with every control (Cc), format (Cf), line separator (Zl) and
+/// paragraph separator (Zp) character replaced by `<U+XXXX>` (its code point
+/// in upper-case hex, at least four digits); everything else kept. For names
+/// devices chose for themselves (see the module docs).
+#[must_use]
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(
+            get_general_category(c),
+            GeneralCategory::Control
+                | GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        ) {
+            let _ = write!(out, "<U+{:04X}>", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Bytes `c` takes inside a JSON string as `serde_json` writes it.
@@ -213,5 +246,27 @@ mod tests {
         assert!(capped.len() <= 301);
         // A budget below the marker's size: the head alone.
         assert_eq!(head_tail("abcdefghijklmnopqrstuvwxyz", 5), "abcde");
+    }
+    #[test]
+    fn names_show_format_and_control_characters_instead_of_obeying_them() {
+        // A right-to-left override: the screen would read "Ana's phone".
+        assert_eq!(escaped("\u{202e}enohp s'anA"), "<U+202E>enohp s'anA");
+        // Zero-width space, joiner, non-joiner, word joiner, BOM, soft hyphen.
+        assert_eq!(
+            escaped("A\u{200b}n\u{200d}a\u{200c}\u{2060}\u{feff}\u{ad}"),
+            "A<U+200B>n<U+200D>a<U+200C><U+2060><U+FEFF><U+00AD>"
+        );
+        // Isolates, marks, tag characters (beyond the BMP).
+        assert_eq!(escaped("\u{2066}x\u{2069}\u{200f}"), "<U+2066>x<U+2069><U+200F>");
+        assert_eq!(escaped("\u{e0041}"), "<U+E0041>");
+        // Controls: escape sequences, newlines, the line separator.
+        assert_eq!(
+            escaped("a\x1b[2Jb\nc\u{2028}d\u{85}"),
+            "a<U+001B>[2Jb<U+000A>c<U+2028>d<U+0085>"
+        );
+        for s in ["Ana's phone", "Pixel 8 — Zoë", "ماريا", "李的手机", "📱 phone", "a b\u{a0}c", ""]
+        {
+            assert_eq!(escaped(s), s);
+        }
     }
 }

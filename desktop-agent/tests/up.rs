@@ -1,17 +1,24 @@
 //! `tandem up` as a person uses it: the agent starts a relay, shows a QR
 //! code (decoded with `zbarimg`, as a camera would), a phone pairs through
 //! the relay with the real protocol and both show the same code. Without an
-//! executor a task is refused; `tandem devices` lists the phone and
-//! `tandem revoke` cuts it off at once.
+//! executor the phone gets `view` scope and a task is refused; `tandem
+//! devices` lists the phone and `tandem revoke` cuts it off at once. Every
+//! code on plain http opens its own address (`/p?n=<nonce>`), which the
+//! relay serves as `/p`, and the phone engine pairs from it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Agent, Phone, tandem};
 use tandem_client::ClientError;
+use tandem_phone::{Phone as PhoneEngine, PhoneConfig};
 use tandem_proto::ErrorCode;
 use tandem_proto::message::Message;
+use tandem_proto::qr::PairingLink;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_pairs_with_tandem_up_from_the_qr_code_and_is_answered_then_revoked() {
@@ -19,7 +26,8 @@ async fn a_phone_pairs_with_tandem_up_from_the_qr_code_and_is_answered_then_revo
     let agent = Agent::up(dir.path(), &dir.path().join("no-config.toml"));
     let mut phone = Phone::pair(&agent, dir.path()).await;
 
-    // A task goes out; with no executor configured it is refused, clearly.
+    // A task goes out; with no executor configured the phone was paired to
+    // view only (the least that lets the user work), so it is refused.
     phone
         .send(&Message::TaskSubmit {
             task_id: "t-1".into(),
@@ -32,14 +40,14 @@ async fn a_phone_pairs_with_tandem_up_from_the_qr_code_and_is_answered_then_revo
         phone.message().await,
         Message::Refused {
             task_id: Some("t-1".into()),
-            code: "no_executor".into(),
-            message: "no executor is configured on this computer".into(),
+            code: "scope".into(),
+            message: "this device may only view".into(),
         }
     );
     assert!(phone.link.outbound().is_empty(), "the desktop acknowledged the task end to end");
 
     let devices = tandem(dir.path(), &["devices"]);
-    assert!(devices.contains("Ana's phone"), "{devices}");
+    assert!(devices.contains("Ana's phone") && devices.contains(" view "), "{devices}");
     let revoked = tandem(dir.path(), &["revoke", "ana's phone"]);
     assert!(revoked.contains("The relay refuses it from now on"), "{revoked}");
     let (_, record) = phone.link.send(b"{}".to_vec()).unwrap();
@@ -49,4 +57,70 @@ async fn a_phone_pairs_with_tandem_up_from_the_qr_code_and_is_answered_then_revo
     }
     assert!(!tandem(dir.path(), &["devices"]).contains("Ana's phone"));
     phone.client.close().await;
+}
+
+/// `GET <path>` from `host:port`: the status line and the body.
+async fn http_get(addr: &str, path: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The nonce of a `tandem up` link: `?n=` and 8 base32 characters.
+fn nonce(link: &PairingLink) -> String {
+    let n = link.query.strip_prefix("?n=").unwrap_or_else(|| panic!("no nonce in {link:?}"));
+    assert_eq!(n.len(), 8, "{n}");
+    assert!(n.bytes().all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c)), "{n}");
+    n.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_code_opens_a_fresh_address_that_the_relay_serves_and_the_phone_engine_pairs_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let mut agent = Agent::up_with(dir.path(), &config, "127.0.0.1:0", &["--yes"], &[]);
+
+    // The first code, as the camera reads it: the phone engine pairs from it.
+    let first = common::scan(&agent, dir.path());
+    let parsed = PairingLink::parse(&first, common::now_unix()).unwrap();
+    let n1 = nonce(&parsed);
+    assert_eq!(parsed.path, "/p");
+    let phone =
+        PhoneEngine::open(PhoneConfig::new(dir.path().join("ana"), "Ana's phone")).await.unwrap();
+    let pairing = phone.start_pairing(&first).await.unwrap();
+    assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", pairing.sas()));
+    let desktop = pairing.wait().await.unwrap().desktop_id;
+    agent.line_starting("Paired with Ana's phone");
+    agent.line_starting("Connected.");
+
+    // The relay serves the address with its nonce as the page at /p.
+    let addr = parsed.origin.trim_start_matches("http://").to_owned();
+    let (status, page) = http_get(&addr, &format!("/p{}", parsed.query)).await;
+    assert!(status.contains(" 200 "), "{status}");
+    let (_, bare) = http_get(&addr, "/p").await;
+    assert_eq!(page, bare);
+    assert!(page.contains("<html"), "{page}");
+
+    // Enter shows another code: same page, another address.
+    agent.type_line("");
+    let second = common::scan(&agent, dir.path());
+    let parsed2 = PairingLink::parse(&second, common::now_unix()).unwrap();
+    assert_eq!(parsed2.origin, parsed.origin);
+    assert_ne!(nonce(&parsed2), n1, "every code has its own nonce");
+    let bo =
+        PhoneEngine::open(PhoneConfig::new(dir.path().join("bo"), "Bo's phone")).await.unwrap();
+    let pairing = bo.start_pairing(&second).await.unwrap();
+    assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", pairing.sas()));
+    pairing.wait().await.unwrap();
+    agent.line_starting("Paired with Bo's phone");
+
+    // The first phone still works.
+    assert!(phone.tasks(&desktop).await.is_ok());
+    phone.close().await;
+    bo.close().await;
 }

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(!link.relay_origin().is_empty(), "empty relay origin");
-    let shown = link.payload.to_link(&format!("{}{}", link.origin, link.path));
+    let shown = link.payload.to_link(&link.base());
     assert_eq!(
         PairingLink::parse(&shown, NOW).as_ref(),
         Ok(&link),

@@ -1,8 +1,11 @@
 //! The QR pairing payload and the link it is shown as.
 //!
-//! The QR code encodes `https://<relay host>/<path>#<BASE32 payload>`. A
-//! phone camera opens it in the browser (the web client) or in an app that
-//! claims the link; browsers never send the fragment to any server.
+//! The QR code encodes `https://<relay host>/<path>[?<query>]#<BASE32
+//! payload>`. A phone camera opens it in the browser (the web client) or in
+//! an app that claims the link; browsers never send the fragment to any
+//! server. The optional query is not part of the pairing: a desktop serving
+//! the web client over plain `http://` puts a fresh random nonce there
+//! (`?n=…`), so every code opens an address no browser has cached.
 //!
 //! The payload is RFC 4648 base32 in upper case without padding, because
 //! those characters are all in the QR code's alphanumeric mode (5.5 bits per
@@ -38,7 +41,7 @@ pub const MAX_RELAY_URL_LEN: usize = 128;
 /// Why a link or payload was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum QrError {
-    /// Not an `http(s)://host/path#payload` link.
+    /// Not an `http(s)://host/path[?query]#payload` link.
     #[error("not a Tandem pairing link: {0}")]
     NotALink(&'static str),
     /// The fragment is not base32.
@@ -160,8 +163,9 @@ impl QrPayload {
         Ok(Self { desktop, secret, expires_at, relay })
     }
 
-    /// The link to show as a QR code: `base` (e.g. `https://relay.example.com/p`)
-    /// followed by `#` and the base32 payload.
+    /// The link to show as a QR code: `base` (e.g. `https://relay.example.com/p`,
+    /// optionally with a query such as `?n=…`) followed by `#` and the
+    /// base32 payload.
     #[must_use]
     pub fn to_link(&self, base: &str) -> String {
         format!("{base}#{}", data_encoding::BASE32_NOPAD.encode(&self.encode()))
@@ -197,6 +201,9 @@ pub struct PairingLink {
     pub origin: String,
     /// The link's path (`/p`).
     pub path: String,
+    /// The link's query with its `?` (`?n=…`), or empty. Carries nothing the
+    /// pairing uses.
+    pub query: String,
     /// The payload.
     pub payload: QrPayload,
 }
@@ -210,9 +217,16 @@ impl PairingLink {
     pub fn parse(link: &str, now_unix: u64) -> Result<Self, QrError> {
         let (before, fragment) =
             link.trim().split_once('#').ok_or(QrError::NotALink("no #payload"))?;
+        let (before, query) = match before.find('?') {
+            Some(q) => before.split_at(q),
+            None => (before, ""),
+        };
         let (origin, path) = split_origin(before)?;
         if !path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b)) {
             return Err(QrError::NotALink("unexpected characters in the path"));
+        }
+        if !query.bytes().skip(1).all(|b| b.is_ascii_alphanumeric() || b"-_.~=&".contains(&b)) {
+            return Err(QrError::NotALink("unexpected characters in the query"));
         }
         let bytes = data_encoding::BASE32_NOPAD
             .decode(fragment.to_ascii_uppercase().as_bytes())
@@ -221,7 +235,19 @@ impl PairingLink {
         if now_unix >= u64::from(payload.expires_at) {
             return Err(QrError::Expired { ago_secs: now_unix - u64::from(payload.expires_at) });
         }
-        Ok(Self { origin: origin.to_owned(), path: path.to_owned(), payload })
+        Ok(Self {
+            origin: origin.to_owned(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            payload,
+        })
+    }
+
+    /// Everything before the `#`: `origin`, `path` and `query`, as
+    /// [`QrPayload::to_link`] takes it.
+    #[must_use]
+    pub fn base(&self) -> String {
+        format!("{}{}{}", self.origin, self.path, self.query)
     }
 
     /// The relay's origin: the payload's relay URL if it carries one, else
@@ -337,6 +363,33 @@ mod tests {
         let l =
             format!("https://x/p#{}", data_encoding::BASE32_NOPAD.encode(&sample().encode()[..60]));
         assert!(matches!(PairingLink::parse(&l, 0), Err(QrError::BadLength(_))));
+    }
+
+    #[test]
+    fn a_query_before_the_payload_is_kept_and_ignored() {
+        let link = sample().to_link("http://192.168.1.5:7878/p?n=K3VQ7ZTA");
+        let parsed = PairingLink::parse(&link, 1_000_000).unwrap();
+        assert_eq!(parsed.origin, "http://192.168.1.5:7878");
+        assert_eq!(parsed.path, "/p");
+        assert_eq!(parsed.query, "?n=K3VQ7ZTA");
+        assert_eq!(parsed.payload, sample());
+        assert_eq!(parsed.relay_origin(), "http://192.168.1.5:7878");
+        assert_eq!(parsed.payload.to_link(&parsed.base()), link);
+        let plain = PairingLink::parse(&sample().to_link("https://x/p"), 0).unwrap();
+        assert_eq!(plain.query, "");
+        for bad in ["https://x/p?n=a b", "https://x/p?n=%41", "https://x/p?n=<", "https://x/p?a?b"]
+        {
+            assert_eq!(
+                PairingLink::parse(&sample().to_link(bad), 0),
+                Err(QrError::NotALink("unexpected characters in the query")),
+                "{bad}"
+            );
+        }
+        // A query does not make a public host acceptable over plain http.
+        assert!(matches!(
+            PairingLink::parse(&sample().to_link("http://8.8.8.8/p?n=AAAAAAAA"), 0),
+            Err(QrError::NotALink(_))
+        ));
     }
 
     #[test]

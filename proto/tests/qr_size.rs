@@ -1,8 +1,8 @@
 //! The pairing link must fit a QR code a phone camera reads easily from a
 //! terminal: version 7 or lower at error-correction level M, for relay hosts
 //! of realistic length. The link is rendered as two segments (bytes for
-//! `https://host/p#`, alphanumeric for the base32 payload), as the desktop
-//! agent renders it.
+//! `https://host/p#` or `http://lan-ip:port/p?n=<nonce>#`, alphanumeric for
+//! the base32 payload), as the desktop agent renders it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -49,6 +49,15 @@ fn qr_fits_version_7_at_m() {
         eprintln!("{} characters -> QR version {v} at M: {link}", link.len());
         assert!(v <= max, "{base}: version {v}");
         assert!(PairingLink::parse(&link, 0).is_ok());
+    }
+    // `tandem up` on plain http: every code carries a fresh nonce in the
+    // query (8 base32 characters), still within version 7.
+    for base in ["http://192.168.100.200:7878/p?n=ABCDEFGH", "http://10.0.0.2:7878/p?n=ABCDEFGH"] {
+        let link = payload(None).to_link(base);
+        let v = version_of(&link);
+        eprintln!("{} characters -> QR version {v} at M: {link}", link.len());
+        assert!(v <= 7, "{base}: version {v}");
+        assert_eq!(PairingLink::parse(&link, 0).unwrap().query, "?n=ABCDEFGH");
     }
     // The budget: a base of up to 42 characters (a 32-character host name).
     let link = payload(None).to_link(&format!("https://{}/p", "a".repeat(32)));

@@ -218,8 +218,10 @@ fn envelope_and_content_strategies_cover_every_variant() {
 
 /// A link base the parser accepts: `http(s)://host[:port]` and a path of
 /// `[A-Za-z0-9/_.~-]`, starting with `/` when present.
-fn link_base() -> impl Strategy<Value = (String, String)> {
-    (valid_relay_url(), "(/[A-Za-z0-9_.~-]{0,8}){0,3}")
+fn link_base() -> impl Strategy<Value = (String, String, String)> {
+    // The query: none, or what `tandem up` adds on plain http (`?n=<nonce>`), or any allowed one.
+    let query = prop_oneof![Just(String::new()), "\\?n=[A-Z2-7]{8}", "\\?[A-Za-z0-9_.~=&-]{0,12}"];
+    (valid_relay_url(), "(/[A-Za-z0-9_.~-]{0,8}){0,3}", query)
 }
 
 proptest! {
@@ -236,12 +238,12 @@ proptest! {
     #[test]
     fn pairing_links_round_trip_until_they_expire(
         payload in valid_qr_payload(),
-        (origin, path) in link_base(),
+        (origin, path, query) in link_base(),
         // How far from the expiry time the link is scanned, and on which side.
         delta in 0u64..=1_000_000,
         expired in any::<bool>(),
     ) {
-        let base = format!("{origin}{path}");
+        let base = format!("{origin}{path}{query}");
         let link = payload.to_link(&base);
         let b32 = data_encoding::BASE32_NOPAD.encode(&payload.encode());
         // The payload goes in its own QR segment, in alphanumeric mode.
@@ -259,6 +261,8 @@ proptest! {
             let parsed = PairingLink::parse(&link, now).expect("a fresh link parses");
             prop_assert_eq!(&parsed.origin, &origin);
             prop_assert_eq!(&parsed.path, &path);
+            prop_assert_eq!(&parsed.query, &query);
+            prop_assert_eq!(parsed.base(), base.clone());
             prop_assert_eq!(parsed.relay_origin(), payload.relay.as_deref().unwrap_or(&origin));
             prop_assert_eq!(&parsed.payload, &payload);
             // A scanner that lower-cases the payload changes nothing.

@@ -68,6 +68,8 @@ impl Daemon<'_> {
                     "device_id": id.to_string(),
                     "name": p.info().name,
                     "platform": p.info().platform,
+                    "ephemeral": p.ephemeral(),
+                    "pairing_pending": p.pairing_pending(),
                     "scope": p.scope().to_string(),
                     "online": self.online.contains(&id),
                     "attached": !self.detached.contains(&id),
@@ -126,7 +128,7 @@ impl Daemon<'_> {
     /// Revoke a device here: the relay is to be told first (on disk), then
     /// its file goes, then its tasks stop. Returns the answer for the CLI,
     /// to complete with whether the relay confirmed.
-    async fn revoke(
+    pub(super) async fn revoke(
         &mut self,
         device: &str,
     ) -> Result<Result<(DeviceId, Value), String>, DaemonError> {

@@ -3,9 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use tandem_proto::entropy::Entropy;
 use tandem_proto::envelope::Envelope;
 use tandem_proto::link::{Link, LinkEvent};
 use tandem_proto::message::{Decoded, DeviceInfo, Message};
-use tandem_proto::pairing::PhonePairing;
+use tandem_proto::pairing::{PairingError, PhoneAwaitingResult, PhonePairing};
 use tandem_proto::qr::PairingLink;
 use tandem_proto::{DeviceId, DeviceKey, Role};
 use tokio::sync::mpsc;
@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 pub struct Agent {
     child: Child,
     lines: std_mpsc::Receiver<String>,
+    stdin: Option<ChildStdin>,
 }
 
 impl Agent {
@@ -33,39 +34,73 @@ impl Agent {
 
     /// `tandem up` listening on `listen` (to come back on the same port).
     pub fn up_at(dir: &Path, config: &Path, listen: &str) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .arg("--data-dir")
+        Self::up_with(dir, config, listen, &["--yes"], &[])
+    }
+
+    /// `tandem up` listening on `listen` with more arguments (`--yes`,
+    /// `--scope`, …) and environment variables, its standard input a pipe
+    /// ([`Agent::type_line`]).
+    pub fn up_with(
+        dir: &Path,
+        config: &Path,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        cmd.arg("--data-dir")
             .arg(dir)
             .arg("--config")
             .arg(config)
-            .args(["--name", "build-box", "up", "--listen", listen, "--yes", "--print-url"])
+            .args(["--name", "build-box", "up", "--listen", listen, "--print-url"])
             .args(["--no-terminal-qr", "--qr-png"])
             .arg(dir.join("qr.png"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std_mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Agent { child, lines }
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null());
+        Self::spawn(cmd)
     }
 
     pub fn line_starting(&self, prefix: &str) -> String {
+        self.lines_until(prefix).pop().unwrap()
+    }
+
+    /// Every line printed up to and including the first that starts with `prefix`.
+    pub fn lines_until(&self, prefix: &str) -> Vec<String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) if l.trim_start().starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("the agent never printed a line starting with {prefix:?}"),
+                Ok(l) if l.trim_start().starts_with(prefix) => {
+                    seen.push(l);
+                    return seen;
+                }
+                Ok(l) => seen.push(l),
+                Err(_) => panic!(
+                    "the agent never printed a line starting with {prefix:?}; it printed {seen:#?}"
+                ),
             }
+        }
+    }
+
+    /// Type a line at the agent's terminal (its standard input).
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("the agent's stdin is a pipe");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Wait for the agent to exit by itself; its exit status.
+    pub fn wait_exit(mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the agent did not exit");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -139,28 +174,78 @@ impl Phone {
     /// proxy keeps the phone off it: the QR payload names the agent's
     /// relay URL when the link's origin differs).
     pub async fn pair_via(agent: &Agent, dir: &Path, relay_url: Option<String>) -> Phone {
-        let printed = agent
-            .line_starting("pairing link: ")
-            .trim()
-            .trim_start_matches("pairing link: ")
-            .to_owned();
-        let scanned = zbarimg(&dir.join("qr.png"));
-        assert_eq!(scanned, printed, "the QR code carries the printed link");
-        let link = PairingLink::parse(&scanned, now_unix()).unwrap();
+        let link = scan(agent, dir);
+        let claimed = Claimed::claim(agent, &link, relay_url, new_key(), info("Ana's phone")).await;
+        let phone = claimed.result().await.unwrap();
+        agent.line_starting("Paired with Ana's phone");
+        agent.line_starting("Connected.");
+        phone
+    }
+}
+
+/// What a phone calls itself.
+pub fn info(name: &str) -> DeviceInfo {
+    DeviceInfo {
+        name: name.into(),
+        platform: "test".into(),
+        app_version: "0".into(),
+        ephemeral: false,
+    }
+}
+
+/// A fresh device key.
+pub fn new_key() -> DeviceKey {
+    DeviceKey::generate(&mut Entropy::os()).unwrap()
+}
+
+/// The link the agent shows next: printed, and drawn as the QR code (which
+/// must agree), as a camera reads it.
+pub fn scan(agent: &Agent, dir: &Path) -> String {
+    let printed = agent
+        .line_starting("pairing link: ")
+        .trim()
+        .trim_start_matches("pairing link: ")
+        .to_owned();
+    let scanned = zbarimg(&dir.join("qr.png"));
+    assert_eq!(scanned, printed, "the QR code carries the printed link");
+    scanned
+}
+
+/// A phone that scanned a code and proved it to the desktop: the desktop
+/// shows the code and asks its user.
+pub struct Claimed {
+    key: DeviceKey,
+    client: Client,
+    events: mpsc::Receiver<Event>,
+    waiting: PhoneAwaitingResult,
+    desktop: DeviceId,
+    relay_addr: String,
+    entropy: Entropy,
+    /// The 6-digit code, as both screens show it.
+    pub sas: String,
+    /// What the desktop printed from the code it showed to the proposed scope.
+    pub dialog: Vec<String>,
+}
+
+impl Claimed {
+    /// Claim the code of `link` as a phone with `key` and `me`, through the
+    /// welcome and the confirmation; checks that the desktop prints the
+    /// same code (`Code: …`).
+    pub async fn claim(
+        agent: &Agent,
+        link: &str,
+        relay_url: Option<String>,
+        key: DeviceKey,
+        me: DeviceInfo,
+    ) -> Claimed {
+        let link = PairingLink::parse(link, now_unix()).unwrap();
         let relay_url = relay_url.unwrap_or_else(|| {
             format!("{}/v1/connect", link.relay_origin().replacen("http://", "ws://", 1))
         });
-        let key = DeviceKey::generate(&mut Entropy::os()).unwrap();
         let (client, mut events) =
             Client::start(ClientConfig::new(relay_url, key.clone(), Role::Phone));
         next(&mut events, "connected", |e| matches!(e, Event::Connected { .. })).await;
         let mut entropy = Entropy::os();
-        let me = DeviceInfo {
-            name: "Ana's phone".into(),
-            platform: "test".into(),
-            app_version: "0".into(),
-            ephemeral: false,
-        };
         let (pairing, hello) = PhonePairing::start(&key, &link.payload, &me, &mut entropy).unwrap();
         let pid = link.payload.pairing_id();
         let desktop = link.payload.desktop.device_id();
@@ -173,31 +258,64 @@ impl Phone {
         let (waiting, confirm) = pairing.on_welcome(&Envelope::decode(&payload).unwrap()).unwrap();
         assert_eq!(waiting.desktop_info().name, "build-box");
         client.pair_message(pid, desktop, confirm).await.unwrap();
-        let code_line = agent.line_starting("Code: ");
-        assert_eq!(
-            code_line.trim(),
-            format!("Code: {}", waiting.sas()),
-            "both screens show the same code"
-        );
+        let mut dialog = agent.lines_until("Code: ");
+        let sas = waiting.sas().to_string();
+        let code_line = dialog.last().unwrap();
+        assert_eq!(code_line.trim(), format!("Code: {sas}"), "both screens show the same code");
+        // The rest of what the desktop shows before it asks (or says --yes).
+        dialog.extend(agent.lines_until("Scope: "));
+        let relay_addr = link.origin.trim_start_matches("http://").to_owned();
+        Claimed { key, client, events, waiting, desktop, relay_addr, entropy, sas, dialog }
+    }
+
+    /// Wait for the desktop's answer: paired (then authorise the desktop,
+    /// as a phone does), or the refusal.
+    pub async fn result(mut self) -> Result<Phone, PairingError> {
         let Event::PairMessage { payload, .. } =
-            next(&mut events, "result", |e| matches!(e, Event::PairMessage { .. })).await
+            next(&mut self.events, "result", |e| matches!(e, Event::PairMessage { .. })).await
         else {
             unreachable!()
         };
-        let paired = waiting.on_result(&Envelope::decode(&payload).unwrap()).unwrap();
-        client.authorize(desktop).await.unwrap();
-        agent.line_starting("Paired with Ana's phone");
-        agent.line_starting("Connected.");
-        let relay_addr = link.origin.trim_start_matches("http://").to_owned();
-        Phone {
-            key,
-            client,
-            events,
+        let paired = self.waiting.on_result(&Envelope::decode(&payload).unwrap())?;
+        self.client.authorize(self.desktop).await.unwrap();
+        Ok(Phone {
+            key: self.key,
+            client: self.client,
+            events: self.events,
             link: Link::from_paired(paired, OutboxLimits::default()),
-            desktop,
-            relay_addr,
-            entropy,
+            desktop: self.desktop,
+            relay_addr: self.relay_addr,
+            entropy: self.entropy,
+        })
+    }
+
+    /// The relay connection, and whether a pairing answer arrives within `wait`.
+    pub async fn answered_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Event::PairMessage { .. })) => return true,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return false,
+            }
         }
+    }
+
+    /// Stop this phone's relay connection.
+    pub async fn close(self) {
+        self.client.close().await;
+    }
+}
+
+impl Phone {
+    /// A new relay connection with the same key (after `client.close()`).
+    pub async fn reconnect(&mut self) {
+        let url = format!("ws://{}/v1/connect", self.relay_addr);
+        let (client, mut events) =
+            Client::start(ClientConfig::new(url, self.key.clone(), Role::Phone));
+        next(&mut events, "connected", |e| matches!(e, Event::Connected { .. })).await;
+        self.client = client;
+        self.events = events;
     }
 
     /// Seal and send an application message.
@@ -384,6 +502,7 @@ impl Agent {
     /// `cmd`.
     pub fn spawn(mut cmd: Command) -> Agent {
         let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = std_mpsc::channel();
         std::thread::spawn(move || {
@@ -393,6 +512,6 @@ impl Agent {
                 }
             }
         });
-        Agent { child, lines }
+        Agent { child, lines, stdin }
     }
 }

@@ -302,7 +302,9 @@ describe('web client end to end', { concurrency: false }, () => {
     assert.ok(existsSync(png), `tandem pair wrote no QR code to ${png}`);
     const scanned = zbarimg(png);
     assert.equal(scanned, printed, 'the QR code carries the printed link');
-    assert.ok(scanned.startsWith(`http://${relay.addr}/p#`), `the link opens the relay's /p: ${scanned}`);
+    // On plain http every code opens its own address: /p?n=<8 base32 characters>.
+    assert.ok(scanned.startsWith(`http://${relay.addr}/p?n=`), `the link opens the relay's /p: ${scanned}`);
+    assert.match(scanned, /\/p\?n=[A-Z2-7]{8}#/, `a fresh nonce in the query: ${scanned}`);
     s.link = scanned;
 
     await open(page, scanned);

@@ -36,6 +36,27 @@ test('pairing.json: the QR link parses (phone at now + 1)', () => {
   assert.equal(bytesToHex(seed(v.desktop_entropy_seed).fill(32)), v.qr_secret);
 });
 
+test('a query before the payload (the nonce of tandem up on plain http) is kept and ignored', () => {
+  const base = 'http://192.168.1.5:7878/p?n=K3VQ7ZTA';
+  const plain = parsePairingLink(v.qr_link, v.now_unix);
+  const link = parsePairingLink(pairingLinkString(base, plain.payload), v.now_unix);
+  assert.equal(link.origin, 'http://192.168.1.5:7878');
+  assert.equal(link.path, '/p');
+  assert.equal(link.query, '?n=K3VQ7ZTA');
+  assert.equal(relayOrigin(link), 'http://192.168.1.5:7878');
+  assert.equal(bytesToHex(link.payload.secret), v.qr_secret);
+  assert.equal(pairingLinkString(`${link.origin}${link.path}${link.query}`, link.payload), pairingLinkString(base, plain.payload));
+  assert.equal(plain.query, '');
+  for (const bad of ['https://x/p?n=a b', 'https://x/p?n=%41', 'https://x/p?n=<', 'https://x/p?a?b']) {
+    assert.throws(
+      () => parsePairingLink(pairingLinkString(bad, plain.payload), v.now_unix),
+      (e: unknown) => e instanceof QrError && e.detail.kind === 'NotALink' && e.detail.why === 'unexpected characters in the query',
+      bad,
+    );
+  }
+  assert.throws(() => parsePairingLink(pairingLinkString('http://8.8.8.8/p?n=AAAAAAAA', plain.payload), v.now_unix), (e: unknown) => e instanceof QrError && e.detail.kind === 'NotALink');
+});
+
 test('pairing.json: the phone side of the transcript, byte-exact', () => {
   const link = parsePairingLink(v.qr_link, v.now_unix + 1);
   const phone = new DeviceKey(hexToBytes(v.phone_secret));

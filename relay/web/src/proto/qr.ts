@@ -147,6 +147,8 @@ export function isLocalHost(authority: string): boolean {
 export interface PairingLink {
   origin: string;
   path: string;
+  /** The query with its `?` (`?n=…`, a nonce `tandem up` adds on plain http), or ''. Not used by pairing. */
+  query: string;
   payload: QrPayload;
 }
 
@@ -160,14 +162,18 @@ export function parsePairingLink(link: string, nowUnix: number): PairingLink {
   const t = trimWs(link);
   const hash = t.indexOf('#');
   if (hash < 0) throw new QrError({ kind: 'NotALink', why: 'no #payload' });
-  const [origin, path] = splitOrigin(t.slice(0, hash));
+  const before = t.slice(0, hash);
+  const q = before.indexOf('?');
+  const query = q < 0 ? '' : before.slice(q);
+  const [origin, path] = splitOrigin(q < 0 ? before : before.slice(0, q));
   if (!/^[A-Za-z0-9/\-_.~]*$/.test(path)) throw new QrError({ kind: 'NotALink', why: 'unexpected characters in the path' });
+  if (!/^[A-Za-z0-9\-_.~=&]*$/.test(query.slice(1))) throw new QrError({ kind: 'NotALink', why: 'unexpected characters in the query' });
   const frag = t.slice(hash + 1).replace(/[a-z]/g, (c) => c.toUpperCase());
   const bytes = base32Decode(frag);
   if (!bytes) throw new QrError({ kind: 'BadEncoding' });
   const payload = decodeQrPayload(bytes);
   if (nowUnix >= payload.expiresAt) throw new QrError({ kind: 'Expired', agoSecs: nowUnix - payload.expiresAt });
-  return { origin, path, payload };
+  return { origin, path, query, payload };
 }
 
 /** The relay to connect to: the payload's relay URL, else the link's origin. */
