@@ -241,13 +241,19 @@ fn unique_base(base: &str, entropy: &mut Entropy) -> Result<String, EntropyError
 /// Wait for a pairing message in mailbox `pid` (from `from`, if given).
 /// Other events are dropped: `tandem pair` does not ack deliveries (the
 /// relay keeps them for the next connection), and `tandem up` routes only
-/// pairing messages here ([`split_events`]).
+/// pairing messages and reconnections here ([`split_events`]).
+///
+/// The relay closes a mailbox when the connection that opened it goes away.
+/// After a reconnection, a code still waiting for its phone (`from` is
+/// `None`) gets its mailbox again, for what is left of its life (`expires`);
+/// a claim under way (`from` is set) is over: `None`, and a fresh code.
 async fn next_pair_message(
     events: &mut mpsc::Receiver<Event>,
-    pid: [u8; 16],
+    mailbox: (&Client, [u8; 16], Instant),
     from: Option<DeviceId>,
     until: Instant,
 ) -> Result<Option<(DeviceId, Vec<u8>)>, PairError> {
+    let (client, pid, expires) = mailbox;
     loop {
         match timeout_at(until, events.recv()).await {
             Err(_) => return Ok(None),
@@ -258,6 +264,24 @@ async fn next_pair_message(
                 return Ok(Some((peer, payload)));
             }
             Ok(Some(Event::PairMessage { .. })) => {}
+            Ok(Some(Event::Connected { .. })) if from.is_some() => {
+                debug!("reconnected during a claim: its mailbox is gone");
+                return Ok(None);
+            }
+            Ok(Some(Event::Connected { .. })) => {
+                let left = expires.saturating_duration_since(Instant::now()).as_secs();
+                if left == 0 {
+                    return Ok(None);
+                }
+                // Not awaited: an answer waits for the connection, and a code
+                // that cannot be reopened rotates at `until` anyway.
+                let reopen = client.pair_open(pid, u16::try_from(left).unwrap_or(u16::MAX));
+                tokio::spawn(async move {
+                    if let Err(e) = reopen.await {
+                        debug!(error = %e, "the pairing mailbox could not be reopened");
+                    }
+                });
+            }
             Ok(Some(other)) => debug!(?other, "event while pairing"),
         }
     }
@@ -295,28 +319,30 @@ pub async fn pair<K: PeerKeeper>(
         )?;
         let pid = offer.pairing_id();
         client.pair_open(pid, u16::try_from(ttl_secs).unwrap_or(u16::MAX)).await?;
+        let expires = Instant::now() + opts.code_ttl;
         ui.show_code(&offer.payload().to_link(&unique_base(&opts.link_base, &mut entropy)?));
         let mut rotate_at = Instant::now() + opts.code_ttl.saturating_sub(opts.rotate_before);
         if let Some(d) = opts.deadline {
             rotate_at = rotate_at.min(started + d);
         }
-        let outcome = match next_pair_message(events, pid, None, rotate_at).await? {
-            None => None,
-            Some((phone_id, hello)) => {
-                let claim = Claim { client, offer: &offer, pid, phone_id, opts };
-                match claim.run(events, &hello, ui, keeper, &mut entropy).await {
-                    Ok(paired) => paired,
-                    Err(PairError::Pairing(e)) => {
-                        ui.status(&format!("a device tried to pair and failed: {e}"));
-                        None
-                    }
-                    Err(e) => {
-                        let _ = client.pair_close(pid).await;
-                        return Err(e);
+        let outcome =
+            match next_pair_message(events, (client, pid, expires), None, rotate_at).await? {
+                None => None,
+                Some((phone_id, hello)) => {
+                    let claim = Claim { client, offer: &offer, pid, phone_id, opts };
+                    match claim.run(events, &hello, ui, keeper, &mut entropy).await {
+                        Ok(paired) => paired,
+                        Err(PairError::Pairing(e)) => {
+                            ui.status(&format!("a device tried to pair and failed: {e}"));
+                            None
+                        }
+                        Err(e) => {
+                            let _ = client.pair_close(pid).await;
+                            return Err(e);
+                        }
                     }
                 }
-            }
-        };
+            };
         let _ = client.pair_close(pid).await;
         if let Some(p) = outcome {
             return Ok(p);
@@ -347,7 +373,8 @@ impl Claim<'_> {
         let (waiting, welcome) = offer.on_hello(&hello, &opts.info, now_unix(), entropy)?;
         client.pair_message(pid, phone_id, welcome).await?;
         let until = Instant::now() + opts.step_timeout;
-        let Some((_, confirm)) = next_pair_message(events, pid, Some(phone_id), until).await?
+        let Some((_, confirm)) =
+            next_pair_message(events, (client, pid, until), Some(phone_id), until).await?
         else {
             ui.status("the phone did not finish pairing in time");
             return Ok(None);

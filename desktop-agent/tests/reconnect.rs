@@ -778,3 +778,62 @@ async fn a_revocation_made_while_the_relay_is_unreachable_reaches_it_on_reconnec
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The relay closes a pairing mailbox with the connection that opened it: a
+/// code on screen while the agent's connection drops and comes back must
+/// still pair (its mailbox is opened again on the new connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_on_screen_across_a_reconnection_still_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    let proxy = Proxy::start(relay.addr).await;
+    let config = common::fixture_config(dir.path(), "");
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
+    cmd.args(["pair", "--relay", &proxy.url(), "--link-base", &relay.link_base()])
+        .args(["--yes", "--print-url", "--no-terminal-qr", "--qr-png"])
+        .arg(dir.path().join("qr.png"))
+        .env("TANDEM_DATA_DIR", dir.path())
+        .env("TANDEM_CONFIG", &config)
+        .env("TANDEM_NAME", "build-box")
+        .env("TANDEM_LOG", "warn,tandem_client=info")
+        .env("NO_COLOR", "1")
+        .stderr(log);
+    let agent = Agent::spawn(cmd);
+    let link = common::scan(&agent, dir.path());
+    assert_eq!(proxy.accepted(), 1);
+
+    // The agent's connection drops and comes back while the code shows.
+    proxy.set(Mode::Cut);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.refused() == 0 {
+        assert!(Instant::now() < deadline, "the agent did not try again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.set(Mode::Open);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.accepted() < 2 {
+        assert!(Instant::now() < deadline, "the agent did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The same code: the phone's claim reaches the desktop and pairs.
+    let claimed = tokio::time::timeout(
+        Duration::from_secs(30),
+        common::Claimed::claim(
+            &agent,
+            &link,
+            Some(relay.url()),
+            common::new_key(),
+            common::info("Ana's phone"),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the code shown before the reconnection no longer pairs; agent log:\n{}",
+            std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+        )
+    });
+    claimed.result().await.unwrap();
+    agent.line_starting("Paired with Ana's phone");
+}

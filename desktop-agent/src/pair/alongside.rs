@@ -22,8 +22,8 @@ use crate::ui::Input;
 /// How long a code asked for with Enter stays up without a pairing.
 pub const ON_DEMAND_DEADLINE: Duration = Duration::from_secs(600);
 
-/// Events for the daemon, in order, and the pairing messages for
-/// [`pair_alongside`], from one client's `events`. The forwarding task ends
+/// Events for the daemon, in order, and the pairing messages (and a copy of
+/// each `Connected`) for [`pair_alongside`], from one client's `events`. The forwarding task ends
 /// when `events` does (then both receivers see the end) or when the daemon's
 /// receiver is dropped. Pairing messages nobody is waiting for are dropped.
 #[must_use]
@@ -38,7 +38,13 @@ pub fn split_events(
                 if pair_tx.try_send(ev).is_err() {
                     debug!("a pairing message nobody waits for dropped");
                 }
-            } else if daemon_tx.send(ev).await.is_err() {
+                continue;
+            }
+            // A reconnection reopens the mailbox of a code being shown.
+            if matches!(ev, Event::Connected { .. }) {
+                let _ = pair_tx.try_send(ev.clone());
+            }
+            if daemon_tx.send(ev).await.is_err() {
                 break;
             }
         }
