@@ -36,7 +36,7 @@ use tandem_proto::{DeviceId, DeviceKey};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
-use tracing::debug;
+use tracing::{debug, info};
 
 pub use alongside::{ON_DEMAND_DEADLINE, PairAlongside, pair_alongside, split_events};
 pub use keeper::{DaemonKeeper, PairCall, PeerKeeper, StoreKeeper, keep_peer};
@@ -277,8 +277,11 @@ async fn next_pair_message(
                 // that cannot be reopened rotates at `until` anyway.
                 let reopen = client.pair_open(pid, u16::try_from(left).unwrap_or(u16::MAX));
                 tokio::spawn(async move {
-                    if let Err(e) = reopen.await {
-                        debug!(error = %e, "the pairing mailbox could not be reopened");
+                    match reopen.await {
+                        Ok(()) => {
+                            info!("the pairing code on screen works again (mailbox reopened)")
+                        }
+                        Err(e) => debug!(error = %e, "the pairing mailbox could not be reopened"),
                     }
                 });
             }

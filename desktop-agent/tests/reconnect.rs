@@ -796,7 +796,7 @@ async fn a_code_on_screen_across_a_reconnection_still_pairs() {
         .env("TANDEM_DATA_DIR", dir.path())
         .env("TANDEM_CONFIG", &config)
         .env("TANDEM_NAME", "build-box")
-        .env("TANDEM_LOG", "warn,tandem_client=info")
+        .env("TANDEM_LOG", "warn,tandem_client=info,tandem_agent::pair=info")
         .env("NO_COLOR", "1")
         .stderr(log);
     let agent = Agent::spawn(cmd);
@@ -814,6 +814,14 @@ async fn a_code_on_screen_across_a_reconnection_still_pairs() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while proxy.accepted() < 2 {
         assert!(Instant::now() < deadline, "the agent did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(dir.path().join("agent.log"))
+        .unwrap_or_default()
+        .contains("mailbox reopened")
+    {
+        assert!(Instant::now() < deadline, "the mailbox was not reopened");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The same code: the phone's claim reaches the desktop and pairs.
