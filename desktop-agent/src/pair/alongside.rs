@@ -97,6 +97,9 @@ pub async fn pair_alongside<K: PeerKeeper>(
     let mut first = true;
     loop {
         if pair_now {
+            // What came while no code was shown (reconnections, stray
+            // pairing messages) is about no mailbox of this pairing.
+            while events.try_recv().is_ok() {}
             let mut opts = this.opts.clone();
             if !first {
                 opts.deadline = Some(ON_DEMAND_DEADLINE);
