@@ -3,8 +3,8 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "no-cache" (index.html), "immutable" (hashed /assets/*), "short" (the rest).
 &[
-    ("/assets/app-740662a0ef4c0b03.js", "text/javascript; charset=utf-8", "immutable", "\"740662a0ef4c0b033232efa2019058da\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-740662a0ef4c0b03.js"))),
+    ("/assets/app-53f2f29bd0a34351.js", "text/javascript; charset=utf-8", "immutable", "\"53f2f29bd0a34351afa8fb4c193b2869\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-53f2f29bd0a34351.js"))),
     ("/assets/app-f16fe7e01b5f23a4.css", "text/css; charset=utf-8", "immutable", "\"f16fe7e01b5f23a4abce00392635f727\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-f16fe7e01b5f23a4.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
@@ -13,7 +13,7 @@
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "no-cache", "\"c98bc8a185c7adc3018e080b07ed9a75\"",
+    ("/index.html", "text/html; charset=utf-8", "no-cache", "\"1f243a0536a7cd952e1eff5716d33e55\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),
