@@ -3,17 +3,17 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "no-cache" (index.html), "immutable" (hashed /assets/*), "short" (the rest).
 &[
-    ("/assets/app-53f2f29bd0a34351.js", "text/javascript; charset=utf-8", "immutable", "\"53f2f29bd0a34351afa8fb4c193b2869\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-53f2f29bd0a34351.js"))),
-    ("/assets/app-f16fe7e01b5f23a4.css", "text/css; charset=utf-8", "immutable", "\"f16fe7e01b5f23a4abce00392635f727\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-f16fe7e01b5f23a4.css"))),
+    ("/assets/app-7d469daeb769012f.js", "text/javascript; charset=utf-8", "immutable", "\"7d469daeb769012f861e729c84edb735\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-7d469daeb769012f.js"))),
+    ("/assets/app-f54706fd3d4c4d98.css", "text/css; charset=utf-8", "immutable", "\"f54706fd3d4c4d9810c2cd06f1703f0b\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-f54706fd3d4c4d98.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "no-cache", "\"1f243a0536a7cd952e1eff5716d33e55\"",
+    ("/index.html", "text/html; charset=utf-8", "no-cache", "\"099da57237e9f1dfb711e3f732daab92\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

@@ -6,20 +6,20 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { bytesToHex, hexToBytes, u64be, utf8 } from '../src/proto/bytes.ts';
 import { type Content, decodeContent, encodeContent } from '../src/proto/content.ts';
-import { type OutboxLimits, StoredFormatError, defaultOutboxLimits } from '../src/proto/delivery.ts';
+import { StoredFormatError } from '../src/proto/delivery.ts';
 import { DeterministicEntropy } from '../src/proto/entropy.ts';
 import { decodeEnvelope, encodeEnvelope } from '../src/proto/envelope.ts';
 import { intoSession } from '../src/proto/handshake.ts';
 import { DeviceKey, PublicKey } from '../src/proto/identity.ts';
 import { hash } from '../src/proto/kdf.ts';
 import { Link, LinkError, type LinkErrorKind, type LinkEvent, type StoredLink } from '../src/proto/link.ts';
-import { MAX_MESSAGE_LEN, deviceInfoFromJson, deviceInfoToJson } from '../src/proto/message.ts';
+import { MAX_MESSAGE_LEN, deviceInfoFromJson } from '../src/proto/message.ts';
 import { HandshakeState } from '../src/proto/noise.ts';
 import { type PairedPeer, PhonePairing, pairingPrologue } from '../src/proto/pairing.ts';
 import type { QrPayload } from '../src/proto/qr.ts';
 import { MAX_COUNTER, REKEY_INTERVAL, RecordError, Session } from '../src/proto/record.ts';
 import { winsCollision } from '../src/proto/session.ts';
-import { NOW, type Peer, b, ent, pairPeers } from './peers.ts';
+import { type Peer, b, ent, pairPeers } from './peers.ts';
 import { loadVector } from './vectors.ts';
 
 /** Simulate a crash and restart: the link is rebuilt from its persisted form, through JSON text. */

@@ -327,3 +327,13 @@ test('upkeep: a rekey ratchets the sending key at once and needs a persist; an i
   desk.link.upkeep(desk.key, t0 + 3 * HOUR + 10, false, schedule, e);
   assert.equal(desk.link.sendEpoch(), epoch + 2n);
 });
+
+test('upkeep: a time with a fraction of a millisecond (a page clock\'s Date.now) is taken, floored', () => {
+  const e = ent(29);
+  const { desk } = pair(e);
+  const t0 = NOW * 1_000 + 0.75;
+  assert.ok(desk.link.upkeep(desk.key, t0, true, defaultSchedule(), e).changed);
+  assert.deepEqual(desk.link.sessionAge(t0 + 1_000.5), { ageMs: 1_001n, records: 0n }); // floor(t0 + 1000.5) − floor(t0)
+  assert.ok(desk.link.upkeep(desk.key, t0 + HOUR + 0.1, true, defaultSchedule(), e).renewal !== null);
+  assert.throws(() => desk.link.upkeep(desk.key, Number.NaN, true, defaultSchedule(), e), RangeError);
+});

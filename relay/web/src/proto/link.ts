@@ -251,7 +251,7 @@ export class Link {
    * went back. Persist the link afterwards (§13.5 rule 4).
    */
   startRenewal(local: DeviceKey, nowMs: bigint | number, entropy: Entropy = osEntropy): Uint8Array {
-    const now = BigInt(nowMs);
+    const now = millis(nowMs);
     const floor = this.lastInitSentMs < U64_MAX ? this.lastInitSentMs + 1n : U64_MAX;
     const ts = now > floor ? now : floor;
     const { state, init } = SessionInitiator.start(this.secrets(local), ts, entropy);
@@ -293,7 +293,7 @@ export class Link {
    * and kept).
    */
   upkeep(local: DeviceKey, nowMs: bigint | number, peerOnline: boolean, schedule: Schedule = defaultSchedule(), entropy: Entropy = osEntropy): Upkeep {
-    const now = BigInt(nowMs);
+    const now = millis(nowMs);
     const done: Upkeep = { renewal: null, rekeyed: false, abandoned: false, changed: this.clock.start(this.current.id, now) };
     const since = this.attempt.pendingSinceMs;
     if (since !== null && (now - since >= BigInt(schedule.renewalTimeoutMs) || since > now)) {
@@ -323,7 +323,7 @@ export class Link {
    */
   sessionAge(nowMs: bigint | number): { ageMs: bigint; records: bigint } {
     if (this.clock.sinceMs === 0n || !equalBytes(this.clock.sessionId, this.current.id)) return { ageMs: 0n, records: this.clock.records };
-    return { ageMs: this.clock.ageMs(BigInt(nowMs)), records: this.clock.records };
+    return { ageMs: this.clock.ageMs(millis(nowMs)), records: this.clock.records };
   }
 
   /** The current session's sending epoch (advanced by every rekey). */
@@ -565,6 +565,13 @@ export class Link {
     }
     return link;
   }
+}
+
+/** Unix milliseconds as a u64: a `number` (`Date.now()`, which a page's clock may give with a fraction) is floored. */
+function millis(v: bigint | number): bigint {
+  if (typeof v === 'bigint') return v;
+  if (!Number.isFinite(v) || v < 0) throw new RangeError(`not a time in milliseconds: ${v}`);
+  return BigInt(Math.floor(v));
 }
 
 function wrapError(err: unknown): unknown {
