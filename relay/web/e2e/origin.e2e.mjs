@@ -31,6 +31,7 @@ import {
   newPhone,
   open,
   progressNumbers,
+  screenshot,
   taskEvents,
   waitFinished,
   waitUntil,
@@ -279,6 +280,7 @@ describe('web client on `tandem up`: a same-origin page on another network gets 
     await s.up.waitLine(/Paired with/);
     await s.up.waitLine(/Connected\. 1 paired device/);
     await expectConn(page, ['online'], 'after pairing');
+    await screenshot(page, 'ephemeral', '[data-testid=ephemeral]');
 
     // Neither the secret nor the nonce stays in the address bar or the tab's history.
     for (const url of [page.url(), ...(await historyUrls(s.phone))]) {
