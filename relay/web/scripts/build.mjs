@@ -105,7 +105,7 @@ async function bundle() {
     let rel = relative(distDir, f.path).split(sep).join('/');
     const m = /^assets\/app\.(js|css)$/.exec(rel);
     if (m) {
-      // Content-hashed name: the relay serves these as immutable.
+      // Content-hashed name: a changed file gets a new address.
       rel = `assets/app-${sha256(f.contents).slice(0, 16)}.${m[1]}`;
       named[`app.${m[1]}`] = `/${rel}`;
       named[`app.${m[1]}.sri`] = sri(f.contents);
