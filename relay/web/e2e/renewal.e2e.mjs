@@ -262,8 +262,12 @@ describe('web client: sessions renew and rekey in the page', { concurrency: fals
     for (const [i, id] of sessions.entries()) assert.ok(bySession(id).length >= 5, `the desktop sent records under session ${i}: ${bySession(id).length}`);
     assert.deepEqual([...new Set(records.map((r) => r.session))], sessions, 'on the wire, the desktop moved from one session to the next, never back');
 
-    // Not vacuous: the link copied at pairing opens the desktop's first records.
-    assert.equal(await tryOpen(s.snaps.paired, bySession(sessions[0])[0].payload), 'opened', 'the pairing-time copy opens a record of its session');
+    // Not vacuous: the link copied at pairing decrypts the desktop's later records of its own
+    // session (it then refuses most of them whole, as a rolled-back link does, because they
+    // acknowledge messages it never sent: 'Delivery'; those it had seen are replays).
+    const own = [];
+    for (const r of bySession(sessions[0])) own.push(await tryOpen(s.snaps.paired, r.payload));
+    assert.ok(own.filter((k) => k === 'opened' || k === 'Delivery').length >= 5, `the pairing-time copy decrypts records of its session: ${own.join(',')}`);
     // Before → after: nothing.
     for (const [snap, from] of [
       [s.snaps.paired, 1],
