@@ -4,10 +4,20 @@
 //! the relay needs no Node.
 //!
 //! * `GET /` and `GET /p` (the pairing link's path; the secret stays in the
-//!   `#fragment` and never reaches us): `index.html`, `no-cache` + `ETag`.
-//! * `GET /assets/app-<hash>.{js,css}`: one year, `immutable` (the name
-//!   changes with the content).
-//! * the manifest and icons: one hour, with an `ETag`.
+//!   `#fragment` and never reaches us): `index.html`, `no-store`, with a
+//!   fresh random value in the query of the script and stylesheet it links
+//!   (the page's `{{load}}` slot) next to their Subresource Integrity
+//!   hashes.
+//! * `GET /assets/app-<hash>.{js,css}` (any query): `no-store`.
+//! * the manifest and icons (no code runs from them): one hour, with an
+//!   `ETag`.
+//!
+//! Nothing that runs code is kept by the browser, and the page names its
+//! code by addresses nobody could have named before: so a response some
+//! host planted in the browser's cache under the same origin (plain http on
+//! a LAN address is the same origin on any network that has that address,
+//! `docs/SECURITY.md` §3) is never what the page runs. A planted asset
+//! under an address the page does name would fail its integrity check.
 //!
 //! Every response carries a strict Content-Security-Policy (no inline script
 //! or style, connections to this origin only) and the usual hardening
@@ -25,6 +35,7 @@ use axum::body::Body;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use rand::Rng;
 use tandem_proto::qr::QrPayload;
 
 use crate::config::WebClient;
@@ -53,31 +64,32 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
     ("x-frame-options", "DENY"),
 ];
 
+/// The slot in `index.html` filled with a fresh value per response.
+const LOAD_SLOT: &[u8] = b"{{load}}";
+
 /// How long browsers may keep a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CacheClass {
-    /// `index.html`: always revalidate (cheap with the ETag), so a new
-    /// relay's page, and with it the new hashed assets, is picked up at once.
-    NoCache,
-    /// Content-hashed `/assets/*`.
-    Immutable,
-    /// Manifest and icons: stable names, rarely changed.
+    /// `index.html`: never stored; its [`LOAD_SLOT`] is filled per response.
+    Page,
+    /// The bundle under `/assets/`: never stored.
+    Code,
+    /// Manifest and icons (they run no code): stable names, rarely changed.
     Short,
 }
 
 impl CacheClass {
     fn parse(s: &str) -> Self {
         match s {
-            "no-cache" => Self::NoCache,
-            "immutable" => Self::Immutable,
+            "page" => Self::Page,
+            "code" => Self::Code,
             _ => Self::Short,
         }
     }
 
     fn header(self) -> &'static str {
         match self {
-            Self::NoCache => "no-cache",
-            Self::Immutable => "public, max-age=31536000, immutable",
+            Self::Page | Self::Code => "no-store",
             Self::Short => "public, max-age=3600",
         }
     }
@@ -197,6 +209,9 @@ fn not_allowed() -> Response {
 }
 
 fn serve(asset: &'static Asset, method: &Method, headers: &HeaderMap) -> Response {
+    if asset.cache == CacheClass::Page {
+        return serve_page(asset, method);
+    }
     let gzip = if accepts_gzip(headers) { asset.gzipped() } else { None };
     let (body, etag) = match gzip {
         Some((gz, etag)) => (gz.clone(), etag.clone()),
@@ -220,6 +235,35 @@ fn serve(asset: &'static Asset, method: &Method, headers: &HeaderMap) -> Respons
     b = b.header(header::CONTENT_LENGTH, body.len());
     let body = if method == Method::HEAD { Body::empty() } else { Body::from(body) };
     b.status(StatusCode::OK).body(body).unwrap_or_default()
+}
+
+/// `index.html` with a fresh random value in its [`LOAD_SLOT`]s: the query of
+/// the script and stylesheet it links, so the browser fetches them anew
+/// (never from a cache entry someone planted under a known address). Small:
+/// neither compressed nor tagged, as each response differs.
+fn serve_page(asset: &'static Asset, method: &Method) -> Response {
+    let load: [u8; 16] = rand::rng().random();
+    let load: String = load.iter().map(|b| format!("{b:02x}")).collect();
+    let body = fill_slot(asset.body, LOAD_SLOT, load.as_bytes());
+    let b = Response::builder()
+        .header(header::CACHE_CONTROL, asset.cache.header())
+        .header(header::CONTENT_TYPE, asset.content_type)
+        .header(header::CONTENT_LENGTH, body.len());
+    let body = if method == Method::HEAD { Body::empty() } else { Body::from(body) };
+    b.status(StatusCode::OK).body(body).unwrap_or_default()
+}
+
+/// `bytes` with every `slot` replaced by `value`.
+fn fill_slot(bytes: &[u8], slot: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 4 * value.len());
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(slot.len()).position(|w| w == slot) {
+        out.extend_from_slice(rest.get(..at).unwrap_or_default());
+        out.extend_from_slice(value);
+        rest = rest.get(at + slot.len()..).unwrap_or_default();
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// Whether `If-None-Match` names one of `tags` (weak comparison, as RFC 9110
@@ -351,17 +395,20 @@ mod tests {
     fn the_table_has_the_page_hashed_assets_and_the_manifest() {
         let page = lookup("/p").unwrap();
         assert_eq!(page.content_type, "text/html; charset=utf-8");
-        assert_eq!(page.cache, CacheClass::NoCache);
+        assert_eq!(page.cache, CacheClass::Page);
         assert!(std::ptr::eq(page, lookup("/").unwrap()));
         assert!(lookup("/index.html").is_none());
         let html = std::str::from_utf8(page.body).unwrap();
         for (path, asset) in SITE.iter() {
             assert!(asset.etag.starts_with('"') && asset.etag.ends_with('"'), "{path}");
             if path.starts_with("/assets/") {
-                assert_eq!(asset.cache, CacheClass::Immutable, "{path}");
+                assert_eq!(asset.cache, CacheClass::Code, "{path}");
             }
             if path.starts_with("/assets/app-") {
-                assert!(html.contains(path), "index.html links {path}");
+                // Linked with a per-response value and its integrity hash.
+                let tag = html.split(&format!("{path}?v={{{{load}}}}\"")).nth(1);
+                let tag = tag.unwrap_or_else(|| panic!("index.html links {path}?v={{{{load}}}}"));
+                assert!(tag.trim_start().starts_with("integrity=\"sha384-"), "{path}: {tag}");
             }
         }
         assert!(SITE.contains_key("/manifest.webmanifest"));
@@ -397,11 +444,19 @@ mod tests {
     }
 
     #[test]
+    fn slots_are_filled_everywhere_and_only_there() {
+        assert_eq!(fill_slot(b"a{{load}}b{{load}}", LOAD_SLOT, b"XY"), b"aXYbXY");
+        assert_eq!(fill_slot(b"{{load}}", LOAD_SLOT, b""), b"");
+        assert_eq!(fill_slot(b"{{loa}}{load}", LOAD_SLOT, b"X"), b"{{loa}}{load}");
+        assert_eq!(fill_slot(b"", LOAD_SLOT, b"X"), b"");
+    }
+
+    #[test]
     fn gzip_variants_are_smaller_and_tagged_apart() {
-        let page = lookup("/p").unwrap();
-        if let Some((gz, etag)) = page.gzipped() {
-            assert!(gz.len() < page.body.len());
-            assert_ne!(etag.to_str().unwrap(), page.etag);
+        let js = SITE.iter().find(|(p, _)| p.ends_with(".js")).map(|(_, a)| a).unwrap();
+        if let Some((gz, etag)) = js.gzipped() {
+            assert!(gz.len() < js.body.len());
+            assert_ne!(etag.to_str().unwrap(), js.etag);
         }
         assert!(
             SITE.get("/icon-192.png").unwrap().gzipped().is_none(),

@@ -1,6 +1,8 @@
 //! The embedded web client against a real relay process: the page at `/p`
-//! and `/`, hashed assets, the manifest and icons with their headers, gzip,
-//! `--web-client` redirects, `--no-web-client`, and `/v1/connect` alongside.
+//! and `/` (never stored, linking its code under fresh addresses with
+//! integrity hashes), hashed assets, the manifest and icons with their
+//! headers, gzip, `--web-client` redirects, `--no-web-client`, and
+//! `/v1/connect` alongside.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -78,15 +80,30 @@ async fn get(relay: &Relay, path: &str) -> Resp {
     request(relay, "GET", path, &[]).await
 }
 
-/// The `/assets/app-<hash>.<ext>` the page links.
-fn linked(page: &str, ext: &str) -> String {
+/// The `/assets/app-<hash>.<ext>` the page links, with the query it links it with.
+fn linked_with_query(page: &str, ext: &str) -> String {
     let start = page.find("/assets/app-").expect("a hashed asset link");
     let rest = &page[start..];
     let rest = &rest[..rest.find('"').unwrap()];
-    if rest.ends_with(ext) {
+    if rest.split('?').next().unwrap().ends_with(ext) {
         return rest.to_owned();
     }
-    linked(&page[start + rest.len()..], ext)
+    linked_with_query(&page[start + rest.len()..], ext)
+}
+
+/// The `/assets/app-<hash>.<ext>` the page links (its path).
+fn linked(page: &str, ext: &str) -> String {
+    linked_with_query(page, ext).split('?').next().unwrap().to_owned()
+}
+
+/// The value of `attr` in the tag of `page` that links `ext`.
+fn linked_attr(page: &str, ext: &str, attr: &str) -> String {
+    let link = linked_with_query(page, ext);
+    let tag = page.split(&format!("{link}\"")).nth(1).unwrap();
+    let tag = &tag[..tag.find('>').unwrap()];
+    let value =
+        tag.split(&format!("{attr}=\"")).nth(1).unwrap_or_else(|| panic!("no {attr}: {tag}"));
+    value[..value.find('"').unwrap()].to_owned()
 }
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
@@ -96,56 +113,77 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn the_page_is_served_at_p_and_root_with_no_cache_and_an_etag() {
+async fn the_page_is_served_at_p_and_root_never_stored_linking_its_code_under_fresh_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path(), &[]);
     let page = get(&relay, "/p").await;
     assert_eq!(page.status, 200, "{page:?}");
     page.assert_hardened();
     assert_eq!(page.must("content-type"), "text/html; charset=utf-8");
-    assert_eq!(page.must("cache-control"), "no-cache");
-    assert_eq!(page.header("content-encoding"), None, "gzip only when asked for");
-    let etag = page.must("etag").to_owned();
-    assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() > 10, "strong: {etag}");
+    assert_eq!(page.must("cache-control"), "no-store");
+    assert_eq!(page.header("etag"), None, "each response differs: nothing to revalidate");
+    assert_eq!(page.header("content-encoding"), None);
+    assert_eq!(page.must("content-length"), page.body.len().to_string());
     assert!(page.text().contains(r#"<div id="app"></div>"#));
     assert!(page.text().contains(r#"<link rel="manifest" href="/manifest.webmanifest">"#));
     assert!(page.text().contains(r#"name="viewport""#));
     // No inline script or style: everything comes from 'self'.
     assert!(!page.text().contains("<style"));
     assert!(page.text().contains(r#"<script type="module" src="/assets/app-"#));
+    assert!(!page.text().contains("{{"), "every slot is filled");
 
-    let root = get(&relay, "/").await;
-    assert_eq!((root.status, root.must("etag")), (200, etag.as_str()));
-    assert_eq!(root.body, page.body);
-    root.assert_hardened();
-    // The screens' query strings are the app's business.
-    let screen = get(&relay, "/p?desktop=abc&task=t1").await;
-    assert_eq!((screen.status, &screen.body), (200, &page.body));
-
-    // Revalidation.
-    for inm in [etag.clone(), format!("W/{etag}"), format!("\"nope\", {etag}"), "*".into()] {
-        let again = request(&relay, "GET", "/p", &[("If-None-Match", &inm)]).await;
-        assert_eq!(again.status, 304, "If-None-Match: {inm}");
-        assert!(again.body.is_empty());
-        assert_eq!(again.must("etag"), etag);
-        assert_eq!(again.must("cache-control"), "no-cache");
-        again.assert_hardened();
+    // The script and the stylesheet are linked under a fresh random query,
+    // with their integrity hashes; another response links them under another.
+    let load = |p: &Resp, ext: &str| {
+        let link = linked_with_query(p.text(), ext);
+        let v = link.split_once("?v=").map(|(_, v)| v.to_owned()).unwrap_or_default();
+        assert_eq!(v.len(), 32, "{link}: 128 random bits in hex");
+        assert!(v.bytes().all(|b| b.is_ascii_hexdigit()), "{link}");
+        v
+    };
+    let (js, css) = (load(&page, ".js"), load(&page, ".css"));
+    assert_eq!(js, css, "one value per response");
+    for ext in [".js", ".css"] {
+        let integrity = linked_attr(page.text(), ext, "integrity");
+        assert!(integrity.starts_with("sha384-") && integrity.len() == 7 + 64, "{integrity}");
     }
-    let changed = request(&relay, "GET", "/p", &[("If-None-Match", "\"other\"")]).await;
-    assert_eq!(changed.status, 200);
+    let root = get(&relay, "/").await;
+    assert_eq!((root.status, root.must("cache-control")), (200, "no-store"));
+    root.assert_hardened();
+    assert_ne!(load(&root, ".js"), js, "a fresh value per response");
+    assert_eq!(
+        root.text().replace(&load(&root, ".js"), &js),
+        page.text(),
+        "otherwise the same page"
+    );
+    // The screens' query strings (and a pairing link's nonce) are the app's business.
+    for path in ["/p?desktop=abc&task=t1", "/p?n=Q2FmZQ"] {
+        let screen = get(&relay, path).await;
+        assert_eq!(screen.status, 200, "{path}");
+        assert_ne!(load(&screen, ".js"), js, "{path}");
+    }
+
+    // Nothing to revalidate: a tag from elsewhere gets the page.
+    for inm in ["*", "\"e25486ea971e1d626e268043220dce0e\""] {
+        let again = request(&relay, "GET", "/p", &[("If-None-Match", inm)]).await;
+        assert_eq!(again.status, 200, "If-None-Match: {inm}");
+        assert_eq!(again.must("cache-control"), "no-store");
+    }
+    let gz = request(&relay, "GET", "/p", &[("Accept-Encoding", "gzip")]).await;
+    assert_eq!((gz.status, gz.header("content-encoding")), (200, None));
 
     // HEAD: the headers of GET, no body.
     let head = request(&relay, "HEAD", "/p", &[]).await;
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
     assert_eq!(head.must("content-length"), page.body.len().to_string());
-    assert_eq!(head.must("etag"), etag);
     assert_eq!(head.must("content-type"), "text/html; charset=utf-8");
+    assert_eq!(head.must("cache-control"), "no-store");
     head.assert_hardened();
 }
 
 #[tokio::test]
-async fn hashed_assets_are_immutable_and_the_manifest_and_icons_are_served() {
+async fn hashed_assets_are_never_stored_and_the_manifest_and_icons_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path(), &[]);
     let page = get(&relay, "/p").await;
@@ -158,8 +196,12 @@ async fn hashed_assets_are_immutable_and_the_manifest_and_icons_are_served() {
         assert_eq!(asset.status, 200, "{path}");
         asset.assert_hardened();
         assert_eq!(asset.must("content-type"), content_type);
-        assert_eq!(asset.must("cache-control"), "public, max-age=31536000, immutable");
+        assert_eq!(asset.must("cache-control"), "no-store");
         assert_eq!(asset.body, std::fs::read(dist.join(&path[1..])).unwrap(), "{path}");
+        // As the page links it: the query changes nothing but the address.
+        let queried = get(&relay, &linked_with_query(page.text(), ext)).await;
+        assert_eq!((queried.status, &queried.body), (200, &asset.body), "{path}");
+        assert_eq!(queried.must("cache-control"), "no-store");
         let head = request(&relay, "HEAD", &path, &[]).await;
         assert_eq!((head.status, head.body.len()), (200, 0));
         assert_eq!(head.must("content-length"), asset.body.len().to_string());
@@ -195,9 +237,11 @@ async fn hashed_assets_are_immutable_and_the_manifest_and_icons_are_served() {
 async fn gzip_when_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path(), &[]);
-    let plain = get(&relay, "/p").await;
+    let page = get(&relay, "/p").await;
+    let js = linked(page.text(), ".js");
+    let plain = get(&relay, &js).await;
     assert_eq!(plain.must("vary"), "Accept-Encoding");
-    let gz = request(&relay, "GET", "/p", &[("Accept-Encoding", "br, gzip")]).await;
+    let gz = request(&relay, "GET", &js, &[("Accept-Encoding", "br, gzip")]).await;
     assert_eq!(gz.status, 200);
     gz.assert_hardened();
     assert_eq!(gz.must("content-encoding"), "gzip");
@@ -209,17 +253,20 @@ async fn gzip_when_accepted() {
     let gz_etag = gz.must("etag").to_owned();
     assert_ne!(gz_etag, plain.must("etag"));
     for tag in [gz_etag.as_str(), plain.must("etag")] {
-        let r =
-            request(&relay, "GET", "/p", &[("Accept-Encoding", "gzip"), ("If-None-Match", tag)])
-                .await;
+        let r = request(&relay, "GET", &js, &[("Accept-Encoding", "gzip"), ("If-None-Match", tag)])
+            .await;
         assert_eq!(r.status, 304, "{tag}");
+        assert_eq!(r.must("cache-control"), "no-store");
+        r.assert_hardened();
     }
-    let refused = request(&relay, "GET", "/p", &[("Accept-Encoding", "*, gzip;q=0")]).await;
+    let changed = request(&relay, "GET", &js, &[("If-None-Match", "\"other\"")]).await;
+    assert_eq!(changed.status, 200);
+    let refused = request(&relay, "GET", &js, &[("Accept-Encoding", "*, gzip;q=0")]).await;
     assert_eq!(refused.header("content-encoding"), None);
     assert_eq!(refused.body, plain.body);
-    // The bundle, compressed the same way when it pays.
+    // The whole bundle, compressed the same way when it pays.
     for ext in [".js", ".css"] {
-        let path = linked(plain.text(), ext);
+        let path = linked(page.text(), ext);
         let raw = get(&relay, &path).await;
         let r = request(&relay, "GET", &path, &[("Accept-Encoding", "gzip")]).await;
         match r.header("content-encoding") {

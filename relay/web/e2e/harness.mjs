@@ -6,11 +6,12 @@
 //
 // Every wait here is bounded and says what it waited for when it gives up.
 import { spawn, spawnSync } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 export const WEB_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const REPO = resolve(WEB_DIR, '../..');
@@ -345,7 +346,15 @@ async function webOverride() {
     try {
       let body = readFileSync(full);
       if (name === 'index.html' && spec === 'src') {
-        body = Buffer.from(body.toString('utf8').replaceAll('{{app.js}}', '/assets/app.js').replaceAll('{{app.css}}', '/assets/app.css'));
+        const sri = (path) => `sha384-${createHash('sha384').update(files.get(path).body).digest('base64')}`;
+        body = Buffer.from(
+          body
+            .toString('utf8')
+            .replaceAll('{{app.js.sri}}', sri('/assets/app.js'))
+            .replaceAll('{{app.css.sri}}', sri('/assets/app.css'))
+            .replaceAll('{{app.js}}', '/assets/app.js')
+            .replaceAll('{{app.css}}', '/assets/app.css'),
+        );
       }
       files.set(`/${name.split('\\').join('/')}`, { type: type(name), body });
     } catch {
@@ -379,9 +388,12 @@ export async function newPhone(browser, name) {
       (url) => url.hostname === '127.0.0.1' && !url.pathname.startsWith('/v1/'),
       (route) => {
         const path = new URL(route.request().url()).pathname;
-        const f = files.get(path === '/' || path === '/p' ? '/index.html' : path);
+        const page = path === '/' || path === '/p';
+        const f = files.get(page ? '/index.html' : path);
+        // As the relay does it: the page's {{load}} slot gets a fresh value per response.
+        const body = page ? Buffer.from(f.body.toString('utf8').replaceAll('{{load}}', randomBytes(16).toString('hex'))) : f?.body;
         return f
-          ? route.fulfill({ status: 200, contentType: f.type, body: f.body, headers: { 'cache-control': 'no-cache' } })
+          ? route.fulfill({ status: 200, contentType: f.type, body, headers: { 'cache-control': 'no-store' } })
           : route.fulfill({ status: 404, body: 'not found' });
       },
     );
@@ -449,6 +461,56 @@ export async function describePage(page) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// waits on the page's DOM contract (every wait bounded; failures name the selector)
+
+export async function expectVisible(page, selector, what, timeout = WAIT) {
+  try {
+    await page.locator(selector).first().waitFor({ state: 'visible', timeout });
+  } catch (e) {
+    throw new Error(`${what}: no visible \`${selector}\` within ${timeout} ms\n${await describePage(page)}\n(${e.message.split('\n')[0]})`);
+  }
+  return page.locator(selector).first();
+}
+
+export async function expectHidden(page, selector, what, timeout = WAIT) {
+  try {
+    await page.locator(selector).first().waitFor({ state: 'hidden', timeout });
+  } catch (e) {
+    throw new Error(`${what}: \`${selector}\` still visible after ${timeout} ms\n${await describePage(page)}\n(${e.message.split('\n')[0]})`);
+  }
+}
+
+export async function expectScreen(page, screen, timeout = WAIT) {
+  await waitUntil(
+    `#app[data-screen=${screen}]`,
+    () => page.evaluate((sc) => document.getElementById('app')?.dataset.screen === sc, screen),
+    { timeout, detail: () => describePage(page) },
+  );
+}
+
+/** The attribute of the first match, without waiting (null if absent). */
+export function attr(page, selector, name) {
+  return page.evaluate(([sel, n]) => document.querySelector(sel)?.getAttribute(n) ?? null, [selector, name]);
+}
+
+export async function expectConn(page, states, what, timeout = WAIT) {
+  await waitUntil(
+    `${what}: [data-testid=conn] data-state in {${states.join(', ')}}`,
+    async () => states.includes(await attr(page, '[data-testid=conn]', 'data-state')),
+    { timeout, detail: () => describePage(page) },
+  );
+}
+
+export function progressNumbers(events) {
+  return events.filter((e) => e.type === 'progress').map((e) => /n=(\d+)/.exec(e.text)).filter(Boolean).map((m) => Number(m[1]));
+}
+
+export async function waitFinished(page, what, timeout = WAIT) {
+  const el = await expectVisible(page, '[data-testid=finished]', `${what}: the task finishes`, timeout);
+  return el.getAttribute('data-status');
+}
+
 /** The task events on the task screen: [{ offset, type, text }]. */
 export function taskEvents(page) {
   return page.$$eval('[data-testid=event]', (els) =>
@@ -468,4 +530,77 @@ export function contiguous(events) {
 
 export function readJson(path) {
   return JSON.parse(readFileSync(path, 'utf8'));
+}
+
+// ---------------------------------------------------------------------------
+// the protocol core and the page's state, seen from Node
+
+let proto;
+/**
+ * The web client's protocol core (src/proto, TypeScript) compiled for Node: the same code the page
+ * runs, to decode captured frames and to try stored links against captured records.
+ */
+export async function protoModule() {
+  if (proto) return proto;
+  const { build } = await import('esbuild');
+  const dir = mkdtempSync(join(tmpdir(), 'tandem-web-proto-'));
+  const outfile = join(dir, 'proto.mjs');
+  await build({ absWorkingDir: WEB_DIR, entryPoints: ['src/proto/index.ts'], outfile, bundle: true, format: 'esm', platform: 'node', target: 'node20', logLevel: 'warning' });
+  try {
+    proto = await import(pathToFileURL(outfile).href);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return proto;
+}
+
+/** What the page keeps in IndexedDB: its device key (hex) and its desktop rows (each with `link`, `Link.toStored()`). */
+export function storedState(page) {
+  return page.evaluate(async () => {
+    const db = await new Promise((res, rej) => {
+      const r = indexedDB.open('tandem');
+      r.onsuccess = () => res(r.result);
+      r.onerror = () => rej(r.error);
+    });
+    const all = (store, key) =>
+      new Promise((res, rej) => {
+        const r = key === undefined ? db.transaction(store).objectStore(store).getAll() : db.transaction(store).objectStore(store).get(key);
+        r.onsuccess = () => res(r.result);
+        r.onerror = () => rej(r.error);
+      });
+    const out = { deviceKey: await all('kv', 'device-key'), desktops: await all('desktops') };
+    db.close();
+    return out;
+  });
+}
+
+/**
+ * Every WebSocket frame the page receives and sends, from now on, as bytes with the time it was
+ * seen: `{ received: [{ at, bytes }], sent: [...] }`.
+ */
+export function captureFrames(page) {
+  const frames = { received: [], sent: [] };
+  const bytes = (p) => (typeof p === 'string' ? Buffer.from(p, 'utf8') : Buffer.from(p));
+  page.on('websocket', (ws) => {
+    ws.on('framereceived', (f) => frames.received.push({ at: Date.now(), bytes: bytes(f.payload) }));
+    ws.on('framesent', (f) => frames.sent.push({ at: Date.now(), bytes: bytes(f.payload) }));
+  });
+  return frames;
+}
+
+/**
+ * An address of this machine on a local network, as a URL host (`192.168.1.5`, `[fd00::2]`): not
+ * loopback, and one the pairing link accepts for plain http (private IPv4, 100.64/10, or IPv6
+ * unique local; link-local needs a zone and is skipped). Null when the machine has none.
+ */
+export function lanHost() {
+  const all = Object.values(networkInterfaces()).flat().filter((a) => a && !a.internal);
+  const v4 = all.find((a) => {
+    if (a.family !== 'IPv4') return false;
+    const [x, y] = a.address.split('.').map(Number);
+    return x === 10 || (x === 172 && y >= 16 && y < 32) || (x === 192 && y === 168) || (x === 100 && y >= 64 && y < 128);
+  });
+  if (v4) return v4.address;
+  const v6 = all.find((a) => a.family === 'IPv6' && /^f[cd][0-9a-f]{2}:/i.test(a.address));
+  return v6 ? `[${v6.address}]` : null;
 }

@@ -20,15 +20,22 @@ import {
   Run,
   WAIT,
   assertNoPageErrors,
+  attr,
   contiguous,
   craftLink,
   describePage,
+  expectConn,
+  expectHidden,
+  expectScreen,
+  expectVisible,
   launchBrowser,
   newPhone,
   open,
+  progressNumbers,
   screenshot,
   sleep,
   taskEvents,
+  waitFinished,
   waitUntil,
   zbarimg,
 } from './harness.mjs';
@@ -57,44 +64,6 @@ const s = {
 // ---------------------------------------------------------------------------
 // helpers (every wait bounded; failures name the contract selector)
 
-async function expectVisible(page, selector, what, timeout = WAIT) {
-  try {
-    await page.locator(selector).first().waitFor({ state: 'visible', timeout });
-  } catch (e) {
-    throw new Error(`${what}: no visible \`${selector}\` within ${timeout} ms\n${await describePage(page)}\n(${e.message.split('\n')[0]})`);
-  }
-  return page.locator(selector).first();
-}
-
-async function expectHidden(page, selector, what, timeout = WAIT) {
-  try {
-    await page.locator(selector).first().waitFor({ state: 'hidden', timeout });
-  } catch (e) {
-    throw new Error(`${what}: \`${selector}\` still visible after ${timeout} ms\n${await describePage(page)}\n(${e.message.split('\n')[0]})`);
-  }
-}
-
-async function expectScreen(page, screen, timeout = WAIT) {
-  await waitUntil(
-    `#app[data-screen=${screen}]`,
-    () => page.evaluate((sc) => document.getElementById('app')?.dataset.screen === sc, screen),
-    { timeout, detail: () => describePage(page) },
-  );
-}
-
-/** The attribute of the first match, without waiting (null if absent). */
-function attr(page, selector, name) {
-  return page.evaluate(([sel, n]) => document.querySelector(sel)?.getAttribute(n) ?? null, [selector, name]);
-}
-
-async function expectConn(page, states, what, timeout = WAIT) {
-  await waitUntil(
-    `${what}: [data-testid=conn] data-state in {${states.join(', ')}}`,
-    async () => states.includes(await attr(page, '[data-testid=conn]', 'data-state')),
-    { timeout, detail: () => describePage(page) },
-  );
-}
-
 async function expectPairError(page, code, what, timeout = WAIT) {
   const el = await expectVisible(page, '[data-testid=pair-error]', what, timeout);
   const got = await el.getAttribute('data-code');
@@ -103,21 +72,12 @@ async function expectPairError(page, code, what, timeout = WAIT) {
   return got;
 }
 
-function progressNumbers(events) {
-  return events.filter((e) => e.type === 'progress').map((e) => /n=(\d+)/.exec(e.text)).filter(Boolean).map((m) => Number(m[1]));
-}
-
 /** Every `n=i` for i < count exactly once, in order, and the offsets contiguous. */
 function checkCount(events, count, what) {
   const ns = progressNumbers(events);
   const want = Array.from({ length: count }, (_, i) => i);
   assert.deepEqual(ns, want, `${what}: progress n=0..${count - 1} each exactly once, in order`);
   assert.ok(contiguous(events), `${what}: [data-testid=event] data-offset must run 0,1,2… once each; got ${events.map((e) => e.offset).join(',')}`);
-}
-
-async function waitFinished(page, what, timeout = WAIT) {
-  const el = await expectVisible(page, '[data-testid=finished]', `${what}: the task finishes`, timeout);
-  return el.getAttribute('data-status');
 }
 
 /** Back from the task screen to the desktop screen (the back button, else the URL). */

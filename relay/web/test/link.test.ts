@@ -6,67 +6,21 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { bytesToHex, hexToBytes, u64be, utf8 } from '../src/proto/bytes.ts';
 import { type Content, decodeContent, encodeContent } from '../src/proto/content.ts';
-import { type OutboxLimits, StoredFormatError, defaultOutboxLimits } from '../src/proto/delivery.ts';
+import { StoredFormatError } from '../src/proto/delivery.ts';
 import { DeterministicEntropy } from '../src/proto/entropy.ts';
 import { decodeEnvelope, encodeEnvelope } from '../src/proto/envelope.ts';
 import { intoSession } from '../src/proto/handshake.ts';
 import { DeviceKey, PublicKey } from '../src/proto/identity.ts';
 import { hash } from '../src/proto/kdf.ts';
 import { Link, LinkError, type LinkErrorKind, type LinkEvent, type StoredLink } from '../src/proto/link.ts';
-import { MAX_MESSAGE_LEN, deviceInfoFromJson, deviceInfoToJson } from '../src/proto/message.ts';
+import { MAX_MESSAGE_LEN, deviceInfoFromJson } from '../src/proto/message.ts';
 import { HandshakeState } from '../src/proto/noise.ts';
 import { type PairedPeer, PhonePairing, pairingPrologue } from '../src/proto/pairing.ts';
 import type { QrPayload } from '../src/proto/qr.ts';
 import { MAX_COUNTER, REKEY_INTERVAL, RecordError, Session } from '../src/proto/record.ts';
 import { winsCollision } from '../src/proto/session.ts';
+import { type Peer, b, ent, pairPeers } from './peers.ts';
 import { loadVector } from './vectors.ts';
-
-const NOW = 1_800_000_000;
-const b = (s: string): Uint8Array => utf8(s);
-const ent = (n: number): DeterministicEntropy => new DeterministicEntropy(new Uint8Array(32).fill(n));
-
-interface Peer {
-  key: DeviceKey;
-  link: Link;
-}
-
-/**
- * A real pairing: the phone side is PhonePairing; the desktop side (not ported: the web client is
- * never a desktop) is emulated at the Noise level exactly as DesktopPairing does it.
- */
-function pairPeers(e: DeterministicEntropy, limits: OutboxLimits = defaultOutboxLimits()): { desk: Peer; phone: Peer; deskPaired: PairedPeer } {
-  const dk = new DeviceKey(e.fill(32));
-  const pk = new DeviceKey(e.fill(32));
-  const qr: QrPayload = { desktop: dk.public(), secret: e.fill(32), expiresAt: NOW + 120 };
-  const phoneInfo = deviceInfoFromJson(b('{"v":1,"name":"phone","platform":"web","app_version":"0"}'));
-  const deskInfo = deviceInfoFromJson(b('{"v":1,"name":"desk","platform":"linux","app_version":"0"}'));
-  const { state, hello } = PhonePairing.start(pk, qr, phoneInfo, e);
-  const hs = new HandshakeState({
-    pattern: 'IKpsk2',
-    initiator: false,
-    localPrivate: dk.toBytes(),
-    psk: qr.secret,
-    prologue: pairingPrologue(qr),
-    ephemeralPrivate: e.fill(32),
-  });
-  const h = decodeEnvelope(hello);
-  assert.equal(h.kind, 'PairHello');
-  if (h.kind !== 'PairHello') throw new Error('unreachable');
-  hs.readMessage(h.noise);
-  const welcome = encodeEnvelope({ kind: 'PairWelcome', noise: hs.writeMessage(deviceInfoToJson(deskInfo)) });
-  const deskSession = intoSession(hs);
-  const { state: waiting, confirm } = state.onWelcome(welcome);
-  assert.deepEqual(decodeContent(deskSession.open(confirm)), { type: 'PairConfirm' });
-  const psk = e.fill(32);
-  const result = deskSession.seal(encodeContent({ type: 'PairResult', accepted: true, sessionPsk: psk, reason: '' }));
-  const phonePaired = waiting.onResult(result);
-  const deskPaired: PairedPeer = { publicKey: new PublicKey(hs.remoteStatic()!), info: phoneInfo, sessionPsk: psk, session: deskSession, sas: waiting.sas };
-  return {
-    desk: { key: dk, link: Link.fromPaired(deskPaired, limits) },
-    phone: { key: pk, link: Link.fromPaired(phonePaired, limits) },
-    deskPaired,
-  };
-}
 
 /** Simulate a crash and restart: the link is rebuilt from its persisted form, through JSON text. */
 function restart(p: Peer): void {
@@ -525,19 +479,39 @@ test('link: data going the other way carries the ack', () => {
   assert.ok(desk.link.outbound().isEmpty());
 });
 
-test('link: a session init delivered twice is answered once', () => {
+test('link: a session init delivered twice gets the same answer', () => {
   const e = ent(13);
   const { desk, phone } = pairPeers(e);
   const init = phone.link.startRenewal(phone.key, 1_000, e);
   const accept = deliver(desk, init, e).replies;
-  // The relay redelivers the init before the initiator's confirm arrives (across a restart too).
-  assert.equal(deliver(desk, init, e).replies.length, 0, 'a redelivered init must not replace the pending session');
+  assert.equal(accept.length, 1);
+  // The relay redelivers the init before the initiator's confirm arrives (or the responder
+  // restarted before its answer left): the same answer goes out again, and the pending session is
+  // not replaced.
   restart(desk);
-  assert.equal(deliver(desk, init, e).replies.length, 0);
-  const confirm = deliver(phone, accept[0]!, e).replies;
+  const again = deliver(desk, init, e).replies;
+  assert.deepEqual(again.map(bytesToHex), accept.map(bytesToHex), 'a redelivered init must get the same accept');
+  // The first accept lost: the repeated one completes the renewal.
+  const confirm = deliver(phone, again[0]!, e).replies;
+  // The other copy then finds no handshake in progress: refused, harmless.
+  assert.throws(() => phone.link.receive(phone.key, accept[0]!, e), linkError('NoHandshakeInProgress'));
   deliver(desk, confirm[0]!, e);
   assert.equal(bytesToHex(desk.link.sessionId()), bytesToHex(phone.link.sessionId()));
   assert.deepEqual(text(deliver(desk, phone.link.send(b('after')).record, e).msgs), ['after']);
+});
+
+test('link: a responder stored before the accept was kept answers a repeated init with nothing, as before', () => {
+  const e = ent(14);
+  const { desk, phone } = pairPeers(e);
+  const init = phone.link.startRenewal(phone.key, 1_000, e);
+  const accept = deliver(desk, init, e).replies;
+  const old = desk.link.toStored();
+  delete old.next!.accept;
+  desk.link = Link.fromStored(JSON.parse(JSON.stringify(old)));
+  assert.equal(deliver(desk, init, e).replies.length, 0, 'no kept accept: no answer, and next is not replaced');
+  const confirm = deliver(phone, accept[0]!, e).replies;
+  deliver(desk, confirm[0]!, e);
+  assert.equal(bytesToHex(desk.link.sessionId()), bytesToHex(phone.link.sessionId()));
 });
 
 test('link: counter reservation — mustPersist after a seal that grew it, never again until the next block', () => {
@@ -586,7 +560,8 @@ test('link: stored form is JSON-safe, round-trips exactly, and bad forms are ref
   assert.notEqual(s.next, null);
   assert.equal(s.next!.ts, '42');
   assert.equal(s.next!.handshake_id.length, 16);
-  assert.deepEqual(Object.keys(s), ['peer', 'psk', 'current', 'previous', 'next', 'last_init_ms', 'last_init_sent_ms', 'outbound', 'inbound']);
+  assert.deepEqual(Object.keys(s), ['peer', 'psk', 'current', 'previous', 'next', 'last_init_ms', 'last_init_sent_ms', 'outbound', 'inbound', 'clock']);
+  assert.deepEqual(Object.keys(s.next!), ['session', 'ts', 'handshake_id', 'accept']);
   assert.equal(s.peer, phone.key.public().toString());
   const bad: unknown[] = [
     undefined,
@@ -600,6 +575,12 @@ test('link: stored form is JSON-safe, round-trips exactly, and bad forms are ref
     { ...s, last_init_ms: undefined },
     { ...s, outbound: { ...s.outbound, unacked: null } },
     { ...s, inbound: null },
+    { ...s, next: { ...s.next, accept: 5 } },
+    { ...s, next: { ...s.next, accept: '!!' } },
+    { ...s, clock: null },
+    { ...s, clock: { ...s.clock, session_id: 'zz' } },
+    { ...s, clock: { ...s.clock, since_ms: -1 } },
+    { ...s, clock: { ...s.clock, records: undefined } },
   ];
   for (const x of bad) assert.throws(() => Link.fromStored(x), StoredFormatError, JSON.stringify(x)?.slice(0, 80));
 });

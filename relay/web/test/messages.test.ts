@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { utf8 } from '../src/proto/bytes.ts';
-import { MessageError, decodeMessage, encodeMessage } from '../src/proto/message.ts';
+import { MessageError, decodeMessage, deviceInfoFromJson, deviceInfoToJson, encodeMessage } from '../src/proto/message.ts';
 import { loadVector } from './vectors.ts';
 
 const msgs = loadVector<{ json: string }[]>('messages');
@@ -32,4 +32,19 @@ test('message decoding rules (§15.2)', () => {
   const d = decodeMessage(utf8('{"v":1,"kind":"history_end","task_id":"t","next_offset":3,"more":null,"extra":1}'));
   assert.ok(d.known && dec.decode(encodeMessage(d.message)) === '{"v":1,"kind":"history_end","task_id":"t","next_offset":3}');
   assert.throws(() => decodeMessage(utf8('{"v":1,"kind":"device_info","name":"a\\u0007","platform":"web","app_version":"1"}')), (e: unknown) => e instanceof MessageError && e.kind === 'TooLarge');
+});
+
+test('DeviceInfo.ephemeral (§15.4): written only when true, last; absent reads as false', () => {
+  const ok = { name: "Ana's phone", platform: 'web', app_version: '0.1.0' };
+  assert.equal(dec.decode(deviceInfoToJson(ok)), '{"v":1,"name":"Ana\'s phone","platform":"web","app_version":"0.1.0"}');
+  assert.equal(dec.decode(deviceInfoToJson({ ...ok, ephemeral: false })), dec.decode(deviceInfoToJson(ok)));
+  const web = deviceInfoToJson({ ...ok, ephemeral: true });
+  assert.ok(dec.decode(web).endsWith(',"ephemeral":true}'), dec.decode(web));
+  assert.equal(deviceInfoFromJson(web).ephemeral, true);
+  assert.equal(deviceInfoFromJson(deviceInfoToJson(ok)).ephemeral, false);
+  assert.throws(() => deviceInfoFromJson(utf8('{"v":1,"name":"a","platform":"web","app_version":"1","ephemeral":"yes"}')), (e: unknown) => e instanceof MessageError && e.kind === 'Malformed');
+  // The device_info message carries it the same way.
+  const m = decodeMessage(utf8('{"v":1,"kind":"device_info","name":"a","platform":"web","app_version":"1","ephemeral":true}'));
+  assert.ok(m.known && m.message.ephemeral === true);
+  if (m.known) assert.equal(dec.decode(encodeMessage(m.message)), '{"v":1,"kind":"device_info","name":"a","platform":"web","app_version":"1","ephemeral":true}');
 });

@@ -1,50 +1,38 @@
 // The phone engine in the browser, as tandem-phone does it: the device key,
-// paired desktops, one relay connection per relay, pairing, and the task
-// messages both ways. A desktop's Link, task rows and new events are saved
-// in one IndexedDB transaction before anything sealed under the Link leaves
-// and before the delivery that changed it is acknowledged.
+// paired desktops, one relay connection per relay, pairing, the task
+// messages both ways, and the renewal and rekey schedule of every link
+// (PROTOCOL §10.6). A desktop's Link, task rows and new events are saved in
+// one store transaction before anything sealed under the Link leaves and
+// before the delivery that changed it is acknowledged. The store is
+// IndexedDB on a secure context and this page's memory otherwise
+// (store.ts): then the engine is `ephemeral` and pairs as such.
 import {
   DeviceId,
   DeviceKey,
   Link,
   type LinkEvent,
   type Message,
-  PairingError,
-  PhonePairing,
-  type PhoneAwaitingResult,
-  QrError,
   RecordError,
+  type Schedule,
   bytesToHex,
   decodeMessage,
+  defaultSchedule,
   encodeMessage,
   hexToBytes,
   osEntropy,
-  pairingId,
-  parsePairingLink,
-  relayOrigin,
-  validateRelay,
+  upkeepMustPersist,
 } from '../proto/index.ts';
-import { type ConnState, RelayClient, RelayError } from './relay.ts';
-import { type DesktopRow, type EventRow, NotOwner, Store, type TaskRow } from './store.ts';
+import { type PairingFlow, startPairing } from './pairing.ts';
+import { type ConnState, RelayClient } from './relay.ts';
+import { type DesktopRow, type EventRow, NotOwner, type Store, type TaskRow, openStore } from './store.ts';
 import { type PendingApproval, Thread } from './thread.ts';
+
+export { PairError, type PairFailure, type PairingFlow } from './pairing.ts';
 
 /** Tasks kept per desktop in the browser. */
 const KEEP_TASKS = 200;
-const WELCOME_WAIT_MS = 30_000;
-const CONFIRM_WAIT_MS = 300_000;
-const APP_VERSION = '0.1.0';
-
-/** Why pairing failed, as the pairing screen shows it. */
-export type PairFailure = 'expired' | 'already_used' | 'refused' | 'unreachable' | 'invalid' | 'wrong_relay' | 'timeout';
-
-export class PairError extends Error {
-  constructor(
-    readonly code: PairFailure,
-    message: string,
-  ) {
-    super(message);
-  }
-}
+/** How often the renewal and rekey schedule runs for every paired desktop (also on each desktop's Presence). */
+const UPKEEP_EVERY_MS = 5_000;
 
 /** A paired desktop in memory. */
 export class Desktop {
@@ -99,26 +87,8 @@ export interface Change {
   connection?: boolean;
 }
 
-/** A pairing whose code is shown, waiting for the desktop's confirmation. */
-export interface PairingFlow {
-  sas: string;
-  desktopName: string;
-  wait(): Promise<Desktop>;
-}
-
-function now(): number {
-  return Math.floor(Date.now() / 1000);
-}
-
 function randomHex(n: number): string {
   return bytesToHex(crypto.getRandomValues(new Uint8Array(n)));
-}
-
-function deviceName(): string {
-  const ua = navigator.userAgent;
-  const os = /Android/.test(ua) ? 'Android' : /iPhone|iPad/.test(ua) ? 'iPhone' : /Mac OS X/.test(ua) ? 'Mac' : /Windows/.test(ua) ? 'Windows' : /Linux/.test(ua) ? 'Linux' : 'browser';
-  const browser = /Edg\//.test(ua) ? 'Edge' : /Firefox\//.test(ua) ? 'Firefox' : /Chrom/.test(ua) ? 'Chrome' : /Safari\//.test(ua) ? 'Safari' : 'Web';
-  return `${browser} on ${os}`;
 }
 
 export class Engine {
@@ -131,20 +101,33 @@ export class Engine {
   private readonly listed = new Set<string>();
   /** Another tab took over: nothing is sealed, saved or sent any more. */
   inert = false;
-  private readonly channel = typeof BroadcastChannel === 'undefined' ? null : new BroadcastChannel('tandem');
+  /**
+   * The keys live in this page's memory only (an origin that is not a secure context): pairing
+   * says so to the desktop (`DeviceInfo.ephemeral`), and a reload means pairing again.
+   */
+  readonly ephemeral: boolean;
+  /** The renewal and rekey schedule of every link (§10.6). */
+  readonly schedule: Schedule = defaultSchedule();
+  private readonly channel: BroadcastChannel | null;
 
   private constructor(
     readonly store: Store,
     readonly key: DeviceKey,
   ) {
-    // The newest tab owns the state; older ones step aside.
+    this.ephemeral = !store.persistent;
+    // The newest tab owns the stored state; older ones step aside. A page
+    // that keeps its keys in memory shares nothing with other tabs.
+    this.channel = store.persistent && typeof BroadcastChannel !== 'undefined' ? new BroadcastChannel('tandem') : null;
     this.channel?.addEventListener('message', (m) => {
       if (m.data === 'claimed') this.stepAside();
     });
+    setInterval(() => {
+      for (const d of this.desktops.values()) void this.upkeep(d);
+    }, UPKEEP_EVERY_MS);
   }
 
   static async open(): Promise<Engine> {
-    const store = await Store.open();
+    const store = await openStore();
     await store.claim();
     const secret = await store.getOrPut('device-key', () => bytesToHex(DeviceKey.generate().toBytes()));
     const engine = new Engine(store, new DeviceKey(hexToBytes(secret)));
@@ -225,8 +208,11 @@ export class Engine {
         d.online = online;
         if (online) {
           // A desktop that never answered a task list in this page (it was
-          // offline, or pairing) is asked again now that it is here.
-          void this.resend(d).then(() => (d.listed ? undefined : this.refreshTasks(d.id).catch(() => undefined)));
+          // offline, or pairing) is asked again now that it is here; a
+          // renewal that came due while it was away starts now.
+          void this.resend(d)
+            .then(() => (d.listed ? undefined : this.refreshTasks(d.id).catch(() => undefined)))
+            .then(() => this.upkeep(d));
         }
         this.emit({ desktopId: d.id });
       },
@@ -263,121 +249,29 @@ export class Engine {
    * Pair from a link (the page's URL with its #fragment, or a pasted one).
    * `fallbackRelay` is the `?relay=` a redirecting relay added.
    */
-  async startPairing(link: string, fallbackRelay?: string): Promise<PairingFlow> {
-    let parsed;
-    try {
-      parsed = parsePairingLink(link, now());
-    } catch (e) {
-      if (e instanceof QrError && e.detail.kind === 'Expired') throw new PairError('expired', 'This pairing code has expired. Show a new one on the desktop (`tandem pair`) and scan it again.');
-      throw new PairError('invalid', `This is not a valid Tandem pairing link (${e instanceof Error ? e.message : String(e)}).`);
-    }
-    // `?relay=` only counts for a link to this very page (a relay redirected here).
-    let fallback: string | undefined;
-    if (fallbackRelay !== undefined && parsed.origin === location.origin) {
-      try {
-        validateRelay(fallbackRelay);
-        fallback = fallbackRelay;
-      } catch {
-        throw new PairError('invalid', `The page was opened with a bad relay address (${fallbackRelay}).`);
-      }
-    }
-    const origin = parsed.payload.relay ?? fallback ?? relayOrigin(parsed);
-    const desktop = parsed.payload.desktop.deviceId();
-    if (this.desktops.has(desktop.toString())) {
-      // Pairing again replaces the old link (e.g. after the desktop forgot this phone).
-    }
-    const pid = pairingId(parsed.payload.secret);
-    const inbox: Uint8Array[] = [];
-    let wake: (() => void) | null = null;
-    this.pairings.set(bytesToHex(pid), (peer, payload) => {
-      if (!peer.equals(desktop)) return;
-      inbox.push(payload);
-      wake?.();
-    });
-    const next = (ms: number): Promise<Uint8Array> =>
-      new Promise((resolve, reject) => {
-        const take = (): boolean => {
-          const m = inbox.shift();
-          if (m) resolve(m);
-          return m !== undefined;
-        };
-        if (take()) return;
-        const t = setTimeout(() => reject(new PairError('timeout', 'The desktop did not answer in time.')), ms);
-        wake = () => {
-          if (take()) clearTimeout(t);
-        };
-      });
-    const relay = this.relay(origin);
-    const cleanup = (): void => {
-      this.pairings.delete(bytesToHex(pid));
+  startPairing(link: string, fallbackRelay?: string): Promise<PairingFlow> {
+    return startPairing(this, link, fallbackRelay);
+  }
+
+  /** Hand pairing messages for mailbox `pid` (hex) to `f` until the returned function is called. */
+  onPairMessages(pid: string, f: (peer: DeviceId, payload: Uint8Array) => void): () => void {
+    this.pairings.set(pid, f);
+    return () => {
+      if (this.pairings.get(pid) === f) this.pairings.delete(pid);
     };
-    try {
-      const info = { name: deviceName(), platform: 'web', app_version: APP_VERSION };
-      const { state, hello } = PhonePairing.start(this.key, parsed.payload, info, osEntropy);
-      try {
-        await relay.pairClaim(pid, hello);
-      } catch (e) {
-        // The relay drops a pairing once it succeeded (or the desktop
-        // stopped showing it): before its expiry, that means used.
-        if (e instanceof RelayError && e.code === 'pairing_not_found' && now() < parsed.payload.expiresAt) {
-          throw new PairError('already_used', 'This pairing code was already used, or the desktop stopped showing it. Show a new one on the desktop and scan it again.');
-        }
-        throw pairFailure(e, origin);
-      }
-      const welcome = await next(WELCOME_WAIT_MS);
-      let waiting: PhoneAwaitingResult;
-      let confirm: Uint8Array;
-      try {
-        ({ state: waiting, confirm } = state.onWelcome(welcome));
-      } catch (e) {
-        throw new PairError('invalid', `The desktop's answer did not check out (${String(e)}). Was the code copied correctly?`);
-      }
-      relay.pairMessage(pid, desktop, confirm);
-      return {
-        sas: waiting.sas.toString(),
-        desktopName: waiting.desktopInfo.name,
-        wait: async () => {
-          try {
-            const result = await next(CONFIRM_WAIT_MS);
-            let paired;
-            try {
-              paired = waiting.onResult(result);
-            } catch (e) {
-              if (e instanceof PairingError && e.kind === 'Refused') throw new PairError('refused', 'The desktop refused this pairing.');
-              throw new PairError('invalid', `The desktop's answer did not check out (${String(e)}).`);
-            }
-            try {
-              await relay.authorize(desktop);
-            } catch (e) {
-              throw pairFailure(e, origin);
-            }
-            const row: DesktopRow = {
-              id: desktop.toString(),
-              name: waiting.desktopInfo.name,
-              platform: waiting.desktopInfo.platform,
-              relayUrl: origin,
-              pairedAt: now(),
-              link: null,
-            };
-            const link = Link.fromPaired(paired);
-            row.link = link.toStored();
-            await this.store.forget(row.id);
-            await this.store.save(row);
-            const d = new Desktop(row, link, relay);
-            d.online = true;
-            this.desktops.set(row.id, d);
-            this.emit({ desktopId: row.id });
-            void this.refreshTasks(row.id).catch(() => undefined);
-            return d;
-          } finally {
-            cleanup();
-          }
-        },
-      };
-    } catch (e) {
-      cleanup();
-      throw e;
-    }
+  }
+
+  /** A desktop just paired: store it (replacing any older pairing with it), connect it, list its tasks. */
+  async adopt(row: DesktopRow, link: Link, relay: RelayClient): Promise<Desktop> {
+    row.link = link.toStored();
+    await this.store.forget(row.id);
+    await this.store.save(row);
+    const d = new Desktop(row, link, relay);
+    d.online = true;
+    this.desktops.set(row.id, d);
+    this.emit({ desktopId: row.id });
+    void this.refreshTasks(row.id).catch(() => undefined);
+    return d;
   }
 
   // ---- requests to a desktop --------------------------------------------
@@ -413,6 +307,29 @@ export class Engine {
     d.row.link = d.link.toStored();
     await this.store.save(d.row, tasks, events);
     d.link.markPersisted();
+  }
+
+  /**
+   * The renewal and rekey schedule (§10.6) for one desktop: a new session
+   * when the current one is an hour old (or carried many records) and the
+   * desktop is online, the sending key ratcheted hourly, an unanswered
+   * renewal given up after 30 s. What changed is saved (strictly) before
+   * the renewal's SessionInit leaves (§13.5 rule 4); the answer and the
+   * key confirmation go through `deliver`, saved before they are sent too.
+   */
+  async upkeep(d: Desktop): Promise<void> {
+    const renewal = await d.serial(async () => {
+      if (this.inert || this.desktops.get(d.id) !== d) return null;
+      try {
+        const done = d.link.upkeep(this.key, Date.now(), d.online && d.relay.online, this.schedule, osEntropy);
+        if (upkeepMustPersist(done)) await this.save(d);
+        return done.renewal;
+      } catch (e) {
+        await this.failed(d, e);
+        return null;
+      }
+    });
+    if (renewal) d.relay.send(d.deviceId, renewal).catch(() => undefined);
   }
 
   /** Whatever the desktop has not acknowledged goes out again. */
@@ -556,6 +473,7 @@ export class Engine {
       const requests: Message[] = [];
       let ackDue = false;
       let other = false;
+      let renewed = false;
       for (const payload of payloads) {
         let events: LinkEvent[];
         try {
@@ -589,7 +507,8 @@ export class Engine {
             case 'ResyncNeeded':
               console.warn(`messages ${ev.from}..=${ev.to} from the desktop were lost`);
               break;
-            default:
+            case 'SessionRenewed':
+              renewed = true;
               break;
           }
         }
@@ -603,6 +522,8 @@ export class Engine {
       for (const taskId of changedTasks.keys()) this.emit({ desktopId: d.id, taskId });
       if (other || changedTasks.size === 0) this.emit({ desktopId: d.id });
       if (changedTasks.size > 0 && d.threads.size > KEEP_TASKS) await this.prune(d);
+      // A new session: its schedule starts now, not at the next tick.
+      if (renewed) void this.upkeep(d);
       return true;
     }
   }
@@ -711,25 +632,6 @@ export class Engine {
     for (const id of [...d.threads.keys()]) if (!keep.has(id)) d.threads.delete(id);
   }
 }
-
-function pairFailure(e: unknown, origin: string): PairError {
-  if (e instanceof PairError) return e;
-  if (e instanceof RelayError) {
-    switch (e.code) {
-      case 'pairing_claimed':
-        return new PairError('already_used', 'This pairing code was already used. Show a new one on the desktop and scan it again.');
-      case 'pairing_expired':
-      case 'pairing_not_found':
-        return new PairError('expired', 'The relay no longer knows this pairing code; it has expired or the desktop stopped showing it. Show a new one on the desktop.');
-      case 'wrong_relay':
-        return new PairError('wrong_relay', e.message);
-      default:
-        return new PairError('unreachable', `Cannot reach the relay at ${origin}: ${e.message}.`);
-    }
-  }
-  return new PairError('unreachable', `Cannot reach the relay at ${origin}: ${String(e)}.`);
-}
-
 
 /** A record seen before (a redelivery after a lost ack). */
 function isReplay(e: unknown): boolean {

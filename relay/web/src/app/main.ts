@@ -1,19 +1,24 @@
 // Entry point. The pairing secret arrives in the URL fragment: it is read
 // and removed from the address bar and the history entry before anything
 // else runs, so it is not left in the history, a bookmark or a screenshot.
+// The query goes too, but for the app's own parameters: a pairing link on
+// plain http carries a fresh nonce (`/p?n=…#…`) so that what a scan opens is
+// never a page some host cached under a known address (docs/SECURITY.md §3),
+// and no later visit should open that address again.
 import './style.css';
 import { Engine } from './engine.ts';
-import { App, routeFromUrl } from './ui/app.ts';
+import { App, appQuery, routeFromUrl } from './ui/app.ts';
 import { desktopScreen } from './ui/desktop.ts';
 import { desktopsScreen } from './ui/desktops.ts';
 import { h } from './ui/dom.ts';
 import { pairScreen, setPendingLink } from './ui/pair.ts';
 import { taskScreen } from './ui/task.ts';
 
-// The link without the query a redirecting relay adds (`?relay=`), which
-// is read separately.
+// The link without the query (a redirecting relay's `?relay=` is read
+// separately; a nonce is of no use to the app).
 const link = location.hash.length > 1 ? `${location.origin}${location.pathname}${location.hash}` : null;
-if (link) history.replaceState(null, '', location.pathname + location.search);
+const search = appQuery(location.search);
+if (link || search !== location.search) history.replaceState(null, '', location.pathname + search);
 
 async function boot(): Promise<void> {
   const root = document.getElementById('app');

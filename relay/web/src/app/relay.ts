@@ -109,6 +109,8 @@ export class RelayClient {
   private generation = 0;
   private readonly dialed: string;
   private readonly url: string;
+  /** This device's id, which `AuthOk` must name. */
+  private readonly deviceId: DeviceId;
   private readonly onOnline = (): void => this.retryNow();
   private readonly onVisible = (): void => {
     if (document.visibilityState === 'visible') this.probe();
@@ -121,6 +123,7 @@ export class RelayClient {
   ) {
     this.url = connectUrl(origin);
     this.dialed = new URL(this.url).host;
+    this.deviceId = key.public().deviceId();
   }
 
   /** Connect, and keep connecting until stopped. */
@@ -292,6 +295,13 @@ export class RelayClient {
       }
       case 'AuthOk': {
         clearTimeout(handshake);
+        if (!f.deviceId.equals(this.deviceId)) {
+          // The relay says it authenticated another device (§6.1): it is
+          // broken or hostile. Nothing is sent or taken on this connection;
+          // close it and try again later, as tandem-client does.
+          this.drop(`the relay confirmed device ${f.deviceId}, not this device (${this.deviceId})`, 1000);
+          return;
+        }
         this.authed = true;
         this.connectedAt = Date.now();
         this.pingIntervalMs = Math.max(1000, f.pingIntervalMs);

@@ -1,6 +1,17 @@
-// IndexedDB: the device key, each paired desktop (its Link, as JSON), the
-// task events seen, and task summaries. One write transaction per delivery,
-// committed before the delivery is acknowledged to the relay (§13.5).
+// Where the app keeps the device key, each paired desktop (its Link, as
+// JSON), the task events seen, and task summaries: one interface (`Store`)
+// with two implementations, chosen by the page's origin (`openStore`).
+//
+// * On a secure context (https, or http://localhost / 127.0.0.1): IndexedDB
+//   (`IdbStore`). One write transaction per delivery, committed with strict
+//   durability before the delivery is acknowledged to the relay (§13.5).
+// * On an origin that is not a secure context (plain http on a local-network
+//   address: what `tandem up` serves), `MemoryStore`: nothing is written to
+//   IndexedDB, localStorage, sessionStorage, cookies or the Cache API. Any
+//   host that holds the same IP and port on another network is the same
+//   origin to the browser, and its script could read whatever this origin
+//   stored; in memory, the keys live only as long as this page, out of reach
+//   of every other page (docs/SECURITY.md §3).
 
 /** What the app keeps about one paired desktop. */
 export interface DesktopRow {
@@ -80,17 +91,47 @@ function done(tx: IDBTransaction): Promise<void> {
   });
 }
 
+/** What the engine needs from storage (both implementations behave the same; only lifetime differs). */
+export interface Store {
+  /** True when what is saved outlives the page (IndexedDB); false for the in-memory store. */
+  readonly persistent: boolean;
+  /** Make this tab the owner (the newest tab wins). */
+  claim(): Promise<void>;
+  /** The value at `key`, or `make()` stored there if none (atomically). */
+  getOrPut<T>(key: string, make: () => T): Promise<T>;
+  get<T>(key: string): Promise<T | undefined>;
+  put(key: string, value: unknown): Promise<void>;
+  desktops(): Promise<DesktopRow[]>;
+  tasks(desktopId: string): Promise<TaskRow[]>;
+  events(desktopId: string, taskId: string): Promise<EventRow[]>;
+  /** Write a desktop's link with the events and tasks it changed, atomically (durably where that applies). */
+  save(desktop: DesktopRow, tasks?: TaskRow[], events?: EventRow[]): Promise<void>;
+  /** Drop the oldest tasks of a desktop beyond `keep`, with their events. */
+  prune(desktopId: string, keep: number): Promise<void>;
+  /** Forget a desktop and everything about it. */
+  forget(desktopId: string): Promise<void>;
+}
+
+/**
+ * The store for this page: IndexedDB on a secure context, memory otherwise
+ * (`secure` defaults to the page's `isSecureContext`).
+ */
+export async function openStore(secure: boolean = globalThis.isSecureContext === true): Promise<Store> {
+  return secure ? IdbStore.open() : new MemoryStore();
+}
+
 /**
  * The app's database. One tab at a time owns it: `claim()` writes this
  * tab's token, and every later write checks it in the same transaction, so
  * a tab that was overtaken can never overwrite the new owner's links (which
  * would reuse nonces).
  */
-export class Store {
+export class IdbStore implements Store {
+  readonly persistent = true;
   private readonly token = crypto.getRandomValues(new Uint32Array(2)).join('-');
   private constructor(private readonly db: IDBDatabase) {}
 
-  static async open(): Promise<Store> {
+  static async open(): Promise<IdbStore> {
     if (typeof indexedDB === 'undefined') throw new StoreError('this browser has no IndexedDB');
     const open = indexedDB.open(DB, VERSION);
     open.onupgradeneeded = () => {
@@ -107,7 +148,7 @@ export class Store {
     });
     // Ask the browser not to evict this origin's data under pressure.
     void navigator.storage?.persist?.().catch(() => undefined);
-    return new Store(db);
+    return new IdbStore(db);
   }
 
   /** Make this tab the owner (the newest tab wins). */
@@ -223,5 +264,93 @@ export class Store {
       tx.objectStore('tasks').delete(IDBKeyRange.bound([desktopId], [desktopId, []]));
       tx.objectStore('events').delete(IDBKeyRange.bound([desktopId], [desktopId, []]));
     });
+  }
+}
+
+/**
+ * Everything in this page's memory, gone when the page closes or reloads.
+ * Values are copied in and out (as IndexedDB's structured clone does), so
+ * the engine's later changes to an object never reach the store unsaved,
+ * and "back to what storage holds" after a failed save means the same as
+ * with IndexedDB. Each tab is a device of its own: there is nothing shared
+ * to own, so `claim()` has nothing to do.
+ */
+export class MemoryStore implements Store {
+  readonly persistent = false;
+  private readonly kv = new Map<string, unknown>();
+  private readonly desktopRows = new Map<string, DesktopRow>();
+  /** desktopId → taskId → row. */
+  private readonly taskRows = new Map<string, Map<string, TaskRow>>();
+  /** desktopId → taskId → offset → row. */
+  private readonly eventRows = new Map<string, Map<string, Map<number, EventRow>>>();
+
+  async claim(): Promise<void> {}
+
+  async getOrPut<T>(key: string, make: () => T): Promise<T> {
+    if (!this.kv.has(key)) this.kv.set(key, structuredClone(make()));
+    return structuredClone(this.kv.get(key)) as T;
+  }
+
+  async get<T>(key: string): Promise<T | undefined> {
+    return structuredClone(this.kv.get(key)) as T | undefined;
+  }
+
+  async put(key: string, value: unknown): Promise<void> {
+    this.kv.set(key, structuredClone(value));
+  }
+
+  async desktops(): Promise<DesktopRow[]> {
+    // In key order, as IndexedDB returns them.
+    return [...this.desktopRows.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)).map((r) => structuredClone(r));
+  }
+
+  async tasks(desktopId: string): Promise<TaskRow[]> {
+    const rows = [...(this.taskRows.get(desktopId)?.values() ?? [])];
+    return rows.sort((a, b) => (a.taskId < b.taskId ? -1 : a.taskId > b.taskId ? 1 : 0)).map((r) => structuredClone(r));
+  }
+
+  async events(desktopId: string, taskId: string): Promise<EventRow[]> {
+    const rows = [...(this.eventRows.get(desktopId)?.get(taskId)?.values() ?? [])];
+    return rows.sort((a, b) => a.offset - b.offset).map((r) => structuredClone(r));
+  }
+
+  async save(desktop: DesktopRow, tasks: TaskRow[] = [], events: EventRow[] = []): Promise<void> {
+    // Copies first: a value that cannot be cloned fails the whole save, as a transaction would.
+    const d = structuredClone(desktop);
+    const ts = tasks.map((t) => structuredClone(t));
+    const es = events.map((e) => structuredClone(e));
+    this.desktopRows.set(d.id, d);
+    for (const t of ts) this.tasksOf(t.desktopId).set(t.taskId, t);
+    for (const e of es) this.eventsOf(e.desktopId, e.taskId).set(e.offset, e);
+  }
+
+  async prune(desktopId: string, keep: number): Promise<void> {
+    const all = [...(this.taskRows.get(desktopId)?.values() ?? [])];
+    if (all.length <= keep) return;
+    all.sort((a, b) => b.updatedMs - a.updatedMs);
+    for (const t of all.slice(keep)) {
+      this.taskRows.get(desktopId)?.delete(t.taskId);
+      this.eventRows.get(desktopId)?.delete(t.taskId);
+    }
+  }
+
+  async forget(desktopId: string): Promise<void> {
+    this.desktopRows.delete(desktopId);
+    this.taskRows.delete(desktopId);
+    this.eventRows.delete(desktopId);
+  }
+
+  private tasksOf(desktopId: string): Map<string, TaskRow> {
+    let m = this.taskRows.get(desktopId);
+    if (!m) this.taskRows.set(desktopId, (m = new Map()));
+    return m;
+  }
+
+  private eventsOf(desktopId: string, taskId: string): Map<number, EventRow> {
+    let byTask = this.eventRows.get(desktopId);
+    if (!byTask) this.eventRows.set(desktopId, (byTask = new Map()));
+    let m = byTask.get(taskId);
+    if (!m) byTask.set(taskId, (m = new Map()));
+    return m;
   }
 }

@@ -17,3 +17,4 @@ export * from './session.ts';
 export * from './message.ts';
 export * from './delivery.ts';
 export * from './link.ts';
+export * from './upkeep.ts';

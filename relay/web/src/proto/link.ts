@@ -14,8 +14,12 @@
 // persist, then `markPersisted()`, before sending; persist after `receive` together with the
 // effects of delivered messages, before sending its `Send` envelopes and before acknowledging the
 // delivery to the relay; persist after `startRenewal` (its timestamp).
-import { U64_MAX, base64UrlDecode, bytesToHex, equalBytes, hexToBytes } from './bytes.ts';
-import { ContentError, decodeContent, encodeContent } from './content.ts';
+//
+// When to renew, rekey and give up on a renewal is the schedule of §10.6 (`upkeep`, upkeep.ts):
+// the caller runs it every few seconds and when the peer comes online, persists when it says so,
+// then sends the renewal it started.
+import { U64_MAX, base64UrlDecode, base64UrlEncode, bytesToHex, equalBytes, hexToBytes } from './bytes.ts';
+import { type Content, ContentError, decodeContent, encodeContent } from './content.ts';
 import {
   DeliveryError,
   Inbound,
@@ -35,6 +39,7 @@ import { MAX_MESSAGE_LEN } from './message.ts';
 import type { PairedPeer } from './pairing.ts';
 import { RecordError, Session, type StoredSession } from './record.ts';
 import { type PeerSecrets, SessionError, SessionInitiator, respond, winsCollision } from './session.ts';
+import { type Attempt, Clock, EXHAUSTION_MARGIN, type Schedule, type StoredClock, type Upkeep, defaultSchedule } from './upkeep.ts';
 
 export type LinkErrorKind =
   /** Not a valid envelope (`cause`: EnvelopeError). */
@@ -95,18 +100,26 @@ export interface StoredLink {
   psk: string;
   current: StoredSession;
   previous: StoredSession | null;
-  /** Responder side: a renewed session waiting for the initiator's first record, with its timestamp. */
-  next: { session: StoredSession; ts: string; handshake_id: string } | null;
+  /**
+   * Responder side: a renewed session waiting for the initiator's first record, with its timestamp
+   * and the `SessionAccept` sent for it (unpadded base64url; absent or empty in rows stored before
+   * it was kept).
+   */
+  next: { session: StoredSession; ts: string; handshake_id: string; accept?: string } | null;
   last_init_ms: string;
   last_init_sent_ms: string;
   outbound: StoredOutbound;
   inbound: StoredInbound;
+  /** The renewal and rekey schedule's state (§10.6); absent in rows stored before it existed (the clock starts at the next upkeep). */
+  clock?: StoredClock;
 }
 
 interface Next {
   session: Session;
   ts: bigint;
   handshakeId: Uint8Array;
+  /** The `SessionAccept` sent for it, sent again when the same init is delivered again (empty in links stored before it was kept). */
+  accept: Uint8Array;
 }
 
 type Which = 'current' | 'previous' | 'next';
@@ -125,6 +138,10 @@ export class Link {
   private inb: Inbound;
   /** Not persisted: a renewal in progress is lost on restart. */
   private pending: SessionInitiator | null = null;
+  /** The schedule's state (§10.6), persisted. */
+  private clock: Clock;
+  /** When renewals were started here (not persisted). */
+  private attempt: Attempt = { pendingSinceMs: null, lastStartMs: null };
 
   private constructor(
     private readonly peerKey: PublicKey,
@@ -137,6 +154,7 @@ export class Link {
     this.current = current;
     this.out = outbound;
     this.inb = inbound;
+    this.clock = Clock.forSession(current.id);
   }
 
   /** The link right after pairing. */
@@ -194,7 +212,14 @@ export class Link {
 
   private sealData(seq: bigint): Uint8Array {
     const message = this.out.get(seq) ?? new Uint8Array(0);
-    return this.current.seal(encodeContent({ type: 'Data', seq, oldest: this.out.oldest(), ack: this.inb.ack(), message }));
+    return this.seal({ type: 'Data', seq, oldest: this.out.oldest(), ack: this.inb.ack(), message });
+  }
+
+  /** Seal `content` under the current session, counting it for the schedule. */
+  private seal(content: Content): Uint8Array {
+    const record = this.current.seal(encodeContent(content));
+    this.clock.count();
+    return record;
   }
 
   /**
@@ -207,7 +232,7 @@ export class Link {
 
   /** A bare acknowledgement of everything delivered so far. Throws `RecordError` `Exhausted`. */
   ack(): Uint8Array {
-    return this.current.seal(encodeContent({ type: 'Ack', ack: this.inb.ack() }));
+    return this.seal({ type: 'Ack', ack: this.inb.ack() });
   }
 
   /** A gap whose Nack (or its answer) was lost may be Nacked again: call on a timer while messages keep arriving out of order. */
@@ -226,12 +251,14 @@ export class Link {
    * went back. Persist the link afterwards (§13.5 rule 4).
    */
   startRenewal(local: DeviceKey, nowMs: bigint | number, entropy: Entropy = osEntropy): Uint8Array {
-    const now = BigInt(nowMs);
+    const now = millis(nowMs);
     const floor = this.lastInitSentMs < U64_MAX ? this.lastInitSentMs + 1n : U64_MAX;
     const ts = now > floor ? now : floor;
     const { state, init } = SessionInitiator.start(this.secrets(local), ts, entropy);
     this.lastInitSentMs = ts;
     this.pending = state;
+    this.attempt.pendingSinceMs = now;
+    this.attempt.lastStartMs = now;
     return init;
   }
 
@@ -241,11 +268,67 @@ export class Link {
    */
   abandonRenewal(): void {
     this.pending = null;
+    this.attempt.pendingSinceMs = null;
   }
 
   /** Whether a renewal started here is waiting for its answer. */
   renewalPending(): boolean {
     return this.pending !== null;
+  }
+
+  /**
+   * Run the renewal and rekey schedule (PROTOCOL.md §10.6) at `nowMs` (Unix milliseconds, this
+   * device's clock). Call it every few seconds and when the peer comes online; `peerOnline` says
+   * whether the peer is connected to the relay now (and this device too). In order:
+   *
+   * 1. the schedule's clock starts when the current session is new to it (or the wall clock went back);
+   * 2. a renewal pending for `renewalTimeoutMs` is abandoned;
+   * 3. the sending key is ratcheted (`rekeyNow`) every `rekeyAfterMs`;
+   * 4. while the peer is online and no renewal is pending, and none was started in the last
+   *    `renewalTimeoutMs`, a renewal starts when the session is `renewAfterMs` old, has carried
+   *    `renewAfterRecords` records, or is near the end of its counters.
+   *
+   * Persist the link when `upkeepMustPersist(result)`, then send `result.renewal`. Throws
+   * `EntropyError` when no randomness is available for a renewal (the rest of the upkeep is done
+   * and kept).
+   */
+  upkeep(local: DeviceKey, nowMs: bigint | number, peerOnline: boolean, schedule: Schedule = defaultSchedule(), entropy: Entropy = osEntropy): Upkeep {
+    const now = millis(nowMs);
+    const done: Upkeep = { renewal: null, rekeyed: false, abandoned: false, changed: this.clock.start(this.current.id, now) };
+    const since = this.attempt.pendingSinceMs;
+    if (since !== null && (now - since >= BigInt(schedule.renewalTimeoutMs) || since > now)) {
+      this.abandonRenewal();
+      done.abandoned = true;
+    }
+    if (now - this.clock.rekeyedMs >= BigInt(schedule.rekeyAfterMs)) {
+      this.rekeyNow();
+      this.clock.rekeyedMs = now;
+      done.rekeyed = true;
+    }
+    const due =
+      this.clock.ageMs(now) >= BigInt(schedule.renewAfterMs) ||
+      this.clock.records >= BigInt(schedule.renewAfterRecords) ||
+      this.current.needsRenewal(EXHAUSTION_MARGIN);
+    const at = this.attempt.lastStartMs;
+    const rested = at === null || now - at >= BigInt(schedule.renewalTimeoutMs) || at > now;
+    if (peerOnline && due && rested && this.pending === null) {
+      done.renewal = this.startRenewal(local, now, entropy);
+    }
+    return done;
+  }
+
+  /**
+   * How long the current session has been current by this device's clock at `nowMs` (0 before the
+   * first `upkeep`), and the records sealed or opened under it.
+   */
+  sessionAge(nowMs: bigint | number): { ageMs: bigint; records: bigint } {
+    if (this.clock.sinceMs === 0n || !equalBytes(this.clock.sessionId, this.current.id)) return { ageMs: 0n, records: this.clock.records };
+    return { ageMs: this.clock.ageMs(millis(nowMs)), records: this.clock.records };
+  }
+
+  /** The current session's sending epoch (advanced by every rekey). */
+  sendEpoch(): bigint {
+    return this.current.sendEpoch();
   }
 
   private secrets(local: DeviceKey): PeerSecrets {
@@ -269,9 +352,11 @@ export class Link {
         return this.receiveRecord(e);
       case 'SessionInit': {
         if (this.next && equalBytes(this.next.handshakeId, e.handshakeId)) {
-          // The same init again (a relay redelivery): it was answered already; answering again
-          // would replace `next` with a session the initiator does not have.
-          return [];
+          // The same init again (a relay redelivery, or this device restarted before its answer
+          // left): answering anew would replace `next` with a session the initiator does not
+          // have, so the same answer goes out again.
+          if (this.next.accept.length === 0) return [];
+          return [{ type: 'Send', envelopes: [this.next.accept.slice()] }];
         }
         if (this.pending && winsCollision(local.public().deviceId(), this.peerKey.deviceId())) {
           // Our own init wins; the peer will answer it.
@@ -283,8 +368,8 @@ export class Link {
         } catch (err) {
           throw wrapError(err);
         }
-        this.pending = null;
-        this.next = { session: r.session, ts: r.timestampMs, handshakeId: e.handshakeId.slice() };
+        this.abandonRenewal();
+        this.next = { session: r.session, ts: r.timestampMs, handshakeId: e.handshakeId.slice(), accept: r.accept.slice() };
         return [{ type: 'Send', envelopes: [r.accept] }];
       }
       case 'SessionAccept': {
@@ -295,12 +380,14 @@ export class Link {
           throw new LinkError('Session', new SessionError('HandshakeIdMismatch'));
         }
         this.pending = null; // taken: a message 2 that does not authenticate cancels the renewal
+        this.attempt.pendingSinceMs = null;
         let session: Session;
         try {
           session = init.finish(e);
         } catch (err) {
           throw wrapError(err);
         }
+        this.clock = Clock.forSession(session.id);
         this.previous = this.current;
         this.current = session;
         this.next = null;
@@ -388,6 +475,7 @@ export class Link {
     target.open(e);
     switch (which) {
       case 'current':
+        this.clock.count();
         // The peer has moved on to the current session; its records under the previous one were
         // delivered before this (the relay keeps each sender's order), so drop the old keys.
         this.previous = null;
@@ -398,6 +486,8 @@ export class Link {
         const next = this.next!;
         if (next.ts > this.lastInitMs) this.lastInitMs = next.ts;
         this.next = null;
+        this.clock = Clock.forSession(next.session.id);
+        this.clock.count();
         this.previous = this.current;
         this.current = next.session;
         events.push({ type: 'SessionRenewed' });
@@ -410,7 +500,7 @@ export class Link {
     // reconnect resends everything unacknowledged).
     try {
       if (reply.type === 'Nack') {
-        events.push({ type: 'Send', envelopes: [this.current.seal(encodeContent({ type: 'Nack', expected: reply.expected }))] });
+        events.push({ type: 'Send', envelopes: [this.seal({ type: 'Nack', expected: reply.expected })] });
       } else if (reply.type === 'Resend') {
         events.push({ type: 'Send', envelopes: this.resend(reply.from) });
       }
@@ -427,11 +517,19 @@ export class Link {
       psk: bytesToHex(this.psk),
       current: this.current.toStored(),
       previous: this.previous ? this.previous.toStored() : null,
-      next: this.next ? { session: this.next.session.toStored(), ts: String(this.next.ts), handshake_id: bytesToHex(this.next.handshakeId) } : null,
+      next: this.next
+        ? { session: this.next.session.toStored(), ts: String(this.next.ts), handshake_id: bytesToHex(this.next.handshakeId), accept: base64UrlEncode(this.next.accept) }
+        : null,
       last_init_ms: String(this.lastInitMs),
       last_init_sent_ms: String(this.lastInitSentMs),
       outbound: this.out.toStored(),
       inbound: this.inb.toStored(),
+      clock: {
+        session_id: bytesToHex(this.clock.sessionId),
+        since_ms: String(this.clock.sinceMs),
+        rekeyed_ms: String(this.clock.rekeyedMs),
+        records: String(this.clock.records),
+      },
     };
   }
 
@@ -448,12 +546,32 @@ export class Link {
     link.previous = s.previous === null || s.previous === undefined ? null : session(s.previous, 'link.previous');
     if (s.next !== null && s.next !== undefined) {
       const n = storedObject(s.next, 'link.next');
-      link.next = { session: session(n.session, 'link.next.session'), ts: storedU64(n.ts, 'link.next.ts'), handshakeId: hex(n.handshake_id, 'link.next.handshake_id', 8) };
+      let accept: Uint8Array = new Uint8Array(0);
+      if (n.accept !== undefined && n.accept !== '') {
+        const a = typeof n.accept === 'string' ? base64UrlDecode(n.accept) : null;
+        if (!a) throw new StoredFormatError('link.next.accept is not base64url');
+        accept = a;
+      }
+      link.next = { session: session(n.session, 'link.next.session'), ts: storedU64(n.ts, 'link.next.ts'), handshakeId: hex(n.handshake_id, 'link.next.handshake_id', 8), accept };
     }
     link.lastInitMs = storedU64(s.last_init_ms, 'link.last_init_ms');
     link.lastInitSentMs = storedU64(s.last_init_sent_ms, 'link.last_init_sent_ms');
+    // Rows stored before the schedule existed: a clock for no session, started (for the current
+    // one) by the next upkeep, as serde's default does in Rust.
+    link.clock = new Clock();
+    if (s.clock !== undefined) {
+      const c = storedObject(s.clock, 'link.clock');
+      link.clock = new Clock(hex(c.session_id, 'link.clock.session_id', 8), storedU64(c.since_ms, 'link.clock.since_ms'), storedU64(c.rekeyed_ms, 'link.clock.rekeyed_ms'), storedU64(c.records, 'link.clock.records'));
+    }
     return link;
   }
+}
+
+/** Unix milliseconds as a u64: a `number` (`Date.now()`, which a page's clock may give with a fraction) is floored. */
+function millis(v: bigint | number): bigint {
+  if (typeof v === 'bigint') return v;
+  if (!Number.isFinite(v) || v < 0) throw new RangeError(`not a time in milliseconds: ${v}`);
+  return BigInt(Math.floor(v));
 }
 
 function wrapError(err: unknown): unknown {

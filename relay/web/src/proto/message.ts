@@ -23,7 +23,7 @@ const KINDS: Record<string, readonly Field[]> = {
   task_list: [['tasks', 'tasks']],
   detached: [['idle_secs', 'u64']],
   history_unavailable: [['task_id', 'string'], ['requested_from', 'u64'], ['earliest', 'u64']],
-  device_info: [['name', 'string'], ['platform', 'string'], ['app_version', 'string']],
+  device_info: [['name', 'string'], ['platform', 'string'], ['app_version', 'string'], ['ephemeral', 'bool', 'optTrue']],
   refused: [['task_id', 'string', 'opt'], ['code', 'string'], ['message', 'string']],
 };
 
@@ -84,6 +84,12 @@ export interface DeviceInfo {
   name: string;
   platform: string;
   app_version: string;
+  /**
+   * The device keeps its keys only for as long as it runs (a web page on an origin that is not a
+   * secure context, §15.4): the desktop forgets it once it has been gone for a while. Written only
+   * when true; read as false when absent.
+   */
+  ephemeral?: boolean;
 }
 
 // Unicode Cc: U+0000-001F and U+007F-009F (Rust char::is_control).
@@ -98,7 +104,7 @@ export function validateDeviceInfo(d: DeviceInfo): void {
   }
 }
 
-/** The pairing payload form {"v":1,"name":…,"platform":…,"app_version":…}; does not validate. */
+/** The pairing payload form {"v":1,"name":…,"platform":…,"app_version":…[,"ephemeral":true]}; does not validate. */
 export function deviceInfoToJson(d: DeviceInfo): Uint8Array {
   return utf8(`{"v":1,${writeFields(d as unknown as Record<string, unknown>, KINDS.device_info!)}}`);
 }

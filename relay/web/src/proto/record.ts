@@ -104,6 +104,10 @@ export class Session {
   nextCounter(): bigint {
     return this.txNext;
   }
+  /** The sending key's epoch: `nextCounter / REKEY_INTERVAL` once a record was sealed in it (every rekey advances it). */
+  sendEpoch(): bigint {
+    return this.txEpoch;
+  }
   needsRenewal(margin: bigint): boolean {
     return this.txNext + margin >= MAX_COUNTER;
   }

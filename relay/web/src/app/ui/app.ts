@@ -24,6 +24,18 @@ export interface Route {
 
 export type ScreenFactory = (app: App, route: Route) => Screen;
 
+/** The query parameters the app itself reads; every other one is dropped from the address bar at startup. */
+const APP_PARAMS = ['relay', 'pair', 'desktop', 'task'];
+
+/** `search` (`?a=…`) with only the app's own parameters, in their order (`''` when none is left). */
+export function appQuery(search: string): string {
+  const q = new URLSearchParams(search);
+  const kept = new URLSearchParams();
+  for (const [k, v] of q) if (APP_PARAMS.includes(k)) kept.append(k, v);
+  const s = kept.toString();
+  return s ? `?${s}` : '';
+}
+
 export function routeFromUrl(): Route {
   const q = new URLSearchParams(location.search);
   const desktop = q.get('desktop') ?? undefined;
@@ -69,7 +81,7 @@ export class App {
     this.header = h('header', {}, this.backButton, this.titleEl);
     this.main = h('main', {});
     // The header and banners stay in view on a long thread.
-    root.replaceChildren(h('div', { class: 'top' }, this.header, this.banner, this.notice), this.main);
+    root.replaceChildren(h('div', { class: 'top' }, this.header, this.banner, this.notice), ephemeralNote(engine), this.main);
     engine.subscribe((c) => {
       if (c.connection) this.renderBanner();
       if (!c.desktopId || c.desktopId === this.route.desktop) this.renderNotice();
@@ -162,4 +174,20 @@ function describe(s: ConnState | undefined, app: App): { state: string; text: st
       return { state: 'offline', text: `Disconnected: ${s.reason}` };
     }
   }
+}
+
+/**
+ * On an origin that is not a secure context the keys live in this page's
+ * memory only (store.ts): say what that means, on every screen.
+ */
+function ephemeralNote(engine: Engine): HTMLElement | string {
+  if (!engine.ephemeral) return '';
+  return h(
+    'p',
+    { class: 'ephemeral', testid: 'ephemeral', role: 'note' },
+    h('strong', {}, 'Paired for as long as this page is open. '),
+    'This page came over plain http on your network, so Tandem keeps its keys in this page’s memory only, where no other page can read them. ',
+    'After a reload or closing the page, pair again: show a new code on the computer and scan it. ',
+    'For a lasting pairing use the app or a relay with HTTPS.',
+  );
 }
