@@ -950,7 +950,13 @@ async fn up(
     // What the relay just created with the umask's modes: made 0600 now.
     datadir::prepare(dir)?;
     opts.link_base = format!("http://{host}:{port}/p");
-    let url = format!("ws://127.0.0.1:{port}/v1/connect");
+    // The agent dials its own relay on loopback when it listens everywhere,
+    // else on the one address it listens on.
+    let url = if listen.ip().is_unspecified() {
+        format!("ws://127.0.0.1:{port}/v1/connect")
+    } else {
+        format!("ws://{host}:{port}/v1/connect")
+    };
     println!("Relay running on {bound} (phones on this network reach it at http://{host}:{port}).");
     let mut agent_config = AgentConfig::load(dir)?;
     agent_config.relay_url = Some(url.clone());

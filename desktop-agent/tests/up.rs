@@ -103,7 +103,8 @@ async fn every_code_opens_a_fresh_address_that_the_relay_serves_and_the_phone_en
     let (status, page) = http_get(&addr, &format!("/p{}", parsed.query)).await;
     assert!(status.contains(" 200 "), "{status}");
     let (_, bare) = http_get(&addr, "/p").await;
-    assert_eq!(page, bare);
+    // The same page (each response names its bundle under a fresh `?v=`).
+    assert_eq!(without_bundle_versions(&page), without_bundle_versions(&bare));
     assert!(page.contains("<html"), "{page}");
 
     // Enter shows another code: same page, another address.
@@ -123,4 +124,35 @@ async fn every_code_opens_a_fresh_address_that_the_relay_serves_and_the_phone_en
     assert!(phone.tasks(&desktop).await.is_ok());
     phone.close().await;
     bo.close().await;
+}
+
+/// `tandem up --listen ADDR:PORT` on one address (not every address): its
+/// agent dials its relay there, not on 127.0.0.1 where nothing listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tandem_up_on_one_address_connects_its_agent_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::up_at(dir.path(), &dir.path().join("no-config.toml"), "127.0.0.2:0");
+    let mut phone = Phone::pair(&agent, dir.path()).await;
+    assert!(phone.relay_addr.starts_with("127.0.0.2:"), "{}", phone.relay_addr);
+    phone
+        .send(&Message::TaskSubmit {
+            task_id: "t-1".into(),
+            text: "anything".into(),
+            workspace: None,
+            executor: None,
+        })
+        .await;
+    assert!(matches!(phone.message().await, Message::Refused { .. }));
+}
+
+/// `page` with the random `?v=<hex>` of each bundle address taken out.
+fn without_bundle_versions(page: &str) -> String {
+    let mut out = String::new();
+    let mut rest = page;
+    while let Some(at) = rest.find("?v=") {
+        out.push_str(&rest[..at]);
+        rest = rest[at + 3..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
+    }
+    out.push_str(rest);
+    out
 }
