@@ -61,7 +61,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
 
-mod pinning;
+pub mod pinning;
 
 pub use pinning::{SETTING_SOURCES_FLAG, STRICT_MCP_CONFIG_FLAG, SettingSource};
 

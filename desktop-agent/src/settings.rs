@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::executor::ExecutorConfig;
+use crate::executor::{ExecutorConfig, ExecutorKind};
 
 /// Why the configuration could not be read.
 #[derive(Debug, Error)]
@@ -74,6 +74,21 @@ pub enum SettingsError {
         name: &'static str,
         /// Its value.
         value: String,
+    },
+    /// A `claude` executor's `args` would let Claude Code decide without the
+    /// phone (see [`crate::claude::pinning::UNPINNING_OPTIONS`]).
+    #[error(
+        "{path}: executor {name:?}: `{arg}` in args would let Claude Code run steps without \
+         the phone's approval; Tandem sets these itself (use setting_sources to opt in to \
+         settings files)"
+    )]
+    Unpinning {
+        /// The file.
+        path: PathBuf,
+        /// The executor.
+        name: String,
+        /// The argument refused.
+        arg: String,
     },
     /// A value is out of range.
     #[error("{path}: {field} must be at least 1")]
@@ -211,6 +226,15 @@ impl Settings {
                     name: e.name.clone(),
                 });
             }
+            if let ExecutorKind::Claude { args, .. } = &e.kind
+                && let Some(arg) = crate::claude::pinning::unpinning_arg(args)
+            {
+                return Err(SettingsError::Unpinning {
+                    path: path.to_owned(),
+                    name: e.name.clone(),
+                    arg: arg.to_owned(),
+                });
+            }
         }
         Ok(s)
     }
@@ -265,5 +289,31 @@ mod tests {
         assert!(matches!(Settings::load_file(&path), Err(SettingsError::Parse { .. })));
         std::fs::write(&path, "[agent]\nmax_concurrent_tasks = 0\n").unwrap();
         assert!(matches!(Settings::load(&path), Err(SettingsError::Range { .. })));
+    }
+
+    #[test]
+    fn claude_args_that_would_bypass_the_phone_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let write = |args: &str| {
+            std::fs::write(
+                &path,
+                format!("[[executor]]\nname = \"claude\"\ntype = \"claude\"\nargs = {args}\n"),
+            )
+            .unwrap();
+        };
+        write(r#"["--model", "sonnet"]"#);
+        assert!(Settings::load_file(&path).is_ok());
+        for bad in [
+            r#"["--dangerously-skip-permissions"]"#,
+            r#"["--permission-mode", "bypassPermissions"]"#,
+            r#"["--settings={\"permissions\":{}}"]"#,
+            r#"["--mcp-config", "other.json"]"#,
+        ] {
+            write(bad);
+            let e = Settings::load_file(&path).unwrap_err();
+            assert!(matches!(e, SettingsError::Unpinning { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains("without the phone's approval"), "{e}");
+        }
     }
 }

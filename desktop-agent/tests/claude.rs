@@ -338,3 +338,28 @@ async fn a_claude_task_from_the_phone() {
     phone.client.close().await;
     drop(agent);
 }
+
+/// A `claude` executor whose `args` would let Claude Code decide without
+/// the phone is refused when the agent starts, with the reason.
+#[test]
+fn an_executor_that_would_bypass_the_phone_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[executor]]\nname = \"claude\"\ntype = \"claude\"\nargs = [\"--permission-mode\", \"bypassPermissions\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .args(["run"])
+        .env("TANDEM_KEYSTORE", "file")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--permission-mode") && err.contains("without the phone's approval"), "{err}");
+}

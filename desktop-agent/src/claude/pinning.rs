@@ -56,6 +56,39 @@ impl SettingSource {
     }
 }
 
+/// Claude Code options that would undo the pinning from an executor's
+/// `args`: allow steps without asking (`--dangerously-skip-permissions`,
+/// `--permission-mode`, `--allowedTools`, another permission prompt tool),
+/// load settings, hooks or MCP servers (`--settings`, `--setting-sources`,
+/// `--mcp-config`, plugins), or define subagents with their own permission
+/// mode. Checked against Claude Code 2.1.332's `--help`.
+pub const UNPINNING_OPTIONS: &[&str] = &[
+    "--dangerously-skip-permissions",
+    "--allow-dangerously-skip-permissions",
+    "--permission-mode",
+    "--permission-prompts",
+    "--permission-prompt-tool",
+    "--allowedTools",
+    "--allowed-tools",
+    "--settings",
+    "--setting-sources",
+    "--mcp-config",
+    "--strict-mcp-config",
+    "--agents",
+    "--plugin-dir",
+    "--plugin-url",
+];
+
+/// The first of `args` that would undo the pinning ([`UNPINNING_OPTIONS`],
+/// also as `--option=value`), if any.
+#[must_use]
+pub fn unpinning_arg(args: &[String]) -> Option<&str> {
+    args.iter().map(String::as_str).find(|a| {
+        let name = a.split_once('=').map_or(*a, |(n, _)| n);
+        UNPINNING_OPTIONS.contains(&name)
+    })
+}
+
 /// The arguments that pin a run: `--strict-mcp-config --setting-sources
 /// <sources>`, the sources comma-separated, each once, in a fixed order
 /// (an empty string when there are none).
@@ -70,6 +103,27 @@ pub(crate) fn pinning_args(sources: &[SettingSource]) -> [String; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arguments_that_would_undo_the_pinning_are_found() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(unpinning_arg(&args(&["--model", "sonnet", "--verbose"])), None);
+        assert_eq!(
+            unpinning_arg(&args(&["--model", "x", "--dangerously-skip-permissions"])),
+            Some("--dangerously-skip-permissions")
+        );
+        assert_eq!(
+            unpinning_arg(&args(&["--permission-mode=bypassPermissions"])),
+            Some("--permission-mode=bypassPermissions")
+        );
+        assert_eq!(unpinning_arg(&args(&["--settings", "{}"])), Some("--settings"));
+        assert_eq!(unpinning_arg(&args(&["--allowedTools", "Bash"])), Some("--allowedTools"));
+        // A value that merely looks like one is still an option: refused.
+        assert_eq!(
+            unpinning_arg(&args(&["--append-system-prompt", "--settings"])),
+            Some("--settings")
+        );
+    }
 
     #[test]
     fn no_source_by_default_and_each_once_in_order() {
