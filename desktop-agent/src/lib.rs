@@ -7,6 +7,7 @@ pub mod agent_config;
 pub mod audit;
 pub mod awake;
 pub mod claude;
+pub mod crashpoint;
 pub mod daemon;
 pub mod executor;
 pub mod history;

@@ -567,11 +567,12 @@ fn record(dir: &std::path::Path, event: AuditEvent) {
     }
 }
 
-/// What the daemon needs from the configuration: the task manager and the
-/// idle time after which phones are detached.
+/// What the daemon needs from the configuration: the task manager, the
+/// idle time after which phones are detached, and the session schedule.
 struct TaskSetup {
     tasks: (TaskManager, tokio::sync::mpsc::Receiver<TaskUpdate>),
     idle_detach: Duration,
+    schedule: tandem_proto::upkeep::Schedule,
 }
 
 /// The daemon over a connected client, answering the control socket.
@@ -589,6 +590,7 @@ fn daemon<'a>(
         .with_audit(AuditLog::open(dir)?)
         .with_control(calls, dir.to_owned())
         .with_idle_detach(setup.idle_detach)
+        .with_schedule(setup.schedule)
         .with_relay_url(url)
         .with_status_field("key_store", KeyStore::new(dir).backend().into())
         .with_busy_hook(move |busy| {
@@ -617,7 +619,7 @@ async fn stop_signal() {
 async fn status(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     match ipc::call(dir, &ipc::Request::Status).await {
         Ok(v) if json => println!("{v}"),
-        Ok(v) => print!("{}", report::status_text(&v)),
+        Ok(v) => print!("{}", report::status_text(&v, now_unix().saturating_mul(1000))),
         Err(ipc::IpcError::NotRunning) => {
             if json {
                 println!("{}", serde_json::json!({"ok": false, "running": false}));
@@ -747,6 +749,7 @@ fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<TaskSetup> {
     Ok(TaskSetup {
         tasks: TaskManager::new(settings.executors, history, options)?,
         idle_detach: Duration::from_secs(a.idle_detach_secs),
+        schedule: a.schedule(),
     })
 }
 

@@ -46,6 +46,7 @@ impl Daemon<'_> {
     }
 
     fn status(&self) -> Value {
+        let now_ms = super::renewal::now_ms();
         let devices: Vec<Value> = self
             .peers
             .list()
@@ -60,6 +61,7 @@ impl Daemon<'_> {
                     "online": self.online.contains(&id),
                     "attached": !self.detached.contains(&id),
                     "last_seen_unix": p.last_seen_unix(),
+                    "session": super::renewal::session_status(p, now_ms),
                 })
             })
             .collect();
