@@ -7,6 +7,9 @@
 //! connection through one sender task, so the connection loop never waits
 //! on the network; what cannot be sent now stays in the link's persisted
 //! outbox and goes out again on the next `Connected`.
+//!
+//! Sessions renew and rekey on the schedule of `docs/PROTOCOL.md` §10.6
+//! ([`PhoneConfig::schedule`]): see [`renewal`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -21,6 +24,7 @@ use tandem_proto::message::{Decoded, DeviceInfo, Message, TaskEvent, TaskSummary
 use tandem_proto::pairing::{PhoneAwaitingResult, PhonePairing};
 use tandem_proto::qr::PairingLink;
 use tandem_proto::record::RecordError;
+use tandem_proto::upkeep::Schedule;
 use tandem_proto::{DeviceId, DeviceKey, Role};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -30,6 +34,10 @@ use crate::error::PhoneError;
 use crate::offsets::{Offsets, Verdict};
 use crate::secrets::{FileSecretStore, SecretStore};
 use crate::store::{self, DesktopRecord};
+
+mod renewal;
+
+pub use renewal::StepHook;
 
 /// The name of the device key in the secret store.
 pub const DEVICE_KEY_SECRET: &str = "device-key";
@@ -62,6 +70,14 @@ pub struct PhoneConfig {
     pub secret_store: Option<Arc<dyn SecretStore>>,
     /// Extra trusted root certificates (PEM) for relays with private CAs.
     pub extra_roots_pem: Vec<String>,
+    /// When each desktop's session is renewed and its sending key ratcheted
+    /// (`docs/PROTOCOL.md` §10.6; default: hourly). No field may be 0.
+    pub schedule: Schedule,
+    /// Called with the name of each step of a session renewal as this phone
+    /// passes it (the names of the agent's crash points,
+    /// `renew.init_saved` …). For crash tests, which abort the process
+    /// there; `None` in apps.
+    pub step_hook: Option<StepHook>,
 }
 
 impl PhoneConfig {
@@ -75,6 +91,8 @@ impl PhoneConfig {
             app_version: env!("CARGO_PKG_VERSION").into(),
             secret_store: None,
             extra_roots_pem: Vec::new(),
+            schedule: Schedule::default(),
+            step_hook: None,
         }
     }
 }
@@ -186,11 +204,24 @@ struct Desktop {
     offsets: Offsets,
     online: bool,
     active: BTreeSet<String>,
+    /// Its outbox could not be sealed (the session's counters are used up):
+    /// resend it as soon as a renewal completes.
+    reseal: bool,
 }
+
+impl Desktop {
+    fn new(id: DeviceId, record: DesktopRecord, offsets: Offsets, online: bool) -> Self {
+        Desktop { id, record, offsets, online, active: BTreeSet::new(), reseal: false }
+    }
+}
+
+/// A record for a connection's sender task: to whom, and the renewal step
+/// it completes once the relay stored it.
+type Posted = (DeviceId, Vec<u8>, Option<&'static str>);
 
 struct Relay {
     client: Client,
-    outbound: mpsc::Sender<(DeviceId, Vec<u8>)>,
+    outbound: mpsc::Sender<Posted>,
     state: ConnectionState,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -220,6 +251,8 @@ struct Inner {
     state: Mutex<State>,
     entropy: Mutex<Entropy>,
     events: broadcast::Sender<PhoneEvent>,
+    schedule: Schedule,
+    step_hook: Option<StepHook>,
 }
 
 /// The phone side of Tandem. Cheap to clone; needs a tokio runtime.
@@ -275,8 +308,10 @@ impl Phone {
     /// on first use) and connect to the relays of its paired desktops.
     ///
     /// # Errors
-    /// [`PhoneError::Storage`] when the state or the key cannot be read.
+    /// [`PhoneError::Storage`] when the state or the key cannot be read;
+    /// [`PhoneError::InvalidConfig`] for a schedule with a 0 in it.
     pub async fn open(config: PhoneConfig) -> Result<Phone, PhoneError> {
+        renewal::check_schedule(&config.schedule)?;
         store::create_private_dir(&config.data_dir).map_err(storage)?;
         let secrets: Arc<dyn SecretStore> = match &config.secret_store {
             Some(s) => Arc::clone(s),
@@ -300,6 +335,8 @@ impl Phone {
             state: Mutex::new(State::default()),
             entropy: Mutex::new(entropy),
             events,
+            schedule: config.schedule,
+            step_hook: config.step_hook.clone(),
         });
         let phone = Phone { inner };
         {
@@ -310,10 +347,8 @@ impl Phone {
                     continue;
                 };
                 let offsets = Offsets::from_stored(record.offsets.clone());
-                st.desktops.insert(
-                    record.desktop_id.clone(),
-                    Desktop { id, record, offsets, online: false, active: BTreeSet::new() },
-                );
+                st.desktops
+                    .insert(record.desktop_id.clone(), Desktop::new(id, record, offsets, false));
             }
             let urls: BTreeSet<String> =
                 st.desktops.values().map(|d| d.record.relay_url.clone()).collect();
@@ -354,25 +389,32 @@ impl Phone {
         let mut cc = ClientConfig::new(url.to_owned(), self.inner.key.clone(), Role::Phone);
         cc.extra_roots_pem = self.inner.roots.clone();
         let (client, events) = Client::start(cc);
-        let (outbound, mut queue) = mpsc::channel::<(DeviceId, Vec<u8>)>(SEND_QUEUE);
+        let (outbound, mut queue) = mpsc::channel::<Posted>(SEND_QUEUE);
         let sending = client.clone();
+        let me = self.clone();
         let sender = tokio::spawn(async move {
-            while let Some((to, record)) = queue.recv().await {
-                if let Err(e) = sending.send(to, record).await {
-                    debug!(peer = %to, error = %e, "send refused; resent on reconnect");
+            while let Some((to, record, stored)) = queue.recv().await {
+                match sending.send(to, record).await {
+                    Ok(()) => {
+                        if let Some(step) = stored {
+                            me.step(step);
+                        }
+                    }
+                    Err(e) => debug!(peer = %to, error = %e, "send refused; resent on reconnect"),
                 }
             }
         });
         let me = self.clone();
         let u = url.to_owned();
         let reader = tokio::spawn(async move { me.run_relay(u, events).await });
+        let upkeep = self.spawn_upkeep(url);
         st.relays.insert(
             url.to_owned(),
             Relay {
                 client: client.clone(),
                 outbound,
                 state: ConnectionState::Connecting,
-                tasks: vec![sender, reader],
+                tasks: vec![sender, reader, upkeep],
             },
         );
         client
@@ -415,6 +457,8 @@ impl Phone {
                         self.emit(PhoneEvent::Presence { desktop_id: id.clone(), online });
                         if online {
                             self.resend(&id);
+                            // Both online: a renewal that is due starts now.
+                            self.upkeep(&id);
                         }
                     }
                 }
@@ -484,7 +528,12 @@ impl Phone {
         let records = match d.record.link.resend(0) {
             Ok(r) => r,
             Err(e) => {
-                warn!(desktop = %desktop_id, error = %e, "cannot reseal the outbox");
+                // Counters used up: the schedule renews the session, and the
+                // outbox follows the renewal.
+                info!(desktop = %desktop_id, error = %e, "cannot reseal the outbox until the session is renewed");
+                d.reseal = true;
+                drop(st);
+                self.upkeep(desktop_id);
                 return;
             }
         };
@@ -498,14 +547,16 @@ impl Phone {
         let (id, url) = (d.id, d.record.relay_url.clone());
         if let Some(r) = st.relays.get(&url) {
             for rec in records {
-                let _ = r.outbound.try_send((id, rec));
+                let _ = r.outbound.try_send((id, rec, None));
             }
         }
     }
 
     fn save_locked(&self, d: &mut Desktop) -> Result<(), PhoneError> {
         d.record.offsets = d.offsets.stored().clone();
-        store::save(&self.inner.data_dir, &d.record).map_err(storage)
+        store::save(&self.inner.data_dir, &d.record).map_err(storage)?;
+        d.record.link.mark_persisted();
+        Ok(())
     }
 
     /// A record from a desktop: open, save, act. `false` if it could not be
@@ -516,6 +567,8 @@ impl Phone {
         let mut out: Vec<Vec<u8>> = Vec::new();
         let mut emitted = Vec::new();
         let mut requests = Vec::new();
+        let kind = renewal::Kind::of(payload);
+        let mut reseal = false;
         {
             let mut st = self.lock();
             let st = &mut *st;
@@ -542,6 +595,14 @@ impl Phone {
                     return true;
                 }
             };
+            let step = renewal::Points::of(kind, &events);
+            if events.iter().any(|e| matches!(e, LinkEvent::SessionRenewed)) {
+                info!(desktop = %id, "session renewed");
+                reseal = std::mem::take(&mut d.reseal);
+            }
+            if let Some(p) = step {
+                self.step(p.received);
+            }
             let mut direct_reply = false;
             let mut ack_due = false;
             for ev in events {
@@ -560,6 +621,7 @@ impl Phone {
                         warn!(desktop = %id, a, b, "messages from the desktop were lost");
                     }
                     LinkEvent::AckDue => ack_due = true,
+                    // Noted above.
                     LinkEvent::SessionRenewed => {}
                 }
             }
@@ -571,7 +633,10 @@ impl Phone {
                         out.push(r);
                         direct_reply = true;
                     }
-                    Err(e) => warn!(error = %e, "history request not sealed"),
+                    Err(e) => {
+                        warn!(error = %e, "history request not sealed");
+                        d.reseal |= matches!(e, RecordError::Exhausted);
+                    }
                 }
             }
             // Data arrived: acknowledge (never in answer to an ack alone, or
@@ -591,14 +656,25 @@ impl Phone {
                 }
                 return false;
             }
+            if let Some(p) = step {
+                self.step(p.saved);
+            }
             if let Some(r) = st.relays.get(url) {
-                for rec in out {
-                    let _ = r.outbound.try_send((from, rec));
+                // The renewal's answer (the accept, or the confirming ack) is
+                // the last envelope: its step passes once the relay stored it.
+                let last = out.len().saturating_sub(1);
+                for (i, rec) in out.into_iter().enumerate() {
+                    let stored = step.and_then(|p| p.sent).filter(|_| i == last);
+                    let _ = r.outbound.try_send((from, rec, stored));
                 }
             }
         }
         for e in emitted {
             self.emit(e);
+        }
+        if reseal {
+            // A renewal ended an exhausted session: the outbox goes out now.
+            self.resend(&id);
         }
         true
     }
@@ -717,8 +793,16 @@ impl Phone {
                 .desktops
                 .get_mut(desktop_id)
                 .ok_or_else(|| PhoneError::UnknownDesktop(desktop_id.into()))?;
-            let (_, record) =
-                d.record.link.send(bytes).map_err(|e| PhoneError::Protocol(e.to_string()))?;
+            let record = match d.record.link.send(bytes) {
+                Ok((_, record)) => Some(record),
+                // Queued, not sealed: the session's counters are used up. It
+                // goes out after the renewal the schedule starts.
+                Err(RecordError::Exhausted) => {
+                    d.reseal = true;
+                    None
+                }
+                Err(e) => return Err(PhoneError::Protocol(e.to_string())),
+            };
             self.save_locked(d)?;
             let client = st
                 .relays
@@ -726,6 +810,10 @@ impl Phone {
                 .map(|r| r.client.clone())
                 .ok_or(PhoneError::Closed)?;
             (d.id, client, record)
+        };
+        let Some(record) = record else {
+            self.upkeep(desktop_id);
+            return Ok(());
         };
         match tokio::time::timeout(SEND_WAIT, client.send(id, record)).await {
             Ok(Ok(())) | Err(_) => Ok(()),
@@ -1071,13 +1159,7 @@ async fn finish(
     };
     store::save(&phone.inner.data_dir, &record).map_err(storage)?;
     let mut st = phone.lock();
-    let d = Desktop {
-        id: desktop,
-        record,
-        offsets: Offsets::default(),
-        online: true,
-        active: BTreeSet::new(),
-    };
+    let d = Desktop::new(desktop, record, Offsets::default(), true);
     let s = summary(&st, &d);
     st.desktops.insert(d.record.desktop_id.clone(), d);
     info!(desktop = %desktop, "paired");
