@@ -28,6 +28,10 @@
 //! session is erased opens none of the records captured before it under
 //! older sessions; every task event arrives once, in order, and every task
 //! and history request is answered once.
+//!
+//! And a session whose counters ran out (the agent's peer file edited while
+//! it is stopped) is renewed although the schedule says hourly, and the
+//! events that could not be sealed meanwhile follow the renewal.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -332,6 +336,72 @@ async fn sessions_renew_and_rekey_and_a_stolen_snapshot_opens_only_its_own_sessi
         assert!(o.earlier_refused >= 20, "{side}: too few earlier records checked: {o:?}");
         assert!(o.same_session_opened >= 1, "{side}: the probe never opened anything: {o:?}");
     }
+    phone.close().await;
+    drop(agent);
+}
+
+/// The agent's link to the phone, edited as if its session had sealed all
+/// but `left` of its records: the counters near the end, the sending key's
+/// epoch to match (its key is then no longer the phone's, which is fine:
+/// those records are refused and sent again after the renewal).
+fn exhaust(peer_file: &Path, left: u64) -> [u8; 8] {
+    use tandem_proto::record::{MAX_COUNTER, REKEY_INTERVAL};
+    let mut v: Value = serde_json::from_slice(&std::fs::read(peer_file).unwrap()).unwrap();
+    let current = &mut v["peer"]["link"]["current"];
+    let next = MAX_COUNTER - left;
+    current["tx"]["next_counter"] = next.into();
+    current["tx"]["reserved"] = next.into();
+    current["tx"]["epoch"] = (next / REKEY_INTERVAL).into();
+    let id: Vec<u8> = serde_json::from_value(current["id"].clone()).unwrap();
+    // Rewritten in place: the file keeps its 0600 mode.
+    std::fs::write(peer_file, serde_json::to_vec(&v).unwrap()).unwrap();
+    id.try_into().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_session_is_renewed_and_what_could_not_be_sealed_follows() {
+    // The hourly default schedule: only the exhausted counters make the
+    // session due. The task's events are produced while the phone is
+    // offline, so they wait in the outbox, unsealed.
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let relay = Relay::start(dir.path());
+    let agent_dir = dir.path().join("desk");
+    let (mut pairing, link) =
+        common::pair_process(&agent_dir, &config, &relay.url(), &relay.link_base());
+    let phone_dir = dir.path().join("phone");
+    let phone = Phone::open(PhoneConfig::new(&phone_dir, "Ana's phone")).await.unwrap();
+    let p = phone.start_pairing(&link).await.unwrap();
+    assert_eq!(pairing.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+    let desktop = p.wait().await.unwrap().desktop_id;
+    assert!(pairing.wait_exit(Duration::from_secs(30)).unwrap().success());
+    let peer_file = common::peer_file(&agent_dir, &phone.device_id());
+
+    // A task queued at the relay for the agent, then the phone goes.
+    let task = phone.submit(&desktop, "count 5 10", None).await.unwrap();
+    phone.close().await;
+    drop(phone);
+    let exhausted = exhaust(&peer_file, 2);
+    let agent = common::run_process(&agent_dir, &config, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !common::tandem(&agent_dir, &["tasks"]).contains("succeeded") {
+        assert!(Instant::now() < deadline, "the task never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The phone comes back: the session is renewed, and the events follow.
+    let phone = Phone::open(PhoneConfig::new(&phone_dir, "Ana's phone")).await.unwrap();
+    let mut events = phone.subscribe();
+    let mut seen = Seen::new();
+    until(&mut events, &mut seen, |s| finished(s, &task)).await;
+    let offsets: Vec<u64> = seen[&task].iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..7).collect::<Vec<u64>>(), "every event once, in order");
+    let status = status_json(&agent_dir);
+    assert!(status["devices"][0]["session"]["renewals"].as_u64().unwrap() >= 1, "{status}");
+    let now = StoredLink::from_file(&std::fs::read(&peer_file).unwrap()).unwrap();
+    assert_ne!(now.sessions().current, exhausted, "the agent left the exhausted session");
+    let log = std::fs::read_to_string(agent_dir.join("agent.log")).unwrap();
+    assert!(log.contains("message not sealed"), "the session really ran out:\n{log}");
     phone.close().await;
     drop(agent);
 }
