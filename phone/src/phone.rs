@@ -1162,6 +1162,9 @@ async fn finish(
     let d = Desktop::new(desktop, record, Offsets::default(), true);
     let s = summary(&st, &d);
     st.desktops.insert(d.record.desktop_id.clone(), d);
+    drop(st);
     info!(desktop = %desktop, "paired");
+    // The renewal schedule's clock starts now (saved), not at the next tick.
+    phone.upkeep(&s.desktop_id);
     Ok(s)
 }
