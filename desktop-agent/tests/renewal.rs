@@ -146,13 +146,16 @@ fn status_json(agent_dir: &Path) -> Value {
 }
 
 /// The records `from` had delivered, as the tap recorded them: (index,
-/// session, envelope).
+/// session, envelope). A redelivery after a reconnect (the same bytes
+/// again, possibly after newer records) counts once, where first seen.
 fn records_from(tap: &Tap, from: DeviceId) -> Vec<(usize, [u8; 8], Vec<u8>)> {
+    let mut seen = BTreeSet::new();
     tap.captured()
         .iter()
         .filter_map(|c| {
             let envelope = c.delivered_from(from)?;
-            Some((c.index, record_session(&envelope)?, envelope))
+            let session = record_session(&envelope)?;
+            seen.insert(envelope.clone()).then_some((c.index, session, envelope))
         })
         .collect()
 }
@@ -171,6 +174,18 @@ struct Outcome {
     earlier_refused: usize,
 }
 
+/// The records' sessions as runs: `index:session×count …`, for failures.
+fn runs(records: &[(usize, [u8; 8], Vec<u8>)]) -> String {
+    let mut out: Vec<(usize, [u8; 8], usize)> = Vec::new();
+    for (i, s, _) in records {
+        match out.last_mut() {
+            Some((_, last, n)) if last == s => *n += 1,
+            _ => out.push((*i, *s, 1)),
+        }
+    }
+    out.iter().map(|(i, s, n)| format!("{i}:{}×{n}", &hex(s)[..4])).collect::<Vec<_>>().join(" ")
+}
+
 fn check_snapshots(side: &str, kept: &Kept, records: &[(usize, [u8; 8], Vec<u8>)]) -> Outcome {
     let mut out = Outcome::default();
     for snap in &kept.snapshots {
@@ -187,9 +202,11 @@ fn check_snapshots(side: &str, kept: &Kept, records: &[(usize, [u8; 8], Vec<u8>)
                 assert_eq!(
                     verdict,
                     Verdict::Refused(RecordError::WrongSession),
-                    "{side}: a snapshot holding {held:?} opened record {i} under {} sealed after \
-                     the renewal",
-                    hex(s)
+                    "{side}: a snapshot holding {held:?} (taken at {}) opened record {i} under {} \
+                     sealed after the renewal; sessions of the records: {}",
+                    snap.after,
+                    hex(s),
+                    runs(records)
                 );
                 out.later_refused += 1;
             } else if *s == held.current && verdict == Verdict::Opened {
@@ -293,10 +310,12 @@ async fn sessions_renew_and_rekey_and_a_stolen_snapshot_opens_only_its_own_sessi
         let offsets: Vec<u64> = seen[t].iter().map(|(o, _)| *o).collect();
         assert_eq!(offsets, (0..42).collect::<Vec<u64>>(), "task {t}: each event once, in order");
     }
+    // The desktop's list (its newest tasks): each once, and ours. Each
+    // task's history above was exactly its 42 events: no task ran twice.
     let listed = phone.tasks(&desktop).await.unwrap();
     let ids: BTreeSet<&str> = listed.iter().map(|t| t.task_id.as_str()).collect();
-    assert_eq!(listed.len(), tasks.len(), "each task ran once");
-    for t in &tasks {
+    assert_eq!(ids.len(), listed.len(), "each task listed once");
+    for t in tasks.iter().rev().take(listed.len()) {
         assert!(ids.contains(t.as_str()), "task {t} is in the desktop's list");
     }
 

@@ -3,20 +3,28 @@
 //!
 //! Ordering rule (as on the desktop): a desktop's `Link` and offsets are
 //! saved before anything sealed under it leaves and before the relay
-//! delivery that changed it is acknowledged. Records leave a relay
-//! connection through one sender task, so the connection loop never waits
-//! on the network; what cannot be sent now stays in the link's persisted
-//! outbox and goes out again on the next `Connected`.
+//! delivery that changed it is acknowledged. Every record is handed to the
+//! relay client (which writes requests in the order they were made) while
+//! the state is locked, right after it was sealed and saved, so records
+//! reach the relay in the order they were sealed, whatever path sealed them:
+//! a record sealed under a session must not arrive after the confirmation of
+//! the next one, when the desktop may have erased the old session. One
+//! sender task per connection waits for the relay's answers, so the
+//! connection loop never waits on the network; what cannot be sent now
+//! stays in the link's persisted outbox and goes out again on the next
+//! `Connected`.
 //!
 //! Sessions renew and rekey on the schedule of `docs/PROTOCOL.md` §10.6
 //! ([`PhoneConfig::schedule`]): see [`renewal`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tandem_client::{Client, ClientConfig, Event};
+use tandem_client::{Client, ClientConfig, ClientError, Event};
 use tandem_proto::entropy::Entropy;
 use tandem_proto::envelope::Envelope;
 use tandem_proto::link::{LinkError, LinkEvent};
@@ -215,15 +223,32 @@ impl Desktop {
     }
 }
 
-/// A record for a connection's sender task: to whom, and the renewal step
-/// it completes once the relay stored it.
-type Posted = (DeviceId, Vec<u8>, Option<&'static str>);
+/// The relay's answer to one record already handed to the client.
+type Answer = Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send>>;
+
+/// For a connection's sender task: to whom a record went, the relay's
+/// answer to wait for, and the renewal step it completes once stored.
+type Posted = (DeviceId, Answer, Option<&'static str>);
 
 struct Relay {
     client: Client,
     outbound: mpsc::Sender<Posted>,
     state: ConnectionState,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Hand `record` to the client now (its place in the order is taken
+    /// here, under the caller's lock), and its answer to the sender task;
+    /// `stored` is the renewal step it completes once the relay stored it.
+    /// Never waits; a record that does not fit the queue is withdrawn and
+    /// stays in the outbox.
+    fn post(&self, to: DeviceId, record: Vec<u8>, stored: Option<&'static str>) {
+        let answer: Answer = Box::pin(self.client.send(to, record));
+        if self.outbound.try_send((to, answer, stored)).is_err() {
+            debug!(peer = %to, "send queue full; the record stays in the outbox");
+        }
+    }
 }
 
 struct PendingHistory {
@@ -390,11 +415,10 @@ impl Phone {
         cc.extra_roots_pem = self.inner.roots.clone();
         let (client, events) = Client::start(cc);
         let (outbound, mut queue) = mpsc::channel::<Posted>(SEND_QUEUE);
-        let sending = client.clone();
         let me = self.clone();
         let sender = tokio::spawn(async move {
-            while let Some((to, record, stored)) = queue.recv().await {
-                match sending.send(to, record).await {
+            while let Some((to, answer, stored)) = queue.recv().await {
+                match answer.await {
                     Ok(()) => {
                         if let Some(step) = stored {
                             me.step(step);
@@ -547,7 +571,7 @@ impl Phone {
         let (id, url) = (d.id, d.record.relay_url.clone());
         if let Some(r) = st.relays.get(&url) {
             for rec in records {
-                let _ = r.outbound.try_send((id, rec, None));
+                r.post(id, rec, None);
             }
         }
     }
@@ -665,7 +689,7 @@ impl Phone {
                 let last = out.len().saturating_sub(1);
                 for (i, rec) in out.into_iter().enumerate() {
                     let stored = step.and_then(|p| p.sent).filter(|_| i == last);
-                    let _ = r.outbound.try_send((from, rec, stored));
+                    r.post(from, rec, stored);
                 }
             }
         }
@@ -786,7 +810,7 @@ impl Phone {
     /// the outbox and goes out on reconnect).
     async fn send(&self, desktop_id: &str, m: &Message) -> Result<(), PhoneError> {
         let bytes = m.encode().map_err(|e| PhoneError::Protocol(e.to_string()))?;
-        let (id, client, record) = {
+        let answer = {
             let mut st = self.lock();
             let st = &mut *st;
             let d = st
@@ -809,13 +833,15 @@ impl Phone {
                 .get(&d.record.relay_url)
                 .map(|r| r.client.clone())
                 .ok_or(PhoneError::Closed)?;
-            (d.id, client, record)
+            // Handed to the client under the lock: in the order it was
+            // sealed relative to every other record (see the module docs).
+            record.map(|r| client.send(d.id, r))
         };
-        let Some(record) = record else {
+        let Some(answer) = answer else {
             self.upkeep(desktop_id);
             return Ok(());
         };
-        match tokio::time::timeout(SEND_WAIT, client.send(id, record)).await {
+        match tokio::time::timeout(SEND_WAIT, answer).await {
             Ok(Ok(())) | Err(_) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
         }

@@ -190,7 +190,7 @@ impl Phone {
             debug!(desktop = %desktop_id, "renewing the session");
             self.step("renew.init_saved");
             if let Some(r) = st.relays.get(&url) {
-                let _ = r.outbound.try_send((d.id, init, Some("renew.init_sent")));
+                r.post(d.id, init, Some("renew.init_sent"));
             }
         }
     }
