@@ -111,7 +111,7 @@ fn phone_process() {
         let step_hook = crash_at.map(|at| {
             StepHook(Arc::new(move |step: &str| {
                 if step == at {
-                    eprintln!("phone: crash point {step} reached: aborting");
+                    eprintln!("phone: {PHONE_CRASH_AT}={step}: aborting here");
                     std::process::abort();
                 }
             }))
@@ -473,7 +473,7 @@ async fn agent_crashes(initiator: Initiator, points: [&str; 5]) {
                 panic!("the agent never reached {point}:\n{}", tail(&w.agent_log()))
             });
             assert_aborted(status, "agent", point);
-            assert!(w.agent_log().contains(&format!("crash point {point} reached")));
+            assert!(w.agent_log().contains(&format!("TANDEM_CRASH_AT={point}: aborting here")));
             let agent = w.agent(None);
             let renewals = w.renewals();
             tasks.push(phone.submit("count 5 10"));
@@ -513,7 +513,7 @@ async fn phone_crashes(initiator: Initiator, points: [&str; 5]) {
             let mut crashing = w.phone(Some(point));
             let status = crashing.wait_exit();
             assert_aborted(status, "phone", point);
-            assert!(w.phone_log().contains(&format!("crash point {point} reached")));
+            assert!(w.phone_log().contains(&format!("{PHONE_CRASH_AT}={point}: aborting here")));
             // Everything the crashed process printed, up to its end.
             assert_eq!(crashing.until("\u{0}"), None);
             collect(&crashing);
