@@ -21,6 +21,9 @@
 //! stopped ([`crate::tasks`]); the relay's side of a revocation is kept in
 //! `agent.json` until the relay confirms it, and sent again on every
 //! `Connected`.
+//! Sessions renew and rekey on the schedule of `docs/PROTOCOL.md` §10.6, for
+//! every paired phone, on the one-second tick and when a phone comes online
+//! ([`renewal`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -30,6 +33,7 @@ use serde_json::{Value, json};
 use tandem_client::{Client, Event};
 use tandem_proto::link::LinkEvent;
 use tandem_proto::message::{Decoded, Message, TaskEvent};
+use tandem_proto::upkeep::Schedule;
 use tandem_proto::{DeviceId, DeviceKey};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -39,8 +43,10 @@ mod control;
 mod devices;
 mod expiry;
 mod pairing;
+mod renewal;
 
 use crate::audit::{AuditEvent, AuditLog, text_hash};
+use crate::crashpoint::crash_point;
 use crate::executor::Control;
 use crate::history::HistoryError;
 use crate::ipc::Call;
@@ -80,7 +86,7 @@ pub struct Daemon<'a> {
     updates: mpsc::Receiver<TaskUpdate>,
     entropy: tandem_proto::entropy::Entropy,
     audit: Option<AuditLog>,
-    outbound: mpsc::Sender<(DeviceId, Vec<u8>)>,
+    outbound: mpsc::Sender<Posted>,
     sender: tokio::task::JoinHandle<()>,
     calls: Option<mpsc::Receiver<Call>>,
     followers: Vec<(Option<String>, mpsc::Sender<Value>)>,
@@ -105,7 +111,16 @@ pub struct Daemon<'a> {
     tasks_stopped: usize,
     pair_calls: Option<mpsc::Receiver<PairCall>>,
     expiry: expiry::Expiry,
+    /// The renewal and rekey schedule of every link.
+    schedule: Schedule,
+    /// Phones whose outbox could not be sealed (counters used up): resent
+    /// as soon as a renewal completes.
+    reseal: HashSet<DeviceId>,
 }
+
+/// A record for the sender task: to whom, and the crash point to pass once
+/// the relay stored it (a renewal step).
+type Posted = (DeviceId, Vec<u8>, Option<&'static str>);
 
 impl Drop for Daemon<'_> {
     fn drop(&mut self) {
@@ -128,12 +143,17 @@ impl<'a> Daemon<'a> {
         peers: &'a mut PeerStore,
         (tasks, updates): (TaskManager, mpsc::Receiver<TaskUpdate>),
     ) -> Self {
-        let (outbound, mut queue) = mpsc::channel::<(DeviceId, Vec<u8>)>(SEND_QUEUE);
+        let (outbound, mut queue) = mpsc::channel::<Posted>(SEND_QUEUE);
         let sending = client.clone();
         let sender = tokio::spawn(async move {
-            while let Some((to, record)) = queue.recv().await {
-                if let Err(e) = sending.send(to, record).await {
-                    debug!(peer = %to, error = %e, "send refused; resent on reconnect");
+            while let Some((to, record, stored)) = queue.recv().await {
+                match sending.send(to, record).await {
+                    Ok(()) => {
+                        if let Some(point) = stored {
+                            crash_point(point);
+                        }
+                    }
+                    Err(e) => debug!(peer = %to, error = %e, "send refused; resent on reconnect"),
                 }
             }
         });
@@ -170,6 +190,8 @@ impl<'a> Daemon<'a> {
             tasks_stopped: 0,
             pair_calls: None,
             expiry: expiry::Expiry::default(),
+            schedule: Schedule::default(),
+            reseal: HashSet::new(),
         }
     }
 
@@ -192,6 +214,14 @@ impl<'a> Daemon<'a> {
     ) -> Self {
         self.expiry.ephemeral_ttl = ephemeral_ttl;
         self.expiry.unfinished_pairing = unfinished_pairing;
+        self
+    }
+
+    /// Renew and rekey every phone's session on `schedule` (default: the
+    /// protocol's, hourly).
+    #[must_use]
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
         self
     }
 
@@ -252,7 +282,13 @@ impl<'a> Daemon<'a> {
 
     /// Queue a record for the relay, in order; never waits for the network.
     fn post(&self, to: DeviceId, record: Vec<u8>) {
-        if self.outbound.try_send((to, record)).is_err() {
+        self.post_step(to, record, None);
+    }
+
+    /// As [`Self::post`], passing the crash point `stored` once the relay
+    /// stored the record.
+    fn post_step(&self, to: DeviceId, record: Vec<u8>, stored: Option<&'static str>) {
+        if self.outbound.try_send((to, record, stored)).is_err() {
             debug!(peer = %to, "send queue full; the record stays in the link outbox");
         }
     }
@@ -352,6 +388,7 @@ impl<'a> Daemon<'a> {
                     self.send_all(out).await?;
                     self.detach_idle().await?;
                     self.forget_gone().await?;
+                    self.upkeep_all()?;
                     self.followers.retain(|(_, tx)| !tx.is_closed());
                     // Revocations and scope changes made on disk meanwhile.
                     self.sync_all_from_disk();
@@ -462,6 +499,8 @@ impl<'a> Daemon<'a> {
             Event::Presence { peer, online: true } => {
                 self.online.insert(peer);
                 self.resend(peer).await?;
+                // Both online: a renewal that is due starts now.
+                self.upkeep(peer)?;
             }
             Event::Presence { peer, online: false } => {
                 self.online.remove(&peer);
@@ -490,8 +529,11 @@ impl<'a> Daemon<'a> {
         let records = match peer.link_mut().resend(0) {
             Ok(r) => r,
             Err(e) => {
-                warn!(peer = %id, error = %e, "cannot reseal; a session renewal is needed");
-                return Ok(());
+                // Counters used up: the schedule renews the session (now, if
+                // the phone is online), and the outbox follows the renewal.
+                info!(peer = %id, error = %e, "cannot reseal the outbox until the session is renewed");
+                self.needs_reseal(id);
+                return self.upkeep(id);
             }
         };
         match self.peers.save(&id) {
@@ -515,6 +557,7 @@ impl<'a> Daemon<'a> {
             debug!(peer = %from, "record from an unknown device dropped");
             return Ok(());
         };
+        let kind = renewal::Kind::of(payload);
         let events = match peer.link_mut().receive(self.key, payload, &mut self.entropy) {
             Ok(e) => e,
             Err(e) => {
@@ -524,12 +567,23 @@ impl<'a> Daemon<'a> {
         };
         peer.mark_seen(now_unix());
         let scope = peer.scope();
+        let step = renewal::Points::of(kind, &events);
+        let renewed = events.iter().any(|e| matches!(e, LinkEvent::SessionRenewed));
+        if renewed {
+            self.session_renewed(from);
+        }
+        if let Some(p) = step {
+            crash_point(p.received);
+        }
         // Persist what was received before acting on it: a crash from here on
         // never makes a task run twice (the relay redelivers, the link drops
         // the duplicate); at worst the phone sees no answer and asks again.
         match self.peers.save(&from) {
             Err(PeerError::UnknownPeer(_)) => return Ok(()),
             r => r?,
+        }
+        if let Some(p) = step {
+            crash_point(p.saved);
         }
         let mut envelopes = Vec::new();
         let mut replies = Vec::new();
@@ -547,6 +601,7 @@ impl<'a> Daemon<'a> {
                     warn!(peer = %from, a, b, "messages from the phone were lost before they reached this desktop");
                 }
                 LinkEvent::AckDue => ack_due = true,
+                // Counted above, before the first save.
                 LinkEvent::SessionRenewed => {}
             }
         }
@@ -566,8 +621,16 @@ impl<'a> Daemon<'a> {
             Err(PeerError::UnknownPeer(_)) => return Ok(()),
             r => r?,
         }
-        for e in envelopes {
-            self.post(from, e);
+        // The renewal's answer (the accept, or the confirming ack) is the
+        // last envelope: its crash point passes once the relay stored it.
+        let last = envelopes.len().saturating_sub(1);
+        for (i, e) in envelopes.into_iter().enumerate() {
+            self.post_step(from, e, step.and_then(|p| p.sent).filter(|_| i == last));
+        }
+        // A renewal ended an exhausted session: what could not be sealed
+        // goes out now.
+        if renewed && self.reseal.remove(&from) {
+            self.resend(from).await?;
         }
         self.send_all(replies).await
     }
@@ -622,7 +685,16 @@ impl<'a> Daemon<'a> {
                 let record = match peer.link_mut().send(bytes.clone()) {
                     Ok((_, r)) => r,
                     Err(e) => {
+                        // Queued, not sealed (the session's counters are used
+                        // up): it goes out after the next renewal.
                         warn!(peer = %id, error = %e, "message not sealed; it stays in the outbox");
+                        if matches!(e, tandem_proto::record::RecordError::Exhausted) {
+                            self.needs_reseal(id);
+                            match self.peers.save(&id) {
+                                Err(PeerError::UnknownPeer(_)) => {}
+                                r => r?,
+                            }
+                        }
                         continue;
                     }
                 };

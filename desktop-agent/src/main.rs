@@ -609,13 +609,15 @@ fn record(dir: &std::path::Path, event: AuditEvent) {
 }
 
 /// What the daemon needs from the configuration: the task manager, the
-/// idle time after which phones are detached, and when devices that are
-/// gone are forgotten (ephemeral ones, unfinished pairings).
+/// idle time after which phones are detached, when devices that are gone
+/// are forgotten (ephemeral ones, unfinished pairings), and the session
+/// schedule.
 struct TaskSetup {
     tasks: (TaskManager, tokio::sync::mpsc::Receiver<TaskUpdate>),
     idle_detach: Duration,
     ephemeral_ttl: Duration,
     unfinished_pairing: Duration,
+    schedule: tandem_proto::upkeep::Schedule,
 }
 
 /// The daemon over a connected client, answering the control socket.
@@ -634,6 +636,7 @@ fn daemon<'a>(
         .with_control(calls, dir.to_owned())
         .with_idle_detach(setup.idle_detach)
         .with_device_expiry(setup.ephemeral_ttl, setup.unfinished_pairing)
+        .with_schedule(setup.schedule)
         .with_relay_url(url)
         .with_status_field("key_store", KeyStore::new(dir).backend().into())
         .with_busy_hook(move |busy| {
@@ -662,7 +665,7 @@ async fn stop_signal() {
 async fn status(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     match ipc::call(dir, &ipc::Request::Status).await {
         Ok(v) if json => println!("{v}"),
-        Ok(v) => print!("{}", report::status_text(&v)),
+        Ok(v) => print!("{}", report::status_text(&v, now_unix().saturating_mul(1000))),
         Err(ipc::IpcError::NotRunning) => {
             if json {
                 println!("{}", serde_json::json!({"ok": false, "running": false}));
@@ -798,6 +801,7 @@ fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<TaskSetup> {
         ephemeral_ttl: Duration::from_secs(a.ephemeral_device_ttl_secs),
         unfinished_pairing: Duration::from_secs(a.unfinished_pairing_secs),
         tasks: TaskManager::new(settings.executors, history, options)?,
+        schedule: a.schedule(),
     })
 }
 

@@ -242,6 +242,24 @@ pub struct Peer {
     /// When the relay last reported the device going offline (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_online_unix: Option<u64>,
+    /// Session renewals completed with this device (for `tandem status`).
+    #[serde(default, skip_serializing_if = "Renewals::is_none")]
+    renewals: Renewals,
+}
+
+/// How often, and when last, a device's session was renewed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewals {
+    /// Renewals completed since pairing.
+    pub count: u64,
+    /// When the last one completed (Unix seconds).
+    pub last_unix: Option<u64>,
+}
+
+impl Renewals {
+    fn is_none(&self) -> bool {
+        self.count == 0
+    }
 }
 
 impl Peer {
@@ -258,6 +276,7 @@ impl Peer {
             task_cursors: std::collections::BTreeMap::new(),
             pairing_pending: false,
             last_online_unix: None,
+            renewals: Renewals::default(),
         }
     }
 
@@ -400,6 +419,19 @@ impl Peer {
     /// [`PeerStore::save`] afterwards.
     pub fn link_mut(&mut self) -> &mut Link {
         &mut self.link
+    }
+
+    /// Session renewals completed with this device.
+    #[must_use]
+    pub fn renewals(&self) -> Renewals {
+        self.renewals
+    }
+
+    /// Count a completed session renewal at `now_unix`, in memory only: the
+    /// next [`PeerStore::save`] persists it.
+    pub fn note_renewal(&mut self, now_unix: u64) {
+        self.renewals.count = self.renewals.count.saturating_add(1);
+        self.renewals.last_unix = Some(now_unix);
     }
 
     /// Record that the device was seen at `now_unix`, in memory only: the

@@ -31,12 +31,16 @@ fn short(text: &str) -> String {
 }
 
 fn ago(now_ms: u64, at_ms: u64) -> String {
-    let s = now_ms.saturating_sub(at_ms) / 1000;
+    format!("{} ago", span(now_ms.saturating_sub(at_ms) / 1000))
+}
+
+/// `42s`, `5m`, `3h`, `2d`.
+fn span(s: u64) -> String {
     match s {
-        0..60 => format!("{s}s ago"),
-        60..3600 => format!("{}m ago", s / 60),
-        3600..86_400 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86_400),
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
     }
 }
 
@@ -74,6 +78,33 @@ pub fn device_lines(peers: &[&Peer], now_unix: u64) -> String {
         );
     }
     out
+}
+
+/// The session line of a device in `tandem status`: how old the session
+/// is, how many records it carried, the sending key's epoch and the
+/// renewals so far.
+fn session_line(session: &Value, now_ms: u64) -> Option<String> {
+    let id = field(session, "id").as_str()?;
+    let n = |k: &str| field(session, k).as_u64().unwrap_or(0);
+    let renewals = match (n("renewals"), field(session, "last_renewal_unix").as_u64()) {
+        (0, _) => "never renewed".to_owned(),
+        (count, Some(last)) => {
+            format!("renewed {count} time(s), last {}", ago(now_ms, last.saturating_mul(1000)))
+        }
+        (count, None) => format!("renewed {count} time(s)"),
+    };
+    let pending = if field(session, "renewal_pending").as_bool() == Some(true) {
+        ", renewal in progress"
+    } else {
+        ""
+    };
+    Some(format!(
+        "session {}: {} old, {} record(s), send epoch {}, {renewals}{pending}",
+        short(id),
+        span(n("age_secs")),
+        n("records"),
+        n("send_epoch"),
+    ))
 }
 
 /// One line per task, newest first.
@@ -132,9 +163,10 @@ pub fn event_line(m: &Message) -> Option<String> {
     Some(format!("{} #{offset:<4} {what}", short(task_id)))
 }
 
-/// The running agent's status, from its control socket's JSON.
+/// The running agent's status, from its control socket's JSON, at `now_ms`
+/// (Unix milliseconds).
 #[must_use]
-pub fn status_text(v: &Value) -> String {
+pub fn status_text(v: &Value, now_ms: u64) -> String {
     let mut out = String::new();
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
     let _ = writeln!(out, "Agent running (pid {}), device {}", field(v, "pid"), s("device_id"));
@@ -184,6 +216,9 @@ pub fn status_text(v: &Value) -> String {
                 field(&d, "pairing_pending").as_bool().unwrap_or(false)
             )
         );
+        if let Some(line) = session_line(field(&d, "session"), now_ms) {
+            let _ = writeln!(out, "      {line}");
+        }
     }
     out
 }
@@ -234,7 +269,7 @@ mod tests {
                         {"device_id": "d2", "name": "\u{202e}enohp\u{200b}", "scope": "view",
                           "online": false, "ephemeral": true, "pairing_pending": true}],
         });
-        let text = status_text(&v);
+        let text = status_text(&v, 0);
         assert!(text.contains("pid 42"));
         assert!(text.contains("not connected"));
         assert!(text.contains("1 running, 2 queued"));
@@ -244,5 +279,37 @@ mod tests {
         assert!(text.contains("enohp"), "{text}");
         assert!(!text.contains('\u{202e}') && !text.contains('\u{200b}'));
         assert!(text.contains("offline, this page only, pairing not finished"), "{text}");
+    }
+
+    #[test]
+    fn status_shows_each_devices_session_age_epoch_and_renewals() {
+        let now_ms = 1_800_000_000_000;
+        let device = |session| {
+            json!({"ok": true, "devices": [{"device_id": "d1", "name": "p", "scope": "view",
+                                              "online": true, "session": session}]})
+        };
+        let renewed = device(json!({
+            "id": "0123456789abcdef", "age_secs": 125, "records": 42, "send_epoch": 3,
+            "renewal_pending": false, "renewals": 7, "last_renewal_unix": 1_800_000_000 - 125,
+        }));
+        let text = status_text(&renewed, now_ms);
+        assert!(
+            text.contains(
+                "session 0123456789abcdef: 2m old, 42 record(s), send epoch 3, renewed 7 time(s), \
+                 last 2m ago"
+            ),
+            "{text}"
+        );
+        let fresh = device(json!({
+            "id": "00", "age_secs": 5, "records": 0, "send_epoch": 0,
+            "renewal_pending": true, "renewals": 0, "last_renewal_unix": null,
+        }));
+        let text = status_text(&fresh, now_ms);
+        assert!(
+            text.contains("5s old, 0 record(s), send epoch 0, never renewed, renewal in progress")
+        );
+        // An older agent's answer has no session: no line, no panic.
+        let old = device(Value::Null);
+        assert!(!status_text(&old, now_ms).contains("session"));
     }
 }

@@ -33,17 +33,27 @@
 //! max_tasks_kept = 500          # task histories kept on disk
 //! ephemeral_device_ttl_secs = 43200  # a "this page only" device gone this long is forgotten
 //! unfinished_pairing_secs = 600 # a device whose pairing answer may not have arrived, likewise
+//! session_renew_secs = 3600     # renew each phone's session (new keys) this often
+//! session_renew_records = 50000 # … or after this many records under it
+//! session_rekey_secs = 3600     # ratchet each sending key this often
+//! session_renewal_timeout_secs = 30  # give up on a renewal unanswered this long
 //! ```
 //!
 //! Each `[agent]` value can also be set with an environment variable
 //! (`TANDEM_MAX_CONCURRENT_TASKS`, `TANDEM_APPROVAL_TIMEOUT_SECS`,
 //! `TANDEM_IDLE_DETACH_SECS`, `TANDEM_MAX_TASKS_KEPT`,
-//! `TANDEM_EPHEMERAL_DEVICE_TTL_SECS`, `TANDEM_UNFINISHED_PAIRING_SECS`),
-//! which wins over the file.
+//! `TANDEM_EPHEMERAL_DEVICE_TTL_SECS`, `TANDEM_UNFINISHED_PAIRING_SECS`,
+//! `TANDEM_SESSION_RENEW_SECS`, `TANDEM_SESSION_RENEW_RECORDS`,
+//! `TANDEM_SESSION_REKEY_SECS`, `TANDEM_SESSION_RENEWAL_TIMEOUT_SECS`), which
+//! wins over the file. No value may be 0.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tandem_proto::upkeep::{
+    DEFAULT_REKEY_AFTER_MS, DEFAULT_RENEW_AFTER_MS, DEFAULT_RENEW_AFTER_RECORDS,
+    DEFAULT_RENEWAL_TIMEOUT_MS, Schedule,
+};
 use thiserror::Error;
 
 use crate::executor::{ExecutorConfig, ExecutorKind};
@@ -140,6 +150,16 @@ pub struct AgentSettings {
     /// (the agent stopped between saving it and answering it) and that was
     /// never heard from is revoked.
     pub unfinished_pairing_secs: u64,
+    /// Seconds after which a phone's session is renewed (a new `KKpsk2`
+    /// handshake, while both are online).
+    pub session_renew_secs: u64,
+    /// Records (sent plus received) after which a session is renewed.
+    pub session_renew_records: u64,
+    /// Seconds between two ratchets of a session's sending key.
+    pub session_rekey_secs: u64,
+    /// Seconds a renewal waits for the phone's answer before it is
+    /// abandoned (also the least time between two renewals started here).
+    pub session_renewal_timeout_secs: u64,
 }
 
 impl Default for AgentSettings {
@@ -151,6 +171,10 @@ impl Default for AgentSettings {
             max_tasks_kept: crate::history::DEFAULT_MAX_TASKS,
             ephemeral_device_ttl_secs: 12 * 3600,
             unfinished_pairing_secs: 600,
+            session_renew_secs: DEFAULT_RENEW_AFTER_MS / 1000,
+            session_renew_records: DEFAULT_RENEW_AFTER_RECORDS,
+            session_rekey_secs: DEFAULT_REKEY_AFTER_MS / 1000,
+            session_renewal_timeout_secs: DEFAULT_RENEWAL_TIMEOUT_MS / 1000,
         }
     }
 }
@@ -178,7 +202,42 @@ impl AgentSettings {
         env_number("TANDEM_MAX_TASKS_KEPT", get, &mut self.max_tasks_kept)?;
         env_number("TANDEM_EPHEMERAL_DEVICE_TTL_SECS", get, &mut self.ephemeral_device_ttl_secs)?;
         env_number("TANDEM_UNFINISHED_PAIRING_SECS", get, &mut self.unfinished_pairing_secs)?;
+        env_number("TANDEM_SESSION_RENEW_SECS", get, &mut self.session_renew_secs)?;
+        env_number("TANDEM_SESSION_RENEW_RECORDS", get, &mut self.session_renew_records)?;
+        env_number("TANDEM_SESSION_REKEY_SECS", get, &mut self.session_rekey_secs)?;
+        env_number(
+            "TANDEM_SESSION_RENEWAL_TIMEOUT_SECS",
+            get,
+            &mut self.session_renewal_timeout_secs,
+        )?;
         Ok(())
+    }
+
+    /// The renewal and rekey schedule every paired phone's link runs
+    /// (`docs/PROTOCOL.md` §10.6).
+    #[must_use]
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            renew_after_ms: self.session_renew_secs.saturating_mul(1000),
+            renew_after_records: self.session_renew_records,
+            rekey_after_ms: self.session_rekey_secs.saturating_mul(1000),
+            renewal_timeout_ms: self.session_renewal_timeout_secs.saturating_mul(1000),
+        }
+    }
+
+    /// The first setting that is 0 where 0 means nothing sensible.
+    fn zero_field(&self) -> Option<&'static str> {
+        let counts = [
+            ("max_concurrent_tasks", self.max_concurrent_tasks == 0),
+            ("max_tasks_kept", self.max_tasks_kept == 0),
+            ("ephemeral_device_ttl_secs", self.ephemeral_device_ttl_secs == 0),
+            ("unfinished_pairing_secs", self.unfinished_pairing_secs == 0),
+            ("session_renew_secs", self.session_renew_secs == 0),
+            ("session_renew_records", self.session_renew_records == 0),
+            ("session_rekey_secs", self.session_rekey_secs == 0),
+            ("session_renewal_timeout_secs", self.session_renewal_timeout_secs == 0),
+        ];
+        counts.into_iter().find_map(|(field, zero)| zero.then_some(field))
     }
 }
 
@@ -196,16 +255,8 @@ impl Settings {
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
         let mut s = Self::load_file(path)?;
         s.agent.apply_env(&|name| std::env::var(name).ok())?;
-        let a = &s.agent;
-        for (field, zero) in [
-            ("max_concurrent_tasks", a.max_concurrent_tasks == 0),
-            ("max_tasks_kept", a.max_tasks_kept == 0),
-            ("ephemeral_device_ttl_secs", a.ephemeral_device_ttl_secs == 0),
-            ("unfinished_pairing_secs", a.unfinished_pairing_secs == 0),
-        ] {
-            if zero {
-                return Err(SettingsError::Range { path: path.to_owned(), field });
-            }
+        if let Some(field) = s.agent.zero_field() {
+            return Err(SettingsError::Range { path: path.to_owned(), field });
         }
         Ok(s)
     }
@@ -314,6 +365,62 @@ mod tests {
             let e = Settings::load_file(&path).unwrap_err();
             assert!(matches!(e, SettingsError::Unpinning { .. }), "{bad}: {e}");
             assert!(e.to_string().contains("without the phone's approval"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_session_schedule_comes_from_the_agent_table_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        // The defaults are the protocol's.
+        assert_eq!(AgentSettings::default().schedule(), Schedule::default());
+        std::fs::write(
+            &path,
+            "[agent]\nsession_renew_secs = 600\nsession_renew_records = 1000\n\
+             session_rekey_secs = 60\nsession_renewal_timeout_secs = 5\n",
+        )
+        .unwrap();
+        let mut s = Settings::load_file(&path).unwrap();
+        let want = Schedule {
+            renew_after_ms: 600_000,
+            renew_after_records: 1000,
+            rekey_after_ms: 60_000,
+            renewal_timeout_ms: 5_000,
+        };
+        assert_eq!(s.agent.schedule(), want);
+        s.agent
+            .apply_env(&|n| match n {
+                "TANDEM_SESSION_RENEW_SECS" => Some("3".into()),
+                "TANDEM_SESSION_REKEY_SECS" => Some(" 1 ".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(s.agent.schedule().renew_after_ms, 3_000);
+        assert_eq!(s.agent.schedule().rekey_after_ms, 1_000);
+        assert_eq!(s.agent.schedule().renewal_timeout_ms, 5_000);
+        let bad =
+            s.agent.apply_env(&|n| (n == "TANDEM_SESSION_RENEW_RECORDS").then(|| "-1".into()));
+        assert!(matches!(
+            bad,
+            Err(SettingsError::Env { name: "TANDEM_SESSION_RENEW_RECORDS", .. })
+        ));
+    }
+
+    #[test]
+    fn a_zero_session_setting_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        for field in [
+            "session_renew_secs",
+            "session_renew_records",
+            "session_rekey_secs",
+            "session_renewal_timeout_secs",
+        ] {
+            std::fs::write(&path, format!("[agent]\n{field} = 0\n")).unwrap();
+            match Settings::load(&path) {
+                Err(SettingsError::Range { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field} = 0 was accepted: {other:?}"),
+            }
         }
     }
 }

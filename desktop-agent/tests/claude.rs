@@ -361,5 +361,8 @@ fn an_executor_that_would_bypass_the_phone_is_refused_at_start() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--permission-mode") && err.contains("without the phone's approval"), "{err}");
+    assert!(
+        err.contains("--permission-mode") && err.contains("without the phone's approval"),
+        "{err}"
+    );
 }

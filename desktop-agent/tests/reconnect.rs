@@ -7,11 +7,10 @@
 //!
 //! The agent is the real `tandem` binary, paired with `tandem pair --relay`
 //! and then serving with `tandem run`. The relay is the real relay
-//! (`tandem_relay::run`) in a process of its own: this test binary, run
-//! again with the `relay_process` helper below, so that it can be killed
-//! and stopped like the `tandem-relay` binary (whose path Cargo gives only
-//! to the relay's own tests). Its pings are fast (every second, two seconds
-//! for the pong), so that it drops a silent agent within seconds.
+//! (`tandem_relay::run`) in a process of its own (`common/relay.rs`: this
+//! test binary, run again as `relay_process`), so that it can be killed and
+//! stopped like the `tandem-relay` binary. Its pings are fast (every second,
+//! two seconds for the pong), so that it drops a silent agent within seconds.
 //!
 //! The executor is a `jsonl` script that prints `n=0`, `n=1`, … a few
 //! milliseconds apart, and halfway waits for a gate file, which each test
@@ -22,15 +21,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::relay::Relay;
 use common::{Agent, Phone, Seen};
 use tandem_client::Event;
 use tandem_proto::entropy::Entropy;
@@ -57,127 +56,7 @@ const TASK: &str = "t-stream";
 
 // ---- the relay process ----
 
-const RELAY_LISTEN: &str = "TANDEM_TEST_RELAY_LISTEN";
-const RELAY_DATA: &str = "TANDEM_TEST_RELAY_DATA";
-const RELAY_READY: &str = "test relay listening on ";
-
-/// Not a test: the relay process the tests start (this binary, run again
-/// with [`RELAY_LISTEN`] and [`RELAY_DATA`] set). Without them it does
-/// nothing.
-#[test]
-#[ignore = "not a test: the relay process the reconnect tests start"]
-fn relay_process() {
-    let (Ok(listen), Ok(data)) = (std::env::var(RELAY_LISTEN), std::env::var(RELAY_DATA)) else {
-        return;
-    };
-    // Go when the test that started this process goes (it holds our stdin).
-    std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info,tandem_relay=debug"))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async move {
-        let listener = TcpListener::bind(&listen).await.unwrap();
-        let mut config = tandem_relay::Config::new(PathBuf::from(data));
-        config.ping_interval = Duration::from_secs(1);
-        config.ping_jitter = Duration::from_millis(200);
-        config.pong_timeout = Duration::from_secs(2);
-        config.on_ready = Some(Arc::new(|addr, _| println!("{RELAY_READY}{addr}")));
-        let never = tokio_util::sync::CancellationToken::new();
-        tandem_relay::run(listener, config, never).await.unwrap();
-    });
-}
-
-/// The relay in a process of its own, with its data in `DIR/relay-data`.
-struct Relay {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Relay {
-    fn start(dir: &Path) -> Relay {
-        Self::start_on(dir, "127.0.0.1:0").expect("the relay starts")
-    }
-
-    /// `None` when it could not listen on `listen`.
-    fn start_on(dir: &Path, listen: &str) -> Option<Relay> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("relay.log"))
-            .unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["relay_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-            .env(RELAY_LISTEN, listen)
-            .env(RELAY_DATA, dir.join("relay-data"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        // libtest prints `test relay_process ... ` first, on the same line.
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if let Some((_, addr)) = line.split_once(RELAY_READY) {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Some(Relay { child, addr: addr.parse().unwrap(), dir: dir.to_owned() }),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                None
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/v1/connect", self.addr)
-    }
-
-    /// What the pairing link points the phone at: the relay itself.
-    fn link_base(&self) -> String {
-        format!("http://{}/p", self.addr)
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Start again on the same port and data (after [`Relay::kill9`]).
-    fn restart(&mut self) {
-        let listen = self.addr.to_string();
-        for _ in 0..100 {
-            if let Some(again) = Self::start_on(&self.dir, &listen) {
-                *self = again;
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the relay could not listen on {listen} again:\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
+relay_process_test!();
 
 // ---- a TCP proxy that can be cut ----
 

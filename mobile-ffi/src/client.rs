@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tandem_phone::{Phone, PhoneConfig};
+use tandem_phone::{Phone, PhoneConfig, Schedule};
 
 use crate::error::MobileError;
 use crate::events::{EventListener, SubscriptionHandle};
@@ -38,6 +38,21 @@ pub struct ClientConfig {
     /// or a self-signed certificate. Default: the public web roots only.
     #[uniffi(default = [])]
     pub extra_roots_pem: Vec<String>,
+    /// Renew each desktop's session (a fresh key exchange, while both are
+    /// online) when it is this old, in milliseconds. Default: one hour.
+    #[uniffi(default = None)]
+    pub session_renew_after_ms: Option<u64>,
+    /// … or when it carried this many records. Default: 50 000.
+    #[uniffi(default = None)]
+    pub session_renew_after_records: Option<u64>,
+    /// Ratchet each session's sending key this often, in milliseconds.
+    /// Default: one hour.
+    #[uniffi(default = None)]
+    pub session_rekey_after_ms: Option<u64>,
+    /// Give up on a renewal that got no answer within this, in
+    /// milliseconds. Default: 30 000.
+    #[uniffi(default = None)]
+    pub session_renewal_timeout_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -49,12 +64,25 @@ impl std::fmt::Debug for ClientConfig {
             .field("app_version", &self.app_version)
             .field("secret_store", &self.secret_store.is_some())
             .field("extra_roots_pem", &self.extra_roots_pem.len())
+            .field("schedule", &self.schedule())
             .finish()
     }
 }
 
 impl ClientConfig {
+    /// The renewal schedule: the protocol's defaults where no value is set.
+    fn schedule(&self) -> Schedule {
+        let d = Schedule::default();
+        Schedule {
+            renew_after_ms: self.session_renew_after_ms.unwrap_or(d.renew_after_ms),
+            renew_after_records: self.session_renew_after_records.unwrap_or(d.renew_after_records),
+            rekey_after_ms: self.session_rekey_after_ms.unwrap_or(d.rekey_after_ms),
+            renewal_timeout_ms: self.session_renewal_timeout_ms.unwrap_or(d.renewal_timeout_ms),
+        }
+    }
+
     fn into_phone_config(self) -> PhoneConfig {
+        let schedule = self.schedule();
         PhoneConfig {
             data_dir: PathBuf::from(self.data_dir),
             device_name: self.device_name,
@@ -64,6 +92,8 @@ impl ClientConfig {
                 .secret_store
                 .map(|s| Arc::new(ForeignSecretStore(s)) as Arc<dyn tandem_phone::SecretStore>),
             extra_roots_pem: self.extra_roots_pem,
+            schedule,
+            step_hook: None,
         }
     }
 }
@@ -98,7 +128,8 @@ impl TandemClient {
     /// device key, load the paired desktops and connect to their relays.
     ///
     /// # Errors
-    /// [`MobileError::Storage`] if the directory or the secret store fails.
+    /// [`MobileError::Storage`] if the directory or the secret store fails;
+    /// [`MobileError::InvalidUse`] for a session setting of 0.
     #[uniffi::constructor]
     pub async fn open(config: ClientConfig) -> Result<Arc<Self>, MobileError> {
         let runtime = SdkRuntime::new()?;

@@ -77,6 +77,7 @@ impl From<PhoneError> for MobileError {
             PhoneError::Timeout => Self::Timeout,
             PhoneError::Closed => Self::Closed,
             PhoneError::Protocol(m) => Self::Protocol(m),
+            PhoneError::InvalidConfig(m) => Self::InvalidUse(m),
         }
     }
 }
@@ -107,5 +108,13 @@ mod tests {
             assert_eq!(got, mobile);
             assert_eq!(got.to_string(), text, "the app shows the engine's words");
         }
+    }
+
+    #[test]
+    fn an_unusable_configuration_is_an_invalid_use() {
+        let got = MobileError::from(PhoneError::InvalidConfig(
+            "rekey_after_ms must be at least 1".into(),
+        ));
+        assert_eq!(got, MobileError::InvalidUse("rekey_after_ms must be at least 1".into()));
     }
 }

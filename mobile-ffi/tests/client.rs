@@ -67,7 +67,30 @@ fn config(dir: &std::path::Path, store: Option<Arc<dyn SecretStore>>) -> ClientC
         app_version: None,
         secret_store: store,
         extra_roots_pem: Vec::new(),
+        session_renew_after_ms: None,
+        session_renew_after_records: None,
+        session_rekey_after_ms: None,
+        session_renewal_timeout_ms: None,
     }
+}
+
+#[test]
+fn the_session_schedule_can_be_shortened_but_not_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let zero = ClientConfig { session_rekey_after_ms: Some(0), ..config(dir.path(), None) };
+        let e = TandemClient::open(zero).await.err().unwrap();
+        assert!(matches!(&e, MobileError::InvalidUse(m) if m.contains("rekey_after_ms")), "{e:?}");
+        let short = ClientConfig {
+            session_renew_after_ms: Some(2_000),
+            session_renew_after_records: Some(100),
+            session_rekey_after_ms: Some(1_000),
+            session_renewal_timeout_ms: Some(1_000),
+            ..config(dir.path(), None)
+        };
+        let client = TandemClient::open(short).await.unwrap();
+        client.shutdown().await;
+    });
 }
 
 #[test]

@@ -5,15 +5,16 @@
 #
 #   mobile-ffi/tests/run.sh [CHECK ...]    CHECKs filter test_sdk.py by name
 #
-# Builds tandem-relay, tandem (the agent), the SDK library and uniffi-bindgen
-# (dev profile), generates Swift, Kotlin and Python bindings with
+# Builds tandem-relay, tandem (the agent), the SDK library, uniffi-bindgen and
+# tandem-e2e (a recording tap and a stolen-link probe) (dev profile),
+# generates Swift, Kotlin and Python bindings with
 # mobile-ffi/scripts/bindings.sh into a temporary directory, and runs
 # mobile-ffi/tests/test_sdk.py. Needs python3 and zbarimg (zbar-tools).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-echo "==> mobile SDK: build the relay, the agent, the library and the generator"
-cargo build --locked -q -p tandem-relay -p tandem-agent -p tandem-mobile -p uniffi-bindgen
+echo "==> mobile SDK: build the relay, the agent, the library, the generator and the test tools"
+cargo build --locked -q -p tandem-relay -p tandem-agent -p tandem-mobile -p uniffi-bindgen -p tandem-e2e
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 case "$(uname -s)" in Darwin) ext=dylib ;; *) ext=so ;; esac

@@ -12,7 +12,9 @@ where OUT is what `mobile-ffi/scripts/bindings.sh OUT --lib …` wrote.
 
 The checks run in order against one relay and one desktop (later ones use
 the phones paired earlier); a failed check is reported and the rest still
-run. The last line is `mobile SDK: N passed, M failed`.
+run. The last line is `mobile SDK: N passed, M failed`. The session renewal
+check has a relay, a desktop and a phone of its own, with a recording tap
+and the probe of the `tandem-e2e` tool (Python cannot decrypt).
 """
 
 import argparse
@@ -188,6 +190,13 @@ class World:
 
     def tandem_ok(self, *args):
         out = subprocess.run(self.tandem(*args), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"tandem {args}: {out.stdout}{out.stderr}"
+        return out.stdout
+
+    def tandem_ok_in(self, data_dir, *args):
+        """`tandem ARGS` for another desktop's data directory."""
+        cmd = [os.path.join(self.bin_dir, "tandem"), "--data-dir", data_dir, *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, f"tandem {args}: {out.stdout}{out.stderr}"
         return out.stdout
 
@@ -748,6 +757,127 @@ async def test_forgetting_a_desktop(w):
     await w.phone2.shutdown()
 
 
+def probe(w, link_file, frames, desktop_id):
+    """What a stolen copy of `link_file` opens of the records `desktop_id`
+    had delivered in the recording `frames` (the `tandem-e2e probe` tool:
+    Python cannot decrypt)."""
+    out = subprocess.run(
+        [os.path.join(w.bin_dir, "tandem-e2e"), "probe", "--link", link_file, "--frames", frames, "--from", desktop_id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def snapshot(path, to):
+    """A thief's copy of a stored file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(to, "wb") as f:
+        f.write(data)
+    return to
+
+
+async def test_sessions_renew_and_a_stolen_snapshot_opens_only_its_own_session(w):
+    # A desktop and a phone of their own, on a relay of their own, both
+    # devices dialing it through a recording tap: the relay's traffic as
+    # whoever records it holds it. The schedule is short on both sides: the
+    # agent's through its environment, the phone's through ClientConfig.
+    tool = os.path.join(w.bin_dir, "tandem-e2e")
+    _, relay_addr = w.start_relay("relay-renewal", os.path.join(w.tmp, "relay-renewal"))
+    frames = os.path.join(w.tmp, "renewal-frames.jsonl")
+    tap = w.start("tap", [tool, "tap", "--upstream", relay_addr, "--out", frames], stdin=True)
+    tap_addr = tap.wait_line(r"tap listening on ws://(\S+)/v1/connect").group(1)
+    desk = os.path.join(w.tmp, "desktop-renewal")
+
+    def tandem(*args):
+        return [os.path.join(w.bin_dir, "tandem"), "--data-dir", desk, "--config", w.config, "--name", DESKTOP_NAME, *args]
+
+    pair = w.start(
+        "pair-renewal",
+        tandem("pair", "--relay", f"ws://{tap_addr}/v1/connect", "--link-base", f"http://{tap_addr}/p", "--print-url", "--no-terminal-qr", "--yes"),
+    )
+    link = pair.wait_line(r"pairing link: (\S+)").group(1)
+    phone_dir = os.path.join(w.tmp, "phone-renewal")
+    cfg = tm.ClientConfig(data_dir=phone_dir, device_name="Renewing Phone", platform="python", app_version="test")
+    cfg.session_renew_after_ms = 3000
+    cfg.session_rekey_after_ms = 1000
+    cfg.session_renewal_timeout_ms = 2000
+    phone = await tm.TandemClient.open(cfg)
+    events = Collector(asyncio.get_running_loop(), "renewal")
+    sub = phone.subscribe(make_listener(events))
+    try:
+        handle = await phone.start_pairing(link)
+        assert handle.sas() == pair.wait_line(r"Code: (\d{3} \d{3})").group(1)
+        desktop = (await handle.wait()).desktop_id
+        assert pair.p.wait(timeout=WAIT) == 0
+        agent = w.start(
+            "agent-renewal",
+            tandem("run"),
+            env={
+                "TANDEM_SESSION_RENEW_SECS": "2",
+                "TANDEM_SESSION_REKEY_SECS": "1",
+                "TANDEM_SESSION_RENEWAL_TIMEOUT_SECS": "2",
+                "TANDEM_LOG": os.environ.get("TEST_LOG", "info"),
+            },
+        )
+        agent.wait_line(r"Connected\. 1 paired device")
+        desktop_file = os.path.join(phone_dir, "desktops", f"{desktop}.json")
+        peer_file = os.path.join(desk, "peers", f"{phone.device_id()}.json")
+        snap0 = snapshot(desktop_file, os.path.join(w.tmp, "stolen-before.json"))
+        agent_before = probe(w, peer_file, frames, phone.device_id())["sessions"]["current"]
+
+        # Traffic while the sessions renew.
+        task = await phone.submit(desktop, "count 30 100")
+        check_offsets(await events.task_until_finished(task, timeout=60), "count while renewing")
+
+        # A copy taken once a renewal is done and the old session erased.
+        deadline = time.monotonic() + WAIT
+        before0 = probe(w, snap0, frames, desktop)["sessions"]
+        while True:
+            taken_ms = time.time() * 1000
+            snap1 = snapshot(desktop_file, os.path.join(w.tmp, "stolen-after.json"))
+            now = probe(w, snap1, frames, desktop)["sessions"]
+            if now["current"] != before0["current"] and now["previous"] is None and now["next"] is None:
+                break
+            assert time.monotonic() < deadline, f"the phone's session never renewed: {now}"
+            await asyncio.sleep(0.1)
+        task = await phone.submit(desktop, "count 30 100")
+        check_offsets(await events.task_until_finished(task, timeout=60), "count after the copy")
+
+        # Both files changed session.
+        agent_now = probe(w, peer_file, frames, phone.device_id())
+        assert agent_now["sessions"]["current"] != agent_before, "the agent's peer file never renewed"
+        status = json.loads(w.tandem_ok_in(desk, "status", "--json"))
+        session = status["devices"][0]["session"]
+        assert session["renewals"] >= 2 and "send_epoch" in session, session
+
+        # The copy from before opens records of its own session, and none
+        # sealed under the sessions that came after it.
+        early = probe(w, snap0, frames, desktop)
+        held = {s for s in early["sessions"].values() if s}
+        later = [r for r in early["records"] if r["session"] not in held]
+        assert len(later) >= 10, f"too few records under later sessions: {len(later)}"
+        assert {r["verdict"] for r in later} == {"wrong_session"}, later
+        own = [r for r in early["records"] if r["session"] == early["sessions"]["current"]]
+        assert any(r["verdict"] == "opened" for r in own), "the probe opened nothing of the copy's own session"
+
+        # The copy from after opens nothing captured before it under older
+        # sessions, nor anything under the sessions after it.
+        late = probe(w, snap1, frames, desktop)
+        current = late["sessions"]["current"]
+        earlier = [r for r in late["records"] if r["at_ms"] < taken_ms and r["session"] != current]
+        assert len(earlier) >= 10, f"too few records under earlier sessions: {len(earlier)}"
+        assert {r["verdict"] for r in earlier} == {"wrong_session"}, earlier
+        after = [r for r in late["records"] if r["session"] != current and r["at_ms"] > taken_ms]
+        assert {r["verdict"] for r in after} <= {"wrong_session"}, after
+    finally:
+        sub.cancel()
+        await phone.shutdown()
+
+
 CHECKS = [
     test_swift_and_kotlin_bindings_carry_the_public_api,
     test_a_damaged_code_is_an_invalid_qr_error,
@@ -765,6 +895,7 @@ CHECKS = [
     test_reopening_keeps_the_identity_and_the_desktops,
     test_a_revoked_phone_gets_a_revoked_error,
     test_forgetting_a_desktop,
+    test_sessions_renew_and_a_stolen_snapshot_opens_only_its_own_session,
 ]
 
 

@@ -47,6 +47,10 @@ pub enum PhoneError {
     /// Something the protocol does not allow happened.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The configuration cannot work (for example a renewal schedule with a
+    /// 0 in it).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
 }
 
 impl From<QrError> for PhoneError {

@@ -1,4 +1,16 @@
-//! Reserved for end-to-end suites that span several components. It holds
-//! nothing yet: the process-level suites live next to the binaries they
-//! start (`relay/tests/`, `desktop-agent/tests/`, `mobile-ffi/tests/`),
-//! because Cargo gives tests only their own package's binary paths.
+//! Tools for end-to-end tests that span components (used by the agent's
+//! process-level suites and, through the `tandem-e2e` binary, by the mobile
+//! SDK's Python suite). Never shipped.
+//!
+//! * [`tap`]: a WebSocket proxy between devices and a relay that records
+//!   every frame both ways: what someone who records the network in front
+//!   of the relay (or the relay itself) holds.
+//! * [`probe`]: does a stolen copy of a stored link (a phone's desktop file,
+//!   an agent's peer file) open a captured record?
+//!
+//! The process-level suites themselves live next to the binaries they start
+//! (`relay/tests/`, `desktop-agent/tests/`, `mobile-ffi/tests/`), because
+//! Cargo gives tests only their own package's binary paths.
+
+pub mod probe;
+pub mod tap;

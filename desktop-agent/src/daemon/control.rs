@@ -58,6 +58,7 @@ impl Daemon<'_> {
     }
 
     fn status(&self) -> Value {
+        let now_ms = super::renewal::now_ms();
         let devices: Vec<Value> = self
             .peers
             .list()
@@ -74,6 +75,7 @@ impl Daemon<'_> {
                     "online": self.online.contains(&id),
                     "attached": !self.detached.contains(&id),
                     "last_seen_unix": p.last_seen_unix(),
+                    "session": super::renewal::session_status(p, now_ms),
                 })
             })
             .collect();

@@ -20,6 +20,8 @@ use tandem_proto::qr::PairingLink;
 use tandem_proto::{DeviceId, DeviceKey, Role};
 use tokio::sync::mpsc;
 
+pub mod relay;
+
 pub struct Agent {
     child: Child,
     lines: std_mpsc::Receiver<String>,
@@ -514,4 +516,79 @@ impl Agent {
         });
         Agent { child, lines, stdin }
     }
+}
+
+// ---- session renewal helpers ----
+
+/// `tandem pair --relay RELAY_URL --link-base LINK_BASE --yes` in `dir`
+/// with `config`, as a process, and the pairing link it printed.
+pub fn pair_process(
+    dir: &Path,
+    config: &Path,
+    relay_url: &str,
+    link_base: &str,
+) -> (Agent, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .arg("--config")
+        .arg(config)
+        .args(["--name", "build-box", "pair", "--relay", relay_url, "--link-base", link_base])
+        .args(["--yes", "--print-url", "--no-terminal-qr"])
+        .stderr(std::fs::File::create(dir.with_extension("pair.log")).unwrap());
+    let agent = Agent::spawn(cmd);
+    let link = agent
+        .line_starting("pairing link: ")
+        .trim()
+        .trim_start_matches("pairing link: ")
+        .to_owned();
+    (agent, link)
+}
+
+/// `tandem run` in `dir` with `config` and `env`, its log appended to
+/// `dir/agent.log`; returns once it is connected.
+pub fn run_process(dir: &Path, config: &Path, env: &[(&str, String)]) -> Agent {
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .arg("--config")
+        .arg(config)
+        .args(["--name", "build-box", "run"])
+        .env("TANDEM_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let agent = Agent::spawn(cmd);
+    agent.line_starting("Connected.");
+    agent
+}
+
+impl Agent {
+    /// Wait up to `limit` for the process to exit on its own.
+    pub fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The agent's file for the paired device `device`.
+pub fn peer_file(agent_dir: &Path, device: &str) -> std::path::PathBuf {
+    agent_dir.join("peers").join(format!("{device}.json"))
+}
+
+/// The phone engine's file for the paired desktop `desktop`.
+pub fn desktop_file(phone_dir: &Path, desktop: &str) -> std::path::PathBuf {
+    phone_dir.join("desktops").join(format!("{desktop}.json"))
 }

@@ -1,0 +1,165 @@
+//! What the app asks of a desktop: tasks, follow-ups, cancels, approval
+//! decisions, history pages and task lists, each sealed, saved and handed
+//! to the relay in order.
+
+use super::*;
+
+impl Phone {
+    /// Seal `m` for a desktop, save, and send it. Resolves when the relay
+    /// stored it, or after a while if the relay is unreachable (it stays in
+    /// the outbox and goes out on reconnect).
+    async fn send(&self, desktop_id: &str, m: &Message) -> Result<(), PhoneError> {
+        let bytes = m.encode().map_err(|e| PhoneError::Protocol(e.to_string()))?;
+        let answer = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let d = st
+                .desktops
+                .get_mut(desktop_id)
+                .ok_or_else(|| PhoneError::UnknownDesktop(desktop_id.into()))?;
+            let record = match d.record.link.send(bytes) {
+                Ok((_, record)) => Some(record),
+                // Queued, not sealed: the session's counters are used up. It
+                // goes out after the renewal the schedule starts.
+                Err(RecordError::Exhausted) => {
+                    d.reseal = true;
+                    None
+                }
+                Err(e) => return Err(PhoneError::Protocol(e.to_string())),
+            };
+            self.save_locked(d)?;
+            let client = st
+                .relays
+                .get(&d.record.relay_url)
+                .map(|r| r.client.clone())
+                .ok_or(PhoneError::Closed)?;
+            // Handed to the client under the lock: in the order it was
+            // sealed relative to every other record (see the module docs).
+            record.map(|r| client.send(d.id, r))
+        };
+        let Some(answer) = answer else {
+            self.upkeep(desktop_id);
+            return Ok(());
+        };
+        match tokio::time::timeout(SEND_WAIT, answer).await {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Submit a task; returns its id.
+    ///
+    /// # Errors
+    /// [`PhoneError::UnknownDesktop`], [`PhoneError::Revoked`],
+    /// [`PhoneError::Storage`].
+    pub async fn submit(
+        &self,
+        desktop_id: &str,
+        text: &str,
+        executor: Option<String>,
+    ) -> Result<String, PhoneError> {
+        let mut raw = [0u8; 16];
+        self.inner
+            .entropy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fill(&mut raw)
+            .map_err(storage)?;
+        let task_id = data_encoding::HEXLOWER.encode(&raw);
+        let m = Message::TaskSubmit {
+            task_id: task_id.clone(),
+            text: text.to_owned(),
+            workspace: None,
+            executor,
+        };
+        self.send(desktop_id, &m).await?;
+        Ok(task_id)
+    }
+
+    /// More input for a running or finished (resumable) task.
+    ///
+    /// # Errors
+    /// As [`Phone::submit`].
+    pub async fn follow_up(
+        &self,
+        desktop_id: &str,
+        task_id: &str,
+        text: &str,
+    ) -> Result<(), PhoneError> {
+        let m = Message::FollowUp { task_id: task_id.into(), text: text.into() };
+        self.send(desktop_id, &m).await
+    }
+
+    /// Stop a task.
+    ///
+    /// # Errors
+    /// As [`Phone::submit`].
+    pub async fn cancel(&self, desktop_id: &str, task_id: &str) -> Result<(), PhoneError> {
+        self.send(desktop_id, &Message::Cancel { task_id: task_id.into() }).await
+    }
+
+    /// Answer an approval request.
+    ///
+    /// # Errors
+    /// As [`Phone::submit`].
+    pub async fn decide(
+        &self,
+        desktop_id: &str,
+        task_id: &str,
+        approval_id: &str,
+        allow: bool,
+    ) -> Result<(), PhoneError> {
+        let m = Message::ApprovalDecision {
+            task_id: task_id.into(),
+            approval_id: approval_id.into(),
+            allow,
+        };
+        self.send(desktop_id, &m).await
+    }
+
+    /// One page of a task's history from `from_offset`. Also re-attaches a
+    /// detached phone.
+    ///
+    /// # Errors
+    /// As [`Phone::submit`]; [`PhoneError::Timeout`] without an answer.
+    pub async fn history(
+        &self,
+        desktop_id: &str,
+        task_id: &str,
+        from_offset: u64,
+    ) -> Result<HistoryPage, PhoneError> {
+        let (tx, rx) = oneshot::channel();
+        let key = (desktop_id.to_owned(), task_id.to_owned());
+        self.lock().histories.entry(key.clone()).or_default().push(PendingHistory {
+            from: from_offset,
+            events: Vec::new(),
+            unavailable_before: None,
+            reply: tx,
+        });
+        let m = Message::HistoryRequest { task_id: Some(task_id.into()), from_offset };
+        if let Err(e) = self.send(desktop_id, &m).await {
+            if let Some(pages) = self.lock().histories.get_mut(&key) {
+                pages.retain(|p| !p.reply.is_closed());
+            }
+            return Err(e);
+        }
+        tokio::time::timeout(ANSWER_WAIT, rx)
+            .await
+            .map_err(|_| PhoneError::Timeout)?
+            .map_err(|_| PhoneError::Closed)
+    }
+
+    /// The desktop's most recent tasks, newest first.
+    ///
+    /// # Errors
+    /// As [`Phone::history`].
+    pub async fn tasks(&self, desktop_id: &str) -> Result<Vec<TaskSummary>, PhoneError> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().lists.entry(desktop_id.to_owned()).or_default().push(tx);
+        self.send(desktop_id, &Message::HistoryRequest { task_id: None, from_offset: 0 }).await?;
+        tokio::time::timeout(ANSWER_WAIT, rx)
+            .await
+            .map_err(|_| PhoneError::Timeout)?
+            .map_err(|_| PhoneError::Closed)
+    }
+}

@@ -1,0 +1,146 @@
+//! The phone engine's public types: how to open it, and what it reports.
+
+use super::*;
+
+/// How to open a phone.
+#[derive(Debug, Clone)]
+pub struct PhoneConfig {
+    /// Where the phone keeps its state.
+    pub data_dir: PathBuf,
+    /// What the phone is called on the desktop.
+    pub device_name: String,
+    /// `ios`, `android`, `web`, …
+    pub platform: String,
+    /// The app's version.
+    pub app_version: String,
+    /// Where the device key lives; `None`: 0600 files in `data_dir/secrets`.
+    pub secret_store: Option<Arc<dyn SecretStore>>,
+    /// Extra trusted root certificates (PEM) for relays with private CAs.
+    pub extra_roots_pem: Vec<String>,
+    /// When each desktop's session is renewed and its sending key ratcheted
+    /// (`docs/PROTOCOL.md` §10.6; default: hourly). No field may be 0.
+    pub schedule: Schedule,
+    /// Called with the name of each step of a session renewal as this phone
+    /// passes it (the names of the agent's crash points,
+    /// `renew.init_saved` …). For crash tests, which abort the process
+    /// there; `None` in apps.
+    pub step_hook: Option<StepHook>,
+}
+
+impl PhoneConfig {
+    /// A configuration with a file secret store.
+    #[must_use]
+    pub fn new(data_dir: impl Into<PathBuf>, device_name: impl Into<String>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            device_name: device_name.into(),
+            platform: "unknown".into(),
+            app_version: env!("CARGO_PKG_VERSION").into(),
+            secret_store: None,
+            extra_roots_pem: Vec::new(),
+            schedule: Schedule::default(),
+            step_hook: None,
+        }
+    }
+}
+
+/// A relay connection's state, as an app shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// The first connection attempt is under way.
+    Connecting,
+    /// Authenticated with the relay.
+    Connected,
+    /// Disconnected; trying again.
+    Reconnecting {
+        /// When the next attempt is (ms).
+        retry_in_ms: u64,
+    },
+    /// The relay refuses this phone for good.
+    Revoked,
+}
+
+/// A paired desktop, for a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesktopSummary {
+    /// Its device id.
+    pub desktop_id: String,
+    /// What it calls itself.
+    pub name: String,
+    /// The relay it is reached through.
+    pub relay_url: String,
+    /// Whether it is connected to the relay now.
+    pub online: bool,
+    /// Whether a task of it is queued or running (as far as this phone saw).
+    pub busy: bool,
+    /// This phone's connection to that relay.
+    pub connection: ConnectionState,
+}
+
+/// One task event, with where it belongs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEventRecord {
+    /// The desktop.
+    pub desktop_id: String,
+    /// The task.
+    pub task_id: String,
+    /// Its position in the task's history.
+    pub offset: u64,
+    /// When it happened (Unix ms, desktop clock).
+    pub at_ms: u64,
+    /// What happened.
+    pub event: TaskEvent,
+}
+
+/// One page of a task's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// The events, in order.
+    pub events: Vec<TaskEventRecord>,
+    /// The offset after the last event.
+    pub next_offset: u64,
+    /// More events follow: ask again from `next_offset`.
+    pub more: bool,
+    /// Events before this offset are no longer kept by the desktop.
+    pub unavailable_before: Option<u64>,
+}
+
+/// What the phone tells its subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PhoneEvent {
+    /// A task event, each offset once and in order per task.
+    Task(TaskEventRecord),
+    /// A relay connection changed state (for every desktop on that relay).
+    Connection {
+        /// The desktop.
+        desktop_id: String,
+        /// The new state.
+        state: ConnectionState,
+    },
+    /// A desktop came online or went offline.
+    Presence {
+        /// The desktop.
+        desktop_id: String,
+        /// Whether it is connected to the relay.
+        online: bool,
+    },
+    /// The desktop stopped streaming progress to this idle phone; any
+    /// request (a history fetch) re-attaches it.
+    Detached {
+        /// The desktop.
+        desktop_id: String,
+        /// The idle time that detached it.
+        idle_secs: u64,
+    },
+    /// The desktop refused a request.
+    Refused {
+        /// The desktop.
+        desktop_id: String,
+        /// The task it concerns.
+        task_id: Option<String>,
+        /// The desktop's code (PROTOCOL §15.3.2).
+        code: String,
+        /// Its words.
+        message: String,
+    },
+}
