@@ -127,7 +127,7 @@ describe('review r2: an older version\'s keys on `tandem up`\'s origin', { concu
     await context.close();
   });
 
-  test('L2. the phone opens a new code with the app as it is now: the older app\'s keys are still in IndexedDB for any page of the origin', { timeout: 90_000 }, async () => {
+  test('L2. the phone opens a new code with the app as it is now: no page of the origin finds the older app\'s keys any more', { timeout: 90_000 }, async () => {
     assert.ok(s.oldDevice, 'L1 paired');
     s.up.write('\n');
     const link = withNonce(await nextCode());
@@ -151,8 +151,9 @@ describe('review r2: an older version\'s keys on `tandem up`\'s origin', { concu
     );
   });
 
-  test('L3. impact: the rows left there drive the desktop from another browser (a task runs with the older device\'s keys)', { timeout: 90_000 }, async () => {
-    assert.ok(s.stolen, 'L2 read the leftover rows');
+  test('L3. impact: the rows left there drive the desktop from another browser (a task runs with the older device\'s keys)', { timeout: 90_000 }, async (t) => {
+    // Only when L2 found something to steal (the app as it was).
+    if (!s.stolen) return t.skip('nothing was left to steal');
     const kv = new Map(s.stolen.kv);
     assert.ok(typeof kv.get('device-key') === 'string', 'a device key was left');
     // The thief's browser: another profile; the stolen rows written where the app looks for them.
