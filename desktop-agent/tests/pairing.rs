@@ -548,3 +548,56 @@ async fn a_completed_pairing_is_kept_when_the_agent_comes_back_late() {
     shutdown.cancel();
     let _ = relay.await;
 }
+
+/// Review r2: pairing a device again (the same key: a phone that still has
+/// its old link, like the https web client scanning a new code) when the
+/// agent crashes between saving and answering (`pair.saved`). The desktop
+/// now holds a new link the phone never got; the phone still holds the old
+/// one. The relay kept both halves of the old route, so the phone's
+/// presence is reported as soon as it connects, and the daemon takes that as
+/// "the phone got its answer" (`daemon/expiry.rs` `note_presence`): the
+/// pending mark is cleared, the entry is never cleaned up, and neither side
+/// can open the other's records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_pairing_cut_by_a_crash_is_not_finished_by_the_old_routes_presence() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let agent = Agent::up_at(dir.path(), &config, "127.0.0.1:0");
+    let mut ana = Phone::pair(&agent, dir.path()).await;
+    let addr = ana.relay_addr.clone();
+    ana.client.close().await;
+    agent.kill9();
+
+    let agent = Agent::up_with(
+        dir.path(),
+        &config,
+        &addr,
+        &["--yes", "--pair"],
+        &[("TANDEM_CRASH_AT", "pair.saved")],
+    );
+    let link = scan(&agent, dir.path());
+    let mut claimed =
+        Claimed::claim(&agent, &link, None, ana.key.clone(), info("Ana's phone")).await;
+    assert!(!agent.wait_exit().success(), "the agent crashed at pair.saved");
+    assert!(!claimed.answered_within(Duration::from_secs(1)).await);
+    claimed.close().await;
+    assert!(device_line(dir.path(), "Ana's phone").contains("pairing not finished"));
+
+    // The agent is back; the phone never got an answer and keeps its old link.
+    let _agent = Agent::up_at(dir.path(), &config, &addr);
+    ana.reconnect().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let line = device_line(dir.path(), "Ana's phone");
+    if line.contains("pairing not finished") {
+        return; // still pending: it will be cleaned up, or paired again
+    }
+    // Taken as finished: then the phone's link must work.
+    ana.submit("t-1", "count 1 0").await;
+    let worked =
+        tokio::time::timeout(Duration::from_secs(10), until_finished(&mut ana, "t-1")).await;
+    assert!(
+        worked.is_ok(),
+        "the re-pairing was taken as finished ({line}) although the phone never got the answer; \
+         the phone's old link no longer works and the entry will never be cleaned up"
+    );
+}
