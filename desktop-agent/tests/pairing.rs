@@ -584,12 +584,22 @@ async fn a_re_pairing_cut_by_a_crash_is_not_finished_by_the_old_routes_presence(
     assert!(device_line(dir.path(), "Ana's phone").contains("pairing not finished"));
 
     // The agent is back; the phone never got an answer and keeps its old link.
-    let _agent = Agent::up_at(dir.path(), &config, &addr);
+    let agent = Agent::up_at(dir.path(), &config, &addr);
     ana.reconnect().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let line = device_line(dir.path(), "Ana's phone");
     if line.contains("pairing not finished") {
-        return; // still pending: it will be cleaned up, or paired again
+        // Still pending (it would be cleaned up): the phone pairs again with
+        // the code the restarted agent shows, and works.
+        ana.client.close().await;
+        let link = scan(&agent, dir.path());
+        let again = Claimed::claim(&agent, &link, None, ana.key.clone(), info("Ana's phone")).await;
+        let mut ana = again.result().await.unwrap();
+        ana.submit("t-1", "count 1 0").await;
+        let seen = until_finished(&mut ana, "t-1").await;
+        assert_eq!(seen.finished("t-1").unwrap().0, FinishStatus::Succeeded);
+        ana.client.close().await;
+        return;
     }
     // Taken as finished: then the phone's link must work.
     ana.submit("t-1", "count 1 0").await;
