@@ -4,12 +4,12 @@
 //! name, the 6-digit code and the scope it would get, and only on the user's
 //! confirmation keep it and answer it.
 //!
-//! Once the user accepted, in this order (PROTOCOL §9.4): the new device is
-//! saved with its link and the chosen scope, marked as pending
-//! ([`Peer::pairing_pending`]); a device paired again has its old route
-//! revoked at the relay (dropping what was queued under its old link);
-//! the route is authorised; the accepting `PairResult` is sent; the mark is
-//! cleared. A crash after the save leaves a pending device: the daemon
+//! Once the user accepted, in this order (PROTOCOL §9.4): a device paired
+//! again has its old route revoked at the relay (dropping what was queued
+//! under its old link, and so that its old route cannot report it online);
+//! the new device is saved with its link and the chosen scope, marked as
+//! pending ([`Peer::pairing_pending`]); the route is authorised; the
+//! accepting `PairResult` is sent; the mark is cleared. A crash after the save leaves a pending device: the daemon
 //! clears the mark when the device shows it got the answer, and forgets it
 //! otherwise ([`crate::daemon`]).
 //!
@@ -416,15 +416,18 @@ impl Claim<'_> {
             return Ok(None);
         };
         let (paired, result) = user.accept(entropy)?;
+        if current.is_some() {
+            // Pairing again: what the relay queued under the old link can
+            // never be opened by either side; revoking drops it. Before the
+            // save: until the new route is authorised, the relay must not
+            // report the device online through its old route, which would
+            // clear the pending mark of a link the phone never got.
+            client.revoke(phone_id).await?;
+        }
         // Saved before the phone is answered (PROTOCOL §9.4).
         let peer = Peer::from_paired(paired, scope, now_unix(), OutboxLimits::default()).pending();
         keeper.keep(peer).await?;
         crash_point("pair.saved");
-        if current.is_some() {
-            // Pairing again: what the relay queued under the old link can
-            // never be opened by either side; revoking drops it.
-            client.revoke(phone_id).await?;
-        }
         client.authorize(phone_id).await?;
         client.pair_message(pid, phone_id, result).await?;
         crash_point("pair.sent");

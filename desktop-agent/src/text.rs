@@ -21,7 +21,8 @@
 //! [`escaped`] is for names a device chose for itself (shown where the
 //! desktop user decides whom to trust: the pairing dialog, `tandem devices`,
 //! `tandem status`): every control (Cc), format (Cf), line separator (Zl) and
-//! paragraph separator (Zp) character is shown as `<U+XXXX>` instead of being
+//! paragraph separator (Zp) character, and the other invisible characters of
+//! [`INVISIBLE`], is shown as `<U+XXXX>` instead of being
 //! obeyed or dropped, so "Ana's phone" spelled backwards behind a
 //! right-to-left override, or two names that differ only by an invisible
 //! character, show as what they are, on one line.
@@ -108,20 +109,22 @@ pub fn one_line(text: &str) -> String {
 }
 
 /// `text` with every control (Cc), format (Cf), line separator (Zl) and
-/// paragraph separator (Zp) character replaced by `<U+XXXX>` (its code point
-/// in upper-case hex, at least four digits); everything else kept. For names
+/// paragraph separator (Zp) character, and every other invisible one
+/// ([`INVISIBLE`]), replaced by `<U+XXXX>` (its code point in upper-case
+/// hex, at least four digits); everything else kept. For names
 /// devices chose for themselves (see the module docs).
 #[must_use]
 pub fn escaped(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if matches!(
+        let hidden = matches!(
             get_general_category(c),
             GeneralCategory::Control
                 | GeneralCategory::Format
                 | GeneralCategory::LineSeparator
                 | GeneralCategory::ParagraphSeparator
-        ) {
+        ) || INVISIBLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c));
+        if hidden {
             let _ = write!(out, "<U+{:04X}>", u32::from(c));
         } else {
             out.push(c);
@@ -264,6 +267,17 @@ mod tests {
             escaped("a\x1b[2Jb\nc\u{2028}d\u{85}"),
             "a<U+001B>[2Jb<U+000A>c<U+2028>d<U+0085>"
         );
+        // The other invisible characters (default-ignorable, not Cf): a name
+        // that differs from "Ana's phone" only by one must not look the same.
+        for c in ['\u{3164}', '\u{115F}', '\u{FFA0}', '\u{FE0F}', '\u{034F}', '\u{E0100}'] {
+            let name = format!("Ana's phone{c}");
+            assert_eq!(
+                escaped(&name),
+                format!("Ana's phone<U+{:04X}>", u32::from(c)),
+                "U+{:04X}",
+                u32::from(c)
+            );
+        }
         for s in ["Ana's phone", "Pixel 8 — Zoë", "ماريا", "李的手机", "📱 phone", "a b\u{a0}c", ""]
         {
             assert_eq!(escaped(s), s);

@@ -472,3 +472,142 @@ async fn ctrl_c_while_the_desktop_asks_stops_tandem_up_cleanly() {
     assert!(!tandem(dir.path(), &["devices"]).contains("Ana's phone"), "nothing was paired");
     claimed.close().await;
 }
+
+/// Review r2: a phone that got its answer before the agent crashed
+/// (`pair.sent`) is a paired phone. When the agent comes back more than
+/// `unfinished_pairing_secs` after the pairing, and the phone (like every
+/// phone of `tandem up`, whose relay restarts with it) reconnects a moment
+/// after the agent, the daemon must not forget it before it had the chance
+/// to: `daemon/expiry.rs` says nothing is forgotten in the first minute
+/// after the relay connection came up, but the pending branch does not
+/// wait (only the ephemeral one does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_pairing_is_kept_when_the_agent_comes_back_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(tandem_relay::run(
+        listener,
+        tandem_relay::Config::new(dir.path().join("relay")),
+        shutdown.clone(),
+    ));
+    let tandem_cmd = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"));
+        cmd.arg("--data-dir")
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .args(["--name", "build-box"])
+            .args(args)
+            .env("TANDEM_UNFINISHED_PAIRING_SECS", "2")
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let url = format!("ws://127.0.0.1:{port}/v1/connect");
+    let mut pair =
+        tandem_cmd(&["pair", "--relay", &url, "--yes", "--print-url", "--no-terminal-qr"]);
+    pair.arg("--qr-png").arg(dir.path().join("qr.png")).env("TANDEM_CRASH_AT", "pair.sent");
+    let agent = Agent::spawn(pair);
+    let link = scan(&agent, dir.path());
+    let claimed = Claimed::claim(&agent, &link, None, new_key(), info("Ana's phone")).await;
+    let mut ana = claimed.result().await.unwrap();
+    assert!(!agent.wait_exit().success(), "the agent crashed at pair.sent");
+    assert!(device_line(dir.path(), "Ana's phone").contains("pairing not finished"));
+
+    // The phone's connection drops (a tandem up restart takes its relay
+    // with it); the agent is back a little later than
+    // unfinished_pairing_secs, and the phone reconnects a second after it.
+    ana.client.close().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let runner = Agent::spawn(tandem_cmd(&["run"]));
+    runner.line_starting("Connected.");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ana.reconnect().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let devices = tandem(dir.path(), &["devices"]);
+        assert!(
+            devices.contains("Ana's phone"),
+            "a phone that completed its pairing was forgotten a second after the agent came \
+             back: {devices}\n{}",
+            std::fs::read_to_string(dir.path().join("audit.log")).unwrap_or_default()
+        );
+        if !device_line(dir.path(), "Ana's phone").contains("pairing not finished") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the finished pairing was never noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ana.submit("t-1", "count 1 0").await;
+    let seen = until_finished(&mut ana, "t-1").await;
+    assert_eq!(seen.finished("t-1").unwrap().0, FinishStatus::Succeeded);
+    ana.client.close().await;
+    drop(runner);
+    shutdown.cancel();
+    let _ = relay.await;
+}
+
+/// Review r2: pairing a device again (the same key: a phone that still has
+/// its old link, like the https web client scanning a new code) when the
+/// agent crashes between saving and answering (`pair.saved`). The desktop
+/// now holds a new link the phone never got; the phone still holds the old
+/// one. The relay kept both halves of the old route, so the phone's
+/// presence is reported as soon as it connects, and the daemon takes that as
+/// "the phone got its answer" (`daemon/expiry.rs` `note_presence`): the
+/// pending mark is cleared, the entry is never cleaned up, and neither side
+/// can open the other's records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_pairing_cut_by_a_crash_is_not_finished_by_the_old_routes_presence() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let agent = Agent::up_at(dir.path(), &config, "127.0.0.1:0");
+    let mut ana = Phone::pair(&agent, dir.path()).await;
+    let addr = ana.relay_addr.clone();
+    ana.client.close().await;
+    agent.kill9();
+
+    let agent = Agent::up_with(
+        dir.path(),
+        &config,
+        &addr,
+        &["--yes", "--pair"],
+        &[("TANDEM_CRASH_AT", "pair.saved")],
+    );
+    let link = scan(&agent, dir.path());
+    let mut claimed =
+        Claimed::claim(&agent, &link, None, ana.key.clone(), info("Ana's phone")).await;
+    assert!(!agent.wait_exit().success(), "the agent crashed at pair.saved");
+    assert!(!claimed.answered_within(Duration::from_secs(1)).await);
+    claimed.close().await;
+    assert!(device_line(dir.path(), "Ana's phone").contains("pairing not finished"));
+
+    // The agent is back; the phone never got an answer and keeps its old link.
+    let agent = Agent::up_at(dir.path(), &config, &addr);
+    ana.reconnect().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let line = device_line(dir.path(), "Ana's phone");
+    if line.contains("pairing not finished") {
+        // Still pending (it would be cleaned up): the phone pairs again with
+        // the code the restarted agent shows, and works.
+        ana.client.close().await;
+        let link = scan(&agent, dir.path());
+        let again = Claimed::claim(&agent, &link, None, ana.key.clone(), info("Ana's phone")).await;
+        let mut ana = again.result().await.unwrap();
+        ana.submit("t-1", "count 1 0").await;
+        let seen = until_finished(&mut ana, "t-1").await;
+        assert_eq!(seen.finished("t-1").unwrap().0, FinishStatus::Succeeded);
+        ana.client.close().await;
+        return;
+    }
+    // Taken as finished: then the phone's link must work.
+    ana.submit("t-1", "count 1 0").await;
+    let worked =
+        tokio::time::timeout(Duration::from_secs(10), until_finished(&mut ana, "t-1")).await;
+    assert!(
+        worked.is_ok(),
+        "the re-pairing was taken as finished ({line}) although the phone never got the answer; \
+         the phone's old link no longer works and the entry will never be cleaned up"
+    );
+}

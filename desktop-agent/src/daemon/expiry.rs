@@ -107,7 +107,12 @@ impl Daemon<'_> {
     /// Forget (revoke) the devices that are gone for good; see the module docs.
     pub(super) async fn forget_gone(&mut self) -> Result<(), DaemonError> {
         let Some(since) = self.expiry.connected_since else { return Ok(()) };
-        let settled = since.elapsed() >= self.expiry.ephemeral_ttl.min(SETTLE);
+        // Devices get the same time to come back after every (re)connection,
+        // whichever rule would forget them: a phone whose relay restarted
+        // (`tandem up`) reconnects a moment after the agent.
+        let up_for = since.elapsed();
+        let settled = up_for >= self.expiry.ephemeral_ttl.min(SETTLE);
+        let settled_pending = up_for >= self.expiry.unfinished_pairing.min(SETTLE);
         let now = now_unix();
         let mut gone = Vec::new();
         for p in self.peers.list() {
@@ -116,7 +121,10 @@ impl Daemon<'_> {
                 continue;
             }
             let silent = now.saturating_sub(p.last_heard_unix());
-            if p.pairing_pending() && silent >= self.expiry.unfinished_pairing.as_secs() {
+            if p.pairing_pending()
+                && settled_pending
+                && silent >= self.expiry.unfinished_pairing.as_secs()
+            {
                 gone.push((id, format!("its pairing never finished ({silent} s ago)")));
             } else if p.ephemeral() && settled && silent >= self.expiry.ephemeral_ttl.as_secs() {
                 gone.push((id, format!("ephemeral device gone for {silent} s")));

@@ -3,17 +3,17 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-36c3bca8c0ba6ca1.js", "text/javascript; charset=utf-8", "code", "\"36c3bca8c0ba6ca14d572d580d1d0579\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-36c3bca8c0ba6ca1.js"))),
     ("/assets/app-f54706fd3d4c4d98.css", "text/css; charset=utf-8", "code", "\"f54706fd3d4c4d9810c2cd06f1703f0b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-f54706fd3d4c4d98.css"))),
+    ("/assets/app-fd16bfc62f2517fa.js", "text/javascript; charset=utf-8", "code", "\"fd16bfc62f2517fa685a1274fa9b2523\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-fd16bfc62f2517fa.js"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"7b8c8dd41d1e6210d4f898950e75e89d\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"11451c56c43a592512a44bcd79c94a6d\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

@@ -117,7 +117,27 @@ export interface Store {
  * (`secure` defaults to the page's `isSecureContext`).
  */
 export async function openStore(secure: boolean = globalThis.isSecureContext === true): Promise<Store> {
-  return secure ? IdbStore.open() : new MemoryStore();
+  if (secure) return IdbStore.open();
+  await discardStored();
+  return new MemoryStore();
+}
+
+/**
+ * Delete the database an older version of the app kept on this origin, from
+ * before it kept its keys in memory on origins that are not secure contexts:
+ * its device key and links are still paired on the desktop, and any page of
+ * this origin (a host on another network) could read them. Best effort: a
+ * tab of that older version still open blocks the deletion until it closes,
+ * and the app does not wait for it.
+ */
+export async function discardStored(): Promise<void> {
+  if (typeof indexedDB === 'undefined') return;
+  await new Promise<void>((resolve) => {
+    const r = indexedDB.deleteDatabase(DB);
+    r.onsuccess = () => resolve();
+    r.onerror = () => resolve();
+    r.onblocked = () => resolve();
+  });
 }
 
 /**
