@@ -3,7 +3,7 @@
 // desktop with its tasks and events, prune, forget) and keeps nothing beyond the object itself.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { type DesktopRow, type EventRow, MemoryStore, type TaskRow, openStore } from '../src/app/store.ts';
+import { type DesktopRow, type EventRow, MemoryStore, type TaskRow, lastingOrigin, openStore } from '../src/app/store.ts';
 
 const desk = (id: string, link: unknown = { v: 1 }): DesktopRow => ({ id, name: id, platform: 'linux', relayUrl: 'http://192.168.1.5:7878', pairedAt: 1, link });
 const task = (desktopId: string, taskId: string, updatedMs: number): TaskRow => ({
@@ -24,6 +24,25 @@ test('store: a page that is not a secure context gets the memory store', async (
   const s = await openStore(false);
   assert.ok(s instanceof MemoryStore);
   assert.equal(s.persistent, false);
+});
+
+test('store: keys are kept only on a secure origin no other network can hold', () => {
+  // Not a secure context: never.
+  assert.equal(lastingOrigin(false, 'relay.example.com'), false);
+  assert.equal(lastingOrigin(false, '192.168.1.5:7878'), false);
+  // https on a public name: kept.
+  assert.equal(lastingOrigin(true, 'relay.example.com'), true);
+  assert.equal(lastingOrigin(true, 'relay.example.com:8443'), true);
+  // https on a local-network address or name (a self-signed LAN relay): a
+  // host elsewhere with its own certificate is the same origin once the
+  // warning is clicked through.
+  for (const h of ['192.168.1.5:8443', '10.0.0.2', '[fd00::2]:8443', 'nas.local', 'box.home.arpa:443', '[fe80::1]']) {
+    assert.equal(lastingOrigin(true, h), false, h);
+  }
+  // Loopback is the phone itself.
+  for (const h of ['localhost:7878', '127.0.0.1:41000', '[::1]:7878']) {
+    assert.equal(lastingOrigin(true, h), true, h);
+  }
 });
 
 test('store: memory rows are copies: changing an object after saving it changes nothing stored', async () => {

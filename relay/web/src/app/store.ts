@@ -6,12 +6,16 @@
 //   (`IdbStore`). One write transaction per delivery, committed with strict
 //   durability before the delivery is acknowledged to the relay (§13.5).
 // * On an origin that is not a secure context (plain http on a local-network
-//   address: what `tandem up` serves), `MemoryStore`: nothing is written to
+//   address: what `tandem up` serves), or whose host is a local-network
+//   address or name even over https (a self-signed LAN relay: see
+//   `lastingOrigin`), `MemoryStore`: nothing is written to
 //   IndexedDB, localStorage, sessionStorage, cookies or the Cache API. Any
 //   host that holds the same IP and port on another network is the same
 //   origin to the browser, and its script could read whatever this origin
 //   stored; in memory, the keys live only as long as this page, out of reach
 //   of every other page (docs/SECURITY.md §3).
+
+import { isLocalHost } from '../proto/qr.ts';
 
 /** What the app keeps about one paired desktop. */
 export interface DesktopRow {
@@ -113,10 +117,29 @@ export interface Store {
 }
 
 /**
- * The store for this page: IndexedDB on a secure context, memory otherwise
- * (`secure` defaults to the page's `isSecureContext`).
+ * Whether keys may be kept in this origin's storage: a secure context whose
+ * host no other network can hold. A local-network address or name
+ * (`192.168.x.y`, `10.x`, `fd00::…`, `*.local`, `*.home.arpa`) is held by
+ * whichever host has it on the network the phone is on; over https its
+ * certificate is usually self-signed, and a host elsewhere with its own
+ * self-signed certificate at the same address is the same origin once the
+ * user clicks through the warning (which a self-signed relay trains them to
+ * do). Loopback (`localhost`, `127.x`, `::1`) is the phone itself.
  */
-export async function openStore(secure: boolean = globalThis.isSecureContext === true): Promise<Store> {
+export function lastingOrigin(secure: boolean, host: string): boolean {
+  if (!secure) return false;
+  const h = host.startsWith('[') ? host.slice(1).split(']')[0]! : host.split(':')[0]!;
+  const loopback = h === 'localhost' || h.endsWith('.localhost') || /^127\./.test(h) || h === '::1';
+  return loopback || !isLocalHost(host);
+}
+
+/**
+ * The store for this page: IndexedDB on an origin that can keep keys
+ * ([`lastingOrigin`]), memory otherwise.
+ */
+export async function openStore(
+  secure: boolean = lastingOrigin(globalThis.isSecureContext === true, globalThis.location?.host ?? ''),
+): Promise<Store> {
   if (secure) return IdbStore.open();
   await discardStored();
   return new MemoryStore();
