@@ -976,6 +976,17 @@ async fn up(
             p.device_id()
         );
     }
+    // A web page paired here by a version that kept its keys in the
+    // browser's storage: on this plain-http origin a host on another network
+    // can read them (docs/SECURITY.md §3). Today's pages pair as ephemeral.
+    for p in store.list().iter().filter(|p| p.info().platform == "web" && !p.ephemeral()) {
+        println!(
+            "warning: {} ({}) is a web page paired by an older version, which kept its keys in the browser's storage at this plain-http address, where a host on another network can read them: revoke it (`tandem revoke {}`) and pair again.",
+            escaped(p.name()),
+            p.device_id(),
+            p.device_id()
+        );
+    }
     // The daemon serves from the start; pairings run alongside it and hand
     // new devices to it.
     let (keeper, pair_calls) = DaemonKeeper::channel();

@@ -156,3 +156,30 @@ fn without_bundle_versions(page: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// A web page paired by a version that kept its keys in the browser's
+/// storage at `tandem up`'s plain-http address is pointed out at start (a
+/// host on another network could have read them); one that keeps them in
+/// memory (ephemeral) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tandem_up_warns_about_web_pages_that_kept_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("no-config.toml");
+    let agent = Agent::up(dir.path(), &config);
+    let link = common::scan(&agent, dir.path());
+    let old_web = tandem_proto::message::DeviceInfo {
+        name: "Old web page".into(),
+        platform: "web".into(),
+        app_version: "0.1.0".into(),
+        ephemeral: false,
+    };
+    let claimed = common::Claimed::claim(&agent, &link, None, common::new_key(), old_web).await;
+    let phone = claimed.result().await.unwrap();
+    agent.line_starting("Paired with Old web page");
+    drop(phone);
+    drop(agent);
+
+    let agent = Agent::up(dir.path(), &config);
+    let warning = agent.line_starting("warning: ");
+    assert!(warning.contains("Old web page") && warning.contains("tandem revoke"), "{warning}");
+}
