@@ -141,3 +141,74 @@ async fn one_address_with_two_keys_fills_the_total_and_offline_delivery_stops_fo
         "one address with two keys took the whole queue total from everyone"
     );
 }
+
+/// A WebSocket from local address `from` with `xff` (raw bytes) as its
+/// `X-Forwarded-For`.
+async fn ws_xff(relay: &Relay, from: std::net::IpAddr, xff: &[u8]) -> common::Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stream = common::tcp_from(&relay.addr, from).await.unwrap();
+    let mut req = relay.url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert("x-forwarded-for", http::HeaderValue::from_bytes(xff).unwrap());
+    tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap()
+        .0
+}
+
+/// PROTOCOL.md §6.11 / SECURITY.md §7: behind a trusted proxy the client is
+/// the right-most `X-Forwarded-For` entry that is not a proxy; what the
+/// client put left of it is "never read". A client that puts one byte
+/// outside visible ASCII (obs-text, which proxies pass through) in its own
+/// `X-Forwarded-For` makes `HeaderValue::to_str` fail for the whole line,
+/// and the relay counts it under the proxy's address instead: a second
+/// allowance for the attacker, taken from the bucket shared by everything
+/// the proxy sends without a usable header.
+#[tokio::test]
+async fn a_client_behind_a_trusted_proxy_escapes_its_address_with_one_non_ascii_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        &["--trusted-proxies", "127.0.0.2/32", "--max-connections-per-ip", "1"],
+    );
+    let proxy = std::net::IpAddr::from([127, 0, 0, 2]);
+    // The client 203.0.113.9, through the proxy (which appends its address
+    // to the client's own header, as nginx's $proxy_add_x_forwarded_for does).
+    let (first, _) = Device::authenticate(
+        ws_xff(&relay, proxy, b"203.0.113.9").await,
+        &relay.addr,
+        new_key(),
+        Role::Phone,
+    )
+    .await;
+    // The same client again, with a byte of its own choosing in front.
+    let mut second = Device {
+        key: new_key(),
+        role: Role::Phone,
+        ws: ws_xff(&relay, proxy, b"\xff, 203.0.113.9").await,
+        backlog: Vec::new(),
+        auto_pong: true,
+    };
+    second
+        .send(&tandem_proto::frame::Frame::Hello {
+            min_version: 1,
+            max_version: 1,
+            role: Role::Phone,
+        })
+        .await;
+    let challenge = second.recv().await;
+    let proof =
+        tandem_proto::relay_auth::prove(&second.key, Role::Phone, &relay.addr, &challenge).unwrap();
+    second.send(&proof).await;
+    let answer = second.recv().await;
+    drop(first);
+    assert!(
+        !matches!(answer, tandem_proto::frame::Frame::AuthOk { .. }),
+        "203.0.113.9 got a second connection past max_connections_per_ip = 1 (log: {})",
+        relay
+            .log()
+            .lines()
+            .filter(|l| l.contains("device connected"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+}
