@@ -212,3 +212,64 @@ async fn a_client_behind_a_trusted_proxy_escapes_its_address_with_one_non_ascii_
             .join(" | ")
     );
 }
+
+/// PROTOCOL.md §6.11: "at most `max_connections_per_ip` authenticated
+/// connections per client address ... unless it replaces the same device's
+/// connection from the same address ... One address can thus hold at most
+/// 64 of the 20 000". A replacement is given a slot past the cap at once,
+/// but the connection it replaces keeps its slots until its writer gives
+/// up: up to `write_timeout` (10 s) when the device does not read. One
+/// address that reconnects one key with a backlog it never reads holds as
+/// many connections as it can open in 10 s (the accept rate allows 100),
+/// and fills `max_connections` for everyone.
+#[tokio::test]
+async fn replacing_its_own_connection_lets_one_address_hold_past_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two per address, eight in all.
+    let relay =
+        Relay::start(dir.path(), &["--max-connections-per-ip", "2", "--max-connections", "8"]);
+    // The attacker (127.0.0.1): a desktop that queues 12 MB for its own
+    // phone key while that is offline.
+    let (mut s, _) = Device::connect(&relay, new_key(), Role::Desktop).await;
+    let (mut k, _) = Device::connect(&relay, new_key(), Role::Phone).await;
+    let (k_key, k_id) = (k.key.clone(), k.id());
+    s.authorize(k_id, 1).await.unwrap();
+    k.authorize(s.id(), 1).await.unwrap();
+    k.close().await;
+    let mut id = 10;
+    for _ in 0..200 {
+        id += 1;
+        s.send(&tandem_proto::frame::Frame::Send {
+            send_id: id,
+            to: k_id,
+            payload: vec![1; FRAME],
+        })
+        .await;
+    }
+    s.result_of(id).await.unwrap();
+    // The phone key connects again and again on sockets it never reads.
+    let mut held = Vec::new();
+    for _ in 0..7 {
+        let ws = common::ws_connect_small_buffer(&relay).await;
+        let (d, _) = Device::authenticate(ws, &relay.addr, k_key.clone(), Role::Phone).await;
+        held.push(d);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Another address.
+    let other = std::net::IpAddr::from([127, 0, 0, 9]);
+    let ws = common::ws_connect_from(&relay, other).await.unwrap();
+    let mut d =
+        Device { key: new_key(), role: Role::Phone, ws, backlog: Vec::new(), auto_pong: true };
+    d.send(&tandem_proto::frame::Frame::Hello {
+        min_version: 1,
+        max_version: 1,
+        role: Role::Phone,
+    })
+    .await;
+    let first = d.recv_within(std::time::Duration::from_secs(5)).await;
+    assert!(
+        matches!(first, Ok(tandem_proto::frame::Frame::Challenge { .. })),
+        "one address (cap 2) holds all 8 connections: another address gets {first:?}"
+    );
+    drop(held);
+}
