@@ -273,3 +273,86 @@ async fn replacing_its_own_connection_lets_one_address_hold_past_its_cap() {
     );
     drop(held);
 }
+
+/// Send `n` copies of `payload` from `s` to `to` (in pipelined chunks);
+/// returns how many were refused.
+async fn flood(
+    s: &mut Device,
+    to: tandem_proto::DeviceId,
+    n: u64,
+    payload: &[u8],
+    next_id: &mut u64,
+) -> u64 {
+    use tandem_proto::frame::Frame;
+    let mut refused = 0;
+    let mut left = n;
+    while left > 0 {
+        let chunk = left.min(200);
+        let first = *next_id;
+        for _ in 0..chunk {
+            *next_id += 1;
+            s.send(&Frame::Send { send_id: *next_id, to, payload: payload.to_vec() }).await;
+        }
+        let mut answered = 0;
+        while answered < chunk {
+            match s.recv().await {
+                Frame::Ok { ref_id } if ref_id > first && ref_id <= *next_id => answered += 1,
+                Frame::Error { ref_id, .. } if ref_id > first && ref_id <= *next_id => {
+                    answered += 1;
+                    refused += 1;
+                }
+                _ => {}
+            }
+        }
+        left -= chunk;
+    }
+    refused
+}
+
+/// SECURITY.md §7: "all queues hold at most 1 GiB (`queue_total_max_bytes`)"
+/// is about disk ("Sybil key pairs ... filling the disk for the TTL"). The
+/// caps count payload bytes only, so a frame with an empty payload costs
+/// nothing against the total or any share, while the store keeps a row for
+/// it (key, sender, expiry, B-tree). Only `queue_max_frames` (10 000 per
+/// recipient) limits them, and recipients are free keys.
+#[tokio::test]
+async fn empty_frames_fill_the_disk_without_counting_against_the_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let total: u64 = 1 << 20;
+    // (The frame rate is raised only to keep the test short: an attacker
+    // uses its 64 connections per address at 2 000 frames/s each.)
+    let relay = Relay::start(
+        dir.path(),
+        &[
+            "--queue-total-max-bytes",
+            &total.to_string(),
+            "--frames-per-device-per-second",
+            "1000000",
+            "--sweep-interval-ms",
+            "100",
+        ],
+    );
+    let db = dir.path().join("data/relay.redb");
+    let before = std::fs::metadata(&db).unwrap().len();
+    let (mut s, _) = Device::connect(&relay, new_key(), Role::Desktop).await;
+    let mut next_id = 100;
+    let recipients = 4;
+    for _ in 0..recipients {
+        let (mut r, _) = Device::connect(&relay, new_key(), Role::Phone).await;
+        s.authorize(r.id(), 1).await.unwrap();
+        r.authorize(s.id(), 1).await.unwrap();
+        let r_id = r.id();
+        r.close().await;
+        let refused = flood(&mut s, r_id, 10_000, &[], &mut next_id).await;
+        assert_eq!(refused, 0);
+    }
+    let m = relay.wait_metric("tandem_relay_queue_frames", f64::from(recipients * 10_000)).await;
+    assert_eq!(common::metric(&m, "tandem_relay_queue_bytes"), Some(0.0));
+    let after = std::fs::metadata(&db).unwrap().len();
+    println!("relay.redb: {before} -> {after} bytes; queue_bytes = 0; total cap {total}");
+    assert!(
+        after - before <= total,
+        "the store grew by {} bytes for frames that count 0 bytes against a {total}-byte total",
+        after - before
+    );
+}
