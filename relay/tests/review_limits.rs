@@ -356,3 +356,48 @@ async fn empty_frames_fill_the_disk_without_counting_against_the_total() {
         after - before
     );
 }
+
+/// The routes table has no cap but `MAX_PEERS` (1 024) per key, and keys
+/// are free: `Authorize` needs no peer that exists, is a durable row, and
+/// never expires (no TTL; only the authoriser's `Revoke` removes it). One
+/// address fills the disk with rows no limit of issue 13 counts.
+#[tokio::test]
+async fn authorisations_of_peers_that_do_not_exist_fill_the_disk_forever() {
+    use tandem_proto::frame::Frame;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), &["--frames-per-device-per-second", "1000000"]);
+    let db = dir.path().join("data/relay.redb");
+    let before = std::fs::metadata(&db).unwrap().len();
+    let keys = 8u64;
+    for _ in 0..keys {
+        let (mut d, _) = Device::connect(&relay, new_key(), Role::Phone).await;
+        for chunk in 0..8u64 {
+            for i in 0..128u64 {
+                let mut peer = [0u8; 16];
+                peer[..8].copy_from_slice(&(chunk * 128 + i).to_be_bytes());
+                peer[8..].copy_from_slice(&rand_bytes());
+                d.send(&Frame::Authorize {
+                    request_id: chunk * 128 + i + 1,
+                    peer: tandem_proto::DeviceId(peer),
+                })
+                .await;
+            }
+            assert_eq!(d.result_of(chunk * 128 + 128).await, Ok(()));
+        }
+        d.close().await;
+    }
+    let after = std::fs::metadata(&db).unwrap().len();
+    println!("relay.redb: {before} -> {after} bytes for {} authorisations", keys * 1024);
+    // Nothing bounds this but the number of keys (each costs one connection).
+    assert!(
+        after - before < 100_000,
+        "the store grew by {} bytes, never to shrink",
+        after - before
+    );
+}
+
+fn rand_bytes() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    tandem_proto::entropy::Entropy::os().fill(&mut b).unwrap();
+    b
+}
