@@ -140,4 +140,56 @@ mod tests {
         secure_dir(&fresh).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(mode(&fresh), 0o700);
     }
+    /// Review r1: the checks and the changes go by path, so whoever can
+    /// rename entries in the data dir's parent (a group-writable or shared
+    /// parent) swaps the directory for a link between the check and the
+    /// fix: the relay then makes whatever the link names, and everything
+    /// under it, 0700/0600 (a relay run as root, `data -> /`: the system).
+    #[test]
+    fn the_fixer_follows_a_link_swapped_in_after_its_check() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let victim = tmp.path().join("victim");
+        fs::create_dir(&victim).unwrap_or_else(|e| panic!("{e}"));
+        fs::write(victim.join("file"), "x").unwrap_or_else(|e| panic!("{e}"));
+        let set = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).ok();
+        set(&victim, 0o755);
+        set(&victim.join("file"), 0o644);
+        let data = tmp.path().join("data");
+        let real = tmp.path().join("data.real");
+        create_private_dir(&data).unwrap_or_else(|e| panic!("{e}"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let attacker = {
+            let (data, real, victim, stop) =
+                (data.clone(), real.clone(), victim.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = fs::rename(&data, &real);
+                    let _ = std::os::unix::fs::symlink(&victim, &data);
+                    std::thread::yield_now();
+                    let _ = fs::remove_file(&data);
+                    let _ = fs::rename(&real, &data);
+                }
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut tries = 0u32;
+        let hit = loop {
+            tries += 1;
+            let _ = secure_dir(&data);
+            if mode(&victim) != 0o755 || mode(&victim.join("file")) != 0o644 {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+        };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = attacker.join();
+        assert!(
+            !hit,
+            "after {tries} starts the fixer changed a directory outside the data dir: {:o}, file {:o}",
+            mode(&victim),
+            mode(&victim.join("file"))
+        );
+    }
 }
