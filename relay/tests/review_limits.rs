@@ -401,3 +401,49 @@ fn rand_bytes() -> [u8; 8] {
     tandem_proto::entropy::Entropy::os().fill(&mut b).unwrap();
     b
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The deadlines bound how long a request head may take, not how large it
+/// may grow meanwhile: hyper's default read buffer goes up to ~408 KiB per
+/// connection, and the relay (whose requests are a WebSocket upgrade and a
+/// few GETs) keeps the default. `max_unauthenticated` connections (1 024,
+/// from 32 addresses) each holding an unfinished 400 KB head for the 10 s
+/// of `request_timeout`, again and again, cost the relay ~400 MB of memory.
+#[tokio::test]
+async fn unfinished_request_heads_of_400_kb_hold_400_mb_of_relay_memory() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), &[]);
+    let pid = relay.pid();
+    // Let the relay settle, then measure.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = rss_kib(pid);
+    let mut head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ".to_vec();
+    head.resize(400_000, b'a');
+    let mut held = Vec::new();
+    for addr in 0..32u8 {
+        for _ in 0..32 {
+            let from = std::net::IpAddr::from([127, 0, 1, addr]);
+            let mut s = common::tcp_from(&relay.addr, from).await.unwrap();
+            s.write_all(&head).await.unwrap();
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let during = rss_kib(pid);
+    println!("relay RSS: {before} KiB before, {during} KiB with {} unfinished heads", held.len());
+    drop(held);
+    assert!(
+        during - before < 64 * 1024,
+        "{} MiB of relay memory held by connections that never sent a request",
+        (during - before) / 1024
+    );
+}
