@@ -22,6 +22,13 @@ use tracing::debug;
 use crate::listener::{ConnInfo, Io};
 use crate::state::State;
 
+/// The most bytes of a request head the relay buffers (hyper's read
+/// buffer; its default is ~408 KiB). The relay's requests are a WebSocket
+/// upgrade and the web client's GETs; a longer head is refused (431). So
+/// the connections not authenticated yet hold at most this much each while
+/// `request_timeout` runs, not 400 KB (`max_unauthenticated` times that).
+pub(crate) const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
 /// Serve `io` with `app`; every request carries `info` as an extension.
 pub(crate) async fn serve_connection(
     io: Io,
@@ -38,7 +45,10 @@ pub(crate) async fn serve_connection(
     });
     let request_timeout = state.config.request_timeout;
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(request_timeout);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(request_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD);
     let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
     tokio::pin!(conn);
     let lifetime = tokio::time::sleep(state.config.http_timeout);
