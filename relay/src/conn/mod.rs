@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info};
 
-use crate::admission::{Slot, Unauthenticated};
+use crate::admission::{Places, Unauthenticated};
 use crate::net::IpKey;
 use crate::registry::{ConnHandle, Outbound};
 use crate::state::State;
@@ -120,10 +120,6 @@ struct Conn {
     conn_id: u64,
     /// The writer task; `None` when the first write (`AuthOk`) failed.
     writer: Option<tokio::task::JoinHandle<()>>,
-    /// Held until the connection is gone.
-    _slot: OwnedSemaphorePermit,
-    /// Its place among the authenticated connections from its address.
-    _live: Slot<IpKey>,
 }
 
 /// Authenticate, register the device, greet it and start the writer.
@@ -165,22 +161,32 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
 
     // Authenticated: trade the place among those that are not for one among
     // the authenticated connections from its address (every role counts).
+    // Replacing the same device's connection from the same address, it
+    // takes over that one's places (even at the cap), which then holds none
+    // while it goes.
     drop(unauthenticated);
-    let replacing = state.registry.get(&device).is_some_and(|old| old.ip == key);
-    let live = match state.admission.authenticated(key, replacing) {
-        Ok(live) => live,
-        Err(refusal) => {
-            state.metrics.limit_refused(refusal.label());
-            state.metrics.refused(ErrorCode::RateLimited);
-            debug!(%peer, ip = %key, "too many connections from this address");
-            let msg = "too many connections from your address";
-            close(&mut sink, ErrorCode::RateLimited, msg, &state).await;
-            return None;
+    let inherited =
+        state.registry.get(&device).filter(|old| old.ip == key).and_then(|old| old.take_places());
+    let places = match inherited {
+        Some(places) => {
+            drop(slot);
+            places
         }
+        None => match state.admission.authenticated(key) {
+            Ok(live) => Places { _all: slot, _address: live },
+            Err(refusal) => {
+                state.metrics.limit_refused(refusal.label());
+                state.metrics.refused(ErrorCode::RateLimited);
+                debug!(%peer, ip = %key, "too many connections from this address");
+                let msg = "too many connections from your address";
+                close(&mut sink, ErrorCode::RateLimited, msg, &state).await;
+                return None;
+            }
+        },
     };
     let conn_id = state.registry.next_conn_id();
     let (tx, rx) = mpsc::channel(state.config.send_queue.max(1));
-    let handle = ConnHandle::new(conn_id, key, tx);
+    let handle = ConnHandle::new(conn_id, key, tx, places);
     if let Some(old) = state.registry.insert(device, handle.clone()) {
         old.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
     }
@@ -219,7 +225,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
         announce(&state, device, true).await;
     }
     let reader = Reader { state, handle, device, role, ip: key, liveness, delivered, activity };
-    Some(Conn { stream, reader, conn_id, writer, _slot: slot, _live: live })
+    Some(Conn { stream, reader, conn_id, writer })
 }
 
 impl Conn {
@@ -241,6 +247,8 @@ impl Conn {
         }
         state.metrics.disconnected(*role);
         info!(device = %device, conn_id = self.conn_id, "device disconnected");
+        // Its places, unless a connection that replaced it took them.
+        drop(self.reader.handle.take_places());
     }
 }
 
