@@ -447,3 +447,38 @@ async fn unfinished_request_heads_of_400_kb_hold_400_mb_of_relay_memory() {
         (during - before) / 1024
     );
 }
+
+/// SECURITY.md §7's deadlines hold on the main listener only: the metrics
+/// listener (`metrics_listen`) is `axum::serve` without any, so a
+/// connection that never finishes a request head stays open for good, and
+/// so do as many as a client opens (the same process's file descriptors
+/// as the main listener's).
+#[tokio::test]
+async fn the_metrics_listener_closes_a_connection_that_sends_no_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_bare(
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--request-timeout-secs",
+            "1",
+            "--http-timeout-secs",
+            "2",
+        ],
+    );
+    let at = relay.metrics_addr.clone().unwrap();
+    let mut s = tokio::net::TcpStream::connect(&at).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let end = tokio::time::timeout(std::time::Duration::from_secs(6), s.read(&mut buf)).await;
+    assert!(
+        end.is_ok(),
+        "the metrics listener still holds a connection without a request after 6 s"
+    );
+    // It still answers a real request.
+    let (status, body) = common::http_get(&at, "/metrics", &[]).await;
+    assert_eq!(status, 200, "{body}");
+}
