@@ -482,3 +482,55 @@ async fn the_metrics_listener_closes_a_connection_that_sends_no_request() {
     let (status, body) = common::http_get(&at, "/metrics", &[]).await;
     assert_eq!(status, 200, "{body}");
 }
+
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+/// A replaced connection no longer holds a place (see above), but while its
+/// writer waits out `write_timeout` on a device that does not read, it
+/// still holds its socket, buffers and tasks: a key reconnecting 10 times
+/// a second (the accept rate) keeps ~100 of them per address, outside
+/// every cap. A replaced connection should be gone at once.
+#[tokio::test]
+async fn a_replaced_connection_that_does_not_read_is_gone_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), &[]);
+    let (mut s, _) = Device::connect(&relay, new_key(), Role::Desktop).await;
+    let (mut k, _) = Device::connect(&relay, new_key(), Role::Phone).await;
+    let (k_key, k_id) = (k.key.clone(), k.id());
+    s.authorize(k_id, 1).await.unwrap();
+    k.authorize(s.id(), 1).await.unwrap();
+    k.close().await;
+    let mut id = 10;
+    for _ in 0..200 {
+        id += 1;
+        s.send(&tandem_proto::frame::Frame::Send {
+            send_id: id,
+            to: k_id,
+            payload: vec![1; FRAME],
+        })
+        .await;
+    }
+    s.result_of(id).await.unwrap();
+    let base = sockets_of(relay.pid());
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let ws = common::ws_connect_small_buffer(&relay).await;
+        let (d, _) = Device::authenticate(ws, &relay.addr, k_key.clone(), Role::Phone).await;
+        held.push(d);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let now = sockets_of(relay.pid());
+    assert!(
+        now <= base + 1,
+        "{} replaced connections still open 1.5 s after they were replaced",
+        now - base - 1
+    );
+    drop(held);
+}
