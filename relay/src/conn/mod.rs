@@ -36,6 +36,10 @@ use self::writer::Writer;
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
 
+/// How long a replaced connection's writer may take to say goodbye before
+/// it is stopped.
+const REPLACED_GOODBYE: Duration = Duration::from_millis(500);
+
 /// Most store operations one connection may have in flight.
 pub(crate) const MAX_PENDING: usize = 256;
 
@@ -232,8 +236,20 @@ impl Conn {
     /// After the reader stopped: wait for the writer, unregister, tell the
     /// peers; the connection slot is freed last.
     async fn finish(self) {
-        if let Some(w) = self.writer {
-            let _ = w.await;
+        if let Some(mut w) = self.writer {
+            let replaced =
+                self.reader.handle.reason().is_some_and(|(code, _)| code == ErrorCode::Replaced);
+            if replaced {
+                // Its device is on a newer connection, which took its
+                // places: the goodbye gets a moment, not `write_timeout`
+                // per write (a device that does not read would otherwise
+                // keep any number of these open by reconnecting).
+                if timeout(REPLACED_GOODBYE, &mut w).await.is_err() {
+                    w.abort();
+                }
+            } else {
+                let _ = w.await;
+            }
         }
         let Reader { state, device, role, .. } = &self.reader;
         // The pairing mailboxes it opened go with it.
