@@ -16,6 +16,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::Config;
 use crate::net::IpKey;
@@ -52,13 +53,6 @@ impl<K: Hash + Eq + Copy> Counts<K> {
         }
         *n += 1;
         Some(Slot { map: Arc::clone(&self.map), key })
-    }
-
-    /// A slot for `key` even past the cap (a device replacing its own
-    /// connection from the same address: the old one is on its way out).
-    pub(crate) fn take_anyway(&self, key: K) -> Slot<K> {
-        *lock(&self.map).entry(key).or_insert(0) += 1;
-        Slot { map: Arc::clone(&self.map), key }
     }
 
     /// How many `key` holds.
@@ -164,16 +158,26 @@ impl Admission {
         Ok(())
     }
 
-    /// A slot for an authenticated connection from `ip`. `replacing` says
-    /// that the device's previous connection, which this one replaces, is
-    /// from the same address: then the slot is given even at the cap.
-    pub(crate) fn authenticated(&self, ip: IpKey, replacing: bool) -> Result<Slot<IpKey>, Refusal> {
-        match self.live_per_ip.try_take(ip) {
-            Some(slot) => Ok(slot),
-            None if replacing => Ok(self.live_per_ip.take_anyway(ip)),
-            None => Err(Refusal::ConnectionsPerIp),
-        }
+    /// A slot for an authenticated connection from `ip`, unless it holds
+    /// `max_connections_per_ip` (a connection that replaces the same
+    /// device's from the same address takes over that one's [`Places`]
+    /// instead).
+    pub(crate) fn authenticated(&self, ip: IpKey) -> Result<Slot<IpKey>, Refusal> {
+        self.live_per_ip.try_take(ip).ok_or(Refusal::ConnectionsPerIp)
     }
+}
+
+/// What an authenticated connection holds until it is gone: its place among
+/// all connections (`max_connections`) and among those from its address
+/// (`max_connections_per_ip`). A newer connection of the same device from
+/// the same address takes them over from the one it replaces, which may
+/// take `write_timeout` to go (a device that does not read): so a device
+/// that reconnects again and again still holds one place, not one per
+/// connection on its way out.
+#[derive(Debug)]
+pub(crate) struct Places {
+    pub(crate) _all: OwnedSemaphorePermit,
+    pub(crate) _address: Slot<IpKey>,
 }
 
 #[cfg(test)]
@@ -190,9 +194,8 @@ mod tests {
         assert_eq!((c.count(1), c.count(2)), (2, 1));
         drop(a1);
         let a3 = c.try_take(1u8).unwrap();
-        let over = c.take_anyway(1u8);
-        assert_eq!(c.count(1), 3);
-        drop((a2, a3, over, b));
+        assert_eq!(c.count(1), 2);
+        drop((a2, a3, b));
         assert_eq!(c.keys(), 0, "empty keys are forgotten");
         let zero = Counts::new(0);
         assert!(zero.try_take(1u8).is_none());

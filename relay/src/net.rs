@@ -102,14 +102,22 @@ fn parse_entry(s: &str) -> Option<IpAddr> {
 /// such header, or an entry on the way cannot be read (the caller then uses
 /// the proxy's own address).
 pub(crate) fn forwarded_for(headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
-    let mut entries = Vec::new();
+    // Split the raw bytes: the entries left of the client's are the
+    // client's own (any bytes at all) and must not decide anything, so a
+    // line is not read as text as a whole.
+    let mut entries: Vec<&[u8]> = Vec::new();
     for value in headers.get_all("x-forwarded-for") {
-        let value = value.to_str().ok()?;
-        entries.extend(value.split(',').map(str::trim).filter(|e| !e.is_empty()));
+        entries.extend(
+            value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|e| !e.is_empty()),
+        );
     }
     let mut leftmost = None;
     for entry in entries.iter().rev() {
-        let ip = parse_entry(entry)?;
+        let ip = std::str::from_utf8(entry).ok().and_then(parse_entry)?;
         if !is_trusted(ip, trusted) {
             return Some(ip);
         }
@@ -179,6 +187,19 @@ mod tests {
             forwarded_for(&h(&["nonsense, 203.0.113.7"]), &trusted),
             Some(ip("203.0.113.7"))
         );
+        // ... whatever its bytes (obs-text in the client's part of the line).
+        let mut raw = HeaderMap::new();
+        raw.append("x-forwarded-for", http::HeaderValue::from_bytes(b"\xff, 203.0.113.7").unwrap());
+        assert_eq!(forwarded_for(&raw, &trusted), Some(ip("203.0.113.7")));
+        raw.append("x-forwarded-for", http::HeaderValue::from_bytes(b"10.0.0.1").unwrap());
+        assert_eq!(forwarded_for(&raw, &trusted), Some(ip("203.0.113.7")));
+        // Such bytes on the proxies' side: not trusted at all.
+        let mut raw = HeaderMap::new();
+        raw.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"203.0.113.7, 10.\xff").unwrap(),
+        );
+        assert_eq!(forwarded_for(&raw, &trusted), None);
         assert_eq!(forwarded_for(&h(&[]), &trusted), None);
         assert_eq!(forwarded_for(&h(&[" , "]), &trusted), None);
     }

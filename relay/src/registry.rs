@@ -9,6 +9,7 @@ use tandem_proto::{DeviceId, ErrorCode, Frame};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Places;
 use crate::net::IpKey;
 
 /// What other tasks hand a connection's writer.
@@ -48,10 +49,13 @@ pub(crate) struct ConnHandle {
     pub(crate) wake: Arc<Notify>,
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<(ErrorCode, String)>>>,
+    /// Its places among the relay's connections, until it is gone or a
+    /// connection that replaces it takes them over.
+    places: Arc<Mutex<Option<Places>>>,
 }
 
 impl ConnHandle {
-    pub(crate) fn new(conn_id: u64, ip: IpKey, tx: mpsc::Sender<Queued>) -> Self {
+    pub(crate) fn new(conn_id: u64, ip: IpKey, tx: mpsc::Sender<Queued>, places: Places) -> Self {
         Self {
             conn_id,
             ip,
@@ -59,7 +63,14 @@ impl ConnHandle {
             wake: Arc::new(Notify::new()),
             cancel: CancellationToken::new(),
             reason: Arc::new(Mutex::new(None)),
+            places: Arc::new(Mutex::new(Some(places))),
         }
+    }
+
+    /// Take its places (for the connection that replaces it); `None` if
+    /// they were taken or given up already.
+    pub(crate) fn take_places(&self) -> Option<Places> {
+        lock(&self.places).take()
     }
 
     /// Ask the connection to close with `code`; the first reason wins.

@@ -92,13 +92,7 @@ pub async fn run_with_store(
             hook(at);
         }
         let app = Router::new().route("/metrics", get(metrics)).with_state(state.clone());
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await;
-            if let Err(e) = served {
-                warn!(error = %e, "the metrics listener failed");
-            }
-        });
+        tokio::spawn(crate::http::serve_metrics(l, app, state.clone(), shutdown.clone()));
     }
     if let Some(ready) = &state.config.on_ready {
         ready(addr, tls.as_ref().and_then(Tls::self_signed_cert_pem));

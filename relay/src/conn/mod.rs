@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info};
 
-use crate::admission::{Slot, Unauthenticated};
+use crate::admission::{Places, Unauthenticated};
 use crate::net::IpKey;
 use crate::registry::{ConnHandle, Outbound};
 use crate::state::State;
@@ -35,6 +35,10 @@ use self::writer::Writer;
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
+
+/// How long a replaced connection's writer may take to say goodbye before
+/// it is stopped.
+const REPLACED_GOODBYE: Duration = Duration::from_millis(500);
 
 /// Most store operations one connection may have in flight.
 pub(crate) const MAX_PENDING: usize = 256;
@@ -120,10 +124,6 @@ struct Conn {
     conn_id: u64,
     /// The writer task; `None` when the first write (`AuthOk`) failed.
     writer: Option<tokio::task::JoinHandle<()>>,
-    /// Held until the connection is gone.
-    _slot: OwnedSemaphorePermit,
-    /// Its place among the authenticated connections from its address.
-    _live: Slot<IpKey>,
 }
 
 /// Authenticate, register the device, greet it and start the writer.
@@ -165,22 +165,32 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
 
     // Authenticated: trade the place among those that are not for one among
     // the authenticated connections from its address (every role counts).
+    // Replacing the same device's connection from the same address, it
+    // takes over that one's places (even at the cap), which then holds none
+    // while it goes.
     drop(unauthenticated);
-    let replacing = state.registry.get(&device).is_some_and(|old| old.ip == key);
-    let live = match state.admission.authenticated(key, replacing) {
-        Ok(live) => live,
-        Err(refusal) => {
-            state.metrics.limit_refused(refusal.label());
-            state.metrics.refused(ErrorCode::RateLimited);
-            debug!(%peer, ip = %key, "too many connections from this address");
-            let msg = "too many connections from your address";
-            close(&mut sink, ErrorCode::RateLimited, msg, &state).await;
-            return None;
+    let inherited =
+        state.registry.get(&device).filter(|old| old.ip == key).and_then(|old| old.take_places());
+    let places = match inherited {
+        Some(places) => {
+            drop(slot);
+            places
         }
+        None => match state.admission.authenticated(key) {
+            Ok(live) => Places { _all: slot, _address: live },
+            Err(refusal) => {
+                state.metrics.limit_refused(refusal.label());
+                state.metrics.refused(ErrorCode::RateLimited);
+                debug!(%peer, ip = %key, "too many connections from this address");
+                let msg = "too many connections from your address";
+                close(&mut sink, ErrorCode::RateLimited, msg, &state).await;
+                return None;
+            }
+        },
     };
     let conn_id = state.registry.next_conn_id();
     let (tx, rx) = mpsc::channel(state.config.send_queue.max(1));
-    let handle = ConnHandle::new(conn_id, key, tx);
+    let handle = ConnHandle::new(conn_id, key, tx, places);
     if let Some(old) = state.registry.insert(device, handle.clone()) {
         old.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
     }
@@ -219,15 +229,27 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
         announce(&state, device, true).await;
     }
     let reader = Reader { state, handle, device, role, ip: key, liveness, delivered, activity };
-    Some(Conn { stream, reader, conn_id, writer, _slot: slot, _live: live })
+    Some(Conn { stream, reader, conn_id, writer })
 }
 
 impl Conn {
     /// After the reader stopped: wait for the writer, unregister, tell the
     /// peers; the connection slot is freed last.
     async fn finish(self) {
-        if let Some(w) = self.writer {
-            let _ = w.await;
+        if let Some(mut w) = self.writer {
+            let replaced =
+                self.reader.handle.reason().is_some_and(|(code, _)| code == ErrorCode::Replaced);
+            if replaced {
+                // Its device is on a newer connection, which took its
+                // places: the goodbye gets a moment, not `write_timeout`
+                // per write (a device that does not read would otherwise
+                // keep any number of these open by reconnecting).
+                if timeout(REPLACED_GOODBYE, &mut w).await.is_err() {
+                    w.abort();
+                }
+            } else {
+                let _ = w.await;
+            }
         }
         let Reader { state, device, role, .. } = &self.reader;
         // The pairing mailboxes it opened go with it.
@@ -241,6 +263,8 @@ impl Conn {
         }
         state.metrics.disconnected(*role);
         info!(device = %device, conn_id = self.conn_id, "device disconnected");
+        // Its places, unless a connection that replaced it took them.
+        drop(self.reader.handle.take_places());
     }
 }
 

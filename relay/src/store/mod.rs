@@ -132,8 +132,10 @@ fn share(of: u64, percent: u8) -> u64 {
 /// Past [`QueueLimits::total_max_bytes`], a frame for a connected recipient
 /// is still queued while that recipient's queue holds less than this (about
 /// sixteen frames of the largest size): a device that acknowledges what it
-/// receives keeps getting frames when the relay's storage is full, and the
-/// overshoot is bounded by this times the connected devices.
+/// receives keeps getting frames when the relay's storage is full. The
+/// frames stay when the recipient goes away, so the overshoot is bounded by
+/// this times the recipient keys that were connected while their frames
+/// were queued (within the TTL), not times the connected devices.
 pub const LIVE_ALLOWANCE_BYTES: u64 = 1 << 20;
 
 /// A frame waiting in a queue.

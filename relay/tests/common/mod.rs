@@ -125,6 +125,11 @@ impl Relay {
         std::panic::resume_unwind(last.expect("tried"))
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
