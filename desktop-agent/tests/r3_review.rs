@@ -150,7 +150,11 @@ async fn a_kill_between_the_two_writes_of_a_revocation_in_the_agent_does_not_und
         String::from_utf8_lossy(&out.stderr)
     );
     // The state a kill -9 between the two writes leaves.
-    assert_eq!(pending_revokes(dir.path()), [a_id.clone()], "agent.json was written first");
+    assert_eq!(
+        pending_revokes(dir.path()),
+        std::slice::from_ref(&a_id),
+        "agent.json was written first"
+    );
     assert!(peer.exists(), "the peer file was not deleted yet");
     drop(agent);
 
@@ -183,7 +187,11 @@ async fn a_kill_between_the_two_writes_of_an_offline_revocation_does_not_undo_it
         vec!["--data-dir".into(), dir.path().display().to_string(), "revoke".into(), a_id.clone()];
     let out = killed_at_unlink_of(&peer, tandem_bin(), &args).output().unwrap();
     assert_eq!(out.status.signal(), Some(9), "tandem revoke was killed: {out:?}");
-    assert_eq!(pending_revokes(dir.path()), [a_id.clone()], "agent.json was written first");
+    assert_eq!(
+        pending_revokes(dir.path()),
+        std::slice::from_ref(&a_id),
+        "agent.json was written first"
+    );
     assert!(peer.exists(), "the peer file was not deleted yet");
 
     let agent = Agent::up_at(dir.path(), &config, &a.relay_addr);
