@@ -111,8 +111,10 @@ impl TaskRecord {
     /// The line for a task list.
     #[must_use]
     pub fn summary(&self) -> TaskSummary {
-        let mut title: String = self.text.chars().take(TITLE_CHARS).collect();
-        if self.text.chars().nth(TITLE_CHARS).is_some() {
+        // Shown to every phone: no format characters (`crate::text::visible`).
+        let text = crate::text::visible(&self.text);
+        let mut title: String = text.chars().take(TITLE_CHARS).collect();
+        if text.chars().nth(TITLE_CHARS).is_some() {
             title.push('…');
         }
         let (state, status) = match self.state {

@@ -10,7 +10,10 @@
 //! Approval summaries and details pass through [`crate::text`] here, the one
 //! place every executor's approvals go through: format characters removed,
 //! controls made visible, long texts cut to head and tail
-//! ([`APPROVAL_SUMMARY_MAX`], [`crate::executor::MAX_EVENT_TEXT`]).
+//! ([`APPROVAL_SUMMARY_MAX`], [`crate::executor::MAX_EVENT_TEXT`]). So
+//! does every other text phones are shown (progress, tool calls and
+//! results, finish summaries, follow-ups, the task text): a tool call
+//! carries the same command as the approval that follows it.
 //!
 //! What the desktop itself stops (a revoked device's tasks, a device whose
 //! scope was lowered below `submit`, `tandem cancel`) is in [`stop`].
@@ -392,8 +395,11 @@ impl TaskManager {
         };
         self.next_seq += 1;
         info!(task = %task_id, executor = %config.name, "task accepted");
-        let accepted =
-            TaskEvent::Accepted { executor: config.name.clone(), text: Some(text.into()) };
+        // Other phones see it too: shown as it runs (the executor gets it as sent).
+        let accepted = TaskEvent::Accepted {
+            executor: config.name.clone(),
+            text: Some(crate::text::visible(text)),
+        };
         let m = self.append(&mut record, accepted)?;
         let mut out = vec![(Audience::Everyone, m)];
         let ahead = self.queue.len() + self.running();
@@ -421,12 +427,14 @@ impl TaskManager {
             return Ok(Vec::new());
         }
         let event = match u.event {
-            ExecEvent::Progress(text) => TaskEvent::Progress { text },
-            ExecEvent::ToolCall { call_id, name, input } => {
-                TaskEvent::ToolCall { call_id, name, input }
-            }
+            ExecEvent::Progress(text) => TaskEvent::Progress { text: shown(&text) },
+            ExecEvent::ToolCall { call_id, name, input } => TaskEvent::ToolCall {
+                call_id,
+                name: crate::text::visible(&name),
+                input: crate::executor::cap_json(crate::text::visible_json(input)),
+            },
             ExecEvent::ToolResult { call_id, output, is_error } => {
-                TaskEvent::ToolResult { call_id, output, is_error }
+                TaskEvent::ToolResult { call_id, output: shown(&output), is_error }
             }
             ExecEvent::ApprovalRequest { approval_id, .. } if a.stopping.is_some() => {
                 // The desktop is stopping it: nothing more may be allowed.
@@ -458,7 +466,7 @@ impl TaskManager {
                 // Cancelled by the desktop: say why.
                 let summary = match (a.stopping.take(), status) {
                     (Some(why), FinishStatus::Cancelled) => why,
-                    _ => summary,
+                    _ => shown(&summary),
                 };
                 TaskEvent::Finished { status, summary }
             }
@@ -596,7 +604,10 @@ impl TaskManager {
                     }
                 }
                 Ok(self
-                    .append_active(task_id, TaskEvent::FollowUp { text })?
+                    .append_active(
+                        task_id,
+                        TaskEvent::FollowUp { text: crate::text::visible(&text) },
+                    )?
                     .map(|m| vec![(Audience::Everyone, m)])
                     .unwrap_or_default())
             }
@@ -642,7 +653,8 @@ impl TaskManager {
         record.state = StoredState::Queued;
         let sender = from.to_string();
         record.run_by = (sender != record.device).then_some(sender);
-        let m = self.append(&mut record, TaskEvent::FollowUp { text })?;
+        let m =
+            self.append(&mut record, TaskEvent::FollowUp { text: crate::text::visible(&text) })?;
         let id = record.task_id.clone();
         self.active.insert(id.clone(), Active::new(record));
         self.queue.push_back(id);
@@ -804,6 +816,13 @@ impl TaskManager {
             }
         }
     }
+}
+
+/// An executor's or a phone's text as phones are shown it: without format
+/// characters, controls made visible ([`crate::text::visible`]), within
+/// [`crate::executor::MAX_EVENT_TEXT`].
+fn shown(text: &str) -> String {
+    crate::text::head_tail(&crate::text::visible(text), crate::executor::MAX_EVENT_TEXT)
 }
 
 /// Append `event` to `record`'s history (durably) and return its message.
