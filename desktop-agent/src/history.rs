@@ -101,6 +101,12 @@ pub struct TaskRecord {
     /// reach the executor when it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_follow_ups: Vec<String>,
+    /// Who sent each of [`Self::pending_follow_ups`], in the same order
+    /// (base32 device ids; missing or empty in records stored before it was
+    /// kept): a follow-up from a device that may no longer run tasks when
+    /// the task starts is not delivered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_follow_ups_from: Vec<String>,
     /// The offset the next event gets.
     pub next_offset: u64,
     /// The oldest offset still kept.
@@ -469,6 +475,7 @@ mod tests {
             resume_token: None,
             pending_resume: None,
             pending_follow_ups: Vec::new(),
+            pending_follow_ups_from: Vec::new(),
             next_offset: 0,
             earliest: 0,
         }

@@ -321,6 +321,8 @@ impl TaskManager {
             }
         });
         let follow_ups = std::mem::take(&mut a.record.pending_follow_ups);
+        let mut senders = std::mem::take(&mut a.record.pending_follow_ups_from);
+        senders.resize(follow_ups.len(), String::new());
         if !follow_ups.is_empty() {
             self.history.save(&mut a.record, None)?;
         }
@@ -328,7 +330,17 @@ impl TaskManager {
         self.active.insert(task_id.to_owned(), a);
         let mut out = Vec::new();
         if let Some(c) = controller {
-            for text in follow_ups {
+            for (text, sender) in follow_ups.into_iter().zip(senders) {
+                // Its device was revoked or lowered below `submit` since it
+                // sent this: its instruction is not delivered.
+                if let Some(why) = self.follow_up_refusal(&sender) {
+                    if let Some(m) =
+                        self.append_active(task_id, TaskEvent::Progress { text: why })?
+                    {
+                        out.push((Audience::Everyone, m));
+                    }
+                    continue;
+                }
                 if let Err(e) = c.control(Control::FollowUp(text)).await
                     && let Some(m) = self.append_active(
                         task_id,
@@ -390,6 +402,7 @@ impl TaskManager {
             resume_token: None,
             pending_resume: None,
             pending_follow_ups: Vec::new(),
+            pending_follow_ups_from: Vec::new(),
             next_offset: 0,
             earliest: 0,
         };
@@ -579,7 +592,13 @@ impl TaskManager {
             Control::FollowUp(text) => {
                 let Some(a) = self.active.get_mut(task_id) else { return Ok(Vec::new()) };
                 match &a.controller {
-                    None => a.record.pending_follow_ups.push(text.clone()),
+                    None => {
+                        let r = &mut a.record;
+                        // Older records kept no senders: theirs stay unknown.
+                        r.pending_follow_ups_from.resize(r.pending_follow_ups.len(), String::new());
+                        r.pending_follow_ups.push(text.clone());
+                        r.pending_follow_ups_from.push(from.to_string());
+                    }
                     Some(c) => {
                         match c.control(Control::FollowUp(text.clone())).await {
                             Ok(()) => {}
