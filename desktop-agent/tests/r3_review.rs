@@ -115,6 +115,20 @@ async fn what_survived(dir: &Path, a: &mut Phone, a_id: &str) -> (bool, Vec<Stri
     (listed, pending, ran)
 }
 
+/// Until the agent answers on its control socket, connected to its relay
+/// (with no phone paired, `tandem up` shows a code instead of "Connected.").
+fn wait_running(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out) = common::tandem_status(dir, &["status", "--json"]);
+        if code == Some(0) && out.contains("\"connected\":true") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the agent did not start: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_between_the_two_writes_of_a_revocation_in_the_agent_does_not_undo_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -160,8 +174,7 @@ async fn a_kill_between_the_two_writes_of_a_revocation_in_the_agent_does_not_und
 
     // The agent starts again, as a user (or the service manager) would.
     let agent = Agent::up_at(dir.path(), &config, &a.relay_addr);
-    agent.line_starting("Connected.");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_running(dir.path());
     let (listed, pending, ran) = what_survived(dir.path(), &mut a, &a_id).await;
     drop(agent);
     assert!(
@@ -195,8 +208,7 @@ async fn a_kill_between_the_two_writes_of_an_offline_revocation_does_not_undo_it
     assert!(peer.exists(), "the peer file was not deleted yet");
 
     let agent = Agent::up_at(dir.path(), &config, &a.relay_addr);
-    agent.line_starting("Connected.");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_running(dir.path());
     let (listed, pending, ran) = what_survived(dir.path(), &mut a, &a_id).await;
     drop(agent);
     assert!(
