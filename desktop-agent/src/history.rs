@@ -101,6 +101,12 @@ pub struct TaskRecord {
     /// reach the executor when it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_follow_ups: Vec<String>,
+    /// Who sent each of [`Self::pending_follow_ups`], in the same order
+    /// (base32 device ids; missing or empty in records stored before it was
+    /// kept): a follow-up from a device that may no longer run tasks when
+    /// the task starts is not delivered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_follow_ups_from: Vec<String>,
     /// The offset the next event gets.
     pub next_offset: u64,
     /// The oldest offset still kept.
@@ -111,8 +117,10 @@ impl TaskRecord {
     /// The line for a task list.
     #[must_use]
     pub fn summary(&self) -> TaskSummary {
-        let mut title: String = self.text.chars().take(TITLE_CHARS).collect();
-        if self.text.chars().nth(TITLE_CHARS).is_some() {
+        // Shown to every phone: no format characters (`crate::text::visible`).
+        let text = crate::text::visible(&self.text);
+        let mut title: String = text.chars().take(TITLE_CHARS).collect();
+        if text.chars().nth(TITLE_CHARS).is_some() {
             title.push('…');
         }
         let (state, status) = match self.state {
@@ -467,6 +475,7 @@ mod tests {
             resume_token: None,
             pending_resume: None,
             pending_follow_ups: Vec::new(),
+            pending_follow_ups_from: Vec::new(),
             next_offset: 0,
             earliest: 0,
         }

@@ -340,6 +340,12 @@ async fn main() -> anyhow::Result<()> {
     for fixed in datadir::prepare(&dir)? {
         eprintln!("warning: {fixed}");
     }
+    // A revocation a crash cut between its two writes: finished before
+    // anything reads the paired devices.
+    for id in AgentConfig::finish_revocations(&dir)? {
+        eprintln!("warning: the revocation of {id} was interrupted; it is finished now");
+        record(&dir, AuditEvent::Revoked { device: id.to_string() });
+    }
     let info = device_info(&cli);
     match &cli.command {
         Command::Devices => {

@@ -10,7 +10,10 @@
 //! Approval summaries and details pass through [`crate::text`] here, the one
 //! place every executor's approvals go through: format characters removed,
 //! controls made visible, long texts cut to head and tail
-//! ([`APPROVAL_SUMMARY_MAX`], [`crate::executor::MAX_EVENT_TEXT`]).
+//! ([`APPROVAL_SUMMARY_MAX`], [`crate::executor::MAX_EVENT_TEXT`]). So
+//! does every other text phones are shown (progress, tool calls and
+//! results, finish summaries, follow-ups, the task text): a tool call
+//! carries the same command as the approval that follows it.
 //!
 //! What the desktop itself stops (a revoked device's tasks, a device whose
 //! scope was lowered below `submit`, `tandem cancel`) is in [`stop`].
@@ -318,6 +321,8 @@ impl TaskManager {
             }
         });
         let follow_ups = std::mem::take(&mut a.record.pending_follow_ups);
+        let mut senders = std::mem::take(&mut a.record.pending_follow_ups_from);
+        senders.resize(follow_ups.len(), String::new());
         if !follow_ups.is_empty() {
             self.history.save(&mut a.record, None)?;
         }
@@ -325,7 +330,17 @@ impl TaskManager {
         self.active.insert(task_id.to_owned(), a);
         let mut out = Vec::new();
         if let Some(c) = controller {
-            for text in follow_ups {
+            for (text, sender) in follow_ups.into_iter().zip(senders) {
+                // Its device was revoked or lowered below `submit` since it
+                // sent this: its instruction is not delivered.
+                if let Some(why) = self.follow_up_refusal(&sender) {
+                    if let Some(m) =
+                        self.append_active(task_id, TaskEvent::Progress { text: why })?
+                    {
+                        out.push((Audience::Everyone, m));
+                    }
+                    continue;
+                }
                 if let Err(e) = c.control(Control::FollowUp(text)).await
                     && let Some(m) = self.append_active(
                         task_id,
@@ -387,13 +402,17 @@ impl TaskManager {
             resume_token: None,
             pending_resume: None,
             pending_follow_ups: Vec::new(),
+            pending_follow_ups_from: Vec::new(),
             next_offset: 0,
             earliest: 0,
         };
         self.next_seq += 1;
         info!(task = %task_id, executor = %config.name, "task accepted");
-        let accepted =
-            TaskEvent::Accepted { executor: config.name.clone(), text: Some(text.into()) };
+        // Other phones see it too: shown as it runs (the executor gets it as sent).
+        let accepted = TaskEvent::Accepted {
+            executor: config.name.clone(),
+            text: Some(crate::text::visible(text)),
+        };
         let m = self.append(&mut record, accepted)?;
         let mut out = vec![(Audience::Everyone, m)];
         let ahead = self.queue.len() + self.running();
@@ -421,12 +440,14 @@ impl TaskManager {
             return Ok(Vec::new());
         }
         let event = match u.event {
-            ExecEvent::Progress(text) => TaskEvent::Progress { text },
-            ExecEvent::ToolCall { call_id, name, input } => {
-                TaskEvent::ToolCall { call_id, name, input }
-            }
+            ExecEvent::Progress(text) => TaskEvent::Progress { text: shown(&text) },
+            ExecEvent::ToolCall { call_id, name, input } => TaskEvent::ToolCall {
+                call_id,
+                name: crate::text::visible(&name),
+                input: crate::executor::cap_json(crate::text::visible_json(input)),
+            },
             ExecEvent::ToolResult { call_id, output, is_error } => {
-                TaskEvent::ToolResult { call_id, output, is_error }
+                TaskEvent::ToolResult { call_id, output: shown(&output), is_error }
             }
             ExecEvent::ApprovalRequest { approval_id, .. } if a.stopping.is_some() => {
                 // The desktop is stopping it: nothing more may be allowed.
@@ -458,7 +479,7 @@ impl TaskManager {
                 // Cancelled by the desktop: say why.
                 let summary = match (a.stopping.take(), status) {
                     (Some(why), FinishStatus::Cancelled) => why,
-                    _ => summary,
+                    _ => shown(&summary),
                 };
                 TaskEvent::Finished { status, summary }
             }
@@ -571,7 +592,13 @@ impl TaskManager {
             Control::FollowUp(text) => {
                 let Some(a) = self.active.get_mut(task_id) else { return Ok(Vec::new()) };
                 match &a.controller {
-                    None => a.record.pending_follow_ups.push(text.clone()),
+                    None => {
+                        let r = &mut a.record;
+                        // Older records kept no senders: theirs stay unknown.
+                        r.pending_follow_ups_from.resize(r.pending_follow_ups.len(), String::new());
+                        r.pending_follow_ups.push(text.clone());
+                        r.pending_follow_ups_from.push(from.to_string());
+                    }
                     Some(c) => {
                         match c.control(Control::FollowUp(text.clone())).await {
                             Ok(()) => {}
@@ -596,7 +623,10 @@ impl TaskManager {
                     }
                 }
                 Ok(self
-                    .append_active(task_id, TaskEvent::FollowUp { text })?
+                    .append_active(
+                        task_id,
+                        TaskEvent::FollowUp { text: crate::text::visible(&text) },
+                    )?
                     .map(|m| vec![(Audience::Everyone, m)])
                     .unwrap_or_default())
             }
@@ -642,7 +672,8 @@ impl TaskManager {
         record.state = StoredState::Queued;
         let sender = from.to_string();
         record.run_by = (sender != record.device).then_some(sender);
-        let m = self.append(&mut record, TaskEvent::FollowUp { text })?;
+        let m =
+            self.append(&mut record, TaskEvent::FollowUp { text: crate::text::visible(&text) })?;
         let id = record.task_id.clone();
         self.active.insert(id.clone(), Active::new(record));
         self.queue.push_back(id);
@@ -804,6 +835,13 @@ impl TaskManager {
             }
         }
     }
+}
+
+/// An executor's or a phone's text as phones are shown it: without format
+/// characters, controls made visible ([`crate::text::visible`]), within
+/// [`crate::executor::MAX_EVENT_TEXT`].
+fn shown(text: &str) -> String {
+    crate::text::head_tail(&crate::text::visible(text), crate::executor::MAX_EVENT_TEXT)
 }
 
 /// Append `event` to `record`'s history (durably) and return its message.

@@ -95,6 +95,21 @@ pub fn visible(text: &str) -> String {
     out
 }
 
+/// `value` with [`visible`] applied to every string in it, object keys
+/// included: a tool's input as a phone shows it.
+#[must_use]
+pub fn visible_json(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(visible(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(visible_json).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (visible(&k), visible_json(v))).collect())
+        }
+        other => other,
+    }
+}
+
 /// Whether [`visible`] would change `text`.
 #[must_use]
 pub fn is_visible(text: &str) -> bool {
@@ -250,6 +265,23 @@ mod tests {
         // A budget below the marker's size: the head alone.
         assert_eq!(head_tail("abcdefghijklmnopqrstuvwxyz", 5), "abcde");
     }
+    #[test]
+    fn every_string_of_a_json_value_is_made_visible() {
+        let input = serde_json::json!({
+            "command": "ls \u{202e}hs | x",
+            "k\u{200b}ey": ["a\u{2066}b", 1, null, {"deep": "\u{1b}[2J"}],
+            "n": 3,
+        });
+        assert_eq!(
+            visible_json(input),
+            serde_json::json!({
+                "command": "ls hs | x",
+                "key": ["ab", 1, null, {"deep": "\u{241b}[2J"}],
+                "n": 3,
+            })
+        );
+    }
+
     #[test]
     fn names_show_format_and_control_characters_instead_of_obeying_them() {
         // A right-to-left override: the screen would read "Ana's phone".

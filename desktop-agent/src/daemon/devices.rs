@@ -14,7 +14,9 @@
 //!   sends the ones not already waiting for an answer; an unanswered one
 //!   stays with the relay client, which sends it again after a reconnect.
 //!   A crash anywhere in between leaves it pending, so the next start sends
-//!   it.
+//!   it; a crash between the two writes also leaves the peer file, which
+//!   the next `tandem` command deletes before anything reads the peers
+//!   ([`AgentConfig::finish_revocations`]).
 //!
 //! [`PeerStore::sync_from_disk`]: crate::peers::PeerStore::sync_from_disk
 

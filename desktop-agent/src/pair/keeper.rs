@@ -45,6 +45,20 @@ pub fn keep_peer(
         scope: Some(peer.scope().to_string()),
         ephemeral: peer.ephemeral(),
     };
+    // Paired again: no longer revoked (before the new file is written; a
+    // listed device with a file is an interrupted revocation).
+    if let Some(data_dir) = store.dir().parent() {
+        crate::agent_config::AgentConfig::forget_revocation(data_dir, &peer.device_id()).map_err(
+            |e| match e {
+                crate::agent_config::AgentConfigError::Io { path, source } => {
+                    PeerError::Io { action: "update", path, source }
+                }
+                crate::agent_config::AgentConfigError::Parse { path, source } => {
+                    PeerError::Corrupt { path, reason: source.to_string() }
+                }
+            },
+        )?;
+    }
     let old = store.replace(peer)?;
     audit(event);
     Ok(old)

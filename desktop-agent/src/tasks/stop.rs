@@ -17,7 +17,9 @@
 //!   every time queued tasks may start ([`TaskManager::recover`] after a
 //!   restart, and each pump), those whose device has no permit are dropped
 //!   first: nothing runs for a device that is not paired with `submit`
-//!   scope, whenever the revocation happened.
+//!   scope, whenever the revocation happened. Likewise a follow-up such a
+//!   device queued on another device's queued task is not delivered when
+//!   that task starts ([`TaskRecord::pending_follow_ups_from`]).
 //!
 //! * **`tandem cancel TASK`** ([`TaskManager::cancel_from_desktop`]): a
 //!   running task is cancelled and finishes `cancelled` ("cancelled from the
@@ -250,8 +252,25 @@ impl TaskManager {
 
     /// Why `record` may not run now, if it may not.
     fn refusal(&self, record: &TaskRecord) -> Option<StopCause> {
+        self.refusal_of(record.runner())
+    }
+
+    /// Why a follow-up that `sender` queued may not reach the executor now
+    /// (its device was revoked or lowered below `submit` since), as the
+    /// progress line phones see; `None` to deliver it (also for a sender
+    /// not kept, in records stored before senders were).
+    pub(super) fn follow_up_refusal(&self, sender: &str) -> Option<String> {
+        if sender.is_empty() {
+            return None;
+        }
+        let cause = self.refusal_of(sender)?;
+        Some(format!("a follow-up was not delivered: {}", cause.reason(sender)))
+    }
+
+    /// Why `device` may not have tasks run now, if it may not.
+    fn refusal_of(&self, device: &str) -> Option<StopCause> {
         let permits = self.permits.as_ref()?;
-        match permits.get(record.runner()) {
+        match permits.get(device) {
             None => Some(StopCause::Revoked),
             Some(s) if !s.allows_submit() => Some(StopCause::Scope(*s)),
             Some(_) => None,
