@@ -33,6 +33,8 @@ fi
 # chromium runs the web client's end-to-end tests (headless).
 missing=()
 have zbarimg || missing+=(zbar-tools)
+# strace delivers a SIGKILL at an exact system call (desktop-agent/tests/edges.rs).
+have strace || missing+=(strace)
 have python3 || missing+=(python3)
 have npm || missing+=(nodejs npm)
 have chromium || missing+=(chromium)

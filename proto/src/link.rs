@@ -501,7 +501,12 @@ impl Link {
                 }
                 self.clock = Clock::for_session(session.id());
                 self.clock.count();
-                self.previous = Some(std::mem::replace(&mut self.current, session));
+                // The initiator switched before it sealed this record, and
+                // the relay keeps each sender's order: nothing it sealed
+                // under the old session is still to come, so the old keys go
+                // now (zeroised on drop), not at its next record.
+                drop(std::mem::replace(&mut self.current, session));
+                self.previous = None;
                 events.push(LinkEvent::SessionRenewed);
             }
         }

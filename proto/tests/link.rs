@@ -364,3 +364,25 @@ fn a_session_init_delivered_twice_gets_the_same_answer() {
     let (_, r) = phone.link.send(b"after".to_vec()).unwrap();
     assert_eq!(deliver(&mut desk, &r, &mut e).0, vec![b"after".to_vec()]);
 }
+
+#[test]
+fn the_responder_erases_the_old_session_when_it_promotes_the_new_one() {
+    let mut e = Entropy::deterministic([14; 32]);
+    let (mut desk, mut phone) = pair(OutboxLimits::default(), &mut e);
+    let old = desk.link.session_id();
+    let (_, r) = phone.link.send(b"hello".to_vec()).unwrap();
+    deliver(&mut desk, &r, &mut e);
+    // The phone initiates, the desktop responds; the phone's confirming Ack
+    // promotes the new session on the desktop.
+    let init = phone.link.start_renewal(&phone.key, 1_000, &mut e).unwrap();
+    let (_, accept, _) = deliver(&mut desk, &init, &mut e);
+    let (_, confirm, _) = deliver(&mut phone, &accept[0], &mut e);
+    deliver(&mut desk, &confirm[0], &mut e);
+    assert_ne!(desk.link.session_id(), old);
+    // From then on a copy of the desktop's link holds no key of the old
+    // session, even if the phone says nothing more.
+    let stored = serde_json::to_value(&desk.link).unwrap();
+    assert!(stored["previous"].is_null(), "the old session is still kept: {}", stored["previous"]);
+    let id: Vec<u8> = old.to_vec();
+    assert!(!snapshot(&desk.link).contains(&serde_json::to_string(&id).unwrap()));
+}

@@ -514,6 +514,20 @@ test('link: a responder stored before the accept was kept answers a repeated ini
   assert.equal(bytesToHex(desk.link.sessionId()), bytesToHex(phone.link.sessionId()));
 });
 
+test('link: the responder erases the old session when it promotes the new one', () => {
+  const e = ent(15);
+  const { desk, phone } = pairPeers(e);
+  const old = bytesToHex(desk.link.sessionId());
+  deliver(desk, phone.link.send(b('hello')).record, e);
+  const init = phone.link.startRenewal(phone.key, 1_000, e);
+  const accept = deliver(desk, init, e).replies;
+  const confirm = deliver(phone, accept[0]!, e).replies;
+  deliver(desk, confirm[0]!, e);
+  assert.notEqual(bytesToHex(desk.link.sessionId()), old);
+  // A copy of the desktop's link holds no key of the old session, even if the phone says nothing more.
+  assert.equal(desk.link.toStored().previous ?? null, null);
+});
+
 test('link: counter reservation — mustPersist after a seal that grew it, never again until the next block', () => {
   const e = ent(25);
   const { desk, phone } = pairPeers(e);

@@ -488,7 +488,9 @@ export class Link {
         this.next = null;
         this.clock = Clock.forSession(next.session.id);
         this.clock.count();
-        this.previous = this.current;
+        // The initiator switched before it sealed this record, and the relay keeps each sender's
+        // order: nothing it sealed under the old session is still to come, so the old keys go now.
+        this.previous = null;
         this.current = next.session;
         events.push({ type: 'SessionRenewed' });
         break;

@@ -1,19 +1,17 @@
-//! Review r3 (issue 13, the desktop agent): proofs of concept. Each test
-//! here states what the docs promise and fails where the program does not
-//! keep it.
+//! Edges of revocation and of what phones are shown, each found by a
+//! hostile review and fixed:
 //!
-//! * A `kill -9` between the two writes of a revocation (`agent.json`'s
-//!   `pending_revokes`, then the deletion of the peer file) undoes the
-//!   revocation at the next start: the agent takes the surviving peer file
-//!   for a device "paired again" and drops the pending relay revocation.
-//!   The kill is a real `SIGKILL`, delivered by `strace` fault injection at
-//!   the exact `unlink` of the peer file, in the running agent (`tandem
-//!   revoke` through the control socket) and in the offline `tandem revoke`.
-//! * A follow-up that a later revoked device queued on another device's
-//!   queued task reaches the executor after the revocation.
-//! * Format characters (`Cf`) still reach phones through every task event
-//!   that is not an approval: tool calls, tool results, progress, finish
-//!   summaries and the task text other phones see.
+//! * a `kill -9` between the two writes of a revocation (`agent.json`'s
+//!   `pending_revokes`, then the deletion of the peer file) does not undo it:
+//!   the next `tandem` command finishes it. The kill is a real `SIGKILL`,
+//!   delivered by `strace` fault injection at the exact `unlink` of the peer
+//!   file, in the running agent (`tandem revoke` through the control socket)
+//!   and in the offline `tandem revoke`;
+//! * a follow-up that a later revoked device queued on another device's
+//!   queued task never reaches the executor;
+//! * no format character (`Cf`) reaches a phone through any task event:
+//!   tool calls, tool results, progress, finish summaries and the task text
+//!   other phones see, not only approvals.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
