@@ -120,7 +120,9 @@ fn phone_process() {
             renew_after_ms: renew_ms,
             renew_after_records: 1_000_000,
             rekey_after_ms: 3_600_000,
-            renewal_timeout_ms: 5_000,
+            // Long enough that a renewal cut by the agent's crash is seen to
+            // complete on the agent's kept answer, not by a retry.
+            renewal_timeout_ms: 8_000,
         };
         let config = PhoneConfig { schedule, step_hook, ..PhoneConfig::new(&dir, "Ana's phone") };
         let phone = Phone::open(config).await.unwrap();
@@ -370,6 +372,14 @@ impl World {
         v["devices"][0]["session"]["renewals"].as_u64().unwrap()
     }
 
+    /// Renewals the agent completed, as its peer file says (with or without
+    /// the agent running).
+    fn renewals_on_disk(&self) -> u64 {
+        let file = common::peer_file(&self.agent_dir, &self.phone_id);
+        let v: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        v["peer"]["renewals"]["count"].as_u64().unwrap_or(0)
+    }
+
     fn sessions(&self) -> ([u8; 8], [u8; 8]) {
         let read = |p: PathBuf| StoredLink::from_file(&std::fs::read(p).unwrap()).unwrap();
         let agent = read(common::peer_file(&self.agent_dir, &self.phone_id));
@@ -410,6 +420,27 @@ impl World {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// After the responder's crash at `point`: a renewal completes before
+    /// the initiator's renewal timeout, and the phone abandoned nothing.
+    fn renews_without_abandoning(&self, point: &str, renewals: u64, abandoned: usize) {
+        let deadline = Instant::now() + Duration::from_secs(7);
+        while self.renewals_on_disk() <= renewals {
+            assert!(
+                Instant::now() < deadline,
+                "after a crash at {point}: the cut renewal did not complete on the kept answer ({} renewals on disk, {renewals} before)\nagent log:\n{}\nphone log:\n{}",
+                self.renewals_on_disk(),
+                tail(&self.agent_log()),
+                tail(&self.phone_log())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            self.phone_log().matches("abandoned").count(),
+            abandoned,
+            "after a crash at {point}: the phone abandoned its renewal instead of getting the kept answer"
+        );
     }
 
     /// The desktop ran each task once: its history has one `accepted` at
@@ -474,7 +505,18 @@ async fn agent_crashes(initiator: Initiator, points: [&str; 5]) {
             });
             assert_aborted(status, "agent", point);
             assert!(w.agent_log().contains(&format!("TANDEM_CRASH_AT={point}: aborting here")));
+            let abandoned = w.phone_log().matches("abandoned").count();
+            let on_disk = w.renewals_on_disk();
             let agent = w.agent(None);
+            if initiator == Initiator::Phone
+                && matches!(point, "renew.next_saved" | "renew.accept_sent")
+            {
+                // The relay gives the restarted agent the phone's init again;
+                // the agent sends the answer it kept with `next`, and the
+                // phone's pending renewal completes without being abandoned
+                // (PROTOCOL §10.2).
+                w.renews_without_abandoning(point, on_disk, abandoned);
+            }
             let renewals = w.renewals();
             tasks.push(phone.submit("count 5 10"));
             for t in &tasks[before..] {
