@@ -1,17 +1,16 @@
-// Review r2 (proof of concept): the keys an older version of the web client left in IndexedDB on
-// `tandem up`'s plain-http origin. Before the change under review the app kept the device key and
-// every desktop's link in IndexedDB on `http://<lan address>:<port>` (the database `tandem`, the
-// same name and schema the app still uses on secure contexts). The new app keeps its keys in
-// memory on such an origin but never removes what an older version stored there, so after the
-// upgrade a page served at that address on another network (docs/SECURITY.md §3, O2 in
-// origin.e2e.mjs) still reads a device key and a link that the desktop still honours: a lasting,
-// non-ephemeral device with `approve` scope, never forgotten.
+// The keys an older version of the web client left in IndexedDB on `tandem up`'s plain-http origin
+// (found by review r2). Before keys were kept in memory on such origins, the app kept the device key
+// and every desktop's link in IndexedDB on `http://<lan address>:<port>` (the database `tandem`,
+// the same name and schema the app still uses where it may keep keys). A page served at that
+// address on another network (docs/SECURITY.md §3, O2 in origin.e2e.mjs) could read them, and the
+// desktop still honours them. The app as it is now deletes that database on such an origin before
+// anything else.
 //
-// The older version is reproduced by the same app code running where it used IndexedDB:
-// Chromium's `--unsafely-treat-insecure-origin-as-secure` for the LAN origin makes the page a
-// secure context, so it stores what the older app stored (same database, same rows) and pairs
-// without `ephemeral`, as the older app did. Then the same browser profile, without the flag, runs
-// the app as it is now.
+// L1 leaves such a database on the origin, as the older app did (its schema, a device key and a
+// desktop row), from a page of the origin that is not the app; L2 opens a new code with the app as
+// it is now, in the same browser profile, and shows that no page of the origin finds the database
+// any more. (That `tandem up` names a web device the older app paired, so the user revokes it, is
+// `tandem_up_warns_about_web_pages_that_kept_their_keys` in desktop-agent/tests/up.rs.)
 //
 //   node --test e2e/leftover.e2e.mjs   (needs target/debug/tandem, zbarimg and chromium)
 import assert from 'node:assert/strict';
@@ -93,7 +92,7 @@ function peerFiles() {
     .map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')).peer);
 }
 
-describe('review r2: an older version\'s keys on `tandem up`\'s origin', { concurrency: false }, () => {
+describe('web client on `tandem up`: an older version\'s keys are gone from the origin', { concurrency: false }, () => {
   before(async () => {
     s.run = new Run();
     s.agentDir = join(s.run.dir, 'desktop');
@@ -112,55 +111,10 @@ describe('review r2: an older version\'s keys on `tandem up`\'s origin', { concu
     else if (s.run) rmSync(s.run.dir, { recursive: true, force: true });
   });
 
-  test('L1. the older app (keys in IndexedDB on this origin) pairs: a lasting device with approve scope', { timeout: 90_000 }, async () => {
-    const link = withNonce(await nextCode());
-    const { context, page } = await phone(true);
-    await open(page, link);
-    assert.equal(await page.evaluate(() => isSecureContext), true, 'the older app stored its keys here');
-    await expectScreen(page, 'desktop', 30_000);
-    await s.up.waitLine(/Paired with/);
-    const peers = peerFiles();
-    assert.equal(peers.length, 1);
-    assert.equal(peers[0].info.ephemeral ?? false, false);
-    assert.equal(peers[0].scope, 'approve');
-    s.oldDevice = await page.evaluate(() => document.getElementById('app').dataset.device);
-    await context.close();
-  });
-
-  test('L2. the phone opens a new code with the app as it is now: no page of the origin finds the older app\'s keys any more', { timeout: 90_000 }, async () => {
-    assert.ok(s.oldDevice, 'L1 paired');
-    s.up.write('\n');
-    const link = withNonce(await nextCode());
-    const { page } = await phone(false);
-    await open(page, link);
-    assert.equal(await page.evaluate(() => isSecureContext), false);
-    await expectVisible(page, '[data-testid=ephemeral]', 'the memory-only note');
-    await expectScreen(page, 'desktop', 30_000);
-    await s.up.waitLine(/Paired with/);
-    // The new app's device is ephemeral; the older one is still paired, lasting, approve.
-    const peers = peerFiles();
-    const old = peers.find((p) => !(p.info.ephemeral ?? false));
-    assert.ok(old && old.scope === 'approve', `the older device is still paired: ${JSON.stringify(peers.map((p) => p.info))}`);
-    // What a page of this origin (the attacker's on another network) reads now.
-    const found = await page.evaluate(probe);
-    s.stolen = found.tandem ?? null;
-    assert.deepEqual(
-      Object.keys(found),
-      [],
-      `the app on an origin that is not a secure context left the older version's database in place: ${JSON.stringify(found).slice(0, 400)}`,
-    );
-  });
-
-  test('L3. impact: the rows left there drive the desktop from another browser (a task runs with the older device\'s keys)', { timeout: 90_000 }, async (t) => {
-    // Only when L2 found something to steal (the app as it was).
-    if (!s.stolen) return t.skip('nothing was left to steal');
-    const kv = new Map(s.stolen.kv);
-    assert.ok(typeof kv.get('device-key') === 'string', 'a device key was left');
-    // The thief's browser: another profile; the stolen rows written where the app looks for them.
-    s.profile = join(s.run.dir, 'thief-profile');
-    const { page } = await phone(true);
+  test('L1. an older app\'s database (device key, a desktop\'s link) is on this origin', { timeout: 90_000 }, async () => {
+    const { context, page } = await phone(false);
     await page.goto(`http://${s.host}:${s.port}/healthz`);
-    await page.evaluate(async (stolen) => {
+    s.oldDevice = await page.evaluate(async () => {
       const db = await new Promise((res, rej) => {
         const r = indexedDB.open('tandem', 1);
         r.onupgradeneeded = () => {
@@ -174,17 +128,35 @@ describe('review r2: an older version\'s keys on `tandem up`\'s origin', { concu
         r.onerror = () => rej(r.error);
       });
       const tx = db.transaction(['kv', 'desktops'], 'readwrite');
-      for (const [k, v] of stolen.kv) if (k === 'device-key') tx.objectStore('kv').put(v, k);
-      for (const [, row] of stolen.desktops) tx.objectStore('desktops').put(row);
+      tx.objectStore('kv').put('11'.repeat(32), 'device-key');
+      tx.objectStore('desktops').put({ id: 'desktop-of-the-older-app', name: 'build-box', platform: 'linux', relayUrl: location.origin, pairedAt: 1, link: { session: 'keys' } });
       await new Promise((res) => (tx.oncomplete = res));
       db.close();
-    }, s.stolen);
-    const desktopId = s.stolen.desktops[0][1].id;
-    await page.goto(`http://${s.host}:${s.port}/p?desktop=${desktopId}`);
+      return (await indexedDB.databases()).map((d) => d.name);
+    });
+    assert.deepEqual(s.oldDevice, ['tandem'], 'the older app\'s database is on the origin');
+    await context.close();
+  });
+
+  test('L2. the phone opens a new code with the app as it is now: no page of the origin finds the older app\'s keys any more', { timeout: 90_000 }, async () => {
+    assert.ok(s.oldDevice, 'L1 left the database');
+    // Nothing is paired: `tandem up` shows its first code.
+    const link = withNonce(await nextCode());
+    const { page } = await phone(false);
+    await open(page, link);
+    assert.equal(await page.evaluate(() => isSecureContext), false);
+    await expectVisible(page, '[data-testid=ephemeral]', 'the memory-only note');
     await expectScreen(page, 'desktop', 30_000);
-    assert.equal(await page.evaluate(() => document.getElementById('app').dataset.device), s.oldDevice, 'the thief runs as the older device');
-    await (await expectVisible(page, '[data-testid=compose]', 'the task box')).fill('count 2 10');
-    await (await expectVisible(page, '[data-testid=send]', 'send')).tap();
-    assert.equal(await waitFinished(page, 'the thief\'s task', 30_000), 'succeeded', 'the desktop ran a task for the stolen keys');
+    await s.up.waitLine(/Paired with/);
+    // The new app paired as ephemeral.
+    assert.ok(peerFiles().every((p) => p.info.ephemeral === true), 'the new app pairs as ephemeral');
+    // What a page of this origin (the attacker's on another network) reads now.
+    const found = await page.evaluate(probe);
+    s.stolen = found.tandem ?? null;
+    assert.deepEqual(
+      Object.keys(found),
+      [],
+      `the app on an origin that is not a secure context left the older version's database in place: ${JSON.stringify(found).slice(0, 400)}`,
+    );
   });
 });
