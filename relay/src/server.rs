@@ -53,7 +53,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     crate::fsmode::secure_dir(&config.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir, config.queue)?);
+    let store = RedbStore::open(&config.data_dir, config.queue, config.routes, unix_now())?;
+    let store: Arc<dyn Store> = Arc::new(store);
     run_with_store(listener, config, store, shutdown).await
 }
 
@@ -147,11 +148,16 @@ async fn maintain(state: Arc<State>) {
     loop {
         tick.tick().await;
         match state.store.expire(unix_now()).await {
-            Ok(n) if n > 0 => {
-                state.metrics.dropped("ttl", n);
-                info!(frames = n, "expired queued frames");
+            Ok(x) => {
+                if x.frames > 0 {
+                    state.metrics.dropped("ttl", x.frames);
+                    info!(frames = x.frames, "expired queued frames");
+                }
+                if x.authorizations > 0 {
+                    state.metrics.authorizations_expired(x.authorizations);
+                    info!(authorizations = x.authorizations, "expired one-sided authorisations");
+                }
             }
-            Ok(_) => {}
             Err(e) => warn!(error = %e, "expiry sweep failed"),
         }
         let gone = state.mailboxes.sweep();
@@ -160,7 +166,8 @@ async fn maintain(state: Arc<State>) {
         }
         state.limits.sweep();
         if let Ok(t) = state.store.totals().await {
-            state.metrics.queue_depth(t.frames, t.bytes);
+            state.metrics.queue_depth(t.queues);
+            state.metrics.pending_authorizations(t.pending_authorizations);
         }
     }
 }
