@@ -531,7 +531,7 @@ impl Reader {
                     self.refuse(
                         ErrorCode::QueueFull,
                         send_id,
-                        "the relay's queue storage is full, and so is its overflow for your address",
+                        "the relay's queue storage is full, and so is its overflow (or your address's share of it)",
                     )
                     .await;
                 }

@@ -208,8 +208,9 @@ impl<'t, 'c> Tables<'t, 'c> {
         }
     }
 
-    /// Why a frame charged `cost` from `from` at `addr` for `to` (whose
-    /// queue is `meta`; `live`: connected) may not be queued, if it may not.
+    /// Why the frame `f`, charged `cost`, may not be queued (its
+    /// recipient's queue is `meta`; `live`: the recipient is connected),
+    /// if it may not.
     fn refusal(&self, f: &NewFrame, meta: Meta, cost: u64, live: bool) -> Option<StoreError> {
         let limits = self.cx.limits;
         let queued = QueueDepth { frames: meta.frames, bytes: meta.bytes }.charged();
