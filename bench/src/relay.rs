@@ -39,7 +39,7 @@ impl RelayOptions {
             "--data-dir".into(),
             data.display().to_string(),
         ];
-        let limits: [(&str, String); 18] = [
+        let limits: [(&str, String); 19] = [
             ("--max-connections", "1000000".into()),
             // Every simulated device comes from a few loopback addresses.
             ("--max-connections-per-ip", "1000000".into()),
@@ -47,6 +47,9 @@ impl RelayOptions {
             ("--max-unauthenticated-per-ip", "1000000".into()),
             ("--max-mailboxes", "1000000".into()),
             ("--max-mailboxes-per-ip", "1000000".into()),
+            // Pairings in flight from one address each hold a one-sided
+            // authorisation for a moment.
+            ("--max-pending-authorizations-per-ip", "1000000".into()),
             ("--queue-total-max-bytes", (64u64 << 30).to_string()),
             ("--queue-sender-share-percent", "100".into()),
             ("--connects-per-ip-per-minute", "1000000000".into()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use crate::net::ProxyHeader;
-use crate::store::QueueLimits;
+use crate::store::{QueueLimits, RouteLimits};
 use crate::tls::TlsMode;
 
 /// Everything the relay can be told.
@@ -28,8 +28,11 @@ pub struct Config {
     pub tls: TlsMode,
     /// How often certificate files are checked for changes.
     pub tls_poll: Duration,
-    /// Queue bounds (per recipient, per sender, in all) and TTL.
+    /// Queue bounds (per recipient, per sender, per sender address, in all,
+    /// the overflow for connected recipients) and TTL.
     pub queue: QueueLimits,
+    /// Bounds on one-sided authorisations (per address, TTL).
+    pub routes: RouteLimits,
     /// A new TCP connection must finish its TLS handshake (when the relay
     /// terminates TLS) and send its PROXY header (from a trusted proxy that
     /// speaks it) within this, and every HTTP request head must arrive
@@ -178,8 +181,10 @@ impl Config {
                 max_bytes: 64 << 20,
                 ttl_secs: 7 * 24 * 3600,
                 total_max_bytes: 1 << 30,
+                overflow_max_bytes: 64 << 20,
                 sender_share_percent: 50,
             },
+            routes: RouteLimits { pending_ttl_secs: 7 * 24 * 3600, max_pending_per_ip: 1024 },
             request_timeout: Duration::from_secs(10),
             http_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
@@ -222,6 +227,7 @@ impl std::fmt::Debug for Config {
             .field("names", &self.names)
             .field("tls", &self.tls)
             .field("queue", &self.queue)
+            .field("routes", &self.routes)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
             .field("trusted_proxies", &self.trusted_proxies)
@@ -263,14 +269,25 @@ self_signed_names = ["localhost", "127.0.0.1"]
 
 # Queues for offline devices: per recipient (frames, bytes), how long a
 # frame may wait, the bytes queued in all, and the share (percent) of the
-# total and of any one recipient's queue that one sender may fill. Past the
-# total, a frame is still taken for a connected recipient whose queue holds
-# under 1 MiB (so pairs that keep acknowledging keep working).
+# total that one sender address (IPv4 address, IPv6 prefix) may fill, and of
+# any one recipient's queue that one sender may fill. A frame's bytes are
+# its payload plus 128 (what its row costs). Past the total, a frame is
+# still taken for a connected recipient whose queue holds under 1 MiB (so
+# pairs that keep acknowledging keep working), up to
+# queue_overflow_max_bytes past it in all, and only from a sender address
+# holding less than its share of that overflow.
 queue_max_frames = 10000
 queue_max_bytes = 67108864
 queue_ttl_secs = 604800
 queue_total_max_bytes = 1073741824
+queue_overflow_max_bytes = 67108864
 queue_sender_share_percent = 50
+
+# Authorisations the peer has not answered (one-sided): at most this many
+# made from one client address, each removed after this many seconds
+# unless the peer authorised back. Routes both sides authorised never expire.
+max_pending_authorizations_per_ip = 1024
+pending_authorization_ttl_secs = 604800
 
 # Deadlines before a device is authenticated: the TLS handshake, a PROXY
 # header and each HTTP request head (request_timeout_secs); a connection

@@ -75,16 +75,26 @@ struct Opts {
     /// Most frames queued per device.
     #[arg(long, env = "TANDEM_RELAY_QUEUE_MAX_FRAMES", global = true)]
     queue_max_frames: Option<u64>,
-    /// Most payload bytes queued per device.
+    /// Most bytes queued per device (payload plus 128 per frame).
     #[arg(long, env = "TANDEM_RELAY_QUEUE_MAX_BYTES", global = true)]
     queue_max_bytes: Option<u64>,
     /// How long a queued frame may wait, in seconds.
     #[arg(long, env = "TANDEM_RELAY_QUEUE_TTL_SECS", global = true)]
     queue_ttl_secs: Option<u64>,
-    /// Most payload bytes queued in all queues together.
+    /// Most bytes queued in all queues together (payload plus 128 per frame).
     #[arg(long, env = "TANDEM_RELAY_QUEUE_TOTAL_MAX_BYTES", global = true)]
     queue_total_max_bytes: Option<u64>,
-    /// The share (percent) of the total, and of one recipient's queue, one sender may fill.
+    /// How far past the total frames for connected recipients may take the queues.
+    #[arg(long, env = "TANDEM_RELAY_QUEUE_OVERFLOW_MAX_BYTES", global = true)]
+    queue_overflow_max_bytes: Option<u64>,
+    /// One-sided authorisations one client address may hold.
+    #[arg(long, env = "TANDEM_RELAY_MAX_PENDING_AUTHORIZATIONS_PER_IP", global = true)]
+    max_pending_authorizations_per_ip: Option<u64>,
+    /// Seconds before a one-sided authorisation is removed.
+    #[arg(long, env = "TANDEM_RELAY_PENDING_AUTHORIZATION_TTL_SECS", global = true)]
+    pending_authorization_ttl_secs: Option<u64>,
+    /// The share (percent) of the total (and of the overflow) one sender
+    /// address may fill, and of one recipient's queue one sender may fill.
     #[arg(long, env = "TANDEM_RELAY_QUEUE_SENDER_SHARE_PERCENT", global = true,
           value_parser = clap::value_parser!(u8).range(1..=100))]
     queue_sender_share_percent: Option<u8>,
@@ -204,6 +214,9 @@ struct FileConfig {
     queue_max_bytes: Option<u64>,
     queue_ttl_secs: Option<u64>,
     queue_total_max_bytes: Option<u64>,
+    queue_overflow_max_bytes: Option<u64>,
+    max_pending_authorizations_per_ip: Option<u64>,
+    pending_authorization_ttl_secs: Option<u64>,
     queue_sender_share_percent: Option<u8>,
     request_timeout_secs: Option<u64>,
     http_timeout_secs: Option<u64>,
@@ -305,6 +318,15 @@ fn settings(o: Opts) -> anyhow::Result<Settings> {
     }
     if let Some(v) = pick!(queue_total_max_bytes) {
         c.queue.total_max_bytes = v;
+    }
+    if let Some(v) = pick!(queue_overflow_max_bytes) {
+        c.queue.overflow_max_bytes = v;
+    }
+    if let Some(v) = pick!(max_pending_authorizations_per_ip) {
+        c.routes.max_pending_per_ip = v;
+    }
+    if let Some(v) = pick!(pending_authorization_ttl_secs) {
+        c.routes.pending_ttl_secs = v.max(1);
     }
     if let Some(v) = pick!(queue_sender_share_percent) {
         if !(1..=100).contains(&v) {
@@ -550,6 +572,9 @@ mod tests {
         assert_eq!(defaults.web_client, WebClient::Embedded);
         assert_eq!(f.queue_total_max_bytes, Some(defaults.queue.total_max_bytes));
         assert_eq!(f.queue_sender_share_percent, Some(defaults.queue.sender_share_percent));
+        assert_eq!(f.queue_overflow_max_bytes, Some(defaults.queue.overflow_max_bytes));
+        assert_eq!(f.max_pending_authorizations_per_ip, Some(defaults.routes.max_pending_per_ip));
+        assert_eq!(f.pending_authorization_ttl_secs, Some(defaults.routes.pending_ttl_secs));
         assert_eq!(f.request_timeout_secs, Some(defaults.request_timeout.as_secs()));
         assert_eq!(f.http_timeout_secs, Some(defaults.http_timeout.as_secs()));
         assert_eq!(f.max_connections_per_ip, Some(defaults.max_connections_per_ip));
@@ -632,7 +657,9 @@ mod tests {
             "trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\n\
              trusted_proxy_header = \"proxy-protocol\"\n\
              metrics_listen = \"127.0.0.1:9090\"\nmetrics_token = \"s3cret\"\n\
-             ipv6_prefix_len = 56\nmax_mailboxes_per_ip = 3\nqueue_sender_share_percent = 20\n",
+             ipv6_prefix_len = 56\nmax_mailboxes_per_ip = 3\nqueue_sender_share_percent = 20\n\
+             queue_overflow_max_bytes = 1000\nmax_pending_authorizations_per_ip = 5\n\
+             pending_authorization_ttl_secs = 60\n",
         )
         .unwrap();
         let o = Opts { config: Some(path.clone()), ..Opts::default() };
@@ -644,6 +671,8 @@ mod tests {
         assert_eq!(c.metrics_token.as_deref(), Some("s3cret"));
         assert_eq!((c.ipv6_prefix_len, c.max_mailboxes_per_ip), (56, 3));
         assert_eq!(c.queue.sender_share_percent, 20);
+        assert_eq!(c.queue.overflow_max_bytes, 1000);
+        assert_eq!((c.routes.max_pending_per_ip, c.routes.pending_ttl_secs), (5, 60));
         // Flags win; bad values are refused.
         let cli = Cli::try_parse_from([
             "tandem-relay",
@@ -653,6 +682,8 @@ mod tests {
             "x-forwarded-for",
             "--max-unauthenticated-per-ip",
             "7",
+            "--max-pending-authorizations-per-ip",
+            "9",
         ])
         .unwrap();
         let o = Opts { config: Some(path), ..cli.opts };
@@ -660,6 +691,7 @@ mod tests {
         assert_eq!(c.trusted_proxies.len(), 2);
         assert_eq!(c.trusted_proxy_header, ProxyHeader::ForwardedFor);
         assert_eq!(c.max_unauthenticated_per_ip, 7);
+        assert_eq!(c.routes.max_pending_per_ip, 9);
         for bad in [
             vec!["tandem-relay", "--ipv6-prefix-len", "0"],
             vec!["tandem-relay", "--queue-sender-share-percent", "101"],

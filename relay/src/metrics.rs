@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tandem_proto::{ErrorCode, Role};
 
+use crate::store::QueueDepth;
+
 type Label = [(&'static str, &'static str); 1];
 
 /// Every metric the relay exports.
@@ -20,6 +22,9 @@ pub(crate) struct Metrics {
     bytes_forwarded: Counter,
     queue_frames: Gauge,
     queue_bytes: Gauge,
+    queue_charged_bytes: Gauge,
+    pending_authorizations: Gauge,
+    authorizations_expired: Counter,
     refusals: Family<Label, Counter>,
     limit_refusals: Family<Label, Counter>,
     drops: Family<Label, Counter>,
@@ -53,6 +58,9 @@ impl Metrics {
             bytes_forwarded: Counter::default(),
             queue_frames: Gauge::default(),
             queue_bytes: Gauge::default(),
+            queue_charged_bytes: Gauge::default(),
+            pending_authorizations: Gauge::default(),
+            authorizations_expired: Counter::default(),
             refusals: Family::default(),
             limit_refusals: Family::default(),
             drops: Family::default(),
@@ -84,6 +92,21 @@ impl Metrics {
             "queue_bytes",
             "Payload bytes waiting in all queues",
             m.queue_bytes.clone(),
+        );
+        registry.register(
+            "queue_charged_bytes",
+            "Bytes all queues are charged against queue_total_max_bytes (payload plus 128 per frame)",
+            m.queue_charged_bytes.clone(),
+        );
+        registry.register(
+            "pending_authorizations",
+            "One-sided authorisations (the peer has not authorised back)",
+            m.pending_authorizations.clone(),
+        );
+        registry.register(
+            "authorizations_expired",
+            "One-sided authorisations removed after pending_authorization_ttl_secs",
+            m.authorizations_expired.clone(),
         );
         registry.register(
             "refusals",
@@ -158,9 +181,21 @@ impl Metrics {
     }
 
     /// Current queue totals.
-    pub(crate) fn queue_depth(&self, frames: u64, bytes: u64) {
-        self.queue_frames.set(i64::try_from(frames).unwrap_or(i64::MAX));
-        self.queue_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    pub(crate) fn queue_depth(&self, d: QueueDepth) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.queue_frames.set(gauge(d.frames));
+        self.queue_bytes.set(gauge(d.bytes));
+        self.queue_charged_bytes.set(gauge(d.charged()));
+    }
+
+    /// One-sided authorisations now.
+    pub(crate) fn pending_authorizations(&self, n: u64) {
+        self.pending_authorizations.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// One-sided authorisations removed by their TTL.
+    pub(crate) fn authorizations_expired(&self, n: u64) {
+        self.authorizations_expired.inc_by(n);
     }
 
     /// The text exposition.

@@ -67,6 +67,13 @@ impl IpKey {
     }
 }
 
+impl IpKey {
+    /// The key as the store keeps it with what it counts per address.
+    pub(crate) fn addr_key(&self) -> crate::store::AddrKey {
+        crate::store::AddrKey::from_ip(self.ip)
+    }
+}
+
 impl fmt::Display for IpKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.ip {

@@ -468,7 +468,7 @@ mod tests {
         let mut config = crate::Config::new(dir.to_owned());
         config.names.push("relay.example.com".into());
         config.tls = tls;
-        let store = crate::store::RedbStore::open(dir, config.queue).unwrap();
+        let store = crate::store::RedbStore::open(dir, config.queue, config.routes, 0).unwrap();
         State::new(config, Arc::new(store), tokio_util::sync::CancellationToken::new())
     }
 

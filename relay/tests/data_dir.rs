@@ -85,3 +85,29 @@ fn a_readable_data_dir_is_made_private_at_start() {
     assert!(log.contains("permissions fixed"), "{log}");
     assert!(log.contains("notes.txt"), "each fix is named: {log}");
 }
+
+/// docs/SECURITY.md §7: a data directory in a directory that every user may
+/// write without the sticky bit (anyone could swap the data directory, or
+/// a link, in under the relay) is refused at start; with the sticky bit
+/// (like `/tmp`) it is fine.
+#[test]
+fn a_data_dir_that_anyone_could_replace_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let data = shared.join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem-relay"))
+        .args(["--listen", "127.0.0.1:0", "--tls", "off", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the relay started: {stderr}");
+    assert!(stderr.contains("writable by every user"), "{stderr}");
+    assert!(!data.join("relay.redb").exists(), "a store was written");
+    // With the sticky bit, the relay starts.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    run_once(&data, &tmp.path().join("relay.log"));
+    assert_private(&data);
+}

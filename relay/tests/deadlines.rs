@@ -315,3 +315,58 @@ async fn a_tls_handshake_that_never_finishes_is_closed_after_request_timeout() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Review r1: a handshake the relay refused kept its place among the
+/// unauthenticated connections while the goodbye was written, up to
+/// `write_timeout` for the `Error` frame and again for the close frame
+/// (~20 s) on a client that does not read. The place goes when the refusal
+/// is decided, and the goodbye gets a second.
+#[tokio::test]
+async fn a_refused_handshake_gives_its_place_up_at_once_though_the_client_does_not_read() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), &["--write-timeout-secs", "30"]);
+    let sockets = || {
+        std::fs::read_dir(format!("/proc/{}/fd", relay.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.to_string_lossy().starts_with("socket:"))
+            .count()
+    };
+    let base = sockets();
+    let mut ws = common::ws_connect_small_buffer(&relay).await;
+    let hello = Frame::Hello { min_version: 1, max_version: 1, role: Role::Phone };
+    ws.send(Message::Binary(hello.encode().unwrap().into())).await.unwrap();
+    // Never read: the relay's answers (the challenge, a pong for each ping)
+    // fill the socket's buffers, and its next write blocks.
+    for _ in 0..40_000 {
+        ws.feed(Message::Ping(vec![0; 125].into())).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    // Not `Auth`: refused (`not_authenticated`).
+    let wrong = Frame::Ping { nonce: 1 };
+    ws.send(Message::Binary(wrong.encode().unwrap().into())).await.unwrap();
+    let refused = "tandem_relay_refusals_total{reason=\"not_authenticated\"}";
+    let start = Instant::now();
+    let m = loop {
+        let m = relay.metrics().await;
+        if metric(&m, refused) == Some(1.0) {
+            break m;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "not refused: {m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Only the request for the metrics is left unauthenticated.
+    assert_eq!(metric(&m, "tandem_relay_unauthenticated_connections"), Some(1.0), "{m}");
+    // And the relay lets go of the socket after the goodbye's second,
+    // though the client still reads nothing.
+    loop {
+        if sockets() <= base {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "the relay still holds the socket");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(ws);
+}

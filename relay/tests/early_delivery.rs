@@ -13,7 +13,9 @@ use std::time::Duration;
 use common::{Device, new_key};
 use tandem_proto::frame::Frame;
 use tandem_proto::{DeviceId, Role};
-use tandem_relay::store::{Enqueued, QueueDepth, Queued, RedbStore, Store, StoreFuture};
+use tandem_relay::store::{
+    AddrKey, Enqueued, Expired, NewFrame, QueueDepth, Queued, RedbStore, Store, StoreFuture, Totals,
+};
 use tokio::sync::watch;
 
 /// The real store, with every enqueue's durable answer held until `open`.
@@ -23,8 +25,8 @@ struct HeldCommits {
 }
 
 impl Store for HeldCommits {
-    fn enqueue(&self, to: DeviceId, from: DeviceId, p: Vec<u8>, now: u64, live: bool) -> Enqueued {
-        let Enqueued { placed, durable } = self.inner.enqueue(to, from, p, now, live);
+    fn enqueue(&self, frame: NewFrame, now: u64, live: bool) -> Enqueued {
+        let Enqueued { placed, durable } = self.inner.enqueue(frame, now, live);
         let mut open = self.open.clone();
         let durable = Box::pin(async move {
             let result = durable.await;
@@ -42,11 +44,11 @@ impl Store for HeldCommits {
     fn depth(&self, to: DeviceId) -> StoreFuture<QueueDepth> {
         self.inner.depth(to)
     }
-    fn authorize(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<()> {
-        self.inner.authorize(by, peer)
+    fn authorize(&self, by: DeviceId, peer: DeviceId, addr: AddrKey, now: u64) -> StoreFuture<()> {
+        self.inner.authorize(by, peer, addr, now)
     }
-    fn revoke(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<u64> {
-        self.inner.revoke(by, peer)
+    fn revoke(&self, by: DeviceId, peer: DeviceId, now: u64) -> StoreFuture<u64> {
+        self.inner.revoke(by, peer, now)
     }
     fn is_route(&self, a: DeviceId, b: DeviceId) -> StoreFuture<bool> {
         self.inner.is_route(a, b)
@@ -54,10 +56,10 @@ impl Store for HeldCommits {
     fn peers(&self, a: DeviceId) -> StoreFuture<Vec<DeviceId>> {
         self.inner.peers(a)
     }
-    fn expire(&self, now_unix: u64) -> StoreFuture<u64> {
+    fn expire(&self, now_unix: u64) -> StoreFuture<Expired> {
         self.inner.expire(now_unix)
     }
-    fn totals(&self) -> StoreFuture<QueueDepth> {
+    fn totals(&self) -> StoreFuture<Totals> {
         self.inner.totals()
     }
 }
@@ -69,7 +71,7 @@ async fn a_connected_recipient_gets_the_frame_before_the_sender_gets_ok() {
     let addr = listener.local_addr().unwrap().to_string();
     let config = tandem_relay::Config::new(dir.path().join("data"));
     let (open_tx, open) = watch::channel(false);
-    let inner = RedbStore::open(&config.data_dir, config.queue).unwrap();
+    let inner = RedbStore::open(&config.data_dir, config.queue, config.routes, 0).unwrap();
     let store: Arc<dyn Store> = Arc::new(HeldCommits { inner, open });
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server =

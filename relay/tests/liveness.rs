@@ -14,7 +14,9 @@ use futures_util::{SinkExt, StreamExt};
 use tandem_proto::frame::Frame;
 use tandem_proto::relay_auth::prove;
 use tandem_proto::{DeviceId, DeviceKey, ErrorCode, Role};
-use tandem_relay::store::{Enqueued, QueueDepth, Queued, RedbStore, Store, StoreFuture};
+use tandem_relay::store::{
+    AddrKey, Enqueued, Expired, NewFrame, QueueDepth, Queued, RedbStore, Store, StoreFuture, Totals,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 const FAST_PINGS: [&str; 6] =
@@ -206,8 +208,8 @@ fn blocking<T: Send + 'static>(f: StoreFuture<T>) -> StoreFuture<T> {
 }
 
 impl Store for StoreWaitsStopTheClock {
-    fn enqueue(&self, to: DeviceId, from: DeviceId, p: Vec<u8>, now: u64, live: bool) -> Enqueued {
-        let Enqueued { placed, durable } = self.0.enqueue(to, from, p, now, live);
+    fn enqueue(&self, frame: NewFrame, now: u64, live: bool) -> Enqueued {
+        let Enqueued { placed, durable } = self.0.enqueue(frame, now, live);
         Enqueued { placed: blocking(placed), durable: blocking(durable) }
     }
     fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>> {
@@ -219,11 +221,11 @@ impl Store for StoreWaitsStopTheClock {
     fn depth(&self, to: DeviceId) -> StoreFuture<QueueDepth> {
         blocking(self.0.depth(to))
     }
-    fn authorize(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<()> {
-        blocking(self.0.authorize(by, peer))
+    fn authorize(&self, by: DeviceId, peer: DeviceId, addr: AddrKey, now: u64) -> StoreFuture<()> {
+        blocking(self.0.authorize(by, peer, addr, now))
     }
-    fn revoke(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<u64> {
-        blocking(self.0.revoke(by, peer))
+    fn revoke(&self, by: DeviceId, peer: DeviceId, now: u64) -> StoreFuture<u64> {
+        blocking(self.0.revoke(by, peer, now))
     }
     fn is_route(&self, a: DeviceId, b: DeviceId) -> StoreFuture<bool> {
         blocking(self.0.is_route(a, b))
@@ -231,10 +233,10 @@ impl Store for StoreWaitsStopTheClock {
     fn peers(&self, a: DeviceId) -> StoreFuture<Vec<DeviceId>> {
         blocking(self.0.peers(a))
     }
-    fn expire(&self, now: u64) -> StoreFuture<u64> {
+    fn expire(&self, now: u64) -> StoreFuture<Expired> {
         blocking(self.0.expire(now))
     }
-    fn totals(&self) -> StoreFuture<QueueDepth> {
+    fn totals(&self) -> StoreFuture<Totals> {
         blocking(self.0.totals())
     }
 }
@@ -300,13 +302,14 @@ async fn the_idle_timeout_runs_on_the_relays_clock() {
     let config = tandem_relay::Config::new(dir.path().join("data"));
     assert_eq!(config.idle_timeout, Duration::from_secs(600));
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let store = RedbStore::open(&config.data_dir, config.queue).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let store = RedbStore::open(&config.data_dir, config.queue, config.routes, now).unwrap();
     // The desktop has a route (to a device that stays offline), or it would
     // be idled out like the phone (PROTOCOL.md §6.4).
     let (desk_key, absent) = (new_key(), new_key().public().device_id());
     let desk_id = desk_key.public().device_id();
-    store.authorize(desk_id, absent).await.unwrap();
-    store.authorize(absent, desk_id).await.unwrap();
+    store.authorize(desk_id, absent, AddrKey::UNKNOWN, now).await.unwrap();
+    store.authorize(absent, desk_id, AddrKey::UNKNOWN, now).await.unwrap();
     let store: Arc<dyn Store> = Arc::new(StoreWaitsStopTheClock(store));
     let server =
         tokio::spawn(tandem_relay::run_with_store(listener, config, store, shutdown.clone()));

@@ -209,15 +209,17 @@ async fn a_queue_at_its_byte_limit_refuses_more() {
         &["--queue-max-bytes", "1000", "--queue-sender-share-percent", "100"],
     );
     let (mut desk, phone_key, phone_id) = desk_and_offline_phone(&relay).await;
+    // Each frame counts its payload and 128 bytes (PROTOCOL.md §6.11).
     assert_eq!(desk.send_to(phone_id, 1, &[1; 600]).await, Ok(()));
     assert_eq!(desk.send_to(phone_id, 2, &[2; 600]).await, Err(ErrorCode::QueueFull));
-    // Exactly up to the limit is fine; one byte more is not.
-    assert_eq!(desk.send_to(phone_id, 3, &[3; 400]).await, Ok(()));
-    assert_eq!(desk.send_to(phone_id, 4, &[4; 1]).await, Err(ErrorCode::QueueFull));
+    // Exactly up to the limit is fine (728 + 144 + 128 = 1 000); one more
+    // frame, even an empty one, is not.
+    assert_eq!(desk.send_to(phone_id, 3, &[3; 144]).await, Ok(()));
+    assert_eq!(desk.send_to(phone_id, 4, &[]).await, Err(ErrorCode::QueueFull));
     let (mut phone, queued) = Device::connect(&relay, phone_key, Role::Phone).await;
     assert_eq!(queued, 2);
     let got = phone.deliveries(2).await;
-    assert_eq!((got[0].2.len(), got[1].2.len()), (600, 400));
+    assert_eq!((got[0].2.len(), got[1].2.len()), (600, 144));
     phone.assert_quiet(QUIET).await;
 }
 

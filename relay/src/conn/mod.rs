@@ -40,6 +40,11 @@ type Stream = SplitStream<WebSocket>;
 /// it is stopped.
 const REPLACED_GOODBYE: Duration = Duration::from_millis(500);
 
+/// How long a connection refused before (or right at) authentication may
+/// take to be told why: its `Error` and close frame, and the close. It no
+/// longer holds a place among the unauthenticated connections meanwhile.
+const REFUSED_GOODBYE: Duration = Duration::from_secs(1);
+
 /// Most store operations one connection may have in flight.
 pub(crate) const MAX_PENDING: usize = 256;
 
@@ -131,9 +136,10 @@ struct Conn {
 async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Conn> {
     let Arrival { peer, key, host, state, slot, unauthenticated } = arrival;
     let Some(slot) = slot else {
+        drop(unauthenticated);
         state.metrics.refused(ErrorCode::Overloaded);
-        close(&mut sink, ErrorCode::Overloaded, "the relay is at its connection limit", &state)
-            .await;
+        let msg = "the relay is at its connection limit";
+        refuse(&mut sink, ErrorCode::Overloaded, msg, &state).await;
         return None;
     };
     let handshake =
@@ -141,24 +147,22 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
     let (device, role) = match handshake.await {
         Ok(Ok(id)) => id,
         Ok(Err(Closing(code, msg))) => {
+            // Refused: its place goes now, not after the goodbye.
+            drop(unauthenticated);
             if code == ErrorCode::AuthFailed {
                 state.metrics.auth_failed();
             }
             state.metrics.refused(code);
             debug!(%peer, %code, "handshake refused");
-            close(&mut sink, code, &msg, &state).await;
+            refuse(&mut sink, code, &msg, &state).await;
             return None;
         }
         Err(_) => {
+            drop(unauthenticated);
             state.metrics.refused(ErrorCode::HandshakeTimeout);
             debug!(%peer, "no authentication within handshake_timeout");
-            close(
-                &mut sink,
-                ErrorCode::HandshakeTimeout,
-                "authenticate within the deadline",
-                &state,
-            )
-            .await;
+            let msg = "authenticate within the deadline";
+            refuse(&mut sink, ErrorCode::HandshakeTimeout, msg, &state).await;
             return None;
         }
     };
@@ -183,7 +187,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
                 state.metrics.refused(ErrorCode::RateLimited);
                 debug!(%peer, ip = %key, "too many connections from this address");
                 let msg = "too many connections from your address";
-                close(&mut sink, ErrorCode::RateLimited, msg, &state).await;
+                refuse(&mut sink, ErrorCode::RateLimited, msg, &state).await;
                 return None;
             }
         },
@@ -359,6 +363,13 @@ async fn flush(sink: &mut Sink, state: &State) -> Result<(), ()> {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
+}
+
+/// [`close`] for a connection that was never served: at most
+/// [`REFUSED_GOODBYE`] in all (a client that does not read must not keep
+/// the socket for `write_timeout` per write), then the socket goes.
+async fn refuse(sink: &mut Sink, code: ErrorCode, msg: &str, state: &State) {
+    let _ = timeout(REFUSED_GOODBYE, close(sink, code, msg, state)).await;
 }
 
 /// Send an `Error` frame and a close frame with the code, best effort.

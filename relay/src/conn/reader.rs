@@ -18,7 +18,7 @@ use crate::net::IpKey;
 use crate::pairing::Owner;
 use crate::registry::{ConnHandle, Outbound};
 use crate::state::{State, unix_now};
-use crate::store::{Enqueued, StoreError, StoreFuture};
+use crate::store::{Enqueued, NewFrame, StoreError, StoreFuture};
 
 /// A store operation in flight, with what to do when it finishes.
 enum Pending {
@@ -283,7 +283,9 @@ impl Reader {
                     }
                 }
                 let live = state.registry.get(&to).is_some();
-                let enqueued = state.store.enqueue(to, me, payload.clone(), unix_now(), live);
+                let frame =
+                    NewFrame { to, from: me, addr: self.ip.addr_key(), payload: payload.clone() };
+                let enqueued = state.store.enqueue(frame, unix_now(), live);
                 return Ok(Some(Pending::Enqueue(Box::new(Enqueue {
                     state: Arc::clone(state),
                     send_id,
@@ -308,7 +310,7 @@ impl Reader {
                     .await;
                     return Ok(None);
                 }
-                match state.store.authorize(me, peer).await {
+                match state.store.authorize(me, peer, self.ip.addr_key(), unix_now()).await {
                     Ok(()) => {
                         state.routes.invalidate(me, peer);
                         self.reply(Frame::Ok { ref_id: request_id }).await;
@@ -320,10 +322,20 @@ impl Reader {
                         }
                     }
                     Err(StoreError::TooManyPeers) => {
+                        state.metrics.limit_refused("max_peers");
                         self.refuse(
                             ErrorCode::RateLimited,
                             request_id,
                             "too many authorised peers",
+                        )
+                        .await;
+                    }
+                    Err(StoreError::TooManyPending) => {
+                        state.metrics.limit_refused("pending_authorizations_per_ip");
+                        self.refuse(
+                            ErrorCode::RateLimited,
+                            request_id,
+                            "too many authorisations from your address that no peer answered",
                         )
                         .await;
                     }
@@ -334,7 +346,7 @@ impl Reader {
             }
             Frame::Revoke { request_id, peer } => {
                 let had_route = state.routes.is_route(me, peer).await.unwrap_or(false);
-                match state.store.revoke(me, peer).await {
+                match state.store.revoke(me, peer, unix_now()).await {
                     Ok(dropped) => {
                         state.routes.invalidate(me, peer);
                         state.metrics.dropped("revoked", dropped);
@@ -496,7 +508,16 @@ impl Reader {
                     self.refuse(
                         ErrorCode::QueueFull,
                         send_id,
-                        "this device has its share of the relay's queues full; wait for acks",
+                        "this device has its share of the recipient's queue full; wait for acks",
+                    )
+                    .await;
+                }
+                Err(StoreError::AddressShareFull) => {
+                    state.metrics.limit_refused("queue_address_share");
+                    self.refuse(
+                        ErrorCode::QueueFull,
+                        send_id,
+                        "your address has its share of the relay's queues full; wait for acks",
                     )
                     .await;
                 }
@@ -504,6 +525,15 @@ impl Reader {
                     state.metrics.limit_refused("queue_total");
                     self.refuse(ErrorCode::QueueFull, send_id, "the relay's queue storage is full")
                         .await;
+                }
+                Err(StoreError::OverflowFull) => {
+                    state.metrics.limit_refused("queue_overflow");
+                    self.refuse(
+                        ErrorCode::QueueFull,
+                        send_id,
+                        "the relay's queue storage is full, and so is its overflow (or your address's share of it)",
+                    )
+                    .await;
                 }
                 Err(e) => {
                     warn!(error = %e, "store failed");

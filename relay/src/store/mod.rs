@@ -14,7 +14,12 @@
 //! * frames leave a queue only by the recipient's acknowledgement, by their
 //!   TTL, or by revocation of the route they came through (a crash may undo
 //!   recent acknowledgements: those frames are delivered again);
-//! * a route exists only when both devices authorised each other.
+//! * a route exists only when both devices authorised each other; a mutual
+//!   route never expires, a one-sided authorisation does
+//!   ([`RouteLimits::pending_ttl_secs`]);
+//! * what is queued and authorised is counted per sender address
+//!   ([`AddrKey`], stored with each row), and those counts are rebuilt from
+//!   the rows when the store opens.
 
 mod redb;
 #[cfg(test)]
@@ -62,14 +67,22 @@ pub enum StoreError {
     /// The recipient's queue is at its count or byte limit.
     #[error("queue full for {0}")]
     QueueFull(DeviceId),
-    /// The sender has its share of the recipient's queue, or of all queues,
-    /// queued already.
-    #[error("the sender's share of the queues is full")]
+    /// The sender has its share of the recipient's queue queued already.
+    #[error("the sender's share of the recipient's queue is full")]
     SenderShareFull,
+    /// The sender's client address has its share of all queues queued
+    /// already (whatever the keys it used).
+    #[error("the sender address's share of the queues is full")]
+    AddressShareFull,
     /// All queues together hold `total_max_bytes` (and the recipient is not
     /// connected, or its queue holds [`LIVE_ALLOWANCE_BYTES`]).
     #[error("the relay's queue storage is full")]
     StorageFull,
+    /// Past `total_max_bytes`, a frame for a connected recipient with a small
+    /// queue would pass `total_max_bytes + overflow_max_bytes`, or its
+    /// sender's address has its share of the overflow.
+    #[error("the relay's queue storage and its overflow for connected devices are full")]
+    OverflowFull,
     /// The two devices have not both authorised each other (checked in the
     /// same transaction as the enqueue, so a revocation is never raced).
     #[error("no route between these devices")]
@@ -77,6 +90,11 @@ pub enum StoreError {
     /// The device has authorised as many peers as a device may.
     #[error("too many authorised peers (at most {MAX_PEERS})")]
     TooManyPeers,
+    /// The address has as many one-sided authorisations (not answered by
+    /// the peer yet) as one address may hold
+    /// ([`RouteLimits::max_pending_per_ip`]).
+    #[error("too many one-sided authorisations from this address")]
+    TooManyPending,
     /// The storage backend failed (disk, database). The operation did not happen.
     #[error("storage failed: {0}")]
     Backend(String),
@@ -92,26 +110,46 @@ pub const MAX_PEERS: usize = 1024;
 /// must not hold the store for long; the next sweep continues).
 pub const MAX_EXPIRED_PER_SWEEP: usize = 10_000;
 
-/// Queue limits.
+/// What one queued frame is charged besides its payload, in bytes, against
+/// every byte limit of [`QueueLimits`]: roughly what its row costs on disk
+/// (key, sender, expiry, address and the B-tree's share: 127 bytes an empty
+/// frame, measured by `relay/tests/review_limits.rs`). So the limits count
+/// what frames cost, and empty frames are not free.
+pub const FRAME_COST_BYTES: u64 = 128;
+
+/// What a frame of `payload_len` bytes is charged against the byte limits.
+#[must_use]
+pub fn charged(payload_len: u64) -> u64 {
+    payload_len.saturating_add(FRAME_COST_BYTES)
+}
+
+/// Queue limits. Every byte limit counts a frame's payload plus
+/// [`FRAME_COST_BYTES`] ([`charged`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
     /// Most frames queued for one device.
     pub max_frames: u64,
-    /// Most payload bytes queued for one device.
+    /// Most bytes queued for one device.
     pub max_bytes: u64,
     /// How long a frame may wait, in seconds.
     pub ttl_secs: u64,
-    /// Most payload bytes queued in all queues together. Past it, a frame
-    /// is taken only for a connected recipient whose queue holds less than
-    /// [`LIVE_ALLOWANCE_BYTES`].
+    /// Most bytes queued in all queues together. Past it, a frame is taken
+    /// only for a connected recipient whose queue holds less than
+    /// [`LIVE_ALLOWANCE_BYTES`], within `overflow_max_bytes`.
     pub total_max_bytes: u64,
-    /// The share (percent, 1..=100) of `total_max_bytes`, and of any one
-    /// recipient's `max_bytes`, that frames from one sender may fill.
+    /// How far past `total_max_bytes` frames for connected recipients may
+    /// take the queues: all queues together never hold more than
+    /// `total_max_bytes + overflow_max_bytes`, and past `total_max_bytes` a
+    /// sender address that holds `sender_share_percent` of this gets no more.
+    pub overflow_max_bytes: u64,
+    /// The share (percent, 1..=100) of `total_max_bytes` (and of the
+    /// overflow) that frames from one sender address may fill, and of any
+    /// one recipient's `max_bytes` that frames from one sender may fill.
     pub sender_share_percent: u8,
 }
 
 impl QueueLimits {
-    /// The most bytes one sender may have queued in all.
+    /// The most bytes one sender address may have queued in all.
     #[must_use]
     pub fn sender_total_max(&self) -> u64 {
         share(self.total_max_bytes, self.sender_share_percent)
@@ -121,6 +159,64 @@ impl QueueLimits {
     #[must_use]
     pub fn sender_pair_max(&self) -> u64 {
         share(self.max_bytes, self.sender_share_percent)
+    }
+
+    /// Past the total, the most bytes one sender address may hold in all
+    /// and still have a frame taken for a connected recipient.
+    #[must_use]
+    pub fn sender_overflow_max(&self) -> u64 {
+        share(self.overflow_max_bytes, self.sender_share_percent)
+    }
+}
+
+/// Limits on authorisations that the peer has not answered (one-sided:
+/// `by` authorised `peer`, `peer` has not authorised `by`). Mutual routes
+/// are bounded only by [`MAX_PEERS`] per device and never expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// A one-sided authorisation is removed this long (seconds) after it was
+    /// made, or after the peer revoked the route it was part of, unless the
+    /// peer authorised back meanwhile.
+    pub pending_ttl_secs: u64,
+    /// Most one-sided authorisations made from one client address (counted
+    /// under the address they were made from).
+    pub max_pending_per_ip: u64,
+}
+
+/// The client address a queued frame or an authorisation counts under
+/// (per-address limits): the relay's per-address key (an IPv4 address, or
+/// an IPv6 address cut to its prefix), as 17 bytes: `4` or `6`, then the
+/// address (IPv4 in the first four bytes). [`AddrKey::UNKNOWN`] (all zero)
+/// counts under no address: rows of stores written before addresses were
+/// kept, and callers that know none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKey(pub [u8; 17]);
+
+impl AddrKey {
+    /// No address: counted in the totals only.
+    pub const UNKNOWN: AddrKey = AddrKey([0; 17]);
+
+    /// The key of an address already cut to the prefix the limits use.
+    #[must_use]
+    pub fn from_ip(ip: std::net::IpAddr) -> Self {
+        let mut k = [0u8; 17];
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                k[0] = 4;
+                k[1..5].copy_from_slice(&v4.octets());
+            }
+            std::net::IpAddr::V6(v6) => {
+                k[0] = 6;
+                k[1..].copy_from_slice(&v6.octets());
+            }
+        }
+        AddrKey(k)
+    }
+
+    /// Whether this names an address (rows of older stores do not).
+    #[must_use]
+    pub fn is_known(&self) -> bool {
+        *self != Self::UNKNOWN
     }
 }
 
@@ -133,10 +229,23 @@ fn share(of: u64, percent: u8) -> u64 {
 /// is still queued while that recipient's queue holds less than this (about
 /// sixteen frames of the largest size): a device that acknowledges what it
 /// receives keeps getting frames when the relay's storage is full. The
-/// frames stay when the recipient goes away, so the overshoot is bounded by
-/// this times the recipient keys that were connected while their frames
-/// were queued (within the TTL), not times the connected devices.
+/// frames stay when the recipient goes away, so what this lets in is bounded
+/// in all by [`QueueLimits::overflow_max_bytes`] and per sender address by
+/// its share of that.
 pub const LIVE_ALLOWANCE_BYTES: u64 = 1 << 20;
+
+/// A frame to queue ([`Store::enqueue`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFrame {
+    /// The recipient.
+    pub to: DeviceId,
+    /// The sender.
+    pub from: DeviceId,
+    /// The sender's client address (what the per-address share counts).
+    pub addr: AddrKey,
+    /// The opaque end-to-end envelope.
+    pub payload: Vec<u8>,
+}
 
 /// A frame waiting in a queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,20 +267,41 @@ pub struct QueueDepth {
     pub bytes: u64,
 }
 
+impl QueueDepth {
+    /// What these frames are charged against the byte limits: the payload
+    /// plus [`FRAME_COST_BYTES`] per frame.
+    #[must_use]
+    pub fn charged(&self) -> u64 {
+        self.bytes.saturating_add(self.frames.saturating_mul(FRAME_COST_BYTES))
+    }
+}
+
+/// What [`Store::expire`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Queued frames whose TTL passed.
+    pub frames: u64,
+    /// One-sided authorisations whose TTL passed.
+    pub authorizations: u64,
+}
+
+/// What [`Store::totals`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Frames and payload bytes in all queues.
+    pub queues: QueueDepth,
+    /// One-sided authorisations (the peer has not authorised back).
+    pub pending_authorizations: u64,
+}
+
 /// The relay's durable state.
 pub trait Store: Send + Sync + 'static {
-    /// Queue `payload` from `from` for `to`, expiring at `now + ttl`, if the
-    /// two devices have a route ([`StoreError::NoRoute`] otherwise). See
-    /// [`Enqueued`] for its two answers.
-    /// `live` says that `to` is connected (see [`LIVE_ALLOWANCE_BYTES`]).
-    fn enqueue(
-        &self,
-        to: DeviceId,
-        from: DeviceId,
-        payload: Vec<u8>,
-        now_unix: u64,
-        live: bool,
-    ) -> Enqueued;
+    /// Queue `payload` from `from` (connected from `addr`) for `to`,
+    /// expiring at `now + ttl`, if the two devices have a route
+    /// ([`StoreError::NoRoute`] otherwise). See [`Enqueued`] for its two
+    /// answers. `live` says that `to` is connected (see
+    /// [`LIVE_ALLOWANCE_BYTES`]).
+    fn enqueue(&self, frame: NewFrame, now_unix: u64, live: bool) -> Enqueued;
 
     /// Up to `limit` frames for `to` with ids above `after`, in id order.
     /// A fetch sees every enqueue whose id was taken before the fetch was
@@ -186,14 +316,26 @@ pub trait Store: Send + Sync + 'static {
     /// How much waits for `to`.
     fn depth(&self, to: DeviceId) -> StoreFuture<QueueDepth>;
 
-    /// Record that `by` allows frames to and from `peer`
-    /// ([`StoreError::TooManyPeers`] past [`MAX_PEERS`]).
-    fn authorize(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<()>;
+    /// Record that `by` (connected from `addr`) allows frames to and from
+    /// `peer` ([`StoreError::TooManyPeers`] past [`MAX_PEERS`]). Until
+    /// `peer` authorises `by` too, the authorisation is one-sided: it counts
+    /// against `addr`'s [`RouteLimits::max_pending_per_ip`]
+    /// ([`StoreError::TooManyPending`]) and expires after
+    /// [`RouteLimits::pending_ttl_secs`]. Authorising again changes nothing.
+    fn authorize(
+        &self,
+        by: DeviceId,
+        peer: DeviceId,
+        addr: AddrKey,
+        now_unix: u64,
+    ) -> StoreFuture<()>;
 
     /// Remove `by`'s authorisation of `peer` and drop every frame queued
     /// between the two, both ways. Returns how many frames were dropped (0,
     /// without touching the queues, when `by` had not authorised `peer`).
-    fn revoke(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<u64>;
+    /// `peer`'s authorisation of `by`, if any, is one-sided from now on (and
+    /// expires as such).
+    fn revoke(&self, by: DeviceId, peer: DeviceId, now_unix: u64) -> StoreFuture<u64>;
 
     /// Whether `a` and `b` authorised each other.
     fn is_route(&self, a: DeviceId, b: DeviceId) -> StoreFuture<bool>;
@@ -201,10 +343,13 @@ pub trait Store: Send + Sync + 'static {
     /// The devices `a` has a (mutual) route with.
     fn peers(&self, a: DeviceId) -> StoreFuture<Vec<DeviceId>>;
 
-    /// Delete frames whose TTL passed, at most [`MAX_EXPIRED_PER_SWEEP`].
-    /// Returns how many.
-    fn expire(&self, now_unix: u64) -> StoreFuture<u64>;
+    /// Delete frames whose TTL passed and one-sided authorisations whose TTL
+    /// passed, at most [`MAX_EXPIRED_PER_SWEEP`] of each, and forget some
+    /// empty queues nothing was queued for within the TTL (their ids are
+    /// never handed out again).
+    fn expire(&self, now_unix: u64) -> StoreFuture<Expired>;
 
-    /// Frames and bytes waiting across all queues.
-    fn totals(&self) -> StoreFuture<QueueDepth>;
+    /// Frames and bytes waiting across all queues, and the one-sided
+    /// authorisations.
+    fn totals(&self) -> StoreFuture<Totals>;
 }

@@ -18,41 +18,32 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
 };
 use tandem_proto::DeviceId;
 use tokio::sync::oneshot;
 
-use self::tables::{Answer, Depths, Meta, Usage, apply_batch, id16, u64_at};
-use super::{Enqueued, MAX_PEERS, QueueDepth, QueueLimits, Queued, Store, StoreError, StoreFuture};
+use self::accounts::{Depths, Pending, Usage};
+use self::layout::{FRESH_ID, META, Meta, SETTINGS, id16, u64_at};
+use self::tables::{Accounts, Answer, Changes, Context, Sweeps, apply_batch, apply_pending};
+use super::{
+    AddrKey, Enqueued, Expired, MAX_PEERS, NewFrame, QueueDepth, QueueLimits, Queued, RouteLimits,
+    Store, StoreError, StoreFuture, Totals,
+};
 
+mod accounts;
+pub(super) mod layout;
+mod routes;
 mod tables;
+#[cfg(test)]
+pub(super) use self::layout::old as old_layout;
 
 /// Most operations applied in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
 
-/// `to [16] ‖ id u64` → `from [16] ‖ expires_at u64 ‖ payload`
-const QUEUE: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("queue");
-/// The expiry index of earlier versions (`expires_at ‖ to ‖ id` → empty),
-/// deleted when the store opens: a queue's frames expire in id order (every
-/// frame gets the same TTL when it is queued), so the sweep reads the head
-/// of each queue instead, and queueing and acknowledging a frame touch one
-/// table fewer.
-const OLD_EXPIRY: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("expiry");
-/// `to [16]` → `next_id u64 ‖ frames u64 ‖ bytes u64`
-const META: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("queue_meta");
-/// `by [16] ‖ peer [16]` → empty: `by` authorised `peer`.
-const ROUTES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("routes");
-/// [`FRESH_ID`] → u64: the first delivery id of a queue not seen before.
-const SETTINGS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("settings");
-const FRESH_ID: &[u8] = b"fresh_id";
-
 enum Op {
     Enqueue {
-        to: DeviceId,
-        from: DeviceId,
-        payload: Vec<u8>,
+        frame: NewFrame,
         now: u64,
         /// Its delivery id, taken from [`NextIds`] when it was submitted.
         id: u64,
@@ -78,11 +69,14 @@ enum Op {
     Authorize {
         by: DeviceId,
         peer: DeviceId,
+        addr: AddrKey,
+        now: u64,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Revoke {
         by: DeviceId,
         peer: DeviceId,
+        now: u64,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     IsRoute {
@@ -96,10 +90,10 @@ enum Op {
     },
     Expire {
         now: u64,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
+        reply: oneshot::Sender<Result<Expired, StoreError>>,
     },
     Totals {
-        reply: oneshot::Sender<Result<QueueDepth, StoreError>>,
+        reply: oneshot::Sender<Result<Totals, StoreError>>,
     },
 }
 
@@ -123,14 +117,13 @@ impl Op {
     fn fail(self, e: StoreError) {
         // The caller may have gone away; nothing to do then.
         match self {
-            Op::Enqueue { reply, .. }
-            | Op::Ack { reply, .. }
-            | Op::Revoke { reply, .. }
-            | Op::Expire { reply, .. } => {
+            Op::Enqueue { reply, .. } | Op::Ack { reply, .. } | Op::Revoke { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
+            Op::Expire { reply, .. } => drop(reply.send(Err(e))),
+            Op::Totals { reply } => drop(reply.send(Err(e))),
             Op::Fetch { reply, .. } => drop(reply.send(Err(e))),
-            Op::Depth { reply, .. } | Op::Totals { reply } => drop(reply.send(Err(e))),
+            Op::Depth { reply, .. } => drop(reply.send(Err(e))),
             Op::Authorize { reply, .. } => drop(reply.send(Err(e))),
             Op::IsRoute { reply, .. } => drop(reply.send(Err(e))),
             Op::Peers { reply, .. } => drop(reply.send(Err(e))),
@@ -206,7 +199,12 @@ impl RedbStore {
     ///
     /// # Errors
     /// [`StoreError::Backend`] when the directory or database cannot be opened.
-    pub fn open(dir: &Path, limits: QueueLimits) -> Result<Self, StoreError> {
+    pub fn open(
+        dir: &Path,
+        limits: QueueLimits,
+        routes: RouteLimits,
+        now_unix: u64,
+    ) -> Result<Self, StoreError> {
         crate::fsmode::create_private_dir(dir).map_err(backend)?;
         // Created 0600 whatever the umask (redb would leave it to the umask).
         let path = dir.join("relay.redb");
@@ -214,33 +212,25 @@ impl RedbStore {
         options.read(true).write(true).create(true).truncate(false);
         drop(crate::fsmode::private_file(&path, &mut options).map_err(backend)?);
         let db = Database::create(path).map_err(backend)?;
-        // Create the tables up front so read paths never meet a missing table.
-        let txn = db.begin_write().map_err(backend)?;
-        for def in [QUEUE, META, ROUTES, SETTINGS] {
-            txn.open_table(def).map_err(backend)?;
-        }
-        txn.delete_table(OLD_EXPIRY).map_err(backend)?;
-        txn.commit().map_err(backend)?;
-        Self::skip_unsaved_ids(&db)?;
-        let ids = Arc::new(Mutex::new(NextIds::load(&db)?));
-        let depths = Depths::load(&db)?;
-        let usage = Usage::load(&db)?;
-        let (tx, rx) = mpsc::channel();
-        let writer_ids = Arc::clone(&ids);
-        thread::Builder::new()
-            .name("tandem-store".into())
-            .spawn(move || writer(db, rx, limits, &writer_ids, depths, usage))
-            .map_err(backend)?;
-        Ok(Self { tx, ids })
-    }
-
-    /// Move every queue's next delivery id past what may have been handed
-    /// out before a commit that never happened (see [`Skip`]).
-    fn skip_unsaved_ids(db: &Database) -> Result<(), StoreError> {
+        // Create the tables up front so read paths never meet a missing
+        // table, move an older layout's rows over, and move every queue's
+        // next delivery id past what may have been handed out before a
+        // commit that never happened (see [`Skip`]): one durable commit.
         let mut txn = db.begin_write().map_err(backend)?;
         let _ = txn.set_durability(Durability::Immediate);
+        layout::upgrade(&txn, now_unix)?;
         Skip::apply(&txn)?;
-        txn.commit().map_err(backend)
+        txn.commit().map_err(backend)?;
+        let ids = Arc::new(Mutex::new(NextIds::load(&db)?));
+        let accounts = (Depths::load(&db)?, Usage::load(&db)?, Pending::load(&db)?);
+        let (tx, rx) = mpsc::channel();
+        let writer_ids = Arc::clone(&ids);
+        let limits = (limits, routes);
+        thread::Builder::new()
+            .name("tandem-store".into())
+            .spawn(move || writer(db, rx, limits, &writer_ids, accounts))
+            .map_err(backend)?;
+        Ok(Self { tx, ids })
     }
 
     fn call<T: Send + 'static>(
@@ -257,21 +247,15 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
-    fn enqueue(
-        &self,
-        to: DeviceId,
-        from: DeviceId,
-        payload: Vec<u8>,
-        now_unix: u64,
-        live: bool,
-    ) -> Enqueued {
+    fn enqueue(&self, frame: NewFrame, now_unix: u64, live: bool) -> Enqueued {
         // Take the id and submit under one lock, so the writer sees each
         // queue's ids in increasing order.
+        let to = frame.to;
         let mut ids = lock(&self.ids);
         let id = ids.take(to);
         let early = ids.early(&to);
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(Op::Enqueue { to, from, payload, now: now_unix, id, live, reply });
+        let sent = self.tx.send(Op::Enqueue { frame, now: now_unix, id, live, reply });
         drop(ids);
         let placed = if early && sent.is_ok() { Ok(id) } else { Err(StoreError::Closed) };
         let durable = Box::pin(async move {
@@ -289,11 +273,17 @@ impl Store for RedbStore {
     fn depth(&self, to: DeviceId) -> StoreFuture<QueueDepth> {
         self.call(|reply| Op::Depth { to, reply })
     }
-    fn authorize(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<()> {
-        self.call(|reply| Op::Authorize { by, peer, reply })
+    fn authorize(
+        &self,
+        by: DeviceId,
+        peer: DeviceId,
+        addr: AddrKey,
+        now_unix: u64,
+    ) -> StoreFuture<()> {
+        self.call(|reply| Op::Authorize { by, peer, addr, now: now_unix, reply })
     }
-    fn revoke(&self, by: DeviceId, peer: DeviceId) -> StoreFuture<u64> {
-        self.call(|reply| Op::Revoke { by, peer, reply })
+    fn revoke(&self, by: DeviceId, peer: DeviceId, now_unix: u64) -> StoreFuture<u64> {
+        self.call(|reply| Op::Revoke { by, peer, now: now_unix, reply })
     }
     fn is_route(&self, a: DeviceId, b: DeviceId) -> StoreFuture<bool> {
         self.call(|reply| Op::IsRoute { a, b, reply })
@@ -301,10 +291,10 @@ impl Store for RedbStore {
     fn peers(&self, a: DeviceId) -> StoreFuture<Vec<DeviceId>> {
         self.call(|reply| Op::Peers { a, reply })
     }
-    fn expire(&self, now_unix: u64) -> StoreFuture<u64> {
+    fn expire(&self, now_unix: u64) -> StoreFuture<Expired> {
         self.call(|reply| Op::Expire { now: now_unix, reply })
     }
-    fn totals(&self) -> StoreFuture<QueueDepth> {
+    fn totals(&self) -> StoreFuture<Totals> {
         self.call(|reply| Op::Totals { reply })
     }
 }
@@ -317,12 +307,12 @@ fn lock(ids: &Mutex<NextIds>) -> MutexGuard<'_, NextIds> {
 fn writer(
     db: Database,
     rx: mpsc::Receiver<Op>,
-    limits: QueueLimits,
+    (limits, routes): (QueueLimits, RouteLimits),
     ids: &Mutex<NextIds>,
-    mut depths: Depths,
-    mut usage: Usage,
+    (mut depths, mut usage, mut pending): (Depths, Usage, Pending),
 ) {
     let mut lazy = LazyCommits::default();
+    let mut sweeps = Sweeps::default();
     // A commit failed: ids handed out may not be saved; skip past them in
     // the next commit before telling ids early again.
     let mut skip = false;
@@ -370,10 +360,14 @@ fn writer(
         // Apply every op, keeping its answer until the commit is durable.
         let skipped = if skip { Skip::apply(&txn) } else { Ok(()) };
         let (answers, changed, failed) = match skipped {
-            Ok(()) => apply_batch(&txn, &batch, &limits, &depths, &usage),
+            Ok(()) => {
+                let accounts = Accounts { depths: &depths, usage: &usage, pending: &pending };
+                let cx = Context { limits: &limits, routes: &routes, accounts, ids };
+                apply_batch(&txn, &batch, &cx, &mut sweeps)
+            }
             Err(e) => {
-                let none = (Vec::new(), Usage::default());
-                (batch.iter().map(|_| Answer::Pending).collect(), none, Some(e))
+                let pending = batch.iter().map(|_| Answer::Pending).collect();
+                (pending, Changes::default(), Some(e))
             }
         };
         let result = match failed {
@@ -386,9 +380,11 @@ fn writer(
         if result.is_ok() {
             lazy.committed(durable);
             skip = false;
-            let (queues, senders) = changed;
+            let Changes { queues, usage: addrs, pending: delta, forgotten } = changed;
             depths.update(queues);
-            usage.update(senders);
+            usage.update(addrs);
+            apply_pending(&mut pending, delta);
+            forget_queues(ids, &forgotten);
             note_fullness(ids, &batch, &answers);
         } else {
             lock(ids).healthy = false;
@@ -423,18 +419,36 @@ fn note_fullness(ids: &Mutex<NextIds>, batch: &[Op], answers: &[Answer]) {
     }
     for (op, answer) in batch.iter().zip(answers) {
         match (op, answer) {
-            (Op::Enqueue { to, .. }, a) if a.is_full() => {
-                ids.full.insert(*to);
+            (Op::Enqueue { frame, .. }, a) if a.is_full() => {
+                ids.full.insert(frame.to);
             }
             (Op::Ack { to, .. }, _) => {
                 ids.full.remove(to);
             }
             // Expiry and revocation may empty any queue: start afresh.
-            (Op::Expire { .. } | Op::Revoke { .. }, Answer::U64(Ok(n))) if *n > 0 => {
-                ids.full.clear();
-            }
+            (Op::Revoke { .. }, Answer::U64(Ok(n))) if *n > 0 => ids.full.clear(),
+            (Op::Expire { .. }, Answer::Expired(x)) if x.frames > 0 => ids.full.clear(),
             _ => {}
         }
+    }
+}
+
+/// After a commit that deleted the metadata of idle queues: forget their
+/// next ids in memory too, so a frame for one of them later starts it
+/// afresh. The first id of a fresh queue is raised past each one's next id
+/// as it is in memory now. The commit saved it past the next id as it was
+/// when the row was deleted; ids handed out for the queue in between were
+/// in flight, fewer than [`SKIP`] allows for (see [`Skip`]), so after a
+/// crash the skip at open still moves past them.
+fn forget_queues(ids: &Mutex<NextIds>, forgotten: &[(DeviceId, u64)]) {
+    if forgotten.is_empty() {
+        return;
+    }
+    let mut ids = lock(ids);
+    for (to, next) in forgotten {
+        let now = ids.next.remove(to).unwrap_or(0).max(*next);
+        ids.fresh = ids.fresh.max(now);
+        ids.full.remove(to);
     }
 }
 
@@ -455,6 +469,8 @@ struct Skip;
 
 /// How far every queue's next id moves when the store opens.
 pub(crate) const SKIP: u64 = 1 << 24;
+// (Twice that, with room to spare: a queue forgotten while ids for it
+// were in flight, see [`forget_queues`].)
 const _: () = assert!((crate::conn::MAX_PENDING * MAX_PEERS * 8) as u64 <= SKIP);
 
 impl Skip {
@@ -551,9 +567,7 @@ mod lazy_tests {
     fn enqueue() -> Op {
         let (to, from) = (DeviceId([1; 16]), DeviceId([2; 16]));
         Op::Enqueue {
-            to,
-            from,
-            payload: vec![],
+            frame: NewFrame { to, from, addr: AddrKey::UNKNOWN, payload: vec![] },
             now: 0,
             id: 1,
             live: false,

@@ -152,7 +152,12 @@ impl Relay {
 
     /// Poll `/metrics` until `series` has `value` (5 s), returning the text.
     pub async fn wait_metric(&self, series: &str, value: f64) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        self.wait_metric_within(series, value, 5).await
+    }
+
+    /// Poll `/metrics` until `series` has `value` (`secs` seconds), returning the text.
+    pub async fn wait_metric_within(&self, series: &str, value: f64, secs: u64) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             let m = self.metrics().await;
             if metric(&m, series) == Some(value) {

@@ -1,135 +1,97 @@
 //! What the writer thread does inside one write transaction: the tables of
-//! the batch, each operation applied in order ([`apply_batch`]), and the
-//! in-memory accounts kept in step with the commits: the non-empty queues
-//! ([`Depths`]) and the bytes queued per sender and in all ([`Usage`]).
+//! the batch, each operation applied in order ([`apply_batch`]) against the
+//! in-memory accounts ([`super::accounts`]), and what the batch changed in
+//! them, taken over by the writer once the commit succeeded ([`Changes`]).
+//! Authorisations and their expiry are in [`super::routes`].
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use redb::{ReadableTable, Table, WriteTransaction};
 use tandem_proto::DeviceId;
 
-use super::{META, Op, QUEUE, ROUTES, backend};
+use super::accounts::{Depths, Pending, Usage};
+use super::layout::{
+    FRESH_ID, FrameRow, META, Meta, PENDING, QUEUE, ROUTES, SETTINGS, frame_value, id16, qkey,
+    u64_at,
+};
+use super::{NextIds, Op, backend, lock};
 use crate::store::{
-    LIVE_ALLOWANCE_BYTES, MAX_EXPIRED_PER_SWEEP, MAX_PEERS, QueueDepth, QueueLimits, Queued,
-    StoreError,
+    AddrKey, Expired, LIVE_ALLOWANCE_BYTES, MAX_EXPIRED_PER_SWEEP, NewFrame, QueueDepth,
+    QueueLimits, Queued, RouteLimits, StoreError, Totals, charged,
 };
 
-/// Frames and bytes waiting in each queue that holds any, kept by the
-/// writer in step with its commits: the expiry sweep and
-/// [`crate::store::Store::totals`] read this instead of every queue's metadata row (one
-/// per device that ever received a frame), which would stall the writer on
-/// a relay with many devices.
-#[derive(Debug, Default)]
-pub(super) struct Depths(HashMap<DeviceId, QueueDepth>);
+/// Queue metadata rows one expiry sweep looks at for queues to forget.
+const META_SCAN_PER_SWEEP: usize = 1024;
 
-impl Depths {
-    pub(super) fn load(db: &Database) -> Result<Self, StoreError> {
-        let txn = db.begin_read().map_err(backend)?;
-        let mut map = HashMap::new();
-        for item in txn.open_table(META).map_err(backend)?.iter().map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
-            let m = Meta::decode(v.value());
-            if m.frames > 0 {
-                map.insert(id16(k.value(), 0), QueueDepth { frames: m.frames, bytes: m.bytes });
-            }
-        }
-        Ok(Self(map))
-    }
-
-    /// After a commit: the queues it changed.
-    pub(super) fn update(&mut self, changed: Vec<(DeviceId, Meta)>) {
-        for (to, m) in changed {
-            if m.frames > 0 {
-                self.0.insert(to, QueueDepth { frames: m.frames, bytes: m.bytes });
-            } else {
-                self.0.remove(&to);
-            }
-        }
-    }
+/// The writer's in-memory accounts as of the last commit.
+pub(super) struct Accounts<'a> {
+    pub(super) depths: &'a Depths,
+    pub(super) usage: &'a Usage,
+    pub(super) pending: &'a Pending,
 }
 
-/// Apply `batch` in order inside `txn`: one answer per op, and the error
-/// that stopped it (every answer from there on is [`Answer::Pending`]; the
-/// caller aborts the transaction).
-/// The queues whose metadata a batch changed, as it left them.
-/// Payload bytes queued per sender, per sender and recipient, and in all,
-/// kept by the writer in step with its commits (rebuilt from the queue
-/// table when the store opens): the sender shares and the total cap are
-/// checked against this without reading the queues.
-#[derive(Debug, Default)]
-pub(super) struct Usage {
-    total: u64,
-    senders: HashMap<DeviceId, u64>,
-    /// `(from, to)`.
-    pairs: HashMap<(DeviceId, DeviceId), u64>,
+/// What a batch changed in the accounts, as it left them.
+#[derive(Default)]
+pub(super) struct Changes {
+    /// The queues whose metadata changed.
+    pub(super) queues: Vec<(DeviceId, Meta)>,
+    /// Every address and pair the batch touched, and the total.
+    pub(super) usage: Usage,
+    /// One-sided authorisations added (or, negative, removed) per address.
+    pub(super) pending: HashMap<AddrKey, i64>,
+    /// Empty queues whose metadata was deleted, with the next id they had
+    /// in memory when it was; see [`super::forget_queues`].
+    pub(super) forgotten: Vec<(DeviceId, u64)>,
 }
 
-impl Usage {
-    pub(super) fn load(db: &Database) -> Result<Self, StoreError> {
-        let txn = db.begin_read().map_err(backend)?;
-        let mut u = Usage::default();
-        for item in txn.open_table(QUEUE).map_err(backend)?.iter().map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
-            let len = v.value().len().saturating_sub(24) as u64;
-            let (from, to) = (id16(v.value(), 0), id16(k.value(), 0));
-            u.total += len;
-            *u.senders.entry(from).or_insert(0) += len;
-            *u.pairs.entry((from, to)).or_insert(0) += len;
-        }
-        Ok(u)
-    }
-
-    /// After a commit: take the batch's values (`changed` holds every
-    /// sender and pair the batch touched, as it left them, and the total).
-    pub(super) fn update(&mut self, changed: Usage) {
-        self.total = changed.total;
-        for (k, v) in changed.senders {
-            if v == 0 {
-                self.senders.remove(&k);
-            } else {
-                self.senders.insert(k, v);
-            }
-        }
-        for (k, v) in changed.pairs {
-            if v == 0 {
-                self.pairs.remove(&k);
-            } else {
-                self.pairs.insert(k, v);
-            }
-        }
-    }
+/// What the writer keeps between batches for the sweeps.
+#[derive(Default)]
+pub(super) struct Sweeps {
+    /// Where the next look for idle queues starts (`None`: at the first).
+    pub(super) meta_cursor: Option<DeviceId>,
 }
 
-pub(super) type Changed = (Vec<(DeviceId, Meta)>, Usage);
+/// Everything [`apply_batch`] reads besides the batch.
+pub(super) struct Context<'a> {
+    pub(super) limits: &'a QueueLimits,
+    pub(super) routes: &'a RouteLimits,
+    pub(super) accounts: Accounts<'a>,
+    pub(super) ids: &'a Mutex<NextIds>,
+}
 
+/// Apply `batch` in order inside `txn`: one answer per op, what it changed,
+/// and the error that stopped it (every answer from there on is
+/// [`Answer::Pending`]; the caller aborts the transaction).
 pub(super) fn apply_batch(
     txn: &WriteTransaction,
     batch: &[Op],
-    limits: &QueueLimits,
-    depths: &Depths,
-    usage: &Usage,
-) -> (Vec<Answer>, Changed, Option<StoreError>) {
+    cx: &Context<'_>,
+    sweeps: &mut Sweeps,
+) -> (Vec<Answer>, Changes, Option<StoreError>) {
     let mut answers = Vec::with_capacity(batch.len());
-    let none = || (Vec::new(), Usage::default());
-    let mut tables = match Tables::open(txn, depths, usage) {
+    let mut tables = match Tables::open(txn, cx, sweeps) {
         Ok(t) => t,
         Err(e) => {
             answers.resize_with(batch.len(), || Answer::Pending);
-            return (answers, none(), Some(e));
+            return (answers, Changes::default(), Some(e));
         }
     };
     for op in batch {
-        match tables.apply(op, limits) {
+        match tables.apply(op) {
             Ok(a) => answers.push(a),
             Err(e) => {
                 answers.resize_with(batch.len(), || Answer::Pending);
-                return (answers, none(), Some(e));
+                return (answers, Changes::default(), Some(e));
             }
         }
     }
     match tables.write_meta() {
-        Ok(changed) => (answers, (changed, tables.touched), None),
-        Err(e) => (answers, none(), Some(e)),
+        Ok(queues) => {
+            let Tables { touched, pending_delta, forgotten, .. } = tables;
+            (answers, Changes { queues, usage: touched, pending: pending_delta, forgotten }, None)
+        }
+        Err(e) => (answers, Changes::default(), Some(e)),
     }
 }
 
@@ -140,6 +102,8 @@ pub(super) enum Answer {
     Bool(bool),
     Queued(Vec<Queued>),
     Depth(QueueDepth),
+    Expired(Expired),
+    Totals(Totals),
     Ids(Vec<DeviceId>),
     Pending,
 }
@@ -151,7 +115,9 @@ impl Answer {
             self,
             Answer::U64(Err(StoreError::QueueFull(_)
                 | StoreError::SenderShareFull
-                | StoreError::StorageFull))
+                | StoreError::AddressShareFull
+                | StoreError::StorageFull
+                | StoreError::OverflowFull))
         )
     }
 
@@ -159,10 +125,7 @@ impl Answer {
         let e = || StoreError::Backend("internal: answer does not match operation".into());
         match (op, self) {
             (
-                Op::Enqueue { reply, .. }
-                | Op::Ack { reply, .. }
-                | Op::Revoke { reply, .. }
-                | Op::Expire { reply, .. },
+                Op::Enqueue { reply, .. } | Op::Ack { reply, .. } | Op::Revoke { reply, .. },
                 Answer::U64(r),
             ) => {
                 let _ = reply.send(r);
@@ -170,135 +133,110 @@ impl Answer {
             (Op::Authorize { reply, .. }, Answer::Unit(r)) => drop(reply.send(r)),
             (Op::IsRoute { reply, .. }, Answer::Bool(b)) => drop(reply.send(Ok(b))),
             (Op::Fetch { reply, .. }, Answer::Queued(q)) => drop(reply.send(Ok(q))),
-            (Op::Depth { reply, .. } | Op::Totals { reply }, Answer::Depth(d)) => {
-                drop(reply.send(Ok(d)))
-            }
+            (Op::Depth { reply, .. }, Answer::Depth(d)) => drop(reply.send(Ok(d))),
+            (Op::Expire { reply, .. }, Answer::Expired(x)) => drop(reply.send(Ok(x))),
+            (Op::Totals { reply }, Answer::Totals(t)) => drop(reply.send(Ok(t))),
             (Op::Peers { reply, .. }, Answer::Ids(ids)) => drop(reply.send(Ok(ids))),
             (op, _) => op.fail(e()),
         }
     }
 }
 
-pub(super) fn qkey(to: &DeviceId, id: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..16].copy_from_slice(&to.0);
-    k[16..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-pub(super) fn rkey(by: &DeviceId, peer: &DeviceId) -> [u8; 32] {
-    let mut k = [0u8; 32];
-    k[..16].copy_from_slice(&by.0);
-    k[16..].copy_from_slice(&peer.0);
-    k
-}
-
-pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_be_bytes)
-}
-
-pub(super) fn id16(b: &[u8], at: usize) -> DeviceId {
-    DeviceId(b.get(at..at + 16).and_then(|s| s.try_into().ok()).unwrap_or([0; 16]))
-}
-
-#[derive(Clone, Copy, Default)]
-pub(super) struct Meta {
-    pub(super) next_id: u64,
-    pub(super) frames: u64,
-    pub(super) bytes: u64,
-}
-
-impl Meta {
-    pub(super) fn decode(v: &[u8]) -> Self {
-        Meta { next_id: u64_at(v, 0), frames: u64_at(v, 8), bytes: u64_at(v, 16) }
-    }
-
-    pub(super) fn encode(&self) -> [u8; 24] {
-        let mut v = [0u8; 24];
-        v[..8].copy_from_slice(&self.next_id.to_be_bytes());
-        v[8..16].copy_from_slice(&self.frames.to_be_bytes());
-        v[16..].copy_from_slice(&self.bytes.to_be_bytes());
-        v
-    }
-}
-
 /// The tables of one write transaction, opened once for the whole batch,
-/// and the queue metadata the batch read or changed (written back once, at
-/// the end, by [`Tables::write_meta`]).
-struct Tables<'t, 'd> {
-    queue: Table<'t, &'static [u8], &'static [u8]>,
-    meta_t: Table<'t, &'static [u8], &'static [u8]>,
-    routes: Table<'t, &'static [u8], &'static [u8]>,
+/// the queue metadata the batch read or changed (written back once, at the
+/// end, by [`Tables::write_meta`]), and the batch's changes to the accounts.
+pub(super) struct Tables<'t, 'c> {
+    pub(super) queue: Table<'t, &'static [u8], &'static [u8]>,
+    pub(super) meta_t: Table<'t, &'static [u8], &'static [u8]>,
+    pub(super) routes: Table<'t, &'static [u8], &'static [u8]>,
+    pub(super) pending_t: Table<'t, &'static [u8], &'static [u8]>,
+    settings: Table<'t, &'static [u8], &'static [u8]>,
     meta: HashMap<DeviceId, (Meta, bool)>,
-    /// Every non-empty queue as of the last commit.
-    depths: &'d Depths,
-    /// Bytes per sender as of the last commit.
-    usage: &'d Usage,
-    /// The senders and pairs this batch changed, as it left them, and the total.
+    pub(super) cx: &'c Context<'c>,
+    sweeps: &'c mut Sweeps,
+    /// The addresses and pairs this batch changed, as it left them, and the total.
     touched: Usage,
+    /// One-sided authorisations this batch added or removed, per address.
+    pub(super) pending_delta: HashMap<AddrKey, i64>,
+    /// Queues whose metadata this batch deleted.
+    forgotten: Vec<(DeviceId, u64)>,
 }
 
-impl<'t, 'd> Tables<'t, 'd> {
+impl<'t, 'c> Tables<'t, 'c> {
     fn open(
         txn: &'t WriteTransaction,
-        depths: &'d Depths,
-        usage: &'d Usage,
+        cx: &'c Context<'c>,
+        sweeps: &'c mut Sweeps,
     ) -> Result<Self, StoreError> {
         Ok(Self {
             queue: txn.open_table(QUEUE).map_err(backend)?,
             meta_t: txn.open_table(META).map_err(backend)?,
             routes: txn.open_table(ROUTES).map_err(backend)?,
+            pending_t: txn.open_table(PENDING).map_err(backend)?,
+            settings: txn.open_table(SETTINGS).map_err(backend)?,
             meta: HashMap::new(),
-            depths,
-            usage,
-            touched: Usage { total: usage.total, ..Usage::default() },
+            cx,
+            sweeps,
+            touched: Usage { total: cx.accounts.usage.total, ..Usage::default() },
+            pending_delta: HashMap::new(),
+            forgotten: Vec::new(),
         })
     }
 
-    /// Bytes `from` has queued in all, with this batch's changes.
-    fn sender_bytes(&self, from: &DeviceId) -> u64 {
-        let u = |x: &Usage| x.senders.get(from).copied();
-        u(&self.touched).or_else(|| u(self.usage)).unwrap_or(0)
+    /// Bytes charged to `addr` in all, with this batch's changes.
+    fn addr_bytes(&self, addr: &AddrKey) -> u64 {
+        let u = |x: &Usage| x.addrs.get(addr).copied();
+        u(&self.touched).or_else(|| u(self.cx.accounts.usage)).unwrap_or(0)
     }
 
-    /// Bytes `from` has queued for `to`, with this batch's changes.
+    /// Bytes charged to `from` for `to`, with this batch's changes.
     fn pair_bytes(&self, from: &DeviceId, to: &DeviceId) -> u64 {
         let u = |x: &Usage| x.pairs.get(&(*from, *to)).copied();
-        u(&self.touched).or_else(|| u(self.usage)).unwrap_or(0)
+        u(&self.touched).or_else(|| u(self.cx.accounts.usage)).unwrap_or(0)
     }
 
-    /// `len` bytes from `from` for `to` were queued (`added`) or removed.
-    fn account(&mut self, from: &DeviceId, to: &DeviceId, len: u64, added: bool) {
-        let step = |v: u64| if added { v.saturating_add(len) } else { v.saturating_sub(len) };
-        let sender = step(self.sender_bytes(from));
+    /// A frame charged `cost` from `from` at `addr` for `to` was queued
+    /// (`added`) or removed.
+    fn account(&mut self, from: &DeviceId, to: &DeviceId, addr: &AddrKey, cost: u64, added: bool) {
+        let step = |v: u64| if added { v.saturating_add(cost) } else { v.saturating_sub(cost) };
         let pair = step(self.pair_bytes(from, to));
         self.touched.total = step(self.touched.total);
-        self.touched.senders.insert(*from, sender);
         self.touched.pairs.insert((*from, *to), pair);
+        if addr.is_known() {
+            let a = step(self.addr_bytes(addr));
+            self.touched.addrs.insert(*addr, a);
+        }
     }
 
-    /// Why a frame of `len` bytes from `from` for `to` (whose queue is
-    /// `meta`; `live`: connected) may not be queued, if it may not.
-    fn refusal(
-        &self,
-        limits: &QueueLimits,
-        from: &DeviceId,
-        to: &DeviceId,
-        meta: Meta,
-        len: u64,
-        live: bool,
-    ) -> Option<StoreError> {
-        if meta.frames + 1 > limits.max_frames || meta.bytes + len > limits.max_bytes {
-            return Some(StoreError::QueueFull(*to));
+    /// Why the frame `f`, charged `cost`, may not be queued (its
+    /// recipient's queue is `meta`; `live`: the recipient is connected),
+    /// if it may not.
+    fn refusal(&self, f: &NewFrame, meta: Meta, cost: u64, live: bool) -> Option<StoreError> {
+        let limits = self.cx.limits;
+        let queued = QueueDepth { frames: meta.frames, bytes: meta.bytes }.charged();
+        if meta.frames + 1 > limits.max_frames || queued + cost > limits.max_bytes {
+            return Some(StoreError::QueueFull(f.to));
         }
-        if self.pair_bytes(from, to) + len > limits.sender_pair_max()
-            || self.sender_bytes(from) + len > limits.sender_total_max()
-        {
+        if self.pair_bytes(&f.from, &f.to) + cost > limits.sender_pair_max() {
             return Some(StoreError::SenderShareFull);
         }
-        let over_total = self.touched.total + len > limits.total_max_bytes;
-        if over_total && !(live && meta.bytes + len <= LIVE_ALLOWANCE_BYTES) {
+        let known = f.addr.is_known();
+        let addr_bytes = if known { self.addr_bytes(&f.addr) } else { 0 };
+        if known && addr_bytes + cost > limits.sender_total_max() {
+            return Some(StoreError::AddressShareFull);
+        }
+        let total = self.touched.total + cost;
+        if total <= limits.total_max_bytes {
+            return None;
+        }
+        // Past the total: only for a connected recipient with a small
+        // queue, within the overflow and the address's share of it.
+        if !(live && queued + cost <= LIVE_ALLOWANCE_BYTES) {
             return Some(StoreError::StorageFull);
+        }
+        let overflow_end = limits.total_max_bytes.saturating_add(limits.overflow_max_bytes);
+        if total > overflow_end || (known && addr_bytes + cost > limits.sender_overflow_max()) {
+            return Some(StoreError::OverflowFull);
         }
         None
     }
@@ -337,6 +275,8 @@ impl<'t, 'd> Tables<'t, 'd> {
     /// changes.
     fn depths(&self) -> Vec<(DeviceId, QueueDepth)> {
         let mut out: Vec<(DeviceId, QueueDepth)> = self
+            .cx
+            .accounts
             .depths
             .0
             .iter()
@@ -351,43 +291,33 @@ impl<'t, 'd> Tables<'t, 'd> {
         out
     }
 
-    fn is_route(&self, a: &DeviceId, b: &DeviceId) -> Result<bool, StoreError> {
-        let ab = self.routes.get(&rkey(a, b)[..]).map_err(backend)?.is_some();
-        let ba = self.routes.get(&rkey(b, a)[..]).map_err(backend)?.is_some();
-        Ok(ab && ba)
-    }
-
     /// Remove queued frames for `to` matching `pred` within `ids`; keeps
     /// meta in step. Returns how many were removed.
-    fn remove_where(
+    pub(super) fn remove_where(
         &mut self,
         to: &DeviceId,
         ids: std::ops::RangeInclusive<u64>,
-        mut pred: impl FnMut(&[u8]) -> bool,
+        mut pred: impl FnMut(&FrameRow<'_>) -> bool,
     ) -> Result<u64, StoreError> {
         let lo = qkey(to, *ids.start());
         let hi = qkey(to, *ids.end());
         let mut victims = Vec::new();
         for item in self.queue.range(&lo[..]..=&hi[..]).map_err(backend)? {
             let (k, v) = item.map_err(backend)?;
-            let v = v.value();
-            if pred(v) {
-                victims.push((
-                    u64_at(k.value(), 16),
-                    v.len().saturating_sub(24) as u64,
-                    id16(v, 0),
-                ));
+            let row = FrameRow::decode(v.value());
+            if pred(&row) {
+                victims.push((u64_at(k.value(), 16), row.payload.len() as u64, row.from, row.addr));
             }
         }
         if victims.is_empty() {
             return Ok(0);
         }
         let mut meta = self.meta(to)?;
-        for (id, len, from) in &victims {
+        for (id, len, from, addr) in &victims {
             self.queue.remove(&qkey(to, *id)[..]).map_err(backend)?;
             meta.frames = meta.frames.saturating_sub(1);
             meta.bytes = meta.bytes.saturating_sub(*len);
-            self.account(from, to, *len, false);
+            self.account(from, to, addr, charged(*len), false);
         }
         self.set_meta(to, meta);
         Ok(victims.len() as u64)
@@ -404,7 +334,7 @@ impl<'t, 'd> Tables<'t, 'd> {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         for item in self.queue.range(&lo[..]..=&hi[..]).map_err(backend)?.take(limit) {
             let (k, v) = item.map_err(backend)?;
-            if u64_at(v.value(), 16) > now {
+            if FrameRow::decode(v.value()).expires > now {
                 break;
             }
             last = Some(u64_at(k.value(), 16));
@@ -415,32 +345,79 @@ impl<'t, 'd> Tables<'t, 'd> {
         }
     }
 
-    fn apply(&mut self, op: &Op, limits: &QueueLimits) -> Result<Answer, StoreError> {
+    /// Delete the metadata of some empty queues nothing was queued for
+    /// within the TTL (a bounded slice per sweep, round robin), so the
+    /// store keeps rows only for devices that received frames lately. Their
+    /// ids must never be handed out again: the first id of a queue not seen
+    /// before ([`FRESH_ID`]) is raised past each one's next id, here in the
+    /// same transaction, and in memory once it committed
+    /// ([`super::forget_queues`]).
+    fn forget_idle_queues(&mut self, now: u64) -> Result<(), StoreError> {
+        let ttl = self.cx.limits.ttl_secs;
+        let start = self.sweeps.meta_cursor.map(|d| d.0).unwrap_or([0; 16]);
+        let mut seen = 0;
+        let mut idle = Vec::new();
+        let mut next_cursor = None;
+        for item in self.meta_t.range(&start[..]..).map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let to = id16(k.value(), 0);
+            seen += 1;
+            if seen > META_SCAN_PER_SWEEP {
+                next_cursor = Some(to);
+                break;
+            }
+            let m = Meta::decode(v.value());
+            if m.frames == 0 && m.last.saturating_add(ttl) <= now && !self.meta.contains_key(&to) {
+                idle.push((to, m.next_id));
+            }
+        }
+        self.sweeps.meta_cursor = next_cursor;
+        if idle.is_empty() {
+            return Ok(());
+        }
+        let mut fresh =
+            self.settings.get(FRESH_ID).map_err(backend)?.map_or(1, |v| u64_at(v.value(), 0));
+        {
+            let ids = lock(self.cx.ids);
+            for (to, next) in &mut idle {
+                *next = (*next).max(ids.next.get(to).copied().unwrap_or(0));
+                fresh = fresh.max(*next);
+            }
+        }
+        for (to, _) in &idle {
+            self.meta_t.remove(&to.0[..]).map_err(backend)?;
+        }
+        self.settings.insert(FRESH_ID, &fresh.to_be_bytes()[..]).map_err(backend)?;
+        self.forgotten.extend(idle);
+        Ok(())
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<Answer, StoreError> {
         Ok(match op {
-            Op::Enqueue { to, from, payload, now, id, live, .. } => {
+            Op::Enqueue { frame, now, id, live, .. } => {
+                let to = &frame.to;
                 // The id was handed out, so it is spent whatever the answer:
                 // the next id is saved past it, refused or not.
                 let id = *id;
                 let mut meta = self.meta(to)?;
                 meta.next_id = meta.next_id.max(id + 1);
                 self.set_meta(to, meta);
-                if !self.is_route(from, to)? {
+                if !self.is_route(&frame.from, to)? {
                     return Ok(Answer::U64(Err(StoreError::NoRoute)));
                 }
-                let len = payload.len() as u64;
-                if let Some(refused) = self.refusal(limits, from, to, meta, len, *live) {
+                let len = frame.payload.len() as u64;
+                let cost = charged(len);
+                if let Some(refused) = self.refusal(frame, meta, cost, *live) {
                     return Ok(Answer::U64(Err(refused)));
                 }
-                let expires = now.saturating_add(limits.ttl_secs);
-                let mut v = Vec::with_capacity(24 + payload.len());
-                v.extend_from_slice(&from.0);
-                v.extend_from_slice(&expires.to_be_bytes());
-                v.extend_from_slice(payload);
+                let expires = now.saturating_add(self.cx.limits.ttl_secs);
+                let v = frame_value(&frame.from, expires, &frame.addr, &frame.payload);
                 self.queue.insert(&qkey(to, id)[..], &v[..]).map_err(backend)?;
                 meta.frames += 1;
                 meta.bytes += len;
+                meta.last = meta.last.max(*now);
                 self.set_meta(to, meta);
-                self.account(from, to, len, true);
+                self.account(&frame.from, to, &frame.addr, cost, true);
                 Answer::U64(Ok(id))
             }
             Op::Fetch { to, after, limit, .. } => {
@@ -449,11 +426,11 @@ impl<'t, 'd> Tables<'t, 'd> {
                 let mut out = Vec::new();
                 for item in self.queue.range(&lo[..]..=&hi[..]).map_err(backend)?.take(*limit) {
                     let (k, v) = item.map_err(backend)?;
-                    let v = v.value();
+                    let row = FrameRow::decode(v.value());
                     out.push(Queued {
                         id: u64_at(k.value(), 16),
-                        from: id16(v, 0),
-                        payload: v.get(24..).unwrap_or_default().to_vec(),
+                        from: row.from,
+                        payload: row.payload.to_vec(),
                     });
                 }
                 Answer::Queued(out)
@@ -465,67 +442,59 @@ impl<'t, 'd> Tables<'t, 'd> {
                 let meta = self.meta(to)?;
                 Answer::Depth(QueueDepth { frames: meta.frames, bytes: meta.bytes })
             }
-            Op::Authorize { by, peer, .. } => {
-                if self.routes.get(&rkey(by, peer)[..]).map_err(backend)?.is_none() {
-                    let lo = rkey(by, &DeviceId([0; 16]));
-                    let hi = rkey(by, &DeviceId([0xff; 16]));
-                    let n = self
-                        .routes
-                        .range(&lo[..]..=&hi[..])
-                        .map_err(backend)?
-                        .take(MAX_PEERS)
-                        .count();
-                    if n >= MAX_PEERS {
-                        return Ok(Answer::Unit(Err(StoreError::TooManyPeers)));
-                    }
-                    self.routes.insert(&rkey(by, peer)[..], &[][..]).map_err(backend)?;
-                }
-                Answer::Unit(Ok(()))
+            Op::Authorize { by, peer, addr, now, .. } => {
+                Answer::Unit(self.authorize(by, peer, *addr, *now)?)
             }
-            Op::Revoke { by, peer, .. } => {
-                let existed = self.routes.remove(&rkey(by, peer)[..]).map_err(backend)?.is_some();
-                if !existed {
-                    // Nothing can be queued between them on `by`'s account.
-                    return Ok(Answer::U64(Ok(0)));
-                }
-                let a = self.remove_where(peer, 0..=u64::MAX, |v| id16(v, 0) == *by)?;
-                let b = self.remove_where(by, 0..=u64::MAX, |v| id16(v, 0) == *peer)?;
-                Answer::U64(Ok(a + b))
-            }
+            Op::Revoke { by, peer, now, .. } => Answer::U64(self.revoke(by, peer, *now)?),
             Op::IsRoute { a, b, .. } => Answer::Bool(self.is_route(a, b)?),
-            Op::Peers { a, .. } => {
-                let lo = rkey(a, &DeviceId([0; 16]));
-                let hi = rkey(a, &DeviceId([0xff; 16]));
-                let mut out = Vec::new();
-                for item in self.routes.range(&lo[..]..=&hi[..]).map_err(backend)? {
-                    let (k, _) = item.map_err(backend)?;
-                    let peer = id16(k.value(), 16);
-                    if self.routes.get(&rkey(&peer, a)[..]).map_err(backend)?.is_some() {
-                        out.push(peer);
-                    }
-                }
-                Answer::Ids(out)
-            }
+            Op::Peers { a, .. } => Answer::Ids(self.peers(a)?),
             Op::Expire { now, .. } => {
                 // The queues that hold frames, then the expired head of each.
-                let mut n = 0;
+                let mut frames = 0;
                 for (to, _) in self.depths() {
-                    let left = MAX_EXPIRED_PER_SWEEP as u64 - n;
+                    let left = MAX_EXPIRED_PER_SWEEP as u64 - frames;
                     if left == 0 {
                         break;
                     }
-                    n += self.expire_head(&to, *now, left)?;
+                    frames += self.expire_head(&to, *now, left)?;
                 }
-                Answer::U64(Ok(n))
+                let authorizations = self.expire_pending(*now)?;
+                self.forget_idle_queues(*now)?;
+                Answer::Expired(Expired { frames, authorizations })
             }
             Op::Totals { .. } => {
-                let mut d = QueueDepth::default();
+                let mut queues = QueueDepth::default();
                 for (_, q) in self.depths() {
-                    d.frames += q.frames;
-                    d.bytes += q.bytes;
+                    queues.frames += q.frames;
+                    queues.bytes += q.bytes;
                 }
-                Answer::Depth(d)
+                let delta: i64 = self.pending_delta.values().sum();
+                let base = self.cx.accounts.pending.total;
+                let pending_authorizations = base.saturating_add_signed(delta);
+                Answer::Totals(Totals { queues, pending_authorizations })
             }
         })
+    }
+
+    /// One-sided authorisations `addr` holds, with this batch's changes.
+    pub(super) fn pending_of(&self, addr: &AddrKey) -> u64 {
+        let delta = self.pending_delta.get(addr).copied().unwrap_or(0);
+        self.cx.accounts.pending.of(addr).saturating_add_signed(delta)
+    }
+
+    /// One more (`n` = 1) or one fewer (-1) one-sided authorisation for `addr`.
+    pub(super) fn count_pending(&mut self, addr: AddrKey, n: i64) {
+        *self.pending_delta.entry(addr).or_insert(0) += n;
+    }
+}
+
+/// A [`Pending`] with a batch's changes applied.
+pub(super) fn apply_pending(p: &mut Pending, delta: HashMap<AddrKey, i64>) {
+    for (addr, n) in delta {
+        if n > 0 {
+            p.add(addr, n.unsigned_abs());
+        } else if n < 0 {
+            p.remove(addr, n.unsigned_abs());
+        }
     }
 }
