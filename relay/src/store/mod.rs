@@ -113,7 +113,7 @@ pub const MAX_EXPIRED_PER_SWEEP: usize = 10_000;
 /// What one queued frame is charged besides its payload, in bytes, against
 /// every byte limit of [`QueueLimits`]: roughly what its row costs on disk
 /// (key, sender, expiry, address and the B-tree's share: 127 bytes an empty
-/// frame, measured by `relay/tests/review_limits.rs`). So the limits count
+/// frame, measured by `relay/tests/store_limits.rs`). So the limits count
 /// what frames cost, and empty frames are not free.
 pub const FRAME_COST_BYTES: u64 = 128;
 
