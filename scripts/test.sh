@@ -9,6 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
+# Every cargo command below builds with the crash tests' failpoints (the
+# `fail` crate; off in release builds), so nothing is built twice.
+export TANDEM_TEST_FEATURES="tandem-agent/failpoints,tandem-phone/failpoints"
+feat=(--features "$TANDEM_TEST_FEATURES")
 [[ "${1:-}" == "--quick" ]] && quick=1
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -53,7 +57,7 @@ step "format (cargo fmt --check)"
 cargo fmt --all -- --check
 
 step "lint (clippy, warnings denied)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked "${feat[@]}" -- -D warnings
 
 if [[ $quick -eq 0 ]]; then
   step "dependency policy: one crypto stack, no OpenSSL"
@@ -61,7 +65,7 @@ if [[ $quick -eq 0 ]]; then
 fi
 
 step "doc tests"
-cargo test --workspace --doc --locked
+cargo test --workspace --doc --locked "${feat[@]}"
 
 step "the real Claude Code CLI for the agent's tests (pinned in desktop-agent/tests/claude-code)"
 # desktop-agent/tests/claude_code.rs runs it offline against a local Messages
@@ -74,10 +78,10 @@ fi
 "$claude_pkg/node_modules/.bin/claude" --version
 
 step "tests (cargo nextest)"
-cargo nextest run --workspace --locked --profile ci
+cargo nextest run --workspace --locked --profile ci "${feat[@]}"
 
 step "load generator, every scenario small (tandem-bench all --quick: correctness only)"
-cargo build --locked -q -p tandem-bench -p tandem-relay
+cargo build --locked -q -p tandem-bench -p tandem-relay --features tandem-relay/failpoints
 "${CARGO_TARGET_DIR:-target}/debug/tandem-bench" all --quick
 
 step "mobile SDK (Python bindings against a real relay and agent)"
@@ -87,7 +91,7 @@ step "web client (TypeScript against proto/vectors; the relay's embedded bundle 
 (cd relay/web && npm ci --no-audit --no-fund --loglevel=error && npm test --silent && npm run check-dist --silent)
 
 step "web client end to end (headless chromium against a real relay and agent)"
-cargo build --locked -q -p tandem-relay -p tandem-agent
+cargo build --locked -q -p tandem-relay -p tandem-agent "${feat[@]}"
 # Screenshots of every screen go beside the build (npm run e2e on its own
 # refreshes the ones in docs/screenshots).
 shots="${E2E_SCREENSHOTS:-$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/web-screenshots}"

@@ -1,10 +1,15 @@
 //! Named crash points, for tests that kill the agent at one exact step.
 //!
-//! `TANDEM_CRASH_AT=<name>` makes the process abort (`std::process::abort`:
-//! no destructors, no flushing of anything not yet written, like `kill -9`)
-//! when it reaches the point of that name. Unset, or set to another name,
-//! [`crash_point`] does nothing. Names are `<area>.<step>`; this agent has the
-//! steps of pairing (`pair.rs`):
+//! Crash points are failpoints of the `fail` crate, compiled in only with
+//! this crate's `failpoints` feature (`scripts/test.sh` enables it; without
+//! it [`crash_point`] is empty). The process reads the `FAILPOINTS`
+//! environment variable at start (`FAILPOINTS="pair.saved=return"`, several
+//! separated by `;`) and, when a configured point is reached with the
+//! action `return`, aborts (`std::process::abort`: no destructors, no
+//! flushing of anything not yet written, like `kill -9`). Other actions of
+//! the `fail` crate (`sleep(ms)`, `pause`, `1*return`, ...) work as that
+//! crate documents. Names are `<area>.<step>`; this agent has the steps of
+//! pairing (`pair.rs`):
 //!
 //! * `pair.saved`: a new device's link and scope are on disk, the route is
 //!   not authorised and the phone has not been answered (`pair.rs`);
@@ -33,15 +38,37 @@
 //! * `renew.promoted_saved` (responder): the promotion is on disk, the relay
 //!   not yet told the record was taken.
 //!
-//! The variable is read on every call: the points are on rare paths.
 
-/// The environment variable naming the point to crash at.
-pub const ENV: &str = "TANDEM_CRASH_AT";
+/// The environment variable naming the points (read once, at start, by
+/// [`setup`]).
+pub const ENV: &str = "FAILPOINTS";
 
-/// Abort the process here if `TANDEM_CRASH_AT` names this point.
-pub fn crash_point(name: &str) {
-    if std::env::var_os(ENV).is_some_and(|v| v == name) {
-        eprintln!("{ENV}={name}: aborting here");
-        std::process::abort();
+/// The points armed from `FAILPOINTS`, for the life of the process: keep it
+/// in `main`.
+pub struct Armed {
+    #[cfg(feature = "failpoints")]
+    _scenario: fail::FailScenario<'static>,
+}
+
+/// Read `FAILPOINTS` and arm the points it names (nothing without the
+/// `failpoints` feature). Call once at the start of the process.
+pub fn setup() -> Armed {
+    Armed {
+        #[cfg(feature = "failpoints")]
+        _scenario: fail::FailScenario::setup(),
     }
 }
+
+/// Abort the process here if `FAILPOINTS` armed this point with `return`.
+#[cfg(feature = "failpoints")]
+pub fn crash_point(name: &str) {
+    fail::eval(name, |_| {
+        eprintln!("{ENV}: {name}: aborting here");
+        std::process::abort()
+    });
+}
+
+/// Without the `failpoints` feature crash points compile to nothing.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn crash_point(_name: &str) {}

@@ -327,6 +327,8 @@ async fn wait_connected(events: &mut tokio::sync::mpsc::Receiver<Event>) -> anyh
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Crash tests' failpoints (`FAILPOINTS`; only with the `failpoints` feature).
+    let _failpoints = tandem_agent::crashpoint::setup();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -327,7 +327,7 @@ async fn an_ephemeral_device_gone_for_its_ttl_is_revoked_and_a_lasting_one_is_ke
     ana.client.close().await;
 }
 
-/// `tandem up --yes` that crashes (`TANDEM_CRASH_AT=pair.saved`) once it
+/// `tandem up --yes` that crashes (`FAILPOINTS=pair.saved=return`) once it
 /// saved the first phone that claims its code, before answering it: the
 /// phone gets no answer. Returns the relay's `host:port` and the phone's key.
 async fn crash_after_saving(dir: &Path, config: &Path) -> (String, tandem_proto::DeviceKey) {
@@ -336,7 +336,7 @@ async fn crash_after_saving(dir: &Path, config: &Path) -> (String, tandem_proto:
         config,
         "127.0.0.1:0",
         &["--yes"],
-        &[("TANDEM_CRASH_AT", "pair.saved")],
+        &[("FAILPOINTS", "pair.saved=return")],
     );
     let key = new_key();
     let link = scan(&agent, dir);
@@ -429,7 +429,7 @@ async fn a_crash_after_the_answer_left_the_desktop_still_completes_the_pairing()
     let url = format!("ws://127.0.0.1:{port}/v1/connect");
     let mut pair =
         tandem_cmd(&["pair", "--relay", &url, "--yes", "--print-url", "--no-terminal-qr"]);
-    pair.arg("--qr-png").arg(dir.path().join("qr.png")).env("TANDEM_CRASH_AT", "pair.sent");
+    pair.arg("--qr-png").arg(dir.path().join("qr.png")).env("FAILPOINTS", "pair.sent=return");
     let agent = Agent::spawn(pair);
     let link = scan(&agent, dir.path());
     let claimed = Claimed::claim(&agent, &link, None, new_key(), info("Ana's phone")).await;
@@ -508,7 +508,7 @@ async fn a_completed_pairing_is_kept_when_the_agent_comes_back_late() {
     let url = format!("ws://127.0.0.1:{port}/v1/connect");
     let mut pair =
         tandem_cmd(&["pair", "--relay", &url, "--yes", "--print-url", "--no-terminal-qr"]);
-    pair.arg("--qr-png").arg(dir.path().join("qr.png")).env("TANDEM_CRASH_AT", "pair.sent");
+    pair.arg("--qr-png").arg(dir.path().join("qr.png")).env("FAILPOINTS", "pair.sent=return");
     let agent = Agent::spawn(pair);
     let link = scan(&agent, dir.path());
     let claimed = Claimed::claim(&agent, &link, None, new_key(), info("Ana's phone")).await;
@@ -573,7 +573,7 @@ async fn a_re_pairing_cut_by_a_crash_is_not_finished_by_the_old_routes_presence(
         &config,
         &addr,
         &["--yes", "--pair"],
-        &[("TANDEM_CRASH_AT", "pair.saved")],
+        &[("FAILPOINTS", "pair.saved=return")],
     );
     let link = scan(&agent, dir.path());
     let mut claimed =

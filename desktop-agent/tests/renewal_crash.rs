@@ -15,7 +15,7 @@
 //!   promotion saved (`renew.promoted_saved`), then the relay ack.
 //!
 //! The agent is the real `tandem run`, killed by its own crash point
-//! (`TANDEM_CRASH_AT`, `std::process::abort`: no clean-up, as `kill -9`)
+//! (`FAILPOINTS=<point>=return`, `std::process::abort`: no clean-up, as `kill -9`)
 //! and started again. The phone is the phone engine (`tandem-phone`) in a
 //! process of its own, this test binary run again as `phone_process` and
 //! driven through its standard input; it is killed the same way, from the
@@ -356,7 +356,7 @@ impl World {
             env.push(("TANDEM_SESSION_RENEWAL_TIMEOUT_SECS", "5".into()));
         }
         if let Some(at) = crash_at {
-            env.push(("TANDEM_CRASH_AT", at.into()));
+            env.push(("FAILPOINTS", format!("{at}=return")));
         }
         common::run_process(&self.agent_dir, &self.config, &env)
     }
@@ -504,7 +504,7 @@ async fn agent_crashes(initiator: Initiator, points: [&str; 5]) {
                 panic!("the agent never reached {point}:\n{}", tail(&w.agent_log()))
             });
             assert_aborted(status, "agent", point);
-            assert!(w.agent_log().contains(&format!("TANDEM_CRASH_AT={point}: aborting here")));
+            assert!(w.agent_log().contains(&format!("FAILPOINTS: {point}: aborting here")));
             let abandoned = w.phone_log().matches("abandoned").count();
             let on_disk = w.renewals_on_disk();
             let agent = w.agent(None);

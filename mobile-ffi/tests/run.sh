@@ -14,7 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 echo "==> mobile SDK: build the relay, the agent, the library, the generator and the test tools"
-cargo build --locked -q -p tandem-relay -p tandem-agent -p tandem-mobile -p uniffi-bindgen -p tandem-e2e
+cargo build --locked -q -p tandem-relay -p tandem-agent -p tandem-mobile -p uniffi-bindgen -p tandem-e2e \
+  --features "${TANDEM_TEST_FEATURES:-tandem-agent/failpoints,tandem-phone/failpoints}"
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 case "$(uname -s)" in Darwin) ext=dylib ;; *) ext=so ;; esac

@@ -19,6 +19,7 @@
 mod admission;
 pub mod config;
 mod conn;
+pub mod failpoints;
 mod fsmode;
 mod http;
 mod limits;

@@ -482,6 +482,8 @@ fn init_logging(json: bool) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Fault tests' failpoints (`FAILPOINTS`; only with the `failpoints` feature).
+    let _failpoints = tandem_relay::failpoints::setup();
     let cli = Cli::parse();
     if matches!(cli.command, Some(Command::DefaultConfig)) {
         print!("{DEFAULT_CONFIG_TOML}");

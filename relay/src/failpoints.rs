@@ -1,0 +1,23 @@
+//! Failpoints (the `fail` crate) for crash and fault tests, compiled in only
+//! with the `failpoints` feature (`scripts/test.sh` enables it; without it
+//! `fail::fail_point!` compiles to nothing and [`setup`] arms nothing).
+//!
+//! The relay binary reads `FAILPOINTS` at start (`name=action;...`, the
+//! `fail` crate's syntax). The points are named `relay.<step>` and listed
+//! where they are defined, in the store (`store/`).
+
+/// The points armed from `FAILPOINTS`, for the life of the process: keep it
+/// in `main`.
+pub struct Armed {
+    #[cfg(feature = "failpoints")]
+    _scenario: fail::FailScenario<'static>,
+}
+
+/// Read `FAILPOINTS` and arm the points it names (nothing without the
+/// `failpoints` feature). Call once at the start of the process.
+pub fn setup() -> Armed {
+    Armed {
+        #[cfg(feature = "failpoints")]
+        _scenario: fail::FailScenario::setup(),
+    }
+}
