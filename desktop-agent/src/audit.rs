@@ -70,11 +70,19 @@
 //! it as [`AuditError::Truncated`], distinct from tampering, and
 //! [`AuditLog::open`] refuses to append after it (appending would bury the
 //! partial line mid-file, where it would look like tampering). The partial
-//! line is an event whose append never completed; after looking at it, the
-//! user removes it with [`discard_partial_line`] (which removes nothing
-//! else and only when everything before it verifies), or by hand. Any
-//! other damage makes [`AuditLog::open`] refuse with [`AuditError::Broken`]:
-//! a broken log is evidence, so it is never repaired automatically.
+//! line is an event whose append never completed; [`discard_partial_line`]
+//! removes it (and nothing else, and only when everything before it
+//! verifies). Any other damage makes [`AuditLog::open`] refuse with
+//! [`AuditError::Broken`].
+//!
+//! # Damage
+//!
+//! The agent does not stop on a damaged log: it opens it with
+//! [`AuditLog::open_or_set_aside`], which copies everything from the first
+//! bad line (partial or failing verification) to the end into
+//! `audit.log.damaged-<unix ms>` next to it, cuts the log back to its last
+//! good entry, and appends a `set_aside` entry naming that file. The bad
+//! lines are evidence: they are kept, byte for byte, never edited in place.
 //!
 //! # Concurrency
 //!
@@ -97,6 +105,8 @@ use tandem_proto::kdf;
 use thiserror::Error;
 
 use crate::keystore::{create_private_dir, sync_dir};
+
+mod recover;
 
 /// The audit log's file name inside the data directory.
 pub const FILE_NAME: &str = "audit.log";
@@ -235,6 +245,27 @@ pub enum AuditEvent {
         reason: String,
         /// `running` (cancelled) or `queued` (dropped, never started).
         was: String,
+    },
+    /// Damaged local state was set aside at start ([`crate::damage`]):
+    /// the agent started without it.
+    SetAside {
+        /// The damaged file (`audit.log`, `peers/<device id>.json`,
+        /// `tasks.redb`).
+        file: String,
+        /// The name it (or its damaged tail) has now, in the same directory.
+        moved_to: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A phone's messages were lost before they reached this desktop (its
+    /// link reported a gap it cannot fill: `ResyncNeeded`).
+    MessagesLost {
+        /// The phone.
+        device: String,
+        /// The first lost sequence number.
+        from: u64,
+        /// The last lost sequence number.
+        to: u64,
     },
 }
 

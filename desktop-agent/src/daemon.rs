@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 mod control;
 mod devices;
 mod expiry;
+mod lost;
 mod pairing;
 mod renewal;
 
@@ -116,6 +117,8 @@ pub struct Daemon<'a> {
     /// Phones whose outbox could not be sealed (counters used up): resent
     /// as soon as a renewal completes.
     reseal: HashSet<DeviceId>,
+    /// Phones' messages lost before they arrived, per device.
+    lost: lost::Lost,
 }
 
 /// A record for the sender task: to whom, and the crash point to pass once
@@ -192,6 +195,7 @@ impl<'a> Daemon<'a> {
             expiry: expiry::Expiry::default(),
             schedule: Schedule::default(),
             reseal: HashSet::new(),
+            lost: lost::Lost::default(),
         }
     }
 
@@ -597,9 +601,7 @@ impl<'a> Daemon<'a> {
                     replies.extend(self.answer(from, scope, &message).await?);
                 }
                 LinkEvent::Send(e) => envelopes.extend(e),
-                LinkEvent::ResyncNeeded { from: a, to: b } => {
-                    warn!(peer = %from, a, b, "messages from the phone were lost before they reached this desktop");
-                }
+                LinkEvent::ResyncNeeded { from: a, to: b } => self.messages_lost(from, a, b),
                 LinkEvent::AckDue => ack_due = true,
                 // Counted above, before the first save.
                 LinkEvent::SessionRenewed => {}

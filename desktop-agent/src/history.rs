@@ -20,6 +20,8 @@ use thiserror::Error;
 /// The database file in the data dir.
 pub const FILE_NAME: &str = "tasks.redb";
 
+mod recover;
+
 /// Tasks kept, oldest finished ones pruned first.
 pub const DEFAULT_MAX_TASKS: usize = 500;
 

@@ -177,7 +177,7 @@ impl From<proto::TaskEvent> for TaskEvent {
             proto::TaskEvent::ApprovalResolved { approval_id, allow, by } => {
                 Self::ApprovalResolved { approval_id, allow, by }
             }
-            proto::TaskEvent::Finished { status, summary } => {
+            proto::TaskEvent::Finished { status, summary, .. } => {
                 Self::Finished { status: status.into(), summary }
             }
         }
@@ -310,6 +310,7 @@ mod tests {
         let f: TaskEvent = proto::TaskEvent::Finished {
             status: proto::FinishStatus::Cancelled,
             summary: "stop".into(),
+            denied: Vec::new(),
         }
         .into();
         assert_eq!(
