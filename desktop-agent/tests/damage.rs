@@ -202,10 +202,13 @@ async fn a_submit_beyond_the_unfinished_task_cap_is_refused_with_queue_full() {
     };
     assert_eq!(code, "queue_full");
     assert!(message.contains("2 tasks"), "{message}");
-    // Room again once one is cancelled: the next submit is taken.
+    // Room again once one has finished: the next submit is taken.
     phone.send(&Message::Cancel { task_id: "t-1".into() }).await;
-    phone.submit("t-4", "count 1 1").await;
     let mut seen = Seen::default();
+    while seen.finished("t-1").is_none() {
+        seen.add(phone.message().await);
+    }
+    phone.submit("t-4", "count 1 1").await;
     while seen.finished("t-4").is_none() {
         seen.add(phone.message().await);
     }

@@ -26,10 +26,15 @@ impl History {
         let damaged = if path.exists() {
             match Database::open(&path) {
                 Err(DatabaseError::Storage(StorageError::Corrupted(why))) => Some(why),
+                // Not a database at all (redb: "magic number mismatch"), or
+                // cut short.
                 Err(DatabaseError::Storage(StorageError::Io(e)))
-                    if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                    ) =>
                 {
-                    Some(format!("the file is cut short ({e})"))
+                    Some(e.to_string())
                 }
                 // Opened (closed again on drop), or another problem that
                 // `open` reports as it is.
