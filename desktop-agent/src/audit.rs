@@ -107,6 +107,9 @@ use thiserror::Error;
 use crate::keystore::{create_private_dir, sync_dir};
 
 mod recover;
+mod segments;
+
+pub use segments::{CHECKPOINT_NAME, DEFAULT_MAX_SEGMENT_BYTES, segments, verify_all};
 
 /// The audit log's file name inside the data directory.
 pub const FILE_NAME: &str = "audit.log";
@@ -439,6 +442,8 @@ pub struct AuditLog {
     path: PathBuf,
     file: File,
     chain: Chain,
+    /// Rotate `audit.log` once it holds this many bytes.
+    max_bytes: u64,
 }
 
 impl AuditLog {
@@ -476,9 +481,17 @@ impl AuditLog {
         let mut chain = Chain::default();
         {
             let _lock = Lock::shared(&file, &path)?;
-            scan(&file, &path, &mut chain)?;
+            segments::load(&file, &path, &mut chain)?;
         }
-        Ok(Self { path, file, chain })
+        Ok(Self { path, file, chain, max_bytes: DEFAULT_MAX_SEGMENT_BYTES })
+    }
+
+    /// Rotate `audit.log` once it holds `max_bytes` bytes (default
+    /// [`DEFAULT_MAX_SEGMENT_BYTES`]; at least 1).
+    #[must_use]
+    pub fn with_rotation(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
     }
 
     /// Append `event` at `at_unix_ms` and fsync. The timestamp is raised to
@@ -490,8 +503,30 @@ impl AuditLog {
     /// when the write succeeded but the fsync failed); a later append picks
     /// up whatever is there.
     pub fn append(&mut self, at_unix_ms: u64, event: AuditEvent) -> Result<AuditEntry, AuditError> {
-        let _lock = Lock::exclusive(&self.file, &self.path)?;
+        let mut lock = Lock::exclusive(&self.file, &self.path)?;
         catch_up(&self.file, &self.path, &mut self.chain)?;
+        // Another log rotated the file: this one is complete; go on in the
+        // new one.
+        while segments::moved(&self.file, &self.path)? {
+            drop(lock);
+            self.file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(io_err("open", &self.path))?;
+            self.chain.bytes = 0;
+            lock = Lock::exclusive(&self.file, &self.path)?;
+            catch_up(&self.file, &self.path, &mut self.chain)?;
+        }
+        if self.chain.bytes >= self.max_bytes {
+            let fresh = segments::rotate(&self.path, &self.chain)?;
+            drop(lock);
+            self.file = fresh;
+            self.chain.bytes = 0;
+            lock = Lock::exclusive(&self.file, &self.path)?;
+            catch_up(&self.file, &self.path, &mut self.chain)?;
+        }
+        let _lock = lock;
         let at_ms = self.chain.last_at_ms.map_or(at_unix_ms, |last| last.max(at_unix_ms));
         let entry = seal(&self.chain.last_hash, self.chain.next_seq(), at_ms, event)?;
         let mut line = serde_json::to_vec(&entry).map_err(AuditError::Encode)?;

@@ -357,11 +357,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Audit { action: AuditAction::Verify } => {
             let path = dir.join(audit::FILE_NAME);
-            let report = audit::verify(&path)?;
+            let (report, earlier) = audit::verify_all(&path)?;
             println!(
-                "{}: {} entries, chain intact; last hash {}",
+                "{}: {} entries in {} file(s), chain intact; last hash {}",
                 path.display(),
                 report.entries,
+                earlier + 1,
                 report.last_hash
             );
             Ok(())
@@ -640,6 +641,8 @@ struct TaskSetup {
     schedule: tandem_proto::upkeep::Schedule,
     /// What was set aside opening the task history.
     set_aside: Vec<damage::SetAside>,
+    /// The audit log's rotation size.
+    audit_max_bytes: u64,
 }
 
 /// The daemon over a connected client, answering the control socket.
@@ -654,7 +657,8 @@ fn daemon<'a>(
 ) -> anyhow::Result<Daemon<'a>> {
     let mut awake = KeepAwake::new();
     // Damaged state does not stop the agent: set aside, said, recorded.
-    let (mut audit, audit_aside) = AuditLog::open_or_set_aside(dir, damage::now_ms())?;
+    let (audit, audit_aside) = AuditLog::open_or_set_aside(dir, damage::now_ms())?;
+    let mut audit = audit.with_rotation(setup.audit_max_bytes);
     let mut set_aside: Vec<damage::SetAside> = audit_aside.into_iter().collect();
     for aside in store.take_set_aside().into_iter().chain(setup.set_aside) {
         if let Err(e) = audit.append(damage::now_ms(), aside.audit_event()) {
@@ -842,6 +846,7 @@ fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<TaskSetup> {
         tasks: TaskManager::new(settings.executors, history, options)?,
         schedule: a.schedule(),
         set_aside: history_aside.into_iter().collect(),
+        audit_max_bytes: a.audit_max_bytes,
     })
 }
 

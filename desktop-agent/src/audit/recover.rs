@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::{AuditError, AuditLog, Chain, FILE_NAME, Lock, io_err, scan};
+use super::{AuditError, AuditLog, FILE_NAME, Lock, io_err, scan};
 use crate::damage::{SetAside, aside_path};
 use crate::keystore::sync_dir;
 
@@ -45,7 +45,8 @@ fn set_aside_tail(path: &Path, now_ms: u64, reason: &str) -> Result<Option<SetAs
     let file =
         OpenOptions::new().read(true).write(true).open(path).map_err(io_err("open", path))?;
     let _lock = Lock::exclusive(&file, path)?;
-    let mut chain = Chain::default();
+    let mut chain = super::segments::start_of(&file, path)?;
+    (&file).seek(SeekFrom::Start(0)).map_err(io_err("read", path))?;
     let line = match scan(&file, path, &mut chain) {
         Ok(()) => return Ok(None),
         Err(AuditError::Truncated { line } | AuditError::Broken { line, .. }) => line,
