@@ -289,3 +289,47 @@ async fn the_outbox_is_stored_as_base64_and_an_old_peer_file_still_loads() {
     assert_eq!(status_json(dir.path())["devices"].as_array().unwrap().len(), 1);
     drop(agent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_rotates_and_verify_checks_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "[agent]\naudit_max_bytes = 1000\n");
+    let agent = Agent::up(dir.path(), &config);
+    let mut phone = Phone::pair(&agent, dir.path()).await;
+    let mut seen = Seen::default();
+    for i in 0..4 {
+        let id = format!("t-{i}");
+        phone.submit(&id, "count 1 1").await;
+        while seen.finished(&id).is_none() {
+            seen.add(phone.message().await);
+        }
+    }
+    let segments = named(dir.path(), "audit.log.");
+    let segments: Vec<_> = segments
+        .into_iter()
+        .filter(|p| p.extension().unwrap().to_str().unwrap().parse::<u64>().is_ok())
+        .collect();
+    assert!(segments.len() >= 2, "{segments:?}");
+    assert!(std::fs::metadata(dir.path().join("audit.log")).unwrap().len() < 2000);
+    let verified = tandem(dir.path(), &["audit", "verify"]);
+    assert!(
+        verified.contains(&format!("in {} file(s), chain intact", segments.len() + 1)),
+        "{verified}"
+    );
+    // Restarted: the agent resumes the chain in the newest segment.
+    agent.kill9();
+    let agent = Agent::up_at(dir.path(), &config, &phone.relay_addr);
+    agent.line_starting("Connected.");
+    phone.submit("t-9", "count 1 1").await;
+    while seen.finished("t-9").is_none() {
+        seen.add(phone.message().await);
+    }
+    assert!(tandem(dir.path(), &["audit", "verify"]).contains("chain intact"));
+    // An edit in the oldest segment is found by `tandem audit verify`.
+    let oldest = dir.path().join("audit.log.1");
+    let text = std::fs::read_to_string(&oldest).unwrap();
+    std::fs::write(&oldest, text.replacen("\"seq\":1,", "\"seq\":7,", 1)).unwrap();
+    let (code, _) = tandem_status(dir.path(), &["audit", "verify"]);
+    assert_ne!(code, Some(0));
+    drop(agent);
+}
