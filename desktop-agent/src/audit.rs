@@ -84,6 +84,25 @@
 //! good entry, and appends a `set_aside` entry naming that file. The bad
 //! lines are evidence: they are kept, byte for byte, never edited in place.
 //!
+//! # Rotation
+//!
+//! When an append finds `audit.log` at or over its rotation size (default
+//! [`DEFAULT_MAX_SEGMENT_BYTES`], `[agent] audit_max_bytes`), the file is
+//! kept as `audit.log.<n>` (`n` from 1, one more each time) and a new
+//! `audit.log` continues the chain: its first entry's `prev` is the last
+//! hash of the segment before and `seq` goes on. Segments are never
+//! deleted. [`verify_all`] (`tandem audit verify`) checks every segment in
+//! order and then `audit.log`; [`verify`] checks one file that starts at
+//! genesis.
+//!
+//! `audit.checkpoint` ([`CHECKPOINT_NAME`]) records the chain's state where
+//! `audit.log` starts and after a verified prefix of it (offset, entry
+//! count, last hash). [`AuditLog::open`] trusts it when the file's first
+//! line continues from that start and the line ending at the offset is the
+//! recorded entry, and verifies only what follows; otherwise it verifies
+//! every segment from the first. So an edit inside the verified prefix is
+//! found by `tandem audit verify`, not by every open.
+//!
 //! # Concurrency
 //!
 //! Several [`AuditLog`]s (in one process or several) may append to the same
@@ -448,8 +467,8 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Open (creating it, mode 0600, and `data_dir`, mode 0700, if needed)
-    /// `data_dir/audit.log`, verify the whole existing chain and continue
-    /// from its last entry. A log that fails verification is refused
+    /// `data_dir/audit.log`, verify it (from the checkpoint, see "Rotation")
+    /// and continue from its last entry. A log that fails verification is refused
     /// ([`AuditError::Broken`], [`AuditError::Truncated`]) and left as it is.
     /// An existing file that group or others could access is made 0600.
     pub fn open(data_dir: &Path) -> Result<Self, AuditError> {
