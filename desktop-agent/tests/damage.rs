@@ -98,6 +98,40 @@ async fn a_partial_audit_line_is_set_aside_and_the_agent_starts_and_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_setting_the_audit_tail_aside_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let agent = Agent::up(dir.path(), &config);
+    let phone = Phone::pair(&agent, dir.path()).await;
+    agent.kill9();
+    let partial = br#"{"seq":3,"at_ms":17"#;
+    let log = dir.path().join("audit.log");
+    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(partial).unwrap();
+    // Killed after the copy, before the log is cut back.
+    let crashed = Agent::up_with(
+        dir.path(),
+        &config,
+        &phone.relay_addr,
+        &["--yes"],
+        &[("FAILPOINTS", "audit.set_aside.copied=return")],
+    );
+    assert!(!crashed.wait_exit().success());
+    assert!(std::fs::read(&log).unwrap().ends_with(partial), "the log is not cut yet");
+    assert_eq!(named(dir.path(), "audit.log.damaged-").len(), 1);
+    // The next start sets it aside again and goes on.
+    let agent = Agent::up_at(dir.path(), &config, &phone.relay_addr);
+    agent.line_starting("warning: audit.log was damaged");
+    agent.line_starting("Connected.");
+    let copies = named(dir.path(), "audit.log.damaged-");
+    assert_eq!(copies.len(), 2);
+    for copy in copies {
+        assert_eq!(std::fs::read(copy).unwrap(), partial);
+    }
+    assert!(tandem(dir.path(), &["audit", "verify"]).contains("chain intact"));
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_peer_file_is_set_aside_and_that_device_is_told_to_pair_again() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::fixture_config(dir.path(), "");
