@@ -54,14 +54,12 @@ export function applyMessage(d: Desktop, m: Message, tasks: Map<string, TaskRow>
         const t = d.thread(s.task_id);
         t.summary(s);
         tasks.set(s.task_id, t.row);
-        if (d.recovering) {
-          // After lost messages: every task the list shows behind is
-          // fetched again, and named in the notice.
+        if (d.recovering && t.row.next < t.row.known) {
+          // After lost messages: every task the list shows behind is named
+          // in the notice and fetched again (unless a fetch is on its way).
+          d.row.lost = nameTask(d.row.lost ?? [], t.row.title || s.task_id);
           const from = t.behind();
-          if (from !== null) {
-            requests.push({ kind: 'history_request', task_id: s.task_id, from_offset: from });
-            d.row.lost = nameTask(d.row.lost ?? [], t.row.title || s.task_id);
-          }
+          if (from !== null) requests.push({ kind: 'history_request', task_id: s.task_id, from_offset: from });
         }
       }
       d.recovering = false;
