@@ -83,7 +83,8 @@ export function lostNotice(desktop: string, ranges: readonly LostRange[]): Notic
 
 /** The notice for records the relay has not accepted yet. */
 export function refusedNotice(desktop: string, r: Refusal, nowMs: number): NoticeView {
-  const when = r.retryAt === null ? 'when the relay is reachable again' : `in ${Math.max(0, Math.ceil((r.retryAt - nowMs) / 1000))} s`;
+  const secs = r.retryAt === null ? 0 : Math.ceil((r.retryAt - nowMs) / 1000);
+  const when = r.retryAt === null ? 'when the relay is reachable again' : secs > 0 ? `in ${secs} s` : 'now';
   const why = r.code === 'offline' || r.code === 'timeout' ? r.message : `${r.message} (${r.code})`;
   return {
     kind: 'refused',
