@@ -15,6 +15,8 @@ export class Desktop {
   listed = false;
   /** Messages from it were lost: its task list, when it comes, re-fetches every task behind. */
   recovering = false;
+  /** When the user last asked it again for what lost messages carried (the notice says so). */
+  askedAgainMs: number | null = null;
   readonly threads = new Map<string, Thread>();
   /** What the relay has not accepted yet for this desktop, retried until it does. */
   readonly sender: Sender;

@@ -424,6 +424,8 @@ export class Engine {
   async recover(desktopId: string): Promise<void> {
     const d = this.desktop(desktopId);
     await this.send(d, this.recoveryAsks(d));
+    d.askedAgainMs = Date.now();
+    this.emit({ desktopId });
   }
 
   /** The user read the lost-messages notice: forget it (saved). */
@@ -431,6 +433,7 @@ export class Engine {
     const d = this.desktop(desktopId);
     await d.serial(async () => {
       d.row.lost = undefined;
+      d.askedAgainMs = null;
       await this.save(d);
     });
     this.emit({ desktopId });

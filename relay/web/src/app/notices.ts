@@ -30,6 +30,8 @@ export interface NoticeView {
   text: string;
   /** Offer "ask the desktop again" (its task list and the history of every task behind it). */
   recover: boolean;
+  /** When the user last asked again (ms since the epoch), if they did. */
+  askedMs?: number;
 }
 
 /** How many messages a range holds. */
@@ -117,7 +119,7 @@ export function collectNotices(desktops: readonly Desktop[], relays: ReadonlyMap
   for (const d of desktops) {
     origins.add(d.relay.origin);
     const name = d.row.name;
-    if (d.row.lost?.length) out.push({ ...lostNotice(name, d.row.lost), desktopId: d.id });
+    if (d.row.lost?.length) out.push({ ...lostNotice(name, d.row.lost), askedMs: d.askedAgainMs ?? undefined, desktopId: d.id });
     if (d.sender.refusal) out.push({ ...refusedNotice(name, d.sender.refusal, nowMs), desktopId: d.id });
     if (d.sender.givenUp) out.push({ ...givenUpNotice(name, d.sender.givenUp), desktopId: d.id });
   }

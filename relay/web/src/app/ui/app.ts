@@ -69,6 +69,7 @@ export class App {
   private screen: Screen | null = null;
   private tick: ReturnType<typeof setInterval> | null = null;
   private noticeTick: ReturnType<typeof setTimeout> | null = null;
+  private noticeKey = '';
 
   constructor(
     readonly engine: Engine,
@@ -131,6 +132,11 @@ export class App {
   private renderNotice(): void {
     const id = this.route.desktop;
     const one = id && (this.route.screen === 'desktop' || this.route.screen === 'task');
+    // Redrawn only when what it says changed: a button is not swapped
+    // under the user's finger while deliveries arrive.
+    const key = JSON.stringify([this.route, one && this.engine.desktops.get(id)?.detached, this.route.screen === 'pair' ? [] : this.engine.notices(one ? id : undefined)]);
+    if (key === this.noticeKey) return;
+    this.noticeKey = key;
     const notices = this.route.screen === 'pair' ? '' : noticesList(this, one ? id : undefined);
     this.notice.replaceChildren(one ? detachedBanner(this, id) : '', notices);
     // A retry countdown stays current.

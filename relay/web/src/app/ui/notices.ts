@@ -1,7 +1,7 @@
 // The notices about missing or waiting messages (notices.ts), above the
 // screen: what was lost or is not accepted yet, and what to do about it.
 import type { App } from './app.ts';
-import { h } from './dom.ts';
+import { clock, h } from './dom.ts';
 
 /** The notices of one desktop (or of every desktop: `desktopId` undefined). */
 export function noticesList(app: App, desktopId: string | undefined): HTMLElement {
@@ -10,7 +10,7 @@ export function noticesList(app: App, desktopId: string | undefined): HTMLElemen
     const id = n.desktopId;
     const card = h('div', { class: `notice ${n.kind}`, testid: 'notice', 'data-kind': n.kind, role: 'alert' }, h('p', {}, n.text));
     if (id && n.recover) {
-      const note = h('small', { role: 'status' });
+      const note = h('small', { role: 'status', testid: 'notice-asked' }, n.askedMs ? `Asked at ${clock(n.askedMs)}. The missing events appear as they arrive.` : '');
       const ask = h(
         'button',
         {
@@ -18,13 +18,10 @@ export function noticesList(app: App, desktopId: string | undefined): HTMLElemen
           testid: 'notice-recover',
           onclick: () => {
             ask.disabled = true;
-            app.engine.recover(id).then(
-              () => (note.textContent = 'Asked. The missing events appear as they arrive.'),
-              (e: unknown) => {
-                ask.disabled = false;
-                note.textContent = `Not sent: ${e instanceof Error ? e.message : String(e)}`;
-              },
-            );
+            app.engine.recover(id).catch((e: unknown) => {
+              ask.disabled = false;
+              note.textContent = `Not sent: ${e instanceof Error ? e.message : String(e)}`;
+            });
           },
         },
         'Ask the computer again',
