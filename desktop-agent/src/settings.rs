@@ -341,6 +341,25 @@ mod tests {
     }
 
     #[test]
+    fn outbox_bound_defaults_overrides_and_refuses_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[agent]\noutbox_max_messages = 50\n").unwrap();
+        let mut s = Settings::load_file(&path).unwrap();
+        assert_eq!(s.agent.outbox_max_messages, 50);
+        assert_eq!(AgentSettings::default().outbox_max_messages, 100_000);
+        s.agent
+            .apply_env(&|n| (n == "TANDEM_OUTBOX_MAX_MESSAGES").then(|| "8".to_owned()))
+            .unwrap();
+        assert_eq!(s.agent.outbox_max_messages, 8);
+        std::fs::write(&path, "[agent]\noutbox_max_messages = 0\n").unwrap();
+        assert!(matches!(
+            Settings::load(&path),
+            Err(SettingsError::Range { field: "outbox_max_messages", .. })
+        ));
+    }
+
+    #[test]
     fn unknown_agent_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
