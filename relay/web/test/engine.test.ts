@@ -231,6 +231,32 @@ test('engine: messages the desktop could no longer send become a saved notice na
   }
 });
 
+test('engine: what the relay accepted but an online desktop leaves unacknowledged for 2 minutes is sealed and sent again (the relay may have expired it)', async () => {
+  const t = await setup(6);
+  try {
+    await t.engine.submit(t.id, 'expired at the relay');
+    await settled(t.d);
+    t.okAll();
+    t.ws.feed({ type: 'Presence', peer: t.desk.key.public().deviceId(), online: true });
+    await settled(t.d);
+    t.okAll();
+    const before = t.ws.sent.length;
+    // Not yet: the outbox has been unacknowledged for less than 2 minutes.
+    await t.engine.upkeep(t.d);
+    await turn();
+    assert.equal(t.ws.sent.length, before, 'nothing before the 2 minutes');
+    // The relay expired what it queued (the desktop never got it); 2 minutes pass.
+    t.d.acked = { seq: t.d.acked.seq, sinceMs: Date.now() - 121_000 };
+    await t.engine.upkeep(t.d);
+    await settled(t.d);
+    const again = t.ws.sent.slice(before).filter(isSend);
+    assert.ok(again.length > 0, 'sent again');
+    assert.ok(deskReads(t.desk, t.ws, new Set(t.ws.sent.slice(0, before).filter(isSend).map((f) => f.sendId))).some((m) => m.kind === 'task_submit' && m.text === 'expired at the relay'), 'sealed again: the desktop reads the task');
+  } finally {
+    t.engine.stepAside();
+  }
+});
+
 test('engine: an Error from the relay that answers no request is shown, not only logged', async () => {
   const t = await setup(5);
   try {
