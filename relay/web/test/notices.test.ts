@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DeviceKey } from '../src/proto/identity.ts';
-import { MAX_LOST, addLost, lostNotice, nameTask, refusedNotice } from '../src/app/notices.ts';
+import { MAX_LOST, addLost, lostNotice, nameTask, readableLost, refusedNotice } from '../src/app/notices.ts';
 import { RETRY_MAX_MS, Sender, type Timers } from '../src/app/sender.ts';
 
 test('notices: lost ranges merge when adjacent, stay bounded, and name the tasks fetched again', () => {
@@ -24,6 +24,14 @@ test('notices: lost ranges merge when adjacent, stay bounded, and name the tasks
   assert.match(n.text, /^\d+ messages from build-box never arrived/);
   assert.equal(lostNotice('box', [{ from: 3, to: 3, atMs: 0, tasks: [] }]).text.startsWith('1 message from box never arrived: the computer no longer had it'), true);
   assert.equal(n.recover, true);
+});
+
+test('notices: a damaged stored row shows what reads as ranges and never throws', () => {
+  const garbage = [null, 3, 'x', { from: 0, to: 2 }, { from: 5, to: 4 }, { from: 1.5, to: 2 }, { from: 2, to: 3, tasks: [7, 'a'] }];
+  assert.deepEqual(readableLost(garbage), [{ from: 2, to: 3, atMs: 0, tasks: ['a'] }]);
+  assert.deepEqual(readableLost({ from: 1 }), []);
+  assert.match(lostNotice('box', garbage as never).text, /^2 messages from box never arrived/);
+  assert.deepEqual(addLost(garbage as never, 4n, 4n, 1).map((r) => [r.from, r.to]), [[2, 4]]);
 });
 
 test('notices: a refusal says how many wait, why, and when Tandem tries again', () => {

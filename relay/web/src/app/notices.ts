@@ -41,7 +41,7 @@ export function lostCount(r: LostRange): number {
 
 /** Add a lost range to `list` (a copy): adjacent or overlapping ranges merge; at most `MAX_LOST` kept. */
 export function addLost(list: readonly LostRange[] | undefined, from: bigint, to: bigint, atMs: number): LostRange[] {
-  const out = (list ?? []).map((r) => ({ ...r, tasks: [...r.tasks] }));
+  const out = readableLost(list);
   const f = Number(from);
   const t = Number(to);
   const last = out.at(-1);
@@ -61,7 +61,7 @@ export function addLost(list: readonly LostRange[] | undefined, from: bigint, to
 
 /** Name a task whose events are fetched again in the newest lost range (a copy of `list`). */
 export function nameTask(list: readonly LostRange[], title: string): LostRange[] {
-  const out = list.map((r) => ({ ...r, tasks: [...r.tasks] }));
+  const out = readableLost(list);
   const last = out.at(-1);
   if (last && !last.tasks.includes(title) && last.tasks.length < MAX_TASKS_NAMED) last.tasks.push(title);
   return out;
@@ -69,8 +69,18 @@ export function nameTask(list: readonly LostRange[], title: string): LostRange[]
 
 const plural = (n: number, one: string, many: string): string => `${n} ${n === 1 ? one : many}`;
 
+/** The ranges of a stored row that read as ranges (a damaged row shows what is readable, never throws). */
+export function readableLost(v: unknown): LostRange[] {
+  if (!Array.isArray(v)) return [];
+  return v.filter(
+    (r): r is LostRange =>
+      typeof r === 'object' && r !== null && Number.isSafeInteger(r.from) && Number.isSafeInteger(r.to) && r.from >= 1 && r.to >= r.from,
+  ).map((r) => ({ from: r.from, to: r.to, atMs: Number(r.atMs) || 0, tasks: Array.isArray(r.tasks) ? r.tasks.filter((t: unknown) => typeof t === 'string') : [] }));
+}
+
 /** The notice for lost messages from `desktop`. */
-export function lostNotice(desktop: string, ranges: readonly LostRange[]): NoticeView {
+export function lostNotice(desktop: string, stored: readonly LostRange[]): NoticeView {
+  const ranges = readableLost(stored);
   const n = ranges.reduce((s, r) => s + lostCount(r), 0);
   const tasks = [...new Set(ranges.flatMap((r) => r.tasks))];
   const fetched = tasks.length
@@ -119,7 +129,7 @@ export function collectNotices(desktops: readonly Desktop[], relays: ReadonlyMap
   for (const d of desktops) {
     origins.add(d.relay.origin);
     const name = d.row.name;
-    if (d.row.lost?.length) out.push({ ...lostNotice(name, d.row.lost), askedMs: d.askedAgainMs ?? undefined, desktopId: d.id });
+    if (readableLost(d.row.lost).length) out.push({ ...lostNotice(name, d.row.lost ?? []), askedMs: d.askedAgainMs ?? undefined, desktopId: d.id });
     if (d.sender.refusal) out.push({ ...refusedNotice(name, d.sender.refusal, nowMs), desktopId: d.id });
     if (d.sender.givenUp) out.push({ ...givenUpNotice(name, d.sender.givenUp), desktopId: d.id });
   }
