@@ -23,10 +23,10 @@ import {
   upkeepMustPersist,
 } from '../proto/index.ts';
 import { applyMessage } from './apply.ts';
+import { Desktop } from './desktop.ts';
 import { type Notice, type NoticeView, addLost, collectNotices, relayNotice } from './notices.ts';
 import { type PairingFlow, startPairing } from './pairing.ts';
 import { type ConnState, RelayClient } from './relay.ts';
-import { Desktop } from './desktop.ts';
 import { type DesktopRow, type EventRow, NotOwner, type Store, type TaskRow, openStore } from './store.ts';
 import { type PendingApproval, Thread } from './thread.ts';
 
@@ -434,7 +434,12 @@ export class Engine {
     await d.serial(async () => {
       d.row.lost = undefined;
       d.askedAgainMs = null;
-      await this.save(d);
+      try {
+        await this.save(d);
+      } catch (e) {
+        // Not saved: back to what storage holds (the notice with it).
+        await this.failed(d, e);
+      }
     });
     this.emit({ desktopId });
   }
