@@ -106,3 +106,29 @@ test('sender: a record the relay can never accept is given up (and counted for t
   assert.equal(s.givenUp, 1);
   assert.equal(due.length, 0);
 });
+
+test('sender: a bare ack waiting for the relay is replaced by a newer one; other records are kept', async () => {
+  const { timers, due } = manualTimers();
+  let refuse = true;
+  const sent: number[] = [];
+  const port = {
+    send: (_to: unknown, p: Uint8Array) => {
+      sent.push(p[0]!);
+      return refuse ? Promise.reject(Object.assign(new Error('full'), { code: 'queue_full' })) : Promise.resolve();
+    },
+  };
+  const s = new Sender(port, DeviceKey.generate().public().deviceId(), () => undefined, timers);
+  s.push([Uint8Array.of(1)], true);
+  s.push([Uint8Array.of(2)]);
+  await turn();
+  s.push([Uint8Array.of(3)], true);
+  s.push([Uint8Array.of(4)], true);
+  await turn();
+  assert.equal(s.pending, 2, 'the data record and the newest ack');
+  refuse = false;
+  sent.length = 0;
+  due.shift()!.f();
+  await turn();
+  assert.deepEqual(sent, [2, 4]);
+  assert.equal(s.pending, 0);
+});

@@ -562,9 +562,10 @@ export class Engine {
       for (const m of requests) out.push(d.link.send(encodeMessage(m)).record);
       // One acknowledgement covers the whole run; a request carries it too.
       // Never answer an ack alone with an ack (the two sides would ping-pong).
-      if (ackDue && requests.length === 0) out.push(d.link.ack());
+      const ack = ackDue && requests.length === 0 ? [d.link.ack()] : [];
       await this.save(d, [...changedTasks.values()], newEvents);
       d.sender.push(out);
+      d.sender.push(ack, true);
       for (const taskId of changedTasks.keys()) this.emit({ desktopId: d.id, taskId });
       if (other || changedTasks.size === 0) this.emit({ desktopId: d.id });
       if (changedTasks.size > 0 && d.threads.size > KEEP_TASKS) await this.prune(d);

@@ -45,6 +45,8 @@ const HOPELESS = new Set(['frame_too_large', 'malformed_frame']);
 interface Waiting {
   record: Uint8Array;
   inFlight: boolean;
+  /** A bare acknowledgement: a newer one covers it (acks are cumulative, §13.2). */
+  ack: boolean;
 }
 
 /** The timers a `Sender` uses (the page's, or a test's). */
@@ -83,10 +85,15 @@ export class Sender {
     return this.waiting.length;
   }
 
-  /** Send records (in order); each is kept until the relay accepts it. */
-  push(records: Uint8Array[]): void {
+  /**
+   * Send records (in order); each is kept until the relay accepts it. `ack`:
+   * they are bare acknowledgements, which replace any older one still
+   * waiting (not on its way): a newer ack says all an older one said.
+   */
+  push(records: Uint8Array[], ack = false): void {
+    if (ack && records.length) this.waiting = this.waiting.filter((w) => !w.ack || w.inFlight);
     for (const record of records) {
-      const w = { record, inFlight: false };
+      const w = { record, inFlight: false, ack };
       this.waiting.push(w);
       this.attempt(w);
     }
@@ -133,15 +140,25 @@ export class Sender {
 
   private failed(w: Waiting, e: unknown): void {
     w.inFlight = false;
-    if (!this.waiting.includes(w)) return;
+    const at = this.waiting.indexOf(w);
+    if (at < 0) return;
     const err = e as { code?: unknown; message?: unknown } | null;
     const code = typeof err?.code === 'string' ? err.code : 'other';
     const message = typeof err?.message === 'string' ? err.message : String(e);
     if (HOPELESS.has(code)) {
-      this.waiting.splice(this.waiting.indexOf(w), 1);
+      this.waiting.splice(at, 1);
       this.givenUp++;
       this.changed();
       return;
+    }
+    // An ack that a newer waiting ack covers is not worth sending again.
+    if (w.ack && this.waiting.some((x, i) => i > at && x.ack)) {
+      this.waiting.splice(at, 1);
+      if (this.waiting.length === 0) {
+        this.refusal = null;
+        this.changed();
+        return;
+      }
     }
     this.failures++;
     // Full jitter over a doubling cap: many pages refused at once do not
