@@ -215,6 +215,7 @@ impl QrArgs {
         let mut opts = PairOptions::new(link_base, info);
         opts.default_scope = least_scope(&settings.executors);
         opts.scope = self.scope;
+        opts.outbox.max_messages = settings.agent.outbox_max_messages;
         opts
     }
 }
