@@ -4,7 +4,11 @@
 //!
 //! The relay binary reads `FAILPOINTS` at start (`name=action;...`, the
 //! `fail` crate's syntax). The points are named `relay.<step>` and listed
-//! where they are defined, in the store (`store/`).
+//! where they are defined, in the store (`store/`):
+//!
+//! * `relay.enqueue`: the store refuses a `Send` with a storage error
+//!   (`internal`), as a failing disk would (`1*return`: one frame);
+//! * `relay.enqueue.<device id>`: the same, only for frames to that device.
 
 /// The points armed from `FAILPOINTS`, for the life of the process: keep it
 /// in `main`.
