@@ -56,8 +56,7 @@ impl World {
         tokio::task::block_in_place(|| {
             assert!(pairing.exit_within(WAIT).unwrap().success());
         });
-        let agent =
-            tokio::task::block_in_place(|| common::run_process(&agent_dir, &config, &[]));
+        let agent = tokio::task::block_in_place(|| common::run_process(&agent_dir, &config, &[]));
         World { dir, relay, agent_dir, _agent: agent, phone }
     }
 

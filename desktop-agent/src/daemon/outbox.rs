@@ -10,7 +10,7 @@
 //!   [`RETRY_MAX`] apart) until the relay stores it or the peer
 //!   acknowledges it: no reconnect is needed.
 //! * When a peer comes online (`Presence`) only the records the relay has
-//!   not stored are sent again; a new relay connection (`Connected`: the
+//!   neither stored nor been handed (and not answered yet) are sent again; a new relay connection (`Connected`: the
 //!   relay may have restarted or lost its data) sends every unacknowledged
 //!   record again.
 
@@ -87,10 +87,12 @@ struct Retry {
     failures: u32,
 }
 
-/// What the relay has stored, per peer, and the retries due.
+/// What the relay has stored, or has been handed and not answered yet,
+/// per peer, and the retries due.
 #[derive(Debug, Default)]
 pub(super) struct RelayState {
     stored: HashMap<DeviceId, BTreeSet<u64>>,
+    in_flight: HashMap<DeviceId, BTreeSet<u64>>,
     retry: HashMap<DeviceId, Retry>,
 }
 
@@ -102,6 +104,18 @@ impl RelayState {
             r.due = Some(now + wait);
         }
         r.failures = r.failures.saturating_add(1);
+    }
+
+    fn posted(&mut self, to: DeviceId, seq: Option<u64>) {
+        if let Some(s) = seq {
+            self.in_flight.entry(to).or_default().insert(s);
+        }
+    }
+
+    fn answered(&mut self, to: DeviceId, seq: Option<u64>) {
+        if let (Some(s), Some(f)) = (seq, self.in_flight.get_mut(&to)) {
+            f.remove(&s);
+        }
     }
 
     fn stored(&mut self, to: DeviceId, seq: Option<u64>) {
@@ -125,17 +139,19 @@ impl RelayState {
         out
     }
 
-    /// Of `unacked`, what the relay has not stored (forgetting what is
-    /// acknowledged).
+    /// Of `unacked`, what the relay has neither stored nor been handed
+    /// (forgetting what is acknowledged).
     fn missing(&mut self, to: DeviceId, unacked: &[u64]) -> Vec<u64> {
         let stored = self.stored.entry(to).or_default();
         stored.retain(|s| unacked.binary_search(s).is_ok());
-        unacked.iter().copied().filter(|s| !stored.contains(s)).collect()
+        let in_flight = self.in_flight.entry(to).or_default();
+        unacked.iter().copied().filter(|s| !stored.contains(s) && !in_flight.contains(s)).collect()
     }
 
     /// A new relay connection: it may hold nothing of what it stored.
     pub(super) fn reset(&mut self) {
         self.stored.clear();
+        self.in_flight.clear();
         self.retry.clear();
     }
 }
@@ -144,8 +160,10 @@ impl Daemon<'_> {
     /// Queue a record for the relay, in order; never waits for the network.
     /// A record the queue has no room for is sent again on the retry timer.
     pub(super) fn post_data(&mut self, p: Posted) {
-        let to = p.to;
-        if self.outbound.try_send(p).is_err() {
+        let (to, seq) = (p.to, p.seq);
+        if self.outbound.try_send(p).is_ok() {
+            self.relay_state.posted(to, seq);
+        } else {
             debug!(peer = %to, "send queue full; the record is sent again shortly");
             self.relay_state.refused(to, Instant::now());
         }
@@ -153,6 +171,7 @@ impl Daemon<'_> {
 
     /// The relay answered a posted record.
     pub(super) fn relay_answered_send(&mut self, r: Report) {
+        self.relay_state.answered(r.to, r.seq);
         if r.stored {
             self.relay_state.stored(r.to, r.seq);
         } else {

@@ -405,13 +405,6 @@ impl<'t, 'c> Tables<'t, 'c> {
                 if !self.is_route(&frame.from, to)? {
                     return Ok(Answer::U64(Err(StoreError::NoRoute)));
                 }
-                // `relay.enqueue` refuses a frame; `relay.enqueue.<device>`
-                // only a frame for that device (see `failpoints.rs`).
-                #[cfg(feature = "failpoints")]
-                if let Some(point) = refused_by_failpoint(to) {
-                    tracing::warn!("FAILPOINTS: {point}: refusing a frame");
-                    return Ok(Answer::U64(Err(StoreError::Backend(format!("failpoint {point}")))));
-                }
                 let len = frame.payload.len() as u64;
                 let cost = charged(len);
                 if let Some(refused) = self.refusal(frame, meta, cost, *live) {
@@ -504,14 +497,4 @@ pub(super) fn apply_pending(p: &mut Pending, delta: HashMap<AddrKey, i64>) {
             p.remove(addr, n.unsigned_abs());
         }
     }
-}
-
-/// The failpoint that refuses this enqueue, if one is armed.
-#[cfg(feature = "failpoints")]
-fn refused_by_failpoint(to: &DeviceId) -> Option<String> {
-    if fail::eval("relay.enqueue", |_| ()).is_some() {
-        return Some("relay.enqueue".into());
-    }
-    let named = format!("relay.enqueue.{to}");
-    fail::eval(&named, |_| ()).map(|()| named)
 }
