@@ -549,7 +549,7 @@ impl<'a> Daemon<'a> {
         };
         peer.mark_seen(now_unix());
         let scope = peer.scope();
-        let link = instructions::link_key(from, peer.paired_at_unix());
+        let link = instructions::link_key(from, peer.link());
         let step = renewal::Points::of(kind, &events);
         let renewed = events.iter().any(|e| matches!(e, LinkEvent::SessionRenewed));
         if renewed {

@@ -19,10 +19,10 @@ use crate::executor::Control;
 use crate::peers::Scope;
 use crate::tasks::Outgoing;
 
-/// The key of a link's applied marker: the device and when it was paired
-/// (a new pairing of the same device numbers its messages from 1 again).
-pub(super) fn link_key(device: DeviceId, paired_at_unix: u64) -> String {
-    format!("{device}@{paired_at_unix}")
+/// The key of a link's applied marker: the device and the pairing (a new
+/// pairing of the same device numbers its messages from the start again).
+pub(super) fn link_key(device: DeviceId, link: &tandem_proto::link::Link) -> String {
+    format!("{device}@{}", data_encoding::HEXLOWER.encode(&link.pairing_tag()))
 }
 
 /// The crash points of an instruction; `None` for what is not one.
