@@ -846,6 +846,28 @@ impl TaskManager {
         }
     }
 
+    /// The next history write also records that message `seq` from `link`
+    /// was applied, in the same transaction ([`History::stage_applied`]).
+    pub fn stage_applied(&self, link: &str, seq: u64) {
+        self.history.stage_applied(link, seq);
+    }
+
+    /// Record the staged marker if no write carried it.
+    ///
+    /// # Errors
+    /// [`HistoryError`] if it cannot be written.
+    pub fn commit_applied(&self) -> Result<(), HistoryError> {
+        self.history.commit_applied()
+    }
+
+    /// The newest message from `link` whose effect is recorded.
+    ///
+    /// # Errors
+    /// [`HistoryError`] if the history cannot be read.
+    pub fn applied(&self, link: &str) -> Result<Option<u64>, HistoryError> {
+        self.history.applied(link)
+    }
+
     /// Running, queued and approval counts.
     #[must_use]
     pub fn counts(&self) -> TaskCounts {
@@ -900,6 +922,7 @@ fn append_to(
     record.next_offset += 1;
     record.updated_ms = at_ms;
     history.save(record, Some(&m))?;
+    crate::crashpoint::crash_point("agent.event_saved");
     Ok(m)
 }
 
