@@ -672,4 +672,23 @@ mod tests {
         assert_eq!(s.title.chars().count(), TITLE_CHARS + 1);
         assert_eq!(s.state, TaskState::Queued);
     }
+
+    #[test]
+    fn an_applied_marker_rides_on_the_next_write_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path()).unwrap();
+        assert_eq!(h.applied("phone@tag").unwrap(), None);
+        h.stage_applied("phone@tag", 5);
+        // Not durable until a write carries it.
+        assert_eq!(h.applied("phone@tag").unwrap(), None);
+        h.commit_applied().unwrap();
+        assert_eq!(h.applied("phone@tag").unwrap(), Some(5));
+        h.stage_applied("phone@tag", 3);
+        h.commit_applied().unwrap();
+        assert_eq!(h.applied("phone@tag").unwrap(), Some(5), "never lowered");
+        drop(h);
+        let h = History::open(dir.path()).unwrap();
+        assert_eq!(h.applied("phone@tag").unwrap(), Some(5), "kept across a restart");
+        assert_eq!(h.applied("other@tag").unwrap(), None);
+    }
 }

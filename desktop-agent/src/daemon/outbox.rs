@@ -327,3 +327,47 @@ impl Daemon<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_records_wait_one_second_doubling_to_at_most_thirty() {
+        let mut s = RelayState::default();
+        let peer = DeviceId([7; 16]);
+        let t0 = Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            s.refused(peer, t0);
+            let due = s.retry[&peer].due.unwrap();
+            waits.push(due.duration_since(t0).as_secs());
+            assert!(s.due(t0).is_empty(), "not before its time");
+            assert_eq!(s.due(due), vec![peer]);
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        // Stored: the backoff starts again.
+        s.stored(peer, Some(1));
+        s.refused(peer, t0);
+        assert_eq!(s.retry[&peer].due.unwrap().duration_since(t0).as_secs(), 1);
+    }
+
+    #[test]
+    fn only_what_the_relay_neither_stored_nor_holds_goes_again() {
+        let mut s = RelayState::default();
+        let peer = DeviceId([7; 16]);
+        s.posted(peer, Some(1));
+        s.posted(peer, Some(2));
+        s.posted(peer, Some(3));
+        s.answered(peer, Some(1));
+        s.stored(peer, Some(1));
+        s.answered(peer, Some(3));
+        assert_eq!(s.missing(peer, &[1, 2, 3, 4]), [3, 4]);
+        // Acknowledged by the peer: forgotten.
+        assert_eq!(s.missing(peer, &[3, 4]), [3, 4]);
+        assert!(s.stored[&peer].is_empty());
+        // A new relay connection: everything again.
+        s.reset();
+        assert_eq!(s.missing(peer, &[2, 3]), [2, 3]);
+    }
+}
