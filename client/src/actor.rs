@@ -16,11 +16,20 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::client::{ClientConfig, Command, Event, Request, Shared};
 use crate::connect::{Connection, Endpoint};
+use crate::cursor::Cursor;
 use crate::error::{ClientError, is_fatal_code};
 use crate::wake;
 
 /// Requests written per turn of the connection loop before reading again.
 const FLUSH_BATCH: usize = 32;
+
+/// Most events held for the application while its event channel is full
+/// (PROTOCOL.md §6.6): the connection keeps being read (pings answered)
+/// until this many, or [`MAX_HELD_BYTES`] of payload, wait. The relay's
+/// delivery window (512 frames, 2 MiB) keeps a conforming relay under both.
+const MAX_HELD_EVENTS: usize = 1024;
+/// Most payload bytes of the events held for the application.
+const MAX_HELD_BYTES: usize = 4 << 20;
 
 /// A request in the outbox (not yet written) or in flight (written, not yet
 /// answered).
@@ -56,6 +65,8 @@ enum Wake {
     /// No answer to the ping sent after waking.
     ProbeTimeout,
     Flush,
+    /// Room in the event channel for the oldest held event.
+    Emit(mpsc::OwnedPermit<Event>),
 }
 
 pub(crate) struct Actor {
@@ -75,8 +86,15 @@ pub(crate) struct Actor {
     outbox: VecDeque<Pending>,
     in_flight: BTreeMap<u64, Pending>,
     next_id: u64,
-    /// The highest `Ack` written (on any connection).
+    /// The highest `Ack` written (on any connection), as a local id.
     ack_sent: u64,
+    /// Local delivery ids against the relay's store epoch.
+    cursor: Cursor,
+    /// Events for the application that did not fit in its channel yet, in
+    /// order (bounded: [`MAX_HELD_EVENTS`], [`MAX_HELD_BYTES`]).
+    held: VecDeque<Event>,
+    /// Payload bytes in `held`.
+    held_bytes: usize,
     /// The reconnect schedule (failed attempts since the last stable
     /// connection).
     backoff: Backoff,
@@ -128,6 +146,9 @@ impl Actor {
             in_flight: BTreeMap::new(),
             next_id: 1,
             ack_sent: 0,
+            cursor: Cursor::default(),
+            held: VecDeque::new(),
+            held_bytes: 0,
             restart_hint: None,
             last_error: None,
             fatal,
@@ -214,7 +235,18 @@ impl Actor {
         self.last_error = None;
         self.restart_hint = None;
         self.woke = false;
-        self.emit(Event::Connected { device_id: conn.device_id(), queued: conn.queued() }).await;
+        let delivered = self.shared.delivered.load(Ordering::Acquire);
+        if self.cursor.connected(conn.store_epoch(), delivered) {
+            if delivered > 0 {
+                info!(
+                    store_epoch = conn.store_epoch(),
+                    "the relay's store epoch changed: delivery cursor reset"
+                );
+            }
+            // Nothing of the new epoch is acknowledged yet.
+            self.ack_sent = self.ack_sent.max(delivered);
+        }
+        self.hold(Event::Connected { device_id: conn.device_id(), queued: conn.queued() });
 
         let mut next_ping = after(jittered(self.config.ping_interval));
         let mut pong_deadline: Option<Instant> = None;
@@ -239,9 +271,23 @@ impl Actor {
             // that requests are waiting for.
             let more =
                 !self.outbox.is_empty() || (self.has_room() && self.shared.requests.is_waiting());
+            // The socket is read while the application is slow too (pings
+            // are answered), up to what may be held for it.
+            let read = self.held.len() < MAX_HELD_EVENTS && self.held_bytes < MAX_HELD_BYTES;
+            let holding = !self.held.is_empty();
+            let events = self.events.clone();
             let wake = tokio::select! {
                 () = self.stop.cancelled() => Wake::Stop,
-                frame = conn.recv() => Wake::Frame(frame),
+                frame = conn.recv(), if read => Wake::Frame(frame),
+                permit = events.reserve_owned(), if holding => match permit {
+                    Ok(permit) => Wake::Emit(permit),
+                    // Nobody listens any more: events are dropped.
+                    Err(_) => {
+                        self.held.clear();
+                        self.held_bytes = 0;
+                        continue;
+                    }
+                },
                 () = self.shared.requests.notify.notified() => Wake::Requests,
                 () = self.shared.ack_notify.notified() => Wake::Ack,
                 () = sleep_until(next_ping) => Wake::Ping,
@@ -257,6 +303,12 @@ impl Actor {
             match wake {
                 Wake::Stop => self.stopping = true,
                 Wake::Ack | Wake::Flush | Wake::Requests => {}
+                Wake::Emit(permit) => {
+                    if let Some(event) = self.held.pop_front() {
+                        self.held_bytes -= held_len(&event);
+                        permit.send(event);
+                    }
+                }
                 Wake::Frame(Err(e)) => return e,
                 Wake::Frame(Ok(frame)) => {
                     // Anything from the relay proves the connection alive.
@@ -294,7 +346,7 @@ impl Actor {
                         }
                         probe = Some((nonce, after(self.config.wake_pong_timeout)));
                     }
-                    self.emit(Event::Woke { slept: by }).await;
+                    self.hold(Event::Woke { slept: by });
                 }
                 Wake::ProbeTimeout => {
                     warn!(
@@ -325,18 +377,22 @@ impl Actor {
 
     async fn on_frame(&mut self, conn: &mut Connection, frame: Frame) -> Result<(), ClientError> {
         match frame {
-            Frame::Deliver { delivery_id, from, payload } => {
+            Frame::Deliver { delivery_id: relay_id, from, payload } => {
+                let delivery_id = self.cursor.local(relay_id);
                 self.shared.delivered.fetch_max(delivery_id, Ordering::AcqRel);
                 let acked = self.shared.ack.load(Ordering::Acquire);
                 if delivery_id <= acked {
-                    // Already processed and acknowledged in this process: the
-                    // earlier ack was lost with a connection. Say it again.
-                    debug!(delivery_id, acked, "dropping a redelivery");
-                    conn.send(&Frame::Ack { up_to: acked }).await?;
+                    // Already processed and acknowledged in this process and
+                    // this store epoch: the earlier ack was lost with a
+                    // connection. Say it again.
+                    debug!(relay_id, acked, "dropping a redelivery");
+                    if let Some(up_to) = self.cursor.relay(acked) {
+                        conn.send(&Frame::Ack { up_to }).await?;
+                    }
                     self.ack_sent = self.ack_sent.max(acked);
                 } else {
-                    debug!(delivery_id, %from, len = payload.len(), "deliver");
-                    self.emit(Event::Deliver { delivery_id, from, payload }).await;
+                    debug!(relay_id, delivery_id, %from, len = payload.len(), "deliver");
+                    self.hold(Event::Deliver { delivery_id, from, payload });
                 }
             }
             Frame::Ok { ref_id } => match self.in_flight.remove(&ref_id) {
@@ -354,7 +410,7 @@ impl Actor {
                         if ends_connection(code) {
                             self.last_error = Some(code);
                         }
-                        self.emit(Event::Refused { code, ref_id, message }).await;
+                        self.hold(Event::Refused { code, ref_id, message });
                     }
                 }
             }
@@ -362,17 +418,17 @@ impl Actor {
             Frame::Pong { .. } => {}
             Frame::Presence { peer, online } => {
                 debug!(%peer, online, "presence");
-                self.emit(Event::Presence { peer, online }).await;
+                self.hold(Event::Presence { peer, online });
             }
             Frame::PairMessage { pairing_id, peer, payload } => {
                 debug!(%peer, len = payload.len(), "pair message");
-                self.emit(Event::PairMessage { pairing_id, peer, payload }).await;
+                self.hold(Event::PairMessage { pairing_id, peer, payload });
             }
             Frame::Restarting { reconnect_after_ms } => {
                 let after = Duration::from_millis(u64::from(reconnect_after_ms));
                 info!(?after, "the relay is restarting");
                 self.restart_hint = Some(after);
-                self.emit(Event::Restarting { after }).await;
+                self.hold(Event::Restarting { after });
             }
             other => warn!(frame = %other.frame_type(), "ignoring an unexpected frame"),
         }
@@ -381,11 +437,14 @@ impl Actor {
 
     /// Write the application's acknowledgement if it grew.
     async fn flush_ack(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        let up_to = self.shared.ack.load(Ordering::Acquire);
-        if up_to > self.ack_sent {
-            conn.send(&Frame::Ack { up_to }).await?;
-            debug!(up_to, "ack");
-            self.ack_sent = up_to;
+        let acked = self.shared.ack.load(Ordering::Acquire);
+        if acked > self.ack_sent {
+            // An acknowledgement of an older store epoch stays here.
+            if let Some(up_to) = self.cursor.relay(acked) {
+                conn.send(&Frame::Ack { up_to }).await?;
+                debug!(up_to, "ack");
+            }
+            self.ack_sent = acked;
         }
         Ok(())
     }
@@ -571,9 +630,25 @@ impl Actor {
         self.outbox.push_back(Pending { id, frame, reply });
     }
 
-    /// Hand an event to the application, taking requests while the channel
-    /// is full. Events are dropped if nobody listens any more.
+    /// Keep an event for the application, after those held before it; the
+    /// connection loop hands them over as the channel makes room.
+    fn hold(&mut self, event: Event) {
+        self.held_bytes += held_len(&event);
+        self.held.push_back(event);
+    }
+
+    /// Hand an event to the application (after those still held), taking
+    /// requests while the channel is full. Events are dropped if nobody
+    /// listens any more.
     async fn emit(&mut self, event: Event) {
+        self.hold(event);
+        while let Some(event) = self.held.pop_front() {
+            self.held_bytes -= held_len(&event);
+            self.emit_one(event).await;
+        }
+    }
+
+    async fn emit_one(&mut self, event: Event) {
         let events = self.events.clone();
         loop {
             tokio::select! {
@@ -591,6 +666,14 @@ impl Actor {
                 () = self.shared.requests.notify.notified() => self.intake(),
             }
         }
+    }
+}
+
+/// What a held event counts against [`MAX_HELD_BYTES`].
+fn held_len(event: &Event) -> usize {
+    match event {
+        Event::Deliver { payload, .. } | Event::PairMessage { payload, .. } => payload.len(),
+        _ => 0,
     }
 }
 

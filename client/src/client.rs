@@ -117,7 +117,10 @@ pub enum Event {
     /// A payload from a peer. Persist what it leads to, then call
     /// [`Client::ack`] with `delivery_id`. It may be a redelivery.
     Deliver {
-        /// Position in this device's relay queue; increasing.
+        /// Position in this device's relay queue, increasing for the life
+        /// of the client: the relay's id, moved past every id handed out
+        /// before whenever the relay's store epoch changes (PROTOCOL.md
+        /// §6.6); pass it to [`Client::ack`].
         delivery_id: u64,
         /// The sender.
         from: DeviceId,

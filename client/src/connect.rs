@@ -199,6 +199,7 @@ impl Endpoint {
             device_id: key.public().device_id(),
             queued: 0,
             relay_ping_interval: Duration::ZERO,
+            store_epoch: 0,
             write_timeout,
         };
 
@@ -214,7 +215,7 @@ impl Endpoint {
         };
         conn.send(&auth).await?;
         match conn.recv_handshake().await? {
-            Frame::AuthOk { device_id, queued, ping_interval_ms } => {
+            Frame::AuthOk { device_id, queued, ping_interval_ms, store_epoch } => {
                 if device_id != conn.device_id {
                     conn.close(None).await;
                     return Err(ClientError::Protocol(format!(
@@ -224,7 +225,8 @@ impl Endpoint {
                 }
                 conn.queued = queued;
                 conn.relay_ping_interval = Duration::from_millis(u64::from(ping_interval_ms));
-                debug!(relay = %self.dialed, device = %device_id, queued, "authenticated");
+                conn.store_epoch = store_epoch;
+                debug!(relay = %self.dialed, device = %device_id, queued, store_epoch, "authenticated");
                 Ok(conn)
             }
             other => {
@@ -286,6 +288,7 @@ pub struct Connection {
     device_id: DeviceId,
     queued: u32,
     relay_ping_interval: Duration,
+    store_epoch: u64,
     write_timeout: Duration,
 }
 
@@ -315,6 +318,13 @@ impl Connection {
     #[must_use]
     pub fn relay_ping_interval(&self) -> Duration {
         self.relay_ping_interval
+    }
+
+    /// The relay's store epoch from `AuthOk` (PROTOCOL.md §6.6): delivery
+    /// ids compare only within one epoch.
+    #[must_use]
+    pub fn store_epoch(&self) -> u64 {
+        self.store_epoch
     }
 
     /// How long a frame may take to be written before the connection is

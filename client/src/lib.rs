@@ -66,6 +66,7 @@ mod actor;
 mod backoff;
 mod client;
 pub mod connect;
+mod cursor;
 mod error;
 mod wake;
 

@@ -140,6 +140,75 @@ async fn deliveries_are_surfaced_and_acked_only_when_the_app_says_so() {
     assert_eq!(server.expect().await, Frame::Ack { up_to: 3 });
 }
 
+/// PROTOCOL.md §6.6: delivery ids compare only within one store epoch. The
+/// same epoch after a reconnect: what was acknowledged is dropped (and
+/// acknowledged again). A new epoch (the relay's data wiped or restored):
+/// its ids start low again and every one reaches the application, under
+/// local ids that keep increasing; an acknowledgement of the old epoch
+/// never reaches the new one.
+#[tokio::test]
+async fn a_new_store_epoch_resets_the_delivery_cursor() {
+    let mut relay = FakeRelay::start(Options { epoch: 11, ..Options::default() }).await;
+    let (client, mut events) = Client::start(config(&relay.url()));
+    connected(&mut events).await;
+    let mut server = relay.accept().await;
+    for id in [1, 2, 3] {
+        server.send(&Frame::Deliver { delivery_id: id, from: PEER, payload: vec![id as u8] }).await;
+    }
+    for id in [1, 2, 3] {
+        assert_eq!(
+            next(&mut events).await,
+            Event::Deliver { delivery_id: id, from: PEER, payload: vec![id as u8] }
+        );
+    }
+    client.ack(2);
+    assert_eq!(server.expect().await, Frame::Ack { up_to: 2 });
+
+    // Same epoch: a redelivery of an acknowledged id is dropped (and
+    // acknowledged again); the unacknowledged one comes again.
+    server.close(None).await;
+    drop(server);
+    disconnected(&mut events).await;
+    connected(&mut events).await;
+    let mut server = relay.accept().await;
+    for id in [2, 3] {
+        server.send(&Frame::Deliver { delivery_id: id, from: PEER, payload: vec![id as u8] }).await;
+    }
+    assert_eq!(server.expect().await, Frame::Ack { up_to: 2 });
+    assert_eq!(
+        next(&mut events).await,
+        Event::Deliver { delivery_id: 3, from: PEER, payload: vec![3] }
+    );
+
+    // A new epoch (the relay's data is gone): ids 1 and 2 are new frames.
+    relay.options.lock().unwrap().epoch = 12;
+    server.close(None).await;
+    drop(server);
+    disconnected(&mut events).await;
+    connected(&mut events).await;
+    let mut server = relay.accept().await;
+    for id in [1, 2] {
+        let payload = vec![10 + id as u8];
+        server.send(&Frame::Deliver { delivery_id: id, from: PEER, payload }).await;
+    }
+    for id in [1, 2] {
+        assert_eq!(
+            next(&mut events).await,
+            Event::Deliver { delivery_id: 3 + id, from: PEER, payload: vec![10 + id as u8] }
+        );
+    }
+    // The old epoch's last ack (the application was late) is not sent;
+    // the new epoch's is, in the relay's ids.
+    client.ack(3);
+    client.ack(4);
+    assert_eq!(server.expect().await, Frame::Ack { up_to: 1 });
+    // Within the new epoch, duplicates are dropped again.
+    server.send(&Frame::Deliver { delivery_id: 1, from: PEER, payload: vec![11] }).await;
+    assert_eq!(server.expect().await, Frame::Ack { up_to: 1 });
+    server.send(&Frame::Ping { nonce: 9 }).await;
+    assert_eq!(server.expect().await, Frame::Pong { nonce: 9 });
+}
+
 #[tokio::test]
 async fn sends_issued_while_the_relay_is_down_go_out_after_it_returns() {
     let mut relay = FakeRelay::start(Options::default()).await;

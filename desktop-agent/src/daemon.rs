@@ -495,7 +495,9 @@ impl<'a> Daemon<'a> {
         match ev {
             Event::Connected { .. } => {
                 self.connected = true;
-                // Revocations the relay has not confirmed, first.
+                // The routes, in case the relay lost them (a new store
+                // epoch); then revocations the relay has not confirmed.
+                self.reauthorize();
                 self.resend_revokes();
                 // Whatever the peers have not acknowledged goes out again:
                 // the relay may have restarted or lost its data.

@@ -32,7 +32,7 @@ fn frames() -> Vec<Vec<u8>> {
             relay_name: "relay.example.com:8443".into(),
         },
         Frame::Auth { public_key: PublicKey([3; 32]), proof: [4; 32] },
-        Frame::AuthOk { device_id: id, queued: 3, ping_interval_ms: 30_000 },
+        Frame::AuthOk { device_id: id, queued: 3, ping_interval_ms: 30_000, store_epoch: 7 },
         Frame::Send { send_id: 1, to: id, payload: vec![1, 5, 0, 1] },
         Frame::Deliver { delivery_id: 9, from: id, payload: vec![1, 1, 9] },
         Frame::Ack { up_to: 9 },

@@ -402,11 +402,30 @@ impl Phone {
                 }
             }
         }
+        if connected {
+            self.reauthorize(url, &ids);
+        }
         for id in ids {
             self.emit(PhoneEvent::Connection { desktop_id: id.clone(), state });
             if connected {
                 self.resend(&id);
             }
+        }
+    }
+
+    /// Authorise the routes to `desktops` again, in the background: a relay
+    /// whose data was wiped or restored from an older copy (a new store
+    /// epoch, PROTOCOL.md §6.6) has lost them; authorising is idempotent.
+    fn reauthorize(&self, url: &str, desktops: &[String]) {
+        let Some(client) = self.lock().relays.get(url).map(|r| r.client.clone()) else { return };
+        for id in desktops {
+            let Ok(desktop) = id.parse::<DeviceId>() else { continue };
+            let authorize = client.authorize(desktop);
+            tokio::spawn(async move {
+                if let Err(e) = authorize.await {
+                    debug!(desktop = %desktop, error = %e, "the relay did not take the route again");
+                }
+            });
         }
     }
 

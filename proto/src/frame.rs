@@ -165,7 +165,7 @@ pub enum Frame {
         /// The MAC proving possession of the matching secret key.
         proof: [u8; 32],
     },
-    /// `device_id [16] ‖ queued u32 ‖ ping_interval_ms u32`
+    /// `device_id [16] ‖ queued u32 ‖ ping_interval_ms u32 ‖ store_epoch u64`
     AuthOk {
         /// The authenticated device's id.
         device_id: DeviceId,
@@ -173,6 +173,11 @@ pub enum Frame {
         queued: u32,
         /// How often the relay will ping.
         ping_interval_ms: u32,
+        /// The relay's store epoch: it changes whenever the relay's delivery
+        /// ids may have gone backwards (a new store open: wipe, restore,
+        /// migration, restart); a device resets its delivery cursor when it
+        /// differs from the last one it saw (PROTOCOL.md §6.6).
+        store_epoch: u64,
     },
     /// `send_id u64 ‖ to [16] ‖ payload`
     Send {
@@ -353,10 +358,11 @@ impl Frame {
                 b.put(&public_key.0);
                 b.put(proof);
             }
-            Frame::AuthOk { device_id, queued, ping_interval_ms } => {
+            Frame::AuthOk { device_id, queued, ping_interval_ms, store_epoch } => {
                 b.put(&device_id.0);
                 b.put_u32(*queued);
                 b.put_u32(*ping_interval_ms);
+                b.put_u64(*store_epoch);
             }
             Frame::Send { send_id, to, payload } => {
                 b.put_u64(*send_id);
@@ -467,6 +473,7 @@ fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
             device_id: DeviceId(r.array("device_id")?),
             queued: r.u32("queued")?,
             ping_interval_ms: r.u32("ping_interval_ms")?,
+            store_epoch: r.u64("store_epoch")?,
         },
         FrameType::Send => Frame::Send {
             send_id: r.u64("send_id")?,

@@ -48,7 +48,15 @@ fn frames() -> Value {
             },
         ),
         ("auth", Frame::Auth { public_key: PublicKey([0x33; 32]), proof: [0x44; 32] }),
-        ("auth_ok", Frame::AuthOk { device_id: a, queued: 3, ping_interval_ms: 20_000 }),
+        (
+            "auth_ok",
+            Frame::AuthOk {
+                device_id: a,
+                queued: 3,
+                ping_interval_ms: 20_000,
+                store_epoch: 0x0123_4567_89ab_cdef,
+            },
+        ),
         ("send", Frame::Send { send_id: 7, to: b, payload: b"opaque".to_vec() }),
         ("deliver", Frame::Deliver { delivery_id: 42, from: a, payload: b"opaque".to_vec() }),
         ("ack", Frame::Ack { up_to: 42 }),

@@ -59,6 +59,13 @@ pub struct Config {
     /// Frames waiting for one connection's writer before new live frames
     /// fall back to the store (never blocks the sender).
     pub send_queue: usize,
+    /// Most deliveries sent on one connection and not acknowledged yet
+    /// (PROTOCOL.md §6.6): the rest wait in the store until acks make room.
+    pub delivery_window_frames: usize,
+    /// Most payload bytes of the deliveries sent on one connection and not
+    /// acknowledged yet (a delivery is sent while the window holds less, so
+    /// it passes this by at most one frame).
+    pub delivery_window_bytes: u64,
     /// Longest a pairing mailbox may live.
     pub pairing_ttl_max: Duration,
     /// Most simultaneous WebSocket connections.
@@ -194,6 +201,8 @@ impl Config {
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(10),
             send_queue: 64,
+            delivery_window_frames: 512,
+            delivery_window_bytes: 2 << 20,
             pairing_ttl_max: Duration::from_secs(600),
             max_connections: 20_000,
             max_connections_per_ip: 64,
@@ -306,6 +315,11 @@ pong_timeout_secs = 10
 # pairing mailbox.
 idle_timeout_secs = 600
 write_timeout_secs = 10
+# Deliveries sent on one connection and not acknowledged yet, by count and
+# payload bytes: the rest wait in the store until acks make room, so a slow
+# device is served at its pace instead of being disconnected.
+delivery_window_frames = 512
+delivery_window_bytes = 2097152
 
 # Limits. "Per IP" means per IPv4 address or per IPv6 prefix of
 # ipv6_prefix_len bits, of the client (see trusted_proxies). One device

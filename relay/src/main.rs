@@ -122,6 +122,12 @@ struct Opts {
     /// Seconds a write may take before the connection is dropped.
     #[arg(long, env = "TANDEM_RELAY_WRITE_TIMEOUT_SECS", global = true)]
     write_timeout_secs: Option<u64>,
+    /// Most deliveries sent on one connection and not acknowledged yet.
+    #[arg(long, env = "TANDEM_RELAY_DELIVERY_WINDOW_FRAMES", global = true)]
+    delivery_window_frames: Option<usize>,
+    /// Most payload bytes sent on one connection and not acknowledged yet.
+    #[arg(long, env = "TANDEM_RELAY_DELIVERY_WINDOW_BYTES", global = true)]
+    delivery_window_bytes: Option<u64>,
     /// Most simultaneous connections.
     #[arg(long, env = "TANDEM_RELAY_MAX_CONNECTIONS", global = true)]
     max_connections: Option<usize>,
@@ -226,6 +232,8 @@ struct FileConfig {
     pong_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     write_timeout_secs: Option<u64>,
+    delivery_window_frames: Option<usize>,
+    delivery_window_bytes: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     max_unauthenticated: Option<usize>,
@@ -357,6 +365,12 @@ fn settings(o: Opts) -> anyhow::Result<Settings> {
     }
     if let Some(v) = pick!(write_timeout_secs) {
         c.write_timeout = secs(v.max(1));
+    }
+    if let Some(v) = pick!(delivery_window_frames) {
+        c.delivery_window_frames = v.max(1);
+    }
+    if let Some(v) = pick!(delivery_window_bytes) {
+        c.delivery_window_bytes = v.max(1);
     }
     if let Some(v) = pick!(max_connections) {
         c.max_connections = v;
@@ -561,6 +575,8 @@ mod tests {
         assert_eq!(f.pong_timeout_secs, Some(defaults.pong_timeout.as_secs()));
         assert_eq!(f.handshake_timeout_secs, Some(defaults.handshake_timeout.as_secs()));
         assert_eq!(f.write_timeout_secs, Some(defaults.write_timeout.as_secs()));
+        assert_eq!(f.delivery_window_frames, Some(defaults.delivery_window_frames));
+        assert_eq!(f.delivery_window_bytes, Some(defaults.delivery_window_bytes));
         assert_eq!(f.max_connections, Some(defaults.max_connections));
         assert_eq!(f.connects_per_ip_per_minute, Some(defaults.connects_per_ip_per_minute));
         assert_eq!(f.pair_claims_per_ip_per_minute, Some(defaults.pair_claims_per_ip_per_minute));

@@ -27,7 +27,11 @@ fn note(seen: &mut BTreeMap<u64, Vec<u8>>, id: u64, payload: Vec<u8>) {
 #[tokio::test]
 async fn a_kill_9_mid_stream_loses_nothing_and_hands_out_no_id_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start(dir.path(), &["--frames-per-device-per-second", "1000000"]);
+    // The phone acknowledges nothing: a window larger than the stream.
+    let mut relay = Relay::start(
+        dir.path(),
+        &["--frames-per-device-per-second", "1000000", "--delivery-window-frames", "100000"],
+    );
     let (mut desk, mut phone) = paired(&relay).await;
     let (desk_key, phone_key, phone_id) = (desk.key.clone(), phone.key.clone(), phone.id());
 

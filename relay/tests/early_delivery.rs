@@ -59,6 +59,9 @@ impl Store for HeldCommits {
     fn expire(&self, now_unix: u64) -> StoreFuture<Expired> {
         self.inner.expire(now_unix)
     }
+    fn epoch(&self) -> u64 {
+        self.inner.epoch()
+    }
     fn totals(&self) -> StoreFuture<Totals> {
         self.inner.totals()
     }

@@ -138,7 +138,7 @@ async fn frames_only_the_relay_sends_are_refused_as_unexpected() {
     let forged = [
         Frame::Deliver { delivery_id: 1, from: desk_id, payload: b"forged".to_vec() },
         Frame::Ok { ref_id: 1 },
-        Frame::AuthOk { device_id: phone_id, queued: 0, ping_interval_ms: 1 },
+        Frame::AuthOk { device_id: phone_id, queued: 0, ping_interval_ms: 1, store_epoch: 1 },
         Frame::Presence { peer: phone_id, online: true },
         Frame::Error { code: ErrorCode::Internal, ref_id: 0, message: "x".into() },
         Frame::Restarting { reconnect_after_ms: 1 },

@@ -236,6 +236,9 @@ impl Store for StoreWaitsStopTheClock {
     fn expire(&self, now: u64) -> StoreFuture<Expired> {
         blocking(self.0.expire(now))
     }
+    fn epoch(&self) -> u64 {
+        self.0.epoch()
+    }
     fn totals(&self) -> StoreFuture<Totals> {
         blocking(self.0.totals())
     }

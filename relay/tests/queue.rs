@@ -246,7 +246,9 @@ async fn an_ack_beyond_what_was_delivered_keeps_the_rest() {
     // relay's writer stuck early in the backlog while the ack arrives.
     const N: u64 = 200;
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), &[]);
+    // The phone acknowledges nothing meanwhile: a delivery window (§6.6)
+    // larger than all of it.
+    let relay = Relay::start(dir.path(), &["--delivery-window-bytes", "100000000"]);
     let (mut desk, phone_key, phone_id) = desk_and_offline_phone(&relay).await;
     let big: Vec<Vec<u8>> = (0..N).map(|i| vec![i as u8; 60_000]).collect();
     send_all(&mut desk, phone_id, &big).await;
@@ -273,7 +275,9 @@ async fn a_recipient_that_does_not_read_never_slows_the_sender() {
     // cannot take waits in the store and arrives in order, exactly once.
     const N: u64 = 200;
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), &[]);
+    // The phone acknowledges nothing meanwhile: a delivery window (§6.6)
+    // larger than all of it.
+    let relay = Relay::start(dir.path(), &["--delivery-window-bytes", "100000000"]);
     let (mut desk, phone) = paired(&relay).await;
     let (phone_key, phone_id, desk_id) = (phone.key.clone(), phone.id(), desk.id());
     phone.close().await;

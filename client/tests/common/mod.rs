@@ -55,11 +55,13 @@ pub(crate) struct Options {
     pub(crate) challenge_name: Option<String>,
     pub(crate) auth: Auth,
     pub(crate) tls: bool,
+    /// The store epoch `AuthOk` announces.
+    pub(crate) epoch: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { challenge_name: None, auth: Auth::Accept { queued: 0 }, tls: false }
+        Self { challenge_name: None, auth: Auth::Accept { queued: 0 }, tls: false, epoch: 1 }
     }
 }
 
@@ -197,7 +199,10 @@ async fn handshake(
     match options.auth {
         Auth::Accept { queued } => {
             conn.device = device;
-            conn.send(&Frame::AuthOk { device_id: device, queued, ping_interval_ms: 20_000 }).await;
+            let store_epoch = options.epoch;
+            let ok =
+                Frame::AuthOk { device_id: device, queued, ping_interval_ms: 20_000, store_epoch };
+            conn.send(&ok).await;
             conns.send(conn).ok()?;
             Some(Outcome::Authenticated { device, role, host })
         }

@@ -18,6 +18,11 @@
 //!   the next `tandem` command deletes before anything reads the peers
 //!   ([`AgentConfig::finish_revocations`]).
 //!
+//! * **Routes.** Every `Connected` authorises every paired device again
+//!   ([`Daemon::reauthorize`]): a relay whose data was wiped or restored
+//!   from an older copy (a new store epoch, PROTOCOL.md §6.6) has lost the
+//!   routes, and authorising again is idempotent.
+//!
 //! [`PeerStore::sync_from_disk`]: crate::peers::PeerStore::sync_from_disk
 
 use std::collections::HashMap;
@@ -79,6 +84,24 @@ impl Daemon<'_> {
             if let Err(e) = self.peers.sync_from_disk(&id) {
                 warn!(peer = %id, error = %e, "cannot read a peer file");
             }
+        }
+    }
+
+    /// Authorise every paired device's route again, in the background (the
+    /// relay may have lost its routes; PROTOCOL.md §6.6, §6.8). A device
+    /// being revoked is left out.
+    pub(super) fn reauthorize(&self) {
+        for peer in self.peers.list() {
+            let id = peer.device_id();
+            if self.revoking.contains(&id) {
+                continue;
+            }
+            let authorize = self.client.authorize(id);
+            tokio::spawn(async move {
+                if let Err(e) = authorize.await {
+                    warn!(peer = %id, error = %e, "the relay did not take the route again");
+                }
+            });
         }
     }
 

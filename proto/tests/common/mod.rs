@@ -147,11 +147,12 @@ where
         ),
         (public_key(), any::<[u8; 32]>())
             .prop_map(|(public_key, proof)| Frame::Auth { public_key, proof }),
-        (device_id(), any::<u32>(), any::<u32>()).prop_map(
-            |(device_id, queued, ping_interval_ms)| Frame::AuthOk {
+        (device_id(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+            |(device_id, queued, ping_interval_ms, store_epoch)| Frame::AuthOk {
                 device_id,
                 queued,
                 ping_interval_ms,
+                store_epoch,
             }
         ),
         (any::<u64>(), device_id(), payload()).prop_map(|(send_id, to, payload)| Frame::Send {

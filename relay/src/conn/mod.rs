@@ -208,12 +208,15 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
     let liveness = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
     let activity = Arc::new(Activity::new());
+    let acked = Arc::new(AtomicU64::new(0));
+    let room = Arc::new(tokio::sync::Notify::new());
     let queued = match state.store.depth(device).await {
         Ok(d) => u32::try_from(d.frames).unwrap_or(u32::MAX),
         Err(_) => 0,
     };
     let ping_ms = u32::try_from(state.config.ping_interval.as_millis()).unwrap_or(u32::MAX);
-    let hello = Frame::AuthOk { device_id: device, queued, ping_interval_ms: ping_ms };
+    let store_epoch = state.store.epoch();
+    let hello = Frame::AuthOk { device_id: device, queued, ping_interval_ms: ping_ms, store_epoch };
     let writer = match write(&mut sink, &hello, &state).await {
         Ok(()) => {
             let w = Writer {
@@ -224,6 +227,10 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
                 liveness: liveness.clone(),
                 delivered: delivered.clone(),
                 activity: activity.clone(),
+                acked: acked.clone(),
+                room: room.clone(),
+                window: writer::Window::default(),
+                behind: false,
             };
             Some(tokio::spawn(w.run(rx)))
         }
@@ -232,7 +239,8 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
     if writer.is_some() {
         announce(&state, device, true).await;
     }
-    let reader = Reader { state, handle, device, role, ip: key, liveness, delivered, activity };
+    let reader =
+        Reader { state, handle, device, role, ip: key, liveness, delivered, activity, acked, room };
     Some(Conn { stream, reader, conn_id, writer })
 }
 

@@ -112,6 +112,11 @@ pub(super) struct Reader {
     /// The highest delivery id the writer has sent on this connection.
     pub(super) delivered: Arc<AtomicU64>,
     pub(super) activity: Arc<Activity>,
+    /// The highest delivery id acknowledged on this connection, for the
+    /// writer's delivery window.
+    pub(super) acked: Arc<AtomicU64>,
+    /// Tells the writer that an `Ack` may have made room in its window.
+    pub(super) room: Arc<tokio::sync::Notify>,
 }
 
 impl Reader {
@@ -298,6 +303,11 @@ impl Reader {
             Frame::Ack { up_to } => {
                 // Never delete what this connection has not delivered yet.
                 let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
+                // The window opens as soon as the device says it has them;
+                // the store deletes them meanwhile.
+                if self.acked.fetch_max(up_to, Ordering::AcqRel) < up_to {
+                    self.room.notify_one();
+                }
                 return Ok(Some(Pending::Ack { fut: state.store.ack(me, up_to) }));
             }
             Frame::Authorize { request_id, peer } => {

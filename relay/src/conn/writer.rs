@@ -1,7 +1,14 @@
 //! A connection's writer: responses, live deliveries, the backlog from the
 //! store and pings, each batch in one flush; a write that takes longer than
 //! `write_timeout` closes the connection.
+//!
+//! Deliveries are sent only while the connection's delivery window has
+//! room (PROTOCOL.md §6.6): what does not fit stays in the store and is
+//! read from there as the device's acks make room. So a slow device is
+//! served at its pace, and pings and answers never wait behind more than a
+//! window of deliveries.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -9,7 +16,7 @@ use std::time::Duration;
 use rand::Rng;
 use tandem_proto::frame::Frame;
 use tandem_proto::{DeviceId, ErrorCode};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until};
 
 use super::{Activity, Closing, Sink, close, feed, flush, write};
@@ -31,6 +38,48 @@ pub(super) struct Writer {
     pub(super) liveness: Arc<AtomicU64>,
     pub(super) delivered: Arc<AtomicU64>,
     pub(super) activity: Arc<Activity>,
+    /// The highest delivery id the device acknowledged on this connection
+    /// (set by the reader, clamped to `delivered`).
+    pub(super) acked: Arc<AtomicU64>,
+    /// Notified by the reader on every `Ack`.
+    pub(super) room: Arc<Notify>,
+    /// Deliveries sent and not acknowledged yet.
+    pub(super) window: Window,
+    /// Some delivery was left in the store for want of room in the window.
+    pub(super) behind: bool,
+}
+
+/// The deliveries in flight on one connection: sent, not acknowledged.
+#[derive(Default)]
+pub(super) struct Window {
+    /// Their ids and payload sizes, in id order.
+    sent: VecDeque<(u64, u64)>,
+    /// The sum of their payload sizes.
+    bytes: u64,
+}
+
+impl Window {
+    /// Forget what `acked` covers.
+    fn release(&mut self, acked: u64) {
+        while let Some(&(id, len)) = self.sent.front() {
+            if id > acked {
+                break;
+            }
+            self.sent.pop_front();
+            self.bytes -= len;
+        }
+    }
+
+    fn push(&mut self, id: u64, len: usize) {
+        let len = u64::try_from(len).unwrap_or(u64::MAX);
+        self.sent.push_back((id, len));
+        self.bytes = self.bytes.saturating_add(len);
+    }
+
+    /// How many more deliveries may be sent (0 once the bytes are reached).
+    fn room(&self, max_frames: usize, max_bytes: u64) -> usize {
+        if self.bytes >= max_bytes { 0 } else { max_frames.saturating_sub(self.sent.len()) }
+    }
 }
 
 impl Writer {
@@ -122,6 +171,12 @@ impl Writer {
                         self.flush().await?;
                         continue;
                     }
+                    // Acks made room for what waits in the store.
+                    () = self.room.notified(), if self.behind => {
+                        Box::pin(self.backlog(last, u64::MAX)).await?;
+                        self.flush().await?;
+                        continue;
+                    }
                     () = &mut timer => None,
                     out = rx.recv() => match out {
                         Some(out) => Some(out),
@@ -167,11 +222,24 @@ impl Writer {
         match out {
             Outbound::Frame(f) => self.feed(&f).await,
             Outbound::Deliver { id, from, payload } => {
+                if id <= *last {
+                    return Ok(());
+                }
+                if self.room() == 0 {
+                    // It is in the store: read from there once acks make room.
+                    self.behind = true;
+                    return Ok(());
+                }
                 if id > *last + 1 {
                     // Something before it may be only in the store: catch up first.
-                    Box::pin(self.backlog(last, id - 1)).await?;
-                    if self.handle.is_closed() && id > *last + 1 {
-                        // The backlog stopped short: never send past a gap.
+                    let caught_up = Box::pin(self.backlog(last, id - 1)).await?;
+                    if !caught_up && id > *last + 1 {
+                        // The backlog stopped short (closing, or the window
+                        // is full): never send past a gap.
+                        return Ok(());
+                    }
+                    if self.room() == 0 {
+                        self.behind = true;
                         return Ok(());
                     }
                 }
@@ -181,6 +249,7 @@ impl Writer {
                 // it did not return is gone (acknowledged, expired,
                 // revoked) or was refused.
                 if id > *last {
+                    self.window.push(id, payload.len());
                     self.feed(&Frame::Deliver { delivery_id: id, from, payload }).await?;
                     *last = id;
                     self.delivered.store(id, Ordering::Release);
@@ -209,26 +278,46 @@ impl Writer {
             .map_err(|()| Closing::new(ErrorCode::Other(0), WRITE_FAILED))
     }
 
-    /// Deliver stored frames after `last` up to `until`, in order (buffered:
-    /// the caller flushes after the last page).
-    async fn backlog(&mut self, last: &mut u64, until: u64) -> Result<(), Closing> {
+    /// How many more deliveries the window takes now.
+    fn room(&mut self) -> usize {
+        self.window.release(self.acked.load(Ordering::Acquire));
+        let c = &self.state.config;
+        self.window.room(c.delivery_window_frames, c.delivery_window_bytes)
+    }
+
+    /// Deliver stored frames after `last` up to `until`, in order, while the
+    /// window has room (buffered: the caller flushes after the last page).
+    /// Whether it caught up: false when it stopped for the window (then
+    /// `behind` is set) or because the connection is closing.
+    async fn backlog(&mut self, last: &mut u64, until: u64) -> Result<bool, Closing> {
         loop {
             if self.handle.is_closed() {
-                return Ok(());
+                return Ok(false);
+            }
+            let room = self.room();
+            if room == 0 {
+                self.behind = true;
+                return Ok(false);
             }
             // Out with the previous page before waiting for the store.
             self.flush().await?;
+            let limit = BACKLOG_PAGE.min(room);
             let page = self
                 .state
                 .store
-                .fetch(self.device, *last, BACKLOG_PAGE)
+                .fetch(self.device, *last, limit)
                 .await
                 .map_err(|_| Closing::new(ErrorCode::Internal, "store unavailable"))?;
-            let full = page.len() == BACKLOG_PAGE;
+            let full = page.len() == limit;
             for q in page {
                 if q.id > until {
-                    return Ok(());
+                    return Ok(true);
                 }
+                if self.room() == 0 {
+                    self.behind = true;
+                    return Ok(false);
+                }
+                self.window.push(q.id, q.payload.len());
                 self.feed(&Frame::Deliver { delivery_id: q.id, from: q.from, payload: q.payload })
                     .await?;
                 *last = q.id;
@@ -236,7 +325,9 @@ impl Writer {
                 self.activity.touch();
             }
             if !full {
-                return Ok(());
+                // Everything stored is out.
+                self.behind = false;
+                return Ok(true);
             }
         }
     }

@@ -352,4 +352,11 @@ pub trait Store: Send + Sync + 'static {
     /// Frames and bytes waiting across all queues, and the one-sided
     /// authorisations.
     fn totals(&self) -> StoreFuture<Totals>;
+
+    /// The store epoch the relay announces in `AuthOk` (PROTOCOL.md §6.6):
+    /// it MUST change whenever the delivery ids this store hands out may be
+    /// lower than ones handed out before (its data wiped, restored from an
+    /// older copy, migrated to another backend). [`RedbStore`] draws a
+    /// fresh random one at every open, which covers all three.
+    fn epoch(&self) -> u64;
 }

@@ -136,6 +136,8 @@ impl Op {
 pub struct RedbStore {
     tx: mpsc::Sender<Op>,
     ids: Arc<Mutex<NextIds>>,
+    /// Drawn at open ([`Store::epoch`]).
+    epoch: u64,
 }
 
 /// Each queue's next delivery id, handed out when an enqueue is submitted
@@ -230,7 +232,11 @@ impl RedbStore {
             .name("tandem-store".into())
             .spawn(move || writer(db, rx, limits, &writer_ids, accounts))
             .map_err(backend)?;
-        Ok(Self { tx, ids })
+        // A fresh epoch at every open: whatever happened to the file
+        // since it was last open (wiped, restored), clients reset their
+        // delivery cursors (PROTOCOL.md §6.6).
+        let epoch = rand::random::<u64>();
+        Ok(Self { tx, ids, epoch })
     }
 
     fn call<T: Send + 'static>(
@@ -306,6 +312,10 @@ impl Store for RedbStore {
     fn expire(&self, now_unix: u64) -> StoreFuture<Expired> {
         self.call(|reply| Op::Expire { now: now_unix, reply })
     }
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     fn totals(&self) -> StoreFuture<Totals> {
         self.call(|reply| Op::Totals { reply })
     }

@@ -39,11 +39,14 @@ export class FakeSocket {
     const b = encodeFrame(f);
     this.onmessage?.({ data: b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer });
   }
-  /** Answer the Hello with a Challenge for `name` and the Auth with an AuthOk for `device`. */
-  handshake(name: string, device: DeviceKey): void {
+  /**
+   * Answer the Hello with a Challenge for `name` and the Auth with an AuthOk for `device`,
+   * naming store `epoch` (a relay whose data was not replaced keeps its epoch).
+   */
+  handshake(name: string, device: DeviceKey, epoch = 1n): void {
     this.accept();
     this.feed({ type: 'Challenge', relayEphemeral: DeviceKey.generate().public(), nonce: new Uint8Array(32).fill(7), relayName: name });
-    this.feed({ type: 'AuthOk', deviceId: device.public().deviceId(), queued: 0, pingIntervalMs: 30_000 });
+    this.feed({ type: 'AuthOk', deviceId: device.public().deviceId(), queued: 0, pingIntervalMs: 30_000, storeEpoch: epoch });
   }
   /**
    * The first frame sent from index `from` on that matches `pred`, as soon as it is sent (a

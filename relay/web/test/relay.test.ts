@@ -88,7 +88,7 @@ test('relay: an AuthOk naming this device brings the connection online', () => {
   const { c, states, connected } = client(key);
   try {
     const ws = handshake(c);
-    ws.feed({ type: 'AuthOk', deviceId: key.public().deviceId(), queued: 0, pingIntervalMs: 30_000 });
+    ws.feed({ type: 'AuthOk', deviceId: key.public().deviceId(), queued: 0, pingIntervalMs: 30_000, storeEpoch: 1n });
     assert.ok(c.online);
     assert.equal(connected(), 1);
     assert.equal(states.at(-1)?.kind, 'online');
@@ -104,7 +104,7 @@ test('relay: an AuthOk naming another device closes the connection; nothing goes
   const { c, states, delivered, connected } = client(key);
   try {
     const ws = handshake(c);
-    ws.feed({ type: 'AuthOk', deviceId: other, queued: 3, pingIntervalMs: 30_000 });
+    ws.feed({ type: 'AuthOk', deviceId: other, queued: 3, pingIntervalMs: 30_000, storeEpoch: 1n });
     assert.equal(c.online, false);
     assert.equal(connected(), 0, 'the app was not told it is connected');
     assert.notEqual(ws.closedWith, null, 'the connection was closed');
@@ -115,6 +115,63 @@ test('relay: an AuthOk naming another device closes the connection; nothing goes
     ws.feed({ type: 'Deliver', deliveryId: 1n, from: other, payload: Uint8Array.of(1) });
     assert.equal(delivered.length, 0);
     assert.equal(ws.sent.length, 2, 'nothing was sent after the Auth');
+  } finally {
+    c.stop();
+  }
+});
+
+/** After the connection dropped: reconnect now and answer the new socket's Hello; returns it after its Auth. */
+function reconnect(c: InstanceType<typeof RelayClient>, ws: FakeSocket): FakeSocket {
+  ws.close(1006);
+  ws.onclose?.({ code: 1006, reason: 'dropped by the test' });
+  FakeSocket.made = [];
+  c.retryNow();
+  const next = FakeSocket.made[0]!;
+  next.accept();
+  next.feed({ type: 'Challenge', relayEphemeral: DeviceKey.generate().public(), nonce: new Uint8Array(32).fill(7), relayName: '127.0.0.1:7878' });
+  assert.equal(next.sent[1]?.type, 'Auth');
+  return next;
+}
+
+/** Let the client's delivery pump run. */
+const settle = () => new Promise((r) => setTimeout(r, 0));
+
+const acks = (ws: FakeSocket) => ws.sent.flatMap((f) => (f.type === 'Ack' ? [f.upTo] : []));
+
+test('relay: a new store epoch resets the delivery cursor; the same epoch keeps dropping what was acknowledged', async () => {
+  const key = DeviceKey.generate();
+  const peer = DeviceKey.generate().public().deviceId();
+  const { c, delivered } = client(key);
+  try {
+    const me = key.public().deviceId();
+    let ws = handshake(c);
+    ws.feed({ type: 'AuthOk', deviceId: me, queued: 2, pingIntervalMs: 30_000, storeEpoch: 5n });
+    for (const id of [1n, 2n]) ws.feed({ type: 'Deliver', deliveryId: id, from: peer, payload: Uint8Array.of(Number(id)) });
+    await settle();
+    assert.equal(delivered.length, 2);
+    assert.equal(acks(ws).at(-1), 2n);
+
+    // Same epoch: a redelivery of an acknowledged id is dropped and acknowledged again.
+    ws = reconnect(c, ws);
+    ws.feed({ type: 'AuthOk', deviceId: me, queued: 1, pingIntervalMs: 30_000, storeEpoch: 5n });
+    ws.feed({ type: 'Deliver', deliveryId: 2n, from: peer, payload: Uint8Array.of(2) });
+    await settle();
+    assert.equal(delivered.length, 2, 'the redelivery was not handed to the app');
+    assert.deepEqual(acks(ws), [2n]);
+
+    // A new epoch (the relay's data wiped or restored): its ids start low again, and are new frames.
+    ws = reconnect(c, ws);
+    ws.feed({ type: 'AuthOk', deviceId: me, queued: 2, pingIntervalMs: 30_000, storeEpoch: 6n });
+    for (const id of [1n, 2n]) ws.feed({ type: 'Deliver', deliveryId: id, from: peer, payload: Uint8Array.of(10 + Number(id)) });
+    await settle();
+    assert.equal(delivered.length, 4, 'the new epoch\'s frames reached the app');
+    assert.equal(acks(ws).at(-1), 2n);
+    // And within it, duplicates are dropped again.
+    const before = acks(ws).length;
+    ws.feed({ type: 'Deliver', deliveryId: 1n, from: peer, payload: Uint8Array.of(11) });
+    await settle();
+    assert.equal(delivered.length, 4);
+    assert.deepEqual(acks(ws).slice(before), [2n]);
   } finally {
     c.stop();
   }

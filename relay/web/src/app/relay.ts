@@ -105,11 +105,17 @@ export class RelayClient {
   private nextId = 1n;
   private pending = new Map<bigint, Pending>();
   private waiters: Array<{ ok(): void; fail(e: RelayError): void }> = [];
-  private inbox: Array<{ id: bigint; from: DeviceId; payload: Uint8Array }> = [];
+  /** Deliveries for the app, each with the store epoch its id belongs to. */
+  private inbox: Array<{ id: bigint; from: DeviceId; payload: Uint8Array; epoch: bigint | null }> = [];
   private pumping = false;
-  /** Highest delivery id queued for the app (or acknowledged). */
+  /** Highest delivery id queued for the app (or acknowledged), in `epoch`. */
   private queuedUpTo = 0n;
   private acked = 0n;
+  /**
+   * The relay's store epoch from the last AuthOk (PROTOCOL §6.6): delivery
+   * ids compare only within one epoch, so the cursor restarts when it changes.
+   */
+  private epoch: bigint | null = null;
   private restartHintMs: number | null = null;
   /** The store epoch of the last `AuthOk` (undefined: none seen, or the relay sends none). */
   private storeEpoch: unknown = undefined;
@@ -314,6 +320,7 @@ export class RelayClient {
         }
         this.authed = true;
         this.connectedAt = Date.now();
+        this.resetCursorOnNewEpoch(f.storeEpoch);
         this.pingIntervalMs = Math.max(1000, f.pingIntervalMs);
         this.schedulePing();
         this.handlers.state({ kind: 'online' });
@@ -331,7 +338,7 @@ export class RelayClient {
         // A redelivery of what is still waiting in the inbox.
         if (deliveryId <= this.queuedUpTo) return;
         this.queuedUpTo = deliveryId;
-        this.inbox.push({ id: deliveryId, from, payload });
+        this.inbox.push({ id: deliveryId, from, payload, epoch: this.epoch });
         void this.pump();
         return;
       }
@@ -374,6 +381,20 @@ export class RelayClient {
     return same;
   }
 
+  /**
+   * The relay's delivery ids went back (its data wiped, restored or moved:
+   * a new store epoch, PROTOCOL §6.6): forget the cursor, or every new
+   * frame would be dropped as a redelivery. What waits in the inbox is
+   * still handed to the app, but never acknowledged with its old id.
+   */
+  private resetCursorOnNewEpoch(epoch: bigint): void {
+    if (this.epoch === epoch) return;
+    if (this.epoch !== null) console.info('the relay\'s store epoch changed: delivery cursor reset');
+    this.epoch = epoch;
+    this.acked = 0n;
+    this.queuedUpTo = 0n;
+  }
+
   /** Hand queued deliveries to the app in batches; ack what it saved. */
   private async pump(): Promise<void> {
     if (this.pumping) return;
@@ -388,7 +409,8 @@ export class RelayClient {
           console.warn('delivery failed', e);
         }
         const last = saved > 0 ? batch[saved - 1] : undefined;
-        if (last && last.id > this.acked) {
+        // An ack of an older store epoch would acknowledge other frames now.
+        if (last && last.epoch === this.epoch && last.id > this.acked) {
           this.acked = last.id;
           this.write({ type: 'Ack', upTo: last.id });
         }

@@ -72,7 +72,7 @@ export type Frame =
   | { type: 'Hello'; minVersion: number; maxVersion: number; role: Role }
   | { type: 'Challenge'; relayEphemeral: PublicKey; nonce: Uint8Array; relayName: string }
   | { type: 'Auth'; publicKey: PublicKey; proof: Uint8Array }
-  | { type: 'AuthOk'; deviceId: DeviceId; queued: number; pingIntervalMs: number }
+  | { type: 'AuthOk'; deviceId: DeviceId; queued: number; pingIntervalMs: number; storeEpoch: bigint }
   | { type: 'Send'; sendId: bigint; to: DeviceId; payload: Uint8Array }
   | { type: 'Deliver'; deliveryId: bigint; from: DeviceId; payload: Uint8Array }
   | { type: 'Ack'; upTo: bigint }
@@ -146,7 +146,7 @@ export function encodeFrame(f: Frame): Uint8Array {
       body = concat(f.publicKey.bytes, fixed(f.proof, 32, 'proof'));
       break;
     case 'AuthOk':
-      body = concat(f.deviceId.bytes, u32be(f.queued), u32be(f.pingIntervalMs));
+      body = concat(f.deviceId.bytes, u32be(f.queued), u32be(f.pingIntervalMs), u64be(f.storeEpoch));
       break;
     case 'Send':
       checkPayload(f.payload);
@@ -234,7 +234,7 @@ export function decodeFrame(buf: Uint8Array): Frame {
         f = { type: name, publicKey: new PublicKey(r.take(32)), proof: r.take(32) };
         break;
       case 'AuthOk':
-        f = { type: name, deviceId: id(), queued: r.u32(), pingIntervalMs: r.u32() };
+        f = { type: name, deviceId: id(), queued: r.u32(), pingIntervalMs: r.u32(), storeEpoch: r.u64() };
         break;
       case 'Send':
         f = { type: name, sendId: r.u64(), to: id(), payload: payload() };
