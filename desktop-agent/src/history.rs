@@ -356,22 +356,13 @@ impl History {
             Some((link.to_owned(), seq));
     }
 
-    /// Record the staged marker on its own if no write carried it (the
-    /// message changed nothing here, or its effect left no record, as a
-    /// cancel sent to a running executor).
-    ///
-    /// # Errors
-    /// [`HistoryError`] on a database failure.
-    pub fn commit_applied(&self) -> Result<(), HistoryError> {
-        if self.staged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_none() {
-            return Ok(());
-        }
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(Durability::Immediate).map_err(|e| self.err(e))?;
-        let staged = self.write_staged(&txn)?;
-        txn.commit().map_err(|e| self.err(e))?;
-        self.unstage(staged);
-        Ok(())
+    /// Drop the staged marker if no write carried it: the message changed
+    /// nothing recorded here (a refusal, a cancel handed to a running
+    /// executor). Deciding it again after a crash is harmless, and a
+    /// refusal that was never sent is sent then. Returns whether one was
+    /// dropped.
+    pub fn discard_applied(&self) -> bool {
+        self.staged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().is_some()
     }
 
     /// The sequence number of the newest message from `link` whose effect
@@ -681,11 +672,17 @@ mod tests {
         h.stage_applied("phone@tag", 5);
         // Not durable until a write carries it.
         assert_eq!(h.applied("phone@tag").unwrap(), None);
-        h.commit_applied().unwrap();
+        h.save(&mut record("t1", 1), None).unwrap();
         assert_eq!(h.applied("phone@tag").unwrap(), Some(5));
+        assert!(!h.discard_applied(), "the write took it");
         h.stage_applied("phone@tag", 3);
-        h.commit_applied().unwrap();
+        h.save(&mut record("t2", 2), None).unwrap();
         assert_eq!(h.applied("phone@tag").unwrap(), Some(5), "never lowered");
+        // Nothing written: the staged marker is dropped, never recorded.
+        h.stage_applied("phone@tag", 9);
+        assert!(h.discard_applied());
+        h.save(&mut record("t3", 3), None).unwrap();
+        assert_eq!(h.applied("phone@tag").unwrap(), Some(5), "a dropped marker stays dropped");
         drop(h);
         let h = History::open(dir.path()).unwrap();
         assert_eq!(h.applied("phone@tag").unwrap(), Some(5), "kept across a restart");

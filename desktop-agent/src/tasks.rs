@@ -852,12 +852,10 @@ impl TaskManager {
         self.history.stage_applied(link, seq);
     }
 
-    /// Record the staged marker if no write carried it.
-    ///
-    /// # Errors
-    /// [`HistoryError`] if it cannot be written.
-    pub fn commit_applied(&self) -> Result<(), HistoryError> {
-        self.history.commit_applied()
+    /// Drop the staged marker if no write carried it
+    /// ([`History::discard_applied`]).
+    pub fn discard_applied(&self) -> bool {
+        self.history.discard_applied()
     }
 
     /// The newest message from `link` whose effect is recorded.

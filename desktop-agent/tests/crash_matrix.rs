@@ -13,7 +13,10 @@
 //! follow-up (and one resumed run), the cancelled task finished once as
 //! cancelled, the approval resolved once (or, when the agent died before
 //! applying the decision and so interrupted its task, the phone told
-//! `not_pending`); and the phone saw the result. The relay is the real
+//! `not_pending`); and the phone saw the result, and no refusal of the
+//! redelivered instruction (the applied marker skipped it). A refused
+//! instruction leaves no marker: its refusal reaches the phone after a
+//! crash. The relay is the real
 //! relay in a process of its own (`common/relay.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -133,6 +136,31 @@ impl World {
         }
     }
 
+    /// Take the events the phone has already emitted, without waiting.
+    fn drain(&mut self) {
+        use broadcast::error::TryRecvError;
+        loop {
+            match self.events.try_recv() {
+                Ok(PhoneEvent::Task(t)) => self.seen.entry(t.task_id).or_default().push(t.event),
+                Ok(PhoneEvent::Refused { task_id, code, .. }) => {
+                    self.refused.push((task_id.unwrap_or_default(), code));
+                }
+                Ok(_) => {}
+                Err(TryRecvError::Empty) => return,
+                Err(e) => panic!("the phone's events: {e}"),
+            }
+        }
+    }
+
+    /// The refusals the phone saw for `task`, once every earlier reply is
+    /// in: a history request goes after the redelivered instruction on the
+    /// same link, so its answer comes after that instruction's reply.
+    async fn refusals_of(&mut self, task: &str) -> Vec<String> {
+        self.history(task).await;
+        self.drain();
+        self.refused.iter().filter(|(id, _)| id == task).map(|(_, c)| c.clone()).collect()
+    }
+
     fn finishes(&self, task: &str) -> usize {
         self.seen.get(task).map_or(0, |e| count(e, is_finished))
     }
@@ -241,6 +269,9 @@ async fn a_cancel_is_applied_once_whatever_step_the_agent_dies_at() {
             ),
             "{point}: cancelled: {history:?}"
         );
+        // Applied once: the redelivery was skipped, not refused `finished`.
+        let refusals = w.refusals_of(&queued).await;
+        assert!(refusals.is_empty(), "{point}: the redelivered cancel was refused: {refusals:?}");
         stop(agent);
     }
 }
@@ -279,8 +310,38 @@ async fn a_decision_is_applied_once_whatever_step_the_agent_dies_at() {
             assert_eq!(resolved, 0, "{point}: {history:?}");
         } else {
             assert_eq!(resolved, 1, "{point}: resolved once: {history:?}");
+            // The redelivery was skipped, not refused `not_pending`.
+            let refusals = w.refusals_of(&task).await;
+            assert!(
+                refusals.is_empty(),
+                "{point}: the redelivered decision was refused: {refusals:?}"
+            );
         }
         assert_eq!(count(&history, is_finished), 1, "{point}: {history:?}");
+        stop(agent);
+    }
+}
+
+/// An instruction that is refused records nothing, so it leaves no applied
+/// marker: killed after deciding it and before the refusal left, the agent
+/// decides it again when the relay delivers it again, and the phone is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_sent_whatever_step_the_agent_dies_at() {
+    let mut w = World::pair().await;
+    let c = crashpoint::CANCEL;
+    // Not `link_saved`: the receipt is saved before the refusal is sealed,
+    // and a refusal is not in the history for `catch_up` to send (known gap).
+    for point in [c.audited, c.applied, c.replied, c.sent] {
+        let mut agent = w.agent(Some(point));
+        let task = format!("no-such-task-{point}");
+        w.phone.cancel(&w.desktop, &task).await.unwrap();
+        w.crashes_at(&mut agent, point);
+        let agent = w.agent(None);
+        let t = task.clone();
+        w.until("the refusal", move |w| {
+            w.refused.iter().any(|(id, code)| *id == t && code == "unknown_task")
+        })
+        .await;
         stop(agent);
     }
 }

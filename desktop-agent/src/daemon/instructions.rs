@@ -5,8 +5,9 @@
 //! `tasks.redb` in one transaction; only then is the link's receipt saved
 //! and the relay delivery acknowledged. A crash in between makes the relay
 //! deliver the record again to a link that accepts it again; the marker
-//! says it was applied, so it is not applied twice. Requests that change
-//! nothing (history, task lists) are answered again instead.
+//! says it was applied, so it is not applied twice. An instruction that
+//! recorded nothing (a refusal) leaves no marker: it is decided again.
+//! Requests that change nothing (history, task lists) are answered again.
 
 use tandem_proto::DeviceId;
 use tandem_proto::message::{Decoded, Message};
@@ -72,8 +73,12 @@ impl Daemon<'_> {
         self.tasks.stage_applied(at.link, seq);
         let out = self.answer(from, scope, decoded).await?;
         // The effect wrote nothing (a refusal, a cancel handed to a running
-        // executor): the marker goes alone.
-        self.tasks.commit_applied()?;
+        // executor): no marker, so a crash before the reply is saved makes
+        // the relay deliver it again and it is decided again (a refusal
+        // that never left is sent then).
+        if self.tasks.discard_applied() {
+            debug!(peer = %from, seq, "instruction recorded nothing: no applied marker");
+        }
         crash_point(steps.applied);
         Ok((out, Some(steps)))
     }
