@@ -385,7 +385,7 @@ impl<'a> Daemon<'a> {
                     self.control_call(call).await?;
                 }
                 Some((id, confirmed)) = self.revoked_rx.recv() => self.relay_answered(id, confirmed),
-                Some(r) = self.reports.recv() => self.relay_answered_send(r),
+                Some(r) = self.reports.recv() => self.relay_answered_send(r).await?,
                 Some(call) = async { match &mut pairs { Some(c) => c.recv().await, None => None } } => {
                     self.pair_call(call);
                 }
@@ -504,14 +504,16 @@ impl<'a> Daemon<'a> {
                 self.relay_state.reset();
                 let ids: Vec<DeviceId> = self.peers.list().iter().map(|p| p.device_id()).collect();
                 for id in ids {
-                    self.resend(id).await?;
+                    self.resend(id, outbox::Resend::All).await?;
                 }
             }
             Event::Presence { peer, online: true } => {
                 self.online.insert(peer);
-                // Only what the relay has not stored: a flapping phone does
-                // not fill its queue with copies.
-                self.resend(peer).await?;
+                // Only what the relay has not stored (or stored long ago
+                // and the phone still has not acknowledged: it may have
+                // expired or lost it): a flapping phone does not fill its
+                // queue with copies.
+                self.resend(peer, outbox::Resend::Presence).await?;
                 // Both online: a renewal that is due starts now.
                 self.upkeep(peer)?;
             }
@@ -621,7 +623,7 @@ impl<'a> Daemon<'a> {
         // A renewal ended an exhausted session: what could not be sealed
         // goes out now.
         if renewed && self.reseal.remove(&from) {
-            self.resend(from).await?;
+            self.resend(from, outbox::Resend::All).await?;
         }
         self.send_all_for(replies, steps).await
     }

@@ -254,6 +254,20 @@ impl Link {
         seqs.into_iter().map(|s| self.seal_data(s)).collect()
     }
 
+    /// Seal again, under new counters, only the unacknowledged messages
+    /// among `seqs` (in the order given; others are skipped): what the relay
+    /// is missing of the outbox, without resealing what it holds.
+    ///
+    /// # Errors
+    /// [`RecordError::Exhausted`] when the session must be renewed first.
+    pub fn resend_only(&mut self, seqs: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, RecordError> {
+        let unacked: Vec<u64> = self.outbound.unacked_from(0).map(|(s, _)| s).collect();
+        seqs.iter()
+            .filter(|s| unacked.binary_search(s).is_ok())
+            .map(|&s| self.seal_data(s).map(|r| (s, r)))
+            .collect()
+    }
+
     /// A bare acknowledgement of everything delivered so far.
     ///
     /// # Errors

@@ -14,11 +14,12 @@
 //!   relay may have restarted or lost its data) sends every unacknowledged
 //!   record again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use tandem_client::Client;
+use tandem_client::{Client, ClientError};
 use tandem_proto::DeviceId;
+use tandem_proto::error_code::ErrorCode;
 use tandem_proto::message::Message;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -34,6 +35,59 @@ pub(super) const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two retries of a refused record.
 pub(super) const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// How long a record the relay stored may stay unacknowledged by a peer
+/// that comes online before it is sent again on `Presence` (the relay may
+/// have expired or lost it).
+pub(super) const STALE_AFTER: Duration = Duration::from_secs(120);
+
+/// How the relay answered a posted record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Stored.
+    Stored,
+    /// Refused for now (a full queue, a failing store, a rate limit, a
+    /// lost connection): sent again on the retry timer.
+    Later,
+    /// Refused for good (`not_authorized`, `revoked`, `frame_too_large`,
+    /// `malformed_frame`...): not retried until the next relay connection.
+    Never,
+}
+
+impl Outcome {
+    /// What a failed send means for the record.
+    fn of(e: &ClientError) -> Outcome {
+        if matches!(e, ClientError::TooLarge) {
+            return Outcome::Never;
+        }
+        match e.code() {
+            Some(
+                ErrorCode::NotAuthorized
+                | ErrorCode::Revoked
+                | ErrorCode::AuthFailed
+                | ErrorCode::FrameTooLarge
+                | ErrorCode::MalformedFrame
+                | ErrorCode::UnknownFrameType
+                | ErrorCode::UnexpectedFrame,
+            ) => Outcome::Never,
+            _ => Outcome::Later,
+        }
+    }
+}
+
+/// What a resend is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Resend {
+    /// A new relay connection, or the relay took the probe: everything it
+    /// has not stored and is not on its way.
+    All,
+    /// The peer came online: as [`Resend::All`], and also what the relay
+    /// stored more than [`STALE_AFTER`] ago (it may have expired or lost
+    /// it). Nothing while a retry waits (the probe goes first).
+    Presence,
+    /// The retry timer: only the first missing record.
+    Probe,
+}
+
 /// A record for the sender task: to whom, the data sequence number it
 /// carries (none for acks and handshakes), and the crash point to pass once
 /// the relay stored it.
@@ -48,7 +102,7 @@ pub(super) struct Posted {
 pub(super) struct Report {
     to: DeviceId,
     seq: Option<u64>,
-    stored: bool,
+    outcome: Outcome,
 }
 
 /// Hand posted records to the relay in order; report each answer.
@@ -59,19 +113,24 @@ pub(super) fn spawn_sender(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(p) = queue.recv().await {
-            let stored = match client.send(p.to, p.record).await {
+            let outcome = match client.send(p.to, p.record).await {
                 Ok(()) => {
                     if let Some(point) = p.stored {
                         crash_point(point);
                     }
-                    true
+                    Outcome::Stored
                 }
                 Err(e) => {
-                    info!(peer = %p.to, error = %e, "the relay refused a record; sent again shortly");
-                    false
+                    let outcome = Outcome::of(&e);
+                    if outcome == Outcome::Later {
+                        info!(peer = %p.to, error = %e, "the relay refused a record; sent again shortly");
+                    } else {
+                        warn!(peer = %p.to, error = %e, "the relay refused a record for good; kept for the next connection");
+                    }
+                    outcome
                 }
             };
-            if reports.send(Report { to: p.to, seq: p.seq, stored }).await.is_err() {
+            if reports.send(Report { to: p.to, seq: p.seq, outcome }).await.is_err() {
                 break;
             }
         }
@@ -83,7 +142,7 @@ pub(super) fn spawn_sender(
 struct Retry {
     /// When they go out again; `None` while nothing was refused since.
     due: Option<Instant>,
-    /// Refusals in a row (the backoff).
+    /// Retry rounds refused in a row (the backoff).
     failures: u32,
 }
 
@@ -91,8 +150,13 @@ struct Retry {
 /// per peer, and the retries due.
 #[derive(Debug, Default)]
 pub(super) struct RelayState {
-    stored: HashMap<DeviceId, BTreeSet<u64>>,
+    /// Stored by the relay, and when.
+    stored: HashMap<DeviceId, BTreeMap<u64, Instant>>,
     in_flight: HashMap<DeviceId, BTreeSet<u64>>,
+    /// Refused for good on this connection.
+    rejected: HashMap<DeviceId, BTreeSet<u64>>,
+    /// How many records the relay refused for good (since the start).
+    rejected_total: u64,
     retry: HashMap<DeviceId, Retry>,
 }
 
@@ -102,8 +166,21 @@ impl RelayState {
         if r.due.is_none() {
             let wait = RETRY_FIRST.saturating_mul(1 << r.failures.min(5)).min(RETRY_MAX);
             r.due = Some(now + wait);
+            r.failures = r.failures.saturating_add(1);
         }
-        r.failures = r.failures.saturating_add(1);
+    }
+
+    /// Refused for good: not sent again until the next relay connection.
+    fn rejected(&mut self, to: DeviceId, seq: Option<u64>) {
+        if let Some(s) = seq {
+            self.rejected.entry(to).or_default().insert(s);
+        }
+        self.rejected_total = self.rejected_total.saturating_add(1);
+    }
+
+    /// Whether a retry waits for its time.
+    fn backing_off(&self, to: DeviceId) -> bool {
+        self.retry.get(&to).is_some_and(|r| r.due.is_some())
     }
 
     fn posted(&mut self, to: DeviceId, seq: Option<u64>) {
@@ -118,13 +195,17 @@ impl RelayState {
         }
     }
 
-    fn stored(&mut self, to: DeviceId, seq: Option<u64>) {
+    /// Stored at `now`. Returns whether this ends a retry (the probe got
+    /// through: the rest goes now).
+    fn stored(&mut self, to: DeviceId, seq: Option<u64>, now: Instant) -> bool {
         if let Some(s) = seq {
-            self.stored.entry(to).or_default().insert(s);
+            self.stored.entry(to).or_default().insert(s, now);
         }
         if self.retry.get(&to).is_some_and(|r| r.due.is_none()) {
             self.retry.remove(&to);
+            return true;
         }
+        false
     }
 
     /// The peers whose retry is due (taken).
@@ -139,13 +220,28 @@ impl RelayState {
         out
     }
 
-    /// Of `unacked`, what the relay has neither stored nor been handed
-    /// (forgetting what is acknowledged).
-    fn missing(&mut self, to: DeviceId, unacked: &[u64]) -> Vec<u64> {
+    /// Of `unacked`, what the relay has neither stored nor been handed nor
+    /// refused for good (forgetting what is acknowledged); with
+    /// `stale_before`, what it stored before then counts as missing too.
+    fn missing(
+        &mut self,
+        to: DeviceId,
+        unacked: &[u64],
+        stale_before: Option<Instant>,
+    ) -> Vec<u64> {
         let stored = self.stored.entry(to).or_default();
-        stored.retain(|s| unacked.binary_search(s).is_ok());
+        stored.retain(|s, _| unacked.binary_search(s).is_ok());
+        let rejected = self.rejected.entry(to).or_default();
+        rejected.retain(|s| unacked.binary_search(s).is_ok());
         let in_flight = self.in_flight.entry(to).or_default();
-        unacked.iter().copied().filter(|s| !stored.contains(s) && !in_flight.contains(s)).collect()
+        let held = |s: &u64| {
+            stored.get(s).is_some_and(|at| stale_before.is_none_or(|before| *at > before))
+        };
+        unacked
+            .iter()
+            .copied()
+            .filter(|s| !held(s) && !in_flight.contains(s) && !rejected.contains(s))
+            .collect()
     }
 
     /// A new relay connection: it may hold nothing of what it stored. What
@@ -154,6 +250,7 @@ impl RelayState {
     /// posting them again would leave copies at the relay.
     pub(super) fn reset(&mut self) {
         self.stored.clear();
+        self.rejected.clear();
         self.retry.clear();
     }
 }
@@ -171,14 +268,27 @@ impl Daemon<'_> {
         }
     }
 
-    /// The relay answered a posted record.
-    pub(super) fn relay_answered_send(&mut self, r: Report) {
+    /// The relay answered a posted record. A stored probe sends the rest.
+    pub(super) async fn relay_answered_send(&mut self, r: Report) -> Result<(), DaemonError> {
         self.relay_state.answered(r.to, r.seq);
-        if r.stored {
-            self.relay_state.stored(r.to, r.seq);
-        } else {
-            self.relay_state.refused(r.to, Instant::now());
+        match r.outcome {
+            Outcome::Stored => {
+                if self.relay_state.stored(r.to, r.seq, Instant::now()) && self.connected {
+                    return self.resend(r.to, Resend::All).await;
+                }
+            }
+            Outcome::Later => self.relay_state.refused(r.to, Instant::now()),
+            Outcome::Never => {
+                self.relay_state.rejected(r.to, r.seq);
+                warn!(
+                    peer = %r.to,
+                    seq = ?r.seq,
+                    refused_for_good = self.relay_state.rejected_total,
+                    "record kept in the outbox until the next relay connection"
+                );
+            }
         }
+        Ok(())
     }
 
     /// Send again, to every peer whose retry is due, what the relay has not
@@ -188,22 +298,34 @@ impl Daemon<'_> {
             return Ok(());
         }
         for id in self.relay_state.due(Instant::now()) {
-            self.resend(id).await?;
+            self.resend(id, Resend::Probe).await?;
         }
         Ok(())
     }
 
-    /// Send `id` again every unacknowledged record the relay has not
-    /// stored.
-    pub(super) async fn resend(&mut self, id: DeviceId) -> Result<(), DaemonError> {
+    /// Send `id` again the unacknowledged records the relay is missing
+    /// (see [`Resend`]); only those are sealed again.
+    pub(super) async fn resend(&mut self, id: DeviceId, why: Resend) -> Result<(), DaemonError> {
+        if why != Resend::Probe && self.relay_state.backing_off(id) {
+            // The probe goes first, on the timer.
+            return Ok(());
+        }
         if !self.peers.sync_from_disk(&id)? {
             return Ok(());
         }
         let Some(peer) = self.peers.get_mut(&id) else { return Ok(()) };
         let unacked: Vec<u64> = peer.link().outbound().unacked_from(0).map(|(s, _)| s).collect();
-        let missing = self.relay_state.missing(id, &unacked);
-        let Some(&first) = missing.first() else { return Ok(()) };
-        let records = match peer.link_mut().resend(first) {
+        let now = Instant::now();
+        let stale_before =
+            (why == Resend::Presence).then(|| now.checked_sub(STALE_AFTER)).flatten();
+        let mut missing = self.relay_state.missing(id, &unacked, stale_before);
+        if why == Resend::Probe {
+            missing.truncate(1);
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let records = match peer.link_mut().resend_only(&missing) {
             Ok(r) => r,
             Err(e) => {
                 // Counters used up: the schedule renews the session (now, if
@@ -217,11 +339,8 @@ impl Daemon<'_> {
             Err(PeerError::UnknownPeer(_)) => return Ok(()),
             r => r?,
         }
-        let seqs = unacked.iter().copied().filter(|s| *s >= first);
-        for (seq, record) in seqs.zip(records) {
-            if missing.binary_search(&seq).is_ok() {
-                self.post_data(Posted { to: id, record, seq: Some(seq), stored: None });
-            }
+        for (seq, record) in records {
+            self.post_data(Posted { to: id, record, seq: Some(seq), stored: None });
         }
         Ok(())
     }
@@ -349,7 +468,7 @@ mod tests {
         }
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
         // Stored: the backoff starts again.
-        s.stored(peer, Some(1));
+        s.stored(peer, Some(1), t0);
         s.refused(peer, t0);
         assert_eq!(s.retry[&peer].due.unwrap().duration_since(t0).as_secs(), 1);
     }
@@ -362,16 +481,64 @@ mod tests {
         s.posted(peer, Some(2));
         s.posted(peer, Some(3));
         s.answered(peer, Some(1));
-        s.stored(peer, Some(1));
+        s.stored(peer, Some(1), Instant::now());
         s.answered(peer, Some(3));
-        assert_eq!(s.missing(peer, &[1, 2, 3, 4]), [3, 4]);
+        assert_eq!(s.missing(peer, &[1, 2, 3, 4], None), [3, 4]);
         // Acknowledged by the peer: forgotten.
-        assert_eq!(s.missing(peer, &[3, 4]), [3, 4]);
+        assert_eq!(s.missing(peer, &[3, 4], None), [3, 4]);
         assert!(s.stored[&peer].is_empty());
         // A new relay connection: everything again but what is on its way
         // (2 and 4: handed over, unanswered).
         s.posted(peer, Some(4));
         s.reset();
-        assert_eq!(s.missing(peer, &[1, 2, 3, 4]), [1, 3]);
+        assert_eq!(s.missing(peer, &[1, 2, 3, 4], None), [1, 3]);
+    }
+
+    #[test]
+    fn on_presence_what_the_relay_stored_long_ago_goes_again() {
+        let mut s = RelayState::default();
+        let peer = DeviceId([7; 16]);
+        let t0 = Instant::now();
+        let later = t0 + STALE_AFTER + Duration::from_secs(1);
+        s.posted(peer, Some(1));
+        s.answered(peer, Some(1));
+        s.stored(peer, Some(1), t0);
+        s.posted(peer, Some(2));
+        s.answered(peer, Some(2));
+        s.stored(peer, Some(2), later);
+        // Not on the timer or a new connection's pass.
+        assert!(s.missing(peer, &[1, 2], None).is_empty());
+        // On Presence, stored more than two minutes ago and unacknowledged.
+        let stale_before = later.checked_sub(STALE_AFTER);
+        assert_eq!(s.missing(peer, &[1, 2], stale_before), [1]);
+    }
+
+    #[test]
+    fn permanent_refusals_are_not_retried_and_a_stored_probe_ends_the_retry() {
+        let refused = |c| ClientError::Refused(c, String::new());
+        for c in [ErrorCode::NotAuthorized, ErrorCode::Revoked, ErrorCode::FrameTooLarge] {
+            assert_eq!(Outcome::of(&refused(c)), Outcome::Never, "{c:?}");
+        }
+        assert_eq!(Outcome::of(&ClientError::TooLarge), Outcome::Never);
+        for c in [ErrorCode::QueueFull, ErrorCode::RateLimited, ErrorCode::StoreUnavailable] {
+            assert_eq!(Outcome::of(&refused(c)), Outcome::Later, "{c:?}");
+        }
+        let mut s = RelayState::default();
+        let peer = DeviceId([7; 16]);
+        let t0 = Instant::now();
+        s.posted(peer, Some(1));
+        s.answered(peer, Some(1));
+        s.rejected(peer, Some(1));
+        assert!(s.missing(peer, &[1, 2], None) == [2], "refused for good: not again");
+        s.reset();
+        assert_eq!(s.missing(peer, &[1, 2], None), [1, 2], "a new connection: again");
+        // A burst refused: one backoff round, not one per record.
+        s.refused(peer, t0);
+        s.refused(peer, t0);
+        assert_eq!(s.retry[&peer].failures, 1);
+        assert!(s.backing_off(peer));
+        assert_eq!(s.due(t0 + RETRY_FIRST), [peer]);
+        assert!(s.stored(peer, Some(1), t0), "the probe got through: the rest goes");
+        assert!(!s.stored(peer, Some(2), t0));
     }
 }
