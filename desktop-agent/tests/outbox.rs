@@ -8,6 +8,8 @@
 //! * a phone that connects and disconnects 100 times while the agent has
 //!   unacknowledged messages for it does not get a copy of them per
 //!   connection: the agent sends again only what the relay has not stored;
+//! * while the relay keeps refusing, each retry sends one record (a
+//!   probe), and the rest once the relay stores it;
 //! * a relay restart while records are on their way (handed to the client,
 //!   or waiting in the send queue) sends each of them once: the client
 //!   writes them after the reconnect, the agent does not add copies.
@@ -162,6 +164,32 @@ async fn a_flapping_phone_gets_no_copies_of_what_the_relay_holds() {
     }
     // Accepted, three lines, the finish, and the task list: each once.
     assert_eq!(frames, 6, "the relay's queue for the phone held copies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_relay_gets_one_probe_per_retry_then_the_rest() {
+    let mut w = World::start().await;
+    let point = format!("relay.enqueue.{}", w.phone_id());
+    let refusals = |w: &World| w.relay.log().matches("refusing a frame").count();
+    // Every record for the phone is refused (its store fails) until disarmed.
+    tokio::task::block_in_place(|| w.relay.arm(&point, "return"));
+    // Accepted, three lines, the finish: five records, all refused.
+    w.phone.submit("t-1", "count 3 1").await;
+    // Then a retry one second later and one two seconds after that: one
+    // record each (a probe), not the five again.
+    let deadline = std::time::Instant::now() + WAIT;
+    while refusals(&w) < 7 {
+        assert!(std::time::Instant::now() < deadline, "no retries:\n{}", w.relay.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| w.relay.arm(&point, "off"));
+    // The next probe is stored, and the rest follows at once.
+    let mut events = Vec::new();
+    while !matches!(events.last(), Some(TaskEvent::Finished { .. })) {
+        events.push(next_task_event(&mut w.phone).await);
+    }
+    assert_eq!(events.len(), 5, "{events:?}");
+    assert_eq!(refusals(&w), 7, "each retry sent one record:\n{}", w.relay.log());
 }
 
 /// Take deliveries (never acknowledged) until one carries a message that
