@@ -1,4 +1,4 @@
-//! What the agent sends again, and when (`docs/PROTOCOL.md` §13.6; issue
+//! What the agent sends again, and when (`docs/PROTOCOL.md` §13.4; issue
 //! 14 items 4 and 5):
 //!
 //! * a record the relay refuses (here its store, failing once through the

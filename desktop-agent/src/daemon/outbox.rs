@@ -1,18 +1,24 @@
 //! What leaves for the relay, and what goes out again (`docs/PROTOCOL.md`
-//! §13.5, §13.6).
+//! §13.4, §13.5).
 //!
 //! * Messages are sealed in batches: a peer's link is saved once per batch,
 //!   before any record of the batch leaves ([`Daemon::send_all`]).
 //! * One sender task hands records to the relay in order and reports, per
 //!   data record, whether the relay stored it (`Ok`) or refused it.
-//! * A record the relay refused, or one dropped because the send queue was
-//!   full, is sent again on a timer (1 s, doubling, at most
-//!   [`RETRY_MAX`] apart) until the relay stores it or the peer
-//!   acknowledges it: no reconnect is needed.
-//! * When a peer comes online (`Presence`) only the records the relay has
-//!   neither stored nor been handed (and not answered yet) are sent again; a new relay connection (`Connected`: the
-//!   relay may have restarted or lost its data) sends every unacknowledged
-//!   record again.
+//! * A record the relay refused for now, or one dropped because the send
+//!   queue was full, is sent again on a timer (1 s, doubling per refused
+//!   retry, at most [`RETRY_MAX`] apart) until the relay stores it or the
+//!   peer acknowledges it: no reconnect is needed. Each retry sends one
+//!   record (a probe); once the relay stores it, the rest goes.
+//! * A record refused for good ([`Outcome::Never`]: `not_authorized`,
+//!   `frame_too_large`...) is logged, counted and kept for the next relay
+//!   connection.
+//! * When a peer comes online (`Presence`) the records the relay has
+//!   neither stored nor been handed are sent again, and those it stored
+//!   more than [`STALE_AFTER`] ago and the peer still has not
+//!   acknowledged; a new relay connection (`Connected`: the relay may have
+//!   restarted or lost its data) sends every unacknowledged record again
+//!   but those on their way (the client writes them after a reconnect).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
