@@ -224,6 +224,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
                 liveness: liveness.clone(),
                 delivered: delivered.clone(),
                 activity: activity.clone(),
+                retry_at: None,
             };
             Some(tokio::spawn(w.run(rx)))
         }

@@ -1,6 +1,9 @@
 //! A connection's writer: responses, live deliveries, the backlog from the
 //! store and pings, each batch in one flush; a write that takes longer than
-//! `write_timeout` closes the connection.
+//! `write_timeout` closes the connection. When the store cannot be read
+//! (it is down, or busy) the connection stays open: the device is told once
+//! (`Error{store_unavailable, ref_id = 0}`), nothing is delivered past the
+//! gap, and the backlog is read again every [`STORE_RETRY`] until it works.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +14,7 @@ use tandem_proto::frame::Frame;
 use tandem_proto::{DeviceId, ErrorCode};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
+use tracing::warn;
 
 use super::{Activity, Closing, Sink, close, feed, flush, write};
 use crate::registry::{ConnHandle, Outbound, Queued};
@@ -22,6 +26,9 @@ pub(super) const WRITE_FAILED: &str = "write failed or timed out";
 const BACKLOG_PAGE: usize = 128;
 /// Most queued frames the writer buffers before it flushes.
 const WRITE_BATCH: usize = 64;
+/// How long the writer waits before reading the backlog again after the
+/// store refused a read.
+pub(super) const STORE_RETRY: Duration = Duration::from_secs(1);
 
 pub(super) struct Writer {
     pub(super) sink: Sink,
@@ -31,6 +38,8 @@ pub(super) struct Writer {
     pub(super) liveness: Arc<AtomicU64>,
     pub(super) delivered: Arc<AtomicU64>,
     pub(super) activity: Arc<Activity>,
+    /// The store refused the last backlog read: when to read it again.
+    pub(super) retry_at: Option<Instant>,
 }
 
 impl Writer {
@@ -105,6 +114,7 @@ impl Writer {
             loop {
                 {
                     let due = pong_by.map_or(ping_at, |p| p.min(ping_at));
+                    let due = self.retry_at.map_or(due, |r| r.min(due));
                     if timer.deadline() != due || timer.is_elapsed() {
                         timer.as_mut().reset(due);
                     }
@@ -142,6 +152,10 @@ impl Writer {
                     continue;
                 }
                 let now = Instant::now();
+                if self.retry_at.is_some_and(|r| r <= now) {
+                    Box::pin(self.backlog(last, u64::MAX)).await?;
+                    self.flush().await?;
+                }
                 if pong_by.is_some_and(|p| p <= now) {
                     if self.liveness.load(Ordering::Acquire) != 0 {
                         return Err(Closing::new(ErrorCode::PingTimeout, "no pong in time"));
@@ -169,9 +183,11 @@ impl Writer {
             Outbound::Deliver { id, from, payload } => {
                 if id > *last + 1 {
                     // Something before it may be only in the store: catch up first.
-                    Box::pin(self.backlog(last, id - 1)).await?;
-                    if self.handle.is_closed() && id > *last + 1 {
-                        // The backlog stopped short: never send past a gap.
+                    let complete = Box::pin(self.backlog(last, id - 1)).await?;
+                    if !complete && id > *last + 1 {
+                        // The backlog stopped short (closing, or the store
+                        // refused the read): never send past a gap. The
+                        // frame is read from the store later, if stored.
                         return Ok(());
                     }
                 }
@@ -210,24 +226,40 @@ impl Writer {
     }
 
     /// Deliver stored frames after `last` up to `until`, in order (buffered:
-    /// the caller flushes after the last page).
-    async fn backlog(&mut self, last: &mut u64, until: u64) -> Result<(), Closing> {
+    /// the caller flushes after the last page). Whether it read everything
+    /// up to `until`: not when the connection is closing, or the store
+    /// refused a read (then the device is told, once, and the read is tried
+    /// again after [`STORE_RETRY`]).
+    async fn backlog(&mut self, last: &mut u64, until: u64) -> Result<bool, Closing> {
         loop {
             if self.handle.is_closed() {
-                return Ok(());
+                return Ok(false);
             }
             // Out with the previous page before waiting for the store.
             self.flush().await?;
-            let page = self
-                .state
-                .store
-                .fetch(self.device, *last, BACKLOG_PAGE)
-                .await
-                .map_err(|_| Closing::new(ErrorCode::Internal, "store unavailable"))?;
+            let page = match self.state.store.fetch(self.device, *last, BACKLOG_PAGE).await {
+                Ok(page) => {
+                    self.retry_at = None;
+                    page
+                }
+                Err(e) => {
+                    if self.retry_at.is_none() {
+                        warn!(device = %self.device, error = %e, "backlog read refused; retrying");
+                        let message = "the relay cannot read its store right now; \
+                                       deliveries resume when it can"
+                            .to_owned();
+                        let f =
+                            Frame::Error { code: ErrorCode::StoreUnavailable, ref_id: 0, message };
+                        self.feed(&f).await?;
+                    }
+                    self.retry_at = Some(Instant::now() + STORE_RETRY);
+                    return Ok(false);
+                }
+            };
             let full = page.len() == BACKLOG_PAGE;
             for q in page {
                 if q.id > until {
-                    return Ok(());
+                    return Ok(true);
                 }
                 self.feed(&Frame::Deliver { delivery_id: q.id, from: q.from, payload: q.payload })
                     .await?;
@@ -236,7 +268,7 @@ impl Writer {
                 self.activity.touch();
             }
             if !full {
-                return Ok(());
+                return Ok(true);
             }
         }
     }
