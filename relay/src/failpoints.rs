@@ -9,8 +9,8 @@
 //! |---|---|---|---|
 //! | `relay.enqueue` | a `Send` is submitted to the store | refused as a failed store write (`store_unavailable`), no id taken | abort |
 //! | `relay.open` | the store is opened (at start, and reopened after a failure) | the open fails (as on a full disk): the relay serves, not ready, and retries | abort |
-//! | `relay.commit.before` | before a batch that writes is committed | the commit fails as an I/O error would: the batch is refused, the store is reopened | abort |
-//! | `relay.commit.after` | after a commit, before its answers (`Ok`) are sent | abort (the batch is on disk, nobody was told) | abort |
+//! | `relay.commit.before` | before a batch with an enqueue, authorisation or revocation is committed | the commit fails as an I/O error would: the batch is refused, the store is reopened | abort |
+//! | `relay.commit.after` | after such a batch's commit, before its answers (`Ok`) are sent | abort (the batch is on disk, nobody was told) | abort |
 //! | `relay.ack` | an acknowledgement deletes frames | the batch fails (as an I/O error) | abort |
 //! | `relay.route` | an authorisation or revocation is written | the batch fails (as an I/O error) | abort |
 //!

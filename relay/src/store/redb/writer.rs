@@ -211,6 +211,8 @@ impl Writer {
             };
             let durable = lazy.durable(&batch);
             let writes = batch.iter().any(Op::writes);
+            // The commit points: batches whose answers say "on disk".
+            let answered = batch.iter().any(Op::answers_durably);
             let _ =
                 txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
             // Apply every op, keeping its answer until the commit is durable.
@@ -218,7 +220,7 @@ impl Writer {
             let cx = Context { limits, routes, accounts };
             let (answers, changed, failed) = apply_batch(&txn, &batch, &cx);
             let failed = failed.or_else(|| {
-                if writes {
+                if answered {
                     crate::failpoints::check("relay.commit.before").err().map(failpoint)
                 } else {
                     None
@@ -237,10 +239,10 @@ impl Writer {
                 batch.into_iter().for_each(|op| op.fail(e.clone()));
                 return exit;
             }
-            if writes {
+            if answered {
                 let _ = crate::failpoints::check("relay.commit.after");
-                wrote = true;
             }
+            wrote |= writes;
             lazy.committed(durable);
             let Changes { queues, usage: addrs, pending: delta } = changed;
             depths.update(queues);
