@@ -20,6 +20,11 @@
 //! * what is queued and authorised is counted per sender address
 //!   ([`AddrKey`], stored with each row), and those counts are rebuilt from
 //!   the rows when the store opens.
+//! * a store that cannot write (a full disk, a failed database) refuses
+//!   every operation at once ([`StoreError::Unavailable`],
+//!   [`StoreError::Busy`]) rather than blocking its callers, says so in
+//!   [`Store::health`], and recovers by itself when it can write again;
+//!   an operation it refused did not happen.
 
 mod redb;
 #[cfg(test)]
