@@ -1,6 +1,6 @@
 //! Failpoints (the `fail` crate) for crash and fault tests, compiled in only
 //! with the `failpoints` feature (`scripts/test.sh` enables it; without it
-//! [`check`] is always `Ok` and [`setup`] arms nothing).
+//! every point passes and [`setup`] arms nothing).
 //!
 //! The relay binary reads `FAILPOINTS` at start (`name=action;...`, the
 //! `fail` crate's syntax). Every persistence boundary of the store has one:

@@ -208,7 +208,7 @@ impl RedbStore {
     /// (a full disk, say) is not an error: the store starts down
     /// ([`Store::health`] says why), refuses every call with
     /// [`StoreError::Unavailable`], and the writer thread keeps trying to
-    /// open it (backing off up to [`writer::RETRY_MAX`]).
+    /// open it (after 1 s, backing off to every 5 s).
     ///
     /// # Errors
     /// [`StoreError::Backend`] only when the writer thread cannot start.
