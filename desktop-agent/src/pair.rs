@@ -135,6 +135,8 @@ pub struct PairOptions {
     /// The scope the user asked for (`--scope`), proposed for every device,
     /// new or paired again.
     pub scope: Option<Scope>,
+    /// The outbox limits of a newly paired device's link (kept in the link).
+    pub outbox: OutboxLimits,
 }
 
 impl PairOptions {
@@ -152,6 +154,7 @@ impl PairOptions {
             info,
             default_scope: Scope::View,
             scope: None,
+            outbox: OutboxLimits::default(),
         }
     }
 
@@ -425,7 +428,7 @@ impl Claim<'_> {
             client.revoke(phone_id).await?;
         }
         // Saved before the phone is answered (PROTOCOL §9.4).
-        let peer = Peer::from_paired(paired, scope, now_unix(), OutboxLimits::default()).pending();
+        let peer = Peer::from_paired(paired, scope, now_unix(), opts.outbox).pending();
         keeper.keep(peer).await?;
         crash_point("pair.saved");
         client.authorize(phone_id).await?;

@@ -7,7 +7,8 @@
 //!
 //! | point | where | `return` | `return(abort)` |
 //! |---|---|---|---|
-//! | `relay.enqueue` | a `Send` is submitted to the store | refused as a failed store write (`store_unavailable`), no id taken | abort |
+//! | `relay.enqueue` | a `Send` is submitted to the store | refused as a failed store write (`store_unavailable`), no id taken | refused too (no abort) |
+//! | `relay.enqueue.<device id>` | the same, only for frames to that device | as `relay.enqueue` | as `relay.enqueue` |
 //! | `relay.open` | the store is opened (at start, and reopened after a failure) | the open fails (as on a full disk): the relay serves, not ready, and retries | abort |
 //! | `relay.commit.before` | before a batch with an enqueue, authorisation or revocation is committed | the commit fails as an I/O error would: the batch is refused, the store is reopened | abort |
 //! | `relay.commit.after` | after such a batch's commit, before its answers (`Ok`) are sent | abort (the batch is on disk, nobody was told) | abort |

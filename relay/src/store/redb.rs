@@ -263,16 +263,20 @@ fn submit(tx: &mpsc::SyncSender<Op>, op: Op) -> Result<(), StoreError> {
 
 impl Store for RedbStore {
     fn enqueue(&self, frame: NewFrame, now_unix: u64, live: bool) -> Enqueued {
-        // `relay.enqueue`: refused as a failed store write would be (no id
-        // taken, nothing stored; the sender hears `store_unavailable`).
-        if let Err(name) = crate::failpoints::check("relay.enqueue") {
-            let refused = || -> StoreFuture<u64> {
-                Box::pin(std::future::ready(Err(writer::failpoint(name))))
+        // `relay.enqueue` refuses a frame, `relay.enqueue.<device>` one for
+        // that device, as a failing disk would: before it takes an id, so it
+        // is not delivered live either (see `failpoints.rs`).
+        #[cfg(feature = "failpoints")]
+        if let Some(point) = refused_by_failpoint(&frame.to) {
+            tracing::warn!("FAILPOINTS: {point}: refusing a frame");
+            let refused = || StoreError::Backend(format!("failpoint {point}"));
+            return Enqueued {
+                placed: Box::pin(std::future::ready(Err(refused()))),
+                durable: Box::pin(std::future::ready(Err(refused()))),
             };
-            return Enqueued { placed: refused(), durable: refused() };
         }
-        // Take the id and submit under one lock, so the writer sees ids in
-        // increasing order.
+        // Take the id and submit under one lock, so the writer sees each
+        // queue's ids in increasing order.
         let to = frame.to;
         let mut ids = lock(&self.ids);
         let id = ids.take();
@@ -435,6 +439,16 @@ pub(super) async fn meta_rows_in(dir: &Path) -> u64 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("the store stayed locked");
+}
+
+/// The failpoint that refuses this enqueue, if one is armed.
+#[cfg(feature = "failpoints")]
+fn refused_by_failpoint(to: &DeviceId) -> Option<String> {
+    if fail::eval("relay.enqueue", |_| ()).is_some() {
+        return Some("relay.enqueue".into());
+    }
+    let named = format!("relay.enqueue.{to}");
+    fail::eval(&named, |_| ()).map(|()| named)
 }
 
 #[cfg(test)]
