@@ -475,7 +475,10 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Refused`] (`not_authorized`, `revoked`, `queue_full`,
-    /// `rate_limited`, …, or the code that stopped the client),
+    /// `rate_limited`, `store_unavailable`, …, or the code that stopped the
+    /// client). `queue_full`, `rate_limited` and `store_unavailable` mean
+    /// "retry later": the relay did not take the payload, and the
+    /// application keeps it in its end-to-end outbox to send again;
     /// [`ClientError::TooLarge`], [`ClientError::Closed`].
     pub fn send(
         &self,

@@ -283,7 +283,12 @@ impl Reader {
                         return Ok(None);
                     }
                     Err(_) => {
-                        self.refuse(ErrorCode::Internal, send_id, "store unavailable").await;
+                        self.refuse(
+                            ErrorCode::StoreUnavailable,
+                            send_id,
+                            "the relay cannot read its store right now; retry later",
+                        )
+                        .await;
                         return Ok(None);
                     }
                 }
@@ -350,7 +355,9 @@ impl Reader {
                         .await;
                     }
                     Err(_) => {
-                        self.refuse(ErrorCode::Internal, request_id, "store unavailable").await
+                        state.metrics.refused(ErrorCode::StoreUnavailable);
+                        let msg = "the relay cannot write its store right now; retry later";
+                        self.refuse(ErrorCode::StoreUnavailable, request_id, msg).await
                     }
                 }
             }
@@ -367,7 +374,9 @@ impl Reader {
                         self.reply(Frame::Ok { ref_id: request_id }).await;
                     }
                     Err(_) => {
-                        self.refuse(ErrorCode::Internal, request_id, "store unavailable").await
+                        state.metrics.refused(ErrorCode::StoreUnavailable);
+                        let msg = "the relay cannot write its store right now; retry later";
+                        self.refuse(ErrorCode::StoreUnavailable, request_id, msg).await
                     }
                 }
             }
