@@ -41,3 +41,6 @@ pub(crate) fn crash_point(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub(crate) fn crash_point(_name: &str) {}
+
+/// Whether the points are compiled in (this crate's `failpoints` feature).
+pub const ENABLED: bool = cfg!(feature = "failpoints");

@@ -69,6 +69,8 @@ const WELCOME_WAIT: Duration = Duration::from_secs(30);
 const CONFIRM_WAIT: Duration = Duration::from_secs(300);
 /// How long a history or task-list request waits for its answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// How long `close` lets records already handed over reach the relay.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Records waiting for a connection's sender task.
 const SEND_QUEUE: usize = 1024;
 /// Events kept for slow subscribers.
@@ -511,7 +513,10 @@ impl Phone {
         Ok(())
     }
 
-    /// Close every relay connection. The state stays on disk.
+    /// Close every relay connection. What was already handed to a
+    /// connection (acknowledgements above all, so that the desktop does not
+    /// send its last messages again at the next start) gets up to
+    /// [`CLOSE_FLUSH`] to reach the relay. The state stays on disk.
     pub async fn close(&self) {
         let relays: Vec<Relay> = {
             let mut st = self.lock();
@@ -519,10 +524,21 @@ impl Phone {
             st.relays.drain().map(|(_, r)| r).collect()
         };
         for r in relays {
-            for t in r.tasks {
+            let Relay { client, outbound, tasks, .. } = r;
+            drop(outbound);
+            let mut tasks = tasks.into_iter();
+            // The first is the sender: it ends once what it holds is answered.
+            let sender = tasks.next();
+            for t in tasks {
                 t.abort();
             }
-            r.client.close().await;
+            if let Some(sender) = sender {
+                let abort = sender.abort_handle();
+                if tokio::time::timeout(CLOSE_FLUSH, sender).await.is_err() {
+                    abort.abort();
+                }
+            }
+            client.close().await;
         }
     }
 }
