@@ -46,7 +46,11 @@ impl Phone {
             let step = renewal::Points::of(kind, &events);
             if events.iter().any(|e| matches!(e, LinkEvent::SessionRenewed)) {
                 info!(desktop = %id, "session renewed");
-                reseal = std::mem::take(&mut d.reseal);
+                // What the relay holds was sealed under a session the desktop
+                // may no longer have: the outbox goes out again under the new
+                // one (exhausted or not).
+                d.reseal = false;
+                reseal = true;
             }
             if let Some(p) = step {
                 self.step(p.received);
@@ -136,8 +140,8 @@ impl Phone {
         }
         crash_point("phone.deliver_emitted");
         if reseal {
-            // A renewal ended an exhausted session: the outbox goes out now.
-            self.resend(&id, false);
+            // A renewal completed: the outbox goes out now, all of it.
+            self.resend(&id, true);
         }
         true
     }

@@ -18,6 +18,9 @@
 //! * a message the relay holds that the desktop has still not acknowledged
 //!   after both were online for [`STALE`] goes out again (the relay may have
 //!   lost it: its data restored or wiped), once per [`STALE`] at most;
+//! * after a session renewal completes, everything not acknowledged goes
+//!   out again under the new session (what the relay holds may be sealed
+//!   under one the desktop erased);
 //! * after this phone restarts, everything not acknowledged goes out once.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -193,8 +196,8 @@ impl Phone {
     }
 
     /// Send again what of `desktop_id`'s outbox the relay neither holds nor
-    /// is being asked to hold (`all`: everything not acknowledged, the
-    /// relay may have lost what it held).
+    /// is being asked to hold (`all`: everything not acknowledged: the relay
+    /// may have lost what it held, or holds it under an old session).
     pub(super) fn resend(&self, desktop_id: &str, all: bool) {
         let mut guard = self.lock();
         let st: &mut State = &mut guard;
@@ -207,6 +210,7 @@ impl Phone {
         d.sent.prune(d.record.link.outbound().oldest());
         if all {
             d.sent.held.clear();
+            d.sent.in_flight.clear();
         } else if d.sent.online_since.is_some_and(|t| now.duration_since(t) >= STALE) {
             // Held this long while the desktop was online, and not
             // acknowledged: the relay may have lost it.
