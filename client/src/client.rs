@@ -101,6 +101,10 @@ pub enum Event {
         device_id: DeviceId,
         /// Deliveries waiting in the relay's queue; they follow as `Deliver`.
         queued: u32,
+        /// The relay's store epoch (PROTOCOL.md §6.6). A device that resends
+        /// only what the relay has not stored does so only while this is
+        /// the epoch of its previous connection (§13.4).
+        store_epoch: u64,
     },
     /// A connection attempt failed or a connection ended.
     Disconnected {
@@ -173,10 +177,11 @@ pub enum Event {
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Event::Connected { device_id, queued } => f
+            Event::Connected { device_id, queued, store_epoch } => f
                 .debug_struct("Connected")
                 .field("device_id", device_id)
                 .field("queued", queued)
+                .field("store_epoch", store_epoch)
                 .finish(),
             Event::Disconnected { reason, code, retry_in } => f
                 .debug_struct("Disconnected")

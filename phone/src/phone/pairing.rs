@@ -149,6 +149,7 @@ async fn finish(
         paired_at_unix: now_unix(),
         link: tandem_proto::link::Link::from_paired(paired, Default::default()),
         offsets: BTreeMap::new(),
+        finished: Vec::new(),
     };
     store::save(&phone.inner.data_dir, &record).map_err(storage)?;
     let mut st = phone.lock();
