@@ -104,6 +104,7 @@ mod tests {
             (PhoneError::UnknownDesktop("k".into()), MobileError::UnknownDesktop("k".into())),
             (PhoneError::Revoked, MobileError::Revoked),
             (PhoneError::Storage("s".into()), MobileError::Storage("s".into())),
+            (PhoneError::PairingInterrupted, MobileError::PairingInterrupted),
             (PhoneError::Timeout, MobileError::Timeout),
             (PhoneError::Closed, MobileError::Closed),
             (PhoneError::Protocol("p".into()), MobileError::Protocol("p".into())),
