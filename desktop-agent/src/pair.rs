@@ -11,7 +11,7 @@
 //! pending ([`crate::peers::Peer::pairing_pending`]); the route is
 //! authorised; the accepting `PairResult` is sent; the mark is cleared once
 //! the phone shows it got the answer (the relay reports it online), and the
-//! device is removed if it does not within `step_timeout` ("pairing
+//! device is removed if it does not within `answer_wait` ("pairing
 //! interrupted", [`claim`]). A crash after the save leaves a pending device:
 //! the daemon clears the mark when the device shows it got the answer, and
 //! forgets it otherwise ([`crate::daemon`]).
@@ -134,6 +134,10 @@ pub struct PairOptions {
     pub deadline: Option<Duration>,
     /// How long to wait for each step once a phone claimed a code.
     pub step_timeout: Duration,
+    /// How long an accepted device has to show it got the answer (it comes
+    /// online) before it is removed as "pairing interrupted" (PROTOCOL
+    /// §9.4): the step timeout, or `unfinished_pairing_secs` if shorter.
+    pub answer_wait: Duration,
     /// What this desktop calls itself.
     pub info: DeviceInfo,
     /// The scope proposed for a new device ([`least_scope`]).
@@ -155,6 +159,7 @@ impl PairOptions {
             rotate_before: Duration::from_secs(20),
             deadline: None,
             step_timeout: Duration::from_secs(60),
+            answer_wait: Duration::from_secs(60),
             info,
             default_scope: Scope::View,
             scope: None,
@@ -323,7 +328,7 @@ async fn hear(
 /// under way is survived as PROTOCOL §9.4 "Interruptions" says: the same
 /// code's mailbox is opened again, a claim that had not reached the user
 /// starts over from the phone's next hello, and an accepted device that
-/// shows no sign of having got the answer within `step_timeout` is removed
+/// shows no sign of having got the answer within `answer_wait` is removed
 /// ("pairing interrupted").
 ///
 /// # Errors

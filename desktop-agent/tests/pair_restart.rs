@@ -6,7 +6,9 @@
 //! enables): `relay.pair_claim` (the phone's claim in flight) and
 //! `relay.pair_message` (the desktop's accepting result in flight). Each
 //! time both sides end paired, with the same peer on each side and the
-//! device no longer pending on the desktop.
+//! device no longer pending on the desktop; or, when the relay stays down
+//! past the desktop's wait for the phone, both sides fail with the same
+//! words and neither keeps the other.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -28,6 +30,11 @@ const DEADLINE: Duration = Duration::from_secs(90);
 /// `tandem pair --yes` in `dir/agent` against `relay` (its log in
 /// `dir/agent.pair.log`), and the link it printed.
 fn pairing(dir: &Path, relay: &Relay) -> (Agent, String) {
+    pairing_with(dir, relay, &[])
+}
+
+/// As [`pairing`], with more environment.
+fn pairing_with(dir: &Path, relay: &Relay, env: &[(&str, &str)]) -> (Agent, String) {
     let config = common::fixture_config(dir, "");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
     cmd.arg("--data-dir")
@@ -38,6 +45,7 @@ fn pairing(dir: &Path, relay: &Relay) -> (Agent, String) {
         .args(["--link-base", &relay.link_base(), "--yes", "--print-url", "--no-terminal-qr"])
         .env("TANDEM_LOG", "warn,tandem_agent::pair=info")
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stderr(std::fs::File::create(dir.join("agent.pair.log")).unwrap());
     let agent = Agent::spawn(cmd);
     let link = agent.line_starting("pairing link: ");
@@ -152,4 +160,43 @@ async fn a_result_lost_with_the_relay_is_sent_again_and_both_sides_pair() {
         .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
     assert_paired(dir.path(), agent, &summary, &phone_id);
     assert!(log(dir.path()).contains("asked for the pairing answer again"), "{}", log(dir.path()));
+}
+
+/// The relay dies with the desktop's result in flight and stays down past
+/// the desktop's wait for the phone (`unfinished_pairing_secs`, 2 s here):
+/// the desktop removes the device and says "pairing interrupted: scan
+/// again"; once the relay is back the phone cannot take the pairing up
+/// again and fails with the same words. Neither side keeps the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_lost_for_good_fails_on_both_sides_with_the_same_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start_failing(dir.path(), "relay.pair_message=2*off->return");
+    let (agent, link) =
+        pairing_with(dir.path(), &relay, &[("TANDEM_UNFINISHED_PAIRING_SECS", "2")]);
+    let (phone, phone_id) = open_phone(dir.path()).await;
+    let p = tokio::time::timeout(DEADLINE, phone.start_pairing(&link)).await.unwrap().unwrap();
+    assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+    let waiting = tokio::spawn(p.wait());
+    // The relay is down (its crash point aborted it) when the desktop gives up.
+    let said =
+        tokio::task::block_in_place(|| agent.line_starting("Ana's phone did not get the answer"));
+    assert!(relay.exited(), "the relay was down all along");
+    tokio::task::block_in_place(|| {
+        relay.kill9();
+        relay.restart();
+    });
+    let err = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("the phone gave up in time")
+        .unwrap()
+        .expect_err("the phone cannot have paired");
+    assert_eq!(err, tandem_phone::PhoneError::PairingInterrupted);
+    assert!(said.contains(&err.to_string()), "the same words on both sides: {said:?} / {err}");
+    assert!(phone.desktops().is_empty(), "the phone keeps no desktop");
+    assert!(
+        !common::peer_file(&dir.path().join("agent"), &phone_id).exists(),
+        "the desktop keeps no device"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("agent/audit.log")).unwrap_or_default();
+    assert!(audit.contains("pairing interrupted"), "audited: {audit}");
 }

@@ -13,7 +13,7 @@
 //!   answer: the relay reports it online (its `Authorize` completed the
 //!   route). A claim repeating the confirmation record (the phone
 //!   reconnected without the answer) gets the same `PairResult` again. No
-//!   sign within `step_timeout`: the device is removed (audited as
+//!   sign within `answer_wait`: the device is removed (audited as
 //!   forgotten, its route revoked) and the terminal says "pairing
 //!   interrupted", as the phone does.
 
@@ -156,15 +156,18 @@ impl Claim<'_> {
         }
         crash_point("pair.sent");
         let answered = (confirm_record.as_slice(), result.as_slice());
-        if !got_answer(events, &mailbox, phone_id, answered, opts.step_timeout).await? {
+        if !got_answer(events, &mailbox, phone_id, answered, opts.answer_wait).await? {
             info!(peer = %phone_id, "the phone never showed it got the pairing answer");
             keeper.interrupted(phone_id).await?;
-            // Best effort: the phone never authorised, so no route exists;
-            // this withdraws this side's half at once.
-            if tokio::time::timeout(Duration::from_secs(10), client.revoke(phone_id)).await.is_err()
-            {
-                warn!(peer = %phone_id, "the relay did not take the revocation in time");
-            }
+            // Best effort, not awaited (the relay may be down): the phone
+            // never authorised, so no route exists; this withdraws this
+            // side's half now rather than at the relay's expiry.
+            let revoke = client.revoke(phone_id);
+            tokio::spawn(async move {
+                if let Err(e) = revoke.await {
+                    warn!(peer = %phone_id, error = %e, "the relay did not take the revocation");
+                }
+            });
             ui.status(&format!(
                 "{} did not get the answer: {INTERRUPTED} (a new code follows; it was not paired)",
                 crate::text::escaped(&info.name)
