@@ -3,8 +3,8 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-2183cd0351a2bb7f.js", "text/javascript; charset=utf-8", "code", "\"2183cd0351a2bb7f11e387ec76518d4b\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-2183cd0351a2bb7f.js"))),
+    ("/assets/app-33619bcd838c8cfb.js", "text/javascript; charset=utf-8", "code", "\"33619bcd838c8cfbf380c0e62cefc297\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-33619bcd838c8cfb.js"))),
     ("/assets/app-f54706fd3d4c4d98.css", "text/css; charset=utf-8", "code", "\"f54706fd3d4c4d9810c2cd06f1703f0b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-f54706fd3d4c4d98.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
@@ -13,7 +13,7 @@
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"b72c3cd45be3fe030c7f40fba75702d4\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"34fcd7df0e720ddab5bb644d7f6c83d0\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

@@ -97,6 +97,7 @@ export class Engine {
   readonly relayState = new Map<string, ConnState>();
   private readonly listeners = new Set<(c: Change) => void>();
   private readonly pairings = new Map<string, (peer: DeviceId, payload: Uint8Array) => void>();
+  private readonly reconnectWatchers = new Map<string, Set<() => void>>();
   /** Relays whose task lists were asked for since the page loaded. */
   private readonly listed = new Set<string>();
   /** Another tab took over: nothing is sealed, saved or sent any more. */
@@ -197,6 +198,8 @@ export class Engine {
       connected: () => {
         const first = !this.listed.has(origin);
         this.listed.add(origin);
+        // A pairing under way claims its mailbox again (the relay may have restarted).
+        if (!first) for (const f of [...(this.reconnectWatchers.get(origin) ?? [])]) f();
         for (const d of this.onRelay(origin)) {
           void this.resend(d).then(() => this.catchUp(d, first));
         }
@@ -251,6 +254,16 @@ export class Engine {
    */
   startPairing(link: string, fallbackRelay?: string): Promise<PairingFlow> {
     return startPairing(this, link, fallbackRelay);
+  }
+
+  /** Call `f` each time the connection to `origin` comes back (not its first time), until the returned function is called. */
+  onReconnect(origin: string, f: () => void): () => void {
+    let set = this.reconnectWatchers.get(origin);
+    if (!set) this.reconnectWatchers.set(origin, (set = new Set()));
+    set.add(f);
+    return () => {
+      set.delete(f);
+    };
   }
 
   /** Hand pairing messages for mailbox `pid` (hex) to `f` until the returned function is called. */
