@@ -217,6 +217,7 @@ impl QrArgs {
         opts.scope = self.scope;
         opts.answer_wait =
             opts.step_timeout.min(Duration::from_secs(settings.agent.unfinished_pairing_secs));
+        opts.outbox.max_messages = settings.agent.outbox_max_messages;
         opts
     }
 }

@@ -145,6 +145,8 @@ pub struct PairOptions {
     /// The scope the user asked for (`--scope`), proposed for every device,
     /// new or paired again.
     pub scope: Option<Scope>,
+    /// The outbox limits of a newly paired device's link (kept in the link).
+    pub outbox: OutboxLimits,
 }
 
 impl PairOptions {
@@ -163,6 +165,7 @@ impl PairOptions {
             info,
             default_scope: Scope::View,
             scope: None,
+            outbox: OutboxLimits::default(),
         }
     }
 

@@ -37,6 +37,7 @@
 //! session_renew_records = 50000 # … or after this many records under it
 //! session_rekey_secs = 3600     # ratchet each sending key this often
 //! session_renewal_timeout_secs = 30  # give up on a renewal unanswered this long
+//! outbox_max_messages = 100000  # messages kept for a phone newly paired until it acknowledges them
 //! ```
 //!
 //! Each `[agent]` value can also be set with an environment variable
@@ -44,8 +45,8 @@
 //! `TANDEM_IDLE_DETACH_SECS`, `TANDEM_MAX_TASKS_KEPT`,
 //! `TANDEM_EPHEMERAL_DEVICE_TTL_SECS`, `TANDEM_UNFINISHED_PAIRING_SECS`,
 //! `TANDEM_SESSION_RENEW_SECS`, `TANDEM_SESSION_RENEW_RECORDS`,
-//! `TANDEM_SESSION_REKEY_SECS`, `TANDEM_SESSION_RENEWAL_TIMEOUT_SECS`), which
-//! wins over the file. No value may be 0.
+//! `TANDEM_SESSION_REKEY_SECS`, `TANDEM_SESSION_RENEWAL_TIMEOUT_SECS`,
+//! `TANDEM_OUTBOX_MAX_MESSAGES`), which wins over the file. No value may be 0.
 
 use std::path::{Path, PathBuf};
 
@@ -160,6 +161,10 @@ pub struct AgentSettings {
     /// Seconds a renewal waits for the phone's answer before it is
     /// abandoned (also the least time between two renewals started here).
     pub session_renewal_timeout_secs: u64,
+    /// Messages a phone's outbox keeps until the phone acknowledges them;
+    /// past it the oldest are dropped and the phone is told they are lost
+    /// (`ResyncNeeded`, PROTOCOL §13.1). Fixed in a link when it is paired.
+    pub outbox_max_messages: usize,
 }
 
 impl Default for AgentSettings {
@@ -175,6 +180,7 @@ impl Default for AgentSettings {
             session_renew_records: DEFAULT_RENEW_AFTER_RECORDS,
             session_rekey_secs: DEFAULT_REKEY_AFTER_MS / 1000,
             session_renewal_timeout_secs: DEFAULT_RENEWAL_TIMEOUT_MS / 1000,
+            outbox_max_messages: tandem_proto::delivery::OutboxLimits::default().max_messages,
         }
     }
 }
@@ -210,6 +216,7 @@ impl AgentSettings {
             get,
             &mut self.session_renewal_timeout_secs,
         )?;
+        env_number("TANDEM_OUTBOX_MAX_MESSAGES", get, &mut self.outbox_max_messages)?;
         Ok(())
     }
 
@@ -236,6 +243,7 @@ impl AgentSettings {
             ("session_renew_records", self.session_renew_records == 0),
             ("session_rekey_secs", self.session_rekey_secs == 0),
             ("session_renewal_timeout_secs", self.session_renewal_timeout_secs == 0),
+            ("outbox_max_messages", self.outbox_max_messages == 0),
         ];
         counts.into_iter().find_map(|(field, zero)| zero.then_some(field))
     }
@@ -329,6 +337,25 @@ mod tests {
         assert!(matches!(
             Settings::load(&path),
             Err(SettingsError::Range { field: "ephemeral_device_ttl_secs", .. })
+        ));
+    }
+
+    #[test]
+    fn outbox_bound_defaults_overrides_and_refuses_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[agent]\noutbox_max_messages = 50\n").unwrap();
+        let mut s = Settings::load_file(&path).unwrap();
+        assert_eq!(s.agent.outbox_max_messages, 50);
+        assert_eq!(AgentSettings::default().outbox_max_messages, 100_000);
+        s.agent
+            .apply_env(&|n| (n == "TANDEM_OUTBOX_MAX_MESSAGES").then(|| "8".to_owned()))
+            .unwrap();
+        assert_eq!(s.agent.outbox_max_messages, 8);
+        std::fs::write(&path, "[agent]\noutbox_max_messages = 0\n").unwrap();
+        assert!(matches!(
+            Settings::load(&path),
+            Err(SettingsError::Range { field: "outbox_max_messages", .. })
         ));
     }
 

@@ -85,6 +85,10 @@ error_codes! {
     PingTimeout = 20, "ping_timeout";
     /// The relay's own fault (store unavailable, …). Retry later.
     Internal = 21, "internal";
+    /// The relay cannot write its store right now (a full disk, a failed
+    /// database being reopened, or the writer's queue is full). Nothing was
+    /// accepted: retry later (the end-to-end outbox resends).
+    StoreUnavailable = 22, "store_unavailable";
 }
 
 impl PartialEq for ErrorCode {

@@ -3,9 +3,14 @@
 //! `fail::fail_point!` compiles to nothing and [`setup`] arms nothing).
 //!
 //! The relay binary reads `FAILPOINTS` at start (`name=action;...`, the
-//! `fail` crate's syntax). The points are named `relay.<step>` and listed
-//! where they are defined, in the store (`store/`), and the crash points
-//! of pairing ([`crash_point`], `conn/reader.rs`):
+//! `fail` crate's syntax). The points are named `relay.<step>`:
+//!
+//! * `relay.enqueue` (`store/redb.rs`): with `return`, the next enqueue is
+//!   refused exactly as a failed store write would be: no id is taken,
+//!   nothing is stored, and the sender hears `store_unavailable` for its
+//!   `Send` (`FAILPOINTS="relay.enqueue=1*return"` refuses one);
+//!
+//! and the crash points of pairing ([`crash_point`], `conn/reader.rs`):
 //!
 //! * `relay.pair_claim`: a phone's `PairClaim` was read, before it is
 //!   looked at (the claim is in flight: never answered, never forwarded);

@@ -20,7 +20,6 @@
 use std::time::Duration;
 
 use tandem_proto::DeviceId;
-use tandem_proto::delivery::OutboxLimits;
 use tandem_proto::entropy::Entropy;
 use tandem_proto::envelope::Envelope;
 use tandem_proto::pairing::{DesktopPairing, PairingError};
@@ -145,7 +144,7 @@ impl Claim<'_> {
             client.revoke(phone_id).await?;
         }
         // Saved before the phone is answered (PROTOCOL §9.4).
-        let peer = Peer::from_paired(paired, scope, now_unix(), OutboxLimits::default()).pending();
+        let peer = Peer::from_paired(paired, scope, now_unix(), opts.outbox).pending();
         keeper.keep(peer).await?;
         crash_point("pair.saved");
         client.authorize(phone_id).await?;

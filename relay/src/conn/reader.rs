@@ -539,7 +539,13 @@ impl Reader {
                 }
                 Err(e) => {
                     warn!(error = %e, "store failed");
-                    self.refuse(ErrorCode::Internal, send_id, "store unavailable; retry").await;
+                    state.metrics.refused(ErrorCode::StoreUnavailable);
+                    self.refuse(
+                        ErrorCode::StoreUnavailable,
+                        send_id,
+                        "the relay cannot store frames right now; retry later",
+                    )
+                    .await;
                 }
             },
             Done::Acked(Err(e)) => warn!(error = %e, "ack failed"),

@@ -248,6 +248,16 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn enqueue(&self, frame: NewFrame, now_unix: u64, live: bool) -> Enqueued {
+        // `relay.enqueue`: refuse this enqueue as a failed store write would
+        // (no id taken, nothing stored; the sender hears `store_unavailable`).
+        fail::fail_point!("relay.enqueue", |_| {
+            let refused = || -> StoreFuture<u64> {
+                Box::pin(std::future::ready(Err(StoreError::Backend(
+                    "failpoint relay.enqueue".into(),
+                ))))
+            };
+            Enqueued { placed: refused(), durable: refused() }
+        });
         // Take the id and submit under one lock, so the writer sees each
         // queue's ids in increasing order.
         let to = frame.to;

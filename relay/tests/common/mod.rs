@@ -28,6 +28,8 @@ pub struct Relay {
     pub url: String,
     pub addr: String,
     args: Vec<String>,
+    /// Extra environment of the process (e.g. `FAILPOINTS`), kept for restarts.
+    envs: Vec<(String, String)>,
     /// The metrics listener's address (`--metrics-listen`), once bound.
     pub metrics_addr: Option<String>,
 }
@@ -45,15 +47,24 @@ impl Relay {
     pub fn start(dir: &Path, args: &[&str]) -> Relay {
         let mut all = vec!["--metrics-token".to_owned(), METRICS_TOKEN.to_owned()];
         all.extend(args.iter().map(|s| (*s).to_owned()));
-        Self::start_on(dir, "127.0.0.1:0", all)
+        Self::start_on(dir, "127.0.0.1:0", all, Vec::new())
+    }
+
+    /// [`Relay::start`] with extra environment variables (kept for restarts),
+    /// e.g. `("FAILPOINTS", "relay.enqueue=1*return")`.
+    pub fn start_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Relay {
+        let mut all = vec!["--metrics-token".to_owned(), METRICS_TOKEN.to_owned()];
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        let envs = envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Self::start_on(dir, "127.0.0.1:0", all, envs)
     }
 
     /// Start a relay with exactly `args` (no metrics token), listening on `listen`.
     pub fn start_bare(dir: &Path, listen: &str, args: &[&str]) -> Relay {
-        Self::start_on(dir, listen, args.iter().map(|s| (*s).to_owned()).collect())
+        Self::start_on(dir, listen, args.iter().map(|s| (*s).to_owned()).collect(), Vec::new())
     }
 
-    fn start_on(dir: &Path, listen: &str, args: Vec<String>) -> Relay {
+    fn start_on(dir: &Path, listen: &str, args: Vec<String>, envs: Vec<(String, String)>) -> Relay {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -65,6 +76,7 @@ impl Relay {
             .arg(dir.join("data"))
             .args(&args)
             .env("TANDEM_RELAY_LOG", "debug")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -87,7 +99,7 @@ impl Relay {
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_owned();
         let addr = url.trim_start_matches("ws://").trim_end_matches("/v1/connect").to_owned();
-        Relay { child, dir: dir.to_owned(), url, addr, args, metrics_addr }
+        Relay { child, dir: dir.to_owned(), url, addr, args, envs, metrics_addr }
     }
 
     /// `kill -9`.
@@ -109,8 +121,9 @@ impl Relay {
         let addr = self.addr.clone();
         let mut last = None;
         for _ in 0..50 {
-            let r =
-                std::panic::catch_unwind(|| Self::start_on(&self.dir, &addr, self.args.clone()));
+            let r = std::panic::catch_unwind(|| {
+                Self::start_on(&self.dir, &addr, self.args.clone(), self.envs.clone())
+            });
             match r {
                 Ok(r) => {
                     *self = r;

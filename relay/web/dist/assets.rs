@@ -3,17 +3,17 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-33619bcd838c8cfb.js", "text/javascript; charset=utf-8", "code", "\"33619bcd838c8cfbf380c0e62cefc297\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-33619bcd838c8cfb.js"))),
-    ("/assets/app-f54706fd3d4c4d98.css", "text/css; charset=utf-8", "code", "\"f54706fd3d4c4d9810c2cd06f1703f0b\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-f54706fd3d4c4d98.css"))),
+    ("/assets/app-88034b4d44b6adeb.js", "text/javascript; charset=utf-8", "code", "\"88034b4d44b6adeb575423d606996d58\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-88034b4d44b6adeb.js"))),
+    ("/assets/app-c87bb3e6c76dd449.css", "text/css; charset=utf-8", "code", "\"c87bb3e6c76dd4492ea6ef63353902b2\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-c87bb3e6c76dd449.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"34fcd7df0e720ddab5bb644d7f6c83d0\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"4ecebab07fcb0ae5fe9ea9f008edb5f1\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

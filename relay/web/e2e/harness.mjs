@@ -206,10 +206,10 @@ export class Run {
     return p;
   }
 
-  /** A standalone relay; `listen` 127.0.0.1:0 picks a free port. Resolves once it listens. */
-  async relay(name, dataDir, listen = '127.0.0.1:0') {
+  /** A standalone relay; `listen` 127.0.0.1:0 picks a free port; `env` sets its options. Resolves once it listens. */
+  async relay(name, dataDir, listen = '127.0.0.1:0', env = {}) {
     const p = this.start(name, join(this.bin, 'tandem-relay'), ['--listen', listen, '--data-dir', dataDir, '--tls', 'off'], {
-      env: { TANDEM_RELAY_LOG: process.env.TEST_LOG ?? 'info' },
+      env: { TANDEM_RELAY_LOG: process.env.TEST_LOG ?? 'info', ...env },
     });
     const m = await p.waitLine(/tandem-relay listening on ws:\/\/(\S+)\/v1\/connect/);
     p.addr = m[1];

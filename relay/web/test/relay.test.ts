@@ -66,6 +66,7 @@ function client(key: DeviceKey) {
     },
     presence: () => undefined,
     pairMessage: () => undefined,
+    notice: () => undefined,
   });
   return { c, states, delivered, connected: () => connected };
 }

@@ -22,63 +22,27 @@ import {
   osEntropy,
   upkeepMustPersist,
 } from '../proto/index.ts';
+import { applyMessage } from './apply.ts';
+import { Desktop } from './desktop.ts';
+import { type Notice, type NoticeView, addLost, collectNotices, relayNotice } from './notices.ts';
 import { type PairingFlow, startPairing } from './pairing.ts';
 import { type ConnState, RelayClient } from './relay.ts';
 import { type DesktopRow, type EventRow, NotOwner, type Store, type TaskRow, openStore } from './store.ts';
 import { type PendingApproval, Thread } from './thread.ts';
 
+export { Desktop } from './desktop.ts';
 export { PairError, type PairFailure, type PairingFlow } from './pairing.ts';
 
 /** Tasks kept per desktop in the browser. */
 const KEEP_TASKS = 200;
 /** How often the renewal and rekey schedule runs for every paired desktop (also on each desktop's Presence). */
 const UPKEEP_EVERY_MS = 5_000;
-
-/** A paired desktop in memory. */
-export class Desktop {
-  online = false;
-  detached = false;
-  /** A task list arrived from it since the page loaded. */
-  listed = false;
-  readonly threads = new Map<string, Thread>();
-  private queue: Promise<unknown> = Promise.resolve();
-
-  constructor(
-    public row: DesktopRow,
-    public link: Link,
-    readonly relay: RelayClient,
-  ) {}
-
-  get id(): string {
-    return this.row.id;
-  }
-
-  get deviceId(): DeviceId {
-    return DeviceId.parse(this.row.id);
-  }
-
-  /** Run `f` after every earlier operation on this desktop. */
-  serial<T>(f: () => Promise<T>): Promise<T> {
-    const p = this.queue.then(f, f);
-    this.queue = p.catch(() => undefined);
-    return p;
-  }
-
-  busy(): boolean {
-    for (const t of this.threads.values()) if (t.row.state !== 'finished') return true;
-    return false;
-  }
-
-  thread(taskId: string): Thread {
-    let t = this.threads.get(taskId);
-    if (!t) {
-      t = Thread.fresh(this.id, taskId);
-      t.loaded = true;
-      this.threads.set(taskId, t);
-    }
-    return t;
-  }
-}
+/**
+ * Messages the relay accepted but the desktop has not acknowledged this long
+ * while both are online are sealed and sent again (`resend(0)`): the relay
+ * may have dropped them (its queue's TTL) without a change of store.
+ */
+const STALE_OUTBOX_MS = 120_000;
 
 /** What changed, so the screens know what to redraw. */
 export interface Change {
@@ -98,6 +62,8 @@ export class Engine {
   private readonly listeners = new Set<(c: Change) => void>();
   private readonly pairings = new Map<string, (peer: DeviceId, payload: Uint8Array) => void>();
   private readonly reconnectWatchers = new Map<string, Set<() => void>>();
+  /** What each relay reported on its own (an `Error` answering no request), by origin. */
+  private readonly relayNotices = new Map<string, NoticeView>();
   /** Relays whose task lists were asked for since the page loaded. */
   private readonly listed = new Set<string>();
   /** Another tab took over: nothing is sealed, saved or sent any more. */
@@ -141,7 +107,7 @@ export class Engine {
         console.error(`the stored state of ${row.name} is damaged; pair it again`, e);
         continue;
       }
-      const d = new Desktop(row, link, engine.relay(row.relayUrl));
+      const d = new Desktop(row, link, engine.relay(row.relayUrl), () => engine.emit({ desktopId: row.id }));
       for (const t of await store.tasks(row.id)) {
         const th = new Thread(t);
         // Unfinished tasks may wait for an approval: their events are needed now.
@@ -158,6 +124,7 @@ export class Engine {
     if (this.inert) return;
     this.inert = true;
     for (const r of this.relays.values()) r.stop();
+    for (const d of this.desktops.values()) d.sender.stop();
     this.emit({ connection: true });
   }
 
@@ -195,14 +162,26 @@ export class Engine {
         if (s.kind !== 'online') for (const d of this.onRelay(origin)) d.online = false;
         this.emit({ connection: true });
       },
-      connected: () => {
+      connected: (storeChanged) => {
         const first = !this.listed.has(origin);
         this.listed.add(origin);
         // A pairing under way claims its mailbox again (the relay may have restarted).
         if (!first) for (const f of [...(this.reconnectWatchers.get(origin) ?? [])]) f();
+        this.relayNotices.delete(origin);
         for (const d of this.onRelay(origin)) {
-          void this.resend(d).then(() => this.catchUp(d, first));
+          // The same relay store: what it accepted is still queued, so only
+          // what it did not accept goes again. A new store (or the page's
+          // first connection): every unacknowledged message, sealed again.
+          if (storeChanged) void this.resend(d).then(() => this.catchUp(d, first));
+          else {
+            d.sender.retry();
+            void this.catchUp(d, first);
+          }
         }
+      },
+      notice: (code, message) => {
+        this.relayNotices.set(origin, relayNotice(code, message));
+        this.emit({ connection: true });
       },
       deliver: (batch) => this.deliver(batch),
       presence: (peer, online) => {
@@ -210,12 +189,14 @@ export class Engine {
         if (!d) return;
         d.online = online;
         if (online) {
-          // A desktop that never answered a task list in this page (it was
-          // offline, or pairing) is asked again now that it is here; a
-          // renewal that came due while it was away starts now.
-          void this.resend(d)
-            .then(() => (d.listed ? undefined : this.refreshTasks(d.id).catch(() => undefined)))
-            .then(() => this.upkeep(d));
+          // What the relay did not accept goes again (what it accepted is
+          // in the desktop's queue: no copies). A desktop that never
+          // answered a task list in this page (it was offline, or pairing)
+          // is asked again now that it is here; a renewal that came due
+          // while it was away starts now.
+          d.sender.retry();
+          d.acked = { seq: d.link.outbound().acked(), sinceMs: Date.now() };
+          void (d.listed ? Promise.resolve() : this.refreshTasks(d.id).catch(() => undefined)).then(() => this.upkeep(d));
         }
         this.emit({ desktopId: d.id });
       },
@@ -279,7 +260,7 @@ export class Engine {
     row.link = link.toStored();
     await this.store.forget(row.id);
     await this.store.save(row);
-    const d = new Desktop(row, link, relay);
+    const d = new Desktop(row, link, relay, () => this.emit({ desktopId: row.id }));
     d.online = true;
     this.desktops.set(row.id, d);
     this.emit({ desktopId: row.id });
@@ -312,7 +293,7 @@ export class Engine {
       return out;
     });
     d.detached = false;
-    for (const r of records) d.relay.send(d.deviceId, r).catch(() => undefined);
+    d.sender.push(records);
   }
 
   private async save(d: Desktop, tasks: TaskRow[] = [], events: EventRow[] = []): Promise<void> {
@@ -342,7 +323,20 @@ export class Engine {
         return null;
       }
     });
-    if (renewal) d.relay.send(d.deviceId, renewal).catch(() => undefined);
+    if (renewal) d.sender.push([renewal]);
+    else this.staleOutbox(d);
+  }
+
+  /** Accepted by the relay, unacknowledged by an online desktop for long: sealed and sent again. */
+  private staleOutbox(d: Desktop): void {
+    const now = Date.now();
+    const seq = d.link.outbound().acked();
+    if (seq !== d.acked.seq || d.link.outbound().isEmpty() || !d.online || !d.relay.online || d.sender.pending > 0) {
+      d.acked = { seq, sinceMs: now };
+    } else if (now - d.acked.sinceMs >= STALE_OUTBOX_MS) {
+      d.acked = { seq, sinceMs: now };
+      void this.resend(d);
+    }
   }
 
   /** Whatever the desktop has not acknowledged goes out again. */
@@ -358,7 +352,8 @@ export class Engine {
         return [];
       }
     });
-    for (const r of records) d.relay.send(d.deviceId, r).catch(() => undefined);
+    d.sender.retry();
+    d.sender.push(records);
   }
 
   /** Submit a task; returns its id. */
@@ -423,6 +418,51 @@ export class Engine {
     await this.refreshTasks(desktopId);
   }
 
+  /**
+   * After lost messages: the task list (its answer names every task behind,
+   * `applyMessage`) and the history of every task known to be behind.
+   */
+  private recoveryAsks(d: Desktop): Message[] {
+    d.recovering = true;
+    const asks: Message[] = [{ kind: 'history_request', from_offset: 0 }];
+    for (const t of d.threads.values()) {
+      t.forgetRequests();
+      const from = t.behind();
+      if (from !== null) asks.push({ kind: 'history_request', task_id: t.row.taskId, from_offset: from });
+    }
+    return asks;
+  }
+
+  /** Ask the desktop again for what lost messages may have carried (the notice's button). */
+  async recover(desktopId: string): Promise<void> {
+    const d = this.desktop(desktopId);
+    await this.send(d, this.recoveryAsks(d));
+    d.askedAgainMs = Date.now();
+    this.emit({ desktopId });
+  }
+
+  /** The user read the lost-messages notice: forget it (saved). */
+  async dismissLost(desktopId: string): Promise<void> {
+    const d = this.desktop(desktopId);
+    await d.serial(async () => {
+      d.row.lost = undefined;
+      d.askedAgainMs = null;
+      try {
+        await this.save(d);
+      } catch (e) {
+        // Not saved: back to what storage holds (the notice with it).
+        await this.failed(d, e);
+      }
+    });
+    this.emit({ desktopId });
+  }
+
+  /** What the user is told about missing or waiting messages: of one desktop, or of all. */
+  notices(desktopId?: string): Notice[] {
+    const ds = desktopId ? [this.desktops.get(desktopId)].filter((d): d is Desktop => !!d) : [...this.desktops.values()];
+    return collectNotices(ds, this.relayNotices, Date.now());
+  }
+
   /** Every pending approval across desktops. */
   pendingApprovals(): PendingApproval[] {
     const out: PendingApproval[] = [];
@@ -435,6 +475,7 @@ export class Engine {
   async forget(desktopId: string): Promise<void> {
     const d = this.desktop(desktopId);
     this.desktops.delete(desktopId);
+    d.sender.stop();
     // After whatever is under way for it, so nothing writes it back.
     await d.serial(() => this.store.forget(desktopId));
     // The relay stops carrying its messages to this device.
@@ -487,6 +528,7 @@ export class Engine {
       let ackDue = false;
       let other = false;
       let renewed = false;
+      let lost = false;
       for (const payload of payloads) {
         let events: LinkEvent[];
         try {
@@ -508,7 +550,7 @@ export class Engine {
                 break;
               }
               if (!decoded.known) break;
-              if (this.apply(d, decoded.message, changedTasks, newEvents, requests)) other = true;
+              if (applyMessage(d, decoded.message, changedTasks, newEvents, requests)) other = true;
               break;
             }
             case 'Send':
@@ -518,7 +560,10 @@ export class Engine {
               ackDue = true;
               break;
             case 'ResyncNeeded':
-              console.warn(`messages ${ev.from}..=${ev.to} from the desktop were lost`);
+              // Saved with the link below, so the user is told even after
+              // a reload; the task list shows which tasks to fetch again.
+              d.row.lost = addLost(d.row.lost, ev.from, ev.to, Date.now());
+              lost = true;
               break;
             case 'SessionRenewed':
               renewed = true;
@@ -526,12 +571,14 @@ export class Engine {
           }
         }
       }
+      if (lost) requests.push(...this.recoveryAsks(d));
       for (const m of requests) out.push(d.link.send(encodeMessage(m)).record);
       // One acknowledgement covers the whole run; a request carries it too.
       // Never answer an ack alone with an ack (the two sides would ping-pong).
-      if (ackDue && requests.length === 0) out.push(d.link.ack());
+      const ack = ackDue && requests.length === 0 ? [d.link.ack()] : [];
       await this.save(d, [...changedTasks.values()], newEvents);
-      for (const r of out) d.relay.send(d.deviceId, r).catch(() => undefined);
+      d.sender.push(out);
+      d.sender.push(ack, true);
       for (const taskId of changedTasks.keys()) this.emit({ desktopId: d.id, taskId });
       if (other || changedTasks.size === 0) this.emit({ desktopId: d.id });
       if (changedTasks.size > 0 && d.threads.size > KEEP_TASKS) await this.prune(d);
@@ -549,71 +596,6 @@ export class Engine {
     }
     console.error('cannot save; back to what storage holds', e);
     await this.reload(d).catch(() => undefined);
-  }
-
-  /** Apply one message. Returns true when desktop-level state changed. */
-  private apply(d: Desktop, m: Message, tasks: Map<string, TaskRow>, events: EventRow[], requests: Message[]): boolean {
-    const taskId = typeof m.task_id === 'string' ? m.task_id : '';
-    switch (m.kind) {
-      case 'task_event': {
-        const t = d.thread(taskId);
-        const row: EventRow = {
-          desktopId: d.id,
-          taskId,
-          offset: Number(m.offset),
-          atMs: Number(m.at_ms),
-          event: m.event as EventRow['event'],
-        };
-        const seen = t.observe(row);
-        if (seen.fresh) {
-          events.push(row);
-          tasks.set(taskId, t.row);
-          if (row.event.type === 'approval_resolved') t.answered.delete(String(row.event.approval_id));
-        }
-        if (seen.fill !== null) requests.push({ kind: 'history_request', task_id: taskId, from_offset: seen.fill });
-        return false;
-      }
-      case 'history_end': {
-        const t = d.thread(taskId);
-        const again = t.historyEnd(Number(m.next_offset), m.more === true);
-        if (again !== null) requests.push({ kind: 'history_request', task_id: taskId, from_offset: again });
-        tasks.set(taskId, t.row);
-        return false;
-      }
-      case 'history_unavailable': {
-        const t = d.thread(taskId);
-        t.unavailable(Number(m.earliest));
-        tasks.set(taskId, t.row);
-        return false;
-      }
-      case 'task_list': {
-        d.listed = true;
-        for (const s of m.tasks as Array<Parameters<Thread['summary']>[0] & { task_id: string }>) {
-          const t = d.thread(s.task_id);
-          t.summary(s);
-          tasks.set(s.task_id, t.row);
-        }
-        return true;
-      }
-      case 'detached':
-        d.detached = true;
-        return true;
-      case 'refused': {
-        if (taskId) {
-          const t = d.thread(taskId);
-          t.refusals.push({ code: String(m.code), message: String(m.message) });
-          tasks.set(taskId, t.row);
-        } else {
-          console.warn('the desktop refused a request', m.code, m.message);
-        }
-        return true;
-      }
-      case 'device_info':
-        if (typeof m.name === 'string') d.row.name = m.name;
-        return true;
-      default:
-        return false;
-    }
   }
 
   /** After a failed save: back to what storage holds. */

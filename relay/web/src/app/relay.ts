@@ -23,8 +23,16 @@ export type ConnState =
 /** What the connection reports to the app. */
 export interface RelayHandlers {
   state(s: ConnState): void;
-  /** Authenticated; `queued` deliveries are waiting. */
-  connected(): void;
+  /**
+   * Authenticated. `storeChanged`: the relay's store is not the one the
+   * last connection saw (its `AuthOk` store epoch differs, or none is known:
+   * the page's first connection, or a relay that sends no epoch), so what
+   * it accepted before may be gone and everything unacknowledged must go
+   * again; false: only what it did not accept.
+   */
+  connected(storeChanged: boolean): void;
+  /** The relay reported something that answers no request (an `Error` with `ref_id` 0). */
+  notice(code: string, message: string): void;
   /**
    * Records in delivery order. Resolve with how many, from the front, are
    * saved: those are acknowledged; the rest are delivered again.
@@ -103,6 +111,8 @@ export class RelayClient {
   private queuedUpTo = 0n;
   private acked = 0n;
   private restartHintMs: number | null = null;
+  /** The store epoch of the last `AuthOk` (undefined: none seen, or the relay sends none). */
+  private storeEpoch: unknown = undefined;
   private wakeTimer: ReturnType<typeof setInterval> | null = null;
   private lastWall = Date.now();
   private lastMono = performance.now();
@@ -308,7 +318,7 @@ export class RelayClient {
         this.schedulePing();
         this.handlers.state({ kind: 'online' });
         for (const w of this.waiters.splice(0)) w.ok();
-        this.handlers.connected();
+        this.handlers.connected(!this.sameStore(f));
         return;
       }
       case 'Deliver': {
@@ -333,7 +343,7 @@ export class RelayClient {
         if (f.refId !== 0n && this.pending.has(f.refId)) {
           this.answer(f.refId, new RelayError(name, f.message || name.replace(/_/g, ' ')));
         } else {
-          console.warn('relay error', name, f.message);
+          this.handlers.notice(name, f.message);
         }
         return;
       }
@@ -354,6 +364,14 @@ export class RelayClient {
       default:
         return;
     }
+  }
+
+  /** Whether this `AuthOk` names the store the last one named (never when it names none). */
+  private sameStore(f: Frame): boolean {
+    const epoch = (f as { storeEpoch?: unknown }).storeEpoch;
+    const same = epoch !== undefined && epoch === this.storeEpoch;
+    this.storeEpoch = epoch;
+    return same;
   }
 
   /** Hand queued deliveries to the app in batches; ack what it saved. */

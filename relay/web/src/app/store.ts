@@ -16,6 +16,7 @@
 //   of every other page (docs/SECURITY.md §3).
 
 import { isLocalHost } from '../proto/qr.ts';
+import type { LostRange } from './notices.ts';
 
 /** What the app keeps about one paired desktop. */
 export interface DesktopRow {
@@ -26,6 +27,8 @@ export interface DesktopRow {
   pairedAt: number;
   /** `Link.toStored()`. */
   link: unknown;
+  /** Messages from it that can never arrive, until the user dismisses them (notices.ts). */
+  lost?: LostRange[];
 }
 
 /** One task event as the thread shows it. */

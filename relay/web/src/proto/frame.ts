@@ -58,6 +58,7 @@ export const ERROR_CODE_NAMES = [
   'shutting_down',
   'ping_timeout',
   'internal',
+  'store_unavailable',
 ] as const;
 export function errorCodeName(code: number): string {
   return code >= 1 && code < ERROR_CODE_NAMES.length ? ERROR_CODE_NAMES[code]! : 'other';

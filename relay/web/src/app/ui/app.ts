@@ -4,6 +4,7 @@ import type { Change, Engine } from '../engine.ts';
 import type { ConnState } from '../relay.ts';
 import { detachedBanner } from './desktop.ts';
 import { h } from './dom.ts';
+import { noticesList } from './notices.ts';
 
 /** A mounted screen. */
 export interface Screen {
@@ -67,6 +68,8 @@ export class App {
   private readonly main: HTMLElement;
   private screen: Screen | null = null;
   private tick: ReturnType<typeof setInterval> | null = null;
+  private noticeTick: ReturnType<typeof setTimeout> | null = null;
+  private noticeKey = '';
 
   constructor(
     readonly engine: Engine,
@@ -84,7 +87,7 @@ export class App {
     root.replaceChildren(h('div', { class: 'top' }, this.header, this.banner, this.notice), ephemeralNote(engine), this.main);
     engine.subscribe((c) => {
       if (c.connection) this.renderBanner();
-      if (!c.desktopId || c.desktopId === this.route.desktop) this.renderNotice();
+      if (!c.desktopId || c.desktopId === this.route.desktop || this.route.screen === 'desktops') this.renderNotice();
       this.screen?.update(c);
     });
     addEventListener('popstate', () => this.show(routeFromUrl(), false));
@@ -122,10 +125,23 @@ export class App {
     this.titleEl.textContent = t;
   }
 
-  /** The idle-detach notice of the desktop on screen. */
+  /**
+   * The idle-detach notice of the desktop on screen, and what is missing or
+   * waiting: for that desktop, or for every desktop on the desktops list.
+   */
   private renderNotice(): void {
     const id = this.route.desktop;
-    this.notice.replaceChildren(id && (this.route.screen === 'desktop' || this.route.screen === 'task') ? detachedBanner(this, id) : '');
+    const one = id && (this.route.screen === 'desktop' || this.route.screen === 'task');
+    // Redrawn only when what it says changed: a button is not swapped
+    // under the user's finger while deliveries arrive.
+    const key = JSON.stringify([this.route, one && this.engine.desktops.get(id)?.detached, this.route.screen === 'pair' ? [] : this.engine.notices(one ? id : undefined)]);
+    if (key === this.noticeKey) return;
+    this.noticeKey = key;
+    const notices = this.route.screen === 'pair' ? '' : noticesList(this, one ? id : undefined);
+    this.notice.replaceChildren(one ? detachedBanner(this, id) : '', notices);
+    // A retry countdown stays current.
+    if (this.noticeTick) clearTimeout(this.noticeTick);
+    this.noticeTick = notices && notices.querySelector('[data-kind=refused]') ? setTimeout(() => this.renderNotice(), 1000) : null;
   }
 
   /** The connection banner, for the relay of the desktop on screen. */
