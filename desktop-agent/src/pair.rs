@@ -34,6 +34,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tandem_client::{Client, ClientError, Event};
+use tandem_proto::delivery::OutboxLimits;
 use tandem_proto::entropy::{Entropy, EntropyError};
 use tandem_proto::message::DeviceInfo;
 use tandem_proto::pairing::{DesktopPairing, PairingError};
