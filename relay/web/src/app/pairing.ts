@@ -35,8 +35,13 @@ const CLAIM_ATTEMPTS = 8;
 const CLAIM_RETRY_WINDOW_MS = 30_000;
 const CLAIM_PAUSE_MS = 500;
 const CLAIM_PAUSE_MAX_MS = 4_000;
-/** Claim failures worth another try (the relay restarted, the desktop is not back yet). */
-const RETRYABLE = new Set(['pairing_not_found', 'offline', 'timeout', 'unreachable']);
+/**
+ * Claim failures worth another try: the connection dropped with the claim in
+ * flight (`offline`, `timeout`), or the desktop has not opened its mailbox
+ * again yet (`pairing_not_found`). A relay that cannot be reached at all
+ * (`unreachable`, after 10 s) is reported at once.
+ */
+const RETRYABLE = new Set(['pairing_not_found', 'offline', 'timeout']);
 const APP_VERSION = '0.1.0';
 
 /** Why pairing failed, as the pairing screen shows it. */
