@@ -10,8 +10,8 @@
 //! (the desktop then answers with its result, again if it had sent it).
 //! `pairing_claimed` on such a claim means the mailbox survived with this
 //! phone's claim: it keeps waiting. Claims are retried at most
-//! [`CLAIM_ATTEMPTS`] times, within [`CLAIM_RETRY_WINDOW`] and the code's
-//! life; out of retries, a resumed pairing fails with
+//! [`CLAIM_ATTEMPTS`] times, within [`CLAIM_RETRY_WINDOW`] (a first claim
+//! refused outright: [`FIRST_CLAIM_WINDOW`]) and the code's life; out of retries, a resumed pairing fails with
 //! [`PhoneError::PairingInterrupted`].
 
 use super::*;
@@ -21,8 +21,14 @@ use tokio::time::Instant;
 
 /// Claims one pairing step may make, the first included.
 pub(super) const CLAIM_ATTEMPTS: u32 = 8;
-/// How long a failing claim is retried after its first attempt.
+/// How long a failing claim is retried after its first attempt, once a
+/// claim of this pairing may have reached the relay (or after a
+/// reconnection).
 pub(super) const CLAIM_RETRY_WINDOW: Duration = Duration::from_secs(30);
+/// As [`CLAIM_RETRY_WINDOW`] for a first claim refused outright
+/// (`pairing_not_found`: the desktop may be reconnecting after a relay
+/// restart, or the code was used): a used code is reported within seconds.
+pub(super) const FIRST_CLAIM_WINDOW: Duration = Duration::from_secs(6);
 /// The first pause between two claims; it doubles up to [`CLAIM_PAUSE_MAX`].
 const CLAIM_PAUSE: Duration = Duration::from_millis(500);
 const CLAIM_PAUSE_MAX: Duration = Duration::from_secs(4);
@@ -95,7 +101,8 @@ async fn claim<S>(
         };
         let next = Instant::now() + pause;
         let expired = expires_at.is_some_and(|t| now_unix() + pause.as_secs() + 1 >= t);
-        if attempt >= CLAIM_ATTEMPTS || next > started + CLAIM_RETRY_WINDOW || expired {
+        let window = if again { CLAIM_RETRY_WINDOW } else { FIRST_CLAIM_WINDOW };
+        if attempt >= CLAIM_ATTEMPTS || next > started + window || expired {
             debug!(attempt, error = %err, "giving up the claim");
             return Err(err);
         }

@@ -3,8 +3,8 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-7e483c53dd2619fd.js", "text/javascript; charset=utf-8", "code", "\"7e483c53dd2619fd620cc28b44da8309\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-7e483c53dd2619fd.js"))),
+    ("/assets/app-1125a4231a1b94c4.js", "text/javascript; charset=utf-8", "code", "\"1125a4231a1b94c4d00b344766d55749\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-1125a4231a1b94c4.js"))),
     ("/assets/app-c87bb3e6c76dd449.css", "text/css; charset=utf-8", "code", "\"c87bb3e6c76dd4492ea6ef63353902b2\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-c87bb3e6c76dd449.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
@@ -13,7 +13,7 @@
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"185510870d1d4fbf83adde7fec9c7537\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"8ed150827623164341eb68f1a21e83d1\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

@@ -4,7 +4,8 @@
 // engine. A page that keeps its keys in memory (store.ts) pairs as an
 // ephemeral device (`DeviceInfo.ephemeral`, §15.4). A relay restart on the
 // way is survived as tandem-phone does (§9.4 "Interruptions"): a failed
-// claim is made again (at most 8 times within 30 s and the code's life), and
+// claim is made again (at most 8 times within 30 s, 6 s for a first claim
+// refused outright, and the code's life), and
 // after a reconnection the mailbox is claimed again, with a fresh hello
 // until the welcome came, with the same confirmation once it was sent; when
 // that fails: "Pairing interrupted: scan again".
@@ -33,6 +34,8 @@ const CONFIRM_WAIT_MS = 300_000;
 const CLAIM_ATTEMPTS = 8;
 /** How long a failing claim is retried after its first attempt. */
 const CLAIM_RETRY_WINDOW_MS = 30_000;
+/** As CLAIM_RETRY_WINDOW_MS for a first claim refused outright (a used code is reported within seconds). */
+const FIRST_CLAIM_WINDOW_MS = 6_000;
 const CLAIM_PAUSE_MS = 500;
 const CLAIM_PAUSE_MAX_MS = 4_000;
 /**
@@ -107,7 +110,8 @@ async function claim<S>(relay: RelayClient, pid: Uint8Array, expiresAt: number |
         unanswered = { state };
       }
       const late = expiresAt !== undefined && now() + pause / 1000 + 1 >= expiresAt;
-      if (attempt >= CLAIM_ATTEMPTS || Date.now() + pause > started + CLAIM_RETRY_WINDOW_MS || late) throw e;
+      const window = again ? CLAIM_RETRY_WINDOW_MS : FIRST_CLAIM_WINDOW_MS;
+      if (attempt >= CLAIM_ATTEMPTS || Date.now() + pause > started + window || late) throw e;
       await new Promise((r) => setTimeout(r, pause));
       pause = Math.min(pause * 2, CLAIM_PAUSE_MAX_MS);
     }
