@@ -70,11 +70,38 @@
 //! it as [`AuditError::Truncated`], distinct from tampering, and
 //! [`AuditLog::open`] refuses to append after it (appending would bury the
 //! partial line mid-file, where it would look like tampering). The partial
-//! line is an event whose append never completed; after looking at it, the
-//! user removes it with [`discard_partial_line`] (which removes nothing
-//! else and only when everything before it verifies), or by hand. Any
-//! other damage makes [`AuditLog::open`] refuse with [`AuditError::Broken`]:
-//! a broken log is evidence, so it is never repaired automatically.
+//! line is an event whose append never completed; [`discard_partial_line`]
+//! removes it (and nothing else, and only when everything before it
+//! verifies). Any other damage makes [`AuditLog::open`] refuse with
+//! [`AuditError::Broken`].
+//!
+//! # Damage
+//!
+//! The agent does not stop on a damaged log: it opens it with
+//! [`AuditLog::open_or_set_aside`], which copies everything from the first
+//! bad line (partial or failing verification) to the end into
+//! `audit.log.damaged-<unix ms>` next to it, cuts the log back to its last
+//! good entry, and appends a `set_aside` entry naming that file. The bad
+//! lines are evidence: they are kept, byte for byte, never edited in place.
+//!
+//! # Rotation
+//!
+//! When an append finds `audit.log` at or over its rotation size (default
+//! [`DEFAULT_MAX_SEGMENT_BYTES`], `[agent] audit_max_bytes`), the file is
+//! kept as `audit.log.<n>` (`n` from 1, one more each time) and a new
+//! `audit.log` continues the chain: its first entry's `prev` is the last
+//! hash of the segment before and `seq` goes on. Segments are never
+//! deleted. [`verify_all`] (`tandem audit verify`) checks every segment in
+//! order and then `audit.log`; [`verify`] checks one file that starts at
+//! genesis.
+//!
+//! `audit.checkpoint` ([`CHECKPOINT_NAME`]) records the chain's state where
+//! `audit.log` starts and after a verified prefix of it (offset, entry
+//! count, last hash). [`AuditLog::open`] trusts it when the file's first
+//! line continues from that start and the line ending at the offset is the
+//! recorded entry, and verifies only what follows; otherwise it verifies
+//! every segment from the first. So an edit inside the verified prefix is
+//! found by `tandem audit verify`, not by every open.
 //!
 //! # Concurrency
 //!
@@ -97,6 +124,11 @@ use tandem_proto::kdf;
 use thiserror::Error;
 
 use crate::keystore::{create_private_dir, sync_dir};
+
+mod recover;
+mod segments;
+
+pub use segments::{CHECKPOINT_NAME, DEFAULT_MAX_SEGMENT_BYTES, segments, verify_all};
 
 /// The audit log's file name inside the data directory.
 pub const FILE_NAME: &str = "audit.log";
@@ -235,6 +267,27 @@ pub enum AuditEvent {
         reason: String,
         /// `running` (cancelled) or `queued` (dropped, never started).
         was: String,
+    },
+    /// Damaged local state was set aside at start ([`crate::damage`]):
+    /// the agent started without it.
+    SetAside {
+        /// The damaged file (`audit.log`, `peers/<device id>.json`,
+        /// `tasks.redb`).
+        file: String,
+        /// The name it (or its damaged tail) has now, in the same directory.
+        moved_to: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A phone's messages were lost before they reached this desktop (its
+    /// link reported a gap it cannot fill: `ResyncNeeded`).
+    MessagesLost {
+        /// The phone.
+        device: String,
+        /// The first lost sequence number.
+        from: u64,
+        /// The last lost sequence number.
+        to: u64,
     },
 }
 
@@ -408,12 +461,14 @@ pub struct AuditLog {
     path: PathBuf,
     file: File,
     chain: Chain,
+    /// Rotate `audit.log` once it holds this many bytes.
+    max_bytes: u64,
 }
 
 impl AuditLog {
     /// Open (creating it, mode 0600, and `data_dir`, mode 0700, if needed)
-    /// `data_dir/audit.log`, verify the whole existing chain and continue
-    /// from its last entry. A log that fails verification is refused
+    /// `data_dir/audit.log`, verify it (from the checkpoint, see "Rotation")
+    /// and continue from its last entry. A log that fails verification is refused
     /// ([`AuditError::Broken`], [`AuditError::Truncated`]) and left as it is.
     /// An existing file that group or others could access is made 0600.
     pub fn open(data_dir: &Path) -> Result<Self, AuditError> {
@@ -445,9 +500,17 @@ impl AuditLog {
         let mut chain = Chain::default();
         {
             let _lock = Lock::shared(&file, &path)?;
-            scan(&file, &path, &mut chain)?;
+            segments::load(&file, &path, &mut chain)?;
         }
-        Ok(Self { path, file, chain })
+        Ok(Self { path, file, chain, max_bytes: DEFAULT_MAX_SEGMENT_BYTES })
+    }
+
+    /// Rotate `audit.log` once it holds `max_bytes` bytes (default
+    /// [`DEFAULT_MAX_SEGMENT_BYTES`]; at least 1).
+    #[must_use]
+    pub fn with_rotation(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
     }
 
     /// Append `event` at `at_unix_ms` and fsync. The timestamp is raised to
@@ -459,8 +522,30 @@ impl AuditLog {
     /// when the write succeeded but the fsync failed); a later append picks
     /// up whatever is there.
     pub fn append(&mut self, at_unix_ms: u64, event: AuditEvent) -> Result<AuditEntry, AuditError> {
-        let _lock = Lock::exclusive(&self.file, &self.path)?;
+        let mut lock = Lock::exclusive(&self.file, &self.path)?;
         catch_up(&self.file, &self.path, &mut self.chain)?;
+        // Another log rotated the file: this one is complete; go on in the
+        // new one.
+        while segments::moved(&self.file, &self.path)? {
+            drop(lock);
+            self.file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(io_err("open", &self.path))?;
+            self.chain.bytes = 0;
+            lock = Lock::exclusive(&self.file, &self.path)?;
+            catch_up(&self.file, &self.path, &mut self.chain)?;
+        }
+        if self.chain.bytes >= self.max_bytes {
+            let fresh = segments::rotate(&self.path, &self.chain)?;
+            drop(lock);
+            self.file = fresh;
+            self.chain.bytes = 0;
+            lock = Lock::exclusive(&self.file, &self.path)?;
+            catch_up(&self.file, &self.path, &mut self.chain)?;
+        }
+        let _lock = lock;
         let at_ms = self.chain.last_at_ms.map_or(at_unix_ms, |last| last.max(at_unix_ms));
         let entry = seal(&self.chain.last_hash, self.chain.next_seq(), at_ms, event)?;
         let mut line = serde_json::to_vec(&entry).map_err(AuditError::Encode)?;

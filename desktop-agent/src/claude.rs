@@ -204,6 +204,10 @@ pub(crate) fn parse_line(line: &str) -> Vec<Parsed> {
             }
         }
         Some("result") => {
+            let denied = permission_denials(&obj);
+            if !denied.is_empty() {
+                out.push(Parsed::Event(ExecEvent::Denied { tools: denied }));
+            }
             let (status, summary) = result_of(&obj);
             out.push(Parsed::Result { status, summary });
         }
@@ -273,6 +277,21 @@ fn tool_result_block(block: Value) -> Option<ExecEvent> {
     };
     let is_error = block.get("is_error").and_then(Value::as_bool).unwrap_or(false);
     Some(ExecEvent::ToolResult { call_id, output: cap_text(output, MAX_EVENT_TEXT), is_error })
+}
+
+/// The tool names in a `result` line's `permission_denials` (Claude Code
+/// lists there every tool call it was refused: by the permission tool, that
+/// is a denied approval, or by its own settings).
+fn permission_denials(obj: &Map<String, Value>) -> Vec<String> {
+    obj.get("permission_denials")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|d| str_field(d, "tool_name"))
+                .map(|name| cap_text(name.to_owned(), MAX_ID_LEN))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// How a `result` line finishes the task.

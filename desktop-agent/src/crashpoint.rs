@@ -38,6 +38,69 @@
 //! * `renew.promoted_saved` (responder): the promotion is on disk, the relay
 //!   not yet told the record was taken.
 //!
+//! and the steps of applying an instruction from a phone
+//! (`docs/PROTOCOL.md` §13.5; `daemon/instructions.rs`), where `<kind>` is
+//! `submit`, `follow_up`, `cancel` or `decide` ([`Steps`]), in order:
+//!
+//! * `agent.<kind>.audited`: the instruction's audit line is written (a
+//!   decision has none), nothing applied;
+//! * `agent.<kind>.applied`: its effect and its applied marker are in
+//!   `tasks.redb` (one transaction), the link's receipt is not on disk;
+//! * `agent.<kind>.link_saved`: the link's receipt is on disk, no reply
+//!   sealed, the relay delivery not acknowledged;
+//! * `agent.<kind>.replied`: the replies are sealed and the link holding
+//!   them is on disk, none handed to the relay;
+//! * `agent.<kind>.sent`: the relay stored the last reply;
+//!
+//! and, on every path that records a task event:
+//!
+//! * `agent.event_saved`: a task event is in the history, not yet sealed
+//!   for any phone.
+
+/// The crash points one kind of instruction passes, in order (see the
+/// module's list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
+    /// Audited, nothing applied.
+    pub audited: &'static str,
+    /// Effect and applied marker on disk, link not.
+    pub applied: &'static str,
+    /// The link's receipt on disk, nothing answered.
+    pub link_saved: &'static str,
+    /// Replies sealed and saved, not sent.
+    pub replied: &'static str,
+    /// The relay stored the last reply.
+    pub sent: &'static str,
+}
+
+macro_rules! steps {
+    ($kind:literal) => {
+        Steps {
+            audited: concat!("agent.", $kind, ".audited"),
+            applied: concat!("agent.", $kind, ".applied"),
+            link_saved: concat!("agent.", $kind, ".link_saved"),
+            replied: concat!("agent.", $kind, ".replied"),
+            sent: concat!("agent.", $kind, ".sent"),
+        }
+    };
+}
+
+/// A `task_submit`.
+pub const SUBMIT: Steps = steps!("submit");
+/// A `follow_up`.
+pub const FOLLOW_UP: Steps = steps!("follow_up");
+/// A `cancel`.
+pub const CANCEL: Steps = steps!("cancel");
+/// An `approval_decision`.
+pub const DECIDE: Steps = steps!("decide");
+
+impl Steps {
+    /// Every point, in order.
+    #[must_use]
+    pub fn all(&self) -> [&'static str; 5] {
+        [self.audited, self.applied, self.link_saved, self.replied, self.sent]
+    }
+}
 
 /// The environment variable naming the points (read once, at start, by
 /// [`setup`]).

@@ -5,7 +5,9 @@
 //!
 //! Ordering rule: a link is persisted before anything sealed under it is
 //! sent and before the relay delivery that changed it is acknowledged; a
-//! task event is in the task history before it is sealed.
+//! task event is in the task history before it is sealed; a phone's
+//! instruction is applied, with its applied marker, before the link's
+//! receipt is persisted ([`instructions`]).
 //!
 //! Idle phones: a phone that sent nothing for the idle time is *detached*:
 //! it is told once (`detached`), and from then on gets only approval
@@ -13,7 +15,8 @@
 //!
 //! Records leave through one sender task in order; while the relay is
 //! unreachable they wait in each link's persisted outbox and go out again on
-//! the next `Connected`, so the loop never blocks on the network.
+//! the next `Connected`, so the loop never blocks on the network. A record
+//! the relay refused goes out again on a timer ([`outbox`]).
 //!
 //! Revocation bites (`daemon/control.rs`, `daemon/devices.rs`): the task
 //! manager's permits follow the paired devices, so a device that is revoked
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tandem_client::{Client, Event};
 use tandem_proto::link::LinkEvent;
-use tandem_proto::message::{Decoded, Message, TaskEvent};
+use tandem_proto::message::{Message, TaskEvent};
 use tandem_proto::upkeep::Schedule;
 use tandem_proto::{DeviceId, DeviceKey};
 use thiserror::Error;
@@ -42,20 +45,22 @@ use tracing::{debug, info, warn};
 mod control;
 mod devices;
 mod expiry;
+mod instructions;
+mod lost;
+mod outbox;
 mod pairing;
 mod renewal;
 
 use crate::audit::{AuditEvent, AuditLog, text_hash};
 use crate::crashpoint::crash_point;
-use crate::executor::Control;
 use crate::history::HistoryError;
 use crate::ipc::Call;
 use crate::pair::PairCall;
 use crate::peers::{PeerError, PeerStore};
-use crate::tasks::{Audience, Outgoing, TaskManager, TaskUpdate};
+use crate::tasks::{Audience, TaskManager, TaskUpdate};
 
 /// Records waiting for the sender task; beyond this they are dropped here
-/// and resent from the link outbox on the next connection.
+/// and resent from the link outbox on the retry timer ([`outbox`]).
 const SEND_QUEUE: usize = 4096;
 
 /// How long a revocation waits for the relay before it is queued for later.
@@ -86,8 +91,12 @@ pub struct Daemon<'a> {
     updates: mpsc::Receiver<TaskUpdate>,
     entropy: tandem_proto::entropy::Entropy,
     audit: Option<AuditLog>,
-    outbound: mpsc::Sender<Posted>,
+    outbound: mpsc::Sender<outbox::Posted>,
     sender: tokio::task::JoinHandle<()>,
+    /// The relay's answers to posted records.
+    reports: mpsc::Receiver<outbox::Report>,
+    /// What the relay stored of each peer's outbox, and the retries due.
+    relay_state: outbox::RelayState,
     calls: Option<mpsc::Receiver<Call>>,
     followers: Vec<(Option<String>, mpsc::Sender<Value>)>,
     idle_detach: Duration,
@@ -116,11 +125,9 @@ pub struct Daemon<'a> {
     /// Phones whose outbox could not be sealed (counters used up): resent
     /// as soon as a renewal completes.
     reseal: HashSet<DeviceId>,
+    /// Phones' messages lost before they arrived, per device.
+    lost: lost::Lost,
 }
-
-/// A record for the sender task: to whom, and the crash point to pass once
-/// the relay stored it (a renewal step).
-type Posted = (DeviceId, Vec<u8>, Option<&'static str>);
 
 impl Drop for Daemon<'_> {
     fn drop(&mut self) {
@@ -143,20 +150,9 @@ impl<'a> Daemon<'a> {
         peers: &'a mut PeerStore,
         (tasks, updates): (TaskManager, mpsc::Receiver<TaskUpdate>),
     ) -> Self {
-        let (outbound, mut queue) = mpsc::channel::<Posted>(SEND_QUEUE);
-        let sending = client.clone();
-        let sender = tokio::spawn(async move {
-            while let Some((to, record, stored)) = queue.recv().await {
-                match sending.send(to, record).await {
-                    Ok(()) => {
-                        if let Some(point) = stored {
-                            crash_point(point);
-                        }
-                    }
-                    Err(e) => debug!(peer = %to, error = %e, "send refused; resent on reconnect"),
-                }
-            }
-        });
+        let (outbound, queue) = mpsc::channel(SEND_QUEUE);
+        let (reports_tx, reports) = mpsc::channel(SEND_QUEUE);
+        let sender = outbox::spawn_sender(client.clone(), queue, reports_tx);
         let now = Instant::now();
         let last_heard = peers.list().iter().map(|p| (p.device_id(), now)).collect();
         let (revoked_tx, revoked_rx) = mpsc::channel(64);
@@ -170,6 +166,8 @@ impl<'a> Daemon<'a> {
             audit: None,
             outbound,
             sender,
+            reports,
+            relay_state: outbox::RelayState::default(),
             calls: None,
             followers: Vec::new(),
             idle_detach: Duration::from_secs(600),
@@ -192,6 +190,7 @@ impl<'a> Daemon<'a> {
             expiry: expiry::Expiry::default(),
             schedule: Schedule::default(),
             reseal: HashSet::new(),
+            lost: lost::Lost::default(),
         }
     }
 
@@ -280,17 +279,10 @@ impl<'a> Daemon<'a> {
         }
     }
 
-    /// Queue a record for the relay, in order; never waits for the network.
-    fn post(&self, to: DeviceId, record: Vec<u8>) {
-        self.post_step(to, record, None);
-    }
-
     /// As [`Self::post`], passing the crash point `stored` once the relay
     /// stored the record.
-    fn post_step(&self, to: DeviceId, record: Vec<u8>, stored: Option<&'static str>) {
-        if self.outbound.try_send((to, record, stored)).is_err() {
-            debug!(peer = %to, "send queue full; the record stays in the link outbox");
-        }
+    fn post_step(&mut self, to: DeviceId, record: Vec<u8>, stored: Option<&'static str>) {
+        self.post_data(outbox::Posted { to, record, seq: None, stored });
     }
 
     /// Record every remote instruction and decision in `log`.
@@ -308,6 +300,19 @@ impl<'a> Daemon<'a> {
             && let Err(e) = log.append(at, event)
         {
             warn!(error = %e, "audit log append failed");
+        }
+    }
+
+    /// Audit why the desktop stopped tasks.
+    fn audit_stopped(&mut self) {
+        for s in self.tasks.take_stopped() {
+            self.tasks_stopped += 1;
+            self.record(AuditEvent::TaskStopped {
+                task_id: s.task_id,
+                device: s.device,
+                reason: s.cause.as_audit(),
+                was: if s.was_running { "running" } else { "queued" }.to_owned(),
+            });
         }
     }
 
@@ -380,6 +385,7 @@ impl<'a> Daemon<'a> {
                     self.control_call(call).await?;
                 }
                 Some((id, confirmed)) = self.revoked_rx.recv() => self.relay_answered(id, confirmed),
+                Some(r) = self.reports.recv() => self.relay_answered_send(r),
                 Some(call) = async { match &mut pairs { Some(c) => c.recv().await, None => None } } => {
                     self.pair_call(call);
                 }
@@ -389,6 +395,7 @@ impl<'a> Daemon<'a> {
                     self.detach_idle().await?;
                     self.forget_gone().await?;
                     self.upkeep_all()?;
+                    self.retry_due().await?;
                     self.followers.retain(|(_, tx)| !tx.is_closed());
                     // Revocations and scope changes made on disk meanwhile.
                     self.sync_all_from_disk();
@@ -490,7 +497,9 @@ impl<'a> Daemon<'a> {
                 self.connected = true;
                 // Revocations the relay has not confirmed, first.
                 self.resend_revokes();
-                // Whatever the peers have not acknowledged goes out again.
+                // Whatever the peers have not acknowledged goes out again:
+                // the relay may have restarted or lost its data.
+                self.relay_state.reset();
                 let ids: Vec<DeviceId> = self.peers.list().iter().map(|p| p.device_id()).collect();
                 for id in ids {
                     self.resend(id).await?;
@@ -498,6 +507,8 @@ impl<'a> Daemon<'a> {
             }
             Event::Presence { peer, online: true } => {
                 self.online.insert(peer);
+                // Only what the relay has not stored: a flapping phone does
+                // not fill its queue with copies.
                 self.resend(peer).await?;
                 // Both online: a renewal that is due starts now.
                 self.upkeep(peer)?;
@@ -521,31 +532,6 @@ impl<'a> Daemon<'a> {
         self.reconcile_devices().await
     }
 
-    async fn resend(&mut self, id: DeviceId) -> Result<(), DaemonError> {
-        if !self.peers.sync_from_disk(&id)? {
-            return Ok(());
-        }
-        let Some(peer) = self.peers.get_mut(&id) else { return Ok(()) };
-        let records = match peer.link_mut().resend(0) {
-            Ok(r) => r,
-            Err(e) => {
-                // Counters used up: the schedule renews the session (now, if
-                // the phone is online), and the outbox follows the renewal.
-                info!(peer = %id, error = %e, "cannot reseal the outbox until the session is renewed");
-                self.needs_reseal(id);
-                return self.upkeep(id);
-            }
-        };
-        match self.peers.save(&id) {
-            Err(PeerError::UnknownPeer(_)) => return Ok(()),
-            r => r?,
-        }
-        for r in records {
-            self.post(id, r);
-        }
-        Ok(())
-    }
-
     async fn deliver(&mut self, from: DeviceId, payload: &[u8]) -> Result<(), DaemonError> {
         // A revocation or scope change made by `tandem revoke`/`scope` meanwhile.
         if !self.peers.sync_from_disk(&from)? {
@@ -567,6 +553,7 @@ impl<'a> Daemon<'a> {
         };
         peer.mark_seen(now_unix());
         let scope = peer.scope();
+        let link = instructions::link_key(from, peer.link());
         let step = renewal::Points::of(kind, &events);
         let renewed = events.iter().any(|e| matches!(e, LinkEvent::SessionRenewed));
         if renewed {
@@ -575,31 +562,27 @@ impl<'a> Daemon<'a> {
         if let Some(p) = step {
             crash_point(p.received);
         }
-        // Persist what was received before acting on it: a crash from here on
-        // never makes a task run twice (the relay redelivers, the link drops
-        // the duplicate); at worst the phone sees no answer and asks again.
-        match self.peers.save(&from) {
-            Err(PeerError::UnknownPeer(_)) => return Ok(()),
-            r => r?,
-        }
-        if let Some(p) = step {
-            crash_point(p.saved);
-        }
+        // Act before the link's receipt is saved (PROTOCOL §13.5 rule 3):
+        // each instruction's effect and its applied marker are durable
+        // first. A crash before the save below makes the relay deliver the
+        // record again, the link accept it again, and the marker skip it.
+        let at = instructions::Applying { link: &link, applied: self.tasks.applied(&link)? };
         let mut envelopes = Vec::new();
         let mut replies = Vec::new();
         let mut ack_due = false;
+        let mut steps = None;
         for ev in events {
             match ev {
-                LinkEvent::Message { message, .. } => {
+                LinkEvent::Message { seq, message } => {
                     // Anything from the phone re-attaches it.
                     self.last_heard.insert(from, Instant::now());
                     self.detached.remove(&from);
-                    replies.extend(self.answer(from, scope, &message).await?);
+                    let (out, s) = self.apply(from, scope, &at, seq, &message).await?;
+                    replies.extend(out);
+                    steps = s.or(steps);
                 }
                 LinkEvent::Send(e) => envelopes.extend(e),
-                LinkEvent::ResyncNeeded { from: a, to: b } => {
-                    warn!(peer = %from, a, b, "messages from the phone were lost before they reached this desktop");
-                }
+                LinkEvent::ResyncNeeded { from: a, to: b } => self.messages_lost(from, a, b),
                 LinkEvent::AckDue => ack_due = true,
                 // Counted above, before the first save.
                 LinkEvent::SessionRenewed => {}
@@ -621,6 +604,12 @@ impl<'a> Daemon<'a> {
             Err(PeerError::UnknownPeer(_)) => return Ok(()),
             r => r?,
         }
+        if let Some(p) = step {
+            crash_point(p.saved);
+        }
+        if let Some(s) = steps {
+            crash_point(s.link_saved);
+        }
         // The renewal's answer (the accept, or the confirming ack) is the
         // last envelope: its crash point passes once the relay stored it.
         let last = envelopes.len().saturating_sub(1);
@@ -632,89 +621,7 @@ impl<'a> Daemon<'a> {
         if renewed && self.reseal.remove(&from) {
             self.resend(from).await?;
         }
-        self.send_all(replies).await
-    }
-
-    /// Seal and send application messages to their audience.
-    async fn send_all(&mut self, out: Outgoing) -> Result<(), DaemonError> {
-        // Why the desktop stopped tasks, before their finishes.
-        for s in self.tasks.take_stopped() {
-            self.tasks_stopped += 1;
-            self.record(AuditEvent::TaskStopped {
-                task_id: s.task_id,
-                device: s.device,
-                reason: s.cause.as_audit(),
-                was: if s.was_running { "running" } else { "queued" }.to_owned(),
-            });
-        }
-        self.audit_outgoing(&out);
-        for (audience, message) in out {
-            let Ok(bytes) = message.encode() else { continue };
-            // New events go to everyone; replays and catch-up to one device.
-            if audience == Audience::Everyone {
-                self.tell_followers(&message);
-            }
-            let cursor = match &message {
-                Message::TaskEvent { task_id, offset, .. } => Some((task_id.as_str(), offset + 1)),
-                _ => None,
-            };
-            let targets: Vec<DeviceId> = match audience {
-                Audience::Device(d) => vec![d],
-                Audience::Everyone => {
-                    let all: Vec<DeviceId> =
-                        self.peers.list().iter().map(|p| p.device_id()).collect();
-                    let (send, skip): (Vec<DeviceId>, Vec<DeviceId>) = all
-                        .into_iter()
-                        .partition(|id| !self.detached.contains(id) || reaches_detached(&message));
-                    // Skipped on purpose, not lost: no catching up after a crash.
-                    if let Some((task, next)) = cursor {
-                        for id in skip {
-                            if let Some(p) = self.peers.get_mut(&id) {
-                                p.advance_task_cursor(task, next);
-                            }
-                        }
-                    }
-                    send
-                }
-            };
-            for id in targets {
-                if !self.peers.sync_from_disk(&id)? {
-                    continue;
-                }
-                let Some(peer) = self.peers.get_mut(&id) else { continue };
-                let record = match peer.link_mut().send(bytes.clone()) {
-                    Ok((_, r)) => r,
-                    Err(e) => {
-                        // Queued, not sealed (the session's counters are used
-                        // up): it goes out after the next renewal.
-                        warn!(peer = %id, error = %e, "message not sealed; it stays in the outbox");
-                        if matches!(e, tandem_proto::record::RecordError::Exhausted) {
-                            self.needs_reseal(id);
-                            match self.peers.save(&id) {
-                                Err(PeerError::UnknownPeer(_)) => {}
-                                r => r?,
-                            }
-                        }
-                        continue;
-                    }
-                };
-                if let Some((task, next)) = cursor {
-                    if is_finish(&message) {
-                        // Nothing of it is owed any more: keep the file small.
-                        peer.drop_task_cursor(task);
-                    } else {
-                        peer.advance_task_cursor(task, next);
-                    }
-                }
-                // Persist before the record leaves.
-                match self.peers.save(&id) {
-                    Err(PeerError::UnknownPeer(_)) => continue,
-                    r => r?,
-                }
-                self.post(id, record);
-            }
-        }
-        Ok(())
+        self.send_all_for(replies, steps).await
     }
 
     fn tell_followers(&mut self, message: &Message) {
@@ -730,62 +637,6 @@ impl<'a> Daemon<'a> {
             // A follower that fell behind is dropped (it sees the stream end).
             tx.try_send(json!({"ok": true, "event": v})).is_ok()
         });
-    }
-
-    async fn answer(
-        &mut self,
-        from: DeviceId,
-        scope: crate::peers::Scope,
-        bytes: &[u8],
-    ) -> Result<Outgoing, DaemonError> {
-        Ok(match Message::decode(bytes) {
-            Ok(Decoded::Known(Message::TaskSubmit { task_id, text, executor, .. })) => {
-                self.record(AuditEvent::TaskSubmitted {
-                    device: from.to_string(),
-                    task_id: task_id.clone(),
-                    executor: executor.clone(),
-                    text_hash: text_hash(&text),
-                    text_len: text.len(),
-                });
-                self.tasks.submit(from, scope, task_id, &text, executor.as_deref()).await?
-            }
-            Ok(Decoded::Known(Message::FollowUp { task_id, text })) => {
-                self.record(AuditEvent::FollowUp {
-                    device: from.to_string(),
-                    task_id: task_id.clone(),
-                    text_hash: text_hash(&text),
-                });
-                self.tasks.control(from, scope, &task_id, Control::FollowUp(text)).await?
-            }
-            Ok(Decoded::Known(Message::Cancel { task_id })) => {
-                self.record(AuditEvent::Cancelled {
-                    by: format!("phone:{from}"),
-                    task_id: task_id.clone(),
-                });
-                self.tasks.control(from, scope, &task_id, Control::Cancel).await?
-            }
-            Ok(Decoded::Known(Message::ApprovalDecision { task_id, approval_id, allow })) => {
-                self.tasks.decide(from, scope, &task_id, &approval_id, allow).await?
-            }
-            Ok(Decoded::Known(Message::HistoryRequest { task_id: Some(task_id), from_offset })) => {
-                self.tasks.history(from, &task_id, from_offset)?
-            }
-            Ok(Decoded::Known(Message::HistoryRequest { task_id: None, .. })) => {
-                self.tasks.task_list(from)?
-            }
-            Ok(Decoded::Known(other)) => {
-                debug!(peer = %from, kind = ?std::mem::discriminant(&other), "message not for a desktop");
-                Vec::new()
-            }
-            Ok(Decoded::Unknown { kind, v }) => {
-                info!(peer = %from, kind, v, "message kind from a newer app ignored");
-                Vec::new()
-            }
-            Err(e) => {
-                warn!(peer = %from, error = %e, "malformed message");
-                Vec::new()
-            }
-        })
     }
 }
 

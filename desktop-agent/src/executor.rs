@@ -202,6 +202,13 @@ pub enum ExecEvent {
         /// Everything needed to decide.
         detail: String,
     },
+    /// Tools the agent was not allowed to use in this run (Claude Code's
+    /// `permission_denials`): the task's finish names them instead of its
+    /// denied approvals ([`crate::tasks`]).
+    Denied {
+        /// Tool names, as the agent reported them.
+        tools: Vec<String>,
+    },
     /// The task can be continued after it finishes (Claude Code's session
     /// id): a follow-up that arrives later starts it again with [`resume`].
     Resumable {

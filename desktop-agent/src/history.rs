@@ -20,6 +20,8 @@ use thiserror::Error;
 /// The database file in the data dir.
 pub const FILE_NAME: &str = "tasks.redb";
 
+mod recover;
+
 /// Tasks kept, oldest finished ones pruned first.
 pub const DEFAULT_MAX_TASKS: usize = 500;
 
@@ -35,6 +37,9 @@ const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
 const ORDER: TableDefinition<'_, u64, &str> = TableDefinition::new("order");
 /// (task id, offset) → the encoded `task_event` message.
 const EVENTS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("events");
+/// A paired link ([`History::stage_applied`]) → the sequence number of the
+/// newest message from it whose effect is recorded here.
+const APPLIED: TableDefinition<'_, &str, u64> = TableDefinition::new("applied");
 
 /// Why the history could not be read or written.
 #[derive(Debug, Error)]
@@ -184,6 +189,8 @@ pub struct History {
     path: String,
     max_tasks: usize,
     max_events: u64,
+    /// The applied marker the next write carries ([`History::stage_applied`]).
+    staged: std::sync::Mutex<Option<(String, u64)>>,
 }
 
 impl std::fmt::Debug for History {
@@ -212,12 +219,14 @@ impl History {
             path: shown,
             max_tasks: DEFAULT_MAX_TASKS,
             max_events: DEFAULT_MAX_EVENTS_PER_TASK,
+            staged: std::sync::Mutex::new(None),
         };
         let txn = me.db.begin_write().map_err(|e| me.err(e))?;
         {
             txn.open_table(TASKS).map_err(|e| me.err(e))?;
             txn.open_table(ORDER).map_err(|e| me.err(e))?;
             txn.open_table(EVENTS).map_err(|e| me.err(e))?;
+            txn.open_table(APPLIED).map_err(|e| me.err(e))?;
         }
         txn.commit().map_err(|e| me.err(e))?;
         Ok(me)
@@ -331,9 +340,74 @@ impl History {
                 self.prune_tasks(&mut tasks, &mut order, &mut events)?;
             }
         }
+        let staged = self.write_staged(&txn)?;
         txn.commit().map_err(|e| self.err(e))?;
+        self.unstage(staged);
         *record = trimmed;
         Ok(())
+    }
+
+    /// The next write (a [`History::save`], or [`History::commit_applied`])
+    /// also records, in the same transaction, that the message `seq` from
+    /// `link` was applied: its effect and this marker are durable together,
+    /// so a redelivery after a crash is recognised ([`History::applied`]).
+    pub fn stage_applied(&self, link: &str, seq: u64) {
+        *self.staged.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((link.to_owned(), seq));
+    }
+
+    /// Record the staged marker on its own if no write carried it (the
+    /// message changed nothing here, or its effect left no record, as a
+    /// cancel sent to a running executor).
+    ///
+    /// # Errors
+    /// [`HistoryError`] on a database failure.
+    pub fn commit_applied(&self) -> Result<(), HistoryError> {
+        if self.staged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_none() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| self.err(e))?;
+        let staged = self.write_staged(&txn)?;
+        txn.commit().map_err(|e| self.err(e))?;
+        self.unstage(staged);
+        Ok(())
+    }
+
+    /// The sequence number of the newest message from `link` whose effect
+    /// is recorded, if any.
+    ///
+    /// # Errors
+    /// [`HistoryError`] on a database failure.
+    pub fn applied(&self, link: &str) -> Result<Option<u64>, HistoryError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let applied = txn.open_table(APPLIED).map_err(|e| self.err(e))?;
+        Ok(applied.get(link).map_err(|e| self.err(e))?.map(|v| v.value()))
+    }
+
+    /// Write the staged marker into `txn` (never lowering a stored one).
+    fn write_staged(
+        &self,
+        txn: &redb::WriteTransaction,
+    ) -> Result<Option<(String, u64)>, HistoryError> {
+        let staged = self.staged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some((link, seq)) = &staged {
+            let mut applied = txn.open_table(APPLIED).map_err(|e| self.err(e))?;
+            let stored = applied.get(link.as_str()).map_err(|e| self.err(e))?.map(|v| v.value());
+            if stored.is_none_or(|s| s < *seq) {
+                applied.insert(link.as_str(), *seq).map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(staged)
+    }
+
+    /// The marker `written` is durable: unstage it (unless a newer one was
+    /// staged meanwhile).
+    fn unstage(&self, written: Option<(String, u64)>) {
+        let mut staged = self.staged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if written.is_some() && *staged == written {
+            *staged = None;
+        }
     }
 
     /// Drop the oldest finished tasks beyond `max_tasks`.

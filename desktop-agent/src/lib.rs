@@ -9,6 +9,7 @@ pub mod awake;
 pub mod claude;
 pub mod crashpoint;
 pub mod daemon;
+pub mod damage;
 pub mod datadir;
 pub mod executor;
 pub mod history;

@@ -25,7 +25,7 @@ use tandem_agent::settings::Settings;
 use tandem_agent::tasks::{TaskManager, TaskOptions, TaskUpdate};
 use tandem_agent::text::escaped;
 use tandem_agent::ui::{Input, TerminalUi};
-use tandem_agent::{datadir, ipc, report, text};
+use tandem_agent::{damage, datadir, ipc, report, text};
 use tandem_client::{Client, ClientConfig, Event};
 use tandem_proto::Role;
 use tandem_proto::entropy::Entropy;
@@ -354,17 +354,18 @@ async fn main() -> anyhow::Result<()> {
     let info = device_info(&cli);
     match &cli.command {
         Command::Devices => {
-            let store = PeerStore::open(&dir)?;
+            let store = open_peers(&dir)?;
             print!("{}", report::device_lines(&store.list(), now_unix()));
             Ok(())
         }
         Command::Audit { action: AuditAction::Verify } => {
             let path = dir.join(audit::FILE_NAME);
-            let report = audit::verify(&path)?;
+            let (report, earlier) = audit::verify_all(&path)?;
             println!(
-                "{}: {} entries, chain intact; last hash {}",
+                "{}: {} entries in {} file(s), chain intact; last hash {}",
                 path.display(),
                 report.entries,
+                earlier + 1,
                 report.last_hash
             );
             Ok(())
@@ -392,7 +393,7 @@ async fn main() -> anyhow::Result<()> {
                 Err(ipc::IpcError::NotRunning) => {}
                 Err(e) => return Err(e.into()),
             }
-            let mut store = PeerStore::open(&dir)?;
+            let mut store = open_peers(&dir)?;
             let id = store.resolve(device)?;
             store.set_scope(&id, *scope)?;
             record(
@@ -436,7 +437,7 @@ async fn main() -> anyhow::Result<()> {
                 Err(ipc::IpcError::NotRunning) => {}
                 Err(e) => return Err(e.into()),
             }
-            let mut store = PeerStore::open(&dir)?;
+            let mut store = open_peers(&dir)?;
             let id = store.resolve(device)?;
             // The relay is to be told even if this process dies before it
             // answers: on disk first; the agent sends it when it connects.
@@ -518,7 +519,7 @@ async fn main() -> anyhow::Result<()> {
             opts.relay_origin = relay_origin;
             opts.deadline = timeout_secs.map(Duration::from_secs);
             let mut ui = qr.ui((!qr.yes).then(Input::stdin));
-            let mut store = PeerStore::open(&dir)?;
+            let mut store = open_peers(&dir)?;
             let audit = AuditLog::open(&dir).inspect_err(|e| eprintln!("warning: audit log: {e}"));
             let mut keeper = StoreKeeper::new(&mut store, audit.ok());
             // Deliveries that arrive meanwhile are not acked: the relay keeps
@@ -608,6 +609,18 @@ async fn connect_agent(
     Ok((key, client, events))
 }
 
+/// The paired devices, outside the daemon: a damaged peer file is set
+/// aside, said on standard error and recorded (the daemon shows its own in
+/// `tandem status`).
+fn open_peers(dir: &std::path::Path) -> anyhow::Result<PeerStore> {
+    let mut store = PeerStore::open(dir)?;
+    for aside in store.take_set_aside() {
+        eprintln!("{}", aside.describe());
+        record(dir, aside.audit_event());
+    }
+    Ok(store)
+}
+
 /// Append to the audit log (a failure is reported, never fatal).
 fn record(dir: &std::path::Path, event: AuditEvent) {
     let at = std::time::SystemTime::now()
@@ -629,6 +642,10 @@ struct TaskSetup {
     ephemeral_ttl: Duration,
     unfinished_pairing: Duration,
     schedule: tandem_proto::upkeep::Schedule,
+    /// What was set aside opening the task history.
+    set_aside: Vec<damage::SetAside>,
+    /// The audit log's rotation size.
+    audit_max_bytes: u64,
 }
 
 /// The daemon over a connected client, answering the control socket.
@@ -642,8 +659,24 @@ fn daemon<'a>(
     url: String,
 ) -> anyhow::Result<Daemon<'a>> {
     let mut awake = KeepAwake::new();
+    // Damaged state does not stop the agent: set aside, said, recorded.
+    let (audit, audit_aside) = AuditLog::open_or_set_aside(dir, damage::now_ms())?;
+    let mut audit = audit.with_rotation(setup.audit_max_bytes);
+    let mut set_aside: Vec<damage::SetAside> = audit_aside.into_iter().collect();
+    for aside in store.take_set_aside().into_iter().chain(setup.set_aside) {
+        if let Err(e) = audit.append(damage::now_ms(), aside.audit_event()) {
+            eprintln!("warning: audit log: {e}");
+        }
+        set_aside.push(aside);
+    }
+    for aside in &set_aside {
+        println!("{}", aside.describe());
+    }
+    let set_aside: Vec<serde_json::Value> =
+        set_aside.iter().map(damage::SetAside::to_json).collect();
     Ok(Daemon::new(client, key, store, setup.tasks)
-        .with_audit(AuditLog::open(dir)?)
+        .with_audit(audit)
+        .with_status_field("set_aside", set_aside.into())
         .with_control(calls, dir.to_owned())
         .with_idle_detach(setup.idle_detach)
         .with_device_expiry(setup.ephemeral_ttl, setup.unfinished_pairing)
@@ -681,7 +714,7 @@ async fn status(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::json!({"ok": false, "running": false}));
             } else {
-                let peers = PeerStore::open(dir)?.len();
+                let peers = open_peers(dir)?.len();
                 println!(
                     "The agent is not running on {} ({peers} paired device(s)). Start it with `tandem up` or `tandem run`.",
                     dir.display()
@@ -802,10 +835,12 @@ fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<TaskSetup> {
         );
     }
     let a = &settings.agent;
-    let history = History::open(dir)?.with_limits(a.max_tasks_kept, DEFAULT_MAX_EVENTS_PER_TASK);
+    let (history, history_aside) = History::open_or_set_aside(dir, damage::now_ms())?;
+    let history = history.with_limits(a.max_tasks_kept, DEFAULT_MAX_EVENTS_PER_TASK);
     let options = TaskOptions {
         max_concurrent: a.max_concurrent_tasks,
         approval_timeout: Duration::from_secs(a.approval_timeout_secs),
+        max_unfinished: a.max_unfinished_tasks,
     };
     Ok(TaskSetup {
         idle_detach: Duration::from_secs(a.idle_detach_secs),
@@ -813,6 +848,8 @@ fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<TaskSetup> {
         unfinished_pairing: Duration::from_secs(a.unfinished_pairing_secs),
         tasks: TaskManager::new(settings.executors, history, options)?,
         schedule: a.schedule(),
+        set_aside: history_aside.into_iter().collect(),
+        audit_max_bytes: a.audit_max_bytes,
     })
 }
 

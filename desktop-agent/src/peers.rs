@@ -43,6 +43,7 @@ use tandem_proto::pairing::PairedPeer;
 use tandem_proto::{DeviceId, PublicKey};
 use thiserror::Error;
 
+use crate::damage::SetAside;
 use crate::keystore::{
     FileProblem, Overwrite, SecretBuf, check_private, create_private_dir, owner_of, sync_dir,
     write_private,
@@ -75,7 +76,21 @@ pub enum PeerError {
         #[source]
         source: io::Error,
     },
-    /// A file in the peers directory cannot be understood. It is left as it is.
+    /// A peer file in a format version this build does not know (written
+    /// by a newer Tandem). It is left as it is.
+    #[error(
+        "the peer file {} has format version {version}, which this version of Tandem does not \
+         know (written by a newer one?): update Tandem",
+        path.display()
+    )]
+    NewerFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        version: u32,
+    },
+    /// A file in the peers directory cannot be understood. [`PeerStore::open`]
+    /// sets it aside ([`crate::damage`]); other callers report it.
     #[error(
         "the peer file {} is damaged ({reason}); move it out of the directory to forget that \
          device (it will have to pair again)",
@@ -468,6 +483,8 @@ struct PeerFileIn {
 pub struct PeerStore {
     dir: PathBuf,
     peers: BTreeMap<DeviceId, Peer>,
+    /// Damaged files set aside by [`Self::open`], not reported yet.
+    set_aside: Vec<SetAside>,
 }
 
 impl PeerStore {
@@ -490,6 +507,7 @@ impl PeerStore {
         }
         paths.sort();
         let mut peers = BTreeMap::new();
+        let mut set_aside = Vec::new();
         for path in paths {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
             if name.starts_with('.') && name.ends_with(".tmp") {
@@ -516,24 +534,24 @@ impl PeerStore {
                 tracing::debug!(path = %path.display(), "ignoring a file that is not a peer file");
                 continue;
             };
-            let corrupt =
-                |reason: &str| PeerError::Corrupt { path: path.clone(), reason: reason.into() };
-            let id: DeviceId =
-                stem.parse().map_err(|_| corrupt("its name is not `<device id>.json`"))?;
-            let peer = read_peer_file(&path, expected_owner)?;
-            if peer.device_id() != id {
-                return Err(corrupt(&format!(
-                    "it holds device {}, not the one its name says",
-                    peer.device_id()
-                )));
+            match load_peer(&path, stem, expected_owner) {
+                Ok((id, peer)) => {
+                    peers.insert(id, peer);
+                }
+                Err(PeerError::Corrupt { path, reason }) => {
+                    set_aside.push(set_aside_peer(&path, name, reason)?);
+                }
+                Err(e) => return Err(e),
             }
-            if peer.public_key != peer.link.peer() {
-                return Err(corrupt("its public key and its link's key differ"));
-            }
-            peers.insert(id, peer);
         }
         tracing::debug!(dir = %dir.display(), peers = peers.len(), "loaded the paired devices");
-        Ok(Self { dir, peers })
+        Ok(Self { dir, peers, set_aside })
+    }
+
+    /// The damaged peer files [`Self::open`] set aside (once: later calls
+    /// return nothing).
+    pub fn take_set_aside(&mut self) -> Vec<SetAside> {
+        std::mem::take(&mut self.set_aside)
     }
 
     /// The peers directory.
@@ -778,6 +796,43 @@ fn persist(dir: &Path, peer: &mut Peer) -> Result<(), PeerError> {
     Ok(())
 }
 
+/// One `<device id>.json` file, checked against its name.
+fn load_peer(
+    path: &Path,
+    stem: &str,
+    expected_owner: Option<u32>,
+) -> Result<(DeviceId, Peer), PeerError> {
+    let corrupt =
+        |reason: &str| PeerError::Corrupt { path: path.to_owned(), reason: reason.into() };
+    let id: DeviceId = stem.parse().map_err(|_| corrupt("its name is not `<device id>.json`"))?;
+    let peer = read_peer_file(path, expected_owner)?;
+    if peer.device_id() != id {
+        return Err(corrupt(&format!(
+            "it holds device {}, not the one its name says",
+            peer.device_id()
+        )));
+    }
+    if peer.public_key != peer.link.peer() {
+        return Err(corrupt("its public key and its link's key differ"));
+    }
+    Ok((id, peer))
+}
+
+/// Move a damaged peer file aside ([`crate::damage`]): that device is no
+/// longer paired here and must pair again.
+fn set_aside_peer(path: &Path, name: &str, reason: String) -> Result<SetAside, PeerError> {
+    let moved_to = crate::damage::move_aside(path, crate::damage::now_ms())
+        .map_err(io_err("set aside", path))?;
+    tracing::warn!(path = %path.display(), moved_to = %moved_to.display(), %reason, "set aside a damaged peer file");
+    let device = name.strip_suffix(".json").unwrap_or(name);
+    Ok(SetAside {
+        file: format!("{PEERS_DIR_NAME}/{name}"),
+        moved_to,
+        reason,
+        consequence: format!("device {device} is no longer paired here: pair it again"),
+    })
+}
+
 fn read_peer_file(path: &Path, expected_owner: Option<u32>) -> Result<Peer, PeerError> {
     let mut file = File::open(path).map_err(io_err("open", path))?;
     let meta = file.metadata().map_err(io_err("read", path))?;
@@ -799,10 +854,7 @@ fn read_peer_file(path: &Path, expected_owner: Option<u32>) -> Result<Peer, Peer
     let version: FileVersion =
         serde_json::from_slice(&buf.0).map_err(|e| corrupt(format!("not a peer file: {e}")))?;
     if version.v != FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "unknown format version {} (written by a newer Tandem?)",
-            version.v
-        )));
+        return Err(PeerError::NewerFormat { path: path.to_path_buf(), version: version.v });
     }
     let file: PeerFileIn = serde_json::from_slice(&buf.0).map_err(|e| corrupt(e.to_string()))?;
     Ok(file.peer)
@@ -1154,7 +1206,7 @@ mod tests {
     }
 
     #[test]
-    fn peers_corrupt_files_are_errors_naming_them() {
+    fn peers_corrupt_files_are_set_aside_and_reported() {
         let mut s = Setup::new();
         let (peer, _, _) = s.phone("Pixel", NOW);
         let id = peer.device_id();
@@ -1174,7 +1226,6 @@ mod tests {
         let bad_scope = good.replacen_bytes(br#""scope":"submit""#, br#""scope":"admin""#);
         let cases: Vec<(String, &[u8], &str)> = vec![
             (own.clone(), b"{not json", "not a peer file"),
-            (own.clone(), br#"{"v":2,"peer":{}}"#, "unknown format version 2"),
             (own.clone(), br#"{"v":1,"peer":{"scope":"view"}}"#, "missing field"),
             (own.clone(), &bad_scope, "unknown variant"),
             ("notes.json".into(), &good, "not `<device id>.json`"),
@@ -1182,19 +1233,28 @@ mod tests {
         ];
         for (name, contents, reason) in cases {
             let path = write(&name, contents);
-            let err = PeerStore::open(s.dir.path()).unwrap_err();
-            assert!(matches!(err, PeerError::Corrupt { .. }), "{err:?}");
-            let msg = err.to_string();
-            assert!(msg.contains(&path.display().to_string()), "{msg}");
-            assert!(msg.contains(reason), "{reason}: {msg}");
-            // Left as it was, then put back for the next case.
-            assert_eq!(fs::read(&path).unwrap(), contents);
+            let mut opened = PeerStore::open(s.dir.path()).unwrap();
+            let aside = opened.take_set_aside();
+            assert_eq!(aside.len(), 1, "{name}");
+            assert_eq!(aside[0].file, format!("peers/{name}"));
+            assert!(aside[0].reason.contains(reason), "{reason}: {:?}", aside[0]);
+            assert!(aside[0].describe().contains("pair it again"), "{:?}", aside[0]);
+            assert!(opened.take_set_aside().is_empty(), "reported once");
+            // Moved, byte for byte, out of the way of the next open.
+            assert!(!path.exists());
+            assert_eq!(fs::read(&aside[0].moved_to).unwrap(), contents);
+            fs::remove_file(&aside[0].moved_to).unwrap();
+            assert_eq!(opened.len(), usize::from(name != own));
             if name == own {
                 write(&own, &good);
-            } else {
-                fs::remove_file(&path).unwrap();
             }
         }
+        // A newer format is not damage: refused, left as it is.
+        let path = write(&own, br#"{"v":2,"peer":{}}"#);
+        let err = PeerStore::open(s.dir.path()).unwrap_err();
+        assert!(matches!(err, PeerError::NewerFormat { version: 2, .. }), "{err:?}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        write(&own, &good);
         // Restored: loads again. Other files are ignored; leftovers are cleaned up.
         write("README", b"hello");
         write(&format!(".{id}.json.123-0.tmp"), b"partial");

@@ -156,8 +156,13 @@ pub fn event_line(m: &Message) -> Option<String> {
             let verdict = if *allow { "allowed" } else { "denied" };
             format!("approval {} {verdict} by {}", short(approval_id), short(by))
         }
-        TaskEvent::Finished { status, summary } => {
-            format!("finished {}: {}", status_str(*status), short(summary))
+        TaskEvent::Finished { status, summary, denied } => {
+            let denied = if denied.is_empty() {
+                String::new()
+            } else {
+                format!(" (denied: {})", short(&denied.join(", ")))
+            };
+            format!("finished {}{denied}: {}", status_str(*status), short(summary))
         }
     };
     Some(format!("{} #{offset:<4} {what}", short(task_id)))
@@ -219,6 +224,32 @@ pub fn status_text(v: &Value, now_ms: u64) -> String {
         if let Some(line) = session_line(field(&d, "session"), now_ms) {
             let _ = writeln!(out, "      {line}");
         }
+        let lost = field(&d, "lost_messages");
+        if let (Some(count), Some(from), Some(to)) = (
+            field(lost, "count").as_u64(),
+            field(lost, "from").as_u64(),
+            field(lost, "to").as_u64(),
+        ) {
+            let _ = writeln!(
+                out,
+                "      lost messages: {count} gap(s) since the agent started, the last one messages {from} to {to}{} (they never reached this computer: what they asked for did not happen; send it again)",
+                field(lost, "last_ms")
+                    .as_u64()
+                    .map(|ms| format!(", {}", ago(now_ms, ms)))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    for s in field(v, "set_aside").as_array().into_iter().flatten() {
+        let text = |k: &str| escaped(field(s, k).as_str().unwrap_or("?"));
+        let _ = writeln!(
+            out,
+            "Set aside at start: {} was damaged ({}); moved to {}; {}",
+            text("file"),
+            text("reason"),
+            text("moved_to"),
+            text("consequence")
+        );
     }
     out
 }
@@ -252,7 +283,11 @@ mod tests {
             task_id: "t".into(),
             offset: 4,
             at_ms: 0,
-            event: TaskEvent::Finished { status: FinishStatus::Succeeded, summary: "ok".into() },
+            event: TaskEvent::Finished {
+                status: FinishStatus::Succeeded,
+                summary: "ok".into(),
+                denied: Vec::new(),
+            },
         };
         assert!(event_line(&done).unwrap().contains("finished succeeded: ok"));
         assert_eq!(event_line(&Message::Cancel { task_id: "t".into() }), None);

@@ -31,6 +31,8 @@
 //! approval_timeout_secs = 300   # an unanswered approval is denied after this
 //! idle_detach_secs = 600        # a phone silent this long stops getting progress
 //! max_tasks_kept = 500          # task histories kept on disk
+//! max_unfinished_tasks = 100    # queued plus running; a submit beyond is refused (`queue_full`)
+//! audit_max_bytes = 8388608     # audit.log is rotated to audit.log.<n> at this size
 //! ephemeral_device_ttl_secs = 43200  # a "this page only" device gone this long is forgotten
 //! unfinished_pairing_secs = 600 # a device whose pairing answer may not have arrived, likewise
 //! session_renew_secs = 3600     # renew each phone's session (new keys) this often
@@ -42,7 +44,7 @@
 //!
 //! Each `[agent]` value can also be set with an environment variable
 //! (`TANDEM_MAX_CONCURRENT_TASKS`, `TANDEM_APPROVAL_TIMEOUT_SECS`,
-//! `TANDEM_IDLE_DETACH_SECS`, `TANDEM_MAX_TASKS_KEPT`,
+//! `TANDEM_IDLE_DETACH_SECS`, `TANDEM_MAX_TASKS_KEPT`, `TANDEM_MAX_UNFINISHED_TASKS`, `TANDEM_AUDIT_MAX_BYTES`,
 //! `TANDEM_EPHEMERAL_DEVICE_TTL_SECS`, `TANDEM_UNFINISHED_PAIRING_SECS`,
 //! `TANDEM_SESSION_RENEW_SECS`, `TANDEM_SESSION_RENEW_RECORDS`,
 //! `TANDEM_SESSION_REKEY_SECS`, `TANDEM_SESSION_RENEWAL_TIMEOUT_SECS`,
@@ -143,6 +145,11 @@ pub struct AgentSettings {
     pub idle_detach_secs: u64,
     /// Task histories kept on disk.
     pub max_tasks_kept: usize,
+    /// Unfinished tasks (queued plus running) at most: a submit beyond is
+    /// refused with `queue_full`.
+    pub max_unfinished_tasks: usize,
+    /// Bytes after which `audit.log` is rotated (`audit.log.<n>`).
+    pub audit_max_bytes: u64,
     /// Seconds an ephemeral device (a web page that keeps its keys only
     /// while it is open) may be gone (offline, nothing received) before the
     /// agent revokes it.
@@ -174,6 +181,8 @@ impl Default for AgentSettings {
             approval_timeout_secs: 300,
             idle_detach_secs: 600,
             max_tasks_kept: crate::history::DEFAULT_MAX_TASKS,
+            max_unfinished_tasks: crate::tasks::DEFAULT_MAX_UNFINISHED,
+            audit_max_bytes: crate::audit::DEFAULT_MAX_SEGMENT_BYTES,
             ephemeral_device_ttl_secs: 12 * 3600,
             unfinished_pairing_secs: 600,
             session_renew_secs: DEFAULT_RENEW_AFTER_MS / 1000,
@@ -206,6 +215,8 @@ impl AgentSettings {
         env_number("TANDEM_APPROVAL_TIMEOUT_SECS", get, &mut self.approval_timeout_secs)?;
         env_number("TANDEM_IDLE_DETACH_SECS", get, &mut self.idle_detach_secs)?;
         env_number("TANDEM_MAX_TASKS_KEPT", get, &mut self.max_tasks_kept)?;
+        env_number("TANDEM_MAX_UNFINISHED_TASKS", get, &mut self.max_unfinished_tasks)?;
+        env_number("TANDEM_AUDIT_MAX_BYTES", get, &mut self.audit_max_bytes)?;
         env_number("TANDEM_EPHEMERAL_DEVICE_TTL_SECS", get, &mut self.ephemeral_device_ttl_secs)?;
         env_number("TANDEM_UNFINISHED_PAIRING_SECS", get, &mut self.unfinished_pairing_secs)?;
         env_number("TANDEM_SESSION_RENEW_SECS", get, &mut self.session_renew_secs)?;
@@ -237,6 +248,8 @@ impl AgentSettings {
         let counts = [
             ("max_concurrent_tasks", self.max_concurrent_tasks == 0),
             ("max_tasks_kept", self.max_tasks_kept == 0),
+            ("max_unfinished_tasks", self.max_unfinished_tasks == 0),
+            ("audit_max_bytes", self.audit_max_bytes == 0),
             ("ephemeral_device_ttl_secs", self.ephemeral_device_ttl_secs == 0),
             ("unfinished_pairing_secs", self.unfinished_pairing_secs == 0),
             ("session_renew_secs", self.session_renew_secs == 0),

@@ -30,6 +30,7 @@ use crate::executor::{Control, Controller, ExecEvent, ExecutorConfig, resume, st
 use crate::history::{History, HistoryError, StoredState, TaskRecord};
 use crate::peers::Scope;
 
+mod denials;
 mod stop;
 
 pub use stop::{
@@ -56,11 +57,21 @@ pub struct TaskOptions {
     pub max_concurrent: usize,
     /// How long an approval waits before it is denied.
     pub approval_timeout: Duration,
+    /// Unfinished tasks (queued plus running) at most; a submit beyond is
+    /// refused with `queue_full` (PROTOCOL.md §15.3.2).
+    pub max_unfinished: usize,
 }
+
+/// The default [`TaskOptions::max_unfinished`].
+pub const DEFAULT_MAX_UNFINISHED: usize = 100;
 
 impl Default for TaskOptions {
     fn default() -> Self {
-        Self { max_concurrent: 1, approval_timeout: APPROVAL_TIMEOUT }
+        Self {
+            max_concurrent: 1,
+            approval_timeout: APPROVAL_TIMEOUT,
+            max_unfinished: DEFAULT_MAX_UNFINISHED,
+        }
     }
 }
 
@@ -101,11 +112,20 @@ struct Active {
     /// show when its executor reports the cancel. No approval is taken
     /// from then on.
     stopping: Option<String>,
+    /// The tools it was not allowed to use so far.
+    denials: denials::Denials,
 }
 
 impl Active {
     fn new(record: TaskRecord) -> Self {
-        Self { record, controller: None, run: 0, approvals: HashMap::new(), stopping: None }
+        Self {
+            record,
+            controller: None,
+            run: 0,
+            approvals: HashMap::new(),
+            stopping: None,
+            denials: denials::Denials::default(),
+        }
     }
 }
 
@@ -221,6 +241,7 @@ impl TaskManager {
                             status: FinishStatus::Failed,
                             summary: "interrupted: the agent stopped while this task was running"
                                 .into(),
+                            denied: Vec::new(),
                         },
                     )?;
                     out.push((Audience::Everyone, m));
@@ -245,9 +266,10 @@ impl TaskManager {
     fn append_active(
         &mut self,
         task_id: &str,
-        event: TaskEvent,
+        mut event: TaskEvent,
     ) -> Result<Option<Message>, HistoryError> {
         let Some(mut a) = self.active.remove(task_id) else { return Ok(None) };
+        a.denials.note(&mut event);
         let r = self.append(&mut a.record, event);
         if !a.record.is_finished() {
             self.active.insert(task_id.to_owned(), a);
@@ -301,6 +323,7 @@ impl TaskManager {
                     TaskEvent::Finished {
                         status: FinishStatus::Failed,
                         summary: format!("could not start: {e}"),
+                        denied: Vec::new(),
                     },
                 )?;
                 return Ok(vec![(Audience::Everyone, m)]);
@@ -375,6 +398,14 @@ impl TaskManager {
         if self.active.contains_key(&task_id) || self.history.get(&task_id)?.is_some() {
             // Already accepted (a resubmission): nothing new to say.
             return Ok(Vec::new());
+        }
+        if self.active.len() >= self.options.max_unfinished {
+            let msg = format!(
+                "{} tasks are already queued or running on this computer (the most it takes); \
+                 submit again when one has finished",
+                self.active.len()
+            );
+            return Ok(to(from, refused(&task_id, "queue_full", &msg)));
         }
         let config = match executor {
             Some(name) => self.executors.iter().find(|e| e.name == name),
@@ -468,6 +499,10 @@ impl TaskManager {
                 a.approvals.insert(approval_id.clone(), expires_at_ms);
                 TaskEvent::ApprovalRequest { approval_id, summary, detail, expires_at_ms }
             }
+            ExecEvent::Denied { tools } => {
+                a.denials.executor_reported(tools);
+                return Ok(Vec::new());
+            }
             ExecEvent::Resumable { token } => {
                 a.record.resume_token = Some(token);
                 self.history.save(&mut a.record, None)?;
@@ -481,7 +516,7 @@ impl TaskManager {
                     (Some(why), FinishStatus::Cancelled) => why,
                     _ => shown(&summary),
                 };
-                TaskEvent::Finished { status, summary }
+                TaskEvent::Finished { status, summary, denied: Vec::new() }
             }
         };
         let mut out: Outgoing = self
@@ -693,6 +728,7 @@ impl TaskManager {
         let finished = TaskEvent::Finished {
             status: FinishStatus::Cancelled,
             summary: "cancelled before it started".into(),
+            denied: Vec::new(),
         };
         Ok(self
             .append_active(task_id, finished)?
@@ -810,6 +846,28 @@ impl TaskManager {
         }
     }
 
+    /// The next history write also records that message `seq` from `link`
+    /// was applied, in the same transaction ([`History::stage_applied`]).
+    pub fn stage_applied(&self, link: &str, seq: u64) {
+        self.history.stage_applied(link, seq);
+    }
+
+    /// Record the staged marker if no write carried it.
+    ///
+    /// # Errors
+    /// [`HistoryError`] if it cannot be written.
+    pub fn commit_applied(&self) -> Result<(), HistoryError> {
+        self.history.commit_applied()
+    }
+
+    /// The newest message from `link` whose effect is recorded.
+    ///
+    /// # Errors
+    /// [`HistoryError`] if the history cannot be read.
+    pub fn applied(&self, link: &str) -> Result<Option<u64>, HistoryError> {
+        self.history.applied(link)
+    }
+
     /// Running, queued and approval counts.
     #[must_use]
     pub fn counts(&self) -> TaskCounts {
@@ -864,6 +922,7 @@ fn append_to(
     record.next_offset += 1;
     record.updated_ms = at_ms;
     history.save(record, Some(&m))?;
+    crate::crashpoint::crash_point("agent.event_saved");
     Ok(m)
 }
 

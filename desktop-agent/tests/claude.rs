@@ -172,6 +172,7 @@ async fn permission_prompts_go_through_the_mcp_tool_and_back() {
                 is_error: true
             },
             progress("I was not allowed to run `cargo test -p foo`."),
+            ExecEvent::Denied { tools: vec!["Bash".into()] },
             ExecEvent::Finished { status: FinishStatus::Succeeded, summary: DENIED.into() },
         ]
     );
@@ -232,7 +233,7 @@ fn kinds(events: &[TaskEvent]) -> Vec<String> {
             }
             TaskEvent::ApprovalRequest { summary, .. } => format!("approval:{summary}"),
             TaskEvent::ApprovalResolved { allow, .. } => format!("resolved:{allow}"),
-            TaskEvent::Finished { status, summary } => format!("finished:{status:?}:{summary}"),
+            TaskEvent::Finished { status, summary, .. } => format!("finished:{status:?}:{summary}"),
         })
         .collect()
 }
@@ -290,6 +291,12 @@ async fn a_claude_task_from_the_phone() {
         is_error: true,
     }));
     assert_eq!(kinds(&t2).last().unwrap(), &format!("finished:Succeeded:{DENIED}"));
+    // The finish names the denied tool (Claude Code's `permission_denials`).
+    let Some(TaskEvent::Finished { denied, .. }) = t2.last() else { panic!("{t2:?}") };
+    assert_eq!(denied, &["Bash".to_owned()]);
+    // The allowed task's finish names none.
+    let Some(TaskEvent::Finished { denied, .. }) = t1.last() else { panic!("{t1:?}") };
+    assert!(denied.is_empty(), "{denied:?}");
 
     // A follow-up after the finish resumes t-1's session.
     phone.send(&Message::FollowUp { task_id: "t-1".into(), text: "now fix it".into() }).await;

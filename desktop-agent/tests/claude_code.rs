@@ -302,7 +302,7 @@ fn approvals(events: &[TaskEvent]) -> Vec<String> {
 
 fn finished(events: &[TaskEvent]) -> (FinishStatus, String) {
     match events.last() {
-        Some(TaskEvent::Finished { status, summary }) => (*status, summary.clone()),
+        Some(TaskEvent::Finished { status, summary, .. }) => (*status, summary.clone()),
         other => panic!("the task did not finish: {other:?}"),
     }
 }

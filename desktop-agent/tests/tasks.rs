@@ -78,7 +78,7 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
                     })
                     .await;
             }
-            TaskEvent::Finished { status, summary } => {
+            TaskEvent::Finished { status, summary, .. } => {
                 assert_eq!(*status, FinishStatus::Succeeded);
                 assert_eq!(summary, "fixed the test");
                 break;

@@ -136,7 +136,11 @@ fn messages() -> Vec<Vec<u8>> {
             task_id: "t1".into(),
             offset: 5,
             at_ms: 7,
-            event: TaskEvent::Finished { status: FinishStatus::Succeeded, summary: "done".into() },
+            event: TaskEvent::Finished {
+                status: FinishStatus::Succeeded,
+                summary: "done".into(),
+                denied: Vec::new(),
+            },
         },
         Message::HistoryEnd { task_id: "t1".into(), next_offset: 6, more: false },
         Message::HistoryUnavailable { task_id: "t1".into(), requested_from: 0, earliest: 3 },

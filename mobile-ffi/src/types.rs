@@ -156,6 +156,9 @@ pub enum TaskEvent {
         status: FinishStatus,
         /// The final answer or error.
         summary: String,
+        /// The tools the task was not allowed to use (PROTOCOL.md §15.3.1
+        /// `denied`); empty when none.
+        denied: Vec<String>,
     },
 }
 
@@ -177,8 +180,8 @@ impl From<proto::TaskEvent> for TaskEvent {
             proto::TaskEvent::ApprovalResolved { approval_id, allow, by } => {
                 Self::ApprovalResolved { approval_id, allow, by }
             }
-            proto::TaskEvent::Finished { status, summary } => {
-                Self::Finished { status: status.into(), summary }
+            proto::TaskEvent::Finished { status, summary, denied } => {
+                Self::Finished { status: status.into(), summary, denied }
             }
         }
     }
@@ -310,11 +313,16 @@ mod tests {
         let f: TaskEvent = proto::TaskEvent::Finished {
             status: proto::FinishStatus::Cancelled,
             summary: "stop".into(),
+            denied: vec!["Bash".into()],
         }
         .into();
         assert_eq!(
             f,
-            TaskEvent::Finished { status: FinishStatus::Cancelled, summary: "stop".into() }
+            TaskEvent::Finished {
+                status: FinishStatus::Cancelled,
+                summary: "stop".into(),
+                denied: vec!["Bash".into()],
+            }
         );
     }
 }

@@ -62,10 +62,57 @@ pub enum DeliveryError {
     },
 }
 
+/// One unacknowledged message. Stored (in a serialised [`crate::link::Link`])
+/// as `{"seq": 3, "message": "<standard base64>"}`; links stored before
+/// that hold the message as an array of byte values, which still reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Pending {
     seq: u64,
+    #[serde(with = "compact_bytes")]
     message: Vec<u8>,
+}
+
+/// Bytes as one standard base64 string (about a quarter of a JSON array of
+/// numbers' size); reads either that or the older array of numbers.
+mod compact_bytes {
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&data_encoding::BASE64.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_any(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a base64 string or an array of byte values")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            data_encoding::BASE64
+                .decode(v.as_bytes())
+                .map_err(|e| E::custom(format!("bad base64 message: {e}")))
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// The sending half.
@@ -271,6 +318,30 @@ impl Inbound {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_outbox_stores_messages_as_base64_and_reads_the_old_arrays() {
+        let mut out = Outbound::default();
+        out.push(b"hello".to_vec());
+        out.push(vec![0, 255, 7]);
+        let json = serde_json::to_value(&out).unwrap();
+        assert_eq!(json["unacked"][0]["message"], "aGVsbG8=");
+        assert_eq!(json["unacked"][1]["message"], "AP8H");
+        assert_eq!(serde_json::from_value::<Outbound>(json.clone()).unwrap(), out);
+        // As stored before: arrays of byte values.
+        let mut old = json;
+        old["unacked"][0]["message"] = serde_json::json!([104, 101, 108, 108, 111]);
+        old["unacked"][1]["message"] = serde_json::json!([0, 255, 7]);
+        assert_eq!(serde_json::from_value::<Outbound>(old.clone()).unwrap(), out);
+        // Garbage is an error, never a panic.
+        for bad in
+            [serde_json::json!("not base64!"), serde_json::json!([256]), serde_json::json!(7)]
+        {
+            let mut broken = old.clone();
+            broken["unacked"][0]["message"] = bad;
+            assert!(serde_json::from_value::<Outbound>(broken).is_err());
+        }
+    }
 
     #[test]
     fn in_order_duplicate_gap_and_resync() {

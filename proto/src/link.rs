@@ -177,6 +177,18 @@ impl Link {
         &self.outbound
     }
 
+    /// A tag of this pairing: the same for the life of the link (across
+    /// session renewals), different for every pairing, also of the same two
+    /// devices; it reveals nothing of the keys (a hash of the pairing's
+    /// pre-shared key). For keying state that belongs to one pairing.
+    #[must_use]
+    pub fn pairing_tag(&self) -> [u8; 8] {
+        let h = crate::kdf::hash("tandem pairing tag v1", &[&self.psk[..]]);
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&h[..8]);
+        tag
+    }
+
     /// The current session's id.
     #[must_use]
     pub fn session_id(&self) -> [u8; 8] {

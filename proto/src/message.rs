@@ -205,6 +205,13 @@ pub enum TaskEvent {
         status: FinishStatus,
         /// The final answer or error.
         summary: String,
+        /// The tools the task was not allowed to use (an approval denied,
+        /// Claude Code's permission denials), each once, in the order they
+        /// were first denied: a `succeeded` task with a non-empty list did
+        /// not do everything it tried. Absent when none (older desktops
+        /// never send it; older phones ignore it).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        denied: Vec<String>,
     },
 }
 

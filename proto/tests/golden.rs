@@ -346,7 +346,11 @@ fn messages() -> Value {
             task_id: "t-1".into(),
             offset: 6,
             at_ms: 7,
-            event: TaskEvent::Finished { status: FinishStatus::Succeeded, summary: "fixed".into() },
+            event: TaskEvent::Finished {
+                status: FinishStatus::Succeeded,
+                summary: "fixed".into(),
+                denied: Vec::new(),
+            },
         },
         Message::HistoryEnd { task_id: "t-1".into(), next_offset: 7, more: false },
         Message::HistoryEnd { task_id: "t-2".into(), next_offset: 256, more: true },

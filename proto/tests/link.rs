@@ -154,6 +154,43 @@ fn messages_sent_while_the_peer_is_offline_arrive_when_it_returns() {
     assert_eq!(got, (0..7).map(|i| vec![i]).collect::<Vec<_>>());
 }
 
+/// Every queued message in a serialised link's outbox, rewritten by `f`.
+fn outbox_messages(
+    link: &mut serde_json::Value,
+    f: impl Fn(&serde_json::Value) -> serde_json::Value,
+) {
+    for p in link["outbound"]["unacked"].as_array_mut().unwrap() {
+        p["message"] = f(&p["message"]);
+    }
+}
+
+#[test]
+fn a_stored_outbox_is_base64_and_the_old_number_arrays_still_load() {
+    let mut e = Entropy::deterministic([3; 32]);
+    let (mut desk, mut phone) = pair(OutboxLimits::default(), &mut e);
+    let message = b"{\"v\":1,\"kind\":\"cancel\",\"task_id\":\"t-1\"}".to_vec();
+    desk.link.send(message.clone()).unwrap();
+    let mut stored: serde_json::Value = serde_json::from_str(&snapshot(&desk.link)).unwrap();
+    let encoded = data_encoding::BASE64.encode(&message);
+    assert_eq!(stored["outbound"]["unacked"][0]["message"], encoded.as_str());
+    // A link stored before: the message as an array of byte values.
+    outbox_messages(&mut stored, |m| {
+        data_encoding::BASE64
+            .decode(m.as_str().unwrap().as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(serde_json::Value::from)
+            .collect()
+    });
+    desk.link = serde_json::from_value(stored).unwrap();
+    let resent = desk.link.resend(0).unwrap();
+    let got: Vec<Vec<u8>> = resent.iter().flat_map(|r| deliver(&mut phone, r, &mut e).0).collect();
+    assert_eq!(got, vec![message]);
+    // Written back as base64.
+    let again: serde_json::Value = serde_json::from_str(&snapshot(&desk.link)).unwrap();
+    assert_eq!(again["outbound"]["unacked"][0]["message"], encoded.as_str());
+}
+
 #[test]
 fn replayed_and_tampered_records_change_nothing() {
     let mut e = Entropy::deterministic([2; 32]);

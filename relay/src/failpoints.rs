@@ -3,12 +3,12 @@
 //! `fail::fail_point!` compiles to nothing and [`setup`] arms nothing).
 //!
 //! The relay binary reads `FAILPOINTS` at start (`name=action;...`, the
-//! `fail` crate's syntax). The points are named `relay.<step>`:
+//! `fail` crate's syntax). The points are named `relay.<step>` and listed
+//! where they are defined, in the store (`store/`):
 //!
-//! * `relay.enqueue` (`store/redb.rs`): with `return`, the next enqueue is
-//!   refused exactly as a failed store write would be: no id is taken,
-//!   nothing is stored, and the sender hears `store_unavailable` for its
-//!   `Send` (`FAILPOINTS="relay.enqueue=1*return"` refuses one);
+//! * `relay.enqueue`: the store refuses a `Send` with a storage error
+//!   (`store_unavailable`), as a failing disk would (`1*return`: one frame);
+//! * `relay.enqueue.<device id>`: the same, only for frames to that device.
 //!
 //! and the crash points of pairing ([`crash_point`], `conn/reader.rs`):
 //!

@@ -76,6 +76,7 @@ impl Daemon<'_> {
                     "attached": !self.detached.contains(&id),
                     "last_seen_unix": p.last_seen_unix(),
                     "session": super::renewal::session_status(p, now_ms),
+                    "lost_messages": self.lost.status(&id),
                 })
             })
             .collect();

@@ -146,6 +146,7 @@ pub fn cancel_queued_offline(
     let finished = TaskEvent::Finished {
         status: FinishStatus::Cancelled,
         summary: format!("{CANCELLED_FROM_DESKTOP} before it started"),
+        denied: Vec::new(),
     };
     Ok(super::append_to(history, &mut record, finished)?)
 }
@@ -239,6 +240,7 @@ impl TaskManager {
         let finished = TaskEvent::Finished {
             status: FinishStatus::Rejected,
             summary: format!("not run: {}", cause.reason(&device)),
+            denied: Vec::new(),
         };
         let out = self.append_active(task_id, finished)?;
         self.stopped.push(Stopped {
@@ -346,6 +348,7 @@ impl TaskManager {
         let finished = TaskEvent::Finished {
             status: FinishStatus::Cancelled,
             summary: format!("{CANCELLED_FROM_DESKTOP} before it started"),
+            denied: Vec::new(),
         };
         let out = self
             .append_active(&task_id, finished)?

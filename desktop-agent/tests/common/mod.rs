@@ -487,7 +487,7 @@ impl Seen {
     /// How a task finished, if it did.
     pub fn finished(&self, task: &str) -> Option<(tandem_proto::message::FinishStatus, String)> {
         self.tasks.get(task)?.iter().find_map(|(_, e)| match e {
-            tandem_proto::message::TaskEvent::Finished { status, summary } => {
+            tandem_proto::message::TaskEvent::Finished { status, summary, .. } => {
                 Some((*status, summary.clone()))
             }
             _ => None,

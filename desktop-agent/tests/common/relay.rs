@@ -39,9 +39,19 @@ pub fn serve_if_asked() {
     let (Ok(listen), Ok(data)) = (std::env::var(RELAY_LISTEN), std::env::var(RELAY_DATA)) else {
         return;
     };
+    // `FAILPOINTS` as the relay binary reads it, and more armed on the way
+    // by `fail NAME=ACTIONS` lines ([`Relay::arm`]).
+    let _armed = tandem_relay::failpoints::setup();
     // Go when the test that started this process goes (it holds our stdin).
     std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if let Some((name, actions)) =
+                line.strip_prefix("fail ").and_then(|l| l.split_once('='))
+            {
+                fail::cfg(name, actions).unwrap();
+                eprintln!("test relay: armed {name}={actions}");
+            }
+        }
         std::process::exit(0);
     });
     // Crash points (`FAILPOINTS`, with the `failpoints` feature).
@@ -160,6 +170,21 @@ impl Relay {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("the relay could not listen on {listen} again:\n{}", self.log());
+    }
+
+    /// Arm the relay's failpoint `name` with `actions` (the `fail` crate's
+    /// syntax) while it runs.
+    pub fn arm(&mut self, name: &str, actions: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "fail {name}={actions}").unwrap();
+        stdin.flush().unwrap();
+        let wanted = format!("test relay: armed {name}={actions}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !self.log().contains(&wanted) {
+            assert!(std::time::Instant::now() < deadline, "the relay did not arm {name}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn log(&self) -> String {

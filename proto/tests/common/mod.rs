@@ -445,8 +445,11 @@ pub fn task_event() -> impl Strategy<Value = TaskEvent> {
         (id(), any::<bool>(), id()).prop_map(|(approval_id, allow, by)| {
             TaskEvent::ApprovalResolved { approval_id, allow, by }
         }),
-        (finish_status(), text(64))
-            .prop_map(|(status, summary)| TaskEvent::Finished { status, summary }),
+        (finish_status(), text(64)).prop_map(|(status, summary)| TaskEvent::Finished {
+            status,
+            summary,
+            denied: Vec::new()
+        }),
     ]
 }
 

@@ -248,16 +248,18 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn enqueue(&self, frame: NewFrame, now_unix: u64, live: bool) -> Enqueued {
-        // `relay.enqueue`: refuse this enqueue as a failed store write would
-        // (no id taken, nothing stored; the sender hears `store_unavailable`).
-        fail::fail_point!("relay.enqueue", |_| {
-            let refused = || -> StoreFuture<u64> {
-                Box::pin(std::future::ready(Err(StoreError::Backend(
-                    "failpoint relay.enqueue".into(),
-                ))))
+        // `relay.enqueue` refuses a frame, `relay.enqueue.<device>` one for
+        // that device, as a failing disk would: before it takes an id, so it
+        // is not delivered live either (see `failpoints.rs`).
+        #[cfg(feature = "failpoints")]
+        if let Some(point) = refused_by_failpoint(&frame.to) {
+            tracing::warn!("FAILPOINTS: {point}: refusing a frame");
+            let refused = || StoreError::Backend(format!("failpoint {point}"));
+            return Enqueued {
+                placed: Box::pin(std::future::ready(Err(refused()))),
+                durable: Box::pin(std::future::ready(Err(refused()))),
             };
-            Enqueued { placed: refused(), durable: refused() }
-        });
+        }
         // Take the id and submit under one lock, so the writer sees each
         // queue's ids in increasing order.
         let to = frame.to;
@@ -564,6 +566,16 @@ impl LazyCommits {
             self.since.get_or_insert_with(std::time::Instant::now);
         }
     }
+}
+
+/// The failpoint that refuses this enqueue, if one is armed.
+#[cfg(feature = "failpoints")]
+fn refused_by_failpoint(to: &DeviceId) -> Option<String> {
+    if fail::eval("relay.enqueue", |_| ()).is_some() {
+        return Some("relay.enqueue".into());
+    }
+    let named = format!("relay.enqueue.{to}");
+    fail::eval(&named, |_| ()).map(|()| named)
 }
 
 #[cfg(test)]

@@ -1,0 +1,140 @@
+//! Applying what a phone asks, exactly once (`docs/PROTOCOL.md` §13.5 rule
+//! 3): an instruction (`task_submit`, `follow_up`, `cancel`,
+//! `approval_decision`) is applied first, its effect and an *applied
+//! marker* (the link and the message's sequence number) written to
+//! `tasks.redb` in one transaction; only then is the link's receipt saved
+//! and the relay delivery acknowledged. A crash in between makes the relay
+//! deliver the record again to a link that accepts it again; the marker
+//! says it was applied, so it is not applied twice. Requests that change
+//! nothing (history, task lists) are answered again instead.
+
+use tandem_proto::DeviceId;
+use tandem_proto::message::{Decoded, Message};
+use tracing::{debug, info, warn};
+
+use super::{Daemon, DaemonError};
+use crate::audit::{AuditEvent, text_hash};
+use crate::crashpoint::{self, Steps, crash_point};
+use crate::executor::Control;
+use crate::peers::Scope;
+use crate::tasks::Outgoing;
+
+/// The key of a link's applied marker: the device and the pairing (a new
+/// pairing of the same device numbers its messages from the start again).
+pub(super) fn link_key(device: DeviceId, link: &tandem_proto::link::Link) -> String {
+    format!("{device}@{}", data_encoding::HEXLOWER.encode(&link.pairing_tag()))
+}
+
+/// The crash points of an instruction; `None` for what is not one.
+fn steps_of(m: &Message) -> Option<Steps> {
+    match m {
+        Message::TaskSubmit { .. } => Some(crashpoint::SUBMIT),
+        Message::FollowUp { .. } => Some(crashpoint::FOLLOW_UP),
+        Message::Cancel { .. } => Some(crashpoint::CANCEL),
+        Message::ApprovalDecision { .. } => Some(crashpoint::DECIDE),
+        _ => None,
+    }
+}
+
+/// Where one delivered message stands against the link's applied marker.
+pub(super) struct Applying<'k> {
+    /// The link's marker key.
+    pub link: &'k str,
+    /// The newest message of the link applied before this delivery.
+    pub applied: Option<u64>,
+}
+
+impl Daemon<'_> {
+    /// Apply the message `seq` from `from` once: an instruction already
+    /// applied (its marker at or above `seq`) is skipped; otherwise its
+    /// effect and its marker are durable when this returns. Returns the
+    /// replies and the instruction's crash points.
+    pub(super) async fn apply(
+        &mut self,
+        from: DeviceId,
+        scope: Scope,
+        at: &Applying<'_>,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<(Outgoing, Option<Steps>), DaemonError> {
+        let decoded = Message::decode(bytes);
+        let steps = match &decoded {
+            Ok(Decoded::Known(m)) => steps_of(m),
+            _ => None,
+        };
+        let Some(steps) = steps else {
+            return Ok((self.answer(from, scope, decoded).await?, None));
+        };
+        if at.applied.is_some_and(|a| seq <= a) {
+            info!(peer = %from, seq, "instruction applied before a restart: not applied again");
+            return Ok((Vec::new(), Some(steps)));
+        }
+        self.tasks.stage_applied(at.link, seq);
+        let out = self.answer(from, scope, decoded).await?;
+        // The effect wrote nothing (a refusal, a cancel handed to a running
+        // executor): the marker goes alone.
+        self.tasks.commit_applied()?;
+        crash_point(steps.applied);
+        Ok((out, Some(steps)))
+    }
+
+    async fn answer(
+        &mut self,
+        from: DeviceId,
+        scope: Scope,
+        decoded: Result<Decoded, tandem_proto::message::MessageError>,
+    ) -> Result<Outgoing, DaemonError> {
+        Ok(match decoded {
+            Ok(Decoded::Known(Message::TaskSubmit { task_id, text, executor, .. })) => {
+                self.record(AuditEvent::TaskSubmitted {
+                    device: from.to_string(),
+                    task_id: task_id.clone(),
+                    executor: executor.clone(),
+                    text_hash: text_hash(&text),
+                    text_len: text.len(),
+                });
+                crash_point(crashpoint::SUBMIT.audited);
+                self.tasks.submit(from, scope, task_id, &text, executor.as_deref()).await?
+            }
+            Ok(Decoded::Known(Message::FollowUp { task_id, text })) => {
+                self.record(AuditEvent::FollowUp {
+                    device: from.to_string(),
+                    task_id: task_id.clone(),
+                    text_hash: text_hash(&text),
+                });
+                crash_point(crashpoint::FOLLOW_UP.audited);
+                self.tasks.control(from, scope, &task_id, Control::FollowUp(text)).await?
+            }
+            Ok(Decoded::Known(Message::Cancel { task_id })) => {
+                self.record(AuditEvent::Cancelled {
+                    by: format!("phone:{from}"),
+                    task_id: task_id.clone(),
+                });
+                crash_point(crashpoint::CANCEL.audited);
+                self.tasks.control(from, scope, &task_id, Control::Cancel).await?
+            }
+            Ok(Decoded::Known(Message::ApprovalDecision { task_id, approval_id, allow })) => {
+                crash_point(crashpoint::DECIDE.audited);
+                self.tasks.decide(from, scope, &task_id, &approval_id, allow).await?
+            }
+            Ok(Decoded::Known(Message::HistoryRequest { task_id: Some(task_id), from_offset })) => {
+                self.tasks.history(from, &task_id, from_offset)?
+            }
+            Ok(Decoded::Known(Message::HistoryRequest { task_id: None, .. })) => {
+                self.tasks.task_list(from)?
+            }
+            Ok(Decoded::Known(other)) => {
+                debug!(peer = %from, kind = ?std::mem::discriminant(&other), "message not for a desktop");
+                Vec::new()
+            }
+            Ok(Decoded::Unknown { kind, v }) => {
+                info!(peer = %from, kind, v, "message kind from a newer app ignored");
+                Vec::new()
+            }
+            Err(e) => {
+                warn!(peer = %from, error = %e, "malformed message");
+                Vec::new()
+            }
+        })
+    }
+}
