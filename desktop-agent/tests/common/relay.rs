@@ -54,8 +54,6 @@ pub fn serve_if_asked() {
         }
         std::process::exit(0);
     });
-    // Crash points (`FAILPOINTS`, with the `failpoints` feature).
-    let _armed = tandem_relay::failpoints::setup();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info,tandem_relay=debug"))
         .with_writer(std::io::stderr)
