@@ -161,7 +161,9 @@ struct PendingHistory {
 struct State {
     desktops: BTreeMap<String, Desktop>,
     relays: HashMap<String, Relay>,
-    pairings: HashMap<[u8; 16], mpsc::Sender<Vec<u8>>>,
+    /// Pairings under way: their relay's URL and where their mailbox's
+    /// messages (and the reconnections of that relay) go.
+    pairings: HashMap<[u8; 16], (String, mpsc::Sender<pairing::PairInput>)>,
     histories: HashMap<(String, String), Vec<PendingHistory>>,
     lists: HashMap<String, Vec<oneshot::Sender<Vec<TaskSummary>>>>,
     closed: bool,
@@ -373,7 +375,25 @@ impl Phone {
             match ev {
                 Event::Connected { store_epoch, .. } => {
                     self.new_epoch(&url, store_epoch);
+                    // Not the first attempt: the relay may have restarted
+                    // and forgotten the mailbox of a pairing under way,
+                    // which claims it again.
+                    let waiting: Vec<_> = {
+                        let st = self.lock();
+                        let again = st
+                            .relays
+                            .get(&url)
+                            .is_some_and(|r| !matches!(r.state, ConnectionState::Connecting));
+                        st.pairings
+                            .values()
+                            .filter(|(u, _)| again && *u == url)
+                            .map(|(_, tx)| tx.clone())
+                            .collect()
+                    };
                     self.connection(&url, ConnectionState::Connected, true);
+                    for tx in waiting {
+                        let _ = tx.try_send(pairing::PairInput::Reconnected);
+                    }
                 }
                 Event::Disconnected { retry_in, code, reason } => {
                     let state = if retry_in == Duration::MAX
@@ -429,9 +449,9 @@ impl Phone {
                     }
                 }
                 Event::PairMessage { pairing_id, payload, .. } => {
-                    let tx = self.lock().pairings.get(&pairing_id).cloned();
+                    let tx = self.lock().pairings.get(&pairing_id).map(|(_, tx)| tx.clone());
                     if let Some(tx) = tx {
-                        let _ = tx.try_send(payload);
+                        let _ = tx.try_send(pairing::PairInput::Message(payload));
                     }
                 }
                 other => debug!(?other, "relay event"),

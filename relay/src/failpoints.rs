@@ -17,6 +17,13 @@
 //!
 //! `1*return` fails once; `return(abort)` aborts the process there (a
 //! `kill -9` at that step).
+//!
+//! and the crash points of pairing ([`crash_point`], `conn/reader.rs`):
+//!
+//! * `relay.pair_claim`: a phone's `PairClaim` was read, before it is
+//!   looked at (the claim is in flight: never answered, never forwarded);
+//! * `relay.pair_message`: a `PairMessage` was read, before it is forwarded
+//!   (with `2*off->return`, the third of a pairing: the desktop's result).
 
 /// The points armed from `FAILPOINTS`, for the life of the process: keep it
 /// in `main`.
@@ -55,4 +62,16 @@ pub(crate) fn check(name: &'static str) -> Result<(), &'static str> {
 #[inline]
 pub(crate) fn check(_name: &'static str) -> Result<(), &'static str> {
     Ok(())
+}
+
+/// Abort the process (no destructors, like `kill -9`) when `FAILPOINTS`
+/// arms `name` with `return`; nothing without the `failpoints` feature.
+pub(crate) fn crash_point(name: &str) {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(name, |_| {
+        tracing::warn!(point = name, "crash point: aborting");
+        std::process::abort()
+    });
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
 }

@@ -411,6 +411,7 @@ impl Reader {
                 }
             }
             Frame::PairClaim { request_id, pairing_id, payload } => {
+                crate::failpoints::crash_point("relay.pair_claim");
                 if self.role != Role::Phone {
                     self.refuse(
                         ErrorCode::UnexpectedFrame,
@@ -455,6 +456,7 @@ impl Reader {
                 }
             }
             Frame::PairMessage { pairing_id, peer, payload } => {
+                crate::failpoints::crash_point("relay.pair_message");
                 match state.mailboxes.route(pairing_id, me, peer) {
                     Ok(to) => match state.registry.get(&to) {
                         Some(h) => h.offer(Outbound::Frame(Frame::PairMessage {
