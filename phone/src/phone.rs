@@ -520,14 +520,32 @@ impl Phone {
     /// Authorise the routes to `desktops` again, in the background: a relay
     /// whose data was wiped or restored from an older copy (a new store
     /// epoch, PROTOCOL.md §6.6) has lost them; authorising is idempotent.
+    /// A refusal for now (the relay's store cannot write, it is busy) is
+    /// tried again, 1 s doubling to 30 s, while the desktop is still paired
+    /// here: otherwise the route would stay lost until the next reconnect.
     fn reauthorize(&self, url: &str, desktops: &[String]) {
         let Some(client) = self.lock().relays.get(url).map(|r| r.client.clone()) else { return };
         for id in desktops {
             let Ok(desktop) = id.parse::<DeviceId>() else { continue };
-            let authorize = client.authorize(desktop);
+            let (client, phone, id) = (client.clone(), self.clone(), id.clone());
             tokio::spawn(async move {
-                if let Err(e) = authorize.await {
-                    debug!(desktop = %desktop, error = %e, "the relay did not take the route again");
+                let mut wait = Duration::from_secs(1);
+                loop {
+                    match client.authorize(desktop).await {
+                        Ok(()) => return,
+                        Err(e) if e.is_temporary() => {
+                            debug!(desktop = %desktop, error = %e, "the route is authorised again later");
+                        }
+                        Err(e) => {
+                            debug!(desktop = %desktop, error = %e, "the relay did not take the route again");
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                    if !phone.lock().desktops.contains_key(&id) {
+                        return;
+                    }
                 }
             });
         }

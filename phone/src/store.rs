@@ -118,10 +118,12 @@ pub(crate) fn load_all(data_dir: &Path) -> io::Result<(Vec<DesktopRecord>, Vec<S
             continue;
         }
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-        let read = fs::read(&path).and_then(|bytes| {
-            serde_json::from_slice::<DesktopRecord>(&bytes)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
-        });
+        // A file that cannot be read now (permissions, a locked device, an
+        // I/O error) is an error, not damage: setting it aside would drop
+        // that desktop's messages for a passing failure. Only a file read
+        // whole that does not parse, or names another desktop, is damaged.
+        let bytes = fs::read(&path)?;
+        let read = serde_json::from_slice::<DesktopRecord>(&bytes);
         let reason = match read {
             Ok(r)
                 if r.desktop_id == stem
@@ -161,6 +163,22 @@ fn move_aside(path: &Path, desktop_id: String, reason: String) -> SetAside {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file that cannot be read now is an error, never set aside: only
+    /// what was read and does not parse is damage.
+    #[test]
+    fn a_file_that_cannot_be_read_is_an_error_and_stays_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let desktops = desktops_dir(dir.path());
+        create_private_dir(&desktops).unwrap();
+        // Reading a directory fails (EISDIR), as a locked or failing file
+        // would; root ignores permission bits, so a mode cannot stand in.
+        fs::create_dir(desktops.join("BBBB.json")).unwrap();
+        assert!(load_all(dir.path()).is_err());
+        let names: Vec<_> =
+            fs::read_dir(&desktops).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("BBBB.json")], "nothing renamed");
+    }
 
     #[test]
     fn a_damaged_file_is_moved_aside_and_the_others_load() {

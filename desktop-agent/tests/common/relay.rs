@@ -170,6 +170,20 @@ impl Relay {
         panic!("the relay could not listen on {listen} again:\n{}", self.log());
     }
 
+    /// As [`Relay::restart`], with the failpoints of `FAILPOINTS` armed.
+    #[allow(dead_code)]
+    pub fn restart_failing(&mut self, failpoints: &str) {
+        let listen = self.addr.to_string();
+        for _ in 0..100 {
+            if let Some(again) = Self::start_env(&self.dir, &listen, Some(failpoints)) {
+                *self = again;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the relay could not listen on {listen} again:\n{}", self.log());
+    }
+
     /// Arm the relay's failpoint `name` with `actions` (the `fail` crate's
     /// syntax) while it runs.
     pub fn arm(&mut self, name: &str, actions: &str) {

@@ -122,6 +122,7 @@ fn retryable(e: &ClientError) -> bool {
             | ClientError::Closed
             | ClientError::Refused(
                 ErrorCode::FrameTooLarge
+                    | ErrorCode::MalformedFrame
                     | ErrorCode::Revoked
                     | ErrorCode::NotAuthorized
                     | ErrorCode::AuthFailed,
@@ -291,7 +292,9 @@ mod tests {
         }
         assert_eq!(waits[..3], [5, 10, 20]);
         assert_eq!(*waits.last().unwrap(), 300);
-        let now = Instant::now();
+        // Later than `STALE` after an instant the monotonic clock can
+        // show (it may read under 30 s on a freshly booted machine).
+        let now = Instant::now() + STALE;
         let mut s = Sent::default();
         assert!(!s.due(now));
         s.held.insert(3, now.checked_sub(STALE).unwrap());

@@ -155,9 +155,17 @@ impl Phone {
                     Ok(Some(PairInput::Message(m))) => break m,
                     Ok(Some(PairInput::Reconnected)) => {
                         // A fresh hello: the desktop starts over from it.
-                        if let Some(p) =
-                            claim(&client, pid, &url, Some(expires_at), true, hello).await?
-                        {
+                        // A claim made again that cannot be made ends the
+                        // pairing with the words both sides use.
+                        let again = claim(&client, pid, &url, Some(expires_at), true, hello)
+                            .await
+                            .map_err(|e| match e {
+                                PhoneError::WrongRelay(_)
+                                | PhoneError::RelayUnreachable(_)
+                                | PhoneError::Timeout => PhoneError::PairingInterrupted,
+                                e => e,
+                            })?;
+                        if let Some(p) = again {
                             pairing = p;
                             until = Instant::now() + WELCOME_WAIT;
                         }
@@ -299,7 +307,6 @@ async fn finish(
     let envelope = Envelope::decode(&result).map_err(|e| PhoneError::Protocol(e.to_string()))?;
     let info = waiting.desktop_info().clone();
     let paired = waiting.on_result(&envelope)?;
-    client.authorize(desktop).await?;
     let record = DesktopRecord {
         desktop_id: desktop.to_string(),
         info,
@@ -309,7 +316,17 @@ async fn finish(
         offsets: BTreeMap::new(),
         finished: Vec::new(),
     };
+    // Saved before the route is authorised: the desktop takes the phone's
+    // presence (which the authorisation brings) as proof that the phone
+    // holds the pairing, so it must already be on disk. An authorisation
+    // that fails takes the file back: nothing one-sided is left.
     store::save(&phone.inner.data_dir, &record).map_err(storage)?;
+    if let Err(e) = client.authorize(desktop).await {
+        if let Err(d) = store::remove(&phone.inner.data_dir, &record.desktop_id) {
+            warn!(desktop = %desktop, error = %d, "cannot remove the pairing the relay refused");
+        }
+        return Err(e.into());
+    }
     let mut st = phone.lock();
     let d = Desktop::new(desktop, record, Offsets::default(), true);
     let s = summary(&st, &d);

@@ -44,7 +44,12 @@ pub(super) fn open_db(dir: &Path, now_unix: u64) -> Result<Opened, StoreError> {
     let path = dir.join("relay.redb");
     // A new store whose creation fails (a full disk) is removed again: a
     // half-written header would stop every later attempt.
-    let new = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
+    // Only a file that is not there (or empty) is new: any other error
+    // reading its metadata must never get an existing store removed.
+    let new = match std::fs::metadata(&path) {
+        Ok(m) => m.len() == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     drop(crate::fsmode::private_file(&path, &mut options).map_err(backend)?);
