@@ -246,7 +246,11 @@ impl Actor {
             // Nothing of the new epoch is acknowledged yet.
             self.ack_sent = self.ack_sent.max(delivered);
         }
-        self.hold(Event::Connected { device_id: conn.device_id(), queued: conn.queued() });
+        self.hold(Event::Connected {
+            device_id: conn.device_id(),
+            queued: conn.queued(),
+            store_epoch: conn.store_epoch(),
+        });
 
         let mut next_ping = after(jittered(self.config.ping_interval));
         let mut pong_deadline: Option<Instant> = None;

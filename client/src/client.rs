@@ -101,6 +101,10 @@ pub enum Event {
         device_id: DeviceId,
         /// Deliveries waiting in the relay's queue; they follow as `Deliver`.
         queued: u32,
+        /// The relay's store epoch (PROTOCOL.md §6.6). A device that resends
+        /// only what the relay has not stored does so only while this is
+        /// the epoch of its previous connection (§13.4).
+        store_epoch: u64,
     },
     /// A connection attempt failed or a connection ended.
     Disconnected {
@@ -173,10 +177,11 @@ pub enum Event {
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Event::Connected { device_id, queued } => f
+            Event::Connected { device_id, queued, store_epoch } => f
                 .debug_struct("Connected")
                 .field("device_id", device_id)
                 .field("queued", queued)
+                .field("store_epoch", store_epoch)
                 .finish(),
             Event::Disconnected { reason, code, retry_in } => f
                 .debug_struct("Disconnected")
@@ -475,7 +480,10 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Refused`] (`not_authorized`, `revoked`, `queue_full`,
-    /// `rate_limited`, …, or the code that stopped the client),
+    /// `rate_limited`, `store_unavailable`, …, or the code that stopped the
+    /// client). `queue_full`, `rate_limited` and `store_unavailable` mean
+    /// "retry later": the relay did not take the payload, and the
+    /// application keeps it in its end-to-end outbox to send again;
     /// [`ClientError::TooLarge`], [`ClientError::Closed`].
     pub fn send(
         &self,

@@ -96,6 +96,23 @@ impl ClientError {
     pub fn is_fatal(&self) -> bool {
         self.code().is_some_and(is_fatal_code)
     }
+
+    /// Whether the relay refused the request for now and the same request
+    /// may be taken later: its store cannot write (`store_unavailable`), it
+    /// is busy (`rate_limited`, `overloaded`) or failed (`internal`).
+    #[must_use]
+    pub fn is_temporary(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Refused(
+                ErrorCode::StoreUnavailable
+                    | ErrorCode::RateLimited
+                    | ErrorCode::Overloaded
+                    | ErrorCode::Internal,
+                _
+            )
+        )
+    }
 }
 
 /// Connection-level codes after which the client stops reconnecting.

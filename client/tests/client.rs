@@ -34,7 +34,7 @@ async fn next(events: &mut mpsc::Receiver<Event>) -> Event {
 async fn connected(events: &mut mpsc::Receiver<Event>) -> (DeviceId, u32) {
     loop {
         match next(events).await {
-            Event::Connected { device_id, queued } => return (device_id, queued),
+            Event::Connected { device_id, queued, .. } => return (device_id, queued),
             Event::Disconnected { .. } => {}
             other => panic!("expected Connected, got {other:?}"),
         }

@@ -113,6 +113,9 @@ pub struct Daemon<'a> {
     status_extra: serde_json::Map<String, Value>,
     /// Relay revocations sent and not answered yet.
     revoking: HashSet<DeviceId>,
+    /// Devices whose route the relay refused to authorise again for now
+    /// (`daemon/devices.rs`): tried again on the tick.
+    reauth_later: std::sync::Arc<std::sync::Mutex<HashSet<DeviceId>>>,
     /// Their answers: the device and whether the relay confirmed.
     revoked_tx: mpsc::Sender<(DeviceId, bool)>,
     revoked_rx: mpsc::Receiver<(DeviceId, bool)>,
@@ -183,6 +186,7 @@ impl<'a> Daemon<'a> {
             awake: Value::Null,
             status_extra: serde_json::Map::new(),
             revoking: HashSet::new(),
+            reauth_later: std::sync::Arc::default(),
             revoked_tx,
             revoked_rx,
             tasks_stopped: 0,
@@ -396,6 +400,7 @@ impl<'a> Daemon<'a> {
                     self.forget_gone().await?;
                     self.upkeep_all()?;
                     self.retry_due().await?;
+                    self.retry_reauthorize();
                     self.followers.retain(|(_, tx)| !tx.is_closed());
                     // Revocations and scope changes made on disk meanwhile.
                     self.sync_all_from_disk();

@@ -215,6 +215,8 @@ impl QrArgs {
         let mut opts = PairOptions::new(link_base, info);
         opts.default_scope = least_scope(&settings.executors);
         opts.scope = self.scope;
+        opts.answer_wait =
+            opts.step_timeout.min(Duration::from_secs(settings.agent.unfinished_pairing_secs));
         opts.outbox.max_messages = settings.agent.outbox_max_messages;
         opts
     }

@@ -8,10 +8,17 @@
 //! again has its old route revoked at the relay (dropping what was queued
 //! under its old link, and so that its old route cannot report it online);
 //! the new device is saved with its link and the chosen scope, marked as
-//! pending ([`Peer::pairing_pending`]); the route is authorised; the
-//! accepting `PairResult` is sent; the mark is cleared. A crash after the save leaves a pending device: the daemon
-//! clears the mark when the device shows it got the answer, and forgets it
-//! otherwise ([`crate::daemon`]).
+//! pending ([`crate::peers::Peer::pairing_pending`]); the route is
+//! authorised; the accepting `PairResult` is sent; the mark is cleared once
+//! the phone shows it got the answer (the relay reports it online), and the
+//! device is removed if it does not within `answer_wait` ("pairing
+//! interrupted", [`claim`]). A crash after the save leaves a pending device:
+//! the daemon clears the mark when the device shows it got the answer, and
+//! forgets it otherwise ([`crate::daemon`]).
+//!
+//! A relay restart or a reconnection loses the relay's mailbox: it is
+//! opened again on the new connection, for the code on screen and for a
+//! claim under way alike (PROTOCOL §9.4, "Interruptions"; [`claim`]).
 //!
 //! Where the new device is kept is a [`PeerKeeper`]: the peer store itself
 //! (`tandem pair`, [`StoreKeeper`]) or the running daemon (`tandem up`,
@@ -19,6 +26,7 @@
 //! serves the paired ones ([`pair_alongside`]).
 
 mod alongside;
+mod claim;
 mod keeper;
 
 use std::future::Future;
@@ -28,7 +36,6 @@ use std::time::Duration;
 use tandem_client::{Client, ClientError, Event};
 use tandem_proto::delivery::OutboxLimits;
 use tandem_proto::entropy::{Entropy, EntropyError};
-use tandem_proto::envelope::Envelope;
 use tandem_proto::message::DeviceInfo;
 use tandem_proto::pairing::{DesktopPairing, PairingError};
 use tandem_proto::sas::Sas;
@@ -41,10 +48,10 @@ use tracing::{debug, info};
 pub use alongside::{ON_DEMAND_DEADLINE, PairAlongside, pair_alongside, split_events};
 pub use keeper::{DaemonKeeper, PairCall, PeerKeeper, StoreKeeper, keep_peer};
 
-use crate::crashpoint::crash_point;
 use crate::executor::{ExecutorConfig, ExecutorKind};
-use crate::peers::{Peer, PeerError, Scope};
+use crate::peers::{PeerError, Scope};
 use crate::text::escaped;
+use claim::{Claim, Step};
 
 /// How long the desktop user has to answer the confirmation (the phone
 /// engine waits as long for the answer).
@@ -128,6 +135,10 @@ pub struct PairOptions {
     pub deadline: Option<Duration>,
     /// How long to wait for each step once a phone claimed a code.
     pub step_timeout: Duration,
+    /// How long an accepted device has to show it got the answer (it comes
+    /// online) before it is removed as "pairing interrupted" (PROTOCOL
+    /// §9.4): the step timeout, or `unfinished_pairing_secs` if shorter.
+    pub answer_wait: Duration,
     /// What this desktop calls itself.
     pub info: DeviceInfo,
     /// The scope proposed for a new device ([`least_scope`]).
@@ -151,6 +162,7 @@ impl PairOptions {
             rotate_before: Duration::from_secs(20),
             deadline: None,
             step_timeout: Duration::from_secs(60),
+            answer_wait: Duration::from_secs(60),
             info,
             default_scope: Scope::View,
             scope: None,
@@ -241,52 +253,73 @@ fn unique_base(base: &str, entropy: &mut Entropy) -> Result<String, EntropyError
     Ok(format!("{base}{sep}n={}", data_encoding::BASE32_NOPAD.encode(&nonce)))
 }
 
-/// Wait for a pairing message in mailbox `pid` (from `from`, if given).
+/// The mailbox of the code on screen, on the relay connection of `client`.
+#[derive(Clone, Copy)]
+struct Mailbox<'a> {
+    client: &'a Client,
+    pid: [u8; 16],
+    /// Until when it is opened again after a reconnection.
+    expires: Instant,
+}
+
+impl Mailbox<'_> {
+    /// Open it again on a new connection (the relay closed it with the old
+    /// one, or restarted), for what is left of its life. Not awaited: an
+    /// answer waits for the connection, and a code that cannot be reopened
+    /// rotates anyway.
+    fn reopen(&self) -> bool {
+        let left = self.expires.saturating_duration_since(Instant::now()).as_secs();
+        if left == 0 {
+            return false;
+        }
+        let reopen = self.client.pair_open(self.pid, u16::try_from(left).unwrap_or(u16::MAX));
+        tokio::spawn(async move {
+            match reopen.await {
+                Ok(()) => info!("the pairing code on screen works again (mailbox reopened)"),
+                Err(e) => debug!(error = %e, "the pairing mailbox could not be reopened"),
+            }
+        });
+        true
+    }
+}
+
+/// What a pairing step hears from the relay.
+enum Heard {
+    /// A message in the mailbox: a claim's payload, or the claimant's next.
+    Message(DeviceId, Vec<u8>),
+    /// The connection came back (the mailbox was opened again if it has
+    /// life left): what was in flight is lost.
+    Reconnected,
+    /// A peer came online (a paired phone authorised its route).
+    Online(DeviceId),
+}
+
+/// Wait for what concerns mailbox `mailbox` until `until` (`None` then).
 /// Other events are dropped: `tandem pair` does not ack deliveries (the
 /// relay keeps them for the next connection), and `tandem up` routes only
-/// pairing messages and reconnections here ([`split_events`]).
-///
-/// The relay closes a mailbox when the connection that opened it goes away.
-/// After a reconnection, a code still waiting for its phone (`from` is
-/// `None`) gets its mailbox again, for what is left of its life (`expires`);
-/// a claim under way (`from` is set) is over: `None`, and a fresh code.
-async fn next_pair_message(
+/// pairing messages, reconnections and presence here ([`split_events`]).
+async fn hear(
     events: &mut mpsc::Receiver<Event>,
-    mailbox: (&Client, [u8; 16], Instant),
-    from: Option<DeviceId>,
+    mailbox: &Mailbox<'_>,
     until: Instant,
-) -> Result<Option<(DeviceId, Vec<u8>)>, PairError> {
-    let (client, pid, expires) = mailbox;
+) -> Result<Option<Heard>, PairError> {
     loop {
         match timeout_at(until, events.recv()).await {
             Err(_) => return Ok(None),
             Ok(None) => return Err(PairError::Closed),
             Ok(Some(Event::PairMessage { pairing_id, peer, payload }))
-                if pairing_id == pid && from.is_none_or(|f| f == peer) =>
+                if pairing_id == mailbox.pid =>
             {
-                return Ok(Some((peer, payload)));
-            }
-            Ok(Some(Event::PairMessage { .. })) => {}
-            Ok(Some(Event::Connected { .. })) if from.is_some() => {
-                debug!("reconnected during a claim: its mailbox is gone");
-                return Ok(None);
+                return Ok(Some(Heard::Message(peer, payload)));
             }
             Ok(Some(Event::Connected { .. })) => {
-                let left = expires.saturating_duration_since(Instant::now()).as_secs();
-                if left == 0 {
+                if !mailbox.reopen() {
                     return Ok(None);
                 }
-                // Not awaited: an answer waits for the connection, and a code
-                // that cannot be reopened rotates at `until` anyway.
-                let reopen = client.pair_open(pid, u16::try_from(left).unwrap_or(u16::MAX));
-                tokio::spawn(async move {
-                    match reopen.await {
-                        Ok(()) => {
-                            info!("the pairing code on screen works again (mailbox reopened)")
-                        }
-                        Err(e) => debug!(error = %e, "the pairing mailbox could not be reopened"),
-                    }
-                });
+                return Ok(Some(Heard::Reconnected));
+            }
+            Ok(Some(Event::Presence { peer, online: true })) => {
+                return Ok(Some(Heard::Online(peer)));
             }
             Ok(Some(other)) => debug!(?other, "event while pairing"),
         }
@@ -294,6 +327,13 @@ async fn next_pair_message(
 }
 
 /// Run pairing until one phone is paired (returns it) or the deadline.
+///
+/// A relay restart or a reconnection while a code is shown or a claim is
+/// under way is survived as PROTOCOL §9.4 "Interruptions" says: the same
+/// code's mailbox is opened again, a claim that had not reached the user
+/// starts over from the phone's next hello, and an accepted device that
+/// shows no sign of having got the answer within `answer_wait` is removed
+/// ("pairing interrupted").
 ///
 /// # Errors
 /// [`PairError`] when the relay connection fails, the new device cannot be
@@ -325,124 +365,49 @@ pub async fn pair<K: PeerKeeper>(
         )?;
         let pid = offer.pairing_id();
         client.pair_open(pid, u16::try_from(ttl_secs).unwrap_or(u16::MAX)).await?;
-        let expires = Instant::now() + opts.code_ttl;
+        let mailbox = Mailbox { client, pid, expires: Instant::now() + opts.code_ttl };
         ui.show_code(&offer.payload().to_link(&unique_base(&opts.link_base, &mut entropy)?));
         let mut rotate_at = Instant::now() + opts.code_ttl.saturating_sub(opts.rotate_before);
         if let Some(d) = opts.deadline {
             rotate_at = rotate_at.min(started + d);
         }
-        let outcome =
-            match next_pair_message(events, (client, pid, expires), None, rotate_at).await? {
-                None => None,
-                Some((phone_id, hello)) => {
-                    let claim = Claim { client, offer: &offer, pid, phone_id, opts };
-                    match claim.run(events, &hello, ui, keeper, &mut entropy).await {
-                        Ok(paired) => paired,
-                        Err(PairError::Pairing(e)) => {
-                            ui.status(&format!("a device tried to pair and failed: {e}"));
-                            None
-                        }
-                        Err(e) => {
-                            let _ = client.pair_close(pid).await;
-                            return Err(e);
-                        }
+        let outcome = loop {
+            let (phone_id, hello) = match hear(events, &mailbox, rotate_at).await? {
+                None => break None,
+                Some(Heard::Message(peer, hello)) => (peer, hello),
+                Some(_) => continue,
+            };
+            let mut claim = Claim { mailbox, offer: &offer, phone_id, opts };
+            let mut hello = hello;
+            let step = loop {
+                match claim.run(events, &hello, ui, keeper, &mut entropy).await {
+                    // Interrupted before the user saw it: the phone's next
+                    // hello starts over on the same code.
+                    Ok(Step::Again(Some((peer, next)))) => {
+                        claim.phone_id = peer;
+                        hello = next;
                     }
+                    other => break other,
                 }
             };
+            match step {
+                Ok(Step::Paired(p)) => break Some(p),
+                Ok(Step::Again(_)) => {}
+                Ok(Step::Over) => break None,
+                Err(PairError::Pairing(e)) => {
+                    ui.status(&format!("a device tried to pair and failed: {e}"));
+                    break None;
+                }
+                Err(e) => {
+                    let _ = client.pair_close(pid).await;
+                    return Err(e);
+                }
+            }
+        };
         let _ = client.pair_close(pid).await;
         if let Some(p) = outcome {
             return Ok(p);
         }
-    }
-}
-
-/// One claimed code.
-struct Claim<'a> {
-    client: &'a Client,
-    offer: &'a DesktopPairing,
-    pid: [u8; 16],
-    phone_id: DeviceId,
-    opts: &'a PairOptions,
-}
-
-impl Claim<'_> {
-    async fn run<K: PeerKeeper>(
-        &self,
-        events: &mut mpsc::Receiver<Event>,
-        hello: &[u8],
-        ui: &mut dyn PairUi,
-        keeper: &mut K,
-        entropy: &mut Entropy,
-    ) -> Result<Option<Paired>, PairError> {
-        let Self { client, offer, pid, phone_id, opts } = *self;
-        let hello = Envelope::decode(hello).map_err(|e| PairingError::Handshake(e.to_string()))?;
-        let (waiting, welcome) = offer.on_hello(&hello, &opts.info, now_unix(), entropy)?;
-        client.pair_message(pid, phone_id, welcome).await?;
-        let until = Instant::now() + opts.step_timeout;
-        let Some((_, confirm)) =
-            next_pair_message(events, (client, pid, until), Some(phone_id), until).await?
-        else {
-            ui.status("the phone did not finish pairing in time");
-            return Ok(None);
-        };
-        let confirm =
-            Envelope::decode(&confirm).map_err(|e| PairingError::Handshake(e.to_string()))?;
-        let user = waiting.on_confirm(&confirm)?;
-        // The relay only routes to keys the Noise handshake authenticated.
-        if user.phone_public().device_id() != phone_id {
-            return Err(PairingError::Handshake(
-                "the claim came from another device than the handshake".into(),
-            )
-            .into());
-        }
-        let info = user.phone_info().clone();
-        let current = keeper.scope_of(phone_id).await?;
-        let request = ConfirmRequest {
-            phone: &info,
-            phone_id,
-            sas: user.sas(),
-            proposed: opts.proposed(current),
-            current,
-        };
-        let decision = match tokio::time::timeout(CONFIRM_TIMEOUT, ui.confirm(request)).await {
-            Ok(d) => d,
-            Err(_) => {
-                ui.status("no answer in time");
-                Decision::Refuse
-            }
-        };
-        let Decision::Accept(scope) = decision else {
-            let refusal = user.refuse("the codes did not match or the desktop user declined")?;
-            client.pair_message(pid, phone_id, refusal).await?;
-            keeper.refused(phone_id).await;
-            ui.status("pairing refused");
-            return Ok(None);
-        };
-        let (paired, result) = user.accept(entropy)?;
-        if current.is_some() {
-            // Pairing again: what the relay queued under the old link can
-            // never be opened by either side; revoking drops it. Before the
-            // save: until the new route is authorised, the relay must not
-            // report the device online through its old route, which would
-            // clear the pending mark of a link the phone never got.
-            client.revoke(phone_id).await?;
-        }
-        // Saved before the phone is answered (PROTOCOL §9.4).
-        let peer = Peer::from_paired(paired, scope, now_unix(), opts.outbox).pending();
-        keeper.keep(peer).await?;
-        crash_point("pair.saved");
-        client.authorize(phone_id).await?;
-        client.pair_message(pid, phone_id, result).await?;
-        crash_point("pair.sent");
-        let devices = keeper.finished(phone_id).await?;
-        Ok(Some(Paired {
-            device_id: phone_id,
-            name: info.name.clone(),
-            scope,
-            ephemeral: info.ephemeral,
-            previous: current,
-            devices,
-        }))
     }
 }
 

@@ -146,6 +146,33 @@ async fn a_wiped_relay_serves_the_next_task_in_full() {
     drop(agent);
 }
 
+/// The wiped relay refuses the first re-authorisations for now (its store
+/// fails the writes, `store_unavailable`): both devices try again, the
+/// route comes back without a reconnect, and the next task arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_relay_that_refuses_the_routes_for_now_gets_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path());
+    let (agent, phone, desktop) = start(dir.path(), &relay).await;
+    let mut events = phone.subscribe();
+    let mut seen = Seen::new();
+    task(&phone, &desktop, &mut events, &mut seen, 20).await;
+
+    relay.kill9();
+    let mut events = phone.subscribe();
+    std::fs::remove_dir_all(dir.path().join("relay-data")).unwrap();
+    relay.restart_failing("relay.route=2*return");
+    until(&mut events, &mut seen, |_, others| desktop_online(others)).await;
+    assert!(
+        relay.log().contains("relay.route"),
+        "the relay's store refused route writes:\n{}",
+        relay.log()
+    );
+    task(&phone, &desktop, &mut events, &mut seen, 10).await;
+    phone.close().await;
+    drop(agent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_restored_from_an_older_copy_serves_the_next_task_in_full() {
     let dir = tempfile::tempdir().unwrap();

@@ -277,9 +277,10 @@ impl TandemClient {
     }
 
     /// Deliver events to `listener` until the returned handle is cancelled
-    /// or dropped. Events from before the call are not replayed: read
+    /// or dropped. Events from before the call are not replayed (read
     /// [`desktops`](Self::desktops) and [`history`](Self::history) for the
-    /// current state.
+    /// current state), except for the first subscription after `open`: it
+    /// also gets what `open` reported (`DesktopSetAside`).
     pub fn subscribe(&self, listener: Arc<dyn EventListener>) -> Arc<SubscriptionHandle> {
         let _entered = self.core.runtime.handle().enter();
         let events = self.core.phone.subscribe();

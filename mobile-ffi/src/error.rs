@@ -43,6 +43,11 @@ pub enum MobileError {
     /// The phone's own storage (data directory or secret store) failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// The relay connection was lost while pairing and the pairing could
+    /// not be taken up again; the desktop forgets the attempt too. Ask the
+    /// user to show a new code on the desktop and scan it.
+    #[error("pairing interrupted: scan again")]
+    PairingInterrupted,
     /// No answer in time.
     #[error("timed out")]
     Timeout,
@@ -74,6 +79,7 @@ impl From<PhoneError> for MobileError {
             PhoneError::UnknownDesktop(m) => Self::UnknownDesktop(m),
             PhoneError::Revoked => Self::Revoked,
             PhoneError::Storage(m) => Self::Storage(m),
+            PhoneError::PairingInterrupted => Self::PairingInterrupted,
             PhoneError::Timeout => Self::Timeout,
             PhoneError::Closed => Self::Closed,
             PhoneError::Protocol(m) => Self::Protocol(m),
@@ -98,6 +104,7 @@ mod tests {
             (PhoneError::UnknownDesktop("k".into()), MobileError::UnknownDesktop("k".into())),
             (PhoneError::Revoked, MobileError::Revoked),
             (PhoneError::Storage("s".into()), MobileError::Storage("s".into())),
+            (PhoneError::PairingInterrupted, MobileError::PairingInterrupted),
             (PhoneError::Timeout, MobileError::Timeout),
             (PhoneError::Closed, MobileError::Closed),
             (PhoneError::Protocol("p".into()), MobileError::Protocol("p".into())),

@@ -54,6 +54,58 @@ pub enum ClientEvent {
         /// A human-readable message.
         message: String,
     },
+    /// Messages the desktop sent were dropped before reaching this phone
+    /// (the desktop's outbox limit, or this phone's data restored from an
+    /// older copy): they will never arrive. Tell the person that updates
+    /// from that desktop are missing, and reload what is shown from
+    /// `TandemClient::tasks` and `history`.
+    MessagesLost {
+        /// The desktop.
+        desktop_id: String,
+        /// The first lost message (the desktop's sequence number).
+        from_seq: u64,
+        /// The last lost message.
+        to_seq: u64,
+    },
+    /// Events `from_offset..=to_offset` of a task are no longer kept by the
+    /// desktop and will never be shown: mark the task's history as
+    /// incomplete. Later events follow as usual.
+    TaskEventsLost {
+        /// The desktop.
+        desktop_id: String,
+        /// The task.
+        task_id: String,
+        /// The first lost offset.
+        from_offset: u64,
+        /// The last lost offset.
+        to_offset: u64,
+    },
+    /// The relay refused a message for this desktop (`queue_full`,
+    /// `rate_limited`, …). With `retrying` it stays queued and is sent again
+    /// automatically until the relay takes it (show the desktop as not
+    /// reachable for now); without, it can never be sent.
+    SendRefused {
+        /// The desktop.
+        desktop_id: String,
+        /// The relay's code.
+        code: String,
+        /// A human-readable message.
+        message: String,
+        /// Whether it is sent again.
+        retrying: bool,
+    },
+    /// A paired desktop's saved state could not be read at `open`: it was
+    /// moved aside and that desktop is no longer paired here. Show
+    /// `message` and offer to pair with it again. Delivered to the first
+    /// listener subscribed after `open`.
+    DesktopSetAside {
+        /// The desktop.
+        desktop_id: String,
+        /// Where the damaged file is now, if it could be moved.
+        moved_to: Option<String>,
+        /// What happened and what to do, for a person.
+        message: String,
+    },
     /// The listener fell behind and `missed` events were dropped before it
     /// saw them. Refresh from `TandemClient::tasks` and `history`.
     Lagged {
@@ -76,6 +128,18 @@ impl From<tandem_phone::PhoneEvent> for ClientEvent {
             }
             PhoneEvent::Refused { desktop_id, task_id, code, message } => {
                 Self::Refused { desktop_id, task_id, code, message }
+            }
+            PhoneEvent::MessagesLost { desktop_id, from_seq, to_seq } => {
+                Self::MessagesLost { desktop_id, from_seq, to_seq }
+            }
+            PhoneEvent::TaskEventsLost { desktop_id, task_id, from_offset, to_offset } => {
+                Self::TaskEventsLost { desktop_id, task_id, from_offset, to_offset }
+            }
+            PhoneEvent::SendRefused { desktop_id, code, message, retrying } => {
+                Self::SendRefused { desktop_id, code, message, retrying }
+            }
+            PhoneEvent::DesktopSetAside { desktop_id, moved_to, message } => {
+                Self::DesktopSetAside { desktop_id, moved_to, message }
             }
         }
     }

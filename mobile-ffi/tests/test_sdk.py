@@ -736,6 +736,50 @@ async def test_reopening_keeps_the_identity_and_the_desktops(w):
     check_offsets(got, "after reopening")
 
 
+async def test_lost_messages_and_a_damaged_desktop_file_are_sdk_events(w):
+    """A gap the phone cannot fill (its state older than what it already
+    acknowledged to the desktop, as after a restore from an older copy) is
+    a MessagesLost event; a desktop file that cannot be read is moved aside
+    and reported (DesktopSetAside) to the first listener after open, and
+    the phone opens with its other desktops."""
+    # A request carries the acknowledgement of every event before it.
+    await w.phone1.tasks(w.desktop_id)
+    w.sub1.cancel()
+    await w.phone1.shutdown()
+    phone_dir = os.path.join(w.tmp, "phone1")
+    path = os.path.join(phone_dir, "desktops", f"{w.desktop_id}.json")
+    with open(path) as f:
+        state = json.load(f)
+    delivered = state["link"]["inbound"]["delivered"]
+    assert delivered > 3, delivered
+    state["link"]["inbound"]["delivered"] = delivered - 3
+    with open(path, "w") as f:
+        json.dump(state, f)
+    damaged_id = "A" * 26
+    damaged = os.path.join(phone_dir, "desktops", f"{damaged_id}.json")
+    with open(damaged, "w") as f:
+        f.write('{"desktop_id": "torn')
+
+    w.phone1 = await open_client("Phone One", phone_dir)
+    w.events1 = Collector(asyncio.get_running_loop(), "phone1-restored")
+    w.sub1 = w.phone1.subscribe(make_listener(w.events1))
+    aside = await w.events1.next("set aside", lambda e: isinstance(e, tm.ClientEvent.DESKTOP_SET_ASIDE))
+    assert aside.desktop_id == damaged_id, aside
+    assert aside.moved_to and os.path.exists(aside.moved_to) and not os.path.exists(damaged), aside
+    assert damaged_id in aside.message and "pair with it again" in aside.message, aside.message
+    assert [d.desktop_id for d in w.phone1.desktops()] == [w.desktop_id]
+
+    task = await w.phone1.submit(w.desktop_id, "count 1 10")
+    await w.events1.task_until_finished(task)
+    lost = [e for e in w.events1.all if isinstance(e, tm.ClientEvent.MESSAGES_LOST)]
+    assert len(lost) == 1, lost
+    assert lost[0].desktop_id == w.desktop_id
+    # From the first the phone lacks to the last the desktop dropped (the
+    # list's answer may still have been held, and then was sent again).
+    assert lost[0].from_seq == delivered - 2, (delivered, lost[0])
+    assert lost[0].to_seq in (delivered - 1, delivered), (delivered, lost[0])
+
+
 async def test_a_revoked_phone_gets_a_revoked_error(w):
     device = w.phone2.device_id()
     out = w.tandem_ok("revoke", device)
@@ -893,6 +937,7 @@ CHECKS = [
     test_an_idle_phone_is_detached,
     test_cancelled_or_dropped_subscriptions_stop,
     test_reopening_keeps_the_identity_and_the_desktops,
+    test_lost_messages_and_a_damaged_desktop_file_are_sdk_events,
     test_a_revoked_phone_gets_a_revoked_error,
     test_forgetting_a_desktop,
     test_sessions_renew_and_a_stolen_snapshot_opens_only_its_own_session,

@@ -38,6 +38,12 @@ pub enum PhoneError {
     /// The phone's own storage failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// The relay connection was lost while pairing (the relay restarted or
+    /// the network dropped) and the pairing could not be taken up again:
+    /// the desktop forgets the attempt too (PROTOCOL §9.4, "Interruptions").
+    /// Show a new code on the desktop and scan it.
+    #[error("pairing interrupted: scan again")]
+    PairingInterrupted,
     /// No answer in time.
     #[error("timed out")]
     Timeout,

@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod crashpoint;
 mod error;
 pub mod offsets;
 mod phone;

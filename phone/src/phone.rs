@@ -10,9 +10,10 @@
 //! a record sealed under a session must not arrive after the confirmation of
 //! the next one, when the desktop may have erased the old session. One
 //! sender task per connection waits for the relay's answers, so the
-//! connection loop never waits on the network; what cannot be sent now
-//! stays in the link's persisted outbox and goes out again on the next
-//! `Connected`.
+//! connection loop never waits on the network. What cannot be sent now
+//! stays in the link's persisted outbox: see [`outbox`] for what goes out
+//! again when (a timer for refusals, presence and reconnects for the rest,
+//! never a record the relay already holds).
 //!
 //! Sessions renew and rekey on the schedule of `docs/PROTOCOL.md` §10.6
 //! ([`PhoneConfig::schedule`]): see [`renewal`].
@@ -38,12 +39,14 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::crashpoint::crash_point;
 use crate::error::PhoneError;
 use crate::offsets::{Offsets, Verdict};
 use crate::secrets::{FileSecretStore, SecretStore};
 use crate::store::{self, DesktopRecord};
 
 mod incoming;
+mod outbox;
 mod pairing;
 mod renewal;
 mod requests;
@@ -66,6 +69,8 @@ const WELCOME_WAIT: Duration = Duration::from_secs(30);
 const CONFIRM_WAIT: Duration = Duration::from_secs(300);
 /// How long a history or task-list request waits for its answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// How long `close` lets records already handed over reach the relay.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Records waiting for a connection's sender task.
 const SEND_QUEUE: usize = 1024;
 /// Events kept for slow subscribers.
@@ -80,39 +85,68 @@ struct Desktop {
     /// Its outbox could not be sealed (the session's counters are used up):
     /// resend it as soon as a renewal completes.
     reseal: bool,
+    /// What the relay holds or is being asked to hold of the outbox.
+    sent: outbox::Sent,
 }
 
 impl Desktop {
     fn new(id: DeviceId, record: DesktopRecord, offsets: Offsets, online: bool) -> Self {
-        Desktop { id, record, offsets, online, active: BTreeSet::new(), reseal: false }
+        let mut sent = outbox::Sent::default();
+        sent.presence(online);
+        Desktop { id, record, offsets, online, active: BTreeSet::new(), reseal: false, sent }
     }
 }
 
 /// The relay's answer to one record already handed to the client.
 type Answer = Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send>>;
 
-/// For a connection's sender task: to whom a record went, the relay's
-/// answer to wait for, and the renewal step it completes once stored.
-type Posted = (DeviceId, Answer, Option<&'static str>);
+/// For a connection's sender task: one record handed to the client.
+struct Posted {
+    /// The desktop it goes to.
+    to: DeviceId,
+    /// The relay's answer to wait for.
+    answer: Answer,
+    /// The renewal step it completes once stored.
+    stored: Option<&'static str>,
+    /// The outbox message it carries, if it is one (not an ack, a nack or a
+    /// handshake message, which are made again when needed).
+    seq: Option<u64>,
+}
 
 struct Relay {
     client: Client,
     outbound: mpsc::Sender<Posted>,
     state: ConnectionState,
+    /// The relay said it restarts: after the next `Connected` everything
+    /// not acknowledged goes out again (it may have lost what it held).
+    restarted: bool,
+    /// The store epoch of the last connection (none yet): a connection to
+    /// another store sends everything not acknowledged again (PROTOCOL.md
+    /// §13.4), one to the same store only what it has not stored.
+    epoch: Option<u64>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Relay {
     /// Hand `record` to the client now (its place in the order is taken
     /// here, under the caller's lock), and its answer to the sender task;
-    /// `stored` is the renewal step it completes once the relay stored it.
-    /// Never waits; a record that does not fit the queue is withdrawn and
-    /// stays in the outbox.
-    fn post(&self, to: DeviceId, record: Vec<u8>, stored: Option<&'static str>) {
+    /// `stored` is the renewal step it completes once the relay stored it,
+    /// `seq` the outbox message it carries. Never waits; a record that does
+    /// not fit the queue is withdrawn (it stays in the outbox) and `false`
+    /// is returned.
+    fn post(
+        &self,
+        to: DeviceId,
+        record: Vec<u8>,
+        stored: Option<&'static str>,
+        seq: Option<u64>,
+    ) -> bool {
         let answer: Answer = Box::pin(self.client.send(to, record));
-        if self.outbound.try_send((to, answer, stored)).is_err() {
+        let queued = self.outbound.try_send(Posted { to, answer, stored, seq }).is_ok();
+        if !queued {
             debug!(peer = %to, "send queue full; the record stays in the outbox");
         }
+        queued
     }
 }
 
@@ -127,7 +161,9 @@ struct PendingHistory {
 struct State {
     desktops: BTreeMap<String, Desktop>,
     relays: HashMap<String, Relay>,
-    pairings: HashMap<[u8; 16], mpsc::Sender<Vec<u8>>>,
+    /// Pairings under way: their relay's URL and where their mailbox's
+    /// messages (and the reconnections of that relay) go.
+    pairings: HashMap<[u8; 16], (String, mpsc::Sender<pairing::PairInput>)>,
     histories: HashMap<(String, String), Vec<PendingHistory>>,
     lists: HashMap<String, Vec<oneshot::Sender<Vec<TaskSummary>>>>,
     closed: bool,
@@ -141,6 +177,9 @@ struct Inner {
     state: Mutex<State>,
     entropy: Mutex<Entropy>,
     events: broadcast::Sender<PhoneEvent>,
+    /// The receiver made at open, holding what was reported before anyone
+    /// subscribed (damaged files): the first subscriber gets it.
+    first: Mutex<Option<broadcast::Receiver<PhoneEvent>>>,
     schedule: Schedule,
     step_hook: Option<StepHook>,
 }
@@ -215,8 +254,8 @@ impl Phone {
             app_version: config.app_version.chars().take(32).collect(),
             ephemeral: false,
         };
-        let records = store::load_all(&config.data_dir).map_err(storage)?;
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (records, set_aside) = store::load_all(&config.data_dir).map_err(storage)?;
+        let (events, first) = broadcast::channel(EVENT_BUFFER);
         let inner = Arc::new(Inner {
             data_dir: config.data_dir.clone(),
             key,
@@ -225,18 +264,29 @@ impl Phone {
             state: Mutex::new(State::default()),
             entropy: Mutex::new(entropy),
             events,
+            first: Mutex::new(Some(first)),
             schedule: config.schedule,
             step_hook: config.step_hook.clone(),
         });
         let phone = Phone { inner };
+        for s in set_aside {
+            let moved_to = s.moved_to.map(|p| p.display().to_string());
+            let message = format!(
+                "the saved state of desktop {} could not be read ({}); it was moved aside{} and \
+                 this phone no longer knows that desktop: pair with it again",
+                s.desktop_id,
+                s.reason,
+                moved_to.as_ref().map_or(String::new(), |p| format!(" to {p}")),
+            );
+            warn!(desktop = %s.desktop_id, "{message}");
+            phone.emit(PhoneEvent::DesktopSetAside { desktop_id: s.desktop_id, moved_to, message });
+        }
         {
             let mut st = phone.lock();
             for record in records {
-                let Ok(id) = record.desktop_id.parse::<DeviceId>() else {
-                    warn!(desktop = %record.desktop_id, "stored desktop with a bad id skipped");
-                    continue;
-                };
-                let offsets = Offsets::from_stored(record.offsets.clone());
+                // Checked by `load_all`.
+                let Ok(id) = record.desktop_id.parse::<DeviceId>() else { continue };
+                let offsets = Offsets::from_stored(record.offsets.clone(), record.finished.clone());
                 st.desktops
                     .insert(record.desktop_id.clone(), Desktop::new(id, record, offsets, false));
             }
@@ -259,12 +309,16 @@ impl Phone {
         self.inner.key.public().device_id().to_string()
     }
 
-    /// Subscribe to task events, connection changes, presence, detach and
-    /// refusals. A subscriber that falls more than 4096 events behind
-    /// misses the oldest (`RecvError::Lagged`) and should reload history.
+    /// Subscribe to task events, connection changes, presence, detach,
+    /// refusals and losses. A subscriber that falls more than 4096 events
+    /// behind misses the oldest (`RecvError::Lagged`) and should reload
+    /// history. The first subscriber also gets what was reported since
+    /// [`Phone::open`] ([`PhoneEvent::DesktopSetAside`]).
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<PhoneEvent> {
-        self.inner.events.subscribe()
+        let first =
+            self.inner.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        first.unwrap_or_else(|| self.inner.events.subscribe())
     }
 
     fn emit(&self, e: PhoneEvent) {
@@ -282,14 +336,18 @@ impl Phone {
         let (outbound, mut queue) = mpsc::channel::<Posted>(SEND_QUEUE);
         let me = self.clone();
         let sender = tokio::spawn(async move {
-            while let Some((to, answer, stored)) = queue.recv().await {
-                match answer.await {
-                    Ok(()) => {
-                        if let Some(step) = stored {
-                            me.step(step);
+            while let Some(p) = queue.recv().await {
+                let result = p.answer.await;
+                if let (Ok(()), Some(step)) = (&result, p.stored) {
+                    me.step(step);
+                }
+                match p.seq {
+                    Some(seq) => me.answered(p.to, seq, result),
+                    None => {
+                        if let Err(e) = result {
+                            debug!(peer = %p.to, error = %e, "ack or handshake refused; made again when due");
                         }
                     }
-                    Err(e) => debug!(peer = %to, error = %e, "send refused; resent on reconnect"),
                 }
             }
         });
@@ -297,13 +355,16 @@ impl Phone {
         let u = url.to_owned();
         let reader = tokio::spawn(async move { me.run_relay(u, events).await });
         let upkeep = self.spawn_upkeep(url);
+        let retry = self.spawn_retry(url);
         st.relays.insert(
             url.to_owned(),
             Relay {
                 client: client.clone(),
                 outbound,
                 state: ConnectionState::Connecting,
-                tasks: vec![sender, reader, upkeep],
+                restarted: false,
+                epoch: None,
+                tasks: vec![sender, reader, upkeep, retry],
             },
         );
         client
@@ -312,7 +373,28 @@ impl Phone {
     async fn run_relay(self, url: String, mut events: mpsc::Receiver<Event>) {
         while let Some(ev) = events.recv().await {
             match ev {
-                Event::Connected { .. } => self.connection(&url, ConnectionState::Connected, true),
+                Event::Connected { store_epoch, .. } => {
+                    self.new_epoch(&url, store_epoch);
+                    // Not the first attempt: the relay may have restarted
+                    // and forgotten the mailbox of a pairing under way,
+                    // which claims it again.
+                    let waiting: Vec<_> = {
+                        let st = self.lock();
+                        let again = st
+                            .relays
+                            .get(&url)
+                            .is_some_and(|r| !matches!(r.state, ConnectionState::Connecting));
+                        st.pairings
+                            .values()
+                            .filter(|(u, _)| again && *u == url)
+                            .map(|(_, tx)| tx.clone())
+                            .collect()
+                    };
+                    self.connection(&url, ConnectionState::Connected, true);
+                    for tx in waiting {
+                        let _ = tx.try_send(pairing::PairInput::Reconnected);
+                    }
+                }
                 Event::Disconnected { retry_in, code, reason } => {
                     let state = if retry_in == Duration::MAX
                         && matches!(
@@ -337,6 +419,7 @@ impl Phone {
                         match st.desktops.get_mut(&id) {
                             Some(d) => {
                                 d.online = online;
+                                d.sent.presence(online);
                                 true
                             }
                             None => false,
@@ -345,7 +428,7 @@ impl Phone {
                     if known {
                         self.emit(PhoneEvent::Presence { desktop_id: id.clone(), online });
                         if online {
-                            self.resend(&id);
+                            self.resend(&id, false);
                             // Both online: a renewal that is due starts now.
                             self.upkeep(&id);
                         }
@@ -360,10 +443,15 @@ impl Phone {
                         r.client.ack(delivery_id);
                     }
                 }
+                Event::Restarting { .. } => {
+                    if let Some(r) = self.lock().relays.get_mut(&url) {
+                        r.restarted = true;
+                    }
+                }
                 Event::PairMessage { pairing_id, payload, .. } => {
-                    let tx = self.lock().pairings.get(&pairing_id).cloned();
+                    let tx = self.lock().pairings.get(&pairing_id).map(|(_, tx)| tx.clone());
                     if let Some(tx) = tx {
-                        let _ = tx.try_send(payload);
+                        let _ = tx.try_send(pairing::PairInput::Message(payload));
                     }
                 }
                 other => debug!(?other, "relay event"),
@@ -372,10 +460,14 @@ impl Phone {
     }
 
     fn connection(&self, url: &str, state: ConnectionState, connected: bool) {
+        let mut restarted = false;
         let ids: Vec<String> = {
             let mut st = self.lock();
             if let Some(r) = st.relays.get_mut(url) {
                 r.state = state;
+                if connected {
+                    restarted = std::mem::take(&mut r.restarted);
+                }
             }
             let ids: Vec<String> = st
                 .desktops
@@ -387,6 +479,7 @@ impl Phone {
                 for id in &ids {
                     if let Some(d) = st.desktops.get_mut(id) {
                         d.online = false;
+                        d.sent.presence(false);
                     }
                 }
             }
@@ -408,60 +501,59 @@ impl Phone {
         for id in ids {
             self.emit(PhoneEvent::Connection { desktop_id: id.clone(), state });
             if connected {
-                self.resend(&id);
+                self.resend(&id, restarted);
             }
+        }
+    }
+
+    /// A connection to `url` names store `epoch`: unless it is the epoch of
+    /// the previous connection, the relay may not hold what it stored
+    /// before, so the next resend sends everything (as after a restart).
+    fn new_epoch(&self, url: &str, epoch: u64) {
+        if let Some(r) = self.lock().relays.get_mut(url)
+            && r.epoch.replace(epoch) != Some(epoch)
+        {
+            r.restarted = true;
         }
     }
 
     /// Authorise the routes to `desktops` again, in the background: a relay
     /// whose data was wiped or restored from an older copy (a new store
     /// epoch, PROTOCOL.md §6.6) has lost them; authorising is idempotent.
+    /// A refusal for now (the relay's store cannot write, it is busy) is
+    /// tried again, 1 s doubling to 30 s, while the desktop is still paired
+    /// here: otherwise the route would stay lost until the next reconnect.
     fn reauthorize(&self, url: &str, desktops: &[String]) {
         let Some(client) = self.lock().relays.get(url).map(|r| r.client.clone()) else { return };
         for id in desktops {
             let Ok(desktop) = id.parse::<DeviceId>() else { continue };
-            let authorize = client.authorize(desktop);
+            let (client, phone, id) = (client.clone(), self.clone(), id.clone());
             tokio::spawn(async move {
-                if let Err(e) = authorize.await {
-                    debug!(desktop = %desktop, error = %e, "the relay did not take the route again");
+                let mut wait = Duration::from_secs(1);
+                loop {
+                    match client.authorize(desktop).await {
+                        Ok(()) => return,
+                        Err(e) if e.is_temporary() => {
+                            debug!(desktop = %desktop, error = %e, "the route is authorised again later");
+                        }
+                        Err(e) => {
+                            debug!(desktop = %desktop, error = %e, "the relay did not take the route again");
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                    if !phone.lock().desktops.contains_key(&id) {
+                        return;
+                    }
                 }
             });
         }
     }
 
-    /// Whatever the desktop has not acknowledged goes out again.
-    fn resend(&self, desktop_id: &str) {
-        let mut st = self.lock();
-        let Some(d) = st.desktops.get_mut(desktop_id) else { return };
-        let records = match d.record.link.resend(0) {
-            Ok(r) => r,
-            Err(e) => {
-                // Counters used up: the schedule renews the session, and the
-                // outbox follows the renewal.
-                info!(desktop = %desktop_id, error = %e, "cannot reseal the outbox until the session is renewed");
-                d.reseal = true;
-                drop(st);
-                self.upkeep(desktop_id);
-                return;
-            }
-        };
-        if records.is_empty() {
-            return;
-        }
-        if let Err(e) = self.save_locked(d) {
-            warn!(error = %e, "cannot save before resending");
-            return;
-        }
-        let (id, url) = (d.id, d.record.relay_url.clone());
-        if let Some(r) = st.relays.get(&url) {
-            for rec in records {
-                r.post(id, rec, None);
-            }
-        }
-    }
-
     fn save_locked(&self, d: &mut Desktop) -> Result<(), PhoneError> {
         d.record.offsets = d.offsets.stored().clone();
+        d.record.finished = d.offsets.finished();
         store::save(&self.inner.data_dir, &d.record).map_err(storage)?;
         d.record.link.mark_persisted();
         Ok(())
@@ -497,7 +589,10 @@ impl Phone {
         Ok(())
     }
 
-    /// Close every relay connection. The state stays on disk.
+    /// Close every relay connection. What was already handed to a
+    /// connection (acknowledgements above all, so that the desktop does not
+    /// send its last messages again at the next start) gets up to
+    /// [`CLOSE_FLUSH`] to reach the relay. The state stays on disk.
     pub async fn close(&self) {
         let relays: Vec<Relay> = {
             let mut st = self.lock();
@@ -505,10 +600,21 @@ impl Phone {
             st.relays.drain().map(|(_, r)| r).collect()
         };
         for r in relays {
-            for t in r.tasks {
+            let Relay { client, outbound, tasks, .. } = r;
+            drop(outbound);
+            let mut tasks = tasks.into_iter();
+            // The first is the sender: it ends once what it holds is answered.
+            let sender = tasks.next();
+            for t in tasks {
                 t.abort();
             }
-            r.client.close().await;
+            if let Some(sender) = sender {
+                let abort = sender.abort_handle();
+                if tokio::time::timeout(CLOSE_FLUSH, sender).await.is_err() {
+                    abort.abort();
+                }
+            }
+            client.close().await;
         }
     }
 }

@@ -28,6 +28,23 @@ pub(crate) struct DesktopRecord {
     /// Per task, the next event offset this phone expects.
     #[serde(default)]
     pub(crate) offsets: BTreeMap<String, u64>,
+    /// Tasks seen finishing, oldest first: forgotten first when the offsets
+    /// reach their cap ([`crate::offsets::MAX_TASKS`]).
+    #[serde(default)]
+    pub(crate) finished: Vec<String>,
+}
+
+/// A desktop file that could not be read, moved aside so that the others
+/// open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SetAside {
+    /// The desktop it was for (the file's name).
+    pub(crate) desktop_id: String,
+    /// Where it is now (`<name>.damaged-<unix seconds>`), if the rename
+    /// worked.
+    pub(crate) moved_to: Option<PathBuf>,
+    /// What was wrong with it.
+    pub(crate) reason: String,
 }
 
 pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -56,6 +73,7 @@ fn file(data_dir: &Path, id: &str) -> PathBuf {
 }
 
 pub(crate) fn save(data_dir: &Path, r: &DesktopRecord) -> io::Result<()> {
+    fail::fail_point!("phone.save", |_| Err(io::Error::other("phone.save failpoint")));
     create_private_dir(&desktops_dir(data_dir))?;
     let bytes = serde_json::to_vec(r).map_err(io::Error::other)?;
     write_private(&file(data_dir, &r.desktop_id), &bytes)
@@ -80,26 +98,103 @@ pub(crate) fn load_one(data_dir: &Path, id: &str) -> io::Result<Option<DesktopRe
     }
 }
 
-/// Every stored desktop; a damaged file is an error (never silently dropped).
-pub(crate) fn load_all(data_dir: &Path) -> io::Result<Vec<DesktopRecord>> {
+/// Every stored desktop, and the files that could not be read: each of
+/// those is renamed `<name>.damaged-<unix seconds>` (kept for a person to
+/// look at, never read again) and reported, so that one damaged file does
+/// not stop the phone from opening with the others. Only a desktops
+/// directory that cannot be listed is an error.
+pub(crate) fn load_all(data_dir: &Path) -> io::Result<(Vec<DesktopRecord>, Vec<SetAside>)> {
     let dir = desktops_dir(data_dir);
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
+    let mut set_aside = Vec::new();
     for entry in entries {
         let path = entry?.path();
         if path.extension().and_then(|e| e.to_str()) != Some("json") {
             continue;
         }
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+        // A file that cannot be read now (permissions, a locked device, an
+        // I/O error) is an error, not damage: setting it aside would drop
+        // that desktop's messages for a passing failure. Only a file read
+        // whole that does not parse, or names another desktop, is damaged.
         let bytes = fs::read(&path)?;
-        let r: DesktopRecord = serde_json::from_slice(&bytes).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
-        })?;
-        out.push(r);
+        let read = serde_json::from_slice::<DesktopRecord>(&bytes);
+        let reason = match read {
+            Ok(r)
+                if r.desktop_id == stem
+                    && r.desktop_id.parse::<tandem_proto::DeviceId>().is_ok() =>
+            {
+                out.push(r);
+                continue;
+            }
+            Ok(r) => {
+                format!("it names desktop {:?}, not a valid id matching its file", r.desktop_id)
+            }
+            Err(e) => e.to_string(),
+        };
+        set_aside.push(move_aside(&path, stem, reason));
     }
     out.sort_by_key(|r| r.paired_at_unix);
-    Ok(out)
+    Ok((out, set_aside))
+}
+
+/// Rename a damaged file out of the way (`<name>.damaged-<unix seconds>`).
+fn move_aside(path: &Path, desktop_id: String, reason: String) -> SetAside {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("desktop");
+    let to = path.with_file_name(format!("{name}.damaged-{now}"));
+    let moved_to = match fs::rename(path, &to) {
+        Ok(()) => Some(to),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot move a damaged desktop file aside");
+            None
+        }
+    };
+    SetAside { desktop_id, moved_to, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that cannot be read now is an error, never set aside: only
+    /// what was read and does not parse is damage.
+    #[test]
+    fn a_file_that_cannot_be_read_is_an_error_and_stays_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let desktops = desktops_dir(dir.path());
+        create_private_dir(&desktops).unwrap();
+        // Reading a directory fails (EISDIR), as a locked or failing file
+        // would; root ignores permission bits, so a mode cannot stand in.
+        fs::create_dir(desktops.join("BBBB.json")).unwrap();
+        assert!(load_all(dir.path()).is_err());
+        let names: Vec<_> =
+            fs::read_dir(&desktops).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("BBBB.json")], "nothing renamed");
+    }
+
+    #[test]
+    fn a_damaged_file_is_moved_aside_and_the_others_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let desktops = desktops_dir(dir.path());
+        create_private_dir(&desktops).unwrap();
+        fs::write(desktops.join("AAAA.json"), b"{ not json").unwrap();
+        fs::write(desktops.join("notes.txt"), b"ignored").unwrap();
+        let (loaded, aside) = load_all(dir.path()).unwrap();
+        assert!(loaded.is_empty());
+        assert_eq!(aside.len(), 1);
+        assert_eq!(aside[0].desktop_id, "AAAA");
+        let moved = aside[0].moved_to.clone().unwrap();
+        assert!(moved.file_name().unwrap().to_str().unwrap().starts_with("AAAA.json.damaged-"));
+        assert!(moved.exists() && !desktops.join("AAAA.json").exists());
+        // Set aside once: the next open finds nothing to report.
+        assert_eq!(load_all(dir.path()).unwrap().1, Vec::new());
+    }
 }

@@ -254,18 +254,19 @@ impl Link {
         seqs.into_iter().map(|s| self.seal_data(s)).collect()
     }
 
-    /// Seal again, under new counters, only the unacknowledged messages
-    /// among `seqs` (in the order given; others are skipped): what the relay
-    /// is missing of the outbox, without resealing what it holds.
+    /// Seal again the unacknowledged messages whose seq `pick` chooses, in
+    /// order, each with its seq: a sender that knows which of its records
+    /// the relay already holds resends only the others (§13.4).
     ///
     /// # Errors
     /// [`RecordError::Exhausted`] when the session must be renewed first.
-    pub fn resend_only(&mut self, seqs: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, RecordError> {
-        let unacked: Vec<u64> = self.outbound.unacked_from(0).map(|(s, _)| s).collect();
-        seqs.iter()
-            .filter(|s| unacked.binary_search(s).is_ok())
-            .map(|&s| self.seal_data(s).map(|r| (s, r)))
-            .collect()
+    pub fn resend_only(
+        &mut self,
+        pick: impl Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, Vec<u8>)>, RecordError> {
+        let seqs: Vec<u64> =
+            self.outbound.unacked_from(0).map(|(s, _)| s).filter(|s| pick(*s)).collect();
+        seqs.into_iter().map(|s| self.seal_data(s).map(|r| (s, r))).collect()
     }
 
     /// A bare acknowledgement of everything delivered so far.

@@ -1,14 +1,29 @@
 //! Failpoints (the `fail` crate) for crash and fault tests, compiled in only
 //! with the `failpoints` feature (`scripts/test.sh` enables it; without it
-//! `fail::fail_point!` compiles to nothing and [`setup`] arms nothing).
+//! every point passes and [`setup`] arms nothing).
 //!
 //! The relay binary reads `FAILPOINTS` at start (`name=action;...`, the
-//! `fail` crate's syntax). The points are named `relay.<step>` and listed
-//! where they are defined, in the store (`store/`):
+//! `fail` crate's syntax). Every persistence boundary of the store has one:
 //!
-//! * `relay.enqueue`: the store refuses a `Send` with a storage error
-//!   (`store_unavailable`), as a failing disk would (`1*return`: one frame);
-//! * `relay.enqueue.<device id>`: the same, only for frames to that device.
+//! | point | where | `return` | `return(abort)` |
+//! |---|---|---|---|
+//! | `relay.enqueue` | a `Send` is submitted to the store | refused as a failed store write (`store_unavailable`), no id taken | refused too (no abort) |
+//! | `relay.enqueue.<device id>` | the same, only for frames to that device | as `relay.enqueue` | as `relay.enqueue` |
+//! | `relay.open` | the store is opened (at start, and reopened after a failure) | the open fails (as on a full disk): the relay serves, not ready, and retries | abort |
+//! | `relay.commit.before` | before a batch with an enqueue, authorisation or revocation is committed | the commit fails as an I/O error would: the batch is refused, the store is reopened | abort |
+//! | `relay.commit.after` | after such a batch's commit, before its answers (`Ok`) are sent | abort (the batch is on disk, nobody was told) | abort |
+//! | `relay.ack` | an acknowledgement deletes frames | the batch fails (as an I/O error) | abort |
+//! | `relay.route` | an authorisation or revocation is written | the batch fails (as an I/O error) | abort |
+//!
+//! `1*return` fails once; `return(abort)` aborts the process there (a
+//! `kill -9` at that step).
+//!
+//! and the crash points of pairing ([`crash_point`], `conn/reader.rs`):
+//!
+//! * `relay.pair_claim`: a phone's `PairClaim` was read, before it is
+//!   looked at (the claim is in flight: never answered, never forwarded);
+//! * `relay.pair_message`: a `PairMessage` was read, before it is forwarded
+//!   (with `2*off->return`, the third of a pairing: the desktop's result).
 
 /// The points armed from `FAILPOINTS`, for the life of the process: keep it
 /// in `main`.
@@ -24,4 +39,39 @@ pub fn setup() -> Armed {
         #[cfg(feature = "failpoints")]
         _scenario: fail::FailScenario::setup(),
     }
+}
+
+/// Evaluate the point `name`: `Err(name)` when it is armed with `return`
+/// (the caller fails as an I/O error would), the process aborts when it is
+/// armed with `return(abort)` (or for `relay.commit.after`, with any
+/// `return`), and `Ok` otherwise.
+#[cfg(feature = "failpoints")]
+pub(crate) fn check(name: &'static str) -> Result<(), &'static str> {
+    match fail::eval(name, |arg| arg) {
+        Some(arg) if arg.as_deref() == Some("abort") || name == "relay.commit.after" => {
+            eprintln!("failpoint {name}: aborting");
+            std::process::abort()
+        }
+        Some(_) => Err(name),
+        None => Ok(()),
+    }
+}
+
+/// Without the `failpoints` feature every point passes.
+#[cfg(not(feature = "failpoints"))]
+#[inline]
+pub(crate) fn check(_name: &'static str) -> Result<(), &'static str> {
+    Ok(())
+}
+
+/// Abort the process (no destructors, like `kill -9`) when `FAILPOINTS`
+/// arms `name` with `return`; nothing without the `failpoints` feature.
+pub(crate) fn crash_point(name: &str) {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(name, |_| {
+        tracing::warn!(point = name, "crash point: aborting");
+        std::process::abort()
+    });
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
 }

@@ -30,6 +30,7 @@ pub(crate) struct Metrics {
     drops: Family<Label, Counter>,
     auth_failures: Counter,
     pairings: Family<Label, Counter>,
+    store_up: Gauge,
 }
 
 fn role_str(role: Role) -> &'static str {
@@ -66,6 +67,7 @@ impl Metrics {
             drops: Family::default(),
             auth_failures: Counter::default(),
             pairings: Family::default(),
+            store_up: Gauge::default(),
         };
         registry.register(
             "connections",
@@ -125,7 +127,17 @@ impl Metrics {
             m.auth_failures.clone(),
         );
         registry.register("pairings", "Pairing mailbox events by outcome", m.pairings.clone());
+        registry.register(
+            "store_up",
+            "1 while the store can write, 0 while it cannot (not open, or failed and being reopened: /readyz fails)",
+            m.store_up.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Whether the store can write (the `store_up` gauge).
+    pub(crate) fn store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
     }
 
     /// A device authenticated.

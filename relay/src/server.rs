@@ -53,7 +53,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     crate::fsmode::secure_dir(&config.data_dir)?;
-    let store = RedbStore::open(&config.data_dir, config.queue, config.routes, unix_now())?;
+    // A store that cannot be opened now (a full disk) does not stop the
+    // relay: it serves, not ready, and the store keeps trying to open.
+    let store =
+        RedbStore::open_or_retry(&config.data_dir, config.queue, config.routes, unix_now())?;
     let store: Arc<dyn Store> = Arc::new(store);
     run_with_store(listener, config, store, shutdown).await
 }
@@ -183,9 +186,18 @@ fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
+/// `/readyz`: 200 `ready` while the relay takes traffic; 503 with a short
+/// reason while it drains or its store cannot write (`store unavailable:
+/// ...`, e.g. a full disk) or does not answer within 2 s.
 async fn ready(AxState(state): AxState<Arc<State>>) -> Response {
     if state.draining.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    let health = state.store.health();
+    state.metrics.store_up(health.is_ok());
+    if let Err(why) = health {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {why}\n"))
+            .into_response();
     }
     // A cheap store round trip (one lookup), not a scan: /readyz is public.
     match tokio::time::timeout(
@@ -234,6 +246,7 @@ fn token_matches(given: &[u8], token: &[u8]) -> bool {
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
+    state.metrics.store_up(state.store.health().is_ok());
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render(),

@@ -8,13 +8,17 @@
 //! The relay names itself in its challenge by the `Host` the device dialed,
 //! which the device checks: the tap passes each device's `Host` on
 //! unchanged, so it is transparent to both.
+//!
+//! [`Tap::refuse_sends_to`] makes it a faulty relay: the next `Send`s to a
+//! device are not passed on but answered `Error{queue_full}`, as a relay
+//! whose store refused them would.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::{SinkExt, StreamExt};
-use tandem_proto::DeviceId;
 use tandem_proto::frame::Frame;
+use tandem_proto::{DeviceId, ErrorCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -78,9 +82,26 @@ pub type OnFrame = Arc<dyn Fn(&Captured) + Send + Sync>;
 struct Shared {
     captured: Mutex<Vec<Captured>>,
     on_frame: Option<OnFrame>,
+    /// Per recipient, how many more `Send`s to refuse.
+    refuse: Mutex<Vec<(DeviceId, usize)>>,
 }
 
 impl Shared {
+    /// The refusal for `frame` if it is a `Send` the tap must refuse.
+    fn refusal(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        let Ok(Frame::Send { send_id, to, .. }) = Frame::decode(frame) else { return None };
+        let mut refuse = self.refuse.lock().unwrap_or_else(PoisonError::into_inner);
+        let left = refuse.iter_mut().find(|(d, n)| *d == to && *n > 0)?;
+        left.1 -= 1;
+        Frame::Error {
+            code: ErrorCode::QueueFull,
+            ref_id: send_id,
+            message: "refused by the test tap".into(),
+        }
+        .encode()
+        .ok()
+    }
+
     fn record(&self, direction: Direction, bytes: &[u8]) {
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -129,7 +150,11 @@ impl Tap {
     ) -> std::io::Result<Tap> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { captured: Mutex::new(Vec::new()), on_frame });
+        let shared = Arc::new(Shared {
+            captured: Mutex::new(Vec::new()),
+            on_frame,
+            refuse: Mutex::new(Vec::new()),
+        });
         let (cuts, cut_rx) = watch::channel(0u64);
         let s = Arc::clone(&shared);
         let task = tokio::spawn(async move {
@@ -151,6 +176,21 @@ impl Tap {
     #[must_use]
     pub fn url(&self) -> String {
         format!("ws://{}/v1/connect", self.addr)
+    }
+
+    /// Refuse the next `n` `Send`s addressed to `to` (from any device): they
+    /// are not passed on, and the sender gets `Error{queue_full}` for each.
+    pub fn refuse_sends_to(&self, to: DeviceId, n: usize) {
+        let mut refuse = self.shared.refuse.lock().unwrap_or_else(PoisonError::into_inner);
+        refuse.retain(|(d, _)| *d != to);
+        refuse.push((to, n));
+    }
+
+    /// How many refusals set with [`Tap::refuse_sends_to`] are left for `to`.
+    #[must_use]
+    pub fn refusals_left(&self, to: DeviceId) -> usize {
+        let refuse = self.shared.refuse.lock().unwrap_or_else(PoisonError::into_inner);
+        refuse.iter().find(|(d, _)| *d == to).map_or(0, |(_, n)| *n)
     }
 
     /// Close every connection open now (devices reconnect through the tap).
@@ -220,6 +260,13 @@ async fn carry(
                 Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
                     if let Message::Binary(b) = &m {
                         shared.record(Direction::ToRelay, b);
+                        if let Some(error) = shared.refusal(b) {
+                            shared.record(Direction::FromRelay, &error);
+                            if to_device.send(Message::Binary(error.into())).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
                     }
                     if to_relay.send(m).await.is_err() {
                         return;

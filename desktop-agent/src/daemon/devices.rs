@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 use tandem_proto::DeviceId;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Daemon, DaemonError, REVOKE_WAIT};
 use crate::agent_config::AgentConfig;
@@ -91,18 +91,48 @@ impl Daemon<'_> {
     /// relay may have lost its routes; PROTOCOL.md §6.6, §6.8). A device
     /// being revoked is left out.
     pub(super) fn reauthorize(&self) {
-        for peer in self.peers.list() {
-            let id = peer.device_id();
+        let ids: Vec<DeviceId> = self.peers.list().iter().map(|p| p.device_id()).collect();
+        self.authorize_again(ids);
+    }
+
+    /// Authorise these devices' routes again, in the background; a refusal
+    /// for now (the relay's store cannot write, it is busy) puts the device
+    /// in `reauth_later`, which the one-second tick tries again
+    /// ([`Daemon::retry_reauthorize`]) while it is still paired and not
+    /// being revoked: otherwise the route would stay lost until the next
+    /// reconnect.
+    fn authorize_again(&self, ids: Vec<DeviceId>) {
+        for id in ids {
             if self.revoking.contains(&id) {
                 continue;
             }
             let authorize = self.client.authorize(id);
+            let later = std::sync::Arc::clone(&self.reauth_later);
             tokio::spawn(async move {
-                if let Err(e) = authorize.await {
-                    warn!(peer = %id, error = %e, "the relay did not take the route again");
+                match authorize.await {
+                    Ok(()) => {}
+                    Err(e) if e.is_temporary() => {
+                        debug!(peer = %id, error = %e, "the route is authorised again later");
+                        later.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id);
+                    }
+                    Err(e) => {
+                        warn!(peer = %id, error = %e, "the relay did not take the route again")
+                    }
                 }
             });
         }
+    }
+
+    /// Try again the re-authorisations the relay refused for now (every
+    /// tick: at most one request per device and second while it refuses).
+    pub(super) fn retry_reauthorize(&self) {
+        let ids: Vec<DeviceId> = {
+            let mut later =
+                self.reauth_later.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            later.drain().collect()
+        };
+        let ids = ids.into_iter().filter(|id| self.peers.get(id).is_some()).collect();
+        self.authorize_again(ids);
     }
 
     /// Send the relay every revocation it has not confirmed and that is not

@@ -331,7 +331,7 @@ impl Daemon<'_> {
         if missing.is_empty() {
             return Ok(());
         }
-        let records = match peer.link_mut().resend_only(&missing) {
+        let records = match peer.link_mut().resend_only(|s| missing.binary_search(&s).is_ok()) {
             Ok(r) => r,
             Err(e) => {
                 // Counters used up: the schedule renews the session (now, if

@@ -16,6 +16,10 @@ impl Daemon<'_> {
             PairCall::Keep { peer, .. } => Some(peer.device_id()),
             _ => None,
         };
+        let forgotten = match &call {
+            PairCall::Interrupted { id, .. } => Some(*id),
+            _ => None,
+        };
         let mut events = Vec::new();
         call.apply(self.peers, &mut |e| events.push(e));
         for e in events {
@@ -26,6 +30,12 @@ impl Daemon<'_> {
         {
             // A device paired again starts afresh: attached, not yet online.
             self.last_heard.insert(id, Instant::now());
+            self.detached.remove(&id);
+            self.online.remove(&id);
+        }
+        if let Some(id) = forgotten {
+            // Its pairing was interrupted after the answer: gone.
+            self.last_heard.remove(&id);
             self.detached.remove(&id);
             self.online.remove(&id);
         }

@@ -23,7 +23,7 @@ use crate::ui::Input;
 pub const ON_DEMAND_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Events for the daemon, in order, and the pairing messages (and a copy of
-/// each `Connected`) for [`pair_alongside`], from one client's `events`. The forwarding task ends
+/// each `Connected` and `Presence{online}`) for [`pair_alongside`], from one client's `events`. The forwarding task ends
 /// when `events` does (then both receivers see the end) or when the daemon's
 /// receiver is dropped. Pairing messages nobody is waiting for are dropped.
 #[must_use]
@@ -40,8 +40,9 @@ pub fn split_events(
                 }
                 continue;
             }
-            // A reconnection reopens the mailbox of a code being shown.
-            if matches!(ev, Event::Connected { .. }) {
+            // A reconnection reopens the mailbox of a code being shown; a
+            // device coming online is how a new one shows it got its answer.
+            if matches!(ev, Event::Connected { .. } | Event::Presence { online: true, .. }) {
                 let _ = pair_tx.try_send(ev.clone());
             }
             if daemon_tx.send(ev).await.is_err() {

@@ -27,6 +27,9 @@ pub trait PeerKeeper: Send {
     fn finished(&mut self, id: DeviceId) -> impl Future<Output = Result<usize, PairError>> + Send;
     /// The desktop user refused this device (audited).
     fn refused(&mut self, id: DeviceId) -> impl Future<Output = ()> + Send;
+    /// The device was answered but never showed it got the answer (a relay
+    /// restart lost it): remove it, audited as revoked and forgotten.
+    fn interrupted(&mut self, id: DeviceId) -> impl Future<Output = Result<(), PairError>> + Send;
 }
 
 /// Save `peer` in `store`, replacing a device with the same id, and audit
@@ -70,6 +73,25 @@ fn finish(store: &mut PeerStore, id: &DeviceId) -> Result<usize, PeerError> {
         store.save(id)?;
     }
     Ok(store.list().iter().filter(|p| !p.pairing_pending()).count())
+}
+
+/// Remove `id`, a device whose pairing was interrupted after its answer,
+/// and audit it (`revoked`, then `forgotten` with the reason).
+fn forget_interrupted(
+    store: &mut PeerStore,
+    audit: &mut dyn FnMut(AuditEvent),
+    id: &DeviceId,
+) -> Result<(), PeerError> {
+    match store.remove(id) {
+        Ok(_) | Err(PeerError::UnknownPeer(_)) => {}
+        Err(e) => return Err(e),
+    }
+    audit(AuditEvent::Revoked { device: id.to_string() });
+    audit(AuditEvent::Forgotten {
+        device: id.to_string(),
+        reason: "pairing interrupted: the phone never showed it got the answer".into(),
+    });
+    Ok(())
 }
 
 /// The [`PeerStore`] itself, with the audit log of its data directory.
@@ -120,6 +142,15 @@ impl PeerKeeper for StoreKeeper<'_> {
     async fn refused(&mut self, id: DeviceId) {
         self.record(AuditEvent::PairingRefused { device: id.to_string() });
     }
+
+    async fn interrupted(&mut self, id: DeviceId) -> Result<(), PairError> {
+        let mut events = Vec::new();
+        forget_interrupted(self.store, &mut |e| events.push(e), &id)?;
+        for e in events {
+            self.record(e);
+        }
+        Ok(())
+    }
 }
 
 /// A request from a pairing to the running daemon
@@ -152,6 +183,13 @@ pub enum PairCall {
         /// The device.
         id: DeviceId,
     },
+    /// [`PeerKeeper::interrupted`].
+    Interrupted {
+        /// The device.
+        id: DeviceId,
+        /// Whether it was removed.
+        reply: oneshot::Sender<Result<(), PeerError>>,
+    },
 }
 
 impl PairCall {
@@ -169,6 +207,9 @@ impl PairCall {
             }
             PairCall::Refused { id } => {
                 audit(AuditEvent::PairingRefused { device: id.to_string() })
+            }
+            PairCall::Interrupted { id, reply } => {
+                let _ = reply.send(forget_interrupted(store, audit, &id));
             }
         }
     }
@@ -213,5 +254,9 @@ impl PeerKeeper for DaemonKeeper {
 
     async fn refused(&mut self, id: DeviceId) {
         let _ = self.calls.send(PairCall::Refused { id }).await;
+    }
+
+    async fn interrupted(&mut self, id: DeviceId) -> Result<(), PairError> {
+        Ok(self.call(|reply| PairCall::Interrupted { id, reply }).await??)
     }
 }

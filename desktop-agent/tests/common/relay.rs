@@ -84,14 +84,37 @@ impl Relay {
         Self::start_on(dir, "127.0.0.1:0").expect("the relay starts")
     }
 
+    /// As [`Relay::start`], with the failpoints of `FAILPOINTS` armed
+    /// (`relay.pair_message=2*off->return`: it aborts at that step). A
+    /// [`Relay::restart`] starts it without them.
+    #[allow(dead_code)]
+    pub fn start_failing(dir: &Path, failpoints: &str) -> Relay {
+        Self::start_env(dir, "127.0.0.1:0", Some(failpoints)).expect("the relay starts")
+    }
+
+    /// Whether the process ended (a crash point aborted it).
+    #[allow(dead_code)]
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     /// `None` when it could not listen on `listen`.
     pub fn start_on(dir: &Path, listen: &str) -> Option<Relay> {
+        Self::start_env(dir, listen, None)
+    }
+
+    fn start_env(dir: &Path, listen: &str, failpoints: Option<&str>) -> Option<Relay> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("relay.log"))
             .unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        match failpoints {
+            Some(f) => cmd.env("FAILPOINTS", f),
+            None => cmd.env_remove("FAILPOINTS"),
+        };
+        let mut child = cmd
             .args(["relay_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
             .env(RELAY_LISTEN, listen)
             .env(RELAY_DATA, dir.join("relay-data"))
@@ -139,6 +162,20 @@ impl Relay {
         let listen = self.addr.to_string();
         for _ in 0..100 {
             if let Some(again) = Self::start_on(&self.dir, &listen) {
+                *self = again;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the relay could not listen on {listen} again:\n{}", self.log());
+    }
+
+    /// As [`Relay::restart`], with the failpoints of `FAILPOINTS` armed.
+    #[allow(dead_code)]
+    pub fn restart_failing(&mut self, failpoints: &str) {
+        let listen = self.addr.to_string();
+        for _ in 0..100 {
+            if let Some(again) = Self::start_env(&self.dir, &listen, Some(failpoints)) {
                 *self = again;
                 return;
             }

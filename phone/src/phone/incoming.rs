@@ -9,7 +9,9 @@ impl Phone {
     /// must deliver it again).
     pub(super) fn deliver(&self, url: &str, from: DeviceId, payload: &[u8]) -> bool {
         let id = from.to_string();
-        let mut out: Vec<Vec<u8>> = Vec::new();
+        // Envelopes to send, in order, with the outbox seq of those that
+        // carry a message (tracked until the relay takes them).
+        let mut out: Vec<(Option<u64>, Vec<u8>)> = Vec::new();
         let mut emitted = Vec::new();
         let mut requests = Vec::new();
         let kind = renewal::Kind::of(payload);
@@ -31,7 +33,7 @@ impl Phone {
                 Err(LinkError::Record(RecordError::Replay(_))) => {
                     // Seen before (a redelivery): tell the desktop again what we have.
                     if let Ok(ack) = d.record.link.ack() {
-                        out.push(ack);
+                        out.push((None, ack));
                     }
                     Vec::new()
                 }
@@ -40,10 +42,15 @@ impl Phone {
                     return true;
                 }
             };
+            crash_point("phone.deliver_received");
             let step = renewal::Points::of(kind, &events);
             if events.iter().any(|e| matches!(e, LinkEvent::SessionRenewed)) {
                 info!(desktop = %id, "session renewed");
-                reseal = std::mem::take(&mut d.reseal);
+                // What the relay holds was sealed under a session the desktop
+                // may no longer have: the outbox goes out again under the new
+                // one (exhausted or not).
+                d.reseal = false;
+                reseal = true;
             }
             if let Some(p) = step {
                 self.step(p.received);
@@ -61,9 +68,14 @@ impl Phone {
                         }
                         Err(e) => warn!(error = %e, "malformed message from the desktop"),
                     },
-                    LinkEvent::Send(e) => out.extend(e),
+                    LinkEvent::Send(e) => out.extend(e.into_iter().map(|r| (None, r))),
                     LinkEvent::ResyncNeeded { from: a, to: b } => {
                         warn!(desktop = %id, a, b, "messages from the desktop were lost");
+                        emitted.push(PhoneEvent::MessagesLost {
+                            desktop_id: id.clone(),
+                            from_seq: a,
+                            to_seq: b,
+                        });
                     }
                     LinkEvent::AckDue => ack_due = true,
                     // Noted above.
@@ -74,8 +86,8 @@ impl Phone {
             for m in requests {
                 let Ok(bytes) = m.encode() else { continue };
                 match d.record.link.send(bytes) {
-                    Ok((_, r)) => {
-                        out.push(r);
+                    Ok((seq, r)) => {
+                        out.push((Some(seq), r));
                         direct_reply = true;
                     }
                     Err(e) => {
@@ -90,17 +102,21 @@ impl Phone {
                 && !direct_reply
                 && let Ok(ack) = d.record.link.ack()
             {
-                out.push(ack);
+                out.push((None, ack));
             }
             if let Err(e) = self.save_locked(d) {
                 warn!(error = %e, "cannot save the desktop's state; the relay will redeliver");
                 // Back to what is on disk, so the redelivery opens again.
                 if let Ok(Some(r)) = store::load_one(&self.inner.data_dir, &id) {
-                    d.offsets = Offsets::from_stored(r.offsets.clone());
+                    d.offsets = Offsets::from_stored(r.offsets.clone(), r.finished.clone());
                     d.record = r;
                 }
                 return false;
             }
+            crash_point("phone.deliver_saved");
+            // What the desktop acknowledged needs no resending.
+            let oldest = d.record.link.outbound().oldest();
+            d.sent.prune(oldest);
             if let Some(p) = step {
                 self.step(p.saved);
             }
@@ -108,18 +124,24 @@ impl Phone {
                 // The renewal's answer (the accept, or the confirming ack) is
                 // the last envelope: its step passes once the relay stored it.
                 let last = out.len().saturating_sub(1);
-                for (i, rec) in out.into_iter().enumerate() {
+                for (i, (seq, rec)) in out.into_iter().enumerate() {
                     let stored = step.and_then(|p| p.sent).filter(|_| i == last);
-                    r.post(from, rec, stored);
+                    match seq {
+                        Some(seq) => outbox::post(&st.relays, d, seq, rec),
+                        None => {
+                            r.post(from, rec, stored, None);
+                        }
+                    }
                 }
             }
         }
         for e in emitted {
             self.emit(e);
         }
+        crash_point("phone.deliver_emitted");
         if reseal {
-            // A renewal ended an exhausted session: the outbox goes out now.
-            self.resend(&id);
+            // A renewal completed: the outbox goes out now, all of it.
+            self.resend(&id, true);
         }
         true
     }
@@ -150,13 +172,12 @@ fn apply(
             let Some(d) = st.desktops.get_mut(id) else { return };
             match d.offsets.observe(&record.task_id, offset) {
                 Verdict::Deliver => {
-                    match &record.event {
-                        TaskEvent::Finished { .. } => {
-                            d.active.remove(&record.task_id);
-                        }
-                        _ => {
-                            d.active.insert(record.task_id.clone());
-                        }
+                    let done = matches!(record.event, TaskEvent::Finished { .. });
+                    d.offsets.note(&record.task_id, done);
+                    if done {
+                        d.active.remove(&record.task_id);
+                    } else {
+                        d.active.insert(record.task_id.clone());
                     }
                     emitted.push(PhoneEvent::Task(record));
                 }
@@ -204,8 +225,16 @@ fn apply(
             }
         }
         Message::HistoryUnavailable { task_id, earliest, .. } => {
-            if let Some(d) = st.desktops.get_mut(id) {
-                d.offsets.unavailable(&task_id, earliest);
+            if let Some(d) = st.desktops.get_mut(id)
+                && let Some((from, to)) = d.offsets.unavailable(&task_id, earliest)
+            {
+                warn!(desktop = %id, task = %task_id, from, to, "task events no longer kept by the desktop");
+                emitted.push(PhoneEvent::TaskEventsLost {
+                    desktop_id: id.to_owned(),
+                    task_id: task_id.clone(),
+                    from_offset: from,
+                    to_offset: to,
+                });
             }
             if let Some(pages) = st.histories.get_mut(&(id.to_owned(), task_id)) {
                 for p in pages.iter_mut().filter(|p| p.from < earliest && p.events.is_empty()) {

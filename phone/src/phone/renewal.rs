@@ -190,7 +190,7 @@ impl Phone {
             debug!(desktop = %desktop_id, "renewing the session");
             self.step("renew.init_saved");
             if let Some(r) = st.relays.get(&url) {
-                r.post(d.id, init, Some("renew.init_sent"));
+                r.post(d.id, init, Some("renew.init_sent"), None);
             }
         }
     }

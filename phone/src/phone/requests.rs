@@ -5,20 +5,24 @@
 use super::*;
 
 impl Phone {
-    /// Seal `m` for a desktop, save, and send it. Resolves when the relay
-    /// stored it, or after a while if the relay is unreachable (it stays in
-    /// the outbox and goes out on reconnect).
+    /// Seal `m` for a desktop, save, and hand it to the connection's
+    /// in-order sender. Resolves when the relay stored it, or after a while
+    /// if the relay is unreachable or refuses it for now (it stays in the
+    /// outbox and goes out again: see [`super::outbox`]).
     async fn send(&self, desktop_id: &str, m: &Message) -> Result<(), PhoneError> {
         let bytes = m.encode().map_err(|e| PhoneError::Protocol(e.to_string()))?;
         let answer = {
             let mut st = self.lock();
             let st = &mut *st;
+            if st.closed {
+                return Err(PhoneError::Closed);
+            }
             let d = st
                 .desktops
                 .get_mut(desktop_id)
                 .ok_or_else(|| PhoneError::UnknownDesktop(desktop_id.into()))?;
-            let record = match d.record.link.send(bytes) {
-                Ok((_, record)) => Some(record),
+            let sealed = match d.record.link.send(bytes) {
+                Ok(sealed) => Some(sealed),
                 // Queued, not sealed: the session's counters are used up. It
                 // goes out after the renewal the schedule starts.
                 Err(RecordError::Exhausted) => {
@@ -28,22 +32,24 @@ impl Phone {
                 Err(e) => return Err(PhoneError::Protocol(e.to_string())),
             };
             self.save_locked(d)?;
-            let client = st
-                .relays
-                .get(&d.record.relay_url)
-                .map(|r| r.client.clone())
-                .ok_or(PhoneError::Closed)?;
+            crash_point("phone.send_saved");
             // Handed to the client under the lock: in the order it was
             // sealed relative to every other record (see the module docs).
-            record.map(|r| client.send(d.id, r))
+            sealed.map(|(seq, record)| {
+                let (tx, rx) = oneshot::channel();
+                d.sent.wait(seq, tx);
+                outbox::post(&st.relays, d, seq, record);
+                rx
+            })
         };
         let Some(answer) = answer else {
             self.upkeep(desktop_id);
             return Ok(());
         };
         match tokio::time::timeout(SEND_WAIT, answer).await {
-            Ok(Ok(())) | Err(_) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(Err(e))) => Err(e),
+            // Stored; or not yet: it stays in the outbox and goes out again.
+            _ => Ok(()),
         }
     }
 

@@ -143,4 +143,62 @@ pub enum PhoneEvent {
         /// Its words.
         message: String,
     },
+    /// Messages the desktop sent were dropped from its outbox before they
+    /// reached this phone (the desktop's outbox limit, or this phone's state
+    /// restored from an older copy): they will never arrive. What to do:
+    /// tell the person that the desktop's updates `from_seq..=to_seq` are
+    /// missing and reload what is shown (`Phone::tasks`, then
+    /// `Phone::history` of the tasks on screen); task events themselves are
+    /// filled from the desktop's history as far as it keeps them.
+    MessagesLost {
+        /// The desktop.
+        desktop_id: String,
+        /// The first lost message (the desktop's sequence number).
+        from_seq: u64,
+        /// The last lost message.
+        to_seq: u64,
+    },
+    /// Events of a task that this phone was filling from the desktop's
+    /// history are no longer kept by the desktop (its per-task limit, or a
+    /// task it pruned): `from_offset..=to_offset` will never be shown. What
+    /// to do: mark the task's history as incomplete there; later events
+    /// follow as usual.
+    TaskEventsLost {
+        /// The desktop.
+        desktop_id: String,
+        /// The task.
+        task_id: String,
+        /// The first lost offset.
+        from_offset: u64,
+        /// The last lost offset.
+        to_offset: u64,
+    },
+    /// The relay refused a message for this desktop (`queue_full`,
+    /// `rate_limited`, `not_authorized`, …). With `retrying`, it stays in
+    /// the outbox and is sent again on a timer (backoff up to 30 s) until
+    /// the relay takes it: nothing to do but show that the desktop is not
+    /// reachable for now. Without, it cannot ever be sent (too large).
+    /// Reported once per run of refusals.
+    SendRefused {
+        /// The desktop.
+        desktop_id: String,
+        /// The relay's code.
+        code: String,
+        /// Its words.
+        message: String,
+        /// Whether it is sent again.
+        retrying: bool,
+    },
+    /// A paired desktop's file could not be read when the phone opened: it
+    /// was moved aside (`moved_to`) and the phone opened without that
+    /// desktop. What to do: pair with that desktop again (its QR code).
+    /// Reported to the first subscriber after `Phone::open`.
+    DesktopSetAside {
+        /// The desktop (the file's name).
+        desktop_id: String,
+        /// Where the damaged file is now, if it could be moved.
+        moved_to: Option<String>,
+        /// The whole story, for a person: what was wrong and what to do.
+        message: String,
+    },
 }

@@ -231,6 +231,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
                 room: room.clone(),
                 window: writer::Window::default(),
                 behind: false,
+                retry_at: None,
             };
             Some(tokio::spawn(w.run(rx)))
         }

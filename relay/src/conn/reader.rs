@@ -244,6 +244,15 @@ impl Reader {
         let _ = self.handle.send(Frame::Error { code, ref_id, message: message.to_owned() }).await;
     }
 
+    /// The device says it has every delivery up to `up_to`: the delivery
+    /// window opens as soon as it says so; the store deletes them meanwhile.
+    fn open_window(&self, up_to: u64) {
+        let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
+        if self.acked.fetch_max(up_to, Ordering::AcqRel) < up_to {
+            self.room.notify_one();
+        }
+    }
+
     async fn reply(&self, frame: Frame) {
         let _ = self.handle.send(frame).await;
     }
@@ -251,6 +260,12 @@ impl Reader {
     async fn on_frame(&self, frame: Frame) -> Result<Option<Pending>, Closing> {
         let state = &self.state;
         let me = self.device;
+        if let Frame::Ack { up_to } = frame {
+            // The window opens before the rate limit is looked at: an ack
+            // the limiter drops must not stall deliveries for good (its
+            // store write waits for the next ack, which covers it).
+            self.open_window(up_to);
+        }
         if !matches!(frame, Frame::Ping { .. } | Frame::Pong { .. }) && !state.limits.frame(me) {
             let ref_id = match &frame {
                 Frame::Send { send_id, .. } => *send_id,
@@ -283,7 +298,12 @@ impl Reader {
                         return Ok(None);
                     }
                     Err(_) => {
-                        self.refuse(ErrorCode::Internal, send_id, "store unavailable").await;
+                        self.refuse(
+                            ErrorCode::StoreUnavailable,
+                            send_id,
+                            "the relay cannot read its store right now; retry later",
+                        )
+                        .await;
                         return Ok(None);
                     }
                 }
@@ -301,13 +321,9 @@ impl Reader {
                 }))));
             }
             Frame::Ack { up_to } => {
-                // Never delete what this connection has not delivered yet.
+                // Never delete what this connection has not delivered yet
+                // (the window was opened above, before the rate limit).
                 let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
-                // The window opens as soon as the device says it has them;
-                // the store deletes them meanwhile.
-                if self.acked.fetch_max(up_to, Ordering::AcqRel) < up_to {
-                    self.room.notify_one();
-                }
                 return Ok(Some(Pending::Ack { fut: state.store.ack(me, up_to) }));
             }
             Frame::Authorize { request_id, peer } => {
@@ -350,7 +366,9 @@ impl Reader {
                         .await;
                     }
                     Err(_) => {
-                        self.refuse(ErrorCode::Internal, request_id, "store unavailable").await
+                        state.metrics.refused(ErrorCode::StoreUnavailable);
+                        let msg = "the relay cannot write its store right now; retry later";
+                        self.refuse(ErrorCode::StoreUnavailable, request_id, msg).await
                     }
                 }
             }
@@ -367,7 +385,9 @@ impl Reader {
                         self.reply(Frame::Ok { ref_id: request_id }).await;
                     }
                     Err(_) => {
-                        self.refuse(ErrorCode::Internal, request_id, "store unavailable").await
+                        state.metrics.refused(ErrorCode::StoreUnavailable);
+                        let msg = "the relay cannot write its store right now; retry later";
+                        self.refuse(ErrorCode::StoreUnavailable, request_id, msg).await
                     }
                 }
             }
@@ -402,6 +422,7 @@ impl Reader {
                 }
             }
             Frame::PairClaim { request_id, pairing_id, payload } => {
+                crate::failpoints::crash_point("relay.pair_claim");
                 if self.role != Role::Phone {
                     self.refuse(
                         ErrorCode::UnexpectedFrame,
@@ -446,6 +467,7 @@ impl Reader {
                 }
             }
             Frame::PairMessage { pairing_id, peer, payload } => {
+                crate::failpoints::crash_point("relay.pair_message");
                 match state.mailboxes.route(pairing_id, me, peer) {
                     Ok(to) => match state.registry.get(&to) {
                         Some(h) => h.offer(Outbound::Frame(Frame::PairMessage {

@@ -7,6 +7,11 @@
 //! read from there as the device's acks make room. So a slow device is
 //! served at its pace, and pings and answers never wait behind more than a
 //! window of deliveries.
+//!
+//! When the store cannot be read (it is down, or busy) the connection stays
+//! open: the device is told once (`Error{store_unavailable, ref_id = 0}`),
+//! nothing is delivered past the gap, and the backlog is read again every
+//! [`STORE_RETRY`] until it works.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,6 +23,7 @@ use tandem_proto::frame::Frame;
 use tandem_proto::{DeviceId, ErrorCode};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until};
+use tracing::warn;
 
 use super::{Activity, Closing, Sink, close, feed, flush, write};
 use crate::registry::{ConnHandle, Outbound, Queued};
@@ -29,6 +35,9 @@ pub(super) const WRITE_FAILED: &str = "write failed or timed out";
 const BACKLOG_PAGE: usize = 128;
 /// Most queued frames the writer buffers before it flushes.
 const WRITE_BATCH: usize = 64;
+/// How long the writer waits before reading the backlog again after the
+/// store refused a read.
+pub(super) const STORE_RETRY: Duration = Duration::from_secs(1);
 
 pub(super) struct Writer {
     pub(super) sink: Sink,
@@ -47,6 +56,8 @@ pub(super) struct Writer {
     pub(super) window: Window,
     /// Some delivery was left in the store for want of room in the window.
     pub(super) behind: bool,
+    /// The store refused the last backlog read: when to read it again.
+    pub(super) retry_at: Option<Instant>,
 }
 
 /// The deliveries in flight on one connection: sent, not acknowledged.
@@ -154,6 +165,7 @@ impl Writer {
             loop {
                 {
                     let due = pong_by.map_or(ping_at, |p| p.min(ping_at));
+                    let due = self.retry_at.map_or(due, |r| r.min(due));
                     if timer.deadline() != due || timer.is_elapsed() {
                         timer.as_mut().reset(due);
                     }
@@ -197,6 +209,10 @@ impl Writer {
                     continue;
                 }
                 let now = Instant::now();
+                if self.retry_at.is_some_and(|r| r <= now) {
+                    Box::pin(self.backlog(last, u64::MAX)).await?;
+                    self.flush().await?;
+                }
                 if pong_by.is_some_and(|p| p <= now) {
                     if self.liveness.load(Ordering::Acquire) != 0 {
                         return Err(Closing::new(ErrorCode::PingTimeout, "no pong in time"));
@@ -232,10 +248,11 @@ impl Writer {
                 }
                 if id > *last + 1 {
                     // Something before it may be only in the store: catch up first.
-                    let caught_up = Box::pin(self.backlog(last, id - 1)).await?;
-                    if !caught_up && id > *last + 1 {
-                        // The backlog stopped short (closing, or the window
-                        // is full): never send past a gap.
+                    let complete = Box::pin(self.backlog(last, id - 1)).await?;
+                    if !complete && id > *last + 1 {
+                        // The backlog stopped short (closing, the window is
+                        // full, or the store refused the read): never send
+                        // past a gap. The frame is read from the store later.
                         return Ok(());
                     }
                     if self.room() == 0 {
@@ -287,8 +304,10 @@ impl Writer {
 
     /// Deliver stored frames after `last` up to `until`, in order, while the
     /// window has room (buffered: the caller flushes after the last page).
-    /// Whether it caught up: false when it stopped for the window (then
-    /// `behind` is set) or because the connection is closing.
+    /// Whether it read everything up to `until`: not when it stopped for the
+    /// window (then `behind` is set), when the connection is closing, or when
+    /// the store refused a read (then the device is told, once, and the read
+    /// is tried again after [`STORE_RETRY`]).
     async fn backlog(&mut self, last: &mut u64, until: u64) -> Result<bool, Closing> {
         loop {
             if self.handle.is_closed() {
@@ -302,12 +321,25 @@ impl Writer {
             // Out with the previous page before waiting for the store.
             self.flush().await?;
             let limit = BACKLOG_PAGE.min(room);
-            let page = self
-                .state
-                .store
-                .fetch(self.device, *last, limit)
-                .await
-                .map_err(|_| Closing::new(ErrorCode::Internal, "store unavailable"))?;
+            let page = match self.state.store.fetch(self.device, *last, limit).await {
+                Ok(page) => {
+                    self.retry_at = None;
+                    page
+                }
+                Err(e) => {
+                    if self.retry_at.is_none() {
+                        warn!(device = %self.device, error = %e, "backlog read refused; retrying");
+                        let message = "the relay cannot read its store right now; \
+                                       deliveries resume when it can"
+                            .to_owned();
+                        let f =
+                            Frame::Error { code: ErrorCode::StoreUnavailable, ref_id: 0, message };
+                        self.feed(&f).await?;
+                    }
+                    self.retry_at = Some(Instant::now() + STORE_RETRY);
+                    return Ok(false);
+                }
+            };
             let full = page.len() == limit;
             for q in page {
                 if q.id > until {

@@ -20,6 +20,11 @@
 //! * what is queued and authorised is counted per sender address
 //!   ([`AddrKey`], stored with each row), and those counts are rebuilt from
 //!   the rows when the store opens.
+//! * a store that cannot write (a full disk, a failed database) refuses
+//!   every operation at once ([`StoreError::Unavailable`],
+//!   [`StoreError::Busy`]) rather than blocking its callers, says so in
+//!   [`Store::health`], and recovers by itself when it can write again;
+//!   an operation it refused did not happen.
 
 mod redb;
 #[cfg(test)]
@@ -31,7 +36,7 @@ use std::pin::Pin;
 use tandem_proto::DeviceId;
 use thiserror::Error;
 
-pub use self::redb::RedbStore;
+pub use self::redb::{RedbStore, WRITER_QUEUE};
 
 /// A boxed future returned by [`Store`] methods. It owns what it needs
 /// (`'static`), so a connection can keep several in flight while it goes on
@@ -98,6 +103,16 @@ pub enum StoreError {
     /// The storage backend failed (disk, database). The operation did not happen.
     #[error("storage failed: {0}")]
     Backend(String),
+    /// The store cannot write now (not open yet, or failed and being
+    /// reopened; the reason follows). The operation did not happen; retry
+    /// later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store's queue of waiting operations is full
+    /// ([`WRITER_QUEUE`]). The operation did not happen;
+    /// retry later.
+    #[error("the store is busy")]
+    Busy,
     /// The store is shut down.
     #[error("store closed")]
     Closed,
@@ -359,4 +374,14 @@ pub trait Store: Send + Sync + 'static {
     /// older copy, migrated to another backend). [`RedbStore`] draws a
     /// fresh random one at every open, which covers all three.
     fn epoch(&self) -> u64;
+
+    /// Whether the store can write now, or why not (`/readyz`, the
+    /// `store_up` gauge). Cheap: no store round trip.
+    ///
+    /// # Errors
+    /// The reason the store cannot write (not open, failed and being
+    /// reopened).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

@@ -1,45 +1,57 @@
 //! The embedded store: one redb file in the relay's data directory.
 //!
-//! All operations go to one writer thread through a channel. The thread
-//! takes whatever operations are waiting (up to [`MAX_BATCH`]), applies them
-//! in order inside one write transaction (each table opened once, each
-//! queue's metadata written once) and commits once. Group commit keeps
-//! throughput up while every answer to an enqueue, authorisation or
+//! All operations go to one writer thread ([`writer`]) through a bounded
+//! channel ([`WRITER_QUEUE`] operations; past it a call is refused at once
+//! with [`StoreError::Busy`], which a sender hears as `store_unavailable`).
+//! The thread takes whatever operations are waiting (up to [`MAX_BATCH`]),
+//! applies them in order inside one write transaction (each table opened
+//! once, each queue's metadata written once) and commits once. Group commit
+//! keeps throughput up while every answer to an enqueue, authorisation or
 //! revocation means "on disk": those commits are fsynced
-//! (`Durability::Immediate`). An enqueue takes its delivery id when it is
-//! submitted ([`NextIds`]), so a connected recipient gets the frame at once,
-//! even while the writer is in an fsync ([`super::Enqueued`]); [`Skip`]
-//! keeps those ids from ever being handed out twice. Batches of only
-//! acknowledgements and expiry commit without an fsync ([`LazyCommits`]).
+//! (`Durability::Immediate`). An enqueue takes its delivery id from the
+//! store-wide counter when it is submitted ([`NextIds`]), so a connected
+//! recipient gets the frame at once, even while the writer is in an fsync
+//! ([`super::Enqueued`]); [`SKIP`] keeps those ids from ever being handed
+//! out twice. Batches of only acknowledgements and expiry commit without an
+//! fsync ([`LazyCommits`]). When the database fails (a full disk) the
+//! writer reopens it ([`writer`]); meanwhile the store is down
+//! ([`Store::health`]) and refuses every call.
+//!
+//! Failpoints (`relay.enqueue`, `relay.open`, `relay.commit.before`,
+//! `relay.commit.after`, `relay.ack`, `relay.route`): see
+//! [`crate::failpoints`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
-};
 use tandem_proto::DeviceId;
 use tokio::sync::oneshot;
 
-use self::accounts::{Depths, Pending, Usage};
-use self::layout::{FRESH_ID, META, Meta, SETTINGS, id16, u64_at};
-use self::tables::{Accounts, Answer, Changes, Context, Sweeps, apply_batch, apply_pending};
+use self::tables::Answer;
+use self::writer::{Opened, Writer, open_db};
 use super::{
-    AddrKey, Enqueued, Expired, MAX_PEERS, NewFrame, QueueDepth, QueueLimits, Queued, RouteLimits,
-    Store, StoreError, StoreFuture, Totals,
+    AddrKey, Enqueued, Expired, NewFrame, QueueDepth, QueueLimits, Queued, RouteLimits, Store,
+    StoreError, StoreFuture, Totals,
 };
 
 mod accounts;
 pub(super) mod layout;
 mod routes;
 mod tables;
+mod writer;
 #[cfg(test)]
 pub(super) use self::layout::old as old_layout;
 
 /// Most operations applied in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
+
+/// Most operations waiting for the writer thread (its channel's capacity):
+/// a call made while that many wait is refused at once with
+/// [`StoreError::Busy`] (the relay answers `store_unavailable`; the sender
+/// retries), so a flood costs at most this many operations' memory.
+pub const WRITER_QUEUE: usize = 8 * MAX_BATCH;
 
 enum Op {
     Enqueue {
@@ -134,26 +146,26 @@ impl Op {
 /// The redb-backed [`Store`].
 #[derive(Debug)]
 pub struct RedbStore {
-    tx: mpsc::Sender<Op>,
+    tx: mpsc::SyncSender<Op>,
     ids: Arc<Mutex<NextIds>>,
     /// Drawn at open ([`Store::epoch`]).
     epoch: u64,
 }
 
-/// Each queue's next delivery id, handed out when an enqueue is submitted
-/// (so a frame can be delivered at once, without waiting for the writer
-/// thread, which may be in the middle of an fsync). Loaded from the queue
-/// metadata when the store opens; the writer keeps the metadata's next id
-/// past every id it stores.
+/// The delivery id counter, handed out when an enqueue is submitted (so a
+/// frame can be delivered at once, without waiting for the writer thread,
+/// which may be in the middle of an fsync), and whether the store writes.
+/// Taken from the store-wide counter when the store opens; the writer saves
+/// the counter past every id it stores.
 #[derive(Debug)]
-struct NextIds {
-    next: HashMap<DeviceId, u64>,
-    /// The first id of a queue not seen yet.
-    fresh: u64,
-    /// Hand ids out early only while the store commits: after a failed
-    /// commit the ids handed out are not saved anywhere, so none is told
-    /// early until a commit that also ran [`Skip`] succeeded.
-    healthy: bool,
+pub(super) struct NextIds {
+    /// The next id, whatever the recipient.
+    next: u64,
+    /// Why the store cannot write (not open, or failed and being
+    /// reopened); `None` while it writes. While it cannot, no id is told
+    /// early (ids handed out may not be saved anywhere): the store opened
+    /// again moves the counter [`SKIP`] on first.
+    down: Option<String>,
     /// Queues that refused a frame as full: a frame for them is told its id
     /// only once it is stored (so a full queue still pushes back on a
     /// connected recipient), until an ack, expiry or revocation removes
@@ -162,31 +174,14 @@ struct NextIds {
 }
 
 impl NextIds {
-    fn load(db: &Database) -> Result<Self, StoreError> {
-        let txn = db.begin_read().map_err(backend)?;
-        let fresh = txn
-            .open_table(SETTINGS)
-            .map_err(backend)?
-            .get(FRESH_ID)
-            .map_err(backend)?
-            .map_or(1, |v| u64_at(v.value(), 0));
-        let mut next = HashMap::new();
-        for item in txn.open_table(META).map_err(backend)?.iter().map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
-            next.insert(id16(k.value(), 0), Meta::decode(v.value()).next_id);
-        }
-        Ok(Self { next, fresh, healthy: true, full: HashSet::new() })
-    }
-
     /// Whether a frame for `to` may be delivered before it is stored.
     fn early(&self, to: &DeviceId) -> bool {
-        self.healthy && !self.full.contains(to)
+        self.down.is_none() && !self.full.contains(to)
     }
 
-    fn take(&mut self, to: DeviceId) -> u64 {
-        let next = self.next.entry(to).or_insert(self.fresh);
-        let id = *next;
-        *next += 1;
+    fn take(&mut self) -> u64 {
+        let id = self.next;
+        self.next += 1;
         id
     }
 }
@@ -207,30 +202,42 @@ impl RedbStore {
         routes: RouteLimits,
         now_unix: u64,
     ) -> Result<Self, StoreError> {
-        crate::fsmode::create_private_dir(dir).map_err(backend)?;
-        // Created 0600 whatever the umask (redb would leave it to the umask).
-        let path = dir.join("relay.redb");
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        drop(crate::fsmode::private_file(&path, &mut options).map_err(backend)?);
-        let db = Database::create(path).map_err(backend)?;
-        // Create the tables up front so read paths never meet a missing
-        // table, move an older layout's rows over, and move every queue's
-        // next delivery id past what may have been handed out before a
-        // commit that never happened (see [`Skip`]): one durable commit.
-        let mut txn = db.begin_write().map_err(backend)?;
-        let _ = txn.set_durability(Durability::Immediate);
-        layout::upgrade(&txn, now_unix)?;
-        Skip::apply(&txn)?;
-        txn.commit().map_err(backend)?;
-        let ids = Arc::new(Mutex::new(NextIds::load(&db)?));
-        let accounts = (Depths::load(&db)?, Usage::load(&db)?, Pending::load(&db)?);
-        let (tx, rx) = mpsc::channel();
-        let writer_ids = Arc::clone(&ids);
-        let limits = (limits, routes);
+        let opened = open_db(dir, now_unix)?;
+        Self::start(dir, (limits, routes), Ok(opened))
+    }
+
+    /// [`RedbStore::open`], except that a store that cannot be opened now
+    /// (a full disk, say) is not an error: the store starts down
+    /// ([`Store::health`] says why), refuses every call with
+    /// [`StoreError::Unavailable`], and the writer thread keeps trying to
+    /// open it (after 1 s, backing off to every 5 s).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only when the writer thread cannot start.
+    pub fn open_or_retry(
+        dir: &Path,
+        limits: QueueLimits,
+        routes: RouteLimits,
+        now_unix: u64,
+    ) -> Result<Self, StoreError> {
+        Self::start(dir, (limits, routes), open_db(dir, now_unix))
+    }
+
+    fn start(
+        dir: &Path,
+        limits: (QueueLimits, RouteLimits),
+        first: Result<Opened, StoreError>,
+    ) -> Result<Self, StoreError> {
+        let (next, down) = match &first {
+            Ok(o) => (o.next, None),
+            Err(e) => (1, Some(e.to_string())),
+        };
+        let ids = Arc::new(Mutex::new(NextIds { next, down, full: HashSet::new() }));
+        let (tx, rx) = mpsc::sync_channel(WRITER_QUEUE);
+        let writer = Writer { dir: dir.to_owned(), rx, limits, ids: Arc::clone(&ids) };
         thread::Builder::new()
             .name("tandem-store".into())
-            .spawn(move || writer(db, rx, limits, &writer_ids, accounts))
+            .spawn(move || writer.run(first))
             .map_err(backend)?;
         // A fresh epoch at every open: whatever happened to the file
         // since it was last open (wiped, restored), clients reset their
@@ -244,12 +251,20 @@ impl RedbStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
     ) -> StoreFuture<T> {
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(make(reply));
+        let sent = submit(&self.tx, make(reply));
         Box::pin(async move {
-            sent.map_err(|_| StoreError::Closed)?;
+            sent?;
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
+}
+
+/// Hand `op` to the writer, or refuse it at once when its queue is full.
+fn submit(tx: &mpsc::SyncSender<Op>, op: Op) -> Result<(), StoreError> {
+    tx.try_send(op).map_err(|e| match e {
+        mpsc::TrySendError::Full(_) => StoreError::Busy,
+        mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
+    })
 }
 
 impl Store for RedbStore {
@@ -270,14 +285,14 @@ impl Store for RedbStore {
         // queue's ids in increasing order.
         let to = frame.to;
         let mut ids = lock(&self.ids);
-        let id = ids.take(to);
+        let id = ids.take();
         let early = ids.early(&to);
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(Op::Enqueue { frame, now: now_unix, id, live, reply });
+        let sent = submit(&self.tx, Op::Enqueue { frame, now: now_unix, id, live, reply });
         drop(ids);
         let placed = if early && sent.is_ok() { Ok(id) } else { Err(StoreError::Closed) };
         let durable = Box::pin(async move {
-            sent.map_err(|_| StoreError::Closed)?;
+            sent?;
             rx.await.map_err(|_| StoreError::Closed)?
         });
         Enqueued { placed: Box::pin(std::future::ready(placed)), durable }
@@ -319,123 +334,19 @@ impl Store for RedbStore {
     fn totals(&self) -> StoreFuture<Totals> {
         self.call(|reply| Op::Totals { reply })
     }
+    fn health(&self) -> Result<(), String> {
+        lock(&self.ids).down.clone().map_or(Ok(()), Err)
+    }
 }
 
 fn lock(ids: &Mutex<NextIds>) -> MutexGuard<'_, NextIds> {
     ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The writer thread: batch, apply, commit, answer.
-fn writer(
-    db: Database,
-    rx: mpsc::Receiver<Op>,
-    (limits, routes): (QueueLimits, RouteLimits),
-    ids: &Mutex<NextIds>,
-    (mut depths, mut usage, mut pending): (Depths, Usage, Pending),
-) {
-    let mut lazy = LazyCommits::default();
-    let mut sweeps = Sweeps::default();
-    // A commit failed: ids handed out may not be saved; skip past them in
-    // the next commit before telling ids early again.
-    let mut skip = false;
-    loop {
-        let first = match lazy.pending() {
-            // Idle with lazy commits waiting: make them durable when they
-            // are due, not only when the next operation comes.
-            Some(due) => match rx.recv_timeout(due) {
-                Ok(op) => op,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if durable_empty_commit(&db) {
-                        lazy.committed(true);
-                    } else {
-                        // Try again later; the next batch's commit is
-                        // durable anyway.
-                        lazy.since = Some(std::time::Instant::now());
-                    }
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            },
-            None => match rx.recv() {
-                Ok(op) => op,
-                Err(_) => return,
-            },
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        let mut txn = match db.begin_write() {
-            Ok(t) => t,
-            Err(e) => {
-                lock(ids).healthy = false;
-                skip = true;
-                batch.into_iter().for_each(|op| op.fail(backend(&e)));
-                continue;
-            }
-        };
-        let durable = skip || lazy.durable(&batch);
-        let _ = txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
-        // Apply every op, keeping its answer until the commit is durable.
-        let skipped = if skip { Skip::apply(&txn) } else { Ok(()) };
-        let (answers, changed, failed) = match skipped {
-            Ok(()) => {
-                let accounts = Accounts { depths: &depths, usage: &usage, pending: &pending };
-                let cx = Context { limits: &limits, routes: &routes, accounts, ids };
-                apply_batch(&txn, &batch, &cx, &mut sweeps)
-            }
-            Err(e) => {
-                let pending = batch.iter().map(|_| Answer::Pending).collect();
-                (pending, Changes::default(), Some(e))
-            }
-        };
-        let result = match failed {
-            Some(e) => {
-                let _ = txn.abort();
-                Err(e)
-            }
-            None => txn.commit().map_err(backend),
-        };
-        if result.is_ok() {
-            lazy.committed(durable);
-            skip = false;
-            let Changes { queues, usage: addrs, pending: delta, forgotten } = changed;
-            depths.update(queues);
-            usage.update(addrs);
-            apply_pending(&mut pending, delta);
-            forget_queues(ids, &forgotten);
-            note_fullness(ids, &batch, &answers);
-        } else {
-            lock(ids).healthy = false;
-            skip = true;
-        }
-        for (op, answer) in batch.into_iter().zip(answers) {
-            match &result {
-                Ok(()) => answer.send(op),
-                Err(e) => op.fail(e.clone()),
-            }
-        }
-    }
-}
-
-/// An empty commit with an fsync, which makes earlier lazy commits durable.
-/// Whether it worked (if not, the next batch's commit is durable anyway).
-fn durable_empty_commit(db: &Database) -> bool {
-    db.begin_write().is_ok_and(|mut txn| {
-        let _ = txn.set_durability(Durability::Immediate);
-        txn.commit().is_ok()
-    })
-}
-
-/// After a commit: mark the queues that refused a frame as full, unmark
-/// those that lost frames (so their frames are told ids early again), and
-/// tell ids early again after a failed commit (this commit ran [`Skip`]).
+/// After a commit: mark the queues that refused a frame as full, and
+/// unmark those that lost frames (so their frames are told ids early again).
 fn note_fullness(ids: &Mutex<NextIds>, batch: &[Op], answers: &[Answer]) {
     let mut ids = lock(ids);
-    ids.healthy = true;
     if ids.full.is_empty() && !answers.iter().any(Answer::is_full) {
         return;
     }
@@ -455,71 +366,18 @@ fn note_fullness(ids: &Mutex<NextIds>, batch: &[Op], answers: &[Answer]) {
     }
 }
 
-/// After a commit that deleted the metadata of idle queues: forget their
-/// next ids in memory too, so a frame for one of them later starts it
-/// afresh. The first id of a fresh queue is raised past each one's next id
-/// as it is in memory now. The commit saved it past the next id as it was
-/// when the row was deleted; ids handed out for the queue in between were
-/// in flight, fewer than [`SKIP`] allows for (see [`Skip`]), so after a
-/// crash the skip at open still moves past them.
-fn forget_queues(ids: &Mutex<NextIds>, forgotten: &[(DeviceId, u64)]) {
-    if forgotten.is_empty() {
-        return;
-    }
-    let mut ids = lock(ids);
-    for (to, next) in forgotten {
-        let now = ids.next.remove(to).unwrap_or(0).max(*next);
-        ids.fresh = ids.fresh.max(now);
-        ids.full.remove(to);
-    }
-}
-
 /// Delivery ids handed out before a commit that never happened (the relay
 /// died, or the commit failed) must not be handed out again: the recipient
 /// may hold them and would drop a new frame under an old id as a
 /// redelivery. Ids are handed out when an enqueue is submitted, and every
-/// committed enqueue (refused or not) saves its queue's next id past its
-/// own. A connection has at most [`crate::conn::MAX_PENDING`] store
-/// operations in flight and a queue takes frames from at most
-/// [`MAX_PEERS`] peers (a few connections each, while one replaces
-/// another), so fewer than [`SKIP`] ids of one queue can be handed out and
-/// not saved. When the store opens, and in the first commit after a failed
-/// one, every queue's next id, and the first id of queues not seen yet,
-/// moves [`SKIP`] on; between a failed commit and that one, no id is told
+/// committed enqueue (refused or not) saves the counter past its own id.
+/// At most [`WRITER_QUEUE`] operations wait for the writer and
+/// [`MAX_BATCH`] are in its hands, so fewer than [`SKIP`] ids can be handed
+/// out and not saved. When the store opens (at start, and again after a
+/// failure) the counter moves [`SKIP`] on; while it is down, no id is told
 /// early.
-struct Skip;
-
-/// How far every queue's next id moves when the store opens.
 pub(crate) const SKIP: u64 = 1 << 24;
-// (Twice that, with room to spare: a queue forgotten while ids for it
-// were in flight, see [`forget_queues`].)
-const _: () = assert!((crate::conn::MAX_PENDING * MAX_PEERS * 8) as u64 <= SKIP);
-
-impl Skip {
-    fn apply(txn: &WriteTransaction) -> Result<(), StoreError> {
-        let step = SKIP;
-        let mut settings = txn.open_table(SETTINGS).map_err(backend)?;
-        let fresh = settings.get(FRESH_ID).map_err(backend)?.map(|v| u64_at(v.value(), 0));
-        let mut meta_t = txn.open_table(META).map_err(backend)?;
-        if fresh.is_none() && meta_t.is_empty().map_err(backend)? {
-            // A new store: nothing was ever handed out.
-            settings.insert(FRESH_ID, &1u64.to_be_bytes()[..]).map_err(backend)?;
-            return Ok(());
-        }
-        let fresh = fresh.unwrap_or(1).saturating_add(step);
-        settings.insert(FRESH_ID, &fresh.to_be_bytes()[..]).map_err(backend)?;
-        let mut rows = Vec::new();
-        for item in meta_t.iter().map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
-            rows.push((id16(k.value(), 0), Meta::decode(v.value())));
-        }
-        for (to, mut m) in rows {
-            m.next_id = m.next_id.saturating_add(step);
-            meta_t.insert(&to.0[..], &m.encode()[..]).map_err(backend)?;
-        }
-        Ok(())
-    }
-}
+const _: () = assert!(((WRITER_QUEUE + MAX_BATCH) * 8) as u64 <= SKIP);
 
 /// Which commits need an fsync.
 ///
@@ -576,6 +434,21 @@ impl LazyCommits {
             self.since.get_or_insert_with(std::time::Instant::now);
         }
     }
+}
+
+/// How many queue metadata rows the store in `dir` has (its writer may
+/// still be closing the file: retried for a while).
+#[cfg(test)]
+pub(super) async fn meta_rows_in(dir: &Path) -> u64 {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    for _ in 0..200 {
+        if let Ok(db) = redb::Database::open(dir.join("relay.redb")) {
+            let txn = db.begin_read().unwrap();
+            return txn.open_table(layout::META).unwrap().len().unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the store stayed locked");
 }
 
 /// The failpoint that refuses this enqueue, if one is armed.

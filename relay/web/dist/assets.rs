@@ -3,17 +3,17 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-bf8b630f4142d87a.js", "text/javascript; charset=utf-8", "code", "\"bf8b630f4142d87a30466ba13140d638\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-bf8b630f4142d87a.js"))),
     ("/assets/app-c87bb3e6c76dd449.css", "text/css; charset=utf-8", "code", "\"c87bb3e6c76dd4492ea6ef63353902b2\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-c87bb3e6c76dd449.css"))),
+    ("/assets/app-d96ffd0791b81bae.js", "text/javascript; charset=utf-8", "code", "\"d96ffd0791b81baeab929ebe557bb49d\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-d96ffd0791b81bae.js"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"50ae943dc3290c8b1aaafceba5f40afe\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"8f4f5eaa415ba95952175a62109dca67\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

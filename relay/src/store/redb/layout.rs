@@ -6,10 +6,21 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `queue.v2` | `to [16] ‖ id u64` | `from [16] ‖ expires_at u64 ‖ addr [17] ‖ payload` |
-//! | `queue_meta` | `to [16]` | `next_id u64 ‖ frames u64 ‖ bytes u64 ‖ last u64` |
+//! | `queue_meta` | `to [16]` | `unused u64 ‖ frames u64 ‖ bytes u64 ‖ last u64` |
 //! | `routes.v2` | `by [16] ‖ peer [16]` | `since u64 ‖ addr [17]` |
 //! | `routes.pending` | `since u64 ‖ by [16] ‖ peer [16]` | empty |
-//! | `settings` | [`FRESH_ID`] | u64 |
+//! | `settings` | [`NEXT_ID`] | u64 |
+//!
+//! Delivery ids come from one store-wide counter ([`NEXT_ID`], the next id
+//! to hand out, whoever the recipient): ids increase per recipient, and the
+//! store keeps no row per device for them. `queue_meta` has a row only for
+//! a queue that holds frames (deleted when it empties). Stores written
+//! before the counter kept each queue's next id in the first field of its
+//! `queue_meta` row (for every device that ever received a frame, until an
+//! idle sweep forgot it) and the first id of an unseen queue under
+//! [`FRESH_ID`]: [`take_counter`] reads those once, takes their maximum,
+//! deletes the rows of empty queues and `fresh_id`, and from then on only
+//! the counter is written (the first field of new rows is 0).
 //!
 //! `addr` is the sender's (the authoriser's) client address
 //! ([`AddrKey`]), so the per-address accounts can be rebuilt from the rows.
@@ -40,9 +51,12 @@ pub(super) const ROUTES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::ne
 /// The one-sided authorisations by age.
 pub(super) const PENDING: TableDefinition<'_, &[u8], &[u8]> =
     TableDefinition::new("routes.pending");
-/// [`FRESH_ID`] → u64: the first delivery id of a queue not seen before.
+/// [`NEXT_ID`] → u64: the next delivery id, store-wide.
 pub(super) const SETTINGS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("settings");
-/// The key of the first id of a queue not seen yet.
+/// The key of the store-wide delivery id counter: the next id to hand out.
+pub(super) const NEXT_ID: &[u8] = b"next_id";
+/// The key of the first id of a queue not seen yet, in stores before
+/// [`NEXT_ID`] (read once by [`take_counter`], then deleted).
 pub(super) const FRESH_ID: &[u8] = b"fresh_id";
 
 /// The frames of the previous layout: `from ‖ expires_at ‖ payload`.
@@ -114,6 +128,8 @@ impl RouteRow {
 /// Per-recipient queue metadata.
 #[derive(Clone, Copy, Default, Debug)]
 pub(super) struct Meta {
+    /// The queue's next delivery id in stores before [`NEXT_ID`] (read once
+    /// by [`take_counter`]); 0, and unused, in rows written since.
     pub(super) next_id: u64,
     pub(super) frames: u64,
     pub(super) bytes: u64,
@@ -173,6 +189,43 @@ pub(super) fn id16(b: &[u8], at: usize) -> DeviceId {
 
 fn addr_at(b: &[u8], at: usize) -> AddrKey {
     AddrKey(b.get(at..at + 17).and_then(|s| s.try_into().ok()).unwrap_or([0; 17]))
+}
+
+/// Take the store-wide delivery id counter as the store opens, and save it
+/// moved on by `skip` (ids handed out before a commit that never happened
+/// lie below it), in `txn`: one row written, whatever the number of
+/// devices. A store from before the counter is migrated first (see the
+/// module docs); a new store starts at 1 without a skip (nothing was ever
+/// handed out). Returns the first id to hand out.
+pub(super) fn take_counter(txn: &WriteTransaction, skip: u64) -> Result<u64, StoreError> {
+    let mut settings = txn.open_table(SETTINGS).map_err(backend)?;
+    let saved = settings.get(NEXT_ID).map_err(backend)?.map(|v| u64_at(v.value(), 0));
+    let next = match saved {
+        Some(n) => n.saturating_add(skip),
+        None => {
+            let fresh = settings.get(FRESH_ID).map_err(backend)?.map(|v| u64_at(v.value(), 0));
+            let mut meta_t = txn.open_table(META).map_err(backend)?;
+            let mut max = fresh.unwrap_or(1);
+            let mut seen = fresh.is_some();
+            let mut empty = Vec::new();
+            for item in meta_t.iter().map_err(backend)? {
+                let (k, v) = item.map_err(backend)?;
+                let m = Meta::decode(v.value());
+                seen = true;
+                max = max.max(m.next_id);
+                if m.frames == 0 {
+                    empty.push(id16(k.value(), 0));
+                }
+            }
+            for to in &empty {
+                meta_t.remove(&to.0[..]).map_err(backend)?;
+            }
+            settings.remove(FRESH_ID).map_err(backend)?;
+            if seen { max.saturating_add(skip) } else { 1 }
+        }
+    };
+    settings.insert(NEXT_ID, &next.to_be_bytes()[..]).map_err(backend)?;
+    Ok(next)
 }
 
 /// Create the tables, and move the rows of an earlier layout over (see the

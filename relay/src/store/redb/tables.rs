@@ -5,24 +5,20 @@
 //! Authorisations and their expiry are in [`super::routes`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 use tandem_proto::DeviceId;
 
 use super::accounts::{Depths, Pending, Usage};
 use super::layout::{
-    FRESH_ID, FrameRow, META, Meta, PENDING, QUEUE, ROUTES, SETTINGS, frame_value, id16, qkey,
-    u64_at,
+    FrameRow, META, Meta, NEXT_ID, PENDING, QUEUE, ROUTES, SETTINGS, frame_value, qkey, u64_at,
 };
-use super::{NextIds, Op, backend, lock};
+use super::writer::failpoint;
+use super::{Op, backend};
 use crate::store::{
     AddrKey, Expired, LIVE_ALLOWANCE_BYTES, MAX_EXPIRED_PER_SWEEP, NewFrame, QueueDepth,
     QueueLimits, Queued, RouteLimits, StoreError, Totals, charged,
 };
-
-/// Queue metadata rows one expiry sweep looks at for queues to forget.
-const META_SCAN_PER_SWEEP: usize = 1024;
 
 /// The writer's in-memory accounts as of the last commit.
 pub(super) struct Accounts<'a> {
@@ -40,16 +36,6 @@ pub(super) struct Changes {
     pub(super) usage: Usage,
     /// One-sided authorisations added (or, negative, removed) per address.
     pub(super) pending: HashMap<AddrKey, i64>,
-    /// Empty queues whose metadata was deleted, with the next id they had
-    /// in memory when it was; see [`super::forget_queues`].
-    pub(super) forgotten: Vec<(DeviceId, u64)>,
-}
-
-/// What the writer keeps between batches for the sweeps.
-#[derive(Default)]
-pub(super) struct Sweeps {
-    /// Where the next look for idle queues starts (`None`: at the first).
-    pub(super) meta_cursor: Option<DeviceId>,
 }
 
 /// Everything [`apply_batch`] reads besides the batch.
@@ -57,7 +43,6 @@ pub(super) struct Context<'a> {
     pub(super) limits: &'a QueueLimits,
     pub(super) routes: &'a RouteLimits,
     pub(super) accounts: Accounts<'a>,
-    pub(super) ids: &'a Mutex<NextIds>,
 }
 
 /// Apply `batch` in order inside `txn`: one answer per op, what it changed,
@@ -67,10 +52,9 @@ pub(super) fn apply_batch(
     txn: &WriteTransaction,
     batch: &[Op],
     cx: &Context<'_>,
-    sweeps: &mut Sweeps,
 ) -> (Vec<Answer>, Changes, Option<StoreError>) {
     let mut answers = Vec::with_capacity(batch.len());
-    let mut tables = match Tables::open(txn, cx, sweeps) {
+    let mut tables = match Tables::open(txn, cx) {
         Ok(t) => t,
         Err(e) => {
             answers.resize_with(batch.len(), || Answer::Pending);
@@ -88,8 +72,8 @@ pub(super) fn apply_batch(
     }
     match tables.write_meta() {
         Ok(queues) => {
-            let Tables { touched, pending_delta, forgotten, .. } = tables;
-            (answers, Changes { queues, usage: touched, pending: pending_delta, forgotten }, None)
+            let Tables { touched, pending_delta, .. } = tables;
+            (answers, Changes { queues, usage: touched, pending: pending_delta }, None)
         }
         Err(e) => (answers, Changes::default(), Some(e)),
     }
@@ -153,21 +137,17 @@ pub(super) struct Tables<'t, 'c> {
     settings: Table<'t, &'static [u8], &'static [u8]>,
     meta: HashMap<DeviceId, (Meta, bool)>,
     pub(super) cx: &'c Context<'c>,
-    sweeps: &'c mut Sweeps,
     /// The addresses and pairs this batch changed, as it left them, and the total.
     touched: Usage,
     /// One-sided authorisations this batch added or removed, per address.
     pub(super) pending_delta: HashMap<AddrKey, i64>,
-    /// Queues whose metadata this batch deleted.
-    forgotten: Vec<(DeviceId, u64)>,
+    /// The highest delivery id this batch's enqueues spent (0: none): the
+    /// store-wide counter ([`NEXT_ID`]) is saved past it.
+    max_id: u64,
 }
 
 impl<'t, 'c> Tables<'t, 'c> {
-    fn open(
-        txn: &'t WriteTransaction,
-        cx: &'c Context<'c>,
-        sweeps: &'c mut Sweeps,
-    ) -> Result<Self, StoreError> {
+    fn open(txn: &'t WriteTransaction, cx: &'c Context<'c>) -> Result<Self, StoreError> {
         Ok(Self {
             queue: txn.open_table(QUEUE).map_err(backend)?,
             meta_t: txn.open_table(META).map_err(backend)?,
@@ -176,10 +156,9 @@ impl<'t, 'c> Tables<'t, 'c> {
             settings: txn.open_table(SETTINGS).map_err(backend)?,
             meta: HashMap::new(),
             cx,
-            sweeps,
             touched: Usage { total: cx.accounts.usage.total, ..Usage::default() },
             pending_delta: HashMap::new(),
-            forgotten: Vec::new(),
+            max_id: 0,
         })
     }
 
@@ -259,13 +238,28 @@ impl<'t, 'c> Tables<'t, 'c> {
         self.meta.insert(*to, (m, true));
     }
 
-    /// Write back the metadata the batch changed; returns it.
+    /// Write back the metadata the batch changed (deleting the rows of
+    /// queues it emptied: only queues that hold frames have one), and the
+    /// store-wide counter past every id the batch spent; returns the
+    /// metadata.
     fn write_meta(&mut self) -> Result<Vec<(DeviceId, Meta)>, StoreError> {
         let mut changed = Vec::new();
         for (to, (m, dirty)) in &self.meta {
             if *dirty {
-                self.meta_t.insert(&to.0[..], &m.encode()[..]).map_err(backend)?;
+                if m.frames == 0 {
+                    self.meta_t.remove(&to.0[..]).map_err(backend)?;
+                } else {
+                    self.meta_t.insert(&to.0[..], &m.encode()[..]).map_err(backend)?;
+                }
                 changed.push((*to, *m));
+            }
+        }
+        if self.max_id > 0 {
+            let saved =
+                self.settings.get(NEXT_ID).map_err(backend)?.map_or(1, |v| u64_at(v.value(), 0));
+            let next = self.max_id.saturating_add(1);
+            if next > saved {
+                self.settings.insert(NEXT_ID, &next.to_be_bytes()[..]).map_err(backend)?;
             }
         }
         Ok(changed)
@@ -345,63 +339,15 @@ impl<'t, 'c> Tables<'t, 'c> {
         }
     }
 
-    /// Delete the metadata of some empty queues nothing was queued for
-    /// within the TTL (a bounded slice per sweep, round robin), so the
-    /// store keeps rows only for devices that received frames lately. Their
-    /// ids must never be handed out again: the first id of a queue not seen
-    /// before ([`FRESH_ID`]) is raised past each one's next id, here in the
-    /// same transaction, and in memory once it committed
-    /// ([`super::forget_queues`]).
-    fn forget_idle_queues(&mut self, now: u64) -> Result<(), StoreError> {
-        let ttl = self.cx.limits.ttl_secs;
-        let start = self.sweeps.meta_cursor.map(|d| d.0).unwrap_or([0; 16]);
-        let mut seen = 0;
-        let mut idle = Vec::new();
-        let mut next_cursor = None;
-        for item in self.meta_t.range(&start[..]..).map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
-            let to = id16(k.value(), 0);
-            seen += 1;
-            if seen > META_SCAN_PER_SWEEP {
-                next_cursor = Some(to);
-                break;
-            }
-            let m = Meta::decode(v.value());
-            if m.frames == 0 && m.last.saturating_add(ttl) <= now && !self.meta.contains_key(&to) {
-                idle.push((to, m.next_id));
-            }
-        }
-        self.sweeps.meta_cursor = next_cursor;
-        if idle.is_empty() {
-            return Ok(());
-        }
-        let mut fresh =
-            self.settings.get(FRESH_ID).map_err(backend)?.map_or(1, |v| u64_at(v.value(), 0));
-        {
-            let ids = lock(self.cx.ids);
-            for (to, next) in &mut idle {
-                *next = (*next).max(ids.next.get(to).copied().unwrap_or(0));
-                fresh = fresh.max(*next);
-            }
-        }
-        for (to, _) in &idle {
-            self.meta_t.remove(&to.0[..]).map_err(backend)?;
-        }
-        self.settings.insert(FRESH_ID, &fresh.to_be_bytes()[..]).map_err(backend)?;
-        self.forgotten.extend(idle);
-        Ok(())
-    }
-
     fn apply(&mut self, op: &Op) -> Result<Answer, StoreError> {
         Ok(match op {
             Op::Enqueue { frame, now, id, live, .. } => {
                 let to = &frame.to;
                 // The id was handed out, so it is spent whatever the answer:
-                // the next id is saved past it, refused or not.
+                // the counter is saved past it, refused or not.
                 let id = *id;
+                self.max_id = self.max_id.max(id);
                 let mut meta = self.meta(to)?;
-                meta.next_id = meta.next_id.max(id + 1);
-                self.set_meta(to, meta);
                 if !self.is_route(&frame.from, to)? {
                     return Ok(Answer::U64(Err(StoreError::NoRoute)));
                 }
@@ -436,6 +382,7 @@ impl<'t, 'c> Tables<'t, 'c> {
                 Answer::Queued(out)
             }
             Op::Ack { to, up_to, .. } => {
+                crate::failpoints::check("relay.ack").map_err(failpoint)?;
                 Answer::U64(Ok(self.remove_where(to, 0..=*up_to, |_| true)?))
             }
             Op::Depth { to, .. } => {
@@ -443,9 +390,13 @@ impl<'t, 'c> Tables<'t, 'c> {
                 Answer::Depth(QueueDepth { frames: meta.frames, bytes: meta.bytes })
             }
             Op::Authorize { by, peer, addr, now, .. } => {
+                crate::failpoints::check("relay.route").map_err(failpoint)?;
                 Answer::Unit(self.authorize(by, peer, *addr, *now)?)
             }
-            Op::Revoke { by, peer, now, .. } => Answer::U64(self.revoke(by, peer, *now)?),
+            Op::Revoke { by, peer, now, .. } => {
+                crate::failpoints::check("relay.route").map_err(failpoint)?;
+                Answer::U64(self.revoke(by, peer, *now)?)
+            }
             Op::IsRoute { a, b, .. } => Answer::Bool(self.is_route(a, b)?),
             Op::Peers { a, .. } => Answer::Ids(self.peers(a)?),
             Op::Expire { now, .. } => {
@@ -459,7 +410,6 @@ impl<'t, 'c> Tables<'t, 'c> {
                     frames += self.expire_head(&to, *now, left)?;
                 }
                 let authorizations = self.expire_pending(*now)?;
-                self.forget_idle_queues(*now)?;
                 Answer::Expired(Expired { frames, authorizations })
             }
             Op::Totals { .. } => {

@@ -61,6 +61,7 @@ export class Engine {
   readonly relayState = new Map<string, ConnState>();
   private readonly listeners = new Set<(c: Change) => void>();
   private readonly pairings = new Map<string, (peer: DeviceId, payload: Uint8Array) => void>();
+  private readonly reconnectWatchers = new Map<string, Set<() => void>>();
   /** What each relay reported on its own (an `Error` answering no request), by origin. */
   private readonly relayNotices = new Map<string, NoticeView>();
   /** Relays whose task lists were asked for since the page loaded. */
@@ -164,6 +165,8 @@ export class Engine {
       connected: (storeChanged) => {
         const first = !this.listed.has(origin);
         this.listed.add(origin);
+        // A pairing under way claims its mailbox again (the relay may have restarted).
+        if (!first) for (const f of [...(this.reconnectWatchers.get(origin) ?? [])]) f();
         this.relayNotices.delete(origin);
         for (const d of this.onRelay(origin)) {
           // The same relay store: what it accepted is still queued, so only
@@ -232,6 +235,16 @@ export class Engine {
    */
   startPairing(link: string, fallbackRelay?: string): Promise<PairingFlow> {
     return startPairing(this, link, fallbackRelay);
+  }
+
+  /** Call `f` each time the connection to `origin` comes back (not its first time), until the returned function is called. */
+  onReconnect(origin: string, f: () => void): () => void {
+    let set = this.reconnectWatchers.get(origin);
+    if (!set) this.reconnectWatchers.set(origin, (set = new Set()));
+    set.add(f);
+    return () => {
+      set.delete(f);
+    };
   }
 
   /** Hand pairing messages for mailbox `pid` (hex) to `f` until the returned function is called. */

@@ -2,7 +2,13 @@
 // mailbox claim with the IKpsk2 hello, the desktop's welcome, the 6-digit
 // code, the desktop's result, Authorize, and the new link handed to the
 // engine. A page that keeps its keys in memory (store.ts) pairs as an
-// ephemeral device (`DeviceInfo.ephemeral`, §15.4).
+// ephemeral device (`DeviceInfo.ephemeral`, §15.4). A relay restart on the
+// way is survived as tandem-phone does (§9.4 "Interruptions"): a failed
+// claim is made again (at most 8 times within 30 s, 6 s for a first claim
+// refused outright, and the code's life), and
+// after a reconnection the mailbox is claimed again, with a fresh hello
+// until the welcome came, with the same confirmation once it was sent; when
+// that fails: "Pairing interrupted: scan again".
 import {
   type DeviceId,
   type DeviceKey,
@@ -24,10 +30,25 @@ import type { DesktopRow } from './store.ts';
 
 const WELCOME_WAIT_MS = 30_000;
 const CONFIRM_WAIT_MS = 300_000;
+/** Claims one pairing step may make, the first included. */
+const CLAIM_ATTEMPTS = 8;
+/** How long a failing claim is retried after its first attempt. */
+const CLAIM_RETRY_WINDOW_MS = 30_000;
+/** As CLAIM_RETRY_WINDOW_MS for a first claim refused outright (a used code is reported within seconds). */
+const FIRST_CLAIM_WINDOW_MS = 6_000;
+const CLAIM_PAUSE_MS = 500;
+const CLAIM_PAUSE_MAX_MS = 4_000;
+/**
+ * Claim failures worth another try: the connection dropped with the claim in
+ * flight (`offline`, `timeout`), or the desktop has not opened its mailbox
+ * again yet (`pairing_not_found`). A relay that cannot be reached at all
+ * (`unreachable`, after 10 s) is reported at once.
+ */
+const RETRYABLE = new Set(['pairing_not_found', 'offline', 'timeout']);
 const APP_VERSION = '0.1.0';
 
 /** Why pairing failed, as the pairing screen shows it. */
-export type PairFailure = 'expired' | 'already_used' | 'refused' | 'unreachable' | 'invalid' | 'wrong_relay' | 'timeout';
+export type PairFailure = 'expired' | 'already_used' | 'refused' | 'unreachable' | 'invalid' | 'wrong_relay' | 'timeout' | 'interrupted';
 
 export class PairError extends Error {
   constructor(
@@ -51,12 +72,50 @@ export interface PairingHost {
   /** The keys live in this page's memory only. */
   readonly ephemeral: boolean;
   relay(origin: string): RelayClient;
+  /** Call `f` each time the connection to `origin` comes back (not its first time) until the returned function is called. */
+  onReconnect(origin: string, f: () => void): () => void;
   onPairMessages(pid: string, f: (peer: DeviceId, payload: Uint8Array) => void): () => void;
   adopt(row: DesktopRow, link: Link, relay: RelayClient): Promise<Desktop>;
 }
 
 function now(): number {
   return Math.floor(Date.now() / 1000);
+}
+
+function interrupted(): PairError {
+  return new PairError('interrupted', "Pairing interrupted: scan again. The connection to the relay was lost before the desktop's answer arrived; show a new code on the desktop and scan it.");
+}
+
+/**
+ * Claim mailbox `pid` with what `make` gives, retrying as the header says.
+ * `again`: an earlier claim of this pairing may hold the mailbox. Returns the
+ * state of the claim the relay took, or 'held' when the relay answered
+ * `pairing_claimed` to a repeated claim (the earlier claim holds it).
+ */
+async function claim<S>(relay: RelayClient, pid: Uint8Array, expiresAt: number | undefined, again: boolean, make: () => { state: S; payload: Uint8Array }): Promise<{ state: S } | 'held'> {
+  const started = Date.now();
+  let pause = CLAIM_PAUSE_MS;
+  let unanswered: { state: S } | undefined;
+  for (let attempt = 1; ; attempt++) {
+    const { state, payload } = make();
+    try {
+      await relay.pairClaim(pid, payload);
+      return { state };
+    } catch (e) {
+      if (!(e instanceof RelayError)) throw e;
+      if (e.code === 'pairing_claimed' && again) return unanswered ?? 'held';
+      if (!RETRYABLE.has(e.code)) throw e;
+      if (e.code === 'offline' || e.code === 'timeout') {
+        again = true;
+        unanswered = { state };
+      }
+      const late = expiresAt !== undefined && now() + pause / 1000 + 1 >= expiresAt;
+      const window = again ? CLAIM_RETRY_WINDOW_MS : FIRST_CLAIM_WINDOW_MS;
+      if (attempt >= CLAIM_ATTEMPTS || Date.now() + pause > started + window || late) throw e;
+      await new Promise((r) => setTimeout(r, pause));
+      pause = Math.min(pause * 2, CLAIM_PAUSE_MAX_MS);
+    }
+  }
 }
 
 function deviceName(): string {
@@ -103,14 +162,23 @@ export async function startPairing(host: PairingHost, link: string, fallbackRela
   // Pairing again with a desktop replaces the old link (e.g. after the desktop forgot this phone).
   const desktop = parsed.payload.desktop.deviceId();
   const pid = pairingId(parsed.payload.secret);
-  const inbox: Uint8Array[] = [];
+  type Input = { kind: 'message'; payload: Uint8Array } | { kind: 'reconnected' };
+  const inbox: Input[] = [];
   let wake: (() => void) | null = null;
-  const cleanup = host.onPairMessages(bytesToHex(pid), (peer, payload) => {
+  const unwatchMessages = host.onPairMessages(bytesToHex(pid), (peer, payload) => {
     if (!peer.equals(desktop)) return;
-    inbox.push(payload);
+    inbox.push({ kind: 'message', payload });
     wake?.();
   });
-  const next = (ms: number): Promise<Uint8Array> =>
+  const unwatchRelay = host.onReconnect(origin, () => {
+    inbox.push({ kind: 'reconnected' });
+    wake?.();
+  });
+  const cleanup = (): void => {
+    unwatchMessages();
+    unwatchRelay();
+  };
+  const next = (ms: number): Promise<Input> =>
     new Promise((resolve, reject) => {
       const take = (): boolean => {
         const m = inbox.shift();
@@ -118,7 +186,7 @@ export async function startPairing(host: PairingHost, link: string, fallbackRela
         return m !== undefined;
       };
       if (take()) return;
-      const t = setTimeout(() => reject(new PairError('timeout', 'The desktop did not answer in time.')), ms);
+      const t = setTimeout(() => reject(new PairError('timeout', 'The desktop did not answer in time.')), Math.max(ms, 0));
       wake = () => {
         if (take()) clearTimeout(t);
       };
@@ -126,9 +194,16 @@ export async function startPairing(host: PairingHost, link: string, fallbackRela
   const relay = host.relay(origin);
   try {
     const info = { name: deviceName(), platform: 'web', app_version: APP_VERSION, ...(host.ephemeral ? { ephemeral: true } : {}) };
-    const { state, hello } = PhonePairing.start(host.key, parsed.payload, info, osEntropy);
+    const hello = (): { state: PhonePairing; payload: Uint8Array } => {
+      const { state, hello } = PhonePairing.start(host.key, parsed.payload, info, osEntropy);
+      return { state, payload: hello };
+    };
+    const expiresAt = parsed.payload.expiresAt;
+    let state: PhonePairing;
     try {
-      await relay.pairClaim(pid, hello);
+      const first = await claim(relay, pid, expiresAt, false, hello);
+      if (first === 'held') throw new RelayError('pairing_claimed', 'pairing refused');
+      state = first.state;
     } catch (e) {
       // The relay drops a pairing once it succeeded (or the desktop
       // stopped showing it): before its expiry, that means used.
@@ -137,7 +212,23 @@ export async function startPairing(host: PairingHost, link: string, fallbackRela
       }
       throw pairFailure(e, origin);
     }
-    const welcome = await next(WELCOME_WAIT_MS);
+    let until = Date.now() + WELCOME_WAIT_MS;
+    let welcome: Uint8Array;
+    for (;;) {
+      const input = await next(until - Date.now());
+      if (input.kind === 'message') {
+        welcome = input.payload;
+        break;
+      }
+      // A fresh hello: the desktop starts over from it.
+      const again = await claim(relay, pid, expiresAt, true, hello).catch((e: unknown) => {
+        throw pairFailure(e, origin);
+      });
+      if (again !== 'held') {
+        state = again.state;
+        until = Date.now() + WELCOME_WAIT_MS;
+      }
+    }
     let waiting: PhoneAwaitingResult;
     let confirm: Uint8Array;
     try {
@@ -151,7 +242,29 @@ export async function startPairing(host: PairingHost, link: string, fallbackRela
       desktopName: waiting.desktopInfo.name,
       wait: async () => {
         try {
-          const result = await next(CONFIRM_WAIT_MS);
+          // After a reconnection: the same confirmation claims the mailbox
+          // again, and the desktop sends its result (again).
+          const until = Date.now() + CONFIRM_WAIT_MS;
+          let cut = false;
+          let result: Uint8Array;
+          for (;;) {
+            let input: Input;
+            try {
+              input = await next(until - Date.now());
+            } catch (e) {
+              throw cut ? interrupted() : e;
+            }
+            if (input.kind === 'message') {
+              result = input.payload;
+              break;
+            }
+            cut = true;
+            try {
+              await claim(relay, pid, undefined, true, () => ({ state: null, payload: confirm }));
+            } catch {
+              throw interrupted();
+            }
+          }
           let paired;
           try {
             paired = waiting.onResult(result);

@@ -169,6 +169,7 @@ export function taskScreen(app: App, route: Route): Screen {
             { class: `finished ${status}`, testid: 'finished', 'data-status': status },
             h('strong', {}, STATUS_TEXT[status] ?? status),
             ev.summary ? h('p', {}, String(ev.summary)) : null,
+            deniedLine(ev.denied),
           ),
         );
         break;
@@ -269,4 +270,16 @@ export function taskScreen(app: App, route: Route): Screen {
       clearInterval(timer);
     },
   };
+}
+
+/**
+ * The tools denied during a task, from its finish's `denied` (PROTOCOL.md
+ * §15.3.1): a finish that succeeded with denials must not read as a plain
+ * success. Nothing when the field is absent or empty.
+ */
+function deniedLine(denied: unknown): HTMLElement | null {
+  if (!Array.isArray(denied)) return null;
+  const names = denied.filter((d): d is string => typeof d === 'string' && d.length > 0);
+  if (names.length === 0) return null;
+  return h('p', { class: 'denied', testid: 'denied' }, `Denied: ${names.join(', ')}`);
 }

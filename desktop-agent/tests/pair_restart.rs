@@ -1,0 +1,202 @@
+//! Pairing across a relay restart (PROTOCOL §9.4, "Interruptions"): the
+//! real `tandem pair` process and the phone engine (`tandem-phone`), with
+//! the relay in a process of its own (`common/relay.rs`), killed and
+//! restarted on the same port and data. The relay's crash points stop it at
+//! one exact step (`FAILPOINTS`, the `failpoints` feature the test command
+//! enables): `relay.pair_claim` (the phone's claim in flight) and
+//! `relay.pair_message` (the desktop's accepting result in flight). Each
+//! time both sides end paired, with the same peer on each side and the
+//! device no longer pending on the desktop; or, when the relay stays down
+//! past the desktop's wait for the phone, both sides fail with the same
+//! words and neither keeps the other.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::Agent;
+use common::relay::Relay;
+use tandem_phone::{DesktopSummary, Phone, PhoneConfig};
+
+relay_process_test!();
+
+/// Generous: only there so that a broken pairing fails instead of hanging.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// `tandem pair --yes` in `dir/agent` against `relay` (its log in
+/// `dir/agent.pair.log`), and the link it printed.
+fn pairing(dir: &Path, relay: &Relay) -> (Agent, String) {
+    pairing_with(dir, relay, &[])
+}
+
+/// As [`pairing`], with more environment.
+fn pairing_with(dir: &Path, relay: &Relay, env: &[(&str, &str)]) -> (Agent, String) {
+    let config = common::fixture_config(dir, "");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
+    cmd.arg("--data-dir")
+        .arg(dir.join("agent"))
+        .arg("--config")
+        .arg(config)
+        .args(["--name", "build-box", "pair", "--relay", &relay.url()])
+        .args(["--link-base", &relay.link_base(), "--yes", "--print-url", "--no-terminal-qr"])
+        .env("TANDEM_LOG", "warn,tandem_agent::pair=info")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stderr(std::fs::File::create(dir.join("agent.pair.log")).unwrap());
+    let agent = Agent::spawn(cmd);
+    let link = agent.line_starting("pairing link: ");
+    (agent, link.trim().trim_start_matches("pairing link: ").to_owned())
+}
+
+/// Restart `relay` once a crash point aborted it (off the runtime's
+/// threads); the restarted relay.
+fn restart_after_crash(mut relay: Relay) -> tokio::task::JoinHandle<Relay> {
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while !relay.exited() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay never reached its crash point"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        relay.restart();
+        relay
+    })
+}
+
+/// Both sides paired: the agent exited successfully with the phone saved
+/// and not pending, the phone keeps the desktop.
+fn assert_paired(dir: &Path, mut agent: Agent, phone: &DesktopSummary, phone_id: &str) {
+    let status = agent.exit_within(DEADLINE).expect("tandem pair exits once paired");
+    assert!(status.success(), "tandem pair failed; its log:\n{}", log(dir));
+    let peer: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::peer_file(&dir.join("agent"), phone_id)).unwrap(),
+    )
+    .unwrap();
+    assert_ne!(peer["pairing_pending"], serde_json::json!(true), "still pending: {peer}");
+    assert!(!phone.desktop_id.is_empty());
+}
+
+fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("agent.pair.log")).unwrap_or_default()
+}
+
+async fn open_phone(dir: &Path) -> (Phone, String) {
+    let phone = Phone::open(PhoneConfig::new(dir.join("phone"), "Ana's phone")).await.unwrap();
+    let id = phone.device_id();
+    (phone, id)
+}
+
+/// A code on screen across a relay restart; the phone scans it as soon as
+/// the relay is back, before the desktop has reconnected and opened the
+/// code's mailbox again: its claim is retried until the mailbox is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_shown_across_a_relay_restart_pairs_a_phone_that_scans_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path());
+    let (agent, link) = pairing(dir.path(), &relay);
+    relay.kill9();
+    relay.restart();
+    let (phone, phone_id) = open_phone(dir.path()).await;
+    let run = async {
+        let p = phone.start_pairing(&link).await?;
+        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+        p.wait().await
+    };
+    let summary = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("pairing ended in time")
+        .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
+    assert_paired(dir.path(), agent, &summary, &phone_id);
+}
+
+/// The relay dies (abort, like `kill -9`) with the phone's claim in flight:
+/// never answered, never forwarded. Restarted, the phone claims again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_in_flight_when_the_relay_dies_is_made_again_and_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_failing(dir.path(), "relay.pair_claim=return");
+    let (agent, link) = pairing(dir.path(), &relay);
+    let (phone, phone_id) = open_phone(dir.path()).await;
+    let run = async {
+        let p = phone.start_pairing(&link).await?;
+        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+        p.wait().await
+    };
+    let restarted = restart_after_crash(relay);
+    let summary = tokio::time::timeout(DEADLINE, run).await.expect("pairing ended in time");
+    let relay = restarted.await.unwrap();
+    let summary = summary
+        .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
+    assert!(relay.log().contains("crash point"), "the claim was in flight at the crash");
+    assert_paired(dir.path(), agent, &summary, &phone_id);
+}
+
+/// The relay dies after the desktop accepted and sent its result, before
+/// forwarding it: the desktop has saved the phone, the phone has nothing.
+/// Restarted, the phone claims the mailbox again with its confirmation and
+/// the desktop answers again: both end paired, never one side only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_lost_with_the_relay_is_sent_again_and_both_sides_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    // Welcome, confirmation, then the result: the third pairing message.
+    let relay = Relay::start_failing(dir.path(), "relay.pair_message=2*off->return");
+    let (agent, link) = pairing(dir.path(), &relay);
+    let (phone, phone_id) = open_phone(dir.path()).await;
+    let run = async {
+        let p = phone.start_pairing(&link).await?;
+        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+        p.wait().await
+    };
+    let restarted = restart_after_crash(relay);
+    let summary = tokio::time::timeout(DEADLINE, run).await.expect("pairing ended in time");
+    let _relay = restarted.await.unwrap();
+    let summary = summary
+        .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
+    assert_paired(dir.path(), agent, &summary, &phone_id);
+    assert!(log(dir.path()).contains("asked for the pairing answer again"), "{}", log(dir.path()));
+}
+
+/// The relay dies with the desktop's result in flight and stays down past
+/// the desktop's wait for the phone (`unfinished_pairing_secs`, 2 s here):
+/// the desktop removes the device and says "pairing interrupted: scan
+/// again"; once the relay is back the phone cannot take the pairing up
+/// again and fails with the same words. Neither side keeps the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_lost_for_good_fails_on_both_sides_with_the_same_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start_failing(dir.path(), "relay.pair_message=2*off->return");
+    let (agent, link) =
+        pairing_with(dir.path(), &relay, &[("TANDEM_UNFINISHED_PAIRING_SECS", "2")]);
+    let (phone, phone_id) = open_phone(dir.path()).await;
+    let p = tokio::time::timeout(DEADLINE, phone.start_pairing(&link)).await.unwrap().unwrap();
+    assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+    let waiting = tokio::spawn(p.wait());
+    // The relay is down (its crash point aborted it) when the desktop gives up.
+    let said =
+        tokio::task::block_in_place(|| agent.line_starting("Ana's phone did not get the answer"));
+    assert!(relay.exited(), "the relay was down all along");
+    tokio::task::block_in_place(|| {
+        relay.kill9();
+        relay.restart();
+    });
+    let err = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("the phone gave up in time")
+        .unwrap()
+        .expect_err("the phone cannot have paired");
+    assert_eq!(err, tandem_phone::PhoneError::PairingInterrupted);
+    assert!(said.contains(&err.to_string()), "the same words on both sides: {said:?} / {err}");
+    assert!(phone.desktops().is_empty(), "the phone keeps no desktop");
+    assert!(
+        !common::peer_file(&dir.path().join("agent"), &phone_id).exists(),
+        "the desktop keeps no device"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("agent/audit.log")).unwrap_or_default();
+    assert!(audit.contains("pairing interrupted"), "audited: {audit}");
+}

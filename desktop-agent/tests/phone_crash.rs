@@ -1,0 +1,372 @@
+//! The phone engine killed at each of its persistence boundaries while it
+//! submits a task or answers an approval, and started again: the exchange
+//! completes exactly once (the agent ran the task once, the decision was
+//! applied once, the history holds every event once).
+//!
+//! The points are the phone's failpoints (`phone/src/crashpoint.rs`:
+//! `phone.send_saved`, `phone.send_stored`, `phone.resend_saved`,
+//! `phone.deliver_received`, `phone.deliver_saved`,
+//! `phone.deliver_emitted`), armed with `return`, which aborts the process
+//! (`std::process::abort`, like `kill -9`). The phone is this test binary
+//! run again as `crash_phone_process` and driven through its standard
+//! input; the agent is the real `tandem run`, the relay a process of its
+//! own (`common/relay.rs`). Needs `tandem-phone/failpoints` (the test
+//! command enables it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use common::relay::Relay;
+use serde_json::{Value, json};
+use tandem_phone::{Phone, PhoneConfig, PhoneEvent, TaskEvent};
+
+relay_process_test!();
+
+/// Only there so that a broken build fails instead of hanging.
+const WAIT: Duration = Duration::from_secs(45);
+
+const PHONE_DIR: &str = "TANDEM_TEST_CRASH_PHONE_DIR";
+const SAYS: &str = "phone says: ";
+
+/// Where the submit exchange is cut.
+const SUBMIT_POINTS: [&str; 5] = [
+    "phone.send_saved",
+    "phone.send_stored",
+    "phone.deliver_received",
+    "phone.deliver_saved",
+    "phone.deliver_emitted",
+];
+
+/// Where the decision exchange is cut.
+const DECIDE_POINTS: [&str; 5] = SUBMIT_POINTS;
+
+// ---- the phone process ----
+
+/// One task event as the phone process prints it: `[offset, what]`.
+fn describe(offset: u64, e: &TaskEvent) -> Value {
+    let what = match e {
+        TaskEvent::Accepted { .. } => "accepted".to_owned(),
+        TaskEvent::Progress { text } => format!("progress {text}"),
+        TaskEvent::ApprovalRequest { approval_id, .. } => format!("approval {approval_id}"),
+        TaskEvent::ApprovalResolved { approval_id, allow, .. } => {
+            format!("resolved {approval_id} {allow}")
+        }
+        TaskEvent::Finished { .. } => "finished".to_owned(),
+        other => format!("{other:?}"),
+    };
+    json!([offset, what])
+}
+
+/// Not a test: the phone the crash matrix starts (this binary, run again
+/// with [`PHONE_DIR`] set). Arms `FAILPOINTS` at start, and takes commands
+/// on its standard input: `arm POINT` (armed with `return` from now on),
+/// `then-arm POINT` (armed once the next submit or decision was taken by
+/// the relay), `submit TEXT`, `decide TASK APPROVAL`, `tasks`, `history TASK`,
+/// `wait TASK WHAT` (until the task's history holds `WHAT`).
+#[test]
+#[ignore = "not a test: the phone process the crash matrix starts"]
+fn crash_phone_process() {
+    let Ok(dir) = std::env::var(PHONE_DIR) else { return };
+    let _scenario = fail::FailScenario::setup();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,tandem_phone=debug"))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let say = |line: String| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{SAYS}{line}");
+        let _ = out.flush();
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let phone = Phone::open(PhoneConfig::new(&dir, "Ana's phone")).await.unwrap();
+        let desktop = phone.desktops()[0].desktop_id.clone();
+        let mut events = phone.subscribe();
+        let history = |task: String| {
+            let (phone, desktop) = (phone.clone(), desktop.clone());
+            async move {
+                let page = phone.history(&desktop, &task, 0).await.unwrap();
+                page.events.iter().map(|e| describe(e.offset, &e.event)).collect::<Vec<Value>>()
+            }
+        };
+        let mut arm_after: Option<String> = None;
+        say("ready".into());
+        let mut lines =
+            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+        while let Ok(Some(line)) = lines.next_line().await {
+            let words: Vec<&str> = line.splitn(3, ' ').collect();
+            match words.as_slice() {
+                ["arm", point] => {
+                    fail::cfg(*point, "return").unwrap();
+                    say(format!("armed {point}"));
+                }
+                ["submit", rest @ ..] => {
+                    let id = phone.submit(&desktop, &rest.join(" "), None).await.unwrap();
+                    if let Some(point) = arm_after.take() {
+                        fail::cfg(point, "return").unwrap();
+                    }
+                    say(format!("submitted {id}"));
+                }
+                ["then-arm", point] => {
+                    // The next submit or decide arms `point` once the relay
+                    // took it: a delivery point is then hit by the exchange
+                    // itself, not by a record still on its way from before.
+                    arm_after = Some((*point).to_owned());
+                    say("armed later".into());
+                }
+                ["decide", task, approval] => {
+                    phone.decide(&desktop, task, approval, true).await.unwrap();
+                    if let Some(point) = arm_after.take() {
+                        fail::cfg(point, "return").unwrap();
+                    }
+                    say("decided".into());
+                }
+                ["tasks"] => {
+                    let ids: Vec<String> = phone
+                        .tasks(&desktop)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|t| t.task_id)
+                        .collect();
+                    say(format!("tasks {}", json!(ids)));
+                }
+                ["history", task] => {
+                    say(format!("history {}", json!(history((*task).to_owned()).await)));
+                }
+                ["wait", task, what] => {
+                    // Signals: each new event of the task asks again.
+                    loop {
+                        let h = history((*task).to_owned()).await;
+                        if h.iter().any(|e| e[1] == *what) {
+                            say(format!("history {}", json!(h)));
+                            break;
+                        }
+                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                            while let Ok(e) = events.recv().await {
+                                if matches!(&e, PhoneEvent::Task(t) if t.task_id == *task) {
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
+                    }
+                }
+                _ => panic!("unknown command {line:?}"),
+            }
+        }
+        phone.close().await;
+    });
+}
+
+/// A phone process and what it printed.
+struct PhoneProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: std_mpsc::Receiver<String>,
+}
+
+impl PhoneProc {
+    fn start(dir: &Path, failpoints: Option<&str>) -> PhoneProc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("phone.log"))
+            .unwrap();
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "crash_phone_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PHONE_DIR, dir.join("phone"))
+        .env_remove("FAILPOINTS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log);
+        if let Some(f) = failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Some((_, said)) = line.split_once(SAYS)
+                    && tx.send(said.to_owned()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut p = PhoneProc { child, stdin, lines };
+        p.expect("ready");
+        p
+    }
+
+    fn send(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next line starting with `prefix` (the rest of it); `None` when
+    /// the process ended first.
+    fn until(&mut self, prefix: &str) -> Option<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Some(rest.to_owned());
+                    }
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the phone printed no {prefix:?} in time")
+                }
+            }
+        }
+    }
+
+    fn expect(&mut self, prefix: &str) -> String {
+        self.until(prefix).unwrap_or_else(|| panic!("the phone ended before printing {prefix:?}"))
+    }
+
+    fn tasks(&mut self) -> Vec<String> {
+        self.send("tasks");
+        serde_json::from_str(&self.expect("tasks ")).unwrap()
+    }
+
+    /// Wait until the task's history holds `what`; the history.
+    fn wait(&mut self, task: &str, what: &str) -> Vec<(u64, String)> {
+        self.send(&format!("wait {task} {what}"));
+        serde_json::from_str(&self.expect("history ")).unwrap()
+    }
+
+    /// The process must die by its crash point (`SIGABRT`).
+    fn aborted(mut self, point: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert_eq!(status.signal(), Some(6), "{point}: the phone exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "{point}: the phone did not abort");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn close(mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// Arm `point` for the next exchange: a send point at once, a delivery
+/// point once the relay took the request.
+fn arm(p: &mut PhoneProc, point: &str) {
+    if point.starts_with("phone.deliver") {
+        p.send(&format!("then-arm {point}"));
+    } else {
+        p.send(&format!("arm {point}"));
+    }
+    p.expect("armed ");
+}
+
+/// Each event of the history once, offsets 0, 1, 2, … in order.
+fn check_once(point: &str, history: &[(u64, String)], expected: &[&str]) {
+    let offsets: Vec<u64> = history.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..history.len() as u64).collect::<Vec<u64>>(), "{point}: offsets");
+    let what: Vec<&str> = history.iter().map(|(_, w)| w.as_str()).collect();
+    assert_eq!(what, expected, "{point}: the task's history");
+}
+
+#[test]
+fn the_phone_killed_at_each_persistence_boundary_submits_and_decides_exactly_once() {
+    if !tandem_phone::crashpoint::ENABLED {
+        eprintln!("skipped: build with the tandem-phone/failpoints feature (scripts/test.sh does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let relay = Relay::start(dir.path());
+    let agent_dir = dir.path().join("desk");
+    let (mut pairing, link) =
+        common::pair_process(&agent_dir, &config, &relay.url(), &relay.link_base());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let phone =
+            Phone::open(PhoneConfig::new(dir.path().join("phone"), "Ana's phone")).await.unwrap();
+        let p = phone.start_pairing(&link).await.unwrap();
+        p.wait().await.unwrap();
+        phone.close().await;
+    });
+    pairing.line_starting("Paired with");
+    assert!(pairing.exit_within(WAIT).unwrap().success());
+    let _agent = common::run_process(&agent_dir, &config, &[]);
+
+    let counted = ["accepted", "progress n=0", "progress n=1", "progress n=2", "finished"];
+    let mut cases: Vec<(&str, Option<&str>)> = SUBMIT_POINTS.iter().map(|p| (*p, None)).collect();
+    // Killed again while sending the saved task after the restart.
+    cases.push(("phone.send_saved", Some("phone.resend_saved=return")));
+    for (point, then) in cases {
+        let name = format!("submit at {point}{}", then.map_or(String::new(), |t| format!(", {t}")));
+        let mut p = PhoneProc::start(dir.path(), None);
+        let before = p.tasks();
+        arm(&mut p, point);
+        p.send("submit count 3 100");
+        p.aborted(&name);
+        if let Some(f) = then {
+            PhoneProc::start(dir.path(), Some(f)).aborted(&name);
+        }
+        let mut p = PhoneProc::start(dir.path(), None);
+        let new: Vec<String> = p.tasks().into_iter().filter(|t| !before.contains(t)).collect();
+        assert_eq!(new.len(), 1, "{name}: one task ran, not {new:?}");
+        let history = p.wait(&new[0], "finished");
+        check_once(&name, &history, &counted);
+        p.close();
+    }
+
+    let decided = [
+        "accepted",
+        "approval a1",
+        "resolved a1 true",
+        "progress a1:allowed",
+        "approval a2",
+        "resolved a2 true",
+        "progress a2:allowed",
+        "finished",
+    ];
+    for point in DECIDE_POINTS {
+        let name = format!("decide at {point}");
+        let mut p = PhoneProc::start(dir.path(), None);
+        p.send("submit approve-twice");
+        let task = p.expect("submitted ");
+        p.wait(&task, "approval a1");
+        arm(&mut p, point);
+        p.send(&format!("decide {task} a1"));
+        p.aborted(&name);
+        let mut p = PhoneProc::start(dir.path(), None);
+        // The decision reaches the agent from the outbox: the next request.
+        p.wait(&task, "approval a2");
+        p.send(&format!("decide {task} a2"));
+        p.expect("decided");
+        let history = p.wait(&task, "finished");
+        check_once(&name, &history, &decided);
+        p.close();
+    }
+}
