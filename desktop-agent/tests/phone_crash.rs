@@ -334,7 +334,17 @@ fn the_phone_killed_at_each_persistence_boundary_submits_and_decides_exactly_onc
             PhoneProc::start(dir.path(), Some(f)).aborted(&name);
         }
         let mut p = PhoneProc::start(dir.path(), None);
-        let new: Vec<String> = p.tasks().into_iter().filter(|t| !before.contains(t)).collect();
+        // The resent submit and the list request travel in order, but a
+        // list answered to the previous process may still arrive first on a
+        // loaded machine: ask until the task shows (or the wait runs out).
+        let deadline = std::time::Instant::now() + WAIT;
+        let new: Vec<String> = loop {
+            let new: Vec<String> = p.tasks().into_iter().filter(|t| !before.contains(t)).collect();
+            if !new.is_empty() || std::time::Instant::now() > deadline {
+                break new;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
         assert_eq!(new.len(), 1, "{name}: one task ran, not {new:?}");
         let history = p.wait(&new[0], "finished");
         check_once(&name, &history, &counted);
