@@ -360,6 +360,16 @@ fn messages() -> Value {
                 denied: Vec::new(),
             },
         },
+        Message::TaskEvent {
+            task_id: "t-3".into(),
+            offset: 4,
+            at_ms: 9,
+            event: TaskEvent::Finished {
+                status: FinishStatus::Succeeded,
+                summary: "fixed, without the edit".into(),
+                denied: vec!["Bash".into(), "edit src/lib.rs".into()],
+            },
+        },
         Message::HistoryEnd { task_id: "t-1".into(), next_offset: 7, more: false },
         Message::HistoryEnd { task_id: "t-2".into(), next_offset: 256, more: true },
         Message::TaskList {

@@ -727,6 +727,9 @@ describe('web client end to end', { concurrency: false }, () => {
     assert.ok(!texts.some((x) => x.includes('allowed')), `nothing was allowed; progress: ${texts.join(' | ')}`);
     assert.ok(events.some((e) => e.type === 'approval_resolved'), 'an approval_resolved event is shown');
     assert.equal(await attr(page, '[data-testid=approval]', 'data-state'), 'denied', 'the approval stays denied once the task finished');
+    // The finish names what was denied: a success with denials is not a plain success.
+    const denied = await expectVisible(page, '[data-testid=finished] [data-testid=denied]', 'the finish names the denied tool');
+    assert.equal(await denied.innerText(), 'Denied: edit src/lib.rs', 'the finish says "Denied: <tool>"');
     assert.ok(contiguous(events), `event offsets 0,1,2… once each: ${events.map((e) => e.offset).join(',')}`);
   });
 

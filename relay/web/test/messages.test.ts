@@ -48,3 +48,20 @@ test('DeviceInfo.ephemeral (§15.4): written only when true, last; absent reads 
   assert.ok(m.known && m.message.ephemeral === true);
   if (m.known) assert.equal(dec.decode(encodeMessage(m.message)), '{"v":1,"kind":"device_info","name":"a","platform":"web","app_version":"1","ephemeral":true}');
 });
+
+test('finished.denied (§15.3.1): read and written back, only when not empty; anything but strings refused', () => {
+  const wire = '{"v":1,"kind":"task_event","task_id":"t","offset":3,"at_ms":4,"event":{"type":"finished","status":"succeeded","summary":"s","denied":["Bash","edit a"]}}';
+  const d = decodeMessage(utf8(wire));
+  assert.ok(d.known);
+  if (!d.known) return;
+  assert.deepEqual((d.message.event as { denied?: unknown }).denied, ['Bash', 'edit a']);
+  assert.equal(dec.decode(encodeMessage(d.message)), wire);
+  // Absent (older desktops) reads as none, and an empty list is not written.
+  const none = decodeMessage(utf8('{"v":1,"kind":"task_event","task_id":"t","offset":3,"at_ms":4,"event":{"type":"finished","status":"failed","summary":"s"}}'));
+  assert.ok(none.known && Array.isArray(none.message.event && (none.message.event as { denied?: unknown }).denied));
+  if (none.known) assert.ok(!dec.decode(encodeMessage(none.message)).includes('denied'));
+  for (const bad of ['"Bash"', '[1]', '{}']) {
+    const m = `{"v":1,"kind":"task_event","task_id":"t","offset":3,"at_ms":4,"event":{"type":"finished","status":"succeeded","summary":"s","denied":${bad}}}`;
+    assert.throws(() => decodeMessage(utf8(m)), (e: unknown) => e instanceof MessageError && e.kind === 'Malformed', bad);
+  }
+});

@@ -9,8 +9,9 @@ export const MESSAGE_VERSION = 1;
 export const MAX_MESSAGE_LEN = 61_440;
 export const MAX_DEVICE_NAME_CHARS = 64;
 
-type FieldType = 'string' | 'bool' | 'u64' | 'json' | 'event' | 'tasks';
-type Field = readonly [name: string, type: FieldType, optional?: 'opt' | 'optTrue'];
+type FieldType = 'string' | 'bool' | 'u64' | 'json' | 'event' | 'tasks' | 'strings';
+/** `opt`: omitted when absent; `optTrue`: a bool written only when true; `optSome`: a list written only when not empty. */
+type Field = readonly [name: string, type: FieldType, optional?: 'opt' | 'optTrue' | 'optSome'];
 
 const KINDS: Record<string, readonly Field[]> = {
   task_submit: [['task_id', 'string'], ['text', 'string'], ['workspace', 'string', 'opt'], ['executor', 'string', 'opt']],
@@ -35,7 +36,7 @@ const EVENTS: Record<string, readonly Field[]> = {
   tool_result: [['call_id', 'string'], ['output', 'string'], ['is_error', 'bool']],
   approval_request: [['approval_id', 'string'], ['summary', 'string'], ['detail', 'string'], ['expires_at_ms', 'u64']],
   approval_resolved: [['approval_id', 'string'], ['allow', 'bool'], ['by', 'string']],
-  finished: [['status', 'string'], ['summary', 'string']],
+  finished: [['status', 'string'], ['summary', 'string'], ['denied', 'strings', 'optSome']],
 };
 
 const TASK_SUMMARY: readonly Field[] = [
@@ -153,6 +154,9 @@ function writeValue(type: FieldType, v: unknown, where: string): string {
     case 'tasks':
       if (!Array.isArray(v)) throw new MessageError('Malformed', `${where}: expected array`);
       return `[${v.map((t) => `{${writeFields(t as Record<string, unknown>, TASK_SUMMARY)}}`).join(',')}]`;
+    case 'strings':
+      if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new MessageError('Malformed', `${where}: expected an array of strings`);
+      return `[${v.map((x) => JSON.stringify(x)).join(',')}]`;
   }
 }
 
@@ -162,6 +166,7 @@ function writeFields(o: Record<string, unknown>, fields: readonly Field[]): stri
     const v = o[name];
     if (opt === 'opt' && (v === undefined || v === null)) continue;
     if (opt === 'optTrue' && (v === undefined || v === null || v === false)) continue;
+    if (opt === 'optSome' && (v === undefined || v === null || (Array.isArray(v) && v.length === 0))) continue;
     parts.push(`${JSON.stringify(name)}:${writeValue(type, v, name)}`);
   }
   return parts.join(',');
@@ -202,6 +207,7 @@ function readValue(type: FieldType, v: unknown, where: string): unknown {
     case 'string':
     case 'bool':
     case 'u64':
+    case 'strings':
       writeValue(type, v, where); // type check
       return v;
     case 'json':
@@ -229,6 +235,10 @@ function readFields(o: Record<string, unknown>, fields: readonly Field[], where:
     const v = o[name];
     if (v === undefined || v === null) {
       if (opt === 'opt') continue;
+      if (opt === 'optSome') {
+        out[name] = [];
+        continue;
+      }
       if (opt === 'optTrue') {
         out[name] = false;
         continue;
