@@ -231,6 +231,48 @@ test('engine: messages the desktop could no longer send become a saved notice na
   }
 });
 
+test('engine: a desktop that keeps dropping messages (a loss per record) is asked for a gap once, not once per loss; the notice names the task at once', async () => {
+  // The desktop keeps 1 message and never hears the phone here: what it sends while the phone is not reading is dropped.
+  const t = await setup(5, { maxMessages: 1, maxBytes: 1 << 20 });
+  try {
+    t.okAll();
+    const task = 'ab'.repeat(16);
+    const other = 'cd'.repeat(16);
+    const ev = (id: string, offset: number): Message => ({
+      kind: 'task_event',
+      task_id: id,
+      offset,
+      at_ms: 1000 + offset,
+      event: offset === 0 ? { type: 'accepted', executor: 'fixture', text: 'count 40 0' } : { type: 'progress', text: `n=${offset}` },
+    });
+    t.fromDesk(ev(task, 0));
+    t.fromDesk(ev(task, 1));
+    // 2..=8 never arrive; 9 does, past the gap: a loss, and the task is behind.
+    for (let o = 2; o < 9; o++) t.fromDesk(ev(task, o), false);
+    t.fromDesk(ev(task, 9));
+    await settled(t.d);
+    t.okAll();
+    // Then a loss per record, as a desktop whose answers overflow its outbox reports them.
+    for (let i = 0; i < 6; i++) {
+      t.fromDesk(ev(other, 3 * i), false);
+      t.fromDesk(ev(other, 3 * i + 1), false);
+      t.fromDesk(ev(other, 3 * i + 2));
+      await settled(t.d);
+      t.okAll();
+    }
+    const lost = (await t.engine.store.desktops()).find((r) => r.id === t.id)?.lost ?? [];
+    assert.ok(lost.length >= 1 && lost.reduce((n, r) => n + r.to - r.from + 1, 0) >= 7, JSON.stringify(lost));
+    const read = deskReads(t.desk, t.ws);
+    const asks = read.filter((m) => m.kind === 'history_request' && m.task_id === task);
+    assert.deepEqual(asks.map((m) => m.from_offset), [2], `one fill for the gap while it is on its way: ${JSON.stringify(asks)}`);
+    // Named without waiting for a task list (whose answer may be lost as well).
+    const notice = t.engine.notices(t.id).find((n) => n.kind === 'lost');
+    assert.match(notice?.text ?? '', /“count 40 0”/, notice?.text);
+  } finally {
+    t.engine.stepAside();
+  }
+});
+
 test('engine: what the relay accepted but an online desktop leaves unacknowledged for 2 minutes is sealed and sent again (the relay may have expired it)', async () => {
   const t = await setup(6);
   try {

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { EventRow } from '../src/app/store.ts';
-import { PAGE, Thread } from '../src/app/thread.ts';
+import { FILL_STALE_MS, PAGE, Thread } from '../src/app/thread.ts';
 
 function ev(offset: number, type = 'progress', extra: Record<string, unknown> = {}): EventRow {
   return { desktopId: 'd', taskId: 't', offset, atMs: 1000 + offset, event: { type, text: `n=${offset}`, ...extra } };
@@ -226,4 +226,35 @@ test('the task list wins when the desktop knows more', () => {
   u.observe(ev(5, 'finished', { status: 'succeeded', summary: '' }));
   u.summary({ title: '', executor: 'x', state: 'running', next_offset: 3, updated_ms: 0 });
   assert.equal(u.row.state, 'finished');
+});
+
+test('lost messages while a fill is on its way: not asked twice, and its end asks again even without progress', () => {
+  const t = Thread.fresh('d', 't');
+  for (let o = 0; o < 10; o++) t.observe(ev(o));
+  // The desktop dropped 10..=73: its newest events arrive past the gap.
+  assert.equal(t.observe(ev(74)).fill, 10);
+  // A loss is reported per record the desktop dropped: the fill on its way is not asked for again.
+  for (let i = 0; i < 5; i++) {
+    t.lost();
+    assert.equal(t.behind(), null, 'no second fill while one is on its way');
+  }
+  for (let o = 75; o < 80; o++) assert.equal(t.observe(ev(o)).fill, null);
+  // Its answer was lost too (only its end came): nothing new, but a loss since the ask, so ask again.
+  assert.equal(t.historyEnd(80, false), 10);
+  // This one arrives in part: progress, ask for the rest.
+  for (let o = 10; o < 40; o++) t.observe(ev(o));
+  assert.equal(t.historyEnd(80, false), 40);
+  // Nothing new and no loss since: stop (the next live event or opening the thread asks again).
+  assert.equal(t.historyEnd(80, false), null);
+  assert.equal(t.behind(), 40, 'nothing on its way: asked again');
+});
+
+test('a fill whose answer never came is asked for again once it is stale', (ctx) => {
+  ctx.mock.timers.enable({ apis: ['Date'], now: 1_000_000 });
+  const t = Thread.fresh('d', 't');
+  t.observe(ev(0));
+  assert.equal(t.observe(ev(5)).fill, 1);
+  assert.equal(t.behind(), null);
+  ctx.mock.timers.tick(FILL_STALE_MS);
+  assert.equal(t.behind(), 1);
 });

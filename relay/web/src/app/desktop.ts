@@ -15,6 +15,8 @@ export class Desktop {
   listed = false;
   /** Messages from it were lost: its task list, when it comes, re-fetches every task behind. */
   recovering = false;
+  /** When that task list was asked for (one at a time while it is on its way). */
+  recoveringSince = 0;
   /** When the user last asked it again for what lost messages carried (the notice says so). */
   askedAgainMs: number | null = null;
   readonly threads = new Map<string, Thread>();

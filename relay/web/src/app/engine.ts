@@ -24,11 +24,11 @@ import {
 } from '../proto/index.ts';
 import { applyMessage } from './apply.ts';
 import { Desktop } from './desktop.ts';
-import { type Notice, type NoticeView, addLost, collectNotices, relayNotice } from './notices.ts';
+import { type Notice, type NoticeView, addLost, collectNotices, nameTask, relayNotice } from './notices.ts';
 import { type PairingFlow, startPairing } from './pairing.ts';
 import { type ConnState, RelayClient } from './relay.ts';
 import { type DesktopRow, type EventRow, NotOwner, type Store, type TaskRow, openStore } from './store.ts';
-import { type PendingApproval, Thread } from './thread.ts';
+import { FILL_STALE_MS, type PendingApproval, Thread } from './thread.ts';
 
 export { Desktop } from './desktop.ts';
 export { PairError, type PairFailure, type PairingFlow } from './pairing.ts';
@@ -421,14 +421,23 @@ export class Engine {
   /**
    * After lost messages: the task list (its answer names every task behind,
    * `applyMessage`) and the history of every task known to be behind.
+   * `again` (the user asked): even what is already on its way. Otherwise a
+   * list or fill on its way is not asked for twice: a desktop that keeps
+   * dropping messages would report a loss per record, and answering each
+   * with the whole history again drops more (the fill never caught up).
    */
-  private recoveryAsks(d: Desktop): Message[] {
+  private recoveryAsks(d: Desktop, again: boolean): Message[] {
+    const listed = !again && d.recovering && Date.now() - d.recoveringSince < FILL_STALE_MS;
     d.recovering = true;
-    const asks: Message[] = [{ kind: 'history_request', from_offset: 0 }];
+    if (!listed) d.recoveringSince = Date.now();
+    const asks: Message[] = listed ? [] : [{ kind: 'history_request', from_offset: 0 }];
     for (const t of d.threads.values()) {
-      t.forgetRequests();
+      if (again) t.forgetRequests();
       const from = t.behind();
       if (from !== null) asks.push({ kind: 'history_request', task_id: t.row.taskId, from_offset: from });
+      // Known to be behind (asked now or on its way): named at once, not
+      // only when the task list comes (its answer may be lost too).
+      if (t.row.next < t.row.known) d.row.lost = nameTask(d.row.lost ?? [], t.row.title || t.row.taskId);
     }
     return asks;
   }
@@ -436,7 +445,7 @@ export class Engine {
   /** Ask the desktop again for what lost messages may have carried (the notice's button). */
   async recover(desktopId: string): Promise<void> {
     const d = this.desktop(desktopId);
-    await this.send(d, this.recoveryAsks(d));
+    await this.send(d, this.recoveryAsks(d, true));
     d.askedAgainMs = Date.now();
     this.emit({ desktopId });
   }
@@ -563,6 +572,7 @@ export class Engine {
               // Saved with the link below, so the user is told even after
               // a reload; the task list shows which tasks to fetch again.
               d.row.lost = addLost(d.row.lost, ev.from, ev.to, Date.now());
+              for (const t of d.threads.values()) t.lost();
               lost = true;
               break;
             case 'SessionRenewed':
@@ -571,7 +581,7 @@ export class Engine {
           }
         }
       }
-      if (lost) requests.push(...this.recoveryAsks(d));
+      if (lost) requests.push(...this.recoveryAsks(d, false));
       for (const m of requests) out.push(d.link.send(encodeMessage(m)).record);
       // One acknowledgement covers the whole run; a request carries it too.
       // Never answer an ack alone with an ack (the two sides would ping-pong).

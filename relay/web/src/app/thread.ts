@@ -8,6 +8,12 @@ import type { EventRow, TaskRow } from './store.ts';
 /** Events per history page (the desktop's page size). */
 export const PAGE = 256;
 
+/**
+ * How long a gap fill counts as on its way: after that a loss report or a
+ * live event may ask again (its answer may be gone).
+ */
+export const FILL_STALE_MS = 15_000;
+
 /** What observing an event means for the caller. */
 export interface Observed {
   /** False for a repeat (already held): nothing changes. */
@@ -32,6 +38,10 @@ export class Thread {
   loaded = false;
   /** Where the gap fill on its way started. */
   private fillFrom: number | null = null;
+  /** When that fill was asked for. */
+  private fillAt = 0;
+  /** Messages from the desktop were lost since that fill was asked for. */
+  private fillLossy = false;
   /** The older page on its way: from, and `lo` when asked. */
   private older: { from: number; to: number } | null = null;
   /** Refusals of this task's requests, newest last (not persisted). */
@@ -75,6 +85,27 @@ export class Thread {
     return this.fillFrom !== null;
   }
 
+  /** A fill asked for less than `FILL_STALE_MS` ago: its answer is awaited, not asked for again. */
+  private awaiting(): boolean {
+    return this.fillFrom !== null && Date.now() - this.fillAt < FILL_STALE_MS;
+  }
+
+  private askFill(from: number): number {
+    this.fillFrom = from;
+    this.fillAt = Date.now();
+    this.fillLossy = false;
+    return from;
+  }
+
+  /**
+   * Messages from the desktop were lost (`ResyncNeeded`): the answer of the
+   * fill on its way may be incomplete, so its end asks again even when it
+   * brought nothing new.
+   */
+  lost(): void {
+    if (this.fillFrom !== null) this.fillLossy = true;
+  }
+
   /** Events in offset order. */
   sorted(): EventRow[] {
     return [...this.events.values()].sort((a, b) => a.offset - b.offset);
@@ -109,10 +140,7 @@ export class Thread {
     row.known = Math.max(row.known, e.offset + 1);
     this.advance();
     let fill: number | null = null;
-    if (row.next < row.known && this.fillFrom === null && e.offset > row.next) {
-      this.fillFrom = row.next;
-      fill = row.next;
-    }
+    if (row.next < row.known && !this.awaiting() && e.offset > row.next) fill = this.askFill(row.next);
     return { fresh: !held, fill };
   }
 
@@ -126,13 +154,15 @@ export class Thread {
     }
     row.known = Math.max(row.known, more ? nextOffset + 1 : nextOffset);
     const from = this.fillFrom;
+    const lossy = this.fillLossy;
     this.fillFrom = null;
+    this.fillLossy = false;
     if (row.next >= row.known) return null;
     // No progress since the last ask: stop rather than loop; the next live
-    // event (or opening the thread) asks again.
-    if (from !== null && row.next <= from) return null;
-    this.fillFrom = row.next;
-    return row.next;
+    // event (or opening the thread) asks again. Unless messages were lost
+    // meanwhile: then the answer itself may be what was lost.
+    if (from !== null && row.next <= from && !lossy) return null;
+    return this.askFill(row.next);
   }
 
   /** The desktop keeps nothing before `earliest`. */
@@ -155,6 +185,7 @@ export class Thread {
   /** Forget that a fill or page was asked for (its answer was lost). */
   forgetRequests(): void {
     this.fillFrom = null;
+    this.fillLossy = false;
     this.older = null;
   }
 
@@ -178,9 +209,8 @@ export class Thread {
 
   /** The tail is behind what the desktop has: where to fetch from. */
   behind(): number | null {
-    if (this.fillFrom !== null || this.row.next >= this.row.known) return null;
-    this.fillFrom = this.row.next;
-    return this.row.next;
+    if (this.awaiting() || this.row.next >= this.row.known) return null;
+    return this.askFill(this.row.next);
   }
 
   /** Approvals waiting for a decision. */
