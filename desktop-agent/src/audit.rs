@@ -201,6 +201,11 @@ pub enum AuditEvent {
         text_hash: String,
         /// The task text's length in bytes.
         text_len: usize,
+        /// The phone's message it came from, `<device>@<pairing tag>#<seq>`
+        /// (absent for the desktop's own, and in older lines): a message
+        /// delivered again after a crash is not audited twice.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instruction: Option<String>,
     },
     /// A device submitted a task and it was refused.
     TaskRefused {
@@ -219,6 +224,11 @@ pub enum AuditEvent {
         task_id: String,
         /// [`text_hash`] of the follow-up text.
         text_hash: String,
+        /// The phone's message it came from, `<device>@<pairing tag>#<seq>`
+        /// (absent for the desktop's own, and in older lines): a message
+        /// delivered again after a crash is not audited twice.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instruction: Option<String>,
     },
     /// A task was cancelled.
     Cancelled {
@@ -226,6 +236,11 @@ pub enum AuditEvent {
         by: String,
         /// The task id.
         task_id: String,
+        /// The phone's message it came from, `<device>@<pairing tag>#<seq>`
+        /// (absent for the desktop's own, and in older lines): a message
+        /// delivered again after a crash is not audited twice.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instruction: Option<String>,
     },
     /// A task asked for approval of an action.
     ApprovalRequested {
@@ -566,6 +581,25 @@ impl AuditLog {
         text_hash(text)
     }
 
+    /// The highest sequence number of the instructions of `link` in the
+    /// current file (`instruction` members `<link>#<seq>`), if any. Lines
+    /// rotated into older segments are not read.
+    ///
+    /// # Errors
+    /// [`AuditError`] if the file cannot be read.
+    pub fn last_instruction(&self, link: &str) -> Result<Option<u64>, AuditError> {
+        let text = std::fs::read_to_string(&self.path).map_err(io_err("read", &self.path))?;
+        let prefix = format!("{link}#");
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| {
+                let tag = v.get("instruction")?.as_str()?;
+                tag.strip_prefix(&prefix)?.parse::<u64>().ok()
+            })
+            .max())
+    }
+
     /// The log file's path.
     #[must_use]
     pub fn path(&self) -> &Path {
@@ -876,12 +910,14 @@ mod tests {
                 executor: Some(s("shell")),
                 text_hash: text_hash("ls"),
                 text_len: 2,
+                instruction: None,
             },
             AuditEvent::TaskRefused { device: s("dev-a"), task_id: s("t2"), code: s("scope") },
             AuditEvent::FollowUp {
                 device: s("dev-a"),
                 task_id: s("t1"),
                 text_hash: text_hash("y"),
+                instruction: Some(s("dev-a@00ff#7")),
             },
             AuditEvent::ApprovalRequested {
                 task_id: s("t1"),
@@ -894,7 +930,7 @@ mod tests {
                 allow: false,
                 by: s("timeout"),
             },
-            AuditEvent::Cancelled { by: s("desktop"), task_id: s("t1") },
+            AuditEvent::Cancelled { by: s("desktop"), task_id: s("t1"), instruction: None },
             AuditEvent::TaskFinished { task_id: s("t1"), status: s("cancelled") },
             AuditEvent::Paired {
                 device: s("dev-c"),
@@ -1227,6 +1263,7 @@ mod tests {
                 executor: None,
                 text_hash: AuditLog::text_hash(text),
                 text_len: text.len(),
+                instruction: None,
             },
         )
         .unwrap();

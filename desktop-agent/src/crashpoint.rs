@@ -46,10 +46,12 @@
 //!   decision has none), nothing applied;
 //! * `agent.<kind>.applied`: its effect and its applied marker are in
 //!   `tasks.redb` (one transaction), the link's receipt is not on disk;
-//! * `agent.<kind>.link_saved`: the link's receipt is on disk, no reply
-//!   sealed, the relay delivery not acknowledged;
-//! * `agent.<kind>.replied`: the replies are sealed and the link holding
-//!   them is on disk, none handed to the relay;
+//! * `agent.<kind>.link_saved`: the link's receipt is on disk, with the
+//!   replies to the instruction sealed in its outbox (one write: a refusal
+//!   is not lost), none handed to the relay, the relay delivery not
+//!   acknowledged;
+//! * `agent.<kind>.replied`: the same state, passed only when there are
+//!   replies (every peer's link holding them is on disk);
 //! * `agent.<kind>.sent`: the relay stored the last reply;
 //!
 //! and, on every path that records a task event:
@@ -65,9 +67,9 @@ pub struct Steps {
     pub audited: &'static str,
     /// Effect and applied marker on disk, link not.
     pub applied: &'static str,
-    /// The link's receipt on disk, nothing answered.
+    /// The link's receipt and the sealed replies on disk, nothing sent.
     pub link_saved: &'static str,
-    /// Replies sealed and saved, not sent.
+    /// As `link_saved`, when there are replies.
     pub replied: &'static str,
     /// The relay stored the last reply.
     pub sent: &'static str,

@@ -34,15 +34,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tandem_client::{Client, Event};
-use tandem_proto::link::LinkEvent;
 use tandem_proto::message::{Message, TaskEvent};
 use tandem_proto::upkeep::Schedule;
 use tandem_proto::{DeviceId, DeviceKey};
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
+mod auditing;
+mod catch_up;
 mod control;
+mod deliver;
 mod devices;
 mod expiry;
 mod instructions;
@@ -51,13 +53,12 @@ mod outbox;
 mod pairing;
 mod renewal;
 
-use crate::audit::{AuditEvent, AuditLog, text_hash};
-use crate::crashpoint::crash_point;
+use crate::audit::AuditLog;
 use crate::history::HistoryError;
 use crate::ipc::Call;
 use crate::pair::PairCall;
 use crate::peers::{PeerError, PeerStore};
-use crate::tasks::{Audience, TaskManager, TaskUpdate};
+use crate::tasks::{TaskManager, TaskUpdate};
 
 /// Records waiting for the sender task; beyond this they are dropped here
 /// and resent from the link outbox on the retry timer ([`outbox`]).
@@ -130,6 +131,16 @@ pub struct Daemon<'a> {
     reseal: HashSet<DeviceId>,
     /// Phones' messages lost before they arrived, per device.
     lost: lost::Lost,
+    /// The relay store's epoch at the last connection (none yet), and
+    /// whether the relay said it restarts since: a connection to the same
+    /// store sends again only what it has not stored ([`outbox`]).
+    relay_epoch: Option<u64>,
+    relay_restarting: bool,
+    /// How long a record the relay stored may stay unacknowledged by a
+    /// peer that comes online before it is sent again.
+    stale_after: Duration,
+    /// Per link, the highest instruction audited ([`Self::audit_due`]).
+    audited: HashMap<String, Option<u64>>,
 }
 
 impl Drop for Daemon<'_> {
@@ -195,6 +206,10 @@ impl<'a> Daemon<'a> {
             schedule: Schedule::default(),
             reseal: HashSet::new(),
             lost: lost::Lost::default(),
+            relay_epoch: None,
+            relay_restarting: false,
+            stale_after: outbox::STALE_AFTER,
+            audited: HashMap::new(),
         }
     }
 
@@ -242,6 +257,24 @@ impl<'a> Daemon<'a> {
     #[must_use]
     pub fn with_idle_detach(mut self, idle: Duration) -> Self {
         self.idle_detach = idle;
+        self
+    }
+
+    /// Send a record the relay stored `after` ago and a peer that comes
+    /// online has not acknowledged again (default two minutes: the relay
+    /// may have expired or lost it).
+    #[must_use]
+    pub fn with_resend_stale(mut self, after: Duration) -> Self {
+        self.stale_after = after;
+        self
+    }
+
+    /// The relay store's epoch of the connection made before the loop
+    /// runs (its `Connected` is not the loop's): a reconnection to the
+    /// same store sends only what the relay has not stored.
+    #[must_use]
+    pub fn with_relay_epoch(mut self, epoch: u64) -> Self {
+        self.relay_epoch = Some(epoch);
         self
     }
 
@@ -296,76 +329,6 @@ impl<'a> Daemon<'a> {
         self
     }
 
-    pub(super) fn record(&mut self, event: AuditEvent) {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        if let Some(log) = &mut self.audit
-            && let Err(e) = log.append(at, event)
-        {
-            warn!(error = %e, "audit log append failed");
-        }
-    }
-
-    /// Audit why the desktop stopped tasks.
-    fn audit_stopped(&mut self) {
-        for s in self.tasks.take_stopped() {
-            self.tasks_stopped += 1;
-            self.record(AuditEvent::TaskStopped {
-                task_id: s.task_id,
-                device: s.device,
-                reason: s.cause.as_audit(),
-                was: if s.was_running { "running" } else { "queued" }.to_owned(),
-            });
-        }
-    }
-
-    /// Audit what the desktop tells phones about tasks and approvals.
-    fn audit_outgoing(&mut self, out: &[(Audience, Message)]) {
-        for (audience, m) in out {
-            let event = match m {
-                Message::TaskEvent { task_id, event, .. } => match event {
-                    tandem_proto::message::TaskEvent::ApprovalRequest {
-                        approval_id,
-                        summary,
-                        ..
-                    } => AuditEvent::ApprovalRequested {
-                        task_id: task_id.clone(),
-                        approval_id: approval_id.clone(),
-                        summary_hash: text_hash(summary),
-                    },
-                    tandem_proto::message::TaskEvent::ApprovalResolved {
-                        approval_id,
-                        allow,
-                        by,
-                    } => AuditEvent::ApprovalDecided {
-                        task_id: task_id.clone(),
-                        approval_id: approval_id.clone(),
-                        allow: *allow,
-                        by: by.clone(),
-                    },
-                    tandem_proto::message::TaskEvent::Finished { status, .. } => {
-                        AuditEvent::TaskFinished {
-                            task_id: task_id.clone(),
-                            status: crate::tasks::status_str(*status).to_owned(),
-                        }
-                    }
-                    _ => continue,
-                },
-                Message::Refused { task_id, code, .. } => AuditEvent::TaskRefused {
-                    device: match audience {
-                        Audience::Device(d) => d.to_string(),
-                        Audience::Everyone => "everyone".into(),
-                    },
-                    task_id: task_id.clone().unwrap_or_default(),
-                    code: code.clone(),
-                },
-                _ => continue,
-            };
-            self.record(event);
-        }
-    }
-
     /// Handle relay events and executor updates until the client stops.
     ///
     /// # Errors
@@ -413,62 +376,6 @@ impl<'a> Daemon<'a> {
         Ok(())
     }
 
-    /// Send each phone the task events recorded after the last one sealed
-    /// for it (a crash between the history and the link), at most a page per
-    /// task: a longer gap shows as one, and the phone asks for the history.
-    async fn catch_up(&mut self) -> Result<(), DaemonError> {
-        let ids: Vec<DeviceId> = self.peers.list().iter().map(|p| p.device_id()).collect();
-        for id in ids {
-            let cursors: Vec<(String, u64)> = match self.peers.get(&id) {
-                Some(p) => p.task_cursors().iter().map(|(t, c)| (t.clone(), *c)).collect(),
-                None => continue,
-            };
-            let mut owed = Vec::new();
-            let mut done = Vec::new();
-            for (task, cursor) in cursors {
-                match self.tasks.record(&task)? {
-                    Some(r) if cursor < r.next_offset => {
-                        for m in self.tasks.events(&task, cursor, crate::tasks::HISTORY_PAGE)? {
-                            owed.push((Audience::Device(id), m));
-                        }
-                    }
-                    Some(r) if !r.is_finished() => {}
-                    _ => done.push(task),
-                }
-            }
-            if let Some(p) = self.peers.get_mut(&id) {
-                for t in &done {
-                    p.drop_task_cursor(t);
-                }
-            }
-            if !owed.is_empty() {
-                info!(peer = %id, events = owed.len(), "sending task events a crash kept from this phone");
-            }
-            self.send_all(owed).await?;
-        }
-        Ok(())
-    }
-
-    /// Tell phones that were silent for the idle time that they are detached.
-    async fn detach_idle(&mut self) -> Result<(), DaemonError> {
-        let now = Instant::now();
-        let idle: Vec<DeviceId> = self
-            .last_heard
-            .iter()
-            .filter(|(id, at)| {
-                !self.detached.contains(id) && now.duration_since(**at) >= self.idle_detach
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in idle {
-            info!(peer = %id, "phone idle: detached until it sends something");
-            self.detached.insert(id);
-            let idle_secs = self.idle_detach.as_secs();
-            self.send_all(vec![(Audience::Device(id), Message::Detached { idle_secs })]).await?;
-        }
-        Ok(())
-    }
-
     /// Once, before anything else: events that reached the history but not
     /// a phone's outbox before a crash go out first, then what the restart
     /// itself changes (interrupted tasks, the queue).
@@ -498,20 +405,26 @@ impl<'a> Daemon<'a> {
         self.start().await?;
         self.note_presence(&ev)?;
         match ev {
-            Event::Connected { .. } => {
+            Event::Connected { store_epoch, .. } => {
                 self.connected = true;
                 // The routes, in case the relay lost them (a new store
                 // epoch); then revocations the relay has not confirmed.
                 self.reauthorize();
                 self.resend_revokes();
-                // Whatever the peers have not acknowledged goes out again:
-                // the relay may have restarted or lost its data.
-                self.relay_state.reset();
+                // The same store as before: what it stored is still there,
+                // and only what it has not goes out again. Another store,
+                // the first connection, or a relay that said it restarts:
+                // everything the peers have not acknowledged (PROTOCOL §13.4).
+                let restarting = std::mem::take(&mut self.relay_restarting);
+                if self.relay_epoch.replace(store_epoch) != Some(store_epoch) || restarting {
+                    self.relay_state.reset();
+                }
                 let ids: Vec<DeviceId> = self.peers.list().iter().map(|p| p.device_id()).collect();
                 for id in ids {
                     self.resend(id, outbox::Resend::All).await?;
                 }
             }
+            Event::Restarting { .. } => self.relay_restarting = true,
             Event::Presence { peer, online: true } => {
                 self.online.insert(peer);
                 // Only what the relay has not stored (or stored long ago
@@ -539,98 +452,6 @@ impl<'a> Daemon<'a> {
         }
         // A device revoked or re-scoped by another process, noticed above.
         self.reconcile_devices().await
-    }
-
-    async fn deliver(&mut self, from: DeviceId, payload: &[u8]) -> Result<(), DaemonError> {
-        // A revocation or scope change made by `tandem revoke`/`scope` meanwhile.
-        if !self.peers.sync_from_disk(&from)? {
-            debug!(peer = %from, "record from a device that is not paired dropped");
-            return Ok(());
-        }
-        let Some(peer) = self.peers.get_mut(&from) else {
-            // Not (or no longer) paired: nothing in it can be accepted.
-            debug!(peer = %from, "record from an unknown device dropped");
-            return Ok(());
-        };
-        let kind = renewal::Kind::of(payload);
-        let events = match peer.link_mut().receive(self.key, payload, &mut self.entropy) {
-            Ok(e) => e,
-            Err(e) => {
-                debug!(peer = %from, error = %e, "record refused");
-                return Ok(());
-            }
-        };
-        peer.mark_seen(now_unix());
-        let scope = peer.scope();
-        let link = instructions::link_key(from, peer.link());
-        let step = renewal::Points::of(kind, &events);
-        let renewed = events.iter().any(|e| matches!(e, LinkEvent::SessionRenewed));
-        if renewed {
-            self.session_renewed(from);
-        }
-        if let Some(p) = step {
-            crash_point(p.received);
-        }
-        // Act before the link's receipt is saved (PROTOCOL §13.5 rule 3):
-        // each instruction's effect and its applied marker are durable
-        // first. A crash before the save below makes the relay deliver the
-        // record again, the link accept it again, and the marker skip it.
-        let at = instructions::Applying { link: &link, applied: self.tasks.applied(&link)? };
-        let mut envelopes = Vec::new();
-        let mut replies = Vec::new();
-        let mut ack_due = false;
-        let mut steps = None;
-        for ev in events {
-            match ev {
-                LinkEvent::Message { seq, message } => {
-                    // Anything from the phone re-attaches it.
-                    self.last_heard.insert(from, Instant::now());
-                    self.detached.remove(&from);
-                    let (out, s) = self.apply(from, scope, &at, seq, &message).await?;
-                    replies.extend(out);
-                    steps = s.or(steps);
-                }
-                LinkEvent::Send(e) => envelopes.extend(e),
-                LinkEvent::ResyncNeeded { from: a, to: b } => self.messages_lost(from, a, b),
-                LinkEvent::AckDue => ack_due = true,
-                // Counted above, before the first save.
-                LinkEvent::SessionRenewed => {}
-            }
-        }
-        // Data arrived: the acknowledgement rides on the first reply to this
-        // device, or goes bare. Never in answer to an ack alone (the two
-        // sides would ack each other's acks forever).
-        let direct = replies.iter().any(|(a, _)| matches!(a, Audience::Device(d) if *d == from))
-            || replies.iter().any(|(a, _)| *a == Audience::Everyone);
-        if ack_due
-            && !direct
-            && let Some(peer) = self.peers.get_mut(&from)
-            && let Ok(ack) = peer.link_mut().ack()
-        {
-            envelopes.push(ack);
-        }
-        match self.peers.save(&from) {
-            Err(PeerError::UnknownPeer(_)) => return Ok(()),
-            r => r?,
-        }
-        if let Some(p) = step {
-            crash_point(p.saved);
-        }
-        if let Some(s) = steps {
-            crash_point(s.link_saved);
-        }
-        // The renewal's answer (the accept, or the confirming ack) is the
-        // last envelope: its crash point passes once the relay stored it.
-        let last = envelopes.len().saturating_sub(1);
-        for (i, e) in envelopes.into_iter().enumerate() {
-            self.post_step(from, e, step.and_then(|p| p.sent).filter(|_| i == last));
-        }
-        // A renewal ended an exhausted session: what could not be sealed
-        // goes out now.
-        if renewed && self.reseal.remove(&from) {
-            self.resend(from, outbox::Resend::All).await?;
-        }
-        self.send_all_for(replies, steps).await
     }
 
     fn tell_followers(&mut self, message: &Message) {

@@ -313,11 +313,12 @@ fn lan_ip() -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-async fn wait_connected(events: &mut tokio::sync::mpsc::Receiver<Event>) -> anyhow::Result<()> {
+/// Wait for the first connection; returns the relay store's epoch.
+async fn wait_connected(events: &mut tokio::sync::mpsc::Receiver<Event>) -> anyhow::Result<u64> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(Event::Connected { .. })) => return Ok(()),
+            Ok(Some(Event::Connected { store_epoch, .. })) => return Ok(store_epoch),
             Ok(Some(Event::Disconnected { reason, retry_in, .. })) if retry_in == Duration::MAX => {
                 bail!("the relay refused this device: {reason}")
             }
@@ -512,7 +513,7 @@ async fn main() -> anyhow::Result<()> {
             config.relay_url = Some(url.clone());
             config.save(&dir)?;
             let settings = load_settings(&cli)?;
-            let (key, client, mut events) = connect_agent(&dir, &mut config, url).await?;
+            let (key, client, mut events, _) = connect_agent(&dir, &mut config, url).await?;
             send_pending_revokes(&client, &dir, &mut config).await;
             let mut opts = qr.options(base, info, &settings);
             // A link to a web client on another origin must name the relay.
@@ -543,10 +544,12 @@ async fn main() -> anyhow::Result<()> {
                 .relay_url
                 .clone()
                 .context("no relay yet: run `tandem pair --relay …` first")?;
-            let (key, client, mut events) = connect_agent(&dir, &mut config, url.clone()).await?;
+            let (key, client, mut events, epoch) =
+                connect_agent(&dir, &mut config, url.clone()).await?;
             let mut store = PeerStore::open(&dir)?;
             println!("Connected. {} paired device(s). Press Ctrl-C to stop.", store.len());
-            let mut daemon = daemon(&client, &key, &mut store, tasks, calls, &dir, url)?;
+            let mut daemon =
+                daemon(&client, &key, &mut store, tasks, calls, &dir, url)?.with_relay_epoch(epoch);
             tokio::select! {
                 r = daemon.run(&mut events) => r?,
                 () = stop_signal() => {}
@@ -596,17 +599,21 @@ fn service(
 
 /// Connect to the relay as this desktop (the daemon, or `tandem pair`,
 /// then sends the revocations the relay has not confirmed).
+/// A connected agent client, its events, and the relay store's epoch at
+/// the connection (the daemon does not see that first `Connected`).
+type Connected = (tandem_proto::DeviceKey, Client, tokio::sync::mpsc::Receiver<Event>, u64);
+
 async fn connect_agent(
     dir: &std::path::Path,
     config: &mut AgentConfig,
     url: String,
-) -> anyhow::Result<(tandem_proto::DeviceKey, Client, tokio::sync::mpsc::Receiver<Event>)> {
+) -> anyhow::Result<Connected> {
     let key = KeyStore::new(dir).load_or_create(&mut Entropy::os())?;
     let mut cc = ClientConfig::new(url, key.clone(), Role::Desktop);
     cc.extra_roots_pem = config.relay_roots_pem.clone();
     let (client, mut events) = Client::start(cc);
-    wait_connected(&mut events).await?;
-    Ok((key, client, events))
+    let epoch = wait_connected(&mut events).await?;
+    Ok((key, client, events, epoch))
 }
 
 /// The paired devices, outside the daemon: a damaged peer file is set
@@ -642,6 +649,8 @@ struct TaskSetup {
     ephemeral_ttl: Duration,
     unfinished_pairing: Duration,
     schedule: tandem_proto::upkeep::Schedule,
+    /// When a record the relay holds goes again to a phone coming online.
+    resend_stale: Duration,
     /// What was set aside opening the task history.
     set_aside: Vec<damage::SetAside>,
     /// The audit log's rotation size.
@@ -681,6 +690,7 @@ fn daemon<'a>(
         .with_idle_detach(setup.idle_detach)
         .with_device_expiry(setup.ephemeral_ttl, setup.unfinished_pairing)
         .with_schedule(setup.schedule)
+        .with_resend_stale(setup.resend_stale)
         .with_relay_url(url)
         .with_status_field("key_store", KeyStore::new(dir).backend().into())
         .with_busy_hook(move |busy| {
@@ -848,6 +858,7 @@ fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<TaskSetup> {
         unfinished_pairing: Duration::from_secs(a.unfinished_pairing_secs),
         tasks: TaskManager::new(settings.executors, history, options)?,
         schedule: a.schedule(),
+        resend_stale: Duration::from_secs(a.resend_stale_secs),
         set_aside: history_aside.into_iter().collect(),
         audit_max_bytes: a.audit_max_bytes,
     })
@@ -946,7 +957,14 @@ async fn cancel(dir: &std::path::Path, query: &str) -> anyhow::Result<()> {
             let task_id = task.task_id.clone();
             tandem_agent::tasks::cancel_queued_offline(&history, *task)?;
             drop(history);
-            record(dir, AuditEvent::Cancelled { by: "desktop".into(), task_id: task_id.clone() });
+            record(
+                dir,
+                AuditEvent::Cancelled {
+                    by: "desktop".into(),
+                    task_id: task_id.clone(),
+                    instruction: None,
+                },
+            );
             record(dir, AuditEvent::TaskFinished { task_id, status: "cancelled".into() });
             println!(
                 "Cancelled task {id} before it started. The agent is not running on {}; phones hear of it when it starts.",
@@ -1014,7 +1032,7 @@ async fn up(
     agent_config.relay_url = Some(url.clone());
     agent_config.relay_roots_pem.clear();
     agent_config.save(dir)?;
-    let (key, client, events) = connect_agent(dir, &mut agent_config, url.clone()).await?;
+    let (key, client, events, epoch) = connect_agent(dir, &mut agent_config, url.clone()).await?;
     let mut store = PeerStore::open(dir)?;
     let paired = store.list().iter().filter(|p| !p.pairing_pending()).count();
     for p in store.list().iter().filter(|p| p.pairing_pending()) {
@@ -1038,8 +1056,9 @@ async fn up(
     // The daemon serves from the start; pairings run alongside it and hand
     // new devices to it.
     let (keeper, pair_calls) = DaemonKeeper::channel();
-    let mut daemon =
-        daemon(&client, &key, &mut store, tasks, calls, dir, url)?.with_pairing(pair_calls);
+    let mut daemon = daemon(&client, &key, &mut store, tasks, calls, dir, url)?
+        .with_pairing(pair_calls)
+        .with_relay_epoch(epoch);
     let (mut daemon_events, mut pair_events, _router) = split_events(events);
     let input = Some(Input::stdin());
     let mut ui = qr.ui(input.clone());

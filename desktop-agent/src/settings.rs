@@ -38,6 +38,7 @@
 //! session_renew_secs = 3600     # renew each phone's session (new keys) this often
 //! session_renew_records = 50000 # … or after this many records under it
 //! session_rekey_secs = 3600     # ratchet each sending key this often
+//! resend_stale_secs = 120       # a record the relay holds this long, unacknowledged by a phone coming online, goes again
 //! session_renewal_timeout_secs = 30  # give up on a renewal unanswered this long
 //! outbox_max_messages = 100000  # messages kept for a phone newly paired until it acknowledges them
 //! ```
@@ -172,6 +173,10 @@ pub struct AgentSettings {
     /// past it the oldest are dropped and the phone is told they are lost
     /// (`ResyncNeeded`, PROTOCOL §13.1). Fixed in a link when it is paired.
     pub outbox_max_messages: usize,
+    /// Seconds a record the relay stored may stay unacknowledged by a
+    /// phone that comes online before it is sent again (the relay may have
+    /// expired or lost it).
+    pub resend_stale_secs: u64,
 }
 
 impl Default for AgentSettings {
@@ -190,6 +195,7 @@ impl Default for AgentSettings {
             session_rekey_secs: DEFAULT_REKEY_AFTER_MS / 1000,
             session_renewal_timeout_secs: DEFAULT_RENEWAL_TIMEOUT_MS / 1000,
             outbox_max_messages: tandem_proto::delivery::OutboxLimits::default().max_messages,
+            resend_stale_secs: 120,
         }
     }
 }
@@ -228,6 +234,7 @@ impl AgentSettings {
             &mut self.session_renewal_timeout_secs,
         )?;
         env_number("TANDEM_OUTBOX_MAX_MESSAGES", get, &mut self.outbox_max_messages)?;
+        env_number("TANDEM_RESEND_STALE_SECS", get, &mut self.resend_stale_secs)?;
         Ok(())
     }
 
@@ -257,6 +264,7 @@ impl AgentSettings {
             ("session_rekey_secs", self.session_rekey_secs == 0),
             ("session_renewal_timeout_secs", self.session_renewal_timeout_secs == 0),
             ("outbox_max_messages", self.outbox_max_messages == 0),
+            ("resend_stale_secs", self.resend_stale_secs == 0),
         ];
         counts.into_iter().find_map(|(field, zero)| zero.then_some(field))
     }

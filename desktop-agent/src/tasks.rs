@@ -846,6 +846,14 @@ impl TaskManager {
         }
     }
 
+    /// The ids of the tasks not finished in the history, oldest first.
+    ///
+    /// # Errors
+    /// [`HistoryError`] if the history cannot be read.
+    pub fn unfinished_ids(&self) -> Result<Vec<String>, HistoryError> {
+        Ok(self.history.unfinished()?.into_iter().map(|r| r.task_id).collect())
+    }
+
     /// The next history write also records that message `seq` from `link`
     /// was applied, in the same transaction ([`History::stage_applied`]).
     pub fn stage_applied(&self, link: &str, seq: u64) {

@@ -13,10 +13,12 @@
 //! follow-up (and one resumed run), the cancelled task finished once as
 //! cancelled, the approval resolved once (or, when the agent died before
 //! applying the decision and so interrupted its task, the phone told
-//! `not_pending`); and the phone saw the result, and no refusal of the
+//! `not_pending`); the audit log has the instruction's line once; and the
+//! phone saw the result, and no refusal of the
 //! redelivered instruction (the applied marker skipped it). A refused
-//! instruction leaves no marker: its refusal reaches the phone after a
-//! crash. The relay is the real
+//! instruction leaves no marker: its refusal reaches the phone once after a
+//! crash at any step; a task applied before a crash is announced at the
+//! restart even while it waits in the queue. The relay is the real
 //! relay in a process of its own (`common/relay.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -94,9 +96,27 @@ impl World {
     }
 
     fn agent(&self, point: Option<&str>) -> Agent {
-        let env: Vec<(&str, String)> =
-            point.map(|p| ("FAILPOINTS", format!("{p}=return"))).into_iter().collect();
+        match point {
+            Some(p) => self.agent_with(&format!("{p}=return")),
+            None => tokio::task::block_in_place(|| {
+                common::run_process(&self.agent_dir, &self.config, &[])
+            }),
+        }
+    }
+
+    /// The agent with `FAILPOINTS` set to `failpoints`.
+    fn agent_with(&self, failpoints: &str) -> Agent {
+        let env = [("FAILPOINTS", failpoints.to_owned())];
         tokio::task::block_in_place(|| common::run_process(&self.agent_dir, &self.config, &env))
+    }
+
+    /// How many audit lines of `event` name `task`.
+    fn audited(&self, event: &str, task: &str) -> usize {
+        let log = std::fs::read_to_string(self.agent_dir.join("audit.log")).unwrap();
+        log.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["event"] == event && v["task_id"] == task)
+            .count()
     }
 
     fn agent_log(&self) -> String {
@@ -221,6 +241,7 @@ async fn a_submit_is_applied_once_whatever_step_the_agent_dies_at() {
         assert_eq!(accepted, 1, "{point}: accepted once: {history:?}");
         assert_eq!(count(&history, is_finished), 1, "{point}: ran once: {history:?}");
         assert!(is_finished(history.last().unwrap()), "{point}: {history:?}");
+        assert_eq!(w.audited("task_submitted", &task), 1, "{point}: audited once");
         stop(agent);
     }
 }
@@ -241,6 +262,7 @@ async fn a_follow_up_is_applied_once_whatever_step_the_agent_dies_at() {
         let follow_ups = count(&history, |e| matches!(e, TaskEvent::FollowUp { .. }));
         assert_eq!(follow_ups, 1, "{point}: one follow-up: {history:?}");
         assert_eq!(count(&history, is_finished), 2, "{point}: resumed once: {history:?}");
+        assert_eq!(w.audited("follow_up", &task), 1, "{point}: audited once");
         stop(agent);
     }
 }
@@ -272,6 +294,7 @@ async fn a_cancel_is_applied_once_whatever_step_the_agent_dies_at() {
         // Applied once: the redelivery was skipped, not refused `finished`.
         let refusals = w.refusals_of(&queued).await;
         assert!(refusals.is_empty(), "{point}: the redelivered cancel was refused: {refusals:?}");
+        assert_eq!(w.audited("cancelled", &queued), 1, "{point}: audited once");
         stop(agent);
     }
 }
@@ -323,15 +346,14 @@ async fn a_decision_is_applied_once_whatever_step_the_agent_dies_at() {
 }
 
 /// An instruction that is refused records nothing, so it leaves no applied
-/// marker: killed after deciding it and before the refusal left, the agent
-/// decides it again when the relay delivers it again, and the phone is told.
+/// marker: killed after deciding it and before its receipt was saved, the
+/// agent decides it again when the relay delivers it again; killed after,
+/// the refusal was saved in the outbox with the receipt (one write) and
+/// goes out from there. Either way the phone is told once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusal_is_sent_whatever_step_the_agent_dies_at() {
+async fn a_refusal_is_sent_once_whatever_step_the_agent_dies_at() {
     let mut w = World::pair().await;
-    let c = crashpoint::CANCEL;
-    // Not `link_saved`: the receipt is saved before the refusal is sealed,
-    // and a refusal is not in the history for `catch_up` to send (known gap).
-    for point in [c.audited, c.applied, c.replied, c.sent] {
+    for point in crashpoint::CANCEL.all() {
         let mut agent = w.agent(Some(point));
         let task = format!("no-such-task-{point}");
         w.phone.cancel(&w.desktop, &task).await.unwrap();
@@ -342,6 +364,45 @@ async fn a_refusal_is_sent_whatever_step_the_agent_dies_at() {
             w.refused.iter().any(|(id, code)| *id == t && code == "unknown_task")
         })
         .await;
+        let refusals = w.refusals_of(&task).await;
+        assert_eq!(refusals, ["unknown_task"], "{point}: told once");
+        assert_eq!(w.audited("cancelled", &task), 1, "{point}: audited once");
         stop(agent);
     }
+}
+
+/// Killed after a submit was applied (the task queued behind another) and
+/// before its replies were sealed, the agent announces the task
+/// (`accepted`, `queued`) when it starts again, not when the task starts:
+/// the phone has no cursor for it, and catch-up sends an unfinished task
+/// from its start to a phone without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_submit_is_announced_at_the_restart_after_a_crash_at_applied() {
+    let mut w = World::pair().await;
+    let point = crashpoint::SUBMIT.applied;
+    // The third submit dies there; the first two pass.
+    let mut agent = w.agent_with(&format!("{point}=2*off->return"));
+    // One task runs, one waits; after the restart the first is interrupted
+    // and the second runs for a minute, longer than any wait here.
+    let first = w.submit("count 600 100", None).await;
+    let f = first.clone();
+    w.until("the first task", move |w| w.seen.contains_key(&f)).await;
+    let second = w.submit("count 600 100", None).await;
+    let s = second.clone();
+    w.until("the second task queued", move |w| w.seen.contains_key(&s)).await;
+    let third = w.submit("count 1 1", None).await;
+    w.crashes_at(&mut agent, point);
+    let agent = w.agent(None);
+    let t = third.clone();
+    w.until("the third task's acceptance", move |w| {
+        w.seen.get(&t).is_some_and(|e| e.iter().any(|e| matches!(e, TaskEvent::Accepted { .. })))
+    })
+    .await;
+    assert_eq!(w.finishes(&second), 0, "announced while the task ahead of it still runs");
+    assert!(
+        !w.seen[&third].iter().any(|e| matches!(e, TaskEvent::Progress { .. })),
+        "announced before it started: {:?}",
+        w.seen[&third]
+    );
+    stop(agent);
 }

@@ -10,6 +10,14 @@
 //!   connection: the agent sends again only what the relay has not stored;
 //! * while the relay keeps refusing, each retry sends one record (a
 //!   probe), and the rest once the relay stores it;
+//! * an agent whose relay connection drops three times (a proxy between
+//!   them cut; the relay runs on, the same store epoch) while the relay
+//!   holds unacknowledged messages for the phone sends no copies of them:
+//!   on a reconnection to the same store it sends only what the relay has
+//!   not stored;
+//! * a record the relay holds, stored more than `resend_stale_secs` ago,
+//!   goes again when the phone comes online (here the window is one
+//!   second, `TANDEM_RESEND_STALE_SECS`);
 //! * a relay restart while records are on their way (handed to the client,
 //!   or waiting in the send queue) sends each of them once: the client
 //!   writes them after the reconnect, the agent does not add copies.
@@ -25,6 +33,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::proxy::{Mode, Proxy};
 use common::relay::Relay;
 use common::{Agent, Claimed, Phone};
 use tandem_client::Event;
@@ -39,6 +48,8 @@ const WAIT: Duration = Duration::from_secs(30);
 struct World {
     dir: tempfile::TempDir,
     relay: Relay,
+    /// Between the agent and the relay, if asked for.
+    proxy: Option<Proxy>,
     agent_dir: PathBuf,
     _agent: Agent,
     phone: Phone,
@@ -47,22 +58,41 @@ struct World {
 impl World {
     /// `tandem pair` with a test phone, then `tandem run`.
     async fn start() -> World {
+        World::start_with(&[]).await
+    }
+
+    /// As [`World::start`], `tandem run` with `env` set.
+    async fn start_with(env: &[(&str, String)]) -> World {
+        World::start_via(env, false).await
+    }
+
+    /// As [`World::start_with`], the agent reaching the relay through a
+    /// proxy if `via_proxy` (the phone dials the relay itself).
+    async fn start_via(env: &[(&str, String)], via_proxy: bool) -> World {
         let dir = tempfile::tempdir().unwrap();
         let config = common::fixture_config(dir.path(), "");
         let relay = Relay::start(dir.path());
+        let proxy = if via_proxy { Some(Proxy::start(relay.addr).await) } else { None };
         let agent_dir = dir.path().join("desk");
+        let agent_url = proxy.as_ref().map_or_else(|| relay.url(), Proxy::url);
         let (mut pairing, link) = tokio::task::block_in_place(|| {
-            common::pair_process(&agent_dir, &config, &relay.url(), &relay.link_base())
+            common::pair_process(&agent_dir, &config, &agent_url, &relay.link_base())
         });
-        let claimed =
-            Claimed::claim(&pairing, &link, None, common::new_key(), common::info("Ana's phone"))
-                .await;
+        let phone_url = proxy.as_ref().map(|_| relay.url());
+        let claimed = Claimed::claim(
+            &pairing,
+            &link,
+            phone_url,
+            common::new_key(),
+            common::info("Ana's phone"),
+        )
+        .await;
         let phone = claimed.result().await.unwrap();
         tokio::task::block_in_place(|| {
             assert!(pairing.exit_within(WAIT).unwrap().success());
         });
-        let agent = tokio::task::block_in_place(|| common::run_process(&agent_dir, &config, &[]));
-        World { dir, relay, agent_dir, _agent: agent, phone }
+        let agent = tokio::task::block_in_place(|| common::run_process(&agent_dir, &config, env));
+        World { dir, relay, proxy, agent_dir, _agent: agent, phone }
     }
 
     fn agent_log(&self) -> String {
@@ -164,6 +194,73 @@ async fn a_flapping_phone_gets_no_copies_of_what_the_relay_holds() {
     }
     // Accepted, three lines, the finish, and the task list: each once.
     assert_eq!(frames, 6, "the relay's queue for the phone held copies");
+}
+
+/// Take the deliveries of a `count` task (never acknowledged) until its
+/// finish; returns how many deliveries that took.
+async fn until_finished(phone: &mut Phone) -> usize {
+    let finish =
+        |m: &Message| matches!(m, Message::TaskEvent { event: TaskEvent::Finished { .. }, .. });
+    deliveries_until(phone, finish).await
+}
+
+/// Ask for the task list, then count the deliveries until its answer (the
+/// relay delivers its queue for the phone in order: the answer last).
+async fn frames_until_the_list(phone: &mut Phone) -> usize {
+    phone.send(&Message::HistoryRequest { task_id: None, from_offset: 0 }).await;
+    deliveries_until(phone, |m| matches!(m, Message::TaskList { .. })).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_back_on_the_same_relay_store_sends_no_copies_of_what_it_holds() {
+    // The agent dials the relay through a proxy that can drop its
+    // connection: the relay keeps running, on the same store epoch.
+    let mut w = World::start_via(&[], true).await;
+    // Five messages the relay stores and the phone never acknowledges (it
+    // sends nothing: its acknowledgements would ride on what it sends).
+    // The agent hands records to the relay one at a time, each after the
+    // relay's answer to the one before: when the finish arrives, the agent
+    // knows the four before it stored. The finish's answer may be lost with
+    // a cut: then the client writes it again after the reconnection (and
+    // again if that answer is lost with the next cut).
+    w.phone.submit("t-1", "count 3 1").await;
+    assert_eq!(until_finished(&mut w.phone).await, 5);
+    let proxy = w.proxy.take().unwrap();
+    let connected = |w: &World| w.agent_log().matches("tandem_client::actor: connected").count();
+    for round in 2..5 {
+        // Dropped, and refused until the agent has tried again once.
+        let refused = proxy.refused();
+        proxy.set(Mode::Cut);
+        let deadline = std::time::Instant::now() + WAIT;
+        while proxy.refused() == refused {
+            assert!(std::time::Instant::now() < deadline, "the agent never dialled again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        proxy.set(Mode::Open);
+        while connected(&w) < round {
+            assert!(std::time::Instant::now() < deadline, "the agent never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // No copy of the first four (before: all five again per reconnection,
+    // 12 to 16 frames); at most one of the finish per cut; the list.
+    let frames = frames_until_the_list(&mut w.phone).await;
+    assert!(frames <= 3 + 1, "the relay's queue held {frames} records: copies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_relay_held_too_long_goes_again_when_the_phone_comes_online() {
+    let mut w = World::start_with(&[("TANDEM_RESEND_STALE_SECS", "1".to_owned())]).await;
+    w.phone.submit("t-1", "count 3 1").await;
+    assert_eq!(until_finished(&mut w.phone).await, 5);
+    w.phone.client.close().await;
+    // Not a correctness wait: the records must be older than the window
+    // when the phone comes back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    w.phone.reconnect().await;
+    // The five held by the relay, the five sent again on the phone's
+    // presence (stored over a second ago, unacknowledged), the list.
+    assert_eq!(frames_until_the_list(&mut w.phone).await, 11);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,22 @@ async fn open_phone(dir: &Path) -> (Phone, String) {
     (phone, id)
 }
 
+/// A relay that dies forwarding the desktop's accepting result (the third
+/// pairing message, after the welcome and the confirmation), `tandem pair`
+/// with `env` against it, the phone engine, and its pairing started, the
+/// codes on both sides the same.
+async fn result_in_flight(
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (Relay, Agent, Phone, tandem_phone::Pairing) {
+    let relay = Relay::start_failing(dir, "relay.pair_message=2*off->return");
+    let (agent, link) = pairing_with(dir, &relay, env);
+    let (phone, _) = open_phone(dir).await;
+    let p = tokio::time::timeout(DEADLINE, phone.start_pairing(&link)).await.unwrap().unwrap();
+    assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+    (relay, agent, phone, p)
+}
+
 /// A code on screen across a relay restart; the phone scans it as soon as
 /// the relay is back, before the desktop has reconnected and opened the
 /// code's mailbox again: its claim is retried until the mailbox is there.
@@ -144,21 +160,13 @@ async fn a_claim_in_flight_when_the_relay_dies_is_made_again_and_pairs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_lost_with_the_relay_is_sent_again_and_both_sides_pair() {
     let dir = tempfile::tempdir().unwrap();
-    // Welcome, confirmation, then the result: the third pairing message.
-    let relay = Relay::start_failing(dir.path(), "relay.pair_message=2*off->return");
-    let (agent, link) = pairing(dir.path(), &relay);
-    let (phone, phone_id) = open_phone(dir.path()).await;
-    let run = async {
-        let p = phone.start_pairing(&link).await?;
-        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
-        p.wait().await
-    };
+    let (relay, agent, phone, p) = result_in_flight(dir.path(), &[]).await;
     let restarted = restart_after_crash(relay);
-    let summary = tokio::time::timeout(DEADLINE, run).await.expect("pairing ended in time");
+    let summary = tokio::time::timeout(DEADLINE, p.wait()).await.expect("pairing ended in time");
     let _relay = restarted.await.unwrap();
     let summary = summary
         .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
-    assert_paired(dir.path(), agent, &summary, &phone_id);
+    assert_paired(dir.path(), agent, &summary, &phone.device_id());
     assert!(log(dir.path()).contains("asked for the pairing answer again"), "{}", log(dir.path()));
 }
 
@@ -170,12 +178,9 @@ async fn a_result_lost_with_the_relay_is_sent_again_and_both_sides_pair() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_lost_for_good_fails_on_both_sides_with_the_same_words() {
     let dir = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start_failing(dir.path(), "relay.pair_message=2*off->return");
-    let (agent, link) =
-        pairing_with(dir.path(), &relay, &[("TANDEM_UNFINISHED_PAIRING_SECS", "2")]);
-    let (phone, phone_id) = open_phone(dir.path()).await;
-    let p = tokio::time::timeout(DEADLINE, phone.start_pairing(&link)).await.unwrap().unwrap();
-    assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+    let env = [("TANDEM_UNFINISHED_PAIRING_SECS", "2")];
+    let (mut relay, agent, phone, p) = result_in_flight(dir.path(), &env).await;
+    let phone_id = phone.device_id();
     let waiting = tokio::spawn(p.wait());
     // The relay is down (its crash point aborted it) when the desktop gives up.
     let said =

@@ -17,13 +17,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::helper::{self, Helper, say};
 use common::relay::Relay;
 use serde_json::{Value, json};
 use tandem_phone::{Phone, PhoneConfig, PhoneEvent, TaskEvent};
@@ -34,7 +32,6 @@ relay_process_test!();
 const WAIT: Duration = Duration::from_secs(45);
 
 const PHONE_DIR: &str = "TANDEM_TEST_CRASH_PHONE_DIR";
-const SAYS: &str = "phone says: ";
 
 /// Where the submit exchange is cut.
 const SUBMIT_POINTS: [&str; 5] = [
@@ -81,11 +78,6 @@ fn crash_phone_process() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let say = |line: String| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{SAYS}{line}");
-        let _ = out.flush();
-    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let phone = Phone::open(PhoneConfig::new(&dir, "Ana's phone")).await.unwrap();
@@ -169,77 +161,29 @@ fn crash_phone_process() {
 }
 
 /// A phone process and what it printed.
-struct PhoneProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: std_mpsc::Receiver<String>,
-}
+struct PhoneProc(Helper);
 
 impl PhoneProc {
     fn start(dir: &Path, failpoints: Option<&str>) -> PhoneProc {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("phone.log"))
-            .unwrap();
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "crash_phone_process",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(PHONE_DIR, dir.join("phone"))
-        .env_remove("FAILPOINTS")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(log);
+        let mut cmd = helper::command("crash_phone_process", &dir.join("phone.log"));
+        cmd.env(PHONE_DIR, dir.join("phone")).env_remove("FAILPOINTS");
         if let Some(f) = failpoints {
             cmd.env("FAILPOINTS", f);
         }
-        let mut child = cmd.spawn().unwrap();
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = std_mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if let Some((_, said)) = line.split_once(SAYS)
-                    && tx.send(said.to_owned()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let mut p = PhoneProc { child, stdin, lines };
+        let mut p = PhoneProc(Helper::spawn(cmd));
         p.expect("ready");
         p
     }
 
     fn send(&mut self, command: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{command}").unwrap();
-        stdin.flush().unwrap();
+        self.0.send(command);
     }
 
     /// The next line starting with `prefix` (the rest of it); `None` when
     /// the process ended first.
     fn until(&mut self, prefix: &str) -> Option<String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return Some(rest.to_owned());
-                    }
-                }
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => return None,
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("the phone printed no {prefix:?} in time")
-                }
-            }
-        }
+        let line = self.0.until(prefix, WAIT, |_| {})?;
+        Some(line[prefix.len()..].to_owned())
     }
 
     fn expect(&mut self, prefix: &str) -> String {
@@ -259,20 +203,14 @@ impl PhoneProc {
 
     /// The process must die by its crash point (`SIGABRT`).
     fn aborted(mut self, point: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert_eq!(status.signal(), Some(6), "{point}: the phone exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "{point}: the phone did not abort");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status =
+            self.0.exit_within(WAIT).unwrap_or_else(|| panic!("{point}: the phone did not abort"));
+        assert_eq!(status.signal(), Some(6), "{point}: the phone exited with {status}");
     }
 
     fn close(mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.wait();
+        self.0.close_input();
+        let _ = self.0.child.wait();
     }
 }
 

@@ -35,15 +35,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use common::Agent;
+use common::helper::{self, Helper, say};
 use common::relay::Relay;
 use serde_json::Value;
 use tandem_e2e::probe::StoredLink;
@@ -72,7 +71,6 @@ const WAIT: Duration = Duration::from_secs(45);
 const PHONE_DIR: &str = "TANDEM_TEST_PHONE_DIR";
 const PHONE_RENEW_MS: &str = "TANDEM_TEST_PHONE_RENEW_MS";
 const PHONE_CRASH_AT: &str = "TANDEM_TEST_PHONE_CRASH_AT";
-const SAYS: &str = "phone says: ";
 
 // ---- the phone process ----
 
@@ -101,11 +99,6 @@ fn phone_process() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let say = |line: String| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{SAYS}{line}");
-        let _ = out.flush();
-    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let step_hook = crash_at.map(|at| {
@@ -160,80 +153,44 @@ fn phone_process() {
 
 /// A phone process and what it printed.
 struct PhoneProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: std_mpsc::Receiver<String>,
+    helper: Helper,
     /// Task events printed, per task, in order: (offset, kind).
     events: BTreeMap<String, Vec<(u64, String)>>,
 }
 
+/// Note a printed task event (`event <task> <offset> <kind>`).
+fn note_event(events: &mut BTreeMap<String, Vec<(u64, String)>>, line: &str) {
+    if let Some(rest) = line.strip_prefix("event ") {
+        let mut w = rest.split(' ');
+        let (task, offset, kind) = (w.next(), w.next(), w.next());
+        events
+            .entry(task.unwrap().to_owned())
+            .or_default()
+            .push((offset.unwrap().parse().unwrap(), kind.unwrap().to_owned()));
+    }
+}
+
 impl PhoneProc {
     fn start(dir: &Path, renew_ms: u64, crash_at: Option<&str>) -> PhoneProc {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("phone.log"))
-            .unwrap();
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["phone_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-            .env(PHONE_DIR, dir.join("phone"))
-            .env(PHONE_RENEW_MS, renew_ms.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log);
+        let mut cmd = helper::command("phone_process", &dir.join("phone.log"));
+        cmd.env(PHONE_DIR, dir.join("phone")).env(PHONE_RENEW_MS, renew_ms.to_string());
         if let Some(at) = crash_at {
             cmd.env(PHONE_CRASH_AT, at);
         }
-        let mut child = cmd.spawn().unwrap();
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = std_mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if let Some((_, said)) = line.split_once(SAYS)
-                    && tx.send(said.to_owned()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let mut p = PhoneProc { child, stdin, lines, events: BTreeMap::new() };
+        let mut p = PhoneProc { helper: Helper::spawn(cmd), events: BTreeMap::new() };
         p.expect("ready");
         p
     }
 
     fn send(&mut self, command: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{command}").unwrap();
-        stdin.flush().unwrap();
+        self.helper.send(command);
     }
 
     /// Take what it printed until a line starting with `prefix`; `None`
     /// when the process ended first.
     fn until(&mut self, prefix: &str) -> Option<String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("event ") {
-                        let mut w = rest.split(' ');
-                        let (task, offset, kind) = (w.next(), w.next(), w.next());
-                        self.events
-                            .entry(task.unwrap().to_owned())
-                            .or_default()
-                            .push((offset.unwrap().parse().unwrap(), kind.unwrap().to_owned()));
-                    }
-                    if line.starts_with(prefix) {
-                        return Some(line);
-                    }
-                }
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => return None,
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("the phone printed no {prefix:?} in time")
-                }
-            }
-        }
+        let events = &mut self.events;
+        self.helper.until(prefix, WAIT, |line| note_event(events, line))
     }
 
     fn expect(&mut self, prefix: &str) -> String {
@@ -258,16 +215,8 @@ impl PhoneProc {
         let deadline = Instant::now() + WAIT;
         while !self.events.get(task).is_some_and(|e| e.iter().any(|(_, k)| k == "finished")) {
             assert!(Instant::now() < deadline, "task {task} never finished on the phone");
-            let left = Duration::from_millis(100);
-            if let Ok(line) = self.lines.recv_timeout(left)
-                && let Some(rest) = line.strip_prefix("event ")
-            {
-                let mut w = rest.split(' ');
-                let (t, o, k) = (w.next().unwrap(), w.next().unwrap(), w.next().unwrap());
-                self.events
-                    .entry(t.to_owned())
-                    .or_default()
-                    .push((o.parse().unwrap(), k.to_owned()));
+            if let Some(line) = self.helper.next(Duration::from_millis(100)) {
+                note_event(&mut self.events, &line);
             }
         }
     }
@@ -283,28 +232,21 @@ impl PhoneProc {
 
     /// Wait for it to die by itself (a crash point).
     fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the phone did not reach its crash point");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.helper.exit_within(WAIT).expect("the phone did not reach its crash point")
     }
 
     /// Close its input: it closes the engine and exits.
     fn stop(mut self) {
-        drop(self.stdin.take());
+        self.helper.close_input();
         let _ = self.until("closed");
-        let _ = self.child.wait();
+        let _ = self.helper.child.wait();
     }
 }
 
 impl Drop for PhoneProc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.helper.child.kill();
+        let _ = self.helper.child.wait();
     }
 }
 

@@ -184,6 +184,7 @@ impl Daemon<'_> {
                 self.record(AuditEvent::Cancelled {
                     by: "desktop".into(),
                     task_id: task_id.clone(),
+                    instruction: None,
                 });
                 self.send_all(out).await?;
                 Ok(Ok(json!({"ok": true, "task_id": task_id, "was": was})))

@@ -6,8 +6,16 @@
 //! and the relay delivery acknowledged. A crash in between makes the relay
 //! deliver the record again to a link that accepts it again; the marker
 //! says it was applied, so it is not applied twice. An instruction that
-//! recorded nothing (a refusal) leaves no marker: it is decided again.
-//! Requests that change nothing (history, task lists) are answered again.
+//! recorded nothing (a refusal) leaves no marker: it is decided again if
+//! the agent died before the link's receipt was saved; after, its reply is
+//! in the outbox, saved with the receipt (`daemon/deliver.rs`). Requests
+//! that change nothing (history, task lists) are answered again.
+//!
+//! The audit line of an instruction carries the message it came from
+//! (`instruction`: the link and the sequence number) and is written only
+//! if the log has no line for that message yet (`daemon/auditing.rs`): an
+//! instruction audited before a crash is not audited again when it is
+//! delivered again.
 
 use tandem_proto::DeviceId;
 use tandem_proto::message::{Decoded, Message};
@@ -64,14 +72,15 @@ impl Daemon<'_> {
             _ => None,
         };
         let Some(steps) = steps else {
-            return Ok((self.answer(from, scope, decoded).await?, None));
+            return Ok((self.answer_instruction(from, scope, decoded, None).await?, None));
         };
         if at.applied.is_some_and(|a| seq <= a) {
             info!(peer = %from, seq, "instruction applied before a restart: not applied again");
             return Ok((Vec::new(), Some(steps)));
         }
         self.tasks.stage_applied(at.link, seq);
-        let out = self.answer(from, scope, decoded).await?;
+        let audit = self.audit_due(at.link, seq);
+        let out = self.answer_instruction(from, scope, decoded, audit).await?;
         // The effect wrote nothing (a refusal, a cancel handed to a running
         // executor): no marker, so a crash before the reply is saved makes
         // the relay deliver it again and it is decided again (a refusal
@@ -83,38 +92,50 @@ impl Daemon<'_> {
         Ok((out, Some(steps)))
     }
 
-    async fn answer(
+    /// Answer `decoded`; an instruction is audited with the message tag
+    /// `audit` (`None`: audited before a restart already).
+    async fn answer_instruction(
         &mut self,
         from: DeviceId,
         scope: Scope,
         decoded: Result<Decoded, tandem_proto::message::MessageError>,
+        audit: Option<String>,
     ) -> Result<Outgoing, DaemonError> {
         Ok(match decoded {
             Ok(Decoded::Known(Message::TaskSubmit { task_id, text, executor, .. })) => {
-                self.record(AuditEvent::TaskSubmitted {
-                    device: from.to_string(),
-                    task_id: task_id.clone(),
-                    executor: executor.clone(),
-                    text_hash: text_hash(&text),
-                    text_len: text.len(),
-                });
+                if let Some(instruction) = audit {
+                    self.record(AuditEvent::TaskSubmitted {
+                        device: from.to_string(),
+                        task_id: task_id.clone(),
+                        executor: executor.clone(),
+                        text_hash: text_hash(&text),
+                        text_len: text.len(),
+                        instruction: Some(instruction),
+                    });
+                }
                 crash_point(crashpoint::SUBMIT.audited);
                 self.tasks.submit(from, scope, task_id, &text, executor.as_deref()).await?
             }
             Ok(Decoded::Known(Message::FollowUp { task_id, text })) => {
-                self.record(AuditEvent::FollowUp {
-                    device: from.to_string(),
-                    task_id: task_id.clone(),
-                    text_hash: text_hash(&text),
-                });
+                if let Some(instruction) = audit {
+                    self.record(AuditEvent::FollowUp {
+                        device: from.to_string(),
+                        task_id: task_id.clone(),
+                        text_hash: text_hash(&text),
+                        instruction: Some(instruction),
+                    });
+                }
                 crash_point(crashpoint::FOLLOW_UP.audited);
                 self.tasks.control(from, scope, &task_id, Control::FollowUp(text)).await?
             }
             Ok(Decoded::Known(Message::Cancel { task_id })) => {
-                self.record(AuditEvent::Cancelled {
-                    by: format!("phone:{from}"),
-                    task_id: task_id.clone(),
-                });
+                if let Some(instruction) = audit {
+                    self.record(AuditEvent::Cancelled {
+                        by: format!("phone:{from}"),
+                        task_id: task_id.clone(),
+                        instruction: Some(instruction),
+                    });
+                }
                 crash_point(crashpoint::CANCEL.audited);
                 self.tasks.control(from, scope, &task_id, Control::Cancel).await?
             }

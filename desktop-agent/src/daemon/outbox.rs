@@ -15,10 +15,14 @@
 //!   connection.
 //! * When a peer comes online (`Presence`) the records the relay has
 //!   neither stored nor been handed are sent again, and those it stored
-//!   more than [`STALE_AFTER`] ago and the peer still has not
-//!   acknowledged; a new relay connection (`Connected`: the relay may have
-//!   restarted or lost its data) sends every unacknowledged record again
-//!   but those on their way (the client writes them after a reconnect).
+//!   more than [`STALE_AFTER`] ago (`resend_stale_secs`) and the peer
+//!   still has not acknowledged.
+//! * A new relay connection (`Connected`) to the same store epoch sends
+//!   again only what the relay has neither stored nor been handed; to
+//!   another epoch (the relay's data was wiped or restored), or after the
+//!   relay said it restarts (`Restarting`), or the first connection of
+//!   this process, every unacknowledged record but those on their way (the
+//!   client writes them after a reconnect).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -41,9 +45,10 @@ pub(super) const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two retries of a refused record.
 pub(super) const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// How long a record the relay stored may stay unacknowledged by a peer
-/// that comes online before it is sent again on `Presence` (the relay may
-/// have expired or lost it).
+/// How long, by default, a record the relay stored may stay
+/// unacknowledged by a peer that comes online before it is sent again on
+/// `Presence` (the relay may have expired or lost it); the agent's
+/// `resend_stale_secs` setting.
 pub(super) const STALE_AFTER: Duration = Duration::from_secs(120);
 
 /// How the relay answered a posted record.
@@ -323,7 +328,7 @@ impl Daemon<'_> {
         let unacked: Vec<u64> = peer.link().outbound().unacked_from(0).map(|(s, _)| s).collect();
         let now = Instant::now();
         let stale_before =
-            (why == Resend::Presence).then(|| now.checked_sub(STALE_AFTER)).flatten();
+            (why == Resend::Presence).then(|| now.checked_sub(self.stale_after)).flatten();
         let mut missing = self.relay_state.missing(id, &unacked, stale_before);
         if why == Resend::Probe {
             missing.truncate(1);
@@ -364,11 +369,31 @@ impl Daemon<'_> {
         out: Outgoing,
         steps: Option<Steps>,
     ) -> Result<(), DaemonError> {
+        let batch = self.seal_batch(out, None)?;
+        let gone = self.save_batch(&batch)?;
+        if let Some(s) = steps
+            && !batch.sealed.is_empty()
+        {
+            crash_point(s.replied);
+        }
+        self.post_sealed(batch.sealed, &gone, steps);
+        Ok(())
+    }
+
+    /// Seal `out` for its audience, in memory: the links to save before
+    /// any of it leaves are in [`Sealed::touched`]. `receiving` is a peer
+    /// whose link was changed in memory by what it sent (not read again
+    /// from disk, and saved with the batch).
+    pub(super) fn seal_batch(
+        &mut self,
+        out: Outgoing,
+        receiving: Option<DeviceId>,
+    ) -> Result<Sealed, DaemonError> {
         // Why the desktop stopped tasks, before their finishes.
         self.audit_stopped();
         self.audit_outgoing(&out);
         let mut sealed: Vec<(DeviceId, u64, Vec<u8>)> = Vec::new();
-        let mut touched: BTreeSet<DeviceId> = BTreeSet::new();
+        let mut touched: BTreeSet<DeviceId> = receiving.into_iter().collect();
         for (audience, message) in out {
             let Ok(bytes) = message.encode() else { continue };
             // New events go to everyone; replays and catch-up to one device.
@@ -428,21 +453,32 @@ impl Daemon<'_> {
                 sealed.push((id, seq, record));
             }
         }
-        // Persist before anything leaves: once per peer.
+        Ok(Sealed { sealed, touched })
+    }
+
+    /// Persist every link `batch` touched, once each, before anything
+    /// leaves. Returns the peers revoked meanwhile (nothing goes to them).
+    pub(super) fn save_batch(&mut self, batch: &Sealed) -> Result<BTreeSet<DeviceId>, DaemonError> {
         let mut gone = BTreeSet::new();
-        for id in touched {
-            match self.peers.save(&id) {
+        for id in &batch.touched {
+            match self.peers.save(id) {
                 Err(PeerError::UnknownPeer(_)) => {
-                    gone.insert(id);
+                    gone.insert(*id);
                 }
                 r => r?,
             }
         }
-        if let Some(s) = steps
-            && !sealed.is_empty()
-        {
-            crash_point(s.replied);
-        }
+        Ok(gone)
+    }
+
+    /// Hand sealed (and saved) records to the relay, but those for `gone`;
+    /// the last passes `steps`' `sent` once the relay stored it.
+    pub(super) fn post_sealed(
+        &mut self,
+        sealed: Vec<(DeviceId, u64, Vec<u8>)>,
+        gone: &BTreeSet<DeviceId>,
+        steps: Option<Steps>,
+    ) {
         let last = sealed.len().saturating_sub(1);
         for (i, (to, seq, record)) in sealed.into_iter().enumerate() {
             if gone.contains(&to) {
@@ -451,8 +487,15 @@ impl Daemon<'_> {
             let stored = steps.map(|s| s.sent).filter(|_| i == last);
             self.post_data(Posted { to, record, seq: Some(seq), stored });
         }
-        Ok(())
     }
+}
+
+/// A batch of messages sealed in memory ([`Daemon::seal_batch`]).
+pub(super) struct Sealed {
+    /// Each record: to whom, its sequence number, the record.
+    pub sealed: Vec<(DeviceId, u64, Vec<u8>)>,
+    /// The peers whose links changed.
+    pub touched: BTreeSet<DeviceId>,
 }
 
 #[cfg(test)]

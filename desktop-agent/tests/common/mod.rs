@@ -20,6 +20,8 @@ use tandem_proto::qr::PairingLink;
 use tandem_proto::{DeviceId, DeviceKey, Role};
 use tokio::sync::mpsc;
 
+pub mod helper;
+pub mod proxy;
 pub mod relay;
 
 pub struct Agent {
