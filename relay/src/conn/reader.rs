@@ -356,6 +356,7 @@ impl Reader {
                 }
             }
             Frame::PairOpen { request_id, pairing_id, ttl_secs } => {
+                crate::failpoints::crash_point("relay.pair_open");
                 if self.role != Role::Desktop {
                     self.refuse(
                         ErrorCode::UnexpectedFrame,
