@@ -114,6 +114,15 @@ impl Unapplied {
         });
     }
 
+    /// The store applied `up_to`: forget what it covers.
+    pub(super) fn covered(&self, up_to: u64) {
+        self.with(|u| {
+            if u.is_some_and(|(old, _)| old <= up_to) {
+                *u = None;
+            }
+        });
+    }
+
     /// The ack to apply now, forgetting it (a failure notes it again).
     pub(super) fn take(&self) -> Option<u64> {
         self.with(|u| u.take().map(|(up_to, _)| up_to))

@@ -549,7 +549,7 @@ impl Reader {
                 warn!(error = %e, up_to, "ack failed; applying it again later");
                 self.unapplied.note(up_to, Instant::now() + STORE_RETRY);
             }
-            Done::Acked { result: Ok(_), .. } => {}
+            Done::Acked { up_to, result: Ok(_) } => self.unapplied.covered(up_to),
         }
     }
 }
