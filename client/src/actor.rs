@@ -4,21 +4,25 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rand::Rng;
 use tandem_proto::{DeviceKey, ErrorCode, Frame};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::client::{ClientConfig, Command, Event, Request, Shared};
+use crate::client::{ClientConfig, Event, Shared};
 use crate::connect::{Connection, Endpoint};
 use crate::cursor::Cursor;
-use crate::error::{ClientError, is_fatal_code};
+use crate::error::ClientError;
 use crate::wake;
+use events::held_len;
+
+mod events;
+mod reconnect;
 
 /// Requests written per turn of the connection loop before reading again.
 const FLUSH_BATCH: usize = 32;
@@ -481,204 +485,6 @@ impl Actor {
         }
         Ok(())
     }
-
-    /// Requeue or fail what was in flight, decide when to retry, report it,
-    /// and wait (taking requests meanwhile).
-    async fn after_disconnect(&mut self, ended: ClientError) {
-        let in_flight = std::mem::take(&mut self.in_flight);
-        let mut resend = Vec::new();
-        for (_, pending) in in_flight {
-            if pending.idempotent() {
-                resend.push(pending);
-            } else {
-                pending.answer(Err(ClientError::Interrupted));
-            }
-        }
-        for pending in resend.into_iter().rev() {
-            self.outbox.push_front(pending);
-        }
-
-        let code = ended.code().or(self.last_error.take());
-        let reason = ended.to_string();
-        if let Some(code) = code.filter(|c| is_fatal_code(*c)) {
-            warn!(%code, %reason, "the relay refused this device; not reconnecting");
-            let error = ClientError::Refused(code, reason.clone());
-            for pending in std::mem::take(&mut self.outbox) {
-                pending.answer(Err(error.clone()));
-            }
-            self.fatal = Some(error);
-            self.wake = None;
-            self.emit(Event::Disconnected { reason, code: Some(code), retry_in: Duration::MAX })
-                .await;
-            return;
-        }
-
-        let woke = std::mem::take(&mut self.woke);
-        // Waits the relay asked for last in real time, across a sleep too;
-        // our own backoff is cut short by waking.
-        let (retry_in, wait) = if let Some(hint) = self.restart_hint.take() {
-            self.backoff.reset();
-            let spread = (hint / 2).max(self.config.backoff_min).min(self.backoff.max());
-            (hint.saturating_add(random_upto(spread)), Wait::Relay)
-        } else if code == Some(ErrorCode::Replaced) {
-            // Another instance holds this key: no tight loop (§6.3).
-            (self.backoff.max(), Wait::Relay)
-        } else if woke {
-            // The connection died with the sleep: back at once, and a fresh
-            // schedule should the relay be unreachable for a while.
-            self.backoff.reset();
-            (Duration::ZERO, Wait::Backoff)
-        } else {
-            (self.backoff.next(), Wait::Backoff)
-        };
-        info!(%reason, ?code, ?retry_in, "disconnected");
-        self.emit(Event::Disconnected { reason, code, retry_in }).await;
-        if !self.stopping {
-            self.sleep_taking_requests(retry_in, wait).await;
-        }
-    }
-
-    /// Wait `duration` before reconnecting, taking requests. The timer runs
-    /// on the monotonic clock, which may stand still while the computer
-    /// sleeps; so on waking a backoff wait ends at once (and the schedule
-    /// starts again), and a wait the relay asked for ends when its time is
-    /// up by the wall clock.
-    async fn sleep_taking_requests(&mut self, duration: Duration, wait: Wait) {
-        let wall_deadline = SystemTime::now().checked_add(duration);
-        let timer = sleep(duration);
-        tokio::pin!(timer);
-        // Answers given on the disconnect may have made room.
-        self.intake();
-        while !self.stopping {
-            tokio::select! {
-                biased;
-                () = self.stop.cancelled() => self.stopping = true,
-                () = &mut timer => return,
-                () = self.shared.requests.notify.notified() => self.intake(),
-                by = woke(&mut self.wake) => {
-                    self.emit(Event::Woke { slept: by }).await;
-                    let left = match wait {
-                        Wait::Backoff => Duration::ZERO,
-                        Wait::Relay => left_until(wall_deadline, SystemTime::now(), duration),
-                    };
-                    if left.is_zero() {
-                        info!(slept = ?by, "woke up (the clock jumped); reconnecting at once");
-                        self.backoff.reset();
-                        return;
-                    }
-                    info!(slept = ?by, ?left, "woke up (the clock jumped); waiting as the relay asked");
-                    timer.as_mut().reset(after(left));
-                }
-            }
-        }
-    }
-
-    /// After a fatal refusal: answer every request with it until stopped.
-    async fn serve_stopped(&mut self) {
-        self.intake();
-        while !self.stopping {
-            tokio::select! {
-                biased;
-                () = self.stop.cancelled() => self.stopping = true,
-                () = self.shared.requests.notify.notified() => self.intake(),
-            }
-        }
-    }
-
-    /// Take requests from the shared queue, in the order they were made,
-    /// while there is room (all of them once stopped for good: they fail at
-    /// once). Requests whose callers gave up make room.
-    fn intake(&mut self) {
-        let requests = &self.shared.requests;
-        if self.fatal.is_some() {
-            for command in requests.take(usize::MAX) {
-                self.on_command(command);
-            }
-            return;
-        }
-        let capacity = self.config.outbox_capacity.max(1);
-        let mut held = self.outbox.len() + self.in_flight.len();
-        if held >= capacity && requests.is_waiting() && requests.take_gave_up() {
-            // Forget requests whose callers gave up: keeps both collections
-            // bounded by the live requests.
-            self.outbox.retain(|p| !p.reply.is_closed());
-            self.in_flight.retain(|_, p| !p.reply.is_closed());
-            held = self.outbox.len() + self.in_flight.len();
-        }
-        for command in requests.take(capacity.saturating_sub(held)) {
-            self.on_command(command);
-        }
-    }
-
-    /// Whether the actor may take another request.
-    fn has_room(&self) -> bool {
-        self.outbox.len() + self.in_flight.len() < self.config.outbox_capacity.max(1)
-    }
-
-    /// Give a request its id and put it at the end of the outbox (or answer
-    /// it at once when stopped for good).
-    fn on_command(&mut self, command: Command) {
-        let Command { request, reply } = command;
-        if let Some(error) = &self.fatal {
-            let _ = reply.send(Err(error.clone()));
-            return;
-        }
-        let id = if request.has_id() {
-            let id = self.next_id;
-            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-            id
-        } else {
-            0
-        };
-        let frame = Request::into_frame(request, id);
-        self.outbox.push_back(Pending { id, frame, reply });
-    }
-
-    /// Keep an event for the application, after those held before it; the
-    /// connection loop hands them over as the channel makes room.
-    fn hold(&mut self, event: Event) {
-        self.held_bytes += held_len(&event);
-        self.held.push_back(event);
-    }
-
-    /// Hand an event to the application (after those still held), taking
-    /// requests while the channel is full. Events are dropped if nobody
-    /// listens any more.
-    async fn emit(&mut self, event: Event) {
-        self.hold(event);
-        while let Some(event) = self.held.pop_front() {
-            self.held_bytes -= held_len(&event);
-            self.emit_one(event).await;
-        }
-    }
-
-    async fn emit_one(&mut self, event: Event) {
-        let events = self.events.clone();
-        loop {
-            tokio::select! {
-                biased;
-                () = self.stop.cancelled() => {
-                    self.stopping = true;
-                    return;
-                }
-                permit = events.reserve() => {
-                    if let Ok(permit) = permit {
-                        permit.send(event);
-                    }
-                    return;
-                }
-                () = self.shared.requests.notify.notified() => self.intake(),
-            }
-        }
-    }
-}
-
-/// What a held event counts against [`MAX_HELD_BYTES`].
-fn held_len(event: &Event) -> usize {
-    match event {
-        Event::Deliver { payload, .. } | Event::PairMessage { payload, .. } => payload.len(),
-        _ => 0,
-    }
 }
 
 /// Closes the request queue when the actor goes (however it ends): later
@@ -706,22 +512,6 @@ fn ends_connection(code: ErrorCode) -> bool {
     )
 }
 
-/// Whose wait before reconnecting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    /// Our own backoff.
-    Backoff,
-    /// The relay's: a `Restarting` hint, or `replaced` (§6.3, §6.4).
-    Relay,
-}
-
-/// What is left of a wait of `whole` until `deadline` (by the wall clock) at
-/// `now`: nothing if it passed, never more than `whole` (a wall clock set
-/// back does not lengthen it). `None` is a deadline too far to represent.
-fn left_until(deadline: Option<SystemTime>, now: SystemTime, whole: Duration) -> Duration {
-    deadline.map_or(whole, |d| d.duration_since(now).unwrap_or(Duration::ZERO).min(whole))
-}
-
 /// The next clock jump from the wake watcher; never, when it is off.
 async fn woke(wake: &mut Option<mpsc::Receiver<Duration>>) -> Duration {
     match wake {
@@ -731,12 +521,6 @@ async fn woke(wake: &mut Option<mpsc::Receiver<Duration>>) -> Duration {
         },
         None => std::future::pending().await,
     }
-}
-
-/// Uniform in `[0, max]`.
-fn random_upto(max: Duration) -> Duration {
-    let millis = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::rng().random_range(0..=millis))
 }
 
 /// `interval` ± 20 %.
@@ -749,36 +533,4 @@ fn jittered(interval: Duration) -> Duration {
 fn after(d: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_relay_wait_counts_on_the_wall_clock() {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let deadline = start.checked_add(Duration::from_secs(60));
-        // Woke after 20 s by the wall clock: 40 s are left.
-        let whole = Duration::from_secs(60);
-        let now = start + Duration::from_secs(20);
-        assert_eq!(left_until(deadline, now, whole), Duration::from_secs(40));
-        // Slept through it: nothing is left.
-        let later = start + Duration::from_secs(3600);
-        assert_eq!(left_until(deadline, later, whole), Duration::ZERO);
-        assert_eq!(left_until(deadline, start + whole, whole), Duration::ZERO);
-        // A wall clock set back does not make it longer.
-        let earlier = start - Duration::from_secs(5);
-        assert_eq!(left_until(deadline, earlier, whole), whole);
-        assert_eq!(left_until(None, now, Duration::MAX), Duration::MAX);
-    }
-
-    #[test]
-    fn jitter_stays_in_range() {
-        for _ in 0..100 {
-            assert!(random_upto(Duration::from_millis(10)) <= Duration::from_millis(10));
-            let j = jittered(Duration::from_secs(20));
-            assert!(j >= Duration::from_secs(16) && j <= Duration::from_secs(24));
-        }
-    }
 }

@@ -68,6 +68,7 @@ mod client;
 pub mod connect;
 mod cursor;
 mod error;
+mod requests;
 mod wake;
 
 pub use client::{Client, ClientConfig, Event};

@@ -364,7 +364,15 @@ pub async fn pair<K: PeerKeeper>(
             &mut entropy,
         )?;
         let pid = offer.pairing_id();
-        client.pair_open(pid, u16::try_from(ttl_secs).unwrap_or(u16::MAX)).await?;
+        match client.pair_open(pid, u16::try_from(ttl_secs).unwrap_or(u16::MAX)).await {
+            Ok(()) => {}
+            // The connection dropped before the answer: the mailbox is
+            // opened again on the next connection (`hear`, on `Connected`).
+            Err(ClientError::Interrupted) => {
+                info!("the relay dropped while the pairing code was opened; opening it again");
+            }
+            Err(e) => return Err(e.into()),
+        }
         let mailbox = Mailbox { client, pid, expires: Instant::now() + opts.code_ttl };
         ui.show_code(&offer.payload().to_link(&unique_base(&opts.link_base, &mut entropy)?));
         let mut rotate_at = Instant::now() + opts.code_ttl.saturating_sub(opts.rotate_before);

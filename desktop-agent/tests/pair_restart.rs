@@ -35,6 +35,13 @@ fn pairing(dir: &Path, relay: &Relay) -> (Agent, String) {
 
 /// As [`pairing`], with more environment.
 fn pairing_with(dir: &Path, relay: &Relay, env: &[(&str, &str)]) -> (Agent, String) {
+    let agent = spawn_pairing(dir, relay, env);
+    let link = agent.line_starting("pairing link: ");
+    (agent, link.trim().trim_start_matches("pairing link: ").to_owned())
+}
+
+/// `tandem pair --yes` started as [`pairing_with`] does, its link not read yet.
+fn spawn_pairing(dir: &Path, relay: &Relay, env: &[(&str, &str)]) -> Agent {
     let config = common::fixture_config(dir, "");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
     cmd.arg("--data-dir")
@@ -47,9 +54,7 @@ fn pairing_with(dir: &Path, relay: &Relay, env: &[(&str, &str)]) -> (Agent, Stri
         .env("NO_COLOR", "1")
         .envs(env.iter().copied())
         .stderr(std::fs::File::create(dir.join("agent.pair.log")).unwrap());
-    let agent = Agent::spawn(cmd);
-    let link = agent.line_starting("pairing link: ");
-    (agent, link.trim().trim_start_matches("pairing link: ").to_owned())
+    Agent::spawn(cmd)
 }
 
 /// Restart `relay` once a crash point aborted it (off the runtime's
@@ -150,6 +155,56 @@ async fn a_claim_in_flight_when_the_relay_dies_is_made_again_and_pairs() {
     let summary = summary
         .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
     assert!(relay.log().contains("crash point"), "the claim was in flight at the crash");
+    assert_paired(dir.path(), agent, &summary, &phone_id);
+}
+
+/// The relay dies (abort, like `kill -9`) with the desktop's `PairOpen` in
+/// flight: never answered. `tandem pair` does not end: it shows the code and
+/// opens its mailbox again once the relay is back, and a phone pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_in_flight_when_the_relay_dies_is_made_again_and_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_failing(dir.path(), "relay.pair_open=return");
+    let agent = spawn_pairing(dir.path(), &relay, &[]);
+    let restarted = restart_after_crash(relay);
+    let line = tokio::task::block_in_place(|| agent.line_starting("pairing link: "));
+    let link = line.trim().trim_start_matches("pairing link: ").to_owned();
+    let relay = restarted.await.unwrap();
+    assert!(relay.log().contains("crash point"), "the open was in flight at the crash");
+    let (phone, phone_id) = open_phone(dir.path()).await;
+    let run = async {
+        let p = phone.start_pairing(&link).await?;
+        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+        p.wait().await
+    };
+    let summary = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("pairing ended in time")
+        .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
+    assert_paired(dir.path(), agent, &summary, &phone_id);
+}
+
+/// The relay dies (abort, like `kill -9`) with the desktop's welcome in
+/// flight, the first pairing message: the phone never gets it. Restarted,
+/// the phone claims again with a fresh hello, `tandem pair` takes it up on
+/// the same code (it does not end), and both sides pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_lost_with_the_relay_is_sent_again_and_both_sides_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_failing(dir.path(), "relay.pair_message=return");
+    let (agent, link) = pairing(dir.path(), &relay);
+    let (phone, phone_id) = open_phone(dir.path()).await;
+    let run = async {
+        let p = phone.start_pairing(&link).await?;
+        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+        p.wait().await
+    };
+    let restarted = restart_after_crash(relay);
+    let summary = tokio::time::timeout(DEADLINE, run).await.expect("pairing ended in time");
+    let relay = restarted.await.unwrap();
+    let summary = summary
+        .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
+    assert!(relay.log().contains("crash point"), "the welcome was in flight at the crash");
     assert_paired(dir.path(), agent, &summary, &phone_id);
 }
 

@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Agent, Phone, tandem};
+use common::{Agent, Claimed, Phone, tandem};
 use tandem_client::ClientError;
 use tandem_phone::{Phone as PhoneEngine, PhoneConfig};
 use tandem_proto::ErrorCode;
@@ -182,4 +182,54 @@ async fn tandem_up_warns_about_web_pages_that_kept_their_keys() {
     let agent = Agent::up(dir.path(), &config);
     let warning = agent.line_starting("warning: ");
     assert!(warning.contains("Old web page") && warning.contains("tandem revoke"), "{warning}");
+}
+
+/// The phone vanishes once it claimed the code and confirmed it: `tandem up`
+/// (`--yes`) accepts and answers, the phone never comes online with the
+/// answer, and after `TANDEM_UNFINISHED_PAIRING_SECS` `tandem up` says
+/// "pairing interrupted: scan again" and keeps no device. It stays usable:
+/// the code that follows pairs a phone, and so does one asked for with Enter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_gone_after_claiming_is_pairing_interrupted_and_tandem_up_pairs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::up_with(
+        dir.path(),
+        &dir.path().join("no-config.toml"),
+        "127.0.0.1:0",
+        &["--yes"],
+        &[("TANDEM_UNFINISHED_PAIRING_SECS", "2")],
+    );
+    let link = common::scan(&agent, dir.path());
+    let gone =
+        Claimed::claim(&agent, &link, None, common::new_key(), common::info("Gone phone")).await;
+    gone.close().await;
+    let said = agent.line_starting("Gone phone did not get the answer");
+    assert!(said.contains("pairing interrupted: scan again"), "{said}");
+    assert!(!tandem(dir.path(), &["devices"]).contains("Gone phone"), "no device kept");
+
+    // The code that follows pairs.
+    let mut ana = Phone::pair(&agent, dir.path()).await;
+    // Enter asks for another code: it pairs too.
+    agent.type_line("");
+    let link = common::scan(&agent, dir.path());
+    let bo = Claimed::claim(&agent, &link, None, common::new_key(), common::info("Bo's phone"))
+        .await
+        .result()
+        .await
+        .expect("Bo's phone paired");
+    agent.line_starting("Paired with Bo's phone");
+    let devices = tandem(dir.path(), &["devices"]);
+    assert!(devices.contains("Ana's phone") && devices.contains("Bo's phone"), "{devices}");
+    assert!(!devices.contains("Gone phone"), "{devices}");
+    // The first phone is served (paired to view: its task is refused).
+    ana.send(&Message::TaskSubmit {
+        task_id: "t-1".into(),
+        text: "hello".into(),
+        workspace: None,
+        executor: None,
+    })
+    .await;
+    assert!(matches!(ana.message().await, Message::Refused { code, .. } if code == "scope"));
+    ana.client.close().await;
+    bo.client.close().await;
 }

@@ -20,6 +20,8 @@
 //!
 //! and the crash points of pairing ([`crash_point`], `conn/reader.rs`):
 //!
+//! * `relay.pair_open`: a desktop's `PairOpen` was read, before it is
+//!   looked at (never answered: the desktop's open is interrupted);
 //! * `relay.pair_claim`: a phone's `PairClaim` was read, before it is
 //!   looked at (the claim is in flight: never answered, never forwarded);
 //! * `relay.pair_message`: a `PairMessage` was read, before it is forwarded

@@ -31,6 +31,45 @@ async fn the_enqueue_failpoint_refuses_one_send_with_store_unavailable() {
     assert_eq!(payload, b"second");
 }
 
+/// `FAILPOINTS="relay.ack=2*return"` fails the store write of the phone's
+/// two acks, which then acknowledges nothing more. The delivery window
+/// (two frames here) opens on the acks anyway, so all four frames arrive;
+/// the relay re-applies the highest refused ack by itself, so the queue
+/// empties while the phone stays idle (before, the frames stayed queued,
+/// charged to the sender's share, until the phone reconnected and got them
+/// all again); and a reconnect brings nothing again, only what is new.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_refused_ack_is_reapplied_without_stall_or_redelivery() {
+    use tandem_proto::frame::Frame;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_env(
+        dir.path(),
+        &["--delivery-window-frames", "2", "--sweep-interval-ms", "100"],
+        &[("FAILPOINTS", "relay.ack=2*return")],
+    );
+    let (mut desk, mut phone) = paired(&relay).await;
+    for i in 0..4u8 {
+        desk.send_to(phone.id(), 10 + u64::from(i), &[b'f', b'0' + i]).await.expect("accepted");
+    }
+    let first = phone.deliveries(2).await;
+    // Refused by the store; the window opens all the same: no stall.
+    phone.send(&Frame::Ack { up_to: first[1].0 }).await;
+    let rest = phone.deliveries(2).await;
+    phone.send(&Frame::Ack { up_to: rest[1].0 }).await;
+    let got: Vec<Vec<u8>> = first.iter().chain(&rest).map(|d| d.2.clone()).collect();
+    assert_eq!(got, [b"f0", b"f1", b"f2", b"f3"], "every frame once, in order");
+    // Nothing more from the phone: the relay applies its last ack itself.
+    relay.wait_metric("tandem_relay_queue_frames", 0.0).await;
+    let phone_key = phone.key.clone();
+    phone.close().await;
+    let (mut phone, queued) = Device::connect(&relay, phone_key, Role::Phone).await;
+    assert_eq!(queued, 0, "nothing acknowledged waits for the phone again");
+    desk.send_to(phone.id(), 20, b"new").await.expect("accepted");
+    let (_, _, payload) = phone.delivery().await;
+    assert_eq!(payload, b"new", "no redelivery of what was acknowledged");
+}
+
 /// A tmpfs of `size` mounted at `at` for the test's life (unmounted on
 /// drop), or `None` when this process may not mount (not root, no tmpfs)
 /// and `TANDEM_TEST_NO_MOUNT` asks for a skip: the caller skips with a

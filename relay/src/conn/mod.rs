@@ -27,6 +27,7 @@ use crate::net::IpKey;
 use crate::registry::{ConnHandle, Outbound};
 use crate::state::State;
 
+mod pending;
 mod reader;
 mod writer;
 
@@ -240,8 +241,19 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
     if writer.is_some() {
         announce(&state, device, true).await;
     }
-    let reader =
-        Reader { state, handle, device, role, ip: key, liveness, delivered, activity, acked, room };
+    let reader = Reader {
+        state,
+        handle,
+        device,
+        role,
+        ip: key,
+        liveness,
+        delivered,
+        activity,
+        acked,
+        room,
+        unapplied: pending::Unapplied::default(),
+    };
     Some(Conn { stream, reader, conn_id, writer })
 }
 

@@ -13,73 +13,14 @@ use tandem_proto::{DeviceId, ErrorCode, Role};
 use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
 
+use super::pending::{Done, Enqueue, Pending, PendingFut, Unapplied};
+use super::writer::STORE_RETRY;
 use super::{Activity, Closing, MAX_PENDING, Stream, read_error};
 use crate::net::IpKey;
 use crate::pairing::Owner;
 use crate::registry::{ConnHandle, Outbound};
 use crate::state::{State, unix_now};
-use crate::store::{Enqueued, NewFrame, StoreError, StoreFuture};
-
-/// A store operation in flight, with what to do when it finishes.
-enum Pending {
-    Enqueue(Box<Enqueue>),
-    Ack { fut: StoreFuture<u64> },
-}
-
-/// A `Send` being queued.
-struct Enqueue {
-    state: Arc<State>,
-    send_id: u64,
-    from: DeviceId,
-    to: DeviceId,
-    payload: Vec<u8>,
-    enqueued: Enqueued,
-}
-
-type PendingFut = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
-
-enum Done {
-    Enqueued { send_id: u64, len: usize, result: Result<u64, StoreError> },
-    Acked(Result<u64, StoreError>),
-}
-
-impl Pending {
-    async fn finish(self) -> Done {
-        match self {
-            Pending::Enqueue(e) => {
-                let Enqueue { state, send_id, from, to, payload, enqueued } = *e;
-                let len = payload.len();
-                // Deliver as soon as the frame has its id, while the commit
-                // runs; the sender's `Ok` waits for the commit. Without an
-                // early id (a full queue, a failing store), once it is stored.
-                let mut payload = Some(payload);
-                if let Ok(id) = enqueued.placed.await {
-                    push(&state, from, to, id, &mut payload).await;
-                }
-                let result = enqueued.durable.await;
-                if let Ok(id) = result {
-                    push(&state, from, to, id, &mut payload).await;
-                }
-                Done::Enqueued { send_id, len, result }
-            }
-            Pending::Ack { fut } => Done::Acked(fut.await),
-        }
-    }
-}
-
-/// Hand `payload` (if not handed over yet) to `to`'s live connection, if it
-/// has one and the route still stands (a revocation since the route check
-/// dropped the frame, or will: do not push what the recipient no longer
-/// accepts).
-async fn push(state: &State, from: DeviceId, to: DeviceId, id: u64, payload: &mut Option<Vec<u8>>) {
-    if payload.is_some()
-        && state.routes.is_route(from, to).await.unwrap_or(false)
-        && let Some(h) = state.registry.get(&to)
-        && let Some(payload) = payload.take()
-    {
-        h.offer(Outbound::Deliver { id, from, payload });
-    }
-}
+use crate::store::{NewFrame, StoreError};
 
 /// What woke the reader.
 enum Event {
@@ -87,6 +28,8 @@ enum Event {
     Done(Done),
     /// The idle deadline passed (PROTOCOL.md §6.4).
     Idle,
+    /// An ack the store did not apply is due again.
+    RetryAck,
     /// The device sent something (`None`: the end of the stream).
     Message(Option<Result<Message, axum::Error>>),
 }
@@ -117,12 +60,19 @@ pub(super) struct Reader {
     pub(super) acked: Arc<AtomicU64>,
     /// Tells the writer that an `Ack` may have made room in its window.
     pub(super) room: Arc<tokio::sync::Notify>,
+    /// The highest ack the store did not apply yet.
+    pub(super) unapplied: Unapplied,
 }
 
 impl Reader {
     pub(super) async fn run(&self, stream: &mut Stream) -> Result<(), Closing> {
         let mut pending: FuturesOrdered<PendingFut> = FuturesOrdered::new();
         let result = self.read(stream, &mut pending).await;
+        // One last try at an ack the store did not apply.
+        if let Some(up_to) = self.unapplied.take() {
+            let fut = self.state.store.ack(self.device, up_to);
+            pending.push_back(Box::pin(Pending::Ack { up_to, fut }.finish()));
+        }
         // Operations already submitted still complete in the store; finish
         // them so that a frame stored for an online recipient is pushed to
         // it even though its sender has gone (answers to the sender are moot).
@@ -143,6 +93,7 @@ impl Reader {
         let idle = self.state.config.idle_timeout;
         loop {
             let idle_deadline = self.activity.last() + idle;
+            let retry_ack = self.unapplied.due();
             // Only waiting happens here; the work is boxed (see `serve`), and
             // the event is moved into it whole (a partly moved one would stay
             // in this future).
@@ -150,6 +101,9 @@ impl Reader {
                 biased;
                 () = self.handle.cancelled() => return Ok(()),
                 Some(done) = pending.next(), if !pending.is_empty() => Event::Done(done),
+                () = sleep_until(retry_ack.unwrap_or(idle_deadline)), if retry_ack.is_some() => {
+                    Event::RetryAck
+                }
                 () = sleep_until(idle_deadline) => Event::Idle,
                 msg = stream.next(), if pending.len() < MAX_PENDING => Event::Message(msg),
             };
@@ -183,6 +137,9 @@ impl Reader {
                 ))
             }
             Event::Idle => Ok(Next::Read),
+            Event::RetryAck => Ok(self.unapplied.take().map_or(Next::Read, |up_to| {
+                Next::Track(Pending::Ack { up_to, fut: self.state.store.ack(self.device, up_to) })
+            })),
             Event::Message(msg) => self.on_message(msg).await,
         }
     }
@@ -276,6 +233,11 @@ impl Reader {
                 | Frame::Revoke { request_id, .. } => *request_id,
                 _ => 0,
             };
+            if let Frame::Ack { up_to } = frame {
+                // Applied later, unless the next ack covers it first.
+                let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
+                self.unapplied.note(up_to, Instant::now() + STORE_RETRY);
+            }
             self.refuse(ErrorCode::RateLimited, ref_id, "too many frames; slow down").await;
             return Ok(None);
         }
@@ -323,8 +285,10 @@ impl Reader {
             Frame::Ack { up_to } => {
                 // Never delete what this connection has not delivered yet
                 // (the window was opened above, before the rate limit).
+                // It covers an earlier one the store did not apply.
                 let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
-                return Ok(Some(Pending::Ack { fut: state.store.ack(me, up_to) }));
+                let up_to = self.unapplied.take().map_or(up_to, |u| u.max(up_to));
+                return Ok(Some(Pending::Ack { up_to, fut: state.store.ack(me, up_to) }));
             }
             Frame::Authorize { request_id, peer } => {
                 if peer == me {
@@ -392,6 +356,7 @@ impl Reader {
                 }
             }
             Frame::PairOpen { request_id, pairing_id, ttl_secs } => {
+                crate::failpoints::crash_point("relay.pair_open");
                 if self.role != Role::Desktop {
                     self.refuse(
                         ErrorCode::UnexpectedFrame,
@@ -517,6 +482,8 @@ impl Reader {
             Done::Enqueued { send_id, len, result } => match result {
                 Ok(_) => {
                     state.metrics.forwarded(len);
+                    // The store commits again: so may an ack it refused.
+                    self.unapplied.hurry();
                     if answer {
                         self.reply(Frame::Ok { ref_id: send_id }).await;
                     }
@@ -578,8 +545,11 @@ impl Reader {
                     .await;
                 }
             },
-            Done::Acked(Err(e)) => warn!(error = %e, "ack failed"),
-            Done::Acked(Ok(_)) => {}
+            Done::Acked { up_to, result: Err(e) } => {
+                warn!(error = %e, up_to, "ack failed; applying it again later");
+                self.unapplied.note(up_to, Instant::now() + STORE_RETRY);
+            }
+            Done::Acked { up_to, result: Ok(_) } => self.unapplied.covered(up_to),
         }
     }
 }
