@@ -308,8 +308,16 @@ async fn an_ephemeral_device_gone_for_its_ttl_is_revoked_and_a_lasting_one_is_ke
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(tandem(dir.path(), &["devices"]).contains("Ana's phone"), "the lasting one is kept");
-    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
-    assert!(audit.contains("\"event\":\"forgotten\""), "{audit}");
+    // The revocation's entry comes first, then why (`forgotten`): the device
+    // leaves the list between the two, so wait for the second.
+    loop {
+        let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        if audit.contains("\"event\":\"forgotten\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no `forgotten` entry: {audit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(tandem(dir.path(), &["audit", "verify"]).contains("chain intact"));
 
     // The relay refuses the page's key now; the lasting phone still works.
