@@ -412,13 +412,15 @@ impl<'a> Daemon<'a> {
                 self.reauthorize();
                 self.resend_revokes();
                 // The same store as before: what it stored is still there,
-                // and only what it has not goes out again. Another store,
-                // the first connection, or a relay that said it restarts:
-                // everything the peers have not acknowledged (PROTOCOL §13.4).
+                // and only what it has not goes out again (what it refused
+                // for good included: the routes were just authorised
+                // again). Another store, the first connection, or a relay
+                // that said it restarts: everything the peers have not
+                // acknowledged (PROTOCOL §13.4).
                 let restarting = std::mem::take(&mut self.relay_restarting);
-                if self.relay_epoch.replace(store_epoch) != Some(store_epoch) || restarting {
-                    self.relay_state.reset();
-                }
+                let same_store =
+                    self.relay_epoch.replace(store_epoch) == Some(store_epoch) && !restarting;
+                self.relay_state.reconnected(same_store);
                 let ids: Vec<DeviceId> = self.peers.list().iter().map(|p| p.device_id()).collect();
                 for id in ids {
                     self.resend(id, outbox::Resend::All).await?;

@@ -264,6 +264,20 @@ impl RelayState {
         self.rejected.clear();
         self.retry.clear();
     }
+
+    /// A new relay connection; `same_store`: to the store epoch of the
+    /// connection before, which still holds what it stored. What it refused
+    /// for good goes again either way (a record is kept for the next
+    /// connection, whose routes are authorised again), and so does what
+    /// waits for a retry.
+    pub(super) fn reconnected(&mut self, same_store: bool) {
+        if same_store {
+            self.rejected.clear();
+            self.retry.clear();
+        } else {
+            self.reset();
+        }
+    }
 }
 
 impl Daemon<'_> {
@@ -541,6 +555,31 @@ mod tests {
         s.posted(peer, Some(4));
         s.reset();
         assert_eq!(s.missing(peer, &[1, 2, 3, 4], None), [1, 3]);
+    }
+
+    #[test]
+    fn a_reconnection_to_the_same_store_sends_again_what_it_refused_for_good() {
+        let mut s = RelayState::default();
+        let peer = DeviceId([7; 16]);
+        let t0 = Instant::now();
+        for seq in 1..=3 {
+            s.posted(peer, Some(seq));
+            s.answered(peer, Some(seq));
+        }
+        s.stored(peer, Some(1), t0);
+        // 2: `not_authorized` (the route was not there yet); 3: refused
+        // for now, its retry waiting.
+        s.rejected(peer, Some(2));
+        s.refused(peer, t0);
+        assert_eq!(s.missing(peer, &[1, 2, 3], None), [3]);
+        assert!(s.backing_off(peer));
+        // Same store epoch: 1 is still held; 2 goes again, and 3 at once.
+        s.reconnected(true);
+        assert!(!s.backing_off(peer));
+        assert_eq!(s.missing(peer, &[1, 2, 3], None), [2, 3]);
+        // Another store: 1 too.
+        s.reconnected(false);
+        assert_eq!(s.missing(peer, &[1, 2, 3], None), [1, 2, 3]);
     }
 
     #[test]
