@@ -82,24 +82,22 @@ pub type OnFrame = Arc<dyn Fn(&Captured) + Send + Sync>;
 struct Shared {
     captured: Mutex<Vec<Captured>>,
     on_frame: Option<OnFrame>,
-    /// Per recipient, how many more `Send`s to refuse.
-    refuse: Mutex<Vec<(DeviceId, usize)>>,
+    /// Per recipient, how many more `Send`s to refuse, the smallest payload
+    /// refused and the code refused with.
+    refuse: Mutex<Vec<(DeviceId, usize, usize, ErrorCode)>>,
 }
 
 impl Shared {
     /// The refusal for `frame` if it is a `Send` the tap must refuse.
     fn refusal(&self, frame: &[u8]) -> Option<Vec<u8>> {
-        let Ok(Frame::Send { send_id, to, .. }) = Frame::decode(frame) else { return None };
+        let Ok(Frame::Send { send_id, to, payload }) = Frame::decode(frame) else { return None };
         let mut refuse = self.refuse.lock().unwrap_or_else(PoisonError::into_inner);
-        let left = refuse.iter_mut().find(|(d, n)| *d == to && *n > 0)?;
+        let left =
+            refuse.iter_mut().find(|(d, n, min, _)| *d == to && *n > 0 && payload.len() >= *min)?;
         left.1 -= 1;
-        Frame::Error {
-            code: ErrorCode::QueueFull,
-            ref_id: send_id,
-            message: "refused by the test tap".into(),
-        }
-        .encode()
-        .ok()
+        Frame::Error { code: left.3, ref_id: send_id, message: "refused by the test tap".into() }
+            .encode()
+            .ok()
     }
 
     fn record(&self, direction: Direction, bytes: &[u8]) {
@@ -181,16 +179,29 @@ impl Tap {
     /// Refuse the next `n` `Send`s addressed to `to` (from any device): they
     /// are not passed on, and the sender gets `Error{queue_full}` for each.
     pub fn refuse_sends_to(&self, to: DeviceId, n: usize) {
+        self.refuse_large_sends_to(to, n, 0);
+    }
+
+    /// As [`Tap::refuse_sends_to`], counting only `Send`s whose payload has
+    /// at least `min_len` bytes: a test can target one large message and let
+    /// the small records around it (acknowledgements) through.
+    pub fn refuse_large_sends_to(&self, to: DeviceId, n: usize, min_len: usize) {
+        self.refuse_sends_with(to, n, min_len, ErrorCode::QueueFull);
+    }
+
+    /// As [`Tap::refuse_large_sends_to`], refusing with `code` (for example
+    /// `not_authorized`, as a relay that lost the route answers).
+    pub fn refuse_sends_with(&self, to: DeviceId, n: usize, min_len: usize, code: ErrorCode) {
         let mut refuse = self.shared.refuse.lock().unwrap_or_else(PoisonError::into_inner);
-        refuse.retain(|(d, _)| *d != to);
-        refuse.push((to, n));
+        refuse.retain(|(d, ..)| *d != to);
+        refuse.push((to, n, min_len, code));
     }
 
     /// How many refusals set with [`Tap::refuse_sends_to`] are left for `to`.
     #[must_use]
     pub fn refusals_left(&self, to: DeviceId) -> usize {
         let refuse = self.shared.refuse.lock().unwrap_or_else(PoisonError::into_inner);
-        refuse.iter().find(|(d, _)| *d == to).map_or(0, |(_, n)| *n)
+        refuse.iter().find(|(d, ..)| *d == to).map_or(0, |(_, n, ..)| *n)
     }
 
     /// Close every connection open now (devices reconnect through the tap).
