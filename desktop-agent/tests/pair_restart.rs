@@ -200,3 +200,37 @@ async fn a_result_lost_for_good_fails_on_both_sides_with_the_same_words() {
     let audit = std::fs::read_to_string(dir.path().join("agent/audit.log")).unwrap_or_default();
     assert!(audit.contains("pairing interrupted"), "audited: {audit}");
 }
+
+/// The relay's store takes the desktop's route authorisation, then refuses
+/// the phone's (`relay.route`, the second route write, fails as an I/O
+/// error would): the phone had saved the pairing before asking, and takes
+/// it back, so it keeps no desktop the relay does not route to, also after
+/// a restart of the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_the_relay_refuses_leaves_no_saved_pairing_on_the_phone() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_failing(dir.path(), "relay.route=1*off->return");
+    let (agent, link) = pairing(dir.path(), &relay);
+    let (phone, _) = open_phone(dir.path()).await;
+    let run = async {
+        let p = phone.start_pairing(&link).await?;
+        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+        p.wait().await
+    };
+    let err = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("pairing ended in time")
+        .expect_err("the relay refused the phone's route");
+    assert!(err.to_string().contains("store_unavailable"), "the route write failed: {err}");
+    assert!(phone.desktops().is_empty(), "{err}");
+    let saved: Vec<_> = std::fs::read_dir(dir.path().join("phone/desktops"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(saved.is_empty(), "the phone kept a pairing file: {saved:?}");
+    phone.close().await;
+    drop(phone);
+    let (phone, _) = open_phone(dir.path()).await;
+    assert!(phone.desktops().is_empty(), "a reopened phone knows no desktop");
+    phone.close().await;
+    drop(agent);
+}
