@@ -46,6 +46,7 @@ use crate::secrets::{FileSecretStore, SecretStore};
 use crate::store::{self, DesktopRecord};
 
 mod connection;
+mod early;
 mod incoming;
 mod outbox;
 mod pairing;
@@ -53,6 +54,7 @@ mod renewal;
 mod requests;
 mod types;
 
+pub use early::FIRST_REPLAY;
 pub use pairing::Pairing;
 pub use renewal::StepHook;
 pub use types::{
@@ -178,9 +180,10 @@ struct Inner {
     state: Mutex<State>,
     entropy: Mutex<Entropy>,
     events: broadcast::Sender<PhoneEvent>,
-    /// The receiver made at open, holding what was reported before anyone
-    /// subscribed (damaged files): the first subscriber gets it.
-    first: Mutex<Option<broadcast::Receiver<PhoneEvent>>>,
+    /// What was reported before anyone subscribed (damaged files, and
+    /// whatever happened until then), bounded: the first subscriber gets
+    /// it; `None` from then on.
+    early: Mutex<Option<early::Early>>,
     schedule: Schedule,
     step_hook: Option<StepHook>,
 }
@@ -256,7 +259,7 @@ impl Phone {
             ephemeral: false,
         };
         let (records, set_aside) = store::load_all(&config.data_dir).map_err(storage)?;
-        let (events, first) = broadcast::channel(EVENT_BUFFER);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let inner = Arc::new(Inner {
             data_dir: config.data_dir.clone(),
             key,
@@ -265,7 +268,7 @@ impl Phone {
             state: Mutex::new(State::default()),
             entropy: Mutex::new(entropy),
             events,
-            first: Mutex::new(Some(first)),
+            early: Mutex::new(Some(early::Early::default())),
             schedule: config.schedule,
             step_hook: config.step_hook.clone(),
         });
@@ -314,16 +317,28 @@ impl Phone {
     /// refusals and losses. A subscriber that falls more than 4096 events
     /// behind misses the oldest (`RecvError::Lagged`) and should reload
     /// history. The first subscriber also gets what was reported since
-    /// [`Phone::open`] ([`PhoneEvent::DesktopSetAside`]).
+    /// [`Phone::open`]: every [`PhoneEvent::DesktopSetAside`] and the newest
+    /// [`FIRST_REPLAY`] other events, after a
+    /// [`PhoneEvent::EarlyEventsDropped`] if older ones were dropped.
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<PhoneEvent> {
-        let first =
-            self.inner.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        first.unwrap_or_else(|| self.inner.events.subscribe())
+        let mut early = self.inner.early.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rx = self.inner.events.subscribe();
+        // Under the lock: no event is emitted between these and the new ones.
+        for e in early.take().map(early::Early::replay).unwrap_or_default() {
+            let _ = self.inner.events.send(e);
+        }
+        rx
     }
 
     fn emit(&self, e: PhoneEvent) {
-        let _ = self.inner.events.send(e);
+        let mut early = self.inner.early.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match early.as_mut() {
+            Some(kept) => kept.push(e),
+            None => {
+                let _ = self.inner.events.send(e);
+            }
+        }
     }
 
     /// The connection to `url`, started if there is none.

@@ -201,4 +201,13 @@ pub enum PhoneEvent {
         /// The whole story, for a person: what was wrong and what to do.
         message: String,
     },
+    /// To the first subscriber only: more events were reported before it
+    /// subscribed than it is replayed (the newest
+    /// [`FIRST_REPLAY`](crate::FIRST_REPLAY) and every `DesktopSetAside`),
+    /// and the `missed` oldest were dropped. What to do: load what is shown
+    /// from `Phone::tasks` and `Phone::history` rather than from events.
+    EarlyEventsDropped {
+        /// How many events were dropped.
+        missed: u64,
+    },
 }
