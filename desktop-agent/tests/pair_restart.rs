@@ -8,7 +8,9 @@
 //! time both sides end paired, with the same peer on each side and the
 //! device no longer pending on the desktop; or, when the relay stays down
 //! past the desktop's wait for the phone, both sides fail with the same
-//! words and neither keeps the other.
+//! words and neither keeps the other. The same when only the phone's own
+//! connection drops with the result in flight (a tap in front of the relay
+//! for the phone), within about the same time on both sides.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -20,7 +22,9 @@ use std::time::Duration;
 
 use common::Agent;
 use common::relay::Relay;
-use tandem_phone::{DesktopSummary, Phone, PhoneConfig};
+use tandem_e2e::tap::Tap;
+use tandem_phone::{DesktopSummary, Phone, PhoneConfig, PhoneError};
+use tandem_proto::frame::FrameType;
 
 relay_process_test!();
 
@@ -35,14 +39,25 @@ fn pairing(dir: &Path, relay: &Relay) -> (Agent, String) {
 
 /// As [`pairing`], with more environment.
 fn pairing_with(dir: &Path, relay: &Relay, env: &[(&str, &str)]) -> (Agent, String) {
+    pairing_via(dir, &relay.url(), &relay.link_base(), env)
+}
+
+/// As [`pairing_with`], both devices sent to `relay_url` and `link_base`
+/// (a tap).
+fn pairing_via(
+    dir: &Path,
+    relay_url: &str,
+    link_base: &str,
+    env: &[(&str, &str)],
+) -> (Agent, String) {
     let config = common::fixture_config(dir, "");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
     cmd.arg("--data-dir")
         .arg(dir.join("agent"))
         .arg("--config")
         .arg(config)
-        .args(["--name", "build-box", "pair", "--relay", &relay.url()])
-        .args(["--link-base", &relay.link_base(), "--yes", "--print-url", "--no-terminal-qr"])
+        .args(["--name", "build-box", "pair", "--relay", relay_url])
+        .args(["--link-base", link_base, "--yes", "--print-url", "--no-terminal-qr"])
         .env("TANDEM_LOG", "warn,tandem_agent::pair=info")
         .env("NO_COLOR", "1")
         .envs(env.iter().copied())
@@ -233,4 +248,47 @@ async fn a_route_the_relay_refuses_leaves_no_saved_pairing_on_the_phone() {
     assert!(phone.desktops().is_empty(), "a reopened phone knows no desktop");
     phone.close().await;
     drop(agent);
+}
+
+/// Only the phone's network drops, with the desktop's result in flight,
+/// and stays down (the relay runs on). The desktop gives up after its wait
+/// for the phone (2 s here), the phone after its own
+/// (`pairing_interrupted_wait`, 2 s here, 60 s by default, as the
+/// desktop's), not after the 300 s of a person confirming (and then with
+/// `Timeout`): both say "pairing interrupted: scan again" and neither keeps
+/// the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phones_own_connection_dropping_fails_both_sides_alike_and_soon() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    let tap = Tap::start(relay.addr).await.unwrap();
+    let link_base = format!("http://{}/p", tap.addr());
+    let (agent, link) =
+        pairing_via(dir.path(), &tap.url(), &link_base, &[("TANDEM_UNFINISHED_PAIRING_SECS", "2")]);
+    let config = PhoneConfig {
+        pairing_interrupted_wait: Duration::from_secs(2),
+        ..PhoneConfig::new(dir.path().join("phone"), "Ana's phone")
+    };
+    let phone = Phone::open(config).await.unwrap();
+    let phone_id = phone.device_id();
+    // The hello (to the desktop), the welcome, the confirmation pass; the
+    // result cuts the phone's network.
+    tap.cut_at_from_relay(FrameType::PairMessage, 3);
+    let p = tokio::time::timeout(DEADLINE, phone.start_pairing(&link)).await.unwrap().unwrap();
+    assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+    // Far below the 300 s the phone waited before.
+    let err = tokio::time::timeout(Duration::from_secs(60), p.wait())
+        .await
+        .expect("the phone gave up about when the desktop did")
+        .expect_err("the phone cannot have paired");
+    assert_eq!(err, PhoneError::PairingInterrupted);
+    let said =
+        tokio::task::block_in_place(|| agent.line_starting("Ana's phone did not get the answer"));
+    assert!(said.contains(&err.to_string()), "the same words on both sides: {said:?} / {err}");
+    assert!(phone.desktops().is_empty(), "the phone keeps no desktop");
+    assert!(
+        !common::peer_file(&dir.path().join("agent"), &phone_id).exists(),
+        "the desktop keeps no device"
+    );
+    phone.close().await;
 }

@@ -94,6 +94,7 @@ impl ClientConfig {
             extra_roots_pem: self.extra_roots_pem,
             schedule,
             step_hook: None,
+            ..PhoneConfig::new("", "")
         }
     }
 }

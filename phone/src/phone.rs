@@ -186,6 +186,8 @@ struct Inner {
     early: Mutex<Option<early::Early>>,
     schedule: Schedule,
     step_hook: Option<StepHook>,
+    /// [`PhoneConfig::pairing_interrupted_wait`].
+    pairing_interrupted_wait: Duration,
 }
 
 /// The phone side of Tandem. Cheap to clone; needs a tokio runtime.
@@ -271,6 +273,7 @@ impl Phone {
             early: Mutex::new(Some(early::Early::default())),
             schedule: config.schedule,
             step_hook: config.step_hook.clone(),
+            pairing_interrupted_wait: config.pairing_interrupted_wait,
         });
         let phone = Phone { inner };
         for s in set_aside {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::{SinkExt, StreamExt};
-use tandem_proto::frame::Frame;
+use tandem_proto::frame::{Frame, FrameType};
 use tandem_proto::{DeviceId, ErrorCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -85,6 +85,11 @@ struct Shared {
     /// Per recipient, how many more `Send`s to refuse, the smallest payload
     /// refused and the code refused with.
     refuse: Mutex<Vec<(DeviceId, usize, usize, ErrorCode)>>,
+    /// A frame type from the relay, and how many more of it pass before
+    /// the one that cuts the connection instead.
+    drop_at: Mutex<Option<(FrameType, usize)>>,
+    /// Set by that cut: no connection is taken from then on.
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -98,6 +103,23 @@ impl Shared {
         Frame::Error { code: left.3, ref_id: send_id, message: "refused by the test tap".into() }
             .encode()
             .ok()
+    }
+
+    /// Whether `frame`, from the relay, is the one [`Tap::cut_at_from_relay`]
+    /// waits for.
+    fn drops(&self, frame: &[u8]) -> bool {
+        let mut drop_at = self.drop_at.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((kind, left)) = drop_at.as_mut() else { return false };
+        if Frame::decode(frame).map(|f| f.frame_type()).ok() != Some(*kind) {
+            return false;
+        }
+        if *left > 0 {
+            *left -= 1;
+            return false;
+        }
+        *drop_at = None;
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        true
     }
 
     fn record(&self, direction: Direction, bytes: &[u8]) {
@@ -152,11 +174,16 @@ impl Tap {
             captured: Mutex::new(Vec::new()),
             on_frame,
             refuse: Mutex::new(Vec::new()),
+            drop_at: Mutex::new(None),
+            down: std::sync::atomic::AtomicBool::new(false),
         });
         let (cuts, cut_rx) = watch::channel(0u64);
         let s = Arc::clone(&shared);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                if s.down.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
                 let _ = tcp.set_nodelay(true);
                 tokio::spawn(carry(tcp, upstream, Arc::clone(&s), cut_rx.clone()));
             }
@@ -202,6 +229,14 @@ impl Tap {
     pub fn refusals_left(&self, to: DeviceId) -> usize {
         let refuse = self.shared.refuse.lock().unwrap_or_else(PoisonError::into_inner);
         refuse.iter().find(|(d, ..)| *d == to).map_or(0, |(_, n, ..)| *n)
+    }
+
+    /// Let `pass` more frames of type `kind` from the relay through, then
+    /// cut the connection that the next one is for instead of passing it on,
+    /// and take no connection from then on: the device's own network drops
+    /// with the frame in flight and stays down (the relay keeps running).
+    pub fn cut_at_from_relay(&self, kind: FrameType, pass: usize) {
+        *self.shared.drop_at.lock().unwrap_or_else(PoisonError::into_inner) = Some((kind, pass));
     }
 
     /// Close every connection open now (devices reconnect through the tap).
@@ -298,6 +333,9 @@ async fn carry(
                 Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
                     if let Message::Binary(b) = &m {
                         shared.record(Direction::FromRelay, b);
+                        if shared.drops(b) {
+                            return;
+                        }
                     }
                     if to_device.send(m).await.is_err() {
                         return;

@@ -46,6 +46,16 @@ impl Phone {
                     };
                     debug!(relay = %url, reason, "disconnected");
                     self.connection(&url, state, false);
+                    let waiting: Vec<_> = self
+                        .lock()
+                        .pairings
+                        .values()
+                        .filter(|(u, _)| *u == url)
+                        .map(|(_, tx)| tx.clone())
+                        .collect();
+                    for tx in waiting {
+                        let _ = tx.try_send(pairing::PairInput::Disconnected);
+                    }
                 }
                 Event::Presence { peer, online } => {
                     let id = peer.to_string();
