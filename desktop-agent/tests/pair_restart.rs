@@ -8,7 +8,9 @@
 //! time both sides end paired, with the same peer on each side and the
 //! device no longer pending on the desktop; or, when the relay stays down
 //! past the desktop's wait for the phone, both sides fail with the same
-//! words and neither keeps the other.
+//! words and neither keeps the other. The same when only the phone's own
+//! connection drops with the result in flight (a tap in front of the relay
+//! for the phone), within about the same time on both sides.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -20,7 +22,9 @@ use std::time::Duration;
 
 use common::Agent;
 use common::relay::Relay;
-use tandem_phone::{DesktopSummary, Phone, PhoneConfig};
+use tandem_e2e::tap::Tap;
+use tandem_phone::{DesktopSummary, Phone, PhoneConfig, PhoneError};
+use tandem_proto::frame::FrameType;
 
 relay_process_test!();
 
@@ -35,21 +39,37 @@ fn pairing(dir: &Path, relay: &Relay) -> (Agent, String) {
 
 /// As [`pairing`], with more environment.
 fn pairing_with(dir: &Path, relay: &Relay, env: &[(&str, &str)]) -> (Agent, String) {
-    let agent = spawn_pairing(dir, relay, env);
+    pairing_via(dir, &relay.url(), &relay.link_base(), env)
+}
+
+/// As [`pairing_with`], both devices sent to `relay_url` and `link_base`
+/// (a tap).
+fn pairing_via(
+    dir: &Path,
+    relay_url: &str,
+    link_base: &str,
+    env: &[(&str, &str)],
+) -> (Agent, String) {
+    let agent = spawn_pairing_via(dir, relay_url, link_base, env);
     let link = agent.line_starting("pairing link: ");
     (agent, link.trim().trim_start_matches("pairing link: ").to_owned())
 }
 
 /// `tandem pair --yes` started as [`pairing_with`] does, its link not read yet.
 fn spawn_pairing(dir: &Path, relay: &Relay, env: &[(&str, &str)]) -> Agent {
+    spawn_pairing_via(dir, &relay.url(), &relay.link_base(), env)
+}
+
+/// As [`spawn_pairing`], both devices sent to `relay_url` and `link_base`.
+fn spawn_pairing_via(dir: &Path, relay_url: &str, link_base: &str, env: &[(&str, &str)]) -> Agent {
     let config = common::fixture_config(dir, "");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
     cmd.arg("--data-dir")
         .arg(dir.join("agent"))
         .arg("--config")
         .arg(config)
-        .args(["--name", "build-box", "pair", "--relay", &relay.url()])
-        .args(["--link-base", &relay.link_base(), "--yes", "--print-url", "--no-terminal-qr"])
+        .args(["--name", "build-box", "pair", "--relay", relay_url])
+        .args(["--link-base", link_base, "--yes", "--print-url", "--no-terminal-qr"])
         .env("TANDEM_LOG", "warn,tandem_agent::pair=info")
         .env("NO_COLOR", "1")
         .envs(env.iter().copied())
@@ -259,4 +279,81 @@ async fn a_result_lost_for_good_fails_on_both_sides_with_the_same_words() {
     );
     let audit = std::fs::read_to_string(dir.path().join("agent/audit.log")).unwrap_or_default();
     assert!(audit.contains("pairing interrupted"), "audited: {audit}");
+}
+
+/// The relay's store takes the desktop's route authorisation, then refuses
+/// the phone's (`relay.route`, the second route write, fails as an I/O
+/// error would): the phone had saved the pairing before asking, and takes
+/// it back, so it keeps no desktop the relay does not route to, also after
+/// a restart of the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_the_relay_refuses_leaves_no_saved_pairing_on_the_phone() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_failing(dir.path(), "relay.route=1*off->return");
+    let (agent, link) = pairing(dir.path(), &relay);
+    let (phone, _) = open_phone(dir.path()).await;
+    let run = async {
+        let p = phone.start_pairing(&link).await?;
+        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+        p.wait().await
+    };
+    let err = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("pairing ended in time")
+        .expect_err("the relay refused the phone's route");
+    assert!(err.to_string().contains("store_unavailable"), "the route write failed: {err}");
+    assert!(phone.desktops().is_empty(), "{err}");
+    let saved: Vec<_> = std::fs::read_dir(dir.path().join("phone/desktops"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(saved.is_empty(), "the phone kept a pairing file: {saved:?}");
+    phone.close().await;
+    drop(phone);
+    let (phone, _) = open_phone(dir.path()).await;
+    assert!(phone.desktops().is_empty(), "a reopened phone knows no desktop");
+    phone.close().await;
+    drop(agent);
+}
+
+/// Only the phone's network drops, with the desktop's result in flight,
+/// and stays down (the relay runs on). The desktop gives up after its wait
+/// for the phone (2 s here), the phone after its own
+/// (`pairing_interrupted_wait`, 2 s here, 60 s by default, as the
+/// desktop's), not after the 300 s of a person confirming (and then with
+/// `Timeout`): both say "pairing interrupted: scan again" and neither keeps
+/// the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phones_own_connection_dropping_fails_both_sides_alike_and_soon() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    let tap = Tap::start(relay.addr).await.unwrap();
+    let link_base = format!("http://{}/p", tap.addr());
+    let (agent, link) =
+        pairing_via(dir.path(), &tap.url(), &link_base, &[("TANDEM_UNFINISHED_PAIRING_SECS", "2")]);
+    let config = PhoneConfig {
+        pairing_interrupted_wait: Duration::from_secs(2),
+        ..PhoneConfig::new(dir.path().join("phone"), "Ana's phone")
+    };
+    let phone = Phone::open(config).await.unwrap();
+    let phone_id = phone.device_id();
+    // The hello (to the desktop), the welcome, the confirmation pass; the
+    // result cuts the phone's network.
+    tap.cut_at_from_relay(FrameType::PairMessage, 3);
+    let p = tokio::time::timeout(DEADLINE, phone.start_pairing(&link)).await.unwrap().unwrap();
+    assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+    // Far below the 300 s the phone waited before.
+    let err = tokio::time::timeout(Duration::from_secs(60), p.wait())
+        .await
+        .expect("the phone gave up about when the desktop did")
+        .expect_err("the phone cannot have paired");
+    assert_eq!(err, PhoneError::PairingInterrupted);
+    let said =
+        tokio::task::block_in_place(|| agent.line_starting("Ana's phone did not get the answer"));
+    assert!(said.contains(&err.to_string()), "the same words on both sides: {said:?} / {err}");
+    assert!(phone.desktops().is_empty(), "the phone keeps no desktop");
+    assert!(
+        !common::peer_file(&dir.path().join("agent"), &phone_id).exists(),
+        "the desktop keeps no device"
+    );
+    phone.close().await;
 }

@@ -150,11 +150,15 @@ async fn the_phone_engine_pairs_runs_tasks_and_survives_a_crash() {
         assert_eq!(offs, (0..offs.len() as u64).collect::<Vec<_>>(), "task {task}");
     }
 
-    // Revoked: the relay refuses the phone's messages.
+    // Revoked: the relay refuses the phone's messages. The task stays in
+    // the outbox, and the call says so (with its id, for a retry).
     let revoked = tandem(dir.path(), &["revoke", "Ana's phone"]);
     assert!(revoked.contains("refuses it"), "{revoked}");
     let err = phone.submit(&desktop, "count 1 1", None).await.unwrap_err();
-    assert_eq!(err, PhoneError::Revoked);
+    assert!(
+        matches!(&err, PhoneError::Queued { task_id: Some(_), cause } if **cause == PhoneError::Revoked),
+        "{err:?}"
+    );
     phone.close().await;
     drop(agent);
 }

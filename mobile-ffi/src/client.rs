@@ -94,6 +94,7 @@ impl ClientConfig {
             extra_roots_pem: self.extra_roots_pem,
             schedule,
             step_hook: None,
+            ..PhoneConfig::new("", "")
         }
     }
 }
@@ -179,8 +180,11 @@ impl TandemClient {
     /// its first).
     ///
     /// # Errors
-    /// [`MobileError::UnknownDesktop`], [`MobileError::Revoked`],
-    /// [`MobileError::Storage`].
+    /// [`MobileError::UnknownDesktop`], [`MobileError::Storage`],
+    /// [`MobileError::Closed`] (nothing queued); [`MobileError::Queued`]:
+    /// refused for now but still queued (its message names the task id and
+    /// why), it may run later: retry with
+    /// [`submit_with_id`](Self::submit_with_id), never with a new submit.
     #[uniffi::method(default(executor = None))]
     pub async fn submit(
         &self,
@@ -190,6 +194,27 @@ impl TandemClient {
     ) -> Result<String, MobileError> {
         let phone = self.core.phone.clone();
         self.core.runtime.run(async move { phone.submit(&desktop_id, &text, executor).await }).await
+    }
+
+    /// Submit a task under an id of your choosing (1 to 256 bytes): the
+    /// desktop runs a task id once, so a retry after `Queued` or `Timeout`
+    /// with the same id never runs the task twice.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    #[uniffi::method(default(executor = None))]
+    pub async fn submit_with_id(
+        &self,
+        desktop_id: String,
+        task_id: String,
+        text: String,
+        executor: Option<String>,
+    ) -> Result<(), MobileError> {
+        let phone = self.core.phone.clone();
+        self.core
+            .runtime
+            .run(async move { phone.submit_with_id(&desktop_id, &task_id, &text, executor).await })
+            .await
     }
 
     /// Send a follow-up to a task (a running task reads it; a finished one

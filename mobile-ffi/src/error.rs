@@ -48,6 +48,14 @@ pub enum MobileError {
     /// user to show a new code on the desktop and scan it.
     #[error("pairing interrupted: scan again")]
     PairingInterrupted,
+    /// Not delivered yet, and it may still be: the relay refused it for now
+    /// (the message names why, e.g. revoked) or the connection closed before
+    /// it answered; it stays in the outbox and goes out on the next
+    /// reconnect. Do not send it again as new: for a submit, the message
+    /// names the task id; retry with `submitWithId` and that id (the desktop
+    /// runs a task id once).
+    #[error("{0}")]
+    Queued(String),
     /// No answer in time.
     #[error("timed out")]
     Timeout,
@@ -84,6 +92,7 @@ impl From<PhoneError> for MobileError {
             PhoneError::Closed => Self::Closed,
             PhoneError::Protocol(m) => Self::Protocol(m),
             PhoneError::InvalidConfig(m) => Self::InvalidUse(m),
+            e @ PhoneError::Queued { .. } => Self::Queued(e.to_string()),
         }
     }
 }
@@ -108,6 +117,16 @@ mod tests {
             (PhoneError::Timeout, MobileError::Timeout),
             (PhoneError::Closed, MobileError::Closed),
             (PhoneError::Protocol("p".into()), MobileError::Protocol("p".into())),
+            (
+                PhoneError::Queued {
+                    task_id: Some("t1".into()),
+                    cause: Box::new(PhoneError::Revoked),
+                },
+                MobileError::Queued(
+                    "not delivered yet, still queued (task t1): this phone was revoked by the desktop"
+                        .into(),
+                ),
+            ),
         ];
         for (phone, mobile) in cases {
             let text = phone.to_string();

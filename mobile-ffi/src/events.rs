@@ -107,7 +107,9 @@ pub enum ClientEvent {
         message: String,
     },
     /// The listener fell behind and `missed` events were dropped before it
-    /// saw them. Refresh from `TandemClient::tasks` and `history`.
+    /// saw them; or, to the first listener, more than 256 events were
+    /// reported before it subscribed and the `missed` oldest were dropped.
+    /// Refresh from `TandemClient::tasks` and `history`.
     Lagged {
         /// How many events were dropped.
         missed: u64,
@@ -141,6 +143,8 @@ impl From<tandem_phone::PhoneEvent> for ClientEvent {
             PhoneEvent::DesktopSetAside { desktop_id, moved_to, message } => {
                 Self::DesktopSetAside { desktop_id, moved_to, message }
             }
+            // The same advice: reload from `tasks` and `history`.
+            PhoneEvent::EarlyEventsDropped { missed } => Self::Lagged { missed },
         }
     }
 }

@@ -44,6 +44,21 @@ pub enum PhoneError {
     /// Show a new code on the desktop and scan it.
     #[error("pairing interrupted: scan again")]
     PairingInterrupted,
+    /// The message was not delivered yet, and may still be: it stays in the
+    /// outbox (the relay refused it for now: `not_authorized`, `revoked`,
+    /// too large; or the connection closed before the relay answered) and
+    /// goes out again on the next reconnect, presence or restart of this
+    /// phone. Do not send it again as a new message: a retry of a task
+    /// submit with the same `task_id` ([`crate::Phone::submit_with_id`]) is
+    /// harmless (the desktop runs a task id once).
+    #[error("not delivered yet, still queued{}: {cause}", task_id.as_ref().map_or(String::new(), |t| format!(" (task {t})")))]
+    Queued {
+        /// The task's id, for a task submit.
+        task_id: Option<String>,
+        /// Why the relay did not take it ([`PhoneError::Revoked`] for
+        /// `not_authorized`/`revoked`, [`PhoneError::Closed`], …).
+        cause: Box<PhoneError>,
+    },
     /// No answer in time.
     #[error("timed out")]
     Timeout,

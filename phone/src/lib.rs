@@ -33,8 +33,8 @@ mod store;
 
 pub use error::PhoneError;
 pub use phone::{
-    ConnectionState, DEVICE_KEY_SECRET, DesktopSummary, HistoryPage, Pairing, Phone, PhoneConfig,
-    PhoneEvent, StepHook, TaskEventRecord,
+    ConnectionState, DEVICE_KEY_SECRET, DesktopSummary, FIRST_REPLAY, HistoryPage, Pairing, Phone,
+    PhoneConfig, PhoneEvent, StepHook, TaskEventRecord,
 };
 pub use secrets::{FileSecretStore, SecretStore};
 pub use tandem_proto::message::{FinishStatus, TaskEvent, TaskState, TaskSummary};

@@ -7,8 +7,9 @@
 //! Bounded: at most [`MAX_TASKS`] tasks are tracked per desktop. Past that,
 //! the tasks seen finishing are forgotten, the oldest first (a desktop keeps
 //! 500 tasks by default, so a task forgotten here is one the desktop no
-//! longer keeps either). Unfinished tasks are never forgotten (the desktop
-//! caps how many it runs). An event of a forgotten task is a gap from 0: its
+//! longer keeps either). A task the desktop lists as finished (`TaskList`)
+//! counts as seen finishing even when its `Finished` never arrived live.
+//! Unfinished tasks are never forgotten (the desktop caps how many it runs). An event of a forgotten task is a gap from 0: its
 //! history is asked for again, as for a task never seen.
 //!
 //! The offsets are saved in the desktop's file together with its `Link`,
@@ -72,6 +73,19 @@ impl Offsets {
             self.finished.push_back(task.to_owned());
             self.prune();
         }
+    }
+
+    /// The desktop listed `task` as finished (a `TaskList`): a tracked task
+    /// whose `Finished` never arrived live (the phone was detached, or the
+    /// gap was never filled) counts as finished too, so that the cap can
+    /// forget it. Its place is the oldest: its finish was not seen, so it
+    /// is no newer than any that was. A task already counted keeps its place.
+    pub fn listed_finished(&mut self, task: &str) {
+        if !self.next.contains_key(task) || self.finished.iter().any(|t| t == task) {
+            return;
+        }
+        self.finished.push_front(task.to_owned());
+        self.prune();
     }
 
     /// Forget the oldest finished tasks while more than [`MAX_TASKS`] are kept.
@@ -233,5 +247,27 @@ mod tests {
             u.observe(&format!("u{i}"), 0);
         }
         assert_eq!(u.len(), MAX_TASKS + 1);
+    }
+
+    #[test]
+    fn tasks_listed_as_finished_count_as_finished() {
+        let mut o = Offsets::default();
+        for i in 0..MAX_TASKS {
+            assert_eq!(o.observe(&format!("t{i}"), 0), Verdict::Deliver);
+        }
+        // None was seen finishing live; the task list says t5 and t7 are.
+        o.listed_finished("t7");
+        o.listed_finished("t5");
+        o.listed_finished("t5");
+        o.listed_finished("never-seen");
+        assert_eq!(o.finished(), ["t5", "t7"]);
+        assert_eq!(o.observe("new", 0), Verdict::Deliver);
+        assert_eq!(o.len(), MAX_TASKS);
+        assert_eq!(o.next("t5"), 0, "the listed finished task went first");
+        assert_eq!(o.next("t7"), 1);
+        // One seen finishing live is not moved by a later list.
+        o.note("t9", true);
+        o.listed_finished("t9");
+        assert_eq!(o.finished(), ["t7", "t9"]);
     }
 }

@@ -45,6 +45,8 @@ use crate::offsets::{Offsets, Verdict};
 use crate::secrets::{FileSecretStore, SecretStore};
 use crate::store::{self, DesktopRecord};
 
+mod connection;
+mod early;
 mod incoming;
 mod outbox;
 mod pairing;
@@ -52,6 +54,7 @@ mod renewal;
 mod requests;
 mod types;
 
+pub use early::FIRST_REPLAY;
 pub use pairing::Pairing;
 pub use renewal::StepHook;
 pub use types::{
@@ -177,11 +180,14 @@ struct Inner {
     state: Mutex<State>,
     entropy: Mutex<Entropy>,
     events: broadcast::Sender<PhoneEvent>,
-    /// The receiver made at open, holding what was reported before anyone
-    /// subscribed (damaged files): the first subscriber gets it.
-    first: Mutex<Option<broadcast::Receiver<PhoneEvent>>>,
+    /// What was reported before anyone subscribed (damaged files, and
+    /// whatever happened until then), bounded: the first subscriber gets
+    /// it; `None` from then on.
+    early: Mutex<Option<early::Early>>,
     schedule: Schedule,
     step_hook: Option<StepHook>,
+    /// [`PhoneConfig::pairing_interrupted_wait`].
+    pairing_interrupted_wait: Duration,
 }
 
 /// The phone side of Tandem. Cheap to clone; needs a tokio runtime.
@@ -255,7 +261,7 @@ impl Phone {
             ephemeral: false,
         };
         let (records, set_aside) = store::load_all(&config.data_dir).map_err(storage)?;
-        let (events, first) = broadcast::channel(EVENT_BUFFER);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let inner = Arc::new(Inner {
             data_dir: config.data_dir.clone(),
             key,
@@ -264,9 +270,10 @@ impl Phone {
             state: Mutex::new(State::default()),
             entropy: Mutex::new(entropy),
             events,
-            first: Mutex::new(Some(first)),
+            early: Mutex::new(Some(early::Early::default())),
             schedule: config.schedule,
             step_hook: config.step_hook.clone(),
+            pairing_interrupted_wait: config.pairing_interrupted_wait,
         });
         let phone = Phone { inner };
         for s in set_aside {
@@ -313,16 +320,28 @@ impl Phone {
     /// refusals and losses. A subscriber that falls more than 4096 events
     /// behind misses the oldest (`RecvError::Lagged`) and should reload
     /// history. The first subscriber also gets what was reported since
-    /// [`Phone::open`] ([`PhoneEvent::DesktopSetAside`]).
+    /// [`Phone::open`]: every [`PhoneEvent::DesktopSetAside`] and the newest
+    /// [`FIRST_REPLAY`] other events, after a
+    /// [`PhoneEvent::EarlyEventsDropped`] if older ones were dropped.
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<PhoneEvent> {
-        let first =
-            self.inner.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        first.unwrap_or_else(|| self.inner.events.subscribe())
+        let mut early = self.inner.early.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rx = self.inner.events.subscribe();
+        // Under the lock: no event is emitted between these and the new ones.
+        for e in early.take().map(early::Early::replay).unwrap_or_default() {
+            let _ = self.inner.events.send(e);
+        }
+        rx
     }
 
     fn emit(&self, e: PhoneEvent) {
-        let _ = self.inner.events.send(e);
+        let mut early = self.inner.early.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match early.as_mut() {
+            Some(kept) => kept.push(e),
+            None => {
+                let _ = self.inner.events.send(e);
+            }
+        }
     }
 
     /// The connection to `url`, started if there is none.
@@ -368,187 +387,6 @@ impl Phone {
             },
         );
         client
-    }
-
-    async fn run_relay(self, url: String, mut events: mpsc::Receiver<Event>) {
-        while let Some(ev) = events.recv().await {
-            match ev {
-                Event::Connected { store_epoch, .. } => {
-                    self.new_epoch(&url, store_epoch);
-                    // Not the first attempt: the relay may have restarted
-                    // and forgotten the mailbox of a pairing under way,
-                    // which claims it again.
-                    let waiting: Vec<_> = {
-                        let st = self.lock();
-                        let again = st
-                            .relays
-                            .get(&url)
-                            .is_some_and(|r| !matches!(r.state, ConnectionState::Connecting));
-                        st.pairings
-                            .values()
-                            .filter(|(u, _)| again && *u == url)
-                            .map(|(_, tx)| tx.clone())
-                            .collect()
-                    };
-                    self.connection(&url, ConnectionState::Connected, true);
-                    for tx in waiting {
-                        let _ = tx.try_send(pairing::PairInput::Reconnected);
-                    }
-                }
-                Event::Disconnected { retry_in, code, reason } => {
-                    let state = if retry_in == Duration::MAX
-                        && matches!(
-                            code,
-                            Some(
-                                tandem_proto::ErrorCode::Revoked
-                                    | tandem_proto::ErrorCode::AuthFailed
-                            )
-                        ) {
-                        ConnectionState::Revoked
-                    } else {
-                        let ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX);
-                        ConnectionState::Reconnecting { retry_in_ms: ms }
-                    };
-                    debug!(relay = %url, reason, "disconnected");
-                    self.connection(&url, state, false);
-                }
-                Event::Presence { peer, online } => {
-                    let id = peer.to_string();
-                    let known = {
-                        let mut st = self.lock();
-                        match st.desktops.get_mut(&id) {
-                            Some(d) => {
-                                d.online = online;
-                                d.sent.presence(online);
-                                true
-                            }
-                            None => false,
-                        }
-                    };
-                    if known {
-                        self.emit(PhoneEvent::Presence { desktop_id: id.clone(), online });
-                        if online {
-                            self.resend(&id, false);
-                            // Both online: a renewal that is due starts now.
-                            self.upkeep(&id);
-                        }
-                    }
-                }
-                Event::Deliver { delivery_id, from, payload } => {
-                    // Saved (or nothing to keep): the relay may delete it now.
-                    // Not saved: no ack, so the relay delivers it again.
-                    if self.deliver(&url, from, &payload)
-                        && let Some(r) = self.lock().relays.get(&url)
-                    {
-                        r.client.ack(delivery_id);
-                    }
-                }
-                Event::Restarting { .. } => {
-                    if let Some(r) = self.lock().relays.get_mut(&url) {
-                        r.restarted = true;
-                    }
-                }
-                Event::PairMessage { pairing_id, payload, .. } => {
-                    let tx = self.lock().pairings.get(&pairing_id).map(|(_, tx)| tx.clone());
-                    if let Some(tx) = tx {
-                        let _ = tx.try_send(pairing::PairInput::Message(payload));
-                    }
-                }
-                other => debug!(?other, "relay event"),
-            }
-        }
-    }
-
-    fn connection(&self, url: &str, state: ConnectionState, connected: bool) {
-        let mut restarted = false;
-        let ids: Vec<String> = {
-            let mut st = self.lock();
-            if let Some(r) = st.relays.get_mut(url) {
-                r.state = state;
-                if connected {
-                    restarted = std::mem::take(&mut r.restarted);
-                }
-            }
-            let ids: Vec<String> = st
-                .desktops
-                .values()
-                .filter(|d| d.record.relay_url == url)
-                .map(|d| d.record.desktop_id.clone())
-                .collect();
-            if !connected {
-                for id in &ids {
-                    if let Some(d) = st.desktops.get_mut(id) {
-                        d.online = false;
-                        d.sent.presence(false);
-                    }
-                }
-            }
-            ids
-        };
-        if connected {
-            // A gap fill whose answer was lost with the old connection is
-            // asked for again at the next gap.
-            let mut st = self.lock();
-            for id in &ids {
-                if let Some(d) = st.desktops.get_mut(id) {
-                    d.offsets.forget_fills();
-                }
-            }
-        }
-        if connected {
-            self.reauthorize(url, &ids);
-        }
-        for id in ids {
-            self.emit(PhoneEvent::Connection { desktop_id: id.clone(), state });
-            if connected {
-                self.resend(&id, restarted);
-            }
-        }
-    }
-
-    /// A connection to `url` names store `epoch`: unless it is the epoch of
-    /// the previous connection, the relay may not hold what it stored
-    /// before, so the next resend sends everything (as after a restart).
-    fn new_epoch(&self, url: &str, epoch: u64) {
-        if let Some(r) = self.lock().relays.get_mut(url)
-            && r.epoch.replace(epoch) != Some(epoch)
-        {
-            r.restarted = true;
-        }
-    }
-
-    /// Authorise the routes to `desktops` again, in the background: a relay
-    /// whose data was wiped or restored from an older copy (a new store
-    /// epoch, PROTOCOL.md §6.6) has lost them; authorising is idempotent.
-    /// A refusal for now (the relay's store cannot write, it is busy) is
-    /// tried again, 1 s doubling to 30 s, while the desktop is still paired
-    /// here: otherwise the route would stay lost until the next reconnect.
-    fn reauthorize(&self, url: &str, desktops: &[String]) {
-        let Some(client) = self.lock().relays.get(url).map(|r| r.client.clone()) else { return };
-        for id in desktops {
-            let Ok(desktop) = id.parse::<DeviceId>() else { continue };
-            let (client, phone, id) = (client.clone(), self.clone(), id.clone());
-            tokio::spawn(async move {
-                let mut wait = Duration::from_secs(1);
-                loop {
-                    match client.authorize(desktop).await {
-                        Ok(()) => return,
-                        Err(e) if e.is_temporary() => {
-                            debug!(desktop = %desktop, error = %e, "the route is authorised again later");
-                        }
-                        Err(e) => {
-                            debug!(desktop = %desktop, error = %e, "the relay did not take the route again");
-                            return;
-                        }
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                    if !phone.lock().desktops.contains_key(&id) {
-                        return;
-                    }
-                }
-            });
-        }
     }
 
     fn save_locked(&self, d: &mut Desktop) -> Result<(), PhoneError> {

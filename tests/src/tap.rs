@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::{SinkExt, StreamExt};
-use tandem_proto::frame::Frame;
+use tandem_proto::frame::{Frame, FrameType};
 use tandem_proto::{DeviceId, ErrorCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -82,24 +82,44 @@ pub type OnFrame = Arc<dyn Fn(&Captured) + Send + Sync>;
 struct Shared {
     captured: Mutex<Vec<Captured>>,
     on_frame: Option<OnFrame>,
-    /// Per recipient, how many more `Send`s to refuse.
-    refuse: Mutex<Vec<(DeviceId, usize)>>,
+    /// Per recipient, how many more `Send`s to refuse, the smallest payload
+    /// refused and the code refused with.
+    refuse: Mutex<Vec<(DeviceId, usize, usize, ErrorCode)>>,
+    /// A frame type from the relay, and how many more of it pass before
+    /// the one that cuts the connection instead.
+    drop_at: Mutex<Option<(FrameType, usize)>>,
+    /// Set by that cut: no connection is taken from then on.
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     /// The refusal for `frame` if it is a `Send` the tap must refuse.
     fn refusal(&self, frame: &[u8]) -> Option<Vec<u8>> {
-        let Ok(Frame::Send { send_id, to, .. }) = Frame::decode(frame) else { return None };
+        let Ok(Frame::Send { send_id, to, payload }) = Frame::decode(frame) else { return None };
         let mut refuse = self.refuse.lock().unwrap_or_else(PoisonError::into_inner);
-        let left = refuse.iter_mut().find(|(d, n)| *d == to && *n > 0)?;
+        let left =
+            refuse.iter_mut().find(|(d, n, min, _)| *d == to && *n > 0 && payload.len() >= *min)?;
         left.1 -= 1;
-        Frame::Error {
-            code: ErrorCode::QueueFull,
-            ref_id: send_id,
-            message: "refused by the test tap".into(),
+        Frame::Error { code: left.3, ref_id: send_id, message: "refused by the test tap".into() }
+            .encode()
+            .ok()
+    }
+
+    /// Whether `frame`, from the relay, is the one [`Tap::cut_at_from_relay`]
+    /// waits for.
+    fn drops(&self, frame: &[u8]) -> bool {
+        let mut drop_at = self.drop_at.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((kind, left)) = drop_at.as_mut() else { return false };
+        if Frame::decode(frame).map(|f| f.frame_type()).ok() != Some(*kind) {
+            return false;
         }
-        .encode()
-        .ok()
+        if *left > 0 {
+            *left -= 1;
+            return false;
+        }
+        *drop_at = None;
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        true
     }
 
     fn record(&self, direction: Direction, bytes: &[u8]) {
@@ -154,11 +174,16 @@ impl Tap {
             captured: Mutex::new(Vec::new()),
             on_frame,
             refuse: Mutex::new(Vec::new()),
+            drop_at: Mutex::new(None),
+            down: std::sync::atomic::AtomicBool::new(false),
         });
         let (cuts, cut_rx) = watch::channel(0u64);
         let s = Arc::clone(&shared);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                if s.down.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
                 let _ = tcp.set_nodelay(true);
                 tokio::spawn(carry(tcp, upstream, Arc::clone(&s), cut_rx.clone()));
             }
@@ -181,16 +206,37 @@ impl Tap {
     /// Refuse the next `n` `Send`s addressed to `to` (from any device): they
     /// are not passed on, and the sender gets `Error{queue_full}` for each.
     pub fn refuse_sends_to(&self, to: DeviceId, n: usize) {
+        self.refuse_large_sends_to(to, n, 0);
+    }
+
+    /// As [`Tap::refuse_sends_to`], counting only `Send`s whose payload has
+    /// at least `min_len` bytes: a test can target one large message and let
+    /// the small records around it (acknowledgements) through.
+    pub fn refuse_large_sends_to(&self, to: DeviceId, n: usize, min_len: usize) {
+        self.refuse_sends_with(to, n, min_len, ErrorCode::QueueFull);
+    }
+
+    /// As [`Tap::refuse_large_sends_to`], refusing with `code` (for example
+    /// `not_authorized`, as a relay that lost the route answers).
+    pub fn refuse_sends_with(&self, to: DeviceId, n: usize, min_len: usize, code: ErrorCode) {
         let mut refuse = self.shared.refuse.lock().unwrap_or_else(PoisonError::into_inner);
-        refuse.retain(|(d, _)| *d != to);
-        refuse.push((to, n));
+        refuse.retain(|(d, ..)| *d != to);
+        refuse.push((to, n, min_len, code));
     }
 
     /// How many refusals set with [`Tap::refuse_sends_to`] are left for `to`.
     #[must_use]
     pub fn refusals_left(&self, to: DeviceId) -> usize {
         let refuse = self.shared.refuse.lock().unwrap_or_else(PoisonError::into_inner);
-        refuse.iter().find(|(d, _)| *d == to).map_or(0, |(_, n)| *n)
+        refuse.iter().find(|(d, ..)| *d == to).map_or(0, |(_, n, ..)| *n)
+    }
+
+    /// Let `pass` more frames of type `kind` from the relay through, then
+    /// cut the connection that the next one is for instead of passing it on,
+    /// and take no connection from then on: the device's own network drops
+    /// with the frame in flight and stays down (the relay keeps running).
+    pub fn cut_at_from_relay(&self, kind: FrameType, pass: usize) {
+        *self.shared.drop_at.lock().unwrap_or_else(PoisonError::into_inner) = Some((kind, pass));
     }
 
     /// Close every connection open now (devices reconnect through the tap).
@@ -287,6 +333,9 @@ async fn carry(
                 Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
                     if let Message::Binary(b) = &m {
                         shared.record(Direction::FromRelay, b);
+                        if shared.drops(b) {
+                            return;
+                        }
                     }
                     if to_device.send(m).await.is_err() {
                         return;

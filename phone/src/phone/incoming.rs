@@ -244,9 +244,12 @@ fn apply(
         }
         Message::TaskList { tasks } => {
             if let Some(d) = st.desktops.get_mut(id) {
+                // Newest first: each listed finished task goes before the
+                // others, so the oldest ends up forgotten first.
                 for t in &tasks {
                     if t.state == tandem_proto::message::TaskState::Finished {
                         d.active.remove(&t.task_id);
+                        d.offsets.listed_finished(&t.task_id);
                     } else {
                         d.active.insert(t.task_id.clone());
                     }

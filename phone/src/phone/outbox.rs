@@ -17,7 +17,10 @@
 //!   back, everything not acknowledged goes out again;
 //! * a message the relay holds that the desktop has still not acknowledged
 //!   after both were online for [`STALE`] goes out again (the relay may have
-//!   lost it: its data restored or wiped), once per [`STALE`] at most;
+//!   lost it: its data restored or wiped), once per [`STALE`] at most; while
+//!   the desktop stays online without acknowledging, the wait doubles up to
+//!   [`STALE_MAX`] (a desktop that cannot open them does not get the outbox
+//!   every 30 s forever); its next acknowledgement resets it;
 //! * after a session renewal completes, everything not acknowledged goes
 //!   out again under the new session (what the relay holds may be sealed
 //!   under one the desktop erased);
@@ -44,6 +47,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// How long a message the relay holds may stay unacknowledged while both
 /// sides are online before it is sent again.
 pub(super) const STALE: Duration = Duration::from_secs(30);
+/// The longest wait between two stale resends to a desktop that stays
+/// online and does not acknowledge.
+pub(super) const STALE_MAX: Duration = Duration::from_secs(300);
 
 type Waiter = tokio::sync::oneshot::Sender<Result<(), PhoneError>>;
 
@@ -64,6 +70,12 @@ pub(super) struct Sent {
     online_since: Option<Instant>,
     /// Callers of `send` waiting for the relay's answer about a message.
     waiting: BTreeMap<u64, Vec<Waiter>>,
+    /// How long a held message waits for the desktop's acknowledgement
+    /// before it goes out again ([`STALE`] doubling to [`STALE_MAX`]; zero:
+    /// not set yet, [`STALE`]).
+    stale_wait: Duration,
+    /// The oldest message not acknowledged at the last prune.
+    acked: u64,
 }
 
 impl Sent {
@@ -90,8 +102,23 @@ impl Sent {
         }
     }
 
-    /// Forget what the desktop acknowledged (below `oldest`).
+    /// The current wait before a held message counts as stale.
+    fn stale_after(&self) -> Duration {
+        self.stale_wait.max(STALE)
+    }
+
+    /// Held messages went out again as stale: wait twice as long next time.
+    fn stale_resent(&mut self) {
+        self.stale_wait = (self.stale_after() * 2).min(STALE_MAX);
+    }
+
+    /// Forget what the desktop acknowledged (below `oldest`). An
+    /// acknowledgement that moved `oldest` resets the stale wait.
     pub(super) fn prune(&mut self, oldest: u64) {
+        if oldest > self.acked {
+            self.acked = oldest;
+            self.stale_wait = STALE;
+        }
         self.held = self.held.split_off(&oldest);
         self.in_flight = self.in_flight.split_off(&oldest);
         let acked: Vec<u64> = self.waiting.range(..oldest).map(|(s, _)| *s).collect();
@@ -107,7 +134,8 @@ impl Sent {
             return true;
         }
         let online_long = self.online_since.is_some_and(|t| now.duration_since(t) >= STALE);
-        online_long && self.held.values().any(|t| now.duration_since(*t) >= STALE)
+        let wait = self.stale_after();
+        online_long && self.held.values().any(|t| now.duration_since(*t) >= wait)
     }
 }
 
@@ -214,8 +242,14 @@ impl Phone {
             d.sent.in_flight.clear();
         } else if d.sent.online_since.is_some_and(|t| now.duration_since(t) >= STALE) {
             // Held this long while the desktop was online, and not
-            // acknowledged: the relay may have lost it.
-            d.sent.held.retain(|_, t| now.duration_since(*t) < STALE);
+            // acknowledged: the relay may have lost it. Then longer, while
+            // the desktop stays online without acknowledging.
+            let wait = d.sent.stale_after();
+            let before = d.sent.held.len();
+            d.sent.held.retain(|_, t| now.duration_since(*t) < wait);
+            if d.sent.held.len() < before {
+                d.sent.stale_resent();
+            }
         }
         d.sent.due = None;
         let skip: BTreeSet<u64> =
@@ -303,6 +337,38 @@ mod tests {
         assert!(s.due(now));
         s.prune(4);
         assert!(!s.due(now), "acknowledged: nothing left");
+    }
+
+    #[test]
+    fn stale_resends_back_off_while_the_desktop_does_not_acknowledge() {
+        // A virtual clock: instants well after any the monotonic clock shows.
+        let start = Instant::now() + STALE_MAX * 4;
+        let mut s = Sent::default();
+        s.prune(3);
+        s.online_since = Some(start);
+        let mut at = start;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            // Held since `at`: due once the current wait passed, not before.
+            s.held.insert(3, at);
+            let wait = s.stale_after();
+            assert!(!s.due(at + wait - Duration::from_secs(1)));
+            assert!(s.due(at + wait));
+            waits.push(wait.as_secs());
+            // Sent again as stale (as `resend` does), and held again.
+            s.held.clear();
+            s.stale_resent();
+            at += wait;
+        }
+        assert_eq!(waits, [30, 60, 120, 240, 300, 300]);
+        // The desktop acknowledges: back to the first wait.
+        s.prune(4);
+        s.held.insert(4, at);
+        assert!(s.due(at + STALE));
+        // A prune that acknowledges nothing new does not reset it.
+        s.stale_resent();
+        s.prune(4);
+        assert!(!s.due(at + STALE));
     }
 
     #[test]

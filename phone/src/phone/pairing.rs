@@ -41,6 +41,9 @@ pub(super) enum PairInput {
     /// The connection to its relay came (back) up: the relay may have
     /// restarted and forgotten the mailbox.
     Reconnected,
+    /// The connection to its relay dropped: what the desktop sends now is
+    /// lost.
+    Disconnected,
 }
 
 /// Whether a failed claim is worth another try: it may not have reached a
@@ -153,6 +156,8 @@ impl Phone {
                     Err(_) => return Err(PhoneError::Timeout),
                     Ok(None) => return Err(PhoneError::Closed),
                     Ok(Some(PairInput::Message(m))) => break m,
+                    // The claim is made again once the connection is back.
+                    Ok(Some(PairInput::Disconnected)) => {}
                     Ok(Some(PairInput::Reconnected)) => {
                         // A fresh hello: the desktop starts over from it.
                         // A claim made again that cannot be made ends the
@@ -267,12 +272,21 @@ impl Pairing {
 /// Wait for the desktop's result in the mailbox; after a reconnection,
 /// claim the mailbox again with the same confirmation record, so that the
 /// desktop sends its result (again).
+///
+/// While the connection is down the wait is cut to `interrupted_wait` from
+/// the drop ([`PhoneConfig::pairing_interrupted_wait`]): a result sent
+/// meanwhile is lost, and the desktop gives up on a phone that shows no
+/// sign of having got it after about that long. A connection back in time
+/// claims again, which makes the desktop answer again (or fails: the
+/// desktop gave up), and waits as before.
 async fn result(
     client: &Client,
     (rx, pid, confirm): &mut (mpsc::Receiver<PairInput>, [u8; 16], Vec<u8>),
     url: &str,
+    interrupted_wait: Duration,
 ) -> Result<Vec<u8>, PhoneError> {
-    let until = Instant::now() + CONFIRM_WAIT;
+    let confirm_until = Instant::now() + CONFIRM_WAIT;
+    let mut until = confirm_until;
     let mut interrupted = false;
     loop {
         match tokio::time::timeout_at(until, rx.recv()).await {
@@ -280,8 +294,13 @@ async fn result(
             Err(_) => return Err(PhoneError::Timeout),
             Ok(None) => return Err(PhoneError::Closed),
             Ok(Some(PairInput::Message(m))) => return Ok(m),
+            Ok(Some(PairInput::Disconnected)) => {
+                interrupted = true;
+                until = until.min(Instant::now() + interrupted_wait);
+            }
             Ok(Some(PairInput::Reconnected)) => {
                 interrupted = true;
+                until = confirm_until;
                 let again = || Ok(((), confirm.clone()));
                 if let Err(e) = claim(client, *pid, url, None, true, again).await {
                     info!(error = %e, "the pairing could not be taken up again");
@@ -303,7 +322,7 @@ async fn finish(
         let mut st = phone.lock();
         phone.start_relay(&mut st, url)
     };
-    let result = result(&client, &mut mailbox, url).await?;
+    let result = result(&client, &mut mailbox, url, phone.inner.pairing_interrupted_wait).await?;
     let envelope = Envelope::decode(&result).map_err(|e| PhoneError::Protocol(e.to_string()))?;
     let info = waiting.desktop_info().clone();
     let paired = waiting.on_result(&envelope)?;

@@ -8,7 +8,10 @@ impl Phone {
     /// Seal `m` for a desktop, save, and hand it to the connection's
     /// in-order sender. Resolves when the relay stored it, or after a while
     /// if the relay is unreachable or refuses it for now (it stays in the
-    /// outbox and goes out again: see [`super::outbox`]).
+    /// outbox and goes out again: see [`super::outbox`]). A refusal for good
+    /// after it was sealed is [`PhoneError::Queued`]: the message is still in
+    /// the outbox and may yet arrive, so the caller must not report it as
+    /// not sent.
     async fn send(&self, desktop_id: &str, m: &Message) -> Result<(), PhoneError> {
         let bytes = m.encode().map_err(|e| PhoneError::Protocol(e.to_string()))?;
         let answer = {
@@ -47,17 +50,20 @@ impl Phone {
             return Ok(());
         };
         match tokio::time::timeout(SEND_WAIT, answer).await {
-            Ok(Ok(Err(e))) => Err(e),
+            Ok(Ok(Err(e))) => Err(PhoneError::Queued { task_id: None, cause: Box::new(e) }),
             // Stored; or not yet: it stays in the outbox and goes out again.
             _ => Ok(()),
         }
     }
 
-    /// Submit a task; returns its id.
+    /// Submit a task under a fresh id; returns its id.
     ///
     /// # Errors
-    /// [`PhoneError::UnknownDesktop`], [`PhoneError::Revoked`],
-    /// [`PhoneError::Storage`].
+    /// [`PhoneError::UnknownDesktop`], [`PhoneError::Storage`],
+    /// [`PhoneError::Closed`] (nothing was queued);
+    /// [`PhoneError::Queued`] with the task's id: refused for now, still
+    /// queued, it may run later; retry with [`Phone::submit_with_id`] and
+    /// that id, never with a new submit.
     pub async fn submit(
         &self,
         desktop_id: &str,
@@ -72,20 +78,42 @@ impl Phone {
             .fill(&mut raw)
             .map_err(storage)?;
         let task_id = data_encoding::HEXLOWER.encode(&raw);
+        self.submit_with_id(desktop_id, &task_id, text, executor).await?;
+        Ok(task_id)
+    }
+
+    /// Submit a task under `task_id` (1 to 256 bytes): the desktop runs a
+    /// task id once, so submitting the same id again (a retry after
+    /// [`PhoneError::Queued`] or a timeout) never runs it twice.
+    ///
+    /// # Errors
+    /// As [`Phone::submit`].
+    pub async fn submit_with_id(
+        &self,
+        desktop_id: &str,
+        task_id: &str,
+        text: &str,
+        executor: Option<String>,
+    ) -> Result<(), PhoneError> {
         let m = Message::TaskSubmit {
-            task_id: task_id.clone(),
+            task_id: task_id.to_owned(),
             text: text.to_owned(),
             workspace: None,
             executor,
         };
-        self.send(desktop_id, &m).await?;
-        Ok(task_id)
+        self.send(desktop_id, &m).await.map_err(|e| match e {
+            PhoneError::Queued { cause, .. } => {
+                PhoneError::Queued { task_id: Some(task_id.to_owned()), cause }
+            }
+            e => e,
+        })
     }
 
     /// More input for a running or finished (resumable) task.
     ///
     /// # Errors
-    /// As [`Phone::submit`].
+    /// As [`Phone::submit`]; [`PhoneError::Queued`] means the follow-up may
+    /// still arrive: do not send it again.
     pub async fn follow_up(
         &self,
         desktop_id: &str,

@@ -25,6 +25,13 @@ pub struct PhoneConfig {
     /// `renew.init_saved` …). For crash tests, which abort the process
     /// there; `None` in apps.
     pub step_hook: Option<StepHook>,
+    /// How long a pairing waits for the desktop's result once its relay
+    /// connection dropped and came back while it waited (the result may
+    /// have been lost on the way): the desktop gives up on a phone that
+    /// shows no sign of having got its answer after the same time (its
+    /// `unfinished_pairing_secs`, at most 60 s), so both say "pairing
+    /// interrupted: scan again" within about the same time. Default 60 s.
+    pub pairing_interrupted_wait: Duration,
 }
 
 impl PhoneConfig {
@@ -40,6 +47,7 @@ impl PhoneConfig {
             extra_roots_pem: Vec::new(),
             schedule: Schedule::default(),
             step_hook: None,
+            pairing_interrupted_wait: Duration::from_secs(60),
         }
     }
 }
@@ -200,5 +208,14 @@ pub enum PhoneEvent {
         moved_to: Option<String>,
         /// The whole story, for a person: what was wrong and what to do.
         message: String,
+    },
+    /// To the first subscriber only: more events were reported before it
+    /// subscribed than it is replayed (the newest
+    /// [`FIRST_REPLAY`](crate::FIRST_REPLAY) and every `DesktopSetAside`),
+    /// and the `missed` oldest were dropped. What to do: load what is shown
+    /// from `Phone::tasks` and `Phone::history` rather than from events.
+    EarlyEventsDropped {
+        /// How many events were dropped.
+        missed: u64,
     },
 }
