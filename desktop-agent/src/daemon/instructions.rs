@@ -10,6 +10,7 @@
 //! Requests that change nothing (history, task lists) are answered again.
 
 use tandem_proto::DeviceId;
+use tandem_proto::delivery::OutboxRoom;
 use tandem_proto::message::{Decoded, Message};
 use tracing::{debug, info, warn};
 
@@ -123,7 +124,11 @@ impl Daemon<'_> {
                 self.tasks.decide(from, scope, &task_id, &approval_id, allow).await?
             }
             Ok(Decoded::Known(Message::HistoryRequest { task_id: Some(task_id), from_offset })) => {
-                self.tasks.history(from, &task_id, from_offset)?
+                // The answer fits what the phone's outbox takes now.
+                let outbox = self.peers.get(&from).map(|p| p.link().outbound());
+                let room = outbox.map_or(OutboxRoom { messages: 0, bytes: 0 }, |o| o.room());
+                let idle = outbox.is_none_or(|o| o.is_empty());
+                self.tasks.history(from, &task_id, from_offset, room, idle)?
             }
             Ok(Decoded::Known(Message::HistoryRequest { task_id: None, .. })) => {
                 self.tasks.task_list(from)?
