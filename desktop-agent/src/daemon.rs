@@ -28,7 +28,7 @@
 //! every paired phone, on the one-second tick and when a phone comes online
 //! ([`renewal`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -130,6 +130,9 @@ pub struct Daemon<'a> {
     reseal: HashSet<DeviceId>,
     /// Phones' messages lost before they arrived, per device.
     lost: lost::Lost,
+    /// History asks waiting for room in the phone's outbox: (phone, task)
+    /// → from offset, the newest ask per task ([`Self::history_page`]).
+    waiting_pages: BTreeMap<(DeviceId, String), u64>,
 }
 
 impl Drop for Daemon<'_> {
@@ -195,6 +198,7 @@ impl<'a> Daemon<'a> {
             schedule: Schedule::default(),
             reseal: HashSet::new(),
             lost: lost::Lost::default(),
+            waiting_pages: BTreeMap::new(),
         }
     }
 
@@ -597,6 +601,17 @@ impl<'a> Daemon<'a> {
                 LinkEvent::SessionRenewed => {}
             }
         }
+        // An acknowledgement may have made room for a waiting history page.
+        let waiting: Vec<(String, u64)> = self
+            .waiting_pages
+            .range((from, String::new())..)
+            .take_while(|((d, _), _)| *d == from)
+            .map(|((_, t), o)| (t.clone(), *o))
+            .collect();
+        for (task, offset) in waiting {
+            let taken = replies.iter().filter(|(a, _)| reaches(a, from)).count();
+            replies.extend(self.history_page(from, &task, offset, taken)?);
+        }
         // Data arrived: the acknowledgement rides on the first reply to this
         // device, or goes bare. Never in answer to an ack alone (the two
         // sides would ack each other's acks forever).
@@ -647,6 +662,11 @@ impl<'a> Daemon<'a> {
             tx.try_send(json!({"ok": true, "event": v})).is_ok()
         });
     }
+}
+
+/// Whether a message for `audience` goes to `device`.
+fn reaches(audience: &Audience, device: DeviceId) -> bool {
+    matches!(audience, Audience::Device(d) if *d == device) || *audience == Audience::Everyone
 }
 
 fn is_finish(m: &Message) -> bool {
