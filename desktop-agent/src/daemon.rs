@@ -28,7 +28,7 @@
 //! every paired phone, on the one-second tick and when a phone comes online
 //! ([`renewal`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -141,6 +141,9 @@ pub struct Daemon<'a> {
     stale_after: Duration,
     /// Per link, the highest instruction audited ([`Self::audit_due`]).
     audited: HashMap<String, Option<u64>>,
+    /// History asks waiting for room in the phone's outbox: (phone, task)
+    /// → from offset, the newest ask per task ([`Self::history_page`]).
+    waiting_pages: BTreeMap<(DeviceId, String), u64>,
 }
 
 impl Drop for Daemon<'_> {
@@ -210,6 +213,7 @@ impl<'a> Daemon<'a> {
             relay_restarting: false,
             stale_after: outbox::STALE_AFTER,
             audited: HashMap::new(),
+            waiting_pages: BTreeMap::new(),
         }
     }
 

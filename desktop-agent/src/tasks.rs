@@ -22,6 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use tandem_proto::DeviceId;
+use tandem_proto::delivery::OutboxRoom;
 use tandem_proto::message::{FinishStatus, Message, TaskEvent, TaskSummary};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -180,6 +181,11 @@ fn refused(task_id: &str, code: &str, message: &str) -> Message {
         code: code.into(),
         message: message.into(),
     }
+}
+
+/// A message's size in an outbox (0 if it cannot be encoded: not sent).
+fn encoded_len(m: &Message) -> usize {
+    m.encode().map_or(0, |b| b.len())
 }
 
 fn to(from: DeviceId, m: Message) -> Outgoing {
@@ -738,6 +744,11 @@ impl TaskManager {
 
     /// A phone asks for a task's history from an offset: one page of events
     /// and `history_end`; `history_unavailable` first if the start was pruned.
+    /// The whole answer fits in `room` (what the phone's outbox takes now):
+    /// a shorter page, `more` set, rather than one that pushes its own start
+    /// out. With `idle` (nothing waits for an acknowledgement) a page has at
+    /// least one event, so that the asker gets on even through an outbox
+    /// too small for a page.
     ///
     /// # Errors
     /// [`HistoryError`] if the history cannot be read.
@@ -746,6 +757,8 @@ impl TaskManager {
         from: DeviceId,
         task_id: &str,
         from_offset: u64,
+        room: OutboxRoom,
+        idle: bool,
     ) -> Result<Outgoing, HistoryError> {
         let record = match self.active.get(task_id) {
             Some(a) => a.record.clone(),
@@ -786,7 +799,28 @@ impl TaskManager {
             ));
             start = record.earliest;
         }
-        let events = self.history.events(task_id, start, HISTORY_PAGE)?;
+        let mut events = self.history.events(task_id, start, HISTORY_PAGE)?;
+        // What the answer's other messages take; the end's numbers at most
+        // as long as the record's own.
+        let end = Message::HistoryEnd {
+            task_id: task_id.to_owned(),
+            next_offset: record.next_offset,
+            more: false,
+        };
+        let others = out.iter().map(|(_, m)| m).chain([&end]);
+        let mut messages = room.messages.saturating_sub(out.len() + 1);
+        let mut bytes = room.bytes.saturating_sub(others.map(encoded_len).sum());
+        let fit = events
+            .iter()
+            .take_while(|m| {
+                let len = encoded_len(m);
+                let fits = messages > 0 && len <= bytes;
+                messages = messages.saturating_sub(1);
+                bytes = bytes.saturating_sub(len);
+                fits
+            })
+            .count();
+        events.truncate(fit.max(usize::from(idle)));
         let next_offset =
             start.saturating_add(events.len() as u64).min(record.next_offset.max(start));
         let more = next_offset < record.next_offset;

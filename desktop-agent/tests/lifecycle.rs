@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Agent, Phone, Seen, tandem, tandem_status};
+use tandem_proto::delivery::OutboxRoom;
 use tandem_proto::message::{FinishStatus, Message, TaskEvent};
 
 /// Read messages until `done` says so (each message is recorded first).
@@ -265,11 +266,20 @@ async fn a_running_task_past_the_event_limit_says_what_was_pruned() {
     }
     let rec = tm.record("t").unwrap().unwrap();
     assert_eq!(rec.next_offset - rec.earliest, 10, "{rec:?}");
-    let out = tm.history(dev, "t", 0).unwrap();
+    let all = OutboxRoom { messages: 100, bytes: 1 << 20 };
+    let out = tm.history(dev, "t", 0, all, true).unwrap();
     assert!(
         matches!(&out[0].1, Message::HistoryUnavailable { earliest, .. } if *earliest == rec.earliest)
     );
     let Message::HistoryEnd { next_offset, more, .. } = &out.last().unwrap().1 else { panic!() };
     assert_eq!((*next_offset, *more), (rec.next_offset, false));
+    // An outbox with room for five messages: three events, `more` set.
+    let out = tm.history(dev, "t", 0, OutboxRoom { messages: 5, ..all }, false).unwrap();
+    assert_eq!(out.len(), 5);
+    let Message::HistoryEnd { next_offset, more, .. } = &out[4].1 else { panic!() };
+    assert_eq!((*next_offset, *more), (rec.earliest + 3, true));
+    // No room, nothing waiting for an acknowledgement: one event still goes.
+    let out = tm.history(dev, "t", 0, OutboxRoom { messages: 0, bytes: 0 }, true).unwrap();
+    assert_eq!(out.len(), 3);
     tm.cancel_all().await;
 }

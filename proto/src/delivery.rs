@@ -38,6 +38,16 @@ impl Default for OutboxLimits {
     }
 }
 
+/// What an outbox takes now before it drops its oldest message
+/// ([`Outbound::room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxRoom {
+    /// Messages that still fit.
+    pub messages: usize,
+    /// Bytes that still fit.
+    pub bytes: usize,
+}
+
 /// A peer said something impossible.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryError {
@@ -217,6 +227,17 @@ impl Outbound {
         self.unacked.is_empty()
     }
 
+    /// What can be queued now without dropping an unacknowledged message:
+    /// a sender that may shorten what it sends (a history page) keeps
+    /// within it.
+    #[must_use]
+    pub fn room(&self) -> OutboxRoom {
+        OutboxRoom {
+            messages: self.limits.max_messages.saturating_sub(self.unacked.len()),
+            bytes: self.limits.max_bytes.saturating_sub(self.bytes),
+        }
+    }
+
     /// Messages dropped unacknowledged because the outbox overflowed.
     #[must_use]
     pub fn dropped(&self) -> u64 {
@@ -375,6 +396,19 @@ mod tests {
         }
         assert_eq!(out.oldest(), 2);
         assert_eq!(out.dropped(), 1);
+    }
+
+    #[test]
+    fn room_is_what_fits_before_a_drop() {
+        let mut out = Outbound::new(OutboxLimits { max_messages: 3, max_bytes: 10 });
+        assert_eq!(out.room(), OutboxRoom { messages: 3, bytes: 10 });
+        out.push(b"1234".to_vec());
+        assert_eq!(out.room(), OutboxRoom { messages: 2, bytes: 6 });
+        out.push(b"123456".to_vec());
+        assert_eq!(out.room(), OutboxRoom { messages: 1, bytes: 0 });
+        assert_eq!(out.dropped(), 0);
+        out.on_ack(2).unwrap();
+        assert_eq!(out.room(), OutboxRoom { messages: 3, bytes: 10 });
     }
 
     #[test]

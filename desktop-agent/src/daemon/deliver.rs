@@ -73,6 +73,17 @@ impl Daemon<'_> {
                 LinkEvent::SessionRenewed => {}
             }
         }
+        // An acknowledgement may have made room for a waiting history page.
+        let waiting: Vec<(String, u64)> = self
+            .waiting_pages
+            .range((from, String::new())..)
+            .take_while(|((d, _), _)| *d == from)
+            .map(|((_, t), o)| (t.clone(), *o))
+            .collect();
+        for (task, offset) in waiting {
+            let taken = replies.iter().filter(|(a, _)| reaches(a, from)).count();
+            replies.extend(self.history_page(from, &task, offset, taken)?);
+        }
         // Data arrived: the acknowledgement rides on the first reply to this
         // device, or goes bare. Never in answer to an ack alone (the two
         // sides would ack each other's acks forever).
@@ -120,4 +131,9 @@ impl Daemon<'_> {
         self.post_sealed(sealed, &gone, steps);
         Ok(())
     }
+}
+
+/// Whether a message for `audience` goes to `device`.
+fn reaches(audience: &Audience, device: DeviceId) -> bool {
+    matches!(audience, Audience::Device(d) if *d == device) || *audience == Audience::Everyone
 }

@@ -18,6 +18,7 @@
 //! delivered again.
 
 use tandem_proto::DeviceId;
+use tandem_proto::delivery::OutboxRoom;
 use tandem_proto::message::{Decoded, Message};
 use tracing::{debug, info, warn};
 
@@ -144,7 +145,7 @@ impl Daemon<'_> {
                 self.tasks.decide(from, scope, &task_id, &approval_id, allow).await?
             }
             Ok(Decoded::Known(Message::HistoryRequest { task_id: Some(task_id), from_offset })) => {
-                self.tasks.history(from, &task_id, from_offset)?
+                self.history_page(from, &task_id, from_offset, 0)?
             }
             Ok(Decoded::Known(Message::HistoryRequest { task_id: None, .. })) => {
                 self.tasks.task_list(from)?
@@ -162,5 +163,33 @@ impl Daemon<'_> {
                 Vec::new()
             }
         })
+    }
+
+    /// A page of `task_id`'s history for `from` that fits what its outbox
+    /// takes now, besides `taken` messages of the same batch. With no room
+    /// for one event (and something unacknowledged) the ask waits, the
+    /// newest per task, until an acknowledgement from the phone makes room
+    /// ([`Daemon::deliver`]); it is not kept across a restart (the phone
+    /// asks again).
+    pub(super) fn history_page(
+        &mut self,
+        from: DeviceId,
+        task_id: &str,
+        from_offset: u64,
+        taken: usize,
+    ) -> Result<Outgoing, DaemonError> {
+        let outbox = self.peers.get(&from).map(|p| p.link().outbound());
+        let mut room = outbox.map_or(OutboxRoom { messages: 0, bytes: 0 }, |o| o.room());
+        room.messages = room.messages.saturating_sub(taken);
+        let idle = taken == 0 && outbox.is_none_or(|o| o.is_empty());
+        let key = (from, task_id.to_owned());
+        // An event, `history_unavailable` perhaps, and `history_end`.
+        if room.messages < 3 && !idle {
+            debug!(peer = %from, task_id, "history page waits for room in the outbox");
+            self.waiting_pages.insert(key, from_offset);
+            return Ok(Vec::new());
+        }
+        self.waiting_pages.remove(&key);
+        Ok(self.tasks.history(from, task_id, from_offset, room, idle)?)
     }
 }
