@@ -315,6 +315,27 @@ async fn a_route_the_relay_refuses_leaves_no_saved_pairing_on_the_phone() {
     drop(agent);
 }
 
+/// The relay's store fails the phone's route authorisation once (the
+/// desktop's goes through): a refusal for now (`store_unavailable`), so the
+/// phone authorises again and both sides end paired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_the_relay_refuses_for_now_is_authorised_again_and_both_sides_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_failing(dir.path(), "relay.route=1*off->1*return->off");
+    let (agent, link) = pairing(dir.path(), &relay);
+    let (phone, phone_id) = open_phone(dir.path()).await;
+    let run = async {
+        let p = phone.start_pairing(&link).await?;
+        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+        p.wait().await
+    };
+    let summary = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("pairing ended in time")
+        .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
+    assert_paired(dir.path(), agent, &summary, &phone_id);
+}
+
 /// Only the phone's network drops, with the desktop's result in flight,
 /// and stays down (the relay runs on). The desktop gives up after its wait
 /// for the phone (2 s here), the phone after its own

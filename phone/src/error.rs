@@ -45,8 +45,8 @@ pub enum PhoneError {
     #[error("pairing interrupted: scan again")]
     PairingInterrupted,
     /// The message was not delivered yet, and may still be: it stays in the
-    /// outbox (the relay refused it for now: `not_authorized`, `revoked`,
-    /// too large; or the connection closed before the relay answered) and
+    /// outbox (the relay refused it: `not_authorized`, `revoked`; or the
+    /// connection closed before the relay answered) and
     /// goes out again on the next reconnect, presence or restart of this
     /// phone. Do not send it again as a new message: a retry of a task
     /// submit with the same `task_id` ([`crate::Phone::submit_with_id`]) is

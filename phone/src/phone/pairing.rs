@@ -311,6 +311,46 @@ async fn result(
     }
 }
 
+/// Tries at authorising the new desktop's route: a refusal for now
+/// (`store_unavailable`, `rate_limited`) or a dropped connection is tried
+/// again, within the desktop's wait for this phone's presence (about 10 s
+/// here against its 60 s), before the pairing is taken back.
+const AUTHORIZE_ATTEMPTS: u32 = 5;
+
+/// Whether an authorisation that failed may succeed if made again.
+fn authorize_again(e: &ClientError) -> bool {
+    match e {
+        ClientError::Refused(code, _) => {
+            matches!(code, ErrorCode::StoreUnavailable | ErrorCode::RateLimited)
+        }
+        ClientError::Interrupted
+        | ClientError::Disconnected { .. }
+        | ClientError::Timeout
+        | ClientError::Io(_)
+        | ClientError::WebSocket(_) => true,
+        _ => false,
+    }
+}
+
+/// Authorise the route to `desktop`, again after a temporary failure (as
+/// [`AUTHORIZE_ATTEMPTS`] says); the last error otherwise.
+async fn authorize(client: &Client, desktop: DeviceId) -> Result<(), ClientError> {
+    let mut pause = CLAIM_PAUSE;
+    let mut attempt = 1;
+    loop {
+        match client.authorize(desktop).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < AUTHORIZE_ATTEMPTS && authorize_again(&e) => {
+                info!(desktop = %desktop, error = %e, attempt, "route not authorised yet: again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(CLAIM_PAUSE_MAX);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 async fn finish(
     phone: &Phone,
     waiting: PhoneAwaitingResult,
@@ -340,7 +380,7 @@ async fn finish(
     // holds the pairing, so it must already be on disk. An authorisation
     // that fails takes the file back: nothing one-sided is left.
     store::save(&phone.inner.data_dir, &record).map_err(storage)?;
-    if let Err(e) = client.authorize(desktop).await {
+    if let Err(e) = authorize(&client, desktop).await {
         if let Err(d) = store::remove(&phone.inner.data_dir, &record.desktop_id) {
             warn!(desktop = %desktop, error = %d, "cannot remove the pairing the relay refused");
         }
