@@ -55,7 +55,7 @@ pub enum AuditEvent {
         task_id: String,
         /// The executor requested, if any.
         executor: Option<String>,
-        /// [`text_hash`] of the task text (never the text itself).
+        /// [`text_hash`](super::text_hash) of the task text (never the text itself).
         text_hash: String,
         /// The task text's length in bytes.
         text_len: usize,
@@ -80,7 +80,7 @@ pub enum AuditEvent {
         device: String,
         /// The task id.
         task_id: String,
-        /// [`text_hash`] of the follow-up text.
+        /// [`text_hash`](super::text_hash) of the follow-up text.
         text_hash: String,
         /// The phone's message it came from, `<device>@<pairing tag>#<seq>`
         /// (absent for the desktop's own, and in older lines): a message
@@ -106,7 +106,7 @@ pub enum AuditEvent {
         task_id: String,
         /// The approval id.
         approval_id: String,
-        /// [`text_hash`] of the summary shown to the approver.
+        /// [`text_hash`](super::text_hash) of the summary shown to the approver.
         summary_hash: String,
     },
     /// An approval was decided.

@@ -166,6 +166,10 @@ impl PeerStore {
     /// other change through [`Self::get_mut`]), then mark its link persisted
     /// ([`Link::mark_persisted`]).
     ///
+    /// [`Link::send`]: tandem_proto::link::Link::send
+    /// [`Link::receive`]: tandem_proto::link::Link::receive
+    /// [`Link::mark_persisted`]: tandem_proto::link::Link::mark_persisted
+    ///
     /// # Errors
     /// [`PeerError::UnknownPeer`]; [`PeerError::Io`] or [`PeerError::Encode`]
     /// when it cannot be persisted (the link is then not marked persisted).
