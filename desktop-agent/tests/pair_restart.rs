@@ -111,6 +111,24 @@ fn log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("agent.pair.log")).unwrap_or_default()
 }
 
+/// The phone scans `link` and confirms the code `agent` shows: how the
+/// pairing ended (within [`DEADLINE`]).
+async fn scan(agent: &Agent, phone: &Phone, link: &str) -> Result<DesktopSummary, PhoneError> {
+    let run = async {
+        let p = phone.start_pairing(link).await?;
+        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
+        p.wait().await
+    };
+    tokio::time::timeout(DEADLINE, run).await.expect("pairing ended in time")
+}
+
+/// As [`scan`], paired (the agent's log shown otherwise).
+async fn scan_ok(dir: &Path, agent: &Agent, phone: &Phone, link: &str) -> DesktopSummary {
+    scan(agent, phone, link)
+        .await
+        .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir)))
+}
+
 async fn open_phone(dir: &Path) -> (Phone, String) {
     let phone = Phone::open(PhoneConfig::new(dir.join("phone"), "Ana's phone")).await.unwrap();
     let id = phone.device_id();
@@ -144,15 +162,7 @@ async fn a_code_shown_across_a_relay_restart_pairs_a_phone_that_scans_at_once() 
     relay.kill9();
     relay.restart();
     let (phone, phone_id) = open_phone(dir.path()).await;
-    let run = async {
-        let p = phone.start_pairing(&link).await?;
-        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
-        p.wait().await
-    };
-    let summary = tokio::time::timeout(DEADLINE, run)
-        .await
-        .expect("pairing ended in time")
-        .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
+    let summary = scan_ok(dir.path(), &agent, &phone, &link).await;
     assert_paired(dir.path(), agent, &summary, &phone_id);
 }
 
@@ -192,15 +202,7 @@ async fn an_open_in_flight_when_the_relay_dies_is_made_again_and_pairs() {
     let relay = restarted.await.unwrap();
     assert!(relay.log().contains("crash point"), "the open was in flight at the crash");
     let (phone, phone_id) = open_phone(dir.path()).await;
-    let run = async {
-        let p = phone.start_pairing(&link).await?;
-        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
-        p.wait().await
-    };
-    let summary = tokio::time::timeout(DEADLINE, run)
-        .await
-        .expect("pairing ended in time")
-        .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
+    let summary = scan_ok(dir.path(), &agent, &phone, &link).await;
     assert_paired(dir.path(), agent, &summary, &phone_id);
 }
 
@@ -292,15 +294,7 @@ async fn a_route_the_relay_refuses_leaves_no_saved_pairing_on_the_phone() {
     let relay = Relay::start_failing(dir.path(), "relay.route=1*off->return");
     let (agent, link) = pairing(dir.path(), &relay);
     let (phone, _) = open_phone(dir.path()).await;
-    let run = async {
-        let p = phone.start_pairing(&link).await?;
-        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
-        p.wait().await
-    };
-    let err = tokio::time::timeout(DEADLINE, run)
-        .await
-        .expect("pairing ended in time")
-        .expect_err("the relay refused the phone's route");
+    let err = scan(&agent, &phone, &link).await.expect_err("the relay refused the phone's route");
     assert!(err.to_string().contains("store_unavailable"), "the route write failed: {err}");
     assert!(phone.desktops().is_empty(), "{err}");
     let saved: Vec<_> = std::fs::read_dir(dir.path().join("phone/desktops"))
@@ -324,15 +318,7 @@ async fn a_route_the_relay_refuses_for_now_is_authorised_again_and_both_sides_pa
     let relay = Relay::start_failing(dir.path(), "relay.route=1*off->1*return->off");
     let (agent, link) = pairing(dir.path(), &relay);
     let (phone, phone_id) = open_phone(dir.path()).await;
-    let run = async {
-        let p = phone.start_pairing(&link).await?;
-        assert_eq!(agent.line_starting("Code: ").trim(), format!("Code: {}", p.sas()));
-        p.wait().await
-    };
-    let summary = tokio::time::timeout(DEADLINE, run)
-        .await
-        .expect("pairing ended in time")
-        .unwrap_or_else(|e| panic!("the phone failed: {e}; agent log:\n{}", log(dir.path())));
+    let summary = scan_ok(dir.path(), &agent, &phone, &link).await;
     assert_paired(dir.path(), agent, &summary, &phone_id);
 }
 
