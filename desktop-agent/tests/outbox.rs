@@ -248,6 +248,48 @@ async fn an_agent_back_on_the_same_relay_store_sends_no_copies_of_what_it_holds(
     assert!(frames <= 3 + 1, "the relay's queue held {frames} records: copies");
 }
 
+/// Records the relay refused for good (`not_authorized`: relay failpoint
+/// `relay.no_route.<phone>`, the route itself untouched) are kept for the
+/// next connection; a reconnection to the same store epoch sends them
+/// again (before: only a new epoch did, so they waited for a relay restart).
+/// The records after the refused one reached the relay first, and the
+/// phone drops records ahead of a gap: everything from the refused one on
+/// goes again, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_relay_refused_for_good_goes_again_on_a_reconnection_to_the_same_store() {
+    let mut w = World::start_via(&[], true).await;
+    let point = format!("relay.no_route.{}", w.phone_id());
+    tokio::task::block_in_place(|| w.relay.arm(&point, "return"));
+    w.phone.submit("t-1", "count 1 1").await;
+    let for_good = |w: &World| w.agent_log().matches("refused a record for good").count();
+    let deadline = std::time::Instant::now() + WAIT;
+    while for_good(&w) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no refusal:\n{}", w.agent_log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| w.relay.arm(&point, "off"));
+    // The agent's connection drops and comes back; the relay and its store
+    // run on.
+    let proxy = w.proxy.take().unwrap();
+    let refused = proxy.refused();
+    proxy.set(Mode::Cut);
+    while proxy.refused() == refused {
+        assert!(std::time::Instant::now() < deadline, "the agent never dialled again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.set(Mode::Open);
+    // Every event of the task, in order, none missing.
+    let mut events = Vec::new();
+    while !matches!(events.last(), Some(TaskEvent::Finished { .. })) {
+        match tokio::time::timeout(Duration::from_secs(15), next_task_event(&mut w.phone)).await {
+            Ok(e) => events.push(e),
+            Err(_) => panic!("the refused records never came ({events:?}):\n{}", w.agent_log()),
+        }
+    }
+    assert!(matches!(events.first(), Some(TaskEvent::Accepted { .. })), "{events:?}");
+    assert_eq!(events.len(), 3, "accepted, one line, the finish: {events:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_relay_held_too_long_goes_again_when_the_phone_comes_online() {
     let mut w = World::start_with(&[("TANDEM_RESEND_STALE_SECS", "1".to_owned())]).await;

@@ -283,7 +283,24 @@ fn the_phone_killed_at_each_persistence_boundary_submits_and_decides_exactly_onc
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         };
-        assert_eq!(new.len(), 1, "{name}: one task ran, not {new:?}");
+        if new.len() != 1 {
+            let tail = |f: &Path| {
+                let s = std::fs::read_to_string(f).unwrap_or_default();
+                s.lines()
+                    .rev()
+                    .take(60)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "{name}: one task ran, not {new:?}\n--- phone log:\n{}\n--- agent log:\n{}",
+                tail(&dir.path().join("phone.log")),
+                tail(&agent_dir.join("agent.log"))
+            );
+        }
         let history = p.wait(&new[0], "finished");
         check_once(&name, &history, &counted);
         p.close();

@@ -14,6 +14,7 @@
 //! | `relay.commit.after` | after such a batch's commit, before its answers (`Ok`) are sent | abort (the batch is on disk, nobody was told) | abort |
 //! | `relay.ack` | an acknowledgement deletes frames | the batch fails (as an I/O error) | abort |
 //! | `relay.route` | an authorisation or revocation is written | the batch fails (as an I/O error) | abort |
+//! | `relay.no_route.<device id>` | a `Send` to that device is checked for a route | refused `not_authorized`, as if the two had not authorised each other (the route and the store are untouched) | as `return` |
 //!
 //! `1*return` fails once; `return(abort)` aborts the process there (a
 //! `kill -9` at that step).
@@ -64,6 +65,21 @@ pub(crate) fn check(name: &'static str) -> Result<(), &'static str> {
 #[inline]
 pub(crate) fn check(_name: &'static str) -> Result<(), &'static str> {
     Ok(())
+}
+
+/// Whether `relay.no_route.<to>` is armed: a `Send` to `to` is then
+/// refused `not_authorized` as if there were no route (a refusal for good
+/// on the same store epoch, for the senders' tests).
+#[cfg(feature = "failpoints")]
+pub(crate) fn no_route(to: &tandem_proto::DeviceId) -> bool {
+    fail::eval(&format!("relay.no_route.{to}"), |_| ()).is_some()
+}
+
+/// Without the `failpoints` feature no route is refused.
+#[cfg(not(feature = "failpoints"))]
+#[inline]
+pub(crate) fn no_route(_to: &tandem_proto::DeviceId) -> bool {
+    false
 }
 
 /// Abort the process (no destructors, like `kill -9`) when `FAILPOINTS`

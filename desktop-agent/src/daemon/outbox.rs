@@ -272,6 +272,19 @@ impl RelayState {
     /// waits for a retry.
     pub(super) fn reconnected(&mut self, same_store: bool) {
         if same_store {
+            // What followed a refused record reached the relay before it,
+            // and the phone drops records ahead of a gap: from the first
+            // refused one on, everything goes again, in order.
+            for (to, rejected) in &self.rejected {
+                if let Some(&first) = rejected.first() {
+                    if let Some(s) = self.stored.get_mut(to) {
+                        s.retain(|seq, _| *seq < first);
+                    }
+                    if let Some(f) = self.in_flight.get_mut(to) {
+                        f.retain(|seq| *seq < first);
+                    }
+                }
+            }
             self.rejected.clear();
             self.retry.clear();
         } else {

@@ -248,7 +248,12 @@ impl Reader {
                     self.liveness.compare_exchange(nonce, 0, Ordering::AcqRel, Ordering::Acquire);
             }
             Frame::Send { send_id, to, payload } => {
-                match state.routes.is_route(me, to).await {
+                let route = if crate::failpoints::no_route(&to) {
+                    Ok(false)
+                } else {
+                    state.routes.is_route(me, to).await
+                };
+                match route {
                     Ok(true) => {}
                     Ok(false) => {
                         self.refuse(
