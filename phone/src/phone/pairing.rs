@@ -51,13 +51,21 @@ pub(super) enum PairInput {
 fn retryable(e: &ClientError) -> bool {
     match e {
         ClientError::Refused(code, _) => *code == ErrorCode::PairingNotFound,
-        ClientError::Interrupted
-        | ClientError::Disconnected { .. }
-        | ClientError::Timeout
-        | ClientError::Io(_)
-        | ClientError::WebSocket(_) => true,
-        _ => false,
+        other => unanswered(other),
     }
+}
+
+/// A request the connection lost or never answered (it may not have
+/// reached the relay).
+fn unanswered(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Interrupted
+            | ClientError::Disconnected { .. }
+            | ClientError::Timeout
+            | ClientError::Io(_)
+            | ClientError::WebSocket(_)
+    )
 }
 
 /// Claim mailbox `pid` with what `make` produces (a fresh hello and its
@@ -323,12 +331,7 @@ fn authorize_again(e: &ClientError) -> bool {
         ClientError::Refused(code, _) => {
             matches!(code, ErrorCode::StoreUnavailable | ErrorCode::RateLimited)
         }
-        ClientError::Interrupted
-        | ClientError::Disconnected { .. }
-        | ClientError::Timeout
-        | ClientError::Io(_)
-        | ClientError::WebSocket(_) => true,
-        _ => false,
+        other => unanswered(other),
     }
 }
 
