@@ -165,14 +165,20 @@ struct PhoneProc(Helper);
 
 impl PhoneProc {
     fn start(dir: &Path, failpoints: Option<&str>) -> PhoneProc {
+        let mut p = PhoneProc::spawn(dir, failpoints);
+        p.expect("ready");
+        p
+    }
+
+    /// Started, not waited for: armed at start, it may die by its crash
+    /// point before it prints "ready" (its outbox goes out on connecting).
+    fn spawn(dir: &Path, failpoints: Option<&str>) -> PhoneProc {
         let mut cmd = helper::command("crash_phone_process", &dir.join("phone.log"));
         cmd.env(PHONE_DIR, dir.join("phone")).env_remove("FAILPOINTS");
         if let Some(f) = failpoints {
             cmd.env("FAILPOINTS", f);
         }
-        let mut p = PhoneProc(Helper::spawn(cmd));
-        p.expect("ready");
-        p
+        PhoneProc(Helper::spawn(cmd))
     }
 
     fn send(&mut self, command: &str) {
@@ -255,7 +261,11 @@ fn the_phone_killed_at_each_persistence_boundary_submits_and_decides_exactly_onc
     });
     pairing.line_starting("Paired with");
     assert!(pairing.exit_within(WAIT).unwrap().success());
-    let _agent = common::run_process(&agent_dir, &config, &[]);
+    let _agent = common::run_process(
+        &agent_dir,
+        &config,
+        &[("TANDEM_LOG", "info,tandem_agent::daemon=debug,tandem_client::actor=debug".into())],
+    );
 
     let counted = ["accepted", "progress n=0", "progress n=1", "progress n=2", "finished"];
     let mut cases: Vec<(&str, Option<&str>)> = SUBMIT_POINTS.iter().map(|p| (*p, None)).collect();
@@ -269,7 +279,7 @@ fn the_phone_killed_at_each_persistence_boundary_submits_and_decides_exactly_onc
         p.send("submit count 3 100");
         p.aborted(&name);
         if let Some(f) = then {
-            PhoneProc::start(dir.path(), Some(f)).aborted(&name);
+            PhoneProc::spawn(dir.path(), Some(f)).aborted(&name);
         }
         let mut p = PhoneProc::start(dir.path(), None);
         // The resent submit and the list request travel in order, but a
@@ -288,7 +298,7 @@ fn the_phone_killed_at_each_persistence_boundary_submits_and_decides_exactly_onc
                 let s = std::fs::read_to_string(f).unwrap_or_default();
                 s.lines()
                     .rev()
-                    .take(60)
+                    .take(200)
                     .collect::<Vec<_>>()
                     .into_iter()
                     .rev()

@@ -12,8 +12,9 @@
 //! * `phone.send_saved`: a request (task, follow-up, cancel, decision,
 //!   history) is sealed and the desktop's file holding it in the outbox is
 //!   on disk; not yet handed to the relay;
-//! * `phone.send_stored`: the relay answered `Ok` for an outbox record (it
-//!   holds it); this phone has not noted that yet (in memory only anyway);
+//! * `phone.send_stored`: the relay answered `Ok` for an outbox record a
+//!   caller of this process waits for (it holds it); this phone has not
+//!   noted that yet (in memory only anyway), the caller not told;
 //! * `phone.resend_saved`: records of the outbox sealed again (after a
 //!   reconnect, a presence, a refusal) and the file with their counters on
 //!   disk; not yet handed to the relay;
