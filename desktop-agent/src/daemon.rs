@@ -391,12 +391,22 @@ impl<'a> Daemon<'a> {
         // Before anything can start: only paired devices may have tasks run
         // (a revocation made while the agent was not running included).
         self.tasks.set_permits(self.peers.list().iter().map(|p| (p.device_id(), p.scope())));
+        if self.connected {
+            self.resend_revokes();
+            // The first connection of this process (its `Connected` was
+            // taken before the loop ran): this process does not know what
+            // the relay holds, and what it refused for good before a crash
+            // is held nowhere else. Every unacknowledged record goes again,
+            // before anything new (a record ahead of a gap is dropped by
+            // the peer); the peer's link drops the copies (PROTOCOL §13.4).
+            let ids: Vec<DeviceId> = self.peers.list().iter().map(|p| p.device_id()).collect();
+            for id in ids {
+                self.resend(id, outbox::Resend::All).await?;
+            }
+        }
         self.catch_up().await?;
         let out = self.tasks.recover().await?;
         self.send_all(out).await?;
-        if self.connected {
-            self.resend_revokes();
-        }
         self.busy_changed();
         Ok(())
     }

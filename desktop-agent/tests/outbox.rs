@@ -51,7 +51,8 @@ struct World {
     /// Between the agent and the relay, if asked for.
     proxy: Option<Proxy>,
     agent_dir: PathBuf,
-    _agent: Agent,
+    config: PathBuf,
+    agent: Agent,
     phone: Phone,
 }
 
@@ -92,7 +93,7 @@ impl World {
             assert!(pairing.exit_within(WAIT).unwrap().success());
         });
         let agent = tokio::task::block_in_place(|| common::run_process(&agent_dir, &config, env));
-        World { dir, relay, proxy, agent_dir, _agent: agent, phone }
+        World { dir, relay, proxy, agent_dir, config, agent, phone }
     }
 
     fn agent_log(&self) -> String {
@@ -288,6 +289,60 @@ async fn what_the_relay_refused_for_good_goes_again_on_a_reconnection_to_the_sam
     }
     assert!(matches!(events.first(), Some(TaskEvent::Accepted { .. })), "{events:?}");
     assert_eq!(events.len(), 3, "accepted, one line, the finish: {events:?}");
+}
+
+/// As above, the agent killed (-9) after the refusal and started again:
+/// the refused record and those after it are in its saved outbox and reach
+/// the phone on its first connection, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_relay_refused_for_good_goes_again_after_the_agent_is_killed() {
+    let mut w = World::start().await;
+    let point = format!("relay.no_route.{}", w.phone_id());
+    tokio::task::block_in_place(|| w.relay.arm(&point, "return"));
+    // Still running when the agent dies (its one line comes after a minute).
+    w.phone.submit("t-1", "count 1 60000").await;
+    let for_good = |w: &World| w.agent_log().matches("refused a record for good").count();
+    let deadline = std::time::Instant::now() + WAIT;
+    while for_good(&w) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no refusal:\n{}", w.agent_log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| w.relay.arm(&point, "off"));
+    // SIGKILL, then a new `tandem run` on the same data dir (a dead
+    // process holds no lock; the old handle is reaped when replaced).
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &w.agent.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Dead, and its data dir's lock free (a task process it was forking
+    // shares the lock until it runs its program).
+    let lock = std::fs::File::open(w.agent_dir.join("agent.lock")).unwrap();
+    while lock.try_lock().is_err() {
+        assert!(std::time::Instant::now() < deadline, "the agent's lock was never freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lock.unlock().unwrap();
+    let (agent_dir, config) = (w.agent_dir.clone(), w.config.clone());
+    let started = tokio::task::block_in_place(|| {
+        std::panic::catch_unwind(|| common::run_process(&agent_dir, &config, &[]))
+    });
+    w.agent = started.unwrap_or_else(|_| panic!("the agent did not start:\n{}", w.agent_log()));
+    let mut events = Vec::new();
+    while !matches!(events.last(), Some(TaskEvent::Finished { .. })) {
+        match tokio::time::timeout(Duration::from_secs(15), next_task_event(&mut w.phone)).await {
+            Ok(e) => events.push(e),
+            Err(_) => panic!("the refused records never came ({events:?}):\n{}", w.agent_log()),
+        }
+    }
+    // The refused `Accepted`, then the finish the new process gives the
+    // task it found interrupted: in order, once each.
+    assert!(matches!(events.first(), Some(TaskEvent::Accepted { .. })), "{events:?}");
+    assert!(
+        matches!(events.last(), Some(TaskEvent::Finished { summary, .. }) if summary.starts_with("interrupted")),
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 2, "accepted, the finish: {events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
