@@ -38,6 +38,11 @@ pub enum Command {
     ReconnectStorm,
     /// Pairings per second, and the latency of one pairing.
     Pairing,
+    /// Offline recipients: P desktops send M messages each while their
+    /// phones are not connected (every frame must be written), then the
+    /// phones connect and drain: messages/s written, drained, and the
+    /// store's commit batching from the relay's `/metrics`.
+    Offline,
     /// Every scenario, one after the other.
     All,
     /// Run the bare forwarder server (a baseline target).
@@ -72,9 +77,18 @@ pub struct Opts {
     /// pairing: pairings.
     #[arg(short = 'n', global = true, value_delimiter = ',', value_name = "N")]
     pub n: Option<Vec<Count>>,
-    /// throughput, latency: simultaneous pairs.
-    #[arg(long, global = true, value_name = "P")]
-    pub pairs: Option<usize>,
+    /// throughput: simultaneous pairs, one run per count; latency,
+    /// offline: the first is used.
+    #[arg(long, global = true, value_delimiter = ',', value_name = "P")]
+    pub pairs: Option<Vec<usize>>,
+    /// offline: messages each desktop sends while its phone is away.
+    #[arg(long, global = true, value_name = "M")]
+    pub messages: Option<u64>,
+    /// An extra argument for every tandem-relay the bench starts, after
+    /// its own (repeat it: `--relay-arg=--hold-window-ms --relay-arg=200`),
+    /// for A/B runs of relay settings. Only flags the bench does not set.
+    #[arg(long = "relay-arg", global = true, value_name = "ARG", allow_hyphen_values = true)]
+    pub relay_args: Vec<String>,
     /// throughput: message sizes in bytes; latency, reconnect-storm: the first is used.
     #[arg(long, global = true, value_delimiter = ',', value_name = "BYTES")]
     pub payloads: Option<Vec<usize>>,
@@ -182,8 +196,15 @@ mod tests {
             "64,1024",
             "--targets",
             "tandem,forwarder",
+            "--pairs",
+            "16,64",
+            "--relay-arg=--hold-window-ms",
+            "--relay-arg",
+            "200",
         ])
         .unwrap();
+        assert_eq!(cli.opts.pairs, Some(vec![16, 64]));
+        assert_eq!(cli.opts.relay_args, ["--hold-window-ms", "200"]);
         assert!(cli.opts.quick);
         assert_eq!(cli.opts.payloads, Some(vec![64, 1024]));
         assert_eq!(cli.opts.targets, Some(vec![TargetKind::Tandem, TargetKind::Forwarder]));

@@ -71,6 +71,9 @@ async fn scenarios(command: Command, opts: tandem_bench::cli::Opts) -> ExitCode 
         Command::Latency => {
             ("latency", vec![settle("latency", scenario::latency::run(&ctx).await)])
         }
+        Command::Offline => {
+            ("offline", vec![settle("offline", scenario::offline::run(&ctx).await)])
+        }
         Command::ReconnectStorm => (
             "reconnect-storm",
             vec![settle("reconnect-storm", scenario::reconnect::run(&ctx).await)],

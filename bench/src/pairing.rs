@@ -58,6 +58,14 @@ impl Device {
     pub async fn connect(access: &RelayAccess, role: Role) -> Result<Self> {
         let key = DeviceKey::generate(&mut Entropy::os())
             .map_err(|e| BenchError::Protocol(e.to_string()))?;
+        Self::connect_as(access, role, key).await
+    }
+
+    /// [`Device::connect`] with a key of its own (a device coming back).
+    ///
+    /// # Errors
+    /// As [`Device::connect`].
+    pub async fn connect_as(access: &RelayAccess, role: Role, key: DeviceKey) -> Result<Self> {
         let mut config = ClientConfig::new(access.url.clone(), key.clone(), role);
         config.extra_roots_pem.clone_from(&access.roots);
         config.event_capacity = 1024;

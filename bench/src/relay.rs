@@ -24,6 +24,8 @@ pub struct RelayOptions {
     /// Seconds between the relay's pings (long for idle connections that
     /// do not read).
     pub ping_interval_secs: u64,
+    /// Arguments after the bench's own (`--relay-arg`).
+    pub extra_args: Vec<String>,
 }
 
 impl RelayOptions {
@@ -67,6 +69,11 @@ impl RelayOptions {
             a.push(flag.into());
             a.push(value);
         }
+        // `/metrics` on a port of its own (no token): the offline scenario
+        // reads the store's counters.
+        a.push("--metrics-listen".into());
+        a.push("127.0.0.1:0".into());
+        a.extend(self.extra_args.iter().cloned());
         a
     }
 }
@@ -80,6 +87,8 @@ pub struct RelayProcess {
     url: String,
     /// `127.0.0.1:PORT`, kept across restarts.
     addr: String,
+    /// Where `/metrics` is served (`127.0.0.1:PORT`).
+    metrics: Option<String>,
 }
 
 impl RelayProcess {
@@ -90,14 +99,28 @@ impl RelayProcess {
     /// print its listening line in time.
     pub fn start(opts: RelayOptions) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("tandem-bench-relay").tempdir()?;
-        let (child, url) = spawn(&opts, dir.path(), "127.0.0.1:0")?;
+        let (child, url, metrics) = spawn(&opts, dir.path(), "127.0.0.1:0")?;
         let addr = url
             .split("://")
             .nth(1)
             .and_then(|r| r.split('/').next())
             .ok_or_else(|| BenchError::Process(format!("cannot read the relay's address: {url}")))?
             .to_owned();
-        Ok(Self { child, opts, dir, url, addr })
+        Ok(Self { child, opts, dir, url, addr, metrics })
+    }
+
+    /// The relay's `/metrics` text, or `None` when it cannot be read.
+    #[must_use]
+    pub fn metrics(&self) -> Option<String> {
+        use std::io::{Read, Write};
+        let addr = self.metrics.as_deref()?;
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
     }
 
     /// The URL devices connect to.
@@ -151,9 +174,10 @@ impl RelayProcess {
         let mut last = None;
         while started.elapsed() < Duration::from_secs(10) {
             match spawn(&self.opts, self.dir.path(), &self.addr) {
-                Ok((child, url)) => {
+                Ok((child, url, metrics)) => {
                     self.child = child;
                     self.url = url;
+                    self.metrics = metrics;
                     return Ok(started.elapsed());
                 }
                 Err(e) => {
@@ -181,8 +205,9 @@ impl Drop for RelayProcess {
     }
 }
 
-/// Run the binary and wait for `tandem-relay listening on URL`.
-fn spawn(opts: &RelayOptions, dir: &Path, listen: &str) -> Result<(Child, String)> {
+/// Run the binary and wait for `tandem-relay listening on URL` (after the
+/// metrics line); returns the child, the URL and the metrics address.
+fn spawn(opts: &RelayOptions, dir: &Path, listen: &str) -> Result<(Child, String, Option<String>)> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("relay.log"))?;
     let mut child = Command::new(&opts.bin)
         .args(opts.args(listen, &dir.join("data")))
@@ -193,9 +218,16 @@ fn spawn(opts: &RelayOptions, dir: &Path, listen: &str) -> Result<(Child, String
         .spawn()
         .map_err(|e| BenchError::Process(format!("cannot run {}: {e}", opts.bin.display())))?;
     let stdout = child.stdout.take().ok_or_else(|| BenchError::Process("no stdout".into()))?;
-    match first_line(stdout, START_TIMEOUT) {
+    let mut metrics = None;
+    let lines = first_lines(stdout, START_TIMEOUT, |l| l.contains(" listening on "));
+    for line in &lines {
+        if let Some(rest) = line.trim().strip_prefix("tandem-relay metrics on http://") {
+            metrics = Some(rest.trim_end_matches("/metrics").to_owned());
+        }
+    }
+    match lines.last() {
         Some(line) => match line.trim().strip_prefix("tandem-relay listening on ") {
-            Some(url) => Ok((child, url.to_owned())),
+            Some(url) => Ok((child, url.to_owned(), metrics)),
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -243,6 +275,38 @@ pub(crate) fn spawn_baseline(
             Err(BenchError::Process(format!("{subcommand} did not start: {line:?}")))
         }
     }
+}
+
+/// The lines a child prints up to the first that `last` accepts (or EOF,
+/// or `timeout`); the rest of its output is read and dropped.
+fn first_lines(
+    out: impl std::io::Read + Send + 'static,
+    timeout: Duration,
+    last: impl Fn(&str) -> bool + Send + 'static,
+) -> Vec<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(out);
+        loop {
+            let mut line = String::new();
+            if !reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                return;
+            }
+            let done = last(&line);
+            if tx.send(line).is_err() || done {
+                break;
+            }
+        }
+        drop(tx);
+        // Keep the pipe drained so the child never blocks writing to it.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let until = Instant::now() + timeout;
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        lines.push(line);
+    }
+    lines
 }
 
 /// The first line a child prints, or `None` on EOF or after `timeout`.

@@ -96,6 +96,67 @@ fn throughput_carries_every_message_once() {
 }
 
 #[test]
+fn throughput_runs_every_pair_count_and_passes_relay_arguments() {
+    let (_, _, report) = bench(&[
+        "throughput",
+        "--payloads",
+        "64",
+        "--duration",
+        "0.3",
+        "--pairs",
+        "1,3",
+        "--relay-arg=--delivery-window-frames",
+        "--relay-arg",
+        "300",
+    ]);
+    let s = scenario(&report);
+    let rows = s["results"]["rows"].as_array().unwrap();
+    let pairs: Vec<u64> = rows.iter().map(|r| r["pairs"].as_u64().unwrap()).collect();
+    assert_eq!(pairs, [1, 3, 1, 3], "tandem then the forwarder, each at both counts");
+    for row in rows {
+        assert!(row["sent"].as_u64().unwrap() > 0, "{row:#}");
+        assert_eq!(row["delivered"], row["sent"], "{row:#}");
+        assert_eq!(row["lost"], 0);
+    }
+    assert_eq!(s["results"]["ratios"].as_array().unwrap().len(), 2);
+    assert_eq!(s["results"]["relay_args"][0], "--delivery-window-frames");
+}
+
+#[test]
+fn a_relay_argument_reaches_the_relay() {
+    // The relay refuses a flag it does not know: the run cannot start it.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bench_bin())
+        .args(["throughput", "--quick", "--targets", "tandem", "--relay-arg=--no-such-flag"])
+        .arg("--relay-bin")
+        .arg(relay_bin())
+        .arg("--json")
+        .arg(dir.path().join("r.json"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("no-such-flag"), "{stdout}");
+}
+
+#[test]
+fn offline_recipients_get_every_written_message_once() {
+    let (_, stdout, report) = bench(&["offline", "--pairs", "2", "--messages", "50"]);
+    let s = scenario(&report);
+    let r = &s["results"];
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    assert_eq!(r["refused"], 0);
+    assert_eq!(r["write"]["messages"], 100);
+    assert!(r["write"]["messages_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["drain"]["messages_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["metrics_read"], true);
+    // Every frame was stored for its recipient while it was away.
+    assert_eq!(r["write"]["store_metrics"]["tandem_relay_frames_forwarded_total"], 100.0, "{r:#}");
+    assert!(stdout.contains("PASS offline"));
+}
+
+#[test]
 fn latency_is_measured_against_the_direct_path() {
     let (_, _, report) = bench(&["latency", "--rates", "300", "--duration", "0.5"]);
     let s = scenario(&report);
@@ -107,6 +168,10 @@ fn latency_is_measured_against_the_direct_path() {
         .collect();
     assert_eq!(targets, ["direct", "tandem", "forwarder"]);
     assert_eq!(s["results"]["added"].as_array().unwrap().len(), 2);
+    for row in s["results"]["rows"].as_array().unwrap() {
+        assert_eq!(row["lost"], 0, "{row:#}");
+        assert_eq!(row["delivered"], row["sent"], "{row:#}");
+    }
 }
 
 #[test]

@@ -3,13 +3,14 @@
 
 use std::time::Instant;
 
-use super::{Context, idle, latency, pairing, reconnect, throughput};
+use super::{Context, idle, latency, offline, pairing, reconnect, throughput};
 use crate::cli::IdleArgs;
 use crate::error::Result;
 use crate::report::ScenarioReport;
 
 /// The scenarios' names, in the order `all` runs them.
-pub const ORDER: [&str; 5] = ["idle", "throughput", "latency", "reconnect-storm", "pairing"];
+pub const ORDER: [&str; 6] =
+    ["idle", "throughput", "latency", "offline", "reconnect-storm", "pairing"];
 
 /// Run every scenario.
 pub async fn run(ctx: &Context) -> Vec<ScenarioReport> {
@@ -30,6 +31,7 @@ pub async fn run(ctx: &Context) -> Vec<ScenarioReport> {
             }
             "throughput" => throughput::run(ctx).await,
             "latency" => latency::run(ctx).await,
+            "offline" => offline::run(ctx).await,
             "reconnect-storm" => reconnect::run(ctx).await,
             _ => pairing::run(ctx).await,
         };

@@ -44,6 +44,14 @@ pub struct Row {
     pub latency: Percentiles,
     /// CPU time of the target's process per message, µs.
     pub cpu_us_per_message: Option<f64>,
+    /// Messages sent in the whole run (warm-up and drain included).
+    pub sent: u64,
+    /// Of those, messages that came out (once).
+    pub delivered: u64,
+    /// Messages that never came out (0 for tandem, the forwarder and the
+    /// direct path: anything else fails the run; iroh-relay drops on full
+    /// queues, and that is reported here).
+    pub lost: u64,
 }
 
 /// What a target adds to the direct path at one rate.
@@ -100,7 +108,8 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
         .rates
         .clone()
         .unwrap_or_else(|| ctx.pick(vec![1e3, 1e4, 5e4], vec![500.0, 2000.0]));
-    let pairs = ctx.opts.pairs.unwrap_or(ctx.pick(10, 2)).max(1);
+    let pairs = ctx.opts.pairs.as_ref().and_then(|p| p.first().copied());
+    let pairs = pairs.unwrap_or(ctx.pick(10, 2)).max(1);
     let payload = ctx.opts.payloads.as_ref().and_then(|p| p.first().copied()).unwrap_or(1024);
     let mut targets = ctx.opts.targets.clone().unwrap_or_else(|| TargetKind::ALL.to_vec());
     // The direct path first: the others are compared with it.
@@ -114,6 +123,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
     for kind in targets {
         let running = ctx.target(kind, sizes).await?;
         let target = &running.target;
+        let lossy = target.lossy();
         let mut ps: Vec<load::Pair> =
             target.open(pairs).await?.into_iter().map(load::Pair::new).collect();
         for &rate in &rates {
@@ -123,8 +133,9 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
                 pace: Pace::Rate { per_pair, window: WINDOW },
                 warmup,
                 duration,
-                drain: Duration::from_secs(60),
+                drain: Duration::from_secs(if lossy { 3 } else { 60 }),
                 mark: None,
+                lossy,
             };
             let (back, out) = load::run(ps, &plan, ctx.clock, target.pid()).await;
             ps = back;
@@ -140,9 +151,12 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
                     .target_cpu
                     .filter(|_| out.messages > 0)
                     .map(|c| c * 1e6 / out.messages as f64),
+                sent: out.sent,
+                delivered: out.delivered(),
+                lost: out.lost_total(),
             });
             let what = format!("{} at {rate} msg/s", target.name());
-            let failed = out.failures(&what);
+            let failed = out.failures_of(&what, lossy);
             if !failed.is_empty()
                 && let Some(relay) = &running.relay
             {
@@ -210,6 +224,8 @@ fn print(r: &Results) {
             "p99.9 µs",
             "max µs",
             "missed",
+            "sent",
+            "lost",
             "saturated",
         ],
     );
@@ -223,6 +239,8 @@ fn print(r: &Results) {
             num(row.latency.p999_us, 1),
             num(row.latency.max_us, 0),
             row.missed.to_string(),
+            row.sent.to_string(),
+            row.lost.to_string(),
             if row.saturated { "yes".into() } else { "no".into() },
         ]);
     }

@@ -5,6 +5,7 @@ pub mod all;
 pub mod idle;
 pub mod idle_worker;
 pub mod latency;
+pub mod offline;
 pub mod pairing;
 pub mod reconnect;
 pub mod throughput;
@@ -24,7 +25,7 @@ use crate::target::{Target, TargetKind};
 use crate::wire::{Clock, WireSizes};
 
 /// Seconds between the relay's pings for loaded connections (the default).
-const PING_SECS: u64 = 20;
+pub(crate) const PING_SECS: u64 = 20;
 
 /// What every scenario gets.
 #[derive(Debug)]
@@ -89,7 +90,12 @@ impl Context {
     /// # Errors
     /// [`BenchError::Process`] when it does not start.
     pub fn start_relay(&self, tls: bool, ping_interval_secs: u64) -> Result<RelayProcess> {
-        RelayProcess::start(RelayOptions { bin: self.relay_bin.clone(), tls, ping_interval_secs })
+        RelayProcess::start(RelayOptions {
+            bin: self.relay_bin.clone(),
+            tls,
+            ping_interval_secs,
+            extra_args: self.opts.relay_args.clone(),
+        })
     }
 
     /// Where devices reach `relay`.

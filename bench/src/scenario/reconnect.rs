@@ -96,6 +96,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
         duration: before + after,
         drain: Duration::from_secs(60),
         mark: Some(Arc::clone(&mark)),
+        lossy: false,
     };
     let clock = ctx.clock;
     let load = tokio::spawn(async move { load::run(ps, &plan, clock, None).await });

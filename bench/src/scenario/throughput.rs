@@ -16,11 +16,13 @@ use crate::stats::{Percentiles, ratio};
 use crate::target::{HealthReport, TargetKind};
 use crate::wire::WireSizes;
 
-/// One target at one payload size.
+/// One target at one pair count and payload size.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     /// The target.
     pub target: &'static str,
+    /// Simultaneous pairs.
+    pub pairs: usize,
     /// Message size in bytes.
     pub payload: usize,
     /// Messages that came out in the window, per second.
@@ -31,6 +33,10 @@ pub struct Row {
     pub wire_mb_per_s: f64,
     /// Messages counted.
     pub messages: u64,
+    /// Messages sent in the whole run (warm-up and drain included).
+    pub sent: u64,
+    /// Of those, messages that came out (once).
+    pub delivered: u64,
     /// CPU seconds the target's process used in the window.
     pub target_cpu_s: Option<f64>,
     /// The target's CPU time per message, in microseconds.
@@ -42,28 +48,35 @@ pub struct Row {
     /// Latency under this load (the window fills queues; not the latency
     /// scenario's figure).
     pub latency: Percentiles,
-    /// Messages lost (must be 0).
+    /// Messages lost (must be 0, except for a target that drops by design:
+    /// iroh-relay).
     pub lost: u64,
     /// Messages received twice (must be 0).
     pub duplicates: u64,
 }
 
-/// Tandem against the forwarder at one payload size.
+/// Tandem against the baselines at one pair count and payload size.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {
+    /// Simultaneous pairs.
+    pub pairs: usize,
     /// Message size in bytes.
     pub payload: usize,
     /// Tandem's messages per second ÷ the forwarder's.
     pub messages_tandem_over_forwarder: Option<f64>,
     /// Tandem's CPU per message ÷ the forwarder's.
     pub cpu_per_message_tandem_over_forwarder: Option<f64>,
+    /// Tandem's messages per second ÷ iroh-relay's delivered rate.
+    pub messages_tandem_over_iroh: Option<f64>,
+    /// Tandem's CPU per message ÷ iroh-relay's.
+    pub cpu_per_message_tandem_over_iroh: Option<f64>,
 }
 
 /// The scenario's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
-    /// Simultaneous pairs.
-    pub pairs: usize,
+    /// Simultaneous pairs, one run each.
+    pub pairs: Vec<usize>,
     /// Unacknowledged messages per pair.
     pub window: u64,
     /// Warm-up before each measurement, seconds.
@@ -72,11 +85,13 @@ pub struct Results {
     pub duration_s: f64,
     /// TLS between devices and the relay.
     pub tls: bool,
+    /// Extra relay arguments (`--relay-arg`).
+    pub relay_args: Vec<String>,
     /// Frame sizes the baselines copy.
     pub wire: WireSizes,
     /// The measurements.
     pub rows: Vec<Row>,
-    /// Tandem over the forwarder.
+    /// Tandem over the baselines.
     pub ratios: Vec<Ratio>,
     /// What happened inside the pairs, per target.
     pub health: Vec<(&'static str, HealthReport)>,
@@ -89,7 +104,7 @@ pub struct Results {
 pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
     let started = Instant::now();
     let payloads = ctx.opts.payloads.clone().unwrap_or_else(|| vec![64, 1024, 16 * 1024]);
-    let pairs = ctx.opts.pairs.unwrap_or(ctx.pick(16, 2));
+    let pair_counts = ctx.opts.pairs.clone().unwrap_or_else(|| vec![ctx.pick(16, 2)]);
     let window = ctx.opts.window.unwrap_or(64);
     let targets =
         ctx.opts.targets.clone().unwrap_or_else(|| vec![TargetKind::Tandem, TargetKind::Forwarder]);
@@ -102,76 +117,93 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
     for kind in targets {
         let running = ctx.target(kind, sizes).await?;
         let target = &running.target;
-        let mut ps: Vec<load::Pair> =
-            target.open(pairs).await?.into_iter().map(load::Pair::new).collect();
-        for &payload in &payloads {
-            let plan = Plan {
-                payload: payload.max(crate::wire::HEADER_LEN),
-                pace: Pace::Window(window),
-                warmup,
-                duration,
-                drain: Duration::from_secs(60),
-                mark: None,
-            };
-            let (back, out) = load::run(ps, &plan, ctx.clock, target.pid()).await;
-            ps = back;
-            let secs = out.seconds;
-            let rate = per_second(out.messages, secs);
-            let row = Row {
-                target: target.name(),
-                payload,
-                messages_per_s: rate,
-                mb_per_s: per_second(out.bytes, secs) / 1e6,
-                wire_mb_per_s: rate * sizes.data_frame(payload) as f64 / 1e6,
-                messages: out.messages,
-                target_cpu_s: out.target_cpu,
-                cpu_us_per_message: out
-                    .target_cpu
-                    .filter(|_| out.messages > 0)
-                    .map(|c| c * 1e6 / out.messages as f64),
-                target_cores: out.target_cpu.map(|c| c / secs),
-                bench_cores: out.bench_cpu.map(|c| c / secs),
-                latency: Percentiles::of(&out.latency),
-                lost: out.lost,
-                duplicates: out.duplicates,
-            };
-            let what = format!("{} at {payload} B", target.name());
-            let failed = out.failures(&what);
-            if !failed.is_empty()
-                && let Some(relay) = &running.relay
-            {
-                failures.push(format!("the relay's log ends:\n{}", relay.log_tail()));
+        let lossy = target.lossy();
+        for &pairs in &pair_counts {
+            let mut ps: Vec<load::Pair> =
+                target.open(pairs.max(1)).await?.into_iter().map(load::Pair::new).collect();
+            for &payload in &payloads {
+                let plan = Plan {
+                    payload: payload.max(crate::wire::HEADER_LEN),
+                    pace: Pace::Window(window),
+                    warmup,
+                    duration,
+                    drain: Duration::from_secs(if lossy { 3 } else { 60 }),
+                    mark: None,
+                    lossy,
+                };
+                let (back, out) = load::run(ps, &plan, ctx.clock, target.pid()).await;
+                ps = back;
+                let secs = out.seconds;
+                let rate = per_second(out.messages, secs);
+                rows.push(Row {
+                    target: target.name(),
+                    pairs,
+                    payload,
+                    messages_per_s: rate,
+                    mb_per_s: per_second(out.bytes, secs) / 1e6,
+                    wire_mb_per_s: rate * sizes.data_frame(payload) as f64 / 1e6,
+                    messages: out.messages,
+                    sent: out.sent,
+                    delivered: out.delivered(),
+                    target_cpu_s: out.target_cpu,
+                    cpu_us_per_message: out
+                        .target_cpu
+                        .filter(|_| out.messages > 0)
+                        .map(|c| c * 1e6 / out.messages as f64),
+                    target_cores: out.target_cpu.map(|c| c / secs),
+                    bench_cores: out.bench_cpu.map(|c| c / secs),
+                    latency: Percentiles::of(&out.latency),
+                    lost: out.lost_total(),
+                    duplicates: out.duplicates,
+                });
+                let what = format!("{} with {pairs} pairs at {payload} B", target.name());
+                let failed = out.failures_of(&what, lossy);
+                if !failed.is_empty()
+                    && let Some(relay) = &running.relay
+                {
+                    failures.push(format!("the relay's log ends:\n{}", relay.log_tail()));
+                }
+                failures.extend(failed);
             }
-            failures.extend(failed);
-            rows.push(row);
+            drop(ps);
         }
         let h = target.health().report();
         failures.extend(health_failures(target.name(), &h));
         health.push((target.name(), h));
-        drop(ps);
     }
-    let ratios = payloads
-        .iter()
-        .map(|&payload| {
-            let find = |t: &str| rows.iter().find(|r| r.target == t && r.payload == payload);
-            let (t, f) = (find("tandem"), find("forwarder"));
-            Ratio {
+    let mut ratios = Vec::new();
+    for &pairs in &pair_counts {
+        for &payload in &payloads {
+            let find = |t: &str| {
+                rows.iter().find(|r| r.target == t && r.pairs == pairs && r.payload == payload)
+            };
+            let tandem = find("tandem");
+            let over = |base: Option<&Row>, cpu: bool| {
+                let (t, b) = tandem.zip(base)?;
+                if cpu {
+                    ratio(t.cpu_us_per_message?, b.cpu_us_per_message?)
+                } else {
+                    ratio(t.messages_per_s, b.messages_per_s)
+                }
+            };
+            let (forwarder, iroh) = (find("forwarder"), find("iroh"));
+            ratios.push(Ratio {
+                pairs,
                 payload,
-                messages_tandem_over_forwarder: t
-                    .zip(f)
-                    .and_then(|(t, f)| ratio(t.messages_per_s, f.messages_per_s)),
-                cpu_per_message_tandem_over_forwarder: t
-                    .zip(f)
-                    .and_then(|(t, f)| ratio(t.cpu_us_per_message?, f.cpu_us_per_message?)),
-            }
-        })
-        .collect();
+                messages_tandem_over_forwarder: over(forwarder, false),
+                cpu_per_message_tandem_over_forwarder: over(forwarder, true),
+                messages_tandem_over_iroh: over(iroh, false),
+                cpu_per_message_tandem_over_iroh: over(iroh, true),
+            });
+        }
+    }
     let results = Results {
-        pairs,
+        pairs: pair_counts,
         window,
         warmup_s: warmup.as_secs_f64(),
         duration_s: duration.as_secs_f64(),
         tls: ctx.opts.tls,
+        relay_args: ctx.opts.relay_args.clone(),
         wire: sizes,
         rows,
         ratios,
@@ -184,7 +216,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
 fn print(r: &Results) {
     let mut t = Table::new(
         format!(
-            "throughput: {} pairs, window {}, {:.0} s each{}",
+            "throughput: {:?} pairs, window {}, {:.0} s each{}",
             r.pairs,
             r.window,
             r.duration_s,
@@ -192,6 +224,7 @@ fn print(r: &Results) {
         ),
         &[
             "target",
+            "pairs",
             "payload",
             "msg/s",
             "MB/s",
@@ -201,6 +234,8 @@ fn print(r: &Results) {
             "bench cores",
             "p50 µs",
             "p99 µs",
+            "sent",
+            "delivered",
             "lost",
             "dup",
         ],
@@ -208,6 +243,7 @@ fn print(r: &Results) {
     for row in &r.rows {
         t.row(vec![
             row.target.into(),
+            row.pairs.to_string(),
             row.payload.to_string(),
             num(row.messages_per_s, 0),
             num(row.mb_per_s, 2),
@@ -217,18 +253,25 @@ fn print(r: &Results) {
             opt(row.bench_cores, 2),
             num(row.latency.p50_us, 0),
             num(row.latency.p99_us, 0),
+            row.sent.to_string(),
+            row.delivered.to_string(),
             row.lost.to_string(),
             row.duplicates.to_string(),
         ]);
     }
     t.print();
-    let mut t =
-        Table::new("throughput ratios (tandem ÷ forwarder)", &["payload", "msg/s", "cpu/msg"]);
+    let mut t = Table::new(
+        "throughput ratios (tandem ÷ forwarder, tandem ÷ iroh)",
+        &["pairs", "payload", "msg/s ÷ fwd", "cpu/msg ÷ fwd", "msg/s ÷ iroh", "cpu/msg ÷ iroh"],
+    );
     for ratio in &r.ratios {
         t.row(vec![
+            ratio.pairs.to_string(),
             ratio.payload.to_string(),
             opt(ratio.messages_tandem_over_forwarder, 3),
             opt(ratio.cpu_per_message_tandem_over_forwarder, 2),
+            opt(ratio.messages_tandem_over_iroh, 3),
+            opt(ratio.cpu_per_message_tandem_over_iroh, 2),
         ]);
     }
     t.print();

@@ -302,4 +302,8 @@ impl Target for IrohTarget {
     fn health(&self) -> &Health {
         &self.health
     }
+
+    fn lossy(&self) -> bool {
+        true
+    }
 }

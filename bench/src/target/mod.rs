@@ -113,6 +113,11 @@ pub trait Target: Send + Sync {
     fn open(&self, pairs: usize) -> BoxFuture<'_, Result<Vec<PairIo>>>;
     /// What went wrong inside the pairs' ends so far.
     fn health(&self) -> &Health;
+    /// Whether the target drops messages by design (iroh-relay, on full
+    /// queues): its losses are reported, not failures.
+    fn lossy(&self) -> bool {
+        false
+    }
 }
 
 /// The targets a scenario can be told to drive.
