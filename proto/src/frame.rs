@@ -13,32 +13,14 @@ use crate::codec::{CodecError, Put, Reader};
 use crate::error_code::ErrorCode;
 use crate::identity::{DeviceId, PublicKey, Role};
 
+mod level;
 mod oks;
 
+pub use level::{LEVEL, LEVEL_OKS, negotiate};
 pub use oks::{MAX_OK_RUNS, OkRun, push_ok};
 
 /// The frame version byte: the only one defined, at every protocol level.
 pub const VERSION: u8 = 1;
-
-/// The newest protocol level this crate speaks. `Hello`'s
-/// `[min_version, max_version]` names the levels a device speaks, the relay
-/// uses the highest level both speak ([`negotiate`]); each level is the one
-/// below plus what it adds, and every frame's version byte is [`VERSION`].
-/// Level 1: the frames of PROTOCOL.md §4.2 but `Oks`. Level 2 ([`LEVEL_OKS`]):
-/// the relay may answer accepted `Send`s with `Oks` instead of `Ok`.
-pub const LEVEL: u8 = 2;
-
-/// The level from which the relay answers accepted `Send`s with `Oks`.
-pub const LEVEL_OKS: u8 = 2;
-
-/// The level a side speaking levels `1..=LEVEL` uses with a peer that
-/// speaks `min..=max`: the highest level both speak, `None` when the ranges
-/// do not meet (`unsupported_version`).
-#[must_use]
-pub fn negotiate(min: u8, max: u8) -> Option<u8> {
-    let level = max.min(LEVEL);
-    (level >= min.max(1)).then_some(level)
-}
 
 /// Largest frame either side accepts, header included (64 KiB).
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
@@ -411,15 +393,8 @@ impl Frame {
             }
             Frame::Ack { up_to } => b.put_u64(*up_to),
             Frame::Ok { ref_id } => b.put_u64(*ref_id),
-            Frame::Oks { runs } => {
-                oks::check_runs(runs)
-                    .map_err(|source| FrameError::Malformed { kind: FrameType::Oks, source })?;
-                b.put_u16(u16::try_from(runs.len()).unwrap_or(u16::MAX));
-                for run in runs {
-                    b.put_u64(run.first);
-                    b.put_u32(run.count);
-                }
-            }
+            Frame::Oks { runs } => oks::encode(&mut b, runs)
+                .map_err(|source| FrameError::Malformed { kind: FrameType::Oks, source })?,
             Frame::Presence { peer, online } => {
                 b.put(&peer.0);
                 b.put_u8(u8::from(*online));
@@ -531,17 +506,7 @@ fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
         },
         FrameType::Ack => Frame::Ack { up_to: r.u64("up_to")? },
         FrameType::Ok => Frame::Ok { ref_id: r.u64("ref_id")? },
-        FrameType::Oks => {
-            let n = usize::from(r.u16("runs")?);
-            oks::check_len(n)?;
-            let mut runs = Vec::with_capacity(n);
-            for _ in 0..n {
-                let run = OkRun { first: r.u64("first")?, count: r.u32("count")? };
-                run.check()?;
-                runs.push(run);
-            }
-            Frame::Oks { runs }
-        }
+        FrameType::Oks => Frame::Oks { runs: oks::decode(&mut r)? },
         FrameType::Presence => Frame::Presence {
             peer: DeviceId(r.array("peer")?),
             online: match r.u8("online")? {
@@ -667,17 +632,6 @@ mod tests {
             panic!()
         };
         assert_eq!(message.len(), 256);
-    }
-
-    #[test]
-    fn levels_are_the_highest_both_sides_speak() {
-        assert_eq!(negotiate(1, 1), Some(1));
-        assert_eq!(negotiate(1, 2), Some(2));
-        assert_eq!(negotiate(1, 9), Some(LEVEL));
-        assert_eq!(negotiate(2, 3), Some(2));
-        assert_eq!(negotiate(0, 1), Some(1));
-        assert_eq!(negotiate(0, 0), None);
-        assert_eq!(negotiate(3, 4), None);
     }
 
     #[test]

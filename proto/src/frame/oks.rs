@@ -2,7 +2,7 @@
 //! PROTOCOL.md §6.5): one frame answers many `send_id`s the way as many
 //! `Ok{ref_id}` frames would.
 
-use crate::codec::CodecError;
+use crate::codec::{CodecError, Put, Reader};
 
 /// Most runs in one `Oks` frame (the frame stays under `MAX_FRAME_LEN`:
 /// 4 + 4096 × 12 bytes).
@@ -71,6 +71,30 @@ pub(crate) fn check_len(n: usize) -> Result<(), CodecError> {
 pub(crate) fn check_runs(runs: &[OkRun]) -> Result<(), CodecError> {
     check_len(runs.len())?;
     runs.iter().try_for_each(OkRun::check)
+}
+
+/// Write an `Oks` body: `runs u16 ‖ runs × (first u64 ‖ count u32)`.
+pub(super) fn encode(b: &mut Vec<u8>, runs: &[OkRun]) -> Result<(), CodecError> {
+    check_runs(runs)?;
+    b.put_u16(u16::try_from(runs.len()).unwrap_or(u16::MAX));
+    for run in runs {
+        b.put_u64(run.first);
+        b.put_u32(run.count);
+    }
+    Ok(())
+}
+
+/// Read an `Oks` body, checked as it is read (PROTOCOL.md §4.4).
+pub(super) fn decode(r: &mut Reader<'_>) -> Result<Vec<OkRun>, CodecError> {
+    let n = usize::from(r.u16("runs")?);
+    check_len(n)?;
+    let mut runs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let run = OkRun { first: r.u64("first")?, count: r.u32("count")? };
+        run.check()?;
+        runs.push(run);
+    }
+    Ok(runs)
 }
 
 /// Add `id` to `runs`: it extends the last run when it follows it directly,
