@@ -406,6 +406,9 @@ impl Writer {
 /// place of the first of them; everything else keeps its order. An id no
 /// run can hold (`u64::MAX`) stays an answer of its own (`Ok`).
 fn coalesce(batch: &mut Vec<Queued>) {
+    if !batch.iter().any(|out| matches!(**out, Outbound::Accepted(_))) {
+        return;
+    }
     let mut runs = Vec::new();
     let mut at = None;
     let mut kept = Vec::with_capacity(batch.len());
