@@ -317,7 +317,12 @@ impl Actor {
                         permit.send(event);
                     }
                 }
-                Wake::Frame(Err(e)) => return e,
+                Wake::Frame(Err(e)) => {
+                    if matches!(e, ClientError::Protocol(_)) {
+                        conn.close(Some(ErrorCode::MalformedFrame)).await;
+                    }
+                    return e;
+                }
                 Wake::Frame(Ok(frame)) => {
                     // Anything from the relay proves the connection alive.
                     pong_deadline = None;
@@ -407,6 +412,23 @@ impl Actor {
                 Some(pending) => pending.answer(Ok(())),
                 None => debug!(ref_id, "Ok for no pending request"),
             },
+            Frame::Oks { runs } => {
+                // Each `Send` in flight that a run covers, as by `Ok`; ids
+                // not in flight (or not a `Send`) are not this answer's.
+                for run in &runs {
+                    let covered: Vec<u64> = self
+                        .in_flight
+                        .range(run.ids())
+                        .filter(|(_, p)| matches!(p.frame, Frame::Send { .. }))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in covered {
+                        if let Some(pending) = self.in_flight.remove(&id) {
+                            pending.answer(Ok(()));
+                        }
+                    }
+                }
+            }
             Frame::Error { code, ref_id, message } => {
                 match self.in_flight.remove(&ref_id).filter(|_| ref_id != 0) {
                     Some(pending) => {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::Uri;
-use tandem_proto::frame::{MAX_FRAME_LEN, VERSION};
+use tandem_proto::frame::{LEVEL, MAX_FRAME_LEN};
 use tandem_proto::{DeviceId, DeviceKey, ErrorCode, Frame, FrameError, Role, relay_auth};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -203,7 +203,8 @@ impl Endpoint {
             write_timeout,
         };
 
-        conn.send(&Frame::Hello { min_version: VERSION, max_version: VERSION, role }).await?;
+        // Protocol levels 1 to LEVEL: a level-2 relay may answer sends with `Oks`.
+        conn.send(&Frame::Hello { min_version: 1, max_version: LEVEL, role }).await?;
         let challenge = conn.recv_handshake().await?;
         let auth = match relay_auth::prove(key, role, &self.dialed, &challenge) {
             Ok(auth) => auth,
@@ -352,13 +353,17 @@ impl Connection {
         }
     }
 
-    /// Receive the next frame. Frames that do not decode (a newer relay's
-    /// frame type, a malformed frame) are logged and skipped, as are
-    /// WebSocket control and text messages. Cancel safe.
+    /// Receive the next frame. Frames of a type or version this build does
+    /// not know (a newer relay's) are logged and skipped, as are WebSocket
+    /// control and text messages. Cancel safe.
     ///
     /// # Errors
     /// [`ClientError::Disconnected`] (with the relay's code when it closed
-    /// with a Tandem close code) or another error when the connection ended.
+    /// with a Tandem close code) or another error when the connection ended;
+    /// [`ClientError::Protocol`] for a frame of a known type that does not
+    /// decode (a malformed `Oks`, say): skipping it could lose an answer or
+    /// a delivery, so the connection is given up (what was in flight goes
+    /// again on the next one).
     pub async fn recv(&mut self) -> Result<Frame, ClientError> {
         loop {
             let message = match self.ws.next().await {
@@ -374,7 +379,15 @@ impl Connection {
             match message {
                 Message::Binary(bytes) => match Frame::decode(&bytes) {
                     Ok(frame) => return Ok(frame),
-                    Err(e) => warn!(error = %e, len = bytes.len(), "skipping an undecodable frame"),
+                    Err(e @ (FrameError::UnknownType(_) | FrameError::UnsupportedVersion(_))) => {
+                        warn!(error = %e, len = bytes.len(), "skipping an unknown frame");
+                    }
+                    Err(e) => {
+                        warn!(error = %e, len = bytes.len(), "the relay sent a malformed frame");
+                        return Err(ClientError::Protocol(format!(
+                            "the relay sent a malformed frame: {e}"
+                        )));
+                    }
                 },
                 Message::Close(close) => return Err(closed(close.as_ref())),
                 Message::Text(_) => warn!("skipping a text message from the relay"),

@@ -8,7 +8,7 @@ use tandem_fuzz::{DESKTOP_SENT, NOW, fixture, link, record_peer, session};
 use tandem_proto::content::Content;
 use tandem_proto::entropy::Entropy;
 use tandem_proto::envelope::Envelope;
-use tandem_proto::frame::Frame;
+use tandem_proto::frame::{Frame, OkRun};
 use tandem_proto::message::{DeviceInfo, FinishStatus, Message, TaskEvent};
 use tandem_proto::qr::QrPayload;
 use tandem_proto::{DeviceId, DeviceKey, ErrorCode, PublicKey, Role};
@@ -37,6 +37,7 @@ fn frames() -> Vec<Vec<u8>> {
         Frame::Deliver { delivery_id: 9, from: id, payload: vec![1, 1, 9] },
         Frame::Ack { up_to: 9 },
         Frame::Ok { ref_id: 1 },
+        Frame::Oks { runs: vec![OkRun { first: 1, count: 3 }, OkRun { first: 9, count: 1 }] },
         Frame::Presence { peer: id, online: true },
         Frame::Ping { nonce: 5 },
         Frame::Pong { nonce: 5 },

@@ -13,7 +13,13 @@ use crate::codec::{CodecError, Put, Reader};
 use crate::error_code::ErrorCode;
 use crate::identity::{DeviceId, PublicKey, Role};
 
-/// The relay-protocol version this crate speaks.
+mod level;
+mod oks;
+
+pub use level::{LEVEL, LEVEL_OKS, negotiate};
+pub use oks::{MAX_OK_RUNS, OkRun, push_ok};
+
+/// The frame version byte: the only one defined, at every protocol level.
 pub const VERSION: u8 = 1;
 
 /// Largest frame either side accepts, header included (64 KiB).
@@ -105,6 +111,8 @@ frame_types! {
     Ok = 0x13;
     /// Relay → device: a peer came online or went offline.
     Presence = 0x14;
+    /// Relay → device (level 2): every `Send` in these runs of ids succeeded.
+    Oks = 0x15;
     /// Either way: liveness probe.
     Ping = 0x20;
     /// Either way: answer to a ping.
@@ -207,6 +215,14 @@ pub enum Frame {
         /// The request this answers (`send_id` or `request_id`).
         ref_id: u64,
     },
+    /// `runs u16 ‖ runs × (first u64 ‖ count u32)`: 1 to [`MAX_OK_RUNS`]
+    /// runs, each `count ≥ 1` with `first + count` within a `u64`. Only for
+    /// `Send`s, only to a device that speaks level [`LEVEL_OKS`]: each id
+    /// covered is answered as by `Ok{ref_id = id}`.
+    Oks {
+        /// The runs of accepted `send_id`s.
+        runs: Vec<OkRun>,
+    },
     /// `peer [16] ‖ online u8`
     Presence {
         /// The peer.
@@ -302,6 +318,7 @@ impl Frame {
             Frame::Deliver { .. } => FrameType::Deliver,
             Frame::Ack { .. } => FrameType::Ack,
             Frame::Ok { .. } => FrameType::Ok,
+            Frame::Oks { .. } => FrameType::Oks,
             Frame::Presence { .. } => FrameType::Presence,
             Frame::Ping { .. } => FrameType::Ping,
             Frame::Pong { .. } => FrameType::Pong,
@@ -321,8 +338,8 @@ impl Frame {
     /// # Errors
     /// [`FrameError::TooLarge`] if the result would exceed [`MAX_FRAME_LEN`]
     /// (an over-long payload), [`FrameError::Malformed`] for a `Hello` whose
-    /// version range is empty: a sender can never emit what a receiver must
-    /// refuse.
+    /// version range is empty or an `Oks` whose runs are not valid: a sender
+    /// can never emit what a receiver must refuse.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         let mut b = Vec::with_capacity(64 + self.payload_len());
         b.put_u8(VERSION);
@@ -376,6 +393,8 @@ impl Frame {
             }
             Frame::Ack { up_to } => b.put_u64(*up_to),
             Frame::Ok { ref_id } => b.put_u64(*ref_id),
+            Frame::Oks { runs } => oks::encode(&mut b, runs)
+                .map_err(|source| FrameError::Malformed { kind: FrameType::Oks, source })?,
             Frame::Presence { peer, online } => {
                 b.put(&peer.0);
                 b.put_u8(u8::from(*online));
@@ -487,6 +506,7 @@ fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
         },
         FrameType::Ack => Frame::Ack { up_to: r.u64("up_to")? },
         FrameType::Ok => Frame::Ok { ref_id: r.u64("ref_id")? },
+        FrameType::Oks => Frame::Oks { runs: oks::decode(&mut r)? },
         FrameType::Presence => Frame::Presence {
             peer: DeviceId(r.array("peer")?),
             online: match r.u8("online")? {

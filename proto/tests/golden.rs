@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tandem_proto::content::Content;
 use tandem_proto::entropy::Entropy;
 use tandem_proto::envelope::Envelope;
-use tandem_proto::frame::Frame;
+use tandem_proto::frame::{Frame, OkRun};
 use tandem_proto::kdf::{label, mac};
 use tandem_proto::message::{DeviceInfo, FinishStatus, Message, TaskEvent, TaskState, TaskSummary};
 use tandem_proto::pairing::{DesktopPairing, PhonePairing};
@@ -61,6 +61,15 @@ fn frames() -> Value {
         ("deliver", Frame::Deliver { delivery_id: 42, from: a, payload: b"opaque".to_vec() }),
         ("ack", Frame::Ack { up_to: 42 }),
         ("ok", Frame::Ok { ref_id: 7 }),
+        (
+            "oks",
+            Frame::Oks {
+                runs: vec![
+                    OkRun { first: 7, count: 3 },
+                    OkRun { first: 0x0102_0304_0506_0708, count: 1 },
+                ],
+            },
+        ),
         ("presence", Frame::Presence { peer: b, online: true }),
         ("ping", Frame::Ping { nonce: 0x0102_0304_0506_0708 }),
         ("pong", Frame::Pong { nonce: 0x0102_0304_0506_0708 }),

@@ -14,7 +14,9 @@ use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 use tandem_proto::content::{Content, MAX_REASON_LEN};
 use tandem_proto::envelope::{Envelope, RECORD_HEADER_LEN, record_header};
-use tandem_proto::frame::{MAX_ERROR_MESSAGE_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN, VERSION};
+use tandem_proto::frame::{
+    MAX_ERROR_MESSAGE_LEN, MAX_FRAME_LEN, MAX_OK_RUNS, MAX_PAYLOAD_LEN, OkRun, VERSION,
+};
 use tandem_proto::message::{
     Decoded, DeviceInfo, KNOWN_EVENT_TYPES, KNOWN_KINDS, MAX_DEVICE_NAME_CHARS, MAX_MESSAGE_LEN,
     Message, MessageError, TaskEvent,
@@ -155,6 +157,50 @@ proptest! {
                     matches!(e, FrameError::Malformed { kind: FrameType::Hello, .. });
                 prop_assert!(refused_as_hello, "{:?}", e);
                 prop_assert!(Frame::decode(&wire).is_err());
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// `Oks` runs, valid or not: encoding fails exactly when decoding the
+    /// same bytes does (no runs, over `MAX_OK_RUNS`, a count of 0, a run
+    /// past `u64::MAX`), and what decodes encodes back byte for byte.
+    #[test]
+    fn oks_frames_encode_exactly_when_they_decode(
+        runs in prop_oneof![
+            8 => vec((any::<u64>(), any::<u32>()), 0..6),
+            8 => vec((prop_oneof![Just(u64::MAX), Just(u64::MAX - 5), 0..10u64], 0..8u32), 0..6),
+            1 => vec((any::<u64>(), 1..4u32), (MAX_OK_RUNS - 1)..=(MAX_OK_RUNS + 1)),
+        ],
+    ) {
+        let valid = (1..=MAX_OK_RUNS).contains(&runs.len())
+            && runs.iter().all(|&(first, count)| {
+                count >= 1 && first.checked_add(u64::from(count)).is_some()
+            });
+        let runs: Vec<OkRun> = runs.into_iter().map(|(first, count)| OkRun { first, count }).collect();
+        let mut wire = vec![VERSION, FrameType::Oks as u8];
+        wire.extend_from_slice(&u16::try_from(runs.len()).unwrap().to_be_bytes());
+        for r in &runs {
+            wire.extend_from_slice(&r.first.to_be_bytes());
+            wire.extend_from_slice(&r.count.to_be_bytes());
+        }
+        let oks = Frame::Oks { runs };
+        match oks.encode() {
+            Ok(bytes) => {
+                prop_assert!(valid);
+                prop_assert_eq!(&bytes, &wire);
+                prop_assert_eq!(Frame::decode(&bytes), Ok(oks));
+            }
+            Err(e) => {
+                prop_assert!(!valid, "{:?}", e);
+                let refused_as_oks = matches!(e, FrameError::Malformed { kind: FrameType::Oks, .. });
+                prop_assert!(refused_as_oks, "{:?}", e);
+                let decoded = Frame::decode(&wire);
+                let refused = matches!(decoded, Err(FrameError::Malformed { kind: FrameType::Oks, .. }));
+                prop_assert!(refused, "{:?}", decoded);
             }
         }
     }

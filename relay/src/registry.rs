@@ -18,6 +18,10 @@ pub(crate) enum Outbound {
     Frame(Frame),
     /// A stored frame to deliver live (the writer keeps delivery order).
     Deliver { id: u64, from: DeviceId, payload: Vec<u8> },
+    /// The `Send` with this `send_id` was accepted: `Ok{ref_id}` for a
+    /// level-1 device; for a level-2 one, the writer merges the answers
+    /// waiting in the queue into one `Oks` (PROTOCOL.md §6.5).
+    Accepted(u64),
 }
 
 /// What a connection's queue holds: boxed, so that the queue's first block
@@ -33,6 +37,7 @@ impl std::fmt::Debug for Outbound {
             Outbound::Deliver { id, payload, .. } => {
                 write!(f, "Deliver({id}, {} bytes)", payload.len())
             }
+            Outbound::Accepted(id) => write!(f, "Accepted({id})"),
         }
     }
 }
@@ -104,6 +109,13 @@ impl ConnHandle {
     /// once the writer is gone.
     pub(crate) async fn send(&self, frame: Frame) -> bool {
         self.tx.send(Box::new(Outbound::Frame(frame))).await.is_ok()
+    }
+
+    /// Tell the device that its `Send` `send_id` was accepted (see
+    /// [`Outbound::Accepted`]), waiting while the queue is full; false once
+    /// the writer is gone.
+    pub(crate) async fn accepted(&self, send_id: u64) -> bool {
+        self.tx.send(Box::new(Outbound::Accepted(send_id))).await.is_ok()
     }
 
     /// Hand something to the writer without making the caller wait.

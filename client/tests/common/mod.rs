@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tandem_client::proto::entropy::Entropy;
-use tandem_client::proto::frame::MAX_FRAME_LEN;
+use tandem_client::proto::frame::{LEVEL, MAX_FRAME_LEN};
 use tandem_client::proto::relay_auth::RelayChallenge;
 use tandem_client::proto::{DeviceId, DeviceKey, ErrorCode, Frame, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -183,7 +183,8 @@ async fn handshake(
     let host = host.lock().unwrap().clone();
     let mut conn = RelayConn { ws, device: DeviceId([0; 16]), host: host.clone() };
 
-    let Some(Frame::Hello { min_version: 1, max_version: 1, role }) = conn.recv().await else {
+    // The client speaks every protocol level up to this build's.
+    let Some(Frame::Hello { min_version: 1, max_version: LEVEL, role }) = conn.recv().await else {
         return None;
     };
     let name = options.challenge_name.clone().unwrap_or_else(|| host.clone());
@@ -225,6 +226,11 @@ pub(crate) struct RelayConn {
 impl RelayConn {
     pub(crate) async fn send(&mut self, frame: &Frame) {
         let _ = self.ws.send(Message::Binary(frame.encode().unwrap().into())).await;
+    }
+
+    /// Send `bytes` as one binary message, whatever they are.
+    pub(crate) async fn send_raw(&mut self, bytes: Vec<u8>) {
+        let _ = self.ws.send(Message::Binary(bytes.into())).await;
     }
 
     /// The next frame; `None` when the connection ended.

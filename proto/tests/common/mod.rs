@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tandem_proto::content::{Content, MAX_REASON_LEN};
 use tandem_proto::envelope::{Envelope, MAX_NOISE_LEN, TAG_LEN};
-use tandem_proto::frame::{MAX_ERROR_MESSAGE_LEN, MAX_PAYLOAD_LEN};
+use tandem_proto::frame::{MAX_ERROR_MESSAGE_LEN, MAX_OK_RUNS, MAX_PAYLOAD_LEN, OkRun};
 use tandem_proto::message::{
     DeviceInfo, FinishStatus, MAX_DEVICE_NAME_CHARS, MAX_MESSAGE_LEN, Message, TaskEvent,
     TaskState, TaskSummary,
@@ -127,6 +127,17 @@ pub fn small_frame() -> impl Strategy<Value = Frame> {
     frame_with(small_bytes, text(24))
 }
 
+/// Valid `Oks` runs: 1 to 8 of them (or, rarely, the most a frame holds),
+/// any first id, any count ≥ 1, never past `u64::MAX`.
+pub fn ok_runs() -> impl Strategy<Value = Vec<OkRun>> {
+    let run = (any::<u64>(), 1..=u32::MAX)
+        .prop_map(|(first, count)| OkRun { first: first.min(u64::MAX - u64::from(count)), count });
+    prop_oneof![
+        20 => vec(run.clone(), 1..=8),
+        1 => vec(run, MAX_OK_RUNS..=MAX_OK_RUNS),
+    ]
+}
+
 /// Every `Frame` variant, payloads from `payload` and error messages from `message`.
 fn frame_with<P, M>(payload: impl Fn() -> P, message: M) -> impl Strategy<Value = Frame>
 where
@@ -165,6 +176,7 @@ where
         }),
         any::<u64>().prop_map(|up_to| Frame::Ack { up_to }),
         any::<u64>().prop_map(|ref_id| Frame::Ok { ref_id }),
+        ok_runs().prop_map(|runs| Frame::Oks { runs }),
         (device_id(), any::<bool>()).prop_map(|(peer, online)| Frame::Presence { peer, online }),
         any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),

@@ -15,7 +15,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tandem_proto::entropy::Entropy;
-use tandem_proto::frame::Frame;
+use tandem_proto::frame::{Frame, LEVEL, LEVEL_OKS};
 use tandem_proto::relay_auth::RelayChallenge;
 use tandem_proto::{DeviceId, ErrorCode, Role};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -145,7 +145,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
     };
     let handshake =
         timeout(state.config.handshake_timeout, authenticate(&mut sink, &mut stream, &host));
-    let (device, role) = match handshake.await {
+    let (device, role, level) = match handshake.await {
         Ok(Ok(id)) => id,
         Ok(Err(Closing(code, msg))) => {
             // Refused: its place goes now, not after the goodbye.
@@ -204,7 +204,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
         handle.close(ErrorCode::ShuttingDown, "the relay is restarting; reconnect after the hint");
     }
     state.metrics.connected(role);
-    info!(device = %device, ?role, conn_id, %peer, "device connected");
+    info!(device = %device, ?role, level, conn_id, %peer, "device connected");
 
     let liveness = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
@@ -231,6 +231,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
                 acked: acked.clone(),
                 room: room.clone(),
                 window: writer::Window::default(),
+                oks: level >= LEVEL_OKS,
                 behind: false,
                 retry_at: None,
             };
@@ -293,21 +294,24 @@ impl Conn {
     }
 }
 
-/// Hello → Challenge → Auth. Returns the authenticated device and its role.
+/// Hello → Challenge → Auth. Returns the authenticated device, its role
+/// and the protocol level of the connection (the highest both speak).
 async fn authenticate(
     sink: &mut Sink,
     stream: &mut Stream,
     host: &str,
-) -> Result<(DeviceId, Role), Closing> {
-    let role = match next_frame(stream).await? {
+) -> Result<(DeviceId, Role, u8), Closing> {
+    let (role, level) = match next_frame(stream).await? {
         Frame::Hello { min_version, max_version, role } => {
-            if !(min_version..=max_version).contains(&tandem_proto::frame::VERSION) {
-                return Err(Closing::new(
-                    ErrorCode::UnsupportedVersion,
-                    format!("this relay speaks version {}", tandem_proto::frame::VERSION),
-                ));
+            match tandem_proto::frame::negotiate(min_version, max_version) {
+                Some(level) => (role, level),
+                None => {
+                    return Err(Closing::new(
+                        ErrorCode::UnsupportedVersion,
+                        format!("this relay speaks protocol levels 1 to {LEVEL}"),
+                    ));
+                }
             }
-            role
         }
         _ => return Err(Closing::new(ErrorCode::NotAuthenticated, "send Hello first")),
     };
@@ -321,7 +325,7 @@ async fn authenticate(
     match next_frame(stream).await? {
         Frame::Auth { public_key, proof } => challenge
             .verify(role, &public_key, &proof)
-            .map(|id| (id, role))
+            .map(|id| (id, role, level))
             .map_err(|e| Closing::new(ErrorCode::AuthFailed, e.to_string())),
         _ => Err(Closing::new(ErrorCode::NotAuthenticated, "send Auth after the challenge")),
     }

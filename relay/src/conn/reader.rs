@@ -490,7 +490,7 @@ impl Reader {
                     // The store commits again: so may an ack it refused.
                     self.unapplied.hurry();
                     if answer {
-                        self.reply(Frame::Ok { ref_id: send_id }).await;
+                        let _ = self.handle.accepted(send_id).await;
                     }
                 }
                 Err(_) if !answer => {}

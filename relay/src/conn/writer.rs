@@ -8,6 +8,11 @@
 //! served at its pace, and pings and answers never wait behind more than a
 //! window of deliveries.
 //!
+//! Answers to accepted `Send`s ([`Outbound::Accepted`]) go out as one `Ok`
+//! each, or, to a device that speaks level 2, merged: every answer waiting
+//! in the queue when the writer takes a batch goes out as one `Oks`, in the
+//! place of the first of them ([`coalesce`]). Nothing waits for more.
+//!
 //! When the store cannot be read (it is down, or busy) the connection stays
 //! open: the device is told once (`Error{store_unavailable, ref_id = 0}`),
 //! nothing is delivered past the gap, and the backlog is read again every
@@ -19,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
-use tandem_proto::frame::Frame;
+use tandem_proto::frame::{Frame, push_ok};
 use tandem_proto::{DeviceId, ErrorCode};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until};
@@ -35,6 +40,9 @@ pub(super) const WRITE_FAILED: &str = "write failed or timed out";
 const BACKLOG_PAGE: usize = 128;
 /// Most queued frames the writer buffers before it flushes.
 const WRITE_BATCH: usize = 64;
+/// Most items the writer takes from its queue for one batch (answers merged
+/// into an `Oks` count as one frame towards [`WRITE_BATCH`]).
+const MAX_DRAIN: usize = 4 * WRITE_BATCH;
 /// How long the writer waits before reading the backlog again after the
 /// store refused a read.
 pub(super) const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -54,6 +62,8 @@ pub(super) struct Writer {
     pub(super) room: Arc<Notify>,
     /// Deliveries sent and not acknowledged yet.
     pub(super) window: Window,
+    /// The device speaks level 2: answers to its `Send`s go out as `Oks`.
+    pub(super) oks: bool,
     /// Some delivery was left in the store for want of room in the window.
     pub(super) behind: bool,
     /// The store refused the last backlog read: when to read it again.
@@ -121,11 +131,21 @@ impl Writer {
                 write(&mut self.sink, &Frame::Restarting { reconnect_after_ms: hint }, &self.state)
                     .await;
         }
-        // Flush what is queued, then close.
+        // Flush what is queued (answers merged as in a batch), then close.
+        let mut queued = Vec::new();
         while let Ok(out) = rx.try_recv() {
-            if let Outbound::Frame(f) = *out
-                && write(&mut self.sink, &f, &self.state).await.is_err()
-            {
+            queued.push(out);
+        }
+        if self.oks {
+            coalesce(&mut queued);
+        }
+        for out in queued {
+            let f = match *out {
+                Outbound::Frame(f) => f,
+                Outbound::Accepted(id) => Frame::Ok { ref_id: id },
+                Outbound::Deliver { .. } => continue,
+            };
+            if write(&mut self.sink, &f, &self.state).await.is_err() {
                 break;
             }
         }
@@ -196,14 +216,10 @@ impl Writer {
                     },
                 };
                 if let Some(out) = out {
-                    Box::pin(self.deliver(*out, last)).await?;
                     // Whatever else is ready goes out in the same write.
-                    let mut n = 1;
-                    while n < WRITE_BATCH
-                        && let Ok(out) = rx.try_recv()
-                    {
+                    let batch = self.drain(out, rx);
+                    for out in batch {
                         Box::pin(self.deliver(*out, last)).await?;
-                        n += 1;
                     }
                     self.flush().await?;
                     continue;
@@ -233,10 +249,31 @@ impl Writer {
         }
     }
 
+    /// `first` and what else is ready in the queue, up to [`WRITE_BATCH`]
+    /// frames; for a level-2 device with the answers merged ([`coalesce`]).
+    fn drain(&self, first: Queued, rx: &mut mpsc::Receiver<Queued>) -> Vec<Queued> {
+        let mut batch = vec![first];
+        let mut frames = 1;
+        while frames < WRITE_BATCH
+            && batch.len() < MAX_DRAIN
+            && let Ok(out) = rx.try_recv()
+        {
+            if !(self.oks && matches!(*out, Outbound::Accepted(_))) {
+                frames += 1;
+            }
+            batch.push(out);
+        }
+        if self.oks {
+            coalesce(&mut batch);
+        }
+        batch
+    }
+
     /// Buffer what another task handed over; the caller flushes.
     async fn deliver(&mut self, out: Outbound, last: &mut u64) -> Result<(), Closing> {
         match out {
             Outbound::Frame(f) => self.feed(&f).await,
+            Outbound::Accepted(id) => self.feed(&Frame::Ok { ref_id: id }).await,
             Outbound::Deliver { id, from, payload } => {
                 if id <= *last {
                     return Ok(());
@@ -362,5 +399,97 @@ impl Writer {
                 return Ok(true);
             }
         }
+    }
+}
+
+/// Merge the answers to accepted `Send`s in `batch` into one `Oks`, in the
+/// place of the first of them; everything else keeps its order. An id no
+/// run can hold (`u64::MAX`) stays an answer of its own (`Ok`).
+fn coalesce(batch: &mut Vec<Queued>) {
+    if !batch.iter().any(|out| matches!(**out, Outbound::Accepted(_))) {
+        return;
+    }
+    let mut runs = Vec::new();
+    let mut at = None;
+    let mut kept = Vec::with_capacity(batch.len());
+    for out in batch.drain(..) {
+        if let Outbound::Accepted(id) = *out
+            && push_ok(&mut runs, id)
+        {
+            if at.is_none() {
+                at = Some(kept.len());
+                kept.push(out);
+            }
+            continue;
+        }
+        kept.push(out);
+    }
+    if let Some(slot) = at.and_then(|i| kept.get_mut(i)) {
+        **slot = Outbound::Frame(Frame::Oks { runs });
+    }
+    *batch = kept;
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_proto::frame::OkRun;
+
+    use super::*;
+
+    fn frames(batch: Vec<Queued>) -> Vec<String> {
+        batch
+            .into_iter()
+            .map(|out| match *out {
+                Outbound::Frame(Frame::Oks { runs }) => {
+                    let runs: Vec<_> =
+                        runs.iter().map(|r| format!("{}+{}", r.first, r.count)).collect();
+                    format!("Oks[{}]", runs.join(","))
+                }
+                Outbound::Frame(f) => f.frame_type().to_string(),
+                Outbound::Deliver { id, .. } => format!("Deliver{id}"),
+                Outbound::Accepted(id) => format!("Accepted{id}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn answers_merge_into_one_oks_where_the_first_was() {
+        let deliver =
+            |id| Box::new(Outbound::Deliver { id, from: DeviceId([1; 16]), payload: vec![] });
+        let ok = |id| Box::new(Outbound::Accepted(id));
+        let presence =
+            Box::new(Outbound::Frame(Frame::Presence { peer: DeviceId([2; 16]), online: true }));
+        let mut batch = vec![
+            deliver(10),
+            ok(5),
+            ok(6),
+            presence,
+            Box::new(Outbound::Frame(Frame::Ok { ref_id: 3 })),
+            ok(7),
+            deliver(11),
+            ok(9),
+            ok(u64::MAX),
+        ];
+        coalesce(&mut batch);
+        assert_eq!(
+            frames(batch),
+            [
+                "Deliver10",
+                "Oks[5+3,9+1]",
+                "Presence",
+                "Ok",
+                "Deliver11",
+                &format!("Accepted{}", u64::MAX)
+            ]
+        );
+        // Nothing to merge: nothing changes.
+        let mut batch = vec![deliver(1), Box::new(Outbound::Frame(Frame::Ok { ref_id: 2 }))];
+        coalesce(&mut batch);
+        assert_eq!(frames(batch), ["Deliver1", "Ok"]);
+        let mut batch = vec![ok(4)];
+        coalesce(&mut batch);
+        assert!(
+            matches!(*batch[0], Outbound::Frame(Frame::Oks { ref runs }) if *runs == [OkRun { first: 4, count: 1 }])
+        );
     }
 }

@@ -322,10 +322,34 @@ impl Device {
         Self::authenticate(ws, &relay.addr, key, role).await
     }
 
-    /// Authenticate on an open WebSocket to the relay reached as `addr`.
+    /// Connect and authenticate saying `Hello{1, max_level}`; panics unless
+    /// `AuthOk` arrives.
+    pub async fn connect_at(
+        relay: &Relay,
+        key: DeviceKey,
+        role: Role,
+        max_level: u8,
+    ) -> (Device, u32) {
+        let ws = ws_connect(&relay.url).await;
+        Self::authenticate_at(ws, &relay.addr, key, role, max_level).await
+    }
+
+    /// Authenticate on an open WebSocket to the relay reached as `addr`
+    /// (protocol level 1).
     pub async fn authenticate(ws: Ws, addr: &str, key: DeviceKey, role: Role) -> (Device, u32) {
+        Self::authenticate_at(ws, addr, key, role, 1).await
+    }
+
+    /// [`Self::authenticate`] saying `Hello{1, max_level}`.
+    pub async fn authenticate_at(
+        ws: Ws,
+        addr: &str,
+        key: DeviceKey,
+        role: Role,
+        max_level: u8,
+    ) -> (Device, u32) {
         let mut d = Device { key, role, ws, backlog: Vec::new(), auto_pong: true };
-        d.send(&Frame::Hello { min_version: 1, max_version: 1, role }).await;
+        d.send(&Frame::Hello { min_version: 1, max_version: max_level, role }).await;
         let challenge = d.recv().await;
         let auth = prove(&d.key, role, addr, &challenge).expect("prove");
         d.send(&auth).await;

@@ -3,8 +3,8 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-84fa49bd3eecafef.js", "text/javascript; charset=utf-8", "code", "\"84fa49bd3eecafefc61e5ba48aa5e2a6\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-84fa49bd3eecafef.js"))),
+    ("/assets/app-9f2f5df178a526f0.js", "text/javascript; charset=utf-8", "code", "\"9f2f5df178a526f008ffd6972fccfb65\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-9f2f5df178a526f0.js"))),
     ("/assets/app-c87bb3e6c76dd449.css", "text/css; charset=utf-8", "code", "\"c87bb3e6c76dd4492ea6ef63353902b2\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-c87bb3e6c76dd449.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
@@ -13,7 +13,7 @@
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"4c32bb0e08d972e032d57c4d0bd6b1fb\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"3de7471fd9f86a8e1afd86a5bac7a741\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

@@ -8,7 +8,7 @@ import { loadVector } from './vectors.ts';
 const frames = loadVector<{ name: string; debug: string; hex: string }[]>('frames');
 
 test('frames.json: one vector per frame type of §4.2', () => {
-  assert.equal(frames.length, 19);
+  assert.equal(frames.length, 20);
 });
 
 for (const v of frames) {
@@ -42,6 +42,34 @@ test('frame decode errors map to the §5 codes in §4.4 order', () => {
   const big = new Uint8Array(2 + 24 + MAX_PAYLOAD_LEN + 1);
   big.set([1, 0x10]);
   assert.equal(code(big), 3);
+});
+
+test('Oks: the §4.4 checks, on decode and on encode', () => {
+  const code = (hex: string): number => {
+    try {
+      decodeFrame(hexToBytes(hex));
+    } catch (e) {
+      assert.ok(e instanceof FrameError);
+      assert.equal(e.detail.kind === 'Malformed' && e.detail.frameType, 'Oks');
+      return e.code();
+    }
+    return 0;
+  };
+  const run = (first: bigint, count: number): string => first.toString(16).padStart(16, '0') + count.toString(16).padStart(8, '0');
+  assert.equal(code('01150001' + run(7n, 3)), 0);
+  assert.equal(code('01150000'), 3); // no runs
+  assert.equal(code('01151001'), 3); // 4097 runs
+  assert.equal(code('01150001' + run(7n, 0)), 3); // count 0
+  assert.equal(code('01150001' + run((1n << 64n) - 3n, 3)), 3); // past u64::MAX
+  assert.equal(code('01150001' + run((1n << 64n) - 4n, 3)), 0); // up to it
+  assert.equal(code('01150002' + run(7n, 1)), 3); // truncated
+  assert.equal(code('01150001' + run(7n, 1) + '00'), 3); // trailing byte
+  const f = decodeFrame(hexToBytes('01150001' + run((1n << 64n) - 4n, 3)));
+  assert.deepEqual(f, { type: 'Oks', runs: [{ first: (1n << 64n) - 4n, count: 3 }] });
+  for (const runs of [[], [{ first: 1n, count: 0 }], [{ first: (1n << 64n) - 1n, count: 1 }], Array.from({ length: 4097 }, () => ({ first: 1n, count: 1 }))]) {
+    assert.throws(() => encodeFrame({ type: 'Oks', runs }), FrameError);
+  }
+  assert.equal(encodeFrame({ type: 'Oks', runs: Array.from({ length: 4096 }, () => ({ first: 1n, count: 0xffff_ffff })) }).length, 4 + 12 * 4096);
 });
 
 test('encode refuses oversize payloads and truncates Error.message on a char boundary', () => {

@@ -37,7 +37,9 @@ class FakeSocket {
     this.onopen?.();
   }
   feed(f: Frame): void {
-    const b = encodeFrame(f);
+    this.feedRaw(encodeFrame(f));
+  }
+  feedRaw(b: Uint8Array): void {
     this.onmessage?.({ data: b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer });
   }
 }
@@ -172,6 +174,75 @@ test('relay: a new store epoch resets the delivery cursor; the same epoch keeps 
     await settle();
     assert.equal(delivered.length, 4);
     assert.deepEqual(acks(ws).slice(before), [2n]);
+  } finally {
+    c.stop();
+  }
+});
+
+/** How each request ended so far: 'ok', the RelayError's code, or absent while pending. */
+function track(outcomes: Map<bigint, string>, id: bigint, p: Promise<void>): void {
+  p.then(
+    () => void outcomes.set(id, 'ok'),
+    (e: { code: string }) => void outcomes.set(id, e.code),
+  );
+}
+
+const sendIds = (ws: FakeSocket) => ws.sent.flatMap((f) => (f.type === 'Send' ? [f.sendId] : []));
+
+test('relay: it says Hello{1, 2}; an Oks answers each pending Send it covers, never another request', async () => {
+  const key = DeviceKey.generate();
+  const { c } = client(key);
+  try {
+    const ws = handshake(c);
+    const hello = ws.sent[0]!;
+    assert.ok(hello.type === 'Hello' && hello.minVersion === 1 && hello.maxVersion === 2, JSON.stringify(hello));
+    ws.feed({ type: 'AuthOk', deviceId: key.public().deviceId(), queued: 0, pingIntervalMs: 30_000, storeEpoch: 1n });
+    const peer = DeviceKey.generate().public().deviceId();
+    const outcomes = new Map<bigint, string>();
+    for (let i = 0; i < 4; i++) {
+      const p = c.send(peer, Uint8Array.of(i));
+      track(outcomes, sendIds(ws).at(-1)!, p);
+    }
+    const authorize = c.authorize(peer);
+    const auth = ws.sent.at(-1)!;
+    assert.equal(auth.type, 'Authorize');
+    const authId = auth.type === 'Authorize' ? auth.requestId : 0n;
+    track(outcomes, authId, authorize);
+    const [a, b, d, e] = sendIds(ws);
+    assert.deepEqual([b! - a!, d! - b!, e! - d!], [1n, 1n, 1n]);
+
+    // The first two and the fourth, plus ids nobody waits for (the authorisation's among them).
+    ws.feed({ type: 'Oks', runs: [{ first: 0n, count: Number(b!) + 1 }, { first: e!, count: 1 }, { first: authId, count: 1 }, { first: 1n << 40n, count: 3 }] });
+    await settle();
+    assert.deepEqual([a, b, d, e, authId].map((id) => outcomes.get(id!)), ['ok', 'ok', undefined, 'ok', undefined]);
+    ws.feed({ type: 'Oks', runs: [{ first: a!, count: 4 }] });
+    ws.feed({ type: 'Ok', refId: authId });
+    await settle();
+    assert.deepEqual([a, b, d, e, authId].map((id) => outcomes.get(id!)), ['ok', 'ok', 'ok', 'ok', 'ok']);
+    assert.equal(ws.closedWith, null);
+  } finally {
+    c.stop();
+  }
+});
+
+test('relay: a malformed Oks drops the connection (malformed_frame); the Sends it carried fail, nothing is answered', async () => {
+  const key = DeviceKey.generate();
+  const { c, states } = client(key);
+  try {
+    const ws = handshake(c);
+    ws.feed({ type: 'AuthOk', deviceId: key.public().deviceId(), queued: 0, pingIntervalMs: 30_000, storeEpoch: 1n });
+    const peer = DeviceKey.generate().public().deviceId();
+    const outcomes = new Map<bigint, string>();
+    track(outcomes, 1n, c.send(peer, Uint8Array.of(1)));
+    const [id] = sendIds(ws);
+    // One run with count 0.
+    const bad = encodeFrame({ type: 'Oks', runs: [{ first: id!, count: 1 }] });
+    bad.set([0, 0, 0, 0], bad.length - 4);
+    ws.feedRaw(bad);
+    await settle();
+    assert.equal(ws.closedWith, 4003);
+    assert.equal(outcomes.get(1n), 'offline', 'failed with the connection, not answered Ok');
+    assert.equal(states.at(-1)?.kind, 'waiting', JSON.stringify(states));
   } finally {
     c.stop();
   }

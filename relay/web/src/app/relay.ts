@@ -1,11 +1,13 @@
 // The relay connection (PROTOCOL §4–§7), as tandem-client does it: Hello,
 // Challenge, Auth; pings; Send/Ok; Deliver/Ack; reconnect with full-jitter
-// backoff; a probe after the page wakes up. Deliveries are handed to the app
+// backoff; a probe after the page wakes up. It speaks protocol level 2: the
+// relay may answer Sends with one `Oks` for many. Deliveries are handed to the app
 // one at a time and acknowledged only once the app has saved them.
 import {
   DeviceId,
   type DeviceKey,
   type Frame,
+  LEVEL,
   decodeFrame,
   encodeFrame,
   errorCodeFromClose,
@@ -82,6 +84,8 @@ function randomU64(): bigint {
 }
 
 interface Pending {
+  /** A Send (which an `Oks` may answer), not another request. */
+  send: boolean;
   resolve(): void;
   reject(e: RelayError): void;
   timer: ReturnType<typeof setTimeout>;
@@ -212,13 +216,14 @@ export class RelayClient {
       await this.whenOnline(REQUEST_TIMEOUT_MS);
     }
     const id = this.nextId++;
+    const frame = make(id);
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new RelayError('timeout', 'the relay did not answer'));
       }, REQUEST_TIMEOUT_MS);
-      this.pending.set(id, { resolve, reject, timer });
-      if (!this.write(make(id))) {
+      this.pending.set(id, { send: frame.type === 'Send', resolve, reject, timer });
+      if (!this.write(frame)) {
         clearTimeout(timer);
         this.pending.delete(id);
         reject(new RelayError('offline', 'not connected to the relay'));
@@ -273,7 +278,7 @@ export class RelayClient {
     }, HANDSHAKE_TIMEOUT_MS);
     ws.onopen = () => {
       if (gen !== this.generation) return;
-      this.write({ type: 'Hello', minVersion: 1, maxVersion: 1, role: 'phone' });
+      this.write({ type: 'Hello', minVersion: 1, maxVersion: LEVEL, role: 'phone' });
     };
     ws.onmessage = (m) => {
       if (gen !== this.generation || !(m.data instanceof ArrayBuffer)) return;
@@ -344,6 +349,12 @@ export class RelayClient {
       }
       case 'Ok':
         this.answer(f.refId, null);
+        return;
+      case 'Oks':
+        // Each pending Send a run covers, as by `Ok`; other ids are not this answer's.
+        for (const [id, p] of [...this.pending]) {
+          if (p.send && f.runs.some((r) => id >= r.first && id < r.first + BigInt(r.count))) this.answer(id, null);
+        }
         return;
       case 'Error': {
         const name = errorCodeName(f.code);

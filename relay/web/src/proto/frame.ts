@@ -1,8 +1,16 @@
 // Relay frames (PROTOCOL.md §4, proto/src/frame.rs): version u8 ‖ type u8 ‖ body.
-import { CodecError, Reader, concat, str16, truncateUtf8, u16be, u32be, u64be, u8 } from './bytes.ts';
+import { CodecError, Reader, U64_MAX, concat, str16, truncateUtf8, u16be, u32be, u64be, u8 } from './bytes.ts';
 import { DeviceId, PublicKey, ROLE_BYTE, type Role, roleFromByte } from './identity.ts';
 
 export const VERSION = 1;
+/**
+ * The newest protocol level this client speaks (PROTOCOL.md §6.1): Hello's
+ * [minVersion, maxVersion] names levels, every frame's version byte stays 1.
+ * Level 2 adds `Oks`.
+ */
+export const LEVEL = 2;
+/** Most runs in one `Oks` frame. */
+export const MAX_OK_RUNS = 4096;
 export const MAX_FRAME_LEN = 64 * 1024;
 export const MAX_PAYLOAD_LEN = MAX_FRAME_LEN - 34;
 export const MAX_ERROR_MESSAGE_LEN = 256;
@@ -18,6 +26,7 @@ export const FrameType = {
   Ack: 0x12,
   Ok: 0x13,
   Presence: 0x14,
+  Oks: 0x15,
   Ping: 0x20,
   Pong: 0x21,
   PairOpen: 0x30,
@@ -77,6 +86,8 @@ export type Frame =
   | { type: 'Deliver'; deliveryId: bigint; from: DeviceId; payload: Uint8Array }
   | { type: 'Ack'; upTo: bigint }
   | { type: 'Ok'; refId: bigint }
+  /** Level 2: every Send whose id is in `[first, first + count)` of a run succeeded. */
+  | { type: 'Oks'; runs: OkRun[] }
   | { type: 'Presence'; peer: DeviceId; online: boolean }
   | { type: 'Ping'; nonce: bigint }
   | { type: 'Pong'; nonce: bigint }
@@ -88,6 +99,23 @@ export type Frame =
   | { type: 'Revoke'; requestId: bigint; peer: DeviceId }
   | { type: 'Error'; code: number; refId: bigint; message: string }
   | { type: 'Restarting'; reconnectAfterMs: number };
+
+/** The send ids `first .. first + count - 1`; `count` ≥ 1 and `first + count` fits in a u64. */
+export interface OkRun {
+  first: bigint;
+  count: number;
+}
+
+/** The §4.4 checks of an `Oks` body; the CodecError kind of the first failure, or null. */
+function badRuns(runs: OkRun[]): 'BadValue' | 'TooLong' | null {
+  if (runs.length === 0) return 'BadValue';
+  if (runs.length > MAX_OK_RUNS) return 'TooLong';
+  for (const r of runs) {
+    if (!Number.isInteger(r.count) || r.count < 1 || r.count > 0xffff_ffff) return 'BadValue';
+    if (r.first < 0n || r.first + BigInt(r.count) > U64_MAX) return 'BadValue';
+  }
+  return null;
+}
 
 export type MalformedKind = 'Truncated' | 'BadValue' | 'TooLong' | 'NotUtf8' | 'TrailingBytes';
 export type FrameErrorKind =
@@ -162,6 +190,12 @@ export function encodeFrame(f: Frame): Uint8Array {
     case 'Ok':
       body = u64be(f.refId);
       break;
+    case 'Oks': {
+      const bad = badRuns(f.runs);
+      if (bad) throw new FrameError({ kind: 'Malformed', frameType: 'Oks', what: bad });
+      body = concat(u16be(f.runs.length), ...f.runs.map((r) => concat(u64be(r.first), u32be(r.count))));
+      break;
+    }
     case 'Presence':
       body = concat(f.peer.bytes, u8(f.online ? 1 : 0));
       break;
@@ -248,6 +282,19 @@ export function decodeFrame(buf: Uint8Array): Frame {
       case 'Ok':
         f = { type: name, refId: r.u64() };
         break;
+      case 'Oks': {
+        const n = r.u16();
+        if (n === 0) throw bad('BadValue');
+        if (n > MAX_OK_RUNS) throw bad('TooLong');
+        const runs: OkRun[] = [];
+        for (let i = 0; i < n; i++) {
+          const run = { first: r.u64(), count: r.u32() };
+          if (badRuns([run])) throw bad('BadValue');
+          runs.push(run);
+        }
+        f = { type: name, runs };
+        break;
+      }
       case 'Presence': {
         const peer = id();
         const o = r.u8();
