@@ -66,6 +66,16 @@ pub struct Config {
     /// acknowledged yet (a delivery is sent while the window holds less, so
     /// it passes this by at most one frame).
     pub delivery_window_bytes: u64,
+    /// How long a frame for a connected recipient is held in memory, waiting
+    /// for the recipient's `Ack`, before it is written to the store (and its
+    /// sender told `Ok` after the commit). Zero: every frame is written
+    /// before `Ok` (PROTOCOL.md §6.5).
+    pub hold_window: Duration,
+    /// Most payload bytes held in memory for all recipients together; past
+    /// it, frames go to the store at once. One recipient's hold is bounded
+    /// by its delivery window ([`Self::delivery_window_frames`],
+    /// [`Self::delivery_window_bytes`]).
+    pub hold_max_bytes: u64,
     /// Longest a pairing mailbox may live.
     pub pairing_ttl_max: Duration,
     /// Most simultaneous WebSocket connections.
@@ -203,6 +213,8 @@ impl Config {
             send_queue: 64,
             delivery_window_frames: 512,
             delivery_window_bytes: 2 << 20,
+            hold_window: Duration::from_millis(200),
+            hold_max_bytes: 64 << 20,
             pairing_ttl_max: Duration::from_secs(600),
             max_connections: 20_000,
             max_connections_per_ip: 64,
@@ -320,6 +332,14 @@ write_timeout_secs = 10
 # device is served at its pace instead of being disconnected.
 delivery_window_frames = 512
 delivery_window_bytes = 2097152
+# A frame for a connected recipient is forwarded from memory and held there
+# this long waiting for the recipient's ack; unacknowledged by then, it is
+# written to the store (group commit, fsync) and its sender gets Ok after
+# the commit. 0: every frame is written before Ok.
+hold_window_ms = 200
+# Most payload bytes held in memory for all recipients; past it frames are
+# written at once.
+hold_max_bytes = 67108864
 
 # Limits. "Per IP" means per IPv4 address or per IPv6 prefix of
 # ipv6_prefix_len bits, of the client (see trusted_proxies). One device

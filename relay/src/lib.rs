@@ -12,15 +12,19 @@
 //! addresses, trusted proxies), `proxy` (the PROXY protocol header),
 //! `admission` (connection counts), `http` (one HTTP connection and its
 //! deadlines), `server` (HTTP routes, shutdown), `conn` (one device
-//! connection: auth, reader, writer), `registry` (who is online), `routes`
+//! connection: auth, reader, writer), `hold` (frames for connected devices
+//! held in memory until acked or written), `answers` (a connection's `Ok`
+//! and refusals decided elsewhere), `registry` (who is online), `routes`
 //! (route cache), `pairing` (mailboxes), `limits` (rate limits), `metrics`
 //! (Prometheus), `web` (the embedded web client).
 
 mod admission;
+mod answers;
 pub mod config;
 mod conn;
 pub mod failpoints;
 mod fsmode;
+mod hold;
 mod http;
 mod limits;
 mod listener;

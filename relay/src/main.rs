@@ -128,6 +128,13 @@ struct Opts {
     /// Most payload bytes sent on one connection and not acknowledged yet.
     #[arg(long, env = "TANDEM_RELAY_DELIVERY_WINDOW_BYTES", global = true)]
     delivery_window_bytes: Option<u64>,
+    /// Milliseconds a frame for a connected recipient is held in memory
+    /// waiting for its ack before it is written (0: written before `Ok`).
+    #[arg(long, env = "TANDEM_RELAY_HOLD_WINDOW_MS", global = true)]
+    hold_window_ms: Option<u64>,
+    /// Most payload bytes held in memory for all recipients.
+    #[arg(long, env = "TANDEM_RELAY_HOLD_MAX_BYTES", global = true)]
+    hold_max_bytes: Option<u64>,
     /// Most simultaneous connections.
     #[arg(long, env = "TANDEM_RELAY_MAX_CONNECTIONS", global = true)]
     max_connections: Option<usize>,
@@ -234,6 +241,8 @@ struct FileConfig {
     write_timeout_secs: Option<u64>,
     delivery_window_frames: Option<usize>,
     delivery_window_bytes: Option<u64>,
+    hold_window_ms: Option<u64>,
+    hold_max_bytes: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     max_unauthenticated: Option<usize>,
@@ -371,6 +380,12 @@ fn settings(o: Opts) -> anyhow::Result<Settings> {
     }
     if let Some(v) = pick!(delivery_window_bytes) {
         c.delivery_window_bytes = v.max(1);
+    }
+    if let Some(v) = pick!(hold_window_ms) {
+        c.hold_window = Duration::from_millis(v);
+    }
+    if let Some(v) = pick!(hold_max_bytes) {
+        c.hold_max_bytes = v;
     }
     if let Some(v) = pick!(max_connections) {
         c.max_connections = v;
@@ -577,6 +592,8 @@ mod tests {
         assert_eq!(f.write_timeout_secs, Some(defaults.write_timeout.as_secs()));
         assert_eq!(f.delivery_window_frames, Some(defaults.delivery_window_frames));
         assert_eq!(f.delivery_window_bytes, Some(defaults.delivery_window_bytes));
+        assert_eq!(f.hold_window_ms, Some(defaults.hold_window.as_millis() as u64));
+        assert_eq!(f.hold_max_bytes, Some(defaults.hold_max_bytes));
         assert_eq!(f.max_connections, Some(defaults.max_connections));
         assert_eq!(f.connects_per_ip_per_minute, Some(defaults.connects_per_ip_per_minute));
         assert_eq!(f.pair_claims_per_ip_per_minute, Some(defaults.pair_claims_per_ip_per_minute));

@@ -31,6 +31,14 @@ pub(crate) struct Metrics {
     auth_failures: Counter,
     pairings: Family<Label, Counter>,
     store_up: Gauge,
+    held_frames: Gauge,
+    held_bytes: Gauge,
+    oks: Family<Label, Counter>,
+    hold_spills: Family<Label, Counter>,
+    hold_writes: Counter,
+    hold_written_frames: Counter,
+    store_commits: Gauge,
+    store_frames_written: Gauge,
 }
 
 fn role_str(role: Role) -> &'static str {
@@ -68,7 +76,51 @@ impl Metrics {
             auth_failures: Counter::default(),
             pairings: Family::default(),
             store_up: Gauge::default(),
+            held_frames: Gauge::default(),
+            held_bytes: Gauge::default(),
+            oks: Family::default(),
+            hold_spills: Family::default(),
+            hold_writes: Counter::default(),
+            hold_written_frames: Counter::default(),
+            store_commits: Gauge::default(),
+            store_frames_written: Gauge::default(),
         };
+        registry.register(
+            "held_frames",
+            "Frames held in memory for connected recipients, not acknowledged and not written",
+            m.held_frames.clone(),
+        );
+        registry.register("held_bytes", "Payload bytes of the held frames", m.held_bytes.clone());
+        registry.register(
+            "send_oks",
+            "Ok answers to Send by cause: ack (the recipient acknowledged it, never written) or commit (written durably)",
+            m.oks.clone(),
+        );
+        registry.register(
+            "hold_spills",
+            "Sends for a connected recipient that went to the store at once, by reason",
+            m.hold_spills.clone(),
+        );
+        registry.register(
+            "hold_writes",
+            "Writes of held frames to the store (one per recipient per window expiry or close)",
+            m.hold_writes.clone(),
+        );
+        registry.register(
+            "hold_written_frames",
+            "Held frames submitted to the store",
+            m.hold_written_frames.clone(),
+        );
+        registry.register(
+            "store_durable_commits",
+            "Durable (fsynced) store commits that answered writes, since the store opened",
+            m.store_commits.clone(),
+        );
+        registry.register(
+            "store_frames_written",
+            "Frames written by those commits (divide by store_durable_commits for the batch size)",
+            m.store_frames_written.clone(),
+        );
         registry.register(
             "connections",
             "Authenticated connections by role",
@@ -208,6 +260,34 @@ impl Metrics {
     /// One-sided authorisations removed by their TTL.
     pub(crate) fn authorizations_expired(&self, n: u64) {
         self.authorizations_expired.inc_by(n);
+    }
+
+    /// Frames (and their payload bytes) entered (positive) or left the holds.
+    pub(crate) fn held(&self, frames: i64, bytes: i64) {
+        self.held_frames.inc_by(frames);
+        self.held_bytes.inc_by(bytes);
+    }
+
+    /// A `Send` was answered `Ok`, because of `by` (`ack` or `commit`).
+    pub(crate) fn ok(&self, by: &'static str) {
+        self.oks.get_or_create(&[("by", by)]).inc();
+    }
+
+    /// A `Send` for a connected recipient was not held, for `reason`.
+    pub(crate) fn spilled(&self, reason: &'static str) {
+        self.hold_spills.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// `frames` held frames were submitted to the store in one write.
+    pub(crate) fn hold_written(&self, frames: usize) {
+        self.hold_writes.inc();
+        self.hold_written_frames.inc_by(frames as u64);
+    }
+
+    /// The store's commit counters ([`crate::store::Store::stats`]).
+    pub(crate) fn store_stats(&self, s: crate::store::StoreStats) {
+        self.store_commits.set(i64::try_from(s.durable_commits).unwrap_or(i64::MAX));
+        self.store_frames_written.set(i64::try_from(s.frames_written).unwrap_or(i64::MAX));
     }
 
     /// The text exposition.

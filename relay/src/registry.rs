@@ -10,7 +10,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Places;
+use crate::answers::Answers;
+use crate::hold::{Hold, Write};
 use crate::net::IpKey;
+use crate::state::State;
 
 /// What other tasks hand a connection's writer.
 pub(crate) enum Outbound {
@@ -18,10 +21,6 @@ pub(crate) enum Outbound {
     Frame(Frame),
     /// A stored frame to deliver live (the writer keeps delivery order).
     Deliver { id: u64, from: DeviceId, payload: Vec<u8> },
-    /// The `Send` with this `send_id` was accepted: `Ok{ref_id}` for a
-    /// level-1 device; for a level-2 one, the writer merges the answers
-    /// waiting in the queue into one `Oks` (PROTOCOL.md §6.5).
-    Accepted(u64),
 }
 
 /// What a connection's queue holds: boxed, so that the queue's first block
@@ -37,7 +36,6 @@ impl std::fmt::Debug for Outbound {
             Outbound::Deliver { id, payload, .. } => {
                 write!(f, "Deliver({id}, {} bytes)", payload.len())
             }
-            Outbound::Accepted(id) => write!(f, "Accepted({id})"),
         }
     }
 }
@@ -52,6 +50,11 @@ pub(crate) struct ConnHandle {
     /// Wakes the writer: to read its backlog from the store, or (from
     /// [`Self::close`]) to see that the connection is closing.
     pub(crate) wake: Arc<Notify>,
+    /// The device's held frames ([`crate::hold`]), adopted by a connection
+    /// that replaces this one.
+    pub(crate) hold: Arc<Hold>,
+    /// The answers to this connection's `Send`s decided elsewhere.
+    pub(crate) answers: Arc<Answers>,
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<(ErrorCode, String)>>>,
     /// Its places among the relay's connections, until it is gone or a
@@ -60,12 +63,21 @@ pub(crate) struct ConnHandle {
 }
 
 impl ConnHandle {
-    pub(crate) fn new(conn_id: u64, ip: IpKey, tx: mpsc::Sender<Queued>, places: Places) -> Self {
+    pub(crate) fn new(
+        conn_id: u64,
+        device: DeviceId,
+        ip: IpKey,
+        tx: mpsc::Sender<Queued>,
+        places: Places,
+    ) -> Self {
+        let wake = Arc::new(Notify::new());
         Self {
             conn_id,
             ip,
             tx,
-            wake: Arc::new(Notify::new()),
+            hold: Arc::new(Hold::new(device, Arc::clone(&wake))),
+            answers: Arc::new(Answers::new(Arc::clone(&wake))),
+            wake,
             cancel: CancellationToken::new(),
             reason: Arc::new(Mutex::new(None)),
             places: Arc::new(Mutex::new(Some(places))),
@@ -109,13 +121,6 @@ impl ConnHandle {
     /// once the writer is gone.
     pub(crate) async fn send(&self, frame: Frame) -> bool {
         self.tx.send(Box::new(Outbound::Frame(frame))).await.is_ok()
-    }
-
-    /// Tell the device that its `Send` `send_id` was accepted (see
-    /// [`Outbound::Accepted`]), waiting while the queue is full; false once
-    /// the writer is gone.
-    pub(crate) async fn accepted(&self, send_id: u64) -> bool {
-        self.tx.send(Box::new(Outbound::Accepted(send_id))).await.is_ok()
     }
 
     /// Hand something to the writer without making the caller wait.
@@ -168,19 +173,47 @@ impl Registry {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Register a connection; returns the one it replaces.
-    pub(crate) fn insert(&self, device: DeviceId, handle: ConnHandle) -> Option<ConnHandle> {
-        lock(&self.map).insert(device, handle)
+    /// Register a connection: it adopts the hold of the one it replaces
+    /// (or the store starts watching the device's queue for its new hold).
+    /// Returns the connection as registered, and the one it replaces.
+    pub(crate) fn insert(
+        &self,
+        device: DeviceId,
+        mut handle: ConnHandle,
+        state: &State,
+    ) -> (ConnHandle, Option<ConnHandle>) {
+        let mut map = lock(&self.map);
+        match map.get(&device) {
+            Some(old) => {
+                handle.hold = Arc::clone(&old.hold);
+                handle.hold.adopt(Arc::clone(&handle.wake));
+            }
+            None => {
+                let watched = state.store.watch(device, Some(Arc::clone(&handle.hold.mark)));
+                handle.hold.set_watched(watched);
+            }
+        }
+        let old = map.insert(device, handle.clone());
+        (handle, old)
     }
 
-    /// Unregister, but only if `conn_id` is still the device's connection.
-    pub(crate) fn remove(&self, device: &DeviceId, conn_id: u64) -> bool {
+    /// Unregister, but only if `conn_id` is still the device's connection:
+    /// then (true) its hold is closed and what it held is written (the
+    /// write is submitted before a new connection can register, so that
+    /// one's first read of the store sees it).
+    pub(crate) fn remove(
+        &self,
+        device: &DeviceId,
+        conn_id: u64,
+        state: &State,
+    ) -> (bool, Option<Write>) {
         let mut map = lock(&self.map);
         if map.get(device).is_some_and(|h| h.conn_id == conn_id) {
-            map.remove(device);
-            true
+            let Some(h) = map.remove(device) else { return (false, None) };
+            let _ = state.store.watch(*device, None);
+            (true, h.hold.close(state))
         } else {
-            false
+            (false, None)
         }
     }
 

@@ -28,6 +28,12 @@ impl Routes {
         Self { store, cache: Mutex::new(HashMap::new()), generation: AtomicU64::new(0) }
     }
 
+    /// Moves on at every change (and every disconnect): a frame held in
+    /// memory after a route check is held only if it did not move since.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// `a`'s mutual peers.
     pub(crate) async fn peers(&self, a: DeviceId) -> Result<Arc<HashSet<DeviceId>>, StoreError> {
         if let Some(p) = lock(&self.cache).get(&a) {

@@ -102,6 +102,7 @@ pub async fn run_with_store(
         ready(addr, tls.as_ref().and_then(Tls::self_signed_cert_pem));
     }
     let maintenance = tokio::spawn(maintain(state.clone()));
+    let _flusher = tokio::spawn(crate::hold::run_flusher(state.clone()));
     if let (Some(tls), Some(reload)) = (tls.clone(), state.config.reload.clone()) {
         tokio::spawn(async move {
             loop {
@@ -247,6 +248,7 @@ fn token_matches(given: &[u8], token: &[u8]) -> bool {
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
     state.metrics.store_up(state.store.health().is_ok());
+    state.metrics.store_stats(state.store.stats());
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render(),

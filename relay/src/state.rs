@@ -1,7 +1,7 @@
 //! What every connection shares.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,10 @@ pub(crate) struct State {
     pub(crate) shutdown: CancellationToken,
     /// Set once shutdown began: `/readyz` fails, new connections are refused.
     pub(crate) draining: AtomicBool,
+    /// Payload bytes held in memory for all recipients (`hold_max_bytes`).
+    pub(crate) held_bytes: AtomicU64,
+    /// The holds the flusher looks at ([`crate::hold::run_flusher`]).
+    pub(crate) holds: crate::hold::Holds,
 }
 
 impl State {
@@ -49,6 +53,8 @@ impl State {
             slots: Arc::new(Semaphore::new(config.max_connections)),
             shutdown,
             draining: AtomicBool::new(false),
+            held_bytes: AtomicU64::new(0),
+            holds: crate::hold::Holds::default(),
             store,
             config,
         }

@@ -126,10 +126,13 @@ async fn a_phone_receiving_deliveries_stays_attached() {
     let (mut desk, mut phone) = paired(&relay).await;
     let phone_id = phone.id();
     // The phone only reads (not even acks) while deliveries keep coming.
+    // (The sender does not wait for `Ok`: unacknowledged, it comes only
+    // once the relay's hold window passed and the frame is written.)
     let sender = async {
         for i in 0..8u64 {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            desk.send_to(phone_id, 10 + i, b"traffic").await.unwrap();
+            desk.send(&Frame::Send { send_id: 10 + i, to: phone_id, payload: b"traffic".to_vec() })
+                .await;
         }
     };
     let reader = phone.collect_for(Duration::from_millis(2700));

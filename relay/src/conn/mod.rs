@@ -195,8 +195,9 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
     };
     let conn_id = state.registry.next_conn_id();
     let (tx, rx) = mpsc::channel(state.config.send_queue.max(1));
-    let handle = ConnHandle::new(conn_id, key, tx, places);
-    if let Some(old) = state.registry.insert(device, handle.clone()) {
+    let handle = ConnHandle::new(conn_id, device, key, tx, places);
+    let (handle, old) = state.registry.insert(device, handle, &state);
+    if let Some(old) = old {
         old.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
     }
     if state.shutdown.is_cancelled() {
@@ -234,6 +235,8 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
                 oks: level >= LEVEL_OKS,
                 behind: false,
                 retry_at: None,
+                fetched: 0,
+                known: 0,
             };
             Some(tokio::spawn(w.run(rx)))
         }
@@ -283,9 +286,15 @@ impl Conn {
         for _ in 0..closed {
             state.metrics.pairing("closed");
         }
-        if state.registry.remove(device, self.conn_id) {
+        let (gone, write) = state.registry.remove(device, self.conn_id, state);
+        if gone {
             announce(state, *device, false).await;
             state.routes.forget(*device);
+        }
+        if let Some(write) = write {
+            // What was held for it is written (`Ok` to its senders after the
+            // commit); shutdown waits for this task.
+            let _ = timeout(Duration::from_secs(10), write.finish(state.clone())).await;
         }
         state.metrics.disconnected(*role);
         info!(device = %device, conn_id = self.conn_id, "device disconnected");
@@ -377,6 +386,14 @@ async fn write(sink: &mut Sink, frame: &Frame, state: &State) -> Result<(), ()> 
 async fn feed(sink: &mut Sink, frame: &Frame, state: &State) -> Result<(), ()> {
     let bytes = frame.encode().map_err(|_| ())?;
     match timeout(state.config.write_timeout, sink.feed(Message::Binary(bytes.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// [`feed`] an encoded frame as it is (a held `Deliver`, shared, not copied).
+async fn feed_raw(sink: &mut Sink, frame: bytes::Bytes, state: &State) -> Result<(), ()> {
+    match timeout(state.config.write_timeout, sink.feed(Message::Binary(frame))).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }

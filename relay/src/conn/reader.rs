@@ -16,6 +16,8 @@ use tracing::{info, warn};
 use super::pending::{Done, Enqueue, Pending, PendingFut, Unapplied};
 use super::writer::STORE_RETRY;
 use super::{Activity, Closing, MAX_PENDING, Stream, read_error};
+use crate::answers::refusal;
+use crate::hold::NotHeld;
 use crate::net::IpKey;
 use crate::pairing::Owner;
 use crate::registry::{ConnHandle, Outbound};
@@ -208,6 +210,10 @@ impl Reader {
         if self.acked.fetch_max(up_to, Ordering::AcqRel) < up_to {
             self.room.notify_one();
         }
+        // Held frames it covers: their senders hear `Ok` now (a write of
+        // one of them was submitted before this, under the hold's lock, and
+        // moved the hold's mark: the store ack below follows it).
+        self.handle.hold.ack(&self.state, up_to);
     }
 
     async fn reply(&self, frame: Frame) {
@@ -247,7 +253,10 @@ impl Reader {
                 let _ =
                     self.liveness.compare_exchange(nonce, 0, Ordering::AcqRel, Ordering::Acquire);
             }
-            Frame::Send { send_id, to, payload } => {
+            Frame::Send { send_id, to, mut payload } => {
+                // Read before the route check: a change since keeps the
+                // frame out of the hold (the store checks routes itself).
+                let generation = state.routes.generation();
                 let route = if crate::failpoints::no_route(&to) {
                     Ok(false)
                 } else {
@@ -274,7 +283,19 @@ impl Reader {
                         return Ok(None);
                     }
                 }
-                let live = state.registry.get(&to).is_some();
+                let recipient = state.registry.get(&to);
+                let live = recipient.is_some();
+                if !state.config.hold_window.is_zero()
+                    && let Some(r) = recipient
+                {
+                    let addr = self.ip.addr_key();
+                    let answers = &self.handle.answers;
+                    match r.hold.offer(state, generation, send_id, me, addr, answers, payload) {
+                        // Answered when the recipient acks it or it is written.
+                        Ok(()) => return Ok(None),
+                        Err(NotHeld(p)) => payload = p,
+                    }
+                }
                 let frame =
                     NewFrame { to, from: me, addr: self.ip.addr_key(), payload: payload.clone() };
                 let enqueued = state.store.enqueue(frame, unix_now(), live);
@@ -292,7 +313,16 @@ impl Reader {
                 // (the window was opened above, before the rate limit).
                 // It covers an earlier one the store did not apply.
                 let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
-                let up_to = self.unapplied.take().map_or(up_to, |u| u.max(up_to));
+                let unapplied = self.unapplied.take();
+                let mark = self.handle.hold.mark.load(Ordering::Acquire);
+                let acked = self.handle.hold.store_acked.load(Ordering::Acquire);
+                let watched = self.handle.hold.watched();
+                if watched && unapplied.is_none() && (mark <= acked || up_to <= acked) {
+                    // Nothing it covers can be in the store.
+                    return Ok(None);
+                }
+                let up_to = unapplied.map_or(up_to, |u| u.max(up_to));
+                self.handle.hold.store_acked.fetch_max(up_to, Ordering::AcqRel);
                 return Ok(Some(Pending::Ack { up_to, fut: state.store.ack(me, up_to) }));
             }
             Frame::Authorize { request_id, peer } => {
@@ -346,6 +376,12 @@ impl Reader {
                 match state.store.revoke(me, peer, unix_now()).await {
                     Ok(dropped) => {
                         state.routes.invalidate(me, peer);
+                        // Held frames between the two go too (a frame
+                        // offered from now on sees the generation moved).
+                        if let Some(h) = state.registry.get(&peer) {
+                            h.hold.purge(state, me);
+                        }
+                        self.handle.hold.purge(state, peer);
                         state.metrics.dropped("revoked", dropped);
                         if had_route && let Some(h) = state.registry.get(&peer) {
                             h.offer(Outbound::Frame(Frame::Presence { peer: me, online: false }));
@@ -487,67 +523,19 @@ impl Reader {
             Done::Enqueued { send_id, len, result } => match result {
                 Ok(_) => {
                     state.metrics.forwarded(len);
+                    state.metrics.ok("commit");
                     // The store commits again: so may an ack it refused.
                     self.unapplied.hurry();
                     if answer {
-                        let _ = self.handle.accepted(send_id).await;
+                        self.handle.answers.ok(send_id);
                     }
                 }
                 Err(_) if !answer => {}
-                Err(StoreError::NoRoute) => {
-                    self.refuse(
-                        ErrorCode::NotAuthorized,
-                        send_id,
-                        "no route: these devices have not authorised each other",
-                    )
-                    .await;
-                }
-                Err(StoreError::QueueFull(_)) => {
-                    state.metrics.limit_refused("queue_recipient");
-                    self.refuse(ErrorCode::QueueFull, send_id, "the recipient's queue is full")
-                        .await;
-                }
-                Err(StoreError::SenderShareFull) => {
-                    state.metrics.limit_refused("queue_sender_share");
-                    self.refuse(
-                        ErrorCode::QueueFull,
-                        send_id,
-                        "this device has its share of the recipient's queue full; wait for acks",
-                    )
-                    .await;
-                }
-                Err(StoreError::AddressShareFull) => {
-                    state.metrics.limit_refused("queue_address_share");
-                    self.refuse(
-                        ErrorCode::QueueFull,
-                        send_id,
-                        "your address has its share of the relay's queues full; wait for acks",
-                    )
-                    .await;
-                }
-                Err(StoreError::StorageFull) => {
-                    state.metrics.limit_refused("queue_total");
-                    self.refuse(ErrorCode::QueueFull, send_id, "the relay's queue storage is full")
-                        .await;
-                }
-                Err(StoreError::OverflowFull) => {
-                    state.metrics.limit_refused("queue_overflow");
-                    self.refuse(
-                        ErrorCode::QueueFull,
-                        send_id,
-                        "the relay's queue storage is full, and so is its overflow (or your address's share of it)",
-                    )
-                    .await;
-                }
                 Err(e) => {
-                    warn!(error = %e, "store failed");
-                    state.metrics.refused(ErrorCode::StoreUnavailable);
-                    self.refuse(
-                        ErrorCode::StoreUnavailable,
-                        send_id,
-                        "the relay cannot store frames right now; retry later",
-                    )
-                    .await;
+                    if !matches!(e, StoreError::NoRoute) && refusal(&e).2.is_none() {
+                        warn!(error = %e, "store failed");
+                    }
+                    self.handle.answers.refuse(send_id, e);
                 }
             },
             Done::Acked { up_to, result: Err(e) } => {

@@ -8,11 +8,6 @@
 //! served at its pace, and pings and answers never wait behind more than a
 //! window of deliveries.
 //!
-//! Answers to accepted `Send`s ([`Outbound::Accepted`]) go out as one `Ok`
-//! each, or, to a device that speaks level 2, merged: every answer waiting
-//! in the queue when the writer takes a batch goes out as one `Oks`, in the
-//! place of the first of them ([`coalesce`]). Nothing waits for more.
-//!
 //! When the store cannot be read (it is down, or busy) the connection stays
 //! open: the device is told once (`Error{store_unavailable, ref_id = 0}`),
 //! nothing is delivered past the gap, and the backlog is read again every
@@ -30,7 +25,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until};
 use tracing::warn;
 
-use super::{Activity, Closing, Sink, close, feed, flush, write};
+use super::{Activity, Closing, Sink, close, feed, feed_raw, flush, write};
+use crate::answers::{Answer, refusal};
 use crate::registry::{ConnHandle, Outbound, Queued};
 use crate::state::State;
 
@@ -40,9 +36,6 @@ pub(super) const WRITE_FAILED: &str = "write failed or timed out";
 const BACKLOG_PAGE: usize = 128;
 /// Most queued frames the writer buffers before it flushes.
 const WRITE_BATCH: usize = 64;
-/// Most items the writer takes from its queue for one batch (answers merged
-/// into an `Oks` count as one frame towards [`WRITE_BATCH`]).
-const MAX_DRAIN: usize = 4 * WRITE_BATCH;
 /// How long the writer waits before reading the backlog again after the
 /// store refused a read.
 pub(super) const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -62,12 +55,19 @@ pub(super) struct Writer {
     pub(super) room: Arc<Notify>,
     /// Deliveries sent and not acknowledged yet.
     pub(super) window: Window,
-    /// The device speaks level 2: answers to its `Send`s go out as `Oks`.
+    /// The device speaks level 2: answers to its `Send`s go as `Oks`.
     pub(super) oks: bool,
     /// Some delivery was left in the store for want of room in the window.
     pub(super) behind: bool,
     /// The store refused the last backlog read: when to read it again.
     pub(super) retry_at: Option<Instant>,
+    /// Every frame the store had for the device with an id up to this when
+    /// the writer last read it through was read (and sent, or gone).
+    pub(super) fetched: u64,
+    /// The highest id the writer heard the store may hold besides
+    /// [`crate::hold::Hold::mark`] (live deliveries of stored frames; 1
+    /// at first, so the backlog is read once).
+    pub(super) known: u64,
 }
 
 /// The deliveries in flight on one connection: sent, not acknowledged.
@@ -131,21 +131,12 @@ impl Writer {
                 write(&mut self.sink, &Frame::Restarting { reconnect_after_ms: hint }, &self.state)
                     .await;
         }
-        // Flush what is queued (answers merged as in a batch), then close.
-        let mut queued = Vec::new();
+        // Flush what is queued (answers first), then close.
+        let _ = Box::pin(self.answer()).await;
         while let Ok(out) = rx.try_recv() {
-            queued.push(out);
-        }
-        if self.oks {
-            coalesce(&mut queued);
-        }
-        for out in queued {
-            let f = match *out {
-                Outbound::Frame(f) => f,
-                Outbound::Accepted(id) => Frame::Ok { ref_id: id },
-                Outbound::Deliver { .. } => continue,
-            };
-            if write(&mut self.sink, &f, &self.state).await.is_err() {
+            if let Outbound::Frame(f) = *out
+                && write(&mut self.sink, &f, &self.state).await.is_err()
+            {
                 break;
             }
         }
@@ -174,7 +165,8 @@ impl Writer {
         last: &'a mut u64,
     ) -> impl Future<Output = Result<(), Closing>> + Send + 'a {
         async move {
-            Box::pin(self.backlog(last, u64::MAX)).await?;
+            self.known = 1;
+            Box::pin(self.pump(last, u64::MAX)).await?;
             self.flush().await?;
             let mut ping_at = self.next_ping();
             let mut pong_by: Option<Instant> = None;
@@ -199,13 +191,28 @@ impl Writer {
                         if self.handle.is_closed() {
                             return Ok(());
                         }
-                        Box::pin(self.backlog(last, u64::MAX)).await?;
+                        if !self.handle.hold.watched() {
+                            // A live delivery may have been dropped for a
+                            // full queue: read the store.
+                            self.known = self.known.max(self.fetched + 1);
+                        }
+                        Box::pin(self.answer()).await?;
+                        Box::pin(self.pump(last, u64::MAX)).await?;
+                        // Answers may wake it at every turn: the queue is
+                        // served here too, so it never starves.
+                        let mut n = 0;
+                        while n < WRITE_BATCH
+                            && let Ok(out) = rx.try_recv()
+                        {
+                            Box::pin(self.deliver(*out, last)).await?;
+                            n += 1;
+                        }
                         self.flush().await?;
                         continue;
                     }
-                    // Acks made room for what waits in the store.
+                    // Acks made room for what waits in the store or the hold.
                     () = self.room.notified(), if self.behind => {
-                        Box::pin(self.backlog(last, u64::MAX)).await?;
+                        Box::pin(self.pump(last, u64::MAX)).await?;
                         self.flush().await?;
                         continue;
                     }
@@ -216,17 +223,21 @@ impl Writer {
                     },
                 };
                 if let Some(out) = out {
+                    Box::pin(self.deliver(*out, last)).await?;
                     // Whatever else is ready goes out in the same write.
-                    let batch = self.drain(out, rx);
-                    for out in batch {
+                    let mut n = 1;
+                    while n < WRITE_BATCH
+                        && let Ok(out) = rx.try_recv()
+                    {
                         Box::pin(self.deliver(*out, last)).await?;
+                        n += 1;
                     }
                     self.flush().await?;
                     continue;
                 }
                 let now = Instant::now();
                 if self.retry_at.is_some_and(|r| r <= now) {
-                    Box::pin(self.backlog(last, u64::MAX)).await?;
+                    Box::pin(self.pump(last, u64::MAX)).await?;
                     self.flush().await?;
                 }
                 if pong_by.is_some_and(|p| p <= now) {
@@ -249,59 +260,38 @@ impl Writer {
         }
     }
 
-    /// `first` and what else is ready in the queue, up to [`WRITE_BATCH`]
-    /// frames; for a level-2 device with the answers merged ([`coalesce`]).
-    fn drain(&self, first: Queued, rx: &mut mpsc::Receiver<Queued>) -> Vec<Queued> {
-        let mut batch = vec![first];
-        let mut frames = 1;
-        while frames < WRITE_BATCH
-            && batch.len() < MAX_DRAIN
-            && let Ok(out) = rx.try_recv()
-        {
-            if !(self.oks && matches!(*out, Outbound::Accepted(_))) {
-                frames += 1;
-            }
-            batch.push(out);
-        }
-        if self.oks {
-            coalesce(&mut batch);
-        }
-        batch
-    }
-
     /// Buffer what another task handed over; the caller flushes.
     async fn deliver(&mut self, out: Outbound, last: &mut u64) -> Result<(), Closing> {
         match out {
             Outbound::Frame(f) => self.feed(&f).await,
-            Outbound::Accepted(id) => self.feed(&Frame::Ok { ref_id: id }).await,
             Outbound::Deliver { id, from, payload } => {
                 if id <= *last {
                     return Ok(());
                 }
+                // It is in the store (or being written there).
+                self.known = self.known.max(id);
                 if self.room() == 0 {
-                    // It is in the store: read from there once acks make room.
+                    // Read from there once acks make room.
                     self.behind = true;
                     return Ok(());
                 }
                 if id > *last + 1 {
-                    // Something before it may be only in the store: catch up first.
-                    let complete = Box::pin(self.backlog(last, id - 1)).await?;
-                    if !complete && id > *last + 1 {
-                        // The backlog stopped short (closing, the window is
-                        // full, or the store refused the read): never send
-                        // past a gap. The frame is read from the store later.
-                        return Ok(());
-                    }
-                    if self.room() == 0 {
+                    // Something before it may be held, or only in the
+                    // store: those first. Never send past a gap: if that
+                    // stopped short (closing, the window is full, the store
+                    // refused a read), the frame is read from the store later.
+                    let complete = Box::pin(self.pump(last, id - 1)).await?;
+                    if !complete || self.room() == 0 {
                         self.behind = true;
                         return Ok(());
                     }
                 }
-                // The store applies enqueues in id order, and the backlog's
-                // fetch was submitted after the enqueue of every lower id
-                // (that id was taken first), so it saw each of them: what
-                // it did not return is gone (acknowledged, expired,
-                // revoked) or was refused.
+                // The store applies enqueues in the order they are
+                // submitted and the fetch was submitted after this one's
+                // id was taken (and after the write of every held frame
+                // below it that left the hold), so what it did not return,
+                // and the hold does not have, is gone (acknowledged,
+                // expired, revoked) or was refused.
                 if id > *last {
                     self.window.push(id, payload.len());
                     self.feed(&Frame::Deliver { delivery_id: id, from, payload }).await?;
@@ -310,6 +300,102 @@ impl Writer {
                     self.activity.touch();
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// Send what other tasks decided about this connection's `Send`s: the
+    /// one place a `Send` is answered (where `Ok`s can be coalesced).
+    async fn answer(&mut self) -> Result<(), Closing> {
+        // At level 2 the accepted ids go as runs of one `Oks` (PROTOCOL
+        // §6.5), sent before any refusal that follows them, so the answers
+        // keep their order; at level 1 one `Ok` each.
+        let mut runs = Vec::new();
+        for a in self.handle.answers.take() {
+            let f = match a {
+                Answer::Ok(ref_id) if self.oks => {
+                    if push_ok(&mut runs, ref_id) {
+                        continue;
+                    }
+                    if !runs.is_empty() {
+                        self.feed(&Frame::Oks { runs: std::mem::take(&mut runs) }).await?;
+                    }
+                    if push_ok(&mut runs, ref_id) {
+                        continue;
+                    }
+                    // An id no run can hold (`u64::MAX`).
+                    Frame::Ok { ref_id }
+                }
+                Answer::Ok(ref_id) => Frame::Ok { ref_id },
+                Answer::Refused(ref_id, e) => {
+                    if !runs.is_empty() {
+                        self.feed(&Frame::Oks { runs: std::mem::take(&mut runs) }).await?;
+                    }
+                    let (code, message, limit) = refusal(&e);
+                    if let Some(l) = limit {
+                        self.state.metrics.limit_refused(l);
+                    }
+                    self.state.metrics.refused(code);
+                    Frame::Error { code, ref_id, message: message.to_owned() }
+                }
+            };
+            self.feed(&f).await?;
+        }
+        if !runs.is_empty() {
+            self.feed(&Frame::Oks { runs }).await?;
+        }
+        Ok(())
+    }
+
+    /// Send, in id order, the held frames and the stored ones with ids
+    /// after `last` up to `until`, while the window has room. The store is
+    /// read only when it may hold something not read yet (the hold's mark,
+    /// or a live delivery of a stored frame, passed what was read). Whether
+    /// it sent everything up to `until` (see [`Self::backlog`] for when not).
+    async fn pump(&mut self, last: &mut u64, until: u64) -> Result<bool, Closing> {
+        loop {
+            if self.handle.is_closed() {
+                return Ok(false);
+            }
+            let k = self.handle.hold.mark.load(Ordering::Acquire).max(self.known);
+            if k <= self.fetched {
+                let done = self.send_held(last, until).await?;
+                if done && until == u64::MAX {
+                    self.behind = false;
+                }
+                return Ok(done);
+            }
+            match Box::pin(self.backlog(last, until)).await? {
+                Read::Through => self.fetched = k,
+                Read::More => {}
+                // Stored frames past `until` wait for the next read.
+                Read::Until => return self.send_held(last, until).await,
+                Read::Stopped => return Ok(false),
+            }
+        }
+    }
+
+    /// Send the held frames with ids after `last` up to `until` while the
+    /// window has room; whether it sent them all.
+    async fn send_held(&mut self, last: &mut u64, until: u64) -> Result<bool, Closing> {
+        loop {
+            let room = self.room();
+            if room == 0 {
+                self.behind = true;
+                return Ok(false);
+            }
+            let ready = self.handle.hold.ready(*last, until, room.min(WRITE_BATCH));
+            if ready.is_empty() {
+                return Ok(true);
+            }
+            for (id, frame, len) in ready {
+                self.window.push(id, len);
+                feed_raw(&mut self.sink, frame, &self.state)
+                    .await
+                    .map_err(|()| Closing::new(ErrorCode::Other(0), WRITE_FAILED))?;
+                *last = id;
+                self.delivered.store(id, Ordering::Release);
+                self.activity.touch();
             }
         }
     }
@@ -339,157 +425,78 @@ impl Writer {
         self.window.room(c.delivery_window_frames, c.delivery_window_bytes)
     }
 
-    /// Deliver stored frames after `last` up to `until`, in order, while the
-    /// window has room (buffered: the caller flushes after the last page).
-    /// Whether it read everything up to `until`: not when it stopped for the
-    /// window (then `behind` is set), when the connection is closing, or when
-    /// the store refused a read (then the device is told, once, and the read
-    /// is tried again after [`STORE_RETRY`]).
-    async fn backlog(&mut self, last: &mut u64, until: u64) -> Result<bool, Closing> {
-        loop {
-            if self.handle.is_closed() {
-                return Ok(false);
+    /// Read one page of stored frames after `last` and send them, with the
+    /// held frames between them, in id order, up to `until`, while the
+    /// window has room (buffered: the caller flushes).
+    async fn backlog(&mut self, last: &mut u64, until: u64) -> Result<Read, Closing> {
+        if self.handle.is_closed() {
+            return Ok(Read::Stopped);
+        }
+        let room = self.room();
+        if room == 0 {
+            self.behind = true;
+            return Ok(Read::Stopped);
+        }
+        // Out with what is buffered before waiting for the store.
+        self.flush().await?;
+        let limit = BACKLOG_PAGE.min(room);
+        let page = match self.state.store.fetch(self.device, *last, limit).await {
+            Ok(page) => {
+                self.retry_at = None;
+                page
             }
-            let room = self.room();
-            if room == 0 {
+            Err(e) => {
+                if self.retry_at.is_none() {
+                    warn!(device = %self.device, error = %e, "backlog read refused; retrying");
+                    let message = "the relay cannot read its store right now; \
+                                   deliveries resume when it can"
+                        .to_owned();
+                    let f = Frame::Error { code: ErrorCode::StoreUnavailable, ref_id: 0, message };
+                    self.feed(&f).await?;
+                }
+                self.retry_at = Some(Instant::now() + STORE_RETRY);
+                return Ok(Read::Stopped);
+            }
+        };
+        let full = page.len() == limit;
+        for q in page {
+            if q.id > until {
+                return Ok(Read::Until);
+            }
+            // Held frames below it go first (a held frame keeps its id
+            // when it is written, so it may be in both: sent once).
+            if q.id > *last + 1 && !self.send_held(last, q.id - 1).await? {
+                return Ok(Read::Stopped);
+            }
+            if q.id <= *last {
+                continue;
+            }
+            if self.room() == 0 {
                 self.behind = true;
-                return Ok(false);
+                return Ok(Read::Stopped);
             }
-            // Out with the previous page before waiting for the store.
-            self.flush().await?;
-            let limit = BACKLOG_PAGE.min(room);
-            let page = match self.state.store.fetch(self.device, *last, limit).await {
-                Ok(page) => {
-                    self.retry_at = None;
-                    page
-                }
-                Err(e) => {
-                    if self.retry_at.is_none() {
-                        warn!(device = %self.device, error = %e, "backlog read refused; retrying");
-                        let message = "the relay cannot read its store right now; \
-                                       deliveries resume when it can"
-                            .to_owned();
-                        let f =
-                            Frame::Error { code: ErrorCode::StoreUnavailable, ref_id: 0, message };
-                        self.feed(&f).await?;
-                    }
-                    self.retry_at = Some(Instant::now() + STORE_RETRY);
-                    return Ok(false);
-                }
-            };
-            let full = page.len() == limit;
-            for q in page {
-                if q.id > until {
-                    return Ok(true);
-                }
-                if self.room() == 0 {
-                    self.behind = true;
-                    return Ok(false);
-                }
-                self.window.push(q.id, q.payload.len());
-                self.feed(&Frame::Deliver { delivery_id: q.id, from: q.from, payload: q.payload })
-                    .await?;
-                *last = q.id;
-                self.delivered.store(q.id, Ordering::Release);
-                self.activity.touch();
-            }
-            if !full {
-                // Everything stored is out.
-                self.behind = false;
-                return Ok(true);
-            }
+            self.window.push(q.id, q.payload.len());
+            self.feed(&Frame::Deliver { delivery_id: q.id, from: q.from, payload: q.payload })
+                .await?;
+            *last = q.id;
+            self.delivered.store(q.id, Ordering::Release);
+            self.activity.touch();
         }
+        Ok(if full { Read::More } else { Read::Through })
     }
 }
 
-/// Merge the answers to accepted `Send`s in `batch` into one `Oks`, in the
-/// place of the first of them; everything else keeps its order. An id no
-/// run can hold (`u64::MAX`) stays an answer of its own (`Ok`).
-fn coalesce(batch: &mut Vec<Queued>) {
-    if !batch.iter().any(|out| matches!(**out, Outbound::Accepted(_))) {
-        return;
-    }
-    let mut runs = Vec::new();
-    let mut at = None;
-    let mut kept = Vec::with_capacity(batch.len());
-    for out in batch.drain(..) {
-        if let Outbound::Accepted(id) = *out
-            && push_ok(&mut runs, id)
-        {
-            if at.is_none() {
-                at = Some(kept.len());
-                kept.push(out);
-            }
-            continue;
-        }
-        kept.push(out);
-    }
-    if let Some(slot) = at.and_then(|i| kept.get_mut(i)) {
-        **slot = Outbound::Frame(Frame::Oks { runs });
-    }
-    *batch = kept;
-}
-
-#[cfg(test)]
-mod tests {
-    use tandem_proto::frame::OkRun;
-
-    use super::*;
-
-    fn frames(batch: Vec<Queued>) -> Vec<String> {
-        batch
-            .into_iter()
-            .map(|out| match *out {
-                Outbound::Frame(Frame::Oks { runs }) => {
-                    let runs: Vec<_> =
-                        runs.iter().map(|r| format!("{}+{}", r.first, r.count)).collect();
-                    format!("Oks[{}]", runs.join(","))
-                }
-                Outbound::Frame(f) => f.frame_type().to_string(),
-                Outbound::Deliver { id, .. } => format!("Deliver{id}"),
-                Outbound::Accepted(id) => format!("Accepted{id}"),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn answers_merge_into_one_oks_where_the_first_was() {
-        let deliver =
-            |id| Box::new(Outbound::Deliver { id, from: DeviceId([1; 16]), payload: vec![] });
-        let ok = |id| Box::new(Outbound::Accepted(id));
-        let presence =
-            Box::new(Outbound::Frame(Frame::Presence { peer: DeviceId([2; 16]), online: true }));
-        let mut batch = vec![
-            deliver(10),
-            ok(5),
-            ok(6),
-            presence,
-            Box::new(Outbound::Frame(Frame::Ok { ref_id: 3 })),
-            ok(7),
-            deliver(11),
-            ok(9),
-            ok(u64::MAX),
-        ];
-        coalesce(&mut batch);
-        assert_eq!(
-            frames(batch),
-            [
-                "Deliver10",
-                "Oks[5+3,9+1]",
-                "Presence",
-                "Ok",
-                "Deliver11",
-                &format!("Accepted{}", u64::MAX)
-            ]
-        );
-        // Nothing to merge: nothing changes.
-        let mut batch = vec![deliver(1), Box::new(Outbound::Frame(Frame::Ok { ref_id: 2 }))];
-        coalesce(&mut batch);
-        assert_eq!(frames(batch), ["Deliver1", "Ok"]);
-        let mut batch = vec![ok(4)];
-        coalesce(&mut batch);
-        assert!(
-            matches!(*batch[0], Outbound::Frame(Frame::Oks { ref runs }) if *runs == [OkRun { first: 4, count: 1 }])
-        );
-    }
+/// How far one read of the store got ([`Writer::backlog`]).
+enum Read {
+    /// Everything it had after `last` is sent: nothing more to read.
+    Through,
+    /// A full page was sent: read the next one.
+    More,
+    /// It reached a frame past `until`.
+    Until,
+    /// It stopped: for the window (then `behind` is set), because the
+    /// connection is closing, or because the store refused the read (then
+    /// the device is told, once, and the read is tried again after
+    /// [`STORE_RETRY`]).
+    Stopped,
 }

@@ -20,6 +20,10 @@
 //! * what is queued and authorised is counted per sender address
 //!   ([`AddrKey`], stored with each row), and those counts are rebuilt from
 //!   the rows when the store opens.
+//! * ids may also be reserved ([`Store::reserve_id`]) for frames the relay
+//!   holds in memory and writes later, if at all
+//!   ([`Store::enqueue_reserved`]): such an id is never handed out again,
+//!   and the frame keeps it when written;
 //! * a store that cannot write (a full disk, a failed database) refuses
 //!   every operation at once ([`StoreError::Unavailable`],
 //!   [`StoreError::Busy`]) rather than blocking its callers, says so in
@@ -321,7 +325,10 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` frames for `to` with ids above `after`, in id order.
     /// A fetch sees every enqueue whose id was taken before the fetch was
     /// called (stored, or refused), whoever called it: a connection that
-    /// was handed id `n` early relies on this to catch up below `n`.
+    /// was handed id `n` early relies on this to catch up below `n`. A
+    /// reserved id ([`Store::reserve_id`]) is seen once its
+    /// [`Store::enqueue_reserved`] was called (until then the relay holds
+    /// the frame itself).
     fn fetch(&self, to: DeviceId, after: u64, limit: usize) -> StoreFuture<Vec<Queued>>;
 
     /// The recipient received everything up to `up_to`: delete it. Returns
@@ -384,4 +391,67 @@ pub trait Store: Send + Sync + 'static {
     fn health(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// A delivery id for a frame for `to` that the relay holds in memory
+    /// (`crate::hold`) and may write later with [`Store::enqueue_reserved`],
+    /// or never (the recipient acknowledged it first). The id is taken from
+    /// the same sequence as [`Store::enqueue`]'s and is never handed out
+    /// again, not even after a crash (the backend saves its counter ahead of
+    /// what it reserves). An error (the default: this backend holds
+    /// nothing) means "use [`Store::enqueue`]".
+    ///
+    /// # Errors
+    /// Why no id can be reserved now (the store is down, `to`'s queue is
+    /// full, the backend does not reserve).
+    fn reserve_id(&self, to: DeviceId) -> Result<u64, StoreError> {
+        let _ = to;
+        Err(StoreError::Unavailable("this store reserves no ids".into()))
+    }
+
+    /// Write frames whose ids were reserved with [`Store::reserve_id`], in
+    /// one durable commit; one answer per frame, in order (as
+    /// [`Enqueued::durable`]'s). A fetch called after this sees them. The
+    /// default refuses them all (it is never called when
+    /// [`Store::reserve_id`] refuses).
+    fn enqueue_reserved(
+        &self,
+        frames: Vec<(u64, NewFrame)>,
+        now_unix: u64,
+    ) -> StoreFuture<Vec<Result<u64, StoreError>>> {
+        let _ = (frames, now_unix);
+        Box::pin(std::future::ready(Err(StoreError::Unavailable(
+            "this store reserves no ids".into(),
+        ))))
+    }
+
+    /// Keep `mark` at least the highest delivery id submitted for `to` by
+    /// [`Store::enqueue`] from now on (`None`: stop). A connection's writer
+    /// reads the store only when `mark` says it may hold something it has
+    /// not read; a backend that cannot watch returns false (the default),
+    /// and the writer then reads the store at every gap in the ids, as
+    /// before. When it starts watching, the store sets `mark` to at least
+    /// the highest id it handed out so far (anything up to it may be
+    /// queued).
+    fn watch(
+        &self,
+        to: DeviceId,
+        mark: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> bool {
+        let _ = (to, mark);
+        false
+    }
+
+    /// Commits and frames written so far (for `/metrics`).
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+}
+
+/// What [`Store::stats`] reports, counted since the store opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Commits that answered writes (enqueues, authorisations, revocations).
+    pub durable_commits: u64,
+    /// Frames those commits wrote (refused ones included).
+    pub frames_written: u64,
 }

@@ -21,8 +21,9 @@
 //! `relay.commit.after`, `relay.ack`, `relay.route`): see
 //! [`crate::failpoints`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 
@@ -62,6 +63,18 @@ enum Op {
         /// The recipient is connected (see [`super::LIVE_ALLOWANCE_BYTES`]).
         live: bool,
         reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// Frames whose ids were reserved ([`Store::reserve_id`]), written in
+    /// the one transaction of the batch that takes them.
+    EnqueueMany {
+        frames: Vec<(u64, NewFrame)>,
+        now: u64,
+        reply: oneshot::Sender<Result<Vec<Result<u64, StoreError>>, StoreError>>,
+    },
+    /// Save the id counter at `next` at least (durably): ids reserved and
+    /// never written are not saved by any enqueue.
+    SaveCounter {
+        next: u64,
     },
     Fetch {
         to: DeviceId,
@@ -112,13 +125,31 @@ enum Op {
 impl Op {
     /// Whether the caller is told only once the change is on disk.
     fn answers_durably(&self) -> bool {
-        matches!(self, Op::Enqueue { .. } | Op::Authorize { .. } | Op::Revoke { .. })
+        matches!(
+            self,
+            Op::Enqueue { .. }
+                | Op::EnqueueMany { .. }
+                | Op::SaveCounter { .. }
+                | Op::Authorize { .. }
+                | Op::Revoke { .. }
+        )
+    }
+
+    /// How many frames it writes.
+    fn frames(&self) -> u64 {
+        match self {
+            Op::Enqueue { .. } => 1,
+            Op::EnqueueMany { frames, .. } => frames.len() as u64,
+            _ => 0,
+        }
     }
 
     fn writes(&self) -> bool {
         matches!(
             self,
             Op::Enqueue { .. }
+                | Op::EnqueueMany { .. }
+                | Op::SaveCounter { .. }
                 | Op::Ack { .. }
                 | Op::Authorize { .. }
                 | Op::Revoke { .. }
@@ -132,6 +163,8 @@ impl Op {
             Op::Enqueue { reply, .. } | Op::Ack { reply, .. } | Op::Revoke { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
+            Op::EnqueueMany { reply, .. } => drop(reply.send(Err(e))),
+            Op::SaveCounter { .. } => {}
             Op::Expire { reply, .. } => drop(reply.send(Err(e))),
             Op::Totals { reply } => drop(reply.send(Err(e))),
             Op::Fetch { reply, .. } => drop(reply.send(Err(e))),
@@ -150,6 +183,25 @@ pub struct RedbStore {
     ids: Arc<Mutex<NextIds>>,
     /// Drawn at open ([`Store::epoch`]).
     epoch: u64,
+    stats: Arc<Stats>,
+}
+
+/// Counted by the writer thread ([`Store::stats`]).
+#[derive(Debug, Default)]
+pub(super) struct Stats {
+    pub(super) durable_commits: std::sync::atomic::AtomicU64,
+    pub(super) frames_written: std::sync::atomic::AtomicU64,
+}
+
+impl Stats {
+    /// A commit that answered writes, with the frames its batch wrote.
+    fn committed(&self, batch: &[Op]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if batch.iter().any(Op::answers_durably) {
+            self.durable_commits.fetch_add(1, Relaxed);
+            self.frames_written.fetch_add(batch.iter().map(Op::frames).sum(), Relaxed);
+        }
+    }
 }
 
 /// The delivery id counter, handed out when an enqueue is submitted (so a
@@ -171,6 +223,12 @@ pub(super) struct NextIds {
     /// connected recipient), until an ack, expiry or revocation removes
     /// something from them.
     full: HashSet<DeviceId>,
+    /// The counter when a save of it ([`Op::SaveCounter`]) was last asked
+    /// for (or the store opened): reserved ids that are never written do
+    /// not save it, so it is saved every [`SKIP`]` / 2` ids.
+    save_from: u64,
+    /// Recipients whose enqueues are watched ([`Store::watch`]).
+    watch: HashMap<DeviceId, Arc<AtomicU64>>,
 }
 
 impl NextIds {
@@ -232,9 +290,22 @@ impl RedbStore {
             Ok(o) => (o.next, None),
             Err(e) => (1, Some(e.to_string())),
         };
-        let ids = Arc::new(Mutex::new(NextIds { next, down, full: HashSet::new() }));
+        let ids = Arc::new(Mutex::new(NextIds {
+            next,
+            down,
+            full: HashSet::new(),
+            save_from: next,
+            watch: HashMap::new(),
+        }));
         let (tx, rx) = mpsc::sync_channel(WRITER_QUEUE);
-        let writer = Writer { dir: dir.to_owned(), rx, limits, ids: Arc::clone(&ids) };
+        let stats = Arc::new(Stats::default());
+        let writer = Writer {
+            dir: dir.to_owned(),
+            rx,
+            limits,
+            ids: Arc::clone(&ids),
+            stats: Arc::clone(&stats),
+        };
         thread::Builder::new()
             .name("tandem-store".into())
             .spawn(move || writer.run(first))
@@ -243,7 +314,7 @@ impl RedbStore {
         // since it was last open (wiped, restored), clients reset their
         // delivery cursors (PROTOCOL.md §6.6).
         let epoch = rand::random::<u64>();
-        Ok(Self { tx, ids, epoch })
+        Ok(Self { tx, ids, epoch, stats })
     }
 
     fn call<T: Send + 'static>(
@@ -287,6 +358,9 @@ impl Store for RedbStore {
         let mut ids = lock(&self.ids);
         let id = ids.take();
         let early = ids.early(&to);
+        if let Some(mark) = ids.watch.get(&to) {
+            mark.fetch_max(id, Ordering::AcqRel);
+        }
         let (reply, rx) = oneshot::channel();
         let sent = submit(&self.tx, Op::Enqueue { frame, now: now_unix, id, live, reply });
         drop(ids);
@@ -337,6 +411,60 @@ impl Store for RedbStore {
     fn health(&self) -> Result<(), String> {
         lock(&self.ids).down.clone().map_or(Ok(()), Err)
     }
+
+    fn reserve_id(&self, to: DeviceId) -> Result<u64, StoreError> {
+        // While `relay.enqueue` (or `relay.enqueue.<to>`) is armed, frames
+        // for `to` take the enqueue path, where it is evaluated (looked at
+        // here without spending its count).
+        #[cfg(feature = "failpoints")]
+        if enqueue_failpoint_armed(&to) {
+            return Err(StoreError::Unavailable("failpoint armed".into()));
+        }
+        let mut ids = lock(&self.ids);
+        if let Some(why) = &ids.down {
+            return Err(StoreError::Unavailable(why.clone()));
+        }
+        if ids.full.contains(&to) {
+            return Err(StoreError::QueueFull(to));
+        }
+        let id = ids.take();
+        if ids.next - ids.save_from > SKIP / 2 {
+            // Best effort: a refused save is asked for again at the next id.
+            if submit(&self.tx, Op::SaveCounter { next: ids.next }).is_ok() {
+                ids.save_from = ids.next;
+            }
+        }
+        Ok(id)
+    }
+
+    fn enqueue_reserved(
+        &self,
+        frames: Vec<(u64, NewFrame)>,
+        now_unix: u64,
+    ) -> StoreFuture<Vec<Result<u64, StoreError>>> {
+        self.call(|reply| Op::EnqueueMany { frames, now: now_unix, reply })
+    }
+
+    fn watch(&self, to: DeviceId, mark: Option<Arc<AtomicU64>>) -> bool {
+        let mut ids = lock(&self.ids);
+        match mark {
+            Some(mark) => {
+                mark.fetch_max(ids.next.saturating_sub(1), Ordering::AcqRel);
+                ids.watch.insert(to, mark);
+            }
+            None => {
+                ids.watch.remove(&to);
+            }
+        }
+        true
+    }
+
+    fn stats(&self) -> super::StoreStats {
+        super::StoreStats {
+            durable_commits: self.stats.durable_commits.load(Ordering::Relaxed),
+            frames_written: self.stats.frames_written.load(Ordering::Relaxed),
+        }
+    }
 }
 
 fn lock(ids: &Mutex<NextIds>) -> MutexGuard<'_, NextIds> {
@@ -347,13 +475,20 @@ fn lock(ids: &Mutex<NextIds>) -> MutexGuard<'_, NextIds> {
 /// unmark those that lost frames (so their frames are told ids early again).
 fn note_fullness(ids: &Mutex<NextIds>, batch: &[Op], answers: &[Answer]) {
     let mut ids = lock(ids);
-    if ids.full.is_empty() && !answers.iter().any(Answer::is_full) {
+    if ids.full.is_empty() && !answers.iter().any(Answer::is_full_any) {
         return;
     }
     for (op, answer) in batch.iter().zip(answers) {
         match (op, answer) {
             (Op::Enqueue { frame, .. }, a) if a.is_full() => {
                 ids.full.insert(frame.to);
+            }
+            (Op::EnqueueMany { frames, .. }, Answer::Many(r)) => {
+                for ((_, f), r) in frames.iter().zip(r) {
+                    if Answer::full_error(r) {
+                        ids.full.insert(f.to);
+                    }
+                }
             }
             (Op::Ack { to, .. }, _) => {
                 ids.full.remove(to);
@@ -449,6 +584,15 @@ pub(super) async fn meta_rows_in(dir: &Path) -> u64 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("the store stayed locked");
+}
+
+/// Whether a failpoint that refuses enqueues for `to` is configured.
+#[cfg(feature = "failpoints")]
+fn enqueue_failpoint_armed(to: &DeviceId) -> bool {
+    let named = format!("relay.enqueue.{to}");
+    fail::list().iter().any(|(name, actions)| {
+        (name == "relay.enqueue" || *name == named) && !actions.is_empty() && actions != "off"
+    })
 }
 
 /// The failpoint that refuses this enqueue, if one is armed.

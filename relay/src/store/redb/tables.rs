@@ -89,19 +89,34 @@ pub(super) enum Answer {
     Expired(Expired),
     Totals(Totals),
     Ids(Vec<DeviceId>),
+    /// One answer per frame of an [`Op::EnqueueMany`].
+    Many(Vec<Result<u64, StoreError>>),
     Pending,
 }
 
 impl Answer {
     /// Whether this refused an enqueue for want of room.
     pub(super) fn is_full(&self) -> bool {
+        matches!(self, Answer::U64(r) if Self::full_error(r))
+    }
+
+    /// Whether this refused any frame for want of room.
+    pub(super) fn is_full_any(&self) -> bool {
+        match self {
+            Answer::Many(r) => r.iter().any(Self::full_error),
+            a => a.is_full(),
+        }
+    }
+
+    /// Whether `r` is a refusal for want of room.
+    pub(super) fn full_error(r: &Result<u64, StoreError>) -> bool {
         matches!(
-            self,
-            Answer::U64(Err(StoreError::QueueFull(_)
+            r,
+            Err(StoreError::QueueFull(_)
                 | StoreError::SenderShareFull
                 | StoreError::AddressShareFull
                 | StoreError::StorageFull
-                | StoreError::OverflowFull))
+                | StoreError::OverflowFull)
         )
     }
 
@@ -114,6 +129,8 @@ impl Answer {
             ) => {
                 let _ = reply.send(r);
             }
+            (Op::EnqueueMany { reply, .. }, Answer::Many(r)) => drop(reply.send(Ok(r))),
+            (Op::SaveCounter { .. }, _) => {}
             (Op::Authorize { reply, .. }, Answer::Unit(r)) => drop(reply.send(r)),
             (Op::IsRoute { reply, .. }, Answer::Bool(b)) => drop(reply.send(Ok(b))),
             (Op::Fetch { reply, .. }, Answer::Queued(q)) => drop(reply.send(Ok(q))),
@@ -339,32 +356,54 @@ impl<'t, 'c> Tables<'t, 'c> {
         }
     }
 
+    /// Queue `frame` under `id` (the outer error stops the batch).
+    fn enqueue(
+        &mut self,
+        frame: &NewFrame,
+        now: u64,
+        id: u64,
+        live: bool,
+    ) -> Result<Result<u64, StoreError>, StoreError> {
+        let to = &frame.to;
+        // The id was handed out, so it is spent whatever the answer:
+        // the counter is saved past it, refused or not.
+        self.max_id = self.max_id.max(id);
+        let mut meta = self.meta(to)?;
+        if !self.is_route(&frame.from, to)? {
+            return Ok(Err(StoreError::NoRoute));
+        }
+        let len = frame.payload.len() as u64;
+        let cost = charged(len);
+        if let Some(refused) = self.refusal(frame, meta, cost, live) {
+            return Ok(Err(refused));
+        }
+        let expires = now.saturating_add(self.cx.limits.ttl_secs);
+        let v = frame_value(&frame.from, expires, &frame.addr, &frame.payload);
+        self.queue.insert(&qkey(to, id)[..], &v[..]).map_err(backend)?;
+        meta.frames += 1;
+        meta.bytes += len;
+        meta.last = meta.last.max(now);
+        self.set_meta(to, meta);
+        self.account(&frame.from, to, &frame.addr, cost, true);
+        Ok(Ok(id))
+    }
+
     fn apply(&mut self, op: &Op) -> Result<Answer, StoreError> {
         Ok(match op {
             Op::Enqueue { frame, now, id, live, .. } => {
-                let to = &frame.to;
-                // The id was handed out, so it is spent whatever the answer:
-                // the counter is saved past it, refused or not.
-                let id = *id;
-                self.max_id = self.max_id.max(id);
-                let mut meta = self.meta(to)?;
-                if !self.is_route(&frame.from, to)? {
-                    return Ok(Answer::U64(Err(StoreError::NoRoute)));
+                Answer::U64(self.enqueue(frame, *now, *id, *live)?)
+            }
+            Op::EnqueueMany { frames, now, .. } => {
+                let mut out = Vec::with_capacity(frames.len());
+                for (id, frame) in frames {
+                    // Held for a connected recipient: it was live.
+                    out.push(self.enqueue(frame, *now, *id, true)?);
                 }
-                let len = frame.payload.len() as u64;
-                let cost = charged(len);
-                if let Some(refused) = self.refusal(frame, meta, cost, *live) {
-                    return Ok(Answer::U64(Err(refused)));
-                }
-                let expires = now.saturating_add(self.cx.limits.ttl_secs);
-                let v = frame_value(&frame.from, expires, &frame.addr, &frame.payload);
-                self.queue.insert(&qkey(to, id)[..], &v[..]).map_err(backend)?;
-                meta.frames += 1;
-                meta.bytes += len;
-                meta.last = meta.last.max(*now);
-                self.set_meta(to, meta);
-                self.account(&frame.from, to, &frame.addr, cost, true);
-                Answer::U64(Ok(id))
+                Answer::Many(out)
+            }
+            Op::SaveCounter { next, .. } => {
+                self.max_id = self.max_id.max(next.saturating_sub(1));
+                Answer::Pending
             }
             Op::Fetch { to, after, limit, .. } => {
                 let lo = qkey(to, after.saturating_add(1));

@@ -85,6 +85,7 @@ pub(super) struct Writer {
     pub(super) rx: mpsc::Receiver<Op>,
     pub(super) limits: (QueueLimits, RouteLimits),
     pub(super) ids: Arc<Mutex<NextIds>>,
+    pub(super) stats: Arc<super::Stats>,
 }
 
 /// Why [`Writer::serve`] returned.
@@ -142,6 +143,7 @@ impl Writer {
             info!("the store is open and writing again");
         }
         ids.next = ids.next.max(next);
+        ids.save_from = ids.next;
         ids.full.clear();
     }
 
@@ -249,6 +251,7 @@ impl Writer {
             }
             wrote |= writes;
             lazy.committed(durable);
+            self.stats.committed(&batch);
             let Changes { queues, usage: addrs, pending: delta } = changed;
             depths.update(queues);
             usage.update(addrs);

@@ -1,0 +1,430 @@
+//! Frames for a connected recipient, forwarded from memory and held there
+//! until the recipient acknowledges them (then the sender hears `Ok` and
+//! nothing is ever written) or `hold_window` passes (then they are written
+//! to the store in one durable commit and `Ok` follows the commit).
+//! PROTOCOL.md §6.5.
+//!
+//! One [`Hold`] per recipient device, kept by the registry beside its live
+//! connection (a connection that replaces it adopts it; when the device's
+//! last connection ends, whatever is held is written). Its frames have
+//! delivery ids reserved from the store ([`Store::reserve_id`]), so a held
+//! frame written later keeps its id, and the recipient's writer merges held
+//! frames and stored ones in id order ([`Hold::mark`] tells it when the
+//! store may hold something it has not read).
+//!
+//! [`Store::reserve_id`]: crate::store::Store::reserve_id
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use tandem_proto::{DeviceId, Frame};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::answers::Answers;
+use crate::registry::lock;
+use crate::state::{State, unix_now};
+use crate::store::{AddrKey, NewFrame, StoreError, StoreFuture};
+
+/// One recipient's held frames.
+#[derive(Debug)]
+pub(crate) struct Hold {
+    to: DeviceId,
+    q: Mutex<HoldQ>,
+    /// At least the highest delivery id for this recipient submitted to the
+    /// store while it is connected (by [`crate::store::Store::enqueue`],
+    /// which the store watches, and by writes from here). Its writer reads
+    /// the store only when this passed what it read last.
+    pub(crate) mark: Arc<AtomicU64>,
+    /// The store keeps [`Self::mark`] ([`crate::store::Store::watch`]).
+    watched: AtomicBool,
+    /// The highest ack of the device submitted to the store: a later one
+    /// is submitted only if the store may hold something it covers
+    /// ([`Self::mark`] passed this), so acks of frames that were only held
+    /// cost no store operation.
+    pub(crate) store_acked: AtomicU64,
+}
+
+#[derive(Debug)]
+struct HoldQ {
+    /// Increasing ids.
+    frames: VecDeque<Held>,
+    /// Their payload bytes.
+    bytes: u64,
+    /// The device's last connection ended: nothing more is held.
+    closed: bool,
+    /// In the flusher's list ([`Holds`]).
+    queued: bool,
+    /// The writer of the device's current connection.
+    wake: Arc<Notify>,
+}
+
+/// A held frame.
+#[derive(Debug)]
+struct Held {
+    id: u64,
+    /// The `Deliver` frame, encoded once.
+    frame: Bytes,
+    len: usize,
+    from: DeviceId,
+    addr: AddrKey,
+    since: Instant,
+    answers: Arc<Answers>,
+    send_id: u64,
+    /// Submitted to the store; answered when the write finishes.
+    writing: bool,
+}
+
+/// A held frame the writer may send: its id, the encoded `Deliver`, and
+/// its payload length.
+pub(crate) type Ready = (u64, Bytes, usize);
+
+/// Why a frame was not held (the caller takes the store path with it).
+pub(crate) struct NotHeld(pub(crate) Vec<u8>);
+
+/// A write of held frames to the store, in flight.
+pub(crate) struct Write {
+    hold: Arc<Hold>,
+    ids: Vec<u64>,
+    fut: StoreFuture<Vec<Result<u64, StoreError>>>,
+}
+
+impl Hold {
+    /// A new, empty hold for `to`, whose writer is woken by `wake`.
+    pub(crate) fn new(to: DeviceId, wake: Arc<Notify>) -> Self {
+        let q = HoldQ { frames: VecDeque::new(), bytes: 0, closed: false, queued: false, wake };
+        let mark = Arc::new(AtomicU64::new(0));
+        Self {
+            to,
+            q: Mutex::new(q),
+            mark,
+            watched: AtomicBool::new(false),
+            store_acked: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the store keeps [`Self::mark`] (else the writer reads the
+    /// store whenever it is woken, and at every gap in the ids).
+    pub(crate) fn watched(&self) -> bool {
+        self.watched.load(Ordering::Acquire)
+    }
+
+    /// The store keeps [`Self::mark`] or not.
+    pub(crate) fn set_watched(&self, watched: bool) {
+        self.watched.store(watched, Ordering::Release);
+    }
+
+    /// A connection replacing the device's one takes over: its writer is
+    /// woken from now on.
+    pub(crate) fn adopt(&self, wake: Arc<Notify>) {
+        lock(&self.q).wake = wake;
+    }
+
+    /// Hold `payload` from `from` (answered through `answers` as `send_id`)
+    /// and wake the recipient's writer; or give it back when it must go to
+    /// the store now: the hold is closed, a route changed since `generation`
+    /// was read, a cap is reached, or the store reserves no id.
+    #[expect(clippy::too_many_arguments, reason = "one call site, all needed")]
+    pub(crate) fn offer(
+        self: &Arc<Self>,
+        state: &State,
+        generation: u64,
+        send_id: u64,
+        from: DeviceId,
+        addr: AddrKey,
+        answers: &Arc<Answers>,
+        payload: Vec<u8>,
+    ) -> Result<(), NotHeld> {
+        let c = &state.config;
+        let len = payload.len();
+        let mut q = lock(&self.q);
+        let refuse = |why: &'static str, payload| {
+            state.metrics.spilled(why);
+            Err(NotHeld(payload))
+        };
+        if q.closed {
+            return refuse("closed", payload);
+        }
+        // A revocation since the route was checked (the store checks it
+        // again in the enqueue's transaction; a held frame is not).
+        if state.routes.generation() != generation {
+            return refuse("route_changed", payload);
+        }
+        if q.frames.len() >= c.delivery_window_frames
+            || q.bytes + len as u64 > c.delivery_window_bytes
+        {
+            return refuse("recipient_cap", payload);
+        }
+        let held = state.held_bytes.fetch_add(len as u64, Ordering::AcqRel) + len as u64;
+        if held > c.hold_max_bytes {
+            state.held_bytes.fetch_sub(len as u64, Ordering::AcqRel);
+            return refuse("global_cap", payload);
+        }
+        let id = match state.store.reserve_id(self.to) {
+            Ok(id) => id,
+            Err(_) => {
+                state.held_bytes.fetch_sub(len as u64, Ordering::AcqRel);
+                return refuse("store", payload);
+            }
+        };
+        let frame = Frame::Deliver { delivery_id: id, from, payload };
+        let frame = match frame.encode() {
+            Ok(b) => Bytes::from(b),
+            Err(_) => {
+                state.held_bytes.fetch_sub(len as u64, Ordering::AcqRel);
+                let Frame::Deliver { payload, .. } = frame else { unreachable!() };
+                return refuse("encode", payload);
+            }
+        };
+        q.frames.push_back(Held {
+            id,
+            frame,
+            len,
+            from,
+            addr,
+            since: Instant::now(),
+            answers: Arc::clone(answers),
+            send_id,
+            writing: false,
+        });
+        q.bytes += len as u64;
+        state.metrics.held(1, len as i64);
+        if !q.queued {
+            q.queued = true;
+            state.holds.due(Arc::downgrade(self));
+        }
+        q.wake.notify_one();
+        Ok(())
+    }
+
+    /// Up to `max` held frames with ids in `(after, until]`, in id order, not
+    /// removed (removal is by ack or by a finished write).
+    pub(crate) fn ready(&self, after: u64, until: u64, max: usize) -> Vec<Ready> {
+        let q = lock(&self.q);
+        let start = q.frames.partition_point(|h| h.id <= after);
+        q.frames
+            .range(start..)
+            .take_while(|h| h.id <= until)
+            .take(max)
+            .map(|h| (h.id, h.frame.clone(), h.len))
+            .collect()
+    }
+
+    /// The recipient acknowledged everything up to `up_to`: its senders
+    /// hear `Ok`, and what was not written never will be.
+    pub(crate) fn ack(&self, state: &State, up_to: u64) {
+        let mut q = lock(&self.q);
+        let (mut n, mut bytes) = (0i64, 0u64);
+        while q.frames.front().is_some_and(|h| h.id <= up_to) {
+            let Some(h) = q.frames.pop_front() else { break };
+            bytes += h.len as u64;
+            n += 1;
+            h.answers.ok(h.send_id);
+            state.metrics.ok("ack");
+            state.metrics.forwarded(h.len);
+        }
+        q.bytes -= bytes;
+        drop(q);
+        if n > 0 {
+            state.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            state.metrics.held(-n, -(bytes as i64));
+        }
+    }
+
+    /// Write the frames held since `now - window` or longer; whether the
+    /// hold must be looked at again (it still holds frames).
+    pub(crate) fn expire(self: &Arc<Self>, state: &State, now: Instant) -> (Option<Write>, bool) {
+        let window = state.config.hold_window;
+        let mut q = lock(&self.q);
+        let write = self.write_locked(&mut q, state, |h| h.since + window <= now);
+        let again = !q.frames.is_empty();
+        if !again {
+            q.queued = false;
+        }
+        (write, again)
+    }
+
+    /// The device's last connection ended (or the relay shuts down): hold
+    /// nothing more and write everything held.
+    pub(crate) fn close(self: &Arc<Self>, state: &State) -> Option<Write> {
+        let mut q = lock(&self.q);
+        q.closed = true;
+        self.write_locked(&mut q, state, |_| true)
+    }
+
+    /// Drop the frames from `from` (a route between the two was revoked):
+    /// their senders are told `not_authorized`, as the store would.
+    pub(crate) fn purge(&self, state: &State, from: DeviceId) {
+        let mut q = lock(&self.q);
+        let (mut n, mut bytes) = (0i64, 0u64);
+        q.frames.retain(|h| {
+            // One being written is answered by the store, which checks the route.
+            if h.from != from || h.writing {
+                return true;
+            }
+            h.answers.refuse(h.send_id, StoreError::NoRoute);
+            n += 1;
+            bytes += h.len as u64;
+            false
+        });
+        q.bytes -= bytes;
+        let wake = Arc::clone(&q.wake);
+        drop(q);
+        if n > 0 {
+            state.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            state.metrics.held(-n, -(bytes as i64));
+            state.metrics.dropped("revoked", n as u64);
+            wake.notify_one();
+        }
+    }
+
+    /// Submit the held frames `pick` chooses that are not being written, in
+    /// one write, under the hold's lock (so an ack that removes one of them
+    /// later submits its store ack after the write).
+    fn write_locked(
+        self: &Arc<Self>,
+        q: &mut HoldQ,
+        state: &State,
+        pick: impl Fn(&Held) -> bool,
+    ) -> Option<Write> {
+        let mut frames = Vec::new();
+        let mut ids = Vec::new();
+        for h in q.frames.iter_mut().filter(|h| !h.writing && pick(h)) {
+            h.writing = true;
+            let payload = h.frame.slice(h.frame.len() - h.len..).to_vec();
+            let frame = NewFrame { to: self.to, from: h.from, addr: h.addr, payload };
+            frames.push((h.id, frame));
+            ids.push(h.id);
+        }
+        let last = *ids.last()?;
+        // Before the submission: a fetch the writer starts after seeing it
+        // sees the write.
+        self.mark.fetch_max(last, Ordering::AcqRel);
+        state.metrics.hold_written(frames.len());
+        let fut = state.store.enqueue_reserved(frames, unix_now());
+        Some(Write { hold: Arc::clone(self), ids, fut })
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.q).frames.len()
+    }
+}
+
+impl Write {
+    /// Wait for the write; answer the senders of the frames still held
+    /// (`Ok`: durable; or why the store refused) and drop them from the
+    /// hold (a frame not delivered yet is read from the store).
+    pub(crate) async fn finish(self, state: Arc<State>) {
+        let Write { hold, ids, fut } = self;
+        let results = match fut.await {
+            Ok(r) => r,
+            Err(e) => vec![Err(e); ids.len()],
+        };
+        let mut q = lock(&hold.q);
+        let (mut n, mut bytes) = (0i64, 0u64);
+        for (id, result) in ids.iter().zip(results) {
+            let Ok(i) = q.frames.binary_search_by_key(id, |h| h.id) else { continue };
+            let Some(h) = q.frames.remove(i) else { continue };
+            n += 1;
+            bytes += h.len as u64;
+            match result {
+                Ok(_) => {
+                    h.answers.ok(h.send_id);
+                    state.metrics.ok("commit");
+                    state.metrics.forwarded(h.len);
+                }
+                Err(e) => h.answers.refuse(h.send_id, e),
+            }
+        }
+        q.bytes -= bytes;
+        let wake = Arc::clone(&q.wake);
+        drop(q);
+        if n > 0 {
+            state.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            state.metrics.held(-n, -(bytes as i64));
+        }
+        // What left the hold unsent is read from the store now.
+        wake.notify_one();
+    }
+}
+
+/// The holds with frames in them, for the task that writes what the
+/// window passed ([`run_flusher`]).
+#[derive(Debug, Default)]
+pub(crate) struct Holds {
+    due: Mutex<Vec<Weak<Hold>>>,
+}
+
+impl Holds {
+    fn due(&self, hold: Weak<Hold>) {
+        lock(&self.due).push(hold);
+    }
+}
+
+/// Every `hold_window / 4`, write the frames held for longer than
+/// `hold_window`. Stops at shutdown: every connection's end writes its
+/// device's hold.
+pub(crate) async fn run_flusher(state: Arc<State>) {
+    let window = state.config.hold_window;
+    if window.is_zero() {
+        return;
+    }
+    let tick = (window / 4).clamp(std::time::Duration::from_millis(1), window);
+    let mut timer = tokio::time::interval(tick);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        let due = std::mem::take(&mut *lock(&state.holds.due));
+        let now = Instant::now();
+        let mut again = Vec::with_capacity(due.len());
+        for weak in due {
+            let Some(hold) = weak.upgrade() else { continue };
+            let (write, keep) = hold.expire(&state, now);
+            if let Some(w) = write {
+                tokio::spawn(w.finish(Arc::clone(&state)));
+            }
+            if keep {
+                again.push(weak);
+            }
+        }
+        lock(&state.holds.due).extend(again);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_reads_in_id_order_without_removing() {
+        let hold = Hold::new(DeviceId([1; 16]), Arc::new(Notify::new()));
+        let answers = Arc::new(Answers::new(Arc::new(Notify::new())));
+        {
+            let mut q = lock(&hold.q);
+            for id in [3u64, 5, 9] {
+                q.frames.push_back(Held {
+                    id,
+                    frame: Bytes::from(vec![0u8; 30]),
+                    len: 4,
+                    from: DeviceId([2; 16]),
+                    addr: AddrKey::UNKNOWN,
+                    since: Instant::now(),
+                    answers: Arc::clone(&answers),
+                    send_id: id,
+                    writing: false,
+                });
+            }
+        }
+        let ids = |v: Vec<Ready>| v.into_iter().map(|r| r.0).collect::<Vec<_>>();
+        assert_eq!(ids(hold.ready(0, u64::MAX, 10)), vec![3, 5, 9]);
+        assert_eq!(ids(hold.ready(3, 8, 10)), vec![5]);
+        assert_eq!(ids(hold.ready(5, u64::MAX, 1)), vec![9]);
+        assert_eq!(hold.len(), 3);
+    }
+}
