@@ -347,7 +347,11 @@ async fn what_the_relay_refused_for_good_goes_again_after_the_agent_is_killed() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_relay_held_too_long_goes_again_when_the_phone_comes_online() {
-    let mut w = World::start_with(&[("TANDEM_RESEND_STALE_SECS", "1".to_owned())]).await;
+    let mut w = World::start_with(&[
+        ("TANDEM_RESEND_STALE_SECS", "1".to_owned()),
+        ("TANDEM_LOG", "info,tandem_agent=debug,tandem_client::actor=debug".to_owned()),
+    ])
+    .await;
     w.phone.submit("t-1", "count 3 1").await;
     assert_eq!(until_finished(&mut w.phone).await, 5);
     w.phone.client.close().await;
@@ -357,7 +361,8 @@ async fn what_the_relay_held_too_long_goes_again_when_the_phone_comes_online() {
     w.phone.reconnect().await;
     // The five held by the relay, the five sent again on the phone's
     // presence (stored over a second ago, unacknowledged), the list.
-    assert_eq!(frames_until_the_list(&mut w.phone).await, 11);
+    let n = frames_until_the_list(&mut w.phone).await;
+    assert_eq!(n, 11, "{}", w.agent_log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,9 +12,11 @@
 //! * `phone.send_saved`: a request (task, follow-up, cancel, decision,
 //!   history) is sealed and the desktop's file holding it in the outbox is
 //!   on disk; not yet handed to the relay;
-//! * `phone.send_stored`: the relay answered `Ok` for an outbox record a
-//!   caller of this process waits for (it holds it); this phone has not
-//!   noted that yet (in memory only anyway), the caller not told;
+//! * `phone.send_stored`: a request a caller of this process waits for
+//!   was taken: the relay answered `Ok` (it holds it, or the desktop
+//!   acknowledged it to the relay), or the desktop's acknowledgement came
+//!   first; the caller is not told yet (a record only sent again, with no
+//!   caller, never stops here);
 //! * `phone.resend_saved`: records of the outbox sealed again (after a
 //!   reconnect, a presence, a refusal) and the file with their counters on
 //!   disk; not yet handed to the relay;

@@ -97,6 +97,12 @@ impl Sent {
     }
 
     fn tell(&mut self, seq: u64, result: &Result<(), PhoneError>) {
+        if result.is_ok() && self.waiting.contains_key(&seq) {
+            // Taken (the relay's `Ok`, or the desktop's acknowledgement,
+            // whichever came first), the caller not told yet. Not for a
+            // record only sent again (no caller in this process).
+            crash_point("phone.send_stored");
+        }
         for w in self.waiting.remove(&seq).unwrap_or_default() {
             let _ = w.send(result.clone());
         }
@@ -186,12 +192,6 @@ impl Phone {
             d.sent.in_flight.remove(&seq);
             match result {
                 Ok(()) => {
-                    // Only an answer a caller waits for: an `Ok` for a record
-                    // sent again (no caller in this process) would cut the
-                    // exchange before the request a test is about was sent.
-                    if d.sent.waiting.contains_key(&seq) {
-                        crash_point("phone.send_stored");
-                    }
                     if seq >= d.record.link.outbound().oldest() {
                         d.sent.held.insert(seq, Instant::now());
                     }

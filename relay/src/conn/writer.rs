@@ -197,9 +197,12 @@ impl Writer {
                             self.known = self.known.max(self.fetched + 1);
                         }
                         Box::pin(self.answer()).await?;
-                        Box::pin(self.pump(last, u64::MAX)).await?;
                         // Answers may wake it at every turn: the queue is
-                        // served here too, so it never starves.
+                        // served here too, so it never starves; and first,
+                        // since what it holds was handed over before the
+                        // held frames that woke it (a peer's `Presence`
+                        // before that peer's first frames; a stored
+                        // `Deliver` pumps the held frames below it itself).
                         let mut n = 0;
                         while n < WRITE_BATCH
                             && let Ok(out) = rx.try_recv()
@@ -207,6 +210,7 @@ impl Writer {
                             Box::pin(self.deliver(*out, last)).await?;
                             n += 1;
                         }
+                        Box::pin(self.pump(last, u64::MAX)).await?;
                         self.flush().await?;
                         continue;
                     }
