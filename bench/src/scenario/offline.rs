@@ -179,17 +179,11 @@ fn deltas(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTre
     after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0))).collect()
 }
 
-/// Frames forwarded per commit, from a commit counter (a series naming
-/// commits that counts neither bytes, frames nor time).
+/// Frames forwarded per durable commit of the store
+/// (`tandem_relay_store_durable_commits`), when the relay counts them.
 fn per_commit(d: &BTreeMap<String, f64>) -> Option<f64> {
     let frames = d.iter().find(|(k, _)| k.starts_with("tandem_relay_frames_forwarded"))?.1;
-    let commits = d
-        .iter()
-        .filter(|(k, _)| k.contains("commit"))
-        .find(|(k, _)| {
-            !["bytes", "frames", "seconds", "bucket", "sum"].iter().any(|w| k.contains(w))
-        })?
-        .1;
+    let commits = d.get("tandem_relay_store_durable_commits")?;
     (*commits > 0.0).then(|| frames / commits)
 }
 
