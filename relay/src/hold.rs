@@ -299,11 +299,14 @@ impl Hold {
             ids.push(h.id);
         }
         let last = *ids.last()?;
-        // Before the submission: a fetch the writer starts after seeing it
-        // sees the write.
-        self.mark.fetch_max(last, Ordering::AcqRel);
         state.metrics.hold_written(frames.len());
         let fut = state.store.enqueue_reserved(frames, unix_now());
+        // After the submission (made by the call): a fetch the writer
+        // submits after seeing the mark is applied after the write and
+        // sees it. Raised before, a fetch could pass the write, count these
+        // ids as read, and strand them once the commit takes them out of
+        // the hold.
+        self.mark.fetch_max(last, Ordering::AcqRel);
         Some(Write { hold: Arc::clone(self), ids, fut })
     }
 

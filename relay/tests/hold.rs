@@ -113,6 +113,21 @@ impl Child {
         assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
     }
 
+    /// Wait until its client is connected (registered at the relay: a
+    /// frame sent before would find it offline and go to the store).
+    async fn connected(&mut self) {
+        loop {
+            let l = tokio::time::timeout(Duration::from_secs(30), self.lines.recv())
+                .await
+                .expect("connected within 30 s")
+                .expect("the child runs");
+            // (libtest may print `test child_recipient ... ` first, on it.)
+            if l == "C" || l.ends_with(" C") {
+                return;
+            }
+        }
+    }
+
     /// The next delivery it printed: (delivery id, payload index).
     async fn delivery(&mut self) -> (u64, u64) {
         loop {
@@ -153,14 +168,17 @@ async fn a_stopped_recipient_gets_its_frames_written_and_everything_after_sigcon
     const WARM: u64 = 50;
     const N: u64 = 3000;
     let dir = tempfile::tempdir().unwrap();
+    // A window a loaded machine's recipient process acknowledges within
+    // (the warm-up's `Ok`s must come from its acks).
     let relay = Relay::start(
         dir.path(),
-        &["--frames-per-device-per-second", "1000000", "--hold-window-ms", "200"],
+        &["--frames-per-device-per-second", "1000000", "--hold-window-ms", "1000"],
     );
     let (mut desk, phone) = paired(&relay).await;
     let (phone_key, phone_id) = (phone.key.clone(), phone.id());
     phone.close().await;
     let mut child = Child::start(&relay, &phone_key);
+    child.connected().await;
 
     // Warm-up: the recipient acknowledges, so its senders hear `Ok`
     // without a write.

@@ -27,6 +27,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use tandem_client::{Client, ClientError};
 use tandem_proto::DeviceId;
 use tandem_proto::error_code::ErrorCode;
@@ -116,36 +118,66 @@ pub(super) struct Report {
     outcome: Outcome,
 }
 
-/// Hand posted records to the relay in order; report each answer.
+/// How many records the sender task keeps waiting for the relay's answer
+/// at once. The relay answers a record for a connected phone when the
+/// phone acknowledges it (PROTOCOL §6.5): one at a time, a stream of task
+/// events would go at one phone round trip per record.
+const SENDS_IN_FLIGHT: usize = 256;
+
+/// Hand posted records to the relay in order (each takes its place in the
+/// client's queue when it is taken from `queue`), up to
+/// [`SENDS_IN_FLIGHT`] waiting for their answers; report each answer, in
+/// the order the records were posted.
 pub(super) fn spawn_sender(
     client: Client,
     mut queue: mpsc::Receiver<Posted>,
     reports: mpsc::Sender<Report>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(p) = queue.recv().await {
-            let outcome = match client.send(p.to, p.record).await {
-                Ok(()) => {
-                    if let Some(point) = p.stored {
-                        crash_point(point);
+        let mut waiting = FuturesOrdered::new();
+        let mut open = true;
+        while open || !waiting.is_empty() {
+            tokio::select! {
+                biased;
+                Some((to, seq, stored, answer)) = waiting.next(), if !waiting.is_empty() => {
+                    let outcome = outcome(to, stored, answer);
+                    if reports.send(Report { to, seq, outcome }).await.is_err() {
+                        break;
                     }
-                    Outcome::Stored
                 }
-                Err(e) => {
-                    let outcome = Outcome::of(&e);
-                    if outcome == Outcome::Later {
-                        info!(peer = %p.to, error = %e, "the relay refused a record; sent again shortly");
-                    } else {
-                        warn!(peer = %p.to, error = %e, "the relay refused a record for good; kept for the next connection");
+                p = queue.recv(), if open && waiting.len() < SENDS_IN_FLIGHT => match p {
+                    Some(p) => {
+                        let answer = client.send(p.to, p.record);
+                        let (to, seq, stored) = (p.to, p.seq, p.stored);
+                        waiting.push_back(async move { (to, seq, stored, answer.await) });
                     }
-                    outcome
-                }
-            };
-            if reports.send(Report { to: p.to, seq: p.seq, outcome }).await.is_err() {
-                break;
+                    None => open = false,
+                },
             }
         }
     })
+}
+
+/// What the relay's answer to a record to `to` means; passes the record's
+/// crash point once the relay took it.
+fn outcome(to: DeviceId, stored: Option<&'static str>, answer: Result<(), ClientError>) -> Outcome {
+    match answer {
+        Ok(()) => {
+            if let Some(point) = stored {
+                crash_point(point);
+            }
+            Outcome::Stored
+        }
+        Err(e) => {
+            let outcome = Outcome::of(&e);
+            if outcome == Outcome::Later {
+                info!(peer = %to, error = %e, "the relay refused a record; sent again shortly");
+            } else {
+                warn!(peer = %to, error = %e, "the relay refused a record for good; kept for the next connection");
+            }
+            outcome
+        }
+    }
 }
 
 /// A peer whose records wait for a retry.

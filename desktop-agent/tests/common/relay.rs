@@ -34,6 +34,10 @@ macro_rules! relay_process_test {
     };
 }
 
+/// In the relay's `DIR`: the relay's hold window in milliseconds
+/// (`hold_window`, PROTOCOL §6.5), when a test wants another than 200 ms.
+pub const HOLD_WINDOW_FILE: &str = "relay-hold-window-ms";
+
 /// The body of `relay_process`: serve as the relay when asked to.
 pub fn serve_if_asked() {
     let (Ok(listen), Ok(data)) = (std::env::var(RELAY_LISTEN), std::env::var(RELAY_DATA)) else {
@@ -62,7 +66,15 @@ pub fn serve_if_asked() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let listener = TcpListener::bind(&listen).await.unwrap();
-        let mut config = tandem_relay::Config::new(PathBuf::from(data));
+        let mut config = tandem_relay::Config::new(PathBuf::from(&data));
+        // A test that wants another hold window writes it beside the data
+        // ([`HOLD_WINDOW_FILE`]); a restart keeps it.
+        if let Some(ms) = Path::new(&data)
+            .parent()
+            .and_then(|d| std::fs::read_to_string(d.join(HOLD_WINDOW_FILE)).ok())
+        {
+            config.hold_window = Duration::from_millis(ms.trim().parse().unwrap());
+        }
         config.ping_interval = Duration::from_secs(1);
         config.ping_jitter = Duration::from_millis(200);
         config.pong_timeout = Duration::from_secs(2);

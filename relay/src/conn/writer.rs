@@ -363,7 +363,13 @@ impl Writer {
             }
             let k = self.handle.hold.mark.load(Ordering::Acquire).max(self.known);
             if k <= self.fetched {
-                let done = self.send_held(last, until).await?;
+                let done = match self.send_held(last, until, true).await? {
+                    Held::All => true,
+                    Held::Stopped => false,
+                    // The store took a frame for this device meanwhile:
+                    // read it first (its id is below the held ones after it).
+                    Held::ReadStore => continue,
+                };
                 if done && until == u64::MAX {
                     self.behind = false;
                 }
@@ -373,7 +379,9 @@ impl Writer {
                 Read::Through => self.fetched = k,
                 Read::More => {}
                 // Stored frames past `until` wait for the next read.
-                Read::Until => return self.send_held(last, until).await,
+                Read::Until => {
+                    return Ok(matches!(self.send_held(last, until, false).await?, Held::All));
+                }
                 Read::Stopped => return Ok(false),
             }
         }
@@ -381,16 +389,32 @@ impl Writer {
 
     /// Send the held frames with ids after `last` up to `until` while the
     /// window has room; whether it sent them all.
-    async fn send_held(&mut self, last: &mut u64, until: u64) -> Result<bool, Closing> {
+    /// `check`: whether the store was read through (not in the middle of a
+    /// page, whose frames' ids are all below any taken after the read).
+    async fn send_held(
+        &mut self,
+        last: &mut u64,
+        until: u64,
+        check: bool,
+    ) -> Result<Held, Closing> {
         loop {
             let room = self.room();
             if room == 0 {
                 self.behind = true;
-                return Ok(false);
+                return Ok(Held::Stopped);
             }
             let ready = self.handle.hold.ready(*last, until, room.min(WRITE_BATCH));
             if ready.is_empty() {
-                return Ok(true);
+                return Ok(Held::All);
+            }
+            // A frame the hold did not take went to the store after the
+            // last read (this loop pauses on every write): its id is below
+            // the held frames taken after it, so the store is read before
+            // any of these is sent. Sending them first would move `last`
+            // past it, and the device's ack would delete it unsent.
+            if check && self.handle.hold.mark.load(Ordering::Acquire).max(self.known) > self.fetched
+            {
+                return Ok(Held::ReadStore);
             }
             for (id, frame, len) in ready {
                 self.window.push(id, len);
@@ -469,7 +493,9 @@ impl Writer {
             }
             // Held frames below it go first (a held frame keeps its id
             // when it is written, so it may be in both: sent once).
-            if q.id > *last + 1 && !self.send_held(last, q.id - 1).await? {
+            if q.id > *last + 1
+                && !matches!(self.send_held(last, q.id - 1, false).await?, Held::All)
+            {
                 return Ok(Read::Stopped);
             }
             if q.id <= *last {
@@ -488,6 +514,16 @@ impl Writer {
         }
         Ok(if full { Read::More } else { Read::Through })
     }
+}
+
+/// How far [`Writer::send_held`] got.
+enum Held {
+    /// Every held frame up to its limit is sent.
+    All,
+    /// It stopped: the window is full.
+    Stopped,
+    /// The store may hold a frame below the held ones: read it first.
+    ReadStore,
 }
 
 /// How far one read of the store got ([`Writer::backlog`]).

@@ -358,11 +358,14 @@ impl Store for RedbStore {
         let mut ids = lock(&self.ids);
         let id = ids.take();
         let early = ids.early(&to);
+        let (reply, rx) = oneshot::channel();
+        let sent = submit(&self.tx, Op::Enqueue { frame, now: now_unix, id, live, reply });
+        // After the submission and under the lock: a writer that sees the
+        // mark submits its fetch after this enqueue (and sees it), and a
+        // held frame reserved after this id finds the mark raised.
         if let Some(mark) = ids.watch.get(&to) {
             mark.fetch_max(id, Ordering::AcqRel);
         }
-        let (reply, rx) = oneshot::channel();
-        let sent = submit(&self.tx, Op::Enqueue { frame, now: now_unix, id, live, reply });
         drop(ids);
         let placed = if early && sent.is_ok() { Ok(id) } else { Err(StoreError::Closed) };
         let durable = Box::pin(async move {
