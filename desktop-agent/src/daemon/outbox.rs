@@ -3,8 +3,9 @@
 //!
 //! * Messages are sealed in batches: a peer's link is saved once per batch,
 //!   before any record of the batch leaves ([`Daemon::send_all`]).
-//! * One sender task hands records to the relay in order and reports, per
-//!   data record, whether the relay stored it (`Ok`) or refused it.
+//! * One sender task hands records to the relay in order (up to
+//!   [`SENDS_IN_FLIGHT`] waiting for answers) and reports, per data record
+//!   and in order, whether the relay took it (`Ok`) or refused it.
 //! * A record the relay refused for now, or one dropped because the send
 //!   queue was full, is sent again on a timer (1 s, doubling per refused
 //!   retry, at most [`RETRY_MAX`] apart) until the relay stores it or the
