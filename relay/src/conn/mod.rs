@@ -20,7 +20,7 @@ use tandem_proto::relay_auth::RelayChallenge;
 use tandem_proto::{DeviceId, ErrorCode, Role};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, timeout};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::admission::{Places, Unauthenticated};
 use crate::net::IpKey;
@@ -293,8 +293,15 @@ impl Conn {
         }
         if let Some(write) = write {
             // What was held for it is written (`Ok` to its senders after the
-            // commit); shutdown waits for this task.
-            let _ = timeout(Duration::from_secs(10), write.finish(state.clone())).await;
+            // commit); shutdown waits for this task up to 10 s. A store that
+            // takes longer does not drop the write: it goes on in a task of
+            // its own, so its senders still get their answers and the held
+            // bytes are given back.
+            let mut finish = Box::pin(write.finish(state.clone()));
+            if timeout(Duration::from_secs(10), &mut finish).await.is_err() {
+                warn!(device = %device, "writing the held frames takes over 10 s; it goes on");
+                tokio::spawn(finish);
+            }
         }
         state.metrics.disconnected(*role);
         info!(device = %device, conn_id = self.conn_id, "device disconnected");
