@@ -345,6 +345,11 @@ async fn kill_9_during_floods_to_connected_and_offline_recipients_loses_nothing(
         phone.ids.len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(reconnections > CYCLES as u64, "the desktop reconnected after every kill");
+    // Not one per kill: a kill that comes before the desktop is back (a
+    // cycle that waits for no `Ok`) is one reconnection for two kills.
+    assert!(
+        reconnections >= CYCLES as u64 / 2,
+        "seed {seed}: the desktop reconnected {reconnections} times for {CYCLES} kills"
+    );
     desk.close().await;
 }
