@@ -13,9 +13,11 @@ use crate::codec::{CodecError, Put, Reader};
 use crate::error_code::ErrorCode;
 use crate::identity::{DeviceId, PublicKey, Role};
 
+mod forward;
 mod level;
 mod oks;
 
+pub use forward::{FORWARD_HEADER_LEN, SendHeader, encode_deliver, peek_send};
 pub use level::{LEVEL, LEVEL_OKS, negotiate};
 pub use oks::{MAX_OK_RUNS, OkRun, push_ok};
 

@@ -71,8 +71,9 @@ pub struct Config {
     /// sender told `Ok` after the commit). Zero: every frame is written
     /// before `Ok` (PROTOCOL.md §6.5).
     pub hold_window: Duration,
-    /// Most payload bytes held in memory for all recipients together; past
-    /// it, frames go to the store at once. One recipient's hold is bounded
+    /// Most memory the frames held for all recipients together may take
+    /// (each counts its payload plus about 200 bytes: its `Deliver` header
+    /// and its entry); past it, frames go to the store at once. One recipient's hold is bounded
     /// by its delivery window ([`Self::delivery_window_frames`],
     /// [`Self::delivery_window_bytes`]).
     pub hold_max_bytes: u64,
@@ -337,8 +338,8 @@ delivery_window_bytes = 2097152
 # written to the store (group commit, fsync) and its sender gets Ok after
 # the commit. 0: every frame is written before Ok.
 hold_window_ms = 200
-# Most payload bytes held in memory for all recipients; past it frames are
-# written at once.
+# Most memory held frames take for all recipients (a frame counts its payload
+# plus about 200 bytes); past it frames are written at once.
 hold_max_bytes = 67108864
 
 # Limits. "Per IP" means per IPv4 address or per IPv6 prefix of

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use tandem_proto::{DeviceId, Frame};
+use tandem_proto::DeviceId;
+use tandem_proto::frame::encode_deliver;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -77,12 +78,43 @@ struct Held {
     writing: bool,
 }
 
+impl HoldQ {
+    /// Give back the queue's memory once it is empty after a burst (a
+    /// `VecDeque` keeps its largest capacity, up to a delivery window of
+    /// frames, for the connection's life).
+    fn shrink(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > KEEP_CAPACITY {
+            self.frames = VecDeque::new();
+        }
+    }
+}
+
+/// Slots an empty hold's queue keeps.
+const KEEP_CAPACITY: usize = 16;
+
+/// What `n` held frames with `bytes` of payload cost in memory, as
+/// `hold_max_bytes` counts it: the payload, the `Deliver` header, the
+/// [`Held`] entry and the allocation's bookkeeping each.
+fn memory(n: u64, bytes: u64) -> u64 {
+    const PER_FRAME: u64 =
+        (std::mem::size_of::<Held>() + tandem_proto::frame::FORWARD_HEADER_LEN + 64) as u64;
+    bytes.saturating_add(n.saturating_mul(PER_FRAME))
+}
+
+/// `n` frames with `bytes` of payload left a hold.
+fn released(state: &State, n: i64, bytes: u64) {
+    if n > 0 {
+        state.held_bytes.fetch_sub(memory(n as u64, bytes), Ordering::AcqRel);
+        state.metrics.held(-n, -(bytes as i64));
+    }
+}
+
 /// A held frame the writer may send: its id, the encoded `Deliver`, and
 /// its payload length.
 pub(crate) type Ready = (u64, Bytes, usize);
 
 /// Why a frame was not held (the caller takes the store path with it).
-pub(crate) struct NotHeld(pub(crate) Vec<u8>);
+pub(crate) struct NotHeld(pub(crate) Bytes);
 
 /// A write of held frames to the store, in flight.
 pub(crate) struct Write {
@@ -135,7 +167,7 @@ impl Hold {
         from: DeviceId,
         addr: AddrKey,
         answers: &Arc<Answers>,
-        payload: Vec<u8>,
+        payload: Bytes,
     ) -> Result<(), NotHeld> {
         let c = &state.config;
         let len = payload.len();
@@ -157,24 +189,24 @@ impl Hold {
         {
             return refuse("recipient_cap", payload);
         }
-        let held = state.held_bytes.fetch_add(len as u64, Ordering::AcqRel) + len as u64;
+        let cost = memory(1, len as u64);
+        let held = state.held_bytes.fetch_add(cost, Ordering::AcqRel) + cost;
         if held > c.hold_max_bytes {
-            state.held_bytes.fetch_sub(len as u64, Ordering::AcqRel);
+            state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
             return refuse("global_cap", payload);
         }
         let id = match state.store.reserve_id(self.to) {
             Ok(id) => id,
             Err(_) => {
-                state.held_bytes.fetch_sub(len as u64, Ordering::AcqRel);
+                state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
                 return refuse("store", payload);
             }
         };
-        let frame = Frame::Deliver { delivery_id: id, from, payload };
-        let frame = match frame.encode() {
+        // The one copy of the payload between the sockets.
+        let frame = match encode_deliver(id, &from, &payload) {
             Ok(b) => Bytes::from(b),
             Err(_) => {
-                state.held_bytes.fetch_sub(len as u64, Ordering::AcqRel);
-                let Frame::Deliver { payload, .. } = frame else { unreachable!() };
+                state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
                 return refuse("encode", payload);
             }
         };
@@ -226,11 +258,9 @@ impl Hold {
             state.metrics.forwarded(h.len);
         }
         q.bytes -= bytes;
+        q.shrink();
         drop(q);
-        if n > 0 {
-            state.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            state.metrics.held(-n, -(bytes as i64));
-        }
+        released(state, n, bytes);
     }
 
     /// Write the frames held since `now - window` or longer; whether the
@@ -270,11 +300,11 @@ impl Hold {
             false
         });
         q.bytes -= bytes;
+        q.shrink();
         let wake = Arc::clone(&q.wake);
         drop(q);
         if n > 0 {
-            state.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            state.metrics.held(-n, -(bytes as i64));
+            released(state, n, bytes);
             state.metrics.dropped("revoked", n as u64);
             wake.notify_one();
         }
@@ -293,7 +323,9 @@ impl Hold {
         let mut ids = Vec::new();
         for h in q.frames.iter_mut().filter(|h| !h.writing && pick(h)) {
             h.writing = true;
-            let payload = h.frame.slice(h.frame.len() - h.len..).to_vec();
+            // Shared with the held frame, not copied (this may run under
+            // the registry's lock: a closing connection's whole hold).
+            let payload = h.frame.slice(h.frame.len() - h.len..);
             let frame = NewFrame { to: self.to, from: h.from, addr: h.addr, payload };
             frames.push((h.id, frame));
             ids.push(h.id);
@@ -343,12 +375,10 @@ impl Write {
             }
         }
         q.bytes -= bytes;
+        q.shrink();
         let wake = Arc::clone(&q.wake);
         drop(q);
-        if n > 0 {
-            state.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            state.metrics.held(-n, -(bytes as i64));
-        }
+        released(&state, n, bytes);
         // What left the hold unsent is read from the store now.
         wake.notify_one();
     }
@@ -402,6 +432,8 @@ pub(crate) async fn run_flusher(state: Arc<State>) {
 
 #[cfg(test)]
 mod tests {
+    use tandem_proto::Frame;
+
     use super::*;
 
     #[test]
@@ -429,5 +461,55 @@ mod tests {
         assert_eq!(ids(hold.ready(3, 8, 10)), vec![5]);
         assert_eq!(ids(hold.ready(5, u64::MAX, 1)), vec![9]);
         assert_eq!(hold.len(), 3);
+    }
+
+    fn state(dir: &std::path::Path, hold_max_bytes: u64) -> State {
+        let mut config = crate::Config::new(dir.to_owned());
+        config.hold_max_bytes = hold_max_bytes;
+        let store = crate::store::RedbStore::open(dir, config.queue, config.routes, 0).unwrap();
+        State::new(config, Arc::new(store), tokio_util::sync::CancellationToken::new())
+    }
+
+    fn offer(hold: &Arc<Hold>, state: &State, answers: &Arc<Answers>, len: usize) -> bool {
+        let from = DeviceId([2; 16]);
+        let payload = Bytes::from(vec![5u8; len]);
+        hold.offer(state, 0, 1, from, AddrKey::UNKNOWN, answers, payload).is_ok()
+    }
+
+    #[test]
+    fn held_memory_counts_every_frame_and_is_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), 64 << 20);
+        let hold = Arc::new(Hold::new(DeviceId([1; 16]), Arc::new(Notify::new())));
+        let answers = Arc::new(Answers::new(Arc::new(Notify::new())));
+        for _ in 0..300 {
+            assert!(offer(&hold, &state, &answers, 10));
+        }
+        let held = state.held_bytes.load(Ordering::Acquire);
+        assert_eq!(held, memory(300, 3000));
+        assert!(held > 300 * 10 + 300 * 100, "the entries count, not only payloads: {held}");
+        // The held `Deliver` is the frame the recipient gets, payload intact.
+        let (id, frame, len) = hold.ready(0, u64::MAX, 1).remove(0);
+        let want =
+            Frame::Deliver { delivery_id: id, from: DeviceId([2; 16]), payload: vec![5; 10] };
+        assert_eq!((&frame[..], len), (&want.encode().unwrap()[..], 10));
+        hold.ack(&state, u64::MAX);
+        assert_eq!(state.held_bytes.load(Ordering::Acquire), 0);
+        assert_eq!(answers.take().len(), 300, "every sender answered");
+        // The burst's queue is given back, not kept for the connection's life.
+        assert!(lock(&hold.q).frames.capacity() <= KEEP_CAPACITY);
+    }
+
+    #[test]
+    fn the_global_cap_counts_empty_frames_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), memory(2, 0));
+        let hold = Arc::new(Hold::new(DeviceId([1; 16]), Arc::new(Notify::new())));
+        let answers = Arc::new(Answers::new(Arc::new(Notify::new())));
+        assert!(offer(&hold, &state, &answers, 0));
+        assert!(offer(&hold, &state, &answers, 0));
+        assert!(!offer(&hold, &state, &answers, 0), "past the cap: to the store");
+        assert_eq!(hold.len(), 2);
+        assert_eq!(state.held_bytes.load(Ordering::Acquire), memory(2, 0));
     }
 }

@@ -132,7 +132,8 @@ struct Opts {
     /// waiting for its ack before it is written (0: written before `Ok`).
     #[arg(long, env = "TANDEM_RELAY_HOLD_WINDOW_MS", global = true)]
     hold_window_ms: Option<u64>,
-    /// Most payload bytes held in memory for all recipients.
+    /// Most memory held frames take for all recipients (payload plus
+    /// about 200 bytes a frame).
     #[arg(long, env = "TANDEM_RELAY_HOLD_MAX_BYTES", global = true)]
     hold_max_bytes: Option<u64>,
     /// Most simultaneous connections.

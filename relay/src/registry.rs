@@ -20,7 +20,7 @@ pub(crate) enum Outbound {
     /// A frame to send as is.
     Frame(Frame),
     /// A stored frame to deliver live (the writer keeps delivery order).
-    Deliver { id: u64, from: DeviceId, payload: Vec<u8> },
+    Deliver { id: u64, from: DeviceId, payload: bytes::Bytes },
 }
 
 /// What a connection's queue holds: boxed, so that the queue's first block

@@ -14,7 +14,12 @@ use crate::store::{Store, StoreError};
 pub(crate) struct Routes {
     store: Arc<dyn Store>,
     cache: Mutex<HashMap<DeviceId, Arc<HashSet<DeviceId>>>>,
+    /// Moves on at every route change.
     generation: AtomicU64,
+    /// Moves on at every disconnect ([`Self::forget`]): a load that raced
+    /// one is not cached (so a gone device's entry is not put back), but
+    /// it changes no route, so frames being held are not disturbed.
+    forgets: AtomicU64,
 }
 
 impl std::fmt::Debug for Routes {
@@ -25,11 +30,16 @@ impl std::fmt::Debug for Routes {
 
 impl Routes {
     pub(crate) fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, cache: Mutex::new(HashMap::new()), generation: AtomicU64::new(0) }
+        Self {
+            store,
+            cache: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            forgets: AtomicU64::new(0),
+        }
     }
 
-    /// Moves on at every change (and every disconnect): a frame held in
-    /// memory after a route check is held only if it did not move since.
+    /// Moves on at every route change: a frame held in memory after a
+    /// route check is held only if it did not move since.
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -40,11 +50,15 @@ impl Routes {
             return Ok(p.clone());
         }
         let generation = self.generation.load(Ordering::Acquire);
+        let forgets = self.forgets.load(Ordering::Acquire);
         let peers: Arc<HashSet<DeviceId>> =
             Arc::new(self.store.peers(a).await?.into_iter().collect());
         let mut cache = lock(&self.cache);
-        // A change while we were loading makes what we loaded stale.
-        if self.generation.load(Ordering::Acquire) == generation {
+        // A change while we were loading makes what we loaded stale (and
+        // a disconnect may have been `a`'s own).
+        if self.generation.load(Ordering::Acquire) == generation
+            && self.forgets.load(Ordering::Acquire) == forgets
+        {
             cache.insert(a, peers.clone());
         }
         Ok(peers)
@@ -57,7 +71,7 @@ impl Routes {
 
     /// Drop `a`'s cached peers (it disconnected; bounded memory).
     pub(crate) fn forget(&self, a: DeviceId) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.forgets.fetch_add(1, Ordering::AcqRel);
         lock(&self.cache).remove(&a);
     }
 
@@ -67,5 +81,26 @@ impl Routes {
         let mut cache = lock(&self.cache);
         cache.remove(&a);
         cache.remove(&b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_route_change_moves_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::Config::new(dir.path().to_owned());
+        let store =
+            crate::store::RedbStore::open(dir.path(), config.queue, config.routes, 0).unwrap();
+        let routes = Routes::new(Arc::new(store));
+        let (a, b) = (DeviceId([1; 16]), DeviceId([2; 16]));
+        let g = routes.generation();
+        // A disconnect changes no route: frames being held stay held.
+        routes.forget(a);
+        assert_eq!(routes.generation(), g);
+        routes.invalidate(a, b);
+        assert_eq!(routes.generation(), g + 1);
     }
 }

@@ -32,7 +32,8 @@ pub(crate) struct State {
     pub(crate) shutdown: CancellationToken,
     /// Set once shutdown began: `/readyz` fails, new connections are refused.
     pub(crate) draining: AtomicBool,
-    /// Payload bytes held in memory for all recipients (`hold_max_bytes`).
+    /// Memory the held frames of all recipients take, as `hold_max_bytes`
+    /// counts it (payload plus a per-frame cost).
     pub(crate) held_bytes: AtomicU64,
     /// The holds the flusher looks at ([`crate::hold::run_flusher`]).
     pub(crate) holds: crate::hold::Holds,

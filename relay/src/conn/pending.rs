@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use tandem_proto::DeviceId;
 use tokio::time::Instant;
 
@@ -26,7 +27,7 @@ pub(super) struct Enqueue {
     pub(super) send_id: u64,
     pub(super) from: DeviceId,
     pub(super) to: DeviceId,
-    pub(super) payload: Vec<u8>,
+    pub(super) payload: Bytes,
     pub(super) enqueued: Enqueued,
 }
 
@@ -66,7 +67,7 @@ impl Pending {
 /// has one and the route still stands (a revocation since the route check
 /// dropped the frame, or will: do not push what the recipient no longer
 /// accepts).
-async fn push(state: &State, from: DeviceId, to: DeviceId, id: u64, payload: &mut Option<Vec<u8>>) {
+async fn push(state: &State, from: DeviceId, to: DeviceId, id: u64, payload: &mut Option<Bytes>) {
     if payload.is_some()
         && state.routes.is_route(from, to).await.unwrap_or(false)
         && let Some(h) = state.registry.get(&to)

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use tandem_proto::frame::{Frame, FrameError};
+use tandem_proto::frame::{FORWARD_HEADER_LEN, Frame, FrameError, peek_send};
 use tandem_proto::{DeviceId, ErrorCode, Role};
 use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
@@ -23,6 +24,9 @@ use crate::pairing::Owner;
 use crate::registry::{ConnHandle, Outbound};
 use crate::state::{State, unix_now};
 use crate::store::{NewFrame, StoreError};
+
+/// What a device over its frame rate limit is told.
+const RATE_LIMITED: &str = "too many frames; slow down";
 
 /// What woke the reader.
 enum Event {
@@ -165,6 +169,20 @@ impl Reader {
     /// Act on what the device sent (`None`: the end of the stream).
     async fn on_message(&self, msg: Option<Result<Message, axum::Error>>) -> Result<Next, Closing> {
         let frame = match msg {
+            // The forwarding path: the payload stays in the received
+            // buffer, from the socket to the recipient's `Deliver`.
+            Some(Ok(Message::Binary(b))) if let Some(h) = peek_send(&b) => {
+                self.activity.touch();
+                if !self.state.limits.frame(self.device) {
+                    self.refuse(ErrorCode::RateLimited, h.send_id, RATE_LIMITED).await;
+                    return Ok(Next::Read);
+                }
+                let payload = b.slice(FORWARD_HEADER_LEN..);
+                return Ok(self
+                    .on_send(h.send_id, h.to, payload)
+                    .await
+                    .map_or(Next::Read, Next::Track));
+            }
             Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
                 Ok(f) => f,
                 Err(FrameError::UnknownType(t)) => {
@@ -220,6 +238,57 @@ impl Reader {
         let _ = self.handle.send(frame).await;
     }
 
+    /// A `Send` of `payload` to `to`: held for a connected recipient, or
+    /// queued in the store (the returned operation), or refused.
+    async fn on_send(&self, send_id: u64, to: DeviceId, mut payload: Bytes) -> Option<Pending> {
+        let state = &self.state;
+        let me = self.device;
+        // Read before the route check: a change since keeps the frame out
+        // of the hold (the store checks routes itself).
+        let generation = state.routes.generation();
+        let route = if crate::failpoints::no_route(&to) {
+            Ok(false)
+        } else {
+            state.routes.is_route(me, to).await
+        };
+        match route {
+            Ok(true) => {}
+            Ok(false) => {
+                let m = "no route: these devices have not authorised each other";
+                self.refuse(ErrorCode::NotAuthorized, send_id, m).await;
+                return None;
+            }
+            Err(_) => {
+                let m = "the relay cannot read its store right now; retry later";
+                self.refuse(ErrorCode::StoreUnavailable, send_id, m).await;
+                return None;
+            }
+        }
+        let recipient = state.registry.get(&to);
+        let live = recipient.is_some();
+        if !state.config.hold_window.is_zero()
+            && let Some(r) = recipient
+        {
+            let addr = self.ip.addr_key();
+            let answers = &self.handle.answers;
+            match r.hold.offer(state, generation, send_id, me, addr, answers, payload) {
+                // Answered when the recipient acks it or it is written.
+                Ok(()) => return None,
+                Err(NotHeld(p)) => payload = p,
+            }
+        }
+        let frame = NewFrame { to, from: me, addr: self.ip.addr_key(), payload: payload.clone() };
+        let enqueued = state.store.enqueue(frame, unix_now(), live);
+        Some(Pending::Enqueue(Box::new(Enqueue {
+            state: Arc::clone(state),
+            send_id,
+            from: me,
+            to,
+            payload,
+            enqueued,
+        })))
+    }
+
     async fn on_frame(&self, frame: Frame) -> Result<Option<Pending>, Closing> {
         let state = &self.state;
         let me = self.device;
@@ -244,7 +313,7 @@ impl Reader {
                 let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
                 self.unapplied.note(up_to, Instant::now() + STORE_RETRY);
             }
-            self.refuse(ErrorCode::RateLimited, ref_id, "too many frames; slow down").await;
+            self.refuse(ErrorCode::RateLimited, ref_id, RATE_LIMITED).await;
             return Ok(None);
         }
         match frame {
@@ -253,60 +322,8 @@ impl Reader {
                 let _ =
                     self.liveness.compare_exchange(nonce, 0, Ordering::AcqRel, Ordering::Acquire);
             }
-            Frame::Send { send_id, to, mut payload } => {
-                // Read before the route check: a change since keeps the
-                // frame out of the hold (the store checks routes itself).
-                let generation = state.routes.generation();
-                let route = if crate::failpoints::no_route(&to) {
-                    Ok(false)
-                } else {
-                    state.routes.is_route(me, to).await
-                };
-                match route {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        self.refuse(
-                            ErrorCode::NotAuthorized,
-                            send_id,
-                            "no route: these devices have not authorised each other",
-                        )
-                        .await;
-                        return Ok(None);
-                    }
-                    Err(_) => {
-                        self.refuse(
-                            ErrorCode::StoreUnavailable,
-                            send_id,
-                            "the relay cannot read its store right now; retry later",
-                        )
-                        .await;
-                        return Ok(None);
-                    }
-                }
-                let recipient = state.registry.get(&to);
-                let live = recipient.is_some();
-                if !state.config.hold_window.is_zero()
-                    && let Some(r) = recipient
-                {
-                    let addr = self.ip.addr_key();
-                    let answers = &self.handle.answers;
-                    match r.hold.offer(state, generation, send_id, me, addr, answers, payload) {
-                        // Answered when the recipient acks it or it is written.
-                        Ok(()) => return Ok(None),
-                        Err(NotHeld(p)) => payload = p,
-                    }
-                }
-                let frame =
-                    NewFrame { to, from: me, addr: self.ip.addr_key(), payload: payload.clone() };
-                let enqueued = state.store.enqueue(frame, unix_now(), live);
-                return Ok(Some(Pending::Enqueue(Box::new(Enqueue {
-                    state: Arc::clone(state),
-                    send_id,
-                    from: me,
-                    to,
-                    payload,
-                    enqueued,
-                }))));
+            Frame::Send { send_id, to, payload } => {
+                return Ok(self.on_send(send_id, to, payload.into()).await);
             }
             Frame::Ack { up_to } => {
                 // Never delete what this connection has not delivered yet

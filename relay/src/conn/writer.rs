@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
-use tandem_proto::frame::{Frame, push_ok};
+use tandem_proto::frame::{Frame, encode_deliver, push_ok};
 use tandem_proto::{DeviceId, ErrorCode};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until};
@@ -298,7 +298,7 @@ impl Writer {
                 // expired, revoked) or was refused.
                 if id > *last {
                     self.window.push(id, payload.len());
-                    self.feed(&Frame::Deliver { delivery_id: id, from, payload }).await?;
+                    self.feed_deliver(id, from, &payload).await?;
                     *last = id;
                     self.delivered.store(id, Ordering::Release);
                     self.activity.touch();
@@ -440,6 +440,18 @@ impl Writer {
             .map_err(|()| Closing::new(ErrorCode::Other(0), WRITE_FAILED))
     }
 
+    /// Buffer a `Deliver` of `payload`, copied once, into the frame.
+    async fn feed_deliver(
+        &mut self,
+        id: u64,
+        from: DeviceId,
+        payload: &[u8],
+    ) -> Result<(), Closing> {
+        let failed = |()| Closing::new(ErrorCode::Other(0), WRITE_FAILED);
+        let frame = encode_deliver(id, &from, payload).map_err(|_| failed(()))?;
+        feed_raw(&mut self.sink, frame.into(), &self.state).await.map_err(failed)
+    }
+
     async fn flush(&mut self) -> Result<(), Closing> {
         flush(&mut self.sink, &self.state)
             .await
@@ -506,8 +518,7 @@ impl Writer {
                 return Ok(Read::Stopped);
             }
             self.window.push(q.id, q.payload.len());
-            self.feed(&Frame::Deliver { delivery_id: q.id, from: q.from, payload: q.payload })
-                .await?;
+            self.feed_deliver(q.id, q.from, &q.payload).await?;
             *last = q.id;
             self.delivered.store(q.id, Ordering::Release);
             self.activity.touch();

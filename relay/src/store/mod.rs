@@ -37,6 +37,7 @@ mod tests;
 use std::future::Future;
 use std::pin::Pin;
 
+use bytes::Bytes;
 use tandem_proto::DeviceId;
 use thiserror::Error;
 
@@ -262,8 +263,8 @@ pub struct NewFrame {
     pub from: DeviceId,
     /// The sender's client address (what the per-address share counts).
     pub addr: AddrKey,
-    /// The opaque end-to-end envelope.
-    pub payload: Vec<u8>,
+    /// The opaque end-to-end envelope (a slice of the received `Send`).
+    pub payload: Bytes,
 }
 
 /// A frame waiting in a queue.

@@ -619,7 +619,7 @@ mod lazy_tests {
     fn enqueue() -> Op {
         let (to, from) = (DeviceId([1; 16]), DeviceId([2; 16]));
         Op::Enqueue {
-            frame: NewFrame { to, from, addr: AddrKey::UNKNOWN, payload: vec![] },
+            frame: NewFrame { to, from, addr: AddrKey::UNKNOWN, payload: bytes::Bytes::new() },
             now: 0,
             id: 1,
             live: false,

@@ -43,7 +43,7 @@ fn home() -> AddrKey {
 
 /// A frame from `from` (at [`home`]) for `to`.
 fn frame(to: DeviceId, from: DeviceId, payload: Vec<u8>) -> NewFrame {
-    NewFrame { to, from, addr: home(), payload }
+    NewFrame { to, from, addr: home(), payload: payload.into() }
 }
 
 const COST: usize = FRAME_COST_BYTES as usize;
@@ -246,7 +246,7 @@ async fn try_put_from(
     len: usize,
     live: bool,
 ) -> Result<u64, StoreError> {
-    s.enqueue(NewFrame { to, from, addr, payload: vec![7; len] }, 1000, live).durable.await
+    s.enqueue(NewFrame { to, from, addr, payload: vec![7; len].into() }, 1000, live).durable.await
 }
 
 #[tokio::test]
