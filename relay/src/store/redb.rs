@@ -225,7 +225,7 @@ pub(super) struct NextIds {
     full: HashSet<DeviceId>,
     /// The counter when a save of it ([`Op::SaveCounter`]) was last asked
     /// for (or the store opened): reserved ids that are never written do
-    /// not save it, so it is saved every [`SKIP`]` / 2` ids.
+    /// not save it, so it is saved every [`SKIP`]` / 4` ids.
     save_from: u64,
     /// Recipients whose enqueues are watched ([`Store::watch`]).
     watch: HashMap<DeviceId, Arc<AtomicU64>>,
@@ -431,8 +431,13 @@ impl Store for RedbStore {
             return Err(StoreError::QueueFull(to));
         }
         let id = ids.take();
-        if ids.next - ids.save_from > SKIP / 2 {
+        if ids.next - ids.save_from > SKIP / 4 {
             // Best effort: a refused save is asked for again at the next id.
+            // A save asked for may still fail to commit (then the store is
+            // down, tells no id, and moves the counter `SKIP` on when it
+            // opens again): between the last save that committed and then,
+            // at most two intervals of `SKIP / 4` ids were handed out, well
+            // inside `SKIP`.
             if submit(&self.tx, Op::SaveCounter { next: ids.next }).is_ok() {
                 ids.save_from = ids.next;
             }

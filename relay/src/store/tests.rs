@@ -600,7 +600,7 @@ async fn reserved_ids_that_are_never_written_are_never_handed_out_again() {
         route(&s, a, b).await;
         let mut last = 0;
         // More than SKIP ids reserved and none written: without saves of
-        // the counter (every SKIP / 2 ids), a reopen would move on from
+        // the counter (every SKIP / 4 ids), a reopen would move on from
         // what the open saved, below these.
         for _ in 0..SKIP + 2 {
             last = s.reserve_id(b).unwrap();
