@@ -20,11 +20,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use tandem_proto::{DeviceId, Frame};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::answers::Answers;
-use crate::registry::lock;
+use crate::registry::{Shared, lock};
 use crate::state::{State, unix_now};
 use crate::store::{AddrKey, NewFrame, StoreError, StoreFuture};
 
@@ -57,8 +55,8 @@ struct HoldQ {
     closed: bool,
     /// In the flusher's list ([`Holds`]).
     queued: bool,
-    /// The writer of the device's current connection.
-    wake: Arc<Notify>,
+    /// The device's current connection (its writer is woken).
+    wake: Arc<Shared>,
 }
 
 /// A held frame.
@@ -71,7 +69,8 @@ struct Held {
     from: DeviceId,
     addr: AddrKey,
     since: Instant,
-    answers: Arc<Answers>,
+    /// The sender's connection, answered through it.
+    sender: Arc<Shared>,
     send_id: u64,
     /// Submitted to the store; answered when the write finishes.
     writing: bool,
@@ -93,7 +92,7 @@ pub(crate) struct Write {
 
 impl Hold {
     /// A new, empty hold for `to`, whose writer is woken by `wake`.
-    pub(crate) fn new(to: DeviceId, wake: Arc<Notify>) -> Self {
+    pub(crate) fn new(to: DeviceId, wake: Arc<Shared>) -> Self {
         let q = HoldQ { frames: VecDeque::new(), bytes: 0, closed: false, queued: false, wake };
         let mark = Arc::new(AtomicU64::new(0));
         Self {
@@ -118,11 +117,11 @@ impl Hold {
 
     /// A connection replacing the device's one takes over: its writer is
     /// woken from now on.
-    pub(crate) fn adopt(&self, wake: Arc<Notify>) {
+    pub(crate) fn adopt(&self, wake: Arc<Shared>) {
         lock(&self.q).wake = wake;
     }
 
-    /// Hold `payload` from `from` (answered through `answers` as `send_id`)
+    /// Hold `payload` from `from` (answered through `sender` as `send_id`)
     /// and wake the recipient's writer; or give it back when it must go to
     /// the store now: the hold is closed, a route changed since `generation`
     /// was read, a cap is reached, or the store reserves no id.
@@ -134,7 +133,7 @@ impl Hold {
         send_id: u64,
         from: DeviceId,
         addr: AddrKey,
-        answers: &Arc<Answers>,
+        sender: &Arc<Shared>,
         payload: Vec<u8>,
     ) -> Result<(), NotHeld> {
         let c = &state.config;
@@ -185,7 +184,7 @@ impl Hold {
             from,
             addr,
             since: Instant::now(),
-            answers: Arc::clone(answers),
+            sender: Arc::clone(sender),
             send_id,
             writing: false,
         });
@@ -195,7 +194,7 @@ impl Hold {
             q.queued = true;
             state.holds.due(Arc::downgrade(self));
         }
-        q.wake.notify_one();
+        q.wake.answers.wake();
         Ok(())
     }
 
@@ -221,7 +220,7 @@ impl Hold {
             let Some(h) = q.frames.pop_front() else { break };
             bytes += h.len as u64;
             n += 1;
-            h.answers.ok(h.send_id);
+            h.sender.answers.ok(h.send_id);
             state.metrics.ok("ack");
             state.metrics.forwarded(h.len);
         }
@@ -264,7 +263,7 @@ impl Hold {
             if h.from != from || h.writing {
                 return true;
             }
-            h.answers.refuse(h.send_id, StoreError::NoRoute);
+            h.sender.answers.refuse(h.send_id, StoreError::NoRoute);
             n += 1;
             bytes += h.len as u64;
             false
@@ -276,7 +275,7 @@ impl Hold {
             state.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
             state.metrics.held(-n, -(bytes as i64));
             state.metrics.dropped("revoked", n as u64);
-            wake.notify_one();
+            wake.answers.wake();
         }
     }
 
@@ -335,11 +334,11 @@ impl Write {
             bytes += h.len as u64;
             match result {
                 Ok(_) => {
-                    h.answers.ok(h.send_id);
+                    h.sender.answers.ok(h.send_id);
                     state.metrics.ok("commit");
                     state.metrics.forwarded(h.len);
                 }
-                Err(e) => h.answers.refuse(h.send_id, e),
+                Err(e) => h.sender.answers.refuse(h.send_id, e),
             }
         }
         q.bytes -= bytes;
@@ -350,7 +349,7 @@ impl Write {
             state.metrics.held(-n, -(bytes as i64));
         }
         // What left the hold unsent is read from the store now.
-        wake.notify_one();
+        wake.answers.wake();
     }
 }
 
@@ -406,8 +405,8 @@ mod tests {
 
     #[test]
     fn ready_reads_in_id_order_without_removing() {
-        let hold = Hold::new(DeviceId([1; 16]), Arc::new(Notify::new()));
-        let answers = Arc::new(Answers::new(Arc::new(Notify::new())));
+        let hold = Hold::new(DeviceId([1; 16]), Arc::new(Shared::new(None)));
+        let sender = Arc::new(Shared::new(None));
         {
             let mut q = lock(&hold.q);
             for id in [3u64, 5, 9] {
@@ -418,7 +417,7 @@ mod tests {
                     from: DeviceId([2; 16]),
                     addr: AddrKey::UNKNOWN,
                     since: Instant::now(),
-                    answers: Arc::clone(&answers),
+                    sender: Arc::clone(&sender),
                     send_id: id,
                     writing: false,
                 });
