@@ -56,6 +56,7 @@ async fn main() {
     let mut child = Command::new(&relay_bin)
         .args(["--listen", "127.0.0.1:0", "--tls", if tls { "self-signed" } else { "off" }])
         .args(["--self-signed-names", "127.0.0.1", "--max-connections", "100000"])
+        .args(["--max-connections-per-ip", "100000"])
         .args(["--connects-per-ip-per-minute", "1000000", "--ping-interval-secs", "3600"])
         .arg("--data-dir")
         .arg(dir.path())
@@ -107,7 +108,8 @@ async fn main() {
         let auth = prove(&key, Role::Phone, &host, &Frame::decode(&b).unwrap()).unwrap();
         ws.send(Message::Binary(auth.encode().unwrap().into())).await.unwrap();
         let Some(Ok(Message::Binary(b))) = ws.next().await else { panic!("no AuthOk") };
-        assert!(matches!(Frame::decode(&b).unwrap(), Frame::AuthOk { .. }));
+        let f = Frame::decode(&b).unwrap();
+        assert!(matches!(f, Frame::AuthOk { .. }), "connection {i}: {f:?}");
         if let Some(len) = burst {
             let to = tandem_proto::DeviceId([0xee; 16]);
             let send = Frame::Send { send_id: 1, to, payload: vec![0x5a; len] };

@@ -5,10 +5,11 @@
 //! ([`Answers::take`], then `Writer::answer`), so that they can be
 //! coalesced there (PROTOCOL.md §6.5).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use tandem_proto::ErrorCode;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use crate::registry::lock;
 use crate::store::StoreError;
@@ -22,17 +23,26 @@ pub(crate) enum Answer {
     Refused(u64, StoreError),
 }
 
-/// The answers waiting for one connection's writer.
-#[derive(Debug)]
+/// The answers waiting for one connection's writer, and what wakes that
+/// writer (for them, and for the other reasons to look: held frames, a
+/// backlog to read, the connection closing).
+#[derive(Debug, Default)]
 pub(crate) struct Answers {
     q: Mutex<Vec<Answer>>,
-    /// The connection's writer.
-    wake: Arc<Notify>,
+    /// The connection's writer waits on it.
+    wake: Notify,
 }
 
 impl Answers {
-    pub(crate) fn new(wake: Arc<Notify>) -> Self {
-        Self { q: Mutex::new(Vec::new()), wake }
+    /// Wake the connection's writer (once, if it is not waiting).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves at the next [`Self::wake`] (or at once, for one made
+    /// while nobody waited).
+    pub(crate) fn woken(&self) -> Notified<'_> {
+        self.wake.notified()
     }
 
     /// `send_id` is accepted.

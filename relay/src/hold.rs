@@ -21,11 +21,9 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::Bytes;
 use tandem_proto::DeviceId;
 use tandem_proto::frame::encode_deliver;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::answers::Answers;
-use crate::registry::lock;
+use crate::registry::{Shared, lock};
 use crate::state::{State, unix_now};
 use crate::store::{AddrKey, NewFrame, StoreError, StoreFuture};
 
@@ -58,8 +56,8 @@ struct HoldQ {
     closed: bool,
     /// In the flusher's list ([`Holds`]).
     queued: bool,
-    /// The writer of the device's current connection.
-    wake: Arc<Notify>,
+    /// The device's current connection (its writer is woken).
+    wake: Arc<Shared>,
 }
 
 /// A held frame.
@@ -72,7 +70,8 @@ struct Held {
     from: DeviceId,
     addr: AddrKey,
     since: Instant,
-    answers: Arc<Answers>,
+    /// The sender's connection, answered through it.
+    sender: Arc<Shared>,
     send_id: u64,
     /// Submitted to the store; answered when the write finishes.
     writing: bool,
@@ -125,7 +124,7 @@ pub(crate) struct Write {
 
 impl Hold {
     /// A new, empty hold for `to`, whose writer is woken by `wake`.
-    pub(crate) fn new(to: DeviceId, wake: Arc<Notify>) -> Self {
+    pub(crate) fn new(to: DeviceId, wake: Arc<Shared>) -> Self {
         let q = HoldQ { frames: VecDeque::new(), bytes: 0, closed: false, queued: false, wake };
         let mark = Arc::new(AtomicU64::new(0));
         Self {
@@ -150,11 +149,11 @@ impl Hold {
 
     /// A connection replacing the device's one takes over: its writer is
     /// woken from now on.
-    pub(crate) fn adopt(&self, wake: Arc<Notify>) {
+    pub(crate) fn adopt(&self, wake: Arc<Shared>) {
         lock(&self.q).wake = wake;
     }
 
-    /// Hold `payload` from `from` (answered through `answers` as `send_id`)
+    /// Hold `payload` from `from` (answered through `sender` as `send_id`)
     /// and wake the recipient's writer; or give it back when it must go to
     /// the store now: the hold is closed, a route changed since `generation`
     /// was read, a cap is reached, or the store reserves no id.
@@ -166,7 +165,7 @@ impl Hold {
         send_id: u64,
         from: DeviceId,
         addr: AddrKey,
-        answers: &Arc<Answers>,
+        sender: &Arc<Shared>,
         payload: Bytes,
     ) -> Result<(), NotHeld> {
         let c = &state.config;
@@ -217,7 +216,7 @@ impl Hold {
             from,
             addr,
             since: Instant::now(),
-            answers: Arc::clone(answers),
+            sender: Arc::clone(sender),
             send_id,
             writing: false,
         });
@@ -227,7 +226,7 @@ impl Hold {
             q.queued = true;
             state.holds.due(Arc::downgrade(self));
         }
-        q.wake.notify_one();
+        q.wake.answers.wake();
         Ok(())
     }
 
@@ -253,7 +252,7 @@ impl Hold {
             let Some(h) = q.frames.pop_front() else { break };
             bytes += h.len as u64;
             n += 1;
-            h.answers.ok(h.send_id);
+            h.sender.answers.ok(h.send_id);
             state.metrics.ok("ack");
             state.metrics.forwarded(h.len);
         }
@@ -294,7 +293,7 @@ impl Hold {
             if h.from != from || h.writing {
                 return true;
             }
-            h.answers.refuse(h.send_id, StoreError::NoRoute);
+            h.sender.answers.refuse(h.send_id, StoreError::NoRoute);
             n += 1;
             bytes += h.len as u64;
             false
@@ -306,7 +305,7 @@ impl Hold {
         if n > 0 {
             released(state, n, bytes);
             state.metrics.dropped("revoked", n as u64);
-            wake.notify_one();
+            wake.answers.wake();
         }
     }
 
@@ -367,11 +366,11 @@ impl Write {
             bytes += h.len as u64;
             match result {
                 Ok(_) => {
-                    h.answers.ok(h.send_id);
+                    h.sender.answers.ok(h.send_id);
                     state.metrics.ok("commit");
                     state.metrics.forwarded(h.len);
                 }
-                Err(e) => h.answers.refuse(h.send_id, e),
+                Err(e) => h.sender.answers.refuse(h.send_id, e),
             }
         }
         q.bytes -= bytes;
@@ -380,7 +379,7 @@ impl Write {
         drop(q);
         released(&state, n, bytes);
         // What left the hold unsent is read from the store now.
-        wake.notify_one();
+        wake.answers.wake();
     }
 }
 
@@ -438,8 +437,8 @@ mod tests {
 
     #[test]
     fn ready_reads_in_id_order_without_removing() {
-        let hold = Hold::new(DeviceId([1; 16]), Arc::new(Notify::new()));
-        let answers = Arc::new(Answers::new(Arc::new(Notify::new())));
+        let hold = Hold::new(DeviceId([1; 16]), Arc::new(Shared::new(None)));
+        let sender = Arc::new(Shared::new(None));
         {
             let mut q = lock(&hold.q);
             for id in [3u64, 5, 9] {
@@ -450,7 +449,7 @@ mod tests {
                     from: DeviceId([2; 16]),
                     addr: AddrKey::UNKNOWN,
                     since: Instant::now(),
-                    answers: Arc::clone(&answers),
+                    sender: Arc::clone(&sender),
                     send_id: id,
                     writing: false,
                 });
@@ -470,18 +469,18 @@ mod tests {
         State::new(config, Arc::new(store), tokio_util::sync::CancellationToken::new())
     }
 
-    fn offer(hold: &Arc<Hold>, state: &State, answers: &Arc<Answers>, len: usize) -> bool {
+    fn offer(hold: &Arc<Hold>, state: &State, sender: &Arc<Shared>, len: usize) -> bool {
         let from = DeviceId([2; 16]);
         let payload = Bytes::from(vec![5u8; len]);
-        hold.offer(state, 0, 1, from, AddrKey::UNKNOWN, answers, payload).is_ok()
+        hold.offer(state, 0, 1, from, AddrKey::UNKNOWN, sender, payload).is_ok()
     }
 
     #[test]
     fn held_memory_counts_every_frame_and_is_given_back() {
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path(), 64 << 20);
-        let hold = Arc::new(Hold::new(DeviceId([1; 16]), Arc::new(Notify::new())));
-        let answers = Arc::new(Answers::new(Arc::new(Notify::new())));
+        let hold = Arc::new(Hold::new(DeviceId([1; 16]), Arc::new(Shared::new(None))));
+        let answers = Arc::new(Shared::new(None));
         for _ in 0..300 {
             assert!(offer(&hold, &state, &answers, 10));
         }
@@ -495,7 +494,7 @@ mod tests {
         assert_eq!((&frame[..], len), (&want.encode().unwrap()[..], 10));
         hold.ack(&state, u64::MAX);
         assert_eq!(state.held_bytes.load(Ordering::Acquire), 0);
-        assert_eq!(answers.take().len(), 300, "every sender answered");
+        assert_eq!(answers.answers.take().len(), 300, "every sender answered");
         // The burst's queue is given back, not kept for the connection's life.
         assert!(lock(&hold.q).frames.capacity() <= KEEP_CAPACITY);
     }
@@ -504,8 +503,8 @@ mod tests {
     fn the_global_cap_counts_empty_frames_too() {
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path(), memory(2, 0));
-        let hold = Arc::new(Hold::new(DeviceId([1; 16]), Arc::new(Notify::new())));
-        let answers = Arc::new(Answers::new(Arc::new(Notify::new())));
+        let hold = Arc::new(Hold::new(DeviceId([1; 16]), Arc::new(Shared::new(None))));
+        let answers = Arc::new(Shared::new(None));
         assert!(offer(&hold, &state, &answers, 0));
         assert!(offer(&hold, &state, &answers, 0));
         assert!(!offer(&hold, &state, &answers, 0), "past the cap: to the store");

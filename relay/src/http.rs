@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 use tracing::debug;
 
-use crate::listener::{ConnInfo, Io};
+use crate::io::Io;
+use crate::listener::ConnInfo;
 use crate::state::State;
 
 /// The most bytes of a request head the relay buffers (hyper's read

@@ -8,7 +8,8 @@
 //!
 //! Map: [`config`] (settings), [`store`] (durable queues and routes behind a
 //! trait), [`tls`] (certificates), `fsmode` (the data directory's modes),
-//! `listener` (accept, PROXY headers, TLS handshakes), `net` (client
+//! `listener` (accept, PROXY headers, TLS handshakes), `io` (the
+//! connection's byte stream, reads that keep no buffer while idle), `net` (client
 //! addresses, trusted proxies), `proxy` (the PROXY protocol header),
 //! `admission` (connection counts), `http` (one HTTP connection and its
 //! deadlines), `server` (HTTP routes, shutdown), `conn` (one device
@@ -26,6 +27,7 @@ pub mod failpoints;
 mod fsmode;
 mod hold;
 mod http;
+mod io;
 mod limits;
 mod listener;
 mod metrics;

@@ -14,21 +14,14 @@ use tandem_proto::ErrorCode;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::admission::Unauthenticated;
+use crate::io::Io;
 use crate::net::{IpKey, ProxyHeader, is_trusted};
 use crate::state::State;
-
-/// A plain or TLS connection. The TLS stream is boxed: it is over a
-/// kilobyte (rustls's connection state), and hyper keeps the `Io` of an
-/// upgraded connection for the connection's life, so a plain connection
-/// would otherwise carry that size too.
-pub(crate) type Io = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// What handlers know about the connection a request came on (a request
 /// extension).
@@ -125,9 +118,9 @@ async fn accept_loop(
                 }
             }
             let io = match tls {
-                None => Either::Left(stream),
+                None => Io::plain(stream),
                 Some(acceptor) => match timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => Either::Right(Box::new(s)),
+                    Ok(Ok(s)) => Io::tls(Box::new(s)),
                     Ok(Err(e)) => {
                         debug!(%client, error = %e, "TLS handshake failed");
                         return;

@@ -2,12 +2,11 @@
 //! the same device replaces the older one, which is closed with `replaced`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tandem_proto::{DeviceId, ErrorCode, Frame};
 use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
 
 use crate::admission::Places;
 use crate::answers::Answers;
@@ -47,19 +46,43 @@ pub(crate) struct ConnHandle {
     /// The client address the connection counts under.
     pub(crate) ip: IpKey,
     pub(crate) tx: mpsc::Sender<Queued>,
-    /// Wakes the writer: to read its backlog from the store, or (from
-    /// [`Self::close`]) to see that the connection is closing.
-    pub(crate) wake: Arc<Notify>,
     /// The device's held frames ([`crate::hold`]), adopted by a connection
     /// that replaces this one.
     pub(crate) hold: Arc<Hold>,
-    /// The answers to this connection's `Send`s decided elsewhere.
-    pub(crate) answers: Arc<Answers>,
-    cancel: CancellationToken,
-    reason: Arc<Mutex<Option<(ErrorCode, String)>>>,
+    /// The rest of what other tasks share with the connection.
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What other tasks share with one connection, in one allocation (an idle
+/// connection's memory is mostly such small pieces, docs/BENCHMARKS.md).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The answers to this connection's `Send`s decided elsewhere, and
+    /// what wakes its writer: to send them, to send held frames, to read
+    /// its backlog from the store, or (from [`ConnHandle::close`]) to see
+    /// that the connection is closing.
+    pub(crate) answers: Answers,
+    /// [`ConnHandle::close`] was called.
+    closed: AtomicBool,
+    /// Wakes whoever waits in [`ConnHandle::cancelled`].
+    closing: Notify,
+    reason: Mutex<Option<(ErrorCode, String)>>,
     /// Its places among the relay's connections, until it is gone or a
     /// connection that replaces it takes them over.
-    places: Arc<Mutex<Option<Places>>>,
+    places: Mutex<Option<Places>>,
+}
+
+impl Shared {
+    /// Open, holding `places`.
+    pub(crate) fn new(places: Option<Places>) -> Self {
+        Self {
+            answers: Answers::default(),
+            closed: AtomicBool::new(false),
+            closing: Notify::new(),
+            reason: Mutex::new(None),
+            places: Mutex::new(places),
+        }
+    }
 }
 
 impl ConnHandle {
@@ -70,51 +93,57 @@ impl ConnHandle {
         tx: mpsc::Sender<Queued>,
         places: Places,
     ) -> Self {
-        let wake = Arc::new(Notify::new());
-        Self {
-            conn_id,
-            ip,
-            tx,
-            hold: Arc::new(Hold::new(device, Arc::clone(&wake))),
-            answers: Arc::new(Answers::new(Arc::clone(&wake))),
-            wake,
-            cancel: CancellationToken::new(),
-            reason: Arc::new(Mutex::new(None)),
-            places: Arc::new(Mutex::new(Some(places))),
-        }
+        let shared = Arc::new(Shared::new(Some(places)));
+        Self { conn_id, ip, tx, hold: Arc::new(Hold::new(device, Arc::clone(&shared))), shared }
+    }
+
+    /// The answers to this connection's `Send`s decided elsewhere (and
+    /// what wakes its writer).
+    pub(crate) fn answers(&self) -> &Answers {
+        &self.shared.answers
     }
 
     /// Take its places (for the connection that replaces it); `None` if
     /// they were taken or given up already.
     pub(crate) fn take_places(&self) -> Option<Places> {
-        lock(&self.places).take()
+        lock(&self.shared.places).take()
     }
 
     /// Ask the connection to close with `code`; the first reason wins.
     pub(crate) fn close(&self, code: ErrorCode, message: &str) {
-        let mut r = lock(&self.reason);
+        let mut r = lock(&self.shared.reason);
         if r.is_none() {
             *r = Some((code, message.to_owned()));
         }
         drop(r);
-        self.cancel.cancel();
-        // The writer waits on `wake` rather than on the token.
-        self.wake.notify_one();
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.closing.notify_waiters();
+        // The writer waits on its wake-up rather than in `cancelled`.
+        self.shared.answers.wake();
     }
 
     /// Resolves when [`Self::close`] was called.
-    pub(crate) fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.cancel.cancelled()
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let closing = self.shared.closing.notified();
+            tokio::pin!(closing);
+            // Registered before the check: a close after it wakes this.
+            closing.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            closing.await;
+        }
     }
 
     /// Whether [`Self::close`] was called.
     pub(crate) fn is_closed(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     /// Why the connection was asked to close.
     pub(crate) fn reason(&self) -> Option<(ErrorCode, String)> {
-        lock(&self.reason).clone()
+        lock(&self.shared.reason).clone()
     }
 
     /// Hand a frame to the writer, waiting while its queue is full; false
@@ -137,7 +166,7 @@ impl ConnHandle {
             Err(mpsc::error::TrySendError::Full(out))
                 if matches!(*out, Outbound::Deliver { .. }) =>
             {
-                self.wake.notify_one()
+                self.answers().wake()
             }
             Err(mpsc::error::TrySendError::Full(out)) => {
                 let me = self.clone();
@@ -186,7 +215,7 @@ impl Registry {
         match map.get(&device) {
             Some(old) => {
                 handle.hold = Arc::clone(&old.hold);
-                handle.hold.adopt(Arc::clone(&handle.wake));
+                handle.hold.adopt(Arc::clone(&handle.shared));
             }
             None => {
                 let watched = state.store.watch(device, Some(Arc::clone(&handle.hold.mark)));

@@ -25,7 +25,7 @@ use crate::listener::ConnInfo;
 use crate::net::{IpKey, forwarded_for};
 use crate::state::{State, unix_now};
 use crate::store::{RedbStore, Store, StoreError};
-use crate::tls::{Tls, TlsError, TlsMode};
+use crate::tls::{Tls, TlsError};
 
 /// Why the relay could not run.
 #[derive(Debug, Error)]
@@ -321,14 +321,9 @@ async fn connect(
         }
     }
     let slot = state.slots.clone().try_acquire_owned().ok();
-    // The WebSocket's read buffer is kept for the connection's life. Over
-    // plain TCP each read is a system call, so 4 KiB; over TLS reads copy
-    // from rustls's buffer of decrypted records, so 2 KiB costs little
-    // (docs/BENCHMARKS.md, "Memory per idle connection").
-    let read_buffer = if matches!(state.config.tls, TlsMode::Off) { 4 * 1024 } else { 2 * 1024 };
     let accepted: conn::Accepted =
         Box::new(conn::Arrival { peer, key, host, state, slot, unauthenticated });
-    ws.read_buffer_size(read_buffer)
+    ws.read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(4 * MAX_FRAME_LEN)
         .max_message_size(MAX_FRAME_LEN)
@@ -339,6 +334,13 @@ async fn connect(
 fn too_many(message: &'static str) -> Response {
     (StatusCode::TOO_MANY_REQUESTS, format!("{message}\n")).into_response()
 }
+
+/// The WebSocket's read buffer, kept for the connection's life; each of
+/// its reads takes at most this much. The reads come from
+/// [`crate::io::Io`], which reads the socket up to 16 KiB at a time and
+/// keeps nothing while idle, so a small buffer costs copies, not system
+/// calls (docs/BENCHMARKS.md, "Memory per idle connection").
+pub(crate) const WS_READ_BUFFER: usize = 512;
 
 /// Bytes the WebSocket buffers before it writes to the socket without a
 /// flush. The connection's writer feeds every frame that is ready and then

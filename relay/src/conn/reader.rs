@@ -2,7 +2,7 @@
 //! operations are pipelined in order and answered as they finish.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::Message;
@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::pending::{Done, Enqueue, Pending, PendingFut, Unapplied};
 use super::writer::STORE_RETRY;
-use super::{Activity, Closing, MAX_PENDING, Stream, read_error};
+use super::{Closing, Link, MAX_PENDING, Stream, read_error};
 use crate::answers::refusal;
 use crate::hold::NotHeld;
 use crate::net::IpKey;
@@ -57,15 +57,8 @@ pub(super) struct Reader {
     pub(super) role: Role,
     /// The client address it counts under.
     pub(super) ip: IpKey,
-    pub(super) liveness: Arc<AtomicU64>,
-    /// The highest delivery id the writer has sent on this connection.
-    pub(super) delivered: Arc<AtomicU64>,
-    pub(super) activity: Arc<Activity>,
-    /// The highest delivery id acknowledged on this connection, for the
-    /// writer's delivery window.
-    pub(super) acked: Arc<AtomicU64>,
-    /// Tells the writer that an `Ack` may have made room in its window.
-    pub(super) room: Arc<tokio::sync::Notify>,
+    /// What it shares with the connection's writer.
+    pub(super) link: Arc<Link>,
     /// The highest ack the store did not apply yet.
     pub(super) unapplied: Unapplied,
 }
@@ -98,7 +91,7 @@ impl Reader {
     ) -> Result<(), Closing> {
         let idle = self.state.config.idle_timeout;
         loop {
-            let idle_deadline = self.activity.last() + idle;
+            let idle_deadline = self.link.activity.last() + idle;
             let retry_ack = self.unapplied.due();
             // Only waiting happens here; the work is boxed (see `serve`), and
             // the event is moved into it whole (a partly moved one would stay
@@ -129,11 +122,11 @@ impl Reader {
             }
             // Deliveries may have moved the deadline while we slept.
             Event::Idle
-                if self.activity.last() + self.state.config.idle_timeout <= Instant::now() =>
+                if self.link.activity.last() + self.state.config.idle_timeout <= Instant::now() =>
             {
                 if self.waits_for_peers().await {
                     // A desktop serving a peer or a pairing: count from now.
-                    self.activity.touch();
+                    self.link.activity.touch();
                     return Ok(Next::Read);
                 }
                 self.state.metrics.limit_refused("idle_timeout");
@@ -172,7 +165,7 @@ impl Reader {
             // The forwarding path: the payload stays in the received
             // buffer, from the socket to the recipient's `Deliver`.
             Some(Ok(Message::Binary(b))) if let Some(h) = peek_send(&b) => {
-                self.activity.touch();
+                self.link.activity.touch();
                 if !self.state.limits.frame(self.device) {
                     self.refuse(ErrorCode::RateLimited, h.send_id, RATE_LIMITED).await;
                     return Ok(Next::Read);
@@ -210,7 +203,7 @@ impl Reader {
             }
         };
         if !matches!(frame, Frame::Ping { .. } | Frame::Pong { .. }) {
-            self.activity.touch();
+            self.link.activity.touch();
         }
         Ok(self.on_frame(frame).await?.map_or(Next::Read, Next::Track))
     }
@@ -224,9 +217,9 @@ impl Reader {
     /// The device says it has every delivery up to `up_to`: the delivery
     /// window opens as soon as it says so; the store deletes them meanwhile.
     fn open_window(&self, up_to: u64) {
-        let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
-        if self.acked.fetch_max(up_to, Ordering::AcqRel) < up_to {
-            self.room.notify_one();
+        let up_to = up_to.min(self.link.delivered.load(Ordering::Acquire));
+        if self.link.acked.fetch_max(up_to, Ordering::AcqRel) < up_to {
+            self.link.room.notify_one();
         }
         // Held frames it covers: their senders hear `Ok` now (a write of
         // one of them was submitted before this, under the hold's lock, and
@@ -270,8 +263,8 @@ impl Reader {
             && let Some(r) = recipient
         {
             let addr = self.ip.addr_key();
-            let answers = &self.handle.answers;
-            match r.hold.offer(state, generation, send_id, me, addr, answers, payload) {
+            let sender = &self.handle.shared;
+            match r.hold.offer(state, generation, send_id, me, addr, sender, payload) {
                 // Answered when the recipient acks it or it is written.
                 Ok(()) => return None,
                 Err(NotHeld(p)) => payload = p,
@@ -310,7 +303,7 @@ impl Reader {
             };
             if let Frame::Ack { up_to } = frame {
                 // Applied later, unless the next ack covers it first.
-                let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
+                let up_to = up_to.min(self.link.delivered.load(Ordering::Acquire));
                 self.unapplied.note(up_to, Instant::now() + STORE_RETRY);
             }
             self.refuse(ErrorCode::RateLimited, ref_id, RATE_LIMITED).await;
@@ -319,8 +312,12 @@ impl Reader {
         match frame {
             Frame::Ping { nonce } => self.reply(Frame::Pong { nonce }).await,
             Frame::Pong { nonce } => {
-                let _ =
-                    self.liveness.compare_exchange(nonce, 0, Ordering::AcqRel, Ordering::Acquire);
+                let _ = self.link.liveness.compare_exchange(
+                    nonce,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
             }
             Frame::Send { send_id, to, payload } => {
                 return Ok(self.on_send(send_id, to, payload.into()).await);
@@ -329,7 +326,7 @@ impl Reader {
                 // Never delete what this connection has not delivered yet
                 // (the window was opened above, before the rate limit).
                 // It covers an earlier one the store did not apply.
-                let up_to = up_to.min(self.delivered.load(Ordering::Acquire));
+                let up_to = up_to.min(self.link.delivered.load(Ordering::Acquire));
                 let unapplied = self.unapplied.take();
                 let mark = self.handle.hold.mark.load(Ordering::Acquire);
                 let acked = self.handle.hold.store_acked.load(Ordering::Acquire);
@@ -544,7 +541,7 @@ impl Reader {
                     // The store commits again: so may an ack it refused.
                     self.unapplied.hurry();
                     if answer {
-                        self.handle.answers.ok(send_id);
+                        self.handle.answers().ok(send_id);
                     }
                 }
                 Err(_) if !answer => {}
@@ -552,7 +549,7 @@ impl Reader {
                     if !matches!(e, StoreError::NoRoute) && refusal(&e).2.is_none() {
                         warn!(error = %e, "store failed");
                     }
-                    self.handle.answers.refuse(send_id, e);
+                    self.handle.answers().refuse(send_id, e);
                 }
             },
             Done::Acked { up_to, result: Err(e) } => {

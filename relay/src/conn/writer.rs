@@ -15,17 +15,17 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rand::Rng;
 use tandem_proto::frame::{Frame, encode_deliver, push_ok};
 use tandem_proto::{DeviceId, ErrorCode};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::warn;
 
-use super::{Activity, Closing, Sink, close, feed, feed_raw, flush, write};
+use super::{Closing, Link, Sink, close, feed, feed_raw, flush, write};
 use crate::answers::{Answer, refusal};
 use crate::registry::{ConnHandle, Outbound, Queued};
 use crate::state::State;
@@ -45,14 +45,8 @@ pub(super) struct Writer {
     pub(super) state: Arc<State>,
     pub(super) handle: ConnHandle,
     pub(super) device: DeviceId,
-    pub(super) liveness: Arc<AtomicU64>,
-    pub(super) delivered: Arc<AtomicU64>,
-    pub(super) activity: Arc<Activity>,
-    /// The highest delivery id the device acknowledged on this connection
-    /// (set by the reader, clamped to `delivered`).
-    pub(super) acked: Arc<AtomicU64>,
-    /// Notified by the reader on every `Ack`.
-    pub(super) room: Arc<Notify>,
+    /// What it shares with the connection's reader.
+    pub(super) link: Arc<Link>,
     /// Deliveries sent and not acknowledged yet.
     pub(super) window: Window,
     /// The device speaks level 2: answers to its `Send`s go as `Oks`.
@@ -187,7 +181,7 @@ impl Writer {
                     biased;
                     // A backlog to read, or the connection is closing (`close`
                     // wakes the writer too): closing comes first.
-                    () = self.handle.wake.notified() => {
+                    () = self.handle.answers().woken() => {
                         if self.handle.is_closed() {
                             return Ok(());
                         }
@@ -215,7 +209,7 @@ impl Writer {
                         continue;
                     }
                     // Acks made room for what waits in the store or the hold.
-                    () = self.room.notified(), if self.behind => {
+                    () = self.link.room.notified(), if self.behind => {
                         Box::pin(self.pump(last, u64::MAX)).await?;
                         self.flush().await?;
                         continue;
@@ -245,7 +239,7 @@ impl Writer {
                     self.flush().await?;
                 }
                 if pong_by.is_some_and(|p| p <= now) {
-                    if self.liveness.load(Ordering::Acquire) != 0 {
+                    if self.link.liveness.load(Ordering::Acquire) != 0 {
                         return Err(Closing::new(ErrorCode::PingTimeout, "no pong in time"));
                     }
                     pong_by = None;
@@ -255,7 +249,7 @@ impl Writer {
                     // While a pong is still due, its deadline decides.
                     if pong_by.is_none() {
                         let nonce = rand::rng().random_range(1..u64::MAX);
-                        self.liveness.store(nonce, Ordering::Release);
+                        self.link.liveness.store(nonce, Ordering::Release);
                         Box::pin(self.send(&Frame::Ping { nonce })).await?;
                         pong_by = Some(Instant::now() + self.state.config.pong_timeout);
                     }
@@ -300,8 +294,8 @@ impl Writer {
                     self.window.push(id, payload.len());
                     self.feed_deliver(id, from, &payload).await?;
                     *last = id;
-                    self.delivered.store(id, Ordering::Release);
-                    self.activity.touch();
+                    self.link.delivered.store(id, Ordering::Release);
+                    self.link.activity.touch();
                 }
                 Ok(())
             }
@@ -315,7 +309,7 @@ impl Writer {
         // §6.5), sent before any refusal that follows them, so the answers
         // keep their order; at level 1 one `Ok` each.
         let mut runs = Vec::new();
-        for a in self.handle.answers.take() {
+        for a in self.handle.answers().take() {
             let f = match a {
                 Answer::Ok(ref_id) if self.oks => {
                     if push_ok(&mut runs, ref_id) {
@@ -422,8 +416,8 @@ impl Writer {
                     .await
                     .map_err(|()| Closing::new(ErrorCode::Other(0), WRITE_FAILED))?;
                 *last = id;
-                self.delivered.store(id, Ordering::Release);
-                self.activity.touch();
+                self.link.delivered.store(id, Ordering::Release);
+                self.link.activity.touch();
             }
         }
     }
@@ -460,7 +454,7 @@ impl Writer {
 
     /// How many more deliveries the window takes now.
     fn room(&mut self) -> usize {
-        self.window.release(self.acked.load(Ordering::Acquire));
+        self.window.release(self.link.acked.load(Ordering::Acquire));
         let c = &self.state.config;
         self.window.room(c.delivery_window_frames, c.delivery_window_bytes)
     }
@@ -520,8 +514,8 @@ impl Writer {
             self.window.push(q.id, q.payload.len());
             self.feed_deliver(q.id, q.from, &q.payload).await?;
             *last = q.id;
-            self.delivered.store(q.id, Ordering::Release);
-            self.activity.touch();
+            self.link.delivered.store(q.id, Ordering::Release);
+            self.link.activity.touch();
         }
         Ok(if full { Read::More } else { Read::Through })
     }
