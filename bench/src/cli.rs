@@ -115,6 +115,11 @@ pub struct Opts {
     /// pairing: pairings at once; idle: connection attempts at once per process.
     #[arg(long, global = true, value_name = "N")]
     pub concurrency: Option<usize>,
+    /// Pin the load generator (this process) to CPU 0 and every server it
+    /// starts (relay, forwarder, iroh-relay) to CPU 1, with `taskset`: each
+    /// server gets exactly one core, the simulated devices the other.
+    #[arg(long, global = true)]
+    pub pin: bool,
 }
 
 /// A number of connections, or as many as the open-file limit allows.
