@@ -29,7 +29,9 @@ static PINNED: AtomicBool = AtomicBool::new(false);
 pub fn pin() -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     if cpus < 2 {
-        return Err(BenchError::Usage(format!("--pin needs two CPUs, this process may use {cpus}")));
+        return Err(BenchError::Usage(format!(
+            "--pin needs two CPUs, this process may use {cpus}"
+        )));
     }
     let status = Command::new("taskset")
         .args(["-a", "-p", "-c", &BENCH_CPU.to_string(), &std::process::id().to_string()])

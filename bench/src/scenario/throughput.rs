@@ -113,8 +113,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
     let payloads = ctx.opts.payloads.clone().unwrap_or_else(|| vec![64, 1024, 16 * 1024]);
     let pair_counts = ctx.opts.pairs.clone().unwrap_or_else(|| vec![ctx.pick(16, 2)]);
     let window = ctx.opts.window.unwrap_or(64);
-    let targets =
-        ctx.targets(&[TargetKind::Tandem, TargetKind::TandemWire, TargetKind::Forwarder]);
+    let targets = ctx.targets(&[TargetKind::Tandem, TargetKind::TandemWire, TargetKind::Forwarder]);
     let warmup = Duration::from_secs_f64(ctx.pick(1.0, 0.3));
     let duration = ctx.duration(5.0, 1.0);
     let sizes = WireSizes::measure()?;

@@ -199,7 +199,9 @@ impl DesktopWriter {
                 _ = self.room.acquire(), if !room => continue,
             };
             let sent = match encode(&frame) {
-                Ok(bytes) => sink.send(Message::Binary(bytes.into())).await.map_err(|e| e.to_string()),
+                Ok(bytes) => {
+                    sink.send(Message::Binary(bytes.into())).await.map_err(|e| e.to_string())
+                }
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = sent {
@@ -384,7 +386,8 @@ mod tests {
             assert_eq!(&payload[..len], &message[..]);
             assert_eq!(message_len(payload.len(), sizes), len);
         }
-        let ack = Frame::Send { send_id: 1, to: DeviceId([2; 16]), payload: ack_payload(77, sizes) };
+        let ack =
+            Frame::Send { send_id: 1, to: DeviceId([2; 16]), payload: ack_payload(77, sizes) };
         let bytes = ack.encode().unwrap();
         assert_eq!(bytes.len(), sizes.ack_frame);
         let Frame::Send { payload, .. } = Frame::decode(&bytes).unwrap() else { panic!() };
