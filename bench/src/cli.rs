@@ -213,6 +213,19 @@ mod tests {
         assert!(cli.opts.quick);
         assert_eq!(cli.opts.payloads, Some(vec![64, 1024]));
         assert_eq!(cli.opts.targets, Some(vec![TargetKind::Tandem, TargetKind::Forwarder]));
+        let cli = Cli::try_parse_from([
+            "tandem-bench",
+            "latency",
+            "--targets",
+            "direct,tandem-wire,forwarder",
+            "--pin",
+        ])
+        .unwrap();
+        assert!(cli.opts.pin);
+        assert_eq!(
+            cli.opts.targets,
+            Some(vec![TargetKind::Direct, TargetKind::TandemWire, TargetKind::Forwarder])
+        );
         let cli = Cli::try_parse_from(["tandem-bench", "idle", "-n", "10k,max", "--tls"]).unwrap();
         assert_eq!(cli.opts.n, Some(vec![Count::N(10_000), Count::Max]));
         assert!(cli.opts.tls);
