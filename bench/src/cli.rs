@@ -115,6 +115,11 @@ pub struct Opts {
     /// pairing: pairings at once; idle: connection attempts at once per process.
     #[arg(long, global = true, value_name = "N")]
     pub concurrency: Option<usize>,
+    /// Pin the load generator (this process) to CPU 0 and every server it
+    /// starts (relay, forwarder, iroh-relay) to CPU 1, with `taskset`: each
+    /// server gets exactly one core, the simulated devices the other.
+    #[arg(long, global = true)]
+    pub pin: bool,
 }
 
 /// A number of connections, or as many as the open-file limit allows.
@@ -208,6 +213,19 @@ mod tests {
         assert!(cli.opts.quick);
         assert_eq!(cli.opts.payloads, Some(vec![64, 1024]));
         assert_eq!(cli.opts.targets, Some(vec![TargetKind::Tandem, TargetKind::Forwarder]));
+        let cli = Cli::try_parse_from([
+            "tandem-bench",
+            "latency",
+            "--targets",
+            "direct,tandem-wire,forwarder",
+            "--pin",
+        ])
+        .unwrap();
+        assert!(cli.opts.pin);
+        assert_eq!(
+            cli.opts.targets,
+            Some(vec![TargetKind::Direct, TargetKind::TandemWire, TargetKind::Forwarder])
+        );
         let cli = Cli::try_parse_from(["tandem-bench", "idle", "-n", "10k,max", "--tls"]).unwrap();
         assert_eq!(cli.opts.n, Some(vec![Count::N(10_000), Count::Max]));
         assert!(cli.opts.tls);

@@ -22,6 +22,7 @@ pub mod forwarder;
 pub mod load;
 pub mod machine;
 pub mod pairing;
+pub mod pin;
 pub mod procfs;
 pub mod relay;
 pub mod report;

@@ -8,8 +8,10 @@ use serde::Serialize;
 pub struct Machine {
     /// `model name` from `/proc/cpuinfo`.
     pub cpu_model: String,
-    /// Cores this process may use.
+    /// Cores this process may use (1 with `--pin`).
     pub cores: usize,
+    /// `--pin`: this process on CPU 0, the servers it starts on CPU 1.
+    pub pinned: bool,
     /// The kernel release (`/proc/sys/kernel/osrelease`).
     pub kernel: String,
     /// Total memory in KiB (`/proc/meminfo`).
@@ -46,6 +48,7 @@ impl Machine {
         Self {
             cpu_model,
             cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            pinned: crate::pin::pinned(),
             kernel: if kernel.is_empty() { "unknown".into() } else { kernel },
             memory_kib,
             open_files: crate::fdlimit::current(),

@@ -11,6 +11,16 @@ use tandem_bench::{BenchError, fdlimit, forwarder, target};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let scenario = !matches!(cli.command, Command::Forwarder(_) | Command::IrohRelay(_))
+        && !matches!(cli.command, Command::Idle(ref a) if a.worker);
+    // Before the runtime: its threads inherit the CPU.
+    if cli.opts.pin
+        && scenario
+        && let Err(e) = tandem_bench::pin::pin()
+    {
+        eprintln!("tandem-bench: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

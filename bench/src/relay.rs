@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::{BenchError, Result};
@@ -209,7 +209,7 @@ impl Drop for RelayProcess {
 /// metrics line); returns the child, the URL and the metrics address.
 fn spawn(opts: &RelayOptions, dir: &Path, listen: &str) -> Result<(Child, String, Option<String>)> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("relay.log"))?;
-    let mut child = Command::new(&opts.bin)
+    let mut child = crate::pin::server_command(&opts.bin)
         .args(opts.args(listen, &dir.join("data")))
         .env("TANDEM_RELAY_LOG", "warn")
         .stdin(Stdio::null())
@@ -258,7 +258,7 @@ pub(crate) fn spawn_baseline(
     subcommand: &str,
     prefix: &str,
 ) -> Result<(Child, String)> {
-    let mut child = Command::new(exe)
+    let mut child = crate::pin::server_command(exe)
         .args([subcommand, "--listen", "127.0.0.1:0", "--exit-with-stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

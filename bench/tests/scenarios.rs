@@ -86,19 +86,24 @@ fn throughput_carries_every_message_once() {
         bench(&["throughput", "--payloads", "64,16384", "--duration", "0.5", "--pairs", "2"]);
     let s = scenario(&report);
     let rows = s["results"]["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 4);
+    // tandem, tandem-wire and the forwarder, at both sizes.
+    assert_eq!(rows.len(), 6);
     for row in rows {
         assert!(row["messages"].as_u64().unwrap() > 0, "{row:#}");
         assert_eq!(row["lost"], 0);
         assert_eq!(row["duplicates"], 0);
     }
+    assert_eq!(rows[2]["target"], "tandem-wire");
     assert!(s["results"]["ratios"][0]["messages_tandem_over_forwarder"].as_f64().is_some());
+    assert!(s["results"]["ratios"][0]["messages_wire_over_forwarder"].as_f64().is_some());
 }
 
 #[test]
 fn throughput_runs_every_pair_count_and_passes_relay_arguments() {
     let (_, _, report) = bench(&[
         "throughput",
+        "--targets",
+        "tandem,forwarder",
         "--payloads",
         "64",
         "--duration",
@@ -166,8 +171,8 @@ fn latency_is_measured_against_the_direct_path() {
         .iter()
         .map(|r| r["target"].as_str().unwrap())
         .collect();
-    assert_eq!(targets, ["direct", "tandem", "forwarder"]);
-    assert_eq!(s["results"]["added"].as_array().unwrap().len(), 2);
+    assert_eq!(targets, ["direct", "tandem", "tandem-wire", "forwarder"]);
+    assert_eq!(s["results"]["added"].as_array().unwrap().len(), 3);
     for row in s["results"]["rows"].as_array().unwrap() {
         assert_eq!(row["lost"], 0, "{row:#}");
         assert_eq!(row["delivered"], row["sent"], "{row:#}");

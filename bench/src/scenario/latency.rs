@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{Context, health_failures, per_second};
 use crate::error::Result;
 use crate::load::{self, Pace, Plan};
-use crate::report::{ScenarioReport, Table, num};
+use crate::report::{ScenarioReport, Table, num, opt};
 use crate::stats::{Percentiles, ratio};
 use crate::target::{HealthReport, TargetKind};
 use crate::wire::WireSizes;
@@ -74,6 +74,10 @@ pub struct Ratio {
     pub p50_tandem_over_forwarder: Option<f64>,
     /// Added p99, tandem ÷ forwarder.
     pub p99_tandem_over_forwarder: Option<f64>,
+    /// Added p50, tandem-wire ÷ forwarder.
+    pub p50_wire_over_forwarder: Option<f64>,
+    /// Added p99, tandem-wire ÷ forwarder.
+    pub p99_wire_over_forwarder: Option<f64>,
 }
 
 /// The scenario's figures.
@@ -87,6 +91,8 @@ pub struct Results {
     pub duration_s: f64,
     /// TLS between devices and the relay.
     pub tls: bool,
+    /// `--pin`: servers on CPU 1, the load generator on CPU 0.
+    pub pinned: bool,
     /// The measurements.
     pub rows: Vec<Row>,
     /// Added latency against the direct path.
@@ -111,7 +117,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
     let pairs = ctx.opts.pairs.as_ref().and_then(|p| p.first().copied());
     let pairs = pairs.unwrap_or(ctx.pick(10, 2)).max(1);
     let payload = ctx.opts.payloads.as_ref().and_then(|p| p.first().copied()).unwrap_or(1024);
-    let mut targets = ctx.opts.targets.clone().unwrap_or_else(|| TargetKind::ALL.to_vec());
+    let mut targets = ctx.targets(&TargetKind::ALL);
     // The direct path first: the others are compared with it.
     targets.sort_by_key(|k| *k != TargetKind::Direct);
     let warmup = Duration::from_secs_f64(ctx.pick(1.0, 0.3));
@@ -183,11 +189,16 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
         .map(|&rate| {
             let find = |t: &str| added.iter().find(|a| a.target == t && a.rate == rate);
             let pair = find("tandem").zip(find("forwarder"));
+            let wire = find("tandem-wire").zip(find("forwarder"));
             Ratio {
                 rate,
                 p50_tandem_over_forwarder: pair
                     .and_then(|(t, f)| ratio(t.added.p50_us, f.added.p50_us)),
                 p99_tandem_over_forwarder: pair
+                    .and_then(|(t, f)| ratio(t.added.p99_us, f.added.p99_us)),
+                p50_wire_over_forwarder: wire
+                    .and_then(|(t, f)| ratio(t.added.p50_us, f.added.p50_us)),
+                p99_wire_over_forwarder: wire
                     .and_then(|(t, f)| ratio(t.added.p99_us, f.added.p99_us)),
             }
         })
@@ -197,6 +208,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
         payload,
         duration_s: duration.as_secs_f64(),
         tls: ctx.opts.tls,
+        pinned: crate::pin::pinned(),
         rows,
         added,
         ratios,
@@ -209,11 +221,12 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
 fn print(r: &Results) {
     let mut t = Table::new(
         format!(
-            "latency: {} pairs, {} B messages, {:.0} s each{}",
+            "latency: {} pairs, {} B messages, {:.0} s each{}{}",
             r.pairs,
             r.payload,
             r.duration_s,
-            if r.tls { ", TLS" } else { "" }
+            if r.tls { ", TLS" } else { "" },
+            if r.pinned { ", pinned (server CPU 1, bench CPU 0)" } else { "" }
         ),
         &[
             "target",
@@ -256,6 +269,21 @@ fn print(r: &Results) {
             num(a.added.p50_us, 1),
             num(a.added.p99_us, 1),
             num(a.added.p999_us, 1),
+        ]);
+    }
+    t.print();
+    let mut t = Table::new(
+        "added latency ratios (tandem = end to end; wire = tandem-wire, the same relay at the \
+         frame level)",
+        &["rate/s", "tandem p50 ÷ fwd", "tandem p99 ÷ fwd", "wire p50 ÷ fwd", "wire p99 ÷ fwd"],
+    );
+    for ratio in &r.ratios {
+        t.row(vec![
+            num(ratio.rate, 0),
+            opt(ratio.p50_tandem_over_forwarder, 2),
+            opt(ratio.p99_tandem_over_forwarder, 2),
+            opt(ratio.p50_wire_over_forwarder, 2),
+            opt(ratio.p99_wire_over_forwarder, 2),
         ]);
     }
     t.print();

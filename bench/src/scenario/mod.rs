@@ -21,6 +21,7 @@ use crate::relay::{RelayOptions, RelayProcess, sibling_binary};
 use crate::target::direct::DirectTarget;
 use crate::target::forwarder::ForwarderTarget;
 use crate::target::tandem::TandemTarget;
+use crate::target::tandem_wire::TandemWireTarget;
 use crate::target::{Target, TargetKind};
 use crate::wire::{Clock, WireSizes};
 
@@ -120,13 +121,45 @@ impl Context {
     /// # Errors
     /// When the relay does not start.
     pub fn tandem(&self) -> Result<Running> {
+        let (relay, access, pid) = self.relay_under_test()?;
+        Ok(Running { target: Box::new(TandemTarget::new(access, pid)), relay })
+    }
+
+    /// The tandem-wire target: the same relay, driven at the frame level.
+    ///
+    /// # Errors
+    /// When the relay does not start, or it is a TLS relay.
+    pub fn tandem_wire(&self, sizes: WireSizes) -> Result<Running> {
+        if self.opts.tls {
+            return Err(BenchError::Usage("the tandem-wire target does not speak TLS".into()));
+        }
+        let (relay, access, pid) = self.relay_under_test()?;
+        Ok(Running { target: Box::new(TandemWireTarget::new(access, pid, sizes)?), relay })
+    }
+
+    /// The relay at `--url`, or one started now; where devices reach it and
+    /// its process id.
+    fn relay_under_test(&self) -> Result<(Option<RelayProcess>, RelayAccess, Option<u32>)> {
         let relay = match self.opts.url {
             Some(_) => None,
             None => Some(self.start_relay(self.opts.tls, PING_SECS)?),
         };
         let access = self.access(relay.as_ref())?;
         let pid = relay.as_ref().map(RelayProcess::pid).or(self.opts.relay_pid);
-        Ok(Running { target: Box::new(TandemTarget::new(access, pid)), relay })
+        Ok((relay, access, pid))
+    }
+
+    /// The targets a scenario drives: `--targets`, or `default` (without
+    /// tandem-wire under `--tls`: it speaks plain WebSocket only).
+    #[must_use]
+    pub fn targets(&self, default: &[TargetKind]) -> Vec<TargetKind> {
+        self.opts.targets.clone().unwrap_or_else(|| {
+            default
+                .iter()
+                .copied()
+                .filter(|k| !(self.opts.tls && *k == TargetKind::TandemWire))
+                .collect()
+        })
     }
 
     /// Start a target of `kind`.
@@ -136,6 +169,7 @@ impl Context {
     pub async fn target(&self, kind: TargetKind, sizes: WireSizes) -> Result<Running> {
         match kind {
             TargetKind::Tandem => self.tandem(),
+            TargetKind::TandemWire => self.tandem_wire(sizes),
             TargetKind::Forwarder => Ok(Running {
                 target: Box::new(ForwarderTarget::start(&self.exe, sizes)?),
                 relay: None,

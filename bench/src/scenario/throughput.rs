@@ -70,6 +70,11 @@ pub struct Ratio {
     pub messages_tandem_over_iroh: Option<f64>,
     /// Tandem's CPU per message ÷ iroh-relay's.
     pub cpu_per_message_tandem_over_iroh: Option<f64>,
+    /// tandem-wire's messages per second ÷ the forwarder's: the relay
+    /// against the forwarder with load generators of the same cost.
+    pub messages_wire_over_forwarder: Option<f64>,
+    /// tandem-wire's relay CPU per message ÷ the forwarder's.
+    pub cpu_per_message_wire_over_forwarder: Option<f64>,
 }
 
 /// The scenario's figures.
@@ -85,6 +90,8 @@ pub struct Results {
     pub duration_s: f64,
     /// TLS between devices and the relay.
     pub tls: bool,
+    /// `--pin`: servers on CPU 1, the load generator on CPU 0.
+    pub pinned: bool,
     /// Extra relay arguments (`--relay-arg`).
     pub relay_args: Vec<String>,
     /// Frame sizes the baselines copy.
@@ -106,8 +113,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
     let payloads = ctx.opts.payloads.clone().unwrap_or_else(|| vec![64, 1024, 16 * 1024]);
     let pair_counts = ctx.opts.pairs.clone().unwrap_or_else(|| vec![ctx.pick(16, 2)]);
     let window = ctx.opts.window.unwrap_or(64);
-    let targets =
-        ctx.opts.targets.clone().unwrap_or_else(|| vec![TargetKind::Tandem, TargetKind::Forwarder]);
+    let targets = ctx.targets(&[TargetKind::Tandem, TargetKind::TandemWire, TargetKind::Forwarder]);
     let warmup = Duration::from_secs_f64(ctx.pick(1.0, 0.3));
     let duration = ctx.duration(5.0, 1.0);
     let sizes = WireSizes::measure()?;
@@ -177,15 +183,16 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
             let find = |t: &str| {
                 rows.iter().find(|r| r.target == t && r.pairs == pairs && r.payload == payload)
             };
-            let tandem = find("tandem");
-            let over = |base: Option<&Row>, cpu: bool| {
-                let (t, b) = tandem.zip(base)?;
+            let (tandem, wire) = (find("tandem"), find("tandem-wire"));
+            let over_of = |top: Option<&Row>, base: Option<&Row>, cpu: bool| {
+                let (t, b) = top.zip(base)?;
                 if cpu {
                     ratio(t.cpu_us_per_message?, b.cpu_us_per_message?)
                 } else {
                     ratio(t.messages_per_s, b.messages_per_s)
                 }
             };
+            let over = |base: Option<&Row>, cpu: bool| over_of(tandem, base, cpu);
             let (forwarder, iroh) = (find("forwarder"), find("iroh"));
             ratios.push(Ratio {
                 pairs,
@@ -194,6 +201,8 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
                 cpu_per_message_tandem_over_forwarder: over(forwarder, true),
                 messages_tandem_over_iroh: over(iroh, false),
                 cpu_per_message_tandem_over_iroh: over(iroh, true),
+                messages_wire_over_forwarder: over_of(wire, forwarder, false),
+                cpu_per_message_wire_over_forwarder: over_of(wire, forwarder, true),
             });
         }
     }
@@ -203,6 +212,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
         warmup_s: warmup.as_secs_f64(),
         duration_s: duration.as_secs_f64(),
         tls: ctx.opts.tls,
+        pinned: crate::pin::pinned(),
         relay_args: ctx.opts.relay_args.clone(),
         wire: sizes,
         rows,
@@ -216,11 +226,12 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
 fn print(r: &Results) {
     let mut t = Table::new(
         format!(
-            "throughput: {:?} pairs, window {}, {:.0} s each{}",
+            "throughput: {:?} pairs, window {}, {:.0} s each{}{}",
             r.pairs,
             r.window,
             r.duration_s,
-            if r.tls { ", TLS" } else { "" }
+            if r.tls { ", TLS" } else { "" },
+            if r.pinned { ", pinned (server CPU 1, bench CPU 0)" } else { "" }
         ),
         &[
             "target",
@@ -261,8 +272,18 @@ fn print(r: &Results) {
     }
     t.print();
     let mut t = Table::new(
-        "throughput ratios (tandem ÷ forwarder, tandem ÷ iroh)",
-        &["pairs", "payload", "msg/s ÷ fwd", "cpu/msg ÷ fwd", "msg/s ÷ iroh", "cpu/msg ÷ iroh"],
+        "throughput ratios (tandem = end to end, devices' crypto in the load generator; \
+         wire = tandem-wire, the same relay at the frame level)",
+        &[
+            "pairs",
+            "payload",
+            "tandem msg/s ÷ fwd",
+            "tandem cpu/msg ÷ fwd",
+            "wire msg/s ÷ fwd",
+            "wire cpu/msg ÷ fwd",
+            "tandem msg/s ÷ iroh",
+            "tandem cpu/msg ÷ iroh",
+        ],
     );
     for ratio in &r.ratios {
         t.row(vec![
@@ -270,6 +291,8 @@ fn print(r: &Results) {
             ratio.payload.to_string(),
             opt(ratio.messages_tandem_over_forwarder, 3),
             opt(ratio.cpu_per_message_tandem_over_forwarder, 2),
+            opt(ratio.messages_wire_over_forwarder, 3),
+            opt(ratio.cpu_per_message_wire_over_forwarder, 2),
             opt(ratio.messages_tandem_over_iroh, 3),
             opt(ratio.cpu_per_message_tandem_over_iroh, 2),
         ]);

@@ -5,6 +5,11 @@
 //!
 //! * [`tandem::TandemTarget`] — the real relay and protocol: `tandem-client`
 //!   connections, real pairing, Noise-encrypted `Link` records and acks;
+//!   the whole path, devices' work included;
+//! * [`tandem_wire::TandemWireTarget`] — the same relay, devices paired for
+//!   real, then frames written directly ([`frames`]): opaque payloads of the
+//!   sealed records' sizes, no crypto or client outbox in the load
+//!   generator; the relay's cost against the forwarder's;
 //! * [`forwarder::ForwarderTarget`] — the bare forwarder (`tandem-bench
 //!   forwarder`): the same WebSocket stack, no authentication, no store, no
 //!   encryption; the limit of the stack;
@@ -16,10 +21,12 @@
 
 pub mod direct;
 pub mod forwarder;
+pub mod frames;
 #[cfg(feature = "iroh")]
 pub mod iroh;
 pub mod plain;
 pub mod tandem;
+pub mod tandem_wire;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,7 +112,8 @@ pub const CHANNEL: usize = 1024;
 
 /// Something the load runs against.
 pub trait Target: Send + Sync {
-    /// A short name for tables and JSON (`tandem`, `forwarder`, `direct`).
+    /// A short name for tables and JSON (`tandem`, `tandem-wire`,
+    /// `forwarder`, `direct`).
     fn name(&self) -> &'static str;
     /// The server process, for its CPU time and memory (`None`: in process).
     fn pid(&self) -> Option<u32>;
@@ -124,8 +132,13 @@ pub trait Target: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TargetKind {
-    /// The tandem relay with the real protocol.
+    /// The tandem relay with the real protocol (end to end: sealing,
+    /// opening, acks, `tandem-client`).
     Tandem,
+    /// The tandem relay, devices paired for real, then driven at the frame
+    /// level with opaque payloads of the sealed sizes (the relay's cost,
+    /// without the devices' crypto in the load generator).
+    TandemWire,
     /// The bare tokio-tungstenite forwarder (baseline: the stack's limit).
     Forwarder,
     /// A direct loopback WebSocket between the two ends (no server).
@@ -137,8 +150,8 @@ pub enum TargetKind {
 
 impl TargetKind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [TargetKind; 3] =
-        [TargetKind::Tandem, TargetKind::Forwarder, TargetKind::Direct];
+    pub const ALL: [TargetKind; 4] =
+        [TargetKind::Tandem, TargetKind::TandemWire, TargetKind::Forwarder, TargetKind::Direct];
 }
 
 /// Errors and events inside the pairs' ends, which run as background tasks:
