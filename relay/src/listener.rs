@@ -24,6 +24,35 @@ use crate::admission::Unauthenticated;
 use crate::net::{IpKey, ProxyHeader, is_trusted};
 use crate::state::State;
 
+/// The accept queue asked for: as deep as the kernel allows (Linux caps it
+/// at `net.core.somaxconn`, 4096 by default). After a restart every device
+/// connects again within a second or two; a connection that finds the queue
+/// full has its handshake dropped, and the kernel retries it only after
+/// 1 s, then 2 s, 4 s… So a shallow queue (tokio's `bind` asks for 1024)
+/// turned a 10,000-connection reconnect storm into a tail of several
+/// seconds (docs/BENCHMARKS.md, "Restart storm"). Queued connections cost
+/// the kernel's socket memory only, which they hold anyway once accepted.
+pub const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Bind a TCP listener on `addr` for [`crate::run`], with
+/// [`LISTEN_BACKLOG`] and `SO_REUSEADDR` (a restarted relay binds its port
+/// again while the old connections linger in `TIME_WAIT`), as tokio's
+/// `TcpListener::bind` does but for the queue's depth.
+///
+/// # Errors
+/// The socket cannot be made, bound or put to listen.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A plain or TLS connection. The TLS stream is boxed: it is over a
 /// kilobyte (rustls's connection state), and hyper keeps the `Io` of an
 /// upgraded connection for the connection's life, so a plain connection
