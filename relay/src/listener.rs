@@ -212,3 +212,39 @@ async fn read_proxy_header(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bound_listener_accepts_a_queue_of_connections_and_its_port_binds_again() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // More connections than the 128 the relay had wait to be accepted,
+        // none accepted yet, and every one completes its handshake at once
+        // (a full queue drops it: the kernel retries a second later). The
+        // kernel caps the queue at `net.core.somaxconn`.
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(100);
+        let n = somaxconn.min(200);
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            let connect = TcpStream::connect(addr);
+            let client = tokio::time::timeout(Duration::from_millis(900), connect).await;
+            clients.push(client.expect("a handshake was dropped").unwrap());
+        }
+        for _ in 0..n {
+            let accepted = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await;
+            assert!(accepted.unwrap().is_ok());
+        }
+        // A restarted relay takes its port again at once (`SO_REUSEADDR`),
+        // while the old connections linger.
+        drop(listener);
+        let again = bind(addr).unwrap();
+        assert_eq!(again.local_addr().unwrap(), addr);
+        drop(clients);
+    }
+}
