@@ -35,18 +35,13 @@ impl Spread {
     /// Of `ms` (sorted here).
     #[must_use]
     pub fn of(mut ms: Vec<f64>) -> Self {
-        if ms.is_empty() {
-            return Self::default();
-        }
         ms.sort_by(f64::total_cmp);
-        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-        Self {
-            count: ms.len(),
-            p50_ms: at(0.5),
-            p90_ms: at(0.9),
-            p99_ms: at(0.99),
-            max_ms: ms[ms.len() - 1],
-        }
+        let Some(&max_ms) = ms.last() else { return Self::default() };
+        let at = |q: f64| {
+            let i = ((ms.len() - 1) as f64 * q).round() as usize;
+            ms.get(i).copied().unwrap_or(max_ms)
+        };
+        Self { count: ms.len(), p50_ms: at(0.5), p90_ms: at(0.9), p99_ms: at(0.99), max_ms }
     }
 }
 
@@ -109,9 +104,9 @@ pub fn phases(pairs: &[Pair], first: &[Option<FirstOut>], clock: Clock, killed: 
     let mut buckets = vec![0usize; 12];
     for (pair, first) in pairs.iter().zip(first) {
         let steps = pair.steps().map(|s| s.all()).unwrap_or_default();
-        let ends: Vec<Option<WayBack>> =
-            [End::Desktop, End::Phone].iter().map(|&e| way_back(&steps, e, killed)).collect();
-        for w in &ends {
+        let [desktop, phone]: [Option<WayBack>; 2] =
+            [End::Desktop, End::Phone].map(|e| way_back(&steps, e, killed));
+        for w in [&desktop, &phone] {
             let Some(w) = w else {
                 p.devices_not_back += 1;
                 continue;
@@ -133,7 +128,7 @@ pub fn phases(pairs: &[Pair], first: &[Option<FirstOut>], clock: Clock, killed: 
             }
             p.queued_at_auth_ok += u64::from(w.queued);
         }
-        let back = match (&ends[0], &ends[1]) {
+        let back = match (&desktop, &phone) {
             (Some(d), Some(ph)) => Some(d.connected.max(ph.connected)),
             _ => None,
         };
