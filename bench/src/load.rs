@@ -110,6 +110,12 @@ impl Pair {
         *self.io.acked.borrow()
     }
 
+    /// Its relay clients' steps, when the target notes them.
+    #[must_use]
+    pub fn steps(&self) -> Option<&Arc<crate::target::steps::PairSteps>> {
+        self.io.steps.as_ref()
+    }
+
     /// Every message sent came out exactly once and was acknowledged.
     #[must_use]
     pub fn drained(&self) -> bool {
@@ -145,9 +151,9 @@ pub struct Outcome {
     pub target_cpu: Option<f64>,
     /// CPU seconds this process used in the window.
     pub bench_cpu: Option<f64>,
-    /// Per pair, when (on the run's clock, ns) the first message after the
-    /// mark came out.
-    pub first_after_mark: Vec<Option<u64>>,
+    /// Per pair (in the order of the pairs returned), the first message
+    /// that came out after the mark.
+    pub first_after_mark: Vec<Option<FirstOut>>,
     /// The drain deadline the run had.
     pub drain: Duration,
     /// For the first few pairs that did not drain: sent, received up to,
@@ -219,6 +225,17 @@ impl Outcome {
     }
 }
 
+/// The first message a pair had out after the mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstOut {
+    /// When it came out (the run's clock, ns).
+    pub at_ns: u64,
+    /// When the driver handed it to the target (the run's clock, ns).
+    pub sent_ns: u64,
+    /// Its number.
+    pub seq: u64,
+}
+
 /// What one pair's driver returns.
 struct PairRun {
     pair: Pair,
@@ -227,7 +244,7 @@ struct PairRun {
     sent: u64,
     latency: Histogram<u64>,
     missed: u64,
-    first_after_mark: Option<u64>,
+    first_after_mark: Option<FirstOut>,
     drained: bool,
 }
 
@@ -429,7 +446,7 @@ fn on_received(
         && let Some(mark) = mark
         && at_ns > mark.load(Ordering::Acquire)
     {
-        r.first_after_mark = Some(at_ns);
+        r.first_after_mark = Some(FirstOut { at_ns, sent_ns, seq });
     }
 }
 

@@ -29,6 +29,24 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
+/// The kernel's count of connections dropped because a listening socket's
+/// accept queue was full (`TcpExt: ListenOverflows` in `/proc/net/netstat`,
+/// the whole machine's since boot). A dropped handshake is retried by the
+/// kernel after 1 s, then 2 s, 4 s…, so each one costs its client seconds.
+#[must_use]
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let at = names.split_whitespace().position(|n| n == "ListenOverflows")?;
+        return values.split_whitespace().nth(at)?.parse().ok();
+    }
+    None
+}
+
 /// CPU time used by one process over a measurement.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMeter {

@@ -43,6 +43,7 @@ pub mod tls;
 mod web;
 
 pub use config::{Config, DEFAULT_CONFIG_TOML, ProxyHeader, WebClient};
+pub use listener::{LISTEN_BACKLOG, bind};
 pub use server::{RelayError, run, run_with_store};
 
 /// The relay-protocol version this relay speaks.

@@ -23,6 +23,35 @@ use crate::io::Io;
 use crate::net::{IpKey, ProxyHeader, is_trusted};
 use crate::state::State;
 
+/// The accept queue asked for: as deep as the kernel allows (Linux caps it
+/// at `net.core.somaxconn`, 4096 by default). After a restart every device
+/// connects again within a second or two; a connection that finds the queue
+/// full has its handshake dropped, and the kernel retries it only after
+/// 1 s, then 2 s, 4 s… So a shallow queue (tokio's `bind` asks for 1024)
+/// turned a 10,000-connection reconnect storm into a tail of several
+/// seconds (docs/BENCHMARKS.md, "Restart storm"). Queued connections cost
+/// the kernel's socket memory only, which they hold anyway once accepted.
+pub const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Bind a TCP listener on `addr` for [`crate::run`], with
+/// [`LISTEN_BACKLOG`] and `SO_REUSEADDR` (a restarted relay binds its port
+/// again while the old connections linger in `TIME_WAIT`), as tokio's
+/// `TcpListener::bind` does but for the queue's depth.
+///
+/// # Errors
+/// The socket cannot be made, bound or put to listen.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// What handlers know about the connection a request came on (a request
 /// extension).
 #[derive(Debug, Clone)]
@@ -174,5 +203,41 @@ async fn read_proxy_header(
             debug!(%addr, "no PROXY header in time");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bound_listener_accepts_a_queue_of_connections_and_its_port_binds_again() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // More connections than the 128 the relay had wait to be accepted,
+        // none accepted yet, and every one completes its handshake at once
+        // (a full queue drops it: the kernel retries a second later). The
+        // kernel caps the queue at `net.core.somaxconn`.
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(100);
+        let n = somaxconn.min(200);
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            let connect = TcpStream::connect(addr);
+            let client = tokio::time::timeout(Duration::from_millis(900), connect).await;
+            clients.push(client.expect("a handshake was dropped").unwrap());
+        }
+        for _ in 0..n {
+            let accepted = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await;
+            assert!(accepted.unwrap().is_ok());
+        }
+        // A restarted relay takes its port again at once (`SO_REUSEADDR`),
+        // while the old connections linger.
+        drop(listener);
+        let again = bind(addr).unwrap();
+        assert_eq!(again.local_addr().unwrap(), addr);
+        drop(clients);
     }
 }

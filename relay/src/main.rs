@@ -524,9 +524,7 @@ async fn main() -> anyhow::Result<()> {
     for warning in warnings(&s) {
         tracing::warn!("{warning}");
     }
-    let listener = tokio::net::TcpListener::bind(s.listen)
-        .await
-        .with_context(|| format!("binding {}", s.listen))?;
+    let listener = tandem_relay::bind(s.listen).with_context(|| format!("binding {}", s.listen))?;
     let scheme = if matches!(s.config.tls, TlsMode::Off) { "ws" } else { "wss" };
 
     let shutdown = CancellationToken::new();

@@ -8,6 +8,7 @@ pub mod latency;
 pub mod offline;
 pub mod pairing;
 pub mod reconnect;
+pub mod reconnect_phases;
 pub mod throughput;
 
 use std::path::PathBuf;

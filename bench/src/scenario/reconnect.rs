@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::reconnect_phases::{self, Phases};
 use super::{Context, health_failures, per_second};
 use crate::cli::Count;
 use crate::error::{BenchError, Result};
 use crate::load::{self, Pace, Plan};
-use crate::report::{ScenarioReport, Table, num};
+use crate::procfs::{cpu_seconds, listen_overflows};
+use crate::report::{ScenarioReport, Table, num, opt};
 use crate::stats::Percentiles;
 use crate::target::tandem::TandemTarget;
 use crate::target::{HealthReport, Target};
@@ -55,6 +57,57 @@ pub struct Results {
     pub latency: Percentiles,
     /// Reconnections, redeliveries dropped by the end-to-end layer, errors.
     pub health: HealthReport,
+    /// Where the time went, phase by phase.
+    pub phases: Phases,
+    /// CPU seconds the restarted relay used from its start until every
+    /// pair resumed (its store open included).
+    pub relay_cpu_to_resumed_s: Option<f64>,
+    /// CPU seconds the bench (every simulated device) used from the kill
+    /// until every pair resumed.
+    pub bench_cpu_to_resumed_s: Option<f64>,
+    /// The bench's CPU per second in the second before the kill (the
+    /// steady stream's cost, in cores).
+    pub bench_cores_before_kill: Option<f64>,
+    /// Cores the relay and the bench had together from the kill until every
+    /// pair resumed (their CPU seconds over the wall time): far below the
+    /// machine's cores while the storm is CPU-bound means other processes
+    /// had the rest.
+    pub cores_during_storm: Option<f64>,
+    /// Connections the kernel dropped for a full accept queue from the kill
+    /// until the run ended (`ListenOverflows`, the whole machine's: another
+    /// process's show here too). Each costs its client a retransmitted
+    /// handshake, 1 s or more.
+    pub listen_overflows: Option<u64>,
+}
+
+/// CPU samples every [`SAMPLE_EVERY`]: (run clock ns, restarted relay's CPU
+/// seconds, the bench's).
+type CpuSamples = Vec<(u64, Option<f64>, Option<f64>)>;
+
+/// How often the storm samples CPU time.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Sample the bench's CPU time (and the relay's once `relay_pid` is set)
+/// until `stop` is set.
+async fn sample_cpu(
+    clock: crate::wire::Clock,
+    relay_pid: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> CpuSamples {
+    let me = std::process::id();
+    let mut v = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        let pid = u32::try_from(relay_pid.load(Ordering::Acquire)).unwrap_or(0);
+        let relay = (pid != 0).then(|| cpu_seconds(pid)).flatten();
+        v.push((clock.now_ns(), relay, cpu_seconds(me)));
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+    v
+}
+
+/// The first sample at or after `ns`.
+fn sample_at(samples: &CpuSamples, ns: u64) -> Option<&(u64, Option<f64>, Option<f64>)> {
+    samples.iter().find(|s| s.0 >= ns)
 }
 
 /// Run it.
@@ -101,8 +154,13 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
     let clock = ctx.clock;
     let load = tokio::spawn(async move { load::run(ps, &plan, clock, None).await });
 
+    let relay_pid = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_cpu(clock, Arc::clone(&relay_pid), Arc::clone(&stop)));
     tokio::time::sleep(before).await;
-    let killed_ns = clock.now_ns();
+    let overflows_before = listen_overflows();
+    let killed = std::time::Instant::now();
+    let killed_ns = clock.ns_at(killed);
     let (relay_back, restart) = tokio::task::spawn_blocking(move || {
         let r = relay.restart();
         (relay, r)
@@ -110,21 +168,25 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
     .await
     .map_err(|e| BenchError::Process(e.to_string()))?;
     relay = relay_back;
+    relay_pid.store(u64::from(relay.pid()), Ordering::Release);
     let up_ns = clock.now_ns();
     mark.store(up_ns, Ordering::Release);
     let restart_result = restart;
     let (ps, out) = load.await.map_err(|e| BenchError::Process(e.to_string()))?;
+    stop.store(true, Ordering::Release);
+    let overflows = listen_overflows().zip(overflows_before).map(|(a, b)| a.saturating_sub(b));
+    let samples = sampler.await.unwrap_or_default();
     restart_result?;
 
     let ms = |ns: u64| ns as f64 / 1e6;
-    let mut resumed: Vec<u64> = out.first_after_mark.iter().flatten().copied().collect();
+    let mut resumed: Vec<u64> = out.first_after_mark.iter().flatten().map(|f| f.at_ns).collect();
     resumed.sort_unstable();
     let not_resumed = out.first_after_mark.iter().filter(|f| f.is_none()).count();
     let last = resumed.last().copied().filter(|_| not_resumed == 0);
     let median = resumed.get(resumed.len() / 2).copied();
     let received: u64 = ps.iter().map(|p| p.tally.received - p.tally.duplicates).sum();
     let health = target.health().report();
-    let results = Results {
+    let mut results = Results {
         pairs,
         rate,
         payload,
@@ -140,7 +202,14 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
         not_resumed,
         latency: Percentiles::of(&out.latency),
         health: health.clone(),
+        phases: reconnect_phases::phases(&ps, &out.first_after_mark, clock, killed),
+        relay_cpu_to_resumed_s: None,
+        bench_cpu_to_resumed_s: None,
+        bench_cores_before_kill: None,
+        cores_during_storm: None,
+        listen_overflows: overflows,
     };
+    cpu_figures(&mut results, &samples, killed_ns, last);
     let mut failures = out.failures("the storm");
     if not_resumed > 0 {
         failures.push(format!("{not_resumed} of {pairs} pairs did not resume"));
@@ -150,8 +219,33 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
     }
     failures.extend(health_failures("tandem", &health));
     print(&results, per_second(out.sent, out.seconds));
+    reconnect_phases::print(&results.phases);
     drop(ps);
     ScenarioReport::new("reconnect-storm", started, &results, failures)
+}
+
+/// The CPU figures of `r` from `samples`: the relay's since it started
+/// again (its CPU time counts from its start) and the bench's since the
+/// kill, up to `resumed` (every pair resumed; ns on the run's clock).
+fn cpu_figures(r: &mut Results, samples: &CpuSamples, killed_ns: u64, resumed: Option<u64>) {
+    let second_before = killed_ns.saturating_sub(1_000_000_000);
+    let at_kill = sample_at(samples, killed_ns);
+    if let (Some(&(t0, _, Some(b0))), Some(&(t1, _, Some(b1)))) =
+        (sample_at(samples, second_before), at_kill)
+        && t1 > t0
+    {
+        r.bench_cores_before_kill = Some((b1 - b0) / ((t1 - t0) as f64 / 1e9));
+    }
+    let Some(end) = resumed.and_then(|t| sample_at(samples, t)) else { return };
+    r.relay_cpu_to_resumed_s = end.1;
+    if let (Some(&(t0, _, Some(b0))), &(t1, _, Some(b1))) = (at_kill, end) {
+        r.bench_cpu_to_resumed_s = Some(b1 - b0);
+        if let Some(relay) = end.1
+            && t1 > t0
+        {
+            r.cores_during_storm = Some((relay + b1 - b0) / ((t1 - t0) as f64 / 1e9));
+        }
+    }
 }
 
 fn print(r: &Results, sent_rate: f64) {
@@ -176,6 +270,18 @@ fn print(r: &Results, sent_rate: f64) {
         ("lost (must be 0)", r.lost.to_string()),
         ("duplicated (must be 0)", r.duplicates.to_string()),
         ("reconnections", r.health.reconnects.to_string()),
+        (
+            "handshakes dropped, accept queue full (machine-wide)",
+            r.listen_overflows.map_or_else(|| "-".into(), |v| v.to_string()),
+        ),
+        (
+            "CPU s to every pair resumed: relay (since its start) / bench (since the kill)",
+            format!("{} / {}", opt(r.relay_cpu_to_resumed_s, 2), opt(r.bench_cpu_to_resumed_s, 2)),
+        ),
+        (
+            "cores: bench before the kill / relay + bench during the storm",
+            format!("{} / {}", opt(r.bench_cores_before_kill, 2), opt(r.cores_during_storm, 2)),
+        ),
         ("redeliveries dropped end to end", r.health.redeliveries.to_string()),
         (
             "latency p50 / p99 / max, ms",

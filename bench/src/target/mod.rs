@@ -25,11 +25,12 @@ pub mod frames;
 #[cfg(feature = "iroh")]
 pub mod iroh;
 pub mod plain;
+pub mod steps;
 pub mod tandem;
 pub mod tandem_wire;
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
@@ -61,6 +62,8 @@ pub struct PairIo {
     pub received: mpsc::Receiver<Received>,
     /// The pair's tasks.
     pub tasks: Tasks,
+    /// Its relay clients' connections and attempts (the tandem target).
+    pub steps: Option<Arc<steps::PairSteps>>,
 }
 
 /// Background tasks, aborted when dropped.
@@ -102,7 +105,7 @@ pub fn channels() -> (PairIo, Ends) {
     let (acked_tx, acked) = watch::channel(0);
     let (incoming, received) = mpsc::channel(CHANNEL);
     (
-        PairIo { send, acked, received, tasks: Tasks::default() },
+        PairIo { send, acked, received, tasks: Tasks::default(), steps: None },
         Ends { outgoing, acked: acked_tx, incoming },
     )
 }

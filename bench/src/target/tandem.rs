@@ -24,6 +24,7 @@ use tandem_proto::record::RecordError;
 use tandem_proto::{DeviceId, DeviceKey, Role};
 use tokio::sync::watch;
 
+use super::steps::{Cause, End, PairSteps, Step as Noted};
 use super::{Ends, Health, PairIo, Received, Target, Tasks, channels};
 use crate::error::Result;
 use crate::pairing::{Device, RelayAccess, pair};
@@ -61,7 +62,15 @@ impl TandemTarget {
         let (mut io, ends) = channels();
         let Ends { outgoing, acked, incoming } = ends;
         let health = Arc::clone(&self.health);
-        let d = DesktopEnd { device: desktop, link: desktop_link, peer: phone_id, health };
+        let steps = Arc::new(PairSteps::default());
+        io.steps = Some(Arc::clone(&steps));
+        let d = DesktopEnd {
+            device: desktop,
+            link: desktop_link,
+            peer: phone_id,
+            health,
+            steps: Arc::clone(&steps),
+        };
         let (ack_tx, ack_rx) = watch::channel(None);
         let (records_tx, records_rx) = tokio::sync::mpsc::unbounded_channel();
         let sender = tokio::spawn(phone_sender(
@@ -77,6 +86,7 @@ impl TandemTarget {
             health: Arc::clone(&self.health),
             acks: ack_tx,
             records: records_tx,
+            steps,
         };
         io.tasks = Tasks::new(vec![
             tokio::spawn(d.run(outgoing, acked)),
@@ -119,6 +129,7 @@ struct DesktopEnd {
     link: Link,
     peer: DeviceId,
     health: Arc<Health>,
+    steps: Arc<PairSteps>,
 }
 
 impl DesktopEnd {
@@ -195,7 +206,8 @@ impl DesktopEnd {
                 }
                 self.device.client.ack(delivery_id);
             }
-            Event::Connected { .. } => {
+            Event::Connected { queued, .. } => {
+                self.steps.note(End::Desktop, Noted::Connected { queued });
                 self.health.reconnected();
                 match self.link.resend(0) {
                     Ok(records) => {
@@ -206,13 +218,17 @@ impl DesktopEnd {
                     Err(e) => self.health.error(format!("desktop resend: {e}")),
                 }
             }
-            event => note(&self.health, &event),
+            event => note(&self.health, &self.steps, End::Desktop, &event),
         }
     }
 }
 
-/// Count what a device should never see in a benchmark.
-fn note(health: &Health, event: &Event) {
+/// Note a lost connection or failed attempt in `steps`; count what a
+/// device should never see in a benchmark.
+fn note(health: &Health, steps: &PairSteps, end: End, event: &Event) {
+    if let Event::Disconnected { retry_in, reason, .. } = event {
+        steps.note(end, Noted::Disconnected { retry_in: *retry_in, cause: Cause::of(reason) });
+    }
     match event {
         Event::Disconnected { retry_in, reason, .. } if *retry_in == Duration::MAX => {
             health.error(format!("the relay stopped a device: {reason}"));
@@ -234,6 +250,7 @@ struct PhoneEnd {
     /// never waits on the network (a loop that waits for the relay's `Ok`
     /// while the relay waits for it to read deadlocks).
     records: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    steps: Arc<PairSteps>,
 }
 
 impl PhoneEnd {
@@ -260,8 +277,11 @@ impl PhoneEnd {
                             Err(()) => return,
                         }
                     }
-                    Event::Connected { .. } => self.health.reconnected(),
-                    event => note(&self.health, &event),
+                    Event::Connected { queued, .. } => {
+                        self.steps.note(End::Phone, Noted::Connected { queued });
+                        self.health.reconnected();
+                    }
+                    event => note(&self.health, &self.steps, End::Phone, &event),
                 }
             }
             // Nothing is persisted here, so acknowledging at once is allowed.
