@@ -14,6 +14,7 @@
 //! | `relay.commit.after` | after such a batch's commit, before its answers (`Ok`) are sent | abort (the batch is on disk, nobody was told) | abort |
 //! | `relay.ack` | an acknowledgement deletes frames | the batch fails (as an I/O error) | abort |
 //! | `relay.route` | an authorisation or revocation is written | the batch fails (as an I/O error) | abort |
+//! | `relay.push.delay` | a stored frame is about to be handed to its connected recipient's writer (the live push after an enqueue) | `return(ms)`: it waits `ms` first (a slow task; the frame stays in the store meanwhile) | as `return` |
 //! | `relay.no_route.<device id>` | a `Send` to that device is checked for a route | refused `not_authorized`, as if the two had not authorised each other (the route and the store are untouched) | as `return` |
 //!
 //! `1*return` fails once; `return(abort)` aborts the process there (a
@@ -73,6 +74,22 @@ pub(crate) fn check(_name: &'static str) -> Result<(), &'static str> {
 #[cfg(feature = "failpoints")]
 pub(crate) fn no_route(to: &tandem_proto::DeviceId) -> bool {
     fail::eval(&format!("relay.no_route.{to}"), |_| ()).is_some()
+}
+
+/// How long to hold back the live push of a stored frame
+/// (`relay.push.delay=return(ms)`), if armed.
+#[cfg(feature = "failpoints")]
+pub(crate) fn push_delay() -> Option<std::time::Duration> {
+    fail::eval("relay.push.delay", |arg| arg.and_then(|a| a.parse::<u64>().ok()))
+        .flatten()
+        .map(std::time::Duration::from_millis)
+}
+
+/// Without the `failpoints` feature no push waits.
+#[cfg(not(feature = "failpoints"))]
+#[inline]
+pub(crate) fn push_delay() -> Option<std::time::Duration> {
+    None
 }
 
 /// Without the `failpoints` feature no route is refused.

@@ -332,6 +332,20 @@ async fn a_kill_9_with_frames_held_loses_nothing() {
     assert!(answers(&mut desk, 1..N + 1).await.values().all(Result::is_ok));
 }
 
+/// A relay whose holds keep frames until acked (a minute) and take at
+/// most `max_bytes` in all.
+fn capped(max_bytes: &'static str) -> [&'static str; 6] {
+    let window = ["--hold-window-ms", "60000"];
+    [
+        "--frames-per-device-per-second",
+        "1000000",
+        window[0],
+        window[1],
+        "--hold-max-bytes",
+        max_bytes,
+    ]
+}
+
 /// A global cap of a few frames: most `Send`s to a busy, connected
 /// recipient go to the store, the others are held, so held and stored
 /// frames interleave in every order the timing gives. The recipient
@@ -342,18 +356,8 @@ async fn a_kill_9_with_frames_held_loses_nothing() {
 async fn held_and_stored_frames_interleave_in_id_order_and_none_is_lost() {
     const N: u64 = 2000;
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path(),
-        &[
-            "--frames-per-device-per-second",
-            "1000000",
-            "--hold-window-ms",
-            "60000",
-            // About three held 1 KiB frames.
-            "--hold-max-bytes",
-            "3600",
-        ],
-    );
+    // About three held 1 KiB frames.
+    let relay = Relay::start(dir.path(), &capped("3600"));
     let (mut desk, mut phone) = paired(&relay).await;
     let phone_id = phone.id();
     let recipient = tokio::spawn(async move {
@@ -388,4 +392,50 @@ async fn held_and_stored_frames_interleave_in_id_order_and_none_is_lost() {
         "both paths taken: {by_ack} held, {spilled} spilled\n{m}"
     );
     assert_eq!(metric(&m, "tandem_relay_held_frames"), Some(0.0), "{m}");
+}
+
+/// A frame that went to the store (the hold was full) while its live push
+/// to the recipient is slow (`relay.push.delay`), then a frame held after
+/// it: the recipient's writer must send the stored one first. Sent past it,
+/// the recipient's ack of the held one would delete the stored one unsent
+/// (its sender had `Ok`), and the late push would be dropped as old. (The
+/// writer reads the store when its mark moved before it looks at held
+/// frames; the narrower race, the mark moving while it sends held frames,
+/// is not forced here.)
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_frame_never_overtakes_one_the_store_took_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // One held 1 KiB frame fills the hold.
+    let failpoints = [("FAILPOINTS", "relay.push.delay=1*return(1500)")];
+    let relay = Relay::start_env(dir.path(), &capped("1300"), &failpoints);
+    let (mut desk, mut phone) = paired(&relay).await;
+    let phone_id = phone.id();
+    // 0: held. 1: the hold is full, so it goes to the store; its live push waits.
+    desk.send(&Frame::Send { send_id: 1, to: phone_id, payload: payload(0) }).await;
+    let first = phone.deliveries(1).await;
+    assert_eq!(index(&first[0].2), 0);
+    desk.send(&Frame::Send { send_id: 2, to: phone_id, payload: payload(1) }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The ack makes room; 2 is held, behind 1 in id order.
+    phone.send(&Frame::Ack { up_to: first[0].0 }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    desk.send(&Frame::Send { send_id: 3, to: phone_id, payload: payload(2) }).await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match phone.recv_within(Duration::from_secs(10)).await.expect("deliveries") {
+            Frame::Deliver { delivery_id, payload, .. } => {
+                got.push(index(&payload));
+                phone.send(&Frame::Ack { up_to: delivery_id }).await;
+            }
+            Frame::Ping { nonce } => phone.send(&Frame::Pong { nonce }).await,
+            _ => {}
+        }
+    }
+    assert_eq!(got, vec![1, 2], "the stored frame first, then the held one");
+    assert!(answers(&mut desk, 1..4).await.values().all(Result::is_ok));
+    let m = relay.metrics().await;
+    let spilled =
+        metric(&m, "tandem_relay_hold_spills_total{reason=\"global_cap\"}").unwrap_or(0.0);
+    assert!(spilled >= 1.0, "frame 1 went to the store: {m}");
 }

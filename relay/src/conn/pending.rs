@@ -69,6 +69,11 @@ impl Pending {
 /// accepts).
 async fn push(state: &State, from: DeviceId, to: DeviceId, id: u64, payload: &mut Option<Bytes>) {
     if payload.is_some()
+        && let Some(wait) = crate::failpoints::push_delay()
+    {
+        tokio::time::sleep(wait).await;
+    }
+    if payload.is_some()
         && state.routes.is_route(from, to).await.unwrap_or(false)
         && let Some(h) = state.registry.get(&to)
         && let Some(payload) = payload.take()
