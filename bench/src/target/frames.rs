@@ -18,7 +18,9 @@
 //! messages over, and per burst of up to [`ACK_BATCH`] sends a relay `Ack`
 //! and one ack payload back to the desktop. Both answer the relay's pings.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tandem_proto::frame::LEVEL;
@@ -147,11 +149,13 @@ pub fn spawn_ends(
     let (p_sink, p_stream) = phone.split();
     let room = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let writer = DesktopWriter { to: phone_id, sizes, room: Arc::clone(&room) };
+    let sent = Arc::new(AtomicU64::new(0));
+    let writer =
+        DesktopWriter { to: phone_id, sizes, room: Arc::clone(&room), sent: Arc::clone(&sent) };
     let phone = PhoneEnd { to: desktop_id, sizes, health: Arc::clone(health) };
     Tasks::new(vec![
         tokio::spawn(writer.run(d_sink, outgoing, control_rx, Arc::clone(health))),
-        tokio::spawn(desktop_reader(d_stream, acked, control_tx, room, Arc::clone(health))),
+        tokio::spawn(desktop_reader(d_stream, acked, control_tx, (room, sent), Arc::clone(health))),
         tokio::spawn(phone.run(p_sink, p_stream, incoming)),
     ])
 }
@@ -163,6 +167,8 @@ struct DesktopWriter {
     sizes: WireSizes,
     /// One permit per `Send` that may still go out unanswered.
     room: Arc<Semaphore>,
+    /// The highest send id given out (before the `Send` is written).
+    sent: Arc<AtomicU64>,
 }
 
 impl DesktopWriter {
@@ -190,6 +196,7 @@ impl DesktopWriter {
                             permit.forget();
                         }
                         send_id += 1;
+                        self.sent.store(send_id, Ordering::Release);
                         let payload = data_payload(message, self.sizes);
                         Frame::Send { send_id, to: self.to, payload }
                     }
@@ -212,6 +219,30 @@ impl DesktopWriter {
     }
 }
 
+/// The send ids the relay answered: each must be one the desktop sent, and
+/// be answered once (ids above a contiguous answered prefix are kept).
+#[derive(Debug, Default)]
+struct Answered {
+    /// Every id up to this is answered.
+    floor: u64,
+    above: BTreeSet<u64>,
+}
+
+impl Answered {
+    fn answer(&mut self, id: u64, sent: u64) -> std::result::Result<(), String> {
+        if id == 0 || id > sent {
+            return Err(format!("an answer for send id {id}, never sent (highest sent {sent})"));
+        }
+        if id <= self.floor || !self.above.insert(id) {
+            return Err(format!("send id {id} answered twice"));
+        }
+        while self.above.remove(&(self.floor + 1)) {
+            self.floor += 1;
+        }
+        Ok(())
+    }
+}
+
 /// The desktop's reading half: answers free room for more sends, ack
 /// payloads move `acked`, and every burst of deliveries is acknowledged to
 /// the relay.
@@ -219,11 +250,17 @@ async fn desktop_reader<S>(
     mut stream: S,
     acked: watch::Sender<u64>,
     control: mpsc::UnboundedSender<Frame>,
-    room: Arc<Semaphore>,
+    (room, sent): (Arc<Semaphore>, Arc<AtomicU64>),
     health: Arc<Health>,
 ) where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
 {
+    let mut answered = Answered::default();
+    let mut check = |id: u64| {
+        if let Err(e) = answered.answer(id, sent.load(Ordering::Acquire)) {
+            health.error(format!("wire desktop: {e}"));
+        }
+    };
     while let Some(batch) = super::next_batch(&mut stream, ACK_BATCH).await {
         let mut last_delivery = None;
         for message in batch {
@@ -233,8 +270,14 @@ async fn desktop_reader<S>(
                 Read::Stop => return,
             };
             match frame {
-                Frame::Ok { .. } => room.add_permits(1),
+                Frame::Ok { ref_id } => {
+                    check(ref_id);
+                    room.add_permits(1);
+                }
                 Frame::Oks { runs } => {
+                    for r in &runs {
+                        (r.first..r.first.saturating_add(u64::from(r.count))).for_each(&mut check);
+                    }
                     let n: u64 = runs.iter().map(|r| u64::from(r.count)).sum();
                     room.add_permits(usize::try_from(n).unwrap_or(MAX_IN_FLIGHT));
                 }
@@ -367,6 +410,20 @@ fn unexpected(health: &Health, end: &str, frame: &Frame) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_for_sent_ids_and_each_once() {
+        let mut a = Answered::default();
+        assert!(a.answer(2, 3).is_ok());
+        assert!(a.answer(1, 3).is_ok());
+        assert!(a.answer(3, 3).is_ok());
+        assert_eq!((a.floor, a.above.len()), (3, 0), "a contiguous prefix keeps nothing");
+        assert!(a.answer(2, 5).is_err(), "twice");
+        assert!(a.answer(6, 5).is_err(), "never sent");
+        assert!(a.answer(0, 5).is_err(), "no send id 0");
+        assert!(a.answer(5, 5).is_ok());
+        assert!(a.answer(5, 5).is_err(), "twice, above the prefix");
+    }
 
     fn sizes() -> WireSizes {
         WireSizes::measure().unwrap()
