@@ -16,8 +16,15 @@ use crate::tls::TlsMode;
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// Where the store lives.
+    /// Where the store lives (the embedded store's file, and the
+    /// self-signed certificate).
     pub data_dir: PathBuf,
+    /// Which store holds the queues and routes: the embedded one (one node)
+    /// or Redis (several nodes sharing it).
+    pub store: StoreBackend,
+    /// This node's id among the cluster's nodes (Redis store only; letters,
+    /// digits, `.`, `_`, `-`). `None`: a fresh one at every start.
+    pub node_id: Option<String>,
     /// The host names (or IP addresses) devices reach this relay by. A
     /// connection whose `Host` is not one of them is refused (421): the
     /// relay-authentication challenge is bound to the name, and answering to
@@ -182,6 +189,51 @@ impl WebClient {
 /// See [`Config::on_metrics_ready`].
 pub type MetricsHook = std::sync::Arc<dyn Fn(SocketAddr) + Send + Sync>;
 
+/// Where the relay keeps its queues and routes.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreBackend {
+    /// The embedded store in the data directory: one node.
+    Embedded,
+    /// A Redis server shared by every node of a cluster.
+    Redis {
+        /// `redis://[user:password@]host:port/[db]`.
+        url: String,
+        /// What every key and channel name starts with (holds a `{…}` hash
+        /// tag, so all keys share one slot).
+        prefix: String,
+    },
+}
+
+impl StoreBackend {
+    /// The Redis backend at `url`, with the default key prefix.
+    #[must_use]
+    pub fn redis(url: impl Into<String>) -> Self {
+        StoreBackend::Redis { url: url.into(), prefix: DEFAULT_REDIS_PREFIX.into() }
+    }
+}
+
+impl std::fmt::Debug for StoreBackend {
+    /// Never shows a password in the URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreBackend::Embedded => f.write_str("Embedded"),
+            StoreBackend::Redis { url, prefix } => {
+                let shown = match (url.find("://"), url.rfind('@')) {
+                    (Some(s), Some(at)) if at > s => {
+                        format!("{}://…@{}", &url[..s], &url[at + 1..])
+                    }
+                    _ => url.clone(),
+                };
+                f.debug_struct("Redis").field("url", &shown).field("prefix", prefix).finish()
+            }
+        }
+    }
+}
+
+/// The key prefix of [`StoreBackend::redis`].
+pub const DEFAULT_REDIS_PREFIX: &str = "{tandem}:";
+
 /// See [`Config::on_ready`].
 pub type ReadyHook = std::sync::Arc<dyn Fn(std::net::SocketAddr, Option<String>) + Send + Sync>;
 
@@ -191,6 +243,8 @@ impl Config {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
+            store: StoreBackend::Embedded,
+            node_id: None,
             names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             tls: TlsMode::Off,
             tls_poll: Duration::from_secs(5),
@@ -246,6 +300,8 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("data_dir", &self.data_dir)
+            .field("store", &self.store)
+            .field("node_id", &self.node_id)
             .field("names", &self.names)
             .field("tls", &self.tls)
             .field("queue", &self.queue)
@@ -270,8 +326,20 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# tandem-relay configuration. Every set
 # Address and port to listen on.
 listen = "0.0.0.0:8443"
 
-# Where queued frames and routes are kept (a redb database).
+# Where queued frames and routes are kept (a redb database; with
+# store = "redis", only the self-signed certificate).
 data_dir = "/var/lib/tandem-relay"
+
+# The store: "embedded" (the redb database in data_dir: one node) or
+# "redis" (a Redis server shared by several relay nodes behind a load
+# balancer; docs/PROTOCOL.md says what Ok means there and deploy/README.md
+# which persistence settings to give Redis). Every node of a cluster needs
+# the same names and redis_url, and its own node_id (generated and logged
+# at every start when not set).
+store = "embedded"
+# redis_url = "redis://redis:6379/"
+# redis_prefix = "{tandem}:"
+# node_id = "relay-1"
 
 # The names devices reach this relay by (ports are not compared). Requests
 # for any other Host are refused: device authentication is bound to the name.

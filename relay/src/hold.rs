@@ -466,7 +466,7 @@ mod tests {
         let mut config = crate::Config::new(dir.to_owned());
         config.hold_max_bytes = hold_max_bytes;
         let store = crate::store::RedbStore::open(dir, config.queue, config.routes, 0).unwrap();
-        State::new(config, Arc::new(store), tokio_util::sync::CancellationToken::new())
+        State::new(config, Arc::new(store), None, tokio_util::sync::CancellationToken::new())
     }
 
     fn offer(hold: &Arc<Hold>, state: &State, sender: &Arc<Shared>, len: usize) -> bool {

@@ -13,7 +13,8 @@
 //! addresses, trusted proxies), `proxy` (the PROXY protocol header),
 //! `admission` (connection counts), `http` (one HTTP connection and its
 //! deadlines), `server` (HTTP routes, shutdown), `conn` (one device
-//! connection: auth, reader, writer), `hold` (frames for connected devices
+//! connection: auth, reader, writer), `cluster` (several nodes on one Redis: ownership, cross-node
+//! delivery, presence, route changes, mailboxes), `hold` (frames for connected devices
 //! held in memory until acked or written), `answers` (a connection's `Ok`
 //! and refusals decided elsewhere), `registry` (who is online), `routes`
 //! (route cache), `pairing` (mailboxes), `limits` (rate limits), `metrics`
@@ -21,6 +22,7 @@
 
 mod admission;
 mod answers;
+pub mod cluster;
 pub mod config;
 mod conn;
 pub mod failpoints;
@@ -42,7 +44,7 @@ pub mod store;
 pub mod tls;
 mod web;
 
-pub use config::{Config, DEFAULT_CONFIG_TOML, ProxyHeader, WebClient};
+pub use config::{Config, DEFAULT_CONFIG_TOML, ProxyHeader, StoreBackend, WebClient};
 pub use listener::{LISTEN_BACKLOG, bind};
 pub use server::{RelayError, run, run_with_store};
 

@@ -51,6 +51,18 @@ struct Opts {
     /// Names devices reach the relay by (comma-separated; ports not compared).
     #[arg(long, env = "TANDEM_RELAY_NAMES", value_delimiter = ',', global = true)]
     names: Option<Vec<String>>,
+    /// The store: embedded (one node) or redis (several nodes share it).
+    #[arg(long, env = "TANDEM_RELAY_STORE", global = true, value_name = "embedded|redis")]
+    store: Option<String>,
+    /// The Redis server of `--store redis` (redis://[user:password@]host:port/[db]).
+    #[arg(long, env = "TANDEM_RELAY_REDIS_URL", global = true, hide_env_values = true)]
+    redis_url: Option<String>,
+    /// What every Redis key and channel of this cluster starts with.
+    #[arg(long, env = "TANDEM_RELAY_REDIS_PREFIX", global = true)]
+    redis_prefix: Option<String>,
+    /// This node's id in the cluster (default: a fresh one, logged).
+    #[arg(long, env = "TANDEM_RELAY_NODE_ID", global = true)]
+    node_id: Option<String>,
     /// TLS mode: off, files, self-signed or acme.
     #[arg(long, env = "TANDEM_RELAY_TLS", global = true)]
     tls: Option<String>,
@@ -217,6 +229,10 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     names: Option<Vec<String>>,
+    store: Option<String>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    node_id: Option<String>,
     tls: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -292,6 +308,20 @@ fn settings(o: Opts) -> anyhow::Result<Settings> {
     let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from("tandem-relay-data"));
     let mut c = Config::new(data_dir.clone());
     let secs = Duration::from_secs;
+    c.store = match pick!(store).as_deref().unwrap_or("embedded") {
+        "embedded" => tandem_relay::StoreBackend::Embedded,
+        "redis" => {
+            let url = pick!(redis_url).context("--store redis needs --redis-url")?;
+            let prefix = pick!(redis_prefix)
+                .unwrap_or_else(|| tandem_relay::config::DEFAULT_REDIS_PREFIX.to_owned());
+            tandem_relay::StoreBackend::Redis { url, prefix }
+        }
+        other => anyhow::bail!("--store must be embedded or redis, not {other:?}"),
+    };
+    if let Some(id) = pick!(node_id) {
+        tandem_relay::cluster::check_node_id(&id)?;
+        c.node_id = Some(id);
+    }
     if let Some(v) = pick!(names) {
         c.names = v.into_iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
     }
@@ -592,6 +622,8 @@ mod tests {
         assert_eq!(f.delivery_window_frames, Some(defaults.delivery_window_frames));
         assert_eq!(f.delivery_window_bytes, Some(defaults.delivery_window_bytes));
         assert_eq!(f.hold_window_ms, Some(defaults.hold_window.as_millis() as u64));
+        assert_eq!(f.store.as_deref(), Some("embedded"));
+        assert_eq!(defaults.store, tandem_relay::StoreBackend::Embedded);
         assert_eq!(f.hold_max_bytes, Some(defaults.hold_max_bytes));
         assert_eq!(f.max_connections, Some(defaults.max_connections));
         assert_eq!(f.connects_per_ip_per_minute, Some(defaults.connects_per_ip_per_minute));

@@ -232,13 +232,20 @@ impl Mailboxes {
     }
 
     /// Close every mailbox `desktop` opened on connection `conn_id` (it went
-    /// away); returns how many.
-    pub(crate) fn close_all(&self, desktop: DeviceId, conn_id: u64) -> usize {
+    /// away); returns their ids.
+    pub(crate) fn close_all(&self, desktop: DeviceId, conn_id: u64) -> Vec<[u8; 16]> {
         let mut inner = lock(&self.inner);
         if !inner.per_desktop.contains_key(&desktop) {
-            return 0;
+            return Vec::new();
         }
-        inner.drop_where(|m| m.owner.desktop == desktop && m.owner.conn_id == conn_id)
+        let ids: Vec<[u8; 16]> = inner
+            .map
+            .iter()
+            .filter(|(_, m)| m.owner.desktop == desktop && m.owner.conn_id == conn_id)
+            .map(|(id, _)| *id)
+            .collect();
+        inner.drop_where(|m| m.owner.desktop == desktop && m.owner.conn_id == conn_id);
+        ids
     }
 
     /// Whether `desktop` has a mailbox open on connection `conn_id`.
@@ -307,8 +314,8 @@ mod tests {
         assert!(m.has_open(D, 1));
         assert!(!m.has_open(D, 2), "another connection of the same desktop");
         // Its connection went away: its mailboxes went with it.
-        assert_eq!(m.close_all(D, 2), 0);
-        assert_eq!(m.close_all(D, 1), 8);
+        assert_eq!(m.close_all(D, 2).len(), 0);
+        assert_eq!(m.close_all(D, 1).len(), 8);
         assert!(!m.has_open(D, 1));
         assert_eq!(m.claim([10; 16], P), Err(ErrorCode::PairingNotFound));
         // One address, many keys: nine at most.

@@ -70,6 +70,12 @@ pub(crate) struct Shared {
     /// Its places among the relay's connections, until it is gone or a
     /// connection that replaces it takes them over.
     places: Mutex<Option<Places>>,
+    /// Its fence token among the cluster's connections of the device (0:
+    /// not claimed yet, or a single node).
+    fence: AtomicU64,
+    /// The highest fence another node claimed the device with since this
+    /// connection opened (0: none).
+    replaced_by: AtomicU64,
 }
 
 impl Shared {
@@ -81,6 +87,8 @@ impl Shared {
             closing: Notify::new(),
             reason: Mutex::new(None),
             places: Mutex::new(places),
+            fence: AtomicU64::new(0),
+            replaced_by: AtomicU64::new(0),
         }
     }
 }
@@ -101,6 +109,25 @@ impl ConnHandle {
     /// what wakes its writer).
     pub(crate) fn answers(&self) -> &Answers {
         &self.shared.answers
+    }
+
+    /// The device connected to another node of the cluster with `fence`:
+    /// close this connection if its own fence is lower (once it has one).
+    pub(crate) fn replaced_at(&self, fence: u64) {
+        self.shared.replaced_by.fetch_max(fence, Ordering::AcqRel);
+        let mine = self.shared.fence.load(Ordering::Acquire);
+        if mine != 0 && mine < fence {
+            self.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
+        }
+    }
+
+    /// The connection claimed its device with `fence`; a claim with a
+    /// higher one that another node made meanwhile replaces it at once.
+    pub(crate) fn set_fence(&self, fence: u64) {
+        self.shared.fence.store(fence, Ordering::Release);
+        if self.shared.replaced_by.load(Ordering::Acquire) > fence {
+            self.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
+        }
     }
 
     /// Take its places (for the connection that replaces it); `None` if
@@ -248,6 +275,11 @@ impl Registry {
 
     pub(crate) fn get(&self, device: &DeviceId) -> Option<ConnHandle> {
         lock(&self.map).get(device).cloned()
+    }
+
+    /// Every connected device with its connection.
+    pub(crate) fn devices(&self) -> Vec<(DeviceId, ConnHandle)> {
+        lock(&self.map).iter().map(|(d, h)| (*d, h.clone())).collect()
     }
 
     pub(crate) fn all(&self) -> Vec<ConnHandle> {

@@ -75,6 +75,13 @@ impl Routes {
         lock(&self.cache).remove(&a);
     }
 
+    /// Forget everything cached (after this node may have missed route
+    /// changes made on other nodes).
+    pub(crate) fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        lock(&self.cache).clear();
+    }
+
     /// Forget what is cached about `a` and `b`.
     pub(crate) fn invalidate(&self, a: DeviceId, b: DeviceId) {
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::conn;
 use crate::listener::ConnInfo;
 use crate::net::{IpKey, forwarded_for};
@@ -36,6 +36,9 @@ pub enum RelayError {
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The cluster (Redis) could not be joined.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A socket error.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -53,11 +56,21 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     crate::fsmode::secure_dir(&config.data_dir)?;
-    // A store that cannot be opened now (a full disk) does not stop the
-    // relay: it serves, not ready, and the store keeps trying to open.
-    let store =
-        RedbStore::open_or_retry(&config.data_dir, config.queue, config.routes, unix_now())?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store: Arc<dyn Store> = match &config.store {
+        // A store that cannot be opened now (a full disk) does not stop the
+        // relay: it serves, not ready, and the store keeps trying to open.
+        StoreBackend::Embedded => Arc::new(RedbStore::open_or_retry(
+            &config.data_dir,
+            config.queue,
+            config.routes,
+            unix_now(),
+        )?),
+        StoreBackend::Redis { .. } => {
+            return Err(RelayError::Store(StoreError::Unavailable(
+                "the Redis store is not part of this build yet".into(),
+            )));
+        }
+    };
     run_with_store(listener, config, store, shutdown).await
 }
 
@@ -72,7 +85,20 @@ pub async fn run_with_store(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let tls = Tls::start(&config.tls, config.tls_poll, shutdown.child_token()).await?;
-    let state = Arc::new(State::new(config, store, shutdown.clone()));
+    let cluster = match &config.store {
+        StoreBackend::Redis { url, prefix } => {
+            let node = config.node_id.clone().unwrap_or_else(crate::cluster::generate_node_id);
+            let c = crate::cluster::Cluster::connect(url, &node, prefix).await?;
+            info!(node = %node, "cluster node");
+            Some(Arc::new(c))
+        }
+        StoreBackend::Embedded => None,
+    };
+    let state = Arc::new(State::new(config, store, cluster.clone(), shutdown.clone()));
+    if let Some(c) = &cluster {
+        tokio::spawn(crate::cluster::run(state.clone(), c.clone()));
+        tokio::spawn(crate::cluster::run_heartbeat(state.clone(), c.clone()));
+    }
     let accept_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let addr = listener.local_addr()?;
@@ -120,6 +146,9 @@ pub async fn run_with_store(
     tasks.close();
     let _ = tokio::time::timeout(state.config.drain_timeout, tasks.wait()).await;
     maintenance.abort();
+    if let Some(c) = &state.cluster {
+        c.leave().await;
+    }
     Ok(())
 }
 
@@ -151,7 +180,13 @@ async fn maintain(state: Arc<State>) {
         tokio::time::interval(state.config.sweep_interval.max(Duration::from_millis(10)));
     loop {
         tick.tick().await;
-        match state.store.expire(unix_now()).await {
+        // In a cluster one node sweeps the shared store at a time.
+        let sweeps = match &state.cluster {
+            Some(c) => c.lead("sweep", state.config.sweep_interval * 3).await,
+            None => true,
+        };
+        let expired = if sweeps { Some(state.store.expire(unix_now()).await) } else { None };
+        match expired.unwrap_or(Ok(crate::store::Expired::default())) {
             Ok(x) => {
                 if x.frames > 0 {
                     state.metrics.dropped("ttl", x.frames);
@@ -198,6 +233,10 @@ async fn ready(AxState(state): AxState<Arc<State>>) -> Response {
     state.metrics.store_up(health.is_ok());
     if let Err(why) = health {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {why}\n"))
+            .into_response();
+    }
+    if let Some(Err(why)) = state.cluster.as_ref().map(|c| c.health()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("cluster unavailable: {why}\n"))
             .into_response();
     }
     // A cheap store round trip (one lookup), not a scan: /readyz is public.

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
+use tandem_proto::DeviceId;
+use tandem_proto::frame::Frame;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -37,10 +39,17 @@ pub(crate) struct State {
     pub(crate) held_bytes: AtomicU64,
     /// The holds the flusher looks at ([`crate::hold::run_flusher`]).
     pub(crate) holds: crate::hold::Holds,
+    /// The other nodes, when several share a Redis store (`None`: one node).
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl State {
-    pub(crate) fn new(config: Config, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let admission = Admission::new(&config);
         let mut metrics = Metrics::new();
         metrics.register_unauthenticated(admission.gauge.clone());
@@ -56,8 +65,24 @@ impl State {
             draining: AtomicBool::new(false),
             held_bytes: AtomicU64::new(0),
             holds: crate::hold::Holds::default(),
+            cluster,
             store,
             config,
+        }
+    }
+}
+
+impl State {
+    /// Hand `frame` to `to`'s connection, on this node or (in a cluster) on
+    /// the node that owns it; false if it is connected nowhere.
+    pub(crate) async fn offer_to(&self, to: DeviceId, frame: Frame) -> bool {
+        if let Some(h) = self.registry.get(&to) {
+            h.offer(crate::registry::Outbound::Frame(frame));
+            return true;
+        }
+        match &self.cluster {
+            Some(c) => c.route(&[(to, Some(frame))]).await.is_ok_and(|v| v.first() == Some(&true)),
+            None => false,
         }
     }
 }

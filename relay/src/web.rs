@@ -469,7 +469,7 @@ mod tests {
         config.names.push("relay.example.com".into());
         config.tls = tls;
         let store = crate::store::RedbStore::open(dir, config.queue, config.routes, 0).unwrap();
-        State::new(config, Arc::new(store), tokio_util::sync::CancellationToken::new())
+        State::new(config, Arc::new(store), None, tokio_util::sync::CancellationToken::new())
     }
 
     #[test]

@@ -227,6 +227,24 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
     if let Some(old) = old {
         old.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
     }
+    if let Some(cluster) = &state.cluster {
+        // The device's connection is this node's now; the node that had it
+        // is told to close its one.
+        match cluster.claim(device).await {
+            Ok(fence) => handle.set_fence(fence),
+            Err(e) => {
+                warn!(device = %device, error = %e, "cannot claim the device in the cluster");
+                if let (_, Some(write)) = state.registry.remove(&device, conn_id, &state) {
+                    // What the connection it replaced held.
+                    write.finish(state.clone()).await;
+                }
+                state.metrics.refused(ErrorCode::StoreUnavailable);
+                let msg = "the relay cannot reach its store right now; retry later";
+                refuse(&mut sink, ErrorCode::StoreUnavailable, msg, &state).await;
+                return None;
+            }
+        }
+    }
     if state.shutdown.is_cancelled() {
         // Authenticated while the relay was draining: tell it to come back later.
         handle.close(ErrorCode::ShuttingDown, "the relay is restarting; reconnect after the hint");
@@ -298,12 +316,26 @@ impl Conn {
         let Reader { state, device, role, .. } = &self.reader;
         // The pairing mailboxes it opened go with it.
         let closed = state.mailboxes.close_all(*device, self.conn_id);
-        for _ in 0..closed {
+        for id in closed {
             state.metrics.pairing("closed");
+            if let Some(c) = &state.cluster {
+                c.pair_close(id, *device).await;
+            }
         }
         let (gone, write) = state.registry.remove(device, self.conn_id, state);
         if gone {
-            announce(state, *device, false).await;
+            // In a cluster the device is offline only if this node still
+            // owned it (it may be connected to another node already).
+            let offline = match &state.cluster {
+                Some(c) => c.release(*device).await.unwrap_or_else(|e| {
+                    warn!(device = %device, error = %e, "cannot release the device; the cluster reaps it if this node dies");
+                    false
+                }),
+                None => true,
+            };
+            if offline {
+                announce(state, *device, false).await;
+            }
             state.routes.forget(*device);
         }
         if let Some(write) = write {
@@ -459,16 +491,39 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Tell `device`'s online mutual peers that it came or went, and (when it
-/// came) tell it which of them are online.
-async fn announce(state: &State, device: DeviceId, online: bool) {
+/// came) tell it which of them are online; in a cluster, peers on other
+/// nodes too.
+pub(crate) async fn announce(state: &State, device: DeviceId, online: bool) {
     let Ok(peers) = state.routes.peers(device).await else { return };
     let me = state.registry.get(&device);
+    let mut remote = Vec::new();
     for peer in peers.iter() {
         if let Some(h) = state.registry.get(peer) {
             h.offer(Outbound::Frame(Frame::Presence { peer: device, online }));
             if online && let Some(me) = &me {
                 me.offer(Outbound::Frame(Frame::Presence { peer: *peer, online: true }));
             }
+        } else if state.cluster.is_some() {
+            remote.push((*peer, Some(Frame::Presence { peer: device, online })));
+        }
+    }
+    if let Some(c) = &state.cluster
+        && !remote.is_empty()
+    {
+        match c.route(&remote).await {
+            Ok(on) => {
+                if online && let Some(me) = &me {
+                    for ((peer, _), on) in remote.iter().zip(on) {
+                        if on {
+                            me.offer(Outbound::Frame(Frame::Presence {
+                                peer: *peer,
+                                online: true,
+                            }));
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(device = %device, error = %e, "cannot tell peers on other nodes"),
         }
     }
 }

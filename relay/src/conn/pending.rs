@@ -73,12 +73,26 @@ async fn push(state: &State, from: DeviceId, to: DeviceId, id: u64, payload: &mu
     {
         tokio::time::sleep(wait).await;
     }
-    if payload.is_some()
-        && state.routes.is_route(from, to).await.unwrap_or(false)
-        && let Some(h) = state.registry.get(&to)
+    if payload.is_none() || !state.routes.is_route(from, to).await.unwrap_or(false) {
+        return;
+    }
+    if let Some(h) = state.registry.get(&to) {
+        if let Some(payload) = payload.take() {
+            h.offer(Outbound::Deliver { id, from, payload });
+        }
+    } else if let Some(c) = &state.cluster
         && let Some(payload) = payload.take()
     {
-        h.offer(Outbound::Deliver { id, from, payload });
+        // On another node, if anywhere: one publish to it. If it is lost,
+        // the frame waits in the store for the next read of its queue.
+        match tandem_proto::frame::encode_deliver(id, &from, &payload) {
+            Ok(bytes) => {
+                if let Err(e) = c.route_bytes(to, &bytes).await {
+                    tracing::debug!(error = %e, "a live delivery to another node failed; it waits in the store");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode a delivery"),
+        }
     }
 }
 

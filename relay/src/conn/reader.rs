@@ -352,11 +352,15 @@ impl Reader {
                 match state.store.authorize(me, peer, self.ip.addr_key(), unix_now()).await {
                     Ok(()) => {
                         state.routes.invalidate(me, peer);
+                        if let Some(c) = &state.cluster {
+                            c.routes_changed(me, peer).await;
+                        }
                         self.reply(Frame::Ok { ref_id: request_id }).await;
                         if state.routes.is_route(me, peer).await.unwrap_or(false)
-                            && let Some(h) = state.registry.get(&peer)
+                            && state
+                                .offer_to(peer, Frame::Presence { peer: me, online: true })
+                                .await
                         {
-                            h.offer(Outbound::Frame(Frame::Presence { peer: me, online: true }));
                             self.reply(Frame::Presence { peer, online: true }).await;
                         }
                     }
@@ -390,6 +394,11 @@ impl Reader {
                 match state.store.revoke(me, peer, unix_now()).await {
                     Ok(dropped) => {
                         state.routes.invalidate(me, peer);
+                        if let Some(c) = &state.cluster {
+                            // Every node drops its cached route and what it
+                            // holds between the two.
+                            c.routes_changed(me, peer).await;
+                        }
                         // Held frames between the two go too (a frame
                         // offered from now on sees the generation moved).
                         if let Some(h) = state.registry.get(&peer) {
@@ -397,8 +406,8 @@ impl Reader {
                         }
                         self.handle.hold.purge(state, peer);
                         state.metrics.dropped("revoked", dropped);
-                        if had_route && let Some(h) = state.registry.get(&peer) {
-                            h.offer(Outbound::Frame(Frame::Presence { peer: me, online: false }));
+                        if had_route {
+                            state.offer_to(peer, Frame::Presence { peer: me, online: false }).await;
                         }
                         info!(device = %me, peer = %peer, dropped, "route revoked");
                         self.reply(Frame::Ok { ref_id: request_id }).await;
@@ -426,6 +435,16 @@ impl Reader {
                 let owner = Owner { desktop: me, conn_id: self.handle.conn_id, ip: self.ip };
                 match state.mailboxes.open(pairing_id, owner, ttl) {
                     Ok(()) => {
+                        // In a cluster the id must be free on every node.
+                        if let Some(code) = self.register_mailbox(pairing_id, ttl).await {
+                            let _ = state.mailboxes.close(pairing_id, me);
+                            let msg = match code {
+                                ErrorCode::PairingClaimed => "pairing id in use",
+                                _ => "the relay cannot reach its store right now; retry later",
+                            };
+                            self.refuse(code, request_id, msg).await;
+                            return Ok(None);
+                        }
                         state.metrics.pairing("opened");
                         self.reply(Frame::Ok { ref_id: request_id }).await;
                     }
@@ -461,6 +480,10 @@ impl Reader {
                     .await;
                     return Ok(None);
                 }
+                if state.cluster.is_some() {
+                    self.claim_in_cluster(request_id, pairing_id, payload).await;
+                    return Ok(None);
+                }
                 match state.mailboxes.claim(pairing_id, me) {
                     Ok(desktop) => match state.registry.get(&desktop) {
                         Some(h) => {
@@ -488,14 +511,10 @@ impl Reader {
             }
             Frame::PairMessage { pairing_id, peer, payload } => {
                 crate::failpoints::crash_point("relay.pair_message");
+                let frame = Frame::PairMessage { pairing_id, peer: me, payload };
                 match state.mailboxes.route(pairing_id, me, peer) {
-                    Ok(to) => match state.registry.get(&to) {
-                        Some(h) => h.offer(Outbound::Frame(Frame::PairMessage {
-                            pairing_id,
-                            peer: me,
-                            payload,
-                        })),
-                        None => {
+                    Ok(to) => {
+                        if !state.offer_to(to, frame).await {
                             self.refuse(
                                 ErrorCode::PairingNotFound,
                                 0,
@@ -503,13 +522,27 @@ impl Reader {
                             )
                             .await
                         }
-                    },
+                    }
+                    // The mailbox may be on another node (its desktop's).
+                    Err(ErrorCode::PairingNotFound) if let Some(c) = &state.cluster => {
+                        match c.pair_route(pairing_id, me, peer, &frame).await {
+                            Ok(None) => {}
+                            Ok(Some(code)) => self.refuse(code, 0, "pairing message refused").await,
+                            Err(_) => {
+                                let m = "the relay cannot reach its store right now; retry later";
+                                self.refuse(ErrorCode::StoreUnavailable, 0, m).await
+                            }
+                        }
+                    }
                     Err(code) => self.refuse(code, 0, "pairing message refused").await,
                 }
             }
             Frame::PairClose { request_id, pairing_id } => {
                 match state.mailboxes.close(pairing_id, me) {
                     Ok(()) => {
+                        if let Some(c) = &state.cluster {
+                            c.pair_close(pairing_id, me).await;
+                        }
                         state.metrics.pairing("closed");
                         self.reply(Frame::Ok { ref_id: request_id }).await;
                     }
@@ -527,6 +560,48 @@ impl Reader {
             }
         }
         Ok(None)
+    }
+
+    /// Register a mailbox opened here with the cluster (no-op on one node);
+    /// the code to refuse the `PairOpen` with, if it was not registered.
+    async fn register_mailbox(&self, pairing_id: [u8; 16], ttl: Duration) -> Option<ErrorCode> {
+        let c = self.state.cluster.as_ref()?;
+        match c.pair_open(pairing_id, self.device, ttl).await {
+            Ok(true) => None,
+            Ok(false) => Some(ErrorCode::PairingClaimed),
+            Err(e) => {
+                warn!(error = %e, "cannot register a mailbox in the cluster");
+                Some(ErrorCode::StoreUnavailable)
+            }
+        }
+    }
+
+    /// A `PairClaim` in a cluster: Redis decides which claim wins, wherever
+    /// the desktop's mailbox is; its node hands the claim to the desktop.
+    async fn claim_in_cluster(&self, request_id: u64, pairing_id: [u8; 16], payload: Vec<u8>) {
+        let state = &self.state;
+        let Some(c) = &state.cluster else { return };
+        let me = self.device;
+        match c.pair_claim(pairing_id, me, &payload).await {
+            Ok(crate::cluster::Claim::Won { desktop, here }) => {
+                if here {
+                    let _ = state.mailboxes.claim(pairing_id, me);
+                    state
+                        .offer_to(desktop, Frame::PairMessage { pairing_id, peer: me, payload })
+                        .await;
+                    state.metrics.pairing("claimed");
+                }
+                self.reply(Frame::Ok { ref_id: request_id }).await;
+            }
+            Ok(crate::cluster::Claim::Refused(code)) => {
+                self.refuse(code, request_id, "pairing refused").await
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot claim a mailbox in the cluster");
+                let m = "the relay cannot reach its store right now; retry later";
+                self.refuse(ErrorCode::StoreUnavailable, request_id, m).await
+            }
+        }
     }
 
     /// Act on a finished store operation; `answer` is false once the

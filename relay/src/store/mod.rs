@@ -41,7 +41,7 @@ use bytes::Bytes;
 use tandem_proto::DeviceId;
 use thiserror::Error;
 
-pub use self::redb::{RedbStore, WRITER_QUEUE};
+pub use self::redb::{Export, ExportedAuthorization, ExportedFrame, RedbStore, WRITER_QUEUE};
 
 /// A boxed future returned by [`Store`] methods. It owns what it needs
 /// (`'static`), so a connection can keep several in flight while it goes on

@@ -38,9 +38,12 @@ use super::{
 };
 
 mod accounts;
+mod export;
 pub(super) mod layout;
 mod routes;
 mod tables;
+
+pub use self::export::{Export, ExportedAuthorization, ExportedFrame};
 mod writer;
 #[cfg(test)]
 pub(super) use self::layout::old as old_layout;
@@ -262,6 +265,18 @@ impl RedbStore {
     ) -> Result<Self, StoreError> {
         let opened = open_db(dir, now_unix)?;
         Self::start(dir, (limits, routes), Ok(opened))
+    }
+
+    /// Read everything the store in `dir` holds (queued frames with their
+    /// ids, authorisations, the id counter) for a migration to another
+    /// backend. The relay using it must be stopped (the database is opened
+    /// exclusively); an older layout is upgraded first, as an open does.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the database cannot be opened or read
+    /// (for example while a relay has it open).
+    pub fn export(dir: &Path, now_unix: u64) -> Result<Export, StoreError> {
+        export::export(dir, now_unix)
     }
 
     /// [`RedbStore::open`], except that a store that cannot be opened now

@@ -21,6 +21,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod cluster;
+
 /// A relay process.
 pub struct Relay {
     child: Child,
@@ -453,12 +455,22 @@ impl Device {
 
     /// Wait for a frame matching `pred`, keeping others in the backlog.
     pub async fn expect<F: Fn(&Frame) -> bool>(&mut self, what: &str, pred: F) -> Frame {
+        self.expect_within(what, Duration::from_secs(5), pred).await
+    }
+
+    /// [`Self::expect`] with `d` to wait for each frame.
+    pub async fn expect_within<F: Fn(&Frame) -> bool>(
+        &mut self,
+        what: &str,
+        d: Duration,
+        pred: F,
+    ) -> Frame {
         if let Some(i) = self.backlog.iter().position(&pred) {
             return self.backlog.remove(i);
         }
         let mut seen = Vec::new();
         loop {
-            let f = match self.recv_within(Duration::from_secs(5)).await {
+            let f = match self.recv_within(d).await {
                 Ok(f) => f,
                 Err(e) => panic!("waiting for {what}: connection ended {e:?} after {seen:?}"),
             };
@@ -634,9 +646,21 @@ pub async fn pair_for_real_from(
     desk_from: std::net::IpAddr,
     phone_from: std::net::IpAddr,
 ) -> RealPair {
+    pair_for_real_between(relay, relay, desk_from, phone_from).await
+}
+
+/// [`pair_for_real_from`] with the desktop connected to `desk_relay` and the
+/// phone to `phone_relay` (two nodes of one cluster).
+pub async fn pair_for_real_between(
+    desk_relay: &Relay,
+    phone_relay: &Relay,
+    desk_from: std::net::IpAddr,
+    phone_from: std::net::IpAddr,
+) -> RealPair {
     let mut e = Entropy::os();
-    let (mut desk, _) = Device::connect_from(relay, new_key(), Role::Desktop, desk_from).await;
-    let (mut phone, _) = Device::connect_from(relay, new_key(), Role::Phone, phone_from).await;
+    let (mut desk, _) = Device::connect_from(desk_relay, new_key(), Role::Desktop, desk_from).await;
+    let (mut phone, _) =
+        Device::connect_from(phone_relay, new_key(), Role::Phone, phone_from).await;
     let (desk_id, phone_id) = (desk.id(), phone.id());
     let now = unix_now();
     let offer = DesktopPairing::new(desk.key.clone(), now, 120, None, &mut e).expect("offer");

@@ -27,7 +27,7 @@ pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// An open database and what the writer keeps beside it.
 pub(super) struct Opened {
-    db: Database,
+    pub(super) db: Database,
     /// The first delivery id to hand out.
     pub(super) next: u64,
     accounts: (Depths, Usage, Pending),

@@ -1,0 +1,466 @@
+//! Several relay nodes sharing one Redis: who owns each device's connection,
+//! how a frame for a device on another node reaches it, presence across
+//! nodes, route changes every node must see, and pairing mailboxes whose two
+//! ends sit on different nodes.
+//!
+//! The design (docs/ARCHITECTURE.md, "Several nodes"):
+//! * **Ownership.** A device's connection is owned by one node at a time:
+//!   `own:<device>` names the node and a fence token taken from a counter.
+//!   A connection claims it once authenticated; the node that held it is told
+//!   (on its channel) and closes its connection if that one's fence is lower
+//!   (`replaced`). A connection gives the ownership up when it ends, if its
+//!   node still holds it.
+//! * **One hop.** Every node subscribes to one channel of its own. A frame
+//!   for a device on another node (a live `Deliver` after the frame was
+//!   queued in Redis, a `Presence`, a `PairMessage`) is published on the
+//!   owner's channel by one script that looks the owner up and publishes in
+//!   the same step. Pub/sub may lose messages (a node's subscription drops):
+//!   nothing depends on them for delivery, since every frame is queued in
+//!   Redis first and a node that resubscribes makes each of its connections
+//!   read its queue again and sends fresh presence.
+//! * **Liveness.** Each node renews `alive:<node>` (a few seconds' TTL)
+//!   every second; a node that finds another's expired reaps it: the devices
+//!   it still owned lose their owner and their peers are told they went
+//!   offline. A node that finds its own key had expired (it was frozen, or cut
+//!   off from Redis) closes every connection it has: its devices reconnect
+//!   and claim again.
+//! * **Routes.** A route change is published to every node, which drops its
+//!   cached routes for the two devices and the frames it holds between them.
+//!   The store checks the route inside the enqueue, so a revoked route is
+//!   never crossed even by a node that has not heard yet.
+//! * **Pairing.** A mailbox stays with the node of the desktop that opened
+//!   it (its limits, its expiry); `pair:<id>` tells every node where it is
+//!   and who claimed it, so the phone may be on any node.
+
+mod inbound;
+mod message;
+mod scripts;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tandem_proto::DeviceId;
+use tandem_proto::frame::Frame;
+use thiserror::Error;
+use tracing::warn;
+
+pub(crate) use self::inbound::{run, run_heartbeat};
+pub(crate) use self::message::Message;
+use self::scripts::Scripts;
+
+/// How long a node counts as alive after its last heartbeat.
+pub const ALIVE_TTL: Duration = Duration::from_secs(3);
+
+/// How often a node renews its liveness and looks for dead nodes.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long one Redis command may take before it counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a cluster operation failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ClusterError {
+    /// The node id is not usable (empty, too long, or with characters other
+    /// than letters, digits, `.`, `_` and `-`).
+    #[error("bad node id {0:?}: 1 to 64 letters, digits, '.', '_' or '-'")]
+    NodeId(String),
+    /// The Redis URL does not parse.
+    #[error("bad Redis URL: {0}")]
+    Url(String),
+    /// Redis failed or did not answer in time.
+    #[error("redis: {0}")]
+    Redis(String),
+}
+
+impl From<redis::RedisError> for ClusterError {
+    fn from(e: redis::RedisError) -> Self {
+        ClusterError::Redis(e.to_string())
+    }
+}
+
+/// A node's link to the others.
+pub(crate) struct Cluster {
+    node: String,
+    prefix: String,
+    client: redis::Client,
+    conn: ConnectionManager,
+    scripts: Scripts,
+    /// The node's channel subscription is up (its messages arrive).
+    subscribed: AtomicBool,
+    /// The last heartbeat reached Redis.
+    beating: AtomicBool,
+    /// Messages from other nodes that could not be read.
+    pub(crate) garbage: AtomicU64,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// A fresh node id: 12 hex digits.
+#[must_use]
+pub fn generate_node_id() -> String {
+    let n: u64 = rand::random();
+    format!("{:012x}", n & 0xffff_ffff_ffff)
+}
+
+/// Check a node id (it is part of Redis keys and channel names).
+///
+/// # Errors
+/// [`ClusterError::NodeId`] when it is empty, longer than 64 bytes or holds
+/// other characters than ASCII letters, digits, `.`, `_` and `-`.
+pub fn check_node_id(id: &str) -> Result<(), ClusterError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok { Ok(()) } else { Err(ClusterError::NodeId(id.to_owned())) }
+}
+
+fn hex(d: &DeviceId) -> String {
+    d.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex(s: &str) -> Option<DeviceId> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(DeviceId(out))
+}
+
+/// What a pairing claim through Redis found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Claimed: the desktop that opened it, and whether it is on this node.
+    Won { desktop: DeviceId, here: bool },
+    /// Refused with this code.
+    Refused(tandem_proto::ErrorCode),
+}
+
+impl Cluster {
+    /// Connect to Redis at `url` as node `node`, with every key and channel
+    /// under `prefix`.
+    ///
+    /// # Errors
+    /// A bad node id or URL; Redis unreachable.
+    pub(crate) async fn connect(url: &str, node: &str, prefix: &str) -> Result<Self, ClusterError> {
+        check_node_id(node)?;
+        let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(2);
+        let conn = client.get_connection_manager_with_config(config).await?;
+        Ok(Self {
+            node: node.to_owned(),
+            prefix: prefix.to_owned(),
+            client,
+            conn,
+            scripts: Scripts::new(),
+            subscribed: AtomicBool::new(false),
+            beating: AtomicBool::new(false),
+            garbage: AtomicU64::new(0),
+        })
+    }
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn key(&self, what: &str, d: &DeviceId) -> String {
+        format!("{}{what}:{}", self.prefix, hex(d))
+    }
+
+    fn pair_key(&self, id: &[u8; 16]) -> String {
+        format!("{}pair:{}", self.prefix, hex(&DeviceId(*id)))
+    }
+
+    /// This node's channel.
+    fn channel(&self) -> String {
+        format!("{}node:{}", self.prefix, self.node)
+    }
+
+    /// The channel every node hears.
+    fn all_channel(&self) -> String {
+        format!("{}all", self.prefix)
+    }
+
+    /// Whether the node takes part in the cluster now (`/readyz`).
+    ///
+    /// # Errors
+    /// Why not: its channel is not subscribed, or its heartbeat fails.
+    pub(crate) fn health(&self) -> Result<(), String> {
+        if !self.subscribed.load(Ordering::Acquire) {
+            return Err("the node's cluster channel is not subscribed".into());
+        }
+        if !self.beating.load(Ordering::Acquire) {
+            return Err("the node's heartbeat does not reach Redis".into());
+        }
+        Ok(())
+    }
+
+    /// Take ownership of `device`'s connection; returns its fence token.
+    pub(crate) async fn claim(&self, device: DeviceId) -> Result<u64, ClusterError> {
+        let mut c = self.conn.clone();
+        let fence: u64 = self
+            .scripts
+            .claim
+            .key(self.key("own", &device))
+            .key(self.key("fence", &device))
+            .arg(&self.node)
+            .arg(&self.prefix)
+            .arg(hex(&device))
+            .arg(Message::replaced_prefix(device))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(fence)
+    }
+
+    /// Give up `device`'s ownership if this node holds it; true if it did
+    /// (the device is offline now, unless it is connected elsewhere).
+    pub(crate) async fn release(&self, device: DeviceId) -> Result<bool, ClusterError> {
+        let mut c = self.conn.clone();
+        let n: i64 = self
+            .scripts
+            .release
+            .key(self.key("own", &device))
+            .arg(&self.node)
+            .arg(&self.prefix)
+            .arg(hex(&device))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Hand each frame to its device's node (not this one's devices: the
+    /// caller offers those itself); `None` for a frame only looks. Returns,
+    /// per device, whether it is online on a live node.
+    pub(crate) async fn route(
+        &self,
+        frames: &[(DeviceId, Option<Frame>)],
+    ) -> Result<Vec<bool>, ClusterError> {
+        if frames.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.scripts.route.prepare_invoke();
+        inv.arg(&self.prefix);
+        for (to, frame) in frames {
+            inv.key(self.key("own", to));
+            let msg = match frame {
+                Some(f) => {
+                    let bytes = f.encode().map_err(|e| ClusterError::Redis(e.to_string()))?;
+                    Message::frame(*to, &bytes)
+                }
+                None => Vec::new(),
+            };
+            inv.arg(msg);
+        }
+        let mut c = self.conn.clone();
+        let out: Vec<i64> = inv.invoke_async(&mut c).await?;
+        Ok(out.into_iter().map(|n| n == 1).collect())
+    }
+
+    /// [`Self::route`] for one frame, with its bytes encoded already.
+    pub(crate) async fn route_bytes(
+        &self,
+        to: DeviceId,
+        frame: &[u8],
+    ) -> Result<bool, ClusterError> {
+        let mut c = self.conn.clone();
+        let out: Vec<i64> = self
+            .scripts
+            .route
+            .key(self.key("own", &to))
+            .arg(&self.prefix)
+            .arg(Message::frame(to, frame))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(out.first() == Some(&1))
+    }
+
+    /// Tell every node that the route between `a` and `b` changed.
+    pub(crate) async fn routes_changed(&self, a: DeviceId, b: DeviceId) {
+        let mut c = self.conn.clone();
+        let sent: Result<i64, _> = redis::cmd("PUBLISH")
+            .arg(self.all_channel())
+            .arg(Message::routes(a, b))
+            .query_async(&mut c)
+            .await;
+        if let Err(e) = sent {
+            // The other nodes' caches may be stale until they resubscribe:
+            // the store still checks every enqueue against the route.
+            warn!(error = %e, "could not tell the other nodes about a route change");
+        }
+    }
+
+    /// Renew this node's liveness; false if it had expired.
+    async fn heartbeat(&self) -> Result<bool, ClusterError> {
+        let mut c = self.conn.clone();
+        let ttl = u64::try_from(ALIVE_TTL.as_millis()).unwrap_or(u64::MAX);
+        let was: i64 = self
+            .scripts
+            .heartbeat
+            .key(format!("{}alive:{}", self.prefix, self.node))
+            .key(format!("{}nodes", self.prefix))
+            .arg(&self.node)
+            .arg(ttl)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(was == 1)
+    }
+
+    /// Reap dead nodes; returns the devices they owned.
+    async fn reap(&self) -> Result<Vec<DeviceId>, ClusterError> {
+        let mut c = self.conn.clone();
+        let gone: Vec<String> = self
+            .scripts
+            .reap
+            .key(format!("{}nodes", self.prefix))
+            .arg(&self.prefix)
+            .arg(&self.node)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(gone.iter().filter_map(|s| parse_hex(s)).collect())
+    }
+
+    /// Leave the cluster (clean shutdown, after the connections closed).
+    pub(crate) async fn leave(&self) {
+        let mut c = self.conn.clone();
+        let left: Result<i64, _> = self
+            .scripts
+            .leave
+            .key(format!("{}alive:{}", self.prefix, self.node))
+            .key(format!("{}nodes", self.prefix))
+            .key(format!("{}devs:{}", self.prefix, self.node))
+            .arg(&self.node)
+            .invoke_async(&mut c)
+            .await;
+        if let Err(e) = left {
+            warn!(error = %e, "could not leave the cluster; the others reap this node");
+        }
+    }
+
+    /// Whether this node runs `task` now (one node at a time runs the
+    /// expiry sweep); it keeps the lead for `ttl` unless it renews it.
+    pub(crate) async fn lead(&self, task: &str, ttl: Duration) -> bool {
+        let mut c = self.conn.clone();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let led: Result<i64, _> = self
+            .scripts
+            .lead
+            .key(format!("{}lead:{task}", self.prefix))
+            .arg(&self.node)
+            .arg(ms)
+            .invoke_async(&mut c)
+            .await;
+        led.is_ok_and(|n| n == 1)
+    }
+
+    /// Register a mailbox `desktop` opened here; false if the id is taken
+    /// on some node.
+    pub(crate) async fn pair_open(
+        &self,
+        id: [u8; 16],
+        desktop: DeviceId,
+        ttl: Duration,
+    ) -> Result<bool, ClusterError> {
+        let mut c = self.conn.clone();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let n: i64 = self
+            .scripts
+            .pair_open
+            .key(self.pair_key(&id))
+            .arg(&self.node)
+            .arg(hex(&desktop))
+            .arg(ms)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Claim mailbox `id` for `claimer`; the desktop's node (if not this
+    /// one) is told with `payload`.
+    pub(crate) async fn pair_claim(
+        &self,
+        id: [u8; 16],
+        claimer: DeviceId,
+        payload: &[u8],
+    ) -> Result<Claim, ClusterError> {
+        use tandem_proto::ErrorCode;
+        let mut c = self.conn.clone();
+        let got: String = self
+            .scripts
+            .pair_claim
+            .key(self.pair_key(&id))
+            .arg(hex(&claimer))
+            .arg(&self.prefix)
+            .arg(Message::claimed(id, claimer, payload))
+            .arg(&self.node)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(match got.as_str() {
+            "not_found" => Claim::Refused(ErrorCode::PairingNotFound),
+            "claimed" => Claim::Refused(ErrorCode::PairingClaimed),
+            "self" => Claim::Refused(ErrorCode::UnexpectedFrame),
+            won => match won.rsplit_once('|').and_then(|(n, d)| Some((n, parse_hex(d)?))) {
+                Some((node, desktop)) => Claim::Won { desktop, here: node == self.node },
+                None => Claim::Refused(ErrorCode::PairingNotFound),
+            },
+        })
+    }
+
+    /// Pass a pairing message in mailbox `id` from `from` to `to` (on
+    /// another node); `Ok(None)` when sent, else the code to refuse with.
+    pub(crate) async fn pair_route(
+        &self,
+        id: [u8; 16],
+        from: DeviceId,
+        to: DeviceId,
+        frame: &Frame,
+    ) -> Result<Option<tandem_proto::ErrorCode>, ClusterError> {
+        use tandem_proto::ErrorCode;
+        let bytes = frame.encode().map_err(|e| ClusterError::Redis(e.to_string()))?;
+        let mut c = self.conn.clone();
+        let n: i64 = self
+            .scripts
+            .pair_route
+            .key(self.pair_key(&id))
+            .key(self.key("own", &to))
+            .arg(hex(&from))
+            .arg(hex(&to))
+            .arg(&self.prefix)
+            .arg(Message::frame(to, &bytes))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(match n {
+            1 => None,
+            -1 => Some(ErrorCode::PairingNotFound),
+            _ => Some(ErrorCode::PairingNotFound),
+        })
+    }
+
+    /// Remove mailbox `id`'s registration (its desktop closed it, or went).
+    pub(crate) async fn pair_close(&self, id: [u8; 16], desktop: DeviceId) {
+        let mut c = self.conn.clone();
+        let r: Result<i64, _> = self
+            .scripts
+            .pair_close
+            .key(self.pair_key(&id))
+            .arg(hex(&desktop))
+            .invoke_async(&mut c)
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "could not remove a mailbox's registration; it expires by itself");
+        }
+    }
+}

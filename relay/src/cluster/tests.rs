@@ -1,0 +1,200 @@
+//! The cluster's scripts against a real `redis-server` (started here on a
+//! free port; never the machine's 6379).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tandem_proto::ErrorCode;
+
+use super::*;
+
+struct TestRedis {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRedis {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt install redis-server)");
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Self { child, url: format!("redis://{addr}/"), _dir: dir }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const P: &str = "{t}:";
+
+fn dev(n: u8) -> DeviceId {
+    DeviceId([n; 16])
+}
+
+/// Messages published on `node`'s channel.
+async fn listen(url: &str, node: &str) -> redis::aio::PubSubStream {
+    let client = redis::Client::open(url).unwrap();
+    let mut ps = client.get_async_pubsub().await.unwrap();
+    ps.subscribe(format!("{P}node:{node}")).await.unwrap();
+    ps.into_on_message()
+}
+
+async fn next(s: &mut redis::aio::PubSubStream) -> Message {
+    let m = tokio::time::timeout(Duration::from_secs(2), s.next()).await.unwrap().unwrap();
+    Message::decode(m.get_payload_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn ownership_moves_with_a_higher_fence_and_the_old_node_is_told() {
+    let r = TestRedis::start();
+    let a = Cluster::connect(&r.url, "a", P).await.unwrap();
+    let b = Cluster::connect(&r.url, "b", P).await.unwrap();
+    let mut to_a = listen(&r.url, "a").await;
+    assert!(a.heartbeat().await.is_ok() && b.heartbeat().await.is_ok());
+    let f1 = a.claim(dev(1)).await.unwrap();
+    let f2 = b.claim(dev(1)).await.unwrap();
+    assert!(f2 > f1, "fences only grow");
+    assert_eq!(next(&mut to_a).await, Message::Replaced { device: dev(1), fence: f2 });
+    // The old node's release does not take the device from the new one.
+    assert!(!a.release(dev(1)).await.unwrap());
+    assert_eq!(a.route(&[(dev(1), None)]).await.unwrap(), vec![true], "still online on b");
+    assert!(b.release(dev(1)).await.unwrap());
+    assert_eq!(a.route(&[(dev(1), None)]).await.unwrap(), vec![false]);
+    // A claim after a release starts above every earlier fence.
+    assert!(a.claim(dev(1)).await.unwrap() > f2);
+}
+
+#[tokio::test]
+async fn a_frame_reaches_the_owners_node_only_while_that_node_is_alive() {
+    let r = TestRedis::start();
+    let a = Cluster::connect(&r.url, "a", P).await.unwrap();
+    let b = Cluster::connect(&r.url, "b", P).await.unwrap();
+    let mut to_b = listen(&r.url, "b").await;
+    b.heartbeat().await.unwrap();
+    b.claim(dev(2)).await.unwrap();
+    let presence = Frame::Presence { peer: dev(9), online: true };
+    let frames = [(dev(2), Some(presence.clone())), (dev(3), Some(presence.clone()))];
+    assert_eq!(a.route(&frames).await.unwrap(), vec![true, false], "dev 3 is connected nowhere");
+    assert_eq!(next(&mut to_b).await, Message::Frame { to: dev(2), frame: presence.clone() });
+
+    // b stops beating: once its liveness expires it is reaped, its device
+    // is offline and nothing is published to it.
+    let mut c = a.conn.clone();
+    let _: i64 = redis::cmd("DEL").arg(format!("{P}alive:b")).query_async(&mut c).await.unwrap();
+    assert_eq!(a.route(&[(dev(2), Some(presence))]).await.unwrap(), vec![false]);
+    assert_eq!(a.reap().await.unwrap(), vec![dev(2)]);
+    assert_eq!(a.reap().await.unwrap(), Vec::<DeviceId>::new(), "reaped once");
+    // b comes back: its heartbeat says it had been given up.
+    assert!(!b.heartbeat().await.unwrap());
+    assert!(b.heartbeat().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_mailbox_is_registered_once_claimed_once_and_joins_only_its_two_devices() {
+    let r = TestRedis::start();
+    let a = Cluster::connect(&r.url, "a", P).await.unwrap();
+    let b = Cluster::connect(&r.url, "b", P).await.unwrap();
+    let mut to_a = listen(&r.url, "a").await;
+    a.heartbeat().await.unwrap();
+    b.heartbeat().await.unwrap();
+    let (desk, phone, other) = (dev(1), dev(2), dev(3));
+    a.claim(desk).await.unwrap();
+    b.claim(phone).await.unwrap();
+    let id = [5u8; 16];
+    let ttl = Duration::from_secs(30);
+    assert!(a.pair_open(id, desk, ttl).await.unwrap());
+    assert!(!b.pair_open(id, other, ttl).await.unwrap(), "the id is taken on every node");
+    assert_eq!(
+        b.pair_claim(id, desk, b"x").await.unwrap(),
+        Claim::Refused(ErrorCode::UnexpectedFrame)
+    );
+    assert_eq!(
+        b.pair_claim(id, phone, b"hi").await.unwrap(),
+        Claim::Won { desktop: desk, here: false }
+    );
+    assert_eq!(
+        next(&mut to_a).await,
+        Message::Claimed { pairing_id: id, claimer: phone, payload: b"hi".to_vec() }
+    );
+    assert_eq!(
+        b.pair_claim(id, other, b"x").await.unwrap(),
+        Claim::Refused(ErrorCode::PairingClaimed)
+    );
+    let m = Frame::PairMessage { pairing_id: id, peer: phone, payload: b"c".to_vec() };
+    assert_eq!(b.pair_route(id, phone, desk, &m).await.unwrap(), None);
+    assert_eq!(next(&mut to_a).await, Message::Frame { to: desk, frame: m.clone() });
+    assert!(b.pair_route(id, other, desk, &m).await.unwrap().is_some(), "a stranger is refused");
+    a.pair_close(id, other).await;
+    assert!(!a.pair_open(id, desk, ttl).await.unwrap(), "only its desktop closes it");
+    a.pair_close(id, desk).await;
+    assert_eq!(
+        b.pair_claim(id, phone, b"x").await.unwrap(),
+        Claim::Refused(ErrorCode::PairingNotFound)
+    );
+    // Claims on a missing or damaged registration are refused, not a panic.
+    let mut c = a.conn.clone();
+    let _: () =
+        redis::cmd("SET").arg(a.pair_key(&id)).arg("garbage").query_async(&mut c).await.unwrap();
+    assert_eq!(
+        b.pair_claim(id, phone, b"x").await.unwrap(),
+        Claim::Refused(ErrorCode::PairingNotFound)
+    );
+}
+
+#[tokio::test]
+async fn one_node_leads_a_task_until_it_stops_renewing() {
+    let r = TestRedis::start();
+    let a = Cluster::connect(&r.url, "a", P).await.unwrap();
+    let b = Cluster::connect(&r.url, "b", P).await.unwrap();
+    let ttl = Duration::from_millis(300);
+    assert!(a.lead("sweep", ttl).await);
+    assert!(!b.lead("sweep", ttl).await);
+    assert!(a.lead("sweep", ttl).await, "the leader renews");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(b.lead("sweep", ttl).await, "taken over once it lapsed");
+    assert!(!a.lead("sweep", ttl).await);
+}
+
+#[tokio::test]
+async fn redis_unreachable_is_an_error_not_a_hang() {
+    let r = TestRedis::start();
+    let a = Cluster::connect(&r.url, "a", P).await.unwrap();
+    drop(r);
+    let t = tokio::time::timeout(Duration::from_secs(15), a.claim(dev(1))).await;
+    assert!(matches!(t, Ok(Err(ClusterError::Redis(_)))), "{t:?}");
+    assert!(Cluster::connect("not a url", "a", P).await.is_err());
+    assert!(Cluster::connect("redis://127.0.0.1:1/", "a|b", P).await.is_err());
+}
+
+#[test]
+fn node_ids_are_checked_and_device_hex_reads_back() {
+    assert!(check_node_id("relay-1.eu_west").is_ok());
+    for bad in ["", "a|b", "a b", "ä", &"x".repeat(65)] {
+        assert!(check_node_id(bad).is_err(), "{bad:?}");
+    }
+    assert!(check_node_id(&generate_node_id()).is_ok());
+    let d = DeviceId([0xab; 16]);
+    assert_eq!(parse_hex(&hex(&d)), Some(d));
+    assert_eq!(parse_hex("zz"), None);
+    assert_eq!(parse_hex(&"g".repeat(32)), None);
+}

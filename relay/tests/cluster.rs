@@ -1,0 +1,277 @@
+//! Several relay nodes on one real `redis-server` (and a real haproxy with
+//! the deployment's configuration): pairs split over nodes pair and talk,
+//! presence and revocation reach every node, a device has one owner, a node
+//! killed with -9 or a Redis restarted loses nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::cluster::{Haproxy, Redis, node};
+use common::{Device, close_code, new_key, pair_for_real_between};
+use tandem_proto::frame::Frame;
+use tandem_proto::{ErrorCode, Role};
+
+const LO: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// Ack every delivery up to `id` right away.
+async fn ack(d: &mut Device, id: u64) {
+    d.send(&Frame::Ack { up_to: id }).await;
+}
+
+/// Receive deliveries until `want` distinct payloads arrived (a redelivery
+/// of an id already seen is dropped, as the client does); acks each.
+async fn receive_all(d: &mut Device, want: usize, last: &mut u64, got: &mut Vec<Vec<u8>>) {
+    while got.len() < want {
+        let (id, _, payload) = d.delivery().await;
+        if id <= *last {
+            continue;
+        }
+        *last = id;
+        got.push(payload);
+        ack(d, id).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pair_split_over_two_nodes_pairs_for_real_and_talks_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let n1 = node(dir.path(), &redis, "n1", &[]);
+    let n2 = node(dir.path(), &redis, "n2", &[]);
+    // The desktop opens the mailbox on n1, the phone claims it on n2.
+    let mut pair = pair_for_real_between(&n1, &n2, LO, LO).await;
+    let (desk_id, phone_id) = (pair.desk.id(), pair.phone.id());
+    pair.desk.presence(phone_id, true).await;
+    pair.phone.presence(desk_id, true).await;
+
+    for i in 0..50u64 {
+        pair.desk.send_to(phone_id, i + 1, format!("to phone {i}").as_bytes()).await.unwrap();
+    }
+    let (mut last, mut got) = (0, Vec::new());
+    receive_all(&mut pair.phone, 50, &mut last, &mut got).await;
+    let want: Vec<Vec<u8>> = (0..50).map(|i| format!("to phone {i}").into_bytes()).collect();
+    assert_eq!(got, want, "every frame crosses from n1 to n2 once, in order");
+
+    for i in 0..50u64 {
+        pair.phone.send_to(desk_id, 100 + i, format!("to desk {i}").as_bytes()).await.unwrap();
+    }
+    let (mut last, mut got) = (0, Vec::new());
+    receive_all(&mut pair.desk, 50, &mut last, &mut got).await;
+    let want: Vec<Vec<u8>> = (0..50).map(|i| format!("to desk {i}").into_bytes()).collect();
+    assert_eq!(got, want, "and back from n2 to n1");
+}
+
+#[tokio::test]
+async fn a_mailbox_is_claimed_once_whichever_node_each_phone_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let n1 = node(dir.path(), &redis, "n1", &[]);
+    let n2 = node(dir.path(), &redis, "n2", &[]);
+    let n3 = node(dir.path(), &redis, "n3", &[]);
+    let (mut desk, _) = Device::connect(&n1, new_key(), Role::Desktop).await;
+    let pid = [7u8; 16];
+    desk.send(&Frame::PairOpen { request_id: 1, pairing_id: pid, ttl_secs: 60 }).await;
+    desk.result_of(1).await.expect("PairOpen");
+    // The same id cannot be opened on another node.
+    let (mut desk2, _) = Device::connect(&n3, new_key(), Role::Desktop).await;
+    desk2.send(&Frame::PairOpen { request_id: 2, pairing_id: pid, ttl_secs: 60 }).await;
+    assert_eq!(desk2.result_of(2).await, Err(ErrorCode::PairingClaimed));
+
+    let (mut a, _) = Device::connect(&n2, new_key(), Role::Phone).await;
+    let (mut b, _) = Device::connect(&n3, new_key(), Role::Phone).await;
+    a.send(&Frame::PairClaim { request_id: 3, pairing_id: pid, payload: b"a".to_vec() }).await;
+    a.result_of(3).await.expect("the first claim wins");
+    b.send(&Frame::PairClaim { request_id: 4, pairing_id: pid, payload: b"b".to_vec() }).await;
+    assert_eq!(b.result_of(4).await, Err(ErrorCode::PairingClaimed), "the second is refused");
+
+    let got = desk.expect("the claim", |f| matches!(f, Frame::PairMessage { .. })).await;
+    assert_eq!(got, Frame::PairMessage { pairing_id: pid, peer: a.id(), payload: b"a".to_vec() });
+    desk.assert_quiet(Duration::from_millis(500)).await;
+
+    // Messages pass both ways between the two, and from nobody else.
+    desk.send(&Frame::PairMessage { pairing_id: pid, peer: a.id(), payload: b"w".to_vec() }).await;
+    let got = a.expect("the welcome", |f| matches!(f, Frame::PairMessage { .. })).await;
+    assert_eq!(
+        got,
+        Frame::PairMessage { pairing_id: pid, peer: desk.id(), payload: b"w".to_vec() }
+    );
+    a.send(&Frame::PairMessage { pairing_id: pid, peer: desk.id(), payload: b"c".to_vec() }).await;
+    let got = desk.expect("the confirm", |f| matches!(f, Frame::PairMessage { .. })).await;
+    assert_eq!(got, Frame::PairMessage { pairing_id: pid, peer: a.id(), payload: b"c".to_vec() });
+    b.send(&Frame::PairMessage { pairing_id: pid, peer: desk.id(), payload: b"x".to_vec() }).await;
+    let refused = b.expect("a refusal", |f| matches!(f, Frame::Error { .. })).await;
+    assert!(
+        matches!(refused, Frame::Error { code: ErrorCode::PairingNotFound, .. }),
+        "{refused:?}"
+    );
+    desk.assert_quiet(Duration::from_millis(500)).await;
+
+    // Closed on n1: gone for every node.
+    desk.send(&Frame::PairClose { request_id: 5, pairing_id: pid }).await;
+    desk.result_of(5).await.expect("PairClose");
+    desk2.send(&Frame::PairOpen { request_id: 6, pairing_id: pid, ttl_secs: 60 }).await;
+    desk2.result_of(6).await.expect("the id is free again on every node");
+}
+
+#[tokio::test]
+async fn presence_crosses_nodes_and_a_dead_nodes_devices_go_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let n1 = node(dir.path(), &redis, "n1", &[]);
+    let n2 = node(dir.path(), &redis, "n2", &[]);
+    let mut n3 = node(dir.path(), &redis, "n3", &[]);
+    let pair = pair_for_real_between(&n1, &n2, LO, LO).await;
+    let (mut desk, phone) = (pair.desk, pair.phone);
+    let phone_key = phone.key.clone();
+    let phone_id = phone.id();
+    desk.presence(phone_id, true).await;
+    phone.close().await;
+    desk.presence(phone_id, false).await;
+
+    // Back on n3: both hear of each other.
+    let (mut phone, _) = Device::connect(&n3, phone_key, Role::Phone).await;
+    desk.presence(phone_id, true).await;
+    phone.presence(desk.id(), true).await;
+
+    // n3 dies without a word: the cluster reaps it within a few seconds.
+    n3.kill9();
+    let f = desk
+        .expect_within(
+            "the phone offline once n3 is reaped",
+            Duration::from_secs(10),
+            |f| matches!(f, Frame::Presence { peer, online: false } if *peer == phone_id),
+        )
+        .await;
+    assert!(matches!(f, Frame::Presence { .. }));
+    drop(phone);
+}
+
+#[tokio::test]
+async fn a_device_connected_on_two_nodes_keeps_only_the_newest_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let n1 = node(dir.path(), &redis, "n1", &[]);
+    let n2 = node(dir.path(), &redis, "n2", &[]);
+    let (mut desk, mut phone) = {
+        let p = pair_for_real_between(&n1, &n1, LO, LO).await;
+        (p.desk, p.phone)
+    };
+    let (phone_id, key) = (phone.id(), phone.key.clone());
+    let (mut phone2, _) = Device::connect(&n2, key, Role::Phone).await;
+    let (end, _) = phone.until_closed(Duration::from_secs(5)).await;
+    assert_eq!(end, close_code(ErrorCode::Replaced), "the older connection (on n1) is replaced");
+    desk.send_to(phone_id, 1, b"to the newest").await.unwrap();
+    let (_, from, payload) = phone2.delivery().await;
+    assert_eq!((from, payload.as_slice()), (desk.id(), &b"to the newest"[..]));
+}
+
+#[tokio::test]
+async fn a_revocation_on_one_node_holds_on_every_node_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let n1 = node(dir.path(), &redis, "n1", &[]);
+    let n2 = node(dir.path(), &redis, "n2", &[]);
+    let pair = pair_for_real_between(&n1, &n2, LO, LO).await;
+    let (mut desk, mut phone) = (pair.desk, pair.phone);
+    let (desk_id, phone_id) = (desk.id(), phone.id());
+    phone.send_to(desk_id, 1, b"before").await.unwrap();
+    assert_eq!(desk.delivery().await.2, b"before");
+
+    desk.send(&Frame::Revoke { request_id: 2, peer: phone_id }).await;
+    desk.result_of(2).await.expect("revoke");
+    // The very next frame from n2 is refused: n2 never sent over the route.
+    assert_eq!(phone.send_to(desk_id, 3, b"after").await, Err(ErrorCode::NotAuthorized));
+    phone.presence(desk_id, false).await;
+    desk.assert_quiet(Duration::from_millis(800)).await;
+}
+
+/// The recipient's node is killed with -9 while the sender floods; the
+/// recipient comes back through haproxy (which routes around the dead node)
+/// and gets every frame, in order.
+#[tokio::test]
+async fn a_node_killed_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let n1 = node(dir.path(), &redis, "n1", &[]);
+    let mut n2 = node(dir.path(), &redis, "n2", &[]);
+    let n3 = node(dir.path(), &redis, "n3", &[]);
+    let lb = Haproxy::start(dir.path(), &[&n1, &n2, &n3]);
+    let pair = pair_for_real_between(&n1, &n2, LO, LO).await;
+    let (mut desk, mut phone) = (pair.desk, pair.phone);
+    let phone_id = phone.id();
+    let key = phone.key.clone();
+    const N: usize = 300;
+    let sender = tokio::spawn(async move {
+        for i in 0..N as u64 {
+            desk.send_to(phone_id, i + 1, format!("m{i}").as_bytes()).await.expect("Ok");
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        desk
+    });
+    let (mut last, mut got) = (0u64, Vec::new());
+    receive_all(&mut phone, 60, &mut last, &mut got).await;
+    n2.kill9();
+    // Whatever was in flight on the dead connection is read again.
+    let (mut phone, _) = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let try_connect =
+            tokio::time::timeout(Duration::from_secs(5), lb.connect(key.clone(), Role::Phone));
+        if let Ok(p) = try_connect.await {
+            break p;
+        }
+    };
+    receive_all(&mut phone, N, &mut last, &mut got).await;
+    let want: Vec<Vec<u8>> = (0..N).map(|i| format!("m{i}").into_bytes()).collect();
+    assert_eq!(got, want, "every frame once, in order, across the node's death");
+    let _desk = sender.await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_restarted_loses_no_acknowledged_frame_and_readyz_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start(dir.path());
+    let n1 = node(dir.path(), &redis, "n1", &[]);
+    let n2 = node(dir.path(), &redis, "n2", &[]);
+    let pair = pair_for_real_between(&n1, &n2, LO, LO).await;
+    let (mut desk, phone) = (pair.desk, pair.phone);
+    let (phone_id, key) = (phone.id(), phone.key.clone());
+    phone.close().await;
+    for i in 0..20u64 {
+        desk.send_to(phone_id, i + 1, format!("q{i}").as_bytes()).await.unwrap();
+    }
+    redis.kill9();
+    for n in [&n1, &n2] {
+        let mut ready = 200;
+        for _ in 0..50 {
+            ready = n.get("/readyz").await.0;
+            if ready == 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(ready, 503, "a node without Redis is not ready");
+    }
+    redis.restart();
+    for n in [&n1, &n2] {
+        let mut ready = 503;
+        for _ in 0..100 {
+            ready = n.get("/readyz").await.0;
+            if ready == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(ready, 200, "ready again once Redis is back");
+    }
+    let (mut phone, _) = Device::connect(&n2, key, Role::Phone).await;
+    let (mut last, mut got) = (0, Vec::new());
+    receive_all(&mut phone, 20, &mut last, &mut got).await;
+    let want: Vec<Vec<u8>> = (0..20).map(|i| format!("q{i}").into_bytes()).collect();
+    assert_eq!(got, want, "every frame acknowledged before the restart is there after it");
+}
