@@ -5,7 +5,10 @@
 #
 #   deploy/build-local-image.sh [--smoke] [--tag NAME]
 #
-# Uses podman, or docker when podman is not installed (ENGINE=... to choose).
+# Uses podman, or docker when podman is not installed (ENGINE=... to choose;
+# ENGINE_ARGS=... goes before its subcommand, e.g. ENGINE_ARGS="--runtime runc"
+# where crun refuses the machine's cgroups, as on the machine this was
+# written on: "cgroups in hybrid mode not supported").
 # TANDEM_RELAY_STATIC_BIN=/path/to/tandem-relay skips the cargo build (the
 # binary must be statically linked: FROM scratch has no libc).
 set -euo pipefail
@@ -22,8 +25,10 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-engine=${ENGINE:-$(command -v podman || command -v docker || true)}
-[ -n "$engine" ] || { echo "no container engine (podman or docker)" >&2; exit 2; }
+engine_bin=${ENGINE:-$(command -v podman || command -v docker || true)}
+[ -n "$engine_bin" ] || { echo "no container engine (podman or docker)" >&2; exit 2; }
+# shellcheck disable=SC2086 # ENGINE_ARGS is a list of words
+engine() { "$engine_bin" ${ENGINE_ARGS:-} "$@"; }
 
 bin=${TANDEM_RELAY_STATIC_BIN:-}
 if [ -z "$bin" ]; then
@@ -41,7 +46,10 @@ fi
 ctx=$(mktemp -d /tmp/tandem-relay-image.XXXXXX)
 cleanup() {
     rm -rf "$ctx"
-    if [ -n "${cid:-}" ]; then "$engine" rm -f "$cid" >/dev/null 2>&1 || true; fi
+    if [ -n "${cid:-}" ]; then
+        engine rm -f "$cid" >/dev/null 2>&1 || true
+        engine volume rm -f "$cid-data" >/dev/null 2>&1 || true
+    fi
 }
 trap cleanup EXIT
 cp "$bin" "$ctx/tandem-relay"
@@ -50,17 +58,22 @@ printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home
 printf 'root:x:0:\nnonroot:x:65532:\n' >"$ctx/etc/group"
 # Host names (a Redis URL's "redis") resolve through /etc/hosts, then DNS.
 printf 'hosts: files dns\n' >"$ctx/etc/nsswitch.conf"
-"$engine" build -f "$here/Dockerfile.local" -t "$tag" "$ctx"
-"$engine" image inspect "$tag" --format 'built {{.Id}}: {{.Size}} bytes' 2>/dev/null ||
-    "$engine" images "$tag"
+engine build -f "$here/Dockerfile.local" -t "$tag" "$ctx"
+engine image inspect "$tag" --format 'built {{.Id}}: {{.Size}} bytes' 2>/dev/null ||
+    engine images "$tag"
 
 [ -n "$smoke" ] || exit 0
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-# Plain HTTP (as behind haproxy), the host's loopback port mapped to 8443.
-# The file descriptor and process limits are this shell's: an engine's default may be
-# above what this machine lets it set.
-cid=$("$engine" run -d --ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit "nproc=$(ulimit -Su):$(ulimit -Hu)" \
-    -p "127.0.0.1:$port:8443" -e TANDEM_RELAY_TLS=off "$tag")
+# Plain HTTP (as behind haproxy), the host's loopback port mapped to 8443;
+# as in compose.yaml: a read-only root, no capabilities, a named volume
+# (initialised from the image: owned by 65532) for the data directory.
+# Limits the container may set without CAP_SYS_RESOURCE: an engine's
+# defaults (a million files, four million processes) may be above this
+# machine's hard limits, and then the container does not start.
+cid=tandem-relay-smoke-$$
+engine run -d --name "$cid" --read-only --cap-drop ALL --security-opt no-new-privileges \
+    -v "$cid-data:/var/lib/tandem-relay" --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096 \
+    -p "127.0.0.1:$port:8443" -e TANDEM_RELAY_TLS=off "$tag" >/dev/null
 echo "container $cid on 127.0.0.1:$port"
 for _ in $(seq 100); do
     curl -sf --max-time 1 "http://127.0.0.1:$port/healthz" >/dev/null && break
@@ -72,12 +85,12 @@ for path in /healthz /readyz; do
     echo "GET $path: $out"
     case $out in *" 200") ;; *) fail=1 ;; esac
 done
-user=$("$engine" exec "$cid" /usr/local/bin/tandem-relay --version 2>/dev/null || true)
-echo "in the container: $user; runs as $("$engine" inspect "$cid" --format '{{.Config.User}}')"
+user=$(engine exec "$cid" /usr/local/bin/tandem-relay --version 2>/dev/null || true)
+echo "in the container: $user; runs as $(engine inspect "$cid" --format '{{.Config.User}}')"
 # SIGTERM drains and the container exits 0.
-"$engine" stop -t 30 "$cid" >/dev/null
-status=$("$engine" inspect "$cid" --format '{{.State.ExitCode}}')
+engine stop -t 30 "$cid" >/dev/null
+status=$(engine inspect "$cid" --format '{{.State.ExitCode}}')
 echo "exit code after stop (SIGTERM): $status"
 [ "$status" = 0 ] || fail=1
-"$engine" logs "$cid" 2>&1 | tail -5
+engine logs "$cid" 2>&1 | tail -5
 [ "$fail" = 0 ] && echo "smoke: ok" || { echo "smoke: FAILED" >&2; exit 1; }
