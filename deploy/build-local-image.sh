@@ -11,6 +11,8 @@
 # written on: "cgroups in hybrid mode not supported").
 # TANDEM_RELAY_STATIC_BIN=/path/to/tandem-relay skips the cargo build (the
 # binary must be statically linked: FROM scratch has no libc).
+# echo returns 0, so "A && echo || ..." is an if-then-else here.
+# shellcheck disable=SC2015
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

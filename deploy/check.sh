@@ -23,6 +23,8 @@
 #   8. a node restarted on its port: haproxy routes to it again within 5 s
 #   9. (as root) a node alive but not ready (its store on a full tmpfs): kept
 #      DOWN, traffic goes elsewhere, UP again once it is ready
+# ok/fail always return 0, so "A && ok || fail" is an if-then-else here.
+# shellcheck disable=SC2015
 set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -83,14 +85,14 @@ start_node() {
         --trusted-proxies 127.0.0.1/32 --trusted-proxy-header proxy-protocol \
         --handshake-timeout-secs 2 --drain-timeout-secs 2 --restart-hint-ms 500 \
         >"$out" 2>>"$work/n$n.log" &
-    pid[$n]=$!
+    pid[n]=$!
     pids+=("$!")
     for _ in $(seq 100); do
         local line
         line=$(grep -m1 '^tandem-relay listening on ' "$out")
         if [ -n "$line" ]; then
-            addr[$n]=${line#tandem-relay listening on ws://}
-            addr[$n]=${addr[$n]%/v1/connect}
+            addr[n]=${line#tandem-relay listening on ws://}
+            addr[n]=${addr[$n]%/v1/connect}
             return 0
         fi
         kill -0 "${pid[$n]}" 2>/dev/null || break

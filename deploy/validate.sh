@@ -9,6 +9,8 @@
 # kubernetes-validate (pip install check-jsonschema kubernetes-validate),
 # systemd-analyze, redis-server and redis-cli. TANDEM_RELAY_BIN: a built
 # tandem-relay (systemd-analyze verify wants the unit's binary to exist).
+# ok/fail always return 0, so "A && ok || fail" is an if-then-else here.
+# shellcheck disable=SC2015,SC2181,SC2209
 set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
