@@ -4,6 +4,7 @@
 # with --smoke, run it and check /healthz and /readyz from the host.
 #
 #   deploy/build-local-image.sh [--smoke] [--tag NAME]
+#   deploy/build-local-image.sh --smoke-only --tag NAME   # smoke-test an image built otherwise
 #
 # Uses podman, or docker when podman is not installed (ENGINE=... to choose;
 # ENGINE_ARGS=... goes before its subcommand, e.g. ENGINE_ARGS="--runtime runc"
@@ -19,11 +20,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 tag=tandem-relay:local
 smoke=
+build=yes
 while [ $# -gt 0 ]; do
     case $1 in
         --smoke) smoke=1 ;;
+        --smoke-only) smoke=1; build=no ;;
         --tag) tag=$2; shift ;;
-        *) echo "usage: $0 [--smoke] [--tag NAME]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--smoke | --smoke-only] [--tag NAME]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -32,37 +35,41 @@ engine_bin=${ENGINE:-$(command -v podman || command -v docker || true)}
 # shellcheck disable=SC2086 # ENGINE_ARGS is a list of words
 engine() { "$engine_bin" ${ENGINE_ARGS:-} "$@"; }
 
-bin=${TANDEM_RELAY_STATIC_BIN:-}
-if [ -z "$bin" ]; then
-    triple=$(rustc -vV | sed -n 's/^host: //p')
-    (cd "$repo" && RUSTFLAGS='-C target-feature=+crt-static' \
-        cargo build --release --locked -p tandem-relay --target "$triple")
-    bin="${CARGO_TARGET_DIR:-$repo/target}/$triple/release/tandem-relay"
-fi
-# A dynamically linked binary would start nowhere in a scratch image.
-if file "$bin" 2>/dev/null | grep -q 'dynamically linked'; then
-    echo "$bin is dynamically linked; build it with RUSTFLAGS='-C target-feature=+crt-static'" >&2
-    exit 1
-fi
-
-ctx=$(mktemp -d /tmp/tandem-relay-image.XXXXXX)
+ctx=
 cleanup() {
-    rm -rf "$ctx"
+    if [ -n "$ctx" ]; then rm -rf "$ctx"; fi
     if [ -n "${cid:-}" ]; then
         engine rm -f "$cid" >/dev/null 2>&1 || true
         engine volume rm -f "$cid-data" >/dev/null 2>&1 || true
     fi
 }
 trap cleanup EXIT
-cp "$bin" "$ctx/tandem-relay"
-mkdir -p "$ctx/data" "$ctx/etc"
-printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$ctx/etc/passwd"
-printf 'root:x:0:\nnonroot:x:65532:\n' >"$ctx/etc/group"
-# Host names (a Redis URL's "redis") resolve through /etc/hosts, then DNS.
-printf 'hosts: files dns\n' >"$ctx/etc/nsswitch.conf"
-engine build -f "$here/Dockerfile.local" -t "$tag" "$ctx"
-engine image inspect "$tag" --format 'built {{.Id}}: {{.Size}} bytes' 2>/dev/null ||
-    engine images "$tag"
+
+if [ "$build" = yes ]; then
+    bin=${TANDEM_RELAY_STATIC_BIN:-}
+    if [ -z "$bin" ]; then
+        triple=$(rustc -vV | sed -n 's/^host: //p')
+        (cd "$repo" && RUSTFLAGS='-C target-feature=+crt-static' \
+            cargo build --release --locked -p tandem-relay --target "$triple")
+        bin="${CARGO_TARGET_DIR:-$repo/target}/$triple/release/tandem-relay"
+    fi
+    # A dynamically linked binary would start nowhere in a scratch image.
+    if file "$bin" 2>/dev/null | grep -q 'dynamically linked'; then
+        echo "$bin is dynamically linked; build it with RUSTFLAGS='-C target-feature=+crt-static'" >&2
+        exit 1
+    fi
+
+    ctx=$(mktemp -d /tmp/tandem-relay-image.XXXXXX)
+    cp "$bin" "$ctx/tandem-relay"
+    mkdir -p "$ctx/data" "$ctx/etc"
+    printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$ctx/etc/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\n' >"$ctx/etc/group"
+    # Host names (a Redis URL's "redis") resolve through /etc/hosts, then DNS.
+    printf 'hosts: files dns\n' >"$ctx/etc/nsswitch.conf"
+    engine build -f "$here/Dockerfile.local" -t "$tag" "$ctx"
+    engine image inspect "$tag" --format 'built {{.Id}}: {{.Size}} bytes' 2>/dev/null ||
+        engine images "$tag"
+fi
 
 [ -n "$smoke" ] || exit 0
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
