@@ -6,14 +6,16 @@
 #   deploy/check.sh            # builds tandem-relay (debug) if needed
 #   TANDEM_RELAY_BIN=/path/to/tandem-relay deploy/check.sh
 #
-# Needs haproxy (2.4 or newer), curl and python3 (only to pick free ports).
+# Needs haproxy (2.4 or newer), curl, openssl (a throwaway certificate) and
+# python3 (only to pick free ports).
 # What it checks, in order:
 #   1. haproxy sees all three nodes UP (its checks: GET /readyz with a PROXY v2
 #      header, which the relays take from a trusted proxy)
 #   2. /readyz and /healthz answer 200 through haproxy; a relay closes a
 #      connection from its trusted proxy that has no PROXY header
-#   3. a WebSocket upgrade to /v1/connect through haproxy gets 101, and one
-#      for a Host the relays do not answer to gets 421 (Host passed intact)
+#   3. a WebSocket upgrade to /v1/connect through haproxy gets 101 (plain and
+#      over haproxy's TLS listener), and one for a Host the relays do not
+#      answer to gets 421 (Host passed intact)
 #   4. three WebSockets from 127.0.0.2 land on three different nodes
 #      (leastconn), and each relay saw 127.0.0.2, not haproxy (PROXY v2)
 #   5. kill -9 of a node: every request in the next 2 s still answers 200
@@ -31,7 +33,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 cfg="$here/haproxy/haproxy.cfg"
 
-for tool in haproxy curl python3; do
+for tool in haproxy curl python3 openssl; do
     command -v "$tool" >/dev/null || { echo "check.sh: $tool is not installed" >&2; exit 2; }
 done
 
@@ -106,13 +108,20 @@ start_node() {
 for n in 1 2 3; do start_node "$n"; done
 lb_port=$(free_port)
 stats_port=$(free_port)
+tls_port=$(free_port)
 lb="127.0.0.1:$lb_port"
 stats="127.0.0.1:$stats_port"
+tls="127.0.0.1:$tls_port"
+# A throwaway certificate for the TLS listener (as compose.yaml has).
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/key.pem" -out "$work/cert.pem" \
+    -days 1 -subj /CN=localhost 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" >"$work/lb.pem"
 TANDEM_LB_BIND="$lb" TANDEM_LB_STATS_BIND="$stats" \
+    TANDEM_LB_TLS_BIND="$tls" TANDEM_LB_TLS_CERT="$work/lb.pem" \
     TANDEM_NODE1="${addr[1]}" TANDEM_NODE2="${addr[2]}" TANDEM_NODE3="${addr[3]}" \
     haproxy -db -f "$cfg" >"$work/haproxy.log" 2>&1 &
 pids+=("$!")
-echo "relays: ${addr[*]}; haproxy: $lb (stats $stats); logs: $work"
+echo "relays: ${addr[*]}; haproxy: $lb, TLS $tls (stats $stats); logs: $work"
 
 # status NODE: haproxy's view of node NODE (UP, DOWN, "UP 1/2", ...).
 status() {
@@ -133,7 +142,7 @@ upgrade() {
     curl -s -i -N --http1.1 --max-time "${HOLD:-1}" "$@" \
         -H "Host: $host" -H 'Connection: Upgrade' -H 'Upgrade: websocket' \
         -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \
-        "http://$lb/v1/connect" | head -1 | tr -d '\r'
+        "${LB_URL:-http://$lb}/v1/connect" | head -1 | tr -d '\r'
 }
 now_ms() { date +%s%3N; }
 # secs MS: milliseconds as seconds, e.g. 1.25.
@@ -177,10 +186,16 @@ c3=$(code "http://${addr[2]}/healthz" --interface 127.0.0.2)
     ok "a relay closes its trusted proxy's connection without a PROXY header" ||
     fail "PROXY header rules: without $c1, with $c2, untrusted $c3"
 
-# 3. WebSocket upgrades pass; the Host header reaches the relay intact.
+# 3. WebSocket upgrades pass, over plain HTTP and over haproxy's TLS; the
+# Host header reaches the relay intact.
 line=$(upgrade "$lb")
 case $line in *" 101"*) ok "WebSocket upgrade through haproxy: $line" ;;
     *) fail "WebSocket upgrade through haproxy: '$line'" ;; esac
+body=$(curl -sk --max-time 2 "https://localhost:$tls_port/readyz")
+line=$(LB_URL="https://localhost:$tls_port" upgrade localhost -k)
+[ "$body" = ready ] && case $line in *" 101"*) true ;; *) false ;; esac &&
+    ok "TLS terminated by haproxy: /readyz '$body', WebSocket upgrade $line" ||
+    fail "TLS through haproxy: /readyz '$body', upgrade '$line'"
 line=$(upgrade relay.invalid)
 case $line in *" 421"*) ok "unknown Host through haproxy: $line" ;;
     *) fail "unknown Host through haproxy: '$line'" ;; esac
