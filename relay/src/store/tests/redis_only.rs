@@ -1,0 +1,219 @@
+//! What only the Redis store does: Redis killed and restarted under it, a
+//! hung server, a wiped one, foreign data under its prefix, several nodes
+//! on one server, a server that is not there yet.
+
+use std::time::{Duration, Instant};
+
+use super::redis_server::{RedisServer, free_port};
+use super::{LIMITS, PREFIX, ROUTES, RedisStore, Store, StoreError};
+use super::{dev, frame, put, route};
+
+async fn connect(server: &RedisServer) -> RedisStore {
+    RedisStore::connect(&server.url(), LIMITS, ROUTES, PREFIX).await.unwrap()
+}
+
+/// Wait (up to 15 s) until the store's health is `up`.
+async fn until_health(s: &RedisStore, up: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.health().is_ok() != up {
+        assert!(Instant::now() < deadline, "health stayed {:?}", s.health());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn is_unavailable<T: std::fmt::Debug>(r: &Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::Unavailable(_)))
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_keeps_what_it_acknowledged_under_a_new_epoch() {
+    let mut server = RedisServer::start_with("always");
+    let s = connect(&server).await;
+    let (a, b) = (dev(1), dev(2));
+    route(&s, a, b).await;
+    let ids = [put(&s, b, a, b"1").await, put(&s, b, a, b"2").await, put(&s, b, a, b"3").await];
+    let before = s.epoch();
+    assert_ne!(before, 0);
+    let mut changed = s.epoch_changed().unwrap();
+    changed.borrow_and_update();
+
+    server.kill();
+    // Refused, promptly, while it is down; health says so by itself.
+    let t = Instant::now();
+    let r = s.enqueue(frame(b, a, b"lost".to_vec()), 1000, false).durable.await;
+    assert!(is_unavailable(&r), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    until_health(&s, false).await;
+    assert!(is_unavailable(&s.fetch(b, 0, 10).await));
+    assert!(is_unavailable(&s.authorize(a, dev(3), super::home(), 1000).await));
+
+    server.restart();
+    until_health(&s, true).await;
+    // A new server process: a new epoch, told through the watch.
+    assert_ne!(s.epoch(), before);
+    assert!(changed.has_changed().unwrap());
+    assert_eq!(*changed.borrow_and_update(), s.epoch());
+    // Everything acknowledged (appendfsync always) came back, same ids.
+    let q = s.fetch(b, 0, 10).await.unwrap();
+    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), ids);
+    assert_eq!(q.iter().map(|q| q.payload.clone()).collect::<Vec<_>>(), [b"1", b"2", b"3"]);
+    // The accounts and routes too; ids go on increasing.
+    assert_eq!(s.totals().await.unwrap().queues.frames, 3);
+    assert!(s.is_route(a, b).await.unwrap());
+    let next = put(&s, b, a, b"4").await;
+    assert!(next > ids[2], "{next} after {ids:?}");
+    assert_eq!(s.ack(b, next).await.unwrap(), 4);
+    assert_eq!(s.totals().await.unwrap().queues, super::super::QueueDepth::default());
+}
+
+#[tokio::test]
+async fn a_hung_redis_is_unavailable_within_the_timeout_and_the_epoch_stays() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let (a, b) = (dev(1), dev(2));
+    route(&s, a, b).await;
+    let first = put(&s, b, a, b"x").await;
+    let epoch = s.epoch();
+    server.pause(true);
+    let t = Instant::now();
+    let r = s.enqueue(frame(b, a, b"y".to_vec()), 1000, false).durable.await;
+    assert!(is_unavailable(&r), "{r:?}");
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    until_health(&s, false).await;
+    server.pause(false);
+    until_health(&s, true).await;
+    // The same server process and base: the same epoch.
+    assert_eq!(s.epoch(), epoch);
+    // The refused enqueue may have been applied (its answer was lost), or
+    // not; ids go on increasing either way.
+    let q = s.fetch(b, 0, 10).await.unwrap();
+    assert_eq!(q.first().map(|q| q.id), Some(first));
+    assert!(q.len() <= 2);
+    assert!(put(&s, b, a, b"z").await > first);
+}
+
+#[tokio::test]
+async fn a_wiped_redis_gives_a_new_epoch_on_every_node() {
+    let server = RedisServer::start();
+    let (s1, s2) = (connect(&server).await, connect(&server).await);
+    assert_eq!(s1.epoch(), s2.epoch(), "every node computes the same epoch");
+    let (a, b) = (dev(1), dev(2));
+    route(&s1, a, b).await;
+    let old = put(&s1, b, a, b"x").await;
+    let epoch = s1.epoch();
+    assert!(server.command("FLUSHALL").unwrap().starts_with("+OK"));
+    // The next write sees the base gone: refused, never under the old epoch.
+    let r = s1.authorize(a, b, super::home(), 1000).await;
+    assert!(is_unavailable(&r), "{r:?}");
+    until_health(&s1, true).await;
+    assert_ne!(s1.epoch(), epoch);
+    // The other node finds the new base (its heartbeat, or its next call)
+    // and agrees.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s2.epoch() != s1.epoch() {
+        assert!(Instant::now() < deadline, "node 2 kept epoch {}", s2.epoch());
+        let _ = s2.is_route(a, b).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The data is gone: ids start again, under the new epoch.
+    route(&s1, a, b).await;
+    let new = put(&s2, b, a, b"y").await;
+    assert!(new <= old, "{new} under a new epoch");
+}
+
+#[tokio::test]
+async fn two_nodes_take_ids_from_one_counter() {
+    let server = RedisServer::start();
+    let (s1, s2) = (connect(&server).await, connect(&server).await);
+    let (a, b) = (dev(1), dev(2));
+    route(&s1, a, b).await;
+    assert!(s2.is_route(a, b).await.unwrap());
+    let mut ids = Vec::new();
+    for i in 0..20u8 {
+        let s = if i % 2 == 0 { &s1 } else { &s2 };
+        ids.push(put(s, b, a, &[i]).await);
+    }
+    assert!(ids.windows(2).all(|w| w[1] > w[0]), "{ids:?}");
+    let q = s2.fetch(b, 0, 100).await.unwrap();
+    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), ids);
+    // A revocation on one node is seen by the other at once.
+    s1.revoke(a, b, 2000).await.unwrap();
+    let r = s2.enqueue(frame(b, a, b"late".to_vec()), 2000, false).durable.await;
+    assert_eq!(r, Err(StoreError::NoRoute));
+    assert_eq!(s2.depth(b).await.unwrap().frames, 0, "the revocation dropped the queue");
+}
+
+#[tokio::test]
+async fn foreign_data_under_the_prefix_fails_the_calls_that_touch_it() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let (a, b, c, d) = (dev(1), dev(2), dev(3), dev(4));
+    route(&s, a, b).await;
+    route(&s, a, d).await;
+    let hex = |n: u8| format!("{n:02x}").repeat(16);
+    let set = |args: &[&str]| {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        server.call(&args).unwrap()
+    };
+    // b's queue is a string: its calls fail, the store stays up.
+    set(&["SET", &format!("{{test}}:q:{}", hex(2)), "junk"]);
+    assert!(matches!(s.fetch(b, 0, 10).await, Err(StoreError::Backend(_))));
+    assert!(matches!(s.depth(b).await, Err(StoreError::Backend(_))));
+    assert!(matches!(s.ack(b, 5).await, Err(StoreError::Backend(_))));
+    let r = s.enqueue(frame(b, a, b"x".to_vec()), 1000, false).durable.await;
+    assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+    assert!(s.health().is_ok());
+    // c's routes are a list.
+    set(&["RPUSH", &format!("{{test}}:r:{}", hex(3)), "junk"]);
+    assert!(matches!(s.authorize(c, a, super::home(), 1000).await, Err(StoreError::Backend(_))));
+    assert!(matches!(s.peers(c).await, Err(StoreError::Backend(_))));
+    // d's queue holds an entry of someone else's making, and one with an id
+    // that is no delivery id.
+    set(&["XADD", &format!("{{test}}:q:{}", hex(4)), "7-0", "x", "y"]);
+    assert!(matches!(s.fetch(d, 0, 10).await, Err(StoreError::Backend(_))));
+    // Queueing for d fails whole when the counter is not a number: nothing
+    // is written but nothing else breaks.
+    set(&["SET", "{test}:next", "not a number"]);
+    let r = s.enqueue(frame(d, a, b"x".to_vec()), 1000, false).durable.await;
+    assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+    assert_eq!(s.totals().await.unwrap().queues.frames, 0);
+    // The foreign entry is acknowledged away like any other (it counts
+    // nothing real); the totals stay readable.
+    assert_eq!(s.ack(d, 7).await.unwrap(), 1);
+    let _ = s.totals().await.unwrap();
+    // The totals are a string: read and write calls that need them fail.
+    set(&["DEL", "{test}:tot"]);
+    set(&["SET", "{test}:tot", "junk"]);
+    assert!(matches!(s.totals().await, Err(StoreError::Backend(_))));
+    // Cleaned up, the store works again, ids from a sane counter.
+    set(&["DEL", "{test}:tot", "{test}:next", &format!("{{test}}:q:{}", hex(2))]);
+    assert!(put(&s, b, a, b"ok").await > 0);
+    assert!(s.health().is_ok());
+}
+
+#[tokio::test]
+async fn a_redis_that_is_not_there_yet_is_refused_then_joined() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let t = Instant::now();
+    let r = RedisStore::connect(&url, LIMITS, ROUTES, PREFIX).await;
+    assert!(is_unavailable(&r), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(matches!(
+        RedisStore::connect("not a url", LIMITS, ROUTES, PREFIX).await,
+        Err(StoreError::Backend(_))
+    ));
+    // Started anyway: down, refusing, until the server comes.
+    let s = RedisStore::connect_or_retry(&url, LIMITS, ROUTES, PREFIX).unwrap();
+    let mut changed = s.epoch_changed().unwrap();
+    assert_eq!(s.epoch(), 0);
+    assert!(s.health().is_err());
+    assert!(is_unavailable(&s.depth(dev(1)).await));
+    let server = RedisServer::start_on(port);
+    until_health(&s, true).await;
+    changed.changed().await.unwrap();
+    assert_ne!(s.epoch(), 0);
+    assert_eq!(*changed.borrow(), s.epoch());
+    drop(server);
+}
