@@ -168,9 +168,10 @@ impl Driver {
             .map_err(unavailable)?;
         let fresh = rand::random::<u64>().max(1).to_string();
         let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(self.keys.base()).arg(&fresh).arg("NX").ignore();
-        pipe.cmd("GET").arg(self.keys.base());
+        pipe.cmd("HSETNX").arg(self.keys.epoch()).arg("base").arg(&fresh).ignore();
+        pipe.cmd("HGET").arg(self.keys.epoch()).arg("base");
         pipe.cmd("INFO").arg("server");
+        pipe.cmd("INFO").arg("memory");
         for s in Script::ALL {
             pipe.cmd("SCRIPT").arg("LOAD").arg(s.text());
         }
@@ -178,9 +179,11 @@ impl Driver {
         let mut got = got.into_iter();
         let base = got.next().and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok());
         let info = got.next().and_then(|v| redis::from_redis_value::<String>(v).ok());
-        let (Some(base), Some(info)) = (base, info) else {
+        let memory = got.next().and_then(|v| redis::from_redis_value::<String>(v).ok());
+        let (Some(base), Some(info), Some(memory)) = (base, info, memory) else {
             return Err(unavailable("no epoch base or server info"));
         };
+        warn_if_evicting(&memory);
         let run_id = info
             .lines()
             .find_map(|l| l.strip_prefix("run_id:"))
@@ -232,8 +235,9 @@ impl Driver {
 
     /// The epoch base is still the one this connection read.
     async fn heartbeat(&self, live: &mut Live) -> Result<(), String> {
-        let got: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.keys.base())
+        let got: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.keys.epoch())
+            .arg("base")
             .query_async(&mut live.conn)
             .await
             .map_err(|e| format!("redis: {e}"))?;
@@ -269,7 +273,7 @@ impl Driver {
         // Last, the epoch base: still the connection's, so no wipe happened
         // before or during the batch, and what its reads found belongs to
         // this epoch (a wipe deletes the base; a new one is another).
-        pipe.cmd("GET").arg(self.keys.base());
+        pipe.cmd("HGET").arg(self.keys.epoch()).arg("base");
         let answers: Result<Vec<Value>, _> = pipe.query_async(&mut live.conn).await;
         let answers = match answers {
             Ok(mut a) if a.len() == batch.len() + 1 => {
@@ -318,6 +322,21 @@ impl Driver {
             (job.reply)(r);
         }
         failed.map_or(Ok(()), Err)
+    }
+}
+
+/// Warn when Redis may evict keys (a queue, the id counter) under memory
+/// pressure: the store needs `maxmemory-policy noeviction`.
+fn warn_if_evicting(info_memory: &str) {
+    let field = |name: &str| {
+        info_memory.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_default()
+    };
+    let (limit, policy) = (field("maxmemory:"), field("maxmemory_policy:"));
+    if limit != "0" && !limit.is_empty() && policy != "noeviction" {
+        tracing::warn!(
+            "redis evicts keys under memory pressure (maxmemory-policy {policy}): \
+             queued frames or the delivery id counter may be lost; set noeviction"
+        );
     }
 }
 

@@ -9,8 +9,7 @@
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
-//! | `base` | string | the random base of the store epoch (`SET NX` by the first node that connects) |
-//! | `next` | string | the store-wide delivery id counter (`INCR`; never deleted) |
+//! | `epoch` | hash | `base`: the random base of the store epoch (`HSETNX` by the first node that connects); `next`: the last delivery id handed out, store-wide (`HINCRBY`; never deleted). One key, so the counter cannot go without the base (which changes the epoch) |
 //! | `q:<to>` | stream | `to`'s queue: entries `<id>-0` with fields `f` (sender), `a` (address), `e` (expiry, unix s), `p` (payload); deleted when empty |
 //! | `qb` | hash | `<to>` → payload bytes queued for `to` (present while its queue is) |
 //! | `qexp` | sorted set | `<to>` scored by the expiry of its queue's head (the sweep's index) |
@@ -46,9 +45,9 @@ impl Keys {
         Self { ns: format!("{{{bare}}}:") }
     }
 
-    /// The random base of the store epoch.
-    pub(super) fn base(&self) -> String {
-        format!("{}base", self.ns)
+    /// The hash of the epoch base (`base`) and the id counter (`next`).
+    pub(super) fn epoch(&self) -> String {
+        format!("{}epoch", self.ns)
     }
 
     /// `to`'s queue (a stream).
@@ -112,6 +111,6 @@ mod tests {
         assert_eq!(parse_dev(&[b'g'; 32]), None);
         assert_eq!(addr(&AddrKey::UNKNOWN), "0".repeat(34));
         assert_eq!(Keys::new("tandem:").ns, "{tandem}:");
-        assert_eq!(Keys::new("t7").base(), "{t7}:base");
+        assert_eq!(Keys::new("t7").epoch(), "{t7}:epoch");
     }
 }

@@ -6,7 +6,8 @@
 //! Keys are listed in [`keys`]. Every write is one Lua script ([`scripts`],
 //! `lua/*.lua`), so it is atomic on the server: an enqueue checks the mutual
 //! route and every limit of [`QueueLimits`], takes its delivery id
-//! (`INCR` of the store-wide counter `next`, which is never deleted) and
+//! (`HINCRBY` of the store-wide counter `next`, kept beside the epoch base
+//! in one key, so it cannot be lost without the epoch changing) and
 //! stores the frame in one step, so a revocation is never raced and ids
 //! are strictly increasing per recipient (and across nodes: they all `INCR`
 //! the one counter). The accounts the limits are checked against (bytes per
@@ -58,11 +59,15 @@
 //! `Ok` survives a crash of Redis), or `appendfsync everysec` to lose at
 //! most about a second of `Ok`ed frames when Redis (not a relay node)
 //! crashes. Without AOF a restart loses everything since the last snapshot.
+//! Redis must not evict keys: `maxmemory-policy noeviction` (the default;
+//! the store warns at connect otherwise), so a full Redis refuses writes
+//! ([`StoreError::Backend`], `OOM`) instead of dropping queues or the
+//! counter.
 //!
 //! # Store epoch
 //!
 //! [`Store::epoch`] is a hash of a random base kept in Redis (`base`, set
-//! with `SET NX` by the first node that connects) and the server's `run_id`
+//! with `HSETNX` by the first node that connects) and the server's `run_id`
 //! (`INFO server`), which is new at every Redis restart and differs on a
 //! failed-over replica: every node computes the same value, and it changes
 //! whenever ids may go back (a restart that lost its last writes, a restore
@@ -121,12 +126,6 @@ pub struct RedisStore {
     keys: Keys,
     limits: QueueLimits,
     routes: RouteLimits,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Job")
-    }
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {

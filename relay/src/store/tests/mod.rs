@@ -66,6 +66,9 @@ trait Backend {
     fn reopen_skip(&self) -> u64;
     /// How many queues keep a row or key (the stores are closed).
     async fn queue_rows(&self) -> u64;
+    /// The same while `s` is open (the embedded store: its frames; Redis:
+    /// queue keys and the accounts' keys left behind).
+    async fn queue_rows_open(&self, s: &Self::S) -> u64;
 
     async fn open(&self, limits: QueueLimits) -> Self::S {
         self.open_full(limits, ROUTES, OPENED).await
@@ -91,6 +94,9 @@ impl Backend for OnRedb {
     }
     async fn queue_rows(&self) -> u64 {
         super::redb::meta_rows_in(self.0.path()).await
+    }
+    async fn queue_rows_open(&self, s: &RedbStore) -> u64 {
+        s.totals().await.unwrap().queues.frames
     }
 }
 
@@ -118,6 +124,13 @@ impl Backend for OnRedis {
         let r = self.0.command("KEYS {test}:q:*").unwrap();
         r.lines().next().and_then(|l| l.strip_prefix('*')).unwrap().parse().unwrap()
     }
+    async fn queue_rows_open(&self, _: &RedisStore) -> u64 {
+        // With the queues, every per-queue, per-pair and per-address count
+        // must be gone too.
+        let r = self.0.command("EXISTS {test}:qb {test}:qexp {test}:up {test}:ua").unwrap();
+        let leftovers: u64 = r.trim().strip_prefix(':').unwrap().parse().unwrap();
+        self.queue_rows().await + leftovers
+    }
 }
 
 /// The shared tests, once per backend.
@@ -139,6 +152,7 @@ macro_rules! suite {
 }
 
 suite!(
+    payloads_come_back_byte_for_byte_and_empty_frames_leave_no_trace,
     ids_are_never_reused_after_a_reopen,
     a_refused_enqueue_leaves_its_id_unused,
     ids_follow_the_order_enqueues_are_called_in,
@@ -532,4 +546,44 @@ async fn empty_queues_keep_no_row_and_ids_never_come_again<B: Backend>(be: B) {
     let again = put(&s, b, a, b"w").await;
     assert!(again > next, "{again} after {next}");
     assert_eq!(s.fetch(c, 0, 10).await.unwrap()[0].payload, b"kept".to_vec());
+}
+
+/// Any bytes (NUL, CR LF, invalid UTF-8, 64 KiB) come back as they went
+/// in; frames without payload are acknowledged and revoked away, leaving
+/// every count at zero.
+async fn payloads_come_back_byte_for_byte_and_empty_frames_leave_no_trace<B: Backend>(be: B) {
+    let s = be.open(LIMITS).await;
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    route(&s, a, b).await;
+    route(&s, c, b).await;
+    let all: Vec<u8> = (0..=255u8).collect();
+    let big: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let bodies = [all, Vec::new(), b"\r\n$-1\r\n".to_vec(), big, vec![0xff, 0xfe, 0]];
+    for body in &bodies {
+        put(&s, b, a, body).await;
+    }
+    let q = s.fetch(b, 0, 10).await.unwrap();
+    assert_eq!(q.iter().map(|q| q.payload.clone()).collect::<Vec<_>>(), bodies);
+    assert!(q.iter().all(|q| q.from == a));
+    // Fetches from past an id, with a limit.
+    let tail = s.fetch(b, q[1].id, 2).await.unwrap();
+    assert_eq!(tail.iter().map(|t| t.id).collect::<Vec<_>>(), [q[2].id, q[3].id]);
+    assert!(s.fetch(b, u64::MAX, 10).await.unwrap().is_empty());
+    assert!(s.fetch(b, 0, 0).await.unwrap().is_empty());
+    // Empty frames from two senders: acked, and revoked.
+    for _ in 0..3 {
+        put(&s, b, a, b"").await;
+        put(&s, b, c, b"").await;
+    }
+    assert_eq!(s.ack(b, q[4].id).await.unwrap(), 5);
+    assert_eq!(s.ack(b, q[4].id).await.unwrap(), 0, "acknowledging again deletes nothing");
+    assert_eq!(s.revoke(a, b, 2000).await.unwrap(), 3);
+    assert_eq!(s.depth(b).await.unwrap(), super::QueueDepth { frames: 3, bytes: 0 });
+    assert_eq!(s.ack(b, u64::MAX).await.unwrap(), 3);
+    let t = s.totals().await.unwrap();
+    assert_eq!(t.queues, super::QueueDepth::default());
+    // b's side of the revoked route is one-sided now.
+    assert_eq!(t.pending_authorizations, 1);
+    assert_eq!(s.peers(b).await.unwrap(), [c]);
+    assert_eq!(be.queue_rows_open(&s).await, 0);
 }

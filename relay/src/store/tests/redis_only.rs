@@ -120,6 +120,13 @@ async fn a_wiped_redis_gives_a_new_epoch_on_every_node() {
     route(&s1, a, b).await;
     let new = put(&s2, b, a, b"y").await;
     assert!(new <= old, "{new} under a new epoch");
+    // Deleting the counter's key takes the epoch base with it: another
+    // epoch again, never the same ids twice under one.
+    let epoch = s2.epoch();
+    assert!(server.command("DEL {test}:epoch").unwrap().starts_with(":1"));
+    assert!(is_unavailable(&s2.enqueue(frame(b, a, b"z".to_vec()), 1000, false).durable.await));
+    until_health(&s2, true).await;
+    assert_ne!(s2.epoch(), epoch);
 }
 
 #[tokio::test]
@@ -174,7 +181,7 @@ async fn foreign_data_under_the_prefix_fails_the_calls_that_touch_it() {
     assert!(matches!(s.fetch(d, 0, 10).await, Err(StoreError::Backend(_))));
     // Queueing for d fails whole when the counter is not a number: nothing
     // is written but nothing else breaks.
-    set(&["SET", "{test}:next", "not a number"]);
+    set(&["HSET", "{test}:epoch", "next", "not a number"]);
     let r = s.enqueue(frame(d, a, b"x".to_vec()), 1000, false).durable.await;
     assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
     assert_eq!(s.totals().await.unwrap().queues.frames, 0);
@@ -187,7 +194,8 @@ async fn foreign_data_under_the_prefix_fails_the_calls_that_touch_it() {
     set(&["SET", "{test}:tot", "junk"]);
     assert!(matches!(s.totals().await, Err(StoreError::Backend(_))));
     // Cleaned up, the store works again, ids from a sane counter.
-    set(&["DEL", "{test}:tot", "{test}:next", &format!("{{test}}:q:{}", hex(2))]);
+    set(&["HDEL", "{test}:epoch", "next"]);
+    set(&["DEL", "{test}:tot", &format!("{{test}}:q:{}", hex(2))]);
     assert!(put(&s, b, a, b"ok").await > 0);
     assert!(s.health().is_ok());
 }
@@ -216,4 +224,49 @@ async fn a_redis_that_is_not_there_yet_is_refused_then_joined() {
     assert_ne!(s.epoch(), 0);
     assert_eq!(*changed.borrow(), s.epoch());
     drop(server);
+}
+
+/// Not a check: what an enqueue and an ack cost on Redis, for the docs.
+/// `cargo nextest run -p tandem-relay --lib --run-ignored only -E
+/// 'test(redis_costs)' --no-capture` (a debug build: the rates are low).
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn redis_costs_per_frame() {
+    let server = RedisServer::start_with("everysec");
+    let s = connect(&server).await;
+    let roomy = super::QueueLimits { max_frames: 1 << 20, max_bytes: 1 << 34, ..LIMITS };
+    let s = {
+        drop(s);
+        RedisStore::connect(&server.url(), roomy, ROUTES, PREFIX).await.unwrap()
+    };
+    let (a, b) = (dev(1), dev(2));
+    route(&s, a, b).await;
+    let n = 20_000u64;
+    server.command("CONFIG RESETSTAT").unwrap();
+    let t = Instant::now();
+    let mut last = 0;
+    // In windows the store's queue holds (past it: Busy).
+    for _ in 0..n / 2000 {
+        let calls: Vec<_> =
+            (0..2000).map(|_| s.enqueue(frame(b, a, vec![7; 1024]), 1000, false).durable).collect();
+        for c in calls {
+            last = c.await.unwrap();
+        }
+    }
+    let enq = t.elapsed();
+    let stats_enq = server.command("INFO commandstats").unwrap();
+    server.command("CONFIG RESETSTAT").unwrap();
+    let t = Instant::now();
+    // Acks of 16 frames each, as a reading device would send them.
+    let first = last + 1 - n;
+    let acks: Vec<_> = (0..n / 16).map(|i| s.ack(b, first + i * 16 + 15)).collect();
+    for a in acks {
+        a.await.unwrap();
+    }
+    let ack = t.elapsed();
+    let stats_ack = server.command("INFO commandstats").unwrap();
+    println!("{n} enqueues of 1 KiB in {enq:?} ({:.0}/s)", n as f64 / enq.as_secs_f64());
+    println!("{} acks of 16 in {ack:?}", n / 16);
+    println!("commands per enqueue batch run:\n{stats_enq}\nper ack run:\n{stats_ack}");
+    println!("durable commits (pipelines with writes): {}", s.stats().durable_commits);
 }

@@ -42,8 +42,8 @@ if total > num(ARGV[13]) then
     return -5
   end
 end
-local id = redis.call('INCR', P .. 'next')
+local id = redis.call('HINCRBY', P .. 'epoch', 'next', 1)
 redis.call('XADD', q, int(id) .. '-0', 'f', from, 'a', addr, 'e', ARGV[7], 'p', payload)
-account(to, from, addr, len, 1)
+account(to, from, addr, 1, len, cost)
 redis.call('ZADD', P .. 'qexp', 'NX', ARGV[7], to)
 return id

@@ -7,10 +7,11 @@
 local P = ARGV[1]
 local ZERO = string.rep('0', 34)
 
--- The epoch guard: the base is gone (FLUSHALL, a wiped server) or another
--- one (a node made a new one after a wipe): the caller's epoch is stale.
+-- The epoch guard: the base is gone (FLUSHALL, a wiped server, the key
+-- deleted, which takes the id counter with it) or another one (a node made
+-- a new one after a wipe): the caller's epoch is stale.
 local function guard()
-  if redis.call('GET', P .. 'base') ~= ARGV[2] then
+  if redis.call('HGET', P .. 'epoch', 'base') ~= ARGV[2] then
     return redis.error_reply('TANDEM_EPOCH the store epoch changed')
   end
   return nil
@@ -39,24 +40,23 @@ local function entry_id(s)
   return tonumber(string.match(s, '^(%d+)')) or 0
 end
 
--- Add (sign 1) or remove (-1) a frame of `len` bytes from `from` at `addr`
--- for `to` in the accounts.
-local function account(to, from, addr, len, sign)
+-- Add `n` frames of `len` payload bytes in all, charged `cost` bytes in
+-- all, from `from` at `addr` for `to` to the accounts (negative: remove).
+local function account(to, from, addr, n, len, cost)
   -- As text: Lua prints 0 * -1 as "-0", which HINCRBY refuses.
-  local cost = int((len + COST) * sign)
-  local bytes = int(len * sign)
+  local c, l = int(cost), int(len)
   local pair = from .. to
-  if redis.call('HINCRBY', P .. 'up', pair, cost) <= 0 then
+  if redis.call('HINCRBY', P .. 'up', pair, c) <= 0 then
     redis.call('HDEL', P .. 'up', pair)
   end
   if addr ~= ZERO then
-    if redis.call('HINCRBY', P .. 'ua', addr, cost) <= 0 then
+    if redis.call('HINCRBY', P .. 'ua', addr, c) <= 0 then
       redis.call('HDEL', P .. 'ua', addr)
     end
   end
-  redis.call('HINCRBY', P .. 'tot', 'n', int(sign))
-  redis.call('HINCRBY', P .. 'tot', 'b', bytes)
-  redis.call('HINCRBY', P .. 'qb', to, bytes)
+  redis.call('HINCRBY', P .. 'tot', 'n', int(n))
+  redis.call('HINCRBY', P .. 'tot', 'b', l)
+  redis.call('HINCRBY', P .. 'qb', to, l)
 end
 
 -- After frames left `to`'s queue: forget it when empty, else index its
@@ -74,11 +74,26 @@ local function settle(to)
   redis.call('ZADD', P .. 'qexp', num(m.e), to)
 end
 
--- Remove the entries `es` (read from `to`'s queue) from the accounts.
+-- Remove the entries `es` (read from `to`'s queue) from the accounts: one
+-- update per sender and address, not per frame.
 local function unaccount_all(to, es)
+  local groups, order = {}, {}
   for _, e in ipairs(es) do
     local m = fields(e[2])
-    account(to, m.f or '', m.a or ZERO, string.len(m.p or ''), -1)
+    local from, addr = m.f or '', m.a or ZERO
+    local k = from .. '/' .. addr
+    local g = groups[k]
+    if not g then
+      g = {from = from, addr = addr, n = 0, len = 0}
+      groups[k] = g
+      order[#order + 1] = k
+    end
+    g.n = g.n + 1
+    g.len = g.len + string.len(m.p or '')
+  end
+  for _, k in ipairs(order) do
+    local g = groups[k]
+    account(to, g.from, g.addr, -g.n, -g.len, -(g.len + g.n * COST))
   end
 end
 
