@@ -349,6 +349,7 @@ impl Store for RedisStore {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         };
         let mut cmd = redis::cmd("XRANGE");
+        let limit = limit.min(i64::MAX as usize);
         cmd.arg(self.keys.queue(&to)).arg(from).arg("+").arg("COUNT").arg(limit);
         self.call(Call::Cmd(cmd), |v| array(v)?.into_iter().map(entry).collect())
     }
