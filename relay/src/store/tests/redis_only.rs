@@ -340,3 +340,40 @@ async fn redis_costs_per_frame() {
     println!("commands per enqueue batch run:\n{stats_enq}\nper ack run:\n{stats_ack}");
     println!("durable commits (pipelines with writes): {}", s.stats().durable_commits);
 }
+
+/// One sweep deletes at most `MAX_EXPIRED_PER_SWEEP` frames, across
+/// queues; the next one goes on where it stopped.
+#[tokio::test]
+async fn a_sweep_stops_at_its_cap_and_the_next_goes_on() {
+    use super::super::MAX_EXPIRED_PER_SWEEP as CAP;
+    let server = RedisServer::start_with("no");
+    let roomy = super::QueueLimits { max_frames: 1 << 20, max_bytes: 1 << 34, ..LIMITS };
+    let s = RedisStore::connect(&server.url(), roomy, ROUTES, PREFIX).await.unwrap();
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    route(&s, a, b).await;
+    route(&s, a, c).await;
+    let mut n = 0;
+    while n < CAP + 5 {
+        let calls: Vec<_> = (0..1000)
+            .map(|i| {
+                let to = if i % 2 == 0 { b } else { c };
+                s.enqueue(frame(to, a, vec![1]), 1000, false).durable
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap();
+        }
+        n += 1000;
+    }
+    // Queued at 1000 (TTL 60) and at 5000: only the first batch expires.
+    put(&s, b, a, b"young").await;
+    let young = s.enqueue(frame(b, a, b"younger".to_vec()), 5000, false).durable.await.unwrap();
+    let first = s.expire(2000).await.unwrap().frames;
+    assert_eq!(first, CAP as u64);
+    let second = s.expire(2000).await.unwrap().frames;
+    assert_eq!(first + second, n as u64 + 1);
+    assert_eq!(s.expire(2000).await.unwrap().frames, 0);
+    let left = s.fetch(b, 0, 10).await.unwrap();
+    assert_eq!(left.iter().map(|q| q.id).collect::<Vec<_>>(), [young]);
+    assert_eq!(s.totals().await.unwrap().queues.frames, 1);
+}
