@@ -19,6 +19,9 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     fsync: &'static str,
+    /// More arguments (`--replicaof`), or a sentinel's config file first.
+    extra: Vec<String>,
+    sentinel: bool,
 }
 
 impl RedisServer {
@@ -37,9 +40,37 @@ impl RedisServer {
         Self::start_full(port, "always")
     }
 
+    /// A replica of the server on `primary` (AOF on, `appendfsync always`).
+    pub fn start_replica_of(primary: u16) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let extra = vec!["--replicaof".into(), "127.0.0.1".into(), primary.to_string()];
+        let port = free_port();
+        let mut s = Self { child: None, port, dir, fsync: "always", extra, sentinel: false };
+        s.spawn();
+        s
+    }
+
+    /// A Sentinel (`redis-server --sentinel`) watching the primary on
+    /// `primary` under `name`, alone (quorum 1), quick to act (1 s).
+    pub fn start_sentinel(primary: u16, name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {primary} 1\n\
+             sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n",
+            dir.path().display()
+        );
+        std::fs::write(&conf, text).expect("the sentinel's config");
+        let extra = vec![conf.display().to_string()];
+        let mut s = Self { child: None, port, dir, fsync: "always", extra, sentinel: true };
+        s.spawn();
+        s
+    }
+
     fn start_full(port: u16, fsync: &'static str) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut s = Self { child: None, port, dir, fsync };
+        let mut s = Self { child: None, port, dir, fsync, extra: Vec::new(), sentinel: false };
         s.spawn();
         s
     }
@@ -60,11 +91,17 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync])
-            .arg("--dir")
-            .arg(self.dir.path())
+        let mut cmd = Command::new("redis-server");
+        if self.sentinel {
+            cmd.args(&self.extra).arg("--sentinel");
+        } else {
+            cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .args(&self.extra);
+        }
+        let child = cmd
             .args(["--protected-mode", "yes", "--loglevel", "warning"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

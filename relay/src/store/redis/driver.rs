@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::keys::Keys;
 use super::scripts::Script;
+use super::target::Target;
 use crate::store::StoreError;
 
 /// Longest a connection attempt or a batch's answer may take.
@@ -96,7 +97,7 @@ struct Live {
 
 /// The connection's owner.
 pub(super) struct Driver {
-    pub(super) client: Client,
+    pub(super) target: Target,
     pub(super) keys: Keys,
     pub(super) shared: Arc<Shared>,
     pub(super) rx: mpsc::Receiver<Job>,
@@ -157,12 +158,12 @@ impl Driver {
 
     /// A new connection: the epoch base (made if missing), the server's
     /// run id, the scripts; then the epoch, published if it changed.
-    async fn open(&self) -> Result<Live, StoreError> {
+    async fn open(&mut self) -> Result<Live, StoreError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let mut conn = self
-            .client
+        let client = self.target.client().await?;
+        let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(unavailable)?;
@@ -340,8 +341,9 @@ fn warn_if_evicting(info_memory: &str) {
     }
 }
 
-/// One command's answer: a script refused by its epoch guard, or lost by
-/// the server (`NOSCRIPT`), is [`StoreError::Unavailable`] (and the
+/// One command's answer: a script refused by its epoch guard, lost by the
+/// server (`NOSCRIPT`), or sent to a server that is no primary now
+/// (`READONLY`, `MASTERDOWN`) is [`StoreError::Unavailable`] (and the
 /// connection is dropped); any other server error, such as a key of another
 /// type under the namespace, is [`StoreError::Backend`].
 fn answer(v: Value) -> Result<Value, StoreError> {
@@ -349,7 +351,9 @@ fn answer(v: Value) -> Result<Value, StoreError> {
         Value::ServerError(e) => {
             let code = e.code().to_owned();
             let text = format!("redis: {code} {}", e.details().unwrap_or_default());
-            if code == "TANDEM_EPOCH" || code == "NOSCRIPT" {
+            // The guard, lost scripts, a primary turned replica (after a
+            // failover: Sentinel names the new one at the next connection).
+            if matches!(code.as_str(), "TANDEM_EPOCH" | "NOSCRIPT" | "READONLY" | "MASTERDOWN") {
                 Err(StoreError::Unavailable(text))
             } else {
                 Err(StoreError::Backend(text))

@@ -86,15 +86,18 @@
 //!
 //! # Not supported yet
 //!
-//! TLS (`rediss://`), Sentinel and Redis Cluster (the keys share one hash
-//! tag, but the scripts build key names they do not declare: untested
-//! there). [`Store::reserve_id`], [`Store::enqueue_reserved`] and
+//! TLS (`rediss://`) and Redis Cluster (the keys share one hash tag, but
+//! the scripts build key names they do not declare: untested there).
+//! Sentinel is supported ([`target`]): a failover is a new primary with
+//! another `run_id`, so a new epoch, and the old primary's `READONLY`
+//! answers make the store reconnect to the new one. [`Store::reserve_id`], [`Store::enqueue_reserved`] and
 //! [`Store::watch`] keep the trait's defaults: this store holds nothing in
 //! memory, so the relay writes every frame to Redis.
 
 mod driver;
 mod keys;
 mod scripts;
+mod target;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -133,9 +136,11 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedisStore {
-    /// Connect to the Redis server at `url` (`redis://[:password@]host:port[/db]`
-    /// or `unix:///path`), keys under `prefix` ([`DEFAULT_PREFIX`] when
-    /// empty), and read the store epoch. Must run inside a tokio runtime.
+    /// Connect to the Redis server at `url` (`redis://[:password@]host:port[/db]`,
+    /// `unix:///path`, or the primary Sentinel names:
+    /// `redis+sentinel://[:password@]host:port[,host:port...]/<primary>[/<db>]`),
+    /// keys under `prefix` ([`DEFAULT_PREFIX`] when empty), and read the
+    /// store epoch. Must run inside a tokio runtime.
     ///
     /// # Errors
     /// [`StoreError::Backend`] for a bad URL, [`StoreError::Unavailable`]
@@ -176,12 +181,12 @@ impl RedisStore {
         prefix: &str,
         first: Option<oneshot::Sender<Result<(), StoreError>>>,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(backend)?;
+        let target = target::Target::parse(url)?;
         let rt = tokio::runtime::Handle::try_current().map_err(backend)?;
         let keys = Keys::new(prefix);
         let shared = Arc::new(Shared::new());
         let (tx, rx) = mpsc::channel(QUEUE);
-        let driver = Driver { client, keys: keys.clone(), shared: Arc::clone(&shared), rx, first };
+        let driver = Driver { target, keys: keys.clone(), shared: Arc::clone(&shared), rx, first };
         rt.spawn(driver.run());
         Ok(Self { tx, shared, keys, limits, routes })
     }

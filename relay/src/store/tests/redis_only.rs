@@ -377,3 +377,44 @@ async fn a_sweep_stops_at_its_cap_and_the_next_goes_on() {
     assert_eq!(left.iter().map(|q| q.id).collect::<Vec<_>>(), [young]);
     assert_eq!(s.totals().await.unwrap().queues.frames, 1);
 }
+
+/// Through Sentinel: a failover is a new primary, so a new epoch; the store
+/// follows it by itself, and what the replica had is there under the same
+/// ids, new ones above them.
+#[tokio::test]
+async fn a_sentinel_failover_moves_the_store_to_the_new_primary_under_a_new_epoch() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(primary.port());
+    let sentinel = RedisServer::start_sentinel(primary.port(), "main");
+    let url = format!("redis+sentinel://127.0.0.1:{}/main", sentinel.port());
+    let s = RedisStore::connect(&url, LIMITS, ROUTES, PREFIX).await.unwrap();
+    let (a, b) = (dev(1), dev(2));
+    route(&s, a, b).await;
+    let ids = [put(&s, b, a, b"1").await, put(&s, b, a, b"2").await];
+    // The replica has them before the failover.
+    let key = format!("XLEN {{test}}:q:{}", format!("{:02x}", 2).repeat(16));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica.command(&key).as_deref().map(str::trim) != Some(":2") {
+        assert!(Instant::now() < deadline, "the replica did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = s.epoch();
+    assert!(sentinel.command("SENTINEL FAILOVER main").unwrap().starts_with("+OK"));
+    // Calls are refused while it moves, then go to the new primary.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let next = loop {
+        assert!(Instant::now() < deadline, "the store never reached the new primary");
+        match s.enqueue(frame(b, a, b"3".to_vec()), 1000, false).durable.await {
+            Ok(id) if s.epoch() != before => break id,
+            Ok(_) => {}
+            Err(StoreError::Unavailable(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(replica.command("ROLE").unwrap().contains("master"), "the replica was promoted");
+    assert!(next > ids[1]);
+    let q = s.fetch(b, 0, 100).await.unwrap();
+    assert_eq!(q.first().map(|q| q.id), Some(ids[0]));
+    assert!(q.iter().any(|q| q.id == next));
+}
