@@ -3,7 +3,10 @@
 //! snapshots. Never the server on 6379. Killed when dropped.
 //!
 //! Shared by the relay's unit tests (`src/store/tests/`, through `#[path]`)
-//! and its integration tests (`mod support;` with `support/redis.rs`).
+//! and its integration tests (`mod support { pub mod redis; }`, as
+//! `tests/redis_store.rs` does). Also a replica
+//! ([`RedisServer::start_replica_of`]) and a Sentinel
+//! ([`RedisServer::start_sentinel`]).
 
 #![allow(dead_code, unreachable_pub)]
 
