@@ -8,7 +8,7 @@
 //! ([`RedisServer::start_replica_of`]) and a Sentinel
 //! ([`RedisServer::start_sentinel`]).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
