@@ -25,7 +25,11 @@
 //! sweep reads the sorted set `qexp` (each non-empty queue scored by its
 //! head's expiry), so it touches only queues with something due. The cost:
 //! an ack, a revocation and the sweep read the entries they delete (with
-//! their payloads) inside the script, to take them off the accounts.
+//! their payloads) inside the script, to take them off the accounts (one
+//! update per sender and address, not per frame). Measured on Redis 7.0
+//! (`redis_costs_per_frame`, ignored): an enqueue is one `EVALSHA` of
+//! about 14 µs of Redis time (16 commands inside it), an ack of 16 frames
+//! about 60 µs, whatever the payload size (64 B to 16 KiB).
 //!
 //! # Order, batching, errors
 //!

@@ -312,6 +312,9 @@ async fn redis_costs_per_frame() {
     let (a, b) = (dev(1), dev(2));
     route(&s, a, b).await;
     let n = 20_000u64;
+    // The payload's size: TANDEM_COST_PAYLOAD, or 1 KiB.
+    let size: usize =
+        std::env::var("TANDEM_COST_PAYLOAD").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
     server.command("CONFIG RESETSTAT").unwrap();
     let t = Instant::now();
     let mut last = 0;
@@ -335,7 +338,7 @@ async fn redis_costs_per_frame() {
     }
     let ack = t.elapsed();
     let stats_ack = server.command("INFO commandstats").unwrap();
-    println!("{n} enqueues of 1 KiB in {enq:?} ({:.0}/s)", n as f64 / enq.as_secs_f64());
+    println!("{n} enqueues of {size} B in {enq:?} ({:.0}/s)", n as f64 / enq.as_secs_f64());
     println!("{} acks of 16 in {ack:?}", n / 16);
     println!("commands per enqueue batch run:\n{stats_enq}\nper ack run:\n{stats_ack}");
     println!("durable commits (pipelines with writes): {}", s.stats().durable_commits);
