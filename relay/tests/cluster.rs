@@ -283,6 +283,10 @@ async fn redis_restarted_loses_no_acknowledged_frame_and_readyz_follows_it() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(ready, 503, "a node without Redis is not ready");
+        let (_, metrics) = common::cluster::get(n, "/metrics").await;
+        let up = |m| common::metric(&metrics, m) == Some(1.0);
+        let both = up("tandem_relay_store_up") && up("tandem_relay_cluster_up");
+        assert!(!both, "/metrics says why it is not ready: {metrics}");
     }
     redis.restart();
     for n in [&n1, &n2] {
@@ -295,6 +299,8 @@ async fn redis_restarted_loses_no_acknowledged_frame_and_readyz_follows_it() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(ready, 200, "ready again once Redis is back");
+        let (_, metrics) = common::cluster::get(n, "/metrics").await;
+        assert_eq!(common::metric(&metrics, "tandem_relay_cluster_up"), Some(1.0), "{metrics}");
     }
     // The phone reconnects as a client does: a refusal while the node
     // finds its way back to Redis is retried.
