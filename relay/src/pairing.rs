@@ -248,6 +248,18 @@ impl Mailboxes {
         ids
     }
 
+    /// The open mailboxes nobody claimed yet, with their desktops.
+    pub(crate) fn unclaimed(&self) -> Vec<([u8; 16], DeviceId)> {
+        let inner = lock(&self.inner);
+        let now = Instant::now();
+        inner
+            .map
+            .iter()
+            .filter(|(_, m)| m.claimed_by.is_none() && m.expires > now)
+            .map(|(id, m)| (*id, m.owner.desktop))
+            .collect()
+    }
+
     /// Whether `desktop` has a mailbox open on connection `conn_id`.
     pub(crate) fn has_open(&self, desktop: DeviceId, conn_id: u64) -> bool {
         let inner = lock(&self.inner);

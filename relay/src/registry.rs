@@ -18,8 +18,10 @@ use crate::state::State;
 pub(crate) enum Outbound {
     /// A frame to send as is.
     Frame(Frame),
-    /// A stored frame to deliver live (the writer keeps delivery order).
-    Deliver { id: u64, from: DeviceId, payload: bytes::Bytes },
+    /// A stored frame to deliver live (the writer keeps delivery order),
+    /// its id taken under store epoch `epoch` (a connection told another
+    /// epoch reads its queue instead).
+    Deliver { id: u64, from: DeviceId, payload: bytes::Bytes, epoch: u64 },
 }
 
 /// What a connection's queue holds: boxed, so that the queue's first block
@@ -119,6 +121,11 @@ impl ConnHandle {
         if mine != 0 && mine < fence {
             self.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
         }
+    }
+
+    /// Its fence token in the cluster (0: none yet, or one node).
+    pub(crate) fn fence(&self) -> u64 {
+        self.shared.fence.load(Ordering::Acquire)
     }
 
     /// The connection claimed its device with `fence`; a claim with a

@@ -64,6 +64,12 @@ impl Routes {
         Ok(peers)
     }
 
+    /// Whether `a` and `b` authorised each other, if `a`'s routes are
+    /// cached (no store round trip).
+    pub(crate) fn cached(&self, a: DeviceId, b: DeviceId) -> Option<bool> {
+        lock(&self.cache).get(&a).map(|p| p.contains(&b))
+    }
+
     /// Whether `a` and `b` authorised each other.
     pub(crate) async fn is_route(&self, a: DeviceId, b: DeviceId) -> Result<bool, StoreError> {
         Ok(self.peers(a).await?.contains(&b))

@@ -110,6 +110,7 @@ pub async fn run_with_store(
     if let Some(c) = &cluster {
         tokio::spawn(crate::cluster::run(state.clone(), c.clone()));
         tokio::spawn(crate::cluster::run_heartbeat(state.clone(), c.clone()));
+        tokio::spawn(crate::cluster::run_upkeep(state.clone(), c.clone()));
     }
     if let Some(epochs) = state.store.epoch_changed() {
         tokio::spawn(close_on_new_epoch(state.clone(), epochs));

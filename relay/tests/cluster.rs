@@ -446,3 +446,111 @@ async fn nodes_on_sentinel_follow_a_failover() {
     assert_eq!((got.1, got.2.as_slice()), (desk_id, &b"after"[..]));
     assert!(replica.command("ROLE").unwrap().contains("master"), "the replica was promoted");
 }
+
+/// Review finding 1: a push that is late (its sender's reader was busy)
+/// must not carry an id of the store epoch it was taken under into the new
+/// one. Redis is wiped while frame 1's push waits; frame 2 then gets the
+/// same id under the new epoch, and the phone must get frame 2, not frame 1
+/// under frame 2's id (its ack would have deleted frame 2 unsent).
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_late_push_never_carries_an_old_epochs_id_into_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let d = dir.path().join("n1");
+    std::fs::create_dir_all(&d).unwrap();
+    let url = redis.url();
+    let args = ["--store", "redis", "--redis-url", &url, "--node-id", "n1"];
+    let n1 =
+        common::Relay::start_env(&d, &args, &[("FAILPOINTS", "relay.push.delay=return(2500)")]);
+    let (mut desk, mut phone) = common::paired(&n1).await;
+    let (desk_key, phone_key, phone_id, desk_id) =
+        (desk.key.clone(), phone.key.clone(), phone.id(), desk.id());
+    // Frame 1 is queued (its id taken) and its push waits 2.5 s; meanwhile
+    // Redis loses everything (its epoch base too): a new store epoch.
+    let f1 = b"frame 1, lost with the wipe".to_vec();
+    desk.send(&Frame::Send { send_id: 1, to: phone_id, payload: f1 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(redis.command("FLUSHALL").unwrap().starts_with("+OK"));
+    for d in [&mut desk, &mut phone] {
+        let (end, _) = d.until_closed(Duration::from_secs(10)).await;
+        assert_eq!(end, close_code(ErrorCode::ShuttingDown), "a new epoch closes connections");
+    }
+    let mut phone = connect_retrying(&n1, phone_key, Role::Phone).await;
+    let mut desk = connect_retrying(&n1, desk_key, Role::Desktop).await;
+    // The routes went with the wipe: authorised again.
+    desk.authorize(phone_id, 2).await.unwrap();
+    phone.authorize(desk_id, 2).await.unwrap();
+    desk.send_to(phone_id, 3, b"frame 2").await.unwrap();
+    let (id, _, payload) = phone.delivery().await;
+    assert_eq!(payload, b"frame 2", "delivery {id} must be frame 2, never the old epoch's frame 1");
+    phone.assert_quiet(Duration::from_secs(3)).await;
+}
+
+/// Review finding 4: a node killed with -9 and started again at once under
+/// the same node id (as compose and Kubernetes do) releases what its
+/// previous run owned: a device that did not come back is announced offline.
+#[tokio::test]
+async fn a_node_restarted_under_its_id_releases_what_its_last_run_owned() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let mut n1 = node(dir.path(), &redis, "n1", &[]);
+    let n2 = node(dir.path(), &redis, "n2", &[]);
+    let pair = pair_for_real_between(&n2, &n1, LO, LO).await;
+    let (mut desk, phone) = (pair.desk, pair.phone);
+    let phone_id = phone.id();
+    desk.presence(phone_id, true).await;
+    n1.restart();
+    drop(phone);
+    let f = desk
+        .expect_within(
+            "the phone offline",
+            Duration::from_secs(15),
+            |f| matches!(f, Frame::Presence { peer, online: false } if *peer == phone_id),
+        )
+        .await;
+    assert!(matches!(f, Frame::Presence { .. }));
+    // And a desktop connecting now is not told the phone is online.
+    let (mut other, _) = Device::connect_from(&n2, desk.key.clone(), Role::Desktop, LO).await;
+    let (frames, _) = other.collect_for(Duration::from_millis(800)).await;
+    assert!(
+        !frames
+            .iter()
+            .any(|f| matches!(f, Frame::Presence { peer, online: true } if *peer == phone_id)),
+        "{frames:?}"
+    );
+}
+
+/// Review finding 2: a `Replaced` message lost while the old node's
+/// subscription was down (its pub/sub connections killed) still ends with
+/// one connection: the old node reconciles when it subscribes again.
+#[tokio::test]
+async fn a_lost_replaced_message_still_leaves_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let n1 = node(dir.path(), &redis, "n1", &[]);
+    let n2 = node(dir.path(), &redis, "n2", &[]);
+    let pair = pair_for_real_between(&n2, &n1, LO, LO).await;
+    let (mut desk, mut phone) = (pair.desk, pair.phone);
+    let (phone_id, key) = (phone.id(), phone.key.clone());
+    // n1's subscription goes down while the phone connects to n2.
+    let killer = {
+        let port = redis.port();
+        std::thread::spawn(move || {
+            for _ in 0..25 {
+                let _ = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+                    use std::io::Write;
+                    s.write_all(b"CLIENT KILL TYPE pubsub\r\n")
+                });
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let (mut phone2, _) = Device::connect_from(&n2, key, Role::Phone, LO).await;
+    killer.join().unwrap();
+    let (end, _) = phone.until_closed(Duration::from_secs(8)).await;
+    assert_eq!(end, close_code(ErrorCode::Replaced), "the old connection on n1 goes");
+    desk.send_to(phone_id, 1, b"to the one connection").await.unwrap();
+    let (_, _, payload) = phone2.delivery().await;
+    assert_eq!(payload, b"to the one connection");
+}

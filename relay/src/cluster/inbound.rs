@@ -1,6 +1,6 @@
-//! A node's two cluster tasks: its channel subscription (messages from the
-//! other nodes, acted on here) and its heartbeat (liveness, and the reaping
-//! of nodes that died).
+//! A node's channel subscription: messages from the other nodes, acted on
+//! here without a store round trip (every message waits behind the one
+//! before it).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tandem_proto::frame::Frame;
-use tandem_proto::{DeviceId, ErrorCode};
 use tokio::time::{sleep, timeout};
 use tracing::{debug, info, warn};
 
@@ -24,11 +23,12 @@ pub(crate) async fn run(state: Arc<State>, cluster: Arc<Cluster>) {
     let mut backoff = Duration::from_millis(100);
     while !state.shutdown.is_cancelled() {
         match subscribe(&cluster).await {
-            Ok((mut sink, mut stream)) => {
+            Ok((mut sink, mut stream, generation)) => {
                 backoff = Duration::from_millis(100);
                 cluster.subscribed.store(true, Ordering::Release);
                 info!(node = cluster.node(), "cluster channel subscribed");
-                resync(&state, &cluster).await;
+                // Off the message loop: it makes round trips per device.
+                tokio::spawn(super::upkeep::resync(state.clone(), cluster.clone()));
                 let mut ping = tokio::time::interval(HEARTBEAT);
                 loop {
                     tokio::select! {
@@ -43,6 +43,11 @@ pub(crate) async fn run(state: Arc<State>, cluster: Arc<Cluster>) {
                             let alive =
                                 timeout(Duration::from_secs(2), sink.ping::<redis::Value>()).await;
                             if !matches!(alive, Ok(Ok(_))) {
+                                break;
+                            }
+                            // The command connection was made again (the
+                            // server may have changed): so is this one.
+                            if cluster.link.generation() != generation {
                                 break;
                             }
                         }
@@ -61,10 +66,17 @@ pub(crate) async fn run(state: Arc<State>, cluster: Arc<Cluster>) {
     }
 }
 
+/// Subscribe to this node's channel and the one all nodes hear, on the
+/// server the command connection talks to; with the command connection's
+/// generation then (see [`super::link::Link::generation`]).
 async fn subscribe(
     cluster: &Cluster,
-) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), redis::RedisError> {
+) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream, u64), redis::RedisError> {
     let connect = async {
+        let as_redis =
+            |e: super::ClusterError| redis::RedisError::from(std::io::Error::other(e.to_string()));
+        cluster.link.conn().await.map_err(as_redis)?;
+        let generation = cluster.link.generation();
         let client = cluster
             .link
             .client()
@@ -73,7 +85,8 @@ async fn subscribe(
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(cluster.channel()).await?;
         pubsub.subscribe(cluster.all_channel()).await?;
-        Ok(pubsub.split())
+        let (sink, stream) = pubsub.split();
+        Ok((sink, stream, generation))
     };
     match timeout(Duration::from_secs(3), connect).await {
         Ok(r) => r,
@@ -81,25 +94,6 @@ async fn subscribe(
             std::io::ErrorKind::TimedOut,
             "subscribing took over 3 s",
         ))),
-    }
-}
-
-/// What the node may have missed while it was not subscribed, made good.
-async fn resync(state: &State, cluster: &Cluster) {
-    state.routes.clear();
-    let here = state.registry.devices();
-    for (_, h) in &here {
-        // Its writer reads the store: a live delivery may have been lost.
-        h.answers().wake();
-    }
-    for (device, h) in here {
-        let Ok(peers) = state.routes.peers(device).await else { continue };
-        let remote: Vec<_> =
-            peers.iter().filter(|p| state.registry.get(p).is_none()).map(|p| (*p, None)).collect();
-        let Ok(online) = cluster.route(&remote).await else { return };
-        for ((peer, _), online) in remote.iter().zip(online) {
-            h.offer(Outbound::Frame(Frame::Presence { peer: *peer, online }));
-        }
     }
 }
 
@@ -120,13 +114,19 @@ async fn dispatch(state: &State, cluster: &Cluster, bytes: &[u8]) {
                 cluster.garbage.fetch_add(1, Ordering::Relaxed);
                 return;
             };
-            // An id of another epoch than this node's store knows is not
-            // passed on (the queue is read again under the new one); nor a
-            // frame whose route was revoked since it was queued.
-            if epoch == state.store.epoch()
-                && state.routes.is_route(from, to).await.unwrap_or(false)
-            {
-                h.offer(Outbound::Deliver { id: delivery_id, from, payload: payload.into() });
+            // No store round trip here (it would hold up every message
+            // behind it): a route not cached makes the writer read the
+            // queue, which revocation empties. The writer drops an id of
+            // another epoch than its device was told.
+            match state.routes.cached(from, to) {
+                Some(true) => h.offer(Outbound::Deliver {
+                    id: delivery_id,
+                    from,
+                    payload: payload.into(),
+                    epoch,
+                }),
+                Some(false) => {}
+                None => h.answers().wake(),
             }
         }
         Message::Frame { to, frame } => {
@@ -171,63 +171,4 @@ async fn dispatch(state: &State, cluster: &Cluster, bytes: &[u8]) {
             }
         }
     }
-}
-
-/// Renew the node's liveness every [`HEARTBEAT`] and reap dead nodes,
-/// until shutdown. A node that finds it was presumed dead closes every
-/// connection (their devices reconnect and claim again).
-pub(crate) async fn run_heartbeat(state: Arc<State>, cluster: Arc<Cluster>) {
-    let mut first = true;
-    while !state.shutdown.is_cancelled() {
-        match cluster.heartbeat().await {
-            Ok(was_alive) => {
-                cluster.beating.store(true, Ordering::Release);
-                if !was_alive && !first {
-                    let conns = state.registry.all();
-                    warn!(
-                        node = cluster.node(),
-                        connections = conns.len(),
-                        "this node was presumed dead by the cluster; closing its connections"
-                    );
-                    for h in conns {
-                        h.close(
-                            ErrorCode::ShuttingDown,
-                            "this relay node lost the cluster; reconnect after the hint",
-                        );
-                    }
-                }
-                first = false;
-            }
-            Err(e) => {
-                cluster.beating.store(false, Ordering::Release);
-                warn!(error = %e, "cluster heartbeat failed");
-            }
-        }
-        match cluster.reap().await {
-            Ok(gone) if !gone.is_empty() => {
-                info!(devices = gone.len(), "reaped the devices of a node that died");
-                for d in gone {
-                    offline(&state, &cluster, d).await;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => debug!(error = %e, "could not look for dead nodes"),
-        }
-        tokio::select! {
-            () = state.shutdown.cancelled() => return,
-            () = sleep(HEARTBEAT) => {}
-        }
-    }
-}
-
-/// A device whose node died is offline: its peers hear so, wherever they
-/// are (unless it is back on some node already).
-async fn offline(state: &State, cluster: &Cluster, device: DeviceId) {
-    if state.registry.get(&device).is_some() {
-        return;
-    }
-    if cluster.route(&[(device, None)]).await.is_ok_and(|on| on.first() == Some(&true)) {
-        return;
-    }
-    crate::conn::announce(state, device, false).await;
 }

@@ -36,11 +36,24 @@ fn gone(e: &RedisError) -> bool {
 pub(super) struct Link {
     target: tokio::sync::Mutex<RedisTarget>,
     current: Mutex<Option<Watched>>,
+    /// Moves on with every new connection: the node's subscription is made
+    /// again when it moved (with Sentinel the primary may have changed, and
+    /// a subscription on a demoted server may miss messages).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Link {
     pub(super) fn new(target: RedisTarget) -> Self {
-        Self { target: tokio::sync::Mutex::new(target), current: Mutex::new(None) }
+        Self {
+            target: tokio::sync::Mutex::new(target),
+            current: Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many connections were made so far.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// A client of the server to talk to now (for a pub/sub connection).
@@ -53,13 +66,20 @@ impl Link {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
-        let client = self.client().await?;
+        // One connection attempt at a time: the others wait for it.
+        let mut target = self.target.lock().await;
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let client = target.client().await.map_err(|e| ClusterError::Redis(e.to_string()))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT));
         let inner = client.get_multiplexed_async_connection_with_config(&config).await?;
         let c = Watched { inner, broken: Arc::new(AtomicBool::new(false)) };
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(target);
         Ok(c)
     }
 

@@ -35,9 +35,11 @@
 mod inbound;
 mod link;
 mod message;
+mod pairing;
 mod scripts;
 #[cfg(test)]
 mod tests;
+mod upkeep;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -47,9 +49,11 @@ use tandem_proto::frame::Frame;
 use thiserror::Error;
 use tracing::warn;
 
-pub(crate) use self::inbound::{run, run_heartbeat};
+pub(crate) use self::inbound::run;
 pub(crate) use self::message::Message;
 use self::scripts::Scripts;
+pub use self::upkeep::RECONCILE;
+pub(crate) use self::upkeep::{run_heartbeat, run_upkeep};
 
 /// How long a node counts as alive after its last heartbeat.
 pub const ALIVE_TTL: Duration = Duration::from_secs(3);
@@ -175,10 +179,6 @@ impl Cluster {
         format!("{}{what}:{}", self.prefix, hex(d))
     }
 
-    fn pair_key(&self, id: &[u8; 16]) -> String {
-        format!("{}pair:{}", self.prefix, hex(&DeviceId(*id)))
-    }
-
     /// This node's channel.
     fn channel(&self) -> String {
         format!("{}node:{}", self.prefix, self.node)
@@ -231,9 +231,15 @@ impl Cluster {
         }
     }
 
-    /// Give up `device`'s ownership if this node holds it; true if it did
-    /// (the device is offline now, unless it is connected elsewhere).
-    pub(crate) async fn release(&self, device: DeviceId) -> Result<bool, ClusterError> {
+    /// Give up `device`'s ownership if it is still the one this node
+    /// claimed with `fence`; true if it was (the device is offline now,
+    /// unless it is connected elsewhere).
+    pub(crate) async fn release(&self, device: DeviceId, fence: u64) -> Result<bool, ClusterError> {
+        self.release_value(device, &format!("{}|{fence}", self.node)).await
+    }
+
+    /// Give up `device`'s ownership if its owner value is still `value`.
+    async fn release_value(&self, device: DeviceId, value: &str) -> Result<bool, ClusterError> {
         let mut c = self.link.conn().await?;
         let n: i64 = self
             .scripts
@@ -242,9 +248,61 @@ impl Cluster {
             .arg(&self.node)
             .arg(&self.prefix)
             .arg(hex(&device))
+            .arg(value)
             .invoke_async(&mut c)
             .await?;
         Ok(n == 1)
+    }
+
+    /// Who owns each of `devices` now: its node and fence (`None`: nobody).
+    pub(crate) async fn owners(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<Vec<Option<(String, u64)>>, ClusterError> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.link.conn().await?;
+        let keys: Vec<String> = devices.iter().map(|d| self.key("own", d)).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut c).await?;
+        Ok(values
+            .into_iter()
+            .map(|v| {
+                let v = v?;
+                let (node, fence) = v.rsplit_once('|')?;
+                Some((node.to_owned(), fence.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// The devices `own` gives to this node, each with its owner value.
+    pub(crate) async fn owned(&self) -> Result<Vec<(DeviceId, String)>, ClusterError> {
+        let mut c = self.link.conn().await?;
+        let got: Vec<String> = self
+            .scripts
+            .owned
+            .key(format!("{}devs:{}", self.prefix, self.node))
+            .arg(&self.prefix)
+            .arg(&self.node)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(got
+            .iter()
+            .filter_map(|s| {
+                let (d, v) = s.split_once('|')?;
+                Some((parse_hex(d)?, v.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Release `device` if `own` still gives it to this node with `value`
+    /// (it has no connection here); true if released.
+    pub(crate) async fn release_orphan(
+        &self,
+        device: DeviceId,
+        value: &str,
+    ) -> Result<bool, ClusterError> {
+        self.release_value(device, value).await
     }
 
     /// Hand each frame to its device's node (not this one's devices: the
@@ -343,17 +401,15 @@ impl Cluster {
         Ok(gone.iter().filter_map(|s| parse_hex(s)).collect())
     }
 
-    /// Leave the cluster (clean shutdown, after the connections closed).
+    /// Leave the cluster (clean shutdown, after the connections closed):
+    /// its liveness goes at once, so the other nodes reap whatever it
+    /// still owns (a connection the drain did not finish) without waiting
+    /// for the liveness to expire.
     pub(crate) async fn leave(&self) {
         let Ok(mut c) = self.link.conn().await else { return };
-        let left: Result<i64, _> = self
-            .scripts
-            .leave
-            .key(format!("{}alive:{}", self.prefix, self.node))
-            .key(format!("{}nodes", self.prefix))
-            .key(format!("{}devs:{}", self.prefix, self.node))
-            .arg(&self.node)
-            .invoke_async(&mut c)
+        let left: Result<i64, _> = redis::cmd("DEL")
+            .arg(format!("{}alive:{}", self.prefix, self.node))
+            .query_async(&mut c)
             .await;
         if let Err(e) = left {
             warn!(error = %e, "could not leave the cluster; the others reap this node");
@@ -374,103 +430,5 @@ impl Cluster {
             .invoke_async(&mut c)
             .await;
         led.is_ok_and(|n| n == 1)
-    }
-
-    /// Register a mailbox `desktop` opened here; false if the id is taken
-    /// on some node.
-    pub(crate) async fn pair_open(
-        &self,
-        id: [u8; 16],
-        desktop: DeviceId,
-        ttl: Duration,
-    ) -> Result<bool, ClusterError> {
-        let mut c = self.link.conn().await?;
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let n: i64 = self
-            .scripts
-            .pair_open
-            .key(self.pair_key(&id))
-            .arg(&self.node)
-            .arg(hex(&desktop))
-            .arg(ms)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Claim mailbox `id` for `claimer`; the desktop's node (if not this
-    /// one) is told with `payload`.
-    pub(crate) async fn pair_claim(
-        &self,
-        id: [u8; 16],
-        claimer: DeviceId,
-        payload: &[u8],
-    ) -> Result<Claim, ClusterError> {
-        use tandem_proto::ErrorCode;
-        let mut c = self.link.conn().await?;
-        let got: String = self
-            .scripts
-            .pair_claim
-            .key(self.pair_key(&id))
-            .arg(hex(&claimer))
-            .arg(&self.prefix)
-            .arg(Message::claimed(id, claimer, payload))
-            .arg(&self.node)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(match got.as_str() {
-            "not_found" => Claim::Refused(ErrorCode::PairingNotFound),
-            "claimed" => Claim::Refused(ErrorCode::PairingClaimed),
-            "self" => Claim::Refused(ErrorCode::UnexpectedFrame),
-            won => match won.rsplit_once('|').and_then(|(n, d)| Some((n, parse_hex(d)?))) {
-                Some((node, desktop)) => Claim::Won { desktop, here: node == self.node },
-                None => Claim::Refused(ErrorCode::PairingNotFound),
-            },
-        })
-    }
-
-    /// Pass a pairing message in mailbox `id` from `from` to `to` (on
-    /// another node); `Ok(None)` when sent, else the code to refuse with.
-    pub(crate) async fn pair_route(
-        &self,
-        id: [u8; 16],
-        from: DeviceId,
-        to: DeviceId,
-        frame: &Frame,
-    ) -> Result<Option<tandem_proto::ErrorCode>, ClusterError> {
-        use tandem_proto::ErrorCode;
-        let bytes = frame.encode().map_err(|e| ClusterError::Redis(e.to_string()))?;
-        let mut c = self.link.conn().await?;
-        let n: i64 = self
-            .scripts
-            .pair_route
-            .key(self.pair_key(&id))
-            .key(self.key("own", &to))
-            .arg(hex(&from))
-            .arg(hex(&to))
-            .arg(&self.prefix)
-            .arg(Message::frame(to, &bytes))
-            .invoke_async(&mut c)
-            .await?;
-        Ok(match n {
-            1 => None,
-            -1 => Some(ErrorCode::PairingNotFound),
-            _ => Some(ErrorCode::PairingNotFound),
-        })
-    }
-
-    /// Remove mailbox `id`'s registration (its desktop closed it, or went).
-    pub(crate) async fn pair_close(&self, id: [u8; 16], desktop: DeviceId) {
-        let Ok(mut c) = self.link.conn().await else { return };
-        let r: Result<i64, _> = self
-            .scripts
-            .pair_close
-            .key(self.pair_key(&id))
-            .arg(hex(&desktop))
-            .invoke_async(&mut c)
-            .await;
-        if let Err(e) = r {
-            warn!(error = %e, "could not remove a mailbox's registration; it expires by itself");
-        }
     }
 }

@@ -18,7 +18,7 @@ use redis::Script;
 /// returns the new fence token; the previous owner (another node) is told
 /// to close its connection.
 const CLAIM: &str = r"
-local fence = redis.call('INCR', KEYS[2])
+local fence = string.format('%d', redis.call('INCR', KEYS[2]))
 local old = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. fence)
 redis.call('SADD', ARGV[2] .. 'devs:' .. ARGV[1], ARGV[3])
@@ -32,11 +32,13 @@ end
 return fence
 ";
 
-/// `KEYS`: own. `ARGV`: node, prefix, device (hex). Gives up the device's
-/// ownership if this node holds it; 1 if it did.
+/// `KEYS`: own. `ARGV`: node, prefix, device (hex), the owner value it was
+/// claimed with (`node|fence`). Gives up the device's ownership if it is
+/// still exactly that (a later claim, even on this node, keeps it); 1 if it
+/// did.
 const RELEASE: &str = r"
 local old = redis.call('GET', KEYS[1])
-if old and string.match(old, '^(.*)|') == ARGV[1] then
+if old and old == ARGV[4] then
   redis.call('DEL', KEYS[1])
   redis.call('SREM', ARGV[2] .. 'devs:' .. ARGV[1], ARGV[3])
   return 1
@@ -101,13 +103,21 @@ end
 return gone
 ";
 
-/// `KEYS`: alive, nodes, devs. `ARGV`: node. A node that shuts down
-/// cleanly leaves at once (its devices were released one by one).
-const LEAVE: &str = r"
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3])
-return 1
+/// `KEYS`: devs. `ARGV`: prefix, node. The devices this node's set names
+/// that `own` still gives to this node, as `device|value` pairs (the node
+/// releases those it has no connection for, each only if its value is
+/// still the same: a claim meanwhile changes it).
+const OWNED: &str = r"
+local out = {}
+for _, d in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local o = redis.call('GET', ARGV[1] .. 'own:' .. d)
+  if o and string.match(o, '^(.*)|') == ARGV[2] then
+    table.insert(out, d .. '|' .. o)
+  else
+    redis.call('SREM', KEYS[1], d)
+  end
+end
+return out
 ";
 
 /// `KEYS`: lead. `ARGV`: node, ttl (ms). Whether this node runs the task
@@ -130,8 +140,10 @@ end
 return 0
 ";
 
-/// `KEYS`: pair. `ARGV`: claimer (hex), prefix, the `Claimed` message, the
-/// caller's node. The first claim wins; on success the desktop's node is
+/// `KEYS`: pair, the claim's payload (kept with the mailbox, so that the
+/// desktop's node can replay a `Claimed` message it missed). `ARGV`:
+/// claimer (hex), prefix, the `Claimed` message, the caller's node, the
+/// claim's payload. The first claim wins; on success the desktop's node is
 /// told (unless it is the caller's, which acts itself) and `node|desktop` is
 /// returned; otherwise an error word: `not_found`, `claimed`, `self`.
 const PAIR_CLAIM: &str = r"
@@ -141,7 +153,12 @@ local node, desk, claimer = string.match(v, '^(.*)|(%x+)|(%x*)$')
 if not node then return 'not_found' end
 if desk == ARGV[1] then return 'self' end
 if #claimer > 0 then return 'claimed' end
+if redis.call('EXISTS', ARGV[2] .. 'alive:' .. node) == 0 then return 'not_found' end
 redis.call('SET', KEYS[1], node .. '|' .. desk .. '|' .. ARGV[1], 'KEEPTTL')
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  redis.call('SET', KEYS[2], ARGV[5], 'PX', ttl)
+end
 if #ARGV[3] > 0 and node ~= ARGV[4] then
   redis.call('PUBLISH', ARGV[2] .. 'node:' .. node, ARGV[3])
 end
@@ -167,11 +184,12 @@ redis.call('PUBLISH', ARGV[3] .. 'node:' .. to, ARGV[4])
 return 1
 ";
 
-/// `KEYS`: pair. `ARGV`: desktop (hex). Removes a mailbox its desktop closed.
+/// `KEYS`: pair, the claim's payload. `ARGV`: desktop (hex). Removes a
+/// mailbox its desktop closed.
 const PAIR_CLOSE: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v and string.match(v, '^.*|(%x+)|%x*$') == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[2])
   return 1
 end
 return 0
@@ -185,7 +203,7 @@ pub(super) struct Scripts {
     pub(super) route: Script,
     pub(super) heartbeat: Script,
     pub(super) reap: Script,
-    pub(super) leave: Script,
+    pub(super) owned: Script,
     pub(super) lead: Script,
     pub(super) pair_open: Script,
     pub(super) pair_claim: Script,
@@ -201,7 +219,7 @@ impl Scripts {
             route: Script::new(ROUTE),
             heartbeat: Script::new(HEARTBEAT),
             reap: Script::new(REAP),
-            leave: Script::new(LEAVE),
+            owned: Script::new(OWNED),
             lead: Script::new(LEAD),
             pair_open: Script::new(PAIR_OPEN),
             pair_claim: Script::new(PAIR_CLAIM),

@@ -56,9 +56,10 @@ async fn ownership_moves_with_a_higher_fence_and_the_old_node_is_told() {
     assert!(f2 > f1, "fences only grow");
     assert_eq!(next(&mut to_a).await, Message::Replaced { device: dev(1), fence: f2 });
     // The old node's release does not take the device from the new one.
-    assert!(!a.release(dev(1)).await.unwrap());
+    assert!(!a.release(dev(1), f1).await.unwrap());
     assert_eq!(a.route(&[(dev(1), None)]).await.unwrap(), vec![true], "still online on b");
-    assert!(b.release(dev(1)).await.unwrap());
+    assert!(!b.release(dev(1), f1).await.unwrap(), "only with the fence it claimed with");
+    assert!(b.release(dev(1), f2).await.unwrap());
     assert_eq!(a.route(&[(dev(1), None)]).await.unwrap(), vec![false]);
     // A claim after a release starts above every earlier fence.
     assert!(a.claim(dev(1)).await.unwrap() > f2);

@@ -224,7 +224,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
     let (tx, rx) = mpsc::channel(state.config.send_queue.max(1));
     let handle = ConnHandle::new(conn_id, device, key, tx, places);
     let (handle, old) = state.registry.insert(device, handle, &state);
-    if let Some(old) = old {
+    if let Some(old) = &old {
         old.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
     }
     if let Some(cluster) = &state.cluster {
@@ -237,6 +237,14 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
                 if let (_, Some(write)) = state.registry.remove(&device, conn_id, &state) {
                     // What the connection it replaced held.
                     write.finish(state.clone()).await;
+                }
+                if let Some(old) = &old {
+                    // The connection it replaced is gone too: the device
+                    // is offline (best effort; if Redis is away, the node's
+                    // reconciliation releases it later).
+                    if cluster.release(device, old.fence()).await.unwrap_or(false) {
+                        announce(&state, device, false).await;
+                    }
                 }
                 state.metrics.refused(ErrorCode::StoreUnavailable);
                 let msg = "the relay cannot reach its store right now; retry later";
@@ -328,7 +336,7 @@ impl Conn {
             // In a cluster the device is offline only if this node still
             // owned it (it may be connected to another node already).
             let offline = match &state.cluster {
-                Some(c) => c.release(*device).await.unwrap_or_else(|e| {
+                Some(c) => c.release(*device, self.reader.handle.fence()).await.unwrap_or_else(|e| {
                     warn!(device = %device, error = %e, "cannot release the device; the cluster reaps it if this node dies");
                     false
                 }),

@@ -29,6 +29,8 @@ pub(super) struct Enqueue {
     pub(super) to: DeviceId,
     pub(super) payload: Bytes,
     pub(super) enqueued: Enqueued,
+    /// The store epoch when the enqueue was submitted.
+    pub(super) epoch: u64,
 }
 
 pub(super) type PendingFut = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
@@ -43,18 +45,18 @@ impl Pending {
     pub(super) async fn finish(self) -> Done {
         match self {
             Pending::Enqueue(e) => {
-                let Enqueue { state, send_id, from, to, payload, enqueued } = *e;
+                let Enqueue { state, send_id, from, to, payload, enqueued, epoch } = *e;
                 let len = payload.len();
                 // Deliver as soon as the frame has its id, while the commit
                 // runs; the sender's `Ok` waits for the commit. Without an
                 // early id (a full queue, a failing store), once it is stored.
                 let mut payload = Some(payload);
                 if let Ok(id) = enqueued.placed.await {
-                    push(&state, from, to, id, &mut payload).await;
+                    push(&state, (from, to), (id, epoch), &mut payload).await;
                 }
                 let result = enqueued.durable.await;
                 if let Ok(id) = result {
-                    push(&state, from, to, id, &mut payload).await;
+                    push(&state, (from, to), (id, epoch), &mut payload).await;
                 }
                 Done::Enqueued { send_id, len, result }
             }
@@ -63,31 +65,49 @@ impl Pending {
     }
 }
 
-/// Hand `payload` (if not handed over yet) to `to`'s live connection, if it
-/// has one and the route still stands (a revocation since the route check
-/// dropped the frame, or will: do not push what the recipient no longer
-/// accepts).
-async fn push(state: &State, from: DeviceId, to: DeviceId, id: u64, payload: &mut Option<Bytes>) {
+/// Hand `payload` (if not handed over yet) to `to`'s live connection, on
+/// this node or another, if it has one and the route still stands (a
+/// revocation since the route check dropped the frame, or will: do not push
+/// what the recipient no longer accepts). `id` was answered by the store for
+/// an enqueue submitted under store epoch `epoch`: unless the store has that
+/// epoch still, the id may be another epoch's and is not pushed (the frame,
+/// if the store kept it, is read from there).
+async fn push(
+    state: &State,
+    (from, to): (DeviceId, DeviceId),
+    (id, epoch): (u64, u64),
+    payload: &mut Option<Bytes>,
+) {
     if payload.is_some()
         && let Some(wait) = crate::failpoints::push_delay()
     {
         tokio::time::sleep(wait).await;
     }
-    if payload.is_none() || !state.routes.is_route(from, to).await.unwrap_or(false) {
+    if payload.is_none() || state.store.epoch() != epoch {
         return;
     }
-    if let Some(h) = state.registry.get(&to) {
+    let local = state.registry.get(&to);
+    match state.routes.is_route(from, to).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(_) => {
+            // Not known now: the recipient's writer reads its queue (the
+            // store checks the route); another node checks it itself.
+            if let Some(h) = &local {
+                h.answers().wake();
+                return;
+            }
+        }
+    }
+    if let Some(h) = local {
         if let Some(payload) = payload.take() {
-            h.offer(Outbound::Deliver { id, from, payload });
+            h.offer(Outbound::Deliver { id, from, payload, epoch });
         }
     } else if let Some(c) = &state.cluster
         && let Some(payload) = payload.take()
     {
         // On another node, if anywhere: one publish to it. If it is lost,
         // the frame waits in the store for the next read of its queue.
-        // The epoch read after the store's answer (the store moves it
-        // before it answers under a new one).
-        let epoch = state.store.epoch();
         match tandem_proto::frame::encode_deliver(id, &from, &payload) {
             Ok(bytes) => {
                 if let Err(e) = c.deliver(to, epoch, &bytes).await {

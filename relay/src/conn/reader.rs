@@ -271,6 +271,10 @@ impl Reader {
             }
         }
         let frame = NewFrame { to, from: me, addr: self.ip.addr_key(), payload: payload.clone() };
+        // The epoch before the enqueue: if it is the same once the store
+        // answered, the answer's id was taken under it (the store moves its
+        // epoch before it answers anything under a new one).
+        let epoch = state.store.epoch();
         let enqueued = state.store.enqueue(frame, unix_now(), live);
         Some(Pending::Enqueue(Box::new(Enqueue {
             state: Arc::clone(state),
@@ -279,6 +283,7 @@ impl Reader {
             to,
             payload,
             enqueued,
+            epoch,
         })))
     }
 

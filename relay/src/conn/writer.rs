@@ -269,8 +269,11 @@ impl Writer {
     async fn deliver(&mut self, out: Outbound, last: &mut u64) -> Result<(), Closing> {
         match out {
             Outbound::Frame(f) => self.feed(&f).await,
-            Outbound::Deliver { id, from, payload } => {
-                if id <= *last {
+            Outbound::Deliver { id, from, payload, epoch } => {
+                if id <= *last || epoch != self.epoch {
+                    // Sent already, or an id of another store epoch than
+                    // the device was told (its frame, if kept, is read
+                    // from the store under the right one).
                     return Ok(());
                 }
                 // It is in the store (or being written there).
