@@ -115,6 +115,20 @@ pub struct Opts {
     /// pairing: pairings at once; idle: connection attempts at once per process.
     #[arg(long, global = true, value_name = "N")]
     pub concurrency: Option<usize>,
+    /// The Redis server the bench starts for the Redis targets and the
+    /// storm over several nodes: its `appendfsync` (AOF is always on).
+    #[arg(long, global = true, value_name = "always|everysec|no", default_value = "everysec",
+          value_parser = ["always", "everysec", "no"])]
+    pub redis_fsync: String,
+    /// Leave out the Redis targets even when `redis-server` is installed
+    /// (they are in the defaults of throughput and latency when it is).
+    #[arg(long, global = true)]
+    pub no_redis: bool,
+    /// reconnect-storm: relay nodes on one Redis behind the bench's
+    /// balancer; one of them is killed and not restarted (1, the default:
+    /// the one relay, killed and restarted).
+    #[arg(long, global = true, value_name = "N")]
+    pub nodes: Option<usize>,
     /// Pin the load generator (this process) to CPU 0 and every server it
     /// starts (relay, forwarder, iroh-relay) to CPU 1, with `taskset`: each
     /// server gets exactly one core, the simulated devices the other.

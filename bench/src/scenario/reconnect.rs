@@ -110,12 +110,24 @@ fn sample_at(samples: &CpuSamples, ns: u64) -> Option<&(u64, Option<f64>, Option
     samples.iter().find(|s| s.0 >= ns)
 }
 
-/// Run it.
+/// Run it: over several nodes with `--nodes N` (N ≥ 2,
+/// [`super::storm_nodes`]), else against one relay.
+///
+/// # Errors
+/// As [`run_single`] or [`super::storm_nodes::run`].
+pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
+    match ctx.opts.nodes {
+        Some(n) if n > 1 => super::storm_nodes::run(ctx, n).await,
+        _ => run_single(ctx).await,
+    }
+}
+
+/// The storm against one relay, killed and restarted.
 ///
 /// # Errors
 /// With `--url` (the bench must own the relay to kill it), or when the
 /// relay or the pairs cannot be set up.
-pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
+pub async fn run_single(ctx: &Context) -> Result<ScenarioReport> {
     if ctx.opts.url.is_some() {
         return Err(BenchError::Usage(
             "reconnect-storm kills and restarts the relay: it needs one started by the bench \
@@ -152,7 +164,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
         lossy: false,
     };
     let clock = ctx.clock;
-    let load = tokio::spawn(async move { load::run(ps, &plan, clock, None).await });
+    let load = tokio::spawn(async move { load::run(ps, &plan, clock, &[]).await });
 
     let relay_pid = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

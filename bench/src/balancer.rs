@@ -1,0 +1,205 @@
+//! The bench as a load balancer, for the storm over several relay nodes:
+//! a TCP listener on a free loopback port that hands each connection to
+//! the next node in turn (round robin) and, when that node refuses (it was
+//! killed), to the one after it, then copies bytes both ways. A device
+//! whose node died thus reconnects, through the same URL, to one of the
+//! survivors, as it would through haproxy with health checks; unlike
+//! haproxy it learns of a dead node only from a refused connection, and it
+//! sends no PROXY header (the nodes see every device from 127.0.0.1, which
+//! the bench's generous per-address limits allow).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::error::{BenchError, Result};
+
+/// How long one node may take to accept before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A running balancer; stops (and drops its connections) when dropped.
+#[derive(Debug)]
+pub struct Balancer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    backends: Vec<SocketAddr>,
+    next: AtomicUsize,
+    /// Connections handed to each backend.
+    handed: Vec<AtomicU64>,
+    /// Attempts a backend refused (or did not answer in time).
+    refused: AtomicU64,
+}
+
+impl Balancer {
+    /// Listen on a free loopback port in front of `backends`
+    /// (`host:port` each).
+    ///
+    /// # Errors
+    /// [`BenchError::Usage`] with no backend or one that is not an
+    /// address, [`BenchError::Io`] when it cannot listen.
+    pub async fn start(backends: &[String]) -> Result<Self> {
+        let backends: Vec<SocketAddr> = backends
+            .iter()
+            .map(|b| b.parse().map_err(|e| BenchError::Usage(format!("backend {b:?}: {e}"))))
+            .collect::<Result<_>>()?;
+        if backends.is_empty() {
+            return Err(BenchError::Usage("a balancer needs a node".into()));
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let handed = backends.iter().map(|_| AtomicU64::new(0)).collect();
+        let shared = Arc::new(Shared {
+            backends,
+            next: AtomicUsize::new(0),
+            handed,
+            refused: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(serve(listener, Arc::clone(&shared)));
+        Ok(Self { addr, shared, task })
+    }
+
+    /// The URL devices connect to.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/connect", self.addr)
+    }
+
+    /// Connections handed to each node so far, in the order of the nodes.
+    #[must_use]
+    pub fn handed(&self) -> Vec<u64> {
+        self.shared.handed.iter().map(|h| h.load(Ordering::Acquire)).collect()
+    }
+
+    /// Attempts a node refused so far (each one moved the connection on to
+    /// the next node).
+    #[must_use]
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((client, _)) = accepted else { continue };
+                conns.spawn(forward(client, Arc::clone(&shared)));
+            }
+            // Reap finished connections.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// Hand `client` to the next node that accepts, then copy both ways.
+async fn forward(mut client: TcpStream, shared: Arc<Shared>) {
+    let n = shared.backends.len();
+    let first = shared.next.fetch_add(1, Ordering::AcqRel);
+    for i in 0..n {
+        let at = (first + i) % n;
+        let Some(&backend) = shared.backends.get(at) else { return };
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
+            Ok(Ok(mut node)) => {
+                if let Some(h) = shared.handed.get(at) {
+                    h.fetch_add(1, Ordering::AcqRel);
+                }
+                let _ = client.set_nodelay(true);
+                let _ = node.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut node).await;
+                return;
+            }
+            _ => {
+                shared.refused.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+    // Every node refused: the client sees its connection close.
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An echo server that prefixes every reply with `tag`.
+    async fn echo(tag: u8) -> (String, JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1];
+                    while s.read_exact(&mut b).await.is_ok() {
+                        if s.write_all(&[tag, b[0]]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, task)
+    }
+
+    async fn ask(addr: SocketAddr) -> Option<u8> {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"x").await.ok()?;
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).await.ok()?;
+        (b[1] == b'x').then_some(b[0])
+    }
+
+    #[tokio::test]
+    async fn round_robin_and_around_a_dead_node() {
+        let (a, ta) = echo(1).await;
+        let (b, tb) = echo(2).await;
+        let (c, tc) = echo(3).await;
+        let lb = Balancer::start(&[a, b, c]).await.unwrap();
+        assert!(lb.url().starts_with("ws://127.0.0.1:"));
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            seen.push(ask(lb.addr).await.unwrap());
+        }
+        assert_eq!(seen, [1, 2, 3, 1, 2, 3]);
+        // Node 2 dies: its turns go to the next live node.
+        tb.abort();
+        let _ = tb.await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            seen.push(ask(lb.addr).await.unwrap());
+        }
+        assert!(!seen.contains(&2), "{seen:?}");
+        assert!(seen.contains(&1) && seen.contains(&3), "{seen:?}");
+        assert!(lb.refused() >= 2, "{}", lb.refused());
+        assert_eq!(lb.handed().iter().sum::<u64>(), 12);
+        // Every node dead: a connection is closed, not hung.
+        ta.abort();
+        tc.abort();
+        let _ = (ta.await, tc.await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(ask(lb.addr).await, None);
+    }
+
+    #[tokio::test]
+    async fn bad_backends_are_refused() {
+        assert!(Balancer::start(&[]).await.is_err());
+        assert!(Balancer::start(&["not an address".into()]).await.is_err());
+    }
+}
