@@ -7,8 +7,14 @@
 //! haproxy it learns of a dead node only from a refused connection, and it
 //! sends no PROXY header (the nodes see every device from 127.0.0.1, which
 //! the bench's generous per-address limits allow).
+//!
+//! With `--balancer haproxy` the storm runs haproxy instead, with the
+//! deployment's own configuration ([`Haproxy`], when
+//! `deploy/haproxy/haproxy.cfg` is in the tree).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -130,6 +136,79 @@ async fn forward(mut client: TcpStream, shared: Arc<Shared>) {
         }
     }
     // Every node refused: the client sees its connection close.
+}
+
+/// The deployment's haproxy configuration (`deploy/haproxy/haproxy.cfg`
+/// in this repository), when it is there.
+#[must_use]
+pub fn haproxy_config() -> Option<PathBuf> {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/haproxy/haproxy.cfg");
+    cfg.exists().then_some(cfg)
+}
+
+/// The relay flags haproxy's PROXY headers need (the nodes trust them
+/// from loopback).
+pub const HAPROXY_NODE_ARGS: [&str; 4] =
+    ["--trusted-proxies", "127.0.0.1/32", "--trusted-proxy-header", "proxy-protocol"];
+
+/// haproxy with the deployment's configuration in front of the nodes
+/// (`TANDEM_LB_BIND`, `TANDEM_NODE1…`); killed when dropped.
+#[derive(Debug)]
+pub struct Haproxy {
+    child: Child,
+    addr: String,
+}
+
+impl Haproxy {
+    /// Start it on a free loopback port in front of `nodes` (`host:port`).
+    ///
+    /// # Errors
+    /// [`BenchError::Usage`] without the configuration,
+    /// [`BenchError::Process`] when haproxy cannot run or does not listen.
+    pub fn start(nodes: &[String]) -> Result<Self> {
+        let cfg = haproxy_config().ok_or_else(|| {
+            BenchError::Usage("--balancer haproxy: no deploy/haproxy/haproxy.cfg here".into())
+        })?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db").arg("-f").arg(&cfg).env("TANDEM_LB_BIND", &addr);
+        for (i, n) in nodes.iter().enumerate() {
+            cmd.env(format!("TANDEM_NODE{}", i + 1), n);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| BenchError::Process(format!("cannot run haproxy: {e}")))?;
+        let mut lb = Self { child, addr };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&lb.addr).is_ok() {
+                return Ok(lb);
+            }
+            if !matches!(lb.child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = lb.child.kill();
+        let _ = lb.child.wait();
+        Err(BenchError::Process(format!("haproxy did not listen on {}", lb.addr)))
+    }
+
+    /// The URL devices connect to.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/connect", self.addr)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[cfg(test)]

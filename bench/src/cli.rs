@@ -129,6 +129,12 @@ pub struct Opts {
     /// the one relay, killed and restarted).
     #[arg(long, global = true, value_name = "N")]
     pub nodes: Option<usize>,
+    /// reconnect-storm --nodes: who balances the devices over the nodes:
+    /// the bench itself (round robin, a refused node skipped) or haproxy
+    /// with `deploy/haproxy/haproxy.cfg`.
+    #[arg(long, global = true, value_name = "bench|haproxy", default_value = "bench",
+          value_parser = ["bench", "haproxy"])]
+    pub balancer: String,
     /// Pin the load generator (this process) to CPU 0 and every server it
     /// starts (relay, forwarder, iroh-relay) to CPU 1, with `taskset`: each
     /// server gets exactly one core, the simulated devices the other.

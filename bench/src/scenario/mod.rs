@@ -153,6 +153,21 @@ impl Context {
         tls: bool,
         ping_interval_secs: u64,
     ) -> Result<Cluster> {
+        self.start_cluster_with(nodes, tls, ping_interval_secs, &[])
+    }
+
+    /// [`Context::start_cluster`] with `node_args` for every node (before
+    /// `--relay-arg`s).
+    ///
+    /// # Errors
+    /// As [`Context::start_cluster`].
+    pub fn start_cluster_with(
+        &self,
+        nodes: usize,
+        tls: bool,
+        ping_interval_secs: u64,
+        node_args: &[&str],
+    ) -> Result<Cluster> {
         if self.opts.url.is_some() {
             return Err(BenchError::Usage(
                 "the Redis targets start their own nodes and Redis (leave out --url)".into(),
@@ -161,7 +176,11 @@ impl Context {
         if !crate::redis::available() {
             return Err(BenchError::Usage(crate::redis::missing_message("the Redis targets")));
         }
-        Cluster::start(&self.relay_options(tls, ping_interval_secs), nodes, self.redis_fsync())
+        let mut opts = self.relay_options(tls, ping_interval_secs);
+        let mut args: Vec<String> = node_args.iter().map(|a| (*a).to_owned()).collect();
+        args.append(&mut opts.extra_args);
+        opts.extra_args = args;
+        Cluster::start(&opts, nodes, self.redis_fsync())
     }
 
     /// `--redis-fsync` (Redis's `appendfsync`).

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::reconnect_phases::{self, Phases};
 use super::{Context, PING_SECS, health_failures, per_second};
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, HAPROXY_NODE_ARGS, Haproxy};
 use crate::cli::Count;
 use crate::cluster::node_id;
 use crate::error::{BenchError, Result};
@@ -51,7 +51,8 @@ pub struct Results {
     pub nodes: usize,
     /// The node killed (`n2`), not restarted.
     pub killed_node: String,
-    /// Who balanced: the bench (round robin; a refused node is skipped).
+    /// Who balanced: the bench (round robin; a refused node is skipped) or
+    /// haproxy with the deployment's configuration.
     pub balancer: &'static str,
     /// Redis's `appendfsync` (AOF on).
     pub redis_fsync: String,
@@ -61,7 +62,8 @@ pub struct Results {
     pub rate: f64,
     /// Message size in bytes.
     pub payload: usize,
-    /// Connections the balancer had handed to each node at the kill.
+    /// Connections the balancer had handed to each node at the kill (the
+    /// bench's balancer only; empty with haproxy).
     pub connections_per_node: Vec<u64>,
     /// Pairs with an end on the killed node.
     pub pairs_on_killed_node: usize,
@@ -120,9 +122,15 @@ pub async fn run(ctx: &Context, nodes: usize) -> Result<ScenarioReport> {
     let before = Duration::from_secs_f64(ctx.pick(2.0, 1.0));
     let after = ctx.duration(8.0, 3.0);
 
-    let mut cluster = ctx.start_cluster(nodes.max(2), false, PING_SECS)?;
+    let haproxy = ctx.opts.balancer == "haproxy";
+    let node_args: &[&str] = if haproxy { &HAPROXY_NODE_ARGS } else { &[] };
+    let mut cluster = ctx.start_cluster_with(nodes.max(2), false, PING_SECS, node_args)?;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr().to_owned()).collect();
-    let lb = Balancer::start(&addrs).await?;
+    let lb = if haproxy {
+        Lb::Haproxy(Haproxy::start(&addrs)?)
+    } else {
+        Lb::Bench(Balancer::start(&addrs).await?)
+    };
     let target = TandemTarget::new(RelayAccess { url: lb.url(), roots: Vec::new() }, None);
     let ps: Vec<load::Pair> = target.open(pairs).await?.into_iter().map(load::Pair::new).collect();
     let commands = cluster.commands();
@@ -187,7 +195,7 @@ pub async fn run(ctx: &Context, nodes: usize) -> Result<ScenarioReport> {
     let results = Results {
         nodes: cluster.nodes.len(),
         killed_node: node_id(KILLED + 1),
-        balancer: "bench (round robin over the nodes; a refused node is skipped)",
+        balancer: lb.describe(),
         redis_fsync: ctx.redis_fsync().to_owned(),
         pairs,
         rate,
@@ -195,7 +203,11 @@ pub async fn run(ctx: &Context, nodes: usize) -> Result<ScenarioReport> {
         connections_per_node: at_kill.clone(),
         pairs_on_killed_node: affected,
         devices_moved: moved,
-        reconnections_per_node: handed.iter().zip(&at_kill).map(|(a, b)| a - b).collect(),
+        reconnections_per_node: handed
+            .iter()
+            .zip(&at_kill)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect(),
         sent: out.sent,
         received,
         lost,
@@ -232,6 +244,36 @@ pub async fn run(ctx: &Context, nodes: usize) -> Result<ScenarioReport> {
     ScenarioReport::new("reconnect-storm-nodes", started, &results, failures)
 }
 
+/// The balancer in front of the nodes.
+enum Lb {
+    Bench(Balancer),
+    Haproxy(Haproxy),
+}
+
+impl Lb {
+    fn url(&self) -> String {
+        match self {
+            Lb::Bench(b) => b.url(),
+            Lb::Haproxy(h) => h.url(),
+        }
+    }
+
+    /// Connections handed to each node (the bench's balancer only).
+    fn handed(&self) -> Vec<u64> {
+        match self {
+            Lb::Bench(b) => b.handed(),
+            Lb::Haproxy(_) => Vec::new(),
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Lb::Bench(_) => "bench (round robin over the nodes; a refused node is skipped)",
+            Lb::Haproxy(_) => "haproxy with deploy/haproxy/haproxy.cfg",
+        }
+    }
+}
+
 /// Whether `end` lost its connection after `since`, and when it
 /// authenticated again after that (if it did).
 fn end_after(steps: &[(Instant, End, Step)], end: End, since: Instant) -> (bool, Option<Instant>) {
@@ -259,8 +301,8 @@ fn print(r: &Results, sent_rate: f64) {
     let mut t = Table::new(
         format!(
             "reconnect-storm over {} nodes on one Redis (appendfsync {}): {} pairs, {:.0} msg/s \
-             ({:.0} sent/s), {} killed (-9, not restarted), the bench balancing",
-            r.nodes, r.redis_fsync, r.pairs, r.rate, sent_rate, r.killed_node
+             ({:.0} sent/s), {} killed (-9, not restarted); balancer: {}",
+            r.nodes, r.redis_fsync, r.pairs, r.rate, sent_rate, r.killed_node, r.balancer
         ),
         &["figure", "value"],
     );
