@@ -33,6 +33,7 @@ mod io;
 mod limits;
 mod listener;
 mod metrics;
+pub mod migrate;
 mod net;
 mod pairing;
 mod proxy;
@@ -46,7 +47,7 @@ mod web;
 
 pub use config::{Config, DEFAULT_CONFIG_TOML, ProxyHeader, StoreBackend, WebClient};
 pub use listener::{LISTEN_BACKLOG, bind};
-pub use server::{RelayError, run, run_with_store};
+pub use server::{RelayError, open_store, run, run_with_store};
 
 /// The relay-protocol version this relay speaks.
 pub const PROTOCOL_VERSION: u8 = tandem_proto::frame::VERSION;

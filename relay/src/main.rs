@@ -34,6 +34,17 @@ enum Command {
     Serve,
     /// Print a commented example configuration file with every default.
     DefaultConfig,
+    /// Copy an embedded store (the relay stopped) into the Redis store the
+    /// settings name (`--store redis --redis-url ...`): every route and
+    /// queued frame, in order, with its expiry.
+    Migrate {
+        /// The embedded store's data directory (default: `--data-dir`).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Copy into a Redis store that already holds frames or routes.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Every setting; unset ones come from the file, then the defaults.
@@ -551,6 +562,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let s = settings(cli.opts)?;
     init_logging(s.log_json);
+    if let Some(Command::Migrate { from, force }) = cli.command {
+        return migrate(s.config, from, force).await;
+    }
     for warning in warnings(&s) {
         tracing::warn!("{warning}");
     }
@@ -571,6 +585,41 @@ async fn main() -> anyhow::Result<()> {
         println!("tandem-relay metrics on http://{addr}/metrics");
     }));
     tandem_relay::run(listener, config, shutdown).await?;
+    Ok(())
+}
+
+/// `tandem-relay migrate`: the embedded store in `from` into the configured Redis store.
+async fn migrate(config: Config, from: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
+    if !matches!(config.store, tandem_relay::StoreBackend::Redis { .. }) {
+        anyhow::bail!("migrate copies into a Redis store: give --store redis --redis-url URL");
+    }
+    let from = from.unwrap_or_else(|| config.data_dir.clone());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let export = tandem_relay::store::RedbStore::export(&from, now).with_context(|| {
+        format!("reading the embedded store in {} (is a relay still using it?)", from.display())
+    })?;
+    let target = tandem_relay::open_store(&config).await?;
+    let totals = target.totals().await.context("reading the Redis store")?;
+    if !force && (totals.queues.frames > 0 || totals.pending_authorizations > 0) {
+        anyhow::bail!(
+            "the Redis store holds {} frames and {} one-sided authorisations already; \
+             give --force to copy into it all the same",
+            totals.queues.frames,
+            totals.pending_authorizations
+        );
+    }
+    let (frames, routes) = (export.frames.len(), export.authorizations.len());
+    println!("copying {frames} queued frames and {routes} authorisations from {}", from.display());
+    let done = tandem_relay::migrate::migrate(export, target.as_ref(), config.queue.ttl_secs, now)
+        .await
+        .context("the migration stopped; the Redis store holds what was copied before")?;
+    println!(
+        "copied {} authorisations and {} frames ({} had expired and were left out); \
+         the Redis store has a store epoch of its own, so devices fetch their queues afresh",
+        done.authorizations, done.frames, done.expired
+    );
     Ok(())
 }
 

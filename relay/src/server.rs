@@ -55,6 +55,18 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
+    let store = open_store(&config).await?;
+    run_with_store(listener, config, store, shutdown).await
+}
+
+/// Open the store `config` names: the embedded one in its data directory
+/// (a store that cannot be opened now, on a full disk say, starts down and
+/// keeps trying), or Redis.
+///
+/// # Errors
+/// [`RelayError`] when the data directory is unsafe or the store cannot be
+/// reached.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RelayError> {
     crate::fsmode::secure_dir(&config.data_dir)?;
     let store: Arc<dyn Store> = match &config.store {
         // A store that cannot be opened now (a full disk) does not stop the
@@ -71,7 +83,7 @@ pub async fn run(
             )));
         }
     };
-    run_with_store(listener, config, store, shutdown).await
+    Ok(store)
 }
 
 /// [`run`] with a store of the caller's choosing (a Redis backend, a test double).

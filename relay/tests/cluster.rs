@@ -275,3 +275,79 @@ async fn redis_restarted_loses_no_acknowledged_frame_and_readyz_follows_it() {
     let want: Vec<Vec<u8>> = (0..20).map(|i| format!("q{i}").into_bytes()).collect();
     assert_eq!(got, want, "every frame acknowledged before the restart is there after it");
 }
+
+/// SIGTERM drains a node: its devices are told to come back later, come
+/// back through haproxy on the other nodes, and miss nothing.
+#[tokio::test]
+async fn a_node_drained_with_sigterm_sends_its_devices_to_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let n1 = node(dir.path(), &redis, "n1", &[]);
+    let mut n2 = node(dir.path(), &redis, "n2", &[]);
+    let n3 = node(dir.path(), &redis, "n3", &[]);
+    let lb = Haproxy::start(dir.path(), &[&n1, &n2, &n3]);
+    let pair = pair_for_real_between(&n1, &n2, LO, LO).await;
+    let (mut desk, mut phone) = (pair.desk, pair.phone);
+    let (phone_id, key) = (phone.id(), phone.key.clone());
+    let status = n2.sigterm();
+    assert!(status.success(), "a drained node exits cleanly: {status:?}");
+    let (end, frames) = phone.until_closed(Duration::from_secs(5)).await;
+    assert_eq!(end, close_code(ErrorCode::ShuttingDown));
+    assert!(frames.iter().any(|f| matches!(f, Frame::Restarting { .. })), "{frames:?}");
+    desk.presence(phone_id, false).await;
+    for i in 0..10u64 {
+        desk.send_to(phone_id, i + 1, format!("d{i}").as_bytes()).await.unwrap();
+    }
+    let (mut phone, _) = lb.connect(key, Role::Phone).await;
+    desk.presence(phone_id, true).await;
+    let (mut last, mut got) = (0, Vec::new());
+    receive_all(&mut phone, 10, &mut last, &mut got).await;
+    let want: Vec<Vec<u8>> = (0..10).map(|i| format!("d{i}").into_bytes()).collect();
+    assert_eq!(got, want);
+}
+
+/// An embedded relay's queues and routes move to Redis with `tandem-relay
+/// migrate`; a node on Redis then delivers every frame, in order, and the
+/// route still stands.
+#[tokio::test]
+async fn a_migration_from_the_embedded_store_keeps_every_frame_and_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let single_dir = dir.path().join("single");
+    std::fs::create_dir_all(&single_dir).unwrap();
+    let mut single = common::Relay::start(&single_dir, &[]);
+    let pair = pair_for_real_between(&single, &single, LO, LO).await;
+    let (mut desk, phone) = (pair.desk, pair.phone);
+    let (desk_id, phone_id, key) = (desk.id(), phone.id(), phone.key.clone());
+    phone.close().await;
+    for i in 0..30u64 {
+        desk.send_to(phone_id, i + 1, format!("k{i}").as_bytes()).await.unwrap();
+    }
+    drop(desk);
+    assert!(single.sigterm().success());
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem-relay"))
+        .args(["migrate", "--store", "redis", "--redis-url", &redis.url(), "--from"])
+        .arg(single_dir.join("data"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("copied 2 authorisations and 30 frames"), "{text}");
+    // A second run refuses to copy into a store that holds frames.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_tandem-relay"))
+        .args(["migrate", "--store", "redis", "--redis-url", &redis.url(), "--from"])
+        .arg(single_dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "copying twice needs --force");
+
+    let n1 = node(dir.path(), &redis, "n1", &[]);
+    let (mut phone, queued) = Device::connect(&n1, key, Role::Phone).await;
+    assert_eq!(queued, 30, "AuthOk counts the migrated queue");
+    let (mut last, mut got) = (0, Vec::new());
+    receive_all(&mut phone, 30, &mut last, &mut got).await;
+    let want: Vec<Vec<u8>> = (0..30).map(|i| format!("k{i}").into_bytes()).collect();
+    assert_eq!(got, want);
+    phone.send_to(desk_id, 99, b"the route moved too").await.expect("the route stands on Redis");
+}
