@@ -8,9 +8,11 @@
 //! sends no PROXY header (the nodes see every device from 127.0.0.1, which
 //! the bench's generous per-address limits allow).
 //!
-//! With `--balancer haproxy` the storm runs haproxy instead, with the
-//! deployment's own configuration ([`Haproxy`], when
-//! `deploy/haproxy/haproxy.cfg` is in the tree).
+//! By default (`--balancer auto`) the storm runs haproxy instead, with the
+//! deployment's own configuration ([`Haproxy`]: leastconn, `/readyz`
+//! checks every 500 ms, retries redispatched to another node, PROXY v2),
+//! when haproxy is installed, `deploy/haproxy/haproxy.cfg` is in the tree
+//! and there are at most three nodes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -146,6 +148,22 @@ pub fn haproxy_config() -> Option<PathBuf> {
     cfg.exists().then_some(cfg)
 }
 
+/// Nodes the deployment's haproxy configuration knows (`TANDEM_NODE1…3`).
+pub const HAPROXY_MAX_NODES: usize = 3;
+
+/// Whether haproxy can run here and the deployment's configuration is in
+/// the tree.
+#[must_use]
+pub fn haproxy_available() -> bool {
+    haproxy_config().is_some()
+        && Command::new("haproxy")
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
 /// The relay flags haproxy's PROXY headers need (the nodes trust them
 /// from loopback).
 pub const HAPROXY_NODE_ARGS: [&str; 4] =
@@ -169,6 +187,12 @@ impl Haproxy {
         let cfg = haproxy_config().ok_or_else(|| {
             BenchError::Usage("--balancer haproxy: no deploy/haproxy/haproxy.cfg here".into())
         })?;
+        if nodes.len() > HAPROXY_MAX_NODES {
+            return Err(BenchError::Usage(format!(
+                "--balancer haproxy: its configuration knows {HAPROXY_MAX_NODES} nodes, not {}",
+                nodes.len()
+            )));
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
         let mut cmd = Command::new("haproxy");

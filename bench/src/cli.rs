@@ -130,10 +130,12 @@ pub struct Opts {
     #[arg(long, global = true, value_name = "N")]
     pub nodes: Option<usize>,
     /// reconnect-storm --nodes: who balances the devices over the nodes:
-    /// the bench itself (round robin, a refused node skipped) or haproxy
-    /// with `deploy/haproxy/haproxy.cfg`.
-    #[arg(long, global = true, value_name = "bench|haproxy", default_value = "bench",
-          value_parser = ["bench", "haproxy"])]
+    /// haproxy with `deploy/haproxy/haproxy.cfg` (up to 3 nodes), the
+    /// bench itself (round robin, a refused node skipped), or `auto`:
+    /// haproxy when it is installed, the configuration is in the tree and
+    /// there are at most 3 nodes, else the bench.
+    #[arg(long, global = true, value_name = "auto|bench|haproxy", default_value = "auto",
+          value_parser = ["auto", "bench", "haproxy"])]
     pub balancer: String,
     /// Pin the load generator (this process) to CPU 0 and every server it
     /// starts (relay, forwarder, iroh-relay) to CPU 1, with `taskset`: each

@@ -292,8 +292,17 @@ fn a_node_killed_among_three_loses_and_duplicates_nothing() {
     if !have_redis("a_node_killed_among_three_loses_and_duplicates_nothing") {
         return;
     }
-    let (_, stdout, report) =
-        bench(&["reconnect-storm", "--nodes", "3", "-n", "6", "--rates", "200"]);
+    let (_, stdout, report) = bench(&[
+        "reconnect-storm",
+        "--nodes",
+        "3",
+        "-n",
+        "6",
+        "--rates",
+        "200",
+        "--balancer",
+        "bench",
+    ]);
     let s = scenario(&report);
     assert_eq!(s["scenario"], "reconnect-storm-nodes");
     let r = &s["results"];
@@ -324,4 +333,33 @@ fn the_redis_targets_refuse_tls_and_a_relay_they_do_not_own() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("tandem-wire-cluster: could not start"), "{extra:?}: {stdout}");
     }
+}
+
+#[test]
+fn a_node_killed_behind_haproxy_loses_and_duplicates_nothing() {
+    if !have_redis("a_node_killed_behind_haproxy_loses_and_duplicates_nothing") {
+        return;
+    }
+    if !Command::new("haproxy").arg("-v").output().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping: haproxy is not installed (apt install haproxy)");
+        return;
+    }
+    let (_, _, report) = bench(&[
+        "reconnect-storm",
+        "--nodes",
+        "3",
+        "-n",
+        "6",
+        "--rates",
+        "200",
+        "--balancer",
+        "haproxy",
+    ]);
+    let s = scenario(&report);
+    let r = &s["results"];
+    assert!(r["balancer"].as_str().unwrap().starts_with("haproxy"), "{r:#}");
+    assert_eq!((r["lost"].as_u64(), r["duplicates"].as_u64()), (Some(0), Some(0)), "{r:#}");
+    assert_eq!(r["not_resumed"], 0, "{r:#}");
+    assert_eq!(r["sent"], r["received"]);
+    assert!(r["devices_moved"].as_u64().unwrap() >= 1, "leastconn put devices on n2: {r:#}");
 }

@@ -1,10 +1,11 @@
 //! `reconnect-storm --nodes N` (N ≥ 2; issue 16): N relay nodes on one
-//! Redis the bench starts, behind the bench's own round-robin balancer
-//! ([`crate::balancer`]); P pairs of real `tandem-client` devices connect
+//! Redis the bench starts, behind haproxy with the deployment's
+//! configuration or the bench's own round-robin balancer
+//! ([`crate::balancer`], `--balancer`); P pairs of real `tandem-client` devices connect
 //! (and pair) through it, so their ends are spread over the nodes, and
 //! stream numbered messages at a steady rate. One node (`n2`) is killed
 //! with SIGKILL and not restarted: its devices' clients reconnect through
-//! the balancer, which hands them to the surviving nodes in turn, and pick
+//! the balancer, which hands them to the surviving nodes, and pick
 //! up what waited for them in Redis. The run measures how long until every
 //! pair with an end on the killed node had a message out again (issue 16's
 //! goal: within 5 s), and checks that every message came out exactly once,
@@ -24,7 +25,7 @@ use serde::Serialize;
 
 use super::reconnect_phases::{self, Phases};
 use super::{Context, PING_SECS, health_failures, per_second};
-use crate::balancer::{Balancer, HAPROXY_NODE_ARGS, Haproxy};
+use crate::balancer::{Balancer, HAPROXY_MAX_NODES, HAPROXY_NODE_ARGS, Haproxy, haproxy_available};
 use crate::cli::Count;
 use crate::cluster::node_id;
 use crate::error::{BenchError, Result};
@@ -122,7 +123,11 @@ pub async fn run(ctx: &Context, nodes: usize) -> Result<ScenarioReport> {
     let before = Duration::from_secs_f64(ctx.pick(2.0, 1.0));
     let after = ctx.duration(8.0, 3.0);
 
-    let haproxy = ctx.opts.balancer == "haproxy";
+    let haproxy = match ctx.opts.balancer.as_str() {
+        "haproxy" => true,
+        "bench" => false,
+        _ => nodes <= HAPROXY_MAX_NODES && haproxy_available(),
+    };
     let node_args: &[&str] = if haproxy { &HAPROXY_NODE_ARGS } else { &[] };
     let mut cluster = ctx.start_cluster_with(nodes.max(2), false, PING_SECS, node_args)?;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr().to_owned()).collect();
