@@ -158,8 +158,16 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
         };
         let target = &running.target;
         let lossy = target.lossy();
-        let mut ps: Vec<load::Pair> =
-            target.open(pairs).await?.into_iter().map(load::Pair::new).collect();
+        let mut ps: Vec<load::Pair> = match target.open(pairs).await {
+            Ok(ps) => ps.into_iter().map(load::Pair::new).collect(),
+            Err(e) => {
+                failures.push(format!("{}: {pairs} pairs could not be set up: {e}", target.name()));
+                if let Some(tail) = running.log_tail() {
+                    failures.push(format!("the relay's log ends:\n{tail}"));
+                }
+                continue;
+            }
+        };
         for &rate in &rates {
             let per_pair = rate / pairs as f64;
             let plan = Plan {

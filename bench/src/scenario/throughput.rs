@@ -154,8 +154,17 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
         let target = &running.target;
         let lossy = target.lossy();
         for &pairs in &pair_counts {
-            let mut ps: Vec<load::Pair> =
-                target.open(pairs.max(1)).await?.into_iter().map(load::Pair::new).collect();
+            let mut ps: Vec<load::Pair> = match target.open(pairs.max(1)).await {
+                Ok(ps) => ps.into_iter().map(load::Pair::new).collect(),
+                Err(e) => {
+                    failures
+                        .push(format!("{}: {pairs} pairs could not be set up: {e}", target.name()));
+                    if let Some(tail) = running.log_tail() {
+                        failures.push(format!("the relay's log ends:\n{tail}"));
+                    }
+                    continue;
+                }
+            };
             for &payload in &payloads {
                 let plan = Plan {
                     payload: payload.max(crate::wire::HEADER_LEN),
