@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::reconnect::Shape;
 use super::reconnect_phases::{self, Phases};
 use super::{Context, PING_SECS, health_failures, per_second};
 use crate::balancer::{Balancer, HAPROXY_MAX_NODES, HAPROXY_NODE_ARGS, Haproxy, haproxy_available};
-use crate::cli::Count;
 use crate::cluster::node_id;
 use crate::error::{BenchError, Result};
-use crate::load::{self, Pace, Plan};
+use crate::load;
 use crate::pairing::RelayAccess;
 use crate::redis::RedisOps;
 use crate::report::{ScenarioReport, Table, num};
@@ -110,18 +110,8 @@ pub async fn run(ctx: &Context, nodes: usize) -> Result<ScenarioReport> {
         return Err(BenchError::Usage("reconnect-storm --nodes: plain WebSocket only".into()));
     }
     let started = Instant::now();
-    let pairs = match ctx.opts.n.as_ref().and_then(|n| n.first().copied()) {
-        Some(Count::N(n)) => n.max(1),
-        Some(Count::Max) => {
-            return Err(BenchError::Usage("reconnect-storm: -n takes a number".into()));
-        }
-        None => ctx.pick(300, 9),
-    };
-    let rate =
-        ctx.opts.rates.as_ref().and_then(|r| r.first().copied()).unwrap_or(ctx.pick(2000.0, 300.0));
-    let payload = ctx.opts.payloads.as_ref().and_then(|p| p.first().copied()).unwrap_or(1024);
-    let before = Duration::from_secs_f64(ctx.pick(2.0, 1.0));
-    let after = ctx.duration(8.0, 3.0);
+    let shape = Shape::of(ctx, (300, 9), (2000.0, 300.0), (8.0, 3.0))?;
+    let (pairs, rate, payload) = (shape.pairs, shape.rate, shape.payload);
 
     let haproxy = match ctx.opts.balancer.as_str() {
         "haproxy" => true,
@@ -141,18 +131,10 @@ pub async fn run(ctx: &Context, nodes: usize) -> Result<ScenarioReport> {
     let commands = cluster.commands();
 
     let mark = Arc::new(AtomicU64::new(u64::MAX));
-    let plan = Plan {
-        payload: payload.max(crate::wire::HEADER_LEN),
-        pace: Pace::Rate { per_pair: rate / pairs as f64, window: 100_000 },
-        warmup: Duration::ZERO,
-        duration: before + after,
-        drain: Duration::from_secs(60),
-        mark: Some(Arc::clone(&mark)),
-        lossy: false,
-    };
+    let plan = shape.plan(&mark);
     let clock = ctx.clock;
     let load = tokio::spawn(async move { load::run(ps, &plan, clock, &[]).await });
-    tokio::time::sleep(before).await;
+    tokio::time::sleep(shape.before).await;
     let at_kill = lb.handed();
     let killed = Instant::now();
     let killed_ns = clock.ns_at(killed);
