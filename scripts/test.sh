@@ -39,6 +39,11 @@ missing=()
 have zbarimg || missing+=(zbar-tools)
 # strace delivers a SIGKILL at an exact system call (desktop-agent/tests/edges.rs).
 have strace || missing+=(strace)
+# redis-server: the relay's Redis store tests start their own (never the one on 6379).
+have redis-server || missing+=(redis-server)
+# haproxy: the multi-node tests (relay/tests/cluster.rs) put the deployment's own
+# haproxy configuration (deploy/haproxy/haproxy.cfg) in front of three relay nodes.
+have haproxy || missing+=(haproxy)
 have python3 || missing+=(python3)
 have npm || missing+=(nodejs npm)
 have chromium || missing+=(chromium)

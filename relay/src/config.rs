@@ -199,8 +199,10 @@ pub enum StoreBackend {
     Redis {
         /// `redis://[user:password@]host:port/[db]`.
         url: String,
-        /// What every key and channel name starts with (holds a `{…}` hash
-        /// tag, so all keys share one slot).
+        /// The cluster's name in Redis: every key and channel of the store
+        /// and of the cluster is under `{<prefix>}:` (a hash tag, so they
+        /// share one slot). Several clusters may share one Redis under
+        /// different prefixes.
         prefix: String,
     },
 }
@@ -232,7 +234,7 @@ impl std::fmt::Debug for StoreBackend {
 }
 
 /// The key prefix of [`StoreBackend::redis`].
-pub const DEFAULT_REDIS_PREFIX: &str = "{tandem}:";
+pub const DEFAULT_REDIS_PREFIX: &str = crate::store::REDIS_DEFAULT_PREFIX;
 
 /// See [`Config::on_ready`].
 pub type ReadyHook = std::sync::Arc<dyn Fn(std::net::SocketAddr, Option<String>) + Send + Sync>;
@@ -338,7 +340,7 @@ data_dir = "/var/lib/tandem-relay"
 # at every start when not set).
 store = "embedded"
 # redis_url = "redis://redis:6379/"
-# redis_prefix = "{tandem}:"
+# redis_prefix = "tandem"
 # node_id = "relay-1"
 
 # The names devices reach this relay by (ports are not compared). Requests

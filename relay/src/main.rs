@@ -590,9 +590,9 @@ async fn main() -> anyhow::Result<()> {
 
 /// `tandem-relay migrate`: the embedded store in `from` into the configured Redis store.
 async fn migrate(config: Config, from: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
-    if !matches!(config.store, tandem_relay::StoreBackend::Redis { .. }) {
+    let tandem_relay::StoreBackend::Redis { url, prefix } = &config.store else {
         anyhow::bail!("migrate copies into a Redis store: give --store redis --redis-url URL");
-    }
+    };
     let from = from.unwrap_or_else(|| config.data_dir.clone());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -600,8 +600,11 @@ async fn migrate(config: Config, from: Option<PathBuf>, force: bool) -> anyhow::
     let export = tandem_relay::store::RedbStore::export(&from, now).with_context(|| {
         format!("reading the embedded store in {} (is a relay still using it?)", from.display())
     })?;
-    let target = tandem_relay::open_store(&config).await?;
-    let totals = target.totals().await.context("reading the Redis store")?;
+    let target = tandem_relay::store::RedisStore::connect(url, config.queue, config.routes, prefix)
+        .await
+        .context("connecting to Redis")?;
+    let totals =
+        tandem_relay::store::Store::totals(&target).await.context("reading the Redis store")?;
     if !force && (totals.queues.frames > 0 || totals.pending_authorizations > 0) {
         anyhow::bail!(
             "the Redis store holds {} frames and {} one-sided authorisations already; \
@@ -612,7 +615,7 @@ async fn migrate(config: Config, from: Option<PathBuf>, force: bool) -> anyhow::
     }
     let (frames, routes) = (export.frames.len(), export.authorizations.len());
     println!("copying {frames} queued frames and {routes} authorisations from {}", from.display());
-    let done = tandem_relay::migrate::migrate(export, target.as_ref(), config.queue.ttl_secs, now)
+    let done = tandem_relay::migrate::migrate(export, &target, config.queue.ttl_secs, now)
         .await
         .context("the migration stopped; the Redis store holds what was copied before")?;
     println!(

@@ -24,7 +24,7 @@ use crate::conn;
 use crate::listener::ConnInfo;
 use crate::net::{IpKey, forwarded_for};
 use crate::state::{State, unix_now};
-use crate::store::{RedbStore, Store, StoreError};
+use crate::store::{RedbStore, RedisStore, Store, StoreError};
 use crate::tls::{Tls, TlsError};
 
 /// Why the relay could not run.
@@ -77,10 +77,10 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RelayError> {
             config.routes,
             unix_now(),
         )?),
-        StoreBackend::Redis { .. } => {
-            return Err(RelayError::Store(StoreError::Unavailable(
-                "the Redis store is not part of this build yet".into(),
-            )));
+        // Redis away now does not stop the relay either: it serves, not
+        // ready, and the store keeps trying to connect.
+        StoreBackend::Redis { url, prefix } => {
+            Arc::new(RedisStore::connect_or_retry(url, config.queue, config.routes, prefix)?)
         }
     };
     Ok(store)
@@ -110,6 +110,9 @@ pub async fn run_with_store(
     if let Some(c) = &cluster {
         tokio::spawn(crate::cluster::run(state.clone(), c.clone()));
         tokio::spawn(crate::cluster::run_heartbeat(state.clone(), c.clone()));
+    }
+    if let Some(epochs) = state.store.epoch_changed() {
+        tokio::spawn(close_on_new_epoch(state.clone(), epochs));
     }
     let accept_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -184,6 +187,30 @@ async fn drain(state: Arc<State>, accept_stop: CancellationToken) {
     }
     if state.registry.len() > 0 {
         warn!(left = state.registry.len(), "drain timeout: closing the rest");
+    }
+}
+
+/// The store's epoch changed under the relay (Redis restarted, failed over
+/// or was wiped: ids may go back): every connection was told the old one in
+/// its `AuthOk`, so every one is closed with a restart hint; the devices
+/// come back, hear the new epoch and fetch their queues afresh (PROTOCOL.md
+/// §6.6). A connection's writer also checks the epoch before every delivery,
+/// so none is sent under the wrong one meanwhile.
+async fn close_on_new_epoch(state: Arc<State>, mut epochs: tokio::sync::watch::Receiver<u64>) {
+    let mut told = *epochs.borrow_and_update();
+    while epochs.changed().await.is_ok() {
+        let now = *epochs.borrow_and_update();
+        // 0: not known yet (the store has not reached Redis); nobody was
+        // told an epoch then (and connections are refused meanwhile).
+        let was = std::mem::replace(&mut told, now);
+        if was == 0 || was == now {
+            continue;
+        }
+        let conns = state.registry.all();
+        warn!(connections = conns.len(), "the store's epoch changed; closing every connection");
+        for h in conns {
+            h.close(ErrorCode::ShuttingDown, "the relay's store changed; reconnect after the hint");
+        }
     }
 }
 

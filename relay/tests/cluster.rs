@@ -15,7 +15,9 @@ use common::{Device, close_code, new_key, pair_for_real_between};
 use tandem_proto::frame::Frame;
 use tandem_proto::{ErrorCode, Role};
 
-const LO: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+/// Where devices that connect to a node directly come from: not 127.0.0.1,
+/// which the nodes trust to send a PROXY header (haproxy's address).
+const LO: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
 /// Ack every delivery up to `id` right away.
 async fn ack(d: &mut Device, id: u64) {
@@ -39,7 +41,7 @@ async fn receive_all(d: &mut Device, want: usize, last: &mut u64, got: &mut Vec<
 #[tokio::test]
 async fn a_pair_split_over_two_nodes_pairs_for_real_and_talks_both_ways() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
+    let redis = Redis::start();
     let n1 = node(dir.path(), &redis, "n1", &[]);
     let n2 = node(dir.path(), &redis, "n2", &[]);
     // The desktop opens the mailbox on n1, the phone claims it on n2.
@@ -68,21 +70,21 @@ async fn a_pair_split_over_two_nodes_pairs_for_real_and_talks_both_ways() {
 #[tokio::test]
 async fn a_mailbox_is_claimed_once_whichever_node_each_phone_is_on() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
+    let redis = Redis::start();
     let n1 = node(dir.path(), &redis, "n1", &[]);
     let n2 = node(dir.path(), &redis, "n2", &[]);
     let n3 = node(dir.path(), &redis, "n3", &[]);
-    let (mut desk, _) = Device::connect(&n1, new_key(), Role::Desktop).await;
+    let (mut desk, _) = Device::connect_from(&n1, new_key(), Role::Desktop, LO).await;
     let pid = [7u8; 16];
     desk.send(&Frame::PairOpen { request_id: 1, pairing_id: pid, ttl_secs: 60 }).await;
     desk.result_of(1).await.expect("PairOpen");
     // The same id cannot be opened on another node.
-    let (mut desk2, _) = Device::connect(&n3, new_key(), Role::Desktop).await;
+    let (mut desk2, _) = Device::connect_from(&n3, new_key(), Role::Desktop, LO).await;
     desk2.send(&Frame::PairOpen { request_id: 2, pairing_id: pid, ttl_secs: 60 }).await;
     assert_eq!(desk2.result_of(2).await, Err(ErrorCode::PairingClaimed));
 
-    let (mut a, _) = Device::connect(&n2, new_key(), Role::Phone).await;
-    let (mut b, _) = Device::connect(&n3, new_key(), Role::Phone).await;
+    let (mut a, _) = Device::connect_from(&n2, new_key(), Role::Phone, LO).await;
+    let (mut b, _) = Device::connect_from(&n3, new_key(), Role::Phone, LO).await;
     a.send(&Frame::PairClaim { request_id: 3, pairing_id: pid, payload: b"a".to_vec() }).await;
     a.result_of(3).await.expect("the first claim wins");
     b.send(&Frame::PairClaim { request_id: 4, pairing_id: pid, payload: b"b".to_vec() }).await;
@@ -120,7 +122,7 @@ async fn a_mailbox_is_claimed_once_whichever_node_each_phone_is_on() {
 #[tokio::test]
 async fn presence_crosses_nodes_and_a_dead_nodes_devices_go_offline() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
+    let redis = Redis::start();
     let n1 = node(dir.path(), &redis, "n1", &[]);
     let n2 = node(dir.path(), &redis, "n2", &[]);
     let mut n3 = node(dir.path(), &redis, "n3", &[]);
@@ -133,7 +135,7 @@ async fn presence_crosses_nodes_and_a_dead_nodes_devices_go_offline() {
     desk.presence(phone_id, false).await;
 
     // Back on n3: both hear of each other.
-    let (mut phone, _) = Device::connect(&n3, phone_key, Role::Phone).await;
+    let (mut phone, _) = Device::connect_from(&n3, phone_key, Role::Phone, LO).await;
     desk.presence(phone_id, true).await;
     phone.presence(desk.id(), true).await;
 
@@ -153,7 +155,7 @@ async fn presence_crosses_nodes_and_a_dead_nodes_devices_go_offline() {
 #[tokio::test]
 async fn a_device_connected_on_two_nodes_keeps_only_the_newest_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
+    let redis = Redis::start();
     let n1 = node(dir.path(), &redis, "n1", &[]);
     let n2 = node(dir.path(), &redis, "n2", &[]);
     let (mut desk, mut phone) = {
@@ -161,7 +163,7 @@ async fn a_device_connected_on_two_nodes_keeps_only_the_newest_connection() {
         (p.desk, p.phone)
     };
     let (phone_id, key) = (phone.id(), phone.key.clone());
-    let (mut phone2, _) = Device::connect(&n2, key, Role::Phone).await;
+    let (mut phone2, _) = Device::connect_from(&n2, key, Role::Phone, LO).await;
     let (end, _) = phone.until_closed(Duration::from_secs(5)).await;
     assert_eq!(end, close_code(ErrorCode::Replaced), "the older connection (on n1) is replaced");
     desk.send_to(phone_id, 1, b"to the newest").await.unwrap();
@@ -172,7 +174,7 @@ async fn a_device_connected_on_two_nodes_keeps_only_the_newest_connection() {
 #[tokio::test]
 async fn a_revocation_on_one_node_holds_on_every_node_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
+    let redis = Redis::start();
     let n1 = node(dir.path(), &redis, "n1", &[]);
     let n2 = node(dir.path(), &redis, "n2", &[]);
     let pair = pair_for_real_between(&n1, &n2, LO, LO).await;
@@ -195,7 +197,7 @@ async fn a_revocation_on_one_node_holds_on_every_node_at_once() {
 #[tokio::test]
 async fn a_node_killed_mid_stream_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
+    let redis = Redis::start();
     let n1 = node(dir.path(), &redis, "n1", &[]);
     let mut n2 = node(dir.path(), &redis, "n2", &[]);
     let n3 = node(dir.path(), &redis, "n3", &[]);
@@ -235,7 +237,7 @@ async fn a_node_killed_mid_stream_loses_nothing() {
 #[tokio::test]
 async fn redis_restarted_loses_no_acknowledged_frame_and_readyz_follows_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut redis = Redis::start(dir.path());
+    let mut redis = Redis::start();
     let n1 = node(dir.path(), &redis, "n1", &[]);
     let n2 = node(dir.path(), &redis, "n2", &[]);
     let pair = pair_for_real_between(&n1, &n2, LO, LO).await;
@@ -245,11 +247,11 @@ async fn redis_restarted_loses_no_acknowledged_frame_and_readyz_follows_it() {
     for i in 0..20u64 {
         desk.send_to(phone_id, i + 1, format!("q{i}").as_bytes()).await.unwrap();
     }
-    redis.kill9();
+    redis.kill();
     for n in [&n1, &n2] {
         let mut ready = 200;
         for _ in 0..50 {
-            ready = n.get("/readyz").await.0;
+            ready = common::cluster::ready(n).await;
             if ready == 503 {
                 break;
             }
@@ -261,7 +263,7 @@ async fn redis_restarted_loses_no_acknowledged_frame_and_readyz_follows_it() {
     for n in [&n1, &n2] {
         let mut ready = 503;
         for _ in 0..100 {
-            ready = n.get("/readyz").await.0;
+            ready = common::cluster::ready(n).await;
             if ready == 200 {
                 break;
             }
@@ -269,7 +271,36 @@ async fn redis_restarted_loses_no_acknowledged_frame_and_readyz_follows_it() {
         }
         assert_eq!(ready, 200, "ready again once Redis is back");
     }
-    let (mut phone, _) = Device::connect(&n2, key, Role::Phone).await;
+    // The phone reconnects as a client does: a refusal while the node
+    // finds its way back to Redis is retried.
+    let mut phone = None;
+    for _ in 0..20 {
+        let ws = common::ws_connect_from(&n2, LO).await.unwrap();
+        let mut d = Device {
+            key: key.clone(),
+            role: Role::Phone,
+            ws,
+            backlog: Vec::new(),
+            auto_pong: true,
+        };
+        d.send(&Frame::Hello { min_version: 1, max_version: 1, role: Role::Phone }).await;
+        let challenge = d.recv().await;
+        d.send(
+            &tandem_proto::relay_auth::prove(&d.key, Role::Phone, &n2.addr, &challenge).unwrap(),
+        )
+        .await;
+        match d.recv().await {
+            Frame::AuthOk { .. } => {
+                phone = Some(d);
+                break;
+            }
+            other => {
+                eprintln!("refused for now: {other:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    let mut phone = phone.expect("the phone is back within 5 s");
     let (mut last, mut got) = (0, Vec::new());
     receive_all(&mut phone, 20, &mut last, &mut got).await;
     let want: Vec<Vec<u8>> = (0..20).map(|i| format!("q{i}").into_bytes()).collect();
@@ -281,7 +312,7 @@ async fn redis_restarted_loses_no_acknowledged_frame_and_readyz_follows_it() {
 #[tokio::test]
 async fn a_node_drained_with_sigterm_sends_its_devices_to_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
+    let redis = Redis::start();
     let n1 = node(dir.path(), &redis, "n1", &[]);
     let mut n2 = node(dir.path(), &redis, "n2", &[]);
     let n3 = node(dir.path(), &redis, "n3", &[]);
@@ -312,7 +343,7 @@ async fn a_node_drained_with_sigterm_sends_its_devices_to_the_others() {
 #[tokio::test]
 async fn a_migration_from_the_embedded_store_keeps_every_frame_and_route() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
+    let redis = Redis::start();
     let single_dir = dir.path().join("single");
     std::fs::create_dir_all(&single_dir).unwrap();
     let mut single = common::Relay::start(&single_dir, &[]);
@@ -343,7 +374,7 @@ async fn a_migration_from_the_embedded_store_keeps_every_frame_and_route() {
     assert!(!again.status.success(), "copying twice needs --force");
 
     let n1 = node(dir.path(), &redis, "n1", &[]);
-    let (mut phone, queued) = Device::connect(&n1, key, Role::Phone).await;
+    let (mut phone, queued) = Device::connect_from(&n1, key, Role::Phone, LO).await;
     assert_eq!(queued, 30, "AuthOk counts the migrated queue");
     let (mut last, mut got) = (0, Vec::new());
     receive_all(&mut phone, 30, &mut last, &mut got).await;

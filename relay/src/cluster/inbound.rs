@@ -39,7 +39,9 @@ pub(crate) async fn run(state: Arc<State>, cluster: Arc<Cluster>) {
                         },
                         _ = ping.tick() => {
                             // A connection cut without a reset shows here.
-                            let alive = timeout(Duration::from_secs(2), sink.ping::<String>()).await;
+                            // (A subscribed connection answers PING with an array.)
+                            let alive =
+                                timeout(Duration::from_secs(2), sink.ping::<redis::Value>()).await;
                             if !matches!(alive, Ok(Ok(_))) {
                                 break;
                             }
@@ -107,19 +109,24 @@ async fn dispatch(state: &State, cluster: &Cluster, bytes: &[u8]) {
         }
     };
     match msg {
+        Message::Deliver { to, epoch, frame } => {
+            let Some(h) = state.registry.get(&to) else { return };
+            let Frame::Deliver { delivery_id, from, payload } = frame else {
+                cluster.garbage.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            // An id of another epoch than this node's store knows is not
+            // passed on (the queue is read again under the new one); nor a
+            // frame whose route was revoked since it was queued.
+            if epoch == state.store.epoch()
+                && state.routes.is_route(from, to).await.unwrap_or(false)
+            {
+                h.offer(Outbound::Deliver { id: delivery_id, from, payload: payload.into() });
+            }
+        }
         Message::Frame { to, frame } => {
             let Some(h) = state.registry.get(&to) else { return };
             match frame {
-                Frame::Deliver { delivery_id, from, payload } => {
-                    // The route may have been revoked since it was queued.
-                    if state.routes.is_route(from, to).await.unwrap_or(false) {
-                        h.offer(Outbound::Deliver {
-                            id: delivery_id,
-                            from,
-                            payload: payload.into(),
-                        });
-                    }
-                }
                 f @ (Frame::Presence { .. } | Frame::PairMessage { .. }) => {
                     h.offer(Outbound::Frame(f));
                 }

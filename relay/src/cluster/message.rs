@@ -9,7 +9,10 @@
 //! * `2` ownership moved: device, then the new fence token in ASCII decimal
 //!   (the claim script appends it);
 //! * `3` a mailbox was claimed: pairing id, claimer, then the claim's payload;
-//! * `4` a route changed: the two devices.
+//! * `4` a route changed: the two devices;
+//! * `5` a stored frame for a device on that node: device, the store epoch
+//!   its delivery id was taken under (8 bytes, big-endian), then the
+//!   `Deliver` as it goes on the wire.
 
 use tandem_proto::DeviceId;
 use tandem_proto::frame::Frame;
@@ -19,12 +22,16 @@ const FRAME: u8 = 1;
 const REPLACED: u8 = 2;
 const CLAIMED: u8 = 3;
 const ROUTES: u8 = 4;
+const DELIVER: u8 = 5;
 
 /// A message from another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Message {
     /// A frame for `to`, if it is connected here.
     Frame { to: DeviceId, frame: Frame },
+    /// A stored frame for `to` (a `Deliver`) whose id was taken under
+    /// store epoch `epoch`: dropped unless this node's store has that epoch.
+    Deliver { to: DeviceId, epoch: u64, frame: Frame },
     /// `device` connected elsewhere with this fence: a connection here with
     /// a lower one is replaced.
     Replaced { device: DeviceId, fence: u64 },
@@ -70,6 +77,16 @@ impl Message {
         b
     }
 
+    /// The bytes of a stored frame for `to`, its id taken under `epoch`.
+    pub(crate) fn deliver(to: DeviceId, epoch: u64, frame: &[u8]) -> Vec<u8> {
+        let mut b = Vec::with_capacity(25 + frame.len());
+        b.push(DELIVER);
+        b.extend_from_slice(&to.0);
+        b.extend_from_slice(&epoch.to_be_bytes());
+        b.extend_from_slice(frame);
+        b
+    }
+
     /// The start of a `Replaced` message; the claim script appends the fence.
     pub(crate) fn replaced_prefix(device: DeviceId) -> Vec<u8> {
         let mut b = Vec::with_capacity(17 + 20);
@@ -105,6 +122,15 @@ impl Message {
                 let (to, frame) = take16(rest)?;
                 let frame = Frame::decode(frame).map_err(|e| MessageError::Frame(e.to_string()))?;
                 Ok(Message::Frame { to: DeviceId(to), frame })
+            }
+            DELIVER => {
+                let (to, rest) = take16(rest)?;
+                let (epoch, frame) = rest.split_at_checked(8).ok_or(MessageError::Truncated)?;
+                let epoch = u64::from_be_bytes(
+                    <[u8; 8]>::try_from(epoch).map_err(|_| MessageError::Truncated)?,
+                );
+                let frame = Frame::decode(frame).map_err(|e| MessageError::Frame(e.to_string()))?;
+                Ok(Message::Deliver { to: DeviceId(to), epoch, frame })
             }
             REPLACED => {
                 let (device, fence) = take16(rest)?;
@@ -155,8 +181,11 @@ mod tests {
             Ok(Message::Claimed { pairing_id: [9; 16], claimer: b, payload: b"hello".to_vec() })
         );
         assert_eq!(Message::decode(&Message::routes(a, b)), Ok(Message::Routes { a, b }));
+        let d = Frame::Deliver { delivery_id: 7, from: b, payload: vec![1, 2] };
+        let dm = Message::deliver(a, 99, &d.encode().unwrap());
+        assert_eq!(Message::decode(&dm), Ok(Message::Deliver { to: a, epoch: 99, frame: d }));
         // Every prefix of every kind is refused, never a panic.
-        for m in [bytes, r, c, Message::routes(a, b)] {
+        for m in [bytes, r, c, Message::routes(a, b), dm] {
             for n in 0..m.len() {
                 let _ = Message::decode(&m[..n]);
             }

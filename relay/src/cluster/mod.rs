@@ -146,8 +146,9 @@ pub(crate) enum Claim {
 }
 
 impl Cluster {
-    /// Connect to Redis at `url` as node `node`, with every key and channel
-    /// under `prefix`.
+    /// Join the cluster on Redis at `url` as node `node`, with every key and
+    /// channel under `prefix`'s namespace (`tandem` → `{tandem}:`, the
+    /// store's).
     ///
     /// # Errors
     /// A bad node id or URL; Redis unreachable.
@@ -159,10 +160,12 @@ impl Cluster {
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_max_delay(Duration::from_secs(2))
             .set_number_of_retries(2);
-        let conn = client.get_connection_manager_with_config(config).await?;
+        // Connected lazily: a node starts while Redis is away (not ready
+        // until it is there) and reconnects by itself.
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         Ok(Self {
             node: node.to_owned(),
-            prefix: prefix.to_owned(),
+            prefix: crate::store::redis_namespace(prefix),
             client,
             conn,
             scripts: Scripts::new(),
@@ -210,20 +213,31 @@ impl Cluster {
     }
 
     /// Take ownership of `device`'s connection; returns its fence token.
+    /// A connection to Redis found broken is replaced and the claim made
+    /// once more (a claim is safe to repeat: the later fence wins).
     pub(crate) async fn claim(&self, device: DeviceId) -> Result<u64, ClusterError> {
-        let mut c = self.conn.clone();
-        let fence: u64 = self
-            .scripts
-            .claim
-            .key(self.key("own", &device))
-            .key(self.key("fence", &device))
-            .arg(&self.node)
-            .arg(&self.prefix)
-            .arg(hex(&device))
-            .arg(Message::replaced_prefix(device))
-            .invoke_async(&mut c)
-            .await?;
-        Ok(fence)
+        let mut tries = 0;
+        loop {
+            let mut c = self.conn.clone();
+            let fence: Result<u64, redis::RedisError> = self
+                .scripts
+                .claim
+                .key(self.key("own", &device))
+                .key(self.key("fence", &device))
+                .arg(&self.node)
+                .arg(&self.prefix)
+                .arg(hex(&device))
+                .arg(Message::replaced_prefix(device))
+                .invoke_async(&mut c)
+                .await;
+            match fence {
+                Err(e) if tries == 0 && (e.is_io_error() || e.is_connection_dropped()) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     /// Give up `device`'s ownership if this node holds it; true if it did
@@ -270,10 +284,12 @@ impl Cluster {
         Ok(out.into_iter().map(|n| n == 1).collect())
     }
 
-    /// [`Self::route`] for one frame, with its bytes encoded already.
-    pub(crate) async fn route_bytes(
+    /// Hand a stored frame's `Deliver` (encoded), its id taken under store
+    /// epoch `epoch`, to `to`'s node; whether `to` is online on a live node.
+    pub(crate) async fn deliver(
         &self,
         to: DeviceId,
+        epoch: u64,
         frame: &[u8],
     ) -> Result<bool, ClusterError> {
         let mut c = self.conn.clone();
@@ -282,7 +298,7 @@ impl Cluster {
             .route
             .key(self.key("own", &to))
             .arg(&self.prefix)
-            .arg(Message::frame(to, frame))
+            .arg(Message::deliver(to, epoch, frame))
             .invoke_async(&mut c)
             .await?;
         Ok(out.first() == Some(&1))

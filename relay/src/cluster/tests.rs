@@ -1,7 +1,6 @@
 //! The cluster's scripts against a real `redis-server` (started here on a
 //! free port; never the machine's 6379).
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -9,43 +8,24 @@ use tandem_proto::ErrorCode;
 
 use super::*;
 
+use crate::store::tests::redis_server::RedisServer;
+
 struct TestRedis {
-    child: Child,
+    server: RedisServer,
     url: String,
-    _dir: tempfile::TempDir,
 }
 
 impl TestRedis {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt install redis-server)");
-        let addr = format!("127.0.0.1:{port}");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Self { child, url: format!("redis://{addr}/"), _dir: dir }
+        let server = RedisServer::start();
+        let url = server.url();
+        Self { server, url }
     }
 }
 
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const P: &str = "{t}:";
+/// The cluster's prefix, and the namespace its keys and channels are under.
+const P: &str = "t";
+const NS: &str = "{t}:";
 
 fn dev(n: u8) -> DeviceId {
     DeviceId([n; 16])
@@ -55,7 +35,7 @@ fn dev(n: u8) -> DeviceId {
 async fn listen(url: &str, node: &str) -> redis::aio::PubSubStream {
     let client = redis::Client::open(url).unwrap();
     let mut ps = client.get_async_pubsub().await.unwrap();
-    ps.subscribe(format!("{P}node:{node}")).await.unwrap();
+    ps.subscribe(format!("{NS}node:{node}")).await.unwrap();
     ps.into_on_message()
 }
 
@@ -100,7 +80,7 @@ async fn a_frame_reaches_the_owners_node_only_while_that_node_is_alive() {
     // b stops beating: once its liveness expires it is reaped, its device
     // is offline and nothing is published to it.
     let mut c = a.conn.clone();
-    let _: i64 = redis::cmd("DEL").arg(format!("{P}alive:b")).query_async(&mut c).await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(format!("{NS}alive:b")).query_async(&mut c).await.unwrap();
     assert_eq!(a.route(&[(dev(2), Some(presence))]).await.unwrap(), vec![false]);
     assert_eq!(a.reap().await.unwrap(), vec![dev(2)]);
     assert_eq!(a.reap().await.unwrap(), Vec::<DeviceId>::new(), "reaped once");
@@ -179,7 +159,7 @@ async fn one_node_leads_a_task_until_it_stops_renewing() {
 async fn redis_unreachable_is_an_error_not_a_hang() {
     let r = TestRedis::start();
     let a = Cluster::connect(&r.url, "a", P).await.unwrap();
-    drop(r);
+    drop(r.server);
     let t = tokio::time::timeout(Duration::from_secs(15), a.claim(dev(1))).await;
     assert!(matches!(t, Ok(Err(ClusterError::Redis(_)))), "{t:?}");
     assert!(Cluster::connect("not a url", "a", P).await.is_err());

@@ -274,6 +274,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
                 retry_at: None,
                 fetched: 0,
                 known: 0,
+                epoch: store_epoch,
             };
             Some(tokio::spawn(w.run(rx)))
         }

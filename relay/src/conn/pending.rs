@@ -85,9 +85,12 @@ async fn push(state: &State, from: DeviceId, to: DeviceId, id: u64, payload: &mu
     {
         // On another node, if anywhere: one publish to it. If it is lost,
         // the frame waits in the store for the next read of its queue.
+        // The epoch read after the store's answer (the store moves it
+        // before it answers under a new one).
+        let epoch = state.store.epoch();
         match tandem_proto::frame::encode_deliver(id, &from, &payload) {
             Ok(bytes) => {
-                if let Err(e) = c.route_bytes(to, &bytes).await {
+                if let Err(e) = c.deliver(to, epoch, &bytes).await {
                     tracing::debug!(error = %e, "a live delivery to another node failed; it waits in the store");
                 }
             }

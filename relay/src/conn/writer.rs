@@ -62,7 +62,13 @@ pub(super) struct Writer {
     /// [`crate::hold::Hold::mark`] (live deliveries of stored frames; 1
     /// at first, so the backlog is read once).
     pub(super) known: u64,
+    /// The store epoch its `AuthOk` announced: no delivery id is sent under
+    /// another (the store's epoch changes when Redis lost writes).
+    pub(super) epoch: u64,
 }
+
+/// What a connection is closed with when the store's epoch moved under it.
+const NEW_EPOCH: &str = "the relay's store changed; reconnect after the hint";
 
 /// The deliveries in flight on one connection: sent, not acknowledged.
 #[derive(Default)]
@@ -118,7 +124,8 @@ impl Writer {
             self.handle.close(ErrorCode::Other(0), WRITE_FAILED);
             return;
         }
-        if self.handle.reason().is_some_and(|(c, _)| c == ErrorCode::ShuttingDown) {
+        let shutting = matches!(&result, Err(Closing(ErrorCode::ShuttingDown, _)));
+        if shutting || self.handle.reason().is_some_and(|(c, _)| c == ErrorCode::ShuttingDown) {
             let hint =
                 u32::try_from(self.state.config.restart_hint.as_millis()).unwrap_or(u32::MAX);
             let _ =
@@ -411,6 +418,7 @@ impl Writer {
                 return Ok(Held::ReadStore);
             }
             for (id, frame, len) in ready {
+                self.same_epoch()?;
                 self.window.push(id, len);
                 feed_raw(&mut self.sink, frame, &self.state)
                     .await
@@ -441,9 +449,22 @@ impl Writer {
         from: DeviceId,
         payload: &[u8],
     ) -> Result<(), Closing> {
+        self.same_epoch()?;
         let failed = |()| Closing::new(ErrorCode::Other(0), WRITE_FAILED);
         let frame = encode_deliver(id, &from, payload).map_err(|_| failed(()))?;
         feed_raw(&mut self.sink, frame.into(), &self.state).await.map_err(failed)
+    }
+
+    /// Every delivery id is checked against the epoch the device was told,
+    /// after the store answer it came from (the store moves its epoch before
+    /// it answers anything under the new one): under another, the
+    /// connection closes instead (the device reconnects and hears it).
+    fn same_epoch(&self) -> Result<(), Closing> {
+        if self.state.store.epoch() == self.epoch {
+            Ok(())
+        } else {
+            Err(Closing::new(ErrorCode::ShuttingDown, NEW_EPOCH))
+        }
     }
 
     async fn flush(&mut self) -> Result<(), Closing> {

@@ -31,8 +31,9 @@
 //!   an operation it refused did not happen.
 
 mod redb;
+mod redis;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,6 +43,8 @@ use tandem_proto::DeviceId;
 use thiserror::Error;
 
 pub use self::redb::{Export, ExportedAuthorization, ExportedFrame, RedbStore, WRITER_QUEUE};
+pub(crate) use self::redis::namespace as redis_namespace;
+pub use self::redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, QUEUE as REDIS_QUEUE, RedisStore};
 
 /// A boxed future returned by [`Store`] methods. It owns what it needs
 /// (`'static`), so a connection can keep several in flight while it goes on
@@ -380,8 +383,27 @@ pub trait Store: Send + Sync + 'static {
     /// it MUST change whenever the delivery ids this store hands out may be
     /// lower than ones handed out before (its data wiped, restored from an
     /// older copy, migrated to another backend). [`RedbStore`] draws a
-    /// fresh random one at every open, which covers all three.
+    /// fresh random one at every open, which covers all three;
+    /// [`RedisStore`] one per Redis server lifetime and epoch base, which
+    /// can change while the relay runs ([`Store::epoch_changed`]).
     fn epoch(&self) -> u64;
+
+    /// For a backend whose epoch can change while the relay runs (a Redis
+    /// server restarted, failed over or wiped under the relay), a receiver
+    /// told every new epoch; `None` (the default) when it never changes
+    /// after the store opened.
+    ///
+    /// The relay must then close every device connection whose `AuthOk`
+    /// announced another epoch (the devices reconnect and get the new one):
+    /// ids of the new epoch may be at or below ids the device saw before.
+    /// The backend updates [`Store::epoch`] before any operation runs under
+    /// the new epoch, so a connection that compares [`Store::epoch`] with
+    /// the epoch it announced after each store answer (before it delivers
+    /// an id from it) never hands a device an id of another epoch, whenever
+    /// the watch wakes it.
+    fn epoch_changed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 
     /// Whether the store can write now, or why not (`/readyz`, the
     /// `store_up` gauge). Cheap: no store round trip.

@@ -4,7 +4,7 @@
 
 #![allow(clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,79 +12,12 @@ use tandem_proto::{DeviceKey, Role};
 
 use super::{Device, Relay, ws_connect};
 
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+pub use super::redis_server::{RedisServer as Redis, free_port};
 
 /// Whether something answers on `addr` (TCP).
 fn listening(addr: &str) -> bool {
     std::net::TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_millis(200))
         .is_ok()
-}
-
-/// A `redis-server` of its own (never the machine's 6379), with AOF and an
-/// fsync per write, so a `kill -9` loses nothing it acknowledged.
-pub struct Redis {
-    child: Option<Child>,
-    pub port: u16,
-    dir: PathBuf,
-}
-
-impl Redis {
-    pub fn start(dir: &Path) -> Redis {
-        let dir = dir.join("redis");
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut r = Redis { child: None, port: free_port(), dir };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.join("redis.log")).expect("log");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(log)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt install redis-server)");
-        self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
-        for _ in 0..200 {
-            if listening(&addr) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("redis-server did not start on {addr}");
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// `kill -9`, then start again on the same port and files (AOF).
-    pub fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill9();
-    }
 }
 
 /// Start node `id` of the cluster on `redis` (plain WebSocket, a data
@@ -155,4 +88,20 @@ impl Drop for Haproxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET /readyz` on `node` from 127.0.0.2 (127.0.0.1 is haproxy's address,
+/// which the nodes expect a PROXY header from): its status.
+pub async fn ready(node: &Relay) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let from = std::net::IpAddr::from([127, 0, 0, 2]);
+    let Ok(mut s) = super::tcp_from(&node.addr, from).await else { return 0 };
+    let req = "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }

@@ -1,17 +1,24 @@
-//! The embedded store through the [`Store`] trait: ids handed out before a
-//! commit are never handed out again, full queues, acknowledgements and
-//! expiry.
+//! The behaviour every [`Store`] keeps, run against the embedded store
+//! ([`RedbStore`], `on_redb::*`) and the Redis one ([`RedisStore`] on a
+//! `redis-server` of the test's own, `on_redis::*`); then what only one of
+//! them does (`redb_only`, `redis_only`).
 
 use std::path::Path;
 use std::time::Duration;
 
 use tandem_proto::DeviceId;
 
-use super::redb::SKIP;
 use super::{
-    AddrKey, FRAME_COST_BYTES, LIVE_ALLOWANCE_BYTES, NewFrame, QueueLimits, RedbStore, RouteLimits,
-    Store, StoreError,
+    AddrKey, FRAME_COST_BYTES, LIVE_ALLOWANCE_BYTES, NewFrame, QueueLimits, RedbStore, RedisStore,
+    RouteLimits, Store, StoreError,
 };
+
+mod redb_only;
+mod redis_only;
+#[path = "../../../tests/support/redis.rs"]
+pub(crate) mod redis_server;
+
+use self::redis_server::RedisServer;
 
 const LIMITS: QueueLimits = QueueLimits {
     max_frames: 1000,
@@ -48,16 +55,119 @@ fn frame(to: DeviceId, from: DeviceId, payload: Vec<u8>) -> NewFrame {
 
 const COST: usize = FRAME_COST_BYTES as usize;
 
-/// Open the store in `dir`; the previous one's writer thread may still be
-/// closing the file, so retry for a while.
-async fn open(dir: &Path) -> RedbStore {
-    open_with(dir, LIMITS).await
+/// A backend under test: every store it opens sees the same state (a
+/// reopen of the embedded store's file, a new connection to the same Redis
+/// server and prefix).
+trait Backend {
+    type S: Store;
+    /// A store on this backend's state.
+    async fn open_full(&self, limits: QueueLimits, routes: RouteLimits, now: u64) -> Self::S;
+    /// How far ids move on at a reopen.
+    fn reopen_skip(&self) -> u64;
+    /// How many queues keep a row or key (the stores are closed).
+    async fn queue_rows(&self) -> u64;
+    /// The same while `s` is open (the embedded store: its frames; Redis:
+    /// queue keys and the accounts' keys left behind).
+    async fn queue_rows_open(&self, s: &Self::S) -> u64;
+
+    async fn open(&self, limits: QueueLimits) -> Self::S {
+        self.open_full(limits, ROUTES, OPENED).await
+    }
 }
 
-async fn open_with(dir: &Path, limits: QueueLimits) -> RedbStore {
-    open_full(dir, limits, ROUTES, OPENED).await
+/// The embedded store in a temporary directory.
+struct OnRedb(tempfile::TempDir);
+
+impl OnRedb {
+    fn new() -> Self {
+        Self(tempfile::tempdir().unwrap())
+    }
 }
 
+impl Backend for OnRedb {
+    type S = RedbStore;
+    async fn open_full(&self, limits: QueueLimits, routes: RouteLimits, now: u64) -> RedbStore {
+        open_full(self.0.path(), limits, routes, now).await
+    }
+    fn reopen_skip(&self) -> u64 {
+        super::redb::SKIP
+    }
+    async fn queue_rows(&self) -> u64 {
+        super::redb::meta_rows_in(self.0.path()).await
+    }
+    async fn queue_rows_open(&self, s: &RedbStore) -> u64 {
+        s.totals().await.unwrap().queues.frames
+    }
+}
+
+/// The Redis store on a server of its own.
+struct OnRedis(RedisServer);
+
+/// The key prefix the tests' Redis stores use.
+const PREFIX: &str = "test:";
+
+impl OnRedis {
+    fn new() -> Self {
+        Self(RedisServer::start())
+    }
+}
+
+impl Backend for OnRedis {
+    type S = RedisStore;
+    async fn open_full(&self, limits: QueueLimits, routes: RouteLimits, _now: u64) -> RedisStore {
+        RedisStore::connect(&self.0.url(), limits, routes, PREFIX).await.unwrap()
+    }
+    fn reopen_skip(&self) -> u64 {
+        0
+    }
+    async fn queue_rows(&self) -> u64 {
+        let r = self.0.command("KEYS {test}:q:*").unwrap();
+        r.lines().next().and_then(|l| l.strip_prefix('*')).unwrap().parse().unwrap()
+    }
+    async fn queue_rows_open(&self, _: &RedisStore) -> u64 {
+        // With the queues, every per-queue, per-pair and per-address count
+        // must be gone too.
+        let r = self.0.command("EXISTS {test}:qb {test}:qexp {test}:up {test}:ua").unwrap();
+        let leftovers: u64 = r.trim().strip_prefix(':').unwrap().parse().unwrap();
+        self.queue_rows().await + leftovers
+    }
+}
+
+/// The shared tests, once per backend.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod on_redb {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::OnRedb::new()).await;
+            })*
+        }
+        mod on_redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::OnRedis::new()).await;
+            })*
+        }
+    };
+}
+
+suite!(
+    payloads_come_back_byte_for_byte_and_empty_frames_leave_no_trace,
+    ids_are_never_reused_after_a_reopen,
+    a_refused_enqueue_leaves_its_id_unused,
+    ids_follow_the_order_enqueues_are_called_in,
+    expiry_takes_the_expired_head_of_each_queue,
+    totals_follow_enqueues_acks_and_revocations,
+    one_sender_fills_only_its_share_of_a_queue_and_one_address_of_the_store,
+    every_frame_is_charged_its_cost_so_empty_frames_fill_the_total,
+    past_the_total_only_a_connected_recipient_with_a_small_queue_gets_frames,
+    past_the_total_the_store_grows_at_most_by_the_overflow,
+    one_sided_authorisations_are_capped_per_address_and_expire_but_routes_do_not,
+    empty_queues_keep_no_row_and_ids_never_come_again,
+);
+
+/// Open the embedded store in `dir`; the previous one's writer thread may
+/// still be closing the file, so retry for a while.
 async fn open_full(dir: &Path, limits: QueueLimits, routes: RouteLimits, now: u64) -> RedbStore {
     for _ in 0..200 {
         match RedbStore::open(dir, limits, routes, now) {
@@ -68,13 +178,13 @@ async fn open_full(dir: &Path, limits: QueueLimits, routes: RouteLimits, now: u6
     RedbStore::open(dir, limits, routes, now).unwrap()
 }
 
-async fn route(s: &RedbStore, a: DeviceId, b: DeviceId) {
+async fn route(s: &dyn Store, a: DeviceId, b: DeviceId) {
     s.authorize(a, b, home(), OPENED).await.unwrap();
     s.authorize(b, a, home(), OPENED).await.unwrap();
 }
 
 /// Queue one frame; both answers, which must agree.
-async fn put(s: &RedbStore, to: DeviceId, from: DeviceId, body: &[u8]) -> u64 {
+async fn put(s: &dyn Store, to: DeviceId, from: DeviceId, body: &[u8]) -> u64 {
     let e = s.enqueue(frame(to, from, body.to_vec()), 1000, false);
     let placed = e.placed.await.unwrap();
     let durable = e.durable.await.unwrap();
@@ -82,12 +192,10 @@ async fn put(s: &RedbStore, to: DeviceId, from: DeviceId, body: &[u8]) -> u64 {
     durable
 }
 
-#[tokio::test]
-async fn ids_are_never_reused_after_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+async fn ids_are_never_reused_after_a_reopen<B: Backend>(be: B) {
     let (a, b, c) = (dev(1), dev(2), dev(3));
     let first = {
-        let s = open(dir.path()).await;
+        let s = be.open(LIMITS).await;
         route(&s, a, b).await;
         route(&s, a, c).await;
         let ids = [put(&s, b, a, b"1").await, put(&s, b, a, b"2").await];
@@ -97,9 +205,9 @@ async fn ids_are_never_reused_after_a_reopen() {
     // Whatever the writer may have told before a commit that a crash undid
     // lies below the next id after a reopen: the store-wide counter moved
     // on by the whole skip, for this queue and any other.
-    let s = open(dir.path()).await;
+    let s = be.open(LIMITS).await;
     let next = put(&s, b, a, b"3").await;
-    assert_eq!(next, first + 1 + SKIP);
+    assert_eq!(next, first + 1 + be.reopen_skip());
     let fresh = put(&s, c, a, b"x").await;
     assert_eq!(fresh, next + 1, "ids come from one counter");
     // The frames committed before the reopen are all still there, in order.
@@ -108,26 +216,25 @@ async fn ids_are_never_reused_after_a_reopen() {
     assert_eq!(bodies, [&b"1"[..], b"2", b"3"]);
 }
 
-#[tokio::test]
-async fn a_refused_enqueue_leaves_its_id_unused() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path()).await;
+async fn a_refused_enqueue_leaves_its_id_unused<B: Backend>(be: B) {
+    let s = be.open(LIMITS).await;
     let (a, b) = (dev(1), dev(2));
     let e = s.enqueue(frame(b, a, b"no route".to_vec()), 1000, false);
-    let gap = e.placed.await.unwrap();
+    // An early id (redb) or the refusal itself (Redis answers once).
+    let gap = e.placed.await.ok();
     assert_eq!(e.durable.await, Err(StoreError::NoRoute));
     assert!(s.fetch(b, 0, 10).await.unwrap().is_empty());
     route(&s, a, b).await;
     let next = put(&s, b, a, b"routed").await;
-    assert_eq!(next, gap + 1);
+    if let Some(gap) = gap {
+        assert_eq!(next, gap + 1);
+    }
     let q = s.fetch(b, 0, 10).await.unwrap();
     assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [next]);
 }
 
-#[tokio::test]
-async fn ids_follow_the_order_enqueues_are_called_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path()).await;
+async fn ids_follow_the_order_enqueues_are_called_in<B: Backend>(be: B) {
+    let s = be.open(LIMITS).await;
     let (a, b, c) = (dev(1), dev(2), dev(3));
     route(&s, a, c).await;
     route(&s, b, c).await;
@@ -146,42 +253,8 @@ async fn ids_follow_the_order_enqueues_are_called_in() {
     assert_eq!(q.iter().map(|q| q.payload[0]).collect::<Vec<_>>(), (0..200u8).collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn refused_ids_are_spent_and_a_full_queue_tells_no_id_early() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dev(1), dev(2));
-    let one = QueueLimits { max_frames: 1, ..LIMITS };
-    let last = {
-        let s = open_with(dir.path(), one).await;
-        route(&s, a, b).await;
-        put(&s, b, a, b"1").await;
-        // The first refusal was told its id early (nobody knew the queue
-        // was full); later ones are not, until something leaves the queue.
-        let e = s.enqueue(frame(b, a, b"full".to_vec()), 1000, false);
-        let mut last = e.placed.await.unwrap();
-        assert!(matches!(e.durable.await, Err(StoreError::QueueFull(_))));
-        for _ in 0..4 {
-            let e = s.enqueue(frame(b, a, b"full".to_vec()), 1000, false);
-            assert!(e.placed.await.is_err(), "an id told early for a full queue");
-            assert!(matches!(e.durable.await, Err(StoreError::QueueFull(_))));
-            last += 1;
-        }
-        assert_eq!(s.ack(b, u64::MAX).await.unwrap(), 1);
-        let e = s.enqueue(frame(b, a, b"2".to_vec()), 1000, false);
-        assert_eq!(e.placed.await.unwrap(), last + 1, "early again after the ack");
-        e.durable.await.unwrap()
-    };
-    // Every id handed out, refused or not, is below the next one after a
-    // reopen by the whole skip.
-    let s = open(dir.path()).await;
-    s.ack(b, u64::MAX).await.unwrap();
-    assert_eq!(put(&s, b, a, b"3").await, last + 1 + SKIP);
-}
-
-#[tokio::test]
-async fn expiry_takes_the_expired_head_of_each_queue() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path()).await;
+async fn expiry_takes_the_expired_head_of_each_queue<B: Backend>(be: B) {
+    let s = be.open(LIMITS).await;
     let (a, b, c) = (dev(1), dev(2), dev(3));
     route(&s, a, b).await;
     route(&s, a, c).await;
@@ -197,7 +270,7 @@ async fn expiry_takes_the_expired_head_of_each_queue() {
     assert_eq!((t.frames, t.bytes), (2, 20));
     // After a reopen the writer knows again which queues hold frames.
     drop(s);
-    let s = open(dir.path()).await;
+    let s = be.open(LIMITS).await;
     let t = s.totals().await.unwrap().queues;
     assert_eq!((t.frames, t.bytes), (2, 20));
     assert_eq!(s.expire(3000).await.unwrap().frames, 2);
@@ -205,10 +278,8 @@ async fn expiry_takes_the_expired_head_of_each_queue() {
     assert_eq!(s.depth(b).await.unwrap().frames, 0);
 }
 
-#[tokio::test]
-async fn totals_follow_enqueues_acks_and_revocations() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path()).await;
+async fn totals_follow_enqueues_acks_and_revocations<B: Backend>(be: B) {
+    let s = be.open(LIMITS).await;
     let (a, b, c) = (dev(1), dev(2), dev(3));
     route(&s, a, b).await;
     route(&s, a, c).await;
@@ -228,7 +299,7 @@ async fn totals_follow_enqueues_acks_and_revocations() {
 
 /// The durable answer to queueing `len` bytes (from [`home`]).
 async fn try_put(
-    s: &RedbStore,
+    s: &dyn Store,
     to: DeviceId,
     from: DeviceId,
     len: usize,
@@ -239,7 +310,7 @@ async fn try_put(
 
 /// The durable answer to queueing `len` bytes from `addr`.
 async fn try_put_from(
-    s: &RedbStore,
+    s: &dyn Store,
     to: DeviceId,
     from: DeviceId,
     addr: AddrKey,
@@ -249,15 +320,15 @@ async fn try_put_from(
     s.enqueue(NewFrame { to, from, addr, payload: vec![7; len].into() }, 1000, live).durable.await
 }
 
-#[tokio::test]
-async fn one_sender_fills_only_its_share_of_a_queue_and_one_address_of_the_store() {
-    let dir = tempfile::tempdir().unwrap();
+async fn one_sender_fills_only_its_share_of_a_queue_and_one_address_of_the_store<B: Backend>(
+    be: B,
+) {
     // Queues of 1 000 bytes (each frame charged its payload plus the cost),
     // 4 000 bytes in all; a sender may fill half of a queue, an address
     // half of the total.
     let limits =
         QueueLimits { max_bytes: 1000, total_max_bytes: 4000, sender_share_percent: 50, ..LIMITS };
-    let s = open_with(dir.path(), limits).await;
+    let s = be.open(limits).await;
     let (a, b, c) = (dev(1), dev(2), dev(3));
     route(&s, a, c).await;
     route(&s, b, c).await;
@@ -288,18 +359,16 @@ async fn one_sender_fills_only_its_share_of_a_queue_and_one_address_of_the_store
     try_put_from(&s, targets[3], keys[3], ip(2), 500 - COST, false).await.unwrap();
     // The share is rebuilt from the queues when the store opens again.
     drop(s);
-    let s = open_with(dir.path(), limits).await;
+    let s = be.open(limits).await;
     assert_eq!(try_put(&s, targets[2], keys[2], 0, false).await, Err(StoreError::AddressShareFull));
     assert_eq!(s.revoke(keys[0], targets[0], OPENED).await.unwrap(), 1);
     try_put(&s, targets[2], keys[2], 500 - COST, false).await.unwrap();
 }
 
-#[tokio::test]
-async fn every_frame_is_charged_its_cost_so_empty_frames_fill_the_total() {
-    let dir = tempfile::tempdir().unwrap();
+async fn every_frame_is_charged_its_cost_so_empty_frames_fill_the_total<B: Backend>(be: B) {
     let limits =
         QueueLimits { total_max_bytes: 10 * FRAME_COST_BYTES, sender_share_percent: 100, ..LIMITS };
-    let s = open_with(dir.path(), limits).await;
+    let s = be.open(limits).await;
     let (a, b) = (dev(1), dev(2));
     route(&s, a, b).await;
     for _ in 0..10 {
@@ -311,9 +380,9 @@ async fn every_frame_is_charged_its_cost_so_empty_frames_fill_the_total() {
     assert_eq!((t.frames, t.bytes, t.charged()), (10, 0, 10 * FRAME_COST_BYTES));
 }
 
-#[tokio::test]
-async fn past_the_total_only_a_connected_recipient_with_a_small_queue_gets_frames() {
-    let dir = tempfile::tempdir().unwrap();
+async fn past_the_total_only_a_connected_recipient_with_a_small_queue_gets_frames<B: Backend>(
+    be: B,
+) {
     let mib = usize::try_from(LIVE_ALLOWANCE_BYTES).unwrap();
     let limits = QueueLimits {
         max_bytes: 4 * LIVE_ALLOWANCE_BYTES,
@@ -321,7 +390,7 @@ async fn past_the_total_only_a_connected_recipient_with_a_small_queue_gets_frame
         sender_share_percent: 100,
         ..LIMITS
     };
-    let s = open_with(dir.path(), limits).await;
+    let s = be.open(limits).await;
     let (a, b, c, d) = (dev(1), dev(2), dev(3), dev(4));
     route(&s, a, b).await;
     route(&s, c, d).await;
@@ -350,9 +419,7 @@ async fn past_the_total_only_a_connected_recipient_with_a_small_queue_gets_frame
 /// store past the total without bound. Now everything past the total is
 /// bounded by the overflow in all, and by its share of the overflow per
 /// sender address.
-#[tokio::test]
-async fn past_the_total_the_store_grows_at_most_by_the_overflow() {
-    let dir = tempfile::tempdir().unwrap();
+async fn past_the_total_the_store_grows_at_most_by_the_overflow<B: Backend>(be: B) {
     let chunk = 64 * 1024 - COST;
     let limits = QueueLimits {
         max_bytes: 4 * LIVE_ALLOWANCE_BYTES,
@@ -361,7 +428,7 @@ async fn past_the_total_the_store_grows_at_most_by_the_overflow() {
         sender_share_percent: 50,
         ..LIMITS
     };
-    let s = open_with(dir.path(), limits).await;
+    let s = be.open(limits).await;
     // Two addresses fill the total (each its half).
     for n in 0..2u8 {
         let (from, to) = (dev(100 + n), dev(110 + n));
@@ -396,18 +463,20 @@ async fn past_the_total_the_store_grows_at_most_by_the_overflow() {
     assert_eq!(total, limits.total_max_bytes + limits.overflow_max_bytes);
     // Rebuilt after a reopen: still nothing past the overflow.
     drop(s);
-    let s = open_with(dir.path(), limits).await;
+    let s = be.open(limits).await;
     let (from, to) = (dev(90), dev(91));
     route(&s, from, to).await;
     assert_eq!(try_put_from(&s, to, from, ip(9), 0, true).await, Err(StoreError::OverflowFull));
     assert_eq!(try_put_from(&s, to, from, ip(9), 0, false).await, Err(StoreError::StorageFull));
 }
 
-#[tokio::test]
-async fn one_sided_authorisations_are_capped_per_address_and_expire_but_routes_do_not() {
-    let dir = tempfile::tempdir().unwrap();
+async fn one_sided_authorisations_are_capped_per_address_and_expire_but_routes_do_not<
+    B: Backend,
+>(
+    be: B,
+) {
     let routes = RouteLimits { pending_ttl_secs: 100, max_pending_per_ip: 3 };
-    let s = open_full(dir.path(), LIMITS, routes, OPENED).await;
+    let s = be.open_full(LIMITS, routes, OPENED).await;
     let (a, b, c, d, e) = (dev(1), dev(2), dev(3), dev(4), dev(5));
     // 10.0.0.1 authorises three peers that never answer; the fourth is refused.
     for peer in [b, c, d] {
@@ -426,7 +495,7 @@ async fn one_sided_authorisations_are_capped_per_address_and_expire_but_routes_d
     assert_eq!(s.totals().await.unwrap().pending_authorizations, 2, "a→c, a→d");
     // The counts are rebuilt when the store opens.
     drop(s);
-    let s = open_full(dir.path(), LIMITS, routes, OPENED).await;
+    let s = be.open_full(LIMITS, routes, OPENED).await;
     assert_eq!(s.totals().await.unwrap().pending_authorizations, 2);
     let f = dev(6);
     s.authorize(a, f, ip(1), 1040).await.unwrap();
@@ -457,11 +526,9 @@ async fn one_sided_authorisations_are_capped_per_address_and_expire_but_routes_d
 /// Only queues that hold frames have a metadata row (deleted when they
 /// empty), the counter is one row, and ids keep increasing per recipient
 /// all the same, also after a reopen.
-#[tokio::test]
-async fn empty_queues_keep_no_row_and_ids_never_come_again() {
-    let dir = tempfile::tempdir().unwrap();
+async fn empty_queues_keep_no_row_and_ids_never_come_again<B: Backend>(be: B) {
     let (a, b, c) = (dev(1), dev(2), dev(3));
-    let s = open(dir.path()).await;
+    let s = be.open(LIMITS).await;
     route(&s, a, b).await;
     route(&s, a, c).await;
     let mut last = 0;
@@ -474,142 +541,49 @@ async fn empty_queues_keep_no_row_and_ids_never_come_again() {
     assert!(next > last, "{next} after {last}");
     s.ack(b, next).await.unwrap();
     drop(s);
-    assert_eq!(super::redb::meta_rows_in(dir.path()).await, 1, "only c's queue holds frames");
-    let s = open(dir.path()).await;
+    assert_eq!(be.queue_rows().await, 1, "only c's queue holds frames");
+    let s = be.open(LIMITS).await;
     let again = put(&s, b, a, b"w").await;
     assert!(again > next, "{again} after {next}");
     assert_eq!(s.fetch(c, 0, 10).await.unwrap()[0].payload, b"kept".to_vec());
 }
 
-/// A store written by the code before review r1 (its layout: frames
-/// without an address, authorisations without a time) opens with its
-/// frames, ids and routes; the old rows count in the totals, and a
-/// one-sided authorisation among them expires a TTL after the upgrade.
-#[tokio::test]
-async fn a_store_of_the_previous_layout_keeps_its_queues_and_routes() {
-    let dir = tempfile::tempdir().unwrap();
+/// Any bytes (NUL, CR LF, invalid UTF-8, 64 KiB) come back as they went
+/// in; frames without payload are acknowledged and revoked away, leaving
+/// every count at zero.
+async fn payloads_come_back_byte_for_byte_and_empty_frames_leave_no_trace<B: Backend>(be: B) {
+    let s = be.open(LIMITS).await;
     let (a, b, c) = (dev(1), dev(2), dev(3));
-    let frames = vec![
-        (b, 7, a, 5000, b"one".to_vec()),
-        (b, 8, a, 5000, b"two".to_vec()),
-        (c, 3, a, 5000, vec![0; 100]),
-    ];
-    super::redb::old_layout::write(
-        &dir.path().join("relay.redb"),
-        &frames,
-        &[(a, b), (b, a), (a, c)],
-    )
-    .unwrap();
-    let routes = RouteLimits { pending_ttl_secs: 100, max_pending_per_ip: 1 };
-    let s = open_full(dir.path(), LIMITS, routes, 10_000).await;
-    let q = s.fetch(b, 0, 10).await.unwrap();
-    let got: Vec<(u64, DeviceId, &[u8])> =
-        q.iter().map(|q| (q.id, q.from, &q.payload[..])).collect();
-    assert_eq!(got, [(7, a, &b"one"[..]), (8, a, &b"two"[..])]);
-    assert!(s.is_route(a, b).await.unwrap());
-    assert!(!s.is_route(a, c).await.unwrap());
-    let t = s.totals().await.unwrap();
-    assert_eq!((t.queues.frames, t.queues.bytes, t.pending_authorizations), (3, 106, 1));
-    // Ids go on past the old ones (and the skip at open).
-    assert_eq!(put(&s, b, a, b"three").await, 9 + SKIP);
-    // The old rows count under no address: 10.0.0.1 may still authorise one.
-    s.authorize(dev(9), a, home(), 10_000).await.unwrap();
-    // Frames of the old layout expire as before (and "three", queued at
-    // 1000); the one-sided authorisation a→c a TTL after the upgrade.
-    let x = s.expire(10_099).await.unwrap();
-    assert_eq!((x.frames, x.authorizations), (4, 0));
-    assert_eq!(s.expire(10_100).await.unwrap().authorizations, 2);
-    assert!(s.is_route(a, b).await.unwrap());
-    // Opened again: nothing is moved twice.
-    drop(s);
-    let s = open_full(dir.path(), LIMITS, routes, 20_000).await;
-    assert!(s.fetch(b, 0, 10).await.unwrap().is_empty());
-    assert!(s.is_route(a, b).await.unwrap());
-    assert_eq!(s.totals().await.unwrap().pending_authorizations, 0);
-}
-
-/// A flood while the writer is stuck (a commit paused by the
-/// `relay.commit.before` failpoint) is held to the writer's channel: at
-/// most [`WRITER_QUEUE`] operations wait (and [`MAX_BATCH`] in the writer's
-/// hands), every call past that is refused at once with
-/// [`StoreError::Busy`], and what waited is stored once the writer goes on.
-#[cfg(feature = "failpoints")]
-#[tokio::test]
-async fn a_flood_is_held_to_the_writer_queue_and_the_rest_is_refused_busy() {
-    use super::WRITER_QUEUE;
-    use super::redb::MAX_BATCH;
-    let scenario = fail::FailScenario::setup();
-    let dir = tempfile::tempdir().unwrap();
-    let roomy = QueueLimits { max_frames: 1 << 20, max_bytes: 1 << 30, ..LIMITS };
-    let s = open_with(dir.path(), roomy).await;
-    let (a, b) = (dev(1), dev(2));
     route(&s, a, b).await;
-    fail::cfg("relay.commit.before", "pause").unwrap();
-    let n = WRITER_QUEUE + MAX_BATCH + 100;
-    let calls: Vec<_> = (0..n).map(|_| s.enqueue(frame(b, a, vec![1]), 1000, false)).collect();
-    fail::cfg("relay.commit.before", "off").unwrap();
-    let (mut stored, mut busy) = (0usize, 0usize);
-    for e in calls {
-        match e.durable.await {
-            Ok(_) => stored += 1,
-            Err(StoreError::Busy) => busy += 1,
-            Err(other) => panic!("unexpected answer {other:?}"),
-        }
+    route(&s, c, b).await;
+    let all: Vec<u8> = (0..=255u8).collect();
+    let big: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let bodies = [all, Vec::new(), b"\r\n$-1\r\n".to_vec(), big, vec![0xff, 0xfe, 0]];
+    for body in &bodies {
+        put(&s, b, a, body).await;
     }
-    assert!(stored <= WRITER_QUEUE + MAX_BATCH, "{stored} waited past the bound");
-    assert_eq!(stored + busy, n);
-    assert!(busy >= 100, "only {busy} refused");
-    assert_eq!(s.depth(b).await.unwrap().frames, stored as u64);
-    scenario.teardown();
-}
-
-#[tokio::test]
-async fn reserved_ids_written_later_keep_them_and_are_read_in_id_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dev(1), dev(2));
-    let s = open(dir.path()).await;
-    route(&s, a, b).await;
-    let mark = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    assert!(s.watch(b, Some(mark.clone())));
-    let held = s.reserve_id(b).unwrap();
-    let stored = put(&s, b, a, b"stored").await;
-    assert!(stored > held);
-    let seen = mark.load(std::sync::atomic::Ordering::Acquire);
-    assert!(seen >= stored, "the watched queue's mark follows its enqueues");
-    // Written after a higher id was stored: it keeps its id, and the queue
-    // reads in id order.
-    let r = s.enqueue_reserved(vec![(held, frame(b, a, b"held".to_vec()))], 1000).await.unwrap();
-    assert_eq!(r, vec![Ok(held)]);
     let q = s.fetch(b, 0, 10).await.unwrap();
-    let got: Vec<(u64, &[u8])> = q.iter().map(|q| (q.id, &q.payload[..])).collect();
-    assert_eq!(got, vec![(held, &b"held"[..]), (stored, b"stored")]);
-    // A reserved frame without a route is refused like an enqueue.
-    let c = dev(3);
-    let id = s.reserve_id(c).unwrap();
-    let r = s.enqueue_reserved(vec![(id, frame(c, a, b"x".to_vec()))], 1000).await.unwrap();
-    assert_eq!(r, vec![Err(StoreError::NoRoute)]);
-    assert_eq!(s.stats().frames_written, 3, "1 enqueue, 2 reserved");
-}
-
-#[tokio::test]
-async fn reserved_ids_that_are_never_written_are_never_handed_out_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dev(1), dev(2));
-    let last = {
-        let s = open(dir.path()).await;
-        route(&s, a, b).await;
-        let mut last = 0;
-        // More than SKIP ids reserved and none written: without saves of
-        // the counter (every SKIP / 4 ids), a reopen would move on from
-        // what the open saved, below these.
-        for _ in 0..SKIP + 2 {
-            last = s.reserve_id(b).unwrap();
-        }
-        // Applied (and committed) after the saves.
-        s.depth(b).await.unwrap();
-        last
-    };
-    let s = open(dir.path()).await;
-    let next = put(&s, b, a, b"reopened").await;
-    assert!(next > last, "{next} after {last}");
+    assert_eq!(q.iter().map(|q| q.payload.clone()).collect::<Vec<_>>(), bodies);
+    assert!(q.iter().all(|q| q.from == a));
+    // Fetches from past an id, with a limit.
+    let tail = s.fetch(b, q[1].id, 2).await.unwrap();
+    assert_eq!(tail.iter().map(|t| t.id).collect::<Vec<_>>(), [q[2].id, q[3].id]);
+    assert!(s.fetch(b, u64::MAX, 10).await.unwrap().is_empty());
+    assert!(s.fetch(b, 0, 0).await.unwrap().is_empty());
+    // Empty frames from two senders: acked, and revoked.
+    for _ in 0..3 {
+        put(&s, b, a, b"").await;
+        put(&s, b, c, b"").await;
+    }
+    assert_eq!(s.ack(b, q[4].id).await.unwrap(), 5);
+    assert_eq!(s.ack(b, q[4].id).await.unwrap(), 0, "acknowledging again deletes nothing");
+    assert_eq!(s.revoke(a, b, 2000).await.unwrap(), 3);
+    assert_eq!(s.depth(b).await.unwrap(), super::QueueDepth { frames: 3, bytes: 0 });
+    assert_eq!(s.ack(b, u64::MAX).await.unwrap(), 3);
+    let t = s.totals().await.unwrap();
+    assert_eq!(t.queues, super::QueueDepth::default());
+    // b's side of the revoked route is one-sided now.
+    assert_eq!(t.pending_authorizations, 1);
+    assert_eq!(s.peers(b).await.unwrap(), [c]);
+    assert_eq!(be.queue_rows_open(&s).await, 0);
 }

@@ -1,0 +1,187 @@
+//! A `redis-server` of a test's own: a free loopback port, a temporary
+//! directory, AOF on (`appendfsync always` unless told otherwise), no RDB
+//! snapshots. Never the server on 6379. Killed when dropped.
+//!
+//! Shared by the relay's unit tests (`src/store/tests/`, through `#[path]`)
+//! and its integration tests (`mod support { pub mod redis; }`, as
+//! `tests/redis_store.rs` does). Also a replica
+//! ([`RedisServer::start_replica_of`]) and a Sentinel
+//! ([`RedisServer::start_sentinel`]).
+
+#![allow(dead_code, unreachable_pub, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One `redis-server` process (and the directory of its AOF).
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    fsync: &'static str,
+    /// More arguments (`--replicaof`), or a sentinel's config file first.
+    extra: Vec<String>,
+    sentinel: bool,
+}
+
+impl RedisServer {
+    /// A server with `appendfsync always` (every acknowledged write on disk).
+    pub fn start() -> Self {
+        Self::start_with("always")
+    }
+
+    /// A server with `appendfsync` `fsync` (`always`, `everysec`, `no`).
+    pub fn start_with(fsync: &'static str) -> Self {
+        Self::start_full(free_port(), fsync)
+    }
+
+    /// A server (`appendfsync always`) on `port` (from [`free_port`]).
+    pub fn start_on(port: u16) -> Self {
+        Self::start_full(port, "always")
+    }
+
+    /// A replica of the server on `primary` (AOF on, `appendfsync always`).
+    pub fn start_replica_of(primary: u16) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let extra = vec!["--replicaof".into(), "127.0.0.1".into(), primary.to_string()];
+        let port = free_port();
+        let mut s = Self { child: None, port, dir, fsync: "always", extra, sentinel: false };
+        s.spawn();
+        s
+    }
+
+    /// A Sentinel (`redis-server --sentinel`) watching the primary on
+    /// `primary` under `name`, alone (quorum 1), quick to act (1 s).
+    pub fn start_sentinel(primary: u16, name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {primary} 1\n\
+             sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n",
+            dir.path().display()
+        );
+        std::fs::write(&conf, text).expect("the sentinel's config");
+        let extra = vec![conf.display().to_string()];
+        let mut s = Self { child: None, port, dir, fsync: "always", extra, sentinel: true };
+        s.spawn();
+        s
+    }
+
+    fn start_full(port: u16, fsync: &'static str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut s = Self { child: None, port, dir, fsync, extra: Vec::new(), sentinel: false };
+        s.spawn();
+        s
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Where its AOF lives.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        if self.sentinel {
+            cmd.args(&self.extra).arg("--sentinel");
+        } else {
+            cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .args(&self.extra);
+        }
+        let child = cmd
+            .args(["--protected-mode", "yes", "--loglevel", "warning"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.command("PING").is_some_and(|r| r.starts_with("+PONG")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not answer PING", self.port);
+    }
+
+    /// Kill it (SIGKILL) and wait for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port and directory (it reloads its AOF).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Stop (SIGSTOP) or continue (SIGCONT) the process: a server that
+    /// hangs without closing its connections.
+    pub fn pause(&self, stop: bool) {
+        if let Some(c) = &self.child {
+            let sig = if stop { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+        }
+    }
+
+    /// Send one inline command; the first reply line (and what followed in
+    /// the same read), or `None` when the server does not answer.
+    pub fn command(&self, line: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(buf.get(..n)?).into_owned())
+    }
+
+    /// Send one command given as its arguments (binary safe: RESP).
+    pub fn call(&self, args: &[&[u8]]) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut msg = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            msg.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            msg.extend_from_slice(a);
+            msg.extend_from_slice(b"\r\n");
+        }
+        s.write_all(&msg).ok()?;
+        let mut buf = [0u8; 65536];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(buf.get(..n)?).into_owned())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.pause(false);
+        self.kill();
+    }
+}
+
+/// A loopback port nothing listens on now (bound, then released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("its address").port()
+}
