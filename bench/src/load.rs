@@ -149,6 +149,8 @@ pub struct Outcome {
     pub missed: u64,
     /// CPU seconds the target's processes used in the window.
     pub target_cpu: Option<f64>,
+    /// The same per process, in the order of the pids given.
+    pub target_cpu_each: Vec<Option<f64>>,
     /// CPU seconds this process used in the window.
     pub bench_cpu: Option<f64>,
     /// Per pair (in the order of the pairs returned), the first message
@@ -271,11 +273,9 @@ pub async fn run(
     let bench = CpuMeter::start(std::process::id());
     sleep_until(t1).await;
     // Every process of the target (relay nodes and Redis), added up.
-    let target_cpu = if target.is_empty() {
-        None
-    } else {
-        target.iter().map(CpuMeter::elapsed).sum::<Option<f64>>()
-    };
+    let target_cpu_each: Vec<Option<f64>> = target.iter().map(CpuMeter::elapsed).collect();
+    let target_cpu =
+        if target.is_empty() { None } else { target_cpu_each.iter().copied().sum::<Option<f64>>() };
     let bench_cpu = bench.elapsed();
 
     let mut out = Outcome {
@@ -290,6 +290,7 @@ pub async fn run(
         undrained: 0,
         missed: 0,
         target_cpu,
+        target_cpu_each,
         bench_cpu,
         first_after_mark: Vec::new(),
         drain: plan.drain,

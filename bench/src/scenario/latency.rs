@@ -55,6 +55,8 @@ pub struct Row {
     pub lost: u64,
     /// Redis commands per message (the Redis targets).
     pub redis: Option<RedisOps>,
+    /// Cores each of the target's processes kept busy (the Redis targets).
+    pub cores_each: Vec<(String, Option<f64>)>,
 }
 
 /// What a target adds to the direct path at one rate.
@@ -201,6 +203,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
                 delivered: out.delivered(),
                 lost: out.lost_total(),
                 redis,
+                cores_each: running.cores_each(&out.target_cpu_each, out.seconds),
             });
             let what = format!("{} at {rate} msg/s", target.name());
             let failed = out.failures_of(&what, lossy);
@@ -298,6 +301,7 @@ fn print(r: &Results) {
             "lost",
             "saturated",
             "redis cmd/msg",
+            "cores per process",
         ],
     );
     for row in &r.rows {
@@ -314,6 +318,7 @@ fn print(r: &Results) {
             row.lost.to_string(),
             if row.saturated { "yes".into() } else { "no".into() },
             opt(row.redis.as_ref().map(|r| r.commands_per_message), 1),
+            super::throughput::cores_each(&row.cores_each),
         ]);
     }
     t.print();

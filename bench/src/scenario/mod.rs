@@ -73,6 +73,32 @@ impl Running {
         }
     }
 
+    /// Names for [`Running::pids`], in the same order (`n1`, `n2`,
+    /// `redis`; `relay` or the target's name for one process).
+    #[must_use]
+    pub fn process_names(&self) -> Vec<String> {
+        match &self.cluster {
+            Some(c) => (1..=c.nodes.len())
+                .map(crate::cluster::node_id)
+                .chain(std::iter::once("redis".to_owned()))
+                .collect(),
+            None => self.target.pid().map(|_| self.target.name().to_owned()).into_iter().collect(),
+        }
+    }
+
+    /// Cores each process kept busy over `seconds` (the Redis targets:
+    /// every node and Redis), from a run's CPU seconds per process.
+    #[must_use]
+    pub fn cores_each(&self, cpu_each: &[Option<f64>], seconds: f64) -> Vec<(String, Option<f64>)> {
+        if self.cluster.is_none() || seconds <= 0.0 {
+            return Vec::new();
+        }
+        self.process_names()
+            .into_iter()
+            .zip(cpu_each.iter().map(|c| c.map(|c| c / seconds)))
+            .collect()
+    }
+
     /// Redis's command counters now (the Redis targets).
     #[must_use]
     pub fn redis_commands(&self) -> Option<crate::redis::Commands> {

@@ -248,7 +248,7 @@ pub async fn run_single(ctx: &Context) -> Result<ScenarioReport> {
         not_resumed,
         latency: Percentiles::of(&out.latency),
         health: health.clone(),
-        phases: reconnect_phases::phases(&ps, &out.first_after_mark, clock, killed),
+        phases: reconnect_phases::phases(ps.iter().zip(&out.first_after_mark), clock, killed),
         relay_cpu_to_resumed_s: None,
         bench_cpu_to_resumed_s: None,
         bench_cores_before_kill: None,

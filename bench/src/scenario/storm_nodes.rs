@@ -96,7 +96,8 @@ pub struct Results {
     pub redis: Option<RedisOps>,
     /// Reconnections, redeliveries dropped end to end, errors.
     pub health: HealthReport,
-    /// Where the time went (devices of the killed node).
+    /// Where the time went, over the pairs with an end on the killed node
+    /// and the ends that moved.
     pub phases: Phases,
 }
 
@@ -154,6 +155,7 @@ pub async fn run(ctx: &Context, nodes: usize) -> Result<ScenarioReport> {
     let ms = |ns: u64| ns as f64 / 1e6;
     let mut resumed = Vec::new();
     let (mut affected, mut not_resumed, mut moved) = (0, 0, 0);
+    let mut on_killed = Vec::new();
     for (pair, first) in ps.iter().zip(&out.first_after_mark) {
         let steps = pair.steps().map(|s| s.all()).unwrap_or_default();
         let ends = [End::Desktop, End::Phone].map(|e| end_after(&steps, e, killed));
@@ -163,6 +165,7 @@ pub async fn run(ctx: &Context, nodes: usize) -> Result<ScenarioReport> {
         }
         affected += 1;
         moved += lost;
+        on_killed.push((pair, first));
         // Back: the last of the moved ends authenticated again.
         let back = ends.iter().filter(|e| e.0).map(|e| e.1).collect::<Option<Vec<_>>>();
         let back = back.and_then(|b| b.into_iter().max());
@@ -174,6 +177,10 @@ pub async fn run(ctx: &Context, nodes: usize) -> Result<ScenarioReport> {
         }
     }
     resumed.sort_by(f64::total_cmp);
+    let mut phases = reconnect_phases::phases(on_killed, clock, killed);
+    // An end that stayed on a live node never lost its connection: not one
+    // that failed to come back.
+    phases.devices_not_back = phases.devices_not_back.saturating_sub(2 * affected - moved);
     let all = resumed.last().copied().filter(|_| not_resumed == 0);
     let handed = lb.handed();
     let health = target.health().report();
@@ -206,7 +213,7 @@ pub async fn run(ctx: &Context, nodes: usize) -> Result<ScenarioReport> {
         latency: Percentiles::of(&out.latency),
         redis,
         health: health.clone(),
-        phases: reconnect_phases::phases(&ps, &out.first_after_mark, clock, killed),
+        phases,
     };
     let mut failures = out.failures("the storm over several nodes");
     if not_resumed > 0 {

@@ -56,6 +56,9 @@ pub struct Row {
     pub duplicates: u64,
     /// Redis commands per message (the Redis targets).
     pub redis: Option<RedisOps>,
+    /// Cores each of the target's processes kept busy (the Redis targets:
+    /// `n1`, `n2`, `redis`).
+    pub cores_each: Vec<(String, Option<f64>)>,
 }
 
 /// Tandem against the baselines at one pair count and payload size.
@@ -204,6 +207,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
                     lost: out.lost_total(),
                     duplicates: out.duplicates,
                     redis,
+                    cores_each: running.cores_each(&out.target_cpu_each, secs),
                 });
                 let what = format!("{} with {pairs} pairs at {payload} B", target.name());
                 let failed = out.failures_of(&what, lossy);
@@ -300,6 +304,7 @@ fn print(r: &Results) {
             "lost",
             "dup",
             "redis cmd/msg",
+            "cores per process",
         ],
     );
     for row in &r.rows {
@@ -320,6 +325,7 @@ fn print(r: &Results) {
             row.lost.to_string(),
             row.duplicates.to_string(),
             opt(row.redis.as_ref().map(|r| r.commands_per_message), 1),
+            cores_each(&row.cores_each),
         ]);
     }
     t.print();
@@ -383,6 +389,14 @@ fn print(r: &Results) {
         ]);
     }
     t.print();
+}
+
+/// `n1 0.61 redis 0.40`, or `-`.
+pub(crate) fn cores_each(each: &[(String, Option<f64>)]) -> String {
+    if each.is_empty() {
+        return "-".into();
+    }
+    each.iter().map(|(n, c)| format!("{n} {}", opt(*c, 2))).collect::<Vec<_>>().join(" ")
 }
 
 /// `met`, `missed` or `-`.
