@@ -85,7 +85,7 @@ fi
 step "tests (cargo nextest)"
 cargo nextest run --workspace --locked --profile ci "${feat[@]}"
 
-step "load generator, every scenario small (tandem-bench all --quick: correctness only)"
+step "load generator, every scenario small (tandem-bench all --quick: correctness only; the Redis targets and the storm over three nodes with redis-server and haproxy)"
 cargo build --locked -q -p tandem-bench -p tandem-relay --features tandem-relay/failpoints
 "${CARGO_TARGET_DIR:-target}/debug/tandem-bench" all --quick
 

@@ -200,7 +200,11 @@ impl Context {
             ));
         }
         if !crate::redis::available() {
-            return Err(BenchError::Usage(crate::redis::missing_message("the Redis targets")));
+            return Err(BenchError::Usage(format!(
+                "{} is not installed (apt install redis-server): the Redis targets and the storm \
+                 over several nodes need it",
+                crate::redis::PROGRAM
+            )));
         }
         let mut opts = self.relay_options(tls, ping_interval_secs);
         let mut args: Vec<String> = node_args.iter().map(|a| (*a).to_owned()).collect();
