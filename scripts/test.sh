@@ -44,6 +44,13 @@ have redis-server || missing+=(redis-server)
 # haproxy: the multi-node tests (relay/tests/cluster.rs) put the deployment's own
 # haproxy configuration (deploy/haproxy/haproxy.cfg) in front of three relay nodes.
 have haproxy || missing+=(haproxy)
+# deploy/validate.sh and deploy/check.sh: systemd-analyze verifies the unit,
+# redis-cli reads the Redis settings back, curl and openssl (a throwaway
+# certificate for haproxy's TLS listener) drive the relays behind haproxy.
+have systemd-analyze || missing+=(systemd)
+have redis-cli || missing+=(redis-tools)
+have curl || missing+=(curl)
+have openssl || missing+=(openssl)
 have python3 || missing+=(python3)
 have npm || missing+=(nodejs npm)
 have chromium || missing+=(chromium)
@@ -84,6 +91,16 @@ fi
 
 step "tests (cargo nextest)"
 cargo nextest run --workspace --locked --profile ci "${feat[@]}"
+
+step "deployment files (deploy/validate.sh: haproxy -c, compose and Kubernetes schemas, systemd-analyze, Redis settings; deploy/check.sh: haproxy in front of three real relays)"
+deploy_venv="${CARGO_TARGET_DIR:-target}/deploy-venv"
+if [[ ! -x "$deploy_venv/bin/check-jsonschema" || ! -x "$deploy_venv/bin/kubernetes-validate" ]]; then
+  python3 -m venv "$deploy_venv"
+  "$deploy_venv/bin/pip" install -q check-jsonschema kubernetes-validate pyyaml
+fi
+relay_bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/tandem-relay"
+PATH="$(cd "$deploy_venv" && pwd)/bin:$PATH" TANDEM_RELAY_BIN="$relay_bin" ./deploy/validate.sh
+TANDEM_RELAY_BIN="$relay_bin" ./deploy/check.sh
 
 step "load generator, every scenario small (tandem-bench all --quick: correctness only; the Redis targets and the storm over three nodes with redis-server and haproxy)"
 cargo build --locked -q -p tandem-bench -p tandem-relay --features tandem-relay/failpoints

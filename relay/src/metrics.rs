@@ -31,6 +31,8 @@ pub(crate) struct Metrics {
     auth_failures: Counter,
     pairings: Family<Label, Counter>,
     store_up: Gauge,
+    cluster_up: Gauge,
+    cluster_dropped_messages: Gauge,
     held_frames: Gauge,
     held_bytes: Gauge,
     oks: Family<Label, Counter>,
@@ -76,6 +78,8 @@ impl Metrics {
             auth_failures: Counter::default(),
             pairings: Family::default(),
             store_up: Gauge::default(),
+            cluster_up: Gauge::default(),
+            cluster_dropped_messages: Gauge::default(),
             held_frames: Gauge::default(),
             held_bytes: Gauge::default(),
             oks: Family::default(),
@@ -185,6 +189,27 @@ impl Metrics {
             m.store_up.clone(),
         );
         Self { registry, ..m }
+    }
+
+    /// Register the cluster's metrics (a node of several; not on one).
+    pub(crate) fn register_cluster(&mut self) {
+        self.registry.register(
+            "cluster_up",
+            "1 while this node takes part in the cluster (its channel subscribed, its heartbeat reaching Redis), 0 while not (/readyz fails)",
+            self.cluster_up.clone(),
+        );
+        self.registry.register(
+            "cluster_dropped_messages",
+            "Messages from other nodes this node could not read (another version, or garbage on its channel), dropped",
+            self.cluster_dropped_messages.clone(),
+        );
+    }
+
+    /// This node's part in the cluster: whether it is up, and how many
+    /// messages from other nodes it dropped.
+    pub(crate) fn cluster(&self, up: bool, dropped: u64) {
+        self.cluster_up.set(i64::from(up));
+        self.cluster_dropped_messages.set(i64::try_from(dropped).unwrap_or(i64::MAX));
     }
 
     /// Whether the store can write (the `store_up` gauge).

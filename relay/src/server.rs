@@ -327,6 +327,10 @@ fn token_matches(given: &[u8], token: &[u8]) -> bool {
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
     state.metrics.store_up(state.store.health().is_ok());
     state.metrics.store_stats(state.store.stats());
+    if let Some(c) = &state.cluster {
+        let dropped = c.garbage.load(std::sync::atomic::Ordering::Relaxed);
+        state.metrics.cluster(c.health().is_ok(), dropped);
+    }
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render(),

@@ -53,6 +53,9 @@ impl State {
         let admission = Admission::new(&config);
         let mut metrics = Metrics::new();
         metrics.register_unauthenticated(admission.gauge.clone());
+        if cluster.is_some() {
+            metrics.register_cluster();
+        }
         Self {
             metrics,
             registry: Registry::default(),

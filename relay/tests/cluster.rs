@@ -38,6 +38,31 @@ async fn receive_all(d: &mut Device, want: usize, last: &mut u64, got: &mut Vec<
     }
 }
 
+/// Connect to `node` directly as a client does: a refusal (the node on its
+/// way back to Redis) is retried for up to 20 s.
+async fn connect_retrying(
+    node: &common::Relay,
+    key: tandem_proto::DeviceKey,
+    role: Role,
+) -> Device {
+    for _ in 0..80 {
+        let ws = common::ws_connect_from(node, LO).await.unwrap();
+        let mut d = Device { key: key.clone(), role, ws, backlog: Vec::new(), auto_pong: true };
+        d.send(&Frame::Hello { min_version: 1, max_version: 1, role }).await;
+        let challenge = d.recv().await;
+        let proof = tandem_proto::relay_auth::prove(&d.key, role, &node.addr, &challenge).unwrap();
+        d.send(&proof).await;
+        match d.recv_within(Duration::from_secs(5)).await {
+            Ok(Frame::AuthOk { .. }) => return d,
+            other => {
+                eprintln!("refused for now: {other:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    panic!("not connected within 20 s");
+}
+
 #[tokio::test]
 async fn a_pair_split_over_two_nodes_pairs_for_real_and_talks_both_ways() {
     let dir = tempfile::tempdir().unwrap();
@@ -258,6 +283,10 @@ async fn redis_restarted_loses_no_acknowledged_frame_and_readyz_follows_it() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(ready, 503, "a node without Redis is not ready");
+        let (_, metrics) = common::cluster::get(n, "/metrics").await;
+        let up = |m| common::metric(&metrics, m) == Some(1.0);
+        let both = up("tandem_relay_store_up") && up("tandem_relay_cluster_up");
+        assert!(!both, "/metrics says why it is not ready: {metrics}");
     }
     redis.restart();
     for n in [&n1, &n2] {
@@ -270,37 +299,12 @@ async fn redis_restarted_loses_no_acknowledged_frame_and_readyz_follows_it() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(ready, 200, "ready again once Redis is back");
+        let (_, metrics) = common::cluster::get(n, "/metrics").await;
+        assert_eq!(common::metric(&metrics, "tandem_relay_cluster_up"), Some(1.0), "{metrics}");
     }
     // The phone reconnects as a client does: a refusal while the node
     // finds its way back to Redis is retried.
-    let mut phone = None;
-    for _ in 0..20 {
-        let ws = common::ws_connect_from(&n2, LO).await.unwrap();
-        let mut d = Device {
-            key: key.clone(),
-            role: Role::Phone,
-            ws,
-            backlog: Vec::new(),
-            auto_pong: true,
-        };
-        d.send(&Frame::Hello { min_version: 1, max_version: 1, role: Role::Phone }).await;
-        let challenge = d.recv().await;
-        d.send(
-            &tandem_proto::relay_auth::prove(&d.key, Role::Phone, &n2.addr, &challenge).unwrap(),
-        )
-        .await;
-        match d.recv().await {
-            Frame::AuthOk { .. } => {
-                phone = Some(d);
-                break;
-            }
-            other => {
-                eprintln!("refused for now: {other:?}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    }
-    let mut phone = phone.expect("the phone is back within 5 s");
+    let mut phone = connect_retrying(&n2, key, Role::Phone).await;
     let (mut last, mut got) = (0, Vec::new());
     receive_all(&mut phone, 20, &mut last, &mut got).await;
     let want: Vec<Vec<u8>> = (0..20).map(|i| format!("q{i}").into_bytes()).collect();
@@ -381,4 +385,64 @@ async fn a_migration_from_the_embedded_store_keeps_every_frame_and_route() {
     let want: Vec<Vec<u8>> = (0..30).map(|i| format!("k{i}").into_bytes()).collect();
     assert_eq!(got, want);
     phone.send_to(desk_id, 99, b"the route moved too").await.expect("the route stands on Redis");
+}
+
+/// Nodes on a Sentinel-managed Redis follow a failover: the store's epoch
+/// changes (every device is told to reconnect), the cluster's connection
+/// finds the new primary, and the pair split over two nodes talks again.
+#[tokio::test]
+async fn nodes_on_sentinel_follow_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = Redis::start();
+    let replica = Redis::start_replica_of(primary.port());
+    let sentinel = Redis::start_sentinel(primary.port(), "main");
+    let url = format!("redis+sentinel://127.0.0.1:{}/main", sentinel.port());
+    let start = |id: &str| {
+        let d = dir.path().join(id);
+        std::fs::create_dir_all(&d).unwrap();
+        common::Relay::start(&d, &["--store", "redis", "--redis-url", &url, "--node-id", id])
+    };
+    let (n1, n2) = (start("n1"), start("n2"));
+    let pair = pair_for_real_between(&n1, &n2, LO, LO).await;
+    let (mut desk, mut phone) = (pair.desk, pair.phone);
+    let (desk_id, phone_id) = (desk.id(), phone.id());
+    let (desk_key, phone_key) = (desk.key.clone(), phone.key.clone());
+    desk.send_to(phone_id, 1, b"before").await.unwrap();
+    assert_eq!(phone.delivery().await.2, b"before");
+    // The replica has the routes before the failover.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while replica.command("INFO replication").is_none_or(|i| !i.contains("master_link_status:up")) {
+        assert!(std::time::Instant::now() < deadline, "the replica never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sentinel.command("SENTINEL FAILOVER main").unwrap().starts_with("+OK"));
+    for d in [&mut desk, &mut phone] {
+        let (end, _) = d.until_closed(Duration::from_secs(20)).await;
+        assert_eq!(
+            end,
+            close_code(ErrorCode::ShuttingDown),
+            "a new store epoch closes every connection"
+        );
+    }
+    let mut desk = connect_retrying(&n1, desk_key, Role::Desktop).await;
+    let mut phone = connect_retrying(&n2, phone_key, Role::Phone).await;
+    // Both back, on the new primary: presence and frames cross nodes again.
+    let mut sent = false;
+    for i in 0..40u64 {
+        if desk.send_to(phone_id, 10 + i, b"after").await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(sent, "the desktop's sends are taken again");
+    // "before" may come again first (under the new epoch: its ack may not
+    // have reached the replica); the end-to-end layer drops such a copy.
+    let mut got = phone.delivery().await;
+    if got.2 == b"before" {
+        got = phone.delivery().await;
+    }
+    assert_eq!((got.1, got.2.as_slice()), (desk_id, &b"after"[..]));
+    assert!(replica.command("ROLE").unwrap().contains("master"), "the replica was promoted");
 }

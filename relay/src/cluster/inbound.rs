@@ -65,7 +65,12 @@ async fn subscribe(
     cluster: &Cluster,
 ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), redis::RedisError> {
     let connect = async {
-        let mut pubsub = cluster.client.get_async_pubsub().await?;
+        let client = cluster
+            .link
+            .client()
+            .await
+            .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+        let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(cluster.channel()).await?;
         pubsub.subscribe(cluster.all_channel()).await?;
         Ok(pubsub.split())

@@ -33,6 +33,7 @@
 //!   and who claimed it, so the phone may be on any node.
 
 mod inbound;
+mod link;
 mod message;
 mod scripts;
 #[cfg(test)]
@@ -41,7 +42,6 @@ mod tests;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tandem_proto::DeviceId;
 use tandem_proto::frame::Frame;
 use thiserror::Error;
@@ -56,9 +56,6 @@ pub const ALIVE_TTL: Duration = Duration::from_secs(3);
 
 /// How often a node renews its liveness and looks for dead nodes.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// How long one Redis command may take before it counts as failed.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a cluster operation failed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -85,8 +82,8 @@ impl From<redis::RedisError> for ClusterError {
 pub(crate) struct Cluster {
     node: String,
     prefix: String,
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// The command connection (to the primary, with Sentinel).
+    link: link::Link,
     scripts: Scripts,
     /// The node's channel subscription is up (its messages arrive).
     subscribed: AtomicBool,
@@ -154,20 +151,14 @@ impl Cluster {
     /// A bad node id or URL; Redis unreachable.
     pub(crate) async fn connect(url: &str, node: &str, prefix: &str) -> Result<Self, ClusterError> {
         check_node_id(node)?;
-        let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(2);
         // Connected lazily: a node starts while Redis is away (not ready
         // until it is there) and reconnects by itself.
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let target =
+            crate::store::RedisTarget::parse(url).map_err(|e| ClusterError::Url(e.to_string()))?;
         Ok(Self {
             node: node.to_owned(),
             prefix: crate::store::redis_namespace(prefix),
-            client,
-            conn,
+            link: link::Link::new(target),
             scripts: Scripts::new(),
             subscribed: AtomicBool::new(false),
             beating: AtomicBool::new(false),
@@ -218,7 +209,7 @@ impl Cluster {
     pub(crate) async fn claim(&self, device: DeviceId) -> Result<u64, ClusterError> {
         let mut tries = 0;
         loop {
-            let mut c = self.conn.clone();
+            let mut c = self.link.conn().await?;
             let fence: Result<u64, redis::RedisError> = self
                 .scripts
                 .claim
@@ -243,7 +234,7 @@ impl Cluster {
     /// Give up `device`'s ownership if this node holds it; true if it did
     /// (the device is offline now, unless it is connected elsewhere).
     pub(crate) async fn release(&self, device: DeviceId) -> Result<bool, ClusterError> {
-        let mut c = self.conn.clone();
+        let mut c = self.link.conn().await?;
         let n: i64 = self
             .scripts
             .release
@@ -279,7 +270,7 @@ impl Cluster {
             };
             inv.arg(msg);
         }
-        let mut c = self.conn.clone();
+        let mut c = self.link.conn().await?;
         let out: Vec<i64> = inv.invoke_async(&mut c).await?;
         Ok(out.into_iter().map(|n| n == 1).collect())
     }
@@ -292,7 +283,7 @@ impl Cluster {
         epoch: u64,
         frame: &[u8],
     ) -> Result<bool, ClusterError> {
-        let mut c = self.conn.clone();
+        let mut c = self.link.conn().await?;
         let out: Vec<i64> = self
             .scripts
             .route
@@ -306,7 +297,10 @@ impl Cluster {
 
     /// Tell every node that the route between `a` and `b` changed.
     pub(crate) async fn routes_changed(&self, a: DeviceId, b: DeviceId) {
-        let mut c = self.conn.clone();
+        let Ok(mut c) = self.link.conn().await else {
+            warn!("could not tell the other nodes about a route change: Redis is away");
+            return;
+        };
         let sent: Result<i64, _> = redis::cmd("PUBLISH")
             .arg(self.all_channel())
             .arg(Message::routes(a, b))
@@ -321,7 +315,7 @@ impl Cluster {
 
     /// Renew this node's liveness; false if it had expired.
     async fn heartbeat(&self) -> Result<bool, ClusterError> {
-        let mut c = self.conn.clone();
+        let mut c = self.link.conn().await?;
         let ttl = u64::try_from(ALIVE_TTL.as_millis()).unwrap_or(u64::MAX);
         let was: i64 = self
             .scripts
@@ -337,7 +331,7 @@ impl Cluster {
 
     /// Reap dead nodes; returns the devices they owned.
     async fn reap(&self) -> Result<Vec<DeviceId>, ClusterError> {
-        let mut c = self.conn.clone();
+        let mut c = self.link.conn().await?;
         let gone: Vec<String> = self
             .scripts
             .reap
@@ -351,7 +345,7 @@ impl Cluster {
 
     /// Leave the cluster (clean shutdown, after the connections closed).
     pub(crate) async fn leave(&self) {
-        let mut c = self.conn.clone();
+        let Ok(mut c) = self.link.conn().await else { return };
         let left: Result<i64, _> = self
             .scripts
             .leave
@@ -369,7 +363,7 @@ impl Cluster {
     /// Whether this node runs `task` now (one node at a time runs the
     /// expiry sweep); it keeps the lead for `ttl` unless it renews it.
     pub(crate) async fn lead(&self, task: &str, ttl: Duration) -> bool {
-        let mut c = self.conn.clone();
+        let Ok(mut c) = self.link.conn().await else { return false };
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let led: Result<i64, _> = self
             .scripts
@@ -390,7 +384,7 @@ impl Cluster {
         desktop: DeviceId,
         ttl: Duration,
     ) -> Result<bool, ClusterError> {
-        let mut c = self.conn.clone();
+        let mut c = self.link.conn().await?;
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let n: i64 = self
             .scripts
@@ -413,7 +407,7 @@ impl Cluster {
         payload: &[u8],
     ) -> Result<Claim, ClusterError> {
         use tandem_proto::ErrorCode;
-        let mut c = self.conn.clone();
+        let mut c = self.link.conn().await?;
         let got: String = self
             .scripts
             .pair_claim
@@ -446,7 +440,7 @@ impl Cluster {
     ) -> Result<Option<tandem_proto::ErrorCode>, ClusterError> {
         use tandem_proto::ErrorCode;
         let bytes = frame.encode().map_err(|e| ClusterError::Redis(e.to_string()))?;
-        let mut c = self.conn.clone();
+        let mut c = self.link.conn().await?;
         let n: i64 = self
             .scripts
             .pair_route
@@ -467,7 +461,7 @@ impl Cluster {
 
     /// Remove mailbox `id`'s registration (its desktop closed it, or went).
     pub(crate) async fn pair_close(&self, id: [u8; 16], desktop: DeviceId) {
-        let mut c = self.conn.clone();
+        let Ok(mut c) = self.link.conn().await else { return };
         let r: Result<i64, _> = self
             .scripts
             .pair_close

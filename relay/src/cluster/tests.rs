@@ -79,7 +79,7 @@ async fn a_frame_reaches_the_owners_node_only_while_that_node_is_alive() {
 
     // b stops beating: once its liveness expires it is reaped, its device
     // is offline and nothing is published to it.
-    let mut c = a.conn.clone();
+    let mut c = a.link.conn().await.unwrap();
     let _: i64 = redis::cmd("DEL").arg(format!("{NS}alive:b")).query_async(&mut c).await.unwrap();
     assert_eq!(a.route(&[(dev(2), Some(presence))]).await.unwrap(), vec![false]);
     assert_eq!(a.reap().await.unwrap(), vec![dev(2)]);
@@ -132,7 +132,7 @@ async fn a_mailbox_is_registered_once_claimed_once_and_joins_only_its_two_device
         Claim::Refused(ErrorCode::PairingNotFound)
     );
     // Claims on a missing or damaged registration are refused, not a panic.
-    let mut c = a.conn.clone();
+    let mut c = a.link.conn().await.unwrap();
     let _: () =
         redis::cmd("SET").arg(a.pair_key(&id)).arg("garbage").query_async(&mut c).await.unwrap();
     assert_eq!(

@@ -90,18 +90,30 @@ impl Drop for Haproxy {
     }
 }
 
-/// `GET /readyz` on `node` from 127.0.0.2 (127.0.0.1 is haproxy's address,
-/// which the nodes expect a PROXY header from): its status.
-pub async fn ready(node: &Relay) -> u16 {
+/// `GET path` on `node` from 127.0.0.2 (127.0.0.1 is haproxy's address,
+/// which the nodes expect a PROXY header from), with the harness's metrics
+/// token: its status and body (status 0: no answer).
+pub async fn get(node: &Relay, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let from = std::net::IpAddr::from([127, 0, 0, 2]);
-    let Ok(mut s) = super::tcp_from(&node.addr, from).await else { return 0 };
-    let req = "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let Ok(mut s) = super::tcp_from(&node.addr, from).await else { return (0, String::new()) };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        super::METRICS_TOKEN
+    );
     if s.write_all(req.as_bytes()).await.is_err() {
-        return 0;
+        return (0, String::new());
     }
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// `GET /readyz` on `node` (see [`get`]): its status.
+pub async fn ready(node: &Relay) -> u16 {
+    get(node, "/readyz").await.0
 }

@@ -102,7 +102,7 @@ mod driver;
 mod keys;
 pub(crate) use self::keys::namespace;
 mod scripts;
-mod target;
+pub(crate) mod target;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

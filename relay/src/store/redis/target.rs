@@ -17,7 +17,7 @@ use crate::store::StoreError;
 pub(super) const SENTINEL_SCHEME: &str = "redis+sentinel://";
 
 /// A Redis server, or the way to find the current one.
-pub(super) enum Target {
+pub(crate) enum Target {
     /// One server.
     Direct(Client),
     /// The primary that Sentinel names now.
@@ -32,7 +32,7 @@ fn bad(url: &str, why: &str) -> StoreError {
 
 impl Target {
     /// Parse `url`.
-    pub(super) fn parse(url: &str) -> Result<Self, StoreError> {
+    pub(crate) fn parse(url: &str) -> Result<Self, StoreError> {
         let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) else {
             return Client::open(url)
                 .map(Target::Direct)
@@ -71,7 +71,7 @@ impl Target {
     }
 
     /// The client of the server to connect to now.
-    pub(super) async fn client(&mut self) -> Result<Client, StoreError> {
+    pub(crate) async fn client(&mut self) -> Result<Client, StoreError> {
         match self {
             Target::Direct(c) => Ok(c.clone()),
             Target::Sentinel(s) => tokio::time::timeout(RESPONSE_TIMEOUT, s.async_get_client())

@@ -1,0 +1,119 @@
+//! The node's command connection to Redis: one multiplexed connection to
+//! the server the URL names, or to the primary Sentinel names now, made
+//! again (and the primary asked for again) after any error that says the
+//! connection or the server's role is gone: I/O errors, timeouts,
+//! `READONLY` (the primary was demoted) and `MASTERDOWN`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind,
+    Value,
+};
+
+use super::ClusterError;
+use crate::store::RedisTarget;
+
+/// How long connecting, and then one command, may take.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether `e` means the connection (or the server as a primary) is gone.
+fn gone(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+}
+
+/// The server to talk to, and the connection to it while it works.
+pub(super) struct Link {
+    target: tokio::sync::Mutex<RedisTarget>,
+    current: Mutex<Option<Watched>>,
+}
+
+impl Link {
+    pub(super) fn new(target: RedisTarget) -> Self {
+        Self { target: tokio::sync::Mutex::new(target), current: Mutex::new(None) }
+    }
+
+    /// A client of the server to talk to now (for a pub/sub connection).
+    pub(super) async fn client(&self) -> Result<redis::Client, ClusterError> {
+        self.target.lock().await.client().await.map_err(|e| ClusterError::Redis(e.to_string()))
+    }
+
+    /// The connection, made first if there is none (or the last one broke).
+    pub(super) async fn conn(&self) -> Result<Watched, ClusterError> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let client = self.client().await?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT));
+        let inner = client.get_multiplexed_async_connection_with_config(&config).await?;
+        let c = Watched { inner, broken: Arc::new(AtomicBool::new(false)) };
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
+        Ok(c)
+    }
+
+    fn cached(&self) -> Option<Watched> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_some_and(|c| c.broken.load(Ordering::Acquire)) {
+            *current = None;
+        }
+        current.clone()
+    }
+}
+
+/// A multiplexed connection that marks itself broken on an error that
+/// says it is gone (the next [`Link::conn`] makes another).
+#[derive(Clone)]
+pub(super) struct Watched {
+    inner: MultiplexedConnection,
+    broken: Arc<AtomicBool>,
+}
+
+impl Watched {
+    fn watch<T: Send + 'static>(
+        broken: Arc<AtomicBool>,
+        fut: RedisFuture<'_, T>,
+    ) -> RedisFuture<'_, T> {
+        Box::pin(async move {
+            let r = fut.await;
+            if let Err(e) = &r
+                && gone(e)
+            {
+                broken.store(true, Ordering::Release);
+            }
+            r
+        })
+    }
+}
+
+impl ConnectionLike for Watched {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let broken = Arc::clone(&self.broken);
+        Self::watch(broken, self.inner.req_packed_command(cmd))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let broken = Arc::clone(&self.broken);
+        Self::watch(broken, self.inner.req_packed_commands(pipeline, offset, count))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
