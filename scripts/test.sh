@@ -102,7 +102,7 @@ relay_bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/tandem-relay"
 PATH="$(cd "$deploy_venv" && pwd)/bin:$PATH" TANDEM_RELAY_BIN="$relay_bin" ./deploy/validate.sh
 TANDEM_RELAY_BIN="$relay_bin" ./deploy/check.sh
 
-step "load generator, every scenario small (tandem-bench all --quick: correctness only)"
+step "load generator, every scenario small (tandem-bench all --quick: correctness only; the Redis targets and the storm over three nodes with redis-server and haproxy)"
 cargo build --locked -q -p tandem-bench -p tandem-relay --features tandem-relay/failpoints
 "${CARGO_TARGET_DIR:-target}/debug/tandem-bench" all --quick
 

@@ -115,6 +115,34 @@ pub struct Opts {
     /// pairing: pairings at once; idle: connection attempts at once per process.
     #[arg(long, global = true, value_name = "N")]
     pub concurrency: Option<usize>,
+    /// The Redis server the bench starts for the Redis targets and the
+    /// storm over several nodes: its `appendfsync` (AOF is always on).
+    #[arg(long, global = true, value_name = "always|everysec|no", default_value = "everysec",
+          value_parser = ["always", "everysec", "no"])]
+    pub redis_fsync: String,
+    /// Leave out the Redis targets even when `redis-server` is installed
+    /// (they are in the defaults of throughput and latency when it is).
+    #[arg(long, global = true)]
+    pub no_redis: bool,
+    /// The Redis targets: open a pair's frame connections right after its
+    /// pairing connections closed, without the 300 ms pause that keeps
+    /// clear of a relay bug (frames queued in Redis that no node pushes;
+    /// docs/BENCHMARKS.md, "Several nodes (issue 16)"): reproduces it.
+    #[arg(long, global = true)]
+    pub no_settle: bool,
+    /// reconnect-storm: relay nodes on one Redis behind the bench's
+    /// balancer; one of them is killed and not restarted (1, the default:
+    /// the one relay, killed and restarted).
+    #[arg(long, global = true, value_name = "N")]
+    pub nodes: Option<usize>,
+    /// reconnect-storm --nodes: who balances the devices over the nodes:
+    /// haproxy with `deploy/haproxy/haproxy.cfg` (up to 3 nodes), the
+    /// bench itself (round robin, a refused node skipped), or `auto`:
+    /// haproxy when it is installed, the configuration is in the tree and
+    /// there are at most 3 nodes, else the bench.
+    #[arg(long, global = true, value_name = "auto|bench|haproxy", default_value = "auto",
+          value_parser = ["auto", "bench", "haproxy"])]
+    pub balancer: String,
     /// Pin the load generator (this process) to CPU 0 and every server it
     /// starts (relay, forwarder, iroh-relay) to CPU 1, with `taskset`: each
     /// server gets exactly one core, the simulated devices the other.

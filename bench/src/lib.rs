@@ -15,7 +15,9 @@
 //!
 //! See `bench/README.md` for every command.
 
+pub mod balancer;
 pub mod cli;
+pub mod cluster;
 pub mod error;
 pub mod fdlimit;
 pub mod forwarder;
@@ -24,6 +26,7 @@ pub mod machine;
 pub mod pairing;
 pub mod pin;
 pub mod procfs;
+pub mod redis;
 pub mod relay;
 pub mod report;
 pub mod scenario;

@@ -147,8 +147,10 @@ pub struct Outcome {
     pub undrained: usize,
     /// Rate slots skipped because a sender fell behind.
     pub missed: u64,
-    /// CPU seconds the target's process used in the window.
+    /// CPU seconds the target's processes used in the window.
     pub target_cpu: Option<f64>,
+    /// The same per process, in the order of the pids given.
+    pub target_cpu_each: Vec<Option<f64>>,
     /// CPU seconds this process used in the window.
     pub bench_cpu: Option<f64>,
     /// Per pair (in the order of the pairs returned), the first message
@@ -248,12 +250,13 @@ struct PairRun {
     drained: bool,
 }
 
-/// Run `plan` over `pairs`; returns them (for the next run) and the outcome.
+/// Run `plan` over `pairs`; returns them (for the next run) and the
+/// outcome, with the CPU time of `target_pids` added up.
 pub async fn run(
     pairs: Vec<Pair>,
     plan: &Plan,
     clock: Clock,
-    target_pid: Option<u32>,
+    target_pids: &[u32],
 ) -> (Vec<Pair>, Outcome) {
     // The tallies carry over from run to run: count this run's share.
     let lost_before: u64 = pairs.iter().map(|p| p.tally.skipped + p.tally.malformed).sum();
@@ -266,10 +269,13 @@ pub async fn run(
         .map(|pair| tokio::spawn(drive(pair, plan.clone(), clock, start, t0, t1)))
         .collect();
     sleep_until(t0).await;
-    let target = target_pid.map(CpuMeter::start);
+    let target: Vec<CpuMeter> = target_pids.iter().copied().map(CpuMeter::start).collect();
     let bench = CpuMeter::start(std::process::id());
     sleep_until(t1).await;
-    let target_cpu = target.and_then(|m| m.elapsed());
+    // Every process of the target (relay nodes and Redis), added up.
+    let target_cpu_each: Vec<Option<f64>> = target.iter().map(CpuMeter::elapsed).collect();
+    let target_cpu =
+        if target.is_empty() { None } else { target_cpu_each.iter().copied().sum::<Option<f64>>() };
     let bench_cpu = bench.elapsed();
 
     let mut out = Outcome {
@@ -284,6 +290,7 @@ pub async fn run(
         undrained: 0,
         missed: 0,
         target_cpu,
+        target_cpu_each,
         bench_cpu,
         first_after_mark: Vec::new(),
         drain: plan.drain,

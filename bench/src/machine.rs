@@ -30,6 +30,12 @@ fn load_average(text: &str) -> Option<(f64, f64, f64)> {
     Some((it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?))
 }
 
+/// The 1, 5 and 15 minute load averages now (`/proc/loadavg`).
+#[must_use]
+pub fn current_load_average() -> Option<(f64, f64, f64)> {
+    load_average(&std::fs::read_to_string("/proc/loadavg").ok()?)
+}
+
 impl Machine {
     /// Read it from `/proc` (fields are `unknown` elsewhere).
     #[must_use]

@@ -129,6 +129,12 @@ impl RelayProcess {
         &self.url
     }
 
+    /// `127.0.0.1:PORT`, where it listens.
+    #[must_use]
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// The process id (for `/proc`).
     #[must_use]
     pub fn pid(&self) -> u32 {

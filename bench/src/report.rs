@@ -60,6 +60,9 @@ pub struct Document<'a> {
     pub command_line: Vec<String>,
     /// Seconds since the Unix epoch when the run started.
     pub started_unix: u64,
+    /// The 1, 5 and 15 minute load averages when the report was written
+    /// (the machine's carry them at the start): other work during the run.
+    pub load_average_at_end: Option<(f64, f64, f64)>,
     /// Whether every scenario passed.
     pub passed: bool,
     /// The scenarios, in the order they ran.
@@ -82,6 +85,7 @@ impl<'a> Document<'a> {
             machine,
             command_line: std::env::args().collect(),
             started_unix,
+            load_average_at_end: crate::machine::current_load_average(),
             passed: scenarios.iter().all(|s| s.passed),
             scenarios,
         }

@@ -85,7 +85,7 @@ fn throughput_carries_every_message_once() {
     let (_, _, report) =
         // 2 s: the end-to-end target seals and opens 16 KiB records in a
         // debug build, and on a loaded 2-core machine 0.5 s once carried none.
-        bench(&["throughput", "--payloads", "64,16384", "--duration", "2", "--pairs", "2"]);
+        bench(&["throughput", "--payloads", "64,16384", "--duration", "2", "--pairs", "2", "--no-redis"]);
     let s = scenario(&report);
     let rows = s["results"]["rows"].as_array().unwrap();
     // tandem, tandem-wire and the forwarder, at both sizes.
@@ -165,7 +165,7 @@ fn offline_recipients_get_every_written_message_once() {
 
 #[test]
 fn latency_is_measured_against_the_direct_path() {
-    let (_, _, report) = bench(&["latency", "--rates", "300", "--duration", "0.5"]);
+    let (_, _, report) = bench(&["latency", "--rates", "300", "--duration", "0.5", "--no-redis"]);
     let s = scenario(&report);
     let targets: Vec<&str> = s["results"]["rows"]
         .as_array()
@@ -212,4 +212,154 @@ fn reconnect_storm_refuses_a_relay_it_does_not_own() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("needs one started by the bench"));
+}
+
+/// Whether `redis-server` is installed (the Redis targets' tests are
+/// skipped, saying so, when it is not).
+fn have_redis(test: &str) -> bool {
+    let ok =
+        Command::new("redis-server").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipping {test}: redis-server is not installed (apt install redis-server)");
+    }
+    ok
+}
+
+#[test]
+fn the_redis_targets_carry_every_message_once_and_count_redis_commands() {
+    if !have_redis("the_redis_targets_carry_every_message_once_and_count_redis_commands") {
+        return;
+    }
+    let (_, stdout, report) = bench(&[
+        "throughput",
+        "--targets",
+        "tandem-wire,tandem-wire-redis,tandem-wire-cluster",
+        "--payloads",
+        "1024",
+        "--duration",
+        "0.5",
+        "--pairs",
+        "2",
+    ]);
+    let s = scenario(&report);
+    let rows = s["results"]["rows"].as_array().unwrap();
+    let targets: Vec<&str> = rows.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["tandem-wire", "tandem-wire-redis", "tandem-wire-cluster"]);
+    for row in rows {
+        assert!(row["messages"].as_u64().unwrap() > 0, "{row:#}");
+        assert_eq!(row["delivered"], row["sent"], "{row:#}");
+        assert_eq!((row["lost"].as_u64(), row["duplicates"].as_u64()), (Some(0), Some(0)));
+    }
+    assert!(rows[0]["redis"].is_null(), "the embedded store has no Redis");
+    for row in &rows[1..] {
+        // Every message is at least written to Redis once.
+        assert!(row["redis"]["commands_per_message"].as_f64().unwrap() >= 1.0, "{row:#}");
+        assert!(row["target_cpu_s"].as_f64().is_some(), "{row:#}");
+    }
+    let ratio = &s["results"]["ratios"][0];
+    assert!(ratio["messages_cluster_over_wire"].as_f64().unwrap() > 0.0, "{ratio:#}");
+    assert!(ratio["cluster_goal_met"].is_boolean());
+    assert!(stdout.contains("several nodes (issue 16)"), "{stdout}");
+}
+
+#[test]
+fn latency_across_two_nodes_is_measured_against_one() {
+    if !have_redis("latency_across_two_nodes_is_measured_against_one") {
+        return;
+    }
+    let (_, _, report) = bench(&[
+        "latency",
+        "--targets",
+        "direct,tandem-wire,tandem-wire-cluster",
+        "--rates",
+        "300",
+        "--duration",
+        "0.5",
+    ]);
+    let s = scenario(&report);
+    let rows = s["results"]["rows"].as_array().unwrap();
+    assert_eq!(rows[2]["target"], "tandem-wire-cluster");
+    for row in rows {
+        assert_eq!(row["lost"], 0, "{row:#}");
+        assert_eq!(row["delivered"], row["sent"], "{row:#}");
+    }
+    assert!(rows[2]["redis"]["commands_per_message"].as_f64().unwrap() >= 1.0);
+    assert!(s["results"]["ratios"][0]["p99_cluster_minus_wire_us"].as_f64().is_some());
+}
+
+#[test]
+fn a_node_killed_among_three_loses_and_duplicates_nothing() {
+    if !have_redis("a_node_killed_among_three_loses_and_duplicates_nothing") {
+        return;
+    }
+    let (_, stdout, report) = bench(&[
+        "reconnect-storm",
+        "--nodes",
+        "3",
+        "-n",
+        "6",
+        "--rates",
+        "200",
+        "--balancer",
+        "bench",
+    ]);
+    let s = scenario(&report);
+    assert_eq!(s["scenario"], "reconnect-storm-nodes");
+    let r = &s["results"];
+    assert_eq!((r["lost"].as_u64(), r["duplicates"].as_u64()), (Some(0), Some(0)), "{r:#}");
+    assert_eq!(r["not_resumed"], 0);
+    assert!(r["sent"].as_u64().unwrap() > 0);
+    assert_eq!(r["sent"], r["received"]);
+    assert_eq!(r["killed_node"], "n2");
+    // 12 devices handed round robin over 3 nodes: 4 on the killed one.
+    assert_eq!(r["connections_per_node"][1], 4, "{r:#}");
+    assert_eq!(r["devices_moved"], 4, "{r:#}");
+    assert_eq!(r["reconnections_per_node"][1], 0, "nothing goes to the dead node: {r:#}");
+    assert!(r["pairs_on_killed_node"].as_u64().unwrap() >= 2);
+    assert!(r["all_resumed_after_kill_ms"].as_f64().is_some());
+    assert!(stdout.contains("PASS reconnect-storm-nodes"));
+}
+
+#[test]
+fn the_redis_targets_refuse_tls_and_a_relay_they_do_not_own() {
+    for extra in [&["--tls"][..], &["--url", "ws://127.0.0.1:9/v1/connect"][..]] {
+        let out = Command::new(bench_bin())
+            .args(["throughput", "--quick", "--targets", "tandem-wire-cluster", "--json"])
+            .arg(tempfile::tempdir().unwrap().path().join("r.json"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("tandem-wire-cluster: could not start"), "{extra:?}: {stdout}");
+    }
+}
+
+#[test]
+fn a_node_killed_behind_haproxy_loses_and_duplicates_nothing() {
+    if !have_redis("a_node_killed_behind_haproxy_loses_and_duplicates_nothing") {
+        return;
+    }
+    if !Command::new("haproxy").arg("-v").output().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping: haproxy is not installed (apt install haproxy)");
+        return;
+    }
+    let (_, _, report) = bench(&[
+        "reconnect-storm",
+        "--nodes",
+        "3",
+        "-n",
+        "6",
+        "--rates",
+        "200",
+        "--balancer",
+        "haproxy",
+    ]);
+    let s = scenario(&report);
+    let r = &s["results"];
+    assert!(r["balancer"].as_str().unwrap().starts_with("haproxy"), "{r:#}");
+    assert_eq!((r["lost"].as_u64(), r["duplicates"].as_u64()), (Some(0), Some(0)), "{r:#}");
+    assert_eq!(r["not_resumed"], 0, "{r:#}");
+    assert_eq!(r["sent"], r["received"]);
+    assert!(r["devices_moved"].as_u64().unwrap() >= 1, "leastconn put devices on n2: {r:#}");
 }

@@ -1,16 +1,28 @@
 //! `all`: every scenario, one after the other. A scenario that cannot run
-//! is reported as failed and the others still run.
+//! is reported as failed and the others still run. The storm over several
+//! nodes (and the Redis targets of throughput and latency) run when
+//! `redis-server` is installed, and are skipped with a message otherwise.
 
 use std::time::Instant;
 
-use super::{Context, idle, latency, offline, pairing, reconnect, throughput};
+use super::{Context, idle, latency, offline, pairing, reconnect, storm_nodes, throughput};
 use crate::cli::IdleArgs;
 use crate::error::Result;
 use crate::report::ScenarioReport;
 
 /// The scenarios' names, in the order `all` runs them.
-pub const ORDER: [&str; 6] =
-    ["idle", "throughput", "latency", "offline", "reconnect-storm", "pairing"];
+pub const ORDER: [&str; 7] = [
+    "idle",
+    "throughput",
+    "latency",
+    "offline",
+    "reconnect-storm",
+    "reconnect-storm-nodes",
+    "pairing",
+];
+
+/// Nodes in `all`'s storm over several nodes, unless `--nodes` says more.
+const STORM_NODES: usize = 3;
 
 /// Run every scenario.
 pub async fn run(ctx: &Context) -> Vec<ScenarioReport> {
@@ -18,6 +30,16 @@ pub async fn run(ctx: &Context) -> Vec<ScenarioReport> {
     for name in ORDER {
         let started = Instant::now();
         println!("\n== {name}");
+        if name == "reconnect-storm-nodes" {
+            if ctx.opts.no_redis {
+                println!("skipping {name}: --no-redis");
+                continue;
+            }
+            if !crate::redis::available() {
+                println!("{}", crate::redis::missing_message(name));
+                continue;
+            }
+        }
         let outcome = match name {
             "idle" => {
                 let args = IdleArgs {
@@ -32,7 +54,10 @@ pub async fn run(ctx: &Context) -> Vec<ScenarioReport> {
             "throughput" => throughput::run(ctx).await,
             "latency" => latency::run(ctx).await,
             "offline" => offline::run(ctx).await,
-            "reconnect-storm" => reconnect::run(ctx).await,
+            "reconnect-storm" => reconnect::run_single(ctx).await,
+            "reconnect-storm-nodes" => {
+                storm_nodes::run(ctx, ctx.opts.nodes.unwrap_or(STORM_NODES).max(2)).await
+            }
             _ => pairing::run(ctx).await,
         };
         reports.push(settle(name, started, outcome));

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::{Context, health_failures, per_second};
 use crate::error::Result;
 use crate::load::{self, Pace, Plan};
+use crate::redis::RedisOps;
 use crate::report::{ScenarioReport, Table, num, opt};
 use crate::stats::{Percentiles, ratio};
 use crate::target::{HealthReport, TargetKind};
@@ -52,6 +53,10 @@ pub struct Row {
     /// direct path: anything else fails the run; iroh-relay drops on full
     /// queues, and that is reported here).
     pub lost: u64,
+    /// Redis commands per message (the Redis targets).
+    pub redis: Option<RedisOps>,
+    /// Cores each of the target's processes kept busy (the Redis targets).
+    pub cores_each: Vec<(String, Option<f64>)>,
 }
 
 /// What a target adds to the direct path at one rate.
@@ -78,7 +83,25 @@ pub struct Ratio {
     pub p50_wire_over_forwarder: Option<f64>,
     /// Added p99, tandem-wire ÷ forwarder.
     pub p99_wire_over_forwarder: Option<f64>,
+    /// p50 of tandem-wire-cluster (desktop on node 1, phone on node 2)
+    /// minus tandem-wire's (one node, embedded store), µs.
+    pub p50_cluster_minus_wire_us: Option<f64>,
+    /// p99 of tandem-wire-cluster minus tandem-wire's, µs: issue 16's goal
+    /// is under [`CLUSTER_P99_GOAL_US`] at 10 000 messages per second.
+    pub p99_cluster_minus_wire_us: Option<f64>,
+    /// p99 of tandem-wire-cluster minus tandem-wire-redis's (one node on
+    /// the same store), µs: what crossing nodes adds.
+    pub p99_cluster_minus_redis_us: Option<f64>,
+    /// p99 of tandem-wire-redis minus tandem-wire's, µs: what the Redis
+    /// store adds on one node.
+    pub p99_redis_minus_wire_us: Option<f64>,
+    /// Whether `p99_cluster_minus_wire_us` is under the goal (and the
+    /// cluster kept up with the rate).
+    pub cluster_goal_met: Option<bool>,
 }
+
+/// Issue 16's goal: the p99 latency crossing nodes adds to one node's, µs.
+pub const CLUSTER_P99_GOAL_US: f64 = 2000.0;
 
 /// The scenario's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -127,11 +150,26 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
     let mut failures = Vec::new();
     let mut health = Vec::new();
     for kind in targets {
-        let running = ctx.target(kind, sizes).await?;
+        // A target that cannot start fails the run; the others still run.
+        let running = match ctx.target(kind, sizes).await {
+            Ok(running) => running,
+            Err(e) => {
+                failures.push(format!("{}: could not start: {e}", kind.name()));
+                continue;
+            }
+        };
         let target = &running.target;
         let lossy = target.lossy();
-        let mut ps: Vec<load::Pair> =
-            target.open(pairs).await?.into_iter().map(load::Pair::new).collect();
+        let mut ps: Vec<load::Pair> = match target.open(pairs).await {
+            Ok(ps) => ps.into_iter().map(load::Pair::new).collect(),
+            Err(e) => {
+                failures.push(format!("{}: {pairs} pairs could not be set up: {e}", target.name()));
+                if let Some(tail) = running.log_tail() {
+                    failures.push(format!("the relay's log ends:\n{tail}"));
+                }
+                continue;
+            }
+        };
         for &rate in &rates {
             let per_pair = rate / pairs as f64;
             let plan = Plan {
@@ -143,8 +181,12 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
                 mark: None,
                 lossy,
             };
-            let (back, out) = load::run(ps, &plan, ctx.clock, target.pid()).await;
+            let commands = running.redis_commands();
+            let (back, out) = load::run(ps, &plan, ctx.clock, &running.pids()).await;
             ps = back;
+            let redis = commands
+                .zip(running.redis_commands())
+                .and_then(|(before, after)| RedisOps::of(&after.since(&before), out.delivered()));
             let achieved = per_second(out.messages, out.seconds);
             rows.push(Row {
                 target: target.name(),
@@ -160,13 +202,15 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
                 sent: out.sent,
                 delivered: out.delivered(),
                 lost: out.lost_total(),
+                redis,
+                cores_each: running.cores_each(&out.target_cpu_each, out.seconds),
             });
             let what = format!("{} at {rate} msg/s", target.name());
             let failed = out.failures_of(&what, lossy);
             if !failed.is_empty()
-                && let Some(relay) = &running.relay
+                && let Some(tail) = running.log_tail()
             {
-                failures.push(format!("the relay's log ends:\n{}", relay.log_tail()));
+                failures.push(format!("the relay's log ends:\n{tail}"));
             }
             failures.extend(failed);
         }
@@ -190,7 +234,23 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
             let find = |t: &str| added.iter().find(|a| a.target == t && a.rate == rate);
             let pair = find("tandem").zip(find("forwarder"));
             let wire = find("tandem-wire").zip(find("forwarder"));
+            let row = |t: &str| rows.iter().find(|r| r.target == t && r.rate == rate);
+            let minus = |a: &str, b: &str, p99: bool| {
+                let (a, b) = row(a).zip(row(b))?;
+                Some(if p99 {
+                    a.latency.p99_us - b.latency.p99_us
+                } else {
+                    a.latency.p50_us - b.latency.p50_us
+                })
+            };
+            let p99_cluster = minus("tandem-wire-cluster", "tandem-wire", true);
+            let kept_up = row("tandem-wire-cluster").is_some_and(|r| !r.saturated);
             Ratio {
+                p50_cluster_minus_wire_us: minus("tandem-wire-cluster", "tandem-wire", false),
+                p99_cluster_minus_wire_us: p99_cluster,
+                p99_cluster_minus_redis_us: minus("tandem-wire-cluster", "tandem-wire-redis", true),
+                p99_redis_minus_wire_us: minus("tandem-wire-redis", "tandem-wire", true),
+                cluster_goal_met: p99_cluster.map(|d| d < CLUSTER_P99_GOAL_US && kept_up),
                 rate,
                 p50_tandem_over_forwarder: pair
                     .and_then(|(t, f)| ratio(t.added.p50_us, f.added.p50_us)),
@@ -240,6 +300,8 @@ fn print(r: &Results) {
             "sent",
             "lost",
             "saturated",
+            "redis cmd/msg",
+            "cores per process",
         ],
     );
     for row in &r.rows {
@@ -255,6 +317,8 @@ fn print(r: &Results) {
             row.sent.to_string(),
             row.lost.to_string(),
             if row.saturated { "yes".into() } else { "no".into() },
+            opt(row.redis.as_ref().map(|r| r.commands_per_message), 1),
+            super::throughput::cores_each(&row.cores_each),
         ]);
     }
     t.print();
@@ -284,6 +348,37 @@ fn print(r: &Results) {
             opt(ratio.p99_tandem_over_forwarder, 2),
             opt(ratio.p50_wire_over_forwarder, 2),
             opt(ratio.p99_wire_over_forwarder, 2),
+        ]);
+    }
+    t.print();
+    if r.ratios
+        .iter()
+        .all(|x| x.p99_cluster_minus_wire_us.is_none() && x.p99_redis_minus_wire_us.is_none())
+    {
+        return;
+    }
+    let mut t = Table::new(
+        format!(
+            "several nodes (issue 16), µs: cluster = desktop on node 1, phone on node 2; redis = one \
+             node on Redis; wire = one node, embedded; goal cluster − wire p99 < {CLUSTER_P99_GOAL_US:.0} µs"
+        ),
+        &[
+            "rate/s",
+            "cluster − wire p50",
+            "cluster − wire p99",
+            "cluster − redis p99",
+            "redis − wire p99",
+            "goal",
+        ],
+    );
+    for ratio in &r.ratios {
+        t.row(vec![
+            num(ratio.rate, 0),
+            opt(ratio.p50_cluster_minus_wire_us, 0),
+            opt(ratio.p99_cluster_minus_wire_us, 0),
+            opt(ratio.p99_cluster_minus_redis_us, 0),
+            opt(ratio.p99_redis_minus_wire_us, 0),
+            super::throughput::verdict(ratio.cluster_goal_met),
         ]);
     }
     t.print();

@@ -9,12 +9,14 @@ pub mod offline;
 pub mod pairing;
 pub mod reconnect;
 pub mod reconnect_phases;
+pub mod storm_nodes;
 pub mod throughput;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::Opts;
+use crate::cluster::Cluster;
 use crate::error::{BenchError, Result};
 use crate::machine::Machine;
 use crate::pairing::RelayAccess;
@@ -22,7 +24,7 @@ use crate::relay::{RelayOptions, RelayProcess, sibling_binary};
 use crate::target::direct::DirectTarget;
 use crate::target::forwarder::ForwarderTarget;
 use crate::target::tandem::TandemTarget;
-use crate::target::tandem_wire::TandemWireTarget;
+use crate::target::tandem_wire::{REDIS_SETTLE, TandemWireTarget};
 use crate::target::{Target, TargetKind};
 use crate::wire::{Clock, WireSizes};
 
@@ -52,6 +54,66 @@ pub struct Running {
     pub target: Box<dyn Target>,
     /// The relay process (tandem target, relay started by the bench).
     pub relay: Option<RelayProcess>,
+    /// The relay nodes and their Redis (the Redis targets).
+    pub cluster: Option<Cluster>,
+}
+
+impl Running {
+    fn of(target: Box<dyn Target>) -> Self {
+        Self { target, relay: None, cluster: None }
+    }
+
+    /// The processes whose CPU time is the target's: every node and Redis
+    /// for the Redis targets, else the target's process.
+    #[must_use]
+    pub fn pids(&self) -> Vec<u32> {
+        match &self.cluster {
+            Some(c) => c.pids(),
+            None => self.target.pid().into_iter().collect(),
+        }
+    }
+
+    /// Names for [`Running::pids`], in the same order (`n1`, `n2`,
+    /// `redis`; `relay` or the target's name for one process).
+    #[must_use]
+    pub fn process_names(&self) -> Vec<String> {
+        match &self.cluster {
+            Some(c) => (1..=c.nodes.len())
+                .map(crate::cluster::node_id)
+                .chain(std::iter::once("redis".to_owned()))
+                .collect(),
+            None => self.target.pid().map(|_| self.target.name().to_owned()).into_iter().collect(),
+        }
+    }
+
+    /// Cores each process kept busy over `seconds` (the Redis targets:
+    /// every node and Redis), from a run's CPU seconds per process.
+    #[must_use]
+    pub fn cores_each(&self, cpu_each: &[Option<f64>], seconds: f64) -> Vec<(String, Option<f64>)> {
+        if self.cluster.is_none() || seconds <= 0.0 {
+            return Vec::new();
+        }
+        self.process_names()
+            .into_iter()
+            .zip(cpu_each.iter().map(|c| c.map(|c| c / seconds)))
+            .collect()
+    }
+
+    /// Redis's command counters now (the Redis targets).
+    #[must_use]
+    pub fn redis_commands(&self) -> Option<crate::redis::Commands> {
+        self.cluster.as_ref().and_then(Cluster::commands)
+    }
+
+    /// The end of the relays' logs, when the bench started them.
+    #[must_use]
+    pub fn log_tail(&self) -> Option<String> {
+        match (&self.relay, &self.cluster) {
+            (Some(r), _) => Some(r.log_tail()),
+            (None, Some(c)) => Some(c.log_tails()),
+            (None, None) => None,
+        }
+    }
 }
 
 impl Context {
@@ -92,12 +154,69 @@ impl Context {
     /// # Errors
     /// [`BenchError::Process`] when it does not start.
     pub fn start_relay(&self, tls: bool, ping_interval_secs: u64) -> Result<RelayProcess> {
-        RelayProcess::start(RelayOptions {
+        RelayProcess::start(self.relay_options(tls, ping_interval_secs))
+    }
+
+    /// How the bench starts relays (`--relay-arg`s included).
+    #[must_use]
+    pub fn relay_options(&self, tls: bool, ping_interval_secs: u64) -> RelayOptions {
+        RelayOptions {
             bin: self.relay_bin.clone(),
             tls,
             ping_interval_secs,
             extra_args: self.opts.relay_args.clone(),
-        })
+        }
+    }
+
+    /// Start Redis and `nodes` relay nodes on it (`--redis-fsync`).
+    ///
+    /// # Errors
+    /// [`BenchError::Usage`] with `--url` or without `redis-server`;
+    /// [`BenchError::Process`] when a process does not start.
+    pub fn start_cluster(
+        &self,
+        nodes: usize,
+        tls: bool,
+        ping_interval_secs: u64,
+    ) -> Result<Cluster> {
+        self.start_cluster_with(nodes, tls, ping_interval_secs, &[])
+    }
+
+    /// [`Context::start_cluster`] with `node_args` for every node (before
+    /// `--relay-arg`s).
+    ///
+    /// # Errors
+    /// As [`Context::start_cluster`].
+    pub fn start_cluster_with(
+        &self,
+        nodes: usize,
+        tls: bool,
+        ping_interval_secs: u64,
+        node_args: &[&str],
+    ) -> Result<Cluster> {
+        if self.opts.url.is_some() {
+            return Err(BenchError::Usage(
+                "the Redis targets start their own nodes and Redis (leave out --url)".into(),
+            ));
+        }
+        if !crate::redis::available() {
+            return Err(BenchError::Usage(format!(
+                "{} is not installed (apt install redis-server): the Redis targets and the storm \
+                 over several nodes need it",
+                crate::redis::PROGRAM
+            )));
+        }
+        let mut opts = self.relay_options(tls, ping_interval_secs);
+        let mut args: Vec<String> = node_args.iter().map(|a| (*a).to_owned()).collect();
+        args.append(&mut opts.extra_args);
+        opts.extra_args = args;
+        Cluster::start(&opts, nodes, self.redis_fsync())
+    }
+
+    /// `--redis-fsync` (Redis's `appendfsync`).
+    #[must_use]
+    pub fn redis_fsync(&self) -> &str {
+        self.opts.redis_fsync.as_str()
     }
 
     /// Where devices reach `relay`.
@@ -123,7 +242,7 @@ impl Context {
     /// When the relay does not start.
     pub fn tandem(&self) -> Result<Running> {
         let (relay, access, pid) = self.relay_under_test()?;
-        Ok(Running { target: Box::new(TandemTarget::new(access, pid)), relay })
+        Ok(Running { target: Box::new(TandemTarget::new(access, pid)), relay, cluster: None })
     }
 
     /// The tandem-wire target: the same relay, driven at the frame level.
@@ -135,7 +254,36 @@ impl Context {
             return Err(BenchError::Usage("the tandem-wire target does not speak TLS".into()));
         }
         let (relay, access, pid) = self.relay_under_test()?;
-        Ok(Running { target: Box::new(TandemWireTarget::new(access, pid, sizes)?), relay })
+        Ok(Running {
+            target: Box::new(TandemWireTarget::new(access, pid, sizes)?),
+            relay,
+            cluster: None,
+        })
+    }
+
+    /// `tandem-wire` against relay nodes on Redis: one node
+    /// (`tandem-wire-redis`), or two with desktops on node 1 and phones on
+    /// node 2 (`tandem-wire-cluster`).
+    ///
+    /// # Errors
+    /// As [`Context::start_cluster`]; under `--tls`.
+    pub fn tandem_wire_redis(&self, kind: TargetKind, sizes: WireSizes) -> Result<Running> {
+        if self.opts.tls {
+            return Err(BenchError::Usage("the tandem-wire targets do not speak TLS".into()));
+        }
+        let (name, nodes) = match kind {
+            TargetKind::TandemWireCluster => ("tandem-wire-cluster", 2),
+            _ => ("tandem-wire-redis", 1),
+        };
+        let cluster = self.start_cluster(nodes, false, PING_SECS)?;
+        let at = |i: usize| cluster.nodes.get(i).or(cluster.nodes.first());
+        let (first, last) = (at(0), at(nodes - 1));
+        let desktop = self.access(first)?;
+        let phone = self.access(last)?;
+        let pid = first.map(RelayProcess::pid);
+        let settle = if self.opts.no_settle { Duration::ZERO } else { REDIS_SETTLE };
+        let target = TandemWireTarget::between(name, desktop, phone, pid, sizes)?.settle(settle);
+        Ok(Running { target: Box::new(target), relay: None, cluster: Some(cluster) })
     }
 
     /// The relay at `--url`, or one started now; where devices reach it and
@@ -150,17 +298,29 @@ impl Context {
         Ok((relay, access, pid))
     }
 
-    /// The targets a scenario drives: `--targets`, or `default` (without
-    /// tandem-wire under `--tls`: it speaks plain WebSocket only).
+    /// The targets a scenario drives: `--targets`, or `default` and the
+    /// Redis targets (without the tandem-wire ones under `--tls`: they
+    /// speak plain WebSocket only; without the Redis ones when
+    /// `redis-server` is not installed or with `--url`, said on standard
+    /// output).
     #[must_use]
     pub fn targets(&self, default: &[TargetKind]) -> Vec<TargetKind> {
-        self.opts.targets.clone().unwrap_or_else(|| {
-            default
-                .iter()
-                .copied()
-                .filter(|k| !(self.opts.tls && *k == TargetKind::TandemWire))
-                .collect()
-        })
+        if let Some(t) = &self.opts.targets {
+            return t.clone();
+        }
+        let wire =
+            [TargetKind::TandemWire, TargetKind::TandemWireRedis, TargetKind::TandemWireCluster];
+        let mut kinds: Vec<TargetKind> =
+            default.iter().copied().filter(|k| !(self.opts.tls && wire.contains(k))).collect();
+        if self.opts.tls || self.opts.url.is_some() || self.opts.no_redis {
+            return kinds;
+        }
+        if crate::redis::available() {
+            kinds.extend(TargetKind::REDIS);
+        } else {
+            println!("{}", crate::redis::missing_message("tandem-wire-redis, tandem-wire-cluster"));
+        }
+        kinds
     }
 
     /// Start a target of `kind`.
@@ -171,18 +331,17 @@ impl Context {
         match kind {
             TargetKind::Tandem => self.tandem(),
             TargetKind::TandemWire => self.tandem_wire(sizes),
-            TargetKind::Forwarder => Ok(Running {
-                target: Box::new(ForwarderTarget::start(&self.exe, sizes)?),
-                relay: None,
-            }),
-            TargetKind::Direct => {
-                Ok(Running { target: Box::new(DirectTarget::start(sizes).await?), relay: None })
+            TargetKind::TandemWireRedis | TargetKind::TandemWireCluster => {
+                self.tandem_wire_redis(kind, sizes)
             }
+            TargetKind::Forwarder => {
+                Ok(Running::of(Box::new(ForwarderTarget::start(&self.exe, sizes)?)))
+            }
+            TargetKind::Direct => Ok(Running::of(Box::new(DirectTarget::start(sizes).await?))),
             #[cfg(feature = "iroh")]
-            TargetKind::Iroh => Ok(Running {
-                target: Box::new(crate::target::iroh::IrohTarget::start(&self.exe, sizes)?),
-                relay: None,
-            }),
+            TargetKind::Iroh => {
+                Ok(Running::of(Box::new(crate::target::iroh::IrohTarget::start(&self.exe, sizes)?)))
+            }
             #[cfg(not(feature = "iroh"))]
             TargetKind::Iroh => Err(BenchError::Usage(
                 "the iroh target needs a build with the cargo feature `iroh`".into(),

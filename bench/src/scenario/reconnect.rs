@@ -110,12 +110,76 @@ fn sample_at(samples: &CpuSamples, ns: u64) -> Option<&(u64, Option<f64>, Option
     samples.iter().find(|s| s.0 >= ns)
 }
 
-/// Run it.
+/// A storm's size and schedule: `-n` pairs, the first `--rates` (all
+/// pairs together), the first `--payloads`, streaming `before` the kill
+/// and `after` it (`--duration`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    pub pairs: usize,
+    pub rate: f64,
+    pub payload: usize,
+    pub before: Duration,
+    pub after: Duration,
+}
+
+impl Shape {
+    /// From the options, with defaults `(full, quick)` for the pairs, the
+    /// rate and the seconds after the kill.
+    pub(crate) fn of(
+        ctx: &Context,
+        pairs: (usize, usize),
+        rate: (f64, f64),
+        after: (f64, f64),
+    ) -> Result<Self> {
+        let pairs = match ctx.opts.n.as_ref().and_then(|n| n.first().copied()) {
+            Some(Count::N(n)) => n.max(1),
+            Some(Count::Max) => {
+                return Err(BenchError::Usage("reconnect-storm: -n takes a number".into()));
+            }
+            None => ctx.pick(pairs.0, pairs.1),
+        };
+        let first_rate = ctx.opts.rates.as_ref().and_then(|r| r.first().copied());
+        Ok(Self {
+            pairs,
+            rate: first_rate.unwrap_or(ctx.pick(rate.0, rate.1)),
+            payload: ctx.opts.payloads.as_ref().and_then(|p| p.first().copied()).unwrap_or(1024),
+            before: Duration::from_secs_f64(ctx.pick(2.0, 1.0)),
+            after: ctx.duration(after.0, after.1),
+        })
+    }
+
+    /// The load: paced, no warm-up, a minute to drain, `mark` noted.
+    pub(crate) fn plan(&self, mark: &Arc<AtomicU64>) -> Plan {
+        Plan {
+            payload: self.payload.max(crate::wire::HEADER_LEN),
+            pace: Pace::Rate { per_pair: self.rate / self.pairs as f64, window: 100_000 },
+            warmup: Duration::ZERO,
+            duration: self.before + self.after,
+            drain: Duration::from_secs(60),
+            mark: Some(Arc::clone(mark)),
+            lossy: false,
+        }
+    }
+}
+
+/// Run it: over several nodes with `--nodes N` (N ≥ 2,
+/// [`super::storm_nodes`]), else against one relay.
+///
+/// # Errors
+/// As [`run_single`] or [`super::storm_nodes::run`].
+pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
+    match ctx.opts.nodes {
+        Some(n) if n > 1 => super::storm_nodes::run(ctx, n).await,
+        _ => run_single(ctx).await,
+    }
+}
+
+/// The storm against one relay, killed and restarted.
 ///
 /// # Errors
 /// With `--url` (the bench must own the relay to kill it), or when the
 /// relay or the pairs cannot be set up.
-pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
+pub async fn run_single(ctx: &Context) -> Result<ScenarioReport> {
     if ctx.opts.url.is_some() {
         return Err(BenchError::Usage(
             "reconnect-storm kills and restarts the relay: it needs one started by the bench \
@@ -124,35 +188,17 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
         ));
     }
     let started = Instant::now();
-    let pairs = match ctx.opts.n.as_ref().and_then(|n| n.first().copied()) {
-        Some(Count::N(n)) => n.max(1),
-        Some(Count::Max) => {
-            return Err(BenchError::Usage("reconnect-storm: -n takes a number".into()));
-        }
-        None => ctx.pick(200, 8),
-    };
-    let rate =
-        ctx.opts.rates.as_ref().and_then(|r| r.first().copied()).unwrap_or(ctx.pick(2000.0, 400.0));
-    let payload = ctx.opts.payloads.as_ref().and_then(|p| p.first().copied()).unwrap_or(1024);
-    let before = Duration::from_secs_f64(ctx.pick(2.0, 1.0));
-    let after = ctx.duration(8.0, 4.0);
+    let shape = Shape::of(ctx, (200, 8), (2000.0, 400.0), (8.0, 4.0))?;
+    let (pairs, rate, payload, before) = (shape.pairs, shape.rate, shape.payload, shape.before);
 
     let mut relay = ctx.start_relay(ctx.opts.tls, 20)?;
     let target = TandemTarget::new(ctx.access(Some(&relay))?, Some(relay.pid()));
     let ps: Vec<load::Pair> = target.open(pairs).await?.into_iter().map(load::Pair::new).collect();
 
     let mark = Arc::new(AtomicU64::new(u64::MAX));
-    let plan = Plan {
-        payload: payload.max(crate::wire::HEADER_LEN),
-        pace: Pace::Rate { per_pair: rate / pairs as f64, window: 100_000 },
-        warmup: Duration::ZERO,
-        duration: before + after,
-        drain: Duration::from_secs(60),
-        mark: Some(Arc::clone(&mark)),
-        lossy: false,
-    };
+    let plan = shape.plan(&mark);
     let clock = ctx.clock;
-    let load = tokio::spawn(async move { load::run(ps, &plan, clock, None).await });
+    let load = tokio::spawn(async move { load::run(ps, &plan, clock, &[]).await });
 
     let relay_pid = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -202,7 +248,7 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
         not_resumed,
         latency: Percentiles::of(&out.latency),
         health: health.clone(),
-        phases: reconnect_phases::phases(&ps, &out.first_after_mark, clock, killed),
+        phases: reconnect_phases::phases(ps.iter().zip(&out.first_after_mark), clock, killed),
         relay_cpu_to_resumed_s: None,
         bench_cpu_to_resumed_s: None,
         bench_cores_before_kill: None,

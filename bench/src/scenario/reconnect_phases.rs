@@ -90,10 +90,14 @@ pub struct Phases {
     pub first_sent_after_back: usize,
 }
 
-/// Work the phases out for `pairs` (the order of `first`), killed at
-/// `killed` (`killed_ns` on `clock`).
+/// Work the phases out for `pairs`, each with its first message out after
+/// the mark, killed at `killed` (on `clock`).
 #[must_use]
-pub fn phases(pairs: &[Pair], first: &[Option<FirstOut>], clock: Clock, killed: Instant) -> Phases {
+pub fn phases<'a>(
+    pairs: impl IntoIterator<Item = (&'a Pair, &'a Option<FirstOut>)>,
+    clock: Clock,
+    killed: Instant,
+) -> Phases {
     let killed_ns = clock.ns_at(killed);
     let ms_after = |at: Instant| clock.ns_at(at).saturating_sub(killed_ns) as f64 / 1e6;
     let dur_ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
@@ -102,7 +106,7 @@ pub fn phases(pairs: &[Pair], first: &[Option<FirstOut>], clock: Clock, killed: 
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut pair_auth, mut first_out, mut after_back) = (vec![], vec![], vec![]);
     let mut buckets = vec![0usize; 12];
-    for (pair, first) in pairs.iter().zip(first) {
+    for (pair, first) in pairs {
         let steps = pair.steps().map(|s| s.all()).unwrap_or_default();
         let [desktop, phone]: [Option<WayBack>; 2] =
             [End::Desktop, End::Phone].map(|e| way_back(&steps, e, killed));

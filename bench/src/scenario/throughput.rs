@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{Context, health_failures, per_second};
 use crate::error::Result;
 use crate::load::{self, Pace, Plan};
+use crate::redis::RedisOps;
 use crate::report::{ScenarioReport, Table, num, opt};
 use crate::stats::{Percentiles, ratio};
 use crate::target::{HealthReport, TargetKind};
@@ -53,6 +54,11 @@ pub struct Row {
     pub lost: u64,
     /// Messages received twice (must be 0).
     pub duplicates: u64,
+    /// Redis commands per message (the Redis targets).
+    pub redis: Option<RedisOps>,
+    /// Cores each of the target's processes kept busy (the Redis targets:
+    /// `n1`, `n2`, `redis`).
+    pub cores_each: Vec<(String, Option<f64>)>,
 }
 
 /// Tandem against the baselines at one pair count and payload size.
@@ -75,7 +81,26 @@ pub struct Ratio {
     pub messages_wire_over_forwarder: Option<f64>,
     /// tandem-wire's relay CPU per message ÷ the forwarder's.
     pub cpu_per_message_wire_over_forwarder: Option<f64>,
+    /// tandem-wire-cluster's messages per second ÷ tandem-wire's (one
+    /// node, embedded store): issue 16's goal is at least
+    /// [`CLUSTER_GOAL`].
+    pub messages_cluster_over_wire: Option<f64>,
+    /// tandem-wire-cluster's messages per second ÷ tandem-wire-redis's
+    /// (the same store, one node): what crossing nodes costs.
+    pub messages_cluster_over_redis: Option<f64>,
+    /// tandem-wire-redis's messages per second ÷ tandem-wire's: what the
+    /// Redis store costs on one node.
+    pub messages_redis_over_wire: Option<f64>,
+    /// CPU per message (every node and Redis) of tandem-wire-cluster ÷
+    /// tandem-wire's relay.
+    pub cpu_per_message_cluster_over_wire: Option<f64>,
+    /// Whether `messages_cluster_over_wire` meets [`CLUSTER_GOAL`].
+    pub cluster_goal_met: Option<bool>,
 }
+
+/// Issue 16's goal: cross-node throughput at least this share of one
+/// node's (tandem-wire-cluster ÷ tandem-wire).
+pub const CLUSTER_GOAL: f64 = 0.6;
 
 /// The scenario's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -121,12 +146,28 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
     let mut failures = Vec::new();
     let mut health = Vec::new();
     for kind in targets {
-        let running = ctx.target(kind, sizes).await?;
+        // A target that cannot start fails the run; the others still run.
+        let running = match ctx.target(kind, sizes).await {
+            Ok(running) => running,
+            Err(e) => {
+                failures.push(format!("{}: could not start: {e}", kind.name()));
+                continue;
+            }
+        };
         let target = &running.target;
         let lossy = target.lossy();
         for &pairs in &pair_counts {
-            let mut ps: Vec<load::Pair> =
-                target.open(pairs.max(1)).await?.into_iter().map(load::Pair::new).collect();
+            let mut ps: Vec<load::Pair> = match target.open(pairs.max(1)).await {
+                Ok(ps) => ps.into_iter().map(load::Pair::new).collect(),
+                Err(e) => {
+                    failures
+                        .push(format!("{}: {pairs} pairs could not be set up: {e}", target.name()));
+                    if let Some(tail) = running.log_tail() {
+                        failures.push(format!("the relay's log ends:\n{tail}"));
+                    }
+                    continue;
+                }
+            };
             for &payload in &payloads {
                 let plan = Plan {
                     payload: payload.max(crate::wire::HEADER_LEN),
@@ -137,8 +178,12 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
                     mark: None,
                     lossy,
                 };
-                let (back, out) = load::run(ps, &plan, ctx.clock, target.pid()).await;
+                let commands = running.redis_commands();
+                let (back, out) = load::run(ps, &plan, ctx.clock, &running.pids()).await;
                 ps = back;
+                let redis = commands.zip(running.redis_commands()).and_then(|(before, after)| {
+                    RedisOps::of(&after.since(&before), out.delivered())
+                });
                 let secs = out.seconds;
                 let rate = per_second(out.messages, secs);
                 rows.push(Row {
@@ -161,13 +206,15 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
                     latency: Percentiles::of(&out.latency),
                     lost: out.lost_total(),
                     duplicates: out.duplicates,
+                    redis,
+                    cores_each: running.cores_each(&out.target_cpu_each, secs),
                 });
                 let what = format!("{} with {pairs} pairs at {payload} B", target.name());
                 let failed = out.failures_of(&what, lossy);
                 if !failed.is_empty()
-                    && let Some(relay) = &running.relay
+                    && let Some(tail) = running.log_tail()
                 {
-                    failures.push(format!("the relay's log ends:\n{}", relay.log_tail()));
+                    failures.push(format!("the relay's log ends:\n{tail}"));
                 }
                 failures.extend(failed);
             }
@@ -194,6 +241,8 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
             };
             let over = |base: Option<&Row>, cpu: bool| over_of(tandem, base, cpu);
             let (forwarder, iroh) = (find("forwarder"), find("iroh"));
+            let (redis, cluster) = (find("tandem-wire-redis"), find("tandem-wire-cluster"));
+            let cluster_over_wire = over_of(cluster, wire, false);
             ratios.push(Ratio {
                 pairs,
                 payload,
@@ -203,6 +252,11 @@ pub async fn run(ctx: &Context) -> Result<ScenarioReport> {
                 cpu_per_message_tandem_over_iroh: over(iroh, true),
                 messages_wire_over_forwarder: over_of(wire, forwarder, false),
                 cpu_per_message_wire_over_forwarder: over_of(wire, forwarder, true),
+                messages_cluster_over_wire: cluster_over_wire,
+                messages_cluster_over_redis: over_of(cluster, redis, false),
+                messages_redis_over_wire: over_of(redis, wire, false),
+                cpu_per_message_cluster_over_wire: over_of(cluster, wire, true),
+                cluster_goal_met: cluster_over_wire.map(|r| r >= CLUSTER_GOAL),
             });
         }
     }
@@ -249,6 +303,8 @@ fn print(r: &Results) {
             "delivered",
             "lost",
             "dup",
+            "redis cmd/msg",
+            "cores per process",
         ],
     );
     for row in &r.rows {
@@ -268,6 +324,8 @@ fn print(r: &Results) {
             row.delivered.to_string(),
             row.lost.to_string(),
             row.duplicates.to_string(),
+            opt(row.redis.as_ref().map(|r| r.commands_per_message), 1),
+            cores_each(&row.cores_each),
         ]);
     }
     t.print();
@@ -298,4 +356,54 @@ fn print(r: &Results) {
         ]);
     }
     t.print();
+    if r.ratios
+        .iter()
+        .all(|x| x.messages_cluster_over_wire.is_none() && x.messages_redis_over_wire.is_none())
+    {
+        return;
+    }
+    let mut t = Table::new(
+        format!(
+            "several nodes (issue 16): cluster = desktop on node 1, phone on node 2, one Redis; \
+             redis = one node on Redis; wire = one node, embedded store; goal cluster ÷ wire ≥ {CLUSTER_GOAL}"
+        ),
+        &[
+            "pairs",
+            "payload",
+            "cluster ÷ wire",
+            "redis ÷ wire",
+            "cluster ÷ redis",
+            "cluster cpu/msg ÷ wire",
+            "goal",
+        ],
+    );
+    for ratio in &r.ratios {
+        t.row(vec![
+            ratio.pairs.to_string(),
+            ratio.payload.to_string(),
+            opt(ratio.messages_cluster_over_wire, 3),
+            opt(ratio.messages_redis_over_wire, 3),
+            opt(ratio.messages_cluster_over_redis, 3),
+            opt(ratio.cpu_per_message_cluster_over_wire, 2),
+            verdict(ratio.cluster_goal_met),
+        ]);
+    }
+    t.print();
+}
+
+/// `n1 0.61 redis 0.40`, or `-`.
+pub(crate) fn cores_each(each: &[(String, Option<f64>)]) -> String {
+    if each.is_empty() {
+        return "-".into();
+    }
+    each.iter().map(|(n, c)| format!("{n} {}", opt(*c, 2))).collect::<Vec<_>>().join(" ")
+}
+
+/// `met`, `missed` or `-`.
+pub(crate) fn verdict(met: Option<bool>) -> String {
+    match met {
+        Some(true) => "met".into(),
+        Some(false) => "missed".into(),
+        None => "-".into(),
+    }
 }

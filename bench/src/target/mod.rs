@@ -10,6 +10,10 @@
 //!   real, then frames written directly ([`frames`]): opaque payloads of the
 //!   sealed records' sizes, no crypto or client outbox in the load
 //!   generator; the relay's cost against the forwarder's;
+//!   Two more targets drive it the same way against relay nodes on Redis
+//!   (issue 16): `tandem-wire-redis` (one node, its store in Redis) and
+//!   `tandem-wire-cluster` (two nodes, each pair's desktop on node 1 and
+//!   phone on node 2);
 //! * [`forwarder::ForwarderTarget`] — the bare forwarder (`tandem-bench
 //!   forwarder`): the same WebSocket stack, no authentication, no store, no
 //!   encryption; the limit of the stack;
@@ -142,6 +146,13 @@ pub enum TargetKind {
     /// level with opaque payloads of the sealed sizes (the relay's cost,
     /// without the devices' crypto in the load generator).
     TandemWire,
+    /// `tandem-wire` against one relay node whose store is a Redis server
+    /// the bench starts (sender and recipient on the same node).
+    TandemWireRedis,
+    /// `tandem-wire` against two relay nodes on one Redis: each pair's
+    /// desktop on node 1, its phone on node 2 (pairing and every frame
+    /// cross nodes).
+    TandemWireCluster,
     /// The bare tokio-tungstenite forwarder (baseline: the stack's limit).
     Forwarder,
     /// A direct loopback WebSocket between the two ends (no server).
@@ -152,9 +163,34 @@ pub enum TargetKind {
 }
 
 impl TargetKind {
-    /// Every kind, in the order reports list them.
+    /// Every kind that needs nothing but this binary and the relay's, in
+    /// the order reports list them.
     pub const ALL: [TargetKind; 4] =
         [TargetKind::Tandem, TargetKind::TandemWire, TargetKind::Forwarder, TargetKind::Direct];
+
+    /// The kinds that need a `redis-server` (added to the defaults when
+    /// one is installed).
+    pub const REDIS: [TargetKind; 2] = [TargetKind::TandemWireRedis, TargetKind::TandemWireCluster];
+
+    /// Its name in tables, JSON and on the command line.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Tandem => "tandem",
+            TargetKind::TandemWire => "tandem-wire",
+            TargetKind::TandemWireRedis => "tandem-wire-redis",
+            TargetKind::TandemWireCluster => "tandem-wire-cluster",
+            TargetKind::Forwarder => "forwarder",
+            TargetKind::Direct => "direct",
+            TargetKind::Iroh => "iroh",
+        }
+    }
+
+    /// Whether this kind runs relay nodes on Redis.
+    #[must_use]
+    pub fn needs_redis(self) -> bool {
+        Self::REDIS.contains(&self)
+    }
 }
 
 /// Errors and events inside the pairs' ends, which run as background tasks:
