@@ -578,7 +578,11 @@ describe('web client end to end', { concurrency: false }, () => {
     for (let i = 0; i < 5 && page.url() !== before; i++) {
       const cur = page.url();
       assert.ok(!leaks(cur), `going back, an entry holds the fragment: ${cur}`);
-      await page.evaluate(() => history.back());
+      // Scheduled, not run inside evaluate: the navigation it starts would
+      // otherwise destroy the context evaluate is still answering from.
+      await page.evaluate(() => {
+        setTimeout(() => history.back(), 0);
+      });
       await waitUntil(`history.back() from ${cur} moves`, async () => page.url() !== cur, { timeout: 5000, detail: () => describePage(page) });
     }
     assert.equal(page.url(), before, 'going back leaves the app for the page before the link');
