@@ -117,3 +117,17 @@ pub async fn get(node: &Relay, path: &str) -> (u16, String) {
 pub async fn ready(node: &Relay) -> u16 {
     get(node, "/readyz").await.0
 }
+
+/// Poll `/readyz` on `node` every 100 ms until it answers `want` or `secs`
+/// passed; the last status.
+pub async fn wait_ready(node: &Relay, want: u16, secs: u64) -> u16 {
+    let mut status = 0;
+    for _ in 0..secs * 10 {
+        status = ready(node).await;
+        if status == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    status
+}
