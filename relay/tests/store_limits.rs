@@ -379,7 +379,11 @@ async fn flood(
 /// against the total or any share, while the store kept a row for it. Now
 /// every frame is charged its payload plus 128 bytes (about what its row
 /// costs): empty frames from two addresses stop at the total, and the store
-/// grows by about what the total says.
+/// grows by at most twice what the total says, the disk SECURITY.md tells
+/// operators to plan for. (redb grows its file in steps and keeps the pages
+/// the last commits freed until the next one, so how far past the total the
+/// file goes depends on how the writes were batched: 1.1 to 1.6 times here
+/// over runs, under CI's load 1.6. A bound of 1.25 failed in CI.)
 #[tokio::test]
 async fn every_frame_is_charged_128_bytes_so_empty_frames_stop_at_the_total() {
     let dir = tempfile::tempdir().unwrap();
@@ -423,7 +427,7 @@ async fn every_frame_is_charged_128_bytes_so_empty_frames_stop_at_the_total() {
         (after - before) / accepted
     );
     assert!(
-        after - before <= total + total / 4,
+        after - before <= 2 * total,
         "the store grew by {} bytes for frames charged {total} bytes",
         after - before
     );
