@@ -175,6 +175,38 @@ async fn presence_crosses_nodes_and_a_dead_nodes_devices_go_offline() {
     drop(phone);
 }
 
+/// A device that drops and reconnects to the other node at once, over and
+/// over, ends *online* for its peer: a node's "offline" is published by the
+/// same Redis step that gives the ownership up, so it can never arrive after
+/// the new connection's "online" (review of issue 16: it was published
+/// after the release, and could).
+#[tokio::test]
+async fn a_device_hopping_between_nodes_ends_online_for_its_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let n1 = node(dir.path(), &redis, "n1", &[]);
+    let n2 = node(dir.path(), &redis, "n2", &[]);
+    let pair = pair_for_real_between(&n1, &n2, LO, LO).await;
+    let (mut desk, mut phone) = (pair.desk, pair.phone);
+    let (phone_id, key) = (phone.id(), phone.key.clone());
+    desk.presence(phone_id, true).await;
+    for hop in 0..12 {
+        drop(phone);
+        let to = if hop % 2 == 0 { &n1 } else { &n2 };
+        phone = Device::connect_from(to, key.clone(), Role::Phone, LO).await.0;
+    }
+    let (frames, end) = desk.collect_for(Duration::from_secs(2)).await;
+    assert!(end.is_none(), "the desktop stays connected: {end:?}");
+    let last = frames.iter().rev().find_map(|f| match f {
+        Frame::Presence { peer, online } if *peer == phone_id => Some(*online),
+        _ => None,
+    });
+    assert_eq!(last, Some(true), "the phone's last presence is online: {frames:?}");
+    // And it is reachable where it is.
+    desk.send_to(phone_id, 1, b"here").await.unwrap();
+    assert_eq!(phone.delivery().await.2, b"here");
+}
+
 #[tokio::test]
 async fn a_device_connected_on_two_nodes_keeps_only_the_newest_connection() {
     let dir = tempfile::tempdir().unwrap();

@@ -200,7 +200,8 @@ async fn the_relay_starts_on_a_full_disk_and_becomes_ready_when_space_is_freed()
     relay.assert_healthy().await;
     let body = readyz_becomes(&relay, 503).await;
     assert!(body.starts_with("store unavailable"), "{body:?}");
-    assert!(relay.log().contains("cannot open the store"), "log:\n{}", relay.log());
+    // (`/readyz` says so before the first attempt to open it has logged.)
+    relay.wait_log("cannot open the store").await;
     let (mut desk, _) = Device::connect(&relay, new_key(), Role::Desktop).await;
     let (mut phone, _) = Device::connect(&relay, new_key(), Role::Phone).await;
     assert_eq!(desk.authorize(phone.id(), 1).await, Err(ErrorCode::StoreUnavailable));

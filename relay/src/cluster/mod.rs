@@ -5,7 +5,8 @@
 //!
 //! The design (docs/ARCHITECTURE.md, "Several nodes"):
 //! * **Ownership.** A device's connection is owned by one node at a time:
-//!   `own:<device>` names the node and a fence token taken from a counter.
+//!   `own:<device>` names the node and a fence token taken from one counter
+//!   for the whole cluster (so no key is left behind per device).
 //!   A connection claims it once authenticated; the node that held it is told
 //!   (on its channel) and closes its connection if that one's fence is lower
 //!   (`replaced`). A connection gives the ownership up when it ends, if its
@@ -36,6 +37,7 @@ mod inbound;
 mod link;
 mod message;
 mod pairing;
+mod presence;
 mod scripts;
 #[cfg(test)]
 mod tests;
@@ -51,6 +53,7 @@ use tracing::warn;
 
 pub(crate) use self::inbound::run;
 pub(crate) use self::message::Message;
+pub(crate) use self::presence::Change;
 use self::scripts::Scripts;
 pub use self::upkeep::RECONCILE;
 pub(crate) use self::upkeep::{run_heartbeat, run_upkeep};
@@ -60,6 +63,10 @@ pub const ALIVE_TTL: Duration = Duration::from_secs(3);
 
 /// How often a node renews its liveness and looks for dead nodes.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Most devices one reaping or ownership-scan script handles: a node with
+/// many devices is walked in steps, so Redis never runs one long script.
+const SCAN_STEP: usize = 500;
 
 /// Why a cluster operation failed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -214,7 +221,7 @@ impl Cluster {
                 .scripts
                 .claim
                 .key(self.key("own", &device))
-                .key(self.key("fence", &device))
+                .key(format!("{}fences", self.prefix))
                 .arg(&self.node)
                 .arg(&self.prefix)
                 .arg(hex(&device))
@@ -229,29 +236,6 @@ impl Cluster {
                 other => return Ok(other?),
             }
         }
-    }
-
-    /// Give up `device`'s ownership if it is still the one this node
-    /// claimed with `fence`; true if it was (the device is offline now,
-    /// unless it is connected elsewhere).
-    pub(crate) async fn release(&self, device: DeviceId, fence: u64) -> Result<bool, ClusterError> {
-        self.release_value(device, &format!("{}|{fence}", self.node)).await
-    }
-
-    /// Give up `device`'s ownership if its owner value is still `value`.
-    async fn release_value(&self, device: DeviceId, value: &str) -> Result<bool, ClusterError> {
-        let mut c = self.link.conn().await?;
-        let n: i64 = self
-            .scripts
-            .release
-            .key(self.key("own", &device))
-            .arg(&self.node)
-            .arg(&self.prefix)
-            .arg(hex(&device))
-            .arg(value)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(n == 1)
     }
 
     /// Who owns each of `devices` now: its node and fence (`None`: nobody).
@@ -275,34 +259,32 @@ impl Cluster {
             .collect())
     }
 
-    /// The devices `own` gives to this node, each with its owner value.
+    /// The devices `own` gives to this node, each with its owner value
+    /// (read in steps of [`SCAN_STEP`]).
     pub(crate) async fn owned(&self) -> Result<Vec<(DeviceId, String)>, ClusterError> {
-        let mut c = self.link.conn().await?;
-        let got: Vec<String> = self
-            .scripts
-            .owned
-            .key(format!("{}devs:{}", self.prefix, self.node))
-            .arg(&self.prefix)
-            .arg(&self.node)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(got
-            .iter()
-            .filter_map(|s| {
+        let mut out = Vec::new();
+        let mut cursor = String::from("0");
+        loop {
+            let mut c = self.link.conn().await?;
+            let (next, got): (String, Vec<String>) = self
+                .scripts
+                .owned
+                .key(format!("{}devs:{}", self.prefix, self.node))
+                .arg(&self.prefix)
+                .arg(&self.node)
+                .arg(&cursor)
+                .arg(SCAN_STEP)
+                .invoke_async(&mut c)
+                .await?;
+            out.extend(got.iter().filter_map(|s| {
                 let (d, v) = s.split_once('|')?;
                 Some((parse_hex(d)?, v.to_owned()))
-            })
-            .collect())
-    }
-
-    /// Release `device` if `own` still gives it to this node with `value`
-    /// (it has no connection here); true if released.
-    pub(crate) async fn release_orphan(
-        &self,
-        device: DeviceId,
-        value: &str,
-    ) -> Result<bool, ClusterError> {
-        self.release_value(device, value).await
+            }));
+            if next == "0" {
+                return Ok(out);
+            }
+            cursor = next;
+        }
     }
 
     /// Hand each frame to its device's node (not this one's devices: the
@@ -387,18 +369,26 @@ impl Cluster {
         Ok(was == 1)
     }
 
-    /// Reap dead nodes; returns the devices they owned.
+    /// Reap dead nodes; returns the devices they owned (in steps of at most
+    /// [`SCAN_STEP`] devices).
     async fn reap(&self) -> Result<Vec<DeviceId>, ClusterError> {
-        let mut c = self.link.conn().await?;
-        let gone: Vec<String> = self
-            .scripts
-            .reap
-            .key(format!("{}nodes", self.prefix))
-            .arg(&self.prefix)
-            .arg(&self.node)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(gone.iter().filter_map(|s| parse_hex(s)).collect())
+        let mut out = Vec::new();
+        loop {
+            let mut c = self.link.conn().await?;
+            let (gone, more): (Vec<String>, i64) = self
+                .scripts
+                .reap
+                .key(format!("{}nodes", self.prefix))
+                .arg(&self.prefix)
+                .arg(&self.node)
+                .arg(SCAN_STEP)
+                .invoke_async(&mut c)
+                .await?;
+            out.extend(gone.iter().filter_map(|s| parse_hex(s)));
+            if more == 0 {
+                return Ok(out);
+            }
+        }
     }
 
     /// Leave the cluster (clean shutdown, after the connections closed):

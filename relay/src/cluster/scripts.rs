@@ -4,7 +4,10 @@
 //!
 //! Keys (all under the configured prefix, which holds a `{…}` hash tag so
 //! that every key lands in one slot): `own:<device>` = `<node>|<fence>`,
-//! `fence:<device>` (a counter, never deleted), `devs:<node>` (the devices a
+//! `fences` (the one counter every fence token comes from, so tokens only
+//! grow, for every device, and nothing is kept per device once it is
+//! offline; the `fence:<device>` counters of earlier versions are no longer
+//! read), `devs:<node>` (the devices a
 //! node owns), `alive:<node>` (expires unless the node's heartbeat renews
 //! it), `nodes` (every node that ever announced itself and was not reaped),
 //! `pair:<id>` = `<node>|<desktop>|<claimer or empty>` (expires with the
@@ -13,7 +16,7 @@
 
 use redis::Script;
 
-/// `KEYS`: own, fence. `ARGV`: node, prefix, device (hex), the `Replaced`
+/// `KEYS`: own, fences. `ARGV`: node, prefix, device (hex), the `Replaced`
 /// message without its fence. Takes ownership of the device for `node`,
 /// returns the new fence token; the previous owner (another node) is told
 /// to close its connection.
@@ -30,20 +33,6 @@ if old then
   end
 end
 return fence
-";
-
-/// `KEYS`: own. `ARGV`: node, prefix, device (hex), the owner value it was
-/// claimed with (`node|fence`). Gives up the device's ownership if it is
-/// still exactly that (a later claim, even on this node, keeps it); 1 if it
-/// did.
-const RELEASE: &str = r"
-local old = redis.call('GET', KEYS[1])
-if old and old == ARGV[4] then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', ARGV[2] .. 'devs:' .. ARGV[1], ARGV[3])
-  return 1
-end
-return 0
 ";
 
 /// `KEYS`: the `own` key of each recipient. `ARGV`: prefix, then one
@@ -80,15 +69,23 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return was
 ";
 
-/// `KEYS`: nodes. `ARGV`: prefix, this node. Every node in `nodes` whose
-/// liveness expired is reaped: the devices it still owns lose their owner
-/// and are returned (as `node|device` strings), its sets are deleted.
+/// `KEYS`: nodes. `ARGV`: prefix, this node, the most devices to take.
+/// Every node in `nodes` whose liveness expired is reaped: the devices it
+/// still owns lose their owner and are returned, up to the given number per call; a node is removed from
+/// `nodes` once its set is empty. Returns `{devices, more}` (`more` is 1 when
+/// the budget ran out first: call again). Bounded so that a node that died
+/// with many devices does not stall Redis for one long script; between two
+/// calls the liveness is looked at again, so a node that came back under
+/// the same id keeps what it claimed since.
 const REAP: &str = r"
 local gone = {}
+local budget = tonumber(ARGV[3])
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if node ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'alive:' .. node) == 0 then
     local devs = ARGV[1] .. 'devs:' .. node
-    for _, d in ipairs(redis.call('SMEMBERS', devs)) do
+    if budget <= 0 then return {gone, 1} end
+    for _, d in ipairs(redis.call('SPOP', devs, budget)) do
+      budget = budget - 1
       local k = ARGV[1] .. 'own:' .. d
       local o = redis.call('GET', k)
       if o and string.match(o, '^(.*)|') == node then
@@ -96,20 +93,24 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         table.insert(gone, d)
       end
     end
-    redis.call('DEL', devs)
+    if redis.call('SCARD', devs) > 0 then return {gone, 1} end
     redis.call('SREM', KEYS[1], node)
   end
 end
-return gone
+return {gone, 0}
 ";
 
-/// `KEYS`: devs. `ARGV`: prefix, node. The devices this node's set names
-/// that `own` still gives to this node, as `device|value` pairs (the node
-/// releases those it has no connection for, each only if its value is
-/// still the same: a claim meanwhile changes it).
+/// `KEYS`: devs. `ARGV`: prefix, node, an `SSCAN` cursor, a count. The
+/// devices of one step of a scan of this node's set that `own` still gives
+/// to this node, as `device|value` pairs (the node releases those it has no
+/// connection for, each only if its value is still the same: a claim
+/// meanwhile changes it); those it no longer owns leave the set. Returns
+/// `{next cursor, pairs}` (the scan is over at cursor `0`), so a node with
+/// many devices never holds Redis for one long script.
 const OWNED: &str = r"
+local r = redis.call('SSCAN', KEYS[1], ARGV[3], 'COUNT', ARGV[4])
 local out = {}
-for _, d in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for _, d in ipairs(r[2]) do
   local o = redis.call('GET', ARGV[1] .. 'own:' .. d)
   if o and string.match(o, '^(.*)|') == ARGV[2] then
     table.insert(out, d .. '|' .. o)
@@ -117,7 +118,7 @@ for _, d in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('SREM', KEYS[1], d)
   end
 end
-return out
+return {r[1], out}
 ";
 
 /// `KEYS`: lead. `ARGV`: node, ttl (ms). Whether this node runs the task
@@ -199,7 +200,6 @@ return 0
 /// `EVAL` when the server does not know a script, e.g. after a restart).
 pub(super) struct Scripts {
     pub(super) claim: Script,
-    pub(super) release: Script,
     pub(super) route: Script,
     pub(super) heartbeat: Script,
     pub(super) reap: Script,
@@ -209,13 +209,14 @@ pub(super) struct Scripts {
     pub(super) pair_claim: Script,
     pub(super) pair_route: Script,
     pub(super) pair_close: Script,
+    /// [`super::presence`]'s.
+    pub(super) presence: Script,
 }
 
 impl Scripts {
     pub(super) fn new() -> Self {
         Self {
             claim: Script::new(CLAIM),
-            release: Script::new(RELEASE),
             route: Script::new(ROUTE),
             heartbeat: Script::new(HEARTBEAT),
             reap: Script::new(REAP),
@@ -225,6 +226,7 @@ impl Scripts {
             pair_claim: Script::new(PAIR_CLAIM),
             pair_route: Script::new(PAIR_ROUTE),
             pair_close: Script::new(PAIR_CLOSE),
+            presence: super::presence::script(),
         }
     }
 }

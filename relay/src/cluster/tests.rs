@@ -31,6 +31,16 @@ fn dev(n: u8) -> DeviceId {
     DeviceId([n; 16])
 }
 
+/// Nodes `a` and `b`, both alive, and what is published on `a`'s channel.
+async fn two_nodes(r: &TestRedis) -> (Cluster, Cluster, redis::aio::PubSubStream) {
+    let a = Cluster::connect(&r.url, "a", P).await.unwrap();
+    let b = Cluster::connect(&r.url, "b", P).await.unwrap();
+    let to_a = listen(&r.url, "a").await;
+    a.heartbeat().await.unwrap();
+    b.heartbeat().await.unwrap();
+    (a, b, to_a)
+}
+
 /// Messages published on `node`'s channel.
 async fn listen(url: &str, node: &str) -> redis::aio::PubSubStream {
     let client = redis::Client::open(url).unwrap();
@@ -56,10 +66,11 @@ async fn ownership_moves_with_a_higher_fence_and_the_old_node_is_told() {
     assert!(f2 > f1, "fences only grow");
     assert_eq!(next(&mut to_a).await, Message::Replaced { device: dev(1), fence: f2 });
     // The old node's release does not take the device from the new one.
-    assert!(!a.release(dev(1), f1).await.unwrap());
+    assert_eq!(a.announce(dev(1), &Change::Released(f1), &[]).await.unwrap(), None);
     assert_eq!(a.route(&[(dev(1), None)]).await.unwrap(), vec![true], "still online on b");
-    assert!(!b.release(dev(1), f1).await.unwrap(), "only with the fence it claimed with");
-    assert!(b.release(dev(1), f2).await.unwrap());
+    let stale = b.announce(dev(1), &Change::Released(f1), &[]).await.unwrap();
+    assert_eq!(stale, None, "only with the fence it claimed with");
+    assert_eq!(b.announce(dev(1), &Change::Released(f2), &[]).await.unwrap(), Some(vec![]));
     assert_eq!(a.route(&[(dev(1), None)]).await.unwrap(), vec![false]);
     // A claim after a release starts above every earlier fence.
     assert!(a.claim(dev(1)).await.unwrap() > f2);
@@ -93,11 +104,7 @@ async fn a_frame_reaches_the_owners_node_only_while_that_node_is_alive() {
 #[tokio::test]
 async fn a_mailbox_is_registered_once_claimed_once_and_joins_only_its_two_devices() {
     let r = TestRedis::start();
-    let a = Cluster::connect(&r.url, "a", P).await.unwrap();
-    let b = Cluster::connect(&r.url, "b", P).await.unwrap();
-    let mut to_a = listen(&r.url, "a").await;
-    a.heartbeat().await.unwrap();
-    b.heartbeat().await.unwrap();
+    let (a, b, mut to_a) = two_nodes(&r).await;
     let (desk, phone, other) = (dev(1), dev(2), dev(3));
     a.claim(desk).await.unwrap();
     b.claim(phone).await.unwrap();
@@ -178,4 +185,100 @@ fn node_ids_are_checked_and_device_hex_reads_back() {
     assert_eq!(parse_hex(&hex(&d)), Some(d));
     assert_eq!(parse_hex("zz"), None);
     assert_eq!(parse_hex(&"g".repeat(32)), None);
+}
+
+fn many(n: u16) -> Vec<DeviceId> {
+    (0..n)
+        .map(|i| {
+            let mut d = [7u8; 16];
+            d[..2].copy_from_slice(&i.to_be_bytes());
+            DeviceId(d)
+        })
+        .collect()
+}
+
+/// A node with more devices than one script step handles: its ownership
+/// scan and, once it is dead, its reaping walk them all in steps, and no
+/// key is left per device once they are all gone (fence tokens come from
+/// one counter).
+#[tokio::test]
+async fn a_node_with_many_devices_is_scanned_and_reaped_in_steps_and_leaves_no_key_per_device() {
+    let r = TestRedis::start();
+    let a = Cluster::connect(&r.url, "a", P).await.unwrap();
+    let b = Cluster::connect(&r.url, "b", P).await.unwrap();
+    a.heartbeat().await.unwrap();
+    b.heartbeat().await.unwrap();
+    let devices = many(u16::try_from(SCAN_STEP * 2 + 37).unwrap());
+    let mut fences = Vec::new();
+    for d in &devices {
+        fences.push(b.claim(*d).await.unwrap());
+    }
+    assert!(fences.windows(2).all(|w| w[0] < w[1]), "one counter: every fence above the last");
+    let mut owned: Vec<DeviceId> = b.owned().await.unwrap().into_iter().map(|(d, _)| d).collect();
+    owned.sort_by_key(|d| d.0);
+    let mut want = devices.clone();
+    want.sort_by_key(|d| d.0);
+    assert_eq!(owned.len(), want.len(), "every device, over several scan steps");
+    assert!(owned == want, "every device, over several scan steps");
+
+    let mut c = a.link.conn().await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(format!("{NS}alive:b")).query_async(&mut c).await.unwrap();
+    let mut gone = a.reap().await.unwrap();
+    gone.sort_by_key(|d| d.0);
+    assert_eq!(gone.len(), want.len(), "every device of the dead node, over several steps");
+    assert!(gone == want, "every device of the dead node, over several steps");
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{NS}*")).query_async(&mut c).await.unwrap();
+    // (a's liveness may have expired meanwhile: nobody renews it here.)
+    let mut keys: Vec<&str> =
+        keys.iter().map(|k| k.strip_prefix(NS).unwrap()).filter(|k| *k != "alive:a").collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["fences", "nodes"], "nothing left of b or its devices");
+    let nodes: Vec<String> =
+        redis::cmd("SMEMBERS").arg(format!("{NS}nodes")).query_async(&mut c).await.unwrap();
+    assert_eq!(nodes, ["a"]);
+}
+
+/// The presence of a device moving from node b to node a reaches its peer
+/// (on a) in the order of the ownership changes: "offline" is published by
+/// the release itself, so it cannot arrive after the new connection's
+/// "online"; a late release of the old connection, or a reaped device
+/// that is back, says nothing; and the new connection hears which peers
+/// are online through its node's channel.
+#[tokio::test]
+async fn presence_follows_ownership_in_order_and_a_stale_release_says_nothing() {
+    let r = TestRedis::start();
+    let (a, b, mut to_a) = two_nodes(&r).await;
+    let (subject, peer) = (dev(1), dev(2));
+    let on = |p: DeviceId, online| Frame::Presence { peer: p, online };
+    let fp = a.claim(peer).await.unwrap();
+    let f1 = b.claim(subject).await.unwrap();
+    assert_eq!(b.announce(subject, &Change::Online(f1), &[peer]).await.unwrap(), Some(vec![true]));
+    assert_eq!(next(&mut to_a).await, Message::Frame { to: peer, frame: on(subject, true) });
+
+    // It leaves b and comes to a.
+    assert!(b.announce(subject, &Change::Released(f1), &[peer]).await.unwrap().is_some());
+    let f2 = a.claim(subject).await.unwrap();
+    assert_eq!(a.announce(subject, &Change::Online(f2), &[peer]).await.unwrap(), Some(vec![true]));
+    assert_eq!(next(&mut to_a).await, Message::Frame { to: peer, frame: on(subject, false) });
+    assert_eq!(next(&mut to_a).await, Message::Frame { to: peer, frame: on(subject, true) });
+    assert_eq!(next(&mut to_a).await, Message::Frame { to: subject, frame: on(peer, true) });
+
+    // b's late steps for its old connection say nothing now.
+    assert_eq!(b.announce(subject, &Change::Released(f1), &[peer]).await.unwrap(), None);
+    assert_eq!(b.announce(subject, &Change::Online(f1), &[peer]).await.unwrap(), None);
+    assert_eq!(a.announce(subject, &Change::Gone, &[peer]).await.unwrap(), None, "it is owned");
+    // A look tells the subject where each peer is, the peer nothing.
+    assert_eq!(
+        a.announce(subject, &Change::Look, &[peer, dev(3)]).await.unwrap(),
+        Some(vec![true, false])
+    );
+    assert_eq!(next(&mut to_a).await, Message::Frame { to: subject, frame: on(peer, true) });
+    assert_eq!(next(&mut to_a).await, Message::Frame { to: subject, frame: on(dev(3), false) });
+    // Once it is gone for good, its peer hears so.
+    assert!(a.announce(subject, &Change::Released(f2), &[peer]).await.unwrap().is_some());
+    assert_eq!(next(&mut to_a).await, Message::Frame { to: peer, frame: on(subject, false) });
+    assert_eq!(a.announce(peer, &Change::Released(fp), &[]).await.unwrap(), Some(vec![]));
+    let nothing = tokio::time::timeout(Duration::from_millis(200), to_a.next()).await;
+    assert!(nothing.is_err(), "nothing more was published: {nothing:?}");
 }

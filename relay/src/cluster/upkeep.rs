@@ -13,7 +13,7 @@ use tandem_proto::frame::Frame;
 use tokio::time::sleep;
 use tracing::{debug, info, warn};
 
-use super::{Cluster, HEARTBEAT};
+use super::{Change, Cluster, HEARTBEAT};
 use crate::registry::Outbound;
 use crate::state::State;
 
@@ -64,7 +64,7 @@ pub(crate) async fn run_upkeep(state: Arc<State>, cluster: Arc<Cluster>) {
         match cluster.reap().await {
             Ok(gone) if !gone.is_empty() => {
                 info!(devices = gone.len(), "reaped the devices of a node that died");
-                tokio::spawn(offline_all(state.clone(), cluster.clone(), gone));
+                tokio::spawn(offline_all(state.clone(), gone));
             }
             Ok(_) => {}
             Err(e) => debug!(error = %e, "could not look for dead nodes"),
@@ -93,13 +93,14 @@ pub(crate) async fn resync(state: Arc<State>, cluster: Arc<Cluster>) {
     }
     reconcile(&state, &cluster).await;
     replay_claims(&state, &cluster).await;
-    for (device, h) in here {
+    for (device, _) in here {
+        // Where each peer is, through this node's channel (ordered with
+        // every presence change published since).
         let Ok(peers) = state.routes.peers(device).await else { continue };
-        let remote: Vec<_> =
-            peers.iter().filter(|p| state.registry.get(p).is_none()).map(|p| (*p, None)).collect();
-        let Ok(online) = cluster.route(&remote).await else { return };
-        for ((peer, _), online) in remote.iter().zip(online) {
-            h.offer(Outbound::Frame(Frame::Presence { peer: *peer, online }));
+        let peers: Vec<DeviceId> = peers.iter().copied().collect();
+        if let Err(e) = cluster.announce(device, &Change::Look, &peers).await {
+            debug!(error = %e, "could not refresh a device's presence");
+            return;
         }
     }
 }
@@ -128,7 +129,7 @@ async fn reconcile(state: &State, cluster: &Cluster) -> bool {
                 Ok(fence) => {
                     // Its ownership was reaped: its peers were told it went.
                     h.set_fence(fence);
-                    crate::conn::announce(state, *device, true).await;
+                    crate::conn::announce(state, *device, Change::Online(fence)).await;
                 }
                 Err(e) => debug!(error = %e, "could not claim a device again"),
             },
@@ -140,10 +141,9 @@ async fn reconcile(state: &State, cluster: &Cluster) -> bool {
             continue;
         }
         // Released only if the entry is still the one read (a claim since
-        // changed it).
-        if cluster.release_orphan(device, &value).await.unwrap_or(false) {
+        // changed it), and its peers told in the same step.
+        if crate::conn::announce(state, device, Change::Orphan(value)).await {
             info!(device = %device, "released a device this node owned without a connection");
-            crate::conn::announce(state, device, false).await;
         }
     }
     true
@@ -165,7 +165,7 @@ async fn replay_claims(state: &State, cluster: &Cluster) {
 
 /// The devices of a node that died are offline: their peers hear so,
 /// wherever they are (unless a device is back on some node already).
-async fn offline_all(state: Arc<State>, cluster: Arc<Cluster>, devices: Vec<DeviceId>) {
+async fn offline_all(state: Arc<State>, devices: Vec<DeviceId>) {
     for device in devices {
         if state.shutdown.is_cancelled() {
             return;
@@ -173,9 +173,7 @@ async fn offline_all(state: Arc<State>, cluster: Arc<Cluster>, devices: Vec<Devi
         if state.registry.get(&device).is_some() {
             continue;
         }
-        if cluster.route(&[(device, None)]).await.is_ok_and(|on| on.first() == Some(&true)) {
-            continue;
-        }
-        crate::conn::announce(&state, device, false).await;
+        // Said only if nobody owns it now (it may be back on some node).
+        crate::conn::announce(&state, device, Change::Gone).await;
     }
 }

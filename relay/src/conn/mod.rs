@@ -23,6 +23,7 @@ use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
 use crate::admission::{Places, Unauthenticated};
+use crate::cluster::Change;
 use crate::net::IpKey;
 use crate::registry::{ConnHandle, Outbound};
 use crate::state::State;
@@ -242,9 +243,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
                     // The connection it replaced is gone too: the device
                     // is offline (best effort; if Redis is away, the node's
                     // reconciliation releases it later).
-                    if cluster.release(device, old.fence()).await.unwrap_or(false) {
-                        announce(&state, device, false).await;
-                    }
+                    announce(&state, device, Change::Released(old.fence())).await;
                 }
                 state.metrics.refused(ErrorCode::StoreUnavailable);
                 let msg = "the relay cannot reach its store right now; retry later";
@@ -289,7 +288,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
         Err(_) => None,
     };
     if writer.is_some() {
-        announce(&state, device, true).await;
+        announce(&state, device, Change::Online(handle.fence())).await;
     }
     let reader = Reader {
         state,
@@ -334,17 +333,9 @@ impl Conn {
         let (gone, write) = state.registry.remove(device, self.conn_id, state);
         if gone {
             // In a cluster the device is offline only if this node still
-            // owned it (it may be connected to another node already).
-            let offline = match &state.cluster {
-                Some(c) => c.release(*device, self.reader.handle.fence()).await.unwrap_or_else(|e| {
-                    warn!(device = %device, error = %e, "cannot release the device; the cluster reaps it if this node dies");
-                    false
-                }),
-                None => true,
-            };
-            if offline {
-                announce(state, *device, false).await;
-            }
+            // owned it (it may be connected to another node already); if
+            // Redis is away, the cluster reaps it should this node die.
+            announce(state, *device, Change::Released(self.reader.handle.fence())).await;
             state.routes.forget(*device);
         }
         if let Some(write) = write {
@@ -499,42 +490,39 @@ fn truncate(s: &str, max: usize) -> String {
     s.get(..end).unwrap_or_default().to_owned()
 }
 
-/// Tell `device`'s online mutual peers that it came or went, and (when it
-/// came) tell it which of them are online; in a cluster, peers on other
-/// nodes too.
-pub(crate) async fn announce(state: &State, device: DeviceId, online: bool) {
-    let Ok(peers) = state.routes.peers(device).await else { return };
+/// Tell `device`'s online mutual peers that it came or went (`change`),
+/// and (when it came) tell it which of them are online. In a cluster, peers
+/// on every node, through their nodes' channels, in the same Redis step as
+/// the ownership check `change` carries (`cluster::presence`): false when
+/// that check failed and nothing was said (for [`Change::Released`]: the
+/// ownership was not given up, the device is connected elsewhere).
+pub(crate) async fn announce(state: &State, device: DeviceId, change: Change) -> bool {
+    let peers = state.routes.peers(device).await;
+    if let Some(c) = &state.cluster {
+        // A release still happens when the peers cannot be read (they are
+        // then not told).
+        let peers: Vec<DeviceId> =
+            peers.as_ref().map(|p| p.iter().copied().collect()).unwrap_or_default();
+        return match c.announce(device, &change, &peers).await {
+            Ok(done) => done.is_some(),
+            Err(e) => {
+                warn!(device = %device, error = %e, "cannot announce a device's presence in the cluster");
+                false
+            }
+        };
+    }
+    let Ok(peers) = peers else { return true };
+    let online = matches!(change, Change::Online(_));
     let me = state.registry.get(&device);
-    let mut remote = Vec::new();
     for peer in peers.iter() {
         if let Some(h) = state.registry.get(peer) {
             h.offer(Outbound::Frame(Frame::Presence { peer: device, online }));
             if online && let Some(me) = &me {
                 me.offer(Outbound::Frame(Frame::Presence { peer: *peer, online: true }));
             }
-        } else if state.cluster.is_some() {
-            remote.push((*peer, Some(Frame::Presence { peer: device, online })));
         }
     }
-    if let Some(c) = &state.cluster
-        && !remote.is_empty()
-    {
-        match c.route(&remote).await {
-            Ok(on) => {
-                if online && let Some(me) = &me {
-                    for ((peer, _), on) in remote.iter().zip(on) {
-                        if on {
-                            me.offer(Outbound::Frame(Frame::Presence {
-                                peer: *peer,
-                                online: true,
-                            }));
-                        }
-                    }
-                }
-            }
-            Err(e) => warn!(device = %device, error = %e, "cannot tell peers on other nodes"),
-        }
-    }
+    true
 }
 
 #[cfg(test)]

@@ -192,6 +192,20 @@ impl Relay {
         std::fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default()
     }
 
+    /// Wait (up to 10 s) until the log holds `what`; panics with the log if
+    /// it never does.
+    pub async fn wait_log(&self, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(what) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the log never said {what:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// GET a path over plain HTTP; returns (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
         self.get_with(path, &[]).await
