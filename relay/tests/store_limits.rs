@@ -382,8 +382,8 @@ async fn flood(
 /// grows by at most twice what the total says, the disk SECURITY.md tells
 /// operators to plan for. (redb grows its file in steps and keeps the pages
 /// the last commits freed until the next one, so how far past the total the
-/// file goes depends on how the writes were batched: 1.1 to 1.6 times here
-/// over runs, under CI's load 1.6. A bound of 1.25 failed in CI.)
+/// file goes depends on how the writes were batched: 1.0 times the total
+/// here on a quiet run, 1.6 under CI's load, where a bound of 1.25 failed.)
 #[tokio::test]
 async fn every_frame_is_charged_128_bytes_so_empty_frames_stop_at_the_total() {
     let dir = tempfile::tempdir().unwrap();
