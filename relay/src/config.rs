@@ -340,6 +340,8 @@ data_dir = "/var/lib/tandem-relay"
 # at every start when not set).
 store = "embedded"
 # redis_url = "redis://redis:6379/"
+# (or "redis+sentinel://sentinel1:26379,sentinel2:26379/<primary>", or
+# "redis+cluster://node1:6379,node2:6379" for a Redis Cluster)
 # redis_prefix = "tandem"
 # node_id = "relay-1"
 

@@ -65,7 +65,8 @@ struct Opts {
     /// The store: embedded (one node) or redis (several nodes share it).
     #[arg(long, env = "TANDEM_RELAY_STORE", global = true, value_name = "embedded|redis")]
     store: Option<String>,
-    /// The Redis server of `--store redis` (redis://[user:password@]host:port/[db]).
+    /// The Redis server of `--store redis`: redis://[user:password@]host:port/[db],
+    /// redis+sentinel://host:port[,...]/<primary>[/db] or redis+cluster://host:port[,...].
     #[arg(long, env = "TANDEM_RELAY_REDIS_URL", global = true, hide_env_values = true)]
     redis_url: Option<String>,
     /// What every Redis key and channel of this cluster starts with.

@@ -10,7 +10,7 @@ mod common;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::cluster::{Haproxy, Redis, node};
+use common::cluster::{Haproxy, Redis, form_cluster, node};
 use common::{Device, close_code, new_key, pair_for_real_between};
 use tandem_proto::frame::Frame;
 use tandem_proto::{ErrorCode, Role};
@@ -60,7 +60,7 @@ async fn connect_retrying(
             }
         }
     }
-    panic!("not connected within 20 s");
+    panic!("not connected within 20 s; its log:\n{}", node.log());
 }
 
 #[tokio::test]
@@ -413,26 +413,53 @@ async fn nodes_on_sentinel_follow_a_failover() {
     let replica = Redis::start_replica_of(primary.port());
     let sentinel = Redis::start_sentinel(primary.port(), "main");
     let url = format!("redis+sentinel://127.0.0.1:{}/main", sentinel.port());
+    let (n1, n2, desk, phone) = split_pair_on(dir.path(), &url).await;
+    // The replica has the routes before the failover.
+    synced(&replica).await;
+    assert!(sentinel.command("SENTINEL FAILOVER main").unwrap().starts_with("+OK"));
+    resume_after_failover([desk, phone], [&n1, &n2]).await;
+    assert!(replica.command("ROLE").unwrap().contains("master"), "the replica was promoted");
+}
+
+/// Nodes n1 and n2 on the Redis at `url`, and a pair split over them
+/// (desktop on n1, phone on n2) that exchanged a frame ("before").
+async fn split_pair_on(
+    dir: &std::path::Path,
+    url: &str,
+) -> (common::Relay, common::Relay, Device, Device) {
     let start = |id: &str| {
-        let d = dir.path().join(id);
+        let d = dir.join(id);
         std::fs::create_dir_all(&d).unwrap();
-        common::Relay::start(&d, &["--store", "redis", "--redis-url", &url, "--node-id", id])
+        common::Relay::start(&d, &["--store", "redis", "--redis-url", url, "--node-id", id])
     };
     let (n1, n2) = (start("n1"), start("n2"));
     let pair = pair_for_real_between(&n1, &n2, LO, LO).await;
     let (mut desk, mut phone) = (pair.desk, pair.phone);
-    let (desk_id, phone_id) = (desk.id(), phone.id());
-    let (desk_key, phone_key) = (desk.key.clone(), phone.key.clone());
-    desk.send_to(phone_id, 1, b"before").await.unwrap();
+    desk.send_to(phone.id(), 1, b"before").await.unwrap();
     assert_eq!(phone.delivery().await.2, b"before");
-    // The replica has the routes before the failover.
+    (n1, n2, desk, phone)
+}
+
+/// Wait until `replica` is in sync with its primary (and a moment more,
+/// for the last writes to pass).
+async fn synced(replica: &Redis) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while replica.command("INFO replication").is_none_or(|i| !i.contains("master_link_status:up")) {
         assert!(std::time::Instant::now() < deadline, "the replica never synced");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(sentinel.command("SENTINEL FAILOVER main").unwrap().starts_with("+OK"));
+}
+
+/// After a failover of the Redis primary: both devices (desktop on n1,
+/// phone on n2) are closed for the new store epoch, come back, and frames
+/// cross the nodes again ("before", sent earlier, may come again first: its
+/// ack may not have reached the new primary; the end-to-end layer drops
+/// such a copy).
+async fn resume_after_failover(devices: [Device; 2], nodes: [&common::Relay; 2]) {
+    let [mut desk, mut phone] = devices;
+    let (desk_id, phone_id) = (desk.id(), phone.id());
+    let (desk_key, phone_key) = (desk.key.clone(), phone.key.clone());
     for d in [&mut desk, &mut phone] {
         let (end, _) = d.until_closed(Duration::from_secs(20)).await;
         assert_eq!(
@@ -441,9 +468,8 @@ async fn nodes_on_sentinel_follow_a_failover() {
             "a new store epoch closes every connection"
         );
     }
-    let mut desk = connect_retrying(&n1, desk_key, Role::Desktop).await;
-    let mut phone = connect_retrying(&n2, phone_key, Role::Phone).await;
-    // Both back, on the new primary: presence and frames cross nodes again.
+    let mut desk = connect_retrying(nodes[0], desk_key, Role::Desktop).await;
+    let mut phone = connect_retrying(nodes[1], phone_key, Role::Phone).await;
     let mut sent = false;
     for i in 0..40u64 {
         if desk.send_to(phone_id, 10 + i, b"after").await.is_ok() {
@@ -453,14 +479,55 @@ async fn nodes_on_sentinel_follow_a_failover() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(sent, "the desktop's sends are taken again");
-    // "before" may come again first (under the new epoch: its ack may not
-    // have reached the replica); the end-to-end layer drops such a copy.
     let mut got = phone.delivery().await;
     if got.2 == b"before" {
         got = phone.delivery().await;
     }
     assert_eq!((got.1, got.2.as_slice()), (desk_id, &b"after"[..]));
-    assert!(replica.command("ROLE").unwrap().contains("master"), "the replica was promoted");
+}
+
+/// The nodes on a Redis Cluster (three primaries, a replica each), given
+/// seeds that do not serve Tandem's slot: they find the primary that does,
+/// a pair split over them talks, and after a manual failover of that
+/// primary (`CLUSTER FAILOVER` on its replica; the old one answers `MOVED`)
+/// they follow the slot to its new primary and go on.
+#[tokio::test]
+async fn nodes_on_a_redis_cluster_find_the_slot_and_follow_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<Redis> = (0..6).map(|_| Redis::start_cluster_node()).collect();
+    form_cluster(&servers, 1);
+    // The one primary that does not redirect a key of the slot.
+    let serving =
+        |s: &Redis| s.call(&[b"GET", b"{tandem}:x"]).is_some_and(|r| !r.starts_with("-MOVED"));
+    let owner = servers.iter().position(serving).expect("a primary serves the slot");
+    let seeds: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != owner)
+        .map(|(_, s)| format!("127.0.0.1:{}", s.port()))
+        .collect();
+    let url = format!("redis+cluster://{}", seeds.join(","));
+    let (n1, n2, desk, phone) = split_pair_on(dir.path(), &url).await;
+
+    let owner_id = servers[owner].command("CLUSTER MYID").unwrap();
+    let owner_id = owner_id.lines().nth(1).unwrap_or_default().trim().to_owned();
+    let replica = servers
+        .iter()
+        .position(|s| {
+            s.command("ROLE").is_some_and(|r| r.contains("slave")) && {
+                s.command("CLUSTER NODES").is_some_and(|n| {
+                    n.lines().any(|l| l.contains("myself") && l.contains(&owner_id))
+                })
+            }
+        })
+        .expect("the slot's primary has a replica");
+    synced(&servers[replica]).await;
+    assert!(servers[replica].command("CLUSTER FAILOVER").unwrap().starts_with("+OK"));
+    resume_after_failover([desk, phone], [&n1, &n2]).await;
+    assert!(
+        servers[replica].command("ROLE").unwrap().contains("master"),
+        "the replica was promoted"
+    );
 }
 
 /// Review finding 1: a push that is late (its sender's reader was busy)

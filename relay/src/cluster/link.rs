@@ -2,7 +2,8 @@
 //! the server the URL names, or to the primary Sentinel names now, made
 //! again (and the primary asked for again) after any error that says the
 //! connection or the server's role is gone: I/O errors, timeouts,
-//! `READONLY` (the primary was demoted) and `MASTERDOWN`.
+//! `READONLY` (the primary was demoted), `MASTERDOWN`, and in a Redis
+//! Cluster `MOVED`, `ASK`, `CLUSTERDOWN` and `TRYAGAIN` (the slot moved).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,16 +21,36 @@ use crate::store::RedisTarget;
 /// How long connecting, and then one command, may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Server errors that say this server does not serve Tandem's keys now.
+fn moved_on(kind: ServerErrorKind) -> bool {
+    matches!(
+        kind,
+        ServerErrorKind::ReadOnly
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::TryAgain
+    )
+}
+
 /// Whether `e` means the connection (or the server as a primary) is gone.
 fn gone(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()
-        || matches!(
-            e.kind(),
-            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
-        )
+        || matches!(e.kind(), ErrorKind::Server(k) if moved_on(k))
+}
+
+/// Whether an answer is such a server error (the connection hands server
+/// errors over as values; the caller turns them into errors).
+fn answered_gone(v: &Value) -> bool {
+    match v {
+        Value::ServerError(e) => e.kind().is_some_and(moved_on),
+        Value::Array(items) => items.iter().any(answered_gone),
+        _ => false,
+    }
 }
 
 /// The server to talk to, and the connection to it while it works.
@@ -104,12 +125,15 @@ impl Watched {
     fn watch<T: Send + 'static>(
         broken: Arc<AtomicBool>,
         fut: RedisFuture<'_, T>,
+        answer_gone: fn(&T) -> bool,
     ) -> RedisFuture<'_, T> {
         Box::pin(async move {
             let r = fut.await;
-            if let Err(e) = &r
-                && gone(e)
-            {
+            let is_gone = match &r {
+                Err(e) => gone(e),
+                Ok(v) => answer_gone(v),
+            };
+            if is_gone {
                 broken.store(true, Ordering::Release);
             }
             r
@@ -120,7 +144,7 @@ impl Watched {
 impl ConnectionLike for Watched {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let broken = Arc::clone(&self.broken);
-        Self::watch(broken, self.inner.req_packed_command(cmd))
+        Self::watch(broken, self.inner.req_packed_command(cmd), answered_gone)
     }
 
     fn req_packed_commands<'a>(
@@ -130,7 +154,9 @@ impl ConnectionLike for Watched {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         let broken = Arc::clone(&self.broken);
-        Self::watch(broken, self.inner.req_packed_commands(pipeline, offset, count))
+        Self::watch(broken, self.inner.req_packed_commands(pipeline, offset, count), |vs| {
+            vs.iter().any(answered_gone)
+        })
     }
 
     fn get_db(&self) -> i64 {

@@ -164,11 +164,12 @@ impl Cluster {
         check_node_id(node)?;
         // Connected lazily: a node starts while Redis is away (not ready
         // until it is there) and reconnects by itself.
-        let target =
-            crate::store::RedisTarget::parse(url).map_err(|e| ClusterError::Url(e.to_string()))?;
+        let namespace = crate::store::redis_namespace(prefix);
+        let target = crate::store::RedisTarget::parse(url, &namespace)
+            .map_err(|e| ClusterError::Url(e.to_string()))?;
         Ok(Self {
             node: node.to_owned(),
-            prefix: crate::store::redis_namespace(prefix),
+            prefix: namespace,
             link: link::Link::new(target),
             scripts: Scripts::new(),
             subscribed: AtomicBool::new(false),

@@ -12,7 +12,8 @@ use tandem_proto::{DeviceKey, Role};
 
 use super::{Device, Relay, ws_connect};
 
-pub use super::redis_server::{RedisServer as Redis, free_port};
+#[allow(unused_imports)]
+pub use super::redis_server::{RedisServer as Redis, form_cluster, free_port};
 
 /// Whether something answers on `addr` (TCP).
 fn listening(addr: &str) -> bool {

@@ -71,6 +71,27 @@ impl RedisServer {
         s
     }
 
+    /// A node of a Redis Cluster (not yet joined: see [`form_cluster`]),
+    /// its cluster bus on a free port of its own.
+    pub fn start_cluster_node() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let conf = dir.path().join("nodes.conf").display().to_string();
+        let extra = vec![
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            conf,
+            "--cluster-port".into(),
+            free_port().to_string(),
+            "--cluster-node-timeout".into(),
+            "2000".into(),
+        ];
+        let port = free_port();
+        let mut s = Self { child: None, port, dir, fsync: "always", extra, sentinel: false };
+        s.spawn();
+        s
+    }
+
     fn start_full(port: u16, fsync: &'static str) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut s = Self { child: None, port, dir, fsync, extra: Vec::new(), sentinel: false };
@@ -177,6 +198,31 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.pause(false);
         self.kill();
+    }
+}
+
+/// Join `nodes` (from [`RedisServer::start_cluster_node`]) into one Redis
+/// Cluster with `replicas` replicas per primary (`redis-cli --cluster
+/// create`), and wait until every node says the cluster is up.
+pub fn form_cluster(nodes: &[RedisServer], replicas: u32) {
+    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .output()
+        .expect("redis-cli runs (scripts/test.sh installs redis-tools)");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in nodes {
+        while !n.command("CLUSTER INFO").is_some_and(|i| i.contains("cluster_state:ok")) {
+            assert!(Instant::now() < deadline, "the cluster never came up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

@@ -343,7 +343,8 @@ fn warn_if_evicting(info_memory: &str) {
 
 /// One command's answer: a script refused by its epoch guard, lost by the
 /// server (`NOSCRIPT`), or sent to a server that is no primary now
-/// (`READONLY`, `MASTERDOWN`) is [`StoreError::Unavailable`] (and the
+/// (`READONLY`, `MASTERDOWN`; in a Redis Cluster `MOVED`, `ASK`,
+/// `CLUSTERDOWN`, `TRYAGAIN`) is [`StoreError::Unavailable`] (and the
 /// connection is dropped); any other server error, such as a key of another
 /// type under the namespace, is [`StoreError::Backend`].
 fn answer(v: Value) -> Result<Value, StoreError> {
@@ -353,7 +354,11 @@ fn answer(v: Value) -> Result<Value, StoreError> {
             let text = format!("redis: {code} {}", e.details().unwrap_or_default());
             // The guard, lost scripts, a primary turned replica (after a
             // failover: Sentinel names the new one at the next connection).
-            if matches!(code.as_str(), "TANDEM_EPOCH" | "NOSCRIPT" | "READONLY" | "MASTERDOWN") {
+            // In a Redis Cluster: the slot moved (a failover, a resharding).
+            let moved = matches!(code.as_str(), "MOVED" | "ASK" | "CLUSTERDOWN" | "TRYAGAIN");
+            if moved
+                || matches!(code.as_str(), "TANDEM_EPOCH" | "NOSCRIPT" | "READONLY" | "MASTERDOWN")
+            {
                 Err(StoreError::Unavailable(text))
             } else {
                 Err(StoreError::Backend(text))

@@ -186,7 +186,7 @@ impl RedisStore {
         prefix: &str,
         first: Option<oneshot::Sender<Result<(), StoreError>>>,
     ) -> Result<Self, StoreError> {
-        let target = target::Target::parse(url)?;
+        let target = target::Target::parse(url, &crate::store::redis_namespace(prefix))?;
         let rt = tokio::runtime::Handle::try_current().map_err(backend)?;
         let keys = Keys::new(prefix);
         let shared = Arc::new(Shared::new());
