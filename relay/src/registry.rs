@@ -78,6 +78,9 @@ pub(crate) struct Shared {
     /// The highest fence another node claimed the device with since this
     /// connection opened (0: none).
     replaced_by: AtomicU64,
+    /// Its peers were told it is online (in a cluster the node's
+    /// reconciliation says it later when that failed).
+    announced: AtomicBool,
 }
 
 impl Shared {
@@ -91,6 +94,7 @@ impl Shared {
             places: Mutex::new(places),
             fence: AtomicU64::new(0),
             replaced_by: AtomicU64::new(0),
+            announced: AtomicBool::new(false),
         }
     }
 }
@@ -121,6 +125,16 @@ impl ConnHandle {
         if mine != 0 && mine < fence {
             self.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
         }
+    }
+
+    /// Whether its peers were told it is online.
+    pub(crate) fn announced(&self) -> bool {
+        self.shared.announced.load(Ordering::Acquire)
+    }
+
+    /// Its peers were told it is online.
+    pub(crate) fn set_announced(&self) {
+        self.shared.announced.store(true, Ordering::Release);
     }
 
     /// Its fence token in the cluster (0: none yet, or one node).

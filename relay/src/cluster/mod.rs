@@ -223,6 +223,7 @@ impl Cluster {
                 .claim
                 .key(self.key("own", &device))
                 .key(format!("{}fences", self.prefix))
+                .key(self.key("fence", &device))
                 .arg(&self.node)
                 .arg(&self.prefix)
                 .arg(hex(&device))
@@ -370,26 +371,20 @@ impl Cluster {
         Ok(was == 1)
     }
 
-    /// Reap dead nodes; returns the devices they owned (in steps of at most
-    /// [`SCAN_STEP`] devices).
-    async fn reap(&self) -> Result<Vec<DeviceId>, ClusterError> {
-        let mut out = Vec::new();
-        loop {
-            let mut c = self.link.conn().await?;
-            let (gone, more): (Vec<String>, i64) = self
-                .scripts
-                .reap
-                .key(format!("{}nodes", self.prefix))
-                .arg(&self.prefix)
-                .arg(&self.node)
-                .arg(SCAN_STEP)
-                .invoke_async(&mut c)
-                .await?;
-            out.extend(gone.iter().filter_map(|s| parse_hex(s)));
-            if more == 0 {
-                return Ok(out);
-            }
-        }
+    /// One step of reaping dead nodes: the devices they owned that this
+    /// step took (at most [`SCAN_STEP`]), and whether more are left.
+    async fn reap_step(&self) -> Result<(Vec<DeviceId>, bool), ClusterError> {
+        let mut c = self.link.conn().await?;
+        let (gone, more): (Vec<String>, i64) = self
+            .scripts
+            .reap
+            .key(format!("{}nodes", self.prefix))
+            .arg(&self.prefix)
+            .arg(&self.node)
+            .arg(SCAN_STEP)
+            .invoke_async(&mut c)
+            .await?;
+        Ok((gone.iter().filter_map(|s| parse_hex(s)).collect(), more != 0))
     }
 
     /// Leave the cluster (clean shutdown, after the connections closed):

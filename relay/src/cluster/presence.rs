@@ -1,8 +1,9 @@
 //! Presence across nodes, in order. A device that moves between nodes
 //! quickly (its connection on node A ends while its new one on node B has
 //! claimed it) must end *online* for its peers, wherever they are. So in a
-//! cluster every `Presence` for a device on a node goes through that node's
-//! channel, published by the same script step that changed or checked the
+//! cluster every `Presence` about a connection coming or going (or a dead
+//! node's devices) for a device on a node goes through that node's channel
+//! (those answering `Authorize` and `Revoke` are sent directly), published by the same script step that changed or checked the
 //! ownership it reports: a release publishes "offline" only if it took the
 //! ownership away, and a claim that follows it publishes "online" after, so
 //! each node hears them in the order Redis ran them. (Published from
@@ -25,10 +26,13 @@ use super::{Cluster, ClusterError, hex};
 /// Modes: `release` gives the subject's ownership up if it is still
 /// `value` (this node's `node|fence`) and tells its peers it went offline;
 /// `gone` tells them only if nobody owns it (a reaped device); `online`
-/// tells them it came, if `value` still owns it, and tells the subject which
-/// peers are online; `look` tells the subject where each peer is, and
+/// tells them it came, if this node still owns it (with whichever of its
+/// connections' fences: the registered connection is the one that counts),
+/// and tells the subject which peers are online; `look` tells the subject where each peer is, and
 /// nothing to the peers. Returns -1 when the guard failed (nothing
-/// published), else 1 per peer that is online on a live node, 0 otherwise.
+/// published), else 1 per peer that is online on a live node (this one
+/// counts as live: it is running the script, even if its liveness key
+/// lapsed while Redis was away), 0 otherwise.
 const ANNOUNCE: &str = r"
 local prefix, mode, value, node, subject = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local n = #KEYS - 1
@@ -40,13 +44,13 @@ if mode == 'release' then
 elseif mode == 'gone' then
   if own then return -1 end
 elseif mode == 'online' then
-  if own ~= value then return -1 end
+  if not own or string.match(own, '^(.*)|') ~= node then return -1 end
 end
 local out = {}
 for i = 1, n do
   local o = redis.call('GET', KEYS[i + 1])
   local at = o and string.match(o, '^(.*)|')
-  if at and redis.call('EXISTS', prefix .. 'alive:' .. at) == 0 then at = nil end
+  if at and at ~= node and redis.call('EXISTS', prefix .. 'alive:' .. at) == 0 then at = nil end
   out[i] = at and 1 or 0
   if at and mode ~= 'look' then
     redis.call('PUBLISH', prefix .. 'node:' .. at, ARGV[5 + i])
@@ -121,8 +125,19 @@ impl Cluster {
                 }
             }
         }
-        let mut c = self.link.conn().await?;
-        let out: redis::Value = inv.invoke_async(&mut c).await?;
+        // Safe to repeat (a release that happened makes the repeat say
+        // nothing): once more on a connection found broken, as a claim.
+        let mut tries = 0;
+        let out: redis::Value = loop {
+            let mut c = self.link.conn().await?;
+            match inv.invoke_async(&mut c).await {
+                Err(e) if tries == 0 && (e.is_io_error() || e.is_connection_dropped()) => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => break other?,
+            }
+        };
         Ok(match out {
             redis::Value::Int(_) => None,
             v => {

@@ -6,8 +6,9 @@
 //! that every key lands in one slot): `own:<device>` = `<node>|<fence>`,
 //! `fences` (the one counter every fence token comes from, so tokens only
 //! grow, for every device, and nothing is kept per device once it is
-//! offline; the `fence:<device>` counters of earlier versions are no longer
-//! read), `devs:<node>` (the devices a
+//! offline; the `fence:<device>` counters of earlier versions are read as a
+//! floor and moved up with each claim while they exist, and may be deleted
+//! once no node of an earlier version runs), `devs:<node>` (the devices a
 //! node owns), `alive:<node>` (expires unless the node's heartbeat renews
 //! it), `nodes` (every node that ever announced itself and was not reaped),
 //! `pair:<id>` = `<node>|<desktop>|<claimer or empty>` (expires with the
@@ -16,13 +17,30 @@
 
 use redis::Script;
 
-/// `KEYS`: own, fences. `ARGV`: node, prefix, device (hex), the `Replaced`
-/// message without its fence. Takes ownership of the device for `node`,
-/// returns the new fence token; the previous owner (another node) is told
-/// to close its connection.
+/// `KEYS`: own, fences, the device's `fence:<device>` of earlier versions.
+/// `ARGV`: node, prefix, device (hex), the `Replaced` message without its
+/// fence. Takes ownership of the device for `node`, returns the new fence
+/// token; the previous owner (another node) is told to close its
+/// connection. The token is above the current owner's and above the
+/// device's counter of earlier versions (during a rolling upgrade both kinds
+/// of node claim; that counter, where it exists, is moved up with it, so an
+/// older node's next claim is above this one too).
 const CLAIM: &str = r"
-local fence = string.format('%d', redis.call('INCR', KEYS[2]))
 local old = redis.call('GET', KEYS[1])
+local floor = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+if old then
+  local f = tonumber(string.match(old, '|(%d+)$') or '0') or 0
+  if f > floor then floor = f end
+end
+local n = redis.call('INCR', KEYS[2])
+if n <= floor then
+  n = floor + 1
+  redis.call('SET', KEYS[2], n)
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('SET', KEYS[3], n)
+end
+local fence = string.format('%d', n)
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. fence)
 redis.call('SADD', ARGV[2] .. 'devs:' .. ARGV[1], ARGV[3])
 if old then
@@ -73,7 +91,8 @@ return was
 /// Every node in `nodes` whose liveness expired is reaped: the devices it
 /// still owns lose their owner and are returned, up to the given number per call; a node is removed from
 /// `nodes` once its set is empty. Returns `{devices, more}` (`more` is 1 when
-/// the budget ran out first: call again). Bounded so that a node that died
+/// the budget ran out first: call again; the caller announces each step's
+/// devices before the next, so a step that fails loses none). Bounded so that a node that died
 /// with many devices does not stall Redis for one long script; between two
 /// calls the liveness is looked at again, so a node that came back under
 /// the same id keeps what it claimed since.

@@ -31,6 +31,18 @@ fn dev(n: u8) -> DeviceId {
     DeviceId([n; 16])
 }
 
+/// Every step of reaping dead nodes, as the upkeep runs them.
+async fn reap_all(c: &Cluster) -> Vec<DeviceId> {
+    let mut out = Vec::new();
+    loop {
+        let (gone, more) = c.reap_step().await.unwrap();
+        out.extend(gone);
+        if !more {
+            return out;
+        }
+    }
+}
+
 /// Nodes `a` and `b`, both alive, and what is published on `a`'s channel.
 async fn two_nodes(r: &TestRedis) -> (Cluster, Cluster, redis::aio::PubSubStream) {
     let a = Cluster::connect(&r.url, "a", P).await.unwrap();
@@ -94,8 +106,8 @@ async fn a_frame_reaches_the_owners_node_only_while_that_node_is_alive() {
     let mut c = a.link.conn().await.unwrap();
     let _: i64 = redis::cmd("DEL").arg(format!("{NS}alive:b")).query_async(&mut c).await.unwrap();
     assert_eq!(a.route(&[(dev(2), Some(presence))]).await.unwrap(), vec![false]);
-    assert_eq!(a.reap().await.unwrap(), vec![dev(2)]);
-    assert_eq!(a.reap().await.unwrap(), Vec::<DeviceId>::new(), "reaped once");
+    assert_eq!(reap_all(&a).await, vec![dev(2)]);
+    assert_eq!(reap_all(&a).await, Vec::<DeviceId>::new(), "reaped once");
     // b comes back: its heartbeat says it had been given up.
     assert!(!b.heartbeat().await.unwrap());
     assert!(b.heartbeat().await.unwrap());
@@ -223,7 +235,7 @@ async fn a_node_with_many_devices_is_scanned_and_reaped_in_steps_and_leaves_no_k
 
     let mut c = a.link.conn().await.unwrap();
     let _: i64 = redis::cmd("DEL").arg(format!("{NS}alive:b")).query_async(&mut c).await.unwrap();
-    let mut gone = a.reap().await.unwrap();
+    let mut gone = reap_all(&a).await;
     gone.sort_by_key(|d| d.0);
     assert_eq!(gone.len(), want.len(), "every device of the dead node, over several steps");
     assert!(gone == want, "every device of the dead node, over several steps");
@@ -281,4 +293,29 @@ async fn presence_follows_ownership_in_order_and_a_stale_release_says_nothing() 
     assert_eq!(a.announce(peer, &Change::Released(fp), &[]).await.unwrap(), Some(vec![]));
     let nothing = tokio::time::timeout(Duration::from_millis(200), to_a.next()).await;
     assert!(nothing.is_err(), "nothing more was published: {nothing:?}");
+}
+
+/// A claim during a rolling upgrade: a device whose counter of an earlier
+/// version (`fence:<device>`) is far ahead of the cluster's one counter gets
+/// a fence above it, and that counter moves up with it, so a claim by an
+/// older node afterwards is above this one. A device without such a key
+/// never gets one.
+#[tokio::test]
+async fn a_claim_stays_above_an_earlier_versions_counter_and_creates_none() {
+    let r = TestRedis::start();
+    let (a, _b, _to_a) = two_nodes(&r).await;
+    let mut c = a.link.conn().await.unwrap();
+    let legacy = format!("{NS}fence:{}", hex(&dev(1)));
+    let _: () = redis::cmd("SET").arg(&legacy).arg(5000).query_async(&mut c).await.unwrap();
+    let f = a.claim(dev(1)).await.unwrap();
+    assert_eq!(f, 5001, "above the earlier version's counter");
+    let moved: u64 = redis::cmd("GET").arg(&legacy).query_async(&mut c).await.unwrap();
+    assert_eq!(moved, 5001, "which moves up with it");
+    assert!(a.claim(dev(2)).await.unwrap() > f, "the one counter is past it too");
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(format!("{NS}fence:{}", hex(&dev(2))))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "no counter is made for a device that had none");
 }

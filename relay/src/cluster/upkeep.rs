@@ -61,13 +61,24 @@ pub(crate) async fn run_heartbeat(state: Arc<State>, cluster: Arc<Cluster>) {
 pub(crate) async fn run_upkeep(state: Arc<State>, cluster: Arc<Cluster>) {
     let mut reconciled: Option<tokio::time::Instant> = None;
     while !state.shutdown.is_cancelled() {
-        match cluster.reap().await {
-            Ok(gone) if !gone.is_empty() => {
-                info!(devices = gone.len(), "reaped the devices of a node that died");
-                tokio::spawn(offline_all(state.clone(), gone));
+        // Each step's devices are announced before the next step: a step
+        // that fails loses none of those already taken.
+        loop {
+            match cluster.reap_step().await {
+                Ok((gone, more)) => {
+                    if !gone.is_empty() {
+                        info!(devices = gone.len(), "reaped the devices of a node that died");
+                        tokio::spawn(offline_all(state.clone(), cluster.clone(), gone));
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "could not look for dead nodes");
+                    break;
+                }
             }
-            Ok(_) => {}
-            Err(e) => debug!(error = %e, "could not look for dead nodes"),
         }
         if reconciled.is_none_or(|t| t.elapsed() >= RECONCILE) && reconcile(&state, &cluster).await
         {
@@ -123,13 +134,22 @@ async fn reconcile(state: &State, cluster: &Cluster) -> bool {
                 if fence > h.fence() {
                     h.set_fence(fence);
                 }
+                // Its "online" was never said (Redis or the store failed
+                // then): said now.
+                if !h.announced()
+                    && crate::conn::announce(state, *device, Change::Online(fence)).await
+                {
+                    h.set_announced();
+                }
             }
             Some((_, fence)) if fence > h.fence() => h.replaced_at(fence),
             _ => match cluster.claim(*device).await {
                 Ok(fence) => {
                     // Its ownership was reaped: its peers were told it went.
                     h.set_fence(fence);
-                    crate::conn::announce(state, *device, Change::Online(fence)).await;
+                    if crate::conn::announce(state, *device, Change::Online(fence)).await {
+                        h.set_announced();
+                    }
                 }
                 Err(e) => debug!(error = %e, "could not claim a device again"),
             },
@@ -164,16 +184,40 @@ async fn replay_claims(state: &State, cluster: &Cluster) {
 }
 
 /// The devices of a node that died are offline: their peers hear so,
-/// wherever they are (unless a device is back on some node already).
-async fn offline_all(state: Arc<State>, devices: Vec<DeviceId>) {
-    for device in devices {
-        if state.shutdown.is_cancelled() {
+/// wherever they are (unless a device is back on some node already). One
+/// that could not be announced (the store or Redis away) is tried again,
+/// every second for [`GONE_TRIES`] seconds, unless it is owned again.
+async fn offline_all(state: Arc<State>, cluster: Arc<Cluster>, mut devices: Vec<DeviceId>) {
+    for _ in 0..GONE_TRIES {
+        let mut left = Vec::new();
+        for device in devices {
+            if state.shutdown.is_cancelled() {
+                return;
+            }
+            if state.registry.get(&device).is_some() {
+                continue;
+            }
+            // Said only if nobody owns it now (it may be back on some node).
+            if !crate::conn::announce(&state, device, Change::Gone).await
+                && !matches!(cluster.owners(&[device]).await.as_deref(), Ok([Some(_)]))
+            {
+                left.push(device);
+            }
+        }
+        if left.is_empty() {
             return;
         }
-        if state.registry.get(&device).is_some() {
-            continue;
+        devices = left;
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            () = sleep(HEARTBEAT) => {}
         }
-        // Said only if nobody owns it now (it may be back on some node).
-        crate::conn::announce(&state, device, Change::Gone).await;
     }
+    warn!(
+        devices = devices.len(),
+        "could not tell the peers of reaped devices that they went offline"
+    );
 }
+
+/// How many times [`offline_all`] tries a device.
+const GONE_TRIES: usize = 30;

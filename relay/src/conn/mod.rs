@@ -287,8 +287,8 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
         }
         Err(_) => None,
     };
-    if writer.is_some() {
-        announce(&state, device, Change::Online(handle.fence())).await;
+    if writer.is_some() && announce(&state, device, Change::Online(handle.fence())).await {
+        handle.set_announced();
     }
     let reader = Reader {
         state,
@@ -499,10 +499,13 @@ fn truncate(s: &str, max: usize) -> String {
 pub(crate) async fn announce(state: &State, device: DeviceId, change: Change) -> bool {
     let peers = state.routes.peers(device).await;
     if let Some(c) = &state.cluster {
-        // A release still happens when the peers cannot be read (they are
-        // then not told).
-        let peers: Vec<DeviceId> =
-            peers.as_ref().map(|p| p.iter().copied().collect()).unwrap_or_default();
+        // Peers that cannot be read (the store is away, or not open yet
+        // after a start): nothing is said or released now. A device still
+        // owned here without a connection is released, and its peers told,
+        // by the node's next reconciliation (every 10 s); a reaped one is
+        // tried again by the reaper's task.
+        let Ok(peers) = peers else { return false };
+        let peers: Vec<DeviceId> = peers.iter().copied().collect();
         return match c.announce(device, &change, &peers).await {
             Ok(done) => done.is_some(),
             Err(e) => {
