@@ -124,12 +124,6 @@ pub struct Opts {
     /// (they are in the defaults of throughput and latency when it is).
     #[arg(long, global = true)]
     pub no_redis: bool,
-    /// The Redis targets: open a pair's frame connections right after its
-    /// pairing connections closed, without the 300 ms pause that keeps
-    /// clear of a relay bug (frames queued in Redis that no node pushes;
-    /// docs/BENCHMARKS.md, "Several nodes (issue 16)"): reproduces it.
-    #[arg(long, global = true)]
-    pub no_settle: bool,
     /// reconnect-storm: relay nodes on one Redis behind the bench's
     /// balancer; one of them is killed and not restarted (1, the default:
     /// the one relay, killed and restarted).

@@ -24,7 +24,7 @@ use crate::relay::{RelayOptions, RelayProcess, sibling_binary};
 use crate::target::direct::DirectTarget;
 use crate::target::forwarder::ForwarderTarget;
 use crate::target::tandem::TandemTarget;
-use crate::target::tandem_wire::{REDIS_SETTLE, TandemWireTarget};
+use crate::target::tandem_wire::TandemWireTarget;
 use crate::target::{Target, TargetKind};
 use crate::wire::{Clock, WireSizes};
 
@@ -281,8 +281,7 @@ impl Context {
         let desktop = self.access(first)?;
         let phone = self.access(last)?;
         let pid = first.map(RelayProcess::pid);
-        let settle = if self.opts.no_settle { Duration::ZERO } else { REDIS_SETTLE };
-        let target = TandemWireTarget::between(name, desktop, phone, pid, sizes)?.settle(settle);
+        let target = TandemWireTarget::between(name, desktop, phone, pid, sizes)?;
         Ok(Running { target: Box::new(target), relay: None, cluster: Some(cluster) })
     }
 

@@ -22,7 +22,6 @@
 //! crosses them through Redis and node 2's channel).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -47,18 +46,7 @@ pub struct TandemWireTarget {
     pid: Option<u32>,
     sizes: WireSizes,
     health: Arc<Health>,
-    /// How long to wait between closing a pair's pairing connections and
-    /// opening its frame connections ([`TandemWireTarget::settle`]).
-    settle: Duration,
 }
-
-/// The pause the Redis targets leave between a device's pairing connection
-/// closing and its frame connection opening: without it, a device that
-/// comes back to a node while its previous connection there is still being
-/// closed sometimes has frames queued for it in Redis that no node pushes
-/// (docs/BENCHMARKS.md, "Several nodes (issue 16)"; a relay bug, not
-/// diagnosed). `--no-settle` leaves it out, to reproduce that.
-pub const REDIS_SETTLE: Duration = Duration::from_millis(300);
 
 impl TandemWireTarget {
     /// A target at `access` (a plain `ws://` relay); `pid` is the relay
@@ -92,23 +80,7 @@ impl TandemWireTarget {
                 )));
             }
         }
-        Ok(Self {
-            name,
-            access: desktop,
-            phone_access: phone,
-            pid,
-            sizes,
-            health: Arc::default(),
-            settle: Duration::ZERO,
-        })
-    }
-
-    /// Wait `pause` between closing a pair's pairing connections and
-    /// opening its frame connections.
-    #[must_use]
-    pub fn settle(mut self, pause: Duration) -> Self {
-        self.settle = pause;
-        self
+        Ok(Self { name, access: desktop, phone_access: phone, pid, sizes, health: Arc::default() })
     }
 
     /// Pair two devices through the relay, then reconnect them as frame
@@ -122,9 +94,6 @@ impl TandemWireTarget {
         // clients come (a client left running would reconnect and replace them).
         desktop.client.close().await;
         phone.client.close().await;
-        if !self.settle.is_zero() {
-            tokio::time::sleep(self.settle).await;
-        }
         let d = frames::connect(&self.access.url, &desktop.key, Role::Desktop).await?;
         let p = frames::connect(&self.phone_access.url, &phone.key, Role::Phone).await?;
         let (mut io, ends) = channels();

@@ -33,6 +33,7 @@
 //!   it (its limits, its expiry); `pair:<id>` tells every node where it is
 //!   and who claimed it, so the phone may be on any node.
 
+mod deliveries;
 mod inbound;
 mod link;
 mod message;
@@ -96,6 +97,8 @@ pub(crate) struct Cluster {
     /// The command connection (to the primary, with Sentinel).
     link: link::Link,
     scripts: Scripts,
+    /// Live deliveries to other nodes, gathered on a connection of their own.
+    deliveries: deliveries::Deliveries,
     /// The node's channel subscription is up (its messages arrive).
     subscribed: AtomicBool,
     /// The last heartbeat reached Redis.
@@ -130,7 +133,7 @@ pub fn check_node_id(id: &str) -> Result<(), ClusterError> {
 }
 
 fn hex(d: &DeviceId) -> String {
-    d.0.iter().map(|b| format!("{b:02x}")).collect()
+    crate::store::redis_hex(&d.0)
 }
 
 fn parse_hex(s: &str) -> Option<DeviceId> {
@@ -165,13 +168,22 @@ impl Cluster {
         // Connected lazily: a node starts while Redis is away (not ready
         // until it is there) and reconnects by itself.
         let namespace = crate::store::redis_namespace(prefix);
-        let target = crate::store::RedisTarget::parse(url, &namespace)
-            .map_err(|e| ClusterError::Url(e.to_string()))?;
+        let target = || {
+            crate::store::RedisTarget::parse(url, &namespace)
+                .map_err(|e| ClusterError::Url(e.to_string()))
+        };
+        let scripts = Scripts::new();
+        let deliveries = deliveries::Deliveries::start(
+            link::Link::new(target()?),
+            scripts.route.clone(),
+            namespace.clone(),
+        );
         Ok(Self {
             node: node.to_owned(),
+            link: link::Link::new(target()?),
             prefix: namespace,
-            link: link::Link::new(target),
-            scripts: Scripts::new(),
+            scripts,
+            deliveries,
             subscribed: AtomicBool::new(false),
             beating: AtomicBool::new(false),
             garbage: AtomicU64::new(0),
@@ -318,23 +330,17 @@ impl Cluster {
     }
 
     /// Hand a stored frame's `Deliver` (encoded), its id taken under store
-    /// epoch `epoch`, to `to`'s node; whether `to` is online on a live node.
+    /// epoch `epoch`, to `to`'s node, if it is online on a live node. The
+    /// frame is handed to the deliveries' task ([`deliveries`]), which
+    /// sends what waits in one script call: this waits for room there, not
+    /// for Redis; a delivery that fails leaves the frame in the store.
     pub(crate) async fn deliver(
         &self,
         to: DeviceId,
         epoch: u64,
         frame: &[u8],
-    ) -> Result<bool, ClusterError> {
-        let mut c = self.link.conn().await?;
-        let out: Vec<i64> = self
-            .scripts
-            .route
-            .key(self.key("own", &to))
-            .arg(&self.prefix)
-            .arg(Message::deliver(to, epoch, frame))
-            .invoke_async(&mut c)
-            .await?;
-        Ok(out.first() == Some(&1))
+    ) -> Result<(), ClusterError> {
+        self.deliveries.submit(self.key("own", &to), to, epoch, frame).await
     }
 
     /// Tell every node that the route between `a` and `b` changed.

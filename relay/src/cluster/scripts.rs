@@ -56,15 +56,25 @@ return fence
 /// `KEYS`: the `own` key of each recipient. `ARGV`: prefix, then one
 /// message per key (empty: only look). For each recipient whose owner node
 /// is alive, publishes its message on that node's channel; returns 1 or 0
-/// per recipient (online or not).
+/// per recipient (online or not). Each owner and each node's liveness is
+/// read once per call (a call may carry many frames for a few devices).
 const ROUTE: &str = r"
-local out = {}
+local out, owner, alive = {}, {}, {}
 for i, k in ipairs(KEYS) do
-  local o = redis.call('GET', k)
+  local node = owner[k]
+  if node == nil then
+    local o = redis.call('GET', k)
+    node = (o and string.match(o, '^(.*)|')) or false
+    owner[k] = node
+  end
   local sent = 0
-  if o then
-    local node = string.match(o, '^(.*)|')
-    if node and redis.call('EXISTS', ARGV[1] .. 'alive:' .. node) == 1 then
+  if node then
+    local up = alive[node]
+    if up == nil then
+      up = redis.call('EXISTS', ARGV[1] .. 'alive:' .. node) == 1
+      alive[node] = up
+    end
+    if up then
       local msg = ARGV[i + 1]
       if msg and #msg > 0 then
         redis.call('PUBLISH', ARGV[1] .. 'node:' .. node, msg)

@@ -66,6 +66,22 @@ async fn next(s: &mut redis::aio::PubSubStream) -> Message {
     Message::decode(m.get_payload_bytes()).unwrap()
 }
 
+/// Nodes a and b, b alive and owning `devices`, and what is published on
+/// b's channel.
+async fn b_owns(
+    r: &TestRedis,
+    devices: &[DeviceId],
+) -> (Cluster, Cluster, redis::aio::PubSubStream) {
+    let a = Cluster::connect(&r.url, "a", P).await.unwrap();
+    let b = Cluster::connect(&r.url, "b", P).await.unwrap();
+    let to_b = listen(&r.url, "b").await;
+    b.heartbeat().await.unwrap();
+    for d in devices {
+        b.claim(*d).await.unwrap();
+    }
+    (a, b, to_b)
+}
+
 #[tokio::test]
 async fn ownership_moves_with_a_higher_fence_and_the_old_node_is_told() {
     let r = TestRedis::start();
@@ -91,11 +107,7 @@ async fn ownership_moves_with_a_higher_fence_and_the_old_node_is_told() {
 #[tokio::test]
 async fn a_frame_reaches_the_owners_node_only_while_that_node_is_alive() {
     let r = TestRedis::start();
-    let a = Cluster::connect(&r.url, "a", P).await.unwrap();
-    let b = Cluster::connect(&r.url, "b", P).await.unwrap();
-    let mut to_b = listen(&r.url, "b").await;
-    b.heartbeat().await.unwrap();
-    b.claim(dev(2)).await.unwrap();
+    let (a, b, mut to_b) = b_owns(&r, &[dev(2)]).await;
     let presence = Frame::Presence { peer: dev(9), online: true };
     let frames = [(dev(2), Some(presence.clone())), (dev(3), Some(presence.clone()))];
     assert_eq!(a.route(&frames).await.unwrap(), vec![true, false], "dev 3 is connected nowhere");
@@ -111,6 +123,48 @@ async fn a_frame_reaches_the_owners_node_only_while_that_node_is_alive() {
     // b comes back: its heartbeat says it had been given up.
     assert!(!b.heartbeat().await.unwrap());
     assert!(b.heartbeat().await.unwrap());
+}
+
+/// Live pushes go out gathered (one script call for what waits) and in the
+/// order they were submitted; a device connected nowhere gets nothing.
+#[tokio::test]
+async fn deliveries_reach_the_owners_node_in_submission_order() {
+    let r = TestRedis::start();
+    let (a, _b, mut to_b) = b_owns(&r, &[dev(2), dev(3)]).await;
+    let mut c = a.link.conn().await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut c).await.unwrap();
+    let n = 3 * deliveries::MAX_BATCH as u64;
+    let to = |i: u64| match i % 3 {
+        0 => dev(2),
+        1 => dev(3),
+        _ => dev(4),
+    };
+    let frame = |i: u64| Frame::Deliver { delivery_id: i + 1, from: dev(1), payload: vec![7] };
+    for i in 0..n {
+        a.deliver(to(i), 5, &frame(i).encode().unwrap()).await.unwrap();
+    }
+    for i in (0..n).filter(|i| to(*i) != dev(4)) {
+        assert_eq!(
+            next(&mut to_b).await,
+            Message::Deliver { to: to(i), epoch: 5, frame: frame(i) }
+        );
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(200), to_b.next()).await;
+    assert!(quiet.is_err(), "nothing for the device connected nowhere: {quiet:?}");
+    // Gathered: far fewer script calls than frames (at least 3: a call
+    // carries at most MAX_BATCH), and no owner read per frame.
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|l| l.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let scripts = calls("evalsha") + calls("eval");
+    assert!((3..n / 4).contains(&scripts), "{scripts} script calls for {n} frames");
+    assert!(calls("get") < n / 4, "{} owner reads for {n} frames", calls("get"));
 }
 
 #[tokio::test]

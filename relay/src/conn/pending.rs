@@ -111,7 +111,7 @@ async fn push(
         match tandem_proto::frame::encode_deliver(id, &from, &payload) {
             Ok(bytes) => {
                 if let Err(e) = c.deliver(to, epoch, &bytes).await {
-                    tracing::debug!(error = %e, "a live delivery to another node failed; it waits in the store");
+                    tracing::debug!(error = %e, "a live delivery to another node was not sent; it waits in the store");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot encode a delivery"),

@@ -3,18 +3,30 @@
 //! on it, and sends the operations callers submitted, in the order they were
 //! submitted, one pipeline per batch.
 //!
-//! While one batch is on its way, the next gathers in the channel; it goes
-//! as one pipeline (one round trip) when the first answered. Any connection
-//! error, timeout ([`RESPONSE_TIMEOUT`]), lost script (`NOSCRIPT`) or epoch
-//! guard refusal (`TANDEM_EPOCH`) drops the connection: the store is down
-//! (every call refused at once with [`StoreError::Unavailable`]) until a new
-//! connection has read the epoch again. An idle connection is checked every
-//! [`HEARTBEAT`] (the epoch base still there), so [`crate::store::Store::health`]
-//! notices a dead or wiped Redis without traffic.
+//! Up to [`MAX_IN_FLIGHT`] batches are on their way at once: a batch goes as
+//! soon as it is gathered and fewer than that are unanswered, and is handed
+//! to the connection before the next one is made, so the one connection
+//! writes them, and Redis runs them, in submission order; their answers come
+//! back in that order. Past the bound, the next batch gathers in the channel
+//! (up to [`MAX_BATCH`] operations). Any connection error, timeout
+//! ([`RESPONSE_TIMEOUT`]), lost script (`NOSCRIPT`) or epoch guard refusal
+//! (`TANDEM_EPOCH`) in one batch drops the connection and refuses the
+//! batches still in flight behind it with [`StoreError::Unavailable`] (they
+//! may have been applied): the store is down (every call refused at once)
+//! until a new connection has read the epoch again. An idle connection is
+//! checked every [`HEARTBEAT`] (the epoch base still there), so
+//! [`crate::store::Store::health`] notices a dead or wiped Redis without
+//! traffic.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
@@ -31,6 +43,8 @@ pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Most operations in one pipeline.
 pub(super) const MAX_BATCH: usize = 512;
+/// Most pipelines sent and not answered yet.
+pub(super) const MAX_IN_FLIGHT: usize = 4;
 /// The first wait before reconnecting, doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -209,27 +223,42 @@ impl Driver {
     }
 
     /// Serve on `live` until it fails (the reason) or the store is dropped
-    /// (`None`).
+    /// (`None`, once what is in flight has been answered).
     async fn serve(&mut self, mut live: Live) -> Option<String> {
+        let mut flight = Flight::default();
+        let mut open = true;
         loop {
-            let first = tokio::select! {
-                job = self.rx.recv() => job?,
-                () = tokio::time::sleep(HEARTBEAT) => {
-                    match self.heartbeat(&mut live).await {
-                        Ok(()) => continue,
-                        Err(why) => return Some(why),
+            if !open && flight.is_empty() {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                Some(answers) = flight.answers.next(), if !flight.is_empty() => {
+                    let Some(batch) = flight.batches.pop_front() else { continue };
+                    if let Err(why) = self.finish(&live, batch, answers) {
+                        flight.refuse(&why);
+                        return Some(why);
                     }
                 }
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+                job = self.rx.recv(), if open && flight.batches.len() < MAX_IN_FLIGHT => {
+                    let Some(first) = job else {
+                        open = false;
+                        continue;
+                    };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    flight.launch(self.pipeline(&live, &batch), &live.conn, batch).await;
                 }
-            }
-            if let Err(why) = self.send(&mut live, batch).await {
-                return Some(why);
+                () = tokio::time::sleep(HEARTBEAT), if open && flight.is_empty() => {
+                    if let Err(why) = self.heartbeat(&mut live).await {
+                        return Some(why);
+                    }
+                }
             }
         }
     }
@@ -249,17 +278,13 @@ impl Driver {
         }
     }
 
-    /// Send one batch as one pipeline and answer each job.
-    async fn send(&self, live: &mut Live, batch: Vec<Job>) -> Result<(), String> {
+    /// One batch as one pipeline, the epoch base's check last.
+    fn pipeline(&self, live: &Live, batch: &[Job]) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let mut writes = false;
-        let mut frames = 0;
-        for job in &batch {
-            frames += job.frames;
+        for job in batch {
             match &job.call {
                 Call::Script(s, args) => {
-                    writes |= s.writes();
                     let sha = live.shas.get(s.index()).map_or("", String::as_str);
                     pipe.cmd("EVALSHA").arg(sha).arg(0).arg(&self.keys.ns).arg(&live.base[..]);
                     for a in args {
@@ -275,7 +300,23 @@ impl Driver {
         // before or during the batch, and what its reads found belongs to
         // this epoch (a wipe deletes the base; a new one is another).
         pipe.cmd("HGET").arg(self.keys.epoch()).arg("base");
-        let answers: Result<Vec<Value>, _> = pipe.query_async(&mut live.conn).await;
+        pipe
+    }
+
+    /// Answer each job of a batch from its pipeline's answers; the reason
+    /// to drop the connection, if any.
+    fn finish(
+        &self,
+        live: &Live,
+        batch: Vec<Job>,
+        answers: redis::RedisResult<Vec<Value>>,
+    ) -> Result<(), String> {
+        let mut writes = false;
+        let mut frames = 0;
+        for job in &batch {
+            frames += job.frames;
+            writes |= matches!(job.call, Call::Script(s, _) if s.writes());
+        }
         let answers = match answers {
             Ok(mut a) if a.len() == batch.len() + 1 => {
                 let base = a.pop();
@@ -323,6 +364,52 @@ impl Driver {
             (job.reply)(r);
         }
         failed.map_or(Ok(()), Err)
+    }
+}
+
+/// A pipeline's answers, on their way.
+type Answers = Pin<Box<dyn Future<Output = redis::RedisResult<Vec<Value>>> + Send>>;
+
+/// The batches sent and not answered yet, oldest first, with their answers
+/// (which come in the same order: one connection).
+#[derive(Default)]
+struct Flight {
+    answers: FuturesOrdered<Answers>,
+    batches: VecDeque<Vec<Job>>,
+}
+
+impl Flight {
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Send `pipe` for `batch` on `conn`. The pipeline is handed to the
+    /// connection here (its future polled once), before the caller makes
+    /// the next batch, so batches reach Redis in the order they were made.
+    async fn launch(
+        &mut self,
+        pipe: redis::Pipeline,
+        conn: &MultiplexedConnection,
+        batch: Vec<Job>,
+    ) {
+        let mut conn = conn.clone();
+        let mut answers: Answers = Box::pin(async move { pipe.query_async(&mut conn).await });
+        let first = std::future::poll_fn(|cx| Poll::Ready(answers.as_mut().poll(cx))).await;
+        if let Poll::Ready(done) = first {
+            answers = Box::pin(std::future::ready(done));
+        }
+        self.answers.push_back(answers);
+        self.batches.push_back(batch);
+    }
+
+    /// Refuse every batch still in flight: the connection is dropped, so
+    /// their answers will not be read (they may have been applied).
+    fn refuse(&mut self, why: &str) {
+        for job in self.batches.drain(..).flatten() {
+            (job.reply)(Err(StoreError::Unavailable(format!(
+                "{why} (an earlier operation failed; this one may have been applied)"
+            ))));
+        }
     }
 }
 

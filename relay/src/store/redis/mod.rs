@@ -28,7 +28,8 @@
 //! their payloads) inside the script, to take them off the accounts (one
 //! update per sender and address, not per frame). Measured on Redis 7.0
 //! (`redis_costs_per_frame`, ignored): an enqueue is one `EVALSHA` of
-//! about 14 µs of Redis time (16 commands inside it), an ack of 16 frames
+//! about 14 µs of Redis time (16 commands inside it then; 14 since, for a
+//! frame behind others in its queue), an ack of 16 frames
 //! about 60 µs, whatever the payload size (64 B to 16 KiB).
 //!
 //! # Order, batching, errors
@@ -36,12 +37,15 @@
 //! One task ([`driver`]) owns the connection. Calls are submitted to it
 //! when they are made (a bounded channel of [`QUEUE`] operations; past it
 //! [`StoreError::Busy`] at once) and sent in that order, the ones waiting
-//! together as one pipeline, so operations from one caller are applied in
-//! call order. [`Enqueued::placed`] resolves with `durable`'s answer (one
+//! together as one pipeline, up to [`driver::MAX_IN_FLIGHT`] pipelines on
+//! their way at once on the one connection (Redis runs them in the order
+//! they were written), so operations from one caller are applied in call
+//! order. [`Enqueued::placed`] resolves with `durable`'s answer (one
 //! round trip; nothing is told early).
 //!
 //! Redis unreachable, or an answer later than [`driver::RESPONSE_TIMEOUT`]
-//! (2 s): the calls of that pipeline fail with [`StoreError::Unavailable`],
+//! (2 s): the calls of that pipeline, and of the pipelines sent after it,
+//! fail with [`StoreError::Unavailable`],
 //! the store is down ([`Store::health`]) and refuses every call at once
 //! until it has connected again (backing off from 100 ms to 2 s). **A
 //! failed call may have been applied** when its pipeline had reached Redis
@@ -100,7 +104,7 @@
 
 mod driver;
 mod keys;
-pub(crate) use self::keys::namespace;
+pub(crate) use self::keys::{hex as redis_hex, namespace};
 mod scripts;
 pub(crate) mod target;
 

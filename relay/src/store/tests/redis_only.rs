@@ -421,3 +421,87 @@ async fn a_sentinel_failover_moves_the_store_to_the_new_primary_under_a_new_epoc
     assert_eq!(q.first().map(|q| q.id), Some(ids[0]));
     assert!(q.iter().any(|q| q.id == next));
 }
+
+/// Half the store's queue: four pipelines' worth at least.
+const BURST: u32 = (super::super::REDIS_QUEUE / 2) as u32;
+
+/// Submit `n` enqueues of `a` → `b` at once (the store's channel holds them
+/// all), numbered in submission order.
+fn burst(
+    s: &RedisStore,
+    a: super::DeviceId,
+    b: super::DeviceId,
+    n: u32,
+) -> Vec<super::super::StoreFuture<u64>> {
+    (0..n).map(|i| s.enqueue(frame(b, a, i.to_be_bytes().to_vec()), 1000, false).durable).collect()
+}
+
+/// Several pipelines on their way at once (Redis stopped while they were
+/// sent): each is answered, and Redis ran them in submission order, so the
+/// ids follow the calls' order and each frame is under its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_pipelines_in_flight_keep_submission_order() {
+    let server = RedisServer::start();
+    let roomy = super::QueueLimits { max_frames: 1 << 20, max_bytes: 1 << 34, ..LIMITS };
+    let s = RedisStore::connect(&server.url(), roomy, ROUTES, PREFIX).await.unwrap();
+    let (a, b) = (dev(1), dev(2));
+    route(&s, a, b).await;
+    let commits = s.stats().durable_commits;
+    let n = BURST;
+    server.pause(true);
+    let calls = burst(&s, a, b, n);
+    // Let the driver send what it may while Redis does not answer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.pause(false);
+    let mut ids = Vec::new();
+    for c in calls {
+        ids.push(c.await.unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[1] > w[0]), "ids follow the submission order");
+    let q = s.fetch(b, 0, n as usize).await.unwrap();
+    assert_eq!(q.len(), n as usize);
+    for (i, (q, id)) in q.iter().zip(&ids).enumerate() {
+        assert_eq!(q.id, *id);
+        assert_eq!(q.payload, (i as u32).to_be_bytes());
+    }
+    // Several pipelines carried them (one holds at most an eighth of the
+    // store's queue).
+    assert!(s.stats().durable_commits - commits >= 4, "{:?}", s.stats());
+}
+
+/// Redis killed while several pipelines wait for their answers: every call
+/// of every one of them is refused (`Unavailable`) promptly, none is left
+/// hanging, the store is down until Redis is back, and then takes calls
+/// again with ids above every one it answered before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_with_several_pipelines_in_flight_refuses_them_all() {
+    let mut server = RedisServer::start_with("always");
+    let roomy = super::QueueLimits { max_frames: 1 << 20, max_bytes: 1 << 34, ..LIMITS };
+    let s = RedisStore::connect(&server.url(), roomy, ROUTES, PREFIX).await.unwrap();
+    let (a, b) = (dev(1), dev(2));
+    route(&s, a, b).await;
+    let before = put(&s, b, a, b"before").await;
+    let epoch = s.epoch();
+    server.pause(true);
+    let calls = burst(&s, a, b, BURST);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    server.kill();
+    let mut refused = 0;
+    for c in calls {
+        let r = c.await;
+        assert!(is_unavailable(&r), "{r:?}");
+        refused += 1;
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert!(refused > 0);
+    until_health(&s, false).await;
+    server.restart();
+    until_health(&s, true).await;
+    assert_ne!(s.epoch(), epoch);
+    // What was acknowledged before is there; nothing of the refused burst
+    // could run (Redis was stopped from before it was sent until killed).
+    let q = s.fetch(b, 0, 10).await.unwrap();
+    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [before]);
+    assert!(put(&s, b, a, b"after").await > before);
+}

@@ -44,6 +44,16 @@ if total > num(ARGV[13]) then
 end
 local id = redis.call('HINCRBY', P .. 'epoch', 'next', 1)
 redis.call('XADD', q, int(id) .. '-0', 'f', from, 'a', addr, 'e', ARGV[7], 'p', payload)
-account(to, from, addr, 1, len, cost)
-redis.call('ZADD', P .. 'qexp', 'NX', ARGV[7], to)
+-- The accounts (as `account` keeps them), from the values read above: the
+-- totals in one write, and the queue's head indexed only when this frame
+-- is its head (a non-empty queue's head is indexed already: `settle`).
+redis.call('HINCRBY', P .. 'up', from .. to, int(cost))
+if known then
+  redis.call('HINCRBY', P .. 'ua', addr, int(cost))
+end
+redis.call('HSET', P .. 'tot', 'n', int(num(t[1]) + 1), 'b', int(num(t[2]) + len))
+redis.call('HINCRBY', P .. 'qb', to, int(len))
+if frames == 0 then
+  redis.call('ZADD', P .. 'qexp', 'NX', ARGV[7], to)
+end
 return id
