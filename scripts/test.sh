@@ -48,6 +48,8 @@ have haproxy || missing+=(haproxy)
 # namespace and drops, duplicates and resets its packets with nftables.
 have ip || missing+=(iproute2)
 have nft || missing+=(nftables)
+# faketime: its libfaketime moves the agent's and the phone's wall clocks (faults.rs).
+have faketime || missing+=(faketime)
 # deploy/validate.sh and deploy/check.sh: systemd-analyze verifies the unit,
 # redis-cli reads the Redis settings back, curl and openssl (a throwaway
 # certificate for haproxy's TLS listener) drive the relays behind haproxy.

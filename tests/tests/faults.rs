@@ -397,3 +397,52 @@ fn damaged_files() {
     w.figures.cycles = kinds.len() as u64;
     w.figures.print();
 }
+
+/// Wall-clock jumps on each side: the agent, then the phone, started again
+/// under libfaketime (Debian's `faketime` package) reading its offset from
+/// a file at every call (`FAKETIME_NO_CACHE`), the monotonic clock left
+/// alone (`FAKETIME_DONT_FAKE_MONOTONIC`): a wall clock set by hand or by
+/// NTP. The offset jumps 2 h forward, then 1 h back (to 1 h ahead), then
+/// back to none, with tasks streaming across each jump.
+#[test]
+fn clock_jumps() {
+    let lib = std::path::Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1");
+    assert!(lib.exists(), "libfaketime is needed (Debian package faketime)");
+    let (seed, _rng) = seeded("clock_jumps");
+    let tmp = support::scenario_dir();
+    let dir = tmp.path();
+    let mut w = World::new(dir, "clock_jumps", seed, None);
+    let offset = dir.join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let lib = lib.to_string_lossy().into_owned();
+    let offset_s = offset.to_string_lossy().into_owned();
+    let env = [
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME_TIMESTAMP_FILE", offset_s.as_str()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    for side in ["agent", "phone"] {
+        if side == "agent" {
+            w.restart_agent_with(&env);
+        } else {
+            w.phone.kill9();
+            w.phone =
+                support::phone::PhoneProc::start_with(dir, support::world::PHONE_RENEW_MS, &env);
+        }
+        w.resumed();
+        for jump in ["+2h", "+1h", "+0"] {
+            w.submit("count 4 100");
+            sleep_ms(150);
+            std::fs::write(&offset, format!("{jump}\n")).unwrap();
+            eprintln!("clock: the {side}'s wall clock set to {jump}");
+            w.submit("count 2 10");
+            let took = w.resumed();
+            eprintln!("clock: {side} at {jump}: resumed in {took:?}");
+        }
+    }
+    let t = w.tally();
+    w.figures.cycles = 6;
+    w.figures.print();
+    t.assert_clean("clock_jumps");
+}

@@ -182,7 +182,20 @@ impl PhoneProc {
     /// Started, not waited for (its opening may fail: a damaged or full
     /// data dir).
     pub fn spawn(dir: &Path, renew_ms: u64) -> PhoneProc {
+        Self::spawn_with(dir, renew_ms, &[])
+    }
+
+    /// As [`PhoneProc::start`], with `env` added (a clock seam, say).
+    pub fn start_with(dir: &Path, renew_ms: u64, env: &[(&str, &str)]) -> PhoneProc {
+        let mut p = Self::spawn_with(dir, renew_ms, env);
+        let ready = p.expect("ready ");
+        p.desktops = ready.parse().unwrap();
+        p
+    }
+
+    fn spawn_with(dir: &Path, renew_ms: u64, env: &[(&str, &str)]) -> PhoneProc {
         let mut cmd = helper::command("phone_process", &dir.join("phone.log"));
+        cmd.envs(env.iter().copied());
         cmd.env(PHONE_DIR, dir.join("phone"))
             .env(PHONE_EVENTS, dir.join("phone-events"))
             .env(PHONE_RENEW_MS, renew_ms.to_string());

@@ -137,6 +137,17 @@ impl World {
         Ok(Agent::run(&desk, &config, &log, &AGENT_ENV))
     }
 
+    /// Start the agent again with `env` added (a clock seam, say); it
+    /// connects.
+    pub fn restart_agent_with(&mut self, env: &[(&str, &str)]) {
+        self.agent.proc.kill9();
+        let mut all: Vec<(&str, &str)> = AGENT_ENV.to_vec();
+        all.extend_from_slice(env);
+        let desk = self.dir.join("desk");
+        self.agent =
+            Agent::run(&desk, &self.dir.join("config.toml"), &self.dir.join("agent.log"), &all);
+    }
+
     /// The phone's events file.
     pub fn events(&self) -> PathBuf {
         self.dir.join("phone-events")
