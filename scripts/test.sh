@@ -44,6 +44,12 @@ have redis-server || missing+=(redis-server)
 # haproxy: the multi-node tests (relay/tests/cluster.rs) put the deployment's own
 # haproxy configuration (deploy/haproxy/haproxy.cfg) in front of three relay nodes.
 have haproxy || missing+=(haproxy)
+# ip and nft: the fault suite (tests/tests/faults.rs) puts a relay in a network
+# namespace and drops, duplicates and resets its packets with nftables.
+have ip || missing+=(iproute2)
+have nft || missing+=(nftables)
+# faketime: its libfaketime moves the agent's and the phone's wall clocks (faults.rs).
+have faketime || missing+=(faketime)
 # deploy/validate.sh and deploy/check.sh: systemd-analyze verifies the unit,
 # redis-cli reads the Redis settings back, curl and openssl (a throwaway
 # certificate for haproxy's TLS listener) drive the relays behind haproxy.

@@ -10,7 +10,9 @@
 //!
 //! The process-level suites themselves live next to the binaries they start
 //! (`relay/tests/`, `desktop-agent/tests/`, `mobile-ffi/tests/`), because
-//! Cargo gives tests only their own package's binary paths.
+//! Cargo gives tests only their own package's binary paths; the fault suite
+//! (`tests/tests/faults.rs`, docs/RELIABILITY.md), which starts all three,
+//! finds the agent's binary beside its own.
 
 pub mod probe;
 pub mod tap;

@@ -67,6 +67,13 @@ pub fn serve_if_asked() {
     rt.block_on(async move {
         let listener = TcpListener::bind(&listen).await.unwrap();
         let mut config = tandem_relay::Config::new(PathBuf::from(&data));
+        // Listening on another address than loopback (the fault suite's
+        // relay in a network namespace): devices reach it by that address.
+        if let Ok(addr) = listen.parse::<SocketAddr>()
+            && !addr.ip().is_loopback()
+        {
+            config.names.push(addr.ip().to_string());
+        }
         // A test that wants another hold window writes it beside the data
         // ([`HOLD_WINDOW_FILE`]); a restart keeps it.
         if let Some(ms) = Path::new(&data)
@@ -89,6 +96,8 @@ pub struct Relay {
     child: Child,
     pub addr: SocketAddr,
     dir: PathBuf,
+    /// The network namespace it runs in (`ip netns exec`), if any.
+    netns: Option<String>,
 }
 
 impl Relay {
@@ -115,13 +124,38 @@ impl Relay {
         Self::start_env(dir, listen, None)
     }
 
+    /// As [`Relay::start`], inside the network namespace `netns` (`ip netns
+    /// exec`, which execs: the pid is the relay's), listening on `listen`
+    /// there; restarts stay in it.
+    #[allow(dead_code)]
+    pub fn start_in(dir: &Path, listen: &str, netns: &str) -> Relay {
+        Self::spawn(dir, listen, None, Some(netns)).expect("the relay starts")
+    }
+
     fn start_env(dir: &Path, listen: &str, failpoints: Option<&str>) -> Option<Relay> {
+        Self::spawn(dir, listen, failpoints, None)
+    }
+
+    fn spawn(
+        dir: &Path,
+        listen: &str,
+        failpoints: Option<&str>,
+        netns: Option<&str>,
+    ) -> Option<Relay> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("relay.log"))
             .unwrap();
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
         match failpoints {
             Some(f) => cmd.env("FAILPOINTS", f),
             None => cmd.env_remove("FAILPOINTS"),
@@ -146,7 +180,12 @@ impl Relay {
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Some(Relay { child, addr: addr.parse().unwrap(), dir: dir.to_owned() }),
+            Ok(addr) => Some(Relay {
+                child,
+                addr: addr.parse().unwrap(),
+                dir: dir.to_owned(),
+                netns: netns.map(str::to_owned),
+            }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -164,6 +203,12 @@ impl Relay {
         format!("http://{}/p", self.addr)
     }
 
+    /// The relay's process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -173,7 +218,7 @@ impl Relay {
     pub fn restart(&mut self) {
         let listen = self.addr.to_string();
         for _ in 0..100 {
-            if let Some(again) = Self::start_on(&self.dir, &listen) {
+            if let Some(again) = Self::spawn(&self.dir, &listen, None, self.netns.as_deref()) {
                 *self = again;
                 return;
             }

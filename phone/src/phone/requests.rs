@@ -24,6 +24,16 @@ impl Phone {
                 .desktops
                 .get_mut(desktop_id)
                 .ok_or_else(|| PhoneError::UnknownDesktop(desktop_id.into()))?;
+            // What the desktop's file holds now: a save that fails (a full
+            // disk) puts the link back as it was, so that nothing is queued
+            // when the caller is told [`PhoneError::Storage`] (the message
+            // would otherwise go out with the next one, and a retry under
+            // a new id would run the task twice).
+            let before = zeroize::Zeroizing::new(
+                serde_json::to_vec(&d.record.link)
+                    .map_err(|e| PhoneError::Protocol(e.to_string()))?,
+            );
+            let reseal_before = d.reseal;
             let sealed = match d.record.link.send(bytes) {
                 Ok(sealed) => Some(sealed),
                 // Queued, not sealed: the session's counters are used up. It
@@ -34,7 +44,12 @@ impl Phone {
                 }
                 Err(e) => return Err(PhoneError::Protocol(e.to_string())),
             };
-            self.save_locked(d)?;
+            if let Err(e) = self.save_locked(d) {
+                d.record.link = serde_json::from_slice(&before)
+                    .map_err(|e| PhoneError::Protocol(e.to_string()))?;
+                d.reseal = reseal_before;
+                return Err(e);
+            }
             crash_point("phone.send_saved");
             // Handed to the client under the lock: in the order it was
             // sealed relative to every other record (see the module docs).
