@@ -90,6 +90,13 @@ fi
 "$claude_pkg/node_modules/.bin/claude" --version
 
 step "tests (cargo nextest)"
+# tests/tests/abuse.rs runs tests/abuse/abuse.py (a raw WebSocket client we did
+# not write) with `websockets` from this venv, found beside the build.
+abuse_venv="${CARGO_TARGET_DIR:-target}/abuse-venv"
+if ! "$abuse_venv/bin/python" -c 'import websockets.asyncio.client' 2>/dev/null; then
+  python3 -m venv "$abuse_venv"
+  "$abuse_venv/bin/pip" install -q 'websockets>=14,<18'
+fi
 cargo nextest run --workspace --locked --profile ci "${feat[@]}"
 
 step "deployment files (deploy/validate.sh: haproxy -c, compose and Kubernetes schemas, systemd-analyze, Redis settings; deploy/check.sh: haproxy in front of three real relays)"
