@@ -116,7 +116,19 @@ cargo build --locked -q -p tandem-bench -p tandem-relay --features tandem-relay/
 step "mobile SDK (Python bindings against a real relay and agent)"
 ./mobile-ffi/tests/run.sh
 
-step "web client (TypeScript against proto/vectors; the relay's embedded bundle is not stale)"
+step "fuzzing (fuzz/smoke.sh: every cargo-fuzz target built with ASan, fuzz/regressions replayed, each target 3 s on its committed corpus fuzz/seeds)"
+# The fuzz crate is outside the workspace (its own Cargo.lock, libFuzzer, ASan)
+# and builds into a directory of its own. The long runs: fuzz/nightly.sh.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+fuzz_target="${CARGO_TARGET_DIR:-$PWD/fuzz/target}"
+[[ -n "${CARGO_TARGET_DIR:-}" ]] && fuzz_target="$CARGO_TARGET_DIR/fuzz"
+mkdir -p "$fuzz_target"
+CARGO_TARGET_DIR="$(cd "$fuzz_target" && pwd)" ./fuzz/smoke.sh 3
+
+step "web client (TypeScript against proto/vectors, fast-check properties of its decoders; the relay's embedded bundle is not stale)"
 (cd relay/web && npm ci --no-audit --no-fund --loglevel=error && npm test --silent && npm run check-dist --silent)
 
 step "web client end to end (headless chromium against a real relay and agent)"
