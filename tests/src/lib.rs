@@ -7,10 +7,12 @@
 //!   of the relay (or the relay itself) holds.
 //! * [`probe`]: does a stolen copy of a stored link (a phone's desktop file,
 //!   an agent's peer file) open a captured record?
+//! * [`damage`]: edits a stored file's bytes for the loaders' property tests.
 //!
 //! The process-level suites themselves live next to the binaries they start
 //! (`relay/tests/`, `desktop-agent/tests/`, `mobile-ffi/tests/`), because
 //! Cargo gives tests only their own package's binary paths.
 
+pub mod damage;
 pub mod probe;
 pub mod tap;

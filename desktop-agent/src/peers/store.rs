@@ -432,14 +432,7 @@ mod tests {
             store.add(peer).unwrap();
             drop(store);
             let mut b = fs::read(s.file(&id)).unwrap();
-            for (at, byte, op) in edits {
-                let i = at % (b.len() + 1);
-                match op {
-                    0 if i < b.len() => b[i] ^= byte | 1,
-                    1 => b.insert(i, byte),
-                    _ => b.truncate(i),
-                }
-            }
+            tandem_e2e::damage::apply(&mut b, &edits);
             fs::write(s.file(&id), &b).unwrap();
             if let Ok(mut store) = PeerStore::open(s.dir.path()) {
                 let aside = store.take_set_aside();
