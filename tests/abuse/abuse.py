@@ -401,7 +401,7 @@ async def group_b():
            "closed", await y.alive())
 
     # Frame flood on the route: refused with rate_limited, never closed.
-    n = 4000
+    n = 6000  # 2 000 a second with a burst of 2 000: a burst of 6 000 trips it
     payload = b"f" * 8
     for i in range(n):
         await x.send(w.send(1000 + i, y.key.device_id, payload))
@@ -465,6 +465,7 @@ async def group_c():
     # Brute force: a phone claims random ids.
     phone = await authed("127.0.0.5", w.PHONE)
     got = []
+    t0 = time.monotonic()
     for i in range(25):
         await phone.send(w.pair_claim(100 + i, os.urandom(16), b"guess"))
         f = await phone.until(lambda f, i=i: answered(f, 100 + i))
@@ -475,7 +476,8 @@ async def group_c():
     record(C, "25 claims of random pairing ids from one address in a burst",
            "Error 12 pairing_not_found 5 times (the burst), then Error 11 rate_limited",
            {"pairing_not_found": nf, "rate_limited": rl},
-           got[:5] == [12] * 5 and nf + rl == 25 and nf <= 6)
+           got[:5] == [12] * 5 and nf + rl == 25
+           and nf <= 5 + int((time.monotonic() - t0) / 3) + 1)
     # The brute force did not touch the real mailbox: a claim from another
     # address with the right id reaches the desktop.
     real = await authed("127.0.0.6", w.PHONE)
