@@ -96,6 +96,13 @@ fi
 "$claude_pkg/node_modules/.bin/claude" --version
 
 step "tests (cargo nextest)"
+# tests/tests/abuse.rs runs tests/abuse/abuse.py (a raw WebSocket client we did
+# not write) with `websockets` from this venv, found beside the build.
+abuse_venv="${CARGO_TARGET_DIR:-target}/abuse-venv"
+if ! "$abuse_venv/bin/python" -c 'import websockets.asyncio.client' 2>/dev/null; then
+  python3 -m venv "$abuse_venv"
+  "$abuse_venv/bin/pip" install -q 'websockets>=14,<18'
+fi
 cargo nextest run --workspace --locked --profile ci "${feat[@]}"
 
 step "deployment files (deploy/validate.sh: haproxy -c, compose and Kubernetes schemas, systemd-analyze, Redis settings; deploy/check.sh: haproxy in front of three real relays)"
@@ -115,7 +122,19 @@ cargo build --locked -q -p tandem-bench -p tandem-relay --features tandem-relay/
 step "mobile SDK (Python bindings against a real relay and agent)"
 ./mobile-ffi/tests/run.sh
 
-step "web client (TypeScript against proto/vectors; the relay's embedded bundle is not stale)"
+step "fuzzing (fuzz/smoke.sh: every cargo-fuzz target built with ASan, fuzz/regressions replayed, each target 3 s on its committed corpus fuzz/seeds)"
+# The fuzz crate is outside the workspace (its own Cargo.lock, libFuzzer, ASan)
+# and builds into a directory of its own. The long runs: fuzz/nightly.sh.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+fuzz_target="${CARGO_TARGET_DIR:-$PWD/fuzz/target}"
+[[ -n "${CARGO_TARGET_DIR:-}" ]] && fuzz_target="$CARGO_TARGET_DIR/fuzz"
+mkdir -p "$fuzz_target"
+CARGO_TARGET_DIR="$(cd "$fuzz_target" && pwd)" ./fuzz/smoke.sh 3
+
+step "web client (TypeScript against proto/vectors, fast-check properties of its decoders; the relay's embedded bundle is not stale)"
 (cd relay/web && npm ci --no-audit --no-fund --loglevel=error && npm test --silent && npm run check-dist --silent)
 
 step "web client end to end (headless chromium against a real relay and agent)"

@@ -1099,6 +1099,43 @@ mod tests {
     use super::*;
 
     const RECORDING: &str = include_str!("../tests/fixtures/claude-stream.jsonl");
+
+    /// A line of the recording with a few bytes changed, cut or inserted,
+    /// or any text.
+    fn stream_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let lines: Vec<&'static str> = RECORDING.lines().collect();
+        let edits = prop::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 0..8);
+        prop_oneof![
+            any::<String>(),
+            (prop::sample::select(lines), edits).prop_map(|(line, edits)| {
+                let mut b = line.as_bytes().to_vec();
+                for (at, byte, op) in edits {
+                    let i = at % (b.len() + 1);
+                    match op {
+                        0 if i < b.len() => b[i] = byte,
+                        1 => b.insert(i, byte),
+                        _ => b.truncate(i),
+                    }
+                }
+                String::from_utf8_lossy(&b).into_owned()
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Issue 17, fuzzing the executors' output parsers: any stream-json
+        /// line (the recording's, damaged, or any text) parses without a
+        /// panic, and free text stays within the event cap.
+        #[test]
+        fn any_stream_json_line_parses(line in stream_line()) {
+            for p in parse_line(&line) {
+                if let Parsed::Event(ExecEvent::Progress(t)) = p {
+                    proptest::prop_assert!(serde_json::to_string(&t).unwrap().len() <= MAX_EVENT_TEXT + 2);
+                }
+            }
+        }
+    }
     const SESSION: &str = "2d6f0c4e-8a51-4b7e-9c3d-5e1f2a3b4c6d";
     const STEP: Duration = Duration::from_secs(20);
 

@@ -246,4 +246,32 @@ fn main() {
     write(&root, "record_open", &envelopes());
     write(&root, "link_receive", &link_envelopes());
     write(&root, "link_receive_sealed", &link_ops());
+    write(
+        &root,
+        "pairing_states",
+        &(0u8..4)
+            .zip(tandem_fuzz::pairing::honest())
+            .map(|(stage, m)| [vec![stage], m.clone()].concat())
+            .collect::<Vec<_>>(),
+    );
+    write(&root, "frame_peek_send", &frames());
+    write(&root, "relay_auth_verify", &relay_auth());
+}
+
+/// `mode ‖ roles ‖ key ‖ proof ‖ name` inputs for `relay_auth_verify`.
+fn relay_auth() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (mode, roles, name) in [
+        (1u8, 0u8, "relay.example.com"),
+        (1, 3, "Relay.Example.COM."),
+        (1, 1, " relay.example.com "),
+        (3, 0, "relay.example.com"),
+        (1, 0, "relay.example.com:443"),
+        (0, 0, "relay.example.com"),
+    ] {
+        out.push(
+            [vec![mode, roles], vec![0x42; 32], vec![0x17; 32], name.as_bytes().to_vec()].concat(),
+        );
+    }
+    out
 }

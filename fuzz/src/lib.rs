@@ -3,6 +3,8 @@
 //! built through the public pairing API, kept as JSON so each fuzz iteration
 //! starts from the same state without redoing the handshakes.
 
+pub mod pairing;
+
 use std::sync::OnceLock;
 
 use tandem_proto::DeviceKey;
@@ -49,7 +51,12 @@ pub struct Fixture {
 pub const DESKTOP_SENT: u64 = 3;
 
 fn info(name: &str, platform: &str) -> DeviceInfo {
-    DeviceInfo { name: name.into(), platform: platform.into(), app_version: "0.1.0".into(), ephemeral: false }
+    DeviceInfo {
+        name: name.into(),
+        platform: platform.into(),
+        app_version: "0.1.0".into(),
+        ephemeral: false,
+    }
 }
 
 fn env(b: &[u8]) -> Envelope {

@@ -164,6 +164,65 @@ fn move_aside(path: &Path, desktop_id: String, reason: String) -> SetAside {
 mod tests {
     use super::*;
 
+    /// A real record: the phone's side of a link paired through the
+    /// public API, stored as `save` stores it.
+    fn real_record_bytes() -> (String, Vec<u8>) {
+        use tandem_proto::DeviceKey;
+        use tandem_proto::delivery::OutboxLimits;
+        use tandem_proto::entropy::Entropy;
+        use tandem_proto::envelope::Envelope;
+        use tandem_proto::link::Link;
+        use tandem_proto::pairing::{DesktopPairing, PhonePairing};
+        const NOW: u64 = 1_800_000_000;
+        let env = |b: &[u8]| Envelope::decode(b).unwrap();
+        let info = |name: &str| DeviceInfo {
+            name: name.into(),
+            platform: "linux".into(),
+            app_version: "1.0".into(),
+            ephemeral: false,
+        };
+        let mut e = Entropy::deterministic([8; 32]);
+        let desktop = DeviceKey::generate(&mut e).unwrap();
+        let phone = DeviceKey::generate(&mut e).unwrap();
+        let offer = DesktopPairing::new(desktop.clone(), NOW, 120, None, &mut e).unwrap();
+        let (p, hello) =
+            PhonePairing::start(&phone, offer.payload(), &info("phone"), &mut e).unwrap();
+        let (d, welcome) = offer.on_hello(&env(&hello), &info("desk"), NOW, &mut e).unwrap();
+        let (p, confirm) = p.on_welcome(&env(&welcome)).unwrap();
+        let (_, result) = d.on_confirm(&env(&confirm)).unwrap().accept(&mut e).unwrap();
+        let paired = p.on_result(&env(&result)).unwrap();
+        let id = desktop.public().device_id().to_string();
+        let r = DesktopRecord {
+            desktop_id: id.clone(),
+            info: info("desk"),
+            relay_url: "wss://relay.example.com/v1/connect".into(),
+            paired_at_unix: NOW,
+            link: Link::from_paired(paired, OutboxLimits::default()),
+            offsets: BTreeMap::new(),
+            finished: Vec::new(),
+        };
+        (id, serde_json::to_vec(&r).unwrap())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+        /// Issue 17, fuzzing the loaders of persisted files: a desktop file
+        /// with bytes changed, inserted or cut never panics `load_all`; it
+        /// loads or is set aside, exactly one.
+        #[test]
+        fn a_damaged_desktop_file_loads_or_is_set_aside(
+            edits in proptest::collection::vec((0usize..1 << 16, 0u8..=255, 0u8..3), 1..6)
+        ) {
+            let (id, mut b) = real_record_bytes();
+            tandem_e2e::damage::apply(&mut b, &edits);
+            let dir = tempfile::tempdir().unwrap();
+            create_private_dir(&desktops_dir(dir.path())).unwrap();
+            write_private(&file(dir.path(), &id), &b).unwrap();
+            let (loaded, aside) = load_all(dir.path()).unwrap();
+            proptest::prop_assert_eq!(loaded.len() + aside.len(), 1);
+        }
+    }
+
     /// A file that cannot be read now is an error, never set aside: only
     /// what was read and does not parse is damage.
     #[test]

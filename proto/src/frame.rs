@@ -462,11 +462,10 @@ impl Frame {
             return Err(FrameError::UnsupportedVersion(version));
         }
         let kind = FrameType::from_byte(type_byte).ok_or(FrameError::UnknownType(type_byte))?;
-        decode_body(kind, body).map_err(|source| match source {
-            // An over-long payload is a size violation, reported as such.
-            CodecError::TooLong { field: "payload", .. } => FrameError::TooLarge(bytes.len()),
-            source => FrameError::Malformed { kind, source },
-        })
+        // A payload over MAX_PAYLOAD_LEN in a frame within MAX_FRAME_LEN is
+        // `Malformed{TooLong}`, hence `malformed_frame` (PROTOCOL.md §4.4),
+        // not `frame_too_large`: the frame itself is within the limit.
+        decode_body(kind, body).map_err(|source| FrameError::Malformed { kind, source })
     }
 }
 
@@ -625,6 +624,25 @@ mod tests {
             Frame::decode(&vec![1u8; MAX_FRAME_LEN + 1]),
             Err(FrameError::TooLarge(MAX_FRAME_LEN + 1))
         );
+    }
+
+    /// PROTOCOL.md §4.4: a payload over `MAX_PAYLOAD_LEN` in a frame that
+    /// fits `MAX_FRAME_LEN` is `malformed_frame`, not `frame_too_large`
+    /// (found by the abuse suite, tests/abuse: the relay closed with 4004).
+    #[test]
+    fn an_over_long_payload_in_a_frame_that_fits_is_malformed() {
+        // (`PairMessage`, 32 fixed bytes, cannot carry one within the limit.)
+        for kind in [0x10u8, 0x11, 0x31] {
+            let mut b = vec![1, kind];
+            b.resize(2 + 24 + MAX_PAYLOAD_LEN + 1, 0);
+            assert!(b.len() <= MAX_FRAME_LEN);
+            let e = Frame::decode(&b).unwrap_err();
+            assert!(
+                matches!(e, FrameError::Malformed { source: CodecError::TooLong { .. }, .. }),
+                "{kind:#x}: {e:?}"
+            );
+            assert_eq!(e.code(), ErrorCode::MalformedFrame, "{kind:#x}");
+        }
     }
 
     #[test]

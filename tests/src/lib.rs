@@ -7,6 +7,7 @@
 //!   of the relay (or the relay itself) holds.
 //! * [`probe`]: does a stolen copy of a stored link (a phone's desktop file,
 //!   an agent's peer file) open a captured record?
+//! * [`damage`]: edits a stored file's bytes for the loaders' property tests.
 //!
 //! The process-level suites themselves live next to the binaries they start
 //! (`relay/tests/`, `desktop-agent/tests/`, `mobile-ffi/tests/`), because
@@ -14,5 +15,6 @@
 //! (`tests/tests/faults.rs`, docs/RELIABILITY.md), which starts all three,
 //! finds the agent's binary beside its own.
 
+pub mod damage;
 pub mod probe;
 pub mod tap;

@@ -146,7 +146,65 @@ pub(crate) fn describe_exit(status: ExitStatus) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// A line a JSON-lines agent may print: free text, or JSON shaped like
+    /// its events (every kind, known or not) with arbitrary and long fields.
+    fn agent_line() -> impl Strategy<Value = String> {
+        let kinds = ["progress", "tool_call", "tool_result", "approval_request", "finished", "x"];
+        let statuses = ["succeeded", "failed", "cancelled", "running"];
+        prop_oneof![
+            any::<String>(),
+            (
+                prop::sample::select(kinds.to_vec()),
+                any::<String>(),
+                any::<String>(),
+                prop::sample::select(statuses.to_vec()),
+                any::<bool>(),
+                0usize..3,
+            )
+                .prop_map(|(kind, a, b, status, flag, size)| {
+                    let long = a.repeat([1, 100, 4_000][size]);
+                    serde_json::json!({
+                        "type": kind, "text": long, "call_id": long, "name": b,
+                        "input": {"k": long}, "output": long, "is_error": flag,
+                        "approval_id": long, "summary": long, "detail": b, "status": status,
+                    })
+                    .to_string()
+                }),
+        ]
+    }
+
+    fn fits(text: &str, max: usize) -> bool {
+        serde_json::to_string(text).unwrap().len() <= max + 2
+    }
+
+    proptest! {
+        /// Issue 17, fuzzing the executors' output parsers: any line becomes
+        /// one event (never a panic), its texts within their caps.
+        #[test]
+        fn any_agent_line_becomes_one_event_within_its_caps(line in agent_line()) {
+            match parse_agent_line(line) {
+                ExecEvent::Progress(t) => prop_assert!(fits(&t, MAX_EVENT_TEXT)),
+                ExecEvent::ToolCall { call_id, name, input } => {
+                    prop_assert!(fits(&call_id, MAX_ID_LEN) && fits(&name, MAX_ID_LEN));
+                    prop_assert!(input.to_string().len() <= MAX_EVENT_TEXT + 2);
+                }
+                ExecEvent::ToolResult { call_id, output, .. } => {
+                    prop_assert!(fits(&call_id, MAX_ID_LEN) && fits(&output, MAX_EVENT_TEXT));
+                }
+                ExecEvent::ApprovalRequest { approval_id, .. } => {
+                    prop_assert!(fits(&approval_id, MAX_ID_LEN));
+                }
+                ExecEvent::Finished { summary, .. } => {
+                    prop_assert!(fits(&summary, MAX_EVENT_TEXT));
+                }
+                _ => {}
+            }
+        }
+    }
 
     #[test]
     fn cap_text_counts_json_escapes_and_char_boundaries() {
