@@ -14,7 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 echo "==> mobile SDK: build the relay, the agent, the library, the generator and the test tools"
-cargo build --locked -q -p tandem-relay -p tandem-agent -p tandem-mobile -p uniffi-bindgen -p tandem-e2e \
+# The whole workspace with its tests, as scripts/test.sh's other steps build
+# it: a subset (-p ...) would resolve the dependencies' features differently
+# and rebuild most of them.
+cargo build --locked -q --workspace --lib --bins --tests \
   --features "${TANDEM_TEST_FEATURES:-tandem-agent/failpoints,tandem-phone/failpoints}"
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
