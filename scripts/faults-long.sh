@@ -2,11 +2,13 @@
 # The fault suite's long runs (issue 17; docs/RELIABILITY.md quotes their
 # figures). The test command runs each scenario briefly; this runs them long:
 #
-#   ./scripts/faults-long.sh              100 kill -9 cycles, 2-minute stops,
-#                                         60-second network faults and full disks
+#   ./scripts/faults-long.sh              100 kill -9 and power-loss cycles, 2-minute stops,
+#                                         60-second network faults and full disks,
+#                                         20 node kills and Redis restarts, 5 failovers
 #   TANDEM_FAULT_SEED=1234 ./scripts/faults-long.sh kill9_cycles   replay one
 #
-# Needs root (network namespaces, tmpfs mounts), iproute2, nftables, python3.
+# Needs root (network namespaces, tmpfs mounts), iproute2, nftables, python3,
+# cc (the power-loss shim), redis-server and haproxy (several nodes).
 # Each scenario prints its seed first and a `RELIABILITY …` line with its
 # figures last; they are collected in target/faults-long.txt.
 set -euo pipefail
@@ -17,6 +19,8 @@ export TANDEM_FAULT_PAIRING_CYCLES="${TANDEM_FAULT_PAIRING_CYCLES:-10}"
 export TANDEM_FAULT_STOP_SECS="${TANDEM_FAULT_STOP_SECS:-120}"
 export TANDEM_FAULT_NET_SECS="${TANDEM_FAULT_NET_SECS:-60}"
 export TANDEM_FAULT_FULL_SECS="${TANDEM_FAULT_FULL_SECS:-60}"
+export TANDEM_FAULT_NODE_CYCLES="${TANDEM_FAULT_NODE_CYCLES:-20}"
+export TANDEM_FAULT_FAILOVERS="${TANDEM_FAULT_FAILOVERS:-5}"
 features="tandem-agent/failpoints,tandem-phone/failpoints"
 filter="${1:-}"
 out="${CARGO_TARGET_DIR:-target}/faults-long.txt"

@@ -79,6 +79,8 @@ have ip || missing+=(iproute2)
 have nft || missing+=(nftables)
 # faketime: its libfaketime moves the agent's and the phone's wall clocks (faults.rs).
 have faketime || missing+=(faketime)
+# cc: the fault suite builds its power-loss shim (tests/tests/support/powerloss.c).
+have cc || missing+=(gcc)
 # deploy/validate.sh and deploy/check.sh: systemd-analyze verifies the unit,
 # redis-cli reads the Redis settings back, curl and openssl (a throwaway
 # certificate for haproxy's TLS listener) drive the relays behind haproxy.

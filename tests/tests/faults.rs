@@ -446,3 +446,353 @@ fn clock_jumps() {
     w.figures.print();
     t.assert_clean("clock_jumps");
 }
+
+/// Not a test: the writer process of `the_power_loss_seam_drops_what_no_fsync_made_durable`.
+#[test]
+#[ignore = "not a test: the power-loss seam's writer process"]
+fn powerloss_writer_process() {
+    support::powerloss::writer_if_asked();
+}
+
+/// The power-loss seam itself (`support/powerloss.{c,rs}`): a process under
+/// it makes each kind of change, some made durable (fsync of the file, of
+/// the directory) and some not, and is killed; before the roll-back the
+/// files hold everything (the page cache survives `kill -9`), after it
+/// only what was made durable.
+#[test]
+fn the_power_loss_seam_drops_what_no_fsync_made_durable() {
+    use std::io::BufRead;
+    let tmp = support::scenario_dir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for name in [
+        "old-overwritten",
+        "old-appended",
+        "old-renamed-over",
+        "old-renamed-over-synced",
+        "old-removed",
+        "old-cut",
+    ] {
+        std::fs::write(data.join(name), b"old").unwrap();
+    }
+    let watched = support::powerloss::Watched::new(&data, dir, "writer");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["powerloss_writer_process", "--exact", "--ignored", "--nocapture"])
+        .args(["--test-threads=1"])
+        .envs(watched.env())
+        .env("TANDEM_POWERLOSS_WRITER", &watched.dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    assert!(out.lines().map_while(Result::ok).any(|l| l.contains("written")), "the writer wrote");
+    let read =
+        |name: &str| std::fs::read(data.join(name)).ok().map(|b| String::from_utf8(b).unwrap());
+    // Killed: the files hold everything written (the page cache).
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(read("new-unsynced").as_deref(), Some("lost"));
+    assert_eq!(read("new-unsynced-last").as_deref(), Some("lost"));
+    assert_eq!(read("old-overwritten").as_deref(), Some("new!"));
+    assert_eq!(read("old-appended").as_deref(), Some("old+synced+unsynced"));
+    assert_eq!(read("old-renamed-over").as_deref(), Some("replaced"));
+    assert_eq!(read("old-removed"), None);
+    assert_eq!(read("old-cut").as_deref(), Some("ol"));
+    assert!(data.join("new-dir/file").exists());
+    // The power cut: only what was made durable is left.
+    let dropped = watched.roll_back();
+    eprintln!("dropped {dropped}");
+    assert_eq!(read("new-unsynced").as_deref(), Some(""), "a name synced, its bytes never: empty");
+    assert_eq!(read("new-unsynced-last"), None, "a new file, nothing synced after it, is gone");
+    assert_eq!(read("new-synced").as_deref(), Some("kept"), "file and directory synced: kept");
+    assert_eq!(read("old-overwritten").as_deref(), Some("old"), "overwritten, not synced");
+    assert_eq!(
+        read("old-appended").as_deref(),
+        Some("old+synced"),
+        "fdatasync keeps the first append"
+    );
+    assert_eq!(
+        read("old-renamed-over").as_deref(),
+        Some("old"),
+        "rename without a directory fsync"
+    );
+    assert_eq!(read(".old-renamed-over.tmp"), None, "its temporary file was never made durable");
+    assert_eq!(
+        read("old-renamed-over-synced").as_deref(),
+        Some("replaced"),
+        "rename, directory synced"
+    );
+    assert_eq!(read("old-removed").as_deref(), Some("old"), "removed without a directory fsync");
+    assert_eq!(read("old-cut").as_deref(), Some("old"), "cut short, not synced");
+    assert!(!data.join("new-dir").exists(), "a new directory whose parent was never synced");
+}
+
+/// Power loss: `TANDEM_FAULT_CYCLES` cycles (default 6) of tasks, then one
+/// of relay, agent and phone (seeded) killed with everything it wrote but
+/// never made durable dropped (`support/powerloss.rs`: its data directory
+/// rolled back to its last fsyncs), then started again on what is left.
+/// In half the cycles (seeded) the cut comes right after the victim's
+/// n-th write from then (n random, 1 to 12), before the fsync that would
+/// follow it; in the others at a random moment.
+/// Whatever any side acknowledged must survive: nothing lost, nothing
+/// reported twice, no event the phone saw that the desktop forgot, every
+/// confirmed task run once.
+#[test]
+fn power_loss() {
+    use support::powerloss::{Dropped, Watched};
+    let (seed, mut rng) = seeded("power_loss");
+    let cycles = env_number("TANDEM_FAULT_CYCLES", 6);
+    let tmp = support::scenario_dir();
+    let dir = tmp.path();
+    let mut w = World::new(dir, "power_loss", seed, None);
+    let seams = [
+        Watched::new(&dir.join("relay-data"), dir, "relay"),
+        Watched::new(&dir.join("desk"), dir, "agent"),
+        Watched::new(&dir.join("phone"), dir, "phone"),
+    ];
+    // Each started again under the seam (what it wrote before is durable:
+    // nothing is dropped from before).
+    w.relay.set_env(seams[0].env());
+    w.relay.kill9();
+    w.relay.restart();
+    w.agent.add_env(seams[1].env());
+    w.agent.restart();
+    w.phone.kill9();
+    let env = seams[2].env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    w.phone = support::phone::PhoneProc::start_with(dir, support::world::PHONE_RENEW_MS, &env);
+    w.resumed();
+    let mut dropped = [Dropped::default(); 3];
+    let mut journaled = [0u64; 3];
+    let mut mid_write = 0;
+    for cycle in 0..cycles {
+        w.submit("count 6 60");
+        w.read_answers(Duration::from_millis(rng.random_range(0..500)));
+        let victim = rng.random_range(0..3);
+        let name = ["relay", "agent", "phone"][victim];
+        // Half the cycles: the power goes right after the victim's n-th
+        // write from now (before the fsync that would follow it).
+        let how = if rng.random_bool(0.5) {
+            let n = rng.random_range(1..=12);
+            seams[victim].crash_after(n);
+            let died = (0..100).any(|_| {
+                sleep_ms(50);
+                match victim {
+                    0 => w.relay.exited(),
+                    1 => w.agent.proc.exited(),
+                    _ => w.phone.exited(),
+                }
+            });
+            seams[victim].disarm();
+            if died {
+                mid_write += 1;
+                format!("right after its write {n} from then")
+            } else {
+                "at a random moment (it made fewer changes than asked within 5 s)".to_owned()
+            }
+        } else {
+            "at a random moment".to_owned()
+        };
+        journaled[victim] += seams[victim].journal_len();
+        match victim {
+            0 => w.relay.kill9(),
+            1 => w.agent.proc.kill9(),
+            _ => w.phone.kill9(),
+        }
+        let d = seams[victim].roll_back();
+        eprintln!("cycle {cycle}: power lost on the {name} {how}: dropped {d}");
+        dropped[victim].files += d.files;
+        dropped[victim].bytes += d.bytes;
+        dropped[victim].names += d.names;
+        sleep_ms(rng.random_range(0..300));
+        match victim {
+            0 => w.relay.restart(),
+            1 => w.agent.restart(),
+            _ => w.phone.restart(),
+        }
+        let took = w.resumed();
+        eprintln!("cycle {cycle}: resumed in {took:?}");
+    }
+    let t = w.tally();
+    w.figures.cycles = cycles;
+    w.figures.print();
+    eprintln!("RELIABILITY power loss: {mid_write} of {cycles} cuts right after a write");
+    for (i, name) in ["relay", "agent", "phone"].iter().enumerate() {
+        eprintln!(
+            "RELIABILITY power loss {name}: journaled {} bytes, dropped {}",
+            journaled[i], dropped[i]
+        );
+    }
+    t.assert_clean("power_loss");
+}
+
+/// The relay node holding a device's connection now (seeded among those
+/// that hold one): 0 for the world's `relay` (`n1`), `i` for the
+/// cluster's `others[i - 1]`.
+fn node_with_a_device(w: &World, rng: &mut impl Rng) -> usize {
+    let cluster = w.cluster.as_ref().unwrap();
+    let nodes: Vec<&support::Relay> =
+        std::iter::once(&w.relay).chain(cluster.others.iter()).collect();
+    let held: Vec<usize> = (0..nodes.len())
+        .filter(|i| support::cluster::connections(nodes[*i].pid(), nodes[*i].addr.port()) > 0)
+        .collect();
+    if held.is_empty() {
+        rng.random_range(0..nodes.len())
+    } else {
+        held[rng.random_range(0..held.len())]
+    }
+}
+
+/// Several relay nodes (3) on a real Redis (AOF, `appendfsync always`)
+/// behind a real haproxy (`deploy/haproxy/haproxy.cfg`), the agent and the
+/// phone connected through haproxy (`support/cluster.rs`). Each of
+/// `TANDEM_FAULT_NODE_CYCLES` cycles (default 2), with tasks streaming:
+/// `node_kill`, the node holding a device's connection killed -9 (the
+/// device reconnects through haproxy to another node and resumes; the node
+/// is started again afterwards), then `redis_restart`, Redis killed -9 and
+/// started again on its AOF. Counted at the endpoints as everywhere else;
+/// the time to resume is from the kill (a node: the others are there at
+/// once) or from Redis answering again.
+#[test]
+fn several_nodes() {
+    let (seed, mut rng) = seeded("several_nodes");
+    let cycles = env_number("TANDEM_FAULT_NODE_CYCLES", 2);
+    let tmp = support::scenario_dir();
+    let dir = tmp.path();
+    let mut w = World::new_cluster(dir, "several_nodes", seed, 3);
+    w.resumed();
+    let mut resumes: Vec<(&str, Duration)> = Vec::new();
+    for cycle in 0..cycles {
+        w.submit("count 6 60");
+        w.read_answers(Duration::from_millis(rng.random_range(0..400)));
+        let victim = node_with_a_device(&w, &mut rng);
+        eprintln!("cycle {cycle}: node_kill: n{} killed -9", victim + 1);
+        let node = match victim {
+            0 => &mut w.relay,
+            i => &mut w.cluster.as_mut().unwrap().others[i - 1],
+        };
+        node.kill9();
+        w.submit("count 2 10");
+        let took = w.resumed();
+        eprintln!("cycle {cycle}: node_kill: resumed on another node in {took:?}");
+        resumes.push(("node_kill", took));
+        let node = match victim {
+            0 => &mut w.relay,
+            i => &mut w.cluster.as_mut().unwrap().others[i - 1],
+        };
+        node.restart();
+
+        w.submit("count 6 60");
+        w.read_answers(Duration::from_millis(rng.random_range(0..400)));
+        eprintln!("cycle {cycle}: redis_restart: Redis killed -9, started again on its AOF");
+        w.cluster.as_mut().unwrap().redis.kill();
+        w.submit("count 2 10");
+        sleep_ms(rng.random_range(0..500));
+        w.cluster.as_mut().unwrap().redis.restart();
+        let took = w.resumed();
+        eprintln!("cycle {cycle}: redis_restart: resumed in {took:?}");
+        resumes.push(("redis_restart", took));
+    }
+    let t = w.tally();
+    w.figures.cycles = cycles;
+    w.figures.print();
+    for (name, took) in &resumes {
+        eprintln!("RELIABILITY several_nodes resume {name}: {} ms", took.as_millis());
+    }
+    t.assert_clean("several_nodes");
+}
+
+/// How many times the relay nodes closed every connection for a new
+/// store epoch (their logs).
+fn epoch_changes(w: &World) -> usize {
+    let others: Vec<&support::Relay> =
+        w.cluster.as_ref().map(|c| c.others.iter().collect()).unwrap_or_default();
+    std::iter::once(&w.relay)
+        .chain(others)
+        .map(|n| n.log().matches("the store's epoch changed").count())
+        .sum()
+}
+
+/// Redis failover under the relay nodes: 2 nodes on a Redis primary with a
+/// replica and a Sentinel (`redis+sentinel://`), behind haproxy, the agent
+/// and the phone through it. `TANDEM_FAULT_FAILOVERS` times (default 1),
+/// with tasks streaming, once the replica is in sync: `SENTINEL FAILOVER`
+/// (the replica promoted; the nodes see a new store epoch and close every
+/// connection, the devices come back and send again what was not
+/// acknowledged). The nodes keep writing to the old primary until
+/// Sentinel turns it into a replica (what they wrote there meanwhile is
+/// dropped by its resync: the end-to-end layer sends it again); the time
+/// to resume is from the first node seeing the new epoch.
+#[test]
+fn redis_failover() {
+    let (seed, mut rng) = seeded("redis_failover");
+    let failovers = env_number("TANDEM_FAULT_FAILOVERS", 1);
+    let tmp = support::scenario_dir();
+    let dir = tmp.path();
+    let mut w = World::new_sentinel(dir, "redis_failover", seed, 2);
+    w.resumed();
+    let mut resumes = Vec::new();
+    let mut epochs = epoch_changes(&w);
+    for round in 0..failovers {
+        let c = w.cluster.as_ref().unwrap();
+        let servers = [&c.redis, c.replica.as_ref().unwrap()];
+        let role = |s: &support::cluster::Redis| s.command("ROLE").unwrap_or_default();
+        // After a failover Sentinel turns the old primary into a replica
+        // of the new one: wait for that, and for it to be in sync.
+        let in_sync = |s: &support::cluster::Redis| {
+            s.command("INFO replication").is_some_and(|i| i.contains("master_link_status:up"))
+        };
+        let replica = (0..600).find_map(|_| {
+            sleep_ms(50);
+            servers.iter().position(|s| role(s).contains("slave") && in_sync(s))
+        });
+        let replica = replica.expect("a replica in sync within 30 s");
+        w.submit("count 6 60");
+        w.read_answers(Duration::from_millis(rng.random_range(100..400)));
+        let c = w.cluster.as_ref().unwrap();
+        let sentinel = c.sentinel.as_ref().unwrap();
+        let asked = (0..100).any(|_| {
+            let ok =
+                sentinel.command("SENTINEL FAILOVER main").is_some_and(|r| r.starts_with("+OK"));
+            if !ok {
+                sleep_ms(200);
+            }
+            ok
+        });
+        assert!(asked, "Sentinel takes the failover");
+        eprintln!("failover {round}: asked; the replica is promoted");
+        let servers = [&c.redis, c.replica.as_ref().unwrap()];
+        let promoted = (0..400).any(|_| {
+            sleep_ms(25);
+            role(servers[replica]).contains("master")
+        });
+        assert!(promoted, "the replica was promoted");
+        w.submit("count 2 10");
+        // The nodes go on with the old primary until Sentinel turns it
+        // into a replica (it drops their connections); they then find the
+        // new one, see a new store epoch and close every device's
+        // connection. The fault clears there.
+        let started = std::time::Instant::now();
+        let seen = (0..1200).any(|_| {
+            sleep_ms(25);
+            epoch_changes(&w) > epochs
+        });
+        assert!(seen, "a node saw the new store epoch within 30 s");
+        eprintln!(
+            "failover {round}: the nodes saw the new epoch {:?} after the promotion",
+            started.elapsed()
+        );
+        epochs = epoch_changes(&w);
+        let took = w.resumed();
+        eprintln!("failover {round}: resumed in {took:?}");
+        resumes.push(took);
+    }
+    let t = w.tally();
+    w.figures.cycles = failovers;
+    w.figures.print();
+    for took in &resumes {
+        eprintln!("RELIABILITY redis_failover resume: {} ms", took.as_millis());
+    }
+    t.assert_clean("redis_failover");
+}

@@ -18,6 +18,11 @@ use tokio::net::TcpListener;
 
 pub const RELAY_LISTEN: &str = "TANDEM_TEST_RELAY_LISTEN";
 pub const RELAY_DATA: &str = "TANDEM_TEST_RELAY_DATA";
+/// When set: a node of a cluster on the Redis at this URL (`--store redis
+/// --redis-url`), trusting a PROXY header from 127.0.0.1 (haproxy's).
+pub const RELAY_REDIS_URL: &str = "TANDEM_TEST_RELAY_REDIS_URL";
+/// With [`RELAY_REDIS_URL`]: the node's id (`--node-id`).
+pub const RELAY_NODE_ID: &str = "TANDEM_TEST_RELAY_NODE_ID";
 const RELAY_READY: &str = "test relay listening on ";
 
 /// Declare the `relay_process` entry point in a test file.
@@ -82,6 +87,13 @@ pub fn serve_if_asked() {
         {
             config.hold_window = Duration::from_millis(ms.trim().parse().unwrap());
         }
+        if let Ok(url) = std::env::var(RELAY_REDIS_URL) {
+            config.store = tandem_relay::StoreBackend::redis(url);
+            config.node_id = std::env::var(RELAY_NODE_ID).ok();
+            config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+            config.trusted_proxy_header = tandem_relay::ProxyHeader::ProxyProtocol;
+            config.restart_hint = Duration::from_millis(200);
+        }
         config.ping_interval = Duration::from_secs(1);
         config.ping_jitter = Duration::from_millis(200);
         config.pong_timeout = Duration::from_secs(2);
@@ -98,11 +110,21 @@ pub struct Relay {
     dir: PathBuf,
     /// The network namespace it runs in (`ip netns exec`), if any.
     netns: Option<String>,
+    /// Variables added to its environment at each restart
+    /// ([`Relay::set_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Relay {
     pub fn start(dir: &Path) -> Relay {
         Self::start_on(dir, "127.0.0.1:0").expect("the relay starts")
+    }
+
+    /// As [`Relay::start`], with `env` added to its environment (kept
+    /// across restarts): a node of a cluster ([`RELAY_REDIS_URL`]), a seam.
+    #[allow(dead_code)]
+    pub fn start_with_env(dir: &Path, env: Vec<(String, String)>) -> Relay {
+        Self::spawn(dir, "127.0.0.1:0", None, None, &env).expect("the relay starts")
     }
 
     /// As [`Relay::start`], with the failpoints of `FAILPOINTS` armed
@@ -129,11 +151,11 @@ impl Relay {
     /// there; restarts stay in it.
     #[allow(dead_code)]
     pub fn start_in(dir: &Path, listen: &str, netns: &str) -> Relay {
-        Self::spawn(dir, listen, None, Some(netns)).expect("the relay starts")
+        Self::spawn(dir, listen, None, Some(netns), &[]).expect("the relay starts")
     }
 
     fn start_env(dir: &Path, listen: &str, failpoints: Option<&str>) -> Option<Relay> {
-        Self::spawn(dir, listen, failpoints, None)
+        Self::spawn(dir, listen, failpoints, None, &[])
     }
 
     fn spawn(
@@ -141,6 +163,7 @@ impl Relay {
         listen: &str,
         failpoints: Option<&str>,
         netns: Option<&str>,
+        env: &[(String, String)],
     ) -> Option<Relay> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -160,6 +183,7 @@ impl Relay {
             Some(f) => cmd.env("FAILPOINTS", f),
             None => cmd.env_remove("FAILPOINTS"),
         };
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd
             .args(["relay_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
             .env(RELAY_LISTEN, listen)
@@ -185,6 +209,7 @@ impl Relay {
                 addr: addr.parse().unwrap(),
                 dir: dir.to_owned(),
                 netns: netns.map(str::to_owned),
+                env: env.to_vec(),
             }),
             Err(_) => {
                 let _ = child.kill();
@@ -218,13 +243,22 @@ impl Relay {
     pub fn restart(&mut self) {
         let listen = self.addr.to_string();
         for _ in 0..100 {
-            if let Some(again) = Self::spawn(&self.dir, &listen, None, self.netns.as_deref()) {
+            if let Some(again) =
+                Self::spawn(&self.dir, &listen, None, self.netns.as_deref(), &self.env)
+            {
                 *self = again;
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("the relay could not listen on {listen} again:\n{}", self.log());
+    }
+
+    /// Variables to add to its environment from its next restart on (a
+    /// seam preloaded, say).
+    #[allow(dead_code)]
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
     }
 
     /// As [`Relay::restart`], with the failpoints of `FAILPOINTS` armed.

@@ -13,9 +13,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
 pub mod damage;
 pub mod net;
 pub mod phone;
+pub mod powerloss;
 pub mod tally;
 pub mod world;
 
@@ -216,8 +218,20 @@ fn agent_command(dir: &Path, config: &Path, log: &Path, env: &[(String, String)]
 /// `tandem pair --yes` on `dir`: the process (it exits once paired) and
 /// the pairing link it printed.
 pub fn pair_agent(dir: &Path, config: &Path, log: &Path, relay: &Relay) -> (Proc, String) {
+    pair_agent_at(dir, config, log, &relay.url(), &relay.link_base())
+}
+
+/// As [`pair_agent`], with the relay at `url` (haproxy's, say) and links
+/// on `link_base`.
+pub fn pair_agent_at(
+    dir: &Path,
+    config: &Path,
+    log: &Path,
+    url: &str,
+    link_base: &str,
+) -> (Proc, String) {
     let mut cmd = agent_command(dir, config, log, &[]);
-    cmd.args(["pair", "--relay", &relay.url(), "--link-base", &relay.link_base()]).args([
+    cmd.args(["pair", "--relay", url, "--link-base", link_base]).args([
         "--yes",
         "--print-url",
         "--no-terminal-qr",
@@ -283,6 +297,12 @@ impl Agent {
         env.push(("FAILPOINTS".into(), format!("{point}=return")));
         let failing = Agent::spawn(&dir, &config, &log, env);
         *self = Agent { env: self.env.clone(), ..failing };
+    }
+
+    /// Add `extra` to its environment from its next start on (a seam
+    /// preloaded, say).
+    pub fn add_env(&mut self, extra: Vec<(String, String)>) {
+        self.env.extend(extra);
     }
 
     /// Start again on the same data (after a kill), not waiting for it to

@@ -164,6 +164,8 @@ pub struct PhoneProc {
     helper: Helper,
     dir: PathBuf,
     renew_ms: u64,
+    /// Variables added to its environment, kept across restarts.
+    env: Vec<(String, String)>,
     /// How many desktops it had when it opened.
     pub desktops: usize,
 }
@@ -196,10 +198,11 @@ impl PhoneProc {
     fn spawn_with(dir: &Path, renew_ms: u64, env: &[(&str, &str)]) -> PhoneProc {
         let mut cmd = helper::command("phone_process", &dir.join("phone.log"));
         cmd.envs(env.iter().copied());
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         cmd.env(PHONE_DIR, dir.join("phone"))
             .env(PHONE_EVENTS, dir.join("phone-events"))
             .env(PHONE_RENEW_MS, renew_ms.to_string());
-        PhoneProc { helper: Helper::spawn(cmd), dir: dir.to_owned(), renew_ms, desktops: 0 }
+        PhoneProc { helper: Helper::spawn(cmd), dir: dir.to_owned(), renew_ms, env, desktops: 0 }
     }
 
     pub fn pid(&self) -> u32 {
@@ -231,10 +234,13 @@ impl PhoneProc {
         super::tail(&self.dir.join("phone.log"), 40)
     }
 
-    /// `kill -9`, and start again on the same data.
+    /// `kill -9`, and start again on the same data (with the same
+    /// environment).
     pub fn restart(&mut self) {
         self.kill9();
-        *self = PhoneProc::start(&self.dir.clone(), self.renew_ms);
+        let env = std::mem::take(&mut self.env);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        *self = PhoneProc::start_with(&self.dir.clone(), self.renew_ms, &env);
     }
 
     /// Whether the process ended.

@@ -16,6 +16,10 @@
 //!   full); counted apart, not as lost;
 //! * `lost`: none of these.
 //!
+//! And the other way round, `forgotten`: an event the phone reported that
+//! the desktop's history does not hold (the desktop lost what it had sent:
+//! what power loss would show if it sent before its write was durable).
+//!
 //! Per task: the agent ran each submitted task at most once (one
 //! `accepted`, one finish) and every submit the phone confirmed reached it.
 
@@ -44,6 +48,8 @@ pub struct Tally {
     pub messages_reported_lost: u64,
     pub refilled: u64,
     pub lost: u64,
+    /// Events the phone reported that the desktop's history lacks.
+    pub forgotten: u64,
     /// `(task, offset)` of each lost event, for the failure message.
     pub lost_events: Vec<(String, u64)>,
 }
@@ -54,7 +60,7 @@ impl fmt::Display for Tally {
             f,
             "tasks submitted {} (confirmed {}), ran {}, ran twice {}, confirmed never ran {}, \
              refused but ran {}, unfinished {}; events sent {}, delivered {}, lost {}, duplicated {}, out of order {}, \
-             reported missing {} (+{} messages), refilled after a phone restart {}",
+             reported missing {} (+{} messages), refilled after a phone restart {}, forgotten by the desktop {}",
             self.tasks_submitted,
             self.tasks_confirmed,
             self.tasks_ran,
@@ -69,7 +75,8 @@ impl fmt::Display for Tally {
             self.out_of_order,
             self.reported_missing,
             self.messages_reported_lost,
-            self.refilled
+            self.refilled,
+            self.forgotten
         )
     }
 }
@@ -92,6 +99,7 @@ impl Tally {
         self.messages_reported_lost += o.messages_reported_lost;
         self.refilled += o.refilled;
         self.lost += o.lost;
+        self.forgotten += o.forgotten;
         self.lost_events.extend(o.lost_events.iter().cloned());
     }
 
@@ -105,7 +113,8 @@ impl Tally {
                 && self.tasks_ran_twice == 0
                 && self.confirmed_never_ran == 0
                 && self.refused_but_ran == 0
-                && self.tasks_unfinished == 0,
+                && self.tasks_unfinished == 0
+                && self.forgotten == 0,
             "{scenario}: {self}; lost events {:?}",
             self.lost_events
         );
@@ -205,7 +214,9 @@ pub fn count(
         ..Tally::default()
     };
     for (task, confirmed) in submitted {
+        let seen = live.tasks.get(task).cloned().unwrap_or_default();
         let Some(history) = desktop.get(task) else {
+            t.forgotten += seen.len() as u64;
             if *confirmed {
                 t.confirmed_never_ran += 1;
             }
@@ -224,7 +235,8 @@ pub fn count(
             t.tasks_unfinished += 1;
         }
         t.sent += history.len() as u64;
-        let seen = live.tasks.get(task).cloned().unwrap_or_default();
+        let held: BTreeSet<u64> = history.iter().map(|(o, _)| *o).collect();
+        t.forgotten += seen.iter().filter(|(o, _, _)| !held.contains(o)).count() as u64;
         let mut once: BTreeMap<u64, u64> = BTreeMap::new();
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         for (offset, _, process) in &seen {

@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::cluster::Cluster;
 use super::net::Netns;
 use super::phone::PhoneProc;
 use super::tally::{self, Live, Tally};
-use super::{Agent, Relay, WAIT, agent_config, pair_agent, rss_kib};
+use super::{Agent, Relay, WAIT, agent_config, rss_kib};
 
 /// What a scenario reports (printed as one line, `RELIABILITY` prefix, for
 /// the long script to collect).
@@ -57,7 +58,12 @@ impl Figures {
 /// The three processes and the traffic so far.
 pub struct World {
     pub dir: PathBuf,
+    /// The relay (with several nodes: node `n1`, and the others in
+    /// [`World::cluster`]).
     pub relay: Relay,
+    /// Redis, the other nodes and haproxy, when the world has several
+    /// relay nodes ([`World::new_cluster`]).
+    pub cluster: Option<Cluster>,
     pub agent: Agent,
     pub phone: PhoneProc,
     /// The harness's task ids, in order, with whether the phone confirmed
@@ -101,10 +107,44 @@ impl World {
         let mut phone = PhoneProc::start(dir, PHONE_RENEW_MS);
         before_pairing(&mut relay, &mut phone);
         let agent = Self::pair(dir, &relay, &mut phone).unwrap_or_else(|e| panic!("{e}"));
+        Self::assemble(dir, scenario, seed, relay, None, agent, phone)
+    }
+
+    /// As [`World::new`] with `nodes` relay nodes (2 or 3) on a Redis of
+    /// the scenario's own behind haproxy ([`Cluster`]); the agent and the
+    /// phone pair and connect through haproxy.
+    pub fn new_cluster(dir: &Path, scenario: &str, seed: u64, nodes: usize) -> World {
+        Self::on_cluster(dir, scenario, seed, Cluster::start(dir, nodes))
+    }
+
+    /// As [`World::new_cluster`], the nodes on a Redis primary with a
+    /// replica and a Sentinel ([`Cluster::start_sentinel`]).
+    pub fn new_sentinel(dir: &Path, scenario: &str, seed: u64, nodes: usize) -> World {
+        Self::on_cluster(dir, scenario, seed, Cluster::start_sentinel(dir, nodes))
+    }
+
+    fn on_cluster(dir: &Path, scenario: &str, seed: u64, nodes: (Relay, Cluster)) -> World {
+        let (relay, cluster) = nodes;
+        let mut phone = PhoneProc::start(dir, PHONE_RENEW_MS);
+        let (url, base) = (cluster.lb.url(), cluster.lb.link_base());
+        let agent = Self::pair_at(dir, &url, &base, &mut phone).unwrap_or_else(|e| panic!("{e}"));
+        Self::assemble(dir, scenario, seed, relay, Some(cluster), agent, phone)
+    }
+
+    fn assemble(
+        dir: &Path,
+        scenario: &str,
+        seed: u64,
+        relay: Relay,
+        cluster: Option<Cluster>,
+        agent: Agent,
+        phone: PhoneProc,
+    ) -> World {
         let figures = Figures { scenario: scenario.into(), seed, ..Figures::default() };
         let mut w = World {
             dir: dir.to_owned(),
             relay,
+            cluster,
             agent,
             phone,
             submitted: Vec::new(),
@@ -118,10 +158,20 @@ impl World {
 
     /// `tandem pair` and the phone's pairing, then `tandem run`.
     pub fn pair(dir: &Path, relay: &Relay, phone: &mut PhoneProc) -> Result<Agent, String> {
+        Self::pair_at(dir, &relay.url(), &relay.link_base(), phone)
+    }
+
+    /// As [`World::pair`], through the relay at `url` (haproxy's).
+    pub fn pair_at(
+        dir: &Path,
+        url: &str,
+        link_base: &str,
+        phone: &mut PhoneProc,
+    ) -> Result<Agent, String> {
         let desk = dir.join("desk");
         let config = agent_config(dir);
         let log = dir.join("agent.log");
-        let (mut pairing, link) = pair_agent(&desk, &config, &log, relay);
+        let (mut pairing, link) = super::pair_agent_at(&desk, &config, &log, url, link_base);
         phone.send(&format!("pair {link}"));
         let answer = phone.until("pair", WAIT).ok_or("the phone died while pairing")?;
         if !answer.starts_with("ed ") {
