@@ -12,6 +12,12 @@
 //! frames and stored ones in id order ([`Hold::mark`] tells it when the
 //! store may hold something it has not read).
 //!
+//! On the Redis store (several nodes) a node holds frames only for devices
+//! connected to it, under ids from blocks it leased (`store/redis/pool.rs`
+//! says how they stay increasing per recipient across nodes): the hold
+//! keeps a floor the ids must be above, and the fence token of the claim
+//! its frames are held under.
+//!
 //! [`Store::reserve_id`]: crate::store::Store::reserve_id
 
 use std::collections::VecDeque;
@@ -44,6 +50,14 @@ pub(crate) struct Hold {
     /// ([`Self::mark`] passed this), so acks of frames that were only held
     /// cost no store operation.
     pub(crate) store_acked: AtomicU64,
+    /// The highest id of a stored frame the writer delivered (an ack up to
+    /// it is submitted to the store, whatever [`Self::mark`] says: another
+    /// node may have written it).
+    pub(crate) stored_seen: AtomicU64,
+    /// The writer reads the store at its next turn (the node's channel was
+    /// lost and subscribed again: live deliveries from other nodes may have
+    /// been missed).
+    reread: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -56,6 +70,19 @@ struct HoldQ {
     closed: bool,
     /// In the flusher's list ([`Holds`]).
     queued: bool,
+    /// The highest id the device's connection was handed or may be handed
+    /// before any frame held from now on: held frames, stored ones the
+    /// writer is about to deliver, and (in a cluster) every id handed out
+    /// before this node claimed the device. A frame is held only under a
+    /// higher id ([`crate::store::Store::reserve_id`]), so the ids the
+    /// device sees only increase.
+    floor: u64,
+    /// In a cluster: the fence token of the device's ownership its frames
+    /// are held under (0: none), and whether a claim is under way (nothing
+    /// is held then: the ids the device saw elsewhere are not known yet).
+    fence: u64,
+    claiming: bool,
+
     /// The device's current connection (its writer is woken).
     wake: Arc<Shared>,
 }
@@ -75,6 +102,11 @@ struct Held {
     send_id: u64,
     /// Submitted to the store; answered when the write finishes.
     writing: bool,
+    /// The store is read through this id before this frame is delivered
+    /// ([`crate::store::Reserved::below`]).
+    below: u64,
+    /// The fence token it is held under ([`HoldQ::fence`]).
+    fence: u64,
 }
 
 impl HoldQ {
@@ -108,9 +140,9 @@ fn released(state: &State, n: i64, bytes: u64) {
     }
 }
 
-/// A held frame the writer may send: its id, the encoded `Deliver`, and
-/// its payload length.
-pub(crate) type Ready = (u64, Bytes, usize);
+/// A held frame the writer may send: its id, the encoded `Deliver`, its
+/// payload length, and the id the store must be read through first.
+pub(crate) type Ready = (u64, Bytes, usize, u64);
 
 /// Why a frame was not held (the caller takes the store path with it).
 pub(crate) struct NotHeld(pub(crate) Bytes);
@@ -125,7 +157,16 @@ pub(crate) struct Write {
 impl Hold {
     /// A new, empty hold for `to`, whose writer is woken by `wake`.
     pub(crate) fn new(to: DeviceId, wake: Arc<Shared>) -> Self {
-        let q = HoldQ { frames: VecDeque::new(), bytes: 0, closed: false, queued: false, wake };
+        let q = HoldQ {
+            frames: VecDeque::new(),
+            bytes: 0,
+            closed: false,
+            queued: false,
+            floor: 0,
+            fence: 0,
+            claiming: false,
+            wake,
+        };
         let mark = Arc::new(AtomicU64::new(0));
         Self {
             to,
@@ -133,7 +174,71 @@ impl Hold {
             mark,
             watched: AtomicBool::new(false),
             store_acked: AtomicU64::new(0),
+            stored_seen: AtomicU64::new(0),
+            reread: AtomicBool::new(false),
         }
+    }
+
+    /// The writer is about to deliver stored frame `id` (or, with
+    /// `stored` false, ids up to `id` were handed out before this node took
+    /// the device): no frame is held under an id at or below it from now on.
+    pub(crate) fn raise_floor(&self, id: u64, stored: bool) {
+        let mut q = lock(&self.q);
+        q.floor = q.floor.max(id);
+        drop(q);
+        if stored {
+            self.stored_seen.fetch_max(id, Ordering::AcqRel);
+        }
+    }
+
+    /// A connection for the device is claiming it in the cluster: hold
+    /// nothing until [`Self::claimed`].
+    pub(crate) fn begin_claim(&self) {
+        lock(&self.q).claiming = true;
+    }
+
+    /// The claim gave fence token `fence`, and the store's id counter was
+    /// at `next` then (the device may have been handed any id up to it
+    /// through another node): hold only above it, under `fence`. Frames
+    /// held under another fence (a connection this one replaced) and not
+    /// being written are refused to their senders (`store_unavailable`:
+    /// they resend): their ids may be below what the device saw elsewhere.
+    pub(crate) fn claimed(&self, state: &State, fence: u64, next: u64) {
+        let mut q = lock(&self.q);
+        q.floor = q.floor.max(next);
+        q.fence = fence;
+        q.claiming = false;
+        let (mut n, mut bytes) = (0i64, 0u64);
+        q.frames.retain(|h| {
+            if h.fence == fence || h.writing {
+                return true;
+            }
+            let why = "held for a connection the device replaced; send it again";
+            h.sender.answers.refuse(h.send_id, StoreError::Unavailable(why.into()));
+            n += 1;
+            bytes += h.len as u64;
+            false
+        });
+        q.bytes -= bytes;
+        q.shrink();
+        drop(q);
+        released(state, n, bytes);
+    }
+
+    /// A claim failed: hold again (the connection is refused).
+    pub(crate) fn claim_failed(&self) {
+        lock(&self.q).claiming = false;
+    }
+
+    /// Ask the writer to read the store at its next turn.
+    pub(crate) fn request_reread(&self) {
+        self.reread.store(true, Ordering::Release);
+        lock(&self.q).wake.answers.wake();
+    }
+
+    /// Whether a read of the store was asked for (forgetting the request).
+    pub(crate) fn take_reread(&self) -> bool {
+        self.reread.swap(false, Ordering::AcqRel)
     }
 
     /// Whether the store keeps [`Self::mark`] (else the writer reads the
@@ -178,6 +283,10 @@ impl Hold {
         if q.closed {
             return refuse("closed", payload);
         }
+        if q.claiming {
+            return refuse("claiming", payload);
+        }
+
         // A revocation since the route was checked (the store checks it
         // again in the enqueue's transaction; a held frame is not).
         if state.routes.generation() != generation {
@@ -194,8 +303,12 @@ impl Hold {
             state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
             return refuse("global_cap", payload);
         }
-        let id = match state.store.reserve_id(self.to) {
-            Ok(id) => id,
+        let (id, below) = match state.store.reserve_id(self.to, q.floor) {
+            Ok(r) if r.id > q.floor => (r.id, r.below),
+            Ok(_) => {
+                state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
+                return refuse("order", payload);
+            }
             Err(_) => {
                 state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
                 return refuse("store", payload);
@@ -209,6 +322,7 @@ impl Hold {
                 return refuse("encode", payload);
             }
         };
+        let fence = q.fence;
         q.frames.push_back(Held {
             id,
             frame,
@@ -219,7 +333,10 @@ impl Hold {
             sender: Arc::clone(sender),
             send_id,
             writing: false,
+            below,
+            fence,
         });
+        q.floor = id;
         q.bytes += len as u64;
         state.metrics.held(1, len as i64);
         if !q.queued {
@@ -239,7 +356,7 @@ impl Hold {
             .range(start..)
             .take_while(|h| h.id <= until)
             .take(max)
-            .map(|h| (h.id, h.frame.clone(), h.len))
+            .map(|h| (h.id, h.frame.clone(), h.len, h.below))
             .collect()
     }
 
@@ -331,7 +448,9 @@ impl Hold {
         }
         let last = *ids.last()?;
         state.metrics.hold_written(frames.len());
-        let fut = state.store.enqueue_reserved(frames, unix_now());
+        // Every frame not being written is held under the current fence
+        // ([`Self::claimed`] refused the others).
+        let fut = state.store.enqueue_reserved(frames, unix_now(), q.fence);
         // After the submission (made by the call): a fetch the writer
         // submits after seeing the mark is applied after the write and
         // sees it. Raised before, a fetch could pass the write, count these
@@ -452,6 +571,8 @@ mod tests {
                     sender: Arc::clone(&sender),
                     send_id: id,
                     writing: false,
+                    below: 0,
+                    fence: 0,
                 });
             }
         }
@@ -488,7 +609,7 @@ mod tests {
         assert_eq!(held, memory(300, 3000));
         assert!(held > 300 * 10 + 300 * 100, "the entries count, not only payloads: {held}");
         // The held `Deliver` is the frame the recipient gets, payload intact.
-        let (id, frame, len) = hold.ready(0, u64::MAX, 1).remove(0);
+        let (id, frame, len, _) = hold.ready(0, u64::MAX, 1).remove(0);
         let want =
             Frame::Deliver { delivery_id: id, from: DeviceId([2; 16]), payload: vec![5; 10] };
         assert_eq!((&frame[..], len), (&want.encode().unwrap()[..], 10));

@@ -212,8 +212,10 @@ impl ConnHandle {
         match self.tx.try_send(Box::new(out)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(out))
-                if matches!(*out, Outbound::Deliver { .. }) =>
+                if let Outbound::Deliver { id, .. } = *out =>
             {
+                // The store may hold it: the writer reads it from there.
+                self.hold.mark.fetch_max(id, Ordering::AcqRel);
                 self.answers().wake()
             }
             Err(mpsc::error::TrySendError::Full(out)) => {
@@ -269,6 +271,11 @@ impl Registry {
                 let watched = state.store.watch(device, Some(Arc::clone(&handle.hold.mark)));
                 handle.hold.set_watched(watched);
             }
+        }
+        if state.cluster.is_some() {
+            // Nothing is held until the connection's claim says which ids
+            // the device may have seen on other nodes (`Hold::claimed`).
+            handle.hold.begin_claim();
         }
         let old = map.insert(device, handle.clone());
         (handle, old)

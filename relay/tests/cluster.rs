@@ -635,3 +635,255 @@ async fn a_lost_replaced_message_still_leaves_one_connection() {
     let (_, _, payload) = phone2.delivery().await;
     assert_eq!(payload, b"to the one connection");
 }
+
+/// Frames a [`stream_to`] sender may have sent and not had answered.
+const IN_FLIGHT: usize = 32;
+
+/// Connect through the load balancer, retrying (a node may be dead, and
+/// haproxy may still pick it) for up to 20 s; the `AuthOk`'s store epoch.
+async fn reconnect(lb: &Haproxy, key: &tandem_proto::DeviceKey, role: Role) -> (Device, u64) {
+    for _ in 0..80 {
+        let Ok(ws) = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio_tungstenite::connect_async(lb.url.as_str()),
+        )
+        .await
+        else {
+            continue;
+        };
+        let Ok((ws, _)) = ws else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        };
+        let mut d = Device { key: key.clone(), role, ws, backlog: Vec::new(), auto_pong: true };
+        if !d.try_send(&Frame::Hello { min_version: 1, max_version: 1, role }).await {
+            continue;
+        }
+        let Some(Ok(challenge)) = d.next_within(Duration::from_secs(3)).await else { continue };
+        let proof = tandem_proto::relay_auth::prove(&d.key, role, &lb.addr, &challenge).unwrap();
+        if !d.try_send(&proof).await {
+            continue;
+        }
+        match d.next_within(Duration::from_secs(5)).await {
+            Some(Ok(Frame::AuthOk { store_epoch, .. })) => return (d, store_epoch),
+            other => {
+                eprintln!("refused for now: {other:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    panic!("not reconnected through the load balancer within 20 s");
+}
+
+/// Send `n` payloads `<tag>-<i>` to `to`, up to [`IN_FLIGHT`] unanswered
+/// at a time, as a device with an end-to-end outbox does: a refused one,
+/// or one still unanswered when the connection dies, is sent again (after
+/// reconnecting through `lb`); one answered `Ok` never is. Returns when
+/// every one had its `Ok`, with how many times it reconnected.
+async fn stream_to(
+    mut d: Device,
+    lb: std::sync::Arc<Haproxy>,
+    to: tandem_proto::DeviceId,
+    n: u64,
+    tag: &'static str,
+) -> u32 {
+    use std::collections::{BTreeSet, HashSet};
+    let mut reconnects = 0;
+    let (key, role) = (d.key.clone(), d.role);
+    let mut todo: BTreeSet<u64> = (1..=n).collect();
+    let mut inflight: HashSet<u64> = HashSet::new();
+    let mut oked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while oked < n {
+        assert!(tokio::time::Instant::now() < deadline, "{tag}: {oked} of {n} had Ok in time");
+        let mut dead = false;
+        while inflight.len() < IN_FLIGHT {
+            let Some(i) = todo.pop_first() else { break };
+            let payload = format!("{tag}-{i}").into_bytes();
+            inflight.insert(i);
+            if !d.try_send(&Frame::Send { send_id: i, to, payload }).await {
+                dead = true;
+                break;
+            }
+        }
+        if !dead {
+            match d.next_within(Duration::from_secs(10)).await {
+                Some(Ok(Frame::Ok { ref_id })) => {
+                    if inflight.remove(&ref_id) {
+                        oked += 1;
+                    }
+                }
+                Some(Ok(Frame::Error { ref_id, code, .. })) if ref_id != 0 => {
+                    // Over the frame rate limit (it is fast), or not taken
+                    // (`store_unavailable`): sent again.
+                    if code != ErrorCode::RateLimited {
+                        eprintln!("{tag}: send {ref_id} refused with {code}; sent again");
+                    }
+                    if inflight.remove(&ref_id) {
+                        todo.insert(ref_id);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => dead = true,
+            }
+        }
+        if dead {
+            // Not answered on the dead connection: not taken; sent again.
+            todo.extend(inflight.drain());
+            d = reconnect(&lb, &key, role).await.0;
+            reconnects += 1;
+        }
+    }
+    reconnects
+}
+
+/// Receive until every payload `<tag>-1..=n` arrived, acknowledging each
+/// delivery, reconnecting through `lb` whenever the connection dies. A
+/// delivery whose id is not above the last one seen must be a payload
+/// already received (a redelivery, as a device drops it): the ids the
+/// device sees only increase. Every connection announces `epoch`. Returns
+/// how many times it reconnected.
+async fn receive_from(
+    mut d: Device,
+    lb: std::sync::Arc<Haproxy>,
+    n: u64,
+    tag: &'static str,
+    epoch: u64,
+) -> u32 {
+    use std::collections::HashSet;
+    let mut reconnects = 0;
+    let (key, role) = (d.key.clone(), d.role);
+    let want: HashSet<Vec<u8>> = (1..=n).map(|i| format!("{tag}-{i}").into_bytes()).collect();
+    let mut got: HashSet<Vec<u8>> = HashSet::new();
+    let mut last = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !want.is_subset(&got) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{tag}: {} of {n} received; missing {:?}",
+            got.len(),
+            want.difference(&got).map(|p| String::from_utf8_lossy(p).into_owned()).take(10)
+        );
+        match d.next_within(Duration::from_secs(10)).await {
+            Some(Ok(Frame::Deliver { delivery_id, payload, .. })) => {
+                if delivery_id <= last {
+                    assert!(
+                        got.contains(&payload),
+                        "{tag}: a new payload {:?} came under id {delivery_id}, not above {last} \
+                         (a device drops it as seen)",
+                        String::from_utf8_lossy(&payload)
+                    );
+                } else {
+                    last = delivery_id;
+                    got.insert(payload);
+                }
+                let _ = d.try_send(&Frame::Ack { up_to: delivery_id.max(last) }).await;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                let (nd, e) = reconnect(&lb, &key, role).await;
+                assert_eq!(e, epoch, "{tag}: Redis did not restart: one store epoch");
+                d = nd;
+                reconnects += 1;
+            }
+        }
+    }
+    reconnects
+}
+
+/// Two devices connected to `a` and `b` directly that authorised each
+/// other, and the store epoch.
+async fn routed(a: &common::Relay, b: &common::Relay) -> (Device, Device, u64) {
+    let mut x = connect_retrying(a, new_key(), Role::Desktop).await;
+    let mut y = connect_retrying(b, new_key(), Role::Phone).await;
+    let (xi, yi) = (x.id(), y.id());
+    x.authorize(yi, 1).await.unwrap();
+    y.authorize(xi, 1).await.unwrap();
+    (x, y, epoch_of(a).await)
+}
+
+/// The store epoch `node` announces (a throwaway device).
+async fn epoch_of(node: &common::Relay) -> u64 {
+    let ws = common::ws_connect_from(node, LO).await.unwrap();
+    let role = Role::Phone;
+    let mut d = Device { key: new_key(), role, ws, backlog: Vec::new(), auto_pong: true };
+    d.send(&Frame::Hello { min_version: 1, max_version: 1, role }).await;
+    let challenge = d.recv().await;
+    let proof = tandem_proto::relay_auth::prove(&d.key, role, &node.addr, &challenge).unwrap();
+    d.send(&proof).await;
+    match d.recv().await {
+        Frame::AuthOk { store_epoch, .. } => store_epoch,
+        other => panic!("expected AuthOk, got {other:?}"),
+    }
+}
+
+/// Senders on node A stream to recipients on node B and on their own
+/// nodes (frames held in memory, `Ok` when the recipient acknowledged
+/// them), and `victim` (0: A, 1: B) is killed -9 mid-stream: every frame
+/// that had `Ok` arrives, the ids each recipient sees only increase, and
+/// the devices of the dead node resume through the load balancer.
+async fn held_frames_across_a_node_killed(victim: usize) {
+    use std::sync::Arc;
+    const N: u64 = 4000;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let mut nodes = [
+        node(dir.path(), &redis, "na", &[]),
+        node(dir.path(), &redis, "nb", &[]),
+        node(dir.path(), &redis, "nc", &[]),
+    ];
+    let lb = Arc::new(Haproxy::start(dir.path(), &[&nodes[0], &nodes[1], &nodes[2]]));
+    // A -> B (split), B -> B and A -> A (same node: held there).
+    let (a_to_b, on_b, epoch) = routed(&nodes[0], &nodes[1]).await;
+    let (b_to_b, on_b2, _) = routed(&nodes[1], &nodes[1]).await;
+    let (a_to_a, on_a, _) = routed(&nodes[0], &nodes[0]).await;
+    let mut tasks = Vec::new();
+    // Which ends sit on the victim (they must have reconnected).
+    let on_victim = |node: usize| node == victim;
+    for (tx, rx, tag, (at, to_at)) in
+        [(a_to_b, on_b, "ab", (0, 1)), (b_to_b, on_b2, "bb", (1, 1)), (a_to_a, on_a, "aa", (0, 0))]
+    {
+        let to = rx.id();
+        let r = tokio::spawn(receive_from(rx, lb.clone(), N, tag, epoch));
+        tasks.push((format!("{tag} recipient"), on_victim(to_at), r));
+        let s = tokio::spawn(stream_to(tx, lb.clone(), to, N, tag));
+        tasks.push((format!("{tag} sender"), on_victim(at), s));
+    }
+    // Mid-stream: once frames were held and acknowledged on the victim.
+    let held = "tandem_relay_send_oks_total{by=\"ack\"}";
+    let acked = |m: &str| common::metric(m, held).unwrap_or(0.0);
+    let mut polls = 0;
+    loop {
+        let m = common::cluster::get(&nodes[victim], "/metrics").await.1;
+        if acked(&m) >= 300.0 {
+            eprintln!("before the kill: {} Oks from acks", acked(&m));
+            break;
+        }
+        polls += 1;
+        assert!(polls < 600, "nothing held on the victim:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nodes[victim].kill9();
+    for (who, moved, t) in tasks {
+        let reconnects = t.await.unwrap();
+        if moved {
+            assert!(reconnects > 0, "{who} was on the killed node mid-stream");
+        }
+    }
+    // The survivor held frames too (not everything went to Redis).
+    let survivor = &nodes[1 - victim];
+    let m = common::cluster::get(survivor, "/metrics").await.1;
+    let by_ack = acked(&m);
+    assert!(by_ack >= 100.0, "the survivor answered {by_ack} Oks from acks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_frames_survive_the_recipients_node_killed() {
+    held_frames_across_a_node_killed(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_frames_survive_the_senders_node_killed() {
+    held_frames_across_a_node_killed(0).await;
+}

@@ -126,7 +126,11 @@ async fn dispatch(state: &State, cluster: &Cluster, bytes: &[u8]) {
                     epoch,
                 }),
                 Some(false) => {}
-                None => h.answers().wake(),
+                None => {
+                    // It is in the store: the writer reads it from there.
+                    h.hold.mark.fetch_max(delivery_id, Ordering::AcqRel);
+                    h.answers().wake()
+                }
             }
         }
         Message::Frame { to, frame } => {

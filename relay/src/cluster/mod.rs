@@ -226,11 +226,19 @@ impl Cluster {
     /// Take ownership of `device`'s connection; returns its fence token.
     /// A connection to Redis found broken is replaced and the claim made
     /// once more (a claim is safe to repeat: the later fence wins).
+    #[cfg(test)]
     pub(crate) async fn claim(&self, device: DeviceId) -> Result<u64, ClusterError> {
+        Ok(self.claim_at(device).await?.0)
+    }
+
+    /// [`Self::claim`], with the store's delivery id counter at the claim:
+    /// every id handed out before it, by any node (ids the device may have
+    /// seen on another node's connection), is at or below it.
+    pub(crate) async fn claim_at(&self, device: DeviceId) -> Result<(u64, u64), ClusterError> {
         let mut tries = 0;
         loop {
             let mut c = self.link.conn().await?;
-            let fence: Result<u64, redis::RedisError> = self
+            let fence: Result<(u64, u64), redis::RedisError> = self
                 .scripts
                 .claim
                 .key(self.key("own", &device))

@@ -20,7 +20,8 @@ use redis::Script;
 /// `KEYS`: own, fences, the device's `fence:<device>` of earlier versions.
 /// `ARGV`: node, prefix, device (hex), the `Replaced` message without its
 /// fence. Takes ownership of the device for `node`, returns the new fence
-/// token; the previous owner (another node) is told to close its
+/// token and the store's delivery id counter then (`{fence, next}`: every
+/// id handed out before, by any node, is at or below it); the previous owner (another node) is told to close its
 /// connection. The token is above the current owner's and above the
 /// device's counter of earlier versions (during a rolling upgrade both kinds
 /// of node claim; that counter, where it exists, is moved up with it, so an
@@ -50,7 +51,8 @@ if old then
     redis.call('PUBLISH', ARGV[2] .. 'node:' .. node, ARGV[4] .. fence)
   end
 end
-return fence
+local next = redis.call('HGET', ARGV[2] .. 'epoch', 'next') or '0'
+return {fence, next}
 ";
 
 /// `KEYS`: the `own` key of each recipient. `ARGV`: prefix, then one

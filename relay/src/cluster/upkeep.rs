@@ -100,7 +100,7 @@ pub(crate) async fn resync(state: Arc<State>, cluster: Arc<Cluster>) {
     state.routes.clear();
     let here = state.registry.devices();
     for (_, h) in &here {
-        h.answers().wake();
+        h.hold.request_reread();
     }
     reconcile(&state, &cluster).await;
     replay_claims(&state, &cluster).await;
@@ -143,10 +143,11 @@ async fn reconcile(state: &State, cluster: &Cluster) -> bool {
                 }
             }
             Some((_, fence)) if fence > h.fence() => h.replaced_at(fence),
-            _ => match cluster.claim(*device).await {
-                Ok(fence) => {
+            _ => match cluster.claim_at(*device).await {
+                Ok((fence, next)) => {
                     // Its ownership was reaped: its peers were told it went.
                     h.set_fence(fence);
+                    h.hold.claimed(state, fence, next);
                     if crate::conn::announce(state, *device, Change::Online(fence)).await {
                         h.set_announced();
                     }

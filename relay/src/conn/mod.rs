@@ -231,9 +231,15 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
     if let Some(cluster) = &state.cluster {
         // The device's connection is this node's now; the node that had it
         // is told to close its one.
-        match cluster.claim(device).await {
-            Ok(fence) => handle.set_fence(fence),
+        match cluster.claim_at(device).await {
+            Ok((fence, next)) => {
+                handle.set_fence(fence);
+                // Ids up to the counter at the claim may have reached the
+                // device through another node: nothing is held under them.
+                handle.hold.claimed(&state, fence, next);
+            }
             Err(e) => {
+                handle.hold.claim_failed();
                 warn!(device = %device, error = %e, "cannot claim the device in the cluster");
                 if let (_, Some(write)) = state.registry.remove(&device, conn_id, &state) {
                     // What the connection it replaced held.
@@ -281,6 +287,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
                 retry_at: None,
                 fetched: 0,
                 known: 0,
+                must_read: true,
                 epoch: store_epoch,
             };
             Some(tokio::spawn(w.run(rx)))
@@ -298,6 +305,8 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
         ip: key,
         link,
         unapplied: pending::Unapplied::default(),
+        unanswered: std::sync::Mutex::new(Vec::new()),
+        paused: std::sync::atomic::AtomicU32::new(0),
     };
     Some(Conn { stream, reader, conn_id, writer })
 }

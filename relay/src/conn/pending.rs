@@ -31,34 +31,54 @@ pub(super) struct Enqueue {
     pub(super) enqueued: Enqueued,
     /// The store epoch when the enqueue was submitted.
     pub(super) epoch: u64,
+    /// The reader stops reading until this is answered (see
+    /// `Reader::on_send`).
+    pub(super) pausing: bool,
 }
 
 pub(super) type PendingFut = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
 
 /// A store operation that finished.
 pub(super) enum Done {
-    Enqueued { send_id: u64, len: usize, result: Result<u64, StoreError> },
-    Acked { up_to: u64, result: Result<u64, StoreError> },
+    Enqueued {
+        send_id: u64,
+        to: DeviceId,
+        pausing: bool,
+        len: usize,
+        result: Result<u64, StoreError>,
+    },
+    Acked {
+        up_to: u64,
+        result: Result<u64, StoreError>,
+    },
 }
 
 impl Pending {
     pub(super) async fn finish(self) -> Done {
         match self {
             Pending::Enqueue(e) => {
-                let Enqueue { state, send_id, from, to, payload, enqueued, epoch } = *e;
+                let Enqueue { state, send_id, from, to, payload, enqueued, epoch, pausing } = *e;
                 let len = payload.len();
                 // Deliver as soon as the frame has its id, while the commit
                 // runs; the sender's `Ok` waits for the commit. Without an
                 // early id (a full queue, a failing store), once it is stored.
                 let mut payload = Some(payload);
                 if let Ok(id) = enqueued.placed.await {
+                    if state.cluster.is_some()
+                        && let Some(h) = state.registry.get(&to)
+                    {
+                        // On Redis the id may be above ids this node
+                        // leased: nothing is held for the recipient below it
+                        // from now on (its sender's next frame comes after).
+                        h.hold.raise_floor(id, false);
+                    }
                     push(&state, (from, to), (id, epoch), &mut payload).await;
                 }
                 let result = enqueued.durable.await;
                 if let Ok(id) = result {
                     push(&state, (from, to), (id, epoch), &mut payload).await;
                 }
-                Done::Enqueued { send_id, len, result }
+                Done::Enqueued { send_id, to, pausing, len, result }
             }
             Pending::Ack { up_to, fut } => Done::Acked { up_to, result: fut.await },
         }
@@ -94,6 +114,7 @@ async fn push(
             // Not known now: the recipient's writer reads its queue (the
             // store checks the route); another node checks it itself.
             if let Some(h) = &local {
+                h.hold.mark.fetch_max(id, std::sync::atomic::Ordering::AcqRel);
                 h.answers().wake();
                 return;
             }

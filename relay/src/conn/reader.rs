@@ -61,6 +61,17 @@ pub(super) struct Reader {
     pub(super) link: Arc<Link>,
     /// The highest ack the store did not apply yet.
     pub(super) unapplied: Unapplied,
+    /// In a cluster: per recipient, this device's frames queued in the
+    /// store whose ids the store has not answered yet. None of its frames
+    /// for that recipient is held meanwhile: on Redis a queued frame's id
+    /// may be above ids the node leased, and the device's frames must keep
+    /// their order (PROTOCOL.md §6.6).
+    pub(super) unanswered: std::sync::Mutex<Vec<(DeviceId, u32)>>,
+    /// Such frames for a recipient with a hold here: the reader reads no
+    /// more until they are answered, so the device's next frame can be
+    /// held above them (instead of queued too, and so on for as long as
+    /// it keeps frames in flight).
+    pub(super) paused: std::sync::atomic::AtomicU32,
 }
 
 impl Reader {
@@ -104,7 +115,8 @@ impl Reader {
                     Event::RetryAck
                 }
                 () = sleep_until(idle_deadline) => Event::Idle,
-                msg = stream.next(), if pending.len() < MAX_PENDING => Event::Message(msg),
+                msg = stream.next(), if pending.len() < MAX_PENDING
+                    && self.paused.load(Ordering::Acquire) == 0 => Event::Message(msg),
             };
             match Box::pin(self.on_event(event)).await? {
                 Next::Read => {}
@@ -259,15 +271,29 @@ impl Reader {
         }
         let recipient = state.registry.get(&to);
         let live = recipient.is_some();
+        let cluster = state.cluster.is_some();
+        let mut pausing = false;
         if !state.config.hold_window.is_zero()
             && let Some(r) = recipient
         {
-            let addr = self.ip.addr_key();
-            let sender = &self.handle.shared;
-            match r.hold.offer(state, generation, send_id, me, addr, sender, payload) {
-                // Answered when the recipient acks it or it is written.
-                Ok(()) => return None,
-                Err(NotHeld(p)) => payload = p,
+            if cluster && self.unanswered_to(&to) > 0 {
+                // Queued after its frames whose ids are not known yet.
+                state.metrics.spilled("sender_order");
+            } else {
+                let addr = self.ip.addr_key();
+                let sender = &self.handle.shared;
+                match r.hold.offer(state, generation, send_id, me, addr, sender, payload) {
+                    // Answered when the recipient acks it or it is written.
+                    Ok(()) => return None,
+                    Err(NotHeld(p)) => payload = p,
+                }
+            }
+            pausing = cluster;
+        }
+        if cluster {
+            self.count_unanswered(to, true);
+            if pausing {
+                self.paused.fetch_add(1, Ordering::AcqRel);
             }
         }
         let frame = NewFrame { to, from: me, addr: self.ip.addr_key(), payload: payload.clone() };
@@ -284,6 +310,7 @@ impl Reader {
             payload,
             enqueued,
             epoch,
+            pausing,
         })))
     }
 
@@ -333,7 +360,11 @@ impl Reader {
                 // It covers an earlier one the store did not apply.
                 let up_to = up_to.min(self.link.delivered.load(Ordering::Acquire));
                 let unapplied = self.unapplied.take();
-                let mark = self.handle.hold.mark.load(Ordering::Acquire);
+                // Held frames written, and stored frames it was handed
+                // (another node may have written them).
+                let hold = &self.handle.hold;
+                let mark =
+                    hold.mark.load(Ordering::Acquire).max(hold.stored_seen.load(Ordering::Acquire));
                 let acked = self.handle.hold.store_acked.load(Ordering::Acquire);
                 let watched = self.handle.hold.watched();
                 if watched && unapplied.is_none() && (mark <= acked || up_to <= acked) {
@@ -614,29 +645,70 @@ impl Reader {
     async fn finished(&self, done: Done, answer: bool) {
         let state = &self.state;
         match done {
-            Done::Enqueued { send_id, len, result } => match result {
-                Ok(_) => {
-                    state.metrics.forwarded(len);
-                    state.metrics.ok("commit");
-                    // The store commits again: so may an ack it refused.
-                    self.unapplied.hurry();
-                    if answer {
-                        self.handle.answers().ok(send_id);
-                    }
+            Done::Enqueued { send_id, to, pausing, len, result } => {
+                if state.cluster.is_some() {
+                    self.count_unanswered(to, false);
                 }
-                Err(_) if !answer => {}
-                Err(e) => {
-                    if !matches!(e, StoreError::NoRoute) && refusal(&e).2.is_none() {
-                        warn!(error = %e, "store failed");
-                    }
-                    self.handle.answers().refuse(send_id, e);
+                if pausing {
+                    self.paused.fetch_sub(1, Ordering::AcqRel);
                 }
-            },
+                self.enqueued(send_id, len, result, answer);
+            }
             Done::Acked { up_to, result: Err(e) } => {
                 warn!(error = %e, up_to, "ack failed; applying it again later");
                 self.unapplied.note(up_to, Instant::now() + STORE_RETRY);
             }
             Done::Acked { up_to, result: Ok(_) } => self.unapplied.covered(up_to),
+        }
+    }
+
+    /// A `Send` the store answered: tell the device.
+    fn enqueued(&self, send_id: u64, len: usize, result: Result<u64, StoreError>, answer: bool) {
+        let state = &self.state;
+        match result {
+            Ok(_) => {
+                state.metrics.forwarded(len);
+                state.metrics.ok("commit");
+                // The store commits again: so may an ack it refused.
+                self.unapplied.hurry();
+                if answer {
+                    self.handle.answers().ok(send_id);
+                }
+            }
+            Err(_) if !answer => {}
+            Err(e) => {
+                if !matches!(e, StoreError::NoRoute) && refusal(&e).2.is_none() {
+                    warn!(error = %e, "store failed");
+                }
+                self.handle.answers().refuse(send_id, e);
+            }
+        }
+    }
+
+    /// This device's frames for `to` queued and not answered yet.
+    fn unanswered_to(&self, to: &DeviceId) -> u32 {
+        let u = self.unanswered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        u.iter().find(|(d, _)| d == to).map_or(0, |(_, n)| *n)
+    }
+
+    /// One more (`up`) or one fewer of them.
+    fn count_unanswered(&self, to: DeviceId, up: bool) {
+        let mut u = self.unanswered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match u.iter().position(|(d, _)| *d == to) {
+            Some(i) => {
+                let left = u.get_mut(i).map_or(0, |e| {
+                    e.1 = if up { e.1.saturating_add(1) } else { e.1.saturating_sub(1) };
+                    e.1
+                });
+                if left == 0 {
+                    u.swap_remove(i);
+                }
+            }
+            None if up => u.push((to, 1)),
+            None => {}
+        }
+        if u.is_empty() && u.capacity() > 16 {
+            *u = Vec::new();
         }
     }
 }

@@ -59,9 +59,13 @@ pub(super) struct Writer {
     /// the writer last read it through was read (and sent, or gone).
     pub(super) fetched: u64,
     /// The highest id the writer heard the store may hold besides
-    /// [`crate::hold::Hold::mark`] (live deliveries of stored frames; 1
-    /// at first, so the backlog is read once).
+    /// [`crate::hold::Hold::mark`] (live deliveries of stored frames).
     pub(super) known: u64,
+    /// The store is read at the next pump whatever the marks say (at
+    /// first; when woken by a store that watches nothing; at a ping in a
+    /// cluster; when the hold asks): a read that counts no id as read that
+    /// was not handed out before it.
+    pub(super) must_read: bool,
     /// The store epoch its `AuthOk` announced: no delivery id is sent under
     /// another (the store's epoch changes when Redis lost writes).
     pub(super) epoch: u64,
@@ -166,7 +170,7 @@ impl Writer {
         last: &'a mut u64,
     ) -> impl Future<Output = Result<(), Closing>> + Send + 'a {
         async move {
-            self.known = 1;
+            self.must_read = true;
             Box::pin(self.pump(last, u64::MAX)).await?;
             self.flush().await?;
             let mut ping_at = self.next_ping();
@@ -192,10 +196,13 @@ impl Writer {
                         if self.handle.is_closed() {
                             return Ok(());
                         }
-                        if !self.handle.hold.watched() {
-                            // A live delivery may have been dropped for a
-                            // full queue: read the store.
-                            self.known = self.known.max(self.fetched + 1);
+                        // Asked to (live deliveries from other nodes may have
+                        // been missed), or the store watches nothing (a live
+                        // delivery may have been dropped for a full queue):
+                        // read the store.
+                        let reread = self.handle.hold.take_reread();
+                        if reread || !self.handle.hold.watched() {
+                            self.must_read = true;
                         }
                         Box::pin(self.answer()).await?;
                         // Answers may wake it at every turn: the queue is
@@ -259,6 +266,14 @@ impl Writer {
                         self.link.liveness.store(nonce, Ordering::Release);
                         Box::pin(self.send(&Frame::Ping { nonce })).await?;
                         pong_by = Some(Instant::now() + self.state.config.pong_timeout);
+                        if self.state.cluster.is_some() {
+                            // In a cluster a live delivery from another node
+                            // is a hint that may be lost with its publish:
+                            // the queue is read once a ping interval anyway.
+                            self.must_read = true;
+                            Box::pin(self.pump(last, u64::MAX)).await?;
+                            self.flush().await?;
+                        }
                     }
                 }
             }
@@ -276,8 +291,10 @@ impl Writer {
                     // from the store under the right one).
                     return Ok(());
                 }
-                // It is in the store (or being written there).
+                // It is in the store (or being written there): nothing is
+                // held under a lower id from now on.
                 self.known = self.known.max(id);
+                self.handle.hold.raise_floor(id, true);
                 if self.room() == 0 {
                     // Read from there once acks make room.
                     self.behind = true;
@@ -366,7 +383,7 @@ impl Writer {
                 return Ok(false);
             }
             let k = self.handle.hold.mark.load(Ordering::Acquire).max(self.known);
-            if k <= self.fetched {
+            if k <= self.fetched && !self.must_read {
                 let done = match self.send_held(last, until, true).await? {
                     Held::All => true,
                     Held::Stopped => false,
@@ -380,7 +397,10 @@ impl Writer {
                 return Ok(done);
             }
             match Box::pin(self.backlog(last, until)).await? {
-                Read::Through => self.fetched = k,
+                Read::Through => {
+                    self.fetched = self.fetched.max(k);
+                    self.must_read = false;
+                }
                 Read::More => {}
                 // Stored frames past `until` wait for the next read.
                 Read::Until => {
@@ -416,11 +436,18 @@ impl Writer {
             // the held frames taken after it, so the store is read before
             // any of these is sent. Sending them first would move `last`
             // past it, and the device's ack would delete it unsent.
-            if check && self.handle.hold.mark.load(Ordering::Acquire).max(self.known) > self.fetched
+            // A frame held under an id from a block the store leased (the
+            // Redis store) may have frames other nodes wrote below it:
+            // those are read first.
+            let below = ready.iter().map(|r| r.3).max().unwrap_or(0);
+            if check
+                && self.handle.hold.mark.load(Ordering::Acquire).max(self.known).max(below)
+                    > self.fetched
             {
+                self.known = self.known.max(below);
                 return Ok(Held::ReadStore);
             }
-            for (id, frame, len) in ready {
+            for (id, frame, len, _) in ready {
                 self.same_epoch()?;
                 self.window.push(id, len);
                 feed_raw(&mut self.sink, frame, &self.state)
@@ -521,8 +548,12 @@ impl Writer {
             if q.id > until {
                 return Ok(Read::Until);
             }
-            // Held frames below it go first (a held frame keeps its id
-            // when it is written, so it may be in both: sent once).
+            // Nothing is held under a lower id from now on; held frames
+            // below it go first (a held frame keeps its id when it is
+            // written, so it may be in both: sent once).
+            if q.id > *last {
+                self.handle.hold.raise_floor(q.id, true);
+            }
             if q.id > *last + 1
                 && !matches!(self.send_held(last, q.id - 1, false).await?, Held::All)
             {

@@ -417,19 +417,23 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// A delivery id for a frame for `to` that the relay holds in memory
-    /// (`crate::hold`) and may write later with [`Store::enqueue_reserved`],
-    /// or never (the recipient acknowledged it first). The id is taken from
-    /// the same sequence as [`Store::enqueue`]'s and is never handed out
-    /// again, not even after a crash (the backend saves its counter ahead of
-    /// what it reserves). An error (the default: this backend holds
-    /// nothing) means "use [`Store::enqueue`]".
+    /// A delivery id above `above` for a frame for `to` that the relay
+    /// holds in memory (`crate::hold`) and may write later with
+    /// [`Store::enqueue_reserved`], or never (the recipient acknowledged it
+    /// first). `above` is the highest id `to`'s connection was handed or
+    /// may have been (its held frames, the stored ones it delivered): an
+    /// id at or below it is never returned. The id is never handed out
+    /// again, not even after a crash or by another node sharing the store
+    /// (the backend saves or leases its counter ahead of what it reserves).
+    /// An error (the default: this backend holds nothing) means "use
+    /// [`Store::enqueue`]".
     ///
     /// # Errors
     /// Why no id can be reserved now (the store is down, `to`'s queue is
-    /// full, the backend does not reserve).
-    fn reserve_id(&self, to: DeviceId) -> Result<u64, StoreError> {
-        let _ = to;
+    /// full, the backend has no id above `above` at hand, the backend does
+    /// not reserve).
+    fn reserve_id(&self, to: DeviceId, above: u64) -> Result<Reserved, StoreError> {
+        let _ = (to, above);
         Err(StoreError::Unavailable("this store reserves no ids".into()))
     }
 
@@ -438,12 +442,19 @@ pub trait Store: Send + Sync + 'static {
     /// [`Enqueued::durable`]'s). A fetch called after this sees them. The
     /// default refuses them all (it is never called when
     /// [`Store::reserve_id`] refuses).
+    ///
+    /// `fence`: in a cluster, the fence token of the recipient's connection
+    /// they were held for (0: none). A store shared by several nodes
+    /// refuses them ([`StoreError::Unavailable`]) once the recipient's
+    /// ownership has another fence: a newer connection may have been handed
+    /// higher ids already, and would then read these below them.
     fn enqueue_reserved(
         &self,
         frames: Vec<(u64, NewFrame)>,
         now_unix: u64,
+        fence: u64,
     ) -> StoreFuture<Vec<Result<u64, StoreError>>> {
-        let _ = (frames, now_unix);
+        let _ = (frames, now_unix, fence);
         Box::pin(std::future::ready(Err(StoreError::Unavailable(
             "this store reserves no ids".into(),
         ))))
@@ -470,6 +481,18 @@ pub trait Store: Send + Sync + 'static {
     fn stats(&self) -> StoreStats {
         StoreStats::default()
     }
+}
+
+/// An id [`Store::reserve_id`] reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    /// The delivery id.
+    pub id: u64,
+    /// The store may hold frames for the recipient with ids up to this
+    /// that its [`Store::watch`] did not report (another node wrote them):
+    /// the recipient's connection reads the store through this id before
+    /// it delivers `id` (0: nothing to read).
+    pub below: u64,
 }
 
 /// What [`Store::stats`] reports, counted since the store opened.

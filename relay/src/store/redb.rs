@@ -33,8 +33,8 @@ use tokio::sync::oneshot;
 use self::tables::Answer;
 use self::writer::{Opened, Writer, open_db};
 use super::{
-    AddrKey, Enqueued, Expired, NewFrame, QueueDepth, QueueLimits, Queued, RouteLimits, Store,
-    StoreError, StoreFuture, Totals,
+    AddrKey, Enqueued, Expired, NewFrame, QueueDepth, QueueLimits, Queued, Reserved, RouteLimits,
+    Store, StoreError, StoreFuture, Totals,
 };
 
 mod accounts;
@@ -430,7 +430,7 @@ impl Store for RedbStore {
         lock(&self.ids).down.clone().map_or(Ok(()), Err)
     }
 
-    fn reserve_id(&self, to: DeviceId) -> Result<u64, StoreError> {
+    fn reserve_id(&self, to: DeviceId, above: u64) -> Result<Reserved, StoreError> {
         // While `relay.enqueue` (or `relay.enqueue.<to>`) is armed, frames
         // for `to` take the enqueue path, where it is evaluated (looked at
         // here without spending its count).
@@ -445,6 +445,11 @@ impl Store for RedbStore {
         if ids.full.contains(&to) {
             return Err(StoreError::QueueFull(to));
         }
+        // One counter for every id this store hands out: a new one is above
+        // any the recipient's connection saw (checked all the same).
+        if ids.next <= above {
+            return Err(StoreError::Unavailable("no id above the connection's".into()));
+        }
         let id = ids.take();
         if ids.next - ids.save_from > SKIP / 4 {
             // Best effort: a refused save is asked for again at the next id.
@@ -457,14 +462,17 @@ impl Store for RedbStore {
                 ids.save_from = ids.next;
             }
         }
-        Ok(id)
+        // Every enqueue raises the watched mark: nothing to read first.
+        Ok(Reserved { id, below: 0 })
     }
 
     fn enqueue_reserved(
         &self,
         frames: Vec<(u64, NewFrame)>,
         now_unix: u64,
+        _fence: u64,
     ) -> StoreFuture<Vec<Result<u64, StoreError>>> {
+        // One node: no other connection can have been handed higher ids.
         self.call(|reply| Op::EnqueueMany { frames, now: now_unix, reply })
     }
 

@@ -61,7 +61,9 @@
 //! # Durability and `Ok`
 //!
 //! A script's effects are in Redis's memory and its AOF buffer when it
-//! answers: an `Ok` the relay sends on this store means that, and the frame
+//! answers: an `Ok` the relay sends after a write to this store means that
+//! (a held frame's `Ok` may also mean its recipient acknowledged it, and it
+//! was never written: `crate::hold`), and the frame
 //! is on disk as the operator's `appendfsync` says. Run Redis with
 //! `appendonly yes` and `appendfsync always` for the relay's contract (an
 //! `Ok` survives a crash of Redis), or `appendfsync everysec` to lose at
@@ -98,12 +100,22 @@
 //! the scripts build key names they do not declare: untested there).
 //! Sentinel is supported ([`target`]): a failover is a new primary with
 //! another `run_id`, so a new epoch, and the old primary's `READONLY`
-//! answers make the store reconnect to the new one. [`Store::reserve_id`], [`Store::enqueue_reserved`] and
-//! [`Store::watch`] keep the trait's defaults: this store holds nothing in
-//! memory, so the relay writes every frame to Redis.
+//! answers make the store reconnect to the new one.
+//!
+//! # Held frames
+//!
+//! [`Store::reserve_id`] hands out ids from blocks the node leases from the
+//! counter ([`pool`], which says how the ids stay increasing per
+//! recipient across nodes); [`Store::enqueue_reserved`] writes held frames
+//! under them (`enqueue_reserved.lua`: the enqueue's checks, plus: the
+//! recipient's ownership still has the fence they were held under, and
+//! the id is above its queue's last one; otherwise `Unavailable`, and the
+//! sender sends again). [`Store::watch`] raises a watched recipient's mark
+//! when an enqueue for it is answered.
 
 mod driver;
 mod keys;
+mod pool;
 pub(crate) use self::keys::{hex as redis_hex, namespace};
 mod scripts;
 pub(crate) mod target;
@@ -117,10 +129,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::driver::{Call, Driver, Job, Shared};
 use self::keys::Keys;
+use self::pool::Pool;
 use self::scripts::Script;
 use super::{
     AddrKey, Enqueued, Expired, MAX_EXPIRED_PER_SWEEP, NewFrame, QueueDepth, QueueLimits, Queued,
-    RouteLimits, Store, StoreError, StoreFuture, StoreStats, Totals,
+    Reserved, RouteLimits, Store, StoreError, StoreFuture, StoreStats, Totals,
 };
 
 /// Most operations waiting for the connection's task; past it a call is
@@ -138,6 +151,7 @@ pub struct RedisStore {
     keys: Keys,
     limits: QueueLimits,
     routes: RouteLimits,
+    pool: Arc<Pool>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -197,7 +211,7 @@ impl RedisStore {
         let (tx, rx) = mpsc::channel(QUEUE);
         let driver = Driver { target, keys: keys.clone(), shared: Arc::clone(&shared), rx, first };
         rt.spawn(driver.run());
-        Ok(Self { tx, shared, keys, limits, routes })
+        Ok(Self { tx, shared, keys, limits, routes, pool: Arc::new(Pool::default()) })
     }
 
     /// Hand `job` to the connection's task, or refuse it at once.
@@ -238,6 +252,42 @@ impl RedisStore {
             args.push(keys::dev(b).into_bytes());
         }
         self.call(Call::Script(Script::Read, args), parse)
+    }
+}
+
+impl RedisStore {
+    /// The limits' script arguments, in `admit`'s order (`lib.lua`).
+    fn limit_args(&self) -> [Vec<u8>; 7] {
+        let l = &self.limits;
+        [
+            num(l.max_frames),
+            num(l.max_bytes),
+            num(l.sender_pair_max()),
+            num(l.sender_total_max()),
+            num(l.total_max_bytes),
+            num(l.total_max_bytes.saturating_add(l.overflow_max_bytes)),
+            num(l.sender_overflow_max()),
+        ]
+    }
+
+    /// Ask for a block of ids for the pool.
+    fn lease(&self) {
+        let pool = Arc::clone(&self.pool);
+        let shared = Arc::clone(&self.shared);
+        let job = Job {
+            call: Call::Script(Script::Lease, vec![num(pool::BLOCK)]),
+            frames: 0,
+            reply: Box::new(move |r| {
+                // Answered on the connection that ran it, before any other:
+                // its epoch is the store's now.
+                let epoch = shared.epoch.load(Ordering::Acquire);
+                let last = r.ok().and_then(|v| int(&v).ok()).and_then(|n| u64::try_from(n).ok());
+                pool.leased(last, epoch);
+            }),
+        };
+        if self.submit(job).is_err() {
+            self.pool.leased(None, 0);
+        }
     }
 }
 
@@ -315,23 +365,17 @@ fn entry(v: Value) -> Result<Queued, StoreError> {
 
 impl Store for RedisStore {
     fn enqueue(&self, frame: NewFrame, now_unix: u64, live: bool) -> Enqueued {
-        let l = &self.limits;
         let to = frame.to;
-        let args = vec![
+        let mut args = vec![
             keys::dev(&frame.to).into_bytes(),
             keys::dev(&frame.from).into_bytes(),
             keys::addr(&frame.addr).into_bytes(),
             frame.payload.to_vec(),
-            num(now_unix.saturating_add(l.ttl_secs)),
+            num(now_unix.saturating_add(self.limits.ttl_secs)),
             num(u64::from(live)),
-            num(l.max_frames),
-            num(l.max_bytes),
-            num(l.sender_pair_max()),
-            num(l.sender_total_max()),
-            num(l.total_max_bytes),
-            num(l.total_max_bytes.saturating_add(l.overflow_max_bytes)),
-            num(l.sender_overflow_max()),
         ];
+        args.extend(self.limit_args());
+        let pool = Arc::clone(&self.pool);
         let (placed_tx, placed) = oneshot::channel();
         let (durable_tx, durable) = oneshot::channel();
         let job = Job {
@@ -342,11 +386,22 @@ impl Store for RedisStore {
                     id if id > 0 => u64::try_from(id).map_err(backend),
                     code => Err(scripts::enqueue_refusal(code, to)),
                 });
+                match &r {
+                    // Before anyone hears the id: a writer that misses its
+                    // live delivery reads it from Redis.
+                    Ok(id) => pool.enqueued(&to, *id),
+                    Err(StoreError::QueueFull(_)) => pool.set_full(to),
+                    Err(_) => {}
+                }
                 let _ = placed_tx.send(r.clone());
                 let _ = durable_tx.send(r);
             }),
         };
         let sent = self.submit(job);
+        if sent.is_ok() && self.pool.take_want() {
+            // After the enqueue: the block is above its id.
+            self.lease();
+        }
         let answer = |rx: oneshot::Receiver<Result<u64, StoreError>>,
                       sent: Result<(), StoreError>|
          -> StoreFuture<u64> {
@@ -370,7 +425,14 @@ impl Store for RedisStore {
 
     fn ack(&self, to: DeviceId, up_to: u64) -> StoreFuture<u64> {
         let args = vec![keys::dev(&to).into_bytes(), num(up_to), num(up_to.saturating_add(1))];
-        self.call(Call::Script(Script::Ack, args), |v| count(&v))
+        let pool = Arc::clone(&self.pool);
+        self.call(Call::Script(Script::Ack, args), move |v| {
+            let n = count(&v)?;
+            if n > 0 {
+                pool.not_full(Some(&to));
+            }
+            Ok(n)
+        })
     }
 
     fn depth(&self, to: DeviceId) -> StoreFuture<QueueDepth> {
@@ -404,7 +466,14 @@ impl Store for RedisStore {
 
     fn revoke(&self, by: DeviceId, peer: DeviceId, now_unix: u64) -> StoreFuture<u64> {
         let args = vec![keys::dev(&by).into_bytes(), keys::dev(&peer).into_bytes(), num(now_unix)];
-        self.call(Call::Script(Script::Revoke, args), |v| count(&v))
+        let pool = Arc::clone(&self.pool);
+        self.call(Call::Script(Script::Revoke, args), move |v| {
+            let n = count(&v)?;
+            if n > 0 {
+                pool.not_full(None);
+            }
+            Ok(n)
+        })
     }
 
     fn is_route(&self, a: DeviceId, b: DeviceId) -> StoreFuture<bool> {
@@ -424,8 +493,12 @@ impl Store for RedisStore {
         let cutoff =
             now_unix.checked_sub(self.routes.pending_ttl_secs).map_or_else(|| b"-1".to_vec(), num);
         let args = vec![num(now_unix), cutoff, num(MAX_EXPIRED_PER_SWEEP as u64)];
-        self.call(Call::Script(Script::Expire, args), |v| {
+        let pool = Arc::clone(&self.pool);
+        self.call(Call::Script(Script::Expire, args), move |v| {
             let [frames, authorizations] = counts(v)?;
+            if frames > 0 {
+                pool.not_full(None);
+            }
             Ok(Expired { frames, authorizations })
         })
     }
@@ -448,6 +521,97 @@ impl Store for RedisStore {
 
     fn health(&self) -> Result<(), String> {
         self.shared.down().map_or(Ok(()), Err)
+    }
+
+    fn reserve_id(&self, to: DeviceId, above: u64) -> Result<Reserved, StoreError> {
+        if let Some(why) = self.shared.down() {
+            return Err(StoreError::Unavailable(why));
+        }
+        let (reserved, lease) = self.pool.take(&to, above, self.epoch());
+        if lease {
+            self.lease();
+        }
+        reserved
+    }
+
+    fn enqueue_reserved(
+        &self,
+        frames: Vec<(u64, NewFrame)>,
+        now_unix: u64,
+        fence: u64,
+    ) -> StoreFuture<Vec<Result<u64, StoreError>>> {
+        // Ids not leased here under the current epoch are refused here;
+        // the others go in one script call, their answers put back in place.
+        let epoch = self.epoch();
+        let mut answers: Vec<Option<Result<u64, StoreError>>> = Vec::with_capacity(frames.len());
+        let mut args = vec![num(fence), num(now_unix.saturating_add(self.limits.ttl_secs))];
+        args.extend(self.limit_args());
+        let mut sent = Vec::new();
+        for (id, f) in &frames {
+            if self.pool.was_leased(*id, epoch) {
+                args.extend([
+                    num(*id),
+                    keys::dev(&f.to).into_bytes(),
+                    keys::dev(&f.from).into_bytes(),
+                    keys::addr(&f.addr).into_bytes(),
+                    f.payload.to_vec(),
+                ]);
+                sent.push(f.to);
+                answers.push(None);
+            } else {
+                let why = "redis: an id leased under another store epoch";
+                answers.push(Some(Err(StoreError::Unavailable(why.into()))));
+            }
+        }
+        if sent.is_empty() {
+            let all = answers.into_iter().flatten().collect();
+            return Box::pin(std::future::ready(Ok(all)));
+        }
+        let (reply, rx) = oneshot::channel();
+        let pool = Arc::clone(&self.pool);
+        let job = Job {
+            call: Call::Script(Script::EnqueueReserved, args),
+            frames: sent.len() as u64,
+            reply: Box::new(move |r| {
+                let r = r.and_then(|v| {
+                    let got = array(v)?;
+                    if got.len() != sent.len() {
+                        return Err(backend("unexpected reply length"));
+                    }
+                    let mut got = got.into_iter().zip(sent);
+                    let mut out = Vec::with_capacity(answers.len());
+                    for a in answers {
+                        out.push(match a {
+                            Some(a) => a,
+                            None => {
+                                let (v, to) = got.next().ok_or_else(|| backend("missing"))?;
+                                match int(&v)? {
+                                    id if id > 0 => u64::try_from(id).map_err(backend),
+                                    code => {
+                                        if code == -1 {
+                                            pool.set_full(to);
+                                        }
+                                        Err(scripts::enqueue_refusal(code, to))
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    Ok(out)
+                });
+                let _ = reply.send(r);
+            }),
+        };
+        let submitted = self.submit(job);
+        Box::pin(async move {
+            submitted?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn watch(&self, to: DeviceId, mark: Option<Arc<std::sync::atomic::AtomicU64>>) -> bool {
+        self.pool.watch(to, mark);
+        true
     }
 
     fn stats(&self) -> StoreStats {

@@ -22,17 +22,23 @@ pub(super) enum Script {
     Revoke,
     /// Reads of several keys (route, peers, depth, totals).
     Read,
+    /// Frames held under leased ids, written.
+    EnqueueReserved,
+    /// A block of ids for a node's pool.
+    Lease,
 }
 
 impl Script {
     /// Every script, in the order [`Script::index`] numbers them.
-    pub(super) const ALL: [Script; 6] = [
+    pub(super) const ALL: [Script; 8] = [
         Script::Enqueue,
         Script::Ack,
         Script::Expire,
         Script::Authorize,
         Script::Revoke,
         Script::Read,
+        Script::EnqueueReserved,
+        Script::Lease,
     ];
 
     /// Its place in [`Script::ALL`] (and in the loaded hashes).
@@ -53,6 +59,8 @@ impl Script {
             Script::Authorize => include_str!("lua/authorize.lua"),
             Script::Revoke => include_str!("lua/revoke.lua"),
             Script::Read => include_str!("lua/read.lua"),
+            Script::EnqueueReserved => include_str!("lua/enqueue_reserved.lua"),
+            Script::Lease => include_str!("lua/lease.lua"),
         }
     }
 
@@ -77,6 +85,12 @@ pub(super) fn enqueue_refusal(code: i64, to: tandem_proto::DeviceId) -> crate::s
         -3 => StoreError::AddressShareFull,
         -4 => StoreError::StorageFull,
         -5 => StoreError::OverflowFull,
+        -6 => StoreError::Unavailable(
+            "redis: the recipient moved to a newer connection, or its queue is past this id; \
+             send it again"
+                .into(),
+        ),
+        -7 => StoreError::Unavailable("redis: an id leased under another store epoch".into()),
         other => StoreError::Backend(format!("redis: unknown enqueue answer {other}")),
     }
 }

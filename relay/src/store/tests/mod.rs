@@ -164,6 +164,8 @@ suite!(
     past_the_total_the_store_grows_at_most_by_the_overflow,
     one_sided_authorisations_are_capped_per_address_and_expire_but_routes_do_not,
     empty_queues_keep_no_row_and_ids_never_come_again,
+    reserved_ids_are_above_the_floor_and_keep_their_ids_when_written,
+    a_full_queue_reserves_no_id_until_something_leaves_it,
 );
 
 /// Open the embedded store in `dir`; the previous one's writer thread may
@@ -586,4 +588,90 @@ async fn payloads_come_back_byte_for_byte_and_empty_frames_leave_no_trace<B: Bac
     assert_eq!(t.pending_authorizations, 1);
     assert_eq!(s.peers(b).await.unwrap(), [c]);
     assert_eq!(be.queue_rows_open(&s).await, 0);
+}
+
+/// An id for `to` above `above` (the Redis store leases its ids in the
+/// background: the first calls find none at hand).
+pub(crate) async fn reserve(s: &dyn Store, to: DeviceId, above: u64) -> super::Reserved {
+    for _ in 0..400 {
+        match s.reserve_id(to, above) {
+            Ok(r) => return r,
+            Err(StoreError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(e) => panic!("no id reserved: {e}"),
+        }
+    }
+    panic!("no id reserved within 2 s");
+}
+
+async fn reserved_ids_are_above_the_floor_and_keep_their_ids_when_written<B: Backend>(be: B) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let s = be.open(LIMITS).await;
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    route(&s, a, b).await;
+    let mark = Arc::new(AtomicU64::new(0));
+    assert!(s.watch(b, Some(mark.clone())));
+    let first = reserve(&s, b, 0).await;
+    let second = reserve(&s, b, first.id).await;
+    assert!(second.id > first.id);
+    // Never at or below the floor (the embedded store's ids are all above
+    // any it handed out; the Redis store skips ahead in its block).
+    let third = reserve(&s, b, second.id).await;
+    assert!(third.id > second.id);
+    assert!(s.reserve_id(b, u64::MAX - 1).is_err(), "no id above the highest");
+    // Written later, in one call: they keep their ids.
+    let held = vec![
+        (first.id, frame(b, a, b"one".to_vec())),
+        (second.id, frame(b, a, b"two".to_vec())),
+        (third.id, frame(b, a, b"three".to_vec())),
+    ];
+    let r = s.enqueue_reserved(held, 1000, 0).await.unwrap();
+    assert_eq!(r, vec![Ok(first.id), Ok(second.id), Ok(third.id)]);
+    // A frame stored meanwhile: the watched mark, or the next reserved
+    // id's `below`, tells the reader to read the store through it first.
+    let stored = put(&s, b, a, b"stored").await;
+    assert!(stored > third.id);
+    let next = reserve(&s, b, stored).await;
+    assert!(next.id > stored);
+    assert!(
+        mark.load(Ordering::Acquire).max(next.below) >= stored,
+        "the reader learns of {stored} before it delivers {}",
+        next.id
+    );
+    let r = s.enqueue_reserved(vec![(next.id, frame(b, a, b"four".to_vec()))], 1000, 0).await;
+    assert_eq!(r.unwrap(), vec![Ok(next.id)]);
+    let q = s.fetch(b, 0, 10).await.unwrap();
+    let got: Vec<(u64, &[u8])> = q.iter().map(|q| (q.id, &q.payload[..])).collect();
+    let want: Vec<(u64, &[u8])> = vec![
+        (first.id, b"one"),
+        (second.id, b"two"),
+        (third.id, b"three"),
+        (stored, b"stored"),
+        (next.id, b"four"),
+    ];
+    assert_eq!(got, want);
+    // Charged like enqueued frames; acknowledged the same way.
+    assert_eq!(s.depth(b).await.unwrap().frames, 5);
+    assert_eq!(s.ack(b, next.id).await.unwrap(), 5);
+    // A reserved frame without a route is refused like an enqueue.
+    let id = reserve(&s, c, 0).await.id;
+    let r = s.enqueue_reserved(vec![(id, frame(c, a, b"x".to_vec()))], 1000, 0).await.unwrap();
+    assert_eq!(r, vec![Err(StoreError::NoRoute)]);
+    assert_eq!(be.queue_rows_open(&s).await, 0);
+}
+
+async fn a_full_queue_reserves_no_id_until_something_leaves_it<B: Backend>(be: B) {
+    let s = be.open(QueueLimits { max_frames: 2, ..LIMITS }).await;
+    let (a, b) = (dev(1), dev(2));
+    route(&s, a, b).await;
+    reserve(&s, b, 0).await;
+    put(&s, b, a, b"1").await;
+    let two = put(&s, b, a, b"2").await;
+    let e = s.enqueue(frame(b, a, b"3".to_vec()), 1000, true);
+    assert_eq!(e.durable.await, Err(StoreError::QueueFull(b)));
+    assert_eq!(s.reserve_id(b, 0).map(|r| r.id), Err(StoreError::QueueFull(b)));
+    // Another recipient is not affected.
+    reserve(&s, dev(3), 0).await;
+    assert_eq!(s.ack(b, two).await.unwrap(), 2);
+    reserve(&s, b, two).await;
 }

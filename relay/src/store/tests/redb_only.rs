@@ -140,22 +140,22 @@ async fn reserved_ids_written_later_keep_them_and_are_read_in_id_order() {
     route(&s, a, b).await;
     let mark = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     assert!(s.watch(b, Some(mark.clone())));
-    let held = s.reserve_id(b).unwrap();
+    let held = s.reserve_id(b, 0).unwrap().id;
     let stored = put(&s, b, a, b"stored").await;
     assert!(stored > held);
     let seen = mark.load(std::sync::atomic::Ordering::Acquire);
     assert!(seen >= stored, "the watched queue's mark follows its enqueues");
     // Written after a higher id was stored: it keeps its id, and the queue
     // reads in id order.
-    let r = s.enqueue_reserved(vec![(held, frame(b, a, b"held".to_vec()))], 1000).await.unwrap();
+    let r = s.enqueue_reserved(vec![(held, frame(b, a, b"held".to_vec()))], 1000, 0).await.unwrap();
     assert_eq!(r, vec![Ok(held)]);
     let q = s.fetch(b, 0, 10).await.unwrap();
     let got: Vec<(u64, &[u8])> = q.iter().map(|q| (q.id, &q.payload[..])).collect();
     assert_eq!(got, vec![(held, &b"held"[..]), (stored, b"stored")]);
     // A reserved frame without a route is refused like an enqueue.
     let c = dev(3);
-    let id = s.reserve_id(c).unwrap();
-    let r = s.enqueue_reserved(vec![(id, frame(c, a, b"x".to_vec()))], 1000).await.unwrap();
+    let id = s.reserve_id(c, 0).unwrap().id;
+    let r = s.enqueue_reserved(vec![(id, frame(c, a, b"x".to_vec()))], 1000, 0).await.unwrap();
     assert_eq!(r, vec![Err(StoreError::NoRoute)]);
     assert_eq!(s.stats().frames_written, 3, "1 enqueue, 2 reserved");
 }
@@ -172,7 +172,7 @@ async fn reserved_ids_that_are_never_written_are_never_handed_out_again() {
         // the counter (every SKIP / 4 ids), a reopen would move on from
         // what the open saved, below these.
         for _ in 0..SKIP + 2 {
-            last = s.reserve_id(b).unwrap();
+            last = s.reserve_id(b, 0).unwrap().id;
         }
         // Applied (and committed) after the saves.
         s.depth(b).await.unwrap();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::redis_server::{RedisServer, free_port};
 use super::{LIMITS, PREFIX, ROUTES, RedisStore, Store, StoreError};
-use super::{dev, frame, put, route};
+use super::{dev, frame, put, reserve, route};
 
 async fn connect(server: &RedisServer) -> RedisStore {
     RedisStore::connect(&server.url(), LIMITS, ROUTES, PREFIX).await.unwrap()
@@ -219,6 +219,64 @@ async fn two_nodes_take_ids_from_one_counter() {
     let r = s2.enqueue(frame(b, a, b"late".to_vec()), 2000, false).durable.await;
     assert_eq!(r, Err(StoreError::NoRoute));
     assert_eq!(s2.depth(b).await.unwrap().frames, 0, "the revocation dropped the queue");
+}
+
+#[tokio::test]
+async fn ids_a_node_leases_are_its_own_and_say_what_other_nodes_wrote_below_them() {
+    let server = RedisServer::start();
+    let (s1, s2) = (connect(&server).await, connect(&server).await);
+    let (a, b) = (dev(1), dev(2));
+    route(&s1, a, b).await;
+    let mine = reserve(&s1, b, 0).await;
+    let theirs = reserve(&s2, b, 0).await;
+    assert_ne!(mine.id, theirs.id, "blocks are leased, not shared");
+    // An enqueue on another node takes an id above both leased blocks.
+    let stored = put(&s2, b, a, b"other node").await;
+    assert!(stored > mine.id && stored > theirs.id);
+    // Above it: from a block leased after it, which says to read through it.
+    let next = reserve(&s1, b, stored).await;
+    assert!(next.id > stored);
+    assert!(next.below >= stored, "{next:?} after {stored}");
+    assert!(next.below < next.id);
+    // Held frames written later keep their ids, in order, on either node.
+    let held = vec![(next.id, frame(b, a, b"held".to_vec()))];
+    assert_eq!(s1.enqueue_reserved(held, 1000, 0).await.unwrap(), vec![Ok(next.id)]);
+    let q = s2.fetch(b, 0, 10).await.unwrap();
+    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [stored, next.id]);
+    // Below the queue's last id (a stream takes ids in order): refused, so
+    // the sender sends it again; nothing was written.
+    let low = vec![(mine.id, frame(b, a, b"late".to_vec()))];
+    let r = s1.enqueue_reserved(low, 1000, 0).await.unwrap();
+    assert!(matches!(r[..], [Err(StoreError::Unavailable(_))]), "{r:?}");
+    // An id this node never leased (another node's) is not written by it.
+    let r = s1.enqueue_reserved(vec![(theirs.id, frame(b, a, b"x".to_vec()))], 1000, 0).await;
+    assert!(matches!(r.unwrap()[..], [Err(StoreError::Unavailable(_))]));
+    assert_eq!(s1.depth(b).await.unwrap().frames, 2);
+}
+
+#[tokio::test]
+async fn held_frames_of_a_device_another_connection_took_are_refused() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let (a, b) = (dev(1), dev(2));
+    route(&s, a, b).await;
+    let own = format!("{{test}}:own:{}", super::super::redis_hex(&b.0));
+    // Held under fence 5; the device's ownership has fence 5: written.
+    server.command(&format!("SET {own} n1|5")).unwrap();
+    let one = reserve(&s, b, 0).await.id;
+    let r = s.enqueue_reserved(vec![(one, frame(b, a, b"1".to_vec()))], 1000, 5).await;
+    assert_eq!(r.unwrap(), vec![Ok(one)]);
+    // A newer connection (on any node) claimed it: refused, not written.
+    server.command(&format!("SET {own} n2|9")).unwrap();
+    let two = reserve(&s, b, one).await.id;
+    let r = s.enqueue_reserved(vec![(two, frame(b, a, b"2".to_vec()))], 1000, 5).await;
+    assert!(matches!(r.unwrap()[..], [Err(StoreError::Unavailable(_))]));
+    // Offline (released): written, for whichever node it reconnects to.
+    server.command(&format!("DEL {own}")).unwrap();
+    let r = s.enqueue_reserved(vec![(two, frame(b, a, b"2".to_vec()))], 1000, 5).await;
+    assert_eq!(r.unwrap(), vec![Ok(two)]);
+    let q = s.fetch(b, 0, 10).await.unwrap();
+    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [one, two]);
 }
 
 #[tokio::test]

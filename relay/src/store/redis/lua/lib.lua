@@ -112,3 +112,64 @@ local function count_pending(addr, n)
     end
   end
 end
+
+-- The checks of an enqueue for a frame of `len` payload bytes from `from`
+-- at `addr` for `to`: the mutual route, then every limit, from ARGV[at]
+-- on: max_frames, max_bytes, sender pair max, sender total max, total
+-- max, total + overflow, sender overflow max. `live`: `to` is connected.
+-- Returns a refusal code <= 0 (0 no route, -1 queue full, -2 sender
+-- share, -3 address share, -4 storage full, -5 overflow full), or nil and
+-- what `put` needs.
+local function admit(to, from, addr, len, live, at)
+  if redis.call('HEXISTS', P .. 'r:' .. from, to) == 0
+    or redis.call('HEXISTS', P .. 'r:' .. to, from) == 0 then
+    return 0
+  end
+  local cost = len + COST
+  local q = P .. 'q:' .. to
+  local frames = redis.call('XLEN', q)
+  local queued = num(redis.call('HGET', P .. 'qb', to)) + frames * COST
+  if frames + 1 > num(ARGV[at]) or queued + cost > num(ARGV[at + 1]) then
+    return -1
+  end
+  if num(redis.call('HGET', P .. 'up', from .. to)) + cost > num(ARGV[at + 2]) then
+    return -2
+  end
+  local known = addr ~= ZERO
+  local by_addr = 0
+  if known then
+    by_addr = num(redis.call('HGET', P .. 'ua', addr))
+    if by_addr + cost > num(ARGV[at + 3]) then
+      return -3
+    end
+  end
+  local t = redis.call('HMGET', P .. 'tot', 'n', 'b')
+  local total = num(t[2]) + num(t[1]) * COST + cost
+  if total > num(ARGV[at + 4]) then
+    -- Past the total: only for a connected recipient with a small queue,
+    -- within the overflow and the address's share of it.
+    if not (live and queued + cost <= LIVE) then
+      return -4
+    end
+    if total > num(ARGV[at + 5]) or (known and by_addr + cost > num(ARGV[at + 6])) then
+      return -5
+    end
+  end
+  return nil, {q = q, frames = frames, t = t, cost = cost, len = len, known = known}
+end
+
+-- Keep the accounts for a frame `admit` let in and that is now in `to`'s
+-- queue (as `account` keeps them), from the values `admit` read: the
+-- totals in one write, and the queue's head indexed only when this frame
+-- is its head (a non-empty queue's head is indexed already: `settle`).
+local function put(to, from, addr, expires, a)
+  redis.call('HINCRBY', P .. 'up', from .. to, int(a.cost))
+  if a.known then
+    redis.call('HINCRBY', P .. 'ua', addr, int(a.cost))
+  end
+  redis.call('HSET', P .. 'tot', 'n', int(num(a.t[1]) + 1), 'b', int(num(a.t[2]) + a.len))
+  redis.call('HINCRBY', P .. 'qb', to, int(a.len))
+  if a.frames == 0 then
+    redis.call('ZADD', P .. 'qexp', 'NX', expires, to)
+  end
+end

@@ -1,0 +1,48 @@
+-- Queue frames whose delivery ids a node leased (`lease.lua`) and held in
+-- memory, each checked as `enqueue.lua` checks a frame (for a connected
+-- recipient) and kept under its id.
+-- ARGV: 3 the fence token of the recipients' connection they were held
+-- for (0: none), 4 expires, 5..11 the limits (as enqueue.lua's 9..15),
+-- then five per frame: id, to, from, addr, payload.
+-- Returns one answer per frame: its id, or a refusal code <= 0: `admit`'s,
+-- -6 the recipient's ownership has another fence (a newer connection may
+-- have been handed higher ids) or its queue holds a higher id already
+-- (a stream takes ids in increasing order only), -7 an id the counter
+-- never reached (leased under another epoch).
+local stale = guard()
+if stale then return stale end
+local fence, expires = ARGV[3], ARGV[4]
+local counter = num(redis.call('HGET', P .. 'epoch', 'next'))
+local out = {}
+local i = 12
+while ARGV[i + 4] do
+  local id, to, from, addr, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 5
+  local answer
+  if num(id) > counter or num(id) < 1 then
+    answer = -7
+  else
+    if fence ~= '0' then
+      local o = redis.call('GET', P .. 'own:' .. to)
+      if o and string.match(o, '|(%d+)$') ~= fence then
+        answer = -6
+      end
+    end
+    if not answer then
+      local refused, a = admit(to, from, addr, string.len(payload), true, 5)
+      if refused then
+        answer = refused
+      else
+        local added = redis.pcall('XADD', a.q, id .. '-0', 'f', from, 'a', addr, 'e', expires, 'p', payload)
+        if type(added) == 'table' and added.err then
+          answer = -6
+        else
+          put(to, from, addr, expires, a)
+          answer = num(id)
+        end
+      end
+    end
+  end
+  out[#out + 1] = answer
+end
+return out
