@@ -11,6 +11,9 @@
 //! once no node of an earlier version runs), `devs:<node>` (the devices a
 //! node owns), `alive:<node>` (expires unless the node's heartbeat renews
 //! it), `nodes` (every node that ever announced itself and was not reaped),
+//! `last:<device>` = the fence of the device's latest claim, kept a day after
+//! the ownership ended (a held frame's late write under an older fence is
+//! refused even when nobody owns the device: `enqueue_reserved.lua`),
 //! `pair:<id>` = `<node>|<desktop>|<claimer or empty>` (expires with the
 //! mailbox), `lead:<task>` (who runs a cluster-wide task). Channels:
 //! `node:<node>` (messages for one node's devices) and `all` (route changes).
@@ -43,6 +46,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 local fence = string.format('%d', n)
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. fence)
+redis.call('SET', ARGV[2] .. 'last:' .. ARGV[3], fence, 'EX', 86400)
 redis.call('SADD', ARGV[2] .. 'devs:' .. ARGV[1], ARGV[3])
 if old then
   local node = string.match(old, '^(.*)|')

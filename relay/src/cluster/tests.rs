@@ -268,7 +268,7 @@ fn many(n: u16) -> Vec<DeviceId> {
 /// key is left per device once they are all gone (fence tokens come from
 /// one counter).
 #[tokio::test]
-async fn a_node_with_many_devices_is_scanned_and_reaped_in_steps_and_leaves_no_key_per_device() {
+async fn a_node_with_many_devices_is_scanned_and_reaped_in_steps_and_leaves_only_expiring_keys() {
     let r = TestRedis::start();
     let a = Cluster::connect(&r.url, "a", P).await.unwrap();
     let b = Cluster::connect(&r.url, "b", P).await.unwrap();
@@ -299,7 +299,14 @@ async fn a_node_with_many_devices_is_scanned_and_reaped_in_steps_and_leaves_no_k
     let mut keys: Vec<&str> =
         keys.iter().map(|k| k.strip_prefix(NS).unwrap()).filter(|k| *k != "alive:a").collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["fences", "nodes"], "nothing left of b or its devices");
+    // Each device's latest fence stays a day (`last:`), then goes.
+    let (last, kept): (Vec<&str>, Vec<&str>) = keys.iter().partition(|k| k.starts_with("last:"));
+    assert_eq!(kept, ["fences", "nodes"], "nothing left of b or its devices");
+    assert_eq!(last.len(), want.len());
+    for k in last {
+        let ttl: i64 = redis::cmd("TTL").arg(format!("{NS}{k}")).query_async(&mut c).await.unwrap();
+        assert!((1..=86_400).contains(&ttl), "{k} expires within a day: {ttl}");
+    }
     let nodes: Vec<String> =
         redis::cmd("SMEMBERS").arg(format!("{NS}nodes")).query_async(&mut c).await.unwrap();
     assert_eq!(nodes, ["a"]);

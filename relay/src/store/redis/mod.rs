@@ -108,7 +108,10 @@
 //! counter ([`pool`], which says how the ids stay increasing per
 //! recipient across nodes); [`Store::enqueue_reserved`] writes held frames
 //! under them (`enqueue_reserved.lua`: the enqueue's checks, plus: the
-//! recipient's ownership still has the fence they were held under, and
+//! recipient's ownership still has the fence they were held under (when
+//! nobody owns it, its latest claim had that fence: `last:<device>`, kept a
+//! day, so a write held up past another node's whole connection is
+//! refused), and
 //! the id is above its queue's last one; otherwise `Unavailable`, and the
 //! sender sends again). [`Store::watch`] raises a watched recipient's mark
 //! when an enqueue for it is answered.

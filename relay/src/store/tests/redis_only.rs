@@ -271,12 +271,27 @@ async fn held_frames_of_a_device_another_connection_took_are_refused() {
     let two = reserve(&s, b, one).await.id;
     let r = s.enqueue_reserved(vec![(two, frame(b, a, b"2".to_vec()))], 1000, 5).await;
     assert!(matches!(r.unwrap()[..], [Err(StoreError::Unavailable(_))]));
-    // Offline (released): written, for whichever node it reconnects to.
+    // Offline (released), and its latest claim was the one held under:
+    // written, for whichever node it reconnects to.
+    let last = format!("{{test}}:last:{}", super::super::redis_hex(&b.0));
     server.command(&format!("DEL {own}")).unwrap();
+    server.command(&format!("SET {last} 5")).unwrap();
     let r = s.enqueue_reserved(vec![(two, frame(b, a, b"2".to_vec()))], 1000, 5).await;
     assert_eq!(r.unwrap(), vec![Ok(two)]);
+    // Offline, but a newer connection (fence 9, which may have been handed
+    // higher ids, all acknowledged and gone) came and went since: a write
+    // held up that long is refused, not slipped in below what the device
+    // saw.
+    server.command(&format!("SET {last} 9")).unwrap();
+    let three = reserve(&s, b, two).await.id;
+    let r = s.enqueue_reserved(vec![(three, frame(b, a, b"3".to_vec()))], 1000, 5).await;
+    assert!(matches!(r.unwrap()[..], [Err(StoreError::Unavailable(_))]));
+    // With no trace of any claim (a day later): written.
+    server.command(&format!("DEL {last}")).unwrap();
+    let r = s.enqueue_reserved(vec![(three, frame(b, a, b"3".to_vec()))], 1000, 5).await;
+    assert_eq!(r.unwrap(), vec![Ok(three)]);
     let q = s.fetch(b, 0, 10).await.unwrap();
-    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [one, two]);
+    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [one, two, three]);
 }
 
 #[tokio::test]

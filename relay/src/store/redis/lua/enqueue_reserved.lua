@@ -5,8 +5,8 @@
 -- for (0: none), 4 expires, 5..11 the limits (as enqueue.lua's 9..15),
 -- then five per frame: id, to, from, addr, payload.
 -- Returns one answer per frame: its id, or a refusal code <= 0: `admit`'s,
--- -6 the recipient's ownership has another fence (a newer connection may
--- have been handed higher ids) or its queue holds a higher id already
+-- -6 the recipient's ownership (or, nobody owning it, its latest claim)
+-- has another fence (a newer connection may have been handed higher ids) or its queue holds a higher id already
 -- (a stream takes ids in increasing order only), -7 an id the counter
 -- never reached (leased under another epoch).
 local stale = guard()
@@ -23,8 +23,18 @@ while ARGV[i + 4] do
     answer = -7
   else
     if fence ~= '0' then
+      -- The owner's fence, or, when nobody owns the device, its latest
+      -- claim's (`last:`, kept a day): a write held up past another node's
+      -- whole connection for the device (which may have handed it higher
+      -- ids) is refused either way.
       local o = redis.call('GET', P .. 'own:' .. to)
-      if o and string.match(o, '|(%d+)$') ~= fence then
+      local current
+      if o then
+        current = string.match(o, '|(%d+)$')
+      else
+        current = redis.call('GET', P .. 'last:' .. to)
+      end
+      if current and current ~= fence then
         answer = -6
       end
     end
