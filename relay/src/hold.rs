@@ -225,9 +225,12 @@ impl Hold {
         released(state, n, bytes);
     }
 
-    /// A claim failed: hold again (the connection is refused).
+    /// A claim failed: the connection is refused and removed, so nothing
+    /// more is held (its fence and floor are not known: holding under
+    /// neither could hand the device an id below one it saw elsewhere);
+    /// what is held is written when it closes.
     pub(crate) fn claim_failed(&self) {
-        lock(&self.q).claiming = false;
+        lock(&self.q).claiming = true;
     }
 
     /// Ask the writer to read the store at its next turn.
@@ -355,6 +358,10 @@ impl Hold {
         q.frames
             .range(start..)
             .take_while(|h| h.id <= until)
+            // Frames held for a connection this one replaced, still being
+            // written, are not delivered here: their ids may be below what
+            // the device was handed elsewhere meanwhile (found by review).
+            .filter(|h| h.fence == q.fence)
             .take(max)
             .map(|h| (h.id, h.frame.clone(), h.len, h.below))
             .collect()
@@ -365,8 +372,17 @@ impl Hold {
     pub(crate) fn ack(&self, state: &State, up_to: u64) {
         let mut q = lock(&self.q);
         let (mut n, mut bytes) = (0i64, 0u64);
-        while q.frames.front().is_some_and(|h| h.id <= up_to) {
-            let Some(h) = q.frames.pop_front() else { break };
+        let fence = q.fence;
+        let mut i = 0;
+        while let Some(h) = q.frames.get(i).filter(|h| h.id <= up_to) {
+            if h.fence != fence {
+                // Held for a connection this one replaced and being
+                // written: never delivered here, so this ack does not
+                // cover it; its write answers its sender.
+                i += 1;
+                continue;
+            }
+            let Some(h) = q.frames.remove(i) else { break };
             bytes += h.len as u64;
             n += 1;
             h.sender.answers.ok(h.send_id);
@@ -484,7 +500,12 @@ impl Write {
             n += 1;
             bytes += h.len as u64;
             match result {
-                Ok(_) => {
+                Ok(stored) => {
+                    if stored != *id {
+                        // Stored under a fresh id (its queue held a higher
+                        // one already): the writer reads it from there.
+                        hold.mark.fetch_max(stored, Ordering::AcqRel);
+                    }
                     h.sender.answers.ok(h.send_id);
                     state.metrics.ok("commit");
                     state.metrics.forwarded(h.len);

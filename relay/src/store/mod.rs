@@ -439,7 +439,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Write frames whose ids were reserved with [`Store::reserve_id`], in
     /// one durable commit; one answer per frame, in order (as
-    /// [`Enqueued::durable`]'s). A fetch called after this sees them. The
+    /// [`Enqueued::durable`]'s: the id it is stored under, its reserved one,
+    /// or a fresh one above every id handed out so far when the backend
+    /// cannot store it under the reserved one any more — Redis, whose
+    /// queue for the recipient already holds a higher id; a sender's frames
+    /// keep their order either way). A fetch called after this sees them. The
     /// default refuses them all (it is never called when
     /// [`Store::reserve_id`] refuses).
     ///

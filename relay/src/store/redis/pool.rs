@@ -110,16 +110,19 @@ impl Pool {
                     && (b.last - b.next < BLOCK / 2 || now.duration_since(b.at) > MAX_AGE / 2)
             }
         };
+        // The first block with an id above `above`. The ones before it stay
+        // for other recipients, whose floors may be lower (one recipient's
+        // high floor, after its claim or a frame written for it, must not
+        // throw the node's ids away for all).
+        let found = p.blocks.iter().position(|b| b.last > above);
         let lease = low && p.leasing == 0;
         if lease {
             p.leasing += 1;
         }
-        // The first block with an id above `above` (the ones before it are
-        // skipped for everyone: ids need not be consecutive).
-        while p.blocks.front().is_some_and(|b| b.last <= above) {
-            p.blocks.pop_front();
-        }
-        let Some(b) = p.blocks.front_mut() else {
+        let Some(b) = found.and_then(|i| p.blocks.get_mut(i)) else {
+            // A lease after the enqueue the caller makes instead: a block
+            // leased before it would sit below its id, which is the
+            // recipient's floor next.
             p.want = true;
             return (Err(StoreError::Unavailable("no leased id at hand".into())), lease);
         };
@@ -230,5 +233,23 @@ mod tests {
         p.not_full(Some(&d));
         p.leased(Some(9 * BLOCK), 7);
         assert_eq!(p.take(&d, 0, 7).0.unwrap().below, 8 * BLOCK);
+    }
+
+    #[test]
+    fn one_recipients_high_floor_does_not_take_the_ids_of_the_others() {
+        let p = Pool::default();
+        let (a, b) = (DeviceId([1; 16]), DeviceId([2; 16]));
+        let _ = p.take(&a, 0, 7);
+        p.leased(Some(2 * BLOCK), 7);
+        assert!(p.take(&a, 0, 7).0.is_ok());
+        let (r, _) = p.take(&b, 5 * BLOCK, 7);
+        assert!(
+            r.is_err() && p.take_want(),
+            "b (floor above every block): a lease after its enqueue"
+        );
+        assert!(p.take(&a, BLOCK + 1, 7).0.is_ok(), "b's floor threw a's ids away");
+        p.leased(Some(6 * BLOCK), 7);
+        assert_eq!(p.take(&b, 5 * BLOCK, 7).0.unwrap().id, 5 * BLOCK + 1);
+        assert!(p.take(&a, BLOCK + 2, 7).0.unwrap().id < 2 * BLOCK, "a still on its block");
     }
 }

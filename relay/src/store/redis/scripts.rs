@@ -86,7 +86,7 @@ pub(super) fn enqueue_refusal(code: i64, to: tandem_proto::DeviceId) -> crate::s
         -4 => StoreError::StorageFull,
         -5 => StoreError::OverflowFull,
         -6 => StoreError::Unavailable(
-            "redis: the recipient moved to a newer connection, or its queue is past this id; \
+            "redis: the recipient moved to a newer connection, or its queue refused the frame; \
              send it again"
                 .into(),
         ),

@@ -243,15 +243,17 @@ async fn ids_a_node_leases_are_its_own_and_say_what_other_nodes_wrote_below_them
     assert_eq!(s1.enqueue_reserved(held, 1000, 0).await.unwrap(), vec![Ok(next.id)]);
     let q = s2.fetch(b, 0, 10).await.unwrap();
     assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [stored, next.id]);
-    // Below the queue's last id (a stream takes ids in order): refused, so
-    // the sender sends it again; nothing was written.
+    // Below the queue's last id (a stream takes ids in order): stored
+    // under a fresh id, above every id handed out so far.
     let low = vec![(mine.id, frame(b, a, b"late".to_vec()))];
     let r = s1.enqueue_reserved(low, 1000, 0).await.unwrap();
-    assert!(matches!(r[..], [Err(StoreError::Unavailable(_))]), "{r:?}");
+    let fresh = r[0].clone().unwrap();
+    assert!(fresh > next.id, "{r:?}");
     // An id this node never leased (another node's) is not written by it.
     let r = s1.enqueue_reserved(vec![(theirs.id, frame(b, a, b"x".to_vec()))], 1000, 0).await;
     assert!(matches!(r.unwrap()[..], [Err(StoreError::Unavailable(_))]));
-    assert_eq!(s1.depth(b).await.unwrap().frames, 2);
+    let q = s2.fetch(b, 0, 10).await.unwrap();
+    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [stored, next.id, fresh]);
 }
 
 #[tokio::test]
@@ -577,4 +579,36 @@ async fn redis_killed_with_several_pipelines_in_flight_refuses_them_all() {
     let q = s.fetch(b, 0, 10).await.unwrap();
     assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [before]);
     assert!(put(&s, b, a, b"after").await > before);
+}
+
+/// A held frame whose queue got a higher id meanwhile (another node wrote
+/// one for the recipient while it was held) is stored under a fresh id,
+/// and so are its sender's later frames, in their order: refusing it would
+/// have its sender resend it after the later ones (found by review).
+#[tokio::test]
+async fn a_held_frame_below_its_queues_top_keeps_its_senders_order() {
+    let server = RedisServer::start();
+    let (s1, s2) = (connect(&server).await, connect(&server).await);
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    route(&s1, a, b).await;
+    route(&s1, c, b).await;
+    let first = reserve(&s1, b, 0).await;
+    let other = put(&s2, b, c, b"from c").await;
+    assert!(other > first.id, "the other node's frame is above the held one's block");
+    let second = reserve(&s1, b, other).await;
+    assert!(second.id > other);
+    let held =
+        vec![(first.id, frame(b, a, b"a1".to_vec())), (second.id, frame(b, a, b"a2".to_vec()))];
+    let r: Vec<u64> =
+        s1.enqueue_reserved(held, 1000, 0).await.unwrap().into_iter().map(Result::unwrap).collect();
+    assert!(r[0] > second.id && r[1] > r[0], "fresh ids, in the sender's order: {r:?}");
+    // A frame of a's held later, below the top now, goes the same way.
+    let third = reserve(&s1, b, other).await;
+    let r3 = s1.enqueue_reserved(vec![(third.id, frame(b, a, b"a3".to_vec()))], 1000, 0).await;
+    let r3 = r3.unwrap()[0].clone().unwrap();
+    assert!(r3 > r[1]);
+    let q = s1.fetch(b, 0, 10).await.unwrap();
+    let from_a: Vec<&[u8]> = q.iter().filter(|q| q.from == a).map(|q| &q.payload[..]).collect();
+    assert_eq!(from_a, [&b"a1"[..], b"a2", b"a3"]);
+    assert_eq!(q.iter().map(|q| q.id).collect::<Vec<_>>(), [other, r[0], r[1], r3]);
 }
