@@ -16,6 +16,7 @@
 pub mod damage;
 pub mod net;
 pub mod phone;
+pub mod samples;
 pub mod tally;
 pub mod world;
 
