@@ -2,6 +2,8 @@
 //! reconnect loop.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -22,7 +24,29 @@ use crate::wake;
 use events::held_len;
 
 mod events;
+mod frames;
 mod reconnect;
+
+/// A connection attempt in progress beside the current connection.
+type Attempt = Pin<Box<dyn Future<Output = Result<Connection, ClientError>> + Send>>;
+
+/// How a connection ended.
+enum Ended {
+    /// It failed or closed: why.
+    Error(ClientError),
+    /// It stalled and this connection, made beside it, replaces it.
+    Replaced(Box<Connection>),
+}
+
+/// A probe ping in flight: its nonce, the deadline for an answer, and
+/// whether only its own pong counts (after waking: other frames may have
+/// waited in the socket since before) or any frame does (a stall).
+#[derive(Clone, Copy)]
+struct Probe {
+    nonce: u64,
+    deadline: Instant,
+    strict: bool,
+}
 
 /// Requests written per turn of the connection loop before reading again.
 const FLUSH_BATCH: usize = 32;
@@ -66,8 +90,12 @@ enum Wake {
     PongTimeout,
     /// The computer slept or the process stood still for about this long.
     Woke(Duration),
-    /// No answer to the ping sent after waking.
+    /// No answer to the probe ping (after waking, or on a stall).
     ProbeTimeout,
+    /// A request unanswered, or the relay silent, for too long.
+    Stall,
+    /// The connection made beside a stalled one.
+    Replacement(Result<Box<Connection>, ClientError>),
     Flush,
     /// Room in the event channel for the oldest held event.
     Emit(mpsc::OwnedPermit<Event>),
@@ -136,6 +164,11 @@ impl Actor {
                 config.backoff_min,
                 config.backoff_max,
                 config.backoff_reset_after,
+            )
+            .with_fast(
+                config.backoff_fast_max,
+                config.backoff_fast_for,
+                config.backoff_fast_for_busy,
             ),
             wake: None,
             woke: false,
@@ -173,19 +206,43 @@ impl Actor {
         if self.fatal.is_none() {
             self.wake = self.config.wake_threshold.map(wake::spawn_watch);
         }
+        // A connection made beside a stalled one, to move to at once.
+        let mut replacement: Option<Connection> = None;
         while !self.stopping {
             let Some(endpoint) = self.endpoint.clone().filter(|_| self.fatal.is_none()) else {
                 self.serve_stopped().await;
                 break;
             };
-            let Some(result) = self.attempt_connection(&endpoint).await else { break };
+            let result = match replacement.take() {
+                Some(conn) => Ok(conn),
+                None => match self.attempt_connection(&endpoint).await {
+                    Some(result) => result,
+                    None => break,
+                },
+            };
             let ended = match result {
                 Ok(conn) => {
                     info!(relay = endpoint.dialed_name(), queued = conn.queued(), "connected");
                     let up_since = Instant::now();
-                    let ended = self.run_connection(conn).await;
-                    self.backoff.connection_ended(up_since.elapsed());
-                    ended
+                    match self.run_connection(conn, &endpoint).await {
+                        Ended::Error(e) => {
+                            self.backoff.connection_ended(up_since.elapsed());
+                            e
+                        }
+                        Ended::Replaced(conn) => {
+                            self.requeue_in_flight();
+                            let reason = "the connection stalled; moved to a new one".to_owned();
+                            info!(%reason, "disconnected");
+                            self.emit(Event::Disconnected {
+                                reason,
+                                code: None,
+                                retry_in: Duration::ZERO,
+                            })
+                            .await;
+                            replacement = Some(*conn);
+                            continue;
+                        }
+                    }
                 }
                 Err(e) => e,
             };
@@ -233,8 +290,22 @@ impl Actor {
         }
     }
 
-    /// Drive one authenticated connection until it ends; returns why.
-    async fn run_connection(&mut self, mut conn: Connection) -> ClientError {
+    /// Drive one authenticated connection until it ends; returns why, or
+    /// the connection made beside it when it stalled.
+    async fn run_connection(&mut self, mut conn: Connection, endpoint: &Arc<Endpoint>) -> Ended {
+        match self.drive(&mut conn, endpoint).await {
+            Ok(new) => Ended::Replaced(new),
+            Err(e) => Ended::Error(e),
+        }
+    }
+
+    /// [`Actor::run_connection`]'s loop: `Err` when the connection ended,
+    /// `Ok` with the connection that replaces it.
+    async fn drive(
+        &mut self,
+        conn: &mut Connection,
+        endpoint: &Arc<Endpoint>,
+    ) -> Result<Box<Connection>, ClientError> {
         conn.set_write_timeout(self.config.pong_timeout);
         self.last_error = None;
         self.restart_hint = None;
@@ -258,27 +329,59 @@ impl Actor {
 
         let mut next_ping = after(jittered(self.config.ping_interval));
         let mut pong_deadline: Option<Instant> = None;
-        // The ping sent after waking: its nonce and the deadline for its pong.
-        let mut probe: Option<(u64, Instant)> = None;
+        // The probe ping in flight (after waking, or on a stall).
+        let mut probe: Option<Probe> = None;
+        // The last frame from the relay, and since when a request has been
+        // waiting for an answer (while any does).
+        let mut last_rx = Instant::now();
+        let mut waiting_since: Option<Instant> = None;
+        // A connection being made beside this one, once it stalled; and
+        // whether this one has ended meanwhile (then only that one counts).
+        let mut beside: Option<Attempt> = None;
+        let mut dead: Option<ClientError> = None;
+        // The relay's own pings: silence past this means trouble.
+        let relay_ping = conn.relay_ping_interval();
         loop {
             if self.stopping || self.stop.is_cancelled() {
                 self.stopping = true;
-                let _ = self.flush_ack(&mut conn).await;
+                let _ = self.flush_ack(conn).await;
                 conn.close(None).await;
-                return ClientError::Closed;
+                return Err(ClientError::Closed);
             }
-            if let Err(e) = self.flush_ack(&mut conn).await {
-                return e;
+            if dead.is_none()
+                && let Err(e) = self.flush_ack(conn).await
+            {
+                match beside {
+                    Some(_) => dead = Some(e),
+                    None => return Err(e),
+                }
             }
             self.intake();
-            if let Err(e) = self.flush(&mut conn).await {
-                return e;
+            if dead.is_none()
+                && let Err(e) = self.flush(conn).await
+            {
+                match beside {
+                    Some(_) => dead = Some(e),
+                    None => return Err(e),
+                }
             }
+            if self.in_flight.is_empty() {
+                waiting_since = None;
+            } else if waiting_since.is_none() {
+                waiting_since = Some(Instant::now());
+            }
+            let stall_at = match self.config.stall_after {
+                Some(stall) if probe.is_none() && beside.is_none() => {
+                    stall_deadline(stall, waiting_since, last_rx, relay_ping)
+                }
+                _ => None,
+            };
             // More to write, or the flush made room (a request whose
             // caller gave up skipped, a pairing message answered on write)
             // that requests are waiting for.
-            let more =
-                !self.outbox.is_empty() || (self.has_room() && self.shared.requests.is_waiting());
+            let more = dead.is_none()
+                && (!self.outbox.is_empty()
+                    || (self.has_room() && self.shared.requests.is_waiting()));
             // The socket is read while the application is slow too (pings
             // are answered), up to what may be held for it.
             let read = self.held.len() < MAX_HELD_EVENTS && self.held_bytes < MAX_HELD_BYTES;
@@ -286,7 +389,7 @@ impl Actor {
             let events = self.events.clone();
             let wake = tokio::select! {
                 () = self.stop.cancelled() => Wake::Stop,
-                frame = conn.recv(), if read => Wake::Frame(frame),
+                frame = conn.recv(), if read && dead.is_none() => Wake::Frame(frame),
                 permit = events.reserve_owned(), if holding => match permit {
                     Ok(permit) => Wake::Emit(permit),
                     // Nobody listens any more: events are dropped.
@@ -302,10 +405,12 @@ impl Actor {
                 () = sleep_until(pong_deadline.unwrap_or(next_ping)), if pong_deadline.is_some() => {
                     Wake::PongTimeout
                 }
-                by = woke(&mut self.wake) => Wake::Woke(by),
-                () = sleep_until(probe.map_or(next_ping, |(_, at)| at)), if probe.is_some() => {
+                by = woke(&mut self.wake), if dead.is_none() => Wake::Woke(by),
+                () = sleep_until(probe.map_or(next_ping, |p| p.deadline)), if probe.is_some() => {
                     Wake::ProbeTimeout
                 }
+                () = sleep_until(stall_at.unwrap_or(next_ping)), if stall_at.is_some() => Wake::Stall,
+                made = attempt(&mut beside), if beside.is_some() => Wake::Replacement(made.map(Box::new)),
                 () = std::future::ready(()), if more => Wake::Flush,
             };
             match wake {
@@ -321,191 +426,113 @@ impl Actor {
                     if matches!(e, ClientError::Protocol(_)) {
                         conn.close(Some(ErrorCode::MalformedFrame)).await;
                     }
-                    return e;
+                    // With a connection being made beside it, wait for that.
+                    match beside {
+                        Some(_) => dead = Some(e),
+                        None => return Err(e),
+                    }
                 }
                 Wake::Frame(Ok(frame)) => {
                     // Anything from the relay proves the connection alive.
                     pong_deadline = None;
+                    last_rx = Instant::now();
                     // After waking, only the answer to the probe does: other
                     // frames may have waited in the socket since before.
-                    if let (Frame::Pong { nonce }, Some((probe_nonce, _))) = (&frame, probe)
-                        && *nonce == probe_nonce
+                    if let Some(p) = probe
+                        && (!p.strict || matches!(frame, Frame::Pong { nonce } if nonce == p.nonce))
                     {
-                        debug!("the relay answered after the wake; keeping the connection");
+                        if p.strict {
+                            debug!("the relay answered after the wake; keeping the connection");
+                            self.woke = false;
+                        } else {
+                            debug!("the relay answered the probe; keeping the connection");
+                        }
                         probe = None;
-                        self.woke = false;
                     }
-                    if let Err(e) = self.on_frame(&mut conn, frame).await {
-                        return e;
+                    if let Err(e) = self.on_frame(conn, frame).await {
+                        match beside {
+                            Some(_) => dead = Some(e),
+                            None => return Err(e),
+                        }
                     }
                 }
                 Wake::Ping => {
                     next_ping = after(jittered(self.config.ping_interval));
-                    if pong_deadline.is_none() {
+                    if pong_deadline.is_none() && dead.is_none() && beside.is_none() {
                         let nonce = rand::rng().random::<u64>();
-                        if let Err(e) = conn.send(&Frame::Ping { nonce }).await {
-                            return e;
-                        }
+                        conn.send(&Frame::Ping { nonce }).await?;
                         pong_deadline = Some(after(self.config.pong_timeout));
                     }
+                }
+                Wake::Stall => {
+                    debug!(
+                        waiting = !self.in_flight.is_empty(),
+                        silent_for = ?last_rx.elapsed(),
+                        "the relay is slow to answer; probing the connection"
+                    );
+                    let nonce = rand::rng().random::<u64>();
+                    conn.send(&Frame::Ping { nonce }).await?;
+                    probe = Some(Probe {
+                        nonce,
+                        deadline: after(self.config.probe_timeout),
+                        strict: false,
+                    });
+                }
+                Wake::Replacement(Ok(new)) => return Ok(new),
+                Wake::Replacement(Err(e)) => {
+                    info!(error = %e, "the connection made beside a stalled one failed");
+                    return Err(dead.unwrap_or(e));
                 }
                 Wake::Woke(by) => {
                     info!(slept = ?by, "woke up (the clock jumped); checking the relay connection");
                     self.woke = true;
-                    if probe.is_none() {
+                    if probe.is_none_or(|p| !p.strict) && beside.is_none() {
                         let nonce = rand::rng().random::<u64>();
-                        if let Err(e) = conn.send(&Frame::Ping { nonce }).await {
-                            return e;
-                        }
-                        probe = Some((nonce, after(self.config.wake_pong_timeout)));
+                        conn.send(&Frame::Ping { nonce }).await?;
+                        probe = Some(Probe {
+                            nonce,
+                            deadline: after(self.config.wake_pong_timeout),
+                            strict: true,
+                        });
                     }
                     self.hold(Event::Woke { slept: by });
+                }
+                Wake::ProbeTimeout if probe.is_some_and(|p| !p.strict) => {
+                    probe = None;
+                    warn!(
+                        timeout = ?self.config.probe_timeout,
+                        "the relay did not answer a probe; connecting again beside this connection"
+                    );
+                    let (endpoint, key) = (Arc::clone(endpoint), Arc::clone(&self.key));
+                    let (role, timeout) = (self.config.role, self.config.connect_timeout);
+                    beside =
+                        Some(Box::pin(async move { endpoint.connect(&key, role, timeout).await }));
                 }
                 Wake::ProbeTimeout => {
                     warn!(
                         timeout = ?self.config.wake_pong_timeout,
                         "no answer from the relay after waking; reconnecting"
                     );
-                    return ClientError::Disconnected {
+                    return Err(ClientError::Disconnected {
                         code: None,
                         reason: format!(
                             "the relay did not answer a ping within {:?} after waking",
                             self.config.wake_pong_timeout
                         ),
-                    };
+                    });
                 }
                 Wake::PongTimeout => {
                     warn!(timeout = ?self.config.pong_timeout, "the relay stopped answering");
-                    return ClientError::Disconnected {
+                    return Err(ClientError::Disconnected {
                         code: None,
                         reason: format!(
                             "the relay did not answer a ping within {:?}",
                             self.config.pong_timeout
                         ),
-                    };
+                    });
                 }
             }
         }
-    }
-
-    async fn on_frame(&mut self, conn: &mut Connection, frame: Frame) -> Result<(), ClientError> {
-        match frame {
-            Frame::Deliver { delivery_id: relay_id, from, payload } => {
-                let delivery_id = self.cursor.local(relay_id);
-                self.shared.delivered.fetch_max(delivery_id, Ordering::AcqRel);
-                let acked = self.shared.ack.load(Ordering::Acquire);
-                if delivery_id <= acked {
-                    // Already processed and acknowledged in this process and
-                    // this store epoch: the earlier ack was lost with a
-                    // connection. Say it again.
-                    debug!(relay_id, acked, "dropping a redelivery");
-                    if let Some(up_to) = self.cursor.relay(acked) {
-                        conn.send(&Frame::Ack { up_to }).await?;
-                    }
-                    self.ack_sent = self.ack_sent.max(acked);
-                } else {
-                    debug!(relay_id, delivery_id, %from, len = payload.len(), "deliver");
-                    self.hold(Event::Deliver { delivery_id, from, payload });
-                }
-            }
-            Frame::Ok { ref_id } => match self.in_flight.remove(&ref_id) {
-                Some(pending) => pending.answer(Ok(())),
-                None => debug!(ref_id, "Ok for no pending request"),
-            },
-            Frame::Oks { runs } => {
-                // Each `Send` in flight that a run covers, as by `Ok`; ids
-                // not in flight (or not a `Send`) are not this answer's.
-                for run in &runs {
-                    let covered: Vec<u64> = self
-                        .in_flight
-                        .range(run.ids())
-                        .filter(|(_, p)| matches!(p.frame, Frame::Send { .. }))
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in covered {
-                        if let Some(pending) = self.in_flight.remove(&id) {
-                            pending.answer(Ok(()));
-                        }
-                    }
-                }
-            }
-            Frame::Error { code, ref_id, message } => {
-                match self.in_flight.remove(&ref_id).filter(|_| ref_id != 0) {
-                    Some(pending) => {
-                        debug!(ref_id, %code, "request refused");
-                        pending.answer(Err(ClientError::Refused(code, message)));
-                    }
-                    None => {
-                        warn!(ref_id, %code, %message, "the relay reported an error");
-                        if ends_connection(code) {
-                            self.last_error = Some(code);
-                        }
-                        self.hold(Event::Refused { code, ref_id, message });
-                    }
-                }
-            }
-            Frame::Ping { nonce } => conn.send(&Frame::Pong { nonce }).await?,
-            Frame::Pong { .. } => {}
-            Frame::Presence { peer, online } => {
-                debug!(%peer, online, "presence");
-                self.hold(Event::Presence { peer, online });
-            }
-            Frame::PairMessage { pairing_id, peer, payload } => {
-                debug!(%peer, len = payload.len(), "pair message");
-                self.hold(Event::PairMessage { pairing_id, peer, payload });
-            }
-            Frame::Restarting { reconnect_after_ms } => {
-                let after = Duration::from_millis(u64::from(reconnect_after_ms));
-                info!(?after, "the relay is restarting");
-                self.restart_hint = Some(after);
-                self.hold(Event::Restarting { after });
-            }
-            other => warn!(frame = %other.frame_type(), "ignoring an unexpected frame"),
-        }
-        Ok(())
-    }
-
-    /// Write the application's acknowledgement if it grew.
-    async fn flush_ack(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        let acked = self.shared.ack.load(Ordering::Acquire);
-        if acked > self.ack_sent {
-            // An acknowledgement of an older store epoch stays here.
-            if let Some(up_to) = self.cursor.relay(acked) {
-                conn.send(&Frame::Ack { up_to }).await?;
-                debug!(up_to, "ack");
-            }
-            self.ack_sent = acked;
-        }
-        Ok(())
-    }
-
-    /// Write up to [`FLUSH_BATCH`] requests from the outbox.
-    async fn flush(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        for _ in 0..FLUSH_BATCH {
-            let Some(pending) = self.outbox.pop_front() else { break };
-            if pending.reply.is_closed() {
-                debug!(id = pending.id, "dropping a request nobody waits for");
-                continue;
-            }
-            match conn.send(&pending.frame).await {
-                Ok(()) if pending.id == 0 => pending.answer(Ok(())),
-                Ok(()) => {
-                    debug!(id = pending.id, frame = %pending.frame.frame_type(), "written");
-                    self.in_flight.insert(pending.id, pending);
-                }
-                Err(ClientError::TooLarge) => pending.answer(Err(ClientError::TooLarge)),
-                Err(e) => {
-                    // It may have been partly written: treat it as in flight.
-                    if pending.id == 0 {
-                        self.outbox.push_front(pending);
-                    } else {
-                        self.in_flight.insert(pending.id, pending);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -519,19 +546,32 @@ impl Drop for CloseRequests {
     }
 }
 
-/// Codes with which the relay ends a connection (§5).
-fn ends_connection(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::AuthFailed
-            | ErrorCode::NotAuthenticated
-            | ErrorCode::HandshakeTimeout
-            | ErrorCode::IdleTimeout
-            | ErrorCode::Replaced
-            | ErrorCode::Overloaded
-            | ErrorCode::ShuttingDown
-            | ErrorCode::PingTimeout
-    )
+/// When a connection counts as stalled (see [`ClientConfig::stall_after`]):
+/// `stall` after the later of the oldest unanswered request's wait and the
+/// last frame, or `stall` past one and a half relay ping intervals of
+/// silence; `None` when neither applies.
+fn stall_deadline(
+    stall: Duration,
+    waiting_since: Option<Instant>,
+    last_rx: Instant,
+    relay_ping: Duration,
+) -> Option<Instant> {
+    let waiting = waiting_since.map(|since| since.max(last_rx) + stall);
+    let silent =
+        (!relay_ping.is_zero()).then(|| last_rx + relay_ping.saturating_mul(3) / 2 + stall);
+    match (waiting, silent) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The connection attempt made beside a stalled connection; never, when
+/// there is none.
+async fn attempt(beside: &mut Option<Attempt>) -> Result<Connection, ClientError> {
+    match beside {
+        Some(a) => a.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next clock jump from the wake watcher; never, when it is off.

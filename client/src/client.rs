@@ -41,6 +41,31 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// A connection that stayed up this long resets the backoff (default 10 s).
     pub backoff_reset_after: Duration,
+    /// The fast phase of the reconnect schedule: for the first
+    /// [`ClientConfig::backoff_fast_for`] of an outage (from its first failed
+    /// attempt), or [`ClientConfig::backoff_fast_for_busy`] while requests
+    /// wait to be sent, the backoff bound is at most this (default 750 ms):
+    /// a network that comes back is used within it. A request made during a
+    /// longer wait cuts it to a random time within this bound too, while in
+    /// the busy phase. Set it to [`ClientConfig::backoff_max`] to turn the
+    /// fast phase off.
+    pub backoff_fast_max: Duration,
+    /// How long the fast phase lasts when no request waits (default 10 s).
+    pub backoff_fast_for: Duration,
+    /// How long the fast phase lasts while requests wait (default 30 s).
+    pub backoff_fast_for_busy: Duration,
+    /// A stalled connection: a request written and unanswered this long
+    /// with no frame at all from the relay meanwhile, or a relay silent for
+    /// this long past one and a half times the ping interval it announced,
+    /// makes the client send a probe ping (default 1 s; `None` turns the
+    /// check off). Without an answer within [`ClientConfig::probe_timeout`]
+    /// it connects again beside the old connection, keeps the old one until
+    /// the new one has authenticated, then moves to it (requests the old
+    /// one left unanswered are written again; see [`crate::Client`]).
+    pub stall_after: Option<Duration>,
+    /// How long a stalled connection's probe ping waits for any frame
+    /// (default 1 s).
+    pub probe_timeout: Duration,
     /// How often this client pings the relay, ±20 % jitter (default 20 s).
     pub ping_interval: Duration,
     /// How long to wait for any frame after a ping (and for a frame to be
@@ -83,6 +108,11 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             backoff_reset_after: Duration::from_secs(10),
+            backoff_fast_max: Duration::from_millis(750),
+            backoff_fast_for: Duration::from_secs(10),
+            backoff_fast_for_busy: Duration::from_secs(30),
+            stall_after: Some(Duration::from_secs(1)),
+            probe_timeout: Duration::from_secs(1),
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(10),
             wake_threshold: Some(Duration::from_secs(10)),

@@ -27,6 +27,7 @@ use tokio_tungstenite::{
 use tracing::{debug, warn};
 
 use crate::error::ClientError;
+use crate::race;
 
 /// The default deadline for connecting, the TLS and WebSocket handshakes and
 /// authentication together.
@@ -149,8 +150,16 @@ impl Endpoint {
         }
     }
 
-    /// The TCP connection, from [`Endpoint::with_local_ip`]'s address if set.
+    /// The TCP connection, from [`Endpoint::with_local_ip`]'s address if
+    /// set; an attempt not connected within [`race::STAGGER`] gets a fresh
+    /// one beside it (a lost SYN is otherwise sent again only after 1, 3,
+    /// 7 s: `crate::race`).
     async fn tcp(&self) -> std::io::Result<TcpStream> {
+        race::race(|| self.tcp_once(), race::STAGGER, race::LIVE).await
+    }
+
+    /// One TCP connection attempt.
+    async fn tcp_once(&self) -> std::io::Result<TcpStream> {
         let Some(local) = self.local_ip else {
             return TcpStream::connect((self.host.as_str(), self.port)).await;
         };

@@ -9,12 +9,24 @@
 //!   AuthOk` under one deadline. The client refuses a challenge that names
 //!   another relay than the one it dialed ([`ClientError::WrongRelay`]) and
 //!   sends no proof then.
+//!   A TCP attempt not connected within 600 ms gets a fresh one beside it
+//!   (every 600 ms, at most 3 at once; the first to connect wins), so a SYN
+//!   lost to a network that then comes back is not waited out (the kernel
+//!   sends it again only after 1, 3, 7 s).
 //! * [`Client`] — a handle to a background task that owns the connection and
 //!   reconnects forever with full-jitter exponential backoff (a random wait
 //!   up to 250 ms, the bound doubling to 30 s; reset once a connection stayed
-//!   up 10 s), waits out the relay's `Restarting` hint instead, pings the
+//!   up 10 s; in the first 10 s of an outage, 30 s while requests wait, the
+//!   bound is at most 750 ms, and a request made during a longer wait cuts
+//!   it to that; an `overloaded` or `rate_limited` relay gets the plain
+//!   schedule), waits out the relay's `Restarting` hint instead, pings the
 //!   relay (every ~20 s; no frame within 10 s means the connection is dead)
-//!   and answers its pings. It notices waking from sleep (the wall clock
+//!   and answers its pings. A stalled connection (a request unanswered for
+//!   1 s with nothing at all from the relay meanwhile, or the relay silent
+//!   for 1 s past one and a half of its announced ping intervals) is probed
+//!   with a ping; without any frame within 1 s, a new connection is made
+//!   beside it, the old one kept until the new one has authenticated, and
+//!   what the old one left unanswered is written again on the new one. It notices waking from sleep (the wall clock
 //!   jumped past the monotonic clock, or the process stood still: a jump of
 //!   10 s or more): connected, it pings and replaces the connection at once
 //!   unless the relay answers within 3 s; waiting out its backoff, it
@@ -68,6 +80,7 @@ mod client;
 pub mod connect;
 mod cursor;
 mod error;
+mod race;
 mod requests;
 mod wake;
 

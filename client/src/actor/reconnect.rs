@@ -18,19 +18,7 @@ impl Actor {
     /// Requeue or fail what was in flight, decide when to retry, report it,
     /// and wait (taking requests meanwhile).
     pub(super) async fn after_disconnect(&mut self, ended: ClientError) {
-        let in_flight = std::mem::take(&mut self.in_flight);
-        let mut resend = Vec::new();
-        for (_, pending) in in_flight {
-            if pending.idempotent() {
-                resend.push(pending);
-            } else {
-                pending.answer(Err(ClientError::Interrupted));
-            }
-        }
-        for pending in resend.into_iter().rev() {
-            self.outbox.push_front(pending);
-        }
-
+        self.requeue_in_flight();
         let code = ended.code().or(self.last_error.take());
         let reason = ended.to_string();
         if let Some(code) = code.filter(|c| is_fatal_code(*c)) {
@@ -62,13 +50,39 @@ impl Actor {
             self.backoff.reset();
             (Duration::ZERO, Wait::Backoff)
         } else {
-            (self.backoff.next(), Wait::Backoff)
+            // An overloaded relay, or one that limits this device, gets the
+            // plain doubling schedule, not the fast phase.
+            let fast = !matches!(code, Some(ErrorCode::Overloaded | ErrorCode::RateLimited));
+            (self.backoff.next_busy(self.busy(), fast), Wait::Backoff)
         };
         info!(%reason, ?code, ?retry_in, "disconnected");
         self.emit(Event::Disconnected { reason, code, retry_in }).await;
         if !self.stopping {
             self.sleep_taking_requests(retry_in, wait).await;
         }
+    }
+
+    /// The connection is gone: what was written and unanswered goes back to
+    /// the front of the outbox, in order, if it may be written again;
+    /// the rest fails with [`ClientError::Interrupted`].
+    pub(super) fn requeue_in_flight(&mut self) {
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let mut resend = Vec::new();
+        for (_, pending) in in_flight {
+            if pending.idempotent() {
+                resend.push(pending);
+            } else {
+                pending.answer(Err(ClientError::Interrupted));
+            }
+        }
+        for pending in resend.into_iter().rev() {
+            self.outbox.push_front(pending);
+        }
+    }
+
+    /// Whether requests wait to be sent (the backoff's busy phase).
+    fn busy(&self) -> bool {
+        !self.outbox.is_empty() || self.shared.requests.is_waiting()
     }
 
     /// Wait `duration` before reconnecting, taking requests. The timer runs
@@ -87,7 +101,18 @@ impl Actor {
                 biased;
                 () = self.stop.cancelled() => self.stopping = true,
                 () = &mut timer => return,
-                () = self.shared.requests.notify.notified() => self.intake(),
+                () = self.shared.requests.notify.notified() => {
+                    self.intake();
+                    // A request made during a long wait of our own: within
+                    // the busy fast phase, reconnect within its bound.
+                    let now = tokio::time::Instant::now();
+                    let cap = self.backoff.ceiling_at(now.into_std(), true);
+                    if wait == Wait::Backoff && self.busy() && timer.deadline() > now + cap {
+                        let sooner = random_upto(cap);
+                        info!(?sooner, "a request is waiting; reconnecting sooner");
+                        timer.as_mut().reset(now + sooner);
+                    }
+                }
                 by = woke(&mut self.wake) => {
                     self.emit(Event::Woke { slept: by }).await;
                     let left = match wait {

@@ -18,6 +18,7 @@ pub mod damage;
 pub mod net;
 pub mod phone;
 pub mod powerloss;
+pub mod samples;
 pub mod tally;
 pub mod world;
 
