@@ -11,6 +11,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+// Used by faults.rs; the soak's binary includes this module too.
+#[allow(unused_imports)]
 pub use crate::common::redis::RedisServer as Redis;
 use crate::common::redis::{RedisServer, free_port};
 use crate::common::relay::{RELAY_NODE_ID, RELAY_REDIS_URL, Relay};
