@@ -252,10 +252,12 @@ fn the_redis_targets_carry_every_message_once_and_count_redis_commands() {
     }
     assert!(rows[0]["redis"].is_null(), "the embedded store has no Redis");
     for row in &rows[1..] {
-        // Every message is at least written to Redis once.
-        assert!(row["redis"]["commands_per_message"].as_f64().unwrap() >= 1.0, "{row:#}");
+        assert!(row["redis"]["commands_per_message"].as_f64().is_some(), "{row:#}");
         assert!(row["target_cpu_s"].as_f64().is_some(), "{row:#}");
     }
+    // Across nodes every message is written to Redis at least once; on one
+    // node it is held in memory and mostly never written.
+    assert!(rows[2]["redis"]["commands_per_message"].as_f64().unwrap() >= 1.0, "{:#}", rows[2]);
     let ratio = &s["results"]["ratios"][0];
     assert!(ratio["messages_cluster_over_wire"].as_f64().unwrap() > 0.0, "{ratio:#}");
     assert!(ratio["cluster_goal_met"].is_boolean());
