@@ -48,7 +48,12 @@ if [[ -z $lib ]]; then
 fi
 [[ -f $lib ]] || { echo "no library at $lib" >&2; exit 1; }
 lib=$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")
-cargo build --locked -q -p uniffi-bindgen
+# The test command built it with the whole workspace (TANDEM_BINDGEN_BUILT=1):
+# building `-p uniffi-bindgen` alone would resolve its dependencies' features
+# for that package only and compile them again (minutes).
+if [[ "${TANDEM_BINDGEN_BUILT:-}" != 1 ]]; then
+  cargo build --locked -q -p uniffi-bindgen
+fi
 bindgen="$target_dir/debug/uniffi-bindgen"
 
 mkdir -p "$out"

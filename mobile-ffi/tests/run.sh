@@ -26,7 +26,7 @@ case "$(uname -s)" in Darwin) ext=dylib ;; *) ext=so ;; esac
 out=$(mktemp -d "${TMPDIR:-/tmp}/tandem-mobile-bindings.XXXXXX")
 trap 'rm -rf "$out"' EXIT
 echo "==> mobile SDK: generate bindings (Swift, Kotlin, Python)"
-mobile-ffi/scripts/bindings.sh "$out" --lib "$target_dir/debug/libtandem_mobile.$ext"
+TANDEM_BINDGEN_BUILT=1 mobile-ffi/scripts/bindings.sh "$out" --lib "$target_dir/debug/libtandem_mobile.$ext"
 
 echo "==> mobile SDK: Python against a real relay and agent"
 PYTHONDONTWRITEBYTECODE=1 python3 -u mobile-ffi/tests/test_sdk.py --bin-dir "$target_dir/debug" --bindings "$out" "$@"
