@@ -111,10 +111,11 @@
 //! recipient's ownership still has the fence they were held under (when
 //! nobody owns it, its latest claim had that fence: `last:<device>`, kept a
 //! day, so a write held up past another node's whole connection is
-//! refused), and
-//! the id is above its queue's last one; otherwise `Unavailable`, and the
-//! sender sends again). [`Store::watch`] raises a watched recipient's mark
-//! when an enqueue for it is answered.
+//! refused; `Unavailable`, and the sender sends again); a frame whose queue
+//! already holds a higher id is stored under a fresh id from the counter,
+//! so a sender's frames keep their order (the relay raises the mark).
+//! [`Store::watch`] raises a watched recipient's mark when an enqueue for
+//! it is answered.
 
 mod driver;
 mod keys;
