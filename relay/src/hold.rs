@@ -653,4 +653,52 @@ mod tests {
         assert_eq!(hold.len(), 2);
         assert_eq!(state.held_bytes.load(Ordering::Acquire), memory(2, 0));
     }
+    /// Frames held under a replaced connection's fence and being written
+    /// (found by review): the new connection neither is handed them (their
+    /// ids may be below what the device saw elsewhere) nor acknowledges
+    /// them (their write answers their senders); a frame held under the
+    /// fence it claimed with is handed and acknowledged as usual.
+    #[test]
+    fn frames_of_a_replaced_connection_being_written_are_neither_read_nor_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), 64 << 20);
+        let hold = Arc::new(Hold::new(DeviceId([1; 16]), Arc::new(Shared::new(None))));
+        let answers = Arc::new(Shared::new(None));
+        hold.claimed(&state, 7, 0);
+        assert!(offer(&hold, &state, &answers, 10));
+        // Being written when the device connected again elsewhere and
+        // then here, under fence 8.
+        lock(&hold.q).frames.iter_mut().for_each(|h| h.writing = true);
+        hold.begin_claim();
+        hold.claimed(&state, 8, 0);
+        assert_eq!(hold.len(), 1, "a frame being written is kept for its write");
+        assert!(hold.ready(0, u64::MAX, 10).is_empty(), "not handed to the new connection");
+        hold.ack(&state, u64::MAX);
+        assert_eq!(hold.len(), 1, "not acknowledged by the new connection");
+        assert!(answers.answers.take().is_empty(), "its sender waits for the write");
+        // One held under the new fence is handed and acknowledged.
+        assert!(offer(&hold, &state, &answers, 10));
+        let ready = hold.ready(0, u64::MAX, 10);
+        assert_eq!(ready.len(), 1);
+        hold.ack(&state, ready[0].0);
+        assert_eq!(hold.len(), 1, "only the new fence's frame left");
+        assert_eq!(answers.answers.take().len(), 1);
+    }
+
+    /// A claim that failed holds nothing more (its fence and floor are not
+    /// known: a frame held now could get an id below one the device saw
+    /// elsewhere); the offer goes to the store.
+    #[test]
+    fn nothing_is_held_after_a_failed_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), 64 << 20);
+        let hold = Arc::new(Hold::new(DeviceId([1; 16]), Arc::new(Shared::new(None))));
+        let answers = Arc::new(Shared::new(None));
+        hold.begin_claim();
+        assert!(!offer(&hold, &state, &answers, 10), "nothing held during a claim");
+        hold.claim_failed();
+        assert!(!offer(&hold, &state, &answers, 10), "nor after it failed");
+        assert_eq!(hold.len(), 0);
+        assert_eq!(state.held_bytes.load(Ordering::Acquire), 0);
+    }
 }

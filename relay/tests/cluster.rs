@@ -416,9 +416,16 @@ async fn nodes_on_sentinel_follow_a_failover() {
     let (n1, n2, desk, phone) = split_pair_on(dir.path(), &url).await;
     // The replica has the routes before the failover.
     synced(&replica).await;
+    let failover = std::time::Instant::now();
     assert!(sentinel.command("SENTINEL FAILOVER main").unwrap().starts_with("+OK"));
-    resume_after_failover([desk, phone], [&n1, &n2]).await;
+    let closed = resume_after_failover([desk, phone], [&n1, &n2]).await;
     assert!(replica.command("ROLE").unwrap().contains("master"), "the replica was promoted");
+    // The nodes leave the old primary when Sentinel announces the switch
+    // (+switch-master, about a second after the command), not when it
+    // demotes the old one (11 s after, with which the devices were closed
+    // before the nodes listened to Sentinel).
+    let took = closed.duration_since(failover);
+    assert!(took < Duration::from_secs(6), "the devices were closed {took:?} after the failover");
 }
 
 /// Nodes n1 and n2 on the Redis at `url`, and a pair split over them
@@ -456,7 +463,11 @@ async fn synced(replica: &Redis) {
 /// cross the nodes again ("before", sent earlier, may come again first: its
 /// ack may not have reached the new primary; the end-to-end layer drops
 /// such a copy).
-async fn resume_after_failover(devices: [Device; 2], nodes: [&common::Relay; 2]) {
+/// When the second device was closed.
+async fn resume_after_failover(
+    devices: [Device; 2],
+    nodes: [&common::Relay; 2],
+) -> std::time::Instant {
     let [mut desk, mut phone] = devices;
     let (desk_id, phone_id) = (desk.id(), phone.id());
     let (desk_key, phone_key) = (desk.key.clone(), phone.key.clone());
@@ -468,6 +479,7 @@ async fn resume_after_failover(devices: [Device; 2], nodes: [&common::Relay; 2])
             "a new store epoch closes every connection"
         );
     }
+    let closed = std::time::Instant::now();
     let mut desk = connect_retrying(nodes[0], desk_key, Role::Desktop).await;
     let mut phone = connect_retrying(nodes[1], phone_key, Role::Phone).await;
     let mut sent = false;
@@ -484,6 +496,7 @@ async fn resume_after_failover(devices: [Device; 2], nodes: [&common::Relay; 2])
         got = phone.delivery().await;
     }
     assert_eq!((got.1, got.2.as_slice()), (desk_id, &b"after"[..]));
+    closed
 }
 
 /// The nodes on a Redis Cluster (three primaries, a replica each), given

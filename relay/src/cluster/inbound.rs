@@ -30,9 +30,16 @@ pub(crate) async fn run(state: Arc<State>, cluster: Arc<Cluster>) {
                 // Off the message loop: it makes round trips per device.
                 tokio::spawn(super::upkeep::resync(state.clone(), cluster.clone()));
                 let mut ping = tokio::time::interval(HEARTBEAT);
+                let mut switches = cluster.link.switches();
+                if let Some(rx) = &mut switches {
+                    rx.mark_unchanged();
+                }
                 loop {
                     tokio::select! {
                         () = state.shutdown.cancelled() => return,
+                        // Sentinel announced a failover: subscribe on the
+                        // new primary (the command connection moves too).
+                        Ok(()) = crate::store::redis_switched(&mut switches) => break,
                         msg = stream.next() => match msg {
                             Some(m) => dispatch(&state, &cluster, m.get_payload_bytes()).await,
                             None => break,

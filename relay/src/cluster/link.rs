@@ -3,7 +3,10 @@
 //! again (and the primary asked for again) after any error that says the
 //! connection or the server's role is gone: I/O errors, timeouts,
 //! `READONLY` (the primary was demoted), `MASTERDOWN`, and in a Redis
-//! Cluster `MOVED`, `ASK`, `CLUSTERDOWN` and `TRYAGAIN` (the slot moved).
+//! Cluster `MOVED`, `ASK`, `CLUSTERDOWN` and `TRYAGAIN` (the slot moved),
+//! and, with Sentinel, as soon as it announces a failover to another
+//! address than the connection's (the old primary takes writes until it is
+//! demoted, and then discards them).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -57,6 +60,8 @@ fn answered_gone(v: &Value) -> bool {
 pub(super) struct Link {
     target: tokio::sync::Mutex<RedisTarget>,
     current: Mutex<Option<Watched>>,
+    /// With Sentinel: the primary it announced last.
+    switches: Option<tokio::sync::watch::Receiver<Option<crate::store::RedisAddr>>>,
     /// Moves on with every new connection: the node's subscription is made
     /// again when it moved (with Sentinel the primary may have changed, and
     /// a subscription on a demoted server may miss messages).
@@ -64,8 +69,11 @@ pub(super) struct Link {
 }
 
 impl Link {
+    /// A link to `target` (with Sentinel, listening for failovers on the
+    /// current tokio runtime).
     pub(super) fn new(target: RedisTarget) -> Self {
         Self {
+            switches: target.switches(),
             target: tokio::sync::Mutex::new(target),
             current: Mutex::new(None),
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -75,6 +83,14 @@ impl Link {
     /// How many connections were made so far.
     pub(super) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// With Sentinel, the primary it announced last (a subscription made
+    /// before a change is to be made again).
+    pub(super) fn switches(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<Option<crate::store::RedisAddr>>> {
+        self.switches.clone()
     }
 
     /// A client of the server to talk to now (for a pub/sub connection).
@@ -96,8 +112,9 @@ impl Link {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT));
+        let addr = client.get_connection_info().addr().clone();
         let inner = client.get_multiplexed_async_connection_with_config(&config).await?;
-        let c = Watched { inner, broken: Arc::new(AtomicBool::new(false)) };
+        let c = Watched { inner, addr, broken: Arc::new(AtomicBool::new(false)) };
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
         self.generation.fetch_add(1, Ordering::AcqRel);
         drop(target);
@@ -106,7 +123,13 @@ impl Link {
 
     fn cached(&self) -> Option<Watched> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.as_ref().is_some_and(|c| c.broken.load(Ordering::Acquire)) {
+        let announced = self.switches.as_ref().map(|rx| rx.borrow().clone());
+        if current.as_ref().is_some_and(|c| {
+            c.broken.load(Ordering::Acquire)
+                || announced
+                    .as_ref()
+                    .is_some_and(|a| crate::store::redis_elsewhere(a.as_ref(), &c.addr))
+        }) {
             *current = None;
         }
         current.clone()
@@ -118,6 +141,8 @@ impl Link {
 #[derive(Clone)]
 pub(super) struct Watched {
     inner: MultiplexedConnection,
+    /// The server's address.
+    addr: redis::ConnectionAddr,
     broken: Arc<AtomicBool>,
 }
 

@@ -45,6 +45,9 @@ use thiserror::Error;
 pub use self::redb::{Export, ExportedAuthorization, ExportedFrame, RedbStore, WRITER_QUEUE};
 pub(crate) use self::redis::namespace as redis_namespace;
 pub(crate) use self::redis::redis_hex;
+pub(crate) use self::redis::switches::{
+    Addr as RedisAddr, elsewhere as redis_elsewhere, switched as redis_switched,
+};
 pub(crate) use self::redis::target::Target as RedisTarget;
 pub use self::redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, QUEUE as REDIS_QUEUE, RedisStore};
 

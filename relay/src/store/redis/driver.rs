@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::keys::Keys;
 use super::scripts::Script;
+use super::switches::{elsewhere, switched};
 use super::target::Target;
 use crate::store::StoreError;
 
@@ -103,6 +104,8 @@ impl Shared {
 /// One open connection and what was read on it first.
 struct Live {
     conn: MultiplexedConnection,
+    /// The server's address (left when Sentinel announces another primary).
+    addr: redis::ConnectionAddr,
     /// The epoch base it read (the scripts' guard compares it).
     base: Vec<u8>,
     /// The loaded scripts' hashes, in [`Script::ALL`] order.
@@ -177,6 +180,7 @@ impl Driver {
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
         let client = self.target.client().await?;
+        let addr = client.get_connection_info().addr().clone();
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
@@ -219,7 +223,7 @@ impl Driver {
             }
             self.shared.epoch_tx.send_replace(epoch);
         }
-        Ok(Live { conn, base, shas })
+        Ok(Live { conn, addr, base, shas })
     }
 
     /// Serve on `live` until it fails (the reason) or the store is dropped
@@ -227,7 +231,15 @@ impl Driver {
     async fn serve(&mut self, mut live: Live) -> Option<String> {
         let mut flight = Flight::default();
         let mut open = true;
+        let mut switches = self.target.switches();
         loop {
+            if let Some(rx) = &switches
+                && elsewhere(rx.borrow().as_ref(), &live.addr)
+            {
+                let why = format!("redis: sentinel announced a new primary; leaving {}", live.addr);
+                flight.refuse(&why);
+                return Some(why);
+            }
             if !open && flight.is_empty() {
                 return None;
             }
@@ -253,6 +265,11 @@ impl Driver {
                         }
                     }
                     flight.launch(self.pipeline(&live, &batch), &live.conn, batch).await;
+                }
+                changed = switched(&mut switches) => {
+                    if changed.is_err() {
+                        switches = None;
+                    }
                 }
                 () = tokio::time::sleep(HEARTBEAT), if open && flight.is_empty() => {
                     if let Err(why) = self.heartbeat(&mut live).await {

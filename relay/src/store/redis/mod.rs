@@ -99,8 +99,8 @@
 //! TLS (`rediss://`) and Redis Cluster (the keys share one hash tag, but
 //! the scripts build key names they do not declare: untested there).
 //! Sentinel is supported ([`target`]): a failover is a new primary with
-//! another `run_id`, so a new epoch, and the old primary's `READONLY`
-//! answers make the store reconnect to the new one.
+//! another `run_id`, so a new epoch; the store leaves the old primary when a
+//! sentinel announces the switch ([`switches`]), or at its first `READONLY`.
 //!
 //! # Held frames
 //!
@@ -122,6 +122,7 @@ mod keys;
 mod pool;
 pub(crate) use self::keys::{hex as redis_hex, namespace};
 mod scripts;
+pub(crate) mod switches;
 pub(crate) mod target;
 
 use std::sync::Arc;

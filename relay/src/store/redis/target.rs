@@ -5,7 +5,10 @@
 //! database of the data nodes; the sentinels themselves without a password).
 //! With Sentinel, every new connection asks the sentinels for the primary
 //! first, so after a failover the store reconnects to the new one (whose
-//! `run_id`, and so the store epoch, is another).
+//! `run_id`, and so the store epoch, is another). Every connection holder
+//! also hears Sentinel announce a failover ([`Target::switches`],
+//! [`super::switches`]) and leaves the old primary at once, rather than
+//! writing there until Sentinel demotes it.
 //!
 //! A Redis Cluster (`redis+cluster://[user:password@]host:port[,host:port...]`:
 //! a few of its nodes, as seeds) works the same way: every key Tandem
@@ -17,8 +20,13 @@
 //! Redis Cluster gives Tandem its failover, not more capacity: one shard
 //! carries it all.
 
+use std::sync::OnceLock;
+
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Client, RedisConnectionInfo};
+use tokio::sync::watch;
+
+use super::switches::{Addr, Switches};
 
 use super::driver::RESPONSE_TIMEOUT;
 use crate::store::StoreError;
@@ -34,9 +42,20 @@ pub(crate) enum Target {
     /// One server.
     Direct(Client),
     /// The primary that Sentinel names now.
-    Sentinel(Box<SentinelClient>),
+    Sentinel(Box<SentinelTarget>),
     /// The primary of a Redis Cluster that serves the namespace's slot now.
     Cluster(Box<ClusterSeeds>),
+}
+
+/// How to ask Sentinel for the primary, and hear it change.
+pub(crate) struct SentinelTarget {
+    client: SentinelClient,
+    /// The sentinels' `redis://host:port` URLs.
+    sentinels: Vec<String>,
+    /// The name they monitor.
+    name: String,
+    /// Started by the first [`Target::switches`].
+    switches: OnceLock<Switches>,
 }
 
 /// How to find the primary of the namespace's slot in a Redis Cluster.
@@ -94,9 +113,19 @@ impl Target {
             }
         }
         let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
-        SentinelClient::build(sentinels, name.to_owned(), Some(node), SentinelServerType::Master)
-            .map(|c| Target::Sentinel(Box::new(c)))
-            .map_err(|e| bad(url, &e.to_string()))
+        let client = SentinelClient::build(
+            sentinels.clone(),
+            name.to_owned(),
+            Some(node),
+            SentinelServerType::Master,
+        )
+        .map_err(|e| bad(url, &e.to_string()))?;
+        Ok(Target::Sentinel(Box::new(SentinelTarget {
+            client,
+            sentinels,
+            name: name.to_owned(),
+            switches: OnceLock::new(),
+        })))
     }
 
     fn parse_cluster(url: &str, rest: &str, namespace: &str) -> Result<Self, StoreError> {
@@ -125,12 +154,24 @@ impl Target {
     pub(crate) async fn client(&mut self) -> Result<Client, StoreError> {
         match self {
             Target::Direct(c) => Ok(c.clone()),
-            Target::Sentinel(s) => tokio::time::timeout(RESPONSE_TIMEOUT, s.async_get_client())
-                .await
-                .map_err(|_| StoreError::Unavailable("redis: no sentinel answered".into()))?
-                .map_err(|e| StoreError::Unavailable(format!("redis sentinel: {e}"))),
+            Target::Sentinel(s) => {
+                tokio::time::timeout(RESPONSE_TIMEOUT, s.client.async_get_client())
+                    .await
+                    .map_err(|_| StoreError::Unavailable("redis: no sentinel answered".into()))?
+                    .map_err(|e| StoreError::Unavailable(format!("redis sentinel: {e}")))
+            }
             Target::Cluster(c) => c.primary().await,
         }
+    }
+
+    /// With Sentinel, the primary it announced last (`None` until a
+    /// failover is heard): a connection to another address is to be made
+    /// again. The first call starts listening (on the current tokio
+    /// runtime; none outside one). Other targets: `None`.
+    pub(crate) fn switches(&self) -> Option<watch::Receiver<Option<Addr>>> {
+        let Target::Sentinel(s) = self else { return None };
+        tokio::runtime::Handle::try_current().ok()?;
+        Some(s.switches.get_or_init(|| Switches::start(&s.sentinels, &s.name)).watch())
     }
 }
 

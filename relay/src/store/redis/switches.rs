@@ -1,0 +1,193 @@
+//! Sentinel's failover announcements, heard as they happen.
+//!
+//! After a failover the old primary goes on taking writes until Sentinel
+//! turns it into a replica (about ten seconds later with Sentinel's
+//! defaults), and whatever it took meanwhile is discarded by its resync. A
+//! connection that waited for the old primary's `READONLY` would write
+//! there all that time. So every sentinel the URL names is subscribed to
+//! on `+switch-master` (Sentinel publishes it when the promotion is done:
+//! `<name> <old-ip> <old-port> <new-ip> <new-port>`), and the new primary's
+//! address for the monitored name is handed to every connection holder
+//! ([`Switches::watch`]); a holder connected elsewhere drops its connection
+//! and asks Sentinel again. Several sentinels tell the same switch: only a
+//! change of address is passed on.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::time::{sleep, timeout};
+
+/// How long subscribing, then each liveness ping, may take.
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a subscription is pinged (one cut without a reset shows).
+const PING: Duration = Duration::from_secs(2);
+/// The longest wait before subscribing again to a sentinel.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A primary's address as Sentinel names it.
+pub(crate) type Addr = (String, u16);
+
+/// The newest primary announced for one monitored name.
+pub(crate) struct Switches {
+    tx: Arc<watch::Sender<Option<Addr>>>,
+}
+
+impl Switches {
+    /// Start listening to `sentinels` (`redis://host:port` URLs) for
+    /// failovers of `name`, on the current tokio runtime. The listeners end
+    /// once [`Switches`] is dropped.
+    pub(crate) fn start(sentinels: &[String], name: &str) -> Self {
+        let tx = Arc::new(watch::channel(None).0);
+        for url in sentinels {
+            tokio::spawn(listen(url.clone(), name.to_owned(), Arc::downgrade(&tx)));
+        }
+        Self { tx }
+    }
+
+    /// The newest announced primary (`None` until a failover is heard).
+    pub(crate) fn watch(&self) -> watch::Receiver<Option<Addr>> {
+        self.tx.subscribe()
+    }
+}
+
+/// The new primary's address in a `+switch-master` payload for `name`.
+pub(crate) fn parse(payload: &str, name: &str) -> Option<Addr> {
+    let mut words = payload.split_whitespace();
+    if words.next()? != name {
+        return None;
+    }
+    let (_old_ip, _old_port, ip, port) =
+        (words.next()?, words.next()?, words.next()?, words.next()?);
+    if words.next().is_some() {
+        return None;
+    }
+    Some((ip.to_owned(), port.parse().ok()?))
+}
+
+/// Whether a connection to `host:port` is not the announced primary.
+pub(crate) fn elsewhere(announced: Option<&Addr>, addr: &redis::ConnectionAddr) -> bool {
+    let Some((ip, port)) = announced else { return false };
+    match addr {
+        redis::ConnectionAddr::Tcp(host, p)
+        | redis::ConnectionAddr::TcpTls { host, port: p, .. } => host != ip || p != port,
+        redis::ConnectionAddr::Unix(_) => false,
+    }
+}
+
+/// The next failover announced on `rx` (never when there is none: no
+/// Sentinel; an error once its listener is gone).
+pub(crate) async fn switched(
+    rx: &mut Option<watch::Receiver<Option<Addr>>>,
+) -> Result<(), watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Subscribe to one sentinel, again and again, until nobody listens.
+async fn listen(url: String, name: String, tx: Weak<watch::Sender<Option<Addr>>>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if tx.strong_count() == 0 {
+            return;
+        }
+        match subscribe(&url).await {
+            Ok((mut sink, mut stream)) => {
+                backoff = Duration::from_millis(100);
+                tracing::debug!(sentinel = %url, "subscribed to +switch-master");
+                let mut ping = tokio::time::interval(PING);
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => {
+                            let Some(msg) = msg else { break };
+                            let Ok(payload) = msg.get_payload::<String>() else { continue };
+                            let Some(addr) = parse(&payload, &name) else { continue };
+                            let Some(tx) = tx.upgrade() else { return };
+                            let changed = tx.send_if_modified(|now| {
+                                if now.as_ref() == Some(&addr) {
+                                    return false;
+                                }
+                                *now = Some(addr.clone());
+                                true
+                            });
+                            if changed {
+                                tracing::warn!(
+                                    primary = %format!("{}:{}", addr.0, addr.1),
+                                    "sentinel announced a failover; reconnecting to the new primary"
+                                );
+                            }
+                        }
+                        _ = ping.tick() => {
+                            if tx.strong_count() == 0 {
+                                return;
+                            }
+                            let alive = timeout(TIMEOUT, sink.ping::<redis::Value>()).await;
+                            if !matches!(alive, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                tracing::debug!(sentinel = %url, "lost the +switch-master subscription");
+            }
+            Err(e) => {
+                tracing::debug!(sentinel = %url, error = %e, "cannot subscribe to a sentinel")
+            }
+        }
+        if tx.strong_count() == 0 {
+            return;
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn subscribe(
+    url: &str,
+) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), redis::RedisError> {
+    let connect = async {
+        let mut pubsub = redis::Client::open(url)?.get_async_pubsub().await?;
+        pubsub.subscribe("+switch-master").await?;
+        Ok(pubsub.split())
+    };
+    match timeout(TIMEOUT, connect).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "subscribing to a sentinel took too long",
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_switch_of_the_name_gives_the_new_address() {
+        let got = parse("main 127.0.0.1 6379 127.0.0.1 6380", "main");
+        assert_eq!(got, Some(("127.0.0.1".into(), 6380)));
+        for other in [
+            "other 127.0.0.1 6379 127.0.0.1 6380",
+            "main 127.0.0.1 6379 127.0.0.1",
+            "main 127.0.0.1 6379 127.0.0.1 port",
+            "main 127.0.0.1 6379 127.0.0.1 6380 extra",
+            "",
+        ] {
+            assert_eq!(parse(other, "main"), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_connection_to_another_address_is_elsewhere() {
+        let new = ("10.0.0.2".to_owned(), 6380);
+        let at = |h: &str, p| redis::ConnectionAddr::Tcp(h.into(), p);
+        assert!(!elsewhere(None, &at("10.0.0.1", 6379)), "nothing announced yet");
+        assert!(elsewhere(Some(&new), &at("10.0.0.1", 6379)));
+        assert!(elsewhere(Some(&new), &at("10.0.0.2", 6379)));
+        assert!(!elsewhere(Some(&new), &at("10.0.0.2", 6380)));
+    }
+}
