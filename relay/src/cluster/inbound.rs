@@ -69,7 +69,7 @@ pub(crate) async fn run(state: Arc<State>, cluster: Arc<Cluster>) {
             () = state.shutdown.cancelled() => return,
             () = sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(crate::store::REDIS_MAX_BACKOFF);
     }
 }
 

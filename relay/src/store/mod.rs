@@ -43,6 +43,7 @@ use tandem_proto::DeviceId;
 use thiserror::Error;
 
 pub use self::redb::{Export, ExportedAuthorization, ExportedFrame, RedbStore, WRITER_QUEUE};
+pub(crate) use self::redis::MAX_BACKOFF as REDIS_MAX_BACKOFF;
 pub(crate) use self::redis::namespace as redis_namespace;
 pub(crate) use self::redis::redis_hex;
 pub(crate) use self::redis::switches::{

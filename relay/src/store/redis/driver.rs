@@ -48,7 +48,11 @@ pub(super) const MAX_BATCH: usize = 512;
 pub(super) const MAX_IN_FLIGHT: usize = 4;
 /// The first wait before reconnecting, doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest wait between two attempts to reach Redis: a Redis that comes
+/// back is used within it (devices resume within about a second of it). An
+/// attempt at a server that refuses costs a round trip; one that does not
+/// answer waits out [`RESPONSE_TIMEOUT`] anyway.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What one operation sends.
 pub(super) enum Call {

@@ -47,7 +47,7 @@
 //! (2 s): the calls of that pipeline, and of the pipelines sent after it,
 //! fail with [`StoreError::Unavailable`],
 //! the store is down ([`Store::health`]) and refuses every call at once
-//! until it has connected again (backing off from 100 ms to 2 s). **A
+//! until it has connected again (backing off from 100 ms to 500 ms). **A
 //! failed call may have been applied** when its pipeline had reached Redis
 //! and only the answer was lost: an enqueue may have stored its frame (the
 //! sender, which had no `Ok`, resends it and the end-to-end layer drops the
@@ -118,6 +118,7 @@
 //! it is answered.
 
 mod driver;
+pub(crate) use self::driver::MAX_BACKOFF;
 mod keys;
 mod pool;
 pub(crate) use self::keys::{hex as redis_hex, namespace};

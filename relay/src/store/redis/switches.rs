@@ -72,7 +72,9 @@ pub(crate) fn elsewhere(announced: Option<&Addr>, addr: &redis::ConnectionAddr) 
     match addr {
         redis::ConnectionAddr::Tcp(host, p)
         | redis::ConnectionAddr::TcpTls { host, port: p, .. } => host != ip || p != port,
-        redis::ConnectionAddr::Unix(_) => false,
+        // A socket path (or a kind of address added later) is never what
+        // Sentinel announces.
+        _ => false,
     }
 }
 
