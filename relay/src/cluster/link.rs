@@ -108,13 +108,14 @@ impl Link {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
+        let announced = self.switches.as_ref().and_then(|rx| rx.borrow().clone());
         let client = target.client().await.map_err(|e| ClusterError::Redis(e.to_string()))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT));
         let addr = client.get_connection_info().addr().clone();
         let inner = client.get_multiplexed_async_connection_with_config(&config).await?;
-        let c = Watched { inner, addr, broken: Arc::new(AtomicBool::new(false)) };
+        let c = Watched { inner, addr, announced, broken: Arc::new(AtomicBool::new(false)) };
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
         self.generation.fetch_add(1, Ordering::AcqRel);
         drop(target);
@@ -123,12 +124,10 @@ impl Link {
 
     fn cached(&self) -> Option<Watched> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        let announced = self.switches.as_ref().map(|rx| rx.borrow().clone());
+        let now = self.switches.as_ref().and_then(|rx| rx.borrow().clone());
         if current.as_ref().is_some_and(|c| {
             c.broken.load(Ordering::Acquire)
-                || announced
-                    .as_ref()
-                    .is_some_and(|a| crate::store::redis_elsewhere(a.as_ref(), &c.addr))
+                || crate::store::redis_left_behind(now.as_ref(), c.announced.as_ref(), &c.addr)
         }) {
             *current = None;
         }
@@ -141,8 +140,10 @@ impl Link {
 #[derive(Clone)]
 pub(super) struct Watched {
     inner: MultiplexedConnection,
-    /// The server's address.
+    /// The server's address, and the primary Sentinel had announced last
+    /// before it was asked for it.
     addr: redis::ConnectionAddr,
+    announced: Option<crate::store::RedisAddr>,
     broken: Arc<AtomicBool>,
 }
 

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::keys::Keys;
 use super::scripts::Script;
-use super::switches::{elsewhere, switched};
+use super::switches::{Addr, left_behind, switched};
 use super::target::Target;
 use crate::store::StoreError;
 
@@ -108,8 +108,10 @@ impl Shared {
 /// One open connection and what was read on it first.
 struct Live {
     conn: MultiplexedConnection,
-    /// The server's address (left when Sentinel announces another primary).
+    /// The server's address (left when Sentinel announces another primary),
+    /// and the primary Sentinel had announced last before it was asked for it.
     addr: redis::ConnectionAddr,
+    announced: Option<Addr>,
     /// The epoch base it read (the scripts' guard compares it).
     base: Vec<u8>,
     /// The loaded scripts' hashes, in [`Script::ALL`] order.
@@ -183,6 +185,7 @@ impl Driver {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let announced = self.target.switches().and_then(|rx| rx.borrow().clone());
         let client = self.target.client().await?;
         let addr = client.get_connection_info().addr().clone();
         let mut conn = client
@@ -227,7 +230,7 @@ impl Driver {
             }
             self.shared.epoch_tx.send_replace(epoch);
         }
-        Ok(Live { conn, addr, base, shas })
+        Ok(Live { conn, addr, announced, base, shas })
     }
 
     /// Serve on `live` until it fails (the reason) or the store is dropped
@@ -238,7 +241,7 @@ impl Driver {
         let mut switches = self.target.switches();
         loop {
             if let Some(rx) = &switches
-                && elsewhere(rx.borrow().as_ref(), &live.addr)
+                && left_behind(rx.borrow().as_ref(), live.announced.as_ref(), &live.addr)
             {
                 let why = format!("redis: sentinel announced a new primary; leaving {}", live.addr);
                 flight.refuse(&why);

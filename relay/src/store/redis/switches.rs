@@ -8,8 +8,9 @@
 //! on `+switch-master` (Sentinel publishes it when the promotion is done:
 //! `<name> <old-ip> <old-port> <new-ip> <new-port>`), and the new primary's
 //! address for the monitored name is handed to every connection holder
-//! ([`Switches::watch`]); a holder connected elsewhere drops its connection
-//! and asks Sentinel again. Several sentinels tell the same switch: only a
+//! ([`Switches::watch`]); a holder whose connection was made before the
+//! announcement, to another address, drops it and asks Sentinel again
+//! ([`left_behind`]). Several sentinels tell the same switch: only a
 //! change of address is passed on.
 
 use std::sync::{Arc, Weak};
@@ -66,9 +67,21 @@ pub(crate) fn parse(payload: &str, name: &str) -> Option<Addr> {
     Some((ip.to_owned(), port.parse().ok()?))
 }
 
-/// Whether a connection to `host:port` is not the announced primary.
-pub(crate) fn elsewhere(announced: Option<&Addr>, addr: &redis::ConnectionAddr) -> bool {
-    let Some((ip, port)) = announced else { return false };
+/// Whether a connection to `addr`, made when `then` was the primary
+/// announced last, is to be left now that `now` is: a failover was
+/// announced since, to another address. (An announcement from before the
+/// connection is not held against it: the connection asked Sentinel after
+/// it, and a failover back that was missed must not drop every new
+/// connection to the true primary.)
+pub(crate) fn left_behind(
+    now: Option<&Addr>,
+    then: Option<&Addr>,
+    addr: &redis::ConnectionAddr,
+) -> bool {
+    let Some((ip, port)) = now else { return false };
+    if now == then {
+        return false;
+    }
     match addr {
         redis::ConnectionAddr::Tcp(host, p)
         | redis::ConnectionAddr::TcpTls { host, port: p, .. } => host != ip || p != port,
@@ -184,12 +197,17 @@ mod tests {
     }
 
     #[test]
-    fn only_a_connection_to_another_address_is_elsewhere() {
-        let new = ("10.0.0.2".to_owned(), 6380);
+    fn only_a_connection_made_before_a_switch_elsewhere_is_left_behind() {
+        let (old, new) = (("10.0.0.1".to_owned(), 6379), ("10.0.0.2".to_owned(), 6380));
         let at = |h: &str, p| redis::ConnectionAddr::Tcp(h.into(), p);
-        assert!(!elsewhere(None, &at("10.0.0.1", 6379)), "nothing announced yet");
-        assert!(elsewhere(Some(&new), &at("10.0.0.1", 6379)));
-        assert!(elsewhere(Some(&new), &at("10.0.0.2", 6379)));
-        assert!(!elsewhere(Some(&new), &at("10.0.0.2", 6380)));
+        let left = |now, then, addr| left_behind(now, then, &addr);
+        assert!(!left(None, None, at("10.0.0.1", 6379)), "nothing announced yet");
+        assert!(left(Some(&new), None, at("10.0.0.1", 6379)));
+        assert!(left(Some(&new), Some(&old), at("10.0.0.2", 6379)), "another port");
+        assert!(!left(Some(&new), None, at("10.0.0.2", 6380)), "already on the new primary");
+        assert!(
+            !left(Some(&new), Some(&new), at("10.0.0.1", 6379)),
+            "made after the announcement (a failover back that was missed): kept"
+        );
     }
 }
