@@ -32,9 +32,11 @@ target="${CARGO_TARGET_DIR:-target}"
 out="$target/soak"
 mkdir -p "$out"
 
-# One build: the agent's binary and the soak's test binary, with the same
-# packages and features as the fault suite's build, so nothing is built twice.
-bin=$(cargo build -p tandem-e2e -p tandem-agent --bins --test soak --features "$features" \
+# One build: the whole workspace with the test command's features, as
+# scripts/test.sh builds it (a `-p` subset would resolve the dependencies'
+# features apart and build most of them again), so after the test command
+# nothing is built; the soak's test binary is found in cargo's output.
+bin=$(cargo build --workspace --lib --bins --tests --locked --features "$features" \
   --message-format=json-render-diagnostics \
   | sed -n 's/.*"executable":"\([^"]*\/soak-[0-9a-f]*\)".*/\1/p' | tail -1)
 [[ -x "$bin" ]] || { echo "soak: the test binary was not built" >&2; exit 1; }
