@@ -87,6 +87,9 @@ pub struct TaskRecord {
     pub run_by: Option<String>,
     /// The executor's configured name.
     pub executor: String,
+    /// The project it runs in (a configured project's name), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// The task text as submitted.
     pub text: String,
     /// When it was accepted (Unix ms).
@@ -137,6 +140,7 @@ impl TaskRecord {
             task_id: self.task_id.clone(),
             title,
             executor: self.executor.clone(),
+            project: self.project.clone(),
             state,
             status,
             next_offset: self.next_offset,
@@ -533,6 +537,7 @@ mod tests {
             device: "phone".into(),
             run_by: None,
             executor: "x".into(),
+            project: None,
             text: "do it".into(),
             created_ms: 1,
             updated_ms: 1,

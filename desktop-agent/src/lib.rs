@@ -17,6 +17,7 @@ pub mod ipc;
 pub mod keystore;
 pub mod pair;
 pub mod peers;
+pub mod projects;
 pub mod qr;
 pub mod report;
 pub mod service;

@@ -73,6 +73,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::McpPermission { .. } => Ok(()), // served above
+        Command::Executors => {
+            let settings = load_settings(&cli)?;
+            print!("{}", report::choice_lines(&settings.executors, &settings.projects));
+            Ok(())
+        }
         Command::Status { json } => status(&dir, *json).await,
         Command::Service { action } => service(&dir, cli.config.as_deref(), action),
         Command::Tasks { task, follow, limit } => {

@@ -120,15 +120,57 @@ pub fn task_lines(tasks: &[TaskRecord], now_ms: u64) -> String {
             StoredState::Running => "running".to_owned(),
             StoredState::Finished { status } => status_str(status).to_owned(),
         };
+        let by = match &t.project {
+            Some(p) => format!("{} in {}", short(&t.executor), short(p)),
+            None => short(&t.executor),
+        };
         let _ = writeln!(
             out,
             "{:<20} {:<10} {:<10} {:>8}  {}",
             short(&t.task_id),
             state,
-            short(&t.executor),
+            by,
             ago(now_ms, t.updated_ms),
             short(&t.text)
         );
+    }
+    out
+}
+
+/// `tandem executors`: what a phone may pick for a task, the defaults
+/// first, with each project's directory (which phones are not sent).
+#[must_use]
+pub fn choice_lines(
+    executors: &[crate::executor::ExecutorConfig],
+    projects: &[crate::projects::Project],
+) -> String {
+    let mut out = String::new();
+    if executors.is_empty() {
+        out.push_str("No executor is configured: tasks from phones are refused.\n");
+    } else {
+        out.push_str("Executors (a phone picks one per task):\n");
+        for (i, e) in executors.iter().enumerate() {
+            let kind = crate::projects::kind_name(&e.kind);
+            let mark = if i == 0 { "  (default)" } else { "" };
+            let _ = writeln!(out, "  {:<16} {kind:<8}{mark}", short(&e.name));
+        }
+    }
+    if projects.is_empty() {
+        out.push_str(
+            "No projects: each executor runs in its own workdir (add [[project]] tables, \
+             name and path, to let a phone pick one).\n",
+        );
+    } else {
+        out.push_str("Projects (a phone picks one per task):\n");
+        for (i, p) in projects.iter().enumerate() {
+            let mark = if i == 0 { "  (default)" } else { "" };
+            let _ = writeln!(
+                out,
+                "  {:<16} {}{mark}",
+                short(&p.name),
+                escaped(&p.path.display().to_string())
+            );
+        }
     }
     out
 }
@@ -138,8 +180,9 @@ pub fn task_lines(tasks: &[TaskRecord], now_ms: u64) -> String {
 pub fn event_line(m: &Message) -> Option<String> {
     let Message::TaskEvent { task_id, offset, event, .. } = m else { return None };
     let what = match event {
-        TaskEvent::Accepted { executor, text } => {
-            format!("accepted by {executor}: {}", short(text.as_deref().unwrap_or("")))
+        TaskEvent::Accepted { executor, project, text } => {
+            let place = project.as_ref().map(|p| format!(" in {p}")).unwrap_or_default();
+            format!("accepted by {executor}{place}: {}", short(text.as_deref().unwrap_or("")))
         }
         TaskEvent::FollowUp { text } => format!("follow-up: {}", short(text)),
         TaskEvent::Progress { text } => short(text),

@@ -10,7 +10,10 @@
 //! workdir = "/home/me/src"
 //! ```
 //!
-//! The first executor is the default; a phone may name another. A
+//! The first executor is the default; a phone may name another. Projects
+//! (`[[project]]`, `name` and an absolute `path`) are the working
+//! directories a phone may pick for a task, the first the default; see
+//! [`crate::projects`]. A
 //! `type = "claude"` executor runs Claude Code pinned so that only the phone
 //! approves its steps; `setting_sources = ["user", "project", "local"]`
 //! (any of them; none by default) lets it load those Claude Code settings
@@ -61,6 +64,7 @@ use tandem_proto::upkeep::{
 use thiserror::Error;
 
 use crate::executor::{ExecutorConfig, ExecutorKind};
+use crate::projects::Project;
 
 /// Why the configuration could not be read.
 #[derive(Debug, Error)]
@@ -120,6 +124,16 @@ pub enum SettingsError {
         /// The name.
         name: String,
     },
+    /// A `[[project]]` cannot be used as written (or shares its name).
+    #[error("{path}: project {name:?}: {why}")]
+    Project {
+        /// The file.
+        path: PathBuf,
+        /// The project.
+        name: String,
+        /// What is wrong.
+        why: &'static str,
+    },
 }
 
 /// The agent's settings.
@@ -129,6 +143,9 @@ pub struct Settings {
     /// The executors, in order of preference.
     #[serde(default, rename = "executor")]
     pub executors: Vec<ExecutorConfig>,
+    /// The projects phones may pick, the default first ([`crate::projects`]).
+    #[serde(default, rename = "project")]
+    pub projects: Vec<Project>,
     /// How the agent runs tasks.
     #[serde(default)]
     pub agent: AgentSettings,
@@ -313,6 +330,19 @@ impl Settings {
                     path: path.to_owned(),
                     name: e.name.clone(),
                     arg: arg.to_owned(),
+                });
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &s.projects {
+            let why = p.problem().or_else(|| {
+                (!names.insert(p.name.clone())).then_some("two projects have this name")
+            });
+            if let Some(why) = why {
+                return Err(SettingsError::Project {
+                    path: path.to_owned(),
+                    name: p.name.clone(),
+                    why,
                 });
             }
         }

@@ -63,6 +63,8 @@ pub struct TaskOptions {
     /// Unfinished tasks (queued plus running) at most; a submit beyond is
     /// refused with `queue_full` (PROTOCOL.md §15.3.2).
     pub max_unfinished: usize,
+    /// The projects a task may run in, the default first ([`crate::projects`]).
+    pub projects: Vec<crate::projects::Project>,
 }
 
 /// The default [`TaskOptions::max_unfinished`].
@@ -74,6 +76,7 @@ impl Default for TaskOptions {
             max_concurrent: 1,
             approval_timeout: APPROVAL_TIMEOUT,
             max_unfinished: DEFAULT_MAX_UNFINISHED,
+            projects: Vec::new(),
         }
     }
 }

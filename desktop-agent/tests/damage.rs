@@ -173,6 +173,7 @@ async fn messages_a_phone_lost_are_recorded_and_shown() {
     let request = Message::HistoryRequest { task_id: None, from_offset: 0 };
     let _lost = phone.link.send(request.encode().unwrap()).unwrap();
     phone.send(&request).await;
+    let Message::Choices { .. } = phone.message().await else { panic!("the desktop's choices") };
     let Message::TaskList { .. } = phone.message().await else { panic!("a task list") };
 
     let status = status_json(dir.path());

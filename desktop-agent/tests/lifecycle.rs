@@ -90,6 +90,11 @@ async fn queued_tasks_run_in_order_and_survive_a_kill_9() {
     assert!(matches!(phone.message().await, Message::HistoryEnd { more: false, .. }));
     // And the task list, newest first.
     phone.send(&Message::HistoryRequest { task_id: None, from_offset: 0 }).await;
+    // What the phone may pick for its next task comes first.
+    let Message::Choices { default_executor, .. } = phone.message().await else {
+        panic!("the desktop's choices")
+    };
+    assert_eq!(default_executor, "fixture");
     let Message::TaskList { tasks } = phone.message().await else { panic!("a task list") };
     let ids: Vec<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
     assert_eq!(ids, ["t3", "t2", "t1"]);
@@ -259,7 +264,7 @@ async fn a_running_task_past_the_event_limit_says_what_was_pruned() {
         .unwrap()
         .public()
         .device_id();
-    tm.submit(dev, Scope::Approve, "t".into(), "count 100 5", None).await.unwrap();
+    tm.submit(dev, Scope::Approve, "t".into(), "count 100 5", None, None).await.unwrap();
     for _ in 0..30 {
         let u = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
         tm.update(u).await.unwrap();

@@ -203,8 +203,9 @@ async fn a_flapping_phone_gets_no_copies_of_what_the_relay_holds() {
             break;
         }
     }
-    // Accepted, three lines, the finish, and the task list: each once.
-    assert_eq!(frames, 6, "the relay's queue for the phone held copies");
+    // Accepted, three lines, the finish, the choices and the task list:
+    // each once.
+    assert_eq!(frames, 7, "the relay's queue for the phone held copies");
 }
 
 /// Take the deliveries of a `count` task (never acknowledged) until its
@@ -260,9 +261,10 @@ async fn an_agent_back_on_the_same_relay_store_sends_no_copies_of_what_it_holds(
         }
     }
     // No copy of the first four (before: all five again per reconnection,
-    // 12 to 16 frames); at most one of the finish per cut; the list.
+    // 12 to 16 frames); at most one of the finish per cut; the choices and
+    // the list.
     let frames = frames_until_the_list(&mut w.phone).await;
-    assert!(frames <= 3 + 1, "the relay's queue held {frames} records: copies");
+    assert!(frames <= 3 + 2, "the relay's queue held {frames} records: copies");
 }
 
 /// Records the relay refused for good (`not_authorized`: relay failpoint
@@ -389,9 +391,10 @@ async fn what_the_relay_held_too_long_goes_again_when_the_phone_comes_online() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     w.phone.reconnect().await;
     // The five held by the relay, the five sent again on the phone's
-    // presence (stored over a second ago, unacknowledged), the list.
+    // presence (stored over a second ago, unacknowledged), the choices and
+    // the list.
     let n = frames_until_the_list(&mut w.phone).await;
-    assert_eq!(n, 11, "{}", w.agent_log());
+    assert_eq!(n, 12, "{}", w.agent_log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,8 +478,9 @@ async fn a_relay_restart_leaves_one_copy_of_what_was_in_flight() {
     // every unacknowledged record: the relay may have lost it): accepted
     // and the first line at most twice (once if the relay's answer to one
     // was lost with it: then it was in flight). What was in flight goes
-    // once: two lines and the finish. Then the list. (Before: 12.)
-    assert!(frames <= 2 * 2 + 3 + 1, "the relay's queue for the phone held {frames} records");
+    // once: two lines and the finish. Then the choices and the list.
+    // (Before: 13.)
+    assert!(frames <= 2 * 2 + 3 + 2, "the relay's queue for the phone held {frames} records");
 }
 
 fn entropy() -> tandem_proto::entropy::Entropy {

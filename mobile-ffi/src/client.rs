@@ -11,7 +11,7 @@ use crate::events::{EventListener, SubscriptionHandle};
 use crate::pairing::PairingHandle;
 use crate::runtime::SdkRuntime;
 use crate::secrets::{ForeignSecretStore, SecretStore};
-use crate::types::{Desktop, HistoryPage, TaskSummary};
+use crate::types::{Choices, Desktop, HistoryPage, TaskSummary};
 
 /// How to open a client.
 #[derive(uniffi::Record)]
@@ -185,15 +185,29 @@ impl TandemClient {
     /// refused for now but still queued (its message names the task id and
     /// why), it may run later: retry with
     /// [`submit_with_id`](Self::submit_with_id), never with a new submit.
-    #[uniffi::method(default(executor = None))]
+    ///
+    /// `executor` and `project` pick among what the desktop offers
+    /// ([`choices`](Self::choices)); `None`, its default.
+    #[uniffi::method(default(executor = None, project = None))]
     pub async fn submit(
         &self,
         desktop_id: String,
         text: String,
         executor: Option<String>,
+        project: Option<String>,
     ) -> Result<String, MobileError> {
         let phone = self.core.phone.clone();
-        self.core.runtime.run(async move { phone.submit(&desktop_id, &text, executor).await }).await
+        self.core
+            .runtime
+            .run(async move { phone.submit_in(&desktop_id, &text, executor, project).await })
+            .await
+    }
+
+    /// The executors and projects `desktop_id` offers and its defaults, as
+    /// it last said (a `Choices` event); `None` until it has (after
+    /// connecting, with its task list) or for an unknown desktop.
+    pub fn choices(&self, desktop_id: String) -> Option<Choices> {
+        self.core.phone.choices(&desktop_id).map(Into::into)
     }
 
     /// Submit a task under an id of your choosing (1 to 256 bytes): the
@@ -202,18 +216,21 @@ impl TandemClient {
     ///
     /// # Errors
     /// As [`submit`](Self::submit).
-    #[uniffi::method(default(executor = None))]
+    #[uniffi::method(default(executor = None, project = None))]
     pub async fn submit_with_id(
         &self,
         desktop_id: String,
         task_id: String,
         text: String,
         executor: Option<String>,
+        project: Option<String>,
     ) -> Result<(), MobileError> {
         let phone = self.core.phone.clone();
         self.core
             .runtime
-            .run(async move { phone.submit_with_id(&desktop_id, &task_id, &text, executor).await })
+            .run(async move {
+                phone.submit_with_id_in(&desktop_id, &task_id, &text, executor, project).await
+            })
             .await
     }
 

@@ -7,7 +7,7 @@ use tokio::runtime::Handle;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::runtime::AbortOnDrop;
-use crate::types::{ConnectionState, TaskEventRecord};
+use crate::types::{Choices, ConnectionState, TaskEventRecord};
 
 /// Something the app may want to show.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
@@ -42,8 +42,18 @@ pub enum ClientEvent {
         /// How long the phone was idle.
         idle_secs: u64,
     },
-    /// The desktop refused something this phone sent (scope, unknown task or
-    /// executor, a decision too late, …).
+    /// A desktop said which executors and projects it offers, for the first
+    /// time since the client opened or other than before (it says so with
+    /// every task list, so after connecting): what `TandemClient::choices`
+    /// now answers. Offer them when submitting.
+    Choices {
+        /// The desktop.
+        desktop_id: String,
+        /// What it offers.
+        choices: Choices,
+    },
+    /// The desktop refused something this phone sent (scope, unknown task,
+    /// executor or project, a decision too late, …).
     Refused {
         /// The desktop.
         desktop_id: String,
@@ -127,6 +137,9 @@ impl From<tandem_phone::PhoneEvent> for ClientEvent {
             PhoneEvent::Presence { desktop_id, online } => Self::Presence { desktop_id, online },
             PhoneEvent::Detached { desktop_id, idle_secs } => {
                 Self::Detached { desktop_id, idle_secs }
+            }
+            PhoneEvent::Choices { desktop_id, choices } => {
+                Self::Choices { desktop_id, choices: choices.into() }
             }
             PhoneEvent::Refused { desktop_id, task_id, code, message } => {
                 Self::Refused { desktop_id, task_id, code, message }

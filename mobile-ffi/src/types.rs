@@ -97,6 +97,8 @@ pub enum TaskEvent {
     Accepted {
         /// The executor that will run it.
         executor: String,
+        /// The project it runs in, when the desktop offers projects.
+        project: Option<String>,
         /// The task text as submitted (absent from older desktops).
         text: Option<String>,
     },
@@ -165,7 +167,9 @@ pub enum TaskEvent {
 impl From<proto::TaskEvent> for TaskEvent {
     fn from(e: proto::TaskEvent) -> Self {
         match e {
-            proto::TaskEvent::Accepted { executor, text } => Self::Accepted { executor, text },
+            proto::TaskEvent::Accepted { executor, project, text } => {
+                Self::Accepted { executor, project, text }
+            }
             proto::TaskEvent::FollowUp { text } => Self::FollowUp { text },
             proto::TaskEvent::Progress { text } => Self::Progress { text },
             proto::TaskEvent::ToolCall { call_id, name, input } => {
@@ -270,6 +274,8 @@ pub struct TaskSummary {
     pub title: String,
     /// The executor running it.
     pub executor: String,
+    /// The project it runs in, when the desktop offers projects.
+    pub project: Option<String>,
     /// Where it stands.
     pub state: TaskState,
     /// How it ended, once finished.
@@ -286,6 +292,7 @@ impl From<proto::TaskSummary> for TaskSummary {
             task_id: t.task_id,
             title: t.title,
             executor: t.executor,
+            project: t.project,
             state: t.state.into(),
             status: t.status.map(Into::into),
             next_offset: t.next_offset,
@@ -324,5 +331,45 @@ mod tests {
                 denied: vec!["Bash".into()],
             }
         );
+    }
+}
+
+/// An executor a desktop offers.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ExecutorChoice {
+    /// Its name (what `submit`'s `executor` takes).
+    pub name: String,
+    /// What it runs: `claude`, `acp`, `jsonl`, `command`, or a newer kind.
+    pub kind: String,
+}
+
+/// What a desktop offers for a task: its executors and projects (named
+/// working directories) and the defaults. Names not offered are refused
+/// (`unknown_executor`, `unknown_project`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Choices {
+    /// Every executor, the default first.
+    pub executors: Vec<ExecutorChoice>,
+    /// Every project's name, the default first (empty: none offered; each
+    /// executor runs in its own directory).
+    pub projects: Vec<String>,
+    /// The executor a task without one runs with.
+    pub default_executor: String,
+    /// The project a task without one runs in.
+    pub default_project: Option<String>,
+}
+
+impl From<tandem_phone::Choices> for Choices {
+    fn from(c: tandem_phone::Choices) -> Self {
+        Self {
+            executors: c
+                .executors
+                .into_iter()
+                .map(|e| ExecutorChoice { name: e.name, kind: e.kind })
+                .collect(),
+            projects: c.projects.into_iter().map(|p| p.name).collect(),
+            default_executor: c.default_executor,
+            default_project: c.default_project,
+        }
     }
 }

@@ -141,7 +141,7 @@ fn errors_that_need_no_relay() {
         let client = TandemClient::open(config(dir.path(), None)).await.unwrap();
         let e = client.start_pairing("not a link".into()).await.err().unwrap();
         assert!(matches!(e, MobileError::InvalidQr(_)), "{e:?}");
-        let e = client.submit("nobody".into(), "hi".into(), None).await.unwrap_err();
+        let e = client.submit("nobody".into(), "hi".into(), None, None).await.unwrap_err();
         assert_eq!(e, MobileError::UnknownDesktop("nobody".into()));
         let e = client.forget("nobody".into()).await.unwrap_err();
         assert_eq!(e, MobileError::UnknownDesktop("nobody".into()));

@@ -137,6 +137,11 @@ class World:
         self.config = os.path.join(tmp, "config.toml")
         with open(self.config, "w") as f:
             f.write(f'[[executor]]\nname = "fixture"\ntype = "jsonl"\nprogram = "{FIXTURE}"\n')
+            # Two projects: a phone picks one per task (the first is the default).
+            self.project_dir = os.path.join(tmp, "project-site")
+            os.makedirs(self.project_dir)
+            f.write(f'\n[[project]]\nname = "home"\npath = "{tmp}"\n')
+            f.write(f'\n[[project]]\nname = "site"\npath = "{self.project_dir}"\n')
         self.relay = None
         self.relay_addr = None
         self.relay_url = None
@@ -385,7 +390,9 @@ async def test_swift_and_kotlin_bindings_carry_the_public_api(w):
         "func startPairing(qr: String)async throws  -> PairingHandle",
         "func desktops() -> [Desktop]",
         "func forget(desktopId: String)async throws",
-        "func submit(desktopId: String, text: String, executor: String? = nil)async throws  -> String",
+        "func submit(desktopId: String, text: String, executor: String? = nil, project: String? = nil)async throws  -> String",
+        "func choices(desktopId: String) -> Choices?",
+        "public struct Choices",
         "func followUp(desktopId: String, taskId: String, text: String)async throws",
         "func cancelTask(desktopId: String, taskId: String)async throws",
         "func decide(desktopId: String, taskId: String, approvalId: String, allow: Bool)async throws",
@@ -427,7 +434,8 @@ async def test_swift_and_kotlin_bindings_carry_the_public_api(w):
         "suspend fun `open`(`config`: ClientConfig): TandemClient",
         "suspend fun `startPairing`(`qr`: kotlin.String): PairingHandle",
         "fun `desktops`(): List<Desktop>",
-        "suspend fun `submit`(`desktopId`: kotlin.String, `text`: kotlin.String, `executor`: kotlin.String? = null): kotlin.String",
+        "suspend fun `submit`(`desktopId`: kotlin.String, `text`: kotlin.String, `executor`: kotlin.String? = null, `project`: kotlin.String? = null): kotlin.String",
+        "fun `choices`(`desktopId`: kotlin.String): Choices?",
         "suspend fun `followUp`(",
         "suspend fun `cancelTask`(",
         "suspend fun `decide`(",
@@ -579,6 +587,7 @@ async def test_a_task_streams_progress_a_tool_result_and_an_approval(w):
     ], kinds(got)
     ev = [r.event for r in got]
     assert ev[0].executor == "fixture" and ev[0].text == "demo please"
+    assert ev[0].project == "home", "the default project"
     assert ev[1].text == "reading crates/foo"
     assert ev[2].call_id == "c1" and ev[2].name == "bash"
     assert json.loads(ev[2].input_json) == {"command": "cargo test", "cwd": "."}
@@ -604,6 +613,31 @@ async def test_history_replays_from_any_offset_and_tasks_lists_it(w):
     [t] = [t for t in tasks if t.task_id == w.demo_task]
     assert t.state == tm.TaskState.FINISHED and t.status == tm.FinishStatus.SUCCEEDED, t
     assert t.next_offset == len(w.demo_events) and t.executor == "fixture"
+    assert t.project == "home"
+
+
+async def test_the_desktop_offers_its_executors_and_projects(w):
+    # They came with the task list (`tasks` above), and as an event.
+    c = w.phone1.choices(w.desktop_id)
+    assert c is not None, "no choices after a task list"
+    assert [(e.name, e.kind) for e in c.executors] == [("fixture", "jsonl")], c
+    assert c.projects == ["home", "site"] and c.default_project == "home", c
+    assert c.default_executor == "fixture"
+    assert any(isinstance(e, tm.ClientEvent.CHOICES) and e.desktop_id == w.desktop_id for e in w.events1.all)
+    assert w.phone1.choices("no-such-desktop") is None
+    # A project picked; an unknown one refused, never run.
+    w.events1.drain()
+    task = await w.phone1.submit(w.desktop_id, "where", None, "site")
+    got = await w.events1.task_until_finished(task, None)
+    assert got[0].event.project == "site", got[0]
+    assert got[-1].event.summary == os.path.realpath(w.project_dir), got[-1]
+    bad = await w.phone1.submit(w.desktop_id, "where", None, "nope")
+    e = await w.events1.next(
+        "a refusal of the unknown project",
+        lambda e: isinstance(e, tm.ClientEvent.REFUSED) and e.task_id == bad,
+    )
+    assert e.code == "unknown_project", e
+    assert w.events1.records(bad) == [], "an unknown project never runs"
 
 
 METRICS_TOKEN = "test-metrics-token"
@@ -935,6 +969,7 @@ CHECKS = [
     test_the_agent_runs_and_both_phones_see_it_online,
     test_a_task_streams_progress_a_tool_result_and_an_approval,
     test_history_replays_from_any_offset_and_tasks_lists_it,
+    test_the_desktop_offers_its_executors_and_projects,
     test_idle_phones_and_desktop_send_nothing,
     test_follow_up_and_cancel,
     test_relay_kill_and_restart_loses_and_repeats_nothing,

@@ -33,9 +33,11 @@ mod store;
 
 pub use error::PhoneError;
 pub use phone::{
-    ConnectionState, DEVICE_KEY_SECRET, DesktopSummary, FIRST_REPLAY, HistoryPage, Pairing, Phone,
-    PhoneConfig, PhoneEvent, StepHook, TaskEventRecord,
+    Choices, ConnectionState, DEVICE_KEY_SECRET, DesktopSummary, FIRST_REPLAY, HistoryPage,
+    Pairing, Phone, PhoneConfig, PhoneEvent, StepHook, TaskEventRecord,
 };
 pub use secrets::{FileSecretStore, SecretStore};
-pub use tandem_proto::message::{FinishStatus, TaskEvent, TaskState, TaskSummary};
+pub use tandem_proto::message::{
+    ExecutorChoice, FinishStatus, ProjectChoice, TaskEvent, TaskState, TaskSummary,
+};
 pub use tandem_proto::upkeep::Schedule;

@@ -58,7 +58,7 @@ pub use early::FIRST_REPLAY;
 pub use pairing::Pairing;
 pub use renewal::StepHook;
 pub use types::{
-    ConnectionState, DesktopSummary, HistoryPage, PhoneConfig, PhoneEvent, TaskEventRecord,
+    Choices, ConnectionState, DesktopSummary, HistoryPage, PhoneConfig, PhoneEvent, TaskEventRecord,
 };
 
 /// The name of the device key in the secret store.
@@ -90,13 +90,25 @@ struct Desktop {
     reseal: bool,
     /// What the relay holds or is being asked to hold of the outbox.
     sent: outbox::Sent,
+    /// The executors and projects it offers, as it last said (it says so
+    /// with every task list; not kept across restarts).
+    choices: Option<Choices>,
 }
 
 impl Desktop {
     fn new(id: DeviceId, record: DesktopRecord, offsets: Offsets, online: bool) -> Self {
         let mut sent = outbox::Sent::default();
         sent.presence(online);
-        Desktop { id, record, offsets, online, active: BTreeSet::new(), reseal: false, sent }
+        Desktop {
+            id,
+            record,
+            offsets,
+            online,
+            active: BTreeSet::new(),
+            reseal: false,
+            sent,
+            choices: None,
+        }
     }
 }
 
@@ -402,6 +414,15 @@ impl Phone {
     pub fn desktops(&self) -> Vec<DesktopSummary> {
         let st = self.lock();
         st.desktops.values().map(|d| summary(&st, d)).collect()
+    }
+
+    /// The executors and projects `desktop_id` offers and its defaults, as
+    /// it last said ([`PhoneEvent::Choices`]); `None` until it has (it says
+    /// so in answer to [`Phone::tasks`], which the phone asks on connecting),
+    /// or for an unknown desktop.
+    #[must_use]
+    pub fn choices(&self, desktop_id: &str) -> Option<Choices> {
+        self.lock().desktops.get(desktop_id).and_then(|d| d.choices.clone())
     }
 
     /// Forget a desktop: its keys and state are deleted here and the relay

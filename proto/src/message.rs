@@ -145,6 +145,11 @@ pub enum TaskEvent {
     Accepted {
         /// The executor that will run it.
         executor: String,
+        /// The project it runs in (a name from the desktop's `choices`),
+        /// when the desktop offers projects. Absent otherwise, and from
+        /// older desktops.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        project: Option<String>,
         /// The task text as submitted, so every device (and a reloaded
         /// client) can show what was asked. Absent from older desktops.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,6 +241,9 @@ pub struct TaskSummary {
     pub title: String,
     /// The executor running it.
     pub executor: String,
+    /// The project it runs in, if the desktop offers projects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// Where it stands.
     pub state: TaskState,
     /// How it ended, once finished.
@@ -245,6 +253,25 @@ pub struct TaskSummary {
     pub next_offset: u64,
     /// When it last changed (Unix ms, desktop clock).
     pub updated_ms: u64,
+}
+
+/// An executor a desktop offers, in a [`Message::Choices`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorChoice {
+    /// Its name in the desktop's configuration (what `task_submit.executor`
+    /// names).
+    pub name: String,
+    /// What it runs: `claude`, `acp`, `jsonl`, `command`, or a kind a newer
+    /// desktop knows (shown as it is).
+    pub kind: String,
+}
+
+/// A project a desktop offers, in a [`Message::Choices`]: a named working
+/// directory from its configuration (the directory itself is not sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectChoice {
+    /// Its name (what `task_submit.workspace` names).
+    pub name: String,
 }
 
 /// One application message.
@@ -257,10 +284,14 @@ pub enum Message {
         task_id: String,
         /// What to do.
         text: String,
-        /// Optional workspace hint (a configured workspace name).
+        /// The project to run it in (a name from the desktop's `choices`);
+        /// absent: the desktop's default. An unknown one is refused
+        /// (`unknown_project`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         workspace: Option<String>,
-        /// Optional executor hint (a configured executor name).
+        /// The executor to run it with (a name from the desktop's
+        /// `choices`); absent: the default. An unknown one is refused
+        /// (`unknown_executor`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         executor: Option<String>,
     },
@@ -342,12 +373,28 @@ pub enum Message {
         /// The idle time that detached it.
         idle_secs: u64,
     },
+    /// Desktop → phone: the executors and projects a phone may pick for a
+    /// task, and the defaults (sent with every [`Message::TaskList`]).
+    Choices {
+        /// Every configured executor, the default first.
+        executors: Vec<ExecutorChoice>,
+        /// Every configured project, the default first; empty when the
+        /// desktop offers none (each executor runs in its own directory).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        projects: Vec<ProjectChoice>,
+        /// The executor a task without one runs with.
+        default_executor: String,
+        /// The project a task without one runs in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        default_project: Option<String>,
+    },
     /// Desktop → phone: a request was refused.
     Refused {
         /// The task or approval it concerns, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         task_id: Option<String>,
-        /// `scope`, `unknown_task`, `unknown_executor`, `busy`, …
+        /// `scope`, `unknown_task`, `unknown_executor`, `unknown_project`,
+        /// `busy`, …
         code: String,
         /// Human-readable detail.
         message: String,
@@ -367,6 +414,7 @@ pub const KNOWN_KINDS: &[&str] = &[
     "history_unavailable",
     "device_info",
     "detached",
+    "choices",
     "refused",
 ];
 

@@ -15,7 +15,10 @@ use tandem_proto::entropy::Entropy;
 use tandem_proto::envelope::Envelope;
 use tandem_proto::frame::{Frame, OkRun};
 use tandem_proto::kdf::{label, mac};
-use tandem_proto::message::{DeviceInfo, FinishStatus, Message, TaskEvent, TaskState, TaskSummary};
+use tandem_proto::message::{
+    DeviceInfo, ExecutorChoice, FinishStatus, Message, ProjectChoice, TaskEvent, TaskState,
+    TaskSummary,
+};
 use tandem_proto::pairing::{DesktopPairing, PhonePairing};
 use tandem_proto::qr::PairingLink;
 use tandem_proto::record::{Session, rekey};
@@ -294,7 +297,7 @@ fn messages() -> Value {
             task_id: "t-1".into(),
             offset: 0,
             at_ms: 1,
-            event: TaskEvent::Accepted { executor: "claude".into(), text: None },
+            event: TaskEvent::Accepted { executor: "claude".into(), project: None, text: None },
         },
         Message::TaskEvent {
             task_id: "t-2".into(),
@@ -302,6 +305,7 @@ fn messages() -> Value {
             at_ms: 1,
             event: TaskEvent::Accepted {
                 executor: "claude".into(),
+                project: Some("tandem".into()),
                 text: Some("fix the failing test in crates/foo".into()),
             },
         },
@@ -387,6 +391,7 @@ fn messages() -> Value {
                     task_id: "t-2".into(),
                     title: "fix the failing test in crates/foo".into(),
                     executor: "claude".into(),
+                    project: Some("tandem".into()),
                     state: TaskState::Running,
                     status: None,
                     next_offset: 2,
@@ -396,6 +401,7 @@ fn messages() -> Value {
                     task_id: "t-1".into(),
                     title: "fix the failing test in crates/foo".into(),
                     executor: "claude".into(),
+                    project: None,
                     state: TaskState::Finished,
                     status: Some(FinishStatus::Succeeded),
                     next_offset: 7,
@@ -414,6 +420,24 @@ fn messages() -> Value {
             task_id: Some("t-1".into()),
             code: "scope".into(),
             message: "this device may only view".into(),
+        },
+        Message::Choices {
+            executors: vec![
+                ExecutorChoice { name: "claude".into(), kind: "claude".into() },
+                ExecutorChoice { name: "gemini".into(), kind: "acp".into() },
+            ],
+            projects: vec![
+                ProjectChoice { name: "tandem".into() },
+                ProjectChoice { name: "website".into() },
+            ],
+            default_executor: "claude".into(),
+            default_project: Some("tandem".into()),
+        },
+        Message::Choices {
+            executors: vec![ExecutorChoice { name: "shell".into(), kind: "command".into() }],
+            projects: vec![],
+            default_executor: "shell".into(),
+            default_project: None,
         },
     ];
     Value::Array(

@@ -367,6 +367,7 @@ fn tags(m: &Message) -> (&'static str, Option<&'static str>) {
         Message::HistoryUnavailable { .. } => "history_unavailable",
         Message::DeviceInfo(_) => "device_info",
         Message::Detached { .. } => "detached",
+        Message::Choices { .. } => "choices",
         Message::Refused { .. } => "refused",
     };
     let event = match m {

@@ -55,6 +55,9 @@ pub enum AuditEvent {
         task_id: String,
         /// The executor requested, if any.
         executor: Option<String>,
+        /// The project requested, if any (absent in older lines).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        project: Option<String>,
         /// [`text_hash`](super::text_hash) of the task text (never the text itself).
         text_hash: String,
         /// The task text's length in bytes.

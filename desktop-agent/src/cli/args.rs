@@ -94,6 +94,9 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The executors and projects a phone may pick for a task, the defaults
+    /// first (from the configuration file).
+    Executors,
     /// Recent tasks; with a task id, its events. `--follow` keeps printing
     /// new events as they happen (needs a running agent).
     Tasks {

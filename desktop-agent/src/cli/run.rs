@@ -118,6 +118,7 @@ pub(crate) fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<T
         max_concurrent: a.max_concurrent_tasks,
         approval_timeout: Duration::from_secs(a.approval_timeout_secs),
         max_unfinished: a.max_unfinished_tasks,
+        projects: settings.projects,
     };
     Ok(TaskSetup {
         idle_detach: Duration::from_secs(a.idle_detach_secs),

@@ -103,19 +103,22 @@ impl Daemon<'_> {
         audit: Option<String>,
     ) -> Result<Outgoing, DaemonError> {
         Ok(match decoded {
-            Ok(Decoded::Known(Message::TaskSubmit { task_id, text, executor, .. })) => {
+            Ok(Decoded::Known(Message::TaskSubmit { task_id, text, executor, workspace })) => {
                 if let Some(instruction) = audit {
                     self.record(AuditEvent::TaskSubmitted {
                         device: from.to_string(),
                         task_id: task_id.clone(),
                         executor: executor.clone(),
+                        project: workspace.clone(),
                         text_hash: text_hash(&text),
                         text_len: text.len(),
                         instruction: Some(instruction),
                     });
                 }
                 crash_point(crashpoint::SUBMIT.audited);
-                self.tasks.submit(from, scope, task_id, &text, executor.as_deref()).await?
+                self.tasks
+                    .submit(from, scope, task_id, &text, executor.as_deref(), workspace.as_deref())
+                    .await?
             }
             Ok(Decoded::Known(Message::FollowUp { task_id, text })) => {
                 if let Some(instruction) = audit {

@@ -6,7 +6,7 @@ use tandem_proto::delivery::OutboxRoom;
 use tandem_proto::message::{Message, TaskSummary};
 
 use super::{
-    Audience, HISTORY_PAGE, Outgoing, TASK_LIST_LEN, TaskCounts, TaskManager, encoded_len, to,
+    Audience, HISTORY_PAGE, Outgoing, TASK_LIST_LEN, TaskCounts, TaskManager, encoded_len,
 };
 use crate::history::{HistoryError, TaskRecord};
 
@@ -108,7 +108,12 @@ impl TaskManager {
     pub fn task_list(&self, from: DeviceId) -> Result<Outgoing, HistoryError> {
         let tasks: Vec<TaskSummary> =
             self.recent(TASK_LIST_LEN)?.iter().map(TaskRecord::summary).collect();
-        Ok(to(from, Message::TaskList { tasks }))
+        // What it may pick for its next task, first.
+        let choices = crate::projects::choices(&self.executors, &self.options.projects);
+        Ok(vec![
+            (Audience::Device(from), choices),
+            (Audience::Device(from), Message::TaskList { tasks }),
+        ])
     }
 
     /// The most recent tasks' records, newest first (active ones current).

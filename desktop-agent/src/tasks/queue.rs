@@ -24,7 +24,19 @@ impl TaskManager {
 
     async fn start(&mut self, task_id: &str) -> Result<Outgoing, HistoryError> {
         let Some(mut a) = self.active.remove(task_id) else { return Ok(Vec::new()) };
-        let config = self.executors.iter().find(|e| e.name == a.record.executor).cloned();
+        let config = self.executors.iter().find(|e| e.name == a.record.executor);
+        // In its project's directory; a project no longer configured stops it.
+        let project = match &a.record.project {
+            Some(name) => match crate::projects::find(&self.options.projects, name) {
+                Some(p) => Ok(Some(p)),
+                None => Err(format!("the project {name:?} is no longer configured")),
+            },
+            None => Ok(None),
+        };
+        let config = match project {
+            Ok(p) => Ok(config.map(|c| crate::projects::in_project(c, p))),
+            Err(e) => Err(e),
+        };
         // On disk as running before anything is spawned: a crash from here
         // on finishes it as interrupted, never runs it twice.
         let resume_text = a.record.pending_resume.take();
@@ -35,14 +47,15 @@ impl TaskManager {
             return Err(e);
         }
         let started = match (&config, resume_text) {
-            (None, _) => {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(None), _) => {
                 Err(format!("the executor {:?} is no longer configured", a.record.executor))
             }
-            (Some(c), Some(text)) => match &a.record.resume_token {
+            (Ok(Some(c)), Some(text)) => match &a.record.resume_token {
                 Some(token) => resume(c, token, &text).map_err(|e| e.to_string()),
                 None => Err("the task cannot be resumed".into()),
             },
-            (Some(c), None) => start(c, &a.record.text).map_err(|e| e.to_string()),
+            (Ok(Some(c)), None) => start(c, &a.record.text).map_err(|e| e.to_string()),
         };
         let running = match started {
             Ok(r) => r,
@@ -118,6 +131,7 @@ impl TaskManager {
         task_id: String,
         text: &str,
         executor: Option<&str>,
+        project: Option<&str>,
     ) -> Result<Outgoing, HistoryError> {
         if !scope.allows_submit() {
             return Ok(to(from, refused(&task_id, "scope", "this device may only view")));
@@ -149,6 +163,16 @@ impl TaskManager {
             };
             return Ok(to(from, refused(&task_id, code, msg)));
         };
+        let project = match project {
+            Some(name) => match crate::projects::find(&self.options.projects, name) {
+                Some(p) => Some(p.name.clone()),
+                None => {
+                    let msg = "no project with that name is configured on this computer";
+                    return Ok(to(from, refused(&task_id, "unknown_project", msg)));
+                }
+            },
+            None => self.options.projects.first().map(|p| p.name.clone()),
+        };
         let now = now_ms();
         let mut record = TaskRecord {
             task_id: task_id.clone(),
@@ -156,6 +180,7 @@ impl TaskManager {
             device: from.to_string(),
             run_by: None,
             executor: config.name.clone(),
+            project: project.clone(),
             text: text.to_owned(),
             created_ms: now,
             updated_ms: now,
@@ -168,10 +193,11 @@ impl TaskManager {
             earliest: 0,
         };
         self.next_seq += 1;
-        info!(task = %task_id, executor = %config.name, "task accepted");
+        info!(task = %task_id, executor = %config.name, project = ?project, "task accepted");
         // Other phones see it too: shown as it runs (the executor gets it as sent).
         let accepted = TaskEvent::Accepted {
             executor: config.name.clone(),
+            project,
             text: Some(crate::text::visible(text)),
         };
         let m = self.append(&mut record, accepted)?;

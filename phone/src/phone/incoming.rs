@@ -259,6 +259,16 @@ fn apply(
                 let _ = w.send(tasks.clone());
             }
         }
+        Message::Choices { executors, projects, default_executor, default_project } => {
+            // Sent with every task list: told to the app when it changed.
+            let choices = Choices { executors, projects, default_executor, default_project };
+            if let Some(d) = st.desktops.get_mut(id)
+                && d.choices.as_ref() != Some(&choices)
+            {
+                d.choices = Some(choices.clone());
+                emitted.push(PhoneEvent::Choices { desktop_id: id.to_owned(), choices });
+            }
+        }
         Message::Detached { idle_secs } => {
             emitted.push(PhoneEvent::Detached { desktop_id: id.to_owned(), idle_secs });
         }

@@ -85,6 +85,23 @@ impl Phone {
         text: &str,
         executor: Option<String>,
     ) -> Result<String, PhoneError> {
+        self.submit_in(desktop_id, text, executor, None).await
+    }
+
+    /// Submit a task under a fresh id with `executor` in `project` (names
+    /// from [`Phone::choices`]; `None`: the desktop's default); returns its
+    /// id. A name the desktop does not offer is refused
+    /// ([`PhoneEvent::Refused`], `unknown_executor` or `unknown_project`).
+    ///
+    /// # Errors
+    /// As [`Phone::submit`].
+    pub async fn submit_in(
+        &self,
+        desktop_id: &str,
+        text: &str,
+        executor: Option<String>,
+        project: Option<String>,
+    ) -> Result<String, PhoneError> {
         let mut raw = [0u8; 16];
         self.inner
             .entropy
@@ -93,7 +110,7 @@ impl Phone {
             .fill(&mut raw)
             .map_err(storage)?;
         let task_id = data_encoding::HEXLOWER.encode(&raw);
-        self.submit_with_id(desktop_id, &task_id, text, executor).await?;
+        self.submit_with_id_in(desktop_id, &task_id, text, executor, project).await?;
         Ok(task_id)
     }
 
@@ -110,10 +127,25 @@ impl Phone {
         text: &str,
         executor: Option<String>,
     ) -> Result<(), PhoneError> {
+        self.submit_with_id_in(desktop_id, task_id, text, executor, None).await
+    }
+
+    /// [`Phone::submit_with_id`] with a project ([`Phone::submit_in`]).
+    ///
+    /// # Errors
+    /// As [`Phone::submit`].
+    pub async fn submit_with_id_in(
+        &self,
+        desktop_id: &str,
+        task_id: &str,
+        text: &str,
+        executor: Option<String>,
+        project: Option<String>,
+    ) -> Result<(), PhoneError> {
         let m = Message::TaskSubmit {
             task_id: task_id.to_owned(),
             text: text.to_owned(),
-            workspace: None,
+            workspace: project,
             executor,
         };
         self.send(desktop_id, &m).await.map_err(|e| match e {

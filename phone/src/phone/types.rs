@@ -113,6 +113,20 @@ pub struct HistoryPage {
     pub unavailable_before: Option<u64>,
 }
 
+/// What a desktop offers for a task: its executors and projects and the
+/// defaults (`Message::Choices`, PROTOCOL §15.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choices {
+    /// Every configured executor, the default first.
+    pub executors: Vec<tandem_proto::message::ExecutorChoice>,
+    /// Every configured project, the default first (empty: none offered).
+    pub projects: Vec<tandem_proto::message::ProjectChoice>,
+    /// The executor a task without one runs with.
+    pub default_executor: String,
+    /// The project a task without one runs in.
+    pub default_project: Option<String>,
+}
+
 /// What the phone tells its subscribers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PhoneEvent {
@@ -139,6 +153,15 @@ pub enum PhoneEvent {
         desktop_id: String,
         /// The idle time that detached it.
         idle_secs: u64,
+    },
+    /// A desktop said which executors and projects it offers, for the first
+    /// time since the phone opened or other than before (it says so with
+    /// every task list): what [`crate::Phone::choices`] now answers.
+    Choices {
+        /// The desktop.
+        desktop_id: String,
+        /// What it offers.
+        choices: Choices,
     },
     /// The desktop refused a request.
     Refused {

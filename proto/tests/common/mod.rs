@@ -23,8 +23,8 @@ use tandem_proto::content::{Content, MAX_REASON_LEN};
 use tandem_proto::envelope::{Envelope, MAX_NOISE_LEN, TAG_LEN};
 use tandem_proto::frame::{MAX_ERROR_MESSAGE_LEN, MAX_OK_RUNS, MAX_PAYLOAD_LEN, OkRun};
 use tandem_proto::message::{
-    DeviceInfo, FinishStatus, MAX_DEVICE_NAME_CHARS, MAX_MESSAGE_LEN, Message, TaskEvent,
-    TaskState, TaskSummary,
+    DeviceInfo, ExecutorChoice, FinishStatus, MAX_DEVICE_NAME_CHARS, MAX_MESSAGE_LEN, Message,
+    ProjectChoice, TaskEvent, TaskState, TaskSummary,
 };
 use tandem_proto::qr::{MAX_RELAY_URL_LEN, QrPayload};
 use tandem_proto::{DeviceId, ErrorCode, Frame, PublicKey, Role};
@@ -417,6 +417,7 @@ fn task_summary() -> impl Strategy<Value = TaskSummary> {
     )
         .prop_map(|(task_id, title, executor, st, status, next_offset, updated_ms)| {
             TaskSummary {
+                project: (next_offset % 2 == 0).then(|| title.clone()),
                 task_id,
                 title,
                 executor,
@@ -435,8 +436,8 @@ fn task_summary() -> impl Strategy<Value = TaskSummary> {
 /// Every `TaskEvent` variant (tool inputs without floats).
 pub fn task_event() -> impl Strategy<Value = TaskEvent> {
     prop_oneof![
-        (id(), proptest::option::of(text(64)))
-            .prop_map(|(executor, text)| TaskEvent::Accepted { executor, text }),
+        (id(), proptest::option::of(id()), proptest::option::of(text(64)))
+            .prop_map(|(executor, project, text)| TaskEvent::Accepted { executor, project, text }),
         text(64).prop_map(|text| TaskEvent::FollowUp { text }),
         text(64).prop_map(|text| TaskEvent::Progress { text }),
         (id(), id(), tool_input()).prop_map(|(call_id, name, input)| TaskEvent::ToolCall {
@@ -512,5 +513,22 @@ pub fn message() -> impl Strategy<Value = Message> {
             code,
             message,
         }),
+        (
+            proptest::collection::vec((id(), id()), 0..4),
+            proptest::collection::vec(id(), 0..4),
+            id(),
+            opt(),
+        )
+            .prop_map(|(executors, projects, default_executor, default_project)| {
+                Message::Choices {
+                    executors: executors
+                        .into_iter()
+                        .map(|(name, kind)| ExecutorChoice { name, kind })
+                        .collect(),
+                    projects: projects.into_iter().map(|name| ProjectChoice { name }).collect(),
+                    default_executor,
+                    default_project,
+                }
+            }),
     ]
 }

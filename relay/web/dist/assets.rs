@@ -3,17 +3,17 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-9f2f5df178a526f0.js", "text/javascript; charset=utf-8", "code", "\"9f2f5df178a526f008ffd6972fccfb65\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-9f2f5df178a526f0.js"))),
-    ("/assets/app-c87bb3e6c76dd449.css", "text/css; charset=utf-8", "code", "\"c87bb3e6c76dd4492ea6ef63353902b2\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-c87bb3e6c76dd449.css"))),
+    ("/assets/app-0f59578b5b0ff4e9.js", "text/javascript; charset=utf-8", "code", "\"0f59578b5b0ff4e9378505151a197f1a\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-0f59578b5b0ff4e9.js"))),
+    ("/assets/app-ef9a1d30474039df.css", "text/css; charset=utf-8", "code", "\"ef9a1d30474039df39623440bb990e6d\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-ef9a1d30474039df.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"3de7471fd9f86a8e1afd86a5bac7a741\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"363dc2cd03722ab74b1b8558498318bf\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

@@ -197,7 +197,16 @@ export class Run {
     mkdirSync(this.logs);
     this.procs = [];
     this.config = join(this.dir, 'config.toml');
-    writeFileSync(this.config, `[[executor]]\nname = "fixture"\ntype = "jsonl"\nprogram = "${FIXTURE}"\n`);
+    // Two executors (the same fixture) and two projects, so the pickers show.
+    this.projects = { home: join(this.dir, 'project-home'), site: join(this.dir, 'project-site') };
+    for (const d of Object.values(this.projects)) mkdirSync(d);
+    writeFileSync(
+      this.config,
+      `[[executor]]\nname = "fixture"\ntype = "jsonl"\nprogram = "${FIXTURE}"\n\n` +
+        `[[executor]]\nname = "other"\ntype = "jsonl"\nprogram = "${FIXTURE}"\n\n` +
+        `[[project]]\nname = "home"\npath = "${this.projects.home}"\n\n` +
+        `[[project]]\nname = "site"\npath = "${this.projects.site}"\n`,
+    );
   }
 
   start(name, cmd, args, opts = {}) {

@@ -12,7 +12,7 @@
 //   npm run e2e        (needs target/debug/tandem-relay and target/debug/tandem,
 //                       zbarimg and chromium; see e2e/README.md)
 import assert from 'node:assert/strict';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, realpathSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
@@ -676,6 +676,28 @@ describe('web client end to end', { concurrency: false }, () => {
     assert.equal(events[0].type, 'accepted', 'offset 0 is the accepted event');
     await screenshot(page, 'history-loaded');
   }, 90_000);
+
+  check('8b. the desktop offers its agents and projects; the ones picked run the task, in that directory', async (t) => {
+    if (!needPaired(t)) return;
+    const { page } = s.phone;
+    await openDesktop(page);
+    const agent = await expectVisible(page, '[data-testid=pick-executor]', 'desktop screen: the agent picker');
+    const project = await expectVisible(page, '[data-testid=pick-project]', 'desktop screen: the project picker');
+    const options = (sel) => sel.evaluate((el) => [...el.options].map((o) => o.value));
+    assert.deepEqual(await options(agent), ['fixture', 'other'], 'every configured executor, the default first');
+    assert.deepEqual(await options(project), ['home', 'site'], 'every configured project, the default first');
+    assert.equal(await project.inputValue(), 'home', 'the default project is picked at first');
+    await agent.selectOption('other');
+    await project.selectOption('site');
+    await screenshot(page, 'picks', 'form.compose');
+    await submit(page, 'where');
+    const status = await waitFinished(page, 'where task');
+    assert.equal(status, 'succeeded');
+    const accepted = await expectVisible(page, '[data-testid=accepted]', 'task screen: who accepted it');
+    assert.match((await accepted.textContent()) ?? '', /Accepted by other in site/, 'the thread says which agent runs it, and where');
+    const finished = (await page.locator('[data-testid=finished]').textContent()) ?? '';
+    assert.ok(finished.includes(realpathSync(s.run.projects.site)), `it ran in the project's directory: ${finished}`);
+  });
 
   check('9. a follow-up shows in the thread as a follow_up event; cancel ends the task as cancelled', async (t) => {
     if (!needPaired(t)) return;

@@ -1,8 +1,9 @@
 // What one message from a desktop does to the app's state (PROTOCOL §15):
 // task events through the per-task offset rule (thread.ts), history
-// replies, the task list, detach, refusals, device info. Sans I/O: the
+// replies, the task list, the executors and projects offered, detach,
+// refusals, device info. Sans I/O: the
 // engine saves what changed and sends the requests.
-import type { Message } from '../proto/index.ts';
+import type { Choices, Message } from '../proto/index.ts';
 import type { Desktop } from './desktop.ts';
 import { nameTask } from './notices.ts';
 import type { EventRow, TaskRow } from './store.ts';
@@ -65,6 +66,14 @@ export function applyMessage(d: Desktop, m: Message, tasks: Map<string, TaskRow>
       d.recovering = false;
       return true;
     }
+    case 'choices':
+      d.choices = {
+        executors: m.executors as Choices['executors'],
+        projects: m.projects as Choices['projects'],
+        default_executor: String(m.default_executor),
+        ...(typeof m.default_project === 'string' ? { default_project: m.default_project } : {}),
+      };
+      return true;
     case 'detached':
       d.detached = true;
       return true;

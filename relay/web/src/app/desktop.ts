@@ -1,7 +1,7 @@
 // A paired desktop in memory: its stored row and Link, the relay it is
 // reached through, its task threads, what the relay has not accepted for it
 // yet (`Sender`), and the queue that runs the engine's work on it in order.
-import { DeviceId, type Link } from '../proto/index.ts';
+import { type Choices, DeviceId, type Link } from '../proto/index.ts';
 import type { RelayClient } from './relay.ts';
 import { Sender } from './sender.ts';
 import type { DesktopRow } from './store.ts';
@@ -13,6 +13,8 @@ export class Desktop {
   detached = false;
   /** A task list arrived from it since the page loaded. */
   listed = false;
+  /** The executors and projects it offers, as it last said (with its task list). */
+  choices: Choices | null = null;
   /** Messages from it were lost: its task list, when it comes, re-fetches every task behind. */
   recovering = false;
   /** When that task list was asked for (one at a time while it is on its way). */

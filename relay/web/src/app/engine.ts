@@ -356,13 +356,17 @@ export class Engine {
     d.sender.push(records);
   }
 
-  /** Submit a task; returns its id. */
-  async submit(desktopId: string, text: string): Promise<string> {
+  /**
+   * Submit a task; returns its id. `pick` names an executor and a project
+   * among the desktop's `choices` (absent: its defaults).
+   */
+  async submit(desktopId: string, text: string, pick: { executor?: string; project?: string } = {}): Promise<string> {
     const d = this.desktop(desktopId);
     const taskId = randomHex(16);
     const t = d.thread(taskId);
     t.row.title = text;
-    await this.send(d, [{ kind: 'task_submit', task_id: taskId, text }], [t.row]);
+    const m = { kind: 'task_submit', task_id: taskId, text, workspace: pick.project, executor: pick.executor };
+    await this.send(d, [m], [t.row]);
     this.emit({ desktopId, taskId });
     return taskId;
   }

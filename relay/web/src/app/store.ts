@@ -46,6 +46,8 @@ export interface TaskRow {
   taskId: string;
   title: string;
   executor: string;
+  /** The project it runs in, when the desktop offers projects. */
+  project?: string;
   state: 'queued' | 'running' | 'finished';
   status?: string;
   updatedMs: number;

@@ -190,10 +190,11 @@ export class Thread {
   }
 
   /** What the desktop's task list says. */
-  summary(s: { title: string; executor: string; state: string; status?: string; next_offset: number; updated_ms: number }): void {
+  summary(s: { title: string; executor: string; project?: string; state: string; status?: string; next_offset: number; updated_ms: number }): void {
     const row = this.row;
     if (!row.title) row.title = s.title;
     row.executor = s.executor || row.executor;
+    if (s.project) row.project = s.project;
     // The desktop knows at least as much as we do: its state wins (a
     // finished task resumed by a follow-up runs again).
     if (s.next_offset >= row.next) {
@@ -254,6 +255,7 @@ export class Thread {
       case 'accepted':
         if (typeof ev.text === 'string' && !row.title) row.title = ev.text;
         if (typeof ev.executor === 'string') row.executor = ev.executor;
+        if (typeof ev.project === 'string') row.project = ev.project;
         break;
       case 'finished':
         if (e.offset >= (row.finishedAt ?? -1)) {

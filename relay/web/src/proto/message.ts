@@ -9,7 +9,9 @@ export const MESSAGE_VERSION = 1;
 export const MAX_MESSAGE_LEN = 61_440;
 export const MAX_DEVICE_NAME_CHARS = 64;
 
-type FieldType = 'string' | 'bool' | 'u64' | 'json' | 'event' | 'tasks' | 'strings';
+type FieldType = 'string' | 'bool' | 'u64' | 'json' | 'event' | 'strings' | ListType;
+/** Lists of objects, each with the fields of `LISTS[type]`. */
+type ListType = 'tasks' | 'executors' | 'projects';
 /** `opt`: omitted when absent; `optTrue`: a bool written only when true; `optSome`: a list written only when not empty. */
 type Field = readonly [name: string, type: FieldType, optional?: 'opt' | 'optTrue' | 'optSome'];
 
@@ -25,11 +27,12 @@ const KINDS: Record<string, readonly Field[]> = {
   detached: [['idle_secs', 'u64']],
   history_unavailable: [['task_id', 'string'], ['requested_from', 'u64'], ['earliest', 'u64']],
   device_info: [['name', 'string'], ['platform', 'string'], ['app_version', 'string'], ['ephemeral', 'bool', 'optTrue']],
+  choices: [['executors', 'executors'], ['projects', 'projects', 'optSome'], ['default_executor', 'string'], ['default_project', 'string', 'opt']],
   refused: [['task_id', 'string', 'opt'], ['code', 'string'], ['message', 'string']],
 };
 
 const EVENTS: Record<string, readonly Field[]> = {
-  accepted: [['executor', 'string'], ['text', 'string', 'opt']],
+  accepted: [['executor', 'string'], ['project', 'string', 'opt'], ['text', 'string', 'opt']],
   follow_up: [['text', 'string']],
   progress: [['text', 'string']],
   tool_call: [['call_id', 'string'], ['name', 'string'], ['input', 'json']],
@@ -43,11 +46,18 @@ const TASK_SUMMARY: readonly Field[] = [
   ['task_id', 'string'],
   ['title', 'string'],
   ['executor', 'string'],
+  ['project', 'string', 'opt'],
   ['state', 'string'],
   ['status', 'string', 'opt'],
   ['next_offset', 'u64'],
   ['updated_ms', 'u64'],
 ];
+
+const LISTS: Record<ListType, readonly Field[]> = {
+  tasks: TASK_SUMMARY,
+  executors: [['name', 'string'], ['kind', 'string']],
+  projects: [['name', 'string']],
+};
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
@@ -59,10 +69,18 @@ export interface TaskSummary {
   task_id: string;
   title: string;
   executor: string;
+  project?: string;
   state: string;
   status?: string;
   next_offset: number;
   updated_ms: number;
+}
+/** What a desktop offers for a task (`choices`, §15.3): executors and projects, the defaults first. */
+export interface Choices {
+  executors: { name: string; kind: string }[];
+  projects: { name: string }[];
+  default_executor: string;
+  default_project?: string;
 }
 /** A known message: `kind` plus that kind's fields (snake_case, as on the wire). */
 export interface Message {
@@ -152,8 +170,10 @@ function writeValue(type: FieldType, v: unknown, where: string): string {
       return `{"type":${JSON.stringify(e.type)}${rest ? `,${rest}` : ''}}`;
     }
     case 'tasks':
+    case 'executors':
+    case 'projects':
       if (!Array.isArray(v)) throw new MessageError('Malformed', `${where}: expected array`);
-      return `[${v.map((t) => `{${writeFields(t as Record<string, unknown>, TASK_SUMMARY)}}`).join(',')}]`;
+      return `[${v.map((t) => `{${writeFields(t as Record<string, unknown>, LISTS[type])}}`).join(',')}]`;
     case 'strings':
       if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new MessageError('Malformed', `${where}: expected an array of strings`);
       return `[${v.map((x) => JSON.stringify(x)).join(',')}]`;
@@ -221,10 +241,12 @@ function readValue(type: FieldType, v: unknown, where: string): unknown {
       return { type: e.type, ...readFields(e, fields, `${where}.${e.type}`) };
     }
     case 'tasks':
+    case 'executors':
+    case 'projects':
       if (!Array.isArray(v)) throw new MessageError('Malformed', `${where}: expected array`);
       return v.map((t, i) => {
         if (t === null || typeof t !== 'object' || Array.isArray(t)) throw new MessageError('Malformed', `${where}[${i}]`);
-        return readFields(t as Record<string, unknown>, TASK_SUMMARY, `${where}[${i}]`);
+        return readFields(t as Record<string, unknown>, LISTS[type], `${where}[${i}]`);
       });
   }
 }

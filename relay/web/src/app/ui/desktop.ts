@@ -31,6 +31,12 @@ export function desktopScreen(app: App, route: Route): Screen {
   });
   const send = h('button', { testid: 'send', class: 'primary', type: 'submit' }, 'Send');
   const note = h('p', { class: 'hint', role: 'status' });
+  // The executor and project pickers: shown once the desktop said what it
+  // offers (with its task list), and only when there is a choice to make.
+  const picks = h('div', { class: 'picks' });
+  const executorPick = h('select', { testid: 'pick-executor', 'aria-label': 'Agent' }) as HTMLSelectElement;
+  const projectPick = h('select', { testid: 'pick-project', 'aria-label': 'Project' }) as HTMLSelectElement;
+  let shownChoices: unknown = undefined;
   const form = h(
     'form',
     {
@@ -41,6 +47,7 @@ export function desktopScreen(app: App, route: Route): Screen {
       },
     },
     compose,
+    picks,
     send,
     note,
   );
@@ -71,7 +78,11 @@ export function desktopScreen(app: App, route: Route): Screen {
     if (!text || send.disabled) return;
     send.disabled = true;
     try {
-      const task = await app.engine.submit(id, text);
+      const pick = {
+        ...(executorPick.isConnected && executorPick.value ? { executor: executorPick.value } : {}),
+        ...(projectPick.isConnected && projectPick.value ? { project: projectPick.value } : {}),
+      };
+      const task = await app.engine.submit(id, text, pick);
       compose.value = '';
       app.show({ screen: 'task', desktop: id, task });
     } catch (e) {
@@ -81,7 +92,36 @@ export function desktopScreen(app: App, route: Route): Screen {
     }
   }
 
+  /** Fill the pickers from the desktop's choices (kept as they are while those do not change). */
+  function renderPicks(): void {
+    const c = d!.choices;
+    if (c === shownChoices) return;
+    shownChoices = c;
+    picks.replaceChildren();
+    if (!c) return;
+    const fill = (sel: HTMLSelectElement, names: string[], labels: string[], dflt: string | undefined): void => {
+      const keep = sel.value;
+      sel.replaceChildren(...names.map((n, i) => h('option', { value: n }, labels[i] ?? n)));
+      sel.value = names.includes(keep) ? keep : (dflt ?? names[0] ?? '');
+    };
+    if (c.executors.length > 1) {
+      fill(
+        executorPick,
+        c.executors.map((e) => e.name),
+        c.executors.map((e) => (e.kind && e.kind !== e.name ? `${e.name} (${e.kind})` : e.name)),
+        c.default_executor,
+      );
+      picks.append(h('label', {}, 'Agent ', executorPick));
+    }
+    if (c.projects.length > 0) {
+      const names = c.projects.map((p) => p.name);
+      fill(projectPick, names, names, c.default_project);
+      picks.append(h('label', {}, 'Project ', projectPick));
+    }
+  }
+
   function render(): void {
+    renderPicks();
     const state = desktopState(d!);
     status.replaceChildren(h('span', { class: `chip ${state}`, testid: 'desktop-state', 'data-state': state }, state), ` ${d!.row.platform}`);
     approvals.replaceChildren(approvalsList(app, app.engine, id));
@@ -101,6 +141,7 @@ export function desktopScreen(app: App, route: Route): Screen {
             { class: 'task', testid: 'task', 'data-id': r.taskId, 'data-state': r.state, onclick: () => app.show({ screen: 'task', desktop: id, task: r.taskId }) },
             h('span', { class: `chip ${label}` }, label),
             h('span', { class: 'title' }, r.title || '(task)'),
+            r.project ? h('small', { class: 'project' }, r.project) : null,
             h('small', {}, ago(r.updatedMs)),
           ),
         ),

@@ -130,7 +130,8 @@ export function taskScreen(app: App, route: Route): Screen {
     const li = h('li', { testid: 'event', 'data-offset': e.offset, 'data-type': ev.type, class: `ev ${ev.type}`, title: clock(e.atMs) });
     switch (ev.type) {
       case 'accepted':
-        li.append(h('span', { class: 'meta' }, `Accepted by ${String(ev.executor ?? 'the desktop')} · ${clock(e.atMs)}`));
+        const where = typeof ev.project === 'string' ? ` in ${ev.project}` : '';
+        li.append(h('span', { class: 'meta', testid: 'accepted' }, `Accepted by ${String(ev.executor ?? 'the desktop')}${where} · ${clock(e.atMs)}`));
         break;
       case 'follow_up':
         li.append(h('div', { class: 'bubble mine' }, String(ev.text ?? '')));
