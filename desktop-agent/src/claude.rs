@@ -717,6 +717,10 @@ impl Supervisor {
             approval_id: approval_id.clone(),
             summary: approval_summary(&ask.request),
             detail: approval_detail(&ask.request),
+            tool: Some(crate::rules::ToolUse {
+                name: ask.request.tool_name.clone(),
+                input: Value::Object(ask.request.input.clone()),
+            }),
         };
         self.pending.insert(approval_id, ask.reply);
         self.emit(event).await

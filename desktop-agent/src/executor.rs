@@ -104,7 +104,9 @@ pub enum ExecutorKind {
     /// `{"type":"progress","text":…}`,
     /// `{"type":"tool_call","call_id":…,"name":…,"input":<json>}`,
     /// `{"type":"tool_result","call_id":…,"output":…,"is_error":bool}`,
-    /// `{"type":"approval_request","approval_id":…,"summary":…,"detail":…}`,
+    /// `{"type":"approval_request","approval_id":…,"summary":…,"detail":…}`
+    /// (with optional `"tool":…,"input":<json>` naming the tool use, which
+    /// approval rules match: [`crate::rules`]),
     /// `{"type":"finished","status":"succeeded"|"failed"|"cancelled","summary":…}`.
     /// It reads `{"type":"decision","approval_id":…,"allow":bool}` and
     /// `{"type":"follow_up","text":…}` lines back on stdin. Unknown event
@@ -208,6 +210,9 @@ pub enum ExecEvent {
         summary: String,
         /// Everything needed to decide.
         detail: String,
+        /// The tool use it is for, when the executor says (approval rules
+        /// match it: [`crate::rules`]).
+        tool: Option<crate::rules::ToolUse>,
     },
     /// Tools the agent was not allowed to use in this run (Claude Code's
     /// `permission_denials`): the task's finish names them instead of its
@@ -677,6 +682,7 @@ echo '{"type":"progress","text":"after finished"}'
                 approval_id: "a1".into(),
                 summary: "delete a.txt".into(),
                 detail: "rm a.txt".into(),
+                tool: None,
             }
         );
         let controller = r.controller();

@@ -20,6 +20,7 @@ pub mod peers;
 pub mod projects;
 pub mod qr;
 pub mod report;
+pub mod rules;
 pub mod service;
 pub mod settings;
 pub mod tasks;

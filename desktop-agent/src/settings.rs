@@ -13,7 +13,9 @@
 //! The first executor is the default; a phone may name another. Projects
 //! (`[[project]]`, `name` and an absolute `path`) are the working
 //! directories a phone may pick for a task, the first the default; see
-//! [`crate::projects`]. A
+//! [`crate::projects`]. Approval rules (`[[rule]]`, `allow` or `deny` a
+//! tool pattern, optionally for one executor, project or device) answer
+//! approvals before a phone is asked; see [`crate::rules`]. A
 //! `type = "claude"` executor runs Claude Code pinned so that only the phone
 //! approves its steps; `setting_sources = ["user", "project", "local"]`
 //! (any of them; none by default) lets it load those Claude Code settings
@@ -124,6 +126,16 @@ pub enum SettingsError {
         /// The name.
         name: String,
     },
+    /// A `[[rule]]` cannot be used as written.
+    #[error("{path}: rule {index}: {source}")]
+    Rule {
+        /// The file.
+        path: PathBuf,
+        /// Its position among the rules (from 1).
+        index: usize,
+        /// What is wrong.
+        source: crate::rules::RuleError,
+    },
     /// A `[[project]]` cannot be used as written (or shares its name).
     #[error("{path}: project {name:?}: {why}")]
     Project {
@@ -146,6 +158,9 @@ pub struct Settings {
     /// The projects phones may pick, the default first ([`crate::projects`]).
     #[serde(default, rename = "project")]
     pub projects: Vec<Project>,
+    /// Approval rules, applied before a phone is asked ([`crate::rules`]).
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<crate::rules::RuleConfig>,
     /// How the agent runs tasks.
     #[serde(default)]
     pub agent: AgentSettings,
@@ -332,6 +347,9 @@ impl Settings {
                     arg: arg.to_owned(),
                 });
             }
+        }
+        if let Err((index, source)) = crate::rules::compile(&s.rules) {
+            return Err(SettingsError::Rule { path: path.to_owned(), index, source });
         }
         let mut names = std::collections::HashSet::new();
         for p in &s.projects {

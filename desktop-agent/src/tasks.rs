@@ -65,6 +65,8 @@ pub struct TaskOptions {
     pub max_unfinished: usize,
     /// The projects a task may run in, the default first ([`crate::projects`]).
     pub projects: Vec<crate::projects::Project>,
+    /// Approval rules, applied before a phone is asked ([`crate::rules`]).
+    pub rules: Vec<crate::rules::Rule>,
 }
 
 /// The default [`TaskOptions::max_unfinished`].
@@ -77,6 +79,7 @@ impl Default for TaskOptions {
             approval_timeout: APPROVAL_TIMEOUT,
             max_unfinished: DEFAULT_MAX_UNFINISHED,
             projects: Vec::new(),
+            rules: Vec::new(),
         }
     }
 }

@@ -138,6 +138,10 @@ async fn permission_prompts_go_through_the_mcp_tool_and_back() {
                 approval_id: BASH_CALL.into(),
                 summary: "Bash: cargo test -p foo".into(),
                 detail: "Bash\n{\n  \"command\": \"cargo test -p foo\",\n  \"description\": \"Run foo's tests\"\n}".into(),
+                tool: Some(tandem_agent::rules::ToolUse {
+                    name: "Bash".into(),
+                    input: json!({"command": "cargo test -p foo", "description": "Run foo's tests"}),
+                }),
             },
         ]
     );

@@ -115,6 +115,8 @@ const OAUTH_TOKEN: &str = "sk-ant-oat01-test-not-a-token";
 /// paired phone.
 struct Setup {
     repo: PathBuf,
+    /// The desktop's data directory (its `audit.log`).
+    root: PathBuf,
     config_dir: PathBuf,
     api: MessagesApi,
     phone: Phone,
@@ -130,6 +132,11 @@ fn toml_str(s: &str) -> String {
 }
 
 async fn setup(plant: Plant, setting_sources: &[&str], auth: Auth) -> Setup {
+    setup_with(plant, setting_sources, auth, "").await
+}
+
+/// [`setup`] with `extra` appended to the desktop's `config.toml`.
+async fn setup_with(plant: Plant, setting_sources: &[&str], auth: Auth, extra: &str) -> Setup {
     let cli = claude_cli();
     let dir = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(dir.path()).unwrap();
@@ -223,7 +230,7 @@ async fn setup(plant: Plant, setting_sources: &[&str], auth: Auth) -> Setup {
         &config,
         format!(
             "[[executor]]\nname = \"claude\"\ntype = \"claude\"\nprogram = {}\nworkdir = {}\n\
-             setting_sources = [{}]\nenv = [{}]\n\n[agent]\napproval_timeout_secs = 5\n",
+             setting_sources = [{}]\nenv = [{}]\n\n[agent]\napproval_timeout_secs = 5\n\n{extra}\n",
             toml_str(cli.to_str().unwrap()),
             toml_str(repo.to_str().unwrap()),
             sources.join(", "),
@@ -233,7 +240,7 @@ async fn setup(plant: Plant, setting_sources: &[&str], auth: Auth) -> Setup {
     .unwrap();
     let agent = Agent::up(&root, &config);
     let phone = Phone::pair(&agent, &root).await;
-    Setup { repo, config_dir, api, phone, _agent: agent, _dir: dir }
+    Setup { repo, config_dir, api, phone, root, _agent: agent, _dir: dir }
 }
 
 /// How the phone answers approval requests.
@@ -432,4 +439,57 @@ async fn settings_apply_when_the_desktops_config_opts_in_but_mcp_servers_never_d
     // those the settings now enable (`--strict-mcp-config`).
     assert_only_tandems_mcp_server_and_isolated(&s);
     s.phone.client.close().await;
+}
+
+/// The approval's resolution in `events`: (allow, by).
+fn resolution(events: &[TaskEvent]) -> Vec<(bool, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TaskEvent::ApprovalResolved { allow, by, .. } => Some((*allow, by.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The desktop's approval rules answer before the phone is asked: an allow
+/// rule lets the real Claude Code run the matching `Bash` (the phone, which
+/// never answers, still sees the request and that the rule allowed it), and
+/// the audit log records the rule as the one who decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_rule_runs_the_matching_command_without_asking_the_phone() {
+    let rules = "[[rule]]\nallow = \"Bash(echo pwned*)\"\nexecutor = \"claude\"\n";
+    let mut s = setup_with(Plant::ProjectAllow, &[], Auth::ApiKey, rules).await;
+    // Removed: only the desktop's rule may allow it.
+    std::fs::remove_file(s.repo.join(".claude/settings.json")).unwrap();
+    let events = s.run("t-rule-allow", Answering::Ignore).await;
+    assert_eq!(approvals(&events).len(), 1, "shown to the phone: {events:#?}");
+    assert_eq!(resolution(&events), [(true, "rule:allow Bash(echo pwned*)".to_owned())]);
+    assert_eq!(s.marker().as_deref(), Some("pwned\n"), "the rule let it run");
+    let (status, _) = finished(&events);
+    assert_eq!(status, FinishStatus::Succeeded);
+    let audit = std::fs::read_to_string(s.root.join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("approval_decided") && l.contains("rule:allow Bash(echo pwned*)")),
+        "the rule's decision is audited: {audit}"
+    );
+}
+
+/// A deny rule wins over an allow rule that also matches: the command never
+/// runs, the model is told, and the finish names the denial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_rule_wins_over_an_allow_rule_and_the_command_never_runs() {
+    let rules = "[[rule]]\nallow = \"Bash\"\n\n[[rule]]\ndeny = \"Bash(*> marker*)\"\n";
+    let mut s = setup_with(Plant::ProjectAllow, &[], Auth::ApiKey, rules).await;
+    std::fs::remove_file(s.repo.join(".claude/settings.json")).unwrap();
+    let from = s.api.requests().len();
+    let events = s.run("t-rule-deny", Answering::Allow).await;
+    assert_eq!(resolution(&events), [(false, "rule:deny Bash(*> marker*)".to_owned())]);
+    assert_eq!(s.marker(), None, "denied by the rule: never ran");
+    let results = tool_results(&s.calls_since(from));
+    assert!(results.iter().any(|r| r.is_error), "the model was told: {results:?}");
+    let Some(TaskEvent::Finished { denied, .. }) = events.last() else { panic!("{events:?}") };
+    assert!(!denied.is_empty(), "the finish names what was denied: {events:#?}");
 }

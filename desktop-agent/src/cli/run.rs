@@ -119,6 +119,9 @@ pub(crate) fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<T
         approval_timeout: Duration::from_secs(a.approval_timeout_secs),
         max_unfinished: a.max_unfinished_tasks,
         projects: settings.projects,
+        // Checked when the file was read.
+        rules: tandem_agent::rules::compile(&settings.rules)
+            .map_err(|(i, e)| anyhow::anyhow!("rule {i}: {e}"))?,
     };
     Ok(TaskSetup {
         idle_detach: Duration::from_secs(a.idle_detach_secs),

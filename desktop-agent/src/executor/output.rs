@@ -33,6 +33,11 @@ enum AgentEvent {
         summary: String,
         #[serde(default)]
         detail: String,
+        /// The tool it is for, so approval rules can match it (optional).
+        #[serde(default)]
+        tool: Option<String>,
+        #[serde(default)]
+        input: serde_json::Value,
     },
     Finished {
         status: AgentStatus,
@@ -67,13 +72,17 @@ pub(super) fn parse_agent_line(line: String) -> ExecEvent {
             output: cap_text(output, MAX_EVENT_TEXT),
             is_error,
         },
-        AgentEvent::ApprovalRequest { approval_id, summary, detail } => {
+        AgentEvent::ApprovalRequest { approval_id, summary, detail, tool, input } => {
             // Capped (head and tail) where every executor's approvals go:
             // the task manager.
             ExecEvent::ApprovalRequest {
                 approval_id: cap_text(approval_id, MAX_ID_LEN),
                 summary,
                 detail,
+                tool: tool.map(|name| crate::rules::ToolUse {
+                    name: cap_text(name, MAX_ID_LEN),
+                    input: cap_json(input),
+                }),
             }
         }
         AgentEvent::Finished { status, summary } => ExecEvent::Finished {

@@ -38,7 +38,7 @@ impl TaskManager {
                 }
                 return Ok(Vec::new());
             }
-            ExecEvent::ApprovalRequest { approval_id, summary, detail } => {
+            ExecEvent::ApprovalRequest { approval_id, summary, detail, tool } => {
                 let summary =
                     crate::text::head_tail(&crate::text::visible(&summary), APPROVAL_SUMMARY_MAX);
                 let detail = crate::text::head_tail(
@@ -47,8 +47,31 @@ impl TaskManager {
                 );
                 let timeout = u64::try_from(self.options.approval_timeout.as_millis()).unwrap_or(0);
                 let expires_at_ms = now_ms().saturating_add(timeout);
-                a.approvals.insert(approval_id.clone(), expires_at_ms);
-                TaskEvent::ApprovalRequest { approval_id, summary, detail, expires_at_ms }
+                let request = TaskEvent::ApprovalRequest {
+                    approval_id: approval_id.clone(),
+                    summary,
+                    detail,
+                    expires_at_ms,
+                };
+                let Some(rule) = tool.as_ref().and_then(|t| self.rule_for(&u.task_id, t)) else {
+                    let Some(a) = self.active.get_mut(&u.task_id) else { return Ok(Vec::new()) };
+                    a.approvals.insert(approval_id, expires_at_ms);
+                    return self.emit(&u.task_id, request).await;
+                };
+                // Decided here by a rule: shown and audited as asked and
+                // answered, the phone never asked.
+                let (allow, by) = (rule.allows(), format!("rule:{}", rule.text()));
+                let mut out = self.emit(&u.task_id, request).await?;
+                if let Some(c) = self.active.get(&u.task_id).and_then(|a| a.controller.clone()) {
+                    let _ = c
+                        .control(Control::Decision { approval_id: approval_id.clone(), allow })
+                        .await;
+                }
+                out.extend(
+                    self.emit(&u.task_id, TaskEvent::ApprovalResolved { approval_id, allow, by })
+                        .await?,
+                );
+                return Ok(out);
             }
             ExecEvent::Denied { tools } => {
                 a.denials.executor_reported(tools);
@@ -70,12 +93,41 @@ impl TaskManager {
                 TaskEvent::Finished { status, summary, denied: Vec::new() }
             }
         };
+        self.emit(&u.task_id, event).await
+    }
+
+    /// Record `event` of an active task; what to send (and what starts).
+    async fn emit(&mut self, task_id: &str, event: TaskEvent) -> Result<Outgoing, HistoryError> {
         let mut out: Outgoing = self
-            .append_active(&u.task_id, event)?
+            .append_active(task_id, event)?
             .map(|m| vec![(Audience::Everyone, m)])
             .unwrap_or_default();
         out.extend(self.pump().await?);
         Ok(out)
+    }
+
+    /// The approval rule that decides `tool` for the task, if one does.
+    fn rule_for(&self, task_id: &str, tool: &crate::rules::ToolUse) -> Option<crate::rules::Rule> {
+        if self.options.rules.is_empty() {
+            return None;
+        }
+        let record = &self.active.get(task_id)?.record;
+        let project = record.project.as_deref();
+        let workdir = match project.and_then(|p| crate::projects::find(&self.options.projects, p)) {
+            Some(p) => Some(p.path.clone()),
+            None => self
+                .executors
+                .iter()
+                .find(|e| e.name == record.executor)
+                .and_then(|e| e.workdir.clone()),
+        };
+        let cx = crate::rules::Context {
+            executor: &record.executor,
+            project,
+            device: record.runner(),
+            workdir: workdir.as_deref(),
+        };
+        crate::rules::decide(&self.options.rules, tool, &cx).cloned()
     }
 
     /// A phone decided an approval. Every pending approval can be decided,

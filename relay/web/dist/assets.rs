@@ -3,8 +3,8 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-0f59578b5b0ff4e9.js", "text/javascript; charset=utf-8", "code", "\"0f59578b5b0ff4e9378505151a197f1a\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-0f59578b5b0ff4e9.js"))),
+    ("/assets/app-ec2072b3005aa12c.js", "text/javascript; charset=utf-8", "code", "\"ec2072b3005aa12c3728a6d822ccbcd1\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-ec2072b3005aa12c.js"))),
     ("/assets/app-ef9a1d30474039df.css", "text/css; charset=utf-8", "code", "\"ef9a1d30474039df39623440bb990e6d\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-ef9a1d30474039df.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
@@ -13,7 +13,7 @@
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"363dc2cd03722ab74b1b8558498318bf\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"45d0a6132fe484c6c4c17cedde1c94ea\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

@@ -105,7 +105,7 @@ export function taskScreen(app: App, route: Route): Screen {
       let text = '';
       if (r) {
         state = r.allow ? 'allowed' : 'denied';
-        text = `${r.allow ? 'Allowed' : 'Denied'} ${r.by === 'desktop' ? 'on the desktop' : r.by === 'timeout' ? '(no answer in time)' : r.by === `phone:${engine.deviceId}` ? 'by you' : 'from another device'}.`;
+        text = `${r.allow ? 'Allowed' : 'Denied'} ${whoDecided(r.by, engine.deviceId)}.`;
       } else if (thread.closedBy(req?.offset ?? 0) || (expires && expires <= now)) {
         state = 'expired';
         text = 'No longer waiting for an answer.';
@@ -160,7 +160,7 @@ export function taskScreen(app: App, route: Route): Screen {
         li.append(approvalCard(e));
         break;
       case 'approval_resolved':
-        li.append(h('span', { class: 'meta' }, ev.allow ? 'Allowed' : 'Denied', ev.by === 'timeout' ? ' (timed out)' : ''));
+        li.append(h('span', { class: 'meta', testid: 'resolved' }, ev.allow ? 'Allowed' : 'Denied', ` ${whoDecided(String(ev.by), engine.deviceId)}`));
         break;
       case 'finished': {
         const status = String(ev.status);
@@ -283,4 +283,13 @@ function deniedLine(denied: unknown): HTMLElement | null {
   const names = denied.filter((d): d is string => typeof d === 'string' && d.length > 0);
   if (names.length === 0) return null;
   return h('p', { class: 'denied', testid: 'denied' }, `Denied: ${names.join(', ')}`);
+}
+
+/** Who decided an approval (`approval_resolved.by`), in words: a desktop rule is named. */
+function whoDecided(by: string, me: string): string {
+  if (by === 'desktop') return 'on the desktop';
+  if (by === 'timeout') return '(no answer in time)';
+  if (by === `phone:${me}`) return 'by you';
+  if (by.startsWith('rule:')) return `by the desktop's rule "${by.slice(5)}"`;
+  return 'from another device';
 }
