@@ -11,6 +11,7 @@ pub mod crashpoint;
 pub mod daemon;
 pub mod damage;
 pub mod datadir;
+pub mod diffs;
 pub mod executor;
 pub mod history;
 pub mod ipc;

@@ -192,6 +192,9 @@ pub fn event_line(m: &Message) -> Option<String> {
         TaskEvent::ToolResult { output, is_error, .. } => {
             format!("{} {}", if *is_error { "tool error:" } else { "tool result:" }, short(output))
         }
+        TaskEvent::Diff { path, added, removed, .. } => {
+            format!("diff {} +{added} -{removed}", short(path))
+        }
         TaskEvent::ApprovalRequest { approval_id, summary, .. } => {
             format!("approval {} waiting: {}", short(approval_id), short(summary))
         }

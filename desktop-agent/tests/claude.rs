@@ -235,6 +235,9 @@ fn kinds(events: &[TaskEvent]) -> Vec<String> {
             TaskEvent::ToolResult { call_id, is_error, .. } => {
                 format!("tool_result:{call_id}:{is_error}")
             }
+            TaskEvent::Diff { path, added, removed, .. } => {
+                format!("diff:{path}:+{added}-{removed}")
+            }
             TaskEvent::ApprovalRequest { summary, .. } => format!("approval:{summary}"),
             TaskEvent::ApprovalResolved { allow, .. } => format!("resolved:{allow}"),
             TaskEvent::Finished { status, summary, .. } => format!("finished:{status:?}:{summary}"),

@@ -137,6 +137,17 @@ async fn setup(plant: Plant, setting_sources: &[&str], auth: Auth) -> Setup {
 
 /// [`setup`] with `extra` appended to the desktop's `config.toml`.
 async fn setup_with(plant: Plant, setting_sources: &[&str], auth: Auth, extra: &str) -> Setup {
+    setup_scripted(plant, setting_sources, auth, extra, |_| bash_then_report).await
+}
+
+/// [`setup_with`] with the model scripted by `script(repository)`.
+async fn setup_scripted<S: messages_api::Script>(
+    plant: Plant,
+    setting_sources: &[&str],
+    auth: Auth,
+    extra: &str,
+    script: impl FnOnce(&Path) -> S,
+) -> Setup {
     let cli = claude_cli();
     let dir = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(dir.path()).unwrap();
@@ -204,7 +215,7 @@ async fn setup_with(plant: Plant, setting_sources: &[&str], auth: Auth, extra: &
         }
     }
 
-    let api = MessagesApi::start(bash_then_report).await;
+    let api = MessagesApi::start(script(&repo)).await;
     let env: Vec<(&str, String)> = vec![
         ("HOME", home.display().to_string()),
         ("CLAUDE_CONFIG_DIR", config_dir.display().to_string()),
@@ -492,4 +503,49 @@ async fn a_deny_rule_wins_over_an_allow_rule_and_the_command_never_runs() {
     assert!(results.iter().any(|r| r.is_error), "the model was told: {results:?}");
     let Some(TaskEvent::Finished { denied, .. }) = events.last() else { panic!("{events:?}") };
     assert!(!denied.is_empty(), "the finish names what was denied: {events:#?}");
+}
+
+/// An edit by the real Claude Code reaches the phone as a diff of the file,
+/// with its line numbers and the file named relative to the project, right
+/// after the tool call and before its approval; allowed, the file changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_reaches_the_phone_as_a_diff_with_line_numbers_before_its_approval() {
+    let script = |repo: &Path| {
+        let file = repo.join("src/lib.rs").display().to_string();
+        move |c: &Conversation<'_>| {
+            let turns = c.messages().iter().filter(|m| m["role"] == "assistant").count();
+            match turns {
+                // Claude Code edits only a file it has read.
+                0 => Answer::Message(Reply::tool_use("Read", json!({"file_path": file}))),
+                1 => Answer::Message(Reply::tool_use(
+                    "Edit",
+                    json!({"file_path": file, "old_string": "    a - b\n",
+                           "new_string": "    // add, not subtract\n    a + b\n"}),
+                )),
+                _ => Answer::Message(Reply::text("fixed")),
+            }
+        }
+    };
+    let mut s = setup_scripted(Plant::ProjectAllow, &[], Auth::ApiKey, "", script).await;
+    std::fs::remove_file(s.repo.join(".claude/settings.json")).unwrap();
+    std::fs::create_dir_all(s.repo.join("src")).unwrap();
+    let lines: Vec<String> = (1..=8).map(|i| format!("// line {i}")).collect();
+    let source =
+        format!("{}\npub fn add(a: i32, b: i32) -> i32 {{\n    a - b\n}}\n", lines.join("\n"));
+    std::fs::write(s.repo.join("src/lib.rs"), &source).unwrap();
+    let events = s.run("t-edit", Answering::Allow).await;
+    let at = |f: &dyn Fn(&TaskEvent) -> bool| events.iter().position(f);
+    let call = at(&|e| matches!(e, TaskEvent::ToolCall { name, .. } if name == "Edit"))
+        .expect("the Edit call");
+    let diff = at(&|e| matches!(e, TaskEvent::Diff { .. })).expect("a diff");
+    let asked = at(&|e| matches!(e, TaskEvent::ApprovalRequest { .. })).expect("an approval");
+    assert!(call < diff && diff < asked, "call, diff, approval in order: {events:#?}");
+    let TaskEvent::Diff { path, diff, added, removed, .. } = &events[diff] else { unreachable!() };
+    assert_eq!((path.as_str(), *added, *removed), ("src/lib.rs", 2, 1));
+    // Line 10 of the file, with three lines of context before it and the
+    // last line after it.
+    assert!(diff.contains("@@ -7,5 +7,6 @@"), "{diff}");
+    assert!(diff.contains("-    a - b\n+    // add, not subtract\n+    a + b\n"), "{diff}");
+    let edited = std::fs::read_to_string(s.repo.join("src/lib.rs")).unwrap();
+    assert!(edited.contains("a + b"), "allowed, the edit was made: {edited}");
 }

@@ -93,6 +93,7 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
             TaskEvent::Progress { text } => format!("progress:{text}"),
             TaskEvent::ToolCall { name, .. } => format!("tool_call:{name}"),
             TaskEvent::ToolResult { is_error, .. } => format!("tool_result:{is_error}"),
+            TaskEvent::Diff { path, .. } => format!("diff:{path}"),
             TaskEvent::ApprovalRequest { .. } => "approval_request".to_owned(),
             TaskEvent::ApprovalResolved { allow, by, .. } => {
                 format!("resolved:{allow}:{}", by.starts_with("phone:"))

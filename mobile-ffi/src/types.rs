@@ -130,6 +130,21 @@ pub enum TaskEvent {
         /// Whether the tool failed.
         is_error: bool,
     },
+    /// The change a tool call makes to a file, as a unified diff (after the
+    /// call, before its approval): show it collapsed, file name and `+added
+    /// -removed` first.
+    Diff {
+        /// The call it belongs to.
+        call_id: String,
+        /// The file, relative to the task's project when inside it.
+        path: String,
+        /// The unified diff (`@@ -a,b +c,d @@` hunks carry line numbers).
+        diff: String,
+        /// Lines added.
+        added: u64,
+        /// Lines removed.
+        removed: u64,
+    },
     /// A risky step waits for a decision: answer with
     /// `TandemClient::decide`. No answer by `expires_at_ms` means deny.
     ApprovalRequest {
@@ -177,6 +192,9 @@ impl From<proto::TaskEvent> for TaskEvent {
             }
             proto::TaskEvent::ToolResult { call_id, output, is_error } => {
                 Self::ToolResult { call_id, output, is_error }
+            }
+            proto::TaskEvent::Diff { call_id, path, diff, added, removed } => {
+                Self::Diff { call_id, path, diff, added, removed }
             }
             proto::TaskEvent::ApprovalRequest { approval_id, summary, detail, expires_at_ms } => {
                 Self::ApprovalRequest { approval_id, summary, detail, expires_at_ms }

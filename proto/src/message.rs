@@ -184,6 +184,24 @@ pub enum TaskEvent {
         /// Whether the tool failed.
         is_error: bool,
     },
+    /// The change a tool call makes to a file, as a unified diff (sent
+    /// right after the `tool_call`, before its approval): what the phone
+    /// shows the user deciding it.
+    Diff {
+        /// The tool call it belongs to.
+        call_id: String,
+        /// The file, relative to the task's project when inside it.
+        path: String,
+        /// A unified diff (`---`/`+++` headers, `@@ -a,b +c,d @@` hunks with
+        /// the file's line numbers when the desktop could read it, else
+        /// numbered from 1 over the changed text alone), cut to fit a
+        /// message.
+        diff: String,
+        /// Lines added.
+        added: u64,
+        /// Lines removed.
+        removed: u64,
+    },
     /// A risky step waits for a decision. Every pending one is shown.
     ApprovalRequest {
         /// Correlates with the decision.
@@ -425,6 +443,7 @@ pub const KNOWN_EVENT_TYPES: &[&str] = &[
     "progress",
     "tool_call",
     "tool_result",
+    "diff",
     "approval_request",
     "approval_resolved",
     "finished",
@@ -542,9 +561,9 @@ mod tests {
             Decoded::Unknown { v: 2, kind: "screen_share".into() }
         );
         assert_eq!(
-            Message::decode(br#"{"v":1,"kind":"task_event","task_id":"t","offset":0,"at_ms":0,"event":{"type":"diff"}}"#)
+            Message::decode(br#"{"v":1,"kind":"task_event","task_id":"t","offset":0,"at_ms":0,"event":{"type":"screen_capture"}}"#)
                 .unwrap(),
-            Decoded::Unknown { v: 1, kind: "task_event/diff".into() }
+            Decoded::Unknown { v: 1, kind: "task_event/screen_capture".into() }
         );
         // A newer version of a known kind with extra fields still reads.
         assert!(matches!(

@@ -383,6 +383,18 @@ fn messages() -> Value {
                 denied: vec!["Bash".into(), "edit src/lib.rs".into()],
             },
         },
+        Message::TaskEvent {
+            task_id: "t-2".into(),
+            offset: 2,
+            at_ms: 9,
+            event: TaskEvent::Diff {
+                call_id: "c-2".into(),
+                path: "src/lib.rs".into(),
+                diff: "--- a/src/lib.rs\n+++ b/src/lib.rs\n@@ -12,1 +12,2 @@\n-    a - b\n+    // add, not subtract\n+    a + b\n".into(),
+                added: 2,
+                removed: 1,
+            },
+        },
         Message::HistoryEnd { task_id: "t-1".into(), next_offset: 7, more: false },
         Message::HistoryEnd { task_id: "t-2".into(), next_offset: 256, more: true },
         Message::TaskList {

@@ -377,6 +377,7 @@ fn tags(m: &Message) -> (&'static str, Option<&'static str>) {
             TaskEvent::Progress { .. } => "progress",
             TaskEvent::ToolCall { .. } => "tool_call",
             TaskEvent::ToolResult { .. } => "tool_result",
+            TaskEvent::Diff { .. } => "diff",
             TaskEvent::ApprovalRequest { .. } => "approval_request",
             TaskEvent::ApprovalResolved { .. } => "approval_resolved",
             TaskEvent::Finished { .. } => "finished",

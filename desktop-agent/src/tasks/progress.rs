@@ -7,7 +7,7 @@ use tandem_proto::message::{FinishStatus, TaskEvent};
 use super::{
     APPROVAL_SUMMARY_MAX, Audience, Outgoing, TaskManager, TaskUpdate, now_ms, refused, shown, to,
 };
-use crate::executor::{Control, ExecEvent};
+use crate::executor::{Control, ExecEvent, MAX_ID_LEN};
 use crate::history::HistoryError;
 use crate::peers::Scope;
 
@@ -23,11 +23,29 @@ impl TaskManager {
         }
         let event = match u.event {
             ExecEvent::Progress(text) => TaskEvent::Progress { text: shown(&text) },
-            ExecEvent::ToolCall { call_id, name, input } => TaskEvent::ToolCall {
-                call_id,
-                name: crate::text::visible(&name),
-                input: crate::executor::cap_json(crate::text::visible_json(input)),
-            },
+            ExecEvent::ToolCall { call_id, name, input } => {
+                // A file edit: its diff follows the call (before its approval).
+                let (project, executor) = (a.record.project.clone(), a.record.executor.clone());
+                let workdir = self.workdir_of(project.as_deref(), &executor);
+                let diff = crate::diffs::for_tool(&name, &input, workdir.as_deref());
+                let call = TaskEvent::ToolCall {
+                    call_id: call_id.clone(),
+                    name: crate::text::visible(&name),
+                    input: crate::executor::cap_json(crate::text::visible_json(input)),
+                };
+                let mut out = self.emit(&u.task_id, call).await?;
+                if let Some(d) = diff {
+                    let diff = TaskEvent::Diff {
+                        call_id,
+                        path: crate::text::head_tail(&crate::text::visible(&d.path), MAX_ID_LEN),
+                        diff: shown(&d.diff),
+                        added: d.added,
+                        removed: d.removed,
+                    };
+                    out.extend(self.emit(&u.task_id, diff).await?);
+                }
+                return Ok(out);
+            }
             ExecEvent::ToolResult { call_id, output, is_error } => {
                 TaskEvent::ToolResult { call_id, output: shown(&output), is_error }
             }
@@ -106,6 +124,17 @@ impl TaskManager {
         Ok(out)
     }
 
+    /// The directory a task runs in: its project's, else its executor's
+    /// own (`None`: the agent's).
+    fn workdir_of(&self, project: Option<&str>, executor: &str) -> Option<std::path::PathBuf> {
+        match project.and_then(|p| crate::projects::find(&self.options.projects, p)) {
+            Some(p) => Some(p.path.clone()),
+            None => {
+                self.executors.iter().find(|e| e.name == executor).and_then(|e| e.workdir.clone())
+            }
+        }
+    }
+
     /// The approval rule that decides `tool` for the task, if one does.
     fn rule_for(&self, task_id: &str, tool: &crate::rules::ToolUse) -> Option<crate::rules::Rule> {
         if self.options.rules.is_empty() {
@@ -113,14 +142,7 @@ impl TaskManager {
         }
         let record = &self.active.get(task_id)?.record;
         let project = record.project.as_deref();
-        let workdir = match project.and_then(|p| crate::projects::find(&self.options.projects, p)) {
-            Some(p) => Some(p.path.clone()),
-            None => self
-                .executors
-                .iter()
-                .find(|e| e.name == record.executor)
-                .and_then(|e| e.workdir.clone()),
-        };
+        let workdir = self.workdir_of(project, &record.executor);
         let cx = crate::rules::Context {
             executor: &record.executor,
             project,

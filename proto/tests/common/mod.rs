@@ -440,6 +440,15 @@ pub fn task_event() -> impl Strategy<Value = TaskEvent> {
             .prop_map(|(executor, project, text)| TaskEvent::Accepted { executor, project, text }),
         text(64).prop_map(|text| TaskEvent::FollowUp { text }),
         text(64).prop_map(|text| TaskEvent::Progress { text }),
+        (id(), id(), text(64), any::<u64>(), any::<u64>()).prop_map(
+            |(call_id, path, diff, added, removed)| TaskEvent::Diff {
+                call_id,
+                path,
+                diff,
+                added,
+                removed
+            }
+        ),
         (id(), id(), tool_input()).prop_map(|(call_id, name, input)| TaskEvent::ToolCall {
             call_id,
             name,

@@ -3,17 +3,17 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-ec2072b3005aa12c.js", "text/javascript; charset=utf-8", "code", "\"ec2072b3005aa12c3728a6d822ccbcd1\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-ec2072b3005aa12c.js"))),
-    ("/assets/app-ef9a1d30474039df.css", "text/css; charset=utf-8", "code", "\"ef9a1d30474039df39623440bb990e6d\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-ef9a1d30474039df.css"))),
+    ("/assets/app-22352d4033689672.js", "text/javascript; charset=utf-8", "code", "\"22352d4033689672c5e5055827d92129\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-22352d4033689672.js"))),
+    ("/assets/app-79b8401f3d3b3c4f.css", "text/css; charset=utf-8", "code", "\"79b8401f3d3b3c4fa806be2492900d17\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-79b8401f3d3b3c4f.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"45d0a6132fe484c6c4c17cedde1c94ea\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"5664ef7da9ed31d9758954b81095bed7\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

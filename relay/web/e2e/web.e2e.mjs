@@ -699,6 +699,25 @@ describe('web client end to end', { concurrency: false }, () => {
     assert.ok(finished.includes(realpathSync(s.run.projects.site)), `it ran in the project's directory: ${finished}`);
   });
 
+  check('8c. a file edit shows as a collapsed diff: the file, +1 −1, and each line with its line numbers', async (t) => {
+    if (!needPaired(t)) return;
+    const { page } = s.phone;
+    await submit(page, 'edit');
+    assert.equal(await waitFinished(page, 'edit task'), 'succeeded');
+    const diff = await expectVisible(page, '[data-testid=diff]', 'task screen: the diff');
+    assert.equal(await diff.getAttribute('data-path'), 'notes.txt', 'named relative to the project');
+    assert.equal(await diff.evaluate((el) => el.open), false, 'collapsed by default');
+    assert.match((await diff.locator('summary').textContent()) ?? '', /notes\.txt \+1 −1/);
+    await diff.locator('summary').tap();
+    const rows = await diff.locator('.diff-line').evaluateAll((els) =>
+      els.map((el) => [...el.children].map((c) => c.textContent).concat(el.className)),
+    );
+    assert.deepEqual(rows.find((r) => r.includes('diff-line del')), ['7', '', '-', 'line 7', 'diff-line del'], JSON.stringify(rows));
+    assert.deepEqual(rows.find((r) => r.includes('diff-line add')), ['', '7', '+', 'line seven', 'diff-line add'], JSON.stringify(rows));
+    assert.deepEqual(rows[0], ['4', '4', ' ', 'line 4', 'diff-line ctx'], 'three lines of context, numbered');
+    await screenshot(page, 'diff', '[data-testid=diff]');
+  });
+
   check('9. a follow-up shows in the thread as a follow_up event; cancel ends the task as cancelled', async (t) => {
     if (!needPaired(t)) return;
     const { page } = s.phone;

@@ -37,6 +37,7 @@ const EVENTS: Record<string, readonly Field[]> = {
   progress: [['text', 'string']],
   tool_call: [['call_id', 'string'], ['name', 'string'], ['input', 'json']],
   tool_result: [['call_id', 'string'], ['output', 'string'], ['is_error', 'bool']],
+  diff: [['call_id', 'string'], ['path', 'string'], ['diff', 'string'], ['added', 'u64'], ['removed', 'u64']],
   approval_request: [['approval_id', 'string'], ['summary', 'string'], ['detail', 'string'], ['expires_at_ms', 'u64']],
   approval_resolved: [['approval_id', 'string'], ['allow', 'bool'], ['by', 'string']],
   finished: [['status', 'string'], ['summary', 'string'], ['denied', 'strings', 'optSome']],

@@ -156,6 +156,9 @@ export function taskScreen(app: App, route: Route): Screen {
         li.append(body);
         break;
       }
+      case 'diff':
+        li.append(diffView(String(ev.path), String(ev.diff), Number(ev.added), Number(ev.removed)));
+        break;
       case 'approval_request':
         li.append(approvalCard(e));
         break;
@@ -292,4 +295,49 @@ function whoDecided(by: string, me: string): string {
   if (by === `phone:${me}`) return 'by you';
   if (by.startsWith('rule:')) return `by the desktop's rule "${by.slice(5)}"`;
   return 'from another device';
+}
+
+/**
+ * A file change as a unified diff, collapsed: the file and `+added −removed`
+ * first; opened, each line with its old and new line numbers (from the
+ * hunk headers), added and removed lines marked. Text only, never HTML.
+ */
+export function diffView(path: string, diff: string, added: number, removed: number): HTMLElement {
+  const rows = h('div', { class: 'diff-lines' });
+  let oldNo = 0;
+  let newNo = 0;
+  for (const line of diff.split('\n')) {
+    if (line.startsWith('--- ') || line.startsWith('+++ ') || line === '') continue;
+    const hunk = /^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@/.exec(line);
+    if (hunk) {
+      oldNo = Number(hunk[1]);
+      newNo = Number(hunk[2]);
+      rows.append(h('div', { class: 'diff-hunk' }, line));
+      continue;
+    }
+    const sign = line[0];
+    const text = line.slice(1);
+    let cls = 'ctx';
+    let a = '';
+    let b = '';
+    if (sign === '+') {
+      cls = 'add';
+      b = String(newNo++);
+    } else if (sign === '-') {
+      cls = 'del';
+      a = String(oldNo++);
+    } else {
+      a = String(oldNo++);
+      b = String(newNo++);
+    }
+    rows.append(
+      h('div', { class: `diff-line ${cls}` }, h('span', { class: 'no' }, a), h('span', { class: 'no' }, b), h('span', { class: 'sign' }, sign ?? ' '), h('span', { class: 'text' }, text)),
+    );
+  }
+  return h(
+    'details',
+    { class: 'diff', testid: 'diff', 'data-path': path },
+    h('summary', {}, h('span', { class: 'diff-path' }, path), ' ', h('span', { class: 'added' }, `+${added}`), ' ', h('span', { class: 'removed' }, `−${removed}`)),
+    rows,
+  );
 }
