@@ -675,6 +675,9 @@ impl Supervisor {
     fn on_control(&mut self, c: Control) {
         match c {
             Control::FollowUp(text) => self.follow_ups.push_back(text),
+            Control::Expired { approval_id } => {
+                self.on_control(Control::Decision { approval_id, allow: false });
+            }
             Control::Decision { approval_id, allow } => match self.pending.remove(&approval_id) {
                 Some(reply) => {
                     let answer = if allow {

@@ -6,7 +6,9 @@
 //! one argv element (each argument exactly equal to `{task}` is replaced; no
 //! shell, no splitting, no expansion); a [`ExecutorKind::Jsonl`] agent gets it
 //! as a JSON line on stdin; [`ExecutorKind::Claude`] runs Claude Code with the
-//! task text as the one argument after `--` (see [`crate::claude`]).
+//! task text as the one argument after `--` (see [`crate::claude`]);
+//! [`ExecutorKind::Acp`] speaks the Agent Client Protocol on stdio and gets
+//! it as a `session/prompt` (see [`crate::acp`]).
 //!
 //! Every executor runs in its own process group, so [`Control::Cancel`]
 //! reaches its children too: the group gets `SIGTERM`, then `SIGKILL` after
@@ -152,6 +154,26 @@ pub enum ExecutorKind {
         #[serde(default)]
         setting_sources: Vec<crate::claude::SettingSource>,
     },
+    /// An agent that speaks the Agent Client Protocol (TOML `type =
+    /// "acp"`): JSON-RPC 2.0 over its stdin and stdout, with this desktop as
+    /// its client. It gets `initialize` (file system read and write
+    /// advertised, no terminal), `session/new` in the project directory
+    /// (`workdir`, else the agent's own), and the task text as
+    /// `session/prompt`; a follow-up sent while it works is the next
+    /// `session/prompt` of the same session. Its `session/update`s become
+    /// progress, tool calls, tool results and plans; each
+    /// `session/request_permission` becomes an approval request (allow picks
+    /// its `allow_once` option, deny `reject_once`; a timeout or cancel
+    /// answers `cancelled`); its file requests are served inside the project
+    /// directory only; the turn's `stopReason` finishes the task. Cancel
+    /// sends `session/cancel` first. See [`crate::acp`].
+    Acp {
+        /// The program (a path, or a name looked up in `PATH`).
+        program: String,
+        /// Its arguments.
+        #[serde(default)]
+        args: Vec<String>,
+    },
 }
 
 fn default_claude_program() -> String {
@@ -243,6 +265,13 @@ pub enum Control {
         approval_id: String,
         /// Whether the step may go ahead.
         allow: bool,
+    },
+    /// No decision came in time for an [`ExecEvent::ApprovalRequest`]: a
+    /// deny for every executor but an ACP agent, which is answered
+    /// `cancelled`.
+    Expired {
+        /// The request that expired.
+        approval_id: String,
     },
     /// Stop the executor and everything it started.
     Cancel,
@@ -358,6 +387,7 @@ pub fn start(config: &ExecutorConfig, task_text: &str) -> Result<Running, ExecEr
             (program, args.iter().map(String::as_str).collect(), true)
         }
         ExecutorKind::Claude { .. } => return crate::claude::start(config, task_text, None),
+        ExecutorKind::Acp { .. } => return crate::acp::start(config, task_text),
     };
 
     let mut proc = Proc::spawn(config, program, &args, &[], jsonl)?;
@@ -403,6 +433,9 @@ pub fn resume(config: &ExecutorConfig, token: &str, text: &str) -> Result<Runnin
         }
         ExecutorKind::Jsonl { .. } => {
             Err(ExecError::Unsupported("a jsonl executor cannot resume a finished task"))
+        }
+        ExecutorKind::Acp { .. } => {
+            Err(ExecError::Unsupported("an acp executor cannot resume a finished task"))
         }
     }
 }
@@ -926,6 +959,13 @@ echo '{"type":"progress","text":"after finished"}'
                 args: vec![],
                 setting_sources: vec![]
             }
+        );
+        let acp: ExecutorConfig =
+            serde_json::from_str(r#"{"name":"a","type":"acp","program":"agent","args":["--acp"]}"#)
+                .unwrap();
+        assert_eq!(
+            acp.kind,
+            ExecutorKind::Acp { program: "agent".into(), args: vec!["--acp".into()] }
         );
     }
 }

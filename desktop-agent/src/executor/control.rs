@@ -35,6 +35,8 @@ pub(crate) enum Route {
     Jsonl(Arc<Mutex<Option<ChildStdin>>>),
     /// The Claude Code supervisor (closed once finished).
     Claude(mpsc::Sender<Control>),
+    /// The ACP supervisor (closed once finished).
+    Acp(mpsc::Sender<Control>),
 }
 
 /// A line to a JSON-lines agent.
@@ -84,6 +86,9 @@ impl Controller {
                     Control::Decision { approval_id, allow } => {
                         ToAgent::Decision { approval_id, allow: *allow }.line()?
                     }
+                    Control::Expired { approval_id } => {
+                        ToAgent::Decision { approval_id, allow: false }.line()?
+                    }
                     Control::Cancel => return Ok(()),
                 };
                 let mut stdin = stdin.lock().await;
@@ -94,7 +99,9 @@ impl Controller {
             }
             // The supervisor reads controls even while it waits for the
             // consumer, so this does not block for long.
-            Route::Claude(tx) => tx.send(c).await.map_err(|_| ExecError::NotRunning),
+            Route::Claude(tx) | Route::Acp(tx) => {
+                tx.send(c).await.map_err(|_| ExecError::NotRunning)
+            }
         }
     }
 }

@@ -1,0 +1,423 @@
+//! The `acp` executor with a real ACP agent: `@zed-industries/claude-code-acp`
+//! (Claude Code behind the Agent Client Protocol, pinned in
+//! `tests/acp-agent/package.json`, installed by `./scripts/test.sh`), run
+//! offline against a local Messages API (`tests/messages_api`), through a
+//! real `tandem up` (relay and agent) and a paired phone.
+//!
+//! What it proves: the agent's text, tool calls and tool results reach the
+//! phone; its permission request for a file write is an approval request on
+//! the phone, and the phone's answer is what happens (allowed: the file is
+//! written through Tandem's `fs/write_text_file`; denied: nothing is
+//! written and the task lists the denied step; unanswered: the timeout
+//! answers `cancelled` and nothing is written); a follow-up sent while the
+//! agent works is the next prompt of the same session; a cancel while a
+//! permission request waits ends the task `cancelled` and leaves no process
+//! of the agent's behind; reads and writes outside the project are refused
+//! (the agent reads files without asking, so this is what keeps a file
+//! outside the project from the model).
+//!
+//! The agent runs with `HOME`, `CLAUDE_CONFIG_DIR`, the XDG directories
+//! and its temporary directory inside the test's own directory, and with
+//! telemetry, error reporting, update checks and all other non-essential
+//! traffic off. `IS_SANDBOX=1`: the agent asks Claude Code to allow its
+//! "bypass permissions" mode, which Claude Code refuses to start with as
+//! root (the test machine runs tests as root) unless told it is sandboxed;
+//! Tandem never selects that mode, and every step here still asks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+mod messages_api;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Agent, Phone};
+use messages_api::{Answer, Block, Conversation, MessagesApi, Reply};
+use serde_json::{Value, json};
+use tandem_proto::message::{FinishStatus, Message, TaskEvent};
+
+/// What the scripted model writes, and where (relative to the project).
+const FILE: &str = "hello.txt";
+const CONTENT: &str = "hi from the model\n";
+
+/// What a file outside the project holds; it must never reach the model.
+const SECRET: &str = "outside-secret-4711";
+
+/// The real agent, installed from `tests/acp-agent/package-lock.json`.
+fn acp_agent() -> PathBuf {
+    let package = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/acp-agent");
+    let bin = package.join("node_modules/.bin/claude-code-acp");
+    assert!(
+        bin.exists(),
+        "the real ACP agent is missing ({}): install it with `cd {} && npm ci` \
+         (./scripts/test.sh does this before the tests)",
+        bin.display(),
+        package.display()
+    );
+    bin
+}
+
+/// The text of the last user message (the prompt, or tool results).
+fn last_user_text(c: &Conversation<'_>) -> String {
+    let Some(last) = c.messages().iter().rev().find(|m| m["role"] == "user") else {
+        return String::new();
+    };
+    match &last["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The scripted model. The prompt says what to do: `WRITE` the file in the
+/// project (after a line of text), `READ-OUTSIDE` or `WRITE-OUTSIDE` a file
+/// beside the project; a tool result is answered `ran: …` or `refused: …`;
+/// `say bye` is answered `bye`.
+fn script(project: PathBuf, outside: PathBuf) -> impl Fn(&Conversation<'_>) -> Answer {
+    move |c: &Conversation<'_>| {
+        if let Some(result) = c.tool_results().first() {
+            let verdict = if result.is_error { "refused" } else { "ran" };
+            return Answer::Message(Reply::text(format!("{verdict}: {}", result.content)));
+        }
+        let prompt = last_user_text(c);
+        let tool = |name: &str, input: Value| Block::ToolUse { name: name.into(), input };
+        let content = if prompt.contains("say bye") {
+            return Answer::Message(Reply::text("bye"));
+        } else if prompt.contains("READ-OUTSIDE") {
+            vec![tool("mcp__acp__Read", json!({"file_path": outside.join("secret.txt")}))]
+        } else if prompt.contains("WRITE-OUTSIDE") {
+            let path = outside.join("planted.txt");
+            vec![tool("mcp__acp__Write", json!({"file_path": path, "content": "planted"}))]
+        } else if prompt.contains("WRITE") {
+            let path = project.join(FILE);
+            vec![
+                Block::Text("I will write the file.".into()),
+                tool("mcp__acp__Write", json!({"file_path": path, "content": CONTENT})),
+            ]
+        } else {
+            return Answer::Message(Reply::text("ok"));
+        };
+        Answer::Message(Reply { content, stop_reason: "tool_use".into() })
+    }
+}
+
+/// A `tandem up` with an `acp` executor, and a paired phone.
+struct Setup {
+    project: PathBuf,
+    outside: PathBuf,
+    /// Set in the agent's environment: finds its processes.
+    mark: String,
+    api: MessagesApi,
+    phone: Phone,
+    _agent: Agent,
+    _dir: tempfile::TempDir,
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+async fn setup() -> Setup {
+    let bin = acp_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let project = root.join("project");
+    let outside = root.join("outside");
+    let home = root.join("home");
+    let tmp = home.join("tmp");
+    for d in [&project, &outside, &home.join(".claude"), &tmp] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(outside.join("secret.txt"), SECRET).unwrap();
+    let api = MessagesApi::start(script(project.clone(), outside.clone())).await;
+    let mark = format!("acp-test-{}-{}", std::process::id(), common::now_unix());
+    let env: Vec<(&str, String)> = vec![
+        ("HOME", home.display().to_string()),
+        ("CLAUDE_CONFIG_DIR", home.join(".claude").display().to_string()),
+        ("XDG_CONFIG_HOME", home.join(".config").display().to_string()),
+        ("XDG_CACHE_HOME", home.join(".cache").display().to_string()),
+        ("XDG_DATA_HOME", home.join(".local/share").display().to_string()),
+        ("XDG_STATE_HOME", home.join(".local/state").display().to_string()),
+        ("TMPDIR", tmp.display().to_string()),
+        ("CLAUDE_CODE_TMPDIR", tmp.display().to_string()),
+        ("ANTHROPIC_BASE_URL", api.base_url()),
+        ("ANTHROPIC_API_KEY", "sk-ant-test-not-a-key".to_owned()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+        ("DISABLE_TELEMETRY", "1".to_owned()),
+        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
+        ("DISABLE_AUTOUPDATER", "1".to_owned()),
+        ("IS_SANDBOX", "1".to_owned()),
+        ("TANDEM_ACP_TEST_MARK", mark.clone()),
+    ];
+    let env: Vec<String> =
+        env.iter().map(|(k, v)| format!("[{}, {}]", toml_str(k), toml_str(v))).collect();
+    let config = root.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[executor]]\nname = \"acp\"\ntype = \"acp\"\nprogram = {}\nworkdir = {}\n\
+             env = [{}]\n\n[agent]\napproval_timeout_secs = 5\n",
+            toml_str(bin.to_str().unwrap()),
+            toml_str(project.to_str().unwrap()),
+            env.join(", "),
+        ),
+    )
+    .unwrap();
+    let agent = Agent::up(&root, &config);
+    let phone = Phone::pair(&agent, &root).await;
+    Setup { project, outside, mark, api, phone, _agent: agent, _dir: dir }
+}
+
+/// How the phone answers approval requests.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Answering {
+    Allow,
+    Deny,
+    /// Never answer (the approval timeout decides).
+    Ignore,
+    /// Cancel the task instead.
+    Cancel,
+    /// Send a follow-up, then allow.
+    FollowUpThenAllow,
+}
+
+impl Setup {
+    /// Submits `text` as task `task` and follows it to the end.
+    async fn run(&mut self, task: &str, text: &str, answering: Answering) -> Vec<TaskEvent> {
+        self.phone.submit(task, text).await;
+        let mut seen = Vec::new();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(90), self.phone.message())
+                .await
+                .unwrap_or_else(|_| panic!("task {task} did not finish: {seen:#?}"));
+            let Message::TaskEvent { task_id, event, .. } = m else { continue };
+            assert_eq!(task_id, task);
+            seen.push(event.clone());
+            match event {
+                TaskEvent::ApprovalRequest { approval_id, .. } => {
+                    let decide = |allow| Message::ApprovalDecision {
+                        task_id: task.into(),
+                        approval_id: approval_id.clone(),
+                        allow,
+                    };
+                    match answering {
+                        Answering::Allow => self.phone.send(&decide(true)).await,
+                        Answering::Deny => self.phone.send(&decide(false)).await,
+                        Answering::Ignore => {}
+                        Answering::Cancel => {
+                            self.phone.send(&Message::Cancel { task_id: task.into() }).await;
+                        }
+                        Answering::FollowUpThenAllow => {
+                            let text = "Now say bye.".to_owned();
+                            self.phone
+                                .send(&Message::FollowUp { task_id: task.into(), text })
+                                .await;
+                            self.phone.send(&decide(true)).await;
+                        }
+                    }
+                }
+                TaskEvent::Finished { .. } => return seen,
+                _ => {}
+            }
+        }
+    }
+
+    /// Processes that carry this setup's mark in their environment (the
+    /// agent, Claude Code, anything they started).
+    fn agent_processes(&self) -> Vec<u32> {
+        let needle = format!("TANDEM_ACP_TEST_MARK={}", self.mark);
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+            if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    /// No process of the agent's is left (waits a moment for the kernel to
+    /// reap what the group kill ended).
+    async fn assert_agent_gone(&self) {
+        for _ in 0..50 {
+            if self.agent_processes().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the agent's processes are still there: {:?}", self.agent_processes());
+    }
+
+    fn written(&self) -> Option<String> {
+        std::fs::read_to_string(self.project.join(FILE)).ok()
+    }
+}
+
+fn finished(events: &[TaskEvent]) -> (FinishStatus, String, Vec<String>) {
+    match events.last() {
+        Some(TaskEvent::Finished { status, summary, denied }) => {
+            (*status, summary.clone(), denied.clone())
+        }
+        other => panic!("the task did not finish: {other:?}"),
+    }
+}
+
+fn approvals(events: &[TaskEvent]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TaskEvent::ApprovalRequest { summary, detail, .. } => {
+                Some((summary.clone(), detail.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn progress(events: &[TaskEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TaskEvent::Progress { text } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn tool_results(events: &[TaskEvent]) -> Vec<(String, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TaskEvent::ToolResult { output, is_error, .. } => Some((output.clone(), *is_error)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phone_allows_a_write_and_a_follow_up_continues_the_session() {
+    let mut s = setup().await;
+    let events = s.run("t-allow", "WRITE the file.", Answering::FollowUpThenAllow).await;
+    let path = s.project.join(FILE).display().to_string();
+    let write = format!("Write {path}");
+
+    // Text, then the tool call, then its approval, in that order.
+    let said = events
+        .iter()
+        .position(|e| matches!(e, TaskEvent::Progress { text } if text == "I will write the file."))
+        .unwrap_or_else(|| panic!("no progress text: {events:#?}"));
+    let called = events
+        .iter()
+        .position(|e| matches!(e, TaskEvent::ToolCall { name, .. } if *name == write))
+        .unwrap_or_else(|| panic!("no tool call: {events:#?}"));
+    let asked = events
+        .iter()
+        .position(|e| matches!(e, TaskEvent::ApprovalRequest { .. }))
+        .unwrap_or_else(|| panic!("no approval: {events:#?}"));
+    assert!(said < called && called < asked, "{events:#?}");
+    let TaskEvent::ToolCall { input, .. } = &events[called] else { unreachable!() };
+    assert_eq!(input["kind"], "edit");
+    assert_eq!(input["input"]["file_path"], json!(path));
+    let [(summary, detail)] = approvals(&events).try_into().unwrap();
+    assert_eq!(summary, write);
+    assert!(detail.contains("+ hi from the model"), "{detail}");
+    assert!(detail.contains("Allow (allow_once)"), "{detail}");
+
+    // Allowed: written, through Tandem's fs/write_text_file.
+    assert_eq!(s.written().as_deref(), Some(CONTENT));
+    let results = tool_results(&events);
+    assert!(matches!(results.as_slice(), [(_, false)]), "{results:?}");
+    // The follow-up went as the next prompt of the same session: the model
+    // saw the first turn with it, and its answer finished the task.
+    assert!(events.iter().any(|e| matches!(e, TaskEvent::FollowUp { .. })), "{events:#?}");
+    let (status, summary, denied) = finished(&events);
+    assert_eq!((status, summary.as_str()), (FinishStatus::Succeeded, "bye"), "{events:#?}");
+    assert!(denied.is_empty());
+    let calls = s.api.requests();
+    let bye = calls
+        .iter()
+        .filter(|c| c.is_message())
+        .find(|c| last_user_text(&c.conversation()).contains("say bye"))
+        .expect("the follow-up reached the model");
+    let earlier = bye.conversation().messages().len();
+    assert!(earlier >= 4, "the follow-up's turn carries the first one: {earlier} messages");
+    assert!(progress(&events).iter().any(|p| p.starts_with("ran: ")), "{events:#?}");
+    // The agent is stopped once the task is over.
+    s.assert_agent_gone().await;
+    s.phone.client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_or_unanswered_write_writes_nothing() {
+    let mut s = setup().await;
+    let events = s.run("t-deny", "WRITE the file.", Answering::Deny).await;
+    assert_eq!(approvals(&events).len(), 1, "{events:#?}");
+    assert_eq!(s.written(), None, "denied: nothing written");
+    let results = tool_results(&events);
+    assert!(matches!(results.as_slice(), [(_, true)]), "{results:?}");
+    let (status, _, denied) = finished(&events);
+    assert_eq!(status, FinishStatus::Succeeded, "{events:#?}");
+    let write = format!("Write {}", s.project.join(FILE).display());
+    assert_eq!(denied, vec![write.clone()], "the task says what was denied");
+    s.assert_agent_gone().await;
+
+    // Nobody answers: the approval timeout answers `cancelled`.
+    let events = s.run("t-silent", "WRITE the file.", Answering::Ignore).await;
+    assert!(
+        events.iter().any(
+            |e| matches!(e, TaskEvent::ApprovalResolved { allow: false, by, .. } if by == "timeout")
+        ),
+        "{events:#?}"
+    );
+    assert_eq!(s.written(), None, "unanswered: nothing written");
+    let (_, _, denied) = finished(&events);
+    assert_eq!(denied, vec![write]);
+    s.assert_agent_gone().await;
+    s.phone.client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_with_a_permission_pending_ends_the_task_and_the_agent() {
+    let mut s = setup().await;
+    let events = s.run("t-cancel", "WRITE the file.", Answering::Cancel).await;
+    assert_eq!(approvals(&events).len(), 1, "{events:#?}");
+    let (status, summary, _) = finished(&events);
+    assert_eq!((status, summary.as_str()), (FinishStatus::Cancelled, "cancelled"), "{events:#?}");
+    assert_eq!(s.written(), None);
+    s.assert_agent_gone().await;
+    s.phone.client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_outside_the_project_are_neither_read_nor_written() {
+    let mut s = setup().await;
+    // The agent reads without asking: Tandem's fs/read_text_file refuses.
+    let events = s.run("t-read", "READ-OUTSIDE please.", Answering::Allow).await;
+    assert!(approvals(&events).is_empty(), "{events:#?}");
+    let secret = s.outside.join("secret.txt").display().to_string();
+    let refused = format!("refused the agent's read of `{secret}`");
+    assert!(progress(&events).iter().any(|p| p.starts_with(&refused)), "{events:#?}");
+    let results = tool_results(&events);
+    assert!(matches!(results.as_slice(), [(_, true)]), "{results:?}");
+    let everything = format!("{events:?}");
+    assert!(!everything.contains(SECRET), "the secret reached the phone");
+    let calls = s.api.requests();
+    assert!(calls.iter().all(|c| !c.body.to_string().contains(SECRET)), "the model saw it");
+    assert_eq!(finished(&events).0, FinishStatus::Succeeded);
+
+    // A write outside, even allowed on the phone, is refused.
+    let events = s.run("t-write", "WRITE-OUTSIDE please.", Answering::Allow).await;
+    assert_eq!(approvals(&events).len(), 1, "{events:#?}");
+    let planted = s.outside.join("planted.txt");
+    let refused = format!("refused the agent's write to `{}`", planted.display());
+    assert!(progress(&events).iter().any(|p| p.starts_with(&refused)), "{events:#?}");
+    assert!(!planted.exists());
+    s.assert_agent_gone().await;
+    s.phone.client.close().await;
+}
