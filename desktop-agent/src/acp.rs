@@ -68,8 +68,8 @@ use tracing::debug;
 
 use crate::executor::{
     Control, Controller, DRAIN_GRACE, EXIT_GRACE, ExecError, ExecEvent, ExecutorConfig,
-    ExecutorKind, MAX_EVENT_TEXT, MAX_ID_LEN, Proc, Route, Running, Stream, cap_text,
-    describe_exit,
+    ExecutorKind, Interrupt, MAX_EVENT_TEXT, MAX_ID_LEN, Proc, Route, Running, Stream, cap_text,
+    close_controls, describe_exit, send_steered,
 };
 use connection::{FromConn, ToConn};
 use mapping::Mapper;
@@ -533,34 +533,30 @@ impl Supervisor {
     /// Sends an event; meanwhile it still takes cancels, follow-ups and
     /// decisions, so a slow consumer never blocks a [`Controller`].
     async fn emit(&mut self, event: ExecEvent) -> Option<End> {
-        let events = self.events.clone();
-        let send = events.send(event);
-        tokio::pin!(send);
-        loop {
-            tokio::select! {
-                biased;
-                sent = &mut send => return sent.err().map(|_| End::Abandoned),
-                c = self.cancel.recv() => {
-                    return Some(if c.is_some() { End::Cancelled } else { End::Abandoned });
-                }
-                c = self.controls.recv(), if self.controls_open => match c {
-                    Some(c) => self.on_control(c),
-                    None => self.controls_open = false,
-                },
-            }
+        let mut taken = Vec::new();
+        let sent = send_steered(
+            &self.events,
+            event,
+            &mut self.cancel,
+            &mut self.controls,
+            &mut self.controls_open,
+            &mut taken,
+        )
+        .await;
+        for c in taken {
+            self.on_control(c);
+        }
+        match sent {
+            Ok(()) => None,
+            Err(Interrupt::Cancelled) => Some(End::Cancelled),
+            Err(Interrupt::Abandoned) => Some(End::Abandoned),
         }
     }
 
     /// The one final event; later controls answer [`ExecError::NotRunning`].
     async fn finish(&mut self, status: FinishStatus, summary: String) {
-        self.cancel.close();
-        self.controls.close();
-        let mut lost = self.follow_ups.len();
-        while let Ok(c) = self.controls.try_recv() {
-            if matches!(c, Control::FollowUp(_)) {
-                lost += 1;
-            }
-        }
+        let (lost, _) = close_controls(&mut self.cancel, &mut self.controls);
+        let lost = lost + self.follow_ups.len();
         if lost > 0 {
             let note = "a follow-up arrived as the agent finished and did not run; send it again";
             let _ = self.events.send(ExecEvent::Progress(note.to_owned())).await;

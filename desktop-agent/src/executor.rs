@@ -38,7 +38,7 @@ use tandem_proto::message::FinishStatus;
 use tokio::sync::{Mutex, mpsc};
 
 pub use control::Controller;
-pub(crate) use control::Route;
+pub(crate) use control::{Interrupt, Route, close_controls, send_steered};
 use control::{ToAgent, write_line};
 use output::parse_agent_line;
 pub(crate) use output::{cap_json, cap_text, describe_exit};

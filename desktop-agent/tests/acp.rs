@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Agent, Phone};
-use messages_api::{Answer, Block, Conversation, MessagesApi, Reply};
+use messages_api::{Answer, Block, Conversation, MessagesApi, Reply, toml_str};
 use serde_json::{Value, json};
 use tandem_proto::message::{FinishStatus, Message, TaskEvent};
 
@@ -118,10 +118,6 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
-}
-
 async fn setup() -> Setup {
     let bin = acp_agent();
     let dir = tempfile::tempdir().unwrap();
@@ -136,26 +132,9 @@ async fn setup() -> Setup {
     std::fs::write(outside.join("secret.txt"), SECRET).unwrap();
     let api = MessagesApi::start(script(project.clone(), outside.clone())).await;
     let mark = format!("acp-test-{}-{}", std::process::id(), common::now_unix());
-    let env: Vec<(&str, String)> = vec![
-        ("HOME", home.display().to_string()),
-        ("CLAUDE_CONFIG_DIR", home.join(".claude").display().to_string()),
-        ("XDG_CONFIG_HOME", home.join(".config").display().to_string()),
-        ("XDG_CACHE_HOME", home.join(".cache").display().to_string()),
-        ("XDG_DATA_HOME", home.join(".local/share").display().to_string()),
-        ("XDG_STATE_HOME", home.join(".local/state").display().to_string()),
-        ("TMPDIR", tmp.display().to_string()),
-        ("CLAUDE_CODE_TMPDIR", tmp.display().to_string()),
-        ("ANTHROPIC_BASE_URL", api.base_url()),
-        ("ANTHROPIC_API_KEY", "sk-ant-test-not-a-key".to_owned()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-        ("DISABLE_TELEMETRY", "1".to_owned()),
-        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
-        ("DISABLE_AUTOUPDATER", "1".to_owned()),
-        ("IS_SANDBOX", "1".to_owned()),
-        ("TANDEM_ACP_TEST_MARK", mark.clone()),
-    ];
-    let env: Vec<String> =
-        env.iter().map(|(k, v)| format!("[{}, {}]", toml_str(k), toml_str(v))).collect();
+    let mut env = messages_api::offline_env(&home, api.base_url(), "sk-ant-test-not-a-key");
+    env.extend([("IS_SANDBOX", "1".to_owned()), ("TANDEM_ACP_TEST_MARK", mark.clone())]);
+    let env = messages_api::toml_env(&env);
     let config = root.join("config.toml");
     std::fs::write(
         &config,
@@ -164,7 +143,7 @@ async fn setup() -> Setup {
              env = [{}]\n\n[agent]\napproval_timeout_secs = 5\n",
             toml_str(bin.to_str().unwrap()),
             toml_str(project.to_str().unwrap()),
-            env.join(", "),
+            env,
         ),
     )
     .unwrap();

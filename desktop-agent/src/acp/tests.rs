@@ -63,7 +63,6 @@ for line in sys.stdin:
             send({"jsonrpc": "2.0", "id": 60, "method": "fs/read_text_file", "params": {"sessionId": sid, "path": "/etc/passwd"}})
             send({"jsonrpc": "2.0", "id": 61, "method": "fs/write_text_file", "params": {"sessionId": sid, "path": cwd + "/../escape.txt", "content": "x"}})
             send({"jsonrpc": "2.0", "id": 62, "method": "fs/write_text_file", "params": {"sessionId": sid, "path": cwd + "/in/side.txt", "content": "one\ntwo\n"}})
-            send({"jsonrpc": "2.0", "id": 63, "method": "fs/read_text_file", "params": {"sessionId": sid, "path": cwd + "/in/side.txt", "line": 2, "limit": 1}})
             send({"jsonrpc": "2.0", "id": 64, "method": "terminal/create", "params": {"sessionId": sid, "command": "ls"}})
         elif mode == "deaf":
             say(sid, "deaf")  # and never answers the prompt
@@ -85,6 +84,8 @@ for line in sys.stdin:
     elif method is None and m.get("id") in (60, 61, 62, 63, 64):
         say(sid, "fs %d %s\n" % (m["id"], json.dumps(m.get("result", m.get("error")), sort_keys=True)))
         answers.add(m["id"])
+        if m["id"] == 62:  # written: read it back (requests are served concurrently)
+            send({"jsonrpc": "2.0", "id": 63, "method": "fs/read_text_file", "params": {"sessionId": sid, "path": os.getcwd() + "/in/side.txt", "line": 2, "limit": 1}})
         if len(answers) == 5:
             send({"jsonrpc": "2.0", "id": prompt_id, "result": {"stopReason": "end_turn"}})
 "#;
