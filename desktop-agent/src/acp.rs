@@ -94,6 +94,11 @@ const CONTROL_BUFFER: usize = 16;
 /// Longest line of the agent's quoted in a failure.
 const QUOTE_MAX: usize = 200;
 
+/// Largest message the agent may send, in bytes of its JSON line: room for
+/// a file write of [`fs::MAX_FILE_BYTES`] with its JSON escapes. A longer
+/// line is cut when read, and fails the task.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Starts an ACP task for `config` with `text` as its first prompt. Called
 /// by [`crate::executor::start`].
 ///
@@ -114,7 +119,7 @@ pub fn start(config: &ExecutorConfig, text: &str) -> Result<Running, ExecError> 
         path: dir.clone(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let mut proc = Proc::spawn(config, program, args, &[], true)?;
+    let mut proc = Proc::spawn_capped(config, program, args, &[], true, MAX_MESSAGE_BYTES)?;
 
     // agent stdout → supervisor (tap) → `wire` → library; library →
     // `to_agent` → agent stdin.
@@ -293,6 +298,13 @@ impl Supervisor {
     async fn on_stdout(&mut self, line: String) -> Option<End> {
         if line.trim().is_empty() {
             return None;
+        }
+        if line.len() >= MAX_MESSAGE_BYTES {
+            let why = format!(
+                "the agent sent a message larger than {} MiB, which is more than this desktop takes",
+                MAX_MESSAGE_BYTES / (1024 * 1024)
+            );
+            return Some(self.failed(&why).await);
         }
         let message = match serde_json::from_str::<Value>(&line) {
             Ok(Value::Object(m)) if m.contains_key("method") || m.contains_key("id") => m,

@@ -359,6 +359,24 @@ async fn a_denied_or_unanswered_write_writes_nothing() {
     assert_eq!(denied, vec![write]);
     s.assert_agent_gone().await;
     s.phone.client.close().await;
+
+    // Both approvals are in the audit log as every executor's are: asked,
+    // then decided by the phone and by the timeout.
+    let log = std::fs::read_to_string(s.project.parent().unwrap().join("audit.log")).unwrap();
+    let entries: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let of = |task: &str, event: &str| {
+        entries
+            .iter()
+            .filter(|e| e["task_id"] == task && e["event"] == event)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    for task in ["t-deny", "t-silent"] {
+        assert_eq!(of(task, "approval_requested").len(), 1, "{task}: {log}");
+        let decided = of(task, "approval_decided");
+        assert!(matches!(decided.as_slice(), [d] if d["allow"] == false), "{task}: {log}");
+    }
+    assert_eq!(of("t-silent", "approval_decided")[0]["by"], "timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

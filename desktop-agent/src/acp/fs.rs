@@ -19,7 +19,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 /// Largest file read or written for an agent, in bytes.
-pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Why a file request was refused.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use tandem_proto::message::FinishStatus;
 
 use crate::executor::{Control, ExecEvent, ExecutorConfig, ExecutorKind, Running};
 
-/// The peer. Modes (argv[1]): `garbage`, `exit`, `stop:<reason>`, `perm`,
+/// The peer. Modes (argv[1]): `garbage`, `huge`, `exit`, `stop:<reason>`, `perm`,
 /// `fs`, `cancel`, `deaf`.
 const PEER: &str = r#"
 import json, os, sys
@@ -25,6 +25,8 @@ def say(sid, text):
           "update": {"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": text}}}})
 if mode == "garbage":
     print("this is not json", flush=True)
+if mode == "huge":
+    sys.stdout.write('{"jsonrpc": "2.0", "method": "x", "params": "' + "x" * (17 * 1024 * 1024) + '"}\n'); sys.stdout.flush()
 if mode == "exit":
     sys.stderr.write("boom\n"); sys.stderr.flush(); sys.exit(3)
 sid = "s1"; prompt_id = None; asked = 0; answers = set(); seen = []
@@ -175,6 +177,9 @@ async fn a_peer_that_breaks_the_protocol_or_exits_fails_the_task() {
         summary.contains("broke the protocol") && summary.contains("this is not json"),
         "{summary}"
     );
+    let (status, summary) = finish(&run("huge").await);
+    assert_eq!(status, FinishStatus::Failed);
+    assert!(summary.contains("larger than 16 MiB"), "{summary}");
     let (status, summary) = finish(&run("exit").await);
     assert_eq!(status, FinishStatus::Failed);
     assert!(summary.contains("exit code 3") && summary.contains("last stderr: boom"), "{summary}");
