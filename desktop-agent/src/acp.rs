@@ -9,7 +9,11 @@
 //! (absolute, canonical) and the task text as `session/prompt`. A follow-up
 //! sent while the agent works is queued and goes as the next
 //! `session/prompt` of the same session when the current one ends; the
-//! task finishes once, after the last.
+//! task finishes once, after the last. The session id makes the task
+//! resumable: a follow-up after the finish starts the agent again and, if
+//! it has the `loadSession` capability, loads that session
+//! (`session/load`; the history it replays is not shown again) and prompts
+//! it; an agent without it fails that follow-up and says why.
 //!
 //! **Updates.** `session/update` notifications become progress, tool calls,
 //! tool results and plans on the phone (`acp/mapping.rs`). They are read from the
@@ -99,15 +103,21 @@ const QUOTE_MAX: usize = 200;
 /// line is cut when read, and fails the task.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Starts an ACP task for `config` with `text` as its first prompt. Called
-/// by [`crate::executor::start`].
+/// Starts an ACP task for `config` with `text` as its first prompt, in a new
+/// session or, with `resume`, in that earlier one (`session/load`, when the
+/// agent can). Called by [`crate::executor::start`] and
+/// [`crate::executor::resume`].
 ///
 /// # Errors
 /// [`ExecError::Unsupported`] if `config` is not an ACP executor,
 /// [`ExecError::Workdir`] if the project directory cannot be resolved,
 /// [`ExecError::Spawn`] as for any executor, [`ExecError::Setup`] if the
 /// protocol's thread cannot start.
-pub fn start(config: &ExecutorConfig, text: &str) -> Result<Running, ExecError> {
+pub fn start(
+    config: &ExecutorConfig,
+    text: &str,
+    resume: Option<&str>,
+) -> Result<Running, ExecError> {
     let ExecutorKind::Acp { program, args } = &config.kind else {
         return Err(ExecError::Unsupported("not an ACP executor"));
     };
@@ -134,7 +144,8 @@ pub fn start(config: &ExecutorConfig, text: &str) -> Result<Running, ExecError> 
     }
     let (from_tx, from_conn) = mpsc::unbounded_channel();
     let (to_conn, to_rx) = mpsc::unbounded_channel();
-    connection::spawn(project, from_agent, to_agent, from_tx, to_rx).map_err(ExecError::Setup)?;
+    let ends = connection::Ends { from_agent, to_agent, tx: from_tx, rx: to_rx };
+    connection::spawn(project, resume.map(str::to_owned), ends).map_err(ExecError::Setup)?;
 
     let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
     let (cancel_tx, cancel) = mpsc::channel(1);
@@ -315,7 +326,10 @@ impl Supervisor {
                 return Some(self.failed(&why).await);
             }
         };
-        if message.get("method").and_then(Value::as_str) == Some("session/update")
+        // Before the session is ready, updates replay a loaded session's
+        // history: the phone has it already.
+        if self.first_prompt.is_none()
+            && message.get("method").and_then(Value::as_str) == Some("session/update")
             && !message.contains_key("id")
             && let Some(update) = message.get("params").and_then(|p| p.get("update"))
         {
@@ -348,10 +362,16 @@ impl Supervisor {
     /// Something from the protocol thread.
     async fn on_conn(&mut self, m: FromConn) -> Option<End> {
         match m {
-            FromConn::Ready => {
+            FromConn::Ready(session) => {
                 let text = self.first_prompt.take().unwrap_or_default();
                 self.prompt(text);
-                None
+                if session.is_empty()
+                    || session.len() > MAX_ID_LEN
+                    || session.chars().any(char::is_control)
+                {
+                    return None;
+                }
+                self.emit(ExecEvent::Resumable { token: session }).await
             }
             FromConn::Failed(why) => Some(self.failed(&why).await),
             FromConn::Refused(what) => self.emit(ExecEvent::Progress(what)).await,
@@ -472,7 +492,7 @@ impl Supervisor {
                         let _ = reply.send(RequestPermissionOutcome::Cancelled);
                     }
                     Some(FromConn::PromptDone(_) | FromConn::Failed(_)) | None => return,
-                    Some(FromConn::Ready | FromConn::Refused(_)) => {}
+                    Some(FromConn::Ready(_) | FromConn::Refused(_)) => {}
                 },
             }
         }

@@ -166,7 +166,10 @@ pub enum ExecutorKind {
     /// its `allow_once` option, deny `reject_once`; a timeout or cancel
     /// answers `cancelled`); its file requests are served inside the project
     /// directory only; the turn's `stopReason` finishes the task. Cancel
-    /// sends `session/cancel` first. See [`crate::acp`].
+    /// sends `session/cancel` first. Its session id makes the task
+    /// resumable: a follow-up after the finish loads the session
+    /// (`session/load`, if the agent can) and prompts it. See
+    /// [`crate::acp`].
     Acp {
         /// The program (a path, or a name looked up in `PATH`).
         program: String,
@@ -238,8 +241,9 @@ pub enum ExecEvent {
         /// Tool names, as the agent reported them.
         tools: Vec<String>,
     },
-    /// The task can be continued after it finishes (Claude Code's session
-    /// id): a follow-up that arrives later starts it again with [`resume`].
+    /// The task can be continued after it finishes (Claude Code's or an ACP
+    /// agent's session id): a follow-up that arrives later starts it again
+    /// with [`resume`].
     Resumable {
         /// Opaque to everything but the executor kind that issued it.
         token: String,
@@ -387,7 +391,7 @@ pub fn start(config: &ExecutorConfig, task_text: &str) -> Result<Running, ExecEr
             (program, args.iter().map(String::as_str).collect(), true)
         }
         ExecutorKind::Claude { .. } => return crate::claude::start(config, task_text, None),
-        ExecutorKind::Acp { .. } => return crate::acp::start(config, task_text),
+        ExecutorKind::Acp { .. } => return crate::acp::start(config, task_text, None),
     };
 
     let mut proc = Proc::spawn(config, program, &args, &[], jsonl)?;
@@ -419,8 +423,9 @@ pub fn start(config: &ExecutorConfig, task_text: &str) -> Result<Running, ExecEr
 }
 
 /// Continues a finished task of `config` with a follow-up `text`, from the
-/// `token` an earlier run reported in [`ExecEvent::Resumable`]. Only Claude
-/// Code executors resume (`--resume <session>`).
+/// `token` an earlier run reported in [`ExecEvent::Resumable`]. Claude Code
+/// executors resume with `--resume <session>`, ACP executors with
+/// `session/load`.
 ///
 /// # Errors
 /// [`ExecError::Unsupported`] for executor kinds that cannot resume; as
@@ -434,9 +439,7 @@ pub fn resume(config: &ExecutorConfig, token: &str, text: &str) -> Result<Runnin
         ExecutorKind::Jsonl { .. } => {
             Err(ExecError::Unsupported("a jsonl executor cannot resume a finished task"))
         }
-        ExecutorKind::Acp { .. } => {
-            Err(ExecError::Unsupported("an acp executor cannot resume a finished task"))
-        }
+        ExecutorKind::Acp { .. } => crate::acp::start(config, text, Some(token)),
     }
 }
 

@@ -10,7 +10,8 @@
 //! written through Tandem's `fs/write_text_file`; denied: nothing is
 //! written and the task lists the denied step; unanswered: the timeout
 //! answers `cancelled` and nothing is written); a follow-up sent while the
-//! agent works is the next prompt of the same session; a cancel while a
+//! agent works is the next prompt of the same session, and one sent after
+//! the finish loads that session into a new agent process; a cancel while a
 //! permission request waits ends the task `cancelled` and leaves no process
 //! of the agent's behind; reads and writes outside the project are refused
 //! (the agent reads files without asking, so this is what keeps a file
@@ -169,6 +170,11 @@ impl Setup {
     /// Submits `text` as task `task` and follows it to the end.
     async fn run(&mut self, task: &str, text: &str, answering: Answering) -> Vec<TaskEvent> {
         self.phone.submit(task, text).await;
+        self.follow(task, answering).await
+    }
+
+    /// Task `task`'s events until it finishes.
+    async fn follow(&mut self, task: &str, answering: Answering) -> Vec<TaskEvent> {
         let mut seen = Vec::new();
         loop {
             let m = tokio::time::timeout(Duration::from_secs(90), self.phone.message())
@@ -328,6 +334,26 @@ async fn the_phone_allows_a_write_and_a_follow_up_continues_the_session() {
     assert!(earlier >= 4, "the follow-up's turn carries the first one: {earlier} messages");
     assert!(progress(&events).iter().any(|p| p.starts_with("ran: ")), "{events:#?}");
     // The agent is stopped once the task is over.
+    s.assert_agent_gone().await;
+
+    // A follow-up after the finish starts the agent again on the same
+    // session (`session/load`): the model sees the whole conversation, and
+    // the history the agent replays is not shown again.
+    let text = "Please say bye once more.".to_owned();
+    s.phone.send(&Message::FollowUp { task_id: "t-allow".into(), text }).await;
+    let events = s.follow("t-allow", Answering::Deny).await;
+    let (status, summary, _) = finished(&events);
+    assert_eq!((status, summary.as_str()), (FinishStatus::Succeeded, "bye"), "{events:#?}");
+    assert_eq!(progress(&events), vec!["bye".to_owned()], "{events:#?}");
+    let again = s
+        .api
+        .requests()
+        .into_iter()
+        .filter(|c| c.is_message())
+        .find(|c| last_user_text(&c.conversation()).contains("once more"))
+        .expect("the second follow-up reached the model");
+    let messages = again.conversation().messages().len();
+    assert!(messages > earlier, "the resumed session carries the earlier turns: {messages}");
     s.assert_agent_gone().await;
     s.phone.client.close().await;
 }

@@ -8,7 +8,8 @@
 //! runtimes.
 //!
 //! Here: `initialize` (file system read and write advertised, no
-//! terminal), `session/new` in the project directory, one `session/prompt`
+//! terminal), `session/new` in the project directory (or `session/load` of
+//! an earlier session, when the agent can), one `session/prompt`
 //! per [`ToConn::Prompt`], `session/cancel` on [`ToConn::Cancel`]; the
 //! agent's `session/request_permission` goes to the supervisor and waits
 //! for its answer (none means `cancelled`); `fs/read_text_file` and
@@ -23,10 +24,10 @@ use std::sync::Arc;
 
 use agent_client_protocol::{
     self as acp, Agent as _, ClientCapabilities, ClientSideConnection, FileSystemCapabilities,
-    Implementation, InitializeRequest, NewSessionRequest, PromptRequest, ProtocolVersion,
-    ReadTextFileRequest, ReadTextFileResponse, RequestPermissionOutcome, RequestPermissionRequest,
-    RequestPermissionResponse, SessionNotification, StopReason, WriteTextFileRequest,
-    WriteTextFileResponse,
+    Implementation, InitializeRequest, LoadSessionRequest, NewSessionRequest, PromptRequest,
+    ProtocolVersion, ReadTextFileRequest, ReadTextFileResponse, RequestPermissionOutcome,
+    RequestPermissionRequest, RequestPermissionResponse, SessionId, SessionNotification,
+    StopReason, WriteTextFileRequest, WriteTextFileResponse,
 };
 use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot};
@@ -54,8 +55,9 @@ pub(crate) enum ToConn {
 /// What the connection tells the supervisor.
 #[derive(Debug)]
 pub(crate) enum FromConn {
-    /// `initialize` and `session/new` succeeded.
-    Ready,
+    /// `initialize` and `session/new` (or `session/load`) succeeded: the
+    /// session's id.
+    Ready(String),
     /// They did not (the text says what failed).
     Failed(String),
     /// A `session/prompt` ended: its stop reason, or its error.
@@ -71,40 +73,39 @@ pub(crate) enum FromConn {
     Refused(String),
 }
 
-/// Starts the connection's thread. `from_agent` carries the agent's
-/// stdout, `to_agent` goes to its stdin.
+/// The connection's ends: the agent's stdout in, its stdin out, and the
+/// supervisor's channels.
+pub(crate) struct Ends {
+    pub(crate) from_agent: DuplexStream,
+    pub(crate) to_agent: DuplexStream,
+    pub(crate) tx: mpsc::UnboundedSender<FromConn>,
+    pub(crate) rx: mpsc::UnboundedReceiver<ToConn>,
+}
+
+/// Starts the connection's thread: a new session in `project`, or with
+/// `resume`, that earlier session loaded (`session/load`).
 ///
 /// # Errors
 /// The thread could not be started.
-pub(crate) fn spawn(
-    project: Project,
-    from_agent: DuplexStream,
-    to_agent: DuplexStream,
-    tx: mpsc::UnboundedSender<FromConn>,
-    rx: mpsc::UnboundedReceiver<ToConn>,
-) -> std::io::Result<()> {
+pub(crate) fn spawn(project: Project, resume: Option<String>, ends: Ends) -> std::io::Result<()> {
     std::thread::Builder::new().name("tandem-acp".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
-                let _ = tx.send(FromConn::Failed(format!("could not start the ACP client: {e}")));
+                let why = format!("could not start the ACP client: {e}");
+                let _ = ends.tx.send(FromConn::Failed(why));
                 return;
             }
         };
-        LocalSet::new().block_on(&runtime, drive(project, from_agent, to_agent, tx, rx));
+        LocalSet::new().block_on(&runtime, drive(project, resume, ends));
     })?;
     Ok(())
 }
 
 /// The connection's life: set up, then prompts and cancels until the
 /// supervisor lets go of its sender.
-async fn drive(
-    project: Project,
-    from_agent: DuplexStream,
-    to_agent: DuplexStream,
-    tx: mpsc::UnboundedSender<FromConn>,
-    mut rx: mpsc::UnboundedReceiver<ToConn>,
-) {
+async fn drive(project: Project, resume: Option<String>, ends: Ends) {
+    let Ends { from_agent, to_agent, tx, mut rx } = ends;
     let root = project.root().to_owned();
     let client = TandemClient { project: Arc::new(project), tx: tx.clone() };
     let (conn, io) =
@@ -124,18 +125,34 @@ async fn drive(
     let init = InitializeRequest::new(ProtocolVersion::V1)
         .client_capabilities(capabilities)
         .client_info(Implementation::new("tandem", env!("CARGO_PKG_VERSION")));
-    if let Err(e) = conn.initialize(init).await {
-        let _ = tx.send(FromConn::Failed(format!("the agent did not initialize: {e}")));
-        return;
-    }
-    let session = match conn.new_session(NewSessionRequest::new(root)).await {
-        Ok(s) => s.session_id,
+    let can_load = match conn.initialize(init).await {
+        Ok(init) => init.agent_capabilities.load_session,
+        Err(e) => {
+            let _ = tx.send(FromConn::Failed(format!("the agent did not initialize: {e}")));
+            return;
+        }
+    };
+    let session = match resume {
+        None => conn.new_session(NewSessionRequest::new(root)).await.map(|s| s.session_id),
+        Some(id) if can_load => {
+            let id = SessionId::from(id);
+            conn.load_session(LoadSessionRequest::new(id.clone(), root)).await.map(|_| id)
+        }
+        Some(_) => {
+            let why = "the agent cannot load an earlier session (no `loadSession` capability), \
+                       so a finished task cannot be continued";
+            let _ = tx.send(FromConn::Failed(why.to_owned()));
+            return;
+        }
+    };
+    let session = match session {
+        Ok(session) => session,
         Err(e) => {
             let _ = tx.send(FromConn::Failed(format!("the agent did not open a session: {e}")));
             return;
         }
     };
-    let _ = tx.send(FromConn::Ready);
+    let _ = tx.send(FromConn::Ready(session.0.to_string()));
 
     while let Some(command) = rx.recv().await {
         match command {

@@ -41,10 +41,16 @@ for line in sys.stdin:
         caps = m["params"]["clientCapabilities"]
         assert caps["fs"] == {"readTextFile": True, "writeTextFile": True}, caps
         assert caps.get("terminal") in (None, False), caps
-        send({"jsonrpc": "2.0", "id": m["id"], "result": {"protocolVersion": 1}})
+        load = len(sys.argv) < 3 or sys.argv[2] != "noload"
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {"protocolVersion": 1,
+              "agentCapabilities": {"loadSession": load}}})
     elif method == "session/new":
         assert os.path.isabs(m["params"]["cwd"]) and os.path.samefile(m["params"]["cwd"], os.getcwd())
         send({"jsonrpc": "2.0", "id": m["id"], "result": {"sessionId": sid}})
+    elif method == "session/load":
+        sid = m["params"]["sessionId"]
+        say(sid, "replayed history")
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {}})
     elif method == "session/prompt":
         prompt_id = m["id"]
         text = m["params"]["prompt"][0]["text"]
@@ -155,7 +161,7 @@ async fn run(mode: &str) -> Vec<ExecEvent> {
 #[tokio::test]
 async fn stop_reasons_decide_the_finish() {
     let events = run("stop:end_turn").await;
-    assert_eq!(events[0], ExecEvent::Progress("partial answer to the task".into()));
+    assert_eq!(events[1], ExecEvent::Progress("partial answer to the task".into()));
     assert_eq!(finish(&events), (FinishStatus::Succeeded, "partial answer to the task".into()));
     for (reason, status, words) in [
         ("max_tokens", FinishStatus::Failed, "token limit"),
@@ -302,6 +308,7 @@ async fn an_agent_that_ignores_the_cancel_is_stopped_after_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let mut r = crate::executor::start(&config(dir.path(), "deaf"), "t").unwrap();
     // The prompt is out once the agent says something.
+    assert_eq!(next(&mut r).await, ExecEvent::Resumable { token: "s1".into() });
     assert_eq!(next(&mut r).await, ExecEvent::Progress("deaf".into()));
     let started = std::time::Instant::now();
     r.control(Control::Cancel).await.unwrap();
@@ -309,4 +316,38 @@ async fn an_agent_that_ignores_the_cancel_is_stopped_after_the_grace() {
     assert_eq!(finish(&events), (FinishStatus::Cancelled, "cancelled".into()));
     let took = started.elapsed();
     assert!(took >= super::CANCEL_GRACE && took < super::CANCEL_GRACE * 3, "{took:?}");
+}
+
+#[tokio::test]
+async fn a_finished_task_resumes_by_loading_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "stop:end_turn");
+    let first = {
+        let mut r = crate::executor::start(&config, "one").unwrap();
+        all(&mut r).await
+    };
+    assert_eq!(first[0], ExecEvent::Resumable { token: "s1".into() });
+    let mut r = crate::executor::resume(&config, "earlier-session", "two").unwrap();
+    let events = all(&mut r).await;
+    // The replayed history is not shown again; the session is the loaded one.
+    assert_eq!(
+        events,
+        vec![
+            ExecEvent::Resumable { token: "earlier-session".into() },
+            ExecEvent::Progress("partial answer to two".into()),
+            ExecEvent::Finished {
+                status: FinishStatus::Succeeded,
+                summary: "partial answer to two".into()
+            },
+        ]
+    );
+    // An agent that cannot load sessions says so.
+    let mut noload = config.clone();
+    if let ExecutorKind::Acp { args, .. } = &mut noload.kind {
+        args.push("noload".into());
+    }
+    let mut r = crate::executor::resume(&noload, "earlier-session", "two").unwrap();
+    let (status, summary) = finish(&all(&mut r).await);
+    assert_eq!(status, FinishStatus::Failed);
+    assert!(summary.contains("cannot load an earlier session"), "{summary}");
 }
