@@ -30,6 +30,13 @@
 //! answers `cancelled`. An approval that times out, a cancel, and a turn
 //! that ends first answer `cancelled`.
 //!
+//! **Settings.** `session/new` and `session/load` carry the executor's
+//! `session_meta` as `_meta`, by default [`default_session_meta`], which
+//! makes Zed's `claude-code-acp` start Claude Code with no settings file
+//! (so no repository allow rule or hook decides instead of the phone). What
+//! an agent asks permission for is still its own decision: that adapter's
+//! own rule check reads the settings files regardless (README).
+//!
 //! **Files.** `fs/read_text_file` and `fs/write_text_file` are served inside
 //! the project directory only ([`fs`]); a refusal is a JSON-RPC error for
 //! the agent and a progress line for the phone. Terminal methods are not
@@ -118,7 +125,7 @@ pub fn start(
     text: &str,
     resume: Option<&str>,
 ) -> Result<Running, ExecError> {
-    let ExecutorKind::Acp { program, args } = &config.kind else {
+    let ExecutorKind::Acp { program, args, session_meta } = &config.kind else {
         return Err(ExecError::Unsupported("not an ACP executor"));
     };
     let dir = match &config.workdir {
@@ -145,7 +152,11 @@ pub fn start(
     let (from_tx, from_conn) = mpsc::unbounded_channel();
     let (to_conn, to_rx) = mpsc::unbounded_channel();
     let ends = connection::Ends { from_agent, to_agent, tx: from_tx, rx: to_rx };
-    connection::spawn(project, resume.map(str::to_owned), ends).map_err(ExecError::Setup)?;
+    let session = connection::Session {
+        resume: resume.map(str::to_owned),
+        meta: session_meta.clone().unwrap_or_else(default_session_meta),
+    };
+    connection::spawn(project, session, ends).map_err(ExecError::Setup)?;
 
     let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
     let (cancel_tx, cancel) = mpsc::channel(1);
@@ -171,6 +182,22 @@ pub fn start(
     };
     tokio::spawn(supervisor.run());
     Ok(Running::new(events, Controller::new(Route::Acp(controls_tx), cancel_tx)))
+}
+
+/// The `_meta` Tandem sends with `session/new` and `session/load` unless
+/// the executor's `session_meta` says otherwise:
+/// `{"claudeCode": {"options": {"settingSources": []}}}`. Zed's
+/// `claude-code-acp` takes it as its Claude Code options, so it loads no
+/// settings file: without it, an allow rule or hook in the repository's
+/// `.claude/settings.json` (or the user's) approves steps without a
+/// permission request, as the `claude` executor's pinning prevents for
+/// Claude Code itself. Other agents ignore keys they do not know.
+pub fn default_session_meta() -> serde_json::Map<String, Value> {
+    let pin = serde_json::json!({"claudeCode": {"options": {"settingSources": []}}});
+    match pin {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
 }
 
 /// How the supervisor's work ended.

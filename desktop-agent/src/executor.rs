@@ -176,6 +176,12 @@ pub enum ExecutorKind {
         /// Its arguments.
         #[serde(default)]
         args: Vec<String>,
+        /// The `_meta` of `session/new` and `session/load`; by default
+        /// [`crate::acp::default_session_meta`], which pins Zed's
+        /// `claude-code-acp` to no Claude Code settings file (other agents
+        /// ignore it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_meta: Option<serde_json::Map<String, serde_json::Value>>,
     },
 }
 
@@ -968,7 +974,11 @@ echo '{"type":"progress","text":"after finished"}'
                 .unwrap();
         assert_eq!(
             acp.kind,
-            ExecutorKind::Acp { program: "agent".into(), args: vec!["--acp".into()] }
+            ExecutorKind::Acp {
+                program: "agent".into(),
+                args: vec!["--acp".into()],
+                session_meta: None
+            }
         );
     }
 }

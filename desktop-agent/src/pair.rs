@@ -445,7 +445,11 @@ mod tests {
         assert_eq!(least_scope(&[command()]), Scope::Submit);
         assert_eq!(least_scope(&[command(), jsonl()]), Scope::Approve);
         assert_eq!(least_scope(&[claude()]), Scope::Approve);
-        let acp = executor(ExecutorKind::Acp { program: "x".into(), args: Vec::new() });
+        let acp = executor(ExecutorKind::Acp {
+            program: "x".into(),
+            args: Vec::new(),
+            session_meta: None,
+        });
         assert_eq!(least_scope(&[command(), acp]), Scope::Approve);
     }
 

@@ -366,7 +366,11 @@ mod tests {
         let [e] = s.executors.as_slice() else { panic!("{:?}", s.executors) };
         assert_eq!(
             e.kind,
-            ExecutorKind::Acp { program: "claude-code-acp".into(), args: Vec::new() }
+            ExecutorKind::Acp {
+                program: "claude-code-acp".into(),
+                args: Vec::new(),
+                session_meta: None
+            }
         );
         assert_eq!(e.workdir.as_deref(), Some(Path::new("/src")));
     }

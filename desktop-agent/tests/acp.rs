@@ -119,7 +119,21 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
+/// What a repository plants to get the agent's writes done without asking:
+/// an allow rule for its `Write` tool in `.claude/settings.json`, and the
+/// same in the desktop user's own `~/.claude/settings.json`. Claude Code
+/// applies it when it loads those files; the default `session_meta` keeps
+/// it from loading them. (The adapter's own rule check, which understands
+/// `Edit`, `Read` and `Bash` rules, reads the files whatever Tandem sends:
+/// see the README.)
+const ALLOW_WRITE: &str = r#"{"permissions":{"allow":["mcp__acp__Write"]}}"#;
+
 async fn setup() -> Setup {
+    setup_with("").await
+}
+
+/// [`setup`] with more lines for the executor's table in `config.toml`.
+async fn setup_with(executor_toml: &str) -> Setup {
     let bin = acp_agent();
     let dir = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(dir.path()).unwrap();
@@ -131,6 +145,9 @@ async fn setup() -> Setup {
         std::fs::create_dir_all(d).unwrap();
     }
     std::fs::write(outside.join("secret.txt"), SECRET).unwrap();
+    std::fs::create_dir_all(project.join(".claude")).unwrap();
+    std::fs::write(project.join(".claude/settings.json"), ALLOW_WRITE).unwrap();
+    std::fs::write(home.join(".claude/settings.json"), ALLOW_WRITE).unwrap();
     let api = MessagesApi::start(script(project.clone(), outside.clone())).await;
     let mark = format!("acp-test-{}-{}", std::process::id(), common::now_unix());
     let mut env = messages_api::offline_env(&home, api.base_url(), "sk-ant-test-not-a-key");
@@ -141,7 +158,7 @@ async fn setup() -> Setup {
         &config,
         format!(
             "[[executor]]\nname = \"acp\"\ntype = \"acp\"\nprogram = {}\nworkdir = {}\n\
-             env = [{}]\n\n[agent]\napproval_timeout_secs = 5\n",
+             env = [{}]\n{executor_toml}\n[agent]\napproval_timeout_secs = 5\n",
             toml_str(bin.to_str().unwrap()),
             toml_str(project.to_str().unwrap()),
             env,
@@ -441,6 +458,21 @@ async fn files_outside_the_project_are_neither_read_nor_written() {
     let refused = format!("refused the agent's write to `{}`", planted.display());
     assert!(progress(&events).iter().any(|p| p.starts_with(&refused)), "{events:#?}");
     assert!(!planted.exists());
+    s.assert_agent_gone().await;
+    s.phone.client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repositorys_allow_rule_applies_only_when_the_pin_is_lifted() {
+    // Every test here runs with allow rules for the write planted in the
+    // repository and the user's settings, and the phone is still asked: the
+    // default `session_meta` keeps claude-code-acp from loading them. Lifted
+    // (`session_meta = {}`), the rule is real: the write happens unasked.
+    let mut s = setup_with("session_meta = {}").await;
+    let events = s.run("t-unpinned", "WRITE the file.", Answering::Deny).await;
+    assert!(approvals(&events).is_empty(), "{events:#?}");
+    assert_eq!(s.written().as_deref(), Some(CONTENT));
+    assert_eq!(finished(&events).0, FinishStatus::Succeeded);
     s.assert_agent_gone().await;
     s.phone.client.close().await;
 }

@@ -82,12 +82,19 @@ pub(crate) struct Ends {
     pub(crate) rx: mpsc::UnboundedReceiver<ToConn>,
 }
 
-/// Starts the connection's thread: a new session in `project`, or with
-/// `resume`, that earlier session loaded (`session/load`).
+/// Which session to open.
+pub(crate) struct Session {
+    /// A new one (`None`), or this earlier one loaded (`session/load`).
+    pub(crate) resume: Option<String>,
+    /// The request's `_meta`.
+    pub(crate) meta: acp::Meta,
+}
+
+/// Starts the connection's thread: `session` opened in `project`.
 ///
 /// # Errors
 /// The thread could not be started.
-pub(crate) fn spawn(project: Project, resume: Option<String>, ends: Ends) -> std::io::Result<()> {
+pub(crate) fn spawn(project: Project, session: Session, ends: Ends) -> std::io::Result<()> {
     std::thread::Builder::new().name("tandem-acp".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -97,14 +104,15 @@ pub(crate) fn spawn(project: Project, resume: Option<String>, ends: Ends) -> std
                 return;
             }
         };
-        LocalSet::new().block_on(&runtime, drive(project, resume, ends));
+        LocalSet::new().block_on(&runtime, drive(project, session, ends));
     })?;
     Ok(())
 }
 
 /// The connection's life: set up, then prompts and cancels until the
 /// supervisor lets go of its sender.
-async fn drive(project: Project, resume: Option<String>, ends: Ends) {
+async fn drive(project: Project, session: Session, ends: Ends) {
+    let Session { resume, meta } = session;
     let Ends { from_agent, to_agent, tx, mut rx } = ends;
     let root = project.root().to_owned();
     let client = TandemClient { project: Arc::new(project), tx: tx.clone() };
@@ -133,10 +141,14 @@ async fn drive(project: Project, resume: Option<String>, ends: Ends) {
         }
     };
     let session = match resume {
-        None => conn.new_session(NewSessionRequest::new(root)).await.map(|s| s.session_id),
+        None => {
+            let request = NewSessionRequest::new(root).meta(meta);
+            conn.new_session(request).await.map(|s| s.session_id)
+        }
         Some(id) if can_load => {
             let id = SessionId::from(id);
-            conn.load_session(LoadSessionRequest::new(id.clone(), root)).await.map(|_| id)
+            let request = LoadSessionRequest::new(id.clone(), root).meta(meta);
+            conn.load_session(request).await.map(|_| id)
         }
         Some(_) => {
             let why = "the agent cannot load an earlier session (no `loadSession` capability), \

@@ -45,6 +45,8 @@ for line in sys.stdin:
         send({"jsonrpc": "2.0", "id": m["id"], "result": {"protocolVersion": 1,
               "agentCapabilities": {"loadSession": load}}})
     elif method == "session/new":
+        want = json.loads(os.environ.get("EXPECT_META", '{"claudeCode": {"options": {"settingSources": []}}}'))
+        assert m["params"].get("_meta") == want, m
         assert os.path.isabs(m["params"]["cwd"]) and os.path.samefile(m["params"]["cwd"], os.getcwd())
         send({"jsonrpc": "2.0", "id": m["id"], "result": {"sessionId": sid}})
     elif method == "session/load":
@@ -108,6 +110,7 @@ fn config(dir: &Path, mode: &str) -> ExecutorConfig {
         kind: ExecutorKind::Acp {
             program: "python3".into(),
             args: vec![peer.display().to_string(), mode.into()],
+            session_meta: None,
         },
         workdir: Some(project),
         env: Vec::new(),
@@ -192,7 +195,11 @@ async fn a_peer_that_breaks_the_protocol_or_exits_fails_the_task() {
     // A program that does not exist is an error at start.
     let dir = tempfile::tempdir().unwrap();
     let mut missing = config(dir.path(), "x");
-    missing.kind = ExecutorKind::Acp { program: "/nonexistent/agent".into(), args: Vec::new() };
+    missing.kind = ExecutorKind::Acp {
+        program: "/nonexistent/agent".into(),
+        args: Vec::new(),
+        session_meta: None,
+    };
     assert!(crate::executor::start(&missing, "t").is_err());
 }
 
@@ -350,4 +357,21 @@ async fn a_finished_task_resumes_by_loading_its_session() {
     let (status, summary) = finish(&all(&mut r).await);
     assert_eq!(status, FinishStatus::Failed);
     assert!(summary.contains("cannot load an earlier session"), "{summary}");
+}
+
+#[tokio::test]
+async fn session_meta_pins_claude_code_acp_unless_configured() {
+    // The peer checks `_meta` of session/new and fails without it.
+    assert_eq!(finish(&run("stop:end_turn").await).0, FinishStatus::Succeeded);
+    let dir = tempfile::tempdir().unwrap();
+    let mut custom = config(dir.path(), "stop:end_turn");
+    if let ExecutorKind::Acp { session_meta, .. } = &mut custom.kind {
+        *session_meta = Some(serde_json::from_str(r#"{"x": 1}"#).unwrap());
+    }
+    custom.env.push(("EXPECT_META".into(), r#"{"x": 1}"#.into()));
+    let mut r = crate::executor::start(&custom, "t").unwrap();
+    assert_eq!(finish(&all(&mut r).await).0, FinishStatus::Succeeded);
+    custom.env[0].1 = r#"{"y": 2}"#.into();
+    let mut r = crate::executor::start(&custom, "t").unwrap();
+    assert_eq!(finish(&all(&mut r).await).0, FinishStatus::Failed, "the peer saw the wrong _meta");
 }
