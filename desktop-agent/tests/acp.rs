@@ -113,6 +113,9 @@ struct Setup {
     outside: PathBuf,
     /// Set in the agent's environment: finds its processes.
     mark: String,
+    /// How many of them ran when the phone cancelled, and when.
+    running_at_cancel: usize,
+    cancelled_at: Option<std::time::Instant>,
     api: MessagesApi,
     phone: Phone,
     _agent: Agent,
@@ -167,7 +170,17 @@ async fn setup_with(executor_toml: &str) -> Setup {
     .unwrap();
     let agent = Agent::up(&root, &config);
     let phone = Phone::pair(&agent, &root).await;
-    Setup { project, outside, mark, api, phone, _agent: agent, _dir: dir }
+    Setup {
+        project,
+        outside,
+        mark,
+        running_at_cancel: 0,
+        cancelled_at: None,
+        api,
+        phone,
+        _agent: agent,
+        _dir: dir,
+    }
 }
 
 /// How the phone answers approval requests.
@@ -212,6 +225,9 @@ impl Setup {
                         Answering::Deny => self.phone.send(&decide(false)).await,
                         Answering::Ignore => {}
                         Answering::Cancel => {
+                            // The agent runs (and the scan finds it) until the cancel.
+                            self.running_at_cancel = self.agent_processes().len();
+                            self.cancelled_at = Some(std::time::Instant::now());
                             self.phone.send(&Message::Cancel { task_id: task.into() }).await;
                         }
                         Answering::FollowUpThenAllow => {
@@ -430,6 +446,12 @@ async fn a_cancel_with_a_permission_pending_ends_the_task_and_the_agent() {
     let (status, summary, _) = finished(&events);
     assert_eq!((status, summary.as_str()), (FinishStatus::Cancelled, "cancelled"), "{events:#?}");
     assert_eq!(s.written(), None);
+    // Node and the Claude Code it started, at least.
+    assert!(s.running_at_cancel >= 2, "{} agent processes found", s.running_at_cancel);
+    // The agent ended its turn on `session/cancel`, before the grace after
+    // which it would have been stopped anyway (5 s).
+    let took = s.cancelled_at.unwrap().elapsed();
+    assert!(took < Duration::from_secs(5), "the cancel took {took:?}");
     s.assert_agent_gone().await;
     s.phone.client.close().await;
 }
