@@ -134,6 +134,14 @@ async fn drive(project: Project, session: Session, ends: Ends) {
         .client_capabilities(capabilities)
         .client_info(Implementation::new("tandem", env!("CARGO_PKG_VERSION")));
     let can_load = match conn.initialize(init).await {
+        Ok(init) if init.protocol_version != ProtocolVersion::V1 => {
+            let why = format!(
+                "the agent speaks version {} of the protocol; this desktop speaks version 1",
+                init.protocol_version
+            );
+            let _ = tx.send(FromConn::Failed(why));
+            return;
+        }
         Ok(init) => init.agent_capabilities.load_session,
         Err(e) => {
             let _ = tx.send(FromConn::Failed(format!("the agent did not initialize: {e}")));

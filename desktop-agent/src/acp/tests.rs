@@ -13,7 +13,7 @@ use tandem_proto::message::FinishStatus;
 
 use crate::executor::{Control, ExecEvent, ExecutorConfig, ExecutorKind, Running};
 
-/// The peer. Modes (argv[1]): `garbage`, `huge`, `exit`, `stop:<reason>`, `perm`,
+/// The peer. Modes (argv[1]): `garbage`, `huge`, `v2`, `exit`, `stop:<reason>`, `perm`,
 /// `fs`, `cancel`, `deaf`.
 const PEER: &str = r#"
 import json, os, sys
@@ -42,7 +42,7 @@ for line in sys.stdin:
         assert caps["fs"] == {"readTextFile": True, "writeTextFile": True}, caps
         assert caps.get("terminal") in (None, False), caps
         load = len(sys.argv) < 3 or sys.argv[2] != "noload"
-        send({"jsonrpc": "2.0", "id": m["id"], "result": {"protocolVersion": 1,
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {"protocolVersion": 2 if mode == "v2" else 1,
               "agentCapabilities": {"loadSession": load}}})
     elif method == "session/new":
         want = json.loads(os.environ.get("EXPECT_META", '{"claudeCode": {"options": {"settingSources": []}}}'))
@@ -189,6 +189,9 @@ async fn a_peer_that_breaks_the_protocol_or_exits_fails_the_task() {
     let (status, summary) = finish(&run("huge").await);
     assert_eq!(status, FinishStatus::Failed);
     assert!(summary.contains("larger than 16 MiB"), "{summary}");
+    let (status, summary) = finish(&run("v2").await);
+    assert_eq!(status, FinishStatus::Failed);
+    assert!(summary.contains("speaks version 2 of the protocol"), "{summary}");
     let (status, summary) = finish(&run("exit").await);
     assert_eq!(status, FinishStatus::Failed);
     assert!(summary.contains("exit code 3") && summary.contains("last stderr: boom"), "{summary}");
