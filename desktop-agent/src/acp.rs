@@ -39,7 +39,12 @@
 //!
 //! **Files.** `fs/read_text_file` and `fs/write_text_file` are served inside
 //! the project directory only ([`fs`]); a refusal is a JSON-RPC error for
-//! the agent and a progress line for the phone. Terminal methods are not
+//! the agent and a progress line for the phone. A write goes ahead unasked
+//! only when a permission the phone allowed in the current turn named its
+//! file (the tool call's locations, raw-input paths or diffs); any other is
+//! an approval request of its own, "Write … (the agent did not ask)", since
+//! what an agent asks about is its own choice (its settings may skip the
+//! question). Terminal methods are not
 //! advertised and not served.
 //!
 //! **The end.** The turn's `stopReason` decides: `end_turn` succeeded (the
@@ -64,6 +69,7 @@ mod mapping;
 mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agent_client_protocol::{
@@ -156,7 +162,7 @@ pub fn start(
         resume: resume.map(str::to_owned),
         meta: session_meta.clone().unwrap_or_else(default_session_meta),
     };
-    connection::spawn(project, session, ends).map_err(ExecError::Setup)?;
+    connection::spawn(project.clone(), session, ends).map_err(ExecError::Setup)?;
 
     let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
     let (cancel_tx, cancel) = mpsc::channel(1);
@@ -173,6 +179,8 @@ pub fn start(
         mapper: Mapper::default(),
         flush_at: None,
         pending: HashMap::new(),
+        project,
+        granted: HashSet::new(),
         used_ids: HashSet::new(),
         next_id: 0,
         first_prompt: Some(text.to_owned()),
@@ -211,9 +219,31 @@ enum End {
 }
 
 /// An approval waiting for the phone.
-struct Ask {
-    reply: oneshot::Sender<RequestPermissionOutcome>,
-    options: Vec<PermissionOption>,
+enum Ask {
+    /// The agent's `session/request_permission`.
+    Permission {
+        reply: oneshot::Sender<RequestPermissionOutcome>,
+        options: Vec<PermissionOption>,
+        /// The files its tool call names: allowed, they may be written in
+        /// this turn without asking again.
+        grants: Vec<PathBuf>,
+    },
+    /// A file write no allowed permission named.
+    Write { reply: oneshot::Sender<bool> },
+}
+
+impl Ask {
+    /// Answers `cancelled` (a permission) or no (a write).
+    fn cancel(self) {
+        match self {
+            Ask::Permission { reply, .. } => {
+                let _ = reply.send(RequestPermissionOutcome::Cancelled);
+            }
+            Ask::Write { reply } => {
+                let _ = reply.send(false);
+            }
+        }
+    }
 }
 
 /// Owns one ACP task: the agent's process, the tap on its stdout, the
@@ -234,6 +264,10 @@ struct Supervisor {
     flush_at: Option<Instant>,
     /// Permission requests waiting for a decision, by approval id.
     pending: HashMap<String, Ask>,
+    /// The project, to resolve the files a permission names.
+    project: fs::Project,
+    /// Files the phone allowed a tool call to touch in the current turn.
+    granted: HashSet<PathBuf>,
     used_ids: HashSet<String>,
     next_id: u64,
     /// The task text, until the session is ready.
@@ -410,12 +444,36 @@ impl Supervisor {
                 if let Some(end) = self.emit_all(events).await {
                     return Some(end);
                 }
-                let approval_id = self.approval_id(request.tool_call.tool_call_id.0.as_ref());
-                self.pending.insert(approval_id.clone(), Ask { reply, options: request.options });
+                let tool_call_id = request.tool_call.tool_call_id.0.as_ref();
+                let grants = self
+                    .mapper
+                    .paths_of(tool_call_id)
+                    .iter()
+                    .filter_map(|p| self.project.writable(Path::new(p)).ok())
+                    .collect();
+                let approval_id = self.approval_id(tool_call_id);
+                let ask = Ask::Permission { reply, options: request.options, grants };
+                self.pending.insert(approval_id.clone(), ask);
+                self.emit(ExecEvent::ApprovalRequest { approval_id, summary, detail }).await
+            }
+            FromConn::Write { path, preview, reply } => {
+                if self.granted.contains(&path) {
+                    let _ = reply.send(true);
+                    return None;
+                }
+                let shown = path.display();
+                let summary = format!("Write {shown} (the agent did not ask)");
+                let detail = format!(
+                    "The agent writes this file without having asked for permission:\n{shown}\n\n{preview}"
+                );
+                self.next_id += 1;
+                let approval_id = self.approval_id(&format!("acp-write-{}", self.next_id));
+                self.pending.insert(approval_id.clone(), Ask::Write { reply });
                 self.emit(ExecEvent::ApprovalRequest { approval_id, summary, detail }).await
             }
             FromConn::PromptDone(done) => {
                 self.prompting = false;
+                self.granted.clear();
                 // Every update before the response was read already.
                 let events = self.mapper.flush();
                 self.flush_at = None;
@@ -518,6 +576,9 @@ impl Supervisor {
                     Some(FromConn::Permission { reply, .. }) => {
                         let _ = reply.send(RequestPermissionOutcome::Cancelled);
                     }
+                    Some(FromConn::Write { reply, .. }) => {
+                        let _ = reply.send(false);
+                    }
                     Some(FromConn::PromptDone(_) | FromConn::Failed(_)) | None => return,
                     Some(FromConn::Ready(_) | FromConn::Refused(_)) => {}
                 },
@@ -548,7 +609,7 @@ impl Supervisor {
     /// A follow-up is queued (or sent, between turns); a decision answers
     /// its permission request.
     fn on_control(&mut self, c: Control) {
-        let (approval_id, outcome) = match c {
+        let (approval_id, allow) = match c {
             Control::FollowUp(text) => {
                 if self.prompting || self.first_prompt.is_some() {
                     self.follow_ups.push_back(text);
@@ -558,25 +619,33 @@ impl Supervisor {
                 return;
             }
             Control::Cancel => return,
-            Control::Decision { approval_id, allow } => {
-                let Some(ask) = self.pending.remove(&approval_id) else {
-                    debug!(%approval_id, "decision for no pending ACP permission request");
-                    return;
-                };
-                let outcome = choose(&ask.options, allow);
-                let _ = ask.reply.send(outcome);
+            Control::Decision { approval_id, allow } => (approval_id, allow),
+            Control::Expired { approval_id } => {
+                if let Some(ask) = self.pending.remove(&approval_id) {
+                    ask.cancel();
+                }
                 return;
             }
-            Control::Expired { approval_id } => (approval_id, RequestPermissionOutcome::Cancelled),
         };
-        if let Some(ask) = self.pending.remove(&approval_id) {
-            let _ = ask.reply.send(outcome);
+        match self.pending.remove(&approval_id) {
+            Some(Ask::Permission { reply, options, grants }) => {
+                let outcome = choose(&options, allow);
+                if matches!(outcome, RequestPermissionOutcome::Selected(_)) && allow {
+                    // Before the answer: the write it allows comes after.
+                    self.granted.extend(grants);
+                }
+                let _ = reply.send(outcome);
+            }
+            Some(Ask::Write { reply }) => {
+                let _ = reply.send(allow);
+            }
+            None => debug!(%approval_id, "decision for no pending ACP approval"),
         }
     }
 
     fn answer_all_cancelled(&mut self) {
         for (_, ask) in self.pending.drain() {
-            let _ = ask.reply.send(RequestPermissionOutcome::Cancelled);
+            ask.cancel();
         }
     }
 

@@ -15,7 +15,8 @@
 //! permission request waits ends the task `cancelled` and leaves no process
 //! of the agent's behind; reads and writes outside the project are refused
 //! (the agent reads files without asking, so this is what keeps a file
-//! outside the project from the model).
+//! outside the project from the model); a write the agent did not ask
+//! about (its settings let it skip the question) is asked by Tandem.
 //!
 //! The agent runs with `HOME`, `CLAUDE_CONFIG_DIR`, the XDG directories
 //! and its temporary directory inside the test's own directory, and with
@@ -132,11 +133,13 @@ struct Setup {
 const ALLOW_WRITE: &str = r#"{"permissions":{"allow":["mcp__acp__Write"]}}"#;
 
 async fn setup() -> Setup {
-    setup_with("").await
+    setup_with("", ALLOW_WRITE).await
 }
 
-/// [`setup`] with more lines for the executor's table in `config.toml`.
-async fn setup_with(executor_toml: &str) -> Setup {
+/// [`setup`] with more lines for the executor's table in `config.toml`, and
+/// `settings` planted as the repository's and the user's Claude Code
+/// settings.
+async fn setup_with(executor_toml: &str, settings: &str) -> Setup {
     let bin = acp_agent();
     let dir = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(dir.path()).unwrap();
@@ -149,8 +152,8 @@ async fn setup_with(executor_toml: &str) -> Setup {
     }
     std::fs::write(outside.join("secret.txt"), SECRET).unwrap();
     std::fs::create_dir_all(project.join(".claude")).unwrap();
-    std::fs::write(project.join(".claude/settings.json"), ALLOW_WRITE).unwrap();
-    std::fs::write(home.join(".claude/settings.json"), ALLOW_WRITE).unwrap();
+    std::fs::write(project.join(".claude/settings.json"), settings).unwrap();
+    std::fs::write(home.join(".claude/settings.json"), settings).unwrap();
     let api = MessagesApi::start(script(project.clone(), outside.clone())).await;
     let mark = format!("acp-test-{}-{}", std::process::id(), common::now_unix());
     let mut env = messages_api::offline_env(&home, api.base_url(), "sk-ant-test-not-a-key");
@@ -485,16 +488,35 @@ async fn files_outside_the_project_are_neither_read_nor_written() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_repositorys_allow_rule_applies_only_when_the_pin_is_lifted() {
-    // Every test here runs with allow rules for the write planted in the
-    // repository and the user's settings, and the phone is still asked: the
-    // default `session_meta` keeps claude-code-acp from loading them. Lifted
-    // (`session_meta = {}`), the rule is real: the write happens unasked.
-    let mut s = setup_with("session_meta = {}").await;
-    let events = s.run("t-unpinned", "WRITE the file.", Answering::Deny).await;
-    assert!(approvals(&events).is_empty(), "{events:#?}");
-    assert_eq!(s.written().as_deref(), Some(CONTENT));
-    assert_eq!(finished(&events).0, FinishStatus::Succeeded);
+async fn a_write_the_agent_did_not_ask_for_is_asked_by_tandem() {
+    // Every other test runs with an allow rule for the write planted in the
+    // repository and the user's settings, and the agent still asks: the
+    // default `session_meta` keeps Claude Code from loading them. Lifted
+    // (`session_meta = {}`), the rule is real: the agent writes without
+    // asking, and Tandem asks the phone before it writes.
+    let mut s = setup_with("session_meta = {}", ALLOW_WRITE).await;
+    unasked_write_denied(&mut s).await;
+    // The adapter's own check of `Edit` rules reads the settings whatever
+    // Tandem sends: the same happens with the pin in place.
+    let mut s = setup_with("", r#"{"permissions":{"allow":["Edit"]}}"#).await;
+    unasked_write_denied(&mut s).await;
+}
+
+/// A write task whose write the agent does not ask for: the phone is asked
+/// once, by Tandem, denies it, and nothing is written.
+async fn unasked_write_denied(s: &mut Setup) {
+    let events = s.run("t-unasked", "WRITE the file.", Answering::Deny).await;
+    let path = s.project.join(FILE).display().to_string();
+    let asked: Vec<String> = approvals(&events).into_iter().map(|(summary, _)| summary).collect();
+    let summary = format!("Write {path} (the agent did not ask)");
+    assert_eq!(asked, vec![summary.clone()], "{events:#?}");
+    assert_eq!(s.written(), None);
+    let refused = format!("the phone did not allow the write to `{path}`");
+    assert!(
+        tool_results(&events).iter().any(|(output, error)| *error && output.contains(&refused)),
+        "{events:#?}"
+    );
+    assert_eq!(finished(&events).2, vec![summary]);
     s.assert_agent_gone().await;
     s.phone.client.close().await;
 }

@@ -13,12 +13,14 @@
 //! per [`ToConn::Prompt`], `session/cancel` on [`ToConn::Cancel`]; the
 //! agent's `session/request_permission` goes to the supervisor and waits
 //! for its answer (none means `cancelled`); `fs/read_text_file` and
-//! `fs/write_text_file` are served inside the project ([`super::fs`]);
+//! `fs/write_text_file` are served inside the project ([`super::fs`]), a
+//! write only once the supervisor says yes ([`FromConn::Write`]);
 //! terminal methods are not served (the crate answers "method not found").
 //! `session/update` notifications are read by the supervisor from the
 //! wire, in order (the crate hands each notification to a task of its own,
 //! so their order relative to the prompt's response is not kept here).
 
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -42,6 +44,9 @@ const INVALID_PARAMS: i32 = -32602;
 
 /// ACP "resource not found".
 const RESOURCE_NOT_FOUND: i32 = -32002;
+
+/// How much of an unasked write the phone is shown.
+const PREVIEW_BYTES: usize = 4 * 1024;
 
 /// What the supervisor asks of the connection.
 #[derive(Debug)]
@@ -68,6 +73,17 @@ pub(crate) enum FromConn {
         request: Box<RequestPermissionRequest>,
         /// Where the outcome goes; dropped means `cancelled`.
         reply: oneshot::Sender<RequestPermissionOutcome>,
+    },
+    /// The agent writes `path` (inside the project, resolved): allowed
+    /// (`true`) if a permission the phone allowed in this turn named it,
+    /// else the phone is asked; dropped means no.
+    Write {
+        /// Where the write goes.
+        path: PathBuf,
+        /// The start of what it writes, for the phone.
+        preview: String,
+        /// The answer.
+        reply: oneshot::Sender<bool>,
     },
     /// A file request was refused (for the phone to see).
     Refused(String),
@@ -259,15 +275,28 @@ impl acp::Client for TandemClient {
         &self,
         request: WriteTextFileRequest,
     ) -> acp::Result<WriteTextFileResponse> {
-        let project = Arc::clone(&self.project);
         let path = request.path.clone();
+        let what = format!("write to `{}`", path.display());
+        let target = match self.project.writable(&path) {
+            Ok(target) => target,
+            Err(e) => return Err(self.refused(&what, &e)),
+        };
+        let (reply, answer) = oneshot::channel();
+        let preview = crate::executor::cap_text(request.content.clone(), PREVIEW_BYTES);
+        let allowed = self.tx.send(FromConn::Write { path: target, preview, reply }).is_ok()
+            && answer.await.unwrap_or(false);
+        if !allowed {
+            let why = format!("the phone did not allow the {what}");
+            return Err(acp::Error::new(INVALID_PARAMS, why));
+        }
+        let project = Arc::clone(&self.project);
         let written =
             tokio::task::spawn_blocking(move || project.write(&request.path, &request.content))
                 .await
                 .map_err(acp::Error::into_internal_error)?;
         match written {
             Ok(()) => Ok(WriteTextFileResponse::new()),
-            Err(e) => Err(self.refused(&format!("write to `{}`", path.display()), &e)),
+            Err(e) => Err(self.refused(&what, &e)),
         }
     }
 }

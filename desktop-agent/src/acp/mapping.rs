@@ -208,6 +208,27 @@ impl Mapper {
         self.last_message.trim()
     }
 
+    /// The files tool call `id` names: its locations, the paths in its raw
+    /// input (`file_path`, `path`, `notebook_path`) and its diffs.
+    pub(crate) fn paths_of(&self, id: &str) -> Vec<String> {
+        let Some(tool) = self.tools.get(&cap_text(id.to_owned(), MAX_ID_LEN)) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<String> =
+            tool.locations.iter().filter_map(|l| str_of(l, "path")).map(str::to_owned).collect();
+        if let Some(input) = &tool.raw_input {
+            for key in ["file_path", "path", "notebook_path"] {
+                paths.extend(str_of(input, key).map(str::to_owned));
+            }
+        }
+        for item in &tool.content {
+            if str_of(item, "type") == Some("diff") {
+                paths.extend(str_of(item, "path").map(str::to_owned));
+            }
+        }
+        paths
+    }
+
     /// A permission request's tool call (a `ToolCallUpdate`): what is known
     /// of it is updated, and the events to send first (the call itself,
     /// announced) are returned with the approval's summary and detail.

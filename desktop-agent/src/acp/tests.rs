@@ -62,7 +62,7 @@ for line in sys.stdin:
         elif mode in ("perm", "cancel"):
             send({"jsonrpc": "2.0", "method": "session/update", "params": {"sessionId": sid, "update": {
                   "sessionUpdate": "tool_call", "toolCallId": "call-1", "title": "Edit a.txt", "kind": "edit",
-                  "status": "pending", "rawInput": {"path": "a.txt"}}}})
+                  "status": "pending", "rawInput": {"path": os.getcwd() + "/a.txt"}}}})
             send({"jsonrpc": "2.0", "id": 50, "method": "session/request_permission", "params": {
                   "sessionId": sid, "toolCall": {"toolCallId": "call-1", "title": "Edit a.txt"},
                   "options": [{"optionId": "always", "name": "Always", "kind": "allow_always"},
@@ -74,6 +74,7 @@ for line in sys.stdin:
             send({"jsonrpc": "2.0", "id": 61, "method": "fs/write_text_file", "params": {"sessionId": sid, "path": cwd + "/../escape.txt", "content": "x"}})
             send({"jsonrpc": "2.0", "id": 62, "method": "fs/write_text_file", "params": {"sessionId": sid, "path": cwd + "/in/side.txt", "content": "one\ntwo\n"}})
             send({"jsonrpc": "2.0", "id": 64, "method": "terminal/create", "params": {"sessionId": sid, "command": "ls"}})
+            send({"jsonrpc": "2.0", "id": 65, "method": "fs/write_text_file", "params": {"sessionId": sid, "path": cwd + "/denied.txt", "content": "no"}})
         elif mode == "deaf":
             say(sid, "deaf")  # and never answers the prompt
     elif method == "session/cancel":
@@ -84,6 +85,8 @@ for line in sys.stdin:
             seen.append(outcome); cancel_done(); continue
         say(sid, outcome)
         asked += 1
+        if mode == "perm" and asked == 1:  # allowed: the write it names needs no new question
+            send({"jsonrpc": "2.0", "id": 70, "method": "fs/write_text_file", "params": {"sessionId": sid, "path": os.getcwd() + "/a.txt", "content": "a"}})
         if mode == "perm" and asked < 3:
             send({"jsonrpc": "2.0", "id": 50, "method": "session/request_permission", "params": {
                   "sessionId": sid, "toolCall": {"toolCallId": "call-1", "title": "Edit a.txt"},
@@ -91,12 +94,12 @@ for line in sys.stdin:
                               {"optionId": "never", "name": "Never", "kind": "reject_always"}]}})
         elif mode == "perm":
             send({"jsonrpc": "2.0", "id": prompt_id, "result": {"stopReason": "end_turn"}})
-    elif method is None and m.get("id") in (60, 61, 62, 63, 64):
+    elif method is None and m.get("id") in (60, 61, 62, 63, 64, 65, 70):
         say(sid, "fs %d %s\n" % (m["id"], json.dumps(m.get("result", m.get("error")), sort_keys=True)))
         answers.add(m["id"])
         if m["id"] == 62:  # written: read it back (requests are served concurrently)
             send({"jsonrpc": "2.0", "id": 63, "method": "fs/read_text_file", "params": {"sessionId": sid, "path": os.getcwd() + "/in/side.txt", "line": 2, "limit": 1}})
-        if len(answers) == 5:
+        if mode == "fs" and len(answers) == 6:
             send({"jsonrpc": "2.0", "id": prompt_id, "result": {"stopReason": "end_turn"}})
 "#;
 
@@ -236,7 +239,8 @@ async fn decisions_pick_the_agents_options() {
     let calls: Vec<_> = events.iter().filter(|e| matches!(e, ExecEvent::ToolCall { .. })).collect();
     assert!(
         matches!(calls.as_slice(), [ExecEvent::ToolCall { call_id, input, .. }]
-            if call_id == "call-1" && input["input"]["path"] == "a.txt"),
+            if call_id == "call-1"
+                && input["input"]["path"].as_str().is_some_and(|p| p.ends_with("/a.txt"))),
         "{events:?}"
     );
     // Approval ids stay unique though the tool call is the same.
@@ -249,7 +253,7 @@ async fn decisions_pick_the_agents_options() {
         .collect();
     assert_eq!(ids.len(), 3);
     let said = progress(&events);
-    let outcomes: Vec<&str> = said.lines().filter(|l| !l.is_empty()).collect();
+    let outcomes: Vec<&str> = said.lines().filter(|l| l.starts_with("outcome")).collect();
     assert_eq!(
         outcomes,
         [
@@ -260,15 +264,37 @@ async fn decisions_pick_the_agents_options() {
         "{events:?}"
     );
     assert_eq!(finish(&events).0, FinishStatus::Succeeded);
+    // The allowed tool call named a.txt: its write went through unasked.
+    assert!(said.contains("fs 70 {}"), "{said}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("project/a.txt")).unwrap(), "a");
 }
 
 #[tokio::test]
 async fn file_requests_stay_in_the_project_and_terminals_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let events = {
-        let mut r = crate::executor::start(&config(dir.path(), "fs"), "t").unwrap();
-        all(&mut r).await
-    };
+    let mut r = crate::executor::start(&config(dir.path(), "fs"), "t").unwrap();
+    // No permission named these writes: the phone is asked for each.
+    let mut events = Vec::new();
+    let mut asked = Vec::new();
+    loop {
+        let e = next(&mut r).await;
+        if let ExecEvent::ApprovalRequest { approval_id, summary, detail } = &e {
+            assert!(summary.ends_with("(the agent did not ask)"), "{summary}");
+            let allow = !summary.contains("denied.txt");
+            if allow {
+                assert!(detail.ends_with("one\ntwo\n"), "the content is shown: {detail}");
+            }
+            asked.push(summary.clone());
+            let d = Control::Decision { approval_id: approval_id.clone(), allow };
+            r.control(d).await.unwrap();
+        }
+        let done = matches!(e, ExecEvent::Finished { .. });
+        events.push(e);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(asked.len(), 2, "{asked:?}");
     let said = progress(&events);
     let answer = |id: u32| -> Value {
         let line = said.lines().find(|l| l.starts_with(&format!("fs {id} "))).unwrap();
@@ -282,6 +308,8 @@ async fn file_requests_stay_in_the_project_and_terminals_are_refused() {
     assert_eq!(answer(63)["content"], "two\n");
     assert_eq!(answer(64)["code"], -32601, "terminal methods are not served: {said}");
     assert!(said.contains("refused the agent's read of `/etc/passwd`"), "{said}");
+    assert!(answer(65)["message"].as_str().unwrap().contains("the phone did not allow"), "{said}");
+    assert!(!dir.path().join("project/denied.txt").exists());
     assert!(!dir.path().join("escape.txt").exists());
     let side = dir.path().join("project/in/side.txt");
     assert_eq!(std::fs::read_to_string(side).unwrap(), "one\ntwo\n");
