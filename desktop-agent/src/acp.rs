@@ -61,6 +61,7 @@
 //! The agent's stderr is its log: kept off the phone, its last line goes
 //! into a failure's summary.
 
+mod approvals;
 mod connection;
 pub mod fs;
 mod mapping;
@@ -72,14 +73,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent_client_protocol::{
-    PermissionOption, PermissionOptionKind, RequestPermissionOutcome, SelectedPermissionOutcome,
-    StopReason,
-};
+use agent_client_protocol::{RequestPermissionOutcome, StopReason};
 use serde_json::Value;
 use tandem_proto::message::FinishStatus;
 use tokio::io::{AsyncWriteExt, DuplexStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::debug;
 
@@ -88,6 +86,7 @@ use crate::executor::{
     ExecutorKind, Interrupt, MAX_EVENT_TEXT, MAX_ID_LEN, Proc, Route, Running, Stream, cap_text,
     close_controls, describe_exit, send_steered,
 };
+use approvals::{Ask, choose, kind};
 use connection::{FromConn, ToConn};
 use mapping::Mapper;
 
@@ -216,34 +215,6 @@ enum End {
     Cancelled,
     /// The [`Running`] and every [`Controller`] were dropped.
     Abandoned,
-}
-
-/// An approval waiting for the phone.
-enum Ask {
-    /// The agent's `session/request_permission`.
-    Permission {
-        reply: oneshot::Sender<RequestPermissionOutcome>,
-        options: Vec<PermissionOption>,
-        /// The files its tool call names: allowed, they may be written in
-        /// this turn without asking again.
-        grants: Vec<PathBuf>,
-    },
-    /// A file write no allowed permission named.
-    Write { reply: oneshot::Sender<bool> },
-}
-
-impl Ask {
-    /// Answers `cancelled` (a permission) or no (a write).
-    fn cancel(self) {
-        match self {
-            Ask::Permission { reply, .. } => {
-                let _ = reply.send(RequestPermissionOutcome::Cancelled);
-            }
-            Ask::Write { reply } => {
-                let _ = reply.send(false);
-            }
-        }
-    }
 }
 
 /// Owns one ACP task: the agent's process, the tap on its stdout, the
@@ -692,33 +663,4 @@ impl Supervisor {
         // The consumer may be gone; nothing else to tell.
         let _ = self.events.send(ExecEvent::Finished { status, summary }).await;
     }
-}
-
-/// The option kind as the protocol spells it.
-fn kind(option: &PermissionOption) -> &'static str {
-    match option.kind {
-        PermissionOptionKind::AllowOnce => "allow_once",
-        PermissionOptionKind::AllowAlways => "allow_always",
-        PermissionOptionKind::RejectOnce => "reject_once",
-        PermissionOptionKind::RejectAlways => "reject_always",
-        _ => "other",
-    }
-}
-
-/// The phone's decision as one of the agent's options: allow is
-/// `allow_once` (never `allow_always`), deny is `reject_once`, else
-/// `reject_always`; `cancelled` when the agent offers no such option.
-fn choose(options: &[PermissionOption], allow: bool) -> RequestPermissionOutcome {
-    let wanted: &[PermissionOptionKind] = if allow {
-        &[PermissionOptionKind::AllowOnce]
-    } else {
-        &[PermissionOptionKind::RejectOnce, PermissionOptionKind::RejectAlways]
-    };
-    wanted
-        .iter()
-        .find_map(|k| options.iter().find(|o| o.kind == *k))
-        .map(|o| {
-            RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(o.option_id.clone()))
-        })
-        .unwrap_or(RequestPermissionOutcome::Cancelled)
 }

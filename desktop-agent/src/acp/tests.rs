@@ -92,14 +92,14 @@ for line in sys.stdin:
                   "sessionId": sid, "toolCall": {"toolCallId": "call-1", "title": "Edit a.txt"},
                   "options": [{"optionId": "once", "name": "Once", "kind": "allow_once"},
                               {"optionId": "never", "name": "Never", "kind": "reject_always"}]}})
-        elif mode == "perm":
+        elif mode == "perm" and 70 in answers:
             send({"jsonrpc": "2.0", "id": prompt_id, "result": {"stopReason": "end_turn"}})
     elif method is None and m.get("id") in (60, 61, 62, 63, 64, 65, 70):
         say(sid, "fs %d %s\n" % (m["id"], json.dumps(m.get("result", m.get("error")), sort_keys=True)))
         answers.add(m["id"])
         if m["id"] == 62:  # written: read it back (requests are served concurrently)
             send({"jsonrpc": "2.0", "id": 63, "method": "fs/read_text_file", "params": {"sessionId": sid, "path": os.getcwd() + "/in/side.txt", "line": 2, "limit": 1}})
-        if mode == "fs" and len(answers) == 6:
+        if mode == "fs" and len(answers) == 6 or mode == "perm" and asked == 3:
             send({"jsonrpc": "2.0", "id": prompt_id, "result": {"stopReason": "end_turn"}})
 "#;
 
