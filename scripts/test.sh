@@ -126,6 +126,19 @@ if [[ "$("$claude_pkg/node_modules/.bin/claude" --version 2>/dev/null || true)" 
 fi
 "$claude_pkg/node_modules/.bin/claude" --version
 
+step "a real ACP agent for the agent's tests (pinned in desktop-agent/tests/acp-agent)"
+# desktop-agent/tests/acp.rs runs @zed-industries/claude-code-acp offline
+# against the same local Messages API; installed again only when the pinned
+# version is not the one there.
+acp_pkg=desktop-agent/tests/acp-agent
+acp_name=@zed-industries/claude-code-acp
+acp_want=$(node -p "require('./$acp_pkg/package.json').dependencies['$acp_name']")
+acp_have=$(node -p "require('./$acp_pkg/node_modules/$acp_name/package.json').version" 2>/dev/null || true)
+if [[ "$acp_have" != "$acp_want" || ! -x "$acp_pkg/node_modules/.bin/claude-code-acp" ]]; then
+  (cd "$acp_pkg" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+echo "$acp_name $(node -p "require('./$acp_pkg/node_modules/$acp_name/package.json').version")"
+
 step "tests (cargo nextest)"
 # tests/tests/abuse.rs runs tests/abuse/abuse.py (a raw WebSocket client we did
 # not write) with `websockets` from this venv, found beside the build.

@@ -67,8 +67,8 @@ pub use pinning::{SETTING_SOURCES_FLAG, STRICT_MCP_CONFIG_FLAG, SettingSource};
 
 use crate::executor::{
     Control, Controller, DRAIN_GRACE, EXIT_GRACE, ExecError, ExecEvent, ExecutorConfig,
-    ExecutorKind, MAX_EVENT_TEXT, MAX_ID_LEN, Proc, Route, Running, Stream, cap_json, cap_text,
-    describe_exit,
+    ExecutorKind, Interrupt, MAX_EVENT_TEXT, MAX_ID_LEN, Proc, Route, Running, Stream, cap_json,
+    cap_text, close_controls, describe_exit, send_steered,
 };
 
 /// The MCP server's name in the `--mcp-config` Claude Code gets.
@@ -675,6 +675,9 @@ impl Supervisor {
     fn on_control(&mut self, c: Control) {
         match c {
             Control::FollowUp(text) => self.follow_ups.push_back(text),
+            Control::Expired { approval_id } => {
+                self.on_control(Control::Decision { approval_id, allow: false });
+            }
             Control::Decision { approval_id, allow } => match self.pending.remove(&approval_id) {
                 Some(reply) => {
                     let answer = if allow {
@@ -736,21 +739,23 @@ impl Supervisor {
     /// Sends an event; meanwhile it still takes cancels, follow-ups and
     /// decisions, so a slow consumer never blocks a [`Controller`].
     async fn emit(&mut self, event: ExecEvent) -> Option<RunEnd> {
-        let events = self.events.clone();
-        let send = events.send(event);
-        tokio::pin!(send);
-        loop {
-            tokio::select! {
-                biased;
-                sent = &mut send => return sent.err().map(|_| RunEnd::Abandoned),
-                c = self.cancel.recv() => {
-                    return Some(if c.is_some() { RunEnd::Cancelled } else { RunEnd::Abandoned });
-                }
-                c = self.controls.recv(), if self.controls_open => match c {
-                    Some(c) => self.on_control(c),
-                    None => self.controls_open = false,
-                },
-            }
+        let mut taken = Vec::new();
+        let sent = send_steered(
+            &self.events,
+            event,
+            &mut self.cancel,
+            &mut self.controls,
+            &mut self.controls_open,
+            &mut taken,
+        )
+        .await;
+        for c in taken {
+            self.on_control(c);
+        }
+        match sent {
+            Ok(()) => None,
+            Err(Interrupt::Cancelled) => Some(RunEnd::Cancelled),
+            Err(Interrupt::Abandoned) => Some(RunEnd::Abandoned),
         }
     }
 
@@ -758,14 +763,9 @@ impl Supervisor {
     /// A follow-up that slipped in after the last run was chosen did not run,
     /// and says so.
     async fn finish(&mut self, status: FinishStatus, summary: String) {
-        self.cancel.close();
-        self.controls.close();
-        let mut lost = 0usize;
-        while let Ok(c) = self.controls.try_recv() {
-            match c {
-                Control::FollowUp(_) => lost += 1,
-                other => self.on_control(other),
-            }
+        let (mut lost, others) = close_controls(&mut self.cancel, &mut self.controls);
+        for c in others {
+            self.on_control(c);
         }
         lost += self.follow_ups.len();
         if lost > 0 {

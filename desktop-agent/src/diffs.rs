@@ -1,7 +1,7 @@
 //! File edits shown as diffs: a tool call that writes a file (Claude Code's
-//! `Edit`, `MultiEdit` and `Write`, and any executor's tool call of those
-//! names and shapes) becomes a unified diff the phone shows next to the
-//! call and its approval.
+//! `Edit`, `MultiEdit` and `Write`, any executor's tool call of those
+//! names and shapes, and an ACP agent's tool call with `diff` content)
+//! becomes a unified diff the phone shows next to the call and its approval.
 //!
 //! The file is read only when it lies inside the task's working directory
 //! (its real path, symbolic links resolved, under the directory's real
@@ -43,6 +43,27 @@ struct Replace<'a> {
 /// The diff of tool call `name` with `input`, when it writes a file.
 #[must_use]
 pub fn for_tool<'a>(name: &str, input: &'a Value, workdir: Option<&Path>) -> Option<FileDiff> {
+    // An ACP agent's tool call carries its diff as content:
+    // `{"type":"diff","path":…,"oldText":…|null,"newText":…}`.
+    if let Some(d) = input
+        .get("content")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|i| i.get("type").and_then(Value::as_str) == Some("diff")))
+    {
+        let path = d.get("path").and_then(Value::as_str)?;
+        let new = d.get("newText").and_then(Value::as_str)?;
+        let (shown, current) = read_inside(path, workdir);
+        return Some(match d.get("oldText").and_then(Value::as_str) {
+            None => render(&shown, &current.unwrap_or_default(), new),
+            Some(old) => {
+                let edit = [Replace { old, new, all: false }];
+                match current.as_deref().and_then(|c| Some((c, apply(c, &edit)?))) {
+                    Some((before, after)) => render(&shown, before, &after),
+                    None => render(&shown, &with_newline(old), &with_newline(new)),
+                }
+            }
+        });
+    }
     let path = input.get("file_path").and_then(Value::as_str)?;
     let str_of = |v: &'a Value, k: &str| v.get(k).and_then(Value::as_str);
     let replace = |v: &'a Value| {
@@ -171,6 +192,22 @@ mod tests {
         assert!(d.diff.contains("+hello"));
         assert!(for_tool("Read", &json!({"file_path": "a.txt"}), Some(dir.path())).is_none());
         assert!(for_tool("Edit", &json!({"file_path": "a.txt"}), Some(dir.path())).is_none());
+    }
+
+    #[test]
+    fn an_acp_diff_content_is_placed_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "one\ntwo\nthree\n").unwrap();
+        let path = dir.path().join("a.txt").display().to_string();
+        let edit = json!({"kind": "edit", "content": [
+            {"type": "diff", "path": path, "oldText": "two", "newText": "2"}]});
+        let d = for_tool("Edit a.txt", &edit, Some(dir.path())).unwrap();
+        assert_eq!((d.path.as_str(), d.added, d.removed), ("a.txt", 1, 1));
+        assert!(d.diff.contains("@@ -1,3 +1,3 @@"), "{}", d.diff);
+        let create = json!({"content": [{"type": "diff", "path": "new.txt", "oldText": null,
+                                         "newText": "hi\n"}]});
+        let d = for_tool("Write", &create, Some(dir.path())).unwrap();
+        assert_eq!((d.added, d.removed), (1, 0));
     }
 
     #[test]

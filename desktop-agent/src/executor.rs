@@ -6,7 +6,9 @@
 //! one argv element (each argument exactly equal to `{task}` is replaced; no
 //! shell, no splitting, no expansion); a [`ExecutorKind::Jsonl`] agent gets it
 //! as a JSON line on stdin; [`ExecutorKind::Claude`] runs Claude Code with the
-//! task text as the one argument after `--` (see [`crate::claude`]).
+//! task text as the one argument after `--` (see [`crate::claude`]);
+//! [`ExecutorKind::Acp`] speaks the Agent Client Protocol on stdio and gets
+//! it as a `session/prompt` (see [`crate::acp`]).
 //!
 //! Every executor runs in its own process group, so [`Control::Cancel`]
 //! reaches its children too: the group gets `SIGTERM`, then `SIGKILL` after
@@ -36,7 +38,7 @@ use tandem_proto::message::FinishStatus;
 use tokio::sync::{Mutex, mpsc};
 
 pub use control::Controller;
-pub(crate) use control::Route;
+pub(crate) use control::{Interrupt, Route, close_controls, send_steered};
 use control::{ToAgent, write_line};
 use output::parse_agent_line;
 pub(crate) use output::{cap_json, cap_text, describe_exit};
@@ -154,6 +156,35 @@ pub enum ExecutorKind {
         #[serde(default)]
         setting_sources: Vec<crate::claude::SettingSource>,
     },
+    /// An agent that speaks the Agent Client Protocol (TOML `type =
+    /// "acp"`): JSON-RPC 2.0 over its stdin and stdout, with this desktop as
+    /// its client. It gets `initialize` (file system read and write
+    /// advertised, no terminal), `session/new` in the project directory
+    /// (`workdir`, else the agent's own), and the task text as
+    /// `session/prompt`; a follow-up sent while it works is the next
+    /// `session/prompt` of the same session. Its `session/update`s become
+    /// progress, tool calls, tool results and plans; each
+    /// `session/request_permission` becomes an approval request (allow picks
+    /// its `allow_once` option, deny `reject_once`; a timeout or cancel
+    /// answers `cancelled`); its file requests are served inside the project
+    /// directory only; the turn's `stopReason` finishes the task. Cancel
+    /// sends `session/cancel` first. Its session id makes the task
+    /// resumable: a follow-up after the finish loads the session
+    /// (`session/load`, if the agent can) and prompts it. See
+    /// [`crate::acp`].
+    Acp {
+        /// The program (a path, or a name looked up in `PATH`).
+        program: String,
+        /// Its arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// The `_meta` of `session/new` and `session/load`; by default
+        /// [`crate::acp::default_session_meta`], which pins Zed's
+        /// `claude-code-acp` to no Claude Code settings file (other agents
+        /// ignore it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_meta: Option<serde_json::Map<String, serde_json::Value>>,
+    },
 }
 
 fn default_claude_program() -> String {
@@ -221,8 +252,9 @@ pub enum ExecEvent {
         /// Tool names, as the agent reported them.
         tools: Vec<String>,
     },
-    /// The task can be continued after it finishes (Claude Code's session
-    /// id): a follow-up that arrives later starts it again with [`resume`].
+    /// The task can be continued after it finishes (Claude Code's or an ACP
+    /// agent's session id): a follow-up that arrives later starts it again
+    /// with [`resume`].
     Resumable {
         /// Opaque to everything but the executor kind that issued it.
         token: String,
@@ -248,6 +280,13 @@ pub enum Control {
         approval_id: String,
         /// Whether the step may go ahead.
         allow: bool,
+    },
+    /// No decision came in time for an [`ExecEvent::ApprovalRequest`]: a
+    /// deny for every executor but an ACP agent, which is answered
+    /// `cancelled`.
+    Expired {
+        /// The request that expired.
+        approval_id: String,
     },
     /// Stop the executor and everything it started.
     Cancel,
@@ -363,6 +402,7 @@ pub fn start(config: &ExecutorConfig, task_text: &str) -> Result<Running, ExecEr
             (program, args.iter().map(String::as_str).collect(), true)
         }
         ExecutorKind::Claude { .. } => return crate::claude::start(config, task_text, None),
+        ExecutorKind::Acp { .. } => return crate::acp::start(config, task_text, None),
     };
 
     let mut proc = Proc::spawn(config, program, &args, &[], jsonl)?;
@@ -394,8 +434,9 @@ pub fn start(config: &ExecutorConfig, task_text: &str) -> Result<Running, ExecEr
 }
 
 /// Continues a finished task of `config` with a follow-up `text`, from the
-/// `token` an earlier run reported in [`ExecEvent::Resumable`]. Only Claude
-/// Code executors resume (`--resume <session>`).
+/// `token` an earlier run reported in [`ExecEvent::Resumable`]. Claude Code
+/// executors resume with `--resume <session>`, ACP executors with
+/// `session/load`.
 ///
 /// # Errors
 /// [`ExecError::Unsupported`] for executor kinds that cannot resume; as
@@ -409,6 +450,7 @@ pub fn resume(config: &ExecutorConfig, token: &str, text: &str) -> Result<Runnin
         ExecutorKind::Jsonl { .. } => {
             Err(ExecError::Unsupported("a jsonl executor cannot resume a finished task"))
         }
+        ExecutorKind::Acp { .. } => crate::acp::start(config, text, Some(token)),
     }
 }
 
@@ -931,6 +973,17 @@ echo '{"type":"progress","text":"after finished"}'
                 program: "claude".into(),
                 args: vec![],
                 setting_sources: vec![]
+            }
+        );
+        let acp: ExecutorConfig =
+            serde_json::from_str(r#"{"name":"a","type":"acp","program":"agent","args":["--acp"]}"#)
+                .unwrap();
+        assert_eq!(
+            acp.kind,
+            ExecutorKind::Acp {
+                program: "agent".into(),
+                args: vec!["--acp".into()],
+                session_meta: None
             }
         );
     }

@@ -3,6 +3,7 @@
 //! user configured, and the audit log. The binary `tandem` is a thin CLI
 //! over this library.
 
+pub mod acp;
 pub mod agent_config;
 pub mod audit;
 pub mod awake;

@@ -179,12 +179,15 @@ impl PairOptions {
 }
 
 /// The least scope that lets the user work with these executors: `approve`
-/// when one of them can ask for approvals (`jsonl`, `claude`), `submit` when
+/// when one of them can ask for approvals (`jsonl`, `claude`, `acp`), `submit` when
 /// there are only `command` executors, `view` when there is none.
 #[must_use]
 pub fn least_scope(executors: &[ExecutorConfig]) -> Scope {
     let asks = |e: &ExecutorConfig| {
-        matches!(e.kind, ExecutorKind::Jsonl { .. } | ExecutorKind::Claude { .. })
+        matches!(
+            e.kind,
+            ExecutorKind::Jsonl { .. } | ExecutorKind::Claude { .. } | ExecutorKind::Acp { .. }
+        )
     };
     if executors.iter().any(asks) {
         Scope::Approve
@@ -442,6 +445,12 @@ mod tests {
         assert_eq!(least_scope(&[command()]), Scope::Submit);
         assert_eq!(least_scope(&[command(), jsonl()]), Scope::Approve);
         assert_eq!(least_scope(&[claude()]), Scope::Approve);
+        let acp = executor(ExecutorKind::Acp {
+            program: "x".into(),
+            args: Vec::new(),
+            session_meta: None,
+        });
+        assert_eq!(least_scope(&[command(), acp]), Scope::Approve);
     }
 
     #[test]

@@ -29,7 +29,9 @@
 //! input as compact JSON. A glob does not follow symbolic links: `src/**`
 //! allows an edit through a link in `src` to anywhere it points. An approval whose
 //! executor does not say which tool it is for (a `command` or `jsonl`
-//! executor that gives none) matches no rule: a phone decides it.
+//! executor that gives none) matches no rule: a phone decides it. An ACP
+//! agent's tool call is named by its kind ([`acp_tool_name`]: `execute` is
+//! `Bash`, `edit` is `Edit`, …) and matched on its raw input.
 
 use std::path::Path;
 
@@ -176,6 +178,26 @@ impl Rule {
             Some(glob) => subject(&tool.input, cx.workdir).is_some_and(|s| glob.is_match(s)),
         }
     }
+}
+
+/// The tool name an ACP agent's tool call of `kind` matches in rules:
+/// `execute` is `Bash`, `edit` `Edit`, `read` `Read`, `delete` `Delete`,
+/// `move` `Move`, `search` `Search`, `fetch` `Fetch`, `think` `Think`, any
+/// other (or none) `Other`.
+#[must_use]
+pub fn acp_tool_name(kind: Option<&str>) -> String {
+    match kind {
+        Some("execute") => "Bash",
+        Some("edit") => "Edit",
+        Some("read") => "Read",
+        Some("delete") => "Delete",
+        Some("move") => "Move",
+        Some("search") => "Search",
+        Some("fetch") => "Fetch",
+        Some("think") => "Think",
+        _ => "Other",
+    }
+    .to_owned()
 }
 
 /// The rule that decides `tool` here, if one does: the first deny rule that

@@ -30,6 +30,19 @@
 //! setting_sources = ["user"]    # the desktop user's own ~/.claude/settings.json
 //! ```
 //!
+//! A `type = "acp"` executor runs an agent that speaks the Agent Client
+//! Protocol on stdio, with `workdir` as its project: its permission requests
+//! go to the phone, its file requests stay inside `workdir` (see
+//! [`crate::acp`]).
+//!
+//! ```toml
+//! [[executor]]
+//! name = "acp"
+//! type = "acp"
+//! program = "/usr/local/bin/claude-code-acp"
+//! workdir = "/home/me/src"
+//! ```
+//!
 //! ```toml
 //! [agent]
 //! max_concurrent_tasks = 1      # tasks running at once; the rest wait in order
@@ -388,6 +401,26 @@ mod tests {
         assert_eq!(s.agent.approval_timeout_secs, 7);
         let bad = s.agent.apply_env(&|n| (n == "TANDEM_IDLE_DETACH_SECS").then(|| "soon".into()));
         assert!(matches!(bad, Err(SettingsError::Env { name: "TANDEM_IDLE_DETACH_SECS", .. })));
+    }
+
+    #[test]
+    fn an_acp_executor_is_read_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let toml = "[[executor]]\nname = \"acp\"\ntype = \"acp\"\nprogram = \"claude-code-acp\"\n\
+                    workdir = \"/src\"\n";
+        std::fs::write(&path, toml).unwrap();
+        let s = Settings::load_file(&path).unwrap();
+        let [e] = s.executors.as_slice() else { panic!("{:?}", s.executors) };
+        assert_eq!(
+            e.kind,
+            ExecutorKind::Acp {
+                program: "claude-code-acp".into(),
+                args: Vec::new(),
+                session_meta: None
+            }
+        );
+        assert_eq!(e.workdir.as_deref(), Some(Path::new("/src")));
     }
 
     #[test]

@@ -32,7 +32,7 @@ mod messages_api;
 use std::path::{Path, PathBuf};
 
 use common::{Agent, Phone};
-use messages_api::{Answer, Conversation, MessagesApi, Recorded, Reply};
+use messages_api::{Answer, Conversation, MessagesApi, Recorded, Reply, toml_str};
 use serde_json::json;
 use tandem_proto::message::{FinishStatus, Message, TaskEvent};
 
@@ -126,11 +126,6 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-/// A TOML basic string (JSON's escaping is a subset of TOML's).
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
-}
-
 async fn setup(plant: Plant, setting_sources: &[&str], auth: Auth) -> Setup {
     setup_with(plant, setting_sources, auth, "").await
 }
@@ -216,25 +211,8 @@ async fn setup_scripted<S: messages_api::Script>(
     }
 
     let api = MessagesApi::start(script(&repo)).await;
-    let env: Vec<(&str, String)> = vec![
-        ("HOME", home.display().to_string()),
-        ("CLAUDE_CONFIG_DIR", config_dir.display().to_string()),
-        ("XDG_CONFIG_HOME", home.join(".config").display().to_string()),
-        ("XDG_CACHE_HOME", home.join(".cache").display().to_string()),
-        ("XDG_DATA_HOME", home.join(".local/share").display().to_string()),
-        ("XDG_STATE_HOME", home.join(".local/state").display().to_string()),
-        ("TMPDIR", tmp.display().to_string()),
-        ("CLAUDE_CODE_TMPDIR", tmp.display().to_string()),
-        ("ANTHROPIC_BASE_URL", api.base_url()),
-        // Empty: not set, whatever the environment running the test says.
-        ("ANTHROPIC_API_KEY", if auth == Auth::ApiKey { API_KEY } else { "" }.to_owned()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-        ("DISABLE_TELEMETRY", "1".to_owned()),
-        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
-        ("DISABLE_AUTOUPDATER", "1".to_owned()),
-    ];
-    let env: Vec<String> =
-        env.iter().map(|(k, v)| format!("[{}, {}]", toml_str(k), toml_str(v))).collect();
+    let api_key = if auth == Auth::ApiKey { API_KEY } else { "" };
+    let env = messages_api::toml_env(&messages_api::offline_env(&home, api.base_url(), api_key));
     let sources: Vec<String> = setting_sources.iter().map(|s| toml_str(s)).collect();
     let config = root.join("config.toml");
     std::fs::write(
@@ -245,7 +223,7 @@ async fn setup_scripted<S: messages_api::Script>(
             toml_str(cli.to_str().unwrap()),
             toml_str(repo.to_str().unwrap()),
             sources.join(", "),
-            env.join(", "),
+            env,
         ),
     )
     .unwrap();

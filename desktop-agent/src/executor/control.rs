@@ -10,7 +10,7 @@ use tokio::process::ChildStdin;
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::timeout;
 
-use super::{Control, ExecError, WRITE_TIMEOUT};
+use super::{Control, ExecError, ExecEvent, WRITE_TIMEOUT};
 
 /// A cloneable handle that controls one running executor.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub(crate) enum Route {
     Jsonl(Arc<Mutex<Option<ChildStdin>>>),
     /// The Claude Code supervisor (closed once finished).
     Claude(mpsc::Sender<Control>),
+    /// The ACP supervisor (closed once finished).
+    Acp(mpsc::Sender<Control>),
 }
 
 /// A line to a JSON-lines agent.
@@ -84,6 +86,9 @@ impl Controller {
                     Control::Decision { approval_id, allow } => {
                         ToAgent::Decision { approval_id, allow: *allow }.line()?
                     }
+                    Control::Expired { approval_id } => {
+                        ToAgent::Decision { approval_id, allow: false }.line()?
+                    }
                     Control::Cancel => return Ok(()),
                 };
                 let mut stdin = stdin.lock().await;
@@ -94,7 +99,9 @@ impl Controller {
             }
             // The supervisor reads controls even while it waits for the
             // consumer, so this does not block for long.
-            Route::Claude(tx) => tx.send(c).await.map_err(|_| ExecError::NotRunning),
+            Route::Claude(tx) | Route::Acp(tx) => {
+                tx.send(c).await.map_err(|_| ExecError::NotRunning)
+            }
         }
     }
 }
@@ -110,4 +117,61 @@ pub(super) async fn write_line(pipe: &mut ChildStdin, line: &str) -> io::Result<
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the executor does not read stdin")),
     }
+}
+
+/// Why a supervisor stopped sending an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interrupt {
+    /// [`Control::Cancel`].
+    Cancelled,
+    /// The [`Running`](super::Running) and every [`Controller`] were dropped.
+    Abandoned,
+}
+
+/// Sends `event` to the consumer of a supervisor's events; meanwhile a
+/// cancel interrupts it, and controls that arrive are put in `taken` for the
+/// caller to handle, so a slow consumer never blocks a [`Controller`].
+pub(crate) async fn send_steered(
+    events: &mpsc::Sender<ExecEvent>,
+    event: ExecEvent,
+    cancel: &mut mpsc::Receiver<()>,
+    controls: &mut mpsc::Receiver<Control>,
+    controls_open: &mut bool,
+    taken: &mut Vec<Control>,
+) -> Result<(), Interrupt> {
+    let send = events.send(event);
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            biased;
+            sent = &mut send => return sent.map_err(|_| Interrupt::Abandoned),
+            c = cancel.recv() => {
+                return Err(if c.is_some() { Interrupt::Cancelled } else { Interrupt::Abandoned });
+            }
+            c = controls.recv(), if *controls_open => match c {
+                Some(c) => taken.push(c),
+                None => *controls_open = false,
+            },
+        }
+    }
+}
+
+/// Closes a finishing supervisor's cancel and control channels (later
+/// controls answer [`ExecError::NotRunning`]) and returns what was still in
+/// them: how many follow-ups (they will not run), and the other controls.
+pub(crate) fn close_controls(
+    cancel: &mut mpsc::Receiver<()>,
+    controls: &mut mpsc::Receiver<Control>,
+) -> (usize, Vec<Control>) {
+    cancel.close();
+    controls.close();
+    let mut lost = 0;
+    let mut others = Vec::new();
+    while let Ok(c) = controls.try_recv() {
+        match c {
+            Control::FollowUp(_) => lost += 1,
+            other => others.push(other),
+        }
+    }
+    (lost, others)
 }

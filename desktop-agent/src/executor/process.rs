@@ -40,6 +40,19 @@ impl Proc {
         extra_env: &[(String, String)],
         piped_stdin: bool,
     ) -> Result<Proc, ExecError> {
+        Self::spawn_capped(config, program, args, extra_env, piped_stdin, MAX_LINE_BYTES)
+    }
+
+    /// [`Proc::spawn`], keeping stdout lines up to `max_stdout_line` bytes
+    /// (stderr lines up to [`MAX_LINE_BYTES`]).
+    pub(crate) fn spawn_capped<A: AsRef<OsStr>>(
+        config: &ExecutorConfig,
+        program: &str,
+        args: &[A],
+        extra_env: &[(String, String)],
+        piped_stdin: bool,
+        max_stdout_line: usize,
+    ) -> Result<Proc, ExecError> {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .envs(extra_env.iter().map(|(k, v)| (k, v)))
@@ -74,10 +87,12 @@ impl Proc {
         let (line_tx, lines) = mpsc::channel(EVENT_BUFFER);
         let mut readers = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            readers.push(tokio::spawn(read_lines(out, line_tx.clone(), Stream::Stdout)));
+            let stdout = read_lines(out, line_tx.clone(), Stream::Stdout, max_stdout_line);
+            readers.push(tokio::spawn(stdout));
         }
         if let Some(err) = child.stderr.take() {
-            readers.push(tokio::spawn(read_lines(err, line_tx, Stream::Stderr)));
+            let stderr = read_lines(err, line_tx, Stream::Stderr, MAX_LINE_BYTES);
+            readers.push(tokio::spawn(stderr));
         }
         Ok(Proc { child, pgid, lines, readers })
     }
@@ -139,16 +154,18 @@ pub(crate) enum Stream {
     Stderr,
 }
 
-/// Forwards `pipe`'s lines (lossy UTF-8, without the line ending) until EOF.
+/// Forwards `pipe`'s lines (lossy UTF-8, without the line ending, at most
+/// `max` bytes) until EOF.
 async fn read_lines<R: AsyncRead + Unpin>(
     pipe: R,
     tx: mpsc::Sender<(Stream, String)>,
     stream: Stream,
+    max: usize,
 ) {
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
     loop {
-        match read_line_capped(&mut reader, &mut buf).await {
+        match read_line_capped(&mut reader, &mut buf, max).await {
             Ok(false) => break,
             Ok(true) => {
                 let text = String::from_utf8_lossy(&buf);
@@ -165,12 +182,14 @@ async fn read_lines<R: AsyncRead + Unpin>(
     }
 }
 
-/// Reads one line into `buf` (without the `\n`), keeping at most
-/// [`MAX_LINE_BYTES`] and discarding the rest of a longer line, so a
-/// runaway executor cannot exhaust memory. `Ok(false)` at EOF.
+/// Reads one line into `buf` (without the `\n`), keeping at most `max`
+/// bytes ([`MAX_LINE_BYTES`] unless the executor says otherwise) and
+/// discarding the rest of a longer line, so a runaway executor cannot
+/// exhaust memory. `Ok(false)` at EOF.
 async fn read_line_capped<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
+    max: usize,
 ) -> io::Result<bool> {
     buf.clear();
     let mut any = false;
@@ -185,7 +204,7 @@ async fn read_line_capped<R: AsyncBufRead + Unpin>(
             Some(i) => (available.get(..i).unwrap_or_default(), i.saturating_add(1)),
             None => (available, available.len()),
         };
-        let room = MAX_LINE_BYTES.saturating_sub(buf.len());
+        let room = max.saturating_sub(buf.len());
         buf.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
         reader.consume(used);
         if newline.is_some() {

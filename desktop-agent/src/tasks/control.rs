@@ -70,7 +70,7 @@ impl TaskManager {
                     .map(|m| vec![(Audience::Everyone, m)])
                     .unwrap_or_default())
             }
-            Control::Decision { .. } => Ok(Vec::new()),
+            Control::Decision { .. } | Control::Expired { .. } => Ok(Vec::new()),
         }
     }
 

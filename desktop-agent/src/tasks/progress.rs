@@ -212,9 +212,7 @@ impl TaskManager {
             for id in expired {
                 t.approvals.remove(&id);
                 if let Some(c) = &t.controller {
-                    let _ = c
-                        .control(Control::Decision { approval_id: id.clone(), allow: false })
-                        .await;
+                    let _ = c.control(Control::Expired { approval_id: id.clone() }).await;
                 }
                 due.push((task_id.clone(), id));
             }

@@ -24,6 +24,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -274,6 +275,45 @@ impl MessagesApi {
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.requests.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
+}
+
+/// The environment that runs Claude Code (the CLI, or the one inside an
+/// ACP agent) offline against `base_url`, with `HOME`, `CLAUDE_CONFIG_DIR`
+/// (`home/.claude`), the XDG directories and its temporary directory
+/// (`home/tmp`) inside `home`, telemetry, error reporting, update checks and
+/// all other non-essential traffic off. An empty `api_key` unsets
+/// `ANTHROPIC_API_KEY`, whatever the environment running the test says.
+pub fn offline_env(home: &Path, base_url: String, api_key: &str) -> Vec<(&'static str, String)> {
+    let tmp = home.join("tmp").display().to_string();
+    vec![
+        ("HOME", home.display().to_string()),
+        ("CLAUDE_CONFIG_DIR", home.join(".claude").display().to_string()),
+        ("XDG_CONFIG_HOME", home.join(".config").display().to_string()),
+        ("XDG_CACHE_HOME", home.join(".cache").display().to_string()),
+        ("XDG_DATA_HOME", home.join(".local/share").display().to_string()),
+        ("XDG_STATE_HOME", home.join(".local/state").display().to_string()),
+        ("TMPDIR", tmp.clone()),
+        ("CLAUDE_CODE_TMPDIR", tmp),
+        ("ANTHROPIC_BASE_URL", base_url),
+        ("ANTHROPIC_API_KEY", api_key.to_owned()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+        ("DISABLE_TELEMETRY", "1".to_owned()),
+        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
+        ("DISABLE_AUTOUPDATER", "1".to_owned()),
+    ]
+}
+
+/// A TOML basic string (JSON's escaping is a subset of TOML's).
+pub fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// `env` as the entries of an executor's `env = [...]` in `config.toml`.
+pub fn toml_env(env: &[(&str, String)]) -> String {
+    env.iter()
+        .map(|(k, v)| format!("[{}, {}]", toml_str(k), toml_str(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Drop for MessagesApi {
