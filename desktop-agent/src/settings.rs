@@ -131,6 +131,15 @@ pub enum SettingsError {
         /// The setting.
         field: &'static str,
     },
+    /// More executors or projects than a phone can be told of, or an
+    /// executor name that is too long.
+    #[error("{path}: {what}")]
+    TooMany {
+        /// The file.
+        path: PathBuf,
+        /// What is over its bound.
+        what: String,
+    },
     /// Two executors share a name.
     #[error("{path}: two executors are called {name:?}")]
     DuplicateName {
@@ -160,6 +169,9 @@ pub enum SettingsError {
         why: &'static str,
     },
 }
+
+/// The most executors, and the most projects, a configuration may name.
+pub const MAX_EXECUTORS: usize = 256;
 
 /// The agent's settings.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -343,6 +355,18 @@ impl Settings {
         };
         let s: Settings = toml::from_str(&text)
             .map_err(|source| SettingsError::Parse { path: path.to_owned(), source })?;
+        // Bounded so that what a phone is told of them (`choices`) always
+        // fits in one message.
+        let too_many = |what: String| SettingsError::TooMany { path: path.to_owned(), what };
+        if s.executors.len() > MAX_EXECUTORS {
+            return Err(too_many(format!("at most {MAX_EXECUTORS} executors")));
+        }
+        if s.projects.len() > MAX_EXECUTORS {
+            return Err(too_many(format!("at most {MAX_EXECUTORS} projects")));
+        }
+        if let Some(e) = s.executors.iter().find(|e| e.name.is_empty() || e.name.len() > 64) {
+            return Err(too_many(format!("executor {:?}: a name is 1 to 64 bytes", e.name)));
+        }
         let mut seen = std::collections::HashSet::new();
         for e in &s.executors {
             if !seen.insert(e.name.clone()) {

@@ -68,6 +68,16 @@ async fn refused(phone: &mut Phone, task_id: &str) -> String {
     }
 }
 
+/// `tandem executors` with `config`, a data dir of its own under `dir`.
+fn tandem_executors(dir: &Path, config: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--config", config.to_str().unwrap(), "executors"])
+        .output()
+        .unwrap()
+}
+
 fn real(p: &Path) -> String {
     std::fs::canonicalize(p).unwrap().display().to_string()
 }
@@ -177,12 +187,7 @@ fn a_relative_or_duplicate_project_is_a_configuration_error() {
             ),
         )
         .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--config", config.to_str().unwrap(), "executors"])
-            .output()
-            .unwrap();
+        let out = tandem_executors(dir.path(), &config);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{err}");
         assert!(err.contains(want), "{err}");
@@ -202,12 +207,7 @@ fn tandem_executors_lists_the_choices_with_the_defaults() {
          [[project]]\nname = \"site\"\npath = \"/srv/site\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--config", config.to_str().unwrap(), "executors"])
-        .output()
-        .unwrap();
+    let out = tandem_executors(dir.path(), &config);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{text}");
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
@@ -281,4 +281,71 @@ async fn the_phone_engine_offers_the_choices_and_submits_in_a_project() {
     assert_eq!(summary.unwrap(), real(&site));
     assert_eq!(refusal.unwrap(), "unknown_project");
     phone.close().await;
+}
+
+/// Review: a project's directory is never sent to a phone, not even when it
+/// cannot be used (deleted, unmounted): the task's failure says so without
+/// the path (the executor's `Workdir` error names it, and the finish goes to
+/// every phone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_project_directory_is_not_named_to_the_phone() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("secret-client-src");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[executor]]\nname = \"where\"\ntype = \"command\"\nprogram = \"pwd\"\n\n\
+             [[project]]\nname = \"client\"\npath = \"{}\"\n",
+            gone.display()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::up(dir.path(), &config);
+    let mut phone = Phone::pair(&agent, dir.path()).await;
+    submit(&mut phone, "t-gone", "where am I", "", "client").await;
+    let (_, (status, summary)) = ran(&mut phone, "t-gone").await;
+    assert_eq!(status, FinishStatus::Failed);
+    assert!(
+        !summary.contains("secret-client-src"),
+        "the project's path reached the phone: {summary}"
+    );
+}
+
+/// Review: a desktop with as many executors and projects as a
+/// configuration may name, with the longest names, still tells the phone
+/// what it offers (`choices` over the 60 KiB message limit would not be
+/// sent at all); a configuration naming more is refused when read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_most_executors_and_projects_still_reach_the_phone_as_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let mut text = String::new();
+    let max = tandem_agent::settings::MAX_EXECUTORS;
+    for i in 0..max {
+        let name = format!("{i:04}-{}", "e".repeat(59));
+        text.push_str(&format!(
+            "[[executor]]\nname = \"{name}\"\ntype = \"command\"\nprogram = \"pwd\"\n\n"
+        ));
+    }
+    for i in 0..max {
+        let name = format!("{i:04}-{}", "p".repeat(59));
+        text.push_str(&format!("[[project]]\nname = \"{name}\"\npath = \"/tmp\"\n\n"));
+    }
+    std::fs::write(&config, &text).unwrap();
+    let agent = Agent::up(dir.path(), &config);
+    let mut phone = Phone::pair(&agent, dir.path()).await;
+    phone.send(&Message::HistoryRequest { task_id: None, from_offset: 0 }).await;
+    let Message::Choices { executors, projects, .. } = phone.message().await else {
+        panic!("no choices before the task list")
+    };
+    assert_eq!((executors.len(), projects.len()), (max, max));
+    drop(agent);
+
+    // One more project: refused when the file is read, with the bound.
+    text.push_str("[[project]]\nname = \"one-too-many\"\npath = \"/tmp\"\n");
+    std::fs::write(&config, &text).unwrap();
+    let out = tandem_executors(dir.path(), &config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("at most 256 projects"), "{err}");
 }

@@ -203,8 +203,17 @@ impl Hold {
     /// held under another fence (a connection this one replaced) and not
     /// being written are refused to their senders (`store_unavailable`:
     /// they resend): their ids may be below what the device saw elsewhere.
+    /// A fence lower than the hold's is a replaced connection's late claim:
+    /// ignored.
     pub(crate) fn claimed(&self, state: &State, fence: u64, next: u64) {
         let mut q = lock(&self.q);
+        if fence < q.fence {
+            // The late answer to the claim of a connection a newer one
+            // replaced (both claims on one multiplexed connection, their
+            // answers acted on in either order): the newer fence stays
+            // (found by review).
+            return;
+        }
         q.floor = q.floor.max(next);
         q.fence = fence;
         q.claiming = false;
@@ -700,5 +709,31 @@ mod tests {
         assert!(!offer(&hold, &state, &answers, 10), "nor after it failed");
         assert_eq!(hold.len(), 0);
         assert_eq!(state.held_bytes.load(Ordering::Acquire), 0);
+    }
+
+    /// Review: the claim of a connection that was replaced while it claimed
+    /// can be answered after its replacement's (two tasks woken in turn by
+    /// one multiplexed connection, run in either order): the hold, shared
+    /// by both, must keep the newer fence. Here the late, lower fence is
+    /// taken: the frame held for the current connection is refused to its
+    /// sender as if held "for a connection the device replaced", and what
+    /// comes next is held under the stale fence (a write of it is refused
+    /// by the store).
+    #[test]
+    fn a_late_claim_of_a_replaced_connection_does_not_lower_the_fence() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), 64 << 20);
+        let hold = Arc::new(Hold::new(DeviceId([1; 16]), Arc::new(Shared::new(None))));
+        let answers = Arc::new(Shared::new(None));
+        // Connection A claims (fence 7), B replaces it and claims (fence 8);
+        // B's answer is acted on first.
+        hold.begin_claim();
+        hold.begin_claim();
+        hold.claimed(&state, 8, 0);
+        assert!(offer(&hold, &state, &answers, 10));
+        hold.claimed(&state, 7, 0);
+        assert_eq!(hold.len(), 1, "the frame held for the current connection was refused");
+        assert!(answers.answers.take().is_empty());
+        assert_eq!(lock(&hold.q).fence, 8, "the hold went back to the replaced connection's fence");
     }
 }

@@ -455,7 +455,14 @@ impl Daemon<'_> {
         let mut sealed: Vec<(DeviceId, u64, Vec<u8>)> = Vec::new();
         let mut touched: BTreeSet<DeviceId> = receiving.into_iter().collect();
         for (audience, message) in out {
-            let Ok(bytes) = message.encode() else { continue };
+            let bytes = match message.encode() {
+                Ok(b) => b,
+                Err(e) => {
+                    // Bounded everywhere it is built; said, should one slip.
+                    warn!(error = %e, kind = ?std::mem::discriminant(&message), "a message could not be encoded and was not sent");
+                    continue;
+                }
+            };
             // New events go to everyone; replays and catch-up to one device.
             if audience == Audience::Everyone {
                 self.tell_followers(&message);

@@ -46,16 +46,28 @@ impl TaskManager {
             self.active.insert(task_id.to_owned(), a);
             return Err(e);
         }
+        // A project's directory is not named to phones (PROTOCOL §15.3):
+        // the desktop's log has it.
+        let project = a.record.project.clone();
+        let said = |e: crate::executor::ExecError| match (&e, &project) {
+            (crate::executor::ExecError::Workdir { .. }, Some(name)) => {
+                warn!(task = %task_id, error = %e, "the project's directory is not usable");
+                format!(
+                    "the project {name:?}'s directory is not usable (the desktop's log says why)"
+                )
+            }
+            _ => e.to_string(),
+        };
         let started = match (&config, resume_text) {
             (Err(e), _) => Err(e.clone()),
             (Ok(None), _) => {
                 Err(format!("the executor {:?} is no longer configured", a.record.executor))
             }
             (Ok(Some(c)), Some(text)) => match &a.record.resume_token {
-                Some(token) => resume(c, token, &text).map_err(|e| e.to_string()),
+                Some(token) => resume(c, token, &text).map_err(said),
                 None => Err("the task cannot be resumed".into()),
             },
-            (Ok(Some(c)), None) => start(c, &a.record.text).map_err(|e| e.to_string()),
+            (Ok(Some(c)), None) => start(c, &a.record.text).map_err(said),
         };
         let running = match started {
             Ok(r) => r,

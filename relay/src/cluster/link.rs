@@ -61,7 +61,7 @@ pub(super) struct Link {
     target: tokio::sync::Mutex<RedisTarget>,
     current: Mutex<Option<Watched>>,
     /// With Sentinel: the primary it announced last.
-    switches: Option<tokio::sync::watch::Receiver<Option<crate::store::RedisAddr>>>,
+    switches: Option<tokio::sync::watch::Receiver<Option<crate::store::RedisAnnounced>>>,
     /// Moves on with every new connection: the node's subscription is made
     /// again when it moved (with Sentinel the primary may have changed, and
     /// a subscription on a demoted server may miss messages).
@@ -89,7 +89,7 @@ impl Link {
     /// before a change is to be made again).
     pub(super) fn switches(
         &self,
-    ) -> Option<tokio::sync::watch::Receiver<Option<crate::store::RedisAddr>>> {
+    ) -> Option<tokio::sync::watch::Receiver<Option<crate::store::RedisAnnounced>>> {
         self.switches.clone()
     }
 
@@ -143,7 +143,7 @@ pub(super) struct Watched {
     /// The server's address, and the primary Sentinel had announced last
     /// before it was asked for it.
     addr: redis::ConnectionAddr,
-    announced: Option<crate::store::RedisAddr>,
+    announced: Option<crate::store::RedisAnnounced>,
     broken: Arc<AtomicBool>,
 }
 

@@ -239,7 +239,12 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
                 handle.hold.claimed(&state, fence, next);
             }
             Err(e) => {
-                handle.hold.claim_failed();
+                // Only while this is the device's connection: the failed
+                // claim of one a newer connection replaced meanwhile must not
+                // stop the newer one's hold (found by review).
+                if state.registry.get(&device).is_some_and(|h| h.conn_id == conn_id) {
+                    handle.hold.claim_failed();
+                }
                 warn!(device = %device, error = %e, "cannot claim the device in the cluster");
                 if let (_, Some(write)) = state.registry.remove(&device, conn_id, &state) {
                     // What the connection it replaced held.

@@ -47,7 +47,7 @@ pub(crate) use self::redis::MAX_BACKOFF as REDIS_MAX_BACKOFF;
 pub(crate) use self::redis::namespace as redis_namespace;
 pub(crate) use self::redis::redis_hex;
 pub(crate) use self::redis::switches::{
-    Addr as RedisAddr, left_behind as redis_left_behind, switched as redis_switched,
+    Announced as RedisAnnounced, left_behind as redis_left_behind, switched as redis_switched,
 };
 pub(crate) use self::redis::target::Target as RedisTarget;
 pub use self::redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, QUEUE as REDIS_QUEUE, RedisStore};

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::keys::Keys;
 use super::scripts::Script;
-use super::switches::{Addr, left_behind, switched};
+use super::switches::{Announced, left_behind, switched};
 use super::target::Target;
 use crate::store::StoreError;
 
@@ -111,7 +111,7 @@ struct Live {
     /// The server's address (left when Sentinel announces another primary),
     /// and the primary Sentinel had announced last before it was asked for it.
     addr: redis::ConnectionAddr,
-    announced: Option<Addr>,
+    announced: Option<Announced>,
     /// The epoch base it read (the scripts' guard compares it).
     base: Vec<u8>,
     /// The loaded scripts' hashes, in [`Script::ALL`] order.

@@ -30,9 +30,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A primary's address as Sentinel names it.
 pub(crate) type Addr = (String, u16);
 
+/// The latest announcement: the primary it named and its number (every
+/// announcement counts, also one naming the address named before: a
+/// connection made in between to a stale primary is left at the next one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Announced {
+    /// The new primary.
+    pub(crate) addr: Addr,
+    /// Announcements heard so far (from 1).
+    pub(crate) seq: u64,
+}
+
 /// The newest primary announced for one monitored name.
 pub(crate) struct Switches {
-    tx: Arc<watch::Sender<Option<Addr>>>,
+    tx: Arc<watch::Sender<Option<Announced>>>,
 }
 
 impl Switches {
@@ -47,8 +58,8 @@ impl Switches {
         Self { tx }
     }
 
-    /// The newest announced primary (`None` until a failover is heard).
-    pub(crate) fn watch(&self) -> watch::Receiver<Option<Addr>> {
+    /// The newest announcement (`None` until a failover is heard).
+    pub(crate) fn watch(&self) -> watch::Receiver<Option<Announced>> {
         self.tx.subscribe()
     }
 }
@@ -67,19 +78,19 @@ pub(crate) fn parse(payload: &str, name: &str) -> Option<Addr> {
     Some((ip.to_owned(), port.parse().ok()?))
 }
 
-/// Whether a connection to `addr`, made when `then` was the primary
-/// announced last, is to be left now that `now` is: a failover was
-/// announced since, to another address. (An announcement from before the
-/// connection is not held against it: the connection asked Sentinel after
-/// it, and a failover back that was missed must not drop every new
-/// connection to the true primary.)
+/// Whether a connection to `addr`, made when `then` was the latest
+/// announcement, is to be left now that `now` is: an announcement came
+/// since (whichever address it repeats), naming another address than the
+/// connection's. An announcement from before the connection is not held
+/// against it: the connection asked Sentinel after it, and a failover back
+/// that was missed must not drop every new connection to the true primary.
 pub(crate) fn left_behind(
-    now: Option<&Addr>,
-    then: Option<&Addr>,
+    now: Option<&Announced>,
+    then: Option<&Announced>,
     addr: &redis::ConnectionAddr,
 ) -> bool {
-    let Some((ip, port)) = now else { return false };
-    if now == then {
+    let Some(Announced { addr: (ip, port), seq }) = now else { return false };
+    if then.is_some_and(|t| t.seq == *seq) {
         return false;
     }
     match addr {
@@ -94,7 +105,7 @@ pub(crate) fn left_behind(
 /// The next failover announced on `rx` (never when there is none: no
 /// Sentinel; an error once its listener is gone).
 pub(crate) async fn switched(
-    rx: &mut Option<watch::Receiver<Option<Addr>>>,
+    rx: &mut Option<watch::Receiver<Option<Announced>>>,
 ) -> Result<(), watch::error::RecvError> {
     match rx {
         Some(rx) => rx.changed().await,
@@ -103,7 +114,7 @@ pub(crate) async fn switched(
 }
 
 /// Subscribe to one sentinel, again and again, until nobody listens.
-async fn listen(url: String, name: String, tx: Weak<watch::Sender<Option<Addr>>>) {
+async fn listen(url: String, name: String, tx: Weak<watch::Sender<Option<Announced>>>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if tx.strong_count() == 0 {
@@ -121,14 +132,16 @@ async fn listen(url: String, name: String, tx: Weak<watch::Sender<Option<Addr>>>
                             let Ok(payload) = msg.get_payload::<String>() else { continue };
                             let Some(addr) = parse(&payload, &name) else { continue };
                             let Some(tx) = tx.upgrade() else { return };
-                            let changed = tx.send_if_modified(|now| {
-                                if now.as_ref() == Some(&addr) {
-                                    return false;
-                                }
-                                *now = Some(addr.clone());
-                                true
+                            // Every announcement counts (several sentinels
+                            // repeat one switch: a holder already on the
+                            // address named stays).
+                            let mut moved = true;
+                            tx.send_modify(|now| {
+                                moved = now.as_ref().is_none_or(|n| n.addr != addr);
+                                let seq = now.as_ref().map_or(1, |n| n.seq + 1);
+                                *now = Some(Announced { addr: addr.clone(), seq });
                             });
-                            if changed {
+                            if moved {
                                 tracing::warn!(
                                     primary = %format!("{}:{}", addr.0, addr.1),
                                     "sentinel announced a failover; reconnecting to the new primary"
@@ -198,16 +211,64 @@ mod tests {
 
     #[test]
     fn only_a_connection_made_before_a_switch_elsewhere_is_left_behind() {
-        let (old, new) = (("10.0.0.1".to_owned(), 6379), ("10.0.0.2".to_owned(), 6380));
         let at = |h: &str, p| redis::ConnectionAddr::Tcp(h.into(), p);
+        let told = |h: &str, p, seq| Announced { addr: (h.to_owned(), p), seq };
+        let (first, again) = (told("10.0.0.2", 6380, 1), told("10.0.0.2", 6380, 2));
         let left = |now, then, addr| left_behind(now, then, &addr);
         assert!(!left(None, None, at("10.0.0.1", 6379)), "nothing announced yet");
-        assert!(left(Some(&new), None, at("10.0.0.1", 6379)));
-        assert!(left(Some(&new), Some(&old), at("10.0.0.2", 6379)), "another port");
-        assert!(!left(Some(&new), None, at("10.0.0.2", 6380)), "already on the new primary");
+        assert!(left(Some(&first), None, at("10.0.0.1", 6379)));
+        assert!(left(Some(&first), None, at("10.0.0.2", 6379)), "another port");
+        assert!(!left(Some(&first), None, at("10.0.0.2", 6380)), "already on the new primary");
         assert!(
-            !left(Some(&new), Some(&new), at("10.0.0.1", 6379)),
+            !left(Some(&first), Some(&first), at("10.0.0.1", 6379)),
             "made after the announcement (a failover back that was missed): kept"
+        );
+        assert!(
+            left(Some(&again), Some(&first), at("10.0.0.1", 6379)),
+            "the same switch announced again (a lagging sentinel) leaves a stale primary"
+        );
+    }
+
+    /// Review: every announcement made after a connection reaches its
+    /// holder, also one naming the address announced last. A sentinel that
+    /// had not heard of a failover yet (the first one asked, cut off from
+    /// the others) names the old primary, still a primary, to a connection
+    /// made just after another sentinel announced the switch; when it
+    /// learns of the switch it announces it too, and that announcement must
+    /// leave the connection. Here it is swallowed (only a change of address
+    /// is passed on), and the store keeps writing to the demoted primary.
+    /// A plain `redis-server` stands in for the sentinels (one may PUBLISH
+    /// on it).
+    #[tokio::test]
+    async fn a_late_announcement_of_the_same_switch_leaves_a_connection_made_before_it() {
+        use crate::store::tests::redis_server::RedisServer;
+        let sentinel = RedisServer::start();
+        let switches = Switches::start(&[sentinel.url()], "main");
+        let mut rx = switches.watch();
+        // Published until the listener hears it (it subscribes meanwhile).
+        async fn announce(sentinel: &RedisServer, payload: &str) {
+            for _ in 0..100 {
+                let said = sentinel.call(&[b"PUBLISH", b"+switch-master", payload.as_bytes()]);
+                if said.as_deref().is_some_and(|s| s.starts_with(":1")) {
+                    return;
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+            panic!("nobody subscribed to +switch-master");
+        }
+        announce(&sentinel, "main 10.0.0.1 6379 10.0.0.2 6379").await;
+        timeout(Duration::from_secs(2), rx.changed()).await.unwrap().unwrap();
+        // A connection made now, to the old primary (a lagging sentinel's
+        // answer): kept, as the switch was announced before it.
+        let then = rx.borrow_and_update().clone();
+        let old = redis::ConnectionAddr::Tcp("10.0.0.1".into(), 6379);
+        assert!(!left_behind(rx.borrow().as_ref(), then.as_ref(), &old));
+        // The lagging sentinel announces the switch.
+        announce(&sentinel, "main 10.0.0.1 6379 10.0.0.2 6379").await;
+        let told = timeout(Duration::from_secs(2), rx.changed()).await.is_ok();
+        assert!(
+            told && left_behind(rx.borrow().as_ref(), then.as_ref(), &old),
+            "a switch announced after the connection did not leave the old primary"
         );
     }
 }

@@ -26,7 +26,7 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{Client, RedisConnectionInfo};
 use tokio::sync::watch;
 
-use super::switches::{Addr, Switches};
+use super::switches::{Announced, Switches};
 
 use super::driver::RESPONSE_TIMEOUT;
 use crate::store::StoreError;
@@ -168,7 +168,7 @@ impl Target {
     /// failover is heard): a connection to another address is to be made
     /// again. The first call starts listening (on the current tokio
     /// runtime; none outside one). Other targets: `None`.
-    pub(crate) fn switches(&self) -> Option<watch::Receiver<Option<Addr>>> {
+    pub(crate) fn switches(&self) -> Option<watch::Receiver<Option<Announced>>> {
         let Target::Sentinel(s) = self else { return None };
         tokio::runtime::Handle::try_current().ok()?;
         Some(s.switches.get_or_init(|| Switches::start(&s.sentinels, &s.name)).watch())
