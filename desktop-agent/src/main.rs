@@ -81,7 +81,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Status { json } => status(&dir, *json).await,
         Command::Service { action } => service(&dir, cli.config.as_deref(), action),
         Command::Tasks { task, follow, limit } => {
-            tasks(&dir, task.as_deref(), *follow, *limit).await
+            // For the terminal hand-off line (a config that does not load
+            // only loses that line here).
+            let settings = load_settings(&cli).ok();
+            tasks(&dir, task.as_deref(), *follow, *limit, settings.as_ref()).await
         }
         Command::Scope { device, scope } => {
             let req = ipc::Request::SetScope { device: device.clone(), scope: *scope };

@@ -527,3 +527,42 @@ async fn an_edit_reaches_the_phone_as_a_diff_with_line_numbers_before_its_approv
     let edited = std::fs::read_to_string(s.repo.join("src/lib.rs")).unwrap();
     assert!(edited.contains("a + b"), "allowed, the edit was made: {edited}");
 }
+
+/// Hand-off to the terminal: a Claude Code session a phone started is
+/// continued at the terminal with the line `tandem tasks ID` prints
+/// (`cd REPO && claude --resume SESSION`): the real CLI, run there, picks
+/// up the conversation the phone's task had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_started_from_the_phone_continues_at_the_terminal() {
+    let mut s = setup(Plant::ProjectAllow, &[], Auth::ApiKey).await;
+    std::fs::remove_file(s.repo.join(".claude/settings.json")).unwrap();
+    let events = s.run("t-hand-off", Answering::Deny).await;
+    assert_eq!(finished(&events).0, FinishStatus::Succeeded, "{events:#?}");
+    let config = s.root.join("config.toml");
+    let out =
+        common::tandem(&s.root, &["--config", config.to_str().unwrap(), "tasks", "t-hand-off"]);
+    let prefix = "Continue this Claude Code session at the terminal: ";
+    let line = out.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.starts_with(&format!("cd '{}' && ", s.repo.display())), "{line}");
+    let session = line.rsplit("--resume ").next().unwrap().trim_matches('\'');
+    assert!(!session.is_empty() && !session.contains(' '), "{line}");
+
+    // At the terminal, in the repository, as the line says.
+    let from = s.api.requests().len();
+    let home = s.root.join("home");
+    let run = std::process::Command::new(claude_cli())
+        .current_dir(&s.repo)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(messages_api::offline_env(&home, s.api.base_url(), API_KEY))
+        .args(["-p", "--resume", session, "And now?"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let calls = s.calls_since(from);
+    let resumed = calls.iter().any(|c| {
+        let text = serde_json::to_string(c.conversation().messages()).unwrap();
+        text.contains("Write the marker file.") && text.contains("And now?")
+    });
+    assert!(resumed, "the terminal's request did not carry the phone's conversation");
+}

@@ -76,6 +76,7 @@ pub(crate) async fn tasks(
     task: Option<&str>,
     follow: bool,
     limit: usize,
+    settings: Option<&tandem_agent::settings::Settings>,
 ) -> anyhow::Result<()> {
     let now_ms = now_unix().saturating_mul(1000);
     // Subscribe first, so nothing falls between the replay and the live stream.
@@ -140,6 +141,9 @@ pub(crate) async fn tasks(
             for m in &events {
                 print_event(m, &mut shown);
             }
+            if let Some(line) = terminal_hand_off(dir, &id, settings).await {
+                println!("{line}");
+            }
         }
     }
     if let Some(answers) = &mut live {
@@ -151,6 +155,42 @@ pub(crate) async fn tasks(
         bail!("the agent stopped (or this follower fell behind)");
     }
     Ok(())
+}
+
+/// For a task a `claude` executor ran, how to continue its Claude Code
+/// session at the terminal: `cd DIR && claude --resume SESSION`.
+async fn terminal_hand_off(
+    dir: &std::path::Path,
+    id: &str,
+    settings: Option<&tandem_agent::settings::Settings>,
+) -> Option<String> {
+    let settings = settings?;
+    let records: Vec<tandem_agent::history::TaskRecord> =
+        match ipc::call(dir, &ipc::Request::Tasks { limit: usize::MAX }).await {
+            Ok(v) => serde_json::from_value(field(&v, "tasks").clone()).ok()?,
+            Err(ipc::IpcError::NotRunning) => History::open(dir).ok()?.recent(usize::MAX).ok()?,
+            Err(_) => return None,
+        };
+    let record = records.into_iter().find(|r| r.task_id == id)?;
+    let token = record.resume_token.as_deref()?;
+    let executor = settings.executors.iter().find(|e| e.name == record.executor)?;
+    let tandem_agent::executor::ExecutorKind::Claude { program, .. } = &executor.kind else {
+        return None;
+    };
+    let workdir = record
+        .project
+        .as_deref()
+        .and_then(|p| tandem_agent::projects::find(&settings.projects, p))
+        .map(|p| p.path.clone())
+        .or_else(|| executor.workdir.clone());
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let cd = workdir.map(|w| format!("cd {} && ", quote(&w.display().to_string())));
+    Some(format!(
+        "Continue this Claude Code session at the terminal: {}{} --resume {}",
+        cd.unwrap_or_default(),
+        quote(program),
+        quote(token)
+    ))
 }
 
 /// Print a task event once (the replay and the live stream overlap).
