@@ -493,12 +493,35 @@ fn is_finish(m: &Message) -> bool {
 /// What still reaches a detached phone: what needs a decision or ends a task.
 fn reaches_detached(m: &Message) -> bool {
     match m {
+        // A file's diff goes with the approval that follows it: what the
+        // user decides on.
         Message::TaskEvent { event, .. } => matches!(
             event,
-            TaskEvent::ApprovalRequest { .. }
+            TaskEvent::Diff { .. }
+                | TaskEvent::ApprovalRequest { .. }
                 | TaskEvent::ApprovalResolved { .. }
                 | TaskEvent::Finished { .. }
         ),
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_detached_phone_still_gets_what_it_decides_on_and_the_finish() {
+        let ev = |event| Message::TaskEvent { task_id: "t".into(), offset: 0, at_ms: 0, event };
+        let diff = TaskEvent::Diff {
+            call_id: "c".into(),
+            path: "a".into(),
+            diff: String::new(),
+            added: 0,
+            removed: 0,
+        };
+        assert!(reaches_detached(&ev(diff)));
+        assert!(!reaches_detached(&ev(TaskEvent::Progress { text: "x".into() })));
+        assert!(reaches_detached(&Message::Detached { idle_secs: 1 }));
     }
 }
