@@ -3,17 +3,17 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-22352d4033689672.js", "text/javascript; charset=utf-8", "code", "\"22352d4033689672c5e5055827d92129\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-22352d4033689672.js"))),
-    ("/assets/app-79b8401f3d3b3c4f.css", "text/css; charset=utf-8", "code", "\"79b8401f3d3b3c4fa806be2492900d17\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-79b8401f3d3b3c4f.css"))),
+    ("/assets/app-85efb930a90db657.js", "text/javascript; charset=utf-8", "code", "\"85efb930a90db657f3b529012fb017c6\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-85efb930a90db657.js"))),
+    ("/assets/app-d85101b0f53cdc41.css", "text/css; charset=utf-8", "code", "\"d85101b0f53cdc412e8ce3240d8afe79\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-d85101b0f53cdc41.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"5664ef7da9ed31d9758954b81095bed7\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"156778d86ebb79820e14c3225674c31b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

@@ -718,6 +718,24 @@ describe('web client end to end', { concurrency: false }, () => {
     await screenshot(page, 'diff', '[data-testid=diff]');
   });
 
+  check('8d. the agent\'s text is safe Markdown: bold, code, lists; HTML stays text; a link is inert until tapped', async (t) => {
+    if (!needPaired(t)) return;
+    const { page } = s.phone;
+    await submit(page, 'md');
+    assert.equal(await waitFinished(page, 'md task'), 'succeeded');
+    const md = await expectVisible(page, '.progress [data-testid=md]', 'task screen: the progress as Markdown');
+    assert.equal(await md.locator('strong').textContent(), 'bold');
+    assert.equal(await md.locator('code').textContent(), 'code');
+    assert.equal(await md.locator('b').count(), 0, 'no HTML element from the text');
+    assert.match((await md.textContent()) ?? '', /<b>raw<\/b>/, 'the HTML shows as text');
+    const link = md.locator('a.link');
+    assert.equal(await link.textContent(), 'the docs');
+    assert.equal(await link.getAttribute('href'), null, 'no href: inert');
+    assert.equal(await link.getAttribute('data-href'), 'https://example.org/docs');
+    const items = await page.locator('[data-testid=finished] [data-testid=md] li').allTextContents();
+    assert.deepEqual(items, ['one', 'two'], 'the summary\'s list');
+  });
+
   check('9. a follow-up shows in the thread as a follow_up event; cancel ends the task as cancelled', async (t) => {
     if (!needPaired(t)) return;
     const { page } = s.phone;

@@ -6,6 +6,7 @@ import type { EventRow } from '../store.ts';
 import type { Thread } from '../thread.ts';
 import type { App, Route, Screen } from './app.ts';
 import { clock, h } from './dom.ts';
+import { markdown } from './markdown.ts';
 
 const STATUS_TEXT: Record<string, string> = {
   succeeded: 'Finished',
@@ -137,7 +138,7 @@ export function taskScreen(app: App, route: Route): Screen {
         li.append(h('div', { class: 'bubble mine' }, String(ev.text ?? '')));
         break;
       case 'progress':
-        li.append(h('div', { class: 'progress' }, String(ev.text ?? '')));
+        li.append(h('div', { class: 'progress' }, markdown(String(ev.text ?? ''))));
         break;
       case 'tool_call': {
         const id = String(ev.call_id);
@@ -172,7 +173,7 @@ export function taskScreen(app: App, route: Route): Screen {
             'div',
             { class: `finished ${status}`, testid: 'finished', 'data-status': status },
             h('strong', {}, STATUS_TEXT[status] ?? status),
-            ev.summary ? h('p', {}, String(ev.summary)) : null,
+            ev.summary ? markdown(String(ev.summary)) : null,
             deniedLine(ev.denied),
           ),
         );
