@@ -696,7 +696,9 @@ mod tests {
 
     /// A claim that failed holds nothing more (its fence and floor are not
     /// known: a frame held now could get an id below one the device saw
-    /// elsewhere); the offer goes to the store.
+    /// elsewhere), also when another claim's answer (the node's
+    /// reconciliation) cleared the flag in between; the offer goes to the
+    /// store.
     #[test]
     fn nothing_is_held_after_a_failed_claim() {
         let dir = tempfile::tempdir().unwrap();
@@ -705,6 +707,9 @@ mod tests {
         let answers = Arc::new(Shared::new(None));
         hold.begin_claim();
         assert!(!offer(&hold, &state, &answers, 10), "nothing held during a claim");
+        // The reconciliation's claim answers first and clears the flag…
+        hold.claimed(&state, 9, 0);
+        // …then this connection's own claim fails.
         hold.claim_failed();
         assert!(!offer(&hold, &state, &answers, 10), "nor after it failed");
         assert_eq!(hold.len(), 0);
