@@ -175,7 +175,12 @@ SRC_A = "127.0.0.2"
 async def pre_auth(name, code_name, *messages):
     c = await Ws.open(SRC_A)
     for m in messages:
-        await c.send(m)
+        try:
+            await c.send(m)
+        except ConnectionClosed:
+            # The relay may close before a large message is all sent (its
+            # first bytes already over the limit): the close is the answer.
+            break
     code, errors = await c.closed()
     expect_close(A, name, code_name, code, errors)
     await c.close()
