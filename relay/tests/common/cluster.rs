@@ -55,8 +55,18 @@ pub struct Haproxy {
 
 impl Haproxy {
     pub fn start(dir: &Path, nodes: &[&Relay]) -> Haproxy {
+        // A free port is only free when `free_port` looked: a haproxy that
+        // could not bind (another test took it) exits, and tries another.
+        for _ in 0..5 {
+            if let Some(lb) = Self::try_start(dir, nodes, free_port()) {
+                return lb;
+            }
+        }
+        panic!("haproxy did not start in 5 tries; its log: {}", dir.join("haproxy.log").display());
+    }
+
+    fn try_start(dir: &Path, nodes: &[&Relay], port: u16) -> Option<Haproxy> {
         let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/haproxy/haproxy.cfg");
-        let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("haproxy.log")).expect("log");
         let mut cmd = Command::new("haproxy");
@@ -67,10 +77,18 @@ impl Haproxy {
         let child =
             cmd.stdout(Stdio::null()).stderr(log).spawn().expect("haproxy (apt install haproxy)");
         let url = format!("ws://{addr}/v1/connect");
-        let lb = Haproxy { child, addr, url };
+        let mut lb = Haproxy { child, addr, url };
         for _ in 0..200 {
+            if let Ok(Some(_)) = lb.child.try_wait() {
+                return None;
+            }
             if listening(&lb.addr) {
-                return lb;
+                // Ours, not another test's listener: still running.
+                std::thread::sleep(Duration::from_millis(50));
+                return match lb.child.try_wait() {
+                    Ok(None) => Some(lb),
+                    _ => None,
+                };
             }
             std::thread::sleep(Duration::from_millis(25));
         }

@@ -25,6 +25,8 @@ pub struct RedisServer {
     /// More arguments (`--replicaof`), or a sentinel's config file first.
     extra: Vec<String>,
     sentinel: bool,
+    /// Its port is fixed (given, or it ran once: a restart keeps it).
+    keep_port: bool,
 }
 
 impl RedisServer {
@@ -40,7 +42,10 @@ impl RedisServer {
 
     /// A server (`appendfsync always`) on `port` (from [`free_port`]).
     pub fn start_on(port: u16) -> Self {
-        Self::start_full(port, "always")
+        let mut s = Self::unstarted(port, "always");
+        s.keep_port = true;
+        s.spawn();
+        s
     }
 
     /// A replica of the server on `primary` (AOF on, `appendfsync always`).
@@ -48,7 +53,15 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let extra = vec!["--replicaof".into(), "127.0.0.1".into(), primary.to_string()];
         let port = free_port();
-        let mut s = Self { child: None, port, dir, fsync: "always", extra, sentinel: false };
+        let mut s = Self {
+            child: None,
+            port,
+            dir,
+            fsync: "always",
+            extra,
+            sentinel: false,
+            keep_port: false,
+        };
         s.spawn();
         s
     }
@@ -66,7 +79,15 @@ impl RedisServer {
         );
         std::fs::write(&conf, text).expect("the sentinel's config");
         let extra = vec![conf.display().to_string()];
-        let mut s = Self { child: None, port, dir, fsync: "always", extra, sentinel: true };
+        let mut s = Self {
+            child: None,
+            port,
+            dir,
+            fsync: "always",
+            extra,
+            sentinel: true,
+            keep_port: false,
+        };
         s.spawn();
         s
     }
@@ -87,16 +108,28 @@ impl RedisServer {
             "2000".into(),
         ];
         let port = free_port();
-        let mut s = Self { child: None, port, dir, fsync: "always", extra, sentinel: false };
+        let mut s = Self {
+            child: None,
+            port,
+            dir,
+            fsync: "always",
+            extra,
+            sentinel: false,
+            keep_port: false,
+        };
         s.spawn();
         s
     }
 
     fn start_full(port: u16, fsync: &'static str) -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut s = Self { child: None, port, dir, fsync, extra: Vec::new(), sentinel: false };
+        let mut s = Self::unstarted(port, fsync);
         s.spawn();
         s
+    }
+
+    fn unstarted(port: u16, fsync: &'static str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Self { child: None, port, dir, fsync, extra: Vec::new(), sentinel: false, keep_port: false }
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -114,7 +147,48 @@ impl RedisServer {
         self.dir.path().to_owned()
     }
 
+    /// Start the process and wait until it, not another test's server that
+    /// took the same port meanwhile (a free port is only free when
+    /// [`free_port`] looked), answers. A server of its own that could not
+    /// bind moves to another free port, unless it must keep its port (a
+    /// restart): then the test stops with the reason.
     fn spawn(&mut self) {
+        let fixed = self.keep_port;
+        for _ in 0..5 {
+            match self.spawn_once() {
+                Ok(()) => {
+                    self.keep_port = true;
+                    return;
+                }
+                Err(why) if !fixed => {
+                    eprintln!("redis-server on port {}: {why}; trying another port", self.port);
+                    self.move_to(free_port());
+                }
+                Err(why) => panic!("redis-server on port {}: {why}", self.port),
+            }
+        }
+        panic!("redis-server found no free port in 5 tries");
+    }
+
+    /// Use `port` instead of the current one (a sentinel's config says it).
+    fn move_to(&mut self, port: u16) {
+        let old = self.port;
+        self.port = port;
+        if self.sentinel
+            && let Some(conf) = self.extra.first()
+            && let Ok(text) = std::fs::read_to_string(conf)
+        {
+            let text = text.replacen(&format!("port {old}\n"), &format!("port {port}\n"), 1);
+            std::fs::write(conf, text).expect("the sentinel's config");
+        }
+        if let Some(i) = self.extra.iter().position(|a| a == "--cluster-port")
+            && let Some(bus) = self.extra.get_mut(i + 1)
+        {
+            *bus = free_port().to_string();
+        }
+    }
+
+    fn spawn_once(&mut self) -> Result<(), String> {
         let mut cmd = Command::new("redis-server");
         if self.sentinel {
             cmd.args(&self.extra).arg("--sentinel");
@@ -132,15 +206,39 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (scripts/test.sh installs it)");
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.command("PING").is_some_and(|r| r.starts_with("+PONG")) {
-                return;
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return Err(format!("exited at start ({status}); the port may be taken"));
+            }
+            if !self.command("PING").is_some_and(|r| r.starts_with("+PONG")) {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            if let Some(info) = self.command("INFO server") {
+                let theirs = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("process_id:"))
+                    .and_then(|p| p.trim().parse::<u32>().ok());
+                match theirs {
+                    Some(p) if p == pid => return Ok(()),
+                    Some(p) => {
+                        self.kill();
+                        return Err(format!("another server (pid {p}) answers on it"));
+                    }
+                    // Not that far in the reply's first read: try again.
+                    None => {}
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not answer PING", self.port);
+        self.kill();
+        Err("did not answer within 10 s".into())
     }
 
     /// Kill it (SIGKILL) and wait for it to be gone.

@@ -28,8 +28,19 @@ impl Haproxy {
     /// Start it in front of `nodes` (their ports do not change across
     /// restarts), its log in `dir/haproxy.log`.
     pub fn start(dir: &Path, nodes: &[&Relay]) -> Haproxy {
+        // A free port is only free when `free_port` looked: a haproxy that
+        // could not bind (another test took it) exits, and tries another.
+        for _ in 0..5 {
+            if let Some(lb) = Self::try_start(dir, nodes, free_port()) {
+                return lb;
+            }
+        }
+        panic!("haproxy did not start in 5 tries; its log: {}", dir.join("haproxy.log").display());
+    }
+
+    fn try_start(dir: &Path, nodes: &[&Relay], port: u16) -> Option<Haproxy> {
         let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/haproxy/haproxy.cfg");
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("haproxy.log")).unwrap();
         let mut cmd = Command::new("haproxy");
         cmd.arg("-db").arg("-f").arg(&cfg).env("TANDEM_LB_BIND", &addr);
@@ -42,11 +53,19 @@ impl Haproxy {
             .stderr(log)
             .spawn()
             .expect("haproxy (scripts/test.sh installs it)");
-        let lb = Haproxy { child, addr };
+        let mut lb = Haproxy { child, addr };
         for _ in 0..200 {
+            if let Ok(Some(_)) = lb.child.try_wait() {
+                return None;
+            }
             let to = lb.addr.parse().unwrap();
             if std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok() {
-                return lb;
+                // Ours, not another test's listener: still running.
+                std::thread::sleep(Duration::from_millis(50));
+                return match lb.child.try_wait() {
+                    Ok(None) => Some(lb),
+                    _ => None,
+                };
             }
             std::thread::sleep(Duration::from_millis(25));
         }

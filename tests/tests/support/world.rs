@@ -83,6 +83,10 @@ pub const AGENT_ENV: [(&str, &str); 2] =
 /// The phone's renewal period (ms): the agent initiates.
 pub const PHONE_RENEW_MS: u64 = 3_600_000;
 
+/// How long [`World::settle`] waits for a submit the phone has neither
+/// confirmed nor refused and that has not started.
+const UNANSWERED_WAIT: Duration = Duration::from_secs(5);
+
 impl World {
     /// Relay (in `netns` if given), agent and phone in `dir`, paired.
     /// Their data: `dir/relay-data`, `dir/desk`, `dir/phone` (a scenario
@@ -267,15 +271,29 @@ impl World {
     /// Wait until every submitted task finished at the phone (or
     /// [`WAIT`] passed since the last progress).
     pub fn settle(&mut self) {
-        let mut last = (0usize, Instant::now());
+        let start = Instant::now();
+        let mut last = (0usize, start);
         loop {
             self.read_answers(Duration::from_millis(100));
             let live = Live::read(&self.events());
-            // A submit the phone refused (`submit-error`) never runs.
-            let waited: Vec<&String> =
-                self.submitted.iter().filter(|(_, confirmed)| *confirmed).map(|(t, _)| t).collect();
+            // A submit the phone refused (`submit-error`) never runs; one
+            // it confirmed, or that started (its events arrive before the
+            // phone's confirmation may be read), is waited for.
+            let waited: Vec<&String> = self
+                .submitted
+                .iter()
+                .filter(|(t, confirmed)| {
+                    !self.refused.contains(t) && (*confirmed || live.has_event(t))
+                })
+                .map(|(t, _)| t)
+                .collect();
+            // Neither confirmed nor refused nor started yet: given a while
+            // (a phone killed with it in hand never answers).
+            let unanswered = self.submitted.iter().any(|(t, confirmed)| {
+                !confirmed && !self.refused.contains(t) && !live.has_event(t)
+            });
             let done = waited.iter().filter(|t| live.finished(t)).count();
-            if done == waited.len() {
+            if done == waited.len() && (!unanswered || start.elapsed() > UNANSWERED_WAIT) {
                 return;
             }
             if done != last.0 {
