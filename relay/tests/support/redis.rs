@@ -50,18 +50,8 @@ impl RedisServer {
 
     /// A replica of the server on `primary` (AOF on, `appendfsync always`).
     pub fn start_replica_of(primary: u16) -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let extra = vec!["--replicaof".into(), "127.0.0.1".into(), primary.to_string()];
-        let port = free_port();
-        let mut s = Self {
-            child: None,
-            port,
-            dir,
-            fsync: "always",
-            extra,
-            sentinel: false,
-            keep_port: false,
-        };
+        let mut s = Self::unstarted(free_port(), "always");
+        s.extra = vec!["--replicaof".into(), "127.0.0.1".into(), primary.to_string()];
         s.spawn();
         s
     }
@@ -69,25 +59,17 @@ impl RedisServer {
     /// A Sentinel (`redis-server --sentinel`) watching the primary on
     /// `primary` under `name`, alone (quorum 1), quick to act (1 s).
     pub fn start_sentinel(primary: u16, name: &str) -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let port = free_port();
-        let conf = dir.path().join("sentinel.conf");
+        let mut s = Self::unstarted(free_port(), "always");
+        let conf = s.dir.path().join("sentinel.conf");
         let text = format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {primary} 1\n\
+            "port {}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {primary} 1\n\
              sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n",
-            dir.path().display()
+            s.port,
+            s.dir.path().display()
         );
         std::fs::write(&conf, text).expect("the sentinel's config");
-        let extra = vec![conf.display().to_string()];
-        let mut s = Self {
-            child: None,
-            port,
-            dir,
-            fsync: "always",
-            extra,
-            sentinel: true,
-            keep_port: false,
-        };
+        s.extra = vec![conf.display().to_string()];
+        s.sentinel = true;
         s.spawn();
         s
     }
@@ -95,9 +77,9 @@ impl RedisServer {
     /// A node of a Redis Cluster (not yet joined: see [`form_cluster`]),
     /// its cluster bus on a free port of its own.
     pub fn start_cluster_node() -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let conf = dir.path().join("nodes.conf").display().to_string();
-        let extra = vec![
+        let mut s = Self::unstarted(free_port(), "always");
+        let conf = s.dir.path().join("nodes.conf").display().to_string();
+        s.extra = vec![
             "--cluster-enabled".into(),
             "yes".into(),
             "--cluster-config-file".into(),
@@ -107,16 +89,6 @@ impl RedisServer {
             "--cluster-node-timeout".into(),
             "2000".into(),
         ];
-        let port = free_port();
-        let mut s = Self {
-            child: None,
-            port,
-            dir,
-            fsync: "always",
-            extra,
-            sentinel: false,
-            keep_port: false,
-        };
         s.spawn();
         s
     }
