@@ -564,9 +564,10 @@ async fn the_client_crate_subscribes_notifies_and_goes_to_the_background() {
     use tandem_client::{Client, ClientConfig};
     let dir = tempfile::tempdir().unwrap();
     let svc = PushService::start();
-    let relay = relay(dir.path(), &svc, "", &[]);
+    let mut relay = relay(dir.path(), &svc, "", &[]);
+    let url = relay.url.clone();
     let start = |role| {
-        let (c, mut events) = Client::start(ClientConfig::new(relay.url.clone(), new_key(), role));
+        let (c, mut events) = Client::start(ClientConfig::new(url.clone(), new_key(), role));
         tokio::spawn(async move { while events.recv().await.is_some() {} });
         c
     };
@@ -590,6 +591,18 @@ async fn the_client_crate_subscribes_notifies_and_goes_to_the_background() {
     let e = desk.notify(stranger, urgent, [0; 16], b"x".to_vec()).await.unwrap_err();
     assert!(format!("{e:?}").contains("NotAuthorized"), "{e:?}");
     assert_eq!(svc.records().await.len(), 1);
+
+    // The relay restarts: the phone's new connection starts active, and
+    // the client says it is in the background again (else suppressed).
+    relay.restart();
+    relay.wait_metric("tandem_relay_connections{role=\"phone\"}", 1.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    desk.notify(phone.device_id(), urgent, [0; 16], b"again".to_vec()).await.unwrap();
+    let records = svc.wait_records(2).await;
+    assert_clean(&records);
+    assert_eq!(plain(&records[1]), b"again");
+    let m = relay.metrics().await;
+    assert_eq!(metric(&m, "tandem_relay_push_suppressed_total{reason=\"active\"}"), None);
 }
 
 /// The harness's paired devices speak level 1: push frames are unexpected.
