@@ -141,11 +141,13 @@ echo "$acp_name $(node -p "require('./$acp_pkg/node_modules/$acp_name/package.js
 
 step "tests (cargo nextest)"
 # tests/tests/abuse.rs runs tests/abuse/abuse.py (a raw WebSocket client we did
-# not write) with `websockets` from this venv, found beside the build.
+# not write) with `websockets` from this venv, found beside the build;
+# relay/tests/push.rs runs its local Web Push service (push_service/) with
+# `http_ece` and `cryptography` from the same venv.
 abuse_venv="${CARGO_TARGET_DIR:-target}/abuse-venv"
-if ! "$abuse_venv/bin/python" -c 'import websockets.asyncio.client' 2>/dev/null; then
+if ! "$abuse_venv/bin/python" -c 'import websockets.asyncio.client, http_ece, cryptography' 2>/dev/null; then
   python3 -m venv "$abuse_venv"
-  "$abuse_venv/bin/pip" install -q 'websockets>=14,<18'
+  "$abuse_venv/bin/python" -m pip install -q 'websockets>=14,<18' 'http_ece>=1.2,<2'
 fi
 cargo nextest run --workspace --locked --profile ci "${feat[@]}"
 

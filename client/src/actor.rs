@@ -76,7 +76,13 @@ impl Pending {
     /// Whether it is safe to write again after the connection dropped without
     /// an answer.
     fn idempotent(&self) -> bool {
-        matches!(self.frame, Frame::Send { .. } | Frame::Authorize { .. } | Frame::Revoke { .. })
+        matches!(
+            self.frame,
+            Frame::Send { .. }
+                | Frame::Authorize { .. }
+                | Frame::Revoke { .. }
+                | Frame::PushSubscribe { .. }
+        )
     }
 }
 
@@ -326,6 +332,10 @@ impl Actor {
             queued: conn.queued(),
             store_epoch: conn.store_epoch(),
         });
+        // A connection starts active (PROTOCOL.md §6.14).
+        if self.shared.background.load(Ordering::Acquire) {
+            conn.send(&Frame::Active { active: false }).await?;
+        }
 
         let mut next_ping = after(jittered(self.config.ping_interval));
         let mut pong_deadline: Option<Instant> = None;

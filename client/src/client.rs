@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tandem_proto::frame::MAX_PAYLOAD_LEN;
+use tandem_proto::frame::{MAX_PAYLOAD_LEN, PushSubscription, Urgency};
 use tandem_proto::{DeviceId, DeviceKey, ErrorCode, Role};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -260,6 +260,9 @@ pub(crate) struct Shared {
     pub(crate) ack_notify: Notify,
     /// Requests made and not yet taken by the actor, in the order of the calls.
     pub(crate) requests: Requests,
+    /// The application said it is in the background ([`Client::set_active`]):
+    /// said again on every new connection (which starts active).
+    pub(crate) background: std::sync::atomic::AtomicBool,
 }
 
 /// A handle to the relay client. Cheap to clone; the actor stops when
@@ -454,6 +457,63 @@ impl Client {
         let request =
             check_len(&payload).map(|()| Request::PairMessage { pairing_id, peer, payload });
         self.request(request)
+    }
+
+    /// Register this device's push subscription with the relay (a phone;
+    /// protocol level 3, PROTOCOL.md §6.14), replacing the one it had;
+    /// [`PushSubscription::Remove`] forgets it. Ask `GET /v1/push` first:
+    /// an older relay does not answer this. Resent after a reconnect if
+    /// unanswered (it is idempotent).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`]: `malformed_frame` (a bad subscription),
+    /// `push_unavailable` (the relay sends no pushes of that kind),
+    /// `unexpected_frame` (not a phone, or an endpoint origin the relay
+    /// refuses), `store_unavailable`; [`ClientError::TooLarge`],
+    /// [`ClientError::Closed`].
+    pub fn push_subscribe(
+        &self,
+        subscription: &PushSubscription,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static + use<> {
+        let (kind, data) = (subscription.kind(), subscription.data());
+        self.request(check_len(&data).map(|()| Request::PushSubscribe { kind, data }))
+    }
+
+    /// Ask the relay to wake `to` (a peer with a mutual route) through its
+    /// push subscription with `blob` (sealed end to end, 1 to
+    /// [`MAX_PUSH_BLOB`](tandem_proto::frame::MAX_PUSH_BLOB) bytes),
+    /// `urgency` and a collapse `topic` (`[0; 16]`: none). `Ok` once the
+    /// relay took it (sent, queued, collapsed or suppressed alike).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`]: `not_authorized` (no route),
+    /// `malformed_frame`, `rate_limited`; [`ClientError::TooLarge`],
+    /// [`ClientError::Closed`], [`ClientError::Interrupted`] (the
+    /// connection dropped before the answer: not resent).
+    pub fn notify(
+        &self,
+        to: DeviceId,
+        urgency: Urgency,
+        topic: [u8; 16],
+        blob: Vec<u8>,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static + use<> {
+        let urgency = urgency as u8;
+        self.request(check_len(&blob).map(|()| Request::Notify { to, urgency, topic, blob }))
+    }
+
+    /// Tell the relay whether the application is in the foreground (no
+    /// push while it is). Every connection starts active; `false` is said
+    /// again after each reconnect until `true` is set. Resolves once
+    /// written (the relay does not answer it).
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`], or the error that stopped the client.
+    pub fn set_active(
+        &self,
+        active: bool,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static + use<> {
+        self.shared.background.store(!active, Ordering::Release);
+        self.request(Ok(Request::Active(active)))
     }
 
     /// Stop the client: close the connection (after writing a pending ack)

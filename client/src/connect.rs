@@ -212,7 +212,8 @@ impl Endpoint {
             write_timeout,
         };
 
-        // Protocol levels 1 to LEVEL: a level-2 relay may answer sends with `Oks`.
+        // Protocol levels 1 to LEVEL: a level-2 relay may answer sends with
+        // `Oks`; level 3 takes the push frames.
         conn.send(&Frame::Hello { min_version: 1, max_version: LEVEL, role }).await?;
         let challenge = conn.recv_handshake().await?;
         let auth = match relay_auth::prove(key, role, &self.dialed, &challenge) {

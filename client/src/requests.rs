@@ -140,12 +140,15 @@ pub(crate) enum Request {
     PairClaim { pairing_id: [u8; 16], payload: Vec<u8> },
     PairClose { pairing_id: [u8; 16] },
     PairMessage { pairing_id: [u8; 16], peer: DeviceId, payload: Vec<u8> },
+    PushSubscribe { kind: u8, data: Vec<u8> },
+    Notify { to: DeviceId, urgency: u8, topic: [u8; 16], blob: Vec<u8> },
+    Active(bool),
 }
 
 impl Request {
     /// Whether the relay answers it (with `Ok`/`Error` naming its id).
     pub(crate) fn has_id(&self) -> bool {
-        !matches!(self, Request::PairMessage { .. })
+        !matches!(self, Request::PairMessage { .. } | Request::Active(_))
     }
 
     /// The frame, with `id` as its `send_id`/`request_id`.
@@ -164,6 +167,13 @@ impl Request {
             Request::PairMessage { pairing_id, peer, payload } => {
                 Frame::PairMessage { pairing_id, peer, payload }
             }
+            Request::PushSubscribe { kind, data } => {
+                Frame::PushSubscribe { request_id: id, kind, data }
+            }
+            Request::Notify { to, urgency, topic, blob } => {
+                Frame::Notify { request_id: id, to, urgency, topic, blob }
+            }
+            Request::Active(active) => Frame::Active { active },
         }
     }
 }

@@ -49,6 +49,16 @@ fn frames() -> Vec<Vec<u8>> {
         Frame::Revoke { request_id: 6, peer: id },
         Frame::Error { code: ErrorCode::Internal, ref_id: 7, message: "déjà vu".into() },
         Frame::Restarting { reconnect_after_ms: 1000 },
+        tandem_proto::frame::PushSubscription::WebPush {
+            endpoint: "https://push.example.com/w/1".into(),
+            p256dh: [4; 65],
+            auth: [5; 16],
+        }
+        .frame(8),
+        tandem_proto::frame::PushSubscription::Apns { token: vec![6; 32] }.frame(9),
+        Frame::PushSubscribe { request_id: 10, kind: 9, data: vec![1, 2] },
+        Frame::Notify { request_id: 11, to: id, urgency: 3, topic: [9; 16], blob: vec![1, 2, 3] },
+        Frame::Active { active: false },
     ];
     frames.iter().map(|f| f.encode().expect("seed frame encodes")).collect()
 }

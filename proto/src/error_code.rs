@@ -89,6 +89,9 @@ error_codes! {
     /// database being reopened, or the writer's queue is full). Nothing was
     /// accepted: retry later (the end-to-end outbox resends).
     StoreUnavailable = 22, "store_unavailable";
+    /// The relay sends no push of that kind (no sender configured for it:
+    /// a `PushSubscribe` it cannot serve).
+    PushUnavailable = 23, "push_unavailable";
 }
 
 impl PartialEq for ErrorCode {

@@ -16,10 +16,12 @@ use crate::identity::{DeviceId, PublicKey, Role};
 mod forward;
 mod level;
 mod oks;
+pub mod push;
 
 pub use forward::{FORWARD_HEADER_LEN, SendHeader, encode_deliver, peek_send};
-pub use level::{LEVEL, LEVEL_OKS, negotiate};
+pub use level::{LEVEL, LEVEL_OKS, LEVEL_PUSH, negotiate};
 pub use oks::{MAX_OK_RUNS, OkRun, push_ok};
+pub use push::{MAX_PUSH_BLOB, PushSubscription, Urgency};
 
 /// The frame version byte: the only one defined, at every protocol level.
 pub const VERSION: u8 = 1;
@@ -133,6 +135,14 @@ frame_types! {
     /// Device → relay: withdraw a peer's authorisation (the route ends at
     /// once and frames queued between the two are dropped).
     Revoke = 0x41;
+    /// Device → relay (level 3): register (or remove) the device's push
+    /// subscription with the relay.
+    PushSubscribe = 0x60;
+    /// Device → relay (level 3): wake a peer through its push subscription
+    /// with an opaque, end-to-end sealed blob.
+    Notify = 0x61;
+    /// Device → relay (level 3): the device is in the foreground or not.
+    Active = 0x62;
     /// Relay → device: a refusal, with a documented code.
     Error = 0x50;
     /// Relay → device: the relay is restarting; reconnect after the hint.
@@ -291,6 +301,35 @@ pub enum Frame {
         /// The device no longer allowed.
         peer: DeviceId,
     },
+    /// `request_id u64 ‖ kind u8 ‖ data`: `kind ‖ data` as sent, checked
+    /// by [`PushSubscription::parse`] (a bad one is answered, not closed on).
+    PushSubscribe {
+        /// Echoed in `Ok` or `Error`.
+        request_id: u64,
+        /// 0 remove, 1 Web Push, 2 APNs, 3 FCM.
+        kind: u8,
+        /// The kind's data (at most [`MAX_PAYLOAD_LEN`] bytes on the wire).
+        data: Vec<u8>,
+    },
+    /// `request_id u64 ‖ to [16] ‖ urgency u8 ‖ topic [16] ‖ blob`, checked
+    /// by [`push::check_notify`].
+    Notify {
+        /// Echoed in `Ok` or `Error`.
+        request_id: u64,
+        /// The device to wake.
+        to: DeviceId,
+        /// 0 very-low … 3 high.
+        urgency: u8,
+        /// Collapse key; all zero for none.
+        topic: [u8; 16],
+        /// Opaque, end-to-end sealed (1..=[`MAX_PUSH_BLOB`] bytes to be accepted).
+        blob: Vec<u8>,
+    },
+    /// `active u8` (0 or 1)
+    Active {
+        /// In the foreground.
+        active: bool,
+    },
     /// `code u16 ‖ ref_id u64 ‖ message str16`
     Error {
         /// What went wrong.
@@ -330,6 +369,9 @@ impl Frame {
             Frame::PairClose { .. } => FrameType::PairClose,
             Frame::Authorize { .. } => FrameType::Authorize,
             Frame::Revoke { .. } => FrameType::Revoke,
+            Frame::PushSubscribe { .. } => FrameType::PushSubscribe,
+            Frame::Notify { .. } => FrameType::Notify,
+            Frame::Active { .. } => FrameType::Active,
             Frame::Error { .. } => FrameType::Error,
             Frame::Restarting { .. } => FrameType::Restarting,
         }
@@ -425,6 +467,19 @@ impl Frame {
                 b.put_u64(*request_id);
                 b.put(&peer.0);
             }
+            Frame::PushSubscribe { request_id, kind, data } => {
+                b.put_u64(*request_id);
+                b.put_u8(*kind);
+                b.put(data);
+            }
+            Frame::Notify { request_id, to, urgency, topic, blob } => {
+                b.put_u64(*request_id);
+                b.put(&to.0);
+                b.put_u8(*urgency);
+                b.put(topic);
+                b.put(blob);
+            }
+            Frame::Active { active } => b.put_u8(u8::from(*active)),
             Frame::Error { code, ref_id, message } => {
                 b.put_u16(code.code());
                 b.put_u64(*ref_id);
@@ -444,6 +499,8 @@ impl Frame {
             | Frame::Deliver { payload, .. }
             | Frame::PairClaim { payload, .. }
             | Frame::PairMessage { payload, .. } => payload.len(),
+            Frame::PushSubscribe { data, .. } => data.len(),
+            Frame::Notify { blob, .. } => blob.len(),
             _ => 0,
         }
     }
@@ -543,6 +600,25 @@ fn decode_body(kind: FrameType, body: &[u8]) -> Result<Frame, CodecError> {
         FrameType::Revoke => {
             Frame::Revoke { request_id: r.u64("request_id")?, peer: DeviceId(r.array("peer")?) }
         }
+        FrameType::PushSubscribe => Frame::PushSubscribe {
+            request_id: r.u64("request_id")?,
+            kind: r.u8("kind")?,
+            data: payload(&mut r)?,
+        },
+        FrameType::Notify => Frame::Notify {
+            request_id: r.u64("request_id")?,
+            to: DeviceId(r.array("to")?),
+            urgency: r.u8("urgency")?,
+            topic: r.array("topic")?,
+            blob: payload(&mut r)?,
+        },
+        FrameType::Active => Frame::Active {
+            active: match r.u8("active")? {
+                0 => false,
+                1 => true,
+                _ => return Err(CodecError::BadValue("active")),
+            },
+        },
         FrameType::Error => Frame::Error {
             code: ErrorCode::from_code(r.u16("code")?),
             ref_id: r.u64("ref_id")?,

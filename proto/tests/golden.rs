@@ -93,6 +93,34 @@ fn frames() -> Value {
             Frame::Error { code: ErrorCode::NotAuthorized, ref_id: 7, message: "no route".into() },
         ),
         ("restarting", Frame::Restarting { reconnect_after_ms: 1500 }),
+        (
+            "push_subscribe",
+            Frame::PushSubscribe {
+                request_id: 8,
+                kind: 1,
+                data: tandem_proto::frame::PushSubscription::WebPush {
+                    endpoint: "https://push.example.com/w/1".into(),
+                    p256dh: {
+                        let mut k = [0x66; 65];
+                        k[0] = 4;
+                        k
+                    },
+                    auth: [0x77; 16],
+                }
+                .data(),
+            },
+        ),
+        (
+            "notify",
+            Frame::Notify {
+                request_id: 9,
+                to: b,
+                urgency: 3,
+                topic: [0x88; 16],
+                blob: vec![1, 0x99, 0x99],
+            },
+        ),
+        ("active", Frame::Active { active: false }),
     ];
     Value::Array(
         cases

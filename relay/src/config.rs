@@ -136,6 +136,9 @@ pub struct Config {
     /// set up), with the bound address and, in self-signed mode, the
     /// certificate in PEM (for clients to trust).
     pub on_ready: Option<ReadyHook>,
+    /// Push: VAPID, allowed Web Push origins, per-device rate, the APNs
+    /// and FCM senders (docs/PUSH.md).
+    pub push: crate::push::PushConfig,
 }
 
 /// What the relay serves to browsers (see `docs/ARCHITECTURE.md`, relay: `web.rs`).
@@ -294,6 +297,7 @@ impl Config {
             reload: None,
             web_client: WebClient::Embedded,
             on_ready: None,
+            push: crate::push::PushConfig::default(),
         }
     }
 }
@@ -314,6 +318,7 @@ impl std::fmt::Debug for Config {
             .field("metrics_listen", &self.metrics_listen)
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<set>"))
             .field("web_client", &self.web_client)
+            .field("push", &self.push)
             .finish_non_exhaustive()
     }
 }
@@ -458,4 +463,21 @@ no_web_client = false
 
 # Log as JSON lines instead of text.
 log_json = false
+
+# Push (docs/PUSH.md). Web Push is always on: the VAPID key is made on first
+# start as data_dir/vapid.key (or vapid_key_file; every node of a cluster
+# needs the same one). vapid_subject is where push services may reach the
+# operator (mailto: or https:). A Web Push subscription may name only these
+# origins ("*." for any subdomain). Per device: a burst, then one push per
+# interval; past max_waiting waiting pushes a Notify is refused.
+[push]
+vapid_subject = "mailto:relay-operator@localhost"
+# vapid_key_file = "/etc/tandem/vapid.key"
+webpush_origins = ["https://fcm.googleapis.com", "https://updates.push.services.mozilla.com", "https://web.push.apple.com", "https://*.notify.windows.com", "https://*.push.apple.com"]
+burst = 10
+interval_ms = 3000
+max_waiting = 32
+ttl_secs = 3600
+timeout_secs = 10
+retry_after_ms = 10000
 "#;

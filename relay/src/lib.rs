@@ -18,7 +18,9 @@
 //! held in memory until acked or written), `answers` (a connection's `Ok`
 //! and refusals decided elsewhere), `registry` (who is online), `routes`
 //! (route cache), `pairing` (mailboxes), `limits` (rate limits), `metrics`
-//! (Prometheus), `web` (the embedded web client).
+//! (Prometheus), `web` (the embedded web client), [`push`] (push
+//! subscriptions, the dispatcher, the Web Push sender and the seam for
+//! APNs and FCM).
 
 mod admission;
 mod answers;
@@ -37,6 +39,7 @@ pub mod migrate;
 mod net;
 mod pairing;
 mod proxy;
+pub mod push;
 mod registry;
 mod routes;
 mod server;

@@ -293,6 +293,61 @@ struct FileConfig {
     log_json: Option<bool>,
     web_client: Option<String>,
     no_web_client: Option<bool>,
+    push: Option<PushFile>,
+}
+
+/// The `[push]` table (file only).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct PushFile {
+    vapid_subject: Option<String>,
+    vapid_key_file: Option<PathBuf>,
+    webpush_origins: Option<Vec<String>>,
+    burst: Option<u32>,
+    interval_ms: Option<u64>,
+    max_waiting: Option<usize>,
+    ttl_secs: Option<u64>,
+    timeout_secs: Option<u64>,
+    retry_after_ms: Option<u64>,
+}
+
+/// The `[push]` table over the defaults.
+fn push_settings(p: PushFile) -> anyhow::Result<tandem_relay::push::PushConfig> {
+    let mut c = tandem_relay::push::PushConfig::default();
+    if let Some(v) = p.vapid_subject {
+        if !(v.starts_with("mailto:") || v.starts_with("https://")) {
+            bail!("push.vapid_subject {v:?} must be a mailto: or https: URI");
+        }
+        c.vapid_subject = v;
+    }
+    c.vapid_key_file = p.vapid_key_file;
+    if let Some(v) = p.webpush_origins {
+        for o in &v {
+            if !(o.starts_with("https://") || o.starts_with("http://")) {
+                bail!("push.webpush_origins: {o:?} is not an http(s) origin");
+            }
+        }
+        c.webpush_origins = v;
+    }
+    if let Some(v) = p.burst {
+        c.burst = v.max(1);
+    }
+    if let Some(v) = p.interval_ms {
+        c.interval = Duration::from_millis(v.max(1));
+    }
+    if let Some(v) = p.max_waiting {
+        c.max_waiting = v;
+    }
+    if let Some(v) = p.ttl_secs {
+        c.ttl = Duration::from_secs(v);
+    }
+    if let Some(v) = p.timeout_secs {
+        c.timeout = Duration::from_secs(v.max(1));
+    }
+    if let Some(v) = p.retry_after_ms {
+        c.retry_after = Duration::from_millis(v);
+    }
+    Ok(c)
 }
 
 /// What `main` needs besides the library's [`Config`].
@@ -501,6 +556,7 @@ fn settings(o: Opts) -> anyhow::Result<Settings> {
         (None, true) => WebClient::Off,
         (None, false) => WebClient::Embedded,
     };
+    c.push = push_settings(f.push.unwrap_or_default())?;
     let listen = pick!(listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443)));
     Ok(Settings { listen, log_json: pick!(log_json).unwrap_or(false), config: c })
 }
@@ -702,6 +758,25 @@ mod tests {
         assert_eq!(f.max_mailboxes, Some(defaults.max_mailboxes));
         assert_eq!(f.max_mailboxes_per_ip, Some(defaults.max_mailboxes_per_ip));
         assert_eq!(f.ipv6_prefix_len, Some(defaults.ipv6_prefix_len));
+        let push = push_settings(f.push.unwrap()).unwrap();
+        let d = &defaults.push;
+        assert_eq!(push.vapid_subject, d.vapid_subject);
+        assert_eq!(push.webpush_origins, d.webpush_origins);
+        assert_eq!(
+            (push.burst, push.interval, push.max_waiting, push.ttl, push.timeout, push.retry_after),
+            (d.burst, d.interval, d.max_waiting, d.ttl, d.timeout, d.retry_after)
+        );
+        assert!(
+            push_settings(PushFile { vapid_subject: Some("ops@x".into()), ..Default::default() })
+                .is_err()
+        );
+        assert!(
+            push_settings(PushFile {
+                webpush_origins: Some(vec!["ftp://x".into()]),
+                ..Default::default()
+            })
+            .is_err()
+        );
         assert_eq!(f.trusted_proxies, Some(vec![]));
         assert!(defaults.trusted_proxies.is_empty());
         assert_eq!(f.trusted_proxy_header.as_deref(), Some("x-forwarded-for"));

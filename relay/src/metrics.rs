@@ -41,6 +41,10 @@ pub(crate) struct Metrics {
     hold_written_frames: Counter,
     store_commits: Gauge,
     store_frames_written: Gauge,
+    push_sent: Family<Label, Counter>,
+    push_suppressed: Family<Label, Counter>,
+    push_failed: Family<[(&'static str, &'static str); 2], Counter>,
+    push_removed: Family<Label, Counter>,
 }
 
 fn role_str(role: Role) -> &'static str {
@@ -88,7 +92,31 @@ impl Metrics {
             hold_written_frames: Counter::default(),
             store_commits: Gauge::default(),
             store_frames_written: Gauge::default(),
+            push_sent: Family::default(),
+            push_suppressed: Family::default(),
+            push_failed: Family::default(),
+            push_removed: Family::default(),
         };
+        registry.register(
+            "push_sent",
+            "Pushes a push service accepted, by kind",
+            m.push_sent.clone(),
+        );
+        registry.register(
+            "push_suppressed",
+            "Accepted Notify requests that sent no push, by reason (active, collapsed, no_subscription)",
+            m.push_suppressed.clone(),
+        );
+        registry.register(
+            "push_failed",
+            "Pushes that failed, by kind and reason (rejected, unavailable, no_sender, store, stored)",
+            m.push_failed.clone(),
+        );
+        registry.register(
+            "push_removed",
+            "Push subscriptions removed because their service said they are gone (404/410)",
+            m.push_removed.clone(),
+        );
         registry.register(
             "held_frames",
             "Frames held in memory for connected recipients, not acknowledged and not written",
@@ -313,6 +341,26 @@ impl Metrics {
     pub(crate) fn store_stats(&self, s: crate::store::StoreStats) {
         self.store_commits.set(i64::try_from(s.durable_commits).unwrap_or(i64::MAX));
         self.store_frames_written.set(i64::try_from(s.frames_written).unwrap_or(i64::MAX));
+    }
+
+    /// A push service accepted a push of `kind`.
+    pub(crate) fn push_sent(&self, kind: &'static str) {
+        self.push_sent.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// An accepted `Notify` sent no push, for `reason`.
+    pub(crate) fn push_suppressed(&self, reason: &'static str) {
+        self.push_suppressed.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// A push of `kind` failed, for `reason`.
+    pub(crate) fn push_failed(&self, kind: &'static str, reason: &'static str) {
+        self.push_failed.get_or_create(&[("kind", kind), ("reason", reason)]).inc();
+    }
+
+    /// A subscription of `kind` was removed (its service said it is gone).
+    pub(crate) fn push_removed(&self, kind: &'static str) {
+        self.push_removed.get_or_create(&[("kind", kind)]).inc();
     }
 
     /// The text exposition.

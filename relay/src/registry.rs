@@ -81,6 +81,9 @@ pub(crate) struct Shared {
     /// Its peers were told it is online (in a cluster the node's
     /// reconciliation says it later when that failed).
     announced: AtomicBool,
+    /// The device says it is in the foreground (`Active`; from the start):
+    /// no push for it meanwhile.
+    active: AtomicBool,
 }
 
 impl Shared {
@@ -95,6 +98,7 @@ impl Shared {
             fence: AtomicU64::new(0),
             replaced_by: AtomicU64::new(0),
             announced: AtomicBool::new(false),
+            active: AtomicBool::new(true),
         }
     }
 }
@@ -125,6 +129,17 @@ impl ConnHandle {
         if mine != 0 && mine < fence {
             self.close(ErrorCode::Replaced, "a newer connection for this device replaced this one");
         }
+    }
+
+    /// Whether the device is in the foreground (its last `Active`; true
+    /// until it says otherwise).
+    pub(crate) fn active(&self) -> bool {
+        self.shared.active.load(Ordering::Acquire)
+    }
+
+    /// The device's `Active`.
+    pub(crate) fn set_active(&self, active: bool) {
+        self.shared.active.store(active, Ordering::Release);
     }
 
     /// Whether its peers were told it is online.

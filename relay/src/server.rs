@@ -42,6 +42,9 @@ pub enum RelayError {
     /// A socket error.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The VAPID key (Web Push) could not be read or made.
+    #[error("push: {0}")]
+    Vapid(#[from] crate::push::vapid::VapidError),
 }
 
 /// Serve on `listener` with `config` until `shutdown` is cancelled, then
@@ -106,7 +109,17 @@ pub async fn run_with_store(
         }
         StoreBackend::Embedded => None,
     };
-    let state = Arc::new(State::new(config, store, cluster.clone(), shutdown.clone()));
+    let vapid_path = match &config.push.vapid_key_file {
+        Some(p) => p.clone(),
+        None => {
+            crate::fsmode::create_private_dir(&config.data_dir)?;
+            config.data_dir.join(crate::push::vapid::VAPID_FILE)
+        }
+    };
+    let vapid = Arc::new(crate::push::vapid::Vapid::load_or_create(&vapid_path)?);
+    info!(public_key = %vapid.public_key_b64(), "Web Push (VAPID) key");
+    let state =
+        Arc::new(State::with_push(config, store, cluster.clone(), shutdown.clone(), Some(vapid)));
     if let Some(c) = &cluster {
         tokio::spawn(crate::cluster::run(state.clone(), c.clone()));
         tokio::spawn(crate::cluster::run_heartbeat(state.clone(), c.clone()));
@@ -257,6 +270,7 @@ fn router(state: Arc<State>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_with_token))
+        .route("/v1/push", get(push_info))
         // The web client (`/`, `/p`, `/assets/*`, the manifest and icons) and 404s.
         .fallback(crate::web::handle)
         .with_state(state)
@@ -337,6 +351,19 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// `GET /v1/push`: the VAPID public key and the push kinds this relay
+/// sends (PROTOCOL.md §6.14). No authentication: the key is public.
+async fn push_info(AxState(state): AxState<Arc<State>>) -> Response {
+    let Some(vapid) = state.push.vapid() else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    let body = serde_json::json!({
+        "vapid_public_key": vapid.public_key_b64(),
+        "kinds": state.push.kinds(),
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// The host part of a `Host` header value, lower case, without port or brackets.

@@ -41,14 +41,29 @@ pub(crate) struct State {
     pub(crate) holds: crate::hold::Holds,
     /// The other nodes, when several share a Redis store (`None`: one node).
     pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The push dispatcher ([`crate::push`]).
+    pub(crate) push: crate::push::dispatch::Pusher,
 }
 
 impl State {
+    /// A state without Web Push (tests).
+    #[cfg(test)]
     pub(crate) fn new(
         config: Config,
         store: Arc<dyn Store>,
         cluster: Option<Arc<crate::cluster::Cluster>>,
         shutdown: CancellationToken,
+    ) -> Self {
+        Self::with_push(config, store, cluster, shutdown, None)
+    }
+
+    /// [`State::new`] with the VAPID key Web Push signs with (`None`: no Web Push).
+    pub(crate) fn with_push(
+        config: Config,
+        store: Arc<dyn Store>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+        shutdown: CancellationToken,
+        vapid: Option<Arc<crate::push::vapid::Vapid>>,
     ) -> Self {
         let admission = Admission::new(&config);
         let mut metrics = Metrics::new();
@@ -68,6 +83,7 @@ impl State {
             draining: AtomicBool::new(false),
             held_bytes: AtomicU64::new(0),
             holds: crate::hold::Holds::default(),
+            push: crate::push::dispatch::Pusher::new(&config.push, vapid),
             cluster,
             store,
             config,

@@ -77,8 +77,8 @@ async fn frames_before_authentication_and_bad_versions_are_refused() {
         close_code(ErrorCode::NotAuthenticated)
     );
     let mut d = Device::raw(&relay, Role::Phone).await;
-    // Levels 1 and 2 are spoken; a range above them meets none.
-    d.send(&Frame::Hello { min_version: 3, max_version: 4, role: Role::Phone }).await;
+    // Levels 1 to 3 are spoken; a range above them meets none.
+    d.send(&Frame::Hello { min_version: 4, max_version: 5, role: Role::Phone }).await;
     assert_eq!(
         d.until_closed(Duration::from_secs(5)).await.0,
         close_code(ErrorCode::UnsupportedVersion)

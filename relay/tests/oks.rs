@@ -160,7 +160,7 @@ async fn runs_never_cover_a_refused_send() {
 async fn hello_ranges_name_levels() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path(), &[]);
-    // A device that speaks only levels 2 and 3 meets this relay at 2.
+    // A device that speaks only levels 2 and 3 meets this relay at 3 (Oks from level 2 on).
     let mut desk = Device::raw(&relay, Role::Desktop).await;
     desk.send(&Frame::Hello { min_version: 2, max_version: 3, role: Role::Desktop }).await;
     let challenge = desk.recv().await;

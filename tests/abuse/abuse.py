@@ -213,7 +213,7 @@ async def group_a():
                    w.frame(w.HELLO, bytes([1, 2])))
     await pre_auth("Hello with trailing bytes", "malformed_frame",
                    w.frame(w.HELLO, bytes([1, 2, 1, 0])))
-    await pre_auth("Hello levels 3..5", "unsupported_version", w.hello(w.DESKTOP, 3, 5))
+    await pre_auth("Hello levels 4..6", "unsupported_version", w.hello(w.DESKTOP, 4, 6))
     await pre_auth("Hello levels 0..0", "unsupported_version", w.hello(w.DESKTOP, 0, 0))
     await pre_auth("Hello twice", "not_authenticated", w.hello(w.DESKTOP), w.hello(w.DESKTOP))
     await pre_auth("oversized message (65 537 bytes)", "frame_too_large",

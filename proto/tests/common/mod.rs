@@ -209,6 +209,19 @@ where
             message
         }),
         any::<u32>().prop_map(|reconnect_after_ms| Frame::Restarting { reconnect_after_ms }),
+        (any::<u64>(), any::<u8>(), payload()).prop_map(|(request_id, kind, data)| {
+            Frame::PushSubscribe { request_id, kind, data }
+        }),
+        (any::<u64>(), device_id(), any::<u8>(), any::<[u8; 16]>(), payload()).prop_map(
+            |(request_id, to, urgency, topic, blob)| Frame::Notify {
+                request_id,
+                to,
+                urgency,
+                topic,
+                blob,
+            }
+        ),
+        any::<bool>().prop_map(|active| Frame::Active { active }),
     ]
 }
 

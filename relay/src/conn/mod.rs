@@ -307,6 +307,7 @@ async fn open(mut sink: Sink, mut stream: Stream, arrival: Arrival) -> Option<Co
         handle,
         device,
         role,
+        level,
         ip: key,
         link,
         unapplied: pending::Unapplied::default(),

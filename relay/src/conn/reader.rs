@@ -25,6 +25,8 @@ use crate::registry::{ConnHandle, Outbound};
 use crate::state::{State, unix_now};
 use crate::store::{NewFrame, StoreError};
 
+mod push;
+
 /// What a device over its frame rate limit is told.
 const RATE_LIMITED: &str = "too many frames; slow down";
 
@@ -55,6 +57,8 @@ pub(super) struct Reader {
     pub(super) handle: ConnHandle,
     pub(super) device: DeviceId,
     pub(super) role: Role,
+    /// The protocol level of the connection.
+    pub(super) level: u8,
     /// The client address it counts under.
     pub(super) ip: IpKey,
     /// What it shares with the connection's writer.
@@ -330,7 +334,9 @@ impl Reader {
                 | Frame::PairClaim { request_id, .. }
                 | Frame::PairClose { request_id, .. }
                 | Frame::Authorize { request_id, .. }
-                | Frame::Revoke { request_id, .. } => *request_id,
+                | Frame::Revoke { request_id, .. }
+                | Frame::PushSubscribe { request_id, .. }
+                | Frame::Notify { request_id, .. } => *request_id,
                 _ => 0,
             };
             if let Frame::Ack { up_to } = frame {
@@ -584,6 +590,9 @@ impl Reader {
                     }
                     Err(code) => self.refuse(code, request_id, "cannot close that mailbox").await,
                 }
+            }
+            push @ (Frame::PushSubscribe { .. } | Frame::Notify { .. } | Frame::Active { .. }) => {
+                self.on_push(push).await;
             }
             other => {
                 let name = other.frame_type();

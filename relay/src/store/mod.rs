@@ -489,7 +489,35 @@ pub trait Store: Send + Sync + 'static {
     fn stats(&self) -> StoreStats {
         StoreStats::default()
     }
+
+    /// Keep `sub` as `device`'s push subscription (opaque bytes to the
+    /// store: `kind ‖ data` of `PushSubscribe`), replacing any it had;
+    /// durable when answered, like an authorisation. The default (a test
+    /// double) keeps none.
+    fn put_push_subscription(&self, device: DeviceId, sub: Vec<u8>) -> StoreFuture<()> {
+        let _ = (device, sub);
+        Box::pin(std::future::ready(Err(StoreError::Unavailable(NO_PUSH.into()))))
+    }
+
+    /// `device`'s push subscription, if it has one.
+    fn push_subscription(&self, device: DeviceId) -> StoreFuture<Option<Vec<u8>>> {
+        let _ = device;
+        Box::pin(std::future::ready(Err(StoreError::Unavailable(NO_PUSH.into()))))
+    }
+
+    /// Forget `device`'s push subscription; whether it had one.
+    fn remove_push_subscription(&self, device: DeviceId) -> StoreFuture<bool> {
+        let _ = device;
+        Box::pin(std::future::ready(Err(StoreError::Unavailable(NO_PUSH.into()))))
+    }
 }
+
+/// What a store without push subscriptions says.
+const NO_PUSH: &str = "this store keeps no push subscriptions";
+
+/// The longest push subscription a store keeps, in bytes (a `PushSubscribe`
+/// of the longest FCM token, with its kind byte).
+pub const MAX_PUSH_SUBSCRIPTION: usize = 1 + 4096;
 
 /// An id [`Store::reserve_id`] reserved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -123,6 +123,16 @@ enum Op {
     Totals {
         reply: oneshot::Sender<Result<Totals, StoreError>>,
     },
+    /// Set (`Some`) or remove (`None`) a device's push subscription.
+    SetPush {
+        device: DeviceId,
+        sub: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    GetPush {
+        device: DeviceId,
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>,
+    },
 }
 
 impl Op {
@@ -135,6 +145,7 @@ impl Op {
                 | Op::SaveCounter { .. }
                 | Op::Authorize { .. }
                 | Op::Revoke { .. }
+                | Op::SetPush { .. }
         )
     }
 
@@ -157,6 +168,7 @@ impl Op {
                 | Op::Authorize { .. }
                 | Op::Revoke { .. }
                 | Op::Expire { .. }
+                | Op::SetPush { .. }
         )
     }
 
@@ -175,6 +187,8 @@ impl Op {
             Op::Authorize { reply, .. } => drop(reply.send(Err(e))),
             Op::IsRoute { reply, .. } => drop(reply.send(Err(e))),
             Op::Peers { reply, .. } => drop(reply.send(Err(e))),
+            Op::SetPush { reply, .. } => drop(reply.send(Err(e))),
+            Op::GetPush { reply, .. } => drop(reply.send(Err(e))),
         }
     }
 }
@@ -488,6 +502,19 @@ impl Store for RedbStore {
             }
         }
         true
+    }
+
+    fn put_push_subscription(&self, device: DeviceId, sub: Vec<u8>) -> StoreFuture<()> {
+        let fut = self.call(|reply| Op::SetPush { device, sub: Some(sub), reply });
+        Box::pin(async move { fut.await.map(|_| ()) })
+    }
+
+    fn push_subscription(&self, device: DeviceId) -> StoreFuture<Option<Vec<u8>>> {
+        self.call(|reply| Op::GetPush { device, reply })
+    }
+
+    fn remove_push_subscription(&self, device: DeviceId) -> StoreFuture<bool> {
+        self.call(|reply| Op::SetPush { device, sub: None, reply })
     }
 
     fn stats(&self) -> super::StoreStats {

@@ -3,8 +3,8 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-85efb930a90db657.js", "text/javascript; charset=utf-8", "code", "\"85efb930a90db657f3b529012fb017c6\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-85efb930a90db657.js"))),
+    ("/assets/app-88ba1193f9795ed3.js", "text/javascript; charset=utf-8", "code", "\"88ba1193f9795ed3382107b8e52bedbe\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-88ba1193f9795ed3.js"))),
     ("/assets/app-d85101b0f53cdc41.css", "text/css; charset=utf-8", "code", "\"d85101b0f53cdc412e8ce3240d8afe79\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-d85101b0f53cdc41.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
@@ -13,7 +13,7 @@
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"156778d86ebb79820e14c3225674c31b\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"52023b38f83d9b1e8979be7cf56fe9f2\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

@@ -1,14 +1,14 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { bytesToHex, hexToBytes } from '../src/proto/bytes.ts';
-import { FrameError, MAX_FRAME_LEN, MAX_PAYLOAD_LEN, decodeFrame, encodeFrame } from '../src/proto/frame.ts';
+import { FrameError, LEVEL_PUSH, MAX_FRAME_LEN, MAX_PAYLOAD_LEN, decodeFrame, encodeFrame, webPushData } from '../src/proto/frame.ts';
 import { DeviceId } from '../src/proto/identity.ts';
 import { loadVector } from './vectors.ts';
 
 const frames = loadVector<{ name: string; debug: string; hex: string }[]>('frames');
 
 test('frames.json: one vector per frame type of §4.2', () => {
-  assert.equal(frames.length, 20);
+  assert.equal(frames.length, 23);
 });
 
 for (const v of frames) {
@@ -82,4 +82,38 @@ test('encode refuses oversize payloads and truncates Error.message on a char bou
   if (f.type === 'Error') assert.equal(f.message, 'é'.repeat(128));
   const unknown = decodeFrame(encodeFrame({ type: 'Error', code: 999, refId: 1n, message: '' }));
   assert.equal(unknown.type === 'Error' && unknown.code, 999);
+});
+
+test('push frames (level 3): PushSubscribe, Notify, Active', () => {
+  assert.equal(LEVEL_PUSH, 3);
+  const p256dh = new Uint8Array(65).fill(0x66);
+  p256dh[0] = 4;
+  const data = webPushData('https://push.example.com/w/1', p256dh, new Uint8Array(16).fill(0x77));
+  const sub = decodeFrame(encodeFrame({ type: 'PushSubscribe', requestId: 8n, kind: 1, data }));
+  assert.deepEqual(sub, { type: 'PushSubscribe', requestId: 8n, kind: 1, data });
+  // the same bytes as the Rust vector
+  const v = frames.find((x) => x.name === 'push_subscribe')!;
+  assert.equal(bytesToHex(encodeFrame({ type: 'PushSubscribe', requestId: 8n, kind: 1, data })), v.hex);
+  assert.throws(() => webPushData('https://x/', new Uint8Array(65), new Uint8Array(16)), RangeError);
+  const to = new DeviceId(new Uint8Array(16).fill(0xb2));
+  const n = { type: 'Notify' as const, requestId: 9n, to, urgency: 3, topic: new Uint8Array(16).fill(0x88), blob: Uint8Array.of(1, 0x99, 0x99) };
+  const back = decodeFrame(encodeFrame(n));
+  assert.equal(back.type, 'Notify');
+  assert.equal(bytesToHex(encodeFrame(back)), frames.find((x) => x.name === 'notify')!.hex);
+  assert.deepEqual(decodeFrame(hexToBytes('016201')), { type: 'Active', active: true });
+  assert.deepEqual(decodeFrame(hexToBytes('016200')), { type: 'Active', active: false });
+  const code = (hex: string): number => {
+    try {
+      decodeFrame(hexToBytes(hex));
+    } catch (e) {
+      assert.ok(e instanceof FrameError);
+      return e.code();
+    }
+    return 0;
+  };
+  assert.equal(code('016202'), 3); // active is 0 or 1
+  assert.equal(code('0162'), 3); // truncated
+  assert.equal(code('01620100'), 3); // trailing byte
+  assert.equal(code('0161' + '00'.repeat(8 + 16 + 1 + 15)), 3); // truncated topic
+  assert.equal(code('0161' + '00'.repeat(8 + 16 + 1 + 16)), 0); // an empty blob decodes; the relay answers it
 });

@@ -51,6 +51,8 @@ pub(super) const ROUTES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::ne
 /// The one-sided authorisations by age.
 pub(super) const PENDING: TableDefinition<'_, &[u8], &[u8]> =
     TableDefinition::new("routes.pending");
+/// Push subscriptions: device id → `kind ‖ data` (PROTOCOL.md §6.14).
+pub(super) const PUSH: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("push_subs");
 /// [`NEXT_ID`] → u64: the next delivery id, store-wide.
 pub(super) const SETTINGS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("settings");
 /// The key of the store-wide delivery id counter: the next id to hand out.

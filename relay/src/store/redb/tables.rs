@@ -11,7 +11,8 @@ use tandem_proto::DeviceId;
 
 use super::accounts::{Depths, Pending, Usage};
 use super::layout::{
-    FrameRow, META, Meta, NEXT_ID, PENDING, QUEUE, ROUTES, SETTINGS, frame_value, qkey, u64_at,
+    FrameRow, META, Meta, NEXT_ID, PENDING, PUSH, QUEUE, ROUTES, SETTINGS, frame_value, qkey,
+    u64_at,
 };
 use super::writer::failpoint;
 use super::{Op, backend};
@@ -91,6 +92,8 @@ pub(super) enum Answer {
     Ids(Vec<DeviceId>),
     /// One answer per frame of an [`Op::EnqueueMany`].
     Many(Vec<Result<u64, StoreError>>),
+    /// A push subscription read.
+    Sub(Option<Vec<u8>>),
     Pending,
 }
 
@@ -138,6 +141,8 @@ impl Answer {
             (Op::Expire { reply, .. }, Answer::Expired(x)) => drop(reply.send(Ok(x))),
             (Op::Totals { reply }, Answer::Totals(t)) => drop(reply.send(Ok(t))),
             (Op::Peers { reply, .. }, Answer::Ids(ids)) => drop(reply.send(Ok(ids))),
+            (Op::SetPush { reply, .. }, Answer::Bool(b)) => drop(reply.send(Ok(b))),
+            (Op::GetPush { reply, .. }, Answer::Sub(s)) => drop(reply.send(Ok(s))),
             (op, _) => op.fail(e()),
         }
     }
@@ -152,6 +157,7 @@ pub(super) struct Tables<'t, 'c> {
     pub(super) routes: Table<'t, &'static [u8], &'static [u8]>,
     pub(super) pending_t: Table<'t, &'static [u8], &'static [u8]>,
     settings: Table<'t, &'static [u8], &'static [u8]>,
+    push: Table<'t, &'static [u8], &'static [u8]>,
     meta: HashMap<DeviceId, (Meta, bool)>,
     pub(super) cx: &'c Context<'c>,
     /// The addresses and pairs this batch changed, as it left them, and the total.
@@ -171,6 +177,7 @@ impl<'t, 'c> Tables<'t, 'c> {
             routes: txn.open_table(ROUTES).map_err(backend)?,
             pending_t: txn.open_table(PENDING).map_err(backend)?,
             settings: txn.open_table(SETTINGS).map_err(backend)?,
+            push: txn.open_table(PUSH).map_err(backend)?,
             meta: HashMap::new(),
             cx,
             touched: Usage { total: cx.accounts.usage.total, ..Usage::default() },
@@ -437,6 +444,15 @@ impl<'t, 'c> Tables<'t, 'c> {
                 Answer::U64(self.revoke(by, peer, *now)?)
             }
             Op::IsRoute { a, b, .. } => Answer::Bool(self.is_route(a, b)?),
+            Op::SetPush { device, sub: Some(sub), .. } => {
+                Answer::Bool(self.push.insert(&device.0[..], &sub[..]).map_err(backend)?.is_some())
+            }
+            Op::SetPush { device, sub: None, .. } => {
+                Answer::Bool(self.push.remove(&device.0[..]).map_err(backend)?.is_some())
+            }
+            Op::GetPush { device, .. } => Answer::Sub(
+                self.push.get(&device.0[..]).map_err(backend)?.map(|v| v.value().to_vec()),
+            ),
             Op::Peers { a, .. } => Answer::Ids(self.peers(a)?),
             Op::Expire { now, .. } => {
                 // The queues that hold frames, then the expired head of each.

@@ -19,6 +19,7 @@
 //! | `r:<by>` | hash | `<peer>` → `<since>:<addr>`: `by` authorised `peer` at `since` from `addr` |
 //! | `pend` | sorted set | `<by><peer>` scored by `since`: the one-sided authorisations |
 //! | `pa` | hash | `<addr>` → one-sided authorisations made from that address |
+//! | `push` | hash | `<device>` → its push subscription (`kind ‖ data` of `PushSubscribe`) |
 //!
 //! The scripts build the names from the namespace they are given (`ARGV[1]`)
 //! rather than declaring every key (a revocation or a sweep touches queues
@@ -55,6 +56,11 @@ impl Keys {
     /// The hash of the epoch base (`base`) and the id counter (`next`).
     pub(super) fn epoch(&self) -> String {
         format!("{}epoch", self.ns)
+    }
+
+    /// The push subscriptions (a hash by device).
+    pub(super) fn push(&self) -> String {
+        format!("{}push", self.ns)
     }
 
     /// `to`'s queue (a stream).

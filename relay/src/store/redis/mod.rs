@@ -620,6 +620,27 @@ impl Store for RedisStore {
         true
     }
 
+    fn put_push_subscription(&self, device: DeviceId, sub: Vec<u8>) -> StoreFuture<()> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.keys.push()).arg(keys::dev(&device)).arg(sub);
+        self.call(Call::Cmd(cmd), |v| int(&v).map(|_| ()))
+    }
+
+    fn push_subscription(&self, device: DeviceId) -> StoreFuture<Option<Vec<u8>>> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.keys.push()).arg(keys::dev(&device));
+        self.call(Call::Cmd(cmd), |v| match v {
+            Value::Nil => Ok(None),
+            v => bytes(v).map(Some),
+        })
+    }
+
+    fn remove_push_subscription(&self, device: DeviceId) -> StoreFuture<bool> {
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(self.keys.push()).arg(keys::dev(&device));
+        self.call(Call::Cmd(cmd), |v| Ok(int(&v)? > 0))
+    }
+
     fn stats(&self) -> StoreStats {
         StoreStats {
             durable_commits: self.shared.durable_commits.load(Ordering::Relaxed),

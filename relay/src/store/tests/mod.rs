@@ -166,7 +166,30 @@ suite!(
     empty_queues_keep_no_row_and_ids_never_come_again,
     reserved_ids_are_above_the_floor_and_keep_their_ids_when_written,
     a_full_queue_reserves_no_id_until_something_leaves_it,
+    push_subscriptions_are_kept_replaced_removed_and_survive_a_reopen,
 );
+
+async fn push_subscriptions_are_kept_replaced_removed_and_survive_a_reopen<B: Backend>(be: B) {
+    let (a, b) = (dev(1), dev(2));
+    {
+        let s = be.open(LIMITS).await;
+        assert_eq!(s.push_subscription(a).await.unwrap(), None);
+        assert!(!s.remove_push_subscription(a).await.unwrap());
+        s.put_push_subscription(a, vec![1, 2, 3]).await.unwrap();
+        s.put_push_subscription(a, vec![3, 0, 0xff]).await.unwrap();
+        let long = vec![0xab; super::MAX_PUSH_SUBSCRIPTION];
+        s.put_push_subscription(b, long.clone()).await.unwrap();
+        assert_eq!(s.push_subscription(a).await.unwrap(), Some(vec![3, 0, 0xff]));
+        assert_eq!(s.push_subscription(b).await.unwrap(), Some(long));
+        assert!(s.remove_push_subscription(b).await.unwrap());
+        assert_eq!(s.push_subscription(b).await.unwrap(), None);
+        // Subscriptions are not queues: no queue row or key.
+        assert_eq!(be.queue_rows_open(&s).await, 0);
+    }
+    let s = be.open(LIMITS).await;
+    assert_eq!(s.push_subscription(a).await.unwrap(), Some(vec![3, 0, 0xff]));
+    assert_eq!(s.push_subscription(b).await.unwrap(), None);
+}
 
 /// Open the embedded store in `dir`; the previous one's writer thread may
 /// still be closing the file, so retry for a while.

@@ -6,9 +6,18 @@ export const VERSION = 1;
 /**
  * The newest protocol level this client speaks (PROTOCOL.md §6.1): Hello's
  * [minVersion, maxVersion] names levels, every frame's version byte stays 1.
- * Level 2 adds `Oks`.
+ * Level 2 adds `Oks`; level 3 (LEVEL_PUSH) the push frames, which this codec knows: the client
+ * says level 3 once it sends them (it must then also accept them being refused by older relays).
  */
 export const LEVEL = 2;
+/** The level from which a relay takes PushSubscribe, Notify and Active. */
+export const LEVEL_PUSH = 3;
+/** Largest Notify blob a relay accepts (PROTOCOL.md §6.14). */
+export const MAX_PUSH_BLOB = 3072;
+/** Longest Web Push endpoint URL, in bytes. */
+export const MAX_ENDPOINT_LEN = 1024;
+/** PushSubscribe kinds. */
+export const PushKind = { Remove: 0, WebPush: 1, Apns: 2, Fcm: 3 } as const;
 /** Most runs in one `Oks` frame. */
 export const MAX_OK_RUNS = 4096;
 export const MAX_FRAME_LEN = 64 * 1024;
@@ -35,6 +44,9 @@ export const FrameType = {
   PairClose: 0x33,
   Authorize: 0x40,
   Revoke: 0x41,
+  PushSubscribe: 0x60,
+  Notify: 0x61,
+  Active: 0x62,
   Error: 0x50,
   Restarting: 0x51,
 } as const;
@@ -68,6 +80,7 @@ export const ERROR_CODE_NAMES = [
   'ping_timeout',
   'internal',
   'store_unavailable',
+  'push_unavailable',
 ] as const;
 export function errorCodeName(code: number): string {
   return code >= 1 && code < ERROR_CODE_NAMES.length ? ERROR_CODE_NAMES[code]! : 'other';
@@ -97,6 +110,12 @@ export type Frame =
   | { type: 'PairClose'; requestId: bigint; pairingId: Uint8Array }
   | { type: 'Authorize'; requestId: bigint; peer: DeviceId }
   | { type: 'Revoke'; requestId: bigint; peer: DeviceId }
+  /** Level 3: `data` is the kind's layout (see `webPushData`); a relay answers a bad one with Error. */
+  | { type: 'PushSubscribe'; requestId: bigint; kind: number; data: Uint8Array }
+  /** Level 3: wake `to`; urgency 0 very-low … 3 high; topic all zero = no collapse. */
+  | { type: 'Notify'; requestId: bigint; to: DeviceId; urgency: number; topic: Uint8Array; blob: Uint8Array }
+  /** Level 3: the device is in the foreground (true) or not. */
+  | { type: 'Active'; active: boolean }
   | { type: 'Error'; code: number; refId: bigint; message: string }
   | { type: 'Restarting'; reconnectAfterMs: number };
 
@@ -147,6 +166,15 @@ export class FrameError extends Error {
 function fixed(b: Uint8Array, n: number, what: string): Uint8Array {
   if (b.length !== n) throw new RangeError(`${what} must be ${n} bytes`);
   return b;
+}
+
+/**
+ * The `data` of a Web Push `PushSubscribe` (kind 1): endpoint str16 ‖ p256dh [65] ‖ auth [16],
+ * from the values of `PushSubscription.getKey('p256dh' | 'auth')`.
+ */
+export function webPushData(endpoint: string, p256dh: Uint8Array, auth: Uint8Array): Uint8Array {
+  if (p256dh.length !== 65 || p256dh[0] !== 4) throw new RangeError('p256dh must be an uncompressed P-256 point');
+  return concat(str16(endpoint, MAX_ENDPOINT_LEN), p256dh, fixed(auth, 16, 'auth'));
 }
 
 function checkPayload(p: Uint8Array): void {
@@ -220,6 +248,17 @@ export function encodeFrame(f: Frame): Uint8Array {
     case 'Authorize':
     case 'Revoke':
       body = concat(u64be(f.requestId), f.peer.bytes);
+      break;
+    case 'PushSubscribe':
+      checkPayload(f.data);
+      body = concat(u64be(f.requestId), u8(f.kind), f.data);
+      break;
+    case 'Notify':
+      checkPayload(f.blob);
+      body = concat(u64be(f.requestId), f.to.bytes, u8(f.urgency), fixed(f.topic, 16, 'topic'), f.blob);
+      break;
+    case 'Active':
+      body = u8(f.active ? 1 : 0);
       break;
     case 'Error': {
       const m = truncateUtf8(f.message, MAX_ERROR_MESSAGE_LEN);
@@ -322,6 +361,18 @@ export function decodeFrame(buf: Uint8Array): Frame {
       case 'Revoke':
         f = { type: name, requestId: r.u64(), peer: id() };
         break;
+      case 'PushSubscribe':
+        f = { type: name, requestId: r.u64(), kind: r.u8(), data: payload() };
+        break;
+      case 'Notify':
+        f = { type: name, requestId: r.u64(), to: id(), urgency: r.u8(), topic: r.take(16), blob: payload() };
+        break;
+      case 'Active': {
+        const a = r.u8();
+        if (a > 1) throw bad('BadValue');
+        f = { type: name, active: a === 1 };
+        break;
+      }
       case 'Error':
         f = { type: name, code: r.u16(), refId: r.u64(), message: r.str16(MAX_ERROR_MESSAGE_LEN) };
         break;
