@@ -43,7 +43,7 @@ pub const TAG_LEN: usize = 16;
 /// [`MAX_PUSH_BLOB`]).
 pub const MAX_SEALED_LEN: usize = HEADER_LEN + MAX_PADDED_LEN + TAG_LEN;
 /// Largest blob a `Notify` frame carries (room for a newer seal).
-pub const MAX_PUSH_BLOB: usize = 3072;
+pub use crate::frame::MAX_PUSH_BLOB;
 /// Longest title, in bytes (cut at a character boundary).
 pub const MAX_TITLE: usize = 120;
 /// Longest body, in bytes (cut at a character boundary).
