@@ -51,6 +51,7 @@ mod instructions;
 mod lost;
 mod outbox;
 mod pairing;
+mod push;
 mod renewal;
 
 use crate::audit::AuditLog;
@@ -144,6 +145,11 @@ pub struct Daemon<'a> {
     /// History asks waiting for room in the phone's outbox: (phone, task)
     /// → from offset, the newest ask per task ([`Self::history_page`]).
     waiting_pages: BTreeMap<(DeviceId, String), u64>,
+    /// This desktop's name, in push notifications.
+    own_name: String,
+    /// Pushes planned with a batch, asked of the relay once it is saved
+    /// ([`push`]).
+    pushes: Vec<push::PendingPush>,
 }
 
 impl Drop for Daemon<'_> {
@@ -213,6 +219,8 @@ impl<'a> Daemon<'a> {
             relay_restarting: false,
             stale_after: outbox::STALE_AFTER,
             audited: HashMap::new(),
+            own_name: "desktop".into(),
+            pushes: Vec::new(),
             waiting_pages: BTreeMap::new(),
         }
     }
@@ -326,6 +334,13 @@ impl<'a> Daemon<'a> {
         self.post_data(outbox::Posted { to, record, seq: None, stored });
     }
 
+    /// This desktop's name, as push notifications show it.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.own_name = name.into();
+        self
+    }
+
     /// Record every remote instruction and decision in `log`.
     #[must_use]
     pub fn with_audit(mut self, log: AuditLog) -> Self {
@@ -375,6 +390,8 @@ impl<'a> Daemon<'a> {
             }
             self.reconcile_devices().await?;
             self.busy_changed();
+            // After whatever the event's batch saved.
+            self.flush_pushes();
         }
         self.tasks.cancel_all().await;
         Ok(())

@@ -257,8 +257,9 @@ async fn main() -> anyhow::Result<()> {
                 connect_agent(&dir, &mut config, url.clone()).await?;
             let mut store = PeerStore::open(&dir)?;
             println!("Connected. {} paired device(s). Press Ctrl-C to stop.", store.len());
-            let mut daemon =
-                daemon(&client, &key, &mut store, tasks, calls, &dir, url)?.with_relay_epoch(epoch);
+            let mut daemon = daemon(&client, &key, &mut store, tasks, calls, &dir, url)?
+                .with_relay_epoch(epoch)
+                .with_name(device_info(&cli).name);
             tokio::select! {
                 r = daemon.run(&mut events) => r?,
                 () = stop_signal() => {}

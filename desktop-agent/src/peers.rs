@@ -257,6 +257,46 @@ pub struct Peer {
     /// Session renewals completed with this device (for `tandem status`).
     #[serde(default, skip_serializing_if = "Renewals::is_none")]
     renewals: Renewals,
+    /// The device's push key and what it wants pushed (its `push_setup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    push: Option<PushPrefs>,
+}
+
+/// What a phone asked to be woken for, and the key to seal it with
+/// (docs/PUSH.md). Kept with the link in the peer file (as secret).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushPrefs {
+    /// The push key's id (16 lowercase hex digits).
+    pub key_id: String,
+    /// The push key (64 lowercase hex digits).
+    pub key: tandem_proto::message::Secret,
+    /// Push approval requests.
+    pub approvals: bool,
+    /// Push finished tasks.
+    pub finished: bool,
+    /// Push notices of messages that never arrived.
+    pub missing: bool,
+}
+
+impl std::fmt::Debug for PushPrefs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushPrefs")
+            .field("key_id", &self.key_id)
+            .field("approvals", &self.approvals)
+            .field("finished", &self.finished)
+            .field("missing", &self.missing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PushPrefs {
+    /// The key, checked.
+    ///
+    /// # Errors
+    /// When the stored key is not well formed.
+    pub fn key(&self) -> Result<tandem_proto::push::PushKey, tandem_proto::push::PushError> {
+        tandem_proto::push::PushKey::from_hex(&self.key_id, &self.key.0)
+    }
 }
 
 /// How often, and when last, a device's session was renewed.
@@ -289,6 +329,7 @@ impl Peer {
             pairing_pending: false,
             last_online_unix: None,
             renewals: Renewals::default(),
+            push: None,
         }
     }
 
@@ -431,6 +472,18 @@ impl Peer {
     /// [`PeerStore::save`] afterwards.
     pub fn link_mut(&mut self) -> &mut Link {
         &mut self.link
+    }
+
+    /// The device's push settings, when it asked for pushes.
+    #[must_use]
+    pub fn push(&self) -> Option<&PushPrefs> {
+        self.push.as_ref()
+    }
+
+    /// Set (or clear) the device's push settings, in memory only: saved
+    /// with the device's link.
+    pub fn set_push(&mut self, push: Option<PushPrefs>) {
+        self.push = push;
     }
 
     /// Session renewals completed with this device.

@@ -270,6 +270,9 @@ pub fn status_text(v: &Value, now_ms: u64) -> String {
         if let Some(line) = session_line(field(&d, "session"), now_ms) {
             let _ = writeln!(out, "      {line}");
         }
+        if let Some(line) = push_line(field(&d, "push")) {
+            let _ = writeln!(out, "      {line}");
+        }
         let lost = field(&d, "lost_messages");
         if let (Some(count), Some(from), Some(to)) = (
             field(lost, "count").as_u64(),
@@ -298,6 +301,19 @@ pub fn status_text(v: &Value, now_ms: u64) -> String {
         );
     }
     out
+}
+
+/// A device's push notifications, when it turned them on.
+fn push_line(push: &Value) -> Option<String> {
+    let key_id = field(push, "key_id").as_str()?;
+    let kinds: Vec<&str> =
+        [("approvals", "approvals"), ("finished", "finished tasks"), ("missing", "lost messages")]
+            .into_iter()
+            .filter(|(k, _)| field(push, k).as_bool() == Some(true))
+            .map(|(_, name)| name)
+            .collect();
+    let kinds = if kinds.is_empty() { "nothing".to_owned() } else { kinds.join(", ") };
+    Some(format!("push notifications: {kinds} (sealed with key {key_id})"))
 }
 
 #[cfg(test)]

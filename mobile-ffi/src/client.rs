@@ -123,6 +123,18 @@ impl std::fmt::Debug for TandemClient {
     }
 }
 
+impl TandemClient {
+    /// The phone, for the calls other modules export.
+    pub(crate) fn phone(&self) -> Phone {
+        self.core.phone.clone()
+    }
+
+    /// The runtime the phone runs on.
+    pub(crate) fn runtime(&self) -> &SdkRuntime {
+        &self.core.runtime
+    }
+}
+
 #[uniffi::export]
 impl TandemClient {
     /// Open (or create) the client in `config.data_dir`: load or make the

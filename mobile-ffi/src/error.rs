@@ -66,6 +66,10 @@ pub enum MobileError {
     /// The other side broke the protocol, or a message could not be read.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// A relay refused the push registration (no sender for that platform
+    /// configured on it, a malformed token, …): the message says why.
+    #[error("the relay refused push notifications: {0}")]
+    PushRefused(String),
     /// The call cannot be made in this state (for example waiting twice on
     /// one pairing).
     #[error("invalid use: {0}")]
@@ -91,6 +95,7 @@ impl From<PhoneError> for MobileError {
             PhoneError::Timeout => Self::Timeout,
             PhoneError::Closed => Self::Closed,
             PhoneError::Protocol(m) => Self::Protocol(m),
+            PhoneError::PushRefused(m) => Self::PushRefused(m),
             PhoneError::InvalidConfig(m) => Self::InvalidUse(m),
             e @ PhoneError::Queued { .. } => Self::Queued(e.to_string()),
         }
@@ -117,6 +122,7 @@ mod tests {
             (PhoneError::Timeout, MobileError::Timeout),
             (PhoneError::Closed, MobileError::Closed),
             (PhoneError::Protocol("p".into()), MobileError::Protocol("p".into())),
+            (PhoneError::PushRefused("n".into()), MobileError::PushRefused("n".into())),
             (
                 PhoneError::Queued {
                     task_id: Some("t1".into()),

@@ -24,6 +24,7 @@ mod client;
 mod error;
 mod events;
 mod pairing;
+mod push;
 mod runtime;
 mod secrets;
 mod types;
@@ -32,6 +33,9 @@ pub use client::{ClientConfig, TandemClient};
 pub use error::MobileError;
 pub use events::{ClientEvent, EventListener, SubscriptionHandle};
 pub use pairing::PairingHandle;
+pub use push::{
+    PushChoices, PushNotification, PushNotificationKind, PushPlatform, decrypt_notification,
+};
 pub use secrets::{SecretStore, SecretStoreError};
 pub use types::{
     ConnectionState, Desktop, FinishStatus, HistoryPage, TaskEvent, TaskEventRecord, TaskState,

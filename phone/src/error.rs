@@ -68,6 +68,10 @@ pub enum PhoneError {
     /// Something the protocol does not allow happened.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// A relay refused the push registration (no sender for that platform
+    /// configured there, a malformed token, …).
+    #[error("the relay refused push notifications: {0}")]
+    PushRefused(String),
     /// The configuration cannot work (for example a renewal schedule with a
     /// 0 in it).
     #[error("invalid configuration: {0}")]

@@ -28,6 +28,7 @@ pub mod crashpoint;
 mod error;
 pub mod offsets;
 mod phone;
+mod push;
 mod secrets;
 mod store;
 
@@ -36,8 +37,12 @@ pub use phone::{
     Choices, ConnectionState, DEVICE_KEY_SECRET, DesktopSummary, FIRST_REPLAY, HistoryPage,
     Pairing, Phone, PhoneConfig, PhoneEvent, StepHook, TaskEventRecord,
 };
+pub use push::{
+    KEPT_KEYS, OpenedNotification, PushChoices, PushRegistration, decrypt_notification,
+};
 pub use secrets::{FileSecretStore, SecretStore};
 pub use tandem_proto::message::{
     ExecutorChoice, FinishStatus, ProjectChoice, TaskEvent, TaskState, TaskSummary,
 };
+pub use tandem_proto::push::{Notification, NotificationKind};
 pub use tandem_proto::upkeep::Schedule;

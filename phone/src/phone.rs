@@ -50,6 +50,7 @@ mod early;
 mod incoming;
 mod outbox;
 mod pairing;
+mod push;
 mod renewal;
 mod requests;
 mod types;
@@ -200,6 +201,8 @@ struct Inner {
     step_hook: Option<StepHook>,
     /// [`PhoneConfig::pairing_interrupted_wait`].
     pairing_interrupted_wait: Duration,
+    /// One push change at a time (`push.json` is read, changed, written).
+    push_lock: tokio::sync::Mutex<()>,
 }
 
 /// The phone side of Tandem. Cheap to clone; needs a tokio runtime.
@@ -286,6 +289,7 @@ impl Phone {
             schedule: config.schedule,
             step_hook: config.step_hook.clone(),
             pairing_interrupted_wait: config.pairing_interrupted_wait,
+            push_lock: tokio::sync::Mutex::new(()),
         });
         let phone = Phone { inner };
         for s in set_aside {
@@ -444,6 +448,7 @@ impl Phone {
         if let Some(c) = client {
             let _ = tokio::time::timeout(SEND_WAIT, c.revoke(id)).await;
         }
+        self.forget_push_keys(desktop_id);
         info!(desktop = %desktop_id, "forgot a desktop");
         Ok(())
     }

@@ -46,6 +46,7 @@ pub mod kdf;
 pub mod link;
 pub mod message;
 pub mod pairing;
+pub mod push;
 pub mod qr;
 pub mod record;
 pub mod relay_auth;

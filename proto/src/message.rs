@@ -292,6 +292,24 @@ pub struct ProjectChoice {
     pub name: String,
 }
 
+/// A secret string (a key) in a message: compared and serialised as it
+/// is, never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 /// One application message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -406,6 +424,29 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         default_project: Option<String>,
     },
+    /// Phone → desktop: wake me with push notifications sealed with this
+    /// key (or stop: `enabled: false`). Sent again with a fresh key when
+    /// the session renews (docs/PUSH.md).
+    PushSetup {
+        /// Push on (with the key below) or off (the desktop forgets the key).
+        enabled: bool,
+        /// The push key's id: 16 lowercase hex digits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_id: Option<String>,
+        /// The push key: 64 lowercase hex digits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<Secret>,
+        /// Push approval requests (absent: yes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approvals: Option<bool>,
+        /// Push finished tasks (absent: yes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        finished: Option<bool>,
+        /// Push a notice of messages that never reached the desktop (absent:
+        /// yes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        missing: Option<bool>,
+    },
     /// Desktop → phone: a request was refused.
     Refused {
         /// The task or approval it concerns, if any.
@@ -434,6 +475,7 @@ pub const KNOWN_KINDS: &[&str] = &[
     "detached",
     "choices",
     "refused",
+    "push_setup",
 ];
 
 /// The task event types this build knows.

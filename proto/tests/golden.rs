@@ -479,6 +479,22 @@ fn messages() -> Value {
             default_executor: "shell".into(),
             default_project: None,
         },
+        Message::PushSetup {
+            enabled: true,
+            key_id: Some("0011223344556677".into()),
+            key: Some(tandem_proto::message::Secret("ab".repeat(32))),
+            approvals: Some(true),
+            finished: Some(false),
+            missing: None,
+        },
+        Message::PushSetup {
+            enabled: false,
+            key_id: None,
+            key: None,
+            approvals: None,
+            finished: None,
+            missing: None,
+        },
     ];
     Value::Array(
         msgs.into_iter()
@@ -494,7 +510,57 @@ fn all() -> Vec<(&'static str, Value)> {
         ("records.json", records()),
         ("pairing.json", pairing_transcript()),
         ("messages.json", messages()),
+        ("push.json", push()),
     ]
+}
+
+/// The inner seal of push notifications (PROTOCOL.md §15.6): a key from a
+/// fixed stream, notifications sealed with fixed nonces, and topics.
+fn push() -> Value {
+    use tandem_proto::push::{Notification, NotificationKind, PushKey};
+    let key = PushKey::generate(&mut Entropy::deterministic([0x51; 32])).unwrap();
+    let approval = Notification {
+        kind: NotificationKind::Approval,
+        desktop: "build-box".into(),
+        title: "Approve? Bash: cargo test".into(),
+        body: "fix the failing test in crates/foo".into(),
+        task_id: Some("t-1".into()),
+        approval_id: Some("a-1".into()),
+        expires_at_ms: Some(1_700_000_300_000),
+        can_decide: true,
+        at_ms: 1_700_000_000_000,
+    };
+    let finished = Notification {
+        kind: NotificationKind::Finished,
+        desktop: "build-box".into(),
+        title: "Task succeeded".into(),
+        body: "é🦀 ".repeat(40),
+        task_id: Some("t-1".into()),
+        approval_id: None,
+        expires_at_ms: None,
+        can_decide: false,
+        at_ms: 1_700_000_100_000,
+    };
+    let sealed: Vec<Value> = [("approval", approval, 0x61u8), ("finished", finished, 0x62)]
+        .into_iter()
+        .map(|(name, n, seed)| {
+            let blob = key.seal(&n, &mut Entropy::deterministic([seed; 32])).unwrap();
+            json!({
+                "name": name,
+                "notification": serde_json::to_value(&n).unwrap(),
+                "blob": h(&blob),
+            })
+        })
+        .collect();
+    json!({
+        "key_id": key.id_hex(),
+        "key": key.key_hex().as_str(),
+        "topics": [
+            {"task_id": "t-1", "topic": h(&key.topic("t-1"))},
+            {"task_id": "", "topic": h(&key.topic(""))},
+        ],
+        "sealed": sealed,
+    })
 }
 
 #[test]

@@ -369,6 +369,7 @@ fn tags(m: &Message) -> (&'static str, Option<&'static str>) {
         Message::Detached { .. } => "detached",
         Message::Choices { .. } => "choices",
         Message::Refused { .. } => "refused",
+        Message::PushSetup { .. } => "push_setup",
     };
     let event = match m {
         Message::TaskEvent { event, .. } => Some(match event {

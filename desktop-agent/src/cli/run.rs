@@ -216,6 +216,7 @@ pub(crate) async fn up(
     // new devices to it.
     let (keeper, pair_calls) = DaemonKeeper::channel();
     let mut daemon = daemon(&client, &key, &mut store, tasks, calls, dir, url)?
+        .with_name(opts.info.name.clone())
         .with_pairing(pair_calls)
         .with_relay_epoch(epoch);
     let (mut daemon_events, mut pair_events, _router) = split_events(events);

@@ -77,6 +77,12 @@ impl Daemon<'_> {
                     "last_seen_unix": p.last_seen_unix(),
                     "session": super::renewal::session_status(p, now_ms),
                     "lost_messages": self.lost.status(&id),
+                    "push": p.push().map(|push| json!({
+                        "key_id": push.key_id,
+                        "approvals": push.approvals,
+                        "finished": push.finished,
+                        "missing": push.missing,
+                    })),
                 })
             })
             .collect();

@@ -153,6 +153,17 @@ impl Daemon<'_> {
             Ok(Decoded::Known(Message::HistoryRequest { task_id: None, .. })) => {
                 self.tasks.task_list(from)?
             }
+            Ok(Decoded::Known(Message::PushSetup {
+                enabled,
+                key_id,
+                key,
+                approvals,
+                finished,
+                missing,
+            })) => {
+                self.push_setup(from, enabled, key_id, key, [approvals, finished, missing]);
+                Vec::new()
+            }
             Ok(Decoded::Known(other)) => {
                 debug!(peer = %from, kind = ?std::mem::discriminant(&other), "message not for a desktop");
                 Vec::new()

@@ -51,5 +51,6 @@ impl Daemon<'_> {
             to: last,
         });
         *g = Gaps { count: g.count.saturating_add(1), last_ms: now, from: first, to: last };
+        self.plan_missing_push(from, first, last);
     }
 }

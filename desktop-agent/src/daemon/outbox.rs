@@ -452,6 +452,7 @@ impl Daemon<'_> {
         // Why the desktop stopped tasks, before their finishes.
         self.audit_stopped();
         self.audit_outgoing(&out);
+        self.plan_pushes(&out);
         let mut sealed: Vec<(DeviceId, u64, Vec<u8>)> = Vec::new();
         let mut touched: BTreeSet<DeviceId> = receiving.into_iter().collect();
         for (audience, message) in out {

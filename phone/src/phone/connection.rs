@@ -26,6 +26,7 @@ impl Phone {
                             .collect()
                     };
                     self.connection(&url, ConnectionState::Connected, true);
+                    self.resubscribe_later(&url);
                     for tx in waiting {
                         let _ = tx.try_send(pairing::PairInput::Reconnected);
                     }

@@ -16,6 +16,7 @@ impl Phone {
         let mut requests = Vec::new();
         let kind = renewal::Kind::of(payload);
         let mut reseal = false;
+        let mut rotate_push = false;
         {
             let mut st = self.lock();
             let st = &mut *st;
@@ -51,6 +52,8 @@ impl Phone {
                 // one (exhausted or not).
                 d.reseal = false;
                 reseal = true;
+                // The push key is rotated with the session.
+                rotate_push = true;
             }
             if let Some(p) = step {
                 self.step(p.received);
@@ -142,6 +145,9 @@ impl Phone {
         if reseal {
             // A renewal completed: the outbox goes out now, all of it.
             self.resend(&id, true);
+        }
+        if rotate_push {
+            self.rotate_push_key_later(&id);
         }
         true
     }

@@ -270,8 +270,14 @@ impl Pairing {
         let Pairing { phone, waiting, rx, pid, url, desktop, confirm } = self;
         let r = finish(&phone, waiting, (rx, pid, confirm), &url, desktop).await;
         phone.lock().pairings.remove(&pid);
-        if r.is_err() {
-            phone.drop_unused_relay(&url);
+        match &r {
+            Err(_) => phone.drop_unused_relay(&url),
+            // With push on, the new desktop gets a key (and this relay the
+            // registration, if it is a new one).
+            Ok(d) => {
+                phone.resubscribe_later(&url);
+                phone.rotate_push_key_later(&d.desktop_id);
+            }
         }
         r
     }

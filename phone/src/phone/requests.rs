@@ -12,7 +12,7 @@ impl Phone {
     /// after it was sealed is [`PhoneError::Queued`]: the message is still in
     /// the outbox and may yet arrive, so the caller must not report it as
     /// not sent.
-    async fn send(&self, desktop_id: &str, m: &Message) -> Result<(), PhoneError> {
+    pub(super) async fn send(&self, desktop_id: &str, m: &Message) -> Result<(), PhoneError> {
         let bytes = m.encode().map_err(|e| PhoneError::Protocol(e.to_string()))?;
         let answer = {
             let mut st = self.lock();

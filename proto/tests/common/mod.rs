@@ -535,6 +535,16 @@ pub fn message() -> impl Strategy<Value = Message> {
             code,
             message,
         }),
+        (any::<bool>(), opt(), opt(), proptest::option::of(any::<bool>())).prop_map(
+            |(enabled, key_id, key, approvals)| Message::PushSetup {
+                enabled,
+                key_id,
+                key: key.map(tandem_proto::message::Secret),
+                approvals,
+                finished: approvals.map(|a| !a),
+                missing: None,
+            }
+        ),
         (
             proptest::collection::vec((id(), id()), 0..4),
             proptest::collection::vec(id(), 0..4),
