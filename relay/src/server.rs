@@ -111,15 +111,10 @@ pub async fn run_with_store(
     };
     let vapid_path = match &config.push.vapid_key_file {
         Some(p) => p.clone(),
-        None => {
-            crate::fsmode::create_private_dir(&config.data_dir)?;
-            config.data_dir.join(crate::push::vapid::VAPID_FILE)
-        }
+        None => config.data_dir.join(crate::push::vapid::VAPID_FILE),
     };
-    let vapid = Arc::new(crate::push::vapid::Vapid::load_or_create(&vapid_path)?);
-    info!(public_key = %vapid.public_key_b64(), "Web Push (VAPID) key");
-    let state =
-        Arc::new(State::with_push(config, store, cluster.clone(), shutdown.clone(), Some(vapid)));
+    let state = Arc::new(State::with_push(config, store, cluster.clone(), shutdown.clone(), None));
+    load_vapid(&state, &vapid_path).await?;
     if let Some(c) = &cluster {
         tokio::spawn(crate::cluster::run(state.clone(), c.clone()));
         tokio::spawn(crate::cluster::run_heartbeat(state.clone(), c.clone()));
@@ -351,6 +346,47 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// Read or make the VAPID key and turn Web Push on. A key file that holds
+/// something else stops the relay (the operator's mistake); one that cannot
+/// be written now (a full disk) does not: the relay serves without Web
+/// Push (`/v1/push` 404, `push_unavailable`) and tries again every 5 s.
+async fn load_vapid(state: &Arc<State>, path: &std::path::Path) -> Result<(), RelayError> {
+    use crate::push::vapid::{Vapid, VapidError};
+    let attempt = |path: &std::path::Path| {
+        if let Some(dir) = path.parent() {
+            crate::fsmode::create_private_dir(dir)
+                .map_err(|source| VapidError::Io { path: dir.display().to_string(), source })?;
+        }
+        Vapid::load_or_create(path)
+    };
+    match attempt(path) {
+        Ok(v) => {
+            info!(public_key = %v.public_key_b64(), "Web Push (VAPID) key");
+            state.push.install(Arc::new(v));
+            Ok(())
+        }
+        Err(e @ VapidError::Io { .. }) => {
+            warn!(error = %e, "no Web Push until the VAPID key can be written; trying again");
+            let (state, path) = (Arc::clone(state), path.to_owned());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    if state.shutdown.is_cancelled() {
+                        return;
+                    }
+                    if let Ok(v) = attempt(&path) {
+                        info!(public_key = %v.public_key_b64(), "Web Push (VAPID) key");
+                        state.push.install(Arc::new(v));
+                        return;
+                    }
+                }
+            });
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `GET /v1/push`: the VAPID public key and the push kinds this relay

@@ -205,9 +205,17 @@ async fn the_relay_starts_on_a_full_disk_and_becomes_ready_when_space_is_freed()
     let (mut desk, _) = Device::connect(&relay, new_key(), Role::Desktop).await;
     let (mut phone, _) = Device::connect(&relay, new_key(), Role::Phone).await;
     assert_eq!(desk.authorize(phone.id(), 1).await, Err(ErrorCode::StoreUnavailable));
+    // No VAPID key could be written either: no Web Push yet.
+    assert_eq!(relay.get("/v1/push").await.0, 404);
 
     std::fs::remove_file(&filler).unwrap();
     readyz_becomes(&relay, 200).await;
+    // The key is made on a later try (every 5 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    while relay.get("/v1/push").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "no VAPID key after the disk had room");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     desk.authorize(phone.id(), 2).await.expect("authorised once the store opened");
     phone.authorize(desk.id(), 2).await.expect("authorised once the store opened");
     desk.send_to(phone.id(), 3, b"hello").await.expect("sent");

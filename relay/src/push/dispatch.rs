@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use governor::{DefaultKeyedRateLimiter, Quota};
 use tandem_proto::frame::push::{PushSubscription, endpoint_host};
@@ -35,8 +35,9 @@ const MAX_IN_FLIGHT: usize = 64;
 /// The relay's push dispatcher (one per relay, in [`State`]).
 pub(crate) struct Pusher {
     config: PushConfig,
-    vapid: Option<Arc<Vapid>>,
-    webpush: Option<Arc<dyn PushSender>>,
+    /// Set once the key could be read or made ([`Pusher::install`]).
+    vapid: OnceLock<Arc<Vapid>>,
+    webpush: OnceLock<Arc<dyn PushSender>>,
     limiter: DefaultKeyedRateLimiter<DeviceId>,
     /// Pushes waiting per device; a device is here while its worker runs.
     waiting: Mutex<HashMap<DeviceId, VecDeque<Push>>>,
@@ -54,34 +55,42 @@ fn nz(n: u32) -> NonZeroU32 {
 }
 
 impl Pusher {
-    /// A dispatcher for `config`; Web Push only with a VAPID key.
+    /// A dispatcher for `config`; Web Push once it has a VAPID key.
     pub(crate) fn new(config: &PushConfig, vapid: Option<Arc<Vapid>>) -> Self {
-        let webpush = vapid.as_ref().and_then(|v| {
-            match WebPush::new(Arc::clone(v), config.vapid_subject.clone(), config.timeout) {
-                Ok(w) => Some(Arc::new(w) as Arc<dyn PushSender>),
-                Err(e) => {
-                    warn!(error = %e, "no Web Push: the TLS client cannot be set up");
-                    None
-                }
-            }
-        });
         let period = config.interval.max(std::time::Duration::from_millis(1));
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(nz(config.burst));
-        Self {
+        let pusher = Self {
             config: config.clone(),
-            vapid,
-            webpush,
+            vapid: OnceLock::new(),
+            webpush: OnceLock::new(),
             limiter: DefaultKeyedRateLimiter::keyed(quota),
             waiting: Mutex::new(HashMap::new()),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
+        };
+        if let Some(v) = vapid {
+            pusher.install(v);
+        }
+        pusher
+    }
+
+    /// Web Push from now on, signed with `vapid` (the first key installed stays).
+    pub(crate) fn install(&self, vapid: Arc<Vapid>) {
+        let subject = self.config.vapid_subject.clone();
+        match WebPush::new(Arc::clone(&vapid), subject, self.config.timeout) {
+            Ok(w) => {
+                if self.vapid.set(vapid).is_ok() {
+                    let _ = self.webpush.set(Arc::new(w));
+                }
+            }
+            Err(e) => warn!(error = %e, "no Web Push: the TLS client cannot be set up"),
         }
     }
 
     /// The VAPID key, when Web Push is on.
     pub(crate) fn vapid(&self) -> Option<&Vapid> {
-        self.vapid.as_deref()
+        self.vapid.get().map(AsRef::as_ref)
     }
 
     /// The kinds this relay sends (`GET /v1/push`).
@@ -96,7 +105,7 @@ impl Pusher {
 
     fn sender(&self, kind: &str) -> Option<&Arc<dyn PushSender>> {
         match kind {
-            "webpush" => self.webpush.as_ref(),
+            "webpush" => self.webpush.get(),
             other => self.config.sender_for(other),
         }
     }
