@@ -37,6 +37,7 @@ pub mod migrate;
 mod net;
 mod pairing;
 mod proxy;
+pub mod push;
 mod registry;
 mod routes;
 mod server;
