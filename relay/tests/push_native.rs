@@ -81,6 +81,11 @@ struct Cert {
 }
 
 fn cert() -> Cert {
+    cert_for(b"h2")
+}
+
+/// A certificate for a server that speaks only `alpn`.
+fn cert_for(alpn: &[u8]) -> Cert {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
@@ -94,12 +99,13 @@ fn cert() -> Cert {
     .with_no_client_auth()
     .with_single_cert(vec![made.cert.der().clone()], key)
     .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Cert { config: Arc::new(config), ca, _dir: dir }
 }
 
-/// A running stand-in: HTTP/2 only (a client that does not negotiate `h2`
-/// is dropped).
+/// A running stand-in: HTTP/2, or HTTP/1.1 when the certificate's
+/// configuration offers only that (a client that negotiates neither is
+/// dropped).
 struct Stand {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -130,9 +136,7 @@ impl Stand {
                 let (acceptor, handler, seen) = (acceptor.clone(), handler.clone(), seen2.clone());
                 conns.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    if tls.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
-                        return;
-                    }
+                    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (handler, seen) = (handler.clone(), seen.clone());
                         async move {
@@ -164,9 +168,20 @@ impl Stand {
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                    let io = TokioIo::new(tls);
+                    match alpn.as_deref() {
+                        Some(b"h2") => {
+                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, service)
+                                .await;
+                        }
+                        Some(b"http/1.1") => {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, service)
+                                .await;
+                        }
+                        _ => {}
+                    }
                 });
             }
         });
@@ -529,6 +544,34 @@ async fn apns_sender_reconnects_after_the_service_restarts() {
     check_provider_token(&again.seen()[0], &key.public);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apns_concurrent_pushes_share_one_connection() {
+    let cert = cert();
+    let key = apns_key();
+    let stand = Stand::start(&cert, 0, |_| Reply::Json(200, json!({}))).await;
+    let sender = Arc::new(ApnsSender::new(apns_config(&key, stand.url(), Some(&cert.ca))).unwrap());
+    let mut tasks = JoinSet::new();
+    for i in 0..40u8 {
+        let sender = sender.clone();
+        tasks.spawn(async move {
+            let sub = Subscription::Apns { token: vec![i; 32] };
+            let blob = Bytes::from(vec![i; 100]);
+            sender.send(&sub, &push(Urgency::High, None, &blob, 60)).await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap().unwrap();
+    }
+    let seen = stand.seen();
+    assert_eq!(seen.len(), 40);
+    assert_eq!(stand.connections(), 1, "multiplexed on one HTTP/2 connection");
+    // each request carries its own device's blob
+    for s in &seen {
+        let device = HEXLOWER.decode(s.path.rsplit('/').next().unwrap().as_bytes()).unwrap();
+        check_apns_payload(s, &[device[0]; 100]);
+    }
+}
+
 #[tokio::test]
 async fn apns_setup_refuses_unusable_configuration() {
     let key = apns_key();
@@ -779,6 +822,67 @@ async fn fcm_refreshes_the_token_after_a_401_once() {
     assert!(matches!(&result, Err(PushError::Rejected(_))), "{result:?}");
     assert_eq!(token_requests(&stand).len(), 3);
     assert_eq!(sends(&stand).len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fcm_concurrent_pushes_fetch_one_token() {
+    let cert = cert();
+    let stand = google(&cert, 3599, |_, _| Reply::Json(200, json!({}))).await;
+    let account = account(&format!("{}/token", stand.url()));
+    let sender = Arc::new(FcmSender::new(fcm_config(&account, stand.url(), &cert.ca)).unwrap());
+    let mut tasks = JoinSet::new();
+    for i in 0..40 {
+        let sender = sender.clone();
+        tasks.spawn(async move {
+            let sub = Subscription::Fcm { token: format!("reg-{i}") };
+            sender.send(&sub, &push(Urgency::High, None, &random_blob(10), 60)).await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap().unwrap();
+    }
+    assert_eq!(token_requests(&stand).len(), 1, "one token fetch for all");
+    assert_eq!(sends(&stand).len(), 40);
+}
+
+#[tokio::test]
+async fn fcm_token_endpoint_over_http1() {
+    // A token endpoint that does not speak HTTP/2: the sender falls back to
+    // HTTP/1.1 (a connection per request) and still sends to FCM over h2.
+    let h1_cert = cert_for(b"http/1.1");
+    let tokens = AtomicUsize::new(0);
+    let oauth = Stand::start(&h1_cert, 0, move |_| {
+        let n = tokens.fetch_add(1, Ordering::SeqCst) + 1;
+        Reply::Json(200, json!({"access_token": format!("tok-{n}"), "expires_in": 30}))
+    })
+    .await;
+    let cert = cert();
+    let fcm = Stand::start(&cert, 0, |_| Reply::Json(200, json!({}))).await;
+    let token_uri = format!("{}/token", oauth.url());
+    let account = account(&token_uri);
+    // one file holding both stand-ins' certificates
+    let both = h1_cert._dir.path().join("both.pem");
+    let pem =
+        std::fs::read_to_string(&h1_cert.ca).unwrap() + &std::fs::read_to_string(&cert.ca).unwrap();
+    std::fs::write(&both, pem).unwrap();
+    let sender = FcmSender::new(fcm_config(&account, fcm.url(), &both)).unwrap();
+    let sub = Subscription::Fcm { token: "reg".into() };
+    let blob = random_blob(10);
+    sender.send(&sub, &push(Urgency::High, None, &blob, 60)).await.unwrap();
+    sender.send(&sub, &push(Urgency::High, None, &blob, 60)).await.unwrap();
+    let seen = oauth.seen();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        assert_eq!(s.version, Version::HTTP_11);
+        assert_eq!(s.path, "/token");
+        assert_eq!(s.header("host"), Some(oauth.authority().as_str()));
+        check_token_request(s, &account, &token_uri);
+    }
+    assert_eq!(oauth.connections(), 2);
+    let auths: Vec<String> =
+        fcm.seen().iter().map(|s| s.header("authorization").unwrap().to_owned()).collect();
+    assert_eq!(auths, ["Bearer tok-1", "Bearer tok-2"]);
+    assert!(fcm.seen().iter().all(|s| s.version == Version::HTTP_2));
 }
 
 #[tokio::test]
