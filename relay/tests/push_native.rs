@@ -120,6 +120,17 @@ impl Stand {
         port: u16,
         handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
     ) -> Stand {
+        Self::start_with(cert, port, false, handler).await
+    }
+
+    /// `goaway`: every HTTP/2 connection is shut down gracefully (GOAWAY)
+    /// as soon as its first request arrives, as APNs does now and then.
+    async fn start_with(
+        cert: &Cert,
+        port: u16,
+        goaway: bool,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Stand {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = TlsAcceptor::from(cert.config.clone());
@@ -137,8 +148,11 @@ impl Stand {
                 conns.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
                     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                    let served = Arc::new(tokio::sync::Notify::new());
+                    let served2 = served.clone();
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (handler, seen) = (handler.clone(), seen.clone());
+                        served2.notify_one();
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.unwrap().to_bytes();
@@ -171,9 +185,17 @@ impl Stand {
                     let io = TokioIo::new(tls);
                     match alpn.as_deref() {
                         Some(b"h2") => {
-                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                                .serve_connection(io, service)
-                                .await;
+                            let builder =
+                                hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                            let conn = builder.serve_connection(io, service);
+                            tokio::pin!(conn);
+                            if goaway {
+                                tokio::select! {
+                                    _ = conn.as_mut() => return,
+                                    () = served.notified() => conn.as_mut().graceful_shutdown(),
+                                }
+                            }
+                            let _ = conn.await;
                         }
                         Some(b"http/1.1") => {
                             let _ = hyper::server::conn::http1::Builder::new()
@@ -542,6 +564,21 @@ async fn apns_sender_reconnects_after_the_service_restarts() {
     assert_eq!(again.seen().len(), 2);
     assert_eq!(again.connections(), 1);
     check_provider_token(&again.seen()[0], &key.public);
+}
+
+#[tokio::test]
+async fn apns_sender_follows_a_goaway_to_a_new_connection() {
+    let cert = cert();
+    let key = apns_key();
+    let stand = Stand::start_with(&cert, 0, true, |_| Reply::Json(200, json!({}))).await;
+    let sender = ApnsSender::new(apns_config(&key, stand.url(), Some(&cert.ca))).unwrap();
+    let sub = Subscription::Apns { token: vec![3; 32] };
+    let blob = random_blob(64);
+    for _ in 0..5 {
+        sender.send(&sub, &push(Urgency::High, None, &blob, 60)).await.unwrap();
+    }
+    assert_eq!(stand.seen().len(), 5);
+    assert_eq!(stand.connections(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
