@@ -388,3 +388,57 @@ fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, HttpE
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(url: &str) -> Result<HttpsClient, HttpError> {
+        HttpsClient::new(url, None, Duration::from_secs(1))
+    }
+
+    #[test]
+    fn urls_are_checked_and_split() {
+        let c = client("https://api.push.apple.com").unwrap();
+        assert_eq!(
+            (c.host(), c.port, c.base.as_str()),
+            ("api.push.apple.com", 443, "https://api.push.apple.com")
+        );
+        let c = client("https://oauth2.googleapis.com/token").unwrap();
+        assert_eq!(c.base, "https://oauth2.googleapis.com/token");
+        let c = client("https://localhost:8443/base/").unwrap();
+        assert_eq!(
+            (c.host(), c.port, c.base.as_str()),
+            ("localhost", 8443, "https://localhost:8443/base")
+        );
+        let c = client("https://[::1]:9/").unwrap();
+        assert_eq!((c.host(), c.port), ("::1", 9));
+        assert_eq!(c.authority, "[::1]:9");
+        for bad in [
+            "http://api.push.apple.com",
+            "api.push.apple.com",
+            "https://",
+            "https://h/?q=1",
+            "",
+            "https://exa mple.com",
+        ] {
+            assert!(matches!(client(bad), Err(HttpError::Url(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_extra_root_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let missing = dir.path().join("missing.pem");
+        for path in [&empty, &missing] {
+            let made = HttpsClient::new("https://h", Some(path), Duration::from_secs(1));
+            assert!(matches!(made, Err(HttpError::Root { .. })));
+        }
+        let cert = rcgen::generate_simple_self_signed(vec!["h".into()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, cert.cert.pem()).unwrap();
+        assert!(HttpsClient::new("https://h", Some(&good), Duration::from_secs(1)).is_ok());
+    }
+}
