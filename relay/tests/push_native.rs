@@ -581,6 +581,61 @@ async fn apns_sender_follows_a_goaway_to_a_new_connection() {
     assert_eq!(stand.connections(), 5);
 }
 
+#[tokio::test]
+async fn apns_sender_sends_a_refused_stream_again_and_nothing_else() {
+    // Built on the h2 crate directly (hyper's server cannot refuse a
+    // stream): requests 2 and 4 (counted over all connections) are reset,
+    // REFUSED_STREAM (not processed: sent again on a new connection) and
+    // INTERNAL_ERROR (maybe processed: not sent again); the rest get 200.
+    let cert = cert();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let acceptor = TlsAcceptor::from(cert.config.clone());
+    let (requests2, connections2) = (requests.clone(), connections.clone());
+    let server = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            connections2.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, requests) = (acceptor.clone(), requests2.clone());
+            conns.spawn(async move {
+                let tls = acceptor.accept(tcp).await.unwrap();
+                let mut conn = h2::server::handshake(tls).await.unwrap();
+                while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                    match requests.fetch_add(1, Ordering::SeqCst) + 1 {
+                        2 => respond.send_reset(h2::Reason::REFUSED_STREAM),
+                        4 => respond.send_reset(h2::Reason::INTERNAL_ERROR),
+                        _ => {
+                            let ok = Response::builder().status(200).body(()).unwrap();
+                            respond.send_response(ok, true).unwrap();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let key = apns_key();
+    let url = format!("https://localhost:{port}");
+    let sender = ApnsSender::new(apns_config(&key, url, Some(&cert.ca))).unwrap();
+    let sub = Subscription::Apns { token: vec![5; 32] };
+    let blob = random_blob(64);
+    let mut kinds = Vec::new();
+    for _ in 0..4 {
+        kinds.push(match sender.send(&sub, &push(Urgency::High, None, &blob, 60)).await {
+            Ok(()) => "ok",
+            Err(PushError::Unavailable(_)) => "unavailable",
+            Err(e) => panic!("{e}"),
+        });
+    }
+    assert_eq!(kinds, ["ok", "ok", "unavailable", "ok"]);
+    assert_eq!(requests.load(Ordering::SeqCst), 5);
+    // a new connection after each reset
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apns_concurrent_pushes_share_one_connection() {
     let cert = cert();

@@ -178,10 +178,12 @@ impl HttpsClient {
         let request = self.request(uri, headers, body.clone(), &conn)?;
         let response = match send(conn, request).await {
             Ok(response) => response,
-            // A kept connection that turned out closed before the request
-            // went out: once more on a new one (nothing was sent, so this
-            // cannot deliver twice).
-            Err((_, true)) if reused => {
+            // Once more on a new connection when the server certainly did
+            // not process the request (so this cannot deliver twice): a
+            // kept connection turned out closed before the request went
+            // out, or the server refused the stream or left it out of its
+            // graceful GOAWAY (as APNs does now and then).
+            Err((e, unsent)) if (unsent && reused) || unprocessed(&e) => {
                 self.forget().await;
                 let (conn, _) = self.connection().await?;
                 let request = self.request(uri, headers, body, &conn)?;
@@ -306,6 +308,22 @@ async fn send(
             sender.send_request(request).await.map_err(|e| (e, false))
         }
     }
+}
+
+/// Whether `e` says the server did not process the request (RFC 9113
+/// §8.7): a `REFUSED_STREAM` reset, or a stream beyond a graceful
+/// (`NO_ERROR`) GOAWAY's last stream.
+fn unprocessed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && ((h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+                    || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)));
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// What a push service's answer means.
