@@ -126,7 +126,7 @@ impl ApnsSender {
             token: Mutex::new(TokenState::default()),
         };
         sender
-            .provider_token(Instant::now(), false)
+            .provider_token(Instant::now(), None)
             .map_err(|e| NativeSetupError::Key { path: cfg.key_file, reason: e.to_string() })?;
         Ok(sender)
     }
@@ -140,11 +140,22 @@ impl ApnsSender {
     }
 
     /// The token to use at `now`: the current one while younger than
-    /// [`TOKEN_LIFETIME`], else a new one. `force`: a new one even so, unless
-    /// one was forced less than 20 minutes ago (then `None`).
-    fn provider_token(&self, now: Instant, force: bool) -> Result<Option<String>, PushError> {
+    /// [`TOKEN_LIFETIME`], else a new one. With `refused` (a token APNs
+    /// called expired): the current one if it is another (made since), else
+    /// a new one, unless one was forced so less than 20 minutes ago (then
+    /// `None`).
+    fn provider_token(
+        &self,
+        now: Instant,
+        refused: Option<&str>,
+    ) -> Result<Option<String>, PushError> {
         let mut state = self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if force {
+        if let Some(refused) = refused {
+            if let Some((token, _)) = &state.current
+                && token != refused
+            {
+                return Ok(Some(token.clone()));
+            }
             if state.last_forced.is_some_and(|at| now.duration_since(at) < FORCED_REFRESH_EVERY) {
                 return Ok(None);
             }
@@ -172,10 +183,10 @@ impl ApnsSender {
         let path = format!("/3/device/{}", HEXLOWER.encode(device));
         let body = payload(&push.blob)?;
         let token = self
-            .provider_token(Instant::now(), false)?
+            .provider_token(Instant::now(), None)?
             .ok_or_else(|| PushError::Rejected("no APNs provider token".into()))?;
-        let renew = move |_: String| async move {
-            self.provider_token(Instant::now(), true)?
+        let renew = move |refused: String| async move {
+            self.provider_token(Instant::now(), Some(&refused))?
                 .ok_or_else(|| PushError::Rejected("403 ExpiredProviderToken".into()))
         };
         let headers = headers(push, &self.topic);
@@ -283,24 +294,28 @@ mod tests {
     fn the_provider_token_is_reused_for_50_minutes_then_remade() {
         let (sender, _dir) = sender();
         let t0 = Instant::now();
-        let first = sender.provider_token(t0, false).unwrap().unwrap();
-        let later = sender.provider_token(t0 + Duration::from_secs(49 * 60), false).unwrap();
+        let first = sender.provider_token(t0, None).unwrap().unwrap();
+        let later = sender.provider_token(t0 + Duration::from_secs(49 * 60), None).unwrap();
         assert_eq!(later.as_deref(), Some(first.as_str()));
         let t1 = t0 + Duration::from_secs(50 * 60 + 1);
-        let renewed = sender.provider_token(t1, false).unwrap().unwrap();
+        let renewed = sender.provider_token(t1, None).unwrap().unwrap();
         assert_ne!(renewed, first);
-        assert_eq!(sender.provider_token(t1, false).unwrap().as_deref(), Some(renewed.as_str()));
+        assert_eq!(sender.provider_token(t1, None).unwrap().as_deref(), Some(renewed.as_str()));
     }
 
     #[test]
-    fn a_forced_token_is_made_at_most_every_20_minutes() {
+    fn a_refused_token_is_remade_at_most_every_20_minutes() {
         let (sender, _dir) = sender();
         let t0 = Instant::now();
-        let first = sender.provider_token(t0, false).unwrap().unwrap();
-        let forced = sender.provider_token(t0, true).unwrap().unwrap();
+        let first = sender.provider_token(t0, None).unwrap().unwrap();
+        let forced = sender.provider_token(t0, Some(&first)).unwrap().unwrap();
         assert_ne!(forced, first);
-        assert_eq!(sender.provider_token(t0 + Duration::from_secs(19 * 60), true).unwrap(), None);
-        assert!(sender.provider_token(t0 + Duration::from_secs(21 * 60), true).unwrap().is_some());
+        // a push refused with the old token meanwhile gets the new one
+        assert_eq!(sender.provider_token(t0, Some(&first)).unwrap(), Some(forced.clone()));
+        let t1 = t0 + Duration::from_secs(19 * 60);
+        assert_eq!(sender.provider_token(t1, Some(&forced)).unwrap(), None);
+        let t2 = t0 + Duration::from_secs(21 * 60);
+        assert!(sender.provider_token(t2, Some(&forced)).unwrap().is_some());
     }
 
     #[test]
