@@ -480,4 +480,17 @@ max_waiting = 32
 ttl_secs = 3600
 timeout_secs = 10
 retry_after_ms = 10000
+
+# Native apps' pushes (docs/PUSH.md), with the operator's credentials; a
+# bad key or service account stops the start. Apple: a .p8 key from the
+# developer account, its key id, the team id, the app's bundle id.
+# [apns]
+# key_file = "/etc/tandem/AuthKey_ABC123DEFG.p8"
+# key_id = "ABC123DEFG"
+# team_id = "DEF123GHIJ"
+# topic = "com.example.tandem"
+# endpoint = "https://api.sandbox.push.apple.com"   # development builds
+# Google: a Firebase service account's JSON key.
+# [fcm]
+# service_account_file = "/etc/tandem/firebase-service-account.json"
 "#;

@@ -294,6 +294,10 @@ struct FileConfig {
     web_client: Option<String>,
     no_web_client: Option<bool>,
     push: Option<PushFile>,
+    /// `[apns]`: Apple's push service, with the operator's key (docs/PUSH.md).
+    apns: Option<tandem_relay::push::native_config::ApnsConfig>,
+    /// `[fcm]`: Google's push service, with the operator's service account.
+    fcm: Option<tandem_relay::push::native_config::FcmConfig>,
 }
 
 /// The `[push]` table (file only).
@@ -557,6 +561,15 @@ fn settings(o: Opts) -> anyhow::Result<Settings> {
         (None, false) => WebClient::Embedded,
     };
     c.push = push_settings(f.push.unwrap_or_default())?;
+    // A bad key or service account stops the start, not the first push.
+    if let Some(a) = f.apns {
+        let sender = tandem_relay::push::apns::ApnsSender::new(a).context("[apns]")?;
+        c.push.apns = Some(std::sync::Arc::new(sender));
+    }
+    if let Some(g) = f.fcm {
+        let sender = tandem_relay::push::fcm::FcmSender::new(g).context("[fcm]")?;
+        c.push.fcm = Some(std::sync::Arc::new(sender));
+    }
     let listen = pick!(listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443)));
     Ok(Settings { listen, log_json: pick!(log_json).unwrap_or(false), config: c })
 }

@@ -23,7 +23,12 @@ use std::time::Duration;
 
 use tandem_proto::frame::push::{PushSubscription, endpoint_host};
 
+pub mod apns;
 pub(crate) mod dispatch;
+pub mod fcm;
+mod h2client;
+mod jwt;
+pub mod native_config;
 pub mod vapid;
 pub mod webpush;
 
