@@ -14,121 +14,24 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
+#[path = "support/push_service.rs"]
+mod push_service;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
-use common::{Device, Relay, http_get, metric, new_key, paired};
+use common::{Device, Relay, metric, new_key, paired};
+use push_service::PushService;
 use serde_json::Value;
 use tandem_proto::entropy::Entropy;
 use tandem_proto::frame::{Frame, PushSubscription};
 use tandem_proto::{ErrorCode, Role};
 
-/// The directory cargo builds into: the test binary is `<dir>/debug/deps/push-…`.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.ancestors().nth(3).expect("target dir").to_path_buf()
-}
-
-/// A Python with `http_ece`: `TANDEM_PUSH_PYTHON`, or the venv beside the build.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("TANDEM_PUSH_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = target_dir().join("abuse-venv");
-    let py = venv.join("bin/python");
-    let ready = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import http_ece, cryptography"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ready(&py) {
-        if !py.exists() {
-            let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
-            assert!(made.is_ok_and(|s| s.success()), "python3 -m venv {}", venv.display());
-        }
-        // `python -m pip`: a venv copied from elsewhere keeps its old `pip` script.
-        let pip =
-            Command::new(&py).args(["-m", "pip", "install", "-q", "http_ece>=1.2,<2"]).status();
-        assert!(pip.is_ok_and(|s| s.success()), "pip install http_ece");
-    }
-    py
-}
-
-/// The local push service (a child process; stopped on drop).
-struct PushService {
-    child: Child,
-    port: u16,
-    p256dh: [u8; 65],
-    auth: [u8; 16],
-}
-
-impl PushService {
-    fn start() -> Self {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/push_service/push_service.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the push service");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        let unhex = |s: &Value| hex_decode(s.as_str().unwrap());
-        PushService {
-            child,
-            port: u16::try_from(v["port"].as_u64().unwrap()).unwrap(),
-            p256dh: unhex(&v["p256dh"]).try_into().unwrap(),
-            auth: unhex(&v["auth"]).try_into().unwrap(),
-        }
-    }
-
-    fn origin(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// A Web Push subscription for `/push/<path>` with the service's keys.
-    fn subscription(&self, path: &str) -> PushSubscription {
-        PushSubscription::WebPush {
-            endpoint: format!("{}/push/{path}", self.origin()),
-            p256dh: self.p256dh,
-            auth: self.auth,
-        }
-    }
-
-    async fn records(&self) -> Vec<Value> {
-        let (status, body) = http_get(&format!("127.0.0.1:{}", self.port), "/records", &[]).await;
-        assert_eq!(status, 200);
-        serde_json::from_str::<Value>(&body).unwrap().as_array().unwrap().clone()
-    }
-
-    /// Wait until at least `n` requests came (10 s), and return them all.
-    async fn wait_records(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let r = self.records().await;
-            if r.len() >= n {
-                return r;
-            }
-            assert!(Instant::now() < deadline, "{} push requests, wanted {n}: {r:?}", r.len());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for PushService {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A Web Push subscription for `/push/<path>` with the service's keys.
+fn subscription(svc: &PushService, path: &str) -> PushSubscription {
+    PushSubscription::WebPush { endpoint: svc.endpoint(path), p256dh: svc.p256dh, auth: svc.auth }
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
@@ -254,7 +157,7 @@ async fn a_notify_becomes_an_rfc_8291_web_push_that_decrypts_to_the_blob_and_lea
 
     let (mut desk, mut phone) = pair3(&relay).await;
     let secret_path = "s3cr3t-subscription-path";
-    phone.send(&svc.subscription(secret_path).frame(10)).await;
+    phone.send(&subscription(&svc, secret_path).frame(10)).await;
     assert_eq!(phone.result_of(10).await, Ok(()));
     set_active(&mut phone, false).await;
 
@@ -310,7 +213,7 @@ async fn no_push_while_the_phone_is_active_here_one_when_it_is_not() {
     let svc = PushService::start();
     let relay = relay(dir.path(), &svc, "", &[]);
     let (mut desk, mut phone) = pair3(&relay).await;
-    phone.send(&svc.subscription("p").frame(2)).await;
+    phone.send(&subscription(&svc, "p").frame(2)).await;
     assert_eq!(phone.result_of(2).await, Ok(()));
 
     // A connection starts active: suppressed.
@@ -336,7 +239,7 @@ async fn no_push_while_the_phone_is_active_here_one_when_it_is_not() {
 
     // A level-2 connection may not send push frames.
     let (mut old, _) = Device::connect_at(&relay, new_key(), Role::Phone, 2).await;
-    old.send(&svc.subscription("old").frame(5)).await;
+    old.send(&subscription(&svc, "old").frame(5)).await;
     assert_eq!(old.result_of(5).await, Err(ErrorCode::UnexpectedFrame));
 }
 
@@ -346,7 +249,7 @@ async fn pushes_collapse_per_topic_and_are_paced_per_device() {
     let svc = PushService::start();
     let relay = relay(dir.path(), &svc, "burst = 1\ninterval_ms = 700\nmax_waiting = 3", &[]);
     let (mut desk, mut phone) = pair3(&relay).await;
-    phone.send(&svc.subscription("c").frame(2)).await;
+    phone.send(&subscription(&svc, "c").frame(2)).await;
     assert_eq!(phone.result_of(2).await, Ok(()));
     let to = phone.id();
     phone.close().await;
@@ -391,7 +294,7 @@ async fn a_gone_endpoint_removes_the_subscription_and_a_failing_one_is_tried_twi
     let svc = PushService::start();
     let relay = relay(dir.path(), &svc, "", &[]);
     let (mut desk, mut phone) = pair3(&relay).await;
-    phone.send(&svc.subscription("gone/x").frame(2)).await;
+    phone.send(&subscription(&svc, "gone/x").frame(2)).await;
     assert_eq!(phone.result_of(2).await, Ok(()));
     set_active(&mut phone, false).await;
     let to = phone.id();
@@ -406,7 +309,7 @@ async fn a_gone_endpoint_removes_the_subscription_and_a_failing_one_is_tried_twi
     assert_eq!(svc.records().await.len(), 1);
 
     // A service that fails (500) is tried once more, then counted.
-    phone.send(&svc.subscription("fail/y").frame(3)).await;
+    phone.send(&subscription(&svc, "fail/y").frame(3)).await;
     assert_eq!(phone.result_of(3).await, Ok(()));
     assert_eq!(notify(&mut desk, 12, to, 2, [0; 16], b"third").await, Ok(()));
     let records = svc.wait_records(3).await;
@@ -426,7 +329,7 @@ async fn bad_and_unrouted_requests_are_refused_and_change_nothing() {
     let svc = PushService::start();
     let relay = relay(dir.path(), &svc, "", &[]);
     let (mut desk, mut phone) = pair3(&relay).await;
-    phone.send(&svc.subscription("good").frame(2)).await;
+    phone.send(&subscription(&svc, "good").frame(2)).await;
     assert_eq!(phone.result_of(2).await, Ok(()));
 
     let mut not_a_point = svc.p256dh;
@@ -473,7 +376,7 @@ async fn bad_and_unrouted_requests_are_refused_and_change_nothing() {
         assert_eq!(phone.result_of(request_id).await, Err(code), "{request_id}");
     }
     // Only phones register subscriptions.
-    desk.send(&svc.subscription("desk").frame(3)).await;
+    desk.send(&subscription(&svc, "desk").frame(3)).await;
     assert_eq!(desk.result_of(3).await, Err(ErrorCode::UnexpectedFrame));
 
     // Bad Notify requests.
@@ -520,7 +423,7 @@ async fn the_subscription_and_the_vapid_key_survive_a_restart() {
     let (_, before) = relay.get("/v1/push").await;
     let (desk, mut phone) = pair3(&relay).await;
     let (desk_key, phone_id) = (desk.key.clone(), phone.id());
-    phone.send(&svc.subscription("kept").frame(2)).await;
+    phone.send(&subscription(&svc, "kept").frame(2)).await;
     assert_eq!(phone.result_of(2).await, Ok(()));
     drop((desk, phone));
 
@@ -543,7 +446,7 @@ async fn push_works_on_the_redis_store() {
     let svc = PushService::start();
     let relay = relay(dir.path(), &svc, "", &["--store", "redis", "--redis-url", &url]);
     let (mut desk, mut phone) = pair3(&relay).await;
-    phone.send(&svc.subscription("on-redis").frame(2)).await;
+    phone.send(&subscription(&svc, "on-redis").frame(2)).await;
     assert_eq!(phone.result_of(2).await, Ok(()));
     let to = phone.id();
     phone.close().await;
@@ -574,7 +477,7 @@ async fn the_client_crate_subscribes_notifies_and_goes_to_the_background() {
     let (desk, phone): (Client, Client) = (start(Role::Desktop), start(Role::Phone));
     desk.authorize(phone.device_id()).await.unwrap();
     phone.authorize(desk.device_id()).await.unwrap();
-    phone.push_subscribe(&svc.subscription("client")).await.unwrap();
+    phone.push_subscribe(&subscription(&svc, "client")).await.unwrap();
     let bad = PushSubscription::Apns { token: vec![1] };
     assert!(phone.push_subscribe(&bad).await.is_err(), "no APNs sender here");
     // Active (the default): suppressed.

@@ -21,6 +21,9 @@ pub const RELAY_DATA: &str = "TANDEM_TEST_RELAY_DATA";
 /// When set: a node of a cluster on the Redis at this URL (`--store redis
 /// --redis-url`), trusting a PROXY header from 127.0.0.1 (haproxy's).
 pub const RELAY_REDIS_URL: &str = "TANDEM_TEST_RELAY_REDIS_URL";
+/// A Web Push origin the relay allows besides the real push services' (a
+/// test's local push service, `http://127.0.0.1:<port>`).
+pub const RELAY_PUSH_ORIGIN: &str = "TANDEM_TEST_RELAY_PUSH_ORIGIN";
 /// With [`RELAY_REDIS_URL`]: the node's id (`--node-id`).
 pub const RELAY_NODE_ID: &str = "TANDEM_TEST_RELAY_NODE_ID";
 const RELAY_READY: &str = "test relay listening on ";
@@ -86,6 +89,10 @@ pub fn serve_if_asked() {
             .and_then(|d| std::fs::read_to_string(d.join(HOLD_WINDOW_FILE)).ok())
         {
             config.hold_window = Duration::from_millis(ms.trim().parse().unwrap());
+        }
+        if let Ok(origin) = std::env::var(RELAY_PUSH_ORIGIN) {
+            config.push.webpush_origins.push(origin);
+            config.push.vapid_subject = "mailto:push-test@example.com".into();
         }
         if let Ok(url) = std::env::var(RELAY_REDIS_URL) {
             config.store = tandem_relay::StoreBackend::redis(url);
