@@ -3,18 +3,20 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-85efb930a90db657.js", "text/javascript; charset=utf-8", "code", "\"85efb930a90db657f3b529012fb017c6\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-85efb930a90db657.js"))),
-    ("/assets/app-d85101b0f53cdc41.css", "text/css; charset=utf-8", "code", "\"d85101b0f53cdc412e8ce3240d8afe79\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-d85101b0f53cdc41.css"))),
+    ("/assets/app-420f24b604cb3c85.css", "text/css; charset=utf-8", "code", "\"420f24b604cb3c854d98667d5befc1ae\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-420f24b604cb3c85.css"))),
+    ("/assets/app-6c97f9ab1f80521f.js", "text/javascript; charset=utf-8", "code", "\"6c97f9ab1f80521f7149a5171a8fa5e0\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-6c97f9ab1f80521f.js"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"156778d86ebb79820e14c3225674c31b\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"f06f03f2bbb4958c49dd9b8528a8173d\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),
+    ("/sw.js", "text/javascript; charset=utf-8", "code", "\"5273b5923aa47e688507cc10a8b27649\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/sw.js"))),
 ]
