@@ -17,6 +17,6 @@
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),
-    ("/sw.js", "text/javascript; charset=utf-8", "code", "\"5273b5923aa47e688507cc10a8b27649\"",
+    ("/sw.js", "text/javascript; charset=utf-8", "code", "\"a50dc85db2dec1e71892b918b33f76fa\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/sw.js"))),
 ]

@@ -49,10 +49,24 @@ const sw = self as unknown as SwGlobal;
 /** How long an open page has to say it will act on a decision before one is opened. */
 const ANSWER_MS = 1500;
 
-sw.addEventListener('install', (e: ExtendableEvent) => e.waitUntil(sw.skipWaiting()));
-sw.addEventListener('activate', (e: ExtendableEvent) => e.waitUntil(sw.clients.claim()));
-sw.addEventListener('push', (e: PushEvent) => e.waitUntil(onPush(e)));
-sw.addEventListener('notificationclick', (e: NotificationClickEvent) => e.waitUntil(onClick(e)));
+/**
+ * Keep the worker alive until `p` settles. An event the worker did not get from the browser (one
+ * dispatched by a test, as e2e/push.e2e.mjs does for a notification's action) refuses
+ * `waitUntil`; the work runs all the same.
+ */
+function keepAlive(e: ExtendableEvent, p: Promise<unknown>): void {
+  const logged = p.catch((err: unknown) => console.warn(`service worker: ${e.type}`, err));
+  try {
+    e.waitUntil(logged);
+  } catch {
+    /* not dispatched by the browser */
+  }
+}
+
+sw.addEventListener('install', (e: ExtendableEvent) => keepAlive(e, sw.skipWaiting()));
+sw.addEventListener('activate', (e: ExtendableEvent) => keepAlive(e, sw.clients.claim()));
+sw.addEventListener('push', (e: PushEvent) => keepAlive(e, onPush(e)));
+sw.addEventListener('notificationclick', (e: NotificationClickEvent) => keepAlive(e, onClick(e)));
 
 async function onPush(e: PushEvent): Promise<void> {
   let view: NotificationView;
