@@ -5,10 +5,14 @@
 //   blob   = 0x01 ‖ key_id [8] ‖ nonce [24] ‖ XChaCha20-Poly1305(key, nonce, padded, aad)
 //   aad    = "tandem push v1" ‖ key_id
 //   padded = the UTF-8 JSON notification, then 0x00 up to the next multiple of 256 (≤ 2048)
-//   topic  = BLAKE2b-128(key = push key, "tandem push topic v1" ‖ task_id), all zeros for no task
+//   topic  = mac(push key, "tandem push topic v1", task_id)[..16] (kdf.ts: keyed BLAKE2s-256 of
+//            label ‖ 0x00 ‖ task_id, as proto/src/push.rs does), all zeros for no task
+//
+// The shared spec of issue 19 named a keyed BLAKE2b-128 for the topic; the crate uses its kdf MAC,
+// and the phone must compute what the desktop computes (proto/vectors/push.json decides).
 import { xchacha20poly1305 } from '@noble/ciphers/chacha.js';
-import { blake2b } from '@noble/hashes/blake2.js';
 import { concat, equalBytes, fromUtf8, utf8 } from './bytes.ts';
+import { mac } from './kdf.ts';
 
 /** The blob's first byte. */
 export const PUSH_BLOB_VERSION = 1;
@@ -22,18 +26,21 @@ export const PUSH_PAD_BLOCK = 256;
 export const MAX_PUSH_PADDED = 2048;
 const TAG_LEN = 16;
 const HEADER_LEN = 1 + PUSH_KEY_ID_LEN + PUSH_NONCE_LEN;
-/** The largest blob: header, 2048 bytes of padded text, tag (2097). */
-export const MAX_PUSH_BLOB_LEN = HEADER_LEN + MAX_PUSH_PADDED + TAG_LEN;
+/** The largest blob this seal makes: header, 2048 bytes of padded text, tag (2097). */
+export const MAX_SEALED_LEN = HEADER_LEN + MAX_PUSH_PADDED + TAG_LEN;
+/** The largest blob a `Notify` carries (room for a newer seal); longer ones are refused unread. */
+export const MAX_PUSH_BLOB_LEN = 3072;
 /** Most UTF-8 bytes of `title` and `body` (the desktop truncates at a char boundary). */
 export const MAX_PUSH_TITLE = 120;
 export const MAX_PUSH_BODY = 600;
 
 const AAD_LABEL = utf8('tandem push v1');
-const TOPIC_LABEL = utf8('tandem push topic v1');
+const TOPIC_LABEL = 'tandem push topic v1';
 
 /** What a push says, once opened. */
 export interface PushNotification {
-  kind: 'approval' | 'finished' | 'missing';
+  /** `other`: a kind a newer desktop sends (shown without actions). */
+  kind: 'approval' | 'finished' | 'missing' | 'other';
   /** The desktop's name. */
   desktop: string;
   title: string;
@@ -96,10 +103,11 @@ export function parsePushNotification(json: Uint8Array): PushNotification {
   if (o === null || typeof o !== 'object' || Array.isArray(o)) throw new PushError('BadNotification', 'not an object');
   const r = o as Record<string, unknown>;
   const bad = (f: string): PushError => new PushError('BadNotification', f);
-  if (typeof r.kind !== 'string' || !KINDS.has(r.kind)) throw bad('kind');
+  if (typeof r.kind !== 'string') throw bad('kind');
   for (const f of ['desktop', 'title', 'body'] as const) if (typeof r[f] !== 'string') throw bad(f);
   if (!isU64(r.at_ms)) throw bad('at_ms');
-  const n: PushNotification = { kind: r.kind as PushNotification['kind'], desktop: r.desktop as string, title: r.title as string, body: r.body as string, at_ms: r.at_ms };
+  const kind = (KINDS.has(r.kind) ? r.kind : 'other') as PushNotification['kind'];
+  const n: PushNotification = { kind, desktop: r.desktop as string, title: r.title as string, body: r.body as string, at_ms: r.at_ms };
   for (const f of ['task_id', 'approval_id'] as const) {
     const v = r[f];
     if (v === undefined || v === null) continue;
@@ -143,8 +151,9 @@ export function sealPush(key: Uint8Array, keyId: Uint8Array, n: PushNotification
 /** The key id a blob names (to find its key), after checking its version and size. */
 export function pushBlobKeyId(blob: Uint8Array): Uint8Array {
   if (blob.length > MAX_PUSH_BLOB_LEN) throw new PushError('TooLarge', `${blob.length} bytes`);
-  if (blob.length < HEADER_LEN + TAG_LEN + 1) throw new PushError('Malformed', 'too short');
+  if (blob.length === 0) throw new PushError('Malformed', 'empty');
   if (blob[0] !== PUSH_BLOB_VERSION) throw new PushError('UnknownVersion', String(blob[0]));
+  if (blob.length < HEADER_LEN + PUSH_PAD_BLOCK + TAG_LEN) throw new PushError('Malformed', 'too short');
   return blob.slice(1, 1 + PUSH_KEY_ID_LEN);
 }
 
@@ -160,8 +169,11 @@ export function openPushBytes(key: Uint8Array, keyId: Uint8Array, blob: Uint8Arr
   } catch {
     throw new PushError('Decrypt', 'wrong key or damaged blob');
   }
-  let end = padded.length;
-  while (end > 0 && padded[end - 1] === 0) end--;
+  if (padded.length % PUSH_PAD_BLOCK !== 0 || padded.length > MAX_PUSH_PADDED) throw new PushError('Malformed', 'padded length');
+  // The JSON ends at the first 0x00; only zeros follow it.
+  let end = padded.indexOf(0);
+  if (end < 0) end = padded.length;
+  if (padded.subarray(end).some((b) => b !== 0)) throw new PushError('Malformed', 'padding');
   return padded.slice(0, end);
 }
 
@@ -174,5 +186,5 @@ export function openPush(key: Uint8Array, keyId: Uint8Array, blob: Uint8Array): 
 export function pushTopic(key: Uint8Array, taskId?: string | null): Uint8Array {
   checkKey(key);
   if (taskId === undefined || taskId === null) return new Uint8Array(PUSH_TOPIC_LEN);
-  return blake2b(concat(TOPIC_LABEL, utf8(taskId)), { key, dkLen: PUSH_TOPIC_LEN });
+  return mac(key, TOPIC_LABEL, [utf8(taskId)]).slice(0, PUSH_TOPIC_LEN);
 }
