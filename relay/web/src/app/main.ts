@@ -11,7 +11,7 @@ import { App, appQuery, routeFromUrl } from './ui/app.ts';
 import { desktopScreen } from './ui/desktop.ts';
 import { desktopsScreen } from './ui/desktops.ts';
 import { h } from './ui/dom.ts';
-import { decideFromLink, listenForNotifications } from './ui/notify.ts';
+import { catchNotificationMessages, decideFromLink, listenForNotifications } from './ui/notify.ts';
 import { pairScreen, setPendingLink } from './ui/pair.ts';
 import { PushControl } from './push.ts';
 import { taskScreen } from './ui/task.ts';
@@ -25,6 +25,8 @@ const decide = location.hash.startsWith(DECIDE) ? decodeURIComponent(location.ha
 const link = !decide && location.hash.length > 1 ? `${location.origin}${location.pathname}${location.hash}` : null;
 const search = appQuery(location.search);
 if (link || decide || search !== location.search) history.replaceState(null, '', location.pathname + search);
+
+catchNotificationMessages();
 
 async function boot(): Promise<void> {
   const root = document.getElementById('app');

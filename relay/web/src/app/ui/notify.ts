@@ -76,11 +76,27 @@ async function act(app: App, d: DecisionRef, fromLink: boolean): Promise<void> {
   }
 }
 
+/** Messages from the service worker that came before the app was ready (the page was loading). */
+let early: MessageEvent[] | null = null;
+let handler: ((m: MessageEvent) => void) | null = null;
+
+/**
+ * Listen to the service worker from the start (main.ts calls this before anything is awaited):
+ * the browser hands its messages to the page once the document is parsed, which may be before
+ * the engine is open; those wait here for `listenForNotifications`.
+ */
+export function catchNotificationMessages(): void {
+  const container = (navigator as Navigator & { serviceWorker?: ServiceWorkerContainer }).serviceWorker;
+  if (!container || early) return;
+  early = [];
+  container.addEventListener('message', (m: MessageEvent) => (handler ? handler(m) : early?.push(m)));
+  container.startMessages();
+}
+
 /** Messages from the service worker: `tandem-decide` (answered on its port) and `tandem-open`. */
 export function listenForNotifications(app: App): void {
-  const container = (navigator as Navigator & { serviceWorker?: ServiceWorkerContainer }).serviceWorker;
-  if (!container) return;
-  container.addEventListener('message', (m: MessageEvent) => {
+  catchNotificationMessages();
+  handler = (m: MessageEvent) => {
     const data = m.data as Record<string, unknown> | null;
     const port = m.ports[0];
     if (data?.type === 'tandem-decide') {
@@ -99,8 +115,8 @@ export function listenForNotifications(app: App): void {
       const task = typeof data.task_id === 'string' ? data.task_id : undefined;
       app.show(task ? { screen: 'task', desktop: data.desktop, task } : { screen: 'desktop', desktop: data.desktop });
     }
-  });
-  container.startMessages();
+  };
+  for (const m of early?.splice(0) ?? []) handler(m);
 }
 
 /** The page was opened at `/#decide=<ref>` by the service worker (no page was open). */
