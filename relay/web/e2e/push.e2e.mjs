@@ -568,8 +568,9 @@ describe('web client: push notifications', { concurrency: false }, () => {
       const all = (await notifications()).filter((x) => x.tag === topic);
       return all.length && all;
     });
-    assert.equal(shown.title, 'build-box: demo');
-    assert.match(shown.body, /edit src\/lib\.rs/);
+    // The desktop's texts (desktop-agent daemon/push.rs): "Approve? <step>", the task's title.
+    assert.equal(shown.title, 'build-box: Approve? edit src/lib.rs');
+    assert.equal(shown.body, 'demo');
     assert.deepEqual(shown.actions, ['allow', 'deny'], 'this phone may decide');
     assert.ok(await tapAction(topic, 'allow'));
     await expectVisible(page, '[data-testid=approval][data-state=allowed]', 'allowed from the notification');
