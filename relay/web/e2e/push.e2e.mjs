@@ -163,7 +163,7 @@ function checkVapid(headers, vapidKey, endpoint) {
 
 /** Init script: the fake subscription (see the top) and a settable visibility. */
 function pageStandIns({ endpoint, p256dh, auth }) {
-  const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const bytes = (b64u) => Uint8Array.from(atob(b64u.replace(/-/g, '+').replace(/_/g, '/')), (c) => c.charCodeAt(0));
   let current = null;
   window.__push = { subscribeKeys: [], unsubscribed: 0 };
   const make = (options) => {
@@ -201,22 +201,17 @@ function pageStandIns({ endpoint, p256dh, auth }) {
 
 async function serviceWorker() {
   const { context } = s.phone;
-  return waitUntil('the service worker', () => context.serviceWorkers().find((w) => w.url() === `${s.origin}/sw.js`), { timeout: 10_000 });
+  // The newest handle: a worker the browser stopped and started again has a new one.
+  return waitUntil('the service worker', () => context.serviceWorkers().filter((w) => w.url() === `${s.origin}/sw.js`).at(-1), { timeout: 10_000 });
 }
 
-/** The notifications the service worker shows now. */
+/** The notifications the service worker's registration shows now (read from the page, or the worker when no page is open). */
 async function notifications() {
-  const w = await serviceWorker();
-  return w.evaluate(async () =>
-    (await self.registration.getNotifications()).map((n) => ({
-      title: n.title,
-      body: n.body,
-      tag: n.tag,
-      renotify: n.renotify,
-      actions: n.actions.map((a) => a.action),
-      data: n.data,
-    })),
-  );
+  const shown = (list) => list.map((n) => ({ title: n.title, body: n.body, tag: n.tag, renotify: n.renotify, actions: n.actions.map((a) => a.action), data: n.data }));
+  const list = s.phone.page.isClosed()
+    ? await (await serviceWorker()).evaluate(async () => (await self.registration.getNotifications()).map((n) => ({ title: n.title, body: n.body, tag: n.tag, renotify: n.renotify, actions: n.actions, data: n.data })))
+    : await s.phone.page.evaluate(async () => (await (await navigator.serviceWorker.getRegistration('/')).getNotifications()).map((n) => ({ title: n.title, body: n.body, tag: n.tag, renotify: n.renotify, actions: n.actions, data: n.data })));
+  return shown(list);
 }
 
 async function closeNotifications() {

@@ -19,4 +19,3 @@ export * from './delivery.ts';
 export * from './link.ts';
 export * from './upkeep.ts';
 export * from './push.ts';
-export * from './push_frames.ts';
