@@ -73,7 +73,7 @@ test('padding: to the next multiple of 256, at most 2048 bytes', () => {
   assert.throws(() => sealPush(key, keyId, utf8(`{"x":"${'z'.repeat(2100)}"}`), nonce), isPush('TooLarge'));
   assert.throws(() => sealPush(key, keyId, Uint8Array.of(0x7b, 0, 0x7d), nonce), isPush('BadNotification'));
   assert.equal(MAX_SEALED_LEN, 2097);
-  assert.equal(MAX_PUSH_BLOB_LEN, 3072);
+  assert.equal(MAX_PUSH_BLOB_LEN, 2560);
 });
 
 test('tampering, a wrong key, a wrong key id, damage and garbage are refused', () => {

@@ -29,7 +29,7 @@ const HEADER_LEN = 1 + PUSH_KEY_ID_LEN + PUSH_NONCE_LEN;
 /** The largest blob this seal makes: header, 2048 bytes of padded text, tag (2097). */
 export const MAX_SEALED_LEN = HEADER_LEN + MAX_PUSH_PADDED + TAG_LEN;
 /** The largest blob a `Notify` carries (room for a newer seal); longer ones are refused unread. */
-export const MAX_PUSH_BLOB_LEN = 3072;
+export const MAX_PUSH_BLOB_LEN = 2560;
 /** Most UTF-8 bytes of `title` and `body` (the desktop truncates at a char boundary). */
 export const MAX_PUSH_TITLE = 120;
 export const MAX_PUSH_BODY = 600;

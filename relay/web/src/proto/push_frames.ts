@@ -5,7 +5,7 @@
 //   PushSubscribe  request_id u64 ‖ kind u8 ‖ data
 //                    kind 0 remove (no data), 1 Web Push (endpoint str16 ≤ 1024 ‖ p256dh [65] ‖ auth [16]),
 //                    2 APNs (device token, 1–200 bytes), 3 FCM (registration token, UTF-8, 1–4096 bytes)
-//   Notify         request_id u64 ‖ to [16] ‖ urgency u8 ‖ topic [16] ‖ blob (1..=3072)
+//   Notify         request_id u64 ‖ to [16] ‖ urgency u8 ‖ topic [16] ‖ blob (1..=2560)
 //   Active         active u8 (0x00 or 0x01)
 import { CodecError, Reader, concat, fromUtf8, str16, u64be, u8, utf8 } from './bytes.ts';
 import { FrameError, type MalformedKind, VERSION } from './frame.ts';
@@ -17,7 +17,7 @@ export const PUSH_FRAME = { PushSubscribe: 0x60, Notify: 0x61, Active: 0x62 } as
 export const MAX_PUSH_ENDPOINT_LEN = 1024;
 export const MAX_APNS_TOKEN_LEN = 200;
 export const MAX_FCM_TOKEN_LEN = 4096;
-export const MAX_PUSH_BLOB = 3072;
+export const MAX_PUSH_BLOB = 2560;
 
 /** What a device registers with the relay (`PushSubscribe.kind`). */
 export type PushSubscription =
