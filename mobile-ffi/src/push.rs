@@ -153,8 +153,11 @@ impl TandemClient {
     }
 
     /// Tell the relays the app is in the foreground (`true`: no pushes, it
-    /// sees everything live) or in the background (`false`).
+    /// sees everything live) or in the background (`false`). Callable from
+    /// any thread (the app's main thread has no tokio runtime: the call
+    /// enters the SDK's own).
     pub fn set_foreground(&self, foreground: bool) {
+        let _entered = self.runtime().handle().enter();
         self.phone().set_foreground(foreground);
     }
 

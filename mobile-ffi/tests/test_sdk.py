@@ -653,6 +653,69 @@ def relay_frames_forwarded(addr):
     raise AssertionError("no tandem_relay_frames_forwarded_total in /metrics")
 
 
+async def test_decrypt_notification_refuses_what_it_cannot_open(w):
+    """What a Notification Service Extension / data-message handler gets
+    when the push is not one this phone can open: the documented errors
+    (`Protocol`: show a generic notification; `Storage`: the keys cannot be
+    read), never a crash. Through the module function (no client) and the
+    client's method."""
+    phone_dir = os.path.join(w.tmp, "phone1")
+    sealed_shape = bytes([1]) + os.urandom(8 + 24 + 256 + 16)  # version, key id, nonce, padded text, tag
+    cases = [
+        (b"not a push at all", "neither a sealed push nor its base64"),
+        (b"", None),
+        (sealed_shape, None),  # the shape of a sealed push, under no key of this phone
+        (base64.b64encode(sealed_shape), None),  # the same as APNs' / FCM's "t" carries it
+        (bytes([1]) + b"\x00" * 10, None),  # too short
+        (bytes([9]) + os.urandom(400), None),  # an unknown seal version
+    ]
+    for payload, words in cases:
+        for open_it in (lambda p: tm.decrypt_notification(phone_dir, p), w.phone1.decrypt_notification):
+            try:
+                got = open_it(payload)
+            except tm.MobileError.Protocol as e:
+                assert words is None or words in str(e), (payload[:16], str(e))
+            else:
+                raise AssertionError(f"{payload[:16]!r} opened: {got!r}")
+    # A data directory without push keys at all (push never turned on).
+    empty = os.path.join(w.tmp, "no-push-here")
+    os.makedirs(empty, exist_ok=True)
+    try:
+        tm.decrypt_notification(empty, base64.b64encode(sealed_shape))
+        raise AssertionError("opened without keys")
+    except tm.MobileError.Protocol:
+        pass
+    # Keys that cannot be read: Storage.
+    damaged = os.path.join(w.tmp, "damaged-push")
+    os.makedirs(damaged, exist_ok=True)
+    with open(os.path.join(damaged, "push.json"), "w") as f:
+        f.write('{"keys": [torn')
+    try:
+        tm.decrypt_notification(damaged, sealed_shape)
+        raise AssertionError("opened with damaged keys")
+    except tm.MobileError.Storage as e:
+        assert "push.json" in str(e), str(e)
+
+
+async def test_enable_push_on_a_relay_without_apns_or_fcm_is_refused(w):
+    """The harness's relay has no [apns] or [fcm]: turning push on with an
+    APNs or FCM token is PushRefused (the relay answers push_unavailable),
+    and leaves push off; the phone keeps working."""
+    phone_dir = os.path.join(w.tmp, "phone1")
+    choices = tm.PushChoices(approvals=True, finished=True, missing=False)
+    for platform in (tm.PushPlatform.APNS(token=os.urandom(32)), tm.PushPlatform.FCM(token="fcm-registration-token")):
+        e = await expect_error(tm.MobileError.PushRefused, w.phone1.enable_push(platform, choices))
+        assert "refused push" in str(e), str(e)
+        assert not os.path.exists(os.path.join(phone_dir, "push.json")), "push was turned on anyway"
+    # Off was never on: turning it off is fine.
+    await w.phone1.disable_push()
+    assert not os.path.exists(os.path.join(phone_dir, "push.json"))
+    w.phone1.set_foreground(False)
+    w.phone1.set_foreground(True)
+    task = await w.phone1.submit(w.desktop_id, "count 1 1")
+    await w.events1.task_until_finished(task)
+
+
 async def test_idle_phones_and_desktop_send_nothing(w):
     # No task runs: apart from pings (not forwarded), nothing should flow,
     # in particular no acknowledgements answering acknowledgements.
@@ -970,6 +1033,8 @@ CHECKS = [
     test_a_task_streams_progress_a_tool_result_and_an_approval,
     test_history_replays_from_any_offset_and_tasks_lists_it,
     test_the_desktop_offers_its_executors_and_projects,
+    test_decrypt_notification_refuses_what_it_cannot_open,
+    test_enable_push_on_a_relay_without_apns_or_fcm_is_refused,
     test_idle_phones_and_desktop_send_nothing,
     test_follow_up_and_cancel,
     test_relay_kill_and_restart_loses_and_repeats_nothing,

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use common::push::{device, notify, pair3, set_active};
 use common::{Device, Relay, metric, new_key, paired};
 use push_service::PushService;
 use serde_json::Value;
@@ -60,20 +61,6 @@ fn relay(dir: &Path, svc: &PushService, extra: &str, args: &[&str]) -> Relay {
     Relay::start(dir, &all)
 }
 
-/// Connect at protocol level 3 with a fresh key.
-async fn device(relay: &Relay, role: Role) -> Device {
-    Device::connect_at(relay, new_key(), role, 3).await.0
-}
-
-/// A desktop and a phone at level 3 with a mutual route.
-async fn pair3(relay: &Relay) -> (Device, Device) {
-    let mut desk = device(relay, Role::Desktop).await;
-    let mut phone = device(relay, Role::Phone).await;
-    desk.authorize(phone.id(), 1).await.unwrap();
-    phone.authorize(desk.id(), 1).await.unwrap();
-    (desk, phone)
-}
-
 /// A blob as a desktop makes one (the inner seal of PROTOCOL.md §15.3:
 /// `0x01 ‖ key_id ‖ nonce ‖ XChaCha20-Poly1305(push key, nonce, JSON, aad)`)
 /// around `text`.
@@ -90,25 +77,6 @@ fn sealed(text: &str) -> Vec<u8> {
     let tag =
         cipher.encrypt_inout_detached(&XNonce::from(nonce), &aad, (&mut plain[..]).into()).unwrap();
     [&[1u8][..], &key_id, &nonce, &plain, tag.as_slice()].concat()
-}
-
-/// Say `Active{active}`, then a ping round trip: the relay has applied it.
-async fn set_active(device: &mut Device, active: bool) {
-    device.send(&Frame::Active { active }).await;
-    device.send(&Frame::Ping { nonce: 77 }).await;
-    device.expect("pong", |f| matches!(f, Frame::Pong { nonce: 77 })).await;
-}
-
-async fn notify(
-    desk: &mut Device,
-    id: u64,
-    to: tandem_proto::DeviceId,
-    urgency: u8,
-    topic: [u8; 16],
-    blob: &[u8],
-) -> Result<(), ErrorCode> {
-    desk.send(&Frame::Notify { request_id: id, to, urgency, topic, blob: blob.to_vec() }).await;
-    desk.result_of(id).await
 }
 
 /// Every push request was well formed (RFC 8030/8291/8292, as the

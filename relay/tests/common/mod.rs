@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod cluster;
+pub mod push;
 /// A `redis-server` of a test's own (shared with the store's tests).
 #[path = "../support/redis.rs"]
 pub mod redis_server;
