@@ -9,6 +9,8 @@
 //!   (the page's `{{load}}` slot) next to their Subresource Integrity
 //!   hashes.
 //! * `GET /assets/app-<hash>.{js,css}` (any query): `no-store`.
+//! * `GET /sw.js`: the service worker (push notifications, docs/PUSH.md),
+//!   `no-store` like the bundle; at the root so that its scope can be `/`.
 //! * the manifest and icons (no code runs from them): one hour, with an
 //!   `ETag`.
 //!
@@ -412,6 +414,10 @@ mod tests {
             }
         }
         assert!(SITE.contains_key("/manifest.webmanifest"));
+        // The service worker: JavaScript, never stored, at the root (scope `/`).
+        let sw = lookup("/sw.js").unwrap();
+        assert_eq!(sw.content_type, "text/javascript; charset=utf-8");
+        assert_eq!(sw.cache, CacheClass::Code);
         // No inline script or style: the CSP forbids them.
         assert!(!html.contains("<style"), "inline <style> in index.html");
         assert!(!html.contains(" style="), "inline style attribute in index.html");

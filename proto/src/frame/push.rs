@@ -12,7 +12,7 @@
 use crate::codec::{CodecError, Put, Reader};
 
 /// Largest `Notify` blob (the inner seal of `push.rs` stays ≤ 2097 bytes).
-pub const MAX_PUSH_BLOB: usize = 3072;
+pub const MAX_PUSH_BLOB: usize = 2560;
 
 /// Longest Web Push endpoint URL, in bytes.
 pub const MAX_ENDPOINT_LEN: usize = 1024;

@@ -213,12 +213,10 @@ where
             Frame::PushSubscribe { request_id, kind, data }
         }),
         (any::<u64>(), device_id(), any::<u8>(), any::<[u8; 16]>(), payload()).prop_map(
-            |(request_id, to, urgency, topic, blob)| Frame::Notify {
-                request_id,
-                to,
-                urgency,
-                topic,
-                blob,
+            |(request_id, to, urgency, topic, mut blob)| {
+                // A `Notify`'s header is 17 bytes longer than a `Send`'s.
+                blob.truncate(MAX_PAYLOAD_LEN - 17);
+                Frame::Notify { request_id, to, urgency, topic, blob }
             }
         ),
         any::<bool>().prop_map(|active| Frame::Active { active }),

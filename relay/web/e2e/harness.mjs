@@ -347,6 +347,8 @@ async function webOverride() {
       const rel = f.path.slice(f.path.indexOf('e2e-web/') + 'e2e-web/'.length);
       files.set(`/${rel}`, { type: type(rel), body: Buffer.from(f.contents) });
     }
+    const sw = await build({ absWorkingDir: WEB_DIR, entryPoints: ['src/sw/sw.ts'], outfile: 'e2e-web/sw.js', bundle: true, format: 'iife', target: 'es2020', platform: 'browser', sourcemap: 'inline', write: false, logLevel: 'warning' });
+    files.set('/sw.js', { type: type('sw.js'), body: Buffer.from(sw.outputFiles[0].contents) });
     root = join(WEB_DIR, 'static');
   }
   const { readdirSync } = await import('node:fs');

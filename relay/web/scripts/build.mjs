@@ -11,6 +11,9 @@
 //                              serves the page (relay/src/web.rs)
 //   assets/app-<hash>.js       src/app/main.ts and everything it imports, minified (ES2020, ESM)
 //   assets/app-<hash>.css      the CSS it imports, extracted and minified
+//   sw.js                      the service worker (src/sw/sw.ts: push notifications), minified,
+//                              a classic script under a fixed name at the root (its scope is the
+//                              directory it is served from), served like the bundle (no-store)
 //   manifest.webmanifest, icon.svg, icon-192.png, icon-512.png   copied from static/
 //   assets.rs                  the file table the relay include!()s (relay/src/web.rs)
 //
@@ -63,7 +66,8 @@ function contentType(path) {
  */
 function cacheClass(path) {
   if (path === 'index.html') return 'page';
-  if (path.startsWith('assets/')) return 'code';
+  // The service worker runs code too; the browser checks it for updates itself.
+  if (path.startsWith('assets/') || path === 'sw.js') return 'code';
   return 'short';
 }
 
@@ -78,25 +82,30 @@ function walk(dir, base = dir) {
   return out.sort();
 }
 
+/** What the app bundle and the service worker are built with: minified ES2020, in memory. */
+const ESBUILD = {
+  absWorkingDir: root,
+  bundle: true,
+  minify: true,
+  target: 'es2020',
+  platform: 'browser',
+  charset: 'ascii',
+  legalComments: 'eof',
+  sourcemap: false,
+  write: false,
+  logLevel: 'warning',
+};
+
 /** Builds the bundle in memory: a map from dist-relative path to bytes. */
 async function bundle() {
   const result = await build({
-    absWorkingDir: root,
+    ...ESBUILD,
     entryPoints: { app: 'src/app/main.ts' },
     outdir: 'dist/assets',
-    bundle: true,
-    minify: true,
     format: 'esm',
-    target: 'es2020',
-    platform: 'browser',
-    charset: 'ascii',
-    legalComments: 'eof',
-    sourcemap: false,
-    write: false,
     publicPath: '/assets',
     assetNames: '[name]-[hash]',
     loader: { '.png': 'file', '.svg': 'file', '.woff2': 'file' },
-    logLevel: 'warning',
   });
   const files = new Map();
   const named = {};
@@ -115,6 +124,7 @@ async function bundle() {
   for (const k of ['app.js', 'app.css', 'app.js.sri', 'app.css.sri']) {
     if (!named[k]) throw new Error(`esbuild produced no ${k}`);
   }
+  files.set('sw.js', await serviceWorker());
 
   for (const name of walk(join(root, 'static'))) {
     let bytes = readFileSync(join(root, 'static', name));
@@ -154,6 +164,13 @@ async function bundle() {
     '\n]\n';
   files.set('assets.rs', Buffer.from(rs, 'utf8'));
   return files;
+}
+
+/** The service worker: one classic script (service workers as modules are not everywhere yet). */
+async function serviceWorker() {
+  const result = await build({ ...ESBUILD, entryPoints: ['src/sw/sw.ts'], outfile: 'dist/sw.js', format: 'iife' });
+  if (result.outputFiles.length !== 1) throw new Error('esbuild produced no single sw.js');
+  return Buffer.from(result.outputFiles[0].contents);
 }
 
 function writeTree(dir, files) {

@@ -22,10 +22,14 @@ type Send = Extract<Frame, { type: 'Send' }>;
 const isSend = (f: Frame): f is Send => f.type === 'Send';
 const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
 
-/** An engine online on a fake relay, paired with an emulated desktop `desk`. */
-async function setup(seed: number, limits?: { maxMessages: number; maxBytes: number }) {
+/**
+ * An engine online on a fake relay, paired with an emulated desktop `desk`. `pairedKey`: the
+ * engine uses the paired phone's device key (a session renewal needs it; the others never look).
+ */
+async function setup(seed: number, limits?: { maxMessages: number; maxBytes: number }, pairedKey = false) {
   const { desk, phone } = pairPeers(ent(seed), limits);
   const engine = await Engine.open();
+  if (pairedKey) Object.defineProperty(engine, 'key', { value: phone.key });
   FakeSocket.made = [];
   const relay = engine.relay(ORIGIN);
   const ws = FakeSocket.made[0]!;
@@ -305,6 +309,37 @@ test('engine: an Error from the relay that answers no request is shown, not only
     t.ws.feed({ type: 'Error', code: code('internal'), refId: 0n, message: 'queued frames expired' });
     const n = t.engine.notices(t.id).find((x) => x.kind === 'relay');
     assert.equal(n?.text, 'The relay reports: queued frames expired (internal).');
+  } finally {
+    t.engine.stepAside();
+  }
+});
+
+test('engine: push hooks — adopt, a renewed session and forget are reported; sendPushSetup reaches the desktop', async () => {
+  const seen: string[] = [];
+  const t = await setup(8, undefined, true);
+  try {
+    t.engine.linkWatchers.add((what, d) => seen.push(`${what}:${d.id}`));
+    t.okAll();
+    await t.engine.sendPushSetup(t.id, { enabled: true, key_id: '0123456789abcdef', key: 'cd'.repeat(32) });
+    await settled(t.d);
+    t.okAll();
+    const setupMsg = deskReads(t.desk, t.ws).find((m) => m.kind === 'push_setup');
+    assert.deepEqual(setupMsg, { kind: 'push_setup', enabled: true, key_id: '0123456789abcdef', key: 'cd'.repeat(32) });
+    // The desktop renews the session: the phone answers, the desktop confirms, the phone switches.
+    const before = t.ws.sent.length;
+    t.deliver([t.desk.link.startRenewal(t.desk.key, Date.now(), ent(60))]);
+    const accept = (await t.ws.next(isSend, before)) as Send;
+    t.ws.feed({ type: 'Ok', refId: accept.sendId });
+    t.answered.add(accept.sendId);
+    const confirm: Uint8Array[] = [];
+    for (const ev of t.desk.link.receive(t.desk.key, accept.payload, ent(61))) if (ev.type === 'Send') confirm.push(...ev.envelopes);
+    assert.equal(confirm.length, 1, 'the desktop confirms');
+    readUpTo.set(t.ws, t.ws.sent.filter(isSend).length);
+    t.deliver(confirm);
+    await settled(t.d);
+    assert.deepEqual(seen, [`renewed:${t.id}`], 'the switch is reported once');
+    await t.engine.forget(t.id).catch(() => undefined);
+    assert.deepEqual(seen, [`renewed:${t.id}`, `forgotten:${t.id}`]);
   } finally {
     t.engine.stepAside();
   }

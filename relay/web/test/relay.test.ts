@@ -189,13 +189,13 @@ function track(outcomes: Map<bigint, string>, id: bigint, p: Promise<void>): voi
 
 const sendIds = (ws: FakeSocket) => ws.sent.flatMap((f) => (f.type === 'Send' ? [f.sendId] : []));
 
-test('relay: it says Hello{1, 2}; an Oks answers each pending Send it covers, never another request', async () => {
+test('relay: it says Hello{1, 3} (level 3: push frames); an Oks answers each pending Send it covers, never another request', async () => {
   const key = DeviceKey.generate();
   const { c } = client(key);
   try {
     const ws = handshake(c);
     const hello = ws.sent[0]!;
-    assert.ok(hello.type === 'Hello' && hello.minVersion === 1 && hello.maxVersion === 2, JSON.stringify(hello));
+    assert.ok(hello.type === 'Hello' && hello.minVersion === 1 && hello.maxVersion === 3, JSON.stringify(hello));
     ws.feed({ type: 'AuthOk', deviceId: key.public().deviceId(), queued: 0, pingIntervalMs: 30_000, storeEpoch: 1n });
     const peer = DeviceKey.generate().public().deviceId();
     const outcomes = new Map<bigint, string>();

@@ -12,6 +12,7 @@ import {
   Link,
   type LinkEvent,
   type Message,
+  type PushSetup,
   RecordError,
   type Schedule,
   bytesToHex,
@@ -76,6 +77,8 @@ export class Engine {
   /** The renewal and rekey schedule of every link (§10.6). */
   readonly schedule: Schedule = defaultSchedule();
   private readonly channel: BroadcastChannel | null;
+  /** Told when a desktop is paired, forgotten, or its link renews its session (push.ts rotates its key then). */
+  readonly linkWatchers = new Set<(what: 'adopted' | 'forgotten' | 'renewed', d: Desktop) => void>();
 
   private constructor(
     readonly store: Store,
@@ -139,6 +142,10 @@ export class Engine {
 
   private emit(c: Change): void {
     for (const f of this.listeners) f(c);
+  }
+
+  private linkEvent(what: 'adopted' | 'forgotten' | 'renewed', d: Desktop): void {
+    for (const f of this.linkWatchers) f(what, d);
   }
 
   /** The connection state for a desktop's relay (or any relay). */
@@ -265,6 +272,7 @@ export class Engine {
     this.desktops.set(row.id, d);
     this.emit({ desktopId: row.id });
     void this.refreshTasks(row.id).catch(() => undefined);
+    this.linkEvent('adopted', d);
     return d;
   }
 
@@ -386,6 +394,11 @@ export class Engine {
     await this.send(d, [{ kind: 'approval_decision', task_id: taskId, approval_id: approvalId, allow }]);
   }
 
+  /** Give the desktop this phone's push key, or tell it to forget it (`push_setup`, push.ts). */
+  async sendPushSetup(desktopId: string, setup: PushSetup): Promise<void> {
+    await this.send(this.desktop(desktopId), [{ kind: 'push_setup', ...setup }]);
+  }
+
   /** Ask for the desktop's task list (also re-attaches a detached client). */
   async refreshTasks(desktopId: string): Promise<void> {
     await this.send(this.desktop(desktopId), [{ kind: 'history_request', from_offset: 0 }]);
@@ -493,6 +506,7 @@ export class Engine {
     await d.serial(() => this.store.forget(desktopId));
     // The relay stops carrying its messages to this device.
     await d.relay.revoke(d.deviceId).catch(() => undefined);
+    this.linkEvent('forgotten', d);
     this.emit({ desktopId });
   }
 
@@ -597,7 +611,10 @@ export class Engine {
       if (other || changedTasks.size === 0) this.emit({ desktopId: d.id });
       if (changedTasks.size > 0 && d.threads.size > KEEP_TASKS) await this.prune(d);
       // A new session: its schedule starts now, not at the next tick.
-      if (renewed) void this.upkeep(d);
+      if (renewed) {
+        void this.upkeep(d);
+        this.linkEvent('renewed', d);
+      }
       return true;
     }
   }

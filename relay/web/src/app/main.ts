@@ -11,14 +11,22 @@ import { App, appQuery, routeFromUrl } from './ui/app.ts';
 import { desktopScreen } from './ui/desktop.ts';
 import { desktopsScreen } from './ui/desktops.ts';
 import { h } from './ui/dom.ts';
+import { catchNotificationMessages, decideFromLink, listenForNotifications } from './ui/notify.ts';
 import { pairScreen, setPendingLink } from './ui/pair.ts';
+import { PushControl } from './push.ts';
 import { taskScreen } from './ui/task.ts';
 
+// `#decide=desktop:task:approval:allow|deny`: a notification's Allow / Deny
+// tapped with no page open (the service worker opened this one, ui/notify.ts).
+const DECIDE = '#decide=';
+const decide = location.hash.startsWith(DECIDE) ? decodeURIComponent(location.hash.slice(DECIDE.length)) : null;
 // The link without the query (a redirecting relay's `?relay=` is read
 // separately; a nonce is of no use to the app).
-const link = location.hash.length > 1 ? `${location.origin}${location.pathname}${location.hash}` : null;
+const link = !decide && location.hash.length > 1 ? `${location.origin}${location.pathname}${location.hash}` : null;
 const search = appQuery(location.search);
-if (link || search !== location.search) history.replaceState(null, '', location.pathname + search);
+if (link || decide || search !== location.search) history.replaceState(null, '', location.pathname + search);
+
+catchNotificationMessages();
 
 async function boot(): Promise<void> {
   const root = document.getElementById('app');
@@ -39,7 +47,14 @@ async function boot(): Promise<void> {
     return;
   }
   const app = new App(engine, { pair: pairScreen, desktops: desktopsScreen, desktop: desktopScreen, task: taskScreen }, root);
-  if (link) {
+  const push = new PushControl(engine);
+  app.push = push;
+  listenForNotifications(app);
+  void push.init().catch((e: unknown) => console.warn('notifications', e));
+  if (decide) {
+    app.show(routeFromUrl(), false);
+    void decideFromLink(app, decide);
+  } else if (link) {
     setPendingLink(link);
     app.show({ screen: 'pair' }, false);
   } else {

@@ -14,6 +14,7 @@ import {
   errorCodeName,
   prove,
 } from '../proto/index.ts';
+import { LEVEL_PUSH, type PushSubscription, encodePushFrame } from '../proto/push_frames.ts';
 
 /** Where the connection stands, for the banner. */
 export type ConnState =
@@ -133,8 +134,21 @@ export class RelayClient {
   private readonly deviceId: DeviceId;
   private readonly onOnline = (): void => this.retryNow();
   private readonly onVisible = (): void => {
+    this.sendActive();
     if (document.visibilityState === 'visible') this.probe();
   };
+  /**
+   * The relay sends push notifications (its `GET /v1/push` answered): it hears `Active` when the
+   * page is hidden or shown, so it pushes only while nobody looks at the page (level 3).
+   */
+  private pushCapable = false;
+
+  /** The relay serves push (`GET /v1/push` answered): from now on it hears `Active`. */
+  speaksPush(): void {
+    if (this.pushCapable) return;
+    this.pushCapable = true;
+    this.sendActive(true);
+  }
 
   constructor(
     readonly origin: string,
@@ -205,12 +219,28 @@ export class RelayClient {
     return this.request((requestId) => ({ type: 'Revoke', requestId, peer }), false);
   }
 
+  /**
+   * Register (or, with `remove`, drop) this device's push subscription with the relay
+   * (`PushSubscribe`, level 3); waits for the connection; resolves on the relay's Ok.
+   */
+  pushSubscribe(sub: PushSubscription): Promise<void> {
+    return this.request((requestId) => encodePushFrame({ type: 'PushSubscribe', requestId, sub }), true);
+  }
+
+  /** Tell a push-capable relay whether the page is in view (`Active`; a connection starts active). */
+  private sendActive(initial = false): void {
+    if (!this.pushCapable || !this.authed) return;
+    const active = document.visibilityState !== 'hidden';
+    if (initial && active) return;
+    this.write(encodePushFrame({ type: 'Active', active }));
+  }
+
   /** Let `peer` send to this device. */
   authorize(peer: DeviceId): Promise<void> {
     return this.request((requestId) => ({ type: 'Authorize', requestId, peer }), true);
   }
 
-  private async request(make: (id: bigint) => Frame, wait: boolean): Promise<void> {
+  private async request(make: (id: bigint) => Frame | Uint8Array, wait: boolean): Promise<void> {
     if (!this.authed) {
       if (!wait) throw new RelayError('offline', 'not connected to the relay');
       await this.whenOnline(REQUEST_TIMEOUT_MS);
@@ -222,7 +252,7 @@ export class RelayClient {
         this.pending.delete(id);
         reject(new RelayError('timeout', 'the relay did not answer'));
       }, REQUEST_TIMEOUT_MS);
-      this.pending.set(id, { send: frame.type === 'Send', resolve, reject, timer });
+      this.pending.set(id, { send: !(frame instanceof Uint8Array) && frame.type === 'Send', resolve, reject, timer });
       if (!this.write(frame)) {
         clearTimeout(timer);
         this.pending.delete(id);
@@ -253,9 +283,9 @@ export class RelayClient {
     });
   }
 
-  private write(f: Frame): boolean {
+  private write(f: Frame | Uint8Array): boolean {
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
-    this.ws.send(encodeFrame(f) as Uint8Array<ArrayBuffer>);
+    this.ws.send((f instanceof Uint8Array ? f : encodeFrame(f)) as Uint8Array<ArrayBuffer>);
     return true;
   }
 
@@ -278,7 +308,9 @@ export class RelayClient {
     }, HANDSHAKE_TIMEOUT_MS);
     ws.onopen = () => {
       if (gen !== this.generation) return;
-      this.write({ type: 'Hello', minVersion: 1, maxVersion: LEVEL, role: 'phone' });
+      // Level 3 adds only the push frames (sent only to a relay that serves `GET /v1/push`); a
+      // relay at level 2 settles on 2.
+      this.write({ type: 'Hello', minVersion: 1, maxVersion: Math.max(LEVEL, LEVEL_PUSH), role: 'phone' });
     };
     ws.onmessage = (m) => {
       if (gen !== this.generation || !(m.data instanceof ArrayBuffer)) return;
@@ -330,6 +362,7 @@ export class RelayClient {
         this.schedulePing();
         this.handlers.state({ kind: 'online' });
         for (const w of this.waiters.splice(0)) w.ok();
+        this.sendActive(true);
         this.handlers.connected(!this.sameStore(f));
         return;
       }

@@ -13,7 +13,7 @@ export const LEVEL = 2;
 /** The level from which a relay takes PushSubscribe, Notify and Active. */
 export const LEVEL_PUSH = 3;
 /** Largest Notify blob a relay accepts (PROTOCOL.md §6.14). */
-export const MAX_PUSH_BLOB = 3072;
+export const MAX_PUSH_BLOB = 2560;
 /** Longest Web Push endpoint URL, in bytes. */
 export const MAX_ENDPOINT_LEN = 1024;
 /** PushSubscribe kinds. */

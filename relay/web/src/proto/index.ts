@@ -18,3 +18,4 @@ export * from './message.ts';
 export * from './delivery.ts';
 export * from './link.ts';
 export * from './upkeep.ts';
+export * from './push.ts';

@@ -29,6 +29,14 @@ const KINDS: Record<string, readonly Field[]> = {
   device_info: [['name', 'string'], ['platform', 'string'], ['app_version', 'string'], ['ephemeral', 'bool', 'optTrue']],
   choices: [['executors', 'executors'], ['projects', 'projects', 'optSome'], ['default_executor', 'string'], ['default_project', 'string', 'opt']],
   refused: [['task_id', 'string', 'opt'], ['code', 'string'], ['message', 'string']],
+  push_setup: [
+    ['enabled', 'bool'],
+    ['key_id', 'string', 'opt'],
+    ['key', 'string', 'opt'],
+    ['approvals', 'bool', 'opt'],
+    ['finished', 'bool', 'opt'],
+    ['missing', 'bool', 'opt'],
+  ],
 };
 
 const EVENTS: Record<string, readonly Field[]> = {
@@ -137,6 +145,28 @@ export function deviceInfoFromJson(bytes: Uint8Array): DeviceInfo {
   return d;
 }
 
+/**
+ * `push_setup` (phone → desktop, docs/PUSH.md): the push key the desktop seals notifications for
+ * this phone with, and which kinds it wants (absent = true). `enabled: false` forgets the key.
+ */
+export interface PushSetup {
+  enabled: boolean;
+  /** 16 lower-case hex digits (8 bytes); required when enabled. */
+  key_id?: string;
+  /** 64 lower-case hex digits (32 bytes); required when enabled. */
+  key?: string;
+  approvals?: boolean;
+  finished?: boolean;
+  missing?: boolean;
+}
+
+/** The §15.3 rules of `push_setup`: an enabled setup names a key id and a key in lower-case hex. */
+export function validatePushSetup(m: Record<string, unknown>): void {
+  if (m.enabled !== true) return;
+  if (typeof m.key_id !== 'string' || !/^[0-9a-f]{16}$/.test(m.key_id)) throw new MessageError('Malformed', 'push_setup: key_id must be 16 lower-case hex digits');
+  if (typeof m.key !== 'string' || !/^[0-9a-f]{64}$/.test(m.key)) throw new MessageError('Malformed', 'push_setup: key must be 64 lower-case hex digits');
+}
+
 // ---- encoding ----
 
 /** Like JSON.stringify but with object keys sorted (serde_json's default map order). */
@@ -198,6 +228,7 @@ export function encodeMessage(m: Message): Uint8Array {
   const fields = KINDS[m.kind];
   if (!fields) throw new MessageError('UnknownKind', m.kind);
   if (m.kind === 'device_info') validateDeviceInfo(m as unknown as DeviceInfo);
+  if (m.kind === 'push_setup') validatePushSetup(m);
   const rest = writeFields(m as Record<string, unknown>, fields);
   const out = utf8(`{"v":${MESSAGE_VERSION},"kind":${JSON.stringify(m.kind)}${rest ? `,${rest}` : ''}}`);
   if (out.length > MAX_MESSAGE_LEN) throw new MessageError('TooLarge', `${out.length} bytes`);
@@ -292,5 +323,6 @@ export function decodeMessage(bytes: Uint8Array): Decoded {
   }
   const message = { kind, ...readFields(o, fields, kind) } as Message;
   if (kind === 'device_info') validateDeviceInfo(message as unknown as DeviceInfo);
+  if (kind === 'push_setup') validatePushSetup(message);
   return { known: true, v, message };
 }

@@ -1,6 +1,7 @@
 // The shell: header with back button and connection banner, the current
 // screen, navigation through the query string (/p?desktop=…&task=…).
 import type { Change, Engine } from '../engine.ts';
+import type { PushControl } from '../push.ts';
 import type { ConnState } from '../relay.ts';
 import { detachedBanner } from './desktop.ts';
 import { h } from './dom.ts';
@@ -65,6 +66,9 @@ export class App {
   private readonly titleEl: HTMLElement;
   private readonly banner: HTMLElement;
   private readonly notice: HTMLElement;
+  private readonly flashEl: HTMLElement;
+  /** Notifications (set by main.ts; null where the page does not offer them). */
+  push: PushControl | null = null;
   private readonly main: HTMLElement;
   private screen: Screen | null = null;
   private tick: ReturnType<typeof setInterval> | null = null;
@@ -81,10 +85,11 @@ export class App {
     this.titleEl = h('h1', {});
     this.banner = h('div', { class: 'conn', testid: 'conn', role: 'status', 'aria-live': 'polite' });
     this.notice = h('div', {});
+    this.flashEl = h('p', { class: 'flash', testid: 'flash', role: 'status', 'aria-live': 'polite', hidden: true });
     this.header = h('header', {}, this.backButton, this.titleEl);
     this.main = h('main', {});
     // The header and banners stay in view on a long thread.
-    root.replaceChildren(h('div', { class: 'top' }, this.header, this.banner, this.notice), ephemeralNote(engine), this.main);
+    root.replaceChildren(h('div', { class: 'top' }, this.header, this.banner, this.notice, this.flashEl), ephemeralNote(engine), this.main);
     engine.subscribe((c) => {
       if (c.connection) this.renderBanner();
       if (!c.desktopId || c.desktopId === this.route.desktop || this.route.screen === 'desktops') this.renderNotice();
@@ -99,6 +104,7 @@ export class App {
   show(route: Route, push = true): void {
     if (route.desktop && !this.engine.desktops.has(route.desktop)) route = { screen: 'desktops' };
     if (route.screen === 'desktops' && this.engine.desktops.size === 0) route = { screen: 'pair' };
+    this.flashEl.hidden = true;
     if (push) history.pushState(null, '', routeUrl(route));
     else history.replaceState(null, '', routeUrl(route));
     this.route = route;
@@ -115,6 +121,13 @@ export class App {
   }
 
   route: Route = { screen: 'desktops' };
+
+  /** A short message above the screen (what a notification's Allow / Deny did), until the next screen change or dismissal. */
+  flash(text: string, kind: 'ok' | 'warn' | 'bad'): void {
+    this.flashEl.dataset.kind = kind;
+    this.flashEl.replaceChildren(h('span', {}, text), h('button', { class: 'link', testid: 'flash-dismiss', onclick: () => (this.flashEl.hidden = true) }, 'OK'));
+    this.flashEl.hidden = false;
+  }
 
   goBack(): void {
     const b = this.screen?.back;

@@ -3,6 +3,7 @@
 import type { Desktop, Engine } from '../engine.ts';
 import type { App, Route, Screen } from './app.ts';
 import { ago, h } from './dom.ts';
+import { notificationsControl } from './notify.ts';
 
 export function desktopState(d: Desktop): 'online' | 'offline' | 'busy' {
   if (!d.online) return 'offline';
@@ -38,7 +39,8 @@ export function desktopsScreen(app: App, _route: Route): Screen {
   const list = h('ul', { class: 'desktops' });
   const approvals = h('div', {});
   const pairAnother = h('button', { class: 'secondary', testid: 'pair-another', onclick: () => app.show({ screen: 'pair' }) }, 'Pair another computer');
-  const el = h('section', {}, approvals, list, pairAnother);
+  const push = notificationsControl(app);
+  const el = h('section', {}, approvals, list, pairAnother, push.el);
 
   function render(): void {
     approvals.replaceChildren(approvalsList(app, app.engine));
@@ -69,5 +71,5 @@ export function desktopsScreen(app: App, _route: Route): Screen {
     }
   }
   render();
-  return { el, title: 'Your computers', update: render };
+  return { el, title: 'Your computers', update: render, destroy: push.destroy };
 }
