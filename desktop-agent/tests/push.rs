@@ -274,3 +274,51 @@ async fn a_session_renewal_rotates_the_push_key_and_older_pushes_still_open() {
     assert!(phone.decrypt_notification(&blob(&after[1])).is_ok());
     phone.close().await;
 }
+
+/// Signal the relay process (`STOP` / `CONT`).
+fn signal(relay: &Relay, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &relay.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+/// Found in review: `enable_push` reads `push.json`, waits for the relays,
+/// then writes what it read; forgetting a desktop meanwhile (which did not
+/// take the push lock) had its keys deleted, then written back — the keys
+/// of a desktop the user forgot stayed on the phone and kept opening its
+/// pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_a_desktop_while_push_is_being_enabled_deletes_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = PushService::start();
+    let relay = Relay::start_with_env(
+        dir.path(),
+        vec![(common::relay::RELAY_PUSH_ORIGIN.into(), svc.origin())],
+    );
+    let (phone, desktop, _agent, _) = setup(dir.path(), &relay, None).await;
+    phone.enable_push(registration(&svc, "ana"), PushChoices::default()).await.unwrap();
+    let push_json = dir.path().join("phone").join("push.json");
+    assert!(std::fs::read_to_string(&push_json).unwrap().contains(&desktop));
+
+    // The relay stalls: enabling push again (a new token) waits for it with
+    // the state it read; the user forgets the desktop meanwhile.
+    signal(&relay, "STOP");
+    let p = phone.clone();
+    let enabling = tokio::spawn(async move {
+        p.enable_push(registration(&svc, "ana2"), PushChoices::default()).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (p, d) = (phone.clone(), desktop.clone());
+    let forgetting = tokio::spawn(async move { p.forget(&d).await });
+    // `forget` gives up on the stalled relay's revoke after 10 s.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    signal(&relay, "CONT");
+    forgetting.await.unwrap().unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(30), enabling).await.unwrap().unwrap();
+    let kept = std::fs::read_to_string(&push_json).unwrap_or_default();
+    assert!(!kept.contains(&desktop), "the forgotten desktop's push keys came back:\n{kept}");
+    phone.close().await;
+}

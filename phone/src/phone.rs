@@ -448,7 +448,7 @@ impl Phone {
         if let Some(c) = client {
             let _ = tokio::time::timeout(SEND_WAIT, c.revoke(id)).await;
         }
-        self.forget_push_keys(desktop_id);
+        self.forget_push_keys(desktop_id).await;
         info!(desktop = %desktop_id, "forgot a desktop");
         Ok(())
     }

@@ -44,13 +44,14 @@ pub const TAG_LEN: usize = 16;
 pub const MAX_SEALED_LEN: usize = HEADER_LEN + MAX_PADDED_LEN + TAG_LEN;
 /// Largest blob a `Notify` frame carries (room for a newer seal).
 pub use crate::frame::MAX_PUSH_BLOB;
-/// Longest title, in bytes (cut at a character boundary).
+/// Longest title, in bytes as JSON-escaped (cut at a character boundary).
 pub const MAX_TITLE: usize = 120;
-/// Longest body, in bytes (cut at a character boundary).
+/// Longest body, in bytes as JSON-escaped (cut at a character boundary).
 pub const MAX_BODY: usize = 600;
-/// Longest desktop name, in bytes.
+/// Longest desktop name, in bytes as JSON-escaped.
 pub const MAX_DESKTOP: usize = 64;
-/// Longest task or approval id carried, in bytes (longer ids are left out).
+/// Longest task or approval id carried, in bytes as JSON-escaped (longer
+/// ids are left out).
 pub const MAX_ID: usize = 256;
 
 const AAD_LABEL: &[u8] = b"tandem push v1";
@@ -134,23 +135,46 @@ impl Notification {
         cut(&mut self.title, MAX_TITLE);
         cut(&mut self.body, MAX_BODY);
         for id in [&mut self.task_id, &mut self.approval_id] {
-            if id.as_ref().is_some_and(|s| s.len() > MAX_ID) {
+            if id.as_ref().is_some_and(|s| json_len(s) > MAX_ID) {
                 *id = None;
             }
         }
     }
 }
 
-/// Cut `s` to at most `max` bytes at a character boundary, marking the cut
-/// with an ellipsis when there is room.
+/// Bytes `c` takes inside a JSON string as serde_json writes it: control
+/// characters are `\uXXXX` (6 bytes) or a two-byte escape, as are `"` and
+/// `\\`.
+fn json_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// Bytes `s` takes inside a JSON string.
+fn json_len(s: &str) -> usize {
+    s.chars().map(json_char_len).sum()
+}
+
+/// Cut `s` so that it takes at most `max` bytes in the JSON (so at most
+/// `max` bytes itself) at a character boundary, marking the cut with an
+/// ellipsis when there is room. Counting the escaped form keeps text full
+/// of control characters (terminal colours) or quotes within the seal.
 fn cut(s: &mut String, max: usize) {
-    if s.len() <= max {
+    if json_len(s) <= max {
         return;
     }
     let room = max.saturating_sub('…'.len_utf8());
-    let mut end = room;
-    while end > 0 && !s.is_char_boundary(end) {
-        end -= 1;
+    let mut used = 0;
+    let mut end = 0;
+    for (i, c) in s.char_indices() {
+        used += json_char_len(c);
+        if used > room {
+            break;
+        }
+        end = i + c.len_utf8();
     }
     s.truncate(end);
     if room > 0 {
@@ -241,7 +265,8 @@ impl PushKey {
         n.fit();
         let json = serde_json::to_vec(&n).map_err(|e| PushError::BadContent(e.to_string()))?;
         if json.len() > MAX_PADDED_LEN {
-            // Unreachable with the limits of `fit` (their sum is far below).
+            // Unreachable with the limits of `fit` (their sum, escaped, is
+            // far below).
             return Err(PushError::BadContent("too long after cutting".into()));
         }
         let padded_len = json.len().div_ceil(PAD_BLOCK).max(1) * PAD_BLOCK;
@@ -411,6 +436,26 @@ mod tests {
         assert!(got.body.len() <= MAX_BODY && got.body.starts_with("🦀"));
         assert_eq!(got.desktop.len(), MAX_DESKTOP);
         assert_eq!(got.task_id, None);
+    }
+
+    #[test]
+    fn text_that_json_escapes_long_still_fits() {
+        // Tool output carries control characters (ANSI colours: ESC is
+        // `\u001b` in JSON, 6 bytes for 1) and quotes: the cut must count
+        // what the JSON takes, or the push is never sealed.
+        let k = key(1);
+        let mut n = note();
+        n.title = "\u{1b}[31m\"".repeat(100);
+        n.body = "\u{1b}".repeat(2000);
+        n.desktop = "\"".repeat(300);
+        n.task_id = Some("\u{1}".repeat(MAX_ID));
+        n.approval_id = Some("\\".repeat(MAX_ID / 2));
+        let blob = k.seal(&n, &mut Entropy::os()).unwrap();
+        assert!(blob.len() <= MAX_SEALED_LEN);
+        let got = k.open(&blob).unwrap();
+        assert!(got.title.len() <= MAX_TITLE && got.body.len() <= MAX_BODY);
+        assert!(got.body.starts_with('\u{1b}'));
+        assert!(got.desktop.len() <= MAX_DESKTOP);
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl Metrics {
         );
         registry.register(
             "push_suppressed",
-            "Accepted Notify requests that sent no push, by reason (active, collapsed, no_subscription)",
+            "Accepted Notify requests that sent no push, by reason (active, collapsed, no_route, no_subscription)",
             m.push_suppressed.clone(),
         );
         registry.register(

@@ -489,3 +489,28 @@ async fn level_1_devices_cannot_notify() {
     let (status, _) = relay.get("/v1/push").await;
     assert_eq!(status, 200, "Web Push is always on");
 }
+
+/// Found in review: pushes waiting for their turn (past the burst) are
+/// sent after the phone revoked the desktop that asked for them — the
+/// route is checked when `Notify` arrives, not when the push goes.
+#[tokio::test]
+async fn pushes_still_waiting_when_the_route_is_revoked_are_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = PushService::start();
+    let relay = relay(dir.path(), &svc, "burst = 1\ninterval_ms = 700\nmax_waiting = 3", &[]);
+    let (mut desk, mut phone) = pair3(&relay).await;
+    phone.send(&subscription(&svc, "r").frame(2)).await;
+    assert_eq!(phone.result_of(2).await, Ok(()));
+    set_active(&mut phone, false).await;
+    let to = phone.id();
+    for (id, blob) in [(1, &b"n1"[..]), (2, b"n2"), (3, b"n3")] {
+        assert_eq!(notify(&mut desk, id, to, 2, [0; 16], blob).await, Ok(()), "{id}");
+    }
+    assert_eq!(svc.wait_records(1).await.len(), 1, "the burst goes at once");
+    phone.send(&Frame::Revoke { request_id: 9, peer: desk.id() }).await;
+    assert_eq!(phone.result_of(9).await, Ok(()));
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let got: Vec<Vec<u8>> = svc.records().await.iter().map(plain).collect();
+    assert_eq!(got, [b"n1".to_vec()], "pushes of a revoked desktop went out");
+    relay.wait_metric("tandem_relay_push_suppressed_total{reason=\"no_route\"}", 2.0).await;
+}

@@ -165,8 +165,11 @@ impl Phone {
         });
     }
 
-    /// A forgotten desktop's push keys go with it.
-    pub(super) fn forget_push_keys(&self, desktop_id: &str) {
+    /// A forgotten desktop's push keys go with it. Under the push lock: an
+    /// `enable_push` waiting for its relays writes back the state it read
+    /// before, which would bring the keys back.
+    pub(super) async fn forget_push_keys(&self, desktop_id: &str) {
+        let _guard = self.inner.push_lock.lock().await;
         match PushState::load(&self.inner.data_dir) {
             Ok(mut state) if state.keys.contains_key(desktop_id) => {
                 state.forget(desktop_id);

@@ -9,7 +9,8 @@
 //! * Per device a governor quota (burst, then one per interval) paces
 //!   them; more than `max_waiting` waiting is refused (`rate_limited`).
 //! * When its turn comes, the device is checked again (active now:
-//!   suppressed), its subscription read from the store (none:
+//!   suppressed; no route from the asker any more, revoked meanwhile:
+//!   `suppressed{reason="no_route"}`), its subscription read from the store (none:
 //!   `suppressed{reason="no_subscription"}`) and the push handed to the
 //!   kind's [`PushSender`]. `Gone` removes the subscription; a failure of
 //!   the service is tried once more after `retry_after`.
@@ -32,6 +33,13 @@ use crate::state::State;
 /// Most pushes in flight to push services at once, relay-wide.
 const MAX_IN_FLIGHT: usize = 64;
 
+/// A push waiting for its turn, and the device that asked for it (its
+/// route is checked again when the push goes: it may have been revoked).
+struct Waiting {
+    from: DeviceId,
+    push: Push,
+}
+
 /// The relay's push dispatcher (one per relay, in [`State`]).
 pub(crate) struct Pusher {
     config: PushConfig,
@@ -40,7 +48,7 @@ pub(crate) struct Pusher {
     webpush: OnceLock<Arc<dyn PushSender>>,
     limiter: DefaultKeyedRateLimiter<DeviceId>,
     /// Pushes waiting per device; a device is here while its worker runs.
-    waiting: Mutex<HashMap<DeviceId, VecDeque<Push>>>,
+    waiting: Mutex<HashMap<DeviceId, VecDeque<Waiting>>>,
     in_flight: Semaphore,
 }
 
@@ -115,15 +123,17 @@ impl Pusher {
         self.sender(sub.kind()).is_some()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<DeviceId, VecDeque<Push>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<DeviceId, VecDeque<Waiting>>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An accepted `Notify` for `to`: suppressed, collapsed, or queued for
-    /// its device's worker; `Err(rate_limited)` past `max_waiting`.
+    /// An accepted `Notify` from `from` for `to`: suppressed, collapsed, or
+    /// queued for its device's worker; `Err(rate_limited)` past
+    /// `max_waiting`.
     pub(crate) fn notify(
         &self,
         state: &Arc<State>,
+        from: DeviceId,
         to: DeviceId,
         push: Push,
     ) -> Result<(), ErrorCode> {
@@ -135,9 +145,10 @@ impl Pusher {
         let start = !all.contains_key(&to);
         let waiting = all.entry(to).or_default();
         if let Some(topic) = push.topic
-            && let Some(older) = waiting.iter_mut().find(|w| w.topic == Some(topic))
+            && let Some(older) =
+                waiting.iter_mut().find(|w| w.from == from && w.push.topic == Some(topic))
         {
-            *older = push;
+            older.push = push;
             state.metrics.push_suppressed("collapsed");
             return Ok(());
         }
@@ -145,7 +156,7 @@ impl Pusher {
             state.metrics.limit_refused("push_waiting");
             return Err(ErrorCode::RateLimited);
         }
-        waiting.push_back(push);
+        waiting.push_back(Waiting { from, push });
         drop(all);
         if start {
             tokio::spawn(run_device(Arc::clone(state), to));
@@ -153,18 +164,24 @@ impl Pusher {
         Ok(())
     }
 
-    /// Send one push to `to` now (its turn came); `retry`: this is the
-    /// second try after the service failed. The push back when it is to be
-    /// tried again later.
+    /// Send one push from `from` to `to` now (its turn came); `retry`:
+    /// this is the second try after the service failed. The push back when
+    /// it is to be tried again later.
     async fn deliver(
         &self,
         state: &Arc<State>,
+        from: DeviceId,
         to: DeviceId,
         push: Push,
         retry: bool,
     ) -> Option<Push> {
         if active_here(state, &to) {
             state.metrics.push_suppressed("active");
+            return None;
+        }
+        // The route may have been revoked while the push waited.
+        if !state.routes.is_route(from, to).await.unwrap_or(false) {
+            state.metrics.push_suppressed("no_route");
             return None;
         }
         let stored = match state.store.push_subscription(to).await {
@@ -230,9 +247,9 @@ impl Pusher {
 }
 
 /// The one retry of a push whose service failed, after `retry_after`.
-async fn retry_later(state: Arc<State>, to: DeviceId, push: Push) {
+async fn retry_later(state: Arc<State>, from: DeviceId, to: DeviceId, push: Push) {
     tokio::time::sleep(state.push.config.retry_after).await;
-    let _ = state.push.deliver(&state, to, push, true).await;
+    let _ = state.push.deliver(&state, from, to, push, true).await;
 }
 
 /// Whether `to` has a live connection on this node that is in the foreground.
@@ -261,10 +278,10 @@ async fn run_device(state: Arc<State>, to: DeviceId) {
             }
             (push, last)
         };
-        if let Some(push) = push
-            && let Some(again) = pusher.deliver(&state, to, push, false).await
+        if let Some(Waiting { from, push }) = push
+            && let Some(again) = pusher.deliver(&state, from, to, push, false).await
         {
-            tokio::spawn(retry_later(Arc::clone(&state), to, again));
+            tokio::spawn(retry_later(Arc::clone(&state), from, to, again));
         }
         if last {
             return;

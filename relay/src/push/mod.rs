@@ -338,6 +338,38 @@ mod tests {
     }
 
     #[test]
+    fn origin_tricks_do_not_reach_another_host() {
+        // SSRF probes: whatever the allow-list says yes to must be the
+        // host the client connects to (both read `http::Uri::host`).
+        let c = PushConfig::default();
+        for e in [
+            "https://fcm.googleapis.com@127.0.0.1/x",
+            "https://fcm.googleapis.com:443@127.0.0.1/x",
+            "https://127.0.0.1#@fcm.googleapis.com/x",
+            "https://127.0.0.1?@fcm.googleapis.com/x",
+            "https://127.0.0.1\\@fcm.googleapis.com/x",
+            "https://fcm.googleapis.com%2f@127.0.0.1/x",
+            "https://[::1]/fcm.googleapis.com",
+            "https://FCM.googleapis.com.:443/x",
+            "https://x.notify.windows.com:8080/x",
+            "https://.notify.windows.com/x",
+            "https://evil.com/.notify.windows.com",
+            "HTTPS://fcm.googleapis.com@localhost/x",
+        ] {
+            let host = e.parse::<http::Uri>().ok().and_then(|u| u.host().map(str::to_owned));
+            let allowed = c.origin_allowed(e);
+            assert!(
+                !allowed
+                    || host
+                        .as_deref()
+                        .is_some_and(|h| h.eq_ignore_ascii_case("fcm.googleapis.com")
+                            || h.ends_with(".notify.windows.com")),
+                "{e} allowed with host {host:?}"
+            );
+        }
+    }
+
+    #[test]
     fn debug_never_shows_secrets() {
         let s = Subscription::WebPush {
             endpoint: "https://push.example/secret-path".into(),

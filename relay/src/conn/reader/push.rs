@@ -129,7 +129,7 @@ impl Reader {
         }
         let ttl_secs = u32::try_from(state.config.push.ttl.as_secs()).unwrap_or(u32::MAX);
         let push = Push { urgency: urgency.into(), topic, blob: blob.into(), ttl_secs };
-        match state.push.notify(&Arc::clone(state), to, push) {
+        match state.push.notify(&Arc::clone(state), self.device, to, push) {
             Ok(()) => self.reply(Frame::Ok { ref_id: request_id }).await,
             Err(code) => {
                 let m = "too many pushes waiting for that device; slow down";
