@@ -173,7 +173,12 @@ pub fn decrypt_notification(
     let state = PushState::load(data_dir)?;
     let id = key_id_of(&blob).map_err(protocol)?;
     let (desktop_id, key) = state.find(id).ok_or_else(|| protocol(PushError::WrongKey))?;
-    let notification = key.open(&blob).map_err(protocol)?;
+    let mut notification = key.open(&blob).map_err(protocol)?;
+    // The name this phone knows the key's desktop by, not the one in the
+    // blob: a paired desktop cannot label its push as another's.
+    if let Some(name) = state.names.get(&desktop_id) {
+        notification.desktop.clone_from(name);
+    }
     Ok(OpenedNotification { desktop_id, notification })
 }
 
@@ -230,6 +235,11 @@ mod tests {
             let blob = k.seal(&note(), &mut e).unwrap();
             let got = decrypt_notification(dir.path(), &blob).unwrap();
             assert_eq!((got.desktop_id.as_str(), got.notification), ("D1", note()));
+            // The stored name wins over the blob's.
+            let mut spoof = note();
+            spoof.desktop = "another desktop".into();
+            let got = decrypt_notification(dir.path(), &k.seal(&spoof, &mut e).unwrap()).unwrap();
+            assert_eq!(got.notification.desktop, "box");
             let b64 = data_encoding::BASE64.encode(&blob);
             assert!(decrypt_notification(dir.path(), b64.as_bytes()).is_ok());
         }
