@@ -17,6 +17,6 @@
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),
-    ("/sw.js", "text/javascript; charset=utf-8", "code", "\"8b760fdbd34c728483cbbf6d1f687afb\"",
+    ("/sw.js", "text/javascript; charset=utf-8", "code", "\"a5e79a07273eb42410434788a10378bb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/sw.js"))),
 ]

@@ -36,7 +36,7 @@ test('the blob in a push message: raw, or its base64 / base64url text; nothing e
 
 test('an approval the device may decide: desktop and title, the step, Allow / Deny, tag = topic, renotify', () => {
   const v = notificationView(approval, key, 'desk1', 'stored-name', now);
-  assert.equal(v.title, 'build-box: Fix the flaky test');
+  assert.equal(v.title, 'stored-name: Fix the flaky test', 'the name this phone knows, not the one in the push');
   assert.equal(v.options.body, 'edit src/lib.rs');
   assert.equal(v.options.tag, bytesToHex(pushTopic(key, approval.task_id)));
   assert.equal(v.options.renotify, true);
@@ -52,12 +52,12 @@ test('no actions without can_decide or once expired; finished replaces quietly; 
   assert.equal(expired.options.actions, undefined);
   assert.equal(expired.options.body, 'edit src/lib.rs (expired)');
   const fin = notificationView({ kind: 'finished', desktop: '', title: 'Fix', body: 'succeeded', task_id: approval.task_id, at_ms: now }, key, 'd', 'stored-name', now);
-  assert.equal(fin.title, 'stored-name: Fix', 'the stored name when the push names none');
+  assert.equal(fin.title, 'stored-name: Fix');
   assert.equal(fin.options.tag, bytesToHex(pushTopic(key, approval.task_id)), 'the same tag as the approval: it replaces it');
   assert.equal(fin.options.renotify, false);
   const missing = notificationView({ kind: 'missing', desktop: 'build-box', title: '', body: '3 messages lost', at_ms: now }, key, 'd', 'n', now);
   assert.equal(missing.options.tag, undefined);
-  assert.equal(missing.title, 'build-box');
+  assert.equal(missing.title, 'n');
   assert.deepEqual(genericView().title, 'Tandem');
   assert.deepEqual(genericView().options.body, 'New activity');
 });

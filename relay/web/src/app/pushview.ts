@@ -57,10 +57,11 @@ export function genericView(): NotificationView {
 /**
  * The notification for an opened push. `key` is the push key that opened it (for the topic, the
  * tag that lets a newer push for the same task replace this one), `desktopId` the desktop its
- * row names, `desktopName` that row's name (used when the push names none).
+ * row names, `desktopName` that row's name: shown rather than the name inside the push (a paired
+ * desktop cannot label its push as another's; the push's own name only when the row has none).
  */
 export function notificationView(n: PushNotification, key: Uint8Array, desktopId: string, desktopName: string, now = Date.now()): NotificationView {
-  const desktop = n.desktop || desktopName;
+  const desktop = desktopName || n.desktop;
   const tag = n.task_id ? bytesToHex(pushTopic(key, n.task_id)) : undefined;
   const approval = n.kind === 'approval';
   const open = !n.expires_at_ms || n.expires_at_ms > now;
