@@ -253,7 +253,12 @@ async fn watch(phone: &mut Phone, task: &str, answering: Answering) -> Vec<TaskE
             TaskEvent::ApprovalRequest { approval_id, .. } if answering != Answering::Ignore => {
                 let allow = answering == Answering::Allow;
                 phone
-                    .send(&Message::ApprovalDecision { task_id: task.into(), approval_id, allow })
+                    .send(&Message::ApprovalDecision {
+                        task_id: task.into(),
+                        approval_id,
+                        allow,
+                        remember: false,
+                    })
                     .await;
             }
             TaskEvent::Finished { .. } => return seen,
@@ -270,6 +275,7 @@ impl Setup {
             text: "Write the marker file.".into(),
             workspace: None,
             executor: None,
+            resume: None,
         };
         self.phone.send(&submit).await;
         watch(&mut self.phone, task, answering).await
