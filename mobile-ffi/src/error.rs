@@ -56,8 +56,9 @@ pub enum MobileError {
     /// runs a task id once).
     #[error("{0}")]
     Queued(String),
-    /// The desktop refused the request: `code` is its refusal code
-    /// (PROTOCOL.md §15.3.2: `not_supported`, `scope`, `busy`, …).
+    /// The desktop refused the request; the message names its refusal code
+    /// in parentheses (PROTOCOL.md §15.3.2: `(not_supported)`, `(scope)`,
+    /// `(busy)`, …) and says why.
     #[error("the desktop refused ({code}): {message}")]
     Refused {
         /// The refusal code.
