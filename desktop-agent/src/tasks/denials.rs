@@ -64,10 +64,8 @@ impl Denials {
                     push_unique(&mut self.by_approval, summary);
                 }
             }
-            TaskEvent::ToolCall { call_id, name, .. } => {
-                if self.calls.len() < MAX_CALLS_KEPT {
-                    self.calls.insert(call_id.clone(), name.clone());
-                }
+            TaskEvent::ToolCall { call_id, name, .. } if self.calls.len() < MAX_CALLS_KEPT => {
+                self.calls.insert(call_id.clone(), name.clone());
             }
             TaskEvent::ToolResult { call_id, is_error, .. } => {
                 if let Some(name) = self.calls.remove(call_id)
