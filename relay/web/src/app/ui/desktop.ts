@@ -146,7 +146,7 @@ export function desktopScreen(app: App, route: Route): Screen {
     const close = h('button', { class: 'link', type: 'button', testid: 'sessions-close', onclick: () => closeSessions() }, 'Close');
     const agent = ask.answer?.executor ?? ask.asked.executor ?? 'the agent';
     if (ask.refused) {
-      const text = ask.refused.code === 'not_supported' ? `${agent === 'the agent' ? 'This agent' : agent} cannot list sessions.` : `The desktop refused: ${ask.refused.message}`;
+      const text = ask.refused.code === 'not_supported' ? `This agent${ask.asked.executor ? ` (${ask.asked.executor})` : ''} cannot list sessions.` : `The desktop refused: ${ask.refused.message}`;
       sessionsPanel.replaceChildren(h('p', { class: 'hint', testid: 'sessions-note', 'data-code': ask.refused.code }, text), close);
       return;
     }
