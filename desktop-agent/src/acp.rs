@@ -604,7 +604,7 @@ impl Supervisor {
                 return;
             }
             Control::Cancel => return,
-            Control::Decision { approval_id, allow } => (approval_id, allow),
+            Control::Decision { approval_id, allow, .. } => (approval_id, allow),
             Control::Expired { approval_id } => {
                 if let Some(ask) = self.pending.remove(&approval_id) {
                     ask.cancel();

@@ -222,6 +222,7 @@ impl Setup {
                         task_id: task.into(),
                         approval_id: approval_id.clone(),
                         allow,
+                        remember: false,
                     };
                     match answering {
                         Answering::Allow => self.phone.send(&decide(true)).await,

@@ -57,6 +57,7 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
             text: "fix the failing test".into(),
             workspace: None,
             executor: None,
+            resume: None,
         })
         .await;
     let mut seen = Vec::new();
@@ -75,6 +76,7 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
                         task_id: "t-1".into(),
                         approval_id: approval_id.clone(),
                         allow: true,
+                        remember: false,
                     })
                     .await;
             }
@@ -121,6 +123,7 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
             task_id: "t-1".into(),
             approval_id: "a1".into(),
             allow: false,
+            remember: false,
         })
         .await;
     assert!(
@@ -147,6 +150,7 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
             text: "rm -rf".into(),
             workspace: None,
             executor: None,
+            resume: None,
         })
         .await;
     assert!(matches!(phone.message().await, Message::Refused { code, .. } if code == "scope"));
@@ -234,6 +238,7 @@ async fn deny_timeout_follow_up_cancel_and_a_hostile_command() {
             task_id: "t-a".into(),
             approval_id: "a1".into(),
             allow: false,
+            remember: false,
         })
         .await;
     until_finished(&mut phone, &mut seen, "t-a").await;
@@ -288,6 +293,7 @@ async fn deny_timeout_follow_up_cancel_and_a_hostile_command() {
             text: hostile.into(),
             workspace: None,
             executor: Some("echo".into()),
+            resume: None,
         })
         .await;
     until_finished(&mut phone, &mut seen, "t-h").await;

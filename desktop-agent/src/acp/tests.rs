@@ -215,8 +215,8 @@ async fn decisions_pick_the_agents_options() {
     let mut r = crate::executor::start(&config(dir.path(), "perm"), "t").unwrap();
     let mut events = Vec::new();
     for answer in [
-        Control::Decision { approval_id: String::new(), allow: true },
-        Control::Decision { approval_id: String::new(), allow: false },
+        Control::Decision { approval_id: String::new(), allow: true, always: false },
+        Control::Decision { approval_id: String::new(), allow: false, always: false },
         Control::Expired { approval_id: String::new() },
     ] {
         let id = loop {
@@ -229,7 +229,9 @@ async fn decisions_pick_the_agents_options() {
             }
         };
         let answer = match answer {
-            Control::Decision { allow, .. } => Control::Decision { approval_id: id, allow },
+            Control::Decision { allow, .. } => {
+                Control::Decision { approval_id: id, allow, always: false }
+            }
             _ => Control::Expired { approval_id: id },
         };
         r.control(answer).await.unwrap();
@@ -285,7 +287,7 @@ async fn file_requests_stay_in_the_project_and_terminals_are_refused() {
                 assert!(detail.ends_with("one\ntwo\n"), "the content is shown: {detail}");
             }
             asked.push(summary.clone());
-            let d = Control::Decision { approval_id: approval_id.clone(), allow };
+            let d = Control::Decision { approval_id: approval_id.clone(), allow, always: false };
             r.control(d).await.unwrap();
         }
         let done = matches!(e, ExecEvent::Finished { .. });

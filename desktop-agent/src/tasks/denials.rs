@@ -100,6 +100,7 @@ mod tests {
                 approval_id: id.into(),
                 allow,
                 by: "timeout".into(),
+                rule: None,
             });
         }
         let mut f = finish();

@@ -434,6 +434,7 @@ impl Phone {
             text: text.into(),
             workspace: None,
             executor: None,
+            resume: None,
         })
         .await;
     }
