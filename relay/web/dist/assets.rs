@@ -3,17 +3,17 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-4977618279002370.js", "text/javascript; charset=utf-8", "code", "\"4977618279002370898229d7fe9575cb\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-4977618279002370.js"))),
     ("/assets/app-528b7f55d78a40b0.css", "text/css; charset=utf-8", "code", "\"528b7f55d78a40b0dcedbb60352781ff\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-528b7f55d78a40b0.css"))),
+    ("/assets/app-c0fd1a35a6467982.js", "text/javascript; charset=utf-8", "code", "\"c0fd1a35a6467982ec7f86e7ee82abb6\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-c0fd1a35a6467982.js"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"44bd7a9e4a83c2552ee56575c16a28d4\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"9e2e8be945fc5612650c4b5940dbaa0b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

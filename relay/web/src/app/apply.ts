@@ -97,7 +97,7 @@ export function applyMessage(d: Desktop, m: Message, tasks: Map<string, TaskRow>
       const message = String(m.message);
       // The rule of an "always allow" the desktop would not add (the step
       // was allowed once): said on that approval, in the desktop's words.
-      const rule = code === 'scope' || code === 'not_supported' ? rememberedBy(d, taskId) : null;
+      const rule = taskId && ['scope', 'not_supported', 'not_saved'].includes(code) ? rememberedBy(d.threads.get(taskId)) : null;
       if (rule) {
         const [t, approvalId] = rule;
         t.remembered.delete(approvalId);
@@ -124,16 +124,8 @@ export function applyMessage(d: Desktop, m: Message, tasks: Map<string, TaskRow>
   }
 }
 
-/**
- * The thread and approval an "always allow" awaits its rule for: the oldest
- * remembered approval of task `taskId` (or, for a refusal naming no task,
- * of any task).
- */
-function rememberedBy(d: Desktop, taskId: string): [Thread, string] | null {
-  const threads = taskId ? [d.threads.get(taskId)] : [...d.threads.values()];
-  for (const t of threads) {
-    const first = t?.remembered.values().next();
-    if (t && first && !first.done) return [t, first.value];
-  }
-  return null;
+/** The thread and approval an "always allow" awaits its rule for: the oldest remembered approval of the task. */
+function rememberedBy(t: Thread | undefined): [Thread, string] | null {
+  const first = t?.remembered.values().next();
+  return t && first && !first.done ? [t, first.value] : null;
 }
