@@ -17,6 +17,9 @@ export function detachedBanner(app: App, desktopId: string): HTMLElement {
   return el;
 }
 
+/** How long the sessions list waits for an online desktop before saying it got no answer. */
+const SESSIONS_LATE_MS = 15_000;
+
 export function desktopScreen(app: App, route: Route): Screen {
   const id = route.desktop ?? '';
   const d = app.engine.desktops.get(id);
@@ -45,6 +48,7 @@ export function desktopScreen(app: App, route: Route): Screen {
   /** The session the next submit continues (cleared when the agent or project changes). */
   let resume: { id: string; title: string } | null = null;
   let sessionsShown = false;
+  let lateTimer: ReturnType<typeof setTimeout> | null = null;
   const resumeNote = h('p', { class: 'resume', testid: 'resume', hidden: true });
   const form = h(
     'form',
@@ -151,7 +155,12 @@ export function desktopScreen(app: App, route: Route): Screen {
       return;
     }
     if (!ask.answer) {
-      sessionsPanel.replaceChildren(h('p', { class: 'hint', testid: 'sessions-note', 'data-code': 'asking' }, `Asking ${d!.row.name} for the sessions of ${agent}…`), close);
+      // A desktop from before the hand-off ignores the request: say so rather than wait forever.
+      const waited = Date.now() - ask.atMs;
+      const late = waited >= SESSIONS_LATE_MS && d!.online;
+      const text = late ? `No answer from ${d!.row.name}: it may not offer sessions (an older Tandem?).` : `Asking ${d!.row.name} for the sessions of ${agent}…`;
+      sessionsPanel.replaceChildren(h('p', { class: 'hint', testid: 'sessions-note', 'data-code': late ? 'no_answer' : 'asking' }, text), close);
+      if (!late && !lateTimer) lateTimer = setTimeout(() => ((lateTimer = null), renderSessions()), Math.max(0, SESSIONS_LATE_MS - waited) + 50);
       return;
     }
     const where = ask.answer.workspace ? ` in ${ask.answer.workspace}` : '';
@@ -253,6 +262,9 @@ export function desktopScreen(app: App, route: Route): Screen {
     back: { screen: 'desktops' },
     update: (c) => {
       if (!c.desktopId || c.desktopId === id || c.connection) render();
+    },
+    destroy: () => {
+      if (lateTimer) clearTimeout(lateTimer);
     },
   };
 }
