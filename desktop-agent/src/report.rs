@@ -211,13 +211,14 @@ pub fn event_line(m: &Message) -> Option<String> {
                 rule.as_ref().map(|r| format!(", rule added: {}", short(r))).unwrap_or_default();
             format!("approval {} {verdict} by {}{added}", short(approval_id), short(by))
         }
-        TaskEvent::Finished { status, summary, denied } => {
-            let denied = if denied.is_empty() {
-                String::new()
-            } else {
-                format!(" (denied: {})", short(&denied.join(", ")))
-            };
-            format!("finished {}{denied}: {}", status_str(*status), short(summary))
+        TaskEvent::Finished { status, summary, denied, failed, expired } => {
+            let mut notes = String::new();
+            for (what, list) in [("denied", denied), ("failed", failed), ("unanswered", expired)] {
+                if !list.is_empty() {
+                    notes.push_str(&format!(" ({what}: {})", short(&list.join(", "))));
+                }
+            }
+            format!("finished {}{notes}: {}", status_str(*status), short(summary))
         }
     };
     Some(format!("{} #{offset:<4} {what}", short(task_id)))
@@ -358,6 +359,8 @@ mod tests {
                 status: FinishStatus::Succeeded,
                 summary: "ok".into(),
                 denied: Vec::new(),
+                expired: Vec::new(),
+                failed: Vec::new(),
             },
         };
         assert!(event_line(&done).unwrap().contains("finished succeeded: ok"));

@@ -280,6 +280,8 @@ impl TaskManager {
                             summary: "interrupted: the agent stopped while this task was running"
                                 .into(),
                             denied: Vec::new(),
+                            expired: Vec::new(),
+                            failed: Vec::new(),
                         },
                     )?;
                     out.push((Audience::Everyone, m));

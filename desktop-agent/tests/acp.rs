@@ -283,7 +283,7 @@ impl Setup {
 
 fn finished(events: &[TaskEvent]) -> (FinishStatus, String, Vec<String>) {
     match events.last() {
-        Some(TaskEvent::Finished { status, summary, denied }) => {
+        Some(TaskEvent::Finished { status, summary, denied, .. }) => {
             (*status, summary.clone(), denied.clone())
         }
         other => panic!("the task did not finish: {other:?}"),

@@ -23,15 +23,7 @@ async fn until(
     seen: &mut BTreeMap<String, Vec<(u64, TaskEvent)>>,
     done: impl Fn(&BTreeMap<String, Vec<(u64, TaskEvent)>>) -> bool,
 ) {
-    while !done(seen) {
-        let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
-            .await
-            .expect("an event in time")
-            .unwrap();
-        if let PhoneEvent::Task(t) = e {
-            seen.entry(t.task_id).or_default().push((t.offset, t.event));
-        }
-    }
+    until_any(events, seen, &mut Vec::new(), |s, _| done(s)).await;
 }
 
 fn finished(seen: &BTreeMap<String, Vec<(u64, TaskEvent)>>, task: &str) -> bool {

@@ -253,6 +253,15 @@ async fn deny_timeout_follow_up_cancel_and_a_hostile_command() {
     assert!(!resolved[0].0 && resolved[0].1.starts_with("phone:"));
     assert_eq!(resolved[1], (false, "timeout".to_owned()));
     assert_eq!(seen.progress("t-a"), ["a1:denied", "a2:denied"]);
+    // The finish tells the truth: both denied, the second by no answer.
+    let finish = seen.tasks["t-a"].iter().find_map(|(_, e)| match e {
+        TaskEvent::Finished { denied, expired, .. } => Some((denied.clone(), expired.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        finish,
+        Some((vec!["step a1".to_owned(), "step a2".to_owned()], vec!["step a2".to_owned()]))
+    );
 
     // A follow-up reaches the running task, and is part of its history.
     phone.submit("t-f", "follow").await;

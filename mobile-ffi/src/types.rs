@@ -180,6 +180,10 @@ pub enum TaskEvent {
         /// The tools the task was not allowed to use (PROTOCOL.md §15.3.1
         /// `denied`); empty when none.
         denied: Vec<String>,
+        /// The tools whose results were errors (`failed`); empty when none.
+        failed: Vec<String>,
+        /// The approvals no one answered in time, by summary (`expired`).
+        expired: Vec<String>,
     },
 }
 
@@ -206,8 +210,8 @@ impl From<proto::TaskEvent> for TaskEvent {
             proto::TaskEvent::ApprovalResolved { approval_id, allow, by, rule } => {
                 Self::ApprovalResolved { approval_id, allow, by, rule }
             }
-            proto::TaskEvent::Finished { status, summary, denied } => {
-                Self::Finished { status: status.into(), summary, denied }
+            proto::TaskEvent::Finished { status, summary, denied, failed, expired } => {
+                Self::Finished { status: status.into(), summary, denied, failed, expired }
             }
         }
     }
@@ -343,6 +347,8 @@ mod tests {
             status: proto::FinishStatus::Cancelled,
             summary: "stop".into(),
             denied: vec!["Bash".into()],
+            expired: Vec::new(),
+            failed: Vec::new(),
         }
         .into();
         assert_eq!(
@@ -351,6 +357,8 @@ mod tests {
                 status: FinishStatus::Cancelled,
                 summary: "stop".into(),
                 denied: vec!["Bash".into()],
+                expired: Vec::new(),
+                failed: Vec::new(),
             }
         );
     }

@@ -597,6 +597,8 @@ async def test_a_task_streams_progress_a_tool_result_and_an_approval(w):
     assert ev[5].approval_id == "a1" and ev[5].allow and ev[5].by == f"phone:{w.phone1.device_id()}", ev[5]
     assert ev[6].text == "allowed: editing"
     assert ev[7].status == tm.FinishStatus.SUCCEEDED and ev[7].summary == "fixed the test"
+    # The finish names the tool whose result was an error, and nothing unanswered.
+    assert ev[7].failed == ["bash"] and ev[7].expired == [] and ev[7].denied == [], ev[7]
     assert all(r.desktop_id == w.desktop_id and r.at_ms > 0 for r in got)
     if w.events1.thread_names != {None}:
         assert w.events1.thread_names == {"tandem-sdk"}, w.events1.thread_names

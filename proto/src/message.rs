@@ -243,6 +243,15 @@ pub enum TaskEvent {
         /// never send it; older phones ignore it).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         denied: Vec<String>,
+        /// The tools whose results were errors (a command that failed, a
+        /// file that could not be written), each once, in the order they
+        /// first failed. Absent when none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<String>,
+        /// The approvals no one answered in time (their summaries): denied by
+        /// the timeout, listed in `denied` too. Absent when none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        expired: Vec<String>,
     },
 }
 

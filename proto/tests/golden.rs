@@ -403,6 +403,7 @@ fn messages() -> Value {
                 status: FinishStatus::Succeeded,
                 summary: "fixed".into(),
                 denied: Vec::new(),
+                expired: Vec::new(), failed: Vec::new(),
             },
         },
         Message::TaskEvent {
@@ -413,6 +414,8 @@ fn messages() -> Value {
                 status: FinishStatus::Succeeded,
                 summary: "fixed, without the edit".into(),
                 denied: vec!["Bash".into(), "edit src/lib.rs".into()],
+                failed: vec!["Bash".into()],
+                expired: vec!["edit src/lib.rs".into()],
             },
         },
         Message::TaskEvent {

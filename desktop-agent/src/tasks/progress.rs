@@ -115,7 +115,13 @@ impl TaskManager {
                     (Some(why), FinishStatus::Cancelled) => why,
                     _ => shown(&summary),
                 };
-                TaskEvent::Finished { status, summary, denied: Vec::new() }
+                TaskEvent::Finished {
+                    status,
+                    summary,
+                    denied: Vec::new(),
+                    expired: Vec::new(),
+                    failed: Vec::new(),
+                }
             }
         };
         self.emit(&u.task_id, event).await

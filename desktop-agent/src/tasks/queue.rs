@@ -79,6 +79,8 @@ impl TaskManager {
                         status: FinishStatus::Failed,
                         summary: format!("could not start: {e}"),
                         denied: Vec::new(),
+                        expired: Vec::new(),
+                        failed: Vec::new(),
                     },
                 )?;
                 return Ok(vec![(Audience::Everyone, m)]);

@@ -494,11 +494,15 @@ pub fn task_event() -> impl Strategy<Value = TaskEvent> {
                 rule
             }
         ),
-        (finish_status(), text(64)).prop_map(|(status, summary)| TaskEvent::Finished {
-            status,
-            summary,
-            denied: Vec::new()
-        }),
+        (finish_status(), text(64), proptest::collection::vec(id(), 0..2)).prop_map(
+            |(status, summary, names)| TaskEvent::Finished {
+                status,
+                summary,
+                denied: names.clone(),
+                failed: names.clone(),
+                expired: names,
+            }
+        ),
     ]
 }
 
