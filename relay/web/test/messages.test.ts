@@ -128,3 +128,14 @@ test('rules from a phone (§15.3): approval_decision.remember written only when 
   const noTask = '{"v":1,"kind":"refused","code":"not_supported","message":"jsonl cannot list sessions"}';
   assert.equal(dec.decode(encodeMessage(ok(noTask))), noTask);
 });
+
+test('finished.failed and finished.expired (§15.3.1): read and written back after denied, only when not empty', () => {
+  const wire = '{"v":1,"kind":"task_event","task_id":"t","offset":3,"at_ms":4,"event":{"type":"finished","status":"succeeded","summary":"s","denied":["edit a"],"failed":["Bash"],"expired":["edit a"]}}';
+  const m = ok(wire);
+  assert.deepEqual((m.event as { failed?: unknown }).failed, ['Bash']);
+  assert.deepEqual((m.event as { expired?: unknown }).expired, ['edit a']);
+  assert.equal(dec.decode(encodeMessage(m)), wire);
+  const none = ok('{"v":1,"kind":"task_event","task_id":"t","offset":3,"at_ms":4,"event":{"type":"finished","status":"failed","summary":"s","failed":[]}}');
+  assert.ok(!dec.decode(encodeMessage(none)).includes('"failed":'), 'an empty list is not written');
+  malformed('{"v":1,"kind":"task_event","task_id":"t","offset":3,"at_ms":4,"event":{"type":"finished","status":"failed","summary":"s","expired":"x"}}');
+});

@@ -50,7 +50,7 @@ const EVENTS: Record<string, readonly Field[]> = {
   diff: [['call_id', 'string'], ['path', 'string'], ['diff', 'string'], ['added', 'u64'], ['removed', 'u64']],
   approval_request: [['approval_id', 'string'], ['summary', 'string'], ['detail', 'string'], ['expires_at_ms', 'u64']],
   approval_resolved: [['approval_id', 'string'], ['allow', 'bool'], ['by', 'string'], ['rule', 'string', 'opt']],
-  finished: [['status', 'string'], ['summary', 'string'], ['denied', 'strings', 'optSome']],
+  finished: [['status', 'string'], ['summary', 'string'], ['denied', 'strings', 'optSome'], ['failed', 'strings', 'optSome'], ['expired', 'strings', 'optSome']],
 };
 
 const TASK_SUMMARY: readonly Field[] = [

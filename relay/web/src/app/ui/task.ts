@@ -193,7 +193,9 @@ export function taskScreen(app: App, route: Route): Screen {
             { class: `finished ${status}`, testid: 'finished', 'data-status': status },
             h('strong', {}, STATUS_TEXT[status] ?? status),
             ev.summary ? markdown(String(ev.summary)) : null,
-            deniedLine(ev.denied),
+            deniedLine(ev.denied, ev.expired),
+            listLine('failed', 'Failed', ev.failed),
+            listLine('expired', 'No answer in time', ev.expired),
           ),
         );
         break;
@@ -301,13 +303,24 @@ export function taskScreen(app: App, route: Route): Screen {
 /**
  * The tools denied during a task, from its finish's `denied` (PROTOCOL.md
  * §15.3.1): a finish that succeeded with denials must not read as a plain
- * success. Nothing when the field is absent or empty.
+ * success. The approvals that went unanswered (`expired`, listed in `denied`
+ * too) are said apart ("no answer in time"), not as denied. Nothing when the
+ * field is absent or empty.
  */
-function deniedLine(denied: unknown): HTMLElement | null {
-  if (!Array.isArray(denied)) return null;
-  const names = denied.filter((d): d is string => typeof d === 'string' && d.length > 0);
+function deniedLine(denied: unknown, expired: unknown): HTMLElement | null {
+  const timedOut = new Set(strings(expired));
+  return listLine('denied', 'Denied', strings(denied).filter((d) => !timedOut.has(d)));
+}
+
+/** A finish's list (`denied`, `failed`, `expired`) as "Label: a, b"; nothing when empty. */
+function listLine(testid: string, label: string, list: unknown): HTMLElement | null {
+  const names = strings(list);
   if (names.length === 0) return null;
-  return h('p', { class: 'denied', testid: 'denied' }, `Denied: ${names.join(', ')}`);
+  return h('p', { class: testid, testid }, `${label}: ${names.join(', ')}`);
+}
+
+function strings(v: unknown): string[] {
+  return Array.isArray(v) ? v.filter((d): d is string => typeof d === 'string' && d.length > 0) : [];
 }
 
 /**
