@@ -343,6 +343,8 @@ describe('web client end to end', { concurrency: false }, () => {
     }
     assert.ok(events.some((e) => e.text.includes('allowed: editing')), 'the progress after the decision is shown');
     assert.ok(contiguous(events), `event offsets 0,1,2… once each: ${events.map((e) => e.offset).join(',')}`);
+    // The finish names the tool whose result was an error (finished.failed).
+    assert.equal(await page.locator('[data-testid=finished] [data-testid=failed]').innerText(), 'Failed: bash');
     s.demoEvents = events;
     await screenshot(page, 'finished', '[data-testid=finished]');
   });
