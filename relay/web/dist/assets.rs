@@ -3,17 +3,17 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-01fda6be8adca55d.js", "text/javascript; charset=utf-8", "code", "\"01fda6be8adca55dce3b93f9f7f41cfe\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-01fda6be8adca55d.js"))),
-    ("/assets/app-420f24b604cb3c85.css", "text/css; charset=utf-8", "code", "\"420f24b604cb3c854d98667d5befc1ae\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-420f24b604cb3c85.css"))),
+    ("/assets/app-21251c0d16ac8f7f.js", "text/javascript; charset=utf-8", "code", "\"21251c0d16ac8f7febccf06b9ad30979\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-21251c0d16ac8f7f.js"))),
+    ("/assets/app-528b7f55d78a40b0.css", "text/css; charset=utf-8", "code", "\"528b7f55d78a40b0dcedbb60352781ff\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-528b7f55d78a40b0.css"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"c02816eea288aca16ddb087e5831f800\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"4b7ccafaaaca3c1566519c1bbb49ac54\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

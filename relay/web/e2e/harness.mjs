@@ -19,6 +19,8 @@ export const REPO = resolve(WEB_DIR, '../..');
 export const SCREENSHOTS = process.env.E2E_SCREENSHOTS ? resolve(process.env.E2E_SCREENSHOTS) : join(REPO, 'docs/screenshots');
 /** The jsonl executor fixture shared with the mobile SDK's suite: `demo`, `count N MS`, `follow`, `sleep`. */
 export const FIXTURE = join(REPO, 'mobile-ffi/tests/fixtures/executor.py');
+/** The desktop agent's stand-in for Claude Code (print mode, stream-json; `--resume ID` continues ID). */
+export const FAKE_CLAUDE = join(REPO, 'desktop-agent/tests/fixtures/fake-claude');
 /** Default bound for a wait, in milliseconds. */
 export const WAIT = 20_000;
 
@@ -197,13 +199,20 @@ export class Run {
     mkdirSync(this.logs);
     this.procs = [];
     this.config = join(this.dir, 'config.toml');
-    // Two executors (the same fixture) and two projects, so the pickers show.
+    // Two executors (the same fixture) and two projects, so the pickers show;
+    // a third, `claude`, runs the fake Claude Code with its session store in
+    // `claudeConfig` and its command lines logged to `claudeArgv`.
     this.projects = { home: join(this.dir, 'project-home'), site: join(this.dir, 'project-site') };
     for (const d of Object.values(this.projects)) mkdirSync(d);
+    this.claudeConfig = join(this.dir, 'claude-config');
+    this.claudeArgv = join(this.dir, 'claude-argv.jsonl');
     writeFileSync(
       this.config,
       `[[executor]]\nname = "fixture"\ntype = "jsonl"\nprogram = "${FIXTURE}"\n\n` +
         `[[executor]]\nname = "other"\ntype = "jsonl"\nprogram = "${FIXTURE}"\n\n` +
+        `[[executor]]\nname = "claude"\ntype = "claude"\nprogram = "${FAKE_CLAUDE}"\n` +
+        // (TANDEM_LOG: the fake lets its permission server's log through to the thread.)
+        `env = [["CLAUDE_CONFIG_DIR", "${this.claudeConfig}"], ["FAKE_CLAUDE_ARGV_LOG", "${this.claudeArgv}"], ["TANDEM_LOG", "warn"]]\n\n` +
         `[[project]]\nname = "home"\npath = "${this.projects.home}"\n\n` +
         `[[project]]\nname = "site"\npath = "${this.projects.site}"\n`,
     );
@@ -234,6 +243,21 @@ export class Run {
       ['--data-dir', dataDir, '--config', this.config, '--name', desktopName, ...args],
       { env: { TANDEM_LOG: process.env.TEST_LOG ?? 'info', ...env }, stdin },
     );
+  }
+
+  /**
+   * A Claude Code session in the store the `claude` executor lists
+   * (`$CLAUDE_CONFIG_DIR/projects/<cwd, every non-alphanumeric as '-'>/<id>.jsonl`):
+   * a summary line and its first prompt, as Claude Code writes them.
+   */
+  claudeSession(cwd, id, summary, prompt) {
+    const dir = join(this.claudeConfig, 'projects', cwd.replace(/[^A-Za-z0-9]/g, '-'));
+    mkdirSync(dir, { recursive: true });
+    const lines = [
+      { type: 'summary', summary, leafUuid: randomBytes(16).toString('hex') },
+      { type: 'user', isSidechain: false, cwd, sessionId: id, message: { role: 'user', content: prompt }, uuid: randomBytes(16).toString('hex'), timestamp: new Date().toISOString() },
+    ];
+    writeFileSync(join(dir, `${id}.jsonl`), lines.map((l) => JSON.stringify(l)).join('\n') + '\n');
   }
 
   async cleanup() {

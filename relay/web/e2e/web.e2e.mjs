@@ -12,7 +12,7 @@
 //   npm run e2e        (needs target/debug/tandem-relay and target/debug/tandem,
 //                       zbarimg and chromium; see e2e/README.md)
 import assert from 'node:assert/strict';
-import { existsSync, realpathSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
@@ -343,6 +343,8 @@ describe('web client end to end', { concurrency: false }, () => {
     }
     assert.ok(events.some((e) => e.text.includes('allowed: editing')), 'the progress after the decision is shown');
     assert.ok(contiguous(events), `event offsets 0,1,2… once each: ${events.map((e) => e.offset).join(',')}`);
+    // The finish names the tool whose result was an error (finished.failed).
+    assert.equal(await page.locator('[data-testid=finished] [data-testid=failed]').innerText(), 'Failed: bash');
     s.demoEvents = events;
     await screenshot(page, 'finished', '[data-testid=finished]');
   });
@@ -684,7 +686,7 @@ describe('web client end to end', { concurrency: false }, () => {
     const agent = await expectVisible(page, '[data-testid=pick-executor]', 'desktop screen: the agent picker');
     const project = await expectVisible(page, '[data-testid=pick-project]', 'desktop screen: the project picker');
     const options = (sel) => sel.evaluate((el) => [...el.options].map((o) => o.value));
-    assert.deepEqual(await options(agent), ['fixture', 'other'], 'every configured executor, the default first');
+    assert.deepEqual(await options(agent), ['fixture', 'other', 'claude'], 'every configured executor, the default first');
     assert.deepEqual(await options(project), ['home', 'site'], 'every configured project, the default first');
     assert.equal(await project.inputValue(), 'home', 'the default project is picked at first');
     await agent.selectOption('other');
@@ -734,6 +736,73 @@ describe('web client end to end', { concurrency: false }, () => {
     assert.equal(await link.getAttribute('data-href'), 'https://example.org/docs');
     const items = await page.locator('[data-testid=finished] [data-testid=md] li').allTextContents();
     assert.deepEqual(items, ['one', 'two'], 'the summary\'s list');
+  });
+
+  check('8e. "always allow": allowed once without scope rules; with it a rule is added and the next identical tool use is allowed by the rule; a Claude Code session listed and continued', async (t) => {
+    if (!needPaired(t)) return;
+    const { page } = s.phone;
+    /** On the desktop screen: the fake Claude Code, in project home. */
+    const pickClaude = async () => {
+      await openDesktop(page);
+      await (await expectVisible(page, '[data-testid=pick-executor]', 'desktop screen: the agent picker')).selectOption('claude');
+      await page.locator('[data-testid=pick-project]').selectOption('home');
+    };
+    /** Run the recorded session, whose `cargo test -p foo` (Bash) asks; tap "always allow". */
+    const alwaysAllow = async (what) => {
+      await pickClaude();
+      await submit(page, 'fix the tests');
+      const approval = await expectVisible(page, '[data-testid=approval][data-state=pending]', `${what}: Bash needs an approval`);
+      assert.match((await approval.textContent()) ?? '', /cargo test -p foo/, 'the approval shows the command');
+      await approval.locator('[data-testid=allow-always]').tap();
+      return approval;
+    };
+    // (a) With scope approve (a pairing's): allowed once, and the desktop's reason shown on the approval.
+    await alwaysAllow('scope approve');
+    const once = await expectVisible(page, '[data-testid=rule-note][data-state=refused]', 'the desktop allowed once and said why');
+    assert.equal(((await once.textContent()) ?? '').trim(), 'allowed once: this device may not add rules on this computer');
+    assert.equal(await waitFinished(page, 'the claude task allowed once'), 'succeeded');
+    assert.equal(await page.locator('[data-testid=rule-added]').count(), 0, 'no rule was added');
+    const device = await attr(page, '#app', 'data-device');
+    const scope = s.run.tandem('scope-rules', s.agentDir, ['scope', device, 'rules']);
+    assert.equal(await scope.wait(10_000), 0, `tandem scope ${device} rules exits 0\n${scope.tail()}`);
+    // With scope rules: the rule is added and shown.
+    await alwaysAllow('scope rules');
+    const added = await expectVisible(page, '[data-testid=rule-added]', 'the thread shows the rule the approval added');
+    assert.equal(((await added.textContent()) ?? '').trim(), '· Always allowed in this project: Bash(cargo test -p foo)');
+    await screenshot(page, 'always-allow', '[data-testid=approval]');
+    assert.equal(await waitFinished(page, 'the claude task that added the rule'), 'succeeded');
+    assert.equal(await attr(page, '[data-testid=approval]', 'data-state'), 'allowed');
+    // The same tool use again: the desktop's new rule answers, nobody is asked.
+    await pickClaude();
+    await submit(page, 'fix the tests');
+    assert.equal(await waitFinished(page, 'the second claude task'), 'succeeded');
+    const resolved = await expectVisible(page, '[data-testid=resolved]', 'the approval was resolved');
+    assert.match((await resolved.textContent()) ?? '', /^Allowed by the desktop's rule "allow Bash\(cargo test -p foo\)"/, 'allowed by the rule, not by a tap');
+    assert.equal(await page.locator('[data-testid=allow-always]:visible, [data-testid=allow]:visible').count(), 0, 'no button to tap');
+
+    // (b) A jsonl executor cannot list sessions; Claude Code's store can.
+    await openDesktop(page);
+    await (await expectVisible(page, '[data-testid=sessions-open]', 'desktop screen: continue a session')).tap();
+    const nope = await expectVisible(page, '[data-testid=sessions-note][data-code=not_supported]', 'the fixture executor cannot list sessions');
+    assert.equal(((await nope.textContent()) ?? '').trim(), 'This agent (fixture) cannot list sessions.');
+    await page.locator('[data-testid=sessions-close]').tap();
+    const session = '5b0e7a2c-1d3f-4e6a-9b8c-7d6e5f4a3b2c';
+    s.run.claudeSession(realpathSync(s.run.projects.home), session, 'Fix the flaky login test', 'the login test fails one time in ten');
+    await pickClaude();
+    await page.locator('[data-testid=sessions-open]').tap();
+    const row = await expectVisible(page, `[data-testid=session][data-id="${session}"]`, 'the session from the store is listed');
+    assert.match((await row.textContent()) ?? '', /^Fix the flaky login test/, 'listed by its summary');
+    await screenshot(page, 'sessions', '[data-testid=sessions]');
+    await row.tap();
+    assert.match((await (await expectVisible(page, '[data-testid=resume]', 'the picked session')).textContent()) ?? '', /Continues: Fix the flaky login test/);
+    await submit(page, 'go on with it');
+    assert.equal(await waitFinished(page, 'the continued session'), 'succeeded');
+    assert.equal(await attr(page, '[data-testid=resumed]', 'data-session'), session, 'the thread says which session it continues');
+    assert.match((await page.locator('[data-testid=finished]').textContent()) ?? '', new RegExp(`resumed ${session}`));
+    const argv = readFileSync(s.run.claudeArgv, 'utf8').trim().split('\n').map((l) => JSON.parse(l).argv);
+    const last = argv.at(-1);
+    assert.equal(last[last.indexOf('--resume') + 1], session, `claude ran with --resume ${session}: ${JSON.stringify(last)}`);
+    assert.equal(last.at(-1), 'go on with it', 'the text is the next prompt');
   });
 
   check('9. a follow-up shows in the thread as a follow_up event; cancel ends the task as cancelled', async (t) => {

@@ -344,3 +344,79 @@ test('engine: push hooks — adopt, a renewed session and forget are reported; s
     t.engine.stepAside();
   }
 });
+
+test('engine: sessions hand-off — listSessions asks for the picked agent and project, the answer (or a refusal naming no task) lands on the desktop, a submit carries resume', async () => {
+  const t = await setup(9);
+  try {
+    t.okAll();
+    await t.engine.listSessions(t.id, { executor: 'claude', project: 'site' });
+    await settled(t.d);
+    t.okAll();
+    assert.deepEqual(deskReads(t.desk, t.ws).find((m) => m.kind === 'sessions_request'), { kind: 'sessions_request', executor: 'claude', workspace: 'site' });
+    assert.ok(t.d.sessions && !t.d.sessions.answer && !t.d.sessions.refused, 'asked, no answer yet');
+    // An answer for another agent (an older ask) is not this one's.
+    t.fromDesk({ kind: 'sessions', executor: 'other', sessions: [{ id: 'x', title: 'old', updated_ms: 1 }] });
+    await settled(t.d);
+    assert.equal(t.d.sessions?.answer, undefined, 'an answer for another executor is ignored');
+    const list = [{ id: '2d6f', title: 'fix the tests', updated_ms: 1000, task_id: 'abc' }];
+    t.fromDesk({ kind: 'sessions', executor: 'claude', workspace: 'site', sessions: list });
+    await settled(t.d);
+    assert.deepEqual(t.d.sessions?.answer, { executor: 'claude', workspace: 'site', sessions: list });
+    // A refusal naming no task while a list is asked for: the list's.
+    t.okAll();
+    await t.engine.listSessions(t.id, { executor: 'fixture' });
+    await settled(t.d);
+    t.fromDesk({ kind: 'refused', code: 'not_supported', message: 'fixture cannot list sessions' });
+    await settled(t.d);
+    assert.deepEqual(t.d.sessions?.refused, { code: 'not_supported', message: 'fixture cannot list sessions' });
+    assert.equal(t.d.sessions?.answer, undefined);
+    t.okAll();
+    const task = await t.engine.submit(t.id, 'go on', { executor: 'claude', project: 'site', resume: '2d6f' });
+    await settled(t.d);
+    t.okAll();
+    const read = deskReads(t.desk, t.ws);
+    assert.deepEqual(read.find((m) => m.kind === 'task_submit'), { kind: 'task_submit', task_id: task, text: 'go on', workspace: 'site', executor: 'claude', resume: '2d6f' });
+  } finally {
+    t.engine.stepAside();
+  }
+});
+
+test('engine: "always allow" sends allow with remember; the rule the desktop added clears it, a scope refusal is kept on that approval', async () => {
+  const t = await setup(10);
+  try {
+    t.okAll();
+    const task = 'task-remember';
+    await t.engine.decide(t.id, task, 'a1', true, true);
+    await t.engine.decide(t.id, task, 'a2', false, true);
+    await settled(t.d);
+    t.okAll();
+    const decisions = deskReads(t.desk, t.ws).filter((m) => m.kind === 'approval_decision');
+    assert.deepEqual(decisions, [
+      { kind: 'approval_decision', task_id: task, approval_id: 'a1', allow: true, remember: true },
+      { kind: 'approval_decision', task_id: task, approval_id: 'a2', allow: false, remember: false },
+    ], 'remember only with allow');
+    const th = t.d.thread(task);
+    assert.deepEqual([...th.remembered], ['a1']);
+    // The desktop allows once and refuses the rule (this device's scope).
+    const resolved = (id: string, rule?: string) => ({
+      kind: 'task_event', task_id: task, offset: id === 'a1' ? 0 : 1, at_ms: 5,
+      event: { type: 'approval_resolved', approval_id: id, allow: true, by: 'phone:me', ...(rule ? { rule } : {}) },
+    });
+    t.fromDesk(resolved('a1'));
+    t.fromDesk({ kind: 'refused', task_id: task, code: 'scope', message: 'allowed once: this device may not add rules on this computer' });
+    await settled(t.d);
+    assert.deepEqual(th.refusals, [{ code: 'scope', message: 'allowed once: this device may not add rules on this computer', approvalId: 'a1' }]);
+    assert.equal(th.remembered.size, 0);
+    // Another remembered approval: the rule is added, so a later refusal of the task is its own.
+    await t.engine.decide(t.id, task, 'a3', true, true);
+    await settled(t.d);
+    t.fromDesk({ ...resolved('a3', 'allow Bash(cargo test)'), offset: 2 });
+    await settled(t.d);
+    assert.equal(th.remembered.size, 0, 'the rule came: nothing awaits it');
+    t.fromDesk({ kind: 'refused', task_id: task, code: 'scope', message: 'view only' });
+    await settled(t.d);
+    assert.deepEqual(th.refusals.at(-1), { code: 'scope', message: 'view only' });
+  } finally {
+    t.engine.stepAside();
+  }
+});

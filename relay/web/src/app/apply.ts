@@ -3,7 +3,7 @@
 // replies, the task list, the executors and projects offered, detach,
 // refusals, device info. Sans I/O: the
 // engine saves what changed and sends the requests.
-import type { Choices, Message } from '../proto/index.ts';
+import type { Choices, Message, Sessions } from '../proto/index.ts';
 import type { Desktop } from './desktop.ts';
 import { nameTask } from './notices.ts';
 import type { EventRow, TaskRow } from './store.ts';
@@ -31,7 +31,11 @@ export function applyMessage(d: Desktop, m: Message, tasks: Map<string, TaskRow>
       if (seen.fresh) {
         events.push(row);
         tasks.set(taskId, t.row);
-        if (row.event.type === 'approval_resolved') t.answered.delete(String(row.event.approval_id));
+        if (row.event.type === 'approval_resolved') {
+          t.answered.delete(String(row.event.approval_id));
+          // The rule was added: no refusal of it is coming.
+          if (typeof row.event.rule === 'string') t.remembered.delete(String(row.event.approval_id));
+        }
       }
       if (seen.fill !== null) requests.push({ kind: 'history_request', task_id: taskId, from_offset: seen.fill });
       return false;
@@ -74,16 +78,41 @@ export function applyMessage(d: Desktop, m: Message, tasks: Map<string, TaskRow>
         ...(typeof m.default_project === 'string' ? { default_project: m.default_project } : {}),
       };
       return true;
+    case 'sessions': {
+      const ask = d.sessions;
+      const answer = m as unknown as Sessions & { kind: string };
+      // Only the answer to what this page asked last (an older one for
+      // another agent may still arrive after the user switched).
+      if (!ask || (ask.asked.executor !== undefined && ask.asked.executor !== answer.executor)) return false;
+      if (ask.asked.workspace !== undefined && answer.workspace !== undefined && ask.asked.workspace !== answer.workspace) return false;
+      ask.answer = { executor: answer.executor, sessions: answer.sessions, ...(answer.workspace !== undefined ? { workspace: answer.workspace } : {}) };
+      ask.refused = undefined;
+      return true;
+    }
     case 'detached':
       d.detached = true;
       return true;
     case 'refused': {
-      if (taskId) {
+      const code = String(m.code);
+      const message = String(m.message);
+      // The rule of an "always allow" the desktop would not add (the step
+      // was allowed once): said on that approval, in the desktop's words.
+      const rule = taskId && ['scope', 'not_supported', 'not_saved'].includes(code) ? rememberedBy(d.threads.get(taskId)) : null;
+      if (rule) {
+        const [t, approvalId] = rule;
+        t.remembered.delete(approvalId);
+        t.refusals.push({ code, message, approvalId });
+        tasks.set(t.row.taskId, t.row);
+      } else if (taskId) {
         const t = d.thread(taskId);
-        t.refusals.push({ code: String(m.code), message: String(m.message) });
+        t.refusals.push({ code, message });
         tasks.set(taskId, t.row);
+      } else if (d.sessions && !d.sessions.answer && !d.sessions.refused) {
+        // The refusals without a task: of a sessions_request (scope,
+        // unknown_executor, unknown_project, not_supported).
+        d.sessions.refused = { code, message };
       } else {
-        console.warn('the desktop refused a request', m.code, m.message);
+        console.warn('the desktop refused a request', code, message);
       }
       return true;
     }
@@ -93,4 +122,10 @@ export function applyMessage(d: Desktop, m: Message, tasks: Map<string, TaskRow>
     default:
       return false;
   }
+}
+
+/** The thread and approval an "always allow" awaits its rule for: the oldest remembered approval of the task. */
+function rememberedBy(t: Thread | undefined): [Thread, string] | null {
+  const first = t?.remembered.values().next();
+  return t && first && !first.done ? [t, first.value] : null;
 }

@@ -1,11 +1,19 @@
 // A paired desktop in memory: its stored row and Link, the relay it is
 // reached through, its task threads, what the relay has not accepted for it
 // yet (`Sender`), and the queue that runs the engine's work on it in order.
-import { type Choices, DeviceId, type Link } from '../proto/index.ts';
+import { type Choices, DeviceId, type Link, type Sessions } from '../proto/index.ts';
 import type { RelayClient } from './relay.ts';
 import { Sender } from './sender.ts';
 import type { DesktopRow } from './store.ts';
 import { Thread } from './thread.ts';
+
+/** A `sessions_request` and what came back. */
+export interface SessionsAsk {
+  asked: { executor?: string; workspace?: string };
+  atMs: number;
+  answer?: Sessions;
+  refused?: { code: string; message: string };
+}
 
 /** A paired desktop in memory. */
 export class Desktop {
@@ -15,6 +23,11 @@ export class Desktop {
   listed = false;
   /** The executors and projects it offers, as it last said (with its task list). */
   choices: Choices | null = null;
+  /**
+   * The last `sessions_request` from this page (not persisted): what was
+   * asked, when, and its answer (`sessions`) or refusal once it came.
+   */
+  sessions: SessionsAsk | null = null;
   /** Messages from it were lost: its task list, when it comes, re-fetches every task behind. */
   recovering = false;
   /** When that task list was asked for (one at a time while it is on its way). */

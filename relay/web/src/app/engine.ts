@@ -366,14 +366,15 @@ export class Engine {
 
   /**
    * Submit a task; returns its id. `pick` names an executor and a project
-   * among the desktop's `choices` (absent: its defaults).
+   * among the desktop's `choices` (absent: its defaults), and `resume` a
+   * session of theirs (from `listSessions`) the text continues.
    */
-  async submit(desktopId: string, text: string, pick: { executor?: string; project?: string } = {}): Promise<string> {
+  async submit(desktopId: string, text: string, pick: { executor?: string; project?: string; resume?: string } = {}): Promise<string> {
     const d = this.desktop(desktopId);
     const taskId = randomHex(16);
     const t = d.thread(taskId);
     t.row.title = text;
-    const m = { kind: 'task_submit', task_id: taskId, text, workspace: pick.project, executor: pick.executor };
+    const m = { kind: 'task_submit', task_id: taskId, text, workspace: pick.project, executor: pick.executor, resume: pick.resume };
     await this.send(d, [m], [t.row]);
     this.emit({ desktopId, taskId });
     return taskId;
@@ -387,11 +388,30 @@ export class Engine {
     await this.send(this.desktop(desktopId), [{ kind: 'cancel', task_id: taskId }]);
   }
 
-  async decide(desktopId: string, taskId: string, approvalId: string, allow: boolean): Promise<void> {
+  /**
+   * Answer an approval. `remember` (with `allow`): also allow this tool use
+   * from now on in the task's project (the desktop adds the rule if this
+   * device's scope lets it, else allows once and refuses the rule).
+   */
+  async decide(desktopId: string, taskId: string, approvalId: string, allow: boolean, remember = false): Promise<void> {
     const d = this.desktop(desktopId);
-    d.thread(taskId).answered.set(approvalId, allow);
+    const t = d.thread(taskId);
+    t.answered.set(approvalId, allow);
+    if (allow && remember) t.remembered.add(approvalId);
     this.emit({ desktopId, taskId });
-    await this.send(d, [{ kind: 'approval_decision', task_id: taskId, approval_id: approvalId, allow }]);
+    await this.send(d, [{ kind: 'approval_decision', task_id: taskId, approval_id: approvalId, allow, remember: allow && remember }]);
+  }
+
+  /**
+   * Ask the desktop which sessions `pick`'s executor can continue in its
+   * project (`sessions_request`). The answer (`sessions`, or a refusal such
+   * as `not_supported`) lands in `Desktop.sessions`; screens redraw on it.
+   */
+  async listSessions(desktopId: string, pick: { executor?: string; project?: string } = {}): Promise<void> {
+    const d = this.desktop(desktopId);
+    d.sessions = { asked: { executor: pick.executor, workspace: pick.project }, atMs: Date.now() };
+    this.emit({ desktopId });
+    await this.send(d, [{ kind: 'sessions_request', executor: pick.executor, workspace: pick.project }]);
   }
 
   /** Give the desktop this phone's push key, or tell it to forget it (`push_setup`, push.ts). */

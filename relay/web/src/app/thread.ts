@@ -45,9 +45,11 @@ export class Thread {
   /** The older page on its way: from, and `lo` when asked. */
   private older: { from: number; to: number } | null = null;
   /** Refusals of this task's requests, newest last (not persisted). */
-  readonly refusals: Array<{ code: string; message: string }> = [];
+  readonly refusals: Array<{ code: string; message: string; approvalId?: string }> = [];
   /** Approvals answered from this client and not resolved yet. */
   readonly answered = new Map<string, boolean>();
+  /** Approvals this client allowed with "always allow" (`remember`), newest last (not persisted). */
+  readonly remembered = new Set<string>();
 
   constructor(public row: TaskRow) {}
 

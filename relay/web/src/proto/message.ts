@@ -11,15 +11,17 @@ export const MAX_DEVICE_NAME_CHARS = 64;
 
 type FieldType = 'string' | 'bool' | 'u64' | 'json' | 'event' | 'strings' | ListType;
 /** Lists of objects, each with the fields of `LISTS[type]`. */
-type ListType = 'tasks' | 'executors' | 'projects';
+type ListType = 'tasks' | 'executors' | 'projects' | 'sessions';
 /** `opt`: omitted when absent; `optTrue`: a bool written only when true; `optSome`: a list written only when not empty. */
 type Field = readonly [name: string, type: FieldType, optional?: 'opt' | 'optTrue' | 'optSome'];
 
 const KINDS: Record<string, readonly Field[]> = {
-  task_submit: [['task_id', 'string'], ['text', 'string'], ['workspace', 'string', 'opt'], ['executor', 'string', 'opt']],
+  task_submit: [['task_id', 'string'], ['text', 'string'], ['workspace', 'string', 'opt'], ['executor', 'string', 'opt'], ['resume', 'string', 'opt']],
   follow_up: [['task_id', 'string'], ['text', 'string']],
   cancel: [['task_id', 'string']],
-  approval_decision: [['task_id', 'string'], ['approval_id', 'string'], ['allow', 'bool']],
+  approval_decision: [['task_id', 'string'], ['approval_id', 'string'], ['allow', 'bool'], ['remember', 'bool', 'optTrue']],
+  sessions_request: [['executor', 'string', 'opt'], ['workspace', 'string', 'opt']],
+  sessions: [['executor', 'string'], ['workspace', 'string', 'opt'], ['sessions', 'sessions']],
   history_request: [['task_id', 'string', 'opt'], ['from_offset', 'u64']],
   task_event: [['task_id', 'string'], ['offset', 'u64'], ['at_ms', 'u64'], ['event', 'event']],
   history_end: [['task_id', 'string'], ['next_offset', 'u64'], ['more', 'bool', 'optTrue']],
@@ -40,15 +42,15 @@ const KINDS: Record<string, readonly Field[]> = {
 };
 
 const EVENTS: Record<string, readonly Field[]> = {
-  accepted: [['executor', 'string'], ['project', 'string', 'opt'], ['text', 'string', 'opt']],
+  accepted: [['executor', 'string'], ['project', 'string', 'opt'], ['text', 'string', 'opt'], ['resumed', 'string', 'opt']],
   follow_up: [['text', 'string']],
   progress: [['text', 'string']],
   tool_call: [['call_id', 'string'], ['name', 'string'], ['input', 'json']],
   tool_result: [['call_id', 'string'], ['output', 'string'], ['is_error', 'bool']],
   diff: [['call_id', 'string'], ['path', 'string'], ['diff', 'string'], ['added', 'u64'], ['removed', 'u64']],
   approval_request: [['approval_id', 'string'], ['summary', 'string'], ['detail', 'string'], ['expires_at_ms', 'u64']],
-  approval_resolved: [['approval_id', 'string'], ['allow', 'bool'], ['by', 'string']],
-  finished: [['status', 'string'], ['summary', 'string'], ['denied', 'strings', 'optSome']],
+  approval_resolved: [['approval_id', 'string'], ['allow', 'bool'], ['by', 'string'], ['rule', 'string', 'opt']],
+  finished: [['status', 'string'], ['summary', 'string'], ['denied', 'strings', 'optSome'], ['failed', 'strings', 'optSome'], ['expired', 'strings', 'optSome']],
 };
 
 const TASK_SUMMARY: readonly Field[] = [
@@ -66,6 +68,7 @@ const LISTS: Record<ListType, readonly Field[]> = {
   tasks: TASK_SUMMARY,
   executors: [['name', 'string'], ['kind', 'string']],
   projects: [['name', 'string']],
+  sessions: [['id', 'string'], ['title', 'string'], ['updated_ms', 'u64'], ['task_id', 'string', 'opt']],
 };
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
@@ -90,6 +93,25 @@ export interface Choices {
   projects: { name: string }[];
   default_executor: string;
   default_project?: string;
+}
+/** Most sessions in one `sessions` message (MAX_SESSIONS in message.rs). */
+export const MAX_SESSIONS = 50;
+/** One session an executor can continue (`sessions`, §15.3): newest first. */
+export interface SessionSummary {
+  /** The agent's session id: what `task_submit.resume` names. */
+  id: string;
+  /** Its summary, or the start of its first prompt (made visible-safe by the desktop; still text only here). */
+  title: string;
+  /** When it last changed (Unix ms, the desktop's clock). */
+  updated_ms: number;
+  /** The Tandem task that ran it, when one did. */
+  task_id?: string;
+}
+/** The answer to `sessions_request`: the sessions of one executor in one project. */
+export interface Sessions {
+  executor: string;
+  workspace?: string;
+  sessions: SessionSummary[];
 }
 /** A known message: `kind` plus that kind's fields (snake_case, as on the wire). */
 export interface Message {
@@ -203,6 +225,7 @@ function writeValue(type: FieldType, v: unknown, where: string): string {
     case 'tasks':
     case 'executors':
     case 'projects':
+    case 'sessions':
       if (!Array.isArray(v)) throw new MessageError('Malformed', `${where}: expected array`);
       return `[${v.map((t) => `{${writeFields(t as Record<string, unknown>, LISTS[type])}}`).join(',')}]`;
     case 'strings':
@@ -275,6 +298,7 @@ function readValue(type: FieldType, v: unknown, where: string): unknown {
     case 'tasks':
     case 'executors':
     case 'projects':
+    case 'sessions':
       if (!Array.isArray(v)) throw new MessageError('Malformed', `${where}: expected array`);
       return v.map((t, i) => {
         if (t === null || typeof t !== 'object' || Array.isArray(t)) throw new MessageError('Malformed', `${where}[${i}]`);

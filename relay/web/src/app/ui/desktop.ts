@@ -1,5 +1,6 @@
-// One desktop: compose a task, its tasks newest first, approvals waiting,
-// and the idle-detach banner.
+// One desktop: compose a task (its agent, project, and optionally a session
+// of theirs to continue), its tasks newest first, approvals waiting, and the
+// idle-detach banner.
 import type { App, Route, Screen } from './app.ts';
 import { ago, h } from './dom.ts';
 import { approvalsList, desktopState } from './desktops.ts';
@@ -15,6 +16,9 @@ export function detachedBanner(app: App, desktopId: string): HTMLElement {
   );
   return el;
 }
+
+/** How long the sessions list waits for an online desktop before saying it got no answer. */
+const SESSIONS_LATE_MS = 15_000;
 
 export function desktopScreen(app: App, route: Route): Screen {
   const id = route.desktop ?? '';
@@ -37,6 +41,15 @@ export function desktopScreen(app: App, route: Route): Screen {
   const executorPick = h('select', { testid: 'pick-executor', 'aria-label': 'Agent' }) as HTMLSelectElement;
   const projectPick = h('select', { testid: 'pick-project', 'aria-label': 'Project' }) as HTMLSelectElement;
   let shownChoices: unknown = undefined;
+  // "Continue a session": the sessions the picked agent can continue in the
+  // picked project, asked of the desktop when the user opens the list.
+  const sessionsOpen = h('button', { class: 'link', type: 'button', testid: 'sessions-open', onclick: () => void askSessions() }, 'Continue a session…');
+  const sessionsPanel = h('div', { class: 'sessions', testid: 'sessions', hidden: true });
+  /** The session the next submit continues (cleared when the agent or project changes). */
+  let resume: { id: string; title: string } | null = null;
+  let sessionsShown = false;
+  let lateTimer: ReturnType<typeof setTimeout> | null = null;
+  const resumeNote = h('p', { class: 'resume', testid: 'resume', hidden: true });
   const form = h(
     'form',
     {
@@ -48,9 +61,13 @@ export function desktopScreen(app: App, route: Route): Screen {
     },
     compose,
     picks,
+    h('div', { class: 'row' }, sessionsOpen),
+    sessionsPanel,
+    resumeNote,
     send,
     note,
   );
+  for (const sel of [executorPick, projectPick]) sel.addEventListener('change', () => closeSessions());
   compose.addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && (e.metaKey || e.ctrlKey)) {
       e.preventDefault();
@@ -78,18 +95,104 @@ export function desktopScreen(app: App, route: Route): Screen {
     if (!text || send.disabled) return;
     send.disabled = true;
     try {
-      const pick = {
-        ...(executorPick.isConnected && executorPick.value ? { executor: executorPick.value } : {}),
-        ...(projectPick.isConnected && projectPick.value ? { project: projectPick.value } : {}),
-      };
+      const pick = { ...picked(), ...(resume ? { resume: resume.id } : {}) };
       const task = await app.engine.submit(id, text, pick);
       compose.value = '';
+      closeSessions();
       app.show({ screen: 'task', desktop: id, task });
     } catch (e) {
       note.textContent = `Not sent: ${e instanceof Error ? e.message : String(e)}`;
     } finally {
       send.disabled = false;
     }
+  }
+
+  /** The agent and project picked (absent: the desktop's defaults). */
+  function picked(): { executor?: string; project?: string } {
+    return {
+      ...(executorPick.isConnected && executorPick.value ? { executor: executorPick.value } : {}),
+      ...(projectPick.isConnected && projectPick.value ? { project: projectPick.value } : {}),
+    };
+  }
+
+  async function askSessions(): Promise<void> {
+    sessionsShown = true;
+    resume = null;
+    try {
+      await app.engine.listSessions(id, picked());
+    } catch (e) {
+      note.textContent = `Not sent: ${e instanceof Error ? e.message : String(e)}`;
+    }
+    renderSessions();
+  }
+
+  function closeSessions(): void {
+    sessionsShown = false;
+    resume = null;
+    renderSessions();
+  }
+
+  /** The sessions list (or why there is none) and the session picked. */
+  function renderSessions(): void {
+    const ask = d!.sessions;
+    sessionsPanel.hidden = !sessionsShown || !ask;
+    resumeNote.hidden = !resume;
+    resumeNote.replaceChildren();
+    if (resume) {
+      resumeNote.append(
+        h('span', {}, 'Continues: ', h('strong', {}, resume.title || resume.id)),
+        ' ',
+        h('button', { class: 'link', type: 'button', testid: 'resume-clear', onclick: () => closeSessions() }, 'New session instead'),
+      );
+    }
+    sessionsOpen.hidden = sessionsShown;
+    if (sessionsPanel.hidden || !ask) return;
+    const close = h('button', { class: 'link', type: 'button', testid: 'sessions-close', onclick: () => closeSessions() }, 'Close');
+    const agent = ask.answer?.executor ?? ask.asked.executor ?? 'the agent';
+    if (ask.refused) {
+      const text = ask.refused.code === 'not_supported' ? `This agent${ask.asked.executor ? ` (${ask.asked.executor})` : ''} cannot list sessions.` : `The desktop refused: ${ask.refused.message}`;
+      sessionsPanel.replaceChildren(h('p', { class: 'hint', testid: 'sessions-note', 'data-code': ask.refused.code }, text), close);
+      return;
+    }
+    if (!ask.answer) {
+      // A desktop from before the hand-off ignores the request: say so rather than wait forever.
+      const waited = Date.now() - ask.atMs;
+      const late = waited >= SESSIONS_LATE_MS && d!.online;
+      const text = late ? `No answer from ${d!.row.name}: it may not offer sessions (an older Tandem?).` : `Asking ${d!.row.name} for the sessions of ${agent}…`;
+      sessionsPanel.replaceChildren(h('p', { class: 'hint', testid: 'sessions-note', 'data-code': late ? 'no_answer' : 'asking' }, text), close);
+      if (!late && !lateTimer) lateTimer = setTimeout(() => ((lateTimer = null), renderSessions()), Math.max(0, SESSIONS_LATE_MS - waited) + 50);
+      return;
+    }
+    const where = ask.answer.workspace ? ` in ${ask.answer.workspace}` : '';
+    if (ask.answer.sessions.length === 0) {
+      sessionsPanel.replaceChildren(h('p', { class: 'hint', testid: 'sessions-note', 'data-code': 'empty' }, `No sessions of ${ask.answer.executor}${where} yet.`), close);
+      return;
+    }
+    const items = ask.answer.sessions.map((s) =>
+      h(
+        'li',
+        {},
+        h(
+          'button',
+          {
+            class: 'session',
+            type: 'button',
+            testid: 'session',
+            'data-id': s.id,
+            'aria-pressed': resume?.id === s.id ? 'true' : 'false',
+            onclick: () => {
+              resume = { id: s.id, title: s.title };
+              sessionsShown = false;
+              renderSessions();
+              compose.focus();
+            },
+          },
+          h('span', { class: 'title' }, s.title || s.id),
+          h('small', {}, s.task_id ? `${ago(s.updated_ms)} · from a task here` : ago(s.updated_ms)),
+        ),
+      ),
+    );
+    sessionsPanel.replaceChildren(h('p', { class: 'hint' }, `Sessions of ${ask.answer.executor}${where}, newest first:`), h('ul', { class: 'session-list' }, ...items), close);
   }
 
   /** Fill the pickers from the desktop's choices (kept as they are while those do not change). */
@@ -122,6 +225,7 @@ export function desktopScreen(app: App, route: Route): Screen {
 
   function render(): void {
     renderPicks();
+    renderSessions();
     const state = desktopState(d!);
     status.replaceChildren(h('span', { class: `chip ${state}`, testid: 'desktop-state', 'data-state': state }, state), ` ${d!.row.platform}`);
     approvals.replaceChildren(approvalsList(app, app.engine, id));
@@ -158,6 +262,9 @@ export function desktopScreen(app: App, route: Route): Screen {
     back: { screen: 'desktops' },
     update: (c) => {
       if (!c.desktopId || c.desktopId === id || c.connection) render();
+    },
+    destroy: () => {
+      if (lateTimer) clearTimeout(lateTimer);
     },
   };
 }

@@ -73,7 +73,11 @@ export function taskScreen(app: App, route: Route): Screen {
     const id = String(ev.approval_id);
     const allow = h('button', { testid: 'allow', class: 'primary', onclick: () => decide(true) }, 'Allow');
     const deny = h('button', { testid: 'deny', class: 'danger', onclick: () => decide(false) }, 'Deny');
+    // Allow, and add a desktop rule for the same tool on the same command or
+    // file in this project (if this device's scope lets it).
+    const always = h('button', { testid: 'allow-always', class: 'link always', onclick: () => decide(true, true) }, 'Always allow in this project');
     const outcome = h('p', { class: 'outcome' });
+    const ruleNote = h('p', { class: 'rule-note', testid: 'rule-note', hidden: true });
     const detail = String(ev.detail ?? '');
     const card = h(
       'div',
@@ -81,12 +85,14 @@ export function taskScreen(app: App, route: Route): Screen {
       h('strong', {}, String(ev.summary ?? 'Approval needed')),
       detail ? h('pre', { class: 'detail' }, detail) : null,
       h('div', { class: 'row buttons' }, deny, allow),
+      h('div', { class: 'row buttons always-row' }, always),
       outcome,
+      ruleNote,
     );
-    function decide(yes: boolean): void {
-      allow.disabled = deny.disabled = true;
+    function decide(yes: boolean, remember = false): void {
+      allow.disabled = deny.disabled = always.disabled = true;
       outcome.textContent = yes ? 'Allowing…' : 'Denying…';
-      void engine.decide(desktopId, taskId, id, yes);
+      void engine.decide(desktopId, taskId, id, yes, remember);
     }
     approvals.set(id, card);
     return card;
@@ -94,10 +100,15 @@ export function taskScreen(app: App, route: Route): Screen {
 
   function refreshApprovals(): void {
     const now = Date.now();
-    const resolved = new Map<string, { allow: boolean; by: string }>();
+    const resolved = new Map<string, { allow: boolean; by: string; rule?: string }>();
     for (const e of thread.events.values()) {
-      if (e.event.type === 'approval_resolved') resolved.set(String(e.event.approval_id), { allow: e.event.allow === true, by: String(e.event.by) });
+      if (e.event.type === 'approval_resolved') {
+        const rule = typeof e.event.rule === 'string' ? e.event.rule : undefined;
+        resolved.set(String(e.event.approval_id), { allow: e.event.allow === true, by: String(e.event.by), ...(rule ? { rule } : {}) });
+      }
     }
+    // What the desktop said of an "always allow" it did not turn into a rule.
+    const ruleRefusals = new Map(thread.refusals.filter((r) => r.approvalId).map((r) => [r.approvalId!, r.message]));
     for (const [id, card] of approvals) {
       const r = resolved.get(id);
       const req = [...thread.events.values()].find((e) => e.event.type === 'approval_request' && String(e.event.approval_id) === id);
@@ -119,10 +130,16 @@ export function taskScreen(app: App, route: Route): Screen {
       card.dataset.state = state;
       const decided = state !== 'pending' || thread.answered.has(id);
       for (const b of card.querySelectorAll('button')) (b as HTMLButtonElement).disabled = decided;
-      const buttons = card.querySelector<HTMLElement>('.buttons');
-      if (buttons) buttons.hidden = state !== 'pending';
+      for (const row of card.querySelectorAll<HTMLElement>('.buttons')) row.hidden = state !== 'pending';
       const out = card.querySelector('.outcome');
       if (out) out.textContent = text;
+      const note = card.querySelector<HTMLElement>('.rule-note');
+      if (note) {
+        const said = r?.rule ? ruleAdded(r.rule) : ruleRefusals.get(id);
+        note.hidden = !said;
+        note.textContent = said ?? '';
+        if (said) note.dataset.state = r?.rule ? 'added' : 'refused';
+      }
     }
   }
 
@@ -133,6 +150,7 @@ export function taskScreen(app: App, route: Route): Screen {
       case 'accepted':
         const where = typeof ev.project === 'string' ? ` in ${ev.project}` : '';
         li.append(h('span', { class: 'meta', testid: 'accepted' }, `Accepted by ${String(ev.executor ?? 'the desktop')}${where} · ${clock(e.atMs)}`));
+        if (typeof ev.resumed === 'string') li.append(h('span', { class: 'meta resumed', testid: 'resumed', 'data-session': ev.resumed }, `Continues session ${ev.resumed}`));
         break;
       case 'follow_up':
         li.append(h('div', { class: 'bubble mine' }, String(ev.text ?? '')));
@@ -165,6 +183,7 @@ export function taskScreen(app: App, route: Route): Screen {
         break;
       case 'approval_resolved':
         li.append(h('span', { class: 'meta', testid: 'resolved' }, ev.allow ? 'Allowed' : 'Denied', ` ${whoDecided(String(ev.by), engine.deviceId)}`));
+        if (typeof ev.rule === 'string') li.append(h('span', { class: 'meta rule', testid: 'rule-added' }, ` · ${ruleAdded(ev.rule)}`));
         break;
       case 'finished': {
         const status = String(ev.status);
@@ -174,7 +193,9 @@ export function taskScreen(app: App, route: Route): Screen {
             { class: `finished ${status}`, testid: 'finished', 'data-status': status },
             h('strong', {}, STATUS_TEXT[status] ?? status),
             ev.summary ? markdown(String(ev.summary)) : null,
-            deniedLine(ev.denied),
+            deniedLine(ev.denied, ev.expired),
+            listLine('failed', 'Failed', ev.failed),
+            listLine('expired', 'No answer in time', ev.expired),
           ),
         );
         break;
@@ -238,7 +259,9 @@ export function taskScreen(app: App, route: Route): Screen {
     const finished = thread.row.state === 'finished';
     cancel.hidden = finished;
     cancel.disabled = cancel.disabled && !finished;
-    refusals.replaceChildren(...thread.refusals.map((r) => h('p', { class: 'error', 'data-code': r.code }, `The desktop refused: ${r.message}`)));
+    refusals.replaceChildren(
+      ...thread.refusals.filter((r) => !r.approvalId || !approvals.has(r.approvalId)).map((r) => h('p', { class: 'error', 'data-code': r.code }, r.approvalId ? r.message : `The desktop refused: ${r.message}`)),
+    );
     if (nodes.size > before && nearBottom) scrollTo(0, document.body.scrollHeight);
     // Still at the top after a page arrived (or a tap came while one was on
     // its way): fetch the next one.
@@ -280,13 +303,33 @@ export function taskScreen(app: App, route: Route): Screen {
 /**
  * The tools denied during a task, from its finish's `denied` (PROTOCOL.md
  * §15.3.1): a finish that succeeded with denials must not read as a plain
- * success. Nothing when the field is absent or empty.
+ * success. The approvals that went unanswered (`expired`, listed in `denied`
+ * too) are said apart ("no answer in time"), not as denied. Nothing when the
+ * field is absent or empty.
  */
-function deniedLine(denied: unknown): HTMLElement | null {
-  if (!Array.isArray(denied)) return null;
-  const names = denied.filter((d): d is string => typeof d === 'string' && d.length > 0);
+function deniedLine(denied: unknown, expired: unknown): HTMLElement | null {
+  const timedOut = new Set(strings(expired));
+  return listLine('denied', 'Denied', strings(denied).filter((d) => !timedOut.has(d)));
+}
+
+/** A finish's list (`denied`, `failed`, `expired`) as "Label: a, b"; nothing when empty. */
+function listLine(testid: string, label: string, list: unknown): HTMLElement | null {
+  const names = strings(list);
   if (names.length === 0) return null;
-  return h('p', { class: 'denied', testid: 'denied' }, `Denied: ${names.join(', ')}`);
+  return h('p', { class: testid, testid }, `${label}: ${names.join(', ')}`);
+}
+
+function strings(v: unknown): string[] {
+  return Array.isArray(v) ? v.filter((d): d is string => typeof d === 'string' && d.length > 0) : [];
+}
+
+/**
+ * A rule an approval added (`approval_resolved.rule`, `allow Bash(cargo test)`),
+ * in words: "Always allowed in this project: Bash(cargo test)".
+ */
+export function ruleAdded(rule: string): string {
+  const m = /^allow\s+(.*)$/s.exec(rule);
+  return m ? `Always allowed in this project: ${m[1]}` : `Rule added: ${rule}`;
 }
 
 /** Who decided an approval (`approval_resolved.by`), in words: a desktop rule is named. */
