@@ -280,10 +280,10 @@ pub enum Control {
         approval_id: String,
         /// Whether the step may go ahead.
         allow: bool,
-        /// The phone also made it a standing rule ("always allow"): an ACP
-        /// agent is answered with its `allow_always` option when it offers
-        /// one. Other executors allow once (the desktop's rule answers the
-        /// next time).
+        /// The phone also made it a standing rule ("always allow"). Every
+        /// executor still allows once (an ACP agent's own `allow_always` is
+        /// wider than the desktop's rule and outside its deny rules and
+        /// `tandem rules remove`): the desktop's rule answers the next time.
         always: bool,
     },
     /// No decision came in time for an [`ExecEvent::ApprovalRequest`]: a

@@ -111,6 +111,9 @@ pub struct Rule {
     name: GlobMatcher,
     subject: Option<GlobMatcher>,
     config: RuleConfig,
+    /// A rule a phone added ([`added`]): it matches only tool uses whose
+    /// whole input its subject captures ([`added::narrow_subject`]).
+    narrow: bool,
 }
 
 impl Rule {
@@ -149,6 +152,7 @@ impl Rule {
             subject: subject.map(|g| compile(g, false)).transpose()?,
             text: if allow { format!("allow {text}") } else { format!("deny {text}") },
             config,
+            narrow: false,
         })
     }
 
@@ -166,13 +170,22 @@ impl Rule {
 
     fn applies(&self, cx: &Context<'_>) -> bool {
         let c = &self.config;
+        // `project = ""`: only tasks that run in no project.
+        let in_project = match c.project.as_deref() {
+            None => true,
+            Some("") => cx.project.is_none(),
+            Some(p) => Some(p) == cx.project,
+        };
         c.executor.as_deref().is_none_or(|e| e == cx.executor)
-            && c.project.as_deref().is_none_or(|p| Some(p) == cx.project)
+            && in_project
             && c.device.as_deref().is_none_or(|d| !d.is_empty() && cx.device.starts_with(d))
     }
 
     pub(crate) fn matches(&self, tool: &ToolUse, cx: &Context<'_>) -> bool {
         if !self.applies(cx) || !self.name.is_match(&tool.name) {
+            return false;
+        }
+        if self.narrow && added::narrow_subject(tool).is_none() {
             return false;
         }
         match &self.subject {

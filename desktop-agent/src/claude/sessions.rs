@@ -5,8 +5,9 @@
 //! Claude Code keeps one JSON-lines transcript per session in
 //! `<config dir>/projects/<cwd>/<session id>.jsonl`, where the config dir is
 //! `$CLAUDE_CONFIG_DIR` or `$HOME/.claude` and `<cwd>` is the working
-//! directory's absolute path with every byte that is not an ASCII letter or
-//! digit written as `-` (`/home/ana/my.app` is `-home-ana-my-app`). The
+//! directory's absolute path with every UTF-16 code unit that is not an
+//! ASCII letter or digit written as `-` (`/home/ana/my.app` is
+//! `-home-ana-my-app`; a character outside the BMP gives two). The
 //! executor's `env` comes before the agent's own environment, as for the
 //! process it starts. Only the newest [`MAX_LISTED`] files are read, each
 //! up to [`MAX_READ`] bytes: a title is near the start.
@@ -67,10 +68,17 @@ pub fn store_dir(config: &ExecutorConfig) -> Result<PathBuf, ExecError> {
     Ok(base.join("projects").join(project_dir_name(&cwd)))
 }
 
-/// `/home/ana/my.app` → `-home-ana-my-app`.
+/// `/home/ana/my.app` → `-home-ana-my-app` (per UTF-16 code unit, as
+/// Claude Code, a JavaScript program, replaces them).
 #[must_use]
 pub fn project_dir_name(cwd: &Path) -> String {
-    cwd.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
+    cwd.to_string_lossy()
+        .encode_utf16()
+        .map(|u| match u8::try_from(u) {
+            Ok(b) if b.is_ascii_alphanumeric() => char::from(b),
+            _ => '-',
+        })
+        .collect()
 }
 
 /// Whether `id` is a session id this module lists (and may name a file).
@@ -258,6 +266,11 @@ mod tests {
         assert_eq!(got[1].title, "why does the parser panic?");
         assert!(has(&c, "aaaa-1") && !has(&c, "cccc-3") && !has(&c, "../aaaa-1"));
         assert!(!has(&c, "-evil") && !has(&c, "nope"));
+    }
+
+    #[test]
+    fn directory_names_replace_each_utf16_unit() {
+        assert_eq!(project_dir_name(Path::new("/a/é😀b")), "-a----b", "é one unit, 😀 two");
     }
 
     #[test]

@@ -168,6 +168,9 @@ impl Daemon<'_> {
             Ok(Decoded::Known(Message::HistoryRequest { task_id: None, .. })) => {
                 self.tasks.task_list(from)?
             }
+            Ok(Decoded::Known(Message::SessionsRequest { .. })) if !self.late_room() => {
+                Self::busy(from)
+            }
             Ok(Decoded::Known(Message::SessionsRequest { executor, workspace })) => {
                 match self.tasks.sessions(from, scope, executor.as_deref(), workspace.as_deref())? {
                     SessionsAnswer::Now(out) => out,

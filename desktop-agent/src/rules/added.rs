@@ -63,13 +63,17 @@ impl AddedRule {
     /// # Errors
     /// [`super::RuleError`] when the pattern does not compile.
     pub fn rule(&self) -> Result<Rule, super::RuleError> {
-        Rule::new(RuleConfig {
+        let mut rule = Rule::new(RuleConfig {
             allow: Some(self.allow.clone()),
             deny: None,
             executor: Some(self.executor.clone()),
-            project: self.project.clone(),
+            // A task without a project: only such tasks (`""`), never every
+            // project.
+            project: Some(self.project.clone().unwrap_or_default()),
             device: None,
-        })
+        })?;
+        rule.narrow = true;
+        Ok(rule)
     }
 }
 
@@ -184,19 +188,56 @@ impl AddedRules {
     }
 }
 
-/// The pattern that allows exactly `tool` again (`Name(subject)`, glob
-/// characters escaped), for the task `cx` describes; `None` when no rule
-/// can name it (a tool name with parentheses, a path with `..`).
+/// Longest pattern a phone may add (it is shown in `approval_resolved.rule`).
+pub const MAX_PATTERN: usize = 2048;
+
+/// The tools a rule from a phone can name, and the input fields each may
+/// carry: a rule names the tool and its subject (the command, the file, the
+/// URL), so only tools whose every other field is harmless to repeat are
+/// taken. Any other field (`run_in_background`, `dangerouslyDisableSandbox`,
+/// an MCP tool's repository or branch), an input that is not a JSON object
+/// (one the desktop cut because it was too large), or another tool makes no
+/// rule. For an edit the subject is the file: the rule allows any change to
+/// it.
+const NARROW: &[(&str, &[&str])] = &[
+    ("Bash", &["command", "description", "timeout"]),
+    ("Edit", &["file_path", "old_string", "new_string", "replace_all"]),
+    ("MultiEdit", &["file_path", "edits"]),
+    ("Write", &["file_path", "content"]),
+    ("NotebookEdit", &["notebook_path", "new_source", "cell_id", "cell_type", "edit_mode"]),
+    ("Read", &["file_path", "offset", "limit"]),
+    ("WebFetch", &["url", "prompt"]),
+];
+
+/// The subject of `tool` when a rule from a phone can stand for it: a known
+/// tool ([`NARROW`]) whose input is an object with only the fields it
+/// allows, and a subject field among them.
 #[must_use]
-pub fn pattern_for(tool: &ToolUse, cx: &Context<'_>) -> Option<String> {
-    let name = tool.name.trim();
-    if name.is_empty() || name.contains(['(', ')']) || name.chars().any(char::is_control) {
+pub fn narrow_subject(tool: &ToolUse) -> Option<&str> {
+    let (_, fields) = NARROW.iter().find(|(name, _)| *name == tool.name)?;
+    let input = tool.input.as_object()?;
+    if input.keys().any(|k| !fields.contains(&k.as_str())) {
         return None;
     }
+    ["command", "file_path", "notebook_path", "url"]
+        .iter()
+        .find_map(|f| input.get(*f).and_then(serde_json::Value::as_str))
+}
+
+/// The pattern that allows exactly `tool` again (`Name(subject)`, glob
+/// characters escaped), for the task `cx` describes; `None` when no narrow
+/// rule can stand for it ([`narrow_subject`]), a path has a `..`, or the
+/// pattern is over [`MAX_PATTERN`] bytes.
+#[must_use]
+pub fn pattern_for(tool: &ToolUse, cx: &Context<'_>) -> Option<String> {
+    narrow_subject(tool)?;
     let subject = super::subject(&tool.input, cx.workdir)?;
-    let pattern = format!("{}({})", escape(name), escape(&subject));
+    let pattern = format!("{}({})", escape(&tool.name), escape(&subject));
+    if pattern.len() > MAX_PATTERN || pattern.chars().any(char::is_control) {
+        return None;
+    }
     // It must compile, and match the use it came from.
-    let probe = Rule::new(RuleConfig {
+    let mut probe = Rule::new(RuleConfig {
         allow: Some(pattern.clone()),
         deny: None,
         executor: None,
@@ -204,6 +245,7 @@ pub fn pattern_for(tool: &ToolUse, cx: &Context<'_>) -> Option<String> {
         device: None,
     })
     .ok()?;
+    probe.narrow = true;
     probe.matches(tool, cx).then_some(pattern)
 }
 
@@ -252,6 +294,64 @@ mod tests {
         assert_eq!(pattern_for(&up, &c), None);
         let odd = ToolUse { name: "a(b)".into(), input: json!({}) };
         assert_eq!(pattern_for(&odd, &c), None);
+    }
+
+    /// Review findings: no rule from a phone is wider than its step.
+    #[test]
+    fn no_rule_is_made_wider_than_the_step() {
+        let c = cx(Some(Path::new("/p")));
+        let none = |name: &str, input: serde_json::Value| {
+            pattern_for(&ToolUse { name: name.into(), input }, &c)
+        };
+        // An input lost to the size cap, none at all, or an unknown tool.
+        assert_eq!(none("Other", serde_json::Value::Null), None);
+        let pad = "x".repeat(20 * 1024);
+        let capped = crate::executor::cap_json(json!({"command": format!("echo {pad}")}));
+        assert_eq!(none("Bash", capped), None);
+        // Fields besides the subject that change what the step does.
+        assert_eq!(none("Bash", json!({"command": "ls", "dangerouslyDisableSandbox": true})), None);
+        assert_eq!(none("Bash", json!({"command": "ls", "run_in_background": true})), None);
+        let mcp = json!({"repo": "sandbox", "path": "README.md", "content": "x"});
+        assert_eq!(none("mcp__github__create_or_update_file", mcp), None);
+        // Too long to show with the decision.
+        let long = "line\n".repeat(1000);
+        assert_eq!(none("Bash", json!({"command": format!("cat <<EOF\n{long}EOF")})), None);
+        // A rule made matches a later step only with the same fields allowed.
+        let seen =
+            ToolUse { name: "Bash".into(), input: json!({"command": "ls", "description": "d"}) };
+        let rule = AddedRule {
+            allow: pattern_for(&seen, &c).unwrap(),
+            executor: "claude".into(),
+            project: Some("app".into()),
+            added_by: "DEV".into(),
+            added_ms: 1,
+        }
+        .rule()
+        .unwrap();
+        assert!(rule.matches(&seen, &c));
+        let wider = ToolUse {
+            name: "Bash".into(),
+            input: json!({"command": "ls", "dangerouslyDisableSandbox": true}),
+        };
+        assert!(!rule.matches(&wider, &c), "the same command with another field is asked");
+    }
+
+    /// A rule added from a task without a project is for such tasks only.
+    #[test]
+    fn a_rule_added_without_a_project_is_not_for_every_project() {
+        let rule = AddedRule {
+            allow: "Bash(make deploy)".into(),
+            executor: "claude".into(),
+            project: None,
+            added_by: "DEV".into(),
+            added_ms: 1,
+        }
+        .rule()
+        .unwrap();
+        let t = ToolUse { name: "Bash".into(), input: json!({"command": "make deploy"}) };
+        let at = |project| Context { executor: "claude", project, device: "D", workdir: None };
+        assert!(rule.matches(&t, &at(None)));
+        assert!(!rule.matches(&t, &at(Some("payments"))));
     }
 
     #[test]

@@ -169,6 +169,10 @@ impl TaskManager {
             Ok(found) => found,
             Err((code, msg)) => return Ok(to(from, refused(&task_id, code, msg))),
         };
+        if resume.is_some() && !scope.allows_approve() {
+            let msg = "this device may not continue sessions (it needs the approve scope)";
+            return Ok(to(from, refused(&task_id, "scope", msg)));
+        }
         if let Some(id) = resume
             && let Some((code, msg)) = self.check_resume(&placed, project.as_deref(), id)
         {

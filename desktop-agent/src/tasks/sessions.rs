@@ -1,6 +1,8 @@
 //! The hand-off from the terminal: a phone asks which sessions an executor
 //! can continue in a project (`sessions_request`), and submits a task that
-//! continues one (`task_submit.resume`). Listing may take a while (an ACP
+//! continues one (`task_submit.resume`). Both need the `approve` scope: a
+//! session started at the terminal holds the conversation there, which the
+//! continued task can repeat without any tool (so without any approval). Listing may take a while (an ACP
 //! agent is started to answer `session/list`), so it runs off the daemon's
 //! loop and its answer comes back later ([`SessionsAnswer::Later`]). A
 //! session a phone may continue is one the desktop listed to a phone for
@@ -90,11 +92,9 @@ impl TaskManager {
         executor: Option<&str>,
         project: Option<&str>,
     ) -> Result<SessionsAnswer, HistoryError> {
-        if !scope.allows_submit() {
-            return Ok(SessionsAnswer::Now(to(
-                from,
-                refused("scope", "this device may only view"),
-            )));
+        if !scope.allows_approve() {
+            let why = "this device may not continue sessions (it needs the approve scope)";
+            return Ok(SessionsAnswer::Now(to(from, refused("scope", why))));
         }
         let (config, project) = match self.resolve(executor, project) {
             Ok(found) => found,
@@ -125,7 +125,7 @@ impl TaskManager {
                     return to(from, refused("not_supported", why));
                 }
             };
-            let sessions: Vec<SessionSummary> = sessions
+            let mut sessions: Vec<SessionSummary> = sessions
                 .into_iter()
                 .take(MAX_SESSIONS)
                 .map(|s| SessionSummary {
@@ -135,6 +135,18 @@ impl TaskManager {
                     updated_ms: s.updated_ms,
                 })
                 .collect();
+            // Whatever the ids and titles, the answer fits one message.
+            let too_big = |s: &[SessionSummary]| {
+                let m = Message::Sessions {
+                    executor: name.clone(),
+                    workspace: project.clone(),
+                    sessions: s.to_vec(),
+                };
+                m.encode().is_err()
+            };
+            while !sessions.is_empty() && too_big(&sessions) {
+                sessions.pop();
+            }
             if let Ok(mut l) = listed.lock() {
                 l.entry((name.clone(), project.clone()))
                     .or_default()

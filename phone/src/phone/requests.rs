@@ -193,18 +193,35 @@ impl Phone {
         executor: Option<String>,
         project: Option<String>,
     ) -> Result<Vec<tandem_proto::message::SessionSummary>, PhoneError> {
+        // One at a time per desktop: its answers (a list, or a refusal that
+        // names no task) say nothing of which request they answer.
         let (tx, rx) = oneshot::channel();
-        self.lock().session_lists.entry(desktop_id.to_owned()).or_default().push(tx);
-        let m = Message::SessionsRequest { executor, workspace: project };
-        if let Err(e) = self.send(desktop_id, &m).await {
-            if let Some(waiting) = self.lock().session_lists.get_mut(desktop_id) {
-                waiting.retain(|w| !w.is_closed());
+        {
+            let mut st = self.lock();
+            let waiting = st.session_lists.entry(desktop_id.to_owned()).or_default();
+            waiting.retain(|w| !w.is_closed());
+            if !waiting.is_empty() {
+                return Err(PhoneError::Refused {
+                    code: "busy".into(),
+                    message: "a sessions request to this desktop is still waiting".into(),
+                });
             }
-            return Err(e);
+            waiting.push(tx);
         }
-        tokio::time::timeout(ANSWER_WAIT, rx)
-            .await
-            .map_err(|_| PhoneError::Timeout)?
+        let m = Message::SessionsRequest { executor, workspace: project };
+        let answer = match self.send(desktop_id, &m).await {
+            Ok(()) => tokio::time::timeout(ANSWER_WAIT, rx).await,
+            Err(e) => {
+                self.lock().session_lists.remove(desktop_id);
+                return Err(e);
+            }
+        };
+        let Ok(answer) = answer else {
+            // Timed out: a late answer must not be taken for the next call's.
+            self.lock().session_lists.remove(desktop_id);
+            return Err(PhoneError::Timeout);
+        };
+        answer
             .map_err(|_| PhoneError::Closed)?
             .map_err(|(code, message)| PhoneError::Refused { code, message })
     }
