@@ -366,3 +366,35 @@ async fn always_allow_adds_a_rule_only_for_a_device_with_the_rules_scope() {
     until_any(&mut events, &mut seen, &mut refusals, |s, _| finished(s, &t5)).await;
     assert!(resolved(&seen, &t5).1.starts_with("phone:"), "asked again once the rule is gone");
 }
+
+/// Concurrent `Phone::sessions` calls never get each other's answers (an
+/// attack review found them swapped): the desktop answers a bad request at
+/// once and a good one later, and neither answer says which request it
+/// answers, so the engine keeps one waiting per desktop and refuses a
+/// second at once (`busy`); each call gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_calls_never_get_each_others_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let agent = Agent::up(dir.path(), &config);
+    let (phone, desktop) = pair(&agent, dir.path(), "phone").await;
+    let code = |r: &Result<_, PhoneError>| match r {
+        Err(PhoneError::Refused { code, .. }) => code.clone(),
+        other => format!("{other:?}"),
+    };
+    for _ in 0..10 {
+        let (good, bad) = tokio::join!(
+            phone.sessions(&desktop, None, None),
+            phone.sessions(&desktop, Some("no-such-executor".into()), None),
+        );
+        let (good, bad) = (code(&good), code(&bad));
+        assert!(
+            matches!((good.as_str(), bad.as_str()), ("not_supported", "busy" | "unknown_executor")),
+            "{good} {bad}"
+        );
+        assert_eq!(
+            code(&phone.sessions(&desktop, Some("no-such-executor".into()), None).await),
+            "unknown_executor"
+        );
+    }
+}
