@@ -327,6 +327,9 @@ pub enum ExecError {
     /// A control message could not be encoded.
     #[error("could not encode a message for the executor: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The agent did not do what was asked (the text says what happened).
+    #[error("the agent failed: {0}")]
+    Agent(String),
 }
 
 /// A started executor: its events, and a way to control it.

@@ -151,6 +151,19 @@ pub async fn next(
     }
 }
 
+/// How each approval in `events` was resolved: (allowed, by whom).
+pub fn resolutions(events: &[tandem_proto::message::TaskEvent]) -> Vec<(bool, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            tandem_proto::message::TaskEvent::ApprovalResolved { allow, by, .. } => {
+                Some((*allow, by.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
