@@ -254,9 +254,13 @@ impl Setup {
     async fn follow(&mut self, task: &str, answering: Answering) -> Vec<TaskEvent> {
         let mut seen = Vec::new();
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(90), self.phone.message())
-                .await
-                .unwrap_or_else(|_| panic!("task {task} did not finish: {seen:#?}"));
+            // A real agent may start slowly on a busy machine.
+            let m = tokio::time::timeout(
+                Duration::from_secs(90),
+                self.phone.message_within(Duration::from_secs(120)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("task {task} did not finish: {seen:#?}"));
             let Message::TaskEvent { task_id, event, .. } = m else { continue };
             assert_eq!(task_id, task);
             seen.push(event.clone());
