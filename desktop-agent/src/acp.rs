@@ -13,7 +13,9 @@
 //! resumable: a follow-up after the finish starts the agent again and, if
 //! it has the `loadSession` capability, loads that session
 //! (`session/load`; the history it replays is not shown again) and prompts
-//! it; an agent without it fails that follow-up and says why.
+//! it; an agent without it fails that follow-up and says why. A task a
+//! phone submits with `resume` starts the same way on that session, which
+//! [`list_sessions`] found with the agent's `session/list` ([`sessions`]).
 //!
 //! **Updates.** `session/update` notifications become progress, tool calls,
 //! tool results and plans on the phone (`acp/mapping.rs`). They are read from the
@@ -25,8 +27,10 @@
 //! on the phone, through the same path as every executor's (the task
 //! manager shows, times and audits it). The phone's allow selects the
 //! agent's `allow_once` option, its deny `reject_once` (or `reject_always`
-//! when the agent offers no `reject_once`). `allow_always` is never chosen:
-//! the phone allowed one step. Without an `allow_once` option, an allow
+//! when the agent offers no `reject_once`). `allow_always` is chosen only
+//! for an allow the phone made a standing rule ("always allow",
+//! [`Control::Decision`]'s `always`), and `allow_once` then when the agent
+//! offers no `allow_always`. Without an `allow_once` option, a plain allow
 //! answers `cancelled`. An approval that times out, a cancel, and a turn
 //! that ends first answer `cancelled`.
 //!
@@ -102,7 +106,7 @@ use approvals::{Ask, choose, kind};
 use connection::{FromConn, ToConn};
 use mapping::Mapper;
 use plumbing::{Plumbing, plumb, project_of, stop_agent};
-pub use sessions::{SessionEntry, list_sessions};
+pub use sessions::list_sessions;
 
 /// After `session/cancel`, how long the agent has to end its turn before
 /// its process group is terminated anyway.
@@ -614,7 +618,7 @@ impl Supervisor {
     /// A follow-up is queued (or sent, between turns); a decision answers
     /// its permission request.
     fn on_control(&mut self, c: Control) {
-        let (approval_id, allow) = match c {
+        let (approval_id, allow, always) = match c {
             Control::FollowUp(text) => {
                 if self.prompting || self.first_prompt.is_some() {
                     self.follow_ups.push_back(text);
@@ -624,7 +628,7 @@ impl Supervisor {
                 return;
             }
             Control::Cancel => return,
-            Control::Decision { approval_id, allow } => (approval_id, allow),
+            Control::Decision { approval_id, allow, always } => (approval_id, allow, always),
             Control::Expired { approval_id } => {
                 if let Some(ask) = self.pending.remove(&approval_id) {
                     ask.cancel();
@@ -634,7 +638,7 @@ impl Supervisor {
         };
         match self.pending.remove(&approval_id) {
             Some(Ask::Permission { reply, options, grants }) => {
-                let outcome = choose(&options, allow, false);
+                let outcome = choose(&options, allow, always);
                 if matches!(outcome, RequestPermissionOutcome::Selected(_)) && allow {
                     // Before the answer: the write it allows comes after.
                     self.granted.extend(grants);

@@ -329,6 +329,7 @@ mod tests {
                 text_hash: text_hash("ls"),
                 text_len: 2,
                 instruction: None,
+                resume: None,
             },
             AuditEvent::TaskRefused { device: s("dev-a"), task_id: s("t2"), code: s("scope") },
             AuditEvent::FollowUp {
@@ -683,6 +684,7 @@ mod tests {
                 text_hash: AuditLog::text_hash(text),
                 text_len: text.len(),
                 instruction: None,
+                resume: None,
             },
         )
         .unwrap();

@@ -62,6 +62,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
 
 pub mod pinning;
+pub mod sessions;
 
 pub use pinning::{SETTING_SOURCES_FLAG, STRICT_MCP_CONFIG_FLAG, SettingSource};
 
@@ -676,9 +677,10 @@ impl Supervisor {
         match c {
             Control::FollowUp(text) => self.follow_ups.push_back(text),
             Control::Expired { approval_id } => {
-                self.on_control(Control::Decision { approval_id, allow: false });
+                self.on_control(Control::Decision { approval_id, allow: false, always: false });
             }
-            Control::Decision { approval_id, allow } => match self.pending.remove(&approval_id) {
+            Control::Decision { approval_id, allow, .. } => match self.pending.remove(&approval_id)
+            {
                 Some(reply) => {
                     let answer = if allow {
                         PermissionAnswer { allow: true, message: None }
@@ -1596,7 +1598,9 @@ mod tests {
         r.control(Control::FollowUp("also this".into())).await.unwrap();
         r.control(Control::FollowUp("and that".into())).await.unwrap();
         // A decision for nothing pending is ignored.
-        r.control(Control::Decision { approval_id: "nope".into(), allow: true }).await.unwrap();
+        r.control(Control::Decision { approval_id: "nope".into(), allow: true, always: false })
+            .await
+            .unwrap();
         assert_eq!(
             all(&mut r).await,
             vec![

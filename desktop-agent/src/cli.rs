@@ -5,4 +5,5 @@ pub(crate) mod args;
 pub(crate) mod commands;
 pub(crate) mod local;
 pub(crate) mod relay;
+pub(crate) mod rules;
 pub(crate) mod run;

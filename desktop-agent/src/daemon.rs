@@ -48,6 +48,7 @@ mod deliver;
 mod devices;
 mod expiry;
 mod instructions;
+mod later;
 mod lost;
 mod outbox;
 mod pairing;
@@ -147,6 +148,8 @@ pub struct Daemon<'a> {
     waiting_pages: BTreeMap<(DeviceId, String), u64>,
     /// This desktop's name, in push notifications.
     own_name: String,
+    /// Answers computed off the loop (`daemon/later.rs`).
+    late: later::LateAnswers,
     /// Pushes planned with a batch, asked of the relay once it is saved
     /// ([`push`]).
     pushes: Vec<push::PendingPush>,
@@ -213,6 +216,7 @@ impl<'a> Daemon<'a> {
             pair_calls: None,
             expiry: expiry::Expiry::default(),
             schedule: Schedule::default(),
+            late: later::LateAnswers::default(),
             reseal: HashSet::new(),
             lost: lost::Lost::default(),
             relay_epoch: None,
@@ -372,6 +376,7 @@ impl<'a> Daemon<'a> {
                 }
                 Some((id, confirmed)) = self.revoked_rx.recv() => self.relay_answered(id, confirmed),
                 Some(r) = self.reports.recv() => self.relay_answered_send(r).await?,
+                Some(out) = self.late.rx.recv() => self.send_all(out).await?,
                 Some(call) = async { match &mut pairs { Some(c) => c.recv().await, None => None } } => {
                     self.pair_call(call);
                 }

@@ -280,6 +280,11 @@ pub enum Control {
         approval_id: String,
         /// Whether the step may go ahead.
         allow: bool,
+        /// The phone also made it a standing rule ("always allow"): an ACP
+        /// agent is answered with its `allow_always` option when it offers
+        /// one. Other executors allow once (the desktop's rule answers the
+        /// next time).
+        always: bool,
     },
     /// No decision came in time for an [`ExecEvent::ApprovalRequest`]: a
     /// deny for every executor but an ACP agent, which is answered
@@ -454,6 +459,40 @@ pub fn resume(config: &ExecutorConfig, token: &str, text: &str) -> Result<Runnin
             Err(ExecError::Unsupported("a jsonl executor cannot resume a finished task"))
         }
         ExecutorKind::Acp { .. } => crate::acp::start(config, text, Some(token)),
+    }
+}
+
+/// A session an executor can continue (Claude Code's, an ACP agent's), for
+/// the hand-off from the terminal to a phone (`sessions` message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEntry {
+    /// The agent's session id: what [`resume`] takes as its token.
+    pub id: String,
+    /// Its summary, or the start of its first prompt.
+    pub title: String,
+    /// When it last changed (Unix ms).
+    pub updated_ms: u64,
+}
+
+/// The sessions `config` (placed in its project) can continue, newest
+/// first: Claude Code's own session store for `claude`, `session/list` for
+/// an ACP agent that offers it.
+///
+/// # Errors
+/// [`ExecError::Unsupported`] for executors that cannot list sessions;
+/// what reading them failed with otherwise.
+pub async fn list_sessions(config: &ExecutorConfig) -> Result<Vec<SessionEntry>, ExecError> {
+    match &config.kind {
+        ExecutorKind::Claude { .. } => {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || crate::claude::sessions::list(&config))
+                .await
+                .unwrap_or(Err(ExecError::Unsupported("listing sessions failed")))
+        }
+        ExecutorKind::Acp { .. } => crate::acp::list_sessions(config).await,
+        ExecutorKind::Command { .. } | ExecutorKind::Jsonl { .. } => {
+            Err(ExecError::Unsupported("this executor keeps no sessions to continue"))
+        }
     }
 }
 
@@ -656,7 +695,7 @@ mod tests {
             r.control(Control::FollowUp("more".into())).await,
             Err(ExecError::Unsupported(_))
         ));
-        let d = Control::Decision { approval_id: "a".into(), allow: true };
+        let d = Control::Decision { approval_id: "a".into(), allow: true, always: false };
         let e = r.controller().control(d).await.unwrap_err();
         assert_eq!(e.to_string(), "a command executor cannot take decisions");
         let e = resume(&command(&s, &[], dir.path()), "token", "more").unwrap_err();
@@ -732,7 +771,7 @@ echo '{"type":"progress","text":"after finished"}'
         );
         let controller = r.controller();
         controller
-            .control(Control::Decision { approval_id: "a1".into(), allow: true })
+            .control(Control::Decision { approval_id: "a1".into(), allow: true, always: false })
             .await
             .unwrap();
         assert_eq!(

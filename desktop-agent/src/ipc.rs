@@ -1,6 +1,6 @@
 //! The running agent's control socket: `agent.sock` in the data dir (mode
 //! 0600, in the 0700 data dir), JSON lines. `tandem status`, `tandem tasks`,
-//! `tandem scope`, `tandem revoke` and `tandem cancel` talk to a running
+//! `tandem scope`, `tandem revoke`, `tandem cancel` and `tandem rules remove` talk to a running
 //! daemon through it,
 //! so they see and change the daemon's live state instead of racing it on
 //! disk. It also tells a second agent that one already runs on this data dir.
@@ -103,6 +103,12 @@ pub enum Request {
     Cancel {
         /// The task: its id or a unique prefix of it.
         task: String,
+    },
+    /// Remove the approval rule a phone added numbered `number` (from 1, as
+    /// `tandem rules` lists them); answered with the rule removed.
+    RemoveRule {
+        /// Its number.
+        number: usize,
     },
 }
 

@@ -117,6 +117,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cancel { task } => cancel(&dir, task).await,
+        Command::Rules { action } => {
+            let settings = load_settings(&cli)?;
+            cli::rules::rules(&dir, &settings.rules, action.as_ref()).await
+        }
         Command::Revoke { device } => {
             let req = ipc::Request::Revoke { device: device.clone() };
             match ipc::call(&dir, &req).await {

@@ -176,7 +176,7 @@ pub enum PeerError {
 }
 
 /// What a paired device may do. Each scope includes the ones before it:
-/// `Approve` ⊃ `Submit` ⊃ `View`.
+/// `Rules` ⊃ `Approve` ⊃ `Submit` ⊃ `View`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -186,19 +186,23 @@ pub enum Scope {
     Submit,
     /// Also answer approval requests.
     Approve,
+    /// Also add allow rules from an approval ("always allow this in this
+    /// project"). Never given by default: the desktop user grants it.
+    Rules,
 }
 
 impl Scope {
     /// Every scope, narrowest first.
-    pub const ALL: [Scope; 3] = [Scope::View, Scope::Submit, Scope::Approve];
+    pub const ALL: [Scope; 4] = [Scope::View, Scope::Submit, Scope::Approve, Scope::Rules];
 
-    /// `view`, `submit` or `approve`.
+    /// `view`, `submit`, `approve` or `rules`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::View => "view",
             Scope::Submit => "submit",
             Scope::Approve => "approve",
+            Scope::Rules => "rules",
         }
     }
 
@@ -208,10 +212,18 @@ impl Scope {
         self >= Scope::Submit
     }
 
-    /// Whether the device may answer approval requests (`Approve` only).
+    /// Whether the device may answer approval requests (`Approve` and
+    /// `Rules`).
     #[must_use]
     pub fn allows_approve(self) -> bool {
         self >= Scope::Approve
+    }
+
+    /// Whether the device may add allow rules from an approval (`Rules`
+    /// only).
+    #[must_use]
+    pub fn allows_rules(self) -> bool {
+        self >= Scope::Rules
     }
 }
 
@@ -224,7 +236,7 @@ impl fmt::Display for Scope {
 impl FromStr for Scope {
     type Err = PeerError;
 
-    /// `view`, `submit` or `approve`, in any case.
+    /// `view`, `submit`, `approve` or `rules`, in any case.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Scope::ALL
             .into_iter()

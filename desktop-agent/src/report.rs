@@ -180,9 +180,16 @@ pub fn choice_lines(
 pub fn event_line(m: &Message) -> Option<String> {
     let Message::TaskEvent { task_id, offset, event, .. } = m else { return None };
     let what = match event {
-        TaskEvent::Accepted { executor, project, text } => {
+        TaskEvent::Accepted { executor, project, text, resumed } => {
             let place = project.as_ref().map(|p| format!(" in {p}")).unwrap_or_default();
-            format!("accepted by {executor}{place}: {}", short(text.as_deref().unwrap_or("")))
+            let session = resumed
+                .as_ref()
+                .map(|s| format!(", continuing session {}", short(s)))
+                .unwrap_or_default();
+            format!(
+                "accepted by {executor}{place}{session}: {}",
+                short(text.as_deref().unwrap_or(""))
+            )
         }
         TaskEvent::FollowUp { text } => format!("follow-up: {}", short(text)),
         TaskEvent::Progress { text } => short(text),
@@ -198,17 +205,20 @@ pub fn event_line(m: &Message) -> Option<String> {
         TaskEvent::ApprovalRequest { approval_id, summary, .. } => {
             format!("approval {} waiting: {}", short(approval_id), short(summary))
         }
-        TaskEvent::ApprovalResolved { approval_id, allow, by } => {
+        TaskEvent::ApprovalResolved { approval_id, allow, by, rule } => {
             let verdict = if *allow { "allowed" } else { "denied" };
-            format!("approval {} {verdict} by {}", short(approval_id), short(by))
+            let added =
+                rule.as_ref().map(|r| format!(", rule added: {}", short(r))).unwrap_or_default();
+            format!("approval {} {verdict} by {}{added}", short(approval_id), short(by))
         }
-        TaskEvent::Finished { status, summary, denied } => {
-            let denied = if denied.is_empty() {
-                String::new()
-            } else {
-                format!(" (denied: {})", short(&denied.join(", ")))
-            };
-            format!("finished {}{denied}: {}", status_str(*status), short(summary))
+        TaskEvent::Finished { status, summary, denied, failed, expired } => {
+            let mut notes = String::new();
+            for (what, list) in [("denied", denied), ("failed", failed), ("unanswered", expired)] {
+                if !list.is_empty() {
+                    notes.push_str(&format!(" ({what}: {})", short(&list.join(", "))));
+                }
+            }
+            format!("finished {}{notes}: {}", status_str(*status), short(summary))
         }
     };
     Some(format!("{} #{offset:<4} {what}", short(task_id)))
@@ -349,6 +359,8 @@ mod tests {
                 status: FinishStatus::Succeeded,
                 summary: "ok".into(),
                 denied: Vec::new(),
+                expired: Vec::new(),
+                failed: Vec::new(),
             },
         };
         assert!(event_line(&done).unwrap().contains("finished succeeded: ok"));

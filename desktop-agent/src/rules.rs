@@ -35,6 +35,8 @@
 
 use std::path::Path;
 
+pub mod added;
+
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 use serde_json::Value;
@@ -169,7 +171,7 @@ impl Rule {
             && c.device.as_deref().is_none_or(|d| !d.is_empty() && cx.device.starts_with(d))
     }
 
-    fn matches(&self, tool: &ToolUse, cx: &Context<'_>) -> bool {
+    pub(crate) fn matches(&self, tool: &ToolUse, cx: &Context<'_>) -> bool {
         if !self.applies(cx) || !self.name.is_match(&tool.name) {
             return false;
         }
@@ -225,7 +227,7 @@ pub fn compile(configs: &[RuleConfig]) -> Result<Vec<Rule>, (usize, RuleError)> 
 /// The text a rule's glob is matched against (module documentation);
 /// `None` for a path with a `..` component, which no glob matches (it could
 /// leave the directory the glob names).
-fn subject(input: &Value, workdir: Option<&Path>) -> Option<String> {
+pub(crate) fn subject(input: &Value, workdir: Option<&Path>) -> Option<String> {
     const FIELDS: [&str; 6] = ["command", "file_path", "path", "notebook_path", "url", "pattern"];
     let Some((name, field)) =
         FIELDS.iter().find_map(|f| input.get(f).and_then(Value::as_str).map(|v| (*f, v)))

@@ -34,7 +34,12 @@ mod denials;
 mod progress;
 mod query;
 mod queue;
+mod remember;
+mod sessions;
 mod stop;
+
+pub use queue::Wanted;
+pub use sessions::{Later, SessionsAnswer};
 
 pub use stop::{
     CANCELLED_FROM_DESKTOP, CancelError, DesktopCancel, StopCause, Stopped, cancel_queued_offline,
@@ -67,6 +72,9 @@ pub struct TaskOptions {
     pub projects: Vec<crate::projects::Project>,
     /// Approval rules, applied before a phone is asked ([`crate::rules`]).
     pub rules: Vec<crate::rules::Rule>,
+    /// Where the rules phones add are kept (the data dir; `None`: phones
+    /// cannot add rules).
+    pub added_rules_dir: Option<std::path::PathBuf>,
 }
 
 /// The default [`TaskOptions::max_unfinished`].
@@ -80,6 +88,7 @@ impl Default for TaskOptions {
             max_unfinished: DEFAULT_MAX_UNFINISHED,
             projects: Vec::new(),
             rules: Vec::new(),
+            added_rules_dir: None,
         }
     }
 }
@@ -117,6 +126,9 @@ struct Active {
     run: u64,
     /// Pending approvals and when they expire (Unix ms).
     approvals: HashMap<String, u64>,
+    /// The tool use of each pending approval whose executor named it (a
+    /// phone may make a rule of it: `tasks/remember.rs`).
+    tools: HashMap<String, crate::rules::ToolUse>,
     /// Set when the desktop cancelled it ([`stop`]): the finish summary to
     /// show when its executor reports the cancel. No approval is taken
     /// from then on.
@@ -132,6 +144,7 @@ impl Active {
             controller: None,
             run: 0,
             approvals: HashMap::new(),
+            tools: HashMap::new(),
             stopping: None,
             denials: denials::Denials::default(),
         }
@@ -166,6 +179,10 @@ pub struct TaskManager {
     /// Tasks stopped because their device lost the right to run them, not
     /// yet taken by [`TaskManager::take_stopped`].
     stopped: Vec<Stopped>,
+    /// Sessions listed to phones, which a submit may continue.
+    listed: sessions::Listed,
+    /// The allow rules phones added ([`crate::rules::added`]).
+    added: crate::rules::added::AddedRules,
 }
 
 impl std::fmt::Debug for TaskManager {
@@ -215,6 +232,11 @@ impl TaskManager {
         let (updates, rx) = mpsc::channel(256);
         let next_seq = history.next_seq()?;
         let options = TaskOptions { max_concurrent: options.max_concurrent.max(1), ..options };
+        let added = options
+            .added_rules_dir
+            .as_deref()
+            .map(crate::rules::added::AddedRules::open)
+            .unwrap_or_default();
         Ok((
             Self {
                 executors,
@@ -227,6 +249,8 @@ impl TaskManager {
                 updates,
                 permits: None,
                 stopped: Vec::new(),
+                listed: sessions::Listed::default(),
+                added,
             },
             rx,
         ))
@@ -256,6 +280,8 @@ impl TaskManager {
                             summary: "interrupted: the agent stopped while this task was running"
                                 .into(),
                             denied: Vec::new(),
+                            expired: Vec::new(),
+                            failed: Vec::new(),
                         },
                     )?;
                     out.push((Audience::Everyone, m));

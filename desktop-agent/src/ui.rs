@@ -84,6 +84,7 @@ fn scope_meaning(scope: Scope) -> &'static str {
         Scope::View => "watch tasks, nothing else",
         Scope::Submit => "send tasks, follow-ups and cancels; no approvals",
         Scope::Approve => "send tasks and answer approval requests",
+        Scope::Rules => "send tasks, answer approval requests and add allow rules from them",
     }
 }
 

@@ -270,6 +270,7 @@ impl Setup {
                         task_id: task.into(),
                         approval_id: approval_id.clone(),
                         allow,
+                        remember: false,
                     };
                     match answering {
                         Answering::Allow => self.phone.send(&decide(true)).await,
@@ -330,7 +331,7 @@ impl Setup {
 
 fn finished(events: &[TaskEvent]) -> (FinishStatus, String, Vec<String>) {
     match events.last() {
-        Some(TaskEvent::Finished { status, summary, denied }) => {
+        Some(TaskEvent::Finished { status, summary, denied, .. }) => {
             (*status, summary.clone(), denied.clone())
         }
         other => panic!("the task did not finish: {other:?}"),
@@ -610,14 +611,55 @@ impl Setup {
     }
 
     async fn submit_in(&mut self, task: &str, text: &str, executor: &str, project: &str) {
+        self.submit_full(task, text, executor, project, None).await;
+    }
+
+    /// Submits `text` as `task`; `resume` continues that session.
+    async fn submit_full(
+        &mut self,
+        task: &str,
+        text: &str,
+        executor: &str,
+        project: &str,
+        resume: Option<&str>,
+    ) {
         let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let submit = Message::TaskSubmit {
             task_id: task.into(),
             text: text.into(),
             workspace: some(project),
             executor: some(executor),
+            resume: resume.map(str::to_owned),
         };
         self.phone.send(&submit).await;
+    }
+
+    /// The sessions the desktop lists for the default executor and project.
+    async fn sessions(&mut self) -> Vec<tandem_proto::message::SessionSummary> {
+        self.phone.send(&Message::SessionsRequest { executor: None, workspace: None }).await;
+        loop {
+            let m = self.phone.message_within(Duration::from_secs(60)).await;
+            if let Message::Sessions { executor, sessions, .. } = m {
+                assert_eq!(executor, "acp");
+                return sessions;
+            }
+        }
+    }
+
+    /// The Claude Code CLI that `claude-code-acp` brings, run in the project
+    /// with the agent's environment.
+    fn terminal(&self, args: &[&str]) -> std::process::Output {
+        let cli = acp_agent().parent().unwrap().join("../@anthropic-ai/claude-agent-sdk/cli.js");
+        let home = self.root.join("home");
+        std::process::Command::new("node")
+            .arg(&cli)
+            .current_dir(&self.project)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(messages_api::offline_env(&home, self.api.base_url(), "sk-ant-test-not-a-key"))
+            .args(args)
+            .output()
+            .unwrap()
     }
 }
 
@@ -732,18 +774,8 @@ async fn an_acp_session_started_from_the_phone_continues_at_the_terminal() {
     assert_eq!(line, format!("cd '{}' && 'claude' --resume '{session}'", s.project.display()));
 
     // At the terminal, in the project, with the CLI the adapter runs.
-    let cli = acp_agent().parent().unwrap().join("../@anthropic-ai/claude-agent-sdk/cli.js");
     let from = s.api.requests().len();
-    let home = s.root.join("home");
-    let run = std::process::Command::new("node")
-        .arg(&cli)
-        .current_dir(&s.project)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(messages_api::offline_env(&home, s.api.base_url(), "sk-ant-test-not-a-key"))
-        .args(["-p", "--resume", &session, "And now?"])
-        .output()
-        .unwrap();
+    let run = s.terminal(&["-p", "--resume", &session, "And now?"]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let calls = s.api.requests();
     let resumed = calls[from..].iter().filter(|c| c.is_message()).any(|c| {
@@ -782,4 +814,73 @@ async fn an_acp_session_started_from_the_phone_continues_at_the_terminal() {
         "{entry:?}"
     );
     s.assert_agent_gone().await;
+}
+
+/// Hand-off to the phone (`sessions_request`, `task_submit.resume`): the
+/// desktop lists the ACP agent's sessions for the project (`session/list`):
+/// one a phone task ran (with its task id) and one started at the terminal
+/// with the Claude Code CLI the adapter brings; a phone continues each
+/// (`session/load`, then the prompt): the model sees the earlier turns, the
+/// phone does not see them replayed. An id the agent does not list is
+/// refused (`unknown_session`) and the agent never gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acp_sessions_are_listed_and_continued_from_the_phone() {
+    let mut s = setup().await;
+    let events = s.run("t-first", "WRITE the file.", Answering::Allow).await;
+    assert_eq!(finished(&events).0, FinishStatus::Succeeded, "{events:#?}");
+    let run = s.terminal(&["-p", "Remember the word pelican."]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    let sessions = s.sessions().await;
+    let from_task = sessions
+        .iter()
+        .find(|x| x.task_id.as_deref() == Some("t-first"))
+        .unwrap_or_else(|| panic!("{sessions:?}"))
+        .clone();
+    assert_eq!(from_task.title, "WRITE the file.");
+    let from_terminal = sessions
+        .iter()
+        .find(|x| x.title == "Remember the word pelican.")
+        .unwrap_or_else(|| panic!("{sessions:?}"))
+        .clone();
+    assert!(from_terminal.task_id.is_none(), "started at the terminal: {sessions:?}");
+    s.assert_agent_gone().await;
+
+    // Not listed: refused, nothing runs.
+    let calls = s.api.requests().len();
+    let bogus = Some("00000000-0000-4000-8000-000000000000");
+    s.submit_full("t-bogus", "say bye", "", "", bogus).await;
+    assert_eq!(refusal(&mut s.phone, "t-bogus").await, "unknown_session");
+    assert_eq!(s.api.requests().len(), calls);
+
+    // The phone's own session, continued by another task.
+    s.submit_full("t-again", "Please say bye once more.", "", "", Some(&from_task.id)).await;
+    let events = s.follow("t-again", Answering::Deny).await;
+    let resumed = events.iter().find_map(|e| match e {
+        TaskEvent::Accepted { resumed, .. } => Some(resumed.clone()),
+        _ => None,
+    });
+    assert_eq!(resumed, Some(Some(from_task.id.clone())), "{events:#?}");
+    let (status, summary, _) = finished(&events);
+    assert_eq!((status, summary.as_str()), (FinishStatus::Succeeded, "bye"), "{events:#?}");
+    assert_eq!(progress(&events), vec!["bye".to_owned()], "nothing replayed: {events:#?}");
+    let carried = s.api.requests()[calls..].iter().filter(|c| c.is_message()).any(|c| {
+        let text = serde_json::to_string(c.conversation().messages()).unwrap();
+        text.contains("WRITE the file.") && text.contains("once more")
+    });
+    assert!(carried, "the resumed session did not carry the first task's turn");
+    s.assert_agent_gone().await;
+
+    // The terminal's session, continued from the phone.
+    let calls = s.api.requests().len();
+    s.submit_full("t-pelican", "Which word was it? say bye", "", "", Some(&from_terminal.id)).await;
+    let events = s.follow("t-pelican", Answering::Deny).await;
+    assert_eq!(finished(&events).0, FinishStatus::Succeeded, "{events:#?}");
+    let carried = s.api.requests()[calls..].iter().filter(|c| c.is_message()).any(|c| {
+        let text = serde_json::to_string(c.conversation().messages()).unwrap();
+        text.contains("Remember the word pelican.") && text.contains("Which word was it?")
+    });
+    assert!(carried, "the phone's request did not carry the terminal's conversation");
+    s.assert_agent_gone().await;
+    s.phone.client.close().await;
 }

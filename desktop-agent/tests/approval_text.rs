@@ -68,6 +68,7 @@ async fn approval_texts_reach_the_phone_without_tricks_and_with_their_tail() {
                         task_id: "t".into(),
                         approval_id,
                         allow: false,
+                        remember: false,
                     })
                     .await;
             }

@@ -253,7 +253,12 @@ async fn watch(phone: &mut Phone, task: &str, answering: Answering) -> Vec<TaskE
             TaskEvent::ApprovalRequest { approval_id, .. } if answering != Answering::Ignore => {
                 let allow = answering == Answering::Allow;
                 phone
-                    .send(&Message::ApprovalDecision { task_id: task.into(), approval_id, allow })
+                    .send(&Message::ApprovalDecision {
+                        task_id: task.into(),
+                        approval_id,
+                        allow,
+                        remember: false,
+                    })
                     .await;
             }
             TaskEvent::Finished { .. } => return seen,
@@ -270,6 +275,7 @@ impl Setup {
             text: "Write the marker file.".into(),
             workspace: None,
             executor: None,
+            resume: None,
         };
         self.phone.send(&submit).await;
         watch(&mut self.phone, task, answering).await
@@ -554,4 +560,78 @@ async fn a_session_started_from_the_phone_continues_at_the_terminal() {
         text.contains("Write the marker file.") && text.contains("And now?")
     });
     assert!(resumed, "the terminal's request did not carry the phone's conversation");
+}
+
+/// Hand-off from the terminal: a session started with the real CLI at the
+/// terminal, in the repository, is listed to the phone
+/// (`sessions_request`: its first prompt as the title) and continued from
+/// it (`task_submit.resume`): the model gets the terminal's conversation
+/// and the phone's prompt in one request, and the phone sees which session
+/// the task continues. A session id the desktop does not list is refused
+/// (`unknown_session`) and never reaches Claude Code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_started_at_the_terminal_continues_from_the_phone() {
+    let mut s = setup(Plant::ProjectAllow, &[], Auth::ApiKey).await;
+    std::fs::remove_file(s.repo.join(".claude/settings.json")).unwrap();
+    let home = s.root.join("home");
+    let run = std::process::Command::new(claude_cli())
+        .current_dir(&s.repo)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(messages_api::offline_env(&home, s.api.base_url(), API_KEY))
+        .args(["-p", "Remember the word pelican."])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    s.phone.send(&Message::SessionsRequest { executor: None, workspace: None }).await;
+    let sessions = loop {
+        if let Message::Sessions { executor, sessions, .. } = s.phone.message().await {
+            assert_eq!(executor, "claude");
+            break sessions;
+        }
+    };
+    let session = sessions
+        .iter()
+        .find(|x| x.title == "Remember the word pelican.")
+        .unwrap_or_else(|| panic!("{sessions:?}"));
+    assert!(session.task_id.is_none(), "started at the terminal, not by a task");
+
+    // An id it does not list is refused before anything runs.
+    let from = s.api.requests().len();
+    let bad = Message::TaskSubmit {
+        task_id: "t-bad".into(),
+        text: "x".into(),
+        workspace: None,
+        executor: None,
+        resume: Some("00000000-0000-4000-8000-000000000000".into()),
+    };
+    s.phone.send(&bad).await;
+    loop {
+        if let Message::Refused { task_id, code, .. } = s.phone.message().await {
+            assert_eq!((task_id.as_deref(), code.as_str()), (Some("t-bad"), "unknown_session"));
+            break;
+        }
+    }
+
+    let submit = Message::TaskSubmit {
+        task_id: "t-continue".into(),
+        text: "Which word was it?".into(),
+        workspace: None,
+        executor: None,
+        resume: Some(session.id.clone()),
+    };
+    s.phone.send(&submit).await;
+    let events = watch(&mut s.phone, "t-continue", Answering::Deny).await;
+    let resumed = events.iter().find_map(|e| match e {
+        TaskEvent::Accepted { resumed, .. } => Some(resumed.clone()),
+        _ => None,
+    });
+    assert_eq!(resumed, Some(Some(session.id.clone())), "{events:#?}");
+    assert_eq!(finished(&events).0, FinishStatus::Succeeded, "{events:#?}");
+    let carried = s.calls_since(from).iter().any(|c| {
+        let text = serde_json::to_string(c.conversation().messages()).unwrap();
+        text.contains("Remember the word pelican.") && text.contains("Which word was it?")
+    });
+    assert!(carried, "the phone's request did not carry the terminal's conversation");
 }

@@ -203,7 +203,14 @@ async fn a_denied_approval_is_named_in_the_finish() {
             TaskEvent::ApprovalRequest { approval_id, .. } => {
                 let allow = approval_id == "a2";
                 let task_id = "t-1".into();
-                phone.send(&Message::ApprovalDecision { task_id, approval_id, allow }).await;
+                phone
+                    .send(&Message::ApprovalDecision {
+                        task_id,
+                        approval_id,
+                        allow,
+                        remember: false,
+                    })
+                    .await;
             }
             TaskEvent::Finished { denied, .. } => break denied,
             _ => {}

@@ -96,6 +96,7 @@ async fn what_survived(dir: &Path, a: &mut Phone, a_id: &str) -> (bool, Vec<Stri
         text: "count 2 1".into(),
         workspace: None,
         executor: None,
+        resume: None,
     };
     let (_, record) = a.link.send(m.encode().unwrap()).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(10), a.client.send(a.desktop, record)).await;
@@ -349,6 +350,7 @@ async fn no_format_character_reaches_a_phone_through_any_task_event() {
                         task_id: "t".into(),
                         approval_id: approval_id.clone(),
                         allow: false,
+                        remember: false,
                     })
                     .await;
             }

@@ -264,7 +264,15 @@ async fn a_running_task_past_the_event_limit_says_what_was_pruned() {
         .unwrap()
         .public()
         .device_id();
-    tm.submit(dev, Scope::Approve, "t".into(), "count 100 5", None, None).await.unwrap();
+    tm.submit(
+        dev,
+        Scope::Approve,
+        "t".into(),
+        "count 100 5",
+        tandem_agent::tasks::Wanted::default(),
+    )
+    .await
+    .unwrap();
     for _ in 0..30 {
         let u = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
         tm.update(u).await.unwrap();

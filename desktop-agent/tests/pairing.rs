@@ -158,6 +158,7 @@ async fn pairing_a_device_again_keeps_its_scope_and_never_raises_it() {
             task_id: "t-1".into(),
             approval_id: a.into(),
             allow: true,
+            remember: false,
         })
         .await;
     }

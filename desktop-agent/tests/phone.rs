@@ -23,15 +23,7 @@ async fn until(
     seen: &mut BTreeMap<String, Vec<(u64, TaskEvent)>>,
     done: impl Fn(&BTreeMap<String, Vec<(u64, TaskEvent)>>) -> bool,
 ) {
-    while !done(seen) {
-        let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
-            .await
-            .expect("an event in time")
-            .unwrap();
-        if let PhoneEvent::Task(t) = e {
-            seen.entry(t.task_id).or_default().push((t.offset, t.event));
-        }
-    }
+    until_any(events, seen, &mut Vec::new(), |s, _| done(s)).await;
 }
 
 fn finished(seen: &BTreeMap<String, Vec<(u64, TaskEvent)>>, task: &str) -> bool {
@@ -251,4 +243,126 @@ async fn history_pages_of_a_running_task_are_contiguous() {
         assert_eq!(page.next_offset, offs.len() as u64);
     }
     phone.close().await;
+}
+
+/// Every event the phone reports until `done` holds: task events by task,
+/// and the refusals' codes.
+async fn until_any(
+    events: &mut broadcast::Receiver<PhoneEvent>,
+    seen: &mut BTreeMap<String, Vec<(u64, TaskEvent)>>,
+    refusals: &mut Vec<String>,
+    done: impl Fn(&BTreeMap<String, Vec<(u64, TaskEvent)>>, &[String]) -> bool,
+) {
+    while !done(seen, refusals) {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("an event in time")
+            .unwrap();
+        match e {
+            PhoneEvent::Task(t) => seen.entry(t.task_id).or_default().push((t.offset, t.event)),
+            PhoneEvent::Refused { code, .. } => refusals.push(code),
+            _ => {}
+        }
+    }
+}
+
+fn requested(seen: &BTreeMap<String, Vec<(u64, TaskEvent)>>, task: &str) -> bool {
+    seen.get(task)
+        .is_some_and(|evs| evs.iter().any(|(_, e)| matches!(e, TaskEvent::ApprovalRequest { .. })))
+}
+
+fn resolved(
+    seen: &BTreeMap<String, Vec<(u64, TaskEvent)>>,
+    task: &str,
+) -> (bool, String, Option<String>) {
+    seen.get(task)
+        .and_then(|evs| {
+            evs.iter().find_map(|(_, e)| match e {
+                TaskEvent::ApprovalResolved { allow, by, rule, .. } => {
+                    Some((*allow, by.clone(), rule.clone()))
+                }
+                _ => None,
+            })
+        })
+        .expect("the approval was resolved")
+}
+
+/// "Always allow" from the phone engine (`Phone::allow_always`): a device
+/// without the `rules` scope has its step allowed once and is told no rule
+/// was added; with it (granted by `tandem scope … rules`) the allow adds a
+/// rule every phone sees, the next identical step is allowed by the rule
+/// without asking, `tandem rules` lists it with who added it, the audit log
+/// has it, and once `tandem rules remove 1` takes it away (through the
+/// running agent) the phone is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_allow_adds_a_rule_only_for_a_device_with_the_rules_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::fixture_config(dir.path(), "");
+    let agent = Agent::up(dir.path(), &config);
+    let (phone, desktop) = pair(&agent, dir.path(), "phone").await;
+    let mut events = phone.subscribe();
+    let (mut seen, mut refusals) = (BTreeMap::new(), Vec::new());
+    let command = "approve-tool cargo test --lib [a]*";
+
+    // Without the scope: allowed once, and told why no rule was added.
+    let t1 = phone.submit(&desktop, command, None).await.unwrap();
+    until_any(&mut events, &mut seen, &mut refusals, |s, _| requested(s, &t1)).await;
+    phone.allow_always(&desktop, &t1, "t1").await.unwrap();
+    until_any(&mut events, &mut seen, &mut refusals, |s, r| {
+        finished(s, &t1) && r.iter().any(|c| c == "scope")
+    })
+    .await;
+    let (allow, by, rule) = resolved(&seen, &t1);
+    assert!(allow && by.starts_with("phone:") && rule.is_none(), "{by} {rule:?}");
+    assert!(
+        tandem(dir.path(), &["--config", config.to_str().unwrap(), "rules"])
+            .contains("Added from phones (\"always allow\"; `tandem rules remove N`):\n  none\n")
+    );
+
+    // With it: the allow adds the rule, shown with the resolution.
+    let out = tandem(dir.path(), &["scope", "phone", "rules"]);
+    assert!(out.contains("scope is now rules"), "{out}");
+    let t2 = phone.submit(&desktop, command, None).await.unwrap();
+    until_any(&mut events, &mut seen, &mut refusals, |s, _| requested(s, &t2)).await;
+    phone.allow_always(&desktop, &t2, "t1").await.unwrap();
+    until_any(&mut events, &mut seen, &mut refusals, |s, _| finished(s, &t2)).await;
+    let pattern = r"Bash(cargo test --lib \[a\]\*)";
+    assert_eq!(resolved(&seen, &t2).2.as_deref(), Some(format!("allow {pattern}").as_str()));
+
+    // The same step again: the rule answers, the phone is not asked (it
+    // still sees the request and how it was decided).
+    let t3 = phone.submit(&desktop, command, None).await.unwrap();
+    until_any(&mut events, &mut seen, &mut refusals, |s, _| finished(s, &t3)).await;
+    let (allow, by, _) = resolved(&seen, &t3);
+    assert!(allow && by == format!("rule:allow {pattern}"), "{by}");
+    let progress: Vec<String> = seen[&t3]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            TaskEvent::Progress { text } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(progress.contains(&"allowed".to_owned()), "{progress:?}");
+    // A different command is not covered by it.
+    let t4 = phone.submit(&desktop, "approve-tool cargo test --lib x", None).await.unwrap();
+    until_any(&mut events, &mut seen, &mut refusals, |s, _| requested(s, &t4)).await;
+    phone.decide(&desktop, &t4, "t1", false).await.unwrap();
+    until_any(&mut events, &mut seen, &mut refusals, |s, _| finished(s, &t4)).await;
+    assert!(resolved(&seen, &t4).1.starts_with("phone:"));
+
+    // The desktop user sees it, and takes it away.
+    let listed = tandem(dir.path(), &["--config", config.to_str().unwrap(), "rules"]);
+    assert!(
+        listed.contains(&format!("  1. allow {pattern}  executor=fixture  added by ")),
+        "{listed}"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(audit.contains("\"rule_added\"") && audit.contains("cargo test --lib"), "{audit}");
+    let out = tandem(dir.path(), &["--config", config.to_str().unwrap(), "rules", "remove", "1"]);
+    assert!(out.contains(&format!("Removed rule 1: allow {pattern}")), "{out}");
+    let t5 = phone.submit(&desktop, command, None).await.unwrap();
+    until_any(&mut events, &mut seen, &mut refusals, |s, _| requested(s, &t5)).await;
+    phone.decide(&desktop, &t5, "t1", true).await.unwrap();
+    until_any(&mut events, &mut seen, &mut refusals, |s, _| finished(s, &t5)).await;
+    assert!(resolved(&seen, &t5).1.starts_with("phone:"), "asked again once the rule is gone");
 }

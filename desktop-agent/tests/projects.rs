@@ -25,6 +25,7 @@ async fn submit(phone: &mut Phone, task_id: &str, text: &str, executor: &str, pr
             text: text.into(),
             workspace: some(project),
             executor: some(executor),
+            resume: None,
         })
         .await;
 }

@@ -291,6 +291,7 @@ async fn lowering_a_scope_takes_approvals_then_tasks_from_the_device() {
             task_id: "t-ask".into(),
             approval_id: "a1".into(),
             allow: true,
+            remember: false,
         })
         .await;
     let refused = loop {

@@ -57,6 +57,7 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
             text: "fix the failing test".into(),
             workspace: None,
             executor: None,
+            resume: None,
         })
         .await;
     let mut seen = Vec::new();
@@ -75,6 +76,7 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
                         task_id: "t-1".into(),
                         approval_id: approval_id.clone(),
                         allow: true,
+                        remember: false,
                     })
                     .await;
             }
@@ -121,6 +123,7 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
             task_id: "t-1".into(),
             approval_id: "a1".into(),
             allow: false,
+            remember: false,
         })
         .await;
     assert!(
@@ -147,6 +150,7 @@ async fn a_task_streams_its_events_asks_for_approval_and_replays_its_history() {
             text: "rm -rf".into(),
             workspace: None,
             executor: None,
+            resume: None,
         })
         .await;
     assert!(matches!(phone.message().await, Message::Refused { code, .. } if code == "scope"));
@@ -234,6 +238,7 @@ async fn deny_timeout_follow_up_cancel_and_a_hostile_command() {
             task_id: "t-a".into(),
             approval_id: "a1".into(),
             allow: false,
+            remember: false,
         })
         .await;
     until_finished(&mut phone, &mut seen, "t-a").await;
@@ -248,6 +253,15 @@ async fn deny_timeout_follow_up_cancel_and_a_hostile_command() {
     assert!(!resolved[0].0 && resolved[0].1.starts_with("phone:"));
     assert_eq!(resolved[1], (false, "timeout".to_owned()));
     assert_eq!(seen.progress("t-a"), ["a1:denied", "a2:denied"]);
+    // The finish tells the truth: both denied, the second by no answer.
+    let finish = seen.tasks["t-a"].iter().find_map(|(_, e)| match e {
+        TaskEvent::Finished { denied, expired, .. } => Some((denied.clone(), expired.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        finish,
+        Some((vec!["step a1".to_owned(), "step a2".to_owned()], vec!["step a2".to_owned()]))
+    );
 
     // A follow-up reaches the running task, and is part of its history.
     phone.submit("t-f", "follow").await;
@@ -288,6 +302,7 @@ async fn deny_timeout_follow_up_cancel_and_a_hostile_command() {
             text: hostile.into(),
             workspace: None,
             executor: Some("echo".into()),
+            resume: None,
         })
         .await;
     until_finished(&mut phone, &mut seen, "t-h").await;

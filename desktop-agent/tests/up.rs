@@ -34,6 +34,7 @@ async fn a_phone_pairs_with_tandem_up_from_the_qr_code_and_is_answered_then_revo
             text: "fix the failing test".into(),
             workspace: None,
             executor: None,
+            resume: None,
         })
         .await;
     assert_eq!(
@@ -140,6 +141,7 @@ async fn tandem_up_on_one_address_connects_its_agent_there() {
             text: "anything".into(),
             workspace: None,
             executor: None,
+            resume: None,
         })
         .await;
     assert!(matches!(phone.message().await, Message::Refused { .. }));
@@ -227,6 +229,7 @@ async fn a_phone_gone_after_claiming_is_pairing_interrupted_and_tandem_up_pairs_
         text: "hello".into(),
         workspace: None,
         executor: None,
+        resume: None,
     })
     .await;
     assert!(matches!(ana.message().await, Message::Refused { code, .. } if code == "scope"));

@@ -11,7 +11,7 @@ use crate::events::{EventListener, SubscriptionHandle};
 use crate::pairing::PairingHandle;
 use crate::runtime::SdkRuntime;
 use crate::secrets::{ForeignSecretStore, SecretStore};
-use crate::types::{Choices, Desktop, HistoryPage, TaskSummary};
+use crate::types::{Choices, Desktop, HistoryPage, Session, TaskSummary};
 
 /// How to open a client.
 #[derive(uniffi::Record)]
@@ -296,6 +296,76 @@ impl TandemClient {
         self.core
             .runtime
             .run(async move { phone.decide(&desktop_id, &task_id, &approval_id, allow).await })
+            .await
+    }
+
+    /// Allow an approval and make it a standing rule on the desktop
+    /// ("always allow this in this project"): the resolution's `rule` names
+    /// it. A device the desktop did not give the `rules` scope has the step
+    /// allowed once and gets a `Refused` event (`scope`).
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    pub async fn allow_always(
+        &self,
+        desktop_id: String,
+        task_id: String,
+        approval_id: String,
+    ) -> Result<(), MobileError> {
+        let phone = self.core.phone.clone();
+        self.core
+            .runtime
+            .run(async move { phone.allow_always(&desktop_id, &task_id, &approval_id).await })
+            .await
+    }
+
+    /// The sessions `executor` can continue in `project` on the desktop
+    /// (`None`: its defaults), newest first: Claude Code's, including those
+    /// started at its terminal. Continue one with
+    /// [`submit_resume`](Self::submit_resume).
+    ///
+    /// # Errors
+    /// [`MobileError::Refused`] (`not_supported`: the executor keeps no
+    /// sessions; `unknown_executor`, `unknown_project`, `scope`, `busy`),
+    /// [`MobileError::Timeout`], [`MobileError::UnknownDesktop`].
+    #[uniffi::method(default(executor = None, project = None))]
+    pub async fn sessions(
+        &self,
+        desktop_id: String,
+        executor: Option<String>,
+        project: Option<String>,
+    ) -> Result<Vec<Session>, MobileError> {
+        let phone = self.core.phone.clone();
+        self.core
+            .runtime
+            .run(async move {
+                let found = phone.sessions(&desktop_id, executor, project).await?;
+                Ok::<_, tandem_phone::PhoneError>(found.into_iter().map(Into::into).collect())
+            })
+            .await
+    }
+
+    /// Continue the session `session` (from [`sessions`](Self::sessions),
+    /// same executor and project) with `text` as a new task; returns the
+    /// task's id.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    #[uniffi::method(default(executor = None, project = None))]
+    pub async fn submit_resume(
+        &self,
+        desktop_id: String,
+        text: String,
+        session: String,
+        executor: Option<String>,
+        project: Option<String>,
+    ) -> Result<String, MobileError> {
+        let phone = self.core.phone.clone();
+        self.core
+            .runtime
+            .run(async move {
+                phone.submit_resume(&desktop_id, &text, executor, project, &session).await
+            })
             .await
     }
 

@@ -56,6 +56,16 @@ pub enum MobileError {
     /// runs a task id once).
     #[error("{0}")]
     Queued(String),
+    /// The desktop refused the request; the message names its refusal code
+    /// in parentheses (PROTOCOL.md §15.3.2: `(not_supported)`, `(scope)`,
+    /// `(busy)`, …) and says why.
+    #[error("the desktop refused ({code}): {message}")]
+    Refused {
+        /// The refusal code.
+        code: String,
+        /// What the desktop said.
+        message: String,
+    },
     /// No answer in time.
     #[error("timed out")]
     Timeout,
@@ -93,6 +103,7 @@ impl From<PhoneError> for MobileError {
             PhoneError::Storage(m) => Self::Storage(m),
             PhoneError::PairingInterrupted => Self::PairingInterrupted,
             PhoneError::Timeout => Self::Timeout,
+            PhoneError::Refused { code, message } => Self::Refused { code, message },
             PhoneError::Closed => Self::Closed,
             PhoneError::Protocol(m) => Self::Protocol(m),
             PhoneError::PushRefused(m) => Self::PushRefused(m),
@@ -120,6 +131,10 @@ mod tests {
             (PhoneError::Storage("s".into()), MobileError::Storage("s".into())),
             (PhoneError::PairingInterrupted, MobileError::PairingInterrupted),
             (PhoneError::Timeout, MobileError::Timeout),
+            (
+                PhoneError::Refused { code: "c".into(), message: "m".into() },
+                MobileError::Refused { code: "c".into(), message: "m".into() },
+            ),
             (PhoneError::Closed, MobileError::Closed),
             (PhoneError::Protocol("p".into()), MobileError::Protocol("p".into())),
             (PhoneError::PushRefused("n".into()), MobileError::PushRefused("n".into())),

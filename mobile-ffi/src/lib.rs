@@ -38,8 +38,8 @@ pub use push::{
 };
 pub use secrets::{SecretStore, SecretStoreError};
 pub use types::{
-    ConnectionState, Desktop, FinishStatus, HistoryPage, TaskEvent, TaskEventRecord, TaskState,
-    TaskSummary,
+    ConnectionState, Desktop, FinishStatus, HistoryPage, Session, TaskEvent, TaskEventRecord,
+    TaskState, TaskSummary,
 };
 
 uniffi::setup_scaffolding!();

@@ -101,6 +101,8 @@ pub enum TaskEvent {
         project: Option<String>,
         /// The task text as submitted (absent from older desktops).
         text: Option<String>,
+        /// The session it continues (a submit with `resume`).
+        resumed: Option<String>,
     },
     /// A follow-up reached the task (from any device).
     FollowUp {
@@ -164,8 +166,10 @@ pub enum TaskEvent {
         approval_id: String,
         /// The outcome.
         allow: bool,
-        /// `phone:<device id>`, `desktop` or `timeout`.
+        /// `phone:<device id>`, `desktop`, `timeout` or `rule:<rule>`.
         by: String,
+        /// The rule this decision added ("always allow"), if it did.
+        rule: Option<String>,
     },
     /// The task ended.
     Finished {
@@ -176,14 +180,18 @@ pub enum TaskEvent {
         /// The tools the task was not allowed to use (PROTOCOL.md §15.3.1
         /// `denied`); empty when none.
         denied: Vec<String>,
+        /// The tools whose results were errors (`failed`); empty when none.
+        failed: Vec<String>,
+        /// The approvals no one answered in time, by summary (`expired`).
+        expired: Vec<String>,
     },
 }
 
 impl From<proto::TaskEvent> for TaskEvent {
     fn from(e: proto::TaskEvent) -> Self {
         match e {
-            proto::TaskEvent::Accepted { executor, project, text } => {
-                Self::Accepted { executor, project, text }
+            proto::TaskEvent::Accepted { executor, project, text, resumed } => {
+                Self::Accepted { executor, project, text, resumed }
             }
             proto::TaskEvent::FollowUp { text } => Self::FollowUp { text },
             proto::TaskEvent::Progress { text } => Self::Progress { text },
@@ -199,11 +207,11 @@ impl From<proto::TaskEvent> for TaskEvent {
             proto::TaskEvent::ApprovalRequest { approval_id, summary, detail, expires_at_ms } => {
                 Self::ApprovalRequest { approval_id, summary, detail, expires_at_ms }
             }
-            proto::TaskEvent::ApprovalResolved { approval_id, allow, by } => {
-                Self::ApprovalResolved { approval_id, allow, by }
+            proto::TaskEvent::ApprovalResolved { approval_id, allow, by, rule } => {
+                Self::ApprovalResolved { approval_id, allow, by, rule }
             }
-            proto::TaskEvent::Finished { status, summary, denied } => {
-                Self::Finished { status: status.into(), summary, denied }
+            proto::TaskEvent::Finished { status, summary, denied, failed, expired } => {
+                Self::Finished { status: status.into(), summary, denied, failed, expired }
             }
         }
     }
@@ -339,6 +347,8 @@ mod tests {
             status: proto::FinishStatus::Cancelled,
             summary: "stop".into(),
             denied: vec!["Bash".into()],
+            expired: Vec::new(),
+            failed: Vec::new(),
         }
         .into();
         assert_eq!(
@@ -347,6 +357,8 @@ mod tests {
                 status: FinishStatus::Cancelled,
                 summary: "stop".into(),
                 denied: vec!["Bash".into()],
+                expired: Vec::new(),
+                failed: Vec::new(),
             }
         );
     }
@@ -389,5 +401,25 @@ impl From<tandem_phone::Choices> for Choices {
             default_executor: c.default_executor,
             default_project: c.default_project,
         }
+    }
+}
+
+/// A session an executor can continue (Claude Code's, including those
+/// started at the desktop's terminal), from [`crate::TandemClient::sessions`].
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Session {
+    /// The session id: what `submit_resume` continues.
+    pub id: String,
+    /// Its summary, or the start of its first prompt.
+    pub title: String,
+    /// When it last changed (Unix ms, desktop clock).
+    pub updated_ms: u64,
+    /// The task that ran it, when a phone's task did.
+    pub task_id: Option<String>,
+}
+
+impl From<tandem_proto::message::SessionSummary> for Session {
+    fn from(s: tandem_proto::message::SessionSummary) -> Self {
+        Self { id: s.id, title: s.title, updated_ms: s.updated_ms, task_id: s.task_id }
     }
 }

@@ -597,6 +597,8 @@ async def test_a_task_streams_progress_a_tool_result_and_an_approval(w):
     assert ev[5].approval_id == "a1" and ev[5].allow and ev[5].by == f"phone:{w.phone1.device_id()}", ev[5]
     assert ev[6].text == "allowed: editing"
     assert ev[7].status == tm.FinishStatus.SUCCEEDED and ev[7].summary == "fixed the test"
+    # The finish names the tool whose result was an error, and nothing unanswered.
+    assert ev[7].failed == ["bash"] and ev[7].expired == [] and ev[7].denied == [], ev[7]
     assert all(r.desktop_id == w.desktop_id and r.at_ms > 0 for r in got)
     if w.events1.thread_names != {None}:
         assert w.events1.thread_names == {"tandem-sdk"}, w.events1.thread_names
@@ -638,6 +640,33 @@ async def test_the_desktop_offers_its_executors_and_projects(w):
     )
     assert e.code == "unknown_project", e
     assert w.events1.records(bad) == [], "an unknown project never runs"
+
+
+async def test_sessions_and_always_allow_reach_the_desktop(w):
+    # A jsonl executor keeps no sessions to continue: refused, with the code.
+    # (A flat error: the code is in its message.)
+    e = await expect_error(tm.MobileError.Refused, w.phone1.sessions(w.desktop_id, None, None))
+    assert "(not_supported)" in str(e), e
+    e = await expect_error(tm.MobileError.Refused, w.phone1.sessions(w.desktop_id, "nope", None))
+    assert "(unknown_executor)" in str(e), e
+    # "Always allow" from a phone the desktop gave no `rules` scope: the
+    # step is allowed once, no rule is added, and the phone is told why.
+    w.events1.drain()
+
+    async def answer(r):
+        if isinstance(r.event, tm.TaskEvent.APPROVAL_REQUEST):
+            await w.phone1.allow_always(w.desktop_id, r.task_id, r.event.approval_id)
+
+    task = await w.phone1.submit(w.desktop_id, "demo please", "fixture")
+    got = await w.events1.task_until_finished(task, answer)
+    resolved = [r.event for r in got if isinstance(r.event, tm.TaskEvent.APPROVAL_RESOLVED)]
+    assert resolved and resolved[0].allow and resolved[0].rule is None, resolved
+    assert "allowed: editing" in [r.event.text for r in got if isinstance(r.event, tm.TaskEvent.PROGRESS)]
+    e = await w.events1.next(
+        "why no rule was added",
+        lambda e: isinstance(e, tm.ClientEvent.REFUSED) and e.task_id == task,
+    )
+    assert e.code == "scope", e
 
 
 METRICS_TOKEN = "test-metrics-token"
@@ -1033,6 +1062,7 @@ CHECKS = [
     test_a_task_streams_progress_a_tool_result_and_an_approval,
     test_history_replays_from_any_offset_and_tasks_lists_it,
     test_the_desktop_offers_its_executors_and_projects,
+    test_sessions_and_always_allow_reach_the_desktop,
     test_decrypt_notification_refuses_what_it_cannot_open,
     test_enable_push_on_a_relay_without_apns_or_fcm_is_refused,
     test_idle_phones_and_desktop_send_nothing,

@@ -59,6 +59,16 @@ pub enum PhoneError {
         /// `not_authorized`/`revoked`, [`PhoneError::Closed`], …).
         cause: Box<PhoneError>,
     },
+    /// The desktop refused the request (`refused`: its code and message,
+    /// PROTOCOL.md §15.3.2), for a request answered in the call
+    /// ([`crate::Phone::sessions`]).
+    #[error("the desktop refused ({code}): {message}")]
+    Refused {
+        /// The refusal's code (`not_supported`, `scope`, …).
+        code: String,
+        /// What the desktop said.
+        message: String,
+    },
     /// No answer in time.
     #[error("timed out")]
     Timeout,

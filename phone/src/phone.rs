@@ -173,6 +173,10 @@ struct PendingHistory {
     reply: oneshot::Sender<HistoryPage>,
 }
 
+/// A desktop's answer to a `sessions_request`: the list, or its refusal's
+/// code and message.
+type SessionsAnswer = Result<Vec<tandem_proto::message::SessionSummary>, (String, String)>;
+
 #[derive(Default)]
 struct State {
     desktops: BTreeMap<String, Desktop>,
@@ -182,6 +186,9 @@ struct State {
     pairings: HashMap<[u8; 16], (String, mpsc::Sender<pairing::PairInput>)>,
     histories: HashMap<(String, String), Vec<PendingHistory>>,
     lists: HashMap<String, Vec<oneshot::Sender<Vec<TaskSummary>>>>,
+    /// `sessions_request`s waiting for their answer, per desktop, oldest
+    /// first.
+    session_lists: HashMap<String, Vec<oneshot::Sender<SessionsAnswer>>>,
     closed: bool,
 }
 

@@ -154,6 +154,9 @@ pub enum TaskEvent {
         /// client) can show what was asked. Absent from older desktops.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         text: Option<String>,
+        /// The session the task continues (`task_submit.resume`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resumed: Option<String>,
     },
     /// A follow-up reached the task (from any device), in order with the
     /// task's other events.
@@ -219,8 +222,13 @@ pub enum TaskEvent {
         approval_id: String,
         /// The outcome.
         allow: bool,
-        /// `phone:<device id>`, `desktop`, or `timeout`.
+        /// `phone:<device id>`, `desktop`, `timeout`, or
+        /// `rule:<action> <pattern>`.
         by: String,
+        /// The approval rule this decision added (`allow Bash(cargo test)`),
+        /// when the phone asked to remember it and could.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
     },
     /// The task ended.
     Finished {
@@ -235,6 +243,15 @@ pub enum TaskEvent {
         /// never send it; older phones ignore it).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         denied: Vec<String>,
+        /// The tools whose results were errors (a command that failed, a
+        /// file that could not be written), each once, in the order they
+        /// first failed. Absent when none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<String>,
+        /// The approvals no one answered in time (their summaries): denied by
+        /// the timeout, listed in `denied` too. Absent when none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        expired: Vec<String>,
     },
 }
 
@@ -292,6 +309,23 @@ pub struct ProjectChoice {
     pub name: String,
 }
 
+/// Most sessions in one [`Message::Sessions`].
+pub const MAX_SESSIONS: usize = 50;
+
+/// One session an executor can continue, in a [`Message::Sessions`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    /// The agent's session id (what `task_submit.resume` names).
+    pub id: String,
+    /// Its summary, or the start of its first prompt.
+    pub title: String,
+    /// When it last changed (Unix ms, desktop clock).
+    pub updated_ms: u64,
+    /// The Tandem task that ran it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+}
+
 /// A secret string (a key) in a message: compared and serialised as it
 /// is, never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,6 +364,11 @@ pub enum Message {
         /// (`unknown_executor`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         executor: Option<String>,
+        /// A session to continue (an id from the desktop's `sessions` for
+        /// the same executor and project): the text is its next prompt. An
+        /// id the desktop does not list is refused (`unknown_session`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     /// Phone → desktop: more input for a running or resumable task.
     FollowUp {
@@ -351,6 +390,32 @@ pub enum Message {
         approval_id: String,
         /// Allow or deny.
         allow: bool,
+        /// With `allow`: also allow this tool use from now on in the task's
+        /// project and executor (an approval rule the desktop adds, if the
+        /// device's scope lets it). Ignored with a deny.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        remember: bool,
+    },
+    /// Phone → desktop: the sessions an executor can continue in a project
+    /// (answered with [`Message::Sessions`]).
+    SessionsRequest {
+        /// The executor (absent: the default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        executor: Option<String>,
+        /// The project (absent: the default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workspace: Option<String>,
+    },
+    /// Desktop → phone: the recent sessions of an executor in a project,
+    /// newest first, that a `task_submit` may continue (`resume`).
+    Sessions {
+        /// The executor they belong to.
+        executor: String,
+        /// The project, when the desktop offers projects.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workspace: Option<String>,
+        /// The sessions, newest first (at most [`MAX_SESSIONS`]).
+        sessions: Vec<SessionSummary>,
     },
     /// Phone → desktop: replay a task's events from an offset (all tasks'
     /// recent events when `task_id` is absent).
@@ -474,6 +539,8 @@ pub const KNOWN_KINDS: &[&str] = &[
     "device_info",
     "detached",
     "choices",
+    "sessions_request",
+    "sessions",
     "refused",
     "push_setup",
 ];
@@ -576,6 +643,7 @@ mod tests {
             text: "fix the failing test".into(),
             workspace: None,
             executor: Some("claude".into()),
+            resume: None,
         };
         let b = m.encode().unwrap();
         let v: Value = serde_json::from_slice(&b).unwrap();

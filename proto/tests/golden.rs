@@ -16,8 +16,8 @@ use tandem_proto::envelope::Envelope;
 use tandem_proto::frame::{Frame, OkRun};
 use tandem_proto::kdf::{label, mac};
 use tandem_proto::message::{
-    DeviceInfo, ExecutorChoice, FinishStatus, Message, ProjectChoice, TaskEvent, TaskState,
-    TaskSummary,
+    DeviceInfo, ExecutorChoice, FinishStatus, Message, ProjectChoice, SessionSummary, TaskEvent,
+    TaskState, TaskSummary,
 };
 use tandem_proto::pairing::{DesktopPairing, PhonePairing};
 use tandem_proto::qr::PairingLink;
@@ -232,6 +232,7 @@ fn pairing_transcript() -> Value {
         text: "fix the failing test".into(),
         workspace: None,
         executor: None,
+        resume: None,
     }
     .encode()
     .unwrap();
@@ -316,16 +317,17 @@ fn messages() -> Value {
             text: "fix the failing test in crates/foo".into(),
             workspace: Some("tandem".into()),
             executor: Some("claude".into()),
+            resume: None,
         },
         Message::FollowUp { task_id: "t-1".into(), text: "also run clippy".into() },
         Message::Cancel { task_id: "t-1".into() },
-        Message::ApprovalDecision { task_id: "t-1".into(), approval_id: "a-1".into(), allow: true },
+        Message::ApprovalDecision { task_id: "t-1".into(), approval_id: "a-1".into(), allow: true, remember: false },
         Message::HistoryRequest { task_id: Some("t-1".into()), from_offset: 4 },
         Message::TaskEvent {
             task_id: "t-1".into(),
             offset: 0,
             at_ms: 1,
-            event: TaskEvent::Accepted { executor: "claude".into(), project: None, text: None },
+            event: TaskEvent::Accepted { executor: "claude".into(), project: None, text: None, resumed: None },
         },
         Message::TaskEvent {
             task_id: "t-2".into(),
@@ -335,6 +337,7 @@ fn messages() -> Value {
                 executor: "claude".into(),
                 project: Some("tandem".into()),
                 text: Some("fix the failing test in crates/foo".into()),
+                resumed: None,
             },
         },
         Message::TaskEvent {
@@ -389,6 +392,7 @@ fn messages() -> Value {
                 approval_id: "a-1".into(),
                 allow: true,
                 by: "phone:abc".into(),
+                rule: None,
             },
         },
         Message::TaskEvent {
@@ -399,6 +403,7 @@ fn messages() -> Value {
                 status: FinishStatus::Succeeded,
                 summary: "fixed".into(),
                 denied: Vec::new(),
+                expired: Vec::new(), failed: Vec::new(),
             },
         },
         Message::TaskEvent {
@@ -409,6 +414,8 @@ fn messages() -> Value {
                 status: FinishStatus::Succeeded,
                 summary: "fixed, without the edit".into(),
                 denied: vec!["Bash".into(), "edit src/lib.rs".into()],
+                failed: vec!["Bash".into()],
+                expired: vec!["edit src/lib.rs".into()],
             },
         },
         Message::TaskEvent {
@@ -494,6 +501,60 @@ fn messages() -> Value {
             approvals: None,
             finished: None,
             missing: None,
+        },
+        Message::SessionsRequest { executor: Some("claude".into()), workspace: None },
+        Message::Sessions {
+            executor: "claude".into(),
+            workspace: Some("tandem".into()),
+            sessions: vec![
+                SessionSummary {
+                    id: "4f9c2a1e-7b3d-4e8f-9a0b-1c2d3e4f5a6b".into(),
+                    title: "why does the parser panic on empty input?".into(),
+                    updated_ms: 1_765_000_000_000,
+                    task_id: None,
+                },
+                SessionSummary {
+                    id: "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d".into(),
+                    title: "fix the failing test in crates/foo".into(),
+                    updated_ms: 1_764_000_000_000,
+                    task_id: Some("t-1".into()),
+                },
+            ],
+        },
+        Message::TaskSubmit {
+            task_id: "t-4".into(),
+            text: "and now add a test for it".into(),
+            workspace: Some("tandem".into()),
+            executor: Some("claude".into()),
+            resume: Some("4f9c2a1e-7b3d-4e8f-9a0b-1c2d3e4f5a6b".into()),
+        },
+        Message::TaskEvent {
+            task_id: "t-4".into(),
+            offset: 0,
+            at_ms: 10,
+            event: TaskEvent::Accepted {
+                executor: "claude".into(),
+                project: Some("tandem".into()),
+                text: Some("and now add a test for it".into()),
+                resumed: Some("4f9c2a1e-7b3d-4e8f-9a0b-1c2d3e4f5a6b".into()),
+            },
+        },
+        Message::ApprovalDecision {
+            task_id: "t-4".into(),
+            approval_id: "a-2".into(),
+            allow: true,
+            remember: true,
+        },
+        Message::TaskEvent {
+            task_id: "t-4".into(),
+            offset: 3,
+            at_ms: 12,
+            event: TaskEvent::ApprovalResolved {
+                approval_id: "a-2".into(),
+                allow: true,
+                by: "phone:abc".into(),
+                rule: Some("allow Bash(cargo test)".into()),
+            },
         },
     ];
     Value::Array(

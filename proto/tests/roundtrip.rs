@@ -368,6 +368,8 @@ fn tags(m: &Message) -> (&'static str, Option<&'static str>) {
         Message::DeviceInfo(_) => "device_info",
         Message::Detached { .. } => "detached",
         Message::Choices { .. } => "choices",
+        Message::SessionsRequest { .. } => "sessions_request",
+        Message::Sessions { .. } => "sessions",
         Message::Refused { .. } => "refused",
         Message::PushSetup { .. } => "push_setup",
     };

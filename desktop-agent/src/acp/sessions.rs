@@ -27,26 +27,15 @@ use tracing::debug;
 use super::MAX_MESSAGE_BYTES;
 use super::connection::{self, FromConn, MAX_LISTED};
 use super::plumbing::{Plumbing, plumb, project_of, stop_agent};
-use crate::executor::{ExecError, ExecutorConfig, ExecutorKind, MAX_ID_LEN, Proc, Stream};
+use crate::executor::{
+    ExecError, ExecutorConfig, ExecutorKind, MAX_ID_LEN, Proc, SessionEntry, Stream,
+};
 
 /// How long the agent has to start and answer `session/list`.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest title kept, in characters.
 pub const MAX_TITLE_CHARS: usize = 120;
-
-/// One session an agent can continue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionEntry {
-    /// The agent's session id (what `session/load` takes).
-    pub id: String,
-    /// What it is about: the agent's title for it, visible-safe, at most
-    /// [`MAX_TITLE_CHARS`] characters (empty if the agent gave none).
-    pub title: String,
-    /// When it was last active, in milliseconds since the Unix epoch (0 if
-    /// the agent did not say).
-    pub updated_ms: u64,
-}
 
 /// The sessions the ACP agent of `config` keeps for its project (`config`
 /// already placed in the project), newest first, at most 50.

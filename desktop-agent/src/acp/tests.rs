@@ -180,6 +180,11 @@ fn progress(events: &[ExecEvent]) -> String {
         .join("\n")
 }
 
+/// The peer's reports of the outcomes it got for its permission requests.
+fn outcomes(events: &[ExecEvent]) -> Vec<String> {
+    progress(events).lines().filter(|l| l.starts_with("outcome")).map(str::to_owned).collect()
+}
+
 async fn run(mode: &str) -> Vec<ExecEvent> {
     let dir = tempfile::tempdir().unwrap();
     let mut r = crate::executor::start(&config(dir.path(), mode), "the task").unwrap();
@@ -237,8 +242,8 @@ async fn decisions_pick_the_agents_options() {
     let mut r = crate::executor::start(&config(dir.path(), "perm"), "t").unwrap();
     let mut events = Vec::new();
     for answer in [
-        Control::Decision { approval_id: String::new(), allow: true },
-        Control::Decision { approval_id: String::new(), allow: false },
+        Control::Decision { approval_id: String::new(), allow: true, always: false },
+        Control::Decision { approval_id: String::new(), allow: false, always: false },
         Control::Expired { approval_id: String::new() },
     ] {
         let id = loop {
@@ -251,7 +256,9 @@ async fn decisions_pick_the_agents_options() {
             }
         };
         let answer = match answer {
-            Control::Decision { allow, .. } => Control::Decision { approval_id: id, allow },
+            Control::Decision { allow, .. } => {
+                Control::Decision { approval_id: id, allow, always: false }
+            }
             _ => Control::Expired { approval_id: id },
         };
         r.control(answer).await.unwrap();
@@ -275,9 +282,8 @@ async fn decisions_pick_the_agents_options() {
         .collect();
     assert_eq!(ids.len(), 3);
     let said = progress(&events);
-    let outcomes: Vec<&str> = said.lines().filter(|l| l.starts_with("outcome")).collect();
     assert_eq!(
-        outcomes,
+        outcomes(&events),
         [
             r#"outcome {"optionId": "once", "outcome": "selected"}"#,
             r#"outcome {"optionId": "never", "outcome": "selected"}"#,
@@ -307,7 +313,7 @@ async fn file_requests_stay_in_the_project_and_terminals_are_refused() {
                 assert!(detail.ends_with("one\ntwo\n"), "the content is shown: {detail}");
             }
             asked.push(summary.clone());
-            let d = Control::Decision { approval_id: approval_id.clone(), allow };
+            let d = Control::Decision { approval_id: approval_id.clone(), allow, always: false };
             r.control(d).await.unwrap();
         }
         let done = matches!(e, ExecEvent::Finished { .. });
@@ -483,4 +489,37 @@ async fn sessions_are_listed_for_the_project_when_the_agent_can() {
     not_acp.kind = ExecutorKind::Command { program: "true".into(), args: Vec::new() };
     let other = super::list_sessions(&not_acp).await;
     assert!(matches!(other, Err(crate::executor::ExecError::Unsupported(_))), "{other:?}");
+}
+
+#[tokio::test]
+async fn an_always_allow_picks_the_agents_allow_always_when_it_offers_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = crate::executor::start(&config(dir.path(), "perm"), "t").unwrap();
+    let mut events = Vec::new();
+    // The first request offers `allow_always`, the second does not.
+    for always in [Some(true), Some(true), None] {
+        let approval_id = loop {
+            let e = next(&mut r).await;
+            events.push(e.clone());
+            if let ExecEvent::ApprovalRequest { approval_id, .. } = e {
+                break approval_id;
+            }
+        };
+        let answer = match always {
+            Some(always) => Control::Decision { approval_id, allow: true, always },
+            None => Control::Expired { approval_id },
+        };
+        r.control(answer).await.unwrap();
+    }
+    events.extend(all(&mut r).await);
+    assert_eq!(
+        outcomes(&events),
+        [
+            r#"outcome {"optionId": "always", "outcome": "selected"}"#,
+            r#"outcome {"optionId": "once", "outcome": "selected"}"#,
+            r#"outcome {"outcome": "cancelled"}"#,
+        ],
+        "{events:?}"
+    );
+    assert_eq!(finish(&events).0, FinishStatus::Succeeded);
 }

@@ -58,6 +58,9 @@ pub enum AuditEvent {
         /// The project requested, if any (absent in older lines).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         project: Option<String>,
+        /// The session it asked to continue, if any (absent in older lines).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
         /// [`text_hash`](super::text_hash) of the task text (never the text itself).
         text_hash: String,
         /// The task text's length in bytes.
@@ -121,6 +124,17 @@ pub enum AuditEvent {
         /// Whether the action was allowed.
         allow: bool,
         /// Who decided: a device id, `desktop` or `timeout`.
+        by: String,
+    },
+    /// A phone's "always allow" added an approval rule (`rules.json`).
+    RuleAdded {
+        /// The task whose approval it came from.
+        task_id: String,
+        /// The approval.
+        approval_id: String,
+        /// The rule, as `allow Name(subject)`.
+        rule: String,
+        /// Who added it (`phone:<device id>`).
         by: String,
     },
     /// A task ended.

@@ -123,14 +123,32 @@ pub(crate) enum Command {
     Scope {
         /// Device id, a unique prefix of it, or its name.
         device: String,
-        /// view | submit | approve
+        /// view | submit | approve | rules (rules: may also add allow rules
+        /// from an approval, "always allow")
         scope: Scope,
+    },
+    /// The approval rules: the configuration's `[[rule]]`s, then those
+    /// phones added ("always allow", numbered); `remove N` takes an added
+    /// one away (from a running agent too).
+    Rules {
+        #[command(subcommand)]
+        action: Option<RulesAction>,
     },
     /// Run `tandem run` at login: a systemd user unit (Linux) or a launchd
     /// agent (macOS), restarted when it fails.
     Service {
         #[command(subcommand)]
         action: ServiceAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum RulesAction {
+    /// Remove the rule a phone added with this number (`tandem rules`
+    /// numbers them).
+    Remove {
+        /// The rule's number.
+        number: usize,
     },
 }
 

@@ -122,6 +122,7 @@ pub(crate) fn task_manager(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<T
         // Checked when the file was read.
         rules: tandem_agent::rules::compile(&settings.rules)
             .map_err(|(i, e)| anyhow::anyhow!("rule {i}: {e}"))?,
+        added_rules_dir: Some(dir.to_owned()),
     };
     Ok(TaskSetup {
         idle_detach: Duration::from_secs(a.idle_detach_secs),

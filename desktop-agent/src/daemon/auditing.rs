@@ -46,11 +46,18 @@ impl Daemon<'_> {
                             summary_hash: text_hash(summary),
                         }
                     }
-                    TaskEvent::ApprovalResolved { approval_id, allow, by } => {
-                        AuditEvent::ApprovalDecided {
+                    TaskEvent::ApprovalResolved { approval_id, allow, by, rule } => {
+                        self.record(AuditEvent::ApprovalDecided {
                             task_id: task_id.clone(),
                             approval_id: approval_id.clone(),
                             allow: *allow,
+                            by: by.clone(),
+                        });
+                        let Some(rule) = rule else { continue };
+                        AuditEvent::RuleAdded {
+                            task_id: task_id.clone(),
+                            approval_id: approval_id.clone(),
+                            rule: rule.clone(),
                             by: by.clone(),
                         }
                     }

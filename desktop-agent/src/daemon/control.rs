@@ -51,6 +51,11 @@ impl Daemon<'_> {
                 Err(e) => Err(e),
             },
             Request::Cancel { task } => self.cancel(&task).await?,
+            Request::RemoveRule { number } => self
+                .tasks
+                .remove_added_rule(number)
+                .map(|rule| json!({"ok": true, "rule": rule}))
+                .map_err(|e| e.to_string()),
         };
         let v = answer.unwrap_or_else(|error| json!({"ok": false, "error": error}));
         let _ = reply.try_send(v);

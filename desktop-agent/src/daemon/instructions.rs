@@ -27,7 +27,7 @@ use crate::audit::{AuditEvent, text_hash};
 use crate::crashpoint::{self, Steps, crash_point};
 use crate::executor::Control;
 use crate::peers::Scope;
-use crate::tasks::Outgoing;
+use crate::tasks::{Outgoing, SessionsAnswer, Wanted};
 
 /// The key of a link's applied marker: the device and the pairing (a new
 /// pairing of the same device numbers its messages from the start again).
@@ -103,22 +103,32 @@ impl Daemon<'_> {
         audit: Option<String>,
     ) -> Result<Outgoing, DaemonError> {
         Ok(match decoded {
-            Ok(Decoded::Known(Message::TaskSubmit { task_id, text, executor, workspace })) => {
+            Ok(Decoded::Known(Message::TaskSubmit {
+                task_id,
+                text,
+                executor,
+                workspace,
+                resume,
+            })) => {
                 if let Some(instruction) = audit {
                     self.record(AuditEvent::TaskSubmitted {
                         device: from.to_string(),
                         task_id: task_id.clone(),
                         executor: executor.clone(),
                         project: workspace.clone(),
+                        resume: resume.clone(),
                         text_hash: text_hash(&text),
                         text_len: text.len(),
                         instruction: Some(instruction),
                     });
                 }
                 crash_point(crashpoint::SUBMIT.audited);
-                self.tasks
-                    .submit(from, scope, task_id, &text, executor.as_deref(), workspace.as_deref())
-                    .await?
+                let wanted = Wanted {
+                    executor: executor.as_deref(),
+                    project: workspace.as_deref(),
+                    resume: resume.as_deref(),
+                };
+                self.tasks.submit(from, scope, task_id, &text, wanted).await?
             }
             Ok(Decoded::Known(Message::FollowUp { task_id, text })) => {
                 if let Some(instruction) = audit {
@@ -143,15 +153,26 @@ impl Daemon<'_> {
                 crash_point(crashpoint::CANCEL.audited);
                 self.tasks.control(from, scope, &task_id, Control::Cancel).await?
             }
-            Ok(Decoded::Known(Message::ApprovalDecision { task_id, approval_id, allow })) => {
+            Ok(Decoded::Known(Message::ApprovalDecision {
+                task_id,
+                approval_id,
+                allow,
+                remember,
+            })) => {
                 crash_point(crashpoint::DECIDE.audited);
-                self.tasks.decide(from, scope, &task_id, &approval_id, allow).await?
+                self.tasks.decide(from, scope, &task_id, &approval_id, allow, remember).await?
             }
             Ok(Decoded::Known(Message::HistoryRequest { task_id: Some(task_id), from_offset })) => {
                 self.history_page(from, &task_id, from_offset, 0)?
             }
             Ok(Decoded::Known(Message::HistoryRequest { task_id: None, .. })) => {
                 self.tasks.task_list(from)?
+            }
+            Ok(Decoded::Known(Message::SessionsRequest { executor, workspace })) => {
+                match self.tasks.sessions(from, scope, executor.as_deref(), workspace.as_deref())? {
+                    SessionsAnswer::Now(out) => out,
+                    SessionsAnswer::Later(answer) => self.answer_later(from, answer),
+                }
             }
             Ok(Decoded::Known(Message::PushSetup {
                 enabled,

@@ -78,10 +78,13 @@ impl Daemon<'_> {
                     self.task_title(task_id),
                     Some((approval_id.clone(), *expires_at_ms)),
                 ),
-                TaskEvent::Finished { status, summary, denied } => {
+                TaskEvent::Finished { status, summary, denied, failed, .. } => {
                     let mut title = format!("Task {}", crate::tasks::status_str(*status));
                     if !denied.is_empty() {
                         title.push_str(&format!(" (denied: {})", denied.join(", ")));
+                    }
+                    if !failed.is_empty() {
+                        title.push_str(&format!(" (failed: {})", failed.join(", ")));
                     }
                     let body = format!("{}\n{}", self.task_title(task_id), summary);
                     (NotificationKind::Finished, title, body, None)

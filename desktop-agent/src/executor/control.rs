@@ -83,7 +83,7 @@ impl Controller {
             Route::Jsonl(stdin) => {
                 let line = match &c {
                     Control::FollowUp(text) => ToAgent::FollowUp { text }.line()?,
-                    Control::Decision { approval_id, allow } => {
+                    Control::Decision { approval_id, allow, .. } => {
                         ToAgent::Decision { approval_id, allow: *allow }.line()?
                     }
                     Control::Expired { approval_id } => {

@@ -134,6 +134,8 @@ impl TaskManager {
             status: FinishStatus::Cancelled,
             summary: "cancelled before it started".into(),
             denied: Vec::new(),
+            expired: Vec::new(),
+            failed: Vec::new(),
         };
         Ok(self
             .append_active(task_id, finished)?

@@ -52,7 +52,9 @@ impl TaskManager {
             ExecEvent::ApprovalRequest { approval_id, .. } if a.stopping.is_some() => {
                 // The desktop is stopping it: nothing more may be allowed.
                 if let Some(c) = &a.controller {
-                    let _ = c.control(Control::Decision { approval_id, allow: false }).await;
+                    let _ = c
+                        .control(Control::Decision { approval_id, allow: false, always: false })
+                        .await;
                 }
                 return Ok(Vec::new());
             }
@@ -73,6 +75,9 @@ impl TaskManager {
                 };
                 let Some(rule) = tool.as_ref().and_then(|t| self.rule_for(&u.task_id, t)) else {
                     let Some(a) = self.active.get_mut(&u.task_id) else { return Ok(Vec::new()) };
+                    if let Some(tool) = tool {
+                        a.tools.insert(approval_id.clone(), tool);
+                    }
                     a.approvals.insert(approval_id, expires_at_ms);
                     return self.emit(&u.task_id, request).await;
                 };
@@ -81,14 +86,15 @@ impl TaskManager {
                 let (allow, by) = (rule.allows(), format!("rule:{}", rule.text()));
                 let mut out = self.emit(&u.task_id, request).await?;
                 if let Some(c) = self.active.get(&u.task_id).and_then(|a| a.controller.clone()) {
-                    let _ = c
-                        .control(Control::Decision { approval_id: approval_id.clone(), allow })
-                        .await;
+                    let decision = Control::Decision {
+                        approval_id: approval_id.clone(),
+                        allow,
+                        always: false,
+                    };
+                    let _ = c.control(decision).await;
                 }
-                out.extend(
-                    self.emit(&u.task_id, TaskEvent::ApprovalResolved { approval_id, allow, by })
-                        .await?,
-                );
+                let resolved = TaskEvent::ApprovalResolved { approval_id, allow, by, rule: None };
+                out.extend(self.emit(&u.task_id, resolved).await?);
                 return Ok(out);
             }
             ExecEvent::Denied { tools } => {
@@ -103,12 +109,19 @@ impl TaskManager {
             ExecEvent::Finished { status, summary } => {
                 a.controller = None;
                 a.approvals.clear();
+                a.tools.clear();
                 // Cancelled by the desktop: say why.
                 let summary = match (a.stopping.take(), status) {
                     (Some(why), FinishStatus::Cancelled) => why,
                     _ => shown(&summary),
                 };
-                TaskEvent::Finished { status, summary, denied: Vec::new() }
+                TaskEvent::Finished {
+                    status,
+                    summary,
+                    denied: Vec::new(),
+                    expired: Vec::new(),
+                    failed: Vec::new(),
+                }
             }
         };
         self.emit(&u.task_id, event).await
@@ -136,8 +149,10 @@ impl TaskManager {
     }
 
     /// The approval rule that decides `tool` for the task, if one does.
+    /// The configuration's deny rules win over every allow, then its allow
+    /// rules, then the allow rules phones added.
     fn rule_for(&self, task_id: &str, tool: &crate::rules::ToolUse) -> Option<crate::rules::Rule> {
-        if self.options.rules.is_empty() {
+        if self.options.rules.is_empty() && self.added.rules().is_empty() {
             return None;
         }
         let record = &self.active.get(task_id)?.record;
@@ -149,7 +164,23 @@ impl TaskManager {
             device: record.runner(),
             workdir: workdir.as_deref(),
         };
-        crate::rules::decide(&self.options.rules, tool, &cx).cloned()
+        let configured = crate::rules::decide(&self.options.rules, tool, &cx);
+        if configured.is_some_and(|r| !r.allows()) {
+            return configured.cloned();
+        }
+        configured.or_else(|| crate::rules::decide(self.added.rules(), tool, &cx)).cloned()
+    }
+
+    /// A task's executor, project and working directory, for a rule made
+    /// from one of its approvals.
+    pub(super) fn rule_place(
+        &self,
+        task_id: &str,
+    ) -> Option<(String, Option<String>, Option<std::path::PathBuf>)> {
+        let record = &self.active.get(task_id)?.record;
+        let project = record.project.clone();
+        let workdir = self.workdir_of(project.as_deref(), &record.executor);
+        Some((record.executor.clone(), project, workdir))
     }
 
     /// A phone decided an approval. Every pending approval can be decided,
@@ -164,35 +195,47 @@ impl TaskManager {
         task_id: &str,
         approval_id: &str,
         allow: bool,
+        remember: bool,
     ) -> Result<Outgoing, HistoryError> {
         if !scope.allows_approve() {
             return Ok(to(from, refused(task_id, "scope", "this device may not approve")));
         }
-        let Some(task) = self.active.get_mut(task_id) else {
-            let code =
-                if self.history.get(task_id)?.is_some() { "not_pending" } else { "unknown_task" };
+        let pending = self.active.get(task_id).map(|t| t.approvals.contains_key(approval_id));
+        if pending != Some(true) {
+            let code = if pending.is_some() || self.history.get(task_id)?.is_some() {
+                "not_pending"
+            } else {
+                "unknown_task"
+            };
             return Ok(to(from, refused(task_id, code, "that approval is not pending")));
-        };
-        let Some(expires) = task.approvals.remove(approval_id) else {
-            return Ok(to(from, refused(task_id, "not_pending", "that approval is not pending")));
-        };
+        }
+        // "Always allow": the rule it would add, or why it adds none.
+        let plan = (allow && remember).then(|| self.plan_rule(from, scope, task_id, approval_id));
+        let always = matches!(plan, Some(Ok(_)));
+        let Some(task) = self.active.get_mut(task_id) else { return Ok(Vec::new()) };
+        let Some(expires) = task.approvals.remove(approval_id) else { return Ok(Vec::new()) };
+        let decision = Control::Decision { approval_id: approval_id.to_owned(), allow, always };
         if let Some(c) = &task.controller
-            && let Err(e) =
-                c.control(Control::Decision { approval_id: approval_id.to_owned(), allow }).await
+            && let Err(e) = c.control(decision).await
         {
             // The executor did not get it: still pending; tell the phone.
             task.approvals.insert(approval_id.to_owned(), expires);
             return Ok(to(from, refused(task_id, "executor_unreachable", &e.to_string())));
         }
+        task.tools.remove(approval_id);
+        let (rule, note) = self.keep_rule(from, task_id, plan);
         let resolved = TaskEvent::ApprovalResolved {
             approval_id: approval_id.to_owned(),
             allow,
             by: format!("phone:{from}"),
+            rule,
         };
-        Ok(self
+        let mut out: Outgoing = self
             .append_active(task_id, resolved)?
             .map(|m| vec![(Audience::Everyone, m)])
-            .unwrap_or_default())
+            .unwrap_or_default();
+        out.extend(note);
+        Ok(out)
     }
 
     /// Deny every approval whose time ran out.
@@ -211,6 +254,7 @@ impl TaskManager {
                 .collect();
             for id in expired {
                 t.approvals.remove(&id);
+                t.tools.remove(&id);
                 if let Some(c) = &t.controller {
                     let _ = c.control(Control::Expired { approval_id: id.clone() }).await;
                 }
@@ -219,8 +263,12 @@ impl TaskManager {
         }
         let mut out = Vec::new();
         for (task_id, approval_id) in due {
-            let resolved =
-                TaskEvent::ApprovalResolved { approval_id, allow: false, by: "timeout".into() };
+            let resolved = TaskEvent::ApprovalResolved {
+                approval_id,
+                allow: false,
+                by: "timeout".into(),
+                rule: None,
+            };
             if let Some(m) = self.append_active(&task_id, resolved)? {
                 out.push((Audience::Everyone, m));
             }

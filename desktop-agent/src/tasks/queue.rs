@@ -79,6 +79,8 @@ impl TaskManager {
                         status: FinishStatus::Failed,
                         summary: format!("could not start: {e}"),
                         denied: Vec::new(),
+                        expired: Vec::new(),
+                        failed: Vec::new(),
                     },
                 )?;
                 return Ok(vec![(Audience::Everyone, m)]);
@@ -132,7 +134,7 @@ impl TaskManager {
         Ok(out)
     }
 
-    /// A phone submitted a task.
+    /// A phone submitted a task (`wanted`: what it asked to run it with).
     ///
     /// # Errors
     /// [`HistoryError`] if it cannot be recorded (nothing was started).
@@ -142,9 +144,9 @@ impl TaskManager {
         scope: Scope,
         task_id: String,
         text: &str,
-        executor: Option<&str>,
-        project: Option<&str>,
+        wanted: Wanted<'_>,
     ) -> Result<Outgoing, HistoryError> {
+        let Wanted { executor, project, resume } = wanted;
         if !scope.allows_submit() {
             return Ok(to(from, refused(&task_id, "scope", "this device may only view")));
         }
@@ -163,28 +165,16 @@ impl TaskManager {
             );
             return Ok(to(from, refused(&task_id, "queue_full", &msg)));
         }
-        let config = match executor {
-            Some(name) => self.executors.iter().find(|e| e.name == name),
-            None => self.executors.first(),
+        let (placed, project) = match self.resolve(executor, project) {
+            Ok(found) => found,
+            Err((code, msg)) => return Ok(to(from, refused(&task_id, code, msg))),
         };
-        let Some(config) = config else {
-            let (code, msg) = if executor.is_some() {
-                ("unknown_executor", "no executor with that name is configured")
-            } else {
-                ("no_executor", "no executor is configured on this computer")
-            };
+        if let Some(id) = resume
+            && let Some((code, msg)) = self.check_resume(&placed, project.as_deref(), id)
+        {
             return Ok(to(from, refused(&task_id, code, msg)));
-        };
-        let project = match project {
-            Some(name) => match crate::projects::find(&self.options.projects, name) {
-                Some(p) => Some(p.name.clone()),
-                None => {
-                    let msg = "no project with that name is configured on this computer";
-                    return Ok(to(from, refused(&task_id, "unknown_project", msg)));
-                }
-            },
-            None => self.options.projects.first().map(|p| p.name.clone()),
-        };
+        }
+        let config = &placed;
         let now = now_ms();
         let mut record = TaskRecord {
             task_id: task_id.clone(),
@@ -197,8 +187,10 @@ impl TaskManager {
             created_ms: now,
             updated_ms: now,
             state: StoredState::Queued,
-            resume_token: None,
-            pending_resume: None,
+            // Continuing a session: the task's text is its next prompt,
+            // started as a resume is (`pump`).
+            resume_token: resume.map(str::to_owned),
+            pending_resume: resume.map(|_| text.to_owned()),
             pending_follow_ups: Vec::new(),
             pending_follow_ups_from: Vec::new(),
             next_offset: 0,
@@ -211,6 +203,7 @@ impl TaskManager {
             executor: config.name.clone(),
             project,
             text: Some(crate::text::visible(text)),
+            resumed: resume.map(str::to_owned),
         };
         let m = self.append(&mut record, accepted)?;
         let mut out = vec![(Audience::Everyone, m)];
@@ -228,4 +221,16 @@ impl TaskManager {
         out.extend(self.pump().await?);
         Ok(out)
     }
+}
+
+/// What a submitted task asked to run with (`task_submit`'s optional
+/// fields): absent ones are the desktop's defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wanted<'a> {
+    /// The executor's name.
+    pub executor: Option<&'a str>,
+    /// The project's name.
+    pub project: Option<&'a str>,
+    /// A session to continue (`task_submit.resume`).
+    pub resume: Option<&'a str>,
 }

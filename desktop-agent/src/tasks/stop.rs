@@ -147,6 +147,8 @@ pub fn cancel_queued_offline(
         status: FinishStatus::Cancelled,
         summary: format!("{CANCELLED_FROM_DESKTOP} before it started"),
         denied: Vec::new(),
+        expired: Vec::new(),
+        failed: Vec::new(),
     };
     Ok(super::append_to(history, &mut record, finished)?)
 }
@@ -241,6 +243,8 @@ impl TaskManager {
             status: FinishStatus::Rejected,
             summary: format!("not run: {}", cause.reason(&device)),
             denied: Vec::new(),
+            expired: Vec::new(),
+            failed: Vec::new(),
         };
         let out = self.append_active(task_id, finished)?;
         self.stopped.push(Stopped {
@@ -349,6 +353,8 @@ impl TaskManager {
             status: FinishStatus::Cancelled,
             summary: format!("{CANCELLED_FROM_DESKTOP} before it started"),
             denied: Vec::new(),
+            expired: Vec::new(),
+            failed: Vec::new(),
         };
         let out = self
             .append_active(&task_id, finished)?

@@ -464,6 +464,7 @@ impl Phone {
             text: text.into(),
             workspace: None,
             executor: None,
+            resume: None,
         })
         .await;
     }

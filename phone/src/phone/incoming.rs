@@ -278,7 +278,19 @@ fn apply(
         Message::Detached { idle_secs } => {
             emitted.push(PhoneEvent::Detached { desktop_id: id.to_owned(), idle_secs });
         }
+        Message::Sessions { sessions, .. } => {
+            for w in st.session_lists.remove(id).unwrap_or_default() {
+                let _ = w.send(Ok(sessions.clone()));
+            }
+        }
         Message::Refused { task_id, code, message } => {
+            // A refusal about no task answers the oldest sessions request.
+            if task_id.is_none()
+                && let Some(waiting) = st.session_lists.get_mut(id)
+                && !waiting.is_empty()
+            {
+                let _ = waiting.remove(0).send(Err((code.clone(), message.clone())));
+            }
             emitted.push(PhoneEvent::Refused { desktop_id: id.to_owned(), task_id, code, message });
         }
         Message::DeviceInfo(info) => {

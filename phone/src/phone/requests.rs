@@ -102,6 +102,12 @@ impl Phone {
         executor: Option<String>,
         project: Option<String>,
     ) -> Result<String, PhoneError> {
+        let task_id = self.fresh_task_id()?;
+        self.submit_with_id_in(desktop_id, &task_id, text, executor, project).await?;
+        Ok(task_id)
+    }
+
+    fn fresh_task_id(&self) -> Result<String, PhoneError> {
         let mut raw = [0u8; 16];
         self.inner
             .entropy
@@ -109,9 +115,7 @@ impl Phone {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .fill(&mut raw)
             .map_err(storage)?;
-        let task_id = data_encoding::HEXLOWER.encode(&raw);
-        self.submit_with_id_in(desktop_id, &task_id, text, executor, project).await?;
-        Ok(task_id)
+        Ok(data_encoding::HEXLOWER.encode(&raw))
     }
 
     /// Submit a task under `task_id` (1 to 256 bytes): the desktop runs a
@@ -142,11 +146,84 @@ impl Phone {
         executor: Option<String>,
         project: Option<String>,
     ) -> Result<(), PhoneError> {
+        self.submit_message(desktop_id, task_id, text, executor, project, None).await
+    }
+
+    /// Continue the session `session` (an id from [`Phone::sessions`] for
+    /// the same executor and project) with `text` as its next prompt, as a
+    /// new task under a fresh id; returns the id. The hand-off from the
+    /// terminal: the agent picks up the conversation held on the desktop.
+    /// A session the desktop does not list is refused
+    /// ([`PhoneEvent::Refused`], `unknown_session`).
+    ///
+    /// # Errors
+    /// As [`Phone::submit`].
+    pub async fn submit_resume(
+        &self,
+        desktop_id: &str,
+        text: &str,
+        executor: Option<String>,
+        project: Option<String>,
+        session: &str,
+    ) -> Result<String, PhoneError> {
+        let task_id = self.fresh_task_id()?;
+        self.submit_message(
+            desktop_id,
+            &task_id,
+            text,
+            executor,
+            project,
+            Some(session.to_owned()),
+        )
+        .await?;
+        Ok(task_id)
+    }
+
+    /// The sessions `executor` (`None`: the default) can continue in
+    /// `project` (`None`: the default), newest first: Claude Code's
+    /// sessions on the desktop, including those started at its terminal.
+    ///
+    /// # Errors
+    /// [`PhoneError::Refused`] when the desktop cannot list them
+    /// (`not_supported`: the executor keeps none; `unknown_executor`,
+    /// `unknown_project`, `scope`, `busy`); otherwise as [`Phone::history`].
+    pub async fn sessions(
+        &self,
+        desktop_id: &str,
+        executor: Option<String>,
+        project: Option<String>,
+    ) -> Result<Vec<tandem_proto::message::SessionSummary>, PhoneError> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().session_lists.entry(desktop_id.to_owned()).or_default().push(tx);
+        let m = Message::SessionsRequest { executor, workspace: project };
+        if let Err(e) = self.send(desktop_id, &m).await {
+            if let Some(waiting) = self.lock().session_lists.get_mut(desktop_id) {
+                waiting.retain(|w| !w.is_closed());
+            }
+            return Err(e);
+        }
+        tokio::time::timeout(ANSWER_WAIT, rx)
+            .await
+            .map_err(|_| PhoneError::Timeout)?
+            .map_err(|_| PhoneError::Closed)?
+            .map_err(|(code, message)| PhoneError::Refused { code, message })
+    }
+
+    async fn submit_message(
+        &self,
+        desktop_id: &str,
+        task_id: &str,
+        text: &str,
+        executor: Option<String>,
+        project: Option<String>,
+        resume: Option<String>,
+    ) -> Result<(), PhoneError> {
         let m = Message::TaskSubmit {
             task_id: task_id.to_owned(),
             text: text.to_owned(),
             workspace: project,
             executor,
+            resume,
         };
         self.send(desktop_id, &m).await.map_err(|e| match e {
             PhoneError::Queued { cause, .. } => {
@@ -190,10 +267,39 @@ impl Phone {
         approval_id: &str,
         allow: bool,
     ) -> Result<(), PhoneError> {
+        self.decision(desktop_id, task_id, approval_id, allow, false).await
+    }
+
+    /// Allow an approval and ask the desktop to allow this tool use from
+    /// now on in the task's project ("always allow"): the resolution names
+    /// the rule it added (`approval_resolved.rule`). A device the desktop
+    /// did not give the `rules` scope has the step allowed once and gets a
+    /// [`PhoneEvent::Refused`] (`scope`) saying no rule was added.
+    ///
+    /// # Errors
+    /// As [`Phone::submit`].
+    pub async fn allow_always(
+        &self,
+        desktop_id: &str,
+        task_id: &str,
+        approval_id: &str,
+    ) -> Result<(), PhoneError> {
+        self.decision(desktop_id, task_id, approval_id, true, true).await
+    }
+
+    async fn decision(
+        &self,
+        desktop_id: &str,
+        task_id: &str,
+        approval_id: &str,
+        allow: bool,
+        remember: bool,
+    ) -> Result<(), PhoneError> {
         let m = Message::ApprovalDecision {
             task_id: task_id.into(),
             approval_id: approval_id.into(),
             allow,
+            remember,
         };
         self.send(desktop_id, &m).await
     }

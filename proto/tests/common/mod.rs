@@ -24,7 +24,7 @@ use tandem_proto::envelope::{Envelope, MAX_NOISE_LEN, TAG_LEN};
 use tandem_proto::frame::{MAX_ERROR_MESSAGE_LEN, MAX_OK_RUNS, MAX_PAYLOAD_LEN, OkRun};
 use tandem_proto::message::{
     DeviceInfo, ExecutorChoice, FinishStatus, MAX_DEVICE_NAME_CHARS, MAX_MESSAGE_LEN, Message,
-    ProjectChoice, TaskEvent, TaskState, TaskSummary,
+    ProjectChoice, SessionSummary, TaskEvent, TaskState, TaskSummary,
 };
 use tandem_proto::qr::{MAX_RELAY_URL_LEN, QrPayload};
 use tandem_proto::{DeviceId, ErrorCode, Frame, PublicKey, Role};
@@ -447,8 +447,18 @@ fn task_summary() -> impl Strategy<Value = TaskSummary> {
 /// Every `TaskEvent` variant (tool inputs without floats).
 pub fn task_event() -> impl Strategy<Value = TaskEvent> {
     prop_oneof![
-        (id(), proptest::option::of(id()), proptest::option::of(text(64)))
-            .prop_map(|(executor, project, text)| TaskEvent::Accepted { executor, project, text }),
+        (
+            id(),
+            proptest::option::of(id()),
+            proptest::option::of(text(64)),
+            proptest::option::of(id())
+        )
+            .prop_map(|(executor, project, text, resumed)| TaskEvent::Accepted {
+                executor,
+                project,
+                text,
+                resumed
+            }),
         text(64).prop_map(|text| TaskEvent::FollowUp { text }),
         text(64).prop_map(|text| TaskEvent::Progress { text }),
         (id(), id(), text(64), any::<u64>(), any::<u64>()).prop_map(
@@ -476,14 +486,23 @@ pub fn task_event() -> impl Strategy<Value = TaskEvent> {
                 expires_at_ms,
             }
         ),
-        (id(), any::<bool>(), id()).prop_map(|(approval_id, allow, by)| {
-            TaskEvent::ApprovalResolved { approval_id, allow, by }
-        }),
-        (finish_status(), text(64)).prop_map(|(status, summary)| TaskEvent::Finished {
-            status,
-            summary,
-            denied: Vec::new()
-        }),
+        (id(), any::<bool>(), id(), proptest::option::of(text(32))).prop_map(
+            |(approval_id, allow, by, rule)| TaskEvent::ApprovalResolved {
+                approval_id,
+                allow,
+                by,
+                rule
+            }
+        ),
+        (finish_status(), text(64), proptest::collection::vec(id(), 0..2)).prop_map(
+            |(status, summary, names)| TaskEvent::Finished {
+                status,
+                summary,
+                denied: names.clone(),
+                failed: names.clone(),
+                expired: names,
+            }
+        ),
     ]
 }
 
@@ -503,14 +522,41 @@ pub fn device_info() -> impl Strategy<Value = DeviceInfo> {
 pub fn message() -> impl Strategy<Value = Message> {
     let opt = || proptest::option::of(id());
     prop_oneof![
-        (id(), text(64), opt(), opt()).prop_map(|(task_id, text, workspace, executor)| {
-            Message::TaskSubmit { task_id, text, workspace, executor }
-        }),
+        (id(), text(64), opt(), opt(), opt()).prop_map(
+            |(task_id, text, workspace, executor, resume)| Message::TaskSubmit {
+                task_id,
+                text,
+                workspace,
+                executor,
+                resume
+            }
+        ),
         (id(), text(64)).prop_map(|(task_id, text)| Message::FollowUp { task_id, text }),
         id().prop_map(|task_id| Message::Cancel { task_id }),
-        (id(), id(), any::<bool>()).prop_map(|(task_id, approval_id, allow)| {
-            Message::ApprovalDecision { task_id, approval_id, allow }
-        }),
+        (id(), id(), any::<bool>(), any::<bool>()).prop_map(
+            |(task_id, approval_id, allow, remember)| Message::ApprovalDecision {
+                task_id,
+                approval_id,
+                allow,
+                remember
+            }
+        ),
+        (opt(), opt())
+            .prop_map(|(executor, workspace)| Message::SessionsRequest { executor, workspace }),
+        (id(), opt(), proptest::collection::vec((id(), text(64), any::<u64>(), opt()), 0..3))
+            .prop_map(|(executor, workspace, sessions)| Message::Sessions {
+                executor,
+                workspace,
+                sessions: sessions
+                    .into_iter()
+                    .map(|(id, title, updated_ms, task_id)| SessionSummary {
+                        id,
+                        title,
+                        updated_ms,
+                        task_id
+                    })
+                    .collect(),
+            }),
         (opt(), any::<u64>())
             .prop_map(|(task_id, from_offset)| Message::HistoryRequest { task_id, from_offset }),
         (id(), any::<u64>(), any::<u64>(), task_event()).prop_map(
