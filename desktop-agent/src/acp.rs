@@ -13,7 +13,9 @@
 //! resumable: a follow-up after the finish starts the agent again and, if
 //! it has the `loadSession` capability, loads that session
 //! (`session/load`; the history it replays is not shown again) and prompts
-//! it; an agent without it fails that follow-up and says why.
+//! it; an agent without it fails that follow-up and says why. A task a
+//! phone submits with `resume` starts the same way on that session, which
+//! [`list_sessions`] found with the agent's `session/list` ([`sessions`]).
 //!
 //! **Updates.** `session/update` notifications become progress, tool calls,
 //! tool results and plans on the phone (`acp/mapping.rs`). They are read from the
@@ -25,8 +27,10 @@
 //! on the phone, through the same path as every executor's (the task
 //! manager shows, times and audits it). The phone's allow selects the
 //! agent's `allow_once` option, its deny `reject_once` (or `reject_always`
-//! when the agent offers no `reject_once`). `allow_always` is never chosen:
-//! the phone allowed one step. Without an `allow_once` option, an allow
+//! when the agent offers no `reject_once`). `allow_always` is chosen only
+//! for an allow the phone made a standing rule ("always allow",
+//! [`Control::Decision`]'s `always`), and `allow_once` then when the agent
+//! offers no `allow_always`. Without an `allow_once` option, a plain allow
 //! answers `cancelled`. An approval that times out, a cancel, and a turn
 //! that ends first answer `cancelled`.
 //!
@@ -54,9 +58,18 @@
 //! is not JSON-RPC fails the task with what happened (its exit status and
 //! last stderr line when it exited). [`Control::Cancel`] sends
 //! `session/cancel`, answers pending permissions `cancelled`, waits up to
-//! [`CANCEL_GRACE`] for the turn to end, and finishes `cancelled`. In every
-//! case the agent's process group is then terminated (`SIGTERM`, `SIGKILL`
-//! after [`crate::executor::KILL_GRACE`]) before the task's last event.
+//! [`CANCEL_GRACE`] for the turn to end, and finishes `cancelled` (saying so
+//! when the agent did not end its turn in that time).
+//!
+//! **Stopping the agent.** Before the task's last event the agent is
+//! stopped: its stdin is closed and it has [`STOP_GRACE`] to exit on its
+//! own, then its process group is terminated (`SIGTERM`, `SIGKILL` after
+//! [`crate::executor::KILL_GRACE`]). The grace is for the agent's own
+//! bookkeeping: Claude Code (behind `claude-code-acp`) writes a turn's
+//! transcript, which `session/load` later replays, a moment after the turn
+//! ended, and a `SIGTERM` right away lost the last turn under load. (That
+//! adapter does not exit when its stdin closes, so it gets the whole grace.)
+//! A task whose consumer is gone is terminated at once.
 //!
 //! The agent's stderr is its log: kept off the phone, its last line goes
 //! into a failure's summary.
@@ -65,6 +78,8 @@ mod approvals;
 mod connection;
 pub mod fs;
 mod mapping;
+mod plumbing;
+pub mod sessions;
 #[cfg(test)]
 #[cfg(unix)]
 mod tests;
@@ -78,6 +93,7 @@ use serde_json::Value;
 use tandem_proto::message::FinishStatus;
 use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::debug;
 
@@ -89,10 +105,17 @@ use crate::executor::{
 use approvals::{Ask, choose, kind};
 use connection::{FromConn, ToConn};
 use mapping::Mapper;
+use plumbing::{Plumbing, plumb, project_of, stop_agent};
+pub use sessions::list_sessions;
 
 /// After `session/cancel`, how long the agent has to end its turn before
 /// its process group is terminated anyway.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Once its stdin is closed, how long the agent has to exit on its own
+/// (and finish writing its session) before its process group is
+/// terminated.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Joined message text waits at most this long before it goes to the phone.
 pub(crate) const TEXT_FLUSH: Duration = Duration::from_millis(500);
@@ -133,30 +156,9 @@ pub fn start(
     let ExecutorKind::Acp { program, args, session_meta } = &config.kind else {
         return Err(ExecError::Unsupported("not an ACP executor"));
     };
-    let dir = match &config.workdir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_dir().map_err(ExecError::Setup)?,
-    };
-    let project = fs::Project::new(&dir).map_err(|e| ExecError::Workdir {
-        path: dir.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let project = project_of(config)?;
     let mut proc = Proc::spawn_capped(config, program, args, &[], true, MAX_MESSAGE_BYTES)?;
-
-    // agent stdout → supervisor (tap) → `wire` → library; library →
-    // `to_agent` → agent stdin.
-    let (wire, from_agent) = tokio::io::duplex(PIPE_BYTES);
-    let (to_agent, mut outgoing) = tokio::io::duplex(PIPE_BYTES);
-    if let Some(mut stdin) = proc.child.stdin.take() {
-        tokio::spawn(async move {
-            if let Err(e) = tokio::io::copy(&mut outgoing, &mut stdin).await {
-                debug!(error = %e, "writing to the ACP agent's stdin ended");
-            }
-        });
-    }
-    let (from_tx, from_conn) = mpsc::unbounded_channel();
-    let (to_conn, to_rx) = mpsc::unbounded_channel();
-    let ends = connection::Ends { from_agent, to_agent, tx: from_tx, rx: to_rx };
+    let Plumbing { wire, stdin, from_conn, to_conn, ends } = plumb(&mut proc);
     let session = connection::Session {
         resume: resume.map(str::to_owned),
         meta: session_meta.clone().unwrap_or_else(default_session_meta),
@@ -168,6 +170,7 @@ pub fn start(
     let (controls_tx, controls) = mpsc::channel(CONTROL_BUFFER);
     let supervisor = Supervisor {
         proc,
+        stdin,
         events: events_tx,
         cancel,
         controls,
@@ -221,6 +224,9 @@ enum End {
 /// protocol thread's channels, the approvals and the one final `Finished`.
 struct Supervisor {
     proc: Proc,
+    /// Copies the protocol's bytes to the agent's stdin, which it owns:
+    /// aborted, the agent's stdin closes.
+    stdin: Option<JoinHandle<()>>,
     events: mpsc::Sender<ExecEvent>,
     cancel: mpsc::Receiver<()>,
     controls: mpsc::Receiver<Control>,
@@ -254,7 +260,7 @@ impl Supervisor {
         match self.work().await {
             End::Finish(status, summary) => {
                 self.answer_all_cancelled();
-                self.proc.terminate().await;
+                self.stop().await;
                 self.finish(status, summary).await;
             }
             End::Cancelled => {
@@ -267,12 +273,17 @@ impl Supervisor {
                 if self.prompting {
                     self.wind_down().await;
                 }
-                self.proc.terminate().await;
+                let summary = if self.prompting {
+                    "cancelled (the agent did not end its turn when asked; it was stopped)"
+                } else {
+                    "cancelled"
+                };
+                self.stop().await;
                 let rest = self.mapper.flush();
                 for event in rest {
                     let _ = self.events.send(event).await;
                 }
-                self.finish(FinishStatus::Cancelled, "cancelled".to_owned()).await;
+                self.finish(FinishStatus::Cancelled, summary.to_owned()).await;
             }
             End::Abandoned => {
                 debug!("acp executor abandoned; terminating it");
@@ -407,6 +418,8 @@ impl Supervisor {
             }
             FromConn::Failed(why) => Some(self.failed(&why).await),
             FromConn::Refused(what) => self.emit(ExecEvent::Progress(what)).await,
+            // Only a listing's connection sends it.
+            FromConn::Listed(_) => None,
             FromConn::Permission { request, reply } => {
                 let tool_call = serde_json::to_value(&request.tool_call).unwrap_or(Value::Null);
                 let labels: Vec<String> =
@@ -540,6 +553,13 @@ impl Supervisor {
         End::Finish(FinishStatus::Failed, cap_text(summary, MAX_EVENT_TEXT))
     }
 
+    /// Stops the agent ([`stop_agent`]); the library's end of its stdout
+    /// closes first.
+    async fn stop(&mut self) {
+        self.wire = None;
+        stop_agent(&mut self.proc, self.stdin.take(), &mut self.last_stderr).await;
+    }
+
     /// After `session/cancel`: the turn's end, or [`CANCEL_GRACE`]. Updates
     /// still go to the phone; new permission requests are answered
     /// `cancelled`.
@@ -564,8 +584,12 @@ impl Supervisor {
                     Some(FromConn::Write { reply, .. }) => {
                         let _ = reply.send(false);
                     }
-                    Some(FromConn::PromptDone(_) | FromConn::Failed(_)) | None => return,
-                    Some(FromConn::Ready(_) | FromConn::Refused(_)) => {}
+                    Some(FromConn::PromptDone(_)) => {
+                        self.prompting = false;
+                        return;
+                    }
+                    Some(FromConn::Failed(_)) | None => return,
+                    Some(FromConn::Ready(_) | FromConn::Refused(_) | FromConn::Listed(_)) => {}
                 },
             }
         }
@@ -594,7 +618,7 @@ impl Supervisor {
     /// A follow-up is queued (or sent, between turns); a decision answers
     /// its permission request.
     fn on_control(&mut self, c: Control) {
-        let (approval_id, allow) = match c {
+        let (approval_id, allow, always) = match c {
             Control::FollowUp(text) => {
                 if self.prompting || self.first_prompt.is_some() {
                     self.follow_ups.push_back(text);
@@ -604,7 +628,7 @@ impl Supervisor {
                 return;
             }
             Control::Cancel => return,
-            Control::Decision { approval_id, allow, .. } => (approval_id, allow),
+            Control::Decision { approval_id, allow, always } => (approval_id, allow, always),
             Control::Expired { approval_id } => {
                 if let Some(ask) = self.pending.remove(&approval_id) {
                     ask.cancel();
@@ -614,7 +638,7 @@ impl Supervisor {
         };
         match self.pending.remove(&approval_id) {
             Some(Ask::Permission { reply, options, grants }) => {
-                let outcome = choose(&options, allow);
+                let outcome = choose(&options, allow, always);
                 if matches!(outcome, RequestPermissionOutcome::Selected(_)) && allow {
                     // Before the answer: the write it allows comes after.
                     self.granted.extend(grants);

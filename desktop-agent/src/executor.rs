@@ -332,6 +332,9 @@ pub enum ExecError {
     /// A control message could not be encoded.
     #[error("could not encode a message for the executor: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The agent did not do what was asked (the text says what happened).
+    #[error("the agent failed: {0}")]
+    Agent(String),
 }
 
 /// A started executor: its events, and a way to control it.
@@ -486,9 +489,7 @@ pub async fn list_sessions(config: &ExecutorConfig) -> Result<Vec<SessionEntry>,
                 .await
                 .unwrap_or(Err(ExecError::Unsupported("listing sessions failed")))
         }
-        ExecutorKind::Acp { .. } => {
-            Err(ExecError::Unsupported("this ACP agent cannot list its sessions"))
-        }
+        ExecutorKind::Acp { .. } => crate::acp::list_sessions(config).await,
         ExecutorKind::Command { .. } | ExecutorKind::Jsonl { .. } => {
             Err(ExecError::Unsupported("this executor keeps no sessions to continue"))
         }

@@ -436,17 +436,6 @@ async fn settings_apply_when_the_desktops_config_opts_in_but_mcp_servers_never_d
     s.phone.client.close().await;
 }
 
-/// The approval's resolution in `events`: (allow, by).
-fn resolution(events: &[TaskEvent]) -> Vec<(bool, String)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            TaskEvent::ApprovalResolved { allow, by, .. } => Some((*allow, by.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The desktop's approval rules answer before the phone is asked: an allow
 /// rule lets the real Claude Code run the matching `Bash` (the phone, which
 /// never answers, still sees the request and that the rule allowed it), and
@@ -459,7 +448,7 @@ async fn an_allow_rule_runs_the_matching_command_without_asking_the_phone() {
     std::fs::remove_file(s.repo.join(".claude/settings.json")).unwrap();
     let events = s.run("t-rule-allow", Answering::Ignore).await;
     assert_eq!(approvals(&events).len(), 1, "shown to the phone: {events:#?}");
-    assert_eq!(resolution(&events), [(true, "rule:allow Bash(echo pwned*)".to_owned())]);
+    assert_eq!(common::resolutions(&events), [(true, "rule:allow Bash(echo pwned*)".to_owned())]);
     assert_eq!(s.marker().as_deref(), Some("pwned\n"), "the rule let it run");
     let (status, _) = finished(&events);
     assert_eq!(status, FinishStatus::Succeeded);
@@ -481,7 +470,7 @@ async fn a_deny_rule_wins_over_an_allow_rule_and_the_command_never_runs() {
     std::fs::remove_file(s.repo.join(".claude/settings.json")).unwrap();
     let from = s.api.requests().len();
     let events = s.run("t-rule-deny", Answering::Allow).await;
-    assert_eq!(resolution(&events), [(false, "rule:deny Bash(*> marker*)".to_owned())]);
+    assert_eq!(common::resolutions(&events), [(false, "rule:deny Bash(*> marker*)".to_owned())]);
     assert_eq!(s.marker(), None, "denied by the rule: never ran");
     let results = tool_results(&s.calls_since(from));
     assert!(results.iter().any(|r| r.is_error), "the model was told: {results:?}");

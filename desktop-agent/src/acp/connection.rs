@@ -8,7 +8,9 @@
 //! runtimes.
 //!
 //! Here: `initialize` (file system read and write advertised, no
-//! terminal), `session/new` in the project directory (or `session/load` of
+//! terminal), then either `session/list` for the project directory
+//! ([`spawn_list`], when the agent has the capability) or
+//! `session/new` in the project directory (or `session/load` of
 //! an earlier session, when the agent can), one `session/prompt`
 //! per [`ToConn::Prompt`], `session/cancel` on [`ToConn::Cancel`]; the
 //! agent's `session/request_permission` goes to the supervisor and waits
@@ -20,16 +22,17 @@
 //! wire, in order (the crate hands each notification to a task of its own,
 //! so their order relative to the prompt's response is not kept here).
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use agent_client_protocol::{
     self as acp, Agent as _, ClientCapabilities, ClientSideConnection, FileSystemCapabilities,
-    Implementation, InitializeRequest, LoadSessionRequest, NewSessionRequest, PromptRequest,
-    ProtocolVersion, ReadTextFileRequest, ReadTextFileResponse, RequestPermissionOutcome,
-    RequestPermissionRequest, RequestPermissionResponse, SessionId, SessionNotification,
-    StopReason, WriteTextFileRequest, WriteTextFileResponse,
+    Implementation, InitializeRequest, InitializeResponse, ListSessionsRequest, LoadSessionRequest,
+    NewSessionRequest, PromptRequest, ProtocolVersion, ReadTextFileRequest, ReadTextFileResponse,
+    RequestPermissionOutcome, RequestPermissionRequest, RequestPermissionResponse, SessionId,
+    SessionInfo, SessionNotification, StopReason, WriteTextFileRequest, WriteTextFileResponse,
 };
 use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot};
@@ -47,6 +50,13 @@ const RESOURCE_NOT_FOUND: i32 = -32002;
 
 /// How much of an unasked write the phone is shown.
 const PREVIEW_BYTES: usize = 4 * 1024;
+
+/// Pages of `session/list` read at most (the agent pages them; the
+/// newest come first).
+const MAX_LIST_PAGES: usize = 4;
+
+/// Sessions listed at most (the protocol's listing keeps the newest 50).
+pub(crate) const MAX_LISTED: usize = 50;
 
 /// What the supervisor asks of the connection.
 #[derive(Debug)]
@@ -87,6 +97,9 @@ pub(crate) enum FromConn {
     },
     /// A file request was refused (for the phone to see).
     Refused(String),
+    /// `session/list` answered ([`spawn_list`]): the sessions, or `None`
+    /// when the agent has no `session/list`.
+    Listed(Option<Vec<SessionInfo>>),
 }
 
 /// The connection's ends: the agent's stdout in, its stdin out, and the
@@ -111,26 +124,55 @@ pub(crate) struct Session {
 /// # Errors
 /// The thread could not be started.
 pub(crate) fn spawn(project: Project, session: Session, ends: Ends) -> std::io::Result<()> {
+    let tx = ends.tx.clone();
+    on_thread(tx, move || drive(project, session, ends))
+}
+
+/// Starts a connection's thread that lists the agent's sessions in
+/// `project` and answers [`FromConn::Listed`] (or [`FromConn::Failed`]).
+///
+/// # Errors
+/// The thread could not be started.
+pub(crate) fn spawn_list(project: Project, ends: Ends) -> std::io::Result<()> {
+    let tx = ends.tx.clone();
+    on_thread(tx, move || list(project, ends))
+}
+
+/// Runs `work` on a thread of its own, in a current-thread runtime's
+/// [`LocalSet`]; a runtime that cannot start is a [`FromConn::Failed`].
+fn on_thread<F, Fut>(tx: mpsc::UnboundedSender<FromConn>, work: F) -> std::io::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
     std::thread::Builder::new().name("tandem-acp".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
                 let why = format!("could not start the ACP client: {e}");
-                let _ = ends.tx.send(FromConn::Failed(why));
+                let _ = tx.send(FromConn::Failed(why));
                 return;
             }
         };
-        LocalSet::new().block_on(&runtime, drive(project, session, ends));
+        LocalSet::new().block_on(&runtime, work());
     })?;
     Ok(())
 }
 
-/// The connection's life: set up, then prompts and cancels until the
-/// supervisor lets go of its sender.
-async fn drive(project: Project, session: Session, ends: Ends) {
-    let Session { resume, meta } = session;
-    let Ends { from_agent, to_agent, tx, mut rx } = ends;
-    let root = project.root().to_owned();
+/// The connection, set up and initialized.
+struct Connected {
+    conn: Rc<ClientSideConnection>,
+    init: InitializeResponse,
+}
+
+/// Sets the connection up and sends `initialize`; a failure is told to the
+/// supervisor ([`FromConn::Failed`]) and is `None`.
+async fn connect(
+    project: Project,
+    from_agent: DuplexStream,
+    to_agent: DuplexStream,
+    tx: &mpsc::UnboundedSender<FromConn>,
+) -> Option<Connected> {
     let client = TandemClient { project: Arc::new(project), tx: tx.clone() };
     let (conn, io) =
         ClientSideConnection::new(client, to_agent.compat_write(), from_agent.compat(), |f| {
@@ -149,21 +191,67 @@ async fn drive(project: Project, session: Session, ends: Ends) {
     let init = InitializeRequest::new(ProtocolVersion::V1)
         .client_capabilities(capabilities)
         .client_info(Implementation::new("tandem", env!("CARGO_PKG_VERSION")));
-    let can_load = match conn.initialize(init).await {
+    match conn.initialize(init).await {
         Ok(init) if init.protocol_version != ProtocolVersion::V1 => {
             let why = format!(
                 "the agent speaks version {} of the protocol; this desktop speaks version 1",
                 init.protocol_version
             );
             let _ = tx.send(FromConn::Failed(why));
-            return;
+            None
         }
-        Ok(init) => init.agent_capabilities.load_session,
+        Ok(init) => Some(Connected { conn, init }),
         Err(e) => {
             let _ = tx.send(FromConn::Failed(format!("the agent did not initialize: {e}")));
-            return;
+            None
         }
+    }
+}
+
+/// `session/list` for the project directory, page after page up to
+/// [`MAX_LISTED`] sessions.
+async fn list(project: Project, ends: Ends) {
+    let Ends { from_agent, to_agent, tx, rx: _rx } = ends;
+    let root = project.root().to_owned();
+    let Some(Connected { conn, init }) = connect(project, from_agent, to_agent, &tx).await else {
+        return;
     };
+    if init.agent_capabilities.session_capabilities.list.is_none() {
+        let _ = tx.send(FromConn::Listed(None));
+        return;
+    }
+    let mut sessions = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_LIST_PAGES {
+        let request = ListSessionsRequest::new().cwd(root.clone()).cursor(cursor.take());
+        match conn.list_sessions(request).await {
+            Ok(page) => {
+                sessions.extend(page.sessions);
+                cursor = page.next_cursor;
+            }
+            Err(e) => {
+                let why = format!("the agent did not list its sessions: {e}");
+                let _ = tx.send(FromConn::Failed(why));
+                return;
+            }
+        }
+        if cursor.is_none() || sessions.len() >= MAX_LISTED {
+            break;
+        }
+    }
+    let _ = tx.send(FromConn::Listed(Some(sessions)));
+}
+
+/// The connection's life: set up, then prompts and cancels until the
+/// supervisor lets go of its sender.
+async fn drive(project: Project, session: Session, ends: Ends) {
+    let Session { resume, meta } = session;
+    let Ends { from_agent, to_agent, tx, mut rx } = ends;
+    let root = project.root().to_owned();
+    let Some(Connected { conn, init }) = connect(project, from_agent, to_agent, &tx).await else {
+        return;
+    };
+    let can_load = init.agent_capabilities.load_session;
     let session = match resume {
         None => {
             let request = NewSessionRequest::new(root).meta(meta);

@@ -14,7 +14,9 @@ use tandem_proto::message::FinishStatus;
 use crate::executor::{Control, ExecEvent, ExecutorConfig, ExecutorKind, Running};
 
 /// The peer. Modes (argv[1]): `garbage`, `huge`, `v2`, `exit`, `stop:<reason>`, `perm`,
-/// `fs`, `cancel`, `deaf`.
+/// `fs`, `cancel`, `deaf`, `list`. More words after it: `noload` (no
+/// `loadSession`), `linger` (stays when its stdin closes). It writes its pid
+/// to `stdin-closed` in its working directory when its stdin closes.
 const PEER: &str = r#"
 import json, os, sys
 mode = sys.argv[1]
@@ -41,9 +43,24 @@ for line in sys.stdin:
         caps = m["params"]["clientCapabilities"]
         assert caps["fs"] == {"readTextFile": True, "writeTextFile": True}, caps
         assert caps.get("terminal") in (None, False), caps
-        load = len(sys.argv) < 3 or sys.argv[2] != "noload"
+        load = "noload" not in sys.argv[2:]
+        caps = {"loadSession": load}
+        if mode == "list":
+            caps["sessionCapabilities"] = {"list": {}}
         send({"jsonrpc": "2.0", "id": m["id"], "result": {"protocolVersion": 2 if mode == "v2" else 1,
-              "agentCapabilities": {"loadSession": load}}})
+              "agentCapabilities": caps}})
+    elif method == "session/list":
+        p = m["params"]
+        assert os.path.samefile(p["cwd"], os.getcwd()), p
+        here = p["cwd"]
+        if p.get("cursor") is None:
+            sessions = [{"sessionId": "s-old", "cwd": here, "title": "first\ntry", "updatedAt": "2026-01-01T00:00:00Z"},
+                        {"sessionId": "s-other", "cwd": "/somewhere/else", "title": "not here", "updatedAt": "2026-03-01T00:00:00Z"}]
+            send({"jsonrpc": "2.0", "id": m["id"], "result": {"sessions": sessions, "nextCursor": "page-2"}})
+        else:
+            assert p["cursor"] == "page-2", p
+            sessions = [{"sessionId": "s-new", "cwd": here, "updatedAt": "2026-02-01T10:00:00.250+01:00"}]
+            send({"jsonrpc": "2.0", "id": m["id"], "result": {"sessions": sessions}})
     elif method == "session/new":
         want = json.loads(os.environ.get("EXPECT_META", '{"claudeCode": {"options": {"settingSources": []}}}'))
         assert m["params"].get("_meta") == want, m
@@ -101,6 +118,11 @@ for line in sys.stdin:
             send({"jsonrpc": "2.0", "id": 63, "method": "fs/read_text_file", "params": {"sessionId": sid, "path": os.getcwd() + "/in/side.txt", "line": 2, "limit": 1}})
         if mode == "fs" and len(answers) == 6 or mode == "perm" and asked == 3:
             send({"jsonrpc": "2.0", "id": prompt_id, "result": {"stopReason": "end_turn"}})
+with open("stdin-closed", "w") as f:
+    f.write(str(os.getpid()))
+if "linger" in sys.argv[2:]:
+    import time
+    time.sleep(60)
 "#;
 
 fn config(dir: &Path, mode: &str) -> ExecutorConfig {
@@ -156,6 +178,11 @@ fn progress(events: &[ExecEvent]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The peer's reports of the outcomes it got for its permission requests.
+fn outcomes(events: &[ExecEvent]) -> Vec<String> {
+    progress(events).lines().filter(|l| l.starts_with("outcome")).map(str::to_owned).collect()
 }
 
 async fn run(mode: &str) -> Vec<ExecEvent> {
@@ -255,9 +282,8 @@ async fn decisions_pick_the_agents_options() {
         .collect();
     assert_eq!(ids.len(), 3);
     let said = progress(&events);
-    let outcomes: Vec<&str> = said.lines().filter(|l| l.starts_with("outcome")).collect();
     assert_eq!(
-        outcomes,
+        outcomes(&events),
         [
             r#"outcome {"optionId": "once", "outcome": "selected"}"#,
             r#"outcome {"optionId": "never", "outcome": "selected"}"#,
@@ -353,7 +379,8 @@ async fn an_agent_that_ignores_the_cancel_is_stopped_after_the_grace() {
     let started = std::time::Instant::now();
     r.control(Control::Cancel).await.unwrap();
     let events = all(&mut r).await;
-    assert_eq!(finish(&events), (FinishStatus::Cancelled, "cancelled".into()));
+    let said = "cancelled (the agent did not end its turn when asked; it was stopped)";
+    assert_eq!(finish(&events), (FinishStatus::Cancelled, said.into()));
     let took = started.elapsed();
     assert!(took >= super::CANCEL_GRACE && took < super::CANCEL_GRACE * 3, "{took:?}");
 }
@@ -407,4 +434,92 @@ async fn session_meta_pins_claude_code_acp_unless_configured() {
     custom.env[0].1 = r#"{"y": 2}"#.into();
     let mut r = crate::executor::start(&custom, "t").unwrap();
     assert_eq!(finish(&all(&mut r).await).0, FinishStatus::Failed, "the peer saw the wrong _meta");
+}
+
+/// The pid the peer wrote when its stdin closed, if it did.
+fn closed_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("project/stdin-closed")).ok()?.parse().ok()
+}
+
+#[tokio::test]
+async fn a_finished_agent_gets_its_stdin_closed_and_time_to_exit() {
+    // The peer exits when its stdin closes: the task finishes without
+    // waiting out the grace, and it was not signalled first.
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let mut r = crate::executor::start(&config(dir.path(), "stop:end_turn"), "t").unwrap();
+    assert_eq!(finish(&all(&mut r).await).0, FinishStatus::Succeeded);
+    assert!(started.elapsed() < super::STOP_GRACE, "{:?}", started.elapsed());
+    assert!(closed_pid(dir.path()).is_some(), "the peer saw its stdin close");
+
+    // One that stays is given the grace, then stopped.
+    let dir = tempfile::tempdir().unwrap();
+    let mut lingering = config(dir.path(), "stop:end_turn");
+    if let ExecutorKind::Acp { args, .. } = &mut lingering.kind {
+        args.push("linger".into());
+    }
+    let started = std::time::Instant::now();
+    let mut r = crate::executor::start(&lingering, "t").unwrap();
+    assert_eq!(finish(&all(&mut r).await).0, FinishStatus::Succeeded);
+    let took = started.elapsed();
+    assert!(took >= super::STOP_GRACE, "stopped before the grace: {took:?}");
+    assert!(took < super::STOP_GRACE * 3, "{took:?}");
+    let pid = closed_pid(dir.path()).expect("the peer saw its stdin close");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the peer is still there");
+}
+
+#[tokio::test]
+async fn sessions_are_listed_for_the_project_when_the_agent_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let listing = config(dir.path(), "list");
+    let listed = super::list_sessions(&listing).await.unwrap();
+    // Both pages, this project's only, newest first; the title on one line.
+    let got: Vec<(&str, &str, u64)> =
+        listed.iter().map(|e| (e.id.as_str(), e.title.as_str(), e.updated_ms)).collect();
+    assert_eq!(got, [("s-new", "", 1_769_936_400_250), ("s-old", "first try", 1_767_225_600_000)]);
+    assert!(closed_pid(dir.path()).is_some(), "the agent was stopped by closing its stdin");
+
+    // An agent without `session/list` cannot list; one that fails says so.
+    let plain = super::list_sessions(&config(dir.path(), "stop:end_turn")).await;
+    assert!(matches!(plain, Err(crate::executor::ExecError::Unsupported(_))), "{plain:?}");
+    let exited = super::list_sessions(&config(dir.path(), "exit")).await;
+    let Err(crate::executor::ExecError::Agent(why)) = exited else { panic!("{exited:?}") };
+    assert!(why.contains("boom"), "{why}");
+    let mut not_acp = listing.clone();
+    not_acp.kind = ExecutorKind::Command { program: "true".into(), args: Vec::new() };
+    let other = super::list_sessions(&not_acp).await;
+    assert!(matches!(other, Err(crate::executor::ExecError::Unsupported(_))), "{other:?}");
+}
+
+#[tokio::test]
+async fn an_always_allow_picks_the_agents_allow_always_when_it_offers_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = crate::executor::start(&config(dir.path(), "perm"), "t").unwrap();
+    let mut events = Vec::new();
+    // The first request offers `allow_always`, the second does not.
+    for always in [Some(true), Some(true), None] {
+        let approval_id = loop {
+            let e = next(&mut r).await;
+            events.push(e.clone());
+            if let ExecEvent::ApprovalRequest { approval_id, .. } = e {
+                break approval_id;
+            }
+        };
+        let answer = match always {
+            Some(always) => Control::Decision { approval_id, allow: true, always },
+            None => Control::Expired { approval_id },
+        };
+        r.control(answer).await.unwrap();
+    }
+    events.extend(all(&mut r).await);
+    assert_eq!(
+        outcomes(&events),
+        [
+            r#"outcome {"optionId": "always", "outcome": "selected"}"#,
+            r#"outcome {"optionId": "once", "outcome": "selected"}"#,
+            r#"outcome {"outcome": "cancelled"}"#,
+        ],
+        "{events:?}"
+    );
+    assert_eq!(finish(&events).0, FinishStatus::Succeeded);
 }

@@ -158,12 +158,16 @@ pub(crate) async fn tasks(
 }
 
 /// For a task a `claude` executor ran, how to continue its Claude Code
-/// session at the terminal: `cd DIR && claude --resume SESSION`.
+/// session at the terminal: `cd DIR && claude --resume SESSION`. For one an
+/// `acp` executor ran, its ACP session id and how to continue it (from a
+/// phone; and, for Zed's Claude Code adapter, whose sessions are Claude
+/// Code's, at the terminal as for `claude`).
 async fn terminal_hand_off(
     dir: &std::path::Path,
     id: &str,
     settings: Option<&tandem_agent::settings::Settings>,
 ) -> Option<String> {
+    use tandem_agent::executor::ExecutorKind;
     let settings = settings?;
     let records: Vec<tandem_agent::history::TaskRecord> =
         match ipc::call(dir, &ipc::Request::Tasks { limit: usize::MAX }).await {
@@ -174,9 +178,6 @@ async fn terminal_hand_off(
     let record = records.into_iter().find(|r| r.task_id == id)?;
     let token = record.resume_token.as_deref()?;
     let executor = settings.executors.iter().find(|e| e.name == record.executor)?;
-    let tandem_agent::executor::ExecutorKind::Claude { program, .. } = &executor.kind else {
-        return None;
-    };
     let workdir = record
         .project
         .as_deref()
@@ -185,12 +186,32 @@ async fn terminal_hand_off(
         .or_else(|| executor.workdir.clone());
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let cd = workdir.map(|w| format!("cd {} && ", quote(&w.display().to_string())));
-    Some(format!(
-        "Continue this Claude Code session at the terminal: {}{} --resume {}",
-        cd.unwrap_or_default(),
-        quote(program),
-        quote(token)
-    ))
+    let claude_line = |program: &str| {
+        format!(
+            "Continue this Claude Code session at the terminal: {}{} --resume {}",
+            cd.clone().unwrap_or_default(),
+            quote(program),
+            quote(token)
+        )
+    };
+    match &executor.kind {
+        ExecutorKind::Claude { program, .. } => Some(claude_line(program)),
+        ExecutorKind::Acp { program, args, .. } => {
+            let mut lines = vec![
+                format!("ACP session: {}", text::one_line(token)),
+                "Continue it from a phone (a follow-up to this task, or a new task that resumes \
+                 this session), or in an ACP client that can load sessions (session/load)."
+                    .to_owned(),
+            ];
+            // Zed's adapter keeps its sessions in Claude Code's own store.
+            let adapter = ["claude-code-acp", "claude-agent-acp"];
+            if std::iter::once(program).chain(args).any(|a| adapter.iter().any(|n| a.contains(n))) {
+                lines.push(claude_line("claude"));
+            }
+            Some(lines.join("\n"))
+        }
+        _ => None,
+    }
 }
 
 /// Print a task event once (the replay and the live stream overlap).

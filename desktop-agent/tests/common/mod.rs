@@ -140,8 +140,18 @@ pub async fn next(
     what: &str,
     pred: impl Fn(&Event) -> bool,
 ) -> Event {
+    next_within(events, what, Duration::from_secs(20), pred).await
+}
+
+/// [`next`], waiting up to `wait` for each event.
+pub async fn next_within(
+    events: &mut mpsc::Receiver<Event>,
+    what: &str,
+    wait: Duration,
+    pred: impl Fn(&Event) -> bool,
+) -> Event {
     loop {
-        let e = tokio::time::timeout(Duration::from_secs(20), events.recv())
+        let e = tokio::time::timeout(wait, events.recv())
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
             .unwrap();
@@ -149,6 +159,19 @@ pub async fn next(
             return e;
         }
     }
+}
+
+/// How each approval in `events` was resolved: (allowed, by whom).
+pub fn resolutions(events: &[tandem_proto::message::TaskEvent]) -> Vec<(bool, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            tandem_proto::message::TaskEvent::ApprovalResolved { allow, by, .. } => {
+                Some((*allow, by.clone()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 pub fn now_unix() -> u64 {
@@ -333,9 +356,16 @@ impl Phone {
 
     /// The next application message from the desktop (acks everything).
     pub async fn message(&mut self) -> Message {
+        self.message_within(Duration::from_secs(20)).await
+    }
+
+    /// [`Phone::message`], waiting up to `wait` for it (a real agent that
+    /// starts slowly on a busy machine).
+    pub async fn message_within(&mut self, wait: Duration) -> Message {
         loop {
+            let deliver = |e: &Event| matches!(e, Event::Deliver { .. });
             let Event::Deliver { delivery_id, payload, .. } =
-                next(&mut self.events, "a message", |e| matches!(e, Event::Deliver { .. })).await
+                next_within(&mut self.events, "a message", wait, deliver).await
             else {
                 unreachable!()
             };
