@@ -27,10 +27,13 @@
 //! on the phone, through the same path as every executor's (the task
 //! manager shows, times and audits it). The phone's allow selects the
 //! agent's `allow_once` option, its deny `reject_once` (or `reject_always`
-//! when the agent offers no `reject_once`). `allow_always` is chosen only
-//! for an allow the phone made a standing rule ("always allow",
-//! [`Control::Decision`]'s `always`), and `allow_once` then when the agent
-//! offers no `allow_always`. Without an `allow_once` option, a plain allow
+//! when the agent offers no `reject_once`). An allow the phone made a
+//! standing rule ("always allow", [`Control::Decision`]'s `always`) is
+//! answered `allow_once` too: the agent's own `allow_always` is wider than
+//! the desktop's rule (`claude-code-acp` writes an allow rule for the whole
+//! tool into the project's `.claude/settings.local.json`), outside the
+//! desktop's deny rules and `tandem rules remove`; the desktop's rule answers
+//! the next request. Without an `allow_once` option, a plain allow
 //! answers `cancelled`. An approval that times out, a cancel, and a turn
 //! that ends first answer `cancelled`.
 //!
@@ -628,7 +631,8 @@ impl Supervisor {
                 return;
             }
             Control::Cancel => return,
-            Control::Decision { approval_id, allow, always } => (approval_id, allow, always),
+            // Never the agent's own `allow_always` (module documentation).
+            Control::Decision { approval_id, allow, .. } => (approval_id, allow, false),
             Control::Expired { approval_id } => {
                 if let Some(ask) = self.pending.remove(&approval_id) {
                     ask.cancel();

@@ -492,7 +492,7 @@ async fn sessions_are_listed_for_the_project_when_the_agent_can() {
 }
 
 #[tokio::test]
-async fn an_always_allow_picks_the_agents_allow_always_when_it_offers_one() {
+async fn an_always_allow_is_answered_allow_once_never_the_agents_allow_always() {
     let dir = tempfile::tempdir().unwrap();
     let mut r = crate::executor::start(&config(dir.path(), "perm"), "t").unwrap();
     let mut events = Vec::new();
@@ -515,7 +515,7 @@ async fn an_always_allow_picks_the_agents_allow_always_when_it_offers_one() {
     assert_eq!(
         outcomes(&events),
         [
-            r#"outcome {"optionId": "always", "outcome": "selected"}"#,
+            r#"outcome {"optionId": "once", "outcome": "selected"}"#,
             r#"outcome {"optionId": "once", "outcome": "selected"}"#,
             r#"outcome {"outcome": "cancelled"}"#,
         ],
