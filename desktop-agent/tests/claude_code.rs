@@ -635,3 +635,45 @@ async fn a_session_started_at_the_terminal_continues_from_the_phone() {
     });
     assert!(carried, "the phone's request did not carry the terminal's conversation");
 }
+
+/// Cancel with a permission prompt pending, with the real CLI: the phone's
+/// cancel finishes the task `cancelled` while Claude Code waits on Tandem's
+/// permission tool; the command never runs, and no process is left in the
+/// repository (Claude Code, the permission server it started, their tools).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_with_a_permission_prompt_pending_stops_claude_code() {
+    let mut s = setup(Plant::ProjectAllow, &[], Auth::ApiKey).await;
+    std::fs::remove_file(s.repo.join(".claude/settings.json")).unwrap();
+    let submit = Message::TaskSubmit {
+        task_id: "t-cancel".into(),
+        text: "Write the marker file.".into(),
+        workspace: None,
+        executor: None,
+        resume: None,
+    };
+    s.phone.send(&submit).await;
+    loop {
+        if let Message::TaskEvent { event: TaskEvent::ApprovalRequest { .. }, .. } =
+            s.phone.message().await
+        {
+            break;
+        }
+    }
+    let in_repo = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == s.repo))
+            .count()
+    };
+    assert!(in_repo() > 0, "Claude Code runs in the repository while it waits");
+    s.phone.send(&Message::Cancel { task_id: "t-cancel".into() }).await;
+    let events = watch(&mut s.phone, "t-cancel", Answering::Ignore).await;
+    assert_eq!(finished(&events).0, FinishStatus::Cancelled, "{events:#?}");
+    assert_eq!(s.marker(), None, "the command never ran");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while in_repo() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(in_repo(), 0, "a process of the cancelled task is left");
+}
