@@ -109,6 +109,9 @@ pub enum Request {
     RemoveRule {
         /// Its number.
         number: usize,
+        /// The pattern the asker listed under that number: refused if the
+        /// rule there is another one now (the list changed meanwhile).
+        allow: String,
     },
 }
 

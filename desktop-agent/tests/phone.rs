@@ -360,6 +360,14 @@ async fn always_allow_adds_a_rule_only_for_a_device_with_the_rules_scope() {
     assert!(audit.contains("\"rule_added\"") && audit.contains("cargo test --lib"), "{audit}");
     let out = tandem(dir.path(), &["--config", config.to_str().unwrap(), "rules", "remove", "1"]);
     assert!(out.contains(&format!("Removed rule 1: allow {pattern}")), "{out}");
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(audit.contains("\"rule_removed\""), "the removal is audited: {audit}");
+    // A number that names no rule now is refused, nothing removed.
+    let (code, _) = common::tandem_status(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "rules", "remove", "1"],
+    );
+    assert_ne!(code, Some(0));
     let t5 = phone.submit(&desktop, command, None).await.unwrap();
     until_any(&mut events, &mut seen, &mut refusals, |s, _| requested(s, &t5)).await;
     phone.decide(&desktop, &t5, "t1", true).await.unwrap();

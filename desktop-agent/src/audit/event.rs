@@ -126,6 +126,14 @@ pub enum AuditEvent {
         /// Who decided: a device id, `desktop` or `timeout`.
         by: String,
     },
+    /// The desktop user removed a rule a phone had added (`tandem rules
+    /// remove`).
+    RuleRemoved {
+        /// The rule, as `allow Name(subject)`.
+        rule: String,
+        /// The device that had added it.
+        added_by: String,
+    },
     /// A phone's "always allow" added an approval rule (`rules.json`).
     RuleAdded {
         /// The task whose approval it came from.

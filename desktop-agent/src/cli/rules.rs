@@ -17,15 +17,32 @@ pub(crate) async fn rules(
     configured: &[RuleConfig],
     action: Option<&RulesAction>,
 ) -> anyhow::Result<()> {
+    // Only read: a damaged file is left for the agent to set aside.
+    let added = AddedRules::peek(dir).map_err(|e| anyhow::anyhow!(e))?;
     match action {
         None => {
-            print!("{}", lines(configured, AddedRules::open(dir).list()));
+            print!("{}", lines(configured, &added));
             Ok(())
         }
         Some(RulesAction::Remove { number }) => {
-            let gone = match ipc::call(dir, &ipc::Request::RemoveRule { number: *number }).await {
+            let Some(listed) = number.checked_sub(1).and_then(|i| added.get(i)) else {
+                anyhow::bail!("no rule added from a phone has the number {number}");
+            };
+            let allow = listed.allow.clone();
+            let req = ipc::Request::RemoveRule { number: *number, allow: allow.clone() };
+            let gone = match ipc::call(dir, &req).await {
                 Ok(v) => serde_json::from_value::<AddedRule>(field(&v, "rule").clone())?,
-                Err(ipc::IpcError::NotRunning) => AddedRules::open(dir).remove(*number)?,
+                Err(ipc::IpcError::NotRunning) => {
+                    let gone = AddedRules::open(dir).remove(*number, &allow)?;
+                    super::local::record(
+                        dir,
+                        tandem_agent::audit::AuditEvent::RuleRemoved {
+                            rule: format!("allow {}", gone.allow),
+                            added_by: gone.added_by.clone(),
+                        },
+                    );
+                    gone
+                }
                 Err(e) => return Err(e.into()),
             };
             println!("Removed rule {number}: allow {}", escaped(&gone.allow));

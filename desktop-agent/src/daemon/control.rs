@@ -51,11 +51,18 @@ impl Daemon<'_> {
                 Err(e) => Err(e),
             },
             Request::Cancel { task } => self.cancel(&task).await?,
-            Request::RemoveRule { number } => self
-                .tasks
-                .remove_added_rule(number)
-                .map(|rule| json!({"ok": true, "rule": rule}))
-                .map_err(|e| e.to_string()),
+            Request::RemoveRule { number, allow } => {
+                match self.tasks.remove_added_rule(number, &allow) {
+                    Ok(rule) => {
+                        self.record(crate::audit::AuditEvent::RuleRemoved {
+                            rule: format!("allow {}", rule.allow),
+                            added_by: rule.added_by.clone(),
+                        });
+                        Ok(json!({"ok": true, "rule": rule}))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
         };
         let v = answer.unwrap_or_else(|error| json!({"ok": false, "error": error}));
         let _ = reply.try_send(v);

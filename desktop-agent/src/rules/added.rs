@@ -39,6 +39,10 @@ pub enum AddedError {
     /// No rule with that number.
     #[error("no rule added from a phone has the number {0}")]
     NoSuchRule(usize),
+    /// The rule with that number is not the one the asker listed (the list
+    /// changed meanwhile).
+    #[error("rule {0} is another rule now: list the rules again (`tandem rules`)")]
+    Changed(usize),
 }
 
 /// One rule a phone added.
@@ -92,6 +96,21 @@ pub struct AddedRules {
 }
 
 impl AddedRules {
+    /// The rules in `dir`'s `rules.json`, only read (for a listing): a
+    /// damaged file is an error, left where it is.
+    ///
+    /// # Errors
+    /// What reading or parsing it said.
+    pub fn peek(dir: &Path) -> Result<Vec<AddedRule>, String> {
+        match std::fs::read(dir.join(FILE_NAME)) {
+            Ok(bytes) => serde_json::from_slice::<File>(&bytes)
+                .map(|f| f.rules)
+                .map_err(|e| format!("{FILE_NAME} cannot be read: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("{FILE_NAME}: {e}")),
+        }
+    }
+
     /// The rules in `dir`'s `rules.json` (none if it does not exist; a
     /// damaged one is moved aside, logged, and none apply).
     #[must_use]
@@ -149,19 +168,25 @@ impl AddedRules {
         let mut next = self.added.clone();
         next.push(rule);
         if next.len() > MAX_ADDED {
-            next.remove(0);
+            let gone = next.remove(0);
+            warn!(rule = %gone.allow, "the oldest rule a phone added was dropped: {MAX_ADDED} at most");
         }
         self.save(next)
     }
 
     /// Remove the rule numbered `n` (from 1, as [`AddedRules::list`]
-    /// orders them) and save the file; the removed rule.
+    /// orders them), if it allows `allow` (what the asker listed under that
+    /// number), and save the file; the removed rule.
     ///
     /// # Errors
-    /// [`AddedError::NoSuchRule`], [`AddedError::Save`].
-    pub fn remove(&mut self, n: usize) -> Result<AddedRule, AddedError> {
+    /// [`AddedError::NoSuchRule`], [`AddedError::Changed`],
+    /// [`AddedError::Save`].
+    pub fn remove(&mut self, n: usize, allow: &str) -> Result<AddedRule, AddedError> {
         if n == 0 || n > self.added.len() {
             return Err(AddedError::NoSuchRule(n));
+        }
+        if self.added.get(n - 1).is_none_or(|r| r.allow != allow) {
+            return Err(AddedError::Changed(n));
         }
         let mut next = self.added.clone();
         let gone = next.remove(n - 1);
@@ -376,8 +401,9 @@ mod tests {
         let other = Context { executor: "acp", ..cx(None) };
         assert!(super::super::decide(again.rules(), &t, &other).is_none(), "its executor only");
         let mut again = again;
-        assert!(matches!(again.remove(2), Err(AddedError::NoSuchRule(2))));
-        assert_eq!(again.remove(1).unwrap(), r);
+        assert!(matches!(again.remove(2, &r.allow), Err(AddedError::NoSuchRule(2))));
+        assert!(matches!(again.remove(1, "Bash(other)"), Err(AddedError::Changed(1))));
+        assert_eq!(again.remove(1, &r.allow).unwrap(), r);
         assert!(AddedRules::open(dir.path()).list().is_empty());
         std::fs::write(dir.path().join(FILE_NAME), b"{ not json").unwrap();
         assert!(AddedRules::open(dir.path()).list().is_empty());

@@ -89,15 +89,16 @@ impl TaskManager {
         self.added.list()
     }
 
-    /// Remove the added rule numbered `n`.
+    /// Remove the added rule numbered `n`, if it still allows `allow`.
     ///
     /// # Errors
     /// [`crate::rules::added::AddedError`].
     pub fn remove_added_rule(
         &mut self,
         n: usize,
+        allow: &str,
     ) -> Result<AddedRule, crate::rules::added::AddedError> {
-        let gone = self.added.remove(n)?;
+        let gone = self.added.remove(n, allow)?;
         info!(rule = %gone.allow, executor = %gone.executor, "an added approval rule was removed");
         Ok(gone)
     }
