@@ -196,7 +196,16 @@ pub(crate) fn parse_line(line: &str) -> Vec<Parsed> {
     match obj.get("type").and_then(Value::as_str) {
         Some("assistant") => {
             for block in content_blocks(&obj) {
+                // Claude Code's plan: shown as a checklist too.
+                let plan = (str_field(&block, "type") == Some("tool_use")
+                    && str_field(&block, "name") == Some("TodoWrite"))
+                .then(|| {
+                    crate::executor::plan_text(block.get("input").and_then(|i| i.get("todos")))
+                });
                 out.extend(assistant_block(block).map(Parsed::Event));
+                if let Some(plan) = plan {
+                    out.push(Parsed::Event(ExecEvent::Progress(cap_text(plan, MAX_EVENT_TEXT))));
+                }
             }
         }
         Some("user") => {
@@ -1210,6 +1219,26 @@ mod tests {
             ],
         ];
         assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn a_todo_list_is_a_plan() {
+        let line = json!({"type": "assistant", "message": {"content": [{
+            "type": "tool_use", "id": "toolu_1", "name": "TodoWrite",
+            "input": {"todos": [
+                {"content": "read the test", "status": "completed", "activeForm": "Reading"},
+                {"content": "fix\nadd", "status": "in_progress", "activeForm": "Fixing"},
+                {"content": "run it", "status": "pending", "activeForm": "Running"}]}}]}})
+        .to_string();
+        let got = parse_line(&line);
+        assert!(
+            matches!(&got[0], Parsed::Event(ExecEvent::ToolCall { name, .. }) if name == "TodoWrite")
+        );
+        assert_eq!(
+            got[1],
+            progress("Plan:\n[x] read the test\n[~] fix add\n[ ] run it"),
+            "{got:?}"
+        );
     }
 
     #[test]

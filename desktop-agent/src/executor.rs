@@ -462,6 +462,29 @@ pub fn resume(config: &ExecutorConfig, token: &str, text: &str) -> Result<Runnin
     }
 }
 
+/// A plan (an ACP agent's `plan` update's `entries`, Claude Code's
+/// `TodoWrite` `todos`: objects with `content` and a `status` of `pending`,
+/// `in_progress` or `completed`) as the progress text phones show as a
+/// checklist: `Plan:` then one line per entry, `[x]` done, `[~]` in
+/// progress, `[ ]` to do.
+#[must_use]
+pub fn plan_text(entries: Option<&serde_json::Value>) -> String {
+    let mut text = "Plan:".to_owned();
+    let entries = entries.and_then(serde_json::Value::as_array).map_or(&[][..], Vec::as_slice);
+    for entry in entries {
+        let mark = match entry.get("status").and_then(serde_json::Value::as_str) {
+            Some("completed") => "[x]",
+            Some("in_progress") => "[~]",
+            _ => "[ ]",
+        };
+        let content = entry.get("content").and_then(serde_json::Value::as_str).unwrap_or_default();
+        // One line per entry, whatever the agent wrote.
+        let content = content.split_whitespace().collect::<Vec<_>>().join(" ");
+        text.push_str(&format!("\n{mark} {content}"));
+    }
+    text
+}
+
 /// A session an executor can continue (Claude Code's, an ACP agent's), for
 /// the hand-off from the terminal to a phone (`sessions` message).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -407,16 +407,7 @@ fn location_text(location: &Value) -> Option<String> {
 }
 
 fn plan_text(update: &Value) -> String {
-    let mut text = "Plan:".to_owned();
-    for entry in update.get("entries").and_then(Value::as_array).map_or(&[][..], Vec::as_slice) {
-        let mark = match str_of(entry, "status") {
-            Some("completed") => "[x]",
-            Some("in_progress") => "[~]",
-            _ => "[ ]",
-        };
-        text.push_str(&format!("\n{mark} {}", str_of(entry, "content").unwrap_or_default()));
-    }
-    text
+    crate::executor::plan_text(update.get("entries"))
 }
 
 #[cfg(test)]

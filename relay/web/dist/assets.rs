@@ -3,17 +3,17 @@
 // One row per file: (URL path, Content-Type, cache class, strong ETag, bytes).
 // Cache classes: "page" (index.html, {{load}} filled per response), "code" (/assets/*), "short" (the rest).
 &[
-    ("/assets/app-21251c0d16ac8f7f.js", "text/javascript; charset=utf-8", "code", "\"21251c0d16ac8f7febccf06b9ad30979\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-21251c0d16ac8f7f.js"))),
-    ("/assets/app-528b7f55d78a40b0.css", "text/css; charset=utf-8", "code", "\"528b7f55d78a40b0dcedbb60352781ff\"",
-     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-528b7f55d78a40b0.css"))),
+    ("/assets/app-9b67943147776f2a.css", "text/css; charset=utf-8", "code", "\"9b67943147776f2a88f08d8ea81f1ec8\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-9b67943147776f2a.css"))),
+    ("/assets/app-e2301393b4ef98f6.js", "text/javascript; charset=utf-8", "code", "\"e2301393b4ef98f6a75e1f2a5c0288f6\"",
+     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/assets/app-e2301393b4ef98f6.js"))),
     ("/icon-192.png", "image/png", "short", "\"a770e6d11ad838944924f41f71f7493b\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-192.png"))),
     ("/icon-512.png", "image/png", "short", "\"2735364d359ff1eab342142c22391ff5\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon-512.png"))),
     ("/icon.svg", "image/svg+xml", "short", "\"9408030a332599d3a1c47eb99d1449d9\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/icon.svg"))),
-    ("/index.html", "text/html; charset=utf-8", "page", "\"4b7ccafaaaca3c1566519c1bbb49ac54\"",
+    ("/index.html", "text/html; charset=utf-8", "page", "\"070f9426732569f1225b59227739033c\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/index.html"))),
     ("/manifest.webmanifest", "application/manifest+json", "short", "\"930aa60c2916d1c69ba58f76392c2bfb\"",
      include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/manifest.webmanifest"))),

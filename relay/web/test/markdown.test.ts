@@ -42,3 +42,20 @@ test('markdown: HTML stays text; only http(s) links become links', () => {
   // snake_case words are not italics.
   assert.deepEqual(inline('a_b_c and x_y'), [{ t: 'text', text: 'a_b_c and x_y' }]);
 });
+
+test('markdown: an agent plan is a checklist (done, in progress, to do)', () => {
+  assert.deepEqual(parse('Plan:\n[x] read the test\n[~] fix `add`\n- [ ] run it\n\nafter'), [
+    { t: 'p', children: [{ t: 'text', text: 'Plan:' }] },
+    {
+      t: 'check',
+      items: [
+        { state: 'done', children: [{ t: 'text', text: 'read the test' }] },
+        { state: 'doing', children: [{ t: 'text', text: 'fix ' }, { t: 'code', text: 'add' }] },
+        { state: 'todo', children: [{ t: 'text', text: 'run it' }] },
+      ],
+    },
+    { t: 'p', children: [{ t: 'text', text: 'after' }] },
+  ]);
+  // Not a checklist: no space after the brackets, another mark.
+  assert.equal(parse('[x]y\n[?] z')[0]?.t, 'p');
+});

@@ -5,9 +5,11 @@
 // the UI makes them inert until tapped (and asks first).
 //
 // The subset: fenced code blocks (```), headings (#, ##, ###), bullet (-, *)
-// and numbered (1.) list items, paragraphs (separated by a blank line; a
-// single line break kept), and inline `code`, **bold**, *italic* / _italic_,
-// [text](https://…). Anything else is text.
+// and numbered (1.) list items, checklist items (`[x]` done, `[~]` in
+// progress, `[ ]` to do, with or without a bullet: an agent's plan, sent as
+// `Plan:` and one such line per step), paragraphs (separated by a blank line;
+// a single line break kept), and inline `code`, **bold**, *italic* /
+// _italic_, [text](https://…). Anything else is text.
 
 export type Inline =
   | { t: 'text'; text: string }
@@ -22,7 +24,11 @@ export type Block =
   | { t: 'h'; level: 1 | 2 | 3; children: Inline[] }
   | { t: 'pre'; text: string }
   | { t: 'ul'; items: Inline[][] }
-  | { t: 'ol'; items: Inline[][]; start: number };
+  | { t: 'ol'; items: Inline[][]; start: number }
+  | { t: 'check'; items: { state: CheckState; children: Inline[] }[] };
+
+/** A checklist item's state: `[x]`, `[~]`, `[ ]`. */
+export type CheckState = 'done' | 'doing' | 'todo';
 
 /** Longest text parsed as Markdown; a longer one is one plain paragraph. */
 export const MAX_MARKDOWN = 64 * 1024;
@@ -60,6 +66,16 @@ export function parse(text: string): Block[] {
     if (heading) {
       flush();
       out.push({ t: 'h', level: heading[1]!.length as 1 | 2 | 3, children: inline(heading[2] ?? '') });
+      continue;
+    }
+    const check = /^\s*(?:[-*]\s+)?\[( |x|X|~)\]\s+(.*)$/.exec(line);
+    if (check) {
+      flush();
+      const state: CheckState = check[1] === ' ' ? 'todo' : check[1] === '~' ? 'doing' : 'done';
+      const item = { state, children: inline(check[2] ?? '') };
+      const last = out.at(-1);
+      if (last?.t === 'check') last.items.push(item);
+      else out.push({ t: 'check', items: [item] });
       continue;
     }
     const bullet = /^\s*[-*]\s+(.*)$/.exec(line);

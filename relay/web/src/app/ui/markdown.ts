@@ -22,6 +22,23 @@ function block(b: Block): HTMLElement {
       return h('ul', {}, ...b.items.map((it) => h('li', {}, ...it.map(inline))));
     case 'ol':
       return h('ol', { start: b.start }, ...b.items.map((it) => h('li', {}, ...it.map(inline))));
+    case 'check': {
+      const mark = { done: '☑', doing: '◐', todo: '☐' } as const;
+      const said = { done: 'done', doing: 'in progress', todo: 'to do' } as const;
+      return h(
+        'ul',
+        { class: 'checklist', testid: 'checklist' },
+        ...b.items.map((it) =>
+          h(
+            'li',
+            { class: `check ${it.state}`, 'aria-label': said[it.state] },
+            h('span', { class: 'mark', 'aria-hidden': 'true' }, mark[it.state]),
+            ' ',
+            ...it.children.map(inline),
+          ),
+        ),
+      );
+    }
   }
 }
 
