@@ -406,3 +406,71 @@ async fn concurrent_sessions_calls_never_get_each_others_answers() {
         );
     }
 }
+
+/// The hand-off from the terminal through the phone engine
+/// (`Phone::sessions`, `Phone::submit_resume`): a Claude Code session in
+/// the store the `claude` executor reads is listed by its first prompt and
+/// continued with `--resume ID` (the stand-in Claude Code logs its command
+/// line); the thread says which session the task continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phone_engine_lists_and_continues_a_terminal_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let (work, store, argv) = (root.join("work"), root.join("claude"), root.join("argv.jsonl"));
+    std::fs::create_dir_all(&work).unwrap();
+    let fake = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude");
+    let config = common::fixture_config(
+        &root,
+        &format!(
+            "[[executor]]\nname = \"claude\"\ntype = \"claude\"\nprogram = \"{}\"\nworkdir = \"{}\"\n\
+             env = [[\"CLAUDE_CONFIG_DIR\", \"{}\"], [\"FAKE_CLAUDE_ARGV_LOG\", \"{}\"]]\n",
+            fake.display(),
+            work.display(),
+            store.display(),
+            argv.display()
+        ),
+    );
+    let sessions_dir = store.join("projects").join(
+        work.to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect::<String>(),
+    );
+    std::fs::create_dir_all(&sessions_dir).unwrap();
+    let id = "5e1f2a3b-0000-4000-8000-000000000042";
+    let line = serde_json::json!({"type": "user", "message": {"role": "user", "content": "why is the build slow?"}});
+    std::fs::write(sessions_dir.join(format!("{id}.jsonl")), format!("{line}\n")).unwrap();
+
+    let agent = Agent::up(&root, &config);
+    let (phone, desktop) = pair(&agent, &root, "phone").await;
+    let listed = phone.sessions(&desktop, Some("claude".into()), None).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((listed[0].id.as_str(), listed[0].title.as_str()), (id, "why is the build slow?"));
+    let mut events = phone.subscribe();
+    let mut seen = BTreeMap::new();
+    let task =
+        phone.submit_resume(&desktop, "and now?", Some("claude".into()), None, id).await.unwrap();
+    until(&mut events, &mut seen, |s| finished(s, &task)).await;
+    let resumed = seen[&task].iter().find_map(|(_, e)| match e {
+        TaskEvent::Accepted { resumed, .. } => resumed.clone(),
+        _ => None,
+    });
+    assert_eq!(resumed.as_deref(), Some(id));
+    let log = std::fs::read_to_string(&argv).unwrap();
+    assert!(
+        log.contains(&format!("\"--resume\", \"{id}\""))
+            || log.contains(&format!("\"--resume\",\"{id}\"")),
+        "{log}"
+    );
+    // An id it does not list: refused, never run.
+    let bad = phone
+        .submit_resume(&desktop, "x", Some("claude".into()), None, "../../etc/passwd")
+        .await
+        .unwrap();
+    let mut refusals = Vec::new();
+    until_any(&mut events, &mut seen, &mut refusals, |_, r| {
+        r.iter().any(|c| c == "unknown_session")
+    })
+    .await;
+    assert!(!seen.contains_key(&bad), "a refused resume never runs");
+}
