@@ -289,6 +289,28 @@ impl Setup {
     fn calls_since(&self, from: usize) -> Vec<Recorded> {
         self.api.requests().get(from..).unwrap_or_default().to_vec()
     }
+
+    /// Run the real CLI at the terminal, in the repository, with `args`;
+    /// it must succeed.
+    fn at_terminal(&self, args: &[&str]) {
+        let run = std::process::Command::new(claude_cli())
+            .current_dir(&self.repo)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(messages_api::offline_env(&self.root.join("home"), self.api.base_url(), API_KEY))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    }
+
+    /// Whether a Messages API call from `from` on carried both texts.
+    fn carried(&self, from: usize, first: &str, then: &str) -> bool {
+        self.calls_since(from).iter().any(|c| {
+            let text = serde_json::to_string(c.conversation().messages()).unwrap();
+            text.contains(first) && text.contains(then)
+        })
+    }
 }
 
 /// The approval requests' summaries.
@@ -544,21 +566,8 @@ async fn a_session_started_from_the_phone_continues_at_the_terminal() {
 
     // At the terminal, in the repository, as the line says.
     let from = s.api.requests().len();
-    let home = s.root.join("home");
-    let run = std::process::Command::new(claude_cli())
-        .current_dir(&s.repo)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(messages_api::offline_env(&home, s.api.base_url(), API_KEY))
-        .args(["-p", "--resume", session, "And now?"])
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let calls = s.calls_since(from);
-    let resumed = calls.iter().any(|c| {
-        let text = serde_json::to_string(c.conversation().messages()).unwrap();
-        text.contains("Write the marker file.") && text.contains("And now?")
-    });
+    s.at_terminal(&["-p", "--resume", session, "And now?"]);
+    let resumed = s.carried(from, "Write the marker file.", "And now?");
     assert!(resumed, "the terminal's request did not carry the phone's conversation");
 }
 
@@ -573,16 +582,7 @@ async fn a_session_started_from_the_phone_continues_at_the_terminal() {
 async fn a_session_started_at_the_terminal_continues_from_the_phone() {
     let mut s = setup(Plant::ProjectAllow, &[], Auth::ApiKey).await;
     std::fs::remove_file(s.repo.join(".claude/settings.json")).unwrap();
-    let home = s.root.join("home");
-    let run = std::process::Command::new(claude_cli())
-        .current_dir(&s.repo)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(messages_api::offline_env(&home, s.api.base_url(), API_KEY))
-        .args(["-p", "Remember the word pelican."])
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    s.at_terminal(&["-p", "Remember the word pelican."]);
 
     s.phone.send(&Message::SessionsRequest { executor: None, workspace: None }).await;
     let sessions = loop {
@@ -629,10 +629,7 @@ async fn a_session_started_at_the_terminal_continues_from_the_phone() {
     });
     assert_eq!(resumed, Some(Some(session.id.clone())), "{events:#?}");
     assert_eq!(finished(&events).0, FinishStatus::Succeeded, "{events:#?}");
-    let carried = s.calls_since(from).iter().any(|c| {
-        let text = serde_json::to_string(c.conversation().messages()).unwrap();
-        text.contains("Remember the word pelican.") && text.contains("Which word was it?")
-    });
+    let carried = s.carried(from, "Remember the word pelican.", "Which word was it?");
     assert!(carried, "the phone's request did not carry the terminal's conversation");
 }
 
