@@ -28,8 +28,7 @@
 //! manager shows, times and audits it). The phone's allow selects the
 //! agent's `allow_once` option, its deny `reject_once` (or `reject_always`
 //! when the agent offers no `reject_once`). An allow the phone made a
-//! standing rule ("always allow", [`Control::Decision`]'s `always`) is
-//! answered `allow_once` too: the agent's own `allow_always` is wider than
+//! standing rule ("always allow") is answered `allow_once` too: the agent's own `allow_always` is wider than
 //! the desktop's rule (`claude-code-acp` writes an allow rule for the whole
 //! tool into the project's `.claude/settings.local.json`), outside the
 //! desktop's deny rules and `tandem rules remove`; the desktop's rule answers
@@ -621,7 +620,7 @@ impl Supervisor {
     /// A follow-up is queued (or sent, between turns); a decision answers
     /// its permission request.
     fn on_control(&mut self, c: Control) {
-        let (approval_id, allow, always) = match c {
+        let (approval_id, allow) = match c {
             Control::FollowUp(text) => {
                 if self.prompting || self.first_prompt.is_some() {
                     self.follow_ups.push_back(text);
@@ -632,7 +631,7 @@ impl Supervisor {
             }
             Control::Cancel => return,
             // Never the agent's own `allow_always` (module documentation).
-            Control::Decision { approval_id, allow, .. } => (approval_id, allow, false),
+            Control::Decision { approval_id, allow } => (approval_id, allow),
             Control::Expired { approval_id } => {
                 if let Some(ask) = self.pending.remove(&approval_id) {
                     ask.cancel();
@@ -642,7 +641,7 @@ impl Supervisor {
         };
         match self.pending.remove(&approval_id) {
             Some(Ask::Permission { reply, options, grants }) => {
-                let outcome = choose(&options, allow, always);
+                let outcome = choose(&options, allow);
                 if matches!(outcome, RequestPermissionOutcome::Selected(_)) && allow {
                     // Before the answer: the write it allows comes after.
                     self.granted.extend(grants);

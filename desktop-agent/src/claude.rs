@@ -686,7 +686,7 @@ impl Supervisor {
         match c {
             Control::FollowUp(text) => self.follow_ups.push_back(text),
             Control::Expired { approval_id } => {
-                self.on_control(Control::Decision { approval_id, allow: false, always: false });
+                self.on_control(Control::Decision { approval_id, allow: false });
             }
             Control::Decision { approval_id, allow, .. } => match self.pending.remove(&approval_id)
             {
@@ -1627,9 +1627,7 @@ mod tests {
         r.control(Control::FollowUp("also this".into())).await.unwrap();
         r.control(Control::FollowUp("and that".into())).await.unwrap();
         // A decision for nothing pending is ignored.
-        r.control(Control::Decision { approval_id: "nope".into(), allow: true, always: false })
-            .await
-            .unwrap();
+        r.control(Control::Decision { approval_id: "nope".into(), allow: true }).await.unwrap();
         assert_eq!(
             all(&mut r).await,
             vec![

@@ -278,13 +278,12 @@ pub enum Control {
     Decision {
         /// The request answered.
         approval_id: String,
-        /// Whether the step may go ahead.
+        /// Whether the step may go ahead (once: when the phone also made it a
+        /// standing rule, "always allow", the desktop's rule answers the next
+        /// time; an ACP agent's own `allow_always` is never chosen, it is
+        /// wider than that rule and outside its deny rules and
+        /// `tandem rules remove`).
         allow: bool,
-        /// The phone also made it a standing rule ("always allow"). Every
-        /// executor still allows once (an ACP agent's own `allow_always` is
-        /// wider than the desktop's rule and outside its deny rules and
-        /// `tandem rules remove`): the desktop's rule answers the next time.
-        always: bool,
     },
     /// No decision came in time for an [`ExecEvent::ApprovalRequest`]: a
     /// deny for every executor but an ACP agent, which is answered
@@ -718,7 +717,7 @@ mod tests {
             r.control(Control::FollowUp("more".into())).await,
             Err(ExecError::Unsupported(_))
         ));
-        let d = Control::Decision { approval_id: "a".into(), allow: true, always: false };
+        let d = Control::Decision { approval_id: "a".into(), allow: true };
         let e = r.controller().control(d).await.unwrap_err();
         assert_eq!(e.to_string(), "a command executor cannot take decisions");
         let e = resume(&command(&s, &[], dir.path()), "token", "more").unwrap_err();
@@ -794,7 +793,7 @@ echo '{"type":"progress","text":"after finished"}'
         );
         let controller = r.controller();
         controller
-            .control(Control::Decision { approval_id: "a1".into(), allow: true, always: false })
+            .control(Control::Decision { approval_id: "a1".into(), allow: true })
             .await
             .unwrap();
         assert_eq!(

@@ -145,9 +145,7 @@ async fn permission_prompts_go_through_the_mcp_tool_and_back() {
             },
         ]
     );
-    r.control(Control::Decision { approval_id: BASH_CALL.into(), allow: true, always: false })
-        .await
-        .unwrap();
+    r.control(Control::Decision { approval_id: BASH_CALL.into(), allow: true }).await.unwrap();
     let after = until_finished(&mut r).await;
     assert!(
         matches!(&after[0], ExecEvent::ToolResult { call_id, is_error: true, output } if call_id == BASH_CALL && output.contains("1 failed")),
@@ -168,9 +166,7 @@ async fn permission_prompts_go_through_the_mcp_tool_and_back() {
     let mut r = claude::start_with(&config(dir.path()), "fix it", None, tandem_exe()).unwrap();
     let asked = until_approval(&mut r).await;
     let ExecEvent::ApprovalRequest { approval_id, .. } = asked.last().unwrap() else { panic!() };
-    r.control(Control::Decision { approval_id: approval_id.clone(), allow: false, always: false })
-        .await
-        .unwrap();
+    r.control(Control::Decision { approval_id: approval_id.clone(), allow: false }).await.unwrap();
     assert_eq!(
         until_finished(&mut r).await,
         vec![
@@ -195,9 +191,7 @@ async fn permission_prompts_go_through_the_mcp_tool_and_back() {
         vec![ExecEvent::Finished { status: FinishStatus::Cancelled, summary: "cancelled".into() }]
     );
     assert!(
-        r.control(Control::Decision { approval_id: BASH_CALL.into(), allow: true, always: false })
-            .await
-            .is_err()
+        r.control(Control::Decision { approval_id: BASH_CALL.into(), allow: true }).await.is_err()
     );
 }
 

@@ -48,19 +48,15 @@ pub(super) fn kind(option: &PermissionOption) -> &'static str {
 }
 
 /// The phone's decision as one of the agent's options: allow is
-/// `allow_once`, or with `remember` (the phone added an allow rule for
-/// this tool use) `allow_always` when the agent offers it, else
-/// `allow_once`; deny is `reject_once`, else `reject_always`; `cancelled`
-/// when the agent offers no such option.
-pub(super) fn choose(
-    options: &[PermissionOption],
-    allow: bool,
-    remember: bool,
-) -> RequestPermissionOutcome {
-    let wanted: &[PermissionOptionKind] = match (allow, remember) {
-        (true, false) => &[PermissionOptionKind::AllowOnce],
-        (true, true) => &[PermissionOptionKind::AllowAlways, PermissionOptionKind::AllowOnce],
-        (false, _) => &[PermissionOptionKind::RejectOnce, PermissionOptionKind::RejectAlways],
+/// `allow_once`, never `allow_always` (wider than anything the phone
+/// decided, even an "always allow": the desktop's own rule answers next
+/// time); deny is `reject_once`, else `reject_always`; `cancelled` when the
+/// agent offers no such option.
+pub(super) fn choose(options: &[PermissionOption], allow: bool) -> RequestPermissionOutcome {
+    let wanted: &[PermissionOptionKind] = if allow {
+        &[PermissionOptionKind::AllowOnce]
+    } else {
+        &[PermissionOptionKind::RejectOnce, PermissionOptionKind::RejectAlways]
     };
     wanted
         .iter()
@@ -84,7 +80,7 @@ mod tests {
     }
 
     #[test]
-    fn the_phone_grants_always_only_when_it_remembers() {
+    fn an_allow_is_never_the_agents_allow_always() {
         use PermissionOptionKind::{AllowAlways, AllowOnce, RejectAlways, RejectOnce};
         let all = [
             option("always", AllowAlways),
@@ -92,18 +88,13 @@ mod tests {
             option("no", RejectOnce),
             option("never", RejectAlways),
         ];
-        assert_eq!(choose(&all, true, false), selected("once"));
-        assert_eq!(choose(&all, true, true), selected("always"));
-        assert_eq!(choose(&all, false, false), selected("no"));
-        // Remember never turns a deny into `reject_always`.
-        assert_eq!(choose(&all, false, true), selected("no"));
+        assert_eq!(choose(&all, true), selected("once"));
+        assert_eq!(choose(&all, false), selected("no"));
         let broad = [option("always", AllowAlways), option("never", RejectAlways)];
-        assert_eq!(choose(&broad, true, false), RequestPermissionOutcome::Cancelled);
-        assert_eq!(choose(&broad, true, true), selected("always"));
-        assert_eq!(choose(&broad, false, false), selected("never"));
-        let once = [option("once", AllowOnce)];
-        assert_eq!(choose(&once, true, true), selected("once"));
-        assert_eq!(choose(&[], true, true), RequestPermissionOutcome::Cancelled);
-        assert_eq!(choose(&[], false, false), RequestPermissionOutcome::Cancelled);
+        // Only `allow_always` offered: an allow is `cancelled`, never that.
+        assert_eq!(choose(&broad, true), RequestPermissionOutcome::Cancelled);
+        assert_eq!(choose(&broad, false), selected("never"));
+        assert_eq!(choose(&[], true), RequestPermissionOutcome::Cancelled);
+        assert_eq!(choose(&[], false), RequestPermissionOutcome::Cancelled);
     }
 }

@@ -242,8 +242,8 @@ async fn decisions_pick_the_agents_options() {
     let mut r = crate::executor::start(&config(dir.path(), "perm"), "t").unwrap();
     let mut events = Vec::new();
     for answer in [
-        Control::Decision { approval_id: String::new(), allow: true, always: false },
-        Control::Decision { approval_id: String::new(), allow: false, always: false },
+        Control::Decision { approval_id: String::new(), allow: true },
+        Control::Decision { approval_id: String::new(), allow: false },
         Control::Expired { approval_id: String::new() },
     ] {
         let id = loop {
@@ -256,9 +256,7 @@ async fn decisions_pick_the_agents_options() {
             }
         };
         let answer = match answer {
-            Control::Decision { allow, .. } => {
-                Control::Decision { approval_id: id, allow, always: false }
-            }
+            Control::Decision { allow, .. } => Control::Decision { approval_id: id, allow },
             _ => Control::Expired { approval_id: id },
         };
         r.control(answer).await.unwrap();
@@ -313,7 +311,7 @@ async fn file_requests_stay_in_the_project_and_terminals_are_refused() {
                 assert!(detail.ends_with("one\ntwo\n"), "the content is shown: {detail}");
             }
             asked.push(summary.clone());
-            let d = Control::Decision { approval_id: approval_id.clone(), allow, always: false };
+            let d = Control::Decision { approval_id: approval_id.clone(), allow };
             r.control(d).await.unwrap();
         }
         let done = matches!(e, ExecEvent::Finished { .. });
@@ -496,8 +494,9 @@ async fn an_always_allow_is_answered_allow_once_never_the_agents_allow_always() 
     let dir = tempfile::tempdir().unwrap();
     let mut r = crate::executor::start(&config(dir.path(), "perm"), "t").unwrap();
     let mut events = Vec::new();
-    // The first request offers `allow_always`, the second does not.
-    for always in [Some(true), Some(true), None] {
+    // The first request offers `allow_always`, the second does not; the
+    // third expires.
+    for allow in [true, true, false] {
         let approval_id = loop {
             let e = next(&mut r).await;
             events.push(e.clone());
@@ -505,9 +504,10 @@ async fn an_always_allow_is_answered_allow_once_never_the_agents_allow_always() 
                 break approval_id;
             }
         };
-        let answer = match always {
-            Some(always) => Control::Decision { approval_id, allow: true, always },
-            None => Control::Expired { approval_id },
+        let answer = if allow {
+            Control::Decision { approval_id, allow }
+        } else {
+            Control::Expired { approval_id }
         };
         r.control(answer).await.unwrap();
     }

@@ -361,6 +361,26 @@ mod tests {
         assert!(!rule.matches(&wider, &c), "the same command with another field is asked");
     }
 
+    /// A rule that cannot be saved (the data dir gone, a full disk) is not
+    /// added: nothing applies that is not on disk.
+    #[test]
+    fn a_rule_that_cannot_be_saved_is_not_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        std::fs::create_dir(&gone).unwrap();
+        let mut rules = AddedRules::open(&gone);
+        std::fs::remove_dir(&gone).unwrap();
+        let r = AddedRule {
+            allow: "Bash(ls)".into(),
+            executor: "claude".into(),
+            project: None,
+            added_by: "DEV".into(),
+            added_ms: 1,
+        };
+        assert!(matches!(rules.add(r), Err(AddedError::Save { .. })));
+        assert!(rules.list().is_empty() && rules.rules().is_empty());
+    }
+
     /// A rule added from a task without a project is for such tasks only.
     #[test]
     fn a_rule_added_without_a_project_is_not_for_every_project() {

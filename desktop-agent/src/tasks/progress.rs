@@ -52,9 +52,7 @@ impl TaskManager {
             ExecEvent::ApprovalRequest { approval_id, .. } if a.stopping.is_some() => {
                 // The desktop is stopping it: nothing more may be allowed.
                 if let Some(c) = &a.controller {
-                    let _ = c
-                        .control(Control::Decision { approval_id, allow: false, always: false })
-                        .await;
+                    let _ = c.control(Control::Decision { approval_id, allow: false }).await;
                 }
                 return Ok(Vec::new());
             }
@@ -86,11 +84,7 @@ impl TaskManager {
                 let (allow, by) = (rule.allows(), format!("rule:{}", rule.text()));
                 let mut out = self.emit(&u.task_id, request).await?;
                 if let Some(c) = self.active.get(&u.task_id).and_then(|a| a.controller.clone()) {
-                    let decision = Control::Decision {
-                        approval_id: approval_id.clone(),
-                        allow,
-                        always: false,
-                    };
+                    let decision = Control::Decision { approval_id: approval_id.clone(), allow };
                     let _ = c.control(decision).await;
                 }
                 let resolved = TaskEvent::ApprovalResolved { approval_id, allow, by, rule: None };
@@ -211,10 +205,9 @@ impl TaskManager {
         }
         // "Always allow": the rule it would add, or why it adds none.
         let plan = (allow && remember).then(|| self.plan_rule(from, scope, task_id, approval_id));
-        let always = matches!(plan, Some(Ok(_)));
         let Some(task) = self.active.get_mut(task_id) else { return Ok(Vec::new()) };
         let Some(expires) = task.approvals.remove(approval_id) else { return Ok(Vec::new()) };
-        let decision = Control::Decision { approval_id: approval_id.to_owned(), allow, always };
+        let decision = Control::Decision { approval_id: approval_id.to_owned(), allow };
         if let Some(c) = &task.controller
             && let Err(e) = c.control(decision).await
         {
