@@ -322,3 +322,42 @@ async fn forgetting_a_desktop_while_push_is_being_enabled_deletes_its_keys() {
     assert!(!kept.contains(&desktop), "the forgotten desktop's push keys came back:\n{kept}");
     phone.close().await;
 }
+
+/// A desktop paired while push is on gets a push key of its own from the
+/// phone at once (the phone sends it after the pairing, stored by the relay
+/// until that desktop's agent runs), without a renewal or another
+/// `enable_push`; its pushes open on the phone as that desktop's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_paired_while_push_is_on_gets_its_key_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = PushService::start();
+    let relay = Relay::start_with_env(
+        dir.path(),
+        vec![(common::relay::RELAY_PUSH_ORIGIN.into(), svc.origin())],
+    );
+    let (phone, _first, _agent, _) = setup(dir.path(), &relay, None).await;
+    phone.enable_push(registration(&svc, "ana"), PushChoices::default()).await.unwrap();
+    push_on(&dir.path().join("desk"), None);
+
+    let desk2 = dir.path().join("desk2");
+    std::fs::create_dir_all(&desk2).unwrap();
+    let config = common::fixture_config(&desk2, "");
+    let (mut pairing_agent, link) =
+        common::pair_process(&desk2, &config, &relay.url(), &relay.link_base());
+    let second = phone.start_pairing(&link).await.unwrap().wait().await.unwrap().desktop_id;
+    assert!(pairing_agent.exit_within(Duration::from_secs(30)).unwrap().success());
+    let _agent2 = common::run_process(&desk2, &config, &[]);
+    let line = push_on(&desk2, None);
+    assert!(line.contains("approvals, finished tasks, lost messages"), "{line}");
+
+    phone.set_foreground(false);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut events = phone.subscribe();
+    let mut seen = BTreeMap::new();
+    let t = phone.submit(&second, "approve-twice", None).await.unwrap();
+    until(&mut events, &mut seen, |s| has(s, &t, approval("a1"))).await;
+    let pushed = svc.wait_records(1).await;
+    let opened = phone.decrypt_notification(&blob(&pushed[0])).unwrap();
+    assert_eq!(opened.desktop_id, second);
+    phone.close().await;
+}
