@@ -323,6 +323,7 @@ impl PhoneEnd {
     {
         let health = &self.health;
         let (mut last_seq, mut send_id) = (0u64, 0u64);
+        let mut order = Order::default();
         while let Some(batch) = super::next_batch(&mut stream, ACK_BATCH).await {
             let mut replies = Vec::new();
             let mut last_delivery = None;
@@ -337,6 +338,9 @@ impl PhoneEnd {
                         let at = std::time::Instant::now();
                         last_delivery = Some(delivery_id);
                         if let Some((seq, _)) = wire::parse(&payload) {
+                            if let Err(e) = order.check(delivery_id, seq) {
+                                health.error(format!("wire phone: {e}"));
+                            }
                             last_seq = last_seq.max(seq);
                         }
                         // The message without the record's overhead, as
@@ -369,6 +373,31 @@ impl PhoneEnd {
                 }
             }
         }
+    }
+}
+
+/// What the phone end checks of every delivery on its one connection:
+/// delivery ids strictly increase (PROTOCOL.md §6), and the desktop's
+/// messages come in the order it sent them, none skipped. The first
+/// violation names both deliveries, so a loss the tally counts can be
+/// traced to the relay's ids.
+#[derive(Debug, Default)]
+struct Order {
+    /// The last delivery and the message it carried.
+    last: Option<(u64, u64)>,
+}
+
+impl Order {
+    fn check(&mut self, delivery_id: u64, seq: u64) -> std::result::Result<(), String> {
+        let previous = self.last.replace((delivery_id, seq));
+        let Some((id, prev_seq)) = previous else { return Ok(()) };
+        if delivery_id <= id || seq != prev_seq + 1 {
+            return Err(format!(
+                "message {seq} under delivery id {delivery_id} came after message {prev_seq} \
+                 under delivery id {id}"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -423,6 +452,17 @@ mod tests {
         assert!(a.answer(0, 5).is_err(), "no send id 0");
         assert!(a.answer(5, 5).is_ok());
         assert!(a.answer(5, 5).is_err(), "twice, above the prefix");
+    }
+
+    #[test]
+    fn deliveries_must_keep_both_orders() {
+        let mut o = Order::default();
+        assert!(o.check(7, 40).is_ok(), "the first is whatever came");
+        assert!(o.check(9, 41).is_ok(), "ids may skip (other senders)");
+        let e = o.check(12, 43).unwrap_err();
+        assert!(e.contains("message 43 under delivery id 12") && e.contains("message 41"), "{e}");
+        assert!(o.check(12, 44).is_err(), "an id again");
+        assert!(o.check(13, 44).is_err(), "a message again");
     }
 
     fn sizes() -> WireSizes {
