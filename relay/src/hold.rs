@@ -144,8 +144,11 @@ fn released(state: &State, n: i64, bytes: u64) {
 /// payload length, and the id the store must be read through first.
 pub(crate) type Ready = (u64, Bytes, usize, u64);
 
-/// Why a frame was not held (the caller takes the store path with it).
-pub(crate) struct NotHeld(pub(crate) Bytes);
+/// Why a frame was not held (the caller takes the store path with it),
+/// and, on the Redis store, the write of the frames from the same sender
+/// still held for the recipient, submitted before the caller's enqueue
+/// (the caller awaits it: [`Write::finish`]).
+pub(crate) struct NotHeld(pub(crate) Bytes, pub(crate) Option<Write>);
 
 /// A write of held frames to the store, in flight.
 pub(crate) struct Write {
@@ -288,42 +291,54 @@ impl Hold {
         let c = &state.config;
         let len = payload.len();
         let mut q = lock(&self.q);
-        let refuse = |why: &'static str, payload| {
-            state.metrics.spilled(why);
-            Err(NotHeld(payload))
-        };
         if q.closed {
-            return refuse("closed", payload);
+            state.metrics.spilled("closed");
+            return Err(NotHeld(payload, None));
         }
         if q.claiming {
-            return refuse("claiming", payload);
+            state.metrics.spilled("claiming");
+            return Err(NotHeld(payload, None));
         }
+        // On the Redis store the frame's enqueue takes an id from the
+        // store's counter, above the ids of this sender's frames still held
+        // here; written later, they would find a higher id in the queue and
+        // be stored under fresh ids after it, out of the sender's order
+        // (PROTOCOL.md §6.6). So they are written first: submitted now,
+        // before the caller's enqueue, on the store's one ordered channel.
+        // (The embedded store keeps a frame under its reserved id whatever
+        // its queue holds.)
+        let order = state.cluster.is_some();
+        let refuse = |q: &mut HoldQ, why: &'static str, payload| {
+            state.metrics.spilled(why);
+            let write = if order { self.write_locked(q, state, |h| h.from == from) } else { None };
+            Err(NotHeld(payload, write))
+        };
 
         // A revocation since the route was checked (the store checks it
         // again in the enqueue's transaction; a held frame is not).
         if state.routes.generation() != generation {
-            return refuse("route_changed", payload);
+            return refuse(&mut q, "route_changed", payload);
         }
         if q.frames.len() >= c.delivery_window_frames
             || q.bytes + len as u64 > c.delivery_window_bytes
         {
-            return refuse("recipient_cap", payload);
+            return refuse(&mut q, "recipient_cap", payload);
         }
         let cost = memory(1, len as u64);
         let held = state.held_bytes.fetch_add(cost, Ordering::AcqRel) + cost;
         if held > c.hold_max_bytes {
             state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
-            return refuse("global_cap", payload);
+            return refuse(&mut q, "global_cap", payload);
         }
         let (id, below) = match state.store.reserve_id(self.to, q.floor) {
             Ok(r) if r.id > q.floor => (r.id, r.below),
             Ok(_) => {
                 state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
-                return refuse("order", payload);
+                return refuse(&mut q, "order", payload);
             }
             Err(_) => {
                 state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
-                return refuse("store", payload);
+                return refuse(&mut q, "store", payload);
             }
         };
         // The one copy of the payload between the sockets.
@@ -331,7 +346,7 @@ impl Hold {
             Ok(b) => Bytes::from(b),
             Err(_) => {
                 state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
-                return refuse("encode", payload);
+                return refuse(&mut q, "encode", payload);
             }
         };
         let fence = q.fence;

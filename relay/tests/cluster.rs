@@ -900,3 +900,58 @@ async fn held_frames_survive_the_recipients_node_killed() {
 async fn held_frames_survive_the_senders_node_killed() {
     held_frames_across_a_node_killed(0).await;
 }
+
+/// A recipient's hold is full (its window of 4 frames delivered, none
+/// acknowledged, a hold window of a minute), so the sender's next frames go
+/// to Redis under ids from the store's counter, above the ids its first
+/// four are held under. Those four must reach Redis before them, under
+/// their own ids: written later (when the recipient leaves), they found a
+/// higher id in the queue and were stored after the rest, so a recipient
+/// that fetched its queue again got the sender's frames out of order
+/// (PROTOCOL.md §6.6). Checked on what the recipient fetches when it comes
+/// back, through the real node.
+#[tokio::test]
+async fn frames_spilled_past_a_full_hold_keep_their_senders_order() {
+    const N: u64 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let extra = ["--delivery-window-frames", "4", "--hold-window-ms", "60000"];
+    let n = node(dir.path(), &redis, "na", &extra);
+    let (mut tx, mut rx, _) = routed(&n, &n).await;
+    let to = rx.id();
+    for i in 1..=N {
+        tx.send(&Frame::Send { send_id: i, to, payload: vec![u8::try_from(i).unwrap()] }).await;
+    }
+    // The first four are held and delivered live; nothing is acknowledged.
+    let live = rx.deliveries(4).await;
+    // The four held frames are answered `Ok` (durable in Redis) while the
+    // recipient is still there and silent, with a hold window of a minute:
+    // they were written when the fifth found the hold full.
+    for i in 1..=4 {
+        tx.result_of(i).await.unwrap_or_else(|e| panic!("send {i}: {e:?}"));
+    }
+    // The recipient leaves and comes back: it fetches its whole queue.
+    let key = rx.key.clone();
+    rx.close().await;
+    let mut back = connect_retrying(&n, key, Role::Phone).await;
+    // Acknowledged one by one (the window is four frames).
+    let mut got = Vec::new();
+    for _ in 0..N {
+        let d = back.delivery().await;
+        ack(&mut back, d.0).await;
+        got.push(d);
+    }
+    let order: Vec<u8> = got.iter().map(|(_, _, p)| p[0]).collect();
+    let want: Vec<u8> = (1..=N).map(|i| u8::try_from(i).unwrap()).collect();
+    assert_eq!(order, want, "the sender's order, fetched again");
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "ids increase: {got:?}");
+    for ((id, _, p), (live_id, _, _)) in got.iter().zip(&live) {
+        assert_eq!(id, live_id, "held frame {} kept the id it was delivered under", p[0]);
+    }
+    back.assert_quiet(Duration::from_millis(300)).await;
+    // Every send was taken (those held after the write were written when
+    // the recipient left).
+    for i in 5..=N {
+        tx.result_of(i).await.unwrap_or_else(|e| panic!("send {i}: {e:?}"));
+    }
+}

@@ -289,7 +289,12 @@ impl Reader {
                 match r.hold.offer(state, generation, send_id, me, addr, sender, payload) {
                     // Answered when the recipient acks it or it is written.
                     Ok(()) => return None,
-                    Err(NotHeld(p)) => payload = p,
+                    Err(NotHeld(p, write)) => {
+                        payload = p;
+                        if let Some(w) = write {
+                            tokio::spawn(w.finish(Arc::clone(state)));
+                        }
+                    }
                 }
             }
             pausing = cluster;
