@@ -147,7 +147,7 @@ pub(crate) type Ready = (u64, Bytes, usize, u64);
 /// Why a frame was not held (the caller takes the store path with it),
 /// and, on the Redis store, the write of the frames from the same sender
 /// still held for the recipient, submitted before the caller's enqueue
-/// (the caller awaits it: [`Write::finish`]).
+/// (the caller runs it to its end in a task of its own: [`Write::finish`]).
 pub(crate) struct NotHeld(pub(crate) Bytes, pub(crate) Option<Write>);
 
 /// A write of held frames to the store, in flight.
@@ -307,10 +307,18 @@ impl Hold {
         // before the caller's enqueue, on the store's one ordered channel.
         // (The embedded store keeps a frame under its reserved id whatever
         // its queue holds.)
+        // Not when the store will refuse the frame too (it is down, or the
+        // recipient's queue is full): there is no order to keep, and the
+        // held frames would be refused instead of answered by the
+        // recipient's ack (found by review).
         let order = state.cluster.is_some();
         let refuse = |q: &mut HoldQ, why: &'static str, payload| {
             state.metrics.spilled(why);
-            let write = if order { self.write_locked(q, state, |h| h.from == from) } else { None };
+            let write = if order && state.store.health().is_ok() {
+                self.write_locked(q, state, |h| h.from == from)
+            } else {
+                None
+            };
             Err(NotHeld(payload, write))
         };
 
@@ -335,6 +343,11 @@ impl Hold {
             Ok(_) => {
                 state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
                 return refuse(&mut q, "order", payload);
+            }
+            Err(StoreError::QueueFull(_)) => {
+                state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
+                state.metrics.spilled("store");
+                return Err(NotHeld(payload, None));
             }
             Err(_) => {
                 state.held_bytes.fetch_sub(cost, Ordering::AcqRel);
